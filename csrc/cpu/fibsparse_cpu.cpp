@@ -1,0 +1,226 @@
+// CPU kernels: one query (forward, dq) or one key row (dk, dv) per task of
+// at::parallel_for. The pattern comes from pattern.h; the math mirrors the
+// CUDA kernels, with plain loops over head_dim instead of lane groups.
+//
+// Backward is a gather, so it needs no atomics and is deterministic:
+//   pass 1, per query i:  dq_i and the per-query terms of d(position)
+//   pass 2, per key j:    dk_j, dv_j summed over the queries that read j
+//                         (readers_of_row / weight_of_row in pattern.h)
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+#include "../kernels.h"
+#include "../online_softmax.h"
+#include "../pattern.h"
+#include "../static_switch.h"
+
+namespace fibsparse {
+namespace {
+
+template <typename T>
+T dot(const T* a, const T* b, int n) {
+  T s = T(0);
+  for (int d = 0; d < n; ++d) s += a[d] * b[d];
+  return s;
+}
+
+// Row pointers of one (batch, head) slice.
+template <typename T>
+struct Rows {
+  const T* base;
+  int64_t row_stride;
+  const T* operator[](int64_t r) const { return base + r * row_stride; }
+};
+
+template <typename T>
+Rows<T> rows(const void* ptr, int64_t batch_stride, int64_t row_stride, int64_t head_stride, int b, int h) {
+  return {static_cast<const T*>(ptr) + b * batch_stride + h * head_stride, row_stride};
+}
+
+// Scores and value dot products of one query against one (interpolated) key:
+// everything the backward needs, from the four row dot products.
+template <typename T>
+struct PairTerms {
+  T score, dp;      // scale * <q, k~>, <dout, v~>
+  T dscore_dpos;    // scale * <q, k[j1] - k[j0]>
+  T ddp_dpos;       // <dout, v[j1] - v[j0]>
+};
+
+// `with_j1`: read the second row even at frac == 0, where d/d(position) needs it.
+template <typename T>
+PairTerms<T> pair_terms(const T* q, const T* dout, Rows<T> k, Rows<T> v, const KeySample<T>& s, T scale, int n,
+                        bool with_j1) {
+  with_j1 = with_j1 || s.frac != T(0);
+  const T qk0 = dot(q, k[s.j0], n), qk1 = with_j1 ? dot(q, k[s.j1], n) : qk0;
+  const T dv0 = dot(dout, v[s.j0], n), dv1 = with_j1 ? dot(dout, v[s.j1], n) : dv0;
+  PairTerms<T> r;
+  r.score = scale * (qk0 + s.frac * (qk1 - qk0));
+  r.dp = dv0 + s.frac * (dv1 - dv0);
+  r.dscore_dpos = scale * (qk1 - qk0);
+  r.ddp_dpos = dv1 - dv0;
+  return r;
+}
+
+// dst += w * ((1 - f) * a + f * b)
+template <typename T>
+void axpy_interp(T* dst, T w, const T* a, const T* b, T f, int n) {
+  for (int d = 0; d < n; ++d) dst[d] += w * (a[d] + f * (b[d] - a[d]));
+}
+
+template <typename T, typename OffsetT>
+void fwd_kernel(const Params& p) {
+  const int n = p.head_dim, group = p.heads / p.heads_kv;
+  const T scale = T(p.softmax_scale);
+  const int64_t total = int64_t(p.batch) * p.heads * p.seqlen_q;
+  at::parallel_for(0, total, 64, [&](int64_t begin, int64_t end) {
+    std::vector<T> acc(n);
+    for (int64_t task = begin; task < end; ++task) {
+      const int i = task % p.seqlen_q, h = (task / p.seqlen_q) % p.heads;
+      const int b = task / (int64_t(p.seqlen_q) * p.heads);
+      const int64_t pos = i + p.q_pos_shift;
+      const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
+      const T* q = rows<T>(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride, b, h)[i];
+      const auto k = rows<T>(p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, b, h / group);
+      const auto v = rows<T>(p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride, b, h / group);
+
+      std::fill(acc.begin(), acc.end(), T(0));
+      OnlineSoftmax<T> softmax;
+      for (int t = 0; t < num_distances(p.window, p.num_offsets); ++t) {
+        const auto s = sample_key<T>(pos, t, p.window, offs);
+        if (!s.valid) continue;
+        const T qk0 = dot(q, k[s.j0], n);
+        const T score = scale * (s.frac != T(0) ? qk0 + s.frac * (dot(q, k[s.j1], n) - qk0) : qk0);
+        T weight;
+        const T rescale = softmax.add(score, weight);
+        for (int d = 0; d < n; ++d) acc[d] *= rescale;
+        axpy_interp(acc.data(), weight, v[s.j0], v[s.j1], s.frac, n);
+      }
+      T* out = static_cast<T*>(p.out) + b * p.o_batch_stride + int64_t(i) * p.o_row_stride + h * p.o_head_stride;
+      for (int d = 0; d < n; ++d) out[d] = acc[d] / softmax.sum;
+      static_cast<T*>(p.lse)[task] = softmax.lse();  // lse is (batch, heads, seqlen_q)
+    }
+  });
+}
+
+// Pass 1 of the backward: delta and dq for one query, and its share of
+// d(position).
+template <typename T, typename OffsetT>
+void bwd_dq_kernel(const Params& p) {
+  const int n = p.head_dim, group = p.heads / p.heads_kv;
+  const T scale = T(p.softmax_scale);
+  const int64_t total = int64_t(p.batch) * p.heads * p.seqlen_q;
+  at::parallel_for(0, total, 64, [&](int64_t begin, int64_t end) {
+    std::vector<T> dq(n);
+    for (int64_t task = begin; task < end; ++task) {
+      const int i = task % p.seqlen_q, h = (task / p.seqlen_q) % p.heads;
+      const int b = task / (int64_t(p.seqlen_q) * p.heads);
+      const int64_t pos = i + p.q_pos_shift;
+      const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
+      const T* q = rows<T>(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride, b, h)[i];
+      const T* dout = rows<T>(p.dout, p.do_batch_stride, p.do_row_stride, p.do_head_stride, b, h)[i];
+      const auto k = rows<T>(p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, b, h / group);
+      const auto v = rows<T>(p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride, b, h / group);
+      const T* out = rows<T>(p.out, p.o_batch_stride, p.o_row_stride, p.o_head_stride, b, h)[i];
+      const T lse = static_cast<const T*>(p.lse)[task];
+      const T delta = dot(dout, out, n) - (p.dlse ? static_cast<const T*>(p.dlse)[task] : T(0));
+      static_cast<T*>(p.delta)[task] = delta;
+      // The partials are (batch, heads, seqlen_q, num_offsets): one per query.
+      T* dpos = static_cast<T*>(p.doffsets_partial) + task * p.num_offsets;
+
+      std::fill(dq.begin(), dq.end(), T(0));
+      for (int t = 0; t < num_distances(p.window, p.num_offsets); ++t) {
+        const auto s = sample_key<T>(pos, t, p.window, offs);
+        if (!s.valid) {
+          if (std::is_floating_point_v<OffsetT> && t >= p.window) dpos[t - p.window] = T(0);
+          continue;
+        }
+        const bool is_position = std::is_floating_point_v<OffsetT> && t >= p.window;
+        const auto terms = pair_terms(q, dout, k, v, s, scale, n, is_position);
+        const T prob = std::exp(terms.score - lse);
+        const T dscore = prob * (terms.dp - delta);
+        axpy_interp(dq.data(), dscore * scale, k[s.j0], k[s.j1], s.frac, n);
+        if (is_position) {
+          dpos[t - p.window] = dscore * terms.dscore_dpos + prob * terms.ddp_dpos;
+        }
+      }
+      std::copy(dq.begin(), dq.end(),
+                static_cast<T*>(p.dq) + b * p.dq_batch_stride + int64_t(i) * p.dq_row_stride + h * p.dq_head_stride);
+    }
+  });
+}
+
+// Pass 2 of the backward: dk, dv for one key row, gathered from every query
+// head of its group and every query that reads it.
+template <typename T, typename OffsetT>
+void bwd_dkdv_kernel(const Params& p) {
+  const int n = p.head_dim, group = p.heads / p.heads_kv;
+  const T scale = T(p.softmax_scale);
+  const int64_t total = int64_t(p.batch) * p.heads_kv * p.seqlen_k;
+  at::parallel_for(0, total, 64, [&](int64_t begin, int64_t end) {
+    std::vector<T> dk(n), dv(n);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t j = task % p.seqlen_k;
+      const int hk = (task / p.seqlen_k) % p.heads_kv;
+      const int b = task / (int64_t(p.seqlen_k) * p.heads_kv);
+      const auto k = rows<T>(p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, b, hk);
+      const auto v = rows<T>(p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride, b, hk);
+      std::fill(dk.begin(), dk.end(), T(0));
+      std::fill(dv.begin(), dv.end(), T(0));
+      for (int h = hk * group; h < (hk + 1) * group; ++h) {
+        const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
+        const auto q = rows<T>(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride, b, h);
+        const auto dout = rows<T>(p.dout, p.do_batch_stride, p.do_row_stride, p.do_head_stride, b, h);
+        const int64_t stats = (int64_t(b) * p.heads + h) * p.seqlen_q;
+        for (int t = 0; t < num_distances(p.window, p.num_offsets); ++t) {
+          int64_t readers[2];
+          const int num_readers = readers_of_row<T>(j, t, p.window, offs, readers);
+          for (int r = 0; r < num_readers; ++r) {
+            const int64_t i = readers[r] - p.q_pos_shift;
+            if (i < 0 || i >= p.seqlen_q) continue;
+            const auto s = sample_key<T>(readers[r], t, p.window, offs);
+            const T w = weight_of_row(s, j);
+            if (w == T(0)) continue;
+            const auto terms = pair_terms(q[i], dout[i], k, v, s, scale, n, false);
+            const T prob = std::exp(terms.score - static_cast<const T*>(p.lse)[stats + i]);
+            const T dscore = prob * (terms.dp - static_cast<const T*>(p.delta)[stats + i]);
+            for (int d = 0; d < n; ++d) {
+              dv[d] += w * prob * dout[i][d];
+              dk[d] += w * dscore * scale * q[i][d];
+            }
+          }
+        }
+      }
+      T* dk_out = static_cast<T*>(p.dk) + b * p.dk_batch_stride + j * p.dk_row_stride + hk * p.dk_head_stride;
+      T* dv_out = static_cast<T*>(p.dv) + b * p.dv_batch_stride + j * p.dv_row_stride + hk * p.dv_head_stride;
+      std::copy(dk.begin(), dk.end(), dk_out);
+      std::copy(dv.begin(), dv.end(), dv_out);
+    }
+  });
+}
+
+}  // namespace
+
+// The host wrapper upcasts half/bfloat16 CPU inputs, so only float and
+// double reach here; fractional positions arrive in the same type.
+void run_fwd_cpu(const Params& params, c10::ScalarType dtype, bool fractional) {
+  AT_DISPATCH_FLOATING_TYPES(dtype, "fibsparse_fwd_cpu", [&] {
+    BOOL_SWITCH(fractional, kFrac, [&] {
+      using OffsetT = std::conditional_t<kFrac, scalar_t, int32_t>;
+      fwd_kernel<scalar_t, OffsetT>(params);
+    });
+  });
+}
+
+void run_bwd_cpu(const Params& params, c10::ScalarType dtype, bool fractional) {
+  AT_DISPATCH_FLOATING_TYPES(dtype, "fibsparse_bwd_cpu", [&] {
+    BOOL_SWITCH(fractional, kFrac, [&] {
+      using OffsetT = std::conditional_t<kFrac, scalar_t, int32_t>;
+      bwd_dq_kernel<scalar_t, OffsetT>(params);
+      bwd_dkdv_kernel<scalar_t, OffsetT>(params);
+    });
+  });
+}
+
+}  // namespace fibsparse

@@ -1,0 +1,178 @@
+// Backward kernels: deterministic, no float atomics.
+//
+// Every gradient is gathered by the thread group that owns its row, in a
+// fixed order, so two runs give bitwise-identical results:
+//   dq_kernel   (one group per query i): forms delta_i = <dout_i, out_i> -
+//               dlse_i for both passes, walks i's distances like the forward,
+//               recomputes p = exp(score - lse) and ds = p * (dp - delta),
+//               and sums dq_i. On the fractional path it also forms each
+//               offset's term of d loss / d position and sums it over the
+//               block's 16 queries in shared memory, in row order, into one
+//               partial per (batch, head, block, offset); the host sums the
+//               partials with a fixed-order reduction.
+//   dkdv_kernel (one group per key row j of a kv head): the queries that read
+//               j are the mirror of the forward pattern, {j + d : d in D}
+//               (plus j + floor(p) + 1 for a fractional p), over every query
+//               head of the GQA group; readers_of_row and weight_of_row in
+//               pattern.h name them, so the pattern is defined in one place.
+#pragma once
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+
+#include "../fibsparse.h"
+#include "../kernels.h"
+#include "../pattern.h"
+#include "../static_switch.h"
+#include "lane_group.cuh"
+
+namespace fibsparse {
+
+template <typename T, typename OffsetT, int kHeadDim>
+__global__ void __launch_bounds__(kThreads) dq_kernel(const Params p) {
+  using Acc = acc_t<T>;
+  constexpr int kElems = kHeadDim / kLanes;
+  constexpr bool kFrac = !std::is_integral_v<OffsetT>;
+  __shared__ Acc dpos_rows[kCudaRowsPerBlock];
+
+  const int lane = threadIdx.x % kLanes, row_in_block = threadIdx.x / kLanes;
+  const int row = blockIdx.x * kCudaRowsPerBlock + row_in_block;
+  const int h = blockIdx.y, b = blockIdx.z, hk = h / (p.heads / p.heads_kv);
+  const bool in_range = row < p.seqlen_q;
+  const int i = in_range ? row : p.seqlen_q - 1;
+  const int64_t pos = i + p.q_pos_shift;
+  const int64_t stat = (int64_t(b) * p.heads + h) * p.seqlen_q + i;
+  const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
+  const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride + lane * kElems;
+  const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride + lane * kElems;
+  const Acc scale = Acc(p.softmax_scale);
+
+  Acc q[kElems], dout[kElems];
+  load_slice<kElems>(static_cast<const T*>(p.q) + b * p.q_batch_stride + int64_t(i) * p.q_row_stride +
+                         h * p.q_head_stride + lane * kElems,
+                     q);
+  load_slice<kElems>(static_cast<const T*>(p.dout) + b * p.do_batch_stride + int64_t(i) * p.do_row_stride +
+                         h * p.do_head_stride + lane * kElems,
+                     dout);
+  Acc out[kElems];
+  load_slice<kElems>(static_cast<const T*>(p.out) + b * p.o_batch_stride + int64_t(i) * p.o_row_stride +
+                         h * p.o_head_stride + lane * kElems,
+                     out);
+  const Acc lse = static_cast<const Acc*>(p.lse)[stat];
+  const Acc delta = group_sum(slice_dot(dout, out)) - (p.dlse ? static_cast<const Acc*>(p.dlse)[stat] : Acc(0));
+  if (in_range && lane == 0) static_cast<Acc*>(p.delta)[stat] = delta;
+
+  Acc dq[kElems] = {};
+  for (int t = 0; t < num_distances(p.window, p.num_offsets); ++t) {
+    const auto s = sample_key<Acc>(pos, t, p.window, offs);
+    // d/d(position) needs row j1 even where frac == 0.
+    const bool is_position = kFrac && t >= p.window;
+    const bool read_j1 = is_position || (kFrac && s.frac != Acc(0));
+    Acc row_k[kElems], dk_dpos[kElems], row_v[kElems], dv_dpos[kElems];
+    load_interp<kElems>(k, p.k_row_stride, s.j0, s.j1, s.frac, read_j1, row_k, dk_dpos);
+    load_interp<kElems>(v, p.v_row_stride, s.j0, s.j1, s.frac, read_j1, row_v, dv_dpos);
+    const Acc score = scale * group_sum(slice_dot(q, row_k));
+    const Acc dp = group_sum(slice_dot(dout, row_v));
+    const Acc prob = s.valid ? exp(score - lse) : Acc(0);
+    const Acc dscore = prob * (dp - delta);
+#pragma unroll
+    for (int e = 0; e < kElems; ++e) dq[e] += dscore * row_k[e];
+
+    if (is_position) {  // uniform across the block: same head, same t
+      const Acc dscore_dpos = scale * group_sum(slice_dot(q, dk_dpos));
+      const Acc ddp_dpos = group_sum(slice_dot(dout, dv_dpos));
+      if (lane == 0) dpos_rows[row_in_block] = in_range ? dscore * dscore_dpos + prob * ddp_dpos : Acc(0);
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        Acc sum = Acc(0);
+        for (int r = 0; r < kCudaRowsPerBlock; ++r) sum += dpos_rows[r];
+        const int64_t partial = (int64_t(b) * p.heads + h) * p.num_partials + blockIdx.x;
+        static_cast<Acc*>(p.doffsets_partial)[partial * p.num_offsets + (t - p.window)] = sum;
+      }
+      __syncthreads();
+    }
+  }
+  if (!in_range) return;
+  store_slice<kElems>(static_cast<T*>(p.dq) + b * p.dq_batch_stride + int64_t(i) * p.dq_row_stride +
+                          h * p.dq_head_stride + lane * kElems,
+                      dq, scale);
+}
+
+template <typename T, typename OffsetT, int kHeadDim>
+__global__ void __launch_bounds__(kThreads) dkdv_kernel(const Params p) {
+  using Acc = acc_t<T>;
+  constexpr int kElems = kHeadDim / kLanes;
+  constexpr bool kFrac = !std::is_integral_v<OffsetT>;
+  const int lane = threadIdx.x % kLanes;
+  const int row = blockIdx.x * kCudaRowsPerBlock + threadIdx.x / kLanes;
+  const int hk = blockIdx.y, b = blockIdx.z, group = p.heads / p.heads_kv;
+  const bool in_range = row < p.seqlen_k;
+  const int64_t j = in_range ? row : p.seqlen_k - 1;
+  const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride + lane * kElems;
+  const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride + lane * kElems;
+  const Acc scale = Acc(p.softmax_scale);
+
+  Acc dk[kElems] = {}, dv[kElems] = {};
+  for (int h = hk * group; h < (hk + 1) * group; ++h) {
+    const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
+    const T* q_head = static_cast<const T*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride + lane * kElems;
+    const T* do_head = static_cast<const T*>(p.dout) + b * p.do_batch_stride + h * p.do_head_stride + lane * kElems;
+    const int64_t stats = (int64_t(b) * p.heads + h) * p.seqlen_q;
+    for (int t = 0; t < num_distances(p.window, p.num_offsets); ++t) {
+      int64_t readers[2];
+      // The reader count depends only on (head, t): uniform across the block.
+      const int num_readers = readers_of_row<Acc>(j, t, p.window, offs, readers);
+      for (int r = 0; r < num_readers; ++r) {
+        const int64_t i_raw = readers[r] - p.q_pos_shift;
+        const bool reads = i_raw >= 0 && i_raw < p.seqlen_q;
+        // A query out of range is replaced by query 0 with weight 0, so all
+        // loads stay in bounds and the shuffles stay uniform.
+        const int64_t i = reads ? i_raw : 0;
+        const auto s = sample_key<Acc>(i + p.q_pos_shift, t, p.window, offs);
+        const Acc w = reads ? weight_of_row(s, j) : Acc(0);
+        const bool interp = kFrac && s.frac != Acc(0);
+        Acc q[kElems], dout[kElems], row_k[kElems], row_v[kElems], diff[kElems];
+        load_slice<kElems>(q_head + i * p.q_row_stride, q);
+        load_slice<kElems>(do_head + i * p.do_row_stride, dout);
+        load_interp<kElems>(k, p.k_row_stride, s.j0, s.j1, s.frac, interp, row_k, diff);
+        load_interp<kElems>(v, p.v_row_stride, s.j0, s.j1, s.frac, interp, row_v, diff);
+        const Acc score = scale * group_sum(slice_dot(q, row_k));
+        const Acc dp = group_sum(slice_dot(dout, row_v));
+        if (w != Acc(0)) {
+          const Acc prob = exp(score - static_cast<const Acc*>(p.lse)[stats + i]);
+          const Acc dscore = prob * (dp - static_cast<const Acc*>(p.delta)[stats + i]);
+#pragma unroll
+          for (int e = 0; e < kElems; ++e) {
+            dv[e] += w * prob * dout[e];
+            dk[e] += w * dscore * q[e];
+          }
+        }
+      }
+    }
+  }
+  if (!in_range) return;
+  store_slice<kElems>(static_cast<T*>(p.dk) + b * p.dk_batch_stride + j * p.dk_row_stride +
+                          hk * p.dk_head_stride + lane * kElems,
+                      dk, scale);
+  store_slice<kElems>(static_cast<T*>(p.dv) + b * p.dv_batch_stride + j * p.dv_row_stride +
+                          hk * p.dv_head_stride + lane * kElems,
+                      dv, Acc(1));
+}
+
+template <typename T>
+void launch_bwd(const Params& p, bool fractional) {
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const dim3 dq_grid((p.seqlen_q + kCudaRowsPerBlock - 1) / kCudaRowsPerBlock, p.heads, p.batch);
+  const dim3 dkdv_grid((p.seqlen_k + kCudaRowsPerBlock - 1) / kCudaRowsPerBlock, p.heads_kv, p.batch);
+  HEADDIM_SWITCH(p.head_dim, kHeadDim, [&] {
+    BOOL_SWITCH(fractional, kFrac, [&] {
+      using OffsetT = std::conditional_t<kFrac, acc_t<T>, int32_t>;
+      dq_kernel<T, OffsetT, kHeadDim><<<dq_grid, kThreads, 0, stream>>>(p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      dkdv_kernel<T, OffsetT, kHeadDim><<<dkdv_grid, kThreads, 0, stream>>>(p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+}
+
+}  // namespace fibsparse

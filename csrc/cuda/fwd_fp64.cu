@@ -1,0 +1,6 @@
+// One dtype per file so that the build runs in parallel (MAX_JOBS).
+#include "fwd_kernel.cuh"
+
+namespace fibsparse {
+template void launch_fwd<double>(const Params&, bool);
+}  // namespace fibsparse

@@ -1,0 +1,81 @@
+// Forward kernel. Block = 16 consecutive queries of one (batch, head); each
+// query is a group of kLanes threads holding a slice of q and of the running
+// output. The group walks the query's distances (pattern.h) with an online
+// softmax; nothing of size seqlen x (window + K) ever reaches global memory.
+// Neighbouring queries read neighbouring key rows at each step, so the band
+// is served from L1/L2.
+#pragma once
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+
+#include "../fibsparse.h"
+#include "../kernels.h"
+#include "../online_softmax.h"
+#include "../pattern.h"
+#include "../static_switch.h"
+#include "lane_group.cuh"
+
+namespace fibsparse {
+
+template <typename T, typename OffsetT, int kHeadDim>
+__global__ void __launch_bounds__(kThreads) fwd_kernel(const Params p) {
+  using Acc = acc_t<T>;
+  constexpr int kElems = kHeadDim / kLanes;
+  const int lane = threadIdx.x % kLanes;
+  const int row = blockIdx.x * kCudaRowsPerBlock + threadIdx.x / kLanes;
+  const int h = blockIdx.y, b = blockIdx.z, hk = h / (p.heads / p.heads_kv);
+  // Rows past the end compute a copy of the last query and store nothing, so
+  // every lane takes part in the group shuffles.
+  const bool in_range = row < p.seqlen_q;
+  const int i = in_range ? row : p.seqlen_q - 1;
+  const int64_t pos = i + p.q_pos_shift;
+  const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
+  const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride + lane * kElems;
+  const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride + lane * kElems;
+
+  Acc q[kElems];
+  load_slice<kElems>(static_cast<const T*>(p.q) + b * p.q_batch_stride + int64_t(i) * p.q_row_stride +
+                         h * p.q_head_stride + lane * kElems,
+                     q);
+#pragma unroll
+  for (int e = 0; e < kElems; ++e) q[e] *= Acc(p.softmax_scale);
+
+  Acc acc[kElems] = {};
+  OnlineSoftmax<Acc> softmax;
+  for (int t = 0; t < num_distances(p.window, p.num_offsets); ++t) {
+    const auto s = sample_key<Acc>(pos, t, p.window, offs);
+    const bool interp = !std::is_integral_v<OffsetT> && s.frac != Acc(0);
+    Acc row_k[kElems], diff[kElems];
+    load_interp<kElems>(k, p.k_row_stride, s.j0, s.j1, s.frac, interp, row_k, diff);
+    const Acc score = group_sum(slice_dot(q, row_k));
+    if (s.valid) {
+      Acc weight;
+      const Acc rescale = softmax.add(score, weight);
+      Acc row_v[kElems];
+      load_interp<kElems>(v, p.v_row_stride, s.j0, s.j1, s.frac, interp, row_v, diff);
+#pragma unroll
+      for (int e = 0; e < kElems; ++e) acc[e] = acc[e] * rescale + weight * row_v[e];
+    }
+  }
+  if (!in_range) return;
+  store_slice<kElems>(static_cast<T*>(p.out) + b * p.o_batch_stride + int64_t(i) * p.o_row_stride +
+                          h * p.o_head_stride + lane * kElems,
+                      acc, Acc(1) / softmax.sum);
+  if (lane == 0) static_cast<Acc*>(p.lse)[(int64_t(b) * p.heads + h) * p.seqlen_q + i] = softmax.lse();
+}
+
+template <typename T>
+void launch_fwd(const Params& p, bool fractional) {
+  const dim3 grid((p.seqlen_q + kCudaRowsPerBlock - 1) / kCudaRowsPerBlock, p.heads, p.batch);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  HEADDIM_SWITCH(p.head_dim, kHeadDim, [&] {
+    BOOL_SWITCH(fractional, kFrac, [&] {
+      using OffsetT = std::conditional_t<kFrac, acc_t<T>, int32_t>;
+      fwd_kernel<T, OffsetT, kHeadDim><<<grid, kThreads, 0, stream>>>(p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+}
+
+}  // namespace fibsparse

@@ -1,0 +1,62 @@
+// Everything a fibsparse kernel needs, filled once by the host wrapper and
+// passed by value. Adding an argument is one field here.
+#pragma once
+
+#include <cstdint>
+
+namespace fibsparse {
+
+// Strides are in elements. Layouts follow FlashAttention:
+// q, out, dout, dq: (batch, seqlen_q, heads, head_dim)
+// k, v, dk, dv:     (batch, seqlen_k, heads_kv, head_dim)
+// lse, delta:       (batch, heads, seqlen_q), contiguous
+struct Params {
+  // Inputs.
+  const void* q;
+  const void* k;
+  const void* v;
+  // Offsets: int32 distances (integer path) or positions in the accumulation
+  // type (fractional path), contiguous rows of num_offsets per head or one
+  // shared row. A negative entry is padding and is never attended.
+  const void* offsets;
+
+  int64_t q_batch_stride, q_row_stride, q_head_stride;
+  int64_t k_batch_stride, k_row_stride, k_head_stride;
+  int64_t v_batch_stride, v_row_stride, v_head_stride;
+  int64_t offsets_head_stride;  // 0 when one row of offsets serves every head
+
+  int batch, seqlen_q, seqlen_k, heads, heads_kv, head_dim;
+  int window, num_offsets;
+  // Query row i sits at absolute position i + q_pos_shift, so that the last
+  // query lines up with the last key (FlashAttention's bottom-right causal
+  // alignment); q_pos_shift = seqlen_k - seqlen_q >= 0.
+  int q_pos_shift;
+  double softmax_scale;
+
+  // Forward outputs (backward reads them).
+  void* out;
+  int64_t o_batch_stride, o_row_stride, o_head_stride;
+  void* lse;  // accumulation type (float, or double for double inputs)
+
+  // Backward only.
+  const void* dout;
+  int64_t do_batch_stride, do_row_stride, do_head_stride;
+  const void* dlse;   // upstream gradient of lse (accumulation type), or null
+  // <dout_i, out_i> - dlse_i, written by the dq pass and read by the dk/dv
+  // pass. Computed with the same dot product as <dout_i, v_j>, so that their
+  // difference is exact where out_i = v_j (a query with one key).
+  void* delta;
+  void* dq;
+  void* dk;
+  void* dv;
+  int64_t dq_batch_stride, dq_row_stride, dq_head_stride;
+  int64_t dk_batch_stride, dk_row_stride, dk_head_stride;
+  int64_t dv_batch_stride, dv_row_stride, dv_head_stride;
+  // Fractional path: per-(batch, head, query block, offset) partial sums of
+  // d loss / d position, reduced on the host side in a fixed order.
+  void* doffsets_partial;
+  int queries_per_partial;
+  int num_partials;  // query blocks per (batch, head)
+};
+
+}  // namespace fibsparse

@@ -1,0 +1,264 @@
+// Checks, dispatch and op registration. Every public entry validates its
+// arguments here, once; kernels assume valid input.
+#include "fibsparse_api.h"
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "kernels.h"
+
+#ifdef FIBSPARSE_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#endif
+
+namespace fibsparse {
+namespace {
+
+using at::Tensor;
+
+bool is_fractional(const Tensor& offsets) { return at::isFloatingType(offsets.scalar_type()); }
+
+// Accumulation type: float for 16/32-bit inputs, double for double.
+at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+void check_attention_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& offsets,
+                            int64_t window, double softmax_scale) {
+  TORCH_CHECK(q.dim() == 4, "q must have shape (batch, seqlen_q, heads, head_dim), got ", q.sizes());
+  TORCH_CHECK(k.dim() == 4, "k must have shape (batch, seqlen_k, heads_kv, head_dim), got ", k.sizes());
+  TORCH_CHECK(v.sizes() == k.sizes(), "v must have the shape of k ", k.sizes(), ", got ", v.sizes());
+  const auto dtype = q.scalar_type();
+  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat || dtype == at::kDouble,
+              "q must be float16, bfloat16, float32 or float64, got ", dtype);
+  TORCH_CHECK(k.scalar_type() == dtype, "k must have q's dtype ", dtype, ", got ", k.scalar_type());
+  TORCH_CHECK(v.scalar_type() == dtype, "v must have q's dtype ", dtype, ", got ", v.scalar_type());
+  TORCH_CHECK(k.device() == q.device(), "k must be on q's device ", q.device(), ", got ", k.device());
+  TORCH_CHECK(v.device() == q.device(), "v must be on q's device ", q.device(), ", got ", v.device());
+  TORCH_CHECK(q.is_cpu() || q.is_cuda(), "q must be a CPU or CUDA tensor, got ", q.device());
+
+  const int64_t batch = q.size(0), seqlen_q = q.size(1), heads = q.size(2), head_dim = q.size(3);
+  const int64_t seqlen_k = k.size(1), heads_kv = k.size(2);
+  TORCH_CHECK(k.size(0) == batch, "k must have q's batch size ", batch, ", got ", k.size(0));
+  TORCH_CHECK(k.size(3) == head_dim, "k must have q's head_dim ", head_dim, ", got ", k.size(3));
+  TORCH_CHECK(heads_kv >= 1 && heads % heads_kv == 0,
+              "heads (", heads, ") must be a multiple of heads_kv (", heads_kv, ")");
+  TORCH_CHECK(seqlen_q <= seqlen_k, "seqlen_q (", seqlen_q, ") must not exceed seqlen_k (", seqlen_k,
+              "): queries are aligned to the last keys");
+  TORCH_CHECK(seqlen_k <= INT32_MAX && batch <= 65535 && heads <= 65535,
+              "batch (max 65535), heads (max 65535) or seqlen_k (max 2^31-1) too large: ", k.sizes());
+  if (q.is_cuda()) {
+    TORCH_CHECK(head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128,
+                "head_dim must be 16, 32, 64 or 128 on CUDA, got ", head_dim);
+  } else {
+    TORCH_CHECK(head_dim >= 1 && head_dim <= 1024, "head_dim must be in [1, 1024], got ", head_dim);
+  }
+
+  TORCH_CHECK(window >= 1, "window must be >= 1 (distance 0, the query itself, is always attended), got ",
+              window);
+  TORCH_CHECK(window <= INT32_MAX, "window must fit in int32, got ", window);
+  TORCH_CHECK(std::isfinite(softmax_scale), "softmax_scale must be finite, got ", softmax_scale);
+
+  TORCH_CHECK(offsets.device() == q.device(), "offsets must be on q's device ", q.device(), ", got ",
+              offsets.device());
+  const auto odtype = offsets.scalar_type();
+  TORCH_CHECK(odtype == at::kInt || odtype == at::kLong || odtype == at::kFloat || odtype == at::kDouble,
+              "offsets must be int32/int64 (integer distances) or float32/float64 (fractional positions), "
+              "got ", odtype);
+  TORCH_CHECK(offsets.dim() == 1 || (offsets.dim() == 2 && offsets.size(0) == heads),
+              "offsets must have shape (K,) or (heads=", heads, ", K), got ", offsets.sizes());
+  TORCH_CHECK(offsets.size(-1) <= 65535, "offsets may hold at most 65535 entries per head, got ",
+              offsets.size(-1));
+}
+
+// Rows must be contiguous and 16-byte aligned for the vector loads of the
+// CUDA kernels; copy when they are not (e.g. a transposed view).
+Tensor rows_ready(const Tensor& t) {
+  const int64_t align = 16 / t.element_size();
+  bool ok = t.stride(-1) == 1 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+  for (int d = 0; d < 3 && ok; ++d) ok = t.stride(d) % align == 0 || t.size(d) == 1;
+  return ok ? t : t.clone(at::MemoryFormat::Contiguous);
+}
+
+// Offsets as the kernels read them: int32 distances, or positions in the
+// accumulation type; always contiguous.
+Tensor kernel_offsets(const Tensor& offsets, at::ScalarType dtype) {
+  return is_fractional(offsets) ? offsets.to(acc_dtype(dtype)).contiguous() : offsets.to(at::kInt).contiguous();
+}
+
+void set_strides(const Tensor& t, int64_t& batch, int64_t& row, int64_t& head) {
+  batch = t.stride(0);
+  row = t.stride(1);
+  head = t.stride(2);
+}
+
+Params attention_params(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& offsets,
+                        int64_t window, double softmax_scale, const Tensor& out, const Tensor& lse) {
+  Params p{};
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.offsets = offsets.data_ptr();
+  set_strides(q, p.q_batch_stride, p.q_row_stride, p.q_head_stride);
+  set_strides(k, p.k_batch_stride, p.k_row_stride, p.k_head_stride);
+  set_strides(v, p.v_batch_stride, p.v_row_stride, p.v_head_stride);
+  p.offsets_head_stride = offsets.dim() == 2 ? offsets.size(1) : 0;
+  p.batch = q.size(0);
+  p.seqlen_q = q.size(1);
+  p.heads = q.size(2);
+  p.head_dim = q.size(3);
+  p.seqlen_k = k.size(1);
+  p.heads_kv = k.size(2);
+  p.window = static_cast<int>(window);
+  p.num_offsets = offsets.size(-1);
+  p.q_pos_shift = p.seqlen_k - p.seqlen_q;
+  p.softmax_scale = softmax_scale;
+  p.out = out.data_ptr();
+  set_strides(out, p.o_batch_stride, p.o_row_stride, p.o_head_stride);
+  p.lse = lse.data_ptr();
+  return p;
+}
+
+bool is_cpu_low_precision(const Tensor& q) {
+  return q.is_cpu() && (q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16);
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor> fwd(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                               const Tensor& offsets_in, int64_t window, double softmax_scale) {
+  check_attention_inputs(q_in, k_in, v_in, offsets_in, window, softmax_scale);
+  if (is_cpu_low_precision(q_in)) {  // the CPU kernels compute in float32
+    auto [out, lse] = fwd(q_in.to(at::kFloat), k_in.to(at::kFloat), v_in.to(at::kFloat), offsets_in, window,
+                          softmax_scale);
+    return {out.to(q_in.scalar_type()), lse};
+  }
+#ifdef FIBSPARSE_WITH_CUDA
+  const at::OptionalDeviceGuard guard(q_in.device());
+#endif
+  const auto dtype = q_in.scalar_type();
+  const Tensor q = rows_ready(q_in), k = rows_ready(k_in), v = rows_ready(v_in);
+  const Tensor offsets = kernel_offsets(offsets_in, dtype);
+  Tensor out = at::empty_like(q, at::MemoryFormat::Contiguous);
+  Tensor lse = at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(acc_dtype(dtype)));
+  if (q.numel() == 0) return {out, lse};
+
+  const Params p = attention_params(q, k, v, offsets, window, softmax_scale, out, lse);
+  if (q.is_cuda()) {
+#ifdef FIBSPARSE_WITH_CUDA
+    run_fwd_cuda(p, dtype, is_fractional(offsets));
+#else
+    TORCH_CHECK(false, "fibsparse_ext was built without CUDA; reinstall on a machine with nvcc");
+#endif
+  } else {
+    run_fwd_cpu(p, dtype, is_fractional(offsets));
+  }
+  return {out, lse};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> bwd(const Tensor& dout_in, const Tensor& q_in, const Tensor& k_in,
+                                               const Tensor& v_in, const Tensor& out_in, const Tensor& lse,
+                                               const std::optional<Tensor>& dlse, const Tensor& offsets_in,
+                                               int64_t window, double softmax_scale) {
+  check_attention_inputs(q_in, k_in, v_in, offsets_in, window, softmax_scale);
+  TORCH_CHECK(dout_in.sizes() == q_in.sizes(), "dout must have q's shape ", q_in.sizes(), ", got ",
+              dout_in.sizes());
+  TORCH_CHECK(out_in.sizes() == q_in.sizes(), "out must have q's shape ", q_in.sizes(), ", got ", out_in.sizes());
+  TORCH_CHECK(dout_in.scalar_type() == q_in.scalar_type() && out_in.scalar_type() == q_in.scalar_type(),
+              "dout and out must have q's dtype ", q_in.scalar_type());
+  TORCH_CHECK(dout_in.device() == q_in.device() && out_in.device() == q_in.device() &&
+                  lse.device() == q_in.device(),
+              "dout, out and lse must be on q's device ", q_in.device());
+  const auto dtype = q_in.scalar_type();
+  const std::vector<int64_t> lse_shape{q_in.size(0), q_in.size(2), q_in.size(1)};
+  TORCH_CHECK(lse.sizes() == lse_shape && lse.scalar_type() == acc_dtype(dtype),
+              "lse must be ", acc_dtype(dtype), " of shape (batch, heads, seqlen_q) = ", lse_shape, ", got ",
+              lse.scalar_type(), " ", lse.sizes());
+  if (dlse.has_value()) {
+    TORCH_CHECK(dlse->sizes() == lse.sizes() && dlse->device() == lse.device(), "dlse must match lse ",
+                lse.sizes(), " on ", lse.device());
+  }
+  if (is_cpu_low_precision(q_in)) {
+    const auto f = [](const Tensor& t) { return t.to(at::kFloat); };
+    auto [dq, dk, dv, doffsets] =
+        bwd(f(dout_in), f(q_in), f(k_in), f(v_in), f(out_in), lse, dlse, offsets_in, window, softmax_scale);
+    return {dq.to(dtype), dk.to(dtype), dv.to(dtype), doffsets};
+  }
+#ifdef FIBSPARSE_WITH_CUDA
+  const at::OptionalDeviceGuard guard(q_in.device());
+#endif
+  const Tensor q = rows_ready(q_in), k = rows_ready(k_in), v = rows_ready(v_in);
+  const Tensor out = rows_ready(out_in), dout = rows_ready(dout_in);
+  const Tensor offsets = kernel_offsets(offsets_in, dtype);
+  const bool fractional = is_fractional(offsets);
+  const auto acc = acc_dtype(dtype);
+
+  const Tensor lse_c = lse.contiguous();
+  const Tensor dlse_c = dlse.has_value() ? dlse->to(acc).contiguous() : Tensor();
+  Tensor delta = at::empty_like(lse_c);
+
+  Tensor dq = at::empty_like(q, at::MemoryFormat::Contiguous);
+  Tensor dk = at::empty_like(k, at::MemoryFormat::Contiguous);
+  Tensor dv = at::empty_like(v, at::MemoryFormat::Contiguous);
+  const int64_t num_offsets = offsets.size(-1);
+  const int rows_per_partial = q.is_cuda() ? kCudaRowsPerBlock : 1;
+  const int64_t num_partials = (q.size(1) + rows_per_partial - 1) / rows_per_partial;
+  Tensor partial = at::zeros({fractional ? q.size(0) * q.size(2) * num_partials * num_offsets : 0},
+                             q.options().dtype(acc));
+  if (q.numel() == 0 || k.numel() == 0) {
+    return {dq.zero_(), dk.zero_(), dv.zero_(),
+            fractional ? at::zeros_like(offsets_in) : at::empty({0}, q.options().dtype(acc))};
+  }
+
+  Params p = attention_params(q, k, v, offsets, window, softmax_scale, out, lse_c);
+  p.dout = dout.data_ptr();
+  set_strides(dout, p.do_batch_stride, p.do_row_stride, p.do_head_stride);
+  p.dlse = dlse_c.defined() ? dlse_c.data_ptr() : nullptr;
+  p.delta = delta.data_ptr();
+  p.dq = dq.data_ptr();
+  p.dk = dk.data_ptr();
+  p.dv = dv.data_ptr();
+  set_strides(dq, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride);
+  set_strides(dk, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride);
+  set_strides(dv, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
+  p.doffsets_partial = fractional ? partial.data_ptr() : nullptr;
+  p.queries_per_partial = rows_per_partial;
+  p.num_partials = static_cast<int>(num_partials);
+
+  if (q.is_cuda()) {
+#ifdef FIBSPARSE_WITH_CUDA
+    run_bwd_cuda(p, dtype, fractional);
+#else
+    TORCH_CHECK(false, "fibsparse_ext was built without CUDA; reinstall on a machine with nvcc");
+#endif
+  } else {
+    run_bwd_cpu(p, dtype, fractional);
+  }
+
+  if (!fractional) return {dq, dk, dv, at::empty({0}, q.options().dtype(acc))};
+  // Sum the partials in a fixed order: (batch, heads, partials, K) -> (heads, K).
+  Tensor doffsets = partial.view({q.size(0), q.size(2), num_partials, num_offsets}).sum({0, 2});
+  if (offsets_in.dim() == 1) doffsets = doffsets.sum(0);
+  return {dq, dk, dv, doffsets.to(offsets_in.scalar_type())};
+}
+
+TORCH_LIBRARY(fibsparse, m) {
+  m.def("fwd(Tensor q, Tensor k, Tensor v, Tensor offsets, int window, float softmax_scale) -> (Tensor, Tensor)");
+  m.def(
+      "bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? dlse, Tensor offsets, "
+      "int window, float softmax_scale) -> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fibsparse, CPU, m) {
+  m.impl("fwd", &fwd);
+  m.impl("bwd", &bwd);
+}
+
+#ifdef FIBSPARSE_WITH_CUDA
+TORCH_LIBRARY_IMPL(fibsparse, CUDA, m) {
+  m.impl("fwd", &fwd);
+  m.impl("bwd", &bwd);
+}
+#endif
+
+}  // namespace fibsparse

@@ -1,0 +1,23 @@
+// The C++ entry points, also what the CMake driver calls directly.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <tuple>
+
+namespace fibsparse {
+
+// Returns (out, lse). out has q's shape and dtype; lse is (batch, heads,
+// seqlen_q), float32 (float64 for float64 inputs).
+std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                       const at::Tensor& offsets, int64_t window, double softmax_scale);
+
+// Returns (dq, dk, dv, doffsets). doffsets has the shape and dtype of a
+// fractional `offsets`, and is empty for integer offsets.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& dlse,
+    const at::Tensor& offsets, int64_t window, double softmax_scale);
+
+}  // namespace fibsparse

@@ -1,0 +1,96 @@
+// Where a query's key set is decided: the one definition of the attention
+// pattern (SPEC sections 1 and 2), shared by the CPU and CUDA kernels.
+//
+// A query at absolute position `pos` sees distances t = 0 .. window-1 (the
+// dense band) and then one distance per offset. An offset is an int32 distance
+// (integer path) or a real position p (fractional path); a real position reads
+// the interpolation (1 - f) * row[pos - a] + f * row[pos - a - 1] with
+// a = floor(p), f = p - a, and is attended iff pos - p >= 0. Negative offsets
+// are padding and never attended.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#if defined(__CUDACC__)
+#define FIBSPARSE_HD __host__ __device__ __forceinline__
+#else
+#define FIBSPARSE_HD inline
+#endif
+
+namespace fibsparse {
+
+// The two key rows a (query, distance) pair reads and how they are mixed.
+template <typename Acc>
+struct KeySample {
+  int64_t j0;  // row pos - a, weight 1 - frac
+  int64_t j1;  // row pos - a - 1, weight frac; equal to j0 when frac == 0
+  Acc frac;
+  bool valid;
+};
+
+// Number of distances each query walks: the band, then the offsets.
+FIBSPARSE_HD int num_distances(int window, int num_offsets) { return window + num_offsets; }
+
+// The distance of distance index t (< 0 for padding): integer offsets stay
+// in integer arithmetic so that large distances are exact.
+template <typename Acc, typename OffsetT>
+FIBSPARSE_HD std::conditional_t<std::is_integral_v<OffsetT>, int64_t, Acc> distance_at(int t, int window,
+                                                                                       const OffsetT* offsets) {
+  using D = std::conditional_t<std::is_integral_v<OffsetT>, int64_t, Acc>;
+  return t < window ? D(t) : D(offsets[t - window]);
+}
+
+// The keys that the query at `pos` reads for distance index t. Invalid samples
+// still carry in-range rows (clamped to 0), so callers may load them
+// unconditionally and mask the result.
+template <typename Acc, typename OffsetT>
+FIBSPARSE_HD KeySample<Acc> sample_key(int64_t pos, int t, int window, const OffsetT* offsets) {
+  KeySample<Acc> s;
+  const auto d = distance_at<Acc>(t, window, offsets);
+  s.valid = d >= 0 && pos - d >= 0;
+  if constexpr (std::is_integral_v<OffsetT>) {
+    s.frac = Acc(0);
+    s.j0 = s.valid ? pos - d : 0;
+    s.j1 = s.j0;
+  } else {
+    const Acc a = floor(d);
+    s.frac = s.valid ? d - a : Acc(0);
+    s.j0 = s.valid ? pos - int64_t(a) : 0;
+    // At frac == 0 the second row has weight 0; clamping keeps it in range
+    // and makes d(score)/d(position) zero where that row does not exist.
+    s.j1 = s.j0 > 0 ? s.j0 - 1 : 0;
+  }
+  return s;
+}
+
+// Weight with which the sample reads key row j (the mirror used by the
+// backward gather: which queries read key j, and how much).
+template <typename Acc>
+FIBSPARSE_HD Acc weight_of_row(const KeySample<Acc>& s, int64_t j) {
+  if (!s.valid) return Acc(0);
+  Acc w = Acc(0);
+  if (s.j0 == j) w += Acc(1) - s.frac;
+  if (s.j1 == j && s.frac != Acc(0)) w += s.frac;
+  return w;
+}
+
+// The query positions that can read key row j through distance index t:
+// pos = j + floor(d) and, for a fractional distance, pos = j + floor(d) + 1.
+template <typename Acc, typename OffsetT>
+FIBSPARSE_HD int readers_of_row(int64_t j, int t, int window, const OffsetT* offsets, int64_t pos_out[2]) {
+  const auto d = distance_at<Acc>(t, window, offsets);
+  if (d < 0) return 0;
+  if constexpr (std::is_integral_v<OffsetT>) {
+    pos_out[0] = j + d;
+    return 1;
+  } else {
+    const Acc a = floor(d);
+    pos_out[0] = j + int64_t(a);
+    pos_out[1] = pos_out[0] + 1;
+    return d - a != Acc(0) ? 2 : 1;
+  }
+}
+
+}  // namespace fibsparse

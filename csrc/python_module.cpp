@@ -1,0 +1,32 @@
+// The Python extension module fibsparse_ext._C. Importing it loads the
+// library, whose static initializers register the fibsparse:: ops; it also
+// says how it was built.
+#include <torch/extension.h>
+
+#ifndef FIBSPARSE_BUILD_TORCH
+#define FIBSPARSE_BUILD_TORCH ""
+#endif
+#ifndef FIBSPARSE_CUDA_ARCHS
+#define FIBSPARSE_CUDA_ARCHS ""
+#endif
+
+namespace {
+
+pybind11::dict build_info() {
+  pybind11::dict info;
+#ifdef FIBSPARSE_WITH_CUDA
+  info["cuda"] = true;
+#else
+  info["cuda"] = false;
+#endif
+  info["cuda_archs"] = FIBSPARSE_CUDA_ARCHS;
+  info["torch_version"] = FIBSPARSE_BUILD_TORCH;
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fibsparse_ext compiled kernels (ops are in torch.ops.fibsparse)";
+  m.def("build_info", &build_info, "How this extension was built: CUDA or CPU-only, archs, torch version.");
+}

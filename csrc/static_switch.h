@@ -1,0 +1,27 @@
+// Turn run-time choices into template parameters, at one place each.
+// Usage: BOOL_SWITCH(fractional, kFrac, [&] { launch<kFrac>(params); });
+#pragma once
+
+#include <c10/util/Exception.h>
+
+#define BOOL_SWITCH(COND, CONST_NAME, ...) \
+  [&] {                                    \
+    if (COND) {                            \
+      constexpr static bool CONST_NAME = true; \
+      return __VA_ARGS__();                \
+    } else {                               \
+      constexpr static bool CONST_NAME = false; \
+      return __VA_ARGS__();                \
+    }                                      \
+  }()
+
+#define HEADDIM_SWITCH(HEADDIM, CONST_NAME, ...)                              \
+  [&] {                                                                       \
+    switch (HEADDIM) {                                                        \
+      case 16: { constexpr static int CONST_NAME = 16; return __VA_ARGS__(); } \
+      case 32: { constexpr static int CONST_NAME = 32; return __VA_ARGS__(); } \
+      case 64: { constexpr static int CONST_NAME = 64; return __VA_ARGS__(); } \
+      case 128: { constexpr static int CONST_NAME = 128; return __VA_ARGS__(); } \
+      default: TORCH_CHECK(false, "fibsparse: unsupported head_dim ", HEADDIM); \
+    }                                                                         \
+  }()

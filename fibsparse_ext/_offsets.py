@@ -1,0 +1,84 @@
+"""Turning the user's `offsets` argument into the tensor every path reads.
+
+Integer offsets are distances >= window; fractional offsets are real
+positions >= 0 (learned alpha; they may lie inside the window, where they
+simply read a band key a second time). Either is one row shared by all heads,
+shape (K,), or one row per head, shape (heads, K). Rows of different length
+are padded at the end with the sentinel -1 (PADDING), which is never attended.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence, Union
+
+import torch
+
+PADDING = -1
+
+OffsetsLike = Union[torch.Tensor, Sequence[int], Sequence[float], Sequence[Sequence[int]], Sequence[Sequence[float]]]
+
+
+def _is_compiling() -> bool:
+    return hasattr(torch, "compiler") and torch.compiler.is_compiling()
+
+
+def check_window(window) -> int:
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be an int >= 1 (distance 0, the query itself, is always attended), "
+                         f"got {window!r}")
+    return window
+
+
+def _check_row(row: list, window: int, fractional: bool, where: str) -> None:
+    real = [x for x in row if x != PADDING]
+    if any(x < 0 for x in real):
+        raise ValueError(f"offsets{where} must be non-negative (pad with {PADDING} only), got {row}")
+    if real != row[:len(real)]:
+        raise ValueError(f"offsets{where}: padding ({PADDING}) may only come at the end of a row, got {row}")
+    if fractional and not all(math.isfinite(x) for x in real):
+        raise ValueError(f"offsets{where} must be finite, got {row}")
+    if any(b <= a for a, b in zip(real, real[1:])):
+        raise ValueError(f"offsets{where} must be strictly increasing, got {row}")
+    if not fractional and real and real[0] < window:
+        raise ValueError(f"offsets{where} must be >= window ({window}): distances below it are already in the "
+                         f"dense band, got {row}")
+    if not fractional and real and real[-1] > 2**31 - 1:
+        raise ValueError(f"offsets{where} must fit in int32, got {row}")
+
+
+def check_offset_values(offsets: torch.Tensor, window: int) -> None:
+    """Checks the values of an offsets tensor (one host copy of K numbers per head)."""
+    fractional = offsets.is_floating_point()
+    rows = offsets.detach().cpu().reshape(-1, offsets.shape[-1]).tolist() if offsets.dim() else []
+    for h, row in enumerate(rows):
+        _check_row(row, window, fractional, f"[{h}]" if offsets.dim() == 2 else "")
+
+
+def as_offsets(offsets: OffsetsLike, q: torch.Tensor, window: int, check_values: bool = True) -> torch.Tensor:
+    """The offsets as a tensor on q's device: int32 for integers, a float type
+    for fractional positions (float64 lists for float64 q, else float32).
+
+    A tensor argument keeps its device (a tensor on another device than q is
+    an error, raised by the op) and its autograd history.
+    """
+    if not isinstance(offsets, torch.Tensor):
+        if isinstance(offsets, (int, float)):
+            raise ValueError(f"offsets must be a sequence or tensor of distances, got the scalar {offsets!r}")
+        flat = [x for row in offsets for x in (row if isinstance(row, (list, tuple)) else [row])]
+        if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in flat):
+            raise ValueError(f"offsets must hold ints (distances) or floats (positions), got {offsets!r}")
+        fractional = any(isinstance(x, float) for x in flat)
+        dtype = (torch.float64 if q.dtype == torch.float64 else torch.float32) if fractional else torch.int32
+        try:
+            offsets = torch.tensor(offsets, dtype=dtype, device=q.device)
+        except ValueError as e:  # ragged nested lists
+            raise ValueError(f"offsets rows must have one length; pad short rows with {PADDING}: {e}") from None
+        if offsets.dim() == 1 and offsets.numel() == 0:
+            offsets = offsets.reshape(0)
+    elif offsets.is_complex() or offsets.dtype == torch.bool:
+        raise ValueError(f"offsets must be an integer or floating tensor, got {offsets.dtype}")
+    if offsets.dim() not in (1, 2):
+        raise ValueError(f"offsets must have shape (K,) or (heads, K), got {tuple(offsets.shape)}")
+    if check_values and not _is_compiling():
+        check_offset_values(offsets, window)
+    return offsets

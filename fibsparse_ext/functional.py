@@ -1,0 +1,44 @@
+"""The public attention function."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from . import _ops  # noqa: F401  (registers the ops, their fakes and autograd)
+from ._offsets import OffsetsLike, as_offsets, check_window
+
+
+def default_scale(q: torch.Tensor, softmax_scale: Optional[float]) -> float:
+    return 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
+
+
+def fibsparse_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, offsets: OffsetsLike,
+                   softmax_scale: Optional[float] = None, return_lse: bool = False):
+    """Causal window-plus-offsets attention.
+
+    Query i attends to keys i - d for d in {0, ..., window-1} and for d in
+    `offsets` (when i - d >= 0); see SPEC.md.
+
+    Args:
+        q: (batch, seqlen_q, heads, head_dim).
+        k, v: (batch, seqlen_k, heads_kv, head_dim), heads % heads_kv == 0 (GQA/MQA);
+            seqlen_q <= seqlen_k, the last query aligned with the last key.
+        window: size of the dense causal band, >= 1.
+        offsets: extra distances, one row (K,) for all heads or one per head (heads, K),
+            rows padded at the end with -1. Integers (int list / int tensor): distances
+            >= window. Floats (float list / float tensor): fractional positions >= 0,
+            read by linear interpolation; a float tensor that requires grad receives
+            d loss / d position.
+        softmax_scale: defaults to 1 / sqrt(head_dim).
+        return_lse: also return the log-sum-exp, (batch, heads, seqlen_q), float32
+            (float64 for float64 inputs).
+
+    Returns:
+        out with q's shape and dtype, or (out, lse).
+    """
+    check_window(window)
+    offsets = as_offsets(offsets, q, window)
+    out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, window, default_scale(q, softmax_scale))
+    return (out, lse) if return_lse else out

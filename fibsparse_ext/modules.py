@@ -1,0 +1,84 @@
+"""FibSparseAttention: a multi-head causal self-attention layer whose pattern is
+one layer of an offset schedule (schedules.py)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._offsets import check_offset_values
+from .functional import default_scale
+from .rotary import apply_rotary, rotary_tables
+from .schedules import Schedule
+
+# Learned alphas are kept above this, so positions stay positive and ordered.
+MIN_ALPHA = 1e-3
+
+
+class FibSparseAttention(nn.Module):
+    """Self-attention over (batch, seqlen, embed_dim) with layer `layer_idx` of `schedule`.
+
+    Owns the qkv and output projections; with a `learned` schedule it also owns
+    `alpha`, an nn.Parameter, and attends at fractional positions alpha * b_k.
+    The offsets are fixed at construction and never depend on the input length,
+    so a model runs at any length and only sees distances it was built with.
+    A `dense` schedule gives ordinary causal attention (the baseline).
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, schedule: Schedule, layer_idx: int,
+                 num_kv_heads: Optional[int] = None, rotary: bool = True, rotary_base: float = 10000.0,
+                 bias: bool = False):
+        super().__init__()
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim ({embed_dim}) must be a multiple of num_heads ({num_heads})")
+        if num_kv_heads < 1 or num_heads % num_kv_heads:
+            raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+        if not 0 <= layer_idx < schedule.num_layers:
+            raise ValueError(f"layer_idx must be in [0, {schedule.num_layers}), got {layer_idx}")
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
+        self.head_dim = embed_dim // num_heads
+        self.schedule, self.layer_idx = schedule, layer_idx
+        self.rotary, self.rotary_base = rotary, rotary_base
+        self.qkv = nn.Linear(embed_dim, (num_heads + 2 * num_kv_heads) * self.head_dim, bias=bias)
+        self.out_proj = nn.Linear(num_heads * self.head_dim, embed_dim, bias=bias)
+
+        self.window = None if schedule.is_dense else schedule.window
+        if schedule.is_learned:
+            self.alpha = nn.Parameter(torch.tensor(float(schedule.alpha(layer_idx))))
+            self.register_buffer("base_distances", torch.tensor(schedule.base_distances(layer_idx),
+                                                                dtype=torch.float32), persistent=False)
+        elif not schedule.is_dense:
+            offsets = torch.tensor(schedule.offsets(layer_idx), dtype=torch.int32)
+            check_offset_values(offsets, self.window)  # once, so forward needs no host sync
+            self.register_buffer("offsets", offsets, persistent=False)
+
+    def positions(self) -> torch.Tensor:
+        """The offsets this layer attends now: fractional alpha * b_k when learned."""
+        if self.schedule.is_learned:
+            return self.alpha.clamp(min=MIN_ALPHA) * self.base_distances
+        return self.offsets
+
+    def forward(self, x: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        batch, seqlen, _ = x.shape
+        q, k, v = self.qkv(x).view(batch, seqlen, -1, self.head_dim).split(
+            [self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=2)
+        if self.rotary:
+            cos, sin = rotary_tables(torch.arange(start_pos, start_pos + seqlen, device=x.device),
+                                     self.head_dim, self.rotary_base)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.window is None:
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                 is_causal=True, enable_gqa=self.num_heads != self.num_kv_heads)
+            out = out.transpose(1, 2)
+        else:
+            out, _ = torch.ops.fibsparse.fwd(q, k, v, self.positions(), self.window, default_scale(q, None))
+        return self.out_proj(out.reshape(batch, seqlen, -1))
+
+    def extra_repr(self) -> str:
+        pattern = "dense causal" if self.window is None else (
+            f"window={self.window}, {self.schedule.name}/{self.schedule.base} layer {self.layer_idx}")
+        return (f"heads={self.num_heads}, kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, {pattern}, "
+                f"rotary={self.rotary}")

@@ -1,0 +1,107 @@
+"""The pure-PyTorch reference: SPEC sections 1 and 2, written for clarity and
+exactness, differentiable by autograd in q, k, v and fractional positions.
+
+It computes in float32 (float64 for float64 inputs), one block of queries at
+a time, and checkpoints each block, so that neither (seqlen x seqlen) nor
+(seqlen x (window + K) x head_dim) is ever held at once: forward and
+backward at seqlen 16384, window 128 stay within a few GB.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from ._offsets import OffsetsLike, as_offsets, check_window
+from .functional import default_scale
+
+# Elements of gathered keys/values per query block, bounding peak memory.
+_BLOCK_ELEMENTS = 2**24
+
+
+def _gather_rows(x: torch.Tensor, rows: torch.Tensor, kv_heads: Optional[torch.Tensor]) -> torch.Tensor:
+    """x (batch, seqlen, heads_kv, dim) at `rows` -> (batch, *rows.shape, [heads_kv,] dim)."""
+    return x[:, rows] if kv_heads is None else x[:, rows, kv_heads]
+
+
+def _attend_block(q, k, v, offsets, start: int, window: int, scale: float, shift: int):
+    """Output (batch, block, heads, dim) and lse (batch, heads, block) of one query block."""
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    batch, block, heads, dim = q.shape
+    heads_kv = k.shape[2]
+    group = heads // heads_kv
+    q, k, v = q.to(acc) * scale, k.to(acc), v.to(acc)
+    pos = torch.arange(start, start + block, device=q.device) + shift
+
+    # The dense band: distances 0 .. window-1, the same for every head.
+    band_rows = pos[:, None] - torch.arange(window, device=q.device)
+    band_valid = band_rows >= 0
+    band_rows = band_rows.clamp(min=0)
+    k_band, v_band = _gather_rows(k, band_rows, None), _gather_rows(v, band_rows, None)  # (b, c, w, hkv, d)
+    q_grouped = q.view(batch, block, heads_kv, group, dim)
+    scores = [torch.einsum("bchgd,bcwhd->bchgw", q_grouped, k_band).reshape(batch, block, heads, window)]
+    valid = [band_valid[:, None, :].expand(block, heads, window)]
+
+    # The offsets, per head: a real position p reads (1 - f) row[pos - a] + f row[pos - a - 1].
+    num_offsets = offsets.shape[-1]
+    if num_offsets:
+        dist = offsets.expand(heads, num_offsets).to(acc)
+        a = torch.floor(dist).detach()
+        offset_valid = (dist >= 0) & (pos[:, None, None] - dist >= 0)  # (c, h, K)
+        j0 = torch.where(offset_valid, pos[:, None, None] - a.long(), 0)
+        kv_heads = (torch.arange(heads, device=q.device) // group)[None, :, None]
+        k_off, v_off = _gather_rows(k, j0, kv_heads), _gather_rows(v, j0, kv_heads)  # (b, c, h, K, d)
+        if offsets.is_floating_point():
+            # f has gradient 1 in the position; at f == 0 the second row is
+            # clamped to a valid one (the kernels do the same).
+            frac = torch.where(offset_valid, dist - a, 0.0)[None, ..., None]
+            j1 = (j0 - 1).clamp(min=0)
+            k_off = k_off + frac * (_gather_rows(k, j1, kv_heads) - k_off)
+            v_off = v_off + frac * (_gather_rows(v, j1, kv_heads) - v_off)
+        scores.append(torch.einsum("bchd,bchkd->bchk", q, k_off))
+        valid.append(offset_valid)
+
+    scores = torch.cat(scores, -1).masked_fill(~torch.cat(valid, -1), float("-inf"))
+    lse = torch.logsumexp(scores, -1)  # distance 0 is always valid: finite
+    probs = torch.exp(scores - lse[..., None])
+    p_band = probs[..., :window].reshape(batch, block, heads_kv, group, window)
+    out = torch.einsum("bchgw,bcwhd->bchgd", p_band, v_band).reshape(batch, block, heads, dim)
+    if num_offsets:
+        out = out + torch.einsum("bchk,bchkd->bchd", probs[..., window:], v_off)
+    return out, lse.transpose(1, 2)
+
+
+def fibsparse_attn_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, offsets: OffsetsLike,
+                       softmax_scale: Optional[float] = None, return_lse: bool = False):
+    """Reference for `fibsparse_attn`: same arguments, same results (SPEC.md).
+
+    Output has q's dtype; lse is float32, or float64 for float64 inputs.
+    """
+    check_window(window)
+    offsets = as_offsets(offsets, q, window)
+    if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
+        raise ValueError(f"q, k, v must be (batch, seqlen, heads, head_dim) with v shaped like k, got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    batch, seqlen_q, heads, dim = q.shape
+    seqlen_k, heads_kv = k.shape[1], k.shape[2]
+    if heads % heads_kv or seqlen_q > seqlen_k:
+        raise ValueError(f"need heads % heads_kv == 0 and seqlen_q <= seqlen_k, got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}")
+    scale = default_scale(q, softmax_scale)
+    shift = seqlen_k - seqlen_q
+
+    per_query = max(1, batch * (window * heads_kv + offsets.shape[-1] * heads) * dim * 4)
+    block = max(1, min(seqlen_q, _BLOCK_ELEMENTS // per_query))
+    track = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, offsets))
+    outs, lses = [], []
+    for start in range(0, seqlen_q, block):
+        q_block = q[:, start:start + block]
+        args = (q_block, k, v, offsets, start, window, scale, shift)
+        o, l = checkpoint(_attend_block, *args, use_reentrant=False) if track else _attend_block(*args)
+        outs.append(o)
+        lses.append(l)
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    out = torch.cat(outs, 1).to(q.dtype) if outs else q.new_empty(q.shape)
+    lse = torch.cat(lses, 2) if lses else q.new_empty((batch, heads, 0), dtype=acc)
+    return (out, lse) if return_lse else out
