@@ -6,6 +6,8 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <limits>
 
 #include "kernels.h"
 
@@ -119,6 +121,22 @@ Params attention_params(const Tensor& q, const Tensor& k, const Tensor& v, const
   return p;
 }
 
+// FIBSPARSE_POISON_OUTPUTS=1 fills every output with NaN before the kernels
+// run, so a test can prove that each element was written (read per call so
+// tests can switch it).
+bool poison_outputs() {
+  const char* flag = std::getenv("FIBSPARSE_POISON_OUTPUTS");
+  return flag != nullptr && flag[0] == '1';
+}
+
+Tensor new_output(const Tensor& like, at::IntArrayRef shape, at::ScalarType dtype) {
+  Tensor t = at::empty(shape, like.options().dtype(dtype));
+  if (poison_outputs()) t.fill_(std::numeric_limits<double>::quiet_NaN());
+  return t;
+}
+
+Tensor new_output_like(const Tensor& like) { return new_output(like, like.sizes(), like.scalar_type()); }
+
 bool is_cpu_low_precision(const Tensor& q) {
   return q.is_cpu() && (q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16);
 }
@@ -139,8 +157,8 @@ std::tuple<Tensor, Tensor> fwd(const Tensor& q_in, const Tensor& k_in, const Ten
   const auto dtype = q_in.scalar_type();
   const Tensor q = rows_ready(q_in), k = rows_ready(k_in), v = rows_ready(v_in);
   const Tensor offsets = kernel_offsets(offsets_in, dtype);
-  Tensor out = at::empty_like(q, at::MemoryFormat::Contiguous);
-  Tensor lse = at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(acc_dtype(dtype)));
+  Tensor out = new_output_like(q);
+  Tensor lse = new_output(q, {q.size(0), q.size(2), q.size(1)}, acc_dtype(dtype));
   if (q.numel() == 0) return {out, lse};
 
   const Params p = attention_params(q, k, v, offsets, window, softmax_scale, out, lse);
@@ -195,16 +213,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bwd(const Tensor& dout_in, const Tens
 
   const Tensor lse_c = lse.contiguous();
   const Tensor dlse_c = dlse.has_value() ? dlse->to(acc).contiguous() : Tensor();
-  Tensor delta = at::empty_like(lse_c);
+  Tensor delta = new_output_like(lse_c);
 
-  Tensor dq = at::empty_like(q, at::MemoryFormat::Contiguous);
-  Tensor dk = at::empty_like(k, at::MemoryFormat::Contiguous);
-  Tensor dv = at::empty_like(v, at::MemoryFormat::Contiguous);
+  Tensor dq = new_output_like(q);
+  Tensor dk = new_output_like(k);
+  Tensor dv = new_output_like(v);
   const int64_t num_offsets = offsets.size(-1);
   const int rows_per_partial = q.is_cuda() ? kCudaRowsPerBlock : 1;
   const int64_t num_partials = (q.size(1) + rows_per_partial - 1) / rows_per_partial;
-  Tensor partial = at::zeros({fractional ? q.size(0) * q.size(2) * num_partials * num_offsets : 0},
-                             q.options().dtype(acc));
+  Tensor partial = new_output(q, {fractional ? q.size(0) * q.size(2) * num_partials * num_offsets : 0}, acc);
   if (q.numel() == 0 || k.numel() == 0) {
     return {dq.zero_(), dk.zero_(), dv.zero_(),
             fractional ? at::zeros_like(offsets_in) : at::empty({0}, q.options().dtype(acc))};

@@ -49,7 +49,8 @@ def _check_row(row: list, window: int, fractional: bool, where: str) -> None:
 def check_offset_values(offsets: torch.Tensor, window: int) -> None:
     """Checks the values of an offsets tensor (one host copy of K numbers per head)."""
     fractional = offsets.is_floating_point()
-    rows = offsets.detach().cpu().reshape(-1, offsets.shape[-1]).tolist() if offsets.dim() else []
+    host = offsets.detach().cpu()
+    rows = host.tolist() if host.dim() == 2 else [host.tolist()]
     for h, row in enumerate(rows):
         _check_row(row, window, fractional, f"[{h}]" if offsets.dim() == 2 else "")
 
@@ -79,6 +80,8 @@ def as_offsets(offsets: OffsetsLike, q: torch.Tensor, window: int, check_values:
         raise ValueError(f"offsets must be an integer or floating tensor, got {offsets.dtype}")
     if offsets.dim() not in (1, 2):
         raise ValueError(f"offsets must have shape (K,) or (heads, K), got {tuple(offsets.shape)}")
+    if offsets.dim() == 2 and q.dim() == 4 and offsets.shape[0] != q.shape[2]:
+        raise ValueError(f"offsets per head must have shape (heads={q.shape[2]}, K), got {tuple(offsets.shape)}")
     if check_values and not _is_compiling():
         check_offset_values(offsets, window)
     return offsets

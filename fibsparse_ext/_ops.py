@@ -51,3 +51,12 @@ def _backward(ctx, dout, dlse):
 
 
 torch.library.register_autograd("fibsparse::fwd", _backward, setup_context=_setup_context)
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError("fibsparse_attn does not support double backward (gradients of gradients)")
+
+
+# Without this, autograd would treat bwd's outputs as constants and a second
+# derivative would silently come out as zero.
+torch.library.register_autograd("fibsparse::bwd", _no_double_backward, setup_context=lambda ctx, inputs, output: None)

@@ -1,0 +1,102 @@
+"""SPEC section 5: every bad input is a ValueError/RuntimeError whose message
+names the argument and what was expected; never a crash or a wrong answer."""
+import pytest
+import torch
+
+from conftest import requires_cuda
+from fibsparse_ext import fibsparse_attn, fibsparse_attn_ref
+
+ATTENTION_FUNCTIONS = [fibsparse_attn, fibsparse_attn_ref]
+
+
+def qkv(batch=1, seqlen=12, heads=2, heads_kv=2, head_dim=16, dtype=torch.float32, device="cpu"):
+    torch.manual_seed(0)
+    return (torch.randn(batch, seqlen, heads, head_dim, dtype=dtype, device=device),
+            torch.randn(batch, seqlen, heads_kv, head_dim, dtype=dtype, device=device),
+            torch.randn(batch, seqlen, heads_kv, head_dim, dtype=dtype, device=device))
+
+
+def raises(fn, *args, match, **kwargs):
+    with pytest.raises((ValueError, RuntimeError), match=match):
+        fn(*args, **kwargs)
+
+
+@pytest.mark.parametrize("fn", ATTENTION_FUNCTIONS)
+@pytest.mark.parametrize("window", [0, -3, 2.5, True, None])
+def test_window(fn, window):
+    raises(fn, *qkv(), window, [4], match="window")
+
+
+@pytest.mark.parametrize("fn", ATTENTION_FUNCTIONS)
+@pytest.mark.parametrize("offsets,match", [
+    ([5, 4], "strictly increasing"),
+    ([5, 5], "strictly increasing"),
+    ([2, 5], "window"),               # integer distance inside the band (window 4)
+    ([-2, 5], "non-negative"),
+    ([5, -1, 9], "padding"),
+    ([4.5, float("nan")], "finite"),
+    ([-0.5, 3.0], "non-negative"),
+    ([[5, 8]], "heads"),              # per-head rows but 1 row for 2 heads
+    (torch.full((1, 1, 1), 5), r"\(K,\) or \(heads, K\)"),
+    (7, "sequence"),
+    (["a"], "ints"),
+    ([[5, 8], [6]], "pad"),
+])
+def test_offsets_values_and_shape(fn, offsets, match):
+    raises(fn, *qkv(), 4, offsets, match="offsets|heads")
+    raises(fn, *qkv(), 4, offsets, match=match)
+
+
+@pytest.mark.parametrize("fn", ATTENTION_FUNCTIONS)
+def test_offsets_dtype(fn):
+    raises(fn, *qkv(), 4, torch.tensor([5, 9]) > 0, match="offsets")
+
+
+def test_shapes():
+    q, k, v = qkv()
+    raises(fibsparse_attn, q[0], k, v, 4, [5], match="q must have shape")
+    raises(fibsparse_attn, q, k[0], v, 4, [5], match="k must have shape")
+    raises(fibsparse_attn, q, k, v[:, :5], 4, [5], match="v must have the shape of k")
+    raises(fibsparse_attn, q, *qkv(batch=2)[1:], 4, [5], match="batch")
+    raises(fibsparse_attn, q, *qkv(head_dim=32)[1:], 4, [5], match="head_dim")
+    raises(fibsparse_attn, *qkv(heads=3, heads_kv=2), 4, [5], match="multiple of heads_kv")
+    q_long = qkv(seqlen=20)[0]
+    raises(fibsparse_attn, q_long, k, v, 4, [5], match="seqlen_q")
+
+
+def test_dtypes():
+    q, k, v = qkv()
+    raises(fibsparse_attn, q, k.double(), v, 4, [5], match="k must have q's dtype")
+    raises(fibsparse_attn, q, k, v.half(), 4, [5], match="v must have q's dtype")
+    raises(fibsparse_attn, q.int(), k.int(), v.int(), 4, [5], match="q must be float16, bfloat16, float32")
+
+
+def test_softmax_scale():
+    raises(fibsparse_attn, *qkv(), 4, [5], softmax_scale=float("inf"), match="softmax_scale")
+
+
+def test_cpu_head_dim_limit():
+    raises(fibsparse_attn, *qkv(head_dim=2048), 4, [5], match="head_dim")
+
+
+@requires_cuda
+def test_devices():
+    q, k, v = qkv(device="cuda")
+    raises(fibsparse_attn, q, k.cpu(), v, 4, [5], match="k must be on q's device")
+    raises(fibsparse_attn, q, k, v.cpu(), 4, [5], match="v must be on q's device")
+    raises(fibsparse_attn, q, k, v, 4, torch.tensor([5, 9]), match="offsets must be on q's device")
+    raises(fibsparse_attn, *qkv(head_dim=48, device="cuda"), 4, [5], match="head_dim must be 16, 32, 64 or 128")
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_tensors_on_different_gpus():
+    q, k, v = qkv(device="cuda:0")
+    raises(fibsparse_attn, q, k.to("cuda:1"), v, 4, [5], match="k must be on q's device")
+
+
+def test_module_arguments():
+    from fibsparse_ext import FibSparseAttention, make_schedule
+    schedule = make_schedule("fixed", num_layers=2, window=4, max_distance=64)
+    raises(FibSparseAttention, 30, 4, schedule, 0, match="embed_dim")
+    raises(FibSparseAttention, 32, 4, schedule, 0, num_kv_heads=3, match="num_kv_heads")
+    raises(FibSparseAttention, 32, 4, schedule, 2, match="layer_idx")
