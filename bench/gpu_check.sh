@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The GPU check, in one call on the device machine: build the extension
+# (sm_90, --no-build-isolation), run the whole test suite including the CUDA
+# tests, compute-sanitizer over every kernel, then the benchmark; print a
+# summary. Output goes to stdout and to $OUT/gpu_check.log when OUT is set.
+#
+#   FIBSPARSE_COMMIT=$(git rev-parse HEAD) bash bench/gpu_check.sh [--quick]
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+quick=0; [[ "${1:-}" == "--quick" ]] && quick=1
+log=${OUT:-/tmp}/gpu_check.log
+exec > >(tee "$log") 2>&1
+
+declare -A status
+step() {  # step NAME COMMAND...: run, time and record one step
+  local name=$1; shift
+  echo; echo "=== $name: $*"
+  local start=$SECONDS
+  "$@"; local rc=$?
+  status[$name]="rc=$rc  $((SECONDS - start))s"
+  echo "=== $name finished: ${status[$name]}"
+}
+
+echo "=== fibsparse_ext GPU check  $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "commit: ${FIBSPARSE_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+python3 -c 'import torch, sys; print("torch", torch.__version__, "cuda", torch.version.cuda, "python", sys.version.split()[0])'
+nvcc --version | tail -1
+
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-$(nproc)}
+step build python3 -m pip install --no-build-isolation --no-deps -e . -q
+step self_check python3 -m fibsparse_ext
+if (( quick )); then
+  step tests python3 -m pytest tests -q -x -n 8 -k "cuda or gradcheck" -p no:cacheprovider
+else
+  step tests python3 -m pytest tests -q -n 8 -p no:cacheprovider
+fi
+step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 python3 bench/sanitize_kernels.py
+step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 python3 bench/sanitize_kernels.py
+if (( quick )); then
+  step bench python3 bench/bench_attention.py --quick
+else
+  step bench python3 bench/bench_attention.py
+fi
+
+echo; echo "=== summary"
+failed=0
+for name in build self_check tests memcheck racecheck bench; do
+  echo "  $name: ${status[$name]:-not run}"
+  [[ "${status[$name]:-rc=1}" == rc=0* ]] || failed=1
+done
+exit $failed

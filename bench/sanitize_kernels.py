@@ -1,0 +1,34 @@
+"""A small run of every CUDA kernel (forward, dq, dkdv; each dtype; integer and
+fractional; GQA; per-head padded offsets; window > seqlen; seqlen_q < seqlen_k),
+sized for compute-sanitizer:
+
+    compute-sanitizer --tool memcheck --error-exitcode 1 python bench/sanitize_kernels.py
+"""
+import torch
+
+from fibsparse_ext import fibsparse_attn
+
+
+def run(dtype, fractional, head_dim, seqlen_q, seqlen_k, window):
+    torch.manual_seed(0)
+    q = torch.randn(2, seqlen_q, 4, head_dim, device="cuda", dtype=dtype, requires_grad=True)
+    k = torch.randn(2, seqlen_k, 2, head_dim, device="cuda", dtype=dtype, requires_grad=True)
+    v = torch.randn_like(k, requires_grad=True)
+    offsets = torch.tensor([[5, 9, 30], [6, 17, -1], [7, 8, 200], [-1, -1, -1]], device="cuda")
+    if fractional:
+        offsets = torch.where(offsets < 0, offsets, offsets + 0.4).to(
+            torch.float64 if dtype == torch.float64 else torch.float32).requires_grad_(True)
+    else:
+        offsets = offsets.int()
+    out, lse = fibsparse_attn(q, k, v, window, offsets, return_lse=True)
+    (out.float().square().sum() + lse.sum()).backward()
+
+
+for dtype in [torch.float16, torch.bfloat16, torch.float32, torch.float64]:
+    for fractional in [False, True]:
+        for head_dim in [16, 32, 64, 128]:
+            run(dtype, fractional, head_dim, 37, 37, 4)
+        run(dtype, fractional, 64, 3, 3, 5)      # window > seqlen
+        run(dtype, fractional, 64, 11, 50, 5)    # fewer queries than keys
+torch.cuda.synchronize()
+print("sanitize_kernels: all kernels ran")
