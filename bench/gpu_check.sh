@@ -12,11 +12,11 @@ log=${OUT:-/tmp}/gpu_check.log
 exec > >(tee "$log") 2>&1
 
 declare -A status
-step() {  # step NAME COMMAND...: run, time and record one step
-  local name=$1; shift
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, time and record one step
+  local name=$1 limit=$2; shift 2
   echo; echo "=== $name: $*"
   local start=$SECONDS
-  "$@"; local rc=$?
+  timeout "$limit" "$@"; local rc=$?
   status[$name]="rc=$rc  $((SECONDS - start))s"
   echo "=== $name finished: ${status[$name]}"
 }
@@ -28,19 +28,22 @@ python3 -c 'import torch, sys; print("torch", torch.__version__, "cuda", torch.v
 nvcc --version | tail -1
 
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-$(nproc)}
-step build python3 -m pip install --no-build-isolation --no-deps -e . -q
-step self_check python3 -m fibsparse_ext
+step build 300 python3 -m pip install --no-build-isolation --no-deps -e . -q
+[[ "${status[build]}" == rc=0* ]] || { echo "build failed: nothing else can run"; exit 1; }
+step self_check 60 python3 -m fibsparse_ext
 if (( quick )); then
-  step tests python3 -m pytest tests -q -x -n 8 -k "cuda or gradcheck" -p no:cacheprovider
+  OMP_NUM_THREADS=2 step tests 270 python3 -m pytest tests -q -x -n 8 -k "cuda or gradcheck" -p no:cacheprovider -p no:benchmark
 else
-  step tests python3 -m pytest tests -q -n 8 -p no:cacheprovider
+  OMP_NUM_THREADS=2 step tests 270 python3 -m pytest tests -q -n 8 -p no:cacheprovider -p no:benchmark
 fi
-step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 python3 bench/sanitize_kernels.py
-step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 python3 bench/sanitize_kernels.py
+# Only our kernels are instrumented (torch's own would take minutes).
+sanitize="compute-sanitizer --error-exitcode 1 --kernel-name kns=fibsparse"
+step memcheck 60 $sanitize --tool memcheck python3 bench/sanitize_kernels.py
+step racecheck 60 $sanitize --tool racecheck python3 bench/sanitize_kernels.py
 if (( quick )); then
-  step bench python3 bench/bench_attention.py --quick
+  step bench 110 python3 bench/bench_attention.py --quick
 else
-  step bench python3 bench/bench_attention.py
+  step bench 110 python3 bench/bench_attention.py
 fi
 
 echo; echo "=== summary"

@@ -254,7 +254,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bwd(const Tensor& dout_in, const Tens
 
   if (!fractional) return {dq, dk, dv, at::empty({0}, q.options().dtype(acc))};
   // Sum the partials in a fixed order: (batch, heads, partials, K) -> (heads, K).
-  Tensor doffsets = partial.view({q.size(0), q.size(2), num_partials, num_offsets}).sum({0, 2});
+  Tensor doffsets = partial.view({q.size(0), q.size(2), num_partials, num_offsets}).sum(at::IntArrayRef{0, 2});
   if (offsets_in.dim() == 1) doffsets = doffsets.sum(0);
   return {dq, dk, dv, doffsets.to(offsets_in.scalar_type())};
 }
