@@ -10,6 +10,7 @@
 #include <limits>
 
 #include "kernels.h"
+#include "to_text.h"
 
 #ifdef FIBSPARSE_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -27,50 +28,50 @@ at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDoub
 
 void check_attention_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& offsets,
                             int64_t window, double softmax_scale) {
-  TORCH_CHECK(q.dim() == 4, "q must have shape (batch, seqlen_q, heads, head_dim), got ", q.sizes());
-  TORCH_CHECK(k.dim() == 4, "k must have shape (batch, seqlen_k, heads_kv, head_dim), got ", k.sizes());
-  TORCH_CHECK(v.sizes() == k.sizes(), "v must have the shape of k ", k.sizes(), ", got ", v.sizes());
+  TORCH_CHECK(q.dim() == 4, "q must have shape (batch, seqlen_q, heads, head_dim), got ", to_text(q.sizes()));
+  TORCH_CHECK(k.dim() == 4, "k must have shape (batch, seqlen_k, heads_kv, head_dim), got ", to_text(k.sizes()));
+  TORCH_CHECK(v.sizes() == k.sizes(), "v must have the shape of k ", to_text(k.sizes()), ", got ", to_text(v.sizes()));
   const auto dtype = q.scalar_type();
   TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat || dtype == at::kDouble,
-              "q must be float16, bfloat16, float32 or float64, got ", dtype);
-  TORCH_CHECK(k.scalar_type() == dtype, "k must have q's dtype ", dtype, ", got ", k.scalar_type());
-  TORCH_CHECK(v.scalar_type() == dtype, "v must have q's dtype ", dtype, ", got ", v.scalar_type());
-  TORCH_CHECK(k.device() == q.device(), "k must be on q's device ", q.device(), ", got ", k.device());
-  TORCH_CHECK(v.device() == q.device(), "v must be on q's device ", q.device(), ", got ", v.device());
-  TORCH_CHECK(q.is_cpu() || q.is_cuda(), "q must be a CPU or CUDA tensor, got ", q.device());
+              "q must be float16, bfloat16, float32 or float64, got ", to_text(dtype));
+  TORCH_CHECK(k.scalar_type() == dtype, "k must have q's dtype ", to_text(dtype), ", got ", to_text(k.scalar_type()));
+  TORCH_CHECK(v.scalar_type() == dtype, "v must have q's dtype ", to_text(dtype), ", got ", to_text(v.scalar_type()));
+  TORCH_CHECK(k.device() == q.device(), "k must be on q's device ", to_text(q.device()), ", got ", to_text(k.device()));
+  TORCH_CHECK(v.device() == q.device(), "v must be on q's device ", to_text(q.device()), ", got ", to_text(v.device()));
+  TORCH_CHECK(q.is_cpu() || q.is_cuda(), "q must be a CPU or CUDA tensor, got ", to_text(q.device()));
 
   const int64_t batch = q.size(0), seqlen_q = q.size(1), heads = q.size(2), head_dim = q.size(3);
   const int64_t seqlen_k = k.size(1), heads_kv = k.size(2);
-  TORCH_CHECK(k.size(0) == batch, "k must have q's batch size ", batch, ", got ", k.size(0));
-  TORCH_CHECK(k.size(3) == head_dim, "k must have q's head_dim ", head_dim, ", got ", k.size(3));
+  TORCH_CHECK(k.size(0) == batch, "k must have q's batch size ", to_text(batch), ", got ", to_text(k.size(0)));
+  TORCH_CHECK(k.size(3) == head_dim, "k must have q's head_dim ", to_text(head_dim), ", got ", to_text(k.size(3)));
   TORCH_CHECK(heads_kv >= 1 && heads % heads_kv == 0,
-              "heads (", heads, ") must be a multiple of heads_kv (", heads_kv, ")");
-  TORCH_CHECK(seqlen_q <= seqlen_k, "seqlen_q (", seqlen_q, ") must not exceed seqlen_k (", seqlen_k,
+              "heads (", to_text(heads), ") must be a multiple of heads_kv (", to_text(heads_kv), ")");
+  TORCH_CHECK(seqlen_q <= seqlen_k, "seqlen_q (", to_text(seqlen_q), ") must not exceed seqlen_k (", to_text(seqlen_k),
               "): queries are aligned to the last keys");
   TORCH_CHECK(seqlen_k <= INT32_MAX && batch <= 65535 && heads <= 65535,
-              "batch (max 65535), heads (max 65535) or seqlen_k (max 2^31-1) too large: ", k.sizes());
+              "batch (max 65535), heads (max 65535) or seqlen_k (max 2^31-1) too large: ", to_text(k.sizes()));
   if (q.is_cuda()) {
     TORCH_CHECK(head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128,
-                "head_dim must be 16, 32, 64 or 128 on CUDA, got ", head_dim);
+                "head_dim must be 16, 32, 64 or 128 on CUDA, got ", to_text(head_dim));
   } else {
-    TORCH_CHECK(head_dim >= 1 && head_dim <= 1024, "head_dim must be in [1, 1024], got ", head_dim);
+    TORCH_CHECK(head_dim >= 1 && head_dim <= 1024, "head_dim must be in [1, 1024], got ", to_text(head_dim));
   }
 
   TORCH_CHECK(window >= 1, "window must be >= 1 (distance 0, the query itself, is always attended), got ",
-              window);
-  TORCH_CHECK(window <= INT32_MAX, "window must fit in int32, got ", window);
-  TORCH_CHECK(std::isfinite(softmax_scale), "softmax_scale must be finite, got ", softmax_scale);
+              to_text(window));
+  TORCH_CHECK(window <= INT32_MAX, "window must fit in int32, got ", to_text(window));
+  TORCH_CHECK(std::isfinite(softmax_scale), "softmax_scale must be finite, got ", to_text(softmax_scale));
 
-  TORCH_CHECK(offsets.device() == q.device(), "offsets must be on q's device ", q.device(), ", got ",
-              offsets.device());
+  TORCH_CHECK(offsets.device() == q.device(), "offsets must be on q's device ", to_text(q.device()), ", got ",
+              to_text(offsets.device()));
   const auto odtype = offsets.scalar_type();
   TORCH_CHECK(odtype == at::kInt || odtype == at::kLong || odtype == at::kFloat || odtype == at::kDouble,
               "offsets must be int32/int64 (integer distances) or float32/float64 (fractional positions), "
-              "got ", odtype);
+              "got ", to_text(odtype));
   TORCH_CHECK(offsets.dim() == 1 || (offsets.dim() == 2 && offsets.size(0) == heads),
-              "offsets must have shape (K,) or (heads=", heads, ", K), got ", offsets.sizes());
+              "offsets must have shape (K,) or (heads=", to_text(heads), ", K), got ", to_text(offsets.sizes()));
   TORCH_CHECK(offsets.size(-1) <= 65535, "offsets may hold at most 65535 entries per head, got ",
-              offsets.size(-1));
+              to_text(offsets.size(-1)));
 }
 
 // Rows must be contiguous and 16-byte aligned for the vector loads of the
@@ -179,22 +180,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bwd(const Tensor& dout_in, const Tens
                                                const std::optional<Tensor>& dlse, const Tensor& offsets_in,
                                                int64_t window, double softmax_scale) {
   check_attention_inputs(q_in, k_in, v_in, offsets_in, window, softmax_scale);
-  TORCH_CHECK(dout_in.sizes() == q_in.sizes(), "dout must have q's shape ", q_in.sizes(), ", got ",
-              dout_in.sizes());
-  TORCH_CHECK(out_in.sizes() == q_in.sizes(), "out must have q's shape ", q_in.sizes(), ", got ", out_in.sizes());
+  TORCH_CHECK(dout_in.sizes() == q_in.sizes(), "dout must have q's shape ", to_text(q_in.sizes()), ", got ",
+              to_text(dout_in.sizes()));
+  TORCH_CHECK(out_in.sizes() == q_in.sizes(), "out must have q's shape ", to_text(q_in.sizes()), ", got ", to_text(out_in.sizes()));
   TORCH_CHECK(dout_in.scalar_type() == q_in.scalar_type() && out_in.scalar_type() == q_in.scalar_type(),
-              "dout and out must have q's dtype ", q_in.scalar_type());
+              "dout and out must have q's dtype ", to_text(q_in.scalar_type()));
   TORCH_CHECK(dout_in.device() == q_in.device() && out_in.device() == q_in.device() &&
                   lse.device() == q_in.device(),
-              "dout, out and lse must be on q's device ", q_in.device());
+              "dout, out and lse must be on q's device ", to_text(q_in.device()));
   const auto dtype = q_in.scalar_type();
   const std::vector<int64_t> lse_shape{q_in.size(0), q_in.size(2), q_in.size(1)};
   TORCH_CHECK(lse.sizes() == lse_shape && lse.scalar_type() == acc_dtype(dtype),
-              "lse must be ", acc_dtype(dtype), " of shape (batch, heads, seqlen_q) = ", lse_shape, ", got ",
-              lse.scalar_type(), " ", lse.sizes());
+              "lse must be ", to_text(acc_dtype(dtype)), " of shape (batch, heads, seqlen_q) = ", to_text(lse_shape), ", got ",
+              to_text(lse.scalar_type()), " ", to_text(lse.sizes()));
   if (dlse.has_value()) {
     TORCH_CHECK(dlse->sizes() == lse.sizes() && dlse->device() == lse.device(), "dlse must match lse ",
-                lse.sizes(), " on ", lse.device());
+                to_text(lse.sizes()), " on ", to_text(lse.device()));
   }
   if (is_cpu_low_precision(q_in)) {
     const auto f = [](const Tensor& t) { return t.to(at::kFloat); };

@@ -22,6 +22,6 @@
       case 32: { constexpr static int CONST_NAME = 32; return __VA_ARGS__(); } \
       case 64: { constexpr static int CONST_NAME = 64; return __VA_ARGS__(); } \
       case 128: { constexpr static int CONST_NAME = 128; return __VA_ARGS__(); } \
-      default: TORCH_CHECK(false, "fibsparse: unsupported head_dim ", HEADDIM); \
+      default: TORCH_CHECK(false, "fibsparse: unsupported head_dim ", std::to_string(HEADDIM)); \
     }                                                                         \
   }()
