@@ -1,0 +1,134 @@
+"""A small decoder-only language model whose only varying part is the attention
+pattern: every variant uses the same blocks, the same rotary positions and the
+same tied embedding, so comparisons isolate the schedule.
+
+    config = LMConfig.preset("tiny", schedule="stagger")
+    model = FibSparseLM(config)
+    logits = model(tokens)                    # tokens: (batch, seqlen) int64
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .modules import FibSparseAttention
+from .schedules import BASES, Schedule, make_schedule
+
+# Variants an experiment can name: a schedule, optionally prefixed by its base
+# ("pow2-stagger"); "custom" needs explicit alphas and is for the Python API.
+VARIANT_SCHEDULES = ("fixed", "learned", "stagger", "coprime", "dense")
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """Model shape and attention pattern. The offsets are fixed from `seq_len`
+    (the training length) at construction, never from the input length."""
+    embed_dim: int
+    num_layers: int
+    num_heads: int
+    seq_len: int
+    window: int
+    num_kv_heads: Optional[int] = None
+    mlp_ratio: int = 4
+    vocab_size: int = 256
+    schedule: str = "stagger"
+    base: str = "fibonacci"
+    alpha_min: float = 0.5
+    alpha_max: float = 1.5
+    rotary_base: float = 10000.0
+
+    @staticmethod
+    def preset(name: str, **overrides) -> "LMConfig":
+        if name not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+    @staticmethod
+    def parse_variant(variant: str) -> dict:
+        """'stagger' -> {schedule: stagger, base: fibonacci}; 'pow2-fixed' -> pow2 base."""
+        base, _, schedule = variant.rpartition("-")
+        base = base or "fibonacci"
+        if base not in BASES or schedule not in VARIANT_SCHEDULES:
+            raise ValueError(f"unknown schedule variant {variant!r}: use one of {list(VARIANT_SCHEDULES)}, "
+                             f"optionally prefixed by a base ({', '.join(b + '-' for b in BASES)})")
+        return {"schedule": schedule, "base": base}
+
+    def make_schedule(self) -> Schedule:
+        if self.schedule == "dense":
+            return make_schedule("dense", num_layers=self.num_layers)
+        kwargs = dict(num_layers=self.num_layers, window=self.window, max_distance=self.seq_len, base=self.base)
+        if self.schedule in ("stagger", "coprime"):
+            kwargs.update(alpha_min=self.alpha_min, alpha_max=self.alpha_max)
+        return make_schedule(self.schedule, **kwargs)
+
+
+PRESETS = {
+    # CPU, seconds: what CI trains.
+    "tiny": LMConfig(embed_dim=64, num_layers=2, num_heads=2, seq_len=64, window=8),
+    # One GPU, minutes.
+    "small": LMConfig(embed_dim=256, num_layers=6, num_heads=4, seq_len=256, window=16),
+    # The paper's shape: 512 hidden, 16 layers, ~60M parameters with its vocabulary
+    # (here bytes, so fewer embedding parameters).
+    "paper": LMConfig(embed_dim=512, num_layers=16, num_heads=8, seq_len=1024, window=64),
+}
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: LMConfig, schedule: Schedule, layer_idx: int):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(config.embed_dim)
+        self.attn = FibSparseAttention(config.embed_dim, config.num_heads, schedule, layer_idx,
+                                       num_kv_heads=config.num_kv_heads, rotary_base=config.rotary_base)
+        self.mlp_norm = nn.RMSNorm(config.embed_dim)
+        hidden = config.mlp_ratio * config.embed_dim
+        self.mlp = nn.Sequential(nn.Linear(config.embed_dim, hidden, bias=False), nn.GELU(),
+                                 nn.Linear(hidden, config.embed_dim, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class FibSparseLM(nn.Module):
+    """Decoder-only LM over tokens (batch, seqlen) -> logits (batch, seqlen, vocab)."""
+
+    def __init__(self, config: LMConfig):
+        super().__init__()
+        self.config = config
+        self.schedule = config.make_schedule()
+        self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
+        self.blocks = nn.ModuleList(Block(config, self.schedule, i) for i in range(config.num_layers))
+        self.norm = nn.RMSNorm(config.embed_dim)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x) @ self.embed.weight.t()  # tied output head
+
+    def loss(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy over a (batch, seqlen + 1) token window."""
+        logits = self(tokens[:, :-1])
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1))
+
+    def alphas(self) -> list:
+        """The learned alphas, one per layer (empty unless the schedule is learned)."""
+        return [block.attn.alpha.item() for block in self.blocks if hasattr(block.attn, "alpha")]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

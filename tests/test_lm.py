@@ -1,0 +1,106 @@
+"""The language model, its data and the extrapolation experiment, on the tiny
+preset (CPU, seconds)."""
+import json
+
+import pytest
+import torch
+
+from fibsparse_ext.data import ByteCorpus
+from fibsparse_ext.experiments import extrapolate
+from fibsparse_ext.models import FibSparseLM, LMConfig
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return ByteCorpus.load(max_bytes=2 * 2**20)
+
+
+def train_steps(model, corpus, steps, lr=3e-3):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for step in range(steps):
+        tokens = corpus.batch("train", 8, model.config.seq_len, torch.Generator().manual_seed(step))
+        loss = model.loss(tokens)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_corpus_is_the_standard_library_split_by_file(corpus):
+    assert len(corpus.train) > 10 * len(corpus.val) / 2 > 0
+    again = ByteCorpus.load(max_bytes=2 * 2**20)
+    assert torch.equal(corpus.train, again.train) and torch.equal(corpus.val, again.val)  # deterministic
+    assert b"def " in bytes(corpus.train[:200000].tolist())
+
+
+@pytest.mark.parametrize("variant", ["stagger", "pow2-coprime", "learned", "dense"])
+def test_tiny_model_learns(corpus, variant):
+    torch.manual_seed(0)
+    model = FibSparseLM(LMConfig.preset("tiny", **LMConfig.parse_variant(variant)))
+    losses = train_steps(model, corpus, 40)
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5, losses
+
+
+def test_learned_alphas_change_during_training(corpus):
+    torch.manual_seed(0)
+    model = FibSparseLM(LMConfig.preset("tiny", schedule="learned"))
+    before = model.alphas()
+    train_steps(model, corpus, 10, lr=1e-2)
+    after = model.alphas()
+    assert len(before) == model.config.num_layers
+    assert all(a != b for a, b in zip(before, after)), (before, after)
+
+
+def test_evaluation_at_4x_uses_only_offsets_from_construction(corpus):
+    model = FibSparseLM(LMConfig.preset("tiny", schedule="stagger"))
+    offsets = [block.attn.offsets.clone() for block in model.blocks]
+    assert all(int(o.max()) <= model.config.seq_len for o in offsets)
+    long_tokens = corpus.eval_windows(4 * model.config.seq_len, 2)
+    with torch.no_grad():
+        assert torch.isfinite(model.loss(long_tokens))
+    assert all(torch.equal(o, block.attn.offsets) for o, block in zip(offsets, model.blocks))
+
+
+def test_experiment_end_to_end(tmp_path, capsys):
+    args = ["--preset", "tiny", "--schedules", "stagger,dense", "--steps", "6", "--max-bytes", "1000000",
+            "--device", "cpu", "--out", str(tmp_path)]
+    assert extrapolate.main(args) == 0
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert set(results) == {"stagger", "dense"}
+    for r in results.values():
+        assert set(r["perplexity"]) == {"1", "2", "4"} and all(p > 1 for p in r["perplexity"].values())
+    assert "ppl @4x" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="another configuration"):  # a changed recipe is not mixed in
+        extrapolate.main(args[:5] + ["9"] + args[6:])
+
+
+def test_interrupted_training_resumes_to_the_same_result(tmp_path, monkeypatch):
+    args = ["--preset", "tiny", "--schedules", "learned", "--steps", "10", "--max-bytes", "1000000",
+            "--device", "cpu"]
+    assert extrapolate.main(args + ["--out", str(tmp_path / "whole")]) == 0
+    whole = torch.load(tmp_path / "whole" / "checkpoints" / "learned.pt")
+
+    update = extrapolate.Progress.update
+
+    def interrupt_at_step_7(self, step, loss):
+        if step == 7:
+            raise KeyboardInterrupt
+        update(self, step, loss)
+    monkeypatch.setattr(extrapolate.Progress, "update", interrupt_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        extrapolate.main(args + ["--out", str(tmp_path / "cut")])
+    assert torch.load(tmp_path / "cut" / "checkpoints" / "learned.pt")["step"] == 6  # saved every steps // 5
+    monkeypatch.setattr(extrapolate.Progress, "update", update)
+    assert extrapolate.main(args + ["--out", str(tmp_path / "cut")]) == 0
+    resumed = torch.load(tmp_path / "cut" / "checkpoints" / "learned.pt")
+    assert resumed["step"] == 10 and resumed["losses"] == pytest.approx(whole["losses"], rel=1e-5)
+    assert torch.allclose(resumed["model"]["blocks.0.attn.alpha"], whole["model"]["blocks.0.attn.alpha"])
+
+
+def test_bad_experiment_arguments(tmp_path):
+    with pytest.raises(ValueError, match="unknown schedule variant 'fancy'"):
+        extrapolate.main(["--schedules", "stagger,fancy", "--out", str(tmp_path)])
+    with pytest.raises(FileNotFoundError, match="data files not found"):
+        extrapolate.main(["--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path)])
