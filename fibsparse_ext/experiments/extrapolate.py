@@ -137,7 +137,7 @@ def perplexity(model: FibSparseLM, corpus: ByteCorpus, length: int, windows: int
 
 
 @torch.no_grad()
-def latency_ms(model: FibSparseLM, length: int, device: torch.device, runs: int = 10) -> float:
+def latency_ms(model: FibSparseLM, length: int, device: torch.device, runs: int = 50) -> float:
     """Median forward time of one sequence of `length` tokens."""
     model.eval()
     tokens = torch.randint(0, model.config.vocab_size, (1, length), device=device)
@@ -170,6 +170,7 @@ def format_table(results: dict, seq_len: int) -> str:
 def plot(results: dict, seq_len: int, path: Path) -> bool:
     try:
         import matplotlib
+        import matplotlib.ticker
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -180,7 +181,10 @@ def plot(results: dict, seq_len: int, path: Path) -> bool:
                   marker="o", label=name, linestyle="--" if name == "dense" else "-")
     axes.set(xscale="log", yscale="log", xlabel="evaluation length (tokens)", ylabel="validation perplexity",
              title=f"trained at {seq_len} tokens")
-    axes.set_xticks([m * seq_len for m in EVAL_MULTIPLES], [f"{m}x" for m in EVAL_MULTIPLES])
+    axes.set_xticks([m * seq_len for m in EVAL_MULTIPLES], [f"{m}x ({m * seq_len})" for m in EVAL_MULTIPLES])
+    axes.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    axes.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
+    axes.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
     axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
