@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .decode import KVCache
 from .modules import FibSparseAttention
 from .schedules import BASES, Schedule, make_schedule
 
@@ -91,8 +92,8 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(config.embed_dim, hidden, bias=False), nn.GELU(),
                                  nn.Linear(hidden, config.embed_dim, bias=False))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x))
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cache=cache)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -115,11 +116,17 @@ class FibSparseLM(nn.Module):
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, caches: Optional[list] = None) -> torch.Tensor:
+        """Logits for tokens (batch, seqlen); with caches (one per block, from
+        make_caches), the tokens continue what the caches hold."""
         x = self.embed(tokens)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if caches is None else caches[i])
         return self.norm(x) @ self.embed.weight.t()  # tied output head
+
+    def make_caches(self, batch: int, max_seqlen: int) -> list:
+        """One KV cache per block: constant-size rings for sparse layers."""
+        return [block.attn.make_cache(batch, max_seqlen) for block in self.blocks]
 
     def loss(self, tokens: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy over a (batch, seqlen + 1) token window."""

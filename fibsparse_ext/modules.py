@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._offsets import check_offset_values
+from .decode import KVCache, fibsparse_attn_with_kvcache, required_capacity
 from .functional import default_scale
 from .rotary import apply_rotary, rotary_tables
 from .schedules import Schedule
@@ -61,21 +62,48 @@ class FibSparseAttention(nn.Module):
             return self.alpha.clamp(min=MIN_ALPHA) * self.base_distances
         return self.offsets
 
-    def forward(self, x: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, start_pos: int = 0, cache: Optional[KVCache] = None) -> torch.Tensor:
+        """x (batch, seqlen, embed_dim) at positions start_pos.., or, with a cache,
+        right after the tokens already in it (one cache per layer; see make_cache)."""
         batch, seqlen, _ = x.shape
         q, k, v = self.qkv(x).view(batch, seqlen, -1, self.head_dim).split(
             [self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=2)
+        if cache is not None:  # per-sequence positions: batches may be ragged
+            positions = cache.seqlens[:, None] + torch.arange(seqlen, device=x.device)
+        else:
+            positions = torch.arange(start_pos, start_pos + seqlen, device=x.device)
         if self.rotary:
-            cos, sin = rotary_tables(torch.arange(start_pos, start_pos + seqlen, device=x.device),
-                                     self.head_dim, self.rotary_base)
+            cos, sin = rotary_tables(positions, self.head_dim, self.rotary_base)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None and bool((cache.seqlens > 0).any()):  # decoding after the cached tokens
+            cache.write(k, v)
+            window, offsets = (cache.capacity, []) if self.window is None else (self.window, self.positions())
+            out = fibsparse_attn_with_kvcache(q, cache.k, cache.v, cache.seqlens, window, offsets, ring=cache.ring)
+        else:  # a whole sequence (or the prompt of a fresh cache): the fused kernels
+            if cache is not None:
+                cache.write(k, v)
+            out = self._attend(q, k, v)
+        return self.out_proj(out.reshape(batch, seqlen, -1))
+
+    def _attend(self, q, k, v):
         if self.window is None:
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                  is_causal=True, enable_gqa=self.num_heads != self.num_kv_heads)
-            out = out.transpose(1, 2)
+            return out.transpose(1, 2)
+        out, _ = torch.ops.fibsparse.fwd(q, k, v, self.positions(), self.window, default_scale(q, None))
+        return out
+
+    def make_cache(self, batch: int, max_seqlen: int, dtype=None, device=None) -> KVCache:
+        """A cache for decoding up to max_seqlen tokens one at a time. Sparse
+        layers get a ring of constant size, whatever max_seqlen; dense layers
+        need every position."""
+        if self.window is None:
+            capacity, ring = max_seqlen, False
         else:
-            out, _ = torch.ops.fibsparse.fwd(q, k, v, self.positions(), self.window, default_scale(q, None))
-        return self.out_proj(out.reshape(batch, seqlen, -1))
+            capacity, ring = required_capacity(self.window, self.positions().detach()), True
+        weight = self.qkv.weight
+        return KVCache(batch, capacity, self.num_kv_heads, self.head_dim, ring=ring,
+                       dtype=dtype or weight.dtype, device=device or weight.device)
 
     def extra_repr(self) -> str:
         pattern = "dense causal" if self.window is None else (

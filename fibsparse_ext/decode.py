@@ -1,0 +1,140 @@
+"""Decoding with a KV cache: attention for a few new query tokens per sequence
+against cached keys, reading only the keys the pattern names.
+
+The cache can be a ring: a sequence's token at absolute position p lives in
+slot p % capacity. Since no query ever reads a key older than the largest
+distance, a ring of `required_capacity(...)` slots holds everything decoding
+needs, and memory stays constant however long generation runs. Keys are cached
+after rotary embedding at their absolute position, so wrap-around does not
+disturb positions.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from ._offsets import PADDING, OffsetsLike, as_offsets, check_window
+from .functional import default_scale
+
+
+def largest_distance(window: int, offsets: torch.Tensor) -> int:
+    """The farthest position behind a query that the pattern may read (a
+    fractional p reads floor(p) + 1)."""
+    real = offsets[offsets != PADDING]
+    far = int(math.floor(real.max().item())) + (1 if offsets.is_floating_point() else 0) if real.numel() else 0
+    return max(window - 1, far)
+
+
+def required_capacity(window: int, offsets: OffsetsLike, new_tokens: int = 1) -> int:
+    """Ring slots needed to decode `new_tokens` queries per call."""
+    offsets = offsets if isinstance(offsets, torch.Tensor) else torch.tensor(offsets)
+    return largest_distance(window, offsets) + new_tokens
+
+
+class KVCache:
+    """One layer's cache for a batch: k, v of (batch, capacity, heads_kv, head_dim)
+    and seqlens (batch,), the number of tokens written to each sequence so far."""
+
+    def __init__(self, batch: int, capacity: int, heads_kv: int, head_dim: int, *, ring: bool,
+                 dtype=torch.float32, device=None):
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.k = torch.zeros(batch, capacity, heads_kv, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.seqlens = torch.zeros(batch, dtype=torch.int64, device=device)
+        self.ring = ring
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[1]
+
+    def write(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Appends k, v (batch, new, heads_kv, head_dim) after each sequence's
+        tokens. A ring keeps the last `capacity` positions; a linear cache
+        refuses to overflow."""
+        new = k.shape[1]
+        positions = self.seqlens[:, None] + torch.arange(new, device=k.device)  # (batch, new)
+        if not self.ring and int(positions.max()) >= self.capacity:
+            raise ValueError(f"cache full: sequences would reach {int(positions.max()) + 1} tokens, "
+                             f"capacity is {self.capacity}")
+        keep = slice(max(0, new - self.capacity), new)  # older ones would be overwritten in this same write
+        slots = (positions[:, keep] % self.capacity)[..., None, None].expand(-1, -1, *k.shape[2:])
+        self.k.scatter_(1, slots, k[:, keep].to(self.k.dtype))
+        self.v.scatter_(1, slots, v[:, keep].to(self.v.dtype))
+        self.seqlens += new
+
+
+def fibsparse_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                                cache_seqlens: torch.Tensor, window: int, offsets: OffsetsLike,
+                                softmax_scale: Optional[float] = None, ring: bool = False,
+                                return_lse: bool = False):
+    """Attention of new queries against a KV cache (FlashAttention's
+    flash_attn_with_kvcache convention, without the in-place append: write the
+    new keys first, e.g. with KVCache.write).
+
+    Args:
+        q: (batch, new, heads, head_dim): the queries of the newest `new` tokens.
+        k_cache, v_cache: (batch, capacity, heads_kv, head_dim).
+        cache_seqlens: (batch,) ints: tokens in each sequence, the new ones included;
+            query t of sequence b is at absolute position cache_seqlens[b] - new + t.
+            Sequences may have different lengths.
+        window, offsets: the pattern, as for fibsparse_attn (integer or fractional).
+        ring: the cache is a ring (position p in slot p % capacity); it must hold
+            every distance the newest queries read.
+    Returns:
+        out (batch, new, heads, head_dim) [, lse (batch, heads, new)].
+    """
+    check_window(window)
+    offsets = as_offsets(offsets, q, window)
+    batch, new, heads, head_dim = q.shape
+    if k_cache.dim() != 4 or k_cache.shape[0] != batch or k_cache.shape[3] != head_dim:
+        raise ValueError(f"k_cache must be (batch={batch}, capacity, heads_kv, head_dim={head_dim}), "
+                         f"got {tuple(k_cache.shape)}")
+    if v_cache.shape != k_cache.shape:
+        raise ValueError(f"v_cache must have k_cache's shape {tuple(k_cache.shape)}, got {tuple(v_cache.shape)}")
+    capacity, heads_kv = k_cache.shape[1], k_cache.shape[2]
+    if heads % heads_kv:
+        raise ValueError(f"heads ({heads}) must be a multiple of the cache's heads_kv ({heads_kv})")
+    if cache_seqlens.shape != (batch,) or cache_seqlens.is_floating_point():
+        raise ValueError(f"cache_seqlens must be an integer tensor of shape ({batch},), got "
+                         f"{cache_seqlens.dtype} {tuple(cache_seqlens.shape)}")
+    lengths = cache_seqlens.to(device=q.device, dtype=torch.int64)
+    if int(lengths.min()) < new:
+        raise ValueError(f"cache_seqlens must count the {new} new token(s) already written, got {lengths.tolist()}")
+    if ring and required_capacity(window, offsets, new) > capacity:
+        raise ValueError(f"cache too small: a ring must hold {required_capacity(window, offsets, new)} positions "
+                         f"for window {window}, these offsets and {new} new token(s), it has {capacity}")
+    if not ring and int(lengths.max()) > capacity:
+        raise ValueError(f"cache_seqlens {lengths.tolist()} go beyond the cache's capacity {capacity}")
+
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    positions = lengths[:, None] - new + torch.arange(new, device=q.device)  # (batch, new)
+    # Distances per head: the band, then the offsets; (heads, T).
+    band = torch.arange(window, device=q.device, dtype=acc).expand(heads, window)
+    distances = torch.cat([band, offsets.to(acc).expand(heads, offsets.shape[-1])], 1)
+    present = torch.cat([torch.ones_like(band, dtype=torch.bool), (offsets != PADDING).expand(heads, -1)], 1)
+    whole = distances.floor()
+    frac = distances - whole  # 0 for integer offsets
+    rows = positions[:, :, None, None] - whole.long()  # (batch, new, heads, T): the nearer neighbour
+    valid = present & (positions[:, :, None, None] - distances >= 0)
+    kv_heads = torch.arange(heads, device=q.device) // (heads // heads_kv)
+
+    def gather(cache, rows):
+        slot = rows % capacity if ring else rows.clamp(0, capacity - 1)
+        slot = torch.where(valid, slot, 0)
+        b = torch.arange(batch, device=q.device)[:, None, None, None]
+        return cache[b, slot, kv_heads[None, None, :, None]].to(acc)  # (batch, new, heads, T, head_dim)
+
+    f = frac[None, None, :, :, None]
+    keys = gather(k_cache, rows)
+    values = gather(v_cache, rows)
+    if offsets.is_floating_point():  # (1 - f) row[pos - a] + f row[pos - a - 1]
+        keys = keys + f * (gather(k_cache, rows - 1) - keys)
+        values = values + f * (gather(v_cache, rows - 1) - values)
+    scores = torch.einsum("bnhd,bnhtd->bnht", q.to(acc), keys) * default_scale(q, softmax_scale)
+    scores = scores.masked_fill(~valid, float("-inf"))
+    lse = torch.logsumexp(scores, -1)
+    out = torch.einsum("bnht,bnhtd->bnhd", torch.exp(scores - lse[..., None]), values).to(q.dtype)
+    return (out, lse.transpose(1, 2)) if return_lse else out

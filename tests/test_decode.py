@@ -1,0 +1,107 @@
+"""Decoding with KV caches: the decode attention against the full-sequence
+reference at every position (ring wrap-around, ragged batches, GQA, integer
+and fractional offsets), bounded cache sizes, and generate() against full
+recomputation."""
+import pytest
+import torch
+
+from conftest import random_qkv, rel_err
+from fibsparse_ext import fibsparse_attn_ref
+from fibsparse_ext.decode import KVCache, fibsparse_attn_with_kvcache, required_capacity
+from fibsparse_ext.generation import generate
+from fibsparse_ext.models import FibSparseLM, LMConfig
+
+
+@pytest.mark.parametrize("ring", [True, False])
+@pytest.mark.parametrize("offsets", [[5, 9, 17], [4.5, 9.25, 16.75], [[5, 9, 17], [6, 11, -1], [7, -1, -1],
+                                                                         [8, 13, 21]]],
+                         ids=["integer", "fractional", "per_head"])
+@pytest.mark.parametrize("new_tokens", [1, 3])
+def test_decode_matches_full_attention_at_every_position(ring, offsets, new_tokens):
+    """Feed a ragged batch through the cache a few tokens at a time; every
+    output equals the reference run on the whole sequence. The ring is as
+    small as allowed, so it wraps around many times."""
+    torch.manual_seed(0)
+    window, batch, heads, heads_kv, length = 4, 3, 4, 2, 60
+    q, k, v = random_qkv(batch, length, heads, heads_kv, 16, torch.float64, "cpu", requires_grad=False)
+    expected = fibsparse_attn_ref(q, k, v, window, offsets)
+    capacity = required_capacity(window, torch.tensor(offsets), new_tokens) if ring else length
+    cache = KVCache(batch, capacity, heads_kv, 16, ring=ring, dtype=torch.float64)
+    if ring:
+        assert capacity < 25  # far fewer slots than tokens: wrap-around happens
+    # Each sequence takes its own chunk sizes, so the sequences' lengths differ at every call.
+    for b in range(batch):
+        begins = [0] + list(range(b % new_tokens + 1, length, new_tokens))
+        for begin, end in zip(begins, begins[1:] + [length]):
+            row = KVCache.__new__(KVCache)  # a one-sequence view of the batch's cache
+            row.k, row.v, row.seqlens, row.ring = cache.k[b:b + 1], cache.v[b:b + 1], cache.seqlens[b:b + 1], ring
+            row.write(k[b:b + 1, begin:end], v[b:b + 1, begin:end])
+            out = fibsparse_attn_with_kvcache(q[b:b + 1, begin:end], cache.k[b:b + 1], cache.v[b:b + 1],
+                                              cache.seqlens[b:b + 1], window, offsets, ring=ring)
+            assert rel_err(out, expected[b:b + 1, begin:end]) < 1e-12, (b, begin)
+    assert cache.seqlens.tolist() == [length] * batch
+
+
+def test_batched_ragged_call():
+    """One call for a batch whose sequences have different lengths."""
+    torch.manual_seed(1)
+    q, k, v = random_qkv(3, 30, 2, 1, 16, torch.float64, "cpu", requires_grad=False)
+    lengths = torch.tensor([30, 11, 1])
+    cache = KVCache(3, 30, 1, 16, ring=False, dtype=torch.float64)
+    cache.k.copy_(k)
+    cache.v.copy_(v)
+    queries = torch.stack([q[b, n - 1] for b, n in enumerate(lengths.tolist())])[:, None]
+    out = fibsparse_attn_with_kvcache(queries, cache.k, cache.v, lengths, 3, [5, 8])
+    for b, n in enumerate(lengths.tolist()):
+        expected = fibsparse_attn_ref(q[b:b + 1, :n], k[b:b + 1, :n], v[b:b + 1, :n], 3, [5, 8])[:, -1]
+        assert rel_err(out[b], expected) < 1e-12
+
+
+def test_bad_decode_input():
+    q, k, v = random_qkv(2, 1, 2, 2, 16, torch.float32, "cpu", requires_grad=False)
+    cache = KVCache(2, 8, 2, 16, ring=True)
+    with pytest.raises(ValueError, match="cache too small: a ring must hold 18"):
+        fibsparse_attn_with_kvcache(q, cache.k, cache.v, torch.tensor([3, 3]), 4, [9, 17], ring=True)
+    with pytest.raises(ValueError, match="beyond the cache's capacity 8"):
+        fibsparse_attn_with_kvcache(q, cache.k, cache.v, torch.tensor([3, 9]), 4, [5], ring=False)
+    with pytest.raises(ValueError, match="cache_seqlens must be an integer tensor of shape \\(2,\\)"):
+        fibsparse_attn_with_kvcache(q, cache.k, cache.v, torch.tensor([3.0, 3.0]), 4, [5])
+    with pytest.raises(ValueError, match="count the 1 new token"):
+        fibsparse_attn_with_kvcache(q, cache.k, cache.v, torch.tensor([0, 3]), 4, [5])
+    with pytest.raises(ValueError, match="v_cache must have k_cache's shape"):
+        fibsparse_attn_with_kvcache(q, cache.k, cache.v[:, :4], torch.tensor([3, 3]), 4, [5])
+    with pytest.raises(ValueError, match="cache full"):
+        KVCache(1, 4, 1, 16, ring=False).write(torch.randn(1, 5, 1, 16), torch.randn(1, 5, 1, 16))
+
+
+@pytest.mark.parametrize("variant", ["stagger", "learned", "pow2-coprime", "dense"])
+def test_greedy_generate_matches_full_recomputation(variant):
+    torch.manual_seed(0)
+    model = FibSparseLM(LMConfig.preset("tiny", **LMConfig.parse_variant(variant))).double()
+    prompt = torch.randint(0, 256, (2, 10))
+    generated = generate(model, prompt, max_new_tokens=100)  # past the ring size and the training length
+    assert generated.shape == (2, 110) and torch.equal(generated[:, :10], prompt)
+    with torch.no_grad():
+        for n in range(10, 110):
+            assert torch.equal(model(generated[:, :n])[:, -1].argmax(-1), generated[:, n]), n
+
+
+def test_sparse_caches_are_bounded():
+    model = FibSparseLM(LMConfig.preset("tiny", schedule="stagger"))
+    short, long = model.make_caches(1, 100), model.make_caches(1, 10**6)
+    for a, b, block in zip(short, long, model.blocks):
+        assert a.k.shape == b.k.shape and a.ring
+        assert a.capacity == int(block.attn.offsets.max()) + 1
+    dense = FibSparseLM(LMConfig.preset("tiny", schedule="dense")).make_caches(1, 500)
+    assert all(c.capacity == 500 and not c.ring for c in dense)
+
+
+def test_sampling_is_reproducible_and_respects_top_k():
+    torch.manual_seed(0)
+    model = FibSparseLM(LMConfig.preset("tiny"))
+    prompt = torch.randint(0, 256, (3, 5))
+    a = generate(model, prompt, 20, temperature=1.0, top_k=5, generator=torch.Generator().manual_seed(7))
+    b = generate(model, prompt, 20, temperature=1.0, top_k=5, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+    top1 = generate(model, prompt, 20, temperature=1.0, top_k=1, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(top1, generate(model, prompt, 20))  # top_k=1 is greedy
