@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Nsight Compute profile of every fibsparse kernel at the workload:
+# achieved DRAM bandwidth and SM throughput (SpeedOfLight), occupancy,
+# registers, shared memory and spills. Run on the device after building:
+#
+#   bash bench/profile_ncu.sh [seqlen]       # writes $OUT/ncu.txt when OUT is set
+set -euo pipefail
+seqlen=${1:-16384}
+log=${OUT:-/tmp}/ncu.txt
+
+echo "=== registers, shared memory, spills per kernel (cuobjdump)"
+cuobjdump --dump-resource-usage fibsparse_ext/_C*.so 2>/dev/null | grep -A1 "fibsparse" | grep -E "Function|REG" \
+  | sed 's/Resource usage://' | paste - - | awk '{print}' | head -40
+
+echo "=== ncu (clock control off), seqlen $seqlen"
+ncu --clock-control none --kernel-name regex:fibsparse \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
+    python3 bench/profile_target.py "$seqlen" > "$log" 2>&1 || { tail -30 "$log"; exit 1; }
+grep -E "^  [a-z_]+kernel|void fibsparse|DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Duration|Achieved Occupancy|Theoretical Occupancy|Registers Per Thread|L2 Hit Rate|L1/TEX Hit Rate" "$log"
+echo "(full report: $log)"
