@@ -48,8 +48,8 @@ void check_attention_inputs(const Tensor& q, const Tensor& k, const Tensor& v, c
               "heads (", to_text(heads), ") must be a multiple of heads_kv (", to_text(heads_kv), ")");
   TORCH_CHECK(seqlen_q <= seqlen_k, "seqlen_q (", to_text(seqlen_q), ") must not exceed seqlen_k (", to_text(seqlen_k),
               "): queries are aligned to the last keys");
-  TORCH_CHECK(seqlen_k <= INT32_MAX && batch <= 65535 && heads <= 65535,
-              "batch (max 65535), heads (max 65535) or seqlen_k (max 2^31-1) too large: ", to_text(k.sizes()));
+  TORCH_CHECK(seqlen_k <= INT32_MAX - 65536 && batch <= 65535 && heads <= 65535,
+              "batch (max 65535), heads (max 65535) or seqlen_k (max 2^31 - 2^16) too large: ", to_text(k.sizes()));
   if (q.is_cuda()) {
     TORCH_CHECK(head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128,
                 "head_dim must be 16, 32, 64 or 128 on CUDA, got ", to_text(head_dim));
@@ -59,7 +59,7 @@ void check_attention_inputs(const Tensor& q, const Tensor& k, const Tensor& v, c
 
   TORCH_CHECK(window >= 1, "window must be >= 1 (distance 0, the query itself, is always attended), got ",
               to_text(window));
-  TORCH_CHECK(window <= INT32_MAX, "window must fit in int32, got ", to_text(window));
+  TORCH_CHECK(window <= INT64_MAX / 2, "window is too large: ", to_text(window));
   TORCH_CHECK(std::isfinite(softmax_scale), "softmax_scale must be finite, got ", to_text(softmax_scale));
 
   TORCH_CHECK(offsets.device() == q.device(), "offsets must be on q's device ", to_text(q.device()), ", got ",
@@ -86,7 +86,12 @@ Tensor rows_ready(const Tensor& t) {
 // Offsets as the kernels read them: int32 distances, or positions in the
 // accumulation type; always contiguous.
 Tensor kernel_offsets(const Tensor& offsets, at::ScalarType dtype) {
-  return is_fractional(offsets) ? offsets.to(acc_dtype(dtype)).contiguous() : offsets.to(at::kInt).contiguous();
+  if (is_fractional(offsets)) return offsets.to(acc_dtype(dtype)).contiguous();
+  if (offsets.scalar_type() == at::kLong && offsets.numel() > 0) {  // costs a sync: pass int32 to avoid it
+    TORCH_CHECK(offsets.max().item<int64_t>() <= INT32_MAX && offsets.min().item<int64_t>() >= -1,
+                "offsets must be distances in [0, 2^31 - 1] (or -1 for padding)");
+  }
+  return offsets.to(at::kInt).contiguous();
 }
 
 void set_strides(const Tensor& t, int64_t& batch, int64_t& row, int64_t& head) {
@@ -112,7 +117,10 @@ Params attention_params(const Tensor& q, const Tensor& k, const Tensor& v, const
   p.head_dim = q.size(3);
   p.seqlen_k = k.size(1);
   p.heads_kv = k.size(2);
-  p.window = static_cast<int>(window);
+  // Band distances >= seqlen_k can never be attended: dropping them changes no
+  // result, and keeps a huge window (a way to ask for dense attention) from
+  // costing O(window) per row or overflowing the int loop count.
+  p.window = static_cast<int>(std::min<int64_t>(window, k.size(1)));
   p.num_offsets = offsets.size(-1);
   p.q_pos_shift = p.seqlen_k - p.seqlen_q;
   p.softmax_scale = softmax_scale;

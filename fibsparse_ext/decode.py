@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 
+from ._checks import check_qkv, check_scale
 from ._offsets import PADDING, OffsetsLike, as_offsets, check_window
 from .functional import default_scale
 
@@ -31,6 +32,13 @@ def required_capacity(window: int, offsets: OffsetsLike, new_tokens: int = 1) ->
     """Ring slots needed to decode `new_tokens` queries per call."""
     offsets = offsets if isinstance(offsets, torch.Tensor) else torch.tensor(offsets)
     return largest_distance(window, offsets) + new_tokens
+
+
+def check_ring_capacity(capacity: int, window: int, offsets: torch.Tensor, new_tokens: int) -> None:
+    needed = required_capacity(window, offsets, new_tokens)
+    if needed > capacity:
+        raise ValueError(f"cache too small: a ring must hold {needed} positions for window {window}, these "
+                         f"offsets and {new_tokens} new token(s), it has {capacity}")
 
 
 class KVCache:
@@ -54,7 +62,13 @@ class KVCache:
         """Appends k, v (batch, new, heads_kv, head_dim) after each sequence's
         tokens. A ring keeps the last `capacity` positions; a linear cache
         refuses to overflow."""
+        expected = (self.k.shape[0], k.shape[1] if k.dim() == 4 else -1, *self.k.shape[2:])
+        if k.dim() != 4 or tuple(k.shape) != expected or v.shape != k.shape:
+            raise ValueError(f"k and v must be (batch, new, heads_kv, head_dim) = {expected}, got "
+                             f"{tuple(k.shape)} and {tuple(v.shape)}")
         new = k.shape[1]
+        if new == 0:
+            return
         positions = self.seqlens[:, None] + torch.arange(new, device=k.device)  # (batch, new)
         if not self.ring and int(positions.max()) >= self.capacity:
             raise ValueError(f"cache full: sequences would reach {int(positions.max()) + 1} tokens, "
@@ -87,37 +101,35 @@ def fibsparse_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache:
         out (batch, new, heads, head_dim) [, lse (batch, heads, new)].
     """
     check_window(window)
+    check_qkv(q, k_cache, v_cache, "k_cache", "v_cache")
     offsets = as_offsets(offsets, q, window)
     batch, new, heads, head_dim = q.shape
-    if k_cache.dim() != 4 or k_cache.shape[0] != batch or k_cache.shape[3] != head_dim:
-        raise ValueError(f"k_cache must be (batch={batch}, capacity, heads_kv, head_dim={head_dim}), "
-                         f"got {tuple(k_cache.shape)}")
-    if v_cache.shape != k_cache.shape:
-        raise ValueError(f"v_cache must have k_cache's shape {tuple(k_cache.shape)}, got {tuple(v_cache.shape)}")
     capacity, heads_kv = k_cache.shape[1], k_cache.shape[2]
-    if heads % heads_kv:
-        raise ValueError(f"heads ({heads}) must be a multiple of the cache's heads_kv ({heads_kv})")
-    if cache_seqlens.shape != (batch,) or cache_seqlens.is_floating_point():
+    scale = check_scale(default_scale(q, softmax_scale))
+    if cache_seqlens.shape != (batch,) or cache_seqlens.is_floating_point() or cache_seqlens.dtype == torch.bool:
         raise ValueError(f"cache_seqlens must be an integer tensor of shape ({batch},), got "
                          f"{cache_seqlens.dtype} {tuple(cache_seqlens.shape)}")
     lengths = cache_seqlens.to(device=q.device, dtype=torch.int64)
     if int(lengths.min()) < new:
         raise ValueError(f"cache_seqlens must count the {new} new token(s) already written, got {lengths.tolist()}")
-    if ring and required_capacity(window, offsets, new) > capacity:
-        raise ValueError(f"cache too small: a ring must hold {required_capacity(window, offsets, new)} positions "
-                         f"for window {window}, these offsets and {new} new token(s), it has {capacity}")
+    if ring:
+        check_ring_capacity(capacity, window, offsets, new)
     if not ring and int(lengths.max()) > capacity:
         raise ValueError(f"cache_seqlens {lengths.tolist()} go beyond the cache's capacity {capacity}")
 
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     positions = lengths[:, None] - new + torch.arange(new, device=q.device)  # (batch, new)
-    # Distances per head: the band, then the offsets; (heads, T).
-    band = torch.arange(window, device=q.device, dtype=acc).expand(heads, window)
-    distances = torch.cat([band, offsets.to(acc).expand(heads, offsets.shape[-1])], 1)
+    # Distances per head: the band (no farther than the longest sequence), then
+    # the offsets; (heads, T). Integer distances stay integers (exact above 2^24).
+    window = min(window, int(lengths.max()))
+    band = torch.arange(window, device=q.device).expand(heads, window)
+    fractional = offsets.is_floating_point()
+    distances = torch.cat([band.to(acc) if fractional else band,
+                           offsets.expand(heads, offsets.shape[-1]).to(acc if fractional else torch.int64)], 1)
     present = torch.cat([torch.ones_like(band, dtype=torch.bool), (offsets != PADDING).expand(heads, -1)], 1)
-    whole = distances.floor()
-    frac = distances - whole  # 0 for integer offsets
-    rows = positions[:, :, None, None] - whole.long()  # (batch, new, heads, T): the nearer neighbour
+    whole = distances.floor().long() if fractional else distances
+    frac = (distances - whole).to(acc)  # 0 for integer offsets
+    rows = positions[:, :, None, None] - whole  # (batch, new, heads, T): the nearer neighbour
     valid = present & (positions[:, :, None, None] - distances >= 0)
     kv_heads = torch.arange(heads, device=q.device) // (heads // heads_kv)
 
@@ -133,7 +145,7 @@ def fibsparse_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache:
     if offsets.is_floating_point():  # (1 - f) row[pos - a] + f row[pos - a - 1]
         keys = keys + f * (gather(k_cache, rows - 1) - keys)
         values = values + f * (gather(v_cache, rows - 1) - values)
-    scores = torch.einsum("bnhd,bnhtd->bnht", q.to(acc), keys) * default_scale(q, softmax_scale)
+    scores = torch.einsum("bnhd,bnhtd->bnht", q.to(acc), keys) * scale
     scores = scores.masked_fill(~valid, float("-inf"))
     lse = torch.logsumexp(scores, -1)
     out = torch.einsum("bnht,bnhtd->bnhd", torch.exp(scores - lse[..., None]), values).to(q.dtype)

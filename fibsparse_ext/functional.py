@@ -11,7 +11,11 @@ from ._offsets import OffsetsLike, as_offsets, check_window
 
 
 def default_scale(q: torch.Tensor, softmax_scale: Optional[float]) -> float:
-    return 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
+    if softmax_scale is not None:
+        return float(softmax_scale)
+    if q.dim() < 1 or q.shape[-1] < 1:
+        raise ValueError(f"q must have a head_dim >= 1 as its last dimension, got shape {tuple(q.shape)}")
+    return 1.0 / math.sqrt(q.shape[-1])
 
 
 def fibsparse_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, offsets: OffsetsLike,

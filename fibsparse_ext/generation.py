@@ -33,6 +33,8 @@ def generate(model: FibSparseLM, prompt: torch.Tensor, max_new_tokens: int, temp
         raise ValueError(f"prompt must be (batch, prompt_len >= 1) token ids, got {tuple(prompt.shape)}")
     if max_new_tokens < 0 or temperature < 0:
         raise ValueError(f"max_new_tokens and temperature must be >= 0, got {max_new_tokens}, {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 (or None for no limit), got {top_k}")
     model.eval()
     caches = model.make_caches(prompt.shape[0], prompt.shape[1] + max_new_tokens)
     tokens = [prompt]

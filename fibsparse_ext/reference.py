@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ._checks import check_qkv, check_scale
 from ._offsets import OffsetsLike, as_offsets, check_window
 from .functional import default_scale
 
@@ -49,10 +50,12 @@ def _attend_block(q, k, v, offsets, start: int, window: int, scale: float, shift
     # The offsets, per head: a real position p reads (1 - f) row[pos - a] + f row[pos - a - 1].
     num_offsets = offsets.shape[-1]
     if num_offsets:
-        dist = offsets.expand(heads, num_offsets).to(acc)
-        a = torch.floor(dist).detach()
+        # Integer distances stay integers (float32 would round those above 2^24).
+        dist = offsets.expand(heads, num_offsets)
+        dist = dist.to(acc) if offsets.is_floating_point() else dist.long()
+        a = torch.floor(dist).detach().long()
         offset_valid = (dist >= 0) & (pos[:, None, None] - dist >= 0)  # (c, h, K)
-        j0 = torch.where(offset_valid, pos[:, None, None] - a.long(), 0)
+        j0 = torch.where(offset_valid, pos[:, None, None] - a, 0)
         kv_heads = (torch.arange(heads, device=q.device) // group)[None, :, None]
         k_off, v_off = _gather_rows(k, j0, kv_heads), _gather_rows(v, j0, kv_heads)  # (b, c, h, K, d)
         if offsets.is_floating_point():
@@ -82,17 +85,16 @@ def fibsparse_attn_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window
     Output has q's dtype; lse is float32, or float64 for float64 inputs.
     """
     check_window(window)
+    check_qkv(q, k, v)
     offsets = as_offsets(offsets, q, window)
-    if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
-        raise ValueError(f"q, k, v must be (batch, seqlen, heads, head_dim) with v shaped like k, got "
-                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     batch, seqlen_q, heads, dim = q.shape
     seqlen_k, heads_kv = k.shape[1], k.shape[2]
-    if heads % heads_kv or seqlen_q > seqlen_k:
-        raise ValueError(f"need heads % heads_kv == 0 and seqlen_q <= seqlen_k, got q {tuple(q.shape)}, "
-                         f"k {tuple(k.shape)}")
-    scale = default_scale(q, softmax_scale)
+    if seqlen_q > seqlen_k:
+        raise ValueError(f"seqlen_q ({seqlen_q}) must not exceed seqlen_k ({seqlen_k}): queries are aligned to "
+                         f"the last keys")
+    scale = check_scale(default_scale(q, softmax_scale))
     shift = seqlen_k - seqlen_q
+    window = min(window, seqlen_k)  # band distances >= seqlen_k are never attended
 
     per_query = max(1, batch * (window * heads_kv + offsets.shape[-1] * heads) * dim * 4)
     block = max(1, min(seqlen_q, _BLOCK_ELEMENTS // per_query))

@@ -52,6 +52,36 @@ def test_offsets_dtype(fn):
     raises(fn, *qkv(), 4, torch.tensor([5, 9]) > 0, match="offsets")
 
 
+@pytest.mark.parametrize("fn", ATTENTION_FUNCTIONS)
+def test_inputs_for_every_path(fn):
+    """The reference checks its inputs like the kernels do."""
+    q, k, v = qkv()
+    raises(fn, q, k.double(), v, 4, [5], match="k must have q's dtype")
+    raises(fn, q, k, v.half(), 4, [5], match="v must have q's dtype")
+    raises(fn, q.int(), k.int(), v.int(), 4, [5], match="q must be float16, bfloat16, float32")
+    raises(fn, q, k, v, 4, [5], softmax_scale=float("inf"), match="softmax_scale")
+    raises(fn, q, *qkv(batch=2)[1:], 4, [5], match="batch")
+    raises(fn, q, *qkv(head_dim=32)[1:], 4, [5], match="head_dim")
+    raises(fn, *qkv(head_dim=0), 4, [5], match="head_dim")
+    raises(fn, q, k[:, :, :0], v[:, :, :0], 4, [5], match="heads_kv")
+
+
+def test_huge_window_is_cheap_and_exact():
+    """A window beyond the sequence (a way to ask for dense attention) costs
+    nothing extra and equals causal attention."""
+    q, k, v = qkv(dtype=torch.float64)
+    out = fibsparse_attn(q, k, v, 2**31 - 1, [])
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True).transpose(1, 2)
+    assert (out - expected).abs().max() < 1e-12
+    assert (fibsparse_attn_ref(q, k, v, 2**31 - 1, []) - expected).abs().max() < 1e-12
+
+
+def test_int64_offsets_beyond_int32_are_refused_by_the_op():
+    q, k, v = qkv()
+    raises(torch.ops.fibsparse.fwd, q, k, v, torch.tensor([2**32 + 5]), 4, 0.25, match="offsets must be distances")
+
+
 def test_shapes():
     q, k, v = qkv()
     raises(fibsparse_attn, q[0], k, v, 4, [5], match="q must have shape")

@@ -55,13 +55,19 @@ def test_backward_is_bitwise_deterministic(dtype, fractional):
 
 
 def test_runs_on_the_current_stream():
+    """The op's kernels wait for work queued before them on the current stream:
+    its inputs are produced on a side stream that is kept busy first, so a
+    kernel launched on any other stream would read them unfinished. The op is
+    called directly, with its offsets ready, so that nothing synchronizes."""
     q, k, v = random_qkv(1, 2048, 4, 4, 64, torch.float16, "cuda", requires_grad=False)
-    expected = fibsparse_attn(q, k, v, 128, [128, 256, 512])
+    offsets = torch.tensor([128, 256, 512], dtype=torch.int32, device="cuda")
+    expected, _ = torch.ops.fibsparse.fwd(q, k, v, offsets, 128, 0.125)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        torch.cuda._sleep(10_000_000)  # keep the side stream busy: a kernel on the default stream would race ahead
-        out = fibsparse_attn(q, k, v, 128, [128, 256, 512])
+        torch.cuda._sleep(50_000_000)  # ~tens of ms of GPU time on this stream
+        q2, k2, v2 = q * 1, k * 1, v * 1  # ready only after the sleep
+        out, _ = torch.ops.fibsparse.fwd(q2, k2, v2, offsets, 128, 0.125)
     torch.cuda.current_stream().wait_stream(stream)
     assert torch.equal(out, expected)
 

@@ -42,19 +42,34 @@ def test_decode_matches_full_attention_at_every_position(ring, offsets, new_toke
     assert cache.seqlens.tolist() == [length] * batch
 
 
-def test_batched_ragged_call():
-    """One call for a batch whose sequences have different lengths."""
+@pytest.mark.parametrize("ring", [False, True])
+@pytest.mark.parametrize("offsets", [[5, 8], [[4.5, 8.25], [6.75, -1]]], ids=["integer", "fractional_per_head"])
+def test_batched_ragged_call(ring, offsets):
+    """One call for a batch whose sequences have different lengths, two new
+    tokens each; in a ring, every sequence has wrapped by a different amount."""
     torch.manual_seed(1)
     q, k, v = random_qkv(3, 30, 2, 1, 16, torch.float64, "cpu", requires_grad=False)
-    lengths = torch.tensor([30, 11, 1])
-    cache = KVCache(3, 30, 1, 16, ring=False, dtype=torch.float64)
-    cache.k.copy_(k)
-    cache.v.copy_(v)
-    queries = torch.stack([q[b, n - 1] for b, n in enumerate(lengths.tolist())])[:, None]
-    out = fibsparse_attn_with_kvcache(queries, cache.k, cache.v, lengths, 3, [5, 8])
+    lengths = torch.tensor([30, 11, 2])
+    capacity = 12 if ring else 30
+    cache = KVCache(3, capacity, 1, 16, ring=ring, dtype=torch.float64)
+    for b, n in enumerate(lengths.tolist()):  # sequence b holds tokens 0 .. n-1
+        row = KVCache(1, capacity, 1, 16, ring=ring, dtype=torch.float64)
+        row.write(k[b:b + 1, :n], v[b:b + 1, :n])
+        cache.k[b], cache.v[b] = row.k[0], row.v[0]
+    queries = torch.stack([q[b, n - 2:n] for b, n in enumerate(lengths.tolist())])
+    out = fibsparse_attn_with_kvcache(queries, cache.k, cache.v, lengths, 3, offsets, ring=ring)
     for b, n in enumerate(lengths.tolist()):
-        expected = fibsparse_attn_ref(q[b:b + 1, :n], k[b:b + 1, :n], v[b:b + 1, :n], 3, [5, 8])[:, -1]
-        assert rel_err(out[b], expected) < 1e-12
+        expected = fibsparse_attn_ref(q[b:b + 1, :n], k[b:b + 1, :n], v[b:b + 1, :n], 3, offsets)[:, -2:]
+        assert rel_err(out[b:b + 1], expected) < 1e-12, b
+
+
+def test_integer_offsets_beyond_float32_precision():
+    """Distances above 2^24 stay exact in float32 decode (no rounding to a neighbour row)."""
+    k = torch.randn(1, 2**24 + 3, 1, 2)
+    q, v = torch.randn(1, 1, 1, 2), torch.randn_like(k)
+    out = fibsparse_attn_with_kvcache(q, k, v, torch.tensor([2**24 + 3]), 1, [2**24 + 1])
+    expected = fibsparse_attn_ref(q, k[:, [1, 2**24 + 2]], v[:, [1, 2**24 + 2]], 1, [1])
+    assert rel_err(out, expected) < 1e-6
 
 
 def test_bad_decode_input():
@@ -68,10 +83,27 @@ def test_bad_decode_input():
         fibsparse_attn_with_kvcache(q, cache.k, cache.v, torch.tensor([3.0, 3.0]), 4, [5])
     with pytest.raises(ValueError, match="count the 1 new token"):
         fibsparse_attn_with_kvcache(q, cache.k, cache.v, torch.tensor([0, 3]), 4, [5])
-    with pytest.raises(ValueError, match="v_cache must have k_cache's shape"):
+    with pytest.raises(ValueError, match="v_cache must have the shape of k_cache"):
         fibsparse_attn_with_kvcache(q, cache.k, cache.v[:, :4], torch.tensor([3, 3]), 4, [5])
     with pytest.raises(ValueError, match="cache full"):
         KVCache(1, 4, 1, 16, ring=False).write(torch.randn(1, 5, 1, 16), torch.randn(1, 5, 1, 16))
+    with pytest.raises(ValueError, match=r"k and v must be \(batch, new, heads_kv, head_dim\)"):
+        KVCache(1, 4, 2, 16, ring=True).write(torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16))
+    with pytest.raises(ValueError, match="q must be a 4-D tensor"):
+        fibsparse_attn_with_kvcache(q[0], cache.k, cache.v, torch.tensor([3, 3]), 4, [5])
+    with pytest.raises(ValueError, match="k_cache must have q's dtype"):
+        fibsparse_attn_with_kvcache(q.double(), cache.k, cache.v, torch.tensor([3, 3]), 4, [5])
+
+
+def test_refused_decode_call_leaves_caches_unchanged():
+    model = FibSparseLM(LMConfig.preset("tiny", schedule="stagger"))
+    caches = model.make_caches(1, 100)
+    model(torch.randint(0, 256, (1, 10)), caches)
+    with pytest.raises(ValueError, match="cache too small"):
+        model(torch.randint(0, 256, (1, 4)), caches)  # the rings were sized for one token per call
+    assert all(c.seqlens.tolist() == [10] for c in caches)
+    with pytest.raises(ValueError, match="top_k must be >= 1"):
+        generate(model, torch.randint(0, 256, (1, 3)), 2, temperature=1.0, top_k=0)
 
 
 @pytest.mark.parametrize("variant", ["stagger", "learned", "pow2-coprime", "dense"])

@@ -1,6 +1,7 @@
 """The compiled kernels (CPU and CUDA) against the float64 reference: outputs,
 lse and every gradient, over a grid of shapes, patterns and dtypes."""
 import itertools
+import math
 
 import pytest
 import torch
@@ -64,7 +65,7 @@ def check_against_reference(q, k, v, window, offsets, scale=None):
     bad = {name: err for name, err in errors.items() if not err < tol}
     if bad and dtype != torch.float64:
         low = errors_against_reference(q, k, v, window, offsets, scale, ref_dtype=dtype)
-        bad = {name: err for name, err in bad.items() if not err <= 3 * low[name]}
+        bad = {name: err for name, err in bad.items() if not (math.isfinite(low[name]) and err <= 3 * low[name])}
         assert not bad, f"relative errors above {tol} and 3x the {dtype} reference's {low}: {bad}"
     assert not bad, f"relative errors above {tol}: {bad} (all: {errors})"
 
