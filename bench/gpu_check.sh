@@ -44,11 +44,15 @@ if (( quick )); then
   step bench 110 python3 bench/bench_attention.py --quick
 else
   step bench 110 python3 bench/bench_attention.py
+  step sweep 150 python3 bench/bench_sweep.py --quick
+  step decode 120 python3 bench/bench_decode.py
 fi
 
 echo; echo "=== summary"
 failed=0
-for name in build self_check tests memcheck racecheck bench; do
+steps="build self_check tests memcheck racecheck bench"
+(( quick )) || steps="$steps sweep decode"
+for name in $steps; do
   echo "  $name: ${status[$name]:-not run}"
   [[ "${status[$name]:-rc=1}" == rc=0* ]] || failed=1
 done

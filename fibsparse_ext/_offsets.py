@@ -55,6 +55,13 @@ def check_offset_values(offsets: torch.Tensor, window: int) -> None:
         _check_row(row, window, fractional, f"[{h}]" if offsets.dim() == 2 else "")
 
 
+def _check_shape(offsets: torch.Tensor, q: torch.Tensor) -> None:
+    if offsets.dim() not in (1, 2):
+        raise ValueError(f"offsets must have shape (K,) or (heads, K), got {tuple(offsets.shape)}")
+    if offsets.dim() == 2 and q.dim() == 4 and offsets.shape[0] != q.shape[2]:
+        raise ValueError(f"offsets per head must have shape (heads={q.shape[2]}, K), got {tuple(offsets.shape)}")
+
+
 def as_offsets(offsets: OffsetsLike, q: torch.Tensor, window: int, check_values: bool = True) -> torch.Tensor:
     """The offsets as a tensor on q's device: int32 for integers, a float type
     for fractional positions (float64 lists for float64 q, else float32).
@@ -69,19 +76,19 @@ def as_offsets(offsets: OffsetsLike, q: torch.Tensor, window: int, check_values:
         if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in flat):
             raise ValueError(f"offsets must hold ints (distances) or floats (positions), got {offsets!r}")
         fractional = any(isinstance(x, float) for x in flat)
-        dtype = (torch.float64 if q.dtype == torch.float64 else torch.float32) if fractional else torch.int32
-        try:
-            offsets = torch.tensor(offsets, dtype=dtype, device=q.device)
+        try:  # checked on the host, then moved: no device sync for the checks
+            host = torch.tensor(offsets, dtype=torch.float64 if fractional else torch.int64)
         except ValueError as e:  # ragged nested lists
             raise ValueError(f"offsets rows must have one length; pad short rows with {PADDING}: {e}") from None
-        if offsets.dim() == 1 and offsets.numel() == 0:
-            offsets = offsets.reshape(0)
-    elif offsets.is_complex() or offsets.dtype == torch.bool:
+        host = host.reshape(0) if host.numel() == 0 else host
+        _check_shape(host, q)
+        if check_values:
+            check_offset_values(host, window)
+        dtype = (torch.float64 if q.dtype == torch.float64 else torch.float32) if fractional else torch.int32
+        return host.to(device=q.device, dtype=dtype)
+    if offsets.is_complex() or offsets.dtype == torch.bool:
         raise ValueError(f"offsets must be an integer or floating tensor, got {offsets.dtype}")
-    if offsets.dim() not in (1, 2):
-        raise ValueError(f"offsets must have shape (K,) or (heads, K), got {tuple(offsets.shape)}")
-    if offsets.dim() == 2 and q.dim() == 4 and offsets.shape[0] != q.shape[2]:
-        raise ValueError(f"offsets per head must have shape (heads={q.shape[2]}, K), got {tuple(offsets.shape)}")
+    _check_shape(offsets, q)
     if check_values and not _is_compiling():
         check_offset_values(offsets, window)
     return offsets
