@@ -32,9 +32,9 @@ step build 300 python3 -m pip install --no-build-isolation --no-deps -e . -q
 [[ "${status[build]}" == rc=0* ]] || { echo "build failed: nothing else can run"; exit 1; }
 step self_check 60 python3 -m fibsparse_ext
 if (( quick )); then
-  OMP_NUM_THREADS=2 step tests 270 python3 -m pytest tests -q -x -n 8 -k "cuda or gradcheck" -p no:cacheprovider -p no:benchmark
+  OMP_NUM_THREADS=2 step tests 240 python3 -m pytest tests -q -x -n 8 -k "cuda or gradcheck" -p no:cacheprovider -p no:benchmark
 else
-  OMP_NUM_THREADS=2 step tests 270 python3 -m pytest tests -q -n 8 -p no:cacheprovider -p no:benchmark
+  OMP_NUM_THREADS=2 step tests 240 python3 -m pytest tests -q -n 8 -p no:cacheprovider -p no:benchmark
 fi
 # Only our kernels are instrumented (torch's own would take minutes).
 sanitize="compute-sanitizer --error-exitcode 1 --kernel-name kns=fibsparse"
