@@ -54,6 +54,13 @@ class KVCache:
         self.seqlens = torch.zeros(batch, dtype=torch.int64, device=device)
         self.ring = ring
 
+    @classmethod
+    def wrap(cls, k: torch.Tensor, v: torch.Tensor, seqlens: torch.Tensor, ring: bool) -> "KVCache":
+        """A KVCache over existing buffers (writes go into them)."""
+        cache = cls.__new__(cls)
+        cache.k, cache.v, cache.seqlens, cache.ring = k, v, seqlens, ring
+        return cache
+
     @property
     def capacity(self) -> int:
         return self.k.shape[1]
@@ -83,20 +90,23 @@ class KVCache:
 def fibsparse_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                 cache_seqlens: torch.Tensor, window: int, offsets: OffsetsLike,
                                 softmax_scale: Optional[float] = None, ring: bool = False,
-                                return_lse: bool = False):
-    """Attention of new queries against a KV cache (FlashAttention's
-    flash_attn_with_kvcache convention, without the in-place append: write the
-    new keys first, e.g. with KVCache.write).
+                                return_lse: bool = False, k: Optional[torch.Tensor] = None,
+                                v: Optional[torch.Tensor] = None):
+    """Attention of new queries against a KV cache, in FlashAttention's
+    flash_attn_with_kvcache convention.
 
     Args:
         q: (batch, new, heads, head_dim): the queries of the newest `new` tokens.
         k_cache, v_cache: (batch, capacity, heads_kv, head_dim).
-        cache_seqlens: (batch,) ints: tokens in each sequence, the new ones included;
-            query t of sequence b is at absolute position cache_seqlens[b] - new + t.
-            Sequences may have different lengths.
+        cache_seqlens: (batch,) ints: tokens in each sequence's cache. Without k, v
+            the new tokens are among them: query t of sequence b is at position
+            cache_seqlens[b] - new + t. Sequences may have different lengths.
         window, offsets: the pattern, as for fibsparse_attn (integer or fractional).
         ring: the cache is a ring (position p in slot p % capacity); it must hold
             every distance the newest queries read.
+        k, v: (batch, new, heads_kv, head_dim), optional: the new tokens' keys and
+            values, written into the cache in place after cache_seqlens[b] tokens
+            first (cache_seqlens itself is not changed: add `new` to it after).
     Returns:
         out (batch, new, heads, head_dim) [, lse (batch, heads, new)].
     """
@@ -110,6 +120,15 @@ def fibsparse_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache:
         raise ValueError(f"cache_seqlens must be an integer tensor of shape ({batch},), got "
                          f"{cache_seqlens.dtype} {tuple(cache_seqlens.shape)}")
     lengths = cache_seqlens.to(device=q.device, dtype=torch.int64)
+    if (k is None) != (v is None):
+        raise ValueError("k and v must be given together (the new tokens' keys and values), or neither")
+    if k is not None:
+        if ring:  # checked before writing, so that a refused call changes nothing
+            check_ring_capacity(capacity, window, offsets, new)
+        if k.dim() != 4 or k.shape[1] != new:
+            raise ValueError(f"k must be (batch, new={new}, heads_kv, head_dim), got {tuple(k.shape)}")
+        KVCache.wrap(k_cache, v_cache, lengths.clone(), ring).write(k, v)
+        lengths = lengths + new
     if int(lengths.min()) < new:
         raise ValueError(f"cache_seqlens must count the {new} new token(s) already written, got {lengths.tolist()}")
     if ring:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._offsets import check_offset_values
-from .decode import KVCache, check_ring_capacity, fibsparse_attn_with_kvcache, required_capacity
+from .decode import KVCache, fibsparse_attn_with_kvcache, required_capacity
 from .functional import default_scale
 from .rotary import apply_rotary, rotary_tables
 from .schedules import Schedule
@@ -77,10 +77,10 @@ class FibSparseAttention(nn.Module):
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None and bool((cache.seqlens > 0).any()):  # decoding after the cached tokens
             window, offsets = (cache.capacity, []) if self.window is None else (self.window, self.positions())
-            if cache.ring:  # before writing, so that a refused call leaves every layer's cache as it was
-                check_ring_capacity(cache.capacity, window, torch.as_tensor(offsets).detach(), seqlen)
-            cache.write(k, v)
-            out = fibsparse_attn_with_kvcache(q, cache.k, cache.v, cache.seqlens, window, offsets, ring=cache.ring)
+            # Appends k, v, after checking they fit: a refused call changes no cache.
+            out = fibsparse_attn_with_kvcache(q, cache.k, cache.v, cache.seqlens, window, offsets, ring=cache.ring,
+                                              k=k, v=v)
+            cache.seqlens += seqlen
         else:  # a whole sequence (or the prompt of a fresh cache): the fused kernels
             if cache is not None:
                 cache.write(k, v)

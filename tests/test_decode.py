@@ -33,11 +33,16 @@ def test_decode_matches_full_attention_at_every_position(ring, offsets, new_toke
     for b in range(batch):
         begins = [0] + list(range(b % new_tokens + 1, length, new_tokens))
         for begin, end in zip(begins, begins[1:] + [length]):
-            row = KVCache.__new__(KVCache)  # a one-sequence view of the batch's cache
-            row.k, row.v, row.seqlens, row.ring = cache.k[b:b + 1], cache.v[b:b + 1], cache.seqlens[b:b + 1], ring
-            row.write(k[b:b + 1, begin:end], v[b:b + 1, begin:end])
-            out = fibsparse_attn_with_kvcache(q[b:b + 1, begin:end], cache.k[b:b + 1], cache.v[b:b + 1],
-                                              cache.seqlens[b:b + 1], window, offsets, ring=ring)
+            if b % 2:  # write first, then attend
+                row = KVCache.wrap(cache.k[b:b + 1], cache.v[b:b + 1], cache.seqlens[b:b + 1], ring)
+                row.write(k[b:b + 1, begin:end], v[b:b + 1, begin:end])
+                out = fibsparse_attn_with_kvcache(q[b:b + 1, begin:end], cache.k[b:b + 1], cache.v[b:b + 1],
+                                                  cache.seqlens[b:b + 1], window, offsets, ring=ring)
+            else:  # append and attend in one call, as flash_attn_with_kvcache(k=, v=)
+                out = fibsparse_attn_with_kvcache(q[b:b + 1, begin:end], cache.k[b:b + 1], cache.v[b:b + 1],
+                                                  cache.seqlens[b:b + 1], window, offsets, ring=ring,
+                                                  k=k[b:b + 1, begin:end], v=v[b:b + 1, begin:end])
+                cache.seqlens[b] += end - begin
             assert rel_err(out, expected[b:b + 1, begin:end]) < 1e-12, (b, begin)
     assert cache.seqlens.tolist() == [length] * batch
 
@@ -89,6 +94,13 @@ def test_bad_decode_input():
         KVCache(1, 4, 1, 16, ring=False).write(torch.randn(1, 5, 1, 16), torch.randn(1, 5, 1, 16))
     with pytest.raises(ValueError, match=r"k and v must be \(batch, new, heads_kv, head_dim\)"):
         KVCache(1, 4, 2, 16, ring=True).write(torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16))
+    with pytest.raises(ValueError, match="k and v must be given together"):
+        fibsparse_attn_with_kvcache(q, cache.k, cache.v, torch.tensor([3, 3]), 4, [5], k=q)
+    before = cache.k.clone()
+    with pytest.raises(ValueError, match="cache too small"):  # refused before anything is written
+        fibsparse_attn_with_kvcache(q, cache.k, cache.v, torch.tensor([3, 3]), 4, [9, 17], ring=True,
+                                    k=q, v=q)
+    assert torch.equal(cache.k, before)
     with pytest.raises(ValueError, match="q must be a 4-D tensor"):
         fibsparse_attn_with_kvcache(q[0], cache.k, cache.v, torch.tensor([3, 3]), 4, [5])
     with pytest.raises(ValueError, match="k_cache must have q's dtype"):
