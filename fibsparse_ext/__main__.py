@@ -11,6 +11,7 @@ import sys
 import torch
 
 from . import SCHEDULES, BASES, build_info, fibsparse_attn, fibsparse_attn_ref, make_schedule
+from .decode import KVCache, fibsparse_attn_with_kvcache, required_capacity
 
 # SPEC section 4, the same bounds the tests use.
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
@@ -55,6 +56,22 @@ def self_check(device: str, dtype: torch.dtype, fractional: bool) -> bool:
     return ok
 
 
+def decode_check(device: str) -> bool:
+    """The last token's attention through a ring KV cache that has wrapped,
+    against the reference over the whole sequence."""
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(s, generator=generator) for s in [(2, 300, 4, 64), (2, 300, 2, 64), (2, 300, 2, 64)])
+    offsets = [20, 33, 54, 88]
+    cache = KVCache(2, required_capacity(16, offsets), 2, 64, ring=True, device=device)
+    cache.write(k.to(device), v.to(device))
+    out = fibsparse_attn_with_kvcache(q[:, -1:].to(device), cache.k, cache.v, cache.seqlens, 16, offsets, ring=True)
+    error = relative_error(out, fibsparse_attn_ref(q.double(), k.double(), v.double(), 16, offsets)[:, -1:])
+    ok = error < TOLERANCE[torch.float32]
+    print(f"  {device:4s} float32  decode     out {error:.1e} (ring of {cache.capacity} slots, 300 tokens)  "
+          f"{'ok' if ok else 'FAILED'}")
+    return ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m fibsparse_ext", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,6 +93,7 @@ def main() -> int:
     if info["cuda"] and torch.cuda.is_available():
         checks += [("cuda", dtype) for dtype in (torch.bfloat16, torch.float16, torch.float32, torch.float64)]
     ok = all([self_check(device, dtype, fractional) for device, dtype in checks for fractional in (False, True)])
+    ok = all([decode_check(device) for device in sorted({device for device, _ in checks})]) and ok
 
     kwargs = {} if args.schedule == "dense" else dict(window=args.window)
     if args.schedule == "custom":
