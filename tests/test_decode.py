@@ -5,7 +5,7 @@ recomputation."""
 import pytest
 import torch
 
-from conftest import random_qkv, rel_err
+from conftest import DEVICES, random_qkv, rel_err
 from fibsparse_ext import fibsparse_attn_ref
 from fibsparse_ext.decode import KVCache, fibsparse_attn_with_kvcache, required_capacity
 from fibsparse_ext.generation import generate
@@ -47,18 +47,19 @@ def test_decode_matches_full_attention_at_every_position(ring, offsets, new_toke
     assert cache.seqlens.tolist() == [length] * batch
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("ring", [False, True])
 @pytest.mark.parametrize("offsets", [[5, 8], [[4.5, 8.25], [6.75, -1]]], ids=["integer", "fractional_per_head"])
-def test_batched_ragged_call(ring, offsets):
+def test_batched_ragged_call(device, ring, offsets):
     """One call for a batch whose sequences have different lengths, two new
     tokens each; in a ring, every sequence has wrapped by a different amount."""
     torch.manual_seed(1)
-    q, k, v = random_qkv(3, 30, 2, 1, 16, torch.float64, "cpu", requires_grad=False)
-    lengths = torch.tensor([30, 11, 2])
+    q, k, v = random_qkv(3, 30, 2, 1, 16, torch.float64, device, requires_grad=False)
+    lengths = torch.tensor([30, 11, 2], device=device)
     capacity = 12 if ring else 30
-    cache = KVCache(3, capacity, 1, 16, ring=ring, dtype=torch.float64)
+    cache = KVCache(3, capacity, 1, 16, ring=ring, dtype=torch.float64, device=device)
     for b, n in enumerate(lengths.tolist()):  # sequence b holds tokens 0 .. n-1
-        row = KVCache(1, capacity, 1, 16, ring=ring, dtype=torch.float64)
+        row = KVCache(1, capacity, 1, 16, ring=ring, dtype=torch.float64, device=device)
         row.write(k[b:b + 1, :n], v[b:b + 1, :n])
         cache.k[b], cache.v[b] = row.k[0], row.v[0]
     queries = torch.stack([q[b, n - 2:n] for b, n in enumerate(lengths.tolist())])
@@ -118,11 +119,12 @@ def test_refused_decode_call_leaves_caches_unchanged():
         generate(model, torch.randint(0, 256, (1, 3)), 2, temperature=1.0, top_k=0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("variant", ["stagger", "learned", "pow2-coprime", "dense"])
-def test_greedy_generate_matches_full_recomputation(variant):
+def test_greedy_generate_matches_full_recomputation(device, variant):
     torch.manual_seed(0)
-    model = FibSparseLM(LMConfig.preset("tiny", **LMConfig.parse_variant(variant))).double()
-    prompt = torch.randint(0, 256, (2, 10))
+    model = FibSparseLM(LMConfig.preset("tiny", **LMConfig.parse_variant(variant))).double().to(device)
+    prompt = torch.randint(0, 256, (2, 10), device=device)
     generated = generate(model, prompt, max_new_tokens=100)  # past the ring size and the training length
     assert generated.shape == (2, 110) and torch.equal(generated[:, :10], prompt)
     with torch.no_grad():
