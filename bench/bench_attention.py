@@ -9,32 +9,17 @@ bandwidth). CUDA events, warm-up, median of many runs.
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 import torch.nn.functional as F
 
 from fibsparse_ext import fibsparse_attn, make_schedule
+from timing import median_ms
 
 try:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 except ImportError:  # older torch
     flex_attention = None
-
-
-def median_ms(fn, warmup=5, runs=30) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def copy_bandwidth() -> float:

@@ -8,35 +8,15 @@ CUDA events, warm-up, median.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 from fibsparse_ext import make_schedule
 from fibsparse_ext.decode import KVCache, fibsparse_attn_with_kvcache, required_capacity
+from timing import median_ms
 
 HEADS, HEADS_KV, HEAD_DIM, WINDOW = 8, 8, 64, 128
-
-
-def median_ms(fn, device, runs=50) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(runs):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def cache_mb(*tensors) -> float:
@@ -71,13 +51,13 @@ def main():
                 cache.k.normal_()
                 cache.v.normal_()
                 ms = median_ms(lambda: fibsparse_attn_with_kvcache(q, cache.k, cache.v, lengths, WINDOW, positions,
-                                                                   ring=True), device)
+                                                                   ring=True), runs=50, device=device)
                 row += [batch / ms * 1e3, cache_mb(cache.k, cache.v)]
             try:
                 k = torch.randn(batch, HEADS_KV, context, HEAD_DIM, device=device, dtype=dtype)
                 v = torch.randn_like(k)
                 qt = q.transpose(1, 2)
-                ms = median_ms(lambda: F.scaled_dot_product_attention(qt, k, v), device)
+                ms = median_ms(lambda: F.scaled_dot_product_attention(qt, k, v), runs=50, device=device)
                 row += [batch / ms * 1e3, cache_mb(k, v)]
                 del k, v
             except (torch.OutOfMemoryError, RuntimeError):

@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench_attention import copy_bandwidth, flex_attention, fwd_bwd, median_ms, sparse_mask_mod
+from bench_attention import copy_bandwidth, flex_attention, fwd_bwd, sparse_mask_mod
 from fibsparse_ext import fibsparse_attn, make_schedule
+from timing import median_ms
 
 if flex_attention is not None:
     from torch.nn.attention.flex_attention import create_block_mask
