@@ -122,17 +122,15 @@ def fibsparse_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache:
     lengths = cache_seqlens.to(device=q.device, dtype=torch.int64)
     if (k is None) != (v is None):
         raise ValueError("k and v must be given together (the new tokens' keys and values), or neither")
+    if ring:  # checked before any write, so that a refused call changes nothing
+        check_ring_capacity(capacity, window, offsets, new)
     if k is not None:
-        if ring:  # checked before writing, so that a refused call changes nothing
-            check_ring_capacity(capacity, window, offsets, new)
         if k.dim() != 4 or k.shape[1] != new:
             raise ValueError(f"k must be (batch, new={new}, heads_kv, head_dim), got {tuple(k.shape)}")
         KVCache.wrap(k_cache, v_cache, lengths.clone(), ring).write(k, v)
         lengths = lengths + new
     if int(lengths.min()) < new:
         raise ValueError(f"cache_seqlens must count the {new} new token(s) already written, got {lengths.tolist()}")
-    if ring:
-        check_ring_capacity(capacity, window, offsets, new)
     if not ring and int(lengths.max()) > capacity:
         raise ValueError(f"cache_seqlens {lengths.tolist()} go beyond the cache's capacity {capacity}")
 
