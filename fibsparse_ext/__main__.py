@@ -11,18 +11,8 @@ import sys
 import torch
 
 from . import SCHEDULES, BASES, build_info, fibsparse_attn, fibsparse_attn_ref, make_schedule
+from .accuracy import TOLERANCE, relative_error
 from .decode import KVCache, fibsparse_attn_with_kvcache, required_capacity
-
-# SPEC section 4, the same bounds the tests use.
-TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
-
-
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
-    if not torch.isfinite(out).all():
-        return float("inf")
-    return ((out - ref).norm() / ref.norm()).item()
-
 
 def forward_backward(attention, tensors, offsets, fractional):
     """out and the gradients of a fixed random projection of it."""
