@@ -108,6 +108,22 @@ def test_bad_decode_input():
         fibsparse_attn_with_kvcache(q.double(), cache.k, cache.v, torch.tensor([3, 3]), 4, [5])
 
 
+def test_more_bad_decode_and_generate_input():
+    q, k, v = random_qkv(2, 1, 2, 2, 16, torch.float32, "cpu", requires_grad=False)
+    cache = KVCache(2, 8, 2, 16, ring=False)
+    with pytest.raises(ValueError, match="softmax_scale must be finite"):
+        fibsparse_attn_with_kvcache(q, cache.k, cache.v, torch.tensor([3, 3]), 4, [5], softmax_scale=float("nan"))
+    with pytest.raises(ValueError, match="cache_seqlens must be an integer tensor"):
+        fibsparse_attn_with_kvcache(q, cache.k, cache.v, torch.tensor([True, True]), 4, [5])
+    with pytest.raises(ValueError, match="capacity must be >= 1"):
+        KVCache(1, 0, 1, 16, ring=True)
+    model = FibSparseLM(LMConfig.preset("tiny"))
+    with pytest.raises(ValueError, match="prompt must be"):
+        generate(model, torch.randint(0, 256, (5,)), 3)
+    with pytest.raises(ValueError, match="max_new_tokens and temperature must be >= 0"):
+        generate(model, torch.randint(0, 256, (1, 5)), -1)
+
+
 def test_refused_decode_call_leaves_caches_unchanged():
     model = FibSparseLM(LMConfig.preset("tiny", schedule="stagger"))
     caches = model.make_caches(1, 100)

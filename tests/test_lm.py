@@ -108,6 +108,11 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path, monkeypatch):
     assert torch.allclose(resumed["model"]["blocks.0.attn.alpha"], whole["model"]["blocks.0.attn.alpha"])
 
 
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="preset must be one of"):
+        LMConfig.preset("huge")
+
+
 def test_bad_experiment_arguments(tmp_path):
     with pytest.raises(ValueError, match="unknown schedule variant 'fancy'"):
         extrapolate.main(["--schedules", "stagger,fancy", "--out", str(tmp_path)])
