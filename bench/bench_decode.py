@@ -1,7 +1,10 @@
 """Decode throughput and memory: one new token per sequence against a context
 of 4k..1M tokens, batch 1 and 32, for fibsparse with its constant-size ring
-cache (static and learned offsets) and for SDPA over a full dense cache.
-CUDA events, warm-up, median.
+cache (static and learned offsets) and for SDPA over a full dense cache (and
+flash_attn_with_kvcache when flash_attn is installed). CUDA events, warm-up,
+median. "fib" times the checked API call (one host sync for the length
+checks); "kernel" times torch.ops.fibsparse.decode alone, as a CUDA graph or
+a serving loop that checks lengths once would see it.
 
     python bench/bench_decode.py [--contexts 4096,32768,131072,1048576] [--batches 1,32]
 """
@@ -36,9 +39,16 @@ def main():
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
           f"torch {torch.__version__}, {dtype}; heads {HEADS}/{HEADS_KV}, head_dim {HEAD_DIM}, window {WINDOW}, "
           f"offsets {offsets}")
-    print(f"{'batch':>5s} {'context':>8s} | {'fib static':>19s} | {'fib learned':>19s} | {'SDPA full cache':>19s}")
-    print(f"{'':>5s} {'':>8s} | {'tok/s':>9s} {'cache MB':>9s} | {'tok/s':>9s} {'cache MB':>9s} | "
-          f"{'tok/s':>9s} {'cache MB':>9s}")
+    try:
+        from flash_attn import flash_attn_with_kvcache
+    except ImportError:
+        flash_attn_with_kvcache = None
+    print(f"flash_attn: {'installed' if flash_attn_with_kvcache else 'not installed (column left out)'}")
+    columns = ["fib static", "kernel static", "fib learned", "kernel learned", "SDPA full cache"]
+    columns += ["flash kvcache"] if flash_attn_with_kvcache else []
+    print(f"{'batch':>5s} {'context':>8s} | " + " | ".join(f"{c:>19s}" for c in columns))
+    print(f"{'':>5s} {'':>8s} | " + " | ".join(f"{'tok/s':>9s} {'cache MB':>9s}" for _ in columns))
+    scale = HEAD_DIM ** -0.5
     for batch in map(int, args.batches.split(",")):
         for context in map(int, args.contexts.split(",")):
             torch.manual_seed(0)
@@ -53,17 +63,34 @@ def main():
                 ms = median_ms(lambda: fibsparse_attn_with_kvcache(q, cache.k, cache.v, lengths, WINDOW, positions,
                                                                    ring=True), runs=50, device=device)
                 row += [batch / ms * 1e3, cache_mb(cache.k, cache.v)]
-            try:
-                k = torch.randn(batch, HEADS_KV, context, HEAD_DIM, device=device, dtype=dtype)
-                v = torch.randn_like(k)
-                qt = q.transpose(1, 2)
-                ms = median_ms(lambda: F.scaled_dot_product_attention(qt, k, v), runs=50, device=device)
-                row += [batch / ms * 1e3, cache_mb(k, v)]
-                del k, v
-            except (torch.OutOfMemoryError, RuntimeError):
-                row += [float("nan"), float("nan")]
-            print(f"{batch:5d} {context:8d} | " + " | ".join(f"{row[i]:9.0f} {row[i + 1]:9.1f}" for i in (0, 2, 4)),
-                  flush=True)
+                kernel_offsets = torch.as_tensor(positions, device=device)
+                kernel_offsets = kernel_offsets if kernel_offsets.is_floating_point() else kernel_offsets.int()
+                ms = median_ms(lambda: torch.ops.fibsparse.decode(q, cache.k, cache.v, lengths, kernel_offsets, WINDOW,
+                                                                  scale, True), runs=50, device=device)
+                row += [batch / ms * 1e3, cache_mb(cache.k, cache.v)]
+            row += dense_decode(q, batch, context, device, dtype, F.scaled_dot_product_attention, transpose=True)
+            if flash_attn_with_kvcache:
+                row += dense_decode(q, batch, context, device, dtype, flash_attn_with_kvcache, transpose=False)
+            print(f"{batch:5d} {context:8d} | " + " | ".join(f"{row[i]:9.0f} {row[i + 1]:9.1f}"
+                                                         for i in range(0, len(row), 2)), flush=True)
+
+
+def dense_decode(q, batch, context, device, dtype, attention, transpose):
+    """(tok/s, cache MB) of dense attention of one token over a full cache of
+    `context` tokens; NaN when the cache does not fit in memory."""
+    try:
+        shape = (batch, HEADS_KV, context, HEAD_DIM) if transpose else (batch, context, HEADS_KV, HEAD_DIM)
+        k = torch.randn(shape, device=device, dtype=dtype)
+        v = torch.randn_like(k)
+        query = q.transpose(1, 2) if transpose else q
+        kwargs = {"enable_gqa": True} if transpose and HEADS != HEADS_KV else {}
+        ms = median_ms(lambda: attention(query, k, v, **kwargs), runs=50, device=device)
+        result = [batch / ms * 1e3, cache_mb(k, v)]
+        del k, v
+        return result
+    except (torch.OutOfMemoryError, RuntimeError):
+        torch.cuda.empty_cache() if device.type == "cuda" else None
+        return [float("nan"), float("nan")]
 
 
 if __name__ == "__main__":

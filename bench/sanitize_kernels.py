@@ -1,4 +1,4 @@
-"""A small run of every CUDA kernel (forward, dq, dkdv; each dtype; integer and
+"""A small run of every CUDA kernel (forward, dq, dkdv, decode; each dtype; integer and
 fractional; GQA; per-head padded offsets; window > seqlen; seqlen_q < seqlen_k),
 sized for compute-sanitizer:
 
@@ -7,6 +7,7 @@ sized for compute-sanitizer:
 import torch
 
 from fibsparse_ext import fibsparse_attn
+from fibsparse_ext.decode import fibsparse_attn_with_kvcache
 
 
 def run(dtype, fractional, head_dim, seqlen_q, seqlen_k, window):
@@ -24,11 +25,26 @@ def run(dtype, fractional, head_dim, seqlen_q, seqlen_k, window):
     (out.float().square().sum() + lse.sum()).backward()
 
 
+def run_decode(dtype, fractional, head_dim, new_tokens):
+    """A wrapped ring (capacity 40) and a linear cache, ragged lengths."""
+    torch.manual_seed(0)
+    q = torch.randn(3, new_tokens, 4, head_dim, device="cuda", dtype=dtype)
+    k_cache = torch.randn(3, 40, 2, head_dim, device="cuda", dtype=dtype)
+    v_cache = torch.randn_like(k_cache)
+    offsets = [9.5, 20.25, 30.0] if fractional else [9, 20, 30]
+    fibsparse_attn_with_kvcache(q, k_cache, v_cache, torch.tensor([3, 77, 1000], device="cuda"), 8, offsets,
+                                ring=True)
+    fibsparse_attn_with_kvcache(q, k_cache, v_cache, torch.tensor([3, 17, 40], device="cuda"), 8, offsets)
+
+
 for dtype in [torch.float16, torch.bfloat16, torch.float32, torch.float64]:
     for fractional in [False, True]:
         for head_dim in [16, 32, 64, 128]:
             run(dtype, fractional, head_dim, 37, 37, 4)
         run(dtype, fractional, 64, 3, 3, 5)      # window > seqlen
         run(dtype, fractional, 64, 11, 50, 5)    # fewer queries than keys
+        for head_dim in [16, 128]:
+            run_decode(dtype, fractional, head_dim, 1)
+        run_decode(dtype, fractional, 64, 3)
 torch.cuda.synchronize()
 print("sanitize_kernels: all kernels ran")

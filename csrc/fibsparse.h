@@ -33,6 +33,13 @@ struct Params {
   int q_pos_shift;
   double softmax_scale;
 
+  // Decode only (null otherwise): tokens in each sequence's KV cache, (batch,).
+  // Query row i of sequence b then sits at cache_seqlens[b] - seqlen_q + i,
+  // and k, v are caches of seqlen_k slots: key position j lives in slot j, or
+  // in slot j % seqlen_k when `ring` is set.
+  const int64_t* cache_seqlens;
+  bool ring;
+
   // Forward outputs (backward reads them).
   void* out;
   int64_t o_batch_stride, o_row_stride, o_head_stride;

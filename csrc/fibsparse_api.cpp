@@ -183,6 +183,48 @@ std::tuple<Tensor, Tensor> fwd(const Tensor& q_in, const Tensor& k_in, const Ten
   return {out, lse};
 }
 
+std::tuple<Tensor, Tensor> decode(const Tensor& q_in, const Tensor& k_cache_in, const Tensor& v_cache_in,
+                                  const Tensor& cache_seqlens, const Tensor& offsets_in, int64_t window,
+                                  double softmax_scale, bool ring) {
+  check_attention_inputs(q_in, k_cache_in, v_cache_in, offsets_in, window, softmax_scale);
+  const auto sdtype = cache_seqlens.scalar_type();
+  TORCH_CHECK(cache_seqlens.dim() == 1 && cache_seqlens.size(0) == q_in.size(0) &&
+                  (sdtype == at::kInt || sdtype == at::kLong),
+              "cache_seqlens must be an int32 or int64 tensor of shape (batch=", to_text(q_in.size(0)), "), got ",
+              to_text(sdtype), " ", to_text(cache_seqlens.sizes()));
+  TORCH_CHECK(cache_seqlens.device() == q_in.device(), "cache_seqlens must be on q's device ", to_text(q_in.device()),
+              ", got ", to_text(cache_seqlens.device()));
+  if (is_cpu_low_precision(q_in)) {
+    auto [out, lse] = decode(q_in.to(at::kFloat), k_cache_in.to(at::kFloat), v_cache_in.to(at::kFloat),
+                             cache_seqlens, offsets_in, window, softmax_scale, ring);
+    return {out.to(q_in.scalar_type()), lse};
+  }
+#ifdef FIBSPARSE_WITH_CUDA
+  const at::OptionalDeviceGuard guard(q_in.device());
+#endif
+  const auto dtype = q_in.scalar_type();
+  const Tensor q = rows_ready(q_in), k = rows_ready(k_cache_in), v = rows_ready(v_cache_in);
+  const Tensor offsets = kernel_offsets(offsets_in, dtype);
+  const Tensor lengths = cache_seqlens.to(at::kLong).contiguous();
+  Tensor out = new_output_like(q);
+  Tensor lse = new_output(q, {q.size(0), q.size(2), q.size(1)}, acc_dtype(dtype));
+  if (q.numel() == 0) return {out, lse};
+
+  Params p = attention_params(q, k, v, offsets, window, softmax_scale, out, lse);
+  p.cache_seqlens = lengths.data_ptr<int64_t>();
+  p.ring = ring;
+  if (q.is_cuda()) {
+#ifdef FIBSPARSE_WITH_CUDA
+    run_decode_cuda(p, dtype, is_fractional(offsets));
+#else
+    TORCH_CHECK(false, "fibsparse_ext was built without CUDA; reinstall on a machine with nvcc");
+#endif
+  } else {
+    run_fwd_cpu(p, dtype, is_fractional(offsets));  // the CPU forward reads positions and rows through Params
+  }
+  return {out, lse};
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor> bwd(const Tensor& dout_in, const Tensor& q_in, const Tensor& k_in,
                                                const Tensor& v_in, const Tensor& out_in, const Tensor& lse,
                                                const std::optional<Tensor>& dlse, const Tensor& offsets_in,
@@ -273,17 +315,22 @@ TORCH_LIBRARY(fibsparse, m) {
   m.def(
       "bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? dlse, Tensor offsets, "
       "int window, float softmax_scale) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "decode(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, Tensor offsets, int window, "
+      "float softmax_scale, bool ring) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fibsparse, CPU, m) {
   m.impl("fwd", &fwd);
   m.impl("bwd", &bwd);
+  m.impl("decode", &decode);
 }
 
 #ifdef FIBSPARSE_WITH_CUDA
 TORCH_LIBRARY_IMPL(fibsparse, CUDA, m) {
   m.impl("fwd", &fwd);
   m.impl("bwd", &bwd);
+  m.impl("decode", &decode);
 }
 #endif
 

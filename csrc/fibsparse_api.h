@@ -13,6 +13,15 @@ namespace fibsparse {
 std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                        const at::Tensor& offsets, int64_t window, double softmax_scale);
 
+// Attention of the newest seqlen_q tokens of each sequence against a KV cache
+// (batch, capacity, heads_kv, head_dim) holding cache_seqlens[b] tokens, in
+// slot p % capacity when `ring`. Returns (out, lse) as fwd. Lengths are
+// trusted (fibsparse_ext.decode checks them); a bad one never reads out of
+// bounds.
+std::tuple<at::Tensor, at::Tensor> decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                          const at::Tensor& cache_seqlens, const at::Tensor& offsets, int64_t window,
+                                          double softmax_scale, bool ring);
+
 // Returns (dq, dk, dv, doffsets). doffsets has the shape and dtype of a
 // fractional `offsets`, and is empty for integer offsets.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd(

@@ -18,6 +18,7 @@ constexpr int kCudaRowsPerBlock = 16;
 #ifdef FIBSPARSE_WITH_CUDA
 void run_fwd_cuda(const Params& params, c10::ScalarType dtype, bool fractional);
 void run_bwd_cuda(const Params& params, c10::ScalarType dtype, bool fractional);
+void run_decode_cuda(const Params& params, c10::ScalarType dtype, bool fractional);
 #endif
 
 }  // namespace fibsparse

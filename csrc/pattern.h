@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "fibsparse.h"
+
 #if defined(__CUDACC__)
 #define FIBSPARSE_HD __host__ __device__ __forceinline__
 #else
@@ -32,6 +34,19 @@ struct KeySample {
 
 // Number of distances each query walks: the band, then the offsets.
 FIBSPARSE_HD int num_distances(int window, int num_offsets) { return window + num_offsets; }
+
+// Absolute position of query row i of sequence b.
+FIBSPARSE_HD int64_t query_position(const Params& p, int b, int i) {
+  return p.cache_seqlens != nullptr ? p.cache_seqlens[b] - p.seqlen_q + i : int64_t(i) + p.q_pos_shift;
+}
+
+// The row of k and v that holds key position j >= 0: j itself, or its slot in
+// a ring cache. Decode callers check that lengths fit the cache; the clamp only
+// keeps a bad length from reading out of bounds.
+FIBSPARSE_HD int64_t key_row(const Params& p, int64_t j) {
+  if (p.ring) return j % p.seqlen_k;
+  return j < p.seqlen_k ? j : p.seqlen_k - 1;
+}
 
 // The distance of distance index t (< 0 for padding): integer offsets stay
 // in integer arithmetic so that large distances are exact.

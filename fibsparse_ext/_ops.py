@@ -1,4 +1,4 @@
-"""The compiled ops (torch.ops.fibsparse.fwd / bwd): their fake (meta)
+"""The compiled ops (torch.ops.fibsparse.fwd / bwd / decode): their fake (meta)
 implementations for torch.compile / export, and their autograd.
 
 The ops themselves are declared and implemented in C++ (csrc/fibsparse_api.cpp);
@@ -21,6 +21,11 @@ def _fwd_fake(q, k, v, offsets, window, softmax_scale):
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = q.new_empty((batch, heads, seqlen_q), dtype=_acc_dtype(q.dtype))
     return out, lse
+
+
+@torch.library.register_fake("fibsparse::decode")
+def _decode_fake(q, k_cache, v_cache, cache_seqlens, offsets, window, softmax_scale, ring):
+    return _fwd_fake(q, k_cache, v_cache, offsets, window, softmax_scale)
 
 
 @torch.library.register_fake("fibsparse::bwd")

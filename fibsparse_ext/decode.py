@@ -1,5 +1,6 @@
 """Decoding with a KV cache: attention for a few new query tokens per sequence
-against cached keys, reading only the keys the pattern names.
+against cached keys, reading only the keys the pattern names (the compiled
+op torch.ops.fibsparse.decode, CPU and CUDA; this module checks its inputs).
 
 The cache can be a ring: a sequence's token at absolute position p lives in
 slot p % capacity. Since no query ever reads a key older than the largest
@@ -15,6 +16,7 @@ from typing import Optional
 
 import torch
 
+from . import _ops  # noqa: F401  (registers torch.ops.fibsparse.*)
 from ._checks import check_qkv, check_scale
 from ._offsets import PADDING, OffsetsLike, as_offsets, check_window
 from .functional import default_scale
@@ -129,41 +131,10 @@ def fibsparse_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache:
             raise ValueError(f"k must be (batch, new={new}, heads_kv, head_dim), got {tuple(k.shape)}")
         KVCache.wrap(k_cache, v_cache, lengths.clone(), ring).write(k, v)
         lengths = lengths + new
-    if int(lengths.min()) < new:
+    shortest, longest = torch.stack(torch.aminmax(lengths)).tolist() if batch else (new, new)  # one sync
+    if shortest < new:
         raise ValueError(f"cache_seqlens must count the {new} new token(s) already written, got {lengths.tolist()}")
-    if not ring and int(lengths.max()) > capacity:
+    if not ring and longest > capacity:
         raise ValueError(f"cache_seqlens {lengths.tolist()} go beyond the cache's capacity {capacity}")
-
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    positions = lengths[:, None] - new + torch.arange(new, device=q.device)  # (batch, new)
-    # Distances per head: the band (no farther than the longest sequence), then
-    # the offsets; (heads, T). Integer distances stay integers (exact above 2^24).
-    window = min(window, int(lengths.max()))
-    band = torch.arange(window, device=q.device).expand(heads, window)
-    fractional = offsets.is_floating_point()
-    distances = torch.cat([band.to(acc) if fractional else band,
-                           offsets.expand(heads, offsets.shape[-1]).to(acc if fractional else torch.int64)], 1)
-    present = torch.cat([torch.ones_like(band, dtype=torch.bool), (offsets != PADDING).expand(heads, -1)], 1)
-    whole = distances.floor().long() if fractional else distances
-    frac = (distances - whole).to(acc)  # 0 for integer offsets
-    rows = positions[:, :, None, None] - whole  # (batch, new, heads, T): the nearer neighbour
-    valid = present & (positions[:, :, None, None] - distances >= 0)
-    kv_heads = torch.arange(heads, device=q.device) // (heads // heads_kv)
-
-    def gather(cache, rows):
-        slot = rows % capacity if ring else rows.clamp(0, capacity - 1)
-        slot = torch.where(valid, slot, 0)
-        b = torch.arange(batch, device=q.device)[:, None, None, None]
-        return cache[b, slot, kv_heads[None, None, :, None]].to(acc)  # (batch, new, heads, T, head_dim)
-
-    f = frac[None, None, :, :, None]
-    keys = gather(k_cache, rows)
-    values = gather(v_cache, rows)
-    if offsets.is_floating_point():  # (1 - f) row[pos - a] + f row[pos - a - 1]
-        keys = keys + f * (gather(k_cache, rows - 1) - keys)
-        values = values + f * (gather(v_cache, rows - 1) - values)
-    scores = torch.einsum("bnhd,bnhtd->bnht", q.to(acc), keys) * scale
-    scores = scores.masked_fill(~valid, float("-inf"))
-    lse = torch.logsumexp(scores, -1)
-    out = torch.einsum("bnht,bnhtd->bnhd", torch.exp(scores - lse[..., None]), values).to(q.dtype)
-    return (out, lse.transpose(1, 2)) if return_lse else out
+    out, lse = torch.ops.fibsparse.decode(q, k_cache, v_cache, lengths, offsets, window, scale, ring)
+    return (out, lse) if return_lse else out

@@ -5,6 +5,7 @@ import torch
 
 from conftest import random_offsets, random_qkv, rel_err, requires_cuda
 from fibsparse_ext import fibsparse_attn, fibsparse_attn_ref
+from fibsparse_ext.decode import fibsparse_attn_with_kvcache
 
 pytestmark = requires_cuda
 
@@ -32,6 +33,20 @@ def test_every_output_element_is_written(monkeypatch, dtype, fractional, seqlen)
     offsets = random_offsets(16, 5, 4, fractional, "cuda", torch.float32)
     for name, t in zip(["out", "lse", "dq", "dk", "dv", "doffsets"], attention_and_grads(q, k, v, 16, offsets)):
         assert torch.isfinite(t).all(), f"{name} has unwritten (NaN) elements"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("head_dim", [16, 128])
+def test_decode_writes_every_output_element(monkeypatch, dtype, head_dim):
+    """The decode kernel's merge of its lane groups writes every element of out
+    and lse, for one and for several new tokens, in a wrapped ring."""
+    monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
+    for new in (1, 3):
+        q, k_cache, v_cache = random_qkv(3, new, 4, 2, head_dim, dtype, "cuda", seqlen_k=40, requires_grad=False)
+        lengths = torch.tensor([new, 77, 1000], device="cuda")
+        out, lse = fibsparse_attn_with_kvcache(q, k_cache, v_cache, lengths, 8, [9, 20, 30], ring=True,
+                                               return_lse=True)
+        assert torch.isfinite(out).all() and torch.isfinite(lse).all(), new
 
 
 def test_no_queries_launches_nothing():

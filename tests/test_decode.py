@@ -7,6 +7,7 @@ import torch
 
 from conftest import DEVICES, random_qkv, rel_err
 from fibsparse_ext import fibsparse_attn_ref
+from fibsparse_ext.accuracy import TOLERANCE
 from fibsparse_ext.decode import KVCache, fibsparse_attn_with_kvcache, required_capacity
 from fibsparse_ext.generation import generate
 from fibsparse_ext.models import FibSparseLM, LMConfig
@@ -67,6 +68,28 @@ def test_batched_ragged_call(device, ring, offsets):
     for b, n in enumerate(lengths.tolist()):
         expected = fibsparse_attn_ref(q[b:b + 1, :n], k[b:b + 1, :n], v[b:b + 1, :n], 3, offsets)[:, -2:]
         assert rel_err(out[b:b + 1], expected) < 1e-12, b
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("head_dim", [32, 128])
+@pytest.mark.parametrize("fractional", [False, True])
+def test_low_precision_decode_within_tolerance(device, dtype, head_dim, fractional):
+    """The last 2 tokens of 3 ragged sequences in a wrapped ring, in each dtype,
+    against the float64 reference on the whole sequences."""
+    torch.manual_seed(2)
+    window, offsets = 8, ([11.5, 20.25, 33.75] if fractional else [11, 20, 34])
+    q, k, v = random_qkv(3, 90, 4, 2, head_dim, torch.float64, "cpu", requires_grad=False)
+    lengths = [90, 47, 2]
+    cache = KVCache(3, 40, 2, head_dim, ring=True, dtype=dtype, device=device)
+    for b, n in enumerate(lengths):
+        row = KVCache.wrap(cache.k[b:b + 1], cache.v[b:b + 1], cache.seqlens[b:b + 1], ring=True)
+        row.write(k[b:b + 1, :n].to(device), v[b:b + 1, :n].to(device))
+    queries = torch.stack([q[b, n - 2:n] for b, n in enumerate(lengths)]).to(device, dtype)
+    out = fibsparse_attn_with_kvcache(queries, cache.k, cache.v, cache.seqlens, window, offsets, ring=True)
+    for b, n in enumerate(lengths):
+        expected = fibsparse_attn_ref(q[b:b + 1, :n], k[b:b + 1, :n], v[b:b + 1, :n], window, offsets)[:, -2:]
+        assert rel_err(out[b:b + 1], expected) < TOLERANCE[dtype], b
 
 
 def test_integer_offsets_beyond_float32_precision():

@@ -1,4 +1,4 @@
-// CPU kernels: one query (forward, dq) or one key row (dk, dv) per task of
+// CPU kernels: one query (forward and decode, dq) or one key row (dk, dv) per task of
 // at::parallel_for. The pattern comes from pattern.h; the math mirrors the
 // CUDA kernels, with plain loops over head_dim instead of lane groups.
 //
@@ -79,7 +79,7 @@ void fwd_kernel(const Params& p) {
     for (int64_t task = begin; task < end; ++task) {
       const int i = task % p.seqlen_q, h = (task / p.seqlen_q) % p.heads;
       const int b = task / (int64_t(p.seqlen_q) * p.heads);
-      const int64_t pos = i + p.q_pos_shift;
+      const int64_t pos = query_position(p, b, i);
       const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
       const T* q = rows<T>(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride, b, h)[i];
       const auto k = rows<T>(p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, b, h / group);
@@ -90,12 +90,13 @@ void fwd_kernel(const Params& p) {
       for (int t = 0; t < num_distances(p.window, p.num_offsets); ++t) {
         const auto s = sample_key<T>(pos, t, p.window, offs);
         if (!s.valid) continue;
-        const T qk0 = dot(q, k[s.j0], n);
-        const T score = scale * (s.frac != T(0) ? qk0 + s.frac * (dot(q, k[s.j1], n) - qk0) : qk0);
+        const int64_t row0 = key_row(p, s.j0), row1 = key_row(p, s.j1);  // differ from j0, j1 in a decode cache
+        const T qk0 = dot(q, k[row0], n);
+        const T score = scale * (s.frac != T(0) ? qk0 + s.frac * (dot(q, k[row1], n) - qk0) : qk0);
         T weight;
         const T rescale = softmax.add(score, weight);
         for (int d = 0; d < n; ++d) acc[d] *= rescale;
-        axpy_interp(acc.data(), weight, v[s.j0], v[s.j1], s.frac, n);
+        axpy_interp(acc.data(), weight, v[row0], v[row1], s.frac, n);
       }
       T* out = static_cast<T*>(p.out) + b * p.o_batch_stride + int64_t(i) * p.o_row_stride + h * p.o_head_stride;
       for (int d = 0; d < n; ++d) out[d] = acc[d] / softmax.sum;

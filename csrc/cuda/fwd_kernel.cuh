@@ -18,6 +18,39 @@
 
 namespace fibsparse {
 
+// One step of a query's walk: the group scores the (interpolated) key of
+// sample `s`, stored in rows row0/row1 of k and v, and folds it into the
+// running softmax and output. Every lane of the warp must call it (the score
+// is reduced with shuffles); an invalid sample changes nothing.
+template <int kElems, typename T, typename Acc, typename OffsetT>
+__device__ __forceinline__ void attend_sample(const Acc (&q)[kElems], const T* k, const T* v, const Params& p,
+                                              const KeySample<Acc>& s, bool valid, OnlineSoftmax<Acc>& softmax,
+                                              Acc (&acc)[kElems]) {
+  const bool interp = !std::is_integral_v<OffsetT> && s.frac != Acc(0);
+  const int64_t row0 = key_row(p, s.j0), row1 = key_row(p, s.j1);
+  Acc row_k[kElems], diff[kElems];
+  load_interp<kElems>(k, p.k_row_stride, row0, row1, s.frac, interp, row_k, diff);
+  const Acc score = group_sum(slice_dot(q, row_k));
+  if (valid) {
+    Acc weight;
+    const Acc rescale = softmax.add(score, weight);
+    Acc row_v[kElems];
+    load_interp<kElems>(v, p.v_row_stride, row0, row1, s.frac, interp, row_v, diff);
+#pragma unroll
+    for (int e = 0; e < kElems; ++e) acc[e] = acc[e] * rescale + weight * row_v[e];
+  }
+}
+
+// This lane's slice of query row i of (b, h), pre-multiplied by the softmax scale.
+template <int kElems, typename T, typename Acc>
+__device__ __forceinline__ void load_query(const Params& p, int b, int i, int h, int lane, Acc (&q)[kElems]) {
+  load_slice<kElems>(static_cast<const T*>(p.q) + b * p.q_batch_stride + int64_t(i) * p.q_row_stride +
+                         h * p.q_head_stride + lane * kElems,
+                     q);
+#pragma unroll
+  for (int e = 0; e < kElems; ++e) q[e] *= Acc(p.softmax_scale);
+}
+
 template <typename T, typename OffsetT, int kHeadDim>
 __global__ void __launch_bounds__(kThreads) fwd_kernel(const Params p) {
   using Acc = acc_t<T>;
@@ -29,34 +62,18 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const Params p) {
   // every lane takes part in the group shuffles.
   const bool in_range = row < p.seqlen_q;
   const int i = in_range ? row : p.seqlen_q - 1;
-  const int64_t pos = i + p.q_pos_shift;
+  const int64_t pos = query_position(p, b, i);
   const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
   const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride + lane * kElems;
   const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride + lane * kElems;
 
   Acc q[kElems];
-  load_slice<kElems>(static_cast<const T*>(p.q) + b * p.q_batch_stride + int64_t(i) * p.q_row_stride +
-                         h * p.q_head_stride + lane * kElems,
-                     q);
-#pragma unroll
-  for (int e = 0; e < kElems; ++e) q[e] *= Acc(p.softmax_scale);
-
+  load_query<kElems, T>(p, b, i, h, lane, q);
   Acc acc[kElems] = {};
   OnlineSoftmax<Acc> softmax;
   for (int t = 0; t < num_distances(p.window, p.num_offsets); ++t) {
     const auto s = sample_key<Acc>(pos, t, p.window, offs);
-    const bool interp = !std::is_integral_v<OffsetT> && s.frac != Acc(0);
-    Acc row_k[kElems], diff[kElems];
-    load_interp<kElems>(k, p.k_row_stride, s.j0, s.j1, s.frac, interp, row_k, diff);
-    const Acc score = group_sum(slice_dot(q, row_k));
-    if (s.valid) {
-      Acc weight;
-      const Acc rescale = softmax.add(score, weight);
-      Acc row_v[kElems];
-      load_interp<kElems>(v, p.v_row_stride, s.j0, s.j1, s.frac, interp, row_v, diff);
-#pragma unroll
-      for (int e = 0; e < kElems; ++e) acc[e] = acc[e] * rescale + weight * row_v[e];
-    }
+    attend_sample<kElems, T, Acc, OffsetT>(q, k, v, p, s, s.valid, softmax, acc);
   }
   if (!in_range) return;
   store_slice<kElems>(static_cast<T*>(p.out) + b * p.o_batch_stride + int64_t(i) * p.o_row_stride +

@@ -1,0 +1,87 @@
+// Decode kernel: a few new queries per sequence against a (ring) KV cache.
+// A query reads only window + K keys, so one query per block leaves nothing
+// to parallelize over but the keys: the block's kGroups lane groups split the
+// query's distances (group g walks t = g, g + kGroups, ...), each with its own
+// online softmax, and the groups' partial results are merged in shared memory.
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+
+#include <limits>
+
+#include "fwd_kernel.cuh"
+
+namespace fibsparse {
+namespace {
+
+constexpr int kGroups = kThreads / kLanes;
+
+template <typename T, typename OffsetT, int kHeadDim>
+__global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
+  using Acc = acc_t<T>;
+  constexpr int kElems = kHeadDim / kLanes;
+  const int lane = threadIdx.x % kLanes, group = threadIdx.x / kLanes;
+  const int i = blockIdx.x, h = blockIdx.y, b = blockIdx.z, hk = h / (p.heads / p.heads_kv);
+  const int64_t pos = query_position(p, b, i);
+  const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
+  const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride + lane * kElems;
+  const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride + lane * kElems;
+
+  Acc q[kElems];
+  load_query<kElems, T>(p, b, i, h, lane, q);
+  Acc acc[kElems] = {};
+  OnlineSoftmax<Acc> softmax;
+  const int num_t = num_distances(p.window, p.num_offsets);
+  // Same trip count for every group (the score shuffles need the whole warp).
+  for (int first = 0; first < num_t; first += kGroups) {
+    const int t = first + group;
+    const auto s = sample_key<Acc>(pos, t < num_t ? t : num_t - 1, p.window, offs);
+    attend_sample<kElems, T, Acc, OffsetT>(q, k, v, p, s, s.valid && t < num_t, softmax, acc);
+  }
+
+  __shared__ Acc group_max[kGroups], group_sum_exp[kGroups], group_out[kGroups][kHeadDim];
+  if (lane == 0) {
+    group_max[group] = softmax.max;
+    group_sum_exp[group] = softmax.sum;
+  }
+#pragma unroll
+  for (int e = 0; e < kElems; ++e) group_out[group][lane * kElems + e] = acc[e];
+  __syncthreads();
+
+  const int d = threadIdx.x;  // one output element per thread
+  if (d >= kHeadDim) return;
+  Acc max = -std::numeric_limits<Acc>::infinity();
+  for (int g = 0; g < kGroups; ++g) max = group_max[g] > max ? group_max[g] : max;
+  Acc sum = Acc(0), out = Acc(0);
+  for (int g = 0; g < kGroups; ++g) {
+    if (group_sum_exp[g] == Acc(0)) continue;  // a group that saw no valid key
+    const Acc w = exp(group_max[g] - max);
+    sum += w * group_sum_exp[g];
+    out += w * group_out[g][d];
+  }
+  static_cast<T*>(p.out)[b * p.o_batch_stride + int64_t(i) * p.o_row_stride + h * p.o_head_stride + d] =
+      static_cast<T>(out / sum);
+  if (d == 0) static_cast<Acc*>(p.lse)[(int64_t(b) * p.heads + h) * p.seqlen_q + i] = max + log(sum);
+}
+
+template <typename T>
+void launch_decode(const Params& p, bool fractional) {
+  const dim3 grid(p.seqlen_q, p.heads, p.batch);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  HEADDIM_SWITCH(p.head_dim, kHeadDim, [&] {
+    BOOL_SWITCH(fractional, kFrac, [&] {
+      using OffsetT = std::conditional_t<kFrac, acc_t<T>, int32_t>;
+      decode_kernel<T, OffsetT, kHeadDim><<<grid, kThreads, 0, stream>>>(p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+}
+
+}  // namespace
+
+void run_decode_cuda(const Params& params, c10::ScalarType dtype, bool fractional) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fibsparse_decode_cuda",
+                                  [&] { launch_decode<scalar_t>(params, fractional); });
+}
+
+}  // namespace fibsparse
