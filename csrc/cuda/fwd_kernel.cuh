@@ -1,4 +1,5 @@
-// Forward kernel. Block = 16 consecutive queries of one (batch, head); each
+// Forward kernel for float32 / float64 (16-bit types take the tensor-core
+// kernel of fwd_mma_kernel.cuh). Block = 16 consecutive queries of one (batch, head); each
 // query is a group of kLanes threads holding a slice of q and of the running
 // output. The group walks the query's distances (pattern.h) with an online
 // softmax; nothing of size seqlen x (window + K) ever reaches global memory.
@@ -14,6 +15,7 @@
 #include "../online_softmax.h"
 #include "../pattern.h"
 #include "../static_switch.h"
+#include "fwd_mma_kernel.cuh"
 #include "lane_group.cuh"
 
 namespace fibsparse {
@@ -84,6 +86,9 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const Params p) {
 
 template <typename T>
 void launch_fwd(const Params& p, bool fractional) {
+  if constexpr (kIsTensorCoreType<T>) {
+    return mma_fwd::launch<T>(p, fractional);
+  }
   const dim3 grid((p.seqlen_q + kCudaRowsPerBlock - 1) / kCudaRowsPerBlock, p.heads, p.batch);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   HEADDIM_SWITCH(p.head_dim, kHeadDim, [&] {
