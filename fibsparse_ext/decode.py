@@ -18,7 +18,7 @@ import torch
 
 from . import _ops  # noqa: F401  (registers torch.ops.fibsparse.*)
 from ._checks import check_qkv, check_scale
-from ._offsets import PADDING, OffsetsLike, as_offsets, check_window
+from ._offsets import PADDING, OffsetsLike, as_offsets, check_offset_values, check_window
 from .functional import default_scale
 
 
@@ -114,27 +114,35 @@ def fibsparse_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache:
     """
     check_window(window)
     check_qkv(q, k_cache, v_cache, "k_cache", "v_cache")
-    offsets = as_offsets(offsets, q, window)
+    offsets = as_offsets(offsets, q, window, check_values=False)  # checked below, from the host copy
     batch, new, heads, head_dim = q.shape
     capacity, heads_kv = k_cache.shape[1], k_cache.shape[2]
     scale = check_scale(default_scale(q, softmax_scale))
     if cache_seqlens.shape != (batch,) or cache_seqlens.is_floating_point() or cache_seqlens.dtype == torch.bool:
         raise ValueError(f"cache_seqlens must be an integer tensor of shape ({batch},), got "
                          f"{cache_seqlens.dtype} {tuple(cache_seqlens.shape)}")
-    lengths = cache_seqlens.to(device=q.device, dtype=torch.int64)
     if (k is None) != (v is None):
         raise ValueError("k and v must be given together (the new tokens' keys and values), or neither")
-    if ring:  # checked before any write, so that a refused call changes nothing
-        check_ring_capacity(capacity, window, offsets, new)
-    if k is not None:
-        if k.dim() != 4 or k.shape[1] != new:
-            raise ValueError(f"k must be (batch, new={new}, heads_kv, head_dim), got {tuple(k.shape)}")
-        KVCache.wrap(k_cache, v_cache, lengths.clone(), ring).write(k, v)
-        lengths = lengths + new
-    shortest, longest = torch.stack(torch.aminmax(lengths)).tolist() if batch else (new, new)  # one sync
+    if k is not None and (k.dim() != 4 or k.shape[1] != new):
+        raise ValueError(f"k must be (batch, new={new}, heads_kv, head_dim), got {tuple(k.shape)}")
+    lengths = cache_seqlens.to(device=q.device, dtype=torch.int64)
+
+    # Every value check reads one host copy of the lengths and offsets (one
+    # device sync per call), and all of them run before anything is written,
+    # so that a refused call changes nothing.
+    host = torch.cat([lengths.double(), offsets.detach().flatten().double()]).cpu()
+    host_offsets = host[batch:].view(offsets.shape).to(offsets.dtype)
+    check_offset_values(host_offsets, window)
+    if ring:
+        check_ring_capacity(capacity, window, host_offsets, new)
+    appended = new if k is not None else 0
+    shortest, longest = (int(host[:batch].min()) + appended, int(host[:batch].max()) + appended) if batch else (new, new)
     if shortest < new:
         raise ValueError(f"cache_seqlens must count the {new} new token(s) already written, got {lengths.tolist()}")
     if not ring and longest > capacity:
-        raise ValueError(f"cache_seqlens {lengths.tolist()} go beyond the cache's capacity {capacity}")
+        raise ValueError(f"cache_seqlens {(lengths + appended).tolist()} go beyond the cache's capacity {capacity}")
+    if k is not None:
+        KVCache.wrap(k_cache, v_cache, lengths.clone(), ring).write(k, v)
+        lengths = lengths + new
     out, lse = torch.ops.fibsparse.decode(q, k_cache, v_cache, lengths, offsets, window, scale, ring)
     return (out, lse) if return_lse else out
