@@ -14,6 +14,9 @@
 //     masked, so offsets reuse the band's tile code. A fractional position
 //     a + f reads two strips (rows pw - a and pw - a - 1) and mixes the
 //     scores, and P V, with weights 1 - f and f, as pattern.h defines.
+// The steps (band chunks, then one step per offset) run as a two-stage
+// cp.async pipeline: the rows of step n + 1 are in flight while step n
+// computes, so a block waits on memory about once, not once per step.
 // Scores are kept in log2 units (scale * log2(e) folded in) for exp2.
 #pragma once
 
@@ -41,23 +44,34 @@ static_assert(kBufRows >= kChunk);
 // Rows padded by 8 elements (16 bytes), so that the 8 row groups of a
 // fragment load fall in different shared-memory banks.
 template <int kHeadDim>
-using SmemRows = uint16_t[kBufRows][kHeadDim + 8];
-template <int kHeadDim>
 using RowPtr = const uint16_t (*)[kHeadDim + 8];
-
-// Copies key positions first .. first + count - 1 of one (batch, kv head)
-// into shared rows, 16 bytes per thread per step; positions outside
-// [0, last] are zero rows (masked later, but must not be NaN for P V).
+// Two pipeline stages of k and v rows.
 template <int kHeadDim>
+constexpr int kSmemBytes = 2 * 2 * kBufRows * (kHeadDim + 8) * int(sizeof(uint16_t));
+
+// Starts an asynchronous 16-byte copy global -> shared; when `valid` is
+// false nothing is read and the 16 bytes are zero-filled (rows outside the
+// sequence: masked later, but they must not be NaN for P V).
+__device__ __forceinline__ void copy_async_16(void* dst, const void* src, bool valid) {
+  const uint32_t dst_addr = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst_addr), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void commit_async() { asm volatile("cp.async.commit_group;\n" ::); }
+// Waits until at most `kPending` committed groups are still in flight.
+template <int kPending>
+__device__ __forceinline__ void wait_async() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending)); }
+
+// Queues copies of key rows into shared rows dst[r] for r < count, where
+// row r holds position first_of(r); positions outside [0, last] become zero rows.
+template <int kHeadDim, typename FirstOf>
 __device__ __forceinline__ void stage_rows(uint16_t (*dst)[kHeadDim + 8], const uint16_t* src, int64_t row_stride,
-                                           int64_t first, int count, int64_t last, int tid, int num_threads) {
+                                           int count, FirstOf position_of, int64_t last) {
   constexpr int kVecs = kHeadDim / 8;
-  for (int x = tid; x < count * kVecs; x += num_threads) {
+  for (int x = threadIdx.x; x < count * kVecs; x += kThreads) {
     const int r = x / kVecs, c = x % kVecs;
-    const int64_t j = first + r;
-    uint4 value = make_uint4(0, 0, 0, 0);
-    if (j >= 0 && j <= last) value = __ldg(reinterpret_cast<const uint4*>(src + j * row_stride) + c);
-    *reinterpret_cast<uint4*>(&dst[r][c * 8]) = value;
+    const int64_t j = position_of(r);
+    const bool valid = j >= 0 && j <= last;
+    copy_async_16(&dst[r][c * 8], src + (valid ? j * row_stride : 0) + c * 8, valid);
   }
 }
 
@@ -133,8 +147,11 @@ __device__ __forceinline__ void softmax_update(float (&s)[N][4], float (&m)[2], 
 template <typename T, typename OffsetT, int kHeadDim>
 __global__ void __launch_bounds__(kThreads) fwd_mma_kernel(const Params p) {
   constexpr int kKSteps = kHeadDim / 16, kDimTiles = kHeadDim / 8, kChunkTiles = kChunk / 8;
-  __shared__ alignas(16) SmemRows<kHeadDim> smem_k;
-  __shared__ alignas(16) SmemRows<kHeadDim> smem_v;
+  extern __shared__ __align__(16) uint16_t smem[];
+  using Rows = uint16_t(*)[kHeadDim + 8];
+  // Stage n of the pipeline: k rows stage_k(n), v rows stage_v(n).
+  const auto stage_k = [&](int n) { return reinterpret_cast<Rows>(smem) + (2 * n) * kBufRows; };
+  const auto stage_v = [&](int n) { return reinterpret_cast<Rows>(smem) + (2 * n + 1) * kBufRows; };
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
   const int h = blockIdx.y, b = blockIdx.z, hk = h / (p.heads / p.heads_kv);
@@ -147,6 +164,53 @@ __global__ void __launch_bounds__(kThreads) fwd_mma_kernel(const Params p) {
                                                         hk * p.k_head_stride);
   const auto* v_src = reinterpret_cast<const uint16_t*>(static_cast<const T*>(p.v) + b * p.v_batch_stride +
                                                         hk * p.v_head_stride);
+  const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
+
+  // Band: distances 0 .. window - 1, as chunks of kChunk key rows.
+  const int64_t band_first = block_pos - (p.window - 1) > 0 ? block_pos - (p.window - 1) : 0;
+  const int64_t band_last = block_pos + kBlockQ - 1 < last_key ? block_pos + kBlockQ - 1 : last_key;
+  const int64_t warp_first = warp_pos - (p.window - 1), warp_last = warp_pos + 15;
+  const int band_steps = int((band_last - band_first) / kChunk) + 1;
+  const int num_steps = band_steps + p.num_offsets;
+
+  // An offset's whole and fractional parts (pattern.h: rows pos - whole and
+  // pos - whole - 1, weights 1 - frac and frac); whole < 0 for padding.
+  const auto split_offset = [&](int t, int64_t& whole, float& frac) {
+    const auto distance = distance_at<float>(t, p.window, offs);
+    if constexpr (std::is_integral_v<OffsetT>) {
+      whole = distance;
+      frac = 0.f;
+    } else {
+      whole = distance < 0 ? -1 : int64_t(floorf(distance));
+      frac = distance < 0 ? 0.f : distance - floorf(distance);
+    }
+  };
+  // Queues the rows of step n into stage n % 2 (and always commits a group,
+  // so that the wait below counts the same for every step).
+  const auto issue = [&](int n) {
+    if (n < band_steps) {
+      const int64_t chunk = band_first + int64_t(n) * kChunk;
+      const auto position_of = [&](int r) { return chunk + r; };
+      stage_rows<kHeadDim>(stage_k(n % 2), k_src, p.k_row_stride, kChunk, position_of, band_last);
+      stage_rows<kHeadDim>(stage_v(n % 2), v_src, p.v_row_stride, kChunk, position_of, band_last);
+    } else if (n < num_steps) {
+      int64_t whole;
+      float frac;
+      split_offset(p.window + n - band_steps, whole, frac);
+      if (whole >= 0) {
+        // Warp w's strip: rows kStripRows * w + x, x = 0..16, hold position
+        // pos_w - whole - 1 + x, so that query x of the warp reads its first
+        // row at strip row x + 1 and its second (interpolation) row at x.
+        const auto position_of = [&](int r) {
+          return block_pos + 16 * (r / kStripRows) - whole - 1 + r % kStripRows;
+        };
+        stage_rows<kHeadDim>(stage_k(n % 2), k_src, p.k_row_stride, kBufRows, position_of, last_key);
+        stage_rows<kHeadDim>(stage_v(n % 2), v_src, p.v_row_stride, kBufRows, position_of, last_key);
+      }
+    }
+    commit_async();
+  };
+  issue(0);
 
   // The warp's 16 query rows as A fragments (rows past seqlen_q are zeros).
   uint32_t qf[kKSteps][4];
@@ -169,89 +233,72 @@ __global__ void __launch_bounds__(kThreads) fwd_mma_kernel(const Params p) {
   float o[kDimTiles][4] = {};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
-  // Band: distances 0 .. window - 1.
-  const int64_t band_first = block_pos - (p.window - 1) > 0 ? block_pos - (p.window - 1) : 0;
-  const int64_t band_last = block_pos + kBlockQ - 1 < last_key ? block_pos + kBlockQ - 1 : last_key;
-  const int64_t warp_first = warp_pos - (p.window - 1), warp_last = warp_pos + 15;
-  for (int64_t chunk = band_first; chunk <= band_last; chunk += kChunk) {
-    __syncthreads();  // every warp is done with the previous chunk
-    stage_rows<kHeadDim>(smem_k, k_src, p.k_row_stride, chunk, kChunk, band_last, threadIdx.x, kThreads);
-    stage_rows<kHeadDim>(smem_v, v_src, p.v_row_stride, chunk, kChunk, band_last, threadIdx.x, kThreads);
-    __syncthreads();
-    if (chunk > warp_last || chunk + kChunk - 1 < warp_first) continue;  // warp-uniform
-
-    float s[kChunkTiles][4];
+  for (int n = 0; n < num_steps; ++n) {
+    issue(n + 1);  // an empty group past the last step
+    wait_async<1>();
+    __syncthreads();  // step n's rows, copied by every thread, are in place
+    RowPtr<kHeadDim> rows_k = stage_k(n % 2), rows_v = stage_v(n % 2);
+    if (n < band_steps) {
+      const int64_t chunk = band_first + int64_t(n) * kChunk;
+      if (chunk <= warp_last && chunk + kChunk - 1 >= warp_first) {  // warp-uniform
+        float s[kChunkTiles][4];
 #pragma unroll
-    for (int t16 = 0; t16 < kChunk / 16; ++t16) {
-      const int64_t key0 = chunk + 16 * t16;
-      if (key0 <= warp_last && key0 + 15 >= warp_first) {
-        score_16_keys<T, kHeadDim>(qf, smem_k + 16 * t16, s, 2 * t16, g, c);
-      }  // else every score of the sub-tile is masked below
-    }
+        for (int t16 = 0; t16 < kChunk / 16; ++t16) {
+          const int64_t key0 = chunk + 16 * t16;
+          if (key0 <= warp_last && key0 + 15 >= warp_first) {
+            score_16_keys<T, kHeadDim>(qf, rows_k + 16 * t16, s, 2 * t16, g, c);
+          }  // else every score of the sub-tile is masked below
+        }
 #pragma unroll
-    for (int j = 0; j < kChunkTiles; ++j) {
+        for (int j = 0; j < kChunkTiles; ++j) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t distance = (warp_pos + g + 8 * (e / 2)) - (chunk + 8 * j + 2 * c + e % 2);
-        s[j][e] = distance >= 0 && distance < p.window ? s[j][e] * scale_log2 : -INFINITY;
+          for (int e = 0; e < 4; ++e) {
+            const int64_t distance = (warp_pos + g + 8 * (e / 2)) - (chunk + 8 * j + 2 * c + e % 2);
+            s[j][e] = distance >= 0 && distance < p.window ? s[j][e] * scale_log2 : -INFINITY;
+          }
+        }
+        softmax_update(s, m, l, o);
+#pragma unroll
+        for (int t16 = 0; t16 < kChunk / 16; ++t16) {
+          const int64_t key0 = chunk + 16 * t16;
+          if (key0 <= warp_last && key0 + 15 >= warp_first) {
+            add_pv_16_keys<T, kHeadDim>(s, 2 * t16, 1.f, rows_v + 16 * t16, o, g, c);
+          }
+        }
       }
-    }
-    softmax_update(s, m, l, o);
-#pragma unroll
-    for (int t16 = 0; t16 < kChunk / 16; ++t16) {
-      const int64_t key0 = chunk + 16 * t16;
-      if (key0 <= warp_last && key0 + 15 >= warp_first) {
-        add_pv_16_keys<T, kHeadDim>(s, 2 * t16, 1.f, smem_v + 16 * t16, o, g, c);
-      }
-    }
-  }
-
-  // Offsets: from here each warp owns strip rows [kStripRows * warp, + kStripRows).
-  __syncthreads();
-  uint16_t(*strip_k)[kHeadDim + 8] = smem_k + kStripRows * warp;
-  uint16_t(*strip_v)[kHeadDim + 8] = smem_v + kStripRows * warp;
-  const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
-  for (int t = p.window; t < num_distances(p.window, p.num_offsets); ++t) {
-    const auto distance = distance_at<float>(t, p.window, offs);
-    if (distance < 0) continue;  // padding (the same for the whole warp)
-    int64_t whole;
-    float frac;
-    if constexpr (std::is_integral_v<OffsetT>) {
-      whole = distance;
-      frac = 0.f;
     } else {
-      whole = int64_t(floorf(distance));
-      frac = distance - floorf(distance);
-    }
-    // Query x of the warp reads row warp_pos + x - whole: strip row x + 1.
-    // Strip row 0 is only read as the second row of an interpolation.
-    __syncwarp();
-    stage_rows<kHeadDim>(strip_k, k_src, p.k_row_stride, warp_pos - whole - 1, kStripRows, last_key, lane, 32);
-    stage_rows<kHeadDim>(strip_v, v_src, p.v_row_stride, warp_pos - whole - 1, kStripRows, last_key, lane, 32);
-    __syncwarp();
-
-    float s[2][4];
-    score_16_keys<T, kHeadDim>(qf, strip_k + 1, s, 0, g, c);
-    if (frac != 0.f) {
-      float s1[2][4];
-      score_16_keys<T, kHeadDim>(qf, strip_k, s1, 0, g, c);
+      const int t = p.window + n - band_steps;
+      int64_t whole;
+      float frac;
+      split_offset(t, whole, frac);
+      if (whole >= 0) {  // not padding (the same for the whole block)
+        RowPtr<kHeadDim> strip_k = rows_k + kStripRows * warp, strip_v = rows_v + kStripRows * warp;
+        float s[2][4];
+        score_16_keys<T, kHeadDim>(qf, strip_k + 1, s, 0, g, c);
+        if (frac != 0.f) {
+          float s1[2][4];
+          score_16_keys<T, kHeadDim>(qf, strip_k, s1, 0, g, c);
 #pragma unroll
-      for (int j = 0; j < 2; ++j)
+          for (int j = 0; j < 2; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[j][e] += frac * (s1[j][e] - s[j][e]);
-    }
+            for (int e = 0; e < 4; ++e) s[j][e] += frac * (s1[j][e] - s[j][e]);
+        }
+        // Only the diagonal (query x, strip key x) is a pair of the pattern.
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 2; ++j) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int row = g + 8 * (e / 2), col = 8 * j + 2 * c + e % 2;
-        const bool valid = col == row && sample_key<float>(warp_pos + row, t, p.window, offs).valid;
-        s[j][e] = valid ? s[j][e] * scale_log2 : -INFINITY;
+          for (int e = 0; e < 4; ++e) {
+            const int row = g + 8 * (e / 2), col = 8 * j + 2 * c + e % 2;
+            const bool valid = col == row && sample_key<float>(warp_pos + row, t, p.window, offs).valid;
+            s[j][e] = valid ? s[j][e] * scale_log2 : -INFINITY;
+          }
+        }
+        softmax_update(s, m, l, o);
+        add_pv_16_keys<T, kHeadDim>(s, 0, 1.f - frac, strip_v + 1, o, g, c);
+        if (frac != 0.f) add_pv_16_keys<T, kHeadDim>(s, 0, frac, strip_v, o, g, c);
       }
     }
-    softmax_update(s, m, l, o);
-    add_pv_16_keys<T, kHeadDim>(s, 0, 1.f - frac, strip_v + 1, o, g, c);
-    if (frac != 0.f) add_pv_16_keys<T, kHeadDim>(s, 0, frac, strip_v, o, g, c);
+    __syncthreads();  // stage n % 2 is refilled by the next iteration's issue
   }
 
   // Finish: sum each row over its quad, normalize, store out and lse.
@@ -281,7 +328,9 @@ void launch(const Params& p, bool fractional) {
   HEADDIM_SWITCH(p.head_dim, kHeadDim, [&] {
     BOOL_SWITCH(fractional, kFrac, [&] {
       using OffsetT = std::conditional_t<kFrac, float, int32_t>;
-      fwd_mma_kernel<T, OffsetT, kHeadDim><<<grid, kThreads, 0, stream>>>(p);
+      const auto kernel = fwd_mma_kernel<T, OffsetT, kHeadDim>;
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes<kHeadDim>));
+      kernel<<<grid, kThreads, kSmemBytes<kHeadDim>, stream>>>(p);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
