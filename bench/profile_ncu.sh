@@ -9,12 +9,16 @@ seqlen=${1:-16384}
 log=${OUT:-/tmp}/ncu.txt
 
 echo "=== registers, shared memory, spills per kernel (cuobjdump)"
-cuobjdump --dump-resource-usage fibsparse_ext/_C*.so 2>/dev/null | grep -A1 "fibsparse" | grep -E "Function|REG" \
-  | sed 's/Resource usage://' | paste - - | awk '{print}' | head -40
+# bfloat16 instantiations only (the other dtypes look alike); base names are demangled by c++filt.
+cuobjdump --dump-resource-usage fibsparse_ext/_C*.so 2>/dev/null | grep -A1 "Function _ZN9fibsparse" \
+  | grep -E "Function|REG" | paste - - | grep BFloat16 | sed -E 's/.*Function ([^:]*):/\1/' \
+  | while read -r name usage; do echo "$(echo "$name" | c++filt | sed -E 's/\(fibsparse::Params\)//')  $usage"; done
 
 echo "=== ncu (clock control off), seqlen $seqlen"
-ncu --clock-control none --kernel-name regex:fibsparse \
+# ncu matches the kernels' base names (no namespace).
+ncu --clock-control none --kernel-name regex:"fwd_kernel|fwd_mma_kernel|dq_kernel|dkdv_kernel|decode_kernel" \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
+    --section WarpStateStats --section ComputeWorkloadAnalysis \
     python3 bench/profile_target.py "$seqlen" > "$log" 2>&1 || { tail -30 "$log"; exit 1; }
-grep -E "^  [a-z_]+kernel|void fibsparse|DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Duration|Achieved Occupancy|Theoretical Occupancy|Registers Per Thread|L2 Hit Rate|L1/TEX Hit Rate" "$log"
+grep -E "^  [a-z_]+kernel|void fibsparse|DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Duration|Achieved Occupancy|Theoretical Occupancy|Registers Per Thread|L2 Hit Rate|L1/TEX Hit Rate|Stall|Executed Ipc Active|Issue Slots Busy" "$log"
 echo "(full report: $log)"
