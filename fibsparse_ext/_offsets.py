@@ -9,6 +9,7 @@ are padded at the end with the sentinel -1 (PADDING), which is never attended.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Sequence, Union
 
 import torch
@@ -55,6 +56,25 @@ def check_offset_values(offsets: torch.Tensor, window: int) -> None:
         _check_row(row, window, fractional, f"[{h}]" if offsets.dim() == 2 else "")
 
 
+# Tensors whose values passed the check, by id, with the version counter they
+# had then: checking a device tensor needs a host copy (a device sync), so a
+# tensor reused unchanged from call to call is checked once. The weak
+# reference tells a live tensor from a new one that reuses a dead one's id;
+# any in-place change bumps the version and brings the check back.
+_checked: dict[int, tuple[weakref.ref, int, int]] = {}
+
+
+def _check_tensor_values_once(offsets: torch.Tensor, window: int) -> None:
+    seen = _checked.get(id(offsets))
+    if seen is not None and seen[0]() is offsets and seen[1] == offsets._version and seen[2] == window:
+        return
+    check_offset_values(offsets, window)
+    if len(_checked) > 1024:  # dead entries of temporary tensors
+        for key in [k for k, (ref, _, _) in _checked.items() if ref() is None]:
+            del _checked[key]
+    _checked[id(offsets)] = (weakref.ref(offsets), offsets._version, window)
+
+
 def _check_shape(offsets: torch.Tensor, q: torch.Tensor) -> None:
     if offsets.dim() not in (1, 2):
         raise ValueError(f"offsets must have shape (K,) or (heads, K), got {tuple(offsets.shape)}")
@@ -90,5 +110,5 @@ def as_offsets(offsets: OffsetsLike, q: torch.Tensor, window: int, check_values:
         raise ValueError(f"offsets must be an integer or floating tensor, got {offsets.dtype}")
     _check_shape(offsets, q)
     if check_values and not _is_compiling():
-        check_offset_values(offsets, window)
+        _check_tensor_values_once(offsets, window)
     return offsets

@@ -130,3 +130,16 @@ def test_module_arguments():
     raises(FibSparseAttention, 30, 4, schedule, 0, match="embed_dim")
     raises(FibSparseAttention, 32, 4, schedule, 0, num_kv_heads=3, match="num_kv_heads")
     raises(FibSparseAttention, 32, 4, schedule, 2, match="layer_idx")
+
+
+def test_offsets_tensor_changed_in_place_is_checked_again():
+    """Valid offset tensors are checked once per version (no host sync on
+    reuse); an in-place change must bring the check back."""
+    q, k, v = qkv(seqlen=20)
+    offsets = torch.tensor([5, 9])
+    fibsparse_attn(q, k, v, 4, offsets)
+    offsets[1] = 3
+    with pytest.raises(ValueError, match="increasing"):
+        fibsparse_attn(q, k, v, 4, offsets)
+    with pytest.raises(ValueError, match="increasing"):  # and again: a refused tensor is not remembered
+        fibsparse_attn(q, k, v, 4, offsets)
