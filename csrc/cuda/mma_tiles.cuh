@@ -1,0 +1,206 @@
+// What the tensor-core kernels (fwd_mma_kernel.cuh, bwd_mma_kernel.cuh) share:
+// block geometry, cp.async staging of rows into shared memory, the two tile
+// products every pass is made of, and the plan of steps a block of queries
+// walks over its keys.
+//
+// A block has 4 warps; a warp owns 16 consecutive rows (queries, or keys in
+// the dk/dv pass) as the A operand of mma.m16n8k16 (mma.cuh). Its "tiles" are
+// 16 x 16: its 16 rows against 16 staged rows of the other side.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "../fibsparse.h"
+#include "../pattern.h"
+#include "mma.cuh"
+
+namespace fibsparse {
+namespace mma_tiles {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kBlockRows = 16 * kWarps;  // queries (or keys) per block
+constexpr int kChunk = 64;               // band rows staged per step
+constexpr int kStripRows = 17;           // an offset strip: 16 rows, plus one for interpolation
+constexpr int kBufRows = kStripRows * kWarps;  // >= kChunk: one buffer serves band chunks and strips
+static_assert(kBufRows >= kChunk);
+
+// Shared rows are padded by 8 elements (16 bytes), so that the 8 row groups
+// of a fragment load fall in different banks.
+template <int kHeadDim>
+using Rows = uint16_t (*)[kHeadDim + 8];
+template <int kHeadDim>
+using RowPtr = const uint16_t (*)[kHeadDim + 8];
+template <int kHeadDim>
+constexpr int kStageBytes = kBufRows * (kHeadDim + 8) * int(sizeof(uint16_t));  // one tensor, one stage
+
+// Starts an asynchronous 16-byte copy global -> shared; when `valid` is
+// false nothing is read and the 16 bytes are zero-filled (rows outside the
+// sequence: masked later, but they must not be NaN in a product).
+__device__ __forceinline__ void copy_async_16(void* dst, const void* src, bool valid) {
+  const uint32_t dst_addr = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst_addr), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void commit_async() { asm volatile("cp.async.commit_group;\n" ::); }
+// Waits until at most `kPending` committed groups are still in flight.
+template <int kPending>
+__device__ __forceinline__ void wait_async() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending)); }
+
+// Queues copies of rows into dst[r], r < count: dst[r] gets row row_of(r) of
+// src; rows outside [0, last] become zero rows. All threads of the block take part.
+template <int kHeadDim, typename RowOf>
+__device__ __forceinline__ void stage_rows(Rows<kHeadDim> dst, const uint16_t* src, int64_t row_stride, int count,
+                                           RowOf row_of, int64_t last) {
+  constexpr int kVecs = kHeadDim / 8;
+  for (int x = threadIdx.x; x < count * kVecs; x += kThreads) {
+    const int r = x / kVecs, c = x % kVecs;
+    const int64_t j = row_of(r);
+    const bool valid = j >= 0 && j <= last;
+    copy_async_16(&dst[r][c * 8], src + (valid ? j * row_stride : 0) + c * 8, valid);
+  }
+}
+
+// The warp's 16 rows first_row.. of a (batch, head) slice as A fragments
+// (rows at or past `rows` are zeros).
+template <int kHeadDim>
+__device__ __forceinline__ void load_a_fragments(const uint16_t* src, int64_t row_stride, int first_row, int rows,
+                                                 int g, int c, uint32_t (&frag)[kHeadDim / 16][4]) {
+  const uint16_t* row_ptr[2] = {src + int64_t(first_row + g) * row_stride, src + int64_t(first_row + g + 8) * row_stride};
+  const bool valid[2] = {first_row + g < rows, first_row + g + 8 < rows};
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {  // a0 (g, 2c), a1 (g+8, 2c), a2 (g, 2c+8), a3 (g+8, 2c+8)
+      const int r = e % 2, col = 16 * kk + 2 * c + 8 * (e / 2);
+      frag[kk][e] = valid[r] ? *reinterpret_cast<const uint32_t*>(row_ptr[r] + col) : 0u;
+    }
+  }
+}
+
+// s[j0], s[j0 + 1] = A B^T: the warp's 16 rows (fragments `a`) against the
+// 16 staged rows b_rows[0..15] (a 16 x 16 tile of dot products).
+template <typename T, int kHeadDim, int N>
+__device__ __forceinline__ void dot_16_rows(const uint32_t (&a)[kHeadDim / 16][4], RowPtr<kHeadDim> b_rows,
+                                            float (&s)[N][4], int j0, int g, int c) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[j0 + half][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+      const uint16_t* row = b_rows[8 * half + g];
+      const uint32_t b0 = *reinterpret_cast<const uint32_t*>(row + 16 * kk + 2 * c);
+      const uint32_t b1 = *reinterpret_cast<const uint32_t*>(row + 16 * kk + 8 + 2 * c);
+      mma_16816<T>(s[j0 + half], a[kk], b0, b1);
+    }
+  }
+}
+
+// The A fragment of weight * w for a 16 x 16 tile w held in C layout in
+// w[j0], w[j0 + 1] (FlashAttention-2's register reuse: no shuffles).
+template <typename T, int N>
+__device__ __forceinline__ void c_to_a_fragment(const float (&w)[N][4], int j0, float weight, uint32_t (&a)[4]) {
+  a[0] = pack2<T>(weight * w[j0][0], weight * w[j0][1]);
+  a[1] = pack2<T>(weight * w[j0][2], weight * w[j0][3]);
+  a[2] = pack2<T>(weight * w[j0 + 1][0], weight * w[j0 + 1][1]);
+  a[3] = pack2<T>(weight * w[j0 + 1][2], weight * w[j0 + 1][3]);
+}
+
+// acc += (weight * W) B: a 16 x 16 tile W (C layout, in w[j0], w[j0 + 1])
+// times the 16 staged rows b_rows[0..15] (16 x head_dim).
+template <typename T, int kHeadDim, int N>
+__device__ __forceinline__ void add_tile_times_rows(const float (&w)[N][4], int j0, float weight,
+                                                    RowPtr<kHeadDim> b_rows, float (&acc)[kHeadDim / 8][4], int g,
+                                                    int c) {
+  uint32_t a[4];
+  c_to_a_fragment<T>(w, j0, weight, a);
+#pragma unroll
+  for (int n = 0; n < kHeadDim / 8; ++n) {
+    const int col = 8 * n + g;
+    const uint32_t b0 = pack_bits(b_rows[2 * c][col], b_rows[2 * c + 1][col]);
+    const uint32_t b1 = pack_bits(b_rows[2 * c + 8][col], b_rows[2 * c + 9][col]);
+    mma_16816<T>(acc[n], a, b0, b1);
+  }
+}
+
+// An offset distance as the kernels read it: rows pos - whole (weight
+// 1 - frac) and pos - whole - 1 (weight frac), pattern.h's interpolation;
+// whole < 0 marks padding.
+struct OffsetSplit {
+  int64_t whole;
+  float frac;
+};
+
+template <typename OffsetT>
+__device__ __forceinline__ OffsetSplit split_offset(const OffsetT* offs, int o) {
+  const OffsetT distance = offs[o];
+  if constexpr (std::is_integral_v<OffsetT>) {
+    return {int64_t(distance), 0.f};
+  } else {
+    if (distance < 0) return {-1, 0.f};
+    return {int64_t(floorf(distance)), distance - floorf(distance)};
+  }
+}
+
+// The steps of a block of 64 queries over its keys (forward and dq pass):
+// band chunks of kChunk key rows covering [block_pos - window + 1,
+// block_pos + 63], then one step per offset, in which warp w's strip rows
+// kStripRows * w + x hold key pos_w - whole - 1 + x: query x of the warp reads
+// its first row at strip row x + 1 and its second (interpolation) row at x.
+template <typename OffsetT, int kHeadDim>
+struct KeySteps {
+  const Params& p;
+  const OffsetT* offs;
+  int64_t block_pos, band_first, band_last;
+  int band_steps, num_steps;
+
+  __device__ KeySteps(const Params& params, const OffsetT* offsets, int64_t first_pos)
+      : p(params), offs(offsets), block_pos(first_pos) {
+    const int64_t last_key = p.seqlen_k - 1;
+    band_first = block_pos - (p.window - 1) > 0 ? block_pos - (p.window - 1) : 0;
+    band_last = block_pos + kBlockRows - 1 < last_key ? block_pos + kBlockRows - 1 : last_key;
+    band_steps = int((band_last - band_first) / kChunk) + 1;
+    num_steps = band_steps + p.num_offsets;
+  }
+
+  __device__ bool is_band(int n) const { return n < band_steps; }
+  __device__ int64_t chunk(int n) const { return band_first + int64_t(n) * kChunk; }
+  __device__ int offset_index(int n) const { return n - band_steps; }
+
+  // Queues the key and value rows of step n into k_dst, v_dst, then commits
+  // one cp.async group (an empty one past the last step or for padding).
+  __device__ void issue(int n, const uint16_t* k_src, const uint16_t* v_src, Rows<kHeadDim> k_dst,
+                        Rows<kHeadDim> v_dst) const {
+    if (n < band_steps) {
+      const int64_t first = chunk(n);
+      const auto row_of = [&](int r) { return first + r; };
+      stage_rows<kHeadDim>(k_dst, k_src, p.k_row_stride, kChunk, row_of, band_last);
+      stage_rows<kHeadDim>(v_dst, v_src, p.v_row_stride, kChunk, row_of, band_last);
+    } else if (n < num_steps) {
+      const OffsetSplit split = split_offset(offs, offset_index(n));
+      if (split.whole >= 0) {
+        const int64_t base = block_pos - split.whole - 1;
+        const auto row_of = [&](int r) { return base + 16 * (r / kStripRows) + r % kStripRows; };
+        stage_rows<kHeadDim>(k_dst, k_src, p.k_row_stride, kBufRows, row_of, p.seqlen_k - 1);
+        stage_rows<kHeadDim>(v_dst, v_src, p.v_row_stride, kBufRows, row_of, p.seqlen_k - 1);
+      }
+    }
+    commit_async();
+  }
+};
+
+// Whether query `pos` attends key `key` through the band (distance < window).
+__device__ __forceinline__ bool in_band(int64_t pos, int64_t key, int window) {
+  const int64_t distance = pos - key;
+  return distance >= 0 && distance < window;
+}
+
+// Whether 16 query positions [pos0, pos0 + 15] and `count` key positions
+// [key0, key0 + count - 1] have any pair in the band (0 <= pos - key < window).
+__device__ __forceinline__ bool band_meets(int64_t pos0, int64_t key0, int window, int count = 16) {
+  return key0 <= pos0 + 15 && key0 + count - 1 >= pos0 - (window - 1);
+}
+
+}  // namespace mma_tiles
+}  // namespace fibsparse
