@@ -62,6 +62,11 @@ struct Params {
   // Fractional path: per-(batch, head, query block, offset) partial sums of
   // d loss / d position, reduced on the host side in a fixed order.
   void* doffsets_partial;
+  // Tensor-core backward only: each (query, offset)'s probability and d loss /
+  // d score, (batch, heads, seqlen_q, num_offsets), written by the dq pass and
+  // read by the dk/dv pass (which then need not recompute offset scores).
+  void* offset_probs;
+  void* offset_dscores;
   int queries_per_partial;
   int num_partials;  // query blocks per (batch, head)
 };

@@ -273,6 +273,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bwd(const Tensor& dout_in, const Tens
   const int rows_per_partial = q.is_cuda() ? kCudaRowsPerBlock : 1;
   const int64_t num_partials = (q.size(1) + rows_per_partial - 1) / rows_per_partial;
   Tensor partial = new_output(q, {fractional ? q.size(0) * q.size(2) * num_partials * num_offsets : 0}, acc);
+  const bool tensor_cores = q.is_cuda() && (dtype == at::kHalf || dtype == at::kBFloat16);
+  const int64_t offset_terms = tensor_cores ? q.size(0) * q.size(2) * q.size(1) * num_offsets : 0;
+  Tensor offset_probs_and_dscores = at::empty({2 * offset_terms}, q.options().dtype(acc));
   if (q.numel() == 0 || k.numel() == 0) {
     return {dq.zero_(), dk.zero_(), dv.zero_(),
             fractional ? at::zeros_like(offsets_in) : at::empty({0}, q.options().dtype(acc))};
@@ -290,6 +293,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bwd(const Tensor& dout_in, const Tens
   set_strides(dk, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride);
   set_strides(dv, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
   p.doffsets_partial = fractional ? partial.data_ptr() : nullptr;
+  p.offset_probs = offset_probs_and_dscores.data_ptr();
+  p.offset_dscores = static_cast<char*>(offset_probs_and_dscores.data_ptr()) + offset_terms * sizeof(float);
   p.queries_per_partial = rows_per_partial;
   p.num_partials = static_cast<int>(num_partials);
 

@@ -1,4 +1,5 @@
-// Backward kernels: deterministic, no float atomics.
+// Backward kernels for float32 / float64 (16-bit types take the tensor-core
+// kernels of bwd_mma_kernel.cuh): deterministic, no float atomics.
 //
 // Every gradient is gathered by the thread group that owns its row, in a
 // fixed order, so two runs give bitwise-identical results:
@@ -24,6 +25,7 @@
 #include "../kernels.h"
 #include "../pattern.h"
 #include "../static_switch.h"
+#include "bwd_mma_kernel.cuh"
 #include "lane_group.cuh"
 
 namespace fibsparse {
@@ -161,6 +163,9 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(const Params p) {
 
 template <typename T>
 void launch_bwd(const Params& p, bool fractional) {
+  if constexpr (kIsTensorCoreType<T>) {
+    return mma_bwd::launch<T>(p, fractional);
+  }
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const dim3 dq_grid((p.seqlen_q + kCudaRowsPerBlock - 1) / kCudaRowsPerBlock, p.heads, p.batch);
   const dim3 dkdv_grid((p.seqlen_k + kCudaRowsPerBlock - 1) / kCudaRowsPerBlock, p.heads_kv, p.batch);

@@ -1,0 +1,411 @@
+// Tensor-core backward for float16 / bfloat16; float32 / float64 keep the
+// lane-group kernels of bwd_kernel.cuh. Two passes, no atomics, deterministic:
+//
+//   dq pass (a block = 64 queries of one head, the forward's geometry and step
+//     plan, mma_tiles.cuh): per 16 x 16 tile of the warp's queries against
+//     staged keys, P = exp(S - lse) from recomputed scores, dP = dO V^T,
+//     dS = P (dP - delta), dq += dS K. It forms delta = <dO, O> - dlse for both
+//     passes, and for every offset it stores each query's P and dS
+//     (offset_probs / offset_dscores) and, for fractional positions, sums
+//     the warp's d loss / d position into one partial per (warp, offset).
+//   dk/dv pass (a block = 64 keys of one kv head; every query head of its GQA
+//     group in turn): the band's readers of a key tile are a dense strip of
+//     queries (the band mirrored), so the same tiles run with keys as rows:
+//     S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q. An offset's
+//     readers of the warp's 16 keys are 16 (17 when fractional) consecutive
+//     queries, whose P and dS the dq pass stored: dV and dK take them as a
+//     diagonal tile times the strip of dO or Q rows, with weights 1 - f (the
+//     query reading the key as its first row) and f (as its second).
+#pragma once
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+
+#include <cmath>
+
+#include "../fibsparse.h"
+#include "../kernels.h"
+#include "../pattern.h"
+#include "../static_switch.h"
+#include "mma_tiles.cuh"
+
+namespace fibsparse {
+namespace mma_bwd {
+
+using namespace mma_tiles;
+
+// A 4-byte asynchronous copy (statistics rows), zero-filled when invalid.
+__device__ __forceinline__ void copy_async_4(void* dst, const void* src, bool valid) {
+  const uint32_t dst_addr = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst_addr), "l"(src), "r"(valid ? 4 : 0));
+}
+
+// acc += D B for the diagonal 16 x 16 tile D = diag(d_0 .. d_15) and the 16
+// staged rows b_rows[0..15]: row x of acc gains d_x * b_rows[x]. This thread
+// passes d_g and d_{g+8}; the A fragment is nonzero only where column == row.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, RowPtr<kHeadDim> b_rows,
+                                                    float (&acc)[kHeadDim / 8][4], int g, int c) {
+  const bool lo = 2 * c == g, hi = 2 * c + 1 == g;
+  const uint32_t a[4] = {pack2<T>(lo ? d_g : 0.f, hi ? d_g : 0.f), 0u, 0u, pack2<T>(lo ? d_g8 : 0.f, hi ? d_g8 : 0.f)};
+#pragma unroll
+  for (int n = 0; n < kHeadDim / 8; ++n) {
+    const int col = 8 * n + g;
+    const uint32_t b0 = pack_bits(b_rows[2 * c][col], b_rows[2 * c + 1][col]);
+    const uint32_t b1 = pack_bits(b_rows[2 * c + 8][col], b_rows[2 * c + 9][col]);
+    mma_16816<T>(acc[n], a, b0, b1);
+  }
+}
+
+// Stores the warp's 16 rows of acc * scale (C layout) into rows first_row..
+// of a (batch, head) slice, skipping rows at or past `rows`.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void store_rows(uint16_t* dst, int64_t row_stride, int first_row, int rows,
+                                           const float (&acc)[kHeadDim / 8][4], float scale, int g, int c) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = first_row + g + 8 * r;
+    if (i >= rows) continue;
+    uint16_t* row = dst + int64_t(i) * row_stride;
+#pragma unroll
+    for (int n = 0; n < kHeadDim / 8; ++n) {
+      *reinterpret_cast<uint32_t*>(row + 8 * n + 2 * c) = pack2<T>(acc[n][2 * r] * scale, acc[n][2 * r + 1] * scale);
+    }
+  }
+}
+
+// The raw 16-bit elements of a T tensor, `offset` elements in.
+template <typename T>
+__device__ __forceinline__ const uint16_t* bits(const void* base, int64_t offset) {
+  return reinterpret_cast<const uint16_t*>(static_cast<const T*>(base) + offset);
+}
+
+template <typename T, typename OffsetT, int kHeadDim>
+__global__ void __launch_bounds__(kThreads) dq_mma_kernel(const Params p) {
+  constexpr bool kFrac = !std::is_integral_v<OffsetT>;
+  extern __shared__ __align__(16) uint16_t smem[];
+  const auto stage_k = [&](int s) { return reinterpret_cast<Rows<kHeadDim>>(smem) + (2 * s) * kBufRows; };
+  const auto stage_v = [&](int s) { return reinterpret_cast<Rows<kHeadDim>>(smem) + (2 * s + 1) * kBufRows; };
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+  const int h = blockIdx.y, b = blockIdx.z, hk = h / (p.heads / p.heads_kv);
+  const int warp_q0 = blockIdx.x * kBlockRows + 16 * warp;
+  const int64_t warp_pos = warp_q0 + int64_t(p.q_pos_shift);
+  const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
+  const uint16_t* k_src = bits<T>(p.k, b * p.k_batch_stride + hk * p.k_head_stride);
+  const uint16_t* v_src = bits<T>(p.v, b * p.v_batch_stride + hk * p.v_head_stride);
+  const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
+  const int64_t stats = (int64_t(b) * p.heads + h) * p.seqlen_q;  // (batch, head) row of lse, delta
+  const KeySteps<OffsetT, kHeadDim> steps(p, offs, int64_t(blockIdx.x) * kBlockRows + p.q_pos_shift);
+  steps.issue(0, k_src, v_src, stage_k(0), stage_v(0));
+
+  const uint16_t* q_src = bits<T>(p.q, b * p.q_batch_stride + h * p.q_head_stride);
+  const uint16_t* do_src = bits<T>(p.dout, b * p.do_batch_stride + h * p.do_head_stride);
+  uint32_t qf[kHeadDim / 16][4], dof[kHeadDim / 16][4];
+  load_a_fragments<kHeadDim>(q_src, p.q_row_stride, warp_q0, p.seqlen_q, g, c, qf);
+  load_a_fragments<kHeadDim>(do_src, p.do_row_stride, warp_q0, p.seqlen_q, g, c, dof);
+
+  // delta = <dO, O> - dlse for the warp's rows: lanes 2r and 2r + 1 share row r.
+  float lse_log2[2], delta[2];
+  {
+    const int r = lane / 2, i = warp_q0 + r;
+    float sum = 0.f, row_lse = 0.f;
+    if (i < p.seqlen_q) {
+      const T* o_row = static_cast<const T*>(p.out) + b * p.o_batch_stride + int64_t(i) * p.o_row_stride +
+                       h * p.o_head_stride;
+      const T* do_row = static_cast<const T*>(p.dout) + b * p.do_batch_stride + int64_t(i) * p.do_row_stride +
+                        h * p.do_head_stride;
+      for (int d = (lane % 2) * (kHeadDim / 2); d < (lane % 2 + 1) * (kHeadDim / 2); ++d) {
+        sum += float(o_row[d]) * float(do_row[d]);
+      }
+      row_lse = static_cast<const float*>(p.lse)[stats + i];
+    }
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    if (i < p.seqlen_q) {
+      sum -= p.dlse ? static_cast<const float*>(p.dlse)[stats + i] : 0.f;
+      if (lane % 2 == 0) static_cast<float*>(p.delta)[stats + i] = sum;
+    }
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      delta[rr] = __shfl_sync(0xffffffffu, sum, 2 * (g + 8 * rr));
+      lse_log2[rr] = __shfl_sync(0xffffffffu, row_lse, 2 * (g + 8 * rr)) * float(M_LOG2E);
+    }
+  }
+  const bool row_valid[2] = {warp_q0 + g < p.seqlen_q, warp_q0 + g + 8 < p.seqlen_q};
+
+  float dq[kHeadDim / 8][4] = {};
+  for (int n = 0; n < steps.num_steps; ++n) {
+    steps.issue(n + 1, k_src, v_src, stage_k((n + 1) % 2), stage_v((n + 1) % 2));
+    wait_async<1>();
+    __syncthreads();
+    RowPtr<kHeadDim> rows_k = stage_k(n % 2), rows_v = stage_v(n % 2);
+    if (steps.is_band(n)) {
+      const int64_t chunk = steps.chunk(n);
+#pragma unroll
+      for (int t16 = 0; t16 < kChunk / 16; ++t16) {
+        const int64_t key0 = chunk + 16 * t16;
+        if (!band_meets(warp_pos, key0, p.window)) continue;  // warp-uniform
+        float s[2][4], dp[2][4];
+        dot_16_rows<T, kHeadDim>(qf, rows_k + 16 * t16, s, 0, g, c);
+        dot_16_rows<T, kHeadDim>(dof, rows_v + 16 * t16, dp, 0, g, c);
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = e / 2;
+            const bool attended =
+                row_valid[r] && in_band(warp_pos + g + 8 * r, key0 + 8 * j + 2 * c + e % 2, p.window);
+            const float prob = attended ? exp2f(s[j][e] * scale_log2 - lse_log2[r]) : 0.f;
+            s[j][e] = prob * (dp[j][e] - delta[r]);  // dS
+          }
+        }
+        add_tile_times_rows<T, kHeadDim>(s, 0, 1.f, rows_k + 16 * t16, dq, g, c);
+      }
+    } else {
+      const int o = steps.offset_index(n), t = p.window + o;
+      const OffsetSplit split = split_offset(offs, o);
+      float dpos = 0.f;  // this thread's share of the warp's d loss / d position
+      if (split.whole >= 0) {
+        RowPtr<kHeadDim> strip_k = rows_k + kStripRows * warp, strip_v = rows_v + kStripRows * warp;
+        float s[2][4], dp[2][4], s1[2][4], dp1[2][4];
+        dot_16_rows<T, kHeadDim>(qf, strip_k + 1, s, 0, g, c);
+        dot_16_rows<T, kHeadDim>(dof, strip_v + 1, dp, 0, g, c);
+        if constexpr (kFrac) {  // the second rows; d/d(position) needs them even where frac == 0
+          dot_16_rows<T, kHeadDim>(qf, strip_k, s1, 0, g, c);
+          dot_16_rows<T, kHeadDim>(dof, strip_v, dp1, 0, g, c);
+        }
+        float* probs = static_cast<float*>(p.offset_probs);
+        float* dscores = static_cast<float*>(p.offset_dscores);
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = e / 2, row = g + 8 * r, col = 8 * j + 2 * c + e % 2;
+            const bool on_diagonal = col == row;
+            const bool valid =
+                on_diagonal && row_valid[r] && sample_key<float>(warp_pos + row, t, p.window, offs).valid;
+            float score = s[j][e], dprob = dp[j][e], dscore_dpos = 0.f, ddp_dpos = 0.f;
+            if constexpr (kFrac) {
+              // No second row before key 0: pattern.h clamps it onto the first,
+              // so the derivative there is zero.
+              const bool has_second = warp_pos + row - split.whole - 1 >= 0;
+              dscore_dpos = has_second ? s1[j][e] - s[j][e] : 0.f;
+              ddp_dpos = has_second ? dp1[j][e] - dp[j][e] : 0.f;
+              score += split.frac * dscore_dpos;
+              dprob += split.frac * ddp_dpos;
+            }
+            const float prob = valid ? exp2f(score * scale_log2 - lse_log2[r]) : 0.f;
+            const float dscore = prob * (dprob - delta[r]);
+            s[j][e] = dscore;
+            if (kFrac) dpos += dscore * scale * dscore_dpos + prob * ddp_dpos;
+            if (on_diagonal && row_valid[r]) {  // what the dk/dv pass needs of this (query, offset)
+              const int64_t at = (stats + warp_q0 + row) * p.num_offsets + o;
+              probs[at] = prob;
+              dscores[at] = dscore;
+            }
+          }
+        }
+        add_tile_times_rows<T, kHeadDim>(s, 0, 1.f - split.frac, strip_k + 1, dq, g, c);
+        if (split.frac != 0.f) add_tile_times_rows<T, kHeadDim>(s, 0, split.frac, strip_k, dq, g, c);
+      }
+      if constexpr (kFrac) {
+        // Fixed-order warp sum (every lane gets it); one partial per 16 queries.
+#pragma unroll
+        for (int x = 16; x > 0; x /= 2) dpos += __shfl_xor_sync(0xffffffffu, dpos, x);
+        if (lane == 0 && warp_q0 < p.seqlen_q) {
+          const int64_t partial = (int64_t(b) * p.heads + h) * p.num_partials + warp_q0 / 16;
+          static_cast<float*>(p.doffsets_partial)[partial * p.num_offsets + o] = dpos;
+        }
+      }
+    }
+    __syncthreads();
+  }
+  store_rows<T, kHeadDim>(reinterpret_cast<uint16_t*>(static_cast<T*>(p.dq) + b * p.dq_batch_stride +
+                                                      h * p.dq_head_stride),
+                          p.dq_row_stride, warp_q0, p.seqlen_q, dq, scale, g, c);
+}
+
+// The steps of a block of 64 keys over the queries that read them, for each
+// query head of the kv head's group in turn: band chunks of kChunk query rows
+// (positions [block_key, block_key + 63 + window - 1] that exist), then one
+// step per offset, in which warp w's strip rows kStripRows * w + x hold the
+// query at position key_w + whole + x (it reads key x of the warp as its first
+// row; the query at strip row x + 1 reads it as its second).
+template <typename OffsetT, int kHeadDim>
+struct QuerySteps {
+  const Params& p;
+  int64_t block_key, band_first_row, band_last_row;
+  int band_steps, steps_per_head, num_steps, first_head;
+
+  __device__ QuerySteps(const Params& params, int64_t first_key, int hk) : p(params), block_key(first_key) {
+    const int64_t first_pos = block_key, last_pos = block_key + kBlockRows - 1 + (p.window - 1);
+    band_first_row = (first_pos > p.q_pos_shift ? first_pos : p.q_pos_shift) - p.q_pos_shift;
+    const int64_t last_row = last_pos - p.q_pos_shift;
+    band_last_row = last_row < p.seqlen_q - 1 ? last_row : p.seqlen_q - 1;
+    band_steps = band_last_row >= band_first_row ? int((band_last_row - band_first_row) / kChunk) + 1 : 0;
+    steps_per_head = band_steps + p.num_offsets;
+    first_head = hk * (p.heads / p.heads_kv);
+    num_steps = steps_per_head * (p.heads / p.heads_kv);
+  }
+
+  __device__ int head(int n) const { return first_head + n / steps_per_head; }
+  __device__ bool is_band(int n) const { return n % steps_per_head < band_steps; }
+  __device__ int64_t chunk_row(int n) const { return band_first_row + int64_t(n % steps_per_head) * kChunk; }
+  __device__ int offset_index(int n) const { return n % steps_per_head - band_steps; }
+  __device__ const OffsetT* offsets(int h) const {
+    return static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
+  }
+
+  // Queues step n's q and dout rows and, per row, two statistics (lse and
+  // delta for the band; the dq pass's P and dS for an offset).
+  template <typename T>
+  __device__ void issue(int n, int b, Rows<kHeadDim> q_dst, Rows<kHeadDim> do_dst, float* stat0_dst,
+                        float* stat1_dst) const {
+    if (n < num_steps) {
+      const int h = head(n);
+      const uint16_t* q_src = bits<T>(p.q, b * p.q_batch_stride + h * p.q_head_stride);
+      const uint16_t* do_src = bits<T>(p.dout, b * p.do_batch_stride + h * p.do_head_stride);
+      const int64_t stats = (int64_t(b) * p.heads + h) * p.seqlen_q;
+      if (is_band(n)) {
+        const int64_t first = chunk_row(n);
+        const auto row_of = [&](int r) { return first + r; };
+        stage_rows<kHeadDim>(q_dst, q_src, p.q_row_stride, kChunk, row_of, band_last_row);
+        stage_rows<kHeadDim>(do_dst, do_src, p.do_row_stride, kChunk, row_of, band_last_row);
+        for (int r = threadIdx.x; r < kChunk; r += kThreads) {
+          const int64_t i = first + r;
+          const bool valid = i <= band_last_row;
+          copy_async_4(stat0_dst + r, static_cast<const float*>(p.lse) + (valid ? stats + i : 0), valid);
+          copy_async_4(stat1_dst + r, static_cast<const float*>(p.delta) + (valid ? stats + i : 0), valid);
+        }
+      } else {
+        const int o = offset_index(n);
+        const OffsetSplit split = split_offset(offsets(h), o);
+        if (split.whole >= 0) {
+          const int64_t base = block_key + split.whole - p.q_pos_shift;
+          const auto row_of = [&](int r) { return base + 16 * (r / kStripRows) + r % kStripRows; };
+          stage_rows<kHeadDim>(q_dst, q_src, p.q_row_stride, kBufRows, row_of, p.seqlen_q - 1);
+          stage_rows<kHeadDim>(do_dst, do_src, p.do_row_stride, kBufRows, row_of, p.seqlen_q - 1);
+          for (int r = threadIdx.x; r < kBufRows; r += kThreads) {
+            const int64_t i = row_of(r);
+            const bool valid = i >= 0 && i < p.seqlen_q;
+            const int64_t at = valid ? (stats + i) * p.num_offsets + o : 0;
+            copy_async_4(stat0_dst + r, static_cast<const float*>(p.offset_probs) + at, valid);
+            copy_async_4(stat1_dst + r, static_cast<const float*>(p.offset_dscores) + at, valid);
+          }
+        }
+      }
+    }
+    commit_async();
+  }
+};
+
+template <typename T, typename OffsetT, int kHeadDim>
+__global__ void __launch_bounds__(kThreads) dkdv_mma_kernel(const Params p) {
+  extern __shared__ __align__(16) uint16_t smem[];
+  const auto stage_q = [&](int s) { return reinterpret_cast<Rows<kHeadDim>>(smem) + (2 * s) * kBufRows; };
+  const auto stage_do = [&](int s) { return reinterpret_cast<Rows<kHeadDim>>(smem) + (2 * s + 1) * kBufRows; };
+  // Two statistics per staged row, after the four row buffers.
+  float* stats_smem = reinterpret_cast<float*>(smem + 4 * kBufRows * (kHeadDim + 8));
+  const auto stage_stat = [&](int s, int which) { return stats_smem + (2 * s + which) * kBufRows; };
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+  const int hk = blockIdx.y, b = blockIdx.z;
+  const int warp_k0 = blockIdx.x * kBlockRows + 16 * warp;  // the warp's first key (= its position)
+  const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
+  const QuerySteps<OffsetT, kHeadDim> steps(p, int64_t(blockIdx.x) * kBlockRows, hk);
+  steps.template issue<T>(0, b, stage_q(0), stage_do(0), stage_stat(0, 0), stage_stat(0, 1));
+
+  uint32_t kf[kHeadDim / 16][4], vf[kHeadDim / 16][4];
+  load_a_fragments<kHeadDim>(bits<T>(p.k, b * p.k_batch_stride + hk * p.k_head_stride), p.k_row_stride, warp_k0,
+                             p.seqlen_k, g, c, kf);
+  load_a_fragments<kHeadDim>(bits<T>(p.v, b * p.v_batch_stride + hk * p.v_head_stride), p.v_row_stride, warp_k0,
+                             p.seqlen_k, g, c, vf);
+
+  float dk[kHeadDim / 8][4] = {}, dv[kHeadDim / 8][4] = {};
+  for (int n = 0; n < steps.num_steps; ++n) {
+    steps.template issue<T>(n + 1, b, stage_q((n + 1) % 2), stage_do((n + 1) % 2), stage_stat((n + 1) % 2, 0),
+                            stage_stat((n + 1) % 2, 1));
+    wait_async<1>();
+    __syncthreads();
+    RowPtr<kHeadDim> rows_q = stage_q(n % 2), rows_do = stage_do(n % 2);
+    const float* stat0 = stage_stat(n % 2, 0);
+    const float* stat1 = stage_stat(n % 2, 1);
+    if (steps.is_band(n)) {
+      const int64_t chunk_row = steps.chunk_row(n);
+#pragma unroll
+      for (int t16 = 0; t16 < kChunk / 16; ++t16) {
+        const int64_t pos0 = chunk_row + 16 * t16 + p.q_pos_shift;  // the sub-tile's first query position
+        if (!band_meets(pos0, warp_k0, p.window)) continue;          // warp-uniform
+        float st[2][4], dpt[2][4];  // rows: the warp's keys; columns: the sub-tile's queries
+        dot_16_rows<T, kHeadDim>(kf, rows_q + 16 * t16, st, 0, g, c);
+        dot_16_rows<T, kHeadDim>(vf, rows_do + 16 * t16, dpt, 0, g, c);
+        float dst[2][4];
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int col = 8 * j + 2 * c + e % 2, key = warp_k0 + g + 8 * (e / 2);
+            const bool attended = chunk_row + 16 * t16 + col <= steps.band_last_row &&
+                                  in_band(pos0 + col, key, p.window) && key < p.seqlen_k;
+            const float lse_log2 = stat0[16 * t16 + col] * float(M_LOG2E);
+            const float prob = attended ? exp2f(st[j][e] * scale_log2 - lse_log2) : 0.f;
+            dst[j][e] = prob * (dpt[j][e] - stat1[16 * t16 + col]);
+            st[j][e] = prob;
+          }
+        }
+        add_tile_times_rows<T, kHeadDim>(st, 0, 1.f, rows_do + 16 * t16, dv, g, c);
+        add_tile_times_rows<T, kHeadDim>(dst, 0, 1.f, rows_q + 16 * t16, dk, g, c);
+      }
+    } else {
+      const OffsetSplit split = split_offset(steps.offsets(steps.head(n)), steps.offset_index(n));
+      if (split.whole >= 0) {
+        // Strip row x reads key x as its first row (weight 1 - f); strip row
+        // x + 1 reads it as its second (weight f). Rows outside the queries
+        // were staged with zero statistics.
+        RowPtr<kHeadDim> strip_q = rows_q + kStripRows * warp, strip_do = rows_do + kStripRows * warp;
+        const float* probs = stat0 + kStripRows * warp;
+        const float* dscores = stat1 + kStripRows * warp;
+        const float w0 = 1.f - split.frac;
+        add_diag_times_rows<T, kHeadDim>(w0 * probs[g], w0 * probs[g + 8], strip_do, dv, g, c);
+        add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_q, dk, g, c);
+        if (split.frac != 0.f) {
+          const float w1 = split.frac;
+          add_diag_times_rows<T, kHeadDim>(w1 * probs[g + 1], w1 * probs[g + 9], strip_do + 1, dv, g, c);
+          add_diag_times_rows<T, kHeadDim>(w1 * dscores[g + 1], w1 * dscores[g + 9], strip_q + 1, dk, g, c);
+        }
+      }
+    }
+    __syncthreads();
+  }
+  store_rows<T, kHeadDim>(reinterpret_cast<uint16_t*>(static_cast<T*>(p.dk) + b * p.dk_batch_stride +
+                                                      hk * p.dk_head_stride),
+                          p.dk_row_stride, warp_k0, p.seqlen_k, dk, scale, g, c);
+  store_rows<T, kHeadDim>(reinterpret_cast<uint16_t*>(static_cast<T*>(p.dv) + b * p.dv_batch_stride +
+                                                      hk * p.dv_head_stride),
+                          p.dv_row_stride, warp_k0, p.seqlen_k, dv, 1.f, g, c);
+}
+
+template <typename T>
+void launch(const Params& p, bool fractional) {
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const dim3 dq_grid((p.seqlen_q + kBlockRows - 1) / kBlockRows, p.heads, p.batch);
+  const dim3 dkdv_grid((p.seqlen_k + kBlockRows - 1) / kBlockRows, p.heads_kv, p.batch);
+  HEADDIM_SWITCH(p.head_dim, kHeadDim, [&] {
+    BOOL_SWITCH(fractional, kFrac, [&] {
+      using OffsetT = std::conditional_t<kFrac, float, int32_t>;
+      constexpr int kDqSmem = 2 * 2 * kStageBytes<kHeadDim>;
+      constexpr int kDkdvSmem = 2 * 2 * kStageBytes<kHeadDim> + 2 * 2 * kBufRows * int(sizeof(float));
+      const auto dq = dq_mma_kernel<T, OffsetT, kHeadDim>;
+      C10_CUDA_CHECK(cudaFuncSetAttribute(dq, cudaFuncAttributeMaxDynamicSharedMemorySize, kDqSmem));
+      dq<<<dq_grid, kThreads, kDqSmem, stream>>>(p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const auto dkdv = dkdv_mma_kernel<T, OffsetT, kHeadDim>;
+      C10_CUDA_CHECK(cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, kDkdvSmem));
+      dkdv<<<dkdv_grid, kThreads, kDkdvSmem, stream>>>(p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+}
+
+}  // namespace mma_bwd
+}  // namespace fibsparse
