@@ -16,7 +16,7 @@ cuobjdump --dump-resource-usage fibsparse_ext/_C*.so 2>/dev/null | grep -A1 "Fun
 
 echo "=== ncu (clock control off), seqlen $seqlen"
 # ncu matches the kernels' base names (no namespace).
-ncu --clock-control none --kernel-name regex:"fwd_kernel|fwd_mma_kernel|dq_kernel|dkdv_kernel|decode_kernel" \
+ncu --clock-control none --kernel-name regex:"fwd_|dq_|dkdv_|decode_" \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
     --section WarpStateStats --section ComputeWorkloadAnalysis \
     python3 bench/profile_target.py "$seqlen" > "$log" 2>&1 || { tail -30 "$log"; exit 1; }

@@ -81,7 +81,7 @@ __device__ __forceinline__ const uint16_t* bits(const void* base, int64_t offset
 }
 
 template <typename T, typename OffsetT, int kHeadDim>
-__global__ void __launch_bounds__(kThreads) dq_mma_kernel(const Params p) {
+__global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) dq_mma_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
   extern __shared__ __align__(16) uint16_t smem[];
   const auto stage_k = [&](int s) { return reinterpret_cast<Rows<kHeadDim>>(smem) + (2 * s) * kBufRows; };
@@ -300,7 +300,7 @@ struct QuerySteps {
 };
 
 template <typename T, typename OffsetT, int kHeadDim>
-__global__ void __launch_bounds__(kThreads) dkdv_mma_kernel(const Params p) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   extern __shared__ __align__(16) uint16_t smem[];
   const auto stage_q = [&](int s) { return reinterpret_cast<Rows<kHeadDim>>(smem) + (2 * s) * kBufRows; };
   const auto stage_do = [&](int s) { return reinterpret_cast<Rows<kHeadDim>>(smem) + (2 * s + 1) * kBufRows; };

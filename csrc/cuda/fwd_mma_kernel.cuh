@@ -69,7 +69,7 @@ __device__ __forceinline__ void softmax_update(float (&s)[N][4], float (&m)[2], 
 }
 
 template <typename T, typename OffsetT, int kHeadDim>
-__global__ void __launch_bounds__(kThreads) fwd_mma_kernel(const Params p) {
+__global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) fwd_mma_kernel(const Params p) {
   constexpr int kDimTiles = kHeadDim / 8, kChunkTiles = kChunk / 8;
   extern __shared__ __align__(16) uint16_t smem[];
   // Stage s of the pipeline: k rows stage_k(s), v rows stage_v(s).

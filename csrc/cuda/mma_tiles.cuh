@@ -25,6 +25,15 @@ constexpr int kChunk = 64;               // band rows staged per step
 constexpr int kStripRows = 17;           // an offset strip: 16 rows, plus one for interpolation
 constexpr int kBufRows = kStripRows * kWarps;  // >= kChunk: one buffer serves band chunks and strips
 static_assert(kBufRows >= kChunk);
+// Blocks per SM the register budget must allow (__launch_bounds__): more
+// resident warps hide the latency of mma, shared loads and exp2, which the
+// profile shows these kernels are bound by. Chosen per kernel where ptxas
+// spills little or nothing: the dk/dv pass holds two accumulators and two
+// fragment sets, twice the forward's.
+template <int kHeadDim>
+constexpr int kMinBlocks = kHeadDim >= 128 ? 2 : 4;
+template <int kHeadDim>
+constexpr int kMinBlocksDkdv = kHeadDim >= 128 ? 1 : kHeadDim >= 64 ? 3 : 4;
 
 // Shared rows are padded by 8 elements (16 bytes), so that the 8 row groups
 // of a fragment load fall in different banks.
