@@ -45,16 +45,11 @@ __device__ __forceinline__ void copy_async_4(void* dst, const void* src, bool va
 // passes d_g and d_{g+8}; the A fragment is nonzero only where column == row.
 template <typename T, int kHeadDim>
 __device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, RowPtr<kHeadDim> b_rows,
-                                                    float (&acc)[kHeadDim / 8][4], int g, int c) {
+                                                    float (&acc)[kHeadDim / 8][4], int lane) {
+  const int g = lane / 4, c = lane % 4;
   const bool lo = 2 * c == g, hi = 2 * c + 1 == g;
   const uint32_t a[4] = {pack2<T>(lo ? d_g : 0.f, hi ? d_g : 0.f), 0u, 0u, pack2<T>(lo ? d_g8 : 0.f, hi ? d_g8 : 0.f)};
-#pragma unroll
-  for (int n = 0; n < kHeadDim / 8; ++n) {
-    const int col = 8 * n + g;
-    const uint32_t b0 = pack_bits(b_rows[2 * c][col], b_rows[2 * c + 1][col]);
-    const uint32_t b1 = pack_bits(b_rows[2 * c + 8][col], b_rows[2 * c + 9][col]);
-    mma_16816<T>(acc[n], a, b0, b1);
-  }
+  add_a_times_rows<T, kHeadDim>(a, b_rows, acc, lane);
 }
 
 // Stores the warp's 16 rows of acc * scale (C layout) into rows first_row..
@@ -146,20 +141,20 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) dq_mma_kernel(
         const int64_t key0 = chunk + 16 * t16;
         if (!band_meets(warp_pos, key0, p.window)) continue;  // warp-uniform
         float s[2][4], dp[2][4];
-        dot_16_rows<T, kHeadDim>(qf, rows_k + 16 * t16, s, 0, g, c);
-        dot_16_rows<T, kHeadDim>(dof, rows_v + 16 * t16, dp, 0, g, c);
+        dot_16_rows<T, kHeadDim>(qf, rows_k + 16 * t16, s, 0, lane);
+        dot_16_rows<T, kHeadDim>(dof, rows_v + 16 * t16, dp, 0, lane);
+        const int distance0 = int(warp_pos - key0) + g - 2 * c;  // of this thread's element (g, 2c)
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = e / 2;
-            const bool attended =
-                row_valid[r] && in_band(warp_pos + g + 8 * r, key0 + 8 * j + 2 * c + e % 2, p.window);
+            const bool attended = row_valid[r] && in_band(distance0 + 8 * r - 8 * j - e % 2, p.window);
             const float prob = attended ? exp2f(s[j][e] * scale_log2 - lse_log2[r]) : 0.f;
             s[j][e] = prob * (dp[j][e] - delta[r]);  // dS
           }
         }
-        add_tile_times_rows<T, kHeadDim>(s, 0, 1.f, rows_k + 16 * t16, dq, g, c);
+        add_tile_times_rows<T, kHeadDim>(s, 0, 1.f, rows_k + 16 * t16, dq, lane);
       }
     } else {
       const int o = steps.offset_index(n), t = p.window + o;
@@ -168,22 +163,23 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) dq_mma_kernel(
       if (split.whole >= 0) {
         RowPtr<kHeadDim> strip_k = rows_k + kStripRows * warp, strip_v = rows_v + kStripRows * warp;
         float s[2][4], dp[2][4], s1[2][4], dp1[2][4];
-        dot_16_rows<T, kHeadDim>(qf, strip_k + 1, s, 0, g, c);
-        dot_16_rows<T, kHeadDim>(dof, strip_v + 1, dp, 0, g, c);
+        dot_16_rows<T, kHeadDim>(qf, strip_k + 1, s, 0, lane);
+        dot_16_rows<T, kHeadDim>(dof, strip_v + 1, dp, 0, lane);
         if constexpr (kFrac) {  // the second rows; d/d(position) needs them even where frac == 0
-          dot_16_rows<T, kHeadDim>(qf, strip_k, s1, 0, g, c);
-          dot_16_rows<T, kHeadDim>(dof, strip_v, dp1, 0, g, c);
+          dot_16_rows<T, kHeadDim>(qf, strip_k, s1, 0, lane);
+          dot_16_rows<T, kHeadDim>(dof, strip_v, dp1, 0, lane);
         }
         float* probs = static_cast<float*>(p.offset_probs);
         float* dscores = static_cast<float*>(p.offset_dscores);
+        const bool sample_valid[2] = {row_valid[0] && sample_key<float>(warp_pos + g, t, p.window, offs).valid,
+                                      row_valid[1] && sample_key<float>(warp_pos + g + 8, t, p.window, offs).valid};
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = e / 2, row = g + 8 * r, col = 8 * j + 2 * c + e % 2;
             const bool on_diagonal = col == row;
-            const bool valid =
-                on_diagonal && row_valid[r] && sample_key<float>(warp_pos + row, t, p.window, offs).valid;
+            const bool valid = on_diagonal && sample_valid[r];
             float score = s[j][e], dprob = dp[j][e], dscore_dpos = 0.f, ddp_dpos = 0.f;
             if constexpr (kFrac) {
               // No second row before key 0: pattern.h clamps it onto the first,
@@ -205,8 +201,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) dq_mma_kernel(
             }
           }
         }
-        add_tile_times_rows<T, kHeadDim>(s, 0, 1.f - split.frac, strip_k + 1, dq, g, c);
-        if (split.frac != 0.f) add_tile_times_rows<T, kHeadDim>(s, 0, split.frac, strip_k, dq, g, c);
+        add_tile_times_rows<T, kHeadDim>(s, 0, 1.f - split.frac, strip_k + 1, dq, lane);
+        if (split.frac != 0.f) add_tile_times_rows<T, kHeadDim>(s, 0, split.frac, strip_k, dq, lane);
       }
       if constexpr (kFrac) {
         // Fixed-order warp sum (every lane gets it); one partial per 16 queries.
@@ -337,24 +333,27 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_k
         const int64_t pos0 = chunk_row + 16 * t16 + p.q_pos_shift;  // the sub-tile's first query position
         if (!band_meets(pos0, warp_k0, p.window)) continue;          // warp-uniform
         float st[2][4], dpt[2][4];  // rows: the warp's keys; columns: the sub-tile's queries
-        dot_16_rows<T, kHeadDim>(kf, rows_q + 16 * t16, st, 0, g, c);
-        dot_16_rows<T, kHeadDim>(vf, rows_do + 16 * t16, dpt, 0, g, c);
+        const int distance0 = int(pos0 - warp_k0) + 2 * c - g;  // of this thread's element (key g, query 2c)
+        const int last_col = int(steps.band_last_row - chunk_row) - 16 * t16;
+        dot_16_rows<T, kHeadDim>(kf, rows_q + 16 * t16, st, 0, lane);
+        dot_16_rows<T, kHeadDim>(vf, rows_do + 16 * t16, dpt, 0, lane);
         float dst[2][4];
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            const int col = 8 * j + 2 * c + e % 2, key = warp_k0 + g + 8 * (e / 2);
-            const bool attended = chunk_row + 16 * t16 + col <= steps.band_last_row &&
-                                  in_band(pos0 + col, key, p.window) && key < p.seqlen_k;
+            // Queries past the band's last row, and keys past seqlen_k, read
+            // zero rows; the checks keep them out of P all the same.
+            const int col = 8 * j + 2 * c + e % 2;
+            const bool attended = col <= last_col && in_band(distance0 + 8 * j + e % 2 - 8 * (e / 2), p.window);
             const float lse_log2 = stat0[16 * t16 + col] * float(M_LOG2E);
             const float prob = attended ? exp2f(st[j][e] * scale_log2 - lse_log2) : 0.f;
             dst[j][e] = prob * (dpt[j][e] - stat1[16 * t16 + col]);
             st[j][e] = prob;
           }
         }
-        add_tile_times_rows<T, kHeadDim>(st, 0, 1.f, rows_do + 16 * t16, dv, g, c);
-        add_tile_times_rows<T, kHeadDim>(dst, 0, 1.f, rows_q + 16 * t16, dk, g, c);
+        add_tile_times_rows<T, kHeadDim>(st, 0, 1.f, rows_do + 16 * t16, dv, lane);
+        add_tile_times_rows<T, kHeadDim>(dst, 0, 1.f, rows_q + 16 * t16, dk, lane);
       }
     } else {
       const OffsetSplit split = split_offset(steps.offsets(steps.head(n)), steps.offset_index(n));
@@ -366,12 +365,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_k
         const float* probs = stat0 + kStripRows * warp;
         const float* dscores = stat1 + kStripRows * warp;
         const float w0 = 1.f - split.frac;
-        add_diag_times_rows<T, kHeadDim>(w0 * probs[g], w0 * probs[g + 8], strip_do, dv, g, c);
-        add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_q, dk, g, c);
+        add_diag_times_rows<T, kHeadDim>(w0 * probs[g], w0 * probs[g + 8], strip_do, dv, lane);
+        add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_q, dk, lane);
         if (split.frac != 0.f) {
           const float w1 = split.frac;
-          add_diag_times_rows<T, kHeadDim>(w1 * probs[g + 1], w1 * probs[g + 9], strip_do + 1, dv, g, c);
-          add_diag_times_rows<T, kHeadDim>(w1 * dscores[g + 1], w1 * dscores[g + 9], strip_q + 1, dk, g, c);
+          add_diag_times_rows<T, kHeadDim>(w1 * probs[g + 1], w1 * probs[g + 9], strip_do + 1, dv, lane);
+          add_diag_times_rows<T, kHeadDim>(w1 * dscores[g + 1], w1 * dscores[g + 9], strip_q + 1, dk, lane);
         }
       }
     }

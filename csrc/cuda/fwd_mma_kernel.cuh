@@ -108,14 +108,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) fwd_mma_kernel
 #pragma unroll
         for (int t16 = 0; t16 < kChunk / 16; ++t16) {
           if (band_meets(warp_pos, chunk + 16 * t16, p.window)) {
-            dot_16_rows<T, kHeadDim>(qf, rows_k + 16 * t16, s, 2 * t16, g, c);
+            dot_16_rows<T, kHeadDim>(qf, rows_k + 16 * t16, s, 2 * t16, lane);
           }  // else every score of the sub-tile is masked below
         }
+        const int distance0 = int(warp_pos - chunk) + g - 2 * c;  // of this thread's element (g, 2c)
 #pragma unroll
         for (int j = 0; j < kChunkTiles; ++j) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            const bool attended = in_band(warp_pos + g + 8 * (e / 2), chunk + 8 * j + 2 * c + e % 2, p.window);
+            const bool attended = in_band(distance0 + 8 * (e / 2) - 8 * j - e % 2, p.window);
             s[j][e] = attended ? s[j][e] * scale_log2 : -INFINITY;
           }
         }
@@ -123,7 +124,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) fwd_mma_kernel
 #pragma unroll
         for (int t16 = 0; t16 < kChunk / 16; ++t16) {
           if (band_meets(warp_pos, chunk + 16 * t16, p.window)) {
-            add_tile_times_rows<T, kHeadDim>(s, 2 * t16, 1.f, rows_v + 16 * t16, o, g, c);
+            add_tile_times_rows<T, kHeadDim>(s, 2 * t16, 1.f, rows_v + 16 * t16, o, lane);
           }
         }
       }
@@ -133,28 +134,29 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) fwd_mma_kernel
       if (split.whole >= 0) {  // not padding (the same for the whole block)
         RowPtr<kHeadDim> strip_k = rows_k + kStripRows * warp, strip_v = rows_v + kStripRows * warp;
         float s[2][4];
-        dot_16_rows<T, kHeadDim>(qf, strip_k + 1, s, 0, g, c);
+        dot_16_rows<T, kHeadDim>(qf, strip_k + 1, s, 0, lane);
         if (split.frac != 0.f) {
           float s1[2][4];
-          dot_16_rows<T, kHeadDim>(qf, strip_k, s1, 0, g, c);
+          dot_16_rows<T, kHeadDim>(qf, strip_k, s1, 0, lane);
 #pragma unroll
           for (int j = 0; j < 2; ++j)
 #pragma unroll
             for (int e = 0; e < 4; ++e) s[j][e] += split.frac * (s1[j][e] - s[j][e]);
         }
         // Only the diagonal (query x, strip key x) is a pair of the pattern.
+        const bool sample_valid[2] = {sample_key<float>(warp_pos + g, t, p.window, offs).valid,
+                                      sample_key<float>(warp_pos + g + 8, t, p.window, offs).valid};
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            const int row = g + 8 * (e / 2), col = 8 * j + 2 * c + e % 2;
-            const bool valid = col == row && sample_key<float>(warp_pos + row, t, p.window, offs).valid;
+            const bool valid = 8 * j + 2 * c + e % 2 == g + 8 * (e / 2) && sample_valid[e / 2];
             s[j][e] = valid ? s[j][e] * scale_log2 : -INFINITY;
           }
         }
         softmax_update(s, m, l, o);
-        add_tile_times_rows<T, kHeadDim>(s, 0, 1.f - split.frac, strip_v + 1, o, g, c);
-        if (split.frac != 0.f) add_tile_times_rows<T, kHeadDim>(s, 0, split.frac, strip_v, o, g, c);
+        add_tile_times_rows<T, kHeadDim>(s, 0, 1.f - split.frac, strip_v + 1, o, lane);
+        if (split.frac != 0.f) add_tile_times_rows<T, kHeadDim>(s, 0, split.frac, strip_v, o, lane);
       }
     }
     __syncthreads();  // stage n % 2 is refilled by the next iteration's issue

@@ -57,17 +57,37 @@ template <int kPending>
 __device__ __forceinline__ void wait_async() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending)); }
 
 // Queues copies of rows into dst[r], r < count: dst[r] gets row row_of(r) of
-// src; rows outside [0, last] become zero rows. All threads of the block take part.
+// src; rows outside [0, last] become zero rows. All threads of the block take
+// part; each keeps one 16-byte column of its rows (kThreads is a multiple of
+// the vectors per row), so the loop carries no division.
 template <int kHeadDim, typename RowOf>
 __device__ __forceinline__ void stage_rows(Rows<kHeadDim> dst, const uint16_t* src, int64_t row_stride, int count,
                                            RowOf row_of, int64_t last) {
-  constexpr int kVecs = kHeadDim / 8;
-  for (int x = threadIdx.x; x < count * kVecs; x += kThreads) {
-    const int r = x / kVecs, c = x % kVecs;
+  constexpr int kVecs = kHeadDim / 8, kRowsPerPass = kThreads / kVecs;
+  static_assert(kThreads % kVecs == 0);
+  const int col = (threadIdx.x % kVecs) * 8;
+  for (int r = threadIdx.x / kVecs; r < count; r += kRowsPerPass) {
     const int64_t j = row_of(r);
     const bool valid = j >= 0 && j <= last;
-    copy_async_16(&dst[r][c * 8], src + (valid ? j * row_stride : 0) + c * 8, valid);
+    copy_async_16(&dst[r][col], src + (valid ? j * row_stride : 0) + col, valid);
   }
+}
+
+// ldmatrix: four 8 x 8 tiles of 16-bit elements from shared memory; lane l
+// gives the address of row l % 8 of tile l / 8. Without .trans a thread gets
+// (row lane / 4, columns 2 (lane % 4), +1) of each tile; with .trans, the
+// transposed pair (rows 2 (lane % 4), +1; column lane / 4).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint16_t* row) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16_t* row) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
 }
 
 // The warp's 16 rows first_row.. of a (batch, head) slice as A fragments
@@ -88,21 +108,21 @@ __device__ __forceinline__ void load_a_fragments(const uint16_t* src, int64_t ro
 }
 
 // s[j0], s[j0 + 1] = A B^T: the warp's 16 rows (fragments `a`) against the
-// 16 staged rows b_rows[0..15] (a 16 x 16 tile of dot products).
+// 16 staged rows b_rows[0..15] (a 16 x 16 tile of dot products). Per 16
+// columns of head_dim, one ldmatrix gives the B fragments of both 8-row halves:
+// tiles (rows 0-7 | 8-15) x (columns +0 | +8).
 template <typename T, int kHeadDim, int N>
 __device__ __forceinline__ void dot_16_rows(const uint32_t (&a)[kHeadDim / 16][4], RowPtr<kHeadDim> b_rows,
-                                            float (&s)[N][4], int j0, int g, int c) {
+                                            float (&s)[N][4], int j0, int lane) {
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
+  for (int e = 0; e < 4; ++e) s[j0][e] = s[j0 + 1][e] = 0.f;
+  const uint16_t* row = b_rows[(lane / 16) * 8 + lane % 8] + ((lane / 8) % 2) * 8;
 #pragma unroll
-    for (int e = 0; e < 4; ++e) s[j0 + half][e] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-      const uint16_t* row = b_rows[8 * half + g];
-      const uint32_t b0 = *reinterpret_cast<const uint32_t*>(row + 16 * kk + 2 * c);
-      const uint32_t b1 = *reinterpret_cast<const uint32_t*>(row + 16 * kk + 8 + 2 * c);
-      mma_16816<T>(s[j0 + half], a[kk], b0, b1);
-    }
+  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+    uint32_t b[4];  // b0, b1 of rows 0-7, then of rows 8-15
+    ldmatrix_x4(b, row + 16 * kk);
+    mma_16816<T>(s[j0], a[kk], b[0], b[1]);
+    mma_16816<T>(s[j0 + 1], a[kk], b[2], b[3]);
   }
 }
 
@@ -116,21 +136,31 @@ __device__ __forceinline__ void c_to_a_fragment(const float (&w)[N][4], int j0, 
   a[3] = pack2<T>(weight * w[j0 + 1][2], weight * w[j0 + 1][3]);
 }
 
+// acc += A B for a 16 x 16 A fragment and the 16 staged rows b_rows[0..15]
+// (16 x head_dim). Per 16 columns of head_dim one transposed ldmatrix gives
+// the B fragments of two 8-column tiles: (rows 0-7 | 8-15) x (columns +0 | +8).
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void add_a_times_rows(const uint32_t (&a)[4], RowPtr<kHeadDim> b_rows,
+                                                 float (&acc)[kHeadDim / 8][4], int lane) {
+  const uint16_t* row = b_rows[((lane / 8) % 2) * 8 + lane % 8] + (lane / 16) * 8;
+#pragma unroll
+  for (int n = 0; n < kHeadDim / 16; ++n) {
+    uint32_t b[4];  // b0, b1 of columns 16n..16n+7, then of 16n+8..16n+15
+    ldmatrix_x4_trans(b, row + 16 * n);
+    mma_16816<T>(acc[2 * n], a, b[0], b[1]);
+    mma_16816<T>(acc[2 * n + 1], a, b[2], b[3]);
+  }
+}
+
 // acc += (weight * W) B: a 16 x 16 tile W (C layout, in w[j0], w[j0 + 1])
-// times the 16 staged rows b_rows[0..15] (16 x head_dim).
+// times the 16 staged rows b_rows[0..15].
 template <typename T, int kHeadDim, int N>
 __device__ __forceinline__ void add_tile_times_rows(const float (&w)[N][4], int j0, float weight,
-                                                    RowPtr<kHeadDim> b_rows, float (&acc)[kHeadDim / 8][4], int g,
-                                                    int c) {
+                                                    RowPtr<kHeadDim> b_rows, float (&acc)[kHeadDim / 8][4],
+                                                    int lane) {
   uint32_t a[4];
   c_to_a_fragment<T>(w, j0, weight, a);
-#pragma unroll
-  for (int n = 0; n < kHeadDim / 8; ++n) {
-    const int col = 8 * n + g;
-    const uint32_t b0 = pack_bits(b_rows[2 * c][col], b_rows[2 * c + 1][col]);
-    const uint32_t b1 = pack_bits(b_rows[2 * c + 8][col], b_rows[2 * c + 9][col]);
-    mma_16816<T>(acc[n], a, b0, b1);
-  }
+  add_a_times_rows<T, kHeadDim>(a, b_rows, acc, lane);
 }
 
 // An offset distance as the kernels read it: rows pos - whole (weight
@@ -199,10 +229,11 @@ struct KeySteps {
   }
 };
 
-// Whether query `pos` attends key `key` through the band (distance < window).
-__device__ __forceinline__ bool in_band(int64_t pos, int64_t key, int window) {
-  const int64_t distance = pos - key;
-  return distance >= 0 && distance < window;
+// Whether a query attends a key at distance pos - key through the band. Tile
+// code passes distances as int: within a tile that meets the band they lie
+// in [-79, window + 79], and window < 2^31 - 2^16 (the host's check).
+__device__ __forceinline__ bool in_band(int distance, int window) {
+  return static_cast<unsigned>(distance) < static_cast<unsigned>(window);
 }
 
 // Whether 16 query positions [pos0, pos0 + 15] and `count` key positions
