@@ -63,8 +63,9 @@ struct Params {
   // d loss / d position, reduced on the host side in a fixed order.
   void* doffsets_partial;
   // Tensor-core backward only: each (query, offset)'s probability and d loss /
-  // d score, (batch, heads, seqlen_q, num_offsets), written by the dq pass and
-  // read by the dk/dv pass (which then need not recompute offset scores).
+  // d score, (batch, heads, num_offsets, seqlen_q), written by the dq pass and
+  // read by the dk/dv pass (which then need not recompute offset scores); a
+  // warp's 16 queries are contiguous, so both passes access them coalesced.
   void* offset_probs;
   void* offset_dscores;
   int queries_per_partial;

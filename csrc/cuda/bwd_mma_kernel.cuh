@@ -150,7 +150,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) dq_mma_kernel(
           for (int e = 0; e < 4; ++e) {
             const int r = e / 2;
             const bool attended = row_valid[r] && in_band(distance0 + 8 * r - 8 * j - e % 2, p.window);
-            const float prob = attended ? exp2f(s[j][e] * scale_log2 - lse_log2[r]) : 0.f;
+            const float prob = attended ? fast_exp2(s[j][e] * scale_log2 - lse_log2[r]) : 0.f;
             s[j][e] = prob * (dp[j][e] - delta[r]);  // dS
           }
         }
@@ -190,12 +190,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) dq_mma_kernel(
               score += split.frac * dscore_dpos;
               dprob += split.frac * ddp_dpos;
             }
-            const float prob = valid ? exp2f(score * scale_log2 - lse_log2[r]) : 0.f;
+            const float prob = valid ? fast_exp2(score * scale_log2 - lse_log2[r]) : 0.f;
             const float dscore = prob * (dprob - delta[r]);
             s[j][e] = dscore;
             if (kFrac) dpos += dscore * scale * dscore_dpos + prob * ddp_dpos;
             if (on_diagonal && row_valid[r]) {  // what the dk/dv pass needs of this (query, offset)
-              const int64_t at = (stats + warp_q0 + row) * p.num_offsets + o;
+              const int64_t at = (stats * p.num_offsets + int64_t(o) * p.seqlen_q) + warp_q0 + row;
               probs[at] = prob;
               dscores[at] = dscore;
             }
@@ -284,7 +284,7 @@ struct QuerySteps {
           for (int r = threadIdx.x; r < kBufRows; r += kThreads) {
             const int64_t i = row_of(r);
             const bool valid = i >= 0 && i < p.seqlen_q;
-            const int64_t at = valid ? (stats + i) * p.num_offsets + o : 0;
+            const int64_t at = valid ? stats * p.num_offsets + int64_t(o) * p.seqlen_q + i : 0;
             copy_async_4(stat0_dst + r, static_cast<const float*>(p.offset_probs) + at, valid);
             copy_async_4(stat1_dst + r, static_cast<const float*>(p.offset_dscores) + at, valid);
           }
@@ -347,7 +347,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_k
             const int col = 8 * j + 2 * c + e % 2;
             const bool attended = col <= last_col && in_band(distance0 + 8 * j + e % 2 - 8 * (e / 2), p.window);
             const float lse_log2 = stat0[16 * t16 + col] * float(M_LOG2E);
-            const float prob = attended ? exp2f(st[j][e] * scale_log2 - lse_log2) : 0.f;
+            const float prob = attended ? fast_exp2(st[j][e] * scale_log2 - lse_log2) : 0.f;
             dst[j][e] = prob * (dpt[j][e] - stat1[16 * t16 + col]);
             st[j][e] = prob;
           }

@@ -51,7 +51,7 @@ __device__ __forceinline__ void softmax_update(float (&s)[N][4], float (&m)[2], 
     tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
     const float new_max = fmaxf(m[r], tile_max);
     const float base = new_max == -INFINITY ? 0.f : new_max;  // a row with nothing attended yet
-    const float rescale = exp2f(m[r] - base);
+    const float rescale = fast_exp2(m[r] - base);
     m[r] = new_max;
     l[r] *= rescale;
 #pragma unroll
@@ -61,8 +61,8 @@ __device__ __forceinline__ void softmax_update(float (&s)[N][4], float (&m)[2], 
     }
 #pragma unroll
     for (int j = 0; j < N; ++j) {
-      s[j][2 * r] = exp2f(s[j][2 * r] - base);
-      s[j][2 * r + 1] = exp2f(s[j][2 * r + 1] - base);
+      s[j][2 * r] = fast_exp2(s[j][2 * r] - base);
+      s[j][2 * r + 1] = fast_exp2(s[j][2 * r + 1] - base);
       l[r] += s[j][2 * r] + s[j][2 * r + 1];
     }
   }

@@ -229,6 +229,14 @@ struct KeySteps {
   }
 };
 
+// 2^x on the special-function unit, flushing denormals (exp2f adds range
+// handling the softmax does not need); 2^-inf = 0.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // Whether a query attends a key at distance pos - key through the band. Tile
 // code passes distances as int: within a tile that meets the band they lie
 // in [-79, window + 79], and window < 2^31 - 2^16 (the host's check).
