@@ -144,3 +144,25 @@ def test_lse_only_backward(device):
     _, ref_lse = fibsparse_attn_ref(*ref_in, 3, [5, 9], return_lse=True)
     ref_grads = torch.autograd.grad(ref_lse.sum(), ref_in[:2])
     assert max(rel_err(g, r) for g, r in zip(grads, ref_grads)) < 1e-12
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fractional", [False, True])
+def test_tensor_core_kernels_at_the_edges(dtype, fractional):
+    """What the grid does not reach, on the fp16/bf16 tensor-core kernels: fewer
+    queries than keys, per-head offsets padded with -1 (one head with none) and a
+    custom scale, and a window spanning several 64-key chunks with GQA."""
+    torch.manual_seed(3)
+    pos_dtype = torch.float32
+
+    q, k, v = random_qkv(2, 70, 4, 2, 64, dtype, "cuda", seqlen_k=300)
+    check_against_reference(q, k, v, 20, random_offsets(20, 5, 4, fractional, "cuda", pos_dtype))
+
+    q, k, v = random_qkv(1, 90, 3, 3, 32, dtype, "cuda")
+    padded = torch.tensor([[8, 13, 21, 34], [9, 30, -1, -1], [-1, -1, -1, -1]], device="cuda")
+    padded = torch.where(padded < 0, padded, padded + 0.4).to(pos_dtype) if fractional else padded.int()
+    check_against_reference(q, k, v, 8, padded, scale=0.37)
+
+    q, k, v = random_qkv(1, 700, 4, 1, 128, dtype, "cuda")
+    check_against_reference(q, k, v, 300, random_offsets(300, 12, None, fractional, "cuda", pos_dtype, spread=30))
