@@ -150,14 +150,15 @@ bool is_cpu_low_precision(const Tensor& q) {
   return q.is_cpu() && (q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16);
 }
 
-}  // namespace
-
-std::tuple<Tensor, Tensor> fwd(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
-                               const Tensor& offsets_in, int64_t window, double softmax_scale) {
-  check_attention_inputs(q_in, k_in, v_in, offsets_in, window, softmax_scale);
+// The forward of fwd and decode, after their checks: decode passes each
+// sequence's cache length (its queries are the newest tokens, k and v are
+// caches, a ring when `ring`); fwd passes none. Returns (out, lse).
+std::tuple<Tensor, Tensor> attend(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                                  const Tensor& offsets_in, int64_t window, double softmax_scale,
+                                  const std::optional<Tensor>& cache_seqlens, bool ring) {
   if (is_cpu_low_precision(q_in)) {  // the CPU kernels compute in float32
-    auto [out, lse] = fwd(q_in.to(at::kFloat), k_in.to(at::kFloat), v_in.to(at::kFloat), offsets_in, window,
-                          softmax_scale);
+    auto [out, lse] = attend(q_in.to(at::kFloat), k_in.to(at::kFloat), v_in.to(at::kFloat), offsets_in, window,
+                             softmax_scale, cache_seqlens, ring);
     return {out.to(q_in.scalar_type()), lse};
   }
 #ifdef FIBSPARSE_WITH_CUDA
@@ -166,63 +167,52 @@ std::tuple<Tensor, Tensor> fwd(const Tensor& q_in, const Tensor& k_in, const Ten
   const auto dtype = q_in.scalar_type();
   const Tensor q = rows_ready(q_in), k = rows_ready(k_in), v = rows_ready(v_in);
   const Tensor offsets = kernel_offsets(offsets_in, dtype);
-  Tensor out = new_output_like(q);
-  Tensor lse = new_output(q, {q.size(0), q.size(2), q.size(1)}, acc_dtype(dtype));
-  if (q.numel() == 0) return {out, lse};
-
-  const Params p = attention_params(q, k, v, offsets, window, softmax_scale, out, lse);
-  if (q.is_cuda()) {
-#ifdef FIBSPARSE_WITH_CUDA
-    run_fwd_cuda(p, dtype, is_fractional(offsets));
-#else
-    TORCH_CHECK(false, "fibsparse_ext was built without CUDA; reinstall on a machine with nvcc");
-#endif
-  } else {
-    run_fwd_cpu(p, dtype, is_fractional(offsets));
-  }
-  return {out, lse};
-}
-
-std::tuple<Tensor, Tensor> decode(const Tensor& q_in, const Tensor& k_cache_in, const Tensor& v_cache_in,
-                                  const Tensor& cache_seqlens, const Tensor& offsets_in, int64_t window,
-                                  double softmax_scale, bool ring) {
-  check_attention_inputs(q_in, k_cache_in, v_cache_in, offsets_in, window, softmax_scale);
-  const auto sdtype = cache_seqlens.scalar_type();
-  TORCH_CHECK(cache_seqlens.dim() == 1 && cache_seqlens.size(0) == q_in.size(0) &&
-                  (sdtype == at::kInt || sdtype == at::kLong),
-              "cache_seqlens must be an int32 or int64 tensor of shape (batch=", to_text(q_in.size(0)), "), got ",
-              to_text(sdtype), " ", to_text(cache_seqlens.sizes()));
-  TORCH_CHECK(cache_seqlens.device() == q_in.device(), "cache_seqlens must be on q's device ", to_text(q_in.device()),
-              ", got ", to_text(cache_seqlens.device()));
-  if (is_cpu_low_precision(q_in)) {
-    auto [out, lse] = decode(q_in.to(at::kFloat), k_cache_in.to(at::kFloat), v_cache_in.to(at::kFloat),
-                             cache_seqlens, offsets_in, window, softmax_scale, ring);
-    return {out.to(q_in.scalar_type()), lse};
-  }
-#ifdef FIBSPARSE_WITH_CUDA
-  const at::OptionalDeviceGuard guard(q_in.device());
-#endif
-  const auto dtype = q_in.scalar_type();
-  const Tensor q = rows_ready(q_in), k = rows_ready(k_cache_in), v = rows_ready(v_cache_in);
-  const Tensor offsets = kernel_offsets(offsets_in, dtype);
-  const Tensor lengths = cache_seqlens.to(at::kLong).contiguous();
+  const Tensor lengths = cache_seqlens.has_value() ? cache_seqlens->to(at::kLong).contiguous() : Tensor();
   Tensor out = new_output_like(q);
   Tensor lse = new_output(q, {q.size(0), q.size(2), q.size(1)}, acc_dtype(dtype));
   if (q.numel() == 0) return {out, lse};
 
   Params p = attention_params(q, k, v, offsets, window, softmax_scale, out, lse);
-  p.cache_seqlens = lengths.data_ptr<int64_t>();
-  p.ring = ring;
+  if (lengths.defined()) {
+    p.cache_seqlens = lengths.data_ptr<int64_t>();
+    p.ring = ring;
+  }
   if (q.is_cuda()) {
 #ifdef FIBSPARSE_WITH_CUDA
-    run_decode_cuda(p, dtype, is_fractional(offsets));
+    if (lengths.defined()) {
+      run_decode_cuda(p, dtype, is_fractional(offsets));
+    } else {
+      run_fwd_cuda(p, dtype, is_fractional(offsets));
+    }
 #else
     TORCH_CHECK(false, "fibsparse_ext was built without CUDA; reinstall on a machine with nvcc");
 #endif
   } else {
-    run_fwd_cpu(p, dtype, is_fractional(offsets));  // the CPU forward reads positions and rows through Params
+    run_fwd_cpu(p, dtype, is_fractional(offsets));  // reads query positions and key rows through Params
   }
   return {out, lse};
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor> fwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& offsets,
+                               int64_t window, double softmax_scale) {
+  check_attention_inputs(q, k, v, offsets, window, softmax_scale);
+  return attend(q, k, v, offsets, window, softmax_scale, std::nullopt, false);
+}
+
+std::tuple<Tensor, Tensor> decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                                  const Tensor& cache_seqlens, const Tensor& offsets, int64_t window,
+                                  double softmax_scale, bool ring) {
+  check_attention_inputs(q, k_cache, v_cache, offsets, window, softmax_scale);
+  const auto sdtype = cache_seqlens.scalar_type();
+  TORCH_CHECK(cache_seqlens.dim() == 1 && cache_seqlens.size(0) == q.size(0) &&
+                  (sdtype == at::kInt || sdtype == at::kLong),
+              "cache_seqlens must be an int32 or int64 tensor of shape (batch=", to_text(q.size(0)), "), got ",
+              to_text(sdtype), " ", to_text(cache_seqlens.sizes()));
+  TORCH_CHECK(cache_seqlens.device() == q.device(), "cache_seqlens must be on q's device ", to_text(q.device()),
+              ", got ", to_text(cache_seqlens.device()));
+  return attend(q, k_cache, v_cache, offsets, window, softmax_scale, cache_seqlens, ring);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> bwd(const Tensor& dout_in, const Tensor& q_in, const Tensor& k_in,
