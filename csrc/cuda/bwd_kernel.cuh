@@ -164,20 +164,21 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(const Params p) {
 template <typename T>
 void launch_bwd(const Params& p, bool fractional) {
   if constexpr (kIsTensorCoreType<T>) {
-    return mma_bwd::launch<T>(p, fractional);
-  }
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const dim3 dq_grid((p.seqlen_q + kCudaRowsPerBlock - 1) / kCudaRowsPerBlock, p.heads, p.batch);
-  const dim3 dkdv_grid((p.seqlen_k + kCudaRowsPerBlock - 1) / kCudaRowsPerBlock, p.heads_kv, p.batch);
-  HEADDIM_SWITCH(p.head_dim, kHeadDim, [&] {
-    BOOL_SWITCH(fractional, kFrac, [&] {
-      using OffsetT = std::conditional_t<kFrac, acc_t<T>, int32_t>;
-      dq_kernel<T, OffsetT, kHeadDim><<<dq_grid, kThreads, 0, stream>>>(p);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      dkdv_kernel<T, OffsetT, kHeadDim><<<dkdv_grid, kThreads, 0, stream>>>(p);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    mma_bwd::launch<T>(p, fractional);
+  } else {  // the lane-group kernels, instantiated for 32/64-bit types only
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const dim3 dq_grid((p.seqlen_q + kCudaRowsPerBlock - 1) / kCudaRowsPerBlock, p.heads, p.batch);
+    const dim3 dkdv_grid((p.seqlen_k + kCudaRowsPerBlock - 1) / kCudaRowsPerBlock, p.heads_kv, p.batch);
+    HEADDIM_SWITCH(p.head_dim, kHeadDim, [&] {
+      BOOL_SWITCH(fractional, kFrac, [&] {
+        using OffsetT = std::conditional_t<kFrac, acc_t<T>, int32_t>;
+        dq_kernel<T, OffsetT, kHeadDim><<<dq_grid, kThreads, 0, stream>>>(p);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        dkdv_kernel<T, OffsetT, kHeadDim><<<dkdv_grid, kThreads, 0, stream>>>(p);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     });
-  });
+  }
 }
 
 }  // namespace fibsparse

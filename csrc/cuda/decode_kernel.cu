@@ -18,34 +18,26 @@ constexpr int kGroups = kThreads / kLanes;
 
 template <typename T, typename OffsetT, int kHeadDim>
 __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
-  using Acc = acc_t<T>;
-  constexpr int kElems = kHeadDim / kLanes;
+  using Walk = QueryWalk<T, OffsetT, kHeadDim>;
+  using Acc = typename Walk::Acc;
+  constexpr int kElems = Walk::kElems;
   const int lane = threadIdx.x % kLanes, group = threadIdx.x / kLanes;
-  const int i = blockIdx.x, h = blockIdx.y, b = blockIdx.z, hk = h / (p.heads / p.heads_kv);
-  const int64_t pos = query_position(p, b, i);
-  const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
-  const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride + lane * kElems;
-  const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride + lane * kElems;
-
-  Acc q[kElems];
-  load_query<kElems, T>(p, b, i, h, lane, q);
-  Acc acc[kElems] = {};
-  OnlineSoftmax<Acc> softmax;
+  const int i = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  Walk walk(p, b, i, h, lane);
   const int num_t = num_distances(p.window, p.num_offsets);
   // Same trip count for every group (the score shuffles need the whole warp).
   for (int first = 0; first < num_t; first += kGroups) {
     const int t = first + group;
-    const auto s = sample_key<Acc>(pos, t < num_t ? t : num_t - 1, p.window, offs);
-    attend_sample<kElems, T, Acc, OffsetT>(q, k, v, p, s, s.valid && t < num_t, softmax, acc);
+    walk.step(p, t < num_t ? t : num_t - 1, t < num_t);
   }
 
   __shared__ Acc group_max[kGroups], group_sum_exp[kGroups], group_out[kGroups][kHeadDim];
   if (lane == 0) {
-    group_max[group] = softmax.max;
-    group_sum_exp[group] = softmax.sum;
+    group_max[group] = walk.softmax.max;
+    group_sum_exp[group] = walk.softmax.sum;
   }
 #pragma unroll
-  for (int e = 0; e < kElems; ++e) group_out[group][lane * kElems + e] = acc[e];
+  for (int e = 0; e < kElems; ++e) group_out[group][lane * kElems + e] = walk.acc[e];
   __syncthreads();
 
   const int d = threadIdx.x;  // one output element per thread
