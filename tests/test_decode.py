@@ -131,6 +131,19 @@ def test_bad_decode_input():
         fibsparse_attn_with_kvcache(q.double(), cache.k, cache.v, torch.tensor([3, 3]), 4, [5])
 
 
+def test_bad_input_to_the_decode_op():
+    """torch.ops.fibsparse.decode checks cache_seqlens itself, for callers that
+    skip fibsparse_attn_with_kvcache (e.g. a serving loop)."""
+    q, k, v = random_qkv(2, 1, 2, 2, 16, torch.float32, "cpu", requires_grad=False)
+    cache = KVCache(2, 8, 2, 16, ring=True)
+    offsets = torch.tensor([5], dtype=torch.int32)
+    for lengths in (torch.tensor([3.0, 3.0]), torch.tensor([3]), torch.tensor([[3, 3]])):
+        with pytest.raises(RuntimeError, match=r"cache_seqlens must be an int32 or int64 tensor of shape \(batch=2\)"):
+            torch.ops.fibsparse.decode(q, cache.k, cache.v, lengths, offsets, 4, 0.25, True)
+    with pytest.raises(RuntimeError, match="k must have q's dtype"):
+        torch.ops.fibsparse.decode(q.double(), cache.k, cache.v, torch.tensor([3, 3]), offsets, 4, 0.25, True)
+
+
 def test_more_bad_decode_and_generate_input():
     q, k, v = random_qkv(2, 1, 2, 2, 16, torch.float32, "cpu", requires_grad=False)
     cache = KVCache(2, 8, 2, 16, ring=False)
