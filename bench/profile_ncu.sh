@@ -19,6 +19,7 @@ echo "=== ncu (clock control off), seqlen $seqlen"
 ncu --clock-control none --kernel-name regex:"fwd_|dq_|dkdv_|decode_" \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
     --section WarpStateStats --section ComputeWorkloadAnalysis \
+    --metrics "smsp__inst_executed.sum,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
     python3 bench/profile_target.py "$seqlen" > "$log" 2>&1 || { tail -30 "$log"; exit 1; }
-grep -E "^  [a-z_]+kernel|void fibsparse|DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Duration|Achieved Occupancy|Theoretical Occupancy|Registers Per Thread|L2 Hit Rate|L1/TEX Hit Rate|Stall|Executed Ipc Active|Issue Slots Busy" "$log"
+grep -E "^  [a-z_]+kernel|void |DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Duration|Achieved Occupancy|Theoretical Occupancy|Registers Per Thread|L2 Hit Rate|L1/TEX Hit Rate|Stall|Executed Ipc Active|Issue Slots Busy|inst_executed.sum|stalled_(barrier|long_scoreboard|short_scoreboard|math_pipe_throttle|wait|mio_throttle|not_selected|lg_throttle|dispatch_stall|no_instruction)_per" "$log"
 echo "(full report: $log)"

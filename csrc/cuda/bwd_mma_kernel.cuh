@@ -40,18 +40,6 @@ __device__ __forceinline__ void copy_async_4(void* dst, const void* src, bool va
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst_addr), "l"(src), "r"(valid ? 4 : 0));
 }
 
-// acc += D B for the diagonal 16 x 16 tile D = diag(d_0 .. d_15) and the 16
-// staged rows b_rows[0..15]: row x of acc gains d_x * b_rows[x]. This thread
-// passes d_g and d_{g+8}; the A fragment is nonzero only where column == row.
-template <typename T, int kHeadDim>
-__device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, RowPtr<kHeadDim> b_rows,
-                                                    float (&acc)[kHeadDim / 8][4], int lane) {
-  const int g = lane / 4, c = lane % 4;
-  const bool lo = 2 * c == g, hi = 2 * c + 1 == g;
-  const uint32_t a[4] = {pack2<T>(lo ? d_g : 0.f, hi ? d_g : 0.f), 0u, 0u, pack2<T>(lo ? d_g8 : 0.f, hi ? d_g8 : 0.f)};
-  add_a_times_rows<T, kHeadDim>(a, b_rows, acc, lane);
-}
-
 // Stores the warp's 16 rows of acc * scale (C layout) into rows first_row..
 // of a (batch, head) slice, skipping rows at or past `rows`.
 template <typename T, int kHeadDim>
@@ -144,12 +132,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) dq_mma_kernel(
         dot_16_rows<T, kHeadDim>(qf, rows_k + 16 * t16, s, 0, lane);
         dot_16_rows<T, kHeadDim>(dof, rows_v + 16 * t16, dp, 0, lane);
         const int distance0 = int(warp_pos - key0) + g - 2 * c;  // of this thread's element (g, 2c)
+        // Only tiles on the band's edges need a mask per score (distances warp_pos - key0 + [-15, 15]).
+        const bool inside = warp_pos - key0 >= 15 && warp_pos - key0 + 15 < p.window;
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = e / 2;
-            const bool attended = row_valid[r] && in_band(distance0 + 8 * r - 8 * j - e % 2, p.window);
+            const bool attended =
+                row_valid[r] && (inside || in_band(distance0 + 8 * r - 8 * j - e % 2, p.window));
             const float prob = attended ? fast_exp2(s[j][e] * scale_log2 - lse_log2[r]) : 0.f;
             s[j][e] = prob * (dp[j][e] - delta[r]);  // dS
           }
@@ -161,48 +152,55 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) dq_mma_kernel(
       const OffsetSplit split = split_offset(offs, o);
       float dpos = 0.f;  // this thread's share of the warp's d loss / d position
       if (split.whole >= 0) {
-        RowPtr<kHeadDim> strip_k = rows_k + kStripRows * warp, strip_v = rows_v + kStripRows * warp;
-        float s[2][4], dp[2][4], s1[2][4], dp1[2][4];
+        // Only the diagonal (query x, strip key x) of each 16 x 16 tile is a
+        // pair of the pattern; its owner lane (mma_tiles.cuh) holds it.
+        RowPtr<kHeadDim> strip_k = rows_k + 16 * warp, strip_v = rows_v + 16 * warp;
+        float s[2][4], dp[2][4];
         dot_16_rows<T, kHeadDim>(qf, strip_k + 1, s, 0, lane);
         dot_16_rows<T, kHeadDim>(dof, strip_v + 1, dp, 0, lane);
+        float score[2], dprob[2], dscore_dpos[2] = {0.f, 0.f}, ddp_dpos[2] = {0.f, 0.f};
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          score[r] = diagonal_element(s, r, g);
+          dprob[r] = diagonal_element(dp, r, g);
+        }
         if constexpr (kFrac) {  // the second rows; d/d(position) needs them even where frac == 0
+          float s1[2][4], dp1[2][4];
           dot_16_rows<T, kHeadDim>(qf, strip_k, s1, 0, lane);
           dot_16_rows<T, kHeadDim>(dof, strip_v, dp1, 0, lane);
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            // No second row before key 0: pattern.h clamps it onto the first,
+            // so the derivative there is zero.
+            const bool has_second = warp_pos + g + 8 * r - split.whole - 1 >= 0;
+            dscore_dpos[r] = has_second ? diagonal_element(s1, r, g) - score[r] : 0.f;
+            ddp_dpos[r] = has_second ? diagonal_element(dp1, r, g) - dprob[r] : 0.f;
+            score[r] += split.frac * dscore_dpos[r];
+            dprob[r] += split.frac * ddp_dpos[r];
+          }
         }
         float* probs = static_cast<float*>(p.offset_probs);
         float* dscores = static_cast<float*>(p.offset_dscores);
-        const bool sample_valid[2] = {row_valid[0] && sample_key<float>(warp_pos + g, t, p.window, offs).valid,
-                                      row_valid[1] && sample_key<float>(warp_pos + g + 8, t, p.window, offs).valid};
+        const bool owner = owns_diagonal(lane);
+        float dscore[2];
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int r = e / 2, row = g + 8 * r, col = 8 * j + 2 * c + e % 2;
-            const bool on_diagonal = col == row;
-            const bool valid = on_diagonal && sample_valid[r];
-            float score = s[j][e], dprob = dp[j][e], dscore_dpos = 0.f, ddp_dpos = 0.f;
-            if constexpr (kFrac) {
-              // No second row before key 0: pattern.h clamps it onto the first,
-              // so the derivative there is zero.
-              const bool has_second = warp_pos + row - split.whole - 1 >= 0;
-              dscore_dpos = has_second ? s1[j][e] - s[j][e] : 0.f;
-              ddp_dpos = has_second ? dp1[j][e] - dp[j][e] : 0.f;
-              score += split.frac * dscore_dpos;
-              dprob += split.frac * ddp_dpos;
-            }
-            const float prob = valid ? fast_exp2(score * scale_log2 - lse_log2[r]) : 0.f;
-            const float dscore = prob * (dprob - delta[r]);
-            s[j][e] = dscore;
-            if (kFrac) dpos += dscore * scale * dscore_dpos + prob * ddp_dpos;
-            if (on_diagonal && row_valid[r]) {  // what the dk/dv pass needs of this (query, offset)
-              const int64_t at = (stats * p.num_offsets + int64_t(o) * p.seqlen_q) + warp_q0 + row;
-              probs[at] = prob;
-              dscores[at] = dscore;
-            }
+        for (int r = 0; r < 2; ++r) {
+          const int row = g + 8 * r;
+          const bool valid = row_valid[r] && sample_key<float>(warp_pos + row, t, p.window, offs).valid;
+          const float prob = valid ? fast_exp2(score[r] * scale_log2 - lse_log2[r]) : 0.f;
+          dscore[r] = prob * (dprob[r] - delta[r]);
+          if (kFrac && owner) dpos += dscore[r] * scale * dscore_dpos[r] + prob * ddp_dpos[r];
+          if (owner && row_valid[r]) {  // what the dk/dv pass needs of this (query, offset)
+            const int64_t at = (stats * p.num_offsets + int64_t(o) * p.seqlen_q) + warp_q0 + row;
+            probs[at] = prob;
+            dscores[at] = dscore[r];
           }
         }
-        add_tile_times_rows<T, kHeadDim>(s, 0, 1.f - split.frac, strip_k + 1, dq, lane);
-        if (split.frac != 0.f) add_tile_times_rows<T, kHeadDim>(s, 0, split.frac, strip_k, dq, lane);
+        const float w0 = 1.f - split.frac;
+        add_diag_times_rows<T, kHeadDim>(w0 * dscore[0], w0 * dscore[1], strip_k + 1, dq, lane);
+        if (split.frac != 0.f) {
+          add_diag_times_rows<T, kHeadDim>(split.frac * dscore[0], split.frac * dscore[1], strip_k, dq, lane);
+        }
       }
       if constexpr (kFrac) {
         // Fixed-order warp sum (every lane gets it); one partial per 16 queries.
@@ -224,9 +222,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) dq_mma_kernel(
 // The steps of a block of 64 keys over the queries that read them, for each
 // query head of the kv head's group in turn: band chunks of kChunk query rows
 // (positions [block_key, block_key + 63 + window - 1] that exist), then one
-// step per offset, in which warp w's strip rows kStripRows * w + x hold the
-// query at position key_w + whole + x (it reads key x of the warp as its first
-// row; the query at strip row x + 1 reads it as its second).
+// step per offset, in which staged row 16 w + x holds the query at position
+// key_w + whole + x (it reads key x of warp w as its first row; the query at
+// staged row 16 w + x + 1 reads it as its second).
 template <typename OffsetT, int kHeadDim>
 struct QuerySteps {
   const Params& p;
@@ -264,9 +262,8 @@ struct QuerySteps {
       const int64_t stats = (int64_t(b) * p.heads + h) * p.seqlen_q;
       if (is_band(n)) {
         const int64_t first = chunk_row(n);
-        const auto row_of = [&](int r) { return first + r; };
-        stage_rows<kHeadDim>(q_dst, q_src, p.q_row_stride, kChunk, row_of, band_last_row);
-        stage_rows<kHeadDim>(do_dst, do_src, p.do_row_stride, kChunk, row_of, band_last_row);
+        stage_rows<kHeadDim, kChunk>(q_dst, q_src, p.q_row_stride, first, band_last_row);
+        stage_rows<kHeadDim, kChunk>(do_dst, do_src, p.do_row_stride, first, band_last_row);
         for (int r = threadIdx.x; r < kChunk; r += kThreads) {
           const int64_t i = first + r;
           const bool valid = i <= band_last_row;
@@ -277,12 +274,11 @@ struct QuerySteps {
         const int o = offset_index(n);
         const OffsetSplit split = split_offset(offsets(h), o);
         if (split.whole >= 0) {
-          const int64_t base = block_key + split.whole - p.q_pos_shift;
-          const auto row_of = [&](int r) { return base + 16 * (r / kStripRows) + r % kStripRows; };
-          stage_rows<kHeadDim>(q_dst, q_src, p.q_row_stride, kBufRows, row_of, p.seqlen_q - 1);
-          stage_rows<kHeadDim>(do_dst, do_src, p.do_row_stride, kBufRows, row_of, p.seqlen_q - 1);
-          for (int r = threadIdx.x; r < kBufRows; r += kThreads) {
-            const int64_t i = row_of(r);
+          const int64_t first = block_key + split.whole - p.q_pos_shift;
+          stage_rows<kHeadDim, kStripSpan>(q_dst, q_src, p.q_row_stride, first, p.seqlen_q - 1);
+          stage_rows<kHeadDim, kStripSpan>(do_dst, do_src, p.do_row_stride, first, p.seqlen_q - 1);
+          for (int r = threadIdx.x; r < kStripSpan; r += kThreads) {
+            const int64_t i = first + r;
             const bool valid = i >= 0 && i < p.seqlen_q;
             const int64_t at = valid ? stats * p.num_offsets + int64_t(o) * p.seqlen_q + i : 0;
             copy_async_4(stat0_dst + r, static_cast<const float*>(p.offset_probs) + at, valid);
@@ -340,15 +336,18 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_k
         float dst[2][4];
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
+          // This thread's two query columns 8j + 2c, +1: their lse and delta.
+          const float2 lse = *reinterpret_cast<const float2*>(stat0 + 16 * t16 + 8 * j + 2 * c);
+          const float2 dlt = *reinterpret_cast<const float2*>(stat1 + 16 * t16 + 8 * j + 2 * c);
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             // Queries past the band's last row, and keys past seqlen_k, read
             // zero rows; the checks keep them out of P all the same.
             const int col = 8 * j + 2 * c + e % 2;
             const bool attended = col <= last_col && in_band(distance0 + 8 * j + e % 2 - 8 * (e / 2), p.window);
-            const float lse_log2 = stat0[16 * t16 + col] * float(M_LOG2E);
+            const float lse_log2 = (e % 2 ? lse.y : lse.x) * float(M_LOG2E);
             const float prob = attended ? fast_exp2(st[j][e] * scale_log2 - lse_log2) : 0.f;
-            dst[j][e] = prob * (dpt[j][e] - stat1[16 * t16 + col]);
+            dst[j][e] = prob * (dpt[j][e] - (e % 2 ? dlt.y : dlt.x));
             st[j][e] = prob;
           }
         }
@@ -361,9 +360,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_k
         // Strip row x reads key x as its first row (weight 1 - f); strip row
         // x + 1 reads it as its second (weight f). Rows outside the queries
         // were staged with zero statistics.
-        RowPtr<kHeadDim> strip_q = rows_q + kStripRows * warp, strip_do = rows_do + kStripRows * warp;
-        const float* probs = stat0 + kStripRows * warp;
-        const float* dscores = stat1 + kStripRows * warp;
+        RowPtr<kHeadDim> strip_q = rows_q + 16 * warp, strip_do = rows_do + 16 * warp;
+        const float* probs = stat0 + 16 * warp;
+        const float* dscores = stat1 + 16 * warp;
         const float w0 = 1.f - split.frac;
         add_diag_times_rows<T, kHeadDim>(w0 * probs[g], w0 * probs[g + 8], strip_do, dv, lane);
         add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_q, dk, lane);

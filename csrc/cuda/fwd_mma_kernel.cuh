@@ -8,10 +8,10 @@
 //     scores the 16-key sub-tiles that meet its own band (S = Q K^T on tensor
 //     cores), masks to the band, updates its online softmax, and adds P V.
 //   Offsets: for offset distance d, the 16 queries of a warp read the 16
-//     consecutive key rows pw - d .. pw - d + 15: one coalesced strip per
-//     offset, staged per warp. Scoring the warp's queries against the strip
-//     is a 16x16 tile whose diagonal holds the wanted scores; the rest is
-//     masked, so offsets reuse the band's tile code. A fractional position
+//     consecutive key rows pw - d .. pw - d + 15, and the block's 64 queries
+//     64 consecutive rows: one coalesced strip per offset. Scoring the warp's
+//     queries against its 16 rows is a 16x16 tile whose diagonal holds the
+//     wanted scores; the softmax and P V touch only the diagonal. A fractional position
 //     a + f reads two strips (rows pw - a and pw - a - 1) and mixes the
 //     scores, and P V, with weights 1 - f and f, as pattern.h defines.
 // The steps (band chunks, then one step per offset) run as a two-stage
@@ -35,6 +35,33 @@ namespace mma_fwd {
 
 using namespace mma_tiles;
 
+// Raises the running max of row r (fragment row g + 8r) to new_max[r],
+// rescaling its running output and sum. Skipped when no row of the warp
+// rose (the common case once the band has been seen: a single offset score
+// rarely beats the max of 128 band scores), saving the rescale multiplies.
+template <int kDimTiles>
+__device__ __forceinline__ void raise_max(const float (&new_max)[2], float (&m)[2], float (&l)[2],
+                                          float (&o)[kDimTiles][4]) {
+  if (!__any_sync(0xffffffffu, new_max[0] > m[0] || new_max[1] > m[1])) return;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    // A row with nothing attended yet has m = -inf and nothing to rescale.
+    const float rescale = new_max[r] == -INFINITY ? 1.f : fast_exp2(m[r] - new_max[r]);
+    m[r] = new_max[r];
+    l[r] *= rescale;
+#pragma unroll
+    for (int n = 0; n < kDimTiles; ++n) {
+      o[n][2 * r] *= rescale;
+      o[n][2 * r + 1] *= rescale;
+    }
+  }
+}
+
+// exp2(score - max) of an online softmax; 0 for masked scores and rows with nothing attended.
+__device__ __forceinline__ float prob_of(float score, float max) {
+  return fast_exp2(score - (max == -INFINITY ? 0.f : max));
+}
+
 // Online softmax over a tile of masked, log2-scaled scores: rescales the
 // running output and sum, and turns s into probabilities relative to the new
 // running max. Row r of this thread is fragment row g + 8r; the 4 threads of a
@@ -42,6 +69,7 @@ using namespace mma_tiles;
 template <int N, int kDimTiles>
 __device__ __forceinline__ void softmax_update(float (&s)[N][4], float (&m)[2], float (&l)[2],
                                                float (&o)[kDimTiles][4]) {
+  float new_max[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float tile_max = -INFINITY;
@@ -49,20 +77,15 @@ __device__ __forceinline__ void softmax_update(float (&s)[N][4], float (&m)[2], 
     for (int j = 0; j < N; ++j) tile_max = fmaxf(tile_max, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
     tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
     tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-    const float new_max = fmaxf(m[r], tile_max);
-    const float base = new_max == -INFINITY ? 0.f : new_max;  // a row with nothing attended yet
-    const float rescale = fast_exp2(m[r] - base);
-    m[r] = new_max;
-    l[r] *= rescale;
+    new_max[r] = fmaxf(m[r], tile_max);
+  }
+  raise_max(new_max, m, l, o);
 #pragma unroll
-    for (int n = 0; n < kDimTiles; ++n) {
-      o[n][2 * r] *= rescale;
-      o[n][2 * r + 1] *= rescale;
-    }
+  for (int r = 0; r < 2; ++r) {
 #pragma unroll
     for (int j = 0; j < N; ++j) {
-      s[j][2 * r] = fast_exp2(s[j][2 * r] - base);
-      s[j][2 * r + 1] = fast_exp2(s[j][2 * r + 1] - base);
+      s[j][2 * r] = prob_of(s[j][2 * r], m[r]);
+      s[j][2 * r + 1] = prob_of(s[j][2 * r + 1], m[r]);
       l[r] += s[j][2 * r] + s[j][2 * r + 1];
     }
   }
@@ -113,11 +136,24 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) fwd_mma_kernel
         }
         const int distance0 = int(warp_pos - chunk) + g - 2 * c;  // of this thread's element (g, 2c)
 #pragma unroll
-        for (int j = 0; j < kChunkTiles; ++j) {
+        for (int t16 = 0; t16 < kChunk / 16; ++t16) {
+          // Distances in the sub-tile: warp_pos - key0 + [-15, 15]. Only the
+          // tiles on the band's two edges need a mask per score.
+          const int64_t center = warp_pos - (chunk + 16 * t16);
+          if (center >= 15 && center + 15 < p.window) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const bool attended = in_band(distance0 + 8 * (e / 2) - 8 * j - e % 2, p.window);
-            s[j][e] = attended ? s[j][e] * scale_log2 : -INFINITY;
+            for (int j = 2 * t16; j < 2 * t16 + 2; ++j)
+#pragma unroll
+              for (int e = 0; e < 4; ++e) s[j][e] *= scale_log2;
+          } else {
+#pragma unroll
+            for (int j = 2 * t16; j < 2 * t16 + 2; ++j) {
+#pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const bool attended = in_band(distance0 + 8 * (e / 2) - 8 * j - e % 2, p.window);
+                s[j][e] = attended ? s[j][e] * scale_log2 : -INFINITY;
+              }
+            }
           }
         }
         softmax_update(s, m, l, o);
@@ -132,31 +168,43 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) fwd_mma_kernel
       const int t = p.window + steps.offset_index(n);
       const OffsetSplit split = split_offset(offs, steps.offset_index(n));
       if (split.whole >= 0) {  // not padding (the same for the whole block)
-        RowPtr<kHeadDim> strip_k = rows_k + kStripRows * warp, strip_v = rows_v + kStripRows * warp;
-        float s[2][4];
+        RowPtr<kHeadDim> strip_k = rows_k + 16 * warp, strip_v = rows_v + 16 * warp;
+        // Only the diagonal (query x, strip key x) of the 16 x 16 tile is a
+        // pair of the pattern: one score per row, taken from its owner lane.
+        float s[2][4], score[2];
         dot_16_rows<T, kHeadDim>(qf, strip_k + 1, s, 0, lane);
         if (split.frac != 0.f) {
           float s1[2][4];
           dot_16_rows<T, kHeadDim>(qf, strip_k, s1, 0, lane);
 #pragma unroll
-          for (int j = 0; j < 2; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[j][e] += split.frac * (s1[j][e] - s[j][e]);
-        }
-        // Only the diagonal (query x, strip key x) is a pair of the pattern.
-        const bool sample_valid[2] = {sample_key<float>(warp_pos + g, t, p.window, offs).valid,
-                                      sample_key<float>(warp_pos + g + 8, t, p.window, offs).valid};
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const bool valid = 8 * j + 2 * c + e % 2 == g + 8 * (e / 2) && sample_valid[e / 2];
-            s[j][e] = valid ? s[j][e] * scale_log2 : -INFINITY;
+          for (int r = 0; r < 2; ++r) {
+            const float first = diagonal_element(s, r, g);
+            score[r] = first + split.frac * (diagonal_element(s1, r, g) - first);
           }
+        } else {
+#pragma unroll
+          for (int r = 0; r < 2; ++r) score[r] = diagonal_element(s, r, g);
         }
-        softmax_update(s, m, l, o);
-        add_tile_times_rows<T, kHeadDim>(s, 0, 1.f - split.frac, strip_v + 1, o, lane);
-        if (split.frac != 0.f) add_tile_times_rows<T, kHeadDim>(s, 0, split.frac, strip_v, o, lane);
+        float new_max[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          score[r] = __shfl_sync(0xffffffffu, score[r], diagonal_owner(lane));
+          const bool valid = sample_key<float>(warp_pos + g + 8 * r, t, p.window, offs).valid;
+          score[r] = valid ? score[r] * scale_log2 : -INFINITY;
+          new_max[r] = fmaxf(m[r], score[r]);
+        }
+        raise_max(new_max, m, l, o);
+        float prob[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          prob[r] = prob_of(score[r], m[r]);
+          if (c == 0) l[r] += prob[r];  // l is summed over the quad at the end
+        }
+        add_diag_times_rows<T, kHeadDim>((1.f - split.frac) * prob[0], (1.f - split.frac) * prob[1], strip_v + 1, o,
+                                         lane);
+        if (split.frac != 0.f) {
+          add_diag_times_rows<T, kHeadDim>(split.frac * prob[0], split.frac * prob[1], strip_v, o, lane);
+        }
       }
     }
     __syncthreads();  // stage n % 2 is refilled by the next iteration's issue

@@ -22,9 +22,12 @@ constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
 constexpr int kBlockRows = 16 * kWarps;  // queries (or keys) per block
 constexpr int kChunk = 64;               // band rows staged per step
-constexpr int kStripRows = 17;           // an offset strip: 16 rows, plus one for interpolation
-constexpr int kBufRows = kStripRows * kWarps;  // >= kChunk: one buffer serves band chunks and strips
-static_assert(kBufRows >= kChunk);
+// An offset step stages the block's 64 rows plus one before them (a
+// fractional position's second row): warp w's 17-row strip starts at staged
+// row 16 w, so neighbouring strips share a row and the rows are contiguous.
+constexpr int kStripSpan = kBlockRows + 1;
+constexpr int kBufRows = kStripSpan + 3;  // a multiple of 4: float2 access to per-row statistics
+static_assert(kBufRows >= kChunk && kBufRows % 4 == 0);
 // Blocks per SM the register budget must allow (__launch_bounds__): more
 // resident warps hide the latency of mma, shared loads and exp2, which the
 // profile shows these kernels are bound by. Chosen per kernel where ptxas
@@ -56,20 +59,29 @@ __device__ __forceinline__ void commit_async() { asm volatile("cp.async.commit_g
 template <int kPending>
 __device__ __forceinline__ void wait_async() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending)); }
 
-// Queues copies of rows into dst[r], r < count: dst[r] gets row row_of(r) of
-// src; rows outside [0, last] become zero rows. All threads of the block take
-// part; each keeps one 16-byte column of its rows (kThreads is a multiple of
-// the vectors per row), so the loop carries no division.
-template <int kHeadDim, typename RowOf>
-__device__ __forceinline__ void stage_rows(Rows<kHeadDim> dst, const uint16_t* src, int64_t row_stride, int count,
-                                           RowOf row_of, int64_t last) {
+// Queues copies of the kCount consecutive rows first, first + 1, .. of src
+// into dst[0..kCount-1]; rows outside [0, last] become zero rows. All
+// threads of the block take part; each keeps one 16-byte column and steps its
+// source pointer by a fixed stride, so a copy costs a few integer
+// instructions (64-bit index math per row cost ~17).
+template <int kHeadDim, int kCount>
+__device__ __forceinline__ void stage_rows(Rows<kHeadDim> dst, const uint16_t* src, int64_t row_stride, int64_t first,
+                                           int64_t last) {
   constexpr int kVecs = kHeadDim / 8, kRowsPerPass = kThreads / kVecs;
   static_assert(kThreads % kVecs == 0);
-  const int col = (threadIdx.x % kVecs) * 8;
-  for (int r = threadIdx.x / kVecs; r < count; r += kRowsPerPass) {
-    const int64_t j = row_of(r);
-    const bool valid = j >= 0 && j <= last;
-    copy_async_16(&dst[r][col], src + (valid ? j * row_stride : 0) + col, valid);
+  const int col = (threadIdx.x % kVecs) * 8, r0 = threadIdx.x / kVecs;
+  // Row r is valid for lo <= r <= hi; both fit in int, as they are clamped to [-1, kCount].
+  const int lo = first >= 0 ? 0 : int(-first < kCount ? -first : kCount);
+  const int hi = last - first < kCount ? int(last - first < -1 ? -1 : last - first) : kCount;
+  const uint16_t* row = src + (first + r0) * row_stride + col;
+  const int64_t pass_stride = kRowsPerPass * row_stride;
+#pragma unroll
+  for (int i = 0; i < (kCount + kRowsPerPass - 1) / kRowsPerPass; ++i) {
+    const int r = r0 + i * kRowsPerPass;
+    if (kCount % kRowsPerPass != 0 && r >= kCount) break;
+    const bool valid = r >= lo && r <= hi;
+    copy_async_16(&dst[r][col], valid ? row : src, valid);
+    row += pass_stride;
   }
 }
 
@@ -163,6 +175,30 @@ __device__ __forceinline__ void add_tile_times_rows(const float (&w)[N][4], int 
   add_a_times_rows<T, kHeadDim>(a, b_rows, acc, lane);
 }
 
+// acc += D B for the diagonal 16 x 16 tile D = diag(d_0 .. d_15) and the 16
+// staged rows b_rows[0..15]: row x of acc gains d_x * b_rows[x]. Every thread
+// passes d_g and d_{g+8} (the values of its rows); the A fragment is nonzero
+// only where column == row, in the thread with c == g / 2.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, RowPtr<kHeadDim> b_rows,
+                                                    float (&acc)[kHeadDim / 8][4], int lane) {
+  const int g = lane / 4, c = lane % 4;
+  const bool lo = 2 * c == g, hi = 2 * c + 1 == g;
+  const uint32_t a[4] = {pack2<T>(lo ? d_g : 0.f, hi ? d_g : 0.f), 0u, 0u, pack2<T>(lo ? d_g8 : 0.f, hi ? d_g8 : 0.f)};
+  add_a_times_rows<T, kHeadDim>(a, b_rows, acc, lane);
+}
+
+// The diagonal of a 16 x 16 tile in C layout (s[0], s[1]): element (x, x) of
+// row x = g + 8 r is s[r][2 r + g % 2] in the thread with c == g / 2 (the
+// "diagonal owner" of the quad); other threads get one of their own elements.
+template <int N>
+__device__ __forceinline__ float diagonal_element(const float (&s)[N][4], int r, int g) {
+  return g % 2 ? s[r][2 * r + 1] : s[r][2 * r];
+}
+__device__ __forceinline__ bool owns_diagonal(int lane) { return lane % 4 == (lane / 4) / 2; }
+// The lane that owns the diagonal elements of this lane's rows.
+__device__ __forceinline__ int diagonal_owner(int lane) { return (lane / 4) * 4 + (lane / 4) / 2; }
+
 // An offset distance as the kernels read it: rows pos - whole (weight
 // 1 - frac) and pos - whole - 1 (weight frac), pattern.h's interpolation;
 // whole < 0 marks padding.
@@ -184,9 +220,9 @@ __device__ __forceinline__ OffsetSplit split_offset(const OffsetT* offs, int o) 
 
 // The steps of a block of 64 queries over its keys (forward and dq pass):
 // band chunks of kChunk key rows covering [block_pos - window + 1,
-// block_pos + 63], then one step per offset, in which warp w's strip rows
-// kStripRows * w + x hold key pos_w - whole - 1 + x: query x of the warp reads
-// its first row at strip row x + 1 and its second (interpolation) row at x.
+// block_pos + 63], then one step per offset, in which staged row 16 w + x
+// holds key pos_w - whole - 1 + x: query x of warp w reads its first row at
+// staged row 16 w + x + 1 and its second (interpolation) row at 16 w + x.
 template <typename OffsetT, int kHeadDim>
 struct KeySteps {
   const Params& p;
@@ -212,17 +248,14 @@ struct KeySteps {
   __device__ void issue(int n, const uint16_t* k_src, const uint16_t* v_src, Rows<kHeadDim> k_dst,
                         Rows<kHeadDim> v_dst) const {
     if (n < band_steps) {
-      const int64_t first = chunk(n);
-      const auto row_of = [&](int r) { return first + r; };
-      stage_rows<kHeadDim>(k_dst, k_src, p.k_row_stride, kChunk, row_of, band_last);
-      stage_rows<kHeadDim>(v_dst, v_src, p.v_row_stride, kChunk, row_of, band_last);
+      stage_rows<kHeadDim, kChunk>(k_dst, k_src, p.k_row_stride, chunk(n), band_last);
+      stage_rows<kHeadDim, kChunk>(v_dst, v_src, p.v_row_stride, chunk(n), band_last);
     } else if (n < num_steps) {
       const OffsetSplit split = split_offset(offs, offset_index(n));
       if (split.whole >= 0) {
-        const int64_t base = block_pos - split.whole - 1;
-        const auto row_of = [&](int r) { return base + 16 * (r / kStripRows) + r % kStripRows; };
-        stage_rows<kHeadDim>(k_dst, k_src, p.k_row_stride, kBufRows, row_of, p.seqlen_k - 1);
-        stage_rows<kHeadDim>(v_dst, v_src, p.v_row_stride, kBufRows, row_of, p.seqlen_k - 1);
+        const int64_t first = block_pos - split.whole - 1;
+        stage_rows<kHeadDim, kStripSpan>(k_dst, k_src, p.k_row_stride, first, p.seqlen_k - 1);
+        stage_rows<kHeadDim, kStripSpan>(v_dst, v_src, p.v_row_stride, first, p.seqlen_k - 1);
       }
     }
     commit_async();
