@@ -62,6 +62,20 @@ __device__ __forceinline__ float prob_of(float score, float max) {
   return fast_exp2(score - (max == -INFINITY ? 0.f : max));
 }
 
+// The max / sum of row r's 2N elements of a tile, as a tree: a serial chain
+// of 2N dependent instructions is what the warps stalled on ("wait").
+template <int N, typename Op>
+__device__ __forceinline__ float reduce_row(const float (&s)[N][4], int r, Op op) {
+  float v[N];
+#pragma unroll
+  for (int j = 0; j < N; ++j) v[j] = op(s[j][2 * r], s[j][2 * r + 1]);
+#pragma unroll
+  for (int width = N / 2; width >= 1; width /= 2)
+#pragma unroll
+    for (int j = 0; j < width; ++j) v[j] = op(v[j], v[j + width]);
+  return v[0];
+}
+
 // Online softmax over a tile of masked, log2-scaled scores: rescales the
 // running output and sum, and turns s into probabilities relative to the new
 // running max. Row r of this thread is fragment row g + 8r; the 4 threads of a
@@ -69,12 +83,13 @@ __device__ __forceinline__ float prob_of(float score, float max) {
 template <int N, int kDimTiles>
 __device__ __forceinline__ void softmax_update(float (&s)[N][4], float (&m)[2], float (&l)[2],
                                                float (&o)[kDimTiles][4]) {
+  static_assert((N & (N - 1)) == 0, "tree reduction over a power of two of tiles");
+  const auto max = [](float a, float b) { return fmaxf(a, b); };
+  const auto add = [](float a, float b) { return a + b; };
   float new_max[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    float tile_max = -INFINITY;
-#pragma unroll
-    for (int j = 0; j < N; ++j) tile_max = fmaxf(tile_max, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
+    float tile_max = reduce_row(s, r, max);
     tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
     tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
     new_max[r] = fmaxf(m[r], tile_max);
@@ -86,8 +101,8 @@ __device__ __forceinline__ void softmax_update(float (&s)[N][4], float (&m)[2], 
     for (int j = 0; j < N; ++j) {
       s[j][2 * r] = prob_of(s[j][2 * r], m[r]);
       s[j][2 * r + 1] = prob_of(s[j][2 * r + 1], m[r]);
-      l[r] += s[j][2 * r] + s[j][2 * r + 1];
     }
+    l[r] += reduce_row(s, r, add);
   }
 }
 
@@ -128,12 +143,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) fwd_mma_kernel
       const int64_t chunk = steps.chunk(n);
       if (band_meets(warp_pos, chunk, p.window, kChunk)) {  // warp-uniform
         float s[kChunkTiles][4];
+        // Every sub-tile, even one outside the band (masked below): without a
+        // branch per sub-tile the 8 accumulator chains interleave.
 #pragma unroll
-        for (int t16 = 0; t16 < kChunk / 16; ++t16) {
-          if (band_meets(warp_pos, chunk + 16 * t16, p.window)) {
-            dot_16_rows<T, kHeadDim>(qf, rows_k + 16 * t16, s, 2 * t16, lane);
-          }  // else every score of the sub-tile is masked below
-        }
+        for (int t16 = 0; t16 < kChunk / 16; ++t16) dot_16_rows<T, kHeadDim>(qf, rows_k + 16 * t16, s, 2 * t16, lane);
         const int distance0 = int(warp_pos - chunk) + g - 2 * c;  // of this thread's element (g, 2c)
 #pragma unroll
         for (int t16 = 0; t16 < kChunk / 16; ++t16) {

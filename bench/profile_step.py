@@ -1,0 +1,52 @@
+"""Where the time of one forward+backward step goes: every GPU kernel it
+launches (torch.profiler, device time per step) against the step's time
+between CUDA events and the host time its Python call takes. If the host
+time exceeds the kernels' sum, the step is host-bound and faster kernels
+will not show in bench_sweep.py.
+
+    python bench/profile_step.py [seqlen] [batch]     # bf16, 8 heads, d=64, window 128
+"""
+import sys
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from fibsparse_ext import fibsparse_attn, make_schedule
+from timing import median_ms
+
+seqlen = int(sys.argv[1]) if len(sys.argv) > 1 else 16384
+batch = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+steps = 20
+torch.manual_seed(0)
+q, k, v = (torch.randn(batch, seqlen, 8, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+           for _ in range(3))
+grad = torch.randn_like(q)
+offsets = torch.tensor(make_schedule("fixed", num_layers=1, window=128, max_distance=seqlen).offsets(0),
+                       dtype=torch.int32, device="cuda")
+
+print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  B={batch} L={seqlen} H=8 d=64 w=128 "
+      f"K={len(offsets)}")
+for name, positions in (("integer", offsets), ("fractional", offsets.float() * 0.97),
+                        ("fractional, offsets.requires_grad", (offsets.float() * 0.97).requires_grad_(True))):
+    def step():
+        fibsparse_attn(q, k, v, 128, positions).backward(grad)
+
+    event_ms = median_ms(step, runs=steps)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    host_ms = (time.perf_counter() - start) * 1e3 / steps  # returns before the GPU is done, unless host-bound
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    kernels = [(e.key, e.device_time_total / steps / 1e3, e.count // steps) for e in prof.key_averages()
+               if e.device_time_total > 0]
+    kernels.sort(key=lambda x: -x[1])
+    print(f"\n{name}: step {event_ms:.3f} ms (CUDA events)   host call {host_ms:.3f} ms   "
+          f"kernels {sum(ms for _, ms, _ in kernels):.3f} ms")
+    for key, ms, count in kernels[:12]:
+        print(f"  {ms:8.4f} ms  x{count:<3d} {key[:100]}")
