@@ -29,8 +29,8 @@ print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  B={batch} L={
       f"K={len(offsets)}")
 for name, positions in (("integer", offsets), ("fractional", offsets.float() * 0.97),
                         ("fractional, offsets.requires_grad", (offsets.float() * 0.97).requires_grad_(True))):
-    def step():
-        fibsparse_attn(q, k, v, 128, positions).backward(grad)
+    def step():  # as bench_sweep.py times it: no accumulation into .grad
+        torch.autograd.grad(fibsparse_attn(q, k, v, 128, positions), (q, k, v), grad)
 
     event_ms = median_ms(step, runs=steps)
     torch.cuda.synchronize()
