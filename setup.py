@@ -63,7 +63,7 @@ archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if with_cuda else ""
 print(f"fibsparse_ext: building {'CUDA (archs ' + archs + ') + CPU' if with_cuda else 'CPU-only'} "
       f"kernels against torch {torch.__version__}")
 
-sources = ["csrc/fibsparse_api.cpp", "csrc/python_module.cpp", "csrc/cpu/fibsparse_cpu.cpp"]
+sources = ["csrc/fibsparse_api.cpp", "csrc/autograd.cpp", "csrc/python_module.cpp", "csrc/cpu/fibsparse_cpu.cpp"]
 macros = [("FIBSPARSE_BUILD_TORCH", f'"{torch.__version__}"'), ("FIBSPARSE_CUDA_ARCHS", f'"{archs}"')]
 cxx_flags = ["-O3"]
 if with_cuda:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from bench_attention import copy_bandwidth, flex_attention, fwd_bwd, sparse_mask_mod
 from fibsparse_ext import fibsparse_attn, make_schedule
-from timing import median_ms
+from timing import graphed_ms, median_ms
 
 if flex_attention is not None:
     from torch.nn.attention.flex_attention import create_block_mask
@@ -91,8 +91,15 @@ def measure(config: Config, bandwidth: float) -> dict:
             row[f"{name}_fwd_ms"] = median_ms(lambda: attend(q, k, v), runs=runs)
             row[f"{name}_fwdbwd_ms"] = median_ms(fwd_bwd(attend, q, k, v, grad), runs=runs)
             row[f"{name}_peak_mb"] = peak_extra_mb(fwd_bwd(attend, q, k, v, grad))
+            if name != "flex":  # the step replayed from a CUDA graph: GPU time without the host path
+                try:
+                    row[f"{name}_fwdbwd_graph_ms"] = graphed_ms(fwd_bwd(attend, q, k, v, grad), runs=runs)
+                except RuntimeError as error:  # a capture failure is reported, not fatal to the sweep
+                    print(f"({name}: CUDA graph capture failed: {str(error).splitlines()[0]}) ", end="")
+                    row[f"{name}_fwdbwd_graph_ms"] = None
         except torch.OutOfMemoryError:
             row[f"{name}_fwd_ms"] = row[f"{name}_fwdbwd_ms"] = row[f"{name}_peak_mb"] = None
+            row[f"{name}_fwdbwd_graph_ms"] = None
             torch.cuda.empty_cache()
     io_bytes = q.element_size() * (2 * q.numel() + 2 * k.numel())
     row["floor_fwd_ms"] = io_bytes / bandwidth * 1e3
@@ -103,6 +110,8 @@ def measure(config: Config, bandwidth: float) -> dict:
         if row.get(f"{other}_fwdbwd_ms"):
             row[f"speedup_vs_{other}_fwd"] = row[f"{other}_fwd_ms"] / fib_fwd
             row[f"speedup_vs_{other}_fwdbwd"] = row[f"{other}_fwdbwd_ms"] / fib_all
+    if row.get("fibsparse_fwdbwd_graph_ms") and row.get("sdpa_fwdbwd_graph_ms"):
+        row["speedup_vs_sdpa_fwdbwd_graph"] = row["sdpa_fwdbwd_graph_ms"] / row["fibsparse_fwdbwd_graph_ms"]
     return row
 
 
@@ -115,7 +124,9 @@ def print_row(row: dict) -> None:
           f"flex {fmt(row.get('flex_fwd_ms'))}/{fmt(row.get('flex_fwdbwd_ms'))}  floor {row['floor_fwd_ms']:.3f}  "
           f"x floor {row['fwd_vs_floor']:5.1f}/{row['fwdbwd_vs_floor']:5.1f}  "
           f"vs sdpa {row.get('speedup_vs_sdpa_fwdbwd', 0):6.2f}x  vs flex {row.get('speedup_vs_flex_fwdbwd', 0):5.2f}x  "
-          f"peak MB fib {fmt(row.get('fibsparse_peak_mb'))} sdpa {fmt(row.get('sdpa_peak_mb'))}", flush=True)
+          f"peak MB fib {fmt(row.get('fibsparse_peak_mb'))} sdpa {fmt(row.get('sdpa_peak_mb'))}  "
+          f"graphed fwd+bwd fib {fmt(row.get('fibsparse_fwdbwd_graph_ms'))} sdpa {fmt(row.get('sdpa_fwdbwd_graph_ms'))} "
+          f"({row.get('speedup_vs_sdpa_fwdbwd_graph', 0):.2f}x)", flush=True)
 
 
 def plot(rows: list, path: Path) -> None:

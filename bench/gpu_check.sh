@@ -44,14 +44,16 @@ if (( quick )); then
   step bench 110 python3 bench/bench_attention.py --quick
 else
   step bench 110 python3 bench/bench_attention.py
-  step sweep 150 python3 bench/bench_sweep.py --quick
+  step sweep 180 python3 bench/bench_sweep.py --quick
   step decode 120 python3 bench/bench_decode.py
+  step host_path 60 python3 bench/host_path.py
+  step step_profile 90 python3 bench/profile_step.py 16384
 fi
 
 echo; echo "=== summary"
 failed=0
 steps="build self_check tests memcheck racecheck bench"
-(( quick )) || steps="$steps sweep decode"
+(( quick )) || steps="$steps sweep decode host_path step_profile"
 for name in $steps; do
   echo "  $name: ${status[$name]:-not run}"
   [[ "${status[$name]:-rc=1}" == rc=0* ]] || failed=1

@@ -21,5 +21,5 @@ ncu --clock-control none --kernel-name regex:"fwd_|dq_|dkdv_|decode_" \
     --section WarpStateStats --section ComputeWorkloadAnalysis \
     --metrics "smsp__inst_executed.sum,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
     python3 bench/profile_target.py "$seqlen" > "$log" 2>&1 || { tail -30 "$log"; exit 1; }
-grep -E "^  [a-z_]+kernel|void |DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Duration|Achieved Occupancy|Theoretical Occupancy|Registers Per Thread|L2 Hit Rate|L1/TEX Hit Rate|Stall|Executed Ipc Active|Issue Slots Busy|inst_executed.sum|stalled_(barrier|long_scoreboard|short_scoreboard|math_pipe_throttle|wait|mio_throttle|not_selected|lg_throttle|dispatch_stall|no_instruction)_per" "$log"
+grep -E "^  [a-z_]+kernel|void |DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Duration|Achieved Occupancy|Theoretical Occupancy|Registers Per Thread|L2 Hit Rate|L1/TEX Hit Rate|L2 Cache Throughput|L1/TEX Cache Throughput|Stall|Executed Ipc Active|Issue Slots Busy|inst_executed.sum|stalled_(barrier|long_scoreboard|short_scoreboard|math_pipe_throttle|wait|mio_throttle|not_selected|lg_throttle|dispatch_stall|no_instruction)_per" "$log"
 echo "(full report: $log)"

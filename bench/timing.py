@@ -30,3 +30,20 @@ def median_ms(fn, warmup: int = 5, runs: int = 30, device="cuda") -> float:
         end.record()
     torch.cuda.synchronize()
     return statistics.median(start.elapsed_time(end) for start, end in zip(starts, ends))
+
+
+def graphed_ms(fn, runs: int = 30) -> float:
+    """Median time of fn replayed from a CUDA graph: the GPU's time for the
+    step with no host path at all (each replay is one launch). Shows what the
+    kernels cost when the host is not the limit, as in a training loop whose
+    host work runs ahead of the GPU."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture stream, as torch.cuda.graphs asks
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return median_ms(graph.replay, runs=runs)

@@ -1,5 +1,7 @@
 """The compiled ops (torch.ops.fibsparse.fwd / bwd / decode): their fake (meta)
-implementations for torch.compile / export, and their autograd.
+implementations for torch.compile / export. The derivative of fwd is
+registered in C++ (csrc/autograd.cpp), so a training step runs no Python of
+ours; bwd's registration here only makes a second derivative raise.
 
 The ops themselves are declared and implemented in C++ (csrc/fibsparse_api.cpp);
 importing the extension module registers them.
@@ -37,25 +39,6 @@ def _bwd_fake(dout, q, k, v, out, lse, dlse, offsets, window, softmax_scale):
         doffsets = q.new_empty((0,), dtype=_acc_dtype(q.dtype))
     return (torch.empty_like(q, memory_format=contiguous), torch.empty_like(k, memory_format=contiguous),
             torch.empty_like(v, memory_format=contiguous), doffsets)
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, offsets, window, softmax_scale = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, offsets, out, lse)
-    ctx.window, ctx.softmax_scale = window, softmax_scale
-
-
-def _backward(ctx, dout, dlse):
-    q, k, v, offsets, out, lse = ctx.saved_tensors
-    if dout is None:  # only lse was used
-        dout = torch.zeros_like(out)
-    dq, dk, dv, doffsets = torch.ops.fibsparse.bwd(
-        dout, q, k, v, out, lse, dlse, offsets, ctx.window, ctx.softmax_scale)
-    return dq, dk, dv, (doffsets if offsets.is_floating_point() else None), None, None
-
-
-torch.library.register_autograd("fibsparse::fwd", _backward, setup_context=_setup_context)
 
 
 def _no_double_backward(ctx, *grads):

@@ -88,20 +88,34 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) dq_mma_kernel(
   load_a_fragments<kHeadDim>(q_src, p.q_row_stride, warp_q0, p.seqlen_q, g, c, qf);
   load_a_fragments<kHeadDim>(do_src, p.do_row_stride, warp_q0, p.seqlen_q, g, c, dof);
 
-  // delta = <dO, O> - dlse for the warp's rows: lanes 2r and 2r + 1 share row r.
+  // delta = <dO, O> - dlse for the warp's rows: lanes 2r and 2r + 1 share row
+  // r, each reading half of it as 16-byte vectors, all loads in flight at once
+  // (a loop of 16-bit loads cost one L2 round trip per element).
   float lse_log2[2], delta[2];
   {
-    const int r = lane / 2, i = warp_q0 + r;
+    constexpr int kVecs = kHeadDim / 16;  // 8-element vectors per half row
+    const int r = lane / 2, i = warp_q0 + r, half = (lane % 2) * (kHeadDim / 2);
     float sum = 0.f, row_lse = 0.f;
     if (i < p.seqlen_q) {
-      const T* o_row = static_cast<const T*>(p.out) + b * p.o_batch_stride + int64_t(i) * p.o_row_stride +
-                       h * p.o_head_stride;
-      const T* do_row = static_cast<const T*>(p.dout) + b * p.do_batch_stride + int64_t(i) * p.do_row_stride +
-                        h * p.do_head_stride;
-      for (int d = (lane % 2) * (kHeadDim / 2); d < (lane % 2 + 1) * (kHeadDim / 2); ++d) {
-        sum += float(o_row[d]) * float(do_row[d]);
+      const uint16_t* o_row = bits<T>(p.out, b * p.o_batch_stride + int64_t(i) * p.o_row_stride + h * p.o_head_stride);
+      const uint16_t* do_row = do_src + int64_t(i) * p.do_row_stride;
+      uint4 o_vec[kVecs], do_vec[kVecs];
+#pragma unroll
+      for (int x = 0; x < kVecs; ++x) {
+        o_vec[x] = *reinterpret_cast<const uint4*>(o_row + half + 8 * x);
+        do_vec[x] = *reinterpret_cast<const uint4*>(do_row + half + 8 * x);
       }
       row_lse = static_cast<const float*>(p.lse)[stats + i];
+#pragma unroll
+      for (int x = 0; x < kVecs; ++x) {
+        const uint32_t o_bits[4] = {o_vec[x].x, o_vec[x].y, o_vec[x].z, o_vec[x].w};
+        const uint32_t do_bits[4] = {do_vec[x].x, do_vec[x].y, do_vec[x].z, do_vec[x].w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float2 o2 = unpack2<T>(o_bits[e]), do2 = unpack2<T>(do_bits[e]);
+          sum += o2.x * do2.x + o2.y * do2.y;
+        }
+      }
     }
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     if (i < p.seqlen_q) {
