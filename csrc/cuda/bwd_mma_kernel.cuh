@@ -228,6 +228,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) dq_mma_kernel(
     }
     __syncthreads();
   }
+  if constexpr (kFrac) {  // offsets out of the block's reach: their partials are zero
+    if (lane == 0 && warp_q0 < p.seqlen_q) {
+      const int64_t partial = (int64_t(b) * p.heads + h) * p.num_partials + warp_q0 / 16;
+      for (int o = steps.offset_steps; o < p.num_offsets; ++o) {
+        static_cast<float*>(p.doffsets_partial)[partial * p.num_offsets + o] = 0.f;
+      }
+    }
+  }
   store_rows<T, kHeadDim>(reinterpret_cast<uint16_t*>(static_cast<T*>(p.dq) + b * p.dq_batch_stride +
                                                       h * p.dq_head_stride),
                           p.dq_row_stride, warp_q0, p.seqlen_q, dq, scale, g, c);
@@ -251,8 +259,18 @@ struct QuerySteps {
     const int64_t last_row = last_pos - p.q_pos_shift;
     band_last_row = last_row < p.seqlen_q - 1 ? last_row : p.seqlen_q - 1;
     band_steps = band_last_row >= band_first_row ? int((band_last_row - band_first_row) / kChunk) + 1 : 0;
-    steps_per_head = band_steps + p.num_offsets;
     first_head = hk * (p.heads / p.heads_kv);
+    // A query at or before the last position reads key block_key only through
+    // d <= last - block_key; the same count for every head of the group (the
+    // most any of them needs: an extra step for another head stages only
+    // rows outside the queries, which add nothing).
+    const int64_t max_whole = p.q_pos_shift + p.seqlen_q - 1 - block_key;
+    int offset_steps = 0;
+    for (int h = first_head; h < first_head + p.heads / p.heads_kv; ++h) {
+      const int reach = offsets_within_reach(offsets(h), p.num_offsets, max_whole);
+      offset_steps = reach > offset_steps ? reach : offset_steps;
+    }
+    steps_per_head = band_steps + offset_steps;
     num_steps = steps_per_head * (p.heads / p.heads_kv);
   }
 

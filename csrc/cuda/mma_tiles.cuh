@@ -218,6 +218,23 @@ __device__ __forceinline__ OffsetSplit split_offset(const OffsetT* offs, int o) 
   }
 }
 
+// How many of the offsets to walk when no distance whose whole part exceeds
+// `max_whole` can pair a query with a key (the queries are too close to the
+// sequence start): the offsets after the last one within reach are dropped,
+// with their whole pipeline steps. Offsets are increasing (Python checks it),
+// so those out of reach are a suffix; any order stays correct, as only a
+// suffix out of reach is dropped. At 1024 tokens this is ~45% of the steps.
+template <typename OffsetT>
+__device__ __forceinline__ int offsets_within_reach(const OffsetT* offs, int num_offsets, int64_t max_whole) {
+  int count = num_offsets;
+  while (count > 0) {
+    const OffsetSplit split = split_offset(offs, count - 1);
+    if (split.whole >= 0 && split.whole <= max_whole) break;
+    --count;
+  }
+  return count;
+}
+
 // The steps of a block of 64 queries over its keys (forward and dq pass):
 // band chunks of kChunk key rows covering [block_pos - window + 1,
 // block_pos + 63], then one step per offset, in which staged row 16 w + x
@@ -228,7 +245,7 @@ struct KeySteps {
   const Params& p;
   const OffsetT* offs;
   int64_t block_pos, band_first, band_last;
-  int band_steps, num_steps;
+  int band_steps, offset_steps, num_steps;
 
   __device__ KeySteps(const Params& params, const OffsetT* offsets, int64_t first_pos)
       : p(params), offs(offsets), block_pos(first_pos) {
@@ -236,7 +253,9 @@ struct KeySteps {
     band_first = block_pos - (p.window - 1) > 0 ? block_pos - (p.window - 1) : 0;
     band_last = block_pos + kBlockRows - 1 < last_key ? block_pos + kBlockRows - 1 : last_key;
     band_steps = int((band_last - band_first) / kChunk) + 1;
-    num_steps = band_steps + p.num_offsets;
+    // The block's last query reads pos - d only for d <= pos.
+    offset_steps = offsets_within_reach(offs, p.num_offsets, block_pos + kBlockRows - 1);
+    num_steps = band_steps + offset_steps;
   }
 
   __device__ bool is_band(int n) const { return n < band_steps; }
