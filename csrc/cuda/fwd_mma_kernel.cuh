@@ -5,18 +5,20 @@
 // its 4 warps owns 16 of them, as the A operand of mma.m16n8k16 (mma_tiles.cuh).
 //   Band: the block's band keys [p0 - window + 1, p0 + 63] are a dense strip.
 //     It is staged through shared memory 64 key rows at a time; each warp
-//     scores the 16-key sub-tiles that meet its own band (S = Q K^T on tensor
-//     cores), masks to the band, updates its online softmax, and adds P V.
+//     whose band meets the chunk scores all of it (S = Q K^T on tensor cores),
+//     masks the sub-tiles on the band's edges, updates its online softmax, and
+//     adds P V for the sub-tiles that meet its band.
 //   Offsets: for offset distance d, the 16 queries of a warp read the 16
 //     consecutive key rows pw - d .. pw - d + 15, and the block's 64 queries
 //     64 consecutive rows: one coalesced strip per offset. Scoring the warp's
 //     queries against its 16 rows is a 16x16 tile whose diagonal holds the
-//     wanted scores; the softmax and P V touch only the diagonal. A fractional position
-//     a + f reads two strips (rows pw - a and pw - a - 1) and mixes the
+//     wanted scores; the softmax and P V touch only the diagonal. A fractional
+//     position a + f reads two strips (rows pw - a and pw - a - 1) and mixes the
 //     scores, and P V, with weights 1 - f and f, as pattern.h defines.
-// The steps (band chunks, then one step per offset) run as a two-stage
-// cp.async pipeline: the rows of step n + 1 are in flight while step n
-// computes, so a block waits on memory about once, not once per step.
+// The steps (band chunks, then one step per offset within the block's reach)
+// run as a two-stage cp.async pipeline: the rows of step n + 1 are in flight
+// while step n computes, so a block waits on memory about once, not once per
+// step.
 // Scores are kept in log2 units (scale * log2(e) folded in) for exp2.
 #pragma once
 
