@@ -5,9 +5,12 @@
 //     plan, mma_tiles.cuh): per 16 x 16 tile of the warp's queries against
 //     staged keys, P = exp(S - lse) from recomputed scores, dP = dO V^T,
 //     dS = P (dP - delta), dq += dS K. It forms delta = <dO, O> - dlse for both
-//     passes, and for every offset it stores each query's P and dS
-//     (offset_probs / offset_dscores) and, for fractional positions, sums
-//     the warp's d loss / d position into one partial per (warp, offset).
+//     passes, and for every offset within the block's reach it stores each
+//     query's P and dS (offset_probs / offset_dscores) and, for fractional
+//     positions, sums the warp's d loss / d position into one partial per
+//     (warp, offset); the partials of offsets out of reach are zero. The
+//     statistics of those are never written, and never read: the dk/dv pass
+//     reads (query, offset) only where the query's position is >= the offset.
 //   dk/dv pass (a block = 64 keys of one kv head; every query head of its GQA
 //     group in turn): the band's readers of a key tile are a dense strip of
 //     queries (the band mirrored), so the same tiles run with keys as rows:
