@@ -9,6 +9,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from bench_attention import fwd_bwd
 from fibsparse_ext import fibsparse_attn
 
 
@@ -36,12 +37,6 @@ def sdpa(q, k, v):
                                           is_causal=True).transpose(1, 2)
 
 
-def fwd_bwd(attend):
-    def step():
-        torch.autograd.grad(attend(q, k, v), (q, k, v), grad)
-    return step
-
-
 print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  host time per call, us")
 with torch.no_grad():
     print(f"  fwd, no grad:        fibsparse {host_us(lambda: fibsparse_attn(q, k, v, 128, offsets)):7.1f}"
@@ -49,6 +44,7 @@ with torch.no_grad():
           f"   sdpa {host_us(lambda: sdpa(q, k, v)):7.1f}")
 print(f"  fwd, grad enabled:   fibsparse {host_us(lambda: fibsparse_attn(q, k, v, 128, offsets)):7.1f}"
       f"   sdpa {host_us(lambda: sdpa(q, k, v)):7.1f}")
-print(f"  fwd+bwd:             fibsparse {host_us(fwd_bwd(lambda q, k, v: fibsparse_attn(q, k, v, 128, offsets))):7.1f}"
-      f"   fractional {host_us(fwd_bwd(lambda q, k, v: fibsparse_attn(q, k, v, 128, positions))):7.1f}"
-      f"   sdpa {host_us(fwd_bwd(sdpa)):7.1f}")
+integer = fwd_bwd(lambda q, k, v: fibsparse_attn(q, k, v, 128, offsets), q, k, v, grad)
+fractional = fwd_bwd(lambda q, k, v: fibsparse_attn(q, k, v, 128, positions), q, k, v, grad)
+print(f"  fwd+bwd:             fibsparse {host_us(integer):7.1f}   fractional {host_us(fractional):7.1f}"
+      f"   sdpa {host_us(fwd_bwd(sdpa, q, k, v, grad)):7.1f}")

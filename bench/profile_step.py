@@ -12,6 +12,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from bench_attention import fwd_bwd
 from fibsparse_ext import fibsparse_attn, make_schedule
 from timing import median_ms
 
@@ -29,8 +30,8 @@ print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  B={batch} L={
       f"K={len(offsets)}")
 for name, positions in (("integer", offsets), ("fractional", offsets.float() * 0.97),
                         ("fractional, offsets.requires_grad", (offsets.float() * 0.97).requires_grad_(True))):
-    def step():  # as bench_sweep.py times it: no accumulation into .grad
-        torch.autograd.grad(fibsparse_attn(q, k, v, 128, positions), (q, k, v), grad)
+    # as bench_sweep.py times it: torch.autograd.grad, no accumulation into .grad
+    step = fwd_bwd(lambda q, k, v, positions=positions: fibsparse_attn(q, k, v, 128, positions), q, k, v, grad)
 
     event_ms = median_ms(step, runs=steps)
     torch.cuda.synchronize()
