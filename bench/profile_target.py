@@ -1,5 +1,5 @@
 """One call of each kernel at the issue's workload (bf16, 8 heads, head_dim 64,
-window 128, Fibonacci offsets; seqlen from argv, default 16384), integer then
+window 128, Fibonacci offsets; seqlen and batch from argv, default 16384 and 1), integer then
 fractional, forward then backward: what bench/profile_ncu.sh profiles."""
 import sys
 
@@ -8,12 +8,13 @@ import torch
 from fibsparse_ext import fibsparse_attn, make_schedule
 
 seqlen = int(sys.argv[1]) if len(sys.argv) > 1 else 16384
+batch = int(sys.argv[2]) if len(sys.argv) > 2 else 1
 torch.manual_seed(0)
-q, k, v = (torch.randn(1, seqlen, 8, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+q, k, v = (torch.randn(batch, seqlen, 8, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
 offsets = torch.tensor(make_schedule("fixed", num_layers=1, window=128, max_distance=seqlen).offsets(0),
                        dtype=torch.int32, device="cuda")
 for positions in (offsets, (offsets.float() * 0.97).requires_grad_(True)):
     out = fibsparse_attn(q, k, v, 128, positions)
     out.backward(torch.randn_like(out))
 torch.cuda.synchronize()
-print("profile_target: ran forward and backward, integer and fractional, seqlen", seqlen)
+print(f"profile_target: ran forward and backward, integer and fractional, seqlen {seqlen}, batch {batch}")
