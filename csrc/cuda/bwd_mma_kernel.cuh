@@ -60,12 +60,6 @@ __device__ __forceinline__ void store_rows(uint16_t* dst, int64_t row_stride, in
   }
 }
 
-// The raw 16-bit elements of a T tensor, `offset` elements in.
-template <typename T>
-__device__ __forceinline__ const uint16_t* bits(const void* base, int64_t offset) {
-  return reinterpret_cast<const uint16_t*>(static_cast<const T*>(base) + offset);
-}
-
 template <typename T, typename OffsetT, int kHeadDim>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) dq_mma_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
@@ -239,9 +233,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) dq_mma_kernel(
       }
     }
   }
-  store_rows<T, kHeadDim>(reinterpret_cast<uint16_t*>(static_cast<T*>(p.dq) + b * p.dq_batch_stride +
-                                                      h * p.dq_head_stride),
-                          p.dq_row_stride, warp_q0, p.seqlen_q, dq, scale, g, c);
+  store_rows<T, kHeadDim>(bits<T>(p.dq, b * p.dq_batch_stride + h * p.dq_head_stride), p.dq_row_stride, warp_q0, p.seqlen_q, dq, scale, g, c);
 }
 
 // The steps of a block of 64 keys over the queries that read them, for each
@@ -410,12 +402,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_k
     }
     __syncthreads();
   }
-  store_rows<T, kHeadDim>(reinterpret_cast<uint16_t*>(static_cast<T*>(p.dk) + b * p.dk_batch_stride +
-                                                      hk * p.dk_head_stride),
-                          p.dk_row_stride, warp_k0, p.seqlen_k, dk, scale, g, c);
-  store_rows<T, kHeadDim>(reinterpret_cast<uint16_t*>(static_cast<T*>(p.dv) + b * p.dv_batch_stride +
-                                                      hk * p.dv_head_stride),
-                          p.dv_row_stride, warp_k0, p.seqlen_k, dv, 1.f, g, c);
+  store_rows<T, kHeadDim>(bits<T>(p.dk, b * p.dk_batch_stride + hk * p.dk_head_stride), p.dk_row_stride, warp_k0, p.seqlen_k, dk, scale, g, c);
+  store_rows<T, kHeadDim>(bits<T>(p.dv, b * p.dv_batch_stride + hk * p.dv_head_stride), p.dv_row_stride, warp_k0, p.seqlen_k, dv, 1.f, g, c);
 }
 
 template <typename T>

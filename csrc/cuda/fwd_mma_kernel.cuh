@@ -121,18 +121,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) fwd_mma_kernel
   const int warp_q0 = blockIdx.x * kBlockRows + 16 * warp;  // the warp's first query row
   const int64_t warp_pos = warp_q0 + int64_t(p.q_pos_shift);
   const float scale_log2 = float(p.softmax_scale) * float(M_LOG2E);
-  const auto* k_src = reinterpret_cast<const uint16_t*>(static_cast<const T*>(p.k) + b * p.k_batch_stride +
-                                                        hk * p.k_head_stride);
-  const auto* v_src = reinterpret_cast<const uint16_t*>(static_cast<const T*>(p.v) + b * p.v_batch_stride +
-                                                        hk * p.v_head_stride);
+  const uint16_t* k_src = bits<T>(p.k, b * p.k_batch_stride + hk * p.k_head_stride);
+  const uint16_t* v_src = bits<T>(p.v, b * p.v_batch_stride + hk * p.v_head_stride);
   const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
   const KeySteps<OffsetT, kHeadDim> steps(p, offs, int64_t(blockIdx.x) * kBlockRows + p.q_pos_shift);
   steps.issue(0, k_src, v_src, stage_k(0), stage_v(0));
 
   uint32_t qf[kHeadDim / 16][4];
-  load_a_fragments<kHeadDim>(reinterpret_cast<const uint16_t*>(static_cast<const T*>(p.q) + b * p.q_batch_stride +
-                                                               h * p.q_head_stride),
-                             p.q_row_stride, warp_q0, p.seqlen_q, g, c, qf);
+  load_a_fragments<kHeadDim>(bits<T>(p.q, b * p.q_batch_stride + h * p.q_head_stride), p.q_row_stride, warp_q0,
+                             p.seqlen_q, g, c, qf);
   float o[kDimTiles][4] = {};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
@@ -226,7 +223,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) fwd_mma_kernel
   }
 
   // Finish: sum each row over its quad, normalize, store out and lse.
-  auto* out = reinterpret_cast<uint16_t*>(static_cast<T*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride);
+  uint16_t* out = bits<T>(p.out, b * p.o_batch_stride + h * p.o_head_stride);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);

@@ -47,6 +47,17 @@ using RowPtr = const uint16_t (*)[kHeadDim + 8];
 template <int kHeadDim>
 constexpr int kStageBytes = kBufRows * (kHeadDim + 8) * int(sizeof(uint16_t));  // one tensor, one stage
 
+// The raw 16-bit elements of a T tensor, `offset` elements in: the kernels
+// move bf16 and fp16 as bits and convert only in registers (mma.cuh).
+template <typename T>
+__device__ __forceinline__ const uint16_t* bits(const void* base, int64_t offset) {
+  return reinterpret_cast<const uint16_t*>(static_cast<const T*>(base) + offset);
+}
+template <typename T>
+__device__ __forceinline__ uint16_t* bits(void* base, int64_t offset) {
+  return reinterpret_cast<uint16_t*>(static_cast<T*>(base) + offset);
+}
+
 // Starts an asynchronous 16-byte copy global -> shared; when `valid` is
 // false nothing is read and the 16 bytes are zero-filled (rows outside the
 // sequence: masked later, but they must not be NaN in a product).
