@@ -85,5 +85,5 @@ setup(
     cmdclass={"build_ext": BuildExtension},
     python_requires=">=3.10",
     install_requires=["torch>=2.4"],
-    extras_require={"plot": ["matplotlib"], "test": ["pytest", "numpy"]},
+    extras_require={"plot": ["matplotlib"], "test": ["pytest", "pytest-xdist", "numpy"]},
 )

@@ -130,7 +130,11 @@ def print_row(row: dict) -> None:
 
 
 def plot(rows: list, path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # the tables above are the results; the PNG is for the README
+        print(f"matplotlib is not installed: no {path.name} (pip install matplotlib)")
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     base = [r for r in rows if r["head_dim"] == 64 and r["heads_kv"] == 8 and r["window"] == 128]

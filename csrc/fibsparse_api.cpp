@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <utility>
 
 #include "kernels.h"
 #include "to_text.h"
@@ -26,30 +27,39 @@ bool is_fractional(const Tensor& offsets) { return at::isFloatingType(offsets.sc
 // Accumulation type: float for 16/32-bit inputs, double for double.
 at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
+// k_name, v_name: what the caller calls k and v (the decode op's k_cache,
+// v_cache), so that every message names the argument the user passed.
 void check_attention_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& offsets,
-                            int64_t window, double softmax_scale) {
+                            int64_t window, double softmax_scale, const char* k_name = "k",
+                            const char* v_name = "v") {
   TORCH_CHECK(q.dim() == 4, "q must have shape (batch, seqlen_q, heads, head_dim), got ", to_text(q.sizes()));
-  TORCH_CHECK(k.dim() == 4, "k must have shape (batch, seqlen_k, heads_kv, head_dim), got ", to_text(k.sizes()));
-  TORCH_CHECK(v.sizes() == k.sizes(), "v must have the shape of k ", to_text(k.sizes()), ", got ", to_text(v.sizes()));
+  TORCH_CHECK(k.dim() == 4, k_name, " must have shape (batch, seqlen_k, heads_kv, head_dim), got ", to_text(k.sizes()));
+  TORCH_CHECK(v.sizes() == k.sizes(), v_name, " must have the shape of ", k_name, " ", to_text(k.sizes()), ", got ",
+              to_text(v.sizes()));
   const auto dtype = q.scalar_type();
   TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat || dtype == at::kDouble,
               "q must be float16, bfloat16, float32 or float64, got ", to_text(dtype));
-  TORCH_CHECK(k.scalar_type() == dtype, "k must have q's dtype ", to_text(dtype), ", got ", to_text(k.scalar_type()));
-  TORCH_CHECK(v.scalar_type() == dtype, "v must have q's dtype ", to_text(dtype), ", got ", to_text(v.scalar_type()));
-  TORCH_CHECK(k.device() == q.device(), "k must be on q's device ", to_text(q.device()), ", got ", to_text(k.device()));
-  TORCH_CHECK(v.device() == q.device(), "v must be on q's device ", to_text(q.device()), ", got ", to_text(v.device()));
+  TORCH_CHECK(k.scalar_type() == dtype, k_name, " must have q's dtype ", to_text(dtype), ", got ", to_text(k.scalar_type()));
+  TORCH_CHECK(v.scalar_type() == dtype, v_name, " must have q's dtype ", to_text(dtype), ", got ", to_text(v.scalar_type()));
+  TORCH_CHECK(k.device() == q.device(), k_name, " must be on q's device ", to_text(q.device()), ", got ",
+              to_text(k.device()));
+  TORCH_CHECK(v.device() == q.device(), v_name, " must be on q's device ", to_text(q.device()), ", got ",
+              to_text(v.device()));
   TORCH_CHECK(q.is_cpu() || q.is_cuda(), "q must be a CPU or CUDA tensor, got ", to_text(q.device()));
 
   const int64_t batch = q.size(0), seqlen_q = q.size(1), heads = q.size(2), head_dim = q.size(3);
   const int64_t seqlen_k = k.size(1), heads_kv = k.size(2);
-  TORCH_CHECK(k.size(0) == batch, "k must have q's batch size ", to_text(batch), ", got ", to_text(k.size(0)));
-  TORCH_CHECK(k.size(3) == head_dim, "k must have q's head_dim ", to_text(head_dim), ", got ", to_text(k.size(3)));
-  TORCH_CHECK(heads_kv >= 1 && heads % heads_kv == 0,
-              "heads (", to_text(heads), ") must be a multiple of heads_kv (", to_text(heads_kv), ")");
-  TORCH_CHECK(seqlen_q <= seqlen_k, "seqlen_q (", to_text(seqlen_q), ") must not exceed seqlen_k (", to_text(seqlen_k),
-              "): queries are aligned to the last keys");
-  TORCH_CHECK(seqlen_k <= INT32_MAX - 65536 && batch <= 65535 && heads <= 65535,
-              "batch (max 65535), heads (max 65535) or seqlen_k (max 2^31 - 2^16) too large: ", to_text(k.sizes()));
+  TORCH_CHECK(k.size(0) == batch, k_name, " must have q's batch size ", to_text(batch), ", got ", to_text(k.size(0)));
+  TORCH_CHECK(k.size(3) == head_dim, k_name, " must have q's head_dim ", to_text(head_dim), ", got ",
+              to_text(k.size(3)));
+  TORCH_CHECK(heads_kv >= 1 && heads % heads_kv == 0, "q's heads (", to_text(heads), ") must be a multiple of ",
+              k_name, "'s heads_kv (", to_text(heads_kv), ")");
+  TORCH_CHECK(seqlen_q <= seqlen_k, "q's seqlen_q (", to_text(seqlen_q), ") must not exceed ", k_name, "'s seqlen_k (",
+              to_text(seqlen_k), "): queries are aligned to the last keys");
+  TORCH_CHECK(batch <= 65535, "q's batch must be at most 65535, got ", to_text(batch));
+  TORCH_CHECK(heads <= 65535, "q's heads must be at most 65535, got ", to_text(heads));
+  TORCH_CHECK(seqlen_k <= INT32_MAX - 65536, k_name, "'s seqlen_k must be at most 2^31 - 2^16, got ",
+              to_text(seqlen_k));
   if (q.is_cuda()) {
     TORCH_CHECK(head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128,
                 "head_dim must be 16, 32, 64 or 128 on CUDA, got ", to_text(head_dim));
@@ -88,8 +98,9 @@ Tensor rows_ready(const Tensor& t) {
 Tensor kernel_offsets(const Tensor& offsets, at::ScalarType dtype) {
   if (is_fractional(offsets)) return offsets.to(acc_dtype(dtype)).contiguous();
   if (offsets.scalar_type() == at::kLong && offsets.numel() > 0) {  // costs a sync: pass int32 to avoid it
-    TORCH_CHECK(offsets.max().item<int64_t>() <= INT32_MAX && offsets.min().item<int64_t>() >= -1,
-                "offsets must be distances in [0, 2^31 - 1] (or -1 for padding)");
+    const int64_t lo = offsets.min().item<int64_t>(), hi = offsets.max().item<int64_t>();
+    TORCH_CHECK(hi <= INT32_MAX && lo >= -1, "offsets must be distances in [0, 2^31 - 1] (or -1 for padding), got ",
+                "values in [", to_text(lo), ", ", to_text(hi), "]");
   }
   return offsets.to(at::kInt).contiguous();
 }
@@ -204,7 +215,7 @@ std::tuple<Tensor, Tensor> fwd(const Tensor& q, const Tensor& k, const Tensor& v
 std::tuple<Tensor, Tensor> decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                                   const Tensor& cache_seqlens, const Tensor& offsets, int64_t window,
                                   double softmax_scale, bool ring) {
-  check_attention_inputs(q, k_cache, v_cache, offsets, window, softmax_scale);
+  check_attention_inputs(q, k_cache, v_cache, offsets, window, softmax_scale, "k_cache", "v_cache");
   const auto sdtype = cache_seqlens.scalar_type();
   TORCH_CHECK(cache_seqlens.dim() == 1 && cache_seqlens.size(0) == q.size(0) &&
                   (sdtype == at::kInt || sdtype == at::kLong),
@@ -223,11 +234,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bwd(const Tensor& dout_in, const Tens
   TORCH_CHECK(dout_in.sizes() == q_in.sizes(), "dout must have q's shape ", to_text(q_in.sizes()), ", got ",
               to_text(dout_in.sizes()));
   TORCH_CHECK(out_in.sizes() == q_in.sizes(), "out must have q's shape ", to_text(q_in.sizes()), ", got ", to_text(out_in.sizes()));
-  TORCH_CHECK(dout_in.scalar_type() == q_in.scalar_type() && out_in.scalar_type() == q_in.scalar_type(),
-              "dout and out must have q's dtype ", to_text(q_in.scalar_type()));
-  TORCH_CHECK(dout_in.device() == q_in.device() && out_in.device() == q_in.device() &&
-                  lse.device() == q_in.device(),
-              "dout, out and lse must be on q's device ", to_text(q_in.device()));
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor&>{"dout", dout_in}, {"out", out_in}}) {
+    TORCH_CHECK(t.scalar_type() == q_in.scalar_type(), name, " must have q's dtype ", to_text(q_in.scalar_type()),
+                ", got ", to_text(t.scalar_type()));
+  }
+  for (const auto& [name, t] :
+       {std::pair<const char*, const Tensor&>{"dout", dout_in}, {"out", out_in}, {"lse", lse}}) {
+    TORCH_CHECK(t.device() == q_in.device(), name, " must be on q's device ", to_text(q_in.device()), ", got ",
+                to_text(t.device()));
+  }
   const auto dtype = q_in.scalar_type();
   const std::vector<int64_t> lse_shape{q_in.size(0), q_in.size(2), q_in.size(1)};
   TORCH_CHECK(lse.sizes() == lse_shape && lse.scalar_type() == acc_dtype(dtype),
@@ -235,7 +250,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bwd(const Tensor& dout_in, const Tens
               to_text(lse.scalar_type()), " ", to_text(lse.sizes()));
   if (dlse.has_value()) {
     TORCH_CHECK(dlse->sizes() == lse.sizes() && dlse->device() == lse.device(), "dlse must match lse ",
-                to_text(lse.sizes()), " on ", to_text(lse.device()));
+                to_text(lse.sizes()), " on ", to_text(lse.device()), ", got ", to_text(dlse->sizes()), " on ",
+                to_text(dlse->device()));
   }
   if (is_cpu_low_precision(q_in)) {
     const auto f = [](const Tensor& t) { return t.to(at::kFloat); };

@@ -28,9 +28,9 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_name: str = "
     if k.shape[0] != batch or k.shape[3] != head_dim:
         raise ValueError(f"{k_name} must have q's batch ({batch}) and head_dim ({head_dim}), got {tuple(k.shape)}")
     if head_dim < 1:
-        raise ValueError(f"head_dim must be >= 1, got {head_dim}")
+        raise ValueError(f"q's head_dim must be >= 1, got {head_dim}")
     if k.shape[2] < 1 or heads % k.shape[2]:
-        raise ValueError(f"heads ({heads}) must be a multiple of heads_kv ({k.shape[2]})")
+        raise ValueError(f"q's heads ({heads}) must be a multiple of {k_name}'s heads_kv ({k.shape[2]})")
 
 
 def check_scale(softmax_scale: float) -> float:

@@ -116,7 +116,7 @@ def fibsparse_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache:
     check_qkv(q, k_cache, v_cache, "k_cache", "v_cache")
     offsets = as_offsets(offsets, q, window, check_values=False)  # checked below, from the host copy
     batch, new, heads, head_dim = q.shape
-    capacity, heads_kv = k_cache.shape[1], k_cache.shape[2]
+    capacity = k_cache.shape[1]
     scale = check_scale(default_scale(q, softmax_scale))
     if cache_seqlens.shape != (batch,) or cache_seqlens.is_floating_point() or cache_seqlens.dtype == torch.bool:
         raise ValueError(f"cache_seqlens must be an integer tensor of shape ({batch},), got "

@@ -31,8 +31,8 @@ def fibsparse_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: in
             seqlen_q <= seqlen_k, the last query aligned with the last key.
         window: size of the dense causal band, >= 1.
         offsets: extra distances, one row (K,) for all heads or one per head (heads, K),
-            rows padded at the end with -1. Integers (int list / int tensor): distances
-            >= window. Floats (float list / float tensor): fractional positions >= 0,
+            rows padded at the end with -1. Integers (int list / int32 or int64 tensor): distances
+            >= window. Floats (float list / float32 or float64 tensor): fractional positions >= 0,
             read by linear interpolation; a float tensor that requires grad receives
             d loss / d position.
         softmax_scale: defaults to 1 / sqrt(head_dim).

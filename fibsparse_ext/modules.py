@@ -64,7 +64,8 @@ class FibSparseAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, start_pos: int = 0, cache: Optional[KVCache] = None) -> torch.Tensor:
         """x (batch, seqlen, embed_dim) at positions start_pos.., or, with a cache,
-        right after the tokens already in it (one cache per layer; see make_cache)."""
+        right after the tokens already in it (one cache per layer; see make_cache).
+        With a cache, the positions come from it and start_pos is ignored."""
         batch, seqlen, _ = x.shape
         q, k, v = self.qkv(x).view(batch, seqlen, -1, self.head_dim).split(
             [self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=2)

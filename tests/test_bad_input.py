@@ -79,7 +79,24 @@ def test_huge_window_is_cheap_and_exact():
 
 def test_int64_offsets_beyond_int32_are_refused_by_the_op():
     q, k, v = qkv()
-    raises(torch.ops.fibsparse.fwd, q, k, v, torch.tensor([2**32 + 5]), 4, 0.25, match="offsets must be distances")
+    raises(torch.ops.fibsparse.fwd, q, k, v, torch.tensor([5, 2**32 + 5]), 4, 0.25,
+           match=rf"offsets must be distances .*got values in \[5, {2**32 + 5}\]")
+
+
+def test_backward_op_names_the_bad_tensor():
+    """torch.ops.fibsparse.bwd checks each tensor itself, for callers that skip
+    autograd, and says which one is wrong and what it got."""
+    q, k, v = qkv()
+    offsets = torch.tensor([5], dtype=torch.int32)
+    out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, 4, 0.25)
+    dout = torch.randn_like(out)
+    bwd = torch.ops.fibsparse.bwd
+    raises(bwd, dout.double(), q, k, v, out, lse, None, offsets, 4, 0.25,
+           match=r"dout must have q's dtype Float, got Double")
+    raises(bwd, dout, q, k, v, out.half(), lse, None, offsets, 4, 0.25, match=r"out must have q's dtype Float, got Half")
+    raises(bwd, dout, q, k, v, out, lse, lse[:, :1], offsets, 4, 0.25, match=r"dlse must match lse .*, got \[1, 1, 12\]")
+    raises(bwd, dout, q, k[:, :, :0], v[:, :, :0], out, lse, None, offsets, 4, 0.25,
+           match=r"q's heads \(2\) must be a multiple of k's heads_kv \(0\)")
 
 
 def test_shapes():
@@ -89,7 +106,7 @@ def test_shapes():
     raises(fibsparse_attn, q, k, v[:, :5], 4, [5], match="v must have the shape of k")
     raises(fibsparse_attn, q, *qkv(batch=2)[1:], 4, [5], match="batch")
     raises(fibsparse_attn, q, *qkv(head_dim=32)[1:], 4, [5], match="head_dim")
-    raises(fibsparse_attn, *qkv(heads=3, heads_kv=2), 4, [5], match="multiple of heads_kv")
+    raises(fibsparse_attn, *qkv(heads=3, heads_kv=2), 4, [5], match="multiple of k's heads_kv")
     q_long = qkv(seqlen=20)[0]
     raises(fibsparse_attn, q_long, k, v, 4, [5], match="seqlen_q")
 
