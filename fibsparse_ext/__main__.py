@@ -85,11 +85,10 @@ def main() -> int:
     ok = all([self_check(device, dtype, fractional) for device, dtype in checks for fractional in (False, True)])
     ok = all([decode_check(device) for device in sorted({device for device, _ in checks})]) and ok
 
-    kwargs = {} if args.schedule == "dense" else dict(window=args.window)
+    kwargs = {} if args.schedule == "dense" else dict(window=args.window, base=args.base)
     if args.schedule == "custom":
         kwargs["alphas"] = [1.0] * args.layers
-    schedule = make_schedule(args.schedule, num_layers=args.layers, max_distance=args.max_distance, base=args.base,
-                             **kwargs)
+    schedule = make_schedule(args.schedule, num_layers=args.layers, max_distance=args.max_distance, **kwargs)
     print()
     print(schedule.describe())
     return 0 if ok else 1

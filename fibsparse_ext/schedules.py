@@ -229,14 +229,29 @@ def _check_custom_offsets(offsets, L, window):
 
 
 def make_schedule(name: str, *, num_layers: int, window: int | None = None, max_distance: int | None = None,
-                  base: str = "fibonacci", alpha: float = 1.0, alpha_min: float = 0.5, alpha_max: float = 1.5,
-                  stride: int | None = None, alphas=None, offsets=None) -> Schedule:
-    """Build a schedule by name (see SCHEDULES); window/max_distance are required except for dense."""
+                  base: str | None = None, alpha: float | None = None, alpha_min: float | None = None,
+                  alpha_max: float | None = None, stride: int | None = None, alphas=None, offsets=None) -> Schedule:
+    """Build a schedule by name (see SCHEDULES); window/max_distance are required except for dense.
+    Defaults: base "fibonacci", alpha 1.0 (fixed, learned), alpha_min 0.5 and alpha_max 1.5
+    (stagger, coprime). An argument the schedule does not use is an error."""
     _check_choice("name", name, SCHEDULES)
     L = _check_int("num_layers", num_layers, 1)
-    for arg, value, user in (("stride", stride, "coprime"), ("alphas", alphas, "custom"), ("offsets", offsets, "custom")):
-        if value is not None and name != user:  # silently ignoring it would hide a mistake
-            raise ValueError(f"{arg} is only used by schedule {user!r}, not {name!r}")
+    users = {"stride": ("coprime",), "alphas": ("custom",), "offsets": ("custom",), "alpha": ("fixed", "learned"),
+             "alpha_min": ("stagger", "coprime"), "alpha_max": ("stagger", "coprime"),
+             "window": tuple(n for n in SCHEDULES if n != "dense"),
+             "base": tuple(n for n in SCHEDULES if n != "dense" and (n != "custom" or offsets is None))}
+    given = {"stride": stride, "alphas": alphas, "offsets": offsets, "alpha": alpha, "alpha_min": alpha_min,
+             "alpha_max": alpha_max, "window": window, "base": base}
+    for arg, value in given.items():
+        if value is not None and name not in users[arg]:  # silently ignoring it would hide a mistake
+            used_by = ", ".join(repr(n) for n in users[arg])
+            raise ValueError(f"{arg} is not used by schedule {name!r}" +
+                             (" with explicit offsets" if name == "custom" and arg == "base" else "") +
+                             f" (only by {used_by})")
+    base = "fibonacci" if base is None else base
+    alpha = 1.0 if alpha is None else alpha
+    alpha_min = 0.5 if alpha_min is None else alpha_min
+    alpha_max = 1.5 if alpha_max is None else alpha_max
     if name == "dense":
         if max_distance is not None:
             max_distance = _check_int("max_distance", max_distance, 1)

@@ -10,6 +10,8 @@ from fibsparse_ext.rotary import apply_rotary, rotary_tables
 
 
 def schedule_for(name, base="fibonacci"):
+    if name == "dense":  # no window and no base
+        return make_schedule(name, num_layers=4, max_distance=200)
     kwargs = dict(num_layers=4, window=8, max_distance=200, base=base)
     if name == "custom":
         kwargs["alphas"] = [0.7, 1.0, 1.3, 0.9]
