@@ -236,18 +236,17 @@ def make_schedule(name: str, *, num_layers: int, window: int | None = None, max_
     (stagger, coprime). An argument the schedule does not use is an error."""
     _check_choice("name", name, SCHEDULES)
     L = _check_int("num_layers", num_layers, 1)
-    users = {"stride": ("coprime",), "alphas": ("custom",), "offsets": ("custom",), "alpha": ("fixed", "learned"),
-             "alpha_min": ("stagger", "coprime"), "alpha_max": ("stagger", "coprime"),
-             "window": tuple(n for n in SCHEDULES if n != "dense"),
-             "base": tuple(n for n in SCHEDULES if n != "dense" and (n != "custom" or offsets is None))}
-    given = {"stride": stride, "alphas": alphas, "offsets": offsets, "alpha": alpha, "alpha_min": alpha_min,
-             "alpha_max": alpha_max, "window": window, "base": base}
-    for arg, value in given.items():
-        if value is not None and name not in users[arg]:  # silently ignoring it would hide a mistake
-            used_by = ", ".join(repr(n) for n in users[arg])
-            raise ValueError(f"{arg} is not used by schedule {name!r}" +
-                             (" with explicit offsets" if name == "custom" and arg == "base" else "") +
-                             f" (only by {used_by})")
+    sparse = tuple(n for n in SCHEDULES if n != "dense")
+    base_users = tuple(n for n in sparse if n != "custom" or offsets is None)  # explicit offsets have no base
+    for arg, value, users in (("stride", stride, ("coprime",)), ("alphas", alphas, ("custom",)),
+                              ("offsets", offsets, ("custom",)), ("alpha", alpha, ("fixed", "learned")),
+                              ("alpha_min", alpha_min, ("stagger", "coprime")),
+                              ("alpha_max", alpha_max, ("stagger", "coprime")),
+                              ("window", window, sparse), ("base", base, base_users)):
+        if value is not None and name not in users:  # silently ignoring it would hide a mistake
+            context = " with explicit offsets" if name == "custom" and arg == "base" else ""
+            raise ValueError(f"{arg} is not used by schedule {name!r}{context} "
+                             f"(only by {', '.join(repr(n) for n in users)})")
     base = "fibonacci" if base is None else base
     alpha = 1.0 if alpha is None else alpha
     alpha_min = 0.5 if alpha_min is None else alpha_min
