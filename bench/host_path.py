@@ -4,25 +4,12 @@ forward and forward+backward with scaled_dot_product_attention's.
 
     python bench/host_path.py
 """
-import time
-
 import torch
 import torch.nn.functional as F
 
 from bench_attention import fwd_bwd
 from fibsparse_ext import fibsparse_attn
-
-
-def host_us(fn, runs: int = 300) -> float:
-    for _ in range(20):
-        fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(runs):
-        fn()
-    elapsed = time.perf_counter() - start
-    torch.cuda.synchronize()
-    return elapsed / runs * 1e6
+from timing import host_us
 
 
 torch.manual_seed(0)

@@ -7,14 +7,13 @@ will not show in bench_sweep.py.
     python bench/profile_step.py [seqlen] [batch]     # bf16, 8 heads, d=64, window 128
 """
 import sys
-import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench_attention import fwd_bwd
 from fibsparse_ext import fibsparse_attn, make_schedule
-from timing import median_ms
+from timing import host_us, median_ms
 
 seqlen = int(sys.argv[1]) if len(sys.argv) > 1 else 16384
 batch = int(sys.argv[2]) if len(sys.argv) > 2 else 1
@@ -34,12 +33,7 @@ for name, positions in (("integer", offsets), ("fractional", offsets.float() * 0
     step = fwd_bwd(lambda q, k, v, positions=positions: fibsparse_attn(q, k, v, 128, positions), q, k, v, grad)
 
     event_ms = median_ms(step, runs=steps)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    host_ms = (time.perf_counter() - start) * 1e3 / steps  # returns before the GPU is done, unless host-bound
-    torch.cuda.synchronize()
+    host_ms = host_us(step, runs=steps, warmup=0) / 1e3  # returns before the GPU is done, unless host-bound
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             step()

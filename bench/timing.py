@@ -47,3 +47,18 @@ def graphed_ms(fn, runs: int = 30) -> float:
     with torch.cuda.graph(graph):
         fn()
     return median_ms(graph.replay, runs=runs)
+
+
+def host_us(fn, runs: int = 300, warmup: int = 20) -> float:
+    """Host time per call in microseconds: calls queued back to back with no
+    synchronization between them. Below the GPU time the host runs ahead; above
+    it, the step is host-bound."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(runs):
+        fn()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return elapsed / runs * 1e6
