@@ -64,8 +64,8 @@ template <typename T, typename OffsetT, int kHeadDim>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) dq_mma_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
   extern __shared__ __align__(16) uint16_t smem[];
-  const auto stage_k = [&](int s) { return reinterpret_cast<Rows<kHeadDim>>(smem) + (2 * s) * kBufRows; };
-  const auto stage_v = [&](int s) { return reinterpret_cast<Rows<kHeadDim>>(smem) + (2 * s + 1) * kBufRows; };
+  const auto stage_k = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 0); };
+  const auto stage_v = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 1); };
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
   const int h = blockIdx.y, b = blockIdx.z, hk = h / (p.heads / p.heads_kv);
@@ -321,8 +321,8 @@ struct QuerySteps {
 template <typename T, typename OffsetT, int kHeadDim>
 __global__ void __launch_bounds__(kThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   extern __shared__ __align__(16) uint16_t smem[];
-  const auto stage_q = [&](int s) { return reinterpret_cast<Rows<kHeadDim>>(smem) + (2 * s) * kBufRows; };
-  const auto stage_do = [&](int s) { return reinterpret_cast<Rows<kHeadDim>>(smem) + (2 * s + 1) * kBufRows; };
+  const auto stage_q = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 0); };
+  const auto stage_do = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 1); };
   // Two statistics per staged row, after the four row buffers.
   float* stats_smem = reinterpret_cast<float*>(smem + 4 * kBufRows * (kHeadDim + 8));
   const auto stage_stat = [&](int s, int which) { return stats_smem + (2 * s + which) * kBufRows; };

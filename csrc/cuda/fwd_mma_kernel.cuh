@@ -113,8 +113,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) fwd_mma_kernel
   constexpr int kDimTiles = kHeadDim / 8, kChunkTiles = kChunk / 8;
   extern __shared__ __align__(16) uint16_t smem[];
   // Stage s of the pipeline: k rows stage_k(s), v rows stage_v(s).
-  const auto stage_k = [&](int s) { return reinterpret_cast<Rows<kHeadDim>>(smem) + (2 * s) * kBufRows; };
-  const auto stage_v = [&](int s) { return reinterpret_cast<Rows<kHeadDim>>(smem) + (2 * s + 1) * kBufRows; };
+  const auto stage_k = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 0); };
+  const auto stage_v = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 1); };
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
   const int h = blockIdx.y, b = blockIdx.z, hk = h / (p.heads / p.heads_kv);

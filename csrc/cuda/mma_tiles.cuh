@@ -46,6 +46,12 @@ template <int kHeadDim>
 using RowPtr = const uint16_t (*)[kHeadDim + 8];
 template <int kHeadDim>
 constexpr int kStageBytes = kBufRows * (kHeadDim + 8) * int(sizeof(uint16_t));  // one tensor, one stage
+// Row buffer `which` (0: k or q, 1: v or dO) of pipeline stage s, in a
+// kernel's dynamic shared memory: stage 0's two buffers, then stage 1's.
+template <int kHeadDim>
+__device__ __forceinline__ Rows<kHeadDim> stage_buffer(uint16_t* smem, int s, int which) {
+  return reinterpret_cast<Rows<kHeadDim>>(smem) + (2 * s + which) * kBufRows;
+}
 
 // The raw 16-bit elements of a T tensor, `offset` elements in: the kernels
 // move bf16 and fp16 as bits and convert only in registers (mma.cuh).
