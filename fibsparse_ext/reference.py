@@ -24,9 +24,35 @@ from .functional import default_scale
 _BLOCK_ELEMENTS = 2**26
 
 
-def _gather_rows(x: torch.Tensor, rows: torch.Tensor, kv_heads: Optional[torch.Tensor]) -> torch.Tensor:
-    """x (batch, seqlen, heads_kv, dim) at `rows` -> (batch, *rows.shape, [heads_kv,] dim)."""
-    return x[:, rows] if kv_heads is None else x[:, rows, kv_heads]
+def _gather_rows(x: torch.Tensor, rows: torch.Tensor, kv_heads: Optional[torch.Tensor],
+                 valid: torch.Tensor) -> torch.Tensor:
+    """x (batch, seqlen, heads_kv, dim) at `rows` -> (batch, *rows.shape, [heads_kv,] dim), zero where
+    not `valid` (rows.shape): a key the pattern does not read never enters a product, where 0 times a
+    non-finite value would be NaN."""
+    gathered = x[:, rows] if kv_heads is None else x[:, rows, kv_heads]
+    mask = valid.reshape(1, *valid.shape, *([1] * (gathered.dim() - 1 - valid.dim())))
+    return torch.where(mask, gathered, 0.0)
+
+
+class _Lerp(torch.autograd.Function):
+    """(1 - f) * a + f * b where the row b has weight f: at f == 0 the value is
+    a alone, so a non-finite b stays out of it, while d/df = b - a is still the
+    one-sided derivative towards the older row (the contract's d/d(position)).
+    The backward is written in differentiable ops."""
+
+    @staticmethod
+    def forward(a, b, f):
+        return torch.where(f != 0, a + f * (b - a), a)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b, f = ctx.saved_tensors
+        grad_b = torch.where(f != 0, grad * f, 0.0)
+        return grad - grad_b, grad_b, grad * (b - a)
 
 
 def _attend_block(q, k, v, offsets, start: int, window: int, scale: float, shift: int):
@@ -42,7 +68,8 @@ def _attend_block(q, k, v, offsets, start: int, window: int, scale: float, shift
     band_rows = pos[:, None] - torch.arange(window, device=q.device)
     band_valid = band_rows >= 0
     band_rows = band_rows.clamp(min=0)
-    k_band, v_band = _gather_rows(k, band_rows, None), _gather_rows(v, band_rows, None)  # (b, c, w, hkv, d)
+    k_band = _gather_rows(k, band_rows, None, band_valid)  # (b, c, w, hkv, d)
+    v_band = _gather_rows(v, band_rows, None, band_valid)
     q_grouped = q.view(batch, block, heads_kv, group, dim)
     scores = [torch.einsum("bchgd,bcwhd->bchgw", q_grouped, k_band).reshape(batch, block, heads, window)]
     valid = [band_valid[:, None, :].expand(block, heads, window)]
@@ -57,20 +84,31 @@ def _attend_block(q, k, v, offsets, start: int, window: int, scale: float, shift
         offset_valid = (dist >= 0) & (pos[:, None, None] - dist >= 0)  # (c, h, K)
         j0 = torch.where(offset_valid, pos[:, None, None] - a, 0)
         kv_heads = (torch.arange(heads, device=q.device) // group)[None, :, None]
-        k_off, v_off = _gather_rows(k, j0, kv_heads), _gather_rows(v, j0, kv_heads)  # (b, c, h, K, d)
+        k_off, v_off = _gather_rows(k, j0, kv_heads, offset_valid), _gather_rows(v, j0, kv_heads, offset_valid)
         if offsets.is_floating_point():
             # f has gradient 1 in the position; at f == 0 the second row is
             # clamped to a valid one (the kernels do the same).
             frac = torch.where(offset_valid, dist - a, 0.0)[None, ..., None]
             j1 = (j0 - 1).clamp(min=0)
-            k_off = k_off + frac * (_gather_rows(k, j1, kv_heads) - k_off)
-            v_off = v_off + frac * (_gather_rows(v, j1, kv_heads) - v_off)
+            frac = frac.expand_as(k_off)
+            k_off = _Lerp.apply(k_off, _gather_rows(k, j1, kv_heads, offset_valid), frac)
+            v_off = _Lerp.apply(v_off, _gather_rows(v, j1, kv_heads, offset_valid), frac)
         scores.append(torch.einsum("bchd,bchkd->bchk", q, k_off))
         valid.append(offset_valid)
 
     scores = torch.cat(scores, -1).masked_fill(~torch.cat(valid, -1), float("-inf"))
-    lse = torch.logsumexp(scores, -1)  # distance 0 is always valid: finite
-    probs = torch.exp(scores - lse[..., None])
+    # A query whose every score is -inf (a -inf key, or float32 overflow) has
+    # lse -inf, weight 0 on every key, output 0 and zero gradients, as in
+    # FlashAttention; its scores are replaced before logsumexp, whose
+    # derivative there would be 0 / 0.
+    dead = torch.isneginf(scores).all(-1, keepdim=True)
+    scores = torch.where(dead, 0.0, scores)
+    lse = torch.logsumexp(scores, -1)
+    # A +inf score has no finite weight (inf / inf): like a NaN score, it makes
+    # the query's lse, probabilities and output NaN.
+    lse = torch.where(torch.isposinf(lse), float("nan"), lse)
+    probs = torch.where(dead, 0.0, torch.exp(scores - lse[..., None]))
+    lse = torch.where(dead[..., 0], float("-inf"), lse)
     p_band = probs[..., :window].reshape(batch, block, heads_kv, group, window)
     out = torch.einsum("bchgw,bcwhd->bchgd", p_band, v_band).reshape(batch, block, heads, dim)
     if num_offsets:

@@ -26,6 +26,18 @@ T dot(const T* a, const T* b, int n) {
   return s;
 }
 
+// <a, (1 - f) * r0 + f * r1>: the row is interpolated before the dot product,
+// as in the reference and the lane-group CUDA kernels, so that an infinite
+// element of `a` meets one interpolated key (giving +-inf) rather than two
+// dot products whose difference would be inf - inf. At f == 0, r1 is not read.
+template <typename T>
+T dot_interp(const T* a, const T* r0, const T* r1, T f, int n) {
+  if (f == T(0)) return dot(a, r0, n);
+  T s = T(0);
+  for (int d = 0; d < n; ++d) s += a[d] * (r0[d] + f * (r1[d] - r0[d]));
+  return s;
+}
+
 // Row pointers of one (batch, head) slice.
 template <typename T>
 struct Rows {
@@ -40,33 +52,44 @@ Rows<T> rows(const void* ptr, int64_t batch_stride, int64_t row_stride, int64_t 
 }
 
 // Scores and value dot products of one query against one (interpolated) key:
-// everything the backward needs, from the four row dot products.
+// everything the backward needs.
 template <typename T>
 struct PairTerms {
   T score, dp;      // scale * <q, k~>, <dout, v~>
-  T dscore_dpos;    // scale * <q, k[j1] - k[j0]>
-  T ddp_dpos;       // <dout, v[j1] - v[j0]>
+  T dscore_dpos;    // scale * <q, k[j1] - k[j0]> (with_position only)
+  T ddp_dpos;       // <dout, v[j1] - v[j0]> (with_position only)
 };
 
-// `with_j1`: read the second row even at frac == 0, where d/d(position) needs it.
+// <a, r1 - r0>
+template <typename T>
+T dot_diff(const T* a, const T* r0, const T* r1, int n) {
+  T s = T(0);
+  for (int d = 0; d < n; ++d) s += a[d] * (r1[d] - r0[d]);
+  return s;
+}
+
+// `with_position`: also the derivatives in the position, which read the
+// second row even at frac == 0 (the one-sided derivative towards it).
 template <typename T>
 PairTerms<T> pair_terms(const T* q, const T* dout, Rows<T> k, Rows<T> v, const KeySample<T>& s, T scale, int n,
-                        bool with_j1) {
-  with_j1 = with_j1 || s.frac != T(0);
-  const T qk0 = dot(q, k[s.j0], n), qk1 = with_j1 ? dot(q, k[s.j1], n) : qk0;
-  const T dv0 = dot(dout, v[s.j0], n), dv1 = with_j1 ? dot(dout, v[s.j1], n) : dv0;
+                        bool with_position) {
   PairTerms<T> r;
-  r.score = scale * (qk0 + s.frac * (qk1 - qk0));
-  r.dp = dv0 + s.frac * (dv1 - dv0);
-  r.dscore_dpos = scale * (qk1 - qk0);
-  r.ddp_dpos = dv1 - dv0;
+  r.score = scale * dot_interp(q, k[s.j0], k[s.j1], s.frac, n);
+  r.dp = dot_interp(dout, v[s.j0], v[s.j1], s.frac, n);
+  r.dscore_dpos = with_position ? scale * dot_diff(q, k[s.j0], k[s.j1], n) : T(0);
+  r.ddp_dpos = with_position ? dot_diff(dout, v[s.j0], v[s.j1], n) : T(0);
   return r;
 }
 
-// dst += w * ((1 - f) * a + f * b)
+// dst += w * ((1 - f) * a + f * b); b is not read at f == 0, so a
+// non-finite row of weight 0 stays out.
 template <typename T>
 void axpy_interp(T* dst, T w, const T* a, const T* b, T f, int n) {
-  for (int d = 0; d < n; ++d) dst[d] += w * (a[d] + f * (b[d] - a[d]));
+  if (f == T(0)) {
+    for (int d = 0; d < n; ++d) dst[d] += w * a[d];
+  } else {
+    for (int d = 0; d < n; ++d) dst[d] += w * (a[d] + f * (b[d] - a[d]));
+  }
 }
 
 template <typename T, typename OffsetT>
@@ -91,15 +114,15 @@ void fwd_kernel(const Params& p) {
         const auto s = sample_key<T>(pos, t, p.window, offs);
         if (!s.valid) continue;
         const int64_t row0 = key_row(p, s.j0), row1 = key_row(p, s.j1);  // differ from j0, j1 in a decode cache
-        const T qk0 = dot(q, k[row0], n);
-        const T score = scale * (s.frac != T(0) ? qk0 + s.frac * (dot(q, k[row1], n) - qk0) : qk0);
+        const T score = scale * dot_interp(q, k[row0], k[row1], s.frac, n);
         T weight;
         const T rescale = softmax.add(score, weight);
         for (int d = 0; d < n; ++d) acc[d] *= rescale;
         axpy_interp(acc.data(), weight, v[row0], v[row1], s.frac, n);
       }
       T* out = static_cast<T*>(p.out) + b * p.o_batch_stride + int64_t(i) * p.o_row_stride + h * p.o_head_stride;
-      for (int d = 0; d < n; ++d) out[d] = acc[d] / softmax.sum;
+      const T normalizer = softmax.normalizer();
+      for (int d = 0; d < n; ++d) out[d] = acc[d] * normalizer;
       static_cast<T*>(p.lse)[task] = softmax.lse();  // lse is (batch, heads, seqlen_q)
     }
   });
@@ -139,8 +162,8 @@ void bwd_dq_kernel(const Params& p) {
         }
         const bool is_position = std::is_floating_point_v<OffsetT> && t >= p.window;
         const auto terms = pair_terms(q, dout, k, v, s, scale, n, is_position);
-        const T prob = std::exp(terms.score - lse);
-        const T dscore = prob * (terms.dp - delta);
+        const T prob = prob_from_lse(terms.score, lse);
+        const T dscore = dscore_from(prob, terms.dp, delta, lse);
         axpy_interp(dq.data(), dscore * scale, k[s.j0], k[s.j1], s.frac, n);
         if (is_position) {
           dpos[t - p.window] = dscore * terms.dscore_dpos + prob * terms.ddp_dpos;
@@ -184,8 +207,9 @@ void bwd_dkdv_kernel(const Params& p) {
             const T w = weight_of_row(s, j);
             if (w == T(0)) continue;
             const auto terms = pair_terms(q[i], dout[i], k, v, s, scale, n, false);
-            const T prob = std::exp(terms.score - static_cast<const T*>(p.lse)[stats + i]);
-            const T dscore = prob * (terms.dp - static_cast<const T*>(p.delta)[stats + i]);
+            const T lse = static_cast<const T*>(p.lse)[stats + i];
+            const T prob = prob_from_lse(terms.score, lse);
+            const T dscore = dscore_from(prob, terms.dp, static_cast<const T*>(p.delta)[stats + i], lse);
             for (int d = 0; d < n; ++d) {
               dv[d] += w * prob * dout[i][d];
               dk[d] += w * dscore * scale * q[i][d];

@@ -23,6 +23,7 @@
 
 #include "../fibsparse.h"
 #include "../kernels.h"
+#include "../online_softmax.h"
 #include "../pattern.h"
 #include "../static_switch.h"
 #include "bwd_mma_kernel.cuh"
@@ -73,17 +74,22 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const Params p) {
     Acc row_k[kElems], dk_dpos[kElems], row_v[kElems], dv_dpos[kElems];
     load_interp<kElems>(k, p.k_row_stride, s.j0, s.j1, s.frac, read_j1, row_k, dk_dpos);
     load_interp<kElems>(v, p.v_row_stride, s.j0, s.j1, s.frac, read_j1, row_v, dv_dpos);
+    // An invalid sample reads clamped rows and contributes nothing at all.
     const Acc score = scale * group_sum(slice_dot(q, row_k));
     const Acc dp = group_sum(slice_dot(dout, row_v));
-    const Acc prob = s.valid ? exp(score - lse) : Acc(0);
-    const Acc dscore = prob * (dp - delta);
+    const Acc prob = s.valid ? prob_from_lse(score, lse) : Acc(0);
+    const Acc dscore = s.valid ? dscore_from(prob, dp, delta, lse) : Acc(0);
+    if (s.valid) {
 #pragma unroll
-    for (int e = 0; e < kElems; ++e) dq[e] += dscore * row_k[e];
+      for (int e = 0; e < kElems; ++e) dq[e] += dscore * row_k[e];
+    }
 
     if (is_position) {  // uniform across the block: same head, same t
       const Acc dscore_dpos = scale * group_sum(slice_dot(q, dk_dpos));
       const Acc ddp_dpos = group_sum(slice_dot(dout, dv_dpos));
-      if (lane == 0) dpos_rows[row_in_block] = in_range ? dscore * dscore_dpos + prob * ddp_dpos : Acc(0);
+      if (lane == 0) {
+        dpos_rows[row_in_block] = in_range && s.valid ? dscore * dscore_dpos + prob * ddp_dpos : Acc(0);
+      }
       __syncthreads();
       if (threadIdx.x == 0) {
         Acc sum = Acc(0);
@@ -141,8 +147,9 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(const Params p) {
         const Acc score = scale * group_sum(slice_dot(q, row_k));
         const Acc dp = group_sum(slice_dot(dout, row_v));
         if (w != Acc(0)) {
-          const Acc prob = exp(score - static_cast<const Acc*>(p.lse)[stats + i]);
-          const Acc dscore = prob * (dp - static_cast<const Acc*>(p.delta)[stats + i]);
+          const Acc lse = static_cast<const Acc*>(p.lse)[stats + i];
+          const Acc prob = prob_from_lse(score, lse);
+          const Acc dscore = dscore_from(prob, dp, static_cast<const Acc*>(p.delta)[stats + i], lse);
 #pragma unroll
           for (int e = 0; e < kElems; ++e) {
             dv[e] += w * prob * dout[e];

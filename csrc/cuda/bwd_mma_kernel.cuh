@@ -43,6 +43,12 @@ __device__ __forceinline__ void copy_async_4(void* dst, const void* src, bool va
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst_addr), "l"(src), "r"(valid ? 4 : 0));
 }
 
+// The lse with which the backward recomputes P = exp(S - lse): a query whose
+// every score is -inf has lse -inf, and +inf in its place makes each P 0
+// instead of exp(-inf - -inf) = NaN (FlashAttention does the same).
+__device__ __forceinline__ float backward_lse(float lse) { return lse == -INFINITY ? INFINITY : lse; }
+__device__ __forceinline__ float2 backward_lse(float2 lse) { return {backward_lse(lse.x), backward_lse(lse.y)}; }
+
 // Stores the warp's 16 rows of acc * scale (C layout) into rows first_row..
 // of a (batch, head) slice, skipping rows at or past `rows`.
 template <typename T, int kHeadDim>
@@ -122,7 +128,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) dq_mma_kernel(
 #pragma unroll
     for (int rr = 0; rr < 2; ++rr) {
       delta[rr] = __shfl_sync(0xffffffffu, sum, 2 * (g + 8 * rr));
-      lse_log2[rr] = __shfl_sync(0xffffffffu, row_lse, 2 * (g + 8 * rr)) * float(M_LOG2E);
+      lse_log2[rr] = backward_lse(__shfl_sync(0xffffffffu, row_lse, 2 * (g + 8 * rr))) * float(M_LOG2E);
     }
   }
   const bool row_valid[2] = {warp_q0 + g < p.seqlen_q, warp_q0 + g + 8 < p.seqlen_q};
@@ -186,8 +192,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) dq_mma_kernel(
             const bool has_second = warp_pos + g + 8 * r - split.whole - 1 >= 0;
             dscore_dpos[r] = has_second ? diagonal_element(s1, r, g) - score[r] : 0.f;
             ddp_dpos[r] = has_second ? diagonal_element(dp1, r, g) - dprob[r] : 0.f;
-            score[r] += split.frac * dscore_dpos[r];
-            dprob[r] += split.frac * ddp_dpos[r];
+            // At frac == 0 the second row has weight 0: it must not reach the
+            // score (0 times a non-finite row is NaN), only d/d(position).
+            if (split.frac != 0.f) {
+              score[r] += split.frac * dscore_dpos[r];
+              dprob[r] += split.frac * ddp_dpos[r];
+            }
           }
         }
         float* probs = static_cast<float*>(p.offset_probs);
@@ -364,7 +374,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_k
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
           // This thread's two query columns 8j + 2c, +1: their lse and delta.
-          const float2 lse = *reinterpret_cast<const float2*>(stat0 + 16 * t16 + 8 * j + 2 * c);
+          const float2 lse = backward_lse(*reinterpret_cast<const float2*>(stat0 + 16 * t16 + 8 * j + 2 * c));
           const float2 dlt = *reinterpret_cast<const float2*>(stat1 + 16 * t16 + 8 * j + 2 * c);
 #pragma unroll
           for (int e = 0; e < 4; ++e) {

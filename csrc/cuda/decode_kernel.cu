@@ -46,13 +46,15 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
   for (int g = 0; g < kGroups; ++g) max = group_max[g] > max ? group_max[g] : max;
   Acc sum = Acc(0), out = Acc(0);
   for (int g = 0; g < kGroups; ++g) {
-    if (group_sum_exp[g] == Acc(0)) continue;  // a group that saw no valid key
-    const Acc w = exp(group_max[g] - max);
+    // A group whose weights are all 0 (no valid key, or only -inf scores)
+    // adds nothing but what its output holds (0, or NaN from 0 * a
+    // non-finite value it read, as in one online softmax over all keys).
+    const Acc w = group_sum_exp[g] == Acc(0) ? Acc(0) : exp(group_max[g] - max);
     sum += w * group_sum_exp[g];
     out += w * group_out[g][d];
   }
   static_cast<T*>(p.out)[b * p.o_batch_stride + int64_t(i) * p.o_row_stride + h * p.o_head_stride + d] =
-      static_cast<T>(out / sum);
+      static_cast<T>(sum == Acc(0) ? out * Acc(0) : out / sum);
   if (d == 0) static_cast<Acc*>(p.lse)[(int64_t(b) * p.heads + h) * p.seqlen_q + i] = max + log(sum);
 }
 

@@ -87,7 +87,7 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const Params p) {
   if (!in_range) return;
   store_slice<Walk::kElems>(static_cast<T*>(p.out) + b * p.o_batch_stride + int64_t(i) * p.o_row_stride +
                                 h * p.o_head_stride + lane * Walk::kElems,
-                            walk.acc, typename Walk::Acc(1) / walk.softmax.sum);
+                            walk.acc, walk.softmax.normalizer());
   if (lane == 0) {
     static_cast<typename Walk::Acc*>(p.lse)[(int64_t(b) * p.heads + h) * p.seqlen_q + i] = walk.softmax.lse();
   }

@@ -230,7 +230,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) fwd_mma_kernel
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
     const int i = warp_q0 + g + 8 * r;
     if (i >= p.seqlen_q) continue;
-    const float inv = 1.f / l[r];
+    // A query whose every score is -inf has l = 0: its output is 0 (and its lse -inf).
+    const float inv = l[r] == 0.f ? 0.f : 1.f / l[r];
     uint16_t* row = out + int64_t(i) * p.o_row_stride;
 #pragma unroll
     for (int n = 0; n < kDimTiles; ++n) {

@@ -72,7 +72,9 @@ __device__ __forceinline__ Acc slice_dot(const Acc (&a)[kElems], const Acc (&b)[
 }
 
 // Loads the interpolated row (1 - f) * row[j0] + f * row[j1] of this lane's
-// slice; `row1` receives row[j1] - row[j0] when the caller asks for it.
+// slice; `diff` receives row[j1] - row[j0] when the caller asks for it (read_j1).
+// At f == 0 row[j1] has weight 0 and stays out of `row` (0 times a non-finite
+// value would be NaN); only `diff`, for d/d(position), reads it.
 template <int kElems, typename T, typename Acc>
 __device__ __forceinline__ void load_interp(const T* base, int64_t row_stride, int64_t j0, int64_t j1, Acc frac,
                                             bool read_j1, Acc (&row)[kElems], Acc (&diff)[kElems]) {
@@ -80,9 +82,10 @@ __device__ __forceinline__ void load_interp(const T* base, int64_t row_stride, i
   if (read_j1) {
     load_slice<kElems>(base + j1 * row_stride, diff);
 #pragma unroll
-    for (int e = 0; e < kElems; ++e) {
-      diff[e] -= row[e];
-      row[e] += frac * diff[e];
+    for (int e = 0; e < kElems; ++e) diff[e] -= row[e];
+    if (frac != Acc(0)) {
+#pragma unroll
+      for (int e = 0; e < kElems; ++e) row[e] += frac * diff[e];
     }
   } else {
 #pragma unroll
