@@ -11,6 +11,7 @@ import sys
 import torch
 
 from . import SCHEDULES, BASES, build_info, fibsparse_attn, fibsparse_attn_ref, make_schedule
+from ._cli import positive_int
 from .accuracy import TOLERANCE, relative_error
 from .decode import KVCache, fibsparse_attn_with_kvcache, required_capacity
 
@@ -67,10 +68,19 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--schedule", default="stagger", choices=SCHEDULES)
     parser.add_argument("--base", default="fibonacci", choices=BASES)
-    parser.add_argument("--layers", type=int, default=16)
-    parser.add_argument("--window", type=int, default=64)
-    parser.add_argument("--max-distance", type=int, default=2048)
+    parser.add_argument("--layers", type=positive_int, default=16)
+    parser.add_argument("--window", type=positive_int, default=64)
+    parser.add_argument("--max-distance", type=positive_int, default=2048)
     args = parser.parse_args()
+    # The schedule is built before the self-check, so that arguments it refuses
+    # stop the command at once, as a usage error.
+    kwargs = {} if args.schedule == "dense" else dict(window=args.window, base=args.base)
+    if args.schedule == "custom":
+        kwargs["alphas"] = [1.0] * args.layers
+    try:
+        schedule = make_schedule(args.schedule, num_layers=args.layers, max_distance=args.max_distance, **kwargs)
+    except ValueError as e:
+        parser.error(str(e))
 
     info = build_info()
     print(f"fibsparse_ext built for {'CUDA (archs ' + info['cuda_archs'] + ')' if info['cuda'] else 'CPU only'}, "
@@ -85,10 +95,6 @@ def main() -> int:
     ok = all([self_check(device, dtype, fractional) for device, dtype in checks for fractional in (False, True)])
     ok = all([decode_check(device) for device in sorted({device for device, _ in checks})]) and ok
 
-    kwargs = {} if args.schedule == "dense" else dict(window=args.window, base=args.base)
-    if args.schedule == "custom":
-        kwargs["alphas"] = [1.0] * args.layers
-    schedule = make_schedule(args.schedule, num_layers=args.layers, max_distance=args.max_distance, **kwargs)
     print()
     print(schedule.describe())
     return 0 if ok else 1

@@ -34,6 +34,50 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_name: str = "
 
 
 def check_scale(softmax_scale: float) -> float:
-    if not math.isfinite(softmax_scale):
+    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)) or not math.isfinite(softmax_scale):
         raise ValueError(f"softmax_scale must be finite, got {softmax_scale}")
     return softmax_scale
+
+
+# Limits of the compiled ops (csrc/fibsparse_api.cpp checks the same).
+MAX_BATCH = MAX_HEADS = MAX_OFFSETS_PER_HEAD = 65535
+MAX_SEQLEN_K = 2**31 - 2**16
+CUDA_HEAD_DIMS = (16, 32, 64, 128)
+MAX_CPU_HEAD_DIM = 1024
+OFFSET_DTYPES = (torch.int32, torch.int64, torch.float32, torch.float64)
+
+
+def check_op_inputs(q, k, v, offsets, window: int, softmax_scale: float, k_name: str = "k",
+                    v_name: str = "v") -> None:
+    """Every check the compiled ops make on their arguments, in Python: the fake
+    (meta) implementations apply it, so torch.compile users see the real op's
+    error at trace time, and the decode path runs it before it writes a cache."""
+    check_qkv(q, k, v, k_name, v_name)
+    batch, seqlen_q, heads, head_dim = q.shape
+    seqlen_k = k.shape[1]
+    if seqlen_q > seqlen_k:
+        raise ValueError(f"q's seqlen_q ({seqlen_q}) must not exceed {k_name}'s seqlen_k ({seqlen_k}): "
+                         f"queries are aligned to the last keys")
+    if batch > MAX_BATCH or heads > MAX_HEADS:
+        raise ValueError(f"q's batch and heads must each be at most {MAX_BATCH}, got batch {batch}, heads {heads}")
+    if seqlen_k > MAX_SEQLEN_K:
+        raise ValueError(f"{k_name}'s seqlen_k must be at most 2^31 - 2^16, got {seqlen_k}")
+    if q.device.type == "cuda":
+        if head_dim not in CUDA_HEAD_DIMS:
+            raise ValueError(f"head_dim must be 16, 32, 64 or 128 on CUDA, got {head_dim}")
+    elif head_dim > MAX_CPU_HEAD_DIM:
+        raise ValueError(f"head_dim must be in [1, {MAX_CPU_HEAD_DIM}], got {head_dim}")
+    if isinstance(window, bool) or not isinstance(window, (int, torch.SymInt)) or not 1 <= window <= 2**62:
+        raise ValueError(f"window must be an int in [1, 2^62], got {window!r}")
+    check_scale(softmax_scale)
+    if not isinstance(offsets, torch.Tensor):
+        raise ValueError(f"offsets must be a tensor, got {type(offsets).__name__}")
+    if offsets.device != q.device:
+        raise ValueError(f"offsets must be on q's device {q.device}, got {offsets.device}")
+    if offsets.dtype not in OFFSET_DTYPES:
+        raise ValueError(f"offsets must be int32/int64 (integer distances) or float32/float64 (fractional "
+                         f"positions), got {offsets.dtype}")
+    if offsets.dim() not in (1, 2) or (offsets.dim() == 2 and offsets.shape[0] != heads):
+        raise ValueError(f"offsets must have shape (K,) or (heads={heads}, K), got {tuple(offsets.shape)}")
+    if offsets.shape[-1] > MAX_OFFSETS_PER_HEAD:
+        raise ValueError(f"offsets may hold at most {MAX_OFFSETS_PER_HEAD} entries per head, got {offsets.shape[-1]}")

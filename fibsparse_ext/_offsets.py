@@ -9,6 +9,7 @@ are padded at the end with the sentinel -1 (PADDING), which is never attended.
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 from typing import Sequence, Union
 
@@ -23,10 +24,17 @@ def _is_compiling() -> bool:
     return hasattr(torch, "compiler") and torch.compiler.is_compiling()
 
 
+# The largest window the ops take (they hold it as int64 and halve the range
+# for headroom); any window >= seqlen_k already means the whole causal band.
+MAX_WINDOW = 2**62
+# Integer offsets are read as int32 distances.
+MAX_OFFSET = 2**31 - 1
+
+
 def check_window(window) -> int:
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"window must be an int >= 1 (distance 0, the query itself, is always attended), "
-                         f"got {window!r}")
+    if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= MAX_WINDOW:
+        raise ValueError(f"window must be an int in [1, 2^62] (distance 0, the query itself, is always attended; "
+                         f"any window >= seqlen_k is the whole causal band), got {window!r}")
     return window
 
 
@@ -43,8 +51,8 @@ def _check_row(row: list, window: int, fractional: bool, where: str) -> None:
     if not fractional and real and real[0] < window:
         raise ValueError(f"offsets{where} must be >= window ({window}): distances below it are already in the "
                          f"dense band, got {row}")
-    if not fractional and real and real[-1] > 2**31 - 1:
-        raise ValueError(f"offsets{where} must fit in int32, got {row}")
+    if not fractional and real and max(real) > MAX_OFFSET:
+        raise ValueError(f"offsets{where} must be distances <= 2^31 - 1 (they are read as int32), got {row}")
 
 
 def check_offset_values(offsets: torch.Tensor, window: int) -> None:
@@ -56,23 +64,33 @@ def check_offset_values(offsets: torch.Tensor, window: int) -> None:
         _check_row(row, window, fractional, f"[{h}]" if offsets.dim() == 2 else "")
 
 
-# Tensors whose values passed the check, by id, with the version counter they
-# had then: checking a device tensor needs a host copy (a device sync), so a
-# tensor reused unchanged from call to call is checked once. The weak
-# reference tells a live tensor from a new one that reuses a dead one's id;
-# any in-place change bumps the version and brings the check back.
-_checked: dict[int, tuple[weakref.ref, int, int]] = {}
+# Device tensors whose values passed the check: checking them needs a host
+# copy (a device sync), so a tensor reused unchanged from call to call is
+# checked once. An entry holds a weak reference (a live tensor, not a new one
+# that reuses a dead one's id), the version counter (every in-place op bumps
+# it), the data pointer and the window. Writes that bypass the version counter
+# (through `.data`, or another library's view of the memory over DLPack) are
+# not seen: such device offsets are not re-checked, which the docs say. CPU
+# offsets are re-checked on every call, which costs no sync.
+_checked: dict[int, tuple[weakref.ref, int, int, int]] = {}
+_checked_lock = threading.Lock()  # calls from several threads share the cache
 
 
 def _check_tensor_values_once(offsets: torch.Tensor, window: int) -> None:
-    seen = _checked.get(id(offsets))
-    if seen is not None and seen[0]() is offsets and seen[1] == offsets._version and seen[2] == window:
+    if offsets.device.type == "cpu":
+        check_offset_values(offsets, window)
+        return
+    key = (offsets._version, offsets.data_ptr(), window)
+    with _checked_lock:
+        seen = _checked.get(id(offsets))
+    if seen is not None and seen[0]() is offsets and seen[1:] == key:
         return
     check_offset_values(offsets, window)
-    if len(_checked) > 1024:  # dead entries of temporary tensors
-        for key in [k for k, (ref, _, _) in _checked.items() if ref() is None]:
-            del _checked[key]
-    _checked[id(offsets)] = (weakref.ref(offsets), offsets._version, window)
+    with _checked_lock:
+        if len(_checked) > 1024:  # dead entries of temporary tensors
+            for dead in [k for k, (ref, *_) in _checked.items() if ref() is None]:
+                del _checked[dead]
+        _checked[id(offsets)] = (weakref.ref(offsets), *key)
 
 
 def _check_shape(offsets: torch.Tensor, q: torch.Tensor) -> None:
@@ -90,12 +108,15 @@ def as_offsets(offsets: OffsetsLike, q: torch.Tensor, window: int, check_values:
     an error, raised by the op) and its autograd history.
     """
     if not isinstance(offsets, torch.Tensor):
-        if isinstance(offsets, (int, float)):
-            raise ValueError(f"offsets must be a sequence or tensor of distances, got the scalar {offsets!r}")
+        if not isinstance(offsets, (list, tuple)):
+            raise ValueError(f"offsets must be a sequence (list or tuple) or tensor of distances ([] for none), "
+                             f"got {type(offsets).__name__} {offsets!r}")
         flat = [x for row in offsets for x in (row if isinstance(row, (list, tuple)) else [row])]
         if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in flat):
             raise ValueError(f"offsets must hold ints (distances) or floats (positions), got {offsets!r}")
         fractional = any(isinstance(x, float) for x in flat)
+        if not fractional and any(not -2**63 <= x < 2**63 for x in flat):
+            raise ValueError(f"offsets must be distances <= 2^31 - 1 (they are read as int32), got {offsets!r}")
         try:  # checked on the host, then moved: no device sync for the checks
             host = torch.tensor(offsets, dtype=torch.float64 if fractional else torch.int64)
         except ValueError as e:  # ragged nested lists
@@ -109,6 +130,9 @@ def as_offsets(offsets: OffsetsLike, q: torch.Tensor, window: int, check_values:
     if offsets.is_complex() or offsets.dtype == torch.bool:
         raise ValueError(f"offsets must be an integer or floating tensor, got {offsets.dtype}")
     _check_shape(offsets, q)
-    if check_values and not _is_compiling():
+    if isinstance(q, torch.Tensor) and offsets.device != q.device:
+        raise ValueError(f"offsets must be on q's device {q.device}, got {offsets.device}")
+    # Meta tensors have no values to check (shape propagation only).
+    if check_values and not _is_compiling() and not offsets.is_meta:
         _check_tensor_values_once(offsets, window)
     return offsets

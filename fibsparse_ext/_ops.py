@@ -9,6 +9,7 @@ importing the extension module registers them.
 import torch
 
 from . import _C  # noqa: F401  (registers torch.ops.fibsparse.*)
+from ._checks import check_op_inputs
 
 build_info = _C.build_info
 
@@ -17,21 +18,49 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-@torch.library.register_fake("fibsparse::fwd")
-def _fwd_fake(q, k, v, offsets, window, softmax_scale):
+# Each fake makes the real op's checks (check_op_inputs) before it returns
+# shapes, so that a bad call fails at trace time as it would when run.
+
+
+def _outputs_like(q):
     batch, seqlen_q, heads, _ = q.shape
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = q.new_empty((batch, heads, seqlen_q), dtype=_acc_dtype(q.dtype))
     return out, lse
 
 
+@torch.library.register_fake("fibsparse::fwd")
+def _fwd_fake(q, k, v, offsets, window, softmax_scale):
+    check_op_inputs(q, k, v, offsets, window, softmax_scale)
+    return _outputs_like(q)
+
+
 @torch.library.register_fake("fibsparse::decode")
 def _decode_fake(q, k_cache, v_cache, cache_seqlens, offsets, window, softmax_scale, ring):
-    return _fwd_fake(q, k_cache, v_cache, offsets, window, softmax_scale)
+    check_op_inputs(q, k_cache, v_cache, offsets, window, softmax_scale, "k_cache", "v_cache")
+    if (cache_seqlens.dim() != 1 or cache_seqlens.shape[0] != q.shape[0]
+            or cache_seqlens.dtype not in (torch.int32, torch.int64)):
+        raise ValueError(f"cache_seqlens must be an int32 or int64 tensor of shape (batch={q.shape[0]},), got "
+                         f"{cache_seqlens.dtype} {tuple(cache_seqlens.shape)}")
+    if cache_seqlens.device != q.device:
+        raise ValueError(f"cache_seqlens must be on q's device {q.device}, got {cache_seqlens.device}")
+    return _outputs_like(q)
 
 
 @torch.library.register_fake("fibsparse::bwd")
 def _bwd_fake(dout, q, k, v, out, lse, dlse, offsets, window, softmax_scale):
+    check_op_inputs(q, k, v, offsets, window, softmax_scale)
+    for name, t in (("dout", dout), ("out", out)):
+        if t.shape != q.shape or t.dtype != q.dtype or t.device != q.device:
+            raise ValueError(f"{name} must have q's shape {tuple(q.shape)}, dtype {q.dtype} and device {q.device}, "
+                             f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+    lse_shape = (q.shape[0], q.shape[2], q.shape[1])
+    if tuple(lse.shape) != lse_shape or lse.dtype != _acc_dtype(q.dtype) or lse.device != q.device:
+        raise ValueError(f"lse must be {_acc_dtype(q.dtype)} of shape (batch, heads, seqlen_q) = {lse_shape} on "
+                         f"{q.device}, got {lse.dtype} {tuple(lse.shape)} on {lse.device}")
+    if dlse is not None and (dlse.shape != lse.shape or dlse.device != lse.device):
+        raise ValueError(f"dlse must match lse {tuple(lse.shape)} on {lse.device}, got {tuple(dlse.shape)} on "
+                         f"{dlse.device}")
     contiguous = torch.contiguous_format
     if offsets.is_floating_point():
         doffsets = torch.empty_like(offsets, memory_format=contiguous)

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from . import _ops  # noqa: F401  (registers torch.ops.fibsparse.*)
-from ._checks import check_qkv, check_scale
+from ._checks import check_op_inputs, check_scale
 from ._offsets import PADDING, OffsetsLike, as_offsets, check_offset_values, check_window
 from .functional import default_scale
 
@@ -49,8 +49,9 @@ class KVCache:
 
     def __init__(self, batch: int, capacity: int, heads_kv: int, head_dim: int, *, ring: bool,
                  dtype=torch.float32, device=None):
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        for name, value in (("batch", batch), ("capacity", capacity), ("heads_kv", heads_kv), ("head_dim", head_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         self.k = torch.zeros(batch, capacity, heads_kv, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
         self.seqlens = torch.zeros(batch, dtype=torch.int64, device=device)
@@ -67,14 +68,26 @@ class KVCache:
     def capacity(self) -> int:
         return self.k.shape[1]
 
-    def write(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Appends k, v (batch, new, heads_kv, head_dim) after each sequence's
-        tokens. A ring keeps the last `capacity` positions; a linear cache
-        refuses to overflow."""
+    def check_write(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """The checks of write(), which all run before it writes anything."""
+        for name, t in (("k", k), ("v", v)):
+            if not isinstance(t, torch.Tensor):
+                raise ValueError(f"{name} must be a tensor (batch, new, heads_kv, head_dim), got {type(t).__name__}")
         expected = (self.k.shape[0], k.shape[1] if k.dim() == 4 else -1, *self.k.shape[2:])
         if k.dim() != 4 or tuple(k.shape) != expected or v.shape != k.shape:
             raise ValueError(f"k and v must be (batch, new, heads_kv, head_dim) = {expected}, got "
                              f"{tuple(k.shape)} and {tuple(v.shape)}")
+        for name, t in (("k", k), ("v", v)):
+            if t.device != self.k.device:
+                raise ValueError(f"{name} must be on the cache's device {self.k.device}, got {t.device}")
+            if not t.is_floating_point():
+                raise ValueError(f"{name} must be a floating tensor, got {t.dtype}")
+
+    def write(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Appends k, v (batch, new, heads_kv, head_dim) after each sequence's
+        tokens. A ring keeps the last `capacity` positions; a linear cache
+        refuses to overflow."""
+        self.check_write(k, v)
         new = k.shape[1]
         if new == 0:
             return
@@ -112,19 +125,29 @@ def fibsparse_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache:
     Returns:
         out (batch, new, heads, head_dim) [, lse (batch, heads, new)].
     """
+    # Every check, the compiled op's included, runs before k, v are written
+    # into the cache, so that a refused call changes none of the caller's tensors.
     check_window(window)
-    check_qkv(q, k_cache, v_cache, "k_cache", "v_cache")
     offsets = as_offsets(offsets, q, window, check_values=False)  # checked below, from the host copy
+    scale = check_scale(default_scale(q, softmax_scale))
+    check_op_inputs(q, k_cache, v_cache, offsets, window, scale, "k_cache", "v_cache")
     batch, new, heads, head_dim = q.shape
     capacity = k_cache.shape[1]
-    scale = check_scale(default_scale(q, softmax_scale))
-    if cache_seqlens.shape != (batch,) or cache_seqlens.is_floating_point() or cache_seqlens.dtype == torch.bool:
-        raise ValueError(f"cache_seqlens must be an integer tensor of shape ({batch},), got "
-                         f"{cache_seqlens.dtype} {tuple(cache_seqlens.shape)}")
+    if (not isinstance(cache_seqlens, torch.Tensor) or cache_seqlens.shape != (batch,)
+            or cache_seqlens.is_floating_point() or cache_seqlens.is_complex() or cache_seqlens.dtype == torch.bool):
+        described = (f"{cache_seqlens.dtype} {tuple(cache_seqlens.shape)}" if isinstance(cache_seqlens, torch.Tensor)
+                     else f"{type(cache_seqlens).__name__} {cache_seqlens!r}")
+        raise ValueError(f"cache_seqlens must be an integer tensor of shape ({batch},), got {described}")
     if (k is None) != (v is None):
         raise ValueError("k and v must be given together (the new tokens' keys and values), or neither")
-    if k is not None and (k.dim() != 4 or k.shape[1] != new):
-        raise ValueError(f"k must be (batch, new={new}, heads_kv, head_dim), got {tuple(k.shape)}")
+    if k is not None:
+        if not isinstance(k, torch.Tensor) or k.dim() != 4 or k.shape[1] != new:
+            raise ValueError(f"k must be (batch, new={new}, heads_kv, head_dim), got "
+                             f"{tuple(k.shape) if isinstance(k, torch.Tensor) else type(k).__name__}")
+        cache = KVCache.wrap(k_cache, v_cache, cache_seqlens, ring)
+        cache.check_write(k, v)
+        if k.dtype != k_cache.dtype or v.dtype != v_cache.dtype:
+            raise ValueError(f"k and v must have the cache's dtype {k_cache.dtype}, got {k.dtype} and {v.dtype}")
     lengths = cache_seqlens.to(device=q.device, dtype=torch.int64)
 
     # Every value check reads one host copy of the lengths and offsets (one

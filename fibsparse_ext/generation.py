@@ -1,6 +1,7 @@
 """Autoregressive generation with the bounded KV caches of decode.py."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -29,11 +30,15 @@ def generate(model: FibSparseLM, prompt: torch.Tensor, max_new_tokens: int, temp
     The prompt is run once through the fused kernels, filling one cache per
     layer; then each new token reads only its window and offsets from a ring
     of constant size (dense layers keep every position)."""
-    if prompt.dim() != 2 or prompt.shape[1] < 1:
-        raise ValueError(f"prompt must be (batch, prompt_len >= 1) token ids, got {tuple(prompt.shape)}")
-    if max_new_tokens < 0 or temperature < 0:
-        raise ValueError(f"max_new_tokens and temperature must be >= 0, got {max_new_tokens}, {temperature}")
-    if top_k is not None and top_k < 1:
+    if (not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.shape[0] < 1 or prompt.shape[1] < 1
+            or prompt.is_floating_point() or prompt.is_complex() or prompt.dtype == torch.bool):
+        raise ValueError(f"prompt must be integer token ids of shape (batch >= 1, prompt_len >= 1), got "
+                         f"{f'{prompt.dtype} {tuple(prompt.shape)}' if isinstance(prompt, torch.Tensor) else prompt!r}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 is greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be >= 1 (or None for no limit), got {top_k}")
     model.eval()
     caches = model.make_caches(prompt.shape[0], prompt.shape[1] + max_new_tokens)

@@ -37,6 +37,10 @@ class FibSparseAttention(nn.Module):
             raise ValueError(f"embed_dim ({embed_dim}) must be a multiple of num_heads ({num_heads})")
         if num_kv_heads < 1 or num_heads % num_kv_heads:
             raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+        if rotary and (embed_dim // num_heads) % 2:
+            raise ValueError(f"rotary embeddings rotate pairs of dimensions, so head_dim (embed_dim // num_heads = "
+                             f"{embed_dim} // {num_heads} = {embed_dim // num_heads}) must be even; pass rotary=False "
+                             f"for an odd head_dim")
         if not 0 <= layer_idx < schedule.num_layers:
             raise ValueError(f"layer_idx must be in [0, {schedule.num_layers}), got {layer_idx}")
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
@@ -66,6 +70,10 @@ class FibSparseAttention(nn.Module):
         """x (batch, seqlen, embed_dim) at positions start_pos.., or, with a cache,
         right after the tokens already in it (one cache per layer; see make_cache).
         With a cache, the positions come from it and start_pos is ignored."""
+        embed_dim = self.qkv.in_features
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != embed_dim:
+            raise ValueError(f"x must be (batch, seqlen, embed_dim={embed_dim}), got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
         batch, seqlen, _ = x.shape
         q, k, v = self.qkv(x).view(batch, seqlen, -1, self.head_dim).split(
             [self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=2)

@@ -36,6 +36,8 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
+# The largest distance the kernels take (they read offsets as int32).
+MAX_OFFSET = 2**31 - 1
 SCHEDULES = ("fixed", "learned", "stagger", "coprime", "custom", "dense")
 BASES = ("fibonacci", "pow2")
 GOLDEN_RATIO = (1 + math.sqrt(5)) / 2
@@ -213,7 +215,8 @@ class Schedule:
 
 
 def _check_custom_offsets(offsets, L, window):
-    bad = f"offsets must be a list of num_layers ({L}) lists of strictly increasing integers >= window ({window})"
+    bad = (f"offsets must be a list of num_layers ({L}) lists of strictly increasing integers in "
+           f"[window ({window}), 2^31 - 1]")
     if isinstance(offsets, (str, bytes)) or not hasattr(offsets, "__len__") or len(offsets) != L:
         raise ValueError(f"{bad}; got {offsets!r}")
     table = []
@@ -222,7 +225,7 @@ def _check_custom_offsets(offsets, L, window):
             raise ValueError(f"{bad}; offsets[{i}] = {row!r}")
         row = list(row)
         if (any(isinstance(o, bool) or not isinstance(o, numbers.Integral) for o in row)
-                or any(o < window for o in row) or any(a >= b for a, b in zip(row, row[1:]))):
+                or any(not window <= o <= MAX_OFFSET for o in row) or any(a >= b for a, b in zip(row, row[1:]))):
             raise ValueError(f"{bad}; offsets[{i}] = {row!r}")
         table.append(tuple(int(o) for o in row))
     return tuple(table)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .._cli import positive_int
 from ..data import ByteCorpus
 from ..models import FibSparseLM, LMConfig
 
@@ -198,21 +199,27 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", default="tiny", choices=sorted(TRAIN_PRESETS))
     parser.add_argument("--schedules", default=DEFAULT_VARIANTS,
                         help=f"comma-separated variants (default {DEFAULT_VARIANTS})")
-    parser.add_argument("--steps", type=int, help="override the preset's training steps")
-    parser.add_argument("--batch-size", type=int, help="override the preset's batch size")
+    parser.add_argument("--steps", type=positive_int, help="override the preset's training steps")
+    parser.add_argument("--batch-size", type=positive_int, help="override the preset's batch size")
     parser.add_argument("--data", nargs="+", help="text files to train on (default: the standard library)")
-    parser.add_argument("--max-bytes", type=int, default=16 * 2**20)
+    parser.add_argument("--max-bytes", type=positive_int, default=16 * 2**20)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/<preset>)")
     args = parser.parse_args(argv)
 
+    # Every argument is checked before any data is read or folder created.
     variants = [v.strip() for v in args.schedules.split(",") if v.strip()]
-    configs = {v: LMConfig.preset(args.preset, **LMConfig.parse_variant(v)) for v in variants}  # validates names
+    if not variants:
+        parser.error(f"--schedules must name at least one variant, got {args.schedules!r}")
+    try:
+        configs = {v: LMConfig.preset(args.preset, **LMConfig.parse_variant(v)) for v in variants}
+        device = torch.device(args.device)
+    except (ValueError, RuntimeError) as e:
+        parser.error(str(e))
     train = TRAIN_PRESETS[args.preset]
     train = dataclasses.replace(train, **{k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size))
                                           if v is not None})
     out = args.out or Path("runs") / args.preset
-    device = torch.device(args.device)
     corpus = ByteCorpus.load(args.data, args.max_bytes)
     seq_len = next(iter(configs.values())).seq_len
     print(f"data: {corpus.describe()}")
