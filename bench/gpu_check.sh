@@ -36,7 +36,8 @@ workers=(); python3 -c "import xdist" 2>/dev/null && workers=(-n 8) || echo "pyt
 if (( quick )); then
   OMP_NUM_THREADS=2 step tests 240 python3 -m pytest tests -q -x "${workers[@]}" -k "cuda or gradcheck" -p no:cacheprovider -p no:benchmark
 else
-  OMP_NUM_THREADS=2 step tests 600 python3 -m pytest tests -q "${workers[@]}" -p no:cacheprovider -p no:benchmark
+  # The fuzzer runs a larger grid here than in CI: every CUDA dtype, both kernel families.
+  FIBSPARSE_FUZZ_CASES=${FIBSPARSE_FUZZ_CASES:-4000} OMP_NUM_THREADS=2 step tests 600 python3 -m pytest tests -q "${workers[@]}" -p no:cacheprovider -p no:benchmark
 fi
 # Only our kernels are instrumented (torch's own would take minutes).
 sanitize="compute-sanitizer --error-exitcode 1 --kernel-name kns=fibsparse"

@@ -154,7 +154,7 @@ def test_more_bad_decode_and_generate_input():
         fibsparse_attn_with_kvcache(q, cache.k, cache.v, torch.tensor([3, 3]), 4, [5], softmax_scale=float("nan"))
     with pytest.raises(ValueError, match="cache_seqlens must be an integer tensor"):
         fibsparse_attn_with_kvcache(q, cache.k, cache.v, torch.tensor([True, True]), 4, [5])
-    with pytest.raises(ValueError, match="capacity must be >= 1"):
+    with pytest.raises(ValueError, match="capacity must be an int >= 1"):
         KVCache(1, 0, 1, 16, ring=True)
     model = FibSparseLM(LMConfig.preset("tiny"))
     with pytest.raises(ValueError, match="prompt must be"):

@@ -114,7 +114,8 @@ def test_unknown_preset():
 
 
 def test_bad_experiment_arguments(tmp_path):
-    with pytest.raises(ValueError, match="unknown schedule variant 'fancy'"):
-        extrapolate.main(["--schedules", "stagger,fancy", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:  # an argparse usage error, before anything is created
+        extrapolate.main(["--schedules", "stagger,fancy", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and not (tmp_path / "out").exists()
     with pytest.raises(FileNotFoundError, match="data files not found"):
         extrapolate.main(["--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path)])
