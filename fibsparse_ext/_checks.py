@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from ._offsets import check_window
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -67,8 +69,7 @@ def check_op_inputs(q, k, v, offsets, window: int, softmax_scale: float, k_name:
             raise ValueError(f"head_dim must be 16, 32, 64 or 128 on CUDA, got {head_dim}")
     elif head_dim > MAX_CPU_HEAD_DIM:
         raise ValueError(f"head_dim must be in [1, {MAX_CPU_HEAD_DIM}], got {head_dim}")
-    if isinstance(window, bool) or not isinstance(window, (int, torch.SymInt)) or not 1 <= window <= 2**62:
-        raise ValueError(f"window must be an int in [1, 2^62], got {window!r}")
+    check_window(window)
     check_scale(softmax_scale)
     if not isinstance(offsets, torch.Tensor):
         raise ValueError(f"offsets must be a tensor, got {type(offsets).__name__}")

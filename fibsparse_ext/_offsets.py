@@ -32,7 +32,8 @@ MAX_OFFSET = 2**31 - 1
 
 
 def check_window(window) -> int:
-    if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= MAX_WINDOW:
+    # A SymInt is an int that torch.compile traces symbolically.
+    if isinstance(window, bool) or not isinstance(window, (int, torch.SymInt)) or not 1 <= window <= MAX_WINDOW:
         raise ValueError(f"window must be an int in [1, 2^62] (distance 0, the query itself, is always attended; "
                          f"any window >= seqlen_k is the whole causal band), got {window!r}")
     return window

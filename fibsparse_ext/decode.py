@@ -138,17 +138,17 @@ def fibsparse_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache:
         described = (f"{cache_seqlens.dtype} {tuple(cache_seqlens.shape)}" if isinstance(cache_seqlens, torch.Tensor)
                      else f"{type(cache_seqlens).__name__} {cache_seqlens!r}")
         raise ValueError(f"cache_seqlens must be an integer tensor of shape ({batch},), got {described}")
+    lengths = cache_seqlens.to(device=q.device, dtype=torch.int64)
     if (k is None) != (v is None):
         raise ValueError("k and v must be given together (the new tokens' keys and values), or neither")
     if k is not None:
         if not isinstance(k, torch.Tensor) or k.dim() != 4 or k.shape[1] != new:
             raise ValueError(f"k must be (batch, new={new}, heads_kv, head_dim), got "
                              f"{tuple(k.shape) if isinstance(k, torch.Tensor) else type(k).__name__}")
-        cache = KVCache.wrap(k_cache, v_cache, cache_seqlens, ring)
+        cache = KVCache.wrap(k_cache, v_cache, lengths.clone(), ring)  # written below, after the value checks
         cache.check_write(k, v)
         if k.dtype != k_cache.dtype or v.dtype != v_cache.dtype:
             raise ValueError(f"k and v must have the cache's dtype {k_cache.dtype}, got {k.dtype} and {v.dtype}")
-    lengths = cache_seqlens.to(device=q.device, dtype=torch.int64)
 
     # Every value check reads one host copy of the lengths and offsets (one
     # device sync per call), and all of them run before anything is written,
@@ -165,7 +165,7 @@ def fibsparse_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache:
     if not ring and longest > capacity:
         raise ValueError(f"cache_seqlens {(lengths + appended).tolist()} go beyond the cache's capacity {capacity}")
     if k is not None:
-        KVCache.wrap(k_cache, v_cache, lengths.clone(), ring).write(k, v)
+        cache.write(k, v)
         lengths = lengths + new
     out, lse = torch.ops.fibsparse.decode(q, k_cache, v_cache, lengths, offsets, window, scale, ring)
     return (out, lse) if return_lse else out

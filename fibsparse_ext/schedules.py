@@ -36,8 +36,8 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
-# The largest distance the kernels take (they read offsets as int32).
-MAX_OFFSET = 2**31 - 1
+from ._offsets import MAX_OFFSET
+
 SCHEDULES = ("fixed", "learned", "stagger", "coprime", "custom", "dense")
 BASES = ("fibonacci", "pow2")
 GOLDEN_RATIO = (1 + math.sqrt(5)) / 2
