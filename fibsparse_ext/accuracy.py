@@ -1,4 +1,4 @@
-"""SPEC section 4's accuracy measure, shared by the tests and the self-check."""
+"""The accuracy measure (relative error against the float64 reference), shared by the tests and the self-check."""
 import torch
 
 # Relative error against the float64 reference, per dtype.

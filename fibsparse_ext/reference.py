@@ -1,4 +1,4 @@
-"""The pure-PyTorch reference: SPEC sections 1 and 2, written for clarity and
+"""The pure-PyTorch reference: the pattern and its fractional offsets, written for clarity and
 exactness, differentiable by autograd in q, k, v and fractional positions.
 
 It computes in float32 (float64 for float64 inputs), one block of queries at
@@ -118,7 +118,7 @@ def _attend_block(q, k, v, offsets, start: int, window: int, scale: float, shift
 
 def fibsparse_attn_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, offsets: OffsetsLike,
                        softmax_scale: Optional[float] = None, return_lse: bool = False):
-    """Reference for `fibsparse_attn`: same arguments, same results (SPEC.md).
+    """Reference for `fibsparse_attn`: same arguments, same results.
 
     Output has q's dtype; lse is float32, or float64 for float64 inputs.
     """

@@ -1,4 +1,4 @@
-"""Offset schedules across depth (SPEC.md section 3). Standard library only.
+"""Offset schedules across depth . Standard library only.
 
 A query sees the dense band of distances 0..window-1 plus a few "offset" distances.
 Layer l stretches a base sequence b_k by a scalar alpha_l:
@@ -91,7 +91,7 @@ def base_sequence(base: str, alpha: float, max_distance: int, *, fractional: boo
 
 
 def layer_offsets(base: str, alpha: float, window: int, max_distance: int) -> list[int]:
-    """Integer offsets of one layer, exactly the SPEC section 3 formula."""
+    """Integer offsets of one layer, exactly the formula above."""
     window = _check_int("window", window, 1)
     max_distance = _check_int("max_distance", max_distance, window, f" (window = {window})")
     return sorted({o for o in (_round(alpha * b) for b in base_sequence(base, alpha, max_distance))
