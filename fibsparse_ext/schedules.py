@@ -1,4 +1,4 @@
-"""Offset schedules across depth . Standard library only.
+"""Offset schedules across depth. Standard library only.
 
 A query sees the dense band of distances 0..window-1 plus a few "offset" distances.
 Layer l stretches a base sequence b_k by a scalar alpha_l:
