@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "kernels.h"
+#include "pattern.h"
 #include "to_text.h"
 
 #ifdef FIBSPARSE_WITH_CUDA
@@ -93,16 +94,43 @@ Tensor rows_ready(const Tensor& t) {
   return ok ? t : t.clone(at::MemoryFormat::Contiguous);
 }
 
-// Offsets as the kernels read them: int32 distances, or positions in the
-// accumulation type; always contiguous.
-Tensor kernel_offsets(const Tensor& offsets, at::ScalarType dtype) {
-  if (is_fractional(offsets)) return offsets.to(acc_dtype(dtype)).contiguous();
-  if (offsets.scalar_type() == at::kLong && offsets.numel() > 0) {  // costs a sync: pass int32 to avoid it
-    const int64_t lo = offsets.min().item<int64_t>(), hi = offsets.max().item<int64_t>();
-    TORCH_CHECK(hi <= INT32_MAX && lo >= -1, "offsets must be distances in [0, 2^31 - 1] (or -1 for padding), got ",
-                "values in [", to_text(lo), ", ", to_text(hi), "]");
+// CPU offsets' values, on every call (a few numbers; no sync): the rule of
+// pattern.h's offset_entry_valid, which the CUDA kernels apply on the device.
+template <typename OffsetT>
+void check_offset_rows(const Tensor& offsets, int64_t window) {
+  const int64_t rows = offsets.dim() == 2 ? offsets.size(0) : 1, count = offsets.size(-1);
+  const OffsetT* data = offsets.data_ptr<OffsetT>();
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t t = 0; t < count; ++t) {
+      TORCH_CHECK(offset_entry_valid(data + r * count, int(t), window), "offsets",
+                  offsets.dim() == 2 ? "[" + to_text(r) + "]" : std::string(), " entry ", to_text(t), " (",
+                  std::is_integral_v<OffsetT> ? to_text(int64_t(data[r * count + t])) : to_text(double(data[r * count + t])),
+                  ") is not allowed: offsets must be strictly increasing, finite "
+                  "and >= 0, integer ones >= window (", to_text(window), "), padded with -1 only at the end");
+    }
   }
-  return offsets.to(at::kInt).contiguous();
+}
+
+// Offsets as the kernels read them: int32 distances, or positions in the
+// accumulation type; always contiguous. CPU ones are checked here.
+Tensor kernel_offsets(const Tensor& offsets, at::ScalarType dtype, int64_t window) {
+  Tensor out;
+  if (is_fractional(offsets)) {
+    out = offsets.to(acc_dtype(dtype)).contiguous();
+  } else {
+    if (offsets.scalar_type() == at::kLong && offsets.numel() > 0) {  // costs a sync: pass int32 to avoid it
+      const int64_t lo = offsets.min().item<int64_t>(), hi = offsets.max().item<int64_t>();
+      TORCH_CHECK(hi <= INT32_MAX && lo >= -1, "offsets must be distances in [0, 2^31 - 1] (or -1 for padding), got ",
+                  "values in [", to_text(lo), ", ", to_text(hi), "]");
+    }
+    out = offsets.to(at::kInt).contiguous();
+  }
+  if (out.is_cpu()) {
+    if (out.scalar_type() == at::kInt) check_offset_rows<int32_t>(out, window);
+    else if (out.scalar_type() == at::kFloat) check_offset_rows<float>(out, window);
+    else check_offset_rows<double>(out, window);
+  }
+  return out;
 }
 
 void set_strides(const Tensor& t, int64_t& batch, int64_t& row, int64_t& head) {
@@ -133,6 +161,7 @@ Params attention_params(const Tensor& q, const Tensor& k, const Tensor& v, const
   // costing O(window) per row or overflowing the int loop count.
   p.window = static_cast<int>(std::min<int64_t>(window, k.size(1)));
   p.num_offsets = offsets.size(-1);
+  p.min_offset_distance = window;
   p.q_pos_shift = p.seqlen_k - p.seqlen_q;
   p.softmax_scale = softmax_scale;
   p.out = out.data_ptr();
@@ -177,7 +206,7 @@ std::tuple<Tensor, Tensor> attend(const Tensor& q_in, const Tensor& k_in, const 
 #endif
   const auto dtype = q_in.scalar_type();
   const Tensor q = rows_ready(q_in), k = rows_ready(k_in), v = rows_ready(v_in);
-  const Tensor offsets = kernel_offsets(offsets_in, dtype);
+  const Tensor offsets = kernel_offsets(offsets_in, dtype, window);
   const Tensor lengths = cache_seqlens.has_value() ? cache_seqlens->to(at::kLong).contiguous() : Tensor();
   Tensor out = new_output_like(q);
   Tensor lse = new_output(q, {q.size(0), q.size(2), q.size(1)}, acc_dtype(dtype));
@@ -264,7 +293,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bwd(const Tensor& dout_in, const Tens
 #endif
   const Tensor q = rows_ready(q_in), k = rows_ready(k_in), v = rows_ready(v_in);
   const Tensor out = rows_ready(out_in), dout = rows_ready(dout_in);
-  const Tensor offsets = kernel_offsets(offsets_in, dtype);
+  const Tensor offsets = kernel_offsets(offsets_in, dtype, window);
   const bool fractional = is_fractional(offsets);
   const auto acc = acc_dtype(dtype);
 

@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "fibsparse.h"
@@ -34,6 +35,26 @@ struct KeySample {
 
 // Number of distances each query walks: the band, then the offsets.
 FIBSPARSE_HD int num_distances(int window, int num_offsets) { return window + num_offsets; }
+
+// Whether entry t of one row of offsets is allowed (the same rule as the
+// Python check): -1 is padding, and only at the end of a row; other entries
+// are finite, >= 0, strictly increasing, and integer distances are at least
+// `min_distance` (the window: shorter distances are in the band). One entry
+// and its predecessor decide it, so threads can check a row in parallel.
+template <typename OffsetT>
+FIBSPARSE_HD bool offset_entry_valid(const OffsetT* row, int t, int64_t min_distance) {
+  const OffsetT x = row[t];
+  const bool padding = x == OffsetT(-1);
+  const bool after_padding = t > 0 && row[t - 1] == OffsetT(-1);
+  if (padding) return true;
+  if (after_padding || !(x >= OffsetT(0))) return false;  // also rejects NaN
+  if constexpr (std::is_integral_v<OffsetT>) {
+    if (x < min_distance) return false;
+  } else {
+    if (!(x <= std::numeric_limits<OffsetT>::max())) return false;  // +inf
+  }
+  return t == 0 || x > row[t - 1];
+}
 
 // Absolute position of query row i of sequence b.
 FIBSPARSE_HD int64_t query_position(const Params& p, int b, int i) {

@@ -3,13 +3,16 @@ reference: shapes, GQA, windows, integer / fractional / per-head offsets,
 dtypes and strides are drawn at random, and NaN, +-inf or huge values are
 injected into random rows of q, k and v.
 
-What is asserted (docs/semantics.md, non-finite values):
+What is asserted (the README's reliability section):
 - exact paths (CPU; CUDA float32 / float64): out, lse and every gradient are
   non-finite exactly where the reference's are, and equal to it elsewhere;
-- the fp16 / bf16 tensor-core path: lse exactly as above; out non-finite where
-  the reference's is, and beyond that only in the 16-query tiles that stage a
-  non-finite key or value row (tensor_core_extent); gradients non-finite at
-  least where the reference's are, and equal to it wherever they are finite.
+- the fp16 / bf16 tensor-core path: lse exactly as above; out, dq, dk and dv
+  non-finite where the reference's are, and beyond that only in the 16-row
+  tiles that stage a non-finite row (tensor_core_extent for queries,
+  tensor_core_key_extent for keys; a query that holds an infinite element may
+  come out NaN where the exact answer is 0); equal to the reference wherever
+  they are finite. d/d(position), a sum over every query, is compared there
+  only in cases without injections.
 
 The reference runs at the kernel's accumulation precision (float32, float64
 for float64 inputs), so that scores that overflow float32 overflow in both.
@@ -172,6 +175,32 @@ def tensor_core_extent(case: Case, tensors: dict) -> torch.Tensor:
     return extent
 
 
+def tensor_core_key_extent(case: Case, tensors: dict, bad_queries: torch.Tensor) -> torch.Tensor:
+    """(batch, seqlen_k, heads_kv) mask of the keys whose dk, dv the tensor-core
+    backward may make non-finite beyond the reference: every key of a 16-key
+    tile that holds a non-finite key or value row, or that stages a query row
+    with a non-finite q, output or lse (`bad_queries`, (batch, seqlen_q, heads)):
+    band readers within 15 positions of [key, key + window - 1], and each
+    offset's strip of 17 readers."""
+    extent = torch.zeros(case.batch, case.seqlen_k, case.heads_kv, dtype=torch.bool)
+    bad_rows = ~(torch.isfinite(tensors["k"]) & torch.isfinite(tensors["v"])).all(-1)
+    for b, j, hk in bad_rows.nonzero().tolist():
+        extent[b, j - j % TILE:j - j % TILE + TILE, hk] = True
+    window = min(case.window, case.seqlen_k)
+    shift = case.seqlen_k - case.seqlen_q
+    group = case.heads // case.heads_kv
+    offsets = case.offsets.expand(case.heads, case.offsets.shape[-1]) if case.offsets.dim() == 1 else case.offsets
+    for b, i, h in bad_queries.nonzero().tolist():
+        pos = i + shift
+        wholes = [int(torch.floor(o)) for o in offsets[h].double() if o >= 0]
+        for tile0 in range(0, case.seqlen_k, TILE):
+            near_band = tile0 - (TILE - 1) <= pos <= tile0 + window + 2 * TILE - 3
+            near_offset = any(tile0 + w - 1 <= pos <= tile0 + w + TILE for w in wholes)
+            if near_band or near_offset:
+                extent[b, tile0:tile0 + TILE, h // group] = True
+    return extent
+
+
 def _close(name, got, want, dtype):
     where = torch.isfinite(want) & torch.isfinite(got)
     if got.dim() == 4:  # whole rows only
@@ -179,6 +208,20 @@ def _close(name, got, want, dtype):
     diff = (got[where] - want[where]).norm()
     scale = want[where].norm().clamp_min(1e-30)
     assert diff <= TOLERANCE[dtype] * scale + 1e-30, f"{name}: relative error {(diff / scale).item():.2e}"
+
+
+def _tensor_core_extents(case: Case, tensors: dict, got: dict) -> dict:
+    """Where each row-wise result of the tensor-core path may be non-finite
+    beyond the reference (its rows: queries for out and dq, keys for dk, dv)."""
+    rounded = {n: t.to(case.dtype).double() for n, t in tensors.items()}
+    # A query holding an infinite element: a fractional position's scores are
+    # mixed as scores (s0 + f (s1 - s0)) there, where -inf - -inf is NaN.
+    out = tensor_core_extent(case, rounded) | ~torch.isfinite(rounded["q"]).all(-1)
+    # The backward reads the forward's results: a query whose out or lse is
+    # non-finite spreads like a non-finite key row does, in the tiles that stage it.
+    bad_queries = out | ~torch.isfinite(got["out"]).all(-1) | ~torch.isfinite(got["lse"]).transpose(1, 2)
+    keys = tensor_core_key_extent(case, rounded, bad_queries)
+    return {"out": out, "dq": bad_queries, "dk": keys, "dv": keys}
 
 
 def check_case(case: Case) -> None:
@@ -199,6 +242,7 @@ def check_case(case: Case) -> None:
     # rounded by 1e23; <dout, v> - <dout, out> of 1e30 values is mostly rounding),
     # so there only the forward's non-finite structure is compared.
     huge = any(abs(x) == HUGE[case.dtype] for *_, x in case.injections)
+    extents = _tensor_core_extents(case, tensors, got) if case.tensor_cores else {}
     for name in (("out", "lse") if huge else want):
         # Rows (a query's or key's head_dim values) are the unit: which of a
         # non-finite row's elements are NaN may differ (0 * inf in one column).
@@ -213,13 +257,10 @@ def check_case(case: Case) -> None:
         else:
             missing = (finite_got & ~finite_want).nonzero().tolist()
             assert not missing, f"{name}: finite where the reference is not, at {missing[:5]}; {context}"
-            if name == "out":
-                extent = tensor_core_extent(case, {n: t.to(case.dtype).double() for n, t in tensors.items()})
-                # A query holding an infinite element: its interpolated scores are
-                # mixed as scores (s0 + f (s1 - s0)), where -inf - -inf is NaN.
-                extent |= ~torch.isfinite(tensors["q"].to(case.dtype)).all(-1)
+            extent = extents[name] if name in extents else None
+            if extent is not None:
                 beyond = (~finite_got & finite_want & ~extent).nonzero().tolist()
-                assert not beyond, f"out: non-finite outside the tensor-core extent at {beyond[:5]}; {context}"
+                assert not beyond, f"{name}: non-finite outside the tensor-core extent at {beyond[:5]}; {context}"
         # d/d(position) sums many cancelling terms; from 16-bit outputs it is
         # only as accurate as they are, so for those only its structure counts.
         if huge or (name == "doffsets" and case.dtype in (torch.float16, torch.bfloat16)):
