@@ -27,9 +27,6 @@ struct Params {
 
   int batch, seqlen_q, seqlen_k, heads, heads_kv, head_dim;
   int window, num_offsets;
-  // The window as the caller gave it (`window` is clipped to seqlen_k): the
-  // smallest integer offset allowed, for the kernels' check of the offsets.
-  int64_t min_offset_distance;
   // Query row i sits at absolute position i + q_pos_shift, so that the last
   // query lines up with the last key (FlashAttention's bottom-right causal
   // alignment); q_pos_shift = seqlen_k - seqlen_q >= 0.

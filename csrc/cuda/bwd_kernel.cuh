@@ -46,7 +46,6 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const Params p) {
   const int64_t pos = i + p.q_pos_shift;
   const int64_t stat = (int64_t(b) * p.heads + h) * p.seqlen_q + i;
   const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
-  check_offsets_on_device(p, offs);  // the dq pass runs first in the backward
   const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride + lane * kElems;
   const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride + lane * kElems;
   const Acc scale = Acc(p.softmax_scale);

@@ -17,7 +17,6 @@
 #include "../static_switch.h"
 #include "fwd_mma_kernel.cuh"
 #include "lane_group.cuh"
-#include "offsets_check.cuh"
 
 namespace fibsparse {
 
@@ -84,7 +83,6 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const Params p) {
   const bool in_range = row < p.seqlen_q;
   const int i = in_range ? row : p.seqlen_q - 1;
   Walk walk(p, b, i, h, lane);
-  check_offsets_on_device(p, walk.offs);
   for (int t = 0; t < num_distances(p.window, p.num_offsets); ++t) walk.step(p, t, true);
   if (!in_range) return;
   store_slice<Walk::kElems>(static_cast<T*>(p.out) + b * p.o_batch_stride + int64_t(i) * p.o_row_stride +

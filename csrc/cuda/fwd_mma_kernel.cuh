@@ -31,7 +31,6 @@
 #include "../pattern.h"
 #include "../static_switch.h"
 #include "mma_tiles.cuh"
-#include "offsets_check.cuh"
 
 namespace fibsparse {
 namespace mma_fwd {
@@ -125,7 +124,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) fwd_mma_kernel
   const uint16_t* k_src = bits<T>(p.k, b * p.k_batch_stride + hk * p.k_head_stride);
   const uint16_t* v_src = bits<T>(p.v, b * p.v_batch_stride + hk * p.v_head_stride);
   const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
-  check_offsets_on_device(p, offs);
   const KeySteps<OffsetT, kHeadDim> steps(p, offs, int64_t(blockIdx.x) * kBlockRows + p.q_pos_shift);
   steps.issue(0, k_src, v_src, stage_k(0), stage_v(0));
 
