@@ -70,6 +70,10 @@ struct Params {
   void* offset_dscores;
   int queries_per_partial;
   int num_partials;  // query blocks per (batch, head)
+
+  // The window as the caller gave it (`window` is clipped to seqlen_k): the
+  // smallest integer offset allowed, for the kernels' check of the offsets.
+  int64_t min_offset_distance;
 };
 
 }  // namespace fibsparse

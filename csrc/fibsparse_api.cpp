@@ -161,6 +161,7 @@ Params attention_params(const Tensor& q, const Tensor& k, const Tensor& v, const
   // costing O(window) per row or overflowing the int loop count.
   p.window = static_cast<int>(std::min<int64_t>(window, k.size(1)));
   p.num_offsets = offsets.size(-1);
+  p.min_offset_distance = window;
   p.q_pos_shift = p.seqlen_k - p.seqlen_q;
   p.softmax_scale = softmax_scale;
   p.out = out.data_ptr();

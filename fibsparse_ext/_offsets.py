@@ -71,8 +71,10 @@ def check_offset_values(offsets: torch.Tensor, window: int) -> None:
 # that reuses a dead one's id), the version counter (every in-place op bumps
 # it), the data pointer and the window. Writes that bypass the version counter
 # (through `.data`, or another library's view of the memory over DLPack) are
-# not seen: such device offsets are not re-checked, which the README says.
-# CPU offsets are re-checked on every call, here and in the op, which costs no sync.
+# not seen here; the CUDA kernels check the offsets they read on the device,
+# on every launch (csrc/cuda/offsets_check.cuh), and stop with a device-side
+# assert. CPU offsets are re-checked on every call, here and in the op, which
+# costs no sync.
 _checked: dict[int, tuple[weakref.ref, int, int, int]] = {}
 _checked_lock = threading.Lock()  # calls from several threads share the cache
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DEVICES
+from conftest import DEVICES, requires_cuda
 from fibsparse_ext import FibSparseAttention, fibsparse_attn, fibsparse_attn_ref, make_schedule
 from fibsparse_ext.decode import KVCache, fibsparse_attn_with_kvcache
 from fibsparse_ext.generation import generate
@@ -152,6 +152,61 @@ def test_cpu_offsets_changed_behind_torchs_back_are_rechecked():
     positions_backing[1] = np.nan
     with pytest.raises(ValueError, match="finite"):
         fibsparse_attn(q.double(), q.double(), q.double(), 4, positions)
+
+
+_DEVICE_OFFSETS_SCRIPT = """
+import torch
+from fibsparse_ext import fibsparse_attn
+from fibsparse_ext.decode import fibsparse_attn_with_kvcache
+q = torch.randn(1, 100, 2, 64, device="cuda", dtype={dtype})
+offsets = torch.tensor({good}, device="cuda", dtype={offsets_dtype})
+fibsparse_attn(q, q, q, 4, offsets)  # valid: checked on the host once, then cached
+torch.cuda.synchronize()
+offsets.data.copy_(torch.tensor({bad}, dtype={offsets_dtype}))  # leaves the version counter as it was
+try:
+    {call}
+    torch.cuda.synchronize()
+except RuntimeError as e:
+    print("REFUSED", str(e).splitlines()[0])
+else:
+    print("ACCEPTED")
+"""
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", ["torch.bfloat16", "torch.float32"])  # tensor-core and lane-group kernels
+@pytest.mark.parametrize("offsets_dtype, good, bad, call", [
+    ("torch.int32", [8, 13, 21], [13, 13, 2], "fibsparse_attn(q, q, q, 4, offsets)"),
+    ("torch.int32", [8, 13, 21], [2, 13, 21], "fibsparse_attn(q, q, q, 4, offsets)"),
+    ("torch.float32", [8.5, 13.5], [8.5, float("nan")], "fibsparse_attn(q, q, q, 4, offsets)"),
+    ("torch.int32", [8, 13, 21], [50, 90, 40], "torch.ops.fibsparse.fwd(q, q, q, offsets, 4, 0.125)"),
+    ("torch.int32", [8, 13, 21], [21, 13, 8],  # the backward's own check (in its dq pass)
+     "torch.ops.fibsparse.bwd(q, q, q, q, q, torch.zeros(1, 2, 100, device='cuda'), None, offsets, 4, 0.125)"),
+    ("torch.int32", [8, 13, 21], [8, -5, 21],
+     "fibsparse_attn_with_kvcache(q[:, -1:], q, q, torch.tensor([100], device='cuda'), 4, offsets)"),
+])
+def test_device_offsets_changed_behind_torchs_back_stop_the_kernel(dtype, offsets_dtype, good, bad, call):
+    """Device offsets are checked on the host once per version; a write that
+    bypasses the version counter (here `.data`), or a direct call of the op, is
+    caught by the kernels' own check on the device and raised at the next
+    synchronization. A device-side assert ends the process's CUDA context, so
+    each case runs in a process of its own."""
+    script = _DEVICE_OFFSETS_SCRIPT.format(dtype=dtype, offsets_dtype=offsets_dtype, good=good, bad=bad, call=call)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert "REFUSED" in result.stdout and "device-side assert" in result.stdout, result.stdout + result.stderr[-2000:]
+    assert "fibsparse: offsets must be strictly increasing" in result.stderr
+
+
+@requires_cuda
+def test_device_offsets_check_passes_valid_offsets_of_every_kind():
+    """The check blocks must not refuse what the host check accepts: padding
+    -1 at the end of per-head rows, fractional positions, no offsets at all."""
+    q = torch.randn(2, 100, 4, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    for offsets in (torch.tensor([[8, 13, -1], [5, 21, 34], [-1, -1, -1], [4, 9, 99]], device="cuda", dtype=torch.int32),
+                    torch.tensor([4.0, 8.5, 99.0], device="cuda"), torch.zeros(0, device="cuda", dtype=torch.int32)):
+        out = torch.ops.fibsparse.fwd(q, q, q, offsets, 4, 0.125)[0]
+        out.float().sum().backward()
+        torch.cuda.synchronize()
 
 
 def test_threads_share_the_offsets_check():

@@ -28,6 +28,7 @@
 #include "../static_switch.h"
 #include "bwd_mma_kernel.cuh"
 #include "lane_group.cuh"
+#include "offsets_check.cuh"
 
 namespace fibsparse {
 
@@ -36,6 +37,8 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const Params p) {
   using Acc = acc_t<T>;
   constexpr int kElems = kHeadDim / kLanes;
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
+  // The backward's check: the dq pass runs before the dk/dv pass on the stream.
+  if (is_offsets_check_block()) return check_offsets_on_device<OffsetT>(p, blockIdx.y);
   __shared__ Acc dpos_rows[kCudaRowsPerBlock];
 
   const int lane = threadIdx.x % kLanes, row_in_block = threadIdx.x / kLanes;
@@ -174,7 +177,7 @@ void launch_bwd(const Params& p, bool fractional) {
     mma_bwd::launch<T>(p, fractional);
   } else {  // the lane-group kernels, instantiated for 32/64-bit types only
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    const dim3 dq_grid((p.seqlen_q + kCudaRowsPerBlock - 1) / kCudaRowsPerBlock, p.heads, p.batch);
+    const dim3 dq_grid((p.seqlen_q + kCudaRowsPerBlock - 1) / kCudaRowsPerBlock + kOffsetsCheckBlocks, p.heads, p.batch);
     const dim3 dkdv_grid((p.seqlen_k + kCudaRowsPerBlock - 1) / kCudaRowsPerBlock, p.heads_kv, p.batch);
     HEADDIM_SWITCH(p.head_dim, kHeadDim, [&] {
       BOOL_SWITCH(fractional, kFrac, [&] {

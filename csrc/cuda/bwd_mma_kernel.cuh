@@ -31,6 +31,7 @@
 #include "../pattern.h"
 #include "../static_switch.h"
 #include "mma_tiles.cuh"
+#include "offsets_check.cuh"
 
 namespace fibsparse {
 namespace mma_bwd {
@@ -69,6 +70,8 @@ __device__ __forceinline__ void store_rows(uint16_t* dst, int64_t row_stride, in
 template <typename T, typename OffsetT, int kHeadDim>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) dq_mma_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
+  // The backward's check: the dq pass runs before the dk/dv pass on the stream.
+  if (is_offsets_check_block()) return check_offsets_on_device<OffsetT>(p, blockIdx.y);
   extern __shared__ __align__(16) uint16_t smem[];
   const auto stage_k = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 0); };
   const auto stage_v = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 1); };
@@ -419,7 +422,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_k
 template <typename T>
 void launch(const Params& p, bool fractional) {
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const dim3 dq_grid((p.seqlen_q + kBlockRows - 1) / kBlockRows, p.heads, p.batch);
+  const dim3 dq_grid((p.seqlen_q + kBlockRows - 1) / kBlockRows + kOffsetsCheckBlocks, p.heads, p.batch);
   const dim3 dkdv_grid((p.seqlen_k + kBlockRows - 1) / kBlockRows, p.heads_kv, p.batch);
   HEADDIM_SWITCH(p.head_dim, kHeadDim, [&] {
     BOOL_SWITCH(fractional, kFrac, [&] {

@@ -10,6 +10,7 @@
 #include <limits>
 
 #include "fwd_kernel.cuh"
+#include "offsets_check.cuh"
 
 namespace fibsparse {
 namespace {
@@ -21,6 +22,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
   using Walk = QueryWalk<T, OffsetT, kHeadDim>;
   using Acc = typename Walk::Acc;
   constexpr int kElems = Walk::kElems;
+  if (is_offsets_check_block()) return check_offsets_on_device<OffsetT>(p, blockIdx.y);
   const int lane = threadIdx.x % kLanes, group = threadIdx.x / kLanes;
   const int i = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   Walk walk(p, b, i, h, lane);
@@ -60,7 +62,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
 
 template <typename T>
 void launch_decode(const Params& p, bool fractional) {
-  const dim3 grid(p.seqlen_q, p.heads, p.batch);
+  const dim3 grid(p.seqlen_q + kOffsetsCheckBlocks, p.heads, p.batch);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   HEADDIM_SWITCH(p.head_dim, kHeadDim, [&] {
     BOOL_SWITCH(fractional, kFrac, [&] {

@@ -17,6 +17,7 @@
 #include "../static_switch.h"
 #include "fwd_mma_kernel.cuh"
 #include "lane_group.cuh"
+#include "offsets_check.cuh"
 
 namespace fibsparse {
 
@@ -75,6 +76,7 @@ struct QueryWalk {
 template <typename T, typename OffsetT, int kHeadDim>
 __global__ void __launch_bounds__(kThreads) fwd_kernel(const Params p) {
   using Walk = QueryWalk<T, OffsetT, kHeadDim>;
+  if (is_offsets_check_block()) return check_offsets_on_device<OffsetT>(p, blockIdx.y);
   const int lane = threadIdx.x % kLanes;
   const int row = blockIdx.x * kCudaRowsPerBlock + threadIdx.x / kLanes;
   const int h = blockIdx.y, b = blockIdx.z;
@@ -98,7 +100,7 @@ void launch_fwd(const Params& p, bool fractional) {
   if constexpr (kIsTensorCoreType<T>) {
     mma_fwd::launch<T>(p, fractional);
   } else {  // the lane-group kernels, instantiated for 32/64-bit types only
-    const dim3 grid((p.seqlen_q + kCudaRowsPerBlock - 1) / kCudaRowsPerBlock, p.heads, p.batch);
+    const dim3 grid((p.seqlen_q + kCudaRowsPerBlock - 1) / kCudaRowsPerBlock + kOffsetsCheckBlocks, p.heads, p.batch);
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     HEADDIM_SWITCH(p.head_dim, kHeadDim, [&] {
       BOOL_SWITCH(fractional, kFrac, [&] {

@@ -31,6 +31,7 @@
 #include "../pattern.h"
 #include "../static_switch.h"
 #include "mma_tiles.cuh"
+#include "offsets_check.cuh"
 
 namespace fibsparse {
 namespace mma_fwd {
@@ -111,6 +112,7 @@ __device__ __forceinline__ void softmax_update(float (&s)[N][4], float (&m)[2], 
 template <typename T, typename OffsetT, int kHeadDim>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) fwd_mma_kernel(const Params p) {
   constexpr int kDimTiles = kHeadDim / 8, kChunkTiles = kChunk / 8;
+  if (is_offsets_check_block()) return check_offsets_on_device<OffsetT>(p, blockIdx.y);
   extern __shared__ __align__(16) uint16_t smem[];
   // Stage s of the pipeline: k rows stage_k(s), v rows stage_v(s).
   const auto stage_k = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 0); };
@@ -245,7 +247,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) fwd_mma_kernel
 
 template <typename T>
 void launch(const Params& p, bool fractional) {
-  const dim3 grid((p.seqlen_q + kBlockRows - 1) / kBlockRows, p.heads, p.batch);
+  const dim3 grid((p.seqlen_q + kBlockRows - 1) / kBlockRows + kOffsetsCheckBlocks, p.heads, p.batch);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   HEADDIM_SWITCH(p.head_dim, kHeadDim, [&] {
     BOOL_SWITCH(fractional, kFrac, [&] {

@@ -1,0 +1,41 @@
+// The offsets' values, checked on the device at every launch. The Python entry
+// points check offsets on the host, but device offsets only once per tensor
+// version (a host copy costs a sync); torch.compile and direct calls of the op
+// skip that check, and a value written behind torch's back (through `.data`, or
+// another library's view of the memory) goes unseen by it.
+//
+// The check runs in blocks of its own: each launch has one block more along x
+// than the attention needs, and that last block of each head checks the head's
+// row (one entry per thread) and leaves. The attention blocks only compare
+// their index, so their code and speed stay as they were; a check in the first
+// attention block of each head cost 3% of the step. A bad entry stops the
+// kernel with a device-side assert, which torch raises at the next sync.
+#pragma once
+
+#include <c10/macros/Macros.h>
+
+#include "../fibsparse.h"
+#include "../pattern.h"
+
+namespace fibsparse {
+
+// Blocks along x that a launch adds to the attention's for the check.
+constexpr unsigned kOffsetsCheckBlocks = 1;
+
+__device__ __forceinline__ bool is_offsets_check_block() { return blockIdx.x + kOffsetsCheckBlocks == gridDim.x; }
+
+// Checks the row of offsets of head `h`; offsets do not depend on the
+// sequence, so only the check blocks of the first sequence look.
+template <typename OffsetT>
+__device__ __forceinline__ void check_offsets_on_device(const Params& p, int h) {
+  if (blockIdx.z != 0) return;
+  const OffsetT* row = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
+  for (int t = threadIdx.x; t < p.num_offsets; t += blockDim.x) {
+    CUDA_KERNEL_ASSERT_MSG(offset_entry_valid(row, t, p.min_offset_distance),
+                           "fibsparse: offsets must be strictly increasing, finite, >= 0 (integer ones >= window), "
+                           "padded with -1 only at the end; they changed without torch's version counter seeing it, "
+                           "or the op was called without fibsparse_attn's checks");
+  }
+}
+
+}  // namespace fibsparse
