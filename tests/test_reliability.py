@@ -157,7 +157,6 @@ def test_cpu_offsets_changed_behind_torchs_back_are_rechecked():
 _DEVICE_OFFSETS_SCRIPT = """
 import torch
 from fibsparse_ext import fibsparse_attn
-from fibsparse_ext.decode import fibsparse_attn_with_kvcache
 q = torch.randn(1, 100, 2, 64, device="cuda", dtype={dtype})
 offsets = torch.tensor({good}, device="cuda", dtype={offsets_dtype})
 fibsparse_attn(q, q, q, 4, offsets)  # valid: checked on the host once, then cached
@@ -178,12 +177,12 @@ else:
 @pytest.mark.parametrize("offsets_dtype, good, bad, call", [
     ("torch.int32", [8, 13, 21], [13, 13, 2], "fibsparse_attn(q, q, q, 4, offsets)"),
     ("torch.int32", [8, 13, 21], [2, 13, 21], "fibsparse_attn(q, q, q, 4, offsets)"),
-    ("torch.float32", [8.5, 13.5], [8.5, float("nan")], "fibsparse_attn(q, q, q, 4, offsets)"),
+    ("torch.float32", [8.5, 13.5], "[8.5, float('nan')]", "fibsparse_attn(q, q, q, 4, offsets)"),
     ("torch.int32", [8, 13, 21], [50, 90, 40], "torch.ops.fibsparse.fwd(q, q, q, offsets, 4, 0.125)"),
     ("torch.int32", [8, 13, 21], [21, 13, 8],  # the backward's own check (in its dq pass)
      "torch.ops.fibsparse.bwd(q, q, q, q, q, torch.zeros(1, 2, 100, device='cuda'), None, offsets, 4, 0.125)"),
-    ("torch.int32", [8, 13, 21], [8, -5, 21],
-     "fibsparse_attn_with_kvcache(q[:, -1:], q, q, torch.tensor([100], device='cuda'), 4, offsets)"),
+    ("torch.int32", [8, 13, 21], [8, -5, 21],  # decode (its Python entry checks on the host every call)
+     "torch.ops.fibsparse.decode(q[:, -1:], q, q, torch.tensor([100], device='cuda'), offsets, 4, 0.125, False)"),
 ])
 def test_device_offsets_changed_behind_torchs_back_stop_the_kernel(dtype, offsets_dtype, good, bad, call):
     """Device offsets are checked on the host once per version; a write that
