@@ -1,8 +1,9 @@
-"""The performance issue's sweep: fibsparse_attn against FlashAttention (SDPA,
-dense causal), FlexAttention with the same sparse mask, and the byte floor,
-over seqlen 1k..128k, head_dim 64/128, window 64/128/256, integer vs
-fractional offsets, with and without GQA. One run prints everything, with
-ratios and peak extra memory, and writes CSV, JSON and a PNG plot.
+"""The performance sweep (the tables of docs/performance.md): fibsparse_attn
+against FlashAttention (SDPA, dense causal), FlexAttention with the same sparse
+mask, and the byte floor, over seqlen 1k..128k, head_dim 64/128, window
+64/128/256, integer vs fractional offsets, with and without GQA. One run
+prints everything, with ratios and peak extra memory, and writes CSV, JSON and
+a PNG plot.
 
     python bench/bench_sweep.py --out bench/results/sweep_$(date +%F)
     python bench/bench_sweep.py --quick          # three configurations
@@ -27,7 +28,7 @@ from timing import graphed_ms, median_ms
 if flex_attention is not None:
     from torch.nn.attention.flex_attention import create_block_mask
 
-FLEX_MAX_SEQLEN = 65536  # above this, building the block mask ran out of memory (issue 4's table)
+FLEX_MAX_SEQLEN = 65536  # above this, building FlexAttention's block mask ran out of memory in the sweep
 
 
 @dataclass

@@ -1,6 +1,9 @@
-"""One call of each kernel at the issue's workload (bf16, 8 heads, head_dim 64,
+"""One call of each kernel at the benchmark workload (bf16, 8 heads, head_dim 64,
 window 128, Fibonacci offsets; seqlen and batch from argv, default 16384 and 1), integer then
-fractional, forward then backward: what bench/profile_ncu.sh profiles."""
+fractional, forward then backward: what tools/profile_ncu.sh profiles.
+
+    python tools/profile_target.py [seqlen] [batch]
+"""
 import sys
 
 import torch

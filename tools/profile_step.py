@@ -4,16 +4,19 @@ between CUDA events and the host time its Python call takes. If the host
 time exceeds the kernels' sum, the step is host-bound and faster kernels
 will not show in bench_sweep.py.
 
-    python bench/profile_step.py [seqlen] [batch]     # bf16, 8 heads, d=64, window 128
+    python tools/profile_step.py [seqlen] [batch]     # bf16, 8 heads, d=64, window 128
 """
 import sys
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench_attention import fwd_bwd
-from fibsparse_ext import fibsparse_attn, make_schedule
-from timing import host_us, median_ms
+# The step is timed exactly as the benchmarks time it, with their own helpers.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from bench_attention import fwd_bwd  # noqa: E402
+from fibsparse_ext import fibsparse_attn, make_schedule  # noqa: E402
+from timing import host_us, median_ms  # noqa: E402
 
 seqlen = int(sys.argv[1]) if len(sys.argv) > 1 else 16384
 batch = int(sys.argv[2]) if len(sys.argv) > 2 else 1

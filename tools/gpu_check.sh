@@ -4,8 +4,10 @@
 # tests, compute-sanitizer over every kernel, then the benchmark; print a
 # summary. Output goes to stdout and to $OUT/gpu_check.log when OUT is set.
 #
-#   FIBSPARSE_COMMIT=$(git rev-parse HEAD) bash bench/gpu_check.sh [--quick]
+#   FIBSPARSE_COMMIT=$(git rev-parse HEAD) bash tools/gpu_check.sh [--quick]
 set -uo pipefail
+# Every path below is relative to the repository root, wherever this is called from.
+cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 quick=0; [[ "${1:-}" == "--quick" ]] && quick=1
 log=${OUT:-/tmp}/gpu_check.log
@@ -41,8 +43,8 @@ else
 fi
 # Only our kernels are instrumented (torch's own would take minutes).
 sanitize="compute-sanitizer --error-exitcode 1 --kernel-name kns=fibsparse"
-step memcheck 60 $sanitize --tool memcheck python3 bench/sanitize_kernels.py
-step racecheck 60 $sanitize --tool racecheck python3 bench/sanitize_kernels.py
+step memcheck 60 $sanitize --tool memcheck python3 tools/sanitize_kernels.py
+step racecheck 60 $sanitize --tool racecheck python3 tools/sanitize_kernels.py
 if (( quick )); then
   step bench 110 python3 bench/bench_attention.py --quick
 else
@@ -50,7 +52,7 @@ else
   step sweep 180 python3 bench/bench_sweep.py --quick
   step decode 120 python3 bench/bench_decode.py
   step host_path 60 python3 bench/host_path.py
-  step step_profile 90 python3 bench/profile_step.py 16384
+  step step_profile 90 python3 tools/profile_step.py 16384
 fi
 
 echo; echo "=== summary"

@@ -3,14 +3,14 @@
 # worktree and runs `bench_sweep.py --quick` for both, alternating twice, so
 # that a difference between them can be told from run-to-run noise.
 #
-#   bash bench/before_after.sh BEFORE [AFTER]
+#   bash tools/before_after.sh BEFORE [AFTER]
 # BEFORE and AFTER are commits, or folders holding a source tree (`git archive`
 # of a commit, for a machine without the repository's history); AFTER defaults
 # to the work tree.
 set -uo pipefail
 before=$1; after=${2:-}
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-$(nproc)}
-root=$(pwd)
+root=$(cd "$(dirname "$0")/.." && pwd)  # the repository this script belongs to
 build() {  # build DIR: the extension in place, without installing it
   (cd "$1" && python3 setup.py build_ext --inplace -q > /tmp/build_$(basename "$1").log 2>&1) || {
     echo "build of $1 failed"; tail -20 /tmp/build_$(basename "$1").log; exit 1; }

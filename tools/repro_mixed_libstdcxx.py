@@ -4,7 +4,7 @@ segfaults there (torch 2.11 built by gcc-toolset-13, extensions by Ubuntu's
 gcc 13.3), instead of raising RuntimeError. See csrc/to_text.h for why our
 own messages avoid it.
 
-    python bench/repro_mixed_libstdcxx.py
+    python tools/repro_mixed_libstdcxx.py
 """
 from torch.utils.cpp_extension import load_inline
 

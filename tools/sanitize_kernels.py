@@ -2,7 +2,7 @@
 fractional; GQA; per-head padded offsets; window > seqlen; seqlen_q < seqlen_k),
 sized for compute-sanitizer:
 
-    compute-sanitizer --tool memcheck --error-exitcode 1 python bench/sanitize_kernels.py
+    compute-sanitizer --tool memcheck --error-exitcode 1 python tools/sanitize_kernels.py
 """
 import torch
 
