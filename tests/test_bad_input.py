@@ -3,8 +3,8 @@ names the argument and what was expected; never a crash or a wrong answer."""
 import pytest
 import torch
 
-from conftest import requires_cuda
 from fibsparse_ext import fibsparse_attn, fibsparse_attn_ref
+from utils import requires_cuda
 
 ATTENTION_FUNCTIONS = [fibsparse_attn, fibsparse_attn_ref]
 

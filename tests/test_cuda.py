@@ -3,9 +3,9 @@ the current stream, long sequences, and sizes past 32-bit index math."""
 import pytest
 import torch
 
-from conftest import random_offsets, random_qkv, rel_err, requires_cuda
 from fibsparse_ext import fibsparse_attn, fibsparse_attn_ref
 from fibsparse_ext.decode import fibsparse_attn_with_kvcache
+from utils import random_offsets, random_qkv, rel_err, requires_cuda
 
 pytestmark = requires_cuda
 

@@ -5,12 +5,12 @@ recomputation."""
 import pytest
 import torch
 
-from conftest import DEVICES, random_qkv, rel_err
 from fibsparse_ext import fibsparse_attn_ref
 from fibsparse_ext.accuracy import TOLERANCE
 from fibsparse_ext.decode import KVCache, fibsparse_attn_with_kvcache, required_capacity
-from fibsparse_ext.generation import generate
-from fibsparse_ext.models import FibSparseLM, LMConfig
+from fibsparse_ext.lm.generation import generate
+from fibsparse_ext.lm.models import FibSparseLM, LMConfig
+from utils import DEVICES, random_qkv, rel_err
 
 
 @pytest.mark.parametrize("ring", [True, False])

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from conftest import DEVICES
 from fuzz import check_case, draw_case
+from utils import DEVICES
 
 CHUNK = 100
 CASES = int(os.environ.get("FIBSPARSE_FUZZ_CASES", "2000"))

@@ -3,8 +3,8 @@ that has a float64 kernel: q, k, v, and fractional positions."""
 import pytest
 import torch
 
-from conftest import DEVICES, random_offsets, random_qkv
 from fibsparse_ext import fibsparse_attn
+from utils import DEVICES, random_offsets, random_qkv
 
 
 def gradcheck_attention(device, fractional, per_head, heads=2, heads_kv=1, seqlen=23, window=3, head_dim=16):

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from conftest import DEVICES, TOLERANCE, random_offsets, random_qkv, rel_err, requires_cuda
 from fibsparse_ext import fibsparse_attn, fibsparse_attn_ref
+from utils import DEVICES, TOLERANCE, random_offsets, random_qkv, rel_err, requires_cuda
 
 # (batch, heads, heads_kv): plain, GQA, MQA, batch > 1.
 HEAD_LAYOUTS = [(1, 1, 1), (2, 4, 2), (3, 4, 1), (1, 2, 2)]

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from fibsparse_ext.data import ByteCorpus
-from fibsparse_ext.experiments import extrapolate
-from fibsparse_ext.models import FibSparseLM, LMConfig
+from fibsparse_ext.lm.data import ByteCorpus
+from fibsparse_ext.lm.experiments import extrapolate
+from fibsparse_ext.lm.models import FibSparseLM, LMConfig
 
 
 @pytest.fixture(scope="module")

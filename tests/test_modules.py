@@ -4,9 +4,9 @@ own projections."""
 import pytest
 import torch
 
-from conftest import DEVICES, rel_err
 from fibsparse_ext import SCHEDULES, FibSparseAttention, fibsparse_attn_ref, make_schedule
 from fibsparse_ext.rotary import apply_rotary, rotary_tables
+from utils import DEVICES, rel_err
 
 
 def schedule_for(name, base="fibonacci"):

@@ -4,8 +4,8 @@ graph break."""
 import pytest
 import torch
 
-from conftest import DEVICES, random_offsets, random_qkv
 from fibsparse_ext import FibSparseAttention, make_schedule
+from utils import DEVICES, random_offsets, random_qkv
 
 
 def op_samples(device):

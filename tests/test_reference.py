@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from conftest import random_offsets, random_qkv, rel_err
 from fibsparse_ext import fibsparse_attn_ref
+from utils import random_offsets, random_qkv, rel_err
 
 
 def oracle(q, k, v, window, offsets, scale=None):

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DEVICES, requires_cuda
 from fibsparse_ext import FibSparseAttention, fibsparse_attn, fibsparse_attn_ref, make_schedule
 from fibsparse_ext.decode import KVCache, fibsparse_attn_with_kvcache
-from fibsparse_ext.generation import generate
-from fibsparse_ext.models import FibSparseLM, LMConfig
+from fibsparse_ext.lm.generation import generate
+from fibsparse_ext.lm.models import FibSparseLM, LMConfig
+from utils import DEVICES, requires_cuda
 
 
 def readers(seqlen, window, offsets, key):
@@ -327,7 +327,7 @@ def test_self_check_cli_refuses_bad_arguments_before_running(args):
                                   ["--schedules", "fancy"], ["--device", "nonsense"]])
 def test_experiment_cli_refuses_bad_arguments_before_creating_anything(tmp_path, args):
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "fibsparse_ext.experiments.extrapolate", *args, "--out", str(out)],
+    result = subprocess.run([sys.executable, "-m", "fibsparse_ext.lm.experiments.extrapolate", *args, "--out", str(out)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert "error:" in result.stderr and "Traceback" not in result.stderr

@@ -2,8 +2,8 @@
 then measure validation perplexity at 1x, 2x and 4x the training length and
 the inference latency of each.
 
-    python -m fibsparse_ext.experiments.extrapolate --preset tiny
-    python -m fibsparse_ext.experiments.extrapolate --preset small \
+    python -m fibsparse_ext.lm.experiments.extrapolate --preset tiny
+    python -m fibsparse_ext.lm.experiments.extrapolate --preset small \
         --schedules fixed,learned,stagger,coprime,pow2-fixed,pow2-stagger,dense --out runs/small
 
 Writes OUT/results.json, OUT/results.png (with matplotlib) and one checkpoint
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .._cli import positive_int
+from ..._cli import positive_int
 from ..data import ByteCorpus
 from ..models import FibSparseLM, LMConfig
 
@@ -194,7 +194,7 @@ def plot(results: dict, seq_len: int, path: Path) -> bool:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fibsparse_ext.experiments.extrapolate", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m fibsparse_ext.lm.experiments.extrapolate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", choices=sorted(TRAIN_PRESETS))
     parser.add_argument("--schedules", default=DEFAULT_VARIANTS,

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .decode import KVCache
-from .modules import FibSparseAttention
-from .schedules import BASES, Schedule, make_schedule
+from ..decode import KVCache
+from ..modules import FibSparseAttention
+from ..schedules import BASES, Schedule, make_schedule
 
 # Variants an experiment can name: a schedule, optionally prefixed by its base
 # ("pow2-stagger"); "custom" needs explicit alphas and is for the Python API.

@@ -1,8 +1,9 @@
-"""Shared test helpers: random inputs, the error measure, devices."""
+"""Shared test helpers: random inputs, the error measure, devices. The tests import it as
+`utils`: tests/ has no __init__.py, so pytest puts tests/ itself on sys.path."""
 import pytest
 import torch
 
-from fibsparse_ext.accuracy import TOLERANCE  # noqa: F401  (used by the tests through conftest)
+from fibsparse_ext.accuracy import TOLERANCE  # noqa: F401  (used by the tests through utils)
 from fibsparse_ext.accuracy import relative_error as rel_err  # noqa: F401
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
