@@ -42,6 +42,27 @@ SCHEDULES = ("fixed", "learned", "stagger", "coprime", "custom", "dense")
 BASES = ("fibonacci", "pow2")
 GOLDEN_RATIO = (1 + math.sqrt(5)) / 2
 
+SPARSE_SCHEDULES = tuple(name for name in SCHEDULES if name != "dense")
+# The optional arguments of make_schedule and the schedules that read them.
+# make_schedule refuses an argument passed to any other schedule (silently
+# ignoring it would hide a mistake), so a caller that holds every argument
+# passes each schedule only those this table says it reads.
+# max_distance is not here: every schedule takes it (dense only to bound its plot).
+# custom reads base only when built from alphas (explicit offsets have no base).
+ARGUMENT_USERS = {
+    "window": SPARSE_SCHEDULES,
+    "base": SPARSE_SCHEDULES,
+    "alpha": ("fixed", "learned"),
+    "alpha_min": ("stagger", "coprime"),
+    "alpha_max": ("stagger", "coprime"),
+    "stride": ("coprime",),
+    "alphas": ("custom",),
+    "offsets": ("custom",),
+}
+DEFAULT_BASE = "fibonacci"
+DEFAULT_ALPHA = 1.0  # fixed, learned
+DEFAULT_ALPHA_MIN, DEFAULT_ALPHA_MAX = 0.5, 1.5  # stagger, coprime (see the module docstring)
+
 
 def _round(x: float) -> int:
     return math.floor(x + 0.5)
@@ -236,24 +257,23 @@ def make_schedule(name: str, *, num_layers: int, window: int | None = None, max_
                   alpha_max: float | None = None, stride: int | None = None, alphas=None, offsets=None) -> Schedule:
     """Build a schedule by name (see SCHEDULES); window/max_distance are required except for dense.
     Defaults: base "fibonacci", alpha 1.0 (fixed, learned), alpha_min 0.5 and alpha_max 1.5
-    (stagger, coprime). An argument the schedule does not use is an error."""
+    (stagger, coprime). An argument the schedule does not use (ARGUMENT_USERS) is an error."""
     _check_choice("name", name, SCHEDULES)
     L = _check_int("num_layers", num_layers, 1)
-    sparse = tuple(n for n in SCHEDULES if n != "dense")
-    base_users = tuple(n for n in sparse if n != "custom" or offsets is None)  # explicit offsets have no base
-    for arg, value, users in (("stride", stride, ("coprime",)), ("alphas", alphas, ("custom",)),
-                              ("offsets", offsets, ("custom",)), ("alpha", alpha, ("fixed", "learned")),
-                              ("alpha_min", alpha_min, ("stagger", "coprime")),
-                              ("alpha_max", alpha_max, ("stagger", "coprime")),
-                              ("window", window, sparse), ("base", base, base_users)):
-        if value is not None and name not in users:  # silently ignoring it would hide a mistake
+    given = {"stride": stride, "alphas": alphas, "offsets": offsets, "alpha": alpha, "alpha_min": alpha_min,
+             "alpha_max": alpha_max, "window": window, "base": base}
+    for arg, value in given.items():
+        users = ARGUMENT_USERS[arg]
+        if arg == "base" and offsets is not None:
+            users = tuple(n for n in users if n != "custom")
+        if value is not None and name not in users:
             context = " with explicit offsets" if name == "custom" and arg == "base" else ""
             raise ValueError(f"{arg} is not used by schedule {name!r}{context} "
                              f"(only by {', '.join(repr(n) for n in users)})")
-    base = "fibonacci" if base is None else base
-    alpha = 1.0 if alpha is None else alpha
-    alpha_min = 0.5 if alpha_min is None else alpha_min
-    alpha_max = 1.5 if alpha_max is None else alpha_max
+    base = DEFAULT_BASE if base is None else base
+    alpha = DEFAULT_ALPHA if alpha is None else alpha
+    alpha_min = DEFAULT_ALPHA_MIN if alpha_min is None else alpha_min
+    alpha_max = DEFAULT_ALPHA_MAX if alpha_max is None else alpha_max
     if name == "dense":
         if max_distance is not None:
             max_distance = _check_int("max_distance", max_distance, 1)

@@ -135,6 +135,7 @@ def test_devices():
     raises(fibsparse_attn, *qkv(head_dim=48, device="cuda"), 4, [5], match="head_dim must be 16, 32, 64 or 128")
 
 
+@requires_cuda
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_tensors_on_different_gpus():
     q, k, v = qkv(device="cuda:0")

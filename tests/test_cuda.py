@@ -1,24 +1,14 @@
-"""CUDA-only properties: every output element written, bitwise determinism,
-the current stream, long sequences, and sizes past 32-bit index math."""
+"""The kernels as CUDA launches: every output element written, bitwise
+determinism, the current stream, empty input, and sizes past 32-bit index math.
+(Their accuracy on CUDA is tested with the CPU's, in test_kernels.py.)"""
 import pytest
 import torch
 
 from fibsparse_ext import fibsparse_attn, fibsparse_attn_ref
 from fibsparse_ext.decode import fibsparse_attn_with_kvcache
-from utils import random_offsets, random_qkv, rel_err, requires_cuda
+from utils import CUDA_ONLY, attention_and_grads, random_offsets, random_qkv, rel_err
 
-pytestmark = requires_cuda
-
-
-def attention_and_grads(q, k, v, window, offsets, seed=0):
-    offsets = offsets.detach().requires_grad_(offsets.is_floating_point())
-    out, lse = fibsparse_attn(q, k, v, window, offsets, return_lse=True)
-    generator = torch.Generator(device=q.device).manual_seed(seed)
-    grad_out = torch.randn(out.shape, generator=generator, device=q.device, dtype=out.dtype)
-    grad_lse = torch.randn(lse.shape, generator=generator, device=q.device, dtype=lse.dtype)
-    inputs = [q, k, v] + ([offsets] if offsets.requires_grad else [])
-    grads = torch.autograd.grad([out, lse], inputs, [grad_out, grad_lse])
-    return [out, lse, *grads]
+pytestmark = CUDA_ONLY
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -85,28 +75,6 @@ def test_runs_on_the_current_stream():
         out, _ = torch.ops.fibsparse.fwd(q2, k2, v2, offsets, 128, 0.125)
     torch.cuda.current_stream().wait_stream(stream)
     assert torch.equal(out, expected)
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("fractional", [False, True])
-def test_long_sequence_matches_reference(dtype, fractional):
-    """seqlen 16384, window 128, Fibonacci offsets up to 4096, against the float64 reference."""
-    torch.manual_seed(0)
-    q, k, v = random_qkv(1, 16384, 4, 2, 64, dtype, "cuda")
-    offsets = torch.tensor([144, 233, 377, 610, 987, 1597, 2584, 4181], device="cuda")
-    offsets = offsets.float() * 0.93 if fractional else offsets.int()
-    out_and_grads = attention_and_grads(q, k, v, 128, offsets)
-    ref_in = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
-    ref_pos = offsets.detach().double().requires_grad_(fractional) if fractional else offsets
-    ref_out, ref_lse = fibsparse_attn_ref(*ref_in, 128, ref_pos, return_lse=True)
-    generator = torch.Generator(device="cuda").manual_seed(0)
-    grad_out = torch.randn(ref_out.shape, generator=generator, device="cuda", dtype=q.dtype).double()
-    grad_lse = torch.randn(ref_lse.shape, generator=generator, device="cuda", dtype=torch.float32).double()
-    ref_grads = torch.autograd.grad([ref_out, ref_lse], ref_in + ([ref_pos] if fractional else []),
-                                    [grad_out, grad_lse])
-    tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
-    for name, a, b in zip(["out", "lse", "dq", "dk", "dv", "doffsets"], out_and_grads, [ref_out, ref_lse, *ref_grads]):
-        assert rel_err(a, b) < tol, name
 
 
 def test_more_than_2_pow_31_elements():

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from fibsparse_ext import fibsparse_attn, fibsparse_attn_ref
-from utils import DEVICES, TOLERANCE, random_offsets, random_qkv, rel_err, requires_cuda
+from utils import (DEVICES, TOLERANCE, attention_and_grads, position_dtype, random_offsets, random_qkv, rel_err,
+                   requires_cuda)
 
 # (batch, heads, heads_kv): plain, GQA, MQA, batch > 1.
 HEAD_LAYOUTS = [(1, 1, 1), (2, 4, 2), (3, 4, 1), (1, 2, 2)]
@@ -85,8 +86,7 @@ def grid(device):
 def run_case(device, dtype, head_dim, seqlen, window, fractional, per_head, batch, heads, heads_kv):
     torch.manual_seed(hash((seqlen, window, head_dim, fractional, per_head)) % 2**31)
     q, k, v = random_qkv(batch, seqlen, heads, heads_kv, head_dim, dtype, device)
-    pos_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    offsets = random_offsets(window, 6, heads if per_head else None, fractional, device, pos_dtype)
+    offsets = random_offsets(window, 6, heads if per_head else None, fractional, device, position_dtype(dtype))
     check_against_reference(q, k, v, window, offsets)
 
 
@@ -144,6 +144,29 @@ def test_lse_only_backward(device):
     _, ref_lse = fibsparse_attn_ref(*ref_in, 3, [5, 9], return_lse=True)
     ref_grads = torch.autograd.grad(ref_lse.sum(), ref_in[:2])
     assert max(rel_err(g, r) for g, r in zip(grads, ref_grads)) < 1e-12
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("fractional", [False, True])
+def test_long_sequence_matches_reference(dtype, fractional):
+    """seqlen 16384, window 128, Fibonacci offsets up to 4096, against the float64 reference."""
+    torch.manual_seed(0)
+    q, k, v = random_qkv(1, 16384, 4, 2, 64, dtype, "cuda")
+    offsets = torch.tensor([144, 233, 377, 610, 987, 1597, 2584, 4181], device="cuda")
+    offsets = offsets.float() * 0.93 if fractional else offsets.int()
+    out_and_grads = attention_and_grads(q, k, v, 128, offsets)
+    ref_in = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    ref_pos = offsets.detach().double().requires_grad_(fractional) if fractional else offsets
+    ref_out, ref_lse = fibsparse_attn_ref(*ref_in, 128, ref_pos, return_lse=True)
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    grad_out = torch.randn(ref_out.shape, generator=generator, device="cuda", dtype=q.dtype).double()
+    grad_lse = torch.randn(ref_lse.shape, generator=generator, device="cuda", dtype=torch.float32).double()
+    ref_grads = torch.autograd.grad([ref_out, ref_lse], ref_in + ([ref_pos] if fractional else []),
+                                    [grad_out, grad_lse])
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
+    for name, a, b in zip(["out", "lse", "dq", "dk", "dv", "doffsets"], out_and_grads, [ref_out, ref_lse, *ref_grads]):
+        assert rel_err(a, b) < tol, name
 
 
 @requires_cuda

@@ -1,33 +1,61 @@
 """The registered ops: torch.library.opcheck (schema, fake tensors, autograd
-registration) and torch.compile of a model using FibSparseAttention with no
-graph break."""
+registration, AOT dispatch) of fwd, bwd and decode in every dtype, and
+torch.compile of a model using FibSparseAttention with no graph break."""
 import pytest
 import torch
 
 from fibsparse_ext import FibSparseAttention, make_schedule
-from utils import DEVICES, random_offsets, random_qkv
+from fibsparse_ext.decode import required_capacity
+from utils import DEVICES, position_dtype, random_offsets, random_qkv
+
+# fp16 and bf16 run on the tensor-core kernels on CUDA, whose backward allocates
+# buffers of its own, and through float32 copies on the CPU.
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
 
-def op_samples(device):
+def op_samples(device, dtype):
     torch.manual_seed(0)
     samples = []
-    for dtype in [torch.float32, torch.float64]:
-        for fractional in [False, True]:
-            q, k, v = random_qkv(2, 40, 4, 2, 16, dtype, device)
-            offsets = random_offsets(4, 3, 4 if fractional else None, fractional, device, dtype, spread=8)
-            samples.append((q, k, v, offsets.requires_grad_(fractional), 4, 0.3))
+    for fractional in [False, True]:
+        q, k, v = random_qkv(2, 40, 4, 2, 16, dtype, device)
+        offsets = random_offsets(4, 3, 4 if fractional else None, fractional, device, position_dtype(dtype),
+                                 spread=8)
+        samples.append((q, k, v, offsets.requires_grad_(fractional), 4, 0.3))
+    return samples
+
+
+def decode_samples(device, dtype):
+    """Arguments of torch.ops.fibsparse.decode: two new tokens for each of three
+    sequences of different lengths, in a plain cache and in a ring that each
+    sequence has wrapped by a different amount; shared integer offsets with
+    int32 lengths, per-head fractional positions (-1 padded) with int64 ones."""
+    torch.manual_seed(0)
+    window, new, lengths = 3, 2, [30, 11, 2]
+    patterns = [(torch.tensor([5, 8], dtype=torch.int32), torch.int32),
+                (torch.tensor([[4.5, 8.25], [6.75, -1], [5.0, 7.5], [-1, -1]], dtype=position_dtype(dtype)),
+                 torch.int64)]
+    samples = []
+    for ring in [False, True]:
+        for offsets, lengths_dtype in patterns:
+            capacity = required_capacity(window, offsets, new) if ring else max(lengths)
+            q, k_cache, v_cache = random_qkv(3, new, 4, 2, 16, dtype, device, seqlen_k=capacity,
+                                             requires_grad=False)
+            cache_seqlens = torch.tensor(lengths, dtype=lengths_dtype, device=device)
+            samples.append((q, k_cache, v_cache, cache_seqlens, offsets.to(device), window, 0.3, ring))
     return samples
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_opcheck_forward(device):
-    for args in op_samples(device):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_opcheck_forward(device, dtype):
+    for args in op_samples(device, dtype):
         torch.library.opcheck(torch.ops.fibsparse.fwd.default, args)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_opcheck_backward(device):
-    for q, k, v, offsets, window, scale in op_samples(device):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_opcheck_backward(device, dtype):
+    for q, k, v, offsets, window, scale in op_samples(device, dtype):
         with torch.no_grad():
             out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, window, scale)
         dout, dlse = torch.randn_like(out), torch.randn_like(lse)
@@ -35,6 +63,16 @@ def test_opcheck_backward(device):
         # bwd has no derivative of its own (it raises), so skip the autograd-registration check
         torch.library.opcheck(torch.ops.fibsparse.bwd.default, args,
                               test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_opcheck_decode(device, dtype):
+    for args in decode_samples(device, dtype):
+        # decode is inference only: it has no derivative, and the autograd-registration
+        # check refuses to run without an input that requires grad
+        torch.library.opcheck(torch.ops.fibsparse.decode.default, args,
+                              test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
 
 class TinyModel(torch.nn.Module):

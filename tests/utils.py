@@ -1,13 +1,42 @@
-"""Shared test helpers: random inputs, the error measure, devices. The tests import it as
-`utils`: tests/ has no __init__.py, so pytest puts tests/ itself on sys.path."""
+"""Helpers shared by the tests: random inputs, the error measure and its
+tolerances, the devices to run on, and one forward-and-backward pass with
+random upstream gradients. fuzz.py holds the fuzzer's own generator and checker.
+
+Where a test goes, one rule, so that a CUDA case is found beside its subject:
+
+* One file per subject (test_<subject>.py). A check that means the same on both
+  devices is parametrized over DEVICES, so its CPU and CUDA cases sit together.
+* A case of a subject that only CUDA has (the fp16/bf16 tensor-core kernels, the
+  device-side offsets check, an input only a GPU runs in reasonable time, a
+  second GPU) stays in that subject's file, marked @requires_cuda (which adds
+  the `cuda` marker).
+* test_cuda.py has one subject, the kernels as CUDA launches: they run on the
+  caller's stream, launch nothing for empty input, write every element of their
+  launch grid (output poisoning), give the same bits on every run and index past
+  2^31 elements. Nothing else goes there.
+
+The tests import this module as `utils`: tests/ has no __init__.py, so pytest's
+default import mode puts tests/ itself on sys.path (as it does for fuzz.py).
+"""
 import pytest
 import torch
 
-from fibsparse_ext.accuracy import TOLERANCE  # noqa: F401  (used by the tests through utils)
+from fibsparse_ext import fibsparse_attn
+from fibsparse_ext.accuracy import TOLERANCE  # noqa: F401  (re-exported: the tests' tolerances)
 from fibsparse_ext.accuracy import relative_error as rel_err  # noqa: F401
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
+# Every CUDA-only case carries the `cuda` marker (pyproject.toml), so that
+# `pytest -m cuda` (or -k cuda) selects all of them, wherever their subject's file is.
+CUDA_ONLY = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA_ONLY)]
+
+
+def requires_cuda(test):
+    """Decorator: `test` runs only with a GPU and is marked `cuda` (a module uses
+    `pytestmark = CUDA_ONLY` instead)."""
+    for mark in CUDA_ONLY:
+        test = mark(test)
+    return test
 
 
 def random_qkv(batch, seqlen_q, heads, heads_kv, head_dim, dtype, device, seqlen_k=None, requires_grad=True):
@@ -31,3 +60,22 @@ def random_offsets(window, num_offsets, heads=None, fractional=False, device="cp
         rows.append(row if fractional else row.floor().to(torch.int64))
     out = torch.stack(rows) if heads else rows[0]
     return out.to(device=device, dtype=dtype if fractional else torch.int32)
+
+
+def position_dtype(dtype):
+    """The dtype of fractional positions for q of `dtype`: float64 with float64,
+    float32 otherwise (the kernels keep positions in their accumulation type)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def attention_and_grads(q, k, v, window, offsets, seed=0):
+    """out, lse and the gradients of q, k, v (and of fractional positions) for
+    random upstream gradients of out and lse drawn on q's device from `seed`."""
+    offsets = offsets.detach().requires_grad_(offsets.is_floating_point())
+    out, lse = fibsparse_attn(q, k, v, window, offsets, return_lse=True)
+    generator = torch.Generator(device=q.device).manual_seed(seed)
+    grad_out = torch.randn(out.shape, generator=generator, device=q.device, dtype=out.dtype)
+    grad_lse = torch.randn(lse.shape, generator=generator, device=q.device, dtype=lse.dtype)
+    inputs = [q, k, v] + ([offsets] if offsets.requires_grad else [])
+    grads = torch.autograd.grad([out, lse], inputs, [grad_out, grad_lse])
+    return [out, lse, *grads]

@@ -18,11 +18,12 @@ from torch import nn
 
 from ..decode import KVCache
 from ..modules import FibSparseAttention
-from ..schedules import BASES, Schedule, make_schedule
+from ..schedules import (ARGUMENT_USERS, BASES, DEFAULT_ALPHA_MAX, DEFAULT_ALPHA_MIN, DEFAULT_BASE, SCHEDULES,
+                         Schedule, make_schedule)
 
 # Variants an experiment can name: a schedule, optionally prefixed by its base
-# ("pow2-stagger"); "custom" needs explicit alphas and is for the Python API.
-VARIANT_SCHEDULES = ("fixed", "learned", "stagger", "coprime", "dense")
+# ("pow2-stagger"); "custom" needs explicit alphas or offsets and is for the Python API.
+VARIANT_SCHEDULES = tuple(name for name in SCHEDULES if name != "custom")
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,9 @@ class LMConfig:
     mlp_ratio: int = 4
     vocab_size: int = 256
     schedule: str = "stagger"
-    base: str = "fibonacci"
-    alpha_min: float = 0.5
-    alpha_max: float = 1.5
+    base: str = DEFAULT_BASE
+    alpha_min: float = DEFAULT_ALPHA_MIN
+    alpha_max: float = DEFAULT_ALPHA_MAX
     rotary_base: float = 10000.0
 
     @staticmethod
@@ -53,19 +54,19 @@ class LMConfig:
     def parse_variant(variant: str) -> dict:
         """'stagger' -> {schedule: stagger, base: fibonacci}; 'pow2-fixed' -> pow2 base."""
         base, _, schedule = variant.rpartition("-")
-        base = base or "fibonacci"
+        base = base or DEFAULT_BASE
         if base not in BASES or schedule not in VARIANT_SCHEDULES:
             raise ValueError(f"unknown schedule variant {variant!r}: use one of {list(VARIANT_SCHEDULES)}, "
                              f"optionally prefixed by a base ({', '.join(b + '-' for b in BASES)})")
         return {"schedule": schedule, "base": base}
 
     def make_schedule(self) -> Schedule:
-        if self.schedule == "dense":
-            return make_schedule("dense", num_layers=self.num_layers)
-        kwargs = dict(num_layers=self.num_layers, window=self.window, max_distance=self.seq_len, base=self.base)
-        if self.schedule in ("stagger", "coprime"):
-            kwargs.update(alpha_min=self.alpha_min, alpha_max=self.alpha_max)
-        return make_schedule(self.schedule, **kwargs)
+        """The named schedule, given those of our fields it reads (schedules.ARGUMENT_USERS)."""
+        fields = {"window": self.window, "base": self.base, "alpha_min": self.alpha_min, "alpha_max": self.alpha_max}
+        kwargs = {arg: value for arg, value in fields.items() if self.schedule in ARGUMENT_USERS[arg]}
+        if self.schedule != "dense":  # dense has no bound: it reads every earlier position at any length
+            kwargs["max_distance"] = self.seq_len
+        return make_schedule(self.schedule, num_layers=self.num_layers, **kwargs)
 
 
 PRESETS = {
