@@ -63,11 +63,13 @@ archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if with_cuda else ""
 print(f"fibsparse_ext: building {'CUDA (archs ' + archs + ') + CPU' if with_cuda else 'CPU-only'} "
       f"kernels against torch {torch.__version__}")
 
-sources = ["csrc/fibsparse_api.cpp", "csrc/autograd.cpp", "csrc/python_module.cpp", "csrc/cpu/fibsparse_cpu.cpp"]
+# The host code (op library, checks, autograd, CPU ops and kernels) and the
+# Python module; with CUDA, the CUDA ops (host C++) and kernels.
+sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
 macros = [("FIBSPARSE_BUILD_TORCH", f'"{torch.__version__}"'), ("FIBSPARSE_CUDA_ARCHS", f'"{archs}"')]
 cxx_flags = ["-O3"]
 if with_cuda:
-    sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    sources += sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu"))
     macros.append(("FIBSPARSE_WITH_CUDA", None))
     extension = CUDAExtension(
         "fibsparse_ext._C", sources, define_macros=macros, include_dirs=library_header_dirs(cuda_home),

@@ -6,12 +6,13 @@
 // at 16k tokens is as long as the kernels themselves (bench/host_path.py).
 // Here the forward and backward go straight from the autograd engine to the
 // CPU/CUDA implementations.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <optional>
 #include <tuple>
+
+#include "fibsparse_api.h"
 
 namespace fibsparse {
 namespace {
@@ -20,36 +21,12 @@ using at::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// The ops through the dispatcher, so that fake tensors (torch.compile) and
-// any other backend registered for them are honoured.
-std::tuple<Tensor, Tensor> call_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& offsets,
-                                    int64_t window, double softmax_scale) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fibsparse::fwd", "")
-                             .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                               const Tensor&, int64_t, double)>();
-  return op.call(q, k, v, offsets, window, softmax_scale);
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor> call_bwd(const Tensor& dout, const Tensor& q, const Tensor& k,
-                                                    const Tensor& v, const Tensor& out, const Tensor& lse,
-                                                    const std::optional<Tensor>& dlse, const Tensor& offsets,
-                                                    int64_t window, double softmax_scale) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("fibsparse::bwd", "")
-          .typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                                            const Tensor&, const Tensor&, const std::optional<Tensor>&,
-                                                            const Tensor&, int64_t, double)>();
-  return op.call(dout, q, k, v, out, lse, dlse, offsets, window, softmax_scale);
-}
-
 class Attention : public torch::autograd::Function<Attention> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& q, const Tensor& k, const Tensor& v,
                                const Tensor& offsets, int64_t window, double softmax_scale) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [out, lse] = call_fwd(q, k, v, offsets, window, softmax_scale);
+    auto [out, lse] = fwd(q, k, v, offsets, window, softmax_scale);
     ctx->save_for_backward({q, k, v, offsets, out, lse});
     ctx->saved_data["window"] = window;
     ctx->saved_data["softmax_scale"] = softmax_scale;
@@ -68,7 +45,7 @@ class Attention : public torch::autograd::Function<Attention> {
     // as zero; otherwise straight to the implementation.
     std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
     if (!at::GradMode::is_enabled()) below_autograd.emplace();
-    auto [dq, dk, dv, doffsets] = call_bwd(dout, q, k, v, out, lse, dlse, offsets, window, softmax_scale);
+    auto [dq, dk, dv, doffsets] = bwd(dout, q, k, v, out, lse, dlse, offsets, window, softmax_scale);
     return {dq, dk, dv, offsets.is_floating_point() ? doffsets : Tensor(), Tensor(), Tensor()};
   }
 };

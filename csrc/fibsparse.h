@@ -68,7 +68,6 @@ struct Params {
   // warp's 16 queries are contiguous, so both passes access them coalesced.
   void* offset_probs;
   void* offset_dscores;
-  int queries_per_partial;
   int num_partials;  // query blocks per (batch, head)
 
   // The window as the caller gave it (`window` is clipped to seqlen_k): the

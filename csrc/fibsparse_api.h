@@ -1,4 +1,6 @@
-// The C++ entry points, also what the CMake driver calls directly.
+// The C++ entry points of the fibsparse:: ops (through the dispatcher, so the
+// autograd, CPU and CUDA registrations all apply): what the autograd
+// function and the CMake driver call.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -1,4 +1,4 @@
-// The kernel entry points the host wrapper (fibsparse_api.cpp) dispatches to.
+// The kernel entry points the per-device ops (cpu/ops_cpu.cpp, cuda/ops_cuda.cpp) call.
 // `dtype` is q's dtype; `fractional` selects real-valued offset positions.
 #pragma once
 
@@ -10,10 +10,6 @@ namespace fibsparse {
 
 void run_fwd_cpu(const Params& params, c10::ScalarType dtype, bool fractional);
 void run_bwd_cpu(const Params& params, c10::ScalarType dtype, bool fractional);
-
-// Query (or key) rows one CUDA block handles; the host sizes the partial
-// sums of d(position) with it. The CPU kernels make one partial per query.
-constexpr int kCudaRowsPerBlock = 16;
 
 #ifdef FIBSPARSE_WITH_CUDA
 void run_fwd_cuda(const Params& params, c10::ScalarType dtype, bool fractional);

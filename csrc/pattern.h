@@ -1,5 +1,9 @@
 // Where a query's key set is decided: the one definition of the attention
-// pattern (SPEC sections 1 and 2), shared by the CPU and CUDA kernels.
+// pattern, shared by every kernel (CPU, CUDA lane-group, tensor-core, decode).
+// A kernel asks this header which keys a query reads (the band, the offsets,
+// a fractional position's two rows and weights) and where positions live in
+// memory; it never states the rule itself. docs/architecture.md lists what a
+// change of the pattern touches.
 //
 // A query at absolute position `pos` sees distances t = 0 .. window-1 (the
 // dense band) and then one distance per offset. An offset is an int32 distance
@@ -34,7 +38,47 @@ struct KeySample {
 };
 
 // Number of distances each query walks: the band, then the offsets.
+// Distance index t < window is band distance t; t = window + o is offset o.
 FIBSPARSE_HD int num_distances(int window, int num_offsets) { return window + num_offsets; }
+FIBSPARSE_HD bool is_offset_distance(int t, int window) { return t >= window; }
+FIBSPARSE_HD int offset_of_distance(int t, int window) { return t - window; }
+FIBSPARSE_HD int distance_of_offset(int o, int window) { return window + o; }
+
+// ---- The band: key distances pos - key in [0, window) ----
+// Asked per pair, per tile and per block: the tensor-core kernels test whole
+// tiles and strips with the range forms, then single pairs on a tile's edge.
+
+// Whether the query at position pos reads the key at pos - distance through
+// the band. Tile code passes distances as int: within a tile that meets the
+// band they lie in [-79, window + 79], and window < 2^31 - 2^16 (the host's
+// check). The dk/dv pass, whose rows are keys, asks the same of the
+// distance it computes from the key's side.
+FIBSPARSE_HD bool in_band(int distance, int window) {
+  return static_cast<unsigned>(distance) < static_cast<unsigned>(window);
+}
+
+// Whether every distance pos - key + [-kRadius, kRadius] is in the band (a
+// tile that needs no mask per pair).
+template <int kRadius>
+FIBSPARSE_HD bool band_holds(int64_t pos, int64_t key, int window) {
+  return pos - key >= kRadius && pos - key + kRadius < window;
+}
+
+// Whether 16 query positions [pos0, pos0 + 15] and `count` key positions
+// [key0, key0 + count - 1] have any pair in the band.
+FIBSPARSE_HD bool band_meets(int64_t pos0, int64_t key0, int window, int count = 16) {
+  return key0 <= pos0 + 15 && key0 + count - 1 >= pos0 - (window - 1);
+}
+
+// The first key the query at pos reads through the band (the sequence
+// starts at key 0); its last is pos itself.
+FIBSPARSE_HD int64_t band_first_key(int64_t pos, int window) {
+  return pos - (window - 1) > 0 ? pos - (window - 1) : 0;
+}
+
+// The last query position that reads the key at position key through the
+// band (the band mirrored: its readers are key .. key + window - 1).
+FIBSPARSE_HD int64_t band_last_reader(int64_t key, int window) { return key + (window - 1); }
 
 // Whether entry t of one row of offsets is allowed (the same rule as the
 // Python check): -1 is padding, and only at the end of a row; other entries
@@ -56,6 +100,25 @@ FIBSPARSE_HD bool offset_entry_valid(const OffsetT* row, int t, int64_t min_dist
   return t == 0 || x > row[t - 1];
 }
 
+// An offset as the tensor-core kernels read it, once per block rather than
+// per query: rows pos - whole (weight 1 - frac) and pos - whole - 1 (weight
+// frac), sample_key's interpolation; whole < 0 marks padding.
+struct OffsetSplit {
+  int64_t whole;
+  float frac;
+};
+
+template <typename OffsetT>
+FIBSPARSE_HD OffsetSplit split_offset(const OffsetT* offs, int o) {
+  const OffsetT distance = offs[o];
+  if constexpr (std::is_integral_v<OffsetT>) {
+    return {int64_t(distance), 0.f};
+  } else {
+    if (distance < 0) return {-1, 0.f};
+    return {int64_t(floorf(distance)), distance - floorf(distance)};
+  }
+}
+
 // Absolute position of query row i of sequence b.
 FIBSPARSE_HD int64_t query_position(const Params& p, int b, int i) {
   return p.cache_seqlens != nullptr ? p.cache_seqlens[b] - p.seqlen_q + i : int64_t(i) + p.q_pos_shift;
@@ -75,7 +138,7 @@ template <typename Acc, typename OffsetT>
 FIBSPARSE_HD std::conditional_t<std::is_integral_v<OffsetT>, int64_t, Acc> distance_at(int t, int window,
                                                                                        const OffsetT* offsets) {
   using D = std::conditional_t<std::is_integral_v<OffsetT>, int64_t, Acc>;
-  return t < window ? D(t) : D(offsets[t - window]);
+  return is_offset_distance(t, window) ? D(offsets[offset_of_distance(t, window)]) : D(t);
 }
 
 // The keys that the query at `pos` reads for distance index t. Invalid samples

@@ -4,6 +4,8 @@
 
 #include <c10/util/Exception.h>
 
+#include "capabilities.h"
+
 #define BOOL_SWITCH(COND, CONST_NAME, ...) \
   [&] {                                    \
     if (COND) {                            \
@@ -15,6 +17,11 @@
     }                                      \
   }()
 
+// One case per entry of kCudaHeadDims (capabilities.h).
+static_assert(sizeof(fibsparse::kCudaHeadDims) / sizeof(int) == 4 && fibsparse::is_cuda_head_dim(16) &&
+                  fibsparse::is_cuda_head_dim(32) && fibsparse::is_cuda_head_dim(64) &&
+                  fibsparse::is_cuda_head_dim(128),
+              "HEADDIM_SWITCH's cases must be kCudaHeadDims");
 #define HEADDIM_SWITCH(HEADDIM, CONST_NAME, ...)                              \
   [&] {                                                                       \
     switch (HEADDIM) {                                                        \

@@ -5,7 +5,7 @@
 // built with a system compiler other than the one that built torch (as on
 // our GPU machine: torch 2.11 from gcc-toolset-13, extension from Ubuntu's
 // gcc 13.3), formatting an integer in a TORCH_CHECK message segfaulted
-// (any cpp_extension; bench/repro_mixed_libstdcxx.py reproduces it). So the
+// (any cpp_extension; tools/repro_mixed_libstdcxx.py reproduces it). So the
 // messages pass only ready-made strings, built with std::to_string.
 #pragma once
 

@@ -157,16 +157,16 @@ void bwd_dq_kernel(const Params& p) {
       for (int t = 0; t < num_distances(p.window, p.num_offsets); ++t) {
         const auto s = sample_key<T>(pos, t, p.window, offs);
         if (!s.valid) {
-          if (std::is_floating_point_v<OffsetT> && t >= p.window) dpos[t - p.window] = T(0);
+          if (std::is_floating_point_v<OffsetT> && is_offset_distance(t, p.window)) dpos[offset_of_distance(t, p.window)] = T(0);
           continue;
         }
-        const bool is_position = std::is_floating_point_v<OffsetT> && t >= p.window;
+        const bool is_position = std::is_floating_point_v<OffsetT> && is_offset_distance(t, p.window);
         const auto terms = pair_terms(q, dout, k, v, s, scale, n, is_position);
         const T prob = prob_from_lse(terms.score, lse);
         const T dscore = dscore_from(prob, terms.dp, delta, lse);
         axpy_interp(dq.data(), dscore * scale, k[s.j0], k[s.j1], s.frac, n);
         if (is_position) {
-          dpos[t - p.window] = dscore * terms.dscore_dpos + prob * terms.ddp_dpos;
+          dpos[offset_of_distance(t, p.window)] = dscore * terms.dscore_dpos + prob * terms.ddp_dpos;
         }
       }
       std::copy(dq.begin(), dq.end(),

@@ -21,15 +21,13 @@
 //     query reading the key as its first row) and f (as its second).
 #pragma once
 
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-
 #include <cmath>
 
 #include "../fibsparse.h"
+#include "../capabilities.h"
 #include "../kernels.h"
 #include "../pattern.h"
-#include "../static_switch.h"
+#include "block_steps.cuh"
 #include "mma_tiles.cuh"
 #include "offsets_check.cuh"
 
@@ -38,11 +36,13 @@ namespace mma_bwd {
 
 using namespace mma_tiles;
 
-// A 4-byte asynchronous copy (statistics rows), zero-filled when invalid.
-__device__ __forceinline__ void copy_async_4(void* dst, const void* src, bool valid) {
-  const uint32_t dst_addr = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst_addr), "l"(src), "r"(valid ? 4 : 0));
-}
+// Dynamic shared memory of the two passes: two pipeline stages of two row
+// buffers; the dk/dv pass adds two statistics per staged row.
+template <int kHeadDim>
+constexpr int kDqSmemBytes = 2 * 2 * kStageBytes<kHeadDim>;
+template <int kHeadDim>
+constexpr int kDkdvSmemBytes = 2 * 2 * kStageBytes<kHeadDim> + 2 * 2 * kBufRows * int(sizeof(float));
+static_assert(kCudaQueriesPerPartial == 16, "the dq pass writes one partial of d(position) per warp's 16 queries");
 
 // The lse with which the backward recomputes P = exp(S - lse): a query whose
 // every score is -inf has lse -inf, and +inf in its place makes each P 0
@@ -68,7 +68,7 @@ __device__ __forceinline__ void store_rows(uint16_t* dst, int64_t row_stride, in
 }
 
 template <typename T, typename OffsetT, int kHeadDim>
-__global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) dq_mma_kernel(const Params p) {
+__global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_mma_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
   // The backward's check: the dq pass runs before the dk/dv pass on the stream.
   if (is_offsets_check_block()) return check_offsets_on_device<OffsetT>(p, blockIdx.y);
@@ -151,16 +151,16 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) dq_mma_kernel(
         float s[2][4], dp[2][4];
         dot_16_rows<T, kHeadDim>(qf, rows_k + 16 * t16, s, 0, lane);
         dot_16_rows<T, kHeadDim>(dof, rows_v + 16 * t16, dp, 0, lane);
-        const int distance0 = int(warp_pos - key0) + g - 2 * c;  // of this thread's element (g, 2c)
+        const int distance0 = thread_distance<false>(warp_pos, key0, g, c);
         // Only tiles on the band's edges need a mask per score (distances warp_pos - key0 + [-15, 15]).
-        const bool inside = warp_pos - key0 >= 15 && warp_pos - key0 + 15 < p.window;
+        const bool inside = band_holds<15>(warp_pos, key0, p.window);
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = e / 2;
             const bool attended =
-                row_valid[r] && (inside || in_band(distance0 + 8 * r - 8 * j - e % 2, p.window));
+                row_valid[r] && (inside || in_band(element_distance<false>(distance0, j, e), p.window));
             const float prob = attended ? fast_exp2(s[j][e] * scale_log2 - lse_log2[r]) : 0.f;
             s[j][e] = prob * (dp[j][e] - delta[r]);  // dS
           }
@@ -168,7 +168,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) dq_mma_kernel(
         add_tile_times_rows<T, kHeadDim>(s, 0, 1.f, rows_k + 16 * t16, dq, lane);
       }
     } else {
-      const int o = steps.offset_index(n), t = p.window + o;
+      const int o = steps.offset_index(n), t = distance_of_offset(o, p.window);
       const OffsetSplit split = split_offset(offs, o);
       float dpos = 0.f;  // this thread's share of the warp's d loss / d position
       if (split.whole >= 0) {
@@ -231,7 +231,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) dq_mma_kernel(
 #pragma unroll
         for (int x = 16; x > 0; x /= 2) dpos += __shfl_xor_sync(0xffffffffu, dpos, x);
         if (lane == 0 && warp_q0 < p.seqlen_q) {
-          const int64_t partial = (int64_t(b) * p.heads + h) * p.num_partials + warp_q0 / 16;
+          const int64_t partial = (int64_t(b) * p.heads + h) * p.num_partials + warp_q0 / kCudaQueriesPerPartial;
           static_cast<float*>(p.doffsets_partial)[partial * p.num_offsets + o] = dpos;
         }
       }
@@ -240,7 +240,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) dq_mma_kernel(
   }
   if constexpr (kFrac) {  // offsets out of the block's reach: their partials are zero
     if (lane == 0 && warp_q0 < p.seqlen_q) {
-      const int64_t partial = (int64_t(b) * p.heads + h) * p.num_partials + warp_q0 / 16;
+      const int64_t partial = (int64_t(b) * p.heads + h) * p.num_partials + warp_q0 / kCudaQueriesPerPartial;
       for (int o = steps.offset_steps; o < p.num_offsets; ++o) {
         static_cast<float*>(p.doffsets_partial)[partial * p.num_offsets + o] = 0.f;
       }
@@ -249,90 +249,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) dq_mma_kernel(
   store_rows<T, kHeadDim>(bits<T>(p.dq, b * p.dq_batch_stride + h * p.dq_head_stride), p.dq_row_stride, warp_q0, p.seqlen_q, dq, scale, g, c);
 }
 
-// The steps of a block of 64 keys over the queries that read them, for each
-// query head of the kv head's group in turn: band chunks of kChunk query rows
-// (positions [block_key, block_key + 63 + window - 1] that exist), then one
-// step per offset, in which staged row 16 w + x holds the query at position
-// key_w + whole + x (it reads key x of warp w as its first row; the query at
-// staged row 16 w + x + 1 reads it as its second).
-template <typename OffsetT, int kHeadDim>
-struct QuerySteps {
-  const Params& p;
-  int64_t block_key, band_first_row, band_last_row;
-  int band_steps, steps_per_head, num_steps, first_head;
-
-  __device__ QuerySteps(const Params& params, int64_t first_key, int hk) : p(params), block_key(first_key) {
-    const int64_t first_pos = block_key, last_pos = block_key + kBlockRows - 1 + (p.window - 1);
-    band_first_row = (first_pos > p.q_pos_shift ? first_pos : p.q_pos_shift) - p.q_pos_shift;
-    const int64_t last_row = last_pos - p.q_pos_shift;
-    band_last_row = last_row < p.seqlen_q - 1 ? last_row : p.seqlen_q - 1;
-    band_steps = band_last_row >= band_first_row ? int((band_last_row - band_first_row) / kChunk) + 1 : 0;
-    first_head = hk * (p.heads / p.heads_kv);
-    // A query at or before the last position reads key block_key only through
-    // d <= last - block_key; the same count for every head of the group (the
-    // most any of them needs: an extra step for another head stages only
-    // rows outside the queries, which add nothing).
-    const int64_t max_whole = p.q_pos_shift + p.seqlen_q - 1 - block_key;
-    int offset_steps = 0;
-    for (int h = first_head; h < first_head + p.heads / p.heads_kv; ++h) {
-      const int reach = offsets_within_reach(offsets(h), p.num_offsets, max_whole);
-      offset_steps = reach > offset_steps ? reach : offset_steps;
-    }
-    steps_per_head = band_steps + offset_steps;
-    num_steps = steps_per_head * (p.heads / p.heads_kv);
-  }
-
-  __device__ int head(int n) const { return first_head + n / steps_per_head; }
-  __device__ bool is_band(int n) const { return n % steps_per_head < band_steps; }
-  __device__ int64_t chunk_row(int n) const { return band_first_row + int64_t(n % steps_per_head) * kChunk; }
-  __device__ int offset_index(int n) const { return n % steps_per_head - band_steps; }
-  __device__ const OffsetT* offsets(int h) const {
-    return static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
-  }
-
-  // Queues step n's q and dout rows and, per row, two statistics (lse and
-  // delta for the band; the dq pass's P and dS for an offset).
-  template <typename T>
-  __device__ void issue(int n, int b, Rows<kHeadDim> q_dst, Rows<kHeadDim> do_dst, float* stat0_dst,
-                        float* stat1_dst) const {
-    if (n < num_steps) {
-      const int h = head(n);
-      const uint16_t* q_src = bits<T>(p.q, b * p.q_batch_stride + h * p.q_head_stride);
-      const uint16_t* do_src = bits<T>(p.dout, b * p.do_batch_stride + h * p.do_head_stride);
-      const int64_t stats = (int64_t(b) * p.heads + h) * p.seqlen_q;
-      if (is_band(n)) {
-        const int64_t first = chunk_row(n);
-        stage_rows<kHeadDim, kChunk>(q_dst, q_src, p.q_row_stride, first, band_last_row);
-        stage_rows<kHeadDim, kChunk>(do_dst, do_src, p.do_row_stride, first, band_last_row);
-        for (int r = threadIdx.x; r < kChunk; r += kThreads) {
-          const int64_t i = first + r;
-          const bool valid = i <= band_last_row;
-          copy_async_4(stat0_dst + r, static_cast<const float*>(p.lse) + (valid ? stats + i : 0), valid);
-          copy_async_4(stat1_dst + r, static_cast<const float*>(p.delta) + (valid ? stats + i : 0), valid);
-        }
-      } else {
-        const int o = offset_index(n);
-        const OffsetSplit split = split_offset(offsets(h), o);
-        if (split.whole >= 0) {
-          const int64_t first = block_key + split.whole - p.q_pos_shift;
-          stage_rows<kHeadDim, kStripSpan>(q_dst, q_src, p.q_row_stride, first, p.seqlen_q - 1);
-          stage_rows<kHeadDim, kStripSpan>(do_dst, do_src, p.do_row_stride, first, p.seqlen_q - 1);
-          for (int r = threadIdx.x; r < kStripSpan; r += kThreads) {
-            const int64_t i = first + r;
-            const bool valid = i >= 0 && i < p.seqlen_q;
-            const int64_t at = valid ? stats * p.num_offsets + int64_t(o) * p.seqlen_q + i : 0;
-            copy_async_4(stat0_dst + r, static_cast<const float*>(p.offset_probs) + at, valid);
-            copy_async_4(stat1_dst + r, static_cast<const float*>(p.offset_dscores) + at, valid);
-          }
-        }
-      }
-    }
-    commit_async();
-  }
-};
-
 template <typename T, typename OffsetT, int kHeadDim>
-__global__ void __launch_bounds__(kThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
+__global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   extern __shared__ __align__(16) uint16_t smem[];
   const auto stage_q = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 0); };
   const auto stage_do = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 1); };
@@ -369,7 +287,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_k
         const int64_t pos0 = chunk_row + 16 * t16 + p.q_pos_shift;  // the sub-tile's first query position
         if (!band_meets(pos0, warp_k0, p.window)) continue;          // warp-uniform
         float st[2][4], dpt[2][4];  // rows: the warp's keys; columns: the sub-tile's queries
-        const int distance0 = int(pos0 - warp_k0) + 2 * c - g;  // of this thread's element (key g, query 2c)
+        const int distance0 = thread_distance<true>(warp_k0, pos0, g, c);  // rows: keys; columns: queries
         const int last_col = int(steps.band_last_row - chunk_row) - 16 * t16;
         dot_16_rows<T, kHeadDim>(kf, rows_q + 16 * t16, st, 0, lane);
         dot_16_rows<T, kHeadDim>(vf, rows_do + 16 * t16, dpt, 0, lane);
@@ -384,7 +302,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_k
             // Queries past the band's last row, and keys past seqlen_k, read
             // zero rows; the checks keep them out of P all the same.
             const int col = 8 * j + 2 * c + e % 2;
-            const bool attended = col <= last_col && in_band(distance0 + 8 * j + e % 2 - 8 * (e / 2), p.window);
+            const bool attended = col <= last_col && in_band(element_distance<true>(distance0, j, e), p.window);
             const float lse_log2 = (e % 2 ? lse.y : lse.x) * float(M_LOG2E);
             const float prob = attended ? fast_exp2(st[j][e] * scale_log2 - lse_log2) : 0.f;
             dst[j][e] = prob * (dpt[j][e] - (e % 2 ? dlt.y : dlt.x));
@@ -417,28 +335,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_k
   }
   store_rows<T, kHeadDim>(bits<T>(p.dk, b * p.dk_batch_stride + hk * p.dk_head_stride), p.dk_row_stride, warp_k0, p.seqlen_k, dk, scale, g, c);
   store_rows<T, kHeadDim>(bits<T>(p.dv, b * p.dv_batch_stride + hk * p.dv_head_stride), p.dv_row_stride, warp_k0, p.seqlen_k, dv, 1.f, g, c);
-}
-
-template <typename T>
-void launch(const Params& p, bool fractional) {
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const dim3 dq_grid((p.seqlen_q + kBlockRows - 1) / kBlockRows + kOffsetsCheckBlocks, p.heads, p.batch);
-  const dim3 dkdv_grid((p.seqlen_k + kBlockRows - 1) / kBlockRows, p.heads_kv, p.batch);
-  HEADDIM_SWITCH(p.head_dim, kHeadDim, [&] {
-    BOOL_SWITCH(fractional, kFrac, [&] {
-      using OffsetT = std::conditional_t<kFrac, float, int32_t>;
-      constexpr int kDqSmem = 2 * 2 * kStageBytes<kHeadDim>;
-      constexpr int kDkdvSmem = 2 * 2 * kStageBytes<kHeadDim> + 2 * 2 * kBufRows * int(sizeof(float));
-      const auto dq = dq_mma_kernel<T, OffsetT, kHeadDim>;
-      C10_CUDA_CHECK(cudaFuncSetAttribute(dq, cudaFuncAttributeMaxDynamicSharedMemorySize, kDqSmem));
-      dq<<<dq_grid, kThreads, kDqSmem, stream>>>(p);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      const auto dkdv = dkdv_mma_kernel<T, OffsetT, kHeadDim>;
-      C10_CUDA_CHECK(cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, kDkdvSmem));
-      dkdv<<<dkdv_grid, kThreads, kDkdvSmem, stream>>>(p);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
 }
 
 }  // namespace mma_bwd

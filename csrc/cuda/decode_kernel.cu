@@ -9,16 +9,19 @@
 
 #include <limits>
 
-#include "fwd_kernel.cuh"
+#include "../capabilities.h"
+#include "../static_switch.h"
+#include "launch.cuh"
 #include "offsets_check.cuh"
+#include "query_walk.cuh"
 
 namespace fibsparse {
 namespace {
 
-constexpr int kGroups = kThreads / kLanes;
+constexpr int kGroups = kLaneBlockThreads / kLanes;
 
 template <typename T, typename OffsetT, int kHeadDim>
-__global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
+__global__ void __launch_bounds__(kLaneBlockThreads) decode_kernel(const Params p) {
   using Walk = QueryWalk<T, OffsetT, kHeadDim>;
   using Acc = typename Walk::Acc;
   constexpr int kElems = Walk::kElems;
@@ -62,13 +65,11 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const Params p) {
 
 template <typename T>
 void launch_decode(const Params& p, bool fractional) {
-  const dim3 grid(p.seqlen_q + kOffsetsCheckBlocks, p.heads, p.batch);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const dim3 grid(p.seqlen_q + kOffsetsCheckBlocks, p.heads, p.batch);  // one block per query
   HEADDIM_SWITCH(p.head_dim, kHeadDim, [&] {
     BOOL_SWITCH(fractional, kFrac, [&] {
       using OffsetT = std::conditional_t<kFrac, acc_t<T>, int32_t>;
-      decode_kernel<T, OffsetT, kHeadDim><<<grid, kThreads, 0, stream>>>(p);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_kernel(decode_kernel<T, OffsetT, kHeadDim>, grid, kLaneBlockThreads, 0, p);
     });
   });
 }

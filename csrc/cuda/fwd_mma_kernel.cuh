@@ -1,5 +1,5 @@
 // Tensor-core forward for float16 / bfloat16 (the training and inference
-// dtypes); float32 / float64 keep the lane-group kernel of fwd_kernel.cuh.
+// dtypes); float32 / float64 keep the lane-group kernel of lane_fwd_kernel.cuh.
 //
 // A block owns kBlockRows = 64 consecutive queries of one (batch, head); each of
 // its 4 warps owns 16 of them, as the A operand of mma.m16n8k16 (mma_tiles.cuh).
@@ -22,14 +22,11 @@
 // Scores are kept in log2 units (scale * log2(e) folded in) for exp2.
 #pragma once
 
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-
 #include <cmath>
 
 #include "../fibsparse.h"
 #include "../pattern.h"
-#include "../static_switch.h"
+#include "block_steps.cuh"
 #include "mma_tiles.cuh"
 #include "offsets_check.cuh"
 
@@ -109,8 +106,12 @@ __device__ __forceinline__ void softmax_update(float (&s)[N][4], float (&m)[2], 
   }
 }
 
+// Dynamic shared memory: two pipeline stages of k and v rows.
+template <int kHeadDim>
+constexpr int kFwdSmemBytes = 2 * 2 * kStageBytes<kHeadDim>;
+
 template <typename T, typename OffsetT, int kHeadDim>
-__global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) fwd_mma_kernel(const Params p) {
+__global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) fwd_mma_kernel(const Params p) {
   constexpr int kDimTiles = kHeadDim / 8, kChunkTiles = kChunk / 8;
   if (is_offsets_check_block()) return check_offsets_on_device<OffsetT>(p, blockIdx.y);
   extern __shared__ __align__(16) uint16_t smem[];
@@ -148,13 +149,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) fwd_mma_kernel
         // branch per sub-tile the 8 accumulator chains interleave.
 #pragma unroll
         for (int t16 = 0; t16 < kChunk / 16; ++t16) dot_16_rows<T, kHeadDim>(qf, rows_k + 16 * t16, s, 2 * t16, lane);
-        const int distance0 = int(warp_pos - chunk) + g - 2 * c;  // of this thread's element (g, 2c)
+        const int distance0 = thread_distance<false>(warp_pos, chunk, g, c);
 #pragma unroll
         for (int t16 = 0; t16 < kChunk / 16; ++t16) {
           // Distances in the sub-tile: warp_pos - key0 + [-15, 15]. Only the
           // tiles on the band's two edges need a mask per score.
-          const int64_t center = warp_pos - (chunk + 16 * t16);
-          if (center >= 15 && center + 15 < p.window) {
+          if (band_holds<15>(warp_pos, chunk + 16 * t16, p.window)) {
 #pragma unroll
             for (int j = 2 * t16; j < 2 * t16 + 2; ++j)
 #pragma unroll
@@ -164,7 +164,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) fwd_mma_kernel
             for (int j = 2 * t16; j < 2 * t16 + 2; ++j) {
 #pragma unroll
               for (int e = 0; e < 4; ++e) {
-                const bool attended = in_band(distance0 + 8 * (e / 2) - 8 * j - e % 2, p.window);
+                const bool attended = in_band(element_distance<false>(distance0, j, e), p.window);
                 s[j][e] = attended ? s[j][e] * scale_log2 : -INFINITY;
               }
             }
@@ -179,7 +179,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) fwd_mma_kernel
         }
       }
     } else {
-      const int t = p.window + steps.offset_index(n);
+      const int t = distance_of_offset(steps.offset_index(n), p.window);
       const OffsetSplit split = split_offset(offs, steps.offset_index(n));
       if (split.whole >= 0) {  // not padding (the same for the whole block)
         RowPtr<kHeadDim> strip_k = rows_k + 16 * warp, strip_v = rows_v + 16 * warp;
@@ -243,21 +243,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kHeadDim>) fwd_mma_kernel
       static_cast<float*>(p.lse)[(int64_t(b) * p.heads + h) * p.seqlen_q + i] = m[r] * float(M_LN2) + logf(l[r]);
     }
   }
-}
-
-template <typename T>
-void launch(const Params& p, bool fractional) {
-  const dim3 grid((p.seqlen_q + kBlockRows - 1) / kBlockRows + kOffsetsCheckBlocks, p.heads, p.batch);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  HEADDIM_SWITCH(p.head_dim, kHeadDim, [&] {
-    BOOL_SWITCH(fractional, kFrac, [&] {
-      using OffsetT = std::conditional_t<kFrac, float, int32_t>;
-      const auto kernel = fwd_mma_kernel<T, OffsetT, kHeadDim>;
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 2 * 2 * kStageBytes<kHeadDim>));
-      kernel<<<grid, kThreads, 2 * 2 * kStageBytes<kHeadDim>, stream>>>(p);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
 }
 
 }  // namespace mma_fwd

@@ -14,7 +14,8 @@
 namespace fibsparse {
 
 constexpr int kLanes = 8;  // threads per row
-constexpr int kThreads = 128;  // threads per block = kCudaRowsPerBlock * kLanes
+constexpr int kCudaRowsPerBlock = 16;  // query (or key) rows per block
+constexpr int kLaneBlockThreads = 128;  // threads per block = kCudaRowsPerBlock * kLanes
 
 template <typename T>
 using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
@@ -32,6 +33,7 @@ template <int kElems, typename T, typename Acc>
 __device__ __forceinline__ void load_slice(const T* __restrict__ src, Acc (&dst)[kElems]) {
   constexpr int kBytes = kElems * int(sizeof(T));
   constexpr int kVecBytes = kBytes >= 16 ? 16 : kBytes;
+  static_assert(kBytes % kVecBytes == 0, "a slice must be a whole number of vector loads (head_dim / kLanes elements)");
   using Vec = typename VecOf<kVecBytes>::type;
   Vec raw[kBytes / kVecBytes];
 #pragma unroll
@@ -45,6 +47,7 @@ template <int kElems, typename T, typename Acc>
 __device__ __forceinline__ void store_slice(T* __restrict__ dst, const Acc (&src)[kElems], Acc scale) {
   constexpr int kBytes = kElems * int(sizeof(T));
   constexpr int kVecBytes = kBytes >= 16 ? 16 : kBytes;
+  static_assert(kBytes % kVecBytes == 0, "a slice must be a whole number of vector stores (head_dim / kLanes elements)");
   using Vec = typename VecOf<kVecBytes>::type;
   Vec raw[kBytes / kVecBytes];
   T* elems = reinterpret_cast<T*>(raw);

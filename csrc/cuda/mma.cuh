@@ -17,14 +17,14 @@
 #include <cstdint>
 #include <type_traits>
 
-namespace fibsparse {
+#include "../capabilities.h"
 
-template <typename T>
-constexpr bool kIsTensorCoreType = std::is_same_v<T, at::BFloat16> || std::is_same_v<T, at::Half>;
+namespace fibsparse {
 
 // d += a * b for one 16x8 tile.
 template <typename T>
 __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  static_assert(kIsTensorCoreType<T>, "tensor-core building blocks take float16 or bfloat16");
   if constexpr (std::is_same_v<T, at::BFloat16>) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -43,6 +43,7 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
 // Two floats rounded to T and packed (lo in the low half).
 template <typename T>
 __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  static_assert(kIsTensorCoreType<T>, "tensor-core building blocks take float16 or bfloat16");
   if constexpr (std::is_same_v<T, at::BFloat16>) {
     const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<const uint32_t*>(&v);
@@ -55,6 +56,7 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
 // The two T elements packed in `bits` (lo in the low half), as floats.
 template <typename T>
 __device__ __forceinline__ float2 unpack2(uint32_t bits) {
+  static_assert(kIsTensorCoreType<T>, "tensor-core building blocks take float16 or bfloat16");
   if constexpr (std::is_same_v<T, at::BFloat16>) {
     return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&bits));
   } else {

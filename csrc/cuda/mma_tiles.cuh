@@ -19,7 +19,7 @@ namespace fibsparse {
 namespace mma_tiles {
 
 constexpr int kWarps = 4;
-constexpr int kThreads = 32 * kWarps;
+constexpr int kMmaBlockThreads = 32 * kWarps;
 constexpr int kBlockRows = 16 * kWarps;  // queries (or keys) per block
 constexpr int kChunk = 64;               // band rows staged per step
 // An offset step stages the block's 64 rows plus one before them (a
@@ -71,6 +71,11 @@ __device__ __forceinline__ void copy_async_16(void* dst, const void* src, bool v
   const uint32_t dst_addr = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst_addr), "l"(src), "r"(valid ? 16 : 0));
 }
+// A 4-byte asynchronous copy (statistics rows), zero-filled when invalid.
+__device__ __forceinline__ void copy_async_4(void* dst, const void* src, bool valid) {
+  const uint32_t dst_addr = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst_addr), "l"(src), "r"(valid ? 4 : 0));
+}
 __device__ __forceinline__ void commit_async() { asm volatile("cp.async.commit_group;\n" ::); }
 // Waits until at most `kPending` committed groups are still in flight.
 template <int kPending>
@@ -84,8 +89,8 @@ __device__ __forceinline__ void wait_async() { asm volatile("cp.async.wait_group
 template <int kHeadDim, int kCount>
 __device__ __forceinline__ void stage_rows(Rows<kHeadDim> dst, const uint16_t* src, int64_t row_stride, int64_t first,
                                            int64_t last) {
-  constexpr int kVecs = kHeadDim / 8, kRowsPerPass = kThreads / kVecs;
-  static_assert(kThreads % kVecs == 0);
+  constexpr int kVecs = kHeadDim / 8, kRowsPerPass = kMmaBlockThreads / kVecs;
+  static_assert(kMmaBlockThreads % kVecs == 0);
   const int col = (threadIdx.x % kVecs) * 8, r0 = threadIdx.x / kVecs;
   // Row r is valid for lo <= r <= hi; both fit in int, as they are clamped to [-1, kCount].
   const int lo = first >= 0 ? 0 : int(-first < kCount ? -first : kCount);
@@ -216,87 +221,20 @@ __device__ __forceinline__ bool owns_diagonal(int lane) { return lane % 4 == (la
 // The lane that owns the diagonal elements of this lane's rows.
 __device__ __forceinline__ int diagonal_owner(int lane) { return (lane / 4) * 4 + (lane / 4) / 2; }
 
-// An offset distance as the kernels read it: rows pos - whole (weight
-// 1 - frac) and pos - whole - 1 (weight frac), pattern.h's interpolation;
-// whole < 0 marks padding.
-struct OffsetSplit {
-  int64_t whole;
-  float frac;
-};
-
-template <typename OffsetT>
-__device__ __forceinline__ OffsetSplit split_offset(const OffsetT* offs, int o) {
-  const OffsetT distance = offs[o];
-  if constexpr (std::is_integral_v<OffsetT>) {
-    return {int64_t(distance), 0.f};
-  } else {
-    if (distance < 0) return {-1, 0.f};
-    return {int64_t(floorf(distance)), distance - floorf(distance)};
-  }
+// Band masks of a tile in C layout (pattern.h's in_band decides): the
+// distance pos - key of element e of 8-column block j, from distance0, that
+// of the thread's element (row g, column 2c) of block 0. Rows are queries and
+// columns keys, or with kKeysAreRows (the dk/dv pass) the other way round.
+template <bool kKeysAreRows>
+__device__ __forceinline__ int element_distance(int distance0, int j, int e) {
+  const int row_step = 8 * (e / 2), column_step = 8 * j + e % 2;
+  return kKeysAreRows ? distance0 + column_step - row_step : distance0 + row_step - column_step;
 }
-
-// How many of the offsets to walk when no distance whose whole part exceeds
-// `max_whole` can pair a query with a key (the queries are too close to the
-// sequence start): the offsets after the last one within reach are dropped,
-// with their whole pipeline steps. Offsets are increasing (Python checks it),
-// so those out of reach are a suffix; any order stays correct, as only a
-// suffix out of reach is dropped. At 1024 tokens this is ~45% of the steps.
-template <typename OffsetT>
-__device__ __forceinline__ int offsets_within_reach(const OffsetT* offs, int num_offsets, int64_t max_whole) {
-  int count = num_offsets;
-  while (count > 0) {
-    const OffsetSplit split = split_offset(offs, count - 1);
-    if (split.whole >= 0 && split.whole <= max_whole) break;
-    --count;
-  }
-  return count;
+// distance0 of a tile whose rows start at position row0 and columns at col0.
+template <bool kKeysAreRows>
+__device__ __forceinline__ int thread_distance(int64_t row0, int64_t col0, int g, int c) {
+  return kKeysAreRows ? int(col0 - row0) + 2 * c - g : int(row0 - col0) + g - 2 * c;
 }
-
-// The steps of a block of 64 queries over its keys (forward and dq pass):
-// band chunks of kChunk key rows covering [block_pos - window + 1,
-// block_pos + 63], then one step per offset, in which staged row 16 w + x
-// holds key pos_w - whole - 1 + x: query x of warp w reads its first row at
-// staged row 16 w + x + 1 and its second (interpolation) row at 16 w + x.
-template <typename OffsetT, int kHeadDim>
-struct KeySteps {
-  const Params& p;
-  const OffsetT* offs;
-  int64_t block_pos, band_first, band_last;
-  int band_steps, offset_steps, num_steps;
-
-  __device__ KeySteps(const Params& params, const OffsetT* offsets, int64_t first_pos)
-      : p(params), offs(offsets), block_pos(first_pos) {
-    const int64_t last_key = p.seqlen_k - 1;
-    band_first = block_pos - (p.window - 1) > 0 ? block_pos - (p.window - 1) : 0;
-    band_last = block_pos + kBlockRows - 1 < last_key ? block_pos + kBlockRows - 1 : last_key;
-    band_steps = int((band_last - band_first) / kChunk) + 1;
-    // The block's last query reads pos - d only for d <= pos.
-    offset_steps = offsets_within_reach(offs, p.num_offsets, block_pos + kBlockRows - 1);
-    num_steps = band_steps + offset_steps;
-  }
-
-  __device__ bool is_band(int n) const { return n < band_steps; }
-  __device__ int64_t chunk(int n) const { return band_first + int64_t(n) * kChunk; }
-  __device__ int offset_index(int n) const { return n - band_steps; }
-
-  // Queues the key and value rows of step n into k_dst, v_dst, then commits
-  // one cp.async group (an empty one past the last step or for padding).
-  __device__ void issue(int n, const uint16_t* k_src, const uint16_t* v_src, Rows<kHeadDim> k_dst,
-                        Rows<kHeadDim> v_dst) const {
-    if (n < band_steps) {
-      stage_rows<kHeadDim, kChunk>(k_dst, k_src, p.k_row_stride, chunk(n), band_last);
-      stage_rows<kHeadDim, kChunk>(v_dst, v_src, p.v_row_stride, chunk(n), band_last);
-    } else if (n < num_steps) {
-      const OffsetSplit split = split_offset(offs, offset_index(n));
-      if (split.whole >= 0) {
-        const int64_t first = block_pos - split.whole - 1;
-        stage_rows<kHeadDim, kStripSpan>(k_dst, k_src, p.k_row_stride, first, p.seqlen_k - 1);
-        stage_rows<kHeadDim, kStripSpan>(v_dst, v_src, p.v_row_stride, first, p.seqlen_k - 1);
-      }
-    }
-    commit_async();
-  }
-};
 
 // 2^x on the special-function unit, flushing denormals (exp2f adds range
 // handling the softmax does not need); 2^-inf = 0.
@@ -304,19 +242,6 @@ __device__ __forceinline__ float fast_exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
-}
-
-// Whether a query attends a key at distance pos - key through the band. Tile
-// code passes distances as int: within a tile that meets the band they lie
-// in [-79, window + 79], and window < 2^31 - 2^16 (the host's check).
-__device__ __forceinline__ bool in_band(int distance, int window) {
-  return static_cast<unsigned>(distance) < static_cast<unsigned>(window);
-}
-
-// Whether 16 query positions [pos0, pos0 + 15] and `count` key positions
-// [key0, key0 + count - 1] have any pair in the band (0 <= pos - key < window).
-__device__ __forceinline__ bool band_meets(int64_t pos0, int64_t key0, int window, int count = 16) {
-  return key0 <= pos0 + 15 && key0 + count - 1 >= pos0 - (window - 1);
 }
 
 }  // namespace mma_tiles

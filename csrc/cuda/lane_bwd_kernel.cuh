@@ -1,9 +1,9 @@
-// Backward kernels for float32 / float64 (16-bit types take the tensor-core
-// kernels of bwd_mma_kernel.cuh): deterministic, no float atomics.
+// Lane-group backward kernels for float32 / float64 (16-bit types take the
+// tensor-core kernels of bwd_mma_kernel.cuh): deterministic, no float atomics.
 //
 // Every gradient is gathered by the thread group that owns its row, in a
 // fixed order, so two runs give bitwise-identical results:
-//   dq_kernel   (one group per query i): forms delta_i = <dout_i, out_i> -
+//   lane_dq_kernel   (one group per query i): forms delta_i = <dout_i, out_i> -
 //               dlse_i for both passes, walks i's distances like the forward,
 //               recomputes p = exp(score - lse) and ds = p * (dp - delta),
 //               and sums dq_i. On the fractional path it also forms each
@@ -11,29 +11,27 @@
 //               block's 16 queries in shared memory, in row order, into one
 //               partial per (batch, head, block, offset); the host sums the
 //               partials with a fixed-order reduction.
-//   dkdv_kernel (one group per key row j of a kv head): the queries that read
+//   lane_dkdv_kernel (one group per key row j of a kv head): the queries that read
 //               j are the mirror of the forward pattern, {j + d : d in D}
 //               (plus j + floor(p) + 1 for a fractional p), over every query
 //               head of the GQA group; readers_of_row and weight_of_row in
 //               pattern.h name them, so the pattern is defined in one place.
 #pragma once
 
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-
 #include "../fibsparse.h"
+#include "../capabilities.h"
 #include "../kernels.h"
 #include "../online_softmax.h"
 #include "../pattern.h"
-#include "../static_switch.h"
-#include "bwd_mma_kernel.cuh"
 #include "lane_group.cuh"
 #include "offsets_check.cuh"
 
 namespace fibsparse {
 
+static_assert(kCudaRowsPerBlock == kCudaQueriesPerPartial, "the dq pass writes one partial of d(position) per block");
+
 template <typename T, typename OffsetT, int kHeadDim>
-__global__ void __launch_bounds__(kThreads) dq_kernel(const Params p) {
+__global__ void __launch_bounds__(kLaneBlockThreads) lane_dq_kernel(const Params p) {
   using Acc = acc_t<T>;
   constexpr int kElems = kHeadDim / kLanes;
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
@@ -72,7 +70,7 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const Params p) {
   for (int t = 0; t < num_distances(p.window, p.num_offsets); ++t) {
     const auto s = sample_key<Acc>(pos, t, p.window, offs);
     // d/d(position) needs row j1 even where frac == 0.
-    const bool is_position = kFrac && t >= p.window;
+    const bool is_position = kFrac && is_offset_distance(t, p.window);
     const bool read_j1 = is_position || (kFrac && s.frac != Acc(0));
     Acc row_k[kElems], dk_dpos[kElems], row_v[kElems], dv_dpos[kElems];
     load_interp<kElems>(k, p.k_row_stride, s.j0, s.j1, s.frac, read_j1, row_k, dk_dpos);
@@ -98,7 +96,7 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const Params p) {
         Acc sum = Acc(0);
         for (int r = 0; r < kCudaRowsPerBlock; ++r) sum += dpos_rows[r];
         const int64_t partial = (int64_t(b) * p.heads + h) * p.num_partials + blockIdx.x;
-        static_cast<Acc*>(p.doffsets_partial)[partial * p.num_offsets + (t - p.window)] = sum;
+        static_cast<Acc*>(p.doffsets_partial)[partial * p.num_offsets + offset_of_distance(t, p.window)] = sum;
       }
       __syncthreads();
     }
@@ -110,7 +108,7 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const Params p) {
 }
 
 template <typename T, typename OffsetT, int kHeadDim>
-__global__ void __launch_bounds__(kThreads) dkdv_kernel(const Params p) {
+__global__ void __launch_bounds__(kLaneBlockThreads) lane_dkdv_kernel(const Params p) {
   using Acc = acc_t<T>;
   constexpr int kElems = kHeadDim / kLanes;
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
@@ -169,26 +167,6 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(const Params p) {
   store_slice<kElems>(static_cast<T*>(p.dv) + b * p.dv_batch_stride + j * p.dv_row_stride +
                           hk * p.dv_head_stride + lane * kElems,
                       dv, Acc(1));
-}
-
-template <typename T>
-void launch_bwd(const Params& p, bool fractional) {
-  if constexpr (kIsTensorCoreType<T>) {
-    mma_bwd::launch<T>(p, fractional);
-  } else {  // the lane-group kernels, instantiated for 32/64-bit types only
-    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    const dim3 dq_grid((p.seqlen_q + kCudaRowsPerBlock - 1) / kCudaRowsPerBlock + kOffsetsCheckBlocks, p.heads, p.batch);
-    const dim3 dkdv_grid((p.seqlen_k + kCudaRowsPerBlock - 1) / kCudaRowsPerBlock, p.heads_kv, p.batch);
-    HEADDIM_SWITCH(p.head_dim, kHeadDim, [&] {
-      BOOL_SWITCH(fractional, kFrac, [&] {
-        using OffsetT = std::conditional_t<kFrac, acc_t<T>, int32_t>;
-        dq_kernel<T, OffsetT, kHeadDim><<<dq_grid, kThreads, 0, stream>>>(p);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        dkdv_kernel<T, OffsetT, kHeadDim><<<dkdv_grid, kThreads, 0, stream>>>(p);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-    });
-  }
 }
 
 }  // namespace fibsparse

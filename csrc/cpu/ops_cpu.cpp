@@ -1,0 +1,117 @@
+// The fibsparse ops on the CPU: checks, then the kernels of fibsparse_cpu.cpp.
+// float16 / bfloat16 inputs are computed in float32 and rounded at the end.
+// The offsets' values are checked here on every call (a few numbers on the
+// host, no sync), so a direct call of the op or torch.compile cannot pass
+// bad ones either.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+#include <type_traits>
+
+#include "../kernels.h"
+#include "../op_checks.h"
+#include "../op_setup.h"
+#include "../pattern.h"
+#include "../to_text.h"
+
+namespace fibsparse {
+namespace {
+
+using at::Tensor;
+
+bool is_low_precision(const Tensor& t) { return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16; }
+
+Tensor to_float(const Tensor& t) { return t.to(at::kFloat); }
+
+// pattern.h's offset_entry_valid, entry by entry, with an error naming the entry.
+template <typename OffsetT>
+void check_offset_rows(const Tensor& offsets, int64_t window) {
+  const int64_t rows = offsets.dim() == 2 ? offsets.size(0) : 1, count = offsets.size(-1);
+  const OffsetT* data = offsets.data_ptr<OffsetT>();
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t t = 0; t < count; ++t) {
+      TORCH_CHECK(offset_entry_valid(data + r * count, int(t), window), "offsets",
+                  offsets.dim() == 2 ? "[" + to_text(r) + "]" : std::string(), " entry ", to_text(t), " (",
+                  std::is_integral_v<OffsetT> ? to_text(int64_t(data[r * count + t])) : to_text(double(data[r * count + t])),
+                  ") is not allowed: offsets must be strictly increasing, finite "
+                  "and >= 0, integer ones >= window (", to_text(window), "), padded with -1 only at the end");
+    }
+  }
+}
+
+// `offsets` as the kernels read them (int32, float32 or float64).
+void check_offset_values(const Tensor& offsets, int64_t window) {
+  if (offsets.scalar_type() == at::kInt) {
+    check_offset_rows<int32_t>(offsets, window);
+  } else if (offsets.scalar_type() == at::kFloat) {
+    check_offset_rows<float>(offsets, window);
+  } else {
+    check_offset_rows<double>(offsets, window);
+  }
+}
+
+// The forward of fwd and decode, after their checks.
+std::tuple<Tensor, Tensor> attend(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& offsets,
+                                  int64_t window, double softmax_scale, const std::optional<Tensor>& cache_seqlens,
+                                  bool ring) {
+  if (is_low_precision(q)) {
+    auto [out, lse] = attend(to_float(q), to_float(k), to_float(v), offsets, window, softmax_scale, cache_seqlens, ring);
+    return {out.to(q.scalar_type()), lse};
+  }
+  const ForwardCall call = prepare_forward(q, k, v, offsets, window, softmax_scale, cache_seqlens, ring);
+  check_offset_values(call.offsets, window);
+  if (!call.empty) run_fwd_cpu(call.params, q.scalar_type(), call.fractional);
+  return {call.out, call.lse};
+}
+
+std::tuple<Tensor, Tensor> fwd_cpu(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& offsets,
+                                   int64_t window, double softmax_scale) {
+  check_attention_inputs(q, k, v, offsets, window, softmax_scale);
+  return attend(q, k, v, offsets, window, softmax_scale, std::nullopt, false);
+}
+
+std::tuple<Tensor, Tensor> decode_cpu(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                                      const Tensor& cache_seqlens, const Tensor& offsets, int64_t window,
+                                      double softmax_scale, bool ring) {
+  check_attention_inputs(q, k_cache, v_cache, offsets, window, softmax_scale, "k_cache", "v_cache");
+  check_cache_seqlens(q, cache_seqlens);
+  return attend(q, k_cache, v_cache, offsets, window, softmax_scale, cache_seqlens, ring);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> backward(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                                    const Tensor& v, const Tensor& out, const Tensor& lse,
+                                                    const std::optional<Tensor>& dlse, const Tensor& offsets,
+                                                    int64_t window, double softmax_scale) {
+  if (is_low_precision(q)) {
+    auto [dq, dk, dv, doffsets] = backward(to_float(dout), to_float(q), to_float(k), to_float(v), to_float(out), lse,
+                                           dlse, offsets, window, softmax_scale);
+    return {dq.to(q.scalar_type()), dk.to(q.scalar_type()), dv.to(q.scalar_type()), doffsets};
+  }
+  // One partial sum of d(position) per query; no per-(query, offset) buffers.
+  const BackwardCall call = prepare_backward(dout, q, k, v, out, lse, dlse, offsets, window, softmax_scale, 1, false);
+  check_offset_values(call.offsets, window);
+  if (!call.empty) run_bwd_cpu(call.params, q.scalar_type(), call.fractional);
+  return backward_result(call, offsets);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> bwd_cpu(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                                   const Tensor& v, const Tensor& out, const Tensor& lse,
+                                                   const std::optional<Tensor>& dlse, const Tensor& offsets,
+                                                   int64_t window, double softmax_scale) {
+  check_attention_inputs(q, k, v, offsets, window, softmax_scale);
+  check_backward_inputs(dout, q, out, lse, dlse);
+  return backward(dout, q, k, v, out, lse, dlse, offsets, window, softmax_scale);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fibsparse, CPU, m) {
+  m.impl("fwd", &fwd_cpu);
+  m.impl("bwd", &bwd_cpu);
+  m.impl("decode", &decode_cpu);
+}
+
+}  // namespace fibsparse

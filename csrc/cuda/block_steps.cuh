@@ -1,0 +1,163 @@
+// Block geometry of the tensor-core kernels: which rows a block stages, in
+// which steps. A block of 64 queries (forward, dq pass) walks the key strips
+// it reads; a block of 64 keys (dk/dv pass) walks the query strips that read
+// it, the band mirrored. Both ask pattern.h which distances are attended;
+// the kernels only follow the plan.
+#pragma once
+
+#include <cstdint>
+
+#include "../fibsparse.h"
+#include "../pattern.h"
+#include "mma_tiles.cuh"
+
+namespace fibsparse {
+namespace mma_tiles {
+
+// How many of the offsets to walk when no distance whose whole part exceeds
+// `max_whole` can pair a query with a key (the queries are too close to the
+// sequence start): the offsets after the last one within reach are dropped,
+// with their whole pipeline steps. Offsets are increasing (Python checks it),
+// so those out of reach are a suffix; any order stays correct, as only a
+// suffix out of reach is dropped. At 1024 tokens this is ~45% of the steps.
+template <typename OffsetT>
+__device__ __forceinline__ int offsets_within_reach(const OffsetT* offs, int num_offsets, int64_t max_whole) {
+  int count = num_offsets;
+  while (count > 0) {
+    const OffsetSplit split = split_offset(offs, count - 1);
+    if (split.whole >= 0 && split.whole <= max_whole) break;
+    --count;
+  }
+  return count;
+}
+
+// The steps of a block of 64 queries over its keys (forward and dq pass):
+// band chunks of kChunk key rows covering [block_pos - window + 1,
+// block_pos + 63], then one step per offset, in which staged row 16 w + x
+// holds key pos_w - whole - 1 + x: query x of warp w reads its first row at
+// staged row 16 w + x + 1 and its second (interpolation) row at 16 w + x.
+template <typename OffsetT, int kHeadDim>
+struct KeySteps {
+  const Params& p;
+  const OffsetT* offs;
+  int64_t block_pos, band_first, band_last;
+  int band_steps, offset_steps, num_steps;
+
+  __device__ KeySteps(const Params& params, const OffsetT* offsets, int64_t first_pos)
+      : p(params), offs(offsets), block_pos(first_pos) {
+    const int64_t last_key = p.seqlen_k - 1;
+    band_first = band_first_key(block_pos, p.window);
+    band_last = block_pos + kBlockRows - 1 < last_key ? block_pos + kBlockRows - 1 : last_key;
+    band_steps = int((band_last - band_first) / kChunk) + 1;
+    // The block's last query reads pos - d only for d <= pos.
+    offset_steps = offsets_within_reach(offs, p.num_offsets, block_pos + kBlockRows - 1);
+    num_steps = band_steps + offset_steps;
+  }
+
+  __device__ bool is_band(int n) const { return n < band_steps; }
+  __device__ int64_t chunk(int n) const { return band_first + int64_t(n) * kChunk; }
+  __device__ int offset_index(int n) const { return n - band_steps; }
+
+  // Queues the key and value rows of step n into k_dst, v_dst, then commits
+  // one cp.async group (an empty one past the last step or for padding).
+  __device__ void issue(int n, const uint16_t* k_src, const uint16_t* v_src, Rows<kHeadDim> k_dst,
+                        Rows<kHeadDim> v_dst) const {
+    if (n < band_steps) {
+      stage_rows<kHeadDim, kChunk>(k_dst, k_src, p.k_row_stride, chunk(n), band_last);
+      stage_rows<kHeadDim, kChunk>(v_dst, v_src, p.v_row_stride, chunk(n), band_last);
+    } else if (n < num_steps) {
+      const OffsetSplit split = split_offset(offs, offset_index(n));
+      if (split.whole >= 0) {
+        const int64_t first = block_pos - split.whole - 1;
+        stage_rows<kHeadDim, kStripSpan>(k_dst, k_src, p.k_row_stride, first, p.seqlen_k - 1);
+        stage_rows<kHeadDim, kStripSpan>(v_dst, v_src, p.v_row_stride, first, p.seqlen_k - 1);
+      }
+    }
+    commit_async();
+  }
+};
+
+// The steps of a block of 64 keys over the queries that read them, for each
+// query head of the kv head's group in turn: band chunks of kChunk query rows
+// (positions [block_key, block_key + 63 + window - 1] that exist), then one
+// step per offset, in which staged row 16 w + x holds the query at position
+// key_w + whole + x (it reads key x of warp w as its first row; the query at
+// staged row 16 w + x + 1 reads it as its second).
+template <typename OffsetT, int kHeadDim>
+struct QuerySteps {
+  const Params& p;
+  int64_t block_key, band_first_row, band_last_row;
+  int band_steps, steps_per_head, num_steps, first_head;
+
+  __device__ QuerySteps(const Params& params, int64_t first_key, int hk) : p(params), block_key(first_key) {
+    const int64_t first_pos = block_key, last_pos = band_last_reader(block_key + kBlockRows - 1, p.window);
+    band_first_row = (first_pos > p.q_pos_shift ? first_pos : p.q_pos_shift) - p.q_pos_shift;
+    const int64_t last_row = last_pos - p.q_pos_shift;
+    band_last_row = last_row < p.seqlen_q - 1 ? last_row : p.seqlen_q - 1;
+    band_steps = band_last_row >= band_first_row ? int((band_last_row - band_first_row) / kChunk) + 1 : 0;
+    first_head = hk * (p.heads / p.heads_kv);
+    // A query at or before the last position reads key block_key only through
+    // d <= last - block_key; the same count for every head of the group (the
+    // most any of them needs: an extra step for another head stages only
+    // rows outside the queries, which add nothing).
+    const int64_t max_whole = p.q_pos_shift + p.seqlen_q - 1 - block_key;
+    int offset_steps = 0;
+    for (int h = first_head; h < first_head + p.heads / p.heads_kv; ++h) {
+      const int reach = offsets_within_reach(offsets(h), p.num_offsets, max_whole);
+      offset_steps = reach > offset_steps ? reach : offset_steps;
+    }
+    steps_per_head = band_steps + offset_steps;
+    num_steps = steps_per_head * (p.heads / p.heads_kv);
+  }
+
+  __device__ int head(int n) const { return first_head + n / steps_per_head; }
+  __device__ bool is_band(int n) const { return n % steps_per_head < band_steps; }
+  __device__ int64_t chunk_row(int n) const { return band_first_row + int64_t(n % steps_per_head) * kChunk; }
+  __device__ int offset_index(int n) const { return n % steps_per_head - band_steps; }
+  __device__ const OffsetT* offsets(int h) const {
+    return static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
+  }
+
+  // Queues step n's q and dout rows and, per row, two statistics (lse and
+  // delta for the band; the dq pass's P and dS for an offset).
+  template <typename T>
+  __device__ void issue(int n, int b, Rows<kHeadDim> q_dst, Rows<kHeadDim> do_dst, float* stat0_dst,
+                        float* stat1_dst) const {
+    if (n < num_steps) {
+      const int h = head(n);
+      const uint16_t* q_src = bits<T>(p.q, b * p.q_batch_stride + h * p.q_head_stride);
+      const uint16_t* do_src = bits<T>(p.dout, b * p.do_batch_stride + h * p.do_head_stride);
+      const int64_t stats = (int64_t(b) * p.heads + h) * p.seqlen_q;
+      if (is_band(n)) {
+        const int64_t first = chunk_row(n);
+        stage_rows<kHeadDim, kChunk>(q_dst, q_src, p.q_row_stride, first, band_last_row);
+        stage_rows<kHeadDim, kChunk>(do_dst, do_src, p.do_row_stride, first, band_last_row);
+        for (int r = threadIdx.x; r < kChunk; r += kMmaBlockThreads) {
+          const int64_t i = first + r;
+          const bool valid = i <= band_last_row;
+          copy_async_4(stat0_dst + r, static_cast<const float*>(p.lse) + (valid ? stats + i : 0), valid);
+          copy_async_4(stat1_dst + r, static_cast<const float*>(p.delta) + (valid ? stats + i : 0), valid);
+        }
+      } else {
+        const int o = offset_index(n);
+        const OffsetSplit split = split_offset(offsets(h), o);
+        if (split.whole >= 0) {
+          const int64_t first = block_key + split.whole - p.q_pos_shift;
+          stage_rows<kHeadDim, kStripSpan>(q_dst, q_src, p.q_row_stride, first, p.seqlen_q - 1);
+          stage_rows<kHeadDim, kStripSpan>(do_dst, do_src, p.do_row_stride, first, p.seqlen_q - 1);
+          for (int r = threadIdx.x; r < kStripSpan; r += kMmaBlockThreads) {
+            const int64_t i = first + r;
+            const bool valid = i >= 0 && i < p.seqlen_q;
+            const int64_t at = valid ? stats * p.num_offsets + int64_t(o) * p.seqlen_q + i : 0;
+            copy_async_4(stat0_dst + r, static_cast<const float*>(p.offset_probs) + at, valid);
+            copy_async_4(stat1_dst + r, static_cast<const float*>(p.offset_dscores) + at, valid);
+          }
+        }
+      }
+    }
+    commit_async();
+  }
+};
+
+}  // namespace mma_tiles
+}  // namespace fibsparse

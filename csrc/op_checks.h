@@ -1,0 +1,24 @@
+// Argument checks shared by the CPU and CUDA ops. Each names the argument,
+// what it got and what is allowed; every op runs them before it allocates or
+// writes anything. The Python fakes (fibsparse_ext/_checks.py) mirror them.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+namespace fibsparse {
+
+// q, k, v, offsets, window and softmax_scale of any op. k_name, v_name: what
+// the caller calls k and v (the decode op's k_cache, v_cache).
+void check_attention_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& offsets,
+                            int64_t window, double softmax_scale, const char* k_name = "k", const char* v_name = "v");
+
+// The decode op's cache lengths: one int32/int64 per sequence, on q's device.
+void check_cache_seqlens(const at::Tensor& q, const at::Tensor& cache_seqlens);
+
+// What the backward adds to its forward's inputs.
+void check_backward_inputs(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& out, const at::Tensor& lse,
+                           const std::optional<at::Tensor>& dlse);
+
+}  // namespace fibsparse

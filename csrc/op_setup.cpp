@@ -1,0 +1,186 @@
+#include "op_setup.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+
+#include "to_text.h"
+
+namespace fibsparse {
+
+using at::Tensor;
+
+bool is_fractional(const Tensor& offsets) { return at::isFloatingType(offsets.scalar_type()); }
+
+at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+namespace {
+
+// Rows must be contiguous and 16-byte aligned for the vector loads of the
+// CUDA kernels; copy when they are not (e.g. a transposed view).
+Tensor rows_ready(const Tensor& t) {
+  const int64_t align = 16 / t.element_size();
+  bool ok = t.stride(-1) == 1 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+  for (int d = 0; d < 3 && ok; ++d) ok = t.stride(d) % align == 0 || t.size(d) == 1;
+  return ok ? t : t.clone(at::MemoryFormat::Contiguous);
+}
+
+// Offsets as the kernels read them: int32 distances, or positions in the
+// accumulation type; always contiguous.
+Tensor kernel_offsets(const Tensor& offsets, at::ScalarType dtype) {
+  Tensor out;
+  if (is_fractional(offsets)) {
+    out = offsets.to(acc_dtype(dtype)).contiguous();
+  } else {
+    if (offsets.scalar_type() == at::kLong && offsets.numel() > 0) {  // costs a sync: pass int32 to avoid it
+      const int64_t lo = offsets.min().item<int64_t>(), hi = offsets.max().item<int64_t>();
+      TORCH_CHECK(hi <= INT32_MAX && lo >= -1, "offsets must be distances in [0, 2^31 - 1] (or -1 for padding), got ",
+                  "values in [", to_text(lo), ", ", to_text(hi), "]");
+    }
+    out = offsets.to(at::kInt).contiguous();
+  }
+  return out;
+}
+
+void set_strides(const Tensor& t, int64_t& batch, int64_t& row, int64_t& head) {
+  batch = t.stride(0);
+  row = t.stride(1);
+  head = t.stride(2);
+}
+
+Params attention_params(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& offsets,
+                        int64_t window, double softmax_scale, const Tensor& out, const Tensor& lse) {
+  Params p{};
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.offsets = offsets.data_ptr();
+  set_strides(q, p.q_batch_stride, p.q_row_stride, p.q_head_stride);
+  set_strides(k, p.k_batch_stride, p.k_row_stride, p.k_head_stride);
+  set_strides(v, p.v_batch_stride, p.v_row_stride, p.v_head_stride);
+  p.offsets_head_stride = offsets.dim() == 2 ? offsets.size(1) : 0;
+  p.batch = q.size(0);
+  p.seqlen_q = q.size(1);
+  p.heads = q.size(2);
+  p.head_dim = q.size(3);
+  p.seqlen_k = k.size(1);
+  p.heads_kv = k.size(2);
+  // Band distances >= seqlen_k can never be attended: dropping them changes no
+  // result, and keeps a huge window (a way to ask for dense attention) from
+  // costing O(window) per row or overflowing the int loop count.
+  p.window = static_cast<int>(std::min<int64_t>(window, k.size(1)));
+  p.num_offsets = offsets.size(-1);
+  p.min_offset_distance = window;
+  p.q_pos_shift = p.seqlen_k - p.seqlen_q;
+  p.softmax_scale = softmax_scale;
+  p.out = out.data_ptr();
+  set_strides(out, p.o_batch_stride, p.o_row_stride, p.o_head_stride);
+  p.lse = lse.data_ptr();
+  return p;
+}
+
+// FIBSPARSE_POISON_OUTPUTS=1 fills every output with NaN before the kernels
+// run, so a test can prove that each element was written (read per call so
+// tests can switch it).
+bool poison_outputs() {
+  const char* flag = std::getenv("FIBSPARSE_POISON_OUTPUTS");
+  return flag != nullptr && flag[0] == '1';
+}
+
+Tensor new_output(const Tensor& like, at::IntArrayRef shape, at::ScalarType dtype) {
+  Tensor t = at::empty(shape, like.options().dtype(dtype));
+  if (poison_outputs()) t.fill_(std::numeric_limits<double>::quiet_NaN());
+  return t;
+}
+
+Tensor new_output_like(const Tensor& like) { return new_output(like, like.sizes(), like.scalar_type()); }
+
+}  // namespace
+
+ForwardCall prepare_forward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& offsets_in,
+                            int64_t window, double softmax_scale, const std::optional<Tensor>& cache_seqlens,
+                            bool ring) {
+  ForwardCall call;
+  const auto dtype = q_in.scalar_type();
+  call.q = rows_ready(q_in);
+  call.k = rows_ready(k_in);
+  call.v = rows_ready(v_in);
+  call.offsets = kernel_offsets(offsets_in, dtype);
+  call.fractional = is_fractional(call.offsets);
+  call.lengths = cache_seqlens.has_value() ? cache_seqlens->to(at::kLong).contiguous() : Tensor();
+  call.out = new_output_like(call.q);
+  call.lse = new_output(call.q, {call.q.size(0), call.q.size(2), call.q.size(1)}, acc_dtype(dtype));
+  call.empty = call.q.numel() == 0;
+  if (call.empty) return call;
+  call.params = attention_params(call.q, call.k, call.v, call.offsets, window, softmax_scale, call.out, call.lse);
+  if (call.lengths.defined()) {  // decode: queries are each sequence's newest tokens, k and v a cache
+    call.params.cache_seqlens = call.lengths.data_ptr<int64_t>();
+    call.params.ring = ring;
+  }
+  return call;
+}
+
+BackwardCall prepare_backward(const Tensor& dout_in, const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                              const Tensor& out_in, const Tensor& lse, const std::optional<Tensor>& dlse,
+                              const Tensor& offsets_in, int64_t window, double softmax_scale,
+                              int queries_per_partial, bool keeps_offset_terms) {
+  BackwardCall call;
+  const auto dtype = q_in.scalar_type();
+  const auto acc = acc_dtype(dtype);
+  const Tensor &q = call.q = rows_ready(q_in), &k = call.k = rows_ready(k_in), &v = call.v = rows_ready(v_in);
+  call.out = rows_ready(out_in);
+  call.dout = rows_ready(dout_in);
+  call.offsets = kernel_offsets(offsets_in, dtype);
+  call.fractional = is_fractional(call.offsets);
+  call.lse = lse.contiguous();
+  call.dlse = dlse.has_value() ? dlse->to(acc).contiguous() : Tensor();
+  call.delta = new_output_like(call.lse);
+  call.dq = new_output_like(q);
+  call.dk = new_output_like(k);
+  call.dv = new_output_like(v);
+  const int64_t num_offsets = call.offsets.size(-1);
+  call.num_partials = (q.size(1) + queries_per_partial - 1) / queries_per_partial;
+  call.partial =
+      new_output(q, {call.fractional ? q.size(0) * q.size(2) * call.num_partials * num_offsets : 0}, acc);
+  const int64_t offset_terms = keeps_offset_terms ? q.size(0) * q.size(2) * q.size(1) * num_offsets : 0;
+  call.offset_terms = at::empty({2 * offset_terms}, q.options().dtype(acc));  // probabilities, then d scores
+  call.empty = q.numel() == 0 || k.numel() == 0;
+  if (call.empty) return call;
+
+  Params& p = call.params = attention_params(q, k, v, call.offsets, window, softmax_scale, call.out, call.lse);
+  p.dout = call.dout.data_ptr();
+  set_strides(call.dout, p.do_batch_stride, p.do_row_stride, p.do_head_stride);
+  p.dlse = call.dlse.defined() ? call.dlse.data_ptr() : nullptr;
+  p.delta = call.delta.data_ptr();
+  p.dq = call.dq.data_ptr();
+  p.dk = call.dk.data_ptr();
+  p.dv = call.dv.data_ptr();
+  set_strides(call.dq, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride);
+  set_strides(call.dk, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride);
+  set_strides(call.dv, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
+  p.doffsets_partial = call.fractional ? call.partial.data_ptr() : nullptr;
+  p.offset_probs = call.offset_terms.data_ptr();
+  p.offset_dscores = static_cast<char*>(call.offset_terms.data_ptr()) + offset_terms * sizeof(float);
+  p.num_partials = static_cast<int>(call.num_partials);
+  return call;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> backward_result(const BackwardCall& call, const Tensor& offsets_in) {
+  const auto acc = acc_dtype(call.q.scalar_type());
+  if (call.empty) {
+    return {call.dq.zero_(), call.dk.zero_(), call.dv.zero_(),
+            call.fractional ? at::zeros_like(offsets_in) : at::empty({0}, call.q.options().dtype(acc))};
+  }
+  if (!call.fractional) return {call.dq, call.dk, call.dv, at::empty({0}, call.q.options().dtype(acc))};
+  // Sum the partials in a fixed order: (batch, heads, partials, K) -> (heads, K).
+  const auto& q = call.q;
+  Tensor doffsets =
+      call.partial.view({q.size(0), q.size(2), call.num_partials, call.offsets.size(-1)}).sum(at::IntArrayRef{0, 2});
+  if (offsets_in.dim() == 1) doffsets = doffsets.sum(0);
+  return {call.dq, call.dk, call.dv, doffsets.to(offsets_in.scalar_type())};
+}
+
+}  // namespace fibsparse

@@ -1,0 +1,52 @@
+// What the CPU and CUDA ops share between their checks and their kernels:
+// inputs laid out for the kernels, new outputs, and the Params describing
+// them. Nothing here checks arguments (op_checks.h) or launches a kernel.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <tuple>
+
+#include "fibsparse.h"
+
+namespace fibsparse {
+
+bool is_fractional(const at::Tensor& offsets);
+
+// Accumulation type: float for 16/32-bit inputs, double for double.
+at::ScalarType acc_dtype(at::ScalarType t);
+
+// A forward (or decode) call, ready for the kernels: inputs laid out for
+// them, outputs allocated, Params filled. `empty` when there is nothing to
+// compute (the outputs are returned as they are).
+struct ForwardCall {
+  at::Tensor q, k, v, offsets, lengths, out, lse;
+  Params params{};
+  bool fractional = false, empty = false;
+};
+ForwardCall prepare_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& offsets,
+                            int64_t window, double softmax_scale, const std::optional<at::Tensor>& cache_seqlens,
+                            bool ring);
+
+// A backward call, ready for the kernels. The devices differ in how many
+// queries share a partial sum of d(position) and in whether the kernels
+// keep each (query, offset)'s probability and d score between their passes
+// (the tensor-core backward).
+struct BackwardCall {
+  at::Tensor q, k, v, out, dout, offsets, lse, dlse, delta, dq, dk, dv, partial, offset_terms;
+  Params params{};
+  int64_t num_partials = 0;
+  bool fractional = false, empty = false;
+};
+BackwardCall prepare_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& dlse,
+                              const at::Tensor& offsets, int64_t window, double softmax_scale,
+                              int queries_per_partial, bool keeps_offset_terms);
+
+// (dq, dk, dv, doffsets) once the kernels ran: the partial sums of
+// d(position) reduced in a fixed order, in the shape and dtype of `offsets`.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_result(const BackwardCall& call,
+                                                                           const at::Tensor& offsets);
+
+}  // namespace fibsparse
