@@ -17,9 +17,13 @@ namespace {
 
 using at::Tensor;
 
+// "16, 32, 64 or 128"
 std::string cuda_head_dims_text() {
+  constexpr int kCount = sizeof(kCudaHeadDims) / sizeof(int);
   std::string text;
-  for (int d : kCudaHeadDims) text += (text.empty() ? "" : ", ") + to_text(int64_t(d));
+  for (int i = 0; i < kCount; ++i) {
+    text += (i == 0 ? "" : i + 1 == kCount ? " or " : ", ") + to_text(int64_t(kCudaHeadDims[i]));
+  }
   return text;
 }
 
@@ -56,7 +60,7 @@ void check_attention_inputs(const Tensor& q, const Tensor& k, const Tensor& v, c
   TORCH_CHECK(seqlen_k <= INT32_MAX - 65536, k_name, "'s seqlen_k must be at most 2^31 - 2^16, got ",
               to_text(seqlen_k));
   if (q.is_cuda()) {
-    TORCH_CHECK(is_cuda_head_dim(head_dim), "head_dim must be one of ", cuda_head_dims_text(), " on CUDA, got ",
+    TORCH_CHECK(is_cuda_head_dim(head_dim), "head_dim must be ", cuda_head_dims_text(), " on CUDA, got ",
                 to_text(head_dim));
   } else {
     TORCH_CHECK(head_dim >= 1 && head_dim <= 1024, "head_dim must be in [1, 1024], got ", to_text(head_dim));

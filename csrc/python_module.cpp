@@ -3,6 +3,8 @@
 // says how it was built.
 #include <torch/extension.h>
 
+#include "capabilities.h"
+
 #ifndef FIBSPARSE_BUILD_TORCH
 #define FIBSPARSE_BUILD_TORCH ""
 #endif
@@ -21,6 +23,9 @@ pybind11::dict build_info() {
 #endif
   info["cuda_archs"] = FIBSPARSE_CUDA_ARCHS;
   info["torch_version"] = FIBSPARSE_BUILD_TORCH;
+  pybind11::list head_dims;  // the Python checks read the kernels' list from here
+  for (int d : fibsparse::kCudaHeadDims) head_dims.append(d);
+  info["cuda_head_dims"] = head_dims;
   return info;
 }
 

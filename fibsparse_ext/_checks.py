@@ -1,11 +1,12 @@
 """Input checks for the Python paths (reference, decode). The compiled ops
-check the same things in C++ (csrc/fibsparse_api.cpp) for direct callers."""
+check the same things in C++ (csrc/op_checks.cpp) for direct callers."""
 from __future__ import annotations
 
 import math
 
 import torch
 
+from . import _C
 from ._offsets import check_window
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -41,11 +42,17 @@ def check_scale(softmax_scale: float) -> float:
     return softmax_scale
 
 
-# Limits of the compiled ops (csrc/fibsparse_api.cpp checks the same).
+# Limits of the compiled ops (csrc/op_checks.cpp checks the same).
 MAX_BATCH = MAX_HEADS = MAX_OFFSETS_PER_HEAD = 65535
 MAX_SEQLEN_K = 2**31 - 2**16
-CUDA_HEAD_DIMS = (16, 32, 64, 128)
+CUDA_HEAD_DIMS = tuple(_C.build_info()["cuda_head_dims"])  # the kernels' own list (csrc/capabilities.h)
 MAX_CPU_HEAD_DIM = 1024
+
+
+def _cuda_head_dims_text() -> str:  # "16, 32, 64 or 128"
+    *rest, last = CUDA_HEAD_DIMS
+    return f"{', '.join(map(str, rest))} or {last}" if rest else str(last)
+
 OFFSET_DTYPES = (torch.int32, torch.int64, torch.float32, torch.float64)
 
 
@@ -66,7 +73,7 @@ def check_op_inputs(q, k, v, offsets, window: int, softmax_scale: float, k_name:
         raise ValueError(f"{k_name}'s seqlen_k must be at most 2^31 - 2^16, got {seqlen_k}")
     if q.device.type == "cuda":
         if head_dim not in CUDA_HEAD_DIMS:
-            raise ValueError(f"head_dim must be 16, 32, 64 or 128 on CUDA, got {head_dim}")
+            raise ValueError(f"head_dim must be {_cuda_head_dims_text()} on CUDA, got {head_dim}")
     elif head_dim > MAX_CPU_HEAD_DIM:
         raise ValueError(f"head_dim must be in [1, {MAX_CPU_HEAD_DIM}], got {head_dim}")
     check_window(window)

@@ -3,7 +3,8 @@ implementations for torch.compile / export. The derivative of fwd is
 registered in C++ (csrc/autograd.cpp), so a training step runs no Python of
 ours; bwd's registration here only makes a second derivative raise.
 
-The ops themselves are declared and implemented in C++ (csrc/fibsparse_api.cpp);
+The ops themselves are declared in C++ (csrc/fibsparse_api.cpp) and
+implemented per device (csrc/cpu/ops_cpu.cpp, csrc/cuda/ops_cuda.cpp);
 importing the extension module registers them.
 """
 import torch

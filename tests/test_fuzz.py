@@ -1,7 +1,7 @@
 """The fuzzer (tests/fuzz.py) in chunks of seeded cases: 2,000 on the CPU by
 default, and on CUDA every dtype, so both kernel families (tensor cores for
 fp16 / bf16, lane groups for fp32 / fp64). FIBSPARSE_FUZZ_CASES scales both
-(bench/gpu_check.sh runs a larger CUDA grid)."""
+(tools/gpu_check.sh runs a larger CUDA grid)."""
 import os
 
 import pytest
