@@ -20,6 +20,17 @@ PADDING = -1
 OffsetsLike = Union[torch.Tensor, Sequence[int], Sequence[float], Sequence[Sequence[int]], Sequence[Sequence[float]]]
 
 
+# The band as the Python side states it (csrc/pattern.h states it for the
+# kernels, reference.py computes it): distances 0 .. window - 1 are read
+# densely; an integer offset must lie past them.
+def farthest_band_distance(window: int) -> int:
+    return window - 1
+
+
+def is_past_band(distance: float, window: int) -> bool:
+    return distance >= window
+
+
 def _is_compiling() -> bool:
     return hasattr(torch, "compiler") and torch.compiler.is_compiling()
 
@@ -49,7 +60,7 @@ def _check_row(row: list, window: int, fractional: bool, where: str) -> None:
         raise ValueError(f"offsets{where} must be finite, got {row}")
     if any(b <= a for a, b in zip(real, real[1:])):
         raise ValueError(f"offsets{where} must be strictly increasing, got {row}")
-    if not fractional and real and real[0] < window:
+    if not fractional and real and not is_past_band(real[0], window):
         raise ValueError(f"offsets{where} must be >= window ({window}): distances below it are already in the "
                          f"dense band, got {row}")
     if not fractional and real and max(real) > MAX_OFFSET:

@@ -18,7 +18,8 @@ import torch
 
 from . import _ops  # noqa: F401  (registers torch.ops.fibsparse.*)
 from ._checks import check_op_inputs, check_scale
-from ._offsets import PADDING, OffsetsLike, as_offsets, check_offset_values, check_window
+from ._offsets import (PADDING, OffsetsLike, as_offsets, check_offset_values, check_window,
+                       farthest_band_distance)
 from .functional import default_scale
 
 
@@ -27,7 +28,7 @@ def largest_distance(window: int, offsets: torch.Tensor) -> int:
     fractional p reads floor(p) + 1)."""
     real = offsets[offsets != PADDING]
     far = int(math.floor(real.max().item())) + (1 if offsets.is_floating_point() else 0) if real.numel() else 0
-    return max(window - 1, far)
+    return max(farthest_band_distance(window), far)
 
 
 def required_capacity(window: int, offsets: OffsetsLike, new_tokens: int = 1) -> int:

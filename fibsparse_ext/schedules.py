@@ -36,7 +36,7 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
-from ._offsets import MAX_OFFSET
+from ._offsets import MAX_OFFSET, farthest_band_distance, is_past_band
 
 SCHEDULES = ("fixed", "learned", "stagger", "coprime", "custom", "dense")
 BASES = ("fibonacci", "pow2")
@@ -116,7 +116,7 @@ def layer_offsets(base: str, alpha: float, window: int, max_distance: int) -> li
     window = _check_int("window", window, 1)
     max_distance = _check_int("max_distance", max_distance, window, f" (window = {window})")
     return sorted({o for o in (_round(alpha * b) for b in base_sequence(base, alpha, max_distance))
-                   if o >= window})
+                   if is_past_band(o, window)})
 
 
 def coprime_stride(num_layers: int) -> int:
@@ -178,7 +178,7 @@ class Schedule:
     @property
     def reach(self) -> int | None:
         """Largest distance any layer sees; None (unbounded) for dense."""
-        return None if self.is_dense else max([self.window - 1, *self.union_reach()])
+        return None if self.is_dense else max([farthest_band_distance(self.window), *self.union_reach()])
 
     def describe(self) -> str:
         L = self.num_layers
@@ -310,7 +310,7 @@ def make_schedule(name: str, *, num_layers: int, window: int | None = None, max_
     for a in alpha_t:
         # learned keeps b_k by its unrounded position (it is never rounded in the model)
         kept = [b for b in base_sequence(base, a, max_distance, fractional=learned)
-                if (a * b if learned else _round(a * b)) >= window]
+                if is_past_band(a * b if learned else _round(a * b), window)]
         bases.append(tuple(kept))
         offs.append(tuple(sorted({_round(a * b) for b in kept})))
     return Schedule(name, base, L, window, max_distance, alpha_t, tuple(offs), tuple(bases))
