@@ -133,7 +133,7 @@ def print_row(row: dict) -> None:
 def plot(rows: list, path: Path) -> None:
     try:
         import matplotlib
-    except ImportError:  # the tables above are the results; the PNG is for the README
+    except ImportError:  # the tables above are the results; the PNG is for docs/performance.md
         print(f"matplotlib is not installed: no {path.name} (pip install matplotlib)")
         return
     matplotlib.use("Agg")

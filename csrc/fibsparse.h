@@ -1,4 +1,4 @@
-// Everything a fibsparse kernel needs, filled once by the host wrapper and
+// Everything a fibsparse kernel needs, filled once by op_setup.cpp and
 // passed by value. Adding an argument is one field here.
 #pragma once
 

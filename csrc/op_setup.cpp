@@ -13,11 +13,11 @@ namespace fibsparse {
 
 using at::Tensor;
 
-bool is_fractional(const Tensor& offsets) { return at::isFloatingType(offsets.scalar_type()); }
-
 at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 namespace {
+
+bool is_fractional(const Tensor& offsets) { return at::isFloatingType(offsets.scalar_type()); }
 
 // Rows must be contiguous and 16-byte aligned for the vector loads of the
 // CUDA kernels; copy when they are not (e.g. a transposed view).

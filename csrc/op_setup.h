@@ -12,8 +12,6 @@
 
 namespace fibsparse {
 
-bool is_fractional(const at::Tensor& offsets);
-
 // Accumulation type: float for 16/32-bit inputs, double for double.
 at::ScalarType acc_dtype(at::ScalarType t);
 

@@ -23,7 +23,7 @@ def fibsparse_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: in
     """Causal window-plus-offsets attention.
 
     Query i attends to keys i - d for d in {0, ..., window-1} and for d in
-    `offsets` (when i - d >= 0); the README states the conventions.
+    `offsets` (when i - d >= 0); docs/semantics.md states the conventions.
 
     Args:
         q: (batch, seqlen_q, heads, head_dim).

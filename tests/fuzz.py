@@ -3,7 +3,7 @@ reference: shapes, GQA, windows, integer / fractional / per-head offsets,
 dtypes and strides are drawn at random, and NaN, +-inf or huge values are
 injected into random rows of q, k and v.
 
-What is asserted (the README's reliability section):
+What is asserted (docs/semantics.md, non-finite values):
 - exact paths (CPU; CUDA float32 / float64): out, lse and every gradient are
   non-finite exactly where the reference's are, and equal to it elsewhere;
 - the fp16 / bf16 tensor-core path: lse exactly as above; out, dq, dk and dv

@@ -227,7 +227,7 @@ void bwd_dkdv_kernel(const Params& p) {
 
 }  // namespace
 
-// The host wrapper upcasts half/bfloat16 CPU inputs, so only float and
+// ops_cpu.cpp upcasts half/bfloat16 CPU inputs, so only float and
 // double reach here; fractional positions arrive in the same type.
 void run_fwd_cpu(const Params& params, c10::ScalarType dtype, bool fractional) {
   AT_DISPATCH_FLOATING_TYPES(dtype, "fibsparse_fwd_cpu", [&] {

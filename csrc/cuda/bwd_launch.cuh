@@ -10,7 +10,6 @@
 
 #include "../capabilities.h"
 #include "../fibsparse.h"
-#include "../kernels.h"
 #include "../static_switch.h"
 #include "bwd_mma_kernel.cuh"
 #include "lane_bwd_kernel.cuh"

@@ -1,8 +1,8 @@
 // Tensor-core backward for float16 / bfloat16; float32 / float64 keep the
-// lane-group kernels of bwd_kernel.cuh. Two passes, no atomics, deterministic:
+// lane-group kernels of lane_bwd_kernel.cuh. Two passes, no atomics, deterministic:
 //
 //   dq pass (a block = 64 queries of one head, the forward's geometry and step
-//     plan, mma_tiles.cuh): per 16 x 16 tile of the warp's queries against
+//     plan, block_steps.cuh): per 16 x 16 tile of the warp's queries against
 //     staged keys, P = exp(S - lse) from recomputed scores, dP = dO V^T,
 //     dS = P (dP - delta), dq += dS K. It forms delta = <dO, O> - dlse for both
 //     passes, and for every offset within the block's reach it stores each
@@ -25,7 +25,6 @@
 
 #include "../fibsparse.h"
 #include "../capabilities.h"
-#include "../kernels.h"
 #include "../pattern.h"
 #include "block_steps.cuh"
 #include "mma_tiles.cuh"

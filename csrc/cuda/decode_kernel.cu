@@ -4,8 +4,6 @@
 // query's distances (group g walks t = g, g + kGroups, ...), each with its own
 // online softmax, and the groups' partial results are merged in shared memory.
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
 
 #include <limits>
 
@@ -45,6 +43,7 @@ __global__ void __launch_bounds__(kLaneBlockThreads) decode_kernel(const Params 
   for (int e = 0; e < kElems; ++e) group_out[group][lane * kElems + e] = walk.acc[e];
   __syncthreads();
 
+  static_assert(kHeadDim <= kLaneBlockThreads, "the merge writes one output element per thread");
   const int d = threadIdx.x;  // one output element per thread
   if (d >= kHeadDim) return;
   Acc max = -std::numeric_limits<Acc>::infinity();

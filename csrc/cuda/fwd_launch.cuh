@@ -9,7 +9,6 @@
 
 #include "../capabilities.h"
 #include "../fibsparse.h"
-#include "../kernels.h"
 #include "../static_switch.h"
 #include "fwd_mma_kernel.cuh"
 #include "lane_fwd_kernel.cuh"

@@ -20,7 +20,6 @@
 
 #include "../fibsparse.h"
 #include "../capabilities.h"
-#include "../kernels.h"
 #include "../online_softmax.h"
 #include "../pattern.h"
 #include "lane_group.cuh"

@@ -1,7 +1,7 @@
 // What the tensor-core kernels (fwd_mma_kernel.cuh, bwd_mma_kernel.cuh) share:
-// block geometry, cp.async staging of rows into shared memory, the two tile
-// products every pass is made of, and the plan of steps a block of queries
-// walks over its keys.
+// block shape, cp.async staging of rows into shared memory, the two tile
+// products every pass is made of, and the band masks of a tile. The plan of
+// steps a block walks is in block_steps.cuh.
 //
 // A block has 4 warps; a warp owns 16 consecutive rows (queries, or keys in
 // the dk/dv pass) as the A operand of mma.m16n8k16 (mma.cuh). Its "tiles" are

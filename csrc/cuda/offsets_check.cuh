@@ -17,6 +17,11 @@
 #include "../fibsparse.h"
 #include "../pattern.h"
 
+// torch releases before CUDA_KERNEL_ASSERT_MSG have CUDA_KERNEL_ASSERT (no message).
+#ifndef CUDA_KERNEL_ASSERT_MSG
+#define CUDA_KERNEL_ASSERT_MSG(cond, msg) CUDA_KERNEL_ASSERT(cond)
+#endif
+
 namespace fibsparse {
 
 // Blocks along x that a launch adds to the attention's for the check.

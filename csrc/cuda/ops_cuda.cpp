@@ -1,5 +1,5 @@
-// The fibsparse ops on CUDA: checks, then the kernels (dispatch.cu picks the
-// instantiation for q's dtype). Offsets are not read on the host (that would
+// The fibsparse ops on CUDA: checks, then the kernels (dispatch.cu and
+// decode_kernel.cu pick the instantiation for q's dtype). Offsets are not read on the host (that would
 // be a sync); the kernels check them on the device (offsets_check.cuh).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
