@@ -1,15 +1,10 @@
-// The offsets' values, checked on the device at every launch. The Python entry
-// points check offsets on the host, but device offsets only once per tensor
-// version (a host copy costs a sync); torch.compile and direct calls of the op
-// skip that check, and a value written behind torch's back (through `.data`, or
-// another library's view of the memory) goes unseen by it.
-//
-// The check runs in blocks of its own: each launch has one block more along x
-// than the attention needs, and that last block of each head checks the head's
-// row (one entry per thread) and leaves. The attention blocks only compare
-// their index, so their code and speed stay as they were; a check in the first
-// attention block of each head cost 3% of the step. A bad entry stops the
-// kernel with a device-side assert, which torch raises at the next sync.
+// The offsets' values, checked on the device at every launch: the host checks
+// device offsets once per tensor version (a host copy costs a sync), and
+// torch.compile, direct op calls and writes behind torch's version counter skip
+// that check. Each launch has one extra block per (head, sequence) along x; those
+// of the first sequence check their head's row and leave, so the attention blocks
+// only compare their index (a check inside them cost 3% of the step). A bad entry
+// stops the kernel with a device-side assert, which torch raises at the next sync.
 #pragma once
 
 #include <c10/macros/Macros.h>
