@@ -87,5 +87,6 @@ setup(
     cmdclass={"build_ext": BuildExtension},
     python_requires=">=3.10",
     install_requires=["torch>=2.4"],
-    extras_require={"plot": ["matplotlib"], "test": ["pytest", "pytest-xdist", "numpy"]},
+    extras_require={"plot": ["matplotlib"], "test": ["pytest", "pytest-xdist", "numpy"],
+                    "transformers": ["transformers>=5"]},
 )
