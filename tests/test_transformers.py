@@ -119,6 +119,17 @@ def test_what_the_pattern_cannot_honour_is_refused():
         fibsparse_attention_forward(attention, q, k, k, None, sliding_window=4)
 
 
+def test_a_new_pattern_on_the_same_model_takes_effect():
+    model, _ = model_pair("llama")
+    ids = torch.randint(1, 97, (1, 120))
+    first = model(ids).logits
+    enable_fibsparse(model, schedule="fixed", window=4, max_distance=100)
+    second = model(ids).logits
+    fresh, _ = model_pair("llama", pattern=dict(schedule="fixed", window=4, max_distance=100))
+    assert not torch.equal(first, second)
+    assert torch.equal(second, fresh(ids).logits)
+
+
 def test_a_model_without_a_pattern_is_refused():
     register()
     model = AutoModelForCausalLM.from_config(LlamaConfig(**SMALL), attn_implementation="fibsparse")

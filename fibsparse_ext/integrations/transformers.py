@@ -74,14 +74,16 @@ def schedule_of(config: PretrainedConfig, pattern: dict | None = None) -> Schedu
 
 
 def _layer_offsets(module: torch.nn.Module, device: torch.device) -> tuple[int | None, torch.Tensor]:
-    """(window, offsets) of this attention layer, built once per layer and device."""
+    """(window, offsets) of this attention layer, built once per layer, pattern
+    and device (a new enable_fibsparse on the same model takes effect)."""
+    pattern = getattr(module.config, "fibsparse", None)
     cached = getattr(module, "_fibsparse_pattern", None)
-    if cached is None or cached[1].device != device:
+    if cached is None or cached[0] != pattern or cached[2].device != device:
         schedule = schedule_of(module.config)
         offsets = torch.tensor(schedule.offsets(module.layer_idx), dtype=torch.int32, device=device)
-        cached = (schedule.window, offsets)
+        cached = (dict(pattern), schedule.window, offsets)
         module._fibsparse_pattern = cached
-    return cached
+    return cached[1], cached[2]
 
 
 def _refuse_if(condition: torch.Tensor, message: str) -> None:
