@@ -1,4 +1,4 @@
-"""SPEC section 5: every bad input is a ValueError/RuntimeError whose message
+"""Bad input (docs/semantics.md): every bad input is a ValueError/RuntimeError whose message
 names the argument and what was expected; never a crash or a wrong answer."""
 import pytest
 import torch

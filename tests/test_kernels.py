@@ -55,7 +55,7 @@ def errors_against_reference(q, k, v, window, offsets, scale=None, ref_dtype=tor
 
 
 def check_against_reference(q, k, v, window, offsets, scale=None):
-    """SPEC section 4 on every output and gradient. Where a gradient is
+    """The accuracy bounds of docs/semantics.md on every output and gradient. Where a gradient is
     cancellation-bound (e.g. one key per query: ds = p * (dp - delta) with
     dp ~ delta), the float64 reference's own answer is near zero and no float32
     computation reaches 1e-5; there the kernel must be within 3x of the error of

@@ -95,7 +95,7 @@ def test_dense_is_causal_attention(device):
 
 
 def test_offsets_do_not_depend_on_sequence_length():
-    """SPEC 1: running at 4x the length only looks at the same distances."""
+    """The pattern reads fixed distances: running at 4x the length only looks at the same distances."""
     module = layer("stagger", "cpu")
     x = torch.randn(1, 800, 64, dtype=torch.float64)
     short = module(x[:, :200])

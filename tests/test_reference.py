@@ -1,5 +1,5 @@
 """The reference itself, against an independent oracle: dense attention with
-an explicit (seqlen x seqlen) weight matrix that spells out SPEC sections 1-2
+an explicit (seqlen x seqlen) weight matrix that spells out the pattern of docs/semantics.md
 entry by entry. Plus its memory bound at seqlen 16384."""
 import math
 import os
