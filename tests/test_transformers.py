@@ -144,7 +144,11 @@ def test_enable_refuses_a_bad_pattern_and_changes_nothing():
         enable_fibsparse(config, schedule="learned", window=8, max_distance=100)
     with pytest.raises(ValueError, match="max_distance"):
         enable_fibsparse(config, schedule="stagger", window=8)
+    with pytest.raises(ValueError, match="does not take"):
+        enable_fibsparse(config, schedule="stagger", window=8, max_distance=100, dilation=2)
     assert config.to_dict() == before
+    enable_fibsparse(config, **PATTERN)  # a config: the models built from it use the pattern
+    assert AutoModelForCausalLM.from_config(config).config._attn_implementation == "fibsparse"
 
 
 def test_greedy_generation_equals_the_reference():

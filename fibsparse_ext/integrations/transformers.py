@@ -66,7 +66,10 @@ def schedule_of(config: PretrainedConfig, pattern: dict | None = None) -> Schedu
     name = pattern.pop("schedule", None)
     if name is None:
         raise ValueError(f"config.fibsparse must name a schedule, got {pattern}")
-    built = make_schedule(name, num_layers=config.num_hidden_layers, **pattern)
+    try:
+        built = make_schedule(name, num_layers=config.num_hidden_layers, **pattern)
+    except TypeError as e:  # an argument make_schedule does not have
+        raise ValueError(f"config.fibsparse holds an argument make_schedule does not take: {e}") from None
     if built.is_learned:
         raise ValueError("the learned schedule is not supported through transformers yet (its alphas would have to "
                          "be model parameters); use fixed, stagger, coprime, custom or dense")
