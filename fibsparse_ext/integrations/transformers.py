@@ -20,6 +20,7 @@ reads the padding after it.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -99,6 +100,24 @@ def _refuse_if(condition: torch.Tensor, message: str) -> None:
         raise ValueError(message)
 
 
+# The last mask and position_ids checked eagerly: every layer of one forward
+# passes the same tensors, and each eager check reads a value on the host (a
+# device sync), so it runs once per forward, not once per layer.
+_last_checked: dict[str, tuple[weakref.ref, int]] = {}
+
+
+def _check_once(kind: str, t: torch.Tensor, check) -> None:
+    """check(t), unless t (unchanged) passed it last time."""
+    if torch.compiler.is_compiling():  # checked on the device, without a sync
+        check(t)
+        return
+    seen = _last_checked.get(kind)
+    if seen is not None and seen[0]() is t and seen[1] == t._version:
+        return
+    check(t)  # raises on a bad value, which is then not remembered
+    _last_checked[kind] = (weakref.ref(t), t._version)
+
+
 def _check_right_padded(attention_mask: torch.Tensor) -> None:
     if attention_mask.dim() != 2:
         raise ValueError(f"fibsparse attention takes a 2-D padding mask, got a {attention_mask.dim()}-D mask "
@@ -130,9 +149,9 @@ def fibsparse_attention_forward(module: torch.nn.Module, query: torch.Tensor, ke
         if kwargs.get(name) is not None:
             raise ValueError(f"fibsparse attention does not support {name} (got {kwargs[name]!r})")
     if attention_mask is not None:
-        _check_right_padded(attention_mask)
+        _check_once("attention_mask", attention_mask, _check_right_padded)
     if kwargs.get("position_ids") is not None:
-        _check_one_sequence_per_row(kwargs["position_ids"])
+        _check_once("position_ids", kwargs["position_ids"], _check_one_sequence_per_row)
     window, offsets = _layer_offsets(module, query.device)
     if window is None:  # dense: a window over every key is causal attention
         window = key.shape[2]
