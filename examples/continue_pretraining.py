@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from fibsparse_ext.integrations.transformers import enable_fibsparse
+from fibsparse_ext.integrations.transformers import ALPHA, attention_modules, enable_fibsparse
 from fibsparse_ext.lm import ByteCorpus
 
 
@@ -35,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--schedule", default="stagger")
+    parser.add_argument("--schedule", default="stagger", help="make_schedule's name (learned: one alpha per layer)")
     parser.add_argument("--window", type=int, default=32)
     parser.add_argument("--eval-windows", type=int, default=8, help="validation windows per length")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -96,6 +96,9 @@ def main(argv=None) -> dict:
             model.set_attn_implementation("sdpa")
         train(model, corpus, args, implementation)
         results[implementation] = [perplexity(model, corpus, n, args) for n in lengths]
+        if implementation == "fibsparse" and args.schedule == "learned":  # where training moved each layer's alpha
+            results["alphas"] = [getattr(m, ALPHA).item() for m in attention_modules(model)]
+            print("learned alphas: " + ", ".join(f"{a:.4f}" for a in results["alphas"]))
         print(f"{implementation}: perplexity at {lengths}: " +
               ", ".join(f"{p:.2f}" for p in results[implementation]))
     args.out.mkdir(parents=True, exist_ok=True)

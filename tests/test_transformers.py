@@ -1,9 +1,11 @@
 """attn_implementation="fibsparse" in Hugging Face transformers models
 (fibsparse_ext.integrations.transformers): the same logits and gradients as
-the model whose attention is the float64 reference, padding, generation, and
-save/load. Runs where transformers is installed (the `transformers` extra)."""
+the model whose attention is the float64 reference, padding, generation,
+save/load, and the learned schedule's alphas as model parameters. Runs where
+transformers is installed (the `transformers` extra)."""
 import copy
 import math
+import types
 
 import pytest
 import torch
@@ -14,8 +16,8 @@ from transformers import AttentionInterface, AutoModelForCausalLM, LlamaConfig, 
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask  # noqa: E402
 
 from fibsparse_ext import fibsparse_attn_ref  # noqa: E402
-from fibsparse_ext.integrations.transformers import (enable_fibsparse, fibsparse_attention_forward,  # noqa: E402
-                                                     register, schedule_of)
+from fibsparse_ext.integrations.transformers import (ALPHA, attention_modules, enable_fibsparse,  # noqa: E402
+                                                     fibsparse_attention_forward, register, schedule_of)
 
 CONFIGS = {
     "llama": lambda: LlamaConfig(**SMALL),
@@ -25,13 +27,20 @@ CONFIGS = {
 SMALL = dict(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=1024, attention_dropout=0.0)
 PATTERN = dict(schedule="stagger", window=8, max_distance=200)
+LEARNED = dict(schedule="learned", window=8, max_distance=200, alpha=0.97)
 
 
 def reference_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """The same layer's pattern through the pure-PyTorch reference."""
+    """The same layer's pattern through the pure-PyTorch reference; a learned
+    layer attends at alpha * b_k (schedules.py), differentiable in alpha."""
     schedule = schedule_of(module.config)
+    if schedule.is_learned:
+        base = torch.tensor(schedule.base_distances(module.layer_idx), dtype=torch.float64, device=query.device)
+        offsets = getattr(module, ALPHA) * base
+    else:
+        offsets = schedule.offsets(module.layer_idx)
     out = fibsparse_attn_ref(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), schedule.window,
-                             schedule.offsets(module.layer_idx), softmax_scale=scaling)
+                             offsets, softmax_scale=scaling)
     return out, None
 
 
@@ -45,16 +54,47 @@ def model_pair(family, pattern=PATTERN, dtype=torch.float64):
     config = CONFIGS[family]()
     model = AutoModelForCausalLM.from_config(copy.deepcopy(config)).to(dtype)  # a model keeps the config it gets
     reference = AutoModelForCausalLM.from_config(copy.deepcopy(config)).to(dtype)
-    reference.load_state_dict(model.state_dict())
     enable_fibsparse(model, **pattern)
-    reference.config.fibsparse = model.config.fibsparse
+    enable_fibsparse(reference, **pattern)  # a learned pattern's alphas
     reference.set_attn_implementation("fibsparse_reference")
+    reference.load_state_dict(model.state_dict())
     return model, reference
 
 
+def learned_alphas(model):
+    return [getattr(module, ALPHA) for module in attention_modules(model)]
+
+
+def move_alphas_off_the_grid(model, seed, margin=1e-3):
+    """Sets each layer's alpha to a fresh value within 5% of its initial one,
+    with no position alpha * b_k within `margin` of an integer: at an integer
+    the interpolation weights have a kink (the derivative is one-sided), and
+    a trained alpha is almost never there."""
+    generator = torch.Generator().manual_seed(seed)
+    schedule = schedule_of(model.config)
+    with torch.no_grad():
+        for module in attention_modules(model):
+            base = torch.tensor(schedule.base_distances(module.layer_idx), dtype=torch.float64)
+            while True:
+                alpha = schedule.alpha(module.layer_idx) * (0.95 + 0.1 * torch.rand((), generator=generator).item())
+                fraction = (alpha * base) % 1
+                if bool(((fraction > margin) & (fraction < 1 - margin)).all()):
+                    break
+            getattr(module, ALPHA).fill_(alpha)
+
+
+def weighted_sum(logits):
+    """A loss whose gradient reaches every logit with a different weight."""
+    return (logits * torch.linspace(-1, 1, logits.shape[-1], dtype=logits.dtype, device=logits.device)).sum()
+
+
+@pytest.mark.parametrize("pattern", [PATTERN, LEARNED], ids=["stagger", "learned"])
 @pytest.mark.parametrize("family", sorted(CONFIGS))
-def test_logits_and_gradients_equal_the_reference(family):
-    model, reference = model_pair(family)
+def test_logits_and_gradients_equal_the_reference(family, pattern):
+    model, reference = model_pair(family, pattern)
+    if pattern is LEARNED:
+        move_alphas_off_the_grid(model, seed=6)
+        reference.load_state_dict(model.state_dict())
     assert model.config._attn_implementation == "fibsparse"
     assert reference.config._attn_implementation == "fibsparse_reference"
     ids = torch.randint(0, 97, (2, 150), generator=torch.Generator().manual_seed(1))
@@ -62,12 +102,15 @@ def test_logits_and_gradients_equal_the_reference(family):
     for m in (model, reference):
         m.zero_grad()
         logits = m(ids).logits
-        (logits * torch.linspace(-1, 1, logits.shape[-1], dtype=logits.dtype)).sum().backward()
+        weighted_sum(logits).backward()
         results.append((logits.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}))
     (logits, grads), (ref_logits, ref_grads) = results
+    assert set(grads) == set(ref_grads)
     assert (logits - ref_logits).abs().max() <= 1e-10 * ref_logits.abs().max()
     for name, grad in grads.items():
         assert (grad - ref_grads[name]).abs().max() <= 1e-10 * ref_grads[name].abs().max() + 1e-14, name
+    if pattern is LEARNED:  # the alphas' gradients were compared above; they must not vanish
+        assert all(alpha.grad.abs() > 0 for alpha in learned_alphas(model))
 
 
 @pytest.mark.parametrize("family", sorted(CONFIGS))
@@ -141,8 +184,8 @@ def test_a_model_without_a_pattern_is_refused():
 def test_enable_refuses_a_bad_pattern_and_changes_nothing():
     config = LlamaConfig(**SMALL)
     before = config.to_dict()
-    with pytest.raises(ValueError, match="learned"):
-        enable_fibsparse(config, schedule="learned", window=8, max_distance=100)
+    with pytest.raises(ValueError, match="alpha"):
+        enable_fibsparse(config, schedule="learned", window=8, max_distance=100, alpha=-1.0)
     with pytest.raises(ValueError, match="max_distance"):
         enable_fibsparse(config, schedule="stagger", window=8)
     with pytest.raises(ValueError, match="does not take"):
@@ -152,8 +195,12 @@ def test_enable_refuses_a_bad_pattern_and_changes_nothing():
     assert AutoModelForCausalLM.from_config(config).config._attn_implementation == "fibsparse"
 
 
-def test_greedy_generation_equals_the_reference():
-    model, reference = model_pair("qwen2")
+@pytest.mark.parametrize("pattern", [PATTERN, LEARNED], ids=["stagger", "learned"])
+def test_greedy_generation_equals_the_reference(pattern):
+    model, reference = model_pair("qwen2", pattern)
+    if pattern is LEARNED:
+        move_alphas_off_the_grid(model, seed=8)
+        reference.load_state_dict(model.state_dict())
     prompt = torch.randint(1, 97, (1, 30), generator=torch.Generator().manual_seed(4))
     settings = dict(max_new_tokens=40, do_sample=False, pad_token_id=0)
     assert torch.equal(model.generate(prompt, **settings), reference.generate(prompt, **settings))
@@ -168,14 +215,151 @@ def test_save_and_load_keep_the_pattern(tmp_path):
     assert torch.equal(loaded(ids).logits, model(ids).logits)
 
 
-def test_whole_model_compiles_without_graph_breaks():
-    model, _ = model_pair("llama", dtype=torch.float32)
+@pytest.mark.parametrize("pattern", [PATTERN, LEARNED], ids=["stagger", "learned"])
+def test_whole_model_compiles_without_graph_breaks(pattern):
+    model, _ = model_pair("llama", pattern, dtype=torch.float32)
     ids = torch.randint(1, 97, (2, 64), generator=torch.Generator().manual_seed(5))
     explanation = torch._dynamo.explain(model)(ids)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="aot_eager")
     assert torch.allclose(compiled(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-6)
+
+
+# The learned schedule: one alpha per attention module, a model parameter.
+
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+def test_a_learned_pattern_gives_each_attention_module_an_alpha_parameter(family):
+    model, _ = model_pair(family, LEARNED)
+    schedule = schedule_of(model.config)
+    names = {f"model.layers.{layer}.self_attn.{ALPHA}" for layer in range(SMALL["num_hidden_layers"])}
+    assert {name for name, _ in model.named_parameters() if name.endswith(ALPHA)} == names
+    assert names <= set(model.state_dict())
+    for module in attention_modules(model):
+        alpha = getattr(module, ALPHA)
+        assert alpha.requires_grad and alpha.dtype == torch.float64
+        assert alpha.item() == schedule.alpha(module.layer_idx)
+    config = enable_fibsparse(CONFIGS[family](), **LEARNED)  # a model built from a learned config has them too
+    built = AutoModelForCausalLM.from_config(config)
+    assert {name for name, _ in built.named_parameters() if name.endswith(ALPHA)} == names
+
+
+def rms_norms_in_float64(model):
+    """The models' RMSNorms compute in float32 even in a float64 model; that
+    rounding (1e-7 relative) would swamp a central difference of step 1e-6."""
+    def forward(self, hidden):
+        return self.weight * hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+    for module in model.modules():
+        if type(module).__name__.endswith("RMSNorm"):
+            module.forward = types.MethodType(forward, module)
+
+
+def test_alpha_gradient_equals_finite_differences():
+    """d loss / d alpha from the op's d(position), against central differences
+    in float64 (the loss is smooth in alpha while no position crosses an integer)."""
+    model, _ = model_pair("llama", LEARNED)
+    move_alphas_off_the_grid(model, seed=9)
+    rms_norms_in_float64(model)
+    ids = torch.randint(0, 97, (1, 150), generator=torch.Generator().manual_seed(10))
+    model.zero_grad()
+    weighted_sum(model(ids).logits).backward()
+    step = 1e-6  # moves a position by at most 2e-4, less than the distance to the next integer
+    for alpha in learned_alphas(model):
+        value = alpha.item()
+        losses = []
+        with torch.no_grad():
+            for shifted in (value + step, value - step):
+                alpha.fill_(shifted)
+                losses.append(weighted_sum(model(ids).logits).item())
+            alpha.fill_(value)
+        difference = (losses[0] - losses[1]) / (2 * step)
+        assert abs(alpha.grad.item() - difference) <= 1e-7 * abs(difference)
+
+
+def test_an_optimizer_step_moves_the_alphas_and_the_forward_reads_them():
+    model, reference = model_pair("qwen2", LEARNED)
+    ids = torch.randint(0, 97, (1, 150), generator=torch.Generator().manual_seed(11))
+    alphas = learned_alphas(model)
+    before = [alpha.item() for alpha in alphas]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    logits = model(ids).logits
+    weighted_sum(logits).backward()
+    optimizer.step()
+    for alpha, old in zip(alphas, before):  # Adam's first step is about lr against the gradient's sign
+        assert alpha.item() != old and math.copysign(1, alpha.item() - old) == -math.copysign(1, alpha.grad.item())
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        after = model(ids).logits
+        assert not torch.equal(after, logits)
+        assert (after - reference(ids).logits).abs().max() <= 1e-10 * after.abs().max()
+
+
+def test_trained_alphas_are_saved_and_loaded(tmp_path):
+    model, _ = model_pair("mistral", LEARNED)
+    ids = torch.randint(0, 97, (1, 150), generator=torch.Generator().manual_seed(12))
+    optimizer = torch.optim.AdamW(learned_alphas(model), lr=1e-2)
+    weighted_sum(model(ids).logits).backward()
+    optimizer.step()
+    trained = {name: p.detach().clone() for name, p in model.named_parameters() if name.endswith(ALPHA)}
+    assert all(alpha.item() != LEARNED["alpha"] for alpha in trained.values())
+    model.save_pretrained(tmp_path)
+    with torch.no_grad():
+        expected = model(ids).logits
+    for implementation in ("fibsparse", "sdpa"):  # the alphas follow the config, whatever the implementation
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation=implementation,
+                                                      dtype=torch.float64)
+        assert loaded.config.fibsparse == LEARNED
+        parameters = dict(loaded.named_parameters())
+        for name, alpha in trained.items():
+            assert torch.equal(parameters[name].detach(), alpha) and parameters[name].requires_grad, name
+        loaded.set_attn_implementation("fibsparse")
+        with torch.no_grad():
+            assert (loaded(ids).logits - expected).abs().max() <= 1e-12 * expected.abs().max()
+
+
+def test_a_checkpoint_without_alphas_starts_them_at_the_patterns_alpha(tmp_path):
+    """transformers fills a parameter its checkpoint lacks with uninitialised
+    memory and leaves it to the model's _init_weights, which knows no alpha."""
+    torch.manual_seed(0)
+    plain = AutoModelForCausalLM.from_config(LlamaConfig(**SMALL)).double()
+    plain.save_pretrained(tmp_path)
+    config = LlamaConfig.from_pretrained(tmp_path)
+    config.fibsparse = dict(LEARNED)
+    loaded, info = AutoModelForCausalLM.from_pretrained(tmp_path, config=config, attn_implementation="fibsparse",
+                                                        dtype=torch.float64, output_loading_info=True)
+    assert info["missing_keys"] == {f"model.layers.{layer}.self_attn.{ALPHA}" for layer in range(2)}
+    assert [alpha.item() for alpha in learned_alphas(loaded)] == [LEARNED["alpha"]] * 2
+    enable_fibsparse(plain, **LEARNED)
+    ids = torch.randint(0, 97, (1, 100), generator=torch.Generator().manual_seed(13))
+    with torch.no_grad():
+        expected = plain(ids).logits
+        assert (loaded(ids).logits - expected).abs().max() <= 1e-12 * expected.abs().max()
+
+
+def test_enable_again_keeps_trained_alphas_and_a_new_pattern_resets_or_removes_them():
+    model, _ = model_pair("llama", LEARNED)
+    alphas = learned_alphas(model)
+    move_alphas_off_the_grid(model, seed=14)
+    trained = [alpha.item() for alpha in alphas]
+    enable_fibsparse(model, **LEARNED)  # the same pattern: training goes on
+    assert [alpha.item() for alpha in learned_alphas(model)] == trained
+    enable_fibsparse(model, **{**LEARNED, "alpha": 1.1})  # a new one starts over, in the same parameters
+    assert all(new is old for new, old in zip(learned_alphas(model), alphas))
+    assert [alpha.item() for alpha in alphas] == [1.1] * 2
+    enable_fibsparse(model, **PATTERN)
+    assert not [name for name, _ in model.named_parameters() if name.endswith(ALPHA)]
+    fresh, _ = model_pair("llama")
+    ids = torch.randint(1, 97, (1, 60))
+    assert torch.equal(model(ids).logits, fresh(ids).logits)
+
+
+def test_a_learned_pattern_without_alphas_is_refused():
+    """A learned pattern written into the config of a built model, not through
+    enable_fibsparse, has no parameters to read."""
+    model, _ = model_pair("llama")
+    model.config.fibsparse = dict(LEARNED)
+    with pytest.raises(ValueError, match=f"no {ALPHA} parameter"):
+        model(torch.randint(1, 97, (1, 20)))
 
 
 def test_continue_pretraining_example_runs(tmp_path):

@@ -10,12 +10,16 @@ with `save_pretrained`) and switches the model to `attn_implementation=
 loaded with `attn_implementation="fibsparse"` directly. Each attention layer
 reads its own offsets from the schedule, by its `layer_idx`.
 
+With the `learned` schedule each attention module owns a trainable scalar
+`fibsparse_alpha` (a model parameter, saved and loaded with the weights) and
+attends at the fractional positions alpha * b_k, as FibSparseAttention does;
+the op's d(position) output carries the gradient to alpha.
+
 What the pattern cannot honour is refused with an error that names it, never
 computed differently: attention dropout, `output_attentions`, soft-capping,
-sliding windows and attention sinks of the model itself, learned schedules
-(their alphas are not model parameters here yet), and batches that are not
-right-padded (left padding and packed sequences need per-sequence starts). A
-right-padded batch needs no mask: attention is causal, so a real token never
+sliding windows and attention sinks of the model itself, and batches that are
+not right-padded (left padding and packed sequences need per-sequence starts).
+A right-padded batch needs no mask: attention is causal, so a real token never
 reads the padding after it.
 """
 from __future__ import annotations
@@ -24,28 +28,45 @@ import weakref
 from typing import Any
 
 import torch
+from torch import nn
+from torch.nn.modules.module import (register_module_module_registration_hook,
+                                     register_module_parameter_registration_hook)
 from transformers import AttentionInterface, PretrainedConfig
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 
 from ..functional import fibsparse_attn
+from ..modules import MIN_ALPHA
 from ..schedules import Schedule, make_schedule
 
 NAME = "fibsparse"
+# The learned schedule's parameter, one scalar on each attention module.
+ALPHA = "fibsparse_alpha"
 # Arguments of attention functions that change what attention computes.
 _UNSUPPORTED = ("softcap", "sliding_window", "s_aux")
+_hooks: list = []
 
 
 def register() -> None:
     """Make `attn_implementation="fibsparse"` available to every model. The
-    mask is transformers' 2-D padding mask, None when nothing is padded."""
+    mask is transformers' 2-D padding mask, None when nothing is padded.
+
+    Also installs two torch module hooks (once per process) that give the
+    attention modules of a model whose config carries a learned pattern their
+    alphas as the model is built, so that from_pretrained finds the parameters
+    its checkpoint holds (see _on_module_registered, _on_parameter_registered)."""
     AttentionInterface.register(NAME, fibsparse_attention_forward)
     AttentionMaskInterface.register(NAME, flash_attention_mask)
+    if not _hooks:
+        _hooks.append(register_module_module_registration_hook(_on_module_registered))
+        _hooks.append(register_module_parameter_registration_hook(_on_parameter_registered))
 
 
 def enable_fibsparse(model_or_config: Any, schedule: str = "stagger", **schedule_args: Any) -> Any:
     """Store the pattern in the config and switch the model (or the config) to
     fibsparse attention. `schedule` and `schedule_args` are make_schedule's
-    (window, max_distance, base, alpha, ...); num_layers is the model's."""
+    (window, max_distance, base, alpha, ...); num_layers is the model's. With
+    a model and a learned pattern, each attention module gets its alpha
+    parameter (see _sync_alpha): create the optimizer after this call."""
     config = model_or_config if isinstance(model_or_config, PretrainedConfig) else model_or_config.config
     pattern = {"schedule": schedule, **schedule_args}
     schedule_of(config, pattern)  # refuse a bad pattern before changing anything
@@ -54,6 +75,8 @@ def enable_fibsparse(model_or_config: Any, schedule: str = "stagger", **schedule
     if isinstance(model_or_config, PretrainedConfig):
         model_or_config._attn_implementation = NAME
     else:
+        for module in attention_modules(model_or_config):
+            _sync_alpha(module)
         model_or_config.set_attn_implementation(NAME)
     return model_or_config
 
@@ -71,23 +94,112 @@ def schedule_of(config: PretrainedConfig, pattern: dict | None = None) -> Schedu
         built = make_schedule(name, num_layers=config.num_hidden_layers, **pattern)
     except TypeError as e:  # an argument make_schedule does not have
         raise ValueError(f"config.fibsparse holds an argument make_schedule does not take: {e}") from None
-    if built.is_learned:
-        raise ValueError("the learned schedule is not supported through transformers yet (its alphas would have to "
-                         "be model parameters); use fixed, stagger, coprime, custom or dense")
     return built
 
 
-def _layer_offsets(module: torch.nn.Module, device: torch.device) -> tuple[int | None, torch.Tensor]:
-    """(window, offsets) of this attention layer, built once per layer, pattern
-    and device (a new enable_fibsparse on the same model takes effect)."""
+def is_attention_module(module: nn.Module) -> bool:
+    """An attention module of a transformers model: its class is named
+    *Attention and it knows its layer (`layer_idx`) and its config."""
+    return (type(module).__name__.endswith("Attention") and isinstance(getattr(module, "layer_idx", None), int)
+            and isinstance(getattr(module, "config", None), PretrainedConfig))
+
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if is_attention_module(m)]
+
+
+def _learned_schedule(config: PretrainedConfig) -> Schedule | None:
+    """The config's schedule if its pattern is learned, else None."""
+    pattern = getattr(config, "fibsparse", None)
+    if not isinstance(pattern, dict) or pattern.get("schedule") != "learned":
+        return None
+    return schedule_of(config)
+
+
+def _sync_alpha(module: nn.Module) -> None:
+    """Give an attention module the alpha its config's pattern asks for: a new
+    parameter at the pattern's initial alpha; kept as it is (trained) while the
+    pattern is the one it was made for, reset in place (the optimizer keeps
+    its reference) when the pattern changes; removed when the pattern is not
+    learned."""
+    schedule = _learned_schedule(module.config)
+    alpha = module._parameters.get(ALPHA)
+    if schedule is None:
+        if ALPHA in module._parameters:
+            del module._parameters[ALPHA]
+        return
+    initial = schedule.alpha(module.layer_idx)
+    pattern = dict(module.config.fibsparse)
+    if alpha is None:
+        like = next((p for p in module.parameters() if p.is_floating_point()), None)
+        dtype, device = (like.dtype, like.device) if like is not None else (torch.get_default_dtype(), None)
+        module.register_parameter(ALPHA, nn.Parameter(torch.full((), initial, dtype=dtype, device=device)))
+    elif getattr(module, "_fibsparse_alpha_pattern", None) != pattern and not alpha.is_meta:
+        with torch.no_grad():
+            alpha.fill_(initial)
+    module._fibsparse_alpha_pattern = pattern
+
+
+def _on_module_registered(parent: nn.Module, name: str, child: nn.Module) -> None:
+    """torch's hook for every submodule assignment: an attention module gets its
+    alpha when its layer takes it, inside the model's __init__, so the
+    parameter exists before from_pretrained loads the checkpoint into it."""
+    if is_attention_module(child) and _learned_schedule(child.config) is not None:
+        _sync_alpha(child)
+
+
+def _on_parameter_registered(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+    """torch's hook for every parameter assignment. from_pretrained builds the
+    model on the meta device, then replaces each parameter by the checkpoint's
+    tensor (marked `_is_hf_initialized`) or, for a key the checkpoint lacks, by
+    uninitialised memory that the model's `_init_weights` is meant to fill. No
+    model's `_init_weights` knows the alpha, so a checkpoint without alphas
+    (a learned pattern put in the config of weights trained without one) gets
+    the pattern's initial alpha here instead of whatever that memory held."""
+    if name != ALPHA or param is None or param.is_meta or getattr(param, "_is_hf_initialized", False):
+        return
+    old = module._parameters.get(ALPHA)
+    if old is None or not old.is_meta or not is_attention_module(module):
+        return
+    schedule = _learned_schedule(module.config)
+    if schedule is not None:
+        with torch.no_grad():
+            param.fill_(schedule.alpha(module.layer_idx))
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    # The kernels hold fractional positions in their accumulation type.
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _layer_offsets(module: nn.Module, query: torch.Tensor) -> tuple[int | None, torch.Tensor]:
+    """(window, offsets) of this attention layer: integer offsets, or, for a
+    learned schedule, the positions alpha * b_k from the module's alpha (with
+    its gradient). The constant part (offsets, or the b_k) is built once per
+    layer, pattern, device and dtype (a new enable_fibsparse takes effect)."""
     pattern = getattr(module.config, "fibsparse", None)
     cached = getattr(module, "_fibsparse_pattern", None)
-    if cached is None or cached[0] != pattern or cached[2].device != device:
+    dtype = _accumulation_dtype(query.dtype)
+    if (cached is None or cached[0] != pattern or cached[2].device != query.device
+            or (cached[2].is_floating_point() and cached[2].dtype != dtype)):
         schedule = schedule_of(module.config)
-        offsets = torch.tensor(schedule.offsets(module.layer_idx), dtype=torch.int32, device=device)
-        cached = (dict(pattern), schedule.window, offsets)
+        if schedule.is_learned:
+            table = torch.tensor(schedule.base_distances(module.layer_idx), dtype=dtype, device=query.device)
+        else:
+            table = torch.tensor(schedule.offsets(module.layer_idx), dtype=torch.int32, device=query.device)
+        cached = (dict(pattern), schedule.window, table)
         module._fibsparse_pattern = cached
-    return cached[1], cached[2]
+    window, table = cached[1], cached[2]
+    if not table.is_floating_point():
+        return window, table
+    alpha = getattr(module, ALPHA, None)
+    if not isinstance(alpha, nn.Parameter):
+        raise ValueError(f"config.fibsparse asks for the learned schedule, but attention layer {module.layer_idx} "
+                         f"has no {ALPHA} parameter: call enable_fibsparse(model, schedule='learned', ...), or build "
+                         f"or load the model after fibsparse_ext.integrations.transformers.register()")
+    # The same positions as FibSparseAttention.positions(): alpha kept above
+    # MIN_ALPHA, so they stay positive and increasing.
+    return window, alpha.to(dtype).clamp(min=MIN_ALPHA) * table
 
 
 def _refuse_if(condition: torch.Tensor, message: str) -> None:
@@ -152,7 +264,7 @@ def fibsparse_attention_forward(module: torch.nn.Module, query: torch.Tensor, ke
         _check_once("attention_mask", attention_mask, _check_right_padded)
     if kwargs.get("position_ids") is not None:
         _check_once("position_ids", kwargs["position_ids"], _check_one_sequence_per_row)
-    window, offsets = _layer_offsets(module, query.device)
+    window, offsets = _layer_offsets(module, query)
     if window is None:  # dense: a window over every key is causal attention
         window = key.shape[2]
     # (batch, seqlen, heads, head_dim) views: the kernels take these strides without a copy.
