@@ -65,7 +65,7 @@ def main():
                 row += [batch / ms * 1e3, cache_mb(cache.k, cache.v)]
                 kernel_offsets = torch.as_tensor(positions, device=device)
                 kernel_offsets = kernel_offsets if kernel_offsets.is_floating_point() else kernel_offsets.int()
-                ms = median_ms(lambda: torch.ops.fibsparse.decode(q, cache.k, cache.v, lengths, kernel_offsets, WINDOW,
+                ms = median_ms(lambda: torch.ops.fibsparse.decode(q, cache.k, cache.v, lengths, kernel_offsets, [WINDOW],
                                                                   scale, True), runs=50, device=device)
                 row += [batch / ms * 1e3, cache_mb(cache.k, cache.v)]
             row += dense_decode(q, batch, context, device, dtype, F.scaled_dot_product_attention, transpose=True)

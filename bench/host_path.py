@@ -27,7 +27,7 @@ def sdpa(q, k, v):
 print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  host time per call, us")
 with torch.no_grad():
     print(f"  fwd, no grad:        fibsparse {host_us(lambda: fibsparse_attn(q, k, v, 128, offsets)):7.1f}"
-          f"   op alone {host_us(lambda: torch.ops.fibsparse.fwd(q, k, v, offsets, 128, 0.125)):7.1f}"
+          f"   op alone {host_us(lambda: torch.ops.fibsparse.fwd(q, k, v, offsets, [128], 0.125)):7.1f}"
           f"   sdpa {host_us(lambda: sdpa(q, k, v)):7.1f}")
 print(f"  fwd, grad enabled:   fibsparse {host_us(lambda: fibsparse_attn(q, k, v, 128, offsets)):7.1f}"
       f"   sdpa {host_us(lambda: sdpa(q, k, v)):7.1f}")

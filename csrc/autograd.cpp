@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <optional>
+#include <vector>
 #include <tuple>
 
 #include "fibsparse_api.h"
@@ -24,11 +25,11 @@ using torch::autograd::variable_list;
 class Attention : public torch::autograd::Function<Attention> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& q, const Tensor& k, const Tensor& v,
-                               const Tensor& offsets, int64_t window, double softmax_scale) {
+                               const Tensor& offsets, at::IntArrayRef band, double softmax_scale) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [out, lse] = fwd(q, k, v, offsets, window, softmax_scale);
+    auto [out, lse] = fwd(q, k, v, offsets, band, softmax_scale);
     ctx->save_for_backward({q, k, v, offsets, out, lse});
-    ctx->saved_data["window"] = window;
+    ctx->saved_data["band"] = band.vec();
     ctx->saved_data["softmax_scale"] = softmax_scale;
     return {out, lse};
   }
@@ -38,21 +39,21 @@ class Attention : public torch::autograd::Function<Attention> {
     const Tensor &q = saved[0], &k = saved[1], &v = saved[2], &offsets = saved[3], &out = saved[4], &lse = saved[5];
     const Tensor dout = grads[0].defined() ? grads[0] : at::zeros_like(out);  // only lse was used
     const std::optional<Tensor> dlse = grads[1].defined() ? std::optional<Tensor>(grads[1]) : std::nullopt;
-    const int64_t window = ctx->saved_data["window"].toInt();
+    const std::vector<int64_t> band = ctx->saved_data["band"].toIntVector();
     const double softmax_scale = ctx->saved_data["softmax_scale"].toDouble();
     // With create_graph the call goes through bwd's own autograd registration
     // (_ops.py), which makes a second derivative raise instead of coming out
     // as zero; otherwise straight to the implementation.
     std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
     if (!at::GradMode::is_enabled()) below_autograd.emplace();
-    auto [dq, dk, dv, doffsets] = bwd(dout, q, k, v, out, lse, dlse, offsets, window, softmax_scale);
+    auto [dq, dk, dv, doffsets] = bwd(dout, q, k, v, out, lse, dlse, offsets, band, softmax_scale);
     return {dq, dk, dv, offsets.is_floating_point() ? doffsets : Tensor(), Tensor(), Tensor()};
   }
 };
 
 std::tuple<Tensor, Tensor> fwd_autograd(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& offsets,
-                                        int64_t window, double softmax_scale) {
-  const variable_list outputs = Attention::apply(q, k, v, offsets, window, softmax_scale);
+                                        at::IntArrayRef band, double softmax_scale) {
+  const variable_list outputs = Attention::apply(q, k, v, offsets, band, softmax_scale);
   return {outputs[0], outputs[1]};
 }
 

@@ -6,6 +6,14 @@
 
 namespace fibsparse {
 
+// The parameters of the dense band, as the ops' `band` argument gives them
+// and pattern.h reads them (no kernel reads a field): the query at pos reads
+// the keys at distances 0 .. window - 1. A new band shape adds its
+// parameters here and its rule in pattern.h.
+struct Band {
+  int window;
+};
+
 // Strides are in elements. Layouts follow FlashAttention:
 // q, out, dout, dq: (batch, seqlen_q, heads, head_dim)
 // k, v, dk, dv:     (batch, seqlen_k, heads_kv, head_dim)
@@ -26,7 +34,8 @@ struct Params {
   int64_t offsets_head_stride;  // 0 when one row of offsets serves every head
 
   int batch, seqlen_q, seqlen_k, heads, heads_kv, head_dim;
-  int window, num_offsets;
+  Band band;  // clipped to what seqlen_k keys can meet
+  int num_offsets;
   // Query row i sits at absolute position i + q_pos_shift, so that the last
   // query lines up with the last key (FlashAttention's bottom-right causal
   // alignment); q_pos_shift = seqlen_k - seqlen_q >= 0.
@@ -70,8 +79,9 @@ struct Params {
   void* offset_dscores;
   int num_partials;  // query blocks per (batch, head)
 
-  // The window as the caller gave it (`window` is clipped to seqlen_k): the
-  // smallest integer offset allowed, for the kernels' check of the offsets.
+  // The first distance past the band as the caller gave it (`band` is
+  // clipped): the smallest integer offset allowed, for the kernels' check of
+  // the offsets.
   int64_t min_offset_distance;
 };
 

@@ -13,45 +13,45 @@ namespace fibsparse {
 using at::Tensor;
 
 TORCH_LIBRARY(fibsparse, m) {
-  m.def("fwd(Tensor q, Tensor k, Tensor v, Tensor offsets, int window, float softmax_scale) -> (Tensor, Tensor)");
+  m.def("fwd(Tensor q, Tensor k, Tensor v, Tensor offsets, int[] band, float softmax_scale) -> (Tensor, Tensor)");
   m.def(
       "bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? dlse, Tensor offsets, "
-      "int window, float softmax_scale) -> (Tensor, Tensor, Tensor, Tensor)");
+      "int[] band, float softmax_scale) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "decode(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, Tensor offsets, int window, "
+      "decode(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, Tensor offsets, int[] band, "
       "float softmax_scale, bool ring) -> (Tensor, Tensor)");
 }
 
 std::tuple<Tensor, Tensor> fwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& offsets,
-                               int64_t window, double softmax_scale) {
+                               at::IntArrayRef band, double softmax_scale) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("fibsparse::fwd", "")
                              .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                               const Tensor&, int64_t, double)>();
-  return op.call(q, k, v, offsets, window, softmax_scale);
+                                                               const Tensor&, at::IntArrayRef, double)>();
+  return op.call(q, k, v, offsets, band, softmax_scale);
 }
 
 std::tuple<Tensor, Tensor> decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                                  const Tensor& cache_seqlens, const Tensor& offsets, int64_t window,
+                                  const Tensor& cache_seqlens, const Tensor& offsets, at::IntArrayRef band,
                                   double softmax_scale, bool ring) {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("fibsparse::decode", "")
           .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                            int64_t, double, bool)>();
-  return op.call(q, k_cache, v_cache, cache_seqlens, offsets, window, softmax_scale, ring);
+                                            at::IntArrayRef, double, bool)>();
+  return op.call(q, k_cache, v_cache, cache_seqlens, offsets, band, softmax_scale, ring);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                                                const Tensor& out, const Tensor& lse, const std::optional<Tensor>& dlse,
-                                               const Tensor& offsets, int64_t window, double softmax_scale) {
+                                               const Tensor& offsets, at::IntArrayRef band, double softmax_scale) {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("fibsparse::bwd", "")
           .typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                                             const Tensor&, const Tensor&, const std::optional<Tensor>&,
-                                                            const Tensor&, int64_t, double)>();
-  return op.call(dout, q, k, v, out, lse, dlse, offsets, window, softmax_scale);
+                                                            const Tensor&, at::IntArrayRef, double)>();
+  return op.call(dout, q, k, v, out, lse, dlse, offsets, band, softmax_scale);
 }
 
 #ifndef FIBSPARSE_WITH_CUDA
@@ -61,16 +61,17 @@ namespace {
 [[noreturn]] void refuse_cuda() {
   TORCH_CHECK(false, "fibsparse_ext was built without CUDA; reinstall on a machine with nvcc");
 }
-std::tuple<Tensor, Tensor> fwd_unbuilt(const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t, double) {
+std::tuple<Tensor, Tensor> fwd_unbuilt(const Tensor&, const Tensor&, const Tensor&, const Tensor&, at::IntArrayRef,
+                                       double) {
   refuse_cuda();
 }
 std::tuple<Tensor, Tensor> decode_unbuilt(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                          int64_t, double, bool) {
+                                          at::IntArrayRef, double, bool) {
   refuse_cuda();
 }
 std::tuple<Tensor, Tensor, Tensor, Tensor> bwd_unbuilt(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                                        const Tensor&, const Tensor&, const std::optional<Tensor>&,
-                                                       const Tensor&, int64_t, double) {
+                                                       const Tensor&, at::IntArrayRef, double) {
   refuse_cuda();
 }
 }  // namespace

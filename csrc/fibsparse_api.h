@@ -10,10 +10,11 @@
 
 namespace fibsparse {
 
+// `band` holds the band's parameters, [window] (Band in fibsparse.h).
 // Returns (out, lse). out has q's shape and dtype; lse is (batch, heads,
 // seqlen_q), float32 (float64 for float64 inputs).
 std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                       const at::Tensor& offsets, int64_t window, double softmax_scale);
+                                       const at::Tensor& offsets, at::IntArrayRef band, double softmax_scale);
 
 // Attention of the newest seqlen_q tokens of each sequence against a KV cache
 // (batch, capacity, heads_kv, head_dim) holding cache_seqlens[b] tokens, in
@@ -21,14 +22,14 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
 // trusted (fibsparse_ext.decode checks them); a bad one never reads out of
 // bounds.
 std::tuple<at::Tensor, at::Tensor> decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                                          const at::Tensor& cache_seqlens, const at::Tensor& offsets, int64_t window,
-                                          double softmax_scale, bool ring);
+                                          const at::Tensor& cache_seqlens, const at::Tensor& offsets,
+                                          at::IntArrayRef band, double softmax_scale, bool ring);
 
 // Returns (dq, dk, dv, doffsets). doffsets has the shape and dtype of a
 // fractional `offsets`, and is empty for integer offsets.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& dlse,
-    const at::Tensor& offsets, int64_t window, double softmax_scale);
+    const at::Tensor& offsets, at::IntArrayRef band, double softmax_scale);
 
 }  // namespace fibsparse

@@ -30,7 +30,7 @@ std::string cuda_head_dims_text() {
 }  // namespace
 
 void check_attention_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& offsets,
-                            int64_t window, double softmax_scale, const char* k_name, const char* v_name) {
+                            at::IntArrayRef band, double softmax_scale, const char* k_name, const char* v_name) {
   TORCH_CHECK(q.dim() == 4, "q must have shape (batch, seqlen_q, heads, head_dim), got ", to_text(q.sizes()));
   TORCH_CHECK(k.dim() == 4, k_name, " must have shape (batch, seqlen_k, heads_kv, head_dim), got ", to_text(k.sizes()));
   TORCH_CHECK(v.sizes() == k.sizes(), v_name, " must have the shape of ", k_name, " ", to_text(k.sizes()), ", got ",
@@ -66,6 +66,8 @@ void check_attention_inputs(const Tensor& q, const Tensor& k, const Tensor& v, c
     TORCH_CHECK(head_dim >= 1 && head_dim <= 1024, "head_dim must be in [1, 1024], got ", to_text(head_dim));
   }
 
+  TORCH_CHECK(band.size() == 1, "band must be [window], got ", to_text(band));
+  const int64_t window = band[0];
   TORCH_CHECK(window >= 1, "window must be >= 1 (distance 0, the query itself, is always attended), got ",
               to_text(window));
   TORCH_CHECK(window <= INT64_MAX / 2, "window is too large: ", to_text(window));

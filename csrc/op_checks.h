@@ -9,10 +9,11 @@
 
 namespace fibsparse {
 
-// q, k, v, offsets, window and softmax_scale of any op. k_name, v_name: what
+// q, k, v, offsets, band and softmax_scale of any op. k_name, v_name: what
 // the caller calls k and v (the decode op's k_cache, v_cache).
 void check_attention_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& offsets,
-                            int64_t window, double softmax_scale, const char* k_name = "k", const char* v_name = "v");
+                            at::IntArrayRef band, double softmax_scale, const char* k_name = "k",
+                            const char* v_name = "v");
 
 // The decode op's cache lengths: one int32/int64 per sequence, on q's device.
 void check_cache_seqlens(const at::Tensor& q, const at::Tensor& cache_seqlens);

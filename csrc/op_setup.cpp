@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <limits>
 
+#include "pattern.h"
 #include "to_text.h"
 
 namespace fibsparse {
@@ -52,7 +53,7 @@ void set_strides(const Tensor& t, int64_t& batch, int64_t& row, int64_t& head) {
 }
 
 Params attention_params(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& offsets,
-                        int64_t window, double softmax_scale, const Tensor& out, const Tensor& lse) {
+                        at::IntArrayRef band, double softmax_scale, const Tensor& out, const Tensor& lse) {
   Params p{};
   p.q = q.data_ptr();
   p.k = k.data_ptr();
@@ -68,12 +69,9 @@ Params attention_params(const Tensor& q, const Tensor& k, const Tensor& v, const
   p.head_dim = q.size(3);
   p.seqlen_k = k.size(1);
   p.heads_kv = k.size(2);
-  // Band distances >= seqlen_k can never be attended: dropping them changes no
-  // result, and keeps a huge window (a way to ask for dense attention) from
-  // costing O(window) per row or overflowing the int loop count.
-  p.window = static_cast<int>(std::min<int64_t>(window, k.size(1)));
+  p.band = band_for_keys(band.data(), k.size(1));
   p.num_offsets = offsets.size(-1);
-  p.min_offset_distance = window;
+  p.min_offset_distance = band_end(band.data());
   p.q_pos_shift = p.seqlen_k - p.seqlen_q;
   p.softmax_scale = softmax_scale;
   p.out = out.data_ptr();
@@ -101,7 +99,7 @@ Tensor new_output_like(const Tensor& like) { return new_output(like, like.sizes(
 }  // namespace
 
 ForwardCall prepare_forward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& offsets_in,
-                            int64_t window, double softmax_scale, const std::optional<Tensor>& cache_seqlens,
+                            at::IntArrayRef band, double softmax_scale, const std::optional<Tensor>& cache_seqlens,
                             bool ring) {
   ForwardCall call;
   const auto dtype = q_in.scalar_type();
@@ -115,7 +113,7 @@ ForwardCall prepare_forward(const Tensor& q_in, const Tensor& k_in, const Tensor
   call.lse = new_output(call.q, {call.q.size(0), call.q.size(2), call.q.size(1)}, acc_dtype(dtype));
   call.empty = call.q.numel() == 0;
   if (call.empty) return call;
-  call.params = attention_params(call.q, call.k, call.v, call.offsets, window, softmax_scale, call.out, call.lse);
+  call.params = attention_params(call.q, call.k, call.v, call.offsets, band, softmax_scale, call.out, call.lse);
   if (call.lengths.defined()) {  // decode: queries are each sequence's newest tokens, k and v a cache
     call.params.cache_seqlens = call.lengths.data_ptr<int64_t>();
     call.params.ring = ring;
@@ -125,7 +123,7 @@ ForwardCall prepare_forward(const Tensor& q_in, const Tensor& k_in, const Tensor
 
 BackwardCall prepare_backward(const Tensor& dout_in, const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
                               const Tensor& out_in, const Tensor& lse, const std::optional<Tensor>& dlse,
-                              const Tensor& offsets_in, int64_t window, double softmax_scale,
+                              const Tensor& offsets_in, at::IntArrayRef band, double softmax_scale,
                               int queries_per_partial, bool keeps_offset_terms) {
   BackwardCall call;
   const auto dtype = q_in.scalar_type();
@@ -150,7 +148,7 @@ BackwardCall prepare_backward(const Tensor& dout_in, const Tensor& q_in, const T
   call.empty = q.numel() == 0 || k.numel() == 0;
   if (call.empty) return call;
 
-  Params& p = call.params = attention_params(q, k, v, call.offsets, window, softmax_scale, call.out, call.lse);
+  Params& p = call.params = attention_params(q, k, v, call.offsets, band, softmax_scale, call.out, call.lse);
   p.dout = call.dout.data_ptr();
   set_strides(call.dout, p.do_batch_stride, p.do_row_stride, p.do_head_stride);
   p.dlse = call.dlse.defined() ? call.dlse.data_ptr() : nullptr;

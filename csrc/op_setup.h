@@ -24,7 +24,7 @@ struct ForwardCall {
   bool fractional = false, empty = false;
 };
 ForwardCall prepare_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& offsets,
-                            int64_t window, double softmax_scale, const std::optional<at::Tensor>& cache_seqlens,
+                            at::IntArrayRef band, double softmax_scale, const std::optional<at::Tensor>& cache_seqlens,
                             bool ring);
 
 // A backward call, ready for the kernels. The devices differ in how many
@@ -39,7 +39,7 @@ struct BackwardCall {
 };
 BackwardCall prepare_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                               const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& dlse,
-                              const at::Tensor& offsets, int64_t window, double softmax_scale,
+                              const at::Tensor& offsets, at::IntArrayRef band, double softmax_scale,
                               int queries_per_partial, bool keeps_offset_terms);
 
 // (dq, dk, dv, doffsets) once the kernels ran: the partial sums of

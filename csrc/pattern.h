@@ -5,8 +5,8 @@
 // memory; it never states the rule itself. docs/architecture.md lists what a
 // change of the pattern touches.
 //
-// A query at absolute position `pos` sees distances t = 0 .. window-1 (the
-// dense band) and then one distance per offset. An offset is an int32 distance
+// A query at absolute position `pos` sees the band's distances (0 .. window-1,
+// Band in fibsparse.h) and then one distance per offset. An offset is an int32 distance
 // (integer path) or a real position p (fractional path); a real position reads
 // the interpolation (1 - f) * row[pos - a] + f * row[pos - a - 1] with
 // a = floor(p), f = p - a, and is attended iff pos - p >= 0. Negative offsets
@@ -39,10 +39,10 @@ struct KeySample {
 
 // Number of distances each query walks: the band, then the offsets.
 // Distance index t < window is band distance t; t = window + o is offset o.
-FIBSPARSE_HD int num_distances(int window, int num_offsets) { return window + num_offsets; }
-FIBSPARSE_HD bool is_offset_distance(int t, int window) { return t >= window; }
-FIBSPARSE_HD int offset_of_distance(int t, int window) { return t - window; }
-FIBSPARSE_HD int distance_of_offset(int o, int window) { return window + o; }
+FIBSPARSE_HD int num_distances(Band band, int num_offsets) { return band.window + num_offsets; }
+FIBSPARSE_HD bool is_offset_distance(int t, Band band) { return t >= band.window; }
+FIBSPARSE_HD int offset_of_distance(int t, Band band) { return t - band.window; }
+FIBSPARSE_HD int distance_of_offset(int o, Band band) { return band.window + o; }
 
 // ---- The band: key distances pos - key in [0, window) ----
 // Asked per pair, per tile and per block: the tensor-core kernels test whole
@@ -53,37 +53,51 @@ FIBSPARSE_HD int distance_of_offset(int o, int window) { return window + o; }
 // band they lie in [-79, window + 79], and window < 2^31 - 2^16 (the host's
 // check). The dk/dv pass, whose rows are keys, asks the same of the
 // distance it computes from the key's side.
-FIBSPARSE_HD bool in_band(int distance, int window) {
-  return static_cast<unsigned>(distance) < static_cast<unsigned>(window);
+FIBSPARSE_HD bool in_band(int distance, Band band) {
+  return static_cast<unsigned>(distance) < static_cast<unsigned>(band.window);
 }
 
 // Whether every distance pos - key + [-kRadius, kRadius] is in the band (a
 // tile that needs no mask per pair).
 template <int kRadius>
-FIBSPARSE_HD bool band_holds(int64_t pos, int64_t key, int window) {
-  return pos - key >= kRadius && pos - key + kRadius < window;
+FIBSPARSE_HD bool band_holds(int64_t pos, int64_t key, Band band) {
+  return pos - key >= kRadius && pos - key + kRadius < band.window;
 }
 
 // Whether 16 query positions [pos0, pos0 + 15] and `count` key positions
 // [key0, key0 + count - 1] have any pair in the band.
-FIBSPARSE_HD bool band_meets(int64_t pos0, int64_t key0, int window, int count = 16) {
-  return key0 <= pos0 + 15 && key0 + count - 1 >= pos0 - (window - 1);
+FIBSPARSE_HD bool band_meets(int64_t pos0, int64_t key0, Band band, int count = 16) {
+  return key0 <= pos0 + 15 && key0 + count - 1 >= pos0 - (band.window - 1);
 }
 
 // The first key the query at pos reads through the band (the sequence
 // starts at key 0); its last is pos itself.
-FIBSPARSE_HD int64_t band_first_key(int64_t pos, int window) {
-  return pos - (window - 1) > 0 ? pos - (window - 1) : 0;
+FIBSPARSE_HD int64_t band_first_key(int64_t pos, Band band) {
+  return pos - (band.window - 1) > 0 ? pos - (band.window - 1) : 0;
 }
 
 // The last query position that reads the key at position key through the
 // band (the band mirrored: its readers are key .. key + window - 1).
-FIBSPARSE_HD int64_t band_last_reader(int64_t key, int window) { return key + (window - 1); }
+FIBSPARSE_HD int64_t band_last_reader(int64_t key, Band band) { return key + (band.window - 1); }
+
+// ---- The ops' `band` argument, [window] (op_checks.cpp checks it) ----
+
+// The band that keys at positions [0, seqlen_k) can meet. Distances >=
+// seqlen_k are never attended: dropping them changes no result, and keeps a
+// huge window (a way to ask for dense attention) from costing O(window) per
+// row or overflowing the int loop count.
+inline Band band_for_keys(const int64_t* band_args, int64_t seqlen_k) {
+  return {static_cast<int>(band_args[0] < seqlen_k ? band_args[0] : seqlen_k)};
+}
+
+// The first distance past the band as the caller asked for it (not clipped):
+// integer offsets must be at least this, shorter ones are in the band.
+inline int64_t band_end(const int64_t* band_args) { return band_args[0]; }
 
 // Whether entry t of one row of offsets is allowed (the same rule as the
 // Python check): -1 is padding, and only at the end of a row; other entries
 // are finite, >= 0, strictly increasing, and integer distances are at least
-// `min_distance` (the window: shorter distances are in the band). One entry
+// `min_distance` (band_end: shorter distances are in the band). One entry
 // and its predecessor decide it, so threads can check a row in parallel.
 template <typename OffsetT>
 FIBSPARSE_HD bool offset_entry_valid(const OffsetT* row, int t, int64_t min_distance) {
@@ -135,19 +149,19 @@ FIBSPARSE_HD int64_t key_row(const Params& p, int64_t j) {
 // The distance of distance index t (< 0 for padding): integer offsets stay
 // in integer arithmetic so that large distances are exact.
 template <typename Acc, typename OffsetT>
-FIBSPARSE_HD std::conditional_t<std::is_integral_v<OffsetT>, int64_t, Acc> distance_at(int t, int window,
+FIBSPARSE_HD std::conditional_t<std::is_integral_v<OffsetT>, int64_t, Acc> distance_at(int t, Band band,
                                                                                        const OffsetT* offsets) {
   using D = std::conditional_t<std::is_integral_v<OffsetT>, int64_t, Acc>;
-  return is_offset_distance(t, window) ? D(offsets[offset_of_distance(t, window)]) : D(t);
+  return is_offset_distance(t, band) ? D(offsets[offset_of_distance(t, band)]) : D(t);
 }
 
 // The keys that the query at `pos` reads for distance index t. Invalid samples
 // still carry in-range rows (clamped to 0), so callers may load them
 // unconditionally and mask the result.
 template <typename Acc, typename OffsetT>
-FIBSPARSE_HD KeySample<Acc> sample_key(int64_t pos, int t, int window, const OffsetT* offsets) {
+FIBSPARSE_HD KeySample<Acc> sample_key(int64_t pos, int t, Band band, const OffsetT* offsets) {
   KeySample<Acc> s;
-  const auto d = distance_at<Acc>(t, window, offsets);
+  const auto d = distance_at<Acc>(t, band, offsets);
   s.valid = d >= 0 && pos - d >= 0;
   if constexpr (std::is_integral_v<OffsetT>) {
     s.frac = Acc(0);
@@ -178,8 +192,8 @@ FIBSPARSE_HD Acc weight_of_row(const KeySample<Acc>& s, int64_t j) {
 // The query positions that can read key row j through distance index t:
 // pos = j + floor(d) and, for a fractional distance, pos = j + floor(d) + 1.
 template <typename Acc, typename OffsetT>
-FIBSPARSE_HD int readers_of_row(int64_t j, int t, int window, const OffsetT* offsets, int64_t pos_out[2]) {
-  const auto d = distance_at<Acc>(t, window, offsets);
+FIBSPARSE_HD int readers_of_row(int64_t j, int t, Band band, const OffsetT* offsets, int64_t pos_out[2]) {
+  const auto d = distance_at<Acc>(t, band, offsets);
   if (d < 0) return 0;
   if constexpr (std::is_integral_v<OffsetT>) {
     pos_out[0] = j + d;

@@ -7,7 +7,7 @@ import math
 import torch
 
 from . import _C
-from ._offsets import check_window
+from ._offsets import check_band
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -56,7 +56,7 @@ def _cuda_head_dims_text() -> str:  # "16, 32, 64 or 128"
 OFFSET_DTYPES = (torch.int32, torch.int64, torch.float32, torch.float64)
 
 
-def check_op_inputs(q, k, v, offsets, window: int, softmax_scale: float, k_name: str = "k",
+def check_op_inputs(q, k, v, offsets, band: list, softmax_scale: float, k_name: str = "k",
                     v_name: str = "v") -> None:
     """Every check the compiled ops make on their arguments, in Python: the fake
     (meta) implementations apply it, so torch.compile users see the real op's
@@ -76,7 +76,7 @@ def check_op_inputs(q, k, v, offsets, window: int, softmax_scale: float, k_name:
             raise ValueError(f"head_dim must be {_cuda_head_dims_text()} on CUDA, got {head_dim}")
     elif head_dim > MAX_CPU_HEAD_DIM:
         raise ValueError(f"head_dim must be in [1, {MAX_CPU_HEAD_DIM}], got {head_dim}")
-    check_window(window)
+    check_band(band)
     check_scale(softmax_scale)
     if not isinstance(offsets, torch.Tensor):
         raise ValueError(f"offsets must be a tensor, got {type(offsets).__name__}")

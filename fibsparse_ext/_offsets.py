@@ -31,6 +31,11 @@ def is_past_band(distance: float, window: int) -> bool:
     return distance >= window
 
 
+def band_argument(window: int) -> list[int]:
+    """The ops' `band` argument: the band's parameters, as csrc/pattern.h reads them."""
+    return [window]
+
+
 def _is_compiling() -> bool:
     return hasattr(torch, "compiler") and torch.compiler.is_compiling()
 
@@ -48,6 +53,13 @@ def check_window(window) -> int:
         raise ValueError(f"window must be an int in [1, 2^62] (distance 0, the query itself, is always attended; "
                          f"any window >= seqlen_k is the whole causal band), got {window!r}")
     return window
+
+
+def check_band(band) -> None:
+    """The ops' `band` argument (band_argument's list), checked as csrc/op_checks.cpp does."""
+    if not isinstance(band, (list, tuple)) or len(band) != 1:
+        raise ValueError(f"band must be [window], got {band!r}")
+    check_window(band[0])
 
 
 def _check_row(row: list, window: int, fractional: bool, where: str) -> None:

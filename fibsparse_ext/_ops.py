@@ -31,14 +31,14 @@ def _outputs_like(q):
 
 
 @torch.library.register_fake("fibsparse::fwd")
-def _fwd_fake(q, k, v, offsets, window, softmax_scale):
-    check_op_inputs(q, k, v, offsets, window, softmax_scale)
+def _fwd_fake(q, k, v, offsets, band, softmax_scale):
+    check_op_inputs(q, k, v, offsets, band, softmax_scale)
     return _outputs_like(q)
 
 
 @torch.library.register_fake("fibsparse::decode")
-def _decode_fake(q, k_cache, v_cache, cache_seqlens, offsets, window, softmax_scale, ring):
-    check_op_inputs(q, k_cache, v_cache, offsets, window, softmax_scale, "k_cache", "v_cache")
+def _decode_fake(q, k_cache, v_cache, cache_seqlens, offsets, band, softmax_scale, ring):
+    check_op_inputs(q, k_cache, v_cache, offsets, band, softmax_scale, "k_cache", "v_cache")
     if (cache_seqlens.dim() != 1 or cache_seqlens.shape[0] != q.shape[0]
             or cache_seqlens.dtype not in (torch.int32, torch.int64)):
         raise ValueError(f"cache_seqlens must be an int32 or int64 tensor of shape (batch={q.shape[0]},), got "
@@ -49,8 +49,8 @@ def _decode_fake(q, k_cache, v_cache, cache_seqlens, offsets, window, softmax_sc
 
 
 @torch.library.register_fake("fibsparse::bwd")
-def _bwd_fake(dout, q, k, v, out, lse, dlse, offsets, window, softmax_scale):
-    check_op_inputs(q, k, v, offsets, window, softmax_scale)
+def _bwd_fake(dout, q, k, v, out, lse, dlse, offsets, band, softmax_scale):
+    check_op_inputs(q, k, v, offsets, band, softmax_scale)
     for name, t in (("dout", dout), ("out", out)):
         if t.shape != q.shape or t.dtype != q.dtype or t.device != q.device:
             raise ValueError(f"{name} must have q's shape {tuple(q.shape)}, dtype {q.dtype} and device {q.device}, "

@@ -18,7 +18,7 @@ import torch
 
 from . import _ops  # noqa: F401  (registers torch.ops.fibsparse.*)
 from ._checks import check_op_inputs, check_scale
-from ._offsets import (PADDING, OffsetsLike, as_offsets, check_offset_values, check_window,
+from ._offsets import (PADDING, OffsetsLike, as_offsets, band_argument, check_offset_values, check_window,
                        farthest_band_distance)
 from .functional import default_scale
 
@@ -131,7 +131,7 @@ def fibsparse_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache:
     check_window(window)
     offsets = as_offsets(offsets, q, window, check_values=False)  # checked below, from the host copy
     scale = check_scale(default_scale(q, softmax_scale))
-    check_op_inputs(q, k_cache, v_cache, offsets, window, scale, "k_cache", "v_cache")
+    check_op_inputs(q, k_cache, v_cache, offsets, band_argument(window), scale, "k_cache", "v_cache")
     batch, new, heads, head_dim = q.shape
     capacity = k_cache.shape[1]
     if (not isinstance(cache_seqlens, torch.Tensor) or cache_seqlens.shape != (batch,)
@@ -168,5 +168,5 @@ def fibsparse_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache:
     if k is not None:
         cache.write(k, v)
         lengths = lengths + new
-    out, lse = torch.ops.fibsparse.decode(q, k_cache, v_cache, lengths, offsets, window, scale, ring)
+    out, lse = torch.ops.fibsparse.decode(q, k_cache, v_cache, lengths, offsets, band_argument(window), scale, ring)
     return (out, lse) if return_lse else out

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from . import _ops  # noqa: F401  (registers the ops, their fakes and autograd)
-from ._offsets import OffsetsLike, as_offsets, check_window
+from ._offsets import OffsetsLike, as_offsets, band_argument, check_window
 
 
 def default_scale(q: torch.Tensor, softmax_scale: Optional[float]) -> float:
@@ -44,5 +44,5 @@ def fibsparse_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: in
     """
     check_window(window)
     offsets = as_offsets(offsets, q, window)
-    out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, window, default_scale(q, softmax_scale))
+    out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, band_argument(window), default_scale(q, softmax_scale))
     return (out, lse) if return_lse else out

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._offsets import check_offset_values
+from ._offsets import band_argument, check_offset_values
 from .decode import KVCache, fibsparse_attn_with_kvcache, required_capacity
 from .functional import default_scale
 from .rotary import apply_rotary, rotary_tables
@@ -101,7 +101,7 @@ class FibSparseAttention(nn.Module):
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                  is_causal=True, enable_gqa=self.num_heads != self.num_kv_heads)
             return out.transpose(1, 2)
-        out, _ = torch.ops.fibsparse.fwd(q, k, v, self.positions(), self.window, default_scale(q, None))
+        out, _ = torch.ops.fibsparse.fwd(q, k, v, self.positions(), band_argument(self.window), default_scale(q, None))
         return out
 
     def make_cache(self, batch: int, max_seqlen: int, dtype=None, device=None) -> KVCache:

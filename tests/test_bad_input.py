@@ -79,7 +79,7 @@ def test_huge_window_is_cheap_and_exact():
 
 def test_int64_offsets_beyond_int32_are_refused_by_the_op():
     q, k, v = qkv()
-    raises(torch.ops.fibsparse.fwd, q, k, v, torch.tensor([5, 2**32 + 5]), 4, 0.25,
+    raises(torch.ops.fibsparse.fwd, q, k, v, torch.tensor([5, 2**32 + 5]), [4], 0.25,
            match=rf"offsets must be distances .*got values in \[5, {2**32 + 5}\]")
 
 
@@ -88,14 +88,14 @@ def test_backward_op_names_the_bad_tensor():
     autograd, and says which one is wrong and what it got."""
     q, k, v = qkv()
     offsets = torch.tensor([5], dtype=torch.int32)
-    out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, 4, 0.25)
+    out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [4], 0.25)
     dout = torch.randn_like(out)
     bwd = torch.ops.fibsparse.bwd
-    raises(bwd, dout.double(), q, k, v, out, lse, None, offsets, 4, 0.25,
+    raises(bwd, dout.double(), q, k, v, out, lse, None, offsets, [4], 0.25,
            match=r"dout must have q's dtype Float, got Double")
-    raises(bwd, dout, q, k, v, out.half(), lse, None, offsets, 4, 0.25, match=r"out must have q's dtype Float, got Half")
-    raises(bwd, dout, q, k, v, out, lse, lse[:, :1], offsets, 4, 0.25, match=r"dlse must match lse .*, got \[1, 1, 12\]")
-    raises(bwd, dout, q, k[:, :, :0], v[:, :, :0], out, lse, None, offsets, 4, 0.25,
+    raises(bwd, dout, q, k, v, out.half(), lse, None, offsets, [4], 0.25, match=r"out must have q's dtype Float, got Half")
+    raises(bwd, dout, q, k, v, out, lse, lse[:, :1], offsets, [4], 0.25, match=r"dlse must match lse .*, got \[1, 1, 12\]")
+    raises(bwd, dout, q, k[:, :, :0], v[:, :, :0], out, lse, None, offsets, [4], 0.25,
            match=r"q's heads \(2\) must be a multiple of k's heads_kv \(0\)")
 
 
@@ -161,3 +161,15 @@ def test_offsets_tensor_changed_in_place_is_checked_again():
         fibsparse_attn(q, k, v, 4, offsets)
     with pytest.raises(ValueError, match="increasing"):  # and again: a refused tensor is not remembered
         fibsparse_attn(q, k, v, 4, offsets)
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("band, match", [([4, 2], r"band must be \[window\], got \[4, 2\]"),
+                                         ([], r"band must be \[window\], got \[\]"),
+                                         ([0], r"window must be .*got .*0")])
+def test_op_names_a_bad_band(device, band, match):
+    """The ops take the band's parameters as one list (`band`, [window]); the
+    real op and its fake (meta) refuse the same lists, naming the argument."""
+    q, k, v = qkv(device=device)
+    raises(torch.ops.fibsparse.fwd, q, k, v, torch.tensor([5], dtype=torch.int32, device=device), band, 0.25,
+           match=match)

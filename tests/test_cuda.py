@@ -66,13 +66,13 @@ def test_runs_on_the_current_stream():
     called directly, with its offsets ready, so that nothing synchronizes."""
     q, k, v = random_qkv(1, 2048, 4, 4, 64, torch.float16, "cuda", requires_grad=False)
     offsets = torch.tensor([128, 256, 512], dtype=torch.int32, device="cuda")
-    expected, _ = torch.ops.fibsparse.fwd(q, k, v, offsets, 128, 0.125)
+    expected, _ = torch.ops.fibsparse.fwd(q, k, v, offsets, [128], 0.125)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         torch.cuda._sleep(50_000_000)  # ~tens of ms of GPU time on this stream
         q2, k2, v2 = q * 1, k * 1, v * 1  # ready only after the sleep
-        out, _ = torch.ops.fibsparse.fwd(q2, k2, v2, offsets, 128, 0.125)
+        out, _ = torch.ops.fibsparse.fwd(q2, k2, v2, offsets, [128], 0.125)
     torch.cuda.current_stream().wait_stream(stream)
     assert torch.equal(out, expected)
 

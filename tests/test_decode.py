@@ -139,12 +139,12 @@ def test_bad_input_to_the_decode_op():
     offsets = torch.tensor([5], dtype=torch.int32)
     for lengths in (torch.tensor([3.0, 3.0]), torch.tensor([3]), torch.tensor([[3, 3]])):
         with pytest.raises(RuntimeError, match=r"cache_seqlens must be an int32 or int64 tensor of shape \(batch=2\)"):
-            torch.ops.fibsparse.decode(q, cache.k, cache.v, lengths, offsets, 4, 0.25, True)
+            torch.ops.fibsparse.decode(q, cache.k, cache.v, lengths, offsets, [4], 0.25, True)
     # The op's own checks name its arguments, k_cache and v_cache.
     with pytest.raises(RuntimeError, match="k_cache must have q's dtype"):
-        torch.ops.fibsparse.decode(q.double(), cache.k, cache.v, torch.tensor([3, 3]), offsets, 4, 0.25, True)
+        torch.ops.fibsparse.decode(q.double(), cache.k, cache.v, torch.tensor([3, 3]), offsets, [4], 0.25, True)
     with pytest.raises(RuntimeError, match="v_cache must have the shape of k_cache"):
-        torch.ops.fibsparse.decode(q, cache.k, cache.v[:, :4], torch.tensor([3, 3]), offsets, 4, 0.25, True)
+        torch.ops.fibsparse.decode(q, cache.k, cache.v[:, :4], torch.tensor([3, 3]), offsets, [4], 0.25, True)
 
 
 def test_more_bad_decode_and_generate_input():

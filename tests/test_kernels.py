@@ -199,4 +199,4 @@ def test_unsorted_offsets_through_the_op_are_refused_on_the_cpu(fractional):
     q = torch.randn(1, 300, 2, 64, dtype=torch.float64 if fractional else torch.float32)
     offsets = torch.tensor([250.3, 290.3, 140.3]) if fractional else torch.tensor([250, 290, 140], dtype=torch.int32)
     with pytest.raises(RuntimeError, match=r"offsets entry 2 \(140"):
-        torch.ops.fibsparse.fwd(q, q, q, offsets.to(q.dtype) if fractional else offsets, 128, 0.125)
+        torch.ops.fibsparse.fwd(q, q, q, offsets.to(q.dtype) if fractional else offsets, [128], 0.125)

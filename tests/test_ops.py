@@ -20,7 +20,7 @@ def op_samples(device, dtype):
         q, k, v = random_qkv(2, 40, 4, 2, 16, dtype, device)
         offsets = random_offsets(4, 3, 4 if fractional else None, fractional, device, position_dtype(dtype),
                                  spread=8)
-        samples.append((q, k, v, offsets.requires_grad_(fractional), 4, 0.3))
+        samples.append((q, k, v, offsets.requires_grad_(fractional), [4], 0.3))
     return samples
 
 
@@ -41,7 +41,7 @@ def decode_samples(device, dtype):
             q, k_cache, v_cache = random_qkv(3, new, 4, 2, 16, dtype, device, seqlen_k=capacity,
                                              requires_grad=False)
             cache_seqlens = torch.tensor(lengths, dtype=lengths_dtype, device=device)
-            samples.append((q, k_cache, v_cache, cache_seqlens, offsets.to(device), window, 0.3, ring))
+            samples.append((q, k_cache, v_cache, cache_seqlens, offsets.to(device), [window], 0.3, ring))
     return samples
 
 
@@ -55,11 +55,11 @@ def test_opcheck_forward(device, dtype):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_opcheck_backward(device, dtype):
-    for q, k, v, offsets, window, scale in op_samples(device, dtype):
+    for q, k, v, offsets, band, scale in op_samples(device, dtype):
         with torch.no_grad():
-            out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, window, scale)
+            out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, band, scale)
         dout, dlse = torch.randn_like(out), torch.randn_like(lse)
-        args = (dout, q.detach(), k.detach(), v.detach(), out, lse, dlse, offsets.detach(), window, scale)
+        args = (dout, q.detach(), k.detach(), v.detach(), out, lse, dlse, offsets.detach(), band, scale)
         # bwd has no derivative of its own (it raises), so skip the autograd-registration check
         torch.library.opcheck(torch.ops.fibsparse.bwd.default, args,
                               test_utils=("test_schema", "test_faketensor"))

@@ -178,11 +178,11 @@ else:
     ("torch.int32", [8, 13, 21], [13, 13, 2], "fibsparse_attn(q, q, q, 4, offsets)"),
     ("torch.int32", [8, 13, 21], [2, 13, 21], "fibsparse_attn(q, q, q, 4, offsets)"),
     ("torch.float32", [8.5, 13.5], "[8.5, float('nan')]", "fibsparse_attn(q, q, q, 4, offsets)"),
-    ("torch.int32", [8, 13, 21], [50, 90, 40], "torch.ops.fibsparse.fwd(q, q, q, offsets, 4, 0.125)"),
+    ("torch.int32", [8, 13, 21], [50, 90, 40], "torch.ops.fibsparse.fwd(q, q, q, offsets, [4], 0.125)"),
     ("torch.int32", [8, 13, 21], [21, 13, 8],  # the backward's own check (in its dq pass)
-     "torch.ops.fibsparse.bwd(q, q, q, q, q, torch.zeros(1, 2, 100, device='cuda'), None, offsets, 4, 0.125)"),
+     "torch.ops.fibsparse.bwd(q, q, q, q, q, torch.zeros(1, 2, 100, device='cuda'), None, offsets, [4], 0.125)"),
     ("torch.int32", [8, 13, 21], [8, -5, 21],  # decode (its Python entry checks on the host every call)
-     "torch.ops.fibsparse.decode(q[:, -1:], q, q, torch.tensor([100], device='cuda'), offsets, 4, 0.125, False)"),
+     "torch.ops.fibsparse.decode(q[:, -1:], q, q, torch.tensor([100], device='cuda'), offsets, [4], 0.125, False)"),
 ])
 def test_device_offsets_changed_behind_torchs_back_stop_the_kernel(dtype, offsets_dtype, good, bad, call):
     """Device offsets are checked on the host once per version; a write that
@@ -203,7 +203,7 @@ def test_device_offsets_check_passes_valid_offsets_of_every_kind():
     q = torch.randn(2, 100, 4, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     for offsets in (torch.tensor([[8, 13, -1], [5, 21, 34], [-1, -1, -1], [4, 9, 99]], device="cuda", dtype=torch.int32),
                     torch.tensor([4.0, 8.5, 99.0], device="cuda"), torch.zeros(0, device="cuda", dtype=torch.int32)):
-        out = torch.ops.fibsparse.fwd(q, q, q, offsets, 4, 0.125)[0]
+        out = torch.ops.fibsparse.fwd(q, q, q, offsets, [4], 0.125)[0]
         out.float().sum().backward()
         torch.cuda.synchronize()
 
@@ -267,9 +267,9 @@ def test_fake_implementation_checks_like_the_real_op(case, match):
     elif case == "offsets device":
         offsets = torch.tensor([5, 8, 13], dtype=torch.int32)
     with pytest.raises((ValueError, RuntimeError), match=match):
-        torch.ops.fibsparse.fwd(q, k, v, offsets, 4, 0.25)
+        torch.ops.fibsparse.fwd(q, k, v, offsets, [4], 0.25)
     out, lse = torch.ops.fibsparse.fwd(torch.empty(1, 8, 2, 16, **meta), torch.empty(1, 8, 2, 16, **meta),
-                                       torch.empty(1, 8, 2, 16, **meta), torch.empty(3, dtype=torch.int32, **meta), 4,
+                                       torch.empty(1, 8, 2, 16, **meta), torch.empty(3, dtype=torch.int32, **meta), [4],
                                        0.25)
     assert out.shape == (1, 8, 2, 16) and lse.shape == (1, 2, 8)
 

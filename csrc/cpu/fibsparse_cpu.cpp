@@ -110,8 +110,8 @@ void fwd_kernel(const Params& p) {
 
       std::fill(acc.begin(), acc.end(), T(0));
       OnlineSoftmax<T> softmax;
-      for (int t = 0; t < num_distances(p.window, p.num_offsets); ++t) {
-        const auto s = sample_key<T>(pos, t, p.window, offs);
+      for (int t = 0; t < num_distances(p.band, p.num_offsets); ++t) {
+        const auto s = sample_key<T>(pos, t, p.band, offs);
         if (!s.valid) continue;
         const int64_t row0 = key_row(p, s.j0), row1 = key_row(p, s.j1);  // differ from j0, j1 in a decode cache
         const T score = scale * dot_interp(q, k[row0], k[row1], s.frac, n);
@@ -154,19 +154,21 @@ void bwd_dq_kernel(const Params& p) {
       T* dpos = static_cast<T*>(p.doffsets_partial) + task * p.num_offsets;
 
       std::fill(dq.begin(), dq.end(), T(0));
-      for (int t = 0; t < num_distances(p.window, p.num_offsets); ++t) {
-        const auto s = sample_key<T>(pos, t, p.window, offs);
+      for (int t = 0; t < num_distances(p.band, p.num_offsets); ++t) {
+        const auto s = sample_key<T>(pos, t, p.band, offs);
         if (!s.valid) {
-          if (std::is_floating_point_v<OffsetT> && is_offset_distance(t, p.window)) dpos[offset_of_distance(t, p.window)] = T(0);
+          if (std::is_floating_point_v<OffsetT> && is_offset_distance(t, p.band)) {
+            dpos[offset_of_distance(t, p.band)] = T(0);
+          }
           continue;
         }
-        const bool is_position = std::is_floating_point_v<OffsetT> && is_offset_distance(t, p.window);
+        const bool is_position = std::is_floating_point_v<OffsetT> && is_offset_distance(t, p.band);
         const auto terms = pair_terms(q, dout, k, v, s, scale, n, is_position);
         const T prob = prob_from_lse(terms.score, lse);
         const T dscore = dscore_from(prob, terms.dp, delta, lse);
         axpy_interp(dq.data(), dscore * scale, k[s.j0], k[s.j1], s.frac, n);
         if (is_position) {
-          dpos[offset_of_distance(t, p.window)] = dscore * terms.dscore_dpos + prob * terms.ddp_dpos;
+          dpos[offset_of_distance(t, p.band)] = dscore * terms.dscore_dpos + prob * terms.ddp_dpos;
         }
       }
       std::copy(dq.begin(), dq.end(),
@@ -197,13 +199,13 @@ void bwd_dkdv_kernel(const Params& p) {
         const auto q = rows<T>(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride, b, h);
         const auto dout = rows<T>(p.dout, p.do_batch_stride, p.do_row_stride, p.do_head_stride, b, h);
         const int64_t stats = (int64_t(b) * p.heads + h) * p.seqlen_q;
-        for (int t = 0; t < num_distances(p.window, p.num_offsets); ++t) {
+        for (int t = 0; t < num_distances(p.band, p.num_offsets); ++t) {
           int64_t readers[2];
-          const int num_readers = readers_of_row<T>(j, t, p.window, offs, readers);
+          const int num_readers = readers_of_row<T>(j, t, p.band, offs, readers);
           for (int r = 0; r < num_readers; ++r) {
             const int64_t i = readers[r] - p.q_pos_shift;
             if (i < 0 || i >= p.seqlen_q) continue;
-            const auto s = sample_key<T>(readers[r], t, p.window, offs);
+            const auto s = sample_key<T>(readers[r], t, p.band, offs);
             const T w = weight_of_row(s, j);
             if (w == T(0)) continue;
             const auto terms = pair_terms(q[i], dout[i], k, v, s, scale, n, false);

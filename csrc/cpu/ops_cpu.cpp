@@ -28,71 +28,72 @@ Tensor to_float(const Tensor& t) { return t.to(at::kFloat); }
 
 // pattern.h's offset_entry_valid, entry by entry, with an error naming the entry.
 template <typename OffsetT>
-void check_offset_rows(const Tensor& offsets, int64_t window) {
+void check_offset_rows(const Tensor& offsets, int64_t min_distance) {
   const int64_t rows = offsets.dim() == 2 ? offsets.size(0) : 1, count = offsets.size(-1);
   const OffsetT* data = offsets.data_ptr<OffsetT>();
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t t = 0; t < count; ++t) {
-      TORCH_CHECK(offset_entry_valid(data + r * count, int(t), window), "offsets",
+      TORCH_CHECK(offset_entry_valid(data + r * count, int(t), min_distance), "offsets",
                   offsets.dim() == 2 ? "[" + to_text(r) + "]" : std::string(), " entry ", to_text(t), " (",
                   std::is_integral_v<OffsetT> ? to_text(int64_t(data[r * count + t])) : to_text(double(data[r * count + t])),
                   ") is not allowed: offsets must be strictly increasing, finite "
-                  "and >= 0, integer ones >= window (", to_text(window), "), padded with -1 only at the end");
+                  "and >= 0, integer ones >= window (", to_text(min_distance), "), padded with -1 only at the end");
     }
   }
 }
 
 // `offsets` as the kernels read them (int32, float32 or float64).
-void check_offset_values(const Tensor& offsets, int64_t window) {
+void check_offset_values(const Tensor& offsets, at::IntArrayRef band) {
+  const int64_t min_distance = band_end(band.data());
   if (offsets.scalar_type() == at::kInt) {
-    check_offset_rows<int32_t>(offsets, window);
+    check_offset_rows<int32_t>(offsets, min_distance);
   } else if (offsets.scalar_type() == at::kFloat) {
-    check_offset_rows<float>(offsets, window);
+    check_offset_rows<float>(offsets, min_distance);
   } else {
-    check_offset_rows<double>(offsets, window);
+    check_offset_rows<double>(offsets, min_distance);
   }
 }
 
 // The forward of fwd and decode, after their checks.
 std::tuple<Tensor, Tensor> attend(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& offsets,
-                                  int64_t window, double softmax_scale, const std::optional<Tensor>& cache_seqlens,
-                                  bool ring) {
+                                  at::IntArrayRef band, double softmax_scale,
+                                  const std::optional<Tensor>& cache_seqlens, bool ring) {
   if (is_low_precision(q)) {
-    auto [out, lse] = attend(to_float(q), to_float(k), to_float(v), offsets, window, softmax_scale, cache_seqlens, ring);
+    auto [out, lse] = attend(to_float(q), to_float(k), to_float(v), offsets, band, softmax_scale, cache_seqlens, ring);
     return {out.to(q.scalar_type()), lse};
   }
-  const ForwardCall call = prepare_forward(q, k, v, offsets, window, softmax_scale, cache_seqlens, ring);
-  check_offset_values(call.offsets, window);
+  const ForwardCall call = prepare_forward(q, k, v, offsets, band, softmax_scale, cache_seqlens, ring);
+  check_offset_values(call.offsets, band);
   if (!call.empty) run_fwd_cpu(call.params, q.scalar_type(), call.fractional);
   return {call.out, call.lse};
 }
 
 std::tuple<Tensor, Tensor> fwd_cpu(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& offsets,
-                                   int64_t window, double softmax_scale) {
-  check_attention_inputs(q, k, v, offsets, window, softmax_scale);
-  return attend(q, k, v, offsets, window, softmax_scale, std::nullopt, false);
+                                   at::IntArrayRef band, double softmax_scale) {
+  check_attention_inputs(q, k, v, offsets, band, softmax_scale);
+  return attend(q, k, v, offsets, band, softmax_scale, std::nullopt, false);
 }
 
 std::tuple<Tensor, Tensor> decode_cpu(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                                      const Tensor& cache_seqlens, const Tensor& offsets, int64_t window,
+                                      const Tensor& cache_seqlens, const Tensor& offsets, at::IntArrayRef band,
                                       double softmax_scale, bool ring) {
-  check_attention_inputs(q, k_cache, v_cache, offsets, window, softmax_scale, "k_cache", "v_cache");
+  check_attention_inputs(q, k_cache, v_cache, offsets, band, softmax_scale, "k_cache", "v_cache");
   check_cache_seqlens(q, cache_seqlens);
-  return attend(q, k_cache, v_cache, offsets, window, softmax_scale, cache_seqlens, ring);
+  return attend(q, k_cache, v_cache, offsets, band, softmax_scale, cache_seqlens, ring);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                                                     const Tensor& v, const Tensor& out, const Tensor& lse,
                                                     const std::optional<Tensor>& dlse, const Tensor& offsets,
-                                                    int64_t window, double softmax_scale) {
+                                                    at::IntArrayRef band, double softmax_scale) {
   if (is_low_precision(q)) {
     auto [dq, dk, dv, doffsets] = backward(to_float(dout), to_float(q), to_float(k), to_float(v), to_float(out), lse,
-                                           dlse, offsets, window, softmax_scale);
+                                           dlse, offsets, band, softmax_scale);
     return {dq.to(q.scalar_type()), dk.to(q.scalar_type()), dv.to(q.scalar_type()), doffsets};
   }
   // One partial sum of d(position) per query; no per-(query, offset) buffers.
-  const BackwardCall call = prepare_backward(dout, q, k, v, out, lse, dlse, offsets, window, softmax_scale, 1, false);
-  check_offset_values(call.offsets, window);
+  const BackwardCall call = prepare_backward(dout, q, k, v, out, lse, dlse, offsets, band, softmax_scale, 1, false);
+  check_offset_values(call.offsets, band);
   if (!call.empty) run_bwd_cpu(call.params, q.scalar_type(), call.fractional);
   return backward_result(call, offsets);
 }
@@ -100,10 +101,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> backward(const Tensor& dout, const Te
 std::tuple<Tensor, Tensor, Tensor, Tensor> bwd_cpu(const Tensor& dout, const Tensor& q, const Tensor& k,
                                                    const Tensor& v, const Tensor& out, const Tensor& lse,
                                                    const std::optional<Tensor>& dlse, const Tensor& offsets,
-                                                   int64_t window, double softmax_scale) {
-  check_attention_inputs(q, k, v, offsets, window, softmax_scale);
+                                                   at::IntArrayRef band, double softmax_scale) {
+  check_attention_inputs(q, k, v, offsets, band, softmax_scale);
   check_backward_inputs(dout, q, out, lse, dlse);
-  return backward(dout, q, k, v, out, lse, dlse, offsets, window, softmax_scale);
+  return backward(dout, q, k, v, out, lse, dlse, offsets, band, softmax_scale);
 }
 
 }  // namespace

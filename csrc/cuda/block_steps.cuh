@@ -46,7 +46,7 @@ struct KeySteps {
   __device__ KeySteps(const Params& params, const OffsetT* offsets, int64_t first_pos)
       : p(params), offs(offsets), block_pos(first_pos) {
     const int64_t last_key = p.seqlen_k - 1;
-    band_first = band_first_key(block_pos, p.window);
+    band_first = band_first_key(block_pos, p.band);
     band_last = block_pos + kBlockRows - 1 < last_key ? block_pos + kBlockRows - 1 : last_key;
     band_steps = int((band_last - band_first) / kChunk) + 1;
     // The block's last query reads pos - d only for d <= pos.
@@ -90,7 +90,7 @@ struct QuerySteps {
   int band_steps, steps_per_head, num_steps, first_head;
 
   __device__ QuerySteps(const Params& params, int64_t first_key, int hk) : p(params), block_key(first_key) {
-    const int64_t first_pos = block_key, last_pos = band_last_reader(block_key + kBlockRows - 1, p.window);
+    const int64_t first_pos = block_key, last_pos = band_last_reader(block_key + kBlockRows - 1, p.band);
     band_first_row = (first_pos > p.q_pos_shift ? first_pos : p.q_pos_shift) - p.q_pos_shift;
     const int64_t last_row = last_pos - p.q_pos_shift;
     band_last_row = last_row < p.seqlen_q - 1 ? last_row : p.seqlen_q - 1;

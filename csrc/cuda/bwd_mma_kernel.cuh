@@ -146,20 +146,20 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_mma
 #pragma unroll
       for (int t16 = 0; t16 < kChunk / 16; ++t16) {
         const int64_t key0 = chunk + 16 * t16;
-        if (!band_meets(warp_pos, key0, p.window)) continue;  // warp-uniform
+        if (!band_meets(warp_pos, key0, p.band)) continue;  // warp-uniform
         float s[2][4], dp[2][4];
         dot_16_rows<T, kHeadDim>(qf, rows_k + 16 * t16, s, 0, lane);
         dot_16_rows<T, kHeadDim>(dof, rows_v + 16 * t16, dp, 0, lane);
         const int distance0 = thread_distance<false>(warp_pos, key0, g, c);
         // Only tiles on the band's edges need a mask per score (distances warp_pos - key0 + [-15, 15]).
-        const bool inside = band_holds<15>(warp_pos, key0, p.window);
+        const bool inside = band_holds<15>(warp_pos, key0, p.band);
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = e / 2;
             const bool attended =
-                row_valid[r] && (inside || in_band(element_distance<false>(distance0, j, e), p.window));
+                row_valid[r] && (inside || in_band(element_distance<false>(distance0, j, e), p.band));
             const float prob = attended ? fast_exp2(s[j][e] * scale_log2 - lse_log2[r]) : 0.f;
             s[j][e] = prob * (dp[j][e] - delta[r]);  // dS
           }
@@ -167,7 +167,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_mma
         add_tile_times_rows<T, kHeadDim>(s, 0, 1.f, rows_k + 16 * t16, dq, lane);
       }
     } else {
-      const int o = steps.offset_index(n), t = distance_of_offset(o, p.window);
+      const int o = steps.offset_index(n), t = distance_of_offset(o, p.band);
       const OffsetSplit split = split_offset(offs, o);
       float dpos = 0.f;  // this thread's share of the warp's d loss / d position
       if (split.whole >= 0) {
@@ -209,7 +209,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_mma
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const int row = g + 8 * r;
-          const bool valid = row_valid[r] && sample_key<float>(warp_pos + row, t, p.window, offs).valid;
+          const bool valid = row_valid[r] && sample_key<float>(warp_pos + row, t, p.band, offs).valid;
           const float prob = valid ? fast_exp2(score[r] * scale_log2 - lse_log2[r]) : 0.f;
           dscore[r] = prob * (dprob[r] - delta[r]);
           if (kFrac && owner) dpos += dscore[r] * scale * dscore_dpos[r] + prob * ddp_dpos[r];
@@ -284,7 +284,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
 #pragma unroll
       for (int t16 = 0; t16 < kChunk / 16; ++t16) {
         const int64_t pos0 = chunk_row + 16 * t16 + p.q_pos_shift;  // the sub-tile's first query position
-        if (!band_meets(pos0, warp_k0, p.window)) continue;          // warp-uniform
+        if (!band_meets(pos0, warp_k0, p.band)) continue;          // warp-uniform
         float st[2][4], dpt[2][4];  // rows: the warp's keys; columns: the sub-tile's queries
         const int distance0 = thread_distance<true>(warp_k0, pos0, g, c);  // rows: keys; columns: queries
         const int last_col = int(steps.band_last_row - chunk_row) - 16 * t16;
@@ -301,7 +301,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
             // Queries past the band's last row, and keys past seqlen_k, read
             // zero rows; the checks keep them out of P all the same.
             const int col = 8 * j + 2 * c + e % 2;
-            const bool attended = col <= last_col && in_band(element_distance<true>(distance0, j, e), p.window);
+            const bool attended = col <= last_col && in_band(element_distance<true>(distance0, j, e), p.band);
             const float lse_log2 = (e % 2 ? lse.y : lse.x) * float(M_LOG2E);
             const float prob = attended ? fast_exp2(st[j][e] * scale_log2 - lse_log2) : 0.f;
             dst[j][e] = prob * (dpt[j][e] - (e % 2 ? dlt.y : dlt.x));

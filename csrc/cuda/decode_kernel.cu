@@ -27,7 +27,7 @@ __global__ void __launch_bounds__(kLaneBlockThreads) decode_kernel(const Params 
   const int lane = threadIdx.x % kLanes, group = threadIdx.x / kLanes;
   const int i = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   Walk walk(p, b, i, h, lane);
-  const int num_t = num_distances(p.window, p.num_offsets);
+  const int num_t = num_distances(p.band, p.num_offsets);
   // Same trip count for every group (the score shuffles need the whole warp).
   for (int first = 0; first < num_t; first += kGroups) {
     const int t = first + group;

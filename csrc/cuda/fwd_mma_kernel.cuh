@@ -143,7 +143,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) fwd_mm
     RowPtr<kHeadDim> rows_k = stage_k(n % 2), rows_v = stage_v(n % 2);
     if (steps.is_band(n)) {
       const int64_t chunk = steps.chunk(n);
-      if (band_meets(warp_pos, chunk, p.window, kChunk)) {  // warp-uniform
+      if (band_meets(warp_pos, chunk, p.band, kChunk)) {  // warp-uniform
         float s[kChunkTiles][4];
         // Every sub-tile, even one outside the band (masked below): without a
         // branch per sub-tile the 8 accumulator chains interleave.
@@ -154,7 +154,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) fwd_mm
         for (int t16 = 0; t16 < kChunk / 16; ++t16) {
           // Distances in the sub-tile: warp_pos - key0 + [-15, 15]. Only the
           // tiles on the band's two edges need a mask per score.
-          if (band_holds<15>(warp_pos, chunk + 16 * t16, p.window)) {
+          if (band_holds<15>(warp_pos, chunk + 16 * t16, p.band)) {
 #pragma unroll
             for (int j = 2 * t16; j < 2 * t16 + 2; ++j)
 #pragma unroll
@@ -164,7 +164,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) fwd_mm
             for (int j = 2 * t16; j < 2 * t16 + 2; ++j) {
 #pragma unroll
               for (int e = 0; e < 4; ++e) {
-                const bool attended = in_band(element_distance<false>(distance0, j, e), p.window);
+                const bool attended = in_band(element_distance<false>(distance0, j, e), p.band);
                 s[j][e] = attended ? s[j][e] * scale_log2 : -INFINITY;
               }
             }
@@ -173,13 +173,13 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) fwd_mm
         softmax_update(s, m, l, o);
 #pragma unroll
         for (int t16 = 0; t16 < kChunk / 16; ++t16) {
-          if (band_meets(warp_pos, chunk + 16 * t16, p.window)) {
+          if (band_meets(warp_pos, chunk + 16 * t16, p.band)) {
             add_tile_times_rows<T, kHeadDim>(s, 2 * t16, 1.f, rows_v + 16 * t16, o, lane);
           }
         }
       }
     } else {
-      const int t = distance_of_offset(steps.offset_index(n), p.window);
+      const int t = distance_of_offset(steps.offset_index(n), p.band);
       const OffsetSplit split = split_offset(offs, steps.offset_index(n));
       if (split.whole >= 0) {  // not padding (the same for the whole block)
         RowPtr<kHeadDim> strip_k = rows_k + 16 * warp, strip_v = rows_v + 16 * warp;
@@ -203,7 +203,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) fwd_mm
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           score[r] = __shfl_sync(0xffffffffu, score[r], diagonal_owner(lane));
-          const bool valid = sample_key<float>(warp_pos + g + 8 * r, t, p.window, offs).valid;
+          const bool valid = sample_key<float>(warp_pos + g + 8 * r, t, p.band, offs).valid;
           score[r] = valid ? score[r] * scale_log2 : -INFINITY;
           new_max[r] = fmaxf(m[r], score[r]);
         }

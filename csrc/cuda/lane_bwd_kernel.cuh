@@ -66,10 +66,10 @@ __global__ void __launch_bounds__(kLaneBlockThreads) lane_dq_kernel(const Params
   if (in_range && lane == 0) static_cast<Acc*>(p.delta)[stat] = delta;
 
   Acc dq[kElems] = {};
-  for (int t = 0; t < num_distances(p.window, p.num_offsets); ++t) {
-    const auto s = sample_key<Acc>(pos, t, p.window, offs);
+  for (int t = 0; t < num_distances(p.band, p.num_offsets); ++t) {
+    const auto s = sample_key<Acc>(pos, t, p.band, offs);
     // d/d(position) needs row j1 even where frac == 0.
-    const bool is_position = kFrac && is_offset_distance(t, p.window);
+    const bool is_position = kFrac && is_offset_distance(t, p.band);
     const bool read_j1 = is_position || (kFrac && s.frac != Acc(0));
     Acc row_k[kElems], dk_dpos[kElems], row_v[kElems], dv_dpos[kElems];
     load_interp<kElems>(k, p.k_row_stride, s.j0, s.j1, s.frac, read_j1, row_k, dk_dpos);
@@ -95,7 +95,7 @@ __global__ void __launch_bounds__(kLaneBlockThreads) lane_dq_kernel(const Params
         Acc sum = Acc(0);
         for (int r = 0; r < kCudaRowsPerBlock; ++r) sum += dpos_rows[r];
         const int64_t partial = (int64_t(b) * p.heads + h) * p.num_partials + blockIdx.x;
-        static_cast<Acc*>(p.doffsets_partial)[partial * p.num_offsets + offset_of_distance(t, p.window)] = sum;
+        static_cast<Acc*>(p.doffsets_partial)[partial * p.num_offsets + offset_of_distance(t, p.band)] = sum;
       }
       __syncthreads();
     }
@@ -126,17 +126,17 @@ __global__ void __launch_bounds__(kLaneBlockThreads) lane_dkdv_kernel(const Para
     const T* q_head = static_cast<const T*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride + lane * kElems;
     const T* do_head = static_cast<const T*>(p.dout) + b * p.do_batch_stride + h * p.do_head_stride + lane * kElems;
     const int64_t stats = (int64_t(b) * p.heads + h) * p.seqlen_q;
-    for (int t = 0; t < num_distances(p.window, p.num_offsets); ++t) {
+    for (int t = 0; t < num_distances(p.band, p.num_offsets); ++t) {
       int64_t readers[2];
       // The reader count depends only on (head, t): uniform across the block.
-      const int num_readers = readers_of_row<Acc>(j, t, p.window, offs, readers);
+      const int num_readers = readers_of_row<Acc>(j, t, p.band, offs, readers);
       for (int r = 0; r < num_readers; ++r) {
         const int64_t i_raw = readers[r] - p.q_pos_shift;
         const bool reads = i_raw >= 0 && i_raw < p.seqlen_q;
         // A query out of range is replaced by query 0 with weight 0, so all
         // loads stay in bounds and the shuffles stay uniform.
         const int64_t i = reads ? i_raw : 0;
-        const auto s = sample_key<Acc>(i + p.q_pos_shift, t, p.window, offs);
+        const auto s = sample_key<Acc>(i + p.q_pos_shift, t, p.band, offs);
         const Acc w = reads ? weight_of_row(s, j) : Acc(0);
         const bool interp = kFrac && s.frac != Acc(0);
         Acc q[kElems], dout[kElems], row_k[kElems], row_v[kElems], diff[kElems];

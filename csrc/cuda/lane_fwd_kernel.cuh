@@ -27,7 +27,7 @@ __global__ void __launch_bounds__(kLaneBlockThreads) lane_fwd_kernel(const Param
   const bool in_range = row < p.seqlen_q;
   const int i = in_range ? row : p.seqlen_q - 1;
   Walk walk(p, b, i, h, lane);
-  for (int t = 0; t < num_distances(p.window, p.num_offsets); ++t) walk.step(p, t, true);
+  for (int t = 0; t < num_distances(p.band, p.num_offsets); ++t) walk.step(p, t, true);
   if (!in_range) return;
   store_slice<Walk::kElems>(static_cast<T*>(p.out) + b * p.o_batch_stride + int64_t(i) * p.o_row_stride +
                                 h * p.o_head_stride + lane * Walk::kElems,

@@ -47,7 +47,7 @@ struct QueryWalk {
   // and output. Every lane of the warp must call it (the score is reduced with
   // shuffles); an inactive step or an invalid sample changes nothing.
   __device__ __forceinline__ void step(const Params& p, int t, bool active) {
-    const auto s = sample_key<Acc>(pos, t, p.window, offs);
+    const auto s = sample_key<Acc>(pos, t, p.band, offs);
     const bool interp = !std::is_integral_v<OffsetT> && s.frac != Acc(0);
     const int64_t row0 = key_row(p, s.j0), row1 = key_row(p, s.j1);
     Acc row_k[kElems], diff[kElems];

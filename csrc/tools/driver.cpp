@@ -60,12 +60,13 @@ int main(int argc, char** argv) {
   std::printf("fibsparse_driver: %s, seqlen %lld, heads %lld, head_dim %lld, window %lld, %zu %s offsets\n",
               cuda ? "CUDA bf16" : "CPU float32", (long long)seqlen, (long long)heads, (long long)head_dim,
               (long long)window, distances.size(), fractional ? "fractional" : "integer");
+  const std::vector<int64_t> band = {window};  // the ops' band argument: [window]
   for (int run = 0; run < 2; ++run) {  // run 0 warms up
     const auto start = std::chrono::steady_clock::now();
-    const auto [out, lse] = fibsparse::fwd(q, k, v, offsets, window, scale);
+    const auto [out, lse] = fibsparse::fwd(q, k, v, offsets, band, scale);
     synchronize(device);
     const auto middle = std::chrono::steady_clock::now();
-    const auto [dq, dk, dv, doffsets] = fibsparse::bwd(dout, q, k, v, out, lse, std::nullopt, offsets, window, scale);
+    const auto [dq, dk, dv, doffsets] = fibsparse::bwd(dout, q, k, v, out, lse, std::nullopt, offsets, band, scale);
     synchronize(device);
     const auto end = std::chrono::steady_clock::now();
     if (run == 1) {
