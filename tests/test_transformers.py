@@ -16,6 +16,7 @@ from transformers import AttentionInterface, AutoModelForCausalLM, LlamaConfig, 
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask  # noqa: E402
 
 from fibsparse_ext import fibsparse_attn_ref  # noqa: E402
+from utils import rel_err, requires_cuda  # noqa: E402
 from fibsparse_ext.integrations.transformers import (ALPHA, attention_modules, enable_fibsparse,  # noqa: E402
                                                      fibsparse_attention_forward, register, schedule_of)
 
@@ -37,10 +38,14 @@ def reference_attention(module, query, key, value, attention_mask, dropout=0.0, 
     if schedule.is_learned:
         base = torch.tensor(schedule.base_distances(module.layer_idx), dtype=torch.float64, device=query.device)
         offsets = getattr(module, ALPHA) * base
+        if offsets.requires_grad:  # d loss / d position, for the bf16 tests' error scale
+            offsets.retain_grad()
+            module.reference_positions = offsets
     else:
         offsets = schedule.offsets(module.layer_idx)
-    out = fibsparse_attn_ref(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), schedule.window,
-                             offsets, softmax_scale=scaling)
+    window = key.shape[2] if schedule.is_dense else schedule.window  # dense: a window over every key
+    out = fibsparse_attn_ref(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), window, offsets,
+                             softmax_scale=scaling)
     return out, None
 
 
@@ -360,6 +365,117 @@ def test_a_learned_pattern_without_alphas_is_refused():
     model.config.fibsparse = dict(LEARNED)
     with pytest.raises(ValueError, match=f"no {ALPHA} parameter"):
         model(torch.randint(1, 97, (1, 20)))
+
+
+# bf16 on CUDA: the tensor-core kernels. Their error is judged against the
+# error sdpa (FlashAttention) shows against a float64 model with the same
+# weights, on the same input: both models share the bf16 weights, activations,
+# matmuls and norms, which give most of the error, and both attention kernels
+# accumulate in float32 and round the probabilities and the output to bf16.
+# Twice sdpa's error leaves room for a pattern that averages fewer keys per
+# query; a wrong result (a key missed or misread, a gradient term dropped) is
+# an error of order 1, some fifty times that bound.
+
+CUDA_PATTERNS = {
+    "dense": dict(schedule="dense"),
+    "stagger": dict(schedule="stagger", window=16, max_distance=300),
+    "learned": dict(schedule="learned", window=16, max_distance=300, alpha=0.97),
+}
+
+
+def float64_weights(family):
+    """One model's float64 weights, with learned alphas moved off the grid and
+    onto bf16 values, so that the bf16 models attend at the same positions."""
+    model, _ = model_pair(family, CUDA_PATTERNS["learned"])
+    move_alphas_off_the_grid(model, seed=15, margin=0.01)
+    with torch.no_grad():
+        for alpha in learned_alphas(model):
+            alpha.copy_(alpha.to(torch.bfloat16))
+    return model.state_dict()
+
+
+def built(family, pattern, implementation, weights, dtype):
+    """A CUDA model of `family` with `weights` (those it has) in `dtype`."""
+    model = AutoModelForCausalLM.from_config(CONFIGS[family]())
+    if pattern is not None:
+        enable_fibsparse(model, **pattern)
+    model.set_attn_implementation(implementation)
+    model.load_state_dict({name: weights[name] for name in model.state_dict()})
+    return model.to(device="cuda", dtype=dtype)
+
+
+def logits_and_gradients(model, ids):
+    model.zero_grad()
+    logits = model(ids).logits
+    weighted_sum(logits).backward()
+    return logits.detach(), {name: p.grad for name, p in model.named_parameters()}
+
+
+def bf16_errors(family, pattern, implementation, reference_implementation, weights, ids):
+    """Relative errors of a bf16 model's logits and of each parameter's
+    gradient against the float64 model with the same weights. An alpha's
+    gradient is a sum of the terms b_k * d loss / d position_k of nearly
+    cancelling signs, so its error is taken relative to the sum of their
+    magnitudes (the float64 reference's positions give them), as a tensor's
+    is relative to its norm."""
+    logits, grads = logits_and_gradients(built(family, pattern, implementation, weights, torch.bfloat16), ids)
+    reference = built(family, pattern, reference_implementation, weights, torch.float64)
+    ref_logits, ref_grads = logits_and_gradients(reference, ids)
+    errors = {name: rel_err(grad, ref_grads[name]) for name, grad in grads.items() if not name.endswith(ALPHA)}
+    for module in attention_modules(reference):
+        alpha = getattr(module, ALPHA, None)
+        if alpha is not None:
+            positions = module.reference_positions
+            terms = (positions.grad * positions.detach() / alpha.detach()).abs().sum()
+            name = f"model.layers.{module.layer_idx}.self_attn.{ALPHA}"
+            errors[name] = ((grads[name].double() - alpha.grad).abs() / terms).item()
+    return rel_err(logits, ref_logits), errors
+
+
+@requires_cuda
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+def test_bf16_on_cuda_is_as_close_to_float64_as_sdpa(family):
+    weights = float64_weights(family)
+    ids = torch.randint(0, 97, (2, 384), generator=torch.Generator().manual_seed(16)).cuda()
+    sdpa_logits, sdpa_grads = bf16_errors(family, None, "sdpa", "sdpa", weights, ids)
+    assert 0 < sdpa_logits < 1 and 0 < max(sdpa_grads.values()) < 1  # a scale, neither exact nor broken
+    for name, pattern in CUDA_PATTERNS.items():
+        # The dense pattern is causal attention: its float64 model is sdpa's own.
+        reference = "sdpa" if name == "dense" else "fibsparse_reference"
+        logits, grads = bf16_errors(family, pattern, "fibsparse", reference, weights, ids)
+        assert logits <= 2 * sdpa_logits, (name, logits, sdpa_logits)
+        assert len(grads) == len(sdpa_grads) + (SMALL["num_hidden_layers"] if name == "learned" else 0)
+        for parameter, error in grads.items():
+            assert error <= 2 * max(sdpa_grads.values()), (name, parameter, error, max(sdpa_grads.values()))
+
+
+@requires_cuda
+@pytest.mark.parametrize("pattern", [PATTERN, LEARNED], ids=["stagger", "learned"])
+def test_generation_on_cuda_reads_what_the_whole_sequence_reads(pattern):
+    """Greedy generate() in bf16 with transformers' cache: the logits of each
+    step (a query against the cached keys) are as close to the float64 model's
+    logits for the finished sequence as one bf16 forward of it is. The prompt
+    and the new tokens reach past max_distance, so every offset is read."""
+    weights, _ = model_pair("qwen2", pattern)
+    if pattern is LEARNED:
+        move_alphas_off_the_grid(weights, seed=17, margin=0.01)
+        with torch.no_grad():
+            for alpha in learned_alphas(weights):
+                alpha.copy_(alpha.to(torch.bfloat16))
+    weights = weights.state_dict()
+    model = built("qwen2", pattern, "fibsparse", weights, torch.bfloat16)
+    reference = built("qwen2", pattern, "fibsparse_reference", weights, torch.float64)
+    prompt = torch.randint(1, 97, (1, 150), generator=torch.Generator().manual_seed(18)).cuda()
+    out = model.generate(prompt, max_new_tokens=100, do_sample=False, pad_token_id=0,
+                         return_dict_in_generate=True, output_logits=True)
+    sequence = out.sequences
+    assert sequence.shape == (1, 250) and torch.equal(sequence[:, :150], prompt)
+    steps = torch.stack(out.logits, 1)  # (1, 100, vocab): the logits each new token was chosen from
+    assert torch.equal(steps.argmax(-1), sequence[:, 150:])
+    with torch.no_grad():
+        whole = model(sequence).logits[:, 149:-1]
+        expected = reference(sequence).logits[:, 149:-1]
+    assert rel_err(steps, expected) <= 2 * rel_err(whole, expected)
 
 
 def test_continue_pretraining_example_runs(tmp_path):
