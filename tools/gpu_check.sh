@@ -53,12 +53,14 @@ else
   step decode 120 python3 bench/bench_decode.py
   step host_path 60 python3 bench/host_path.py
   step step_profile 90 python3 tools/profile_step.py 16384
+  # A transformers model's training step at 16k tokens: fibsparse vs sdpa vs flex_attention.
+  step transformers 240 python3 bench/bench_transformers.py
 fi
 
 echo; echo "=== summary"
 failed=0
 steps="build self_check tests memcheck racecheck bench"
-(( quick )) || steps="$steps sweep decode host_path step_profile"
+(( quick )) || steps="$steps sweep decode host_path step_profile transformers"
 for name in $steps; do
   echo "  $name: ${status[$name]:-not run}"
   [[ "${status[$name]:-rc=1}" == rc=0* ]] || failed=1
