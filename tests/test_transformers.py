@@ -4,6 +4,7 @@ the model whose attention is the float64 reference, padding, generation,
 save/load, and the learned schedule's alphas as model parameters. Runs where
 transformers is installed (the `transformers` extra)."""
 import copy
+import inspect
 import math
 import types
 
@@ -17,8 +18,9 @@ from transformers.masking_utils import AttentionMaskInterface, flash_attention_m
 
 from fibsparse_ext import fibsparse_attn_ref  # noqa: E402
 from utils import rel_err, requires_cuda  # noqa: E402
-from fibsparse_ext.integrations.transformers import (ALPHA, attention_modules, enable_fibsparse,  # noqa: E402
-                                                     fibsparse_attention_forward, register, schedule_of)
+from fibsparse_ext.integrations.transformers import (ALPHA, FibSparseCache, attention_modules,  # noqa: E402
+                                                     enable_fibsparse, fibsparse_attention_forward, register,
+                                                     schedule_of)
 
 CONFIGS = {
     "llama": lambda: LlamaConfig(**SMALL),
@@ -367,6 +369,99 @@ def test_a_learned_pattern_without_alphas_is_refused():
         model(torch.randint(1, 97, (1, 20)))
 
 
+# FibSparseCache: generation whose memory stays flat.
+
+CACHE_PATTERNS = {
+    "stagger": dict(schedule="stagger", window=8, max_distance=60),
+    "learned": dict(schedule="learned", window=8, max_distance=60, alpha=0.97),
+}
+
+
+class RecordCacheSizes(transformers.LogitsProcessor):
+    """Records the tokens each layer of `cache` holds, at every generated token."""
+
+    def __init__(self, cache):
+        self.cache, self.sizes = cache, []
+
+    def __call__(self, input_ids, scores):
+        self.sizes.append([layer.keys.shape[-2] for layer in self.cache.layers])
+        return scores
+
+
+def generate(model, prompt, cache=None, new_tokens=150, processors=()):
+    """Greedy generation of exactly `new_tokens` (no end-of-sequence stop), with
+    each step's logits."""
+    # transformers renamed generate's past_key_values argument to cache.
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    extra = {} if cache is None else {name: cache}
+    out = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                         pad_token_id=0, return_dict_in_generate=True, output_logits=True,
+                         logits_processor=transformers.LogitsProcessorList(processors), **extra)
+    return out.sequences, torch.stack(out.logits, 1)
+
+
+def farthest_read(schedule, layer, alpha=None):
+    """The farthest distance a layer reads, from docs/semantics.md: the band's
+    window - 1, an integer offset itself, a fractional position p floor(p) + 1."""
+    if schedule.is_learned:
+        reach = [math.floor(p) + 1 for p in schedule.positions(layer, alpha)]
+    else:
+        reach = schedule.offsets(layer)
+    return max([schedule.window - 1, *reach])
+
+
+@pytest.mark.parametrize("name", sorted(CACHE_PATTERNS))
+def test_generation_with_the_bounded_cache_equals_the_dense_cache(name):
+    model, _ = model_pair("llama", CACHE_PATTERNS[name])
+    if name == "learned":
+        move_alphas_off_the_grid(model, seed=19)
+    prompt = torch.randint(1, 97, (1, 30), generator=torch.Generator().manual_seed(20))
+    cache = FibSparseCache(model)
+    sequence, logits = generate(model, prompt, cache)
+    dense_sequence, dense_logits = generate(model, prompt)
+    assert 30 + 150 > 2 * max(cache.capacities)  # far past what the cache keeps
+    assert torch.equal(sequence, dense_sequence)
+    assert (logits - dense_logits).abs().max() <= 1e-12 * dense_logits.abs().max()
+
+
+@pytest.mark.parametrize("name", sorted(CACHE_PATTERNS))
+def test_the_bounded_cache_keeps_what_the_pattern_reads_and_no_more(name):
+    model, _ = model_pair("qwen2", CACHE_PATTERNS[name])
+    if name == "learned":
+        move_alphas_off_the_grid(model, seed=21)
+    schedule = schedule_of(model.config)
+    alphas = ([alpha.item() for alpha in learned_alphas(model)] if name == "learned"
+              else [None] * SMALL["num_hidden_layers"])
+    bound = [farthest_read(schedule, layer, alpha) for layer, alpha in enumerate(alphas)]
+    cache = FibSparseCache(model)
+    assert cache.capacities == bound
+    record = RecordCacheSizes(cache)
+    prompt = torch.randint(1, 97, (1, 30), generator=torch.Generator().manual_seed(22))
+    _, logits = generate(model, prompt, cache, processors=[record])
+    assert len(record.sizes) == 150
+    for step, sizes in enumerate(record.sizes):  # the tokens before step's newest one
+        assert sizes == [min(30 + step, kept) for kept in bound], step
+    # One token fewer and the farthest reads go missing: the logits change.
+    short = FibSparseCache(model)
+    short.layers = [transformers.cache_utils.DynamicSlidingWindowLayer(sliding_window=kept) for kept in bound]
+    _, short_logits = generate(model, prompt, short)
+    assert (short_logits - logits).abs().max() > 1e-6 * logits.abs().max()
+
+
+def test_the_bounded_cache_refuses_a_changed_pattern_or_alpha():
+    model, _ = model_pair("llama", CACHE_PATTERNS["learned"])
+    prompt = torch.randint(1, 97, (1, 20))
+    cache = FibSparseCache(model)
+    with torch.no_grad():
+        learned_alphas(model)[1].add_(0.01)  # an optimizer step
+    with pytest.raises(ValueError, match="changed since this FibSparseCache was built"):
+        generate(model, prompt, cache, new_tokens=2)
+    cache = FibSparseCache(model)
+    enable_fibsparse(model, **CACHE_PATTERNS["stagger"])
+    with pytest.raises(ValueError, match="changed since this FibSparseCache was built"):
+        generate(model, prompt, cache, new_tokens=2)
+
+
 # bf16 on CUDA: the tensor-core kernels. Their error is judged against the
 # error sdpa (FlashAttention) shows against a float64 model with the same
 # weights, on the same input: both models share the bf16 weights, activations,
@@ -452,10 +547,11 @@ def test_bf16_on_cuda_is_as_close_to_float64_as_sdpa(family):
 @requires_cuda
 @pytest.mark.parametrize("pattern", [PATTERN, LEARNED], ids=["stagger", "learned"])
 def test_generation_on_cuda_reads_what_the_whole_sequence_reads(pattern):
-    """Greedy generate() in bf16 with transformers' cache: the logits of each
-    step (a query against the cached keys) are as close to the float64 model's
-    logits for the finished sequence as one bf16 forward of it is. The prompt
-    and the new tokens reach past max_distance, so every offset is read."""
+    """Greedy generate() in bf16, with transformers' dense cache and with
+    FibSparseCache: the logits of each step (a query against the cached keys)
+    are as close to the float64 model's logits for the finished sequence as
+    one bf16 forward of it is. The prompt and the new tokens reach past
+    max_distance, so every offset is read and the bounded cache drops tokens."""
     weights, _ = model_pair("qwen2", pattern)
     if pattern is LEARNED:
         move_alphas_off_the_grid(weights, seed=17, margin=0.01)
@@ -466,16 +562,16 @@ def test_generation_on_cuda_reads_what_the_whole_sequence_reads(pattern):
     model = built("qwen2", pattern, "fibsparse", weights, torch.bfloat16)
     reference = built("qwen2", pattern, "fibsparse_reference", weights, torch.float64)
     prompt = torch.randint(1, 97, (1, 150), generator=torch.Generator().manual_seed(18)).cuda()
-    out = model.generate(prompt, max_new_tokens=100, do_sample=False, pad_token_id=0,
-                         return_dict_in_generate=True, output_logits=True)
-    sequence = out.sequences
-    assert sequence.shape == (1, 250) and torch.equal(sequence[:, :150], prompt)
-    steps = torch.stack(out.logits, 1)  # (1, 100, vocab): the logits each new token was chosen from
-    assert torch.equal(steps.argmax(-1), sequence[:, 150:])
-    with torch.no_grad():
-        whole = model(sequence).logits[:, 149:-1]
-        expected = reference(sequence).logits[:, 149:-1]
-    assert rel_err(steps, expected) <= 2 * rel_err(whole, expected)
+    for cache in (None, FibSparseCache(model)):
+        sequence, steps = generate(model, prompt, cache, new_tokens=100)  # steps: the logits each token came from
+        assert sequence.shape == (1, 250) and torch.equal(sequence[:, :150], prompt)
+        assert torch.equal(steps.argmax(-1), sequence[:, 150:])
+        if cache is not None:
+            assert all(layer.keys.shape[-2] == kept < 249 for layer, kept in zip(cache.layers, cache.capacities))
+        with torch.no_grad():
+            whole = model(sequence).logits[:, 149:-1]
+            expected = reference(sequence).logits[:, 149:-1]
+        assert rel_err(steps, expected) <= 2 * rel_err(whole, expected)
 
 
 def test_continue_pretraining_example_runs(tmp_path):

@@ -15,6 +15,9 @@ With the `learned` schedule each attention module owns a trainable scalar
 attends at the fractional positions alpha * b_k, as FibSparseAttention does;
 the op's d(position) output carries the gradient to alpha.
 
+`FibSparseCache(model)` is a transformers KV cache for generate() that keeps
+per layer only the last tokens the pattern can read, so its memory stays flat.
+
 What the pattern cannot honour is refused with an error that names it, never
 computed differently: attention dropout, `output_attentions`, soft-capping,
 sliding windows and attention sinks of the model itself, and batches that are
@@ -32,8 +35,10 @@ from torch import nn
 from torch.nn.modules.module import (register_module_module_registration_hook,
                                      register_module_parameter_registration_hook)
 from transformers import AttentionInterface, PretrainedConfig
+from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 
+from ..decode import required_capacity
 from ..functional import fibsparse_attn
 from ..modules import MIN_ALPHA
 from ..schedules import Schedule, make_schedule
@@ -192,14 +197,81 @@ def _layer_offsets(module: nn.Module, query: torch.Tensor) -> tuple[int | None, 
     window, table = cached[1], cached[2]
     if not table.is_floating_point():
         return window, table
+    return window, _positions(_alpha_of(module), table)
+
+
+def _alpha_of(module: nn.Module) -> nn.Parameter:
     alpha = getattr(module, ALPHA, None)
     if not isinstance(alpha, nn.Parameter):
         raise ValueError(f"config.fibsparse asks for the learned schedule, but attention layer {module.layer_idx} "
                          f"has no {ALPHA} parameter: call enable_fibsparse(model, schedule='learned', ...), or build "
                          f"or load the model after fibsparse_ext.integrations.transformers.register()")
-    # The same positions as FibSparseAttention.positions(): alpha kept above
-    # MIN_ALPHA, so they stay positive and increasing.
-    return window, alpha.to(dtype).clamp(min=MIN_ALPHA) * table
+    return alpha
+
+
+def _positions(alpha: torch.Tensor, base_distances: torch.Tensor) -> torch.Tensor:
+    """The same positions as FibSparseAttention.positions(), in the dtype of
+    base_distances: alpha kept above MIN_ALPHA, so they stay positive and
+    increasing."""
+    return alpha.to(base_distances.dtype).clamp(min=MIN_ALPHA) * base_distances
+
+
+class FibSparseCache(Cache):
+    """transformers' KV cache for a fibsparse model whose memory stays flat
+    however long generation runs: each sparse layer keeps only the last tokens
+    its pattern can read (its farthest distance, decode.required_capacity's
+    count, as the library's ring cache holds), a dense layer keeps every token.
+
+        cache = FibSparseCache(model)
+        model.generate(input_ids, past_key_values=cache, max_new_tokens=...)
+
+    Each layer is transformers' sliding-window layer with that window: a
+    forward sees the kept tokens and its own (a prompt attends as a whole),
+    and positions (rotary) count every token seen. The sizes come from the
+    model's pattern and, for a learned schedule, from its alphas as they are
+    when the cache is built; a cache refuses to go on once either changes (a
+    new pattern or an optimizer step may read farther than it keeps), so
+    build one per generate() call."""
+
+    def __init__(self, model: nn.Module):
+        modules = sorted(attention_modules(model), key=lambda m: m.layer_idx)
+        if [m.layer_idx for m in modules] != list(range(len(modules))) or not modules:
+            raise ValueError(f"FibSparseCache needs one attention module per layer 0..L-1, found layers "
+                             f"{[m.layer_idx for m in modules]}")
+        self.capacities: list[int | None] = []  # tokens kept per layer; None: all of them
+        self._built_for = []
+        layers = []
+        for module in modules:
+            schedule = schedule_of(module.config)
+            alpha = None
+            if schedule.is_dense:
+                kept = None
+            else:
+                if schedule.is_learned:
+                    alpha = _alpha_of(module)
+                    base = torch.tensor(schedule.base_distances(module.layer_idx),
+                                        dtype=_accumulation_dtype(alpha.dtype))
+                    offsets = _positions(alpha.detach().cpu(), base)  # as the forward computes them
+                else:
+                    offsets = torch.tensor(schedule.offsets(module.layer_idx), dtype=torch.int64)
+                # The new token reads the ones before it; at least one is kept, as
+                # transformers' sliding layer (which keeps sliding_window - 1)
+                # would keep every token for a window of 1.
+                kept = max(required_capacity(schedule.window, offsets) - 1, 1)
+            self.capacities.append(kept)
+            layers.append(DynamicLayer() if kept is None else DynamicSlidingWindowLayer(sliding_window=kept + 1))
+            self._built_for.append((weakref.ref(module), dict(module.config.fibsparse), alpha,
+                                    None if alpha is None else alpha._version))
+        super().__init__(layers=layers)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        module, pattern, alpha, version = self._built_for[layer_idx]
+        module = module()
+        if module is None or getattr(module.config, "fibsparse", None) != pattern or (
+                alpha is not None and (getattr(module, ALPHA, None) is not alpha or alpha._version != version)):
+            raise ValueError(f"the model's fibsparse pattern or alphas changed since this FibSparseCache was built "
+                             f"(layer {layer_idx}): it may keep fewer tokens than the layer now reads; build a new one")
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
 
 def _refuse_if(condition: torch.Tensor, message: str) -> None:
