@@ -222,8 +222,8 @@ class FibSparseCache(Cache):
     its pattern can read (its farthest distance, decode.required_capacity's
     count, as the library's ring cache holds), a dense layer keeps every token.
 
-        cache = FibSparseCache(model)
-        model.generate(input_ids, past_key_values=cache, max_new_tokens=...)
+        model.generate(input_ids, cache=FibSparseCache(model), max_new_tokens=...)
+        # older transformers name the argument past_key_values
 
     Each layer is transformers' sliding-window layer with that window: a
     forward sees the kept tokens and its own (a prompt attends as a whole),
