@@ -51,6 +51,52 @@ class Attention : public torch::autograd::Function<Attention> {
   }
 };
 
+// The same for a packed batch. max_seqlen stays symbolic under
+// torch.compile(dynamic=True), so a new longest sequence does not recompile.
+class PackedAttention : public torch::autograd::Function<PackedAttention> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& q, const Tensor& k, const Tensor& v,
+                               const Tensor& cu_seqlens_q, const Tensor& cu_seqlens_k, c10::SymInt max_seqlen_q,
+                               c10::SymInt max_seqlen_k, const Tensor& offsets, at::IntArrayRef band,
+                               double softmax_scale) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [out, lse] =
+        varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, offsets, band, softmax_scale);
+    ctx->save_for_backward({q, k, v, offsets, out, lse, cu_seqlens_q, cu_seqlens_k});
+    ctx->saved_data["max_seqlen_q"] = max_seqlen_q;
+    ctx->saved_data["max_seqlen_k"] = max_seqlen_k;
+    ctx->saved_data["band"] = band.vec();
+    ctx->saved_data["softmax_scale"] = softmax_scale;
+    return {out, lse};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const Tensor &q = saved[0], &k = saved[1], &v = saved[2], &offsets = saved[3], &out = saved[4], &lse = saved[5];
+    const Tensor &cu_seqlens_q = saved[6], &cu_seqlens_k = saved[7];
+    const Tensor dout = grads[0].defined() ? grads[0] : at::zeros_like(out);
+    const std::optional<Tensor> dlse = grads[1].defined() ? std::optional<Tensor>(grads[1]) : std::nullopt;
+    const std::vector<int64_t> band = ctx->saved_data["band"].toIntVector();
+    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
+    if (!at::GradMode::is_enabled()) below_autograd.emplace();
+    auto [dq, dk, dv, doffsets] =
+        varlen_bwd(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, ctx->saved_data["max_seqlen_q"].toSymInt(),
+                   ctx->saved_data["max_seqlen_k"].toSymInt(), offsets, band, ctx->saved_data["softmax_scale"].toDouble());
+    const Tensor doffsets_if_fractional = offsets.is_floating_point() ? doffsets : Tensor();
+    // One gradient per input of forward: q, k, v, the four packing arguments, offsets, band, softmax_scale.
+    return {dq, dk, dv, Tensor(), Tensor(), Tensor(), Tensor(), doffsets_if_fractional, Tensor(), Tensor()};
+  }
+};
+
+std::tuple<Tensor, Tensor> varlen_fwd_autograd(const Tensor& q, const Tensor& k, const Tensor& v,
+                                               const Tensor& cu_seqlens_q, const Tensor& cu_seqlens_k,
+                                               c10::SymInt max_seqlen_q, c10::SymInt max_seqlen_k,
+                                               const Tensor& offsets, at::IntArrayRef band, double softmax_scale) {
+  const variable_list outputs = PackedAttention::apply(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                                       offsets, band, softmax_scale);
+  return {outputs[0], outputs[1]};
+}
+
 std::tuple<Tensor, Tensor> fwd_autograd(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& offsets,
                                         at::IntArrayRef band, double softmax_scale) {
   const variable_list outputs = Attention::apply(q, k, v, offsets, band, softmax_scale);
@@ -59,6 +105,9 @@ std::tuple<Tensor, Tensor> fwd_autograd(const Tensor& q, const Tensor& k, const 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fibsparse, Autograd, m) { m.impl("fwd", &fwd_autograd); }
+TORCH_LIBRARY_IMPL(fibsparse, Autograd, m) {
+  m.impl("fwd", &fwd_autograd);
+  m.impl("varlen_fwd", &varlen_fwd_autograd);
+}
 
 }  // namespace fibsparse

@@ -15,9 +15,11 @@ struct Band {
 };
 
 // Strides are in elements. Layouts follow FlashAttention:
-// q, out, dout, dq: (batch, seqlen_q, heads, head_dim)
-// k, v, dk, dv:     (batch, seqlen_k, heads_kv, head_dim)
-// lse, delta:       (batch, heads, seqlen_q), contiguous
+// q, out, dout, dq: (batch, seqlen_q, heads, head_dim), or (total_q, heads, head_dim) packed
+// k, v, dk, dv:     (batch, seqlen_k, heads_kv, head_dim), or (total_k, heads_kv, head_dim) packed
+// lse, delta:       (batch, heads, seqlen_q), or (heads, total_q) packed; contiguous
+// Kernels reach a sequence's rows through pattern.h's sequence_of, which
+// covers both layouts.
 struct Params {
   // Inputs.
   const void* q;
@@ -49,6 +51,18 @@ struct Params {
   const int64_t* cache_seqlens;
   bool ring;
 
+  // Packed (varlen) batches only (null otherwise): sequence b holds rows
+  // [cu_seqlens_q[b], cu_seqlens_q[b + 1]) of q, out, dout, dq and lse, and
+  // rows [cu_seqlens_k[b], cu_seqlens_k[b + 1]) of k, v, dk and dv. The batch
+  // strides are then 0, seqlen_q and seqlen_k the longest sequence's lengths
+  // (they size the grids), and total_q, total_k the tensors' rows.
+  const int32_t* cu_seqlens_q;
+  const int32_t* cu_seqlens_k;
+  int64_t total_q, total_k;
+  // Element (b, h, i) of lse and delta is at b * stats_batch_stride +
+  // h * stats_head_stride + (the sequence's first q row) + i.
+  int64_t stats_batch_stride, stats_head_stride;
+
   // Forward outputs (backward reads them).
   void* out;
   int64_t o_batch_stride, o_row_stride, o_head_stride;
@@ -72,7 +86,8 @@ struct Params {
   // d loss / d position, reduced on the host side in a fixed order.
   void* doffsets_partial;
   // Tensor-core backward only: each (query, offset)'s probability and d loss /
-  // d score, (batch, heads, num_offsets, seqlen_q), written by the dq pass and
+  // d score, (batch, heads, num_offsets, seqlen_q) or (heads, num_offsets,
+  // total_q) packed (offset_term_index), written by the dq pass and
   // read by the dk/dv pass (which then need not recompute offset scores); a
   // warp's 16 queries are contiguous, so both passes access them coalesced.
   void* offset_probs;

@@ -32,4 +32,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd(
     const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& dlse,
     const at::Tensor& offsets, at::IntArrayRef band, double softmax_scale);
 
+// A packed (varlen) batch: q (total_q, heads, head_dim), k and v (total_k,
+// heads_kv, head_dim); sequence b holds rows [cu_seqlens_q[b],
+// cu_seqlens_q[b + 1]) of q and [cu_seqlens_k[b], cu_seqlens_k[b + 1]) of k
+// (int32, on the tensors' device), and positions restart in each. Returns
+// (out, lse) with lse (heads, total_q).
+std::tuple<at::Tensor, at::Tensor> varlen_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                              const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k,
+                                              c10::SymInt max_seqlen_q, c10::SymInt max_seqlen_k, const at::Tensor& offsets,
+                                              at::IntArrayRef band, double softmax_scale);
+
+// The backward of varlen_fwd: (dq, dk, dv, doffsets) as bwd's.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> varlen_bwd(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& lse, const std::optional<at::Tensor>& dlse, const at::Tensor& cu_seqlens_q,
+    const at::Tensor& cu_seqlens_k, c10::SymInt max_seqlen_q, c10::SymInt max_seqlen_k, const at::Tensor& offsets,
+    at::IntArrayRef band, double softmax_scale);
+
 }  // namespace fibsparse

@@ -10,6 +10,7 @@
 
 #include "capabilities.h"
 #include "op_setup.h"
+#include "pattern.h"
 #include "to_text.h"
 
 namespace fibsparse {
@@ -83,6 +84,65 @@ void check_attention_inputs(const Tensor& q, const Tensor& k, const Tensor& v, c
               "offsets must have shape (K,) or (heads=", to_text(heads), ", K), got ", to_text(offsets.sizes()));
   TORCH_CHECK(offsets.size(-1) <= 65535, "offsets may hold at most 65535 entries per head, got ",
               to_text(offsets.size(-1)));
+}
+
+void check_packed_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens_q,
+                         const Tensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k) {
+  TORCH_CHECK(q.dim() == 3, "q must have shape (total_q, heads, head_dim), got ", to_text(q.sizes()));
+  TORCH_CHECK(k.dim() == 3, "k must have shape (total_k, heads_kv, head_dim), got ", to_text(k.sizes()));
+  TORCH_CHECK(v.sizes() == k.sizes(), "v must have the shape of k ", to_text(k.sizes()), ", got ", to_text(v.sizes()));
+  for (const auto& [name, t] :
+       {std::pair<const char*, const Tensor&>{"cu_seqlens_q", cu_seqlens_q}, {"cu_seqlens_k", cu_seqlens_k}}) {
+    TORCH_CHECK(t.scalar_type() == at::kInt && t.dim() == 1 && t.size(0) >= 1, name,
+                " must be an int32 tensor of shape (batch + 1,), got ", to_text(t.scalar_type()), " ",
+                to_text(t.sizes()));
+    TORCH_CHECK(t.device() == q.device(), name, " must be on q's device ", to_text(q.device()), ", got ",
+                to_text(t.device()));
+  }
+  TORCH_CHECK(cu_seqlens_k.size(0) == cu_seqlens_q.size(0), "cu_seqlens_k must have cu_seqlens_q's shape ",
+              to_text(cu_seqlens_q.sizes()), " (one entry per sequence, plus one), got ", to_text(cu_seqlens_k.sizes()));
+  TORCH_CHECK(cu_seqlens_q.size(0) - 1 <= 65535, "a packed batch may hold at most 65535 sequences, got ",
+              to_text(cu_seqlens_q.size(0) - 1));
+  TORCH_CHECK(max_seqlen_q >= 0 && max_seqlen_q <= q.size(0), "max_seqlen_q must be in [0, total_q=",
+              to_text(q.size(0)), "], got ", to_text(max_seqlen_q));
+  TORCH_CHECK(max_seqlen_k >= 0 && max_seqlen_k <= k.size(0), "max_seqlen_k must be in [0, total_k=",
+              to_text(k.size(0)), "], got ", to_text(max_seqlen_k));
+}
+
+void check_packed_lengths(const Tensor& cu_seqlens_q, const Tensor& cu_seqlens_k, int64_t total_q, int64_t total_k,
+                          int64_t max_seqlen_q, int64_t max_seqlen_k) {
+  const Tensor cu_q = cu_seqlens_q.contiguous(), cu_k = cu_seqlens_k.contiguous();
+  const int32_t* q_bounds = cu_q.data_ptr<int32_t>();
+  const int32_t* k_bounds = cu_k.data_ptr<int32_t>();
+  const int batch = static_cast<int>(cu_q.size(0) - 1);
+  for (const auto& [name, bounds, total] : {std::tuple<const char*, const int32_t*, int64_t>{"cu_seqlens_q", q_bounds, total_q},
+                                            {"cu_seqlens_k", k_bounds, total_k}}) {
+    TORCH_CHECK(bounds[0] == 0, name, " must start at 0, got ", to_text(int64_t(bounds[0])));
+    TORCH_CHECK(bounds[batch] == total, name, " must end at the tensor's rows (", to_text(total), "), got ",
+                to_text(int64_t(bounds[batch])));
+  }
+  for (int b = 0; b < batch; ++b) {
+    if (sequence_bounds_valid(q_bounds, k_bounds, b, batch, total_q, total_k, max_seqlen_q, max_seqlen_k)) continue;
+    const int64_t seqlen_q = int64_t(q_bounds[b + 1]) - q_bounds[b], seqlen_k = int64_t(k_bounds[b + 1]) - k_bounds[b];
+    TORCH_CHECK(seqlen_q >= 0 && seqlen_k >= 0, "cu_seqlens_q and cu_seqlens_k must not decrease; sequence ",
+                to_text(int64_t(b)), " has seqlen_q ", to_text(seqlen_q), ", seqlen_k ", to_text(seqlen_k));
+    TORCH_CHECK(seqlen_q <= max_seqlen_q && seqlen_k <= max_seqlen_k, "sequence ", to_text(int64_t(b)),
+                " (seqlen_q ", to_text(seqlen_q), ", seqlen_k ", to_text(seqlen_k), ") is longer than max_seqlen_q ",
+                to_text(max_seqlen_q), " / max_seqlen_k ", to_text(max_seqlen_k));
+    TORCH_CHECK(false, "sequence ", to_text(int64_t(b)), " has seqlen_q ", to_text(seqlen_q), " > seqlen_k ",
+                to_text(seqlen_k), ": queries are a sequence's last positions");
+  }
+}
+
+void check_packed_lse(const Tensor& q, const Tensor& lse, const std::optional<Tensor>& dlse) {
+  const std::vector<int64_t> lse_shape{q.size(1), q.size(0)};
+  TORCH_CHECK(lse.sizes() == lse_shape && lse.scalar_type() == acc_dtype(q.scalar_type()), "lse must be ",
+              to_text(acc_dtype(q.scalar_type())), " of shape (heads, total_q) = ", to_text(lse_shape), ", got ",
+              to_text(lse.scalar_type()), " ", to_text(lse.sizes()));
+  if (dlse.has_value()) {
+    TORCH_CHECK(dlse->sizes() == lse.sizes(), "dlse must match lse ", to_text(lse.sizes()), ", got ",
+                to_text(dlse->sizes()));
+  }
 }
 
 void check_cache_seqlens(const Tensor& q, const Tensor& cache_seqlens) {

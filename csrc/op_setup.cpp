@@ -77,7 +77,29 @@ Params attention_params(const Tensor& q, const Tensor& k, const Tensor& v, const
   p.out = out.data_ptr();
   set_strides(out, p.o_batch_stride, p.o_row_stride, p.o_head_stride);
   p.lse = lse.data_ptr();
+  p.stats_batch_stride = int64_t(p.heads) * p.seqlen_q;
+  p.stats_head_stride = p.seqlen_q;
   return p;
+}
+
+// Params of tensors with a leading dimension of 1, turned into those of the
+// packed batch they hold: one "batch entry" per sequence, all at batch
+// stride 0 (each finds its rows through cu_seqlens), grids sized by the
+// longest sequence, lse and delta (heads, total_q).
+void pack_params(Params& p, const Packing& packing, at::IntArrayRef band) {
+  p.cu_seqlens_q = packing.cu_seqlens_q.data_ptr<int32_t>();
+  p.cu_seqlens_k = packing.cu_seqlens_k.data_ptr<int32_t>();
+  p.total_q = p.seqlen_q;
+  p.total_k = p.seqlen_k;
+  p.batch = static_cast<int>(packing.cu_seqlens_q.size(0) - 1);
+  p.seqlen_q = static_cast<int>(packing.max_seqlen_q);
+  p.seqlen_k = static_cast<int>(packing.max_seqlen_k);
+  p.q_pos_shift = 0;  // per sequence (sequence_of)
+  p.band = band_for_keys(band.data(), packing.max_seqlen_k);
+  p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = p.o_batch_stride = 0;
+  p.do_batch_stride = p.dq_batch_stride = p.dk_batch_stride = p.dv_batch_stride = 0;
+  p.stats_batch_stride = 0;
+  p.stats_head_stride = p.total_q;
 }
 
 // FIBSPARSE_POISON_OUTPUTS=1 fills every output with NaN before the kernels
@@ -100,7 +122,7 @@ Tensor new_output_like(const Tensor& like) { return new_output(like, like.sizes(
 
 ForwardCall prepare_forward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& offsets_in,
                             at::IntArrayRef band, double softmax_scale, const std::optional<Tensor>& cache_seqlens,
-                            bool ring) {
+                            bool ring, const Packing* packing) {
   ForwardCall call;
   const auto dtype = q_in.scalar_type();
   call.q = rows_ready(q_in);
@@ -118,13 +140,14 @@ ForwardCall prepare_forward(const Tensor& q_in, const Tensor& k_in, const Tensor
     call.params.cache_seqlens = call.lengths.data_ptr<int64_t>();
     call.params.ring = ring;
   }
+  if (packing != nullptr) pack_params(call.params, *packing, band);
   return call;
 }
 
 BackwardCall prepare_backward(const Tensor& dout_in, const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
                               const Tensor& out_in, const Tensor& lse, const std::optional<Tensor>& dlse,
                               const Tensor& offsets_in, at::IntArrayRef band, double softmax_scale,
-                              int queries_per_partial, bool keeps_offset_terms) {
+                              int queries_per_partial, bool keeps_offset_terms, const Packing* packing) {
   BackwardCall call;
   const auto dtype = q_in.scalar_type();
   const auto acc = acc_dtype(dtype);
@@ -140,9 +163,14 @@ BackwardCall prepare_backward(const Tensor& dout_in, const Tensor& q_in, const T
   call.dk = new_output_like(k);
   call.dv = new_output_like(v);
   const int64_t num_offsets = call.offsets.size(-1);
-  call.num_partials = (q.size(1) + queries_per_partial - 1) / queries_per_partial;
-  call.partial =
-      new_output(q, {call.fractional ? q.size(0) * q.size(2) * call.num_partials * num_offsets : 0}, acc);
+  const int64_t partial_rows = packing != nullptr ? packing->max_seqlen_q : q.size(1);
+  call.partial_batch = packing != nullptr ? packing->cu_seqlens_q.size(0) - 1 : q.size(0);
+  call.num_partials = (partial_rows + queries_per_partial - 1) / queries_per_partial;
+  const int64_t partial_size = call.fractional ? call.partial_batch * q.size(2) * call.num_partials * num_offsets : 0;
+  // A packed batch's sequences leave the partials past their end unwritten:
+  // those must be zero for the sum.
+  call.partial = packing != nullptr ? at::zeros({partial_size}, q.options().dtype(acc))
+                                    : new_output(q, {partial_size}, acc);
   const int64_t offset_terms = keeps_offset_terms ? q.size(0) * q.size(2) * q.size(1) * num_offsets : 0;
   call.offset_terms = at::empty({2 * offset_terms}, q.options().dtype(acc));  // probabilities, then d scores
   call.empty = q.numel() == 0 || k.numel() == 0;
@@ -163,6 +191,7 @@ BackwardCall prepare_backward(const Tensor& dout_in, const Tensor& q_in, const T
   p.offset_probs = call.offset_terms.data_ptr();
   p.offset_dscores = static_cast<char*>(call.offset_terms.data_ptr()) + offset_terms * sizeof(float);
   p.num_partials = static_cast<int>(call.num_partials);
+  if (packing != nullptr) pack_params(p, *packing, band);
   return call;
 }
 
@@ -175,8 +204,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> backward_result(const BackwardCall& c
   if (!call.fractional) return {call.dq, call.dk, call.dv, at::empty({0}, call.q.options().dtype(acc))};
   // Sum the partials in a fixed order: (batch, heads, partials, K) -> (heads, K).
   const auto& q = call.q;
-  Tensor doffsets =
-      call.partial.view({q.size(0), q.size(2), call.num_partials, call.offsets.size(-1)}).sum(at::IntArrayRef{0, 2});
+  Tensor doffsets = call.partial.view({call.partial_batch, q.size(2), call.num_partials, call.offsets.size(-1)})
+                        .sum(at::IntArrayRef{0, 2});
   if (offsets_in.dim() == 1) doffsets = doffsets.sum(0);
   return {call.dq, call.dk, call.dv, doffsets.to(offsets_in.scalar_type())};
 }

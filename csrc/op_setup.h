@@ -15,6 +15,17 @@ namespace fibsparse {
 // Accumulation type: float for 16/32-bit inputs, double for double.
 at::ScalarType acc_dtype(at::ScalarType t);
 
+// A packed (varlen) batch, FlashAttention's convention: the ops' q, k, v are
+// (total, heads, head_dim), sequence b holds rows [cu_seqlens[b],
+// cu_seqlens[b + 1]) (int32, on the tensors' device), and max_seqlen bounds
+// every sequence (it sizes the grids). The prepare functions take such
+// tensors with a leading batch dimension of 1 (unsqueeze(0)); their outputs
+// keep it, and lse is (1, heads, total_q).
+struct Packing {
+  at::Tensor cu_seqlens_q, cu_seqlens_k;
+  int64_t max_seqlen_q, max_seqlen_k;
+};
+
 // A forward (or decode) call, ready for the kernels: inputs laid out for
 // them, outputs allocated, Params filled. `empty` when there is nothing to
 // compute (the outputs are returned as they are).
@@ -25,7 +36,7 @@ struct ForwardCall {
 };
 ForwardCall prepare_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& offsets,
                             at::IntArrayRef band, double softmax_scale, const std::optional<at::Tensor>& cache_seqlens,
-                            bool ring);
+                            bool ring, const Packing* packing = nullptr);
 
 // A backward call, ready for the kernels. The devices differ in how many
 // queries share a partial sum of d(position) and in whether the kernels
@@ -34,13 +45,13 @@ ForwardCall prepare_forward(const at::Tensor& q, const at::Tensor& k, const at::
 struct BackwardCall {
   at::Tensor q, k, v, out, dout, offsets, lse, dlse, delta, dq, dk, dv, partial, offset_terms;
   Params params{};
-  int64_t num_partials = 0;
+  int64_t num_partials = 0, partial_batch = 0;  // the partials are (partial_batch, heads, num_partials, K)
   bool fractional = false, empty = false;
 };
 BackwardCall prepare_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                               const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& dlse,
                               const at::Tensor& offsets, at::IntArrayRef band, double softmax_scale,
-                              int queries_per_partial, bool keeps_offset_terms);
+                              int queries_per_partial, bool keeps_offset_terms, const Packing* packing = nullptr);
 
 // (dq, dk, dv, doffsets) once the kernels ran: the partial sums of
 // d(position) reduced in a fixed order, in the shape and dtype of `offsets`.

@@ -133,9 +133,76 @@ FIBSPARSE_HD OffsetSplit split_offset(const OffsetT* offs, int o) {
   }
 }
 
-// Absolute position of query row i of sequence b.
-FIBSPARSE_HD int64_t query_position(const Params& p, int b, int i) {
-  return p.cache_seqlens != nullptr ? p.cache_seqlens[b] - p.seqlen_q + i : int64_t(i) + p.q_pos_shift;
+// ---- Sequences: where positions restart ----
+// A dense batch is `batch` sequences of the tensors' lengths; a packed one
+// (cu_seqlens, FlashAttention's varlen convention) holds sequences of their
+// own lengths back to back. Either way positions restart at 0 in every
+// sequence: the pattern never reads a key of another sequence.
+
+// One sequence as a kernel block sees it. Rows are counted from the
+// sequence's batch entry (dense) or from the start of the packed tensors.
+struct Sequence {
+  int64_t q_row0, k_row0;  // its first row of q (out, dout, dq, lse) and of k (v, dk, dv)
+  int seqlen_q, seqlen_k;
+  int q_pos_shift;  // query row i sits at position i + q_pos_shift (the last query at the last key)
+
+  // Element offset of the sequence's first row in a tensor laid out like q
+  // (or like k), for the tensor's batch and row strides.
+  FIBSPARSE_HD int64_t q_start(int b, int64_t batch_stride, int64_t row_stride) const {
+    return b * batch_stride + q_row0 * row_stride;
+  }
+  FIBSPARSE_HD int64_t k_start(int b, int64_t batch_stride, int64_t row_stride) const {
+    return b * batch_stride + k_row0 * row_stride;
+  }
+};
+
+FIBSPARSE_HD int64_t clamp_to(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo : (x > hi ? hi : x); }
+
+// Sequence b. Packed boundaries are checked before the kernels run (and by
+// their check blocks, offsets_check.cuh); the clamps only keep bad ones from
+// reading or writing out of bounds.
+FIBSPARSE_HD Sequence sequence_of(const Params& p, int b) {
+  if (p.cu_seqlens_q == nullptr) return {0, 0, p.seqlen_q, p.seqlen_k, p.q_pos_shift};
+  const int64_t q0 = clamp_to(p.cu_seqlens_q[b], 0, p.total_q);
+  const int64_t k0 = clamp_to(p.cu_seqlens_k[b], 0, p.total_k);
+  const int64_t seqlen_k = clamp_to(p.cu_seqlens_k[b + 1], k0, p.total_k) - k0;
+  const int64_t seqlen_q = clamp_to(p.cu_seqlens_q[b + 1], q0, p.total_q) - q0;
+  const int k_len = int(seqlen_k < p.seqlen_k ? seqlen_k : p.seqlen_k);
+  const int q_len = int(clamp_to(seqlen_q, 0, k_len < p.seqlen_q ? k_len : p.seqlen_q));
+  return {q0, k0, q_len, k_len, k_len - q_len};
+}
+
+// Whether the packed boundaries of sequence b are as the ops require: both
+// start at 0 and never decrease, the last ones are the tensors' rows, no
+// sequence is longer than max_seqlen, and seqlen_q <= seqlen_k (queries are
+// a sequence's last positions). The same rule for the CPU op's check and the
+// CUDA kernels' device-side one.
+FIBSPARSE_HD bool sequence_bounds_valid(const int32_t* cu_q, const int32_t* cu_k, int b, int batch, int64_t total_q,
+                                        int64_t total_k, int64_t max_seqlen_q, int64_t max_seqlen_k) {
+  if (b == 0 && (cu_q[0] != 0 || cu_k[0] != 0)) return false;
+  if (b == batch - 1 && (cu_q[batch] != total_q || cu_k[batch] != total_k)) return false;
+  const int64_t seqlen_q = int64_t(cu_q[b + 1]) - cu_q[b], seqlen_k = int64_t(cu_k[b + 1]) - cu_k[b];
+  return seqlen_q >= 0 && seqlen_k >= 0 && seqlen_q <= max_seqlen_q && seqlen_k <= max_seqlen_k &&
+         seqlen_q <= seqlen_k;
+}
+
+// Index of (sequence b, head h, query row i) in lse and delta.
+FIBSPARSE_HD int64_t stats_index(const Params& p, const Sequence& seq, int b, int h, int64_t i) {
+  return b * p.stats_batch_stride + h * p.stats_head_stride + seq.q_row0 + i;
+}
+
+// Index of (sequence b, head h, offset o, query row i) in the tensor-core
+// backward's offset_probs and offset_dscores: lse's layout with a row of
+// queries per offset, so that a warp's 16 queries are contiguous.
+FIBSPARSE_HD int64_t offset_term_index(const Params& p, const Sequence& seq, int b, int h, int o, int64_t i) {
+  return (b * p.stats_batch_stride + h * p.stats_head_stride) * p.num_offsets + o * p.stats_head_stride + seq.q_row0 +
+         i;
+}
+
+// Absolute position of query row i of sequence b (of a KV cache's sequence
+// when decoding).
+FIBSPARSE_HD int64_t query_position(const Params& p, const Sequence& seq, int b, int i) {
+  return p.cache_seqlens != nullptr ? p.cache_seqlens[b] - p.seqlen_q + i : int64_t(i) + seq.q_pos_shift;
 }
 
 // The row of k and v that holds key position j >= 0: j itself, or its slot in

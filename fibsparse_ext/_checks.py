@@ -89,3 +89,57 @@ def check_op_inputs(q, k, v, offsets, band: list, softmax_scale: float, k_name: 
         raise ValueError(f"offsets must have shape (K,) or (heads={heads}, K), got {tuple(offsets.shape)}")
     if offsets.shape[-1] > MAX_OFFSETS_PER_HEAD:
         raise ValueError(f"offsets may hold at most {MAX_OFFSETS_PER_HEAD} entries per head, got {offsets.shape[-1]}")
+
+
+def check_packed_op_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, offsets, band: list,
+                           softmax_scale: float) -> None:
+    """The packed (varlen) ops' checks of their arguments' shapes, dtypes and
+    devices (csrc/op_checks.cpp's check_packed_inputs); the boundaries' values
+    are check_packed_lengths'."""
+    for name, t, layout in (("q", q, "(total_q, heads, head_dim)"), ("k", k, "(total_k, heads_kv, head_dim)"),
+                            ("v", v, "(total_k, heads_kv, head_dim)")):
+        if not isinstance(t, torch.Tensor) or t.dim() != 3:
+            raise ValueError(f"{name} must have shape {layout}, got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    for name, t in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or t.dim() != 1 or t.shape[0] < 1:
+            got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be an int32 tensor of shape (batch + 1,), got {got}")
+        if t.device != q.device:
+            raise ValueError(f"{name} must be on q's device {q.device}, got {t.device}")
+    if cu_seqlens_k.shape != cu_seqlens_q.shape:
+        raise ValueError(f"cu_seqlens_k must have cu_seqlens_q's shape {tuple(cu_seqlens_q.shape)} (one entry per "
+                         f"sequence, plus one), got {tuple(cu_seqlens_k.shape)}")
+    if cu_seqlens_q.shape[0] - 1 > MAX_BATCH:
+        raise ValueError(f"a packed batch may hold at most {MAX_BATCH} sequences, got {cu_seqlens_q.shape[0] - 1}")
+    for name, value, total, total_name in (("max_seqlen_q", max_seqlen_q, q.shape[0], "total_q"),
+                                           ("max_seqlen_k", max_seqlen_k, k.shape[0], "total_k")):
+        if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)) or not 0 <= value <= total:
+            raise ValueError(f"{name} must be an int in [0, {total_name}={total}], got {value!r}")
+    check_op_inputs(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), offsets, band, softmax_scale)
+
+
+def check_packed_lengths(cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, total_q: int, total_k: int,
+                         max_seqlen_q: int, max_seqlen_k: int) -> None:
+    """The values of cu_seqlens (csrc/op_checks.cpp's check_packed_lengths),
+    read in one host copy: one device sync for CUDA tensors."""
+    host = torch.cat([cu_seqlens_q, cu_seqlens_k]).cpu().tolist()
+    batch = cu_seqlens_q.shape[0] - 1
+    bounds = {"cu_seqlens_q": (host[:batch + 1], total_q), "cu_seqlens_k": (host[batch + 1:], total_k)}
+    for name, (values, total) in bounds.items():
+        if values[0] != 0:
+            raise ValueError(f"{name} must start at 0, got {values[0]}")
+        if values[-1] != total:
+            raise ValueError(f"{name} must end at the tensor's rows ({total}), got {values[-1]}")
+    q_bounds, k_bounds = bounds["cu_seqlens_q"][0], bounds["cu_seqlens_k"][0]
+    for b in range(batch):
+        seqlen_q, seqlen_k = q_bounds[b + 1] - q_bounds[b], k_bounds[b + 1] - k_bounds[b]
+        if seqlen_q < 0 or seqlen_k < 0:
+            raise ValueError(f"cu_seqlens_q and cu_seqlens_k must not decrease; sequence {b} has seqlen_q "
+                             f"{seqlen_q}, seqlen_k {seqlen_k}")
+        if seqlen_q > max_seqlen_q or seqlen_k > max_seqlen_k:
+            raise ValueError(f"sequence {b} (seqlen_q {seqlen_q}, seqlen_k {seqlen_k}) is longer than max_seqlen_q "
+                             f"{max_seqlen_q} / max_seqlen_k {max_seqlen_k}")
+        if seqlen_q > seqlen_k:
+            raise ValueError(f"sequence {b} has seqlen_q {seqlen_q} > seqlen_k {seqlen_k}: queries are a "
+                             f"sequence's last positions")

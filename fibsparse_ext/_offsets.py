@@ -149,8 +149,10 @@ def as_offsets(offsets: OffsetsLike, q: torch.Tensor, window: int, check_values:
             raise ValueError(f"offsets rows must have one length; pad short rows with {PADDING}: {e}") from None
         host = host.reshape(0) if host.numel() == 0 else host
         _check_shape(host, q)
-        if check_values:
-            check_offset_values(host, window)
+        if check_values:  # on the Python numbers, so that torch.compile traces no data-dependent op
+            rows = [list(row) for row in offsets] if host.dim() == 2 else [list(offsets)]
+            for h, row in enumerate(rows):
+                _check_row(row, window, fractional, f"[{h}]" if host.dim() == 2 else "")
         dtype = (torch.float64 if q.dtype == torch.float64 else torch.float32) if fractional else torch.int32
         return host.to(device=q.device, dtype=dtype)
     if offsets.is_complex() or offsets.dtype == torch.bool:

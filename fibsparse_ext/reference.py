@@ -148,3 +148,23 @@ def fibsparse_attn_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window
     out = torch.cat(outs, 1).to(q.dtype) if outs else q.new_empty(q.shape)
     lse = torch.cat(lses, 2) if lses else q.new_empty((batch, heads, 0), dtype=acc)
     return (out, lse) if return_lse else out
+
+
+def fibsparse_attn_varlen_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                              cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, window: int,
+                              offsets: OffsetsLike, softmax_scale: Optional[float] = None, return_lse: bool = False):
+    """Reference for `fibsparse_attn_varlen`: `fibsparse_attn_ref` on each
+    sequence alone, concatenated (lse is (heads, total_q))."""
+    q_bounds, k_bounds = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    scale = default_scale(q, softmax_scale)
+    outs, lses = [], []
+    for b in range(len(q_bounds) - 1):
+        q_seq = q[q_bounds[b]:q_bounds[b + 1]].unsqueeze(0)
+        k_seq, v_seq = (t[k_bounds[b]:k_bounds[b + 1]].unsqueeze(0) for t in (k, v))
+        out, lse = fibsparse_attn_ref(q_seq, k_seq, v_seq, window, offsets, scale, return_lse=True)
+        outs.append(out[0])
+        lses.append(lse[0])
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    out = torch.cat(outs) if outs else q.new_empty(q.shape)
+    lse = torch.cat(lses, 1) if lses else q.new_empty((q.shape[1], 0), dtype=acc)
+    return (out, lse) if return_lse else out

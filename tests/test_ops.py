@@ -4,7 +4,7 @@ torch.compile of a model using FibSparseAttention with no graph break."""
 import pytest
 import torch
 
-from fibsparse_ext import FibSparseAttention, make_schedule
+from fibsparse_ext import FibSparseAttention, fibsparse_attn, make_schedule
 from fibsparse_ext.decode import required_capacity
 from utils import DEVICES, position_dtype, random_offsets, random_qkv
 
@@ -105,3 +105,21 @@ def test_compile_has_no_graph_break(device, schedule_name):
     torch.testing.assert_close(out, expected)
     if schedule_name == "learned":
         assert model.layers[0].alpha.grad is not None
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_compile_takes_offsets_as_a_python_list(device, dynamic):
+    """Offsets given as Python numbers are checked as numbers, so torch.compile
+    traces no data-dependent op for them (fullgraph)."""
+    torch._dynamo.reset()
+
+    def step(q):
+        return fibsparse_attn(q, q, q, 4, [5, 9.5]).sum()
+
+    q = torch.randn(1, 20, 2, 16, device=device)
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True, dynamic=dynamic)
+    torch.testing.assert_close(compiled(q), step(q))
+    bad = torch.compile(lambda q: fibsparse_attn(q, q, q, 4, [9, 5]), backend="aot_eager", fullgraph=True)
+    with pytest.raises(Exception, match=r"strictly increasing"):  # still checked, at trace time
+        bad(q)

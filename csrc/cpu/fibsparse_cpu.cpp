@@ -38,7 +38,7 @@ T dot_interp(const T* a, const T* r0, const T* r1, T f, int n) {
   return s;
 }
 
-// Row pointers of one (batch, head) slice.
+// Row pointers of one (sequence, head) slice.
 template <typename T>
 struct Rows {
   const T* base;
@@ -46,9 +46,13 @@ struct Rows {
   const T* operator[](int64_t r) const { return base + r * row_stride; }
 };
 
+// The rows of head h of sequence b in a tensor laid out like q (q_like) or
+// like k, with the tensor's batch, row and head strides.
 template <typename T>
-Rows<T> rows(const void* ptr, int64_t batch_stride, int64_t row_stride, int64_t head_stride, int b, int h) {
-  return {static_cast<const T*>(ptr) + b * batch_stride + h * head_stride, row_stride};
+Rows<T> rows(const void* ptr, const Sequence& seq, bool q_like, int b, int64_t batch_stride, int64_t row_stride,
+             int64_t head_stride, int h) {
+  const int64_t start = q_like ? seq.q_start(b, batch_stride, row_stride) : seq.k_start(b, batch_stride, row_stride);
+  return {static_cast<const T*>(ptr) + start + h * head_stride, row_stride};
 }
 
 // Scores and value dot products of one query against one (interpolated) key:
@@ -102,11 +106,13 @@ void fwd_kernel(const Params& p) {
     for (int64_t task = begin; task < end; ++task) {
       const int i = task % p.seqlen_q, h = (task / p.seqlen_q) % p.heads;
       const int b = task / (int64_t(p.seqlen_q) * p.heads);
-      const int64_t pos = query_position(p, b, i);
+      const Sequence seq = sequence_of(p, b);
+      if (i >= seq.seqlen_q) continue;  // past a packed sequence's end
+      const int64_t pos = query_position(p, seq, b, i);
       const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
-      const T* q = rows<T>(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride, b, h)[i];
-      const auto k = rows<T>(p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, b, h / group);
-      const auto v = rows<T>(p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride, b, h / group);
+      const T* q = rows<T>(p.q, seq, true, b, p.q_batch_stride, p.q_row_stride, p.q_head_stride, h)[i];
+      const auto k = rows<T>(p.k, seq, false, b, p.k_batch_stride, p.k_row_stride, p.k_head_stride, h / group);
+      const auto v = rows<T>(p.v, seq, false, b, p.v_batch_stride, p.v_row_stride, p.v_head_stride, h / group);
 
       std::fill(acc.begin(), acc.end(), T(0));
       OnlineSoftmax<T> softmax;
@@ -120,10 +126,11 @@ void fwd_kernel(const Params& p) {
         for (int d = 0; d < n; ++d) acc[d] *= rescale;
         axpy_interp(acc.data(), weight, v[row0], v[row1], s.frac, n);
       }
-      T* out = static_cast<T*>(p.out) + b * p.o_batch_stride + int64_t(i) * p.o_row_stride + h * p.o_head_stride;
+      T* out = static_cast<T*>(p.out) + seq.q_start(b, p.o_batch_stride, p.o_row_stride) +
+               int64_t(i) * p.o_row_stride + h * p.o_head_stride;
       const T normalizer = softmax.normalizer();
       for (int d = 0; d < n; ++d) out[d] = acc[d] * normalizer;
-      static_cast<T*>(p.lse)[task] = softmax.lse();  // lse is (batch, heads, seqlen_q)
+      static_cast<T*>(p.lse)[stats_index(p, seq, b, h, i)] = softmax.lse();
     }
   });
 }
@@ -140,16 +147,19 @@ void bwd_dq_kernel(const Params& p) {
     for (int64_t task = begin; task < end; ++task) {
       const int i = task % p.seqlen_q, h = (task / p.seqlen_q) % p.heads;
       const int b = task / (int64_t(p.seqlen_q) * p.heads);
-      const int64_t pos = i + p.q_pos_shift;
+      const Sequence seq = sequence_of(p, b);
+      if (i >= seq.seqlen_q) continue;  // past a packed sequence's end (its partials stay zero)
+      const int64_t pos = i + seq.q_pos_shift;
       const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
-      const T* q = rows<T>(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride, b, h)[i];
-      const T* dout = rows<T>(p.dout, p.do_batch_stride, p.do_row_stride, p.do_head_stride, b, h)[i];
-      const auto k = rows<T>(p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, b, h / group);
-      const auto v = rows<T>(p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride, b, h / group);
-      const T* out = rows<T>(p.out, p.o_batch_stride, p.o_row_stride, p.o_head_stride, b, h)[i];
-      const T lse = static_cast<const T*>(p.lse)[task];
-      const T delta = dot(dout, out, n) - (p.dlse ? static_cast<const T*>(p.dlse)[task] : T(0));
-      static_cast<T*>(p.delta)[task] = delta;
+      const T* q = rows<T>(p.q, seq, true, b, p.q_batch_stride, p.q_row_stride, p.q_head_stride, h)[i];
+      const T* dout = rows<T>(p.dout, seq, true, b, p.do_batch_stride, p.do_row_stride, p.do_head_stride, h)[i];
+      const auto k = rows<T>(p.k, seq, false, b, p.k_batch_stride, p.k_row_stride, p.k_head_stride, h / group);
+      const auto v = rows<T>(p.v, seq, false, b, p.v_batch_stride, p.v_row_stride, p.v_head_stride, h / group);
+      const T* out = rows<T>(p.out, seq, true, b, p.o_batch_stride, p.o_row_stride, p.o_head_stride, h)[i];
+      const int64_t stat = stats_index(p, seq, b, h, i);
+      const T lse = static_cast<const T*>(p.lse)[stat];
+      const T delta = dot(dout, out, n) - (p.dlse ? static_cast<const T*>(p.dlse)[stat] : T(0));
+      static_cast<T*>(p.delta)[stat] = delta;
       // The partials are (batch, heads, seqlen_q, num_offsets): one per query.
       T* dpos = static_cast<T*>(p.doffsets_partial) + task * p.num_offsets;
 
@@ -172,7 +182,8 @@ void bwd_dq_kernel(const Params& p) {
         }
       }
       std::copy(dq.begin(), dq.end(),
-                static_cast<T*>(p.dq) + b * p.dq_batch_stride + int64_t(i) * p.dq_row_stride + h * p.dq_head_stride);
+                static_cast<T*>(p.dq) + seq.q_start(b, p.dq_batch_stride, p.dq_row_stride) +
+                    int64_t(i) * p.dq_row_stride + h * p.dq_head_stride);
     }
   });
 }
@@ -190,21 +201,23 @@ void bwd_dkdv_kernel(const Params& p) {
       const int64_t j = task % p.seqlen_k;
       const int hk = (task / p.seqlen_k) % p.heads_kv;
       const int b = task / (int64_t(p.seqlen_k) * p.heads_kv);
-      const auto k = rows<T>(p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, b, hk);
-      const auto v = rows<T>(p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride, b, hk);
+      const Sequence seq = sequence_of(p, b);
+      if (j >= seq.seqlen_k) continue;  // past a packed sequence's end
+      const auto k = rows<T>(p.k, seq, false, b, p.k_batch_stride, p.k_row_stride, p.k_head_stride, hk);
+      const auto v = rows<T>(p.v, seq, false, b, p.v_batch_stride, p.v_row_stride, p.v_head_stride, hk);
       std::fill(dk.begin(), dk.end(), T(0));
       std::fill(dv.begin(), dv.end(), T(0));
       for (int h = hk * group; h < (hk + 1) * group; ++h) {
         const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
-        const auto q = rows<T>(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride, b, h);
-        const auto dout = rows<T>(p.dout, p.do_batch_stride, p.do_row_stride, p.do_head_stride, b, h);
-        const int64_t stats = (int64_t(b) * p.heads + h) * p.seqlen_q;
+        const auto q = rows<T>(p.q, seq, true, b, p.q_batch_stride, p.q_row_stride, p.q_head_stride, h);
+        const auto dout = rows<T>(p.dout, seq, true, b, p.do_batch_stride, p.do_row_stride, p.do_head_stride, h);
+        const int64_t stats = stats_index(p, seq, b, h, 0);
         for (int t = 0; t < num_distances(p.band, p.num_offsets); ++t) {
           int64_t readers[2];
           const int num_readers = readers_of_row<T>(j, t, p.band, offs, readers);
           for (int r = 0; r < num_readers; ++r) {
-            const int64_t i = readers[r] - p.q_pos_shift;
-            if (i < 0 || i >= p.seqlen_q) continue;
+            const int64_t i = readers[r] - seq.q_pos_shift;
+            if (i < 0 || i >= seq.seqlen_q) continue;
             const auto s = sample_key<T>(readers[r], t, p.band, offs);
             const T w = weight_of_row(s, j);
             if (w == T(0)) continue;
@@ -219,8 +232,10 @@ void bwd_dkdv_kernel(const Params& p) {
           }
         }
       }
-      T* dk_out = static_cast<T*>(p.dk) + b * p.dk_batch_stride + j * p.dk_row_stride + hk * p.dk_head_stride;
-      T* dv_out = static_cast<T*>(p.dv) + b * p.dv_batch_stride + j * p.dv_row_stride + hk * p.dv_head_stride;
+      T* dk_out = static_cast<T*>(p.dk) + seq.k_start(b, p.dk_batch_stride, p.dk_row_stride) + j * p.dk_row_stride +
+                  hk * p.dk_head_stride;
+      T* dv_out = static_cast<T*>(p.dv) + seq.k_start(b, p.dv_batch_stride, p.dv_row_stride) + j * p.dv_row_stride +
+                  hk * p.dv_head_stride;
       std::copy(dk.begin(), dk.end(), dk_out);
       std::copy(dv.begin(), dv.end(), dv_out);
     }

@@ -54,15 +54,17 @@ void check_offset_values(const Tensor& offsets, at::IntArrayRef band) {
   }
 }
 
-// The forward of fwd and decode, after their checks.
+// The forward of fwd, decode and varlen_fwd, after their checks.
 std::tuple<Tensor, Tensor> attend(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& offsets,
                                   at::IntArrayRef band, double softmax_scale,
-                                  const std::optional<Tensor>& cache_seqlens, bool ring) {
+                                  const std::optional<Tensor>& cache_seqlens, bool ring,
+                                  const Packing* packing = nullptr) {
   if (is_low_precision(q)) {
-    auto [out, lse] = attend(to_float(q), to_float(k), to_float(v), offsets, band, softmax_scale, cache_seqlens, ring);
+    auto [out, lse] =
+        attend(to_float(q), to_float(k), to_float(v), offsets, band, softmax_scale, cache_seqlens, ring, packing);
     return {out.to(q.scalar_type()), lse};
   }
-  const ForwardCall call = prepare_forward(q, k, v, offsets, band, softmax_scale, cache_seqlens, ring);
+  const ForwardCall call = prepare_forward(q, k, v, offsets, band, softmax_scale, cache_seqlens, ring, packing);
   check_offset_values(call.offsets, band);
   if (!call.empty) run_fwd_cpu(call.params, q.scalar_type(), call.fractional);
   return {call.out, call.lse};
@@ -85,14 +87,16 @@ std::tuple<Tensor, Tensor> decode_cpu(const Tensor& q, const Tensor& k_cache, co
 std::tuple<Tensor, Tensor, Tensor, Tensor> backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                                                     const Tensor& v, const Tensor& out, const Tensor& lse,
                                                     const std::optional<Tensor>& dlse, const Tensor& offsets,
-                                                    at::IntArrayRef band, double softmax_scale) {
+                                                    at::IntArrayRef band, double softmax_scale,
+                                                    const Packing* packing = nullptr) {
   if (is_low_precision(q)) {
     auto [dq, dk, dv, doffsets] = backward(to_float(dout), to_float(q), to_float(k), to_float(v), to_float(out), lse,
-                                           dlse, offsets, band, softmax_scale);
+                                           dlse, offsets, band, softmax_scale, packing);
     return {dq.to(q.scalar_type()), dk.to(q.scalar_type()), dv.to(q.scalar_type()), doffsets};
   }
   // One partial sum of d(position) per query; no per-(query, offset) buffers.
-  const BackwardCall call = prepare_backward(dout, q, k, v, out, lse, dlse, offsets, band, softmax_scale, 1, false);
+  const BackwardCall call =
+      prepare_backward(dout, q, k, v, out, lse, dlse, offsets, band, softmax_scale, 1, false, packing);
   check_offset_values(call.offsets, band);
   if (!call.empty) run_bwd_cpu(call.params, q.scalar_type(), call.fractional);
   return backward_result(call, offsets);
@@ -107,12 +111,48 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bwd_cpu(const Tensor& dout, const Ten
   return backward(dout, q, k, v, out, lse, dlse, offsets, band, softmax_scale);
 }
 
+// Packed batches: the tensors get a batch dimension of 1 for the shared
+// checks and setup, which then turn it into one entry per sequence.
+std::tuple<Tensor, Tensor> varlen_fwd_cpu(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens_q,
+                                          const Tensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k,
+                                          const Tensor& offsets, at::IntArrayRef band, double softmax_scale) {
+  check_packed_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k);
+  check_attention_inputs(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), offsets, band, softmax_scale);
+  check_packed_lengths(cu_seqlens_q, cu_seqlens_k, q.size(0), k.size(0), max_seqlen_q, max_seqlen_k);
+  const Packing packing{cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), max_seqlen_q, max_seqlen_k};
+  auto [out, lse] = attend(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), offsets, band, softmax_scale, std::nullopt,
+                           false, &packing);
+  return {out.squeeze(0), lse.squeeze(0)};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> varlen_bwd_cpu(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                                          const Tensor& v, const Tensor& out, const Tensor& lse,
+                                                          const std::optional<Tensor>& dlse,
+                                                          const Tensor& cu_seqlens_q, const Tensor& cu_seqlens_k,
+                                                          int64_t max_seqlen_q, int64_t max_seqlen_k,
+                                                          const Tensor& offsets, at::IntArrayRef band,
+                                                          double softmax_scale) {
+  check_packed_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k);
+  check_attention_inputs(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), offsets, band, softmax_scale);
+  check_packed_lse(q, lse, dlse);
+  const std::optional<Tensor> dlse_batched = dlse.has_value() ? std::optional<Tensor>(dlse->unsqueeze(0)) : dlse;
+  check_backward_inputs(dout.unsqueeze(0), q.unsqueeze(0), out.unsqueeze(0), lse.unsqueeze(0), dlse_batched);
+  check_packed_lengths(cu_seqlens_q, cu_seqlens_k, q.size(0), k.size(0), max_seqlen_q, max_seqlen_k);
+  const Packing packing{cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), max_seqlen_q, max_seqlen_k};
+  auto [dq, dk, dv, doffsets] = backward(dout.unsqueeze(0), q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0),
+                                         out.unsqueeze(0), lse.unsqueeze(0), dlse_batched, offsets, band,
+                                         softmax_scale, &packing);
+  return {dq.squeeze(0), dk.squeeze(0), dv.squeeze(0), doffsets};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fibsparse, CPU, m) {
   m.impl("fwd", &fwd_cpu);
   m.impl("bwd", &bwd_cpu);
   m.impl("decode", &decode_cpu);
+  m.impl("varlen_fwd", &varlen_fwd_cpu);
+  m.impl("varlen_bwd", &varlen_bwd_cpu);
 }
 
 }  // namespace fibsparse

@@ -40,12 +40,11 @@ template <typename OffsetT, int kHeadDim>
 struct KeySteps {
   const Params& p;
   const OffsetT* offs;
-  int64_t block_pos, band_first, band_last;
+  int64_t block_pos, band_first, band_last, last_key;
   int band_steps, offset_steps, num_steps;
 
-  __device__ KeySteps(const Params& params, const OffsetT* offsets, int64_t first_pos)
-      : p(params), offs(offsets), block_pos(first_pos) {
-    const int64_t last_key = p.seqlen_k - 1;
+  __device__ KeySteps(const Params& params, const Sequence& seq, const OffsetT* offsets, int64_t first_pos)
+      : p(params), offs(offsets), block_pos(first_pos), last_key(seq.seqlen_k - 1) {
     band_first = band_first_key(block_pos, p.band);
     band_last = block_pos + kBlockRows - 1 < last_key ? block_pos + kBlockRows - 1 : last_key;
     band_steps = int((band_last - band_first) / kChunk) + 1;
@@ -69,8 +68,8 @@ struct KeySteps {
       const OffsetSplit split = split_offset(offs, offset_index(n));
       if (split.whole >= 0) {
         const int64_t first = block_pos - split.whole - 1;
-        stage_rows<kHeadDim, kStripSpan>(k_dst, k_src, p.k_row_stride, first, p.seqlen_k - 1);
-        stage_rows<kHeadDim, kStripSpan>(v_dst, v_src, p.v_row_stride, first, p.seqlen_k - 1);
+        stage_rows<kHeadDim, kStripSpan>(k_dst, k_src, p.k_row_stride, first, last_key);
+        stage_rows<kHeadDim, kStripSpan>(v_dst, v_src, p.v_row_stride, first, last_key);
       }
     }
     commit_async();
@@ -86,21 +85,23 @@ struct KeySteps {
 template <typename OffsetT, int kHeadDim>
 struct QuerySteps {
   const Params& p;
+  const Sequence& seq;
   int64_t block_key, band_first_row, band_last_row;
   int band_steps, steps_per_head, num_steps, first_head;
 
-  __device__ QuerySteps(const Params& params, int64_t first_key, int hk) : p(params), block_key(first_key) {
+  __device__ QuerySteps(const Params& params, const Sequence& sequence, int64_t first_key, int hk)
+      : p(params), seq(sequence), block_key(first_key) {
     const int64_t first_pos = block_key, last_pos = band_last_reader(block_key + kBlockRows - 1, p.band);
-    band_first_row = (first_pos > p.q_pos_shift ? first_pos : p.q_pos_shift) - p.q_pos_shift;
-    const int64_t last_row = last_pos - p.q_pos_shift;
-    band_last_row = last_row < p.seqlen_q - 1 ? last_row : p.seqlen_q - 1;
+    band_first_row = (first_pos > seq.q_pos_shift ? first_pos : seq.q_pos_shift) - seq.q_pos_shift;
+    const int64_t last_row = last_pos - seq.q_pos_shift;
+    band_last_row = last_row < seq.seqlen_q - 1 ? last_row : seq.seqlen_q - 1;
     band_steps = band_last_row >= band_first_row ? int((band_last_row - band_first_row) / kChunk) + 1 : 0;
     first_head = hk * (p.heads / p.heads_kv);
     // A query at or before the last position reads key block_key only through
     // d <= last - block_key; the same count for every head of the group (the
     // most any of them needs: an extra step for another head stages only
     // rows outside the queries, which add nothing).
-    const int64_t max_whole = p.q_pos_shift + p.seqlen_q - 1 - block_key;
+    const int64_t max_whole = seq.q_pos_shift + seq.seqlen_q - 1 - block_key;
     int offset_steps = 0;
     for (int h = first_head; h < first_head + p.heads / p.heads_kv; ++h) {
       const int reach = offsets_within_reach(offsets(h), p.num_offsets, max_whole);
@@ -125,9 +126,10 @@ struct QuerySteps {
                         float* stat1_dst) const {
     if (n < num_steps) {
       const int h = head(n);
-      const uint16_t* q_src = bits<T>(p.q, b * p.q_batch_stride + h * p.q_head_stride);
-      const uint16_t* do_src = bits<T>(p.dout, b * p.do_batch_stride + h * p.do_head_stride);
-      const int64_t stats = (int64_t(b) * p.heads + h) * p.seqlen_q;
+      const uint16_t* q_src = bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride);
+      const uint16_t* do_src =
+          bits<T>(p.dout, seq.q_start(b, p.do_batch_stride, p.do_row_stride) + h * p.do_head_stride);
+      const int64_t stats = stats_index(p, seq, b, h, 0);
       if (is_band(n)) {
         const int64_t first = chunk_row(n);
         stage_rows<kHeadDim, kChunk>(q_dst, q_src, p.q_row_stride, first, band_last_row);
@@ -142,13 +144,13 @@ struct QuerySteps {
         const int o = offset_index(n);
         const OffsetSplit split = split_offset(offsets(h), o);
         if (split.whole >= 0) {
-          const int64_t first = block_key + split.whole - p.q_pos_shift;
-          stage_rows<kHeadDim, kStripSpan>(q_dst, q_src, p.q_row_stride, first, p.seqlen_q - 1);
-          stage_rows<kHeadDim, kStripSpan>(do_dst, do_src, p.do_row_stride, first, p.seqlen_q - 1);
+          const int64_t first = block_key + split.whole - seq.q_pos_shift;
+          stage_rows<kHeadDim, kStripSpan>(q_dst, q_src, p.q_row_stride, first, seq.seqlen_q - 1);
+          stage_rows<kHeadDim, kStripSpan>(do_dst, do_src, p.do_row_stride, first, seq.seqlen_q - 1);
           for (int r = threadIdx.x; r < kStripSpan; r += kMmaBlockThreads) {
             const int64_t i = first + r;
-            const bool valid = i >= 0 && i < p.seqlen_q;
-            const int64_t at = valid ? stats * p.num_offsets + int64_t(o) * p.seqlen_q + i : 0;
+            const bool valid = i >= 0 && i < seq.seqlen_q;
+            const int64_t at = valid ? offset_term_index(p, seq, b, h, o, i) : 0;
             copy_async_4(stat0_dst + r, static_cast<const float*>(p.offset_probs) + at, valid);
             copy_async_4(stat1_dst + r, static_cast<const float*>(p.offset_dscores) + at, valid);
           }

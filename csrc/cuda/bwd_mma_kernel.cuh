@@ -75,23 +75,26 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_mma
   const auto stage_k = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 0); };
   const auto stage_v = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 1); };
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
   const int h = blockIdx.y, b = blockIdx.z, hk = h / (p.heads / p.heads_kv);
+  const Sequence seq = sequence_of(p, b);
+  if (int64_t(blockIdx.x) * kBlockRows >= seq.seqlen_q) return;  // past a packed sequence's end
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
   const int warp_q0 = blockIdx.x * kBlockRows + 16 * warp;
-  const int64_t warp_pos = warp_q0 + int64_t(p.q_pos_shift);
+  const int64_t warp_pos = warp_q0 + int64_t(seq.q_pos_shift);
   const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
-  const uint16_t* k_src = bits<T>(p.k, b * p.k_batch_stride + hk * p.k_head_stride);
-  const uint16_t* v_src = bits<T>(p.v, b * p.v_batch_stride + hk * p.v_head_stride);
+  const uint16_t* k_src = bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride);
+  const uint16_t* v_src = bits<T>(p.v, seq.k_start(b, p.v_batch_stride, p.v_row_stride) + hk * p.v_head_stride);
   const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
-  const int64_t stats = (int64_t(b) * p.heads + h) * p.seqlen_q;  // (batch, head) row of lse, delta
-  const KeySteps<OffsetT, kHeadDim> steps(p, offs, int64_t(blockIdx.x) * kBlockRows + p.q_pos_shift);
+  const int64_t stats = stats_index(p, seq, b, h, 0);  // the (sequence, head) row of lse, delta
+  const KeySteps<OffsetT, kHeadDim> steps(p, seq, offs, int64_t(blockIdx.x) * kBlockRows + seq.q_pos_shift);
   steps.issue(0, k_src, v_src, stage_k(0), stage_v(0));
 
-  const uint16_t* q_src = bits<T>(p.q, b * p.q_batch_stride + h * p.q_head_stride);
-  const uint16_t* do_src = bits<T>(p.dout, b * p.do_batch_stride + h * p.do_head_stride);
+  const uint16_t* q_src = bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride);
+  const uint16_t* do_src =
+      bits<T>(p.dout, seq.q_start(b, p.do_batch_stride, p.do_row_stride) + h * p.do_head_stride);
   uint32_t qf[kHeadDim / 16][4], dof[kHeadDim / 16][4];
-  load_a_fragments<kHeadDim>(q_src, p.q_row_stride, warp_q0, p.seqlen_q, g, c, qf);
-  load_a_fragments<kHeadDim>(do_src, p.do_row_stride, warp_q0, p.seqlen_q, g, c, dof);
+  load_a_fragments<kHeadDim>(q_src, p.q_row_stride, warp_q0, seq.seqlen_q, g, c, qf);
+  load_a_fragments<kHeadDim>(do_src, p.do_row_stride, warp_q0, seq.seqlen_q, g, c, dof);
 
   // delta = <dO, O> - dlse for the warp's rows: lanes 2r and 2r + 1 share row
   // r, each reading half of it as 16-byte vectors, all loads in flight at once
@@ -101,8 +104,9 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_mma
     constexpr int kVecs = kHeadDim / 16;  // 8-element vectors per half row
     const int r = lane / 2, i = warp_q0 + r, half = (lane % 2) * (kHeadDim / 2);
     float sum = 0.f, row_lse = 0.f;
-    if (i < p.seqlen_q) {
-      const uint16_t* o_row = bits<T>(p.out, b * p.o_batch_stride + int64_t(i) * p.o_row_stride + h * p.o_head_stride);
+    if (i < seq.seqlen_q) {
+      const uint16_t* o_row = bits<T>(p.out, seq.q_start(b, p.o_batch_stride, p.o_row_stride) +
+                                                 int64_t(i) * p.o_row_stride + h * p.o_head_stride);
       const uint16_t* do_row = do_src + int64_t(i) * p.do_row_stride;
       uint4 o_vec[kVecs], do_vec[kVecs];
 #pragma unroll
@@ -123,7 +127,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_mma
       }
     }
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    if (i < p.seqlen_q) {
+    if (i < seq.seqlen_q) {
       sum -= p.dlse ? static_cast<const float*>(p.dlse)[stats + i] : 0.f;
       if (lane % 2 == 0) static_cast<float*>(p.delta)[stats + i] = sum;
     }
@@ -133,7 +137,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_mma
       lse_log2[rr] = backward_lse(__shfl_sync(0xffffffffu, row_lse, 2 * (g + 8 * rr))) * float(M_LOG2E);
     }
   }
-  const bool row_valid[2] = {warp_q0 + g < p.seqlen_q, warp_q0 + g + 8 < p.seqlen_q};
+  const bool row_valid[2] = {warp_q0 + g < seq.seqlen_q, warp_q0 + g + 8 < seq.seqlen_q};
 
   float dq[kHeadDim / 8][4] = {};
   for (int n = 0; n < steps.num_steps; ++n) {
@@ -214,7 +218,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_mma
           dscore[r] = prob * (dprob[r] - delta[r]);
           if (kFrac && owner) dpos += dscore[r] * scale * dscore_dpos[r] + prob * ddp_dpos[r];
           if (owner && row_valid[r]) {  // what the dk/dv pass needs of this (query, offset)
-            const int64_t at = (stats * p.num_offsets + int64_t(o) * p.seqlen_q) + warp_q0 + row;
+            const int64_t at = offset_term_index(p, seq, b, h, o, warp_q0 + row);
             probs[at] = prob;
             dscores[at] = dscore[r];
           }
@@ -229,7 +233,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_mma
         // Fixed-order warp sum (every lane gets it); one partial per 16 queries.
 #pragma unroll
         for (int x = 16; x > 0; x /= 2) dpos += __shfl_xor_sync(0xffffffffu, dpos, x);
-        if (lane == 0 && warp_q0 < p.seqlen_q) {
+        if (lane == 0 && warp_q0 < seq.seqlen_q) {
           const int64_t partial = (int64_t(b) * p.heads + h) * p.num_partials + warp_q0 / kCudaQueriesPerPartial;
           static_cast<float*>(p.doffsets_partial)[partial * p.num_offsets + o] = dpos;
         }
@@ -238,14 +242,15 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_mma
     __syncthreads();
   }
   if constexpr (kFrac) {  // offsets out of the block's reach: their partials are zero
-    if (lane == 0 && warp_q0 < p.seqlen_q) {
+    if (lane == 0 && warp_q0 < seq.seqlen_q) {
       const int64_t partial = (int64_t(b) * p.heads + h) * p.num_partials + warp_q0 / kCudaQueriesPerPartial;
       for (int o = steps.offset_steps; o < p.num_offsets; ++o) {
         static_cast<float*>(p.doffsets_partial)[partial * p.num_offsets + o] = 0.f;
       }
     }
   }
-  store_rows<T, kHeadDim>(bits<T>(p.dq, b * p.dq_batch_stride + h * p.dq_head_stride), p.dq_row_stride, warp_q0, p.seqlen_q, dq, scale, g, c);
+  store_rows<T, kHeadDim>(bits<T>(p.dq, seq.q_start(b, p.dq_batch_stride, p.dq_row_stride) + h * p.dq_head_stride),
+                          p.dq_row_stride, warp_q0, seq.seqlen_q, dq, scale, g, c);
 }
 
 template <typename T, typename OffsetT, int kHeadDim>
@@ -257,18 +262,20 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   float* stats_smem = reinterpret_cast<float*>(smem + 4 * kBufRows * (kHeadDim + 8));
   const auto stage_stat = [&](int s, int which) { return stats_smem + (2 * s + which) * kBufRows; };
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
   const int hk = blockIdx.y, b = blockIdx.z;
+  const Sequence seq = sequence_of(p, b);
+  if (int64_t(blockIdx.x) * kBlockRows >= seq.seqlen_k) return;  // past a packed sequence's end
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
   const int warp_k0 = blockIdx.x * kBlockRows + 16 * warp;  // the warp's first key (= its position)
   const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
-  const QuerySteps<OffsetT, kHeadDim> steps(p, int64_t(blockIdx.x) * kBlockRows, hk);
+  const QuerySteps<OffsetT, kHeadDim> steps(p, seq, int64_t(blockIdx.x) * kBlockRows, hk);
   steps.template issue<T>(0, b, stage_q(0), stage_do(0), stage_stat(0, 0), stage_stat(0, 1));
 
   uint32_t kf[kHeadDim / 16][4], vf[kHeadDim / 16][4];
-  load_a_fragments<kHeadDim>(bits<T>(p.k, b * p.k_batch_stride + hk * p.k_head_stride), p.k_row_stride, warp_k0,
-                             p.seqlen_k, g, c, kf);
-  load_a_fragments<kHeadDim>(bits<T>(p.v, b * p.v_batch_stride + hk * p.v_head_stride), p.v_row_stride, warp_k0,
-                             p.seqlen_k, g, c, vf);
+  load_a_fragments<kHeadDim>(bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride),
+                             p.k_row_stride, warp_k0, seq.seqlen_k, g, c, kf);
+  load_a_fragments<kHeadDim>(bits<T>(p.v, seq.k_start(b, p.v_batch_stride, p.v_row_stride) + hk * p.v_head_stride),
+                             p.v_row_stride, warp_k0, seq.seqlen_k, g, c, vf);
 
   float dk[kHeadDim / 8][4] = {}, dv[kHeadDim / 8][4] = {};
   for (int n = 0; n < steps.num_steps; ++n) {
@@ -283,7 +290,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
       const int64_t chunk_row = steps.chunk_row(n);
 #pragma unroll
       for (int t16 = 0; t16 < kChunk / 16; ++t16) {
-        const int64_t pos0 = chunk_row + 16 * t16 + p.q_pos_shift;  // the sub-tile's first query position
+        const int64_t pos0 = chunk_row + 16 * t16 + seq.q_pos_shift;  // the sub-tile's first query position
         if (!band_meets(pos0, warp_k0, p.band)) continue;          // warp-uniform
         float st[2][4], dpt[2][4];  // rows: the warp's keys; columns: the sub-tile's queries
         const int distance0 = thread_distance<true>(warp_k0, pos0, g, c);  // rows: keys; columns: queries
@@ -332,8 +339,10 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     }
     __syncthreads();
   }
-  store_rows<T, kHeadDim>(bits<T>(p.dk, b * p.dk_batch_stride + hk * p.dk_head_stride), p.dk_row_stride, warp_k0, p.seqlen_k, dk, scale, g, c);
-  store_rows<T, kHeadDim>(bits<T>(p.dv, b * p.dv_batch_stride + hk * p.dv_head_stride), p.dv_row_stride, warp_k0, p.seqlen_k, dv, 1.f, g, c);
+  store_rows<T, kHeadDim>(bits<T>(p.dk, seq.k_start(b, p.dk_batch_stride, p.dk_row_stride) + hk * p.dk_head_stride),
+                          p.dk_row_stride, warp_k0, seq.seqlen_k, dk, scale, g, c);
+  store_rows<T, kHeadDim>(bits<T>(p.dv, seq.k_start(b, p.dv_batch_stride, p.dv_row_stride) + hk * p.dv_head_stride),
+                          p.dv_row_stride, warp_k0, seq.seqlen_k, dv, 1.f, g, c);
 }
 
 }  // namespace mma_bwd

@@ -26,7 +26,8 @@ __global__ void __launch_bounds__(kLaneBlockThreads) decode_kernel(const Params 
   if (is_offsets_check_block()) return check_offsets_on_device<OffsetT>(p, blockIdx.y);
   const int lane = threadIdx.x % kLanes, group = threadIdx.x / kLanes;
   const int i = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  Walk walk(p, b, i, h, lane);
+  const Sequence seq = sequence_of(p, b);
+  Walk walk(p, seq, b, i, h, lane);
   const int num_t = num_distances(p.band, p.num_offsets);
   // Same trip count for every group (the score shuffles need the whole warp).
   for (int first = 0; first < num_t; first += kGroups) {
@@ -59,7 +60,7 @@ __global__ void __launch_bounds__(kLaneBlockThreads) decode_kernel(const Params 
   }
   static_cast<T*>(p.out)[b * p.o_batch_stride + int64_t(i) * p.o_row_stride + h * p.o_head_stride + d] =
       static_cast<T>(sum == Acc(0) ? out * Acc(0) : out / sum);
-  if (d == 0) static_cast<Acc*>(p.lse)[(int64_t(b) * p.heads + h) * p.seqlen_q + i] = max + log(sum);
+  if (d == 0) static_cast<Acc*>(p.lse)[stats_index(p, seq, b, h, i)] = max + log(sum);
 }
 
 template <typename T>

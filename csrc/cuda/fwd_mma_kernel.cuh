@@ -119,20 +119,22 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) fwd_mm
   const auto stage_k = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 0); };
   const auto stage_v = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 1); };
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
   const int h = blockIdx.y, b = blockIdx.z, hk = h / (p.heads / p.heads_kv);
+  const Sequence seq = sequence_of(p, b);
+  if (int64_t(blockIdx.x) * kBlockRows >= seq.seqlen_q) return;  // past a packed sequence's end
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
   const int warp_q0 = blockIdx.x * kBlockRows + 16 * warp;  // the warp's first query row
-  const int64_t warp_pos = warp_q0 + int64_t(p.q_pos_shift);
+  const int64_t warp_pos = warp_q0 + int64_t(seq.q_pos_shift);
   const float scale_log2 = float(p.softmax_scale) * float(M_LOG2E);
-  const uint16_t* k_src = bits<T>(p.k, b * p.k_batch_stride + hk * p.k_head_stride);
-  const uint16_t* v_src = bits<T>(p.v, b * p.v_batch_stride + hk * p.v_head_stride);
+  const uint16_t* k_src = bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride);
+  const uint16_t* v_src = bits<T>(p.v, seq.k_start(b, p.v_batch_stride, p.v_row_stride) + hk * p.v_head_stride);
   const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
-  const KeySteps<OffsetT, kHeadDim> steps(p, offs, int64_t(blockIdx.x) * kBlockRows + p.q_pos_shift);
+  const KeySteps<OffsetT, kHeadDim> steps(p, seq, offs, int64_t(blockIdx.x) * kBlockRows + seq.q_pos_shift);
   steps.issue(0, k_src, v_src, stage_k(0), stage_v(0));
 
   uint32_t qf[kHeadDim / 16][4];
-  load_a_fragments<kHeadDim>(bits<T>(p.q, b * p.q_batch_stride + h * p.q_head_stride), p.q_row_stride, warp_q0,
-                             p.seqlen_q, g, c, qf);
+  load_a_fragments<kHeadDim>(bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride),
+                             p.q_row_stride, warp_q0, seq.seqlen_q, g, c, qf);
   float o[kDimTiles][4] = {};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
@@ -225,13 +227,13 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) fwd_mm
   }
 
   // Finish: sum each row over its quad, normalize, store out and lse.
-  uint16_t* out = bits<T>(p.out, b * p.o_batch_stride + h * p.o_head_stride);
+  uint16_t* out = bits<T>(p.out, seq.q_start(b, p.o_batch_stride, p.o_row_stride) + h * p.o_head_stride);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
     const int i = warp_q0 + g + 8 * r;
-    if (i >= p.seqlen_q) continue;
+    if (i >= seq.seqlen_q) continue;
     // A query whose every score is -inf has l = 0: its output is 0 (and its lse -inf).
     const float inv = l[r] == 0.f ? 0.f : 1.f / l[r];
     uint16_t* row = out + int64_t(i) * p.o_row_stride;
@@ -240,7 +242,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) fwd_mm
       *reinterpret_cast<uint32_t*>(row + 8 * n + 2 * c) = pack2<T>(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
     }
     if (c == 0) {
-      static_cast<float*>(p.lse)[(int64_t(b) * p.heads + h) * p.seqlen_q + i] = m[r] * float(M_LN2) + logf(l[r]);
+      static_cast<float*>(p.lse)[stats_index(p, seq, b, h, i)] = m[r] * float(M_LN2) + logf(l[r]);
     }
   }
 }

@@ -38,28 +38,32 @@ __global__ void __launch_bounds__(kLaneBlockThreads) lane_dq_kernel(const Params
   if (is_offsets_check_block()) return check_offsets_on_device<OffsetT>(p, blockIdx.y);
   __shared__ Acc dpos_rows[kCudaRowsPerBlock];
 
+  const int h = blockIdx.y, b = blockIdx.z, hk = h / (p.heads / p.heads_kv);
+  const Sequence seq = sequence_of(p, b);
+  if (int64_t(blockIdx.x) * kCudaRowsPerBlock >= seq.seqlen_q) return;  // past a packed sequence's end
   const int lane = threadIdx.x % kLanes, row_in_block = threadIdx.x / kLanes;
   const int row = blockIdx.x * kCudaRowsPerBlock + row_in_block;
-  const int h = blockIdx.y, b = blockIdx.z, hk = h / (p.heads / p.heads_kv);
-  const bool in_range = row < p.seqlen_q;
-  const int i = in_range ? row : p.seqlen_q - 1;
-  const int64_t pos = i + p.q_pos_shift;
-  const int64_t stat = (int64_t(b) * p.heads + h) * p.seqlen_q + i;
+  const bool in_range = row < seq.seqlen_q;
+  const int i = in_range ? row : seq.seqlen_q - 1;
+  const int64_t pos = i + seq.q_pos_shift;
+  const int64_t stat = stats_index(p, seq, b, h, i);
   const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
-  const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride + lane * kElems;
-  const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride + lane * kElems;
+  const T* k = static_cast<const T*>(p.k) + seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride +
+               lane * kElems;
+  const T* v = static_cast<const T*>(p.v) + seq.k_start(b, p.v_batch_stride, p.v_row_stride) + hk * p.v_head_stride +
+               lane * kElems;
   const Acc scale = Acc(p.softmax_scale);
 
   Acc q[kElems], dout[kElems];
-  load_slice<kElems>(static_cast<const T*>(p.q) + b * p.q_batch_stride + int64_t(i) * p.q_row_stride +
-                         h * p.q_head_stride + lane * kElems,
+  load_slice<kElems>(static_cast<const T*>(p.q) + seq.q_start(b, p.q_batch_stride, p.q_row_stride) +
+                         int64_t(i) * p.q_row_stride + h * p.q_head_stride + lane * kElems,
                      q);
-  load_slice<kElems>(static_cast<const T*>(p.dout) + b * p.do_batch_stride + int64_t(i) * p.do_row_stride +
-                         h * p.do_head_stride + lane * kElems,
+  load_slice<kElems>(static_cast<const T*>(p.dout) + seq.q_start(b, p.do_batch_stride, p.do_row_stride) +
+                         int64_t(i) * p.do_row_stride + h * p.do_head_stride + lane * kElems,
                      dout);
   Acc out[kElems];
-  load_slice<kElems>(static_cast<const T*>(p.out) + b * p.o_batch_stride + int64_t(i) * p.o_row_stride +
-                         h * p.o_head_stride + lane * kElems,
+  load_slice<kElems>(static_cast<const T*>(p.out) + seq.q_start(b, p.o_batch_stride, p.o_row_stride) +
+                         int64_t(i) * p.o_row_stride + h * p.o_head_stride + lane * kElems,
                      out);
   const Acc lse = static_cast<const Acc*>(p.lse)[stat];
   const Acc delta = group_sum(slice_dot(dout, out)) - (p.dlse ? static_cast<const Acc*>(p.dlse)[stat] : Acc(0));
@@ -101,8 +105,8 @@ __global__ void __launch_bounds__(kLaneBlockThreads) lane_dq_kernel(const Params
     }
   }
   if (!in_range) return;
-  store_slice<kElems>(static_cast<T*>(p.dq) + b * p.dq_batch_stride + int64_t(i) * p.dq_row_stride +
-                          h * p.dq_head_stride + lane * kElems,
+  store_slice<kElems>(static_cast<T*>(p.dq) + seq.q_start(b, p.dq_batch_stride, p.dq_row_stride) +
+                          int64_t(i) * p.dq_row_stride + h * p.dq_head_stride + lane * kElems,
                       dq, scale);
 }
 
@@ -111,32 +115,38 @@ __global__ void __launch_bounds__(kLaneBlockThreads) lane_dkdv_kernel(const Para
   using Acc = acc_t<T>;
   constexpr int kElems = kHeadDim / kLanes;
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
+  const int hk = blockIdx.y, b = blockIdx.z, group = p.heads / p.heads_kv;
+  const Sequence seq = sequence_of(p, b);
+  if (int64_t(blockIdx.x) * kCudaRowsPerBlock >= seq.seqlen_k) return;  // past a packed sequence's end
   const int lane = threadIdx.x % kLanes;
   const int row = blockIdx.x * kCudaRowsPerBlock + threadIdx.x / kLanes;
-  const int hk = blockIdx.y, b = blockIdx.z, group = p.heads / p.heads_kv;
-  const bool in_range = row < p.seqlen_k;
-  const int64_t j = in_range ? row : p.seqlen_k - 1;
-  const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride + lane * kElems;
-  const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride + lane * kElems;
+  const bool in_range = row < seq.seqlen_k;
+  const int64_t j = in_range ? row : seq.seqlen_k - 1;
+  const T* k = static_cast<const T*>(p.k) + seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride +
+               lane * kElems;
+  const T* v = static_cast<const T*>(p.v) + seq.k_start(b, p.v_batch_stride, p.v_row_stride) + hk * p.v_head_stride +
+               lane * kElems;
   const Acc scale = Acc(p.softmax_scale);
 
   Acc dk[kElems] = {}, dv[kElems] = {};
   for (int h = hk * group; h < (hk + 1) * group; ++h) {
     const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
-    const T* q_head = static_cast<const T*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride + lane * kElems;
-    const T* do_head = static_cast<const T*>(p.dout) + b * p.do_batch_stride + h * p.do_head_stride + lane * kElems;
-    const int64_t stats = (int64_t(b) * p.heads + h) * p.seqlen_q;
+    const T* q_head = static_cast<const T*>(p.q) + seq.q_start(b, p.q_batch_stride, p.q_row_stride) +
+                      h * p.q_head_stride + lane * kElems;
+    const T* do_head = static_cast<const T*>(p.dout) + seq.q_start(b, p.do_batch_stride, p.do_row_stride) +
+                       h * p.do_head_stride + lane * kElems;
+    const int64_t stats = stats_index(p, seq, b, h, 0);
     for (int t = 0; t < num_distances(p.band, p.num_offsets); ++t) {
       int64_t readers[2];
       // The reader count depends only on (head, t): uniform across the block.
       const int num_readers = readers_of_row<Acc>(j, t, p.band, offs, readers);
       for (int r = 0; r < num_readers; ++r) {
-        const int64_t i_raw = readers[r] - p.q_pos_shift;
-        const bool reads = i_raw >= 0 && i_raw < p.seqlen_q;
+        const int64_t i_raw = readers[r] - seq.q_pos_shift;
+        const bool reads = i_raw >= 0 && i_raw < seq.seqlen_q;
         // A query out of range is replaced by query 0 with weight 0, so all
         // loads stay in bounds and the shuffles stay uniform.
         const int64_t i = reads ? i_raw : 0;
-        const auto s = sample_key<Acc>(i + p.q_pos_shift, t, p.band, offs);
+        const auto s = sample_key<Acc>(i + seq.q_pos_shift, t, p.band, offs);
         const Acc w = reads ? weight_of_row(s, j) : Acc(0);
         const bool interp = kFrac && s.frac != Acc(0);
         Acc q[kElems], dout[kElems], row_k[kElems], row_v[kElems], diff[kElems];
@@ -160,11 +170,11 @@ __global__ void __launch_bounds__(kLaneBlockThreads) lane_dkdv_kernel(const Para
     }
   }
   if (!in_range) return;
-  store_slice<kElems>(static_cast<T*>(p.dk) + b * p.dk_batch_stride + j * p.dk_row_stride +
-                          hk * p.dk_head_stride + lane * kElems,
+  store_slice<kElems>(static_cast<T*>(p.dk) + seq.k_start(b, p.dk_batch_stride, p.dk_row_stride) +
+                          j * p.dk_row_stride + hk * p.dk_head_stride + lane * kElems,
                       dk, scale);
-  store_slice<kElems>(static_cast<T*>(p.dv) + b * p.dv_batch_stride + j * p.dv_row_stride +
-                          hk * p.dv_head_stride + lane * kElems,
+  store_slice<kElems>(static_cast<T*>(p.dv) + seq.k_start(b, p.dv_batch_stride, p.dv_row_stride) +
+                          j * p.dv_row_stride + hk * p.dv_head_stride + lane * kElems,
                       dv, Acc(1));
 }
 

@@ -19,22 +19,22 @@ template <typename T, typename OffsetT, int kHeadDim>
 __global__ void __launch_bounds__(kLaneBlockThreads) lane_fwd_kernel(const Params p) {
   using Walk = QueryWalk<T, OffsetT, kHeadDim>;
   if (is_offsets_check_block()) return check_offsets_on_device<OffsetT>(p, blockIdx.y);
+  const int h = blockIdx.y, b = blockIdx.z;
+  const Sequence seq = sequence_of(p, b);
+  if (int64_t(blockIdx.x) * kCudaRowsPerBlock >= seq.seqlen_q) return;  // past a packed sequence's end
   const int lane = threadIdx.x % kLanes;
   const int row = blockIdx.x * kCudaRowsPerBlock + threadIdx.x / kLanes;
-  const int h = blockIdx.y, b = blockIdx.z;
   // Rows past the end compute a copy of the last query and store nothing, so
   // every lane takes part in the group shuffles.
-  const bool in_range = row < p.seqlen_q;
-  const int i = in_range ? row : p.seqlen_q - 1;
-  Walk walk(p, b, i, h, lane);
+  const bool in_range = row < seq.seqlen_q;
+  const int i = in_range ? row : seq.seqlen_q - 1;
+  Walk walk(p, seq, b, i, h, lane);
   for (int t = 0; t < num_distances(p.band, p.num_offsets); ++t) walk.step(p, t, true);
   if (!in_range) return;
-  store_slice<Walk::kElems>(static_cast<T*>(p.out) + b * p.o_batch_stride + int64_t(i) * p.o_row_stride +
-                                h * p.o_head_stride + lane * Walk::kElems,
+  store_slice<Walk::kElems>(static_cast<T*>(p.out) + seq.q_start(b, p.o_batch_stride, p.o_row_stride) +
+                                int64_t(i) * p.o_row_stride + h * p.o_head_stride + lane * Walk::kElems,
                             walk.acc, walk.softmax.normalizer());
-  if (lane == 0) {
-    static_cast<typename Walk::Acc*>(p.lse)[(int64_t(b) * p.heads + h) * p.seqlen_q + i] = walk.softmax.lse();
-  }
+  if (lane == 0) static_cast<typename Walk::Acc*>(p.lse)[stats_index(p, seq, b, h, i)] = walk.softmax.lse();
 }
 
 }  // namespace fibsparse

@@ -51,12 +51,54 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bwd_cuda(const Tensor& dout, const Te
   return backward_result(call, offsets);
 }
 
+// Packed batches: the tensors get a batch dimension of 1 for the shared
+// checks and setup, which then turn it into one entry per sequence. The
+// boundaries' values are checked by the Python entry point (one sync per
+// call) and by the kernels' check blocks, not here.
+std::tuple<Tensor, Tensor> varlen_fwd_cuda(const Tensor& q, const Tensor& k, const Tensor& v,
+                                           const Tensor& cu_seqlens_q, const Tensor& cu_seqlens_k,
+                                           int64_t max_seqlen_q, int64_t max_seqlen_k, const Tensor& offsets,
+                                           at::IntArrayRef band, double softmax_scale) {
+  check_packed_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k);
+  check_attention_inputs(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), offsets, band, softmax_scale);
+  const at::cuda::CUDAGuard guard(q.device());
+  const Packing packing{cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), max_seqlen_q, max_seqlen_k};
+  const ForwardCall call = prepare_forward(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), offsets, band,
+                                           softmax_scale, std::nullopt, false, &packing);
+  if (!call.empty) run_fwd_cuda(call.params, q.scalar_type(), call.fractional);
+  return {call.out.squeeze(0), call.lse.squeeze(0)};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> varlen_bwd_cuda(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                                           const Tensor& v, const Tensor& out, const Tensor& lse,
+                                                           const std::optional<Tensor>& dlse,
+                                                           const Tensor& cu_seqlens_q, const Tensor& cu_seqlens_k,
+                                                           int64_t max_seqlen_q, int64_t max_seqlen_k,
+                                                           const Tensor& offsets, at::IntArrayRef band,
+                                                           double softmax_scale) {
+  check_packed_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k);
+  check_attention_inputs(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), offsets, band, softmax_scale);
+  check_packed_lse(q, lse, dlse);
+  const std::optional<Tensor> dlse_batched = dlse.has_value() ? std::optional<Tensor>(dlse->unsqueeze(0)) : dlse;
+  check_backward_inputs(dout.unsqueeze(0), q.unsqueeze(0), out.unsqueeze(0), lse.unsqueeze(0), dlse_batched);
+  const at::cuda::CUDAGuard guard(q.device());
+  const Packing packing{cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), max_seqlen_q, max_seqlen_k};
+  const BackwardCall call = prepare_backward(
+      dout.unsqueeze(0), q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), out.unsqueeze(0), lse.unsqueeze(0),
+      dlse_batched, offsets, band, softmax_scale, kCudaQueriesPerPartial, uses_tensor_cores(q.scalar_type()), &packing);
+  if (!call.empty) run_bwd_cuda(call.params, q.scalar_type(), call.fractional);
+  auto [dq, dk, dv, doffsets] = backward_result(call, offsets);
+  return {dq.squeeze(0), dk.squeeze(0), dv.squeeze(0), doffsets};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fibsparse, CUDA, m) {
   m.impl("fwd", &fwd_cuda);
   m.impl("bwd", &bwd_cuda);
   m.impl("decode", &decode_cuda);
+  m.impl("varlen_fwd", &varlen_fwd_cuda);
+  m.impl("varlen_bwd", &varlen_bwd_cuda);
 }
 
 }  // namespace fibsparse

@@ -29,14 +29,16 @@ struct QueryWalk {
   Acc acc[kElems] = {};
   OnlineSoftmax<Acc> softmax;
 
-  __device__ QueryWalk(const Params& p, int b, int i, int h, int lane) {
+  __device__ QueryWalk(const Params& p, const Sequence& seq, int b, int i, int h, int lane) {
     const int hk = h / (p.heads / p.heads_kv);
-    pos = query_position(p, b, i);
+    pos = query_position(p, seq, b, i);
     offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
-    k = static_cast<const T*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride + lane * kElems;
-    v = static_cast<const T*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride + lane * kElems;
-    load_slice<kElems>(static_cast<const T*>(p.q) + b * p.q_batch_stride + int64_t(i) * p.q_row_stride +
-                           h * p.q_head_stride + lane * kElems,
+    k = static_cast<const T*>(p.k) + seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride +
+        lane * kElems;
+    v = static_cast<const T*>(p.v) + seq.k_start(b, p.v_batch_stride, p.v_row_stride) + hk * p.v_head_stride +
+        lane * kElems;
+    load_slice<kElems>(static_cast<const T*>(p.q) + seq.q_start(b, p.q_batch_stride, p.q_row_stride) +
+                           int64_t(i) * p.q_row_stride + h * p.q_head_stride + lane * kElems,
                        q);
 #pragma unroll
     for (int e = 0; e < kElems; ++e) q[e] *= Acc(p.softmax_scale);

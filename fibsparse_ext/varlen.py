@@ -1,0 +1,54 @@
+"""Packed variable-length batches: `fibsparse_attn_varlen`, in FlashAttention's
+varlen convention (flash_attn_varlen_func): documents of different lengths
+back to back in one buffer, with cumulative sequence lengths."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import _ops  # noqa: F401  (registers the ops, their fakes and autograd)
+from ._checks import check_packed_lengths
+from ._offsets import OffsetsLike, _is_compiling, as_offsets, band_argument, check_window
+from .functional import default_scale
+
+
+def fibsparse_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                          cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, window: int,
+                          offsets: OffsetsLike, softmax_scale: Optional[float] = None, return_lse: bool = False):
+    """Causal window-plus-offsets attention over a packed batch of sequences.
+
+    Sequence b holds rows cu_seqlens_q[b] .. cu_seqlens_q[b + 1] - 1 of q and
+    rows cu_seqlens_k[b] .. cu_seqlens_k[b + 1] - 1 of k and v. Positions
+    restart at 0 in every sequence, its queries are its last seqlen_q
+    positions, and no query reads a key of another sequence: each sequence
+    gets exactly what `fibsparse_attn` gives it alone.
+
+    Args:
+        q: (total_q, heads, head_dim).
+        k, v: (total_k, heads_kv, head_dim), heads % heads_kv == 0.
+        cu_seqlens_q, cu_seqlens_k: int32 (batch + 1,) on q's device: 0, then the
+            running totals of the sequences' lengths (empty sequences allowed).
+        max_seqlen_q, max_seqlen_k: at least the longest sequence's lengths (they
+            size the kernels' grids).
+        window, offsets, softmax_scale: as `fibsparse_attn`.
+        return_lse: also return the log-sum-exp, (heads, total_q).
+
+    The boundaries' values are checked on the host, which reads cu_seqlens
+    once per call (one device sync for CUDA tensors); under torch.compile the
+    CPU op and the CUDA kernels check them instead (a CUDA error is a
+    device-side assert).
+
+    Returns:
+        out with q's shape and dtype, or (out, lse).
+    """
+    check_window(window)
+    batched_q = q.unsqueeze(0) if isinstance(q, torch.Tensor) and q.dim() == 3 else q
+    offsets = as_offsets(offsets, batched_q, window)
+    if (not _is_compiling() and isinstance(cu_seqlens_q, torch.Tensor) and isinstance(cu_seqlens_k, torch.Tensor)
+            and cu_seqlens_q.dtype == cu_seqlens_k.dtype == torch.int32 and cu_seqlens_q.dim() == 1
+            and cu_seqlens_q.shape == cu_seqlens_k.shape and q.dim() == 3 and k.dim() == 3):
+        check_packed_lengths(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k)
+    out, lse = torch.ops.fibsparse.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                              offsets, band_argument(window), default_scale(q, softmax_scale))
+    return (out, lse) if return_lse else out

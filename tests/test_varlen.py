@@ -1,0 +1,295 @@
+"""Packed variable-length batches (fibsparse_attn_varlen): each sequence gets
+what the pattern gives it alone (docs/semantics.md, "Packed batches"), on
+every device and dtype, through the ops, autograd and torch.compile."""
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fibsparse_ext import fibsparse_attn, fibsparse_attn_varlen, fibsparse_attn_varlen_ref
+from fibsparse_ext._offsets import band_argument
+from utils import DEVICES, TOLERANCE, position_dtype, random_offsets, rel_err, requires_cuda
+
+DTYPES = {"cpu": [torch.float32, torch.float64],
+          "cuda": [torch.float16, torch.bfloat16, torch.float32, torch.float64]}
+
+
+def packed(lengths, device="cpu"):
+    """cu_seqlens (int32) and the longest length, for a list of lengths."""
+    cu = torch.tensor([0] + torch.tensor(lengths, dtype=torch.int64).cumsum(0).tolist(), dtype=torch.int32)
+    return cu.to(device), max(lengths, default=0)
+
+
+def random_packed(lengths_q, lengths_k, heads, heads_kv, head_dim, dtype, device, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    shapes = [(sum(lengths_q), heads, head_dim), (sum(lengths_k), heads_kv, head_dim),
+              (sum(lengths_k), heads_kv, head_dim)]
+    return [torch.randn(s, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype).requires_grad_()
+            for s in shapes]
+
+
+def outputs_and_grads(attention, q, k, v, cu_q, cu_k, max_q, max_k, window, offsets, seed=1):
+    """out, lse and the gradients of q, k, v (and fractional positions) for
+    random upstream gradients of out and lse."""
+    offsets = offsets.detach().requires_grad_(offsets.is_floating_point())
+    out, lse = attention(q, k, v, cu_q, cu_k, max_q, max_k, window, offsets, return_lse=True)
+    generator = torch.Generator().manual_seed(seed)
+    grad_out = torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out.device, out.dtype)
+    grad_lse = torch.randn(lse.shape, generator=generator, dtype=torch.float64).to(lse.device, lse.dtype)
+    inputs = [q, k, v] + ([offsets] if offsets.requires_grad else [])
+    return [out, lse, *torch.autograd.grad([out, lse], inputs, [grad_out, grad_lse])]
+
+
+def check_against_reference(lengths_q, lengths_k, heads, heads_kv, head_dim, window, offsets, dtype, device):
+    cu_q, max_q = packed(lengths_q, device)
+    cu_k, max_k = packed(lengths_k, device)
+    q, k, v = random_packed(lengths_q, lengths_k, heads, heads_kv, head_dim, dtype, device)
+    got = outputs_and_grads(fibsparse_attn_varlen, q, k, v, cu_q, cu_k, max_q, max_k, window, offsets)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    offsets64 = offsets.double() if offsets.is_floating_point() else offsets
+    want = outputs_and_grads(fibsparse_attn_varlen_ref, q64, k64, v64, cu_q, cu_k, max_q, max_k, window, offsets64)
+    names = ["out", "lse", "dq", "dk", "dv", "doffsets"]
+    assert got[0].shape == q.shape and got[0].dtype == dtype and got[1].shape == (heads, sum(lengths_q))
+    errors = {name: rel_err(a, b) for name, a, b in zip(names, got, want) if b.numel() and b.norm() > 0}
+    bad = {name: err for name, err in errors.items() if not err < TOLERANCE[dtype]}
+    assert not bad, f"relative errors above {TOLERANCE[dtype]}: {bad}"
+
+
+# (lengths_q, lengths_k): empty sequences (with and without keys), length 1,
+# fewer queries than keys, a sequence across several kernel blocks.
+LAYOUTS = {
+    "mixed": ([5, 0, 17, 1, 70, 0], [7, 3, 17, 1, 150, 0]),
+    "one": ([200], [200]),
+    "tiny": ([1, 2, 1, 3, 1], [1, 2, 4, 3, 1]),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("fractional", [False, True])
+@pytest.mark.parametrize("per_head", [False, True])
+def test_matches_reference_per_sequence(device, layout, fractional, per_head):
+    lengths_q, lengths_k = LAYOUTS[layout]
+    for n, dtype in enumerate(DTYPES[device]):
+        heads, heads_kv, head_dim = [(4, 2, 16), (2, 2, 64), (4, 1, 32), (2, 1, 128)][n]
+        torch.manual_seed(n)
+        offsets = random_offsets(3, 5, heads if per_head else None, fractional, device, position_dtype(dtype),
+                                 spread=12)
+        check_against_reference(lengths_q, lengths_k, heads, heads_kv, head_dim, 3, offsets, dtype, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_hundreds_of_tiny_sequences(device):
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(0, 6, (300,), generator=generator).tolist()
+    offsets = torch.tensor([3, 5], dtype=torch.int32, device=device)
+    check_against_reference(lengths, lengths, 2, 1, 16, 2, offsets, torch.float64, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fractional", [False, True])
+def test_packed_rows_equal_each_sequence_alone(device, fractional):
+    """Packing documents gives bitwise the rows (and q, k, v gradients) that
+    fibsparse_attn gives each alone: the kernels walk a sequence the same way
+    wherever it starts in the buffer."""
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    lengths = [130, 1, 0, 64, 257]
+    cu, longest = packed(lengths, device)
+    q, k, v = random_packed(lengths, lengths, 4, 2, 64, dtype, device)
+    offsets = random_offsets(16, 4, None, fractional, device, position_dtype(dtype), spread=30)
+    got = outputs_and_grads(fibsparse_attn_varlen, q, k, v, cu, cu, longest, longest, 16, offsets)
+    grad_out = torch.randn_like(got[0])
+    out, = (fibsparse_attn_varlen(q, k, v, cu, cu, longest, longest, 16, offsets),)
+    dq, dk, dv = torch.autograd.grad(out, [q, k, v], grad_out)
+    bounds = cu.tolist()
+    for b in range(len(lengths)):
+        rows = slice(bounds[b], bounds[b + 1])
+        alone = [t[rows].detach().unsqueeze(0).requires_grad_() for t in (q, k, v)]
+        out_alone, lse_alone = fibsparse_attn(*alone, 16, offsets, return_lse=True)
+        grads_alone = torch.autograd.grad(out_alone, alone, grad_out[rows].unsqueeze(0)) if lengths[b] else [
+            torch.zeros_like(t) for t in alone]
+        assert torch.equal(out[rows], out_alone[0])
+        assert torch.equal(got[1][:, rows], lse_alone[0])
+        for packed_grad, grad in zip((dq, dk, dv), grads_alone):
+            assert torch.equal(packed_grad[rows], grad[0])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_inputs(device):
+    """q, k, v as views into one (total, 3, heads, head_dim) projection."""
+    dtype = torch.float64
+    lengths = [9, 0, 33]
+    cu, longest = packed(lengths, device)
+    qkv = torch.randn(sum(lengths), 3, 2, 16, dtype=dtype, device=device)
+    q, k, v = qkv.unbind(1)
+    assert not q.is_contiguous()
+    out = fibsparse_attn_varlen(q, k, v, cu, cu, longest, longest, 4, [5, 9])
+    want = fibsparse_attn_varlen_ref(q, k, v, cu, cu, longest, longest, 4, [5, 9])
+    assert rel_err(out, want) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fractional", [False, True])
+def test_gradcheck(device, fractional):
+    lengths_q, lengths_k = [3, 0, 6, 1], [4, 2, 6, 1]
+    cu_q, max_q = packed(lengths_q, device)
+    cu_k, max_k = packed(lengths_k, device)
+    q, k, v = random_packed(lengths_q, lengths_k, 2, 1, 8, torch.float64, device)
+    offsets = (torch.tensor([2.5, 4.25], dtype=torch.float64, device=device, requires_grad=True) if fractional
+               else torch.tensor([2, 4], dtype=torch.int32, device=device))
+
+    def attention(q, k, v, *positions):
+        return fibsparse_attn_varlen(q, k, v, cu_q, cu_k, max_q, max_k, 2, positions[0] if positions else offsets,
+                                     return_lse=True)
+
+    assert torch.autograd.gradcheck(attention, (q, k, v) + ((offsets,) if fractional else ()))
+
+
+BAD_LENGTHS = [
+    (lambda cu_q, cu_k: (cu_q.long(), cu_k), {}, r"cu_seqlens_q must be an int32 tensor of shape \(batch \+ 1,\)"),
+    (lambda cu_q, cu_k: (cu_q, cu_k[:-1]), {}, r"cu_seqlens_k must have cu_seqlens_q's shape"),
+    (lambda cu_q, cu_k: (cu_q + 1, cu_k), {}, r"cu_seqlens_q must start at 0, got 1"),
+    (lambda cu_q, cu_k: (cu_q, torch.tensor([0, 7, 5, 16], dtype=torch.int32)), {},
+     r"must not decrease; sequence 1 has seqlen_q 5, seqlen_k -2"),
+    (lambda cu_q, cu_k: (cu_q, torch.tensor([0, 7, 12, 15], dtype=torch.int32)), {},
+     r"cu_seqlens_k must end at the tensor's rows \(16\), got 15"),
+    (lambda cu_q, cu_k: (cu_q, cu_k), {"max_seqlen_q": 5}, r"sequence 0 \(seqlen_q 6, seqlen_k 7\) is longer than max_seqlen_q 5"),
+    (lambda cu_q, cu_k: (torch.tensor([0, 7, 12, 16], dtype=torch.int32), torch.tensor([0, 6, 11, 16],
+                                                                                         dtype=torch.int32)),
+     {}, r"sequence 0 has seqlen_q 7 > seqlen_k 6"),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", range(len(BAD_LENGTHS)))
+@pytest.mark.parametrize("path", ["api", "op"])
+def test_bad_lengths_are_refused_by_name(device, case, path):
+    """The entry point (one host read of cu_seqlens) and, on the CPU, the op
+    itself refuse bad boundaries, naming the argument and the sequence."""
+    if path == "op" and device == "cuda":
+        pytest.skip("the CUDA op checks values on the device (test_bad_lengths_stop_the_cuda_kernels)")
+    change, overrides, match = BAD_LENGTHS[case]
+    q, k, v = random_packed([6, 5, 5], [7, 5, 4], 2, 2, 16, torch.float32, device)
+    cu_q, cu_k = change(packed([6, 5, 5])[0], packed([7, 5, 4])[0])
+    cu_q, cu_k = cu_q.to(device), cu_k.to(device)
+    args = {"max_seqlen_q": 7, "max_seqlen_k": 7, **overrides}
+    with pytest.raises((ValueError, RuntimeError), match=match):
+        if path == "api":
+            fibsparse_attn_varlen(q, k, v, cu_q, cu_k, args["max_seqlen_q"], args["max_seqlen_k"], 2, [3])
+        else:
+            torch.ops.fibsparse.varlen_fwd(q, k, v, cu_q, cu_k, args["max_seqlen_q"], args["max_seqlen_k"],
+                                           torch.tensor([3], dtype=torch.int32), band_argument(2), 0.25)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_shapes_are_refused_by_name(device):
+    q, k, v = random_packed([4], [4], 2, 2, 16, torch.float32, device)
+    cu, _ = packed([4], device)
+    cases = [((q.unsqueeze(0), k, v, cu, cu, 4, 4), r"q must have shape \(total_q, heads, head_dim\)"),
+             ((q, k, v[:, :1], cu, cu, 4, 4), r"v must have the shape of k"),
+             ((q, k, v, cu.to(torch.int64), cu, 4, 4), r"cu_seqlens_q must be an int32 tensor"),
+             ((q, k, v, cu, cu, 5, 4), r"max_seqlen_q must be an int in \[0, total_q=4\], got 5|max_seqlen_q must be "
+                                        r"in \[0, total_q=4\], got 5")]
+    for args, match in cases:
+        with pytest.raises((ValueError, RuntimeError), match=match):
+            fibsparse_attn_varlen(*args, 2, [3])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    lengths_q, lengths_k = [3, 0, 9], [5, 2, 9]
+    cu_q, max_q = packed(lengths_q, device)
+    cu_k, max_k = packed(lengths_k, device)
+    for fractional in [False, True]:
+        q, k, v = random_packed(lengths_q, lengths_k, 4, 2, 16, torch.float32, device)
+        offsets = (torch.tensor([3.5, 6.0], device=device, requires_grad=True) if fractional
+                   else torch.tensor([3, 6], dtype=torch.int32, device=device))
+        args = (q, k, v, cu_q, cu_k, max_q, max_k, offsets, [3], 0.3)
+        torch.library.opcheck(torch.ops.fibsparse.varlen_fwd.default, args)
+        out, lse = torch.ops.fibsparse.varlen_fwd(*args)
+        dout = torch.randn_like(out)
+        bwd_args = (dout, q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(), torch.randn_like(lse),
+                    cu_q, cu_k, max_q, max_k, offsets.detach(), [3], 0.3)
+        torch.library.opcheck(torch.ops.fibsparse.varlen_bwd.default, bwd_args,
+                              test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_takes_new_totals_without_recompiling(device):
+    """Under torch.compile(dynamic=True) a new total or longest sequence is
+    the same graph: no graph break, no recompile."""
+    torch._dynamo.reset()
+    calls = []
+
+    def counting_backend(graph_module, example_inputs):
+        calls.append(graph_module)
+        return graph_module.forward
+
+    def step(q, k, v, cu, longest):
+        return fibsparse_attn_varlen(q, k, v, cu, cu, longest, longest, 4, [5, 9]).sum()
+
+    compiled = torch.compile(step, backend=counting_backend, dynamic=True, fullgraph=True)
+    for lengths in ([5, 9, 3], [40, 1], [7, 7, 7, 7]):
+        cu, longest = packed(lengths, device)
+        q, k, v = random_packed(lengths, lengths, 2, 1, 16, torch.float32, device)
+        compiled(q, k, v, cu, longest).backward()
+        want = fibsparse_attn_varlen_ref(*(t.detach().double() for t in (q, k, v)), cu, cu, longest, longest, 4,
+                                         [5, 9]).sum()
+        assert math.isclose(step(q, k, v, cu, longest).item(), want.item(), rel_tol=1e-5)
+    assert len(calls) == 1
+
+
+@requires_cuda
+@pytest.mark.parametrize("fractional", [False, True])
+def test_one_long_sequence_equals_the_dense_call(fractional):
+    """One 40000-token sequence through the packed path gives bitwise the dense call's rows and gradients."""
+    lengths = [40000]
+    cu, longest = packed(lengths, "cuda")
+    q, k, v = random_packed(lengths, lengths, 4, 2, 64, torch.bfloat16, "cuda")
+    offsets = random_offsets(128, 10, None, fractional, "cuda", torch.float32, spread=3000)
+    grad_out = torch.randn_like(q)
+    out = fibsparse_attn_varlen(q, k, v, cu, cu, longest, longest, 128, offsets)
+    grads = torch.autograd.grad(out, [q, k, v], grad_out)
+    dense = fibsparse_attn(*(t.unsqueeze(0) for t in (q, k, v)), 128, offsets)
+    dense_grads = torch.autograd.grad(dense, [q, k, v], grad_out.unsqueeze(0))
+    assert torch.equal(out, dense[0])
+    for a, b in zip(grads, dense_grads):
+        assert torch.equal(a, b)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_every_output_element_is_written(monkeypatch, dtype):
+    """Outputs are NaN-filled before the kernels run (FIBSPARSE_POISON_OUTPUTS=1):
+    every row of every sequence, and the keys of a sequence without queries, are written."""
+    monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
+    lengths_q, lengths_k = [65, 0, 1, 130], [70, 9, 1, 200]
+    cu_q, max_q = packed(lengths_q, "cuda")
+    cu_k, max_k = packed(lengths_k, "cuda")
+    q, k, v = random_packed(lengths_q, lengths_k, 4, 2, 64, dtype, "cuda")
+    offsets = torch.tensor([7.5, 40.25], device="cuda", requires_grad=True)
+    out = fibsparse_attn_varlen(q, k, v, cu_q, cu_k, max_q, max_k, 16, offsets)
+    grads = torch.autograd.grad(out.float().sum(), [q, k, v, offsets])
+    for t in (out, *grads):
+        assert torch.isfinite(t).all()
+
+
+@requires_cuda
+def test_bad_lengths_stop_the_cuda_kernels():
+    """A direct op call with boundaries the entry point would refuse stops the
+    kernels with a device-side assert (one process per case: it ends the CUDA context)."""
+    script = (
+        "import torch, fibsparse_ext\n"
+        "q = torch.randn(16, 2, 64, device='cuda', dtype=torch.bfloat16)\n"
+        "cu_q = torch.tensor([0, 7, 12, 16], dtype=torch.int32, device='cuda')\n"
+        "cu_k = torch.tensor([0, 6, 11, 16], dtype=torch.int32, device='cuda')\n"
+        "offsets = torch.tensor([3], dtype=torch.int32, device='cuda')\n"
+        "torch.ops.fibsparse.varlen_fwd(q, q, q, cu_q, cu_k, 7, 7, offsets, [2], 0.125)\n"
+        "torch.cuda.synchronize()\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, CUDA_LAUNCH_BLOCKING="1"))
+    assert result.returncode != 0
+    assert "device-side assert" in result.stderr or "cu_seqlens" in result.stderr, result.stderr[-2000:]
