@@ -137,7 +137,7 @@ def test_gradcheck(device, fractional):
     lengths_q, lengths_k = [3, 0, 6, 1], [4, 2, 6, 1]
     cu_q, max_q = packed(lengths_q, device)
     cu_k, max_k = packed(lengths_k, device)
-    q, k, v = random_packed(lengths_q, lengths_k, 2, 1, 8, torch.float64, device)
+    q, k, v = random_packed(lengths_q, lengths_k, 2, 1, 16, torch.float64, device)
     offsets = (torch.tensor([2.5, 4.25], dtype=torch.float64, device=device, requires_grad=True) if fractional
                else torch.tensor([2, 4], dtype=torch.int32, device=device))
 

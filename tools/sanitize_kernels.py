@@ -1,12 +1,13 @@
 """A small run of every CUDA kernel (forward, dq, dkdv, decode; each dtype; integer and
-fractional; GQA; per-head padded offsets; window > seqlen; seqlen_q < seqlen_k),
+fractional; GQA; per-head padded offsets; window > seqlen; seqlen_q < seqlen_k; a packed
+batch with empty and one-token sequences),
 sized for compute-sanitizer:
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python tools/sanitize_kernels.py
 """
 import torch
 
-from fibsparse_ext import fibsparse_attn
+from fibsparse_ext import fibsparse_attn, fibsparse_attn_varlen
 from fibsparse_ext.decode import fibsparse_attn_with_kvcache
 
 
@@ -37,6 +38,21 @@ def run_decode(dtype, fractional, head_dim, new_tokens):
     fibsparse_attn_with_kvcache(q, k_cache, v_cache, torch.tensor([3, 17, 40], device="cuda"), 8, offsets)
 
 
+def run_packed(dtype, fractional, head_dim):
+    """Sequences of 70, 0, 1 and 129 queries over 75, 9, 1 and 129 keys: blocks
+    past a sequence's end, a sequence with keys and no queries."""
+    torch.manual_seed(0)
+    cu_q = torch.tensor([0, 70, 70, 71, 200], dtype=torch.int32, device="cuda")
+    cu_k = torch.tensor([0, 75, 84, 85, 214], dtype=torch.int32, device="cuda")
+    q = torch.randn(200, 4, head_dim, device="cuda", dtype=dtype, requires_grad=True)
+    k = torch.randn(214, 2, head_dim, device="cuda", dtype=dtype, requires_grad=True)
+    v = torch.randn_like(k, requires_grad=True)
+    offsets = torch.tensor([5.5, 9.25, 30.0], device="cuda", dtype=torch.float64 if dtype == torch.float64
+                           else torch.float32, requires_grad=True) if fractional else [5, 9, 30]
+    out, lse = fibsparse_attn_varlen(q, k, v, cu_q, cu_k, 129, 129, 4, offsets, return_lse=True)
+    (out.float().square().sum() + lse.sum()).backward()
+
+
 for dtype in [torch.float16, torch.bfloat16, torch.float32, torch.float64]:
     for fractional in [False, True]:
         for head_dim in [16, 32, 64, 128]:
@@ -46,5 +62,6 @@ for dtype in [torch.float16, torch.bfloat16, torch.float32, torch.float64]:
         for head_dim in [16, 128]:
             run_decode(dtype, fractional, head_dim, 1)
         run_decode(dtype, fractional, 64, 3)
+        run_packed(dtype, fractional, 64)
 torch.cuda.synchronize()
 print("sanitize_kernels: all kernels ran")

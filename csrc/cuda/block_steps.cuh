@@ -85,7 +85,7 @@ struct KeySteps {
 template <typename OffsetT, int kHeadDim>
 struct QuerySteps {
   const Params& p;
-  const Sequence& seq;
+  const Sequence seq;  // a copy: the steps read its lengths in every issue()
   int64_t block_key, band_first_row, band_last_row;
   int band_steps, steps_per_head, num_steps, first_head;
 
