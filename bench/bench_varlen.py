@@ -102,7 +102,7 @@ def flex_document_attention(lengths, offsets, heads, heads_kv):
         same = document[q_idx] == document[kv_idx]
         return same & (distance >= 0) & attended[distance.clamp(0, max(lengths) - 1)]
 
-    block_mask = create_block_mask(mask_mod, None, None, total, total)
+    block_mask = create_block_mask(mask_mod, None, None, total, total, _compile=True)  # never the dense mask
     compiled = torch.compile(flex_attention)
     return lambda q, k, v: compiled(  # noqa: E731
         q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0),
@@ -110,9 +110,18 @@ def flex_document_attention(lengths, offsets, heads, heads_kv):
 
 
 def torch_varlen_window(cu, longest, heads, heads_kv):
+    """torch's varlen_attn; without enable_gqa (older torch) k and v are repeated per query head."""
+    import inspect
+
     from torch.nn.attention.varlen import varlen_attn
-    return lambda q, k, v: varlen_attn(q, k, v, cu, cu, longest, longest,  # noqa: E731
-                                       window_size=(WINDOW - 1, 0), enable_gqa=heads != heads_kv)
+    group = heads // heads_kv
+    if "enable_gqa" in inspect.signature(varlen_attn).parameters or group == 1:
+        gqa = {"enable_gqa": True} if group > 1 else {}
+        return lambda q, k, v: varlen_attn(q, k, v, cu, cu, longest, longest,  # noqa: E731
+                                           window_size=(WINDOW - 1, 0), **gqa)
+    return lambda q, k, v: varlen_attn(  # noqa: E731
+        q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), cu, cu, longest, longest,
+        window_size=(WINDOW - 1, 0))
 
 
 def fa4_varlen_window(cu, longest):

@@ -9,11 +9,11 @@ are padded at the end with the sentinel -1 (PADDING), which is never attended.
 from __future__ import annotations
 
 import math
-import threading
-import weakref
 from typing import Sequence, Union
 
 import torch
+
+from ._checked_once import CheckedOnce
 
 PADDING = -1
 
@@ -88,35 +88,16 @@ def check_offset_values(offsets: torch.Tensor, window: int) -> None:
         _check_row(row, window, fractional, f"[{h}]" if offsets.dim() == 2 else "")
 
 
-# Device tensors whose values passed the check: checking them needs a host
-# copy (a device sync), so a tensor reused unchanged from call to call is
-# checked once. An entry holds a weak reference (a live tensor, not a new one
-# that reuses a dead one's id), the version counter (every in-place op bumps
-# it), the data pointer and the window. Writes that bypass the version counter
-# (through `.data`, or another library's view of the memory over DLPack) are
-# not seen here; the CUDA kernels check the offsets they read on the device,
-# on every launch (csrc/cuda/offsets_check.cuh), and stop with a device-side
-# assert. CPU offsets are re-checked on every call, here and in the op, which
-# costs no sync.
-_checked: dict[int, tuple[weakref.ref, int, int, int]] = {}
-_checked_lock = threading.Lock()  # calls from several threads share the cache
+# Device offsets are checked once per tensor version (a host copy costs a
+# sync); CPU offsets on every call, here and in the op, which costs none.
+_offsets_checked = CheckedOnce()
 
 
 def _check_tensor_values_once(offsets: torch.Tensor, window: int) -> None:
     if offsets.device.type == "cpu":
         check_offset_values(offsets, window)
         return
-    key = (offsets._version, offsets.data_ptr(), window)
-    with _checked_lock:
-        seen = _checked.get(id(offsets))
-    if seen is not None and seen[0]() is offsets and seen[1:] == key:
-        return
-    check_offset_values(offsets, window)
-    with _checked_lock:
-        if len(_checked) > 1024:  # dead entries of temporary tensors
-            for dead in [k for k, (ref, *_) in _checked.items() if ref() is None]:
-                del _checked[dead]
-        _checked[id(offsets)] = (weakref.ref(offsets), *key)
+    _offsets_checked.run((offsets,), (window,), lambda: check_offset_values(offsets, window))
 
 
 def _check_shape(offsets: torch.Tensor, q: torch.Tensor) -> None:

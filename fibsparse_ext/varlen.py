@@ -8,9 +8,13 @@ from typing import Optional
 import torch
 
 from . import _ops  # noqa: F401  (registers the ops, their fakes and autograd)
+from ._checked_once import CheckedOnce
 from ._checks import check_packed_lengths
 from ._offsets import OffsetsLike, _is_compiling, as_offsets, band_argument, check_window
 from .functional import default_scale
+
+
+_lengths_checked = CheckedOnce()
 
 
 def fibsparse_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
@@ -34,10 +38,12 @@ def fibsparse_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_
         window, offsets, softmax_scale: as `fibsparse_attn`.
         return_lse: also return the log-sum-exp, (heads, total_q).
 
-    The boundaries' values are checked on the host, which reads cu_seqlens
-    once per call (one device sync for CUDA tensors); under torch.compile the
-    CPU op and the CUDA kernels check them instead (a CUDA error is a
-    device-side assert).
+    The boundaries' values are checked on the host: CPU ones on every call,
+    CUDA ones once per tensor version (reading them costs a device sync; the
+    layers of a model share one cu_seqlens, so a step syncs once). Under
+    torch.compile, and for writes behind torch's version counter, the CPU op
+    and the CUDA kernels check them instead (a CUDA error is a device-side
+    assert).
 
     Returns:
         out with q's shape and dtype, or (out, lse).
@@ -48,7 +54,12 @@ def fibsparse_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_
     if (not _is_compiling() and isinstance(cu_seqlens_q, torch.Tensor) and isinstance(cu_seqlens_k, torch.Tensor)
             and cu_seqlens_q.dtype == cu_seqlens_k.dtype == torch.int32 and cu_seqlens_q.dim() == 1
             and cu_seqlens_q.shape == cu_seqlens_k.shape and q.dim() == 3 and k.dim() == 3):
-        check_packed_lengths(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k)
+        settings = (q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k)
+        check = lambda: check_packed_lengths(cu_seqlens_q, cu_seqlens_k, *settings)  # noqa: E731
+        if cu_seqlens_q.device.type == "cpu":
+            check()
+        else:
+            _lengths_checked.run((cu_seqlens_q, cu_seqlens_k), settings, check)
     out, lse = torch.ops.fibsparse.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                               offsets, band_argument(window), default_scale(q, softmax_scale))
     return (out, lse) if return_lse else out

@@ -293,3 +293,42 @@ def test_bad_lengths_stop_the_cuda_kernels():
                             env=dict(os.environ, CUDA_LAUNCH_BLOCKING="1"))
     assert result.returncode != 0
     assert "device-side assert" in result.stderr or "cu_seqlens" in result.stderr, result.stderr[-2000:]
+
+
+def test_checked_once_remembers_unchanged_tensors_only():
+    """The memory behind the once-per-version checks of CUDA cu_seqlens (and
+    offsets): an unchanged tensor is not re-read; an in-place write, a new
+    tensor or new settings are checked again."""
+    from fibsparse_ext._checked_once import CheckedOnce
+    memory, calls = CheckedOnce(), []
+    cu = torch.tensor([0, 3, 5], dtype=torch.int32)
+    memory.run((cu, cu), (5,), lambda: calls.append("first"))
+    memory.run((cu, cu), (5,), lambda: calls.append("again"))
+    assert calls == ["first"]
+    memory.run((cu, cu), (6,), lambda: calls.append("settings"))
+    cu.add_(0)
+    memory.run((cu, cu), (6,), lambda: calls.append("written"))
+    memory.run((cu.clone(), cu), (6,), lambda: calls.append("new tensor"))
+    assert calls == ["first", "settings", "written", "new tensor"]
+
+    def refuse():
+        raise ValueError("bad")
+    fresh = torch.tensor([0, 1], dtype=torch.int32)
+    for _ in range(2):  # a refused tensor is never remembered as checked
+        with pytest.raises(ValueError):
+            memory.run((fresh,), (), refuse)
+
+
+@requires_cuda
+def test_cuda_lengths_are_read_once_per_tensor_version(monkeypatch):
+    import fibsparse_ext.varlen as varlen
+    reads = []
+    monkeypatch.setattr(varlen, "check_packed_lengths", lambda *args: reads.append(args))
+    cu, longest = packed([5, 9], "cuda")
+    q, k, v = random_packed([5, 9], [5, 9], 2, 2, 16, torch.bfloat16, "cuda")
+    for _ in range(3):
+        fibsparse_attn_varlen(q, k, v, cu, cu, longest, longest, 4, [5])
+    assert len(reads) == 1
+    cu.add_(0)
+    fibsparse_attn_varlen(q, k, v, cu, cu, longest, longest, 4, [5])
+    assert len(reads) == 2
