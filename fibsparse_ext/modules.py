@@ -13,9 +13,17 @@ from .decode import KVCache, fibsparse_attn_with_kvcache, required_capacity
 from .functional import default_scale
 from .rotary import apply_rotary, rotary_tables
 from .schedules import Schedule
+from .varlen import check_packed_boundaries
 
 # Learned alphas are kept above this, so positions stay positive and ordered.
 MIN_ALPHA = 1e-3
+
+
+def document_positions(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """Each packed token's position within its document (0 at every boundary),
+    computed on the device without a sync."""
+    starts = torch.repeat_interleave(cu_seqlens[:-1].long(), cu_seqlens.diff(), output_size=total)
+    return torch.arange(total, device=cu_seqlens.device) - starts
 
 
 class FibSparseAttention(nn.Module):
@@ -66,24 +74,42 @@ class FibSparseAttention(nn.Module):
             return self.alpha.clamp(min=MIN_ALPHA) * self.base_distances
         return self.offsets
 
-    def forward(self, x: torch.Tensor, start_pos: int = 0, cache: Optional[KVCache] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, start_pos: int = 0, cache: Optional[KVCache] = None,
+                cu_seqlens: Optional[torch.Tensor] = None, max_seqlen: Optional[int] = None) -> torch.Tensor:
         """x (batch, seqlen, embed_dim) at positions start_pos.., or, with a cache,
         right after the tokens already in it (one cache per layer; see make_cache).
-        With a cache, the positions come from it and start_pos is ignored."""
+        With a cache, the positions come from it and start_pos is ignored.
+
+        Packed documents: x (1, total, embed_dim) holding documents back to back,
+        cu_seqlens int32 (documents + 1,) their boundaries (0, then running
+        totals) and max_seqlen at least the longest; each document is attended
+        (and its rotary positions counted) as if it were alone."""
         embed_dim = self.qkv.in_features
         if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != embed_dim:
             raise ValueError(f"x must be (batch, seqlen, embed_dim={embed_dim}), got "
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
         batch, seqlen, _ = x.shape
+        if cu_seqlens is not None:
+            if batch != 1 or cache is not None or start_pos != 0 or max_seqlen is None:
+                raise ValueError(f"packed documents (cu_seqlens) need x of shape (1, total, embed_dim) and "
+                                 f"max_seqlen, and take no cache or start_pos; got x {tuple(x.shape)}, "
+                                 f"max_seqlen {max_seqlen}, cache {'given' if cache is not None else None}, "
+                                 f"start_pos {start_pos}")
+            check_packed_boundaries(cu_seqlens, cu_seqlens, seqlen, seqlen, max_seqlen, max_seqlen)
         q, k, v = self.qkv(x).view(batch, seqlen, -1, self.head_dim).split(
             [self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=2)
         if cache is not None:  # per-sequence positions: batches may be ragged
             positions = cache.seqlens[:, None] + torch.arange(seqlen, device=x.device)
+        elif cu_seqlens is not None:  # positions restart in every document
+            positions = document_positions(cu_seqlens, seqlen)
         else:
             positions = torch.arange(start_pos, start_pos + seqlen, device=x.device)
         if self.rotary:
             cos, sin = rotary_tables(positions, self.head_dim, self.rotary_base)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cu_seqlens is not None:
+            out = self._attend_packed(q[0], k[0], v[0], cu_seqlens, max_seqlen)
+            return self.out_proj(out.reshape(1, seqlen, -1))
         if cache is not None and bool((cache.seqlens > 0).any()):  # decoding after the cached tokens
             window, offsets = (cache.capacity, []) if self.window is None else (self.window, self.positions())
             # Appends k, v, after checking they fit: a refused call changes no cache.
@@ -102,6 +128,15 @@ class FibSparseAttention(nn.Module):
                                                  is_causal=True, enable_gqa=self.num_heads != self.num_kv_heads)
             return out.transpose(1, 2)
         out, _ = torch.ops.fibsparse.fwd(q, k, v, self.positions(), band_argument(self.window), default_scale(q, None))
+        return out
+
+    def _attend_packed(self, q, k, v, cu_seqlens, max_seqlen):
+        if self.window is None:  # dense causal: the band alone, as long as the longest document
+            window, offsets = max(max_seqlen, 1), torch.empty(0, dtype=torch.int32, device=q.device)
+        else:
+            window, offsets = self.window, self.positions()
+        out, _ = torch.ops.fibsparse.varlen_fwd(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, offsets,
+                                                band_argument(window), default_scale(q, None))
         return out
 
     def make_cache(self, batch: int, max_seqlen: int, dtype=None, device=None) -> KVCache:

@@ -17,6 +17,24 @@ from .functional import default_scale
 _lengths_checked = CheckedOnce()
 
 
+def check_packed_boundaries(cu_seqlens_q, cu_seqlens_k, total_q: int, total_k: int, max_seqlen_q: int,
+                            max_seqlen_k: int) -> None:
+    """The boundaries' values: CPU ones on every call, CUDA ones once per
+    tensor version (reading them costs a device sync); nothing under
+    torch.compile, where the ops check them. Shapes and dtypes are the op's."""
+    if _is_compiling() or not all(isinstance(t, torch.Tensor) and t.dtype == torch.int32 and t.dim() == 1
+                                  for t in (cu_seqlens_q, cu_seqlens_k)):
+        return
+    if cu_seqlens_q.shape != cu_seqlens_k.shape:
+        return  # the op names the mismatch
+    settings = (total_q, total_k, max_seqlen_q, max_seqlen_k)
+    check = lambda: check_packed_lengths(cu_seqlens_q, cu_seqlens_k, *settings)  # noqa: E731
+    if cu_seqlens_q.device.type == "cpu":
+        check()
+    else:
+        _lengths_checked.run((cu_seqlens_q, cu_seqlens_k), settings, check)
+
+
 def fibsparse_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                           cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, window: int,
                           offsets: OffsetsLike, softmax_scale: Optional[float] = None, return_lse: bool = False):
@@ -51,15 +69,8 @@ def fibsparse_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_
     check_window(window)
     batched_q = q.unsqueeze(0) if isinstance(q, torch.Tensor) and q.dim() == 3 else q
     offsets = as_offsets(offsets, batched_q, window)
-    if (not _is_compiling() and isinstance(cu_seqlens_q, torch.Tensor) and isinstance(cu_seqlens_k, torch.Tensor)
-            and cu_seqlens_q.dtype == cu_seqlens_k.dtype == torch.int32 and cu_seqlens_q.dim() == 1
-            and cu_seqlens_q.shape == cu_seqlens_k.shape and q.dim() == 3 and k.dim() == 3):
-        settings = (q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k)
-        check = lambda: check_packed_lengths(cu_seqlens_q, cu_seqlens_k, *settings)  # noqa: E731
-        if cu_seqlens_q.device.type == "cpu":
-            check()
-        else:
-            _lengths_checked.run((cu_seqlens_q, cu_seqlens_k), settings, check)
+    if isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and q.dim() == 3 and k.dim() == 3:
+        check_packed_boundaries(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k)
     out, lse = torch.ops.fibsparse.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                               offsets, band_argument(window), default_scale(q, softmax_scale))
     return (out, lse) if return_lse else out

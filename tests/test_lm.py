@@ -119,3 +119,42 @@ def test_bad_experiment_arguments(tmp_path):
     assert exit_info.value.code == 2 and not (tmp_path / "out").exists()
     with pytest.raises(FileNotFoundError, match="data files not found"):
         extrapolate.main(["--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path)])
+
+
+def test_packed_batches_hold_whole_documents(corpus):
+    """A packed batch fills its token budget with documents cut from single
+    training files, none longer than the limit, targets shifted by one."""
+    batch = corpus.packed_batch(4096, 512, torch.Generator().manual_seed(0))
+    cu = batch.cu_seqlens.tolist()
+    lengths = [b - a for a, b in zip(cu, cu[1:])]
+    assert cu[0] == 0 and cu[-1] == 4096 == batch.inputs.shape[1] and batch.max_seqlen == max(lengths) <= 512
+    assert len(lengths) > 1 and min(lengths) >= 1
+    train = bytes(corpus.train.tolist())
+    for a, b in zip(cu, cu[1:]):
+        document = bytes(batch.inputs[0, a:b].tolist()) + bytes([batch.targets[0, b - 1].item()])
+        assert bytes(batch.targets[0, a:b].tolist()) == document[1:]
+        start = train.find(document)
+        assert start >= 0
+        files = corpus.train_files.tolist()
+        file = max(i for i, s in enumerate(files[:-1]) if s <= start)
+        assert start + len(document) <= files[file + 1]  # never across a file boundary
+
+
+def test_packed_loss_is_each_document_alone(corpus):
+    torch.manual_seed(0)
+    model = FibSparseLM(LMConfig.preset("tiny", schedule="stagger")).double()
+    batch = corpus.packed_batch(300, 128, torch.Generator().manual_seed(1))
+    logits = model(batch.inputs, cu_seqlens=batch.cu_seqlens, max_seqlen=batch.max_seqlen)
+    cu = batch.cu_seqlens.tolist()
+    alone = torch.cat([model(batch.inputs[:, a:b]) for a, b in zip(cu, cu[1:])], 1)
+    assert (logits - alone).abs().max() < 1e-10
+    expected = torch.nn.functional.cross_entropy(alone[0].float(), batch.targets[0])  # as the loss computes it
+    assert abs(model.packed_loss(batch).item() - expected.item()) < 1e-6
+
+
+def test_experiment_trains_on_packed_documents(tmp_path):
+    args = ["--preset", "tiny", "--schedules", "stagger", "--steps", "4", "--max-bytes", "1000000",
+            "--device", "cpu", "--out", str(tmp_path), "--packed"]
+    assert extrapolate.main(args) == 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["meta"]["train"]["packed"] is True

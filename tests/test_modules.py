@@ -106,3 +106,35 @@ def test_offsets_do_not_depend_on_sequence_length():
 def test_extra_repr_names_the_pattern():
     text = repr(layer("coprime", "cpu"))
     assert "window=8" in text and "coprime/fibonacci" in text
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["stagger", "learned", "dense"])
+def test_packed_documents_equal_each_document_alone(device, name):
+    """x (1, total, embed) with cu_seqlens: every document's rows (rotary
+    positions restarting at its start) and every parameter gradient are those
+    of the documents run one by one."""
+    module = layer(name, device)
+    lengths = [10, 0, 1, 37, 64]
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32, device=device)
+    x = torch.randn(1, sum(lengths), 64, dtype=torch.float64, device=device)
+    grad = torch.randn_like(x)
+    out = module(x, cu_seqlens=cu, max_seqlen=max(lengths))
+    packed_grads = torch.autograd.grad((out * grad).sum(), list(module.parameters()))
+    bounds = cu.tolist()
+    alone = torch.cat([module(x[:, bounds[b]:bounds[b + 1]]) for b in range(len(lengths)) if lengths[b]], 1)
+    alone_grads = torch.autograd.grad((alone * grad).sum(), list(module.parameters()))
+    assert rel_err(out, alone) < 1e-12
+    for a, b in zip(packed_grads, alone_grads):
+        assert rel_err(a, b) < 1e-12
+
+
+def test_packed_documents_need_a_single_row_and_max_seqlen():
+    module = layer("stagger", "cpu")
+    cu = torch.tensor([0, 3, 8], dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"x of shape \(1, total, embed_dim\) and max_seqlen"):
+        module(torch.randn(2, 8, 64, dtype=torch.float64), cu_seqlens=cu, max_seqlen=5)
+    with pytest.raises(ValueError, match=r"max_seqlen"):
+        module(torch.randn(1, 8, 64, dtype=torch.float64), cu_seqlens=cu)
+    with pytest.raises(ValueError, match=r"sequence 1 \(seqlen_q 5, seqlen_k 5\) is longer than max_seqlen_q 4"):
+        module(torch.randn(1, 8, 64, dtype=torch.float64), cu_seqlens=cu, max_seqlen=4)

@@ -29,10 +29,26 @@ def _as_tensor(data: bytearray) -> torch.Tensor:
 
 
 @dataclass
+class PackedBatch:
+    """Whole documents back to back in one row: inputs and next-token targets
+    (1, total), and the documents' boundaries in FlashAttention's varlen
+    convention (int32 cu_seqlens, the longest length)."""
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+
+    def to(self, device) -> "PackedBatch":
+        return PackedBatch(self.inputs.to(device), self.targets.to(device), self.cu_seqlens.to(device),
+                           self.max_seqlen)
+
+
+@dataclass
 class ByteCorpus:
     train: torch.Tensor  # uint8
     val: torch.Tensor
     source: str
+    train_files: Optional[torch.Tensor] = None  # int64 (files + 1,): where each training file starts, then the end
 
     @staticmethod
     def load(files: Optional[Sequence[str]] = None, max_bytes: int = DEFAULT_MAX_BYTES) -> "ByteCorpus":
@@ -50,18 +66,24 @@ class ByteCorpus:
                 raise FileNotFoundError(f"no .py files under {sysconfig.get_paths()['stdlib']}")
             root = Path(sysconfig.get_paths()["stdlib"])
             source = f"Python {sysconfig.get_python_version()} standard library at {root}"
-        train, val, total = bytearray(), bytearray(), 0
+        train, val, total, train_starts = bytearray(), bytearray(), 0, []
         for path in paths:
             data = path.read_bytes()[: max_bytes - total]
             name = str(path.relative_to(root)) if root else path.name
-            (val if zlib.crc32(name.encode()) % 10 == 0 else train).extend(data)
+            if zlib.crc32(name.encode()) % 10 == 0:
+                val.extend(data)
+            else:
+                train_starts.append(len(train))
+                train.extend(data)
             total += len(data)
             if total >= max_bytes:
                 break
         if not val:  # one user file, or all hashed to train: hold out its last 10%
             cut = len(train) * 9 // 10
             train, val = train[:cut], train[cut:]
-        return ByteCorpus(_as_tensor(train), _as_tensor(val), source)
+            train_starts = [s for s in train_starts if s < cut]
+        files = torch.tensor(train_starts + [len(train)], dtype=torch.int64)
+        return ByteCorpus(_as_tensor(train), _as_tensor(val), source, files)
 
     def describe(self) -> str:
         return f"{self.source}: {len(self.train) / 2**20:.1f} MiB train, {len(self.val) / 2**20:.2f} MiB validation"
@@ -73,6 +95,33 @@ class ByteCorpus:
             raise ValueError(f"the {split} split has {len(data)} bytes, fewer than one window of {length + 1}")
         starts = torch.randint(0, len(data) - length - 1, (batch_size,), generator=generator)
         return torch.stack([data[s: s + length + 1] for s in starts.tolist()]).long()
+
+    def packed_batch(self, budget: int, max_document: int, generator: torch.Generator) -> PackedBatch:
+        """`budget` input tokens of whole training files in random order, each
+        at most max_document tokens long (a longer file is cut to a random
+        window of that length; the last one to what is left of the budget), with
+        their next-token targets. Documents never see each other."""
+        if self.train_files is None or len(self.train_files) < 2:
+            raise ValueError("this corpus has no file boundaries to pack (load it with ByteCorpus.load)")
+        inputs, targets, lengths = [], [], []
+        order = torch.randperm(len(self.train_files) - 1, generator=generator).tolist()
+        while sum(lengths) < budget:
+            before = len(lengths)
+            for f in order:
+                start, end = self.train_files[f].item(), self.train_files[f + 1].item()
+                room = min(max_document, budget - sum(lengths))
+                if end - start < 2 or room < 1:
+                    continue
+                length = min(end - start - 1, room)  # inputs; targets are shifted by one
+                offset = torch.randint(0, end - start - length, (1,), generator=generator).item()
+                window = self.train[start + offset: start + offset + length + 1].long()
+                inputs.append(window[:-1])
+                targets.append(window[1:])
+                lengths.append(length)
+            if len(lengths) == before:
+                raise ValueError("no training file has the two bytes a document needs (an input and a target)")
+        cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
+        return PackedBatch(torch.cat(inputs)[None], torch.cat(targets)[None], cu, max(lengths))
 
     def eval_windows(self, length: int, count: int) -> torch.Tensor:
         """`count` fixed, evenly spaced validation windows of length + 1 tokens."""

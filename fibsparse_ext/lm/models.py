@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..decode import KVCache
+from .data import PackedBatch
 from ..modules import FibSparseAttention
 from ..schedules import (ARGUMENT_USERS, BASES, DEFAULT_ALPHA_MAX, DEFAULT_ALPHA_MIN, DEFAULT_BASE, SCHEDULES,
                          Schedule, make_schedule)
@@ -93,8 +94,9 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(config.embed_dim, hidden, bias=False), nn.GELU(),
                                  nn.Linear(hidden, config.embed_dim, bias=False))
 
-    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cache=cache)
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, cu_seqlens: Optional[torch.Tensor] = None,
+                max_seqlen: Optional[int] = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cache=cache, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -117,12 +119,15 @@ class FibSparseLM(nn.Module):
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
 
-    def forward(self, tokens: torch.Tensor, caches: Optional[list] = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, caches: Optional[list] = None, cu_seqlens: Optional[torch.Tensor] = None,
+                max_seqlen: Optional[int] = None) -> torch.Tensor:
         """Logits for tokens (batch, seqlen); with caches (one per block, from
-        make_caches), the tokens continue what the caches hold."""
+        make_caches), the tokens continue what the caches hold. Packed
+        documents: tokens (1, total) with cu_seqlens and max_seqlen
+        (FibSparseAttention.forward), each document as if alone."""
         x = self.embed(tokens)
         for i, block in enumerate(self.blocks):
-            x = block(x, None if caches is None else caches[i])
+            x = block(x, None if caches is None else caches[i], cu_seqlens, max_seqlen)
         return self.norm(x) @ self.embed.weight.t()  # tied output head
 
     def make_caches(self, batch: int, max_seqlen: int) -> list:
@@ -133,6 +138,11 @@ class FibSparseLM(nn.Module):
         """Mean next-token cross-entropy over a (batch, seqlen + 1) token window."""
         logits = self(tokens[:, :-1])
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1))
+
+    def packed_loss(self, batch: PackedBatch) -> torch.Tensor:
+        """Mean next-token cross-entropy over a packed batch of documents (data.PackedBatch)."""
+        logits = self(batch.inputs, cu_seqlens=batch.cu_seqlens, max_seqlen=batch.max_seqlen)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch.targets.reshape(-1))
 
     def alphas(self) -> list:
         """The learned alphas, one per layer (empty unless the schedule is learned)."""

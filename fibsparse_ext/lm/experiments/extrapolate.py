@@ -40,6 +40,11 @@ class TrainConfig:
     eval_windows: int  # validation windows per evaluation length
     weight_decay: float = 0.1
     seed: int = 0
+    # Train on whole files packed into batch_size * seq_len tokens (documents
+    # of at most seq_len, each attended alone) instead of random windows that
+    # cross file boundaries. Off by default, so that the committed results stay
+    # comparable.
+    packed: bool = False
 
 
 TRAIN_PRESETS = {
@@ -91,7 +96,8 @@ def train_variant(variant: str, config: LMConfig, train: TrainConfig, corpus: By
     step, losses = 0, []
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location=device)
-        if state["config"] != dataclasses.asdict(config) or state["train"] != dataclasses.asdict(train):
+        saved_train = {"packed": False, **state["train"]}  # checkpoints from before packing was an option
+        if state["config"] != dataclasses.asdict(config) or saved_train != dataclasses.asdict(train):
             raise ValueError(f"{checkpoint} was written by another configuration; remove it or use another --out")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -112,8 +118,12 @@ def train_variant(variant: str, config: LMConfig, train: TrainConfig, corpus: By
             group["lr"] = learning_rate(step, train)
         # Each step's batch depends only on (seed, step): resuming sees the same data.
         generator = torch.Generator().manual_seed(train.seed * 1_000_003 + step)
-        tokens = corpus.batch("train", train.batch_size, config.seq_len, generator).to(device)
-        loss = model.loss(tokens)
+        if train.packed:
+            batch = corpus.packed_batch(train.batch_size * config.seq_len, config.seq_len, generator).to(device)
+            loss = model.packed_loss(batch)
+        else:
+            tokens = corpus.batch("train", train.batch_size, config.seq_len, generator).to(device)
+            loss = model.loss(tokens)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -203,6 +213,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=positive_int, help="override the preset's batch size")
     parser.add_argument("--data", nargs="+", help="text files to train on (default: the standard library)")
     parser.add_argument("--max-bytes", type=positive_int, default=16 * 2**20)
+    parser.add_argument("--packed", action="store_true",
+                        help="train on whole files packed with cu_seqlens (each attended alone) instead of windows")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/<preset>)")
     args = parser.parse_args(argv)
@@ -218,7 +230,7 @@ def main(argv=None) -> int:
         parser.error(str(e))
     train = TRAIN_PRESETS[args.preset]
     train = dataclasses.replace(train, **{k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size))
-                                          if v is not None})
+                                          if v is not None}, packed=args.packed)
     out = args.out or Path("runs") / args.preset
     corpus = ByteCorpus.load(args.data, args.max_bytes)
     seq_len = next(iter(configs.values())).seq_len
