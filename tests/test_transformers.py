@@ -146,17 +146,69 @@ def test_right_padded_batch_matches_each_sequence_alone():
         assert (batched[b, :n] - alone[0]).abs().max() <= 1e-10 * alone.abs().max()
 
 
+@pytest.mark.parametrize("pattern", [PATTERN, LEARNED], ids=["stagger", "learned"])
+def test_left_padded_batch_matches_each_sequence_alone(pattern):
+    model, _ = model_pair("llama", pattern)
+    lengths = [150, 90, 1]
+    ids = torch.randint(1, 97, (3, 150), generator=torch.Generator().manual_seed(5))
+    mask = torch.zeros(3, 150, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        mask[b, 150 - n:] = 1
+    # Positions from each row's first real token, as generate() makes them (the
+    # model's float32 rotary tables differ in rounding at other absolute positions).
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    batched = model(ids, attention_mask=mask, position_ids=position_ids).logits
+    for b, n in enumerate(lengths):
+        alone = model(ids[b:b + 1, 150 - n:]).logits
+        assert (batched[b, 150 - n:] - alone[0]).abs().max() <= 1e-10 * alone.abs().max()
+
+
+@pytest.mark.parametrize("pattern", [PATTERN, LEARNED], ids=["stagger", "learned"])
+def test_left_padded_generation_equals_each_prompt_alone(pattern):
+    model, _ = model_pair("qwen2", pattern)
+    prompts = [torch.randint(1, 97, (n,), generator=torch.Generator().manual_seed(n)) for n in (40, 13)]
+    ids = torch.zeros(2, 40, dtype=torch.long)
+    mask = torch.zeros(2, 40, dtype=torch.long)
+    for b, prompt in enumerate(prompts):
+        ids[b, 40 - len(prompt):] = prompt
+        mask[b, 40 - len(prompt):] = 1
+    settings = dict(max_new_tokens=30, do_sample=False, pad_token_id=0)
+    batched = model.generate(ids, attention_mask=mask, **settings)
+    for b, prompt in enumerate(prompts):
+        alone = model.generate(prompt[None], **settings)
+        assert torch.equal(batched[b, 40:], alone[0, len(prompt):])
+
+
+def test_documents_packed_in_a_row_match_each_document_alone():
+    """position_ids that restart (as DataCollatorWithFlattening packs a batch):
+    each document's logits and the gradients are those of the documents alone."""
+    model, _ = model_pair("mistral")
+    lengths = [60, 1, 33]
+    ids = torch.randint(1, 97, (1, sum(lengths)), generator=torch.Generator().manual_seed(6))
+    position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
+    packed = model(ids, position_ids=position_ids).logits
+    weighted_sum(packed).backward()
+    packed_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    start, alone = 0, []
+    for n in lengths:
+        alone.append(model(ids[:, start:start + n]).logits)
+        start += n
+    alone = torch.cat(alone, 1)
+    weighted_sum(alone).backward()
+    assert (packed - alone).abs().max() <= 1e-10 * alone.abs().max()
+    for p, g in zip(model.parameters(), packed_grads):
+        assert rel_err(g, p.grad) < 1e-10
+
+
 def test_what_the_pattern_cannot_honour_is_refused():
     model, _ = model_pair("llama")
     ids = torch.randint(1, 97, (2, 20))
-    left_padded = torch.ones(2, 20, dtype=torch.long)
-    left_padded[1, :5] = 0
+    holes = torch.ones(2, 20, dtype=torch.long)
+    holes[1, 5:8] = 0
     for _ in range(2):  # a refused mask is refused again (its check is not skipped as already done)
-        with pytest.raises(ValueError, match="right-padded"):
-            model(ids, attention_mask=left_padded)
-    packed = torch.cat([torch.arange(12), torch.arange(8)])[None]
-    with pytest.raises(ValueError, match="packed"):
-        model(ids[:1], position_ids=packed)
+        with pytest.raises(ValueError, match="padding between real tokens"):
+            model(ids, attention_mask=holes)
     attention = model.model.layers[0].self_attn
     q = torch.randn(1, 4, 10, 16, dtype=torch.float64)
     k = torch.randn(1, 2, 10, 16, dtype=torch.float64)
@@ -588,3 +640,28 @@ def test_continue_pretraining_example_runs(tmp_path):
     for implementation in ("fibsparse", "sdpa"):
         assert len(results[implementation]) == 3 and all(math.isfinite(p) for p in results[implementation])
     assert (tmp_path / "results.json").exists()
+
+
+@requires_cuda
+def test_left_padded_and_packed_batches_on_cuda():
+    """The packed kernels in bf16 on CUDA: a left-padded batch's rows and a
+    packed row's documents are as close to each sequence alone as two bf16
+    runs of different shapes are (the float64 versions are equal, above)."""
+    model, _ = model_pair("llama", dtype=torch.bfloat16)
+    model = model.cuda()
+    generator = torch.Generator().manual_seed(7)
+    lengths = [300, 77]
+    ids = torch.randint(1, 97, (2, 300), generator=generator).cuda()
+    mask = torch.zeros(2, 300, dtype=torch.long, device="cuda")
+    for b, n in enumerate(lengths):
+        mask[b, 300 - n:] = 1
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        batched = model(ids, attention_mask=mask, position_ids=position_ids).logits.float()
+        for b, n in enumerate(lengths):
+            alone = model(ids[b:b + 1, 300 - n:]).logits.float()
+            assert rel_err(batched[b, 300 - n:], alone[0]) < 2e-2
+        packed_ids = torch.cat([ids[0, :200], ids[1, :100]])[None]
+        packed = model(packed_ids, position_ids=torch.cat([torch.arange(200), torch.arange(100)])[None].cuda())
+        alone = torch.cat([model(packed_ids[:, :200]).logits, model(packed_ids[:, 200:]).logits], 1)
+        assert rel_err(packed.logits.float(), alone.float()) < 2e-2

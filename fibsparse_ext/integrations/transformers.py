@@ -18,12 +18,15 @@ the op's d(position) output carries the gradient to alpha.
 `FibSparseCache(model)` is a transformers KV cache for generate() that keeps
 per layer only the last tokens the pattern can read, so its memory stays flat.
 
-What the pattern cannot honour is refused with an error that names it, never
-computed differently: attention dropout, `output_attentions`, soft-capping,
-sliding windows and attention sinks of the model itself, and batches that are
-not right-padded (left padding and packed sequences need per-sequence starts).
-A right-padded batch needs no mask: attention is causal, so a real token never
-reads the padding after it.
+Batches: a right-padded batch needs no packing (attention is causal, so a real
+token never reads the padding after it); left-padded rows and documents packed
+into a row (position_ids that restart) go through the packed kernels, each
+sequence alone (packing.py). What the pattern cannot honour is refused with an
+error that names it, never computed differently: attention dropout,
+`output_attentions`, soft-capping, sliding windows and attention sinks of the
+model itself, masks with padding between real tokens, and, under
+torch.compile, left padding and packed rows (finding them reads values on the
+host).
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ from ..decode import required_capacity
 from ..functional import fibsparse_attn
 from ..modules import MIN_ALPHA
 from ..schedules import Schedule, make_schedule
+from .packing import packed_attention, packing_of
 
 NAME = "fibsparse"
 # The learned schedule's parameter, one scalar on each attention module.
@@ -284,39 +288,22 @@ def _refuse_if(condition: torch.Tensor, message: str) -> None:
         raise ValueError(message)
 
 
-# The last mask and position_ids checked eagerly: every layer of one forward
-# passes the same tensors, and each eager check reads a value on the host (a
-# device sync), so it runs once per forward, not once per layer.
-_last_checked: dict[str, tuple[weakref.ref, int]] = {}
-
-
-def _check_once(kind: str, t: torch.Tensor, check) -> None:
-    """check(t), unless t (unchanged) passed it last time."""
-    if torch.compiler.is_compiling():  # checked on the device, without a sync
-        check(t)
-        return
-    seen = _last_checked.get(kind)
-    if seen is not None and seen[0]() is t and seen[1] == t._version:
-        return
-    check(t)  # raises on a bad value, which is then not remembered
-    _last_checked[kind] = (weakref.ref(t), t._version)
-
-
 def _check_right_padded(attention_mask: torch.Tensor) -> None:
     if attention_mask.dim() != 2:
         raise ValueError(f"fibsparse attention takes a 2-D padding mask, got a {attention_mask.dim()}-D mask "
                          f"{tuple(attention_mask.shape)}: custom masks are not part of the pattern")
     mask = attention_mask.bool()
     _refuse_if((mask[:, 1:] > mask[:, :-1]).any(),  # a real token after padding: not ones then zeros
-               "fibsparse attention supports right-padded batches only; left padding and packed "
-               "sequences need per-sequence starts, which it does not take yet")
+               "under torch.compile fibsparse attention takes right-padded batches only (finding left-padded "
+               "or packed sequences reads the mask on the host); run it eagerly")
 
 
 def _check_one_sequence_per_row(position_ids: torch.Tensor) -> None:
     if position_ids.shape[-1] > 1:
         _refuse_if((position_ids[..., 1:] < position_ids[..., :-1]).any(),
-                   "position_ids restart within a row (packed sequences): fibsparse attention needs "
-                   "per-sequence starts for these, which it does not take yet; pass one sequence per row")
+                   "position_ids restart within a row (packed sequences): under torch.compile fibsparse "
+                   "attention takes one sequence per row (finding packed sequences reads position_ids on the "
+                   "host); run it eagerly")
 
 
 def fibsparse_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
@@ -332,14 +319,20 @@ def fibsparse_attention_forward(module: torch.nn.Module, query: torch.Tensor, ke
     for name in _UNSUPPORTED:
         if kwargs.get(name) is not None:
             raise ValueError(f"fibsparse attention does not support {name} (got {kwargs[name]!r})")
-    if attention_mask is not None:
-        _check_once("attention_mask", attention_mask, _check_right_padded)
-    if kwargs.get("position_ids") is not None:
-        _check_once("position_ids", kwargs["position_ids"], _check_one_sequence_per_row)
+    position_ids = kwargs.get("position_ids")
+    packing = None
+    if torch.compiler.is_compiling():  # finding packed sequences reads values on the host: right padding only
+        if attention_mask is not None:
+            _check_right_padded(attention_mask)
+        if position_ids is not None:
+            _check_one_sequence_per_row(position_ids)
+    else:
+        packing = packing_of(attention_mask, position_ids, query.shape[0], query.shape[2], key.shape[2])
     window, offsets = _layer_offsets(module, query)
     if window is None:  # dense: a window over every key is causal attention
         window = key.shape[2]
     # (batch, seqlen, heads, head_dim) views: the kernels take these strides without a copy.
-    out = fibsparse_attn(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), window, offsets,
-                         softmax_scale=scaling)
-    return out, None
+    query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+    if packing is not None:  # left padding or packed documents: each sequence alone
+        return packed_attention(query, key, value, packing, window, offsets, scaling), None
+    return fibsparse_attn(query, key, value, window, offsets, softmax_scale=scaling), None
