@@ -1,0 +1,212 @@
+"""Context parallelism: one sequence split over the ranks of a process group,
+each rank holding a contiguous shard (rank order = position order), with
+torch.distributed (NCCL on GPUs, gloo on CPUs) moving only the keys the pattern
+reads.
+
+A rank's queries at positions [c, c + L) read, before its shard, the band's
+halo [c - window + 1, c) and, for each offset d, the strip [c - d, c + L - d)
+(for a fractional position p, rows floor(p) and floor(p) + 1 behind). Each rank
+works out from every shard's length which of its rows every later rank reads,
+the ranks exchange exactly those rows with batched point-to-point sends, and
+each rank runs the ordinary kernels on its own rows behind the received ones:
+key rows from the first row read to its shard's end, those not read left zero.
+The kernels then compute exactly the rows a single process would compute for
+the whole sequence. Memory per rank is its shard plus the farthest distance
+read, never the whole prefix.
+
+The backward sends the gradients of received rows back to their owners, which
+add them in rank order (deterministic). Replicated inputs (the offsets, and a
+learned alpha behind them) get each rank's own shard's contribution: summed over
+the ranks (as DDP or FSDP over a mesh that includes these ranks does) they are
+the single-process gradient.
+
+    torchrun --nproc-per-node 2 train.py   # each rank: its shard of q, k, v
+    out = context_parallel_attn(q_shard, k_shard, v_shard, window=128, offsets=offsets)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from ._offsets import OffsetsLike, as_offsets, check_window
+from .functional import default_scale, fibsparse_attn
+
+
+@dataclass(frozen=True)
+class ExchangePlan:
+    """Who sends which rows to whom, for every rank (the same on all of them).
+    Rows are global positions; `reads[r]` are the sorted intervals rank r reads
+    before its shard, `sends[(s, r)]` the intervals rank s sends rank r."""
+    starts: tuple[int, ...]  # each shard's first position
+    lengths: tuple[int, ...]
+    reads: tuple[tuple[tuple[int, int], ...], ...]
+    sends: dict
+
+    def first_read(self, rank: int) -> int:
+        """The first position rank `rank` reads (its shard start if none before it)."""
+        return self.reads[rank][0][0] if self.reads[rank] else self.starts[rank]
+
+
+def _merge(intervals: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    merged: list[list[int]] = []
+    for lo, hi in sorted(i for i in intervals if i[1] > i[0]):
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return tuple((lo, hi) for lo, hi in merged)
+
+
+def exchange_plan(lengths: Sequence[int], window: int, offsets: torch.Tensor) -> ExchangePlan:
+    """The rows each rank reads from earlier shards, from every shard's length,
+    the window and the offsets (host values, every head's)."""
+    values = [x for x in offsets.detach().cpu().flatten().tolist() if x >= 0]  # -1 is padding
+    fractional = offsets.is_floating_point()
+    # (farthest, nearest): a query at pos reads rows pos - farthest .. pos - nearest.
+    behind = [(window - 1, 0)]  # the band
+    for x in values:
+        whole = math.floor(x)
+        behind.append((whole + 1, whole) if fractional else (whole, whole))  # rows pos - whole - 1, pos - whole
+    starts = [sum(lengths[:r]) for r in range(len(lengths))]
+    reads, sends = [], {}
+    for r, (start, length) in enumerate(zip(starts, lengths)):
+        wanted = []
+        for farthest, nearest in behind:
+            lo, hi = max(start - farthest, 0), min(start + length - nearest, start)
+            if length and lo < hi:
+                wanted.append((lo, hi))
+        reads.append(_merge(wanted))
+        for s in range(r):
+            owned = (starts[s], starts[s] + lengths[s])
+            part = tuple((max(lo, owned[0]), min(hi, owned[1])) for lo, hi in reads[r]
+                         if max(lo, owned[0]) < min(hi, owned[1]))
+            if part:
+                sends[(s, r)] = part
+    return ExchangePlan(tuple(starts), tuple(lengths), tuple(reads), sends)
+
+
+def _rows(intervals, base: int, device) -> torch.Tensor:
+    """Row indices, relative to `base`, of the positions in `intervals`."""
+    if not intervals:
+        return torch.empty(0, dtype=torch.long, device=device)
+    return torch.cat([torch.arange(lo - base, hi - base, device=device) for lo, hi in intervals])
+
+
+def _count(intervals) -> int:
+    return sum(hi - lo for lo, hi in intervals)
+
+
+class _ExchangeRows(torch.autograd.Function):
+    """Forward: each rank receives the k and v rows it reads from earlier ranks
+    (in position order). Backward: the gradients of those rows go back to their
+    owners, which add them in rank order."""
+
+    @staticmethod
+    def forward(ctx, k, v, plan: ExchangePlan, rank: int, group):
+        ctx.plan, ctx.rank, ctx.group = plan, rank, group
+        ctx.shape = k.shape
+        kv = torch.cat([k, v], -1)  # one message per pair of ranks
+        batch, _, heads_kv, width = kv.shape
+        ops, received = [], []
+        for (s, r), intervals in sorted(plan.sends.items()):
+            if s == rank:
+                rows = _rows(intervals, plan.starts[rank], k.device)
+                ops.append(dist.P2POp(dist.isend, kv[:, rows].contiguous(), _peer(group, r), group))
+            elif r == rank:
+                buffer = kv.new_empty(batch, _count(intervals), heads_kv, width)
+                ops.append(dist.P2POp(dist.irecv, buffer, _peer(group, s), group))
+                received.append(buffer)
+        _run(ops)
+        kv_read = torch.cat(received, 1) if received else kv.new_empty(batch, 0, heads_kv, width)
+        k_read, v_read = kv_read.split(k.shape[-1], -1)
+        return k_read.contiguous(), v_read.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad_k_read, grad_v_read):
+        plan, rank, group = ctx.plan, ctx.rank, ctx.group
+        grad_kv_read = torch.cat([grad_k_read, grad_v_read], -1)
+        batch, _, heads_kv, width = grad_kv_read.shape
+        ops, incoming, offset = [], [], 0
+        for (s, r), intervals in sorted(plan.sends.items()):
+            if r == rank:  # the gradients of rows received from s go back to s
+                rows = grad_kv_read[:, offset:offset + _count(intervals)].contiguous()
+                offset += _count(intervals)
+                ops.append(dist.P2POp(dist.isend, rows, _peer(group, s), group))
+            elif s == rank:
+                buffer = grad_kv_read.new_empty(batch, _count(intervals), heads_kv, width)
+                ops.append(dist.P2POp(dist.irecv, buffer, _peer(group, r), group))
+                incoming.append((r, intervals, buffer))
+        _run(ops)
+        grad_kv = grad_kv_read.new_zeros(*ctx.shape[:-1], 2 * ctx.shape[-1])
+        for _, intervals, buffer in sorted(incoming, key=lambda item: item[0]):  # rank order: deterministic
+            grad_kv.index_add_(1, _rows(intervals, plan.starts[rank], grad_kv.device), buffer)
+        grad_k, grad_v = grad_kv.split(ctx.shape[-1], -1)
+        return grad_k, grad_v, None, None, None
+
+
+def _peer(group, rank: int) -> int:
+    """The global rank of `rank` in `group` (P2POp takes global ranks)."""
+    return rank if group is None else dist.get_global_rank(group, rank)
+
+
+def _run(ops) -> None:
+    if ops:
+        for work in dist.batch_isend_irecv(ops):
+            work.wait()
+
+
+def context_parallel_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, offsets: OffsetsLike,
+                          group: Optional[dist.ProcessGroup] = None, softmax_scale: Optional[float] = None,
+                          return_lse: bool = False, shard_lengths: Optional[Sequence[int]] = None):
+    """fibsparse_attn over a sequence sharded along the ranks of `group`.
+
+    Args:
+        q: this rank's shard (batch, seqlen_r, heads, head_dim); k, v: (batch,
+            seqlen_r, heads_kv, head_dim). Rank r holds the positions after rank
+            r - 1's; shards may differ in length (an uneven last shard).
+        window, offsets, softmax_scale: as fibsparse_attn, the same on every rank.
+        shard_lengths: every rank's seqlen_r, if known (else one all_gather finds them).
+        return_lse: also return lse (batch, heads, seqlen_r).
+
+    Returns:
+        this rank's rows of the output (and lse) of fibsparse_attn over the whole
+        sequence. Every rank must call it, and run the backward, together.
+    """
+    check_window(window)
+    if not dist.is_available() or not dist.is_initialized():
+        raise ValueError("context_parallel_attn needs an initialized torch.distributed process group "
+                         "(dist.init_process_group, e.g. under torchrun)")
+    if q.dim() != 4 or k.dim() != 4 or q.shape[1] != k.shape[1]:
+        raise ValueError(f"q and k must be this rank's shards, (batch, seqlen_r, heads, head_dim) with one seqlen_r, "
+                         f"got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    lengths = _shard_lengths(q, group, world, shard_lengths)
+    offsets = as_offsets(offsets, q, window)
+    plan = exchange_plan(lengths, window, offsets)
+    k_read, v_read = _ExchangeRows.apply(k, v, plan, rank, group)
+    # Keys from the first row this rank reads to its shard's end; rows not read stay zero.
+    first, start = plan.first_read(rank), plan.starts[rank]
+    rows = _rows(plan.reads[rank], first, k.device)
+    gap = (k.shape[0], start - first, k.shape[2], k.shape[3])
+    k_before = k.new_zeros(gap).index_copy(1, rows, k_read)
+    v_before = v.new_zeros(gap).index_copy(1, rows, v_read)
+    k_all, v_all = torch.cat([k_before, k], 1), torch.cat([v_before, v], 1)
+    return fibsparse_attn(q, k_all, v_all, window, offsets, softmax_scale=default_scale(q, softmax_scale),
+                          return_lse=return_lse)
+
+
+def _shard_lengths(q: torch.Tensor, group, world: int, given: Optional[Sequence[int]]) -> list[int]:
+    if given is not None:
+        lengths = [int(x) for x in given]
+        if len(lengths) != world or lengths[dist.get_rank(group)] != q.shape[1] or min(lengths) < 0:
+            raise ValueError(f"shard_lengths must give every rank's seqlen_r ({world} values, this rank's = "
+                             f"{q.shape[1]}), got {list(given)}")
+        return lengths
+    mine = torch.tensor([q.shape[1]], dtype=torch.int64, device=q.device)
+    everyone = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(everyone, mine, group=group)
+    return [int(t.item()) for t in everyone]

@@ -1,0 +1,83 @@
+"""One rank of the context-parallel tests (tests/test_distributed.py launches it
+with torchrun): every case's shard of the output, lse and gradients against
+fibsparse_attn over the whole sequence in one process, float64. Prints one
+line per case and exits non-zero if any mismatched.
+
+    torchrun --nproc-per-node N tests/cp_worker.py [gloo|nccl]
+
+gloo runs on the CPU; nccl on one GPU per rank (LOCAL_RANK).
+"""
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from fibsparse_ext import fibsparse_attn
+from fibsparse_ext.accuracy import relative_error
+from fibsparse_ext.distributed import context_parallel_attn
+
+# (name, shard lengths per world size, heads, heads_kv, window, offsets)
+CASES = [
+    ("integer", {2: [40, 40], 3: [30, 30, 17]}, 4, 4, 5, [8, 13, 21, 34, 55]),
+    ("fractional per head", {2: [50, 31], 3: [26, 26, 26]}, 4, 2, 3,
+     [[4.5, 9.25, 30.0, 61.75], [6.0, 17.5, 40.25, -1], [3.0, 8.0, 12.5, 90.0], [-1, -1, -1, -1]]),
+    ("window beyond a shard", {2: [7, 60], 3: [5, 0, 41]}, 2, 1, 20, [25, 44]),
+    ("band only", {2: [33, 33], 3: [20, 25, 21]}, 2, 2, 9, []),
+]
+
+
+def run_case(name, lengths, heads, heads_kv, window, offsets, rank, use_given_lengths, device):
+    torch.manual_seed(0)
+    total = sum(lengths)
+    q, k, v, grad_out, grad_lse = (torch.randn(shape, dtype=torch.float64).to(device) for shape in [
+        (2, total, heads, 16), (2, total, heads_kv, 16), (2, total, heads_kv, 16), (2, total, heads, 16),
+        (2, heads, total)])
+    fractional = any(isinstance(x, float) for row in offsets for x in (row if isinstance(row, list) else [row]))
+    positions = torch.tensor(offsets, dtype=torch.float64 if fractional else torch.int32, device=device)
+    start = sum(lengths[:rank])
+    rows = slice(start, start + lengths[rank])
+
+    shard = [t[:, rows].clone().requires_grad_() for t in (q, k, v)]
+    mine = positions.clone().requires_grad_(fractional)
+    out, lse = context_parallel_attn(*shard, window, mine, return_lse=True,
+                                     shard_lengths=lengths if use_given_lengths else None)
+    ((out * grad_out[:, rows]).sum() + (lse * grad_lse[..., rows]).sum()).backward()
+
+    whole = [t.clone().requires_grad_() for t in (q, k, v)]
+    every = positions.clone().requires_grad_(fractional)
+    want_out, want_lse = fibsparse_attn(*whole, window, every, return_lse=True)
+    ((want_out * grad_out).sum() + (want_lse * grad_lse).sum()).backward()
+
+    errors = {"out": relative_error(out, want_out[:, rows]), "lse": relative_error(lse, want_lse[..., rows])}
+    for label, got, want in zip(("dq", "dk", "dv"), shard, whole):
+        if lengths[rank]:
+            errors[label] = relative_error(got.grad, want.grad[:, rows])
+    if fractional:  # each rank's contribution; their sum is the whole sequence's gradient
+        summed = mine.grad.clone()
+        dist.all_reduce(summed)
+        errors["doffsets"] = relative_error(summed, every.grad)
+    bad = {key: err for key, err in errors.items() if not err < 1e-12}
+    sys.stdout.write(f"rank {rank} {name} {lengths}: {'ok' if not bad else f'MISMATCH {bad}'}\n")  # one write: ranks share the pipe
+    sys.stdout.flush()
+    return not bad
+
+
+def main():
+    backend = sys.argv[1] if len(sys.argv) > 1 else "gloo"
+    device = torch.device("cpu")
+    if backend == "nccl":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, device_id=device if backend == "nccl" else None)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    ok = True
+    for n, (name, lengths, heads, heads_kv, window, offsets) in enumerate(CASES):
+        ok &= run_case(name, lengths[world], heads, heads_kv, window, offsets, rank, n % 2 == 1, device)
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
