@@ -14,10 +14,12 @@ import torch
 import torch.distributed as dist
 
 from fibsparse_ext import fibsparse_attn
-from fibsparse_ext.accuracy import relative_error
+from fibsparse_ext.accuracy import TOLERANCE, relative_error
 from fibsparse_ext.distributed import context_parallel_attn
 
-# (name, shard lengths per world size, heads, heads_kv, window, offsets)
+# (name, shard lengths per world size, heads, heads_kv, window, offsets); every
+# case in float64, against the single process to 1e-12, and the last ones also
+# in bfloat16, against the float64 single process to bfloat16's tolerance.
 CASES = [
     ("integer", {2: [40, 40], 3: [30, 30, 17]}, 4, 4, 5, [8, 13, 21, 34, 55]),
     ("fractional per head", {2: [50, 31], 3: [26, 26, 26]}, 4, 2, 3,
@@ -27,7 +29,8 @@ CASES = [
 ]
 
 
-def run_case(name, lengths, heads, heads_kv, window, offsets, rank, use_given_lengths, device):
+def run_case(name, lengths, heads, heads_kv, window, offsets, rank, use_given_lengths, device,
+             dtype=torch.float64):
     torch.manual_seed(0)
     total = sum(lengths)
     q, k, v, grad_out, grad_lse = (torch.randn(shape, dtype=torch.float64).to(device) for shape in [
@@ -38,11 +41,12 @@ def run_case(name, lengths, heads, heads_kv, window, offsets, rank, use_given_le
     start = sum(lengths[:rank])
     rows = slice(start, start + lengths[rank])
 
-    shard = [t[:, rows].clone().requires_grad_() for t in (q, k, v)]
-    mine = positions.clone().requires_grad_(fractional)
+    shard = [t[:, rows].to(dtype).requires_grad_() for t in (q, k, v)]
+    mine = positions.to(torch.float32 if fractional and dtype != torch.float64 else positions.dtype)
+    mine = mine.clone().requires_grad_(fractional)
     out, lse = context_parallel_attn(*shard, window, mine, return_lse=True,
                                      shard_lengths=lengths if use_given_lengths else None)
-    ((out * grad_out[:, rows]).sum() + (lse * grad_lse[..., rows]).sum()).backward()
+    ((out.double() * grad_out[:, rows]).sum() + (lse.double() * grad_lse[..., rows]).sum()).backward()
 
     whole = [t.clone().requires_grad_() for t in (q, k, v)]
     every = positions.clone().requires_grad_(fractional)
@@ -57,7 +61,8 @@ def run_case(name, lengths, heads, heads_kv, window, offsets, rank, use_given_le
         summed = mine.grad.clone()
         dist.all_reduce(summed)
         errors["doffsets"] = relative_error(summed, every.grad)
-    bad = {key: err for key, err in errors.items() if not err < 1e-12}
+    bad = {key: err for key, err in errors.items() if not err < TOLERANCE[dtype]}
+    name = f"{name} ({str(dtype)[6:]})"
     sys.stdout.write(f"rank {rank} {name} {lengths}: {'ok' if not bad else f'MISMATCH {bad}'}\n")  # one write: ranks share the pipe
     sys.stdout.flush()
     return not bad
@@ -74,6 +79,8 @@ def main():
     ok = True
     for n, (name, lengths, heads, heads_kv, window, offsets) in enumerate(CASES):
         ok &= run_case(name, lengths[world], heads, heads_kv, window, offsets, rank, n % 2 == 1, device)
+    for name, lengths, heads, heads_kv, window, offsets in CASES[:2]:
+        ok &= run_case(name, lengths[world], heads, heads_kv, window, offsets, rank, False, device, torch.bfloat16)
     dist.barrier()
     dist.destroy_process_group()
     sys.exit(0 if ok else 1)
