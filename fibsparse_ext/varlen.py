@@ -67,6 +67,7 @@ def fibsparse_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_
         out with q's shape and dtype, or (out, lse).
     """
     check_window(window)
+    # as_offsets reads the number of heads from a 4-D q.
     batched_q = q.unsqueeze(0) if isinstance(q, torch.Tensor) and q.dim() == 3 else q
     offsets = as_offsets(offsets, batched_q, window)
     if isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and q.dim() == 3 and k.dim() == 3:
