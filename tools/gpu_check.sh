@@ -56,11 +56,17 @@ else
   # A transformers model's training step at 16k tokens: fibsparse vs sdpa vs flex_attention.
   step transformers 240 python3 bench/bench_transformers.py
 fi
+# Context parallelism over NCCL, where the machine has two GPUs (its tests ran above).
+gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
+if (( gpus >= 2 )); then
+  step context_parallel 180 python3 -m torch.distributed.run --nproc-per-node 2 bench/bench_context_parallel.py
+fi
 
 echo; echo "=== summary"
 failed=0
 steps="build self_check tests memcheck racecheck bench"
 (( quick )) || steps="$steps sweep decode host_path step_profile transformers"
+(( gpus >= 2 )) && steps="$steps context_parallel"
 for name in $steps; do
   echo "  $name: ${status[$name]:-not run}"
   [[ "${status[$name]:-rc=1}" == rc=0* ]] || failed=1
