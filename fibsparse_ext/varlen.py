@@ -75,3 +75,13 @@ def fibsparse_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_
     out, lse = torch.ops.fibsparse.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                               offsets, band_argument(window), default_scale(q, softmax_scale))
     return (out, lse) if return_lse else out
+
+
+def _attend_packed_built_offsets(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int,
+                                 window: int, offsets: torch.Tensor, softmax_scale: Optional[float] = None):
+    """fibsparse_attn_varlen for offsets its caller built valid (see
+    functional._attend_built_offsets); the boundaries are checked as there."""
+    check_packed_boundaries(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k)
+    out, _ = torch.ops.fibsparse.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                            offsets, band_argument(window), default_scale(q, softmax_scale))
+    return out

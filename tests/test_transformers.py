@@ -285,6 +285,25 @@ def test_whole_model_compiles_without_graph_breaks(pattern):
     assert torch.allclose(compiled(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("pattern", [PATTERN, LEARNED], ids=["stagger", "learned"])
+def test_a_forward_reads_no_offsets_on_the_host(monkeypatch, pattern):
+    """A layer's offsets are built valid from its schedule (or alpha * b_k), so
+    no forward reads their values on the host (a device sync per layer on CUDA;
+    the kernels check them on the device), in a plain or a left-padded batch."""
+    import fibsparse_ext._offsets as offsets_module
+    model, _ = model_pair("llama", pattern)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("offsets were read on the host")
+    monkeypatch.setattr(offsets_module, "check_offset_values", refuse)
+    monkeypatch.setattr(offsets_module, "_check_row", refuse)
+    ids = torch.randint(1, 97, (2, 40))
+    mask = torch.ones(2, 40, dtype=torch.long)
+    mask[1, :9] = 0
+    weighted_sum(model(ids).logits).backward()
+    model(ids, attention_mask=mask)
+
+
 # The learned schedule: one alpha per attention module, a model parameter.
 
 @pytest.mark.parametrize("family", sorted(CONFIGS))

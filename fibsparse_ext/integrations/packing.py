@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from ..varlen import fibsparse_attn_varlen
+from ..varlen import _attend_packed_built_offsets
 
 
 @dataclass
@@ -107,17 +107,18 @@ def _same(seen_key: tuple, key: tuple) -> bool:
 
 
 def packed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, packing: Packing, window: int,
-                     offsets, softmax_scale) -> torch.Tensor:
+                     offsets: torch.Tensor, softmax_scale) -> torch.Tensor:
     """query (batch, seqlen_q, heads, head_dim), key and value (batch, seqlen_k,
-    heads_kv, head_dim) through the packed kernels; padded query rows get 0."""
+    heads_kv, head_dim) through the packed kernels; padded query rows get 0.
+    `offsets` are a layer's, built valid from its schedule."""
     batch, seqlen_q, heads, head_dim = query.shape
     q = query.reshape(batch * seqlen_q, heads, head_dim)
     k = key.reshape(-1, key.shape[2], head_dim)
     v = value.reshape(-1, value.shape[2], head_dim)
     if packing.rows_k is not None:
         q, k, v = q[packing.rows_q], k[packing.rows_k], v[packing.rows_k]
-    out = fibsparse_attn_varlen(q, k, v, packing.cu_seqlens_q, packing.cu_seqlens_k, packing.max_seqlen_q,
-                                packing.max_seqlen_k, window, offsets, softmax_scale=softmax_scale)
+    out = _attend_packed_built_offsets(q, k, v, packing.cu_seqlens_q, packing.cu_seqlens_k, packing.max_seqlen_q,
+                                       packing.max_seqlen_k, window, offsets, softmax_scale)
     if packing.rows_q is not None:
         out = out.new_zeros(batch * seqlen_q, heads, head_dim).index_copy(0, packing.rows_q, out)
     return out.view(batch, seqlen_q, heads, head_dim)

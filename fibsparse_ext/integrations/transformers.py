@@ -42,7 +42,7 @@ from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLa
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 
 from ..decode import required_capacity
-from ..functional import fibsparse_attn
+from ..functional import _attend_built_offsets
 from ..modules import MIN_ALPHA
 from ..schedules import Schedule, make_schedule
 from .packing import packed_attention, packing_of
@@ -335,4 +335,6 @@ def fibsparse_attention_forward(module: torch.nn.Module, query: torch.Tensor, ke
     query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
     if packing is not None:  # left padding or packed documents: each sequence alone
         return packed_attention(query, key, value, packing, window, offsets, scaling), None
-    return fibsparse_attn(query, key, value, window, offsets, softmax_scale=scaling), None
+    # The offsets are the schedule's, or alpha * b_k: valid as built, so their values are
+    # not read on the host (a learned layer's are new every forward: a sync per layer).
+    return _attend_built_offsets(query, key, value, window, offsets, softmax_scale=scaling), None
