@@ -1,6 +1,10 @@
 """The language model, its data and the extrapolation experiment, on the tiny
 preset (CPU, seconds)."""
 import json
+import math
+import statistics
+import zlib
+from statistics import NormalDist
 
 import pytest
 import torch
@@ -76,11 +80,18 @@ def test_experiment_end_to_end(tmp_path, capsys):
     args = ["--preset", "tiny", "--schedules", "stagger,dense", "--steps", "6", "--max-bytes", "1000000",
             "--device", "cpu", "--out", str(tmp_path)]
     assert extrapolate.main(args) == 0
-    results = json.loads((tmp_path / "results.json").read_text())["results"]
-    assert set(results) == {"stagger", "dense"}
-    for r in results.values():
-        assert set(r["perplexity"]) == {"1", "2", "4"} and all(p > 1 for p in r["perplexity"].values())
-    assert "ppl @4x" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "results.json").read_text())
+    runs = saved["runs"]
+    assert set(runs) == {"stagger", "dense"} and all(set(by_seed) == {"0"} for by_seed in runs.values())
+    for r in (by_seed["0"] for by_seed in runs.values()):
+        assert set(r["perplexity"]) == {"1", "2", "4", "8", "16"} and all(p > 1 for p in r["perplexity"].values())
+        assert r["train_tokens"] == 6 * 8 * 64 and r["timed_steps"] == 6 and r["tokens_per_s"] > 0
+    # One seed: a paired difference but no interval, said in the table rather than made up.
+    difference = saved["paired_differences"]["by_baseline"]["stagger"]["dense"]["4"]
+    assert difference["n"] == 1 and difference["ci95_pct"] is None and "no interval" in difference["note"]
+    assert saved["aggregate"]["dense"]["perplexity"]["4"]["std"] is None
+    out = capsys.readouterr().out
+    assert "ppl @4x" in out and "ppl @16x" in out and "no interval can be computed" in out and "±" not in out
     with pytest.raises(ValueError, match="another configuration"):  # a changed recipe is not mixed in
         extrapolate.main(args[:5] + ["9"] + args[6:])
 
@@ -158,3 +169,164 @@ def test_experiment_trains_on_packed_documents(tmp_path):
     assert extrapolate.main(args) == 0
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["meta"]["train"]["packed"] is True
+
+
+def test_t_quantile():
+    # Published two-sided 95% and 99% critical values, to the table's three decimals.
+    for dof, value in ((1, 12.706), (2, 4.303), (4, 2.776), (10, 2.228), (30, 2.042)):
+        assert round(extrapolate.t_quantile(0.975, dof), 3) == value, dof
+    assert round(extrapolate.t_quantile(0.995, 10), 3) == 3.169
+    # Closed forms: Cauchy for one degree of freedom, and t_2 = (2p - 1) / sqrt(2 p (1 - p)).
+    for p in (0.6, 0.9, 0.975, 0.999):
+        assert extrapolate.t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-10)
+        assert extrapolate.t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-10)
+        assert extrapolate.t_quantile(1 - p, 3) == -extrapolate.t_quantile(p, 3)
+    assert extrapolate.t_quantile(0.975, 1e5) == pytest.approx(NormalDist().inv_cdf(0.975), abs=1e-4)
+    for bad in ((0.0, 3), (1.0, 3), (0.9, 0)):
+        with pytest.raises(ValueError):
+            extrapolate.t_quantile(*bad)
+
+
+def fake_run(seed, ppl):
+    return {"seed": seed, "perplexity": {"1": ppl}, "learned_alphas": [], "tokens_per_s": 1000.0 + seed,
+            "train_seconds": 2.0, "latency_ms": 1.0, "final_train_loss": 1.0}
+
+
+def test_paired_differences_over_seeds():
+    ppl = {"fixed": [3.0, 3.3, 2.9], "stagger": [2.97, 3.26, 2.88]}
+    runs = {v: {str(s): fake_run(s, p) for s, p in enumerate(values)} for v, values in ppl.items()}
+    aggregate, pairs = extrapolate.summarize(runs, [1])
+    assert aggregate["fixed"]["perplexity"]["1"] == pytest.approx(
+        {"mean": statistics.mean(ppl["fixed"]), "std": statistics.stdev(ppl["fixed"]), "n": 3})
+    per_seed = [100 * (s / f - 1) for f, s in zip(ppl["fixed"], ppl["stagger"])]
+    d = pairs["fixed"]["stagger"]["1"]
+    half = 0.95 / math.sqrt(2 * 0.975 * 0.025) * statistics.stdev(per_seed) / math.sqrt(3)  # t(0.975, 2)
+    assert d["n"] == 3 and d["mean_pct"] == pytest.approx(statistics.mean(per_seed))
+    assert d["ci95_pct"] == pytest.approx([statistics.mean(per_seed) - half, statistics.mean(per_seed) + half])
+    # Paired: when the seed moves both variants alike, the interval of their
+    # difference is far narrower than each variant's own spread (here ~7%).
+    assert 5 * half < statistics.stdev(ppl["fixed"]) / statistics.mean(ppl["fixed"]) * 100
+    # Only the seeds both variants have are paired; one seed gives no interval.
+    runs["stagger"] = {"1": runs["stagger"]["1"]}
+    _, pairs = extrapolate.summarize(runs, [1])
+    d = pairs["fixed"]["stagger"]["1"]
+    assert d["n"] == 1 and d["seeds"] == [1] and d["ci95_pct"] is None and d["std_pct"] is None
+    assert d["mean_pct"] == pytest.approx(per_seed[1])
+
+
+def test_experiment_over_seeds(tmp_path, capsys):
+    args = ["--preset", "tiny", "--schedules", "stagger,dense", "--seeds", "0,1", "--steps", "4",
+            "--max-bytes", "1000000", "--device", "cpu", "--out", str(tmp_path)]
+    assert extrapolate.main(args) == 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    runs, aggregate = saved["runs"], saved["aggregate"]
+    assert saved["meta"]["seeds"] == [0, 1] and set(runs) == {"stagger", "dense"}
+    for variant in runs:
+        assert set(runs[variant]) == {"0", "1"}
+        # The seed sets the initial weights and the data order: two seeds, two models.
+        assert runs[variant]["0"]["perplexity"]["1"] != runs[variant]["1"]["perplexity"]["1"]
+        for seed, name in (("0", f"{variant}.pt"), ("1", f"{variant}.seed1.pt")):
+            assert runs[variant][seed]["checkpoint"] == name
+            assert torch.load(tmp_path / "checkpoints" / name)["train"]["seed"] == int(seed)
+            assert runs[variant][seed]["tokens_per_s"] > 0 and runs[variant][seed]["train_seconds"] > 0
+        for m in ("1", "2", "4", "8", "16"):
+            values = [runs[variant][s]["perplexity"][m] for s in ("0", "1")]
+            assert aggregate[variant]["perplexity"][m] == pytest.approx(
+                {"mean": statistics.mean(values), "std": statistics.stdev(values), "n": 2})
+    for baseline, variant in (("stagger", "dense"), ("dense", "stagger")):
+        for m in ("1", "16"):
+            d = saved["paired_differences"]["by_baseline"][baseline][variant][m]
+            per_seed = [100 * (runs[variant][s]["perplexity"][m] / runs[baseline][s]["perplexity"][m] - 1)
+                        for s in ("0", "1")]
+            lo, hi = d["ci95_pct"]
+            half = math.tan(math.pi * 0.475) * statistics.stdev(per_seed) / math.sqrt(2)  # t(0.975, 1)
+            assert d["n"] == 2 and math.isfinite(lo) and math.isfinite(hi)
+            assert [lo, hi] == pytest.approx([statistics.mean(per_seed) - half, statistics.mean(per_seed) + half])
+    out = capsys.readouterr().out
+    assert "paired differences vs stagger" in out and "±" in out and "tokens/s" in out
+    assert "no interval" not in out
+    assert (tmp_path / "results.txt").read_text().strip() in out
+
+
+def test_interrupted_sweep_over_seeds_resumes_to_the_same_result(tmp_path, monkeypatch):
+    args = ["--preset", "tiny", "--schedules", "stagger", "--seeds", "0,1", "--steps", "10",
+            "--max-bytes", "1000000", "--device", "cpu", "--eval-multiples", "1,4"]
+    assert extrapolate.main(args + ["--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())["runs"]["stagger"]
+
+    update = extrapolate.Progress.update
+
+    def interrupt_seed_1_at_step_7(self, step, loss):
+        if self.label.endswith("s1") and step == 7:
+            raise KeyboardInterrupt
+        update(self, step, loss)
+    monkeypatch.setattr(extrapolate.Progress, "update", interrupt_seed_1_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        extrapolate.main(args + ["--out", str(tmp_path / "cut")])
+    checkpoints = tmp_path / "cut" / "checkpoints"
+    assert torch.load(checkpoints / "stagger.pt")["step"] == 10
+    assert torch.load(checkpoints / "stagger.seed1.pt")["step"] == 6
+    finished = (checkpoints / "stagger.pt").stat().st_mtime_ns
+    monkeypatch.setattr(extrapolate.Progress, "update", update)
+    assert extrapolate.main(args + ["--out", str(tmp_path / "cut")]) == 0
+    # The finished seed is neither trained nor evaluated again: its checkpoint is untouched.
+    assert (checkpoints / "stagger.pt").stat().st_mtime_ns == finished
+    resumed = json.loads((tmp_path / "cut" / "results.json").read_text())["runs"]["stagger"]
+    assert set(resumed) == set(whole) == {"0", "1"}
+    for seed in whole:
+        assert resumed[seed]["perplexity"] == pytest.approx(whole[seed]["perplexity"], rel=1e-6)
+        assert resumed[seed]["final_train_loss"] == pytest.approx(whole[seed]["final_train_loss"], rel=1e-5)
+        assert resumed[seed]["timed_steps"] == 10  # 6 before the cut, 4 after
+    assert torch.load(checkpoints / "stagger.seed1.pt")["losses"] == pytest.approx(
+        torch.load(tmp_path / "whole" / "checkpoints" / "stagger.seed1.pt")["losses"], rel=1e-5)
+
+
+def test_too_short_validation_skips_multiples(tmp_path, capsys, corpus):
+    # One file that hashes to training (data.py splits by CRC32 of the name): its last 10% is the validation.
+    text = tmp_path / next(name for name in (f"text{i}.py" for i in range(100)) if zlib.crc32(name.encode()) % 10)
+    text.write_bytes(bytes(corpus.train[:4000].tolist()))
+    size = len(ByteCorpus.load([str(text)]).val)
+    assert size == 4000 // 10  # too short for one window of 8x (512 tokens) and 16x, long enough for 4x
+    args = ["--preset", "tiny", "--schedules", "stagger", "--steps", "2", "--data", str(text), "--device", "cpu"]
+    assert extrapolate.main(args + ["--out", str(tmp_path / "out")]) == 0
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["meta"]["eval_multiples"] == [1, 2, 4]
+    assert set(saved["meta"]["skipped_multiples"]) == {"8", "16"}
+    assert set(saved["runs"]["stagger"]["0"]["perplexity"]) == {"1", "2", "4"}
+    assert saved["meta"]["overlapping_windows"]["4"] == size // (4 * 64 + 1)
+    out = capsys.readouterr().out
+    assert f"skipping 8x (512 tokens): the validation split has {size} bytes" in out and "skipping 16x" in out
+    # At the boundary the plan agrees with what ByteCorpus.eval_windows accepts.
+    for size in (2 * 64 + 1, 2 * 64 + 2):
+        short = ByteCorpus(corpus.train, corpus.val[:size], "test")
+        evaluated, skipped, _ = extrapolate.evaluation_plan(short, 64, [1, 2], 8)
+        try:
+            short.eval_windows(2 * 64, 8)
+            fits = True
+        except ValueError:
+            fits = False
+        assert (2 in evaluated) == fits and ("2" in skipped) != fits and evaluated[0] == 1
+    with pytest.raises(ValueError, match="no evaluation length fits the validation split"):
+        extrapolate.main(args + ["--eval-multiples", "8,16", "--out", str(tmp_path / "none")])
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("args", [["--seeds", ""], ["--seeds", "-1"], ["--seeds", "0,0"], ["--seeds", "a"],
+                                  ["--eval-multiples", "0"], ["--eval-multiples", "1,x"],
+                                  ["--schedules", "stagger,stagger"]])
+def test_bad_seed_and_multiple_arguments(tmp_path, args):
+    with pytest.raises(SystemExit) as exit_info:
+        extrapolate.main(args + ["--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and not (tmp_path / "out").exists()
+
+
+def test_medium_preset_sits_between_small_and_paper():
+    sizes = {name: FibSparseLM(LMConfig.preset(name)).num_parameters() for name in ("small", "medium", "paper")}
+    assert sizes["small"] < sizes["medium"] < sizes["paper"]
+    config, train = LMConfig.preset("medium"), extrapolate.TRAIN_PRESETS["medium"]
+    assert 20e6 <= train.steps * train.batch_size * config.seq_len <= 50e6
+    for variant in extrapolate.DEFAULT_VARIANTS.split(",") + ["pow2-coprime"]:
+        schedule = LMConfig.preset("medium", **LMConfig.parse_variant(variant)).make_schedule()
+        if variant not in ("dense", "learned"):
+            # Training windows hold seq_len inputs, distances up to seq_len - 1: every offset is read in training.
+            assert max(max(schedule.offsets(i)) for i in range(config.num_layers)) < config.seq_len, variant

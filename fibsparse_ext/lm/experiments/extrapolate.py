@@ -1,13 +1,22 @@
-"""Train one LM per attention variant (same seed, data, steps and optimizer),
-then measure validation perplexity at 1x, 2x and 4x the training length and
-the inference latency of each.
+"""Train one LM per attention variant and seed (same data, steps and optimizer
+for every variant at a given seed), then measure validation perplexity at 1x,
+2x, 4x, 8x and 16x the training length, the training throughput and the
+inference latency of each.
 
     python -m fibsparse_ext.lm.experiments.extrapolate --preset tiny
     python -m fibsparse_ext.lm.experiments.extrapolate --preset small \
         --schedules fixed,learned,stagger,coprime,pow2-fixed,pow2-stagger,dense --out runs/small
+    python -m fibsparse_ext.lm.experiments.extrapolate --preset medium --seeds 0,1,2 --out runs/medium
 
-Writes OUT/results.json, OUT/results.png (with matplotlib) and one checkpoint
-per variant in OUT/checkpoints/; rerunning the same command resumes from them.
+With several seeds, results.json holds every (variant, seed) run, the mean and
+sample standard deviation of each variant's perplexity over the seeds, and the
+paired difference between every two variants (same seed, same data) with a
+95% t interval; the table prints them against a reference variant (`fixed`
+when present, else the first).
+
+Writes OUT/results.json, OUT/results.txt, OUT/results.png (with matplotlib)
+and one checkpoint per (variant, seed) in OUT/checkpoints/; rerunning the same
+command resumes from them, and reuses the evaluations stored in finished ones.
 """
 from __future__ import annotations
 
@@ -15,11 +24,14 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import statistics
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -28,7 +40,11 @@ from ..data import ByteCorpus
 from ..models import FibSparseLM, LMConfig
 
 DEFAULT_VARIANTS = "fixed,learned,stagger,coprime,pow2-fixed,pow2-stagger,dense"
-EVAL_MULTIPLES = (1, 2, 4)
+DEFAULT_EVAL_MULTIPLES = (1, 2, 4, 8, 16)
+CONFIDENCE = 0.95
+# Besides every steps // 5, a run saves at least this often, so that a call cut
+# by a wall-clock limit loses at most this much training.
+SAVE_EVERY_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,10 @@ class TrainConfig:
 TRAIN_PRESETS = {
     "tiny": TrainConfig(steps=60, batch_size=8, lr=3e-3, warmup=10, eval_windows=8),
     "small": TrainConfig(steps=500, batch_size=32, lr=2e-3, warmup=50, eval_windows=64),
+    # 1000 steps x 32 x 1024 = 32,768,000 tokens per variant and seed. 64
+    # windows of 16x (16,385 bytes each, 1.05 MB) fit the standard library's
+    # validation split (1.1-1.8 MiB) without overlapping.
+    "medium": TrainConfig(steps=1000, batch_size=32, lr=1e-3, warmup=100, eval_windows=64),
     "paper": TrainConfig(steps=20000, batch_size=64, lr=6e-4, warmup=1000, eval_windows=128),
 }
 
@@ -61,6 +81,133 @@ def learning_rate(step: int, train: TrainConfig) -> float:
     progress = (step - train.warmup) / max(1, train.steps - train.warmup)
     return train.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
+
+# --- Student's t distribution, for the paired intervals (no scipy here) -------
+
+def _beta_continued_fraction(a: float, b: float, x: float) -> float:
+    """The continued fraction of the regularized incomplete beta function
+    (modified Lentz), which converges fast for x < (a + 1) / (a + b + 2)."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    result = d
+    for m in range(1, 100_000):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            result *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            return result
+    raise ArithmeticError(f"incomplete beta did not converge for a={a}, b={b}, x={x}")
+
+
+def regularized_beta(x: float, a: float, b: float) -> float:
+    """I_x(a, b), the regularized incomplete beta function."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _beta_continued_fraction(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, dof: float) -> float:
+    """P(T <= t) for Student's t with `dof` degrees of freedom."""
+    tail = 0.5 * regularized_beta(dof / (dof + t * t), dof / 2.0, 0.5)  # P(T > |t|)
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_quantile(p: float, dof: float) -> float:
+    """The p-quantile of Student's t with `dof` degrees of freedom: t_cdf
+    inverted by bisection (the CDF is increasing), to double precision."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    if not dof > 0:
+        raise ValueError(f"dof must be > 0, got {dof}")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, dof)
+    if p == 0.5:
+        return 0.0
+    low, high = 0.0, 1.0
+    while t_cdf(high, dof) < p:
+        low, high = high, 2.0 * high
+    for _ in range(200):
+        middle = 0.5 * (low + high)
+        if middle in (low, high):
+            break
+        low, high = (middle, high) if t_cdf(middle, dof) < p else (low, middle)
+    return 0.5 * (low + high)
+
+
+def mean_std(values: list) -> dict:
+    """Mean, sample standard deviation (None below two values) and count."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
+            "n": len(values)}
+
+
+def paired_difference(baseline: list, variant: list, seeds: list) -> dict:
+    """The per-seed relative differences 100 * (variant / baseline - 1), in
+    percent, their mean and the CONFIDENCE interval of that mean from the t
+    distribution with n - 1 degrees of freedom. Pairing by seed removes what
+    the seed does to both runs alike (initial weights, data order)."""
+    differences = [100.0 * (v / b - 1.0) for b, v in zip(baseline, variant)]
+    summary = mean_std(differences)
+    out = {"mean_pct": summary["mean"], "std_pct": summary["std"], "n": summary["n"], "seeds": list(seeds),
+           "per_seed_pct": differences, "ci95_pct": None}
+    if summary["n"] < 2:
+        out["note"] = "one seed: no interval can be computed (it needs at least two)"
+    else:
+        half = t_quantile(0.5 + CONFIDENCE / 2, summary["n"] - 1) * summary["std"] / math.sqrt(summary["n"])
+        out["ci95_pct"] = [summary["mean"] - half, summary["mean"] + half]
+    return out
+
+
+def summarize(runs: dict, multiples: list) -> tuple[dict, dict]:
+    """From runs[variant][seed] (finished runs): per variant the mean and
+    sample std over seeds of each length's perplexity and of the training
+    throughput; per ordered pair (baseline, variant) and length the paired
+    difference over the seeds both have."""
+    aggregate = {}
+    for variant, by_seed in runs.items():
+        if not by_seed:
+            continue
+        records = list(by_seed.values())
+        alphas = [r["learned_alphas"] for r in records]
+        aggregate[variant] = {
+            "n": len(records), "seeds": [r["seed"] for r in records],
+            "perplexity": {str(m): mean_std([r["perplexity"].get(str(m)) for r in records]) for m in multiples},
+            "tokens_per_s": mean_std([r["tokens_per_s"] for r in records]),
+            "train_seconds": mean_std([r["train_seconds"] for r in records]),
+            "latency_ms": mean_std([r["latency_ms"] for r in records]),
+            "final_train_loss": mean_std([r["final_train_loss"] for r in records]),
+            "learned_alphas": [statistics.mean(layer) for layer in zip(*alphas)] if alphas and alphas[0] else [],
+        }
+    pairs = {}
+    for baseline in aggregate:
+        pairs[baseline] = {}
+        for variant in aggregate:
+            if variant == baseline:
+                continue
+            seeds = [s for s in runs[baseline] if s in runs[variant]]
+            if not seeds:
+                continue
+            pairs[baseline][variant] = {
+                str(m): paired_difference([runs[baseline][s]["perplexity"][str(m)] for s in seeds],
+                                          [runs[variant][s]["perplexity"][str(m)] for s in seeds],
+                                          [int(s) for s in seeds])
+                for m in multiples}
+    return aggregate, pairs
+
+
+# --- training ------------------------------------------------------------------
 
 class Progress:
     """A one-line progress bar on a terminal; a line per 10% otherwise (logs, CI)."""
@@ -78,7 +225,7 @@ class Progress:
         self.next_report = done + max(1, self.total // 10)
         rate = (done - self.start_step) / max(1e-9, time.perf_counter() - self.started)
         bar = "#" * (20 * done // self.total)
-        line = f"{self.label:>14s} [{bar:<20s}] {done}/{self.total} loss {loss:.3f} {rate:.1f} steps/s"
+        line = f"{self.label:>18s} [{bar:<20s}] {done}/{self.total} loss {loss:.3f} {rate:.1f} steps/s"
         print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
 
     def close(self) -> None:
@@ -86,14 +233,32 @@ class Progress:
             print(file=sys.stderr)
 
 
+def checkpoint_path(out: Path, variant: str, seed: int, default_seed: int) -> Path:
+    """The preset's own seed keeps the name checkpoints had before seeds were
+    an option, so that earlier runs resume; other seeds get their own file."""
+    name = f"{variant}.pt" if seed == default_seed else f"{variant}.seed{seed}.pt"
+    return out / "checkpoints" / name
+
+
+def save_atomically(state: dict, path: Path) -> None:
+    """A call killed while saving leaves the previous checkpoint whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
 def train_variant(variant: str, config: LMConfig, train: TrainConfig, corpus: ByteCorpus, device: torch.device,
-                  checkpoint: Path) -> tuple[FibSparseLM, list]:
-    """Trains (or resumes) one variant; returns the model and its loss curve."""
+                  checkpoint: Path, label: Optional[str] = None) -> tuple[FibSparseLM, dict]:
+    """Trains (or resumes) one variant at train.seed; returns the model and
+    its record: the loss curve ("losses"), the steps timed and the seconds
+    they took ("timed_steps", "train_seconds"; steps trained by code that
+    did not time them are not counted) and the stored evaluation ("evaluation")."""
     torch.manual_seed(train.seed)  # same initial weights for every variant where shapes agree
     model = FibSparseLM(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay,
                                   betas=(0.9, 0.95))
-    step, losses = 0, []
+    step, record = 0, {"losses": [], "timed_steps": 0, "train_seconds": 0.0, "evaluation": None}
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location=device)
         saved_train = {"packed": False, **state["train"]}  # checkpoints from before packing was an option
@@ -101,18 +266,24 @@ def train_variant(variant: str, config: LMConfig, train: TrainConfig, corpus: By
             raise ValueError(f"{checkpoint} was written by another configuration; remove it or use another --out")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        step, losses = state["step"], state["losses"]
+        step = state["step"]
+        record = {key: state.get(key, default) for key, default in record.items()}  # older ones lack timings
     if step >= train.steps:
-        return model, losses
+        return model, record
+
+    first_step, timed_before, seconds_before = step, record["timed_steps"], record["train_seconds"]
+    started = last_save = time.perf_counter()
 
     def save(at_step):
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": at_step,
-                    "losses": losses, "config": dataclasses.asdict(config), "train": dataclasses.asdict(train)},
-                   checkpoint)
+        record["timed_steps"] = timed_before + at_step - first_step
+        record["train_seconds"] = seconds_before + time.perf_counter() - started
+        save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": at_step,
+                         "losses": record["losses"], "config": dataclasses.asdict(config),
+                         "train": dataclasses.asdict(train), "timed_steps": record["timed_steps"],
+                         "train_seconds": record["train_seconds"], "evaluation": None}, checkpoint)
 
     model.train()
-    progress = Progress(variant, train.steps, step)
+    progress = Progress(label or variant, train.steps, step)
     for step in range(step, train.steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, train)
@@ -128,14 +299,17 @@ def train_variant(variant: str, config: LMConfig, train: TrainConfig, corpus: By
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        losses.append(loss.item())
-        progress.update(step, losses[-1])
-        if (step + 1) % max(1, train.steps // 5) == 0:
+        record["losses"].append(loss.item())  # .item() waits for the device: the timing is real
+        progress.update(step, record["losses"][-1])
+        if (step + 1) % max(1, train.steps // 5) == 0 or time.perf_counter() - last_save >= SAVE_EVERY_S:
             save(step + 1)
+            last_save = time.perf_counter()
     progress.close()
     save(train.steps)
-    return model, losses
+    return model, record
 
+
+# --- evaluation ----------------------------------------------------------------
 
 @torch.no_grad()
 def perplexity(model: FibSparseLM, corpus: ByteCorpus, length: int, windows: int, device: torch.device) -> float:
@@ -165,20 +339,150 @@ def latency_ms(model: FibSparseLM, length: int, device: torch.device, runs: int 
     return statistics.median(times)
 
 
-def format_table(results: dict, seq_len: int) -> str:
-    header = f"{'variant':>14s} | " + " | ".join(f"ppl @{m}x ({m * seq_len})" for m in EVAL_MULTIPLES)
-    header += " | 4x/1x | latency ms | alphas"
-    lines = [header, "-" * len(header)]
-    for name, r in results.items():
-        ppl = [r["perplexity"][str(m)] for m in EVAL_MULTIPLES]
-        alphas = ", ".join(f"{a:.3f}" for a in r["learned_alphas"]) or "-"
-        lines.append(f"{name:>14s} | " + " | ".join(f"{p:>{len(f'ppl @{m}x ({m * seq_len})')}.3f}"
-                                                    for p, m in zip(ppl, EVAL_MULTIPLES))
-                     + f" | {ppl[-1] / ppl[0]:5.2f} | {r['latency_ms']:10.2f} | {alphas}")
+def evaluation_plan(corpus: ByteCorpus, seq_len: int, multiples: list, windows: int) -> tuple[list, dict, dict]:
+    """Which multiples the validation split can evaluate: those it cannot hold
+    one window of (length + 1 tokens) are skipped, with the reason; those
+    whose `windows` windows overlap are kept, with how many disjoint windows
+    the split holds (the overlapping ones share text)."""
+    size = len(corpus.val)
+    evaluated, skipped, overlapping = [], {}, {}
+    for m in multiples:
+        length = m * seq_len
+        if size < length + 2:  # ByteCorpus.eval_windows needs more than length + 1 bytes
+            skipped[str(m)] = (f"the validation split has {size} bytes, fewer than the {length + 2} that one "
+                               f"window of {length} tokens needs")
+            continue
+        evaluated.append(m)
+        if size // (length + 1) < windows:
+            overlapping[str(m)] = size // (length + 1)
+    return evaluated, skipped, overlapping
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def evaluate_run(model: FibSparseLM, record: dict, corpus: ByteCorpus, train: TrainConfig, device: torch.device,
+                 multiples: list, checkpoint: Path, reevaluate: bool = False) -> dict:
+    """The run's perplexity at each multiple and its latency: those already
+    stored in its finished checkpoint by an evaluation of the same windows,
+    validation bytes and device are reused, the others measured and stored."""
+    key = {"eval_windows": train.eval_windows, "validation_bytes": len(corpus.val),
+           "validation_crc32": zlib.crc32(corpus.val.numpy().tobytes()), "device": device_name(device)}
+    stored = record.get("evaluation")
+    if reevaluate or not stored or stored.get("key") != key:
+        stored = {"key": key, "perplexity": {}, "latency_ms": None, "seconds": 0.0}
+    missing = [m for m in multiples if str(m) not in stored["perplexity"]]
+    if missing or stored["latency_ms"] is None:
+        started = time.perf_counter()
+        for m in missing:
+            stored["perplexity"][str(m)] = perplexity(model, corpus, m * model.config.seq_len, train.eval_windows,
+                                                      device)
+        if stored["latency_ms"] is None:
+            stored["latency_ms"] = latency_ms(model, model.config.seq_len, device)
+        stored["seconds"] += time.perf_counter() - started
+        state = torch.load(checkpoint, map_location="cpu")
+        state["evaluation"] = stored
+        save_atomically(state, checkpoint)
+    return stored
+
+
+def run_record(variant: str, seed: int, config: LMConfig, train: TrainConfig, model: FibSparseLM, record: dict,
+               evaluation: dict, multiples: list, checkpoint: Path) -> dict:
+    tokens_per_step = train.batch_size * config.seq_len  # packed batches hold the same number of input tokens
+    timed = record["timed_steps"]
+    return {
+        "variant": variant, "seed": seed, "checkpoint": checkpoint.name,
+        "schedule": config.schedule, "base": config.base, "parameters": model.num_parameters(),
+        "final_train_loss": statistics.mean(record["losses"][-10:]),
+        "perplexity": {str(m): evaluation["perplexity"][str(m)] for m in multiples},
+        "latency_ms": evaluation["latency_ms"],
+        "train_tokens": train.steps * tokens_per_step,
+        "timed_steps": timed,
+        "train_seconds": record["train_seconds"] if timed else None,
+        "tokens_per_s": timed * tokens_per_step / record["train_seconds"] if timed else None,
+        "eval_seconds": evaluation["seconds"],
+        "learned_alphas": model.alphas(),
+        "offsets_per_layer": [list(model.schedule.offsets(i)) if config.schedule not in ("dense", "learned")
+                              else None for i in range(config.num_layers)],
+    }
+
+
+# --- reporting -----------------------------------------------------------------
+
+def _table(rows: list) -> list:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [" | ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
+    return [lines[0], "-" * len(lines[0])] + lines[1:]
+
+
+def _number(value, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def reference_variant(variants: list) -> str:
+    return "fixed" if "fixed" in variants else variants[0]
+
+
+def format_table(runs: dict, aggregate: dict, pairs: dict, seq_len: int, multiples: list, seeds: list,
+                 skipped: dict, overlapping: dict, wall_seconds: float) -> str:
+    lines = []
+    if len(seeds) > 1:
+        lines.append(f"validation perplexity: mean ± sample std over seeds {', '.join(map(str, seeds))}")
+    else:
+        lines.append(f"validation perplexity: one seed ({seeds[0]}), so no spread")
+    ratio = f"{multiples[-1]}x/{multiples[0]}x"
+    rows = [["variant"] + [f"ppl @{m}x ({m * seq_len})" for m in multiples] + [ratio, "latency ms", "alphas"]]
+    for variant, summary in aggregate.items():
+        cells = []
+        for m in multiples:
+            p = summary["perplexity"][str(m)]
+            cells.append(_number(p["mean"], 3) + ("" if p["std"] is None else f" ± {p['std']:.3f}"))
+        first, last = (summary["perplexity"][str(m)]["mean"] for m in (multiples[0], multiples[-1]))
+        alphas = ", ".join(f"{a:.3f}" for a in summary["learned_alphas"]) or "-"
+        rows.append([variant] + cells + [f"{last / first:.2f}", _number(summary["latency_ms"]["mean"], 2), alphas])
+    lines += _table(rows)
+    for m, reason in skipped.items():
+        lines.append(f"{m}x ({int(m) * seq_len} tokens) skipped: {reason}")
+    for m, disjoint in overlapping.items():
+        lines.append(f"{m}x ({int(m) * seq_len} tokens): the validation split holds {disjoint} disjoint windows, "
+                     f"so its windows overlap")
+
+    reference = reference_variant(list(aggregate))
+    if pairs.get(reference):
+        lines += ["", f"paired differences vs {reference}: 100 * (ppl / ppl[{reference}] - 1) per seed, the mean "
+                      f"over seeds, [its {CONFIDENCE:.0%} t interval]"]
+        rows = [["variant"] + [f"@{m}x ({m * seq_len})" for m in multiples]]
+        no_interval = False
+        for variant, by_multiple in pairs[reference].items():
+            cells = []
+            for m in multiples:
+                d = by_multiple[str(m)]
+                if d["ci95_pct"] is None:
+                    no_interval = True
+                    cells.append(f"{d['mean_pct']:+.2f}% (n={d['n']})")
+                else:
+                    lo, hi = d["ci95_pct"]
+                    cells.append(f"{d['mean_pct']:+.2f}% [{lo:+.2f}, {hi:+.2f}]"
+                                 + ("" if d["n"] == len(seeds) else f" (n={d['n']})"))
+            rows.append([variant] + cells)
+        lines += _table(rows)
+        if no_interval:
+            lines.append("(n=1): one seed, so no interval can be computed: nothing shows such a difference "
+                         "to exceed what another seed would change")
+
+    lines += ["", "training throughput"]
+    rows = [["variant", "seed", "tokens", "seconds", "tokens/s"]]
+    for variant, by_seed in runs.items():
+        for seed, r in by_seed.items():
+            rows.append([variant, seed, f"{r['train_tokens']:,}", _number(r["train_seconds"], 1),
+                         "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:,.0f}"])
+    lines += _table(rows)
+    lines.append(f"wall time of this call: {wall_seconds:.1f} s (training, evaluation, checkpoints)")
     return "\n".join(lines)
 
 
-def plot(results: dict, seq_len: int, path: Path) -> bool:
+def plot(aggregate: dict, seq_len: int, multiples: list, seeds: list, path: Path) -> bool:
     try:
         import matplotlib
         import matplotlib.ticker
@@ -187,12 +491,17 @@ def plot(results: dict, seq_len: int, path: Path) -> bool:
     except ImportError:
         return False
     figure, axes = plt.subplots(figsize=(6, 4))
-    for name, r in results.items():
-        axes.plot([m * seq_len for m in EVAL_MULTIPLES], [r["perplexity"][str(m)] for m in EVAL_MULTIPLES],
-                  marker="o", label=name, linestyle="--" if name == "dense" else "-")
+    lengths = [m * seq_len for m in multiples]
+    for i, (name, summary) in enumerate(aggregate.items()):
+        points = [summary["perplexity"][str(m)] for m in multiples]
+        shift = 1.0 + 0.015 * (i - (len(aggregate) - 1) / 2)  # side by side, so that the error bars stay apart
+        axes.errorbar([x * shift for x in lengths], [p["mean"] for p in points],
+                      yerr=[p["std"] or 0.0 for p in points], marker="o", markersize=4, capsize=3, label=name,
+                      linestyle="--" if name == "dense" else "-")
+    spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "one seed"
     axes.set(xscale="log", yscale="log", xlabel="evaluation length (tokens)", ylabel="validation perplexity",
-             title=f"trained at {seq_len} tokens")
-    axes.set_xticks([m * seq_len for m in EVAL_MULTIPLES], [f"{m}x ({m * seq_len})" for m in EVAL_MULTIPLES])
+             title=f"trained at {seq_len} tokens; {spread}")
+    axes.set_xticks(lengths, [f"{m}x\n({m * seq_len})" for m in multiples])
     axes.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     axes.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
     axes.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
@@ -203,18 +512,49 @@ def plot(results: dict, seq_len: int, path: Path) -> bool:
     return True
 
 
+# --- command line ----------------------------------------------------------------
+
+def _int_list(text: str, minimum: int) -> list:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"must name at least one integer, got {text!r}")
+    if min(values) < minimum:
+        raise argparse.ArgumentTypeError(f"must be integers >= {minimum}, got {text!r}")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"names a value twice: {text!r}")
+    return values
+
+
+def seed_list(text: str) -> list:
+    return _int_list(text, 0)
+
+
+def multiple_list(text: str) -> list:
+    return sorted(_int_list(text, 1))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fibsparse_ext.lm.experiments.extrapolate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", choices=sorted(TRAIN_PRESETS))
     parser.add_argument("--schedules", default=DEFAULT_VARIANTS,
                         help=f"comma-separated variants (default {DEFAULT_VARIANTS})")
+    parser.add_argument("--seeds", type=seed_list,
+                        help="comma-separated training seeds, e.g. 0,1,2 (default: the preset's seed)")
+    parser.add_argument("--eval-multiples", type=multiple_list, default=list(DEFAULT_EVAL_MULTIPLES),
+                        help="comma-separated multiples of the training length to evaluate at "
+                             f"(default {','.join(map(str, DEFAULT_EVAL_MULTIPLES))})")
     parser.add_argument("--steps", type=positive_int, help="override the preset's training steps")
     parser.add_argument("--batch-size", type=positive_int, help="override the preset's batch size")
     parser.add_argument("--data", nargs="+", help="text files to train on (default: the standard library)")
     parser.add_argument("--max-bytes", type=positive_int, default=16 * 2**20)
     parser.add_argument("--packed", action="store_true",
                         help="train on whole files packed with cu_seqlens (each attended alone) instead of windows")
+    parser.add_argument("--reevaluate", action="store_true",
+                        help="measure perplexity and latency again instead of reusing those stored in checkpoints")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/<preset>)")
     args = parser.parse_args(argv)
@@ -223,6 +563,8 @@ def main(argv=None) -> int:
     variants = [v.strip() for v in args.schedules.split(",") if v.strip()]
     if not variants:
         parser.error(f"--schedules must name at least one variant, got {args.schedules!r}")
+    if len(set(variants)) != len(variants):
+        parser.error(f"--schedules names a variant twice: {args.schedules!r}")
     try:
         configs = {v: LMConfig.preset(args.preset, **LMConfig.parse_variant(v)) for v in variants}
         device = torch.device(args.device)
@@ -231,36 +573,64 @@ def main(argv=None) -> int:
     train = TRAIN_PRESETS[args.preset]
     train = dataclasses.replace(train, **{k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size))
                                           if v is not None}, packed=args.packed)
+    seeds = args.seeds or [train.seed]
     out = args.out or Path("runs") / args.preset
     corpus = ByteCorpus.load(args.data, args.max_bytes)
     seq_len = next(iter(configs.values())).seq_len
+    multiples, skipped, overlapping = evaluation_plan(corpus, seq_len, args.eval_multiples, train.eval_windows)
     print(f"data: {corpus.describe()}")
-    print(f"preset {args.preset}: {train}; device {device}; training length {seq_len}")
+    for m, reason in skipped.items():
+        print(f"skipping {m}x ({int(m) * seq_len} tokens): {reason}")
+    if not multiples:
+        raise ValueError(f"no evaluation length fits the validation split ({len(corpus.val)} bytes): "
+                         f"use more data or smaller --eval-multiples")
+    for m, disjoint in overlapping.items():
+        print(f"note: at {m}x the validation split holds {disjoint} disjoint windows of {int(m) * seq_len} tokens, "
+              f"fewer than the {train.eval_windows} evaluated: they overlap")
+    recipe = {k: v for k, v in dataclasses.asdict(train).items() if k != "seed"}
+    print(f"preset {args.preset}: {recipe}; seeds {seeds}; device {device}; training length {seq_len}; "
+          f"evaluated at {', '.join(f'{m}x' for m in multiples)}")
 
-    meta = {"preset": args.preset, "train": dataclasses.asdict(train), "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "torch": torch.__version__, "data": corpus.describe(), "training_length": seq_len}
+    meta = {"preset": args.preset, "train": recipe, "seeds": seeds, "device": str(device),
+            "device_name": device_name(device), "torch": torch.__version__, "data": corpus.describe(),
+            "training_length": seq_len, "eval_multiples": multiples, "skipped_multiples": skipped,
+            "overlapping_windows": overlapping, "reference": reference_variant(variants),
+            "tokens_per_step": train.batch_size * seq_len}
     out.mkdir(parents=True, exist_ok=True)
-    results = {}
-    for variant, config in configs.items():
-        model, losses = train_variant(variant, config, train, corpus, device, out / "checkpoints" / f"{variant}.pt")
-        results[variant] = {
-            "schedule": config.schedule, "base": config.base, "parameters": model.num_parameters(),
-            "final_train_loss": statistics.mean(losses[-10:]),
-            "perplexity": {str(m): perplexity(model, corpus, m * seq_len, train.eval_windows, device)
-                           for m in EVAL_MULTIPLES},
-            "latency_ms": latency_ms(model, seq_len, device),
-            "learned_alphas": model.alphas(),
-            "offsets_per_layer": [list(model.schedule.offsets(i)) if config.schedule not in ("dense", "learned")
-                                  else None for i in range(config.num_layers)],
-        }
-        # Written after every variant, so a long sweep that stops keeps what it finished.
-        (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    started = time.perf_counter()
+    runs = {variant: {} for variant in variants}
 
-    table = format_table(results, seq_len)
+    def write_results():
+        aggregate, pairs = summarize(runs, multiples)
+        meta["wall_seconds"] = time.perf_counter() - started
+        (out / "results.json").write_text(json.dumps({
+            "meta": meta, "runs": runs, "aggregate": aggregate,
+            "paired_differences": {
+                "definition": "per seed 100 * (ppl[variant] / ppl[baseline] - 1), averaged over the seeds both "
+                              "have; ci95_pct: mean -+ t(0.975, n - 1) * std / sqrt(n), null below two seeds",
+                "confidence": CONFIDENCE, "by_baseline": pairs}}, indent=1))
+        return aggregate, pairs
+
+    # Seed by seed, so that a sweep cut short holds whole seeds: complete pairs to compare.
+    for seed in seeds:
+        seeded = dataclasses.replace(train, seed=seed)
+        for variant, config in configs.items():
+            checkpoint = checkpoint_path(out, variant, seed, train.seed)
+            label = variant if len(seeds) == 1 else f"{variant} s{seed}"
+            model, record = train_variant(variant, config, seeded, corpus, device, checkpoint, label)
+            evaluation = evaluate_run(model, record, corpus, seeded, device, multiples, checkpoint, args.reevaluate)
+            runs[variant][str(seed)] = run_record(variant, seed, config, seeded, model, record, evaluation,
+                                                  multiples, checkpoint)
+            del model
+            # Written after every run, so a long sweep that stops keeps what it finished.
+            write_results()
+
+    aggregate, pairs = write_results()
+    table = format_table(runs, aggregate, pairs, seq_len, multiples, seeds, skipped, overlapping,
+                         meta["wall_seconds"])
     print("\n" + table)
     (out / "results.txt").write_text(table + "\n")
-    if plot(results, seq_len, out / "results.png"):
+    if plot(aggregate, seq_len, multiples, seeds, out / "results.png"):
         print(f"plot: {out / 'results.png'}")
     print(f"results: {out / 'results.json'}")
     return 0
