@@ -61,8 +61,8 @@ def main():
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     offsets = make_schedule("fixed", num_layers=1, window=args.window, max_distance=args.max_distance).offsets(0)
     offsets = torch.tensor(offsets, dtype=torch.int32, device=device)
-    lengths = [args.seqlen // world] * world
-    lengths[-1] += args.seqlen - sum(lengths)
+    per_rank = -(-args.seqlen // world)  # equal shards, the last one shorter if the length does not divide
+    lengths = [per_rank] * (world - 1) + [args.seqlen - per_rank * (world - 1)]
     start = sum(lengths[:rank])
     torch.manual_seed(rank)
     q, k, v = (torch.randn(1, lengths[rank], args.heads, 64, device=device, dtype=dtype, requires_grad=True)
@@ -70,7 +70,7 @@ def main():
     grad = torch.randn_like(q)
 
     def forward():
-        return context_parallel_attn(q, k, v, args.window, offsets, shard_lengths=lengths)
+        return context_parallel_attn(q, k, v, args.window, offsets)
 
     def step():
         torch.autograd.grad(forward(), (q, k, v), grad)

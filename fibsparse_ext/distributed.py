@@ -161,20 +161,23 @@ def _run(ops) -> None:
 
 def context_parallel_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, offsets: OffsetsLike,
                           group: Optional[dist.ProcessGroup] = None, softmax_scale: Optional[float] = None,
-                          return_lse: bool = False, shard_lengths: Optional[Sequence[int]] = None):
+                          return_lse: bool = False):
     """fibsparse_attn over a sequence sharded along the ranks of `group`.
 
     Args:
         q: this rank's shard (batch, seqlen_r, heads, head_dim); k, v: (batch,
             seqlen_r, heads_kv, head_dim). Rank r holds the positions after rank
-            r - 1's; shards may differ in length (an uneven last shard).
+            r - 1's; every shard has the same length but the last, which may be
+            shorter.
         window, offsets, softmax_scale: as fibsparse_attn, the same on every rank.
-        shard_lengths: every rank's seqlen_r, if known (else one all_gather finds them).
         return_lse: also return lse (batch, heads, seqlen_r).
 
     Returns:
         this rank's rows of the output (and lse) of fibsparse_attn over the whole
-        sequence. Every rank must call it, and run the backward, together.
+        sequence. Every rank must call it, and run the backward, together. The
+        ranks first agree on their shapes, dtypes, window and offsets with one
+        small all_gather; a disagreement is an error on every rank (not a hang).
+        A group of one is fibsparse_attn.
     """
     check_window(window)
     if not dist.is_available() or not dist.is_initialized():
@@ -184,8 +187,8 @@ def context_parallel_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, win
         raise ValueError(f"q and k must be this rank's shards, (batch, seqlen_r, heads, head_dim) with one seqlen_r, "
                          f"got q {tuple(q.shape)}, k {tuple(k.shape)}")
     rank, world = dist.get_rank(group), dist.get_world_size(group)
-    lengths = _shard_lengths(q, group, world, shard_lengths)
     offsets = as_offsets(offsets, q, window)
+    lengths = _agree(q, k, window, offsets, group, world)
     plan = exchange_plan(lengths, window, offsets)
     k_read, v_read = _ExchangeRows.apply(k, v, plan, rank, group)
     # Keys from the first row this rank reads to its shard's end; rows not read stay zero.
@@ -199,14 +202,33 @@ def context_parallel_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, win
                           return_lse=return_lse)
 
 
-def _shard_lengths(q: torch.Tensor, group, world: int, given: Optional[Sequence[int]]) -> list[int]:
-    if given is not None:
-        lengths = [int(x) for x in given]
-        if len(lengths) != world or lengths[dist.get_rank(group)] != q.shape[1] or min(lengths) < 0:
-            raise ValueError(f"shard_lengths must give every rank's seqlen_r ({world} values, this rank's = "
-                             f"{q.shape[1]}), got {list(given)}")
-        return lengths
-    mine = torch.tensor([q.shape[1]], dtype=torch.int64, device=q.device)
-    everyone = [torch.empty_like(mine) for _ in range(world)]
-    dist.all_gather(everyone, mine, group=group)
-    return [int(t.item()) for t in everyone]
+# What every rank must agree on, one number each in the all_gather of _agree.
+_AGREED = ("batch", "heads", "heads_kv", "head_dim", "dtype", "window", "offsets shape", "offsets values")
+_DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
+
+
+def _agree(q: torch.Tensor, k: torch.Tensor, window: int, offsets: torch.Tensor, group, world: int) -> list[int]:
+    """Every rank's shard length, after checking with one all_gather that all
+    ranks hold the same kind of shard and the same pattern; a disagreement
+    raises the same error on every rank, before any rank waits on another."""
+    values = offsets.detach().to(device="cpu", dtype=torch.float64).flatten()
+    # A fingerprint of the values: position-weighted, so a reordering changes it too.
+    fingerprint = float((values * torch.arange(1, values.numel() + 1, dtype=torch.float64)).sum()) + float(
+        values.square().sum())
+    mine = [q.shape[1], q.shape[0], q.shape[2], k.shape[2], q.shape[3], _DTYPE_CODES.get(q.dtype, -1), window,
+            float(offsets.numel() * 4 + offsets.dim()), fingerprint]
+    local = torch.tensor(mine, dtype=torch.float64, device=q.device)
+    everyone = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(everyone, local, group=group)
+    rows = [t.tolist() for t in everyone]
+    for i, name in enumerate(_AGREED, start=1):
+        seen = [row[i] for row in rows]
+        if any(x != seen[0] for x in seen):
+            raise ValueError(f"context_parallel_attn: the ranks disagree on {name} "
+                             f"(rank by rank: {[int(x) if name != 'offsets values' else x for x in seen]}); "
+                             f"every rank must pass shards of one sequence and the same window and offsets")
+    lengths = [int(row[0]) for row in rows]
+    if any(length != lengths[0] for length in lengths[:-1]) or lengths[-1] > lengths[0]:
+        raise ValueError(f"context_parallel_attn: shards must all have one length, the last one at most as long, "
+                         f"got seqlen_r rank by rank {lengths}")
+    return lengths

@@ -24,13 +24,13 @@ CASES = [
     ("integer", {2: [40, 40], 3: [30, 30, 17]}, 4, 4, 5, [8, 13, 21, 34, 55]),
     ("fractional per head", {2: [50, 31], 3: [26, 26, 26]}, 4, 2, 3,
      [[4.5, 9.25, 30.0, 61.75], [6.0, 17.5, 40.25, -1], [3.0, 8.0, 12.5, 90.0], [-1, -1, -1, -1]]),
-    ("window beyond a shard", {2: [7, 60], 3: [5, 0, 41]}, 2, 1, 20, [25, 44]),
-    ("band only", {2: [33, 33], 3: [20, 25, 21]}, 2, 2, 9, []),
+    ("window beyond the last shard, offsets beyond a shard", {2: [60, 7], 3: [41, 41, 5]}, 2, 1, 20, [25, 44, 90]),
+    ("an empty last shard", {2: [50, 0], 3: [30, 30, 0]}, 2, 2, 4, [6, 35]),
+    ("band only", {2: [33, 33], 3: [25, 25, 21]}, 2, 2, 9, []),
 ]
 
 
-def run_case(name, lengths, heads, heads_kv, window, offsets, rank, use_given_lengths, device,
-             dtype=torch.float64):
+def run_case(name, lengths, heads, heads_kv, window, offsets, rank, device, dtype=torch.float64):
     torch.manual_seed(0)
     total = sum(lengths)
     q, k, v, grad_out, grad_lse = (torch.randn(shape, dtype=torch.float64).to(device) for shape in [
@@ -44,8 +44,7 @@ def run_case(name, lengths, heads, heads_kv, window, offsets, rank, use_given_le
     shard = [t[:, rows].to(dtype).requires_grad_() for t in (q, k, v)]
     mine = positions.to(torch.float32 if fractional and dtype != torch.float64 else positions.dtype)
     mine = mine.clone().requires_grad_(fractional)
-    out, lse = context_parallel_attn(*shard, window, mine, return_lse=True,
-                                     shard_lengths=lengths if use_given_lengths else None)
+    out, lse = context_parallel_attn(*shard, window, mine, return_lse=True)
     ((out.double() * grad_out[:, rows]).sum() + (lse.double() * grad_lse[..., rows]).sum()).backward()
 
     whole = [t.clone().requires_grad_() for t in (q, k, v)]
@@ -68,6 +67,29 @@ def run_case(name, lengths, heads, heads_kv, window, offsets, rank, use_given_le
     return not bad
 
 
+def refuses_disagreements(rank, world, device):
+    """Shards or patterns that differ across ranks: the same error on every
+    rank, none left waiting."""
+    cases = {
+        "offsets values": dict(offsets=[5, 9 + rank]),
+        "head_dim": dict(head_dim=16 if rank == 0 else 32),
+        "seqlen_r": dict(length=10 if rank < world - 1 else 20),  # the last shard longer
+    }
+    ok = True
+    for expected, change in cases.items():
+        q = torch.randn(1, change.get("length", 10), 2, change.get("head_dim", 16), dtype=torch.float64,
+                        device=device)
+        try:
+            context_parallel_attn(q, q, q, 4, change.get("offsets", [5, 9]))
+            refused = False
+        except ValueError as error:
+            refused = expected in str(error)
+        sys.stdout.write(f"rank {rank} refuses a disagreement on {expected}: {'ok' if refused else 'NOT REFUSED'}\n")
+        sys.stdout.flush()
+        ok &= refused
+    return ok
+
+
 def main():
     backend = sys.argv[1] if len(sys.argv) > 1 else "gloo"
     device = torch.device("cpu")
@@ -77,10 +99,11 @@ def main():
     dist.init_process_group(backend, device_id=device if backend == "nccl" else None)
     rank, world = dist.get_rank(), dist.get_world_size()
     ok = True
-    for n, (name, lengths, heads, heads_kv, window, offsets) in enumerate(CASES):
-        ok &= run_case(name, lengths[world], heads, heads_kv, window, offsets, rank, n % 2 == 1, device)
+    for name, lengths, heads, heads_kv, window, offsets in CASES:
+        ok &= run_case(name, lengths[world], heads, heads_kv, window, offsets, rank, device)
     for name, lengths, heads, heads_kv, window, offsets in CASES[:2]:
-        ok &= run_case(name, lengths[world], heads, heads_kv, window, offsets, rank, False, device, torch.bfloat16)
+        ok &= run_case(name, lengths[world], heads, heads_kv, window, offsets, rank, device, torch.bfloat16)
+    ok &= refuses_disagreements(rank, world, device)
     dist.barrier()
     dist.destroy_process_group()
     sys.exit(0 if ok else 1)

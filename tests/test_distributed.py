@@ -31,14 +31,15 @@ def run_workers(world: int, backend: str) -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
     lines = [line for line in result.stdout.splitlines() if line.startswith("rank ")]
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert len(lines) == 6 * world and all(line.endswith("ok") for line in lines), "\n".join(lines)
+    assert len(lines) == 10 * world and all(line.endswith("ok") for line in lines), "\n".join(lines)
 
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_each_rank_gets_the_whole_sequences_rows(world):
     """Over gloo on the CPU: integer, per-head fractional (the summed d offsets
-    included), GQA, uneven and empty shards, a window longer than a shard, no
-    offsets; float64 and bfloat16."""
+    included), GQA, a shorter and an empty last shard, a window longer than a
+    shard, offsets reaching two shards back, no offsets; float64 and bfloat16;
+    and ranks that disagree on offsets, head_dim or shard lengths all refuse."""
     run_workers(world, "gloo")
 
 
