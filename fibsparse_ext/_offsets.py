@@ -42,7 +42,7 @@ def _is_compiling() -> bool:
 
 # The largest window the ops take (they hold it as int64 and halve the range
 # for headroom); any window >= seqlen_k already means the whole causal band.
-MAX_WINDOW = 2**62
+MAX_WINDOW = 2**62 - 1  # csrc/op_checks.cpp: INT64_MAX / 2
 # Integer offsets are read as int32 distances.
 MAX_OFFSET = 2**31 - 1
 
@@ -50,7 +50,7 @@ MAX_OFFSET = 2**31 - 1
 def check_window(window) -> int:
     # A SymInt is an int that torch.compile traces symbolically.
     if isinstance(window, bool) or not isinstance(window, (int, torch.SymInt)) or not 1 <= window <= MAX_WINDOW:
-        raise ValueError(f"window must be an int in [1, 2^62] (distance 0, the query itself, is always attended; "
+        raise ValueError(f"window must be an int in [1, 2^62 - 1] (distance 0, the query itself, is always attended; "
                          f"any window >= seqlen_k is the whole causal band), got {window!r}")
     return window
 

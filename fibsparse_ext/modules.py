@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._offsets import band_argument, check_offset_values
+from ._offsets import MAX_WINDOW, band_argument, check_offset_values
 from .decode import KVCache, fibsparse_attn_with_kvcache, required_capacity
 from .functional import default_scale
 from .rotary import apply_rotary, rotary_tables
 from .schedules import Schedule
+from .distributed import context_parallel_attn
 from .varlen import check_packed_boundaries
 
 # Learned alphas are kept above this, so positions stay positive and ordered.
@@ -75,7 +76,8 @@ class FibSparseAttention(nn.Module):
         return self.offsets
 
     def forward(self, x: torch.Tensor, start_pos: int = 0, cache: Optional[KVCache] = None,
-                cu_seqlens: Optional[torch.Tensor] = None, max_seqlen: Optional[int] = None) -> torch.Tensor:
+                cu_seqlens: Optional[torch.Tensor] = None, max_seqlen: Optional[int] = None,
+                context_parallel_group=None) -> torch.Tensor:
         """x (batch, seqlen, embed_dim) at positions start_pos.., or, with a cache,
         right after the tokens already in it (one cache per layer; see make_cache).
         With a cache, the positions come from it and start_pos is ignored.
@@ -83,7 +85,11 @@ class FibSparseAttention(nn.Module):
         Packed documents: x (1, total, embed_dim) holding documents back to back,
         cu_seqlens int32 (documents + 1,) their boundaries (0, then running
         totals) and max_seqlen at least the longest; each document is attended
-        (and its rotary positions counted) as if it were alone."""
+        (and its rotary positions counted) as if it were alone.
+
+        Context parallelism: with context_parallel_group (a torch.distributed
+        group), x is this rank's shard of one sequence, starting at position
+        start_pos (distributed.context_parallel_attn; every rank calls)."""
         embed_dim = self.qkv.in_features
         if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != embed_dim:
             raise ValueError(f"x must be (batch, seqlen, embed_dim={embed_dim}), got "
@@ -96,6 +102,9 @@ class FibSparseAttention(nn.Module):
                                  f"max_seqlen {max_seqlen}, cache {'given' if cache is not None else None}, "
                                  f"start_pos {start_pos}")
             check_packed_boundaries(cu_seqlens, cu_seqlens, seqlen, seqlen, max_seqlen, max_seqlen)
+        if context_parallel_group is not None and (cache is not None or cu_seqlens is not None):
+            raise ValueError("context parallelism (context_parallel_group) takes a shard of one sequence, without a "
+                             "cache or packed documents")
         q, k, v = self.qkv(x).view(batch, seqlen, -1, self.head_dim).split(
             [self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=2)
         if cache is not None:  # per-sequence positions: batches may be ragged
@@ -110,6 +119,11 @@ class FibSparseAttention(nn.Module):
         if cu_seqlens is not None:
             out = self._attend_packed(q[0], k[0], v[0], cu_seqlens, max_seqlen)
             return self.out_proj(out.reshape(1, seqlen, -1))
+        if context_parallel_group is not None:
+            # A dense layer is a band longer than any sequence (the same on every rank).
+            window, offsets = (MAX_WINDOW, []) if self.window is None else (self.window, self.positions())
+            out = context_parallel_attn(q, k, v, window, offsets, group=context_parallel_group)
+            return self.out_proj(out.reshape(batch, seqlen, -1))
         if cache is not None and bool((cache.seqlens > 0).any()):  # decoding after the cached tokens
             window, offsets = (cache.capacity, []) if self.window is None else (self.window, self.positions())
             # Appends k, v, after checking they fit: a refused call changes no cache.

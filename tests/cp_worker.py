@@ -90,6 +90,35 @@ def refuses_disagreements(rank, world, device):
     return ok
 
 
+def lm_step_matches_one_process(rank, world, device, schedule):
+    """FibSparseLM on this rank's shard of a sequence: its logits rows, and every
+    parameter's gradient summed over the ranks (as DDP would), equal one
+    process running the whole sequence."""
+    import torch.nn.functional as F
+
+    from fibsparse_ext.lm.models import FibSparseLM, LMConfig
+    torch.manual_seed(0)
+    model = FibSparseLM(LMConfig.preset("tiny", schedule=schedule)).double().to(device)
+    total = 150 if world == 2 else 140
+    tokens = torch.randint(0, 256, (1, total + 1), generator=torch.Generator().manual_seed(1)).to(device)
+    per_rank = -(-total // world)
+    start = rank * per_rank
+    rows = slice(start, min(start + per_rank, total))
+    logits = model(tokens[:, rows], start_pos=start, context_parallel_group=dist.group.WORLD)
+    loss = F.cross_entropy(logits[0], tokens[0, rows.start + 1:rows.stop + 1], reduction="sum")
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    for g in grads:
+        dist.all_reduce(g)
+    whole = model(tokens[:, :-1])
+    whole_grads = torch.autograd.grad(F.cross_entropy(whole[0], tokens[0, 1:], reduction="sum"),
+                                      list(model.parameters()))
+    errors = [relative_error(logits, whole[:, rows])] + [relative_error(a, b) for a, b in zip(grads, whole_grads)]
+    ok = max(errors) < 1e-10
+    sys.stdout.write(f"rank {rank} LM step, {schedule}: {'ok' if ok else f'MISMATCH {max(errors)}'}\n")
+    sys.stdout.flush()
+    return ok
+
+
 def main():
     backend = sys.argv[1] if len(sys.argv) > 1 else "gloo"
     device = torch.device("cpu")
@@ -104,6 +133,8 @@ def main():
     for name, lengths, heads, heads_kv, window, offsets in CASES[:2]:
         ok &= run_case(name, lengths[world], heads, heads_kv, window, offsets, rank, device, torch.bfloat16)
     ok &= refuses_disagreements(rank, world, device)
+    for schedule in ["stagger", "learned", "dense"]:
+        ok &= lm_step_matches_one_process(rank, world, device, schedule)
     dist.barrier()
     dist.destroy_process_group()
     sys.exit(0 if ok else 1)

@@ -173,3 +173,15 @@ def test_op_names_a_bad_band(device, band, match):
     q, k, v = qkv(device=device)
     raises(torch.ops.fibsparse.fwd, q, k, v, torch.tensor([5], dtype=torch.int32, device=device), band, 0.25,
            match=match)
+
+
+def test_python_and_the_op_take_the_same_largest_window():
+    """The entry point and the op agree on the largest window (2^62 - 1): the
+    largest one passes both, one more is refused by both."""
+    from fibsparse_ext._offsets import MAX_WINDOW
+    q, k, v = qkv()
+    offsets = torch.tensor([], dtype=torch.int32)
+    fibsparse_attn(q, k, v, MAX_WINDOW, offsets)
+    torch.ops.fibsparse.fwd(q, k, v, offsets, [MAX_WINDOW], 0.25)
+    raises(fibsparse_attn, q, k, v, MAX_WINDOW + 1, offsets, match="window must be")
+    raises(torch.ops.fibsparse.fwd, q, k, v, offsets, [MAX_WINDOW + 1], 0.25, match="window is too large")

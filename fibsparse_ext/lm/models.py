@@ -101,8 +101,9 @@ class Block(nn.Module):
                                  nn.Linear(hidden, config.embed_dim, bias=False))
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, cu_seqlens: Optional[torch.Tensor] = None,
-                max_seqlen: Optional[int] = None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cache=cache, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+                max_seqlen: Optional[int] = None, start_pos: int = 0, context_parallel_group=None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), start_pos=start_pos, cache=cache, cu_seqlens=cu_seqlens,
+                          max_seqlen=max_seqlen, context_parallel_group=context_parallel_group)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -126,14 +127,17 @@ class FibSparseLM(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, tokens: torch.Tensor, caches: Optional[list] = None, cu_seqlens: Optional[torch.Tensor] = None,
-                max_seqlen: Optional[int] = None) -> torch.Tensor:
+                max_seqlen: Optional[int] = None, start_pos: int = 0, context_parallel_group=None) -> torch.Tensor:
         """Logits for tokens (batch, seqlen); with caches (one per block, from
         make_caches), the tokens continue what the caches hold. Packed
         documents: tokens (1, total) with cu_seqlens and max_seqlen
-        (FibSparseAttention.forward), each document as if alone."""
+        (FibSparseAttention.forward), each document as if alone. Context
+        parallelism: tokens are this rank's shard of one sequence, starting at
+        start_pos, and context_parallel_group the ranks that hold the others."""
         x = self.embed(tokens)
         for i, block in enumerate(self.blocks):
-            x = block(x, None if caches is None else caches[i], cu_seqlens, max_seqlen)
+            x = block(x, None if caches is None else caches[i], cu_seqlens, max_seqlen, start_pos,
+                      context_parallel_group)
         return self.norm(x) @ self.embed.weight.t()  # tied output head
 
     def make_caches(self, batch: int, max_seqlen: int) -> list:
