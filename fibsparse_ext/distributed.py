@@ -61,25 +61,39 @@ def _merge(intervals: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
     return tuple((lo, hi) for lo, hi in merged)
 
 
+def reach_behind(window: int, offsets: torch.Tensor) -> list[tuple[int, int]]:
+    """(farthest, nearest) per distance of the pattern: a query at pos reads rows
+    pos - farthest .. pos - nearest through it (the band; an integer offset d
+    reads row pos - d; a fractional position p rows pos - floor(p) - 1 and
+    pos - floor(p)). From the offsets' host values, every head's."""
+    values = [x for x in offsets.detach().cpu().flatten().tolist() if x >= 0]  # -1 is padding
+    fractional = offsets.is_floating_point()
+    behind = [(window - 1, 0)]
+    for x in values:
+        whole = math.floor(x)
+        behind.append((whole + 1, whole) if fractional else (whole, whole))
+    return behind
+
+
+def rows_read_before(start: int, length: int, behind: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """The positions before `start` that queries [start, start + length) read,
+    as sorted disjoint intervals (behind: reach_behind's)."""
+    wanted = []
+    for farthest, nearest in behind:
+        lo, hi = max(start - farthest, 0), min(start + length - nearest, start)
+        if length and lo < hi:
+            wanted.append((lo, hi))
+    return _merge(wanted)
+
+
 def exchange_plan(lengths: Sequence[int], window: int, offsets: torch.Tensor) -> ExchangePlan:
     """The rows each rank reads from earlier shards, from every shard's length,
     the window and the offsets (host values, every head's)."""
-    values = [x for x in offsets.detach().cpu().flatten().tolist() if x >= 0]  # -1 is padding
-    fractional = offsets.is_floating_point()
-    # (farthest, nearest): a query at pos reads rows pos - farthest .. pos - nearest.
-    behind = [(window - 1, 0)]  # the band
-    for x in values:
-        whole = math.floor(x)
-        behind.append((whole + 1, whole) if fractional else (whole, whole))  # rows pos - whole - 1, pos - whole
+    behind = reach_behind(window, offsets)
     starts = [sum(lengths[:r]) for r in range(len(lengths))]
     reads, sends = [], {}
     for r, (start, length) in enumerate(zip(starts, lengths)):
-        wanted = []
-        for farthest, nearest in behind:
-            lo, hi = max(start - farthest, 0), min(start + length - nearest, start)
-            if length and lo < hi:
-                wanted.append((lo, hi))
-        reads.append(_merge(wanted))
+        reads.append(rows_read_before(start, length, behind))
         for s in range(r):
             owned = (starts[s], starts[s] + lengths[s])
             part = tuple((max(lo, owned[0]), min(hi, owned[1])) for lo, hi in reads[r]
