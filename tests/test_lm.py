@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fibsparse_ext.lm.data import ByteCorpus
-from fibsparse_ext.lm.experiments import extrapolate
+from fibsparse_ext.lm.experiments import extrapolate, intervals
 from fibsparse_ext.lm.models import FibSparseLM, LMConfig
 
 
@@ -174,17 +174,17 @@ def test_experiment_trains_on_packed_documents(tmp_path):
 def test_t_quantile():
     # Published two-sided 95% and 99% critical values, to the table's three decimals.
     for dof, value in ((1, 12.706), (2, 4.303), (4, 2.776), (10, 2.228), (30, 2.042)):
-        assert round(extrapolate.t_quantile(0.975, dof), 3) == value, dof
-    assert round(extrapolate.t_quantile(0.995, 10), 3) == 3.169
+        assert round(intervals.t_quantile(0.975, dof), 3) == value, dof
+    assert round(intervals.t_quantile(0.995, 10), 3) == 3.169
     # Closed forms: Cauchy for one degree of freedom, and t_2 = (2p - 1) / sqrt(2 p (1 - p)).
     for p in (0.6, 0.9, 0.975, 0.999):
-        assert extrapolate.t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-10)
-        assert extrapolate.t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-10)
-        assert extrapolate.t_quantile(1 - p, 3) == -extrapolate.t_quantile(p, 3)
-    assert extrapolate.t_quantile(0.975, 1e5) == pytest.approx(NormalDist().inv_cdf(0.975), abs=1e-4)
+        assert intervals.t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-10)
+        assert intervals.t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-10)
+        assert intervals.t_quantile(1 - p, 3) == -intervals.t_quantile(p, 3)
+    assert intervals.t_quantile(0.975, 1e5) == pytest.approx(NormalDist().inv_cdf(0.975), abs=1e-4)
     for bad in ((0.0, 3), (1.0, 3), (0.9, 0)):
         with pytest.raises(ValueError):
-            extrapolate.t_quantile(*bad)
+            intervals.t_quantile(*bad)
 
 
 def fake_run(seed, ppl):
