@@ -25,6 +25,9 @@ class CheckedOnce:
 
     def run(self, tensors: tuple, settings: tuple, check: Callable[[], None]) -> None:
         """Runs `check` unless these tensors, unchanged, passed it with these settings."""
+        if any(t.is_inference() for t in tensors):  # no version counter: a change could not be seen
+            check()
+            return
         ident = tuple(id(t) for t in tensors)
         state = tuple((t._version, t.data_ptr()) for t in tensors) + tuple(settings)
         with self._lock:

@@ -317,6 +317,11 @@ def test_checked_once_remembers_unchanged_tensors_only():
     for _ in range(2):  # a refused tensor is never remembered as checked
         with pytest.raises(ValueError):
             memory.run((fresh,), (), refuse)
+    with torch.inference_mode():  # inference tensors have no version counter: checked every time
+        made_in_inference = torch.tensor([0, 2], dtype=torch.int32)
+        for _ in range(2):
+            memory.run((made_in_inference,), (), lambda: calls.append("inference"))
+    assert calls[-2:] == ["inference", "inference"]
 
 
 @requires_cuda
