@@ -285,7 +285,7 @@ def test_fake_checks_at_trace_time_under_compile():
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda q: fibsparse_attn(q, q, q, 2**70, []), r"window must be an int in \[1, 2\^62\].*got 1180591620717411303424"),
+    (lambda q: fibsparse_attn(q, q, q, 2**70, []), r"window must be an int in \[1, 2\^62 - 1\].*got 1180591620717411303424"),
     (lambda q: fibsparse_attn(q, q, q, 4, [8, 2**70]), r"offsets must be distances <= 2\^31 - 1"),
     (lambda q: fibsparse_attn(q, q, q, 4, [8, 2**40]), r"offsets must be distances <= 2\^31 - 1"),
     (lambda q: fibsparse_attn(q, q, q, 4, torch.tensor([8, 13], device="meta")), "offsets must be on q's device"),
