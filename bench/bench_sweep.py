@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from bench_attention import copy_bandwidth, flex_attention, fwd_bwd, sparse_mask_mod
 from fibsparse_ext import fibsparse_attn, make_schedule
-from timing import graphed_ms, median_ms
+from timing import graphed_ms, median_ms, peak_extra_mb
 
 if flex_attention is not None:
     from torch.nn.attention.flex_attention import create_block_mask
@@ -51,16 +51,6 @@ def sweep_configs(quick: bool) -> list[Config]:
     configs += [Config(b, n, heads_kv=2) for b, n in lengths]  # GQA: 8 query heads, 2 kv heads
     configs += [Config(1, 16384, window=w) for w in (64, 256)]
     return configs
-
-
-def peak_extra_mb(fn) -> float:
-    """Peak memory allocated while fn runs, above what was allocated before."""
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
 def measure(config: Config, bandwidth: float) -> dict:

@@ -25,7 +25,7 @@ import subprocess
 import torch
 
 from fibsparse_ext import fibsparse_attn, fibsparse_attn_varlen, make_schedule
-from timing import median_ms
+from timing import median_ms, peak_extra_mb
 
 WINDOW = 128
 
@@ -35,27 +35,15 @@ def fibonacci_offsets(max_distance: int, device) -> torch.Tensor:
     return torch.tensor(offsets, dtype=torch.int32, device=device)
 
 
-def fwd_and_fwd_bwd_ms(attend, inputs, grad):
-    def step():
-        out = attend(*inputs)
-        torch.autograd.grad(out, inputs, grad)
-    return median_ms(lambda: attend(*inputs)), median_ms(step)
-
-
-def peak_mb(fn) -> float:
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
-
-
 def fwd_bwd_step(attend, inputs, grad):
     def step():
         out = attend(*inputs)
         torch.autograd.grad(out, inputs, grad)
     return step
+
+
+def fwd_and_fwd_bwd_ms(attend, inputs, grad):
+    return median_ms(lambda: attend(*inputs)), median_ms(fwd_bwd_step(attend, inputs, grad))
 
 
 def random_inputs(shape_q, shape_k, dtype):
@@ -142,7 +130,7 @@ def packed_batch(lengths, heads, heads_kv, head_dim, dtype, alone_ms_per_token):
     def measure(name, attend, inputs, grad):
         try:
             fwd, both = fwd_and_fwd_bwd_ms(attend, inputs, grad)
-            rows[name] = (fwd, both, peak_mb(fwd_bwd_step(attend, inputs, grad)))
+            rows[name] = (fwd, both, peak_extra_mb(fwd_bwd_step(attend, inputs, grad)))
         except Exception as error:  # a peer missing or failing on this machine: say so, keep going
             rows[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:100] if str(error) else ''}"
 

@@ -62,3 +62,13 @@ def host_us(fn, runs: int = 300, warmup: int = 20) -> float:
     elapsed = time.perf_counter() - start
     torch.cuda.synchronize()
     return elapsed / runs * 1e6
+
+
+def peak_extra_mb(fn) -> float:
+    """Peak memory allocated while fn runs, above what was allocated before."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
