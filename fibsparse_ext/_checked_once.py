@@ -18,6 +18,13 @@ import weakref
 from typing import Callable
 
 
+def can_remember(tensors) -> bool:
+    """Whether a change of these tensors can be seen: a tensor made under
+    torch.inference_mode has no version counter, so nothing read from it may
+    be kept for a later call."""
+    return not any(t.is_inference() for t in tensors if t is not None)
+
+
 class CheckedOnce:
     def __init__(self):
         self._seen: dict[tuple, tuple] = {}
@@ -25,7 +32,7 @@ class CheckedOnce:
 
     def run(self, tensors: tuple, settings: tuple, check: Callable[[], None]) -> None:
         """Runs `check` unless these tensors, unchanged, passed it with these settings."""
-        if any(t.is_inference() for t in tensors):  # no version counter: a change could not be seen
+        if not can_remember(tensors):
             check()
             return
         ident = tuple(id(t) for t in tensors)

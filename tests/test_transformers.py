@@ -163,6 +163,20 @@ def test_left_padded_batch_matches_each_sequence_alone(pattern):
         assert (batched[b, 150 - n:] - alone[0]).abs().max() <= 1e-10 * alone.abs().max()
 
 
+def test_left_padded_batch_under_inference_mode():
+    """A mask made under torch.inference_mode has no version counter: the
+    packing found for it is not kept, and the result is the same."""
+    model, _ = model_pair("llama")
+    ids = torch.randint(1, 97, (2, 30), generator=torch.Generator().manual_seed(9))
+    mask = torch.ones(2, 30, dtype=torch.long)
+    mask[1, :7] = 0
+    expected = model(ids, attention_mask=mask).logits
+    with torch.inference_mode():
+        inference_mask = mask.clone()
+        for _ in range(2):
+            assert torch.equal(model(ids, attention_mask=inference_mask).logits, expected)
+
+
 @pytest.mark.parametrize("pattern", [PATTERN, LEARNED], ids=["stagger", "learned"])
 def test_left_padded_generation_equals_each_prompt_alone(pattern):
     model, _ = model_pair("qwen2", pattern)

@@ -10,7 +10,9 @@ a mask) cannot be one causal sequence and is refused.
 
 Finding the sequences reads the mask or position_ids on the host (a device
 sync). Every layer of a forward passes the same tensors, so the result is
-kept for as long as they are unchanged: one sync per forward, not per layer.
+kept for as long as they are unchanged: one sync per forward, not per layer
+(per layer for tensors made under torch.inference_mode, whose changes cannot
+be seen).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Optional
 
 import torch
 
+from .._checked_once import can_remember
 from ..varlen import _attend_packed_built_offsets
 
 
@@ -76,11 +79,13 @@ def packing_of(attention_mask: Optional[torch.Tensor], position_ids: Optional[to
                seqlen_q: int, seqlen_k: int) -> Optional[Packing]:
     """The packed sequences of this call, or None where the dense call is exact
     (no padding before a real token, one sequence per row)."""
-    key = tuple((weakref.ref(t), t._version) if t is not None else None for t in (attention_mask, position_ids))
-    key += (batch, seqlen_q, seqlen_k)
-    seen = _last.get("packing")
-    if seen is not None and _same(seen[0], key):
-        return seen[1]
+    remember = can_remember((attention_mask, position_ids))  # else found again in every layer
+    if remember:
+        key = tuple((weakref.ref(t), t._version) if t is not None else None
+                    for t in (attention_mask, position_ids)) + (batch, seqlen_q, seqlen_k)
+        seen = _last.get("packing")
+        if seen is not None and _same(seen[0], key):
+            return seen[1]
     packing = None
     if attention_mask is not None:
         if attention_mask.dim() != 2:
@@ -95,7 +100,8 @@ def packing_of(attention_mask: Optional[torch.Tensor], position_ids: Optional[to
         if packing is not None and seqlen_q != seqlen_k:
             raise ValueError(f"position_ids restart within a row (packed sequences) while {seqlen_k - seqlen_q} "
                              f"cached keys precede the queries: packed sequences are taken whole, without a cache")
-    _last["packing"] = (key, packing)
+    if remember:
+        _last["packing"] = (key, packing)
     return packing
 
 
