@@ -17,16 +17,17 @@ from fibsparse_ext import fibsparse_attn
 from fibsparse_ext.accuracy import TOLERANCE, relative_error
 from fibsparse_ext.distributed import context_parallel_attn
 
-# (name, shard lengths per world size, heads, heads_kv, window, offsets); every
+# (name, shard lengths per world size, heads, heads_kv, window, offsets; a
+# group of one takes the whole of the two-rank sequence); every
 # case in float64, against the single process to 1e-12, and the last ones also
 # in bfloat16, against the float64 single process to bfloat16's tolerance.
 CASES = [
-    ("integer", {2: [40, 40], 3: [30, 30, 17]}, 4, 4, 5, [8, 13, 21, 34, 55]),
-    ("fractional per head", {2: [50, 31], 3: [26, 26, 26]}, 4, 2, 3,
+    ("integer", {2: [40, 40], 3: [30, 30, 17], 4: [20, 20, 20, 17]}, 4, 4, 5, [8, 13, 21, 34, 55]),
+    ("fractional per head", {2: [50, 31], 3: [26, 26, 26], 4: [20, 20, 20, 9]}, 4, 2, 3,
      [[4.5, 9.25, 30.0, 61.75], [6.0, 17.5, 40.25, -1], [3.0, 8.0, 12.5, 90.0], [-1, -1, -1, -1]]),
-    ("window beyond the last shard, offsets beyond a shard", {2: [60, 7], 3: [41, 41, 5]}, 2, 1, 20, [25, 44, 90]),
-    ("an empty last shard", {2: [50, 0], 3: [30, 30, 0]}, 2, 2, 4, [6, 35]),
-    ("band only", {2: [33, 33], 3: [25, 25, 21]}, 2, 2, 9, []),
+    ("window beyond the last shard, offsets beyond a shard", {2: [60, 7], 3: [41, 41, 5], 4: [30, 30, 30, 3]}, 2, 1, 20, [25, 44, 90]),
+    ("an empty last shard", {2: [50, 0], 3: [30, 30, 0], 4: [20, 20, 20, 0]}, 2, 2, 4, [6, 35]),
+    ("band only", {2: [33, 33], 3: [25, 25, 21], 4: [17, 17, 17, 17]}, 2, 2, 9, []),
 ]
 
 
@@ -73,12 +74,13 @@ def refuses_disagreements(rank, world, device):
     cases = {
         "offsets values": dict(offsets=[5, 9 + rank]),
         "head_dim": dict(head_dim=16 if rank == 0 else 32),
+        "dtype": dict(dtype=torch.float32 if rank == 0 else torch.float64),
         "seqlen_r": dict(length=10 if rank < world - 1 else 20),  # the last shard longer
     }
     ok = True
     for expected, change in cases.items():
-        q = torch.randn(1, change.get("length", 10), 2, change.get("head_dim", 16), dtype=torch.float64,
-                        device=device)
+        q = torch.randn(1, change.get("length", 10), 2, change.get("head_dim", 16),
+                        dtype=change.get("dtype", torch.float64), device=device)
         try:
             context_parallel_attn(q, q, q, 4, change.get("offsets", [5, 9]))
             refused = False
@@ -128,11 +130,13 @@ def main():
     dist.init_process_group(backend, device_id=device if backend == "nccl" else None)
     rank, world = dist.get_rank(), dist.get_world_size()
     ok = True
+    shards = lambda lengths: lengths[world] if world > 1 else [sum(lengths[2])]
     for name, lengths, heads, heads_kv, window, offsets in CASES:
-        ok &= run_case(name, lengths[world], heads, heads_kv, window, offsets, rank, device)
+        ok &= run_case(name, shards(lengths), heads, heads_kv, window, offsets, rank, device)
     for name, lengths, heads, heads_kv, window, offsets in CASES[:2]:
-        ok &= run_case(name, lengths[world], heads, heads_kv, window, offsets, rank, device, torch.bfloat16)
-    ok &= refuses_disagreements(rank, world, device)
+        ok &= run_case(name, shards(lengths), heads, heads_kv, window, offsets, rank, device, torch.bfloat16)
+    if world > 1:
+        ok &= refuses_disagreements(rank, world, device)
     for schedule in ["stagger", "learned", "dense"]:
         ok &= lm_step_matches_one_process(rank, world, device, schedule)
     dist.barrier()
