@@ -1,6 +1,6 @@
 """Context parallelism, side by side at each length: context_parallel_attn
 (fwd and fwd+bwd per rank, peak memory per GPU, bytes sent and received per
-rank, the exchange alone), against one device running the whole sequence
+rank, the exchange and key buffer alone), against one device running the whole sequence
 where it fits, an all-gather of k and v followed by the same kernel over the
 prefix, and PyTorch's ring context_parallel over SDPA (dense causal, the peer
 a user would otherwise pick). A spot check compares the last rows of every
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from fibsparse_ext import fibsparse_attn, make_schedule
 from fibsparse_ext.accuracy import relative_error
-from fibsparse_ext.distributed import _ExchangeRows, context_parallel_attn, exchange_plan, reach_behind
+from fibsparse_ext.distributed import _GatherKeys, context_parallel_attn, exchange_plan, reach_behind
 
 HEAD_DIM = 64
 
@@ -152,12 +152,12 @@ def run_length(seqlen, args, offsets, rank, world, device, dtype):
     def step():
         torch.autograd.grad(forward(), (q, k, v), grad)
 
-    def exchange():
+    def gather_keys():  # the exchange and the key buffer, without the kernel
         with torch.no_grad():
-            _ExchangeRows.apply(k, v, plan, rank, None)
+            _GatherKeys.apply(k, v, plan, rank, None)
 
     fwd_ms, step_ms = timed_ms(forward, device, args.runs), timed_ms(step, device, args.runs)
-    exchange_ms = timed_ms(exchange, device, args.runs)
+    keys_ms = timed_ms(gather_keys, device, args.runs)
     peak = peak_gib(step, device)
 
     # Spot check: this rank's last rows against the kernel on the keys they read, run locally.
@@ -184,7 +184,7 @@ def run_length(seqlen, args, offsets, rank, world, device, dtype):
                 print(f"ring context_parallel over SDPA did not run: {type(error_).__name__}: {error_}")
     sent = sum(hi - lo for (s, _), intervals in plan.sends.items() if s == rank for lo, hi in intervals)
     received = sum(hi - lo for lo, hi in plan.reads[rank])
-    results = torch.tensor([fwd_ms, step_ms, exchange_ms, peak, sent * row_bytes / 2**20,
+    results = torch.tensor([fwd_ms, step_ms, keys_ms, peak, sent * row_bytes / 2**20,
                             received * row_bytes / 2**20, (seqlen - lengths[rank]) * row_bytes / 2**20, error,
                             *(gathered or (float("nan"),) * 2), ring or float("nan")],
                            dtype=torch.float64, device=device)
@@ -207,7 +207,7 @@ def run_length(seqlen, args, offsets, rank, world, device, dtype):
     print(f"\n--- seqlen {seqlen}, shards {lengths}")
     print("one device, whole sequence: " + (f"fwd {single[0]:.3f} ms, fwd+bwd {single[1]:.3f} ms, peak "
                                            f"{single[2]:.2f} GiB" if single else "out of memory"))
-    print(f"{'rank':>4s} {'fwd ms':>8s} {'f+b ms':>8s} {'exch ms':>8s} {'peak GiB':>9s} {'sent MiB':>9s} "
+    print(f"{'rank':>4s} {'fwd ms':>8s} {'f+b ms':>8s} {'keys ms':>8s} {'peak GiB':>9s} {'sent MiB':>9s} "
           f"{'recv MiB':>9s} {'all-gather MiB':>15s} {'spot err':>9s} {'gather f+b ms':>14s} {'gather GiB':>11s} "
           f"{'ring SDPA f+b ms':>17s}")
     for r, row in enumerate(everyone):

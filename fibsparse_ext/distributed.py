@@ -114,51 +114,74 @@ def _count(intervals) -> int:
     return sum(hi - lo for lo, hi in intervals)
 
 
-class _ExchangeRows(torch.autograd.Function):
-    """Forward: each rank receives the k and v rows it reads from earlier ranks
-    (in position order). Backward: the gradients of those rows go back to their
-    owners, which add them in rank order."""
+class _GatherKeys(torch.autograd.Function):
+    """Forward: this rank's key buffer, k and v rows from the first position it
+    reads to its shard's end: the rows it reads from earlier ranks (received),
+    zeros between them, then its own shard. Backward: the gradients of the
+    received rows go back to their owners, which add them in rank order.
+
+    Only rows that some rank reads are sent (gathered into one k-and-v message
+    per pair of ranks); the copy of the shard into the buffer is queued while
+    the messages are in flight. Whole-shard temporaries are what this avoids:
+    at a million tokens a concatenation of k and v cost more than the messages."""
 
     @staticmethod
     def forward(ctx, k, v, plan: ExchangePlan, rank: int, group):
         ctx.plan, ctx.rank, ctx.group = plan, rank, group
-        ctx.shape = k.shape
-        kv = torch.cat([k, v], -1)  # one message per pair of ranks
-        batch, _, heads_kv, width = kv.shape
+        start = plan.starts[rank]
+        gap = start - plan.first_read(rank)
+        ctx.gap = gap
+        batch, _, heads_kv, head_dim = k.shape
         ops, received = [], []
         for (s, r), intervals in sorted(plan.sends.items()):
             if s == rank:
-                rows = _rows(intervals, plan.starts[rank], k.device)
-                ops.append(dist.P2POp(dist.isend, kv[:, rows].contiguous(), _peer(group, r), group))
+                rows = _rows(intervals, start, k.device)
+                message = torch.cat([k.index_select(1, rows), v.index_select(1, rows)], -1)
+                ops.append(dist.P2POp(dist.isend, message, _peer(group, r), group))
             elif r == rank:
-                buffer = kv.new_empty(batch, _count(intervals), heads_kv, width)
+                buffer = k.new_empty(batch, _count(intervals), heads_kv, 2 * head_dim)
                 ops.append(dist.P2POp(dist.irecv, buffer, _peer(group, s), group))
                 received.append(buffer)
-        _run(ops)
-        kv_read = torch.cat(received, 1) if received else kv.new_empty(batch, 0, heads_kv, width)
-        k_read, v_read = kv_read.split(k.shape[-1], -1)
-        return k_read.contiguous(), v_read.contiguous()
+        works = dist.batch_isend_irecv(ops) if ops else []
+        k_all = k.new_empty(batch, gap + k.shape[1], heads_kv, head_dim)
+        v_all = v.new_empty(batch, gap + v.shape[1], heads_kv, head_dim)
+        k_all[:, gap:].copy_(k)
+        v_all[:, gap:].copy_(v)
+        k_all[:, :gap].zero_()
+        v_all[:, :gap].zero_()
+        for work in works:
+            work.wait()
+        if received:
+            kv_read = torch.cat(received, 1)
+            rows = _rows(plan.reads[rank], start - gap, k.device)
+            k_all.index_copy_(1, rows, kv_read[..., :head_dim])
+            v_all.index_copy_(1, rows, kv_read[..., head_dim:])
+        return k_all, v_all
 
     @staticmethod
-    def backward(ctx, grad_k_read, grad_v_read):
-        plan, rank, group = ctx.plan, ctx.rank, ctx.group
-        grad_kv_read = torch.cat([grad_k_read, grad_v_read], -1)
-        batch, _, heads_kv, width = grad_kv_read.shape
-        ops, incoming, offset = [], [], 0
+    def backward(ctx, grad_k_all, grad_v_all):
+        plan, rank, group, gap = ctx.plan, ctx.rank, ctx.group, ctx.gap
+        start = plan.starts[rank]
+        batch, _, heads_kv, head_dim = grad_k_all.shape
+        ops, incoming = [], []
         for (s, r), intervals in sorted(plan.sends.items()):
             if r == rank:  # the gradients of rows received from s go back to s
-                rows = grad_kv_read[:, offset:offset + _count(intervals)].contiguous()
-                offset += _count(intervals)
-                ops.append(dist.P2POp(dist.isend, rows, _peer(group, s), group))
+                rows = _rows(intervals, start - gap, grad_k_all.device)
+                message = torch.cat([grad_k_all.index_select(1, rows), grad_v_all.index_select(1, rows)], -1)
+                ops.append(dist.P2POp(dist.isend, message, _peer(group, s), group))
             elif s == rank:
-                buffer = grad_kv_read.new_empty(batch, _count(intervals), heads_kv, width)
+                buffer = grad_k_all.new_empty(batch, _count(intervals), heads_kv, 2 * head_dim)
                 ops.append(dist.P2POp(dist.irecv, buffer, _peer(group, r), group))
                 incoming.append((r, intervals, buffer))
         _run(ops)
-        grad_kv = grad_kv_read.new_zeros(*ctx.shape[:-1], 2 * ctx.shape[-1])
-        for _, intervals, buffer in sorted(incoming, key=lambda item: item[0]):  # rank order: deterministic
-            grad_kv.index_add_(1, _rows(intervals, plan.starts[rank], grad_kv.device), buffer)
-        grad_k, grad_v = grad_kv.split(ctx.shape[-1], -1)
+        # The shard's rows of the buffer's gradient are the shard's gradient;
+        # the later ranks' parts are added in place (grad_k_all is the kernel's
+        # fresh dk of the buffer, which nothing else reads), in rank order.
+        grad_k, grad_v = grad_k_all[:, gap:], grad_v_all[:, gap:]
+        for _, intervals, buffer in sorted(incoming, key=lambda item: item[0]):
+            rows = _rows(intervals, start, grad_k.device)
+            grad_k.index_add_(1, rows, buffer[..., :head_dim])
+            grad_v.index_add_(1, rows, buffer[..., head_dim:])
         return grad_k, grad_v, None, None, None
 
 
@@ -204,14 +227,7 @@ def context_parallel_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, win
     offsets = as_offsets(offsets, q, window)
     lengths = _agree(q, k, window, offsets, group, world)
     plan = exchange_plan(lengths, window, offsets)
-    k_read, v_read = _ExchangeRows.apply(k, v, plan, rank, group)
-    # Keys from the first row this rank reads to its shard's end; rows not read stay zero.
-    first, start = plan.first_read(rank), plan.starts[rank]
-    rows = _rows(plan.reads[rank], first, k.device)
-    gap = (k.shape[0], start - first, k.shape[2], k.shape[3])
-    k_before = k.new_zeros(gap).index_copy(1, rows, k_read)
-    v_before = v.new_zeros(gap).index_copy(1, rows, v_read)
-    k_all, v_all = torch.cat([k_before, k], 1), torch.cat([v_before, v], 1)
+    k_all, v_all = _GatherKeys.apply(k, v, plan, rank, group)
     return fibsparse_attn(q, k_all, v_all, window, offsets, softmax_scale=default_scale(q, softmax_scale),
                           return_lse=return_lse)
 
