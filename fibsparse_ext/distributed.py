@@ -143,6 +143,10 @@ class _GatherKeys(torch.autograd.Function):
                 ops.append(dist.P2POp(dist.irecv, buffer, _peer(group, s), group))
                 received.append(buffer)
         works = dist.batch_isend_irecv(ops) if ops else []
+        if gap == 0:  # reads nothing before its shard (the first rank): the shard is the buffer
+            for work in works:
+                work.wait()
+            return k.view_as(k), v.view_as(v)
         k_all = k.new_empty(batch, gap + k.shape[1], heads_kv, head_dim)
         v_all = v.new_empty(batch, gap + v.shape[1], heads_kv, head_dim)
         k_all[:, gap:].copy_(k)
@@ -225,8 +229,8 @@ def context_parallel_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, win
                          f"got q {tuple(q.shape)}, k {tuple(k.shape)}")
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     offsets = as_offsets(offsets, q, window)
-    lengths = _agree(q, k, window, offsets, group, world)
-    plan = exchange_plan(lengths, window, offsets)
+    lengths, host_offsets = _agree(q, k, window, offsets, group, world)
+    plan = exchange_plan(lengths, window, host_offsets)
     k_all, v_all = _GatherKeys.apply(k, v, plan, rank, group)
     return fibsparse_attn(q, k_all, v_all, window, offsets, softmax_scale=default_scale(q, softmax_scale),
                           return_lse=return_lse)
@@ -237,11 +241,14 @@ _AGREED = ("batch", "heads", "heads_kv", "head_dim", "dtype", "window", "offsets
 _DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
 
 
-def _agree(q: torch.Tensor, k: torch.Tensor, window: int, offsets: torch.Tensor, group, world: int) -> list[int]:
-    """Every rank's shard length, after checking with one all_gather that all
-    ranks hold the same kind of shard and the same pattern; a disagreement
-    raises the same error on every rank, before any rank waits on another."""
-    values = offsets.detach().to(device="cpu", dtype=torch.float64).flatten()
+def _agree(q: torch.Tensor, k: torch.Tensor, window: int, offsets: torch.Tensor, group,
+           world: int) -> tuple[list[int], torch.Tensor]:
+    """Every rank's shard length and a host copy of the offsets, after checking
+    with one all_gather that all ranks hold the same kind of shard and the same
+    pattern; a disagreement raises the same error on every rank, before any
+    rank waits on another."""
+    host_offsets = offsets.detach().cpu()
+    values = host_offsets.to(torch.float64).flatten()
     # A fingerprint of the values: position-weighted, so a reordering changes it too.
     fingerprint = float((values * torch.arange(1, values.numel() + 1, dtype=torch.float64)).sum()) + float(
         values.square().sum())
@@ -261,4 +268,4 @@ def _agree(q: torch.Tensor, k: torch.Tensor, window: int, offsets: torch.Tensor,
     if any(length != lengths[0] for length in lengths[:-1]) or lengths[-1] > lengths[0]:
         raise ValueError(f"context_parallel_attn: shards must all have one length, the last one at most as long, "
                          f"got seqlen_r rank by rank {lengths}")
-    return lengths
+    return lengths, host_offsets
