@@ -256,7 +256,12 @@ def _agree(q: torch.Tensor, k: torch.Tensor, window: int, offsets: torch.Tensor,
             float(offsets.numel() * 4 + offsets.dim()), fingerprint]
     local = torch.tensor(mine, dtype=torch.float64, device=q.device)
     everyone = [torch.empty_like(local) for _ in range(world)]
-    dist.all_gather(everyone, local, group=group)
+    try:
+        dist.all_gather(everyone, local, group=group)
+    except RuntimeError as error:  # gloo raises on the group's timeout (NCCL's watchdog ends the process)
+        raise RuntimeError(f"context_parallel_attn: not every rank of the group called it within the process "
+                           f"group's timeout (every rank must call it, and run the backward, together): "
+                           f"{error}") from error
     rows = [t.tolist() for t in everyone]
     for i, name in enumerate(_AGREED, start=1):
         seen = [row[i] for row in rows]

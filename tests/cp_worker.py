@@ -7,6 +7,7 @@ line per case and exits non-zero if any mismatched.
 
 gloo runs on the CPU; nccl on one GPU per rank (LOCAL_RANK).
 """
+import datetime
 import os
 import sys
 
@@ -92,6 +93,24 @@ def refuses_disagreements(rank, world, device):
     return ok
 
 
+def a_missing_rank_times_out(rank, world, device):
+    """A rank that never calls: the others get an error after the group's
+    timeout instead of waiting for ever (gloo; NCCL's watchdog ends the process)."""
+    short = dist.new_group(timeout=datetime.timedelta(seconds=2))
+    ok = True
+    if rank == 0:
+        q = torch.randn(1, 10, 2, 16, dtype=torch.float64, device=device)
+        try:
+            context_parallel_attn(q, q, q, 4, [5, 9], group=short)
+            ok = False
+        except RuntimeError as error:
+            ok = "not every rank of the group called it" in str(error)
+        sys.stdout.write(f"rank {rank} a missing rank is an error after the timeout: {'ok' if ok else 'NO ERROR'}\n")
+        sys.stdout.flush()
+    dist.barrier()
+    return ok
+
+
 def lm_step_matches_one_process(rank, world, device, schedule):
     """FibSparseLM on this rank's shard of a sequence: its logits rows, and every
     parameter's gradient summed over the ranks (as DDP would), equal one
@@ -137,6 +156,8 @@ def main():
         ok &= run_case(name, shards(lengths), heads, heads_kv, window, offsets, rank, device, torch.bfloat16)
     if world > 1:
         ok &= refuses_disagreements(rank, world, device)
+        if backend == "gloo":
+            ok &= a_missing_rank_times_out(rank, world, device)
     for schedule in ["stagger", "learned", "dense"]:
         ok &= lm_step_matches_one_process(rank, world, device, schedule)
     dist.barrier()

@@ -83,14 +83,15 @@ def main():
         except ImportError:
             print("no matplotlib: no plot")
             return
-        figure, axes = plt.subplots(figsize=(6, 4))
+        figure, axes = plt.subplots(figsize=(8, 4.5))
         for tokens in sorted({t for t, _, _ in rows}):
             ranks = [n for t, n, _ in rows if t == tokens]
             for key, style in (("strips MiB", "-"), ("all-gather MiB", ":"), ("all-to-all MiB", "--")):
                 axes.plot(ranks, [r[key] for t, _, r in rows if t == tokens], style, marker="o",
                           label=f"{tokens // 2**20}M tokens, {key.split()[0]}")
         axes.set(xscale="log", yscale="log", xlabel="ranks", ylabel="MiB received per rank")
-        axes.legend(fontsize=6)
+        axes.set_title("bytes each rank receives: strips (ours), all-gather, all-to-all over heads", fontsize=9)
+        axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
         figure.tight_layout()
         figure.savefig(args.plot, dpi=120)
         print(f"plot: {args.plot}")
