@@ -1,4 +1,4 @@
-// Decode kernel: a few new queries per sequence against a (ring) KV cache.
+// Decode kernel: a few new queries per sequence against a KV cache (linear, ring or paged).
 // A query reads only window + K keys, so one query per block leaves nothing
 // to parallelize over but the keys: the block's kGroups lane groups split the
 // query's distances (group g walks t = g, g + kGroups, ...), each with its own
@@ -23,7 +23,10 @@ __global__ void __launch_bounds__(kLaneBlockThreads) decode_kernel(const Params 
   using Walk = QueryWalk<T, OffsetT, kHeadDim>;
   using Acc = typename Walk::Acc;
   constexpr int kElems = Walk::kElems;
-  if (is_offsets_check_block()) return check_offsets_on_device<OffsetT>(p, blockIdx.y);
+  if (is_offsets_check_block()) {
+    check_cache_on_device<OffsetT>(p, blockIdx.y, blockIdx.z);
+    return check_offsets_on_device<OffsetT>(p, blockIdx.y);
+  }
   const int lane = threadIdx.x % kLanes, group = threadIdx.x / kLanes;
   const int i = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const Sequence seq = sequence_of(p, b);
