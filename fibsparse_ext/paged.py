@@ -43,11 +43,12 @@ def pages_spanned(first: int, end: int, page_size: int) -> range:
 
 
 def pages_per_sequence_bound(farthest: int, new_tokens: int, page_size: int) -> int:
-    """The most pages a PagedKVCache sequence holds: during a call of
-    `new_tokens` queries it keeps the pages of positions [L - farthest, L + new)
-    (L its length before the call), farthest + new positions, which span at most
-    ceil((farthest + new) / page_size) + 1 pages."""
-    return -(-(farthest + new_tokens) // page_size) + 1
+    """The most pages a PagedKVCache sequence holds: from a call of
+    `new_tokens` queries on, it keeps the pages of positions [L - farthest,
+    L + new) (L its length before the call), n = farthest + new consecutive
+    positions, which span at most (n - 2) // page_size + 2 pages (when the
+    first sits in the last row of a page; at most ceil(n / page_size) + 1)."""
+    return (max(farthest + new_tokens, 1) - 2) // page_size + 2
 
 
 def _check_new_tokens(k, v, q: torch.Tensor, k_cache: torch.Tensor, names=("k", "v")) -> None:
