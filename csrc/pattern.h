@@ -226,14 +226,24 @@ FIBSPARSE_HD int64_t paged_key_row(const Params& p, int b, int64_t j) {
 
 // The row of k and v that holds key position j >= 0 of sequence b: j itself
 // (the tensors' own rows, or a linear cache's), its slot in a ring cache, or
-// its page's row in a paged one. Decode callers check that lengths fit the
-// cache; the clamp only keeps a bad length from reading out of bounds. Each
-// test is uniform over a launch, so the non-paged kernels pay one predictable
-// branch.
+// (kPaged) its page's row in a paged one. Decode callers check that lengths
+// fit the cache; the clamp only keeps a bad length from reading out of
+// bounds. The CUDA kernels know kPaged at compile time (the decode kernel is
+// instantiated for both, the forward kernels never page), so the non-paged
+// ones compile as before.
+template <bool kPaged>
 FIBSPARSE_HD int64_t key_row(const Params& p, int b, int64_t j) {
-  if (p.block_table != nullptr) return paged_key_row(p, b, j);
-  if (p.ring) return j % p.seqlen_k;
-  return j < p.seqlen_k ? j : p.seqlen_k - 1;
+  if constexpr (kPaged) {
+    return paged_key_row(p, b, j);
+  } else {
+    if (p.ring) return j % p.seqlen_k;
+    return j < p.seqlen_k ? j : p.seqlen_k - 1;
+  }
+}
+
+// The same, deciding at run time (the CPU kernel: one predictable branch).
+FIBSPARSE_HD int64_t key_row(const Params& p, int b, int64_t j) {
+  return p.block_table != nullptr ? key_row<true>(p, b, j) : key_row<false>(p, b, j);
 }
 
 // The farthest distance behind a query that a head reads: the band's last

@@ -95,6 +95,37 @@ def check_block_table_values(lengths: torch.Tensor, block_table: torch.Tensor, n
                          f"{where[:2]} (sequence, column): a page may hold positions of only one sequence")
 
 
+def _farthest_on_device(window: int, offsets: torch.Tensor) -> torch.Tensor:
+    """decode.largest_distance as a 0-d tensor on the offsets' device (no
+    sync): padding (-1) is below every real distance, and a fractional p reads
+    floor(p) + 1."""
+    band = torch.tensor(window - 1, dtype=torch.float64, device=offsets.device)
+    if offsets.numel() == 0:
+        return band
+    largest = offsets.detach().max().double()
+    return torch.maximum(band, largest.floor() + 1 if offsets.is_floating_point() else largest)
+
+
+def _block_table_flags(lengths: torch.Tensor, block_table: torch.Tensor, new_tokens: int, farthest: torch.Tensor,
+                       num_pages: int, page_size: int) -> torch.Tensor:
+    """Whether any of check_block_table_values' rules is broken, computed where
+    the tensors live (no sync): one number per rule, for the host copy that
+    reads everything at once; check_block_table_values then names the entry."""
+    capacity = block_table.shape[1] * page_size
+    bad_length = ((lengths < new_tokens) | (lengths > capacity)).any()
+    first = (lengths - new_tokens - farthest).clamp(min=0).long()
+    columns = torch.arange(block_table.shape[1], device=block_table.device)
+    read = (columns >= (first // page_size)[:, None]) & (columns * page_size < lengths[:, None])
+    inside = (block_table >= 0) & (block_table < num_pages)
+    outside = (read & ~inside).any()
+    # Count each page read (one more bin for the entries not read): a count of 2 is a page named twice.
+    pages = torch.where(read & inside, block_table.long(), num_pages).flatten()
+    counts = torch.zeros(num_pages + 1, dtype=torch.int32, device=block_table.device)
+    counts.index_add_(0, pages, torch.ones_like(pages, dtype=torch.int32))
+    twice = (counts[:num_pages] > 1).any()
+    return torch.stack([bad_length, outside, twice])
+
+
 def fibsparse_attn_with_paged_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                       cache_seqlens: torch.Tensor, block_table: torch.Tensor, window: int,
                                       offsets: OffsetsLike, softmax_scale: Optional[float] = None,
@@ -123,9 +154,14 @@ def fibsparse_attn_with_paged_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_
         out (batch, new, heads, head_dim) [, lse (batch, heads, new)].
 
     Every check runs before anything is written, so a refused call changes no
-    cache. The values of cache_seqlens, offsets and block_table are read in one
-    host copy per call (one device sync on CUDA); PagedKVCache, whose block
-    tables are valid by construction, skips it.
+    cache. The values of cache_seqlens, offsets and block_table are checked in
+    one host copy per call (one device sync on CUDA); PagedKVCache, whose
+    block tables are valid by construction, skips it.
+
+    The block table's rules are evaluated on its device and only their outcome
+    is copied with the offsets: one device sync per call, of a few numbers
+    whatever the table's size (a refused call copies the table to name the
+    entry at fault).
     """
     check_window(window)
     offsets = as_offsets(offsets, q, window, check_values=False)  # checked below, from the host copy
@@ -140,16 +176,20 @@ def fibsparse_attn_with_paged_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_
         _check_new_tokens(k, v, q, k_cache)
     lengths = cache_seqlens.to(device=q.device, dtype=torch.int64)
 
-    # One host copy of everything whose values are checked (a device sync),
-    # before anything is written. float64 holds int32 entries exactly.
-    host = torch.cat([lengths.double(), offsets.detach().flatten().double(), block_table.flatten().double()]).cpu()
-    host_lengths = host[:batch].long()
-    host_offsets = host[batch:batch + offsets.numel()].view(offsets.shape).to(offsets.dtype)
-    host_table = host[batch + offsets.numel():].view(block_table.shape).long()
-    check_offset_values(host_offsets, window)
+    # The block table's rules are evaluated where it lives; one host copy then
+    # reads their outcome with the offsets (a device sync), before anything is
+    # written. Only a refused call copies the block table itself, to name the
+    # entry at fault.
     appended = new if k is not None else 0
-    check_block_table_values(host_lengths + appended, host_table, new, largest_distance(window, host_offsets),
-                             k_cache.shape[0], k_cache.shape[1])
+    num_pages, page_size = k_cache.shape[0], k_cache.shape[1]
+    flags = _block_table_flags(lengths + appended, block_table, new, _farthest_on_device(window, offsets), num_pages,
+                               page_size)
+    host = torch.cat([offsets.detach().flatten().double(), flags.double()]).cpu()
+    check_offset_values(host[:offsets.numel()].view(offsets.shape).to(offsets.dtype), window)
+    if host[offsets.numel():].any():
+        host_offsets = offsets.detach().cpu()
+        check_block_table_values((lengths + appended).cpu(), block_table.cpu().long(), new,
+                                 largest_distance(window, host_offsets), num_pages, page_size)
     if k is not None:
         write_new_tokens(k_cache, v_cache, block_table, lengths, k, v)
         lengths = lengths + new

@@ -18,9 +18,9 @@ namespace {
 
 constexpr int kGroups = kLaneBlockThreads / kLanes;
 
-template <typename T, typename OffsetT, int kHeadDim>
+template <typename T, typename OffsetT, int kHeadDim, bool kPaged>
 __global__ void __launch_bounds__(kLaneBlockThreads) decode_kernel(const Params p) {
-  using Walk = QueryWalk<T, OffsetT, kHeadDim>;
+  using Walk = QueryWalk<T, OffsetT, kHeadDim, kPaged>;
   using Acc = typename Walk::Acc;
   constexpr int kElems = Walk::kElems;
   if (is_offsets_check_block()) {
@@ -72,7 +72,9 @@ void launch_decode(const Params& p, bool fractional) {
   HEADDIM_SWITCH(p.head_dim, kHeadDim, [&] {
     BOOL_SWITCH(fractional, kFrac, [&] {
       using OffsetT = std::conditional_t<kFrac, acc_t<T>, int32_t>;
-      launch_kernel(decode_kernel<T, OffsetT, kHeadDim>, grid, kLaneBlockThreads, 0, p);
+      BOOL_SWITCH(p.block_table != nullptr, kPaged, [&] {
+        launch_kernel(decode_kernel<T, OffsetT, kHeadDim, kPaged>, grid, kLaneBlockThreads, 0, p);
+      });
     });
   });
 }

@@ -17,7 +17,8 @@ namespace fibsparse {
 // of the running output, the online softmax, and where the query's pattern
 // and its kv head's rows are. The forward and decode kernels differ only in
 // which distances each group walks.
-template <typename T, typename OffsetT, int kHeadDim>
+// kPaged: k and v are a paged cache's pool (decode with a block table).
+template <typename T, typename OffsetT, int kHeadDim, bool kPaged = false>
 struct QueryWalk {
   using Acc = acc_t<T>;
   static constexpr int kElems = kHeadDim / kLanes;
@@ -53,7 +54,7 @@ struct QueryWalk {
   __device__ __forceinline__ void step(const Params& p, int t, bool active) {
     const auto s = sample_key<Acc>(pos, t, p.band, offs);
     const bool interp = !std::is_integral_v<OffsetT> && s.frac != Acc(0);
-    const int64_t row0 = key_row(p, b, s.j0), row1 = key_row(p, b, s.j1);
+    const int64_t row0 = key_row<kPaged>(p, b, s.j0), row1 = key_row<kPaged>(p, b, s.j1);
     Acc row_k[kElems], diff[kElems];
     load_interp<kElems>(k, p.k_row_stride, row0, row1, s.frac, interp, row_k, diff);
     const Acc score = group_sum(slice_dot(q, row_k));
