@@ -99,11 +99,10 @@ def _farthest_on_device(window: int, offsets: torch.Tensor) -> torch.Tensor:
     """decode.largest_distance as a 0-d tensor on the offsets' device (no
     sync): padding (-1) is below every real distance, and a fractional p reads
     floor(p) + 1."""
-    band = torch.tensor(window - 1, dtype=torch.float64, device=offsets.device)
     if offsets.numel() == 0:
-        return band
+        return offsets.new_full((), window - 1, dtype=torch.float64)
     largest = offsets.detach().max().double()
-    return torch.maximum(band, largest.floor() + 1 if offsets.is_floating_point() else largest)
+    return (largest.floor() + 1 if offsets.is_floating_point() else largest).clamp(min=window - 1)
 
 
 def _block_table_flags(lengths: torch.Tensor, block_table: torch.Tensor, new_tokens: int, farthest: torch.Tensor,

@@ -176,6 +176,18 @@ def test_memory_stays_bounded_over_a_long_decode(page_size):
     assert cache.block_table.shape[1] >= 2005 // page_size  # the table grows; the pool does not
 
 
+@pytest.mark.parametrize("offsets", [torch.tensor([9, 30], dtype=torch.int32), torch.tensor([8.0, 29.5]),
+                                     torch.tensor([[9, -1], [12, 40]], dtype=torch.int32),
+                                     torch.tensor([[4.5, -1.0], [-1.0, -1.0]]), torch.zeros(0, dtype=torch.int32)],
+                         ids=["integer", "fractional", "per_head", "per_head_fractional", "none"])
+def test_the_checked_call_reads_as_far_as_the_pattern(offsets):
+    """The device-side form of the farthest distance (which pages a checked call
+    reads) is decode.largest_distance."""
+    from fibsparse_ext.paged import _farthest_on_device
+    for window in (8, 50):
+        assert float(_farthest_on_device(window, offsets)) == largest_distance(window, offsets)
+
+
 # ---- Bad input: refused with the argument named, before anything is written ----
 
 def bad_input_setup():
