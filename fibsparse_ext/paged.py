@@ -12,8 +12,8 @@ as with a ring, while sequences of any length join and leave one shared pool
 (continuous batching).
 
 - fibsparse_attn_with_paged_kvcache: the checked entry point for a block table
-  the caller manages (one host copy of its lengths, offsets and block table per
-  call, to check them before anything is written).
+  the caller manages (one host copy per call, of the offsets and the outcome of
+  the checks of lengths and block table, before anything is written).
 - PagedKVCache: one layer's pool and block table, managed with a host-side
   mirror, so its calls need no device sync.
 
@@ -22,7 +22,6 @@ Any page_size >= 1 works: the kernels find a key's page with one division of
 """
 from __future__ import annotations
 
-import math
 from collections import deque
 from typing import Optional, Sequence, Union
 
@@ -153,14 +152,11 @@ def fibsparse_attn_with_paged_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_
         out (batch, new, heads, head_dim) [, lse (batch, heads, new)].
 
     Every check runs before anything is written, so a refused call changes no
-    cache. The values of cache_seqlens, offsets and block_table are checked in
-    one host copy per call (one device sync on CUDA); PagedKVCache, whose
-    block tables are valid by construction, skips it.
-
-    The block table's rules are evaluated on its device and only their outcome
-    is copied with the offsets: one device sync per call, of a few numbers
-    whatever the table's size (a refused call copies the table to name the
-    entry at fault).
+    cache. The rules on cache_seqlens and block_table are evaluated on their
+    device, and one host copy per call reads their outcome with the offsets:
+    one device sync on CUDA, of a few numbers whatever the table's size (a
+    refused call copies the table to name the entry at fault). PagedKVCache,
+    whose block tables are valid by construction, skips it.
     """
     check_window(window)
     offsets = as_offsets(offsets, q, window, check_values=False)  # checked below, from the host copy
@@ -231,6 +227,14 @@ def _int_list(values: IntsLike, name: str) -> list:
     return list(values)
 
 
+def _offset_rows(offsets: OffsetsLike) -> int:
+    """Rows of per-head offsets (heads, K), or 1 for one shared row."""
+    if isinstance(offsets, torch.Tensor):
+        return offsets.shape[0] if offsets.dim() == 2 else 1
+    per_head = isinstance(offsets, (list, tuple)) and offsets and isinstance(offsets[0], (list, tuple))
+    return len(offsets) if per_head else 1
+
+
 class _Sequence:
     """The host mirror of one sequence: its length and the pages holding
     block table columns first_column, first_column + 1, ... in order (those
@@ -280,9 +284,7 @@ class PagedKVCache:
         self.k = torch.zeros(num_pages, page_size, heads_kv, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
         # The pattern, checked once: its offsets on the device as the op reads them.
-        heads = len(offsets) if isinstance(offsets, (list, tuple)) and offsets and isinstance(offsets[0], (list, tuple)) \
-            else (offsets.shape[0] if isinstance(offsets, torch.Tensor) and offsets.dim() == 2 else 1)
-        like_q = self.k.new_empty(1, 1, heads, head_dim)  # as_offsets reads q's heads, dtype and device
+        like_q = self.k.new_empty(1, 1, _offset_rows(offsets), head_dim)  # as_offsets reads q's heads, dtype, device
         self.offsets = as_offsets(offsets, like_q, window).detach()
         self.farthest = largest_distance(window, self.offsets.cpu())
         self.block_table = torch.full((max_batch, 1), -1, dtype=torch.int32, device=device)
