@@ -24,7 +24,7 @@ __global__ void __launch_bounds__(kLaneBlockThreads) decode_kernel(const Params 
   using Acc = typename Walk::Acc;
   constexpr int kElems = Walk::kElems;
   if (is_offsets_check_block()) {
-    check_cache_on_device<OffsetT>(p, blockIdx.y, blockIdx.z);
+    check_cache_on_device<OffsetT, kPaged>(p, blockIdx.y, blockIdx.z);
     return check_offsets_on_device<OffsetT>(p, blockIdx.y);
   }
   const int lane = threadIdx.x % kLanes, group = threadIdx.x / kLanes;

@@ -55,7 +55,7 @@ __device__ __forceinline__ void check_offsets_on_device(const Params& p, int h) 
 // share one row of offsets read the same pages, so only head 0 looks then.
 // With this check the Python entry point need not copy the lengths to the
 // host (a sync) to keep a bad one from passing.
-template <typename OffsetT>
+template <typename OffsetT, bool kPaged>
 __device__ __forceinline__ void check_cache_on_device(const Params& p, int h, int b) {
   const int64_t length = p.cache_seqlens[b];
   if (h == 0 && threadIdx.x == 0) {
@@ -64,7 +64,7 @@ __device__ __forceinline__ void check_cache_on_device(const Params& p, int h, in
                            "in a linear or paged cache, fit it (<= capacity, or <= block_table's pages_per_sequence "
                            "x page_size)");
   }
-  if (p.block_table == nullptr || (h != 0 && p.offsets_head_stride == 0)) return;
+  if (!kPaged || (h != 0 && p.offsets_head_stride == 0)) return;
   const OffsetT* row = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
   const int64_t end = length < p.seqlen_k ? length : p.seqlen_k;  // a bad length is reported above
   const int64_t first = first_position_read(end, p.seqlen_q, farthest_distance(row, p.num_offsets, p.band));
