@@ -346,13 +346,15 @@ import fibsparse_ext
 q = torch.randn(2, 1, 2, 64, device="cuda", dtype=torch.bfloat16)
 pool = torch.randn(8, 16, 2, 64, device="cuda", dtype=torch.bfloat16)
 table = torch.tensor([[0, 1, 2], [3, 4, 5]], dtype=torch.int32, device="cuda")
+linear = torch.randn(2, 48, 2, 64, device="cuda", dtype=torch.bfloat16)  # ring=True: a ring of 48 slots
 offsets = torch.tensor([8, 13, 21], dtype=torch.int32, device="cuda")
 seqlens = torch.tensor([40, 30], device="cuda")
-torch.ops.fibsparse.decode(q, pool, pool, seqlens, offsets, [4], 0.125, False, table)
+call = lambda: {call}
+call()
 torch.cuda.synchronize()
 {change}
 try:
-    torch.ops.fibsparse.decode(q, pool, pool, seqlens, offsets, [4], 0.125, False, table)
+    call()
     torch.cuda.synchronize()
 except RuntimeError as e:
     print("REFUSED", str(e).splitlines()[0])
@@ -361,19 +363,26 @@ else:
 """
 
 
+PAGED_CALL = "torch.ops.fibsparse.decode(q, pool, pool, seqlens, offsets, [4], 0.125, False, table)"
+
+
 @requires_cuda
-@pytest.mark.parametrize("change, message", [
-    ("table[0, 2] = 8", "block_table entries of the pages a decode call reads"),
-    ("table[1, 1] = -1", "block_table entries of the pages a decode call reads"),
-    ("seqlens[0] = 49", "every cache_seqlens entry must count the new tokens"),
-    ("seqlens[1] = 0", "every cache_seqlens entry must count the new tokens"),
+@pytest.mark.parametrize("call, change, message", [
+    (PAGED_CALL, "table[0, 2] = 8", "block_table entries of the pages a decode call reads"),
+    (PAGED_CALL, "table[1, 1] = -1", "block_table entries of the pages a decode call reads"),
+    (PAGED_CALL, "seqlens[0] = 49", "every cache_seqlens entry must count the new tokens"),
+    (PAGED_CALL, "seqlens[1] = 0", "every cache_seqlens entry must count the new tokens"),
+    ("torch.ops.fibsparse.decode(q, linear, linear, seqlens, offsets, [4], 0.125, False)", "seqlens[0] = 49",
+     "every cache_seqlens entry must count the new tokens"),  # a linear cache of 48 rows
+    ("torch.ops.fibsparse.decode(q, linear, linear, seqlens, offsets, [4], 0.125, True)", "seqlens[1] = 0",
+     "every cache_seqlens entry must count the new tokens"),  # a ring
 ])
-def test_cuda_device_side_cache_checks(change, message):
+def test_cuda_device_side_cache_checks(call, change, message):
     """The decode kernel's check blocks assert the lengths and the block table
     entries a call reads (the host does not read them: that would sync). A
     device-side assert ends the CUDA context, so each case runs in its own
     process."""
-    script = _DEVICE_CHECK_SCRIPT.format(change=change)
+    script = _DEVICE_CHECK_SCRIPT.format(call=call, change=change)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert "REFUSED" in result.stdout and "device-side assert" in result.stdout, result.stdout + result.stderr[-2000:]
     assert message in result.stderr
