@@ -1,12 +1,15 @@
 """Decode throughput and memory: one new token per sequence against a context
 of 4k..1M tokens, batch 1 and 32, for fibsparse with its constant-size ring
-cache (static and learned offsets) and for SDPA over a full dense cache (and
-flash_attn_with_kvcache when flash_attn is installed). CUDA events, warm-up,
-median. "fib" times the checked API call (one host sync for the length
-checks); "kernel" times torch.ops.fibsparse.decode alone, as a CUDA graph or
-a serving loop that checks lengths once would see it.
+cache (static and learned offsets), with a paged cache (static offsets, one
+column pair per page size: the pages a sequence still reads, scattered over a
+pool), and for SDPA over a full dense cache (and flash_attn_with_kvcache when
+flash_attn is installed). CUDA events, warm-up, median. "fib" times the
+checked API call (one host sync for the length checks); "kernel" times
+torch.ops.fibsparse.decode alone, as a CUDA graph or a serving loop that checks
+lengths once would see it. "paged" and "API paged" are the same two for the
+paged cache (fibsparse_attn_with_paged_kvcache).
 
-    python bench/bench_decode.py [--contexts 4096,32768,131072,1048576] [--batches 1,32]
+    python bench/bench_decode.py [--contexts 4096,32768,131072,1048576] [--batches 1,32] [--page-sizes 16,256]
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from fibsparse_ext import make_schedule
-from fibsparse_ext.decode import KVCache, fibsparse_attn_with_kvcache, required_capacity
+from fibsparse_ext.decode import KVCache, fibsparse_attn_with_kvcache, largest_distance, required_capacity
+from fibsparse_ext.paged import fibsparse_attn_with_paged_kvcache, pages_per_sequence_bound
 from timing import median_ms
 
 HEADS, HEADS_KV, HEAD_DIM, WINDOW = 8, 8, 64, 128
@@ -30,8 +34,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--contexts", default="4096,32768,131072,1048576")
     parser.add_argument("--batches", default="1,32")
+    parser.add_argument("--page-sizes", default="16,256")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    page_sizes = list(map(int, args.page_sizes.split(","))) if args.page_sizes else []
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     offsets = make_schedule("fixed", num_layers=1, window=WINDOW, max_distance=4096).offsets(0)
@@ -44,7 +50,9 @@ def main():
     except ImportError:
         flash_attn_with_kvcache = None
     print(f"flash_attn: {'installed' if flash_attn_with_kvcache else 'not installed (column left out)'}")
-    columns = ["fib static", "kernel static", "fib learned", "kernel learned", "SDPA full cache"]
+    columns = ["fib static", "kernel static", "fib learned", "kernel learned"]
+    columns += [name for size in page_sizes for name in (f"API paged {size}", f"kernel paged {size}")]
+    columns += ["SDPA full cache"]
     columns += ["flash kvcache"] if flash_attn_with_kvcache else []
     print(f"{'batch':>5s} {'context':>8s} | " + " | ".join(f"{c:>19s}" for c in columns))
     print(f"{'':>5s} {'':>8s} | " + " | ".join(f"{'tok/s':>9s} {'cache MB':>9s}" for _ in columns))
@@ -68,11 +76,36 @@ def main():
                 ms = median_ms(lambda: torch.ops.fibsparse.decode(q, cache.k, cache.v, lengths, kernel_offsets, [WINDOW],
                                                                   scale, True), runs=50, device=device)
                 row += [batch / ms * 1e3, cache_mb(cache.k, cache.v)]
+            kernel_offsets = torch.tensor(offsets, dtype=torch.int32, device=device)
+            for page_size in page_sizes:
+                k_pool, v_pool, table = paged_cache(batch, context, page_size, largest_distance(WINDOW, kernel_offsets),
+                                                    device, dtype)
+                ms = median_ms(lambda: fibsparse_attn_with_paged_kvcache(q, k_pool, v_pool, lengths, table, WINDOW,
+                                                                         offsets), runs=50, device=device)
+                row += [batch / ms * 1e3, cache_mb(k_pool, v_pool)]
+                ms = median_ms(lambda: torch.ops.fibsparse.decode(q, k_pool, v_pool, lengths, kernel_offsets, [WINDOW],
+                                                                  scale, False, table), runs=50, device=device)
+                row += [batch / ms * 1e3, cache_mb(k_pool, v_pool)]
             row += dense_decode(q, batch, context, device, dtype, F.scaled_dot_product_attention, transpose=True)
             if flash_attn_with_kvcache:
                 row += dense_decode(q, batch, context, device, dtype, flash_attn_with_kvcache, transpose=False)
             print(f"{batch:5d} {context:8d} | " + " | ".join(f"{row[i]:9.0f} {row[i + 1]:9.1f}"
                                                          for i in range(0, len(row), 2)), flush=True)
+
+
+def paged_cache(batch, context, page_size, farthest, device, dtype):
+    """A pool and block table for `batch` sequences of `context` tokens, as a
+    PagedKVCache holds them: each sequence keeps the pages of the positions
+    decoding still reads, drawn at random from a pool of exactly the pages the
+    batch can need; the entries of pages given back are -1."""
+    per_sequence = pages_per_sequence_bound(farthest, 1, page_size)
+    k_pool = torch.randn(batch * per_sequence, page_size, HEADS_KV, HEAD_DIM, device=device, dtype=dtype)
+    v_pool = torch.randn_like(k_pool)
+    columns = -(-context // page_size)
+    first = max(0, context - 1 - farthest) // page_size
+    table = torch.full((batch, columns), -1, dtype=torch.int32)
+    table[:, first:] = torch.randperm(batch * per_sequence)[:batch * (columns - first)].view(batch, -1)
+    return k_pool, v_pool, table.to(device)
 
 
 def dense_decode(q, batch, context, device, dtype, attention, transpose):

@@ -51,6 +51,17 @@ struct Params {
   const int64_t* cache_seqlens;
   bool ring;
 
+  // Paged decode only (null otherwise), FlashAttention's block_table
+  // convention: k and v are a pool of pages (num_pages, page_size, heads_kv,
+  // head_dim), and key position j of sequence b lives in row j % page_size of
+  // page block_table[b * block_table_stride + j / page_size]. The batch
+  // strides are then 0, key rows are counted over the whole pool (page *
+  // page_size + row, op_setup.cpp makes the pages evenly strided) and seqlen_k
+  // is a sequence's capacity, pages_per_sequence * page_size.
+  const int32_t* block_table;
+  int64_t block_table_stride;
+  int page_size, pages_per_sequence, num_pages;
+
   // Packed (varlen) batches only (null otherwise): sequence b holds rows
   // [cu_seqlens_q[b], cu_seqlens_q[b + 1]) of q, out, dout, dq and lse, and
   // rows [cu_seqlens_k[b], cu_seqlens_k[b + 1]) of k, v, dk and dv. The batch

@@ -19,7 +19,7 @@ TORCH_LIBRARY(fibsparse, m) {
       "int[] band, float softmax_scale) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "decode(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, Tensor offsets, int[] band, "
-      "float softmax_scale, bool ring) -> (Tensor, Tensor)");
+      "float softmax_scale, bool ring, Tensor? block_table=None) -> (Tensor, Tensor)");
   // Packed (varlen) batches: q (total_q, heads, head_dim), k and v (total_k,
   // heads_kv, head_dim), lse (heads, total_q).
   m.def(
@@ -42,13 +42,13 @@ std::tuple<Tensor, Tensor> fwd(const Tensor& q, const Tensor& k, const Tensor& v
 
 std::tuple<Tensor, Tensor> decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                                   const Tensor& cache_seqlens, const Tensor& offsets, at::IntArrayRef band,
-                                  double softmax_scale, bool ring) {
+                                  double softmax_scale, bool ring, const std::optional<Tensor>& block_table) {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("fibsparse::decode", "")
           .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                            at::IntArrayRef, double, bool)>();
-  return op.call(q, k_cache, v_cache, cache_seqlens, offsets, band, softmax_scale, ring);
+                                            at::IntArrayRef, double, bool, const std::optional<Tensor>&)>();
+  return op.call(q, k_cache, v_cache, cache_seqlens, offsets, band, softmax_scale, ring, block_table);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -103,7 +103,7 @@ std::tuple<Tensor, Tensor> fwd_unbuilt(const Tensor&, const Tensor&, const Tenso
   refuse_cuda();
 }
 std::tuple<Tensor, Tensor> decode_unbuilt(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                          at::IntArrayRef, double, bool) {
+                                          at::IntArrayRef, double, bool, const std::optional<Tensor>&) {
   refuse_cuda();
 }
 std::tuple<Tensor, Tensor, Tensor, Tensor> bwd_unbuilt(const Tensor&, const Tensor&, const Tensor&, const Tensor&,

@@ -18,12 +18,17 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
 
 // Attention of the newest seqlen_q tokens of each sequence against a KV cache
 // (batch, capacity, heads_kv, head_dim) holding cache_seqlens[b] tokens, in
-// slot p % capacity when `ring`. Returns (out, lse) as fwd. Lengths are
-// trusted (fibsparse_ext.decode checks them); a bad one never reads out of
-// bounds.
+// slot p % capacity when `ring`; or, with a block_table (batch,
+// pages_per_sequence) int32, against a paged cache (num_pages, page_size,
+// heads_kv, head_dim) holding position p of sequence b in row p % page_size of
+// page block_table[b][p / page_size]. Returns (out, lse) as fwd. Lengths and
+// the block table entries a call reads are checked by the CPU op on every
+// call and by the CUDA kernel's check blocks on the device; a bad one never
+// reads out of bounds.
 std::tuple<at::Tensor, at::Tensor> decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                           const at::Tensor& cache_seqlens, const at::Tensor& offsets,
-                                          at::IntArrayRef band, double softmax_scale, bool ring);
+                                          at::IntArrayRef band, double softmax_scale, bool ring,
+                                          const std::optional<at::Tensor>& block_table = std::nullopt);
 
 // Returns (dq, dk, dv, doffsets). doffsets has the shape and dtype of a
 // fractional `offsets`, and is empty for integer offsets.

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -31,9 +32,13 @@ std::string cuda_head_dims_text() {
 }  // namespace
 
 void check_attention_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& offsets,
-                            at::IntArrayRef band, double softmax_scale, const char* k_name, const char* v_name) {
+                            at::IntArrayRef band, double softmax_scale, const char* k_name, const char* v_name,
+                            bool paged) {
   TORCH_CHECK(q.dim() == 4, "q must have shape (batch, seqlen_q, heads, head_dim), got ", to_text(q.sizes()));
-  TORCH_CHECK(k.dim() == 4, k_name, " must have shape (batch, seqlen_k, heads_kv, head_dim), got ", to_text(k.sizes()));
+  TORCH_CHECK(k.dim() == 4, k_name,
+              paged ? " must have shape (num_pages, page_size, heads_kv, head_dim), got "
+                    : " must have shape (batch, seqlen_k, heads_kv, head_dim), got ",
+              to_text(k.sizes()));
   TORCH_CHECK(v.sizes() == k.sizes(), v_name, " must have the shape of ", k_name, " ", to_text(k.sizes()), ", got ",
               to_text(v.sizes()));
   const auto dtype = q.scalar_type();
@@ -49,13 +54,14 @@ void check_attention_inputs(const Tensor& q, const Tensor& k, const Tensor& v, c
 
   const int64_t batch = q.size(0), seqlen_q = q.size(1), heads = q.size(2), head_dim = q.size(3);
   const int64_t seqlen_k = k.size(1), heads_kv = k.size(2);
-  TORCH_CHECK(k.size(0) == batch, k_name, " must have q's batch size ", to_text(batch), ", got ", to_text(k.size(0)));
+  TORCH_CHECK(paged || k.size(0) == batch, k_name, " must have q's batch size ", to_text(batch), ", got ",
+              to_text(k.size(0)));
   TORCH_CHECK(k.size(3) == head_dim, k_name, " must have q's head_dim ", to_text(head_dim), ", got ",
               to_text(k.size(3)));
   TORCH_CHECK(heads_kv >= 1 && heads % heads_kv == 0, "q's heads (", to_text(heads), ") must be a multiple of ",
               k_name, "'s heads_kv (", to_text(heads_kv), ")");
-  TORCH_CHECK(seqlen_q <= seqlen_k, "q's seqlen_q (", to_text(seqlen_q), ") must not exceed ", k_name, "'s seqlen_k (",
-              to_text(seqlen_k), "): queries are aligned to the last keys");
+  TORCH_CHECK(paged || seqlen_q <= seqlen_k, "q's seqlen_q (", to_text(seqlen_q), ") must not exceed ", k_name,
+              "'s seqlen_k (", to_text(seqlen_k), "): queries are aligned to the last keys");
   TORCH_CHECK(batch <= 65535, "q's batch must be at most 65535, got ", to_text(batch));
   TORCH_CHECK(heads <= 65535, "q's heads must be at most 65535, got ", to_text(heads));
   TORCH_CHECK(seqlen_k <= INT32_MAX - 65536, k_name, "'s seqlen_k must be at most 2^31 - 2^16, got ",
@@ -153,6 +159,75 @@ void check_cache_seqlens(const Tensor& q, const Tensor& cache_seqlens) {
               to_text(sdtype), " ", to_text(cache_seqlens.sizes()));
   TORCH_CHECK(cache_seqlens.device() == q.device(), "cache_seqlens must be on q's device ", to_text(q.device()),
               ", got ", to_text(cache_seqlens.device()));
+}
+
+void check_block_table(const Tensor& q, const Tensor& k_cache, const Tensor& block_table, bool ring) {
+  TORCH_CHECK(!ring, "ring must be False with a block_table: a paged cache frees pages instead of wrapping around");
+  TORCH_CHECK(block_table.scalar_type() == at::kInt && block_table.dim() == 2 && block_table.size(0) == q.size(0) &&
+                  block_table.size(1) >= 1,
+              "block_table must be an int32 tensor of shape (batch=", to_text(q.size(0)),
+              ", pages_per_sequence >= 1), got ", to_text(block_table.scalar_type()), " ",
+              to_text(block_table.sizes()));
+  TORCH_CHECK(block_table.device() == q.device(), "block_table must be on q's device ", to_text(q.device()), ", got ",
+              to_text(block_table.device()));
+  const int64_t num_pages = k_cache.size(0), page_size = k_cache.size(1);
+  TORCH_CHECK(num_pages >= 1 && page_size >= 1, "k_cache must hold at least one page of at least one row, got ",
+              to_text(k_cache.sizes()), " (num_pages, page_size, heads_kv, head_dim)");
+  TORCH_CHECK(num_pages <= INT32_MAX, "k_cache may hold at most 2^31 - 1 pages (block_table is int32), got ",
+              to_text(num_pages));
+  const int64_t pages_per_sequence = block_table.size(1);
+  TORCH_CHECK(pages_per_sequence <= (INT32_MAX - 65536) / page_size,
+              "a sequence's capacity (block_table's pages_per_sequence ", to_text(pages_per_sequence),
+              " x page_size ", to_text(page_size), ") must be at most 2^31 - 2^16 positions");
+  TORCH_CHECK(q.size(1) <= pages_per_sequence * page_size, "q's seqlen_q (", to_text(q.size(1)),
+              ") must not exceed a sequence's capacity (block_table's pages_per_sequence ",
+              to_text(pages_per_sequence), " x page_size ", to_text(page_size), ")");
+}
+
+namespace {
+
+// The farthest distance any head reads (pattern.h's farthest_distance over
+// every row of the kernels' offsets).
+template <typename OffsetT>
+int64_t farthest_of_rows(const Params& p, const Tensor& offsets) {
+  const OffsetT* data = offsets.data_ptr<OffsetT>();
+  const int64_t rows = offsets.dim() == 2 ? offsets.size(0) : 1;
+  int64_t farthest = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    farthest = std::max(farthest, farthest_distance(data + r * p.num_offsets, p.num_offsets, p.band));
+  }
+  return farthest;
+}
+
+}  // namespace
+
+void check_decode_lengths(const Params& p, const Tensor& offsets) {
+  const bool paged = p.block_table != nullptr;
+  const auto kind = offsets.scalar_type();
+  const int64_t farthest = kind == at::kInt     ? farthest_of_rows<int32_t>(p, offsets)
+                           : kind == at::kFloat ? farthest_of_rows<float>(p, offsets)
+                                                : farthest_of_rows<double>(p, offsets);
+  for (int b = 0; b < p.batch; ++b) {
+    const int64_t length = p.cache_seqlens[b];
+    TORCH_CHECK(cache_length_valid(length, p.seqlen_q, p.seqlen_k, p.ring), "cache_seqlens[", to_text(int64_t(b)),
+                "] is ", to_text(length), "; it must count the ", to_text(int64_t(p.seqlen_q)),
+                " new token(s) already in the cache",
+                p.ring ? std::string()
+                       : std::string(paged ? " and fit the sequence's pages (block_table's pages_per_sequence x "
+                                             "page_size = "
+                                           : " and fit the cache's capacity (") +
+                             to_text(int64_t(p.seqlen_k)) + ")");
+    if (!paged) continue;
+    const int64_t first_page = first_position_read(length, p.seqlen_q, farthest) / p.page_size;
+    const int64_t end_page = (length + p.page_size - 1) / p.page_size;
+    for (int64_t slot = first_page; slot < end_page; ++slot) {
+      const int32_t page = p.block_table[b * p.block_table_stride + slot];
+      TORCH_CHECK(page_valid(page, p.num_pages), "block_table[", to_text(int64_t(b)), ", ", to_text(slot), "] is ",
+                  to_text(int64_t(page)), "; the pages a call reads (those of positions ",
+                  to_text(first_position_read(length, p.seqlen_q, farthest)), " .. ", to_text(length - 1),
+                  " here) must be in [0, num_pages=", to_text(int64_t(p.num_pages)), ")");
+    }
+  }
 }
 
 void check_backward_inputs(const Tensor& dout, const Tensor& q, const Tensor& out, const Tensor& lse,

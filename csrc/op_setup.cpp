@@ -46,6 +46,16 @@ Tensor kernel_offsets(const Tensor& offsets, at::ScalarType dtype) {
   return out;
 }
 
+// A pool of pages as the paged kernels read it: rows_ready's rows, and pages
+// evenly strided (page stride = page_size * row stride), so that a key's row
+// counted over the whole pool, page * page_size + row, is one row stride apart
+// from the next. A pool sliced along its rows is copied.
+Tensor pages_ready(const Tensor& t) {
+  Tensor rows = rows_ready(t);
+  const bool even = rows.size(0) == 1 || rows.stride(0) == rows.size(1) * rows.stride(1);
+  return even ? rows : rows.clone(at::MemoryFormat::Contiguous);
+}
+
 void set_strides(const Tensor& t, int64_t& batch, int64_t& row, int64_t& head) {
   batch = t.stride(0);
   row = t.stride(1);
@@ -102,6 +112,20 @@ void pack_params(Params& p, const Packing& packing, at::IntArrayRef band) {
   p.stats_head_stride = p.total_q;
 }
 
+// Params of a decode call against a paged cache: k and v are the pool, and a
+// sequence's keys are found through its row of the block table (key_row).
+void page_params(Params& p, const Tensor& block_table, const Tensor& pool, at::IntArrayRef band) {
+  p.block_table = block_table.data_ptr<int32_t>();
+  p.block_table_stride = block_table.stride(0);
+  p.num_pages = static_cast<int>(pool.size(0));
+  p.page_size = static_cast<int>(pool.size(1));
+  p.pages_per_sequence = static_cast<int>(block_table.size(1));
+  p.seqlen_k = p.pages_per_sequence * p.page_size;  // a sequence's capacity (op_checks: < 2^31)
+  p.band = band_for_keys(band.data(), p.seqlen_k);
+  p.q_pos_shift = p.seqlen_k - p.seqlen_q;
+  p.k_batch_stride = p.v_batch_stride = 0;  // rows are counted from the pool's start
+}
+
 // FIBSPARSE_POISON_OUTPUTS=1 fills every output with NaN before the kernels
 // run, so a test can prove that each element was written (read per call so
 // tests can switch it).
@@ -122,12 +146,14 @@ Tensor new_output_like(const Tensor& like) { return new_output(like, like.sizes(
 
 ForwardCall prepare_forward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& offsets_in,
                             at::IntArrayRef band, double softmax_scale, const std::optional<Tensor>& cache_seqlens,
-                            bool ring, const Packing* packing) {
+                            bool ring, const Packing* packing, const std::optional<Tensor>& block_table) {
   ForwardCall call;
   const auto dtype = q_in.scalar_type();
+  const bool paged = block_table.has_value();
   call.q = rows_ready(q_in);
-  call.k = rows_ready(k_in);
-  call.v = rows_ready(v_in);
+  call.k = paged ? pages_ready(k_in) : rows_ready(k_in);
+  call.v = paged ? pages_ready(v_in) : rows_ready(v_in);
+  if (paged) call.block_table = block_table->stride(1) == 1 ? *block_table : block_table->contiguous();
   call.offsets = kernel_offsets(offsets_in, dtype);
   call.fractional = is_fractional(call.offsets);
   call.lengths = cache_seqlens.has_value() ? cache_seqlens->to(at::kLong).contiguous() : Tensor();
@@ -139,6 +165,7 @@ ForwardCall prepare_forward(const Tensor& q_in, const Tensor& k_in, const Tensor
   if (call.lengths.defined()) {  // decode: queries are each sequence's newest tokens, k and v a cache
     call.params.cache_seqlens = call.lengths.data_ptr<int64_t>();
     call.params.ring = ring;
+    if (paged) page_params(call.params, call.block_table, call.k, band);
   }
   if (packing != nullptr) pack_params(call.params, *packing, band);
   return call;

@@ -29,14 +29,17 @@ struct Packing {
 // A forward (or decode) call, ready for the kernels: inputs laid out for
 // them, outputs allocated, Params filled. `empty` when there is nothing to
 // compute (the outputs are returned as they are).
+// A decode call passes its cache's lengths, and for a paged cache its block
+// table (k and v are then the pool of pages).
 struct ForwardCall {
-  at::Tensor q, k, v, offsets, lengths, out, lse;
+  at::Tensor q, k, v, offsets, lengths, block_table, out, lse;
   Params params{};
   bool fractional = false, empty = false;
 };
 ForwardCall prepare_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& offsets,
                             at::IntArrayRef band, double softmax_scale, const std::optional<at::Tensor>& cache_seqlens,
-                            bool ring, const Packing* packing = nullptr);
+                            bool ring, const Packing* packing = nullptr,
+                            const std::optional<at::Tensor>& block_table = std::nullopt);
 
 // A backward call, ready for the kernels. The devices differ in how many
 // queries share a partial sum of d(position) and in whether the kernels

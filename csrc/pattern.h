@@ -205,12 +205,82 @@ FIBSPARSE_HD int64_t query_position(const Params& p, const Sequence& seq, int b,
   return p.cache_seqlens != nullptr ? p.cache_seqlens[b] - p.seqlen_q + i : int64_t(i) + seq.q_pos_shift;
 }
 
-// The row of k and v that holds key position j >= 0: j itself, or its slot in
-// a ring cache. Decode callers check that lengths fit the cache; the clamp only
-// keeps a bad length from reading out of bounds.
-FIBSPARSE_HD int64_t key_row(const Params& p, int64_t j) {
-  if (p.ring) return j % p.seqlen_k;
-  return j < p.seqlen_k ? j : p.seqlen_k - 1;
+// ---- Decode caches: where a key position lives, and what a call reads ----
+
+// Whether entry `page` of a block table names a page of the pool.
+FIBSPARSE_HD bool page_valid(int32_t page, int num_pages) { return page >= 0 && page < num_pages; }
+
+// The pool row that holds key position j of sequence b in a paged cache.
+// Positions are < seqlen_k <= 2^31 - 2^16 (the ops' check), so 32-bit
+// division suffices. The clamps only keep a bad length or block table entry
+// (refused by the CPU op and by the CUDA check blocks) from reading out of
+// bounds; they also give the clamped rows of invalid samples (sample_key), which
+// are loaded and masked, a page that exists.
+FIBSPARSE_HD int64_t paged_key_row(const Params& p, int b, int64_t j) {
+  const uint32_t position = static_cast<uint32_t>(j < p.seqlen_k ? j : p.seqlen_k - 1);
+  const uint32_t page_size = static_cast<uint32_t>(p.page_size);
+  const uint32_t slot = position / page_size, row = position - slot * page_size;
+  const int32_t page = p.block_table[b * p.block_table_stride + slot];
+  return int64_t(page_valid(page, p.num_pages) ? page : 0) * page_size + row;
+}
+
+// The row of k and v that holds key position j >= 0 of sequence b: j itself
+// (the tensors' own rows, or a linear cache's), its slot in a ring cache, or
+// (kPaged) its page's row in a paged one. Decode callers check that lengths
+// fit the cache; the clamp only keeps a bad length from reading out of
+// bounds. The CUDA kernels know kPaged at compile time (the decode kernel is
+// instantiated for both, the forward kernels never page), so the non-paged
+// ones compile as before.
+template <bool kPaged>
+FIBSPARSE_HD int64_t key_row(const Params& p, int b, int64_t j) {
+  if constexpr (kPaged) {
+    return paged_key_row(p, b, j);
+  } else {
+    if (p.ring) return j % p.seqlen_k;
+    return j < p.seqlen_k ? j : p.seqlen_k - 1;
+  }
+}
+
+// The same, deciding at run time (the CPU kernel: one predictable branch).
+FIBSPARSE_HD int64_t key_row(const Params& p, int b, int64_t j) {
+  return p.block_table != nullptr ? key_row<true>(p, b, j) : key_row<false>(p, b, j);
+}
+
+// The farthest distance behind a query that a head reads: the band's last
+// (window - 1) or its last offset's, one further for a fractional one (which
+// reads the row floor(p) + 1). Rows are increasing with -1 padding at the end
+// (offset_entry_valid), so the last real entry is the largest.
+// fibsparse_ext.decode.largest_distance states the same in Python.
+template <typename OffsetT>
+FIBSPARSE_HD int64_t farthest_distance(const OffsetT* row, int num_offsets, Band band) {
+  int64_t farthest = band.window - 1;
+  for (int o = num_offsets - 1; o >= 0; --o) {
+    if (row[o] < OffsetT(0)) continue;  // padding
+    int64_t distance;
+    if constexpr (std::is_integral_v<OffsetT>) {
+      distance = int64_t(row[o]);
+    } else {
+      distance = int64_t(floor(row[o])) + 1;
+    }
+    return distance > farthest ? distance : farthest;
+  }
+  return farthest;
+}
+
+// Whether a decode call of `new_tokens` queries may take a cache length: the
+// new tokens are among the cached ones, and (linear and paged caches) the
+// sequence fits the cache's seqlen_k rows. A ring holds any length.
+FIBSPARSE_HD bool cache_length_valid(int64_t length, int new_tokens, int64_t seqlen_k, bool ring) {
+  return length >= new_tokens && (ring || length <= seqlen_k);
+}
+
+// The first key position a decode call reads of a sequence of `length`
+// tokens: its oldest query, length - new_tokens, reaches `farthest` back. The
+// call reads positions [first_position_read, length), so the pages it reads
+// of a paged cache are those that hold them.
+FIBSPARSE_HD int64_t first_position_read(int64_t length, int new_tokens, int64_t farthest) {
+  const int64_t first = length - new_tokens - farthest;
+  return first > 0 ? first : 0;
 }
 
 // The distance of distance index t (< 0 for padding): integer offsets stay

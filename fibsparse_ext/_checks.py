@@ -12,8 +12,10 @@ from ._offsets import check_band
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_name: str = "k", v_name: str = "v") -> None:
-    """q (batch, seqlen_q, heads, head_dim); k, v (batch, seqlen_k, heads_kv, head_dim)."""
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_name: str = "k", v_name: str = "v",
+              paged: bool = False) -> None:
+    """q (batch, seqlen_q, heads, head_dim); k, v (batch, seqlen_k, heads_kv, head_dim),
+    or, `paged`, a pool of pages (num_pages, page_size, heads_kv, head_dim)."""
     for name, t in (("q", q), (k_name, k), (v_name, v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             raise ValueError(f"{name} must be a 4-D tensor (batch, seqlen, heads, head_dim), got "
@@ -28,7 +30,10 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_name: str = "
     if v.shape != k.shape:
         raise ValueError(f"{v_name} must have the shape of {k_name} {tuple(k.shape)}, got {tuple(v.shape)}")
     batch, _, heads, head_dim = q.shape
-    if k.shape[0] != batch or k.shape[3] != head_dim:
+    if paged and k.shape[3] != head_dim:
+        raise ValueError(f"{k_name} must be (num_pages, page_size, heads_kv, head_dim) with q's head_dim "
+                         f"({head_dim}), got {tuple(k.shape)}")
+    if not paged and (k.shape[0] != batch or k.shape[3] != head_dim):
         raise ValueError(f"{k_name} must have q's batch ({batch}) and head_dim ({head_dim}), got {tuple(k.shape)}")
     if head_dim < 1:
         raise ValueError(f"q's head_dim must be >= 1, got {head_dim}")
@@ -57,19 +62,21 @@ OFFSET_DTYPES = (torch.int32, torch.int64, torch.float32, torch.float64)
 
 
 def check_op_inputs(q, k, v, offsets, band: list, softmax_scale: float, k_name: str = "k",
-                    v_name: str = "v") -> None:
+                    v_name: str = "v", paged: bool = False) -> None:
     """Every check the compiled ops make on their arguments, in Python: the fake
     (meta) implementations apply it, so torch.compile users see the real op's
-    error at trace time, and the decode path runs it before it writes a cache."""
-    check_qkv(q, k, v, k_name, v_name)
+    error at trace time, and the decode path runs it before it writes a cache.
+    `paged`: k and v are a pool of pages, whose first two dimensions
+    check_block_table checks instead."""
+    check_qkv(q, k, v, k_name, v_name, paged)
     batch, seqlen_q, heads, head_dim = q.shape
     seqlen_k = k.shape[1]
-    if seqlen_q > seqlen_k:
+    if not paged and seqlen_q > seqlen_k:
         raise ValueError(f"q's seqlen_q ({seqlen_q}) must not exceed {k_name}'s seqlen_k ({seqlen_k}): "
                          f"queries are aligned to the last keys")
     if batch > MAX_BATCH or heads > MAX_HEADS:
         raise ValueError(f"q's batch and heads must each be at most {MAX_BATCH}, got batch {batch}, heads {heads}")
-    if seqlen_k > MAX_SEQLEN_K:
+    if not paged and seqlen_k > MAX_SEQLEN_K:
         raise ValueError(f"{k_name}'s seqlen_k must be at most 2^31 - 2^16, got {seqlen_k}")
     if q.device.type == "cuda":
         if head_dim not in CUDA_HEAD_DIMS:
@@ -89,6 +96,47 @@ def check_op_inputs(q, k, v, offsets, band: list, softmax_scale: float, k_name: 
         raise ValueError(f"offsets must have shape (K,) or (heads={heads}, K), got {tuple(offsets.shape)}")
     if offsets.shape[-1] > MAX_OFFSETS_PER_HEAD:
         raise ValueError(f"offsets may hold at most {MAX_OFFSETS_PER_HEAD} entries per head, got {offsets.shape[-1]}")
+
+
+def check_block_table(q, k_cache, block_table, ring: bool = False) -> None:
+    """A paged decode call's block table, as the op checks it (csrc/op_checks.cpp's
+    check_block_table): int32 (batch, pages_per_sequence) on q's device, a pool
+    of at least one page of at least one row, no ring, a sequence capacity
+    that holds the new queries and fits int32 positions. The values it reads
+    are checked by the CPU op, the CUDA kernels and fibsparse_ext.paged."""
+    if ring:
+        raise ValueError("ring must be False with a block_table: a paged cache frees pages instead of wrapping around")
+    batch, seqlen_q = q.shape[0], q.shape[1]
+    if (not isinstance(block_table, torch.Tensor) or block_table.dtype != torch.int32 or block_table.dim() != 2
+            or block_table.shape[0] != batch or block_table.shape[1] < 1):
+        got = (f"{block_table.dtype} {tuple(block_table.shape)}" if isinstance(block_table, torch.Tensor)
+               else type(block_table).__name__)
+        raise ValueError(f"block_table must be an int32 tensor of shape (batch={batch}, pages_per_sequence >= 1), "
+                         f"got {got}")
+    if block_table.device != q.device:
+        raise ValueError(f"block_table must be on q's device {q.device}, got {block_table.device}")
+    num_pages, page_size = k_cache.shape[0], k_cache.shape[1]
+    if num_pages < 1 or page_size < 1:
+        raise ValueError(f"k_cache must hold at least one page of at least one row, got {tuple(k_cache.shape)} "
+                         f"(num_pages, page_size, heads_kv, head_dim)")
+    if num_pages > 2**31 - 1:
+        raise ValueError(f"k_cache may hold at most 2^31 - 1 pages (block_table is int32), got {num_pages}")
+    pages_per_sequence = block_table.shape[1]
+    if pages_per_sequence > MAX_SEQLEN_K // page_size:
+        raise ValueError(f"a sequence's capacity (block_table's pages_per_sequence {pages_per_sequence} x page_size "
+                         f"{page_size}) must be at most 2^31 - 2^16 positions")
+    if seqlen_q > pages_per_sequence * page_size:
+        raise ValueError(f"q's seqlen_q ({seqlen_q}) must not exceed a sequence's capacity (block_table's "
+                         f"pages_per_sequence {pages_per_sequence} x page_size {page_size})")
+
+
+def check_cache_seqlens(cache_seqlens, batch: int) -> None:
+    """cache_seqlens: an integer tensor of shape (batch,)."""
+    if (not isinstance(cache_seqlens, torch.Tensor) or cache_seqlens.shape != (batch,)
+            or cache_seqlens.is_floating_point() or cache_seqlens.is_complex() or cache_seqlens.dtype == torch.bool):
+        described = (f"{cache_seqlens.dtype} {tuple(cache_seqlens.shape)}" if isinstance(cache_seqlens, torch.Tensor)
+                     else f"{type(cache_seqlens).__name__} {cache_seqlens!r}")
+        raise ValueError(f"cache_seqlens must be an integer tensor of shape ({batch},), got {described}")
 
 
 def check_packed_op_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, offsets, band: list,

@@ -10,7 +10,7 @@ importing the extension module registers them.
 import torch
 
 from . import _C  # noqa: F401  (registers torch.ops.fibsparse.*)
-from ._checks import check_op_inputs, check_packed_op_inputs
+from ._checks import check_block_table, check_op_inputs, check_packed_op_inputs
 
 build_info = _C.build_info
 
@@ -37,8 +37,11 @@ def _fwd_fake(q, k, v, offsets, band, softmax_scale):
 
 
 @torch.library.register_fake("fibsparse::decode")
-def _decode_fake(q, k_cache, v_cache, cache_seqlens, offsets, band, softmax_scale, ring):
-    check_op_inputs(q, k_cache, v_cache, offsets, band, softmax_scale, "k_cache", "v_cache")
+def _decode_fake(q, k_cache, v_cache, cache_seqlens, offsets, band, softmax_scale, ring, block_table=None):
+    paged = block_table is not None
+    check_op_inputs(q, k_cache, v_cache, offsets, band, softmax_scale, "k_cache", "v_cache", paged=paged)
+    if paged:
+        check_block_table(q, k_cache, block_table, ring)
     if (cache_seqlens.dim() != 1 or cache_seqlens.shape[0] != q.shape[0]
             or cache_seqlens.dtype not in (torch.int32, torch.int64)):
         raise ValueError(f"cache_seqlens must be an int32 or int64 tensor of shape (batch={q.shape[0]},), got "

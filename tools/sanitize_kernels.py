@@ -1,6 +1,7 @@
 """A small run of every CUDA kernel (forward, dq, dkdv, decode; each dtype; integer and
 fractional; GQA; per-head padded offsets; window > seqlen; seqlen_q < seqlen_k; a packed
-batch with empty and one-token sequences),
+batch with empty and one-token sequences; a paged cache with page sizes 1, 5 and 16 whose
+given-back entries are -1),
 sized for compute-sanitizer:
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python tools/sanitize_kernels.py
@@ -9,6 +10,7 @@ import torch
 
 from fibsparse_ext import fibsparse_attn, fibsparse_attn_varlen
 from fibsparse_ext.decode import fibsparse_attn_with_kvcache
+from fibsparse_ext.paged import PagedKVCache
 
 
 def run(dtype, fractional, head_dim, seqlen_q, seqlen_k, window):
@@ -38,6 +40,25 @@ def run_decode(dtype, fractional, head_dim, new_tokens):
     fibsparse_attn_with_kvcache(q, k_cache, v_cache, torch.tensor([3, 17, 40], device="cuda"), 8, offsets)
 
 
+def run_paged_decode(dtype, fractional, head_dim, page_size):
+    """Three sequences (prompts of 0, 5 and 90 tokens) decoding 2 tokens per
+    call through a PagedKVCache, past the point where pages are given back;
+    one leaves and another joins on its pages."""
+    torch.manual_seed(0)
+    offsets = [9.5, 20.25, 30.0] if fractional else [9, 20, 30]
+    pages = PagedKVCache.pages_needed(8, offsets, page_size, 3, 2)
+    cache = PagedKVCache(pages, page_size, 2, head_dim, 8, offsets, max_batch=3, dtype=dtype, device="cuda")
+    prompt = torch.randn(3, 90, 2, head_dim, device="cuda", dtype=dtype)
+    cache.add_sequences(prompt, prompt, [0, 5, 90])
+    for step in range(30):
+        if step == 15:
+            cache.remove_sequence(1)
+            cache.add_sequences(prompt[:1], prompt[:1], [40])
+        q = torch.randn(3, 2, 4, head_dim, device="cuda", dtype=dtype)
+        k = torch.randn(3, 2, 2, head_dim, device="cuda", dtype=dtype)
+        cache.attend(q, k, k)
+
+
 def run_packed(dtype, fractional, head_dim):
     """Sequences of 70, 0, 1 and 129 queries over 75, 9, 1 and 129 keys: blocks
     past a sequence's end, a sequence with keys and no queries."""
@@ -62,6 +83,8 @@ for dtype in [torch.float16, torch.bfloat16, torch.float32, torch.float64]:
         for head_dim in [16, 128]:
             run_decode(dtype, fractional, head_dim, 1)
         run_decode(dtype, fractional, 64, 3)
+        for page_size in [1, 5, 16]:
+            run_paged_decode(dtype, fractional, 64, page_size)
         run_packed(dtype, fractional, 64)
 torch.cuda.synchronize()
 print("sanitize_kernels: all kernels ran")

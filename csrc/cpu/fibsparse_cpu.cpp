@@ -119,7 +119,7 @@ void fwd_kernel(const Params& p) {
       for (int t = 0; t < num_distances(p.band, p.num_offsets); ++t) {
         const auto s = sample_key<T>(pos, t, p.band, offs);
         if (!s.valid) continue;
-        const int64_t row0 = key_row(p, s.j0), row1 = key_row(p, s.j1);  // differ from j0, j1 in a decode cache
+        const int64_t row0 = key_row(p, b, s.j0), row1 = key_row(p, b, s.j1);  // differ from j0, j1 in a decode cache
         const T score = scale * dot_interp(q, k[row0], k[row1], s.frac, n);
         T weight;
         const T rescale = softmax.add(score, weight);

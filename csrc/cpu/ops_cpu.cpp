@@ -54,18 +54,22 @@ void check_offset_values(const Tensor& offsets, at::IntArrayRef band) {
   }
 }
 
-// The forward of fwd, decode and varlen_fwd, after their checks.
+// The forward of fwd, decode and varlen_fwd, after their checks. A decode
+// call's lengths and the block table entries it reads are checked here too.
 std::tuple<Tensor, Tensor> attend(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& offsets,
                                   at::IntArrayRef band, double softmax_scale,
                                   const std::optional<Tensor>& cache_seqlens, bool ring,
-                                  const Packing* packing = nullptr) {
+                                  const Packing* packing = nullptr,
+                                  const std::optional<Tensor>& block_table = std::nullopt) {
   if (is_low_precision(q)) {
-    auto [out, lse] =
-        attend(to_float(q), to_float(k), to_float(v), offsets, band, softmax_scale, cache_seqlens, ring, packing);
+    auto [out, lse] = attend(to_float(q), to_float(k), to_float(v), offsets, band, softmax_scale, cache_seqlens, ring,
+                             packing, block_table);
     return {out.to(q.scalar_type()), lse};
   }
-  const ForwardCall call = prepare_forward(q, k, v, offsets, band, softmax_scale, cache_seqlens, ring, packing);
+  const ForwardCall call =
+      prepare_forward(q, k, v, offsets, band, softmax_scale, cache_seqlens, ring, packing, block_table);
   check_offset_values(call.offsets, band);
+  if (cache_seqlens.has_value() && !call.empty) check_decode_lengths(call.params, call.offsets);
   if (!call.empty) run_fwd_cpu(call.params, q.scalar_type(), call.fractional);
   return {call.out, call.lse};
 }
@@ -78,10 +82,12 @@ std::tuple<Tensor, Tensor> fwd_cpu(const Tensor& q, const Tensor& k, const Tenso
 
 std::tuple<Tensor, Tensor> decode_cpu(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                                       const Tensor& cache_seqlens, const Tensor& offsets, at::IntArrayRef band,
-                                      double softmax_scale, bool ring) {
-  check_attention_inputs(q, k_cache, v_cache, offsets, band, softmax_scale, "k_cache", "v_cache");
+                                      double softmax_scale, bool ring, const std::optional<Tensor>& block_table) {
+  const bool paged = block_table.has_value();
+  check_attention_inputs(q, k_cache, v_cache, offsets, band, softmax_scale, "k_cache", "v_cache", paged);
+  if (paged) check_block_table(q, k_cache, *block_table, ring);
   check_cache_seqlens(q, cache_seqlens);
-  return attend(q, k_cache, v_cache, offsets, band, softmax_scale, cache_seqlens, ring);
+  return attend(q, k_cache, v_cache, offsets, band, softmax_scale, cache_seqlens, ring, nullptr, block_table);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> backward(const Tensor& dout, const Tensor& q, const Tensor& k,

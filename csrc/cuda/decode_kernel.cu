@@ -1,4 +1,4 @@
-// Decode kernel: a few new queries per sequence against a (ring) KV cache.
+// Decode kernel: a few new queries per sequence against a KV cache (linear, ring or paged).
 // A query reads only window + K keys, so one query per block leaves nothing
 // to parallelize over but the keys: the block's kGroups lane groups split the
 // query's distances (group g walks t = g, g + kGroups, ...), each with its own
@@ -18,12 +18,15 @@ namespace {
 
 constexpr int kGroups = kLaneBlockThreads / kLanes;
 
-template <typename T, typename OffsetT, int kHeadDim>
+template <typename T, typename OffsetT, int kHeadDim, bool kPaged>
 __global__ void __launch_bounds__(kLaneBlockThreads) decode_kernel(const Params p) {
-  using Walk = QueryWalk<T, OffsetT, kHeadDim>;
+  using Walk = QueryWalk<T, OffsetT, kHeadDim, kPaged>;
   using Acc = typename Walk::Acc;
   constexpr int kElems = Walk::kElems;
-  if (is_offsets_check_block()) return check_offsets_on_device<OffsetT>(p, blockIdx.y);
+  if (is_offsets_check_block()) {
+    check_cache_on_device<OffsetT, kPaged>(p, blockIdx.y, blockIdx.z);
+    return check_offsets_on_device<OffsetT>(p, blockIdx.y);
+  }
   const int lane = threadIdx.x % kLanes, group = threadIdx.x / kLanes;
   const int i = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const Sequence seq = sequence_of(p, b);
@@ -69,7 +72,9 @@ void launch_decode(const Params& p, bool fractional) {
   HEADDIM_SWITCH(p.head_dim, kHeadDim, [&] {
     BOOL_SWITCH(fractional, kFrac, [&] {
       using OffsetT = std::conditional_t<kFrac, acc_t<T>, int32_t>;
-      launch_kernel(decode_kernel<T, OffsetT, kHeadDim>, grid, kLaneBlockThreads, 0, p);
+      BOOL_SWITCH(p.block_table != nullptr, kPaged, [&] {
+        launch_kernel(decode_kernel<T, OffsetT, kHeadDim, kPaged>, grid, kLaneBlockThreads, 0, p);
+      });
     });
   });
 }

@@ -5,6 +5,7 @@
 // of the first sequence check their head's row and leave, so the attention blocks
 // only compare their index (a check inside them cost 3% of the step). A bad entry
 // stops the kernel with a device-side assert, which torch raises at the next sync.
+// A decode launch's check blocks also check the cache's lengths and block table.
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -44,6 +45,35 @@ __device__ __forceinline__ void check_offsets_on_device(const Params& p, int h) 
                            "fibsparse: offsets must be strictly increasing, finite, >= 0 (integer ones >= window), "
                            "padded with -1 only at the end; they changed without torch's version counter seeing it, "
                            "or the op was called without fibsparse_attn's checks");
+  }
+}
+
+// A decode launch's cache, checked by the check block of (head h, sequence
+// b): the sequence's length (pattern.h's cache_length_valid: it counts the new
+// queries and, linear or paged, fits the cache) and, paged, that the block
+// table entries of the pages head h reads are pages of the pool. Heads that
+// share one row of offsets read the same pages, so only head 0 looks then.
+// With this check the Python entry point need not copy the lengths to the
+// host (a sync) to keep a bad one from passing.
+template <typename OffsetT, bool kPaged>
+__device__ __forceinline__ void check_cache_on_device(const Params& p, int h, int b) {
+  const int64_t length = p.cache_seqlens[b];
+  if (h == 0 && threadIdx.x == 0) {
+    CUDA_KERNEL_ASSERT_MSG(cache_length_valid(length, p.seqlen_q, p.seqlen_k, p.ring),
+                           "fibsparse: every cache_seqlens entry must count the new tokens (>= q's seqlen_q) and, "
+                           "in a linear or paged cache, fit it (<= capacity, or <= block_table's pages_per_sequence "
+                           "x page_size)");
+  }
+  if (!kPaged || (h != 0 && p.offsets_head_stride == 0)) return;
+  const OffsetT* row = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
+  const int64_t end = length < p.seqlen_k ? length : p.seqlen_k;  // a bad length is reported above
+  const int64_t first = first_position_read(end, p.seqlen_q, farthest_distance(row, p.num_offsets, p.band));
+  const int32_t* pages = p.block_table + b * p.block_table_stride;
+  for (int64_t slot = first / p.page_size + threadIdx.x; slot * p.page_size < end; slot += blockDim.x) {
+    CUDA_KERNEL_ASSERT_MSG(page_valid(pages[slot], p.num_pages),
+                           "fibsparse: block_table entries of the pages a decode call reads (positions "
+                           "cache_seqlens - seqlen_q - the farthest distance .. cache_seqlens - 1) must be in "
+                           "[0, num_pages)");
   }
 }
 

@@ -29,11 +29,15 @@ std::tuple<Tensor, Tensor> fwd_cuda(const Tensor& q, const Tensor& k, const Tens
 
 std::tuple<Tensor, Tensor> decode_cuda(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                                        const Tensor& cache_seqlens, const Tensor& offsets, at::IntArrayRef band,
-                                       double softmax_scale, bool ring) {
-  check_attention_inputs(q, k_cache, v_cache, offsets, band, softmax_scale, "k_cache", "v_cache");
+                                       double softmax_scale, bool ring, const std::optional<Tensor>& block_table) {
+  const bool paged = block_table.has_value();
+  check_attention_inputs(q, k_cache, v_cache, offsets, band, softmax_scale, "k_cache", "v_cache", paged);
+  if (paged) check_block_table(q, k_cache, *block_table, ring);
   check_cache_seqlens(q, cache_seqlens);
   const at::cuda::CUDAGuard guard(q.device());
-  const ForwardCall call = prepare_forward(q, k_cache, v_cache, offsets, band, softmax_scale, cache_seqlens, ring);
+  // Lengths and block table entries are checked on the device (offsets_check.cuh): reading them here would sync.
+  const ForwardCall call =
+      prepare_forward(q, k_cache, v_cache, offsets, band, softmax_scale, cache_seqlens, ring, nullptr, block_table);
   if (!call.empty) run_decode_cuda(call.params, q.scalar_type(), call.fractional);
   return {call.out, call.lse};
 }

@@ -17,11 +17,13 @@ namespace fibsparse {
 // of the running output, the online softmax, and where the query's pattern
 // and its kv head's rows are. The forward and decode kernels differ only in
 // which distances each group walks.
-template <typename T, typename OffsetT, int kHeadDim>
+// kPaged: k and v are a paged cache's pool (decode with a block table).
+template <typename T, typename OffsetT, int kHeadDim, bool kPaged = false>
 struct QueryWalk {
   using Acc = acc_t<T>;
   static constexpr int kElems = kHeadDim / kLanes;
   int64_t pos;
+  int b;  // the sequence's batch entry (a paged cache's block table row)
   const OffsetT* offs;
   const T* k;
   const T* v;
@@ -32,6 +34,7 @@ struct QueryWalk {
   __device__ QueryWalk(const Params& p, const Sequence& seq, int b, int i, int h, int lane) {
     const int hk = h / (p.heads / p.heads_kv);
     pos = query_position(p, seq, b, i);
+    this->b = b;
     offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
     k = static_cast<const T*>(p.k) + seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride +
         lane * kElems;
@@ -45,13 +48,13 @@ struct QueryWalk {
   }
 
   // Scores the (interpolated) key of distance index t, stored in rows
-  // key_row(j0), key_row(j1) of k and v, and folds it into the running softmax
+  // key_row(b, j0), key_row(b, j1) of k and v, and folds it into the running softmax
   // and output. Every lane of the warp must call it (the score is reduced with
   // shuffles); an inactive step or an invalid sample changes nothing.
   __device__ __forceinline__ void step(const Params& p, int t, bool active) {
     const auto s = sample_key<Acc>(pos, t, p.band, offs);
     const bool interp = !std::is_integral_v<OffsetT> && s.frac != Acc(0);
-    const int64_t row0 = key_row(p, s.j0), row1 = key_row(p, s.j1);
+    const int64_t row0 = key_row<kPaged>(p, b, s.j0), row1 = key_row<kPaged>(p, b, s.j1);
     Acc row_k[kElems], diff[kElems];
     load_interp<kElems>(k, p.k_row_stride, row0, row1, s.frac, interp, row_k, diff);
     const Acc score = group_sum(slice_dot(q, row_k));
