@@ -308,7 +308,11 @@ def test_guarded_device_write_of_bad_lengths_changes_nothing(ring):
     from fibsparse_ext.decode import _write_at_device_positions
     cache, (_, k, v), *_ = _caches_and_step_inputs("cpu", ring)
     good = cache.seqlens.clone()
-    for bad in (good - 31, good + (0 if ring else 29)) if not ring else (good - 31,):
+    # One sequence's length is bad, the others' are fine: nothing is written.
+    bad_values = [-1, -20] + ([] if ring else [cache.capacity, cache.capacity + 5])
+    for b, value in enumerate(bad_values):
+        bad = good.clone()
+        bad[b % 3] = value
         k_cache, v_cache = cache.k.clone(), cache.v.clone()
         _write_at_device_positions(k_cache, v_cache, bad, k, v, ring, guard=True)
         assert torch.equal(k_cache, cache.k) and torch.equal(v_cache, cache.v), bad.tolist()
