@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._checked_once import CheckedOnce
 from ._offsets import MAX_WINDOW, band_argument, check_offset_values
-from .decode import KVCache, fibsparse_attn_with_kvcache, required_capacity
+from .decode import KVCache, check_ring_capacity, required_capacity
 from .functional import default_scale
 from .rotary import apply_rotary, rotary_tables
 from .schedules import Schedule
@@ -18,6 +19,10 @@ from .varlen import check_packed_boundaries
 
 # Learned alphas are kept above this, so positions stay positive and ordered.
 MIN_ALPHA = 1e-3
+
+# A layer's offsets (or learned alpha) are checked against a ring cache once
+# per tensor version, so that a decode step reads nothing on the host.
+_fits_ring = CheckedOnce()
 
 
 def document_positions(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
@@ -68,6 +73,8 @@ class FibSparseAttention(nn.Module):
             offsets = torch.tensor(schedule.offsets(layer_idx), dtype=torch.int32)
             check_offset_values(offsets, self.window)  # once, so forward needs no host sync
             self.register_buffer("offsets", offsets, persistent=False)
+        if schedule.is_dense:  # decoding reads a dense layer's cache as one band, with no offsets
+            self.register_buffer("no_offsets", torch.empty(0, dtype=torch.int32), persistent=False)
 
     def positions(self) -> torch.Tensor:
         """The offsets this layer attends now: fractional alpha * b_k when learned."""
@@ -105,17 +112,18 @@ class FibSparseAttention(nn.Module):
         if context_parallel_group is not None and (cache is not None or cu_seqlens is not None):
             raise ValueError("context parallelism (context_parallel_group) takes a shard of one sequence, without a "
                              "cache or packed documents")
-        q, k, v = self.qkv(x).view(batch, seqlen, -1, self.head_dim).split(
-            [self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=2)
+        qkv = self.qkv(x).view(batch, seqlen, -1, self.head_dim)
+        q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=2)
         if cache is not None:  # per-sequence positions: batches may be ragged
             positions = cache.seqlens[:, None] + torch.arange(seqlen, device=x.device)
         elif cu_seqlens is not None:  # positions restart in every document
             positions = document_positions(cu_seqlens, seqlen)
         else:
             positions = torch.arange(start_pos, start_pos + seqlen, device=x.device)
-        if self.rotary:
+        if self.rotary:  # q and k side by side in qkv's output: rotated in one pass (half the kernels)
             cos, sin = rotary_tables(positions, self.head_dim, self.rotary_base)
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            q, k = apply_rotary(qkv[:, :, :self.num_heads + self.num_kv_heads], cos, sin).split(
+                [self.num_heads, self.num_kv_heads], dim=2)
         if cu_seqlens is not None:
             out = self._attend_packed(q[0], k[0], v[0], cu_seqlens, max_seqlen)
             return self.out_proj(out.reshape(1, seqlen, -1))
@@ -124,17 +132,35 @@ class FibSparseAttention(nn.Module):
             window, offsets = (MAX_WINDOW, []) if self.window is None else (self.window, self.positions())
             out = context_parallel_attn(q, k, v, window, offsets, group=context_parallel_group)
             return self.out_proj(out.reshape(batch, seqlen, -1))
-        if cache is not None and bool((cache.seqlens > 0).any()):  # decoding after the cached tokens
-            window, offsets = (cache.capacity, []) if self.window is None else (self.window, self.positions())
-            # Appends k, v, after checking they fit: a refused call changes no cache.
-            out = fibsparse_attn_with_kvcache(q, cache.k, cache.v, cache.seqlens, window, offsets, ring=cache.ring,
-                                              k=k, v=v)
-            cache.seqlens += seqlen
+        if cache is not None and cache.holds_tokens():  # decoding after the cached tokens
+            window, offsets = (cache.capacity, self.no_offsets) if self.window is None else (self.window,
+                                                                                            self.positions())
+            self._check_fits(cache, seqlen)
+            # Appends k, v after checking everything: a refused call changes no cache.
+            out = cache.attend(q, k, v, window, offsets, offsets_fit=True)
         else:  # a whole sequence (or the prompt of a fresh cache): the fused kernels
             if cache is not None:
                 cache.write(k, v)
             out = self._attend(q, k, v)
         return self.out_proj(out.reshape(batch, seqlen, -1))
+
+    def _check_fits(self, cache: KVCache, new: int) -> None:
+        """This layer's offsets are valid and a ring cache holds what `new`
+        queries read: checked on the host once per version of the offsets (or
+        of the learned alpha), so that decode steps read no value from the GPU."""
+        if self.window is None:
+            if cache.ring:  # a band as long as the ring: only one new token fits
+                check_ring_capacity(cache.capacity, cache.capacity, torch.empty(0, dtype=torch.int32), new)
+            return
+
+        def check():
+            positions = self.positions().detach().cpu()
+            check_offset_values(positions, self.window)  # a learned alpha may have become NaN
+            if cache.ring:
+                check_ring_capacity(cache.capacity, self.window, positions, new)
+
+        _fits_ring.run((self.alpha if self.schedule.is_learned else self.offsets,), (cache.capacity, new, cache.ring),
+                       check)
 
     def _attend(self, q, k, v):
         if self.window is None:

@@ -10,7 +10,7 @@ from fibsparse_ext.accuracy import TOLERANCE
 from fibsparse_ext.decode import KVCache, fibsparse_attn_with_kvcache, required_capacity
 from fibsparse_ext.lm.generation import generate
 from fibsparse_ext.lm.models import FibSparseLM, LMConfig
-from utils import DEVICES, random_qkv, rel_err
+from utils import DEVICES, random_qkv, rel_err, requires_cuda
 
 
 @pytest.mark.parametrize("ring", [True, False])
@@ -206,3 +206,244 @@ def test_sampling_is_reproducible_and_respects_top_k():
     assert torch.equal(a, b)
     top1 = generate(model, prompt, 20, temperature=1.0, top_k=1, generator=torch.Generator().manual_seed(3))
     assert torch.equal(top1, generate(model, prompt, 20))  # top_k=1 is greedy
+
+
+# The checks' fast path: what a repeated call skips, and what it must not.
+
+def _caches_and_step_inputs(device, ring, dtype=torch.float64):
+    """A ragged batch of 3 sequences in a cache (wrapped, for a ring), the next
+    token's q, k, v, and the reference output of that token."""
+    torch.manual_seed(3)
+    window, offsets, lengths = 3, [5, 9], [30, 11, 2]
+    q, k, v = random_qkv(3, 31, 2, 1, 16, dtype, "cpu", requires_grad=False)
+    cache = KVCache(3, 12 if ring else 40, 1, 16, ring=ring, dtype=dtype, device=device)
+    for b, n in enumerate(lengths):
+        row = KVCache.wrap(cache.k[b:b + 1], cache.v[b:b + 1], cache.seqlens[b:b + 1], ring)
+        row.write(k[b:b + 1, :n].to(device), v[b:b + 1, :n].to(device))
+    new = [torch.stack([t[b, n] for b, n in enumerate(lengths)])[:, None].to(device) for t in (q, k, v)]
+    expected = torch.cat([fibsparse_attn_ref(q[b:b + 1, :n + 1], k[b:b + 1, :n + 1], v[b:b + 1, :n + 1], window,
+                                             offsets)[:, -1:] for b, n in enumerate(lengths)])
+    return cache, new, window, offsets, expected.to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("ring", [True, False])
+@pytest.mark.parametrize("tensor_offsets", [False, True])
+def test_repeated_and_unchecked_calls_equal_the_checked_call(device, ring, tensor_offsets):
+    """A call whose checks were memoized (second call), one with
+    check_lengths=False and KVCache.attend give the checked call's result
+    (the reference's), and write the same cache."""
+    results, caches = [], []
+    for how in ("first", "repeated", "unchecked", "owner"):
+        cache, (q, k, v), window, offsets, expected = _caches_and_step_inputs(device, ring)
+        offsets = torch.tensor(offsets, dtype=torch.int32, device=device) if tensor_offsets else offsets
+        if how == "repeated":
+            fibsparse_attn_with_kvcache(q, cache.k.clone(), cache.v.clone(), cache.seqlens, window, offsets,
+                                        ring=ring, k=k, v=v)
+        if how == "owner":
+            out = cache.attend(q, k, v, window, offsets)
+        else:
+            out = fibsparse_attn_with_kvcache(q, cache.k, cache.v, cache.seqlens, window, offsets, ring=ring, k=k,
+                                              v=v, check_lengths=how != "unchecked")
+            cache.seqlens += 1
+        assert rel_err(out, expected) < 1e-12, how
+        results.append(out)
+        caches.append(cache)
+    for out, cache in zip(results[1:], caches[1:]):
+        assert torch.equal(out, results[0])
+        assert torch.equal(cache.k, caches[0].k) and torch.equal(cache.v, caches[0].v)
+        assert cache.seqlens.tolist() == caches[0].seqlens.tolist()
+
+
+def _refused_calls(cache, q, k, v):
+    """(what, call) pairs, each refused before anything is written."""
+    lengths = cache.seqlens
+    call = dict(window=3, offsets=[5, 9], ring=cache.ring, k=k, v=v)
+    return [
+        ("length past a linear cache" if not cache.ring else "ring too small for the offsets",
+         lambda: fibsparse_attn_with_kvcache(q, cache.k, cache.v, lengths + (100 if not cache.ring else 0),
+                                             **dict(call, offsets=[5, 90] if cache.ring else call["offsets"]))),
+        ("negative length", lambda: fibsparse_attn_with_kvcache(q, cache.k, cache.v, lengths - 100, **call)),
+        ("queries past the length", lambda: fibsparse_attn_with_kvcache(q, cache.k, cache.v, lengths - lengths,
+                                                                         **dict(call, k=None, v=None))),
+        ("k of another shape", lambda: fibsparse_attn_with_kvcache(q, cache.k, cache.v, lengths,
+                                                                    **dict(call, k=k[:, :, :, :8]))),
+        ("v of another dtype", lambda: fibsparse_attn_with_kvcache(q, cache.k, cache.v, lengths,
+                                                                    **dict(call, v=v.float()))),
+        ("q of another dtype", lambda: fibsparse_attn_with_kvcache(q.float(), cache.k, cache.v, lengths, **call)),
+        ("offsets not increasing", lambda: fibsparse_attn_with_kvcache(q, cache.k, cache.v, lengths,
+                                                                        **dict(call, offsets=[9, 5]))),
+        ("offsets inside the band", lambda: fibsparse_attn_with_kvcache(q, cache.k, cache.v, lengths,
+                                                                         **dict(call, offsets=[2, 9]))),
+        ("owner: k of another shape", lambda: cache.attend(q, k[:, :, :, :8], v, 3, [5, 9])),
+        ("owner: offsets not increasing", lambda: cache.attend(q, k, v, 3, [9, 5])),
+        ("owner: ring too small" if cache.ring else "owner: q of another dtype",
+         lambda: cache.attend(q if cache.ring else q.float(), k, v, 3, [5, 90])),
+    ]
+
+
+@pytest.mark.parametrize("ring", [True, False])
+def test_refused_calls_change_no_cache_after_a_good_one(ring):
+    """Every refusal comes before the write, also once a good call with the
+    same tensors has been memoized (the fast path must not skip a check that
+    depends on what changed)."""
+    cache, (q, k, v), window, offsets, _ = _caches_and_step_inputs("cpu", ring)
+    fibsparse_attn_with_kvcache(q, cache.k.clone(), cache.v.clone(), cache.seqlens, window, offsets, ring=ring,
+                                k=k, v=v)  # passes, and is remembered
+    cache.attend(q, k, v, window, offsets)
+    before = [t.clone() for t in (cache.k, cache.v, cache.seqlens)]
+    for what, call in _refused_calls(cache, q, k, v):
+        with pytest.raises((ValueError, RuntimeError)):
+            call()
+        after = (cache.k, cache.v, cache.seqlens)
+        assert all(torch.equal(a, b) for a, b in zip(before, after)), what
+        assert cache.host_seqlens() == before[2].tolist(), what
+
+
+@pytest.mark.parametrize("ring", [True, False])
+def test_guarded_device_write_of_bad_lengths_changes_nothing(ring):
+    """The write that check_lengths=False uses (its slots computed on the
+    device): lengths the cache cannot hold leave every slot as it was, for
+    every sequence; good lengths write as the unguarded write does."""
+    from fibsparse_ext.decode import _write_at_device_positions
+    cache, (_, k, v), *_ = _caches_and_step_inputs("cpu", ring)
+    good = cache.seqlens.clone()
+    # One sequence's length is bad, the others' are fine: nothing is written.
+    bad_values = [-1, -20] + ([] if ring else [cache.capacity, cache.capacity + 5])
+    for b, value in enumerate(bad_values):
+        bad = good.clone()
+        bad[b % 3] = value
+        k_cache, v_cache = cache.k.clone(), cache.v.clone()
+        _write_at_device_positions(k_cache, v_cache, bad, k, v, ring, guard=True)
+        assert torch.equal(k_cache, cache.k) and torch.equal(v_cache, cache.v), bad.tolist()
+    guarded, plain = [(cache.k.clone(), cache.v.clone()) for _ in range(2)]
+    _write_at_device_positions(*guarded, good, k, v, ring, guard=True)
+    _write_at_device_positions(*plain, good, k, v, ring, guard=False)
+    assert all(torch.equal(a, b) for a, b in zip(guarded, plain)) and not torch.equal(guarded[0], cache.k)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_offsets_changed_in_place_are_checked_again(device):
+    """Offsets tensors are read once per version: a change in place between
+    calls (here to non-increasing, then to a distance the ring cannot hold)
+    is refused before the write."""
+    cache, (q, k, v), window, _, _ = _caches_and_step_inputs(device, ring=True)
+    offsets = torch.tensor([5, 9], dtype=torch.int32, device=device)
+    fibsparse_attn_with_kvcache(q, cache.k.clone(), cache.v.clone(), cache.seqlens, window, offsets, ring=True,
+                                k=k, v=v)
+    before = [t.clone() for t in (cache.k, cache.v)]
+    for values, match in (([9, 5], "strictly increasing"), ([5, 40], "cache too small")):
+        offsets.copy_(torch.tensor(values))
+        with pytest.raises(ValueError, match=match):
+            fibsparse_attn_with_kvcache(q, cache.k, cache.v, cache.seqlens, window, offsets, ring=True, k=k, v=v)
+        assert torch.equal(cache.k, before[0]) and torch.equal(cache.v, before[1])
+
+
+def test_learned_alpha_changed_in_place_is_checked_against_the_ring():
+    """A layer checks its offsets against a ring once per version of its
+    learned alpha: an alpha grown in place past what the ring holds is
+    refused before anything is written."""
+    model = FibSparseLM(LMConfig.preset("tiny", schedule="learned"))
+    caches = model.make_caches(1, 100)
+    with torch.no_grad():
+        model(torch.randint(0, 256, (1, 10)), caches)
+        model(torch.randint(0, 256, (1, 1)), caches)
+        before = [(c.k.clone(), c.v.clone(), c.seqlens.clone()) for c in caches]
+        model.blocks[0].attn.alpha.mul_(4)
+        with pytest.raises(ValueError, match="cache too small"):
+            model(torch.randint(0, 256, (1, 1)), caches)
+    for c, (k, v, n) in zip(caches, before):
+        assert torch.equal(c.k, k) and torch.equal(c.v, v) and torch.equal(c.seqlens, n)
+
+
+def test_cache_host_lengths_follow_changes_made_by_others():
+    """KVCache writes where its host copy of the lengths says; a change of
+    seqlens in place by someone else (a version bump) is read back."""
+    torch.manual_seed(4)
+    data = torch.randn(2, 9, 1, 4, dtype=torch.float64)
+    cache = KVCache(2, 6, 1, 4, ring=True, dtype=torch.float64)
+    cache.write(data[:, :4], data[:, :4])
+    cache.seqlens[1] += 2  # sequence 1 skips two positions
+    cache.write(data[:, 4:5], data[:, 4:5])
+    assert cache.host_seqlens() == [5, 7] == cache.seqlens.tolist()
+    assert torch.equal(cache.k[0, 4], data[0, 4]) and torch.equal(cache.k[1, 6 % 6], data[1, 4])
+    cache.seqlens.fill_(3)  # equal lengths again: one slice per tensor, wrapping around the ring
+    cache.write(data[:, :5], data[:, :5])
+    assert [cache.k[0, p % 6].tolist() for p in range(3, 8)] == data[0, :5].tolist()
+
+
+def test_cuda_graph_on_the_cpu_warns_and_decodes_eagerly():
+    model = FibSparseLM(LMConfig.preset("tiny"))
+    prompt = torch.randint(0, 256, (1, 5))
+    with pytest.warns(UserWarning, match="CUDA graphs need a CUDA device"):
+        graphed = generate(model, prompt, 6, cuda_graph=True)
+    assert torch.equal(graphed, generate(model, prompt, 6))
+    with pytest.raises(ValueError, match="cuda_graph must be True, False or None"):
+        generate(model, prompt, 6, cuda_graph="yes")
+
+
+# CUDA: the graphed decode step.
+
+@requires_cuda
+@pytest.mark.parametrize("variant", ["stagger", "learned", "dense"])
+def test_graphed_greedy_generate_equals_eager_and_full_recomputation(variant):
+    torch.manual_seed(0)
+    model = FibSparseLM(LMConfig.preset("tiny", **LMConfig.parse_variant(variant))).double().cuda()
+    prompt = torch.randint(0, 256, (2, 10), device="cuda")
+    graphed = generate(model, prompt, max_new_tokens=100, cuda_graph=True)  # past the ring and the training length
+    eager = generate(model, prompt, max_new_tokens=100, cuda_graph=False)
+    assert torch.equal(graphed, eager)
+    with torch.no_grad():
+        for n in range(10, 110):
+            assert torch.equal(model(graphed[:, :n])[:, -1].argmax(-1), graphed[:, n]), n
+
+
+@requires_cuda
+def test_graphed_sampling_equals_eager_sampling():
+    torch.manual_seed(0)
+    model = FibSparseLM(LMConfig.preset("tiny", schedule="learned")).double().cuda()
+    prompt = torch.randint(0, 256, (3, 7), device="cuda")
+    runs = [generate(model, prompt, 40, temperature=0.8, top_k=20, cuda_graph=graphed,
+                     generator=torch.Generator(device="cuda").manual_seed(11)) for graphed in (True, False)]
+    assert torch.equal(runs[0], runs[1])
+
+
+@requires_cuda
+@pytest.mark.parametrize("variant", ["stagger", "learned", "dense"])
+def test_graphed_decode_step_does_not_sync(variant):
+    """Once captured, a decode step (replay, greedy choice, copy into the
+    static input) never waits for the GPU."""
+    from fibsparse_ext.lm.generation import DecodeStep
+    torch.manual_seed(0)
+    model = FibSparseLM(LMConfig.preset("tiny", **LMConfig.parse_variant(variant))).cuda().eval()
+    caches = model.make_caches(2, 200)
+    with torch.no_grad():
+        token = model(torch.randint(0, 256, (2, 10), device="cuda"), caches)[:, -1].argmax(-1)
+        step = DecodeStep(model, caches, cuda_graph=True)
+        for _ in range(DecodeStep.WARMUP_STEPS + 1):  # eager warm-up, then the capture
+            token = step(token).argmax(-1)
+        assert step.graph is not None
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(50):
+                token = step(token).argmax(-1)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert all(c.seqlens.tolist() == [10 + DecodeStep.WARMUP_STEPS + 51] * 2 for c in caches)
+
+
+@requires_cuda
+def test_unchecked_lengths_on_cuda_do_not_sync():
+    """check_lengths=False with lengths on the GPU, and a repeated checked call
+    with unchanged lengths, read nothing on the host."""
+    cache, (q, k, v), window, offsets, expected = _caches_and_step_inputs("cuda", ring=True)
+    offsets = torch.tensor(offsets, dtype=torch.int32, device="cuda")
+    fibsparse_attn_with_kvcache(q, cache.k.clone(), cache.v.clone(), cache.seqlens, window, offsets, ring=True)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fibsparse_attn_with_kvcache(q, cache.k.clone(), cache.v.clone(), cache.seqlens, window, offsets, ring=True)
+        out = fibsparse_attn_with_kvcache(q, cache.k, cache.v, cache.seqlens, window, offsets, ring=True, k=k, v=v,
+                                          check_lengths=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert rel_err(out, expected) < 1e-12

@@ -1,7 +1,16 @@
-"""Autoregressive generation with the bounded KV caches of decode.py."""
+"""Autoregressive generation with the bounded KV caches of decode.py.
+
+Each new token runs one decode step (DecodeStep): the model on one token per
+sequence against its caches. On CUDA the step is captured once in a CUDA
+graph and replayed for every later token, so a token costs one launch of the
+host's time instead of one per kernel; the caches' lengths, and the rotary
+positions computed from them, live in device tensors that the graph itself
+advances, so no host value is baked into it.
+"""
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional
 
 import torch
@@ -22,14 +31,84 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: Optional[int],
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
+class DecodeStep:
+    """step(token (batch,)) -> logits (batch, vocab): the model on one new token
+    per sequence, continuing `caches` (which it advances by one).
+
+    With a CUDA graph, the first WARMUP_STEPS steps run eagerly on a side
+    stream (lazy initialisation, cuBLAS workspaces), the next one is captured
+    and every step from then on is a replay. The token is copied into a static
+    input buffer and the logits come back in a static output buffer, which the
+    next step overwrites: read it before calling again. Where capture is
+    impossible the steps stay eager, with a warning naming why."""
+
+    WARMUP_STEPS = 2
+
+    def __init__(self, model: FibSparseLM, caches: list, cuda_graph: Optional[bool] = None):
+        if cuda_graph is not None and not isinstance(cuda_graph, bool):
+            raise ValueError(f"cuda_graph must be True, False or None (on CUDA devices), got {cuda_graph!r}")
+        device = caches[0].k.device
+        self.model, self.caches = model, caches
+        self.graph, self.logits, self.steps = None, None, 0
+        self.use_graph = device.type == "cuda" if cuda_graph is None else cuda_graph
+        if self.use_graph and device.type != "cuda":
+            warnings.warn(f"decoding without a CUDA graph: the model is on {device}, CUDA graphs need a CUDA device",
+                          stacklevel=3)
+            self.use_graph = False
+        if self.use_graph:
+            # The graph replays its writes and length updates with values it never
+            # sees on the host: from here on the caches keep their lengths on the device.
+            for cache in caches:
+                cache.keep_lengths_on_device()
+            self.stream = torch.cuda.Stream(device)
+        self.token = torch.zeros(caches[0].k.shape[0], 1, dtype=torch.long, device=device)  # the static input
+
+    def _forward(self) -> torch.Tensor:
+        return self.model(self.token, self.caches)[:, -1]
+
+    def __call__(self, token: torch.Tensor) -> torch.Tensor:
+        self.token.copy_(token.view(-1, 1))
+        if self.graph is not None:
+            self.graph.replay()
+            return self.logits
+        if self.use_graph and self.steps >= self.WARMUP_STEPS:
+            self._capture()
+            if self.graph is not None:
+                self.graph.replay()  # capture records the step without running it
+                return self.logits
+        self.steps += 1
+        if not self.use_graph:
+            return self._forward()
+        current = torch.cuda.current_stream(self.token.device)
+        self.stream.wait_stream(current)
+        with torch.cuda.stream(self.stream):
+            logits = self._forward()
+        current.wait_stream(self.stream)
+        logits.record_stream(current)  # made on the side stream, read on this one
+        return logits
+
+    def _capture(self) -> None:
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                logits = self._forward()
+        except Exception as error:  # the caches are unchanged: a capture runs nothing
+            warnings.warn(f"decoding without a CUDA graph: capturing the decode step failed ({error})", stacklevel=3)
+            self.use_graph = False
+            return
+        self.graph, self.logits = graph, logits
+
+
 @torch.no_grad()
 def generate(model: FibSparseLM, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
-             top_k: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+             top_k: Optional[int] = None, generator: Optional[torch.Generator] = None,
+             cuda_graph: Optional[bool] = None) -> torch.Tensor:
     """prompt (batch, prompt_len) -> (batch, prompt_len + max_new_tokens).
 
     The prompt is run once through the fused kernels, filling one cache per
     layer; then each new token reads only its window and offsets from a ring
-    of constant size (dense layers keep every position)."""
+    of constant size (dense layers keep every position). cuda_graph: replay
+    the decode step from a CUDA graph (DecodeStep); None uses one on CUDA."""
     if (not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.shape[0] < 1 or prompt.shape[1] < 1
             or prompt.is_floating_point() or prompt.is_complex() or prompt.dtype == torch.bool):
         raise ValueError(f"prompt must be integer token ids of shape (batch >= 1, prompt_len >= 1), got "
@@ -40,13 +119,19 @@ def generate(model: FibSparseLM, prompt: torch.Tensor, max_new_tokens: int, temp
         raise ValueError(f"temperature must be a finite number >= 0 (0 is greedy), got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be >= 1 (or None for no limit), got {top_k}")
+    if cuda_graph is not None and not isinstance(cuda_graph, bool):
+        raise ValueError(f"cuda_graph must be True, False or None (on CUDA devices), got {cuda_graph!r}")
     model.eval()
+    # Every token this call writes fits (a linear cache holds prompt_len +
+    # max_new_tokens), which is what lets the graphed step skip the host's
+    # length checks.
     caches = model.make_caches(prompt.shape[0], prompt.shape[1] + max_new_tokens)
     tokens = [prompt]
     logits = model(prompt, caches)[:, -1]
-    for step in range(max_new_tokens):
+    step = DecodeStep(model, caches, cuda_graph)
+    for i in range(max_new_tokens):
         token = next_token(logits, temperature, top_k, generator)
         tokens.append(token[:, None])
-        if step + 1 < max_new_tokens:
-            logits = model(token[:, None], caches)[:, -1]
+        if i + 1 < max_new_tokens:
+            logits = step(token)
     return torch.cat(tokens, 1)
