@@ -368,7 +368,8 @@ def fibsparse_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache:
                                 cache_seqlens: torch.Tensor, window: int, offsets: OffsetsLike,
                                 softmax_scale: Optional[float] = None, ring: bool = False,
                                 return_lse: bool = False, k: Optional[torch.Tensor] = None,
-                                v: Optional[torch.Tensor] = None, check_lengths: bool = True):
+                                v: Optional[torch.Tensor] = None, check_lengths: bool = True,
+                                block_table: Optional[torch.Tensor] = None):
     """Attention of new queries against a KV cache, in FlashAttention's
     flash_attn_with_kvcache convention.
 
@@ -392,6 +393,12 @@ def fibsparse_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache:
             process with a device-side assert) and the write of k, v leaves the
             cache unchanged where a length is bad. Lengths on the CPU are always
             checked (it costs no sync).
+        block_table: (batch, max_pages_per_sequence) int32, optional: the cache
+            is paged, k_cache and v_cache a pool of (num_pages, page_size,
+            heads_kv, head_dim); the call is fibsparse_ext.paged's
+            fibsparse_attn_with_paged_kvcache (which reads its checks' outcome
+            on the host once per call; check_lengths does not apply). Not with
+            ring.
     Returns:
         out (batch, new, heads, head_dim) [, lse (batch, heads, new)].
 
@@ -400,6 +407,13 @@ def fibsparse_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache:
     (and that they fit a ring) are read on the host once per offsets tensor
     version, or once per list value.
     """
+    if block_table is not None:
+        if ring:
+            raise ValueError("ring=True and a block_table exclude each other: a paged cache gives back the pages no "
+                             "query reads any more, as a ring reuses its slots")
+        from .paged import fibsparse_attn_with_paged_kvcache  # paged.py imports this module
+        return fibsparse_attn_with_paged_kvcache(q, k_cache, v_cache, cache_seqlens, block_table, window, offsets,
+                                                 softmax_scale, return_lse, k, v)
     offsets, scale = _check_call(q, k_cache, v_cache, window, offsets, softmax_scale, ring, k, v, offsets_fit=False)
     new = q.shape[1]
     appended = new if k is not None else 0

@@ -70,11 +70,20 @@ def test_paged_decode_equals_ring_and_reference(offsets, page_size, new):
         queries = torch.stack([q[b, n - new:n] for b, n in enumerate(lengths)])
         seqlens = torch.tensor(lengths)
         out = fibsparse_attn_with_paged_kvcache(queries, k_pool, v_pool, seqlens, table, WINDOW, offsets)
+        assert torch.equal(out, fibsparse_attn_with_kvcache(queries, k_pool, v_pool, seqlens, WINDOW, offsets,
+                                                             block_table=table))  # the same call, FlashAttention's way
         ring = ring_copy(k, v, lengths, required_capacity(WINDOW, offsets_tensor, new))
         assert torch.equal(out, fibsparse_attn_with_kvcache(queries, ring.k, ring.v, seqlens, WINDOW, offsets,
                                                              ring=True))
         for b, n in enumerate(lengths):
             assert rel_err(out[b], expected[b, n - new:n]) < 1e-12, (lengths, b)
+
+
+def test_a_block_table_is_not_a_ring():
+    q, k, v = random_qkv(1, 8, 2, 2, 16, torch.float64, "cpu", requires_grad=False)
+    table = torch.zeros(1, 1, dtype=torch.int32)
+    with pytest.raises(ValueError, match="ring=True and a block_table exclude each other"):
+        fibsparse_attn_with_kvcache(q[:, -1:], k, v, torch.tensor([8]), WINDOW, [5], ring=True, block_table=table)
 
 
 @pytest.mark.parametrize("device", DEVICES)
