@@ -132,7 +132,9 @@ class FibSparseAttention(nn.Module):
             window, offsets = (MAX_WINDOW, []) if self.window is None else (self.window, self.positions())
             out = context_parallel_attn(q, k, v, window, offsets, group=context_parallel_group)
             return self.out_proj(out.reshape(batch, seqlen, -1))
-        if cache is not None and cache.holds_tokens():  # decoding after the cached tokens
+        if cache is not None and cache.holds_tokens() and self.window is None and not cache.ring:
+            out = self._attend_dense_cache(q, k, v, cache)
+        elif cache is not None and cache.holds_tokens():  # decoding after the cached tokens
             window, offsets = (cache.capacity, self.no_offsets) if self.window is None else (self.window,
                                                                                             self.positions())
             self._check_fits(cache, seqlen)
@@ -169,6 +171,22 @@ class FibSparseAttention(nn.Module):
             return out.transpose(1, 2)
         out, _ = torch.ops.fibsparse.fwd(q, k, v, self.positions(), band_argument(self.window), default_scale(q, None))
         return out
+
+    def _attend_dense_cache(self, q, k, v, cache: KVCache):
+        """A dense layer's decode step: the new keys appended, then SDPA over
+        the whole cache with the slots after each query's position masked.
+        The shapes do not depend on the lengths (a CUDA graph can hold the
+        step), and SDPA spreads a long cache's keys over the GPU, where the
+        decode kernel, built for a window and a few offsets, gives each query
+        one block."""
+        new = q.shape[1]
+        cache.write(k, v)  # checks that the tokens fit before writing
+        slots = torch.arange(cache.capacity, device=q.device)
+        last = cache.seqlens[:, None] - new + torch.arange(new, device=q.device)  # (batch, new) positions
+        visible = slots <= last[..., None]  # causal among the new tokens too
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), cache.k.transpose(1, 2), cache.v.transpose(1, 2),
+                                             attn_mask=visible[:, None], enable_gqa=self.num_heads != self.num_kv_heads)
+        return out.transpose(1, 2)
 
     def _attend_packed(self, q, k, v, cu_seqlens, max_seqlen):
         if self.window is None:  # dense causal: the band alone, as long as the longest document
