@@ -2,8 +2,9 @@
 weights): tokens/s of the decode loop, one new token per sequence per step
 (the model step, then greedy sampling), at batch 1/8/32 and contexts 4k..1M,
 for the sparse model (`stagger` schedule, ring caches) and the same model with
-dense attention (the `dense` schedule and the same weights: full caches of
-the whole context, read through the decode kernel as one band), each replayed
+dense attention (the `dense` schedule and the same weights: static full caches
+of the whole context, read by SDPA with the slots not yet written masked, as
+a transformers model with a static cache does), each replayed
 from a CUDA graph ("graph") and run eagerly ("eager").
 
 The context is not prefilled: the caches are allocated as generate() would
