@@ -386,7 +386,7 @@ def test_cuda_graph_on_the_cpu_warns_and_decodes_eagerly():
 
 @requires_cuda
 @pytest.mark.parametrize("variant", ["stagger", "learned", "dense"])
-def test_graphed_greedy_generate_equals_eager_and_full_recomputation(variant):
+def test_cuda_graphed_greedy_generate_equals_eager_and_full_recomputation(variant):
     torch.manual_seed(0)
     model = FibSparseLM(LMConfig.preset("tiny", **LMConfig.parse_variant(variant))).double().cuda()
     prompt = torch.randint(0, 256, (2, 10), device="cuda")
@@ -399,7 +399,7 @@ def test_graphed_greedy_generate_equals_eager_and_full_recomputation(variant):
 
 
 @requires_cuda
-def test_graphed_sampling_equals_eager_sampling():
+def test_cuda_graphed_sampling_equals_eager_sampling():
     torch.manual_seed(0)
     model = FibSparseLM(LMConfig.preset("tiny", schedule="learned")).double().cuda()
     prompt = torch.randint(0, 256, (3, 7), device="cuda")
@@ -410,7 +410,7 @@ def test_graphed_sampling_equals_eager_sampling():
 
 @requires_cuda
 @pytest.mark.parametrize("variant", ["stagger", "learned", "dense"])
-def test_graphed_decode_step_does_not_sync(variant):
+def test_cuda_graphed_decode_step_does_not_sync(variant):
     """Once captured, a decode step (replay, greedy choice, copy into the
     static input) never waits for the GPU."""
     from fibsparse_ext.lm.generation import DecodeStep
@@ -433,7 +433,7 @@ def test_graphed_decode_step_does_not_sync(variant):
 
 
 @requires_cuda
-def test_unchecked_lengths_on_cuda_do_not_sync():
+def test_cuda_unchecked_lengths_do_not_sync():
     """check_lengths=False with lengths on the GPU, and a repeated checked call
     with unchanged lengths, read nothing on the host."""
     cache, (q, k, v), window, offsets, expected = _caches_and_step_inputs("cuda", ring=True)

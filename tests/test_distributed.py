@@ -49,7 +49,7 @@ def test_each_rank_gets_the_whole_sequences_rows(world):
 
 @requires_cuda
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
-def test_each_rank_gets_the_whole_sequences_rows_over_nccl():
+def test_each_rank_gets_the_whole_sequences_rows_over_nccl_on_cuda():
     """The same cases over NCCL, one GPU per rank (the CUDA kernels, float64)."""
     run_workers(2, "nccl")
 
