@@ -1,6 +1,6 @@
 """Context parallelism, side by side at each length: context_parallel_attn
 (fwd and fwd+bwd per rank, peak memory per GPU, bytes sent and received per
-rank, the exchange and key buffer alone), against one device running the whole sequence
+rank, the exchange and key buffer alone, the kernels alone on that buffer), against one device running the whole sequence
 where it fits, an all-gather of k and v followed by the same kernel over the
 prefix, and PyTorch's ring context_parallel over SDPA (dense causal, the peer
 a user would otherwise pick). A spot check compares the last rows of every
@@ -158,6 +158,13 @@ def run_length(seqlen, args, offsets, rank, world, device, dtype):
 
     fwd_ms, step_ms = timed_ms(forward, device, args.runs), timed_ms(step, device, args.runs)
     keys_ms = timed_ms(gather_keys, device, args.runs)
+    # The kernels alone on the key buffer as built: what the rest (agreement, exchange, copies) adds.
+    with torch.no_grad():
+        k_all, v_all = (t.detach().requires_grad_() for t in _GatherKeys.apply(k, v, plan, rank, None))
+    kernel_fwd_ms = timed_ms(lambda: fibsparse_attn(q, k_all, v_all, args.window, offsets), device, args.runs)
+    kernel_step_ms = timed_ms(lambda: torch.autograd.grad(fibsparse_attn(q, k_all, v_all, args.window, offsets),
+                                                          (q, k_all, v_all), grad), device, args.runs)
+    del k_all, v_all
     peak = peak_gib(step, device)
 
     # Spot check: this rank's last rows against the kernel on the keys they read, run locally.
@@ -184,7 +191,7 @@ def run_length(seqlen, args, offsets, rank, world, device, dtype):
                 print(f"ring context_parallel over SDPA did not run: {type(error_).__name__}: {error_}")
     sent = sum(hi - lo for (s, _), intervals in plan.sends.items() if s == rank for lo, hi in intervals)
     received = sum(hi - lo for lo, hi in plan.reads[rank])
-    results = torch.tensor([fwd_ms, step_ms, keys_ms, peak, sent * row_bytes / 2**20,
+    results = torch.tensor([fwd_ms, step_ms, keys_ms, kernel_fwd_ms, kernel_step_ms, peak, sent * row_bytes / 2**20,
                             received * row_bytes / 2**20, (seqlen - lengths[rank]) * row_bytes / 2**20, error,
                             *(gathered or (float("nan"),) * 2), ring or float("nan")],
                            dtype=torch.float64, device=device)
@@ -207,21 +214,21 @@ def run_length(seqlen, args, offsets, rank, world, device, dtype):
     print(f"\n--- seqlen {seqlen}, shards {lengths}")
     print("one device, whole sequence: " + (f"fwd {single[0]:.3f} ms, fwd+bwd {single[1]:.3f} ms, peak "
                                            f"{single[2]:.2f} GiB" if single else "out of memory"))
-    print(f"{'rank':>4s} {'fwd ms':>8s} {'f+b ms':>8s} {'keys ms':>8s} {'peak GiB':>9s} {'sent MiB':>9s} "
+    print(f"{'rank':>4s} {'fwd ms':>8s} {'f+b ms':>8s} {'keys ms':>8s} {'kern f':>7s} {'kern f+b':>8s} {'peak GiB':>9s} {'sent MiB':>9s} "
           f"{'recv MiB':>9s} {'all-gather MiB':>15s} {'spot err':>9s} {'gather f+b ms':>14s} {'gather GiB':>11s} "
           f"{'ring SDPA f+b ms':>17s}")
     for r, row in enumerate(everyone):
-        fwd, both, exch, peak_, sent_, recv, gather, err, g_ms, g_peak, ring_ms = row.tolist()
-        print(f"{r:4d} {fwd:8.3f} {both:8.3f} {exch:8.3f} {peak_:9.2f} {sent_:9.1f} {recv:9.1f} {gather:15.1f} "
+        fwd, both, exch, kern_f, kern_fb, peak_, sent_, recv, gather, err, g_ms, g_peak, ring_ms = row.tolist()
+        print(f"{r:4d} {fwd:8.3f} {both:8.3f} {exch:8.3f} {kern_f:7.3f} {kern_fb:8.3f} {peak_:9.2f} {sent_:9.1f} {recv:9.1f} {gather:15.1f} "
               f"{err:9.1e} {g_ms:14.3f} {g_peak:11.2f} {ring_ms:17.1f}")
     slowest = max(row[1].item() for row in everyone)
     fastest = min(row[1].item() for row in everyone)
     line = f"balance: slowest / fastest rank fwd+bwd {slowest / fastest:.2f}"
     if single:
         line += f"; speed-up over one device {single[1] / slowest:.2f}x on {world}"
-    most_received = max(row[5].item() for row in everyone)
-    line += f"; bytes received / all-gather's {most_received / max(row[6].item() for row in everyone):.3f}"
-    ring_ms = max(row[10].item() for row in everyone)
+    most_received = max(row[7].item() for row in everyone)
+    line += f"; bytes received / all-gather's {most_received / max(row[8].item() for row in everyone):.3f}"
+    ring_ms = max(row[12].item() for row in everyone)
     if ring_ms == ring_ms:
         line += f"; ring SDPA / ours (f+b) {ring_ms / slowest:.1f}x"
     print(line, flush=True)
