@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from fibsparse_ext import make_schedule
 from fibsparse_ext.decode import KVCache, fibsparse_attn_with_kvcache, largest_distance, required_capacity
 from fibsparse_ext.paged import fibsparse_attn_with_paged_kvcache, pages_per_sequence_bound
-from timing import median_ms
+from timing import graphed_ms, median_ms
 
 HEADS, HEADS_KV, HEAD_DIM, WINDOW = 8, 8, 64, 128
 
@@ -91,6 +91,47 @@ def main():
                 row += dense_decode(q, batch, context, device, dtype, flash_attn_with_kvcache, transpose=False)
             print(f"{batch:5d} {context:8d} | " + " | ".join(f"{row[i]:9.0f} {row[i + 1]:9.1f}"
                                                          for i in range(0, len(row), 2)), flush=True)
+    if device.type == "cuda" and page_sizes:
+        kernels_graphed(args, page_sizes, device, dtype, offsets)
+
+
+def kernels_graphed(args, page_sizes, device, dtype, offsets):
+    """The op alone, replayed from a CUDA graph of CALLS back-to-back calls (no
+    host path at all): microseconds per call for the ring and each page size,
+    and paged / ring."""
+    calls = 20
+    kernel_offsets = torch.tensor(offsets, dtype=torch.int32, device=device)
+    farthest = largest_distance(WINDOW, kernel_offsets)
+    scale = HEAD_DIM ** -0.5
+    print(f"\nthe op alone, graphed ({calls} calls per replay), us per call")
+    print(f"{'batch':>5s} {'context':>8s} | {'ring':>8s} | " + " | ".join(f"{'paged ' + str(p):>10s} {'/ ring':>6s}"
+                                                                      for p in page_sizes))
+    for batch in map(int, args.batches.split(",")):
+        for context in map(int, args.contexts.split(",")):
+            q = torch.randn(batch, 1, HEADS, HEAD_DIM, device=device, dtype=dtype)
+            lengths = torch.full((batch,), context, device=device)
+            cache = KVCache(batch, required_capacity(WINDOW, kernel_offsets.cpu()), HEADS_KV, HEAD_DIM, ring=True,
+                            dtype=dtype, device=device)
+            cache.k.normal_()
+            cache.v.normal_()
+
+            def ring():
+                for _ in range(calls):
+                    torch.ops.fibsparse.decode(q, cache.k, cache.v, lengths, kernel_offsets, [WINDOW], scale, True)
+
+            ring_us = graphed_ms(ring) / calls * 1e3
+            cells = []
+            for page_size in page_sizes:
+                k_pool, v_pool, table = paged_cache(batch, context, page_size, farthest, device, dtype)
+
+                def paged():
+                    for _ in range(calls):
+                        torch.ops.fibsparse.decode(q, k_pool, v_pool, lengths, kernel_offsets, [WINDOW], scale, False,
+                                                   table)
+
+                paged_us = graphed_ms(paged) / calls * 1e3
+                cells.append(f"{paged_us:10.2f} {paged_us / ring_us:5.2f}x")
+            print(f"{batch:5d} {context:8d} | {ring_us:8.2f} | " + " | ".join(cells), flush=True)
 
 
 def paged_cache(batch, context, page_size, farthest, device, dtype):

@@ -341,6 +341,41 @@ class KVCache:
         return (out, lse) if return_lse else out
 
 
+# Calls that write nothing, with offsets and lengths on the GPU: every check
+# runs once per version of those two tensors and layout of the rest.
+_read_only_calls = CheckedOnce()
+
+
+def _attend_without_writing(q, k_cache, v_cache, cache_seqlens, window, offsets, softmax_scale, ring, return_lse,
+                            check_lengths):
+    """A call that writes nothing (no k, v). With offsets and lengths on the
+    GPU, the whole of the checks (those of a writing call, and the lengths'
+    values unless check_lengths is False) runs once per version of the two
+    tensors and per layout of q and the caches; a repeated call costs one
+    lookup. Otherwise (lists, CPU tensors) the checks run as for a writing call."""
+    on_gpu = (isinstance(offsets, torch.Tensor) and isinstance(cache_seqlens, torch.Tensor)
+              and offsets.device.type not in ("cpu", "meta") and cache_seqlens.device.type not in ("cpu", "meta"))
+    if not on_gpu:
+        offsets, scale = _check_call(q, k_cache, v_cache, window, offsets, softmax_scale, ring, None, None,
+                                     offsets_fit=False)
+        lengths, _ = _checked_lengths(cache_seqlens, q, q.shape[1], 0, k_cache.shape[1], ring, check_lengths)
+    else:
+        def check():
+            _check_call_fully(q, k_cache, v_cache, window, offsets, softmax_scale, ring, None, None, offsets_fit=False)
+            _checked_lengths(cache_seqlens, q, q.shape[1], 0, k_cache.shape[1], ring, check_lengths)
+
+        # (types too: True == 1 == 1.0, and a bool is no window or scale)
+        settings = (type(window), window, type(softmax_scale), softmax_scale, ring, check_lengths, _layout(q),
+                    _layout(k_cache), _layout(v_cache))
+        _read_only_calls.run((offsets, cache_seqlens), settings, check)
+        scale = default_scale(q, softmax_scale)
+        lengths = cache_seqlens
+        if lengths.dtype not in (torch.int32, torch.int64) or lengths.device != q.device:
+            lengths = lengths.to(device=q.device, dtype=torch.int64)
+    out, lse = torch.ops.fibsparse.decode(q, k_cache, v_cache, lengths, offsets, band_argument(window), scale, ring)
+    return (out, lse) if return_lse else out
+
+
 def _checked_lengths(cache_seqlens, q: torch.Tensor, new: int, appended: int, capacity: int, ring: bool,
                      check_lengths: bool) -> tuple[torch.Tensor, bool]:
     """cache_seqlens on q's device, and whether its values were checked on the host."""
@@ -414,6 +449,9 @@ def fibsparse_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache:
         from .paged import fibsparse_attn_with_paged_kvcache  # paged.py imports this module
         return fibsparse_attn_with_paged_kvcache(q, k_cache, v_cache, cache_seqlens, block_table, window, offsets,
                                                  softmax_scale, return_lse, k, v)
+    if k is None and v is None:
+        return _attend_without_writing(q, k_cache, v_cache, cache_seqlens, window, offsets, softmax_scale, ring,
+                                       return_lse, check_lengths)
     offsets, scale = _check_call(q, k_cache, v_cache, window, offsets, softmax_scale, ring, k, v, offsets_fit=False)
     new = q.shape[1]
     appended = new if k is not None else 0

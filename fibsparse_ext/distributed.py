@@ -25,13 +25,16 @@ the single-process gradient.
 """
 from __future__ import annotations
 
+import functools
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
 
+from ._checked_once import can_remember
 from ._offsets import OffsetsLike, as_offsets, check_window
 from .functional import default_scale, fibsparse_attn
 
@@ -103,11 +106,35 @@ def exchange_plan(lengths: Sequence[int], window: int, offsets: torch.Tensor) ->
     return ExchangePlan(tuple(starts), tuple(lengths), tuple(reads), sends)
 
 
-def _rows(intervals, base: int, device) -> torch.Tensor:
-    """Row indices, relative to `base`, of the positions in `intervals`."""
+@functools.lru_cache(maxsize=256)
+def _rows(intervals: tuple, base: int, device: torch.device) -> torch.Tensor:
+    """Row indices, relative to `base`, of the positions in `intervals` (kept:
+    every layer and step of a run asks for the same few)."""
     if not intervals:
         return torch.empty(0, dtype=torch.long, device=device)
     return torch.cat([torch.arange(lo - base, hi - base, device=device) for lo, hi in intervals])
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(lengths: tuple, window: int, offset_values: tuple, fractional: bool) -> ExchangePlan:
+    """exchange_plan, kept for the lengths and pattern a run repeats."""
+    dtype = torch.float64 if fractional else torch.int64
+    return exchange_plan(lengths, window, torch.tensor(offset_values, dtype=dtype))
+
+
+# Host copies of device offsets, once per tensor version (a copy waits for the GPU).
+_host_offsets: "weakref.WeakKeyDictionary[torch.Tensor, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _on_host(offsets: torch.Tensor) -> torch.Tensor:
+    if offsets.device.type == "cpu" or not can_remember([offsets]):
+        return offsets.detach().cpu()
+    state = (offsets._version, offsets.data_ptr())
+    known = _host_offsets.get(offsets)
+    if known is None or known[0] != state:
+        known = (state, offsets.detach().cpu())
+        _host_offsets[offsets] = known
+    return known[1]
 
 
 def _count(intervals) -> int:
@@ -230,7 +257,7 @@ def context_parallel_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, win
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     offsets = as_offsets(offsets, q, window)
     lengths, host_offsets = _agree(q, k, window, offsets, group, world)
-    plan = exchange_plan(lengths, window, host_offsets)
+    plan = _plan(tuple(lengths), window, tuple(host_offsets.flatten().tolist()), host_offsets.is_floating_point())
     k_all, v_all = _GatherKeys.apply(k, v, plan, rank, group)
     return fibsparse_attn(q, k_all, v_all, window, offsets, softmax_scale=default_scale(q, softmax_scale),
                           return_lse=return_lse)
@@ -247,7 +274,7 @@ def _agree(q: torch.Tensor, k: torch.Tensor, window: int, offsets: torch.Tensor,
     with one all_gather that all ranks hold the same kind of shard and the same
     pattern; a disagreement raises the same error on every rank, before any
     rank waits on another."""
-    host_offsets = offsets.detach().cpu()
+    host_offsets = _on_host(offsets)
     values = host_offsets.to(torch.float64).flatten()
     # A fingerprint of the values: position-weighted, so a reordering changes it too.
     fingerprint = float((values * torch.arange(1, values.numel() + 1, dtype=torch.float64)).sum()) + float(

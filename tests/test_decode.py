@@ -447,3 +447,29 @@ def test_cuda_unchecked_lengths_do_not_sync():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert rel_err(out, expected) < 1e-12
+
+
+@requires_cuda
+def test_cuda_read_only_calls_are_checked_once_and_see_every_change():
+    """A call without k, v on GPU offsets and lengths runs its checks once per
+    version of the two tensors and layout of the rest: a repeat is exact, and
+    offsets or lengths changed in place, another cache's layout or q's dtype
+    are refused as on a first call."""
+    cache, (q, _, _), window, offsets, _ = _caches_and_step_inputs("cuda", ring=True)
+    offsets = torch.tensor(offsets, dtype=torch.int32, device="cuda")
+    lengths = cache.seqlens.clone()
+    first = fibsparse_attn_with_kvcache(q, cache.k, cache.v, lengths, window, offsets, ring=True)
+    assert torch.equal(fibsparse_attn_with_kvcache(q, cache.k, cache.v, lengths, window, offsets, ring=True), first)
+    offsets[1] = 2  # below the window: no longer a valid offset
+    with pytest.raises(ValueError, match="offsets"):
+        fibsparse_attn_with_kvcache(q, cache.k, cache.v, lengths, window, offsets, ring=True)
+    offsets[1] = 9
+    lengths[0] = 0  # fewer tokens than the new query
+    with pytest.raises(ValueError, match="count the 1 new token"):
+        fibsparse_attn_with_kvcache(q, cache.k, cache.v, lengths, window, offsets, ring=True)
+    lengths.copy_(cache.seqlens)
+    with pytest.raises(ValueError, match="v_cache must have the shape of k_cache"):
+        fibsparse_attn_with_kvcache(q, cache.k, cache.v[:, :4], lengths, window, offsets, ring=True)
+    with pytest.raises(ValueError, match="k_cache must have q's dtype"):
+        fibsparse_attn_with_kvcache(q.float(), cache.k, cache.v, lengths, window, offsets, ring=True)
+    assert torch.equal(fibsparse_attn_with_kvcache(q, cache.k, cache.v, lengths, window, offsets, ring=True), first)
