@@ -353,9 +353,9 @@ def _attend_without_writing(q, k_cache, v_cache, cache_seqlens, window, offsets,
     values unless check_lengths is False) runs once per version of the two
     tensors and per layout of q and the caches; a repeated call costs one
     lookup. Otherwise (lists, CPU tensors) the checks run as for a writing call."""
-    on_gpu = (isinstance(offsets, torch.Tensor) and isinstance(cache_seqlens, torch.Tensor)
-              and offsets.device.type not in ("cpu", "meta") and cache_seqlens.device.type not in ("cpu", "meta"))
-    if not on_gpu:
+    if not (isinstance(offsets, torch.Tensor) and isinstance(cache_seqlens, torch.Tensor) and offsets.is_cuda
+            and cache_seqlens.is_cuda and isinstance(q, torch.Tensor) and isinstance(k_cache, torch.Tensor)
+            and isinstance(v_cache, torch.Tensor)):
         offsets, scale = _check_call(q, k_cache, v_cache, window, offsets, softmax_scale, ring, None, None,
                                      offsets_fit=False)
         lengths, _ = _checked_lengths(cache_seqlens, q, q.shape[1], 0, k_cache.shape[1], ring, check_lengths)
@@ -364,14 +364,15 @@ def _attend_without_writing(q, k_cache, v_cache, cache_seqlens, window, offsets,
             _check_call_fully(q, k_cache, v_cache, window, offsets, softmax_scale, ring, None, None, offsets_fit=False)
             _checked_lengths(cache_seqlens, q, q.shape[1], 0, k_cache.shape[1], ring, check_lengths)
 
-        # (types too: True == 1 == 1.0, and a bool is no window or scale)
-        settings = (type(window), window, type(softmax_scale), softmax_scale, ring, check_lengths, _layout(q),
-                    _layout(k_cache), _layout(v_cache))
+        # Shapes and dtypes; a change of device alone is refused by the op's own
+        # check. (Types too: True == 1 == 1.0, and a bool is no window or scale.)
+        settings = (type(window), window, type(softmax_scale), softmax_scale, ring, check_lengths, q.shape, q.dtype,
+                    k_cache.shape, k_cache.dtype, v_cache.shape, v_cache.dtype)
         _read_only_calls.run((offsets, cache_seqlens), settings, check)
-        scale = default_scale(q, softmax_scale)
+        scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
         lengths = cache_seqlens
-        if lengths.dtype not in (torch.int32, torch.int64) or lengths.device != q.device:
-            lengths = lengths.to(device=q.device, dtype=torch.int64)
+        if lengths.dtype is not torch.int64 and lengths.dtype is not torch.int32:
+            lengths = lengths.long()
     out, lse = torch.ops.fibsparse.decode(q, k_cache, v_cache, lengths, offsets, band_argument(window), scale, ring)
     return (out, lse) if return_lse else out
 

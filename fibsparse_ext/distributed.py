@@ -122,19 +122,23 @@ def _plan(lengths: tuple, window: int, offset_values: tuple, fractional: bool) -
     return exchange_plan(lengths, window, torch.tensor(offset_values, dtype=dtype))
 
 
-# Host copies of device offsets, once per tensor version (a copy waits for the GPU).
-_host_offsets: "weakref.WeakKeyDictionary[torch.Tensor, tuple]" = weakref.WeakKeyDictionary()
+# Host copies of device offsets, once per tensor version (a copy waits for
+# the GPU): id -> (weak reference, version and data pointer, host copy).
+_host_offsets: dict = {}
 
 
 def _on_host(offsets: torch.Tensor) -> torch.Tensor:
-    if offsets.device.type == "cpu" or not can_remember([offsets]):
+    if not can_remember([offsets]):
         return offsets.detach().cpu()
     state = (offsets._version, offsets.data_ptr())
-    known = _host_offsets.get(offsets)
-    if known is None or known[0] != state:
-        known = (state, offsets.detach().cpu())
-        _host_offsets[offsets] = known
-    return known[1]
+    known = _host_offsets.get(id(offsets))
+    if known is None or known[0]() is not offsets or known[1] != state:
+        if len(_host_offsets) > 256:  # entries of dead tensors
+            for dead in [key for key, entry in _host_offsets.items() if entry[0]() is None]:
+                del _host_offsets[dead]
+        known = (weakref.ref(offsets), state, offsets.detach().to("cpu", copy=True))
+        _host_offsets[id(offsets)] = known
+    return known[2]
 
 
 def _count(intervals) -> int:

@@ -48,6 +48,16 @@ def run_case(name, lengths, heads, heads_kv, window, offsets, rank, device, dtyp
     mine = mine.clone().requires_grad_(fractional)
     out, lse = context_parallel_attn(*shard, window, mine, return_lse=True)
     ((out.double() * grad_out[:, rows]).sum() + (lse.double() * grad_lse[..., rows]).sum()).backward()
+    with torch.no_grad():  # again with the same offsets tensor (its host copy and plan are kept), then changed
+        again = context_parallel_attn(*shard, window, mine)
+        repeat_ok = torch.equal(again, out)
+        if mine.numel():
+            moved = positions + (positions >= 0) * 3  # in place below: the kept plan must follow (every strip moves)
+            mine.copy_(moved)
+            changed = context_parallel_attn(*shard, window, mine)
+            want = fibsparse_attn(q, k, v, window, moved)
+            mine.copy_(positions)
+            repeat_ok &= relative_error(changed, want[:, rows]) < TOLERANCE[dtype] if lengths[rank] else True
 
     whole = [t.clone().requires_grad_() for t in (q, k, v)]
     every = positions.clone().requires_grad_(fractional)
@@ -63,6 +73,8 @@ def run_case(name, lengths, heads, heads_kv, window, offsets, rank, device, dtyp
         dist.all_reduce(summed)
         errors["doffsets"] = relative_error(summed, every.grad)
     bad = {key: err for key, err in errors.items() if not err < TOLERANCE[dtype]}
+    if not repeat_ok:
+        bad["repeated call"] = "a second call differs, or a change of the offsets went unseen"
     name = f"{name} ({str(dtype)[6:]})"
     sys.stdout.write(f"rank {rank} {name} {lengths}: {'ok' if not bad else f'MISMATCH {bad}'}\n")  # one write: ranks share the pipe
     sys.stdout.flush()
