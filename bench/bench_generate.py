@@ -40,6 +40,8 @@ WARMUP_STEPS = DecodeStep.WARMUP_STEPS + 3  # eager warm-up, the capture, then a
 
 
 def commit() -> str:
+    if os.environ.get("FIBSPARSE_COMMIT"):  # set where the checkout's git metadata is not the code's
+        return os.environ["FIBSPARSE_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
                               cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
