@@ -20,8 +20,9 @@ from fibsparse_ext.distributed import context_parallel_attn
 
 # (name, shard lengths per world size, heads, heads_kv, window, offsets; a
 # group of one takes the whole of the two-rank sequence); every
-# case in float64, against the single process to 1e-12, and the last ones also
-# in bfloat16, against the float64 single process to bfloat16's tolerance.
+# case in float64, against the single process to 1e-12, and the first ones also
+# in bfloat16 (one in float32 and float16 too), against the float64 single process
+# to that dtype's tolerance.
 CASES = [
     ("integer", {2: [40, 40], 3: [30, 30, 17], 4: [20, 20, 20, 17]}, 4, 4, 5, [8, 13, 21, 34, 55]),
     ("fractional per head", {2: [50, 31], 3: [26, 26, 26], 4: [20, 20, 20, 9]}, 4, 2, 3,
@@ -166,6 +167,9 @@ def main():
         ok &= run_case(name, shards(lengths), heads, heads_kv, window, offsets, rank, device)
     for name, lengths, heads, heads_kv, window, offsets in CASES[:2]:
         ok &= run_case(name, shards(lengths), heads, heads_kv, window, offsets, rank, device, torch.bfloat16)
+    name, lengths, heads, heads_kv, window, offsets = CASES[1]  # the other dtypes the kernels take
+    for dtype in (torch.float32, torch.float16):
+        ok &= run_case(name, shards(lengths), heads, heads_kv, window, offsets, rank, device, dtype)
     if world > 1:
         ok &= refuses_disagreements(rank, world, device)
         if backend == "gloo":
