@@ -127,7 +127,7 @@ def test_cpu_head_dim_limit():
 
 
 @requires_cuda
-def test_devices():
+def test_cuda_devices():
     q, k, v = qkv(device="cuda")
     raises(fibsparse_attn, q, k.cpu(), v, 4, [5], match="k must be on q's device")
     raises(fibsparse_attn, q, k, v.cpu(), 4, [5], match="v must be on q's device")
@@ -137,7 +137,7 @@ def test_devices():
 
 @requires_cuda
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
-def test_tensors_on_different_gpus():
+def test_cuda_tensors_on_different_gpus():
     q, k, v = qkv(device="cuda:0")
     raises(fibsparse_attn, q, k.to("cuda:1"), v, 4, [5], match="k must be on q's device")
 

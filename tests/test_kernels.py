@@ -149,7 +149,7 @@ def test_lse_only_backward(device):
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("fractional", [False, True])
-def test_long_sequence_matches_reference(dtype, fractional):
+def test_cuda_long_sequence_matches_reference(dtype, fractional):
     """seqlen 16384, window 128, Fibonacci offsets up to 4096, against the float64 reference."""
     torch.manual_seed(0)
     q, k, v = random_qkv(1, 16384, 4, 2, 64, dtype, "cuda")
@@ -172,7 +172,7 @@ def test_long_sequence_matches_reference(dtype, fractional):
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("fractional", [False, True])
-def test_tensor_core_kernels_at_the_edges(dtype, fractional):
+def test_cuda_tensor_core_kernels_at_the_edges(dtype, fractional):
     """What the grid does not reach, on the fp16/bf16 tensor-core kernels: fewer
     queries than keys, per-head offsets padded with -1 (one head with none) and a
     custom scale, and a window spanning several 64-key chunks with GQA."""

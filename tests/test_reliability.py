@@ -197,7 +197,7 @@ def test_device_offsets_changed_behind_torchs_back_stop_the_kernel(dtype, offset
 
 
 @requires_cuda
-def test_device_offsets_check_passes_valid_offsets_of_every_kind():
+def test_cuda_device_offsets_check_passes_valid_offsets_of_every_kind():
     """The check blocks must not refuse what the host check accepts: padding
     -1 at the end of per-head rows, fractional positions, no offsets at all."""
     q = torch.randn(2, 100, 4, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)

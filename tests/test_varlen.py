@@ -244,7 +244,7 @@ def test_compile_takes_new_totals_without_recompiling(device):
 
 @requires_cuda
 @pytest.mark.parametrize("fractional", [False, True])
-def test_one_long_sequence_equals_the_dense_call(fractional):
+def test_cuda_one_long_sequence_equals_the_dense_call(fractional):
     """One 40000-token sequence through the packed path gives bitwise the dense call's rows and gradients."""
     lengths = [40000]
     cu, longest = packed(lengths, "cuda")
@@ -262,7 +262,7 @@ def test_one_long_sequence_equals_the_dense_call(fractional):
 
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_every_output_element_is_written(monkeypatch, dtype):
+def test_cuda_every_output_element_is_written(monkeypatch, dtype):
     """Outputs are NaN-filled before the kernels run (FIBSPARSE_POISON_OUTPUTS=1):
     every row of every sequence, and the keys of a sequence without queries, are written."""
     monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
