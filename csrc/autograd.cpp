@@ -12,6 +12,7 @@
 #include <optional>
 #include <vector>
 #include <tuple>
+#include <utility>
 
 #include "fibsparse_api.h"
 
@@ -21,6 +22,13 @@ namespace {
 using at::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
+
+// The gradients of (out, lse) as the backward ops take them: dout zeros where
+// only lse was used, dlse absent where lse was not.
+std::pair<Tensor, std::optional<Tensor>> output_gradients(const variable_list& grads, const Tensor& out) {
+  return {grads[0].defined() ? grads[0] : at::zeros_like(out),
+          grads[1].defined() ? std::optional<Tensor>(grads[1]) : std::nullopt};
+}
 
 class Attention : public torch::autograd::Function<Attention> {
  public:
@@ -37,8 +45,7 @@ class Attention : public torch::autograd::Function<Attention> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &q = saved[0], &k = saved[1], &v = saved[2], &offsets = saved[3], &out = saved[4], &lse = saved[5];
-    const Tensor dout = grads[0].defined() ? grads[0] : at::zeros_like(out);  // only lse was used
-    const std::optional<Tensor> dlse = grads[1].defined() ? std::optional<Tensor>(grads[1]) : std::nullopt;
+    const auto [dout, dlse] = output_gradients(grads, out);
     const std::vector<int64_t> band = ctx->saved_data["band"].toIntVector();
     const double softmax_scale = ctx->saved_data["softmax_scale"].toDouble();
     // With create_graph the call goes through bwd's own autograd registration
@@ -74,10 +81,9 @@ class PackedAttention : public torch::autograd::Function<PackedAttention> {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &q = saved[0], &k = saved[1], &v = saved[2], &offsets = saved[3], &out = saved[4], &lse = saved[5];
     const Tensor &cu_seqlens_q = saved[6], &cu_seqlens_k = saved[7];
-    const Tensor dout = grads[0].defined() ? grads[0] : at::zeros_like(out);
-    const std::optional<Tensor> dlse = grads[1].defined() ? std::optional<Tensor>(grads[1]) : std::nullopt;
+    const auto [dout, dlse] = output_gradients(grads, out);
     const std::vector<int64_t> band = ctx->saved_data["band"].toIntVector();
-    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
+    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;  // as in Attention::backward
     if (!at::GradMode::is_enabled()) below_autograd.emplace();
     auto [dq, dk, dv, doffsets] =
         varlen_bwd(dout, q, k, v, out, lse, dlse, cu_seqlens_q, cu_seqlens_k, ctx->saved_data["max_seqlen_q"].toSymInt(),

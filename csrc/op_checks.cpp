@@ -93,7 +93,8 @@ void check_attention_inputs(const Tensor& q, const Tensor& k, const Tensor& v, c
 }
 
 void check_packed_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens_q,
-                         const Tensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k) {
+                         const Tensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k, const Tensor& offsets,
+                         at::IntArrayRef band, double softmax_scale) {
   TORCH_CHECK(q.dim() == 3, "q must have shape (total_q, heads, head_dim), got ", to_text(q.sizes()));
   TORCH_CHECK(k.dim() == 3, "k must have shape (total_k, heads_kv, head_dim), got ", to_text(k.sizes()));
   TORCH_CHECK(v.sizes() == k.sizes(), "v must have the shape of k ", to_text(k.sizes()), ", got ", to_text(v.sizes()));
@@ -113,6 +114,7 @@ void check_packed_inputs(const Tensor& q, const Tensor& k, const Tensor& v, cons
               to_text(q.size(0)), "], got ", to_text(max_seqlen_q));
   TORCH_CHECK(max_seqlen_k >= 0 && max_seqlen_k <= k.size(0), "max_seqlen_k must be in [0, total_k=",
               to_text(k.size(0)), "], got ", to_text(max_seqlen_k));
+  check_attention_inputs(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), offsets, band, softmax_scale);
 }
 
 void check_packed_lengths(const Tensor& cu_seqlens_q, const Tensor& cu_seqlens_k, int64_t total_q, int64_t total_k,
@@ -140,7 +142,8 @@ void check_packed_lengths(const Tensor& cu_seqlens_q, const Tensor& cu_seqlens_k
   }
 }
 
-void check_packed_lse(const Tensor& q, const Tensor& lse, const std::optional<Tensor>& dlse) {
+std::optional<Tensor> check_packed_backward_inputs(const Tensor& dout, const Tensor& q, const Tensor& out,
+                                                   const Tensor& lse, const std::optional<Tensor>& dlse) {
   const std::vector<int64_t> lse_shape{q.size(1), q.size(0)};
   TORCH_CHECK(lse.sizes() == lse_shape && lse.scalar_type() == acc_dtype(q.scalar_type()), "lse must be ",
               to_text(acc_dtype(q.scalar_type())), " of shape (heads, total_q) = ", to_text(lse_shape), ", got ",
@@ -149,6 +152,9 @@ void check_packed_lse(const Tensor& q, const Tensor& lse, const std::optional<Te
     TORCH_CHECK(dlse->sizes() == lse.sizes(), "dlse must match lse ", to_text(lse.sizes()), ", got ",
                 to_text(dlse->sizes()));
   }
+  const std::optional<Tensor> dlse_batched = dlse.has_value() ? std::optional<Tensor>(dlse->unsqueeze(0)) : dlse;
+  check_backward_inputs(dout.unsqueeze(0), q.unsqueeze(0), out.unsqueeze(0), lse.unsqueeze(0), dlse_batched);
+  return dlse_batched;
 }
 
 void check_cache_seqlens(const Tensor& q, const Tensor& cache_seqlens) {

@@ -27,21 +27,25 @@ void check_attention_inputs(const at::Tensor& q, const at::Tensor& k, const at::
 // check_decode_lengths'.
 void check_block_table(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& block_table, bool ring);
 
-// The packed (varlen) ops' own arguments: q (total_q, heads, head_dim), k and
-// v (total_k, heads_kv, head_dim), cu_seqlens_q/k int32 (batch + 1,) on q's
-// device, and the max_seqlen bounds. The rest (dtypes, head_dim, offsets,
-// band) is check_attention_inputs' on the tensors with a batch dimension of 1.
+// The packed (varlen) ops' arguments: q (total_q, heads, head_dim), k and v
+// (total_k, heads_kv, head_dim), cu_seqlens_q/k int32 (batch + 1,) on q's
+// device, and the max_seqlen bounds; then (dtypes, head_dim, offsets, band,
+// softmax_scale) check_attention_inputs on the tensors with a batch dimension of 1.
 void check_packed_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                          const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
-                         int64_t max_seqlen_k);
+                         int64_t max_seqlen_k, const at::Tensor& offsets, at::IntArrayRef band, double softmax_scale);
 
 // The values of CPU cu_seqlens (a CUDA op leaves them to the Python entry
 // point and to the kernels' device-side check: reading them here would sync).
 void check_packed_lengths(const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k, int64_t total_q,
                           int64_t total_k, int64_t max_seqlen_q, int64_t max_seqlen_k);
 
-// The packed backward's lse (heads, total_q) and dlse.
-void check_packed_lse(const at::Tensor& q, const at::Tensor& lse, const std::optional<at::Tensor>& dlse);
+// What the packed backward adds to its forward's inputs: lse (heads, total_q)
+// and dlse, then check_backward_inputs on the tensors with a batch dimension
+// of 1. Returns dlse with that batch dimension, as the shared backward takes it.
+std::optional<at::Tensor> check_packed_backward_inputs(const at::Tensor& dout, const at::Tensor& q,
+                                                       const at::Tensor& out, const at::Tensor& lse,
+                                                       const std::optional<at::Tensor>& dlse);
 
 // The decode op's cache lengths: one int32/int64 per sequence, on q's device.
 void check_cache_seqlens(const at::Tensor& q, const at::Tensor& cache_seqlens);

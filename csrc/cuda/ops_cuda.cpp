@@ -63,8 +63,7 @@ std::tuple<Tensor, Tensor> varlen_fwd_cuda(const Tensor& q, const Tensor& k, con
                                            const Tensor& cu_seqlens_q, const Tensor& cu_seqlens_k,
                                            int64_t max_seqlen_q, int64_t max_seqlen_k, const Tensor& offsets,
                                            at::IntArrayRef band, double softmax_scale) {
-  check_packed_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k);
-  check_attention_inputs(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), offsets, band, softmax_scale);
+  check_packed_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, offsets, band, softmax_scale);
   const at::cuda::CUDAGuard guard(q.device());
   const Packing packing{cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), max_seqlen_q, max_seqlen_k};
   const ForwardCall call = prepare_forward(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), offsets, band,
@@ -80,11 +79,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> varlen_bwd_cuda(const Tensor& dout, c
                                                            int64_t max_seqlen_q, int64_t max_seqlen_k,
                                                            const Tensor& offsets, at::IntArrayRef band,
                                                            double softmax_scale) {
-  check_packed_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k);
-  check_attention_inputs(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), offsets, band, softmax_scale);
-  check_packed_lse(q, lse, dlse);
-  const std::optional<Tensor> dlse_batched = dlse.has_value() ? std::optional<Tensor>(dlse->unsqueeze(0)) : dlse;
-  check_backward_inputs(dout.unsqueeze(0), q.unsqueeze(0), out.unsqueeze(0), lse.unsqueeze(0), dlse_batched);
+  check_packed_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, offsets, band, softmax_scale);
+  const std::optional<Tensor> dlse_batched = check_packed_backward_inputs(dout, q, out, lse, dlse);
   const at::cuda::CUDAGuard guard(q.device());
   const Packing packing{cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), max_seqlen_q, max_seqlen_k};
   const BackwardCall call = prepare_backward(
