@@ -1,17 +1,32 @@
 """The performance sweep (the tables of docs/performance.md): fibsparse_attn
 against FlashAttention (SDPA, dense causal), FlexAttention with the same sparse
 mask, and the byte floor, over seqlen 1k..128k, head_dim 64/128, window
-64/128/256, integer vs fractional offsets, with and without GQA. One run
-prints everything, with ratios and peak extra memory, and writes CSV, JSON and
-a PNG plot.
+64/128/256, integer vs fractional offsets, with and without GQA.
+
+Dense causal attention and a generic mask are weak baselines for a sparse
+kernel. The fair peers are sliding-window kernels, which read a subset of our
+keys (the band without the offsets): FlashAttention-4 (flash_attn.cute) and
+torch's varlen_attn, both with window_size=(window - 1, 0), next to our own
+window-only call (fib_window: fibsparse_attn with no offsets), the
+like-for-like comparison. They run in the same run on the integer-offset
+configurations, with their outputs and gradients checked against fib_window
+and the ratios ours / peer. A peer that does not import, or whose torch has
+no window, is left out and the header says why; one that fails on a
+configuration is reported on its row and recorded as None.
+
+One run prints everything, with ratios and peak extra memory, and writes CSV,
+JSON and a PNG plot.
 
     python bench/bench_sweep.py --out bench/results/sweep_$(date +%F)
-    python bench/bench_sweep.py --quick          # three configurations
+    python bench/bench_sweep.py --quick          # four configurations, one of them --fair's
+    python bench/bench_sweep.py --fair           # the performance targets' configurations only
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib.metadata
+import inspect
 import json
 import os
 import subprocess
@@ -29,6 +44,71 @@ if flex_attention is not None:
     from torch.nn.attention.flex_attention import create_block_mask
 
 FLEX_MAX_SEQLEN = 65536  # above this, building FlexAttention's block mask ran out of memory in the sweep
+PEERS = ("fa4", "varlen")  # other libraries' kernels: one failing is reported, not fatal to the sweep
+# bf16 keeps 8 bits of mantissa: two kernels summing in different orders differ by a few 2^-8 of the
+# output's scale; a peer that attends to other keys differs by far more.
+CHECK_TOLERANCE = 2e-2
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+def find_fa4():
+    """FlashAttention-4's flash_attn_func and its version, or None and why not."""
+    try:
+        from flash_attn.cute import flash_attn_func
+    except Exception as error:  # not installed, or its CUDA/CuTe DSL setup failing at import
+        return None, f"not measured ({type(error).__name__}: {first_line(error)})"
+    try:
+        version = importlib.metadata.version("flash-attn-4")
+    except importlib.metadata.PackageNotFoundError:  # a source checkout on the path
+        version = "unknown version"
+    return flash_attn_func, f"flash-attn-4 {version}"
+
+
+def find_varlen():
+    """torch's varlen_attn and its parameters, or None and why not: its signature changed between
+    releases (the first had is_causal and no window; enable_gqa came after window_size)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError as error:
+        return None, {}, f"not measured (torch {torch.__version__}: {first_line(error)})"
+    params = inspect.signature(varlen_attn).parameters
+    if "window_size" not in params:
+        return None, {}, f"not measured (varlen_attn of torch {torch.__version__} takes no window_size)"
+    return varlen_attn, params, f"torch {torch.__version__}"
+
+
+FA4, FA4_NOTE = find_fa4()
+VARLEN, VARLEN_PARAMS, VARLEN_NOTE = find_varlen()
+
+
+def varlen_kwargs(window: int, gqa: bool) -> dict:
+    # A tuple: varlen_attn compares window_size with (-1, 0) to tell plain causal attention.
+    kwargs = {"window_size": (window - 1, 0)}
+    if "is_causal" in VARLEN_PARAMS:  # a release where causality is a flag of its own
+        kwargs["is_causal"] = True
+    if gqa and "enable_gqa" in VARLEN_PARAMS:  # without the flag, the FA2 kernel reads fewer kv heads as they are
+        kwargs["enable_gqa"] = True
+    return kwargs
+
+
+def peer_calls() -> list[str]:
+    """The exact calls timed against ours, for the header."""
+    flags = ", is_causal=True" if "is_causal" in VARLEN_PARAMS else ""
+    if "enable_gqa" in VARLEN_PARAMS:
+        flags += ", enable_gqa=True (with GQA)"
+    elif VARLEN is not None:
+        flags += " (with GQA: k, v with their fewer heads, no enable_gqa in this torch)"
+    return [
+        "fib_window  fibsparse_attn(q, k, v, window, offsets=torch.empty(0, dtype=torch.int32, device='cuda'))",
+        f"fa4         flash_attn.cute.flash_attn_func(q, k, v, causal=True, window_size=(window - 1, 0)), "
+        f"out[0] if a tuple  [{FA4_NOTE}]",
+        f"varlen      torch.nn.attention.varlen.varlen_attn(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), "
+        f"cu_seqlens, cu_seqlens, seqlen, seqlen, window_size=(window - 1, 0){flags}), "
+        f"cu_seqlens = [0, seqlen, .., batch * seqlen] int32  [{VARLEN_NOTE}]",
+    ]
 
 
 @dataclass
@@ -42,18 +122,134 @@ class Config:
     fractional: bool = False
 
 
-def sweep_configs(quick: bool) -> list[Config]:
+# The configurations the performance targets name (bf16, window 128, Fibonacci offsets), in increasing
+# time to measure (dense SDPA's dominates), so that a run cut short by the device's time limit has the first.
+FAIR_CONFIGS = [Config(1, 16384, heads=32, heads_kv=8, head_dim=128), Config(1, 65536), Config(1, 131072),
+                Config(1, 65536, heads=32, heads_kv=8, head_dim=128),
+                Config(1, 131072, heads=32, heads_kv=8, head_dim=128)]
+
+
+def sweep_configs(quick: bool = False, fair: bool = False) -> list[Config]:
+    if fair:
+        return list(FAIR_CONFIGS)
     lengths = [(16, 1024), (4, 4096), (1, 16384), (1, 65536), (1, 131072)]
-    if quick:
-        return [Config(16, 1024), Config(1, 16384), Config(1, 16384, fractional=True)]
+    if quick:  # the last one, GQA with head_dim 128, gives the peers a fair configuration
+        return [Config(16, 1024), Config(1, 16384), Config(1, 16384, fractional=True), FAIR_CONFIGS[0]]
     configs = [Config(b, n, fractional=f) for b, n in lengths for f in (False, True)]
     configs += [Config(b, n, head_dim=128) for b, n in lengths]
     configs += [Config(b, n, heads_kv=2) for b, n in lengths]  # GQA: 8 query heads, 2 kv heads
     configs += [Config(1, 16384, window=w) for w in (64, 256)]
-    return configs
+    return configs + [c for c in FAIR_CONFIGS if c not in configs]
 
 
-def measure(config: Config, bandwidth: float) -> dict:
+def window_peers(c: Config) -> dict:
+    """The sliding-window kernels that import, each called on our (batch, seqlen, heads, head_dim) layout."""
+    peers = {}
+    if FA4 is not None:
+        def fa4(q, k, v):
+            out = FA4(q, k, v, causal=True, window_size=(c.window - 1, 0))
+            return out[0] if isinstance(out, tuple) else out  # (out, lse) in the releases that return both
+        peers["fa4"] = fa4
+    if VARLEN is not None:
+        kwargs = varlen_kwargs(c.window, c.heads != c.heads_kv)
+        cu_seqlens = torch.arange(0, (c.batch + 1) * c.seqlen, c.seqlen, dtype=torch.int32, device="cuda")
+
+        def varlen(q, k, v):
+            packed = [t.flatten(0, 1) for t in (q, k, v)]  # (batch * seqlen, heads, head_dim), views
+            out = VARLEN(*packed, cu_seqlens, cu_seqlens, c.seqlen, c.seqlen, **kwargs)
+            return out.unflatten(0, (c.batch, c.seqlen))
+        peers["varlen"] = varlen
+    return peers
+
+
+def outputs_and_grads(attend, q, k, v, grad) -> tuple:
+    out = attend(q, k, v)
+    return (out.detach(), *torch.autograd.grad(out, (q, k, v), grad))
+
+
+def relative_diff(got, expected) -> float:
+    """The largest |got - expected| over the largest |expected|, across the tensors."""
+    return max(((a.float() - b.float()).abs().max() / b.float().abs().max()).item() for a, b in zip(got, expected))
+
+
+def check_peers(window_only, peers: dict, q, k, v, grad) -> dict:
+    """Each peer's output and gradients against ours with no offsets, the same sliding window: a peer
+    computing another pattern (or, in an old release, a backward without the window) would make its
+    ratios meaningless. Also the peers' first call: FA4 JIT-compiles its kernels here (seconds),
+    untimed. A peer that fails here is not timed (its `_matches` is None)."""
+    if not peers:
+        return {}
+    expected = outputs_and_grads(window_only, q, k, v, grad)
+    row = {}
+    for name, attend in peers.items():
+        try:
+            got = outputs_and_grads(attend, q, k, v, grad)
+        except Exception as error:  # OutOfMemoryError included
+            print(f"({name}: {first_line(error)}) ", end="")
+            row[f"{name}_out_diff"] = row[f"{name}_grad_diff"] = row[f"{name}_matches"] = None
+            continue
+        row[f"{name}_out_diff"] = relative_diff(got[:1], expected[:1])
+        row[f"{name}_grad_diff"] = relative_diff(got[1:], expected[1:])
+        row[f"{name}_matches"] = max(row[f"{name}_out_diff"], row[f"{name}_grad_diff"]) <= CHECK_TOLERANCE
+        del got
+    del expected
+    torch.cuda.empty_cache()
+    return row
+
+
+def method_columns(name: str) -> list[str]:
+    return [f"{name}_fwd_ms", f"{name}_fwdbwd_ms", f"{name}_peak_mb", f"{name}_fwdbwd_graph_ms"]
+
+
+def time_method(name: str, attend, q, k, v, grad, runs: int) -> dict:
+    """Forward, forward+backward, peak extra memory and (but for flex) the step replayed from a CUDA
+    graph, the GPU time without the host path. None where it ran out of memory, or where a peer failed."""
+    row = dict.fromkeys(method_columns(name))
+    step = fwd_bwd(attend, q, k, v, grad)
+    try:
+        step()  # untimed: a first call may compile (torch.compile for flex, the JIT for FA4)
+        row[f"{name}_fwd_ms"] = median_ms(lambda: attend(q, k, v), runs=runs)
+        row[f"{name}_fwdbwd_ms"] = median_ms(step, runs=runs)
+        row[f"{name}_peak_mb"] = peak_extra_mb(step)
+        if name != "flex":
+            row[f"{name}_fwdbwd_graph_ms"] = graphed_or_none(name, step, runs)
+    except torch.OutOfMemoryError:
+        print(f"({name}: out of memory) ", end="")
+    except Exception as error:
+        if name not in PEERS:
+            raise
+        print(f"({name}: {first_line(error)}) ", end="")
+    finally:  # the next method starts from what the inputs hold (at 128k, d128, 32 heads, every GB counts)
+        del step
+        torch.cuda.empty_cache()
+    return row
+
+
+def graphed_or_none(name: str, step, runs: int):
+    try:
+        return graphed_ms(step, runs=runs)
+    except Exception as error:  # a capture failure is reported, not fatal to the sweep
+        print(f"({name}: CUDA graph capture failed: {first_line(error)}) ", end="")
+        return None
+
+
+PHASES = ("fwd", "fwdbwd", "fwdbwd_graph")  # forward, forward+backward, and the latter replayed from a CUDA graph
+
+
+def peer_ratios(row: dict) -> dict:
+    """ours / peer (below 1: ours is faster), for our full pattern and our window alone against each
+    sliding-window peer, in each phase."""
+    ratios = {}
+    for ours in ("fibsparse", "fib_window"):
+        for peer in PEERS:
+            for phase in PHASES:
+                mine, theirs = row.get(f"{ours}_{phase}_ms"), row.get(f"{peer}_{phase}_ms")
+                if mine and theirs:
+                    ratios[f"{ours}_over_{peer}_{phase}"] = mine / theirs
+    return ratios
+
+
+def measure(config: Config, bandwidth: float, with_peers: bool = True) -> dict:
     torch.manual_seed(0)
     c = config
     q = torch.randn(c.batch, c.seqlen, c.heads, c.head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -76,22 +272,20 @@ def measure(config: Config, bandwidth: float) -> dict:
         methods["flex"] = lambda q, k, v: flex(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                block_mask=block_mask, enable_gqa=gqa).transpose(1, 2)
     row = {**asdict(c), "num_offsets": len(offsets)}
+    if not c.fractional:  # the window alone is the same with fractional offsets: the integer row has it
+        # An empty device tensor, as the full pattern passes its offsets: the same host path.
+        no_offsets = torch.empty(0, dtype=torch.int32, device="cuda")
+        methods["fib_window"] = lambda q, k, v: fibsparse_attn(q, k, v, c.window, no_offsets)
+        peers = window_peers(c) if with_peers else {}
+        row.update(check_peers(methods["fib_window"], peers, q, k, v, grad))
+        for name, attend in peers.items():
+            if row[f"{name}_matches"] is not None:  # it ran: timed even if it mismatched, and flagged
+                methods[name] = attend
+            else:
+                row.update(dict.fromkeys(method_columns(name)))
     runs = 10 if c.seqlen >= 65536 else 20
     for name, attend in methods.items():
-        try:
-            row[f"{name}_fwd_ms"] = median_ms(lambda: attend(q, k, v), runs=runs)
-            row[f"{name}_fwdbwd_ms"] = median_ms(fwd_bwd(attend, q, k, v, grad), runs=runs)
-            row[f"{name}_peak_mb"] = peak_extra_mb(fwd_bwd(attend, q, k, v, grad))
-            if name != "flex":  # the step replayed from a CUDA graph: GPU time without the host path
-                try:
-                    row[f"{name}_fwdbwd_graph_ms"] = graphed_ms(fwd_bwd(attend, q, k, v, grad), runs=runs)
-                except RuntimeError as error:  # a capture failure is reported, not fatal to the sweep
-                    print(f"({name}: CUDA graph capture failed: {str(error).splitlines()[0]}) ", end="")
-                    row[f"{name}_fwdbwd_graph_ms"] = None
-        except torch.OutOfMemoryError:
-            row[f"{name}_fwd_ms"] = row[f"{name}_fwdbwd_ms"] = row[f"{name}_peak_mb"] = None
-            row[f"{name}_fwdbwd_graph_ms"] = None
-            torch.cuda.empty_cache()
+        row.update(time_method(name, attend, q, k, v, grad, runs))
     io_bytes = q.element_size() * (2 * q.numel() + 2 * k.numel())
     row["floor_fwd_ms"] = io_bytes / bandwidth * 1e3
     fib_fwd, fib_all = row["fibsparse_fwd_ms"], row["fibsparse_fwdbwd_ms"]
@@ -103,6 +297,7 @@ def measure(config: Config, bandwidth: float) -> dict:
             row[f"speedup_vs_{other}_fwdbwd"] = row[f"{other}_fwdbwd_ms"] / fib_all
     if row.get("fibsparse_fwdbwd_graph_ms") and row.get("sdpa_fwdbwd_graph_ms"):
         row["speedup_vs_sdpa_fwdbwd_graph"] = row["sdpa_fwdbwd_graph_ms"] / row["fibsparse_fwdbwd_graph_ms"]
+    row.update(peer_ratios(row))
     return row
 
 
@@ -118,6 +313,27 @@ def print_row(row: dict) -> None:
           f"peak MB fib {fmt(row.get('fibsparse_peak_mb'))} sdpa {fmt(row.get('sdpa_peak_mb'))}  "
           f"graphed fwd+bwd fib {fmt(row.get('fibsparse_fwdbwd_graph_ms'))} sdpa {fmt(row.get('sdpa_fwdbwd_graph_ms'))} "
           f"({row.get('speedup_vs_sdpa_fwdbwd_graph', 0):.2f}x)", flush=True)
+    if "fib_window_fwd_ms" in row:
+        print(f"{'':8s}{peers_line(row)}", flush=True)
+
+
+def peers_line(row: dict) -> str:
+    """The sliding-window comparison of one configuration: times, ours / peer, and the check."""
+    fmt = lambda x: "  -  " if x is None else f"{x:.3f}"  # noqa: E731
+    present = [peer for peer in PEERS if f"{peer}_matches" in row]  # the header says why one is absent
+    times = "  ".join(f"{name} {fmt(row.get(f'{name}_fwd_ms'))}/{fmt(row.get(f'{name}_fwdbwd_ms'))}"
+                      for name in ["fib_window", *present])
+    parts = [f"window only, fwd/fwd+bwd ms: {times}"]
+    for peer in present:
+        ratios = {ours: " ".join(fmt(row.get(f"{ours}_over_{peer}_{phase}")) for phase in PHASES)
+                  for ours in ("fibsparse", "fib_window")}
+        matches = row[f"{peer}_matches"]
+        check = {None: "failed, not timed", True: "ok", False: "MISMATCH, ratios meaningless"}[matches]
+        if matches is not None:
+            check += f" (out {row[f'{peer}_out_diff']:.1e}, grad {row[f'{peer}_grad_diff']:.1e})"
+        parts.append(f"| ours/{peer} fwd f+b graphed-f+b: full {ratios['fibsparse']}, "
+                     f"window {ratios['fib_window']}; check {check}")
+    return "  ".join(parts)
 
 
 def plot(rows: list, path: Path) -> None:
@@ -128,14 +344,18 @@ def plot(rows: list, path: Path) -> None:
         return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    base = [r for r in rows if r["head_dim"] == 64 and r["heads_kv"] == 8 and r["window"] == 128]
+    base = [r for r in rows if r["heads"] == 8 and r["head_dim"] == 64 and r["heads_kv"] == 8 and r["window"] == 128]
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    for key, label, style in [("fibsparse_fwdbwd_ms", "fibsparse (int)", "-"), ("sdpa_fwdbwd_ms", "SDPA causal", "--"),
-                              ("flex_fwdbwd_ms", "Flex, same mask", ":")]:
-        points = [(r["seqlen"] * r["batch"], r[key]) for r in base if not r["fractional"] and r.get(key)]
-        axes.plot(*zip(*points), marker="o", linestyle=style, label=label)
-    frac = [(r["seqlen"] * r["batch"], r["fibsparse_fwdbwd_ms"]) for r in base if r["fractional"]]
-    axes.plot(*zip(*frac), marker="s", label="fibsparse (fractional)")
+    curves = [("fibsparse_fwdbwd_ms", "fibsparse (int)", "-"), ("sdpa_fwdbwd_ms", "SDPA causal", "--"),
+              ("flex_fwdbwd_ms", "Flex, same mask", ":"), ("fib_window_fwdbwd_ms", "fibsparse, window only", "-."),
+              ("fa4_fwdbwd_ms", "FA4, sliding window", (0, (5, 2, 1, 2, 1, 2)))]
+    for key, label, style in curves:
+        points = sorted((r["seqlen"] * r["batch"], r[key]) for r in base if not r["fractional"] and r.get(key))
+        if points:  # a peer that is not installed has no curve
+            axes.plot(*zip(*points), marker="o", linestyle=style, label=label)
+    frac = sorted((r["seqlen"] * r["batch"], r["fibsparse_fwdbwd_ms"]) for r in base if r["fractional"])
+    if frac:
+        axes.plot(*zip(*frac), marker="s", label="fibsparse (fractional)")
     axes.set(xscale="log", yscale="log", xlabel="tokens per batch", ylabel="forward+backward ms (bf16)",
              title="8 heads, head_dim 64, window 128")
     axes.legend()
@@ -143,9 +363,23 @@ def plot(rows: list, path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
+def write_results(out: Path, meta: dict, rows: list) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    with open(out / "sweep.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=sorted({key for row in rows for key in row}))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--quick", action="store_true", help="four configurations, one of them --fair's")
+    modes.add_argument("--fair", action="store_true",
+                       help="only the performance targets' configurations, against the sliding-window peers")
+    parser.add_argument("--no-peers", action="store_true",
+                        help="leave FA4 and varlen_attn out (before/after comparisons of our own kernels)")
     parser.add_argument("--out", type=Path, default=None, help="folder for sweep.csv, sweep.json, sweep.png")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -154,21 +388,23 @@ def main():
     commit = os.environ.get("FIBSPARSE_COMMIT") or subprocess.run(  # the device copy's .git may be stale
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "commit": commit or "unknown",
-            "copy_bandwidth_tb_s": bandwidth / 1e12}
-    print(meta)
+            "copy_bandwidth_tb_s": bandwidth / 1e12, "peer_calls": peer_calls(), "check_tolerance": CHECK_TOLERANCE}
+    print({key: value for key, value in meta.items() if key != "peer_calls"})
+    print("sliding-window peers (the band of our pattern, without the offsets), on the integer-offset configurations;"
+          f" outputs and gradients checked against fib_window, max |diff| / max |fib_window| <= {CHECK_TOLERANCE}:")
+    for call in meta["peer_calls"][:1] if args.no_peers else meta["peer_calls"]:
+        print(f"  {call}")
+    if args.no_peers:
+        print("  fa4, varlen: left out (--no-peers)")
     rows = []
-    configs = sweep_configs(args.quick)
+    configs = sweep_configs(args.quick, args.fair)
     for n, config in enumerate(configs):
-        print(f"[{n + 1}/{len(configs)}] ", end="")
-        rows.append(measure(config, bandwidth))
+        print(f"[{n + 1}/{len(configs)}] ", end="", flush=True)
+        rows.append(measure(config, bandwidth, with_peers=not args.no_peers))
         print_row(rows[-1])
+        if args.out:  # after every row: a run stopped by the device's time limit keeps what it measured
+            write_results(args.out, meta, rows)
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "sweep.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-        with open(args.out / "sweep.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=sorted({key for row in rows for key in row}))
-            writer.writeheader()
-            writer.writerows(rows)
         plot(rows, args.out / "sweep.png")
         print(f"wrote {args.out}/sweep.{{json,csv,png}}")
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Speed of two commits side by side in one device call: builds each in its own
-# worktree and runs `bench_sweep.py --quick` for both, alternating twice, so
+# worktree and runs `bench_sweep.py --quick --no-peers` for both, alternating twice, so
 # that a difference between them can be told from run-to-run noise.
 #
 #   bash tools/before_after.sh BEFORE [AFTER]
@@ -26,6 +26,6 @@ for round in 1 2; do
     dir=/tmp/before; [[ $side == after ]] && dir=$after_dir
     echo "=== round $round, $side ($dir)"
     (cd "$dir" && PYTHONPATH="$dir" python3 -c "import fibsparse_ext; print('module:', fibsparse_ext.__file__)" &&
-     PYTHONPATH="$dir" python3 "$root/bench/bench_sweep.py" --quick 2>&1 | tail -8)
+     PYTHONPATH="$dir" python3 "$root/bench/bench_sweep.py" --quick --no-peers 2>&1 | tail -8)
   done
 done

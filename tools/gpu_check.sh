@@ -49,7 +49,8 @@ if (( quick )); then
   step bench 110 python3 bench/bench_attention.py --quick
 else
   step bench 110 python3 bench/bench_attention.py
-  step sweep 180 python3 bench/bench_sweep.py --quick
+  # 300 s: FlashAttention-4, where installed, JIT-compiles its kernels on the sweep's first calls.
+  step sweep 300 python3 bench/bench_sweep.py --quick
   step decode 120 python3 bench/bench_decode.py
   step host_path 60 python3 bench/host_path.py
   step step_profile 90 python3 tools/profile_step.py 16384
