@@ -7,8 +7,9 @@ heads, head_dim 64, window 128, one new token per sequence; medians of
 back-to-back calls between CUDA events (bench/timing.py), so a host path
 slower than the GPU shows.
 
-Columns (us per call): "op"; "API" (lengths and offsets unchanged between
-calls: checked once); "op+write"; "API k,v" (check_lengths=True, lengths
+Columns (us per call): "op"; "API" (offsets as a list, lengths unchanged
+between calls: checked once); "API tensor" (the same with the offsets as a
+device tensor, as a model layer passes them); "op+write"; "API k,v" (check_lengths=True, lengths
 unchanged); "API k,v unchecked" (check_lengths=False: the write guarded on
 the device); "KVCache.attend" (the owner's path: host copy of the lengths,
 one slice copy per tensor, seqlens advanced on the device). The ratios are
@@ -42,8 +43,9 @@ def main():
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
           f"torch {torch.__version__}, {dtype}; heads {HEADS}, head_dim {HEAD_DIM}, window {WINDOW}, "
           f"offsets {offsets}; us per call")
-    names = ["op", "API", "op+write", "API k,v", "API k,v unchecked", "KVCache.attend"]
-    print(f"{'batch':>5s} {'context':>8s} | " + " ".join(f"{n:>17s}" for n in names) + " | API/op  k,v/op+write")
+    names = ["op", "API", "API tensor", "op+write", "API k,v", "API k,v unchecked", "KVCache.attend"]
+    print(f"{'batch':>5s} {'context':>8s} | " + " ".join(f"{n:>17s}" for n in names)
+          + " | API/op  API tensor/op  k,v/op+write")
     scale = HEAD_DIM ** -0.5
     for batch in map(int, args.batches.split(",")):
         for context in map(int, args.contexts.split(",")):
@@ -66,6 +68,7 @@ def main():
                 lambda: torch.ops.fibsparse.decode(q, cache.k, cache.v, lengths, offsets_tensor, [WINDOW], scale,
                                                    True),
                 lambda: fibsparse_attn_with_kvcache(q, cache.k, cache.v, lengths, WINDOW, offsets, ring=True),
+                lambda: fibsparse_attn_with_kvcache(q, cache.k, cache.v, lengths, WINDOW, offsets_tensor, ring=True),
                 op_and_write,
                 lambda: fibsparse_attn_with_kvcache(q, cache.k, cache.v, lengths, WINDOW, offsets, ring=True, k=k, v=v),
                 lambda: fibsparse_attn_with_kvcache(q, cache.k, cache.v, lengths, WINDOW, offsets, ring=True, k=k, v=v,
@@ -74,7 +77,7 @@ def main():
             ]
             us = [median_ms(call, warmup=10, runs=200, device=device) * 1e3 for call in calls]
             print(f"{batch:5d} {context:8d} | " + " ".join(f"{t:17.1f}" for t in us)
-                  + f" | {us[1] / us[0]:6.2f}x {us[3] / us[2]:10.2f}x", flush=True)
+                  + f" | {us[1] / us[0]:6.2f}x {us[2] / us[0]:13.2f}x {us[4] / us[3]:13.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ everything else the checks read is shapes, dtypes and devices.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Optional
 
 import torch
@@ -221,6 +222,7 @@ class KVCache:
         self.seqlens = torch.zeros(batch, dtype=torch.int64, device=device)
         self.ring = ring
         self.lengths_on_device = False
+        self.in_compiled_step = False
         self._remember_lengths([0] * batch)
 
     @classmethod
@@ -228,7 +230,7 @@ class KVCache:
         """A KVCache over existing buffers (writes go into them)."""
         cache = cls.__new__(cls)
         cache.k, cache.v, cache.seqlens, cache.ring = k, v, seqlens, ring
-        cache.lengths_on_device = False
+        cache.lengths_on_device = cache.in_compiled_step = False
         cache._host_lengths, cache._host_state = None, None  # read from seqlens on first use
         return cache
 
@@ -261,6 +263,20 @@ class KVCache:
         for every token it writes); the CUDA decode kernel checks them too."""
         self.lengths_on_device = True
         self._host_lengths = None
+
+    def enter_compiled_step(self) -> None:
+        """This cache now belongs to a compiled decode step (DecodeStep with
+        compile=True), which ran one checked eager step with the same tensors
+        first and checks the layers' offsets before every compiled call: inside
+        the compiled graph (torch.compiler.is_compiling()) attend() skips its
+        host checks, which a graph cannot hold. Implies keep_lengths_on_device().
+        Anywhere else the checks run as before."""
+        self.keep_lengths_on_device()
+        self.in_compiled_step = True
+
+    def skips_host_checks(self) -> bool:
+        """Inside the compiled graph of a step whose checks ran outside it."""
+        return self.in_compiled_step and torch.compiler.is_compiling()
 
     def holds_tokens(self) -> bool:
         """Whether any sequence has a token (a cache on the device only: taken to)."""
@@ -330,7 +346,11 @@ class KVCache:
         caller built the offsets valid and checked that they fit this ring
         (FibSparseAttention does, once per offsets version), so their values
         are not read here."""
-        offsets, scale = _check_call(q, self.k, self.v, window, offsets, softmax_scale, self.ring, k, v, offsets_fit)
+        if self.skips_host_checks():  # the step's eager call checked these tensors' layouts
+            scale = default_scale(q, softmax_scale)
+        else:
+            offsets, scale = _check_call(q, self.k, self.v, window, offsets, softmax_scale, self.ring, k, v,
+                                         offsets_fit)
         new = q.shape[1]
         lengths = None if self.lengths_on_device else self.host_seqlens()
         if lengths is not None:
@@ -341,39 +361,50 @@ class KVCache:
         return (out, lse) if return_lse else out
 
 
-# Calls that write nothing, with offsets and lengths on the GPU: every check
-# runs once per version of those two tensors and layout of the rest.
-_read_only_calls = CheckedOnce()
+# Calls that write nothing, with lengths on the GPU and offsets on the GPU or
+# in a list: key (offsets' identity or list value, lengths' identity) ->
+# (what the checks read, weak references to the two tensors, and what they
+# produced: the op's offsets, band and scale). A repeated call costs building
+# the state and one lookup, the least Python a checked call can cost.
+_read_only_calls: dict[tuple, tuple] = {}
 
 
 def _attend_without_writing(q, k_cache, v_cache, cache_seqlens, window, offsets, softmax_scale, ring, return_lse,
                             check_lengths):
-    """A call that writes nothing (no k, v). With offsets and lengths on the
-    GPU, the whole of the checks (those of a writing call, and the lengths'
-    values unless check_lengths is False) runs once per version of the two
-    tensors and per layout of q and the caches; a repeated call costs one
-    lookup. Otherwise (lists, CPU tensors) the checks run as for a writing call."""
-    if not (isinstance(offsets, torch.Tensor) and isinstance(cache_seqlens, torch.Tensor) and offsets.is_cuda
-            and cache_seqlens.is_cuda and isinstance(q, torch.Tensor) and isinstance(k_cache, torch.Tensor)
-            and isinstance(v_cache, torch.Tensor)):
-        offsets, scale = _check_call(q, k_cache, v_cache, window, offsets, softmax_scale, ring, None, None,
-                                     offsets_fit=False)
-        lengths, _ = _checked_lengths(cache_seqlens, q, q.shape[1], 0, k_cache.shape[1], ring, check_lengths)
+    """A call that writes nothing (no k, v). With lengths on the GPU and
+    offsets on the GPU or in a list, the whole of the checks (those of a
+    writing call, and the lengths' values unless check_lengths is False) runs
+    once per version of the offsets and lengths tensors and per layout of q
+    and the caches. Otherwise (CPU tensors) the checks run on every call."""
+    tensor_offsets = isinstance(offsets, torch.Tensor)
+    try:
+        # Versions and storage: an in-place change, or a .set_(), is seen. The
+        # types too: True == 1 == 1.0, and a bool is no window or scale.
+        state = (cache_seqlens._version, cache_seqlens.data_ptr(),
+                 (offsets._version, offsets.data_ptr()) if tensor_offsets else None,
+                 type(window), window, type(softmax_scale), softmax_scale, ring, check_lengths,
+                 q.shape, q.dtype, q.device, k_cache.shape, k_cache.dtype, v_cache.shape, v_cache.dtype)
+        key = (id(offsets) if tensor_offsets else repr(offsets), id(cache_seqlens))
+        seen = _read_only_calls.get(key)
+    except (AttributeError, RuntimeError, TypeError):  # not tensors; no version counter (inference); unhashable
+        key = seen = None
+    if (seen is not None and seen[0] == state and seen[1]() is cache_seqlens
+            and (seen[2] is None or seen[2]() is offsets)):
+        lengths, (op_offsets, band, scale) = cache_seqlens, seen[3]
     else:
-        def check():
-            _check_call_fully(q, k_cache, v_cache, window, offsets, softmax_scale, ring, None, None, offsets_fit=False)
-            _checked_lengths(cache_seqlens, q, q.shape[1], 0, k_cache.shape[1], ring, check_lengths)
-
-        # Shapes and dtypes; a change of device alone is refused by the op's own
-        # check. (Types too: True == 1 == 1.0, and a bool is no window or scale.)
-        settings = (type(window), window, type(softmax_scale), softmax_scale, ring, check_lengths, q.shape, q.dtype,
-                    k_cache.shape, k_cache.dtype, v_cache.shape, v_cache.dtype)
-        _read_only_calls.run((offsets, cache_seqlens), settings, check)
-        scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
-        lengths = cache_seqlens
-        if lengths.dtype is not torch.int64 and lengths.dtype is not torch.int32:
-            lengths = lengths.long()
-    out, lse = torch.ops.fibsparse.decode(q, k_cache, v_cache, lengths, offsets, band_argument(window), scale, ring)
+        op_offsets, scale = _check_call(q, k_cache, v_cache, window, offsets, softmax_scale, ring, None, None,
+                                        offsets_fit=False)
+        lengths, _ = _checked_lengths(cache_seqlens, q, q.shape[1], 0, k_cache.shape[1], ring, check_lengths)
+        band = band_argument(window)
+        # CPU values are read on every call (no sync to save, and a write
+        # through a NumPy view would not bump the version counter).
+        if (key is not None and lengths is cache_seqlens and cache_seqlens.is_cuda
+                and (not tensor_offsets or offsets.is_cuda)):
+            if len(_read_only_calls) > 1024:  # entries of temporary tensors
+                _read_only_calls.clear()
+            _read_only_calls[key] = (state, weakref.ref(cache_seqlens),
+                                     weakref.ref(offsets) if tensor_offsets else None, (op_offsets, band, scale))
+    out, lse = torch.ops.fibsparse.decode(q, k_cache, v_cache, lengths, op_offsets, band, scale, ring)
     return (out, lse) if return_lse else out
 
 

@@ -11,6 +11,7 @@ from torch import nn
 from ._checked_once import CheckedOnce
 from ._offsets import MAX_WINDOW, band_argument, check_offset_values
 from .decode import KVCache, check_ring_capacity, required_capacity
+from .paged import PagedKVCache
 from .functional import default_scale
 from .rotary import apply_rotary, rotary_tables
 from .schedules import Schedule
@@ -127,6 +128,8 @@ class FibSparseAttention(nn.Module):
         if cu_seqlens is not None:
             out = self._attend_packed(q[0], k[0], v[0], cu_seqlens, max_seqlen)
             return self.out_proj(out.reshape(1, seqlen, -1))
+        if isinstance(cache, PagedKVCache):
+            return self.out_proj(self._attend_paged(q, k, v, cache).reshape(batch, seqlen, -1))
         if context_parallel_group is not None:
             # A dense layer is a band longer than any sequence (the same on every rank).
             window, offsets = (MAX_WINDOW, []) if self.window is None else (self.window, self.positions())
@@ -137,7 +140,8 @@ class FibSparseAttention(nn.Module):
         elif cache is not None and cache.holds_tokens():  # decoding after the cached tokens
             window, offsets = (cache.capacity, self.no_offsets) if self.window is None else (self.window,
                                                                                             self.positions())
-            self._check_fits(cache, seqlen)
+            if not cache.skips_host_checks():  # a compiled step checks before its graph runs
+                self.check_cache_fits(cache, seqlen)
             # Appends k, v after checking everything: a refused call changes no cache.
             out = cache.attend(q, k, v, window, offsets, offsets_fit=True)
         else:  # a whole sequence (or the prompt of a fresh cache): the fused kernels
@@ -146,10 +150,13 @@ class FibSparseAttention(nn.Module):
             out = self._attend(q, k, v)
         return self.out_proj(out.reshape(batch, seqlen, -1))
 
-    def _check_fits(self, cache: KVCache, new: int) -> None:
+    def check_cache_fits(self, cache: KVCache, new: int) -> None:
         """This layer's offsets are valid and a ring cache holds what `new`
         queries read: checked on the host once per version of the offsets (or
-        of the learned alpha), so that decode steps read no value from the GPU."""
+        of the learned alpha), so that decode steps read no value from the GPU.
+        A paged cache checked its own copy of the offsets when it was made."""
+        if isinstance(cache, PagedKVCache):
+            return
         if self.window is None:
             if cache.ring:  # a band as long as the ring: only one new token fits
                 check_ring_capacity(cache.capacity, cache.capacity, torch.empty(0, dtype=torch.int32), new)
@@ -188,6 +195,21 @@ class FibSparseAttention(nn.Module):
                                              attn_mask=visible[:, None], enable_gqa=self.num_heads != self.num_kv_heads)
         return out.transpose(1, 2)
 
+    def _attend_paged(self, q, k, v, cache: PagedKVCache):
+        """With a paged cache (make_cache(page_size=...)): a prompt fills fresh
+        sequences, one per batch slot; a decode call appends and attends, as
+        attend() (the host plans its pages), or, in a step whose owner
+        reserved its pages before it (DecodeStep), as attend_reserved()."""
+        if not cache.active_slots:
+            if q.shape[0] != cache.block_table.shape[0]:
+                raise ValueError(f"a prompt fills every batch slot of a paged cache: got {q.shape[0]} sequences "
+                                 f"for max_batch={cache.block_table.shape[0]}")
+            cache.add_sequences(k, v)
+            return self._attend(q, k, v)
+        if cache.decode_reserved:
+            return cache.attend_reserved(q, k, v)
+        return cache.attend(q, k, v)
+
     def _attend_packed(self, q, k, v, cu_seqlens, max_seqlen):
         if self.window is None:  # dense causal: the band alone, as long as the longest document
             window, offsets = max(max_seqlen, 1), torch.empty(0, dtype=torch.int32, device=q.device)
@@ -197,17 +219,26 @@ class FibSparseAttention(nn.Module):
                                                 band_argument(window), default_scale(q, None))
         return out
 
-    def make_cache(self, batch: int, max_seqlen: int, dtype=None, device=None) -> KVCache:
+    def make_cache(self, batch: int, max_seqlen: int, dtype=None, device=None, page_size: Optional[int] = None):
         """A cache for decoding up to max_seqlen tokens one at a time. Sparse
-        layers get a ring of constant size, whatever max_seqlen; dense layers
-        need every position."""
+        layers get a ring of constant size, whatever max_seqlen, or with
+        page_size a PagedKVCache of as many pages as `batch` sequences can hold
+        (its block table sized for max_seqlen; it keeps the offsets the layer
+        has now); dense layers need every position (a KVCache, paged or not)."""
+        weight = self.qkv.weight
+        dtype, device = dtype or weight.dtype, device or weight.device
+        if page_size is not None and self.window is not None:
+            offsets = self.positions().detach()
+            num_pages = PagedKVCache.pages_needed(self.window, offsets, page_size, batch)
+            cache = PagedKVCache(num_pages, page_size, self.num_kv_heads, self.head_dim, self.window, offsets,
+                                 max_batch=batch, dtype=dtype, device=device)
+            cache.fix_block_table(max_seqlen)
+            return cache
         if self.window is None:
             capacity, ring = max_seqlen, False
         else:
             capacity, ring = required_capacity(self.window, self.positions().detach()), True
-        weight = self.qkv.weight
-        return KVCache(batch, capacity, self.num_kv_heads, self.head_dim, ring=ring,
-                       dtype=dtype or weight.dtype, device=device or weight.device)
+        return KVCache(batch, capacity, self.num_kv_heads, self.head_dim, ring=ring, dtype=dtype, device=device)
 
     def extra_repr(self) -> str:
         pattern = "dense causal" if self.window is None else (

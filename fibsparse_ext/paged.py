@@ -291,6 +291,14 @@ class PagedKVCache:
         self.seqlens = torch.zeros(max_batch, dtype=torch.int64, device=device)
         self._free_pages = list(range(num_pages - 1, -1, -1))  # popped from the end: pages 0, 1, ... first
         self._slots: list = [None] * max_batch  # a _Sequence per occupied slot
+        # A decode step replayed from a CUDA graph (reserve / attend_reserved):
+        # tokens reserved for every sequence since the host lengths were last
+        # brought up to date, the bounds within which a reservation changes no
+        # page, and whether the block table may still be reallocated.
+        self._pending, self._quiet, self._table_fixed = 0, (0, 0), False
+        # Set by the owner of a decode step (DecodeStep) that calls reserve()
+        # before each call: a model's decode calls then take attend_reserved().
+        self.decode_reserved = False
 
     # ---- What the cache holds ----
 
@@ -312,10 +320,12 @@ class PagedKVCache:
         return [slot for slot, seq in enumerate(self._slots) if seq is not None]
 
     def length(self, slot: int) -> int:
+        self._catch_up()
         return self._sequence(slot).length
 
     def pages_of(self, slot: int) -> list:
         """The pages a sequence holds, oldest positions first."""
+        self._catch_up()
         return list(self._sequence(slot).pages)
 
     @staticmethod
@@ -357,6 +367,7 @@ class PagedKVCache:
 
     def remove_sequence(self, slot: int) -> None:
         """Gives a sequence's pages and batch slot back."""
+        self._catch_up()
         seq = self._sequence(slot)
         self._free_pages.extend(reversed(seq.pages))
         self._slots[slot] = None
@@ -372,6 +383,7 @@ class PagedKVCache:
         their queries q (n, new, heads, head_dim) against them. Returns out
         (n, new, heads, head_dim) [, lse (n, heads, new)], as
         fibsparse_attn_with_paged_kvcache."""
+        self._catch_up()
         slots = self.active_slots if slots is None else list(slots)
         if any(isinstance(s, bool) or not isinstance(s, int) for s in slots) or len(set(slots)) != len(slots):
             raise ValueError(f"slots must be distinct ints, got {slots}")
@@ -385,7 +397,95 @@ class PagedKVCache:
         _check_new_tokens(k, v, q, self.k)
         new = q.shape[1]
 
-        # Plan first (pages given back, pages taken), so that a refused call changes nothing.
+        lengths = self._take_pages(slots, new)
+        rows = [self._pool_row(self._slots[slot], length + t) for slot, length in zip(slots, lengths)
+                for t in range(new)]
+        slots_device, lengths_after, rows = _to_device(slots + [n + new for n in lengths] + rows, self.k.device).split(
+            [len(slots), len(slots), len(rows)])
+        self.k.view(-1, *self.k.shape[2:]).index_copy_(0, rows, k.reshape(-1, *k.shape[2:]))
+        self.v.view(-1, *self.v.shape[2:]).index_copy_(0, rows, v.reshape(-1, *v.shape[2:]))
+        self.seqlens.index_copy_(0, slots_device, lengths_after)
+        out, lse = torch.ops.fibsparse.decode(q, self.k, self.v, lengths_after, self.offsets,
+                                              band_argument(self.window), scale, False,
+                                              self.block_table.index_select(0, slots_device))
+        return (out, lse) if return_lse else out
+
+    # ---- A decode step replayed from a CUDA graph ----
+    # attend() plans on the host and copies that plan's rows to the device on
+    # every call; a graph can hold neither. Split in two, the host half
+    # (reserve: pages given back and taken, the block table updated) runs
+    # before each replay, and the device half (attend_reserved: rows found
+    # through the block table, the write, the lengths advanced, the kernel) is
+    # what the graph holds. Between page boundaries reserve() is a counter.
+
+    def fix_block_table(self, max_length: int) -> None:
+        """Widens the block table to hold positions below max_length and never
+        reallocates it again (a CUDA graph holds its address): a reservation
+        past max_length is refused."""
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise ValueError(f"max_length must be an int >= 1, got {max_length!r}")
+        self._catch_up()
+        columns = -(-max_length // self.page_size)
+        if columns > self.block_table.shape[1]:
+            wider = torch.full((self.block_table.shape[0], columns), -1, dtype=torch.int32, device=self.k.device)
+            wider[:, :self.block_table.shape[1]] = self.block_table
+            self.block_table = wider
+        self._table_fixed = True
+
+    def reserve(self, new_tokens: int = 1) -> None:
+        """The host half of a decode call of `new_tokens` tokens for every
+        sequence: the pages they need, taken (and those no query reads any
+        more, given back) before the call runs. Every batch slot must hold a
+        sequence. Cheap between page boundaries (no device work at all)."""
+        if self._pending < self._quiet[0] and self._pending + new_tokens <= self._quiet[1]:
+            self._pending += new_tokens
+            return
+        self._catch_up()
+        if any(seq is None for seq in self._slots):
+            raise ValueError(f"reserve() decodes every batch slot, and slots "
+                             f"{[i for i, seq in enumerate(self._slots) if seq is None]} hold no sequence")
+        self._take_pages(list(range(len(self._slots))), new_tokens)
+        # Within these bounds a later call (pending tokens j before it, `new` in
+        # it) finds every page it writes already held and gives none back.
+        self._quiet = (min((seq.first_column + 1) * self.page_size + self.farthest - seq.length
+                           for seq in self._slots),
+                       min((seq.first_column + len(seq.pages)) * self.page_size - seq.length for seq in self._slots))
+
+    def attend_reserved(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        softmax_scale: Optional[float] = None) -> torch.Tensor:
+        """The device half of a decode call that reserve() planned: k, v
+        (max_batch, new, heads_kv, head_dim) written after each sequence's
+        device length, found through the block table, the lengths advanced,
+        and q (max_batch, new, heads, head_dim) attended. No host value, no
+        sync: a CUDA graph can hold it. Its checks are shapes only; the kernel
+        checks lengths and pages on the device."""
+        scale = check_scale(default_scale(q, softmax_scale))
+        check_op_inputs(q, self.k, self.v, self.offsets, band_argument(self.window), scale, "k_cache", "v_cache",
+                        paged=True)
+        if q.shape[0] != len(self._slots):
+            raise ValueError(f"q must hold one sequence per batch slot ({len(self._slots)}), got {tuple(q.shape)}")
+        _check_new_tokens(k, v, q, self.k)
+        write_new_tokens(self.k, self.v, self.block_table, self.seqlens, k, v)
+        self.seqlens += q.shape[1]
+        out, _ = torch.ops.fibsparse.decode(q, self.k, self.v, self.seqlens, self.offsets, band_argument(self.window),
+                                            scale, False, self.block_table)
+        return out
+
+    # ---- The host mirror ----
+
+    def _catch_up(self) -> None:
+        """Adds the tokens reserved without planning to every sequence's host length."""
+        if self._pending:  # (every slot holds a sequence: reserve() asked it)
+            for seq in self._slots:
+                seq.length += self._pending
+            self._pending = 0
+        self._quiet = (0, 0)
+
+    def _take_pages(self, slots: list, new: int) -> list:
+        """Gives back the slots' pages no query reads any more and takes those
+        their next `new` positions need; the block table updated, the host
+        lengths advanced. Returns the lengths before. Planned first, so that a
+        refused call changes nothing."""
         plan = []
         for slot in slots:
             seq = self._sequence(slot)
@@ -397,6 +497,12 @@ class PagedKVCache:
         freed = sum(dead for _, dead, _, _ in plan)
         self._check_pool(sum(taken for *_, taken in plan), freed, f"this call ({len(slots)} sequence(s), {new} new "
                                                                     f"token(s) each)")
+        if self._table_fixed:
+            widest = max((first + len(seq.pages) - dead + taken for seq, dead, first, taken in plan), default=0)
+            if widest > self.block_table.shape[1]:
+                raise ValueError(f"the block table was fixed at {self.block_table.shape[1]} columns (positions below "
+                                 f"{self.block_table.shape[1] * self.page_size}, fix_block_table) and this call "
+                                 f"needs {widest}")
 
         updates = []  # (slot, column, page) entries of the block table
         for slot, (seq, dead, first, _) in zip(slots, plan):  # every sequence's dead pages back first,
@@ -412,19 +518,8 @@ class PagedKVCache:
             lengths.append(seq.length)
             seq.length += new
         self._apply(updates)
-        rows = [self._pool_row(self._slots[slot], length + t) for slot, length in zip(slots, lengths)
-                for t in range(new)]
-        slots_device, lengths_after, rows = _to_device(slots + [n + new for n in lengths] + rows, self.k.device).split(
-            [len(slots), len(slots), len(rows)])
-        self.k.view(-1, *self.k.shape[2:]).index_copy_(0, rows, k.reshape(-1, *k.shape[2:]))
-        self.v.view(-1, *self.v.shape[2:]).index_copy_(0, rows, v.reshape(-1, *v.shape[2:]))
-        self.seqlens.index_copy_(0, slots_device, lengths_after)
-        out, lse = torch.ops.fibsparse.decode(q, self.k, self.v, lengths_after, self.offsets,
-                                              band_argument(self.window), scale, False,
-                                              self.block_table.index_select(0, slots_device))
-        return (out, lse) if return_lse else out
+        return lengths
 
-    # ---- The host mirror ----
 
     def _sequence(self, slot: int) -> _Sequence:
         if isinstance(slot, bool) or not isinstance(slot, int) or not 0 <= slot < len(self._slots) \
@@ -482,6 +577,7 @@ class PagedKVCache:
         """Sequences i = 0, 1, ... of lengths[i] tokens whose keys and values are
         rows first_rows[i] .. of k, v (rows, heads_kv, head_dim): each takes a
         free slot and pages for the positions decoding can still read."""
+        self._catch_up()
         free_slots = [slot for slot, seq in enumerate(self._slots) if seq is None]
         if len(lengths) > len(free_slots):
             raise ValueError(f"PagedKVCache has {len(free_slots)} free batch slot(s) of max_batch="

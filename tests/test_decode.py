@@ -382,6 +382,36 @@ def test_cuda_graph_on_the_cpu_warns_and_decodes_eagerly():
         generate(model, prompt, 6, cuda_graph="yes")
 
 
+def test_compiled_decode_step_equals_eager_and_rechecks_offsets():
+    """generate(compile=True) runs the step through torch.compile (one graph,
+    no silent fallback) and gives the eager tokens; the host checks it moved
+    out of the graph still run: offsets made invalid in place are refused."""
+    import warnings
+    from fibsparse_ext.lm.generation import DecodeStep
+    torch.manual_seed(0)
+    model = FibSparseLM(LMConfig.preset("tiny", schedule="learned")).double()
+    prompt = torch.randint(0, 256, (2, 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a failed compilation warns and falls back: not here
+        compiled = generate(model, prompt, max_new_tokens=40, compile=True)
+    assert torch.equal(compiled, generate(model, prompt, max_new_tokens=40))
+    with pytest.raises(ValueError, match="compile must be True or False"):
+        generate(model, prompt, 2, compile="yes")
+
+    caches = model.make_caches(2, 60)
+    with torch.no_grad():
+        token = model(prompt, caches)[:, -1].argmax(-1)
+        step = DecodeStep(model, caches, compile=True)
+        for _ in range(3):
+            token = step(token).argmax(-1)
+        assert step.compiled is not None and step.compile
+        lengths = [c.seqlens.clone() for c in caches]
+        model.blocks[0].attn.alpha.fill_(float("nan"))
+        with pytest.raises(ValueError, match="finite"):
+            step(token)
+    assert all(torch.equal(c.seqlens, n) for c, n in zip(caches, lengths))  # refused before anything ran
+
+
 # CUDA: the graphed decode step.
 
 @requires_cuda
@@ -396,6 +426,20 @@ def test_cuda_graphed_greedy_generate_equals_eager_and_full_recomputation(varian
     with torch.no_grad():
         for n in range(10, 110):
             assert torch.equal(model(graphed[:, :n])[:, -1].argmax(-1), graphed[:, n]), n
+
+
+@requires_cuda
+@pytest.mark.parametrize("variant", ["stagger", "learned", "dense"])
+def test_cuda_compiled_graphed_generate_equals_eager(variant):
+    """The compiled step captured in a CUDA graph gives the eager tokens."""
+    import warnings
+    torch.manual_seed(0)
+    model = FibSparseLM(LMConfig.preset("tiny", **LMConfig.parse_variant(variant))).double().cuda()
+    prompt = torch.randint(0, 256, (2, 10), device="cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither compilation nor capture may fall back
+        compiled = generate(model, prompt, max_new_tokens=100, cuda_graph=True, compile=True)
+    assert torch.equal(compiled, generate(model, prompt, max_new_tokens=100, cuda_graph=False))
 
 
 @requires_cuda

@@ -408,3 +408,128 @@ def test_cuda_device_side_check_passes_entries_not_read():
                                         table)
     torch.cuda.synchronize()
     assert torch.isfinite(out.float()).all()
+
+
+# A decode step replayed from a CUDA graph: reserve() on the host, attend_reserved() on the device.
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("offsets", OFFSETS.values(), ids=OFFSETS.keys())
+@pytest.mark.parametrize("page_size", [1, 5, 8])
+@pytest.mark.parametrize("new", [1, 2])
+@pytest.mark.parametrize("prompts", [[13, 4, 21], [12, 12, 12]], ids=["ragged", "equal"])
+def test_reserved_calls_equal_attend(device, offsets, page_size, new, prompts):
+    """reserve() + attend_reserved() gives attend()'s outputs, lengths, pages
+    held and pages free after every call (a pool of exactly pages_needed
+    pages, past the point where pages are given back). With equal lengths (as
+    in generate()) reserve() plans only at page boundaries."""
+    torch.manual_seed(page_size + new)
+    heads, heads_kv, head_dim, steps = 4, 2, 8, 40
+    offsets_tensor = torch.tensor(offsets)
+    num_pages = PagedKVCache.pages_needed(WINDOW, offsets_tensor, page_size, len(prompts), new)
+    caches = [PagedKVCache(num_pages, page_size, heads_kv, head_dim, WINDOW, offsets, max_batch=len(prompts),
+                           dtype=torch.float64, device=device) for _ in range(2)]
+    prompt_k = torch.randn(len(prompts), max(prompts), heads_kv, head_dim, dtype=torch.float64, device=device)
+    prompt_v = torch.randn_like(prompt_k)
+    for cache in caches:
+        cache.add_sequences(prompt_k, prompt_v, prompts)
+    caches[1].fix_block_table(max(prompts) + steps * new)
+    plans = []
+    take_pages = caches[1]._take_pages
+    caches[1]._take_pages = lambda *args: plans.append(args) or take_pages(*args)
+    for step in range(steps):
+        q = torch.randn(len(prompts), new, heads, head_dim, dtype=torch.float64, device=device)
+        k = torch.randn(len(prompts), new, heads_kv, head_dim, dtype=torch.float64, device=device)
+        v = torch.randn_like(k)
+        expected = caches[0].attend(q, k, v)
+        caches[1].reserve(new)
+        assert torch.equal(caches[1].attend_reserved(q, k, v), expected), step
+        assert torch.equal(caches[1].seqlens, caches[0].seqlens)
+        assert caches[1].num_free_pages == caches[0].num_free_pages
+        if step % 8 == 7:  # (reading the host mirror catches it up: not every step, so that reserve() can skip)
+            assert [caches[1].pages_of(s) for s in range(3)] == [caches[0].pages_of(s) for s in range(3)]
+            assert [caches[1].length(s) for s in range(3)] == [caches[0].length(s) for s in range(3)]
+    assert caches[0].num_free_pages < num_pages - 3 * pages_per_sequence_bound(0, new, page_size) or page_size == 1
+    if page_size >= 8 * new and len(set(prompts)) == 1:  # a page holds several calls' tokens: most plan nothing
+        assert len(plans) <= steps // 2
+
+
+def test_reserve_is_a_counter_between_page_boundaries():
+    """Between page boundaries reserve() plans nothing and touches no tensor;
+    the host lengths catch up when read."""
+    cache = PagedKVCache(8, 16, 1, 8, 4, [9], max_batch=2)
+    cache.add_sequences(torch.randn(2, 3, 1, 8), torch.randn(2, 3, 1, 8))
+    cache.reserve(1)  # plans: the quiet bounds are known from here on
+    table = cache.block_table.clone()
+    version = cache.block_table._version
+    for _ in range(5):
+        cache.reserve(1)
+    assert cache._pending == 5 and cache.block_table._version == version and torch.equal(cache.block_table, table)
+    assert cache.length(0) == 3 + 6 and cache._pending == 0
+
+
+def test_reserve_refusals_change_nothing():
+    """A free batch slot, or a reservation past the fixed block table, is
+    refused before any page or length changes."""
+    cache = PagedKVCache(16, 4, 1, 8, 4, [9], max_batch=2)
+    cache.add_sequences(torch.randn(1, 3, 1, 8), torch.randn(1, 3, 1, 8))
+    with pytest.raises(ValueError, match=r"slots \[1\] hold no sequence"):
+        cache.reserve(1)
+    cache.add_sequences(torch.randn(1, 3, 1, 8), torch.randn(1, 3, 1, 8))
+    cache.fix_block_table(8)
+    cache.reserve(4)  # positions 3..6: within 8
+    free, pages, lengths = cache.num_free_pages, [cache.pages_of(s) for s in (0, 1)], cache.seqlens.clone()
+    with pytest.raises(ValueError, match="block table was fixed at 2 columns"):
+        cache.reserve(4)  # positions 7..10
+    assert cache.num_free_pages == free and [cache.pages_of(s) for s in (0, 1)] == pages
+    assert torch.equal(cache.seqlens, lengths) and cache.length(0) == 7
+    with pytest.raises(ValueError, match="max_length must be an int >= 1"):
+        cache.fix_block_table(0)
+
+
+@pytest.mark.parametrize("variant", ["stagger", "learned", "dense"])
+def test_paged_generate_equals_ring_generate(variant):
+    """generate(page_size=...) keeps paged caches for the sparse layers and
+    gives the ring caches' tokens, for page sizes that split the window, the
+    offsets and the prompt anywhere."""
+    from fibsparse_ext.lm import FibSparseLM, LMConfig, generate
+    torch.manual_seed(0)
+    model = FibSparseLM(LMConfig.preset("tiny", **LMConfig.parse_variant(variant))).double()
+    prompt = torch.randint(0, 256, (3, 10))
+    ring = generate(model, prompt, 60)
+    for page_size in (1, 3, 16):
+        assert torch.equal(generate(model, prompt, 60, page_size=page_size), ring), page_size
+    with pytest.raises(ValueError, match="page_size must be an int >= 1"):
+        generate(model, prompt, 2, page_size=0)
+
+
+@requires_cuda
+@pytest.mark.parametrize("variant", ["stagger", "learned"])
+@pytest.mark.parametrize("compile", [False, True])
+def test_cuda_graphed_paged_generate_equals_ring_and_does_not_sync(variant, compile):
+    """A paged decode step replayed from a CUDA graph (reserve() before each
+    replay) gives the eager ring's tokens, with pages recycled along the way,
+    and its replays never wait for the GPU."""
+    import warnings
+    from fibsparse_ext.lm import FibSparseLM, LMConfig, generate
+    from fibsparse_ext.lm.generation import DecodeStep
+    torch.manual_seed(0)
+    model = FibSparseLM(LMConfig.preset("tiny", **LMConfig.parse_variant(variant))).double().cuda()
+    prompt = torch.randint(0, 256, (2, 10), device="cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither compilation nor capture may fall back
+        paged = generate(model, prompt, 100, cuda_graph=True, compile=compile, page_size=4)
+    assert torch.equal(paged, generate(model, prompt, 100, cuda_graph=False))
+    caches = model.make_caches(2, 200, page_size=4)
+    with torch.no_grad():
+        token = model(prompt, caches)[:, -1].argmax(-1)
+        step = DecodeStep(model, caches, cuda_graph=True, compile=compile)
+        for _ in range(DecodeStep.WARMUP_STEPS + 1):
+            token = step(token).argmax(-1)
+        assert step.graph is not None
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(100):
+                token = step(token).argmax(-1)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert all(c.seqlens.tolist() == [10 + DecodeStep.WARMUP_STEPS + 101] * 2 for c in caches)

@@ -15,6 +15,8 @@ from typing import Optional
 
 import torch
 
+from ..decode import KVCache
+from ..paged import PagedKVCache
 from .models import FibSparseLM
 
 
@@ -40,13 +42,25 @@ class DecodeStep:
     and every step from then on is a replay. The token is copied into a static
     input buffer and the logits come back in a static output buffer, which the
     next step overwrites: read it before calling again. Where capture is
-    impossible the steps stay eager, with a warning naming why."""
+    impossible the steps stay eager, with a warning naming why.
+
+    compile=True: after the first (eager, checked) step, the step runs through
+    torch.compile (one graph, fullgraph), which fuses the step's small kernels
+    (norms, rotary embeddings, residual adds) before the CUDA graph captures
+    it. The host checks cannot sit inside a compiled graph: the layers' offsets
+    are checked before every compiled call (once per version: a lookup), and
+    the layouts were checked by the first step on the same tensors (the token
+    buffer, the caches and the model's weights do not change between steps).
+    Where compiling fails, the step stays uncompiled, with a warning."""
 
     WARMUP_STEPS = 2
+    MAX_COMPILED_SHAPES = 64
 
-    def __init__(self, model: FibSparseLM, caches: list, cuda_graph: Optional[bool] = None):
+    def __init__(self, model: FibSparseLM, caches: list, cuda_graph: Optional[bool] = None, compile: bool = False):
         if cuda_graph is not None and not isinstance(cuda_graph, bool):
             raise ValueError(f"cuda_graph must be True, False or None (on CUDA devices), got {cuda_graph!r}")
+        if not isinstance(compile, bool):
+            raise ValueError(f"compile must be True or False, got {compile!r}")
         device = caches[0].k.device
         self.model, self.caches = model, caches
         self.graph, self.logits, self.steps = None, None, 0
@@ -55,19 +69,56 @@ class DecodeStep:
             warnings.warn(f"decoding without a CUDA graph: the model is on {device}, CUDA graphs need a CUDA device",
                           stacklevel=3)
             self.use_graph = False
+        self.rings = [cache for cache in caches if isinstance(cache, KVCache)]
+        # Paged caches plan their pages on the host before every step (reserve),
+        # and the step itself only writes and reads through the block table.
+        self.paged = [cache for cache in caches if isinstance(cache, PagedKVCache)]
+        for cache in self.paged:
+            cache.decode_reserved = True
         if self.use_graph:
             # The graph replays its writes and length updates with values it never
             # sees on the host: from here on the caches keep their lengths on the device.
-            for cache in caches:
+            for cache in self.rings:
                 cache.keep_lengths_on_device()
             self.stream = torch.cuda.Stream(device)
-        self.token = torch.zeros(caches[0].k.shape[0], 1, dtype=torch.long, device=device)  # the static input
+        self.compile, self.compiled = compile, None
+        self.token = torch.zeros(caches[0].seqlens.shape[0], 1, dtype=torch.long, device=device)  # the static input
 
     def _forward(self) -> torch.Tensor:
         return self.model(self.token, self.caches)[:, -1]
 
+    def _run(self) -> torch.Tensor:
+        """One step: eager for the first (every check on the host), compiled
+        after it when asked."""
+        if not self.compile or self.steps == 0:
+            return self._forward()
+        if self.compiled is None:
+            for cache in self.rings:
+                cache.enter_compiled_step()
+            self.compiled = torch.compile(self._forward, dynamic=False, fullgraph=True)
+        self.model.check_caches_fit(self.caches, new_tokens=1)  # what the compiled graph does not check
+        try:
+            # Steps of every shape and model share one compiled function (the
+            # code of _forward): a new batch size or model compiles a graph for
+            # it, beyond dynamo's default of 8 per function, and past the limit
+            # fails loudly (the warning below) instead of running uncompiled.
+            with torch._dynamo.config.patch(recompile_limit=self.MAX_COMPILED_SHAPES,
+                                            fail_on_recompile_limit_hit=True):
+                return self.compiled()
+        except Exception as error:  # compiling fails before the step runs: the caches are unchanged
+            if self.steps > 1:  # it compiled, and then failed: not a compiler limitation
+                raise
+            warnings.warn(f"decoding without torch.compile: compiling the decode step failed "
+                          f"({str(error).splitlines()[0] if str(error) else type(error).__name__})", stacklevel=4)
+            self.compile = False
+            for cache in self.rings:
+                cache.in_compiled_step = False
+            return self._forward()
+
     def __call__(self, token: torch.Tensor) -> torch.Tensor:
         self.token.copy_(token.view(-1, 1))
+        for cache in self.paged:  # the host half of the step's paged calls (a counter between page boundaries)
+            cache.reserve(1)
         if self.graph is not None:
             self.graph.replay()
             return self.logits
@@ -76,13 +127,15 @@ class DecodeStep:
             if self.graph is not None:
                 self.graph.replay()  # capture records the step without running it
                 return self.logits
-        self.steps += 1
         if not self.use_graph:
-            return self._forward()
+            logits = self._run()
+            self.steps += 1
+            return logits
         current = torch.cuda.current_stream(self.token.device)
         self.stream.wait_stream(current)
         with torch.cuda.stream(self.stream):
-            logits = self._forward()
+            logits = self._run()
+        self.steps += 1
         current.wait_stream(self.stream)
         logits.record_stream(current)  # made on the side stream, read on this one
         return logits
@@ -91,7 +144,7 @@ class DecodeStep:
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
-                logits = self._forward()
+                logits = self._run()
         except Exception as error:  # the caches are unchanged: a capture runs nothing
             warnings.warn(f"decoding without a CUDA graph: capturing the decode step failed ({error})", stacklevel=3)
             self.use_graph = False
@@ -102,13 +155,19 @@ class DecodeStep:
 @torch.no_grad()
 def generate(model: FibSparseLM, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
              top_k: Optional[int] = None, generator: Optional[torch.Generator] = None,
-             cuda_graph: Optional[bool] = None) -> torch.Tensor:
+             cuda_graph: Optional[bool] = None, compile: bool = False,
+             page_size: Optional[int] = None) -> torch.Tensor:
     """prompt (batch, prompt_len) -> (batch, prompt_len + max_new_tokens).
 
     The prompt is run once through the fused kernels, filling one cache per
     layer; then each new token reads only its window and offsets from a ring
     of constant size (dense layers keep every position). cuda_graph: replay
-    the decode step from a CUDA graph (DecodeStep); None uses one on CUDA."""
+    the decode step from a CUDA graph (DecodeStep); None uses one on CUDA.
+    compile: run the decode step through torch.compile first (DecodeStep),
+    which fuses its small kernels; it costs the compilation once per call
+    (tens of seconds), so it pays off for long generations. page_size: the
+    sparse layers keep paged caches (PagedKVCache) instead of rings: the same
+    tokens, memory bounded the same way."""
     if (not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.shape[0] < 1 or prompt.shape[1] < 1
             or prompt.is_floating_point() or prompt.is_complex() or prompt.dtype == torch.bool):
         raise ValueError(f"prompt must be integer token ids of shape (batch >= 1, prompt_len >= 1), got "
@@ -121,14 +180,18 @@ def generate(model: FibSparseLM, prompt: torch.Tensor, max_new_tokens: int, temp
         raise ValueError(f"top_k must be >= 1 (or None for no limit), got {top_k}")
     if cuda_graph is not None and not isinstance(cuda_graph, bool):
         raise ValueError(f"cuda_graph must be True, False or None (on CUDA devices), got {cuda_graph!r}")
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile must be True or False, got {compile!r}")
     model.eval()
     # Every token this call writes fits (a linear cache holds prompt_len +
     # max_new_tokens), which is what lets the graphed step skip the host's
     # length checks.
-    caches = model.make_caches(prompt.shape[0], prompt.shape[1] + max_new_tokens)
+    if page_size is not None and (isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1):
+        raise ValueError(f"page_size must be an int >= 1 (or None for ring caches), got {page_size!r}")
+    caches = model.make_caches(prompt.shape[0], prompt.shape[1] + max_new_tokens, page_size=page_size)
     tokens = [prompt]
     logits = model(prompt, caches)[:, -1]
-    step = DecodeStep(model, caches, cuda_graph)
+    step = DecodeStep(model, caches, cuda_graph, compile)
     for i in range(max_new_tokens):
         token = next_token(logits, temperature, top_k, generator)
         tokens.append(token[:, None])

@@ -140,9 +140,17 @@ class FibSparseLM(nn.Module):
                       context_parallel_group)
         return self.norm(x) @ self.embed.weight.t()  # tied output head
 
-    def make_caches(self, batch: int, max_seqlen: int) -> list:
-        """One KV cache per block: constant-size rings for sparse layers."""
-        return [block.attn.make_cache(batch, max_seqlen) for block in self.blocks]
+    def make_caches(self, batch: int, max_seqlen: int, page_size: Optional[int] = None) -> list:
+        """One KV cache per block: constant-size rings for sparse layers, or
+        with page_size paged caches of bounded size (FibSparseAttention.make_cache)."""
+        return [block.attn.make_cache(batch, max_seqlen, page_size=page_size) for block in self.blocks]
+
+    def check_caches_fit(self, caches: list, new_tokens: int) -> None:
+        """Each layer's offsets are valid and its ring holds what `new_tokens`
+        queries read (FibSparseAttention.check_cache_fits): a lookup per layer
+        unless the offsets changed."""
+        for block, cache in zip(self.blocks, caches, strict=True):
+            block.attn.check_cache_fits(cache, new_tokens)
 
     def loss(self, tokens: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy over a (batch, seqlen + 1) token window."""
