@@ -190,16 +190,19 @@ def _write_at_device_positions(k_cache, v_cache, lengths, k, v, ring: bool, guar
     if new > 1 or keep.start:  # (one new token, the decode step: no launch for the positions)
         positions = positions + torch.arange(keep.start, new, device=k.device)
     # Without the guard the caller vouches for the lengths; a bad one still
-    # cannot write out of bounds: scatter_ checks its indices on the device.
+    # cannot write out of bounds: indexing checks its indices on the device.
     slots = positions.remainder(capacity) if ring else positions.clamp(0, capacity - 1) if guard else positions
-    index = slots[..., None, None].expand(-1, -1, *k.shape[2:])
+    sequences = torch.arange(k.shape[0], device=k.device)[:, None]
     k, v = k[:, keep], v[:, keep]
     if guard:  # all or nothing: a refused call writes no sequence's tokens
         fits = ((positions >= 0) if ring else (positions >= 0) & (positions < capacity)).all()
-        k = torch.where(fits, k, k_cache.gather(1, index))
-        v = torch.where(fits, v, v_cache.gather(1, index))
-    k_cache.scatter_(1, index, k)
-    v_cache.scatter_(1, index, v)
+        k = torch.where(fits, k, k_cache[sequences, slots])
+        v = torch.where(fits, v, v_cache[sequences, slots])
+    # An indexed assignment (index_put_) rather than scatter_: torch.compile
+    # writes it in place, where it turns a scatter_ into a graph input into a
+    # copy of the whole cache.
+    k_cache[sequences, slots] = k
+    v_cache[sequences, slots] = v
 
 
 class KVCache:
