@@ -98,6 +98,20 @@ def check_op_inputs(q, k, v, offsets, band: list, softmax_scale: float, k_name: 
         raise ValueError(f"offsets may hold at most {MAX_OFFSETS_PER_HEAD} entries per head, got {offsets.shape[-1]}")
 
 
+def check_new_tokens(k, v, q: torch.Tensor, k_cache: torch.Tensor) -> None:
+    """The new tokens a decode call appends: k, v (batch, new, heads_kv,
+    head_dim) with the cache's dtype, on its device."""
+    batch, new = q.shape[0], q.shape[1]
+    expected = (batch, new, *k_cache.shape[2:])
+    for name, t in (("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != expected:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be (batch, new, heads_kv, head_dim) = {expected}, got {got}")
+        if t.dtype != k_cache.dtype or t.device != k_cache.device:
+            raise ValueError(f"{name} must have the cache's dtype {k_cache.dtype} and device {k_cache.device}, got "
+                             f"{t.dtype} on {t.device}")
+
+
 def check_block_table(q, k_cache, block_table, ring: bool = False) -> None:
     """A paged decode call's block table, as the op checks it (csrc/op_checks.cpp's
     check_block_table): int32 (batch, pages_per_sequence) on q's device, a pool

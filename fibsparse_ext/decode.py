@@ -24,7 +24,7 @@ import torch
 
 from . import _ops  # noqa: F401  (registers torch.ops.fibsparse.*)
 from ._checked_once import CheckedOnce, can_remember
-from ._checks import check_op_inputs, check_scale
+from ._checks import check_new_tokens, check_op_inputs, check_scale
 from ._offsets import (PADDING, OffsetsLike, as_offsets, band_argument, check_offset_values, check_window,
                        farthest_band_distance)
 from .functional import default_scale
@@ -165,15 +165,7 @@ def _check_call_fully(q, k_cache, v_cache, window, offsets, softmax_scale, ring,
     if (k is None) != (v is None):
         raise ValueError("k and v must be given together (the new tokens' keys and values), or neither")
     if k is not None:
-        expected = (q.shape[0], new, *k_cache.shape[2:])
-        for name, t in (("k", k), ("v", v)):
-            if not isinstance(t, torch.Tensor) or tuple(t.shape) != expected:
-                raise ValueError(f"{name} must be (batch, new, heads_kv, head_dim) = {expected}, got "
-                                 f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-            if t.device != k_cache.device:
-                raise ValueError(f"{name} must be on the cache's device {k_cache.device}, got {t.device}")
-        if k.dtype != k_cache.dtype or v.dtype != v_cache.dtype:
-            raise ValueError(f"k and v must have the cache's dtype {k_cache.dtype}, got {k.dtype} and {v.dtype}")
+        check_new_tokens(k, v, q, k_cache)  # (v_cache has k_cache's dtype and device: check_op_inputs)
     return offsets, scale
 
 

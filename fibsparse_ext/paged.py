@@ -28,7 +28,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from . import _ops  # noqa: F401  (registers torch.ops.fibsparse.*)
-from ._checks import check_block_table, check_cache_seqlens, check_op_inputs, check_scale
+from ._checks import check_block_table, check_cache_seqlens, check_new_tokens, check_op_inputs, check_scale
 from ._offsets import OffsetsLike, as_offsets, band_argument, check_offset_values, check_window
 from .decode import largest_distance
 from .functional import default_scale
@@ -48,19 +48,6 @@ def pages_per_sequence_bound(farthest: int, new_tokens: int, page_size: int) -> 
     positions, which span at most (n - 2) // page_size + 2 pages (when the
     first sits in the last row of a page; at most ceil(n / page_size) + 1)."""
     return (max(farthest + new_tokens, 1) - 2) // page_size + 2
-
-
-def _check_new_tokens(k, v, q: torch.Tensor, k_cache: torch.Tensor, names=("k", "v")) -> None:
-    """k, v (batch, new, heads_kv, head_dim) with the cache's dtype, on its device."""
-    batch, new = q.shape[0], q.shape[1]
-    expected = (batch, new, *k_cache.shape[2:])
-    for name, t in zip(names, (k, v)):
-        if not isinstance(t, torch.Tensor) or tuple(t.shape) != expected:
-            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"{name} must be (batch, new, heads_kv, head_dim) = {expected}, got {got}")
-        if t.dtype != k_cache.dtype or t.device != k_cache.device:
-            raise ValueError(f"{name} must have the cache's dtype {k_cache.dtype} and device {k_cache.device}, got "
-                             f"{t.dtype} on {t.device}")
 
 
 def check_block_table_values(lengths: torch.Tensor, block_table: torch.Tensor, new_tokens: int, farthest: int,
@@ -168,7 +155,7 @@ def fibsparse_attn_with_paged_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_
     if (k is None) != (v is None):
         raise ValueError("k and v must be given together (the new tokens' keys and values), or neither")
     if k is not None:
-        _check_new_tokens(k, v, q, k_cache)
+        check_new_tokens(k, v, q, k_cache)
     lengths = cache_seqlens.to(device=q.device, dtype=torch.int64)
 
     # The block table's rules are evaluated where it lives; one host copy then
@@ -394,7 +381,7 @@ class PagedKVCache:
                         paged=True)
         if q.shape[0] != len(slots):
             raise ValueError(f"q must hold one sequence per slot ({len(slots)}), got {tuple(q.shape)}")
-        _check_new_tokens(k, v, q, self.k)
+        check_new_tokens(k, v, q, self.k)
         new = q.shape[1]
 
         lengths = self._take_pages(slots, new)
@@ -464,7 +451,7 @@ class PagedKVCache:
                         paged=True)
         if q.shape[0] != len(self._slots):
             raise ValueError(f"q must hold one sequence per batch slot ({len(self._slots)}), got {tuple(q.shape)}")
-        _check_new_tokens(k, v, q, self.k)
+        check_new_tokens(k, v, q, self.k)
         write_new_tokens(self.k, self.v, self.block_table, self.seqlens, k, v)
         self.seqlens += q.shape[1]
         out, _ = torch.ops.fibsparse.decode(q, self.k, self.v, self.seqlens, self.offsets, band_argument(self.window),
