@@ -154,8 +154,17 @@ class FibSparseAttention(nn.Module):
         """This layer's offsets are valid and a ring cache holds what `new`
         queries read: checked on the host once per version of the offsets (or
         of the learned alpha), so that decode steps read no value from the GPU.
-        A paged cache checked its own copy of the offsets when it was made."""
+        A paged cache holds the offsets it was made with (its pages are given
+        back by them): they must still be this layer's."""
         if isinstance(cache, PagedKVCache):
+            def check_same_offsets():
+                now = self.positions().detach()
+                if now.shape != cache.offsets.shape or not torch.equal(now.to(cache.offsets), cache.offsets):
+                    raise ValueError(f"this paged cache was made for offsets {cache.offsets.tolist()}, and the layer "
+                                     f"attends {now.tolist()} now (a learned alpha changed?): make a new cache")
+
+            _fits_ring.run((self.alpha if self.schedule.is_learned else self.offsets, cache.offsets), (),
+                           check_same_offsets)
             return
         if self.window is None:
             if cache.ring:  # a band as long as the ring: only one new token fits
@@ -206,6 +215,8 @@ class FibSparseAttention(nn.Module):
                                  f"for max_batch={cache.block_table.shape[0]}")
             cache.add_sequences(k, v)
             return self._attend(q, k, v)
+        if not (cache.decode_reserved and torch.compiler.is_compiling()):  # (a compiled step checks before)
+            self.check_cache_fits(cache, q.shape[1])
         if cache.decode_reserved:
             return cache.attend_reserved(q, k, v)
         return cache.attend(q, k, v)
@@ -224,7 +235,8 @@ class FibSparseAttention(nn.Module):
         layers get a ring of constant size, whatever max_seqlen, or with
         page_size a PagedKVCache of as many pages as `batch` sequences can hold
         (its block table sized for max_seqlen; it keeps the offsets the layer
-        has now); dense layers need every position (a KVCache, paged or not)."""
+        has now); dense layers need every position (a KVCache, with or without
+        page_size)."""
         weight = self.qkv.weight
         dtype, device = dtype or weight.dtype, device or weight.device
         if page_size is not None and self.window is not None:

@@ -412,6 +412,26 @@ def test_compiled_decode_step_equals_eager_and_rechecks_offsets():
     assert all(torch.equal(c.seqlens, n) for c, n in zip(caches, lengths))  # refused before anything ran
 
 
+def test_a_step_that_cannot_compile_warns_once_and_decodes_uncompiled(monkeypatch):
+    """Where torch.compile refuses the step (here a graph break under
+    fullgraph), generate() warns once, naming it, and gives the eager tokens."""
+    torch.manual_seed(0)
+    model = FibSparseLM(LMConfig.preset("tiny"))
+    prompt = torch.randint(0, 256, (2, 6))
+    expected = generate(model, prompt, 8)
+    forward = FibSparseLM.forward
+
+    def forward_with_a_graph_break(self, *args, **kwargs):
+        torch._dynamo.graph_break()
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(FibSparseLM, "forward", forward_with_a_graph_break)
+    with pytest.warns(UserWarning, match="decoding without torch.compile: compiling the decode step failed") as caught:
+        tokens = generate(model, prompt, 8, compile=True)
+    assert torch.equal(tokens, expected)
+    assert sum("decoding without torch.compile" in str(w.message) for w in caught) == 1
+
+
 # CUDA: the graphed decode step.
 
 @requires_cuda

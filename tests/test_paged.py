@@ -502,6 +502,23 @@ def test_paged_generate_equals_ring_generate(variant):
         generate(model, prompt, 2, page_size=0)
 
 
+def test_a_paged_cache_refuses_a_layer_whose_offsets_changed():
+    """A paged cache gives its pages back by the offsets it was made with: a
+    layer whose learned alpha moved since is refused, before any write."""
+    from fibsparse_ext.lm import FibSparseLM, LMConfig
+    torch.manual_seed(0)
+    model = FibSparseLM(LMConfig.preset("tiny", schedule="learned")).double()
+    caches = model.make_caches(2, 40, page_size=4)
+    with torch.no_grad():
+        model(torch.randint(0, 256, (2, 10)), caches)
+        model(torch.randint(0, 256, (2, 1)), caches)
+        model.blocks[1].attn.alpha.mul_(1.5)
+        lengths = [c.seqlens.clone() for c in caches]
+        with pytest.raises(ValueError, match="paged cache was made for offsets"):
+            model(torch.randint(0, 256, (2, 1)), caches)
+    assert all(torch.equal(c.seqlens, n) for c, n in zip(caches[1:], lengths[1:]))  # the refused layer wrote nothing
+
+
 @requires_cuda
 @pytest.mark.parametrize("variant", ["stagger", "learned"])
 @pytest.mark.parametrize("compile", [False, True])

@@ -97,6 +97,9 @@ class DecodeStep:
                 cache.enter_compiled_step()
             self.compiled = torch.compile(self._forward, dynamic=False, fullgraph=True)
         self.model.check_caches_fit(self.caches, new_tokens=1)  # what the compiled graph does not check
+        from torch._dynamo import exc  # (loaded by torch.compile above)
+        compile_errors = tuple(getattr(exc, name) for name in ("TorchDynamoException", "FailOnRecompileLimitHit")
+                               if hasattr(exc, name))
         try:
             # Steps of every shape and model share one compiled function (the
             # code of _forward): a new batch size or model compiles a graph for
@@ -105,9 +108,7 @@ class DecodeStep:
             with torch._dynamo.config.patch(recompile_limit=self.MAX_COMPILED_SHAPES,
                                             fail_on_recompile_limit_hit=True):
                 return self.compiled()
-        except Exception as error:  # compiling fails before the step runs: the caches are unchanged
-            if self.steps > 1:  # it compiled, and then failed: not a compiler limitation
-                raise
+        except compile_errors as error:  # raised while compiling, before the step runs: the caches are unchanged
             warnings.warn(f"decoding without torch.compile: compiling the decode step failed "
                           f"({str(error).splitlines()[0] if str(error) else type(error).__name__})", stacklevel=4)
             self.compile = False
