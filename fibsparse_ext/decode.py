@@ -182,8 +182,13 @@ def _write_at_device_positions(k_cache, v_cache, lengths, k, v, ring: bool, guar
     if new > 1 or keep.start:  # (one new token, the decode step: no launch for the positions)
         positions = positions + torch.arange(keep.start, new, device=k.device)
     # Without the guard the caller vouches for the lengths; a bad one still
-    # cannot write out of bounds: indexing checks its indices on the device.
-    slots = positions.remainder(capacity) if ring else positions.clamp(0, capacity - 1) if guard else positions
+    # cannot write out of bounds: indexing checks its indices on the device
+    # (a negative position is sent past the end, where a negative index would
+    # wrap around).
+    if ring:
+        slots = positions.remainder(capacity)
+    else:
+        slots = positions.clamp(0, capacity - 1) if guard else positions.masked_fill(positions < 0, capacity)
     sequences = torch.arange(k.shape[0], device=k.device)[:, None]
     k, v = k[:, keep], v[:, keep]
     if guard:  # all or nothing: a refused call writes no sequence's tokens
@@ -358,9 +363,10 @@ class KVCache:
 
 # Calls that write nothing, with lengths on the GPU and offsets on the GPU or
 # in a list: key (offsets' identity or list value, lengths' identity) ->
-# (what the checks read, weak references to the two tensors, and what they
-# produced: the op's offsets, band and scale). A repeated call costs building
-# the state and one lookup, the least Python a checked call can cost.
+# (what the checks read, weak references to the tensors, and what the checks
+# produced: the op's offsets tensor for list offsets, band and scale). A
+# repeated call costs building the state and one lookup, the least Python a
+# checked call can cost.
 _read_only_calls: dict[tuple, tuple] = {}
 
 
@@ -386,6 +392,8 @@ def _attend_without_writing(q, k_cache, v_cache, cache_seqlens, window, offsets,
     if (seen is not None and seen[0] == state and seen[1]() is cache_seqlens
             and (seen[2] is None or seen[2]() is offsets)):
         lengths, (op_offsets, band, scale) = cache_seqlens, seen[3]
+        if tensor_offsets:
+            op_offsets = offsets
     else:
         op_offsets, scale = _check_call(q, k_cache, v_cache, window, offsets, softmax_scale, ring, None, None,
                                         offsets_fit=False)
@@ -397,8 +405,8 @@ def _attend_without_writing(q, k_cache, v_cache, cache_seqlens, window, offsets,
                 and (not tensor_offsets or offsets.is_cuda)):
             if len(_read_only_calls) > 1024:  # entries of temporary tensors
                 _read_only_calls.clear()
-            _read_only_calls[key] = (state, weakref.ref(cache_seqlens),
-                                     weakref.ref(offsets) if tensor_offsets else None, (op_offsets, band, scale))
+            _read_only_calls[key] = (state, weakref.ref(cache_seqlens), weakref.ref(offsets) if tensor_offsets else None,
+                                     (None if tensor_offsets else op_offsets, band, scale))
     out, lse = torch.ops.fibsparse.decode(q, k_cache, v_cache, lengths, op_offsets, band, scale, ring)
     return (out, lse) if return_lse else out
 

@@ -215,7 +215,7 @@ class FibSparseAttention(nn.Module):
                                  f"for max_batch={cache.block_table.shape[0]}")
             cache.add_sequences(k, v)
             return self._attend(q, k, v)
-        if not (cache.decode_reserved and torch.compiler.is_compiling()):  # (a compiled step checks before)
+        if not (cache.decode_reserved and torch.compiler.is_compiling()):  # (DecodeStep checks before)
             self.check_cache_fits(cache, q.shape[1])
         if cache.decode_reserved:
             return cache.attend_reserved(q, k, v)
@@ -237,6 +237,8 @@ class FibSparseAttention(nn.Module):
         (its block table sized for max_seqlen; it keeps the offsets the layer
         has now); dense layers need every position (a KVCache, with or without
         page_size)."""
+        if page_size is not None and (isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1):
+            raise ValueError(f"page_size must be an int >= 1 (or None for a ring), got {page_size!r}")
         weight = self.qkv.weight
         dtype, device = dtype or weight.dtype, device or weight.device
         if page_size is not None and self.window is not None:

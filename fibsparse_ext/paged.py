@@ -236,7 +236,8 @@ class _Sequence:
 class PagedKVCache:
     """One layer's paged KV cache for a changing batch of sequences.
 
-    k, v: the pool, (num_pages, page_size, heads_kv, head_dim); block_table:
+    k, v: the pool, (num_pages + 1, page_size, heads_kv, head_dim) (the last
+    page is never handed out: a write through a -1 entry lands there); block_table:
     int32 (max_batch, columns), one row per batch slot, -1 where no page is
     held (columns grow as sequences do); seqlens: int64 (max_batch,), each
     slot's length (0 for a free slot).
@@ -268,11 +269,16 @@ class PagedKVCache:
             raise ValueError(f"num_pages must be at most 2^31 - 1 (block tables are int32), got {num_pages}")
         device = torch.device(device if device is not None else "cpu")
         self.window = check_window(window)
-        self.k = torch.zeros(num_pages, page_size, heads_kv, head_dim, dtype=dtype, device=device)
+        # One page more than asked, never handed out: a write through a -1 block
+        # table entry (a position no page holds) lands there (index -1), so a
+        # call the kernel then refuses changes no sequence's keys.
+        self.k = torch.zeros(num_pages + 1, page_size, heads_kv, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
-        # The pattern, checked once: its offsets on the device as the op reads them.
+        # The pattern, checked once: its own copy of the offsets (pages are given
+        # back by them: a later change of the caller's tensor must not move them),
+        # on the device as the op reads them.
         like_q = self.k.new_empty(1, 1, _offset_rows(offsets), head_dim)  # as_offsets reads q's heads, dtype, device
-        self.offsets = as_offsets(offsets, like_q, window).detach()
+        self.offsets = as_offsets(offsets, like_q, window).detach().clone()
         self.farthest = largest_distance(window, self.offsets.cpu())
         self.block_table = torch.full((max_batch, 1), -1, dtype=torch.int32, device=device)
         self.seqlens = torch.zeros(max_batch, dtype=torch.int64, device=device)
@@ -283,8 +289,8 @@ class PagedKVCache:
         # brought up to date, the bounds within which a reservation changes no
         # page, and whether the block table may still be reallocated.
         self._pending, self._quiet, self._table_fixed = 0, (0, 0), False
-        # Set by the owner of a decode step (DecodeStep) that calls reserve()
-        # before each call: a model's decode calls then take attend_reserved().
+        # Set by a decode step (DecodeStep) while it runs, after its reserve():
+        # the model's decode calls then take attend_reserved().
         self.decode_reserved = False
 
     # ---- What the cache holds ----
@@ -295,7 +301,7 @@ class PagedKVCache:
 
     @property
     def num_pages(self) -> int:
-        return self.k.shape[0]
+        return self.k.shape[0] - 1  # (the last page is the sink, never handed out)
 
     @property
     def num_free_pages(self) -> int:
@@ -406,9 +412,10 @@ class PagedKVCache:
     # what the graph holds. Between page boundaries reserve() is a counter.
 
     def fix_block_table(self, max_length: int) -> None:
-        """Widens the block table to hold positions below max_length and never
-        reallocates it again (a CUDA graph holds its address): a reservation
-        past max_length is refused."""
+        """Widens the block table to hold positions below max_length (rounded
+        up to whole pages; a wider table stays as wide) and never reallocates
+        it again (a CUDA graph holds its address): a call or prompt that needs
+        more columns is refused."""
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
             raise ValueError(f"max_length must be an int >= 1, got {max_length!r}")
         self._catch_up()
@@ -424,6 +431,8 @@ class PagedKVCache:
         sequence: the pages they need, taken (and those no query reads any
         more, given back) before the call runs. Every batch slot must hold a
         sequence. Cheap between page boundaries (no device work at all)."""
+        if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or new_tokens < 1:
+            raise ValueError(f"new_tokens must be an int >= 1, got {new_tokens!r}")
         if self._pending < self._quiet[0] and self._pending + new_tokens <= self._quiet[1]:
             self._pending += new_tokens
             return
@@ -438,6 +447,14 @@ class PagedKVCache:
                            for seq in self._slots),
                        min((seq.first_column + len(seq.pages)) * self.page_size - seq.length for seq in self._slots))
 
+    def cancel_reservation(self, new_tokens: int) -> None:
+        """Undoes the lengths of the last reserve(new_tokens), for a step that
+        failed before it ran. Its pages stay taken: they hold positions the
+        next reservation needs again."""
+        self._catch_up()
+        for seq in self._slots:
+            seq.length -= new_tokens
+
     def attend_reserved(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         softmax_scale: Optional[float] = None) -> torch.Tensor:
         """The device half of a decode call that reserve() planned: k, v
@@ -445,7 +462,9 @@ class PagedKVCache:
         device length, found through the block table, the lengths advanced,
         and q (max_batch, new, heads, head_dim) attended. No host value, no
         sync: a CUDA graph can hold it. Its checks are shapes only; the kernel
-        checks lengths and pages on the device."""
+        checks lengths and pages on the device. Called without the reservation
+        for its tokens, it writes them into the sink page (the block table has
+        -1 there) and the kernel refuses the call: no sequence changes."""
         scale = check_scale(default_scale(q, softmax_scale))
         check_op_inputs(q, self.k, self.v, self.offsets, band_argument(self.window), scale, "k_cache", "v_cache",
                         paged=True)
@@ -453,9 +472,10 @@ class PagedKVCache:
             raise ValueError(f"q must hold one sequence per batch slot ({len(self._slots)}), got {tuple(q.shape)}")
         check_new_tokens(k, v, q, self.k)
         write_new_tokens(self.k, self.v, self.block_table, self.seqlens, k, v)
-        self.seqlens += q.shape[1]
-        out, _ = torch.ops.fibsparse.decode(q, self.k, self.v, self.seqlens, self.offsets, band_argument(self.window),
+        lengths = self.seqlens + q.shape[1]
+        out, _ = torch.ops.fibsparse.decode(q, self.k, self.v, lengths, self.offsets, band_argument(self.window),
                                             scale, False, self.block_table)
+        self.seqlens.copy_(lengths)  # after the kernel: a call it refuses leaves the lengths
         return out
 
     # ---- The host mirror ----
@@ -484,12 +504,8 @@ class PagedKVCache:
         freed = sum(dead for _, dead, _, _ in plan)
         self._check_pool(sum(taken for *_, taken in plan), freed, f"this call ({len(slots)} sequence(s), {new} new "
                                                                     f"token(s) each)")
-        if self._table_fixed:
-            widest = max((first + len(seq.pages) - dead + taken for seq, dead, first, taken in plan), default=0)
-            if widest > self.block_table.shape[1]:
-                raise ValueError(f"the block table was fixed at {self.block_table.shape[1]} columns (positions below "
-                                 f"{self.block_table.shape[1] * self.page_size}, fix_block_table) and this call "
-                                 f"needs {widest}")
+        self._check_table_width(max((first + len(seq.pages) - dead + taken for seq, dead, first, taken in plan),
+                                    default=0), "this call")
 
         updates = []  # (slot, column, page) entries of the block table
         for slot, (seq, dead, first, _) in zip(slots, plan):  # every sequence's dead pages back first,
@@ -528,6 +544,13 @@ class PagedKVCache:
         page = seq.pages[position // self.page_size - seq.first_column]
         return page * self.page_size + position % self.page_size
 
+    def _check_table_width(self, columns: int, what: str) -> None:
+        """A fixed block table (fix_block_table) is never reallocated: refuse what needs wider."""
+        if self._table_fixed and columns > self.block_table.shape[1]:
+            raise ValueError(f"the block table was fixed at {self.block_table.shape[1]} columns (positions below "
+                             f"{self.block_table.shape[1] * self.page_size}, fix_block_table) and {what} needs "
+                             f"{columns}")
+
     def _check_pool(self, needed: int, freed: int, what: str) -> None:
         if needed > len(self._free_pages) + freed:
             raise ValueError(f"PagedKVCache out of pages: it has {self.num_pages} pages of {self.page_size} rows, "
@@ -541,6 +564,7 @@ class PagedKVCache:
             return
         widest = max(column for _, column, _ in updates) + 1
         if widest > self.block_table.shape[1]:
+            assert not self._table_fixed, "a fixed block table is checked before any change (_check_table_width)"
             width = max(widest, 2 * self.block_table.shape[1])
             wider = torch.full((self.block_table.shape[0], width), -1, dtype=torch.int32, device=self.k.device)
             wider[:, :self.block_table.shape[1]] = self.block_table
@@ -578,6 +602,8 @@ class PagedKVCache:
         needed = sum(len(pages_spanned(seq.first_column * self.page_size, seq.length, self.page_size))
                      for seq in sequences)
         self._check_pool(needed, 0, f"a prompt of {len(lengths)} sequence(s) of lengths {lengths}")
+        self._check_table_width(max((-(-seq.length // self.page_size) for seq in sequences), default=0),
+                                f"a prompt of lengths {lengths}")
 
         slots, updates, sources, rows = free_slots[:len(lengths)], [], [], []
         for slot, seq, first_row in zip(slots, sequences, first_rows):

@@ -537,3 +537,18 @@ def test_cuda_read_only_calls_are_checked_once_and_see_every_change():
     with pytest.raises(ValueError, match="k_cache must have q's dtype"):
         fibsparse_attn_with_kvcache(q.float(), cache.k, cache.v, lengths, window, offsets, ring=True)
     assert torch.equal(fibsparse_attn_with_kvcache(q, cache.k, cache.v, lengths, window, offsets, ring=True), first)
+
+
+def test_a_negative_length_on_the_device_writes_nothing():
+    """Without the host's length checks (lengths on the device), a negative
+    length of a linear cache is refused by the write's own indexing (it would
+    otherwise wrap around to the last slot), before anything is written."""
+    cache = KVCache(1, 6, 1, 4, ring=False, dtype=torch.float64)
+    cache.k.normal_()
+    cache.v.normal_()
+    cache.keep_lengths_on_device()
+    cache.seqlens.fill_(-1)
+    before = cache.k.clone()
+    with pytest.raises(IndexError):
+        cache.write(torch.ones(1, 1, 1, 4, dtype=torch.float64), torch.ones(1, 1, 1, 4, dtype=torch.float64))
+    assert torch.equal(cache.k, before)

@@ -550,3 +550,68 @@ def test_cuda_graphed_paged_generate_equals_ring_and_does_not_sync(variant, comp
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert all(c.seqlens.tolist() == [10 + DecodeStep.WARMUP_STEPS + 101] * 2 for c in caches)
+
+
+def test_a_refused_decode_step_gives_its_reservations_back():
+    """A DecodeStep refused before it runs (a layer's offsets changed in place)
+    leaves the paged caches' host and device lengths equal; once the offsets
+    are back, decoding continues past many page boundaries and equals a step
+    that was never refused."""
+    from fibsparse_ext.lm import FibSparseLM, LMConfig
+    from fibsparse_ext.lm.generation import DecodeStep
+    torch.manual_seed(0)
+    model = FibSparseLM(LMConfig.preset("tiny", schedule="stagger")).double().eval()
+    prompt = torch.randint(0, 256, (2, 10))
+    runs = []
+    for refuse in (False, True):
+        caches = model.make_caches(2, 120, page_size=4)
+        with torch.no_grad():
+            token = model(prompt, caches)[:, -1].argmax(-1)
+            step = DecodeStep(model, caches, cuda_graph=False)
+            tokens = []
+            for i in range(60):
+                if refuse and i == 3:
+                    offsets = model.blocks[1].attn.offsets
+                    offsets[-1] += 8  # the paged cache was made for the old offsets
+                    with pytest.raises(ValueError, match="paged cache was made for offsets"):
+                        step(token)
+                    offsets[-1] -= 8
+                    assert [c.length(0) for c in caches] == [int(c.seqlens[0]) for c in caches] == [13, 13]
+                token = step(token).argmax(-1)
+                tokens.append(token)
+        runs.append(torch.stack(tokens))
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_paged_cache_refusals_write_nothing():
+    """A fixed block table is never reallocated (a prompt that needs more
+    columns is refused); attend_reserved without a reservation is refused by
+    the kernel with no sequence's page or length changed; reserve() names its
+    argument; the cache keeps its own copy of the offsets."""
+    cache = PagedKVCache(64, 4, 1, 8, 4, [9], max_batch=2, dtype=torch.float64)
+    cache.fix_block_table(8)
+    table = cache.block_table
+    with pytest.raises(ValueError, match="block table was fixed at 2 columns .* a prompt of lengths \\[20, 20\\] needs 5"):
+        cache.add_sequences(torch.randn(2, 20, 1, 8, dtype=torch.float64), torch.randn(2, 20, 1, 8, dtype=torch.float64))
+    assert cache.block_table is table and cache.active_slots == [] and cache.num_free_pages == 64
+
+    cache.add_sequences(torch.randn(2, 3, 1, 8, dtype=torch.float64), torch.randn(2, 3, 1, 8, dtype=torch.float64))
+    cache.reserve(1)
+    step = [torch.randn(2, 1, 1, 8, dtype=torch.float64) for _ in range(3)]
+    cache.attend_reserved(*step)
+    pages, lengths = cache.k[:-1].clone(), cache.seqlens.clone()
+    new = [torch.randn(2, 4, 1, 8, dtype=torch.float64) for _ in range(3)]  # four tokens, none reserved
+    with pytest.raises(RuntimeError, match="block_table"):
+        cache.attend_reserved(*new)
+    assert torch.equal(cache.k[:-1], pages) and torch.equal(cache.seqlens, lengths)
+    for bad in (0, -1, 0.5, True, "2"):
+        with pytest.raises(ValueError, match="new_tokens must be an int >= 1"):
+            cache.reserve(bad)
+
+    offsets = torch.tensor([9, 13], dtype=torch.int32)
+    own = PagedKVCache(8, 4, 1, 8, 4, offsets, max_batch=1)
+    offsets[1] = 40
+    assert own.offsets.tolist() == [9, 13] and own.farthest == 13
+    with pytest.raises(ValueError, match="page_size must be an int >= 1"):
+        from fibsparse_ext.lm import FibSparseLM, LMConfig
+        FibSparseLM(LMConfig.preset("tiny")).make_caches(1, 10, page_size=0)

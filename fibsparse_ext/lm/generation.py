@@ -44,14 +44,20 @@ class DecodeStep:
     next step overwrites: read it before calling again. Where capture is
     impossible the steps stay eager, with a warning naming why.
 
+    Every step that is not a replay first checks the layers' offsets against
+    their caches (a lookup unless they changed), then reserves the paged
+    caches' pages (PagedKVCache.reserve); a step that fails gives its
+    reservations back.
+
     compile=True: after the first (eager, checked) step, the step runs through
     torch.compile (one graph, fullgraph), which fuses the step's small kernels
     (norms, rotary embeddings, residual adds) before the CUDA graph captures
-    it. The host checks cannot sit inside a compiled graph: the layers' offsets
-    are checked before every compiled call (once per version: a lookup), and
-    the layouts were checked by the first step on the same tensors (the token
-    buffer, the caches and the model's weights do not change between steps).
-    Where compiling fails, the step stays uncompiled, with a warning."""
+    it. The host checks cannot sit inside a compiled graph: the offsets are
+    checked before every call as above, and the layouts were checked by the
+    first step on the same tensors (the token buffer, the caches and the
+    model's weights do not change between steps). From then on the ring
+    caches keep their lengths on the device, as with a graph. Where compiling
+    fails, the step stays uncompiled, with a warning."""
 
     WARMUP_STEPS = 2
     MAX_COMPILED_SHAPES = 64
@@ -73,8 +79,6 @@ class DecodeStep:
         # Paged caches plan their pages on the host before every step (reserve),
         # and the step itself only writes and reads through the block table.
         self.paged = [cache for cache in caches if isinstance(cache, PagedKVCache)]
-        for cache in self.paged:
-            cache.decode_reserved = True
         if self.use_graph:
             # The graph replays its writes and length updates with values it never
             # sees on the host: from here on the caches keep their lengths on the device.
@@ -96,7 +100,6 @@ class DecodeStep:
             for cache in self.rings:
                 cache.enter_compiled_step()
             self.compiled = torch.compile(self._forward, dynamic=False, fullgraph=True)
-        self.model.check_caches_fit(self.caches, new_tokens=1)  # what the compiled graph does not check
         from torch._dynamo import exc  # (loaded by torch.compile above)
         compile_errors = tuple(getattr(exc, name) for name in ("TorchDynamoException", "FailOnRecompileLimitHit")
                                if hasattr(exc, name))
@@ -110,7 +113,7 @@ class DecodeStep:
                 return self.compiled()
         except compile_errors as error:  # raised while compiling, before the step runs: the caches are unchanged
             warnings.warn(f"decoding without torch.compile: compiling the decode step failed "
-                          f"({str(error).splitlines()[0] if str(error) else type(error).__name__})", stacklevel=4)
+                          f"({str(error).splitlines()[0] if str(error) else type(error).__name__})", stacklevel=5)
             self.compile = False
             for cache in self.rings:
                 cache.in_compiled_step = False
@@ -118,11 +121,32 @@ class DecodeStep:
 
     def __call__(self, token: torch.Tensor) -> torch.Tensor:
         self.token.copy_(token.view(-1, 1))
-        for cache in self.paged:  # the host half of the step's paged calls (a counter between page boundaries)
-            cache.reserve(1)
         if self.graph is not None:
+            for cache in self.paged:  # the host half of the step's paged calls (a counter between page boundaries)
+                cache.reserve(1)
             self.graph.replay()
             return self.logits
+        # Not replayed: what can be refused is refused before any reservation or
+        # write, and a step that fails gives its reservations back.
+        self.model.check_caches_fit(self.caches, new_tokens=1)
+        reserved = []
+        try:
+            for cache in self.paged:
+                cache.reserve(1)
+                reserved.append(cache)
+                cache.decode_reserved = True  # this step's model calls take attend_reserved
+            return self._step()
+        except BaseException:
+            for cache in reserved:
+                cache.cancel_reservation(1)
+            raise
+        finally:
+            for cache in self.paged:
+                cache.decode_reserved = False
+
+    def _step(self) -> torch.Tensor:
+        """A step that is not a replay: eager warm-up, the capture (which
+        replays once), or an eager step without a graph."""
         if self.use_graph and self.steps >= self.WARMUP_STEPS:
             self._capture()
             if self.graph is not None:
@@ -147,7 +171,7 @@ class DecodeStep:
             with torch.cuda.graph(graph):
                 logits = self._run()
         except Exception as error:  # the caches are unchanged: a capture runs nothing
-            warnings.warn(f"decoding without a CUDA graph: capturing the decode step failed ({error})", stacklevel=3)
+            warnings.warn(f"decoding without a CUDA graph: capturing the decode step failed ({error})", stacklevel=4)
             self.use_graph = False
             return
         self.graph, self.logits = graph, logits
