@@ -21,9 +21,10 @@ from .varlen import check_packed_boundaries
 # Learned alphas are kept above this, so positions stay positive and ordered.
 MIN_ALPHA = 1e-3
 
-# A layer's offsets (or learned alpha) are checked against a ring cache once
-# per tensor version, so that a decode step reads nothing on the host.
-_fits_ring = CheckedOnce()
+# A layer's offsets (or learned alpha) are checked against its cache (that
+# they fit a ring; that a paged cache was made for them) once per tensor
+# version, so that a decode step reads nothing on the host.
+_fits_cache = CheckedOnce()
 
 
 def document_positions(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
@@ -163,7 +164,7 @@ class FibSparseAttention(nn.Module):
                     raise ValueError(f"this paged cache was made for offsets {cache.offsets.tolist()}, and the layer "
                                      f"attends {now.tolist()} now (a learned alpha changed?): make a new cache")
 
-            _fits_ring.run((self.alpha if self.schedule.is_learned else self.offsets, cache.offsets), (),
+            _fits_cache.run((self.alpha if self.schedule.is_learned else self.offsets, cache.offsets), (),
                            check_same_offsets)
             return
         if self.window is None:
@@ -177,7 +178,7 @@ class FibSparseAttention(nn.Module):
             if cache.ring:
                 check_ring_capacity(cache.capacity, self.window, positions, new)
 
-        _fits_ring.run((self.alpha if self.schedule.is_learned else self.offsets,), (cache.capacity, new, cache.ring),
+        _fits_cache.run((self.alpha if self.schedule.is_learned else self.offsets,), (cache.capacity, new, cache.ring),
                        check)
 
     def _attend(self, q, k, v):

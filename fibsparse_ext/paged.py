@@ -382,12 +382,7 @@ class PagedKVCache:
             raise ValueError(f"slots must be distinct ints, got {slots}")
         for slot in slots:
             self._sequence(slot)
-        scale = check_scale(default_scale(q, softmax_scale))
-        check_op_inputs(q, self.k, self.v, self.offsets, band_argument(self.window), scale, "k_cache", "v_cache",
-                        paged=True)
-        if q.shape[0] != len(slots):
-            raise ValueError(f"q must hold one sequence per slot ({len(slots)}), got {tuple(q.shape)}")
-        check_new_tokens(k, v, q, self.k)
+        scale = self._check_call(q, k, v, softmax_scale, len(slots), "slot")
         new = q.shape[1]
 
         lengths = self._take_pages(slots, new)
@@ -465,18 +460,24 @@ class PagedKVCache:
         checks lengths and pages on the device. Called without the reservation
         for its tokens, it writes them into the sink page (the block table has
         -1 there) and the kernel refuses the call: no sequence changes."""
-        scale = check_scale(default_scale(q, softmax_scale))
-        check_op_inputs(q, self.k, self.v, self.offsets, band_argument(self.window), scale, "k_cache", "v_cache",
-                        paged=True)
-        if q.shape[0] != len(self._slots):
-            raise ValueError(f"q must hold one sequence per batch slot ({len(self._slots)}), got {tuple(q.shape)}")
-        check_new_tokens(k, v, q, self.k)
+        scale = self._check_call(q, k, v, softmax_scale, len(self._slots), "batch slot")
         write_new_tokens(self.k, self.v, self.block_table, self.seqlens, k, v)
         lengths = self.seqlens + q.shape[1]
         out, _ = torch.ops.fibsparse.decode(q, self.k, self.v, lengths, self.offsets, band_argument(self.window),
                                             scale, False, self.block_table)
         self.seqlens.copy_(lengths)  # after the kernel: a call it refuses leaves the lengths
         return out
+
+    def _check_call(self, q, k, v, softmax_scale, sequences: int, per: str) -> float:
+        """The shapes, dtypes and devices of a decode call of `sequences`
+        sequences (one per `per`) against this pool: its softmax scale."""
+        scale = check_scale(default_scale(q, softmax_scale))
+        check_op_inputs(q, self.k, self.v, self.offsets, band_argument(self.window), scale, "k_cache", "v_cache",
+                        paged=True)
+        if q.shape[0] != sequences:
+            raise ValueError(f"q must hold one sequence per {per} ({sequences}), got {tuple(q.shape)}")
+        check_new_tokens(k, v, q, self.k)
+        return scale
 
     # ---- The host mirror ----
 

@@ -10,7 +10,7 @@ from fibsparse_ext.accuracy import TOLERANCE
 from fibsparse_ext.decode import KVCache, fibsparse_attn_with_kvcache, required_capacity
 from fibsparse_ext.lm.generation import generate
 from fibsparse_ext.lm.models import FibSparseLM, LMConfig
-from utils import DEVICES, random_qkv, rel_err, requires_cuda
+from utils import DEVICES, random_qkv, rel_err, replay_decode_steps_without_sync, requires_cuda
 
 
 @pytest.mark.parametrize("ring", [True, False])
@@ -436,30 +436,23 @@ def test_a_step_that_cannot_compile_warns_once_and_decodes_uncompiled(monkeypatc
 
 @requires_cuda
 @pytest.mark.parametrize("variant", ["stagger", "learned", "dense"])
-def test_cuda_graphed_greedy_generate_equals_eager_and_full_recomputation(variant):
-    torch.manual_seed(0)
-    model = FibSparseLM(LMConfig.preset("tiny", **LMConfig.parse_variant(variant))).double().cuda()
-    prompt = torch.randint(0, 256, (2, 10), device="cuda")
-    graphed = generate(model, prompt, max_new_tokens=100, cuda_graph=True)  # past the ring and the training length
-    eager = generate(model, prompt, max_new_tokens=100, cuda_graph=False)
-    assert torch.equal(graphed, eager)
-    with torch.no_grad():
-        for n in range(10, 110):
-            assert torch.equal(model(graphed[:, :n])[:, -1].argmax(-1), graphed[:, n]), n
-
-
-@requires_cuda
-@pytest.mark.parametrize("variant", ["stagger", "learned", "dense"])
-def test_cuda_compiled_graphed_generate_equals_eager(variant):
-    """The compiled step captured in a CUDA graph gives the eager tokens."""
+@pytest.mark.parametrize("compile", [False, True])
+def test_cuda_graphed_greedy_generate_equals_eager_and_full_recomputation(variant, compile):
+    """The graphed step, compiled or not, gives the eager tokens and those of
+    recomputing the whole sequence."""
     import warnings
     torch.manual_seed(0)
     model = FibSparseLM(LMConfig.preset("tiny", **LMConfig.parse_variant(variant))).double().cuda()
     prompt = torch.randint(0, 256, (2, 10), device="cuda")
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="decoding without")  # neither compilation nor capture falls back
-        compiled = generate(model, prompt, max_new_tokens=100, cuda_graph=True, compile=True)
-    assert torch.equal(compiled, generate(model, prompt, max_new_tokens=100, cuda_graph=False))
+        # past the ring and the training length
+        graphed = generate(model, prompt, max_new_tokens=100, cuda_graph=True, compile=compile)
+    eager = generate(model, prompt, max_new_tokens=100, cuda_graph=False)
+    assert torch.equal(graphed, eager)
+    with torch.no_grad():
+        for n in range(10, 110):
+            assert torch.equal(model(graphed[:, :n])[:, -1].argmax(-1), graphed[:, n]), n
 
 
 @requires_cuda
@@ -481,18 +474,7 @@ def test_cuda_graphed_decode_step_does_not_sync(variant):
     torch.manual_seed(0)
     model = FibSparseLM(LMConfig.preset("tiny", **LMConfig.parse_variant(variant))).cuda().eval()
     caches = model.make_caches(2, 200)
-    with torch.no_grad():
-        token = model(torch.randint(0, 256, (2, 10), device="cuda"), caches)[:, -1].argmax(-1)
-        step = DecodeStep(model, caches, cuda_graph=True)
-        for _ in range(DecodeStep.WARMUP_STEPS + 1):  # eager warm-up, then the capture
-            token = step(token).argmax(-1)
-        assert step.graph is not None
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            for _ in range(50):
-                token = step(token).argmax(-1)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+    replay_decode_steps_without_sync(model, caches, torch.randint(0, 256, (2, 10), device="cuda"), 50)
     assert all(c.seqlens.tolist() == [10 + DecodeStep.WARMUP_STEPS + 51] * 2 for c in caches)
 
 

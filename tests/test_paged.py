@@ -15,7 +15,7 @@ from fibsparse_ext import fibsparse_attn_ref
 from fibsparse_ext.accuracy import TOLERANCE
 from fibsparse_ext.decode import KVCache, fibsparse_attn_with_kvcache, largest_distance, required_capacity
 from fibsparse_ext.paged import PagedKVCache, fibsparse_attn_with_paged_kvcache, pages_per_sequence_bound
-from utils import DEVICES, position_dtype, random_qkv, rel_err, requires_cuda
+from utils import DEVICES, position_dtype, random_qkv, rel_err, replay_decode_steps_without_sync, requires_cuda
 
 OFFSETS = {"integer": [5, 9, 17], "fractional": [4.5, 9.25, 16.75],
            "per_head": [[5, 9, 17], [6, 11, -1], [7, -1, -1], [8, 13, 21]]}
@@ -537,18 +537,7 @@ def test_cuda_graphed_paged_generate_equals_ring_and_does_not_sync(variant, comp
         paged = generate(model, prompt, 100, cuda_graph=True, compile=compile, page_size=4)
     assert torch.equal(paged, generate(model, prompt, 100, cuda_graph=False))
     caches = model.make_caches(2, 200, page_size=4)
-    with torch.no_grad():
-        token = model(prompt, caches)[:, -1].argmax(-1)
-        step = DecodeStep(model, caches, cuda_graph=True, compile=compile)
-        for _ in range(DecodeStep.WARMUP_STEPS + 1):
-            token = step(token).argmax(-1)
-        assert step.graph is not None
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            for _ in range(100):
-                token = step(token).argmax(-1)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+    replay_decode_steps_without_sync(model, caches, prompt, 100, compile=compile)
     assert all(c.seqlens.tolist() == [10 + DecodeStep.WARMUP_STEPS + 101] * 2 for c in caches)
 
 

@@ -62,6 +62,26 @@ def random_offsets(window, num_offsets, heads=None, fractional=False, device="cp
     return out.to(device=device, dtype=dtype if fractional else torch.int32)
 
 
+def replay_decode_steps_without_sync(model, caches, prompt, replays, **step_options):
+    """Runs `prompt` into `caches`, then a DecodeStep's eager warm-up and its
+    capture, asserts the step is graphed, and replays it `replays` times with
+    every device sync an error. Afterwards each sequence holds
+    prompt_len + DecodeStep.WARMUP_STEPS + 1 + replays tokens."""
+    from fibsparse_ext.lm.generation import DecodeStep
+    with torch.no_grad():
+        token = model(prompt, caches)[:, -1].argmax(-1)
+        step = DecodeStep(model, caches, cuda_graph=True, **step_options)
+        for _ in range(DecodeStep.WARMUP_STEPS + 1):  # eager warm-up, then the capture
+            token = step(token).argmax(-1)
+        assert step.graph is not None
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(replays):
+                token = step(token).argmax(-1)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
 def position_dtype(dtype):
     """The dtype of fractional positions for q of `dtype`: float64 with float64,
     float32 otherwise (the kernels keep positions in their accumulation type)."""

@@ -100,9 +100,10 @@ class DecodeStep:
             for cache in self.rings:
                 cache.enter_compiled_step()
             self.compiled = torch.compile(self._forward, dynamic=False, fullgraph=True)
-        from torch._dynamo import exc  # (loaded by torch.compile above)
-        compile_errors = tuple(getattr(exc, name) for name in ("TorchDynamoException", "FailOnRecompileLimitHit")
-                               if hasattr(exc, name))
+            from torch._dynamo import exc  # (loaded by torch.compile above)
+            self.compile_errors = tuple(getattr(exc, name) for name in ("TorchDynamoException",
+                                                                        "FailOnRecompileLimitHit")
+                                        if hasattr(exc, name))
         try:
             # Steps of every shape and model share one compiled function (the
             # code of _forward): a new batch size or model compiles a graph for
@@ -111,7 +112,7 @@ class DecodeStep:
             with torch._dynamo.config.patch(recompile_limit=self.MAX_COMPILED_SHAPES,
                                             fail_on_recompile_limit_hit=True):
                 return self.compiled()
-        except compile_errors as error:  # raised while compiling, before the step runs: the caches are unchanged
+        except self.compile_errors as error:  # raised while compiling, before the step runs: the caches are unchanged
             warnings.warn(f"decoding without torch.compile: compiling the decode step failed "
                           f"({str(error).splitlines()[0] if str(error) else type(error).__name__})", stacklevel=5)
             self.compile = False
