@@ -32,3 +32,20 @@ static_assert(sizeof(fibsparse::kCudaHeadDims) / sizeof(int) == 4 && fibsparse::
       default: TORCH_CHECK(false, "fibsparse: unsupported head_dim ", std::to_string(HEADDIM)); \
     }                                                                         \
   }()
+
+// Query heads per tensor-core block (mma_tiles.cuh's heads_per_block): 1, 2 or
+// 4, instantiating only the counts up to MAX_HEADS.
+#define HEADS_PER_BLOCK_SWITCH(HEADS, MAX_HEADS, CONST_NAME, ...)                            \
+  [&] {                                                                                      \
+    const int heads_per_block_ = (HEADS);                                                    \
+    if constexpr ((MAX_HEADS) >= 4) {                                                        \
+      if (heads_per_block_ == 4) { constexpr static int CONST_NAME = 4; return __VA_ARGS__(); } \
+    }                                                                                        \
+    if constexpr ((MAX_HEADS) >= 2) {                                                        \
+      if (heads_per_block_ == 2) { constexpr static int CONST_NAME = 2; return __VA_ARGS__(); } \
+    }                                                                                        \
+    TORCH_CHECK(heads_per_block_ == 1, "fibsparse: unsupported heads per block ",            \
+                std::to_string(heads_per_block_));                                           \
+    constexpr static int CONST_NAME = 1;                                                     \
+    return __VA_ARGS__();                                                                    \
+  }()

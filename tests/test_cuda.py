@@ -14,13 +14,15 @@ pytestmark = CUDA_ONLY
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("fractional", [False, True])
 @pytest.mark.parametrize("seqlen", [1, 37, 301])
-def test_every_output_element_is_written(monkeypatch, dtype, fractional, seqlen):
+@pytest.mark.parametrize("per_head", [True, False])
+def test_every_output_element_is_written(monkeypatch, dtype, fractional, seqlen, per_head):
     """Outputs are NaN-filled before the kernels run (FIBSPARSE_POISON_OUTPUTS=1);
     any element a kernel skips stays NaN. Window > seqlen and keys read by no
-    query (the tail rows) are included."""
+    query (the tail rows) are included; shared offsets run the GQA heads on
+    tensor-core blocks of several heads."""
     monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
     q, k, v = random_qkv(2, seqlen, 4, 2, 64, dtype, "cuda")
-    offsets = random_offsets(16, 5, 4, fractional, "cuda", torch.float32)
+    offsets = random_offsets(16, 5, 4 if per_head else None, fractional, "cuda", torch.float32)
     for name, t in zip(["out", "lse", "dq", "dk", "dv", "doffsets"], attention_and_grads(q, k, v, 16, offsets)):
         assert torch.isfinite(t).all(), f"{name} has unwritten (NaN) elements"
 

@@ -191,6 +191,39 @@ def test_cuda_tensor_core_kernels_at_the_edges(dtype, fractional):
     check_against_reference(q, k, v, 300, random_offsets(300, 12, None, fractional, "cuda", pos_dtype, spread=30))
 
 
+def same_offsets_per_head(offsets, heads):
+    """Offsets shared by every head, as one identical (heads, K) row per head:
+    the CUDA kernels then run one head per block, as for any per-head offsets."""
+    return offsets.expand(heads, -1).contiguous()
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("group", [2, 4, 6, 8])
+@pytest.mark.parametrize("fractional", [False, True])
+@pytest.mark.parametrize("seqlen_q, seqlen_k", [(300, 300), (237, 300)])
+def test_cuda_gqa_heads_sharing_offsets_share_blocks(dtype, head_dim, group, fractional, seqlen_q, seqlen_k):
+    """GQA heads that share one row of offsets run on tensor-core blocks that
+    serve several heads of a kv group (mma_tiles.cuh's heads_per_block) and
+    stage each key strip once for all of them. Each warp computes as in a block
+    of one head, so every result is bitwise that of the same offsets given per
+    head (one head per block), and within the reference's bounds. Lengths are
+    not multiples of 64; at 300 x 300 the first query block reaches no offset."""
+    torch.manual_seed(group * head_dim + fractional)
+    heads_kv, window = 2, 48
+    q, k, v = random_qkv(2, seqlen_q, group * heads_kv, heads_kv, head_dim, dtype, "cuda", seqlen_k=seqlen_k)
+    offsets = torch.tensor([70, 101, 162, 255], device="cuda")
+    offsets = offsets.float() + 0.37 if fractional else offsets.int()
+    shared = attention_and_grads(q, k, v, window, offsets)
+    per_head = attention_and_grads(q, k, v, window, same_offsets_per_head(offsets, q.shape[2]))
+    for name, a, b in zip(["out", "lse", "dq", "dk", "dv"], shared, per_head):
+        assert torch.equal(a, b), name
+    if fractional:  # the per-head rows' d(offsets), summed over heads as the op sums a shared row's
+        assert torch.equal(shared[5], per_head[5].sum(0))
+    check_against_reference(q, k, v, window, offsets)
+
+
 @pytest.mark.parametrize("fractional", [False, True])
 def test_unsorted_offsets_through_the_op_are_refused_on_the_cpu(fractional):
     """Called directly, without fibsparse_attn's checks, the CPU op checks the

@@ -179,6 +179,8 @@ else:
     ("torch.int32", [8, 13, 21], [2, 13, 21], "fibsparse_attn(q, q, q, 4, offsets)"),
     ("torch.float32", [8.5, 13.5], "[8.5, float('nan')]", "fibsparse_attn(q, q, q, 4, offsets)"),
     ("torch.int32", [8, 13, 21], [50, 90, 40], "torch.ops.fibsparse.fwd(q, q, q, offsets, [4], 0.125)"),
+    ("torch.int32", [8, 13, 21], [50, 90, 40],  # GQA with shared offsets: blocks of two heads
+     "torch.ops.fibsparse.fwd(q, q[:, :, :1].contiguous(), q[:, :, :1].contiguous(), offsets, [4], 0.125)"),
     ("torch.int32", [8, 13, 21], [21, 13, 8],  # the backward's own check (in its dq pass)
      "torch.ops.fibsparse.bwd(q, q, q, q, q, torch.zeros(1, 2, 100, device='cuda'), None, offsets, [4], 0.125)"),
     ("torch.int32", [8, 13, 21], [8, -5, 21],  # decode (its Python entry checks on the host every call)

@@ -117,6 +117,34 @@ def test_packed_rows_equal_each_sequence_alone(device, fractional):
             assert torch.equal(packed_grad[rows], grad[0])
 
 
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_dim, group", [(64, 4), (64, 8), (128, 2), (128, 4)])
+@pytest.mark.parametrize("fractional", [False, True])
+def test_cuda_gqa_heads_sharing_offsets_share_blocks(dtype, head_dim, group, fractional):
+    """A packed batch on tensor-core blocks that serve several heads of a kv
+    group (shared offsets, mma_tiles.cuh's heads_per_block): the reference's
+    values, and bitwise the results of the same offsets given per head (one head
+    per block). Sequences end inside a block, and the longest one's blocks lie
+    past the shorter ones' ends."""
+    lengths_q, lengths_k = [70, 1, 0, 200, 130], [100, 1, 3, 200, 130]
+    heads_kv, window = 2, 48
+    heads = group * heads_kv
+    offsets = torch.tensor([70, 101, 162], device="cuda")
+    offsets = offsets.float() + 0.37 if fractional else offsets.int()
+    check_against_reference(lengths_q, lengths_k, heads, heads_kv, head_dim, window, offsets, dtype, "cuda")
+    cu_q, max_q = packed(lengths_q, "cuda")
+    cu_k, max_k = packed(lengths_k, "cuda")
+    q, k, v = random_packed(lengths_q, lengths_k, heads, heads_kv, head_dim, dtype, "cuda")
+    args = (q, k, v, cu_q, cu_k, max_q, max_k, window)
+    shared = outputs_and_grads(fibsparse_attn_varlen, *args, offsets)
+    per_head = outputs_and_grads(fibsparse_attn_varlen, *args, offsets.expand(heads, -1).contiguous())
+    for name, a, b in zip(["out", "lse", "dq", "dk", "dv"], shared, per_head):
+        assert torch.equal(a, b), name
+    if fractional:  # the per-head rows' d(offsets), summed over heads as the op sums a shared row's
+        assert torch.equal(shared[5], per_head[5].sum(0))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_non_contiguous_inputs(device):
     """q, k, v as views into one (total, 3, heads, head_dim) projection."""

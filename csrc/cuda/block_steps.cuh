@@ -36,7 +36,9 @@ __device__ __forceinline__ int offsets_within_reach(const OffsetT* offs, int num
 // block_pos + 63], then one step per offset, in which staged row 16 w + x
 // holds key pos_w - whole - 1 + x: query x of warp w reads its first row at
 // staged row 16 w + x + 1 and its second (interpolation) row at 16 w + x.
-template <typename OffsetT, int kHeadDim>
+// The block's kThreads threads share the copies (a block serving several
+// heads of a kv group stages each step once for all of them).
+template <typename OffsetT, int kHeadDim, int kThreads = kMmaBlockThreads>
 struct KeySteps {
   const Params& p;
   const OffsetT* offs;
@@ -62,14 +64,14 @@ struct KeySteps {
   __device__ void issue(int n, const uint16_t* k_src, const uint16_t* v_src, Rows<kHeadDim> k_dst,
                         Rows<kHeadDim> v_dst) const {
     if (n < band_steps) {
-      stage_rows<kHeadDim, kChunk>(k_dst, k_src, p.k_row_stride, chunk(n), band_last);
-      stage_rows<kHeadDim, kChunk>(v_dst, v_src, p.v_row_stride, chunk(n), band_last);
+      stage_rows<kHeadDim, kChunk, kThreads>(k_dst, k_src, p.k_row_stride, chunk(n), band_last);
+      stage_rows<kHeadDim, kChunk, kThreads>(v_dst, v_src, p.v_row_stride, chunk(n), band_last);
     } else if (n < num_steps) {
       const OffsetSplit split = split_offset(offs, offset_index(n));
       if (split.whole >= 0) {
         const int64_t first = block_pos - split.whole - 1;
-        stage_rows<kHeadDim, kStripSpan>(k_dst, k_src, p.k_row_stride, first, last_key);
-        stage_rows<kHeadDim, kStripSpan>(v_dst, v_src, p.v_row_stride, first, last_key);
+        stage_rows<kHeadDim, kStripSpan, kThreads>(k_dst, k_src, p.k_row_stride, first, last_key);
+        stage_rows<kHeadDim, kStripSpan, kThreads>(v_dst, v_src, p.v_row_stride, first, last_key);
       }
     }
     commit_async();

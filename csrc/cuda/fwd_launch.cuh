@@ -1,6 +1,8 @@
 // Which kernel runs a forward, on which grid: float16 / bfloat16 on tensor
 // cores (fwd_mma_kernel.cuh), float32 / float64 on lane groups
-// (lane_fwd_kernel.cuh). Every grid has the offsets check's extra blocks
+// (lane_fwd_kernel.cuh). A tensor-core block serves heads_per_block query
+// heads of one kv group (mma_tiles.cuh: several when GQA heads share one row
+// of offsets). Every grid has the offsets check's extra blocks
 // (offsets_check.cuh).
 #pragma once
 
@@ -23,9 +25,12 @@ void launch_fwd(const Params& p, bool fractional) {
     BOOL_SWITCH(fractional, kFrac, [&] {
       if constexpr (kIsTensorCoreType<T>) {
         using OffsetT = std::conditional_t<kFrac, float, int32_t>;
-        const dim3 grid(blocks_for(p.seqlen_q, mma_tiles::kBlockRows) + kOffsetsCheckBlocks, p.heads, p.batch);
-        launch_kernel(mma_fwd::fwd_mma_kernel<T, OffsetT, kHeadDim>, grid, mma_tiles::kMmaBlockThreads,
-                      mma_fwd::kFwdSmemBytes<kHeadDim>, p);
+        using namespace mma_tiles;
+        HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
+          const dim3 grid(blocks_for(p.seqlen_q, kBlockRows) + kOffsetsCheckBlocks, p.heads / kHeads, p.batch);
+          launch_kernel(mma_fwd::fwd_mma_kernel<T, OffsetT, kHeadDim, kHeads>, grid, kHeads * kMmaBlockThreads,
+                        mma_fwd::kFwdSmemBytes<kHeadDim>, p);
+        });
       } else {
         using OffsetT = std::conditional_t<kFrac, acc_t<T>, int32_t>;
         const dim3 grid(blocks_for(p.seqlen_q, kCudaRowsPerBlock) + kOffsetsCheckBlocks, p.heads, p.batch);

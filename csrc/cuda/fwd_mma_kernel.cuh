@@ -3,6 +3,10 @@
 //
 // A block owns kBlockRows = 64 consecutive queries of one (batch, head); each of
 // its 4 warps owns 16 of them, as the A operand of mma.m16n8k16 (mma_tiles.cuh).
+// With GQA and one shared row of offsets, a block owns the same 64 queries of
+// kHeads heads of one kv group (4 kHeads warps): those heads read the same key
+// rows, which the block stages once for all its warps, dividing the k and v
+// bytes read from L2 by kHeads. Each warp computes as in a block of one head.
 //   Band: the block's band keys [p0 - window + 1, p0 + 63] are a dense strip.
 //     It is staged through shared memory 64 key rows at a time; each warp
 //     whose band meets the chunk scores all of it (S = Q K^T on tensor cores),
@@ -110,26 +114,33 @@ __device__ __forceinline__ void softmax_update(float (&s)[N][4], float (&m)[2], 
 template <int kHeadDim>
 constexpr int kFwdSmemBytes = 2 * 2 * kStageBytes<kHeadDim>;
 
-template <typename T, typename OffsetT, int kHeadDim>
-__global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) fwd_mma_kernel(const Params p) {
-  constexpr int kDimTiles = kHeadDim / 8, kChunkTiles = kChunk / 8;
-  if (is_offsets_check_block()) return check_offsets_on_device<OffsetT>(p, blockIdx.y);
+template <typename T, typename OffsetT, int kHeadDim, int kHeads>
+__global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<kHeadDim, kHeads>)
+    fwd_mma_kernel(const Params p) {
+  static_assert(kMinBlocks<kHeadDim> % kHeads == 0, "heads per block within the register budget (mma_tiles.cuh)");
+  constexpr int kDimTiles = kHeadDim / 8, kChunkTiles = kChunk / 8, kThreads = kHeads * kMmaBlockThreads;
+  if (is_offsets_check_block()) return check_offsets_of_heads<OffsetT, kHeads>(p);
   extern __shared__ __align__(16) uint16_t smem[];
   // Stage s of the pipeline: k rows stage_k(s), v rows stage_v(s).
   const auto stage_k = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 0); };
   const auto stage_v = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 1); };
 
-  const int h = blockIdx.y, b = blockIdx.z, hk = h / (p.heads / p.heads_kv);
+  // The block's heads are first_head .. first_head + kHeads - 1, all of kv head hk.
+  const int first_head = blockIdx.y * kHeads, b = blockIdx.z, hk = first_head / (p.heads / p.heads_kv);
   const Sequence seq = sequence_of(p, b);
   if (int64_t(blockIdx.x) * kBlockRows >= seq.seqlen_q) return;  // past a packed sequence's end
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+  // This warp serves head h; `warp` counts it among that head's 4 warps.
+  const int warp = kHeads == 1 ? threadIdx.x / 32 : threadIdx.x / 32 % kWarps;
+  const int h = kHeads == 1 ? first_head : first_head + threadIdx.x / kMmaBlockThreads;
+  const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
   const int warp_q0 = blockIdx.x * kBlockRows + 16 * warp;  // the warp's first query row
   const int64_t warp_pos = warp_q0 + int64_t(seq.q_pos_shift);
   const float scale_log2 = float(p.softmax_scale) * float(M_LOG2E);
   const uint16_t* k_src = bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride);
   const uint16_t* v_src = bits<T>(p.v, seq.k_start(b, p.v_batch_stride, p.v_row_stride) + hk * p.v_head_stride);
-  const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
-  const KeySteps<OffsetT, kHeadDim> steps(p, seq, offs, int64_t(blockIdx.x) * kBlockRows + seq.q_pos_shift);
+  // The steps are the block's: with kHeads > 1 its heads share one row of offsets (heads_per_block).
+  const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + first_head * p.offsets_head_stride;
+  const KeySteps<OffsetT, kHeadDim, kThreads> steps(p, seq, offs, int64_t(blockIdx.x) * kBlockRows + seq.q_pos_shift);
   steps.issue(0, k_src, v_src, stage_k(0), stage_v(0));
 
   uint32_t qf[kHeadDim / 16][4];

@@ -3,9 +3,10 @@
 // products every pass is made of, and the band masks of a tile. The plan of
 // steps a block walks is in block_steps.cuh.
 //
-// A block has 4 warps; a warp owns 16 consecutive rows (queries, or keys in
-// the dk/dv pass) as the A operand of mma.m16n8k16 (mma.cuh). Its "tiles" are
-// 16 x 16: its 16 rows against 16 staged rows of the other side.
+// A block has 4 warps per head it serves (one head, or with GQA several of
+// one kv group, kMaxHeadsPerBlock); a warp owns 16 consecutive rows (queries,
+// or keys in the dk/dv pass) as the A operand of mma.m16n8k16 (mma.cuh). Its
+// "tiles" are 16 x 16: its 16 rows against 16 staged rows of the other side.
 #pragma once
 
 #include <cmath>
@@ -37,6 +38,32 @@ template <int kHeadDim>
 constexpr int kMinBlocks = kHeadDim >= 128 ? 2 : 4;
 template <int kHeadDim>
 constexpr int kMinBlocksDkdv = kHeadDim >= 128 ? 1 : kHeadDim >= 64 ? 3 : 4;
+
+// GQA: a forward or dq block may serve kHeads query heads of one kv group at
+// once (4 kHeads warps: the same 64 queries of each head), staging each key
+// strip once for all of them, where kHeads blocks would each stage it. The
+// register budget per thread stays that of kMinBlocks blocks of 4 warps, so a
+// block holds at most kMinBlocks heads (the SM's register file holds no
+// more warps at that budget) and kMinBlocks / kHeads such blocks fit an SM.
+template <int kHeadDim>
+constexpr int kMaxHeadsPerBlock = kMinBlocks<kHeadDim>;
+template <int kHeadDim, int kHeads>
+constexpr int kMinBlocksOfHeads = kMinBlocks<kHeadDim> / kHeads;
+
+// The query heads a forward or dq block serves: the most, up to
+// kMaxHeadsPerBlock, that divide the kv group, when every head reads the one
+// shared row of offsets (each row of per-head offsets has its own strips);
+// 1 otherwise (one head per block).
+template <int kHeadDim>
+inline int heads_per_block(const Params& p) {
+  static_assert(kMaxHeadsPerBlock<kHeadDim> == 2 || kMaxHeadsPerBlock<kHeadDim> == 4);
+  if (p.offsets_head_stride != 0) return 1;
+  const int group = p.heads / p.heads_kv;
+  for (int heads = kMaxHeadsPerBlock<kHeadDim>; heads > 1; heads /= 2) {
+    if (group % heads == 0) return heads;
+  }
+  return 1;
+}
 
 // Shared rows are padded by 8 elements (16 bytes), so that the 8 row groups
 // of a fragment load fall in different banks.
@@ -83,14 +110,14 @@ __device__ __forceinline__ void wait_async() { asm volatile("cp.async.wait_group
 
 // Queues copies of the kCount consecutive rows first, first + 1, .. of src
 // into dst[0..kCount-1]; rows outside [0, last] become zero rows. All
-// threads of the block take part; each keeps one 16-byte column and steps its
-// source pointer by a fixed stride, so a copy costs a few integer
+// kThreads threads of the block take part; each keeps one 16-byte column and
+// steps its source pointer by a fixed stride, so a copy costs a few integer
 // instructions (64-bit index math per row cost ~17).
-template <int kHeadDim, int kCount>
+template <int kHeadDim, int kCount, int kThreads = kMmaBlockThreads>
 __device__ __forceinline__ void stage_rows(Rows<kHeadDim> dst, const uint16_t* src, int64_t row_stride, int64_t first,
                                            int64_t last) {
-  constexpr int kVecs = kHeadDim / 8, kRowsPerPass = kMmaBlockThreads / kVecs;
-  static_assert(kMmaBlockThreads % kVecs == 0);
+  constexpr int kVecs = kHeadDim / 8, kRowsPerPass = kThreads / kVecs;
+  static_assert(kThreads % kVecs == 0);
   const int col = (threadIdx.x % kVecs) * 8, r0 = threadIdx.x / kVecs;
   // Row r is valid for lo <= r <= hi; both fit in int, as they are clamped to [-1, kCount].
   const int lo = first >= 0 ? 0 : int(-first < kCount ? -first : kCount);

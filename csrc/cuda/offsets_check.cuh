@@ -1,11 +1,11 @@
 // The offsets' values, checked on the device at every launch: the host checks
-// device offsets once per tensor version (a host copy costs a sync), and
-// torch.compile, direct op calls and writes behind torch's version counter skip
-// that check. Each launch has one extra block per (head, sequence) along x; those
-// of the first sequence check their head's row and leave, so the attention blocks
-// only compare their index (a check inside them cost 3% of the step). A bad entry
-// stops the kernel with a device-side assert, which torch raises at the next sync.
-// A decode launch's check blocks also check the cache's lengths and block table.
+// device offsets once per tensor version (a host copy costs a sync), and torch.compile,
+// direct op calls and writes behind torch's version counter skip that check. Each
+// launch has one extra block per (head, or GQA block of heads, sequence) along x; those
+// of the first sequence check their head's row and leave, so the attention blocks only
+// compare their index (a check inside them cost 3% of the step). A bad entry stops the
+// kernel with a device-side assert, which torch raises at the next sync. A decode
+// launch's check blocks also check the cache's lengths and block table.
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -75,6 +75,16 @@ __device__ __forceinline__ void check_cache_on_device(const Params& p, int h, in
                            "cache_seqlens - seqlen_q - the farthest distance .. cache_seqlens - 1) must be in "
                            "[0, num_pages)");
   }
+}
+
+// The check of a grid whose blocks serve kHeads query heads each, heads
+// blockIdx.y * kHeads onward (mma_tiles.cuh's heads_per_block). Blocks serve
+// several heads only when all heads share one row of offsets, which the check
+// blocks of the first heads check once.
+template <typename OffsetT, int kHeads>
+__device__ __forceinline__ void check_offsets_of_heads(const Params& p) {
+  if (kHeads > 1 && blockIdx.y != 0) return;
+  check_offsets_on_device<OffsetT>(p, blockIdx.y * kHeads);
 }
 
 }  // namespace fibsparse
