@@ -183,6 +183,9 @@ else:
      "torch.ops.fibsparse.fwd(q, q[:, :, :1].contiguous(), q[:, :, :1].contiguous(), offsets, [4], 0.125)"),
     ("torch.int32", [8, 13, 21], [21, 13, 8],  # the backward's own check (in its dq pass)
      "torch.ops.fibsparse.bwd(q, q, q, q, q, torch.zeros(1, 2, 100, device='cuda'), None, offsets, [4], 0.125)"),
+    ("torch.int32", [8, 13, 21], [21, 13, 8],  # the same, GQA with shared offsets: dq blocks of two heads
+     "torch.ops.fibsparse.bwd(q, q, q[:, :, :1].contiguous(), q[:, :, :1].contiguous(), q, "
+     "torch.zeros(1, 2, 100, device='cuda'), None, offsets, [4], 0.125)"),
     ("torch.int32", [8, 13, 21], [8, -5, 21],  # decode (its Python entry checks on the host every call)
      "torch.ops.fibsparse.decode(q[:, -1:], q, q, torch.tensor([100], device='cuda'), offsets, [4], 0.125, False)"),
 ])

@@ -1,8 +1,9 @@
 // Tensor-core backward for float16 / bfloat16; float32 / float64 keep the
 // lane-group kernels of lane_bwd_kernel.cuh. Two passes, no atomics, deterministic:
 //
-//   dq pass (a block = 64 queries of one head, the forward's geometry and step
-//     plan, block_steps.cuh): per 16 x 16 tile of the warp's queries against
+//   dq pass (a block = 64 queries of one head, or of several GQA heads sharing
+//     one row of offsets, the forward's geometry and step plan, mma_tiles.cuh
+//     and block_steps.cuh): per 16 x 16 tile of the warp's queries against
 //     staged keys, P = exp(S - lse) from recomputed scores, dP = dO V^T,
 //     dS = P (dP - delta), dq += dS K. It forms delta = <dO, O> - dlse for both
 //     passes, and for every offset within the block's reach it stores each
@@ -66,27 +67,35 @@ __device__ __forceinline__ void store_rows(uint16_t* dst, int64_t row_stride, in
   }
 }
 
-template <typename T, typename OffsetT, int kHeadDim>
-__global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_mma_kernel(const Params p) {
+template <typename T, typename OffsetT, int kHeadDim, int kHeads>
+__global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<kHeadDim, kHeads>)
+    dq_mma_kernel(const Params p) {
+  static_assert(kMinBlocks<kHeadDim> % kHeads == 0, "heads per block within the register budget (mma_tiles.cuh)");
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
+  constexpr int kThreads = kHeads * kMmaBlockThreads;
   // The backward's check: the dq pass runs before the dk/dv pass on the stream.
-  if (is_offsets_check_block()) return check_offsets_on_device<OffsetT>(p, blockIdx.y);
+  if (is_offsets_check_block()) return check_offsets_of_heads<OffsetT, kHeads>(p);
   extern __shared__ __align__(16) uint16_t smem[];
   const auto stage_k = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 0); };
   const auto stage_v = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 1); };
 
-  const int h = blockIdx.y, b = blockIdx.z, hk = h / (p.heads / p.heads_kv);
+  // The block's heads are first_head .. first_head + kHeads - 1, all of kv head hk.
+  const int first_head = blockIdx.y * kHeads, b = blockIdx.z, hk = first_head / (p.heads / p.heads_kv);
   const Sequence seq = sequence_of(p, b);
   if (int64_t(blockIdx.x) * kBlockRows >= seq.seqlen_q) return;  // past a packed sequence's end
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+  // This warp serves head h; `warp` counts it among that head's 4 warps.
+  const int warp = kHeads == 1 ? threadIdx.x / 32 : threadIdx.x / 32 % kWarps;
+  const int h = kHeads == 1 ? first_head : first_head + threadIdx.x / kMmaBlockThreads;
+  const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
   const int warp_q0 = blockIdx.x * kBlockRows + 16 * warp;
   const int64_t warp_pos = warp_q0 + int64_t(seq.q_pos_shift);
   const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
   const uint16_t* k_src = bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride);
   const uint16_t* v_src = bits<T>(p.v, seq.k_start(b, p.v_batch_stride, p.v_row_stride) + hk * p.v_head_stride);
-  const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
+  // The steps are the block's: with kHeads > 1 its heads share one row of offsets (heads_per_block).
+  const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + first_head * p.offsets_head_stride;
   const int64_t stats = stats_index(p, seq, b, h, 0);  // the (sequence, head) row of lse, delta
-  const KeySteps<OffsetT, kHeadDim> steps(p, seq, offs, int64_t(blockIdx.x) * kBlockRows + seq.q_pos_shift);
+  const KeySteps<OffsetT, kHeadDim, kThreads> steps(p, seq, offs, int64_t(blockIdx.x) * kBlockRows + seq.q_pos_shift);
   steps.issue(0, k_src, v_src, stage_k(0), stage_v(0));
 
   const uint16_t* q_src = bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride);
