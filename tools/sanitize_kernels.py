@@ -1,5 +1,6 @@
 """A small run of every CUDA kernel (forward, dq, dkdv, decode; each dtype; integer and
-fractional; GQA; per-head padded offsets; window > seqlen; seqlen_q < seqlen_k; a packed
+fractional; GQA, with per-head padded offsets and with shared ones (tensor-core blocks of
+several heads); window > seqlen; seqlen_q < seqlen_k; a packed
 batch with empty and one-token sequences; a paged cache with page sizes 1, 5 and 16 whose
 given-back entries are -1),
 sized for compute-sanitizer:
@@ -25,6 +26,20 @@ def run(dtype, fractional, head_dim, seqlen_q, seqlen_k, window):
     else:
         offsets = offsets.int()
     out, lse = fibsparse_attn(q, k, v, window, offsets, return_lse=True)
+    (out.float().square().sum() + lse.sum()).backward()
+
+
+def run_shared_gqa(dtype, fractional, head_dim):
+    """8 query heads over 2 kv heads sharing one row of offsets: the tensor-core
+    forward and dq blocks serve 4 heads at head_dim 64 and 2 at 128; 100 queries
+    end inside the second block, whose offsets are all within reach."""
+    torch.manual_seed(0)
+    q = torch.randn(2, 100, 8, head_dim, device="cuda", dtype=dtype, requires_grad=True)
+    k = torch.randn(2, 100, 2, head_dim, device="cuda", dtype=dtype, requires_grad=True)
+    v = torch.randn_like(k, requires_grad=True)
+    offsets = torch.tensor([5.5, 9.25, 70.0], device="cuda", dtype=torch.float64 if dtype == torch.float64
+                           else torch.float32, requires_grad=True) if fractional else [5, 9, 70]
+    out, lse = fibsparse_attn(q, k, v, 4, offsets, return_lse=True)
     (out.float().square().sum() + lse.sum()).backward()
 
 
@@ -80,6 +95,8 @@ for dtype in [torch.float16, torch.bfloat16, torch.float32, torch.float64]:
             run(dtype, fractional, head_dim, 37, 37, 4)
         run(dtype, fractional, 64, 3, 3, 5)      # window > seqlen
         run(dtype, fractional, 64, 11, 50, 5)    # fewer queries than keys
+        for head_dim in [64, 128]:
+            run_shared_gqa(dtype, fractional, head_dim)
         for head_dim in [16, 128]:
             run_decode(dtype, fractional, head_dim, 1)
         run_decode(dtype, fractional, 64, 3)
