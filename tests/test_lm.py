@@ -1,9 +1,13 @@
 """The language model, its data and the extrapolation experiment, on the tiny
 preset (CPU, seconds)."""
+import dataclasses
 import json
 import math
+import os
 import statistics
+import subprocess
 import zlib
+from pathlib import Path
 from statistics import NormalDist
 
 import pytest
@@ -330,3 +334,65 @@ def test_medium_preset_sits_between_small_and_paper():
         if variant not in ("dense", "learned"):
             # Training windows hold seq_len inputs, distances up to seq_len - 1: every offset is read in training.
             assert max(max(schedule.offsets(i)) for i in range(config.num_layers)) < config.seq_len, variant
+
+
+def test_parallel_sweep_equals_one_sequential_call(tmp_path):
+    """tools/extrapolate_parallel.sh runs each (variant, seed) in its own
+    process, then one call that only loads them: the same runs as one call."""
+    common = ["--steps", "4", "--max-bytes", "1000000", "--device", "cpu", "--eval-multiples", "1,2"]
+    assert extrapolate.main(["--preset", "tiny", "--schedules", "stagger,dense", "--seeds", "0,1",
+                             "--out", str(tmp_path / "sequential")] + common) == 0
+    script = Path(__file__).resolve().parents[1] / "tools" / "extrapolate_parallel.sh"
+    done = subprocess.run(["bash", str(script), "tiny", "0,1", "stagger,dense", str(tmp_path / "parallel")] + common,
+                          env={**os.environ, "GPUS": "0", "PER_GPU": "2"}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count(" rc=0 ") == 4 and "all runs ended" in done.stdout
+    for seed in ("0", "1"):
+        assert (tmp_path / "parallel" / "logs" / f"dense.seed{seed}.log").exists()
+    sequential, parallel = (json.loads((tmp_path / name / "results.json").read_text())
+                            for name in ("sequential", "parallel"))
+    for variant in ("stagger", "dense"):
+        for seed in ("0", "1"):
+            assert parallel["runs"][variant][seed]["perplexity"] == sequential["runs"][variant][seed]["perplexity"]
+    assert parallel["aggregate"]["dense"]["perplexity"] == sequential["aggregate"]["dense"]["perplexity"]
+
+
+def test_parallel_sweep_reports_a_failed_run_and_writes_no_aggregate(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "tools" / "extrapolate_parallel.sh"
+    done = subprocess.run(["bash", str(script), "tiny", "0", "stagger,fancy", str(tmp_path), "--steps", "2",
+                           "--max-bytes", "1000000", "--device", "cpu", "--eval-multiples", "1"],
+                          env={**os.environ, "GPUS": "0", "PER_GPU": "2"}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1
+    assert "failed runs" in done.stdout and "fancy seed 0 (rc=2" in done.stdout
+    assert "unknown schedule variant" in (tmp_path / "logs" / "fancy.seed0.log").read_text()
+
+
+def test_matmul_precision_is_the_presets_and_restored(tmp_path, monkeypatch):
+    assert extrapolate.TRAIN_PRESETS["small"].matmul_precision == "highest"  # its committed runs: float32
+    assert extrapolate.TRAIN_PRESETS["medium"].matmul_precision == "high"
+    seen = []
+    update = extrapolate.Progress.update
+    monkeypatch.setattr(extrapolate.Progress, "update",
+                        lambda self, step, loss: (seen.append(torch.get_float32_matmul_precision()),
+                                                  update(self, step, loss)))
+    monkeypatch.setitem(extrapolate.TRAIN_PRESETS, "tiny",
+                        dataclasses.replace(extrapolate.TRAIN_PRESETS["tiny"], matmul_precision="medium"))
+    before = torch.get_float32_matmul_precision()
+    assert extrapolate.main(["--preset", "tiny", "--schedules", "stagger", "--steps", "2", "--max-bytes", "1000000",
+                             "--device", "cpu", "--eval-multiples", "1", "--out", str(tmp_path)]) == 0
+    assert seen == ["medium", "medium"] and torch.get_float32_matmul_precision() == before
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["meta"]["train"]["matmul_precision"] == "medium"
+
+
+def test_checkpoint_from_before_the_matmul_precision_option_resumes(tmp_path):
+    args = ["--preset", "tiny", "--schedules", "stagger", "--steps", "2", "--max-bytes", "1000000",
+            "--device", "cpu", "--eval-multiples", "1", "--out", str(tmp_path)]
+    assert extrapolate.main(args) == 0
+    path = tmp_path / "checkpoints" / "stagger.pt"
+    state = torch.load(path)
+    del state["train"]["matmul_precision"]
+    torch.save(state, path)
+    assert extrapolate.main(args) == 0  # loads it: float32 was the only precision then

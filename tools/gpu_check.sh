@@ -57,8 +57,9 @@ else
   # A transformers model's training step at 16k tokens: fibsparse vs sdpa vs flex_attention.
   step transformers 240 python3 bench/bench_transformers.py
 fi
-# Context parallelism over NCCL, where the machine has two GPUs (its tests ran above).
-gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
+# Context parallelism over NCCL, where two GPUs are visible (its tests ran above);
+# counted by torch, so that CUDA_VISIBLE_DEVICES can keep the check to one GPU.
+gpus=$(python3 -c 'import torch; print(torch.cuda.device_count())')
 if (( gpus >= 2 )); then
   step context_parallel 180 python3 -m torch.distributed.run --nproc-per-node 2 bench/bench_context_parallel.py
 fi
