@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fibsparse_ext.lm.data import ByteCorpus
-from fibsparse_ext.lm.experiments import extrapolate, intervals
+from fibsparse_ext.lm.experiments import extrapolate, intervals, report
 from fibsparse_ext.lm.models import FibSparseLM, LMConfig
 
 
@@ -199,7 +199,7 @@ def fake_run(seed, ppl):
 def test_paired_differences_over_seeds():
     ppl = {"fixed": [3.0, 3.3, 2.9], "stagger": [2.97, 3.26, 2.88]}
     runs = {v: {str(s): fake_run(s, p) for s, p in enumerate(values)} for v, values in ppl.items()}
-    aggregate, pairs = extrapolate.summarize(runs, [1])
+    aggregate, pairs = report.summarize(runs, [1])
     assert aggregate["fixed"]["perplexity"]["1"] == pytest.approx(
         {"mean": statistics.mean(ppl["fixed"]), "std": statistics.stdev(ppl["fixed"]), "n": 3})
     per_seed = [100 * (s / f - 1) for f, s in zip(ppl["fixed"], ppl["stagger"])]
@@ -212,7 +212,7 @@ def test_paired_differences_over_seeds():
     assert 5 * half < statistics.stdev(ppl["fixed"]) / statistics.mean(ppl["fixed"]) * 100
     # Only the seeds both variants have are paired; one seed gives no interval.
     runs["stagger"] = {"1": runs["stagger"]["1"]}
-    _, pairs = extrapolate.summarize(runs, [1])
+    _, pairs = report.summarize(runs, [1])
     d = pairs["fixed"]["stagger"]["1"]
     assert d["n"] == 1 and d["seeds"] == [1] and d["ci95_pct"] is None and d["std_pct"] is None
     assert d["mean_pct"] == pytest.approx(per_seed[1])
@@ -396,3 +396,49 @@ def test_checkpoint_from_before_the_matmul_precision_option_resumes(tmp_path):
     del state["train"]["matmul_precision"]
     torch.save(state, path)
     assert extrapolate.main(args) == 0  # loads it: float32 was the only precision then
+
+
+def test_report_merges_sweeps_made_apart(tmp_path, capsys):
+    """Sweeps made in several folders (or on several machines) merge from
+    their results.json alone into the report one sweep would have written."""
+    common = ["--preset", "tiny", "--schedules", "stagger,dense", "--steps", "3", "--max-bytes", "1000000",
+              "--device", "cpu", "--eval-multiples", "1,2,4"]
+    assert extrapolate.main(common + ["--seeds", "0,1,2", "--out", str(tmp_path / "together")]) == 0
+    for seeds in ("0,2", "1"):
+        assert extrapolate.main(common + ["--seeds", seeds, "--out", str(tmp_path / seeds)]) == 0
+    capsys.readouterr()
+    assert report.main([str(tmp_path / "0,2" / "results.json"), str(tmp_path / "1" / "results.json"),
+                        "--out", str(tmp_path / "merged")]) == 0
+    together, merged = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("together", "merged"))
+    assert merged["meta"]["seeds"] == [0, 1, 2] and list(merged["runs"]["dense"]) == ["0", "1", "2"]
+    assert merged["aggregate"]["stagger"]["perplexity"] == together["aggregate"]["stagger"]["perplexity"]
+    assert merged["paired_differences"] == together["paired_differences"]
+    for variant in ("stagger", "dense"):
+        change = merged["aggregate"][variant]["change_from_shortest"]
+        assert change == together["aggregate"][variant]["change_from_shortest"] and set(change) == {"2", "4"}
+        runs = merged["runs"][variant]
+        per_seed = [100 * (runs[s]["perplexity"]["4"] / runs[s]["perplexity"]["1"] - 1) for s in ("0", "1", "2")]
+        assert change["4"]["per_seed_pct"] == pytest.approx(per_seed) and change["4"]["n"] == 3
+        lo, hi = change["4"]["ci95_pct"]
+        assert lo < statistics.mean(per_seed) < hi
+    out = capsys.readouterr().out
+    assert "change with length" in out and "@4x vs @1x" in out and "wall time" not in out
+    assert (tmp_path / "merged" / "results.txt").read_text().strip() == out.split("\nresults:")[0].strip()
+
+
+def test_report_refuses_sweeps_of_other_configurations(tmp_path):
+    common = ["--preset", "tiny", "--schedules", "stagger", "--max-bytes", "1000000", "--device", "cpu",
+              "--eval-multiples", "1"]
+    assert extrapolate.main(common + ["--steps", "2", "--out", str(tmp_path / "a")]) == 0
+    assert extrapolate.main(common + ["--steps", "3", "--out", str(tmp_path / "b")]) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(tmp_path / "a" / "results.json"), str(tmp_path / "b" / "results.json"),
+                     "--out", str(tmp_path / "merged")])
+    assert exit_info.value.code == 2 and not (tmp_path / "merged").exists()
+    # The same (variant, seed) with other results: refused, not silently picked.
+    document = json.loads((tmp_path / "a" / "results.json").read_text())
+    document["runs"]["stagger"]["0"]["perplexity"]["1"] *= 1.01
+    with pytest.raises(ValueError, match="stagger seed 0 has different perplexities"):
+        report.merge([json.loads((tmp_path / "a" / "results.json").read_text()), document])
+    with pytest.raises(SystemExit):
+        report.main([str(tmp_path / "missing.json"), "--out", str(tmp_path / "merged")])

@@ -14,9 +14,11 @@ paired difference between every two variants (same seed, same data) with a
 95% t interval; the table prints them against a reference variant (`fixed`
 when present, else the first).
 
-Writes OUT/results.json, OUT/results.txt, OUT/results.png (with matplotlib)
-and one checkpoint per (variant, seed) in OUT/checkpoints/; rerunning the same
-command resumes from them, and reuses the evaluations stored in finished ones.
+Writes OUT/results.json, OUT/results.txt, OUT/results.png (with matplotlib;
+report.py writes all three) and one checkpoint per (variant, seed) in
+OUT/checkpoints/; rerunning the same command resumes from them, and reuses the
+evaluations stored in finished ones. tools/extrapolate_parallel.sh runs a sweep
+one process per (variant, seed), several per GPU.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ import torch
 from ..._cli import positive_int
 from ..data import ByteCorpus
 from ..models import FibSparseLM, LMConfig
-from .intervals import CONFIDENCE, mean_std, paired_difference
+from .report import reference_variant, results_document, write_report
 
 DEFAULT_VARIANTS = "fixed,learned,stagger,coprime,pow2-fixed,pow2-stagger,dense"
 DEFAULT_EVAL_MULTIPLES = (1, 2, 4, 8, 16)
@@ -87,43 +89,6 @@ def learning_rate(step: int, train: TrainConfig) -> float:
         return train.lr * (step + 1) / train.warmup
     progress = (step - train.warmup) / max(1, train.steps - train.warmup)
     return train.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def summarize(runs: dict, multiples: list) -> tuple[dict, dict]:
-    """From runs[variant][seed] (finished runs): per variant the mean and
-    sample std over seeds of each length's perplexity and of the training
-    throughput; per ordered pair (baseline, variant) and length the paired
-    difference over the seeds both have."""
-    aggregate = {}
-    for variant, by_seed in runs.items():
-        if not by_seed:
-            continue
-        records = list(by_seed.values())
-        alphas = [r["learned_alphas"] for r in records]
-        aggregate[variant] = {
-            "n": len(records), "seeds": [r["seed"] for r in records],
-            "perplexity": {str(m): mean_std([r["perplexity"].get(str(m)) for r in records]) for m in multiples},
-            "tokens_per_s": mean_std([r["tokens_per_s"] for r in records]),
-            "train_seconds": mean_std([r["train_seconds"] for r in records]),
-            "latency_ms": mean_std([r["latency_ms"] for r in records]),
-            "final_train_loss": mean_std([r["final_train_loss"] for r in records]),
-            "learned_alphas": [statistics.mean(layer) for layer in zip(*alphas)] if alphas and alphas[0] else [],
-        }
-    pairs = {}
-    for baseline in aggregate:
-        pairs[baseline] = {}
-        for variant in aggregate:
-            if variant == baseline:
-                continue
-            seeds = [s for s in runs[baseline] if s in runs[variant]]
-            if not seeds:
-                continue
-            pairs[baseline][variant] = {
-                str(m): paired_difference([runs[baseline][s]["perplexity"][str(m)] for s in seeds],
-                                          [runs[variant][s]["perplexity"][str(m)] for s in seeds],
-                                          [int(s) for s in seeds])
-                for m in multiples}
-    return aggregate, pairs
 
 
 # --- training ------------------------------------------------------------------
@@ -328,110 +293,6 @@ def run_record(variant: str, seed: int, config: LMConfig, train: TrainConfig, mo
     }
 
 
-# --- reporting -----------------------------------------------------------------
-
-def _table(rows: list) -> list:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [" | ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
-    return [lines[0], "-" * len(lines[0])] + lines[1:]
-
-
-def _number(value, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def reference_variant(variants: list) -> str:
-    return "fixed" if "fixed" in variants else variants[0]
-
-
-def format_table(runs: dict, aggregate: dict, pairs: dict, seq_len: int, multiples: list, seeds: list,
-                 skipped: dict, overlapping: dict, wall_seconds: float) -> str:
-    lines = []
-    if len(seeds) > 1:
-        lines.append(f"validation perplexity: mean ± sample std over seeds {', '.join(map(str, seeds))}")
-    else:
-        lines.append(f"validation perplexity: one seed ({seeds[0]}), so no spread")
-    ratio = f"{multiples[-1]}x/{multiples[0]}x"
-    rows = [["variant"] + [f"ppl @{m}x ({m * seq_len})" for m in multiples] + [ratio, "latency ms", "alphas"]]
-    for variant, summary in aggregate.items():
-        cells = []
-        for m in multiples:
-            p = summary["perplexity"][str(m)]
-            cells.append(_number(p["mean"], 3) + ("" if p["std"] is None else f" ± {p['std']:.3f}"))
-        first, last = (summary["perplexity"][str(m)]["mean"] for m in (multiples[0], multiples[-1]))
-        alphas = ", ".join(f"{a:.3f}" for a in summary["learned_alphas"]) or "-"
-        rows.append([variant] + cells + [f"{last / first:.2f}", _number(summary["latency_ms"]["mean"], 2), alphas])
-    lines += _table(rows)
-    for m, reason in skipped.items():
-        lines.append(f"{m}x ({int(m) * seq_len} tokens) skipped: {reason}")
-    for m, disjoint in overlapping.items():
-        lines.append(f"{m}x ({int(m) * seq_len} tokens): the validation split holds {disjoint} disjoint windows, "
-                     f"so its windows overlap")
-
-    reference = reference_variant(list(aggregate))
-    if pairs.get(reference):
-        lines += ["", f"paired differences vs {reference}: 100 * (ppl / ppl[{reference}] - 1) per seed, the mean "
-                      f"over seeds, [its {CONFIDENCE:.0%} t interval]"]
-        rows = [["variant"] + [f"@{m}x ({m * seq_len})" for m in multiples]]
-        no_interval = False
-        for variant, by_multiple in pairs[reference].items():
-            cells = []
-            for m in multiples:
-                d = by_multiple[str(m)]
-                if d["ci95_pct"] is None:
-                    no_interval = True
-                    cells.append(f"{d['mean_pct']:+.2f}% (n={d['n']})")
-                else:
-                    lo, hi = d["ci95_pct"]
-                    cells.append(f"{d['mean_pct']:+.2f}% [{lo:+.2f}, {hi:+.2f}]"
-                                 + ("" if d["n"] == len(seeds) else f" (n={d['n']})"))
-            rows.append([variant] + cells)
-        lines += _table(rows)
-        if no_interval:
-            lines.append("(n=1): one seed, so no interval can be computed: nothing shows such a difference "
-                         "to exceed what another seed would change")
-
-    lines += ["", "training throughput"]
-    rows = [["variant", "seed", "tokens", "seconds", "tokens/s"]]
-    for variant, by_seed in runs.items():
-        for seed, r in by_seed.items():
-            rows.append([variant, seed, f"{r['train_tokens']:,}", _number(r["train_seconds"], 1),
-                         "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:,.0f}"])
-    lines += _table(rows)
-    lines.append(f"wall time of this call: {wall_seconds:.1f} s (training, evaluation, checkpoints)")
-    return "\n".join(lines)
-
-
-def plot(aggregate: dict, seq_len: int, multiples: list, seeds: list, path: Path) -> bool:
-    try:
-        import matplotlib
-        import matplotlib.ticker
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    figure, axes = plt.subplots(figsize=(6, 4))
-    lengths = [m * seq_len for m in multiples]
-    for i, (name, summary) in enumerate(aggregate.items()):
-        points = [summary["perplexity"][str(m)] for m in multiples]
-        shift = 1.0 + 0.015 * (i - (len(aggregate) - 1) / 2)  # side by side, so that the error bars stay apart
-        axes.errorbar([x * shift for x in lengths], [p["mean"] for p in points],
-                      yerr=[p["std"] or 0.0 for p in points], marker="o", markersize=4, capsize=3, label=name,
-                      linestyle="--" if name == "dense" else "-")
-    spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "one seed"
-    axes.set(xscale="log", yscale="log", xlabel="evaluation length (tokens)", ylabel="validation perplexity",
-             title=f"trained at {seq_len} tokens; {spread}")
-    axes.set_xticks(lengths, [f"{m}x\n({m * seq_len})" for m in multiples])
-    axes.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    axes.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
-    axes.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return True
-
-
 # --- command line ----------------------------------------------------------------
 
 def _int_list(text: str, minimum: int) -> list:
@@ -521,15 +382,10 @@ def main(argv=None) -> int:
     runs = {variant: {} for variant in variants}
 
     def write_results():
-        aggregate, pairs = summarize(runs, multiples)
         meta["wall_seconds"] = time.perf_counter() - started
-        (out / "results.json").write_text(json.dumps({
-            "meta": meta, "runs": runs, "aggregate": aggregate,
-            "paired_differences": {
-                "definition": "per seed 100 * (ppl[variant] / ppl[baseline] - 1), averaged over the seeds both "
-                              "have; ci95_pct: mean -+ t(0.975, n - 1) * std / sqrt(n), null below two seeds",
-                "confidence": CONFIDENCE, "by_baseline": pairs}}, indent=1))
-        return aggregate, pairs
+        document = results_document(meta, runs, multiples)
+        (out / "results.json").write_text(json.dumps(document, indent=1))
+        return document
 
     precision_before = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(train.matmul_precision)  # the process's setting: restored below
@@ -551,12 +407,10 @@ def main(argv=None) -> int:
     finally:
         torch.set_float32_matmul_precision(precision_before)
 
-    aggregate, pairs = write_results()
-    table = format_table(runs, aggregate, pairs, seq_len, multiples, seeds, skipped, overlapping,
-                         meta["wall_seconds"])
+    document = write_results()
+    table, plotted = write_report(document, out, meta["wall_seconds"])
     print("\n" + table)
-    (out / "results.txt").write_text(table + "\n")
-    if plot(aggregate, seq_len, multiples, seeds, out / "results.png"):
+    if plotted:
         print(f"plot: {out / 'results.png'}")
     print(f"results: {out / 'results.json'}")
     return 0
