@@ -336,20 +336,27 @@ def test_medium_preset_sits_between_small_and_paper():
             assert max(max(schedule.offsets(i)) for i in range(config.num_layers)) < config.seq_len, variant
 
 
+PARALLEL_SWEEP = Path(__file__).resolve().parents[1] / "tools" / "extrapolate_parallel.sh"
+
+
+def run_parallel_sweep(args, cwd, gpus="0", per_gpu="2"):
+    return subprocess.run(["bash", str(PARALLEL_SWEEP)] + args, cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "GPUS": gpus, "PER_GPU": per_gpu}, timeout=300)
+
+
 def test_parallel_sweep_equals_one_sequential_call(tmp_path):
     """tools/extrapolate_parallel.sh runs each (variant, seed) in its own
-    process, then one call that only loads them: the same runs as one call."""
+    process, then one call that only loads them: the same runs as one call.
+    A relative output folder is the caller's."""
     common = ["--steps", "4", "--max-bytes", "1000000", "--device", "cpu", "--eval-multiples", "1,2"]
     assert extrapolate.main(["--preset", "tiny", "--schedules", "stagger,dense", "--seeds", "0,1",
                              "--out", str(tmp_path / "sequential")] + common) == 0
-    script = Path(__file__).resolve().parents[1] / "tools" / "extrapolate_parallel.sh"
-    done = subprocess.run(["bash", str(script), "tiny", "0,1", "stagger,dense", str(tmp_path / "parallel")] + common,
-                          env={**os.environ, "GPUS": "0", "PER_GPU": "2"}, capture_output=True, text=True,
-                          timeout=300)
+    done = run_parallel_sweep(["tiny", "0,1", "stagger,dense", "parallel"] + common, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count(" rc=0 ") == 4 and "all runs ended" in done.stdout
     for seed in ("0", "1"):
-        assert (tmp_path / "parallel" / "logs" / f"dense.seed{seed}.log").exists()
+        log = (tmp_path / "parallel" / "logs" / f"dense.seed{seed}.log").read_text()
+        assert f"dense seed {seed}: perplexity 1x" in log  # --runs-only: the run's line, no results files
     sequential, parallel = (json.loads((tmp_path / name / "results.json").read_text())
                             for name in ("sequential", "parallel"))
     for variant in ("stagger", "dense"):
@@ -358,15 +365,27 @@ def test_parallel_sweep_equals_one_sequential_call(tmp_path):
     assert parallel["aggregate"]["dense"]["perplexity"] == sequential["aggregate"]["dense"]["perplexity"]
 
 
-def test_parallel_sweep_reports_a_failed_run_and_writes_no_aggregate(tmp_path):
-    script = Path(__file__).resolve().parents[1] / "tools" / "extrapolate_parallel.sh"
-    done = subprocess.run(["bash", str(script), "tiny", "0", "stagger,fancy", str(tmp_path), "--steps", "2",
-                           "--max-bytes", "1000000", "--device", "cpu", "--eval-multiples", "1"],
-                          env={**os.environ, "GPUS": "0", "PER_GPU": "2"}, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 1
-    assert "failed runs" in done.stdout and "fancy seed 0 (rc=2" in done.stdout
-    assert "unknown schedule variant" in (tmp_path / "logs" / "fancy.seed0.log").read_text()
+def test_parallel_sweep_reports_failed_runs_and_writes_no_results(tmp_path):
+    # The arguments pass the checks; every run then fails reading its data.
+    done = run_parallel_sweep(["tiny", "0", "stagger,dense", "out", "--steps", "2", "--device", "cpu",
+                               "--data", str(tmp_path / "missing.txt")], cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "failed runs" in done.stdout and "stagger seed 0 (rc=" in done.stdout and "dense seed 0 (rc=" in done.stdout
+    assert "missing.txt" in (tmp_path / "out" / "logs" / "stagger.seed0.log").read_text()
+    assert not list((tmp_path / "out").glob("results.*"))
+
+
+@pytest.mark.parametrize("gpus, args, message", [
+    ("0,0", ["0", "stagger"], "GPUS names a GPU twice"),
+    ("a", ["0", "stagger"], "GPUS must be comma-separated GPU indices"),
+    ("0", ["0", "stagger,stagger"], "--schedules names a variant twice"),
+    ("0", ["0,0", "stagger"], "names a value twice"),
+    ("0", ["0", "fancy"], "unknown schedule variant 'fancy'"),
+])
+def test_parallel_sweep_refuses_bad_arguments_before_any_run(tmp_path, gpus, args, message):
+    done = run_parallel_sweep(["tiny"] + args + ["out", "--device", "cpu"], cwd=tmp_path, gpus=gpus)
+    assert done.returncode == 2 and message in done.stderr, done.stdout + done.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_matmul_precision_is_the_presets_and_restored(tmp_path, monkeypatch):
@@ -426,19 +445,29 @@ def test_report_merges_sweeps_made_apart(tmp_path, capsys):
     assert (tmp_path / "merged" / "results.txt").read_text().strip() == out.split("\nresults:")[0].strip()
 
 
-def test_report_refuses_sweeps_of_other_configurations(tmp_path):
-    common = ["--preset", "tiny", "--schedules", "stagger", "--max-bytes", "1000000", "--device", "cpu",
-              "--eval-multiples", "1"]
-    assert extrapolate.main(common + ["--steps", "2", "--out", str(tmp_path / "a")]) == 0
-    assert extrapolate.main(common + ["--steps", "3", "--out", str(tmp_path / "b")]) == 0
-    with pytest.raises(SystemExit) as exit_info:
-        report.main([str(tmp_path / "a" / "results.json"), str(tmp_path / "b" / "results.json"),
-                     "--out", str(tmp_path / "merged")])
-    assert exit_info.value.code == 2 and not (tmp_path / "merged").exists()
-    # The same (variant, seed) with other results: refused, not silently picked.
-    document = json.loads((tmp_path / "a" / "results.json").read_text())
-    document["runs"]["stagger"]["0"]["perplexity"]["1"] *= 1.01
-    with pytest.raises(ValueError, match="stagger seed 0 has different perplexities"):
-        report.merge([json.loads((tmp_path / "a" / "results.json").read_text()), document])
-    with pytest.raises(SystemExit):
-        report.main([str(tmp_path / "missing.json"), "--out", str(tmp_path / "merged")])
+def test_report_refuses_sweeps_of_other_configurations(tmp_path, capsys):
+    common = ["--preset", "tiny", "--schedules", "stagger", "--device", "cpu", "--eval-multiples", "1", "--steps"]
+    assert extrapolate.main(common + ["2", "--max-bytes", "1000000", "--out", str(tmp_path / "a")]) == 0
+    assert extrapolate.main(common + ["3", "--max-bytes", "1000000", "--out", str(tmp_path / "b")]) == 0
+    # Other bytes with the same rounded description ("0.9 MiB train, 0.05 MiB validation"):
+    # the checksums tell them apart.
+    assert extrapolate.main(common + ["2", "--max-bytes", "1005000", "--out", str(tmp_path / "c")]) == 0
+    paths = {name: str(tmp_path / name / "results.json") for name in "abc"}
+    documents = {name: json.loads(Path(path).read_text()) for name, path in paths.items()}
+    assert documents["a"]["meta"]["data"] == documents["c"]["meta"]["data"]
+    for other, key in (("b", "train"), ("c", "data")):
+        with pytest.raises(SystemExit) as exit_info:
+            report.main([paths["a"], paths[other], "--out", str(tmp_path / "merged")])
+        assert exit_info.value.code == 2 and not (tmp_path / "merged").exists()
+        assert f"{paths[other]} has another {key}" in capsys.readouterr().err
+    # The same (variant, seed) with other results: refused, naming both files, not silently picked.
+    changed = json.loads(json.dumps(documents["a"]))
+    changed["runs"]["stagger"]["0"]["perplexity"]["1"] *= 1.01
+    with pytest.raises(ValueError, match="stagger seed 0 has different perplexities in first.json and second.json"):
+        report.merge([("first.json", documents["a"]), ("second.json", changed)])
+    with pytest.raises(ValueError, match="notes.json is not the results.json of an extrapolation sweep"):
+        report.merge([("notes.json", {"runs": {}})])
+    for bad in (tmp_path / "missing.json", tmp_path / "a" / "checkpoints"):
+        with pytest.raises(SystemExit):
+            report.main([str(bad), "--out", str(tmp_path / "merged")])
+        assert str(bad) in capsys.readouterr().err

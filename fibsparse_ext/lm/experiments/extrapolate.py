@@ -336,6 +336,11 @@ def main(argv=None) -> int:
                         help="train on whole files packed with cu_seqlens (each attended alone) instead of windows")
     parser.add_argument("--reevaluate", action="store_true",
                         help="measure perplexity and latency again instead of reusing those stored in checkpoints")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the arguments, say which runs the call would make, and stop")
+    parser.add_argument("--runs-only", action="store_true",
+                        help="train and evaluate, keeping each run in its checkpoint, and write no results files: "
+                             "for runs made in parallel into one folder, after which one call writes them")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/<preset>)")
     args = parser.parse_args(argv)
@@ -356,6 +361,10 @@ def main(argv=None) -> int:
                                           if v is not None}, packed=args.packed)
     seeds = args.seeds or [train.seed]
     out = args.out or Path("runs") / args.preset
+    if args.dry_run:
+        print(f"would run {len(variants) * len(seeds)} runs of {args.preset} into {out}: "
+              f"{', '.join(variants)} at seeds {', '.join(map(str, seeds))}")
+        return 0
     corpus = ByteCorpus.load(args.data, args.max_bytes)
     seq_len = next(iter(configs.values())).seq_len
     multiples, skipped, overlapping = evaluation_plan(corpus, seq_len, args.eval_multiples, train.eval_windows)
@@ -376,12 +385,18 @@ def main(argv=None) -> int:
             "device_name": device_name(device), "torch": torch.__version__, "data": corpus.describe(),
             "training_length": seq_len, "eval_multiples": multiples, "skipped_multiples": skipped,
             "overlapping_windows": overlapping, "reference": reference_variant(variants),
-            "tokens_per_step": train.batch_size * seq_len}
+            "tokens_per_step": train.batch_size * seq_len,
+            # What the runs trained and were scored on, beyond describe()'s rounded sizes: sweeps merge
+            # only over the same bytes (report.py).
+            "data_crc32": {"train": zlib.crc32(corpus.train.numpy().tobytes()),
+                           "validation": zlib.crc32(corpus.val.numpy().tobytes())}}
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     runs = {variant: {} for variant in variants}
 
     def write_results():
+        if args.runs_only:
+            return None
         meta["wall_seconds"] = time.perf_counter() - started
         document = results_document(meta, runs, multiples)
         (out / "results.json").write_text(json.dumps(document, indent=1))
@@ -408,6 +423,12 @@ def main(argv=None) -> int:
         torch.set_float32_matmul_precision(precision_before)
 
     document = write_results()
+    if document is None:  # --runs-only: the runs, one line each; the call that reports them writes the files
+        for variant, by_seed in runs.items():
+            for seed, run in by_seed.items():
+                print(f"{variant} seed {seed}: perplexity " + ", ".join(
+                    f"{m}x {run['perplexity'][str(m)]:.4f}" for m in multiples))
+        return 0
     table, plotted = write_report(document, out, meta["wall_seconds"])
     print("\n" + table)
     if plotted:

@@ -8,8 +8,9 @@ folders) into one report.
 Merging reads only results.json files, no checkpoints: runs finished
 elsewhere can be reported where their checkpoints are not. Only sweeps of
 one configuration merge (preset, recipe, training length, evaluation
-lengths, data, validation windows, device name); a (variant, seed) found in
-two files must hold the same results in both.
+lengths, validation windows, device name, and the same training and
+validation bytes); a (variant, seed) found in two files must hold the same
+results in both.
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from typing import Optional
 
 from .intervals import CONFIDENCE, mean_std, paired_difference
 
-# What two sweeps must share to be reported as one.
-MERGE_KEYS = ("preset", "train", "training_length", "eval_multiples", "data", "device_name", "tokens_per_step")
+# What two sweeps must share to be reported as one, beside their data (_configuration).
+MERGE_KEYS = ("preset", "train", "training_length", "eval_multiples", "device_name", "tokens_per_step")
 
 
 def summarize(runs: dict, multiples: list) -> tuple[dict, dict]:
@@ -204,25 +205,50 @@ def write_report(document: dict, out: Path, wall_seconds: Optional[float]) -> tu
     return table, plot(document["aggregate"], seq_len, multiples, seeds, out / "results.png")
 
 
+def _configuration(meta: dict) -> dict:
+    """What two sweeps must share to be reported as one. The data are compared
+    by their bytes' checksums where both sweeps recorded them, else by their
+    description (sizes and source)."""
+    train = {"matmul_precision": "highest", **meta.get("train", {})}  # sweeps from before it was an option
+    configuration = {key: meta.get(key) for key in MERGE_KEYS}
+    configuration["train"] = train
+    configuration["data"] = meta.get("data_crc32") or meta.get("data")
+    return configuration
+
+
 def merge(documents: list) -> tuple[dict, dict]:
-    """One sweep's meta and runs from several results.json documents;
-    ValueError where they are not of one configuration or disagree on a run."""
-    meta = dict(documents[0]["meta"])
+    """One sweep's meta and runs from several results.json documents, given as
+    (name, document) pairs; ValueError, naming the files, where they are not of
+    one configuration or disagree on a run."""
+    first_name, first = documents[0]
+    for name, document in documents:
+        if not isinstance(document, dict) or not isinstance(document.get("meta"), dict) \
+                or not isinstance(document.get("runs"), dict):
+            raise ValueError(f"{name} is not the results.json of an extrapolation sweep (no meta or runs)")
+    reference = _configuration(first["meta"])
     runs: dict = {}
-    for index, document in enumerate(documents):
-        for key in MERGE_KEYS:
-            if document["meta"].get(key) != meta.get(key):
-                raise ValueError(f"results file {index + 1} has another {key} ({document['meta'].get(key)!r}) "
-                                 f"than the first ({meta.get(key)!r}): only sweeps of one configuration merge")
+    found_in: dict = {}
+    for name, document in documents:
+        configuration = _configuration(document["meta"])
+        for key, value in configuration.items():
+            if value != reference[key]:
+                raise ValueError(f"{name} has another {key} ({value!r}) than {first_name} ({reference[key]!r}): "
+                                 f"only sweeps of one configuration merge")
         for variant, by_seed in document["runs"].items():
             for seed, record in by_seed.items():
                 known = runs.setdefault(variant, {}).get(seed)
                 if known is not None and known["perplexity"] != record["perplexity"]:
-                    raise ValueError(f"{variant} seed {seed} has different perplexities in two results files")
+                    raise ValueError(f"{variant} seed {seed} has different perplexities in "
+                                     f"{found_in[variant, seed]} and {name}")
                 runs[variant][seed] = known or record
+                found_in.setdefault((variant, seed), name)
+    meta = {key: value for key, value in first["meta"].items() if key != "wall_seconds"}  # no one call's time
+    for key in ("torch", "device"):  # recorded, not required to agree: every value the runs came from
+        values = sorted({str(document["meta"].get(key)) for _, document in documents})
+        meta[key] = values[0] if len(values) == 1 else values
     meta["seeds"] = sorted({int(seed) for by_seed in runs.values() for seed in by_seed})
     meta["reference"] = reference_variant(list(runs))
-    meta["merged_from"] = len(documents)
+    meta["merged_from"] = [name for name, _ in documents]
     return meta, {variant: dict(sorted(by_seed.items(), key=lambda item: int(item[0])))
                   for variant, by_seed in runs.items()}
 
@@ -237,7 +263,7 @@ def main(argv=None) -> int:
     documents = []
     for path in args.results:
         try:
-            documents.append(json.loads(path.read_text()))
+            documents.append((str(path), json.loads(path.read_text())))
         except (OSError, ValueError) as e:
             parser.error(f"cannot read results file {path}: {e}")
     try:
