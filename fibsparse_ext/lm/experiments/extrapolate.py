@@ -30,8 +30,6 @@ import os
 import statistics
 import sys
 import time
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -40,6 +38,7 @@ import torch
 from ..._cli import positive_int
 from ..data import ByteCorpus
 from ..models import FibSparseLM, LMConfig
+from .recipe import TRAIN_PRESETS, TrainConfig, with_defaults
 from .report import reference_variant, results_document, write_report
 
 DEFAULT_VARIANTS = "fixed,learned,stagger,coprime,pow2-fixed,pow2-stagger,dense"
@@ -47,40 +46,6 @@ DEFAULT_EVAL_MULTIPLES = (1, 2, 4, 8, 16)
 # Besides every steps // 5, a run saves at least this often, so that a call cut
 # by a wall-clock limit loses at most this much training.
 SAVE_EVERY_S = 120.0
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int
-    batch_size: int
-    lr: float
-    warmup: int
-    eval_windows: int  # validation windows per evaluation length
-    weight_decay: float = 0.1
-    seed: int = 0
-    # Train on whole files packed into batch_size * seq_len tokens (documents
-    # of at most seq_len, each attended alone) instead of random windows that
-    # cross file boundaries. Off by default, so that the committed results stay
-    # comparable.
-    packed: bool = False
-    # torch.set_float32_matmul_precision while training and evaluating:
-    # "highest" (full float32) or "high" (TF32 tensor cores, float32 range
-    # and a 10-bit mantissa, ~3-4x faster on Hopper). tiny and small keep
-    # float32, so that their committed results stay comparable; medium and
-    # paper are sized for TF32.
-    matmul_precision: str = "highest"
-
-
-TRAIN_PRESETS = {
-    "tiny": TrainConfig(steps=60, batch_size=8, lr=3e-3, warmup=10, eval_windows=8),
-    "small": TrainConfig(steps=500, batch_size=32, lr=2e-3, warmup=50, eval_windows=64),
-    # 1000 steps x 32 x 1024 = 32,768,000 tokens per variant and seed. 64
-    # windows of 16x (16,385 bytes each, 1.05 MB) fit the standard library's
-    # validation split (1.1-1.8 MiB) without overlapping.
-    "medium": TrainConfig(steps=1000, batch_size=32, lr=1e-3, warmup=100, eval_windows=64, matmul_precision="high"),
-    "paper": TrainConfig(steps=20000, batch_size=64, lr=6e-4, warmup=1000, eval_windows=128,
-                         matmul_precision="high"),
-}
 
 
 def learning_rate(step: int, train: TrainConfig) -> float:
@@ -145,9 +110,7 @@ def train_variant(variant: str, config: LMConfig, train: TrainConfig, corpus: By
     step, record = 0, {"losses": [], "timed_steps": 0, "train_seconds": 0.0, "evaluation": None}
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location=device)
-        # Checkpoints from before packing and the matmul precision were options.
-        saved_train = {"packed": False, "matmul_precision": "highest", **state["train"]}
-        if state["config"] != dataclasses.asdict(config) or saved_train != dataclasses.asdict(train):
+        if state["config"] != dataclasses.asdict(config) or with_defaults(state["train"]) != dataclasses.asdict(train):
             raise ValueError(f"{checkpoint} was written by another configuration; remove it or use another --out")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -253,7 +216,7 @@ def evaluate_run(model: FibSparseLM, record: dict, corpus: ByteCorpus, train: Tr
     stored in its finished checkpoint by an evaluation of the same windows,
     validation bytes and device are reused, the others measured and stored."""
     key = {"eval_windows": train.eval_windows, "validation_bytes": len(corpus.val),
-           "validation_crc32": zlib.crc32(corpus.val.numpy().tobytes()), "device": device_name(device)}
+           "validation_crc32": corpus.checksums["validation"], "device": device_name(device)}
     stored = record.get("evaluation")
     if reevaluate or not stored or stored.get("key") != key:
         stored = {"key": key, "perplexity": {}, "latency_ms": None, "seconds": 0.0}
@@ -388,8 +351,7 @@ def main(argv=None) -> int:
             "tokens_per_step": train.batch_size * seq_len,
             # What the runs trained and were scored on, beyond describe()'s rounded sizes: sweeps merge
             # only over the same bytes (report.py).
-            "data_crc32": {"train": zlib.crc32(corpus.train.numpy().tobytes()),
-                           "validation": zlib.crc32(corpus.val.numpy().tobytes())}}
+            "data_crc32": corpus.checksums}
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     runs = {variant: {} for variant in variants}

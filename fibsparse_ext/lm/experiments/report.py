@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from .intervals import CONFIDENCE, mean_std, paired_difference
+from .recipe import with_defaults
 
 # What two sweeps must share to be reported as one, beside their data (_configuration).
 MERGE_KEYS = ("preset", "train", "training_length", "eval_multiples", "device_name", "tokens_per_step")
@@ -209,9 +210,8 @@ def _configuration(meta: dict) -> dict:
     """What two sweeps must share to be reported as one. The data are compared
     by their bytes' checksums where both sweeps recorded them, else by their
     description (sizes and source)."""
-    train = {"matmul_precision": "highest", **meta.get("train", {})}  # sweeps from before it was an option
     configuration = {key: meta.get(key) for key in MERGE_KEYS}
-    configuration["train"] = train
+    configuration["train"] = with_defaults(meta.get("train", {}))
     configuration["data"] = meta.get("data_crc32") or meta.get("data")
     return configuration
 
