@@ -416,9 +416,7 @@ class PagedKVCache:
         self._catch_up()
         columns = -(-max_length // self.page_size)
         if columns > self.block_table.shape[1]:
-            wider = torch.full((self.block_table.shape[0], columns), -1, dtype=torch.int32, device=self.k.device)
-            wider[:, :self.block_table.shape[1]] = self.block_table
-            self.block_table = wider
+            self._widen_block_table(columns)
         self._table_fixed = True
 
     def reserve(self, new_tokens: int = 1) -> None:
@@ -566,12 +564,15 @@ class PagedKVCache:
         widest = max(column for _, column, _ in updates) + 1
         if widest > self.block_table.shape[1]:
             assert not self._table_fixed, "a fixed block table is checked before any change (_check_table_width)"
-            width = max(widest, 2 * self.block_table.shape[1])
-            wider = torch.full((self.block_table.shape[0], width), -1, dtype=torch.int32, device=self.k.device)
-            wider[:, :self.block_table.shape[1]] = self.block_table
-            self.block_table = wider
+            self._widen_block_table(max(widest, 2 * self.block_table.shape[1]))
         index = _to_device([x for update in updates for x in update], self.k.device).view(-1, 3)
         self.block_table[index[:, 0], index[:, 1]] = index[:, 2].int()
+
+    def _widen_block_table(self, columns: int) -> None:
+        """A new block table of `columns` columns holding the current one, -1 beyond it."""
+        wider = torch.full((self.block_table.shape[0], columns), -1, dtype=torch.int32, device=self.k.device)
+        wider[:, :self.block_table.shape[1]] = self.block_table
+        self.block_table = wider
 
     def _check_prompt(self, k, v, dims: int, layout: str) -> None:
         for name, t in (("k", k), ("v", v)):

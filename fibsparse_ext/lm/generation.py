@@ -33,6 +33,14 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: Optional[int],
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
+def check_step_options(cuda_graph, compile) -> None:
+    """DecodeStep's options (generate() checks them before its prompt runs)."""
+    if cuda_graph is not None and not isinstance(cuda_graph, bool):
+        raise ValueError(f"cuda_graph must be True, False or None (on CUDA devices), got {cuda_graph!r}")
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile must be True or False, got {compile!r}")
+
+
 class DecodeStep:
     """step(token (batch,)) -> logits (batch, vocab): the model on one new token
     per sequence, continuing `caches` (which it advances by one).
@@ -63,10 +71,7 @@ class DecodeStep:
     MAX_COMPILED_SHAPES = 64
 
     def __init__(self, model: FibSparseLM, caches: list, cuda_graph: Optional[bool] = None, compile: bool = False):
-        if cuda_graph is not None and not isinstance(cuda_graph, bool):
-            raise ValueError(f"cuda_graph must be True, False or None (on CUDA devices), got {cuda_graph!r}")
-        if not isinstance(compile, bool):
-            raise ValueError(f"compile must be True or False, got {compile!r}")
+        check_step_options(cuda_graph, compile)
         device = caches[0].k.device
         self.model, self.caches = model, caches
         self.graph, self.logits, self.steps = None, None, 0
@@ -204,16 +209,11 @@ def generate(model: FibSparseLM, prompt: torch.Tensor, max_new_tokens: int, temp
         raise ValueError(f"temperature must be a finite number >= 0 (0 is greedy), got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be >= 1 (or None for no limit), got {top_k}")
-    if cuda_graph is not None and not isinstance(cuda_graph, bool):
-        raise ValueError(f"cuda_graph must be True, False or None (on CUDA devices), got {cuda_graph!r}")
-    if not isinstance(compile, bool):
-        raise ValueError(f"compile must be True or False, got {compile!r}")
+    check_step_options(cuda_graph, compile)  # before the prompt runs; page_size: where the caches are made
     model.eval()
     # Every token this call writes fits (a linear cache holds prompt_len +
     # max_new_tokens), which is what lets the graphed step skip the host's
     # length checks.
-    if page_size is not None and (isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1):
-        raise ValueError(f"page_size must be an int >= 1 (or None for ring caches), got {page_size!r}")
     caches = model.make_caches(prompt.shape[0], prompt.shape[1] + max_new_tokens, page_size=page_size)
     tokens = [prompt]
     logits = model(prompt, caches)[:, -1]
