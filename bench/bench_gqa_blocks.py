@@ -1,27 +1,23 @@
 """GQA heads sharing forward and dq blocks, measured on one build: the same
-Fibonacci offsets given as one shared row (the heads of a kv group share
-blocks and each key strip is staged once for them), as identical per-head rows
-(one head per block), and no offsets at all (the window alone, one head per
-block). bf16, window 128, batch 1; forward and forward+backward medians from
-`triton.testing.do_bench`.
+Fibonacci offsets (the `fixed` schedule's, up to the sequence length) given as
+one shared row (the heads of a kv group share blocks and each key strip is
+staged once for them), as identical per-head rows (one head per block), and no
+offsets at all (the window alone, one head per block). bf16, window 128, batch
+1; forward and forward+backward medians from `triton.testing.do_bench`.
 
     python bench/bench_gqa_blocks.py
 """
 import torch
 import triton
 
-from fibsparse_ext import fibsparse_attn
+from fibsparse_ext import fibsparse_attn, make_schedule
 
 torch.manual_seed(0)
 for L, H, Hkv, d in ((131072, 32, 8, 128), (65536, 32, 8, 128), (131072, 32, 8, 64)):
     q = torch.randn(1, L, H, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     k = torch.randn(1, L, Hkv, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     v = torch.randn(1, L, Hkv, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    offs, a, b = [], 1, 2
-    while b <= L:  # Fibonacci distances beyond the window, up to the sequence length
-        if b > 128:
-            offs.append(b)
-        a, b = b, a + b
+    offs = make_schedule("fixed", num_layers=1, window=128, max_distance=L).offsets(0)
     shared = torch.tensor(offs, device="cuda", dtype=torch.int32)
     per_head = shared.expand(H, -1).contiguous()
     row = []
