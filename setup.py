@@ -3,7 +3,8 @@ found, otherwise CPU only. Install with `pip install --no-build-isolation .`
 (the extension compiles against the torch already installed).
 
 Environment:
-  TORCH_CUDA_ARCH_LIST  CUDA archs to build (default "9.0": H100/H200)
+  TORCH_CUDA_ARCH_LIST  CUDA archs to build (default "9.0a": H100/H200, with the
+                        Hopper forward, which needs sm_90a's wgmma and TMA)
   MAX_JOBS              parallel compile jobs (ninja)
   FIBSPARSE_FORCE_CPU=1 build the CPU kernels only
 """
@@ -30,7 +31,7 @@ def find_cuda_home():
 cuda_home = None if os.environ.get("FIBSPARSE_FORCE_CPU") == "1" else find_cuda_home()
 if cuda_home:
     os.environ["CUDA_HOME"] = cuda_home  # read by torch.utils.cpp_extension at import
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0a")
 
 import torch  # noqa: E402  (after CUDA_HOME is set)
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
@@ -71,6 +72,8 @@ cxx_flags = ["-O3"]
 if with_cuda:
     sources += sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu"))
     macros.append(("FIBSPARSE_WITH_CUDA", None))
+    if "9.0a" in archs.replace(";", " ").split():
+        macros.append(("FIBSPARSE_HOPPER_KERNELS", None))
     extension = CUDAExtension(
         "fibsparse_ext._C", sources, define_macros=macros, include_dirs=library_header_dirs(cuda_home),
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]})

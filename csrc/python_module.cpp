@@ -22,6 +22,11 @@ pybind11::dict build_info() {
   info["cuda"] = false;
 #endif
   info["cuda_archs"] = FIBSPARSE_CUDA_ARCHS;
+#ifdef FIBSPARSE_HOPPER_KERNELS
+  info["hopper_forward"] = true;  // the forward's sm_90a kernel (used on compute capability 9.0)
+#else
+  info["hopper_forward"] = false;
+#endif
   info["torch_version"] = FIBSPARSE_BUILD_TORCH;
   pybind11::list head_dims;  // the Python checks read the kernels' list from here
   for (int d : fibsparse::kCudaHeadDims) head_dims.append(d);

@@ -20,13 +20,15 @@ for float64 inputs), so that scores that overflow float32 overflow in both.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 
 import torch
 
-from fibsparse_ext import PADDING, fibsparse_attn, fibsparse_attn_ref
+from fibsparse_ext import PADDING, build_info, fibsparse_attn, fibsparse_attn_ref
 
 TILE = 16  # queries per tensor-core warp tile
+HOPPER_TILE = 64  # queries per block of the Hopper forward, and rows per staged step
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-4, torch.bfloat16: 3e-2, torch.float16: 3e-2}
 HUGE = {torch.float64: 1e200, torch.float32: 1e30, torch.bfloat16: 1e30, torch.float16: 6e4}
 
@@ -54,6 +56,14 @@ class Case:
     @property
     def tensor_cores(self) -> bool:
         return self.device == "cuda" and self.dtype in (torch.float16, torch.bfloat16)
+
+    @property
+    def hopper_forward(self) -> bool:
+        """Whether the Hopper forward may run the case (its layout may still send
+        it to the mma.sync forward: the extents of both are allowed)."""
+        return (self.tensor_cores and not self.fractional and self.head_dim in (64, 128) and self.offsets.shape[-1] > 0
+                and build_info()["hopper_forward"] and torch.cuda.get_device_capability() == (9, 0)
+                and os.environ.get("FIBSPARSE_HOPPER") != "0")
 
 
 def _offsets(rng: random.Random, window: int, heads: int, seqlen_k: int, fractional: bool) -> torch.Tensor:
@@ -156,7 +166,9 @@ def tensor_core_extent(case: Case, tensors: dict) -> torch.Tensor:
     """(batch, seqlen_q, heads) mask of the queries whose output the tensor-core
     forward may make non-finite beyond the reference: every query of a 16-query
     tile whose staged key rows include a non-finite key or value row, i.e. of a
-    tile with a band chunk or offset strip within 16 rows of it."""
+    tile with a band chunk or offset strip within 16 rows of it; on the Hopper
+    forward, every query of a 64-query block that stages the row: its band
+    chunks of 64 rows ending at its last query, or its 64-row offset strips."""
     extent = torch.zeros(case.batch, case.seqlen_q, case.heads, dtype=torch.bool)
     bad_rows = ~(torch.isfinite(tensors["k"]) & torch.isfinite(tensors["v"])).all(-1)  # (batch, seqlen_k, heads_kv)
     window = min(case.window, case.seqlen_k)
@@ -172,6 +184,15 @@ def tensor_core_extent(case: Case, tensors: dict) -> torch.Tensor:
                 near_offset = any(pos - w - 1 <= j <= pos - w + TILE - 1 for w in wholes)
                 if near_band or near_offset:
                     extent[b, tile0:tile0 + TILE, h] = True
+            if not case.hopper_forward:
+                continue
+            chunks = -(-(window + HOPPER_TILE - 1) // HOPPER_TILE)
+            for tile0 in range(0, case.seqlen_q, HOPPER_TILE):
+                pos = tile0 + shift
+                near_band = pos + HOPPER_TILE * (1 - chunks) <= j <= pos + HOPPER_TILE - 1
+                near_offset = any(pos - w <= j <= pos - w + HOPPER_TILE - 1 for w in wholes)
+                if near_band or near_offset:
+                    extent[b, tile0:tile0 + HOPPER_TILE, h] = True
     return extent
 
 

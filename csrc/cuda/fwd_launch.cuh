@@ -1,8 +1,9 @@
-// Which kernel runs a forward, on which grid: float16 / bfloat16 on tensor
-// cores (fwd_mma_kernel.cuh), float32 / float64 on lane groups
-// (lane_fwd_kernel.cuh). A tensor-core block serves heads_per_block query
-// heads of one kv group (mma_tiles.cuh: several when GQA heads share one row
-// of offsets). Every grid has the offsets check's extra blocks
+// Which kernel runs a forward, on which grid: float16 / bfloat16 on Hopper's
+// warpgroup products where tensor_maps.h's hopper_forward_applies
+// (fwd_hopper_kernel.cuh), else on mma.sync tensor cores (fwd_mma_kernel.cuh);
+// float32 / float64 on lane groups (lane_fwd_kernel.cuh). A tensor-core block
+// serves one or several query heads of one kv group (several when GQA heads
+// share one row of offsets). Every grid has the offsets check's extra blocks
 // (offsets_check.cuh).
 #pragma once
 
@@ -12,15 +13,50 @@
 #include "../capabilities.h"
 #include "../fibsparse.h"
 #include "../static_switch.h"
+#include "fwd_hopper_kernel.cuh"
 #include "fwd_mma_kernel.cuh"
 #include "lane_fwd_kernel.cuh"
 #include "launch.cuh"
 #include "offsets_check.cuh"
+#include "tensor_maps.h"
 
 namespace fibsparse {
 
+// The Hopper forward: two heads per block where the kv group's heads pair up
+// and share one row of offsets (each warpgroup one head, the stages staged once
+// for both), else one.
+template <typename T>
+void launch_fwd_hopper(const Params& p) {
+  using namespace hopper_fwd;
+  const ForwardTensorMaps maps = make_forward_maps(p, std::is_same_v<T, at::BFloat16>);
+  const bool pairs = p.offsets_head_stride == 0 && (p.heads / p.heads_kv) % 2 == 0;
+  const auto launch = [&](auto kernel, int heads, int threads, int smem_bytes) {
+    const dim3 grid(blocks_for(p.seqlen_q, kTileRows) + kOffsetsCheckBlocks, p.heads / heads, p.batch);
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
+    kernel<<<grid, threads, smem_bytes, at::cuda::getCurrentCUDAStream()>>>(p, maps);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  const auto launch_dim = [&](auto head_dim) {
+    constexpr int kHeadDim = decltype(head_dim)::value;
+    if (pairs) {
+      launch(fwd_hopper_kernel<T, kHeadDim, 2>, 2, Shape<kHeadDim, 2>::kThreads, Shape<kHeadDim, 2>::kSmemBytes);
+    } else {
+      launch(fwd_hopper_kernel<T, kHeadDim, 1>, 1, Shape<kHeadDim, 1>::kThreads, Shape<kHeadDim, 1>::kSmemBytes);
+    }
+  };
+  if (p.head_dim == 64) {
+    launch_dim(std::integral_constant<int, 64>{});
+  } else {
+    TORCH_CHECK(p.head_dim == 128, "fibsparse: the Hopper forward takes head_dim 64 or 128, got ", p.head_dim);
+    launch_dim(std::integral_constant<int, 128>{});
+  }
+}
+
 template <typename T>
 void launch_fwd(const Params& p, bool fractional) {
+  if constexpr (kIsTensorCoreType<T> && kHopperForwardBuilt) {
+    if (hopper_forward_applies(p, true, fractional)) return launch_fwd_hopper<T>(p);
+  }
   HEADDIM_SWITCH(p.head_dim, kHeadDim, [&] {
     BOOL_SWITCH(fractional, kFrac, [&] {
       if constexpr (kIsTensorCoreType<T>) {

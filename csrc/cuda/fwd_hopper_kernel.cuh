@@ -1,0 +1,354 @@
+// The forward on Hopper (sm_90a), for 16-bit inputs with integer offsets on
+// dense batches (tensor_maps.h's hopper_forward_applies): the band on warpgroup
+// products (wgmma.cuh) fed by TMA (tma.cuh), with a producer warpgroup and consumer
+// warpgroups handing shared-memory stages through mbarriers.
+//
+// A block owns 64 consecutive queries of kHeads query heads of one kv group
+// (kHeads > 1 only when the heads share one row of offsets); each head is one
+// consumer warpgroup of 4 warps, warp w owning queries 16 w .. 16 w + 15, as in
+// the mma.sync forward (fwd_mma_kernel.cuh), whose per-warp code it shares. The
+// block walks 64-row steps of k and v, staged once for all its heads:
+//   Band: the chunks of 64 keys that end at the block's last query and reach
+//     back past its first query's window. Each warpgroup scores a chunk with
+//     one 64 x 64 product (S = Q K^T, q and k from shared memory), masks it to
+//     the band, updates its online softmax per warp, and adds P V with P in
+//     registers.
+//   Offsets: for distance d, the 64 rows p0 - d .. p0 - d + 63; warp w scores
+//     its 16 queries against rows 16 w .. 16 w + 15 with mma.sync and keeps the
+//     diagonal, as in the mma.sync forward.
+// The band's steps are software-pipelined: a warpgroup queues the next chunk's
+// Q K^T before the softmax of this one, so the tensor cores work meanwhile.
+// One thread of the block's last warpgroup (the producer) issues every TMA
+// load: the q tiles once, then each step into a ring of kStages stages; a
+// stage's "full" barrier counts its bytes in, its "empty" barrier counts the
+// consumer warps done with it.
+// Rows before the sequence or past its end load as zeros (the maps' bounds),
+// and masked scores are -inf, so those rows add nothing.
+#pragma once
+
+#include <cuda.h>
+
+#include <cmath>
+
+#include "../fibsparse.h"
+#include "../pattern.h"
+#include "fwd_mma_kernel.cuh"
+#include "mma_tiles.cuh"
+#include "offsets_check.cuh"
+#include "tensor_maps.h"
+#include "tma.cuh"
+#include "wgmma.cuh"
+
+namespace fibsparse {
+namespace hopper_fwd {
+
+using mma_tiles::kWarps;
+using tma::kRegionBytes;
+using tma::kTileRows;
+
+constexpr int kWarpgroupThreads = 32 * kWarps;
+
+// Shared memory, threads and registers per (head_dim, heads per block).
+template <int kHeadDim, int kHeads>
+struct Shape {
+  // Consumer warpgroups (one per head), then the producer warpgroup, of which
+  // one thread works: register budgets are set per warpgroup (setmaxnreg).
+  static constexpr int kThreads = (kHeads + 1) * kWarpgroupThreads;
+  static constexpr int kTileBytes = tma::kTileBytes<kHeadDim>;
+  // Blocks per SM: one with two heads; two with one (at head_dim 128 with 2
+  // stages, to fit 228 KB of shared memory).
+  static constexpr int kMinBlocks = kHeads == 1 ? 2 : 1;
+  static constexpr int kStages = kHeadDim == 128 && kHeads == 1 ? 2 : 4;
+  // Each SM sub-partition holds 16K registers and one warp of each warpgroup
+  // of every resident block: 512 per thread to share among one producer
+  // warpgroup (kProducerRegisters) and kHeads consumers per block. A consumer
+  // holds o, two steps' scores (the band is software-pipelined) and, for the
+  // offsets, q: 198 registers at head_dim 128.
+  static constexpr int kProducerRegisters = 40;
+  static constexpr int kConsumerRegisters = (512 / kMinBlocks - kProducerRegisters) / kHeads / 8 * 8;
+  static_assert(kConsumerRegisters >= 200 && kConsumerRegisters <= 256);
+  // q tiles, then per stage a k tile and a v tile, then the barriers; 1024
+  // bytes of slack align the tiles to the swizzle's 1024-byte atoms.
+  static constexpr int kBarrierBytes = (1 + 2 * kStages) * 8;
+  static constexpr int kSmemBytes = 1024 + (kHeads + 2 * kStages) * kTileBytes + kBarrierBytes;
+};
+
+// The steps of a block whose first query sits at position first_pos: band
+// chunks of 64 rows ending at first_pos + 63 (those that end before key 0
+// dropped), then one strip per offset within reach. Producer and consumers
+// walk the same plan.
+struct Steps {
+  int64_t band_start;
+  int64_t first_pos;
+  int band_steps, num_steps;
+  const int32_t* offs;
+
+  __device__ Steps(const Params& p, const int32_t* offsets, int64_t pos) : first_pos(pos), offs(offsets) {
+    band_steps = (p.band.window + kTileRows - 1 + kTileRows - 1) / kTileRows;
+    band_start = first_pos + kTileRows - int64_t(kTileRows) * band_steps;
+    if (band_start + kTileRows - 1 < 0) {
+      const int64_t before = (-(band_start + kTileRows - 1) + kTileRows - 1) / kTileRows;
+      band_start += before * kTileRows;
+      band_steps -= int(before);
+    }
+    num_steps = band_steps + mma_tiles::offsets_within_reach(offs, p.num_offsets, first_pos + kTileRows - 1);
+  }
+  __device__ bool is_band(int n) const { return n < band_steps; }
+  __device__ int offset_index(int n) const { return n - band_steps; }
+  // The first key row step n stages.
+  __device__ int64_t first_row(int n) const {
+    return is_band(n) ? band_start + int64_t(n) * kTileRows : first_pos - offs[offset_index(n)];
+  }
+};
+
+// The warp's 16 x 16 tile of scores against 16 rows row0 .. of a swizzled
+// tile (mma_tiles.cuh's dot_16_rows, on TMA's layout).
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void dot_16_rows(const uint32_t (&a)[kHeadDim / 16][4], const char* tile, int row0,
+                                            float (&s)[2][4], int lane) {
+#pragma unroll
+  for (int e = 0; e < 4; ++e) s[0][e] = s[1][e] = 0.f;
+  const int row = row0 + (lane / 16) * 8 + lane % 8, half = ((lane / 8) % 2) * 8;
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+    uint32_t b[4];
+    mma_tiles::ldmatrix_x4(b, reinterpret_cast<const uint16_t*>(tile + tma::swizzled_offset(row, 16 * kk + half)));
+    mma_16816<T>(s[0], a[kk], b[0], b[1]);
+    mma_16816<T>(s[1], a[kk], b[2], b[3]);
+  }
+}
+
+// acc += diag(d_0 .. d_15) times rows row0 .. row0 + 15 of a swizzled tile
+// (mma_tiles.cuh's add_diag_times_rows, on TMA's layout).
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, const char* tile, int row0,
+                                                    float (&acc)[kHeadDim / 8][4], int lane) {
+  const int g = lane / 4, c = lane % 4;
+  const bool lo = 2 * c == g, hi = 2 * c + 1 == g;
+  const uint32_t a[4] = {pack2<T>(lo ? d_g : 0.f, hi ? d_g : 0.f), 0u, 0u, pack2<T>(lo ? d_g8 : 0.f, hi ? d_g8 : 0.f)};
+  const int row = row0 + ((lane / 8) % 2) * 8 + lane % 8, half = (lane / 16) * 8;
+#pragma unroll
+  for (int n = 0; n < kHeadDim / 16; ++n) {
+    uint32_t b[4];
+    mma_tiles::ldmatrix_x4_trans(b, reinterpret_cast<const uint16_t*>(tile + tma::swizzled_offset(row, 16 * n + half)));
+    mma_16816<T>(acc[2 * n], a, b[0], b[1]);
+    mma_16816<T>(acc[2 * n + 1], a, b[2], b[3]);
+  }
+}
+
+// Descriptors of the tiles' 16-wide slices: columns 16 kk .. of a K-major tile
+// (q or k, the reduction along a row), and rows 16 kk .. of an MN-major one (v).
+template <int kHeadDim>
+__device__ __forceinline__ uint64_t k_major_slice(const char* tile, int kk) {
+  return wgmma::tile_descriptor(tma::smem_address(tile) + (kk / 4) * kRegionBytes + (kk % 4) * 32, 16, 1024);
+}
+__device__ __forceinline__ uint64_t mn_major_slice(const char* tile, int kk) {
+  return wgmma::tile_descriptor(tma::smem_address(tile) + kk * 16 * 128, kRegionBytes, 1024);
+}
+
+template <typename T, int kHeadDim, int kHeads>
+__global__ void __launch_bounds__(Shape<kHeadDim, kHeads>::kThreads, Shape<kHeadDim, kHeads>::kMinBlocks)
+    fwd_hopper_kernel(const __grid_constant__ Params p, const __grid_constant__ ForwardTensorMaps maps) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using S = Shape<kHeadDim, kHeads>;
+  using namespace mma_tiles;
+  constexpr int kDimTiles = kHeadDim / 8, kChunkTiles = kTileRows / 8;
+  if (is_offsets_check_block()) return check_offsets_of_heads<int32_t, kHeads>(p);
+
+  extern __shared__ char smem_raw[];
+  char* smem = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  const auto q_tile = [&](int head) { return smem + head * S::kTileBytes; };
+  const auto k_tile = [&](int stage) { return smem + (kHeads + 2 * stage) * S::kTileBytes; };
+  const auto v_tile = [&](int stage) { return smem + (kHeads + 2 * stage + 1) * S::kTileBytes; };
+  uint64_t* q_full = reinterpret_cast<uint64_t*>(smem + (kHeads + 2 * S::kStages) * S::kTileBytes);
+  uint64_t* full = q_full + 1;
+  uint64_t* empty = full + S::kStages;
+
+  const int first_head = blockIdx.y * kHeads, b = blockIdx.z, hk = first_head / (p.heads / p.heads_kv);
+  const int q0 = blockIdx.x * kTileRows;  // the block's first query row
+  const Sequence seq = sequence_of(p, b);
+  const int32_t* offs = static_cast<const int32_t*>(p.offsets) + first_head * p.offsets_head_stride;
+  const Steps steps(p, offs, q0 + int64_t(seq.q_pos_shift));
+
+  if (threadIdx.x == 0) {
+    tma::barrier_init(q_full, 1);
+    for (int s = 0; s < S::kStages; ++s) {
+      tma::barrier_init(&full[s], 1);
+      tma::barrier_init(&empty[s], kHeads * kWarps);
+    }
+    tma::fence_barrier_init();
+  }
+  __syncthreads();
+
+  const int warp_in_block = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (warp_in_block >= kHeads * kWarps) {  // the producer warpgroup: one thread issues every load
+    wgmma::set_max_registers_dec<S::kProducerRegisters>();
+    if (threadIdx.x == kHeads * kWarpgroupThreads) {
+      tma::prefetch_map(&maps.k);
+      tma::prefetch_map(&maps.v);
+      tma::arrive_expect_bytes(q_full, kHeads * S::kTileBytes);
+      for (int head = 0; head < kHeads; ++head)
+        for (int r = 0; r < kHeadDim / 64; ++r)
+          tma::load_4d(q_tile(head) + r * kRegionBytes, &maps.q, q_full, 64 * r, first_head + head, q0, b);
+      for (int n = 0; n < steps.num_steps; ++n) {
+        const int stage = n % S::kStages;
+        tma::wait(&empty[stage], ((n / S::kStages) & 1) ^ 1);
+        tma::arrive_expect_bytes(&full[stage], 2 * S::kTileBytes);
+        const int row = int(steps.first_row(n));
+        for (int r = 0; r < kHeadDim / 64; ++r) {
+          tma::load_4d(k_tile(stage) + r * kRegionBytes, &maps.k, &full[stage], 64 * r, hk, row, b);
+          tma::load_4d(v_tile(stage) + r * kRegionBytes, &maps.v, &full[stage], 64 * r, hk, row, b);
+        }
+      }
+    }
+    return;
+  }
+
+  // A consumer: warpgroup `head` of the block, warp `warp` of it.
+  wgmma::set_max_registers_inc<S::kConsumerRegisters>();
+  const int head = warp_in_block / kWarps, warp = warp_in_block % kWarps, g = lane / 4, c = lane % 4;
+  const int h = first_head + head;
+  const int warp_q0 = q0 + 16 * warp;
+  const int64_t warp_pos = warp_q0 + int64_t(seq.q_pos_shift);
+  const float scale_log2 = float(p.softmax_scale) * float(M_LOG2E);
+
+  // The offsets' tiles take q as mma.sync A fragments, from global memory as
+  // in the mma.sync forward (the band reads q from its shared tile).
+  uint32_t qf[kHeadDim / 16][4];
+  if (steps.num_steps > steps.band_steps) {
+    load_a_fragments<kHeadDim>(bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride),
+                               p.q_row_stride, warp_q0, seq.seqlen_q, g, c, qf);
+  }
+  float o[kDimTiles][4] = {};
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  tma::wait(q_full, 0);
+  const char* q_smem = q_tile(head);
+  const auto stage_of = [&](int n) { return n % S::kStages; };
+  const auto wait_full = [&](int n) { tma::wait(&full[stage_of(n)], (n / S::kStages) & 1); };
+  const auto release = [&](int n) {  // this warp is done with step n's stage
+    __syncwarp();
+    if (lane == 0) tma::arrive(&empty[stage_of(n)]);
+  };
+  // Queues S = Q K^T of band step n on the tensor cores (asynchronous).
+  const auto issue_scores = [&](float (&s)[kChunkTiles][4], int n) {
+    const char* rows_k = k_tile(stage_of(n));
+    wgmma::fence_operands(s);
+    wgmma::fence();
+#pragma unroll
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+      wgmma::ss_64<T>(s, k_major_slice<kHeadDim>(q_smem, kk), k_major_slice<kHeadDim>(rows_k, kk), kk > 0);
+    }
+    wgmma::commit();
+  };
+  // Band step n, software-pipelined: its scores s were queued by the step
+  // before; this step queues the next step's scores into `next`, so that the
+  // tensor cores compute them while this warpgroup masks and exponentiates s,
+  // then queues P V. The wait at the top also covers the previous P V, which
+  // must finish before the softmax rescales o.
+  const auto band_step = [&](float (&s)[kChunkTiles][4], float (&next)[kChunkTiles][4], int n) {
+    wgmma::wait_all();
+    wgmma::fence_operands(s);
+    wgmma::fence_operands(o);
+    if (n > 0) release(n - 1);
+    if (n + 1 < steps.band_steps) {
+      wait_full(n + 1);
+      issue_scores(next, n + 1);
+    }
+    const int64_t chunk = steps.first_row(n);
+    // Masks as in the mma.sync forward, plus keys before the sequence
+    // (a chunk may start before key 0; the mma.sync forward never stages those).
+    const int distance0 = thread_distance<false>(warp_pos, chunk, g, c);
+#pragma unroll
+    for (int t16 = 0; t16 < kTileRows / 16; ++t16) {
+      const int64_t key0 = chunk + 16 * t16;
+      if (key0 >= 0 && band_holds<15>(warp_pos, key0, p.band)) {
+#pragma unroll
+        for (int j = 2 * t16; j < 2 * t16 + 2; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[j][e] *= scale_log2;
+      } else {
+#pragma unroll
+        for (int j = 2 * t16; j < 2 * t16 + 2; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int distance = element_distance<false>(distance0, j, e);
+            const bool exists = key0 >= 0 || distance <= warp_pos + g + 8 * (e / 2);
+            s[j][e] = in_band(distance, p.band) && exists ? s[j][e] * scale_log2 : -INFINITY;
+          }
+        }
+      }
+    }
+    mma_fwd::softmax_update(s, m, l, o);
+    uint32_t pa[kTileRows / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < kTileRows / 16; ++kk) c_to_a_fragment<T>(s, 2 * kk, 1.f, pa[kk]);
+    const char* rows_v = v_tile(stage_of(n));
+    wgmma::fence_operands(o);
+    wgmma::fence();
+#pragma unroll
+    for (int kk = 0; kk < kTileRows / 16; ++kk) wgmma::rs<T, kHeadDim>(o, pa[kk], mn_major_slice(rows_v, kk), 1);
+    wgmma::commit();
+  };
+
+  float s0[kChunkTiles][4], s1[kChunkTiles][4];
+  wait_full(0);
+  issue_scores(s0, 0);
+  for (int n = 0; n < steps.band_steps; n += 2) {
+    band_step(s0, s1, n);
+    if (n + 1 < steps.band_steps) band_step(s1, s0, n + 1);
+  }
+  wgmma::wait_all();
+  wgmma::fence_operands(o);
+  release(steps.band_steps - 1);
+
+  for (int n = steps.band_steps; n < steps.num_steps; ++n) {
+    wait_full(n);
+    const char* rows_k = k_tile(stage_of(n));
+    const char* rows_v = v_tile(stage_of(n));
+    const int t = distance_of_offset(steps.offset_index(n), p.band);
+    float tile[2][4], score[2];
+    dot_16_rows<T, kHeadDim>(qf, rows_k, 16 * warp, tile, lane);
+    float new_max[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      score[r] = __shfl_sync(0xffffffffu, diagonal_element(tile, r, g), diagonal_owner(lane));
+      const bool valid = sample_key<float>(warp_pos + g + 8 * r, t, p.band, offs).valid;
+      score[r] = valid ? score[r] * scale_log2 : -INFINITY;
+      new_max[r] = fmaxf(m[r], score[r]);
+    }
+    mma_fwd::raise_max(new_max, m, l, o);
+    float prob[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      prob[r] = mma_fwd::prob_of(score[r], m[r]);
+      if (c == 0) l[r] += prob[r];  // l is summed over the quad at the end
+    }
+    add_diag_times_rows<T, kHeadDim>(prob[0], prob[1], rows_v, 16 * warp, o, lane);
+    release(n);
+  }
+
+  // Finish as the mma.sync forward does: sum each row over its quad, normalize, store out and lse.
+  uint16_t* out = bits<T>(p.out, seq.q_start(b, p.o_batch_stride, p.o_row_stride) + h * p.o_head_stride);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    const int i = warp_q0 + g + 8 * r;
+    if (i >= seq.seqlen_q) continue;
+    const float inv = l[r] == 0.f ? 0.f : 1.f / l[r];
+    uint16_t* row = out + int64_t(i) * p.o_row_stride;
+#pragma unroll
+    for (int n = 0; n < kDimTiles; ++n) {
+      *reinterpret_cast<uint32_t*>(row + 8 * n + 2 * c) = pack2<T>(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
+    }
+    if (c == 0) {
+      static_cast<float*>(p.lse)[stats_index(p, seq, b, h, i)] = m[r] * float(M_LN2) + logf(l[r]);
+    }
+  }
+#else
+  __trap();  // launched only where hopper_forward_applies: a build with sm_90a, on such a device
+#endif
+}
+
+}  // namespace hopper_fwd
+}  // namespace fibsparse

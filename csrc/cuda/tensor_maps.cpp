@@ -1,0 +1,92 @@
+// TMA tensor maps (tensor_maps.h), through the driver's cuTensorMapEncodeTiled,
+// found once through the runtime so that the extension needs no link to libcuda.
+#include "tensor_maps.h"
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/util/Exception.h>
+#include <cudaTypedefs.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+namespace fibsparse {
+namespace {
+
+PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    C10_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found));
+    TORCH_CHECK(found == cudaDriverEntryPointSuccess && fn != nullptr,
+                "fibsparse: the CUDA driver has no cuTensorMapEncodeTiled (needed by the Hopper forward)");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  return encode;
+}
+
+constexpr int64_t kElementBytes = 2;
+
+bool aligned_16(int64_t elements) { return (elements * kElementBytes) % 16 == 0; }
+
+// A stride TMA takes: positive and a multiple of 16 bytes, unless its
+// dimension has one entry (never stepped: rows_map replaces it).
+bool tma_stride(int64_t stride, int64_t size) { return size == 1 || (stride > 0 && aligned_16(stride)); }
+
+bool tma_layout(const void* base, int64_t head_stride, int heads, int64_t row_stride, int rows, int64_t batch_stride,
+                int batch) {
+  return reinterpret_cast<uintptr_t>(base) % 16 == 0 && tma_stride(head_stride, heads) &&
+         tma_stride(row_stride, rows) && tma_stride(batch_stride, batch);
+}
+
+CUtensorMap rows_map(const void* base, CUtensorMapDataType dtype, int head_dim, int heads, int rows, int batch,
+                     int64_t head_stride, int64_t row_stride, int64_t batch_stride) {
+  CUtensorMap map;
+  std::memset(&map, 0, sizeof(map));
+  // A dimension of one entry is never stepped, but TMA still wants a valid stride.
+  if (heads == 1) head_stride = head_dim;
+  if (rows == 1) row_stride = int64_t(heads) * head_stride;
+  const int64_t sequence_stride = batch == 1 ? int64_t(rows) * row_stride : batch_stride;
+  const cuuint64_t dims[4] = {cuuint64_t(head_dim), cuuint64_t(heads), cuuint64_t(rows), cuuint64_t(batch)};
+  const cuuint64_t strides[3] = {cuuint64_t(head_stride * kElementBytes), cuuint64_t(row_stride * kElementBytes),
+                                 cuuint64_t(sequence_stride * kElementBytes)};
+  const cuuint32_t box[4] = {64, 1, 64, 1};
+  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+  const CUresult result = encode_tiled()(&map, dtype, 4, const_cast<void*>(base), dims, strides, box, element_strides,
+                                         CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                         CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  TORCH_CHECK(result == CUDA_SUCCESS, "fibsparse: cuTensorMapEncodeTiled failed with error ", int(result));
+  return map;
+}
+
+}  // namespace
+
+bool hopper_forward_applies(const Params& p, bool tensor_core_type, bool fractional) {
+  if (!kHopperForwardBuilt || !tensor_core_type || fractional) return false;
+  if (p.cu_seqlens_q != nullptr || p.cache_seqlens != nullptr || p.block_table != nullptr) return false;
+  if (p.head_dim != 64 && p.head_dim != 128) return false;
+  // The window alone (no offsets) stays on the mma.sync forward: on an H200 at
+  // 128k the Hopper forward took 1.33x its time at head_dim 64 (MHA) and 0.98x
+  // at 128 (GQA 32/8), where with offsets it takes 0.61-0.91x.
+  if (p.num_offsets == 0) return false;
+  const char* setting = std::getenv("FIBSPARSE_HOPPER");
+  if (setting != nullptr && std::strcmp(setting, "0") == 0) return false;
+  const cudaDeviceProp* device = at::cuda::getCurrentDeviceProperties();
+  if (device->major != 9 || device->minor != 0) return false;
+  return tma_layout(p.q, p.q_head_stride, p.heads, p.q_row_stride, p.seqlen_q, p.q_batch_stride, p.batch) &&
+         tma_layout(p.k, p.k_head_stride, p.heads_kv, p.k_row_stride, p.seqlen_k, p.k_batch_stride, p.batch) &&
+         tma_layout(p.v, p.v_head_stride, p.heads_kv, p.v_row_stride, p.seqlen_k, p.v_batch_stride, p.batch);
+}
+
+ForwardTensorMaps make_forward_maps(const Params& p, bool bfloat16) {
+  const CUtensorMapDataType dtype = bfloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  return {rows_map(p.q, dtype, p.head_dim, p.heads, p.seqlen_q, p.batch, p.q_head_stride, p.q_row_stride,
+                   p.q_batch_stride),
+          rows_map(p.k, dtype, p.head_dim, p.heads_kv, p.seqlen_k, p.batch, p.k_head_stride, p.k_row_stride,
+                   p.k_batch_stride),
+          rows_map(p.v, dtype, p.head_dim, p.heads_kv, p.seqlen_k, p.batch, p.v_head_stride, p.v_row_stride,
+                   p.v_batch_stride)};
+}
+
+}  // namespace fibsparse

@@ -1,0 +1,38 @@
+// TMA tensor maps of q, k and v for the Hopper forward (fwd_hopper_kernel.cuh),
+// made on the host at each call, and the rule for when that kernel may run.
+#pragma once
+
+#include <cuda.h>
+
+#include "../fibsparse.h"
+
+namespace fibsparse {
+
+// Each map views its tensor as 4-d, (head_dim, heads, rows, batch) innermost
+// first, and loads boxes of 64 elements x 1 head x 64 rows x 1 sequence with the
+// 128-byte swizzle: one 64-element span of 64 consecutive rows of one head.
+// Rows outside [0, rows) load as zeros, so a box may start before a sequence.
+struct ForwardTensorMaps {
+  CUtensorMap q, k, v;
+};
+
+// Whether the Hopper forward may take a call: built for sm_90a and on a
+// compute capability 9.0 device, 16-bit inputs, integer offsets (at least one
+// entry: the window alone is faster on the mma.sync forward), a dense batch
+// (no packed sequences, no cache), head_dim 64 or 128, and the layouts TMA
+// takes (16-byte aligned base pointers and nonzero 16-byte strides). FIBSPARSE_HOPPER=0 in the
+// environment turns it off (the tensor-core kernels of fwd_mma_kernel.cuh run
+// instead), for comparisons.
+bool hopper_forward_applies(const Params& p, bool tensor_core_type, bool fractional);
+
+// Whether this build has the Hopper forward (sm_90a was among its archs).
+constexpr bool kHopperForwardBuilt =
+#ifdef FIBSPARSE_HOPPER_KERNELS
+    true;
+#else
+    false;
+#endif
+
+ForwardTensorMaps make_forward_maps(const Params& p, bool bfloat16);
+
+}  // namespace fibsparse

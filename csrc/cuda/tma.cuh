@@ -1,0 +1,81 @@
+// Hopper's asynchronous copies (sm_90a): TMA loads of a tensor map's boxes into
+// shared memory, and the mbarriers that count their bytes and hand stages
+// between a producer warp and consumer warpgroups. A box lands with the
+// 128-byte swizzle (tensor_maps.h makes the maps): within each 1024-byte atom
+// of 8 rows of 128 bytes, the 16-byte chunk c of row r sits at chunk c ^ (r % 8).
+// Only compiled into kernels built for sm_90a (fwd_hopper_kernel.cuh).
+#pragma once
+
+#include <cuda.h>
+
+#include <cstdint>
+
+namespace fibsparse {
+namespace tma {
+
+__device__ __forceinline__ uint32_t smem_address(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// ---- mbarriers ----
+__device__ __forceinline__ void barrier_init(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_address(bar)), "r"(count));
+}
+// Makes initialized barriers visible to the TMA unit (the async proxy).
+__device__ __forceinline__ void fence_barrier_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+// One arrival that also announces `bytes` of TMA transactions to come.
+__device__ __forceinline__ void arrive_expect_bytes(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_address(bar)), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_address(bar)) : "memory");
+}
+// Waits until the barrier's phase of the given parity has completed (a fresh
+// barrier counts its phase "before 0", of parity 1, as completed).
+__device__ __forceinline__ void wait(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT;\n"
+      "}\n" ::"r"(smem_address(bar)),
+      "r"(parity)
+      : "memory");
+}
+
+// ---- TMA ----
+// Loads the box of a 4-d tensor map at coordinates (c0 innermost .. c3) into
+// dst; elements outside the tensor (negative coordinates too) land as zeros.
+// The barrier counts the box's bytes when they have landed.
+__device__ __forceinline__ void load_4d(void* dst, const CUtensorMap* map, uint64_t* bar, int c0, int c1, int c2,
+                                        int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5, %6}], "
+      "[%2];\n" ::"r"(smem_address(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_address(bar)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
+}
+
+__device__ __forceinline__ void prefetch_map(const CUtensorMap* map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+
+// ---- Tiles as TMA writes them ----
+// A tile of 64 rows of kHeadDim 16-bit elements: kHeadDim / 64 regions of
+// 64 rows x 128 bytes, one box each.
+constexpr int kTileRows = 64;
+constexpr int kRegionBytes = kTileRows * 128;
+template <int kHeadDim>
+constexpr int kTileBytes = kHeadDim / 64 * kRegionBytes;
+
+// Byte offset of the 8 elements at (row, col .. col + 7) in a tile (col a multiple of 8).
+__device__ __forceinline__ uint32_t swizzled_offset(int row, int col) {
+  return uint32_t((col / 64) * kRegionBytes + row * 128 + ((((col % 64) / 8) ^ (row % 8)) * 16));
+}
+
+}  // namespace tma
+}  // namespace fibsparse

@@ -1,0 +1,146 @@
+"""The Hopper forward (warpgroup products fed by TMA, csrc/cuda/fwd_hopper_kernel.cuh):
+that it is the kernel a compute capability 9.0 GPU runs for 16-bit inputs with
+integer offsets on dense batches (the window alone excepted), that it matches the float64 reference and the
+mma.sync forward (FIBSPARSE_HOPPER=0) where its geometry differs from theirs
+(band chunks that start before key 0, lengths that are not multiples of 64,
+fewer queries than keys, windows of one key up to the whole sequence, padded
+and per-head offsets, GQA heads paired in one block), and where it declines."""
+import os
+
+import pytest
+import torch
+
+from fibsparse_ext import build_info, fibsparse_attn, fibsparse_attn_ref
+from utils import CUDA_ONLY, random_offsets, random_qkv, rel_err
+
+pytestmark = CUDA_ONLY
+
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0) and build_info()["hopper_forward"]
+requires_hopper = pytest.mark.skipif(not HOPPER, reason="needs a compute capability 9.0 GPU and an sm_90a build")
+
+
+def forward_kernels(q, k, v, window, offsets):
+    """The CUDA kernels one forward launches (their names, from the profiler)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fibsparse_attn(q, k, v, window, offsets)
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+def forward_with(setting, q, k, v, window, offsets):
+    """out, lse with FIBSPARSE_HOPPER set to `setting` ("1": the Hopper forward where it applies, "0": mma.sync)."""
+    previous = os.environ.get("FIBSPARSE_HOPPER")
+    os.environ["FIBSPARSE_HOPPER"] = setting
+    try:
+        return fibsparse_attn(q, k, v, window, offsets, return_lse=True)
+    finally:
+        if previous is None:
+            del os.environ["FIBSPARSE_HOPPER"]
+        else:
+            os.environ["FIBSPARSE_HOPPER"] = previous
+
+
+@requires_hopper
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_the_hopper_forward_is_what_runs(dtype, head_dim):
+    q, k, v = random_qkv(1, 256, 4, 2, head_dim, dtype, "cuda", requires_grad=False)
+    offsets = torch.tensor([130, 211], device="cuda", dtype=torch.int32)
+    names = forward_kernels(q, k, v, 128, offsets)
+    assert any("fwd_hopper_kernel" in n for n in names), names
+    os.environ["FIBSPARSE_HOPPER"] = "0"
+    try:
+        names = forward_kernels(q, k, v, 128, offsets)
+    finally:
+        del os.environ["FIBSPARSE_HOPPER"]
+    assert not any("fwd_hopper_kernel" in n for n in names) and any("fwd_mma_kernel" in n for n in names), names
+
+
+@requires_hopper
+def test_the_hopper_forward_declines_what_it_does_not_take():
+    """Fractional offsets, no offsets (the window alone), head_dim 32 and a batch
+    stride TMA cannot take (0: k and v broadcast over the batch) run on the
+    mma.sync forward."""
+    q, k, v = random_qkv(2, 256, 2, 2, 64, torch.bfloat16, "cuda", requires_grad=False)
+    integer = torch.tensor([130, 211], device="cuda", dtype=torch.int32)
+    assert any("fwd_hopper_kernel" in n for n in forward_kernels(q, k, v, 128, integer))
+    fractional = torch.tensor([130.5, 211.25], device="cuda")
+    assert not any("fwd_hopper_kernel" in n for n in forward_kernels(q, k, v, 128, fractional))
+    assert not any("fwd_hopper_kernel" in n for n in forward_kernels(q, k, v, 128, integer[:0]))
+    q32, k32, v32 = random_qkv(1, 256, 2, 2, 32, torch.bfloat16, "cuda", requires_grad=False)
+    assert not any("fwd_hopper_kernel" in n for n in forward_kernels(q32, k32, v32, 128, integer))
+    k_shared, v_shared = k[:1].expand(2, -1, -1, -1), v[:1].expand(2, -1, -1, -1)
+    assert k_shared.stride(0) == 0
+    names = forward_kernels(q, k_shared, v_shared, 128, integer)
+    assert not any("fwd_hopper_kernel" in n for n in names) and any("fwd_mma_kernel" in n for n in names), names
+
+
+CASES = [
+    # (batch, seqlen_q, seqlen_k, heads, heads_kv, head_dim, window, offsets)
+    (1, 300, 300, 2, 2, 64, 128, "random"),     # MHA, a partial last block, chunks before key 0
+    (2, 257, 257, 8, 2, 128, 128, "random"),    # GQA 4: two heads per block, batch 2
+    (1, 70, 300, 6, 2, 64, 20, "random"),       # fewer queries than keys, a group of 3 (one head per block)
+    (1, 130, 130, 4, 4, 128, 1, "random"),      # a window of one key
+    (1, 200, 200, 2, 1, 64, 200, "random"),     # the window is the whole sequence (dense causal)
+    (1, 190, 190, 4, 2, 64, 300, "padded"),     # a window past the sequence, offsets out of reach
+    (1, 640, 640, 4, 2, 128, 64, "padding"),    # padding only: the window alone, GQA
+    (1, 500, 500, 4, 4, 64, 100, "per_head"),   # per-head offsets (one head per block)
+    (1, 333, 333, 4, 2, 128, 32, "padded"),     # padded shared offsets, paired heads
+    (3, 64, 64, 2, 2, 128, 16, "random"),       # one block per sequence
+    (1, 1, 5, 2, 2, 64, 3, "random"),           # one query
+]
+
+
+def case_offsets(kind, window, heads, seqlen_k):
+    if kind == "padding":
+        return torch.tensor([-1, -1], dtype=torch.int32, device="cuda")
+    if kind == "padded":
+        return torch.tensor([window, window + 9, 3 * window + 1, -1, -1], dtype=torch.int32, device="cuda")
+    spread = max(2, seqlen_k // 8)
+    return random_offsets(window, 6, heads if kind == "per_head" else None, False, "cuda", spread=spread)
+
+
+@requires_hopper
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", CASES, ids=[f"b{c[0]}-q{c[1]}-k{c[2]}-h{c[3]}kv{c[4]}-d{c[5]}-w{c[6]}-{c[7]}"
+                                              for c in CASES])
+def test_hopper_forward_matches_reference_and_mma_forward(dtype, case):
+    batch, seqlen_q, seqlen_k, heads, heads_kv, head_dim, window, kind = case
+    torch.manual_seed(seqlen_q * 31 + head_dim + window)
+    q, k, v = random_qkv(batch, seqlen_q, heads, heads_kv, head_dim, dtype, "cuda", seqlen_k=seqlen_k,
+                         requires_grad=False)
+    offsets = case_offsets(kind, window, heads, seqlen_k)
+    assert any("fwd_hopper_kernel" in n for n in forward_kernels(q, k, v, window, offsets))
+    out, lse = forward_with("1", q, k, v, window, offsets)
+    mma_out, mma_lse = forward_with("0", q, k, v, window, offsets)
+    ref_out, ref_lse = fibsparse_attn_ref(q.double(), k.double(), v.double(), window, offsets.long(),
+                                          return_lse=True)
+    for name, got, mma, want in (("out", out, mma_out, ref_out), ("lse", lse, mma_lse, ref_lse)):
+        # The two kernels add the band in different orders: each within the
+        # dtype's bound of the reference, and within 2x of the other's error.
+        err, mma_err = rel_err(got, want), rel_err(mma, want)
+        assert err < 1e-2 and err <= 2 * mma_err + 1e-3, f"{name}: {err:.2e} (mma.sync {mma_err:.2e})"
+    # Gradients run on the backward kernels, from the Hopper forward's out and lse.
+    q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
+    out = fibsparse_attn(q, k, v, window, offsets)
+    grad = torch.randn_like(out)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad)
+    inputs = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    ref = fibsparse_attn_ref(*inputs, window, offsets.long())
+    ref_grads = torch.autograd.grad(ref, inputs, grad.double())
+    for name, got, want in zip(("dq", "dk", "dv"), (dq, dk, dv), ref_grads):
+        assert rel_err(got, want) < 1e-2, f"{name}: {rel_err(got, want):.2e}"
+
+
+@requires_hopper
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_hopper_forward_is_deterministic_and_writes_every_output(monkeypatch, head_dim):
+    """Outputs are NaN-filled before the kernel runs (FIBSPARSE_POISON_OUTPUTS=1),
+    so an element it skips stays NaN; two calls agree bit for bit."""
+    monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
+    q, k, v = random_qkv(2, 1000, 8, 2, head_dim, torch.bfloat16, "cuda", requires_grad=False)
+    offsets = torch.tensor([128, 300, 555, 901], dtype=torch.int32, device="cuda")
+    first, first_lse = forward_with("1", q, k, v, 128, offsets)
+    second, second_lse = forward_with("1", q, k, v, 128, offsets)
+    assert torch.isfinite(first).all() and torch.isfinite(first_lse).all()
+    assert torch.equal(first, second) and torch.equal(first_lse, second_lse)
