@@ -91,10 +91,14 @@ def test_hundreds_of_tiny_sequences(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("fractional", [False, True])
-def test_packed_rows_equal_each_sequence_alone(device, fractional):
+def test_packed_rows_equal_each_sequence_alone(monkeypatch, device, fractional):
     """Packing documents gives bitwise the rows (and q, k, v gradients) that
     fibsparse_attn gives each alone: the kernels walk a sequence the same way
-    wherever it starts in the buffer."""
+    wherever it starts in the buffer. On an H100/H200 a dense call with integer
+    offsets runs the Hopper forward, which packed batches do not; the dense
+    calls here run the kernels the packed ones do (FIBSPARSE_HOPPER=0), and
+    test_packed_rows_match_the_hopper_forward checks the Hopper forward's."""
+    monkeypatch.setenv("FIBSPARSE_HOPPER", "0")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     lengths = [130, 1, 0, 64, 257]
     cu, longest = packed(lengths, device)
@@ -115,6 +119,26 @@ def test_packed_rows_equal_each_sequence_alone(device, fractional):
         assert torch.equal(got[1][:, rows], lse_alone[0])
         for packed_grad, grad in zip((dq, dk, dv), grads_alone):
             assert torch.equal(packed_grad[rows], grad[0])
+
+
+@requires_cuda
+def test_packed_rows_match_the_hopper_forward():
+    """Where a dense call runs the Hopper forward (an H100/H200, 16-bit inputs,
+    integer offsets) its sums are ordered differently from the packed path's
+    kernel: the packed rows equal each sequence alone within rounding."""
+    lengths = [130, 1, 0, 64, 257]
+    cu, longest = packed(lengths, "cuda")
+    q, k, v = random_packed(lengths, lengths, 4, 2, 64, torch.bfloat16, "cuda")
+    offsets = random_offsets(16, 4, None, False, "cuda", spread=30)
+    out, lse = fibsparse_attn_varlen(q, k, v, cu, cu, longest, longest, 16, offsets, return_lse=True)
+    bounds = cu.tolist()
+    for b in range(len(lengths)):
+        rows = slice(bounds[b], bounds[b + 1])
+        if not lengths[b]:
+            continue
+        out_alone, lse_alone = fibsparse_attn(*(t[rows].unsqueeze(0) for t in (q, k, v)), 16, offsets,
+                                              return_lse=True)
+        assert rel_err(out[rows], out_alone[0]) < 1e-2 and rel_err(lse[:, rows], lse_alone[0]) < 1e-3, b
 
 
 @requires_cuda
