@@ -72,7 +72,7 @@ cxx_flags = ["-O3"]
 if with_cuda:
     sources += sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu"))
     macros.append(("FIBSPARSE_WITH_CUDA", None))
-    if "9.0a" in archs.replace(";", " ").split():
+    if any(arch.split("+")[0] == "9.0a" for arch in archs.replace(";", " ").split()):
         macros.append(("FIBSPARSE_HOPPER_KERNELS", None))
     extension = CUDAExtension(
         "fibsparse_ext._C", sources, define_macros=macros, include_dirs=library_header_dirs(cuda_home),

@@ -77,7 +77,10 @@ def test_the_hopper_forward_declines_what_it_does_not_take():
 
 CASES = [
     # (batch, seqlen_q, seqlen_k, heads, heads_kv, head_dim, window, offsets)
-    (1, 300, 300, 2, 2, 64, 128, "random"),     # MHA, a partial last block, chunks before key 0
+    (1, 300, 300, 2, 2, 64, 128, "random"),     # MHA, a partial last block
+    (1, 100, 130, 4, 2, 64, 128, "random"),     # keys before 0 inside chunks: positions shifted by 30
+    (1, 150, 333, 4, 4, 128, 300, "per_head"),  # the same at head_dim 128, a shift of 183, 6 chunks
+    (2, 77, 200, 8, 2, 128, 250, "random"),     # the same with two heads per block and batch 2
     (2, 257, 257, 8, 2, 128, 128, "random"),    # GQA 4: two heads per block, batch 2
     (1, 70, 300, 6, 2, 64, 20, "random"),       # fewer queries than keys, a group of 3 (one head per block)
     (1, 130, 130, 4, 4, 128, 1, "random"),      # a window of one key

@@ -9,7 +9,7 @@
 # to the work tree.
 set -uo pipefail
 before=$1; after=${2:-}
-export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-$(nproc)}
+export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a} MAX_JOBS=${MAX_JOBS:-$(nproc)}
 root=$(cd "$(dirname "$0")/.." && pwd)  # the repository this script belongs to
 build() {  # build DIR: the extension in place, without installing it
   (cd "$1" && python3 setup.py build_ext --inplace -q > /tmp/build_$(basename "$1").log 2>&1) || {

@@ -1,7 +1,8 @@
 """Do two source trees compile to the same GPU code? Builds every CUDA kernel
-file of each tree (csrc/cuda/*.cu) to an sm_90 cubin with nvcc, then compares
-the SASS of each kernel (cuobjdump -sass), addresses stripped. Needs nvcc, not a
-GPU: the check a restructuring that should change nothing can run anywhere.
+file of each tree (csrc/cuda/*.cu) to an sm_90a cubin with nvcc (the Hopper
+forward included), then compares the SASS of each kernel (cuobjdump -sass),
+addresses stripped. Needs nvcc, not a GPU: the check a restructuring that should
+change nothing can run anywhere.
 
     python tools/compare_sass.py BEFORE_TREE AFTER_TREE [--params-moved]
 
@@ -73,8 +74,8 @@ def compile_tree(tree: str, out: str, nvcc: str, includes: list[str]) -> list[st
 
     def build(source: str) -> str:
         cubin = os.path.join(out, os.path.basename(source)[:-3] + ".cubin")
-        command = [nvcc, "-O3", "--expt-relaxed-constexpr", "-std=c++20", "-gencode", "arch=compute_90,code=sm_90",
-                   "-cubin", "-DFIBSPARSE_WITH_CUDA", *includes, source, "-o", cubin]
+        command = [nvcc, "-O3", "--expt-relaxed-constexpr", "-std=c++20", "-gencode", "arch=compute_90a,code=sm_90a",
+                   "-cubin", "-DFIBSPARSE_WITH_CUDA", "-DFIBSPARSE_HOPPER_KERNELS", *includes, source, "-o", cubin]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             sys.exit(f"compare_sass: nvcc failed on {source}:\n{result.stderr[-3000:]}")
@@ -120,7 +121,7 @@ def main() -> None:
     nvcc, dump = os.path.join(home, "bin", "nvcc"), cuobjdump(home)
     with tempfile.TemporaryDirectory() as scratch:
         includes = include_flags(home, scratch)
-        print(f"compiling {args.before} and {args.after} for sm_90 ...", flush=True)
+        print(f"compiling {args.before} and {args.after} for sm_90a ...", flush=True)
         before = compile_tree(args.before, os.path.join(scratch, "before"), nvcc, includes)
         after = compile_tree(args.after, os.path.join(scratch, "after"), nvcc, includes)
         after_by_file = {os.path.basename(c): c for c in after}

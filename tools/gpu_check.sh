@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check, in one call on the device machine: build the extension
-# (sm_90, --no-build-isolation), run the whole test suite including the CUDA
+# (sm_90a, --no-build-isolation), run the whole test suite including the CUDA
 # tests, compute-sanitizer over every kernel, then the benchmark; print a
 # summary. Output goes to stdout and to $OUT/gpu_check.log when OUT is set.
 #
