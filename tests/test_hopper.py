@@ -43,16 +43,14 @@ def forward_with(setting, q, k, v, window, offsets):
 @requires_hopper
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("head_dim", [64, 128])
-def test_the_hopper_forward_is_what_runs(dtype, head_dim):
+def test_the_hopper_forward_is_what_runs(monkeypatch, dtype, head_dim):
+    monkeypatch.delenv("FIBSPARSE_HOPPER", raising=False)
     q, k, v = random_qkv(1, 256, 4, 2, head_dim, dtype, "cuda", requires_grad=False)
     offsets = torch.tensor([130, 211], device="cuda", dtype=torch.int32)
     names = forward_kernels(q, k, v, 128, offsets)
     assert any("fwd_hopper_kernel" in n for n in names), names
-    os.environ["FIBSPARSE_HOPPER"] = "0"
-    try:
-        names = forward_kernels(q, k, v, 128, offsets)
-    finally:
-        del os.environ["FIBSPARSE_HOPPER"]
+    monkeypatch.setenv("FIBSPARSE_HOPPER", "0")
+    names = forward_kernels(q, k, v, 128, offsets)
     assert not any("fwd_hopper_kernel" in n for n in names) and any("fwd_mma_kernel" in n for n in names), names
 
 
