@@ -4,19 +4,69 @@ integer offsets on dense batches (the window alone excepted), that it matches th
 mma.sync forward (FIBSPARSE_HOPPER=0) where its geometry differs from theirs
 (band chunks that start before key 0, lengths that are not multiples of 64,
 fewer queries than keys, windows of one key up to the whole sequence, padded
-and per-head offsets, GQA heads paired in one block), and where it declines."""
+and per-head offsets, GQA heads paired in one block), and where it declines; and, without a GPU, that ptxas compiles it without
+serializing its wgmma."""
+import glob
 import os
+import re
+import shutil
+import subprocess
+import sysconfig
 
 import pytest
 import torch
+import torch.utils.cpp_extension
 
 from fibsparse_ext import build_info, fibsparse_attn, fibsparse_attn_ref
 from utils import CUDA_ONLY, random_offsets, random_qkv, rel_err
 
-pytestmark = CUDA_ONLY
-
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0) and build_info()["hopper_forward"]
-requires_hopper = pytest.mark.skipif(not HOPPER, reason="needs a compute capability 9.0 GPU and an sm_90a build")
+
+
+def requires_hopper(test):
+    """Decorator: `test` runs on a compute capability 9.0 GPU with an sm_90a build (marked `cuda`)."""
+    for mark in CUDA_ONLY + [pytest.mark.skipif(not HOPPER, reason="needs a compute capability 9.0 GPU and an "
+                                                 "sm_90a build")]:
+        test = mark(test)
+    return test
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+
+
+@pytest.mark.skipif(NVCC is None, reason="needs nvcc")
+def test_ptxas_keeps_the_hopper_forwards_wgmma_asynchronous(tmp_path):
+    """ptxas serializes every wgmma of a kernel where it cannot keep them
+    asynchronous (a function call in the kernel, such as a device-side assert:
+    "C7510"; a write to an accumulator while a product may still be running:
+    "C7515"), and says so only as information ("Potential Performance Loss"):
+    the kernel stays correct and loses its pipelining. Compiled here for
+    sm_90a, no Hopper forward may carry that report, or spill."""
+    toolkit = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(NVCC))), "include")
+    includes = torch.utils.cpp_extension.include_paths() + [toolkit, sysconfig.get_paths()["include"]]
+    # torch's CUDA headers include cuSPARSE / cuBLAS ones, which a toolkit of the
+    # compiler and runtime alone lacks: take them from torch's nvidia-* wheels (as setup.py does).
+    links = tmp_path / "library_headers"
+    links.mkdir()
+    for header in glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "*", "include", "*")):
+        if not os.path.exists(os.path.join(toolkit, os.path.basename(header))):
+            (links / os.path.basename(header)).symlink_to(os.path.realpath(header))
+    includes.append(str(links))
+    command = [NVCC, "-std=c++20", "-O3", "--expt-relaxed-constexpr", "-gencode", "arch=compute_90a,code=sm_90a",
+               "-DFIBSPARSE_WITH_CUDA", "-DFIBSPARSE_HOPPER_KERNELS", "-Xptxas", "-v",
+               *(f"-I{d}" for d in includes), "-c", os.path.join(ROOT, "csrc", "cuda", "fwd_bf16.cu"),
+               "-o", str(tmp_path / "fwd_bf16.o")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = result.stdout + result.stderr
+    kernels = re.findall(r"Compiling entry function '(\w*fwd_hopper_kernel\w*)'", report)
+    assert len(kernels) == 4, report[-3000:]  # head_dim 64 and 128, one and two heads per block
+    assert "Performance Loss" not in report, [line for line in report.splitlines() if "Performance Loss" in line]
+    for kernel in kernels:
+        spills = re.search(rf"Function properties for {kernel}\s+\d+ bytes stack frame, (\d+) bytes spill stores",
+                           report)
+        assert spills is not None and spills.group(1) == "0", (kernel, spills and spills.group(0))
 
 
 def forward_kernels(q, k, v, window, offsets):
@@ -145,3 +195,17 @@ def test_hopper_forward_is_deterministic_and_writes_every_output(monkeypatch, he
     second, second_lse = forward_with("1", q, k, v, 128, offsets)
     assert torch.isfinite(first).all() and torch.isfinite(first_lse).all()
     assert torch.equal(first, second) and torch.equal(first_lse, second_lse)
+
+
+@requires_hopper
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_hopper_forward_takes_the_window_alone_when_asked(monkeypatch, head_dim):
+    """FIBSPARSE_HOPPER=always gives the Hopper forward calls without offsets
+    too (the comparisons' switch); it matches the reference there."""
+    monkeypatch.setenv("FIBSPARSE_HOPPER", "always")
+    q, k, v = random_qkv(1, 333, 4, 2, head_dim, torch.bfloat16, "cuda", seqlen_k=400, requires_grad=False)
+    none = torch.empty(0, dtype=torch.int32, device="cuda")
+    assert any("fwd_hopper_kernel" in n for n in forward_kernels(q, k, v, 128, none))
+    out, lse = fibsparse_attn(q, k, v, 128, none, return_lse=True)
+    ref_out, ref_lse = fibsparse_attn_ref(q.double(), k.double(), v.double(), 128, none.long(), return_lse=True)
+    assert rel_err(out, ref_out) < 1e-2 and rel_err(lse, ref_lse) < 1e-3

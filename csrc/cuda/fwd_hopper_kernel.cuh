@@ -16,14 +16,17 @@
 //   Offsets: for distance d, the 64 rows p0 - d .. p0 - d + 63; warp w scores
 //     its 16 queries against rows 16 w .. 16 w + 15 with mma.sync and keeps the
 //     diagonal, as in the mma.sync forward.
-// The band's steps are software-pipelined: a warpgroup queues the next chunk's
-// Q K^T before the softmax of this one, so the tensor cores work meanwhile.
+// The band's steps are software-pipelined: a warpgroup queues a chunk's Q K^T
+// and the previous chunk's P V before its softmax, so the tensor cores work
+// meanwhile.
 // One thread of the block's last warpgroup (the producer) issues every TMA
 // load: the q tiles once, then each step into a ring of kStages stages; a
 // stage's "full" barrier counts its bytes in, its "empty" barrier counts the
 // consumer warps done with it.
 // Rows before the sequence or past its end load as zeros (the maps' bounds),
-// and masked scores are -inf, so those rows add nothing.
+// and masked scores are -inf, so those rows add nothing. The kernel makes no
+// function call, which would make ptxas serialize its wgmma: the offsets are
+// checked by a launch of their own before it (offsets_check.cuh).
 #pragma once
 
 #include <cuda.h>
@@ -61,10 +64,10 @@ struct Shape {
   static constexpr int kStages = kHeadDim == 128 && kHeads == 1 ? 2 : 4;
   // Each SM sub-partition holds 16K registers and one warp of each warpgroup
   // of every resident block: 512 per thread to share among one producer
-  // warpgroup (kProducerRegisters) and kHeads consumers per block. A consumer
-  // holds o, two steps' scores (the band is software-pipelined) and, for the
-  // offsets, q: 198 registers at head_dim 128.
-  static constexpr int kProducerRegisters = 40;
+  // warpgroup (kProducerRegisters: 40 made ptxas spill in its loop) and kHeads
+  // consumers per block. A consumer holds o, a step's scores and the previous
+  // step's P (the band is software-pipelined) and, for the offsets, q.
+  static constexpr int kProducerRegisters = 56;
   static constexpr int kConsumerRegisters = (512 / kMinBlocks - kProducerRegisters) / kHeads / 8 * 8;
   static_assert(kConsumerRegisters >= 200 && kConsumerRegisters <= 256);
   // q tiles, then per stage a k tile and a v tile, then the barriers; 1024
@@ -146,6 +149,48 @@ __device__ __forceinline__ uint64_t mn_major_slice(const char* tile, int kk) {
   return wgmma::tile_descriptor(tma::smem_address(tile) + kk * 16 * 128, kRegionBytes, 1024);
 }
 
+// mma_fwd::softmax_update without its rescale of the output: the new running
+// max, the rescaled running sum, and s turned into probabilities; `rescale` is
+// the factor the output must take (rescale_output), which the pipelined band
+// applies only once the output's last product has finished.
+template <int N>
+__device__ __forceinline__ void softmax_without_output(float (&s)[N][4], float (&m)[2], float (&l)[2],
+                                                       float (&rescale)[2]) {
+  const auto max = [](float a, float b) { return fmaxf(a, b); };
+  const auto add = [](float a, float b) { return a + b; };
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float tile_max = mma_fwd::reduce_row(s, r, max);
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+    const float new_max = fmaxf(m[r], tile_max);
+    // A row with nothing attended yet has m = -inf and nothing to rescale.
+    rescale[r] = new_max == -INFINITY ? 1.f : mma_tiles::fast_exp2(m[r] - new_max);
+    m[r] = new_max;
+    l[r] *= rescale[r];
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      s[j][2 * r] = mma_fwd::prob_of(s[j][2 * r], m[r]);
+      s[j][2 * r + 1] = mma_fwd::prob_of(s[j][2 * r + 1], m[r]);
+    }
+    l[r] += mma_fwd::reduce_row(s, r, add);
+  }
+}
+
+// o's rows times softmax_without_output's factors; skipped when no row of the
+// warp changed its max (the common case once the band has been seen).
+template <int kDimTiles>
+__device__ __forceinline__ void rescale_output(float (&o)[kDimTiles][4], const float (&rescale)[2]) {
+  if (!__any_sync(0xffffffffu, rescale[0] != 1.f || rescale[1] != 1.f)) return;
+#pragma unroll
+  for (int n = 0; n < kDimTiles; ++n) {
+    o[n][0] *= rescale[0];
+    o[n][1] *= rescale[0];
+    o[n][2] *= rescale[1];
+    o[n][3] *= rescale[1];
+  }
+}
+
 template <typename T, int kHeadDim, int kHeads>
 __global__ void __launch_bounds__(Shape<kHeadDim, kHeads>::kThreads, Shape<kHeadDim, kHeads>::kMinBlocks)
     fwd_hopper_kernel(const __grid_constant__ Params p, const __grid_constant__ ForwardTensorMaps maps) {
@@ -153,8 +198,6 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads>::kThreads, Shape<kHead
   using S = Shape<kHeadDim, kHeads>;
   using namespace mma_tiles;
   constexpr int kDimTiles = kHeadDim / 8, kChunkTiles = kTileRows / 8;
-  if (is_offsets_check_block()) return check_offsets_of_heads<int32_t, kHeads>(p);
-
   extern __shared__ char smem_raw[];
   char* smem = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   const auto q_tile = [&](int head) { return smem + head * S::kTileBytes; };
@@ -229,34 +272,35 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads>::kThreads, Shape<kHead
     __syncwarp();
     if (lane == 0) tma::arrive(&empty[stage_of(n)]);
   };
-  // Queues S = Q K^T of band step n on the tensor cores (asynchronous).
-  const auto issue_scores = [&](float (&s)[kChunkTiles][4], int n) {
+  // The band, software-pipelined as FlashAttention-3 does within a warpgroup:
+  // the tensor cores compute step n's scores and step n - 1's P V while this
+  // warpgroup masks and exponentiates step n's scores. The code keeps ptxas's
+  // rules for asynchronous wgmma (else it serializes them, "C7515"): one set of
+  // score registers, no branch while a product is in flight, and no write to an
+  // accumulator (o) before the product that last wrote it has been waited for,
+  // which is why o is rescaled after the wait, apart from the softmax.
+  float s[kChunkTiles][4];
+  uint32_t pa[kTileRows / 16][4];  // P of the step whose P V comes next, as A fragments
+  float rescale[2];
+  const auto queue_scores = [&](int n) {
     const char* rows_k = k_tile(stage_of(n));
-    wgmma::fence_operands(s);
-    wgmma::fence();
 #pragma unroll
     for (int kk = 0; kk < kHeadDim / 16; ++kk) {
       wgmma::ss_64<T>(s, k_major_slice<kHeadDim>(q_smem, kk), k_major_slice<kHeadDim>(rows_k, kk), kk > 0);
     }
     wgmma::commit();
   };
-  // Band step n, software-pipelined: its scores s were queued by the step
-  // before; this step queues the next step's scores into `next`, so that the
-  // tensor cores compute them while this warpgroup masks and exponentiates s,
-  // then queues P V. The wait at the top also covers the previous P V, which
-  // must finish before the softmax rescales o.
-  const auto band_step = [&](float (&s)[kChunkTiles][4], float (&next)[kChunkTiles][4], int n) {
-    wgmma::wait_all();
-    wgmma::fence_operands(s);
-    wgmma::fence_operands(o);
-    if (n > 0) release(n - 1);
-    if (n + 1 < steps.band_steps) {
-      wait_full(n + 1);
-      issue_scores(next, n + 1);
-    }
+  const auto queue_pv = [&](int n) {
+    const char* rows_v = v_tile(stage_of(n));
+#pragma unroll
+    for (int kk = 0; kk < kTileRows / 16; ++kk) wgmma::rs<T, kHeadDim>(o, pa[kk], mn_major_slice(rows_v, kk), 1);
+    wgmma::commit();
+  };
+  // Step n's scores, masked as in the mma.sync forward plus keys before the
+  // sequence (a chunk may start before key 0; the mma.sync forward never
+  // stages those), then turned into probabilities.
+  const auto probabilities = [&](int n) {
     const int64_t chunk = steps.first_row(n);
-    // Masks as in the mma.sync forward, plus keys before the sequence
-    // (a chunk may start before key 0; the mma.sync forward never stages those).
     const int distance0 = thread_distance<false>(warp_pos, chunk, g, c);
 #pragma unroll
     for (int t16 = 0; t16 < kTileRows / 16; ++t16) {
@@ -278,26 +322,38 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads>::kThreads, Shape<kHead
         }
       }
     }
-    mma_fwd::softmax_update(s, m, l, o);
-    uint32_t pa[kTileRows / 16][4];
+    softmax_without_output(s, m, l, rescale);
+  };
+  const auto to_fragments = [&] {
 #pragma unroll
     for (int kk = 0; kk < kTileRows / 16; ++kk) c_to_a_fragment<T>(s, 2 * kk, 1.f, pa[kk]);
-    const char* rows_v = v_tile(stage_of(n));
-    wgmma::fence_operands(o);
-    wgmma::fence();
-#pragma unroll
-    for (int kk = 0; kk < kTileRows / 16; ++kk) wgmma::rs<T, kHeadDim>(o, pa[kk], mn_major_slice(rows_v, kk), 1);
-    wgmma::commit();
   };
 
-  float s0[kChunkTiles][4], s1[kChunkTiles][4];
   wait_full(0);
-  issue_scores(s0, 0);
-  for (int n = 0; n < steps.band_steps; n += 2) {
-    band_step(s0, s1, n);
-    if (n + 1 < steps.band_steps) band_step(s1, s0, n + 1);
+  wgmma::fence();
+  queue_scores(0);
+  wgmma::wait<0>();
+  wgmma::fence_operands(s);
+  probabilities(0);
+  rescale_output(o, rescale);
+  to_fragments();
+  for (int n = 1; n < steps.band_steps; ++n) {
+    wait_full(n);
+    wgmma::fence();
+    queue_scores(n);
+    queue_pv(n - 1);
+    wgmma::wait<1>();  // the scores
+    wgmma::fence_operands(s);
+    probabilities(n);
+    wgmma::wait<0>();  // P V
+    wgmma::fence_operands(o);
+    release(n - 1);
+    rescale_output(o, rescale);
+    to_fragments();
   }
-  wgmma::wait_all();
+  wgmma::fence();
+  queue_pv(steps.band_steps - 1);
+  wgmma::wait<0>();
   wgmma::fence_operands(o);
   release(steps.band_steps - 1);
 

@@ -24,24 +24,29 @@ namespace fibsparse {
 
 // The Hopper forward: two heads per block where the kv group's heads pair up
 // and share one row of offsets (each warpgroup one head, the stages staged once
-// for both), else one.
+// for both), else one. Its offsets check runs as a launch of its own, before it.
 template <typename T>
 void launch_fwd_hopper(const Params& p) {
   using namespace hopper_fwd;
   const ForwardTensorMaps maps = make_forward_maps(p, std::is_same_v<T, at::BFloat16>);
   const bool pairs = p.offsets_head_stride == 0 && (p.heads / p.heads_kv) % 2 == 0;
-  const auto launch = [&](auto kernel, int heads, int threads, int smem_bytes) {
-    const dim3 grid(blocks_for(p.seqlen_q, kTileRows) + kOffsetsCheckBlocks, p.heads / heads, p.batch);
+  const auto launch = [&](auto kernel, auto check, int heads, int threads, int smem_bytes) {
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    check<<<dim3(kOffsetsCheckBlocks, p.heads / heads, 1), 128, 0, stream>>>(p);  // dense: one sequence checks
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const dim3 grid(blocks_for(p.seqlen_q, kTileRows), p.heads / heads, p.batch);
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
-    kernel<<<grid, threads, smem_bytes, at::cuda::getCurrentCUDAStream()>>>(p, maps);
+    kernel<<<grid, threads, smem_bytes, stream>>>(p, maps);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
   const auto launch_dim = [&](auto head_dim) {
     constexpr int kHeadDim = decltype(head_dim)::value;
     if (pairs) {
-      launch(fwd_hopper_kernel<T, kHeadDim, 2>, 2, Shape<kHeadDim, 2>::kThreads, Shape<kHeadDim, 2>::kSmemBytes);
+      launch(fwd_hopper_kernel<T, kHeadDim, 2>, offsets_check_kernel<int32_t, 2>, 2, Shape<kHeadDim, 2>::kThreads,
+             Shape<kHeadDim, 2>::kSmemBytes);
     } else {
-      launch(fwd_hopper_kernel<T, kHeadDim, 1>, 1, Shape<kHeadDim, 1>::kThreads, Shape<kHeadDim, 1>::kSmemBytes);
+      launch(fwd_hopper_kernel<T, kHeadDim, 1>, offsets_check_kernel<int32_t, 1>, 1, Shape<kHeadDim, 1>::kThreads,
+             Shape<kHeadDim, 1>::kSmemBytes);
     }
   };
   if (p.head_dim == 64) {

@@ -87,4 +87,13 @@ __device__ __forceinline__ void check_offsets_of_heads(const Params& p) {
   check_offsets_on_device<OffsetT>(p, blockIdx.y * kHeads);
 }
 
+// The same check as a launch of its own, on a grid of (1, heads / kHeads,
+// batch) blocks, for a kernel that cannot hold it: a kernel that issues
+// wgmma must make no function call (the assert is one), or ptxas serializes
+// every wgmma of it (its "C7510" report).
+template <typename OffsetT, int kHeads>
+__global__ void offsets_check_kernel(const Params p) {
+  check_offsets_of_heads<OffsetT, kHeads>(p);
+}
+
 }  // namespace fibsparse

@@ -18,7 +18,11 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
   static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
     void* fn = nullptr;
     cudaDriverEntryPointQueryResult found{};
+#if CUDART_VERSION >= 12050
     C10_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found));
+#else  // toolkits before 12.5 have only the unversioned lookup
+    C10_CUDA_CHECK(cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &fn, cudaEnableDefault, &found));
+#endif
     TORCH_CHECK(found == cudaDriverEntryPointSuccess && fn != nullptr,
                 "fibsparse: the CUDA driver has no cuTensorMapEncodeTiled (needed by the Hopper forward)");
     return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
@@ -66,12 +70,14 @@ bool hopper_forward_applies(const Params& p, bool tensor_core_type, bool fractio
   if (!kHopperForwardBuilt || !tensor_core_type || fractional) return false;
   if (p.cu_seqlens_q != nullptr || p.cache_seqlens != nullptr || p.block_table != nullptr) return false;
   if (p.head_dim != 64 && p.head_dim != 128) return false;
-  // The window alone (no offsets) stays on the mma.sync forward: on an H200 at
-  // 128k the Hopper forward took 1.33x its time at head_dim 64 (MHA) and 0.98x
-  // at 128 (GQA 32/8), where with offsets it takes 0.61-0.91x.
-  if (p.num_offsets == 0) return false;
   const char* setting = std::getenv("FIBSPARSE_HOPPER");
   if (setting != nullptr && std::strcmp(setting, "0") == 0) return false;
+  // The window alone (no offsets) stays on the mma.sync forward, unless asked
+  // (FIBSPARSE_HOPPER=always, for comparisons): on an H200 at 128k the Hopper
+  // forward took 1.33x its time at head_dim 64 (MHA) and 0.98x at 128 (GQA 32/8),
+  // where with offsets it takes 0.61-0.91x (both measured with its wgmma serialized).
+  const bool always = setting != nullptr && std::strcmp(setting, "always") == 0;
+  if (p.num_offsets == 0 && !always) return false;
   const cudaDeviceProp* device = at::cuda::getCurrentDeviceProperties();
   if (device->major != 9 || device->minor != 0) return false;
   return tma_layout(p.q, p.q_head_stride, p.heads, p.q_row_stride, p.seqlen_q, p.q_batch_stride, p.batch) &&

@@ -20,9 +20,10 @@ struct ForwardTensorMaps {
 // compute capability 9.0 device, 16-bit inputs, integer offsets (at least one
 // entry: the window alone is faster on the mma.sync forward), a dense batch
 // (no packed sequences, no cache), head_dim 64 or 128, and the layouts TMA
-// takes (16-byte aligned base pointers and nonzero 16-byte strides). FIBSPARSE_HOPPER=0 in the
-// environment turns it off (the tensor-core kernels of fwd_mma_kernel.cuh run
-// instead), for comparisons.
+// takes (16-byte aligned base pointers and nonzero 16-byte strides). For
+// comparisons, FIBSPARSE_HOPPER=0 in the environment turns it off (the
+// tensor-core kernels of fwd_mma_kernel.cuh run instead), and
+// FIBSPARSE_HOPPER=always gives it the window alone too.
 bool hopper_forward_applies(const Params& p, bool tensor_core_type, bool fractional);
 
 // Whether this build has the Hopper forward (sm_90a was among its archs).

@@ -38,10 +38,14 @@ __device__ __forceinline__ uint64_t tile_descriptor(uint32_t smem_address, uint3
 }
 
 // Before the first wgmma of a batch (its accumulators were last written by
-// other instructions), after the batch, and to wait for it to finish.
+// other instructions), after the batch, and to wait for batches to finish.
 __device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Waits until at most kPending committed batches are still running (0: all done).
+template <int kPending>
+__device__ __forceinline__ void wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+}
 
 // Resizes this warpgroup's registers per thread (a multiple of 8 in [24, 256]):
 // a producer warpgroup gives registers back, consumers take them.
@@ -55,7 +59,7 @@ __device__ __forceinline__ void set_max_registers_inc() {
 }
 
 // Ties accumulator registers to the asynchronous product: the compiler may
-// neither read them before wait_all() nor move writes past fence() (wgmma's
+// neither read them before wait() nor move writes past fence() (wgmma's
 // operands are not visible to it as dependencies).
 template <int N>
 __device__ __forceinline__ void fence_operands(float (&d)[N][4]) {
