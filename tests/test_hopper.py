@@ -35,8 +35,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
 
 
-@pytest.mark.skipif(NVCC is None, reason="needs nvcc")
-def test_ptxas_keeps_the_hopper_forwards_wgmma_asynchronous(tmp_path):
+@pytest.mark.skipif(NVCC is None or torch.version.cuda is None or not build_info()["cuda"],
+                    reason="needs nvcc and a CUDA build of torch and of this extension")
+@pytest.mark.parametrize("source", ["fwd_bf16.cu", "fwd_fp16.cu"])
+def test_ptxas_keeps_the_hopper_forwards_wgmma_asynchronous(tmp_path, source):
     """ptxas serializes every wgmma of a kernel where it cannot keep them
     asynchronous (a function call in the kernel, such as a device-side assert:
     "C7510"; a write to an accumulator while a product may still be running:
@@ -55,8 +57,8 @@ def test_ptxas_keeps_the_hopper_forwards_wgmma_asynchronous(tmp_path):
     includes.append(str(links))
     command = [NVCC, "-std=c++20", "-O3", "--expt-relaxed-constexpr", "-gencode", "arch=compute_90a,code=sm_90a",
                "-DFIBSPARSE_WITH_CUDA", "-DFIBSPARSE_HOPPER_KERNELS", "-Xptxas", "-v",
-               *(f"-I{d}" for d in includes), "-c", os.path.join(ROOT, "csrc", "cuda", "fwd_bf16.cu"),
-               "-o", str(tmp_path / "fwd_bf16.o")]
+               *(f"-I{d}" for d in includes), "-c", os.path.join(ROOT, "csrc", "cuda", source),
+               "-o", str(tmp_path / "kernels.o")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = result.stdout + result.stderr

@@ -273,12 +273,13 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads>::kThreads, Shape<kHead
     if (lane == 0) tma::arrive(&empty[stage_of(n)]);
   };
   // The band, software-pipelined as FlashAttention-3 does within a warpgroup:
-  // the tensor cores compute step n's scores and step n - 1's P V while this
-  // warpgroup masks and exponentiates step n's scores. The code keeps ptxas's
-  // rules for asynchronous wgmma (else it serializes them, "C7515"): one set of
-  // score registers, no branch while a product is in flight, and no write to an
-  // accumulator (o) before the product that last wrote it has been waited for,
-  // which is why o is rescaled after the wait, apart from the softmax.
+  // step n's scores and step n - 1's P V are queued together, and while this
+  // warpgroup masks and exponentiates the scores, the tensor cores run the P V.
+  // The code keeps ptxas's rules for asynchronous wgmma (else it serializes
+  // them, "C7515"): one set of score registers (not two swapped across a
+  // branch), and no write to an accumulator (o) before the product that last
+  // wrote it has been waited for, which is why o is rescaled after that wait,
+  // apart from the softmax.
   float s[kChunkTiles][4];
   uint32_t pa[kTileRows / 16][4];  // P of the step whose P V comes next, as A fragments
   float rescale[2];

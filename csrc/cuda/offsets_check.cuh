@@ -5,7 +5,9 @@
 // of the first sequence check their head's row and leave, so the attention blocks only
 // compare their index (a check inside them cost 3% of the step). A bad entry stops the
 // kernel with a device-side assert, which torch raises at the next sync. A decode
-// launch's check blocks also check the cache's lengths and block table.
+// launch's check blocks also check the cache's lengths and block table. The Hopper
+// forward, which may make no function call, runs the check as a launch of its own
+// before it (offsets_check_kernel).
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -87,8 +89,9 @@ __device__ __forceinline__ void check_offsets_of_heads(const Params& p) {
   check_offsets_on_device<OffsetT>(p, blockIdx.y * kHeads);
 }
 
-// The same check as a launch of its own, on a grid of (1, heads / kHeads,
-// batch) blocks, for a kernel that cannot hold it: a kernel that issues
+// The same check as a launch of its own, on a grid of (1, heads / kHeads, 1)
+// blocks (dense batches: the offsets do not depend on the sequence), for a
+// kernel that cannot hold it: a kernel that issues
 // wgmma must make no function call (the assert is one), or ptxas serializes
 // every wgmma of it (its "C7510" report).
 template <typename OffsetT, int kHeads>
