@@ -297,32 +297,10 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads>::kThreads, Shape<kHead
     for (int kk = 0; kk < kTileRows / 16; ++kk) wgmma::rs<T, kHeadDim>(o, pa[kk], mn_major_slice(rows_v, kk), 1);
     wgmma::commit();
   };
-  // Step n's scores, masked as in the mma.sync forward plus keys before the
-  // sequence (a chunk may start before key 0; the mma.sync forward never
-  // stages those), then turned into probabilities.
+  // Step n's scores, masked (with the keys before the sequence: a chunk may
+  // start before key 0), then turned into probabilities.
   const auto probabilities = [&](int n) {
-    const int64_t chunk = steps.first_row(n);
-    const int distance0 = thread_distance<false>(warp_pos, chunk, g, c);
-#pragma unroll
-    for (int t16 = 0; t16 < kTileRows / 16; ++t16) {
-      const int64_t key0 = chunk + 16 * t16;
-      if (key0 >= 0 && band_holds<15>(warp_pos, key0, p.band)) {
-#pragma unroll
-        for (int j = 2 * t16; j < 2 * t16 + 2; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) s[j][e] *= scale_log2;
-      } else {
-#pragma unroll
-        for (int j = 2 * t16; j < 2 * t16 + 2; ++j) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int distance = element_distance<false>(distance0, j, e);
-            const bool exists = key0 >= 0 || distance <= warp_pos + g + 8 * (e / 2);
-            s[j][e] = in_band(distance, p.band) && exists ? s[j][e] * scale_log2 : -INFINITY;
-          }
-        }
-      }
-    }
+    mask_band_chunk</*kKeysBeforeStart=*/true>(s, warp_pos, steps.first_row(n), p.band, scale_log2, g, c);
     softmax_without_output(s, m, l, rescale);
   };
   const auto to_fragments = [&] {

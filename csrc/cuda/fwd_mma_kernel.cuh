@@ -162,27 +162,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
         // branch per sub-tile the 8 accumulator chains interleave.
 #pragma unroll
         for (int t16 = 0; t16 < kChunk / 16; ++t16) dot_16_rows<T, kHeadDim>(qf, rows_k + 16 * t16, s, 2 * t16, lane);
-        const int distance0 = thread_distance<false>(warp_pos, chunk, g, c);
-#pragma unroll
-        for (int t16 = 0; t16 < kChunk / 16; ++t16) {
-          // Distances in the sub-tile: warp_pos - key0 + [-15, 15]. Only the
-          // tiles on the band's two edges need a mask per score.
-          if (band_holds<15>(warp_pos, chunk + 16 * t16, p.band)) {
-#pragma unroll
-            for (int j = 2 * t16; j < 2 * t16 + 2; ++j)
-#pragma unroll
-              for (int e = 0; e < 4; ++e) s[j][e] *= scale_log2;
-          } else {
-#pragma unroll
-            for (int j = 2 * t16; j < 2 * t16 + 2; ++j) {
-#pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const bool attended = in_band(element_distance<false>(distance0, j, e), p.band);
-                s[j][e] = attended ? s[j][e] * scale_log2 : -INFINITY;
-              }
-            }
-          }
-        }
+        mask_band_chunk</*kKeysBeforeStart=*/false>(s, warp_pos, chunk, p.band, scale_log2, g, c);
         softmax_update(s, m, l, o);
 #pragma unroll
         for (int t16 = 0; t16 < kChunk / 16; ++t16) {

@@ -268,6 +268,39 @@ __device__ __forceinline__ int thread_distance(int64_t row0, int64_t col0, int g
   return kKeysAreRows ? int(col0 - row0) + 2 * c - g : int(row0 - col0) + g - 2 * c;
 }
 
+// A band chunk's scores in log2 units: kChunk keys from `chunk` (C layout,
+// N = kChunk / 8 tiles) against the warp's 16 queries from warp_pos, scaled
+// where pattern.h's in_band holds and -inf elsewhere. Only the 16-key
+// sub-tiles on the band's two edges need a mask per score. kKeysBeforeStart:
+// the chunk may start before key 0 (the Hopper forward's chunks end at its
+// last query), and keys before the sequence are masked too.
+template <bool kKeysBeforeStart, int N>
+__device__ __forceinline__ void mask_band_chunk(float (&s)[N][4], int64_t warp_pos, int64_t chunk, Band band,
+                                                float scale_log2, int g, int c) {
+  const int distance0 = thread_distance<false>(warp_pos, chunk, g, c);
+#pragma unroll
+  for (int t16 = 0; t16 < N / 2; ++t16) {
+    const int64_t key0 = chunk + 16 * t16;
+    if ((!kKeysBeforeStart || key0 >= 0) && band_holds<15>(warp_pos, key0, band)) {
+#pragma unroll
+      for (int j = 2 * t16; j < 2 * t16 + 2; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[j][e] *= scale_log2;
+    } else {
+#pragma unroll
+      for (int j = 2 * t16; j < 2 * t16 + 2; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int distance = element_distance<false>(distance0, j, e);
+          // Row g + 8 (e / 2) sits at warp_pos + g + 8 (e / 2); its key exists when distance <= that.
+          const bool exists = !kKeysBeforeStart || key0 >= 0 || distance <= warp_pos + g + 8 * (e / 2);
+          s[j][e] = in_band(distance, band) && exists ? s[j][e] * scale_log2 : -INFINITY;
+        }
+      }
+    }
+  }
+}
+
 // 2^x on the special-function unit, flushing denormals (exp2f adds range
 // handling the softmax does not need); 2^-inf = 0.
 __device__ __forceinline__ float fast_exp2(float x) {
