@@ -63,7 +63,7 @@ def test_ptxas_keeps_the_hopper_forwards_wgmma_asynchronous(tmp_path, source):
     assert result.returncode == 0, result.stderr[-3000:]
     report = result.stdout + result.stderr
     kernels = re.findall(r"Compiling entry function '(\w*fwd_hopper_kernel\w*)'", report)
-    assert len(kernels) == 4, report[-3000:]  # head_dim 64 and 128, one and two heads per block
+    assert len(kernels) == 6, report[-3000:]  # head_dim 64 and 128; one head, two, two in clusters of two blocks
     assert "Performance Loss" not in report, [line for line in report.splitlines() if "Performance Loss" in line]
     for kernel in kernels:
         spills = re.search(rf"Function properties for {kernel}\s+\d+ bytes stack frame, (\d+) bytes spill stores",
@@ -211,3 +211,26 @@ def test_hopper_forward_takes_the_window_alone_when_asked(monkeypatch, head_dim)
     out, lse = fibsparse_attn(q, k, v, 128, none, return_lse=True)
     ref_out, ref_lse = fibsparse_attn_ref(q.double(), k.double(), v.double(), 128, none.long(), return_lse=True)
     assert rel_err(out, ref_out) < 1e-2 and rel_err(lse, ref_lse) < 1e-3
+
+
+@requires_hopper
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("heads, seqlen_q, seqlen_k", [(8, 257, 257), (16, 100, 333), (8, 64, 64)])
+def test_hopper_forward_clusters_give_the_same_bits(monkeypatch, head_dim, heads, seqlen_q, seqlen_k):
+    """Where a kv group holds two pairs of heads sharing their offsets, their two
+    blocks run as a cluster that loads each stage once for both (multicast):
+    the data is the same, so the results are bitwise those of separate blocks
+    (FIBSPARSE_HOPPER_CLUSTER=0), and the kernel that ran says which it was."""
+    monkeypatch.delenv("FIBSPARSE_HOPPER", raising=False)
+    torch.manual_seed(heads + seqlen_q + head_dim)
+    q, k, v = random_qkv(2, seqlen_q, heads, 2, head_dim, torch.bfloat16, "cuda", seqlen_k=seqlen_k,
+                         requires_grad=False)
+    offsets = random_offsets(128, 7, None, False, "cuda", spread=max(2, seqlen_k // 8))
+    kernel = f"fwd_hopper_kernel<c10::BFloat16, {head_dim}, 2, "
+    monkeypatch.delenv("FIBSPARSE_HOPPER_CLUSTER", raising=False)
+    assert any(kernel + "2>" in n for n in forward_kernels(q, k, v, 128, offsets))
+    clustered = fibsparse_attn(q, k, v, 128, offsets, return_lse=True)
+    monkeypatch.setenv("FIBSPARSE_HOPPER_CLUSTER", "0")
+    assert any(kernel + "1>" in n for n in forward_kernels(q, k, v, 128, offsets))
+    separate = fibsparse_attn(q, k, v, 128, offsets, return_lse=True)
+    assert torch.equal(clustered[0], separate[0]) and torch.equal(clustered[1], separate[1])

@@ -191,9 +191,15 @@ __device__ __forceinline__ void rescale_output(float (&o)[kDimTiles][4], const f
   }
 }
 
-template <typename T, int kHeadDim, int kHeads>
+// kCluster == 2: the block runs in a cluster with the block of the next two heads
+// of its kv group (the same queries, kv head and offsets, so the same steps);
+// each stage's k tile is loaded by rank 0 and its v tile by rank 1, each into
+// both blocks at once, halving the L2 reads, and a stage is refilled only when
+// the consumers of both blocks are done with it.
+template <typename T, int kHeadDim, int kHeads, int kCluster>
 __global__ void __launch_bounds__(Shape<kHeadDim, kHeads>::kThreads, Shape<kHeadDim, kHeads>::kMinBlocks)
     fwd_hopper_kernel(const __grid_constant__ Params p, const __grid_constant__ ForwardTensorMaps maps) {
+  static_assert(kCluster == 1 || (kCluster == 2 && kHeads == 2));
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using S = Shape<kHeadDim, kHeads>;
   using namespace mma_tiles;
@@ -213,15 +219,20 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads>::kThreads, Shape<kHead
   const int32_t* offs = static_cast<const int32_t*>(p.offsets) + first_head * p.offsets_head_stride;
   const Steps steps(p, offs, q0 + int64_t(seq.q_pos_shift));
 
+  const uint32_t rank = kCluster > 1 ? tma::cluster_rank() : 0;
   if (threadIdx.x == 0) {
     tma::barrier_init(q_full, 1);
     for (int s = 0; s < S::kStages; ++s) {
       tma::barrier_init(&full[s], 1);
-      tma::barrier_init(&empty[s], kHeads * kWarps);
+      tma::barrier_init(&empty[s], kCluster * kHeads * kWarps);  // every consumer warp of the cluster
     }
     tma::fence_barrier_init();
   }
-  __syncthreads();
+  if constexpr (kCluster > 1) {
+    tma::cluster_sync();  // the peer's barriers exist before anything arrives on them
+  } else {
+    __syncthreads();
+  }
 
   const int warp_in_block = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (warp_in_block >= kHeads * kWarps) {  // the producer warpgroup: one thread issues every load
@@ -235,15 +246,30 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads>::kThreads, Shape<kHead
           tma::load_4d(q_tile(head) + r * kRegionBytes, &maps.q, q_full, 64 * r, first_head + head, q0, b);
       for (int n = 0; n < steps.num_steps; ++n) {
         const int stage = n % S::kStages;
-        tma::wait(&empty[stage], ((n / S::kStages) & 1) ^ 1);
+        const uint32_t free_parity = ((n / S::kStages) & 1) ^ 1;
+        // Both tiles land in this block either way: its own loads, or one from each block of the cluster.
+        if constexpr (kCluster > 1) {
+          tma::wait_cluster(&empty[stage], free_parity);
+        } else {
+          tma::wait(&empty[stage], free_parity);
+        }
         tma::arrive_expect_bytes(&full[stage], 2 * S::kTileBytes);
         const int row = int(steps.first_row(n));
         for (int r = 0; r < kHeadDim / 64; ++r) {
-          tma::load_4d(k_tile(stage) + r * kRegionBytes, &maps.k, &full[stage], 64 * r, hk, row, b);
-          tma::load_4d(v_tile(stage) + r * kRegionBytes, &maps.v, &full[stage], 64 * r, hk, row, b);
+          if constexpr (kCluster > 1) {
+            const bool k_loader = rank == 0;
+            tma::load_4d_multicast((k_loader ? k_tile(stage) : v_tile(stage)) + r * kRegionBytes,
+                                   k_loader ? &maps.k : &maps.v, &full[stage], 0b11, 64 * r, hk, row, b);
+          } else {
+            tma::load_4d(k_tile(stage) + r * kRegionBytes, &maps.k, &full[stage], 64 * r, hk, row, b);
+            tma::load_4d(v_tile(stage) + r * kRegionBytes, &maps.v, &full[stage], 64 * r, hk, row, b);
+          }
         }
       }
     }
+    // A block of a cluster stays until its peer is done: the peer's loads and
+    // arrivals reach this block's shared memory.
+    if constexpr (kCluster > 1) tma::cluster_sync();
     return;
   }
 
@@ -268,9 +294,12 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads>::kThreads, Shape<kHead
   const char* q_smem = q_tile(head);
   const auto stage_of = [&](int n) { return n % S::kStages; };
   const auto wait_full = [&](int n) { tma::wait(&full[stage_of(n)], (n / S::kStages) & 1); };
-  const auto release = [&](int n) {  // this warp is done with step n's stage
+  const auto release = [&](int n) {  // this warp is done with step n's stage (in every block of the cluster)
     __syncwarp();
-    if (lane == 0) tma::arrive(&empty[stage_of(n)]);
+    if (lane == 0) {
+      tma::arrive(&empty[stage_of(n)]);
+      if constexpr (kCluster > 1) tma::arrive_remote(&empty[stage_of(n)], rank ^ 1);
+    }
   };
   // The band, software-pipelined as FlashAttention-3 does within a warpgroup:
   // step n's scores and step n - 1's P V are queued together, and while this
@@ -380,6 +409,7 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads>::kThreads, Shape<kHead
       static_cast<float*>(p.lse)[stats_index(p, seq, b, h, i)] = m[r] * float(M_LN2) + logf(l[r]);
     }
   }
+  if constexpr (kCluster > 1) tma::cluster_sync();  // see the producer's
 #else
   __trap();  // launched only where hopper_forward_applies: a build with sm_90a, on such a device
 #endif

@@ -8,6 +8,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "../capabilities.h"
@@ -24,29 +26,48 @@ namespace fibsparse {
 
 // The Hopper forward: two heads per block where the kv group's heads pair up
 // and share one row of offsets (each warpgroup one head, the stages staged once
-// for both), else one. Its offsets check runs as a launch of its own, before it.
+// for both), else one; where the group holds two such pairs, their two blocks
+// run as a cluster that loads each stage once for both (FIBSPARSE_HOPPER_CLUSTER=0
+// turns that off, for comparisons). Its offsets check runs as a launch of its
+// own, before it.
 template <typename T>
 void launch_fwd_hopper(const Params& p) {
   using namespace hopper_fwd;
   const ForwardTensorMaps maps = make_forward_maps(p, std::is_same_v<T, at::BFloat16>);
-  const bool pairs = p.offsets_head_stride == 0 && (p.heads / p.heads_kv) % 2 == 0;
-  const auto launch = [&](auto kernel, auto check, int heads, int threads, int smem_bytes) {
-    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int group = p.heads / p.heads_kv;
+  const bool pairs = p.offsets_head_stride == 0 && group % 2 == 0;
+  const char* cluster_setting = std::getenv("FIBSPARSE_HOPPER_CLUSTER");
+  const bool clusters = pairs && group % 4 == 0 && !(cluster_setting != nullptr && std::string(cluster_setting) == "0");
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const auto launch = [&](auto kernel, auto check, int heads, int cluster, int threads, int smem_bytes) {
     check<<<dim3(kOffsetsCheckBlocks, p.heads / heads, 1), 128, 0, stream>>>(p);  // dense: one sequence checks
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const dim3 grid(blocks_for(p.seqlen_q, kTileRows), p.heads / heads, p.batch);
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
-    kernel<<<grid, threads, smem_bytes, stream>>>(p, maps);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(blocks_for(p.seqlen_q, kTileRows), p.heads / heads, p.batch);
+    config.blockDim = dim3(threads);
+    config.dynamicSmemBytes = smem_bytes;
+    config.stream = stream;
+    cudaLaunchAttribute cluster_shape;
+    cluster_shape.id = cudaLaunchAttributeClusterDimension;
+    cluster_shape.val.clusterDim.x = 1;
+    cluster_shape.val.clusterDim.y = cluster;  // blocks y and y + 1: the two pairs of one kv group
+    cluster_shape.val.clusterDim.z = 1;
+    config.attrs = &cluster_shape;
+    config.numAttrs = 1;
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p, maps));
   };
   const auto launch_dim = [&](auto head_dim) {
     constexpr int kHeadDim = decltype(head_dim)::value;
-    if (pairs) {
-      launch(fwd_hopper_kernel<T, kHeadDim, 2>, offsets_check_kernel<int32_t, 2>, 2, Shape<kHeadDim, 2>::kThreads,
-             Shape<kHeadDim, 2>::kSmemBytes);
+    if (clusters) {
+      launch(fwd_hopper_kernel<T, kHeadDim, 2, 2>, offsets_check_kernel<int32_t, 2>, 2, 2,
+             Shape<kHeadDim, 2>::kThreads, Shape<kHeadDim, 2>::kSmemBytes);
+    } else if (pairs) {
+      launch(fwd_hopper_kernel<T, kHeadDim, 2, 1>, offsets_check_kernel<int32_t, 2>, 2, 1,
+             Shape<kHeadDim, 2>::kThreads, Shape<kHeadDim, 2>::kSmemBytes);
     } else {
-      launch(fwd_hopper_kernel<T, kHeadDim, 1>, offsets_check_kernel<int32_t, 1>, 1, Shape<kHeadDim, 1>::kThreads,
-             Shape<kHeadDim, 1>::kSmemBytes);
+      launch(fwd_hopper_kernel<T, kHeadDim, 1, 1>, offsets_check_kernel<int32_t, 1>, 1, 1,
+             Shape<kHeadDim, 1>::kThreads, Shape<kHeadDim, 1>::kSmemBytes);
     }
   };
   if (p.head_dim == 64) {

@@ -1,6 +1,7 @@
 // Hopper's asynchronous copies (sm_90a): TMA loads of a tensor map's boxes into
-// shared memory, and the mbarriers that count their bytes and hand stages
-// between a producer warp and consumer warpgroups. A box lands with the
+// shared memory (into two blocks of a cluster at once, multicast), and the
+// mbarriers that count their bytes and hand stages between a producer warp and
+// consumer warpgroups, within a block or across a cluster. A box lands with the
 // 128-byte swizzle (tensor_maps.h makes the maps): within each 1024-byte atom
 // of 8 rows of 128 bytes, the 16-byte chunk c of row r sits at chunk c ^ (r % 8).
 // Only compiled into kernels built for sm_90a (fwd_hopper_kernel.cuh).
@@ -47,6 +48,35 @@ __device__ __forceinline__ void wait(uint64_t* bar, uint32_t parity) {
       : "memory");
 }
 
+// ---- Clusters (two blocks that share their loads) ----
+__device__ __forceinline__ uint32_t cluster_rank() {
+  uint32_t rank;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
+  return rank;
+}
+// Every thread of every block of the cluster arrives, then waits for all.
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+}
+// An arrival on the barrier at the same place in block `rank` of the cluster.
+__device__ __forceinline__ void arrive_remote(uint64_t* bar, uint32_t rank) {
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(smem_address(bar)), "r"(rank));
+  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
+}
+// wait(), ordering what follows after the arrivals of other blocks of the cluster.
+__device__ __forceinline__ void wait_cluster(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "WAIT:\n"
+      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT;\n"
+      "}\n" ::"r"(smem_address(bar)),
+      "r"(parity)
+      : "memory");
+}
+
 // ---- TMA ----
 // Loads the box of a 4-d tensor map at coordinates (c0 innermost .. c3) into
 // dst; elements outside the tensor (negative coordinates too) land as zeros.
@@ -57,6 +87,17 @@ __device__ __forceinline__ void load_4d(void* dst, const CUtensorMap* map, uint6
       "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5, %6}], "
       "[%2];\n" ::"r"(smem_address(dst)),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_address(bar)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
+}
+
+// load_4d into the same place of every block of the cluster in `blocks` (a bit
+// per rank), each block's barrier counting the bytes it receives.
+__device__ __forceinline__ void load_4d_multicast(void* dst, const CUtensorMap* map, uint64_t* bar, uint16_t blocks,
+                                                  int c0, int c1, int c2, int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], "
+      "[%1, {%4, %5, %6, %7}], [%2], %3;\n" ::"r"(smem_address(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_address(bar)), "h"(blocks), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
       : "memory");
 }
 
