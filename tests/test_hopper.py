@@ -214,19 +214,24 @@ def test_hopper_forward_takes_the_window_alone_when_asked(monkeypatch, head_dim)
 
 
 @requires_hopper
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize("heads, seqlen_q, seqlen_k", [(8, 257, 257), (16, 100, 333), (8, 64, 64)])
-def test_hopper_forward_clusters_give_the_same_bits(monkeypatch, head_dim, heads, seqlen_q, seqlen_k):
+@pytest.mark.parametrize("heads, seqlen_q, seqlen_k, num_offsets", [
+    (8, 257, 257, 7), (16, 100, 333, 7), (8, 64, 64, 7),
+    (8, 4096, 4096, 20),  # many steps per block: the stage rings of both blocks wrap several times
+])
+def test_hopper_forward_clusters_give_the_same_bits(monkeypatch, dtype, head_dim, heads, seqlen_q, seqlen_k,
+                                                     num_offsets):
     """Where a kv group holds two pairs of heads sharing their offsets, their two
     blocks run as a cluster that loads each stage once for both (multicast):
     the data is the same, so the results are bitwise those of separate blocks
     (FIBSPARSE_HOPPER_CLUSTER=0), and the kernel that ran says which it was."""
     monkeypatch.delenv("FIBSPARSE_HOPPER", raising=False)
     torch.manual_seed(heads + seqlen_q + head_dim)
-    q, k, v = random_qkv(2, seqlen_q, heads, 2, head_dim, torch.bfloat16, "cuda", seqlen_k=seqlen_k,
-                         requires_grad=False)
-    offsets = random_offsets(128, 7, None, False, "cuda", spread=max(2, seqlen_k // 8))
-    kernel = f"fwd_hopper_kernel<c10::BFloat16, {head_dim}, 2, "
+    q, k, v = random_qkv(2, seqlen_q, heads, 2, head_dim, dtype, "cuda", seqlen_k=seqlen_k, requires_grad=False)
+    offsets = random_offsets(128, num_offsets, None, False, "cuda", spread=max(2, seqlen_k // (num_offsets + 1)))
+    name = "c10::BFloat16" if dtype == torch.bfloat16 else "c10::Half"
+    kernel = f"fwd_hopper_kernel<{name}, {head_dim}, 2, "
     monkeypatch.delenv("FIBSPARSE_HOPPER_CLUSTER", raising=False)
     assert any(kernel + "2>" in n for n in forward_kernels(q, k, v, 128, offsets))
     clustered = fibsparse_attn(q, k, v, 128, offsets, return_lse=True)

@@ -247,12 +247,8 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads>::kThreads, Shape<kHead
       for (int n = 0; n < steps.num_steps; ++n) {
         const int stage = n % S::kStages;
         const uint32_t free_parity = ((n / S::kStages) & 1) ^ 1;
+        tma::wait(&empty[stage], free_parity);
         // Both tiles land in this block either way: its own loads, or one from each block of the cluster.
-        if constexpr (kCluster > 1) {
-          tma::wait_cluster(&empty[stage], free_parity);
-        } else {
-          tma::wait(&empty[stage], free_parity);
-        }
         tma::arrive_expect_bytes(&full[stage], 2 * S::kTileBytes);
         const int row = int(steps.first_row(n));
         for (int r = 0; r < kHeadDim / 64; ++r) {

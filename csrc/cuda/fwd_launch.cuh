@@ -54,7 +54,7 @@ void launch_fwd_hopper(const Params& p) {
     cluster_shape.val.clusterDim.y = cluster;  // blocks y and y + 1: the two pairs of one kv group
     cluster_shape.val.clusterDim.z = 1;
     config.attrs = &cluster_shape;
-    config.numAttrs = 1;
+    config.numAttrs = cluster > 1 ? 1 : 0;
     C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p, maps));
   };
   const auto launch_dim = [&](auto head_dim) {
