@@ -366,45 +366,15 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads>::kThreads, Shape<kHead
     const char* rows_k = k_tile(stage_of(n));
     const char* rows_v = v_tile(stage_of(n));
     const int t = distance_of_offset(steps.offset_index(n), p.band);
-    float tile[2][4], score[2];
+    float tile[2][4];
     dot_16_rows<T, kHeadDim>(qf, rows_k, 16 * warp, tile, lane);
-    float new_max[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      score[r] = __shfl_sync(0xffffffffu, diagonal_element(tile, r, g), diagonal_owner(lane));
-      const bool valid = sample_key<float>(warp_pos + g + 8 * r, t, p.band, offs).valid;
-      score[r] = valid ? score[r] * scale_log2 : -INFINITY;
-      new_max[r] = fmaxf(m[r], score[r]);
-    }
-    mma_fwd::raise_max(new_max, m, l, o);
-    float prob[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      prob[r] = mma_fwd::prob_of(score[r], m[r]);
-      if (c == 0) l[r] += prob[r];  // l is summed over the quad at the end
-    }
+    float score[2] = {diagonal_element(tile, 0, g), diagonal_element(tile, 1, g)}, prob[2];
+    mma_fwd::offset_softmax(score, warp_pos, t, p, offs, scale_log2, m, l, o, lane, prob);
     add_diag_times_rows<T, kHeadDim>(prob[0], prob[1], rows_v, 16 * warp, o, lane);
     release(n);
   }
 
-  // Finish as the mma.sync forward does: sum each row over its quad, normalize, store out and lse.
-  uint16_t* out = bits<T>(p.out, seq.q_start(b, p.o_batch_stride, p.o_row_stride) + h * p.o_head_stride);
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-    const int i = warp_q0 + g + 8 * r;
-    if (i >= seq.seqlen_q) continue;
-    const float inv = l[r] == 0.f ? 0.f : 1.f / l[r];
-    uint16_t* row = out + int64_t(i) * p.o_row_stride;
-#pragma unroll
-    for (int n = 0; n < kDimTiles; ++n) {
-      *reinterpret_cast<uint32_t*>(row + 8 * n + 2 * c) = pack2<T>(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
-    }
-    if (c == 0) {
-      static_cast<float*>(p.lse)[stats_index(p, seq, b, h, i)] = m[r] * float(M_LN2) + logf(l[r]);
-    }
-  }
+  mma_fwd::store_output_and_lse<T>(p, seq, b, h, warp_q0, o, m, l, lane);
   if constexpr (kCluster > 1) tma::cluster_sync();  // see the producer's
 #else
   __trap();  // launched only where hopper_forward_applies: a build with sm_90a, on such a device

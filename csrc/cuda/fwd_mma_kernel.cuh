@@ -110,6 +110,59 @@ __device__ __forceinline__ void softmax_update(float (&s)[N][4], float (&m)[2], 
   }
 }
 
+// One offset step's online-softmax update: score[r] is the diagonal element
+// of the warp's 16 x 16 tile for row r (valid in its owner lane), for distance
+// index t. Takes it from the owner, masks rows the offset cannot pair
+// (pattern.h's sample_key), raises the running max and sum, and gives the
+// rows' probabilities (the diagonal of P, for add_diag_times_rows).
+template <typename OffsetT, int kDimTiles>
+__device__ __forceinline__ void offset_softmax(float (&score)[2], int64_t warp_pos, int t, const Params& p,
+                                               const OffsetT* offs, float scale_log2, float (&m)[2], float (&l)[2],
+                                               float (&o)[kDimTiles][4], int lane, float (&prob)[2]) {
+  const int g = lane / 4, c = lane % 4;
+  float new_max[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    score[r] = __shfl_sync(0xffffffffu, score[r], diagonal_owner(lane));
+    const bool valid = sample_key<float>(warp_pos + g + 8 * r, t, p.band, offs).valid;
+    score[r] = valid ? score[r] * scale_log2 : -INFINITY;
+    new_max[r] = fmaxf(m[r], score[r]);
+  }
+  raise_max(new_max, m, l, o);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    prob[r] = prob_of(score[r], m[r]);
+    if (c == 0) l[r] += prob[r];  // l is summed over the quad at the end
+  }
+}
+
+// The forward's end for the warp's 16 queries from row warp_q0 of head h:
+// each row's sum over its quad, the normalized output and the lse.
+template <typename T, int kDimTiles>
+__device__ __forceinline__ void store_output_and_lse(const Params& p, const Sequence& seq, int b, int h, int warp_q0,
+                                                     const float (&o)[kDimTiles][4], const float (&m)[2],
+                                                     float (&l)[2], int lane) {
+  const int g = lane / 4, c = lane % 4;
+  uint16_t* out = bits<T>(p.out, seq.q_start(b, p.o_batch_stride, p.o_row_stride) + h * p.o_head_stride);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    const int i = warp_q0 + g + 8 * r;
+    if (i >= seq.seqlen_q) continue;
+    // A query whose every score is -inf has l = 0: its output is 0 (and its lse -inf).
+    const float inv = l[r] == 0.f ? 0.f : 1.f / l[r];
+    uint16_t* row = out + int64_t(i) * p.o_row_stride;
+#pragma unroll
+    for (int n = 0; n < kDimTiles; ++n) {
+      *reinterpret_cast<uint32_t*>(row + 8 * n + 2 * c) = pack2<T>(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
+    }
+    if (c == 0) {
+      static_cast<float*>(p.lse)[stats_index(p, seq, b, h, i)] = m[r] * float(M_LN2) + logf(l[r]);
+    }
+  }
+}
+
 // Dynamic shared memory: two pipeline stages of k and v rows.
 template <int kHeadDim>
 constexpr int kFwdSmemBytes = 2 * 2 * kStageBytes<kHeadDim>;
@@ -192,21 +245,8 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
 #pragma unroll
           for (int r = 0; r < 2; ++r) score[r] = diagonal_element(s, r, g);
         }
-        float new_max[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          score[r] = __shfl_sync(0xffffffffu, score[r], diagonal_owner(lane));
-          const bool valid = sample_key<float>(warp_pos + g + 8 * r, t, p.band, offs).valid;
-          score[r] = valid ? score[r] * scale_log2 : -INFINITY;
-          new_max[r] = fmaxf(m[r], score[r]);
-        }
-        raise_max(new_max, m, l, o);
         float prob[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          prob[r] = prob_of(score[r], m[r]);
-          if (c == 0) l[r] += prob[r];  // l is summed over the quad at the end
-        }
+        offset_softmax(score, warp_pos, t, p, offs, scale_log2, m, l, o, lane, prob);
         add_diag_times_rows<T, kHeadDim>((1.f - split.frac) * prob[0], (1.f - split.frac) * prob[1], strip_v + 1, o,
                                          lane);
         if (split.frac != 0.f) {
@@ -217,25 +257,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
     __syncthreads();  // stage n % 2 is refilled by the next iteration's issue
   }
 
-  // Finish: sum each row over its quad, normalize, store out and lse.
-  uint16_t* out = bits<T>(p.out, seq.q_start(b, p.o_batch_stride, p.o_row_stride) + h * p.o_head_stride);
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-    const int i = warp_q0 + g + 8 * r;
-    if (i >= seq.seqlen_q) continue;
-    // A query whose every score is -inf has l = 0: its output is 0 (and its lse -inf).
-    const float inv = l[r] == 0.f ? 0.f : 1.f / l[r];
-    uint16_t* row = out + int64_t(i) * p.o_row_stride;
-#pragma unroll
-    for (int n = 0; n < kDimTiles; ++n) {
-      *reinterpret_cast<uint32_t*>(row + 8 * n + 2 * c) = pack2<T>(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
-    }
-    if (c == 0) {
-      static_cast<float*>(p.lse)[stats_index(p, seq, b, h, i)] = m[r] * float(M_LN2) + logf(l[r]);
-    }
-  }
+  store_output_and_lse<T>(p, seq, b, h, warp_q0, o, m, l, lane);
 }
 
 }  // namespace mma_fwd
