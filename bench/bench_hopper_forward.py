@@ -1,6 +1,7 @@
 """The two 16-bit forward kernels on one build, side by side: the Hopper forward
 (warpgroup products fed by TMA; FIBSPARSE_HOPPER=always, which also gives it
-the window alone) against the mma.sync forward (FIBSPARSE_HOPPER=0), on the
+the window alone), also with one 64-query tile per block (FIBSPARSE_HOPPER_TILES=1),
+against the mma.sync forward (FIBSPARSE_HOPPER=0), on the
 sliding-window peers' configurations: the Fibonacci offsets of the `fixed` schedule up to the sequence
 length (one shared row) and the window alone. bf16, window 128, batch 1;
 forward medians of back-to-back calls between CUDA events (bench/timing.py),
@@ -22,8 +23,18 @@ from fibsparse_ext import fibsparse_attn, make_schedule  # noqa: E402
 CONFIGS = ((65536, 8, 8, 64), (131072, 8, 8, 64), (16384, 32, 8, 128), (65536, 32, 8, 128), (131072, 32, 8, 128))
 
 
+# (FIBSPARSE_HOPPER, FIBSPARSE_HOPPER_TILES): the Hopper forward with its own
+# choice of tiles per block, with one tile per block, and the mma.sync forward.
+SETTINGS = {"hopper": ("always", None), "hopper 1 tile": ("always", "1"), "mma.sync": ("0", None)}
+
+
 def timed(setting, fn):
-    os.environ["FIBSPARSE_HOPPER"] = setting
+    hopper, tiles = SETTINGS[setting]
+    os.environ["FIBSPARSE_HOPPER"] = hopper
+    if tiles is None:
+        os.environ.pop("FIBSPARSE_HOPPER_TILES", None)
+    else:
+        os.environ["FIBSPARSE_HOPPER_TILES"] = tiles
     return median_ms(fn, warmup=10, runs=50)
 
 
@@ -45,15 +56,17 @@ def main():
             os.environ["FIBSPARSE_HOPPER"] = "0"
             mma_out = forward()
             diff = ((hopper_out.float() - mma_out.float()).norm() / mma_out.float().norm()).item()
-            times = {"always": [], "0": []}
+            times = {setting: [] for setting in SETTINGS}
             for _ in range(2):
-                for setting in ("0", "always"):
+                for setting in SETTINGS:
                     times[setting].append(timed(setting, forward))
-            hopper, mma = min(times["always"]), min(times["0"])
-            print(f"L={L} H={H}/{Hkv} d={d} {name:6s} K={len(o)}: hopper {hopper:.3f} ms  mma.sync {mma:.3f} ms  "
-                  f"hopper/mma {hopper / mma:.2f}x  (runs {times['always']}, {times['0']}; out rel diff {diff:.1e})",
-                  flush=True)
-    del os.environ["FIBSPARSE_HOPPER"]
+            best = {setting: min(runs) for setting, runs in times.items()}
+            hopper, one_tile, mma = best["hopper"], best["hopper 1 tile"], best["mma.sync"]
+            print(f"L={L} H={H}/{Hkv} d={d} {name:6s} K={len(o)}: hopper {hopper:.3f} ms  (1 tile per block "
+                  f"{one_tile:.3f} ms)  mma.sync {mma:.3f} ms  hopper/mma {hopper / mma:.2f}x  "
+                  f"tiles gain {hopper / one_tile:.2f}x  (out rel diff {diff:.1e})", flush=True)
+    os.environ.pop("FIBSPARSE_HOPPER", None)
+    os.environ.pop("FIBSPARSE_HOPPER_TILES", None)
 
 
 if __name__ == "__main__":

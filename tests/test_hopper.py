@@ -222,10 +222,11 @@ def test_hopper_forward_takes_the_window_alone_when_asked(monkeypatch, head_dim)
 ])
 def test_hopper_forward_clusters_give_the_same_bits(monkeypatch, dtype, head_dim, heads, seqlen_q, seqlen_k,
                                                      num_offsets):
-    """Where a kv group holds two pairs of heads sharing their offsets, their two
-    blocks run as a cluster that loads each stage once for both (multicast):
-    the data is the same, so the results are bitwise those of separate blocks
-    (FIBSPARSE_HOPPER_CLUSTER=0), and the kernel that ran says which it was."""
+    """Where a kv group holds two pairs of heads sharing their offsets,
+    FIBSPARSE_HOPPER_CLUSTER=1 runs their two blocks as a cluster that loads
+    each stage once for both (multicast): the data is the same, so the results
+    are bitwise those of separate blocks (the default), also with several
+    tiles per block, and the kernel that ran says which it was."""
     monkeypatch.delenv("FIBSPARSE_HOPPER", raising=False)
     torch.manual_seed(heads + seqlen_q + head_dim)
     q, k, v = random_qkv(2, seqlen_q, heads, 2, head_dim, dtype, "cuda", seqlen_k=seqlen_k, requires_grad=False)
@@ -233,9 +234,71 @@ def test_hopper_forward_clusters_give_the_same_bits(monkeypatch, dtype, head_dim
     name = "c10::BFloat16" if dtype == torch.bfloat16 else "c10::Half"
     kernel = f"fwd_hopper_kernel<{name}, {head_dim}, 2, "
     monkeypatch.delenv("FIBSPARSE_HOPPER_CLUSTER", raising=False)
-    assert any(kernel + "2>" in n for n in forward_kernels(q, k, v, 128, offsets))
-    clustered = fibsparse_attn(q, k, v, 128, offsets, return_lse=True)
-    monkeypatch.setenv("FIBSPARSE_HOPPER_CLUSTER", "0")
     assert any(kernel + "1>" in n for n in forward_kernels(q, k, v, 128, offsets))
     separate = fibsparse_attn(q, k, v, 128, offsets, return_lse=True)
-    assert torch.equal(clustered[0], separate[0]) and torch.equal(clustered[1], separate[1])
+    monkeypatch.setenv("FIBSPARSE_HOPPER_CLUSTER", "1")
+    assert any(kernel + "2>" in n for n in forward_kernels(q, k, v, 128, offsets))
+    for tiles_per_block in ("1", "3"):
+        monkeypatch.setenv("FIBSPARSE_HOPPER_TILES", tiles_per_block)
+        clustered = fibsparse_attn(q, k, v, 128, offsets, return_lse=True)
+        assert torch.equal(clustered[0], separate[0]) and torch.equal(clustered[1], separate[1]), tiles_per_block
+
+
+@requires_hopper
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("batch, heads, heads_kv, seqlen_q, seqlen_k, offsets", [
+    (2, 4, 2, 257, 257, "shared"),     # two heads per block, 5 tiles: a last block with fewer
+    (1, 3, 3, 300, 450, "per_head"),   # one head per block, queries shifted by 150
+    (2, 8, 2, 4096, 4096, "shared"),   # 64 tiles, 20 offsets: rings wrap many times within a block
+    (1, 2, 1, 64, 64, "shared"),       # one tile
+])
+def test_hopper_forward_gives_the_same_bits_at_any_tiles_per_block(monkeypatch, dtype, head_dim, batch, heads,
+                                                                   heads_kv, seqlen_q, seqlen_k, offsets):
+    """A block walks several consecutive tiles (its q double-buffered, its stage
+    ring running on across them); each tile's arithmetic is that of a block of
+    its own, so any count (FIBSPARSE_HOPPER_TILES) gives the bits of one tile
+    per block, and every output is written (outputs NaN-poisoned first)."""
+    monkeypatch.delenv("FIBSPARSE_HOPPER", raising=False)
+    monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
+    torch.manual_seed(seqlen_q + heads + head_dim)
+    q, k, v = random_qkv(batch, seqlen_q, heads, heads_kv, head_dim, dtype, "cuda", seqlen_k=seqlen_k,
+                         requires_grad=False)
+    count = 20 if seqlen_k > 1000 else 6
+    offs = random_offsets(128, count, heads if offsets == "per_head" else None, False, "cuda",
+                          spread=max(2, seqlen_k // (count + 1)))
+    results = {}
+    for tiles_per_block in ("1", "2", "3", "64"):
+        monkeypatch.setenv("FIBSPARSE_HOPPER_TILES", tiles_per_block)
+        assert any("fwd_hopper_kernel" in n for n in forward_kernels(q, k, v, 128, offs))
+        results[tiles_per_block] = fibsparse_attn(q, k, v, 128, offs, return_lse=True)
+    one = results["1"]
+    assert torch.isfinite(one[0]).all() and torch.isfinite(one[1]).all()
+    ref_out = fibsparse_attn_ref(q.double(), k.double(), v.double(), 128, offs.long())
+    assert rel_err(one[0], ref_out) < 1e-2
+    for tiles_per_block, (out, lse) in results.items():
+        assert torch.equal(out, one[0]) and torch.equal(lse, one[1]), tiles_per_block
+
+
+@requires_hopper
+def test_hopper_forward_default_tiles_per_block_give_the_same_bits(monkeypatch):
+    """At 16k tokens, GQA 32/8, the default walks several tiles per block (the
+    grid stays 8 waves deep); its results are those of one tile per block."""
+    monkeypatch.delenv("FIBSPARSE_HOPPER", raising=False)
+    monkeypatch.delenv("FIBSPARSE_HOPPER_TILES", raising=False)
+    q, k, v = random_qkv(1, 16384, 32, 8, 128, torch.bfloat16, "cuda", requires_grad=False)
+    offsets = torch.tensor([128, 211, 341, 552, 893, 1445, 2338, 3783, 6121, 9904], dtype=torch.int32, device="cuda")
+    default = fibsparse_attn(q, k, v, 128, offsets, return_lse=True)
+    monkeypatch.setenv("FIBSPARSE_HOPPER_TILES", "1")
+    one = fibsparse_attn(q, k, v, 128, offsets, return_lse=True)
+    assert torch.equal(default[0], one[0]) and torch.equal(default[1], one[1])
+
+
+@requires_hopper
+@pytest.mark.parametrize("setting", ["0", "65", "two", "2x", ""])
+def test_hopper_tiles_setting_is_checked(monkeypatch, setting):
+    monkeypatch.delenv("FIBSPARSE_HOPPER", raising=False)
+    monkeypatch.setenv("FIBSPARSE_HOPPER_TILES", setting)
+    q, k, v = random_qkv(1, 128, 2, 2, 64, torch.bfloat16, "cuda", requires_grad=False)
+    with pytest.raises(RuntimeError, match=f"FIBSPARSE_HOPPER_TILES must be a whole number from 1 to 64, got '{setting}'"):
+        fibsparse_attn(q, k, v, 128, torch.tensor([130], dtype=torch.int32, device="cuda"))

@@ -3,12 +3,16 @@
 // products (wgmma.cuh) fed by TMA (tma.cuh), with a producer warpgroup and consumer
 // warpgroups handing shared-memory stages through mbarriers.
 //
-// A block owns 64 consecutive queries of kHeads query heads of one kv group
-// (kHeads > 1 only when the heads share one row of offsets); each head is one
+// A tile is 64 consecutive queries of kHeads query heads of one kv group
+// (kHeads > 1 only when the heads share one row of offsets). A block walks
+// `tiles_per_block` consecutive tiles, so that its next tile's loads overlap
+// the end of its current one: a block that stopped after one tile left its SM
+// idle while the next block started and waited for its first loads, and at one
+// block per SM that was a large part of a tile's time. Each head is one
 // consumer warpgroup of 4 warps, warp w owning queries 16 w .. 16 w + 15, as in
-// the mma.sync forward (fwd_mma_kernel.cuh), whose per-warp code it shares. The
-// block walks 64-row steps of k and v, staged once for all its heads:
-//   Band: the chunks of 64 keys that end at the block's last query and reach
+// the mma.sync forward (fwd_mma_kernel.cuh), whose per-warp code it shares. For
+// each tile the block walks 64-row steps of k and v, staged once for all its heads:
+//   Band: the chunks of 64 keys that end at the tile's last query and reach
 //     back past its first query's window. Each warpgroup scores a chunk with
 //     one 64 x 64 product (S = Q K^T, q and k from shared memory), masks it to
 //     the band, updates its online softmax per warp, and adds P V with P in
@@ -20,9 +24,10 @@
 // and the previous chunk's P V before its softmax, so the tensor cores work
 // meanwhile.
 // One thread of the block's last warpgroup (the producer) issues every TMA
-// load: the q tiles once, then each step into a ring of kStages stages; a
-// stage's "full" barrier counts its bytes in, its "empty" barrier counts the
-// consumer warps done with it.
+// load: each tile's q into one of two q buffers, then each of its steps into a
+// ring of kStages stages that runs on from tile to tile; a buffer's or stage's
+// "full" barrier counts its bytes in, its "empty" barrier counts the consumer
+// warps done with it.
 // Rows before the sequence or past its end load as zeros (the maps' bounds),
 // and masked scores are -inf, so those rows add nothing. The kernel makes no
 // function call, which would make ptxas serialize its wgmma: the offsets are
@@ -70,13 +75,16 @@ struct Shape {
   static constexpr int kProducerRegisters = 56;
   static constexpr int kConsumerRegisters = (512 / kMinBlocks - kProducerRegisters) / kHeads / 8 * 8;
   static_assert(kConsumerRegisters >= 200 && kConsumerRegisters <= 256);
-  // q tiles, then per stage a k tile and a v tile, then the barriers; 1024
+  // Two buffers of kHeads q tiles (the next tile's q loads while the current
+  // one runs), then per stage a k tile and a v tile, then the barriers; 1024
   // bytes of slack align the tiles to the swizzle's 1024-byte atoms.
-  static constexpr int kBarrierBytes = (1 + 2 * kStages) * 8;
-  static constexpr int kSmemBytes = 1024 + (kHeads + 2 * kStages) * kTileBytes + kBarrierBytes;
+  static constexpr int kQBuffers = 2;
+  static constexpr int kBarrierBytes = (2 * kQBuffers + 2 * kStages) * 8;
+  static constexpr int kSmemBytes = 1024 + (kQBuffers * kHeads + 2 * kStages) * kTileBytes + kBarrierBytes;
+  static_assert(kMinBlocks * (kSmemBytes + 1024) <= 228 * 1024, "an SM's shared memory, with 1 KB per block for the driver");
 };
 
-// The steps of a block whose first query sits at position first_pos: band
+// The steps of a tile whose first query sits at position first_pos: band
 // chunks of 64 rows ending at first_pos + 63 (those that end before key 0
 // dropped), then one strip per offset within reach. Producer and consumers
 // walk the same plan.
@@ -192,13 +200,14 @@ __device__ __forceinline__ void rescale_output(float (&o)[kDimTiles][4], const f
 }
 
 // kCluster == 2: the block runs in a cluster with the block of the next two heads
-// of its kv group (the same queries, kv head and offsets, so the same steps);
-// each stage's k tile is loaded by rank 0 and its v tile by rank 1, each into
-// both blocks at once, halving the L2 reads, and a stage is refilled only when
-// the consumers of both blocks are done with it.
+// of its kv group (the same queries, kv head and offsets, so the same tiles and
+// steps); each stage's k tile is loaded by rank 0 and its v tile by rank 1, each
+// into both blocks at once, halving the L2 reads, and a stage is refilled only
+// when the consumers of both blocks are done with it.
 template <typename T, int kHeadDim, int kHeads, int kCluster>
 __global__ void __launch_bounds__(Shape<kHeadDim, kHeads>::kThreads, Shape<kHeadDim, kHeads>::kMinBlocks)
-    fwd_hopper_kernel(const __grid_constant__ Params p, const __grid_constant__ ForwardTensorMaps maps) {
+    fwd_hopper_kernel(const __grid_constant__ Params p, const __grid_constant__ ForwardTensorMaps maps,
+                      int tiles_per_block) {
   static_assert(kCluster == 1 || (kCluster == 2 && kHeads == 2));
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using S = Shape<kHeadDim, kHeads>;
@@ -206,22 +215,32 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads>::kThreads, Shape<kHead
   constexpr int kDimTiles = kHeadDim / 8, kChunkTiles = kTileRows / 8;
   extern __shared__ char smem_raw[];
   char* smem = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  const auto q_tile = [&](int head) { return smem + head * S::kTileBytes; };
-  const auto k_tile = [&](int stage) { return smem + (kHeads + 2 * stage) * S::kTileBytes; };
-  const auto v_tile = [&](int stage) { return smem + (kHeads + 2 * stage + 1) * S::kTileBytes; };
-  uint64_t* q_full = reinterpret_cast<uint64_t*>(smem + (kHeads + 2 * S::kStages) * S::kTileBytes);
-  uint64_t* full = q_full + 1;
+  const auto q_tile = [&](int buffer, int head) { return smem + (buffer * kHeads + head) * S::kTileBytes; };
+  const auto k_tile = [&](int stage) { return smem + (S::kQBuffers * kHeads + 2 * stage) * S::kTileBytes; };
+  const auto v_tile = [&](int stage) { return smem + (S::kQBuffers * kHeads + 2 * stage + 1) * S::kTileBytes; };
+  uint64_t* q_full = reinterpret_cast<uint64_t*>(smem + (S::kQBuffers * kHeads + 2 * S::kStages) * S::kTileBytes);
+  uint64_t* q_empty = q_full + S::kQBuffers;
+  uint64_t* full = q_empty + S::kQBuffers;
   uint64_t* empty = full + S::kStages;
 
   const int first_head = blockIdx.y * kHeads, b = blockIdx.z, hk = first_head / (p.heads / p.heads_kv);
-  const int q0 = blockIdx.x * kTileRows;  // the block's first query row
   const Sequence seq = sequence_of(p, b);
   const int32_t* offs = static_cast<const int32_t*>(p.offsets) + first_head * p.offsets_head_stride;
-  const Steps steps(p, offs, q0 + int64_t(seq.q_pos_shift));
+  const int first_tile = blockIdx.x * tiles_per_block;
+  const int tiles = min(tiles_per_block, int((p.seqlen_q + kTileRows - 1) / kTileRows) - first_tile);
+  // Tile t's q buffer, and the parity of its t / kQBuffers-th use.
+  const auto q_buffer = [&](int t) { return t % S::kQBuffers; };
+  const auto q_parity = [&](int t) { return uint32_t(t / S::kQBuffers) & 1; };
+  const auto tile_steps = [&](int t) {
+    return Steps(p, offs, (first_tile + t) * int64_t(kTileRows) + seq.q_pos_shift);
+  };
 
   const uint32_t rank = kCluster > 1 ? tma::cluster_rank() : 0;
   if (threadIdx.x == 0) {
-    tma::barrier_init(q_full, 1);
+    for (int buffer = 0; buffer < S::kQBuffers; ++buffer) {
+      tma::barrier_init(&q_full[buffer], 1);
+      tma::barrier_init(&q_empty[buffer], kHeads * kWarps);  // this block's consumer warps
+    }
     for (int s = 0; s < S::kStages; ++s) {
       tma::barrier_init(&full[s], 1);
       tma::barrier_init(&empty[s], kCluster * kHeads * kWarps);  // every consumer warp of the cluster
@@ -240,25 +259,33 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads>::kThreads, Shape<kHead
     if (threadIdx.x == kHeads * kWarpgroupThreads) {
       tma::prefetch_map(&maps.k);
       tma::prefetch_map(&maps.v);
-      tma::arrive_expect_bytes(q_full, kHeads * S::kTileBytes);
-      for (int head = 0; head < kHeads; ++head)
-        for (int r = 0; r < kHeadDim / 64; ++r)
-          tma::load_4d(q_tile(head) + r * kRegionBytes, &maps.q, q_full, 64 * r, first_head + head, q0, b);
-      for (int n = 0; n < steps.num_steps; ++n) {
-        const int stage = n % S::kStages;
-        const uint32_t free_parity = ((n / S::kStages) & 1) ^ 1;
-        tma::wait(&empty[stage], free_parity);
-        // Both tiles land in this block either way: its own loads, or one from each block of the cluster.
-        tma::arrive_expect_bytes(&full[stage], 2 * S::kTileBytes);
-        const int row = int(steps.first_row(n));
-        for (int r = 0; r < kHeadDim / 64; ++r) {
-          if constexpr (kCluster > 1) {
-            const bool k_loader = rank == 0;
-            tma::load_4d_multicast((k_loader ? k_tile(stage) : v_tile(stage)) + r * kRegionBytes,
-                                   k_loader ? &maps.k : &maps.v, &full[stage], 0b11, 64 * r, hk, row, b);
-          } else {
-            tma::load_4d(k_tile(stage) + r * kRegionBytes, &maps.k, &full[stage], 64 * r, hk, row, b);
-            tma::load_4d(v_tile(stage) + r * kRegionBytes, &maps.v, &full[stage], 64 * r, hk, row, b);
+      int step = 0;  // steps issued, over all tiles: the position in the ring
+      for (int t = 0; t < tiles; ++t) {
+        const int q0 = (first_tile + t) * kTileRows;
+        // A fresh barrier's phase before the first counts as complete, so the
+        // first use of each buffer (and stage) does not wait.
+        tma::wait(&q_empty[q_buffer(t)], q_parity(t) ^ 1);
+        tma::arrive_expect_bytes(&q_full[q_buffer(t)], kHeads * S::kTileBytes);
+        for (int head = 0; head < kHeads; ++head)
+          for (int r = 0; r < kHeadDim / 64; ++r)
+            tma::load_4d(q_tile(q_buffer(t), head) + r * kRegionBytes, &maps.q, &q_full[q_buffer(t)], 64 * r,
+                         first_head + head, q0, b);
+        const Steps steps = tile_steps(t);
+        for (int n = 0; n < steps.num_steps; ++n, ++step) {
+          const int stage = step % S::kStages;
+          tma::wait(&empty[stage], ((step / S::kStages) & 1) ^ 1);
+          // Both tiles land in this block either way: its own loads, or one from each block of the cluster.
+          tma::arrive_expect_bytes(&full[stage], 2 * S::kTileBytes);
+          const int row = int(steps.first_row(n));
+          for (int r = 0; r < kHeadDim / 64; ++r) {
+            if constexpr (kCluster > 1) {
+              const bool k_loader = rank == 0;
+              tma::load_4d_multicast((k_loader ? k_tile(stage) : v_tile(stage)) + r * kRegionBytes,
+                                     k_loader ? &maps.k : &maps.v, &full[stage], 0b11, 64 * r, hk, row, b);
+            } else {
+              tma::load_4d(k_tile(stage) + r * kRegionBytes, &maps.k, &full[stage], 64 * r, hk, row, b);
+              tma::load_4d(v_tile(stage) + r * kRegionBytes, &maps.v, &full[stage], 64 * r, hk, row, b);
+            }
           }
         }
       }
@@ -273,108 +300,115 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads>::kThreads, Shape<kHead
   wgmma::set_max_registers_inc<S::kConsumerRegisters>();
   const int head = warp_in_block / kWarps, warp = warp_in_block % kWarps, g = lane / 4, c = lane % 4;
   const int h = first_head + head;
-  const int warp_q0 = q0 + 16 * warp;
-  const int64_t warp_pos = warp_q0 + int64_t(seq.q_pos_shift);
   const float scale_log2 = float(p.softmax_scale) * float(M_LOG2E);
-
-  // The offsets' tiles take q as mma.sync A fragments, from global memory as
-  // in the mma.sync forward (the band reads q from its shared tile).
-  uint32_t qf[kHeadDim / 16][4];
-  if (steps.num_steps > steps.band_steps) {
-    load_a_fragments<kHeadDim>(bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride),
-                               p.q_row_stride, warp_q0, seq.seqlen_q, g, c, qf);
-  }
-  float o[kDimTiles][4] = {};
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  tma::wait(q_full, 0);
-  const char* q_smem = q_tile(head);
-  const auto stage_of = [&](int n) { return n % S::kStages; };
-  const auto wait_full = [&](int n) { tma::wait(&full[stage_of(n)], (n / S::kStages) & 1); };
-  const auto release = [&](int n) {  // this warp is done with step n's stage (in every block of the cluster)
+  const uint16_t* q_global = bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride);
+  // This warp is done with a barrier's buffer or stage (a stage: in every block of the cluster).
+  const auto warp_done = [&](uint64_t* barrier, bool whole_cluster) {
     __syncwarp();
     if (lane == 0) {
-      tma::arrive(&empty[stage_of(n)]);
-      if constexpr (kCluster > 1) tma::arrive_remote(&empty[stage_of(n)], rank ^ 1);
+      tma::arrive(barrier);
+      if constexpr (kCluster > 1) {
+        if (whole_cluster) tma::arrive_remote(barrier, rank ^ 1);
+      }
     }
   };
-  // The band, software-pipelined as FlashAttention-3 does within a warpgroup:
-  // step n's scores and step n - 1's P V are queued together, and while this
-  // warpgroup masks and exponentiates the scores, the tensor cores run the P V.
-  // The code keeps ptxas's rules for asynchronous wgmma (else it serializes
-  // them, "C7515"): one set of score registers (not two swapped across a
-  // branch), and no write to an accumulator (o) before the product that last
-  // wrote it has been waited for, which is why o is rescaled after that wait,
-  // apart from the softmax.
-  float s[kChunkTiles][4];
-  uint32_t pa[kTileRows / 16][4];  // P of the step whose P V comes next, as A fragments
-  float rescale[2];
-  const auto queue_scores = [&](int n) {
-    const char* rows_k = k_tile(stage_of(n));
+  int step = 0;  // this tile's first step's position in the ring
+  for (int t = 0; t < tiles; ++t) {
+    const Steps steps = tile_steps(t);
+    const int warp_q0 = (first_tile + t) * kTileRows + 16 * warp;
+    const int64_t warp_pos = warp_q0 + int64_t(seq.q_pos_shift);
+    // The offsets' tiles take q as mma.sync A fragments, from global memory as
+    // in the mma.sync forward (the band reads q from its shared tile).
+    uint32_t qf[kHeadDim / 16][4];
+    if (steps.num_steps > steps.band_steps) load_a_fragments<kHeadDim>(q_global, p.q_row_stride, warp_q0, seq.seqlen_q, g, c, qf);
+    float o[kDimTiles][4] = {};
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    tma::wait(&q_full[q_buffer(t)], q_parity(t));
+    const char* q_smem = q_tile(q_buffer(t), head);
+    const auto stage_of = [&](int n) { return (step + n) % S::kStages; };
+    const auto wait_full = [&](int n) { tma::wait(&full[stage_of(n)], ((step + n) / S::kStages) & 1); };
+    const auto release = [&](int n) { warp_done(&empty[stage_of(n)], true); };
+    // The band, software-pipelined as FlashAttention-3 does within a warpgroup:
+    // step n's scores and step n - 1's P V are queued together, and while this
+    // warpgroup masks and exponentiates the scores, the tensor cores run the P V.
+    // The code keeps ptxas's rules for asynchronous wgmma (else it serializes
+    // them, "C7515"): one set of score registers (not two swapped across a
+    // branch), and no write to an accumulator (o) before the product that last
+    // wrote it has been waited for, which is why o is rescaled after that wait,
+    // apart from the softmax.
+    float s[kChunkTiles][4];
+    uint32_t pa[kTileRows / 16][4];  // P of the step whose P V comes next, as A fragments
+    float rescale[2];
+    const auto queue_scores = [&](int n) {
+      const char* rows_k = k_tile(stage_of(n));
 #pragma unroll
-    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-      wgmma::ss_64<T>(s, k_major_slice<kHeadDim>(q_smem, kk), k_major_slice<kHeadDim>(rows_k, kk), kk > 0);
-    }
-    wgmma::commit();
-  };
-  const auto queue_pv = [&](int n) {
-    const char* rows_v = v_tile(stage_of(n));
+      for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+        wgmma::ss_64<T>(s, k_major_slice<kHeadDim>(q_smem, kk), k_major_slice<kHeadDim>(rows_k, kk), kk > 0);
+      }
+      wgmma::commit();
+    };
+    const auto queue_pv = [&](int n) {
+      const char* rows_v = v_tile(stage_of(n));
 #pragma unroll
-    for (int kk = 0; kk < kTileRows / 16; ++kk) wgmma::rs<T, kHeadDim>(o, pa[kk], mn_major_slice(rows_v, kk), 1);
-    wgmma::commit();
-  };
-  // Step n's scores, masked (with the keys before the sequence: a chunk may
-  // start before key 0), then turned into probabilities.
-  const auto probabilities = [&](int n) {
-    mask_band_chunk</*kKeysBeforeStart=*/true>(s, warp_pos, steps.first_row(n), p.band, scale_log2, g, c);
-    softmax_without_output(s, m, l, rescale);
-  };
-  const auto to_fragments = [&] {
+      for (int kk = 0; kk < kTileRows / 16; ++kk) wgmma::rs<T, kHeadDim>(o, pa[kk], mn_major_slice(rows_v, kk), 1);
+      wgmma::commit();
+    };
+    // Step n's scores, masked (with the keys before the sequence: a chunk may
+    // start before key 0), then turned into probabilities.
+    const auto probabilities = [&](int n) {
+      mask_band_chunk</*kKeysBeforeStart=*/true>(s, warp_pos, steps.first_row(n), p.band, scale_log2, g, c);
+      softmax_without_output(s, m, l, rescale);
+    };
+    const auto to_fragments = [&] {
 #pragma unroll
-    for (int kk = 0; kk < kTileRows / 16; ++kk) c_to_a_fragment<T>(s, 2 * kk, 1.f, pa[kk]);
-  };
+      for (int kk = 0; kk < kTileRows / 16; ++kk) c_to_a_fragment<T>(s, 2 * kk, 1.f, pa[kk]);
+    };
 
-  wait_full(0);
-  wgmma::fence();
-  queue_scores(0);
-  wgmma::wait<0>();
-  wgmma::fence_operands(s);
-  probabilities(0);
-  rescale_output(o, rescale);
-  to_fragments();
-  for (int n = 1; n < steps.band_steps; ++n) {
-    wait_full(n);
+    wait_full(0);
     wgmma::fence();
-    queue_scores(n);
-    queue_pv(n - 1);
-    wgmma::wait<1>();  // the scores
+    queue_scores(0);
+    wgmma::wait<0>();
     wgmma::fence_operands(s);
-    probabilities(n);
-    wgmma::wait<0>();  // P V
-    wgmma::fence_operands(o);
-    release(n - 1);
+    probabilities(0);
     rescale_output(o, rescale);
     to_fragments();
-  }
-  wgmma::fence();
-  queue_pv(steps.band_steps - 1);
-  wgmma::wait<0>();
-  wgmma::fence_operands(o);
-  release(steps.band_steps - 1);
+    for (int n = 1; n < steps.band_steps; ++n) {
+      wait_full(n);
+      wgmma::fence();
+      queue_scores(n);
+      queue_pv(n - 1);
+      wgmma::wait<1>();  // the scores
+      wgmma::fence_operands(s);
+      probabilities(n);
+      wgmma::wait<0>();  // P V
+      wgmma::fence_operands(o);
+      release(n - 1);
+      rescale_output(o, rescale);
+      to_fragments();
+    }
+    wgmma::fence();
+    queue_pv(steps.band_steps - 1);
+    wgmma::wait<0>();
+    wgmma::fence_operands(o);
+    release(steps.band_steps - 1);
+    warp_done(&q_empty[q_buffer(t)], false);  // the band was the last reader of the tile's q
 
-  for (int n = steps.band_steps; n < steps.num_steps; ++n) {
-    wait_full(n);
-    const char* rows_k = k_tile(stage_of(n));
-    const char* rows_v = v_tile(stage_of(n));
-    const int t = distance_of_offset(steps.offset_index(n), p.band);
-    float tile[2][4];
-    dot_16_rows<T, kHeadDim>(qf, rows_k, 16 * warp, tile, lane);
-    float score[2] = {diagonal_element(tile, 0, g), diagonal_element(tile, 1, g)}, prob[2];
-    mma_fwd::offset_softmax(score, warp_pos, t, p, offs, scale_log2, m, l, o, lane, prob);
-    add_diag_times_rows<T, kHeadDim>(prob[0], prob[1], rows_v, 16 * warp, o, lane);
-    release(n);
-  }
+    for (int n = steps.band_steps; n < steps.num_steps; ++n) {
+      wait_full(n);
+      const char* rows_k = k_tile(stage_of(n));
+      const char* rows_v = v_tile(stage_of(n));
+      const int d = distance_of_offset(steps.offset_index(n), p.band);
+      float tile[2][4];
+      dot_16_rows<T, kHeadDim>(qf, rows_k, 16 * warp, tile, lane);
+      float score[2] = {diagonal_element(tile, 0, g), diagonal_element(tile, 1, g)}, prob[2];
+      mma_fwd::offset_softmax(score, warp_pos, d, p, offs, scale_log2, m, l, o, lane, prob);
+      add_diag_times_rows<T, kHeadDim>(prob[0], prob[1], rows_v, 16 * warp, o, lane);
+      release(n);
+    }
 
-  mma_fwd::store_output_and_lse<T>(p, seq, b, h, warp_q0, o, m, l, lane);
+    mma_fwd::store_output_and_lse<T>(p, seq, b, h, warp_q0, o, m, l, lane);
+    step += steps.num_steps;
+  }
   if constexpr (kCluster > 1) tma::cluster_sync();  // see the producer's
 #else
   __trap();  // launched only where hopper_forward_applies: a build with sm_90a, on such a device

@@ -85,6 +85,21 @@ bool hopper_forward_applies(const Params& p, bool tensor_core_type, bool fractio
          tma_layout(p.v, p.v_head_stride, p.heads_kv, p.v_row_stride, p.seqlen_k, p.v_batch_stride, p.batch);
 }
 
+int hopper_tiles_per_block(int64_t tiles, int blocks_per_sm) {
+  if (const char* setting = std::getenv("FIBSPARSE_HOPPER_TILES")) {
+    char* end = nullptr;
+    const long n = std::strtol(setting, &end, 10);
+    TORCH_CHECK(end != setting && *end == '\0' && n >= 1 && n <= 64,
+                "fibsparse: FIBSPARSE_HOPPER_TILES must be a whole number from 1 to 64, got '", setting, "'");
+    return int(n);
+  }
+  constexpr int kMinWaves = 8, kMaxTilesPerBlock = 8;
+  const int64_t resident = int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * blocks_per_sm;
+  int per_block = 1;
+  while (per_block < kMaxTilesPerBlock && tiles / (2 * per_block) >= kMinWaves * resident) per_block *= 2;
+  return per_block;
+}
+
 ForwardTensorMaps make_forward_maps(const Params& p, bool bfloat16) {
   const CUtensorMapDataType dtype = bfloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
   return {rows_map(p.q, dtype, p.head_dim, p.heads, p.seqlen_q, p.batch, p.q_head_stride, p.q_row_stride,
