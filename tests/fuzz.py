@@ -61,8 +61,8 @@ class Case:
     def hopper_forward(self) -> bool:
         """Whether the Hopper forward may run the case (its layout may still send
         it to the mma.sync forward: the extents of both are allowed)."""
-        return (self.tensor_cores and not self.fractional and self.head_dim in (64, 128) and self.offsets.shape[-1] > 0
-                and build_info()["hopper_forward"] and torch.cuda.get_device_capability() == (9, 0)
+        return (self.tensor_cores and not self.fractional and self.head_dim in (64, 128)
+                and (self.offsets.shape[-1] > 0 or self.head_dim == 128) and build_info()["hopper_forward"] and torch.cuda.get_device_capability() == (9, 0)
                 and os.environ.get("FIBSPARSE_HOPPER") != "0")
 
 

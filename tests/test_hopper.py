@@ -1,6 +1,6 @@
 """The Hopper forward (warpgroup products fed by TMA, csrc/cuda/fwd_hopper_kernel.cuh):
 that it is the kernel a compute capability 9.0 GPU runs for 16-bit inputs with
-integer offsets on dense batches (the window alone excepted), that it matches the float64 reference and the
+integer offsets on dense batches (the window alone at head_dim 64 excepted), that it matches the float64 reference and the
 mma.sync forward (FIBSPARSE_HOPPER=0) where its geometry differs from theirs
 (band chunks that start before key 0, lengths that are not multiples of 64,
 fewer queries than keys, windows of one key up to the whole sequence, padded
@@ -108,15 +108,17 @@ def test_the_hopper_forward_is_what_runs(monkeypatch, dtype, head_dim):
 
 @requires_hopper
 def test_the_hopper_forward_declines_what_it_does_not_take():
-    """Fractional offsets, no offsets (the window alone), head_dim 32 and a batch
-    stride TMA cannot take (0: k and v broadcast over the batch) run on the
-    mma.sync forward."""
+    """Fractional offsets, no offsets (the window alone) at head_dim 64, head_dim
+    32 and a batch stride TMA cannot take (0: k and v broadcast over the batch)
+    run on the mma.sync forward; the window alone at head_dim 128 runs here."""
     q, k, v = random_qkv(2, 256, 2, 2, 64, torch.bfloat16, "cuda", requires_grad=False)
     integer = torch.tensor([130, 211], device="cuda", dtype=torch.int32)
     assert any("fwd_hopper_kernel" in n for n in forward_kernels(q, k, v, 128, integer))
     fractional = torch.tensor([130.5, 211.25], device="cuda")
     assert not any("fwd_hopper_kernel" in n for n in forward_kernels(q, k, v, 128, fractional))
     assert not any("fwd_hopper_kernel" in n for n in forward_kernels(q, k, v, 128, integer[:0]))
+    q128, k128, v128 = random_qkv(1, 256, 2, 2, 128, torch.bfloat16, "cuda", requires_grad=False)
+    assert any("fwd_hopper_kernel" in n for n in forward_kernels(q128, k128, v128, 128, integer[:0]))
     q32, k32, v32 = random_qkv(1, 256, 2, 2, 32, torch.bfloat16, "cuda", requires_grad=False)
     assert not any("fwd_hopper_kernel" in n for n in forward_kernels(q32, k32, v32, 128, integer))
     k_shared, v_shared = k[:1].expand(2, -1, -1, -1), v[:1].expand(2, -1, -1, -1)

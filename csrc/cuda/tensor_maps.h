@@ -17,8 +17,8 @@ struct ForwardTensorMaps {
 };
 
 // Whether the Hopper forward may take a call: built for sm_90a and on a
-// compute capability 9.0 device, 16-bit inputs, integer offsets (at least one
-// entry: the window alone is faster on the mma.sync forward), a dense batch
+// compute capability 9.0 device, 16-bit inputs, integer offsets (at head_dim 64
+// at least one entry: the window alone is faster there on the mma.sync forward), a dense batch
 // (no packed sequences, no cache), head_dim 64 or 128, and the layouts TMA
 // takes (16-byte aligned base pointers and nonzero 16-byte strides). For
 // comparisons, FIBSPARSE_HOPPER=0 in the environment turns it off (the
