@@ -20,7 +20,9 @@ from timing import median_ms  # noqa: E402
 
 from fibsparse_ext import fibsparse_attn, make_schedule  # noqa: E402
 
-CONFIGS = ((65536, 8, 8, 64), (131072, 8, 8, 64), (16384, 32, 8, 128), (65536, 32, 8, 128), (131072, 32, 8, 128))
+# (seqlen, heads, kv heads, head_dim): MHA at 64 and 128 (one head a block), GQA 32/8 (two heads a block).
+CONFIGS = ((65536, 8, 8, 64), (131072, 8, 8, 64), (65536, 16, 16, 128), (16384, 32, 8, 128), (65536, 32, 8, 128),
+           (131072, 32, 8, 128))
 
 
 # (FIBSPARSE_HOPPER, FIBSPARSE_HOPPER_TILES): the Hopper forward with its own

@@ -397,11 +397,11 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads>::kThreads, Shape<kHead
       wait_full(n);
       const char* rows_k = k_tile(stage_of(n));
       const char* rows_v = v_tile(stage_of(n));
-      const int d = distance_of_offset(steps.offset_index(n), p.band);
+      const int distance_index = distance_of_offset(steps.offset_index(n), p.band);  // pattern.h's t
       float tile[2][4];
       dot_16_rows<T, kHeadDim>(qf, rows_k, 16 * warp, tile, lane);
       float score[2] = {diagonal_element(tile, 0, g), diagonal_element(tile, 1, g)}, prob[2];
-      mma_fwd::offset_softmax(score, warp_pos, d, p, offs, scale_log2, m, l, o, lane, prob);
+      mma_fwd::offset_softmax(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
       add_diag_times_rows<T, kHeadDim>(prob[0], prob[1], rows_v, 16 * warp, o, lane);
       release(n);
     }

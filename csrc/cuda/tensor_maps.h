@@ -28,8 +28,8 @@ bool hopper_forward_applies(const Params& p, bool tensor_core_type, bool fractio
 
 // How many consecutive 64-query tiles one block of the Hopper forward walks,
 // for a launch of `tiles` tiles (over all heads and sequences) at
-// `blocks_per_sm` resident blocks: the most, up to 8, that keep the grid at
-// least 8 waves deep, so that few SMs idle at the end. FIBSPARSE_HOPPER_TILES=n
+// `blocks_per_sm` resident blocks: the largest power of two up to 8 that keeps
+// the grid at least 8 waves deep, so that few SMs idle at the end. FIBSPARSE_HOPPER_TILES=n
 // (1 to 64) sets it, for comparisons.
 int hopper_tiles_per_block(int64_t tiles, int blocks_per_sm);
 
