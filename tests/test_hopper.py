@@ -1,11 +1,12 @@
 """The Hopper forward (warpgroup products fed by TMA, csrc/cuda/fwd_hopper_kernel.cuh):
 that it is the kernel a compute capability 9.0 GPU runs for 16-bit inputs with
-integer offsets on dense batches (the window alone at head_dim 64 excepted), that it matches the float64 reference and the
-mma.sync forward (FIBSPARSE_HOPPER=0) where its geometry differs from theirs
-(band chunks that start before key 0, lengths that are not multiples of 64,
-fewer queries than keys, windows of one key up to the whole sequence, padded
-and per-head offsets, GQA heads paired in one block), and where it declines; and, without a GPU, that ptxas compiles it without
-serializing its wgmma."""
+integer offsets on dense batches (the window alone at head_dim 64 excepted); that
+it matches the float64 reference and the mma.sync forward (FIBSPARSE_HOPPER=0)
+where its geometry differs from theirs (band chunks that start before key 0,
+lengths that are not multiples of 64, fewer queries than keys, windows of one key
+up to the whole sequence, padded and per-head offsets, GQA heads paired in one
+block, several tiles per block, clusters); where it declines; and, without a GPU,
+that ptxas compiles it without serializing its wgmma."""
 import glob
 import os
 import re
