@@ -25,7 +25,8 @@ import random
 
 import torch
 
-from fibsparse_ext import PADDING, build_info, fibsparse_attn, fibsparse_attn_ref
+from fibsparse_ext import PADDING, fibsparse_attn, fibsparse_attn_ref
+from utils import HOPPER
 
 TILE = 16  # queries per tensor-core warp tile
 HOPPER_TILE = 64  # queries per block of the Hopper forward, and rows per staged step
@@ -61,9 +62,9 @@ class Case:
     def hopper_forward(self) -> bool:
         """Whether the Hopper forward may run the case (its layout may still send
         it to the mma.sync forward: the extents of both are allowed)."""
-        return (self.tensor_cores and not self.fractional and self.head_dim in (64, 128)
-                and (self.offsets.shape[-1] > 0 or self.head_dim == 128) and build_info()["hopper_forward"] and torch.cuda.get_device_capability() == (9, 0)
-                and os.environ.get("FIBSPARSE_HOPPER") != "0")
+        return (self.tensor_cores and HOPPER and os.environ.get("FIBSPARSE_HOPPER") != "0"
+                and not self.fractional and self.head_dim in (64, 128)
+                and (self.offsets.shape[-1] > 0 or self.head_dim == 128))
 
 
 def _offsets(rng: random.Random, window: int, heads: int, seqlen_k: int, fractional: bool) -> torch.Tensor:

@@ -19,17 +19,13 @@ import torch
 import torch.utils.cpp_extension
 
 from fibsparse_ext import build_info, fibsparse_attn, fibsparse_attn_ref
-from utils import CUDA_ONLY, random_offsets, random_qkv, rel_err
-
-HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0) and build_info()["hopper_forward"]
+from utils import HOPPER, random_offsets, random_qkv, rel_err, requires_cuda
 
 
 def requires_hopper(test):
     """Decorator: `test` runs on a compute capability 9.0 GPU with an sm_90a build (marked `cuda`)."""
-    for mark in CUDA_ONLY + [pytest.mark.skipif(not HOPPER, reason="needs a compute capability 9.0 GPU and an "
-                                                 "sm_90a build")]:
-        test = mark(test)
-    return test
+    return pytest.mark.skipif(not HOPPER, reason="needs a compute capability 9.0 GPU and an sm_90a build")(
+        requires_cuda(test))
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

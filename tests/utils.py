@@ -21,7 +21,7 @@ default import mode puts tests/ itself on sys.path (as it does for fuzz.py).
 import pytest
 import torch
 
-from fibsparse_ext import fibsparse_attn
+from fibsparse_ext import build_info, fibsparse_attn
 from fibsparse_ext.accuracy import TOLERANCE  # noqa: F401  (re-exported: the tests' tolerances)
 from fibsparse_ext.accuracy import relative_error as rel_err  # noqa: F401
 
@@ -29,6 +29,8 @@ from fibsparse_ext.accuracy import relative_error as rel_err  # noqa: F401
 # `pytest -m cuda` (or -k cuda) selects all of them, wherever their subject's file is.
 CUDA_ONLY = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA_ONLY)]
+# Whether the Hopper forward can run here: a compute capability 9.0 GPU and a build with sm_90a.
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0) and build_info()["hopper_forward"]
 
 
 def requires_cuda(test):
