@@ -24,54 +24,56 @@
 
 namespace fibsparse {
 
+// The Hopper forward's blocks of kHeads heads (in clusters of kCluster blocks),
+// after its offsets check, a launch of its own. A block walks several
+// consecutive 64-query tiles where the grid stays many waves deep
+// (hopper_tiles_per_block).
+template <typename T, int kHeadDim, int kHeads, int kCluster>
+void launch_hopper_blocks(const Params& p, const ForwardTensorMaps& maps) {
+  using S = hopper_fwd::Shape<kHeadDim, kHeads>;
+  const auto kernel = hopper_fwd::fwd_hopper_kernel<T, kHeadDim, kHeads, kCluster>;
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int tiles = int(blocks_for(p.seqlen_q, hopper_fwd::kTileRows));
+  const int tiles_per_block = hopper_tiles_per_block(int64_t(tiles) * (p.heads / kHeads) * p.batch, S::kMinBlocks);
+  // Dense batches: one sequence's blocks check the offsets.
+  offsets_check_kernel<int32_t, kHeads><<<dim3(kOffsetsCheckBlocks, p.heads / kHeads, 1), 128, 0, stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes));
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(blocks_for(tiles, tiles_per_block), p.heads / kHeads, p.batch);
+  config.blockDim = dim3(S::kThreads);
+  config.dynamicSmemBytes = S::kSmemBytes;
+  config.stream = stream;
+  cudaLaunchAttribute cluster_shape;
+  cluster_shape.id = cudaLaunchAttributeClusterDimension;
+  cluster_shape.val.clusterDim.x = 1;
+  cluster_shape.val.clusterDim.y = kCluster;  // blocks y and y + 1: the two pairs of one kv group
+  cluster_shape.val.clusterDim.z = 1;
+  config.attrs = &cluster_shape;
+  config.numAttrs = kCluster > 1 ? 1 : 0;
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p, maps, tiles_per_block));
+}
+
 // The Hopper forward: two heads per block where the kv group's heads pair up
 // and share one row of offsets (each warpgroup one head, the stages staged once
 // for both), else one. Where the group holds two such pairs,
 // FIBSPARSE_HOPPER_CLUSTER=1 runs their two blocks as a cluster that loads each
-// stage once for both; off by default, as it measured slower. A block walks
-// several consecutive 64-query tiles where the grid stays many waves deep
-// (hopper_tiles_per_block). Its offsets check runs as a launch of its own, before it.
+// stage once for both; off by default, as it measured slower.
 template <typename T>
 void launch_fwd_hopper(const Params& p) {
-  using namespace hopper_fwd;
   const ForwardTensorMaps maps = make_forward_maps(p, std::is_same_v<T, at::BFloat16>);
   const int group = p.heads / p.heads_kv;
   const bool pairs = p.offsets_head_stride == 0 && group % 2 == 0;
   const char* cluster_setting = std::getenv("FIBSPARSE_HOPPER_CLUSTER");
   const bool clusters = pairs && group % 4 == 0 && cluster_setting != nullptr && std::string(cluster_setting) == "1";
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const auto launch = [&](auto kernel, auto check, int heads, int cluster, int threads, int smem_bytes,
-                          int blocks_per_sm) {
-    const int tiles = int(blocks_for(p.seqlen_q, kTileRows));
-    const int tiles_per_block = hopper_tiles_per_block(int64_t(tiles) * (p.heads / heads) * p.batch, blocks_per_sm);
-    check<<<dim3(kOffsetsCheckBlocks, p.heads / heads, 1), 128, 0, stream>>>(p);  // dense: one sequence checks
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(blocks_for(tiles, tiles_per_block), p.heads / heads, p.batch);
-    config.blockDim = dim3(threads);
-    config.dynamicSmemBytes = smem_bytes;
-    config.stream = stream;
-    cudaLaunchAttribute cluster_shape;
-    cluster_shape.id = cudaLaunchAttributeClusterDimension;
-    cluster_shape.val.clusterDim.x = 1;
-    cluster_shape.val.clusterDim.y = cluster;  // blocks y and y + 1: the two pairs of one kv group
-    cluster_shape.val.clusterDim.z = 1;
-    config.attrs = &cluster_shape;
-    config.numAttrs = cluster > 1 ? 1 : 0;
-    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p, maps, tiles_per_block));
-  };
   const auto launch_dim = [&](auto head_dim) {
     constexpr int kHeadDim = decltype(head_dim)::value;
     if (clusters) {
-      launch(fwd_hopper_kernel<T, kHeadDim, 2, 2>, offsets_check_kernel<int32_t, 2>, 2, 2,
-             Shape<kHeadDim, 2>::kThreads, Shape<kHeadDim, 2>::kSmemBytes, Shape<kHeadDim, 2>::kMinBlocks);
+      launch_hopper_blocks<T, kHeadDim, 2, 2>(p, maps);
     } else if (pairs) {
-      launch(fwd_hopper_kernel<T, kHeadDim, 2, 1>, offsets_check_kernel<int32_t, 2>, 2, 1,
-             Shape<kHeadDim, 2>::kThreads, Shape<kHeadDim, 2>::kSmemBytes, Shape<kHeadDim, 2>::kMinBlocks);
+      launch_hopper_blocks<T, kHeadDim, 2, 1>(p, maps);
     } else {
-      launch(fwd_hopper_kernel<T, kHeadDim, 1, 1>, offsets_check_kernel<int32_t, 1>, 1, 1,
-             Shape<kHeadDim, 1>::kThreads, Shape<kHeadDim, 1>::kSmemBytes, Shape<kHeadDim, 1>::kMinBlocks);
+      launch_hopper_blocks<T, kHeadDim, 1, 1>(p, maps);
     }
   };
   if (p.head_dim == 64) {
