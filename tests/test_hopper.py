@@ -7,16 +7,14 @@ lengths that are not multiples of 64, fewer queries than keys, windows of one ke
 up to the whole sequence, padded and per-head offsets, GQA heads paired in one
 block, several tiles per block, clusters); where it declines; and, without a GPU,
 that ptxas compiles it without serializing its wgmma."""
-import glob
+import importlib.util
 import os
 import re
 import shutil
 import subprocess
-import sysconfig
 
 import pytest
 import torch
-import torch.utils.cpp_extension
 
 from fibsparse_ext import build_info, fibsparse_attn, fibsparse_attn_ref
 from utils import HOPPER, random_offsets, random_qkv, rel_err, requires_cuda
@@ -42,19 +40,14 @@ def test_ptxas_keeps_the_hopper_forwards_wgmma_asynchronous(tmp_path, source):
     "C7515"), and says so only as information ("Potential Performance Loss"):
     the kernel stays correct and loses its pipelining. Compiled here for
     sm_90a, no Hopper forward may carry that report, or spill."""
-    toolkit = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(NVCC))), "include")
-    includes = torch.utils.cpp_extension.include_paths() + [toolkit, sysconfig.get_paths()["include"]]
-    # torch's CUDA headers include cuSPARSE / cuBLAS ones, which a toolkit of the
-    # compiler and runtime alone lacks: take them from torch's nvidia-* wheels (as setup.py does).
-    links = tmp_path / "library_headers"
-    links.mkdir()
-    for header in glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "*", "include", "*")):
-        if not os.path.exists(os.path.join(toolkit, os.path.basename(header))):
-            (links / os.path.basename(header)).symlink_to(os.path.realpath(header))
-    includes.append(str(links))
+    # tools/compare_sass.py builds the kernels outside setup.py too: its include flags.
+    spec = importlib.util.spec_from_file_location("compare_sass", os.path.join(ROOT, "tools", "compare_sass.py"))
+    compare_sass = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare_sass)
+    home = os.path.dirname(os.path.dirname(os.path.realpath(NVCC)))
     command = [NVCC, "-std=c++20", "-O3", "--expt-relaxed-constexpr", "-gencode", "arch=compute_90a,code=sm_90a",
                "-DFIBSPARSE_WITH_CUDA", "-DFIBSPARSE_HOPPER_KERNELS", "-Xptxas", "-v",
-               *(f"-I{d}" for d in includes), "-c", os.path.join(ROOT, "csrc", "cuda", source),
+               *compare_sass.include_flags(home, str(tmp_path)), "-c", os.path.join(ROOT, "csrc", "cuda", source),
                "-o", str(tmp_path / "kernels.o")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
