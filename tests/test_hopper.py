@@ -287,6 +287,22 @@ def test_hopper_forward_default_tiles_per_block_give_the_same_bits(monkeypatch):
 
 
 @requires_hopper
+@pytest.mark.parametrize("name, setting, allowed", [
+    ("FIBSPARSE_HOPPER", "off", "0, 1, always"), ("FIBSPARSE_HOPPER", "", "0, 1, always"),
+    ("FIBSPARSE_HOPPER_CLUSTER", "yes", "0, 1"), ("FIBSPARSE_HOPPER_CLUSTER", "2", "0, 1"),
+])
+def test_hopper_switches_are_checked(monkeypatch, name, setting, allowed):
+    """A comparison switch with a value it does not know is refused, naming the
+    variable, what it got and what it takes (a GQA group of 4 sharing offsets:
+    the call the cluster switch steers)."""
+    monkeypatch.delenv("FIBSPARSE_HOPPER", raising=False)
+    monkeypatch.setenv(name, setting)
+    q, k, v = random_qkv(1, 128, 8, 2, 64, torch.bfloat16, "cuda", requires_grad=False)
+    with pytest.raises(RuntimeError, match=f"{name} must be one of {allowed} \\(or unset\\), got '{setting}'"):
+        fibsparse_attn(q, k, v, 128, torch.tensor([130], dtype=torch.int32, device="cuda"))
+
+
+@requires_hopper
 @pytest.mark.parametrize("setting", ["0", "65", "two", "2x", ""])
 def test_hopper_tiles_setting_is_checked(monkeypatch, setting):
     monkeypatch.delenv("FIBSPARSE_HOPPER", raising=False)

@@ -8,8 +8,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstdlib>
-#include <string>
 #include <type_traits>
 
 #include "../capabilities.h"
@@ -64,8 +62,7 @@ void launch_fwd_hopper(const Params& p) {
   const ForwardTensorMaps maps = make_forward_maps(p, std::is_same_v<T, at::BFloat16>);
   const int group = p.heads / p.heads_kv;
   const bool pairs = p.offsets_head_stride == 0 && group % 2 == 0;
-  const char* cluster_setting = std::getenv("FIBSPARSE_HOPPER_CLUSTER");
-  const bool clusters = pairs && group % 4 == 0 && cluster_setting != nullptr && std::string(cluster_setting) == "1";
+  const bool clusters = hopper_clusters_asked() && pairs && group % 4 == 0;
   const auto launch_dim = [&](auto head_dim) {
     constexpr int kHeadDim = decltype(head_dim)::value;
     if (clusters) {

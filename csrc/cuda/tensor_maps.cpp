@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
+#include <string>
 
 namespace fibsparse {
 namespace {
@@ -64,14 +66,29 @@ CUtensorMap rows_map(const void* base, CUtensorMapDataType dtype, int head_dim, 
   return map;
 }
 
+// A comparison switch from the environment: null when unset, else one of
+// `allowed`; any other value is refused, naming the variable.
+const char* switch_setting(const char* name, std::initializer_list<const char*> allowed) {
+  const char* setting = std::getenv(name);
+  if (setting == nullptr) return nullptr;
+  std::string choices;
+  for (const char* value : allowed) {
+    if (std::strcmp(setting, value) == 0) return setting;
+    choices += (choices.empty() ? "" : ", ") + std::string(value);
+  }
+  TORCH_CHECK(false, "fibsparse: ", name, " must be one of ", choices, " (or unset), got '", setting, "'");
+}
+
 }  // namespace
 
 bool hopper_forward_applies(const Params& p, bool tensor_core_type, bool fractional) {
-  if (!kHopperForwardBuilt || !tensor_core_type || fractional) return false;
+  if (!kHopperForwardBuilt || !tensor_core_type) return false;
+  // Checked on every call it could steer, so that a misspelt value fails at once.
+  const char* setting = switch_setting("FIBSPARSE_HOPPER", {"0", "1", "always"});
+  if (setting != nullptr && std::strcmp(setting, "0") == 0) return false;
+  if (fractional) return false;
   if (p.cu_seqlens_q != nullptr || p.cache_seqlens != nullptr || p.block_table != nullptr) return false;
   if (p.head_dim != 64 && p.head_dim != 128) return false;
-  const char* setting = std::getenv("FIBSPARSE_HOPPER");
-  if (setting != nullptr && std::strcmp(setting, "0") == 0) return false;
   // The window alone (no offsets) at head_dim 64 stays on the mma.sync forward,
   // unless asked (FIBSPARSE_HOPPER=always, for comparisons): on an H200 at 64k
   // and 128k the Hopper forward took 1.01-1.09x its time there (MHA), and
@@ -83,6 +100,11 @@ bool hopper_forward_applies(const Params& p, bool tensor_core_type, bool fractio
   return tma_layout(p.q, p.q_head_stride, p.heads, p.q_row_stride, p.seqlen_q, p.q_batch_stride, p.batch) &&
          tma_layout(p.k, p.k_head_stride, p.heads_kv, p.k_row_stride, p.seqlen_k, p.k_batch_stride, p.batch) &&
          tma_layout(p.v, p.v_head_stride, p.heads_kv, p.v_row_stride, p.seqlen_k, p.v_batch_stride, p.batch);
+}
+
+bool hopper_clusters_asked() {
+  const char* setting = switch_setting("FIBSPARSE_HOPPER_CLUSTER", {"0", "1"});
+  return setting != nullptr && std::strcmp(setting, "1") == 0;
 }
 
 int hopper_tiles_per_block(int64_t tiles, int blocks_per_sm) {

@@ -26,6 +26,11 @@ struct ForwardTensorMaps {
 // FIBSPARSE_HOPPER=always gives it the window alone too.
 bool hopper_forward_applies(const Params& p, bool tensor_core_type, bool fractional);
 
+// Whether FIBSPARSE_HOPPER_CLUSTER=1 asks for the clusters of fwd_launch.cuh
+// (off by default: they measured slower). Values other than 0 and 1 are refused,
+// as are FIBSPARSE_HOPPER's other than 0, 1 and always.
+bool hopper_clusters_asked();
+
 // How many consecutive 64-query tiles one block of the Hopper forward walks,
 // for a launch of `tiles` tiles (over all heads and sequences) at
 // `blocks_per_sm` resident blocks: the largest power of two up to 8 that keeps
