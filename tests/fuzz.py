@@ -63,8 +63,7 @@ class Case:
         """Whether the Hopper forward may run the case (its layout may still send
         it to the mma.sync forward: the extents of both are allowed)."""
         return (self.tensor_cores and HOPPER and os.environ.get("FIBSPARSE_HOPPER") != "0"
-                and not self.fractional and self.head_dim in (64, 128)
-                and (self.offsets.shape[-1] > 0 or self.head_dim == 128))
+                and not self.fractional and self.head_dim in (64, 128))
 
 
 def _offsets(rng: random.Random, window: int, heads: int, seqlen_k: int, fractional: bool) -> torch.Tensor:

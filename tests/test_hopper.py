@@ -1,6 +1,6 @@
 """The Hopper forward (warpgroup products fed by TMA, csrc/cuda/fwd_hopper_kernel.cuh):
 that it is the kernel a compute capability 9.0 GPU runs for 16-bit inputs with
-integer offsets on dense batches (the window alone at head_dim 64 excepted); that
+integer offsets (or none: the window alone) on dense batches; that
 it matches the float64 reference and the mma.sync forward (FIBSPARSE_HOPPER=0)
 where its geometry differs from theirs (band chunks that start before key 0,
 lengths that are not multiples of 64, fewer queries than keys, windows of one key
@@ -98,15 +98,15 @@ def test_the_hopper_forward_is_what_runs(monkeypatch, dtype, head_dim):
 
 @requires_hopper
 def test_the_hopper_forward_declines_what_it_does_not_take():
-    """Fractional offsets, no offsets (the window alone) at head_dim 64, head_dim
-    32 and a batch stride TMA cannot take (0: k and v broadcast over the batch)
-    run on the mma.sync forward; the window alone at head_dim 128 runs here."""
+    """Fractional offsets, head_dim 32 and a batch stride TMA cannot take (0: k
+    and v broadcast over the batch) run on the mma.sync forward; the window
+    alone (no offsets) runs here at head_dim 64 and 128."""
     q, k, v = random_qkv(2, 256, 2, 2, 64, torch.bfloat16, "cuda", requires_grad=False)
     integer = torch.tensor([130, 211], device="cuda", dtype=torch.int32)
     assert any("fwd_hopper_kernel" in n for n in forward_kernels(q, k, v, 128, integer))
     fractional = torch.tensor([130.5, 211.25], device="cuda")
     assert not any("fwd_hopper_kernel" in n for n in forward_kernels(q, k, v, 128, fractional))
-    assert not any("fwd_hopper_kernel" in n for n in forward_kernels(q, k, v, 128, integer[:0]))
+    assert any("fwd_hopper_kernel" in n for n in forward_kernels(q, k, v, 128, integer[:0]))
     q128, k128, v128 = random_qkv(1, 256, 2, 2, 128, torch.bfloat16, "cuda", requires_grad=False)
     assert any("fwd_hopper_kernel" in n for n in forward_kernels(q128, k128, v128, 128, integer[:0]))
     q32, k32, v32 = random_qkv(1, 256, 2, 2, 32, torch.bfloat16, "cuda", requires_grad=False)
@@ -193,10 +193,10 @@ def test_hopper_forward_is_deterministic_and_writes_every_output(monkeypatch, he
 
 @requires_hopper
 @pytest.mark.parametrize("head_dim", [64, 128])
-def test_hopper_forward_takes_the_window_alone_when_asked(monkeypatch, head_dim):
-    """FIBSPARSE_HOPPER=always gives the Hopper forward calls without offsets
-    too (the comparisons' switch); it matches the reference there."""
-    monkeypatch.setenv("FIBSPARSE_HOPPER", "always")
+def test_hopper_forward_takes_the_window_alone(monkeypatch, head_dim):
+    """Calls without offsets (the window alone) run on the Hopper forward by
+    default, and match the reference there."""
+    monkeypatch.delenv("FIBSPARSE_HOPPER", raising=False)
     q, k, v = random_qkv(1, 333, 4, 2, head_dim, torch.bfloat16, "cuda", seqlen_k=400, requires_grad=False)
     none = torch.empty(0, dtype=torch.int32, device="cuda")
     assert any("fwd_hopper_kernel" in n for n in forward_kernels(q, k, v, 128, none))
@@ -273,13 +273,18 @@ def test_hopper_forward_gives_the_same_bits_at_any_tiles_per_block(monkeypatch, 
 
 
 @requires_hopper
-def test_hopper_forward_default_tiles_per_block_give_the_same_bits(monkeypatch):
-    """At 16k tokens, GQA 32/8, the default walks several tiles per block (the
-    grid stays 8 waves deep); its results are those of one tile per block."""
+@pytest.mark.parametrize("pattern", ["offsets", "window alone"])
+def test_hopper_forward_default_tiles_per_block_give_the_same_bits(monkeypatch, pattern):
+    """At 16k tokens, GQA 32/8, the default walks several tiles per block (two
+    with offsets, where the grid stays 8 waves deep; with the window alone as
+    many as fill the GPU in even waves); its results are those of one tile per
+    block."""
     monkeypatch.delenv("FIBSPARSE_HOPPER", raising=False)
     monkeypatch.delenv("FIBSPARSE_HOPPER_TILES", raising=False)
     q, k, v = random_qkv(1, 16384, 32, 8, 128, torch.bfloat16, "cuda", requires_grad=False)
     offsets = torch.tensor([128, 211, 341, 552, 893, 1445, 2338, 3783, 6121, 9904], dtype=torch.int32, device="cuda")
+    if pattern == "window alone":
+        offsets = offsets[:0]
     default = fibsparse_attn(q, k, v, 128, offsets, return_lse=True)
     monkeypatch.setenv("FIBSPARSE_HOPPER_TILES", "1")
     one = fibsparse_attn(q, k, v, 128, offsets, return_lse=True)
@@ -288,7 +293,7 @@ def test_hopper_forward_default_tiles_per_block_give_the_same_bits(monkeypatch):
 
 @requires_hopper
 @pytest.mark.parametrize("name, setting, allowed", [
-    ("FIBSPARSE_HOPPER", "off", "0, 1, always"), ("FIBSPARSE_HOPPER", "", "0, 1, always"),
+    ("FIBSPARSE_HOPPER", "off", "0, 1"), ("FIBSPARSE_HOPPER", "", "0, 1"), ("FIBSPARSE_HOPPER", "always", "0, 1"),
     ("FIBSPARSE_HOPPER_CLUSTER", "yes", "0, 1"), ("FIBSPARSE_HOPPER_CLUSTER", "2", "0, 1"),
 ])
 def test_hopper_switches_are_checked(monkeypatch, name, setting, allowed):

@@ -24,15 +24,15 @@ namespace fibsparse {
 
 // The Hopper forward's blocks of kHeads heads (in clusters of kCluster blocks),
 // after its offsets check, a launch of its own. A block walks several
-// consecutive 64-query tiles where the grid stays many waves deep
-// (hopper_tiles_per_block).
+// consecutive 64-query tiles (hopper_tiles_per_block).
 template <typename T, int kHeadDim, int kHeads, int kCluster>
 void launch_hopper_blocks(const Params& p, const ForwardTensorMaps& maps) {
   using S = hopper_fwd::Shape<kHeadDim, kHeads>;
   const auto kernel = hopper_fwd::fwd_hopper_kernel<T, kHeadDim, kHeads, kCluster>;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int tiles = int(blocks_for(p.seqlen_q, hopper_fwd::kTileRows));
-  const int tiles_per_block = hopper_tiles_per_block(int64_t(tiles) * (p.heads / kHeads) * p.batch, S::kMinBlocks);
+  const int tiles_per_block =
+      hopper_tiles_per_block(tiles, int64_t(p.heads / kHeads) * p.batch, S::kMinBlocks, p.num_offsets == 0);
   // Dense batches: one sequence's blocks check the offsets.
   offsets_check_kernel<int32_t, kHeads><<<dim3(kOffsetsCheckBlocks, p.heads / kHeads, 1), 128, 0, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -84,17 +84,11 @@ const char* switch_setting(const char* name, std::initializer_list<const char*> 
 bool hopper_forward_applies(const Params& p, bool tensor_core_type, bool fractional) {
   if (!kHopperForwardBuilt || !tensor_core_type) return false;
   // Checked on every call it could steer, so that a misspelt value fails at once.
-  const char* setting = switch_setting("FIBSPARSE_HOPPER", {"0", "1", "always"});
+  const char* setting = switch_setting("FIBSPARSE_HOPPER", {"0", "1"});
   if (setting != nullptr && std::strcmp(setting, "0") == 0) return false;
   if (fractional) return false;
   if (p.cu_seqlens_q != nullptr || p.cache_seqlens != nullptr || p.block_table != nullptr) return false;
   if (p.head_dim != 64 && p.head_dim != 128) return false;
-  // The window alone (no offsets) at head_dim 64 stays on the mma.sync forward,
-  // unless asked (FIBSPARSE_HOPPER=always, for comparisons): on an H200 at 64k
-  // and 128k the Hopper forward took 1.01-1.09x its time there (MHA), and
-  // 0.67x at head_dim 128 (GQA 32/8); with offsets it takes 0.59-0.83x.
-  const bool always = setting != nullptr && std::strcmp(setting, "always") == 0;
-  if (p.num_offsets == 0 && p.head_dim != 128 && !always) return false;
   const cudaDeviceProp* device = at::cuda::getCurrentDeviceProperties();
   if (device->major != 9 || device->minor != 0) return false;
   return tma_layout(p.q, p.q_head_stride, p.heads, p.q_row_stride, p.seqlen_q, p.q_batch_stride, p.batch) &&
@@ -107,7 +101,7 @@ bool hopper_clusters_asked() {
   return setting != nullptr && std::strcmp(setting, "1") == 0;
 }
 
-int hopper_tiles_per_block(int64_t tiles, int blocks_per_sm) {
+int hopper_tiles_per_block(int tiles_per_sequence, int64_t slices, int blocks_per_sm, bool window_alone) {
   if (const char* setting = std::getenv("FIBSPARSE_HOPPER_TILES")) {
     char* end = nullptr;
     const long n = std::strtol(setting, &end, 10);
@@ -115,10 +109,17 @@ int hopper_tiles_per_block(int64_t tiles, int blocks_per_sm) {
                 "fibsparse: FIBSPARSE_HOPPER_TILES must be a whole number from 1 to 64, got '", setting, "'");
     return int(n);
   }
-  constexpr int kMinWaves = 8, kMaxTilesPerBlock = 8;
   const int64_t resident = int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * blocks_per_sm;
+  const auto blocks = [&](int per_block) { return (tiles_per_sequence + per_block - 1) / per_block * slices; };
   int per_block = 1;
-  while (per_block < kMaxTilesPerBlock && tiles / (2 * per_block) >= kMinWaves * resident) per_block *= 2;
+  if (window_alone) {
+    for (int n = 2; n <= 32 && n / 2 < tiles_per_sequence; n *= 2) {
+      const int64_t waves = (blocks(n) + resident - 1) / resident;
+      if (10 * blocks(n) >= 9 * waves * resident) per_block = n;
+    }
+  } else if (blocks(2) >= 8 * resident) {
+    per_block = 2;
+  }
   return per_block;
 }
 

@@ -17,26 +17,31 @@ struct ForwardTensorMaps {
 };
 
 // Whether the Hopper forward may take a call: built for sm_90a and on a
-// compute capability 9.0 device, 16-bit inputs, integer offsets (at head_dim 64
-// at least one entry: the window alone is faster there on the mma.sync forward), a dense batch
-// (no packed sequences, no cache), head_dim 64 or 128, and the layouts TMA
-// takes (16-byte aligned base pointers and nonzero 16-byte strides). For
-// comparisons, FIBSPARSE_HOPPER=0 in the environment turns it off (the
-// tensor-core kernels of fwd_mma_kernel.cuh run instead), and
-// FIBSPARSE_HOPPER=always gives it the window alone too.
+// compute capability 9.0 device, 16-bit inputs, integer offsets (or none: the
+// window alone), a dense batch (no packed sequences, no cache), head_dim 64 or
+// 128, and the layouts TMA takes (16-byte aligned base pointers and nonzero
+// 16-byte strides). For comparisons, FIBSPARSE_HOPPER=0 in the environment
+// turns it off (the tensor-core kernels of fwd_mma_kernel.cuh run instead).
 bool hopper_forward_applies(const Params& p, bool tensor_core_type, bool fractional);
 
 // Whether FIBSPARSE_HOPPER_CLUSTER=1 asks for the clusters of fwd_launch.cuh
 // (off by default: they measured slower). Values other than 0 and 1 are refused,
-// as are FIBSPARSE_HOPPER's other than 0, 1 and always.
+// for FIBSPARSE_HOPPER too.
 bool hopper_clusters_asked();
 
 // How many consecutive 64-query tiles one block of the Hopper forward walks,
-// for a launch of `tiles` tiles (over all heads and sequences) at
-// `blocks_per_sm` resident blocks: the largest power of two up to 8 that keeps
-// the grid at least 8 waves deep, so that few SMs idle at the end. FIBSPARSE_HOPPER_TILES=n
-// (1 to 64) sets it, for comparisons.
-int hopper_tiles_per_block(int64_t tiles, int blocks_per_sm);
+// for `tiles_per_sequence` tiles in each of `slices` (sequence, heads of a
+// block) pairs at `blocks_per_sm` resident blocks. A block that walks several
+// tiles overlaps each tile's start and drain with its neighbours'.
+// - The window alone: every tile costs the same, so a block walks as many as
+//   keep the grid's last wave at least 90% full, up to 32 (on an H200 the
+//   fewest blocks that fill the GPU evenly were the fastest).
+// - With offsets: a later tile reaches more offsets and costs more, and the
+//   concurrent blocks' strips share L2 better when each walks fewer; two tiles,
+//   where the grid stays at least 8 waves deep (an H200 measured 2 the fastest
+//   or within 3% of it from 16k to 128k tokens).
+// FIBSPARSE_HOPPER_TILES=n (1 to 64) sets it, for comparisons.
+int hopper_tiles_per_block(int tiles_per_sequence, int64_t slices, int blocks_per_sm, bool window_alone);
 
 // Whether this build has the Hopper forward (sm_90a was among its archs).
 constexpr bool kHopperForwardBuilt =
