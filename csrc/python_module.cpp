@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include "capabilities.h"
+#include "hopper_tiles.h"
 
 #ifndef FIBSPARSE_BUILD_TORCH
 #define FIBSPARSE_BUILD_TORCH ""
@@ -39,4 +40,7 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fibsparse_ext compiled kernels (ops are in torch.ops.fibsparse)";
   m.def("build_info", &build_info, "How this extension was built: CUDA or CPU-only, archs, torch version.");
+  // For the tests: the Hopper forward's tiles per block as a function of the grid (pure arithmetic).
+  m.def("_hopper_tiles_per_block", &fibsparse::hopper_tiles_rule, pybind11::arg("tiles_per_sequence"),
+        pybind11::arg("slices"), pybind11::arg("resident_blocks"), pybind11::arg("window_alone"));
 }

@@ -61,6 +61,31 @@ def test_ptxas_keeps_the_hopper_forwards_wgmma_asynchronous(tmp_path, source):
         assert spills is not None and spills.group(1) == "0", (kernel, spills and spills.group(0))
 
 
+@pytest.mark.parametrize("tiles_per_sequence, slices, resident_blocks, window_alone, expected", [
+    (2048, 16, 132, True, 32),   # 128k GQA 32/8 on 132 SMs: 1024 blocks, 8 waves, 97% of their slots busy
+    (2048, 16, 132, False, 2),   # the same with offsets: two tiles, 61 waves
+    (256, 16, 132, True, 32),    # 16k GQA: 128 blocks, one wave 97% busy
+    (1024, 8, 264, True, 32),    # 64k MHA d 64, two blocks per SM: 256 blocks, one wave 97% busy
+    (16, 256, 132, True, 16),    # 1k x 16 GQA: no more tiles than a sequence has
+    (100, 10, 132, True, 8),     # 130 blocks of 8 fill one wave; 70 of 16 would leave 47% idle
+    (528, 1, 132, True, 4),      # 132 blocks of 4; 66 of 8 leave half the GPU idle
+    (300, 1, 132, True, 1),      # no count keeps 90% of the slots busy: the most blocks
+    (8, 4, 132, True, 1),        # a small grid
+    (1, 64, 132, True, 1),       # one tile per sequence
+    (1, 64, 132, False, 1),
+    (16, 4, 132, False, 1),      # with offsets, two tiles only where the grid stays 8 waves deep
+    (8448, 1, 132, False, 2),    # 4224 blocks of 2 = 32 waves
+    (2111, 1, 264, False, 1),    # 1056 blocks of 2: just under 8 waves of 264
+])
+def test_hopper_tiles_per_block_rule(tiles_per_sequence, slices, resident_blocks, window_alone, expected):
+    """The rule the Hopper forward's launch applies (hopper_tiles.h): with
+    offsets two tiles a block where the grid stays 8 waves deep, the window alone
+    the most (a power of two up to 32) that leave at most 10% of the slots of the
+    waves it needs idle. Pure arithmetic: runs on any build."""
+    from fibsparse_ext import _C
+    assert _C._hopper_tiles_per_block(tiles_per_sequence, slices, resident_blocks, window_alone) == expected
+
+
 def forward_kernels(q, k, v, window, offsets):
     """The CUDA kernels one forward launches (their names, from the profiler)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
@@ -244,6 +269,8 @@ def test_hopper_forward_clusters_give_the_same_bits(monkeypatch, dtype, head_dim
     (1, 3, 3, 300, 450, "per_head"),   # one head per block, queries shifted by 150
     (2, 8, 2, 4096, 4096, "shared"),   # 64 tiles, 20 offsets: rings wrap many times within a block
     (1, 2, 1, 64, 64, "shared"),       # one tile
+    (2, 4, 4, 2100, 2100, "none"),     # the window alone, one head per block, 33 tiles: 32 and a last one
+    (1, 8, 2, 4096, 4096, "none"),     # the window alone, two heads per block
 ])
 def test_hopper_forward_gives_the_same_bits_at_any_tiles_per_block(monkeypatch, dtype, head_dim, batch, heads,
                                                                    heads_kv, seqlen_q, seqlen_k, offsets):
@@ -256,11 +283,11 @@ def test_hopper_forward_gives_the_same_bits_at_any_tiles_per_block(monkeypatch, 
     torch.manual_seed(seqlen_q + heads + head_dim)
     q, k, v = random_qkv(batch, seqlen_q, heads, heads_kv, head_dim, dtype, "cuda", seqlen_k=seqlen_k,
                          requires_grad=False)
-    count = 20 if seqlen_k > 1000 else 6
+    count = 0 if offsets == "none" else 20 if seqlen_k > 1000 else 6
     offs = random_offsets(128, count, heads if offsets == "per_head" else None, False, "cuda",
                           spread=max(2, seqlen_k // (count + 1)))
     results = {}
-    for tiles_per_block in ("1", "2", "3", "64"):
+    for tiles_per_block in ("1", "2", "3", "32", "64"):
         monkeypatch.setenv("FIBSPARSE_HOPPER_TILES", tiles_per_block)
         assert any("fwd_hopper_kernel" in n for n in forward_kernels(q, k, v, 128, offs))
         results[tiles_per_block] = fibsparse_attn(q, k, v, 128, offs, return_lse=True)

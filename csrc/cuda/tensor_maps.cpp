@@ -2,6 +2,8 @@
 // found once through the runtime so that the extension needs no link to libcuda.
 #include "tensor_maps.h"
 
+#include "../hopper_tiles.h"
+
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/util/Exception.h>
@@ -110,17 +112,7 @@ int hopper_tiles_per_block(int tiles_per_sequence, int64_t slices, int blocks_pe
     return int(n);
   }
   const int64_t resident = int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * blocks_per_sm;
-  const auto blocks = [&](int per_block) { return (tiles_per_sequence + per_block - 1) / per_block * slices; };
-  int per_block = 1;
-  if (window_alone) {
-    for (int n = 2; n <= 32 && n / 2 < tiles_per_sequence; n *= 2) {
-      const int64_t waves = (blocks(n) + resident - 1) / resident;
-      if (10 * blocks(n) >= 9 * waves * resident) per_block = n;
-    }
-  } else if (blocks(2) >= 8 * resident) {
-    per_block = 2;
-  }
-  return per_block;
+  return hopper_tiles_rule(tiles_per_sequence, slices, resident, window_alone);
 }
 
 ForwardTensorMaps make_forward_maps(const Params& p, bool bfloat16) {

@@ -31,16 +31,9 @@ bool hopper_clusters_asked();
 
 // How many consecutive 64-query tiles one block of the Hopper forward walks,
 // for `tiles_per_sequence` tiles in each of `slices` (sequence, heads of a
-// block) pairs at `blocks_per_sm` resident blocks. A block that walks several
-// tiles overlaps each tile's start and drain with its neighbours'.
-// - The window alone: every tile costs the same, so a block walks as many as
-//   keep the grid's last wave at least 90% full, up to 32 (on an H200 the
-//   fewest blocks that fill the GPU evenly were the fastest).
-// - With offsets: a later tile reaches more offsets and costs more, and the
-//   concurrent blocks' strips share L2 better when each walks fewer; two tiles,
-//   where the grid stays at least 8 waves deep (an H200 measured 2 the fastest
-//   or within 3% of it from 16k to 128k tokens).
-// FIBSPARSE_HOPPER_TILES=n (1 to 64) sets it, for comparisons.
+// block) pairs at `blocks_per_sm` resident blocks per SM of this device:
+// hopper_tiles_rule (hopper_tiles.h). FIBSPARSE_HOPPER_TILES=n (1 to 64) sets
+// it, for comparisons.
 int hopper_tiles_per_block(int tiles_per_sequence, int64_t slices, int blocks_per_sm, bool window_alone);
 
 // Whether this build has the Hopper forward (sm_90a was among its archs).

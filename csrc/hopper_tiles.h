@@ -1,0 +1,36 @@
+// How many consecutive 64-query tiles one block of the Hopper forward walks.
+// Plain host arithmetic, apart from the kernels so that a CPU build can test it.
+#pragma once
+
+#include <cstdint>
+
+namespace fibsparse {
+
+// For `tiles_per_sequence` tiles in each of `slices` (sequence, heads of a
+// block) pairs, with `resident_blocks` blocks resident on the GPU at once. A
+// block that walks several tiles overlaps each tile's start and drain with its
+// neighbours'.
+// - The window alone: every tile costs the same, so a block walks as many
+//   tiles (a power of two up to 32) as leave at most 10% of the slots of the
+//   waves the grid needs idle; on an H200 the fewest blocks that filled the GPU
+//   that evenly were the fastest.
+// - With offsets: a later tile reaches more offsets and costs more, and the
+//   strips of concurrent blocks share L2 better when each walks fewer; two
+//   tiles where the grid stays at least 8 waves deep (on an H200, 2 was the
+//   fastest or within 3% of it from 16k to 128k tokens; 8 cost up to 40% more).
+// One tile per block where neither applies (small grids).
+inline int hopper_tiles_rule(int tiles_per_sequence, int64_t slices, int64_t resident_blocks, bool window_alone) {
+  const auto blocks = [&](int per_block) { return (tiles_per_sequence + per_block - 1) / per_block * slices; };
+  int per_block = 1;
+  if (window_alone) {
+    for (int n = 2; n <= 32 && n / 2 < tiles_per_sequence; n *= 2) {
+      const int64_t waves = (blocks(n) + resident_blocks - 1) / resident_blocks;
+      if (10 * blocks(n) >= 9 * waves * resident_blocks) per_block = n;
+    }
+  } else if (blocks(2) >= 8 * resident_blocks) {
+    per_block = 2;
+  }
+  return per_block;
+}
+
+}  // namespace fibsparse
