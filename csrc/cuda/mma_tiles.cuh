@@ -37,7 +37,7 @@ static_assert(kBufRows >= kChunk && kBufRows % 4 == 0);
 template <int kHeadDim>
 constexpr int kMinBlocks = kHeadDim >= 128 ? 2 : 4;
 template <int kHeadDim>
-constexpr int kMinBlocksDkdv = kHeadDim >= 128 ? 1 : 4;
+constexpr int kMinBlocksDkdv = kHeadDim >= 128 ? 1 : kHeadDim >= 64 ? 3 : 4;
 
 // GQA: a forward or dq block may serve kHeads query heads of one kv group at
 // once (4 kHeads warps: the same 64 queries of each head), staging each key
