@@ -249,7 +249,38 @@ def peer_ratios(row: dict) -> dict:
     return ratios
 
 
-def measure(config: Config, bandwidth: float, with_peers: bool = True) -> dict:
+def time_in_rounds(methods: dict, q, k, v, grad, runs: int, rounds: int) -> dict:
+    """time_method for each method in `rounds` rounds, the order reversed every other round, keeping
+    each column's fastest round (as bench_hopper_forward.py does) and every round's value in
+    `<column>_rounds`: a method timed once, always after the same neighbour, carries whatever that
+    neighbour left behind (clocks, L2 contents), and one round's value may be an outlier."""
+    per_round = {name: [] for name in methods}
+    for r in range(rounds):
+        names = list(methods) if r % 2 == 0 else list(reversed(methods))
+        for name in names:
+            per_round[name].append(time_method(name, methods[name], q, k, v, grad, runs))
+    row = {}
+    for name, results in per_round.items():
+        for column in method_columns(name):
+            values = [result[column] for result in results if result[column] is not None]
+            row[column] = min(values) if values else None
+            if rounds > 1 and column != f"{name}_peak_mb":
+                row[f"{column}_rounds"] = [result[column] for result in results]
+    return row
+
+
+def gpu_state() -> str | None:
+    """The SM clock (MHz), temperature (C) and power (W) now, from nvidia-smi where there is one:
+    whether a configuration's times met a throttled GPU."""
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm,temperature.gpu,power.draw",
+                               "--format=csv,noheader", f"--id={torch.cuda.current_device()}"],
+                              capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def measure(config: Config, bandwidth: float, with_peers: bool = True, rounds: int = 1) -> dict:
     torch.manual_seed(0)
     c = config
     q = torch.randn(c.batch, c.seqlen, c.heads, c.head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -284,8 +315,13 @@ def measure(config: Config, bandwidth: float, with_peers: bool = True) -> dict:
             else:
                 row.update(dict.fromkeys(method_columns(name)))
     runs = 10 if c.seqlen >= 65536 else 20
-    for name, attend in methods.items():
-        row.update(time_method(name, attend, q, k, v, grad, runs))
+    sliding = {name: attend for name, attend in methods.items() if name in ("fibsparse", "fib_window", *PEERS)}
+    row["gpu_before"] = gpu_state()
+    row.update(time_in_rounds(sliding, q, k, v, grad, runs, rounds))
+    row["gpu_after"] = gpu_state()
+    for name, attend in methods.items():  # the dense baselines last: a second of full power a call at 128k
+        if name not in sliding:
+            row.update(time_method(name, attend, q, k, v, grad, runs))
     io_bytes = q.element_size() * (2 * q.numel() + 2 * k.numel())
     row["floor_fwd_ms"] = io_bytes / bandwidth * 1e3
     fib_fwd, fib_all = row["fibsparse_fwd_ms"], row["fibsparse_fwdbwd_ms"]
@@ -315,6 +351,18 @@ def print_row(row: dict) -> None:
           f"({row.get('speedup_vs_sdpa_fwdbwd_graph', 0):.2f}x)", flush=True)
     if "fib_window_fwd_ms" in row:
         print(f"{'':8s}{peers_line(row)}", flush=True)
+    if "fibsparse_fwd_ms_rounds" in row:
+        print(f"{'':8s}{rounds_line(row)}", flush=True)
+
+
+def rounds_line(row: dict) -> str:
+    """Each round's forward and forward+backward of the methods timed in rounds (the row keeps the
+    fastest), and the GPU's clock, temperature and power before and after them."""
+    fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+    names = [key[: -len("_fwd_ms_rounds")] for key in row if key.endswith("_fwd_ms_rounds")]
+    times = "  ".join(f"{name} {' '.join(map(fmt, row[f'{name}_fwd_ms_rounds']))} / "
+                      f"{' '.join(map(fmt, row[f'{name}_fwdbwd_ms_rounds']))}" for name in names)
+    return f"rounds, fwd / fwd+bwd ms: {times}  | GPU (MHz, C, W) before {row['gpu_before']}, after {row['gpu_after']}"
 
 
 def peers_line(row: dict) -> str:
@@ -381,14 +429,21 @@ def main():
     parser.add_argument("--no-peers", action="store_true",
                         help="leave FA4 and varlen_attn out (before/after comparisons of our own kernels)")
     parser.add_argument("--out", type=Path, default=None, help="folder for sweep.csv, sweep.json, sweep.png")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds of our kernels and the sliding-window peers per configuration, alternating "
+                             "their order, the fastest kept (default: 3 with --fair, else 1)")
     args = parser.parse_args()
+    rounds = args.rounds if args.rounds is not None else (3 if args.fair else 1)
+    if rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {rounds}")
     if not torch.cuda.is_available():
         raise SystemExit("the sweep needs a CUDA GPU")
     bandwidth = copy_bandwidth()
     commit = os.environ.get("FIBSPARSE_COMMIT") or subprocess.run(  # the device copy's .git may be stale
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "commit": commit or "unknown",
-            "copy_bandwidth_tb_s": bandwidth / 1e12, "peer_calls": peer_calls(), "check_tolerance": CHECK_TOLERANCE}
+            "copy_bandwidth_tb_s": bandwidth / 1e12, "peer_calls": peer_calls(), "check_tolerance": CHECK_TOLERANCE,
+            "rounds": rounds}
     print({key: value for key, value in meta.items() if key != "peer_calls"})
     print("sliding-window peers (the band of our pattern, without the offsets), on the integer-offset configurations;"
           f" outputs and gradients checked against fib_window, max |diff| / max |fib_window| <= {CHECK_TOLERANCE}:")
@@ -400,7 +455,7 @@ def main():
     configs = sweep_configs(args.quick, args.fair)
     for n, config in enumerate(configs):
         print(f"[{n + 1}/{len(configs)}] ", end="", flush=True)
-        rows.append(measure(config, bandwidth, with_peers=not args.no_peers))
+        rows.append(measure(config, bandwidth, with_peers=not args.no_peers, rounds=rounds))
         print_row(rows[-1])
         if args.out:  # after every row: a run stopped by the device's time limit keeps what it measured
             write_results(args.out, meta, rows)
