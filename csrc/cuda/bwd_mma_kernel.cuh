@@ -232,13 +232,10 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
             dscores[at] = dscore[r];
           }
         }
-        if (split.frac != 0.f) {  // weight 1 - f on the first row (strip row x + 1), f on the second (x)
-          const float w0 = 1.f - split.frac;
-          add_two_diagonals_times_rows<T, kHeadDim>(split.frac * dscore[0], split.frac * dscore[1], w0 * dscore[0],
-                                                    w0 * dscore[1], strip_k, dq, lane);
-        } else {
-          const float w0 = 1.f - split.frac;
-          add_diag_times_rows<T, kHeadDim>(w0 * dscore[0], w0 * dscore[1], strip_k + 1, dq, lane);
+        const float w0 = 1.f - split.frac;
+        add_diag_times_rows<T, kHeadDim>(w0 * dscore[0], w0 * dscore[1], strip_k + 1, dq, lane);
+        if (split.frac != 0.f) {
+          add_diag_times_rows<T, kHeadDim>(split.frac * dscore[0], split.frac * dscore[1], strip_k, dq, lane);
         }
       }
       if constexpr (kFrac) {
@@ -267,7 +264,6 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
 
 template <typename T, typename OffsetT, int kHeadDim>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
-  constexpr bool kFrac = !std::is_integral_v<OffsetT>;
   extern __shared__ __align__(16) uint16_t smem[];
   const auto stage_q = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 0); };
   const auto stage_do = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 1); };
@@ -340,15 +336,13 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
         RowPtr<kHeadDim> strip_q = rows_q + 16 * warp, strip_do = rows_do + 16 * warp;
         const float* probs = stat0 + 16 * warp;
         const float* dscores = stat1 + 16 * warp;
-        if (kFrac && split.frac != 0.f) {
-          const float w0 = 1.f - split.frac, w1 = split.frac;
-          add_two_diagonals_times_rows<T, kHeadDim>(w0 * probs[g], w0 * probs[g + 8], w1 * probs[g + 1],
-                                                    w1 * probs[g + 9], strip_do, dv, lane);
-          add_two_diagonals_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], w1 * dscores[g + 1],
-                                                    w1 * dscores[g + 9], strip_q, dk, lane);
-        } else {
-          add_diag_times_rows<T, kHeadDim>(probs[g], probs[g + 8], strip_do, dv, lane);
-          add_diag_times_rows<T, kHeadDim>(dscores[g], dscores[g + 8], strip_q, dk, lane);
+        const float w0 = 1.f - split.frac;
+        add_diag_times_rows<T, kHeadDim>(w0 * probs[g], w0 * probs[g + 8], strip_do, dv, lane);
+        add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_q, dk, lane);
+        if (split.frac != 0.f) {
+          const float w1 = split.frac;
+          add_diag_times_rows<T, kHeadDim>(w1 * probs[g + 1], w1 * probs[g + 9], strip_do + 1, dv, lane);
+          add_diag_times_rows<T, kHeadDim>(w1 * dscores[g + 1], w1 * dscores[g + 9], strip_q + 1, dk, lane);
         }
       }
     }

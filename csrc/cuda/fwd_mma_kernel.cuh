@@ -247,12 +247,10 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
         }
         float prob[2];
         offset_softmax(score, warp_pos, t, p, offs, scale_log2, m, l, o, lane, prob);
-        if (split.frac != 0.f) {  // weight 1 - f on the first row (strip row x + 1), f on the second (x)
-          const float w0 = 1.f - split.frac;
-          add_two_diagonals_times_rows<T, kHeadDim>(split.frac * prob[0], split.frac * prob[1], w0 * prob[0],
-                                                    w0 * prob[1], strip_v, o, lane);
-        } else {
-          add_diag_times_rows<T, kHeadDim>(prob[0], prob[1], strip_v + 1, o, lane);
+        add_diag_times_rows<T, kHeadDim>((1.f - split.frac) * prob[0], (1.f - split.frac) * prob[1], strip_v + 1, o,
+                                         lane);
+        if (split.frac != 0.f) {
+          add_diag_times_rows<T, kHeadDim>(split.frac * prob[0], split.frac * prob[1], strip_v, o, lane);
         }
       }
     }

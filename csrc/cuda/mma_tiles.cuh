@@ -242,35 +242,6 @@ __device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, RowPt
   add_a_times_rows<T, kHeadDim>(a, b_rows, acc, lane);
 }
 
-// acc += main_x * b_rows[x] + next_x * b_rows[x + 1] for rows x = 0 .. 15: a
-// fractional position's two rows in one product, where two add_diag_times_rows
-// took two. Every thread passes the values of its rows g and g + 8. The A
-// fragment holds the diagonal and the one above it, over b_rows[0..15]; the
-// term that falls outside, next_15 * b_rows[16], is added on the CUDA cores
-// by the four lanes of row 15 (g == 7), the only ones that read b_rows[16].
-template <typename T, int kHeadDim>
-__device__ __forceinline__ void add_two_diagonals_times_rows(float main_g, float main_g8, float next_g, float next_g8,
-                                                             RowPtr<kHeadDim> b_rows, float (&acc)[kHeadDim / 8][4],
-                                                             int lane) {
-  const int g = lane / 4, c = lane % 4;
-  // Column `col` of row g (or of row g + 8, with g + 8 and col + 8).
-  const auto element = [&](int col, float main, float next) {
-    return col == g ? main : col == g + 1 ? next : 0.f;
-  };
-  const uint32_t a[4] = {pack2<T>(element(2 * c, main_g, next_g), element(2 * c + 1, main_g, next_g)), 0u,
-                         pack2<T>(g == 7 && c == 0 ? next_g : 0.f, 0.f),  // (7, 8): the first column past row 7's
-                         pack2<T>(element(2 * c, main_g8, next_g8), element(2 * c + 1, main_g8, next_g8))};
-  add_a_times_rows<T, kHeadDim>(a, b_rows, acc, lane);
-  if (g == 7) {
-#pragma unroll
-    for (int n = 0; n < kHeadDim / 8; ++n) {
-      const float2 row16 = unpack2<T>(*reinterpret_cast<const uint32_t*>(&b_rows[16][8 * n + 2 * c]));
-      acc[n][2] += next_g8 * row16.x;
-      acc[n][3] += next_g8 * row16.y;
-    }
-  }
-}
-
 // The diagonal of a 16 x 16 tile in C layout (s[0], s[1]): element (x, x) of
 // row x = g + 8 r is s[r][2 r + g % 2] in the thread with c == g / 2 (the
 // "diagonal owner" of the quad); other threads get one of their own elements.
