@@ -160,15 +160,16 @@ void bwd_dq_kernel(const Params& p) {
       const T lse = static_cast<const T*>(p.lse)[stat];
       const T delta = dot(dout, out, n) - (p.dlse ? static_cast<const T*>(p.dlse)[stat] : T(0));
       static_cast<T*>(p.delta)[stat] = delta;
-      // The partials are (batch, heads, seqlen_q, num_offsets): one per query.
-      T* dpos = static_cast<T*>(p.doffsets_partial) + task * p.num_offsets;
+      // One partial per query (num_partials == seqlen_q), at offset o's doffsets_partial_index.
+      T* dpos_partials = static_cast<T*>(p.doffsets_partial);
+      const auto dpos = [&](int o) -> T& { return dpos_partials[doffsets_partial_index(p, o, b, h, i)]; };
 
       std::fill(dq.begin(), dq.end(), T(0));
       for (int t = 0; t < num_distances(p.band, p.num_offsets); ++t) {
         const auto s = sample_key<T>(pos, t, p.band, offs);
         if (!s.valid) {
           if (std::is_floating_point_v<OffsetT> && is_offset_distance(t, p.band)) {
-            dpos[offset_of_distance(t, p.band)] = T(0);
+            dpos(offset_of_distance(t, p.band)) = T(0);
           }
           continue;
         }
@@ -178,7 +179,7 @@ void bwd_dq_kernel(const Params& p) {
         const T dscore = dscore_from(prob, terms.dp, delta, lse);
         axpy_interp(dq.data(), dscore * scale, k[s.j0], k[s.j1], s.frac, n);
         if (is_position) {
-          dpos[offset_of_distance(t, p.band)] = dscore * terms.dscore_dpos + prob * terms.ddp_dpos;
+          dpos(offset_of_distance(t, p.band)) = dscore * terms.dscore_dpos + prob * terms.ddp_dpos;
         }
       }
       std::copy(dq.begin(), dq.end(),

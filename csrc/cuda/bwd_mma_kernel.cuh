@@ -243,8 +243,8 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
 #pragma unroll
         for (int x = 16; x > 0; x /= 2) dpos += __shfl_xor_sync(0xffffffffu, dpos, x);
         if (lane == 0 && warp_q0 < seq.seqlen_q) {
-          const int64_t partial = (int64_t(b) * p.heads + h) * p.num_partials + warp_q0 / kCudaQueriesPerPartial;
-          static_cast<float*>(p.doffsets_partial)[partial * p.num_offsets + o] = dpos;
+          const int64_t at = doffsets_partial_index(p, o, b, h, warp_q0 / kCudaQueriesPerPartial);
+          static_cast<float*>(p.doffsets_partial)[at] = dpos;
         }
       }
     }
@@ -252,9 +252,9 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
   }
   if constexpr (kFrac) {  // offsets out of the block's reach: their partials are zero
     if (lane == 0 && warp_q0 < seq.seqlen_q) {
-      const int64_t partial = (int64_t(b) * p.heads + h) * p.num_partials + warp_q0 / kCudaQueriesPerPartial;
       for (int o = steps.offset_steps; o < p.num_offsets; ++o) {
-        static_cast<float*>(p.doffsets_partial)[partial * p.num_offsets + o] = 0.f;
+        static_cast<float*>(p.doffsets_partial)[doffsets_partial_index(p, o, b, h, warp_q0 / kCudaQueriesPerPartial)] =
+            0.f;
       }
     }
   }
