@@ -48,7 +48,7 @@ ForwardCall prepare_forward(const at::Tensor& q, const at::Tensor& k, const at::
 struct BackwardCall {
   at::Tensor q, k, v, out, dout, offsets, lse, dlse, delta, dq, dk, dv, partial, offset_terms;
   Params params{};
-  int64_t num_partials = 0, partial_batch = 0;  // the partials are (K, heads, partial_batch, num_partials)
+  int64_t num_partials = 0, partial_batch = 0;  // the partials are (heads, K, partial_batch, num_partials)
   bool fractional = false, empty = false;
 };
 BackwardCall prepare_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

@@ -200,11 +200,11 @@ FIBSPARSE_HD int64_t offset_term_index(const Params& p, const Sequence& seq, int
 }
 
 // Index of the partial d loss / d position of offset o, from query block
-// `block` of (sequence b, head h): offset-major, (K, heads, batch,
-// num_partials), so that the host's sum over sequences and blocks reduces
-// contiguous rows, one per (offset, head).
+// `block` of (sequence b, head h): (heads, K, batch, num_partials), so that
+// the host's sum over sequences and blocks reduces contiguous rows, one per
+// (head, offset).
 FIBSPARSE_HD int64_t doffsets_partial_index(const Params& p, int o, int b, int h, int64_t block) {
-  return ((int64_t(o) * p.heads + h) * p.batch + b) * p.num_partials + block;
+  return ((int64_t(h) * p.num_offsets + o) * p.batch + b) * p.num_partials + block;
 }
 
 // Absolute position of query row i of sequence b (of a KV cache's sequence
