@@ -224,6 +224,23 @@ def test_cuda_gqa_heads_sharing_offsets_share_blocks(dtype, head_dim, group, fra
     check_against_reference(q, k, v, window, offsets)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch, heads, heads_kv", [(1, 4, 4), (2, 6, 3), (3, 8, 2)])
+def test_shared_offsets_derivative_is_the_per_head_sum(device, batch, heads, heads_kv):
+    """d(positions) of one row of fractional offsets shared by every head is
+    bitwise the sum over heads of d(positions) of the same row given per head: the
+    op forms the per-head sums, then adds them over heads as a caller would
+    (backward_result). On CUDA the GQA-sharing test checks this for shared blocks;
+    here every device and the lane-group and CPU kernels' partials take part."""
+    torch.manual_seed(batch * heads)
+    q, k, v = random_qkv(batch, 200, heads, heads_kv, 32, torch.float32, device)
+    offsets = torch.tensor([40.25, 61.5, 97.75, 150.125], device=device)
+    shared = attention_and_grads(q, k, v, 16, offsets)[5]
+    per_head = attention_and_grads(q, k, v, 16, same_offsets_per_head(offsets, heads))[5]
+    assert per_head.shape == (heads, 4) and per_head.abs().sum() > 0
+    assert torch.equal(shared, per_head.sum(0))
+
+
 @pytest.mark.parametrize("fractional", [False, True])
 def test_unsorted_offsets_through_the_op_are_refused_on_the_cpu(fractional):
     """Called directly, without fibsparse_attn's checks, the CPU op checks the
