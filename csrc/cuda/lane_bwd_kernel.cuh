@@ -98,8 +98,8 @@ __global__ void __launch_bounds__(kLaneBlockThreads) lane_dq_kernel(const Params
       if (threadIdx.x == 0) {
         Acc sum = Acc(0);
         for (int r = 0; r < kCudaRowsPerBlock; ++r) sum += dpos_rows[r];
-        static_cast<Acc*>(p.doffsets_partial)[doffsets_partial_index(p, offset_of_distance(t, p.band), b, h, blockIdx.x)] =
-            sum;
+        static_cast<Acc*>(p.doffsets_partial)[doffsets_partial_index(p, offset_of_distance(t, p.band), b, h,
+                                                                     blockIdx.x)] = sum;
       }
       __syncthreads();
     }
