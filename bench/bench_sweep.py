@@ -263,21 +263,27 @@ def time_in_rounds(methods: dict, q, k, v, grad, runs: int, rounds: int) -> dict
     for name, results in per_round.items():
         for column in method_columns(name):
             values = [result[column] for result in results if result[column] is not None]
-            row[column] = min(values) if values else None
-            if rounds > 1 and column != f"{name}_peak_mb":
+            peak = column == f"{name}_peak_mb"  # memory: the most any round took
+            row[column] = (max(values) if peak else min(values)) if values else None
+            if rounds > 1 and not peak:
                 row[f"{column}_rounds"] = [result[column] for result in results]
     return row
 
 
 def gpu_state() -> str | None:
     """The SM clock (MHz), temperature (C) and power (W) now, from nvidia-smi where there is one:
-    whether a configuration's times met a throttled GPU."""
+    whether a configuration's times met a throttled GPU. The GPU is named by its UUID, since
+    nvidia-smi numbers GPUs without regard to CUDA_VISIBLE_DEVICES."""
+    uuid = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "uuid", None)
+    if uuid is None:
+        return None
     try:
-        return subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm,temperature.gpu,power.draw",
-                               "--format=csv,noheader", f"--id={torch.cuda.current_device()}"],
-                              capture_output=True, text=True, timeout=10).stdout.strip() or None
+        result = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm,temperature.gpu,power.draw",
+                                 "--format=csv,noheader", f"--id=GPU-{uuid}"],
+                                capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
 
 
 def measure(config: Config, bandwidth: float, with_peers: bool = True, rounds: int = 1) -> dict:
