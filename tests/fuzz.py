@@ -63,7 +63,7 @@ class Case:
         """Whether the Hopper forward may run the case (its layout may still send
         it to the mma.sync forward: the extents of both are allowed)."""
         return (self.tensor_cores and HOPPER and os.environ.get("FIBSPARSE_HOPPER") != "0"
-                and not self.fractional and self.head_dim in (64, 128))
+                and self.head_dim in (64, 128))
 
 
 def _offsets(rng: random.Random, window: int, heads: int, seqlen_k: int, fractional: bool) -> torch.Tensor:
@@ -170,7 +170,8 @@ def tensor_core_extent(case: Case, tensors: dict) -> torch.Tensor:
     tile whose staged key rows include a non-finite key or value row, i.e. of a
     tile with a band chunk or offset strip within 16 rows of it; on the Hopper
     forward, every query of a 64-query block that stages the row: its band
-    chunks of 64 rows ending at its last query, or its 64-row offset strips."""
+    chunks of 64 rows ending at its last query, or its 64-row offset strips
+    (with the row before a strip, for a position that is not whole)."""
     extent = torch.zeros(case.batch, case.seqlen_q, case.heads, dtype=torch.bool)
     bad_rows = ~(torch.isfinite(tensors["k"]) & torch.isfinite(tensors["v"])).all(-1)  # (batch, seqlen_k, heads_kv)
     window = min(case.window, case.seqlen_k)
@@ -180,6 +181,8 @@ def tensor_core_extent(case: Case, tensors: dict) -> torch.Tensor:
     for b, j, hk in bad_rows.nonzero().tolist():
         for h in range(hk * group, (hk + 1) * group):
             wholes = [int(torch.floor(o)) for o in offsets[h].double() if o >= 0]
+            # The Hopper forward's strips: a position a + f with f > 0 also reads row a + 1 back.
+            strips = [(int(torch.floor(o)), int(o != torch.floor(o))) for o in offsets[h].double() if o >= 0]
             for tile0 in range(0, case.seqlen_q, TILE):
                 pos = tile0 + shift
                 near_band = pos - window + 1 - (TILE - 1) <= j <= pos + 2 * TILE - 2
@@ -192,7 +195,7 @@ def tensor_core_extent(case: Case, tensors: dict) -> torch.Tensor:
             for tile0 in range(0, case.seqlen_q, HOPPER_TILE):
                 pos = tile0 + shift
                 near_band = pos + HOPPER_TILE * (1 - chunks) <= j <= pos + HOPPER_TILE - 1
-                near_offset = any(pos - w <= j <= pos - w + HOPPER_TILE - 1 for w in wholes)
+                near_offset = any(pos - w - before <= j <= pos - w + HOPPER_TILE - 1 for w, before in strips)
                 if near_band or near_offset:
                     extent[b, tile0:tile0 + HOPPER_TILE, h] = True
     return extent

@@ -1,10 +1,10 @@
 """The Hopper forward (warpgroup products fed by TMA, csrc/cuda/fwd_hopper_kernel.cuh):
 that it is the kernel a compute capability 9.0 GPU runs for 16-bit inputs with
-integer offsets (or none: the window alone) on dense batches; that
+integer or fractional offsets (or none: the window alone) on dense batches; that
 it matches the float64 reference and the mma.sync forward (FIBSPARSE_HOPPER=0)
 where its geometry differs from theirs (band chunks that start before key 0,
 lengths that are not multiples of 64, fewer queries than keys, windows of one key
-up to the whole sequence, padded and per-head offsets, GQA heads paired in one
+up to the whole sequence, padded, per-head and fractional offsets, GQA heads paired in one
 block, several tiles per block, clusters); where it declines; and, without a GPU,
 that ptxas compiles it without serializing its wgmma."""
 import importlib.util
@@ -123,14 +123,14 @@ def test_the_hopper_forward_is_what_runs(monkeypatch, dtype, head_dim):
 
 @requires_hopper
 def test_the_hopper_forward_declines_what_it_does_not_take():
-    """Fractional offsets, head_dim 32 and a batch stride TMA cannot take (0: k
-    and v broadcast over the batch) run on the mma.sync forward; the window
-    alone (no offsets) runs here at head_dim 64 and 128."""
+    """Head_dim 32 and a batch stride TMA cannot take (0: k and v broadcast over
+    the batch) run on the mma.sync forward; integer and fractional offsets and
+    the window alone (no offsets) run here at head_dim 64 and 128."""
     q, k, v = random_qkv(2, 256, 2, 2, 64, torch.bfloat16, "cuda", requires_grad=False)
     integer = torch.tensor([130, 211], device="cuda", dtype=torch.int32)
     assert any("fwd_hopper_kernel" in n for n in forward_kernels(q, k, v, 128, integer))
     fractional = torch.tensor([130.5, 211.25], device="cuda")
-    assert not any("fwd_hopper_kernel" in n for n in forward_kernels(q, k, v, 128, fractional))
+    assert any("fwd_hopper_kernel" in n for n in forward_kernels(q, k, v, 128, fractional))
     assert any("fwd_hopper_kernel" in n for n in forward_kernels(q, k, v, 128, integer[:0]))
     q128, k128, v128 = random_qkv(1, 256, 2, 2, 128, torch.bfloat16, "cuda", requires_grad=False)
     assert any("fwd_hopper_kernel" in n for n in forward_kernels(q128, k128, v128, 128, integer[:0]))
@@ -158,10 +158,25 @@ CASES = [
     (1, 333, 333, 4, 2, 128, 32, "padded"),     # padded shared offsets, paired heads
     (3, 64, 64, 2, 2, 128, 16, "random"),       # one block per sequence
     (1, 1, 5, 2, 2, 64, 3, "random"),           # one query
+    # Fractional positions: a step at a + f (f > 0) stages the 8 rows before its strip too.
+    (1, 300, 300, 2, 2, 64, 128, "fractional"),             # MHA, one head per block, a partial last block
+    (2, 257, 257, 8, 2, 128, 128, "fractional"),            # GQA 4: two heads per block, batch 2
+    (1, 150, 333, 4, 4, 128, 300, "fractional_per_head"),   # per-head rows, queries shifted by 183
+    (1, 100, 130, 4, 2, 64, 128, "fractional_mixed"),       # whole and fractional positions, shifted by 30
+    (1, 70, 300, 6, 2, 64, 20, "fractional"),               # a group of 3 (one head per block)
+    (1, 190, 190, 4, 2, 128, 300, "fractional_padded"),     # padded, out of reach
 ]
 
 
 def case_offsets(kind, window, heads, seqlen_k):
+    if kind == "fractional_mixed":
+        return torch.tensor([window + 0.0, window + 7.5, 2 * window + 3.0, 3 * window + 0.25], device="cuda")
+    if kind == "fractional_padded":
+        return torch.tensor([window + 0.5, window + 9.0, 3 * window + 1.75, -1, -1], device="cuda")
+    if kind.startswith("fractional"):
+        spread = max(2, seqlen_k // 8)
+        return random_offsets(window, 6, heads if kind == "fractional_per_head" else None, True, "cuda",
+                              dtype=torch.float32, spread=spread)
     if kind == "padding":
         return torch.tensor([-1, -1], dtype=torch.int32, device="cuda")
     if kind == "padded":
@@ -183,8 +198,8 @@ def test_hopper_forward_matches_reference_and_mma_forward(dtype, case):
     assert any("fwd_hopper_kernel" in n for n in forward_kernels(q, k, v, window, offsets))
     out, lse = forward_with("1", q, k, v, window, offsets)
     mma_out, mma_lse = forward_with("0", q, k, v, window, offsets)
-    ref_out, ref_lse = fibsparse_attn_ref(q.double(), k.double(), v.double(), window, offsets.long(),
-                                          return_lse=True)
+    ref_offsets = offsets.double() if offsets.is_floating_point() else offsets.long()
+    ref_out, ref_lse = fibsparse_attn_ref(q.double(), k.double(), v.double(), window, ref_offsets, return_lse=True)
     for name, got, mma, want in (("out", out, mma_out, ref_out), ("lse", lse, mma_lse, ref_lse)):
         # The two kernels add the band in different orders: each within the
         # dtype's bound of the reference, and within 2x of the other's error.
@@ -196,7 +211,7 @@ def test_hopper_forward_matches_reference_and_mma_forward(dtype, case):
     grad = torch.randn_like(out)
     dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad)
     inputs = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
-    ref = fibsparse_attn_ref(*inputs, window, offsets.long())
+    ref = fibsparse_attn_ref(*inputs, window, ref_offsets)
     ref_grads = torch.autograd.grad(ref, inputs, grad.double())
     for name, got, want in zip(("dq", "dk", "dv"), (dq, dk, dv), ref_grads):
         assert rel_err(got, want) < 1e-2, f"{name}: {rel_err(got, want):.2e}"
@@ -204,12 +219,15 @@ def test_hopper_forward_matches_reference_and_mma_forward(dtype, case):
 
 @requires_hopper
 @pytest.mark.parametrize("head_dim", [64, 128])
-def test_hopper_forward_is_deterministic_and_writes_every_output(monkeypatch, head_dim):
+@pytest.mark.parametrize("fractional", [False, True])
+def test_hopper_forward_is_deterministic_and_writes_every_output(monkeypatch, head_dim, fractional):
     """Outputs are NaN-filled before the kernel runs (FIBSPARSE_POISON_OUTPUTS=1),
     so an element it skips stays NaN; two calls agree bit for bit."""
     monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
     q, k, v = random_qkv(2, 1000, 8, 2, head_dim, torch.bfloat16, "cuda", requires_grad=False)
     offsets = torch.tensor([128, 300, 555, 901], dtype=torch.int32, device="cuda")
+    if fractional:
+        offsets = offsets.float() + torch.tensor([0.5, 0.0, 0.125, 0.75], device="cuda")
     first, first_lse = forward_with("1", q, k, v, 128, offsets)
     second, second_lse = forward_with("1", q, k, v, 128, offsets)
     assert torch.isfinite(first).all() and torch.isfinite(first_lse).all()
@@ -251,14 +269,17 @@ def test_hopper_forward_clusters_give_the_same_bits(monkeypatch, dtype, head_dim
     name = "c10::BFloat16" if dtype == torch.bfloat16 else "c10::Half"
     kernel = f"fwd_hopper_kernel<{name}, {head_dim}, 2, "
     monkeypatch.delenv("FIBSPARSE_HOPPER_CLUSTER", raising=False)
-    assert any(kernel + "1>" in n for n in forward_kernels(q, k, v, 128, offsets))
+    assert any(kernel + "1, false>" in n for n in forward_kernels(q, k, v, 128, offsets))
     separate = fibsparse_attn(q, k, v, 128, offsets, return_lse=True)
     monkeypatch.setenv("FIBSPARSE_HOPPER_CLUSTER", "1")
-    assert any(kernel + "2>" in n for n in forward_kernels(q, k, v, 128, offsets))
+    assert any(kernel + "2, false>" in n for n in forward_kernels(q, k, v, 128, offsets))
     for tiles_per_block in ("1", "3"):
         monkeypatch.setenv("FIBSPARSE_HOPPER_TILES", tiles_per_block)
         clustered = fibsparse_attn(q, k, v, 128, offsets, return_lse=True)
         assert torch.equal(clustered[0], separate[0]) and torch.equal(clustered[1], separate[1]), tiles_per_block
+    # Fractional positions run in separate blocks whatever the switch says.
+    fractional = offsets.float() + 0.5
+    assert any(kernel + "1, true>" in n for n in forward_kernels(q, k, v, 128, fractional))
 
 
 @requires_hopper
@@ -271,6 +292,8 @@ def test_hopper_forward_clusters_give_the_same_bits(monkeypatch, dtype, head_dim
     (1, 2, 1, 64, 64, "shared"),       # one tile
     (2, 4, 4, 2100, 2100, "none"),     # the window alone, one head per block, 33 tiles: 32 and a last one
     (1, 8, 2, 4096, 4096, "none"),     # the window alone, two heads per block
+    (2, 8, 2, 4096, 4096, "fractional"),  # fractional positions, two heads per block
+    (1, 3, 3, 300, 450, "fractional_per_head"),
 ])
 def test_hopper_forward_gives_the_same_bits_at_any_tiles_per_block(monkeypatch, dtype, head_dim, batch, heads,
                                                                    heads_kv, seqlen_q, seqlen_k, offsets):
@@ -284,8 +307,9 @@ def test_hopper_forward_gives_the_same_bits_at_any_tiles_per_block(monkeypatch, 
     q, k, v = random_qkv(batch, seqlen_q, heads, heads_kv, head_dim, dtype, "cuda", seqlen_k=seqlen_k,
                          requires_grad=False)
     count = 0 if offsets == "none" else 20 if seqlen_k > 1000 else 6
-    offs = random_offsets(128, count, heads if offsets == "per_head" else None, False, "cuda",
-                          spread=max(2, seqlen_k // (count + 1)))
+    fractional = offsets.startswith("fractional")
+    offs = random_offsets(128, count, heads if offsets.endswith("per_head") else None, fractional, "cuda",
+                          dtype=torch.float32, spread=max(2, seqlen_k // (count + 1)))
     results = {}
     for tiles_per_block in ("1", "2", "3", "32", "64"):
         monkeypatch.setenv("FIBSPARSE_HOPPER_TILES", tiles_per_block)
@@ -293,7 +317,7 @@ def test_hopper_forward_gives_the_same_bits_at_any_tiles_per_block(monkeypatch, 
         results[tiles_per_block] = fibsparse_attn(q, k, v, 128, offs, return_lse=True)
     one = results["1"]
     assert torch.isfinite(one[0]).all() and torch.isfinite(one[1]).all()
-    ref_out = fibsparse_attn_ref(q.double(), k.double(), v.double(), 128, offs.long())
+    ref_out = fibsparse_attn_ref(q.double(), k.double(), v.double(), 128, offs.double() if fractional else offs.long())
     assert rel_err(one[0], ref_out) < 1e-2
     for tiles_per_block, (out, lse) in results.items():
         assert torch.equal(out, one[0]) and torch.equal(lse, one[1]), tiles_per_block

@@ -1,5 +1,4 @@
-// The forward on Hopper (sm_90a), for 16-bit inputs with integer offsets on
-// dense batches (tensor_maps.h's hopper_forward_applies): the band on warpgroup
+// The forward on Hopper (sm_90a), for 16-bit inputs on dense batches (tensor_maps.h's hopper_forward_applies): the band on warpgroup
 // products (wgmma.cuh) fed by TMA (tma.cuh), with a producer warpgroup and consumer
 // warpgroups handing shared-memory stages through mbarriers.
 //
@@ -19,7 +18,11 @@
 //     registers.
 //   Offsets: for distance d, the 64 rows p0 - d .. p0 - d + 63; warp w scores
 //     its 16 queries against rows 16 w .. 16 w + 15 with mma.sync and keeps the
-//     diagonal, as in the mma.sync forward.
+//     diagonal, as in the mma.sync forward. A fractional position a + f (f > 0)
+//     also reads each query's row one further back: its step stages the 8 rows
+//     before the strip too (a prefix, tma.cuh), and warp w scores rows
+//     16 w - 1 .. 16 w + 14 as well (warp 0's row -1 from the prefix), mixing
+//     the two diagonals as the mma.sync forward does.
 // The band's steps are software-pipelined: a warpgroup queues a chunk's Q K^T
 // and the previous chunk's P V before its softmax, so the tensor cores work
 // meanwhile.
@@ -37,6 +40,7 @@
 #include <cuda.h>
 
 #include <cmath>
+#include <type_traits>
 
 #include "../fibsparse.h"
 #include "../pattern.h"
@@ -56,8 +60,9 @@ using tma::kTileRows;
 
 constexpr int kWarpgroupThreads = 32 * kWarps;
 
-// Shared memory, threads and registers per (head_dim, heads per block).
-template <int kHeadDim, int kHeads>
+// Shared memory, threads and registers per (head_dim, heads per block,
+// fractional offsets).
+template <int kHeadDim, int kHeads, bool kFractional = false>
 struct Shape {
   // Consumer warpgroups (one per head), then the producer warpgroup, of which
   // one thread works: register budgets are set per warpgroup (setmaxnreg).
@@ -76,11 +81,14 @@ struct Shape {
   static constexpr int kConsumerRegisters = (512 / kMinBlocks - kProducerRegisters) / kHeads / 8 * 8;
   static_assert(kConsumerRegisters >= 200 && kConsumerRegisters <= 256);
   // Two buffers of kHeads q tiles (the next tile's q loads while the current
-  // one runs), then per stage a k tile and a v tile, then the barriers; 1024
+  // one runs), then per stage a k tile and a v tile, then (fractional
+  // offsets) per stage a k prefix and a v prefix, then the barriers; 1024
   // bytes of slack align the tiles to the swizzle's 1024-byte atoms.
   static constexpr int kQBuffers = 2;
+  static constexpr int kPrefixBytes = kFractional ? tma::kPrefixBytes<kHeadDim> : 0;
   static constexpr int kBarrierBytes = (2 * kQBuffers + 2 * kStages) * 8;
-  static constexpr int kSmemBytes = 1024 + (kQBuffers * kHeads + 2 * kStages) * kTileBytes + kBarrierBytes;
+  static constexpr int kSmemBytes =
+      1024 + (kQBuffers * kHeads + 2 * kStages) * kTileBytes + 2 * kStages * kPrefixBytes + kBarrierBytes;
   static_assert(kMinBlocks * (kSmemBytes + 1024) <= 228 * 1024, "an SM's shared memory, with 1 KB per block for the driver");
 };
 
@@ -88,13 +96,14 @@ struct Shape {
 // chunks of 64 rows ending at first_pos + 63 (those that end before key 0
 // dropped), then one strip per offset within reach. Producer and consumers
 // walk the same plan.
+template <typename OffsetT>
 struct Steps {
   int64_t band_start;
   int64_t first_pos;
   int band_steps, num_steps;
-  const int32_t* offs;
+  const OffsetT* offs;
 
-  __device__ Steps(const Params& p, const int32_t* offsets, int64_t pos) : first_pos(pos), offs(offsets) {
+  __device__ Steps(const Params& p, const OffsetT* offsets, int64_t pos) : first_pos(pos), offs(offsets) {
     band_steps = (p.band.window + kTileRows - 1 + kTileRows - 1) / kTileRows;
     band_start = first_pos + kTileRows - int64_t(kTileRows) * band_steps;
     if (band_start + kTileRows - 1 < 0) {
@@ -106,34 +115,44 @@ struct Steps {
   }
   __device__ bool is_band(int n) const { return n < band_steps; }
   __device__ int offset_index(int n) const { return n - band_steps; }
-  // The first key row step n stages.
+  // An offset step's position (within reach, so never padding).
+  __device__ OffsetSplit split(int n) const { return split_offset(offs, offset_index(n)); }
+  // The first key row step n stages (an offset's strip: of its nearer row, weight 1 - frac).
   __device__ int64_t first_row(int n) const {
-    return is_band(n) ? band_start + int64_t(n) * kTileRows : first_pos - offs[offset_index(n)];
+    return is_band(n) ? band_start + int64_t(n) * kTileRows : first_pos - split(n).whole;
   }
+  // Whether step n also stages the 8 rows before its strip: an offset step
+  // at a fractional position, whose second row is one further back.
+  __device__ bool stages_prefix(int n) const { return !is_band(n) && split(n).frac != 0.f; }
 };
 
 // The warp's 16 x 16 tile of scores against 16 rows row0 .. of a swizzled
-// tile (mma_tiles.cuh's dot_16_rows, on TMA's layout).
-template <typename T, int kHeadDim>
+// tile (mma_tiles.cuh's dot_16_rows, on TMA's layout); with a prefix, row0 may
+// be -1 (a fractional step's second rows, of warp 0).
+template <typename T, int kHeadDim, bool kPrefix = false>
 __device__ __forceinline__ void dot_16_rows(const uint32_t (&a)[kHeadDim / 16][4], const char* tile, int row0,
-                                            float (&s)[2][4], int lane) {
+                                            float (&s)[2][4], int lane, const char* prefix = nullptr) {
 #pragma unroll
   for (int e = 0; e < 4; ++e) s[0][e] = s[1][e] = 0.f;
   const int row = row0 + (lane / 16) * 8 + lane % 8, half = ((lane / 8) % 2) * 8;
 #pragma unroll
   for (int kk = 0; kk < kHeadDim / 16; ++kk) {
     uint32_t b[4];
-    mma_tiles::ldmatrix_x4(b, reinterpret_cast<const uint16_t*>(tile + tma::swizzled_offset(row, 16 * kk + half)));
+    const char* rows = kPrefix ? tma::row_with_prefix(tile, prefix, row, 16 * kk + half)
+                               : tile + tma::swizzled_offset(row, 16 * kk + half);
+    mma_tiles::ldmatrix_x4(b, reinterpret_cast<const uint16_t*>(rows));
     mma_16816<T>(s[0], a[kk], b[0], b[1]);
     mma_16816<T>(s[1], a[kk], b[2], b[3]);
   }
 }
 
 // acc += diag(d_0 .. d_15) times rows row0 .. row0 + 15 of a swizzled tile
-// (mma_tiles.cuh's add_diag_times_rows, on TMA's layout).
-template <typename T, int kHeadDim>
+// (mma_tiles.cuh's add_diag_times_rows, on TMA's layout); with a prefix, as
+// dot_16_rows.
+template <typename T, int kHeadDim, bool kPrefix = false>
 __device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, const char* tile, int row0,
-                                                    float (&acc)[kHeadDim / 8][4], int lane) {
+                                                    float (&acc)[kHeadDim / 8][4], int lane,
+                                                    const char* prefix = nullptr) {
   const int g = lane / 4, c = lane % 4;
   const bool lo = 2 * c == g, hi = 2 * c + 1 == g;
   const uint32_t a[4] = {pack2<T>(lo ? d_g : 0.f, hi ? d_g : 0.f), 0u, 0u, pack2<T>(lo ? d_g8 : 0.f, hi ? d_g8 : 0.f)};
@@ -141,7 +160,9 @@ __device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, const
 #pragma unroll
   for (int n = 0; n < kHeadDim / 16; ++n) {
     uint32_t b[4];
-    mma_tiles::ldmatrix_x4_trans(b, reinterpret_cast<const uint16_t*>(tile + tma::swizzled_offset(row, 16 * n + half)));
+    const char* rows = kPrefix ? tma::row_with_prefix(tile, prefix, row, 16 * n + half)
+                               : tile + tma::swizzled_offset(row, 16 * n + half);
+    mma_tiles::ldmatrix_x4_trans(b, reinterpret_cast<const uint16_t*>(rows));
     mma_16816<T>(acc[2 * n], a, b[0], b[1]);
     mma_16816<T>(acc[2 * n + 1], a, b[2], b[3]);
   }
@@ -204,13 +225,17 @@ __device__ __forceinline__ void rescale_output(float (&o)[kDimTiles][4], const f
 // steps); each stage's k tile is loaded by rank 0 and its v tile by rank 1, each
 // into both blocks at once, halving the L2 reads, and a stage is refilled only
 // when the consumers of both blocks are done with it.
-template <typename T, int kHeadDim, int kHeads, int kCluster>
-__global__ void __launch_bounds__(Shape<kHeadDim, kHeads>::kThreads, Shape<kHeadDim, kHeads>::kMinBlocks)
-    fwd_hopper_kernel(const __grid_constant__ Params p, const __grid_constant__ ForwardTensorMaps maps,
+// kFractional: the offsets are float positions (tensor_maps.h's maps of the
+// prefixes come with the others).
+template <typename T, int kHeadDim, int kHeads, int kCluster, bool kFractional>
+__global__ void __launch_bounds__(Shape<kHeadDim, kHeads, kFractional>::kThreads,
+                                  Shape<kHeadDim, kHeads, kFractional>::kMinBlocks)
+    fwd_hopper_kernel(const __grid_constant__ Params p, const __grid_constant__ HopperForwardMaps<kFractional> maps,
                       int tiles_per_block) {
-  static_assert(kCluster == 1 || (kCluster == 2 && kHeads == 2));
+  static_assert(kCluster == 1 || (kCluster == 2 && kHeads == 2 && !kFractional));
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using S = Shape<kHeadDim, kHeads>;
+  using S = Shape<kHeadDim, kHeads, kFractional>;
+  using OffsetT = std::conditional_t<kFractional, float, int32_t>;
   using namespace mma_tiles;
   constexpr int kDimTiles = kHeadDim / 8, kChunkTiles = kTileRows / 8;
   extern __shared__ char smem_raw[];
@@ -218,21 +243,24 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads>::kThreads, Shape<kHead
   const auto q_tile = [&](int buffer, int head) { return smem + (buffer * kHeads + head) * S::kTileBytes; };
   const auto k_tile = [&](int stage) { return smem + (S::kQBuffers * kHeads + 2 * stage) * S::kTileBytes; };
   const auto v_tile = [&](int stage) { return smem + (S::kQBuffers * kHeads + 2 * stage + 1) * S::kTileBytes; };
-  uint64_t* q_full = reinterpret_cast<uint64_t*>(smem + (S::kQBuffers * kHeads + 2 * S::kStages) * S::kTileBytes);
+  char* prefixes = smem + (S::kQBuffers * kHeads + 2 * S::kStages) * S::kTileBytes;
+  const auto k_prefix = [&](int stage) { return prefixes + 2 * stage * S::kPrefixBytes; };
+  const auto v_prefix = [&](int stage) { return prefixes + (2 * stage + 1) * S::kPrefixBytes; };
+  uint64_t* q_full = reinterpret_cast<uint64_t*>(prefixes + 2 * S::kStages * S::kPrefixBytes);
   uint64_t* q_empty = q_full + S::kQBuffers;
   uint64_t* full = q_empty + S::kQBuffers;
   uint64_t* empty = full + S::kStages;
 
   const int first_head = blockIdx.y * kHeads, b = blockIdx.z, hk = first_head / (p.heads / p.heads_kv);
   const Sequence seq = sequence_of(p, b);
-  const int32_t* offs = static_cast<const int32_t*>(p.offsets) + first_head * p.offsets_head_stride;
+  const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + first_head * p.offsets_head_stride;
   const int first_tile = blockIdx.x * tiles_per_block;
   const int tiles = min(tiles_per_block, int((p.seqlen_q + kTileRows - 1) / kTileRows) - first_tile);
   // Tile t's q buffer, and the parity of its t / kQBuffers-th use.
   const auto q_buffer = [&](int t) { return t % S::kQBuffers; };
   const auto q_parity = [&](int t) { return uint32_t(t / S::kQBuffers) & 1; };
   const auto tile_steps = [&](int t) {
-    return Steps(p, offs, (first_tile + t) * int64_t(kTileRows) + seq.q_pos_shift);
+    return Steps<OffsetT>(p, offs, (first_tile + t) * int64_t(kTileRows) + seq.q_pos_shift);
   };
 
   const uint32_t rank = kCluster > 1 ? tma::cluster_rank() : 0;
@@ -270,12 +298,13 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads>::kThreads, Shape<kHead
           for (int r = 0; r < kHeadDim / 64; ++r)
             tma::load_4d(q_tile(q_buffer(t), head) + r * kRegionBytes, &maps.q, &q_full[q_buffer(t)], 64 * r,
                          first_head + head, q0, b);
-        const Steps steps = tile_steps(t);
+        const Steps<OffsetT> steps = tile_steps(t);
         for (int n = 0; n < steps.num_steps; ++n, ++step) {
           const int stage = step % S::kStages;
           tma::wait(&empty[stage], ((step / S::kStages) & 1) ^ 1);
+          const bool prefix = kFractional && steps.stages_prefix(n);
           // Both tiles land in this block either way: its own loads, or one from each block of the cluster.
-          tma::arrive_expect_bytes(&full[stage], 2 * S::kTileBytes);
+          tma::arrive_expect_bytes(&full[stage], 2 * S::kTileBytes + (prefix ? 2 * S::kPrefixBytes : 0));
           const int row = int(steps.first_row(n));
           for (int r = 0; r < kHeadDim / 64; ++r) {
             if constexpr (kCluster > 1) {
@@ -285,6 +314,17 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads>::kThreads, Shape<kHead
             } else {
               tma::load_4d(k_tile(stage) + r * kRegionBytes, &maps.k, &full[stage], 64 * r, hk, row, b);
               tma::load_4d(v_tile(stage) + r * kRegionBytes, &maps.v, &full[stage], 64 * r, hk, row, b);
+            }
+          }
+          if constexpr (kFractional) {
+            if (prefix) {
+              for (int r = 0; r < kHeadDim / 64; ++r) {
+                const int prefix_row = row - tma::kPrefixRows;
+                tma::load_4d(k_prefix(stage) + r * tma::kPrefixRegionBytes, &maps.k_prefix, &full[stage], 64 * r,
+                             hk, prefix_row, b);
+                tma::load_4d(v_prefix(stage) + r * tma::kPrefixRegionBytes, &maps.v_prefix, &full[stage], 64 * r,
+                             hk, prefix_row, b);
+              }
             }
           }
         }
@@ -314,7 +354,7 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads>::kThreads, Shape<kHead
   };
   int step = 0;  // this tile's first step's position in the ring
   for (int t = 0; t < tiles; ++t) {
-    const Steps steps = tile_steps(t);
+    const Steps<OffsetT> steps = tile_steps(t);
     const int warp_q0 = (first_tile + t) * kTileRows + 16 * warp;
     const int64_t warp_pos = warp_q0 + int64_t(seq.q_pos_shift);
     // The offsets' tiles take q as mma.sync A fragments, from global memory as
@@ -401,8 +441,25 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads>::kThreads, Shape<kHead
       float tile[2][4];
       dot_16_rows<T, kHeadDim>(qf, rows_k, 16 * warp, tile, lane);
       float score[2] = {diagonal_element(tile, 0, g), diagonal_element(tile, 1, g)}, prob[2];
-      mma_fwd::offset_softmax(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
-      add_diag_times_rows<T, kHeadDim>(prob[0], prob[1], rows_v, 16 * warp, o, lane);
+      if constexpr (kFractional) {
+        // The row one further back, weight frac: mixed as scores, as in the
+        // mma.sync forward (a whole position reads no second row).
+        const float frac = steps.split(n).frac;
+        if (frac != 0.f) {
+          dot_16_rows<T, kHeadDim, true>(qf, rows_k, 16 * warp - 1, tile, lane, k_prefix(stage_of(n)));
+#pragma unroll
+          for (int r = 0; r < 2; ++r) score[r] += frac * (diagonal_element(tile, r, g) - score[r]);
+        }
+        mma_fwd::offset_softmax(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
+        add_diag_times_rows<T, kHeadDim>((1.f - frac) * prob[0], (1.f - frac) * prob[1], rows_v, 16 * warp, o, lane);
+        if (frac != 0.f) {
+          add_diag_times_rows<T, kHeadDim, true>(frac * prob[0], frac * prob[1], rows_v, 16 * warp - 1, o, lane,
+                                                 v_prefix(stage_of(n)));
+        }
+      } else {
+        mma_fwd::offset_softmax(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
+        add_diag_times_rows<T, kHeadDim>(prob[0], prob[1], rows_v, 16 * warp, o, lane);
+      }
       release(n);
     }
 

@@ -25,16 +25,17 @@ namespace fibsparse {
 // The Hopper forward's blocks of kHeads heads (in clusters of kCluster blocks),
 // after its offsets check, a launch of its own. A block walks several
 // consecutive 64-query tiles (hopper_tiles_per_block).
-template <typename T, int kHeadDim, int kHeads, int kCluster>
-void launch_hopper_blocks(const Params& p, const ForwardTensorMaps& maps) {
-  using S = hopper_fwd::Shape<kHeadDim, kHeads>;
-  const auto kernel = hopper_fwd::fwd_hopper_kernel<T, kHeadDim, kHeads, kCluster>;
+template <typename T, int kHeadDim, int kHeads, int kCluster, bool kFractional>
+void launch_hopper_blocks(const Params& p, const HopperForwardMaps<kFractional>& maps) {
+  using S = hopper_fwd::Shape<kHeadDim, kHeads, kFractional>;
+  using OffsetT = std::conditional_t<kFractional, float, int32_t>;
+  const auto kernel = hopper_fwd::fwd_hopper_kernel<T, kHeadDim, kHeads, kCluster, kFractional>;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int tiles = int(blocks_for(p.seqlen_q, hopper_fwd::kTileRows));
   const int tiles_per_block =
       hopper_tiles_per_block(tiles, int64_t(p.heads / kHeads) * p.batch, S::kMinBlocks, p.num_offsets == 0);
   // Dense batches: one sequence's blocks check the offsets.
-  offsets_check_kernel<int32_t, kHeads><<<dim3(kOffsetsCheckBlocks, p.heads / kHeads, 1), 128, 0, stream>>>(p);
+  offsets_check_kernel<OffsetT, kHeads><<<dim3(kOffsetsCheckBlocks, p.heads / kHeads, 1), 128, 0, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes));
   cudaLaunchConfig_t config = {};
@@ -56,21 +57,29 @@ void launch_hopper_blocks(const Params& p, const ForwardTensorMaps& maps) {
 // and share one row of offsets (each warpgroup one head, the stages staged once
 // for both), else one. Where the group holds two such pairs,
 // FIBSPARSE_HOPPER_CLUSTER=1 runs their two blocks as a cluster that loads each
-// stage once for both; off by default, as it measured slower.
-template <typename T>
+// stage once for both (integer offsets only); off by default, as it measured
+// slower.
+template <typename T, bool kFractional>
 void launch_fwd_hopper(const Params& p) {
-  const ForwardTensorMaps maps = make_forward_maps(p, std::is_same_v<T, at::BFloat16>);
+  constexpr bool kBf16 = std::is_same_v<T, at::BFloat16>;
+  HopperForwardMaps<kFractional> maps;
+  if constexpr (kFractional) {
+    maps = make_fractional_forward_maps(p, kBf16);
+  } else {
+    maps = make_forward_maps(p, kBf16);
+  }
   const int group = p.heads / p.heads_kv;
   const bool pairs = p.offsets_head_stride == 0 && group % 2 == 0;
-  const bool clusters = hopper_clusters_asked() && pairs && group % 4 == 0;
+  const bool clusters = !kFractional && hopper_clusters_asked() && pairs && group % 4 == 0;
   const auto launch_dim = [&](auto head_dim) {
     constexpr int kHeadDim = decltype(head_dim)::value;
-    if (clusters) {
-      launch_hopper_blocks<T, kHeadDim, 2, 2>(p, maps);
-    } else if (pairs) {
-      launch_hopper_blocks<T, kHeadDim, 2, 1>(p, maps);
+    if constexpr (!kFractional) {
+      if (clusters) return launch_hopper_blocks<T, kHeadDim, 2, 2, false>(p, maps);
+    }
+    if (pairs) {
+      launch_hopper_blocks<T, kHeadDim, 2, 1, kFractional>(p, maps);
     } else {
-      launch_hopper_blocks<T, kHeadDim, 1, 1>(p, maps);
+      launch_hopper_blocks<T, kHeadDim, 1, 1, kFractional>(p, maps);
     }
   };
   if (p.head_dim == 64) {
@@ -84,7 +93,9 @@ void launch_fwd_hopper(const Params& p) {
 template <typename T>
 void launch_fwd(const Params& p, bool fractional) {
   if constexpr (kIsTensorCoreType<T> && kHopperForwardBuilt) {
-    if (hopper_forward_applies(p, true, fractional)) return launch_fwd_hopper<T>(p);
+    if (hopper_forward_applies(p, true)) {
+      return fractional ? launch_fwd_hopper<T, true>(p) : launch_fwd_hopper<T, false>(p);
+    }
   }
   HEADDIM_SWITCH(p.head_dim, kHeadDim, [&] {
     BOOL_SWITCH(fractional, kFrac, [&] {

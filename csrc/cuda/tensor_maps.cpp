@@ -49,7 +49,7 @@ bool tma_layout(const void* base, int64_t head_stride, int heads, int64_t row_st
 }
 
 CUtensorMap rows_map(const void* base, CUtensorMapDataType dtype, int head_dim, int heads, int rows, int batch,
-                     int64_t head_stride, int64_t row_stride, int64_t batch_stride) {
+                     int64_t head_stride, int64_t row_stride, int64_t batch_stride, int box_rows = 64) {
   CUtensorMap map;
   std::memset(&map, 0, sizeof(map));
   // A dimension of one entry is never stepped, but TMA still wants a valid stride.
@@ -59,13 +59,17 @@ CUtensorMap rows_map(const void* base, CUtensorMapDataType dtype, int head_dim, 
   const cuuint64_t dims[4] = {cuuint64_t(head_dim), cuuint64_t(heads), cuuint64_t(rows), cuuint64_t(batch)};
   const cuuint64_t strides[3] = {cuuint64_t(head_stride * kElementBytes), cuuint64_t(row_stride * kElementBytes),
                                  cuuint64_t(sequence_stride * kElementBytes)};
-  const cuuint32_t box[4] = {64, 1, 64, 1};
+  const cuuint32_t box[4] = {64, 1, cuuint32_t(box_rows), 1};
   const cuuint32_t element_strides[4] = {1, 1, 1, 1};
   const CUresult result = encode_tiled()(&map, dtype, 4, const_cast<void*>(base), dims, strides, box, element_strides,
                                          CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                                          CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   TORCH_CHECK(result == CUDA_SUCCESS, "fibsparse: cuTensorMapEncodeTiled failed with error ", int(result));
   return map;
+}
+
+CUtensorMapDataType map_dtype(bool bfloat16) {
+  return bfloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
 }
 
 // A comparison switch from the environment: null when unset, else one of
@@ -83,12 +87,11 @@ const char* switch_setting(const char* name, std::initializer_list<const char*> 
 
 }  // namespace
 
-bool hopper_forward_applies(const Params& p, bool tensor_core_type, bool fractional) {
+bool hopper_forward_applies(const Params& p, bool tensor_core_type) {
   if (!kHopperForwardBuilt || !tensor_core_type) return false;
   // Checked on every call it could steer, so that a misspelt value fails at once.
   const char* setting = switch_setting("FIBSPARSE_HOPPER", {"0", "1"});
   if (setting != nullptr && std::strcmp(setting, "0") == 0) return false;
-  if (fractional) return false;
   if (p.cu_seqlens_q != nullptr || p.cache_seqlens != nullptr || p.block_table != nullptr) return false;
   if (p.head_dim != 64 && p.head_dim != 128) return false;
   const cudaDeviceProp* device = at::cuda::getCurrentDeviceProperties();
@@ -116,13 +119,25 @@ int hopper_tiles_per_block(int tiles_per_sequence, int64_t slices, int blocks_pe
 }
 
 ForwardTensorMaps make_forward_maps(const Params& p, bool bfloat16) {
-  const CUtensorMapDataType dtype = bfloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  const CUtensorMapDataType dtype = map_dtype(bfloat16);
   return {rows_map(p.q, dtype, p.head_dim, p.heads, p.seqlen_q, p.batch, p.q_head_stride, p.q_row_stride,
                    p.q_batch_stride),
           rows_map(p.k, dtype, p.head_dim, p.heads_kv, p.seqlen_k, p.batch, p.k_head_stride, p.k_row_stride,
                    p.k_batch_stride),
           rows_map(p.v, dtype, p.head_dim, p.heads_kv, p.seqlen_k, p.batch, p.v_head_stride, p.v_row_stride,
                    p.v_batch_stride)};
+}
+
+FractionalForwardTensorMaps make_fractional_forward_maps(const Params& p, bool bfloat16) {
+  const CUtensorMapDataType dtype = map_dtype(bfloat16);
+  constexpr int kPrefixRows = 8;  // tma.cuh's kPrefixRows
+  FractionalForwardTensorMaps maps;
+  static_cast<ForwardTensorMaps&>(maps) = make_forward_maps(p, bfloat16);
+  maps.k_prefix = rows_map(p.k, dtype, p.head_dim, p.heads_kv, p.seqlen_k, p.batch, p.k_head_stride, p.k_row_stride,
+                           p.k_batch_stride, kPrefixRows);
+  maps.v_prefix = rows_map(p.v, dtype, p.head_dim, p.heads_kv, p.seqlen_k, p.batch, p.v_head_stride, p.v_row_stride,
+                           p.v_batch_stride, kPrefixRows);
+  return maps;
 }
 
 }  // namespace fibsparse

@@ -4,6 +4,8 @@
 
 #include <cuda.h>
 
+#include <type_traits>
+
 #include "../fibsparse.h"
 
 namespace fibsparse {
@@ -16,13 +18,24 @@ struct ForwardTensorMaps {
   CUtensorMap q, k, v;
 };
 
+// With fractional offsets, also maps of k and v whose boxes are 8 rows: the
+// prefix of an offset's strip, the rows just before it (a fractional
+// position reads a second row, one further back).
+struct FractionalForwardTensorMaps : ForwardTensorMaps {
+  CUtensorMap k_prefix, v_prefix;
+};
+
+template <bool kFractional>
+using HopperForwardMaps = std::conditional_t<kFractional, FractionalForwardTensorMaps, ForwardTensorMaps>;
+
 // Whether the Hopper forward may take a call: built for sm_90a and on a
-// compute capability 9.0 device, 16-bit inputs, integer offsets (or none: the
-// window alone), a dense batch (no packed sequences, no cache), head_dim 64 or
-// 128, and the layouts TMA takes (16-byte aligned base pointers and nonzero
-// 16-byte strides). For comparisons, FIBSPARSE_HOPPER=0 in the environment
-// turns it off (the tensor-core kernels of fwd_mma_kernel.cuh run instead).
-bool hopper_forward_applies(const Params& p, bool tensor_core_type, bool fractional);
+// compute capability 9.0 device, 16-bit inputs (integer or fractional
+// offsets, or none: the window alone), a dense batch (no packed sequences, no
+// cache), head_dim 64 or 128, and the layouts TMA takes (16-byte aligned base
+// pointers and nonzero 16-byte strides). For comparisons, FIBSPARSE_HOPPER=0
+// in the environment turns it off (the tensor-core kernels of
+// fwd_mma_kernel.cuh run instead).
+bool hopper_forward_applies(const Params& p, bool tensor_core_type);
 
 // Whether FIBSPARSE_HOPPER_CLUSTER=1 asks for the clusters of fwd_launch.cuh
 // (off by default: they measured slower). Values other than 0 and 1 are refused,
@@ -45,5 +58,6 @@ constexpr bool kHopperForwardBuilt =
 #endif
 
 ForwardTensorMaps make_forward_maps(const Params& p, bool bfloat16);
+FractionalForwardTensorMaps make_fractional_forward_maps(const Params& p, bool bfloat16);
 
 }  // namespace fibsparse

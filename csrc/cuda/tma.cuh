@@ -109,5 +109,21 @@ __device__ __forceinline__ uint32_t swizzled_offset(int row, int col) {
   return uint32_t((col / 64) * kRegionBytes + row * 128 + ((((col % 64) / 8) ^ (row % 8)) * 16));
 }
 
+// A prefix: the 8 rows before a tile's first, one 1024-byte swizzle atom per
+// 64-column region (the Hopper forward's fractional offset steps read the row
+// just before a strip).
+constexpr int kPrefixRows = 8;
+constexpr int kPrefixRegionBytes = kPrefixRows * 128;
+template <int kHeadDim>
+constexpr int kPrefixBytes = kHeadDim / 64 * kPrefixRegionBytes;
+
+// The 8 elements at (row, col .. col + 7) of a tile whose rows -8 .. -1 lie in
+// its prefix.
+__device__ __forceinline__ const char* row_with_prefix(const char* tile, const char* prefix, int row, int col) {
+  if (row >= 0) return tile + swizzled_offset(row, col);
+  const int prefix_row = row + kPrefixRows;
+  return prefix + (col / 64) * kPrefixRegionBytes + prefix_row * 128 + ((((col % 64) / 8) ^ prefix_row) * 16);
+}
+
 }  // namespace tma
 }  // namespace fibsparse
