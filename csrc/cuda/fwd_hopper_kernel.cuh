@@ -220,6 +220,37 @@ __device__ __forceinline__ void rescale_output(float (&o)[kDimTiles][4], const f
   }
 }
 
+// mma_fwd::offset_softmax for two offset steps at once (distance indices
+// t[0], t[1]): both scores raise the running max together, then each gives
+// its rows' probabilities.
+template <typename OffsetT, int kDimTiles>
+__device__ __forceinline__ void offset_softmax_pair(float (&score)[2][2], int64_t warp_pos, const int (&t)[2],
+                                                    const Params& p, const OffsetT* offs, float scale_log2,
+                                                    float (&m)[2], float (&l)[2], float (&o)[kDimTiles][4], int lane,
+                                                    float (&prob)[2][2]) {
+  const int g = lane / 4, c = lane % 4;
+  float new_max[2] = {m[0], m[1]};
+#pragma unroll
+  for (int step = 0; step < 2; ++step) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float x = __shfl_sync(0xffffffffu, score[step][r], mma_tiles::diagonal_owner(lane));
+      const bool valid = sample_key<float>(warp_pos + g + 8 * r, t[step], p.band, offs).valid;
+      score[step][r] = valid ? x * scale_log2 : -INFINITY;
+      new_max[r] = fmaxf(new_max[r], score[step][r]);
+    }
+  }
+  mma_fwd::raise_max(new_max, m, l, o);
+#pragma unroll
+  for (int step = 0; step < 2; ++step) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      prob[step][r] = mma_fwd::prob_of(score[step][r], m[r]);
+      if (c == 0) l[r] += prob[step][r];  // l is summed over the quad at the end
+    }
+  }
+}
+
 // kCluster == 2: the block runs in a cluster with the block of the next two heads
 // of its kv group (the same queries, kv head and offsets, so the same tiles and
 // steps); each stage's k tile is loaded by rank 0 and its v tile by rank 1, each
@@ -433,33 +464,65 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads, kFractional>::kThreads
     release(steps.band_steps - 1);
     warp_done(&q_empty[q_buffer(t)], false);  // the band was the last reader of the tile's q
 
-    for (int n = steps.band_steps; n < steps.num_steps; ++n) {
-      wait_full(n);
-      const char* rows_k = k_tile(stage_of(n));
-      const char* rows_v = v_tile(stage_of(n));
-      const int distance_index = distance_of_offset(steps.offset_index(n), p.band);  // pattern.h's t
+    // An offset step's score per row (the diagonal of the warp's tile, in its
+    // owner lane), then its rows of v weighted by the probabilities.
+    const auto offset_scores = [&](int n, float (&score)[2]) {
       float tile[2][4];
-      dot_16_rows<T, kHeadDim>(qf, rows_k, 16 * warp, tile, lane);
-      float score[2] = {diagonal_element(tile, 0, g), diagonal_element(tile, 1, g)}, prob[2];
+      dot_16_rows<T, kHeadDim>(qf, k_tile(stage_of(n)), 16 * warp, tile, lane);
+#pragma unroll
+      for (int r = 0; r < 2; ++r) score[r] = diagonal_element(tile, r, g);
       if constexpr (kFractional) {
         // The row one further back, weight frac: mixed as scores, as in the
         // mma.sync forward (a whole position reads no second row).
         const float frac = steps.split(n).frac;
         if (frac != 0.f) {
-          dot_16_rows<T, kHeadDim, true>(qf, rows_k, 16 * warp - 1, tile, lane, k_prefix(stage_of(n)));
+          dot_16_rows<T, kHeadDim, true>(qf, k_tile(stage_of(n)), 16 * warp - 1, tile, lane, k_prefix(stage_of(n)));
 #pragma unroll
           for (int r = 0; r < 2; ++r) score[r] += frac * (diagonal_element(tile, r, g) - score[r]);
         }
-        mma_fwd::offset_softmax(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
-        add_diag_times_rows<T, kHeadDim>((1.f - frac) * prob[0], (1.f - frac) * prob[1], rows_v, 16 * warp, o, lane);
+      }
+    };
+    const auto add_offset_rows = [&](int n, const float (&prob)[2]) {
+      if constexpr (kFractional) {
+        const float frac = steps.split(n).frac;
+        add_diag_times_rows<T, kHeadDim>((1.f - frac) * prob[0], (1.f - frac) * prob[1], v_tile(stage_of(n)),
+                                         16 * warp, o, lane);
         if (frac != 0.f) {
-          add_diag_times_rows<T, kHeadDim, true>(frac * prob[0], frac * prob[1], rows_v, 16 * warp - 1, o, lane,
-                                                 v_prefix(stage_of(n)));
+          add_diag_times_rows<T, kHeadDim, true>(frac * prob[0], frac * prob[1], v_tile(stage_of(n)), 16 * warp - 1,
+                                                 o, lane, v_prefix(stage_of(n)));
         }
       } else {
-        mma_fwd::offset_softmax(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
-        add_diag_times_rows<T, kHeadDim>(prob[0], prob[1], rows_v, 16 * warp, o, lane);
+        add_diag_times_rows<T, kHeadDim>(prob[0], prob[1], v_tile(stage_of(n)), 16 * warp, o, lane);
       }
+    };
+    int n = steps.band_steps;
+    // Two offset steps at a time where the ring holds four stages: a step's
+    // chain (products, shuffles, exponentials, products) is latency, and the
+    // warps of one or two blocks per SM hide little of it; the second step's
+    // chain runs alongside, and one raise of the running max serves both.
+    if constexpr (S::kStages >= 4) {
+      for (; n + 1 < steps.num_steps; n += 2) {
+        wait_full(n);
+        wait_full(n + 1);
+        float score[2][2], prob[2][2];
+        offset_scores(n, score[0]);
+        offset_scores(n + 1, score[1]);
+        const int distance_index[2] = {distance_of_offset(steps.offset_index(n), p.band),
+                                       distance_of_offset(steps.offset_index(n + 1), p.band)};  // pattern.h's t
+        offset_softmax_pair(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
+        add_offset_rows(n, prob[0]);
+        release(n);
+        add_offset_rows(n + 1, prob[1]);
+        release(n + 1);
+      }
+    }
+    for (; n < steps.num_steps; ++n) {
+      wait_full(n);
+      float score[2], prob[2];
+      offset_scores(n, score);
+      const int distance_index = distance_of_offset(steps.offset_index(n), p.band);  // pattern.h's t
+      mma_fwd::offset_softmax(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
+      add_offset_rows(n, prob);
       release(n);
     }
 
