@@ -220,37 +220,6 @@ __device__ __forceinline__ void rescale_output(float (&o)[kDimTiles][4], const f
   }
 }
 
-// mma_fwd::offset_softmax for two offset steps at once (distance indices
-// t[0], t[1]): both scores raise the running max together, then each gives
-// its rows' probabilities.
-template <typename OffsetT, int kDimTiles>
-__device__ __forceinline__ void offset_softmax_pair(float (&score)[2][2], int64_t warp_pos, const int (&t)[2],
-                                                    const Params& p, const OffsetT* offs, float scale_log2,
-                                                    float (&m)[2], float (&l)[2], float (&o)[kDimTiles][4], int lane,
-                                                    float (&prob)[2][2]) {
-  const int g = lane / 4, c = lane % 4;
-  float new_max[2] = {m[0], m[1]};
-#pragma unroll
-  for (int step = 0; step < 2; ++step) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float x = __shfl_sync(0xffffffffu, score[step][r], mma_tiles::diagonal_owner(lane));
-      const bool valid = sample_key<float>(warp_pos + g + 8 * r, t[step], p.band, offs).valid;
-      score[step][r] = valid ? x * scale_log2 : -INFINITY;
-      new_max[r] = fmaxf(new_max[r], score[step][r]);
-    }
-  }
-  mma_fwd::raise_max(new_max, m, l, o);
-#pragma unroll
-  for (int step = 0; step < 2; ++step) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      prob[step][r] = mma_fwd::prob_of(score[step][r], m[r]);
-      if (c == 0) l[r] += prob[step][r];  // l is summed over the quad at the end
-    }
-  }
-}
-
 // kCluster == 2: the block runs in a cluster with the block of the next two heads
 // of its kv group (the same queries, kv head and offsets, so the same tiles and
 // steps); each stage's k tile is loaded by rank 0 and its v tile by rank 1, each
@@ -495,35 +464,38 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads, kFractional>::kThreads
         add_diag_times_rows<T, kHeadDim>(prob[0], prob[1], v_tile(stage_of(n)), 16 * warp, o, lane);
       }
     };
-    int n = steps.band_steps;
-    // Two offset steps at a time where the ring holds four stages: a step's
-    // chain (products, shuffles, exponentials, products) is latency, and the
-    // warps of one or two blocks per SM hide little of it; the second step's
-    // chain runs alongside, and one raise of the running max serves both.
-    if constexpr (S::kStages >= 4) {
-      for (; n + 1 < steps.num_steps; n += 2) {
-        wait_full(n);
-        wait_full(n + 1);
-        float score[2][2], prob[2][2];
-        offset_scores(n, score[0]);
-        offset_scores(n + 1, score[1]);
-        const int distance_index[2] = {distance_of_offset(steps.offset_index(n), p.band),
-                                       distance_of_offset(steps.offset_index(n + 1), p.band)};  // pattern.h's t
-        offset_softmax_pair(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
-        add_offset_rows(n, prob[0]);
-        release(n);
-        add_offset_rows(n + 1, prob[1]);
-        release(n + 1);
-      }
-    }
-    for (; n < steps.num_steps; ++n) {
-      wait_full(n);
-      float score[2], prob[2];
-      offset_scores(n, score);
+    // One offset step from its scores: the online softmax, then its rows of v.
+    const auto finish_offset_step = [&](int n, float (&score)[2]) {
+      float prob[2];
       const int distance_index = distance_of_offset(steps.offset_index(n), p.band);  // pattern.h's t
       mma_fwd::offset_softmax(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
       add_offset_rows(n, prob);
       release(n);
+    };
+    int n = steps.band_steps;
+    // Two offset steps at a time where the ring holds four stages: a step's
+    // chain (products, the diagonal's shuffle, the exponential, the products
+    // with v) waits on latency, and one or two blocks of 4 consumer warps per
+    // SM hide little of it. The second step's score products run alongside the
+    // first step; the softmax and the products with v keep the order of single
+    // steps, so the results are bitwise theirs (as with one head per block,
+    // where a per-head row of offsets runs on a two-stage ring).
+    if constexpr (S::kStages >= 4) {
+      for (; n + 1 < steps.num_steps; n += 2) {
+        wait_full(n);
+        wait_full(n + 1);
+        float score[2][2];
+        offset_scores(n, score[0]);
+        offset_scores(n + 1, score[1]);
+        finish_offset_step(n, score[0]);
+        finish_offset_step(n + 1, score[1]);
+      }
+    }
+    for (; n < steps.num_steps; ++n) {
+      wait_full(n);
+      float score[2];
+      offset_scores(n, score);
+      finish_offset_step(n, score);
     }
 
     mma_fwd::store_output_and_lse<T>(p, seq, b, h, warp_q0, o, m, l, lane);
