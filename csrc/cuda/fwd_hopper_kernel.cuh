@@ -433,69 +433,34 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads, kFractional>::kThreads
     release(steps.band_steps - 1);
     warp_done(&q_empty[q_buffer(t)], false);  // the band was the last reader of the tile's q
 
-    // An offset step's score per row (the diagonal of the warp's tile, in its
-    // owner lane), then its rows of v weighted by the probabilities.
-    const auto offset_scores = [&](int n, float (&score)[2]) {
+    for (int n = steps.band_steps; n < steps.num_steps; ++n) {
+      wait_full(n);
+      const char* rows_k = k_tile(stage_of(n));
+      const char* rows_v = v_tile(stage_of(n));
+      const int distance_index = distance_of_offset(steps.offset_index(n), p.band);  // pattern.h's t
       float tile[2][4];
-      dot_16_rows<T, kHeadDim>(qf, k_tile(stage_of(n)), 16 * warp, tile, lane);
-#pragma unroll
-      for (int r = 0; r < 2; ++r) score[r] = diagonal_element(tile, r, g);
+      dot_16_rows<T, kHeadDim>(qf, rows_k, 16 * warp, tile, lane);
+      float score[2] = {diagonal_element(tile, 0, g), diagonal_element(tile, 1, g)}, prob[2];
       if constexpr (kFractional) {
         // The row one further back, weight frac: mixed as scores, as in the
         // mma.sync forward (a whole position reads no second row).
         const float frac = steps.split(n).frac;
         if (frac != 0.f) {
-          dot_16_rows<T, kHeadDim, true>(qf, k_tile(stage_of(n)), 16 * warp - 1, tile, lane, k_prefix(stage_of(n)));
+          dot_16_rows<T, kHeadDim, true>(qf, rows_k, 16 * warp - 1, tile, lane, k_prefix(stage_of(n)));
 #pragma unroll
           for (int r = 0; r < 2; ++r) score[r] += frac * (diagonal_element(tile, r, g) - score[r]);
         }
-      }
-    };
-    const auto add_offset_rows = [&](int n, const float (&prob)[2]) {
-      if constexpr (kFractional) {
-        const float frac = steps.split(n).frac;
-        add_diag_times_rows<T, kHeadDim>((1.f - frac) * prob[0], (1.f - frac) * prob[1], v_tile(stage_of(n)),
-                                         16 * warp, o, lane);
+        mma_fwd::offset_softmax(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
+        add_diag_times_rows<T, kHeadDim>((1.f - frac) * prob[0], (1.f - frac) * prob[1], rows_v, 16 * warp, o, lane);
         if (frac != 0.f) {
-          add_diag_times_rows<T, kHeadDim, true>(frac * prob[0], frac * prob[1], v_tile(stage_of(n)), 16 * warp - 1,
-                                                 o, lane, v_prefix(stage_of(n)));
+          add_diag_times_rows<T, kHeadDim, true>(frac * prob[0], frac * prob[1], rows_v, 16 * warp - 1, o, lane,
+                                                 v_prefix(stage_of(n)));
         }
       } else {
-        add_diag_times_rows<T, kHeadDim>(prob[0], prob[1], v_tile(stage_of(n)), 16 * warp, o, lane);
+        mma_fwd::offset_softmax(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
+        add_diag_times_rows<T, kHeadDim>(prob[0], prob[1], rows_v, 16 * warp, o, lane);
       }
-    };
-    // One offset step from its scores: the online softmax, then its rows of v.
-    const auto finish_offset_step = [&](int n, float (&score)[2]) {
-      float prob[2];
-      const int distance_index = distance_of_offset(steps.offset_index(n), p.band);  // pattern.h's t
-      mma_fwd::offset_softmax(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
-      add_offset_rows(n, prob);
       release(n);
-    };
-    int n = steps.band_steps;
-    // Two offset steps at a time where the ring holds four stages: a step's
-    // chain (products, the diagonal's shuffle, the exponential, the products
-    // with v) waits on latency, and one or two blocks of 4 consumer warps per
-    // SM hide little of it. The second step's score products run alongside the
-    // first step; the softmax and the products with v keep the order of single
-    // steps, so the results are bitwise theirs (as with one head per block,
-    // where a per-head row of offsets runs on a two-stage ring).
-    if constexpr (S::kStages >= 4) {
-      for (; n + 1 < steps.num_steps; n += 2) {
-        wait_full(n);
-        wait_full(n + 1);
-        float score[2][2];
-        offset_scores(n, score[0]);
-        offset_scores(n + 1, score[1]);
-        finish_offset_step(n, score[0]);
-        finish_offset_step(n + 1, score[1]);
-      }
-    }
-    for (; n < steps.num_steps; ++n) {
-      wait_full(n);
-      float score[2];
-      offset_scores(n, score);
-      finish_offset_step(n, score);
     }
 
     mma_fwd::store_output_and_lse<T>(p, seq, b, h, warp_q0, o, m, l, lane);
