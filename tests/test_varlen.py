@@ -94,8 +94,8 @@ def test_hundreds_of_tiny_sequences(device):
 def test_packed_rows_equal_each_sequence_alone(monkeypatch, device, fractional):
     """Packing documents gives bitwise the rows (and q, k, v gradients) that
     fibsparse_attn gives each alone: the kernels walk a sequence the same way
-    wherever it starts in the buffer. On an H100/H200 a dense call with integer
-    offsets runs the Hopper forward, which packed batches do not; the dense
+    wherever it starts in the buffer. On an H100/H200 a dense 16-bit call runs
+    the Hopper forward, which packed batches do not; the dense
     calls here run the kernels the packed ones do (FIBSPARSE_HOPPER=0), and
     test_packed_rows_match_the_hopper_forward checks the Hopper forward's."""
     monkeypatch.setenv("FIBSPARSE_HOPPER", "0")
@@ -122,14 +122,16 @@ def test_packed_rows_equal_each_sequence_alone(monkeypatch, device, fractional):
 
 
 @requires_cuda
-def test_packed_rows_match_the_hopper_forward():
+@pytest.mark.parametrize("fractional", [False, True])
+def test_packed_rows_match_the_hopper_forward(fractional):
     """Where a dense call runs the Hopper forward (an H100/H200, 16-bit inputs,
-    integer offsets) its sums are ordered differently from the packed path's
-    kernel: the packed rows equal each sequence alone within rounding."""
+    integer or fractional offsets) its sums are ordered differently from the
+    packed path's kernel: the packed rows equal each sequence alone within
+    rounding."""
     lengths = [130, 1, 0, 64, 257]
     cu, longest = packed(lengths, "cuda")
     q, k, v = random_packed(lengths, lengths, 4, 2, 64, torch.bfloat16, "cuda")
-    offsets = random_offsets(16, 4, None, False, "cuda", spread=30)
+    offsets = random_offsets(16, 4, None, fractional, "cuda", torch.float32, spread=30)
     out, lse = fibsparse_attn_varlen(q, k, v, cu, cu, longest, longest, 16, offsets, return_lse=True)
     bounds = cu.tolist()
     for b in range(len(lengths)):

@@ -1,4 +1,5 @@
-// The forward on Hopper (sm_90a), for 16-bit inputs on dense batches (tensor_maps.h's hopper_forward_applies): the band on warpgroup
+// The forward on Hopper (sm_90a), for 16-bit inputs on dense batches
+// (tensor_maps.h's hopper_forward_applies): the band on warpgroup
 // products (wgmma.cuh) fed by TMA (tma.cuh), with a producer warpgroup and consumer
 // warpgroups handing shared-memory stages through mbarriers.
 //
@@ -302,9 +303,9 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads, kFractional>::kThreads
         for (int n = 0; n < steps.num_steps; ++n, ++step) {
           const int stage = step % S::kStages;
           tma::wait(&empty[stage], ((step / S::kStages) & 1) ^ 1);
-          const bool prefix = kFractional && steps.stages_prefix(n);
+          const bool loads_prefix = kFractional && steps.stages_prefix(n);
           // Both tiles land in this block either way: its own loads, or one from each block of the cluster.
-          tma::arrive_expect_bytes(&full[stage], 2 * S::kTileBytes + (prefix ? 2 * S::kPrefixBytes : 0));
+          tma::arrive_expect_bytes(&full[stage], 2 * S::kTileBytes + (loads_prefix ? 2 * S::kPrefixBytes : 0));
           const int row = int(steps.first_row(n));
           for (int r = 0; r < kHeadDim / 64; ++r) {
             if constexpr (kCluster > 1) {
@@ -317,9 +318,9 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads, kFractional>::kThreads
             }
           }
           if constexpr (kFractional) {
-            if (prefix) {
+            if (loads_prefix) {
               for (int r = 0; r < kHeadDim / 64; ++r) {
-                const int prefix_row = row - tma::kPrefixRows;
+                const int prefix_row = row - kPrefixRows;
                 tma::load_4d(k_prefix(stage) + r * tma::kPrefixRegionBytes, &maps.k_prefix, &full[stage], 64 * r,
                              hk, prefix_row, b);
                 tma::load_4d(v_prefix(stage) + r * tma::kPrefixRegionBytes, &maps.v_prefix, &full[stage], 64 * r,

@@ -130,7 +130,6 @@ ForwardTensorMaps make_forward_maps(const Params& p, bool bfloat16) {
 
 FractionalForwardTensorMaps make_fractional_forward_maps(const Params& p, bool bfloat16) {
   const CUtensorMapDataType dtype = map_dtype(bfloat16);
-  constexpr int kPrefixRows = 8;  // tma.cuh's kPrefixRows
   FractionalForwardTensorMaps maps;
   static_cast<ForwardTensorMaps&>(maps) = make_forward_maps(p, bfloat16);
   maps.k_prefix = rows_map(p.k, dtype, p.head_dim, p.heads_kv, p.seqlen_k, p.batch, p.k_head_stride, p.k_row_stride,

@@ -18,6 +18,10 @@ struct ForwardTensorMaps {
   CUtensorMap q, k, v;
 };
 
+// The rows of a strip's prefix: the box height of the prefix maps below, and
+// what the kernel's stages hold of them (tma.cuh).
+constexpr int kPrefixRows = 8;
+
 // With fractional offsets, also maps of k and v whose boxes are 8 rows: the
 // prefix of an offset's strip, the rows just before it (a fractional
 // position reads a second row, one further back).

@@ -11,6 +11,8 @@
 
 #include <cstdint>
 
+#include "tensor_maps.h"
+
 namespace fibsparse {
 namespace tma {
 
@@ -112,7 +114,6 @@ __device__ __forceinline__ uint32_t swizzled_offset(int row, int col) {
 // A prefix: the 8 rows before a tile's first, one 1024-byte swizzle atom per
 // 64-column region (the Hopper forward's fractional offset steps read the row
 // just before a strip).
-constexpr int kPrefixRows = 8;
 constexpr int kPrefixRegionBytes = kPrefixRows * 128;
 template <int kHeadDim>
 constexpr int kPrefixBytes = kHeadDim / 64 * kPrefixRegionBytes;
