@@ -283,7 +283,7 @@ def gpu_state() -> str | None:
                                 capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
+    return (result.stdout.strip() or None) if result.returncode == 0 else None
 
 
 def measure(config: Config, bandwidth: float, with_peers: bool = True, rounds: int = 1) -> dict:

@@ -180,13 +180,12 @@ def tensor_core_extent(case: Case, tensors: dict) -> torch.Tensor:
     offsets = case.offsets.expand(case.heads, case.offsets.shape[-1]) if case.offsets.dim() == 1 else case.offsets
     for b, j, hk in bad_rows.nonzero().tolist():
         for h in range(hk * group, (hk + 1) * group):
-            wholes = [int(torch.floor(o)) for o in offsets[h].double() if o >= 0]
-            # The Hopper forward's strips: a position a + f with f > 0 also reads row a + 1 back.
+            # (whole part, 1 if not whole): a position a + f with f > 0 also reads row a + 1 back.
             strips = [(int(torch.floor(o)), int(o != torch.floor(o))) for o in offsets[h].double() if o >= 0]
             for tile0 in range(0, case.seqlen_q, TILE):
                 pos = tile0 + shift
                 near_band = pos - window + 1 - (TILE - 1) <= j <= pos + 2 * TILE - 2
-                near_offset = any(pos - w - 1 <= j <= pos - w + TILE - 1 for w in wholes)
+                near_offset = any(pos - w - 1 <= j <= pos - w + TILE - 1 for w, _ in strips)
                 if near_band or near_offset:
                     extent[b, tile0:tile0 + TILE, h] = True
             if not case.hopper_forward:

@@ -169,6 +169,11 @@ CASES = [
 ]
 
 
+def reference_offsets(offsets):
+    """The offsets as the float64 reference takes them: positions as float64, distances as int64."""
+    return offsets.double() if offsets.is_floating_point() else offsets.long()
+
+
 def case_offsets(kind, window, heads, seqlen_k):
     if kind == "fractional_mixed":
         return torch.tensor([window + 0.0, window + 7.5, 2 * window + 3.0, 3 * window + 0.25], device="cuda")
@@ -199,7 +204,7 @@ def test_hopper_forward_matches_reference_and_mma_forward(dtype, case):
     assert any("fwd_hopper_kernel" in n for n in forward_kernels(q, k, v, window, offsets))
     out, lse = forward_with("1", q, k, v, window, offsets)
     mma_out, mma_lse = forward_with("0", q, k, v, window, offsets)
-    ref_offsets = offsets.double() if offsets.is_floating_point() else offsets.long()
+    ref_offsets = reference_offsets(offsets)
     ref_out, ref_lse = fibsparse_attn_ref(q.double(), k.double(), v.double(), window, ref_offsets, return_lse=True)
     for name, got, mma, want in (("out", out, mma_out, ref_out), ("lse", lse, mma_lse, ref_lse)):
         # The two kernels add the band in different orders: each within the
@@ -344,7 +349,7 @@ def test_hopper_forward_gives_the_same_bits_at_any_tiles_per_block(monkeypatch, 
         results[tiles_per_block] = fibsparse_attn(q, k, v, 128, offs, return_lse=True)
     one = results["1"]
     assert torch.isfinite(one[0]).all() and torch.isfinite(one[1]).all()
-    ref_out = fibsparse_attn_ref(q.double(), k.double(), v.double(), 128, offs.double() if fractional else offs.long())
+    ref_out = fibsparse_attn_ref(q.double(), k.double(), v.double(), 128, reference_offsets(offs))
     assert rel_err(one[0], ref_out) < 1e-2
     for tiles_per_block, (out, lse) in results.items():
         assert torch.equal(out, one[0]) and torch.equal(lse, one[1]), tiles_per_block

@@ -442,24 +442,21 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads, kFractional>::kThreads
       float tile[2][4];
       dot_16_rows<T, kHeadDim>(qf, rows_k, 16 * warp, tile, lane);
       float score[2] = {diagonal_element(tile, 0, g), diagonal_element(tile, 1, g)}, prob[2];
-      if constexpr (kFractional) {
-        // The row one further back, weight frac: mixed as scores, as in the
-        // mma.sync forward (a whole position reads no second row).
-        const float frac = steps.split(n).frac;
-        if (frac != 0.f) {
-          dot_16_rows<T, kHeadDim, true>(qf, rows_k, 16 * warp - 1, tile, lane, k_prefix(stage_of(n)));
+      // A fractional position's row one further back, weight frac, mixed as
+      // scores as in the mma.sync forward; a whole position (and every integer
+      // one: frac is then the constant 0) reads no second row.
+      float frac = 0.f;
+      if constexpr (kFractional) frac = steps.split(n).frac;
+      if (frac != 0.f) {
+        dot_16_rows<T, kHeadDim, kFractional>(qf, rows_k, 16 * warp - 1, tile, lane, k_prefix(stage_of(n)));
 #pragma unroll
-          for (int r = 0; r < 2; ++r) score[r] += frac * (diagonal_element(tile, r, g) - score[r]);
-        }
-        mma_fwd::offset_softmax(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
-        add_diag_times_rows<T, kHeadDim>((1.f - frac) * prob[0], (1.f - frac) * prob[1], rows_v, 16 * warp, o, lane);
-        if (frac != 0.f) {
-          add_diag_times_rows<T, kHeadDim, true>(frac * prob[0], frac * prob[1], rows_v, 16 * warp - 1, o, lane,
-                                                 v_prefix(stage_of(n)));
-        }
-      } else {
-        mma_fwd::offset_softmax(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
-        add_diag_times_rows<T, kHeadDim>(prob[0], prob[1], rows_v, 16 * warp, o, lane);
+        for (int r = 0; r < 2; ++r) score[r] += frac * (diagonal_element(tile, r, g) - score[r]);
+      }
+      mma_fwd::offset_softmax(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
+      add_diag_times_rows<T, kHeadDim>((1.f - frac) * prob[0], (1.f - frac) * prob[1], rows_v, 16 * warp, o, lane);
+      if (frac != 0.f) {
+        add_diag_times_rows<T, kHeadDim, kFractional>(frac * prob[0], frac * prob[1], rows_v, 16 * warp - 1, o, lane,
+                                                      v_prefix(stage_of(n)));
       }
       release(n);
     }
