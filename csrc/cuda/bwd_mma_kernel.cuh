@@ -95,7 +95,8 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
   // The steps are the block's: with kHeads > 1 its heads share one row of offsets (heads_per_block).
   const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + first_head * p.offsets_head_stride;
   const int64_t stats = stats_index(p, seq, b, h, 0);  // the (sequence, head) row of lse, delta
-  const KeySteps<OffsetT, kHeadDim, kThreads> steps(p, seq, offs, int64_t(blockIdx.x) * kBlockRows + seq.q_pos_shift);
+  const KeySteps<OffsetT, kHeadDim, kThreads, /*kBalancedBand=*/true> steps(
+      p, seq, offs, int64_t(blockIdx.x) * kBlockRows + seq.q_pos_shift);
   steps.issue(0, k_src, v_src, stage_k(0), stage_v(0));
 
   const uint16_t* q_src = bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride);
@@ -155,11 +156,10 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
     __syncthreads();
     RowPtr<kHeadDim> rows_k = stage_k(n % 2), rows_v = stage_v(n % 2);
     if (steps.is_band(n)) {
-      const int64_t chunk = steps.chunk(n);
 #pragma unroll
       for (int t16 = 0; t16 < kChunk / 16; ++t16) {
-        const int64_t key0 = chunk + 16 * t16;
-        if (!band_meets(warp_pos, key0, p.band)) continue;  // warp-uniform
+        const int64_t key0 = steps.tile_key(n, t16);
+        if (key0 < 0 || !band_meets(warp_pos, key0, p.band)) continue;  // warp-uniform
         float s[2][4], dp[2][4];
         dot_16_rows<T, kHeadDim>(qf, rows_k + 16 * t16, s, 0, lane);
         dot_16_rows<T, kHeadDim>(dof, rows_v + 16 * t16, dp, 0, lane);
@@ -296,14 +296,14 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     const float* stat0 = stage_stat(n % 2, 0);
     const float* stat1 = stage_stat(n % 2, 1);
     if (steps.is_band(n)) {
-      const int64_t chunk_row = steps.chunk_row(n);
 #pragma unroll
       for (int t16 = 0; t16 < kChunk / 16; ++t16) {
-        const int64_t pos0 = chunk_row + 16 * t16 + seq.q_pos_shift;  // the sub-tile's first query position
-        if (!band_meets(pos0, warp_k0, p.band)) continue;          // warp-uniform
+        const int64_t row0 = steps.tile_row(n, t16);  // the sub-tile's first query row
+        const int64_t pos0 = row0 + seq.q_pos_shift;
+        if (row0 < 0 || !band_meets(pos0, warp_k0, p.band)) continue;  // warp-uniform
         float st[2][4], dpt[2][4];  // rows: the warp's keys; columns: the sub-tile's queries
         const int distance0 = thread_distance<true>(warp_k0, pos0, g, c);  // rows: keys; columns: queries
-        const int last_col = int(steps.band_last_row - chunk_row) - 16 * t16;
+        const int last_col = int(steps.band_last_row - row0);
         dot_16_rows<T, kHeadDim>(kf, rows_q + 16 * t16, st, 0, lane);
         dot_16_rows<T, kHeadDim>(vf, rows_do + 16 * t16, dpt, 0, lane);
         float dst[2][4];

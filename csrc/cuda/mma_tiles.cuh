@@ -139,6 +139,34 @@ __device__ __forceinline__ void stage_rows(Rows<kHeadDim> dst, const uint16_t* s
   }
 }
 
+// stage_rows for kCount rows in two runs: dst rows [0, split) from src rows
+// first, first + 1, .. and dst rows [split, kCount) from second, second + 1, ..;
+// rows outside [0, last] become zero rows. One pointer per run, so a copy
+// costs a select more than in stage_rows.
+template <int kHeadDim, int kCount, int kThreads = kMmaBlockThreads>
+__device__ __forceinline__ void stage_two_runs(Rows<kHeadDim> dst, const uint16_t* src, int64_t row_stride,
+                                               int64_t first, int split, int64_t second, int64_t last) {
+  constexpr int kVecs = kHeadDim / 8, kRowsPerPass = kThreads / kVecs;
+  static_assert(kThreads % kVecs == 0);
+  const int col = (threadIdx.x % kVecs) * 8, r0 = threadIdx.x / kVecs;
+  // Source row of dst row r: base + r, with the base of r's run.
+  const int64_t base_first = first, base_second = second - split;
+  const uint16_t* row_first = src + (base_first + r0) * row_stride + col;
+  const uint16_t* row_second = src + (base_second + r0) * row_stride + col;
+  const int64_t pass_stride = kRowsPerPass * row_stride;
+#pragma unroll
+  for (int i = 0; i < (kCount + kRowsPerPass - 1) / kRowsPerPass; ++i) {
+    const int r = r0 + i * kRowsPerPass;
+    if (kCount % kRowsPerPass != 0 && r >= kCount) break;
+    const bool in_first = r < split;
+    const int64_t source = (in_first ? base_first : base_second) + r;
+    const bool valid = source >= 0 && source <= last;
+    copy_async_16(&dst[r][col], valid ? (in_first ? row_first : row_second) : src, valid);
+    row_first += pass_stride;
+    row_second += pass_stride;
+  }
+}
+
 // ldmatrix: four 8 x 8 tiles of 16-bit elements from shared memory; lane l
 // gives the address of row l % 8 of tile l / 8. Without .trans a thread gets
 // (row lane / 4, columns 2 (lane % 4), +1) of each tile; with .trans, the
