@@ -196,13 +196,12 @@ def test_cuda_tensor_core_kernels_at_the_edges(dtype, fractional):
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("window", [50, 57, 66, 82, 98, 114, 121, 128, 146])
 @pytest.mark.parametrize("fractional", [False, True])
-def test_cuda_backward_walks_every_band_tile_once(dtype, head_dim, window, fractional):
-    """The backward passes walk a block's band in 16-row tiles, four a step,
-    in a balanced order when the band has 8 or more tiles (block_steps.cuh),
-    and skip the last step's slots past the band. These windows give bands of 8
-    to 14 tiles; fewer queries than keys and lengths that are not multiples of
-    16 cut some blocks' bands at the sequence ends. A tile walked twice or
-    never shows in dq, dk and dv against the float64 reference."""
+def test_cuda_bands_of_8_to_14_tiles(dtype, head_dim, window, fractional):
+    """The tensor-core passes walk a block's band in 16-row tiles, four a step;
+    these windows give bands of 8 to 14 tiles (the grid's windows give at most
+    7, or 12 and more), and fewer queries than keys and lengths that are not
+    multiples of 16 cut some blocks' bands at the sequence ends. A tile walked
+    twice or never shows against the float64 reference."""
     torch.manual_seed(window * head_dim + fractional)
     q, k, v = random_qkv(2, 333, 4, 2, head_dim, dtype, "cuda", seqlen_k=401)
     offsets = random_offsets(window, 4, 4, fractional, "cuda", torch.float32, spread=60)

@@ -31,46 +31,16 @@ __device__ __forceinline__ int offsets_within_reach(const OffsetT* offs, int num
   return count;
 }
 
-// The order in which the backward's passes walk a band: 16-row tiles, four
-// a step. Warp w of a block meets tiles w .. w + M - 4 of the band's M (the
-// dq pass: the keys of its queries; the dk/dv pass: the queries reading its
-// keys; 9 of 12 at window 128). In contiguous chunks the first and last steps
-// give the four warps 4, 3, 2, 1 and 1, 2, 3, 4 tiles, and a step lasts as
-// long as its busiest warp: 12 tile-times for 9 tiles a warp at window 128.
-// Tiles 0, 1, M - 3, M - 2 first, then 2, 3, 4, M - 1, then the middle in
-// order give every warp 2, then 3, then 4 tiles a step: M - 3 tile-times.
-// Step n stages two runs of whole tiles: rows [0, split) from tile `first`,
-// rows [split, kChunk) from tile `second`.
-struct BandRuns {
-  int first, second, split;
-};
-__device__ __forceinline__ BandRuns balanced_band_runs(int n, int tiles) {
-  static_assert(kChunk == 64, "four tiles a step");
-  if (tiles < 8) return {4 * n, 0, kChunk};
-  if (n == 0) return {0, tiles - 3, 32};
-  if (n == 1) return {2, tiles - 1, 48};
-  return {4 * n - 3, 0, kChunk};
-}
-// The band tile in slot t (0..3) of step n; -1 for the slots of the last step
-// past the band's `tiles` (they stage rows that another step took).
-__device__ __forceinline__ int balanced_band_tile(int n, int t, int tiles) {
-  const BandRuns runs = balanced_band_runs(n, tiles);
-  const int tile = 16 * t < runs.split ? runs.first + t : runs.second + t - runs.split / 16;
-  return 4 * n + t < tiles ? tile : -1;
-}
-// The 16-row tiles of a band of rows [first, last].
-__device__ __forceinline__ int band_tiles(int64_t first, int64_t last) { return int((last - first) / 16) + 1; }
-
-// The steps of a block of 64 queries over its keys (forward and dq pass):
+// The steps of a block of kRows queries over its keys (forward and dq pass):
 // band chunks of kChunk key rows covering [block_pos - window + 1,
-// block_pos + 63] (contiguous for the forward, whose chunk is one score
-// block; in the balanced order above with kBalancedBand), then one step per
-// offset, in which staged row 16 w + x holds key pos_w - whole - 1 + x: query
-// x of warp w reads its first row at staged row 16 w + x + 1 and its second
-// (interpolation) row at 16 w + x. The block's kThreads threads share the
-// copies (a block serving several heads of a kv group stages each step once
-// for all of them).
-template <typename OffsetT, int kHeadDim, int kThreads = kMmaBlockThreads, bool kBalancedBand = false>
+// block_pos + kRows - 1], then one step per offset, in which staged row
+// 16 w + x holds key pos_w - whole - 1 + x: query x of warp w reads its first
+// row at staged row 16 w + x + 1 and its second (interpolation) row at
+// 16 w + x. The block's kThreads threads share the copies (a block serving
+// several heads of a kv group stages each step once for all of them). A block
+// of more than 64 queries walks the band alone: its strips would not fit a
+// stage, and the launch gives it no offsets.
+template <typename OffsetT, int kHeadDim, int kThreads = kMmaBlockThreads, int kRows = kBlockRows>
 struct KeySteps {
   const Params& p;
   const OffsetT* offs;
@@ -80,20 +50,15 @@ struct KeySteps {
   __device__ KeySteps(const Params& params, const Sequence& seq, const OffsetT* offsets, int64_t first_pos)
       : p(params), offs(offsets), block_pos(first_pos), last_key(seq.seqlen_k - 1) {
     band_first = band_first_key(block_pos, p.band);
-    band_last = block_pos + kBlockRows - 1 < last_key ? block_pos + kBlockRows - 1 : last_key;
+    band_last = block_pos + kRows - 1 < last_key ? block_pos + kRows - 1 : last_key;
     band_steps = int((band_last - band_first) / kChunk) + 1;
     // The block's last query reads pos - d only for d <= pos.
-    offset_steps = offsets_within_reach(offs, p.num_offsets, block_pos + kBlockRows - 1);
+    offset_steps = kRows == kBlockRows ? offsets_within_reach(offs, p.num_offsets, block_pos + kBlockRows - 1) : 0;
     num_steps = band_steps + offset_steps;
   }
 
   __device__ bool is_band(int n) const { return n < band_steps; }
   __device__ int64_t chunk(int n) const { return band_first + int64_t(n) * kChunk; }
-  // The first key of the tile in slot t of band step n (balanced order), -1 for none.
-  __device__ int64_t tile_key(int n, int t) const {
-    const int tile = balanced_band_tile(n, t, band_tiles(band_first, band_last));
-    return tile < 0 ? -1 : band_first + 16 * tile;
-  }
   __device__ int offset_index(int n) const { return n - band_steps; }
 
   // Queues the key and value rows of step n into k_dst, v_dst, then commits
@@ -101,15 +66,8 @@ struct KeySteps {
   __device__ void issue(int n, const uint16_t* k_src, const uint16_t* v_src, Rows<kHeadDim> k_dst,
                         Rows<kHeadDim> v_dst) const {
     if (n < band_steps) {
-      if constexpr (kBalancedBand) {
-        const BandRuns runs = balanced_band_runs(n, band_tiles(band_first, band_last));
-        const int64_t first = band_first + 16 * runs.first, second = band_first + 16 * runs.second;
-        stage_two_runs<kHeadDim, kChunk, kThreads>(k_dst, k_src, p.k_row_stride, first, runs.split, second, band_last);
-        stage_two_runs<kHeadDim, kChunk, kThreads>(v_dst, v_src, p.v_row_stride, first, runs.split, second, band_last);
-      } else {
-        stage_rows<kHeadDim, kChunk, kThreads>(k_dst, k_src, p.k_row_stride, chunk(n), band_last);
-        stage_rows<kHeadDim, kChunk, kThreads>(v_dst, v_src, p.v_row_stride, chunk(n), band_last);
-      }
+      stage_rows<kHeadDim, kChunk, kThreads>(k_dst, k_src, p.k_row_stride, chunk(n), band_last);
+      stage_rows<kHeadDim, kChunk, kThreads>(v_dst, v_src, p.v_row_stride, chunk(n), band_last);
     } else if (n < num_steps) {
       const OffsetSplit split = split_offset(offs, offset_index(n));
       if (split.whole >= 0) {
@@ -123,9 +81,8 @@ struct KeySteps {
 };
 
 // The steps of a block of 64 keys over the queries that read them, for each
-// query head of the kv head's group in turn: band steps of kChunk query rows
-// in the balanced order (positions [block_key, block_key + 63 + window - 1]
-// that exist), then one
+// query head of the kv head's group in turn: band chunks of kChunk query rows
+// (positions [block_key, block_key + 63 + window - 1] that exist), then one
 // step per offset, in which staged row 16 w + x holds the query at position
 // key_w + whole + x (it reads key x of warp w as its first row; the query at
 // staged row 16 w + x + 1 reads it as its second).
@@ -134,7 +91,7 @@ struct QuerySteps {
   const Params& p;
   const Sequence seq;  // a copy: the steps read its lengths in every issue()
   int64_t block_key, band_first_row, band_last_row;
-  int band_tile_count, band_steps, steps_per_head, num_steps, first_head;
+  int band_steps, steps_per_head, num_steps, first_head;
 
   __device__ QuerySteps(const Params& params, const Sequence& sequence, int64_t first_key, int hk)
       : p(params), seq(sequence), block_key(first_key) {
@@ -142,8 +99,7 @@ struct QuerySteps {
     band_first_row = (first_pos > seq.q_pos_shift ? first_pos : seq.q_pos_shift) - seq.q_pos_shift;
     const int64_t last_row = last_pos - seq.q_pos_shift;
     band_last_row = last_row < seq.seqlen_q - 1 ? last_row : seq.seqlen_q - 1;
-    band_tile_count = band_last_row >= band_first_row ? band_tiles(band_first_row, band_last_row) : 0;
-    band_steps = (band_tile_count + 3) / 4;
+    band_steps = band_last_row >= band_first_row ? int((band_last_row - band_first_row) / kChunk) + 1 : 0;
     first_head = hk * (p.heads / p.heads_kv);
     // A query at or before the last position reads key block_key only through
     // d <= last - block_key; the same count for every head of the group (the
@@ -161,11 +117,7 @@ struct QuerySteps {
 
   __device__ int head(int n) const { return first_head + n / steps_per_head; }
   __device__ bool is_band(int n) const { return n % steps_per_head < band_steps; }
-  // The first query row of the tile in slot t of band step n (balanced order), -1 for none.
-  __device__ int64_t tile_row(int n, int t) const {
-    const int tile = balanced_band_tile(n % steps_per_head, t, band_tile_count);
-    return tile < 0 ? -1 : band_first_row + 16 * tile;
-  }
+  __device__ int64_t chunk_row(int n) const { return band_first_row + int64_t(n % steps_per_head) * kChunk; }
   __device__ int offset_index(int n) const { return n % steps_per_head - band_steps; }
   __device__ const OffsetT* offsets(int h) const {
     return static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
@@ -183,12 +135,11 @@ struct QuerySteps {
           bits<T>(p.dout, seq.q_start(b, p.do_batch_stride, p.do_row_stride) + h * p.do_head_stride);
       const int64_t stats = stats_index(p, seq, b, h, 0);
       if (is_band(n)) {
-        const BandRuns runs = balanced_band_runs(n % steps_per_head, band_tile_count);
-        const int64_t first = band_first_row + 16 * runs.first, second = band_first_row + 16 * runs.second;
-        stage_two_runs<kHeadDim, kChunk>(q_dst, q_src, p.q_row_stride, first, runs.split, second, band_last_row);
-        stage_two_runs<kHeadDim, kChunk>(do_dst, do_src, p.do_row_stride, first, runs.split, second, band_last_row);
+        const int64_t first = chunk_row(n);
+        stage_rows<kHeadDim, kChunk>(q_dst, q_src, p.q_row_stride, first, band_last_row);
+        stage_rows<kHeadDim, kChunk>(do_dst, do_src, p.do_row_stride, first, band_last_row);
         for (int r = threadIdx.x; r < kChunk; r += kMmaBlockThreads) {
-          const int64_t i = r < runs.split ? first + r : second + (r - runs.split);
+          const int64_t i = first + r;
           const bool valid = i <= band_last_row;
           copy_async_4(stat0_dst + r, static_cast<const float*>(p.lse) + (valid ? stats + i : 0), valid);
           copy_async_4(stat1_dst + r, static_cast<const float*>(p.delta) + (valid ? stats + i : 0), valid);

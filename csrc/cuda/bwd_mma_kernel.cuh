@@ -67,12 +67,16 @@ __device__ __forceinline__ void store_rows(uint16_t* dst, int64_t row_stride, in
   }
 }
 
-template <typename T, typename OffsetT, int kHeadDim, int kHeads>
-__global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<kHeadDim, kHeads>)
+// kTiles > 1 (one head, the window alone: dq_tiles_per_block): the block
+// serves kTiles consecutive tiles of 64 queries, 4 warps each, which share
+// the band's key chunks.
+template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kTiles = 1>
+__global__ void __launch_bounds__(kHeads * kTiles * kMmaBlockThreads, kMinBlocksOfHeads<kHeadDim, kHeads * kTiles>)
     dq_mma_kernel(const Params p) {
-  static_assert(kMinBlocks<kHeadDim> % kHeads == 0, "heads per block within the register budget (mma_tiles.cuh)");
+  static_assert(kMinBlocks<kHeadDim> % (kHeads * kTiles) == 0, "warps per block within the register budget (mma_tiles.cuh)");
+  static_assert(kHeads == 1 || kTiles == 1, "a block serves several heads or several query tiles");
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
-  constexpr int kThreads = kHeads * kMmaBlockThreads;
+  constexpr int kThreads = kHeads * kTiles * kMmaBlockThreads, kRows = kTiles * kBlockRows;
   // The backward's check: the dq pass runs before the dk/dv pass on the stream.
   if (is_offsets_check_block()) return check_offsets_of_heads<OffsetT, kHeads>(p);
   extern __shared__ __align__(16) uint16_t smem[];
@@ -82,12 +86,12 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
   // The block's heads are first_head .. first_head + kHeads - 1, all of kv head hk.
   const int first_head = blockIdx.y * kHeads, b = blockIdx.z, hk = first_head / (p.heads / p.heads_kv);
   const Sequence seq = sequence_of(p, b);
-  if (int64_t(blockIdx.x) * kBlockRows >= seq.seqlen_q) return;  // past a packed sequence's end
-  // This warp serves head h; `warp` counts it among that head's 4 warps.
+  if (int64_t(blockIdx.x) * kRows >= seq.seqlen_q) return;  // past a packed sequence's end
+  // This warp serves head h; `warp` counts it among that head's 4 * kTiles warps.
   const int warp = kHeads == 1 ? threadIdx.x / 32 : threadIdx.x / 32 % kWarps;
   const int h = kHeads == 1 ? first_head : first_head + threadIdx.x / kMmaBlockThreads;
   const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
-  const int warp_q0 = blockIdx.x * kBlockRows + 16 * warp;
+  const int warp_q0 = blockIdx.x * kRows + 16 * warp;
   const int64_t warp_pos = warp_q0 + int64_t(seq.q_pos_shift);
   const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
   const uint16_t* k_src = bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride);
@@ -95,8 +99,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
   // The steps are the block's: with kHeads > 1 its heads share one row of offsets (heads_per_block).
   const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + first_head * p.offsets_head_stride;
   const int64_t stats = stats_index(p, seq, b, h, 0);  // the (sequence, head) row of lse, delta
-  const KeySteps<OffsetT, kHeadDim, kThreads, /*kBalancedBand=*/true> steps(
-      p, seq, offs, int64_t(blockIdx.x) * kBlockRows + seq.q_pos_shift);
+  const KeySteps<OffsetT, kHeadDim, kThreads, kRows> steps(p, seq, offs, int64_t(blockIdx.x) * kRows + seq.q_pos_shift);
   steps.issue(0, k_src, v_src, stage_k(0), stage_v(0));
 
   const uint16_t* q_src = bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride);
@@ -156,10 +159,11 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
     __syncthreads();
     RowPtr<kHeadDim> rows_k = stage_k(n % 2), rows_v = stage_v(n % 2);
     if (steps.is_band(n)) {
+      const int64_t chunk = steps.chunk(n);
 #pragma unroll
       for (int t16 = 0; t16 < kChunk / 16; ++t16) {
-        const int64_t key0 = steps.tile_key(n, t16);
-        if (key0 < 0 || !band_meets(warp_pos, key0, p.band)) continue;  // warp-uniform
+        const int64_t key0 = chunk + 16 * t16;
+        if (!band_meets(warp_pos, key0, p.band)) continue;  // warp-uniform
         float s[2][4], dp[2][4];
         dot_16_rows<T, kHeadDim>(qf, rows_k + 16 * t16, s, 0, lane);
         dot_16_rows<T, kHeadDim>(dof, rows_v + 16 * t16, dp, 0, lane);
@@ -179,7 +183,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
         }
         add_tile_times_rows<T, kHeadDim>(s, 0, 1.f, rows_k + 16 * t16, dq, lane);
       }
-    } else {
+    } else if constexpr (kTiles == 1) {
       const int o = steps.offset_index(n), t = distance_of_offset(o, p.band);
       const OffsetSplit split = split_offset(offs, o);
       float dpos = 0.f;  // this thread's share of the warp's d loss / d position
@@ -250,7 +254,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
     }
     __syncthreads();
   }
-  if constexpr (kFrac) {  // offsets out of the block's reach: their partials are zero
+  if constexpr (kFrac && kTiles == 1) {  // offsets out of the block's reach: their partials are zero
     if (lane == 0 && warp_q0 < seq.seqlen_q) {
       for (int o = steps.offset_steps; o < p.num_offsets; ++o) {
         static_cast<float*>(p.doffsets_partial)[doffsets_partial_index(p, o, b, h, warp_q0 / kCudaQueriesPerPartial)] =
@@ -296,14 +300,14 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     const float* stat0 = stage_stat(n % 2, 0);
     const float* stat1 = stage_stat(n % 2, 1);
     if (steps.is_band(n)) {
+      const int64_t chunk_row = steps.chunk_row(n);
 #pragma unroll
       for (int t16 = 0; t16 < kChunk / 16; ++t16) {
-        const int64_t row0 = steps.tile_row(n, t16);  // the sub-tile's first query row
-        const int64_t pos0 = row0 + seq.q_pos_shift;
-        if (row0 < 0 || !band_meets(pos0, warp_k0, p.band)) continue;  // warp-uniform
+        const int64_t pos0 = chunk_row + 16 * t16 + seq.q_pos_shift;  // the sub-tile's first query position
+        if (!band_meets(pos0, warp_k0, p.band)) continue;          // warp-uniform
         float st[2][4], dpt[2][4];  // rows: the warp's keys; columns: the sub-tile's queries
         const int distance0 = thread_distance<true>(warp_k0, pos0, g, c);  // rows: keys; columns: queries
-        const int last_col = int(steps.band_last_row - row0);
+        const int last_col = int(steps.band_last_row - chunk_row) - 16 * t16;
         dot_16_rows<T, kHeadDim>(kf, rows_q + 16 * t16, st, 0, lane);
         dot_16_rows<T, kHeadDim>(vf, rows_do + 16 * t16, dpt, 0, lane);
         float dst[2][4];

@@ -70,6 +70,14 @@ inline int heads_per_block(const Params& p) {
   return 1;
 }
 
+// The query tiles of 64 a dq block serves for one head. The window alone
+// reads only the band, and two neighbouring tiles share its key chunks: 256
+// keys staged for 128 queries at window 128, where two blocks of one tile
+// stage 192 each. With offsets a block serves one tile (each tile's strips
+// are its own) and heads_per_block heads.
+constexpr int kDqTilesWindowAlone = 2;
+inline int dq_tiles_per_block(const Params& p) { return p.num_offsets == 0 ? kDqTilesWindowAlone : 1; }
+
 // Shared rows are padded by 8 elements (16 bytes), so that the 8 row groups
 // of a fragment load fall in different banks.
 template <int kHeadDim>
@@ -136,34 +144,6 @@ __device__ __forceinline__ void stage_rows(Rows<kHeadDim> dst, const uint16_t* s
     const bool valid = r >= lo && r <= hi;
     copy_async_16(&dst[r][col], valid ? row : src, valid);
     row += pass_stride;
-  }
-}
-
-// stage_rows for kCount rows in two runs: dst rows [0, split) from src rows
-// first, first + 1, .. and dst rows [split, kCount) from second, second + 1, ..;
-// rows outside [0, last] become zero rows. One pointer per run, so a copy
-// costs a select more than in stage_rows.
-template <int kHeadDim, int kCount, int kThreads = kMmaBlockThreads>
-__device__ __forceinline__ void stage_two_runs(Rows<kHeadDim> dst, const uint16_t* src, int64_t row_stride,
-                                               int64_t first, int split, int64_t second, int64_t last) {
-  constexpr int kVecs = kHeadDim / 8, kRowsPerPass = kThreads / kVecs;
-  static_assert(kThreads % kVecs == 0);
-  const int col = (threadIdx.x % kVecs) * 8, r0 = threadIdx.x / kVecs;
-  // Source row of dst row r: base + r, with the base of r's run.
-  const int64_t base_first = first, base_second = second - split;
-  const uint16_t* row_first = src + (base_first + r0) * row_stride + col;
-  const uint16_t* row_second = src + (base_second + r0) * row_stride + col;
-  const int64_t pass_stride = kRowsPerPass * row_stride;
-#pragma unroll
-  for (int i = 0; i < (kCount + kRowsPerPass - 1) / kRowsPerPass; ++i) {
-    const int r = r0 + i * kRowsPerPass;
-    if (kCount % kRowsPerPass != 0 && r >= kCount) break;
-    const bool in_first = r < split;
-    const int64_t source = (in_first ? base_first : base_second) + r;
-    const bool valid = source >= 0 && source <= last;
-    copy_async_16(&dst[r][col], valid ? (in_first ? row_first : row_second) : src, valid);
-    row_first += pass_stride;
-    row_second += pass_stride;
   }
 }
 
