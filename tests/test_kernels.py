@@ -213,22 +213,23 @@ def test_cuda_bands_of_8_to_14_tiles(dtype, head_dim, window, fractional):
 @pytest.mark.parametrize("head_dim", [16, 32, 64, 128])
 @pytest.mark.parametrize("seqlen_q, seqlen_k", [(1, 1), (64, 64), (65, 65), (200, 333), (1000, 1000)])
 def test_cuda_window_alone_backward(dtype, head_dim, seqlen_q, seqlen_k):
-    """Without offsets a dq block serves two tiles of 64 queries
-    (mma_tiles.cuh's dq_tiles_per_block); with offsets, one. The window
-    alone's gradients are within the reference's bounds, and bitwise those of
-    the same forward outputs with offsets that no query reaches (one-tile
-    blocks that walk the band alone), for lengths of one tile, one tile and a
-    row, a ragged last block, and fewer queries than keys."""
+    """The window alone on the tensor-core backward, for lengths of one row,
+    one tile, one tile and a row, a ragged last block and fewer queries than
+    keys: its gradients are within the reference's bounds, and offsets that
+    no query reaches (the dq pass drops their steps; with GQA its blocks then
+    serve two heads) change no bit of them."""
     torch.manual_seed(seqlen_q * head_dim)
     q, k, v = random_qkv(2, seqlen_q, 4, 2, head_dim, dtype, "cuda", seqlen_k=seqlen_k, requires_grad=False)
     none = torch.zeros(0, dtype=torch.int32, device="cuda")
-    unreachable = torch.tensor([seqlen_k + 10, seqlen_k + 20], dtype=torch.int32, device="cuda")
+    scale = head_dim ** -0.5
     for window in (50, 128):
-        out, lse = torch.ops.fibsparse.fwd(q, k, v, none, [window], head_dim ** -0.5)
+        unreachable = torch.tensor([max(seqlen_k, window) + 10, max(seqlen_k, window) + 20], dtype=torch.int32,
+                                   device="cuda")
+        out, lse = torch.ops.fibsparse.fwd(q, k, v, none, [window], scale)
         dout, dlse = torch.randn_like(out), torch.randn_like(lse)
-        alone = torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, none, [window], head_dim ** -0.5)
-        one_tile = torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, unreachable, [window], head_dim ** -0.5)
-        for name, a, b in zip(["dq", "dk", "dv"], alone[:3], one_tile[:3]):
+        alone = torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, none, [window], scale)
+        with_offsets = torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, unreachable, [window], scale)
+        for name, a, b in zip(["dq", "dk", "dv"], alone[:3], with_offsets[:3]):
             assert torch.equal(a, b), (window, name)
         check_against_reference(q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), window, none)
         q, k, v = (t.detach() for t in (q, k, v))

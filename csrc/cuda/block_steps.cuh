@@ -31,16 +31,14 @@ __device__ __forceinline__ int offsets_within_reach(const OffsetT* offs, int num
   return count;
 }
 
-// The steps of a block of kRows queries over its keys (forward and dq pass):
+// The steps of a block of 64 queries over its keys (forward and dq pass):
 // band chunks of kChunk key rows covering [block_pos - window + 1,
-// block_pos + kRows - 1], then one step per offset, in which staged row
-// 16 w + x holds key pos_w - whole - 1 + x: query x of warp w reads its first
-// row at staged row 16 w + x + 1 and its second (interpolation) row at
-// 16 w + x. The block's kThreads threads share the copies (a block serving
-// several heads of a kv group stages each step once for all of them). A block
-// of more than 64 queries walks the band alone: its strips would not fit a
-// stage, and the launch gives it no offsets.
-template <typename OffsetT, int kHeadDim, int kThreads = kMmaBlockThreads, int kRows = kBlockRows>
+// block_pos + 63], then one step per offset, in which staged row 16 w + x
+// holds key pos_w - whole - 1 + x: query x of warp w reads its first row at
+// staged row 16 w + x + 1 and its second (interpolation) row at 16 w + x.
+// The block's kThreads threads share the copies (a block serving several
+// heads of a kv group stages each step once for all of them).
+template <typename OffsetT, int kHeadDim, int kThreads = kMmaBlockThreads>
 struct KeySteps {
   const Params& p;
   const OffsetT* offs;
@@ -50,10 +48,10 @@ struct KeySteps {
   __device__ KeySteps(const Params& params, const Sequence& seq, const OffsetT* offsets, int64_t first_pos)
       : p(params), offs(offsets), block_pos(first_pos), last_key(seq.seqlen_k - 1) {
     band_first = band_first_key(block_pos, p.band);
-    band_last = block_pos + kRows - 1 < last_key ? block_pos + kRows - 1 : last_key;
+    band_last = block_pos + kBlockRows - 1 < last_key ? block_pos + kBlockRows - 1 : last_key;
     band_steps = int((band_last - band_first) / kChunk) + 1;
     // The block's last query reads pos - d only for d <= pos.
-    offset_steps = kRows == kBlockRows ? offsets_within_reach(offs, p.num_offsets, block_pos + kBlockRows - 1) : 0;
+    offset_steps = offsets_within_reach(offs, p.num_offsets, block_pos + kBlockRows - 1);
     num_steps = band_steps + offset_steps;
   }
 

@@ -4,8 +4,7 @@
 // same stream; the dq grid has the offsets check's extra blocks
 // (offsets_check.cuh), so a bad offset stops the backward before dk/dv. A
 // tensor-core dq block serves heads_per_block query heads of one kv group, as
-// the forward's does, or for the window alone dq_tiles_per_block tiles of one
-// head's queries (mma_tiles.cuh).
+// the forward's does (mma_tiles.cuh).
 #pragma once
 
 #include <cstdint>
@@ -28,19 +27,11 @@ void launch_bwd(const Params& p, bool fractional) {
       if constexpr (kIsTensorCoreType<T>) {
         using OffsetT = std::conditional_t<kFrac, float, int32_t>;
         using namespace mma_bwd;
-        if (dq_tiles_per_block(p) == kDqTilesWindowAlone) {
-          // No offsets to read: one instantiation serves integer and fractional calls.
-          constexpr int kTiles = kDqTilesWindowAlone;
-          const dim3 dq_grid(blocks_for(p.seqlen_q, kTiles * kBlockRows) + kOffsetsCheckBlocks, p.heads, p.batch);
-          launch_kernel(dq_mma_kernel<T, int32_t, kHeadDim, 1, kTiles>, dq_grid, kTiles * kMmaBlockThreads,
+        HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
+          const dim3 dq_grid(blocks_for(p.seqlen_q, kBlockRows) + kOffsetsCheckBlocks, p.heads / kHeads, p.batch);
+          launch_kernel(dq_mma_kernel<T, OffsetT, kHeadDim, kHeads>, dq_grid, kHeads * kMmaBlockThreads,
                         kDqSmemBytes<kHeadDim>, p);
-        } else {
-          HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
-            const dim3 dq_grid(blocks_for(p.seqlen_q, kBlockRows) + kOffsetsCheckBlocks, p.heads / kHeads, p.batch);
-            launch_kernel(dq_mma_kernel<T, OffsetT, kHeadDim, kHeads>, dq_grid, kHeads * kMmaBlockThreads,
-                          kDqSmemBytes<kHeadDim>, p);
-          });
-        }
+        });
         const dim3 dkdv_grid(blocks_for(p.seqlen_k, kBlockRows), p.heads_kv, p.batch);
         launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim>, dkdv_grid, kMmaBlockThreads, kDkdvSmemBytes<kHeadDim>, p);
       } else {

@@ -67,16 +67,12 @@ __device__ __forceinline__ void store_rows(uint16_t* dst, int64_t row_stride, in
   }
 }
 
-// kTiles > 1 (one head, the window alone: dq_tiles_per_block): the block
-// serves kTiles consecutive tiles of 64 queries, 4 warps each, which share
-// the band's key chunks.
-template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kTiles = 1>
-__global__ void __launch_bounds__(kHeads * kTiles * kMmaBlockThreads, kMinBlocksOfHeads<kHeadDim, kHeads * kTiles>)
+template <typename T, typename OffsetT, int kHeadDim, int kHeads>
+__global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<kHeadDim, kHeads>)
     dq_mma_kernel(const Params p) {
-  static_assert(kMinBlocks<kHeadDim> % (kHeads * kTiles) == 0, "warps per block within the register budget (mma_tiles.cuh)");
-  static_assert(kHeads == 1 || kTiles == 1, "a block serves several heads or several query tiles");
+  static_assert(kMinBlocks<kHeadDim> % kHeads == 0, "heads per block within the register budget (mma_tiles.cuh)");
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
-  constexpr int kThreads = kHeads * kTiles * kMmaBlockThreads, kRows = kTiles * kBlockRows;
+  constexpr int kThreads = kHeads * kMmaBlockThreads;
   // The backward's check: the dq pass runs before the dk/dv pass on the stream.
   if (is_offsets_check_block()) return check_offsets_of_heads<OffsetT, kHeads>(p);
   extern __shared__ __align__(16) uint16_t smem[];
@@ -86,12 +82,12 @@ __global__ void __launch_bounds__(kHeads * kTiles * kMmaBlockThreads, kMinBlocks
   // The block's heads are first_head .. first_head + kHeads - 1, all of kv head hk.
   const int first_head = blockIdx.y * kHeads, b = blockIdx.z, hk = first_head / (p.heads / p.heads_kv);
   const Sequence seq = sequence_of(p, b);
-  if (int64_t(blockIdx.x) * kRows >= seq.seqlen_q) return;  // past a packed sequence's end
-  // This warp serves head h; `warp` counts it among that head's 4 * kTiles warps.
+  if (int64_t(blockIdx.x) * kBlockRows >= seq.seqlen_q) return;  // past a packed sequence's end
+  // This warp serves head h; `warp` counts it among that head's 4 warps.
   const int warp = kHeads == 1 ? threadIdx.x / 32 : threadIdx.x / 32 % kWarps;
   const int h = kHeads == 1 ? first_head : first_head + threadIdx.x / kMmaBlockThreads;
   const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
-  const int warp_q0 = blockIdx.x * kRows + 16 * warp;
+  const int warp_q0 = blockIdx.x * kBlockRows + 16 * warp;
   const int64_t warp_pos = warp_q0 + int64_t(seq.q_pos_shift);
   const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
   const uint16_t* k_src = bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride);
@@ -99,7 +95,7 @@ __global__ void __launch_bounds__(kHeads * kTiles * kMmaBlockThreads, kMinBlocks
   // The steps are the block's: with kHeads > 1 its heads share one row of offsets (heads_per_block).
   const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + first_head * p.offsets_head_stride;
   const int64_t stats = stats_index(p, seq, b, h, 0);  // the (sequence, head) row of lse, delta
-  const KeySteps<OffsetT, kHeadDim, kThreads, kRows> steps(p, seq, offs, int64_t(blockIdx.x) * kRows + seq.q_pos_shift);
+  const KeySteps<OffsetT, kHeadDim, kThreads> steps(p, seq, offs, int64_t(blockIdx.x) * kBlockRows + seq.q_pos_shift);
   steps.issue(0, k_src, v_src, stage_k(0), stage_v(0));
 
   const uint16_t* q_src = bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride);
@@ -183,7 +179,7 @@ __global__ void __launch_bounds__(kHeads * kTiles * kMmaBlockThreads, kMinBlocks
         }
         add_tile_times_rows<T, kHeadDim>(s, 0, 1.f, rows_k + 16 * t16, dq, lane);
       }
-    } else if constexpr (kTiles == 1) {
+    } else {
       const int o = steps.offset_index(n), t = distance_of_offset(o, p.band);
       const OffsetSplit split = split_offset(offs, o);
       float dpos = 0.f;  // this thread's share of the warp's d loss / d position
@@ -254,7 +250,7 @@ __global__ void __launch_bounds__(kHeads * kTiles * kMmaBlockThreads, kMinBlocks
     }
     __syncthreads();
   }
-  if constexpr (kFrac && kTiles == 1) {  // offsets out of the block's reach: their partials are zero
+  if constexpr (kFrac) {  // offsets out of the block's reach: their partials are zero
     if (lane == 0 && warp_q0 < seq.seqlen_q) {
       for (int o = steps.offset_steps; o < p.num_offsets; ++o) {
         static_cast<float*>(p.doffsets_partial)[doffsets_partial_index(p, o, b, h, warp_q0 / kCudaQueriesPerPartial)] =

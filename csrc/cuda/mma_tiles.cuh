@@ -70,14 +70,6 @@ inline int heads_per_block(const Params& p) {
   return 1;
 }
 
-// The query tiles of 64 a dq block serves for one head. The window alone
-// reads only the band, and two neighbouring tiles share its key chunks: 256
-// keys staged for 128 queries at window 128, where two blocks of one tile
-// stage 192 each. With offsets a block serves one tile (each tile's strips
-// are its own) and heads_per_block heads.
-constexpr int kDqTilesWindowAlone = 2;
-inline int dq_tiles_per_block(const Params& p) { return p.num_offsets == 0 ? kDqTilesWindowAlone : 1; }
-
 // Shared rows are padded by 8 elements (16 bytes), so that the 8 row groups
 // of a fragment load fall in different banks.
 template <int kHeadDim>
