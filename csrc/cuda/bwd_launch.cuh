@@ -1,7 +1,5 @@
 // Which kernels run a backward, on which grids: float16 / bfloat16 on tensor
-// cores (bwd_mma_kernel.cuh; the window alone's dk/dv pass at head_dim 64 on
-// Hopper's warpgroup products where tensor_maps.h's hopper_backward_applies,
-// dkdv_hopper_kernel.cuh), float32 / float64 on lane groups
+// cores (bwd_mma_kernel.cuh), float32 / float64 on lane groups
 // (lane_bwd_kernel.cuh). Both run the dq pass, then the dk/dv pass on the
 // same stream; the dq grid has the offsets check's extra blocks
 // (offsets_check.cuh), so a bad offset stops the backward before dk/dv. A
@@ -16,26 +14,11 @@
 #include "../fibsparse.h"
 #include "../static_switch.h"
 #include "bwd_mma_kernel.cuh"
-#include "dkdv_hopper_kernel.cuh"
 #include "lane_bwd_kernel.cuh"
 #include "launch.cuh"
 #include "offsets_check.cuh"
-#include "tensor_maps.h"
 
 namespace fibsparse {
-
-// The Hopper dk/dv pass (dkdv_hopper_kernel.cuh): a block per 64 keys of a kv head.
-template <typename T>
-void launch_dkdv_hopper(const Params& p) {
-  constexpr int kHeadDim = 64;
-  using S = hopper_bwd::DkdvShape<kHeadDim>;
-  const auto kernel = hopper_bwd::dkdv_hopper_kernel<T, kHeadDim>;
-  const BackwardTensorMaps maps = make_backward_maps(p, std::is_same_v<T, at::BFloat16>);
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes));
-  const dim3 grid(blocks_for(p.seqlen_k, mma_tiles::kBlockRows), p.heads_kv, p.batch);
-  kernel<<<grid, S::kThreads, S::kSmemBytes, at::cuda::getCurrentCUDAStream()>>>(p, maps);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
 
 template <typename T>
 void launch_bwd(const Params& p, bool fractional) {
@@ -49,9 +32,6 @@ void launch_bwd(const Params& p, bool fractional) {
           launch_kernel(dq_mma_kernel<T, OffsetT, kHeadDim, kHeads>, dq_grid, kHeads * kMmaBlockThreads,
                         kDqSmemBytes<kHeadDim>, p);
         });
-        if constexpr (kHopperForwardBuilt && kHeadDim == 64) {
-          if (hopper_backward_applies(p, true)) return launch_dkdv_hopper<T>(p);
-        }
         const dim3 dkdv_grid(blocks_for(p.seqlen_k, kBlockRows), p.heads_kv, p.batch);
         launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim>, dkdv_grid, kMmaBlockThreads, kDkdvSmemBytes<kHeadDim>, p);
       } else {

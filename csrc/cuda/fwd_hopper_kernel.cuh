@@ -169,6 +169,16 @@ __device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, const
   }
 }
 
+// Descriptors of the tiles' 16-wide slices: columns 16 kk .. of a K-major tile
+// (q or k, the reduction along a row), and rows 16 kk .. of an MN-major one (v).
+template <int kHeadDim>
+__device__ __forceinline__ uint64_t k_major_slice(const char* tile, int kk) {
+  return wgmma::tile_descriptor(tma::smem_address(tile) + (kk / 4) * kRegionBytes + (kk % 4) * 32, 16, 1024);
+}
+__device__ __forceinline__ uint64_t mn_major_slice(const char* tile, int kk) {
+  return wgmma::tile_descriptor(tma::smem_address(tile) + kk * 16 * 128, kRegionBytes, 1024);
+}
+
 // mma_fwd::softmax_update without its rescale of the output: the new running
 // max, the rescaled running sum, and s turned into probabilities; `rescale` is
 // the factor the output must take (rescale_output), which the pipelined band
@@ -374,14 +384,14 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads, kFractional>::kThreads
       const char* rows_k = k_tile(stage_of(n));
 #pragma unroll
       for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-        wgmma::ss_64<T>(s, wgmma::k_major_slice<kHeadDim>(q_smem, kk), wgmma::k_major_slice<kHeadDim>(rows_k, kk), kk > 0);
+        wgmma::ss_64<T>(s, k_major_slice<kHeadDim>(q_smem, kk), k_major_slice<kHeadDim>(rows_k, kk), kk > 0);
       }
       wgmma::commit();
     };
     const auto queue_pv = [&](int n) {
       const char* rows_v = v_tile(stage_of(n));
 #pragma unroll
-      for (int kk = 0; kk < kTileRows / 16; ++kk) wgmma::rs<T, kHeadDim>(o, pa[kk], wgmma::mn_major_slice(rows_v, kk), 1);
+      for (int kk = 0; kk < kTileRows / 16; ++kk) wgmma::rs<T, kHeadDim>(o, pa[kk], mn_major_slice(rows_v, kk), 1);
       wgmma::commit();
     };
     // Step n's scores, masked (with the keys before the sequence: a chunk may

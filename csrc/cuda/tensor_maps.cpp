@@ -101,11 +101,6 @@ bool hopper_forward_applies(const Params& p, bool tensor_core_type) {
          tma_layout(p.v, p.v_head_stride, p.heads_kv, p.v_row_stride, p.seqlen_k, p.v_batch_stride, p.batch);
 }
 
-bool hopper_backward_applies(const Params& p, bool tensor_core_type) {
-  return p.num_offsets == 0 && p.head_dim == 64 && hopper_forward_applies(p, tensor_core_type) &&
-         tma_layout(p.dout, p.do_head_stride, p.heads, p.do_row_stride, p.seqlen_q, p.do_batch_stride, p.batch);
-}
-
 bool hopper_clusters_asked() {
   const char* setting = switch_setting("FIBSPARSE_HOPPER_CLUSTER", {"0", "1"});
   return setting != nullptr && std::strcmp(setting, "1") == 0;
@@ -142,13 +137,6 @@ FractionalForwardTensorMaps make_fractional_forward_maps(const Params& p, bool b
   maps.v_prefix = rows_map(p.v, dtype, p.head_dim, p.heads_kv, p.seqlen_k, p.batch, p.v_head_stride, p.v_row_stride,
                            p.v_batch_stride, kPrefixRows);
   return maps;
-}
-
-BackwardTensorMaps make_backward_maps(const Params& p, bool bfloat16) {
-  const ForwardTensorMaps forward = make_forward_maps(p, bfloat16);
-  const CUtensorMap dout = rows_map(p.dout, map_dtype(bfloat16), p.head_dim, p.heads, p.seqlen_q, p.batch,
-                                    p.do_head_stride, p.do_row_stride, p.do_batch_stride);
-  return {forward.q, dout, forward.k, forward.v};
 }
 
 }  // namespace fibsparse

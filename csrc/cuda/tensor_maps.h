@@ -29,12 +29,6 @@ struct FractionalForwardTensorMaps : ForwardTensorMaps {
   CUtensorMap k_prefix, v_prefix;
 };
 
-// The Hopper dk/dv pass's (dkdv_hopper_kernel.cuh): q and dout, whose 64-row
-// boxes are its steps, and k and v, whose boxes are its block's keys.
-struct BackwardTensorMaps {
-  CUtensorMap q, dout, k, v;
-};
-
 template <bool kFractional>
 using HopperForwardMaps = std::conditional_t<kFractional, FractionalForwardTensorMaps, ForwardTensorMaps>;
 
@@ -46,11 +40,6 @@ using HopperForwardMaps = std::conditional_t<kFractional, FractionalForwardTenso
 // in the environment turns it off (the tensor-core kernels of
 // fwd_mma_kernel.cuh run instead).
 bool hopper_forward_applies(const Params& p, bool tensor_core_type);
-
-// Whether the Hopper dk/dv pass may take a backward: where the Hopper forward
-// may take its forward (and FIBSPARSE_HOPPER=0 turns both off), for the
-// window alone (no offsets) at head_dim 64, with dout in a layout TMA takes.
-bool hopper_backward_applies(const Params& p, bool tensor_core_type);
 
 // Whether FIBSPARSE_HOPPER_CLUSTER=1 asks for the clusters of fwd_launch.cuh
 // (off by default: they measured slower). Values other than 0 and 1 are refused,
@@ -74,6 +63,5 @@ constexpr bool kHopperForwardBuilt =
 
 ForwardTensorMaps make_forward_maps(const Params& p, bool bfloat16);
 FractionalForwardTensorMaps make_fractional_forward_maps(const Params& p, bool bfloat16);
-BackwardTensorMaps make_backward_maps(const Params& p, bool bfloat16);
 
 }  // namespace fibsparse

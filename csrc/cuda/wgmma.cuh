@@ -17,8 +17,6 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "tma.cuh"
-
 namespace fibsparse {
 namespace wgmma {
 
@@ -37,17 +35,6 @@ __device__ __forceinline__ uint64_t tile_descriptor(uint32_t smem_address, uint3
   desc |= uint64_t((stride_bytes >> 4) & 0x3FFF) << 32;
   desc |= uint64_t(1) << 62;
   return desc;
-}
-
-// Descriptors of the 16-wide slices of a TMA tile (tma.cuh): columns 16 kk ..
-// of a K-major tile (q or k in S = Q K^T, the reduction along a row), and rows
-// 16 kk .. of an MN-major one (v in O = P V).
-template <int kHeadDim>
-__device__ __forceinline__ uint64_t k_major_slice(const char* tile, int kk) {
-  return tile_descriptor(tma::smem_address(tile) + (kk / 4) * tma::kRegionBytes + (kk % 4) * 32, 16, 1024);
-}
-__device__ __forceinline__ uint64_t mn_major_slice(const char* tile, int kk) {
-  return tile_descriptor(tma::smem_address(tile) + kk * 16 * 128, tma::kRegionBytes, 1024);
 }
 
 // Before the first wgmma of a batch (its accumulators were last written by
