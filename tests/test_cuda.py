@@ -61,44 +61,6 @@ def test_backward_is_bitwise_deterministic(dtype, fractional):
             assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize("pattern", ["window alone", "integer", "fractional", "window of one"])
-def test_dkdv_gives_the_same_bits_at_any_tiles_per_block(monkeypatch, dtype, head_dim, pattern):
-    """A tensor-core dk/dv block walks several consecutive key tiles, its
-    pipeline running on from tile to tile (FIBSPARSE_DKDV_TILES sets how many;
-    by default, more only for the window alone on large grids). Each tile is
-    computed as if alone, so every count gives the bits of one tile per block,
-    and writes every element. Fewer queries than keys leave the first tiles
-    without readers (no steps); a window of one key with one head per kv head
-    gives tiles of a single step, after which the next tile's first copies
-    must wait until the tile's keys are read; GQA 4/2 walks two heads a tile."""
-    monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
-    heads = 2 if pattern == "window of one" else 4
-    q, k, v = random_qkv(2, 700, heads, 2, head_dim, dtype, "cuda", seqlen_k=1001)
-    window = 1 if pattern == "window of one" else 128
-    offsets = torch.tensor([200, 333, 610], device="cuda", dtype=torch.int32)
-    offsets = {"window alone": offsets[:0], "window of one": offsets[:0], "integer": offsets,
-               "fractional": offsets.float() + torch.tensor([0.5, 0.0, 0.25], device="cuda")}[pattern]
-    results = {}
-    for tiles in ("1", "2", "3", "7", "64"):
-        monkeypatch.setenv("FIBSPARSE_DKDV_TILES", tiles)
-        results[tiles] = attention_and_grads(q, k, v, window, offsets)
-    for tiles, got in results.items():
-        for name, a, b in zip(["out", "lse", "dq", "dk", "dv", "doffsets"], got, results["1"]):
-            assert not a.is_floating_point() or not torch.isnan(a).any(), (tiles, name)
-            assert torch.equal(a, b), (tiles, name)
-
-
-def test_dkdv_tiles_setting_is_checked(monkeypatch):
-    q, k, v = random_qkv(1, 64, 2, 2, 64, torch.bfloat16, "cuda")
-    out = fibsparse_attn(q, k, v, 8, [])
-    for setting in ("0", "65", "two", ""):
-        monkeypatch.setenv("FIBSPARSE_DKDV_TILES", setting)
-        with pytest.raises(RuntimeError, match="FIBSPARSE_DKDV_TILES must be a whole number from 1 to 64"):
-            torch.autograd.grad(out, (q, k, v), torch.ones_like(out), retain_graph=True)
-
-
 def test_runs_on_the_current_stream():
     """The op's kernels wait for work queued before them on the current stream:
     its inputs are produced on a side stream that is kept busy first, so a

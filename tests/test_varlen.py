@@ -297,28 +297,6 @@ def test_compile_takes_new_totals_without_recompiling(device):
 
 
 @requires_cuda
-@pytest.mark.parametrize("pattern", ["window alone", "integer"])
-def test_cuda_dkdv_tiles_per_block_in_packed_batches(monkeypatch, pattern):
-    """A packed sequence's dk/dv blocks walk several key tiles of that sequence
-    (FIBSPARSE_DKDV_TILES), the last block of a short sequence fewer than the
-    count, a one-token sequence one: the same bits at every count."""
-    monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
-    lengths = [300, 1, 777, 64]
-    cu, longest = packed(lengths, "cuda")
-    q, k, v = random_packed(lengths, lengths, 4, 2, 64, torch.bfloat16, "cuda")
-    offsets = torch.tensor([] if pattern == "window alone" else [130, 250], dtype=torch.int32, device="cuda")
-    grad_out = torch.randn_like(q)
-    results = {}
-    for tiles in ("1", "3", "64"):
-        monkeypatch.setenv("FIBSPARSE_DKDV_TILES", tiles)
-        out = fibsparse_attn_varlen(q, k, v, cu, cu, longest, longest, 128, offsets)
-        results[tiles] = torch.autograd.grad(out, [q, k, v], grad_out)
-    for tiles, grads in results.items():
-        for name, a, b in zip(["dq", "dk", "dv"], grads, results["1"]):
-            assert not torch.isnan(a).any() and torch.equal(a, b), (tiles, name)
-
-
-@requires_cuda
 @pytest.mark.parametrize("fractional", [False, True])
 def test_cuda_one_long_sequence_equals_the_dense_call(monkeypatch, fractional):
     """One 40000-token sequence through the packed path gives bitwise the dense call's rows and gradients

@@ -86,31 +86,31 @@ struct KeySteps {
 // staged row 16 w + x + 1 reads it as its second).
 template <typename OffsetT, int kHeadDim>
 struct QuerySteps {
-  const Params* p;  // a pointer, so that a block walking several key tiles can reassign its steps
-  Sequence seq;     // a copy: the steps read its lengths in every issue()
+  const Params& p;
+  const Sequence seq;  // a copy: the steps read its lengths in every issue()
   int64_t block_key, band_first_row, band_last_row;
   int band_steps, steps_per_head, num_steps, first_head;
 
   __device__ QuerySteps(const Params& params, const Sequence& sequence, int64_t first_key, int hk)
-      : p(&params), seq(sequence), block_key(first_key) {
-    const int64_t first_pos = block_key, last_pos = band_last_reader(block_key + kBlockRows - 1, p->band);
+      : p(params), seq(sequence), block_key(first_key) {
+    const int64_t first_pos = block_key, last_pos = band_last_reader(block_key + kBlockRows - 1, p.band);
     band_first_row = (first_pos > seq.q_pos_shift ? first_pos : seq.q_pos_shift) - seq.q_pos_shift;
     const int64_t last_row = last_pos - seq.q_pos_shift;
     band_last_row = last_row < seq.seqlen_q - 1 ? last_row : seq.seqlen_q - 1;
     band_steps = band_last_row >= band_first_row ? int((band_last_row - band_first_row) / kChunk) + 1 : 0;
-    first_head = hk * (p->heads / p->heads_kv);
+    first_head = hk * (p.heads / p.heads_kv);
     // A query at or before the last position reads key block_key only through
     // d <= last - block_key; the same count for every head of the group (the
     // most any of them needs: an extra step for another head stages only
     // rows outside the queries, which add nothing).
     const int64_t max_whole = seq.q_pos_shift + seq.seqlen_q - 1 - block_key;
     int offset_steps = 0;
-    for (int h = first_head; h < first_head + p->heads / p->heads_kv; ++h) {
-      const int reach = offsets_within_reach(offsets(h), p->num_offsets, max_whole);
+    for (int h = first_head; h < first_head + p.heads / p.heads_kv; ++h) {
+      const int reach = offsets_within_reach(offsets(h), p.num_offsets, max_whole);
       offset_steps = reach > offset_steps ? reach : offset_steps;
     }
     steps_per_head = band_steps + offset_steps;
-    num_steps = steps_per_head * (p->heads / p->heads_kv);
+    num_steps = steps_per_head * (p.heads / p.heads_kv);
   }
 
   __device__ int head(int n) const { return first_head + n / steps_per_head; }
@@ -118,7 +118,7 @@ struct QuerySteps {
   __device__ int64_t chunk_row(int n) const { return band_first_row + int64_t(n % steps_per_head) * kChunk; }
   __device__ int offset_index(int n) const { return n % steps_per_head - band_steps; }
   __device__ const OffsetT* offsets(int h) const {
-    return static_cast<const OffsetT*>(p->offsets) + h * p->offsets_head_stride;
+    return static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
   }
 
   // Queues step n's q and dout rows and, per row, two statistics (lse and
@@ -128,33 +128,33 @@ struct QuerySteps {
                         float* stat1_dst) const {
     if (n < num_steps) {
       const int h = head(n);
-      const uint16_t* q_src = bits<T>(p->q, seq.q_start(b, p->q_batch_stride, p->q_row_stride) + h * p->q_head_stride);
+      const uint16_t* q_src = bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride);
       const uint16_t* do_src =
-          bits<T>(p->dout, seq.q_start(b, p->do_batch_stride, p->do_row_stride) + h * p->do_head_stride);
-      const int64_t stats = stats_index(*p, seq, b, h, 0);
+          bits<T>(p.dout, seq.q_start(b, p.do_batch_stride, p.do_row_stride) + h * p.do_head_stride);
+      const int64_t stats = stats_index(p, seq, b, h, 0);
       if (is_band(n)) {
         const int64_t first = chunk_row(n);
-        stage_rows<kHeadDim, kChunk>(q_dst, q_src, p->q_row_stride, first, band_last_row);
-        stage_rows<kHeadDim, kChunk>(do_dst, do_src, p->do_row_stride, first, band_last_row);
+        stage_rows<kHeadDim, kChunk>(q_dst, q_src, p.q_row_stride, first, band_last_row);
+        stage_rows<kHeadDim, kChunk>(do_dst, do_src, p.do_row_stride, first, band_last_row);
         for (int r = threadIdx.x; r < kChunk; r += kMmaBlockThreads) {
           const int64_t i = first + r;
           const bool valid = i <= band_last_row;
-          copy_async_4(stat0_dst + r, static_cast<const float*>(p->lse) + (valid ? stats + i : 0), valid);
-          copy_async_4(stat1_dst + r, static_cast<const float*>(p->delta) + (valid ? stats + i : 0), valid);
+          copy_async_4(stat0_dst + r, static_cast<const float*>(p.lse) + (valid ? stats + i : 0), valid);
+          copy_async_4(stat1_dst + r, static_cast<const float*>(p.delta) + (valid ? stats + i : 0), valid);
         }
       } else {
         const int o = offset_index(n);
         const OffsetSplit split = split_offset(offsets(h), o);
         if (split.whole >= 0) {
           const int64_t first = block_key + split.whole - seq.q_pos_shift;
-          stage_rows<kHeadDim, kStripSpan>(q_dst, q_src, p->q_row_stride, first, seq.seqlen_q - 1);
-          stage_rows<kHeadDim, kStripSpan>(do_dst, do_src, p->do_row_stride, first, seq.seqlen_q - 1);
+          stage_rows<kHeadDim, kStripSpan>(q_dst, q_src, p.q_row_stride, first, seq.seqlen_q - 1);
+          stage_rows<kHeadDim, kStripSpan>(do_dst, do_src, p.do_row_stride, first, seq.seqlen_q - 1);
           for (int r = threadIdx.x; r < kStripSpan; r += kMmaBlockThreads) {
             const int64_t i = first + r;
             const bool valid = i >= 0 && i < seq.seqlen_q;
-            const int64_t at = valid ? offset_term_index(*p, seq, b, h, o, i) : 0;
-            copy_async_4(stat0_dst + r, static_cast<const float*>(p->offset_probs) + at, valid);
-            copy_async_4(stat1_dst + r, static_cast<const float*>(p->offset_dscores) + at, valid);
+            const int64_t at = valid ? offset_term_index(p, seq, b, h, o, i) : 0;
+            copy_async_4(stat0_dst + r, static_cast<const float*>(p.offset_probs) + at, valid);
+            copy_async_4(stat1_dst + r, static_cast<const float*>(p.offset_dscores) + at, valid);
           }
         }
       }

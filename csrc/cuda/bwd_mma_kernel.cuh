@@ -12,8 +12,8 @@
 //     (warp, offset); the partials of offsets out of reach are zero. The
 //     statistics of those are never written, and never read: the dk/dv pass
 //     reads (query, offset) only where the query's position is >= the offset.
-//   dk/dv pass (a block = consecutive tiles of 64 keys of one kv head; for each,
-//     every query head of its GQA group in turn): the band's readers of a key tile are a dense strip of
+//   dk/dv pass (a block = 64 keys of one kv head; every query head of its GQA
+//     group in turn): the band's readers of a key tile are a dense strip of
 //     queries (the band mirrored), so the same tiles run with keys as rows:
 //     S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q. An offset's
 //     readers of the warp's 16 keys are 16 (17 when fractional) consecutive
@@ -41,10 +41,7 @@ using namespace mma_tiles;
 template <int kHeadDim>
 constexpr int kDqSmemBytes = 2 * 2 * kStageBytes<kHeadDim>;
 template <int kHeadDim>
-constexpr int kDkdvKeyBytes = kBlockRows * (kHeadDim + 8) * int(sizeof(uint16_t));  // a key tile's k or v rows
-template <int kHeadDim>
-constexpr int kDkdvSmemBytes =
-    2 * 2 * kStageBytes<kHeadDim> + 2 * 2 * kBufRows * int(sizeof(float)) + 2 * kDkdvKeyBytes<kHeadDim>;
+constexpr int kDkdvSmemBytes = 2 * 2 * kStageBytes<kHeadDim> + 2 * 2 * kBufRows * int(sizeof(float));
 static_assert(kCudaQueriesPerPartial == 16, "the dq pass writes one partial of d(position) per warp's 16 queries");
 
 // The lse with which the backward recomputes P = exp(S - lse): a query whose
@@ -265,148 +262,96 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
                           p.dq_row_stride, warp_q0, seq.seqlen_q, dq, scale, g, c);
 }
 
-// A block walks tiles_per_block consecutive key tiles of 64 (dkdv_tiles_per_block),
-// its steps one pipeline that runs on from tile to tile: a tile's k and v rows
-// come with its first step's copies, so the next tile's loads overlap the end
-// of the current one, as in the Hopper forward.
 template <typename T, typename OffsetT, int kHeadDim>
-__global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>)
-    dkdv_mma_kernel(const Params p, int tiles_per_block) {
+__global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   extern __shared__ __align__(16) uint16_t smem[];
   const auto stage_q = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 0); };
   const auto stage_do = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 1); };
-  // Two statistics per staged row, after the four row buffers; then a key tile's k and v rows.
+  // Two statistics per staged row, after the four row buffers.
   float* stats_smem = reinterpret_cast<float*>(smem + 4 * kBufRows * (kHeadDim + 8));
   const auto stage_stat = [&](int s, int which) { return stats_smem + (2 * s + which) * kBufRows; };
-  const Rows<kHeadDim> tile_k = reinterpret_cast<Rows<kHeadDim>>(stats_smem + 4 * kBufRows);
-  const Rows<kHeadDim> tile_v = tile_k + kBlockRows;
 
   const int hk = blockIdx.y, b = blockIdx.z;
   const Sequence seq = sequence_of(p, b);
-  const int first_tile = blockIdx.x * tiles_per_block;
-  const int sequence_tiles = int((seq.seqlen_k + kBlockRows - 1) / kBlockRows);
-  const int tiles = min(tiles_per_block, sequence_tiles - first_tile);
-  if (tiles <= 0) return;  // past a packed sequence's end
+  if (int64_t(blockIdx.x) * kBlockRows >= seq.seqlen_k) return;  // past a packed sequence's end
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+  const int warp_k0 = blockIdx.x * kBlockRows + 16 * warp;  // the warp's first key (= its position)
   const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
-  const uint16_t* k_src = bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride);
-  const uint16_t* v_src = bits<T>(p.v, seq.k_start(b, p.v_batch_stride, p.v_row_stride) + hk * p.v_head_stride);
-  const auto tile_key = [&](int t) { return int64_t(first_tile + t) * kBlockRows; };
-  const auto steps_of = [&](int t) { return QuerySteps<OffsetT, kHeadDim>(p, seq, tile_key(t), hk); };
+  const QuerySteps<OffsetT, kHeadDim> steps(p, seq, int64_t(blockIdx.x) * kBlockRows, hk);
+  steps.template issue<T>(0, b, stage_q(0), stage_do(0), stage_stat(0, 0), stage_stat(0, 1));
 
-  // The next step to queue: step issue_n of tile issue_tile (tiles without
-  // readers have no steps). A tile's first step also stages its k and v rows.
-  int issue_tile = 0, issue_n = 0;
-  QuerySteps<OffsetT, kHeadDim> issue_steps = steps_of(0);
-  const auto skip_empty_tiles = [&] {
-    while (issue_tile < tiles && issue_n == issue_steps.num_steps) {
-      if (++issue_tile < tiles) issue_steps = steps_of(issue_tile);
-      issue_n = 0;
-    }
-  };
-  const auto next_issue_starts_a_tile = [&] { return issue_tile < tiles && issue_n == 0; };
-  const auto issue_next = [&](int s) {  // commits one cp.async group (empty past the last step)
-    if (issue_tile < tiles) {
-      if (issue_n == 0) {
-        stage_rows<kHeadDim, kBlockRows>(tile_k, k_src, p.k_row_stride, tile_key(issue_tile), seq.seqlen_k - 1);
-        stage_rows<kHeadDim, kBlockRows>(tile_v, v_src, p.v_row_stride, tile_key(issue_tile), seq.seqlen_k - 1);
+  uint32_t kf[kHeadDim / 16][4], vf[kHeadDim / 16][4];
+  load_a_fragments<kHeadDim>(bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride),
+                             p.k_row_stride, warp_k0, seq.seqlen_k, g, c, kf);
+  load_a_fragments<kHeadDim>(bits<T>(p.v, seq.k_start(b, p.v_batch_stride, p.v_row_stride) + hk * p.v_head_stride),
+                             p.v_row_stride, warp_k0, seq.seqlen_k, g, c, vf);
+
+  float dk[kHeadDim / 8][4] = {}, dv[kHeadDim / 8][4] = {};
+  for (int n = 0; n < steps.num_steps; ++n) {
+    steps.template issue<T>(n + 1, b, stage_q((n + 1) % 2), stage_do((n + 1) % 2), stage_stat((n + 1) % 2, 0),
+                            stage_stat((n + 1) % 2, 1));
+    wait_async<1>();
+    __syncthreads();
+    RowPtr<kHeadDim> rows_q = stage_q(n % 2), rows_do = stage_do(n % 2);
+    const float* stat0 = stage_stat(n % 2, 0);
+    const float* stat1 = stage_stat(n % 2, 1);
+    if (steps.is_band(n)) {
+      const int64_t chunk_row = steps.chunk_row(n);
+#pragma unroll
+      for (int t16 = 0; t16 < kChunk / 16; ++t16) {
+        const int64_t pos0 = chunk_row + 16 * t16 + seq.q_pos_shift;  // the sub-tile's first query position
+        if (!band_meets(pos0, warp_k0, p.band)) continue;          // warp-uniform
+        float st[2][4], dpt[2][4];  // rows: the warp's keys; columns: the sub-tile's queries
+        const int distance0 = thread_distance<true>(warp_k0, pos0, g, c);  // rows: keys; columns: queries
+        const int last_col = int(steps.band_last_row - chunk_row) - 16 * t16;
+        dot_16_rows<T, kHeadDim>(kf, rows_q + 16 * t16, st, 0, lane);
+        dot_16_rows<T, kHeadDim>(vf, rows_do + 16 * t16, dpt, 0, lane);
+        float dst[2][4];
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          // This thread's two query columns 8j + 2c, +1: their lse and delta.
+          const float2 lse = backward_lse(*reinterpret_cast<const float2*>(stat0 + 16 * t16 + 8 * j + 2 * c));
+          const float2 dlt = *reinterpret_cast<const float2*>(stat1 + 16 * t16 + 8 * j + 2 * c);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            // Queries past the band's last row, and keys past seqlen_k, read
+            // zero rows; the checks keep them out of P all the same.
+            const int col = 8 * j + 2 * c + e % 2;
+            const bool attended = col <= last_col && in_band(element_distance<true>(distance0, j, e), p.band);
+            const float lse_log2 = (e % 2 ? lse.y : lse.x) * float(M_LOG2E);
+            const float prob = attended ? fast_exp2(st[j][e] * scale_log2 - lse_log2) : 0.f;
+            dst[j][e] = prob * (dpt[j][e] - (e % 2 ? dlt.y : dlt.x));
+            st[j][e] = prob;
+          }
+        }
+        add_tile_times_rows<T, kHeadDim>(st, 0, 1.f, rows_do + 16 * t16, dv, lane);
+        add_tile_times_rows<T, kHeadDim>(dst, 0, 1.f, rows_q + 16 * t16, dk, lane);
       }
-      issue_steps.template issue<T>(issue_n, b, stage_q(s), stage_do(s), stage_stat(s, 0), stage_stat(s, 1));
-      ++issue_n;
-      skip_empty_tiles();
     } else {
-      commit_async();
+      const OffsetSplit split = split_offset(steps.offsets(steps.head(n)), steps.offset_index(n));
+      if (split.whole >= 0) {
+        // Strip row x reads key x as its first row (weight 1 - f); strip row
+        // x + 1 reads it as its second (weight f). Rows outside the queries
+        // were staged with zero statistics.
+        RowPtr<kHeadDim> strip_q = rows_q + 16 * warp, strip_do = rows_do + 16 * warp;
+        const float* probs = stat0 + 16 * warp;
+        const float* dscores = stat1 + 16 * warp;
+        const float w0 = 1.f - split.frac;
+        add_diag_times_rows<T, kHeadDim>(w0 * probs[g], w0 * probs[g + 8], strip_do, dv, lane);
+        add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_q, dk, lane);
+        if (split.frac != 0.f) {
+          const float w1 = split.frac;
+          add_diag_times_rows<T, kHeadDim>(w1 * probs[g + 1], w1 * probs[g + 9], strip_do + 1, dv, lane);
+          add_diag_times_rows<T, kHeadDim>(w1 * dscores[g + 1], w1 * dscores[g + 9], strip_q + 1, dk, lane);
+        }
+      }
     }
-  };
-  skip_empty_tiles();
-  issue_next(0);
-
-  int ring = 0;  // steps walked over all tiles: the position in the two-stage ring
-  for (int t = 0; t < tiles; ++t) {
-    const QuerySteps<OffsetT, kHeadDim> steps = steps_of(t);
-    const int warp_k0 = int(tile_key(t)) + 16 * warp;  // the warp's first key (= its position)
-    uint32_t kf[kHeadDim / 16][4], vf[kHeadDim / 16][4];
-    float dk[kHeadDim / 8][4] = {}, dv[kHeadDim / 8][4] = {};
-    for (int n = 0; n < steps.num_steps; ++n, ++ring) {
-      // The tile's first step reads its k and v rows, which the next tile's
-      // first step would overwrite: that step is queued only once they are read.
-      const bool defer = n == 0 && next_issue_starts_a_tile();
-      if (defer) {
-        wait_async<0>();
-      } else {
-        issue_next((ring + 1) % 2);
-        wait_async<1>();
-      }
-      __syncthreads();
-      if (n == 0) {
-        load_a_fragments_from_rows<kHeadDim>(tile_k + 16 * warp, kf, lane);
-        load_a_fragments_from_rows<kHeadDim>(tile_v + 16 * warp, vf, lane);
-        if (defer) {
-          __syncthreads();
-          issue_next((ring + 1) % 2);
-        }
-      }
-      RowPtr<kHeadDim> rows_q = stage_q(ring % 2), rows_do = stage_do(ring % 2);
-      const float* stat0 = stage_stat(ring % 2, 0);
-      const float* stat1 = stage_stat(ring % 2, 1);
-      if (steps.is_band(n)) {
-        const int64_t chunk_row = steps.chunk_row(n);
-#pragma unroll
-        for (int t16 = 0; t16 < kChunk / 16; ++t16) {
-          const int64_t pos0 = chunk_row + 16 * t16 + seq.q_pos_shift;  // the sub-tile's first query position
-          if (!band_meets(pos0, warp_k0, p.band)) continue;          // warp-uniform
-          float st[2][4], dpt[2][4];  // rows: the warp's keys; columns: the sub-tile's queries
-          const int distance0 = thread_distance<true>(warp_k0, pos0, g, c);  // rows: keys; columns: queries
-          const int last_col = int(steps.band_last_row - chunk_row) - 16 * t16;
-          dot_16_rows<T, kHeadDim>(kf, rows_q + 16 * t16, st, 0, lane);
-          dot_16_rows<T, kHeadDim>(vf, rows_do + 16 * t16, dpt, 0, lane);
-          float dst[2][4];
-#pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            // This thread's two query columns 8j + 2c, +1: their lse and delta.
-            const float2 lse = backward_lse(*reinterpret_cast<const float2*>(stat0 + 16 * t16 + 8 * j + 2 * c));
-            const float2 dlt = *reinterpret_cast<const float2*>(stat1 + 16 * t16 + 8 * j + 2 * c);
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              // Queries past the band's last row, and keys past seqlen_k, read
-              // zero rows; the checks keep them out of P all the same.
-              const int col = 8 * j + 2 * c + e % 2;
-              const bool attended = col <= last_col && in_band(element_distance<true>(distance0, j, e), p.band);
-              const float lse_log2 = (e % 2 ? lse.y : lse.x) * float(M_LOG2E);
-              const float prob = attended ? fast_exp2(st[j][e] * scale_log2 - lse_log2) : 0.f;
-              dst[j][e] = prob * (dpt[j][e] - (e % 2 ? dlt.y : dlt.x));
-              st[j][e] = prob;
-            }
-          }
-          add_tile_times_rows<T, kHeadDim>(st, 0, 1.f, rows_do + 16 * t16, dv, lane);
-          add_tile_times_rows<T, kHeadDim>(dst, 0, 1.f, rows_q + 16 * t16, dk, lane);
-        }
-      } else {
-        const OffsetSplit split = split_offset(steps.offsets(steps.head(n)), steps.offset_index(n));
-        if (split.whole >= 0) {
-          // Strip row x reads key x as its first row (weight 1 - f); strip row
-          // x + 1 reads it as its second (weight f). Rows outside the queries
-          // were staged with zero statistics.
-          RowPtr<kHeadDim> strip_q = rows_q + 16 * warp, strip_do = rows_do + 16 * warp;
-          const float* probs = stat0 + 16 * warp;
-          const float* dscores = stat1 + 16 * warp;
-          const float w0 = 1.f - split.frac;
-          add_diag_times_rows<T, kHeadDim>(w0 * probs[g], w0 * probs[g + 8], strip_do, dv, lane);
-          add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_q, dk, lane);
-          if (split.frac != 0.f) {
-            const float w1 = split.frac;
-            add_diag_times_rows<T, kHeadDim>(w1 * probs[g + 1], w1 * probs[g + 9], strip_do + 1, dv, lane);
-            add_diag_times_rows<T, kHeadDim>(w1 * dscores[g + 1], w1 * dscores[g + 9], strip_q + 1, dk, lane);
-          }
-        }
-      }
-      __syncthreads();
-    }
-    store_rows<T, kHeadDim>(bits<T>(p.dk, seq.k_start(b, p.dk_batch_stride, p.dk_row_stride) + hk * p.dk_head_stride),
-                            p.dk_row_stride, warp_k0, seq.seqlen_k, dk, scale, g, c);
-    store_rows<T, kHeadDim>(bits<T>(p.dv, seq.k_start(b, p.dv_batch_stride, p.dv_row_stride) + hk * p.dv_head_stride),
-                            p.dv_row_stride, warp_k0, seq.seqlen_k, dv, 1.f, g, c);
+    __syncthreads();
   }
+  store_rows<T, kHeadDim>(bits<T>(p.dk, seq.k_start(b, p.dk_batch_stride, p.dk_row_stride) + hk * p.dk_head_stride),
+                          p.dk_row_stride, warp_k0, seq.seqlen_k, dk, scale, g, c);
+  store_rows<T, kHeadDim>(bits<T>(p.dv, seq.k_start(b, p.dv_batch_stride, p.dv_row_stride) + hk * p.dv_head_stride),
+                          p.dv_row_stride, warp_k0, seq.seqlen_k, dv, 1.f, g, c);
 }
 
 }  // namespace mma_bwd

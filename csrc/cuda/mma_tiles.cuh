@@ -173,16 +173,6 @@ __device__ __forceinline__ void load_a_fragments(const uint16_t* src, int64_t ro
   }
 }
 
-// The same fragments from 16 staged rows (ldmatrix: lanes 0-15 give rows
-// 0-15 at columns 16 kk, lanes 16-31 at 16 kk + 8).
-template <int kHeadDim>
-__device__ __forceinline__ void load_a_fragments_from_rows(RowPtr<kHeadDim> rows, uint32_t (&frag)[kHeadDim / 16][4],
-                                                           int lane) {
-  const uint16_t* row = rows[lane % 16] + (lane / 16) * 8;
-#pragma unroll
-  for (int kk = 0; kk < kHeadDim / 16; ++kk) ldmatrix_x4(frag[kk], row + 16 * kk);
-}
-
 // s[j0], s[j0 + 1] = A B^T: the warp's 16 rows (fragments `a`) against the
 // 16 staged rows b_rows[0..15] (a 16 x 16 tile of dot products). Per 16
 // columns of head_dim, one ldmatrix gives the B fragments of both 8-row halves:
