@@ -113,27 +113,39 @@ struct QuerySteps {
     num_steps = steps_per_head * (p.heads / p.heads_kv);
   }
 
-  __device__ int head(int n) const { return first_head + n / steps_per_head; }
-  __device__ bool is_band(int n) const { return n % steps_per_head < band_steps; }
-  __device__ int64_t chunk_row(int n) const { return band_first_row + int64_t(n % steps_per_head) * kChunk; }
-  __device__ int offset_index(int n) const { return n % steps_per_head - band_steps; }
+  // A step as (query head, its place among that head's steps). The kernel
+  // walks the steps in order and moves a Step along (next), rather than
+  // dividing the step's number by steps_per_head, which is known only at run
+  // time: a division and a remainder cost ~20 instructions, as much as the
+  // rest of an offset step's bookkeeping.
+  struct Step {
+    int head, index;
+  };
+  __device__ Step first() const { return {first_head, 0}; }
+  __device__ Step next(Step s) const {
+    return s.index + 1 < steps_per_head ? Step{s.head, s.index + 1} : Step{s.head + 1, 0};
+  }
+  __device__ bool is_band(Step s) const { return s.index < band_steps; }
+  __device__ int64_t chunk_row(Step s) const { return band_first_row + int64_t(s.index) * kChunk; }
+  __device__ int offset_index(Step s) const { return s.index - band_steps; }
   __device__ const OffsetT* offsets(int h) const {
     return static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
   }
 
-  // Queues step n's q and dout rows and, per row, two statistics (lse and
-  // delta for the band; the dq pass's P and dS for an offset).
+  // Queues step s's q and dout rows and, per row, two statistics (lse and
+  // delta for the band; the dq pass's P and dS for an offset); past the last
+  // step (exists false), an empty group.
   template <typename T>
-  __device__ void issue(int n, int b, Rows<kHeadDim> q_dst, Rows<kHeadDim> do_dst, float* stat0_dst,
+  __device__ void issue(Step s, bool exists, int b, Rows<kHeadDim> q_dst, Rows<kHeadDim> do_dst, float* stat0_dst,
                         float* stat1_dst) const {
-    if (n < num_steps) {
-      const int h = head(n);
+    if (exists) {
+      const int h = s.head;
       const uint16_t* q_src = bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride);
       const uint16_t* do_src =
           bits<T>(p.dout, seq.q_start(b, p.do_batch_stride, p.do_row_stride) + h * p.do_head_stride);
       const int64_t stats = stats_index(p, seq, b, h, 0);
-      if (is_band(n)) {
-        const int64_t first = chunk_row(n);
+      if (is_band(s)) {
+        const int64_t first = chunk_row(s);
         stage_rows<kHeadDim, kChunk>(q_dst, q_src, p.q_row_stride, first, band_last_row);
         stage_rows<kHeadDim, kChunk>(do_dst, do_src, p.do_row_stride, first, band_last_row);
         for (int r = threadIdx.x; r < kChunk; r += kMmaBlockThreads) {
@@ -143,7 +155,7 @@ struct QuerySteps {
           copy_async_4(stat1_dst + r, static_cast<const float*>(p.delta) + (valid ? stats + i : 0), valid);
         }
       } else {
-        const int o = offset_index(n);
+        const int o = offset_index(s);
         const OffsetSplit split = split_offset(offsets(h), o);
         if (split.whole >= 0) {
           const int64_t first = block_key + split.whole - seq.q_pos_shift;

@@ -278,7 +278,8 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   const int warp_k0 = blockIdx.x * kBlockRows + 16 * warp;  // the warp's first key (= its position)
   const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
   const QuerySteps<OffsetT, kHeadDim> steps(p, seq, int64_t(blockIdx.x) * kBlockRows, hk);
-  steps.template issue<T>(0, b, stage_q(0), stage_do(0), stage_stat(0, 0), stage_stat(0, 1));
+  auto issued = steps.first();  // the step queued last
+  steps.template issue<T>(issued, steps.num_steps > 0, b, stage_q(0), stage_do(0), stage_stat(0, 0), stage_stat(0, 1));
 
   uint32_t kf[kHeadDim / 16][4], vf[kHeadDim / 16][4];
   load_a_fragments<kHeadDim>(bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride),
@@ -287,16 +288,18 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
                              p.v_row_stride, warp_k0, seq.seqlen_k, g, c, vf);
 
   float dk[kHeadDim / 8][4] = {}, dv[kHeadDim / 8][4] = {};
-  for (int n = 0; n < steps.num_steps; ++n) {
-    steps.template issue<T>(n + 1, b, stage_q((n + 1) % 2), stage_do((n + 1) % 2), stage_stat((n + 1) % 2, 0),
-                            stage_stat((n + 1) % 2, 1));
+  auto step = steps.first();
+  for (int n = 0; n < steps.num_steps; ++n, step = steps.next(step)) {
+    issued = steps.next(issued);
+    steps.template issue<T>(issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2), stage_do((n + 1) % 2),
+                            stage_stat((n + 1) % 2, 0), stage_stat((n + 1) % 2, 1));
     wait_async<1>();
     __syncthreads();
     RowPtr<kHeadDim> rows_q = stage_q(n % 2), rows_do = stage_do(n % 2);
     const float* stat0 = stage_stat(n % 2, 0);
     const float* stat1 = stage_stat(n % 2, 1);
-    if (steps.is_band(n)) {
-      const int64_t chunk_row = steps.chunk_row(n);
+    if (steps.is_band(step)) {
+      const int64_t chunk_row = steps.chunk_row(step);
 #pragma unroll
       for (int t16 = 0; t16 < kChunk / 16; ++t16) {
         const int64_t pos0 = chunk_row + 16 * t16 + seq.q_pos_shift;  // the sub-tile's first query position
@@ -328,7 +331,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
         add_tile_times_rows<T, kHeadDim>(dst, 0, 1.f, rows_q + 16 * t16, dk, lane);
       }
     } else {
-      const OffsetSplit split = split_offset(steps.offsets(steps.head(n)), steps.offset_index(n));
+      const OffsetSplit split = split_offset(steps.offsets(step.head), steps.offset_index(step));
       if (split.whole >= 0) {
         // Strip row x reads key x as its first row (weight 1 - f); strip row
         // x + 1 reads it as its second (weight f). Rows outside the queries
