@@ -101,3 +101,16 @@ def attention_and_grads(q, k, v, window, offsets, seed=0):
     inputs = [q, k, v] + ([offsets] if offsets.requires_grad else [])
     grads = torch.autograd.grad([out, lse], inputs, [grad_out, grad_lse])
     return [out, lse, *grads]
+
+
+# How the CUDA runtime reports a kernel stopped by a device-side assert:
+# usually "device-side assert triggered", but with several threads asserting at
+# once it has also reported "an illegal instruction was encountered" and
+# "unspecified launch failure" (once each in some hundreds of such calls on an
+# H200, driver 580.159.04). The check's own message in stderr is what names it.
+DEVICE_ASSERT_ERRORS = ("device-side assert", "illegal instruction", "unspecified launch failure")
+
+
+def refused_by_device_assert(stdout: str) -> bool:
+    """Whether a checked subprocess printed REFUSED with a device-side assert's error."""
+    return "REFUSED" in stdout and any(error in stdout for error in DEVICE_ASSERT_ERRORS)
