@@ -15,8 +15,8 @@ from fibsparse_ext import fibsparse_attn_ref
 from fibsparse_ext.accuracy import TOLERANCE
 from fibsparse_ext.decode import KVCache, fibsparse_attn_with_kvcache, largest_distance, required_capacity
 from fibsparse_ext.paged import PagedKVCache, fibsparse_attn_with_paged_kvcache, pages_per_sequence_bound
-from utils import (DEVICES, position_dtype, random_qkv, refused_by_device_assert, rel_err, replay_decode_steps_without_sync,
-                   requires_cuda)
+from utils import (DEVICES, position_dtype, random_qkv, refused_by_device_assert, rel_err,
+                   replay_decode_steps_without_sync, requires_cuda)
 
 OFFSETS = {"integer": [5, 9, 17], "fractional": [4.5, 9.25, 16.75],
            "per_head": [[5, 9, 17], [6, 11, -1], [7, -1, -1], [8, 13, 21]]}

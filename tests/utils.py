@@ -105,9 +105,9 @@ def attention_and_grads(q, k, v, window, offsets, seed=0):
 
 # How the CUDA runtime reports a kernel stopped by a device-side assert:
 # usually "device-side assert triggered", but it has also reported "an illegal
-# instruction was encountered" and
-# "unspecified launch failure" (once each in some hundreds of such calls on an
-# H200, driver 580.159.04). The check's own message in stderr is what names it.
+# instruction was encountered" and "unspecified launch failure" (once each in
+# some hundreds of such calls on an H200, driver 580.159.04). The check's own
+# message in stderr is what names it.
 DEVICE_ASSERT_ERRORS = ("device-side assert", "illegal instruction", "unspecified launch failure")
 
 

@@ -116,8 +116,8 @@ struct QuerySteps {
   // A step as (query head, its place among that head's steps). The kernel
   // walks the steps in order and moves a Step along (next), rather than
   // dividing the step's number by steps_per_head, which is known only at run
-  // time: a division and a remainder cost ~20 instructions, as much as the
-  // rest of an offset step's bookkeeping.
+  // time: each such division is ~25 instructions in every step, offset steps
+  // (two products) included.
   struct Step {
     int head, index;
   };
