@@ -105,44 +105,54 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
   load_a_fragments<kHeadDim>(q_src, p.q_row_stride, warp_q0, seq.seqlen_q, g, c, qf);
   load_a_fragments<kHeadDim>(do_src, p.do_row_stride, warp_q0, seq.seqlen_q, g, c, dof);
 
-  const bool row_valid[2] = {warp_q0 + g < seq.seqlen_q, warp_q0 + g + 8 < seq.seqlen_q};
-
-  // delta = <dO, O> - dlse for the warp's rows, with O read in the fragment
-  // layout dO already has: a lane holds kHeadDim / 4 elements of each of its
-  // rows g and g + 8, and the row's four lanes (c) add their sums. The loads
-  // are issued together with q's and dO's, so the block's start waits on one
-  // round trip to memory.
+  // delta = <dO, O> - dlse for the warp's rows: lanes 2r and 2r + 1 share row
+  // r, reading it as 16-byte vectors, all loads in flight at once (a loop of
+  // 16-bit loads cost one L2 round trip per element). At head_dim 128 the two
+  // lanes read neighbouring vectors, so that a load takes one whole 32-byte
+  // sector per row; that made the backward with offsets ~2% faster there, and
+  // at head_dim 64 it measured no faster than each lane reading its half row
+  // (docs/performance.md), which the smaller head_dim keeps.
   float lse_log2[2], delta[2];
   {
-    uint32_t of[kHeadDim / 16][4];
-    load_a_fragments<kHeadDim>(bits<T>(p.out, seq.q_start(b, p.o_batch_stride, p.o_row_stride) + h * p.o_head_stride),
-                               p.o_row_stride, warp_q0, seq.seqlen_q, g, c, of);
-    float row_lse[2], sum[2] = {0.f, 0.f};
+    constexpr int kVecs = kHeadDim / 16;  // 8-element vectors per lane
+    // The lane's first vector's column, and the columns between its vectors.
+    const int r = lane / 2, i = warp_q0 + r, first = (lane % 2) * (kHeadDim >= 128 ? 8 : kHeadDim / 2);
+    constexpr int kVecStride = kHeadDim >= 128 ? 16 : 8;
+    float sum = 0.f, row_lse = 0.f;
+    if (i < seq.seqlen_q) {
+      const uint16_t* o_row = bits<T>(p.out, seq.q_start(b, p.o_batch_stride, p.o_row_stride) +
+                                                 int64_t(i) * p.o_row_stride + h * p.o_head_stride);
+      const uint16_t* do_row = do_src + int64_t(i) * p.do_row_stride;
+      uint4 o_vec[kVecs], do_vec[kVecs];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      row_lse[r] = row_valid[r] ? static_cast<const float*>(p.lse)[stats + warp_q0 + g + 8 * r] : 0.f;
-    }
+      for (int x = 0; x < kVecs; ++x) {
+        o_vec[x] = *reinterpret_cast<const uint4*>(o_row + first + kVecStride * x);
+        do_vec[x] = *reinterpret_cast<const uint4*>(do_row + first + kVecStride * x);
+      }
+      row_lse = static_cast<const float*>(p.lse)[stats + i];
 #pragma unroll
-    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+      for (int x = 0; x < kVecs; ++x) {
+        const uint32_t o_bits[4] = {o_vec[x].x, o_vec[x].y, o_vec[x].z, o_vec[x].w};
+        const uint32_t do_bits[4] = {do_vec[x].x, do_vec[x].y, do_vec[x].z, do_vec[x].w};
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {  // e % 2: row g or g + 8 (load_a_fragments)
-        const float2 o2 = unpack2<T>(of[kk][e]), do2 = unpack2<T>(dof[kk][e]);
-        sum[e % 2] += o2.x * do2.x + o2.y * do2.y;
+        for (int e = 0; e < 4; ++e) {
+          const float2 o2 = unpack2<T>(o_bits[e]), do2 = unpack2<T>(do_bits[e]);
+          sum += o2.x * do2.x + o2.y * do2.y;
+        }
       }
     }
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    if (i < seq.seqlen_q) {
+      sum -= p.dlse ? static_cast<const float*>(p.dlse)[stats + i] : 0.f;
+      if (lane % 2 == 0) static_cast<float*>(p.delta)[stats + i] = sum;
+    }
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
-      sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
-      const int i = warp_q0 + g + 8 * r;
-      if (row_valid[r]) {
-        sum[r] -= p.dlse ? static_cast<const float*>(p.dlse)[stats + i] : 0.f;
-        if (c == 0) static_cast<float*>(p.delta)[stats + i] = sum[r];
-      }
-      delta[r] = sum[r];
-      lse_log2[r] = backward_lse(row_lse[r]) * float(M_LOG2E);
+    for (int rr = 0; rr < 2; ++rr) {
+      delta[rr] = __shfl_sync(0xffffffffu, sum, 2 * (g + 8 * rr));
+      lse_log2[rr] = backward_lse(__shfl_sync(0xffffffffu, row_lse, 2 * (g + 8 * rr))) * float(M_LOG2E);
     }
   }
+  const bool row_valid[2] = {warp_q0 + g < seq.seqlen_q, warp_q0 + g + 8 < seq.seqlen_q};
 
   float dq[kHeadDim / 8][4] = {};
   for (int n = 0; n < steps.num_steps; ++n) {
