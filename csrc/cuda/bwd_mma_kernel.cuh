@@ -162,28 +162,42 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
     RowPtr<kHeadDim> rows_k = stage_k(n % 2), rows_v = stage_v(n % 2);
     if (steps.is_band(n)) {
       const int64_t chunk = steps.chunk(n);
+      // Two 16-key sub-tiles at a time, both computed when either meets the
+      // warp's band (the other's dS is zeroed): without a branch between them
+      // their products' chains interleave.
 #pragma unroll
-      for (int t16 = 0; t16 < kChunk / 16; ++t16) {
-        const int64_t key0 = chunk + 16 * t16;
-        if (!band_meets(warp_pos, key0, p.band)) continue;  // warp-uniform
-        float s[2][4], dp[2][4];
-        dot_16_rows<T, kHeadDim>(qf, rows_k + 16 * t16, s, 0, lane);
-        dot_16_rows<T, kHeadDim>(dof, rows_v + 16 * t16, dp, 0, lane);
-        const int distance0 = thread_distance<false>(warp_pos, key0, g, c);
-        // Only tiles on the band's edges need a mask per score (distances warp_pos - key0 + [-15, 15]).
-        const bool inside = band_holds<15>(warp_pos, key0, p.band);
+      for (int t32 = 0; t32 < kChunk / 32; ++t32) {
+        const int64_t key0 = chunk + 32 * t32;
+        const bool meets[2] = {band_meets(warp_pos, key0, p.band), band_meets(warp_pos, key0 + 16, p.band)};
+        if (!meets[0] && !meets[1]) continue;  // warp-uniform
+        float s[4][4], dp[4][4];
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int half = 0; half < 2; ++half) {
+          dot_16_rows<T, kHeadDim>(qf, rows_k + 32 * t32 + 16 * half, s, 2 * half, lane);
+          dot_16_rows<T, kHeadDim>(dof, rows_v + 32 * t32 + 16 * half, dp, 2 * half, lane);
+        }
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int r = e / 2;
-            const bool attended =
-                row_valid[r] && (inside || in_band(element_distance<false>(distance0, j, e), p.band));
-            const float prob = attended ? fast_exp2(s[j][e] * scale_log2 - lse_log2[r]) : 0.f;
-            s[j][e] = prob * (dp[j][e] - delta[r]);  // dS
+        for (int half = 0; half < 2; ++half) {
+          const int64_t sub_key0 = key0 + 16 * half;
+          const int distance0 = thread_distance<false>(warp_pos, sub_key0, g, c);
+          // Only tiles on the band's edges need a mask per score (distances warp_pos - key0 + [-15, 15]).
+          const bool inside = band_holds<15>(warp_pos, sub_key0, p.band);
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = e / 2;
+              const bool attended = meets[half] && row_valid[r] &&
+                                    (inside || in_band(element_distance<false>(distance0, j, e), p.band));
+              const float prob = attended ? fast_exp2(s[2 * half + j][e] * scale_log2 - lse_log2[r]) : 0.f;
+              s[2 * half + j][e] = attended ? prob * (dp[2 * half + j][e] - delta[r]) : 0.f;  // dS
+            }
           }
         }
-        add_tile_times_rows<T, kHeadDim>(s, 0, 1.f, rows_k + 16 * t16, dq, lane);
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          if (meets[half]) add_tile_times_rows<T, kHeadDim>(s, 2 * half, 1.f, rows_k + 32 * t32 + 16 * half, dq, lane);
+        }
       }
     } else {
       const int o = steps.offset_index(n), t = distance_of_offset(o, p.band);
