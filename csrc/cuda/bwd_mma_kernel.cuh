@@ -67,6 +67,33 @@ __device__ __forceinline__ void store_rows(uint16_t* dst, int64_t row_stride, in
   }
 }
 
+// Prefetches into L2 the q, dout and out rows of the dq block that starts
+// p.dq_prefetch_ahead blocks after this one in launch order (blocks start in
+// that order, so about one wave later): that block's prologue then waits on
+// L2 instead of memory. Dense batches only; a hint, never a fault (rows past
+// the sequence are skipped).
+template <int kHeadDim, int kHeads>
+__device__ __forceinline__ void prefetch_later_block_rows(const Params& p) {
+  const int64_t later = blockIdx.x + int64_t(gridDim.x) * (blockIdx.y + int64_t(gridDim.y) * blockIdx.z) +
+                        p.dq_prefetch_ahead;
+  const int64_t x = later % gridDim.x, y = later / gridDim.x % gridDim.y, b = later / gridDim.x / gridDim.y;
+  if (b >= gridDim.z || x * kBlockRows >= p.seqlen_q) return;
+  constexpr int kLinesPerRow = kHeadDim * 2 >= 128 ? kHeadDim * 2 / 128 : 1;  // 128-byte lines
+  constexpr int kLines = kHeads * 3 * kBlockRows * kLinesPerRow;
+  for (int n = threadIdx.x; n < kLines; n += kHeads * kMmaBlockThreads) {
+    const int line = n % kLinesPerRow, row = n / kLinesPerRow % kBlockRows, tensor = n / kLinesPerRow / kBlockRows % 3;
+    const int h = int(y) * kHeads + n / (kLinesPerRow * kBlockRows * 3);
+    const int64_t i = x * kBlockRows + row;
+    if (i >= p.seqlen_q) continue;
+    const void* base = tensor == 0 ? p.q : tensor == 1 ? p.dout : p.out;
+    const int64_t element = tensor == 0   ? b * p.q_batch_stride + i * p.q_row_stride + h * p.q_head_stride
+                            : tensor == 1 ? b * p.do_batch_stride + i * p.do_row_stride + h * p.do_head_stride
+                                          : b * p.o_batch_stride + i * p.o_row_stride + h * p.o_head_stride;
+    const char* address = static_cast<const char*>(base) + 2 * element + 128 * line;
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(address));
+  }
+}
+
 template <typename T, typename OffsetT, int kHeadDim, int kHeads>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<kHeadDim, kHeads>)
     dq_mma_kernel(const Params p) {
@@ -104,6 +131,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
   uint32_t qf[kHeadDim / 16][4], dof[kHeadDim / 16][4];
   load_a_fragments<kHeadDim>(q_src, p.q_row_stride, warp_q0, seq.seqlen_q, g, c, qf);
   load_a_fragments<kHeadDim>(do_src, p.do_row_stride, warp_q0, seq.seqlen_q, g, c, dof);
+  if (p.dq_prefetch_ahead > 0) prefetch_later_block_rows<kHeadDim, kHeads>(p);
 
   // delta = <dO, O> - dlse for the warp's rows: lanes 2r and 2r + 1 share row
   // r, reading it as 16-byte vectors, all loads in flight at once (a loop of
@@ -162,42 +190,28 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
     RowPtr<kHeadDim> rows_k = stage_k(n % 2), rows_v = stage_v(n % 2);
     if (steps.is_band(n)) {
       const int64_t chunk = steps.chunk(n);
-      // Two 16-key sub-tiles at a time, both computed when either meets the
-      // warp's band (the other's dS is zeroed): without a branch between them
-      // their products' chains interleave.
 #pragma unroll
-      for (int t32 = 0; t32 < kChunk / 32; ++t32) {
-        const int64_t key0 = chunk + 32 * t32;
-        const bool meets[2] = {band_meets(warp_pos, key0, p.band), band_meets(warp_pos, key0 + 16, p.band)};
-        if (!meets[0] && !meets[1]) continue;  // warp-uniform
-        float s[4][4], dp[4][4];
+      for (int t16 = 0; t16 < kChunk / 16; ++t16) {
+        const int64_t key0 = chunk + 16 * t16;
+        if (!band_meets(warp_pos, key0, p.band)) continue;  // warp-uniform
+        float s[2][4], dp[2][4];
+        dot_16_rows<T, kHeadDim>(qf, rows_k + 16 * t16, s, 0, lane);
+        dot_16_rows<T, kHeadDim>(dof, rows_v + 16 * t16, dp, 0, lane);
+        const int distance0 = thread_distance<false>(warp_pos, key0, g, c);
+        // Only tiles on the band's edges need a mask per score (distances warp_pos - key0 + [-15, 15]).
+        const bool inside = band_holds<15>(warp_pos, key0, p.band);
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          dot_16_rows<T, kHeadDim>(qf, rows_k + 32 * t32 + 16 * half, s, 2 * half, lane);
-          dot_16_rows<T, kHeadDim>(dof, rows_v + 32 * t32 + 16 * half, dp, 2 * half, lane);
-        }
+        for (int j = 0; j < 2; ++j) {
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int64_t sub_key0 = key0 + 16 * half;
-          const int distance0 = thread_distance<false>(warp_pos, sub_key0, g, c);
-          // Only tiles on the band's edges need a mask per score (distances warp_pos - key0 + [-15, 15]).
-          const bool inside = band_holds<15>(warp_pos, sub_key0, p.band);
-#pragma unroll
-          for (int j = 0; j < 2; ++j) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = e / 2;
-              const bool attended = meets[half] && row_valid[r] &&
-                                    (inside || in_band(element_distance<false>(distance0, j, e), p.band));
-              const float prob = attended ? fast_exp2(s[2 * half + j][e] * scale_log2 - lse_log2[r]) : 0.f;
-              s[2 * half + j][e] = attended ? prob * (dp[2 * half + j][e] - delta[r]) : 0.f;  // dS
-            }
+          for (int e = 0; e < 4; ++e) {
+            const int r = e / 2;
+            const bool attended =
+                row_valid[r] && (inside || in_band(element_distance<false>(distance0, j, e), p.band));
+            const float prob = attended ? fast_exp2(s[j][e] * scale_log2 - lse_log2[r]) : 0.f;
+            s[j][e] = prob * (dp[j][e] - delta[r]);  // dS
           }
         }
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          if (meets[half]) add_tile_times_rows<T, kHeadDim>(s, 2 * half, 1.f, rows_k + 32 * t32 + 16 * half, dq, lane);
-        }
+        add_tile_times_rows<T, kHeadDim>(s, 0, 1.f, rows_k + 16 * t16, dq, lane);
       }
     } else {
       const int o = steps.offset_index(n), t = distance_of_offset(o, p.band);

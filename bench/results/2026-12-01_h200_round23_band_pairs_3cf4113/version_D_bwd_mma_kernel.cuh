@@ -1,0 +1,384 @@
+// Tensor-core backward for float16 / bfloat16; float32 / float64 keep the
+// lane-group kernels of lane_bwd_kernel.cuh. Two passes, no atomics, deterministic:
+//
+//   dq pass (a block = 64 queries of one head, or of several GQA heads sharing
+//     one row of offsets, the forward's geometry and step plan, mma_tiles.cuh
+//     and block_steps.cuh): per 16 x 16 tile of the warp's queries against
+//     staged keys, P = exp(S - lse) from recomputed scores, dP = dO V^T,
+//     dS = P (dP - delta), dq += dS K. It forms delta = <dO, O> - dlse for both
+//     passes, and for every offset within the block's reach it stores each
+//     query's P and dS (offset_probs / offset_dscores) and, for fractional
+//     positions, sums the warp's d loss / d position into one partial per
+//     (warp, offset); the partials of offsets out of reach are zero. The
+//     statistics of those are never written, and never read: the dk/dv pass
+//     reads (query, offset) only where the query's position is >= the offset.
+//   dk/dv pass (a block = 64 keys of one kv head; every query head of its GQA
+//     group in turn): the band's readers of a key tile are a dense strip of
+//     queries (the band mirrored), so the same tiles run with keys as rows:
+//     S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q. An offset's
+//     readers of the warp's 16 keys are 16 (17 when fractional) consecutive
+//     queries, whose P and dS the dq pass stored: dV and dK take them as a
+//     diagonal tile times the strip of dO or Q rows, with weights 1 - f (the
+//     query reading the key as its first row) and f (as its second).
+#pragma once
+
+#include <cmath>
+
+#include "../fibsparse.h"
+#include "../capabilities.h"
+#include "../pattern.h"
+#include "block_steps.cuh"
+#include "mma_tiles.cuh"
+#include "offsets_check.cuh"
+
+namespace fibsparse {
+namespace mma_bwd {
+
+using namespace mma_tiles;
+
+// Dynamic shared memory of the two passes: two pipeline stages of two row
+// buffers; the dk/dv pass adds two statistics per staged row.
+template <int kHeadDim>
+constexpr int kDqSmemBytes = 2 * 2 * kStageBytes<kHeadDim>;
+template <int kHeadDim>
+constexpr int kDkdvSmemBytes = 2 * 2 * kStageBytes<kHeadDim> + 2 * 2 * kBufRows * int(sizeof(float));
+static_assert(kCudaQueriesPerPartial == 16, "the dq pass writes one partial of d(position) per warp's 16 queries");
+
+// The lse with which the backward recomputes P = exp(S - lse): a query whose
+// every score is -inf has lse -inf, and +inf in its place makes each P 0
+// instead of exp(-inf - -inf) = NaN (FlashAttention does the same).
+__device__ __forceinline__ float backward_lse(float lse) { return lse == -INFINITY ? INFINITY : lse; }
+__device__ __forceinline__ float2 backward_lse(float2 lse) { return {backward_lse(lse.x), backward_lse(lse.y)}; }
+
+// Stores the warp's 16 rows of acc * scale (C layout) into rows first_row..
+// of a (batch, head) slice, skipping rows at or past `rows`.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void store_rows(uint16_t* dst, int64_t row_stride, int first_row, int rows,
+                                           const float (&acc)[kHeadDim / 8][4], float scale, int g, int c) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = first_row + g + 8 * r;
+    if (i >= rows) continue;
+    uint16_t* row = dst + int64_t(i) * row_stride;
+#pragma unroll
+    for (int n = 0; n < kHeadDim / 8; ++n) {
+      *reinterpret_cast<uint32_t*>(row + 8 * n + 2 * c) = pack2<T>(acc[n][2 * r] * scale, acc[n][2 * r + 1] * scale);
+    }
+  }
+}
+
+template <typename T, typename OffsetT, int kHeadDim, int kHeads>
+__global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<kHeadDim, kHeads>)
+    dq_mma_kernel(const Params p) {
+  static_assert(kMinBlocks<kHeadDim> % kHeads == 0, "heads per block within the register budget (mma_tiles.cuh)");
+  constexpr bool kFrac = !std::is_integral_v<OffsetT>;
+  constexpr int kThreads = kHeads * kMmaBlockThreads;
+  // The backward's check: the dq pass runs before the dk/dv pass on the stream.
+  if (is_offsets_check_block()) return check_offsets_of_heads<OffsetT, kHeads>(p);
+  extern __shared__ __align__(16) uint16_t smem[];
+  const auto stage_k = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 0); };
+  const auto stage_v = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 1); };
+
+  // The block's heads are first_head .. first_head + kHeads - 1, all of kv head hk.
+  const int first_head = blockIdx.y * kHeads, b = blockIdx.z, hk = first_head / (p.heads / p.heads_kv);
+  const Sequence seq = sequence_of(p, b);
+  if (int64_t(blockIdx.x) * kBlockRows >= seq.seqlen_q) return;  // past a packed sequence's end
+  // This warp serves head h; `warp` counts it among that head's 4 warps.
+  const int warp = kHeads == 1 ? threadIdx.x / 32 : threadIdx.x / 32 % kWarps;
+  const int h = kHeads == 1 ? first_head : first_head + threadIdx.x / kMmaBlockThreads;
+  const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+  const int warp_q0 = blockIdx.x * kBlockRows + 16 * warp;
+  const int64_t warp_pos = warp_q0 + int64_t(seq.q_pos_shift);
+  const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
+  const uint16_t* k_src = bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride);
+  const uint16_t* v_src = bits<T>(p.v, seq.k_start(b, p.v_batch_stride, p.v_row_stride) + hk * p.v_head_stride);
+  // The steps are the block's: with kHeads > 1 its heads share one row of offsets (heads_per_block).
+  const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + first_head * p.offsets_head_stride;
+  const int64_t stats = stats_index(p, seq, b, h, 0);  // the (sequence, head) row of lse, delta
+  const KeySteps<OffsetT, kHeadDim, kThreads> steps(p, seq, offs, int64_t(blockIdx.x) * kBlockRows + seq.q_pos_shift);
+  steps.issue(0, k_src, v_src, stage_k(0), stage_v(0));
+
+  const uint16_t* q_src = bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride);
+  const uint16_t* do_src =
+      bits<T>(p.dout, seq.q_start(b, p.do_batch_stride, p.do_row_stride) + h * p.do_head_stride);
+  uint32_t qf[kHeadDim / 16][4], dof[kHeadDim / 16][4];
+  load_a_fragments<kHeadDim>(q_src, p.q_row_stride, warp_q0, seq.seqlen_q, g, c, qf);
+  load_a_fragments<kHeadDim>(do_src, p.do_row_stride, warp_q0, seq.seqlen_q, g, c, dof);
+
+  // delta = <dO, O> - dlse for the warp's rows: lanes 2r and 2r + 1 share row
+  // r, reading it as 16-byte vectors, all loads in flight at once (a loop of
+  // 16-bit loads cost one L2 round trip per element). At head_dim 128 the two
+  // lanes read neighbouring vectors, so that a load takes one whole 32-byte
+  // sector per row; that made the backward with offsets ~2% faster there, and
+  // at head_dim 64 it measured no faster than each lane reading its half row
+  // (docs/performance.md), which the smaller head_dim keeps.
+  float lse_log2[2], delta[2];
+  {
+    constexpr int kVecs = kHeadDim / 16;  // 8-element vectors per lane
+    // The lane's first vector's column, and the columns between its vectors.
+    const int r = lane / 2, i = warp_q0 + r, first = (lane % 2) * (kHeadDim >= 128 ? 8 : kHeadDim / 2);
+    constexpr int kVecStride = kHeadDim >= 128 ? 16 : 8;
+    float sum = 0.f, row_lse = 0.f;
+    if (i < seq.seqlen_q) {
+      const uint16_t* o_row = bits<T>(p.out, seq.q_start(b, p.o_batch_stride, p.o_row_stride) +
+                                                 int64_t(i) * p.o_row_stride + h * p.o_head_stride);
+      const uint16_t* do_row = do_src + int64_t(i) * p.do_row_stride;
+      uint4 o_vec[kVecs], do_vec[kVecs];
+#pragma unroll
+      for (int x = 0; x < kVecs; ++x) {
+        o_vec[x] = *reinterpret_cast<const uint4*>(o_row + first + kVecStride * x);
+        do_vec[x] = *reinterpret_cast<const uint4*>(do_row + first + kVecStride * x);
+      }
+      row_lse = static_cast<const float*>(p.lse)[stats + i];
+#pragma unroll
+      for (int x = 0; x < kVecs; ++x) {
+        const uint32_t o_bits[4] = {o_vec[x].x, o_vec[x].y, o_vec[x].z, o_vec[x].w};
+        const uint32_t do_bits[4] = {do_vec[x].x, do_vec[x].y, do_vec[x].z, do_vec[x].w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float2 o2 = unpack2<T>(o_bits[e]), do2 = unpack2<T>(do_bits[e]);
+          sum += o2.x * do2.x + o2.y * do2.y;
+        }
+      }
+    }
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    if (i < seq.seqlen_q) {
+      sum -= p.dlse ? static_cast<const float*>(p.dlse)[stats + i] : 0.f;
+      if (lane % 2 == 0) static_cast<float*>(p.delta)[stats + i] = sum;
+    }
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      delta[rr] = __shfl_sync(0xffffffffu, sum, 2 * (g + 8 * rr));
+      lse_log2[rr] = backward_lse(__shfl_sync(0xffffffffu, row_lse, 2 * (g + 8 * rr))) * float(M_LOG2E);
+    }
+  }
+  const bool row_valid[2] = {warp_q0 + g < seq.seqlen_q, warp_q0 + g + 8 < seq.seqlen_q};
+
+  float dq[kHeadDim / 8][4] = {};
+  for (int n = 0; n < steps.num_steps; ++n) {
+    steps.issue(n + 1, k_src, v_src, stage_k((n + 1) % 2), stage_v((n + 1) % 2));
+    wait_async<1>();
+    __syncthreads();
+    RowPtr<kHeadDim> rows_k = stage_k(n % 2), rows_v = stage_v(n % 2);
+    if (steps.is_band(n)) {
+      const int64_t chunk = steps.chunk(n);
+#pragma unroll
+      for (int t16 = 0; t16 < kChunk / 16; ++t16) {
+        const int64_t key0 = chunk + 16 * t16;
+        if (!band_meets(warp_pos, key0, p.band)) continue;  // warp-uniform
+        float s[2][4], dp[2][4];
+        dot_16_rows<T, kHeadDim>(qf, rows_k + 16 * t16, s, 0, lane);
+        dot_16_rows<T, kHeadDim>(dof, rows_v + 16 * t16, dp, 0, lane);
+        const int distance0 = thread_distance<false>(warp_pos, key0, g, c);
+        // Only tiles on the band's edges need a mask per score (distances warp_pos - key0 + [-15, 15]).
+        const bool inside = band_holds<15>(warp_pos, key0, p.band);
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = e / 2;
+            const bool attended =
+                row_valid[r] && (inside || in_band(element_distance<false>(distance0, j, e), p.band));
+            const float prob = attended ? fast_exp2(s[j][e] * scale_log2 - lse_log2[r]) : 0.f;
+            s[j][e] = prob * (dp[j][e] - delta[r]);  // dS
+          }
+        }
+        add_tile_times_rows<T, kHeadDim>(s, 0, 1.f, rows_k + 16 * t16, dq, lane);
+      }
+    } else {
+      const int o = steps.offset_index(n), t = distance_of_offset(o, p.band);
+      const OffsetSplit split = split_offset(offs, o);
+      float dpos = 0.f;  // this thread's share of the warp's d loss / d position
+      if (split.whole >= 0) {
+        // Only the diagonal (query x, strip key x) of each 16 x 16 tile is a
+        // pair of the pattern; its owner lane (mma_tiles.cuh) holds it.
+        RowPtr<kHeadDim> strip_k = rows_k + 16 * warp, strip_v = rows_v + 16 * warp;
+        float s[2][4], dp[2][4];
+        dot_16_rows<T, kHeadDim>(qf, strip_k + 1, s, 0, lane);
+        dot_16_rows<T, kHeadDim>(dof, strip_v + 1, dp, 0, lane);
+        float score[2], dprob[2], dscore_dpos[2] = {0.f, 0.f}, ddp_dpos[2] = {0.f, 0.f};
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          score[r] = diagonal_element(s, r, g);
+          dprob[r] = diagonal_element(dp, r, g);
+        }
+        if constexpr (kFrac) {  // the second rows; d/d(position) needs them even where frac == 0
+          float s1[2][4], dp1[2][4];
+          dot_16_rows<T, kHeadDim>(qf, strip_k, s1, 0, lane);
+          dot_16_rows<T, kHeadDim>(dof, strip_v, dp1, 0, lane);
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            // No second row before key 0: pattern.h clamps it onto the first,
+            // so the derivative there is zero.
+            const bool has_second = warp_pos + g + 8 * r - split.whole - 1 >= 0;
+            dscore_dpos[r] = has_second ? diagonal_element(s1, r, g) - score[r] : 0.f;
+            ddp_dpos[r] = has_second ? diagonal_element(dp1, r, g) - dprob[r] : 0.f;
+            // At frac == 0 the second row has weight 0: it must not reach the
+            // score (0 times a non-finite row is NaN), only d/d(position).
+            if (split.frac != 0.f) {
+              score[r] += split.frac * dscore_dpos[r];
+              dprob[r] += split.frac * ddp_dpos[r];
+            }
+          }
+        }
+        float* probs = static_cast<float*>(p.offset_probs);
+        float* dscores = static_cast<float*>(p.offset_dscores);
+        const bool owner = owns_diagonal(lane);
+        float dscore[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int row = g + 8 * r;
+          const bool valid = row_valid[r] && sample_key<float>(warp_pos + row, t, p.band, offs).valid;
+          const float prob = valid ? fast_exp2(score[r] * scale_log2 - lse_log2[r]) : 0.f;
+          dscore[r] = prob * (dprob[r] - delta[r]);
+          if (kFrac && owner) dpos += dscore[r] * scale * dscore_dpos[r] + prob * ddp_dpos[r];
+          if (owner && row_valid[r]) {  // what the dk/dv pass needs of this (query, offset)
+            const int64_t at = offset_term_index(p, seq, b, h, o, warp_q0 + row);
+            probs[at] = prob;
+            dscores[at] = dscore[r];
+          }
+        }
+        const float w0 = 1.f - split.frac;
+        add_diag_times_rows<T, kHeadDim>(w0 * dscore[0], w0 * dscore[1], strip_k + 1, dq, lane);
+        if (split.frac != 0.f) {
+          add_diag_times_rows<T, kHeadDim>(split.frac * dscore[0], split.frac * dscore[1], strip_k, dq, lane);
+        }
+      }
+      if constexpr (kFrac) {
+        // Fixed-order warp sum (every lane gets it); one partial per 16 queries.
+#pragma unroll
+        for (int x = 16; x > 0; x /= 2) dpos += __shfl_xor_sync(0xffffffffu, dpos, x);
+        if (lane == 0 && warp_q0 < seq.seqlen_q) {
+          const int64_t at = doffsets_partial_index(p, o, b, h, warp_q0 / kCudaQueriesPerPartial);
+          static_cast<float*>(p.doffsets_partial)[at] = dpos;
+        }
+      }
+    }
+    __syncthreads();
+  }
+  if constexpr (kFrac) {  // offsets out of the block's reach: their partials are zero
+    if (lane == 0 && warp_q0 < seq.seqlen_q) {
+      for (int o = steps.offset_steps; o < p.num_offsets; ++o) {
+        static_cast<float*>(p.doffsets_partial)[doffsets_partial_index(p, o, b, h, warp_q0 / kCudaQueriesPerPartial)] =
+            0.f;
+      }
+    }
+  }
+  store_rows<T, kHeadDim>(bits<T>(p.dq, seq.q_start(b, p.dq_batch_stride, p.dq_row_stride) + h * p.dq_head_stride),
+                          p.dq_row_stride, warp_q0, seq.seqlen_q, dq, scale, g, c);
+}
+
+template <typename T, typename OffsetT, int kHeadDim>
+__global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
+  extern __shared__ __align__(16) uint16_t smem[];
+  const auto stage_q = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 0); };
+  const auto stage_do = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 1); };
+  // Two statistics per staged row, after the four row buffers.
+  float* stats_smem = reinterpret_cast<float*>(smem + 4 * kBufRows * (kHeadDim + 8));
+  const auto stage_stat = [&](int s, int which) { return stats_smem + (2 * s + which) * kBufRows; };
+
+  const int hk = blockIdx.y, b = blockIdx.z;
+  const Sequence seq = sequence_of(p, b);
+  if (int64_t(blockIdx.x) * kBlockRows >= seq.seqlen_k) return;  // past a packed sequence's end
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+  const int warp_k0 = blockIdx.x * kBlockRows + 16 * warp;  // the warp's first key (= its position)
+  const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
+  const QuerySteps<OffsetT, kHeadDim> steps(p, seq, int64_t(blockIdx.x) * kBlockRows, hk);
+  auto issued = steps.first();  // the step queued last
+  steps.template issue<T>(issued, steps.num_steps > 0, b, stage_q(0), stage_do(0), stage_stat(0, 0),
+                          stage_stat(0, 1));
+
+  uint32_t kf[kHeadDim / 16][4], vf[kHeadDim / 16][4];
+  load_a_fragments<kHeadDim>(bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride),
+                             p.k_row_stride, warp_k0, seq.seqlen_k, g, c, kf);
+  load_a_fragments<kHeadDim>(bits<T>(p.v, seq.k_start(b, p.v_batch_stride, p.v_row_stride) + hk * p.v_head_stride),
+                             p.v_row_stride, warp_k0, seq.seqlen_k, g, c, vf);
+
+  float dk[kHeadDim / 8][4] = {}, dv[kHeadDim / 8][4] = {};
+  auto step = steps.first();
+  for (int n = 0; n < steps.num_steps; ++n, step = steps.next(step)) {
+    issued = steps.next(issued);
+    steps.template issue<T>(issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2), stage_do((n + 1) % 2),
+                            stage_stat((n + 1) % 2, 0), stage_stat((n + 1) % 2, 1));
+    wait_async<1>();
+    __syncthreads();
+    RowPtr<kHeadDim> rows_q = stage_q(n % 2), rows_do = stage_do(n % 2);
+    const float* stat0 = stage_stat(n % 2, 0);
+    const float* stat1 = stage_stat(n % 2, 1);
+    if (steps.is_band(step)) {
+      const int64_t chunk_row = steps.chunk_row(step);
+      // Two 16-query sub-tiles at a time, both computed when either meets the
+      // warp's keys' band (the other's P and dS are zeroed): without a branch
+      // between them their products' chains interleave.
+#pragma unroll
+      for (int t32 = 0; t32 < kChunk / 32; ++t32) {
+        const int64_t pos0 = chunk_row + 32 * t32 + seq.q_pos_shift;  // the pair's first query position
+        const bool meets[2] = {band_meets(pos0, warp_k0, p.band), band_meets(pos0 + 16, warp_k0, p.band)};
+        if (!meets[0] && !meets[1]) continue;  // warp-uniform
+        float st[4][4], dpt[4][4];  // rows: the warp's keys; columns: the sub-tiles' queries
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          dot_16_rows<T, kHeadDim>(kf, rows_q + 32 * t32 + 16 * half, st, 2 * half, lane);
+          dot_16_rows<T, kHeadDim>(vf, rows_do + 32 * t32 + 16 * half, dpt, 2 * half, lane);
+        }
+        float dst[4][4];
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int t16 = 2 * t32 + half;
+          const int distance0 = thread_distance<true>(warp_k0, pos0 + 16 * half, g, c);  // rows: keys; columns: queries
+          const int last_col = int(steps.band_last_row - chunk_row) - 16 * t16;
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            // This thread's two query columns 8j + 2c, +1: their lse and delta.
+            const float2 lse = backward_lse(*reinterpret_cast<const float2*>(stat0 + 16 * t16 + 8 * j + 2 * c));
+            const float2 dlt = *reinterpret_cast<const float2*>(stat1 + 16 * t16 + 8 * j + 2 * c);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              // Queries past the band's last row, and keys past seqlen_k, read
+              // zero rows; the checks keep them out of P all the same.
+              const int col = 8 * j + 2 * c + e % 2;
+              const bool attended =
+                  meets[half] && col <= last_col && in_band(element_distance<true>(distance0, j, e), p.band);
+              const float lse_log2 = (e % 2 ? lse.y : lse.x) * float(M_LOG2E);
+              const float prob = attended ? fast_exp2(st[2 * half + j][e] * scale_log2 - lse_log2) : 0.f;
+              dst[2 * half + j][e] = attended ? prob * (dpt[2 * half + j][e] - (e % 2 ? dlt.y : dlt.x)) : 0.f;
+              st[2 * half + j][e] = prob;
+            }
+          }
+        }
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          if (!meets[half]) continue;
+          add_tile_times_rows<T, kHeadDim>(st, 2 * half, 1.f, rows_do + 32 * t32 + 16 * half, dv, lane);
+          add_tile_times_rows<T, kHeadDim>(dst, 2 * half, 1.f, rows_q + 32 * t32 + 16 * half, dk, lane);
+        }
+      }
+    } else {
+      const OffsetSplit split = split_offset(steps.offsets(step.head), steps.offset_index(step));
+      if (split.whole >= 0) {
+        // Strip row x reads key x as its first row (weight 1 - f); strip row
+        // x + 1 reads it as its second (weight f). Rows outside the queries
+        // were staged with zero statistics.
+        RowPtr<kHeadDim> strip_q = rows_q + 16 * warp, strip_do = rows_do + 16 * warp;
+        const float* probs = stat0 + 16 * warp;
+        const float* dscores = stat1 + 16 * warp;
+        const float w0 = 1.f - split.frac;
+        add_diag_times_rows<T, kHeadDim>(w0 * probs[g], w0 * probs[g + 8], strip_do, dv, lane);
+        add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_q, dk, lane);
+        if (split.frac != 0.f) {
+          const float w1 = split.frac;
+          add_diag_times_rows<T, kHeadDim>(w1 * probs[g + 1], w1 * probs[g + 9], strip_do + 1, dv, lane);
+          add_diag_times_rows<T, kHeadDim>(w1 * dscores[g + 1], w1 * dscores[g + 9], strip_q + 1, dk, lane);
+        }
+      }
+    }
+    __syncthreads();
+  }
+  store_rows<T, kHeadDim>(bits<T>(p.dk, seq.k_start(b, p.dk_batch_stride, p.dk_row_stride) + hk * p.dk_head_stride),
+                          p.dk_row_stride, warp_k0, seq.seqlen_k, dk, scale, g, c);
+  store_rows<T, kHeadDim>(bits<T>(p.dv, seq.k_start(b, p.dv_batch_stride, p.dv_row_stride) + hk * p.dv_head_stride),
+                          p.dv_row_stride, warp_k0, seq.seqlen_k, dv, 1.f, g, c);
+}
+
+}  // namespace mma_bwd
+}  // namespace fibsparse
