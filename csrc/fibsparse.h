@@ -104,10 +104,6 @@ struct Params {
   void* offset_probs;
   void* offset_dscores;
   int num_partials;  // query blocks per (batch, head)
-  // Tensor-core dq pass on dense batches: how many blocks after its own (in
-  // launch order) a block prefetches the q, dout and out rows of into L2, the
-  // grid's resident blocks, so that they arrive about one wave early; 0: none.
-  int64_t dq_prefetch_ahead;
 
   // The first distance past the band as the caller gave it (`band` is
   // clipped): the smallest integer offset allowed, for the kernels' check of

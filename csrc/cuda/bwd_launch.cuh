@@ -8,8 +8,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 
 #include "../capabilities.h"
@@ -22,21 +20,6 @@
 
 namespace fibsparse {
 
-// The dq pass's prefetch distance (Params::dq_prefetch_ahead): the blocks the
-// GPU holds at once, on dense batches; FIBSPARSE_DQ_PREFETCH=0 turns it off for
-// comparisons.
-template <typename Kernel>
-int64_t dq_prefetch_ahead(const Params& p, Kernel kernel, int threads, int smem_bytes) {
-  const char* setting = std::getenv("FIBSPARSE_DQ_PREFETCH");
-  if ((setting != nullptr && std::strcmp(setting, "0") == 0) || p.cu_seqlens_q != nullptr) return 0;
-  if (smem_bytes > 0) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
-  }
-  int blocks_per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, threads, smem_bytes));
-  return int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * blocks_per_sm;
-}
-
 template <typename T>
 void launch_bwd(const Params& p, bool fractional) {
   HEADDIM_SWITCH(p.head_dim, kHeadDim, [&] {
@@ -45,11 +28,9 @@ void launch_bwd(const Params& p, bool fractional) {
         using OffsetT = std::conditional_t<kFrac, float, int32_t>;
         using namespace mma_bwd;
         HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
-          const auto kernel = dq_mma_kernel<T, OffsetT, kHeadDim, kHeads>;
           const dim3 dq_grid(blocks_for(p.seqlen_q, kBlockRows) + kOffsetsCheckBlocks, p.heads / kHeads, p.batch);
-          Params dq_params = p;
-          dq_params.dq_prefetch_ahead = dq_prefetch_ahead(p, kernel, kHeads * kMmaBlockThreads, kDqSmemBytes<kHeadDim>);
-          launch_kernel(kernel, dq_grid, kHeads * kMmaBlockThreads, kDqSmemBytes<kHeadDim>, dq_params);
+          launch_kernel(dq_mma_kernel<T, OffsetT, kHeadDim, kHeads>, dq_grid, kHeads * kMmaBlockThreads,
+                        kDqSmemBytes<kHeadDim>, p);
         });
         const dim3 dkdv_grid(blocks_for(p.seqlen_k, kBlockRows), p.heads_kv, p.batch);
         launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim>, dkdv_grid, kMmaBlockThreads, kDkdvSmemBytes<kHeadDim>, p);

@@ -67,33 +67,6 @@ __device__ __forceinline__ void store_rows(uint16_t* dst, int64_t row_stride, in
   }
 }
 
-// Prefetches into L2 the q, dout and out rows of the dq block that starts
-// p.dq_prefetch_ahead blocks after this one in launch order (blocks start in
-// that order, so about one wave later): that block's prologue then waits on
-// L2 instead of memory. Dense batches only; a hint, never a fault (rows past
-// the sequence are skipped).
-template <int kHeadDim, int kHeads>
-__device__ __forceinline__ void prefetch_later_block_rows(const Params& p) {
-  const int64_t later = blockIdx.x + int64_t(gridDim.x) * (blockIdx.y + int64_t(gridDim.y) * blockIdx.z) +
-                        p.dq_prefetch_ahead;
-  const int64_t x = later % gridDim.x, y = later / gridDim.x % gridDim.y, b = later / gridDim.x / gridDim.y;
-  if (b >= gridDim.z || x * kBlockRows >= p.seqlen_q) return;
-  constexpr int kLinesPerRow = kHeadDim * 2 >= 128 ? kHeadDim * 2 / 128 : 1;  // 128-byte lines
-  constexpr int kLines = kHeads * 3 * kBlockRows * kLinesPerRow;
-  for (int n = threadIdx.x; n < kLines; n += kHeads * kMmaBlockThreads) {
-    const int line = n % kLinesPerRow, row = n / kLinesPerRow % kBlockRows, tensor = n / kLinesPerRow / kBlockRows % 3;
-    const int h = int(y) * kHeads + n / (kLinesPerRow * kBlockRows * 3);
-    const int64_t i = x * kBlockRows + row;
-    if (i >= p.seqlen_q) continue;
-    const void* base = tensor == 0 ? p.q : tensor == 1 ? p.dout : p.out;
-    const int64_t element = tensor == 0   ? b * p.q_batch_stride + i * p.q_row_stride + h * p.q_head_stride
-                            : tensor == 1 ? b * p.do_batch_stride + i * p.do_row_stride + h * p.do_head_stride
-                                          : b * p.o_batch_stride + i * p.o_row_stride + h * p.o_head_stride;
-    const char* address = static_cast<const char*>(base) + 2 * element + 128 * line;
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(address));
-  }
-}
-
 template <typename T, typename OffsetT, int kHeadDim, int kHeads>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<kHeadDim, kHeads>)
     dq_mma_kernel(const Params p) {
@@ -131,7 +104,6 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
   uint32_t qf[kHeadDim / 16][4], dof[kHeadDim / 16][4];
   load_a_fragments<kHeadDim>(q_src, p.q_row_stride, warp_q0, seq.seqlen_q, g, c, qf);
   load_a_fragments<kHeadDim>(do_src, p.do_row_stride, warp_q0, seq.seqlen_q, g, c, dof);
-  if (p.dq_prefetch_ahead > 0) prefetch_later_block_rows<kHeadDim, kHeads>(p);
 
   // delta = <dO, O> - dlse for the warp's rows: lanes 2r and 2r + 1 share row
   // r, reading it as 16-byte vectors, all loads in flight at once (a loop of
