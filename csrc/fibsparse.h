@@ -104,6 +104,13 @@ struct Params {
   void* offset_probs;
   void* offset_dscores;
   int num_partials;  // query blocks per (batch, head)
+  // Tensor-core backward of the window alone (no offsets) on dense batches
+  // whose queries and keys line up (bwd_window_kernel.cuh), else null: dS of
+  // every 64-key x 64-query band tile, written by the dk/dv pass and read by
+  // the dq pass, at band_dscore_index; band_dscore_steps is the band steps a
+  // key tile may have (its query chunks).
+  void* band_dscores;
+  int band_dscore_steps;
 
   // The first distance past the band as the caller gave it (`band` is
   // clipped): the smallest integer offset allowed, for the kernels' check of

@@ -212,12 +212,15 @@ def test_cuda_bands_of_8_to_14_tiles(dtype, head_dim, window, fractional):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("head_dim", [16, 32, 64, 128])
 @pytest.mark.parametrize("seqlen_q, seqlen_k", [(1, 1), (64, 64), (65, 65), (200, 333), (1000, 1000)])
-def test_cuda_window_alone_backward(dtype, head_dim, seqlen_q, seqlen_k):
+def test_cuda_window_alone_backward(monkeypatch, dtype, head_dim, seqlen_q, seqlen_k):
     """The window alone on the tensor-core backward, for lengths of one row,
     one tile, one tile and a row, a ragged last block and fewer queries than
     keys: its gradients are within the reference's bounds, and offsets that
     no query reaches (the dq pass drops their steps; with GQA its blocks then
-    serve two heads) change no bit of them."""
+    serve two heads) change no bit of them. Where the window alone's dq pass
+    would read stored dS instead (the next test), it is turned off here, so
+    that both calls run the same passes."""
+    monkeypatch.setenv("FIBSPARSE_WINDOW_DSCORES", "0")
     torch.manual_seed(seqlen_q * head_dim)
     q, k, v = random_qkv(2, seqlen_q, 4, 2, head_dim, dtype, "cuda", seqlen_k=seqlen_k, requires_grad=False)
     none = torch.zeros(0, dtype=torch.int32, device="cuda")
@@ -231,6 +234,36 @@ def test_cuda_window_alone_backward(dtype, head_dim, seqlen_q, seqlen_k):
         with_offsets = torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, unreachable, [window], scale)
         for name, a, b in zip(["dq", "dk", "dv"], alone[:3], with_offsets[:3]):
             assert torch.equal(a, b), (window, name)
+        check_against_reference(q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), window, none)
+        q, k, v = (t.detach() for t in (q, k, v))
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [16, 64, 128])
+@pytest.mark.parametrize("seqlen", [1, 64, 65, 300, 1000])
+def test_cuda_window_alone_dq_from_stored_dscores(monkeypatch, dtype, head_dim, seqlen):
+    """Where queries and keys line up and the window is at most 129, the window
+    alone's dq pass reads the dS that the dk/dv pass stored rather than
+    recomputing it: dk and dv are bitwise those of the general passes
+    (FIBSPARSE_WINDOW_DSCORES=0), dq is within rounding of theirs, and all three
+    are within the reference's bounds; windows of 1 (one key), 64, 128 and 129
+    (three 64-row query chunks per key tile, the most this route takes), lengths
+    of one row, one tile, one tile and a row, and ragged last tiles."""
+    torch.manual_seed(seqlen * head_dim)
+    q, k, v = random_qkv(2, seqlen, 4, 2, head_dim, dtype, "cuda", requires_grad=False)
+    none = torch.zeros(0, dtype=torch.int32, device="cuda")
+    scale = head_dim ** -0.5
+    for window in (1, 64, 128, 129):
+        out, lse = torch.ops.fibsparse.fwd(q, k, v, none, [window], scale)
+        dout, dlse = torch.randn_like(out), torch.randn_like(lse)
+        stored = torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, none, [window], scale)
+        monkeypatch.setenv("FIBSPARSE_WINDOW_DSCORES", "0")
+        general = torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, none, [window], scale)
+        monkeypatch.delenv("FIBSPARSE_WINDOW_DSCORES")
+        assert torch.equal(stored[1], general[1]) and torch.equal(stored[2], general[2]), window
+        if min(window, seqlen) > 1:  # one key per query: dq is cancellation noise in both (check_against_reference)
+            assert rel_err(stored[0], general[0]) < 1e-2, window
         check_against_reference(q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), window, none)
         q, k, v = (t.detach() for t in (q, k, v))
 

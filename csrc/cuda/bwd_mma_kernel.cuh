@@ -67,6 +67,67 @@ __device__ __forceinline__ void store_rows(uint16_t* dst, int64_t row_stride, in
   }
 }
 
+// The first element of the dS tile (bf16 / fp16, 64 keys x 64 queries, key
+// rows) of key tile `key_tile` and its band step `step` (query chunk
+// key_tile + step) of (batch b, query head h), in p.band_dscores.
+__device__ __forceinline__ int64_t band_dscore_index(const Params& p, int b, int h, int64_t key_tile, int step) {
+  const int64_t key_tiles = (p.seqlen_k + kBlockRows - 1) / kBlockRows;
+  return (((int64_t(b) * p.heads + h) * key_tiles + key_tile) * p.band_dscore_steps + step) * kBlockRows * kChunk;
+}
+
+// delta = <dO, O> - dlse for a warp's 16 query rows warp_q0.. of head h,
+// written to p.delta; each lane gets the delta and the lse (backward_lse, in
+// log2 units) of its rows g and g + 8. do_src points at head h's dout rows.
+// Lanes 2r and 2r + 1 share row r, reading it as 16-byte vectors, all loads in flight at once (a loop of
+// 16-bit loads cost one L2 round trip per element). At head_dim 128 the two
+// lanes read neighbouring vectors, so that a load takes one whole 32-byte
+// sector per row; that made the backward with offsets ~2% faster there, and
+// at head_dim 64 it measured no faster than each lane reading its half row
+// (docs/performance.md), which the smaller head_dim keeps.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void warp_row_deltas(const Params& p, const Sequence& seq, int b, int h, int warp_q0,
+                                                const uint16_t* do_src, int64_t stats, int lane, float (&delta)[2],
+                                                float (&lse_log2)[2]) {
+  const int g = lane / 4;
+  constexpr int kVecs = kHeadDim / 16;  // 8-element vectors per lane
+  // The lane's first vector's column, and the columns between its vectors.
+  const int r = lane / 2, i = warp_q0 + r, first = (lane % 2) * (kHeadDim >= 128 ? 8 : kHeadDim / 2);
+  constexpr int kVecStride = kHeadDim >= 128 ? 16 : 8;
+  float sum = 0.f, row_lse = 0.f;
+  if (i < seq.seqlen_q) {
+    const uint16_t* o_row = bits<T>(p.out, seq.q_start(b, p.o_batch_stride, p.o_row_stride) +
+                                               int64_t(i) * p.o_row_stride + h * p.o_head_stride);
+    const uint16_t* do_row = do_src + int64_t(i) * p.do_row_stride;
+    uint4 o_vec[kVecs], do_vec[kVecs];
+#pragma unroll
+    for (int x = 0; x < kVecs; ++x) {
+      o_vec[x] = *reinterpret_cast<const uint4*>(o_row + first + kVecStride * x);
+      do_vec[x] = *reinterpret_cast<const uint4*>(do_row + first + kVecStride * x);
+    }
+    row_lse = static_cast<const float*>(p.lse)[stats + i];
+#pragma unroll
+    for (int x = 0; x < kVecs; ++x) {
+      const uint32_t o_bits[4] = {o_vec[x].x, o_vec[x].y, o_vec[x].z, o_vec[x].w};
+      const uint32_t do_bits[4] = {do_vec[x].x, do_vec[x].y, do_vec[x].z, do_vec[x].w};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float2 o2 = unpack2<T>(o_bits[e]), do2 = unpack2<T>(do_bits[e]);
+        sum += o2.x * do2.x + o2.y * do2.y;
+      }
+    }
+  }
+  sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+  if (i < seq.seqlen_q) {
+    sum -= p.dlse ? static_cast<const float*>(p.dlse)[stats + i] : 0.f;
+    if (lane % 2 == 0) static_cast<float*>(p.delta)[stats + i] = sum;
+  }
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) {
+    delta[rr] = __shfl_sync(0xffffffffu, sum, 2 * (g + 8 * rr));
+    lse_log2[rr] = backward_lse(__shfl_sync(0xffffffffu, row_lse, 2 * (g + 8 * rr))) * float(M_LOG2E);
+  }
+}
+
 template <typename T, typename OffsetT, int kHeadDim, int kHeads>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<kHeadDim, kHeads>)
     dq_mma_kernel(const Params p) {
@@ -105,53 +166,9 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
   load_a_fragments<kHeadDim>(q_src, p.q_row_stride, warp_q0, seq.seqlen_q, g, c, qf);
   load_a_fragments<kHeadDim>(do_src, p.do_row_stride, warp_q0, seq.seqlen_q, g, c, dof);
 
-  // delta = <dO, O> - dlse for the warp's rows: lanes 2r and 2r + 1 share row
-  // r, reading it as 16-byte vectors, all loads in flight at once (a loop of
-  // 16-bit loads cost one L2 round trip per element). At head_dim 128 the two
-  // lanes read neighbouring vectors, so that a load takes one whole 32-byte
-  // sector per row; that made the backward with offsets ~2% faster there, and
-  // at head_dim 64 it measured no faster than each lane reading its half row
-  // (docs/performance.md), which the smaller head_dim keeps.
   float lse_log2[2], delta[2];
-  {
-    constexpr int kVecs = kHeadDim / 16;  // 8-element vectors per lane
-    // The lane's first vector's column, and the columns between its vectors.
-    const int r = lane / 2, i = warp_q0 + r, first = (lane % 2) * (kHeadDim >= 128 ? 8 : kHeadDim / 2);
-    constexpr int kVecStride = kHeadDim >= 128 ? 16 : 8;
-    float sum = 0.f, row_lse = 0.f;
-    if (i < seq.seqlen_q) {
-      const uint16_t* o_row = bits<T>(p.out, seq.q_start(b, p.o_batch_stride, p.o_row_stride) +
-                                                 int64_t(i) * p.o_row_stride + h * p.o_head_stride);
-      const uint16_t* do_row = do_src + int64_t(i) * p.do_row_stride;
-      uint4 o_vec[kVecs], do_vec[kVecs];
-#pragma unroll
-      for (int x = 0; x < kVecs; ++x) {
-        o_vec[x] = *reinterpret_cast<const uint4*>(o_row + first + kVecStride * x);
-        do_vec[x] = *reinterpret_cast<const uint4*>(do_row + first + kVecStride * x);
-      }
-      row_lse = static_cast<const float*>(p.lse)[stats + i];
-#pragma unroll
-      for (int x = 0; x < kVecs; ++x) {
-        const uint32_t o_bits[4] = {o_vec[x].x, o_vec[x].y, o_vec[x].z, o_vec[x].w};
-        const uint32_t do_bits[4] = {do_vec[x].x, do_vec[x].y, do_vec[x].z, do_vec[x].w};
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float2 o2 = unpack2<T>(o_bits[e]), do2 = unpack2<T>(do_bits[e]);
-          sum += o2.x * do2.x + o2.y * do2.y;
-        }
-      }
-    }
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    if (i < seq.seqlen_q) {
-      sum -= p.dlse ? static_cast<const float*>(p.dlse)[stats + i] : 0.f;
-      if (lane % 2 == 0) static_cast<float*>(p.delta)[stats + i] = sum;
-    }
-#pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-      delta[rr] = __shfl_sync(0xffffffffu, sum, 2 * (g + 8 * rr));
-      lse_log2[rr] = backward_lse(__shfl_sync(0xffffffffu, row_lse, 2 * (g + 8 * rr))) * float(M_LOG2E);
-    }
-  }
+  warp_row_deltas<T, kHeadDim>(p, seq, b, h, warp_q0, do_src, stats, lane, delta, lse_log2);
+
   const bool row_valid[2] = {warp_q0 + g < seq.seqlen_q, warp_q0 + g + 8 < seq.seqlen_q};
 
   float dq[kHeadDim / 8][4] = {};
@@ -268,7 +285,9 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
                           p.dq_row_stride, warp_q0, seq.seqlen_q, dq, scale, g, c);
 }
 
-template <typename T, typename OffsetT, int kHeadDim>
+// kStoreDscores: also store each band tile's dS for the window alone's dq pass
+// (bwd_window_kernel.cuh), which then reads it instead of recomputing it.
+template <typename T, typename OffsetT, int kHeadDim, bool kStoreDscores = false>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   extern __shared__ __align__(16) uint16_t smem[];
   const auto stage_q = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 0); };
@@ -332,6 +351,17 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
             const float prob = attended ? fast_exp2(st[j][e] * scale_log2 - lse_log2) : 0.f;
             dst[j][e] = prob * (dpt[j][e] - (e % 2 ? dlt.y : dlt.x));
             st[j][e] = prob;
+          }
+        }
+        if constexpr (kStoreDscores) {
+          uint16_t* tile = bits<T>(p.band_dscores, band_dscore_index(p, b, step.head, blockIdx.x, step.index));
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+              *reinterpret_cast<uint32_t*>(tile + (16 * warp + g + 8 * r) * kChunk + 16 * t16 + 8 * j + 2 * c) =
+                  pack2<T>(dst[j][2 * r], dst[j][2 * r + 1]);
+            }
           }
         }
         add_tile_times_rows<T, kHeadDim>(st, 0, 1.f, rows_do + 16 * t16, dv, lane);

@@ -1,0 +1,102 @@
+// The tensor-core backward of the window alone (no offsets) on dense batches
+// whose queries and keys line up, in three launches where the general
+// backward (bwd_mma_kernel.cuh) has two passes that both recompute the band's
+// scores and dP:
+//   delta pass: delta = <dO, O> - dlse per query row (the dq pass's prologue
+//     there), which the dk/dv pass needs first here;
+//   dk/dv pass (bwd_mma_kernel.cuh, unchanged but for one store): also writes
+//     each band tile's dS, key rows, to p.band_dscores;
+//   dq pass (here): dq = dS K over the band tiles, dS read back rather than
+//     recomputed: no scores, exponentials or dO V^T products, no v or dO rows.
+// A tile of 64 keys meets the queries of its own 64-row chunk and of the next
+// band_dscore_steps - 1 chunks, so the dS buffer holds band_dscore_steps tiles
+// of 64 x 64 per key tile and query head. Each dq sum runs over the same
+// 16 x 16 sub-tiles in the same order as the general dq pass; dS itself is
+// rounded to 16 bits there too (the A operand of its product).
+#pragma once
+
+#include <cstdint>
+
+#include "../fibsparse.h"
+#include "../pattern.h"
+#include "bwd_mma_kernel.cuh"
+#include "mma_tiles.cuh"
+
+namespace fibsparse {
+namespace mma_bwd {
+
+// delta for every query row, a warp per 16 rows (warp_row_deltas).
+template <typename T, int kHeadDim>
+__global__ void __launch_bounds__(kMmaBlockThreads) delta_kernel(const Params p) {
+  const int h = blockIdx.y, b = blockIdx.z;
+  const Sequence seq = sequence_of(p, b);
+  const int warp_q0 = blockIdx.x * kBlockRows + 16 * (threadIdx.x / 32);
+  if (warp_q0 >= seq.seqlen_q) return;
+  const uint16_t* do_src =
+      bits<T>(p.dout, seq.q_start(b, p.do_batch_stride, p.do_row_stride) + h * p.do_head_stride);
+  float delta[2], lse_log2[2];
+  warp_row_deltas<T, kHeadDim>(p, seq, b, h, warp_q0, do_src, stats_index(p, seq, b, h, 0), threadIdx.x % 32, delta,
+                               lse_log2);
+}
+
+// Dynamic shared memory of the dq pass: two stages of a dS tile (64 key rows
+// of 64 queries) and 64 k rows.
+template <int kHeadDim>
+constexpr int kDqFromDscoresSmemBytes = 2 * kChunk * ((kChunk + 8) + (kHeadDim + 8)) * int(sizeof(uint16_t));
+
+// A block = 64 queries of one head; its steps are the 64-key tiles its band
+// reaches, the last one its own.
+template <typename T, int kHeadDim>
+__global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_from_dscores_kernel(const Params p) {
+  extern __shared__ __align__(16) uint16_t smem[];
+  const auto stage_ds = [&](int s) { return reinterpret_cast<Rows<kChunk>>(smem) + s * kChunk; };
+  const auto stage_k = [&](int s) {
+    return reinterpret_cast<Rows<kHeadDim>>(smem + 2 * kChunk * (kChunk + 8)) + s * kChunk;
+  };
+  const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z, hk = h / (p.heads / p.heads_kv);
+  const Sequence seq = sequence_of(p, b);
+  const int64_t q0 = int64_t(tile) * kBlockRows;  // queries sit at their rows' positions here
+  if (q0 >= seq.seqlen_q) return;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+  const int warp_q0 = int(q0) + 16 * warp;
+  const uint16_t* k_src = bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride);
+  const int64_t first_key_tile = band_first_key(q0, p.band) / kChunk;
+  const int num_steps = int(tile - first_key_tile) + 1;
+  const auto issue = [&](int n) {
+    if (n < num_steps) {
+      const int64_t key_tile = first_key_tile + n;
+      const uint16_t* ds_src =
+          bits<T>(static_cast<const void*>(p.band_dscores), band_dscore_index(p, b, h, key_tile, int(tile - key_tile)));
+      stage_rows<kChunk, kChunk>(stage_ds(n % 2), ds_src, kChunk, 0, kChunk - 1);
+      stage_rows<kHeadDim, kChunk>(stage_k(n % 2), k_src, p.k_row_stride, key_tile * kChunk, seq.seqlen_k - 1);
+    }
+    commit_async();
+  };
+
+  issue(0);
+  float dq[kHeadDim / 8][4] = {};
+  for (int n = 0; n < num_steps; ++n) {
+    issue(n + 1);
+    wait_async<1>();
+    __syncthreads();
+    RowPtr<kChunk> ds_rows = stage_ds(n % 2);
+    RowPtr<kHeadDim> rows_k = stage_k(n % 2);
+#pragma unroll
+    for (int t16 = 0; t16 < kChunk / 16; ++t16) {
+      // The sub-tiles the dk/dv pass skipped (band_meets) hold no dS.
+      if (!band_meets(warp_q0, (first_key_tile + n) * kChunk + 16 * t16, p.band)) continue;  // warp-uniform
+      // A = dS of the warp's 16 queries x the sub-tile's 16 keys, from key
+      // rows: 8 x 8 tiles (keys +0 | +8) x (queries +0 | +8), transposed.
+      uint32_t a[4];
+      const int quarter = lane / 8;
+      ldmatrix_x4_trans(a, ds_rows[16 * t16 + (quarter / 2) * 8 + lane % 8] + 16 * warp + (quarter % 2) * 8);
+      add_a_times_rows<T, kHeadDim>(a, rows_k + 16 * t16, dq, lane);
+    }
+    __syncthreads();  // stage n % 2 is refilled by the next iteration's issue
+  }
+  store_rows<T, kHeadDim>(bits<T>(p.dq, seq.q_start(b, p.dq_batch_stride, p.dq_row_stride) + h * p.dq_head_stride),
+                          p.dq_row_stride, warp_q0, seq.seqlen_q, dq, float(p.softmax_scale), g, c);
+}
+
+}  // namespace mma_bwd
+}  // namespace fibsparse
