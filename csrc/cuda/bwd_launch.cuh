@@ -26,19 +26,40 @@
 namespace fibsparse {
 
 // The band steps of a key tile of the window alone's backward
-// (bwd_window_kernel.cuh), if it applies to p: the window alone on a dense
-// batch whose queries and keys line up, with a window of at most 129 (three
-// 64-row query chunks per key tile, so that its dS buffer holds three times
-// q's elements); 0 if not. FIBSPARSE_WINDOW_DSCORES=0 turns it off for comparisons.
-inline int window_dscore_steps(const Params& p, bool fractional) {
+// (bwd_window_kernel.cuh), if that backward applies to p (with integer
+// offsets): no offsets, a dense batch whose queries and keys line up, and a
+// window of at most 129 (three 64-row query chunks per key tile, so that its
+// dS buffer holds three times q's elements); 0 if not.
+// FIBSPARSE_WINDOW_DSCORES=0 turns it off for comparisons.
+inline int window_dscore_steps(const Params& p) {
   const char* setting = std::getenv("FIBSPARSE_WINDOW_DSCORES");
   if (setting != nullptr && std::strcmp(setting, "0") == 0) return 0;
-  if (fractional || p.num_offsets != 0 || p.cu_seqlens_q != nullptr || p.cache_seqlens != nullptr ||
+  if (p.num_offsets != 0 || p.cu_seqlens_q != nullptr || p.cache_seqlens != nullptr ||
       p.block_table != nullptr || p.q_pos_shift != 0 || p.seqlen_q != p.seqlen_k) {
     return 0;
   }
   const int steps = (mma_tiles::kBlockRows - 1 + p.band.window - 1) / mma_tiles::kChunk + 1;
   return steps <= 3 ? steps : 0;
+}
+
+// The window alone's backward with stored dS: delta, then dk/dv (storing dS),
+// then dq from the stored dS (bwd_window_kernel.cuh).
+template <typename T, int kHeadDim>
+void launch_window_alone_bwd(const Params& p, int steps) {
+  using namespace mma_bwd;
+  const int64_t key_tiles = blocks_for(p.seqlen_k, kBlockRows);
+  const at::Tensor dscores = at::empty({int64_t(p.batch) * p.heads * key_tiles * steps * kBlockRows * kChunk},
+                                       at::TensorOptions().dtype(at::kHalf).device(at::kCUDA));
+  Params window_p = p;
+  window_p.band_dscores = dscores.data_ptr();
+  window_p.band_dscore_steps = steps;
+  const dim3 q_grid(blocks_for(p.seqlen_q, kBlockRows), p.heads, p.batch);
+  const dim3 dkdv_grid(blocks_for(p.seqlen_k, kBlockRows), p.heads_kv, p.batch);
+  launch_kernel(delta_kernel<T, kHeadDim>, q_grid, kMmaBlockThreads, 0, window_p);
+  launch_kernel(dkdv_mma_kernel<T, int32_t, kHeadDim, true>, dkdv_grid, kMmaBlockThreads, kDkdvSmemBytes<kHeadDim>,
+                window_p);
+  launch_kernel(dq_from_dscores_kernel<T, kHeadDim>, q_grid, kMmaBlockThreads, kDqFromDscoresSmemBytes<kHeadDim>,
+                window_p);
 }
 
 template <typename T>
@@ -48,21 +69,9 @@ void launch_bwd(const Params& p, bool fractional) {
       if constexpr (kIsTensorCoreType<T>) {
         using OffsetT = std::conditional_t<kFrac, float, int32_t>;
         using namespace mma_bwd;
-        if (const int steps = window_dscore_steps(p, kFrac); steps > 0) {
-          const int64_t key_tiles = blocks_for(p.seqlen_k, kBlockRows);
-          const at::Tensor dscores = at::empty({int64_t(p.batch) * p.heads * key_tiles * steps * kBlockRows * kChunk},
-                                               at::TensorOptions().dtype(at::kHalf).device(at::kCUDA));
-          Params window_p = p;
-          window_p.band_dscores = dscores.data_ptr();
-          window_p.band_dscore_steps = steps;
-          const dim3 q_grid(blocks_for(p.seqlen_q, kBlockRows), p.heads, p.batch);
-          launch_kernel(delta_kernel<T, kHeadDim>, q_grid, kMmaBlockThreads, 0, window_p);
-          const dim3 dkdv_grid(blocks_for(p.seqlen_k, kBlockRows), p.heads_kv, p.batch);
-          launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, true>, dkdv_grid, kMmaBlockThreads,
-                        kDkdvSmemBytes<kHeadDim>, window_p);
-          launch_kernel(dq_from_dscores_kernel<T, kHeadDim>, q_grid, kMmaBlockThreads,
-                        kDqFromDscoresSmemBytes<kHeadDim>, window_p);
-          return;
+        if constexpr (!kFrac) {
+          const int steps = window_dscore_steps(p);
+          if (steps > 0) return launch_window_alone_bwd<T, kHeadDim>(p, steps);
         }
         HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
           const dim3 dq_grid(blocks_for(p.seqlen_q, kBlockRows) + kOffsetsCheckBlocks, p.heads / kHeads, p.batch);
