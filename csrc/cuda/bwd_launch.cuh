@@ -29,7 +29,7 @@ namespace fibsparse {
 // (bwd_window_kernel.cuh), if that backward applies to p (with integer
 // offsets): no offsets, a dense batch whose queries and keys line up, and a
 // window of at most 129 (three 64-row query chunks per key tile, so that its
-// dS buffer holds three times q's elements); 0 if not.
+// dS buffer holds 192 values per query and head); 0 if not.
 // FIBSPARSE_WINDOW_DSCORES=0 turns it off for comparisons.
 inline int window_dscore_steps(const Params& p) {
   const char* setting = std::getenv("FIBSPARSE_WINDOW_DSCORES");
