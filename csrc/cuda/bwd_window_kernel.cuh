@@ -10,9 +10,10 @@
 //     recomputed: no scores, exponentials or dO V^T products, no v or dO rows.
 // A tile of 64 keys meets the queries of its own 64-row chunk and of the next
 // band_dscore_steps - 1 chunks, so the dS buffer holds band_dscore_steps tiles
-// of 64 x 64 per key tile and query head. Each dq sum runs over the same
-// 16 x 16 sub-tiles in the same order as the general dq pass; dS itself is
-// rounded to 16 bits there too (the A operand of its product).
+// of 64 x 64 per key tile and query head. dS is rounded to 16 bits in both
+// routes (the A operand of dS K); dq moves within rounding, since here the
+// sub-tiles of 16 keys start at the key tiles' rows and the scores come from
+// the dk/dv pass's products.
 #pragma once
 
 #include <cstdint>
