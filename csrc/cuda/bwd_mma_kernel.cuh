@@ -78,12 +78,13 @@ __device__ __forceinline__ int64_t band_dscore_index(const Params& p, int b, int
 // delta = <dO, O> - dlse for a warp's 16 query rows warp_q0.. of head h,
 // written to p.delta; each lane gets the delta and the lse (backward_lse, in
 // log2 units) of its rows g and g + 8. do_src points at head h's dout rows.
-// Lanes 2r and 2r + 1 share row r, reading it as 16-byte vectors, all loads in flight at once (a loop of
-// 16-bit loads cost one L2 round trip per element). At head_dim 128 the two
-// lanes read neighbouring vectors, so that a load takes one whole 32-byte
-// sector per row; that made the backward with offsets ~2% faster there, and
-// at head_dim 64 it measured no faster than each lane reading its half row
-// (docs/performance.md), which the smaller head_dim keeps.
+// Lanes 2r and 2r + 1 share row r, reading it as 16-byte vectors, all loads
+// in flight at once (a loop of 16-bit loads cost one L2 round trip per
+// element). At head_dim 128 the two lanes read neighbouring vectors, so that
+// a load takes one whole 32-byte sector per row; that made the backward with
+// offsets ~2% faster there, and at head_dim 64 it measured no faster than
+// each lane reading its half row (docs/performance.md), which the smaller
+// head_dim keeps.
 template <typename T, int kHeadDim>
 __device__ __forceinline__ void warp_row_deltas(const Params& p, const Sequence& seq, int b, int h, int warp_q0,
                                                 const uint16_t* do_src, int64_t stats, int lane, float (&delta)[2],
