@@ -5,7 +5,7 @@ it matches the float64 reference and the mma.sync forward (FIBSPARSE_HOPPER=0)
 where its geometry differs from theirs (band chunks that start before key 0,
 lengths that are not multiples of 64, fewer queries than keys, windows of one key
 up to the whole sequence, padded, per-head and fractional offsets, GQA heads paired in one
-block, several tiles per block, clusters); where it declines; and, without a GPU,
+block, two heads a warpgroup, several tiles per block, clusters); where it declines; and, without a GPU,
 that ptxas compiles it without serializing its wgmma."""
 import importlib.util
 import os
@@ -53,8 +53,9 @@ def test_ptxas_keeps_the_hopper_forwards_wgmma_asynchronous(tmp_path, source):
     assert result.returncode == 0, result.stderr[-3000:]
     report = result.stdout + result.stderr
     kernels = re.findall(r"Compiling entry function '(\w*fwd_hopper_kernel\w*)'", report)
-    # head_dim 64 and 128; integer offsets: one head, two, two in clusters of two blocks; fractional: one head, two
-    assert len(kernels) == 10, report[-3000:]
+    # head_dim 64 and 128; integer offsets: one head, two, two in clusters of two blocks, four (two a
+    # warpgroup); fractional: one head, two, four
+    assert len(kernels) == 14, report[-3000:]
     assert "Performance Loss" not in report, [line for line in report.splitlines() if "Performance Loss" in line]
     for kernel in kernels:
         spills = re.search(rf"Function properties for {kernel}\s+\d+ bytes stack frame, (\d+) bytes spill stores",
@@ -242,7 +243,7 @@ def test_hopper_forward_is_deterministic_and_writes_every_output(monkeypatch, he
 
 @requires_hopper
 @pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize("heads, heads_kv", [(2, 2), (4, 2)])  # one head per block; two
+@pytest.mark.parametrize("heads, heads_kv", [(2, 2), (4, 2), (8, 2)])  # one head per block; two; four
 @pytest.mark.parametrize("tiles_per_block", ["1", "3"])
 def test_hopper_forward_reads_the_row_before_a_fractional_strip(monkeypatch, head_dim, heads, heads_kv,
                                                                  tiles_per_block):
@@ -250,7 +251,9 @@ def test_hopper_forward_reads_the_row_before_a_fractional_strip(monkeypatch, hea
     before the strip, in the step's prefix (tma.cuh's row_with_prefix). With a
     window of one key and four positions that row carries a large weight, and
     each tile's first query is compared alone with the reference: a whole-tensor
-    error would hide one wrong row in 64. Some prefixes start before key 0."""
+    error would hide one wrong row in 64. Some prefixes start before key 0.
+    Four heads a block hold two a warpgroup: 32-query tiles, two strips (and
+    prefixes) a step."""
     monkeypatch.delenv("FIBSPARSE_HOPPER", raising=False)
     monkeypatch.setenv("FIBSPARSE_HOPPER_TILES", tiles_per_block)
     torch.manual_seed(head_dim + heads + int(tiles_per_block))
@@ -259,7 +262,7 @@ def test_hopper_forward_reads_the_row_before_a_fractional_strip(monkeypatch, hea
     assert any("fwd_hopper_kernel" in n for n in forward_kernels(q, k, v, 1, offsets))
     out, lse = fibsparse_attn(q, k, v, 1, offsets, return_lse=True)
     ref, ref_lse = fibsparse_attn_ref(q.double(), k.double(), v.double(), 1, offsets.double(), return_lse=True)
-    first = slice(0, None, 64)  # each tile's first query
+    first = slice(0, None, 32)  # each tile's first query (tiles of 64 or 32)
     got, want = out[:, first].double(), ref[:, first]
     row_err = (got - want).abs().amax(-1) / want.abs().amax(-1)
     assert row_err.max() < 3e-2, row_err
@@ -295,11 +298,12 @@ def test_hopper_forward_clusters_give_the_same_bits(monkeypatch, dtype, head_dim
     are bitwise those of separate blocks (the default), also with several
     tiles per block, and the kernel that ran says which it was."""
     monkeypatch.delenv("FIBSPARSE_HOPPER", raising=False)
+    monkeypatch.setenv("FIBSPARSE_HOPPER_PACK", "0")  # else four heads share a block (one head a warpgroup here)
     torch.manual_seed(heads + seqlen_q + head_dim)
     q, k, v = random_qkv(2, seqlen_q, heads, 2, head_dim, dtype, "cuda", seqlen_k=seqlen_k, requires_grad=False)
     offsets = random_offsets(128, num_offsets, None, False, "cuda", spread=max(2, seqlen_k // (num_offsets + 1)))
     name = "c10::BFloat16" if dtype == torch.bfloat16 else "c10::Half"
-    kernel = f"fwd_hopper_kernel<{name}, {head_dim}, 2, "
+    kernel = f"fwd_hopper_kernel<{name}, {head_dim}, 2, 1, "
     monkeypatch.delenv("FIBSPARSE_HOPPER_CLUSTER", raising=False)
     assert any(kernel + "1, false>" in n for n in forward_kernels(q, k, v, 128, offsets))
     separate = fibsparse_attn(q, k, v, 128, offsets, return_lse=True)
@@ -378,11 +382,12 @@ def test_hopper_forward_default_tiles_per_block_give_the_same_bits(monkeypatch, 
 @pytest.mark.parametrize("name, setting, allowed", [
     ("FIBSPARSE_HOPPER", "off", "0, 1"), ("FIBSPARSE_HOPPER", "", "0, 1"), ("FIBSPARSE_HOPPER", "always", "0, 1"),
     ("FIBSPARSE_HOPPER_CLUSTER", "yes", "0, 1"), ("FIBSPARSE_HOPPER_CLUSTER", "2", "0, 1"),
+    ("FIBSPARSE_HOPPER_PACK", "no", "0, 1"), ("FIBSPARSE_HOPPER_PACK", " 0", "0, 1"),
 ])
 def test_hopper_switches_are_checked(monkeypatch, name, setting, allowed):
     """A comparison switch with a value it does not know is refused, naming the
     variable, what it got and what it takes (a GQA group of 4 sharing offsets:
-    the call the cluster switch steers)."""
+    the call the cluster and packing switches steer)."""
     monkeypatch.delenv("FIBSPARSE_HOPPER", raising=False)
     monkeypatch.setenv(name, setting)
     q, k, v = random_qkv(1, 128, 8, 2, 64, torch.bfloat16, "cuda", requires_grad=False)
@@ -398,3 +403,58 @@ def test_hopper_tiles_setting_is_checked(monkeypatch, setting):
     q, k, v = random_qkv(1, 128, 2, 2, 64, torch.bfloat16, "cuda", requires_grad=False)
     with pytest.raises(RuntimeError, match=f"FIBSPARSE_HOPPER_TILES must be a whole number from 1 to 64, got '{setting}'"):
         fibsparse_attn(q, k, v, 128, torch.tensor([130], dtype=torch.int32, device="cuda"))
+
+
+@requires_hopper
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("batch, seqlen_q, seqlen_k, heads, offsets", [
+    (2, 1000, 1000, 8, "odd"),          # 7 offsets: a tile's last step holds one strip; 1000 = 31 x 32 + 8
+    (1, 77, 333, 16, "even"),           # queries shifted by 256, two groups of 8 in four blocks
+    (1, 4096, 4096, 8, "many"),         # 20 offsets, several tiles a block: rings wrap
+    (2, 300, 300, 8, "padded"),         # padded offsets, some out of reach
+    (1, 640, 640, 8, "fractional"),     # two strips and two prefixes a step
+    (1, 100, 230, 8, "fractional_mixed"),
+])
+def test_hopper_forward_two_heads_a_warpgroup(monkeypatch, dtype, head_dim, batch, seqlen_q, seqlen_k, heads, offsets):
+    """Four heads of a kv group sharing their offsets take one block, two to a
+    warpgroup (32-query tiles, two offsets' strips a step): the kernel that runs
+    says so, FIBSPARSE_HOPPER_PACK=0 gives one head a warpgroup instead, with
+    the same bits (a tile walks its 64-query span's band chunks, each query's
+    sums in the same order), within the float64 reference's bounds; every
+    output is written (NaN-poisoned first), and any tiles per block give the
+    same bits."""
+    monkeypatch.delenv("FIBSPARSE_HOPPER", raising=False)
+    monkeypatch.delenv("FIBSPARSE_HOPPER_PACK", raising=False)
+    monkeypatch.delenv("FIBSPARSE_HOPPER_TILES", raising=False)
+    monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
+    torch.manual_seed(seqlen_q + heads + head_dim)
+    q, k, v = random_qkv(batch, seqlen_q, heads, 2, head_dim, dtype, "cuda", seqlen_k=seqlen_k, requires_grad=False)
+    window = 64
+    if offsets == "fractional_mixed":
+        offs = torch.tensor([window + 0.0, window + 7.5, 2 * window + 3.0, 150.5, 3 * window + 0.25], device="cuda")
+    elif offsets == "padded":
+        offs = torch.tensor([window, window + 9, 3 * window + 1, 1000, -1, -1], dtype=torch.int32, device="cuda")
+    else:
+        count = {"odd": 7, "even": 6, "many": 20, "fractional": 9}[offsets]
+        offs = random_offsets(window, count, None, offsets == "fractional", "cuda", dtype=torch.float32,
+                              spread=max(2, seqlen_k // (count + 1)))
+    name = "c10::BFloat16" if dtype == torch.bfloat16 else "c10::Half"
+    fractional = "true" if offs.is_floating_point() else "false"
+    assert any(f"fwd_hopper_kernel<{name}, {head_dim}, 2, 2, 1, {fractional}>" in n
+               for n in forward_kernels(q, k, v, window, offs))
+    packed = fibsparse_attn(q, k, v, window, offs, return_lse=True)
+    monkeypatch.setenv("FIBSPARSE_HOPPER_PACK", "0")
+    assert any(f"fwd_hopper_kernel<{name}, {head_dim}, 2, 1, 1, {fractional}>" in n
+               for n in forward_kernels(q, k, v, window, offs))
+    unpacked = fibsparse_attn(q, k, v, window, offs, return_lse=True)
+    monkeypatch.delenv("FIBSPARSE_HOPPER_PACK")
+    ref = fibsparse_attn_ref(q.double(), k.double(), v.double(), window, reference_offsets(offs), return_lse=True)
+    for name, got, other, want in (("out", packed[0], unpacked[0], ref[0]), ("lse", packed[1], unpacked[1], ref[1])):
+        assert torch.isfinite(got).all(), name
+        assert torch.equal(got, other), f"{name}: {(got.double() - other.double()).abs().max():.2e} apart"
+        assert rel_err(got, want) < 1e-2, f"{name}: {rel_err(got, want):.2e}"
+    for tiles_per_block in ("1", "3", "64"):
+        monkeypatch.setenv("FIBSPARSE_HOPPER_TILES", tiles_per_block)
+        again = fibsparse_attn(q, k, v, window, offs, return_lse=True)
+        assert torch.equal(again[0], packed[0]) and torch.equal(again[1], packed[1]), tiles_per_block

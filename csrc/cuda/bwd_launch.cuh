@@ -10,11 +10,10 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 
 #include "../capabilities.h"
+#include "../env_switches.h"
 #include "../fibsparse.h"
 #include "../static_switch.h"
 #include "bwd_mma_kernel.cuh"
@@ -30,10 +29,9 @@ namespace fibsparse {
 // offsets): no offsets, a dense batch whose queries and keys line up, and a
 // window of at most 129 (three 64-row query chunks per key tile, so that its
 // dS buffer holds 192 values per query and head); 0 if not.
-// FIBSPARSE_WINDOW_DSCORES=0 turns it off for comparisons.
+// FIBSPARSE_WINDOW_DSCORES=0 turns it off for comparisons (env_switches.h).
 inline int window_dscore_steps(const Params& p) {
-  const char* setting = std::getenv("FIBSPARSE_WINDOW_DSCORES");
-  if (setting != nullptr && std::strcmp(setting, "0") == 0) return 0;
+  if (switched_off("FIBSPARSE_WINDOW_DSCORES")) return 0;
   if (p.num_offsets != 0 || p.cu_seqlens_q != nullptr || p.cache_seqlens != nullptr ||
       p.block_table != nullptr || p.q_pos_shift != 0 || p.seqlen_q != p.seqlen_k) {
     return 0;

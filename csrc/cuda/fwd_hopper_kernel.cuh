@@ -3,27 +3,34 @@
 // products (wgmma.cuh) fed by TMA (tma.cuh), with a producer warpgroup and consumer
 // warpgroups handing shared-memory stages through mbarriers.
 //
-// A tile is 64 consecutive queries of kHeads query heads of one kv group
-// (kHeads > 1 only when the heads share one row of offsets). A block walks
-// `tiles_per_block` consecutive tiles, so that its next tile's loads overlap
-// the end of its current one: a block that stopped after one tile left its SM
-// idle while the next block started and waited for its first loads, and at one
-// block per SM that was a large part of a tile's time. Each head is one
-// consumer warpgroup of 4 warps, warp w owning queries 16 w .. 16 w + 15, as in
-// the mma.sync forward (fwd_mma_kernel.cuh), whose per-warp code it shares. For
-// each tile the block walks 64-row steps of k and v, staged once for all its heads:
+// A block's consumer warpgroups each hold 64 rows of queries: one head's 64
+// consecutive queries, or (kHeadsPerWarpgroup == 2) two heads' 32, rows
+// 0 .. 31 the first head's and 32 .. 63 the second's. A tile is the tile
+// queries (64 / kHeadsPerWarpgroup) of all the block's heads, which belong to
+// one kv group and share one row of offsets (when there are several). Two
+// heads a warpgroup halve what an offset's strip costs per head: the strip is
+// as many rows as the tile has queries, read once for twice the heads.
+// A block walks `tiles_per_block` consecutive tiles, so that its next tile's
+// loads overlap the end of its current one: a block that stopped after one
+// tile left its SM idle while the next block started and waited for its first
+// loads, and at one block per SM that was a large part of a tile's time. Warp
+// w of a warpgroup owns its rows 16 w .. 16 w + 15, as in the mma.sync forward
+// (fwd_mma_kernel.cuh), whose per-warp code it shares. For each tile the block
+// walks steps of k and v rows, staged once for all its heads:
 //   Band: the chunks of 64 keys that end at the tile's last query and reach
 //     back past its first query's window. Each warpgroup scores a chunk with
 //     one 64 x 64 product (S = Q K^T, q and k from shared memory), masks it to
 //     the band, updates its online softmax per warp, and adds P V with P in
 //     registers.
-//   Offsets: for distance d, the 64 rows p0 - d .. p0 - d + 63; warp w scores
-//     its 16 queries against rows 16 w .. 16 w + 15 with mma.sync and keeps the
-//     diagonal, as in the mma.sync forward. A fractional position a + f (f > 0)
-//     also reads each query's row one further back: its step stages the 8 rows
-//     before the strip too (a prefix, tma.cuh), and warp w scores rows
-//     16 w - 1 .. 16 w + 14 as well (warp 0's row -1 from the prefix), mixing
-//     the two diagonals as the mma.sync forward does.
+//   Offsets: one strip per offset, each step staging kHeadsPerWarpgroup strips
+//     (of consecutive offsets) in its 64 rows. For distance d, a strip is the
+//     rows p0 - d .. for the tile's queries p0 ..; a warp scores its 16 queries
+//     against their 16 rows with mma.sync and keeps the diagonal, as in the
+//     mma.sync forward. A fractional position a + f (f > 0) also reads each
+//     query's row one further back: its step stages the 8 rows before the
+//     strip too (a prefix, tma.cuh), and a warp scores the 16 rows one back as
+//     well (for a strip's first query, from the prefix), mixing the two
+//     diagonals as the mma.sync forward does.
 // The band's steps are software-pipelined: a warpgroup queues a chunk's Q K^T
 // and the previous chunk's P V before its softmax, so the tensor cores work
 // meanwhile.
@@ -61,75 +68,93 @@ using tma::kTileRows;
 
 constexpr int kWarpgroupThreads = 32 * kWarps;
 
-// Shared memory, threads and registers per (head_dim, heads per block,
-// fractional offsets).
-template <int kHeadDim, int kHeads, bool kFractional = false>
+// Shared memory, threads and registers per (head_dim, consumer warpgroups,
+// heads per warpgroup, fractional offsets).
+template <int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, bool kFractional = false>
 struct Shape {
-  // Consumer warpgroups (one per head), then the producer warpgroup, of which
-  // one thread works: register budgets are set per warpgroup (setmaxnreg).
-  static constexpr int kThreads = (kHeads + 1) * kWarpgroupThreads;
+  static_assert(kHeadsPerWarpgroup == 1 || kHeadsPerWarpgroup == 2);
+  static constexpr int kHeads = kWarpgroups * kHeadsPerWarpgroup;  // per block
+  static constexpr int kTileQueries = kTileRows / kHeadsPerWarpgroup;
+  // Where a warpgroup's second head's q rows, or a step's second strip,
+  // start within each 64-row region of a tile: whole swizzle atoms on, so
+  // the swizzle is the same as at row 0.
+  static constexpr int kHalfBytes = kTileQueries * 128;
+  // Consumer warpgroups, then the producer warpgroup, of which one thread
+  // works: register budgets are set per warpgroup (setmaxnreg).
+  static constexpr int kThreads = (kWarpgroups + 1) * kWarpgroupThreads;
   static constexpr int kTileBytes = tma::kTileBytes<kHeadDim>;
-  // Blocks per SM: one with two heads; two with one (at head_dim 128 with 2
-  // stages, to fit 228 KB of shared memory).
-  static constexpr int kMinBlocks = kHeads == 1 ? 2 : 1;
-  static constexpr int kStages = kHeadDim == 128 && kHeads == 1 ? 2 : 4;
+  // Blocks per SM: one with two consumer warpgroups; two with one (at
+  // head_dim 128 with 2 stages, to fit 228 KB of shared memory).
+  static constexpr int kMinBlocks = kWarpgroups == 1 ? 2 : 1;
+  static constexpr int kStages = kHeadDim == 128 && kWarpgroups == 1 ? 2 : 4;
   // Each SM sub-partition holds 16K registers and one warp of each warpgroup
   // of every resident block: 512 per thread to share among one producer
-  // warpgroup (kProducerRegisters: 40 made ptxas spill in its loop) and kHeads
-  // consumers per block. A consumer holds o, a step's scores and the previous
-  // step's P (the band is software-pipelined) and, for the offsets, q.
+  // warpgroup (kProducerRegisters: 40 made ptxas spill in its loop) and the
+  // consumers of each block. A consumer holds o, a step's scores and the
+  // previous step's P (the band is software-pipelined) and, for the offsets, q.
   static constexpr int kProducerRegisters = 56;
-  static constexpr int kConsumerRegisters = (512 / kMinBlocks - kProducerRegisters) / kHeads / 8 * 8;
+  static constexpr int kConsumerRegisters = (512 / kMinBlocks - kProducerRegisters) / kWarpgroups / 8 * 8;
   static_assert(kConsumerRegisters >= 200 && kConsumerRegisters <= 256);
-  // Two buffers of kHeads q tiles (the next tile's q loads while the current
-  // one runs), then per stage a k tile and a v tile, then (fractional
-  // offsets) per stage a k prefix and a v prefix, then the barriers; 1024
-  // bytes of slack align the tiles to the swizzle's 1024-byte atoms.
+  // Two buffers of kWarpgroups q tiles (the next tile's q loads while the
+  // current one runs), then per stage a k tile and a v tile, then (fractional
+  // offsets) per stage and strip a k prefix and a v prefix, then the barriers;
+  // 1024 bytes of slack align the tiles to the swizzle's 1024-byte atoms.
   static constexpr int kQBuffers = 2;
   static constexpr int kPrefixBytes = kFractional ? tma::kPrefixBytes<kHeadDim> : 0;
   static constexpr int kBarrierBytes = (2 * kQBuffers + 2 * kStages) * 8;
-  static constexpr int kSmemBytes =
-      1024 + (kQBuffers * kHeads + 2 * kStages) * kTileBytes + 2 * kStages * kPrefixBytes + kBarrierBytes;
+  static constexpr int kSmemBytes = 1024 + (kQBuffers * kWarpgroups + 2 * kStages) * kTileBytes +
+                                    2 * kStages * kHeadsPerWarpgroup * kPrefixBytes + kBarrierBytes;
   static_assert(kMinBlocks * (kSmemBytes + 1024) <= 228 * 1024, "an SM's shared memory, with 1 KB per block for the driver");
 };
 
-// The steps of a tile whose first query sits at position first_pos: band
-// chunks of 64 rows ending at first_pos + 63 (those that end before key 0
-// dropped), then one strip per offset within reach. Producer and consumers
-// walk the same plan.
-template <typename OffsetT>
+// The steps of a tile of kTileQueries queries whose first sits at position
+// first_pos, within the 64 queries from span_pos on: band chunks of 64 rows
+// ending at the span's last query (those that end before key 0 dropped), then
+// the strips of the offsets within reach of the tile, kStrips to a step.
+// Producer and consumers walk the same plan. A 32-query tile walks the band
+// chunks of its 64-query span, so that every query meets its keys in the same
+// chunks, summed in the same order, as in a 64-query tile: the same bits
+// either way. At window 128 that is as many chunks as chunks ending at the
+// tile's own last query would take; at windows of 2-33, 66-97, 130-161 keys
+// (and so on) it is one more.
+template <typename OffsetT, int kTileQueries, int kStrips>
 struct Steps {
   int64_t band_start;
   int64_t first_pos;
-  int band_steps, num_steps;
+  int band_steps, num_steps, reach;
   const OffsetT* offs;
 
-  __device__ Steps(const Params& p, const OffsetT* offsets, int64_t pos) : first_pos(pos), offs(offsets) {
-    band_steps = (p.band.window + kTileRows - 1 + kTileRows - 1) / kTileRows;
-    band_start = first_pos + kTileRows - int64_t(kTileRows) * band_steps;
+  __device__ Steps(const Params& p, const OffsetT* offsets, int64_t span_pos, int64_t pos)
+      : first_pos(pos), offs(offsets) {
+    band_steps = (p.band.window - 1 + kTileRows + kTileRows - 1) / kTileRows;
+    band_start = span_pos + kTileRows - int64_t(kTileRows) * band_steps;
     if (band_start + kTileRows - 1 < 0) {
       const int64_t before = (-(band_start + kTileRows - 1) + kTileRows - 1) / kTileRows;
       band_start += before * kTileRows;
       band_steps -= int(before);
     }
-    num_steps = band_steps + mma_tiles::offsets_within_reach(offs, p.num_offsets, first_pos + kTileRows - 1);
+    reach = mma_tiles::offsets_within_reach(offs, p.num_offsets, first_pos + kTileQueries - 1);
+    num_steps = band_steps + (reach + kStrips - 1) / kStrips;
   }
   __device__ bool is_band(int n) const { return n < band_steps; }
-  __device__ int offset_index(int n) const { return n - band_steps; }
-  // An offset step's position (within reach, so never padding).
-  __device__ OffsetSplit split(int n) const { return split_offset(offs, offset_index(n)); }
-  // The first key row step n stages (an offset's strip: of its nearer row, weight 1 - frac).
-  __device__ int64_t first_row(int n) const {
-    return is_band(n) ? band_start + int64_t(n) * kTileRows : first_pos - split(n).whole;
-  }
-  // Whether step n also stages the 8 rows before its strip: an offset step
-  // at a fractional position, whose second row is one further back.
-  __device__ bool stages_prefix(int n) const { return !is_band(n) && split(n).frac != 0.f; }
+  // The first key row of band step n.
+  __device__ int64_t band_row(int n) const { return band_start + int64_t(n) * kTileRows; }
+  // The offset of strip `strip` of offset step n, and whether the step has it
+  // (a tile's last step may have fewer strips).
+  __device__ int offset_index(int n, int strip) const { return (n - band_steps) * kStrips + strip; }
+  __device__ bool has_strip(int n, int strip) const { return offset_index(n, strip) < reach; }
+  // Its position (within reach, so never padding).
+  __device__ OffsetSplit split(int n, int strip) const { return split_offset(offs, offset_index(n, strip)); }
+  // Its first key row (of its nearer rows, weight 1 - frac).
+  __device__ int64_t strip_row(int n, int strip) const { return first_pos - split(n, strip).whole; }
+  // Whether it also stages the 8 rows before it: a fractional position, whose
+  // second row is one further back.
+  __device__ bool stages_prefix(int n, int strip) const { return split(n, strip).frac != 0.f; }
 };
 
 // The warp's 16 x 16 tile of scores against 16 rows row0 .. of a swizzled
 // tile (mma_tiles.cuh's dot_16_rows, on TMA's layout); with a prefix, row0 may
-// be -1 (a fractional step's second rows, of warp 0).
+// be -1 (a fractional step's second rows, for a strip's first query).
 template <typename T, int kHeadDim, bool kPrefix = false>
 __device__ __forceinline__ void dot_16_rows(const uint32_t (&a)[kHeadDim / 16][4], const char* tile, int row0,
                                             float (&s)[2][4], int lane, const char* prefix = nullptr) {
@@ -228,51 +253,58 @@ __device__ __forceinline__ void rescale_output(float (&o)[kDimTiles][4], const f
 // when the consumers of both blocks are done with it.
 // kFractional: the offsets are float positions (tensor_maps.h's maps of the
 // prefixes come with the others).
-template <typename T, int kHeadDim, int kHeads, int kCluster, bool kFractional>
-__global__ void __launch_bounds__(Shape<kHeadDim, kHeads, kFractional>::kThreads,
-                                  Shape<kHeadDim, kHeads, kFractional>::kMinBlocks)
+template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional>
+__global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kThreads,
+                                  Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kMinBlocks)
     fwd_hopper_kernel(const __grid_constant__ Params p, const __grid_constant__ HopperForwardMaps<kFractional> maps,
                       int tiles_per_block) {
-  static_assert(kCluster == 1 || (kCluster == 2 && kHeads == 2 && !kFractional));
+  static_assert(kCluster == 1 || (kCluster == 2 && kWarpgroups == 2 && kHeadsPerWarpgroup == 1 && !kFractional));
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using S = Shape<kHeadDim, kHeads, kFractional>;
+  using S = Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>;
   using OffsetT = std::conditional_t<kFractional, float, int32_t>;
+  using TileSteps = Steps<OffsetT, S::kTileQueries, kHeadsPerWarpgroup>;
   using namespace mma_tiles;
   constexpr int kDimTiles = kHeadDim / 8, kChunkTiles = kTileRows / 8;
+  constexpr int kWarpsPerHead = kWarps / kHeadsPerWarpgroup;
   extern __shared__ char smem_raw[];
   char* smem = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  const auto q_tile = [&](int buffer, int head) { return smem + (buffer * kHeads + head) * S::kTileBytes; };
-  const auto k_tile = [&](int stage) { return smem + (S::kQBuffers * kHeads + 2 * stage) * S::kTileBytes; };
-  const auto v_tile = [&](int stage) { return smem + (S::kQBuffers * kHeads + 2 * stage + 1) * S::kTileBytes; };
-  char* prefixes = smem + (S::kQBuffers * kHeads + 2 * S::kStages) * S::kTileBytes;
-  const auto k_prefix = [&](int stage) { return prefixes + 2 * stage * S::kPrefixBytes; };
-  const auto v_prefix = [&](int stage) { return prefixes + (2 * stage + 1) * S::kPrefixBytes; };
-  uint64_t* q_full = reinterpret_cast<uint64_t*>(prefixes + 2 * S::kStages * S::kPrefixBytes);
+  const auto q_tile = [&](int buffer, int warpgroup) { return smem + (buffer * kWarpgroups + warpgroup) * S::kTileBytes; };
+  const auto k_tile = [&](int stage) { return smem + (S::kQBuffers * kWarpgroups + 2 * stage) * S::kTileBytes; };
+  const auto v_tile = [&](int stage) { return smem + (S::kQBuffers * kWarpgroups + 2 * stage + 1) * S::kTileBytes; };
+  char* prefixes = smem + (S::kQBuffers * kWarpgroups + 2 * S::kStages) * S::kTileBytes;
+  const auto k_prefix = [&](int stage, int strip) {
+    return prefixes + (2 * stage * kHeadsPerWarpgroup + strip) * S::kPrefixBytes;
+  };
+  const auto v_prefix = [&](int stage, int strip) {
+    return prefixes + ((2 * stage + 1) * kHeadsPerWarpgroup + strip) * S::kPrefixBytes;
+  };
+  uint64_t* q_full = reinterpret_cast<uint64_t*>(prefixes + 2 * S::kStages * kHeadsPerWarpgroup * S::kPrefixBytes);
   uint64_t* q_empty = q_full + S::kQBuffers;
   uint64_t* full = q_empty + S::kQBuffers;
   uint64_t* empty = full + S::kStages;
 
-  const int first_head = blockIdx.y * kHeads, b = blockIdx.z, hk = first_head / (p.heads / p.heads_kv);
+  const int first_head = blockIdx.y * S::kHeads, b = blockIdx.z, hk = first_head / (p.heads / p.heads_kv);
   const Sequence seq = sequence_of(p, b);
   const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + first_head * p.offsets_head_stride;
   const int first_tile = blockIdx.x * tiles_per_block;
-  const int tiles = min(tiles_per_block, int((p.seqlen_q + kTileRows - 1) / kTileRows) - first_tile);
+  const int tiles = min(tiles_per_block, int((p.seqlen_q + S::kTileQueries - 1) / S::kTileQueries) - first_tile);
   // Tile t's q buffer, and the parity of its t / kQBuffers-th use.
   const auto q_buffer = [&](int t) { return t % S::kQBuffers; };
   const auto q_parity = [&](int t) { return uint32_t(t / S::kQBuffers) & 1; };
   const auto tile_steps = [&](int t) {
-    return Steps<OffsetT>(p, offs, (first_tile + t) * int64_t(kTileRows) + seq.q_pos_shift);
+    const int64_t q0 = (first_tile + t) * int64_t(S::kTileQueries);
+    return TileSteps(p, offs, q0 / kTileRows * kTileRows + seq.q_pos_shift, q0 + seq.q_pos_shift);
   };
 
   const uint32_t rank = kCluster > 1 ? tma::cluster_rank() : 0;
   if (threadIdx.x == 0) {
     for (int buffer = 0; buffer < S::kQBuffers; ++buffer) {
       tma::barrier_init(&q_full[buffer], 1);
-      tma::barrier_init(&q_empty[buffer], kHeads * kWarps);  // this block's consumer warps
+      tma::barrier_init(&q_empty[buffer], kWarpgroups * kWarps);  // this block's consumer warps
     }
     for (int s = 0; s < S::kStages; ++s) {
       tma::barrier_init(&full[s], 1);
-      tma::barrier_init(&empty[s], kCluster * kHeads * kWarps);  // every consumer warp of the cluster
+      tma::barrier_init(&empty[s], kCluster * kWarpgroups * kWarps);  // every consumer warp of the cluster
     }
     tma::fence_barrier_init();
   }
@@ -283,48 +315,66 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads, kFractional>::kThreads
   }
 
   const int warp_in_block = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (warp_in_block >= kHeads * kWarps) {  // the producer warpgroup: one thread issues every load
+  if (warp_in_block >= kWarpgroups * kWarps) {  // the producer warpgroup: one thread issues every load
     wgmma::set_max_registers_dec<S::kProducerRegisters>();
-    if (threadIdx.x == kHeads * kWarpgroupThreads) {
+    if (threadIdx.x == kWarpgroups * kWarpgroupThreads) {
       tma::prefetch_map(&maps.k);
       tma::prefetch_map(&maps.v);
+      tma::prefetch_map(&maps.k_strip);
+      tma::prefetch_map(&maps.v_strip);
       int step = 0;  // steps issued, over all tiles: the position in the ring
       for (int t = 0; t < tiles; ++t) {
-        const int q0 = (first_tile + t) * kTileRows;
+        const int q0 = (first_tile + t) * S::kTileQueries;
         // A fresh barrier's phase before the first counts as complete, so the
         // first use of each buffer (and stage) does not wait.
         tma::wait(&q_empty[q_buffer(t)], q_parity(t) ^ 1);
-        tma::arrive_expect_bytes(&q_full[q_buffer(t)], kHeads * S::kTileBytes);
-        for (int head = 0; head < kHeads; ++head)
-          for (int r = 0; r < kHeadDim / 64; ++r)
-            tma::load_4d(q_tile(q_buffer(t), head) + r * kRegionBytes, &maps.q, &q_full[q_buffer(t)], 64 * r,
-                         first_head + head, q0, b);
-        const Steps<OffsetT> steps = tile_steps(t);
+        tma::arrive_expect_bytes(&q_full[q_buffer(t)], kWarpgroups * S::kTileBytes);
+        for (int group = 0; group < kWarpgroups; ++group)
+          for (int half = 0; half < kHeadsPerWarpgroup; ++half)
+            for (int r = 0; r < kHeadDim / 64; ++r)
+              tma::load_4d(q_tile(q_buffer(t), group) + r * kRegionBytes + half * S::kHalfBytes, &maps.q,
+                           &q_full[q_buffer(t)], 64 * r, first_head + group * kHeadsPerWarpgroup + half, q0, b);
+        const TileSteps steps = tile_steps(t);
         for (int n = 0; n < steps.num_steps; ++n, ++step) {
           const int stage = step % S::kStages;
           tma::wait(&empty[stage], ((step / S::kStages) & 1) ^ 1);
-          const bool loads_prefix = kFractional && steps.stages_prefix(n);
-          // Both tiles land in this block either way: its own loads, or one from each block of the cluster.
-          tma::arrive_expect_bytes(&full[stage], 2 * S::kTileBytes + (loads_prefix ? 2 * S::kPrefixBytes : 0));
-          const int row = int(steps.first_row(n));
-          for (int r = 0; r < kHeadDim / 64; ++r) {
-            if constexpr (kCluster > 1) {
-              const bool k_loader = rank == 0;
-              tma::load_4d_multicast((k_loader ? k_tile(stage) : v_tile(stage)) + r * kRegionBytes,
-                                     k_loader ? &maps.k : &maps.v, &full[stage], 0b11, 64 * r, hk, row, b);
-            } else {
-              tma::load_4d(k_tile(stage) + r * kRegionBytes, &maps.k, &full[stage], 64 * r, hk, row, b);
-              tma::load_4d(v_tile(stage) + r * kRegionBytes, &maps.v, &full[stage], 64 * r, hk, row, b);
+          if (kCluster > 1 || steps.is_band(n)) {
+            // Both tiles land in this block either way: its own loads, or one from each block of the cluster.
+            tma::arrive_expect_bytes(&full[stage], 2 * S::kTileBytes);
+            const int row = int(steps.is_band(n) ? steps.band_row(n) : steps.strip_row(n, 0));
+            for (int r = 0; r < kHeadDim / 64; ++r) {
+              if constexpr (kCluster > 1) {
+                const bool k_loader = rank == 0;
+                tma::load_4d_multicast((k_loader ? k_tile(stage) : v_tile(stage)) + r * kRegionBytes,
+                                       k_loader ? &maps.k : &maps.v, &full[stage], 0b11, 64 * r, hk, row, b);
+              } else {
+                tma::load_4d(k_tile(stage) + r * kRegionBytes, &maps.k, &full[stage], 64 * r, hk, row, b);
+                tma::load_4d(v_tile(stage) + r * kRegionBytes, &maps.v, &full[stage], 64 * r, hk, row, b);
+              }
             }
+            continue;
           }
-          if constexpr (kFractional) {
-            if (loads_prefix) {
-              for (int r = 0; r < kHeadDim / 64; ++r) {
-                const int prefix_row = row - kPrefixRows;
-                tma::load_4d(k_prefix(stage) + r * tma::kPrefixRegionBytes, &maps.k_prefix, &full[stage], 64 * r,
-                             hk, prefix_row, b);
-                tma::load_4d(v_prefix(stage) + r * tma::kPrefixRegionBytes, &maps.v_prefix, &full[stage], 64 * r,
-                             hk, prefix_row, b);
+          // An offset step: its strips, each into its part of the stage's tiles.
+          int bytes = 0;
+          for (int strip = 0; strip < kHeadsPerWarpgroup && steps.has_strip(n, strip); ++strip) {
+            bytes += 2 * S::kTileBytes / kHeadsPerWarpgroup;
+            if (kFractional && steps.stages_prefix(n, strip)) bytes += 2 * S::kPrefixBytes;
+          }
+          tma::arrive_expect_bytes(&full[stage], bytes);
+          for (int strip = 0; strip < kHeadsPerWarpgroup && steps.has_strip(n, strip); ++strip) {
+            const int row = int(steps.strip_row(n, strip));
+            for (int r = 0; r < kHeadDim / 64; ++r) {
+              const int at = r * kRegionBytes + strip * S::kHalfBytes;
+              tma::load_4d(k_tile(stage) + at, &maps.k_strip, &full[stage], 64 * r, hk, row, b);
+              tma::load_4d(v_tile(stage) + at, &maps.v_strip, &full[stage], 64 * r, hk, row, b);
+            }
+            if constexpr (kFractional) {
+              if (steps.stages_prefix(n, strip)) {
+                for (int r = 0; r < kHeadDim / 64; ++r) {
+                  const int prefix_row = row - kPrefixRows, at = r * tma::kPrefixRegionBytes;
+                  tma::load_4d(k_prefix(stage, strip) + at, &maps.k_prefix, &full[stage], 64 * r, hk, prefix_row, b);
+                  tma::load_4d(v_prefix(stage, strip) + at, &maps.v_prefix, &full[stage], 64 * r, hk, prefix_row, b);
+                }
               }
             }
           }
@@ -337,10 +387,12 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads, kFractional>::kThreads
     return;
   }
 
-  // A consumer: warpgroup `head` of the block, warp `warp` of it.
+  // A consumer: warp `warp` of warpgroup `group`, its rows those of head h
+  // from the tile's query `warp_row` on.
   wgmma::set_max_registers_inc<S::kConsumerRegisters>();
-  const int head = warp_in_block / kWarps, warp = warp_in_block % kWarps, g = lane / 4, c = lane % 4;
-  const int h = first_head + head;
+  const int group = warp_in_block / kWarps, warp = warp_in_block % kWarps, g = lane / 4, c = lane % 4;
+  const int h = first_head + group * kHeadsPerWarpgroup + warp / kWarpsPerHead;
+  const int warp_row = 16 * (warp % kWarpsPerHead);
   const float scale_log2 = float(p.softmax_scale) * float(M_LOG2E);
   const uint16_t* q_global = bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride);
   // This warp is done with a barrier's buffer or stage (a stage: in every block of the cluster).
@@ -355,8 +407,8 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads, kFractional>::kThreads
   };
   int step = 0;  // this tile's first step's position in the ring
   for (int t = 0; t < tiles; ++t) {
-    const Steps<OffsetT> steps = tile_steps(t);
-    const int warp_q0 = (first_tile + t) * kTileRows + 16 * warp;
+    const TileSteps steps = tile_steps(t);
+    const int warp_q0 = (first_tile + t) * S::kTileQueries + warp_row;
     const int64_t warp_pos = warp_q0 + int64_t(seq.q_pos_shift);
     // The offsets' tiles take q as mma.sync A fragments, from global memory as
     // in the mma.sync forward (the band reads q from its shared tile).
@@ -365,7 +417,7 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads, kFractional>::kThreads
     float o[kDimTiles][4] = {};
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
     tma::wait(&q_full[q_buffer(t)], q_parity(t));
-    const char* q_smem = q_tile(q_buffer(t), head);
+    const char* q_smem = q_tile(q_buffer(t), group);
     const auto stage_of = [&](int n) { return (step + n) % S::kStages; };
     const auto wait_full = [&](int n) { tma::wait(&full[stage_of(n)], ((step + n) / S::kStages) & 1); };
     const auto release = [&](int n) { warp_done(&empty[stage_of(n)], true); };
@@ -397,7 +449,7 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads, kFractional>::kThreads
     // Step n's scores, masked (with the keys before the sequence: a chunk may
     // start before key 0), then turned into probabilities.
     const auto probabilities = [&](int n) {
-      mask_band_chunk</*kKeysBeforeStart=*/true>(s, warp_pos, steps.first_row(n), p.band, scale_log2, g, c);
+      mask_band_chunk</*kKeysBeforeStart=*/true>(s, warp_pos, steps.band_row(n), p.band, scale_log2, g, c);
       softmax_without_output(s, m, l, rescale);
     };
     const auto to_fragments = [&] {
@@ -436,27 +488,31 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kHeads, kFractional>::kThreads
 
     for (int n = steps.band_steps; n < steps.num_steps; ++n) {
       wait_full(n);
-      const char* rows_k = k_tile(stage_of(n));
-      const char* rows_v = v_tile(stage_of(n));
-      const int distance_index = distance_of_offset(steps.offset_index(n), p.band);  // pattern.h's t
-      float tile[2][4];
-      dot_16_rows<T, kHeadDim>(qf, rows_k, 16 * warp, tile, lane);
-      float score[2] = {diagonal_element(tile, 0, g), diagonal_element(tile, 1, g)}, prob[2];
-      // A fractional position's row one further back, weight frac, mixed as
-      // scores as in the mma.sync forward; a whole position (and every integer
-      // one: frac is then the constant 0) reads no second row.
-      float frac = 0.f;
-      if constexpr (kFractional) frac = steps.split(n).frac;
-      if (frac != 0.f) {
-        dot_16_rows<T, kHeadDim, kFractional>(qf, rows_k, 16 * warp - 1, tile, lane, k_prefix(stage_of(n)));
 #pragma unroll
-        for (int r = 0; r < 2; ++r) score[r] += frac * (diagonal_element(tile, r, g) - score[r]);
-      }
-      mma_fwd::offset_softmax(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
-      add_diag_times_rows<T, kHeadDim>((1.f - frac) * prob[0], (1.f - frac) * prob[1], rows_v, 16 * warp, o, lane);
-      if (frac != 0.f) {
-        add_diag_times_rows<T, kHeadDim, kFractional>(frac * prob[0], frac * prob[1], rows_v, 16 * warp - 1, o, lane,
-                                                      v_prefix(stage_of(n)));
+      for (int strip = 0; strip < kHeadsPerWarpgroup; ++strip) {
+        if (!steps.has_strip(n, strip)) break;
+        const char* rows_k = k_tile(stage_of(n)) + strip * S::kHalfBytes;
+        const char* rows_v = v_tile(stage_of(n)) + strip * S::kHalfBytes;
+        const int distance_index = distance_of_offset(steps.offset_index(n, strip), p.band);  // pattern.h's t
+        float tile[2][4];
+        dot_16_rows<T, kHeadDim>(qf, rows_k, warp_row, tile, lane);
+        float score[2] = {diagonal_element(tile, 0, g), diagonal_element(tile, 1, g)}, prob[2];
+        // A fractional position's row one further back, weight frac, mixed as
+        // scores as in the mma.sync forward; a whole position (and every integer
+        // one: frac is then the constant 0) reads no second row.
+        float frac = 0.f;
+        if constexpr (kFractional) frac = steps.split(n, strip).frac;
+        if (frac != 0.f) {
+          dot_16_rows<T, kHeadDim, kFractional>(qf, rows_k, warp_row - 1, tile, lane, k_prefix(stage_of(n), strip));
+#pragma unroll
+          for (int r = 0; r < 2; ++r) score[r] += frac * (diagonal_element(tile, r, g) - score[r]);
+        }
+        mma_fwd::offset_softmax(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
+        add_diag_times_rows<T, kHeadDim>((1.f - frac) * prob[0], (1.f - frac) * prob[1], rows_v, warp_row, o, lane);
+        if (frac != 0.f) {
+          add_diag_times_rows<T, kHeadDim, kFractional>(frac * prob[0], frac * prob[1], rows_v, warp_row - 1, o,
+                                                        lane, v_prefix(stage_of(n), strip));
+        }
       }
       release(n);
     }

@@ -22,24 +22,25 @@
 
 namespace fibsparse {
 
-// The Hopper forward's blocks of kHeads heads (in clusters of kCluster blocks),
-// after its offsets check, a launch of its own. A block walks several
-// consecutive 64-query tiles (hopper_tiles_per_block).
-template <typename T, int kHeadDim, int kHeads, int kCluster, bool kFractional>
+// The Hopper forward's blocks of kWarpgroups consumer warpgroups of
+// kHeadsPerWarpgroup heads each (in clusters of kCluster blocks), after its
+// offsets check, a launch of its own. A block walks several consecutive tiles
+// (hopper_tiles_per_block).
+template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional>
 void launch_hopper_blocks(const Params& p, const HopperForwardMaps<kFractional>& maps) {
-  using S = hopper_fwd::Shape<kHeadDim, kHeads, kFractional>;
+  using S = hopper_fwd::Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>;
   using OffsetT = std::conditional_t<kFractional, float, int32_t>;
-  const auto kernel = hopper_fwd::fwd_hopper_kernel<T, kHeadDim, kHeads, kCluster, kFractional>;
+  const auto kernel = hopper_fwd::fwd_hopper_kernel<T, kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kCluster, kFractional>;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const int tiles = int(blocks_for(p.seqlen_q, hopper_fwd::kTileRows));
+  const int tiles = int(blocks_for(p.seqlen_q, S::kTileQueries));
   const int tiles_per_block =
-      hopper_tiles_per_block(tiles, int64_t(p.heads / kHeads) * p.batch, S::kMinBlocks, p.num_offsets == 0);
+      hopper_tiles_per_block(tiles, int64_t(p.heads / S::kHeads) * p.batch, S::kMinBlocks, p.num_offsets == 0);
   // Dense batches: one sequence's blocks check the offsets.
-  offsets_check_kernel<OffsetT, kHeads><<<dim3(kOffsetsCheckBlocks, p.heads / kHeads, 1), 128, 0, stream>>>(p);
+  offsets_check_kernel<OffsetT, S::kHeads><<<dim3(kOffsetsCheckBlocks, p.heads / S::kHeads, 1), 128, 0, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes));
   cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(blocks_for(tiles, tiles_per_block), p.heads / kHeads, p.batch);
+  config.gridDim = dim3(blocks_for(tiles, tiles_per_block), p.heads / S::kHeads, p.batch);
   config.blockDim = dim3(S::kThreads);
   config.dynamicSmemBytes = S::kSmemBytes;
   config.stream = stream;
@@ -53,33 +54,41 @@ void launch_hopper_blocks(const Params& p, const HopperForwardMaps<kFractional>&
   C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p, maps, tiles_per_block));
 }
 
-// The Hopper forward: two heads per block where the kv group's heads pair up
-// and share one row of offsets (each warpgroup one head, the stages staged once
-// for both), else one. Where the group holds two such pairs,
-// FIBSPARSE_HOPPER_CLUSTER=1 runs their two blocks as a cluster that loads each
-// stage once for both (integer offsets only); off by default, as it measured
-// slower.
+// The Hopper forward. Where the kv group's heads share one row of offsets,
+// a block takes two warpgroups of them: with offsets and four heads to a group
+// (or a multiple), two heads a warpgroup (32-query tiles, each strip read once
+// for four heads; FIBSPARSE_HOPPER_PACK=0 turns that off), else one head a
+// warpgroup (64-query tiles; the window alone, whose band bytes per query are
+// the same either way, stays there). Where the group holds two such pairs,
+// FIBSPARSE_HOPPER_CLUSTER=1 runs their two blocks of one head a warpgroup as
+// a cluster that loads each stage once for both (integer offsets only); off
+// by default, as it measured slower. Heads with rows of their own take one
+// head a block.
 template <typename T, bool kFractional>
 void launch_fwd_hopper(const Params& p) {
   constexpr bool kBf16 = std::is_same_v<T, at::BFloat16>;
-  HopperForwardMaps<kFractional> maps;
-  if constexpr (kFractional) {
-    maps = make_fractional_forward_maps(p, kBf16);
-  } else {
-    maps = make_forward_maps(p, kBf16);
-  }
   const int group = p.heads / p.heads_kv;
   const bool pairs = p.offsets_head_stride == 0 && group % 2 == 0;
   const bool clusters = !kFractional && hopper_clusters_asked() && pairs && group % 4 == 0;
+  const bool packed = !clusters && pairs && group % 4 == 0 && p.num_offsets > 0 && hopper_packing_allowed();
+  const int tile_queries = packed ? hopper_fwd::kTileRows / 2 : hopper_fwd::kTileRows;
+  HopperForwardMaps<kFractional> maps;
+  if constexpr (kFractional) {
+    maps = make_fractional_forward_maps(p, kBf16, tile_queries);
+  } else {
+    maps = make_forward_maps(p, kBf16, tile_queries);
+  }
   const auto launch_dim = [&](auto head_dim) {
     constexpr int kHeadDim = decltype(head_dim)::value;
     if constexpr (!kFractional) {
-      if (clusters) return launch_hopper_blocks<T, kHeadDim, 2, 2, false>(p, maps);
+      if (clusters) return launch_hopper_blocks<T, kHeadDim, 2, 1, 2, false>(p, maps);
     }
-    if (pairs) {
-      launch_hopper_blocks<T, kHeadDim, 2, 1, kFractional>(p, maps);
+    if (packed) {
+      launch_hopper_blocks<T, kHeadDim, 2, 2, 1, kFractional>(p, maps);
+    } else if (pairs) {
+      launch_hopper_blocks<T, kHeadDim, 2, 1, 1, kFractional>(p, maps);
     } else {
-      launch_hopper_blocks<T, kHeadDim, 1, 1, kFractional>(p, maps);
+      launch_hopper_blocks<T, kHeadDim, 1, 1, 1, kFractional>(p, maps);
     }
   };
   if (p.head_dim == 64) {

@@ -2,6 +2,7 @@
 // found once through the runtime so that the extension needs no link to libcuda.
 #include "tensor_maps.h"
 
+#include "../env_switches.h"
 #include "../hopper_tiles.h"
 
 #include <ATen/cuda/CUDAContext.h>
@@ -12,8 +13,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <initializer_list>
-#include <string>
 
 namespace fibsparse {
 namespace {
@@ -49,7 +48,7 @@ bool tma_layout(const void* base, int64_t head_stride, int heads, int64_t row_st
 }
 
 CUtensorMap rows_map(const void* base, CUtensorMapDataType dtype, int head_dim, int heads, int rows, int batch,
-                     int64_t head_stride, int64_t row_stride, int64_t batch_stride, int box_rows = 64) {
+                     int64_t head_stride, int64_t row_stride, int64_t batch_stride, int box_rows) {
   CUtensorMap map;
   std::memset(&map, 0, sizeof(map));
   // A dimension of one entry is never stepped, but TMA still wants a valid stride.
@@ -72,26 +71,12 @@ CUtensorMapDataType map_dtype(bool bfloat16) {
   return bfloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
 }
 
-// A comparison switch from the environment: null when unset, else one of
-// `allowed`; any other value is refused, naming the variable.
-const char* switch_setting(const char* name, std::initializer_list<const char*> allowed) {
-  const char* setting = std::getenv(name);
-  if (setting == nullptr) return nullptr;
-  std::string choices;
-  for (const char* value : allowed) {
-    if (std::strcmp(setting, value) == 0) return setting;
-    choices += (choices.empty() ? "" : ", ") + std::string(value);
-  }
-  TORCH_CHECK(false, "fibsparse: ", name, " must be one of ", choices, " (or unset), got '", setting, "'");
-}
-
 }  // namespace
 
 bool hopper_forward_applies(const Params& p, bool tensor_core_type) {
   if (!kHopperForwardBuilt || !tensor_core_type) return false;
   // Checked on every call it could steer, so that a misspelt value fails at once.
-  const char* setting = switch_setting("FIBSPARSE_HOPPER", {"0", "1"});
-  if (setting != nullptr && std::strcmp(setting, "0") == 0) return false;
+  if (switched_off("FIBSPARSE_HOPPER")) return false;
   if (p.cu_seqlens_q != nullptr || p.cache_seqlens != nullptr || p.block_table != nullptr) return false;
   if (p.head_dim != 64 && p.head_dim != 128) return false;
   const cudaDeviceProp* device = at::cuda::getCurrentDeviceProperties();
@@ -106,6 +91,8 @@ bool hopper_clusters_asked() {
   return setting != nullptr && std::strcmp(setting, "1") == 0;
 }
 
+bool hopper_packing_allowed() { return !switched_off("FIBSPARSE_HOPPER_PACK"); }
+
 int hopper_tiles_per_block(int tiles_per_sequence, int64_t slices, int blocks_per_sm, bool window_alone) {
   if (const char* setting = std::getenv("FIBSPARSE_HOPPER_TILES")) {
     char* end = nullptr;
@@ -118,20 +105,25 @@ int hopper_tiles_per_block(int tiles_per_sequence, int64_t slices, int blocks_pe
   return hopper_tiles_rule(tiles_per_sequence, slices, resident, window_alone);
 }
 
-ForwardTensorMaps make_forward_maps(const Params& p, bool bfloat16) {
+ForwardTensorMaps make_forward_maps(const Params& p, bool bfloat16, int tile_queries) {
   const CUtensorMapDataType dtype = map_dtype(bfloat16);
+  const auto k_map = [&](int box_rows) {
+    return rows_map(p.k, dtype, p.head_dim, p.heads_kv, p.seqlen_k, p.batch, p.k_head_stride, p.k_row_stride,
+                    p.k_batch_stride, box_rows);
+  };
+  const auto v_map = [&](int box_rows) {
+    return rows_map(p.v, dtype, p.head_dim, p.heads_kv, p.seqlen_k, p.batch, p.v_head_stride, p.v_row_stride,
+                    p.v_batch_stride, box_rows);
+  };
   return {rows_map(p.q, dtype, p.head_dim, p.heads, p.seqlen_q, p.batch, p.q_head_stride, p.q_row_stride,
-                   p.q_batch_stride),
-          rows_map(p.k, dtype, p.head_dim, p.heads_kv, p.seqlen_k, p.batch, p.k_head_stride, p.k_row_stride,
-                   p.k_batch_stride),
-          rows_map(p.v, dtype, p.head_dim, p.heads_kv, p.seqlen_k, p.batch, p.v_head_stride, p.v_row_stride,
-                   p.v_batch_stride)};
+                   p.q_batch_stride, tile_queries),
+          k_map(64), v_map(64), k_map(tile_queries), v_map(tile_queries)};
 }
 
-FractionalForwardTensorMaps make_fractional_forward_maps(const Params& p, bool bfloat16) {
+FractionalForwardTensorMaps make_fractional_forward_maps(const Params& p, bool bfloat16, int tile_queries) {
   const CUtensorMapDataType dtype = map_dtype(bfloat16);
   FractionalForwardTensorMaps maps;
-  static_cast<ForwardTensorMaps&>(maps) = make_forward_maps(p, bfloat16);
+  static_cast<ForwardTensorMaps&>(maps) = make_forward_maps(p, bfloat16, tile_queries);
   maps.k_prefix = rows_map(p.k, dtype, p.head_dim, p.heads_kv, p.seqlen_k, p.batch, p.k_head_stride, p.k_row_stride,
                            p.k_batch_stride, kPrefixRows);
   maps.v_prefix = rows_map(p.v, dtype, p.head_dim, p.heads_kv, p.seqlen_k, p.batch, p.v_head_stride, p.v_row_stride,

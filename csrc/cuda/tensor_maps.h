@@ -11,11 +11,14 @@
 namespace fibsparse {
 
 // Each map views its tensor as 4-d, (head_dim, heads, rows, batch) innermost
-// first, and loads boxes of 64 elements x 1 head x 64 rows x 1 sequence with the
-// 128-byte swizzle: one 64-element span of 64 consecutive rows of one head.
+// first, and loads boxes of 64 elements x 1 head x R rows x 1 sequence with the
+// 128-byte swizzle: one 64-element span of R consecutive rows of one head.
 // Rows outside [0, rows) load as zeros, so a box may start before a sequence.
+// k and v load the band's 64-row chunks; q, k_strip and v_strip load a tile's
+// queries and an offset's strip, as many rows as a tile has queries (64, or
+// 32 where two heads share a warpgroup's 64 rows: fwd_hopper_kernel.cuh).
 struct ForwardTensorMaps {
-  CUtensorMap q, k, v;
+  CUtensorMap q, k, v, k_strip, v_strip;
 };
 
 // The rows of a strip's prefix: the box height of the prefix maps below, and
@@ -46,7 +49,12 @@ bool hopper_forward_applies(const Params& p, bool tensor_core_type);
 // for FIBSPARSE_HOPPER too.
 bool hopper_clusters_asked();
 
-// How many consecutive 64-query tiles one block of the Hopper forward walks,
+// Whether the Hopper forward may put two heads of a kv group in each
+// warpgroup (fwd_launch.cuh says where it does); FIBSPARSE_HOPPER_PACK=0 turns
+// that off, for comparisons.
+bool hopper_packing_allowed();
+
+// How many consecutive query tiles one block of the Hopper forward walks,
 // for `tiles_per_sequence` tiles in each of `slices` (sequence, heads of a
 // block) pairs at `blocks_per_sm` resident blocks per SM of this device:
 // hopper_tiles_rule (hopper_tiles.h). FIBSPARSE_HOPPER_TILES=n (1 to 64) sets
@@ -61,7 +69,8 @@ constexpr bool kHopperForwardBuilt =
     false;
 #endif
 
-ForwardTensorMaps make_forward_maps(const Params& p, bool bfloat16);
-FractionalForwardTensorMaps make_fractional_forward_maps(const Params& p, bool bfloat16);
+// The maps of a call whose tiles hold `tile_queries` queries (64 or 32).
+ForwardTensorMaps make_forward_maps(const Params& p, bool bfloat16, int tile_queries);
+FractionalForwardTensorMaps make_fractional_forward_maps(const Params& p, bool bfloat16, int tile_queries);
 
 }  // namespace fibsparse
