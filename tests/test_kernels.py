@@ -268,6 +268,19 @@ def test_cuda_window_alone_dq_from_stored_dscores(monkeypatch, dtype, head_dim, 
         q, k, v = (t.detach() for t in (q, k, v))
 
 
+@requires_cuda
+@pytest.mark.parametrize("setting", ["off", "", "2"])
+def test_cuda_window_alone_dscores_switch_is_checked(monkeypatch, setting):
+    """FIBSPARSE_WINDOW_DSCORES takes 0 or 1: any other value is refused,
+    naming the variable, what it got and what it takes, before the backward runs."""
+    q, k, v = random_qkv(1, 128, 2, 2, 64, torch.float16, "cuda", requires_grad=False)
+    none = torch.zeros(0, dtype=torch.int32, device="cuda")
+    out, lse = torch.ops.fibsparse.fwd(q, k, v, none, [128], 0.125)
+    monkeypatch.setenv("FIBSPARSE_WINDOW_DSCORES", setting)
+    with pytest.raises(RuntimeError, match=f"FIBSPARSE_WINDOW_DSCORES must be one of 0, 1 \\(or unset\\), got '{setting}'"):
+        torch.ops.fibsparse.bwd(torch.randn_like(out), q, k, v, out, lse, torch.zeros_like(lse), none, [128], 0.125)
+
+
 def same_offsets_per_head(offsets, heads):
     """Offsets shared by every head, as one identical (heads, K) row per head:
     the CUDA kernels then run one head per block, as for any per-head offsets."""
