@@ -1,4 +1,5 @@
-// How many consecutive 64-query tiles one block of the Hopper forward walks.
+// How many consecutive 64-query spans of tiles one block of the Hopper forward
+// walks (tensor_maps.h turns spans into tiles of 64 or 32 queries).
 // Plain host arithmetic, apart from the kernels so that a CPU build can test it.
 #pragma once
 

@@ -33,8 +33,8 @@ void launch_hopper_blocks(const Params& p, const HopperForwardMaps<kFractional>&
   const auto kernel = hopper_fwd::fwd_hopper_kernel<T, kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kCluster, kFractional>;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int tiles = int(blocks_for(p.seqlen_q, S::kTileQueries));
-  const int tiles_per_block =
-      hopper_tiles_per_block(tiles, int64_t(p.heads / S::kHeads) * p.batch, S::kMinBlocks, p.num_offsets == 0);
+  const int tiles_per_block = hopper_tiles_per_block(tiles, kHeadsPerWarpgroup, int64_t(p.heads / S::kHeads) * p.batch,
+                                                     S::kMinBlocks, p.num_offsets == 0);
   // Dense batches: one sequence's blocks check the offsets.
   offsets_check_kernel<OffsetT, S::kHeads><<<dim3(kOffsetsCheckBlocks, p.heads / S::kHeads, 1), 128, 0, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -93,7 +93,8 @@ bool hopper_clusters_asked() {
 
 bool hopper_packing_allowed() { return !switched_off("FIBSPARSE_HOPPER_PACK"); }
 
-int hopper_tiles_per_block(int tiles_per_sequence, int64_t slices, int blocks_per_sm, bool window_alone) {
+int hopper_tiles_per_block(int tiles_per_sequence, int tiles_per_span, int64_t slices, int blocks_per_sm,
+                           bool window_alone) {
   if (const char* setting = std::getenv("FIBSPARSE_HOPPER_TILES")) {
     char* end = nullptr;
     const long n = std::strtol(setting, &end, 10);
@@ -102,7 +103,8 @@ int hopper_tiles_per_block(int tiles_per_sequence, int64_t slices, int blocks_pe
     return int(n);
   }
   const int64_t resident = int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * blocks_per_sm;
-  return hopper_tiles_rule(tiles_per_sequence, slices, resident, window_alone);
+  const int spans = (tiles_per_sequence + tiles_per_span - 1) / tiles_per_span;
+  return tiles_per_span * hopper_tiles_rule(spans, slices, resident, window_alone);
 }
 
 ForwardTensorMaps make_forward_maps(const Params& p, bool bfloat16, int tile_queries) {

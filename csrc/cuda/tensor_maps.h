@@ -54,12 +54,15 @@ bool hopper_clusters_asked();
 // that off, for comparisons.
 bool hopper_packing_allowed();
 
-// How many consecutive query tiles one block of the Hopper forward walks,
-// for `tiles_per_sequence` tiles in each of `slices` (sequence, heads of a
-// block) pairs at `blocks_per_sm` resident blocks per SM of this device:
-// hopper_tiles_rule (hopper_tiles.h). FIBSPARSE_HOPPER_TILES=n (1 to 64) sets
-// it, for comparisons.
-int hopper_tiles_per_block(int tiles_per_sequence, int64_t slices, int blocks_per_sm, bool window_alone);
+// How many consecutive query tiles one block of the Hopper forward walks, for
+// `tiles_per_sequence` tiles of `tiles_per_span` to 64 queries (1, or 2 with
+// two heads a warpgroup) in each of `slices` (sequence, heads of a block)
+// pairs at `blocks_per_sm` resident blocks per SM of this device:
+// hopper_tiles_rule (hopper_tiles.h) counted in 64-query spans, so that a block
+// covers as many queries of its heads whatever its tiles' size.
+// FIBSPARSE_HOPPER_TILES=n (1 to 64) sets it, in tiles, for comparisons.
+int hopper_tiles_per_block(int tiles_per_sequence, int tiles_per_span, int64_t slices, int blocks_per_sm,
+                           bool window_alone);
 
 // Whether this build has the Hopper forward (sm_90a was among its archs).
 constexpr bool kHopperForwardBuilt =
