@@ -155,11 +155,15 @@ struct Steps {
 // The warp's 16 x 16 tile of scores against 16 rows row0 .. of a swizzled
 // tile (mma_tiles.cuh's dot_16_rows, on TMA's layout); with a prefix, row0 may
 // be -1 (a fractional step's second rows, for a strip's first query).
+// The products go to two partial sums per 8-column half (even and odd
+// 16-wide slices of head_dim), added at the end: each chain of dependent
+// products is half as long. The offsets' steps wait on those chains (Nsight
+// Compute's "wait" stalls on HMMA, with two consumer warps per scheduler to
+// hide them).
 template <typename T, int kHeadDim, bool kPrefix = false>
 __device__ __forceinline__ void dot_16_rows(const uint32_t (&a)[kHeadDim / 16][4], const char* tile, int row0,
                                             float (&s)[2][4], int lane, const char* prefix = nullptr) {
-#pragma unroll
-  for (int e = 0; e < 4; ++e) s[0][e] = s[1][e] = 0.f;
+  float partial[2][2][4] = {};
   const int row = row0 + (lane / 16) * 8 + lane % 8, half = ((lane / 8) % 2) * 8;
 #pragma unroll
   for (int kk = 0; kk < kHeadDim / 16; ++kk) {
@@ -167,9 +171,13 @@ __device__ __forceinline__ void dot_16_rows(const uint32_t (&a)[kHeadDim / 16][4
     const char* rows = kPrefix ? tma::row_with_prefix(tile, prefix, row, 16 * kk + half)
                                : tile + tma::swizzled_offset(row, 16 * kk + half);
     mma_tiles::ldmatrix_x4(b, reinterpret_cast<const uint16_t*>(rows));
-    mma_16816<T>(s[0], a[kk], b[0], b[1]);
-    mma_16816<T>(s[1], a[kk], b[2], b[3]);
+    mma_16816<T>(partial[kk % 2][0], a[kk], b[0], b[1]);
+    mma_16816<T>(partial[kk % 2][1], a[kk], b[2], b[3]);
   }
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[j][e] = partial[0][j][e] + partial[1][j][e];
 }
 
 // acc += diag(d_0 .. d_15) times rows row0 .. row0 + 15 of a swizzled tile
@@ -486,26 +494,31 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
     release(steps.band_steps - 1);
     warp_done(&q_empty[q_buffer(t)], false);  // the band was the last reader of the tile's q
 
-    for (int n = steps.band_steps; n < steps.num_steps; ++n) {
-      wait_full(n);
+    // An offset step of kStrips strips: every strip's scores first, so that
+    // their products interleave, then each strip's softmax and P V in order.
+    const auto offset_step = [&](int n, auto strip_count) {
+      constexpr int kStrips = decltype(strip_count)::value;
+      float tile[kStrips][2][4];
 #pragma unroll
-      for (int strip = 0; strip < kHeadsPerWarpgroup; ++strip) {
-        if (!steps.has_strip(n, strip)) break;
+      for (int strip = 0; strip < kStrips; ++strip) {
+        dot_16_rows<T, kHeadDim>(qf, k_tile(stage_of(n)) + strip * S::kHalfBytes, warp_row, tile[strip], lane);
+      }
+#pragma unroll
+      for (int strip = 0; strip < kStrips; ++strip) {
         const char* rows_k = k_tile(stage_of(n)) + strip * S::kHalfBytes;
         const char* rows_v = v_tile(stage_of(n)) + strip * S::kHalfBytes;
         const int distance_index = distance_of_offset(steps.offset_index(n, strip), p.band);  // pattern.h's t
-        float tile[2][4];
-        dot_16_rows<T, kHeadDim>(qf, rows_k, warp_row, tile, lane);
-        float score[2] = {diagonal_element(tile, 0, g), diagonal_element(tile, 1, g)}, prob[2];
+        float score[2] = {diagonal_element(tile[strip], 0, g), diagonal_element(tile[strip], 1, g)}, prob[2];
         // A fractional position's row one further back, weight frac, mixed as
         // scores as in the mma.sync forward; a whole position (and every integer
         // one: frac is then the constant 0) reads no second row.
         float frac = 0.f;
         if constexpr (kFractional) frac = steps.split(n, strip).frac;
         if (frac != 0.f) {
-          dot_16_rows<T, kHeadDim, kFractional>(qf, rows_k, warp_row - 1, tile, lane, k_prefix(stage_of(n), strip));
+          float back[2][4];
+          dot_16_rows<T, kHeadDim, kFractional>(qf, rows_k, warp_row - 1, back, lane, k_prefix(stage_of(n), strip));
 #pragma unroll
-          for (int r = 0; r < 2; ++r) score[r] += frac * (diagonal_element(tile, r, g) - score[r]);
+          for (int r = 0; r < 2; ++r) score[r] += frac * (diagonal_element(back, r, g) - score[r]);
         }
         mma_fwd::offset_softmax(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
         add_diag_times_rows<T, kHeadDim>((1.f - frac) * prob[0], (1.f - frac) * prob[1], rows_v, warp_row, o, lane);
@@ -513,6 +526,15 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
           add_diag_times_rows<T, kHeadDim, kFractional>(frac * prob[0], frac * prob[1], rows_v, warp_row - 1, o,
                                                         lane, v_prefix(stage_of(n), strip));
         }
+      }
+    };
+    for (int n = steps.band_steps; n < steps.num_steps; ++n) {
+      wait_full(n);
+      // A tile's last step holds one strip where it has an odd count of offsets.
+      if (kHeadsPerWarpgroup == 2 && steps.has_strip(n, 1)) {
+        offset_step(n, std::integral_constant<int, kHeadsPerWarpgroup>{});
+      } else {
+        offset_step(n, std::integral_constant<int, 1>{});
       }
       release(n);
     }
