@@ -419,11 +419,11 @@ def test_hopper_tiles_setting_is_checked(monkeypatch, setting):
 def test_hopper_forward_two_heads_a_warpgroup(monkeypatch, dtype, head_dim, batch, seqlen_q, seqlen_k, heads, offsets):
     """Four heads of a kv group sharing their offsets take one block, two to a
     warpgroup (32-query tiles, two offsets' strips a step): the kernel that runs
-    says so, FIBSPARSE_HOPPER_PACK=0 gives one head a warpgroup instead, with
-    the same bits (a tile walks its 64-query span's band chunks, each query's
-    sums in the same order), within the float64 reference's bounds; every
-    output is written (NaN-poisoned first), and any tiles per block give the
-    same bits."""
+    says so, FIBSPARSE_HOPPER_PACK=0 gives one head a warpgroup instead; both
+    are within the float64 reference's bounds and within twice the other's
+    error (the band's sums are the same, an offset's score sums its products
+    in two chains), every output is written (NaN-poisoned first), and any
+    tiles per block give the same bits."""
     monkeypatch.delenv("FIBSPARSE_HOPPER", raising=False)
     monkeypatch.delenv("FIBSPARSE_HOPPER_PACK", raising=False)
     monkeypatch.delenv("FIBSPARSE_HOPPER_TILES", raising=False)
@@ -452,8 +452,8 @@ def test_hopper_forward_two_heads_a_warpgroup(monkeypatch, dtype, head_dim, batc
     ref = fibsparse_attn_ref(q.double(), k.double(), v.double(), window, reference_offsets(offs), return_lse=True)
     for name, got, other, want in (("out", packed[0], unpacked[0], ref[0]), ("lse", packed[1], unpacked[1], ref[1])):
         assert torch.isfinite(got).all(), name
-        assert torch.equal(got, other), f"{name}: {(got.double() - other.double()).abs().max():.2e} apart"
-        assert rel_err(got, want) < 1e-2, f"{name}: {rel_err(got, want):.2e}"
+        err, other_err = rel_err(got, want), rel_err(other, want)
+        assert err < 1e-2 and err <= 2 * other_err + 1e-3, f"{name}: {err:.2e} (one head a warpgroup {other_err:.2e})"
     for tiles_per_block in ("1", "3", "64"):
         monkeypatch.setenv("FIBSPARSE_HOPPER_TILES", tiles_per_block)
         again = fibsparse_attn(q, k, v, window, offs, return_lse=True)

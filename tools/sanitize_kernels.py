@@ -42,8 +42,10 @@ def run_window_alone(dtype, head_dim, seqlen, window):
 
 def run_shared_gqa(dtype, fractional, head_dim):
     """8 query heads over 2 kv heads sharing one row of offsets: the tensor-core
-    forward and dq blocks serve 4 heads at head_dim 64 and 2 at 128; 100 queries
-    end inside the second block, whose offsets are all within reach."""
+    forward and dq blocks serve 4 heads at head_dim 64 and 2 at 128 (the Hopper
+    forward 4, two a warpgroup, in 32-query tiles, the last step of each holding
+    one of the three offsets' strips); 100 queries end inside the second block,
+    whose offsets are all within reach."""
     torch.manual_seed(0)
     q = torch.randn(2, 100, 8, head_dim, device="cuda", dtype=dtype, requires_grad=True)
     k = torch.randn(2, 100, 2, head_dim, device="cuda", dtype=dtype, requires_grad=True)

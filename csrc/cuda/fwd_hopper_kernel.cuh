@@ -113,10 +113,9 @@ struct Shape {
 // the strips of the offsets within reach of the tile, kStrips to a step.
 // Producer and consumers walk the same plan. A 32-query tile walks the band
 // chunks of its 64-query span, so that every query meets its keys in the same
-// chunks, summed in the same order, as in a 64-query tile: the same bits
-// either way. At window 128 that is as many chunks as chunks ending at the
-// tile's own last query would take; at windows of 2-33, 66-97, 130-161 keys
-// (and so on) it is one more.
+// chunks, summed in the same order, as in a 64-query tile. At window 128 that
+// is as many chunks as chunks ending at the tile's own last query would take;
+// at windows of 2-33, 66-97, 130-161 keys (and so on) it is one more.
 template <typename OffsetT, int kTileQueries, int kStrips>
 struct Steps {
   int64_t band_start;
@@ -155,15 +154,14 @@ struct Steps {
 // The warp's 16 x 16 tile of scores against 16 rows row0 .. of a swizzled
 // tile (mma_tiles.cuh's dot_16_rows, on TMA's layout); with a prefix, row0 may
 // be -1 (a fractional step's second rows, for a strip's first query).
-// The products go to two partial sums per 8-column half (even and odd
-// 16-wide slices of head_dim), added at the end: each chain of dependent
-// products is half as long. The offsets' steps wait on those chains (Nsight
-// Compute's "wait" stalls on HMMA, with two consumer warps per scheduler to
-// hide them).
-template <typename T, int kHeadDim, bool kPrefix = false>
+// With kChains == 2 the products go to two partial sums per 8-column half
+// (even and odd 16-wide slices of head_dim), added at the end: each chain of
+// dependent products is half as long (the offsets' steps wait on those
+// chains: Nsight Compute's "wait" stalls on HMMA).
+template <typename T, int kHeadDim, int kChains, bool kPrefix = false>
 __device__ __forceinline__ void dot_16_rows(const uint32_t (&a)[kHeadDim / 16][4], const char* tile, int row0,
                                             float (&s)[2][4], int lane, const char* prefix = nullptr) {
-  float partial[2][2][4] = {};
+  float partial[kChains][2][4] = {};
   const int row = row0 + (lane / 16) * 8 + lane % 8, half = ((lane / 8) % 2) * 8;
 #pragma unroll
   for (int kk = 0; kk < kHeadDim / 16; ++kk) {
@@ -171,13 +169,13 @@ __device__ __forceinline__ void dot_16_rows(const uint32_t (&a)[kHeadDim / 16][4
     const char* rows = kPrefix ? tma::row_with_prefix(tile, prefix, row, 16 * kk + half)
                                : tile + tma::swizzled_offset(row, 16 * kk + half);
     mma_tiles::ldmatrix_x4(b, reinterpret_cast<const uint16_t*>(rows));
-    mma_16816<T>(partial[kk % 2][0], a[kk], b[0], b[1]);
-    mma_16816<T>(partial[kk % 2][1], a[kk], b[2], b[3]);
+    mma_16816<T>(partial[kk % kChains][0], a[kk], b[0], b[1]);
+    mma_16816<T>(partial[kk % kChains][1], a[kk], b[2], b[3]);
   }
 #pragma unroll
   for (int j = 0; j < 2; ++j)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) s[j][e] = partial[0][j][e] + partial[1][j][e];
+    for (int e = 0; e < 4; ++e) s[j][e] = kChains == 1 ? partial[0][j][e] : partial[0][j][e] + partial[1][j][e];
 }
 
 // acc += diag(d_0 .. d_15) times rows row0 .. row0 + 15 of a swizzled tile
@@ -494,47 +492,56 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
     release(steps.band_steps - 1);
     warp_done(&q_empty[q_buffer(t)], false);  // the band was the last reader of the tile's q
 
-    // An offset step of kStrips strips: every strip's scores first, so that
-    // their products interleave, then each strip's softmax and P V in order.
-    const auto offset_step = [&](int n, auto strip_count) {
-      constexpr int kStrips = decltype(strip_count)::value;
-      float tile[kStrips][2][4];
+    // Strip `strip` of offset step n, from its 16 x 16 scores `tile` (then
+    // reused for a fractional position's second rows): softmax, then P V.
+    const auto finish_strip = [&](int n, int strip, float (&tile)[2][4]) {
+      const char* rows_k = k_tile(stage_of(n)) + strip * S::kHalfBytes;
+      const char* rows_v = v_tile(stage_of(n)) + strip * S::kHalfBytes;
+      const int distance_index = distance_of_offset(steps.offset_index(n, strip), p.band);  // pattern.h's t
+      float score[2] = {diagonal_element(tile, 0, g), diagonal_element(tile, 1, g)}, prob[2];
+      // A fractional position's row one further back, weight frac, mixed as
+      // scores as in the mma.sync forward; a whole position (and every integer
+      // one: frac is then the constant 0) reads no second row.
+      float frac = 0.f;
+      if constexpr (kFractional) frac = steps.split(n, strip).frac;
+      if (frac != 0.f) {
+        dot_16_rows<T, kHeadDim, kHeadsPerWarpgroup, kFractional>(qf, rows_k, warp_row - 1, tile, lane,
+                                                                  k_prefix(stage_of(n), strip));
 #pragma unroll
-      for (int strip = 0; strip < kStrips; ++strip) {
-        dot_16_rows<T, kHeadDim>(qf, k_tile(stage_of(n)) + strip * S::kHalfBytes, warp_row, tile[strip], lane);
+        for (int r = 0; r < 2; ++r) score[r] += frac * (diagonal_element(tile, r, g) - score[r]);
       }
-#pragma unroll
-      for (int strip = 0; strip < kStrips; ++strip) {
-        const char* rows_k = k_tile(stage_of(n)) + strip * S::kHalfBytes;
-        const char* rows_v = v_tile(stage_of(n)) + strip * S::kHalfBytes;
-        const int distance_index = distance_of_offset(steps.offset_index(n, strip), p.band);  // pattern.h's t
-        float score[2] = {diagonal_element(tile[strip], 0, g), diagonal_element(tile[strip], 1, g)}, prob[2];
-        // A fractional position's row one further back, weight frac, mixed as
-        // scores as in the mma.sync forward; a whole position (and every integer
-        // one: frac is then the constant 0) reads no second row.
-        float frac = 0.f;
-        if constexpr (kFractional) frac = steps.split(n, strip).frac;
-        if (frac != 0.f) {
-          float back[2][4];
-          dot_16_rows<T, kHeadDim, kFractional>(qf, rows_k, warp_row - 1, back, lane, k_prefix(stage_of(n), strip));
-#pragma unroll
-          for (int r = 0; r < 2; ++r) score[r] += frac * (diagonal_element(back, r, g) - score[r]);
-        }
-        mma_fwd::offset_softmax(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
-        add_diag_times_rows<T, kHeadDim>((1.f - frac) * prob[0], (1.f - frac) * prob[1], rows_v, warp_row, o, lane);
-        if (frac != 0.f) {
-          add_diag_times_rows<T, kHeadDim, kFractional>(frac * prob[0], frac * prob[1], rows_v, warp_row - 1, o,
-                                                        lane, v_prefix(stage_of(n), strip));
-        }
+      mma_fwd::offset_softmax(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
+      add_diag_times_rows<T, kHeadDim>((1.f - frac) * prob[0], (1.f - frac) * prob[1], rows_v, warp_row, o, lane);
+      if (frac != 0.f) {
+        add_diag_times_rows<T, kHeadDim, kFractional>(frac * prob[0], frac * prob[1], rows_v, warp_row - 1, o, lane,
+                                                      v_prefix(stage_of(n), strip));
       }
     };
+    // Two heads a warpgroup: a step's two strips' scores come first, so that
+    // their products interleave, each in two chains (dot_16_rows); that took
+    // 2-8% off the forward, where the same in the one-head warpgroups (one
+    // chain, one strip a step) made the window alone at head_dim 64 7%
+    // slower, though it runs none of these steps.
     for (int n = steps.band_steps; n < steps.num_steps; ++n) {
       wait_full(n);
-      // A tile's last step holds one strip where it has an odd count of offsets.
-      if (kHeadsPerWarpgroup == 2 && steps.has_strip(n, 1)) {
-        offset_step(n, std::integral_constant<int, kHeadsPerWarpgroup>{});
-      } else {
-        offset_step(n, std::integral_constant<int, 1>{});
+      if constexpr (kHeadsPerWarpgroup == 1) {
+        if (steps.has_strip(n, 0)) {
+          float tile[2][4];
+          dot_16_rows<T, kHeadDim, 1>(qf, k_tile(stage_of(n)), warp_row, tile, lane);
+          finish_strip(n, 0, tile);
+        }
+      } else if (steps.has_strip(n, 1)) {
+        float tiles[2][2][4];
+#pragma unroll
+        for (int strip = 0; strip < 2; ++strip) {
+          dot_16_rows<T, kHeadDim, 2>(qf, k_tile(stage_of(n)) + strip * S::kHalfBytes, warp_row, tiles[strip], lane);
+        }
+        finish_strip(n, 0, tiles[0]);
+        finish_strip(n, 1, tiles[1]);
+      } else {  // a tile's last step holds one strip where it has an odd count of offsets
+        float tile[2][4];
+        dot_16_rows<T, kHeadDim, 2>(qf, k_tile(stage_of(n)), warp_row, tile, lane);
+        finish_strip(n, 0, tile);
       }
       release(n);
     }
