@@ -17,11 +17,12 @@
 // w of a warpgroup owns its rows 16 w .. 16 w + 15, as in the mma.sync forward
 // (fwd_mma_kernel.cuh), whose per-warp code it shares. For each tile the block
 // walks steps of k and v rows, staged once for all its heads:
-//   Band: the chunks of 64 keys that end at the tile's last query and reach
-//     back past its first query's window. Each warpgroup scores a chunk with
-//     one 64 x 64 product (S = Q K^T, q and k from shared memory), masks it to
-//     the band, updates its online softmax per warp, and adds P V with P in
-//     registers.
+//   Band: the chunks of 64 keys that end at the last query of the tile's
+//     64-query span (the tile itself, or the two 32-query tiles it is one of)
+//     and reach back past its first query's window. Each warpgroup scores a
+//     chunk with one 64 x 64 product (S = Q K^T, q and k from shared memory),
+//     masks it to the band, updates its online softmax per warp, and adds P V
+//     with P in registers.
 //   Offsets: one strip per offset, each step staging kHeadsPerWarpgroup strips
 //     (of consecutive offsets) in its 64 rows. For distance d, a strip is the
 //     rows p0 - d .. for the tile's queries p0 ..; a warp scores its 16 queries
