@@ -519,10 +519,12 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
       }
     };
     // Two heads a warpgroup: a step's two strips' scores come first, so that
-    // their products interleave, each in two chains (dot_16_rows); that took
-    // 2-8% off the forward, where the same in the one-head warpgroups (one
-    // chain, one strip a step) made the window alone at head_dim 64 7%
-    // slower, though it runs none of these steps.
+    // their products interleave, each summed in two chains (dot_16_rows):
+    // 2-8% off the forward. One head a warpgroup keeps one chain and one
+    // strip at a time: its kernels' speed moves with their code's layout
+    // (with this change, the window alone at head_dim 64, which runs none of
+    // these steps, measured 7% slower), so they keep the code they were
+    // measured with, the has_strip test (true for every offset step) included.
     for (int n = steps.band_steps; n < steps.num_steps; ++n) {
       wait_full(n);
       if constexpr (kHeadsPerWarpgroup == 1) {
