@@ -1,5 +1,9 @@
 """Summarizes Nsight Compute's per-instruction source page (gqa128_full_sass.csv.gz): per kernel, the
-stall samples by reason, the instructions with the most samples, and the global loads with excess sectors."""
+stall samples by reason, the instructions with the most samples (8, or the count given after the file),
+and the global loads with excess sectors.
+
+    python summarize.py [SASS_CSV_GZ [TOP]]
+"""
 import csv
 import gzip
 import io
@@ -34,7 +38,7 @@ def kernels(path):
             yield name, list(csv.DictReader(io.StringIO("\n".join(section[1:]))))
 
 
-def main(path):
+def main(path, top=8):
     for name, rows in kernels(path):
         samples = sum(number(r, "Warp Stall Sampling (All Samples)") for r in rows)
         excess = sum(number(r, "L2 Theoretical Sectors Global Excessive") for r in rows)
@@ -44,7 +48,7 @@ def main(path):
         print("  samples by reason: " + ", ".join(
             f"{s[6:]} {sum(number(r, s) for r in rows) / samples:.0%}" for s in STALLS))
         print("  most sampled instructions (share of samples, main reason):")
-        for r in sorted(rows, key=lambda r: -number(r, "Warp Stall Sampling (All Samples)"))[:8]:
+        for r in sorted(rows, key=lambda r: -number(r, "Warp Stall Sampling (All Samples)"))[:top]:
             reason = max(STALLS, key=lambda s: number(r, s))
             print(f"    {number(r, 'Warp Stall Sampling (All Samples)') / samples:5.1%}  {reason[6:]:12s} "
                   f"{r['Source'].strip()[:70]}")
@@ -56,4 +60,5 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("gqa128_full_sass.csv.gz"))
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("gqa128_full_sass.csv.gz"),
+         int(sys.argv[2]) if len(sys.argv) > 2 else 8)
