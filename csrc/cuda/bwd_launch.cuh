@@ -40,8 +40,8 @@ inline int window_dscore_steps(const Params& p) {
   return steps <= 3 ? steps : 0;
 }
 
-// The window alone's backward with stored dS: delta, then dk/dv (storing dS),
-// then dq from the stored dS (bwd_window_kernel.cuh).
+// The window alone's backward with stored dS: dk/dv (forming delta, storing
+// dS), then dq from the stored dS (bwd_window_kernel.cuh).
 template <typename T, int kHeadDim>
 void launch_window_alone_bwd(const Params& p, int steps) {
   using namespace mma_bwd;
@@ -53,9 +53,8 @@ void launch_window_alone_bwd(const Params& p, int steps) {
   window_p.band_dscore_steps = steps;
   const dim3 q_grid(blocks_for(p.seqlen_q, kBlockRows), p.heads, p.batch);
   const dim3 dkdv_grid(blocks_for(p.seqlen_k, kBlockRows), p.heads_kv, p.batch);
-  launch_kernel(delta_kernel<T, kHeadDim>, q_grid, kMmaBlockThreads, 0, window_p);
-  launch_kernel(dkdv_mma_kernel<T, int32_t, kHeadDim, true>, dkdv_grid, kMmaBlockThreads, kDkdvSmemBytes<kHeadDim>,
-                window_p);
+  launch_kernel(dkdv_mma_kernel<T, int32_t, kHeadDim, true>, dkdv_grid, kMmaBlockThreads,
+                kDkdvWindowSmemBytes<kHeadDim>, window_p);
   launch_kernel(dq_from_dscores_kernel<T, kHeadDim>, q_grid, kMmaBlockThreads, kDqFromDscoresSmemBytes<kHeadDim>,
                 window_p);
 }

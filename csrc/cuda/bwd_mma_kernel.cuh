@@ -42,6 +42,9 @@ template <int kHeadDim>
 constexpr int kDqSmemBytes = 2 * 2 * kStageBytes<kHeadDim>;
 template <int kHeadDim>
 constexpr int kDkdvSmemBytes = 2 * 2 * kStageBytes<kHeadDim> + 2 * 2 * kBufRows * int(sizeof(float));
+// The window alone's dk/dv pass also stages O rows (two stages, after the rest).
+template <int kHeadDim>
+constexpr int kDkdvWindowSmemBytes = kDkdvSmemBytes<kHeadDim> + 2 * kStageBytes<kHeadDim>;
 static_assert(kCudaQueriesPerPartial == 16, "the dq pass writes one partial of d(position) per warp's 16 queries");
 
 // The lse with which the backward recomputes P = exp(S - lse): a query whose
@@ -75,47 +78,57 @@ __device__ __forceinline__ int64_t band_dscore_index(const Params& p, int b, int
   return (((int64_t(b) * p.heads + h) * key_tiles + key_tile) * p.band_dscore_steps + step) * kBlockRows * kChunk;
 }
 
+// <O, dO> over the half of a row's columns that `half` (0 or 1) sums of
+// delta: the two halves are added after (warp_row_deltas, and the window
+// alone's dk/dv pass, which forms delta from staged rows), so both routes give
+// delta the same bits. All loads are issued before any is used (a loop of
+// 16-bit loads cost one L2 round trip per element). Each half is kHeadDim / 16
+// vectors of 8 elements; at head_dim 128 the halves interleave vector by
+// vector, so that the two lanes reading a row take one whole 32-byte sector
+// per load: that made the backward with offsets ~2% faster there, and at
+// head_dim 64 it measured no faster than each lane reading its half row
+// (docs/performance.md), which the smaller head_dims keep.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ float half_row_dot(const uint16_t* o_row, const uint16_t* do_row, int half) {
+  constexpr int kVecs = kHeadDim / 16;
+  constexpr int kVecStride = kHeadDim >= 128 ? 16 : 8;
+  const int first = half * (kHeadDim >= 128 ? 8 : kHeadDim / 2);
+  uint4 o_vec[kVecs], do_vec[kVecs];
+#pragma unroll
+  for (int x = 0; x < kVecs; ++x) {
+    o_vec[x] = *reinterpret_cast<const uint4*>(o_row + first + kVecStride * x);
+    do_vec[x] = *reinterpret_cast<const uint4*>(do_row + first + kVecStride * x);
+  }
+  float sum = 0.f;
+#pragma unroll
+  for (int x = 0; x < kVecs; ++x) {
+    const uint32_t o_bits[4] = {o_vec[x].x, o_vec[x].y, o_vec[x].z, o_vec[x].w};
+    const uint32_t do_bits[4] = {do_vec[x].x, do_vec[x].y, do_vec[x].z, do_vec[x].w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float2 o2 = unpack2<T>(o_bits[e]), do2 = unpack2<T>(do_bits[e]);
+      sum += o2.x * do2.x + o2.y * do2.y;
+    }
+  }
+  return sum;
+}
+
 // delta = <dO, O> - dlse for a warp's 16 query rows warp_q0.. of head h,
 // written to p.delta; each lane gets the delta and the lse (backward_lse, in
 // log2 units) of its rows g and g + 8. do_src points at head h's dout rows.
-// Lanes 2r and 2r + 1 share row r, reading it as 16-byte vectors, all loads
-// in flight at once (a loop of 16-bit loads cost one L2 round trip per
-// element). At head_dim 128 the two lanes read neighbouring vectors, so that
-// a load takes one whole 32-byte sector per row; that made the backward with
-// offsets ~2% faster there, and at head_dim 64 it measured no faster than
-// each lane reading its half row (docs/performance.md), which the smaller
-// head_dim keeps.
+// Lanes 2r and 2r + 1 share row r (half_row_dot).
 template <typename T, int kHeadDim>
 __device__ __forceinline__ void warp_row_deltas(const Params& p, const Sequence& seq, int b, int h, int warp_q0,
                                                 const uint16_t* do_src, int64_t stats, int lane, float (&delta)[2],
                                                 float (&lse_log2)[2]) {
   const int g = lane / 4;
-  constexpr int kVecs = kHeadDim / 16;  // 8-element vectors per lane
-  // The lane's first vector's column, and the columns between its vectors.
-  const int r = lane / 2, i = warp_q0 + r, first = (lane % 2) * (kHeadDim >= 128 ? 8 : kHeadDim / 2);
-  constexpr int kVecStride = kHeadDim >= 128 ? 16 : 8;
+  const int r = lane / 2, i = warp_q0 + r;
   float sum = 0.f, row_lse = 0.f;
   if (i < seq.seqlen_q) {
     const uint16_t* o_row = bits<T>(p.out, seq.q_start(b, p.o_batch_stride, p.o_row_stride) +
                                                int64_t(i) * p.o_row_stride + h * p.o_head_stride);
-    const uint16_t* do_row = do_src + int64_t(i) * p.do_row_stride;
-    uint4 o_vec[kVecs], do_vec[kVecs];
-#pragma unroll
-    for (int x = 0; x < kVecs; ++x) {
-      o_vec[x] = *reinterpret_cast<const uint4*>(o_row + first + kVecStride * x);
-      do_vec[x] = *reinterpret_cast<const uint4*>(do_row + first + kVecStride * x);
-    }
+    sum = half_row_dot<T, kHeadDim>(o_row, do_src + int64_t(i) * p.do_row_stride, lane % 2);
     row_lse = static_cast<const float*>(p.lse)[stats + i];
-#pragma unroll
-    for (int x = 0; x < kVecs; ++x) {
-      const uint32_t o_bits[4] = {o_vec[x].x, o_vec[x].y, o_vec[x].z, o_vec[x].w};
-      const uint32_t do_bits[4] = {do_vec[x].x, do_vec[x].y, do_vec[x].z, do_vec[x].w};
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float2 o2 = unpack2<T>(o_bits[e]), do2 = unpack2<T>(do_bits[e]);
-        sum += o2.x * do2.x + o2.y * do2.y;
-      }
-    }
   }
   sum += __shfl_xor_sync(0xffffffffu, sum, 1);
   if (i < seq.seqlen_q) {
@@ -286,16 +299,22 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
                           p.dq_row_stride, warp_q0, seq.seqlen_q, dq, scale, g, c);
 }
 
-// kStoreDscores: also store each band tile's dS for the window alone's dq pass
-// (bwd_window_kernel.cuh), which then reads it instead of recomputing it.
-template <typename T, typename OffsetT, int kHeadDim, bool kStoreDscores = false>
+// kWindowAlone: the window alone's dk/dv pass (bwd_window_kernel.cuh), which
+// runs first: it forms each step's delta from staged O and dO rows (the dq
+// pass does it otherwise), and stores each band tile's dS for the dq pass that
+// follows, which then reads it instead of recomputing it.
+template <typename T, typename OffsetT, int kHeadDim, bool kWindowAlone = false>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
+  static_assert(!kWindowAlone || 2 * kChunk == kMmaBlockThreads, "delta: two threads a staged row");
   extern __shared__ __align__(16) uint16_t smem[];
   const auto stage_q = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 0); };
   const auto stage_do = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 1); };
-  // Two statistics per staged row, after the four row buffers.
+  // Two statistics per staged row, after the four row buffers; then the window alone's O rows.
   float* stats_smem = reinterpret_cast<float*>(smem + 4 * kBufRows * (kHeadDim + 8));
   const auto stage_stat = [&](int s, int which) { return stats_smem + (2 * s + which) * kBufRows; };
+  const auto stage_o = [&](int s) {
+    return reinterpret_cast<Rows<kHeadDim>>(reinterpret_cast<char*>(smem) + kDkdvSmemBytes<kHeadDim>) + s * kBufRows;
+  };
 
   const int hk = blockIdx.y, b = blockIdx.z;
   const Sequence seq = sequence_of(p, b);
@@ -305,8 +324,8 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
   const QuerySteps<OffsetT, kHeadDim> steps(p, seq, int64_t(blockIdx.x) * kBlockRows, hk);
   auto issued = steps.first();  // the step queued last
-  steps.template issue<T>(issued, steps.num_steps > 0, b, stage_q(0), stage_do(0), stage_stat(0, 0),
-                          stage_stat(0, 1));
+  steps.template issue<T, kWindowAlone>(issued, steps.num_steps > 0, b, stage_q(0), stage_do(0), stage_stat(0, 0),
+                                        stage_stat(0, 1), stage_o(0));
 
   uint32_t kf[kHeadDim / 16][4], vf[kHeadDim / 16][4];
   load_a_fragments<kHeadDim>(bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride),
@@ -318,13 +337,24 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   auto step = steps.first();
   for (int n = 0; n < steps.num_steps; ++n, step = steps.next(step)) {
     issued = steps.next(issued);
-    steps.template issue<T>(issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2), stage_do((n + 1) % 2),
-                            stage_stat((n + 1) % 2, 0), stage_stat((n + 1) % 2, 1));
+    steps.template issue<T, kWindowAlone>(issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2),
+                                          stage_do((n + 1) % 2), stage_stat((n + 1) % 2, 0),
+                                          stage_stat((n + 1) % 2, 1), stage_o((n + 1) % 2));
     wait_async<1>();
     __syncthreads();
     RowPtr<kHeadDim> rows_q = stage_q(n % 2), rows_do = stage_do(n % 2);
     const float* stat0 = stage_stat(n % 2, 0);
-    const float* stat1 = stage_stat(n % 2, 1);
+    float* stat1 = stage_stat(n % 2, 1);
+    if constexpr (kWindowAlone) {
+      // delta = <dO, O> - dlse of the step's queries, summed as the dq pass
+      // sums it (half_row_dot); stat1 holds their dlse until then. The
+      // threads of a row are neighbouring lanes of one warp.
+      const int row = threadIdx.x / 2;
+      float sum = half_row_dot<T, kHeadDim>(stage_o(n % 2)[row], rows_do[row], threadIdx.x % 2);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      if (threadIdx.x % 2 == 0) stat1[row] = sum - stat1[row];
+      __syncthreads();
+    }
     if (steps.is_band(step)) {
       const int64_t chunk_row = steps.chunk_row(step);
 #pragma unroll
@@ -354,7 +384,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
             st[j][e] = prob;
           }
         }
-        if constexpr (kStoreDscores) {
+        if constexpr (kWindowAlone) {
           uint16_t* tile = bits<T>(p.band_dscores, band_dscore_index(p, b, step.head, blockIdx.x, step.index));
 #pragma unroll
           for (int j = 0; j < 2; ++j) {

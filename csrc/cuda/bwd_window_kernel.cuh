@@ -1,11 +1,11 @@
 // The tensor-core backward of the window alone (no offsets) on dense batches
-// whose queries and keys line up, in three launches where the general
-// backward (bwd_mma_kernel.cuh) has two passes that both recompute the band's
-// scores and dP:
-//   delta pass: delta = <dO, O> - dlse per query row (the dq pass's prologue
-//     there), which the dk/dv pass needs first here;
-//   dk/dv pass (bwd_mma_kernel.cuh, unchanged but for one store): also writes
-//     each band tile's dS, key rows, to p.band_dscores;
+// whose queries and keys line up, where the general backward
+// (bwd_mma_kernel.cuh) has two passes that both recompute the band's scores
+// and dP:
+//   dk/dv pass (bwd_mma_kernel.cuh, kWindowAlone), first: forms each staged
+//     query's delta = <dO, O> - dlse (the general dq pass's prologue) from O
+//     rows it stages beside dO, and writes each band tile's dS, key rows, to
+//     p.band_dscores;
 //   dq pass (here): dq = dS K over the band tiles, dS read back rather than
 //     recomputed: no scores, exponentials or dO V^T products, no v or dO rows.
 // A tile of 64 keys meets the queries of its own 64-row chunk and of the next
@@ -25,20 +25,6 @@
 
 namespace fibsparse {
 namespace mma_bwd {
-
-// delta for every query row, a warp per 16 rows (warp_row_deltas).
-template <typename T, int kHeadDim>
-__global__ void __launch_bounds__(kMmaBlockThreads) delta_kernel(const Params p) {
-  const int h = blockIdx.y, b = blockIdx.z;
-  const Sequence seq = sequence_of(p, b);
-  const int warp_q0 = blockIdx.x * kBlockRows + 16 * (threadIdx.x / 32);
-  if (warp_q0 >= seq.seqlen_q) return;
-  const uint16_t* do_src =
-      bits<T>(p.dout, seq.q_start(b, p.do_batch_stride, p.do_row_stride) + h * p.do_head_stride);
-  float delta[2], lse_log2[2];
-  warp_row_deltas<T, kHeadDim>(p, seq, b, h, warp_q0, do_src, stats_index(p, seq, b, h, 0), threadIdx.x % 32, delta,
-                               lse_log2);
-}
 
 // Dynamic shared memory of the dq pass: two stages of a dS tile (64 key rows
 // of 64 queries) and 64 k rows.
