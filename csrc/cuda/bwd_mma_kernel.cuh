@@ -315,6 +315,18 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   const auto stage_o = [&](int s) {
     return reinterpret_cast<Rows<kHeadDim>>(reinterpret_cast<char*>(smem) + kDkdvSmemBytes<kHeadDim>) + s * kBufRows;
   };
+  // The window alone: delta = <dO, O> - dlse of stage s's queries, summed as
+  // the dq pass sums it (half_row_dot), in place of the dlse staged there.
+  // The threads of a row are neighbouring lanes of one warp. It runs once the
+  // stage's rows have arrived, between the barrier that ends the previous
+  // step and the one that starts the stage's step, so it adds no barrier.
+  const auto form_deltas = [&](int s) {
+    const int row = threadIdx.x / 2;
+    float sum = half_row_dot<T, kHeadDim>(stage_o(s)[row], stage_do(s)[row], threadIdx.x % 2);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    float* delta = stage_stat(s, 1);
+    if (threadIdx.x % 2 == 0) delta[row] = sum - delta[row];
+  };
 
   const int hk = blockIdx.y, b = blockIdx.z;
   const Sequence seq = sequence_of(p, b);
@@ -332,6 +344,13 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
                              p.k_row_stride, warp_k0, seq.seqlen_k, g, c, kf);
   load_a_fragments<kHeadDim>(bits<T>(p.v, seq.k_start(b, p.v_batch_stride, p.v_row_stride) + hk * p.v_head_stride),
                              p.v_row_stride, warp_k0, seq.seqlen_k, g, c, vf);
+  if constexpr (kWindowAlone) {
+    if (steps.num_steps > 0) {
+      wait_async<0>();
+      __syncthreads();
+      form_deltas(0);
+    }
+  }
 
   float dk[kHeadDim / 8][4] = {}, dv[kHeadDim / 8][4] = {};
   auto step = steps.first();
@@ -344,17 +363,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     __syncthreads();
     RowPtr<kHeadDim> rows_q = stage_q(n % 2), rows_do = stage_do(n % 2);
     const float* stat0 = stage_stat(n % 2, 0);
-    float* stat1 = stage_stat(n % 2, 1);
-    if constexpr (kWindowAlone) {
-      // delta = <dO, O> - dlse of the step's queries, summed as the dq pass
-      // sums it (half_row_dot); stat1 holds their dlse until then. The
-      // threads of a row are neighbouring lanes of one warp.
-      const int row = threadIdx.x / 2;
-      float sum = half_row_dot<T, kHeadDim>(stage_o(n % 2)[row], rows_do[row], threadIdx.x % 2);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      if (threadIdx.x % 2 == 0) stat1[row] = sum - stat1[row];
-      __syncthreads();
-    }
+    const float* stat1 = stage_stat(n % 2, 1);
     if (steps.is_band(step)) {
       const int64_t chunk_row = steps.chunk_row(step);
 #pragma unroll
@@ -417,7 +426,11 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
         }
       }
     }
+    if constexpr (kWindowAlone) wait_async<0>();  // the next step's rows, for form_deltas
     __syncthreads();
+    if constexpr (kWindowAlone) {
+      if (n + 1 < steps.num_steps) form_deltas((n + 1) % 2);
+    }
   }
   store_rows<T, kHeadDim>(bits<T>(p.dk, seq.k_start(b, p.dk_batch_stride, p.dk_row_stride) + hk * p.dk_head_stride),
                           p.dk_row_stride, warp_k0, seq.seqlen_k, dk, scale, g, c);
