@@ -31,6 +31,26 @@ namespace mma_bwd {
 template <int kHeadDim>
 constexpr int kDqFromDscoresSmemBytes = 2 * kChunk * ((kChunk + 8) + (kHeadDim + 8)) * int(sizeof(uint16_t));
 
+// Queues the sub-tiles of a stored dS tile (64 key rows of 64 queries, from
+// src) that the dk/dv pass wrote: those of 16 keys x 16 queries that the band
+// meets. The rest were never written, and the dq pass skips them; at window
+// 128 they are a quarter of the three tiles a query tile reads, and reading
+// them would cost DRAM sectors for nothing (a sub-tile's row is one 32-byte
+// sector). A thread copies 16 bytes of rows r0, r0 + 16, r0 + 32, r0 + 48:
+// one row in each 16-key sub-tile, all in one 16-query column.
+__device__ __forceinline__ void stage_met_dscores(Rows<kChunk> dst, const uint16_t* src, int64_t q0, int64_t key0,
+                                                  Band band) {
+  constexpr int kVecsPerRow = kChunk / 8;
+  static_assert(kMmaBlockThreads == 16 * kVecsPerRow, "a thread a row of each sub-tile row");
+  const int col = (threadIdx.x % kVecsPerRow) * 8, r0 = threadIdx.x / kVecsPerRow;
+  const int64_t queries = q0 + 16 * (col / 16);
+#pragma unroll
+  for (int t16 = 0; t16 < kChunk / 16; ++t16) {
+    const int r = r0 + 16 * t16;
+    if (band_meets(queries, key0 + 16 * t16, band)) copy_async_16(&dst[r][col], src + r * kChunk + col, true);
+  }
+}
+
 // A block = 64 queries of one head; its steps are the 64-key tiles its band
 // reaches, the last one its own.
 template <typename T, int kHeadDim>
@@ -54,7 +74,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_fro
       const int64_t key_tile = first_key_tile + n;
       const uint16_t* ds_src =
           bits<T>(static_cast<const void*>(p.band_dscores), band_dscore_index(p, b, h, key_tile, int(tile - key_tile)));
-      stage_rows<kChunk, kChunk>(stage_ds(n % 2), ds_src, kChunk, 0, kChunk - 1);
+      stage_met_dscores(stage_ds(n % 2), ds_src, q0, key_tile * kChunk, p.band);
       stage_rows<kHeadDim, kChunk>(stage_k(n % 2), k_src, p.k_row_stride, key_tile * kChunk, seq.seqlen_k - 1);
     }
     commit_async();
