@@ -244,26 +244,28 @@ def test_cuda_window_alone_backward(monkeypatch, dtype, head_dim, seqlen_q, seql
 @pytest.mark.parametrize("seqlen", [1, 64, 65, 300, 1000])
 def test_cuda_window_alone_dq_from_stored_dscores(monkeypatch, dtype, head_dim, seqlen):
     """Where queries and keys line up and the window is at most 129, the window
-    alone's dq pass reads the dS that the dk/dv pass stored rather than
-    recomputing it: dk and dv are bitwise those of the general passes
-    (FIBSPARSE_WINDOW_DSCORES=0), dq is within rounding of theirs, and all three
-    are within the reference's bounds; windows of 1 (one key), 64, 128 and 129
-    (three 64-row query chunks per key tile, the most this route takes), lengths
-    of one row, one tile, one tile and a row, and ragged last tiles."""
+    alone's dk/dv pass forms delta itself and stores dS, and its dq pass reads
+    the stored dS rather than recomputing it: dk and dv are bitwise those of the
+    general passes (FIBSPARSE_WINDOW_DSCORES=0), with and without a gradient of
+    lse, dq is within rounding of theirs, and all three are within the
+    reference's bounds; windows of 1 (one key), 64, 128 and 129 (three 64-row
+    query chunks per key tile, the most this route takes), lengths of one row,
+    one tile, one tile and a row, and ragged last tiles."""
     torch.manual_seed(seqlen * head_dim)
     q, k, v = random_qkv(2, seqlen, 4, 2, head_dim, dtype, "cuda", requires_grad=False)
     none = torch.zeros(0, dtype=torch.int32, device="cuda")
     scale = head_dim ** -0.5
     for window in (1, 64, 128, 129):
         out, lse = torch.ops.fibsparse.fwd(q, k, v, none, [window], scale)
-        dout, dlse = torch.randn_like(out), torch.randn_like(lse)
-        stored = torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, none, [window], scale)
-        monkeypatch.setenv("FIBSPARSE_WINDOW_DSCORES", "0")
-        general = torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, none, [window], scale)
-        monkeypatch.delenv("FIBSPARSE_WINDOW_DSCORES")
-        assert torch.equal(stored[1], general[1]) and torch.equal(stored[2], general[2]), window
-        if min(window, seqlen) > 1:  # one key per query: dq is cancellation noise in both (check_against_reference)
-            assert rel_err(stored[0], general[0]) < 1e-2, window
+        dout = torch.randn_like(out)
+        for dlse in (torch.randn_like(lse), None):
+            stored = torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, none, [window], scale)
+            monkeypatch.setenv("FIBSPARSE_WINDOW_DSCORES", "0")
+            general = torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, none, [window], scale)
+            monkeypatch.delenv("FIBSPARSE_WINDOW_DSCORES")
+            assert torch.equal(stored[1], general[1]) and torch.equal(stored[2], general[2]), (window, dlse is None)
+            if min(window, seqlen) > 1:  # one key per query: dq is cancellation noise in both (check_against_reference)
+                assert rel_err(stored[0], general[0]) < 1e-2, (window, dlse is None)
         check_against_reference(q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), window, none)
         q, k, v = (t.detach() for t in (q, k, v))
 

@@ -1,0 +1,10 @@
+#!/bin/bash
+# Round 30, call B (right after A, same machine and build): FA4's second wheels, then the fair sweep (the GPU
+# check's tests and sanitizers ran in call A).
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
+s=$SECONDS
+echo "=== $(date -u +%FT%TZ) commit $(cat .devrun/commit)"
+cp .fa4b/* /tmp/fa4/ && cd /tmp/fa4 && cat cu13.part.* > "$(cat BIG_WHEEL_NAME)" && rm cu13.part.* BIG_WHEEL_NAME && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/fa4/*.whl && cd - > /dev/null
+FIBSPARSE_COMMIT=$(cat .devrun/commit) PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages timeout 300 python3 bench/bench_sweep.py --fair --out $OUT/sweep_fair 2>&1 | tee $OUT/sweep_fair.log | grep -v "^  "
+echo "sweep $((SECONDS-s)) s"
