@@ -84,8 +84,9 @@ struct Params {
   int64_t do_batch_stride, do_row_stride, do_head_stride;
   const void* dlse;   // upstream gradient of lse (accumulation type), or null
   // <dout_i, out_i> - dlse_i, written by the dq pass and read by the dk/dv
-  // pass (the window alone's dk/dv pass forms it from staged rows). Computed with the same dot product as <dout_i, v_j>, so that their
-  // difference is exact where out_i = v_j (a query with one key).
+  // pass (the window alone's dk/dv pass forms it from staged rows and leaves
+  // this buffer unused). Computed with the same dot product as <dout_i, v_j>,
+  // so that their difference is exact where out_i = v_j (a query with one key).
   void* delta;
   void* dq;
   void* dk;

@@ -240,7 +240,7 @@ def test_cuda_window_alone_backward(monkeypatch, dtype, head_dim, seqlen_q, seql
 
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("head_dim", [16, 64, 128])
+@pytest.mark.parametrize("head_dim", [16, 32, 64, 128])
 @pytest.mark.parametrize("seqlen", [1, 64, 65, 300, 1000])
 def test_cuda_window_alone_dq_from_stored_dscores(monkeypatch, dtype, head_dim, seqlen):
     """Where queries and keys line up and the window is at most 129, the window

@@ -103,7 +103,7 @@ def run_packed(dtype, fractional, head_dim):
 
 
 for dtype in [torch.float16, torch.bfloat16, torch.float32, torch.float64]:
-    for head_dim, seqlen, window in [(64, 37, 4), (64, 200, 128), (128, 130, 129), (16, 70, 64)]:
+    for head_dim, seqlen, window in [(64, 37, 4), (64, 200, 128), (128, 130, 129), (16, 70, 64), (32, 150, 128)]:
         run_window_alone(dtype, head_dim, seqlen, window)
     for fractional in [False, True]:
         for head_dim in [16, 32, 64, 128]:

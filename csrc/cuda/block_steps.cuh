@@ -134,10 +134,10 @@ struct QuerySteps {
 
   // Queues step s's q and dout rows and, per row, two statistics (lse and
   // delta for the band; the dq pass's P and dS for an offset); past the last
-  // step (exists false), an empty group. kWithOut (the window alone, whose
+  // step (exists false), an empty group. kStageOut (the window alone, whose
   // dk/dv pass forms delta itself): a band step also queues the out rows into
   // o_dst, and dlse (0 without it) in delta's place.
-  template <typename T, bool kWithOut = false>
+  template <typename T, bool kStageOut = false>
   __device__ void issue(Step s, bool exists, int b, Rows<kHeadDim> q_dst, Rows<kHeadDim> do_dst, float* stat0_dst,
                         float* stat1_dst, Rows<kHeadDim> o_dst = nullptr) const {
     if (exists) {
@@ -150,15 +150,16 @@ struct QuerySteps {
         const int64_t first = chunk_row(s);
         stage_rows<kHeadDim, kChunk>(q_dst, q_src, p.q_row_stride, first, band_last_row);
         stage_rows<kHeadDim, kChunk>(do_dst, do_src, p.do_row_stride, first, band_last_row);
-        if constexpr (kWithOut) {
-          const uint16_t* o_src = bits<T>(p.out, seq.q_start(b, p.o_batch_stride, p.o_row_stride) + h * p.o_head_stride);
+        if constexpr (kStageOut) {
+          const uint16_t* o_src =
+              bits<T>(p.out, seq.q_start(b, p.o_batch_stride, p.o_row_stride) + h * p.o_head_stride);
           stage_rows<kHeadDim, kChunk>(o_dst, o_src, p.o_row_stride, first, band_last_row);
         }
         for (int r = threadIdx.x; r < kChunk; r += kMmaBlockThreads) {
           const int64_t i = first + r;
           const bool valid = i <= band_last_row;
           copy_async_4(stat0_dst + r, static_cast<const float*>(p.lse) + (valid ? stats + i : 0), valid);
-          if constexpr (kWithOut) {
+          if constexpr (kStageOut) {
             const bool has_dlse = valid && p.dlse != nullptr;
             copy_async_4(stat1_dst + r, static_cast<const float*>(has_dlse ? p.dlse : p.lse) + (valid ? stats + i : 0),
                          has_dlse);

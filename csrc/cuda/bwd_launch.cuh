@@ -4,7 +4,8 @@
 // same stream; the dq grid has the offsets check's extra blocks
 // (offsets_check.cuh), so a bad offset stops the backward before dk/dv. A
 // tensor-core dq block serves heads_per_block query heads of one kv group, as
-// the forward's does (mma_tiles.cuh).
+// the forward's does (mma_tiles.cuh). The window alone on tensor cores may
+// instead run its own two passes, dk/dv first (bwd_window_kernel.cuh).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -26,12 +27,16 @@ namespace fibsparse {
 
 // The band steps of a key tile of the window alone's backward
 // (bwd_window_kernel.cuh), if that backward applies to p (with integer
-// offsets): no offsets, a dense batch whose queries and keys line up, and a
+// offsets): no offsets, a dense batch whose queries and keys line up, a
 // window of at most 129 (three 64-row query chunks per key tile, so that its
-// dS buffer holds 192 values per query and head); 0 if not.
-// FIBSPARSE_WINDOW_DSCORES=0 turns it off for comparisons (env_switches.h).
-inline int window_dscore_steps(const Params& p) {
+// dS buffer holds 192 values per query and head), and a device that lets a
+// block have the dk/dv pass's dkdv_smem_bytes of shared memory (at head_dim
+// 128 it stages O rows too: 109 KiB, more than sm_86 and sm_89 allow, where
+// the general passes need 73); 0 if not. FIBSPARSE_WINDOW_DSCORES=0 turns it
+// off for comparisons (env_switches.h).
+inline int window_dscore_steps(const Params& p, int dkdv_smem_bytes) {
   if (switched_off("FIBSPARSE_WINDOW_DSCORES")) return 0;
+  if (size_t(dkdv_smem_bytes) > at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin) return 0;
   if (p.num_offsets != 0 || p.cu_seqlens_q != nullptr || p.cache_seqlens != nullptr ||
       p.block_table != nullptr || p.q_pos_shift != 0 || p.seqlen_q != p.seqlen_k) {
     return 0;
@@ -67,7 +72,7 @@ void launch_bwd(const Params& p, bool fractional) {
         using OffsetT = std::conditional_t<kFrac, float, int32_t>;
         using namespace mma_bwd;
         if constexpr (!kFrac) {
-          const int steps = window_dscore_steps(p);
+          const int steps = window_dscore_steps(p, kDkdvWindowSmemBytes<kHeadDim>);
           if (steps > 0) return launch_window_alone_bwd<T, kHeadDim>(p, steps);
         }
         HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {

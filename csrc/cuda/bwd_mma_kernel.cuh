@@ -6,7 +6,8 @@
 //     and block_steps.cuh): per 16 x 16 tile of the warp's queries against
 //     staged keys, P = exp(S - lse) from recomputed scores, dP = dO V^T,
 //     dS = P (dP - delta), dq += dS K. It forms delta = <dO, O> - dlse for both
-//     passes, and for every offset within the block's reach it stores each
+//     passes (the window alone's dk/dv pass, which runs first, forms its own),
+//     and for every offset within the block's reach it stores each
 //     query's P and dS (offset_probs / offset_dscores) and, for fractional
 //     positions, sums the warp's d loss / d position into one partial per
 //     (warp, offset); the partials of offsets out of reach are zero. The
@@ -78,10 +79,10 @@ __device__ __forceinline__ int64_t band_dscore_index(const Params& p, int b, int
   return (((int64_t(b) * p.heads + h) * key_tiles + key_tile) * p.band_dscore_steps + step) * kBlockRows * kChunk;
 }
 
-// <O, dO> over the half of a row's columns that `half` (0 or 1) sums of
-// delta: the two halves are added after (warp_row_deltas, and the window
-// alone's dk/dv pass, which forms delta from staged rows), so both routes give
-// delta the same bits. All loads are issued before any is used (a loop of
+// <O, dO> over one half (`half`, 0 or 1) of a row's columns, for delta: the
+// caller adds the two halves (warp_row_deltas, and the window alone's dk/dv
+// pass, which forms delta from staged rows), so both routes give delta the
+// same bits. All loads are issued before any is used (a loop of
 // 16-bit loads cost one L2 round trip per element). Each half is kHeadDim / 16
 // vectors of 8 elements; at head_dim 128 the halves interleave vector by
 // vector, so that the two lanes reading a row take one whole 32-byte sector
@@ -302,7 +303,8 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
 // kWindowAlone: the window alone's dk/dv pass (bwd_window_kernel.cuh), which
 // runs first: it forms each step's delta from staged O and dO rows (the dq
 // pass does it otherwise), and stores each band tile's dS for the dq pass that
-// follows, which then reads it instead of recomputing it.
+// follows, which then reads it instead of recomputing it. Its launcher
+// (window_dscore_steps) sends it no offsets, so every step is a band step.
 template <typename T, typename OffsetT, int kHeadDim, bool kWindowAlone = false>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   static_assert(!kWindowAlone || 2 * kChunk == kMmaBlockThreads, "delta: two threads a staged row");
