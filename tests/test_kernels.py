@@ -220,7 +220,7 @@ def test_cuda_window_alone_backward(monkeypatch, dtype, head_dim, seqlen_q, seql
     serve two heads) change no bit of them. Where the window alone's dq pass
     would read stored dS instead (the next test), it is turned off here, so
     that both calls run the same passes."""
-    monkeypatch.setenv("FIBSPARSE_WINDOW_DSCORES", "0")
+    monkeypatch.setenv("FIBSPARSE_STORED_DSCORES", "0")
     torch.manual_seed(seqlen_q * head_dim)
     q, k, v = random_qkv(2, seqlen_q, 4, 2, head_dim, dtype, "cuda", seqlen_k=seqlen_k, requires_grad=False)
     none = torch.zeros(0, dtype=torch.int32, device="cuda")
@@ -246,7 +246,7 @@ def test_cuda_window_alone_dq_from_stored_dscores(monkeypatch, dtype, head_dim, 
     """Where queries and keys line up and the window is at most 129, the window
     alone's dk/dv pass forms delta itself and stores dS, and its dq pass reads
     the stored dS rather than recomputing it: dk and dv are bitwise those of the
-    general passes (FIBSPARSE_WINDOW_DSCORES=0), with and without a gradient of
+    general passes (FIBSPARSE_STORED_DSCORES=0), with and without a gradient of
     lse, dq is within rounding of theirs, and all three are within the
     reference's bounds; windows of 1 (one key), 64, 128 and 129 (three 64-row
     query chunks per key tile, the most this route takes), lengths of one row,
@@ -260,9 +260,9 @@ def test_cuda_window_alone_dq_from_stored_dscores(monkeypatch, dtype, head_dim, 
         dout = torch.randn_like(out)
         for dlse in (torch.randn_like(lse), None):
             stored = torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, none, [window], scale)
-            monkeypatch.setenv("FIBSPARSE_WINDOW_DSCORES", "0")
+            monkeypatch.setenv("FIBSPARSE_STORED_DSCORES", "0")
             general = torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, none, [window], scale)
-            monkeypatch.delenv("FIBSPARSE_WINDOW_DSCORES")
+            monkeypatch.delenv("FIBSPARSE_STORED_DSCORES")
             assert torch.equal(stored[1], general[1]) and torch.equal(stored[2], general[2]), (window, dlse is None)
             if min(window, seqlen) > 1:  # one key per query: dq is cancellation noise in both (check_against_reference)
                 assert rel_err(stored[0], general[0]) < 1e-2, (window, dlse is None)
@@ -273,14 +273,54 @@ def test_cuda_window_alone_dq_from_stored_dscores(monkeypatch, dtype, head_dim, 
 @requires_cuda
 @pytest.mark.parametrize("setting", ["off", "", "2"])
 def test_cuda_window_alone_dscores_switch_is_checked(monkeypatch, setting):
-    """FIBSPARSE_WINDOW_DSCORES takes 0 or 1: any other value is refused,
+    """FIBSPARSE_STORED_DSCORES takes 0 or 1: any other value is refused,
     naming the variable, what it got and what it takes, before the backward runs."""
     q, k, v = random_qkv(1, 128, 2, 2, 64, torch.float16, "cuda", requires_grad=False)
     none = torch.zeros(0, dtype=torch.int32, device="cuda")
     out, lse = torch.ops.fibsparse.fwd(q, k, v, none, [128], 0.125)
-    monkeypatch.setenv("FIBSPARSE_WINDOW_DSCORES", setting)
-    with pytest.raises(RuntimeError, match=f"FIBSPARSE_WINDOW_DSCORES must be one of 0, 1 \\(or unset\\), got '{setting}'"):
+    monkeypatch.setenv("FIBSPARSE_STORED_DSCORES", setting)
+    with pytest.raises(RuntimeError, match=f"FIBSPARSE_STORED_DSCORES must be one of 0, 1 \\(or unset\\), got '{setting}'"):
         torch.ops.fibsparse.bwd(torch.randn_like(out), q, k, v, out, lse, torch.zeros_like(lse), none, [128], 0.125)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [32, 64, 128])
+@pytest.mark.parametrize("seqlen", [1, 65, 300, 1000])
+@pytest.mark.parametrize("per_head", [False, True])
+def test_cuda_offsets_dq_from_stored_dscores(monkeypatch, dtype, head_dim, seqlen, per_head):
+    """With integer offsets, where queries and keys line up and the window is at
+    most 129, the dk/dv pass runs first, computes each offset's P and dS itself
+    and stores every dS (the band's and the offsets'), and the dq pass reads
+    them: dq, dk and dv are within rounding of the general passes'
+    (FIBSPARSE_STORED_DSCORES=0), with and without a gradient of lse, and
+    within the reference's bounds. GQA groups of 4 (dq blocks of several heads
+    when the offsets are shared), per-head rows padded with -1 (one head with
+    none), offsets beyond the sequence, windows of 1, 64, 128 and 129."""
+    torch.manual_seed(seqlen * head_dim + per_head)
+    heads, heads_kv = 8, 2
+    q, k, v = random_qkv(2, seqlen, heads, heads_kv, head_dim, dtype, "cuda", requires_grad=False)
+    scale = head_dim ** -0.5
+    for window in (1, 64, 128, 129):
+        if per_head:
+            offsets = random_offsets(window, 6, heads, False, "cuda", spread=90)
+            offsets[1, 3:] = -1
+            offsets[5] = -1
+        else:
+            offsets = random_offsets(window, 6, None, False, "cuda", spread=90)
+        out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [window], scale)
+        dout = torch.randn_like(out)
+        for dlse in (torch.randn_like(lse), None):
+            stored = torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, offsets, [window], scale)
+            monkeypatch.setenv("FIBSPARSE_STORED_DSCORES", "0")
+            general = torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, offsets, [window], scale)
+            monkeypatch.delenv("FIBSPARSE_STORED_DSCORES")
+            for name, a, b in zip(["dq", "dk", "dv"], stored[:3], general[:3]):
+                assert a.isfinite().all(), (window, name)
+                if min(window, seqlen) > 1:  # one key per query: cancellation noise (check_against_reference)
+                    assert rel_err(a, b) < 1e-2, (window, name, dlse is None)
+        check_against_reference(q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), window, offsets)
+        q, k, v = (t.detach() for t in (q, k, v))
 
 
 def same_offsets_per_head(offsets, heads):

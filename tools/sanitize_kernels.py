@@ -1,6 +1,6 @@
 """A small run of every CUDA kernel (forward, dq, dkdv, decode; each dtype; integer and
 fractional; GQA, with per-head padded offsets and with shared ones (tensor-core blocks of
-several heads); the window alone; window > seqlen; seqlen_q < seqlen_k; a packed
+several heads); the window alone; integer offsets with stored dS; window > seqlen; seqlen_q < seqlen_k; a packed
 batch with empty and one-token sequences; a paged cache with page sizes 1, 5 and 16 whose
 given-back entries are -1),
 sized for compute-sanitizer:
@@ -37,6 +37,18 @@ def run_window_alone(dtype, head_dim, seqlen, window):
     k = torch.randn(2, seqlen, 2, head_dim, device="cuda", dtype=dtype, requires_grad=True)
     v = torch.randn_like(k, requires_grad=True)
     out, lse = fibsparse_attn(q, k, v, window, [], return_lse=True)
+    (out.float().square().sum() + lse.sum()).backward()
+
+
+def run_stored_dscores(dtype, head_dim, seqlen, window, offsets):
+    """Integer offsets on 16-bit inputs whose queries and keys line up: the
+    dk/dv pass runs first and stores every dS, which the dq pass reads (its
+    blocks serve 2 or 4 heads here: the offsets are shared)."""
+    torch.manual_seed(0)
+    q = torch.randn(2, seqlen, 8, head_dim, device="cuda", dtype=dtype, requires_grad=True)
+    k = torch.randn(2, seqlen, 2, head_dim, device="cuda", dtype=dtype, requires_grad=True)
+    v = torch.randn_like(k, requires_grad=True)
+    out, lse = fibsparse_attn(q, k, v, window, offsets, return_lse=True)
     (out.float().square().sum() + lse.sum()).backward()
 
 
@@ -105,6 +117,8 @@ def run_packed(dtype, fractional, head_dim):
 for dtype in [torch.float16, torch.bfloat16, torch.float32, torch.float64]:
     for head_dim, seqlen, window in [(64, 37, 4), (64, 200, 128), (128, 130, 129), (16, 70, 64), (32, 150, 128)]:
         run_window_alone(dtype, head_dim, seqlen, window)
+    for head_dim, seqlen, window, offsets in [(64, 300, 128, [128, 200, 290, 400]), (128, 150, 129, [129, 140])]:
+        run_stored_dscores(dtype, head_dim, seqlen, window, offsets)
     for fractional in [False, True]:
         for head_dim in [16, 32, 64, 128]:
             run(dtype, fractional, head_dim, 37, 37, 4)

@@ -78,6 +78,22 @@ struct KeySteps {
   }
 };
 
+// The dk/dv pass's three routes (bwd_launch.cuh picks one). Each decides what
+// the pass stages besides q and dout rows, and whether it runs before or after
+// the dq pass.
+enum class DkdvRoute {
+  // The general backward: after the dq pass, whose delta it stages for the
+  // band and whose P and dS of each (query, offset) it stages for the offsets.
+  kAfterDq,
+  // The window alone (no offsets), first: it stages out rows and dlse and forms
+  // delta itself, and stores the band's dS for the dq pass.
+  kWindowAlone,
+  // Integer offsets, first (after the delta pass): it stages lse and delta for
+  // the offsets' strips too, computes every P and dS itself, and stores each
+  // dS, the band's and the offsets', for the dq pass.
+  kBeforeDq,
+};
+
 // The steps of a block of 64 keys over the queries that read them, for each
 // query head of the kv head's group in turn: band chunks of kChunk query rows
 // (positions [block_key, block_key + 63 + window - 1] that exist), then one
@@ -133,11 +149,11 @@ struct QuerySteps {
   }
 
   // Queues step s's q and dout rows and, per row, two statistics (lse and
-  // delta for the band; the dq pass's P and dS for an offset); past the last
-  // step (exists false), an empty group. kStageOut (the window alone, whose
-  // dk/dv pass forms delta itself): a band step also queues the out rows into
-  // o_dst, and dlse (0 without it) in delta's place.
-  template <typename T, bool kStageOut = false>
+  // delta for the band; for an offset, the dq pass's P and dS, or with
+  // kBeforeDq lse and delta again); past the last step (exists false), an
+  // empty group. kWindowAlone, whose dk/dv pass forms delta itself: a band step
+  // also queues the out rows into o_dst, and dlse (0 without it) in delta's place.
+  template <typename T, DkdvRoute kRoute = DkdvRoute::kAfterDq>
   __device__ void issue(Step s, bool exists, int b, Rows<kHeadDim> q_dst, Rows<kHeadDim> do_dst, float* stat0_dst,
                         float* stat1_dst, Rows<kHeadDim> o_dst = nullptr) const {
     if (exists) {
@@ -150,7 +166,7 @@ struct QuerySteps {
         const int64_t first = chunk_row(s);
         stage_rows<kHeadDim, kChunk>(q_dst, q_src, p.q_row_stride, first, band_last_row);
         stage_rows<kHeadDim, kChunk>(do_dst, do_src, p.do_row_stride, first, band_last_row);
-        if constexpr (kStageOut) {
+        if constexpr (kRoute == DkdvRoute::kWindowAlone) {
           const uint16_t* o_src =
               bits<T>(p.out, seq.q_start(b, p.o_batch_stride, p.o_row_stride) + h * p.o_head_stride);
           stage_rows<kHeadDim, kChunk>(o_dst, o_src, p.o_row_stride, first, band_last_row);
@@ -159,7 +175,7 @@ struct QuerySteps {
           const int64_t i = first + r;
           const bool valid = i <= band_last_row;
           copy_async_4(stat0_dst + r, static_cast<const float*>(p.lse) + (valid ? stats + i : 0), valid);
-          if constexpr (kStageOut) {
+          if constexpr (kRoute == DkdvRoute::kWindowAlone) {
             const bool has_dlse = valid && p.dlse != nullptr;
             copy_async_4(stat1_dst + r, static_cast<const float*>(has_dlse ? p.dlse : p.lse) + (valid ? stats + i : 0),
                          has_dlse);
@@ -177,9 +193,15 @@ struct QuerySteps {
           for (int r = threadIdx.x; r < kStripSpan; r += kMmaBlockThreads) {
             const int64_t i = first + r;
             const bool valid = i >= 0 && i < seq.seqlen_q;
-            const int64_t at = valid ? offset_term_index(p, seq, b, h, o, i) : 0;
-            copy_async_4(stat0_dst + r, static_cast<const float*>(p.offset_probs) + at, valid);
-            copy_async_4(stat1_dst + r, static_cast<const float*>(p.offset_dscores) + at, valid);
+            if constexpr (kRoute == DkdvRoute::kBeforeDq) {
+              const int64_t at = valid ? stats + i : 0;
+              copy_async_4(stat0_dst + r, static_cast<const float*>(p.lse) + at, valid);
+              copy_async_4(stat1_dst + r, static_cast<const float*>(p.delta) + at, valid);
+            } else {
+              const int64_t at = valid ? offset_term_index(p, seq, b, h, o, i) : 0;
+              copy_async_4(stat0_dst + r, static_cast<const float*>(p.offset_probs) + at, valid);
+              copy_async_4(stat1_dst + r, static_cast<const float*>(p.offset_dscores) + at, valid);
+            }
           }
         }
       }

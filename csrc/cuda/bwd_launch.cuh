@@ -5,7 +5,8 @@
 // (offsets_check.cuh), so a bad offset stops the backward before dk/dv. A
 // tensor-core dq block serves heads_per_block query heads of one kv group, as
 // the forward's does (mma_tiles.cuh). The window alone on tensor cores may
-// instead run its own two passes, dk/dv first (bwd_window_kernel.cuh).
+// instead run its own two passes, dk/dv first, and integer offsets three
+// (bwd_window_kernel.cuh).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -25,43 +26,56 @@
 
 namespace fibsparse {
 
-// The band steps of a key tile of the window alone's backward
+// The band steps of a key tile of the backward with stored dS
 // (bwd_window_kernel.cuh), if that backward applies to p (with integer
-// offsets): no offsets, a dense batch whose queries and keys line up, a
-// window of at most 129 (three 64-row query chunks per key tile, so that its
-// dS buffer holds 192 values per query and head), and a device that lets a
-// block have the dk/dv pass's dkdv_smem_bytes of shared memory (at head_dim
-// 128 it stages O rows too: 109 KiB, more than sm_86 and sm_89 allow, where
-// the general passes need 73); 0 if not. FIBSPARSE_WINDOW_DSCORES=0 turns it
-// off for comparisons (env_switches.h).
-inline int window_dscore_steps(const Params& p, int dkdv_smem_bytes) {
-  if (switched_off("FIBSPARSE_WINDOW_DSCORES")) return 0;
+// offsets, or none): a dense batch whose queries and keys line up, a window
+// of at most 129 (three 64-row query chunks per key tile, so that its dS
+// buffer holds 192 values per query and head), and a device that lets a block
+// have the dk/dv pass's dkdv_smem_bytes of shared memory (the window alone at
+// head_dim 128 stages O rows too: 109 KiB, more than sm_86 and sm_89 allow,
+// where the general passes need 73); 0 if not. FIBSPARSE_STORED_DSCORES=0
+// turns it off for comparisons (env_switches.h).
+inline int stored_dscore_steps(const Params& p, int dkdv_smem_bytes) {
+  if (switched_off("FIBSPARSE_STORED_DSCORES")) return 0;
   if (size_t(dkdv_smem_bytes) > at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin) return 0;
-  if (p.num_offsets != 0 || p.cu_seqlens_q != nullptr || p.cache_seqlens != nullptr ||
-      p.block_table != nullptr || p.q_pos_shift != 0 || p.seqlen_q != p.seqlen_k) {
+  if (p.cu_seqlens_q != nullptr || p.cache_seqlens != nullptr || p.block_table != nullptr || p.q_pos_shift != 0 ||
+      p.seqlen_q != p.seqlen_k) {
     return 0;
   }
   const int steps = (mma_tiles::kBlockRows - 1 + p.band.window - 1) / mma_tiles::kChunk + 1;
   return steps <= 3 ? steps : 0;
 }
 
-// The window alone's backward with stored dS: dk/dv (forming delta, storing
-// dS), then dq from the stored dS (bwd_window_kernel.cuh).
+// The backward with stored dS (bwd_window_kernel.cuh): the window alone's
+// dk/dv pass (forming delta, storing dS), or with integer offsets the delta
+// pass and the dk/dv pass that computes and stores every dS; then dq from
+// the stored dS.
 template <typename T, int kHeadDim>
-void launch_window_alone_bwd(const Params& p, int steps) {
+void launch_stored_dscores_bwd(const Params& p, int steps) {
   using namespace mma_bwd;
   const int64_t key_tiles = blocks_for(p.seqlen_k, kBlockRows);
   const at::Tensor dscores = at::empty({int64_t(p.batch) * p.heads * key_tiles * steps * kBlockRows * kChunk},
                                        at::TensorOptions().dtype(at::kHalf).device(at::kCUDA));
-  Params window_p = p;
-  window_p.band_dscores = dscores.data_ptr();
-  window_p.band_dscore_steps = steps;
-  const dim3 q_grid(blocks_for(p.seqlen_q, kBlockRows), p.heads, p.batch);
+  Params stored_p = p;
+  stored_p.band_dscores = dscores.data_ptr();
+  stored_p.band_dscore_steps = steps;
+  const unsigned query_tiles = blocks_for(p.seqlen_q, kBlockRows);
   const dim3 dkdv_grid(blocks_for(p.seqlen_k, kBlockRows), p.heads_kv, p.batch);
-  launch_kernel(dkdv_mma_kernel<T, int32_t, kHeadDim, true>, dkdv_grid, kMmaBlockThreads,
-                kDkdvWindowSmemBytes<kHeadDim>, window_p);
-  launch_kernel(dq_from_dscores_kernel<T, kHeadDim>, q_grid, kMmaBlockThreads, kDqFromDscoresSmemBytes<kHeadDim>,
-                window_p);
+  if (p.num_offsets == 0) {
+    launch_kernel(dkdv_mma_kernel<T, int32_t, kHeadDim, DkdvRoute::kWindowAlone>, dkdv_grid, kMmaBlockThreads,
+                  kDkdvWindowSmemBytes<kHeadDim>, stored_p);
+    launch_kernel(dq_from_dscores_kernel<T, kHeadDim>, dim3(query_tiles, p.heads, p.batch), kMmaBlockThreads,
+                  kDqFromDscoresSmemBytes<kHeadDim>, stored_p);
+    return;
+  }
+  launch_kernel(delta_kernel<T, kHeadDim>, dim3(query_tiles + kOffsetsCheckBlocks, p.heads, p.batch),
+                kMmaBlockThreads, 0, stored_p);
+  launch_kernel(dkdv_mma_kernel<T, int32_t, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads,
+                kDkdvSmemBytes<kHeadDim>, stored_p);
+  HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
+    launch_kernel(dq_from_dscores_kernel<T, kHeadDim, kHeads, true>, dim3(query_tiles, p.heads / kHeads, p.batch),
+                  kHeads * kMmaBlockThreads, kDqFromDscoresSmemBytes<kHeadDim, kHeads>, stored_p);
+  });
 }
 
 template <typename T>
@@ -72,8 +86,9 @@ void launch_bwd(const Params& p, bool fractional) {
         using OffsetT = std::conditional_t<kFrac, float, int32_t>;
         using namespace mma_bwd;
         if constexpr (!kFrac) {
-          const int steps = window_dscore_steps(p, kDkdvWindowSmemBytes<kHeadDim>);
-          if (steps > 0) return launch_window_alone_bwd<T, kHeadDim>(p, steps);
+          const int smem = p.num_offsets == 0 ? kDkdvWindowSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>;
+          const int steps = stored_dscore_steps(p, smem);
+          if (steps > 0) return launch_stored_dscores_bwd<T, kHeadDim>(p, steps);
         }
         HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
           const dim3 dq_grid(blocks_for(p.seqlen_q, kBlockRows) + kOffsetsCheckBlocks, p.heads / kHeads, p.batch);

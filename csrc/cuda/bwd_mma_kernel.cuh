@@ -300,14 +300,20 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
                           p.dq_row_stride, warp_q0, seq.seqlen_q, dq, scale, g, c);
 }
 
-// kWindowAlone: the window alone's dk/dv pass (bwd_window_kernel.cuh), which
-// runs first: it forms each step's delta from staged O and dO rows (the dq
-// pass does it otherwise), and stores each band tile's dS for the dq pass that
-// follows, which then reads it instead of recomputing it. Its launcher
-// (window_dscore_steps) sends it no offsets, so every step is a band step.
-template <typename T, typename OffsetT, int kHeadDim, bool kWindowAlone = false>
+// kRoute (block_steps.cuh's DkdvRoute): kAfterDq is the general pass above.
+// The other two run first and store each band tile's dS for the dq pass that
+// follows (bwd_window_kernel.cuh), which then reads it instead of recomputing
+// it. kWindowAlone forms each step's delta from staged O and dO rows; its
+// launcher (stored_dscore_steps) sends it no offsets, so every step is a band
+// step. kBeforeDq (integer offsets) reads delta from the delta pass, computes
+// each offset's P and dS from its own k and v fragments and the strip's rows,
+// as it does the band's, and stores each (query, offset)'s dS.
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
+  constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
+  constexpr bool kStoresDscores = kRoute != DkdvRoute::kAfterDq;
   static_assert(!kWindowAlone || 2 * kChunk == kMmaBlockThreads, "delta: two threads a staged row");
+  static_assert(kRoute != DkdvRoute::kBeforeDq || std::is_integral_v<OffsetT>, "integer offsets only");
   extern __shared__ __align__(16) uint16_t smem[];
   const auto stage_q = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 0); };
   const auto stage_do = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 1); };
@@ -338,7 +344,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
   const QuerySteps<OffsetT, kHeadDim> steps(p, seq, int64_t(blockIdx.x) * kBlockRows, hk);
   auto issued = steps.first();  // the step queued last
-  steps.template issue<T, kWindowAlone>(issued, steps.num_steps > 0, b, stage_q(0), stage_do(0), stage_stat(0, 0),
+  steps.template issue<T, kRoute>(issued, steps.num_steps > 0, b, stage_q(0), stage_do(0), stage_stat(0, 0),
                                         stage_stat(0, 1), stage_o(0));
 
   uint32_t kf[kHeadDim / 16][4], vf[kHeadDim / 16][4];
@@ -358,7 +364,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   auto step = steps.first();
   for (int n = 0; n < steps.num_steps; ++n, step = steps.next(step)) {
     issued = steps.next(issued);
-    steps.template issue<T, kWindowAlone>(issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2),
+    steps.template issue<T, kRoute>(issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2),
                                           stage_do((n + 1) % 2), stage_stat((n + 1) % 2, 0),
                                           stage_stat((n + 1) % 2, 1), stage_o((n + 1) % 2));
     wait_async<1>();
@@ -395,7 +401,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
             st[j][e] = prob;
           }
         }
-        if constexpr (kWindowAlone) {
+        if constexpr (kStoresDscores) {
           uint16_t* tile = bits<T>(p.band_dscores, band_dscore_index(p, b, step.head, blockIdx.x, step.index));
 #pragma unroll
           for (int j = 0; j < 2; ++j) {
@@ -416,15 +422,45 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
         // x + 1 reads it as its second (weight f). Rows outside the queries
         // were staged with zero statistics.
         RowPtr<kHeadDim> strip_q = rows_q + 16 * warp, strip_do = rows_do + 16 * warp;
-        const float* probs = stat0 + 16 * warp;
-        const float* dscores = stat1 + 16 * warp;
-        const float w0 = 1.f - split.frac;
-        add_diag_times_rows<T, kHeadDim>(w0 * probs[g], w0 * probs[g + 8], strip_do, dv, lane);
-        add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_q, dk, lane);
-        if (split.frac != 0.f) {
-          const float w1 = split.frac;
-          add_diag_times_rows<T, kHeadDim>(w1 * probs[g + 1], w1 * probs[g + 9], strip_do + 1, dv, lane);
-          add_diag_times_rows<T, kHeadDim>(w1 * dscores[g + 1], w1 * dscores[g + 9], strip_q + 1, dk, lane);
+        if constexpr (kRoute == DkdvRoute::kBeforeDq) {
+          // Key x of the warp pairs with strip row x (an integer position): the
+          // diagonals of K Q^T and V dO^T are its scores and dP, and the
+          // staged statistics of row x its query's lse and delta. Its owner
+          // lane (mma_tiles.cuh) stores dS for the dq pass.
+          const int o = steps.offset_index(step);
+          const OffsetT* offs = steps.offsets(step.head);
+          float st[2][4], dpt[2][4];
+          dot_16_rows<T, kHeadDim>(kf, strip_q, st, 0, lane);
+          dot_16_rows<T, kHeadDim>(vf, strip_do, dpt, 0, lane);
+          const float* lse = stat0 + 16 * warp;
+          const float* dlt = stat1 + 16 * warp;
+          float prob[2], dscore[2];
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const int row = g + 8 * r;
+            const int64_t query = warp_k0 + row + split.whole;  // its row and position (q_pos_shift 0 on this route)
+            const bool valid = query < seq.seqlen_q &&
+                               sample_key<float>(query, distance_of_offset(o, p.band), p.band, offs).valid;
+            const float lse_log2 = backward_lse(lse[row]) * float(M_LOG2E);
+            prob[r] = valid ? fast_exp2(diagonal_element(st, r, g) * scale_log2 - lse_log2) : 0.f;
+            dscore[r] = valid ? prob[r] * (diagonal_element(dpt, r, g) - dlt[row]) : 0.f;
+            if (valid && owns_diagonal(lane)) {
+              static_cast<float*>(p.offset_dscores)[offset_term_index(p, seq, b, step.head, o, query)] = dscore[r];
+            }
+          }
+          add_diag_times_rows<T, kHeadDim>(prob[0], prob[1], strip_do, dv, lane);
+          add_diag_times_rows<T, kHeadDim>(dscore[0], dscore[1], strip_q, dk, lane);
+        } else {
+          const float* probs = stat0 + 16 * warp;
+          const float* dscores = stat1 + 16 * warp;
+          const float w0 = 1.f - split.frac;
+          add_diag_times_rows<T, kHeadDim>(w0 * probs[g], w0 * probs[g + 8], strip_do, dv, lane);
+          add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_q, dk, lane);
+          if (split.frac != 0.f) {
+            const float w1 = split.frac;
+            add_diag_times_rows<T, kHeadDim>(w1 * probs[g + 1], w1 * probs[g + 9], strip_do + 1, dv, lane);
+            add_diag_times_rows<T, kHeadDim>(w1 * dscores[g + 1], w1 * dscores[g + 9], strip_q + 1, dk, lane);
+          }
         }
       }
     }

@@ -1,13 +1,17 @@
-// The tensor-core backward of the window alone (no offsets) on dense batches
-// whose queries and keys line up, where the general backward
-// (bwd_mma_kernel.cuh) has two passes that both recompute the band's scores
-// and dP:
-//   dk/dv pass (bwd_mma_kernel.cuh, kWindowAlone), first: forms each staged
-//     query's delta = <dO, O> - dlse (the general dq pass's prologue) from O
-//     rows it stages beside dO, and writes each band tile's dS, key rows, to
-//     p.band_dscores;
-//   dq pass (here): dq = dS K over the band tiles, dS read back rather than
-//     recomputed: no scores, exponentials or dO V^T products, no v or dO rows.
+// The tensor-core backward with stored dS, on dense batches whose queries and
+// keys line up, for the window alone or with integer offsets, where the
+// general backward (bwd_mma_kernel.cuh) has two passes that both recompute the
+// band's scores and dP, and a dq pass that also computes each offset's:
+//   delta pass (here; with offsets only): delta = <dO, O> - dlse per query
+//     row (warp_row_deltas, the general dq pass's prologue), which the dk/dv
+//     pass's offset steps need for queries of other blocks' bands;
+//   dk/dv pass (bwd_mma_kernel.cuh, DkdvRoute kWindowAlone or kBeforeDq),
+//     first: writes each band tile's dS, key rows, to p.band_dscores, and each
+//     (query, offset)'s dS to p.offset_dscores; the window alone forms each
+//     staged query's delta from O rows it stages beside dO;
+//   dq pass (here): dq = dS K over the band tiles and the offsets' strips, dS
+//     read back rather than recomputed: no scores, exponentials or dO V^T
+//     products, no v or dO rows.
 // A tile of 64 keys meets the queries of its own 64-row chunk and of the next
 // band_dscore_steps - 1 chunks, so the dS buffer holds band_dscore_steps tiles
 // of 64 x 64 per key tile and query head. dS is rounded to 16 bits in both
@@ -21,28 +25,49 @@
 #include "../fibsparse.h"
 #include "../pattern.h"
 #include "bwd_mma_kernel.cuh"
+#include "block_steps.cuh"
 #include "mma_tiles.cuh"
+#include "offsets_check.cuh"
 
 namespace fibsparse {
 namespace mma_bwd {
 
-// Dynamic shared memory of the dq pass: two stages of a dS tile (64 key rows
-// of 64 queries) and 64 k rows.
-template <int kHeadDim>
-constexpr int kDqFromDscoresSmemBytes = 2 * kChunk * ((kChunk + 8) + (kHeadDim + 8)) * int(sizeof(uint16_t));
+// delta for every query row, a warp per 16 rows (warp_row_deltas); the grid's
+// extra blocks check the offsets before any pass reads them (offsets_check.cuh).
+template <typename T, int kHeadDim>
+__global__ void __launch_bounds__(kMmaBlockThreads) delta_kernel(const Params p) {
+  if (is_offsets_check_block()) return check_offsets_of_heads<int32_t, 1>(p);
+  const int h = blockIdx.y, b = blockIdx.z;
+  const Sequence seq = sequence_of(p, b);
+  const int warp_q0 = blockIdx.x * kBlockRows + 16 * (threadIdx.x / 32);
+  if (warp_q0 >= seq.seqlen_q) return;
+  const uint16_t* do_src =
+      bits<T>(p.dout, seq.q_start(b, p.do_batch_stride, p.do_row_stride) + h * p.do_head_stride);
+  float delta[2], lse_log2[2];
+  warp_row_deltas<T, kHeadDim>(p, seq, b, h, warp_q0, do_src, stats_index(p, seq, b, h, 0), threadIdx.x % 32, delta,
+                               lse_log2);
+}
+
+// Dynamic shared memory of the dq pass with kHeads heads a block: two stages,
+// each of one dS tile a head (64 key rows of 64 queries; an offset step puts
+// each head's 64 dS, float, in its place) and 64 k rows.
+template <int kHeadDim, int kHeads = 1>
+constexpr int kDqFromDscoresSmemBytes =
+    2 * kChunk * (kHeads * (kChunk + 8) + (kHeadDim + 8)) * int(sizeof(uint16_t));
 
 // Queues the sub-tiles of a stored dS tile (64 key rows of 64 queries, from
 // src) that the dk/dv pass wrote: those of 16 keys x 16 queries that the band
 // meets. The rest were never written, and the dq pass skips them; at window
 // 128 they are a quarter of the three tiles a query tile reads, and reading
 // them would cost DRAM sectors for nothing (a sub-tile's row is one 32-byte
-// sector). A thread copies 16 bytes of rows r0, r0 + 16, r0 + 32, r0 + 48:
-// one row in each 16-key sub-tile, all in one 16-query column.
+// sector). Thread `thread` (of the head's kMmaBlockThreads) copies 16 bytes
+// of rows r0, r0 + 16, r0 + 32, r0 + 48: one row in each 16-key sub-tile,
+// all in one 16-query column.
 __device__ __forceinline__ void stage_met_dscores(Rows<kChunk> dst, const uint16_t* src, int64_t q0, int64_t key0,
-                                                  Band band) {
+                                                  Band band, int thread) {
   constexpr int kVecsPerRow = kChunk / 8;
   static_assert(kMmaBlockThreads == 16 * kVecsPerRow, "a thread a row of each sub-tile row");
-  const int col = (threadIdx.x % kVecsPerRow) * 8, r0 = threadIdx.x / kVecsPerRow;
+  const int col = (thread % kVecsPerRow) * 8, r0 = thread / kVecsPerRow;
   const int64_t queries = q0 + 16 * (col / 16);
 #pragma unroll
   for (int t16 = 0; t16 < kChunk / 16; ++t16) {
@@ -51,31 +76,63 @@ __device__ __forceinline__ void stage_met_dscores(Rows<kChunk> dst, const uint16
   }
 }
 
-// A block = 64 queries of one head; its steps are the 64-key tiles its band
-// reaches, the last one its own.
-template <typename T, int kHeadDim>
-__global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_from_dscores_kernel(const Params p) {
+// A block = 64 queries of kHeads heads of one kv group (mma_tiles.cuh's
+// heads_per_block: they share their offsets), 4 warps a head; its steps are
+// the 64-key tiles its band reaches, the last one its own, then with kOffsets
+// one strip of 64 k rows per (integer) offset within its reach, staged once
+// for all its heads with each head's 64 dS of that offset.
+template <typename T, int kHeadDim, int kHeads = 1, bool kOffsets = false>
+__global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<kHeadDim, kHeads>)
+    dq_from_dscores_kernel(const Params p) {
+  constexpr int kThreads = kHeads * kMmaBlockThreads;
   extern __shared__ __align__(16) uint16_t smem[];
-  const auto stage_ds = [&](int s) { return reinterpret_cast<Rows<kChunk>>(smem) + s * kChunk; };
-  const auto stage_k = [&](int s) {
-    return reinterpret_cast<Rows<kHeadDim>>(smem + 2 * kChunk * (kChunk + 8)) + s * kChunk;
+  const auto stage_ds = [&](int s, int head) {
+    return reinterpret_cast<Rows<kChunk>>(smem) + (s * kHeads + head) * kChunk;
   };
-  const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z, hk = h / (p.heads / p.heads_kv);
+  const auto stage_k = [&](int s) {
+    return reinterpret_cast<Rows<kHeadDim>>(smem + 2 * kHeads * kChunk * (kChunk + 8)) + s * kChunk;
+  };
+  const int tile = blockIdx.x, b = blockIdx.z;
+  const int first_head = blockIdx.y * kHeads, hk = first_head / (p.heads / p.heads_kv);
+  const int head = threadIdx.x / kMmaBlockThreads, h = first_head + head;  // this thread's
+  const int head_thread = threadIdx.x % kMmaBlockThreads;
   const Sequence seq = sequence_of(p, b);
   const int64_t q0 = int64_t(tile) * kBlockRows;  // queries sit at their rows' positions here
   if (q0 >= seq.seqlen_q) return;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+  const int warp = head_thread / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
   const int warp_q0 = int(q0) + 16 * warp;
   const uint16_t* k_src = bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride);
   const int64_t first_key_tile = band_first_key(q0, p.band) / kChunk;
-  const int num_steps = int(tile - first_key_tile) + 1;
+  const int band_steps = int(tile - first_key_tile) + 1;
+  // The block's heads share this row of offsets (one head a block otherwise).
+  const int32_t* offs = static_cast<const int32_t*>(p.offsets) + first_head * p.offsets_head_stride;
+  int num_steps = band_steps;
+  if constexpr (kOffsets) num_steps += offsets_within_reach(offs, p.num_offsets, q0 + kBlockRows - 1);
   const auto issue = [&](int n) {
-    if (n < num_steps) {
+    if (n < band_steps) {
       const int64_t key_tile = first_key_tile + n;
       const uint16_t* ds_src =
           bits<T>(static_cast<const void*>(p.band_dscores), band_dscore_index(p, b, h, key_tile, int(tile - key_tile)));
-      stage_met_dscores(stage_ds(n % 2), ds_src, q0, key_tile * kChunk, p.band);
-      stage_rows<kHeadDim, kChunk>(stage_k(n % 2), k_src, p.k_row_stride, key_tile * kChunk, seq.seqlen_k - 1);
+      stage_met_dscores(stage_ds(n % 2, head), ds_src, q0, key_tile * kChunk, p.band, head_thread);
+      stage_rows<kHeadDim, kChunk, kThreads>(stage_k(n % 2), k_src, p.k_row_stride, key_tile * kChunk,
+                                             seq.seqlen_k - 1);
+    } else if (kOffsets && n < num_steps) {
+      // Query q0 + r reads key q0 + r - whole, staged at row r; the dk/dv pass
+      // stored dS only for queries that read a key (sample_key), the rest are
+      // zero-filled here.
+      const int o = n - band_steps;
+      const int64_t whole = split_offset(offs, o).whole;
+      if (whole >= 0) {
+        stage_rows<kHeadDim, kChunk, kThreads>(stage_k(n % 2), k_src, p.k_row_stride, q0 - whole, seq.seqlen_k - 1);
+        if (head_thread < kBlockRows) {
+          const int64_t i = q0 + head_thread;
+          const bool valid =
+              i < seq.seqlen_q && sample_key<float>(i, distance_of_offset(o, p.band), p.band, offs).valid;
+          const int64_t at = valid ? offset_term_index(p, seq, b, h, o, i) : 0;
+          copy_async_4(reinterpret_cast<float*>(stage_ds(n % 2, head)) + head_thread,
+                       static_cast<const float*>(p.offset_dscores) + at, valid);
+        }
+      }
     }
     commit_async();
   };
@@ -86,18 +143,24 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_fro
     issue(n + 1);
     wait_async<1>();
     __syncthreads();
-    RowPtr<kChunk> ds_rows = stage_ds(n % 2);
     RowPtr<kHeadDim> rows_k = stage_k(n % 2);
+    if (!kOffsets || n < band_steps) {
+      RowPtr<kChunk> ds_rows = stage_ds(n % 2, head);
 #pragma unroll
-    for (int t16 = 0; t16 < kChunk / 16; ++t16) {
-      // The sub-tiles the dk/dv pass skipped (band_meets) hold no dS.
-      if (!band_meets(warp_q0, (first_key_tile + n) * kChunk + 16 * t16, p.band)) continue;  // warp-uniform
-      // A = dS of the warp's 16 queries x the sub-tile's 16 keys, from key
-      // rows: 8 x 8 tiles (keys +0 | +8) x (queries +0 | +8), transposed.
-      uint32_t a[4];
-      const int quarter = lane / 8;
-      ldmatrix_x4_trans(a, ds_rows[16 * t16 + (quarter / 2) * 8 + lane % 8] + 16 * warp + (quarter % 2) * 8);
-      add_a_times_rows<T, kHeadDim>(a, rows_k + 16 * t16, dq, lane);
+      for (int t16 = 0; t16 < kChunk / 16; ++t16) {
+        // The sub-tiles the dk/dv pass skipped (band_meets) hold no dS.
+        if (!band_meets(warp_q0, (first_key_tile + n) * kChunk + 16 * t16, p.band)) continue;  // warp-uniform
+        // A = dS of the warp's 16 queries x the sub-tile's 16 keys, from key
+        // rows: 8 x 8 tiles (keys +0 | +8) x (queries +0 | +8), transposed.
+        uint32_t a[4];
+        const int quarter = lane / 8;
+        ldmatrix_x4_trans(a, ds_rows[16 * t16 + (quarter / 2) * 8 + lane % 8] + 16 * warp + (quarter % 2) * 8);
+        add_a_times_rows<T, kHeadDim>(a, rows_k + 16 * t16, dq, lane);
+      }
+    } else if (split_offset(offs, n - band_steps).whole >= 0) {
+      // dq of query x += dS_x times its key, staged row 16 warp + x.
+      const float* dscores = reinterpret_cast<const float*>(stage_ds(n % 2, head)) + 16 * warp;
+      add_diag_times_rows<T, kHeadDim>(dscores[g], dscores[g + 8], rows_k + 16 * warp, dq, lane);
     }
     __syncthreads();  // stage n % 2 is refilled by the next iteration's issue
   }
