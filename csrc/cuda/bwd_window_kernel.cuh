@@ -34,12 +34,18 @@ namespace mma_bwd {
 
 // delta for every query row, a warp per 16 rows (warp_row_deltas); the grid's
 // extra blocks check the offsets before any pass reads them (offsets_check.cuh).
+// A block takes 64 rows of one head, the heads the faster-moving of the two
+// in the order blocks start: blocks running together then read whole rows of
+// O and dO (every head), not one head's slice of many rows, which DRAM
+// serves in pieces of 128-256 bytes, one every heads * head_dim elements.
 template <typename T, int kHeadDim>
 __global__ void __launch_bounds__(kMmaBlockThreads) delta_kernel(const Params p) {
   if (is_offsets_check_block()) return check_offsets_of_heads<int32_t, 1>(p);
-  const int h = blockIdx.y, b = blockIdx.z;
+  const int tiles = gridDim.x - kOffsetsCheckBlocks;
+  const int block = blockIdx.y * tiles + blockIdx.x;  // in start order
+  const int h = block % p.heads, tile = block / p.heads, b = blockIdx.z;
   const Sequence seq = sequence_of(p, b);
-  const int warp_q0 = blockIdx.x * kBlockRows + 16 * (threadIdx.x / 32);
+  const int warp_q0 = tile * kBlockRows + 16 * (threadIdx.x / 32);
   if (warp_q0 >= seq.seqlen_q) return;
   const uint16_t* do_src =
       bits<T>(p.dout, seq.q_start(b, p.do_batch_stride, p.do_row_stride) + h * p.do_head_stride);
@@ -76,13 +82,21 @@ __device__ __forceinline__ void stage_met_dscores(Rows<kChunk> dst, const uint16
   }
 }
 
+// Blocks per SM the dq pass's registers must allow: those of the other passes
+// (mma_tiles.cuh's kMinBlocksOfHeads), but two blocks of two heads at head_dim
+// 128 (128 registers a thread, where 135 left one block of 8 warps): its offset
+// steps are one product a warp, so it waits on its loads, and 16 warps keep
+// more of them in flight.
+template <int kHeadDim, int kHeads>
+constexpr int kDqFromDscoresMinBlocks = kHeadDim >= 128 && kHeads == 2 ? 2 : kMinBlocksOfHeads<kHeadDim, kHeads>;
+
 // A block = 64 queries of kHeads heads of one kv group (mma_tiles.cuh's
 // heads_per_block: they share their offsets), 4 warps a head; its steps are
 // the 64-key tiles its band reaches, the last one its own, then with kOffsets
 // one strip of 64 k rows per (integer) offset within its reach, staged once
 // for all its heads with each head's 64 dS of that offset.
 template <typename T, int kHeadDim, int kHeads = 1, bool kOffsets = false>
-__global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<kHeadDim, kHeads>)
+__global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqFromDscoresMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_kernel(const Params p) {
   constexpr int kThreads = kHeads * kMmaBlockThreads;
   extern __shared__ __align__(16) uint16_t smem[];
@@ -94,8 +108,8 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
   };
   const int tile = blockIdx.x, b = blockIdx.z;
   const int first_head = blockIdx.y * kHeads, hk = first_head / (p.heads / p.heads_kv);
-  const int head = threadIdx.x / kMmaBlockThreads, h = first_head + head;  // this thread's
-  const int head_thread = threadIdx.x % kMmaBlockThreads;
+  const int head = kHeads == 1 ? 0 : threadIdx.x / kMmaBlockThreads, h = first_head + head;  // this thread's
+  const int head_thread = kHeads == 1 ? threadIdx.x : threadIdx.x % kMmaBlockThreads;
   const Sequence seq = sequence_of(p, b);
   const int64_t q0 = int64_t(tile) * kBlockRows;  // queries sit at their rows' positions here
   if (q0 >= seq.seqlen_q) return;
