@@ -300,8 +300,11 @@ def test_compile_takes_new_totals_without_recompiling(device):
 @pytest.mark.parametrize("fractional", [False, True])
 def test_cuda_one_long_sequence_equals_the_dense_call(monkeypatch, fractional):
     """One 40000-token sequence through the packed path gives bitwise the dense call's rows and gradients
-    on the same kernels (the dense call's Hopper forward off: test_packed_rows_match_the_hopper_forward)."""
+    on the same kernels (the dense call's Hopper forward off: test_packed_rows_match_the_hopper_forward;
+    and its backward from stored dS, which packed batches do not take: test_kernels.py compares it with
+    the general passes)."""
     monkeypatch.setenv("FIBSPARSE_HOPPER", "0")
+    monkeypatch.setenv("FIBSPARSE_STORED_DSCORES", "0")
     lengths = [40000]
     cu, longest = packed(lengths, "cuda")
     q, k, v = random_packed(lengths, lengths, 4, 2, 64, torch.bfloat16, "cuda")
