@@ -102,11 +102,14 @@ struct Params {
   // total_q) packed (offset_term_index), written by the dq pass and
   // read by the dk/dv pass (which then need not recompute offset scores); a
   // warp's 16 queries are contiguous, so both passes access them coalesced.
+  // The backward with stored dS (bwd_stored_dscores_kernel.cuh) runs the
+  // dk/dv pass first, which writes offset_dscores for the dq pass and leaves
+  // offset_probs unused.
   void* offset_probs;
   void* offset_dscores;
   int num_partials;  // query blocks per (batch, head)
-  // Tensor-core backward of the window alone (no offsets) on dense batches
-  // whose queries and keys line up (bwd_window_kernel.cuh), else null: dS of
+  // Tensor-core backward with stored dS (integer offsets or none) on dense batches
+  // whose queries and keys line up (bwd_stored_dscores_kernel.cuh), else null: dS of
   // every 64-key x 64-query band tile, written by the dk/dv pass and read by
   // the dq pass, at band_dscore_index; band_dscore_steps is the band steps a
   // key tile may have (its query chunks).

@@ -31,7 +31,7 @@ def run(dtype, fractional, head_dim, seqlen_q, seqlen_k, window):
 
 def run_window_alone(dtype, head_dim, seqlen, window):
     """No offsets: on 16-bit inputs whose queries and keys line up, the dq pass
-    reads the dS that the dk/dv pass stored (csrc/cuda/bwd_window_kernel.cuh)."""
+    reads the dS that the dk/dv pass stored (csrc/cuda/bwd_stored_dscores_kernel.cuh)."""
     torch.manual_seed(0)
     q = torch.randn(2, seqlen, 4, head_dim, device="cuda", dtype=dtype, requires_grad=True)
     k = torch.randn(2, seqlen, 2, head_dim, device="cuda", dtype=dtype, requires_grad=True)

@@ -4,9 +4,11 @@
 // same stream; the dq grid has the offsets check's extra blocks
 // (offsets_check.cuh), so a bad offset stops the backward before dk/dv. A
 // tensor-core dq block serves heads_per_block query heads of one kv group, as
-// the forward's does (mma_tiles.cuh). The window alone on tensor cores may
-// instead run its own two passes, dk/dv first, and integer offsets three
-// (bwd_window_kernel.cuh).
+// the forward's does (mma_tiles.cuh). With integer offsets or none, on dense
+// batches whose queries and keys line up, the tensor-core backward may instead
+// store dS: the dk/dv pass first, then a dq pass that reads the stored dS, and
+// with offsets a delta pass (holding the offsets check's blocks) before them
+// (bwd_stored_dscores_kernel.cuh).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -19,7 +21,7 @@
 #include "../fibsparse.h"
 #include "../static_switch.h"
 #include "bwd_mma_kernel.cuh"
-#include "bwd_window_kernel.cuh"
+#include "bwd_stored_dscores_kernel.cuh"
 #include "lane_bwd_kernel.cuh"
 #include "launch.cuh"
 #include "offsets_check.cuh"
@@ -27,7 +29,7 @@
 namespace fibsparse {
 
 // The band steps of a key tile of the backward with stored dS
-// (bwd_window_kernel.cuh), if that backward applies to p (with integer
+// (bwd_stored_dscores_kernel.cuh), if that backward applies to p (with integer
 // offsets, or none): a dense batch whose queries and keys line up, a window
 // of at most 129 (three 64-row query chunks per key tile, so that its dS
 // buffer holds 192 values per query and head), and a device that lets a block
@@ -46,7 +48,7 @@ inline int stored_dscore_steps(const Params& p, int dkdv_smem_bytes) {
   return steps <= 3 ? steps : 0;
 }
 
-// The backward with stored dS (bwd_window_kernel.cuh): the window alone's
+// The backward with stored dS (bwd_stored_dscores_kernel.cuh): the window alone's
 // dk/dv pass (forming delta, storing dS), or with integer offsets the delta
 // pass and the dk/dv pass that computes and stores every dS; then dq from
 // the stored dS.
@@ -73,8 +75,9 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   launch_kernel(dkdv_mma_kernel<T, int32_t, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads,
                 kDkdvSmemBytes<kHeadDim>, stored_p);
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
-    launch_kernel(dq_from_dscores_kernel<T, kHeadDim, kHeads, true>, dim3(query_tiles, p.heads / kHeads, p.batch),
-                  kHeads * kMmaBlockThreads, kDqFromDscoresSmemBytes<kHeadDim, kHeads>, stored_p);
+    launch_kernel(dq_from_dscores_with_offsets_kernel<T, kHeadDim, kHeads>,
+                  dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
+                  kDqWithOffsetsSmemBytes<kHeadDim, kHeads>, stored_p);
   });
 }
 

@@ -21,6 +21,8 @@
 //     queries, whose P and dS the dq pass stored: dV and dK take them as a
 //     diagonal tile times the strip of dO or Q rows, with weights 1 - f (the
 //     query reading the key as its first row) and f (as its second).
+// The backward with stored dS (bwd_stored_dscores_kernel.cuh) runs the dk/dv
+// pass first instead (DkdvRoute, block_steps.cuh), with its own dq pass.
 #pragma once
 
 #include <cmath>
@@ -302,7 +304,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
 
 // kRoute (block_steps.cuh's DkdvRoute): kAfterDq is the general pass above.
 // The other two run first and store each band tile's dS for the dq pass that
-// follows (bwd_window_kernel.cuh), which then reads it instead of recomputing
+// follows (bwd_stored_dscores_kernel.cuh), which then reads it instead of recomputing
 // it. kWindowAlone forms each step's delta from staged O and dO rows; its
 // launcher (stored_dscore_steps) sends it no offsets, so every step is a band
 // step. kBeforeDq (integer offsets) reads delta from the delta pass, computes

@@ -54,25 +54,25 @@ __global__ void __launch_bounds__(kMmaBlockThreads) delta_kernel(const Params p)
                                lse_log2);
 }
 
-// Dynamic shared memory of the dq pass with kHeads heads a block: two stages,
-// each of one dS tile a head (64 key rows of 64 queries; an offset step puts
-// each head's 64 dS, float, in its place) and 64 k rows.
-template <int kHeadDim, int kHeads = 1>
-constexpr int kDqFromDscoresSmemBytes =
-    2 * kChunk * (kHeads * (kChunk + 8) + (kHeadDim + 8)) * int(sizeof(uint16_t));
+// Dynamic shared memory of the window alone's dq pass: two stages of a dS tile
+// (64 key rows of 64 queries) and 64 k rows.
+template <int kHeadDim>
+constexpr int kDqFromDscoresSmemBytes = 2 * kChunk * ((kChunk + 8) + (kHeadDim + 8)) * int(sizeof(uint16_t));
 
 // Queues the sub-tiles of a stored dS tile (64 key rows of 64 queries, from
 // src) that the dk/dv pass wrote: those of 16 keys x 16 queries that the band
 // meets. The rest were never written, and the dq pass skips them; at window
 // 128 they are a quarter of the three tiles a query tile reads, and reading
 // them would cost DRAM sectors for nothing (a sub-tile's row is one 32-byte
-// sector). Thread `thread` (of the head's kMmaBlockThreads) copies 16 bytes
-// of rows r0, r0 + 16, r0 + 32, r0 + 48: one row in each 16-key sub-tile,
-// all in one 16-query column.
+// sector). The kMmaBlockThreads threads of one head (of a block of kHeads)
+// copy its tile: each 16 bytes of rows r0, r0 + 16, r0 + 32, r0 + 48, one row
+// in each 16-key sub-tile, all in one 16-query column.
+template <int kHeads = 1>
 __device__ __forceinline__ void stage_met_dscores(Rows<kChunk> dst, const uint16_t* src, int64_t q0, int64_t key0,
-                                                  Band band, int thread) {
+                                                  Band band) {
   constexpr int kVecsPerRow = kChunk / 8;
   static_assert(kMmaBlockThreads == 16 * kVecsPerRow, "a thread a row of each sub-tile row");
+  const unsigned thread = kHeads == 1 ? threadIdx.x : threadIdx.x % kMmaBlockThreads;
   const int col = (thread % kVecsPerRow) * 8, r0 = thread / kVecsPerRow;
   const int64_t queries = q0 + 16 * (col / 16);
 #pragma unroll
@@ -82,22 +82,90 @@ __device__ __forceinline__ void stage_met_dscores(Rows<kChunk> dst, const uint16
   }
 }
 
-// Blocks per SM the dq pass's registers must allow: those of the other passes
+// dq += dS K over one stored band tile (stage_met_dscores) for the warp's 16
+// queries from warp_q0, against the tile's 64 staged k rows from key0.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void add_band_dscores_times_k(RowPtr<kChunk> ds_rows, RowPtr<kHeadDim> rows_k, int warp,
+                                                         int warp_q0, int64_t key0, Band band,
+                                                         float (&dq)[kHeadDim / 8][4], int lane) {
+#pragma unroll
+  for (int t16 = 0; t16 < kChunk / 16; ++t16) {
+    // The sub-tiles the dk/dv pass skipped (band_meets) hold no dS.
+    if (!band_meets(warp_q0, key0 + 16 * t16, band)) continue;  // warp-uniform
+    // A = dS of the warp's 16 queries x the sub-tile's 16 keys, from key
+    // rows: 8 x 8 tiles (keys +0 | +8) x (queries +0 | +8), transposed.
+    uint32_t a[4];
+    const int quarter = lane / 8;
+    ldmatrix_x4_trans(a, ds_rows[16 * t16 + (quarter / 2) * 8 + lane % 8] + 16 * warp + (quarter % 2) * 8);
+    add_a_times_rows<T, kHeadDim>(a, rows_k + 16 * t16, dq, lane);
+  }
+}
+
+// The window alone's dq pass. A block = 64 queries of one head; its steps are
+// the 64-key tiles its band reaches, the last one its own.
+template <typename T, int kHeadDim>
+__global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_from_dscores_kernel(const Params p) {
+  extern __shared__ __align__(16) uint16_t smem[];
+  const auto stage_ds = [&](int s) { return reinterpret_cast<Rows<kChunk>>(smem) + s * kChunk; };
+  const auto stage_k = [&](int s) {
+    return reinterpret_cast<Rows<kHeadDim>>(smem + 2 * kChunk * (kChunk + 8)) + s * kChunk;
+  };
+  const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z, hk = h / (p.heads / p.heads_kv);
+  const Sequence seq = sequence_of(p, b);
+  const int64_t q0 = int64_t(tile) * kBlockRows;  // queries sit at their rows' positions here
+  if (q0 >= seq.seqlen_q) return;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+  const int warp_q0 = int(q0) + 16 * warp;
+  const uint16_t* k_src = bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride);
+  const int64_t first_key_tile = band_first_key(q0, p.band) / kChunk;
+  const int num_steps = int(tile - first_key_tile) + 1;
+  const auto issue = [&](int n) {
+    if (n < num_steps) {
+      const int64_t key_tile = first_key_tile + n;
+      const uint16_t* ds_src =
+          bits<T>(static_cast<const void*>(p.band_dscores), band_dscore_index(p, b, h, key_tile, int(tile - key_tile)));
+      stage_met_dscores(stage_ds(n % 2), ds_src, q0, key_tile * kChunk, p.band);
+      stage_rows<kHeadDim, kChunk>(stage_k(n % 2), k_src, p.k_row_stride, key_tile * kChunk, seq.seqlen_k - 1);
+    }
+    commit_async();
+  };
+
+  issue(0);
+  float dq[kHeadDim / 8][4] = {};
+  for (int n = 0; n < num_steps; ++n) {
+    issue(n + 1);
+    wait_async<1>();
+    __syncthreads();
+    add_band_dscores_times_k<T, kHeadDim>(stage_ds(n % 2), stage_k(n % 2), warp, warp_q0,
+                                          (first_key_tile + n) * kChunk, p.band, dq, lane);
+    __syncthreads();  // stage n % 2 is refilled by the next iteration's issue
+  }
+  store_rows<T, kHeadDim>(bits<T>(p.dq, seq.q_start(b, p.dq_batch_stride, p.dq_row_stride) + h * p.dq_head_stride),
+                          p.dq_row_stride, warp_q0, seq.seqlen_q, dq, float(p.softmax_scale), g, c);
+}
+
+// Dynamic shared memory of the dq pass with offsets and kHeads heads a block:
+// two stages, each of one dS tile a head (64 key rows of 64 queries; an
+// offset step puts each head's 64 dS, float, in its place) and 64 k rows.
+template <int kHeadDim, int kHeads>
+constexpr int kDqWithOffsetsSmemBytes = 2 * kChunk * (kHeads * (kChunk + 8) + (kHeadDim + 8)) * int(sizeof(uint16_t));
+
+// Blocks per SM its registers must allow: those of the other passes
 // (mma_tiles.cuh's kMinBlocksOfHeads), but two blocks of two heads at head_dim
 // 128 (128 registers a thread, where 135 left one block of 8 warps): its offset
 // steps are one product a warp, so it waits on its loads, and 16 warps keep
 // more of them in flight.
 template <int kHeadDim, int kHeads>
-constexpr int kDqFromDscoresMinBlocks = kHeadDim >= 128 && kHeads == 2 ? 2 : kMinBlocksOfHeads<kHeadDim, kHeads>;
+constexpr int kDqWithOffsetsMinBlocks = kHeadDim >= 128 && kHeads == 2 ? 2 : kMinBlocksOfHeads<kHeadDim, kHeads>;
 
-// A block = 64 queries of kHeads heads of one kv group (mma_tiles.cuh's
-// heads_per_block: they share their offsets), 4 warps a head; its steps are
-// the 64-key tiles its band reaches, the last one its own, then with kOffsets
-// one strip of 64 k rows per (integer) offset within its reach, staged once
-// for all its heads with each head's 64 dS of that offset.
-template <typename T, int kHeadDim, int kHeads = 1, bool kOffsets = false>
-__global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqFromDscoresMinBlocks<kHeadDim, kHeads>)
-    dq_from_dscores_kernel(const Params p) {
+// The dq pass with integer offsets. A block = 64 queries of kHeads heads of
+// one kv group (mma_tiles.cuh's heads_per_block: they share their offsets),
+// 4 warps a head; its steps are the 64-key tiles its band reaches, the last
+// one its own, then one strip of 64 k rows per offset within its reach,
+// staged once for all its heads with each head's 64 dS of that offset.
+template <typename T, int kHeadDim, int kHeads>
+__global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
+    dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr int kThreads = kHeads * kMmaBlockThreads;
   extern __shared__ __align__(16) uint16_t smem[];
   const auto stage_ds = [&](int s, int head) {
@@ -106,13 +174,13 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqFromDscoresMinBl
   const auto stage_k = [&](int s) {
     return reinterpret_cast<Rows<kHeadDim>>(smem + 2 * kHeads * kChunk * (kChunk + 8)) + s * kChunk;
   };
-  const int tile = blockIdx.x, b = blockIdx.z;
-  const int first_head = blockIdx.y * kHeads, hk = first_head / (p.heads / p.heads_kv);
-  const int head = kHeads == 1 ? 0 : threadIdx.x / kMmaBlockThreads, h = first_head + head;  // this thread's
-  const int head_thread = kHeads == 1 ? threadIdx.x : threadIdx.x % kMmaBlockThreads;
+  const int tile = blockIdx.x, first_head = blockIdx.y * kHeads, b = blockIdx.z;
+  const int hk = first_head / (p.heads / p.heads_kv);
   const Sequence seq = sequence_of(p, b);
   const int64_t q0 = int64_t(tile) * kBlockRows;  // queries sit at their rows' positions here
   if (q0 >= seq.seqlen_q) return;
+  const int head = threadIdx.x / kMmaBlockThreads, h = first_head + head;  // this thread's
+  const int head_thread = threadIdx.x % kMmaBlockThreads;
   const int warp = head_thread / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
   const int warp_q0 = int(q0) + 16 * warp;
   const uint16_t* k_src = bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride);
@@ -120,17 +188,16 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqFromDscoresMinBl
   const int band_steps = int(tile - first_key_tile) + 1;
   // The block's heads share this row of offsets (one head a block otherwise).
   const int32_t* offs = static_cast<const int32_t*>(p.offsets) + first_head * p.offsets_head_stride;
-  int num_steps = band_steps;
-  if constexpr (kOffsets) num_steps += offsets_within_reach(offs, p.num_offsets, q0 + kBlockRows - 1);
+  const int num_steps = band_steps + offsets_within_reach(offs, p.num_offsets, q0 + kBlockRows - 1);
   const auto issue = [&](int n) {
     if (n < band_steps) {
       const int64_t key_tile = first_key_tile + n;
       const uint16_t* ds_src =
           bits<T>(static_cast<const void*>(p.band_dscores), band_dscore_index(p, b, h, key_tile, int(tile - key_tile)));
-      stage_met_dscores(stage_ds(n % 2, head), ds_src, q0, key_tile * kChunk, p.band, head_thread);
+      stage_met_dscores<kHeads>(stage_ds(n % 2, head), ds_src, q0, key_tile * kChunk, p.band);
       stage_rows<kHeadDim, kChunk, kThreads>(stage_k(n % 2), k_src, p.k_row_stride, key_tile * kChunk,
                                              seq.seqlen_k - 1);
-    } else if (kOffsets && n < num_steps) {
+    } else if (n < num_steps) {
       // Query q0 + r reads key q0 + r - whole, staged at row r; the dk/dv pass
       // stored dS only for queries that read a key (sample_key), the rest are
       // zero-filled here.
@@ -157,24 +224,13 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqFromDscoresMinBl
     issue(n + 1);
     wait_async<1>();
     __syncthreads();
-    RowPtr<kHeadDim> rows_k = stage_k(n % 2);
-    if (!kOffsets || n < band_steps) {
-      RowPtr<kChunk> ds_rows = stage_ds(n % 2, head);
-#pragma unroll
-      for (int t16 = 0; t16 < kChunk / 16; ++t16) {
-        // The sub-tiles the dk/dv pass skipped (band_meets) hold no dS.
-        if (!band_meets(warp_q0, (first_key_tile + n) * kChunk + 16 * t16, p.band)) continue;  // warp-uniform
-        // A = dS of the warp's 16 queries x the sub-tile's 16 keys, from key
-        // rows: 8 x 8 tiles (keys +0 | +8) x (queries +0 | +8), transposed.
-        uint32_t a[4];
-        const int quarter = lane / 8;
-        ldmatrix_x4_trans(a, ds_rows[16 * t16 + (quarter / 2) * 8 + lane % 8] + 16 * warp + (quarter % 2) * 8);
-        add_a_times_rows<T, kHeadDim>(a, rows_k + 16 * t16, dq, lane);
-      }
+    if (n < band_steps) {
+      add_band_dscores_times_k<T, kHeadDim>(stage_ds(n % 2, head), stage_k(n % 2), warp, warp_q0,
+                                            (first_key_tile + n) * kChunk, p.band, dq, lane);
     } else if (split_offset(offs, n - band_steps).whole >= 0) {
       // dq of query x += dS_x times its key, staged row 16 warp + x.
       const float* dscores = reinterpret_cast<const float*>(stage_ds(n % 2, head)) + 16 * warp;
-      add_diag_times_rows<T, kHeadDim>(dscores[g], dscores[g + 8], rows_k + 16 * warp, dq, lane);
+      add_diag_times_rows<T, kHeadDim>(dscores[g], dscores[g + 8], stage_k(n % 2) + 16 * warp, dq, lane);
     }
     __syncthreads();  // stage n % 2 is refilled by the next iteration's issue
   }
