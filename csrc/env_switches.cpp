@@ -24,4 +24,9 @@ bool switched_off(const char* name) {
   return setting != nullptr && std::strcmp(setting, "0") == 0;
 }
 
+bool poison_outputs() {
+  const char* flag = std::getenv("FIBSPARSE_POISON_OUTPUTS");
+  return flag != nullptr && flag[0] == '1';
+}
+
 }  // namespace fibsparse

@@ -16,4 +16,10 @@ const char* switch_setting(const char* name, std::initializer_list<const char*> 
 // Whether an on/off switch (values "0" and "1") is set to "0".
 bool switched_off(const char* name);
 
+// FIBSPARSE_POISON_OUTPUTS=1: every output, and every buffer one backward pass
+// writes for the next, is filled with NaN before the kernels run, so a test
+// can prove that each element read was written (read per call so tests can
+// switch it).
+bool poison_outputs();
+
 }  // namespace fibsparse

@@ -4,9 +4,9 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <limits>
 
+#include "env_switches.h"
 #include "pattern.h"
 #include "to_text.h"
 
@@ -126,14 +126,7 @@ void page_params(Params& p, const Tensor& block_table, const Tensor& pool, at::I
   p.k_batch_stride = p.v_batch_stride = 0;  // rows are counted from the pool's start
 }
 
-// FIBSPARSE_POISON_OUTPUTS=1 fills every output with NaN before the kernels
-// run, so a test can prove that each element was written (read per call so
-// tests can switch it).
-bool poison_outputs() {
-  const char* flag = std::getenv("FIBSPARSE_POISON_OUTPUTS");
-  return flag != nullptr && flag[0] == '1';
-}
-
+// An output, NaN-filled under FIBSPARSE_POISON_OUTPUTS (env_switches.h).
 Tensor new_output(const Tensor& like, at::IntArrayRef shape, at::ScalarType dtype) {
   Tensor t = at::empty(shape, like.options().dtype(dtype));
   if (poison_outputs()) t.fill_(std::numeric_limits<double>::quiet_NaN());
@@ -199,7 +192,7 @@ BackwardCall prepare_backward(const Tensor& dout_in, const Tensor& q_in, const T
   call.partial = packing != nullptr ? at::zeros({partial_size}, q.options().dtype(acc))
                                     : new_output(q, {partial_size}, acc);
   const int64_t offset_terms = keeps_offset_terms ? q.size(0) * q.size(2) * q.size(1) * num_offsets : 0;
-  call.offset_terms = at::empty({2 * offset_terms}, q.options().dtype(acc));  // probabilities, then d scores
+  call.offset_terms = new_output(q, {2 * offset_terms}, acc);  // probabilities, then d scores
   call.empty = q.numel() == 0 || k.numel() == 0;
   if (call.empty) return call;
 

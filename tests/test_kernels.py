@@ -250,7 +250,9 @@ def test_cuda_window_alone_dq_from_stored_dscores(monkeypatch, dtype, head_dim, 
     lse, dq is within rounding of theirs, and all three are within the
     reference's bounds; windows of 1 (one key), 64, 128 and 129 (three 64-row
     query chunks per key tile, the most this route takes), lengths of one row,
-    one tile, one tile and a row, and ragged last tiles."""
+    one tile, one tile and a row, and ragged last tiles. The stored dS starts as
+    NaN (FIBSPARSE_POISON_OUTPUTS), so a tile the dq pass reads unwritten shows."""
+    monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
     torch.manual_seed(seqlen * head_dim)
     q, k, v = random_qkv(2, seqlen, 4, 2, head_dim, dtype, "cuda", requires_grad=False)
     none = torch.zeros(0, dtype=torch.int32, device="cuda")
@@ -296,7 +298,10 @@ def test_cuda_offsets_dq_from_stored_dscores(monkeypatch, dtype, head_dim, seqle
     (FIBSPARSE_STORED_DSCORES=0), with and without a gradient of lse, and
     within the reference's bounds. GQA groups of 4 (dq blocks of several heads
     when the offsets are shared), per-head rows padded with -1 (one head with
-    none), offsets beyond the sequence, windows of 1, 64, 128 and 129."""
+    none), offsets beyond the sequence, windows of 1, 64, 128 and 129. The
+    buffers the dk/dv pass writes for the dq pass start as NaN
+    (FIBSPARSE_POISON_OUTPUTS), so a dS the dq pass reads unwritten shows."""
+    monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
     torch.manual_seed(seqlen * head_dim + per_head)
     heads, heads_kv = 8, 2
     q, k, v = random_qkv(2, seqlen, heads, heads_kv, head_dim, dtype, "cuda", requires_grad=False)
@@ -319,6 +324,8 @@ def test_cuda_offsets_dq_from_stored_dscores(monkeypatch, dtype, head_dim, seqle
                 assert a.isfinite().all(), (window, name)
                 if min(window, seqlen) > 1:  # one key per query: cancellation noise (check_against_reference)
                     assert rel_err(a, b) < 1e-2, (window, name, dlse is None)
+                    # Element by element too: a dropped (query, offset) pair hides in a norm.
+                    assert (a.float() - b.float()).abs().max() <= 1e-2 * b.float().abs().max(), (window, name)
         check_against_reference(q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), window, offsets)
         q, k, v = (t.detach() for t in (q, k, v))
 

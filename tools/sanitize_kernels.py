@@ -1,12 +1,14 @@
 """A small run of every CUDA kernel (forward, dq, dkdv, decode; each dtype; integer and
 fractional; GQA, with per-head padded offsets and with shared ones (tensor-core blocks of
-several heads); the window alone; integer offsets with stored dS; window > seqlen; seqlen_q < seqlen_k; a packed
+several heads); the window alone; integer offsets with stored dS, and on the general passes; window > seqlen; seqlen_q < seqlen_k; a packed
 batch with empty and one-token sequences; a paged cache with page sizes 1, 5 and 16 whose
 given-back entries are -1),
 sized for compute-sanitizer:
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python tools/sanitize_kernels.py
 """
+import os
+
 import torch
 
 from fibsparse_ext import fibsparse_attn, fibsparse_attn_varlen
@@ -114,6 +116,16 @@ def run_packed(dtype, fractional, head_dim):
     (out.float().square().sum() + lse.sum()).backward()
 
 
+def with_general_backward(fn, *args):
+    """fn(*args) on the general backward passes: integer offsets on dense batches
+    whose queries and keys line up otherwise take stored dS."""
+    os.environ["FIBSPARSE_STORED_DSCORES"] = "0"
+    try:
+        fn(*args)
+    finally:
+        del os.environ["FIBSPARSE_STORED_DSCORES"]
+
+
 for dtype in [torch.float16, torch.bfloat16, torch.float32, torch.float64]:
     for head_dim, seqlen, window in [(64, 37, 4), (64, 200, 128), (128, 130, 129), (16, 70, 64), (32, 150, 128)]:
         run_window_alone(dtype, head_dim, seqlen, window)
@@ -126,6 +138,9 @@ for dtype in [torch.float16, torch.bfloat16, torch.float32, torch.float64]:
         run(dtype, fractional, 64, 11, 50, 5)    # fewer queries than keys
         for head_dim in [64, 128]:
             run_shared_gqa(dtype, fractional, head_dim)
+            if not fractional and dtype in (torch.float16, torch.bfloat16):
+                with_general_backward(run_shared_gqa, dtype, fractional, head_dim)
+                with_general_backward(run, dtype, fractional, head_dim, 37, 37, 4)
         for head_dim in [16, 128]:
             run_decode(dtype, fractional, head_dim, 1)
         run_decode(dtype, fractional, 64, 3)

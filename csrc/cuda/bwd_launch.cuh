@@ -13,6 +13,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -33,13 +34,13 @@ namespace fibsparse {
 // offsets, or none): a dense batch whose queries and keys line up, a window
 // of at most 129 (three 64-row query chunks per key tile, so that its dS
 // buffer holds 192 values per query and head), and a device that lets a block
-// have the dk/dv pass's dkdv_smem_bytes of shared memory (the window alone at
-// head_dim 128 stages O rows too: 109 KiB, more than sm_86 and sm_89 allow,
-// where the general passes need 73); 0 if not. FIBSPARSE_STORED_DSCORES=0
-// turns it off for comparisons (env_switches.h).
-inline int stored_dscore_steps(const Params& p, int dkdv_smem_bytes) {
+// have smem_bytes of shared memory, the most one of its passes needs (the
+// window alone's dk/dv pass at head_dim 128 stages O rows too: 109 KiB, more
+// than sm_86 and sm_89 allow, where the general passes need 73); 0 if not.
+// FIBSPARSE_STORED_DSCORES=0 turns it off for comparisons (env_switches.h).
+inline int stored_dscore_steps(const Params& p, int smem_bytes) {
   if (switched_off("FIBSPARSE_STORED_DSCORES")) return 0;
-  if (size_t(dkdv_smem_bytes) > at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin) return 0;
+  if (size_t(smem_bytes) > at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin) return 0;
   if (p.cu_seqlens_q != nullptr || p.cache_seqlens != nullptr || p.block_table != nullptr || p.q_pos_shift != 0 ||
       p.seqlen_q != p.seqlen_k) {
     return 0;
@@ -57,7 +58,8 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   using namespace mma_bwd;
   const int64_t key_tiles = blocks_for(p.seqlen_k, kBlockRows);
   const at::Tensor dscores = at::empty({int64_t(p.batch) * p.heads * key_tiles * steps * kBlockRows * kChunk},
-                                       at::TensorOptions().dtype(at::kHalf).device(at::kCUDA));
+                                       at::TensorOptions().dtype(at::kShort).device(at::kCUDA));
+  if (poison_outputs()) dscores.fill_(-1);  // all bits set: NaN in fp16 and bf16 alike
   Params stored_p = p;
   stored_p.band_dscores = dscores.data_ptr();
   stored_p.band_dscore_steps = steps;
@@ -89,7 +91,12 @@ void launch_bwd(const Params& p, bool fractional) {
         using OffsetT = std::conditional_t<kFrac, float, int32_t>;
         using namespace mma_bwd;
         if constexpr (!kFrac) {
-          const int smem = p.num_offsets == 0 ? kDkdvWindowSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>;
+          // The window alone's dk/dv pass needs more than its dq pass; with offsets,
+          // the dq pass of the most heads a block may need more than the dk/dv pass.
+          const int smem = p.num_offsets == 0
+                               ? kDkdvWindowSmemBytes<kHeadDim>
+                               : std::max(kDkdvSmemBytes<kHeadDim>,
+                                          kDqWithOffsetsSmemBytes<kHeadDim, kMaxHeadsPerBlock<kHeadDim>>);
           const int steps = stored_dscore_steps(p, smem);
           if (steps > 0) return launch_stored_dscores_bwd<T, kHeadDim>(p, steps);
         }
