@@ -72,6 +72,7 @@ __device__ __forceinline__ void stage_met_dscores(Rows<kChunk> dst, const uint16
                                                   Band band) {
   constexpr int kVecsPerRow = kChunk / 8;
   static_assert(kMmaBlockThreads == 16 * kVecsPerRow, "a thread a row of each sub-tile row");
+  // Unsigned, as threadIdx.x: its / and % below stay a shift and a mask.
   const unsigned thread = kHeads == 1 ? threadIdx.x : threadIdx.x % kMmaBlockThreads;
   const int col = (thread % kVecsPerRow) * 8, r0 = thread / kVecsPerRow;
   const int64_t queries = q0 + 16 * (col / 16);
