@@ -274,7 +274,7 @@ def test_cuda_window_alone_dq_from_stored_dscores(monkeypatch, dtype, head_dim, 
 
 @requires_cuda
 @pytest.mark.parametrize("setting", ["off", "", "2"])
-def test_cuda_window_alone_dscores_switch_is_checked(monkeypatch, setting):
+def test_cuda_stored_dscores_switch_is_checked(monkeypatch, setting):
     """FIBSPARSE_STORED_DSCORES takes 0 or 1: any other value is refused,
     naming the variable, what it got and what it takes, before the backward runs."""
     q, k, v = random_qkv(1, 128, 2, 2, 64, torch.float16, "cuda", requires_grad=False)
