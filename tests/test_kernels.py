@@ -285,34 +285,50 @@ def test_cuda_stored_dscores_switch_is_checked(monkeypatch, setting):
         torch.ops.fibsparse.bwd(torch.randn_like(out), q, k, v, out, lse, torch.zeros_like(lse), none, [128], 0.125)
 
 
+def stored_dscores_offsets(window, heads, per_head, fractional):
+    """Offsets for the stored-dS tests: shared or per head (one row padded with
+    -1 after three, one head with none). Fractional rows start with a position
+    below 1 (the query's own key and the one before it) and a whole one inside
+    the window, and hold another whole one among the rest: f == 0, where the
+    second row has no weight but d/d(position) reads it."""
+    offsets = random_offsets(window, 6, heads if per_head else None, fractional, "cuda", torch.float32, spread=90)
+    if fractional:
+        offsets = torch.cat([torch.tensor([0.4, 1.0], device="cuda").expand(*offsets.shape[:-1], 2),
+                             offsets[..., :4] + 1.5], dim=-1)
+        offsets[..., 3] = offsets[..., 3].floor()
+    if per_head:
+        offsets[1, 3:] = -1
+        offsets[5] = -1
+    return offsets.contiguous()
+
+
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("head_dim", [32, 64, 128])
 @pytest.mark.parametrize("seqlen", [1, 65, 300, 1000])
 @pytest.mark.parametrize("per_head", [False, True])
-def test_cuda_offsets_dq_from_stored_dscores(monkeypatch, dtype, head_dim, seqlen, per_head):
-    """With integer offsets, where queries and keys line up and the window is at
-    most 129, the dk/dv pass runs first, computes each offset's P and dS itself
-    and stores every dS (the band's and the offsets'), and the dq pass reads
-    them: dq, dk and dv are within rounding of the general passes'
+@pytest.mark.parametrize("fractional", [False, True])
+def test_cuda_offsets_dq_from_stored_dscores(monkeypatch, dtype, head_dim, seqlen, per_head, fractional):
+    """With offsets, where queries and keys line up and the window is at most
+    129, the dk/dv pass runs first, computes each offset's P and dS itself
+    and stores every dS (the band's and the offsets'; for fractional positions
+    also each d(position) term), and the dq pass reads them: dq, dk, dv and
+    d(offsets) are within rounding of the general passes'
     (FIBSPARSE_STORED_DSCORES=0), with and without a gradient of lse, and
     within the reference's bounds. GQA groups of 4 (dq blocks of several heads
     when the offsets are shared), per-head rows padded with -1 (one head with
-    none), offsets beyond the sequence, windows of 1, 64, 128 and 129. The
-    buffers the dk/dv pass writes for the dq pass start as NaN
-    (FIBSPARSE_POISON_OUTPUTS), so a dS the dq pass reads unwritten shows."""
+    none), offsets beyond the sequence, windows of 1, 64, 128 and 129, and
+    fractional positions below 1, inside the window and whole
+    (stored_dscores_offsets). The buffers the dk/dv pass writes for the dq
+    pass start as NaN (FIBSPARSE_POISON_OUTPUTS), so a value the dq pass reads
+    unwritten shows."""
     monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
-    torch.manual_seed(seqlen * head_dim + per_head)
+    torch.manual_seed(seqlen * head_dim + per_head + 2 * fractional)
     heads, heads_kv = 8, 2
     q, k, v = random_qkv(2, seqlen, heads, heads_kv, head_dim, dtype, "cuda", requires_grad=False)
     scale = head_dim ** -0.5
     for window in (1, 64, 128, 129):
-        if per_head:
-            offsets = random_offsets(window, 6, heads, False, "cuda", spread=90)
-            offsets[1, 3:] = -1
-            offsets[5] = -1
-        else:
-            offsets = random_offsets(window, 6, None, False, "cuda", spread=90)
+        offsets = stored_dscores_offsets(window, heads, per_head, fractional)
         out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [window], scale)
         dout = torch.randn_like(out)
         for dlse in (torch.randn_like(lse), None):
@@ -320,7 +336,8 @@ def test_cuda_offsets_dq_from_stored_dscores(monkeypatch, dtype, head_dim, seqle
             monkeypatch.setenv("FIBSPARSE_STORED_DSCORES", "0")
             general = torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, offsets, [window], scale)
             monkeypatch.delenv("FIBSPARSE_STORED_DSCORES")
-            for name, a, b in zip(["dq", "dk", "dv"], stored[:3], general[:3]):
+            names = ["dq", "dk", "dv", "doffsets"] if fractional else ["dq", "dk", "dv"]
+            for name, a, b in zip(names, stored, general):
                 assert a.isfinite().all(), (window, name)
                 if min(window, seqlen) > 1:  # one key per query: cancellation noise (check_against_reference)
                     assert rel_err(a, b) < 1e-2, (window, name, dlse is None)

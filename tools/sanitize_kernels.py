@@ -1,6 +1,7 @@
 """A small run of every CUDA kernel (forward, dq, dkdv, decode; each dtype; integer and
 fractional; GQA, with per-head padded offsets and with shared ones (tensor-core blocks of
-several heads); the window alone; integer offsets with stored dS, and on the general passes; window > seqlen; seqlen_q < seqlen_k; a packed
+several heads); the window alone; integer and fractional offsets with stored dS, and on the general passes;
+window > seqlen; seqlen_q < seqlen_k; a packed
 batch with empty and one-token sequences; a paged cache with page sizes 1, 5 and 16 whose
 given-back entries are -1),
 sized for compute-sanitizer:
@@ -43,9 +44,10 @@ def run_window_alone(dtype, head_dim, seqlen, window):
 
 
 def run_stored_dscores(dtype, head_dim, seqlen, window, offsets):
-    """Integer offsets on 16-bit inputs whose queries and keys line up: the
-    dk/dv pass runs first and stores every dS, which the dq pass reads (its
-    blocks serve 2 or 4 heads here: the offsets are shared)."""
+    """Offsets (integer, or fractional positions with a gradient) on 16-bit
+    inputs whose queries and keys line up: the dk/dv pass runs first and
+    stores every dS, which the dq pass reads (its blocks serve 2 or 4 heads
+    here: the offsets are shared)."""
     torch.manual_seed(0)
     q = torch.randn(2, seqlen, 8, head_dim, device="cuda", dtype=dtype, requires_grad=True)
     k = torch.randn(2, seqlen, 2, head_dim, device="cuda", dtype=dtype, requires_grad=True)
@@ -117,7 +119,7 @@ def run_packed(dtype, fractional, head_dim):
 
 
 def with_general_backward(fn, *args):
-    """fn(*args) on the general backward passes: integer offsets on dense batches
+    """fn(*args) on the general backward passes: offsets on dense 16-bit batches
     whose queries and keys line up otherwise take stored dS."""
     os.environ["FIBSPARSE_STORED_DSCORES"] = "0"
     try:
@@ -131,6 +133,10 @@ for dtype in [torch.float16, torch.bfloat16, torch.float32, torch.float64]:
         run_window_alone(dtype, head_dim, seqlen, window)
     for head_dim, seqlen, window, offsets in [(64, 300, 128, [128, 200, 290, 400]), (128, 150, 129, [129, 140])]:
         run_stored_dscores(dtype, head_dim, seqlen, window, offsets)
+    for head_dim, seqlen, window, positions in [(64, 300, 128, [0.5, 3.0, 130.25, 290.75]), (128, 150, 129, [129.5])]:
+        run_stored_dscores(dtype, head_dim, seqlen, window,
+                           torch.tensor(positions, device="cuda", requires_grad=True,
+                                        dtype=torch.float64 if dtype == torch.float64 else torch.float32))
     for fractional in [False, True]:
         for head_dim in [16, 32, 64, 128]:
             run(dtype, fractional, head_dim, 37, 37, 4)
@@ -138,7 +144,7 @@ for dtype in [torch.float16, torch.bfloat16, torch.float32, torch.float64]:
         run(dtype, fractional, 64, 11, 50, 5)    # fewer queries than keys
         for head_dim in [64, 128]:
             run_shared_gqa(dtype, fractional, head_dim)
-            if not fractional and dtype in (torch.float16, torch.bfloat16):
+            if dtype in (torch.float16, torch.bfloat16):
                 with_general_backward(run_shared_gqa, dtype, fractional, head_dim)
                 with_general_backward(run, dtype, fractional, head_dim, 37, 37, 4)
         for head_dim in [16, 128]:

@@ -88,9 +88,10 @@ enum class DkdvRoute {
   // The window alone (no offsets), first: it stages out rows and dlse and forms
   // delta itself, and stores the band's dS for the dq pass.
   kWindowAlone,
-  // Integer offsets, first (after the delta pass): it stages lse and delta for
+  // With offsets, first (after the delta pass): it stages lse and delta for
   // the offsets' strips too, computes every P and dS itself, and stores each
-  // dS, the band's and the offsets', for the dq pass.
+  // dS, the band's and the offsets', for the dq pass (and for fractional
+  // positions each d loss / d position term).
   kBeforeDq,
 };
 

@@ -4,8 +4,8 @@
 // same stream; the dq grid has the offsets check's extra blocks
 // (offsets_check.cuh), so a bad offset stops the backward before dk/dv. A
 // tensor-core dq block serves heads_per_block query heads of one kv group, as
-// the forward's does (mma_tiles.cuh). With integer offsets or none, on dense
-// batches whose queries and keys line up, the tensor-core backward may instead
+// the forward's does (mma_tiles.cuh). On dense batches whose queries and keys
+// line up, the tensor-core backward may instead
 // store dS: the dk/dv pass first, then a dq pass that reads the stored dS, and
 // with offsets a delta pass (holding the offsets check's blocks) before them
 // (bwd_stored_dscores_kernel.cuh).
@@ -30,8 +30,7 @@
 namespace fibsparse {
 
 // The band steps of a key tile of the backward with stored dS
-// (bwd_stored_dscores_kernel.cuh), if that backward applies to p (with integer
-// offsets, or none): a dense batch whose queries and keys line up, a window
+// (bwd_stored_dscores_kernel.cuh), if that backward applies to p: a dense batch whose queries and keys line up, a window
 // of at most 129 (three 64-row query chunks per key tile, so that its dS
 // buffer holds 192 values per query and head), and a device that lets a block
 // have smem_bytes of shared memory, the most one of its passes needs (the
@@ -50,10 +49,9 @@ inline int stored_dscore_steps(const Params& p, int smem_bytes) {
 }
 
 // The backward with stored dS (bwd_stored_dscores_kernel.cuh): the window alone's
-// dk/dv pass (forming delta, storing dS), or with integer offsets the delta
-// pass and the dk/dv pass that computes and stores every dS; then dq from
-// the stored dS.
-template <typename T, int kHeadDim>
+// dk/dv pass (forming delta, storing dS), or with offsets the delta pass and
+// the dk/dv pass that computes and stores every dS; then dq from the stored dS.
+template <typename T, typename OffsetT, int kHeadDim>
 void launch_stored_dscores_bwd(const Params& p, int steps) {
   using namespace mma_bwd;
   const int64_t key_tiles = blocks_for(p.seqlen_k, kBlockRows);
@@ -72,14 +70,15 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
                   kDqFromDscoresSmemBytes<kHeadDim>, stored_p);
     return;
   }
-  launch_kernel(delta_kernel<T, kHeadDim>, dim3(query_tiles + kOffsetsCheckBlocks, p.heads, p.batch),
+  constexpr bool kFrac = !std::is_integral_v<OffsetT>;
+  launch_kernel(delta_kernel<T, OffsetT, kHeadDim>, dim3(query_tiles + kOffsetsCheckBlocks, p.heads, p.batch),
                 kMmaBlockThreads, 0, stored_p);
-  launch_kernel(dkdv_mma_kernel<T, int32_t, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads,
-                kDkdvSmemBytes<kHeadDim>, stored_p);
+  launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads,
+                kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>, stored_p);
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
-    launch_kernel(dq_from_dscores_with_offsets_kernel<T, kHeadDim, kHeads>,
+    launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads>,
                   dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
-                  kDqWithOffsetsSmemBytes<kHeadDim, kHeads>, stored_p);
+                  kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac>, stored_p);
   });
 }
 
@@ -90,15 +89,15 @@ void launch_bwd(const Params& p, bool fractional) {
       if constexpr (kIsTensorCoreType<T>) {
         using OffsetT = std::conditional_t<kFrac, float, int32_t>;
         using namespace mma_bwd;
-        if constexpr (!kFrac) {
+        {
           // The window alone's dk/dv pass needs more than its dq pass; with offsets,
           // the dq pass of the most heads a block may need more than the dk/dv pass.
           const int smem = p.num_offsets == 0
                                ? kDkdvWindowSmemBytes<kHeadDim>
-                               : std::max(kDkdvSmemBytes<kHeadDim>,
-                                          kDqWithOffsetsSmemBytes<kHeadDim, kMaxHeadsPerBlock<kHeadDim>>);
+                               : std::max(kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>,
+                                          kDqWithOffsetsSmemBytes<kHeadDim, kMaxHeadsPerBlock<kHeadDim>, kFrac>);
           const int steps = stored_dscore_steps(p, smem);
-          if (steps > 0) return launch_stored_dscores_bwd<T, kHeadDim>(p, steps);
+          if (steps > 0) return launch_stored_dscores_bwd<T, OffsetT, kHeadDim>(p, steps);
         }
         HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
           const dim3 dq_grid(blocks_for(p.seqlen_q, kBlockRows) + kOffsetsCheckBlocks, p.heads / kHeads, p.batch);

@@ -48,6 +48,13 @@ constexpr int kDkdvSmemBytes = 2 * 2 * kStageBytes<kHeadDim> + 2 * 2 * kBufRows 
 // The window alone's dk/dv pass also stages O rows (two stages, after the rest).
 template <int kHeadDim>
 constexpr int kDkdvWindowSmemBytes = kDkdvSmemBytes<kHeadDim> + 2 * kStageBytes<kHeadDim>;
+// The dk/dv pass that runs first with fractional offsets also stages each
+// warp's edge rows (fractional_offset_step), after the rest: k, then v, of
+// the keys before, at and after the warp's last.
+constexpr int kEdgeRows = 6;
+template <int kHeadDim>
+constexpr int kDkdvFractionalSmemBytes =
+    kDkdvSmemBytes<kHeadDim> + kWarps * kEdgeRows * kHeadDim * int(sizeof(uint16_t));
 static_assert(kCudaQueriesPerPartial == 16, "the dq pass writes one partial of d(position) per warp's 16 queries");
 
 // The lse with which the backward recomputes P = exp(S - lse): a query whose
@@ -302,20 +309,135 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
                           p.dq_row_stride, warp_q0, seq.seqlen_q, dq, scale, g, c);
 }
 
+// <a, b> over two rows of kHeadDim elements in shared memory, summed across
+// the warp (every lane gets it): lane l takes the column pairs 2 l + 64 i.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ float warp_row_dot(const uint16_t* a, const uint16_t* b, int lane) {
+  float sum = 0.f;
+#pragma unroll
+  for (int col = 2 * lane; col < kHeadDim; col += 64) {
+    const float2 x = unpack2<T>(*reinterpret_cast<const uint32_t*>(a + col));
+    const float2 y = unpack2<T>(*reinterpret_cast<const uint32_t*>(b + col));
+    sum += x.x * y.x + x.y * y.y;
+  }
+#pragma unroll
+  for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
+  return sum;
+}
+
+// The dk/dv pass's step for a fractional offset when it runs first
+// (DkdvRoute::kBeforeDq). The query at strip row x (position warp_k0 + whole
+// + x) reads the warp's key x as its first row and key x - 1 as its second:
+// its two scores are on the diagonal of K Q^T and just above it, at
+// (x - 1, x), and the same for dP in V dO^T. Row 0's second key (the previous
+// warp's last) and row 16 (the next warp's row 0, whose P and dS key 15 needs
+// as its second row's share) fall outside the tile: their products are dots
+// with the warp's edge rows (k rows of keys -1, 15, 16, then the v rows). It
+// stores each read row's dS and its d loss / d position term (the general dq
+// pass's summand) for the dq pass, and adds to key x (1 - f) of row x's P and
+// dS and f of row x + 1's, as the general pass does from stored ones.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void fractional_offset_step(
+    const Params& p, const Sequence& seq, int b, int h, int o, const float* offs, OffsetSplit split,
+    const uint32_t (&kf)[kHeadDim / 16][4], const uint32_t (&vf)[kHeadDim / 16][4], RowPtr<kHeadDim> strip_q,
+    RowPtr<kHeadDim> strip_do, const float* lse, const float* dlt, const uint16_t* edges, int warp_k0,
+    float (&dk)[kHeadDim / 8][4], float (&dv)[kHeadDim / 8][4], int lane) {
+  const int g = lane / 4;
+  const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
+  const int t = distance_of_offset(o, p.band);
+  float st[2][4], dpt[2][4];
+  dot_16_rows<T, kHeadDim>(kf, strip_q, st, 0, lane);
+  dot_16_rows<T, kHeadDim>(vf, strip_do, dpt, 0, lane);
+  const float s_row0_second = warp_row_dot<T, kHeadDim>(strip_q[0], edges, lane);
+  const float dp_row0_second = warp_row_dot<T, kHeadDim>(strip_do[0], edges + 3 * kHeadDim, lane);
+  const float s_row16_second = warp_row_dot<T, kHeadDim>(strip_q[16], edges + kHeadDim, lane);
+  const float s_row16_first = warp_row_dot<T, kHeadDim>(strip_q[16], edges + 2 * kHeadDim, lane);
+  const float dp_row16_second = warp_row_dot<T, kHeadDim>(strip_do[16], edges + 4 * kHeadDim, lane);
+  const float dp_row16_first = warp_row_dot<T, kHeadDim>(strip_do[16], edges + 5 * kHeadDim, lane);
+
+  // Row x's second products come from the lane holding (x - 1, x): for rows
+  // g + 8 r with g >= 1 the one of row g - 1, for row 8 row 7's (lane 28),
+  // for row 0 the edge dot.
+  const int above = g >= 1 ? 4 * (g - 1) + g / 2 : 28;
+  float s1[2], dp1[2];
+  {
+    const float s_a = __shfl_sync(0xffffffffu, superdiagonal_element(st, 0, g), above);
+    const float s_b = __shfl_sync(0xffffffffu, superdiagonal_element(st, 1, g), above);
+    const float dp_a = __shfl_sync(0xffffffffu, superdiagonal_element(dpt, 0, g), above);
+    const float dp_b = __shfl_sync(0xffffffffu, superdiagonal_element(dpt, 1, g), above);
+    s1[0] = g >= 1 ? s_a : s_row0_second;
+    s1[1] = g >= 1 ? s_b : s_a;
+    dp1[0] = g >= 1 ? dp_a : dp_row0_second;
+    dp1[1] = g >= 1 ? dp_b : dp_a;
+  }
+  // P, dS and the d(position) term of the strip row whose first key is
+  // `first_key`, as the general dq pass forms them: no second row before key
+  // 0 (its derivative is zero there), and at f == 0 the second row must not
+  // reach the score (0 times a non-finite row is NaN), only d/d(position).
+  const auto row_terms = [&](int row, float s0, float s_second, float dp0, float dp_second, float& prob,
+                             float& dscore, float& term) {
+    const int64_t first_key = warp_k0 + row, query = first_key + split.whole;  // q_pos_shift 0 on this route
+    const bool valid = query < seq.seqlen_q && sample_key<float>(query, t, p.band, offs).valid;
+    const bool has_second = first_key >= 1;
+    const float ds_dpos = has_second ? s_second - s0 : 0.f, ddp_dpos = has_second ? dp_second - dp0 : 0.f;
+    float score = s0, dprob = dp0;
+    if (split.frac != 0.f) {
+      score += split.frac * ds_dpos;
+      dprob += split.frac * ddp_dpos;
+    }
+    const float lse_log2 = backward_lse(lse[row]) * float(M_LOG2E);
+    prob = valid ? fast_exp2(score * scale_log2 - lse_log2) : 0.f;
+    dscore = valid ? prob * (dprob - dlt[row]) : 0.f;
+    term = valid ? dscore * scale * ds_dpos + prob * ddp_dpos : 0.f;
+    return valid;
+  };
+  float prob[2], dscore[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = g + 8 * r;
+    float term;
+    const bool valid = row_terms(row, diagonal_element(st, r, g), s1[r], diagonal_element(dpt, r, g), dp1[r],
+                                 prob[r], dscore[r], term);
+    if (valid && owns_diagonal(lane)) {
+      const int64_t at = offset_term_index(p, seq, b, h, o, warp_k0 + row + split.whole);
+      static_cast<float*>(p.offset_dscores)[at] = dscore[r];
+      static_cast<float*>(p.offset_probs)[at] = term;  // unused by this route otherwise
+    }
+  }
+  const float w0 = 1.f - split.frac;
+  add_diag_times_rows<T, kHeadDim>(w0 * prob[0], w0 * prob[1], strip_do, dv, lane);
+  add_diag_times_rows<T, kHeadDim>(w0 * dscore[0], w0 * dscore[1], strip_q, dk, lane);
+  if (split.frac != 0.f) {
+    // Row x + 1's P and dS from its diagonal's owner: row g + 1's, row 8's
+    // (lane 0) for row 7, and row 16's, formed here from the edge dots.
+    float prob16, dscore16, term16;
+    row_terms(16, s_row16_first, s_row16_second, dp_row16_first, dp_row16_second, prob16, dscore16, term16);
+    const int below = g <= 6 ? 4 * (g + 1) + (g + 1) / 2 : 0;
+    const float p_a = __shfl_sync(0xffffffffu, prob[0], below), p_b = __shfl_sync(0xffffffffu, prob[1], below);
+    const float ds_a = __shfl_sync(0xffffffffu, dscore[0], below), ds_b = __shfl_sync(0xffffffffu, dscore[1], below);
+    const float w1 = split.frac;
+    add_diag_times_rows<T, kHeadDim>(w1 * (g <= 6 ? p_a : p_b), w1 * (g <= 6 ? p_b : prob16), strip_do + 1, dv,
+                                     lane);
+    add_diag_times_rows<T, kHeadDim>(w1 * (g <= 6 ? ds_a : ds_b), w1 * (g <= 6 ? ds_b : dscore16), strip_q + 1, dk,
+                                     lane);
+  }
+}
+
 // kRoute (block_steps.cuh's DkdvRoute): kAfterDq is the general pass above.
 // The other two run first and store each band tile's dS for the dq pass that
 // follows (bwd_stored_dscores_kernel.cuh), which then reads it instead of recomputing
 // it. kWindowAlone forms each step's delta from staged O and dO rows; its
 // launcher (stored_dscore_steps) sends it no offsets, so every step is a band
-// step. kBeforeDq (integer offsets) reads delta from the delta pass, computes
-// each offset's P and dS from its own k and v fragments and the strip's rows,
-// as it does the band's, and stores each (query, offset)'s dS.
+// step. kBeforeDq reads delta from the delta pass, computes each offset's P
+// and dS from its own k and v fragments and the strip's rows, as it does the
+// band's (fractional positions: fractional_offset_step), and stores each
+// (query, offset)'s dS.
 template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   constexpr bool kStoresDscores = kRoute != DkdvRoute::kAfterDq;
+  constexpr bool kFractionalFirst = kRoute == DkdvRoute::kBeforeDq && !std::is_integral_v<OffsetT>;
   static_assert(!kWindowAlone || 2 * kChunk == kMmaBlockThreads, "delta: two threads a staged row");
-  static_assert(kRoute != DkdvRoute::kBeforeDq || std::is_integral_v<OffsetT>, "integer offsets only");
   extern __shared__ __align__(16) uint16_t smem[];
   const auto stage_q = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 0); };
   const auto stage_do = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 1); };
@@ -324,6 +446,10 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   const auto stage_stat = [&](int s, int which) { return stats_smem + (2 * s + which) * kBufRows; };
   const auto stage_o = [&](int s) {
     return reinterpret_cast<Rows<kHeadDim>>(reinterpret_cast<char*>(smem) + kDkdvSmemBytes<kHeadDim>) + s * kBufRows;
+  };
+  const auto edge_rows = [&](int warp) {
+    return reinterpret_cast<uint16_t*>(reinterpret_cast<char*>(smem) + kDkdvSmemBytes<kHeadDim>) +
+           warp * kEdgeRows * kHeadDim;
   };
   // The window alone: delta = <dO, O> - dlse of stage s's queries, summed as
   // the dq pass sums it (half_row_dot), in place of the dlse staged there.
@@ -345,6 +471,21 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   const int warp_k0 = blockIdx.x * kBlockRows + 16 * warp;  // the warp's first key (= its position)
   const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
   const QuerySteps<OffsetT, kHeadDim> steps(p, seq, int64_t(blockIdx.x) * kBlockRows, hk);
+  if constexpr (kFractionalFirst) {
+    // The warp's edge rows (fractional_offset_step), in the first step's group.
+    constexpr int kVecs = kHeadDim / 8;
+    for (int i = lane; i < kEdgeRows * kVecs; i += 32) {
+      const int row = i / kVecs, col = (i % kVecs) * 8;
+      const int64_t key = warp_k0 + (row % 3 == 0 ? -1 : row % 3 == 1 ? 15 : 16);
+      const bool valid = key >= 0 && key < seq.seqlen_k;
+      const uint16_t* src =
+          row < 3 ? bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride +
+                                     (valid ? key * p.k_row_stride : 0))
+                  : bits<T>(p.v, seq.k_start(b, p.v_batch_stride, p.v_row_stride) + hk * p.v_head_stride +
+                                     (valid ? key * p.v_row_stride : 0));
+      copy_async_16(edge_rows(warp) + row * kHeadDim + col, src + col, valid);
+    }
+  }
   auto issued = steps.first();  // the step queued last
   steps.template issue<T, kRoute>(issued, steps.num_steps > 0, b, stage_q(0), stage_do(0), stage_stat(0, 0),
                                   stage_stat(0, 1), stage_o(0));
@@ -423,7 +564,12 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
         // x + 1 reads it as its second (weight f). Rows outside the queries
         // were staged with zero statistics.
         RowPtr<kHeadDim> strip_q = rows_q + 16 * warp, strip_do = rows_do + 16 * warp;
-        if constexpr (kRoute == DkdvRoute::kBeforeDq) {
+        if constexpr (kFractionalFirst) {
+          fractional_offset_step<T, kHeadDim>(p, seq, b, step.head, steps.offset_index(step),
+                                              steps.offsets(step.head), split, kf, vf, strip_q, strip_do,
+                                              stat0 + 16 * warp, stat1 + 16 * warp, edge_rows(warp), warp_k0, dk, dv,
+                                              lane);
+        } else if constexpr (kRoute == DkdvRoute::kBeforeDq) {
           // Key x of the warp pairs with strip row x (an integer position): the
           // diagonals of K Q^T and V dO^T are its scores and dP, and the
           // staged statistics of row x its query's lse and delta. Its owner

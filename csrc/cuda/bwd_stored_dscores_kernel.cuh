@@ -1,5 +1,5 @@
 // The tensor-core backward with stored dS, on dense batches whose queries and
-// keys line up, for the window alone or with integer offsets, where the
+// keys line up, for the window alone or with offsets, where the
 // general backward (bwd_mma_kernel.cuh) has two passes that both recompute the
 // band's scores and dP, and a dq pass that also computes each offset's:
 //   delta pass (here; with offsets only): delta = <dO, O> - dlse per query
@@ -7,11 +7,13 @@
 //     pass's offset steps need for queries of other blocks' bands;
 //   dk/dv pass (bwd_mma_kernel.cuh, DkdvRoute kWindowAlone or kBeforeDq),
 //     first: writes each band tile's dS, key rows, to p.band_dscores, and each
-//     (query, offset)'s dS to p.offset_dscores; the window alone forms each
-//     staged query's delta from O rows it stages beside dO;
+//     (query, offset)'s dS to p.offset_dscores (for fractional positions also
+//     its d loss / d position term, to p.offset_probs); the window alone forms
+//     each staged query's delta from O rows it stages beside dO;
 //   dq pass (here): dq = dS K over the band tiles and the offsets' strips, dS
 //     read back rather than recomputed: no scores, exponentials or dO V^T
-//     products, no v or dO rows.
+//     products, no v or dO rows; for fractional positions it sums the terms
+//     into the general dq pass's partials of d loss / d position.
 // A tile of 64 keys meets the queries of its own 64-row chunk and of the next
 // band_dscore_steps - 1 chunks, so the dS buffer holds band_dscore_steps tiles
 // of 64 x 64 per key tile and query head. dS is rounded to 16 bits in both
@@ -38,9 +40,9 @@ namespace mma_bwd {
 // in the order blocks start: blocks running together then read whole rows of
 // O and dO (every head), not one head's slice of many rows, which DRAM
 // serves in pieces of 128-256 bytes, one every heads * head_dim elements.
-template <typename T, int kHeadDim>
+template <typename T, typename OffsetT, int kHeadDim>
 __global__ void __launch_bounds__(kMmaBlockThreads) delta_kernel(const Params p) {
-  if (is_offsets_check_block()) return check_offsets_of_heads<int32_t, 1>(p);
+  if (is_offsets_check_block()) return check_offsets_of_heads<OffsetT, 1>(p);
   const int tiles = gridDim.x - kOffsetsCheckBlocks;
   const int block = blockIdx.y * tiles + blockIdx.x;  // in start order
   const int h = block % p.heads, tile = block / p.heads, b = blockIdx.z;
@@ -145,11 +147,18 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_fro
                           p.dq_row_stride, warp_q0, seq.seqlen_q, dq, float(p.softmax_scale), g, c);
 }
 
+// The k rows a stage of the dq pass with offsets holds: 64, or with
+// fractional positions the 65 of a strip (each query's second row too).
+template <bool kFrac>
+constexpr int kDqKRows = kFrac ? kStripSpan : kChunk;
+
 // Dynamic shared memory of the dq pass with offsets and kHeads heads a block:
 // two stages, each of one dS tile a head (64 key rows of 64 queries; an
-// offset step puts each head's 64 dS, float, in its place) and 64 k rows.
-template <int kHeadDim, int kHeads>
-constexpr int kDqWithOffsetsSmemBytes = 2 * kChunk * (kHeads * (kChunk + 8) + (kHeadDim + 8)) * int(sizeof(uint16_t));
+// offset step puts each head's 64 dS, float, in its place, and with
+// fractional positions their 64 d(position) terms after them) and its k rows.
+template <int kHeadDim, int kHeads, bool kFrac = false>
+constexpr int kDqWithOffsetsSmemBytes =
+    2 * (kHeads * kChunk * (kChunk + 8) + kDqKRows<kFrac> * (kHeadDim + 8)) * int(sizeof(uint16_t));
 
 // Blocks per SM its registers must allow: those of the other passes
 // (mma_tiles.cuh's kMinBlocksOfHeads), but two blocks of two heads at head_dim
@@ -159,21 +168,23 @@ constexpr int kDqWithOffsetsSmemBytes = 2 * kChunk * (kHeads * (kChunk + 8) + (k
 template <int kHeadDim, int kHeads>
 constexpr int kDqWithOffsetsMinBlocks = kHeadDim >= 128 && kHeads == 2 ? 2 : kMinBlocksOfHeads<kHeadDim, kHeads>;
 
-// The dq pass with integer offsets. A block = 64 queries of kHeads heads of
-// one kv group (mma_tiles.cuh's heads_per_block: they share their offsets),
-// 4 warps a head; its steps are the 64-key tiles its band reaches, the last
-// one its own, then one strip of 64 k rows per offset within its reach,
-// staged once for all its heads with each head's 64 dS of that offset.
-template <typename T, int kHeadDim, int kHeads>
+// The dq pass with offsets. A block = 64 queries of kHeads heads of one kv
+// group (mma_tiles.cuh's heads_per_block: they share their offsets), 4 warps a
+// head; its steps are the 64-key tiles its band reaches, the last one its
+// own, then one strip of k rows per offset within its reach, staged once for
+// all its heads with each head's 64 dS of that offset (64 rows, or for
+// fractional positions 65, from the second row of the first query).
+template <typename T, typename OffsetT, int kHeadDim, int kHeads>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
+  constexpr bool kFrac = !std::is_integral_v<OffsetT>;
   constexpr int kThreads = kHeads * kMmaBlockThreads;
   extern __shared__ __align__(16) uint16_t smem[];
   const auto stage_ds = [&](int s, int head) {
     return reinterpret_cast<Rows<kChunk>>(smem) + (s * kHeads + head) * kChunk;
   };
   const auto stage_k = [&](int s) {
-    return reinterpret_cast<Rows<kHeadDim>>(smem + 2 * kHeads * kChunk * (kChunk + 8)) + s * kChunk;
+    return reinterpret_cast<Rows<kHeadDim>>(smem + 2 * kHeads * kChunk * (kChunk + 8)) + s * kDqKRows<kFrac>;
   };
   const int tile = blockIdx.x, first_head = blockIdx.y * kHeads, b = blockIdx.z;
   const int hk = first_head / (p.heads / p.heads_kv);
@@ -188,7 +199,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   const int64_t first_key_tile = band_first_key(q0, p.band) / kChunk;
   const int band_steps = int(tile - first_key_tile) + 1;
   // The block's heads share this row of offsets (one head a block otherwise).
-  const int32_t* offs = static_cast<const int32_t*>(p.offsets) + first_head * p.offsets_head_stride;
+  const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + first_head * p.offsets_head_stride;
   const int num_steps = band_steps + offsets_within_reach(offs, p.num_offsets, q0 + kBlockRows - 1);
   const auto issue = [&](int n) {
     if (n < band_steps) {
@@ -199,20 +210,24 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       stage_rows<kHeadDim, kChunk, kThreads>(stage_k(n % 2), k_src, p.k_row_stride, key_tile * kChunk,
                                              seq.seqlen_k - 1);
     } else if (n < num_steps) {
-      // Query q0 + r reads key q0 + r - whole, staged at row r; the dk/dv pass
-      // stored dS only for queries that read a key (sample_key), the rest are
-      // zero-filled here.
+      // Query q0 + r reads key q0 + r - whole, staged at row r (fractional:
+      // at row r + 1, its second row at r); the dk/dv pass stored dS only for
+      // queries that read a key (sample_key), the rest are zero-filled here.
       const int o = n - band_steps;
       const int64_t whole = split_offset(offs, o).whole;
       if (whole >= 0) {
-        stage_rows<kHeadDim, kChunk, kThreads>(stage_k(n % 2), k_src, p.k_row_stride, q0 - whole, seq.seqlen_k - 1);
+        stage_rows<kHeadDim, kDqKRows<kFrac>, kThreads>(stage_k(n % 2), k_src, p.k_row_stride,
+                                                        q0 - whole - (kFrac ? 1 : 0), seq.seqlen_k - 1);
         if (head_thread < kBlockRows) {
           const int64_t i = q0 + head_thread;
           const bool valid =
               i < seq.seqlen_q && sample_key<float>(i, distance_of_offset(o, p.band), p.band, offs).valid;
           const int64_t at = valid ? offset_term_index(p, seq, b, h, o, i) : 0;
-          copy_async_4(reinterpret_cast<float*>(stage_ds(n % 2, head)) + head_thread,
-                       static_cast<const float*>(p.offset_dscores) + at, valid);
+          float* staged = reinterpret_cast<float*>(stage_ds(n % 2, head));
+          copy_async_4(staged + head_thread, static_cast<const float*>(p.offset_dscores) + at, valid);
+          if constexpr (kFrac) {
+            copy_async_4(staged + kBlockRows + head_thread, static_cast<const float*>(p.offset_probs) + at, valid);
+          }
         }
       }
     }
@@ -228,12 +243,51 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
     if (n < band_steps) {
       add_band_dscores_times_k<T, kHeadDim>(stage_ds(n % 2, head), stage_k(n % 2), warp, warp_q0,
                                             (first_key_tile + n) * kChunk, p.band, dq, lane);
-    } else if (split_offset(offs, n - band_steps).whole >= 0) {
-      // dq of query x += dS_x times its key, staged row 16 warp + x.
+    } else {
+      const int o = n - band_steps;
+      const OffsetSplit split = split_offset(offs, o);
       const float* dscores = reinterpret_cast<const float*>(stage_ds(n % 2, head)) + 16 * warp;
-      add_diag_times_rows<T, kHeadDim>(dscores[g], dscores[g + 8], stage_k(n % 2) + 16 * warp, dq, lane);
+      if (split.whole >= 0) {
+        if constexpr (!kFrac) {
+          // dq of query x += dS_x times its key, staged row 16 warp + x.
+          add_diag_times_rows<T, kHeadDim>(dscores[g], dscores[g + 8], stage_k(n % 2) + 16 * warp, dq, lane);
+        } else {
+          // dq of query x += dS_x ((1 - f) its first row, staged row 16 warp +
+          // x + 1, + f its second, at 16 warp + x); at f == 0 the second row
+          // is not multiplied in (0 times a non-finite row is NaN).
+          RowPtr<kHeadDim> strip_k = stage_k(n % 2) + 16 * warp;
+          const float w0 = 1.f - split.frac, w1 = split.frac;
+          add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_k + 1, dq, lane);
+          if (w1 != 0.f) add_diag_times_rows<T, kHeadDim>(w1 * dscores[g], w1 * dscores[g + 8], strip_k, dq, lane);
+        }
+      }
+      if constexpr (kFrac) {
+        // The warp's partial of d loss / d position, summed as the general dq
+        // pass sums it: each diagonal owner its rows g, g + 8, then a
+        // fixed-order warp sum.
+        const float* terms = dscores + kBlockRows;
+        float dpos = 0.f;
+        if (split.whole >= 0 && owns_diagonal(lane)) {
+          dpos += terms[g];
+          dpos += terms[g + 8];
+        }
+#pragma unroll
+        for (int x = 16; x > 0; x /= 2) dpos += __shfl_xor_sync(0xffffffffu, dpos, x);
+        if (lane == 0 && warp_q0 < seq.seqlen_q) {
+          const int64_t at = doffsets_partial_index(p, o, b, h, warp_q0 / kCudaQueriesPerPartial);
+          static_cast<float*>(p.doffsets_partial)[at] = dpos;
+        }
+      }
     }
     __syncthreads();  // stage n % 2 is refilled by the next iteration's issue
+  }
+  if constexpr (kFrac) {  // offsets out of the block's reach: their partials are zero
+    if (lane == 0 && warp_q0 < seq.seqlen_q) {
+      for (int o = num_steps - band_steps; o < p.num_offsets; ++o) {
+        static_cast<float*>(p.doffsets_partial)[doffsets_partial_index(p, o, b, h, warp_q0 / kCudaQueriesPerPartial)] =
+            0.f;
+      }
+    }
   }
   store_rows<T, kHeadDim>(bits<T>(p.dq, seq.q_start(b, p.dq_batch_stride, p.dq_row_stride) + h * p.dq_head_stride),
                           p.dq_row_stride, warp_q0, seq.seqlen_q, dq, float(p.softmax_scale), g, c);

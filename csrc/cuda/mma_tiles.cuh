@@ -250,6 +250,14 @@ __device__ __forceinline__ float diagonal_element(const float (&s)[N][4], int r,
   return g % 2 ? s[r][2 * r + 1] : s[r][2 * r];
 }
 __device__ __forceinline__ bool owns_diagonal(int lane) { return lane % 4 == (lane / 4) / 2; }
+// The element (x, x + 1) just above the diagonal of row x = g + 8 r, in the
+// thread with c == (g + 1) / 2, or for g == 7 (column 8 r + 8, the next block)
+// c == 0, which holds it only for r == 0 (row 15's is outside the tile);
+// other threads get one of their own elements.
+template <int N>
+__device__ __forceinline__ float superdiagonal_element(const float (&s)[N][4], int r, int g) {
+  return g == 7 ? s[1][0] : (g % 2 ? s[r][2 * r] : s[r][2 * r + 1]);
+}
 // The lane that owns the diagonal elements of this lane's rows.
 __device__ __forceinline__ int diagonal_owner(int lane) { return (lane / 4) * 4 + (lane / 4) / 2; }
 
