@@ -309,20 +309,34 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
                           p.dq_row_stride, warp_q0, seq.seqlen_q, dq, scale, g, c);
 }
 
-// <a, b> over two rows of kHeadDim elements in shared memory, summed across
-// the warp (every lane gets it): lane l takes the column pairs 2 l + 64 i.
+// The products of a fractional step (fractional_offset_step) that fall
+// outside the warp's tile, as one 16 x 8 tile each for scores and dP: A = the
+// warp's edge rows (k, or v, of keys -1, 16 and 15 at A rows 0, 7 and 15), B =
+// strip rows 0 and 16 of q (or dO) at columns 0 and 6. Lane 0 then holds row
+// 0's second product in s[0] (C (0, 0)), lane 31 row 16's first in s[0]
+// (C (7, 6)) and its second in s[2] (C (15, 6)), each where it is used; the
+// other rows and columns repeat these rows, and their products are not read.
+// (Six dot products across the warp instead, 30 shuffles a step, made the
+// pass 40% slower than the integer one at head_dim 64.)
 template <typename T, int kHeadDim>
-__device__ __forceinline__ float warp_row_dot(const uint16_t* a, const uint16_t* b, int lane) {
-  float sum = 0.f;
+__device__ __forceinline__ void edge_products(const uint16_t* edges, RowPtr<kHeadDim> strip_q,
+                                              RowPtr<kHeadDim> strip_do, float (&s)[4], float (&dp)[4], int lane) {
+  // ldmatrix: lane l gives row l % 8 of 8 x 8 tile l / 8 (mma_tiles.cuh).
+  const int a_row = (lane / 8) % 2 * 8 + lane % 8;
+  const uint16_t* a_k = edges + (a_row == 7 ? 2 : a_row == 15 ? 1 : 0) * kHeadDim + (lane / 16) * 8;
+  const uint16_t* a_v = a_k + 3 * kHeadDim;
+  const uint16_t* b = (lane / 16 ? strip_do : strip_q)[lane % 8 == 6 ? 16 : 0] + ((lane / 8) % 2) * 8;
 #pragma unroll
-  for (int col = 2 * lane; col < kHeadDim; col += 64) {
-    const float2 x = unpack2<T>(*reinterpret_cast<const uint32_t*>(a + col));
-    const float2 y = unpack2<T>(*reinterpret_cast<const uint32_t*>(b + col));
-    sum += x.x * y.x + x.y * y.y;
+  for (int e = 0; e < 4; ++e) s[e] = dp[e] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+    uint32_t ak[4], av[4], bb[4];  // bb: q's b0, b1, then dO's
+    ldmatrix_x4(ak, a_k + 16 * kk);
+    ldmatrix_x4(av, a_v + 16 * kk);
+    ldmatrix_x4(bb, b + 16 * kk);
+    mma_16816<T>(s, ak, bb[0], bb[1]);
+    mma_16816<T>(dp, av, bb[2], bb[3]);
   }
-#pragma unroll
-  for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
-  return sum;
 }
 
 // The dk/dv pass's step for a fractional offset when it runs first
@@ -331,8 +345,8 @@ __device__ __forceinline__ float warp_row_dot(const uint16_t* a, const uint16_t*
 // its two scores are on the diagonal of K Q^T and just above it, at
 // (x - 1, x), and the same for dP in V dO^T. Row 0's second key (the previous
 // warp's last) and row 16 (the next warp's row 0, whose P and dS key 15 needs
-// as its second row's share) fall outside the tile: their products are dots
-// with the warp's edge rows (k rows of keys -1, 15, 16, then the v rows). It
+// as its second row's share) fall outside the tile: edge_products forms them
+// from the warp's edge rows (k rows of keys -1, 15, 16, then the v rows). It
 // stores each read row's dS and its d loss / d position term (the general dq
 // pass's summand) for the dq pass, and adds to key x (1 - f) of row x's P and
 // dS and f of row x + 1's, as the general pass does from stored ones.
@@ -348,16 +362,17 @@ __device__ __forceinline__ void fractional_offset_step(
   float st[2][4], dpt[2][4];
   dot_16_rows<T, kHeadDim>(kf, strip_q, st, 0, lane);
   dot_16_rows<T, kHeadDim>(vf, strip_do, dpt, 0, lane);
-  const float s_row0_second = warp_row_dot<T, kHeadDim>(strip_q[0], edges, lane);
-  const float dp_row0_second = warp_row_dot<T, kHeadDim>(strip_do[0], edges + 3 * kHeadDim, lane);
-  const float s_row16_second = warp_row_dot<T, kHeadDim>(strip_q[16], edges + kHeadDim, lane);
-  const float s_row16_first = warp_row_dot<T, kHeadDim>(strip_q[16], edges + 2 * kHeadDim, lane);
-  const float dp_row16_second = warp_row_dot<T, kHeadDim>(strip_do[16], edges + 4 * kHeadDim, lane);
-  const float dp_row16_first = warp_row_dot<T, kHeadDim>(strip_do[16], edges + 5 * kHeadDim, lane);
+  // Valid in lane 0 (row 0's second products) and lane 31 (row 16's), the
+  // diagonal owners of those rows.
+  float edge_s[4], edge_dp[4];
+  edge_products<T, kHeadDim>(edges, strip_q, strip_do, edge_s, edge_dp, lane);
+  const float s_row0_second = edge_s[0], dp_row0_second = edge_dp[0];
+  const float s_row16_first = edge_s[0], s_row16_second = edge_s[2];
+  const float dp_row16_first = edge_dp[0], dp_row16_second = edge_dp[2];
 
   // Row x's second products come from the lane holding (x - 1, x): for rows
   // g + 8 r with g >= 1 the one of row g - 1, for row 8 row 7's (lane 28),
-  // for row 0 the edge dot.
+  // for row 0 the edge product.
   const int above = g >= 1 ? 4 * (g - 1) + g / 2 : 28;
   float s1[2], dp1[2];
   {
@@ -409,7 +424,7 @@ __device__ __forceinline__ void fractional_offset_step(
   add_diag_times_rows<T, kHeadDim>(w0 * dscore[0], w0 * dscore[1], strip_q, dk, lane);
   if (split.frac != 0.f) {
     // Row x + 1's P and dS from its diagonal's owner: row g + 1's, row 8's
-    // (lane 0) for row 7, and row 16's, formed here from the edge dots.
+    // (lane 0) for row 7, and row 16's, formed here from the edge products.
     float prob16, dscore16, term16;
     row_terms(16, s_row16_first, s_row16_second, dp_row16_first, dp_row16_second, prob16, dscore16, term16);
     const int below = g <= 6 ? 4 * (g + 1) + (g + 1) / 2 : 0;
