@@ -279,10 +279,15 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
             dscores[at] = dscore[r];
           }
         }
-        const float w0 = 1.f - split.frac;
-        add_diag_times_rows<T, kHeadDim>(w0 * dscore[0], w0 * dscore[1], strip_k + 1, dq, lane);
-        if (split.frac != 0.f) {
-          add_diag_times_rows<T, kHeadDim>(split.frac * dscore[0], split.frac * dscore[1], strip_k, dq, lane);
+        if (split.frac == 0.f) {
+          add_diag_times_rows<T, kHeadDim>(dscore[0], dscore[1], strip_k + 1, dq, lane);
+        } else {
+          // The first row at strip row x + 1, the second at x: every thread of
+          // the quad needs its rows' dS, which their diagonal owner holds.
+          const float ds0 = __shfl_sync(0xffffffffu, dscore[0], diagonal_owner(lane));
+          const float ds1 = __shfl_sync(0xffffffffu, dscore[1], diagonal_owner(lane));
+          const float w0 = 1.f - split.frac, w1 = split.frac;
+          add_two_diagonals_times_rows<T, kHeadDim>(w1 * ds0, w1 * ds1, w0 * ds0, w0 * ds1, strip_k, dq, lane);
         }
       }
       if constexpr (kFrac) {
@@ -309,34 +314,20 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
                           p.dq_row_stride, warp_q0, seq.seqlen_q, dq, scale, g, c);
 }
 
-// The products of a fractional step (fractional_offset_step) that fall
-// outside the warp's tile, as one 16 x 8 tile each for scores and dP: A = the
-// warp's edge rows (k, or v, of keys -1, 16 and 15 at A rows 0, 7 and 15), B =
-// strip rows 0 and 16 of q (or dO) at columns 0 and 6. Lane 0 then holds row
-// 0's second product in s[0] (C (0, 0)), lane 31 row 16's first in s[0]
-// (C (7, 6)) and its second in s[2] (C (15, 6)), each where it is used; the
-// other rows and columns repeat these rows, and their products are not read.
-// (Six dot products across the warp instead, 30 shuffles a step, made the
-// pass 40% slower than the integer one at head_dim 64.)
+// <a, b> over two rows of kHeadDim elements in shared memory, summed across
+// the warp (every lane gets it): lane l takes the column pairs 2 l + 64 i.
 template <typename T, int kHeadDim>
-__device__ __forceinline__ void edge_products(const uint16_t* edges, RowPtr<kHeadDim> strip_q,
-                                              RowPtr<kHeadDim> strip_do, float (&s)[4], float (&dp)[4], int lane) {
-  // ldmatrix: lane l gives row l % 8 of 8 x 8 tile l / 8 (mma_tiles.cuh).
-  const int a_row = (lane / 8) % 2 * 8 + lane % 8;
-  const uint16_t* a_k = edges + (a_row == 7 ? 2 : a_row == 15 ? 1 : 0) * kHeadDim + (lane / 16) * 8;
-  const uint16_t* a_v = a_k + 3 * kHeadDim;
-  const uint16_t* b = (lane / 16 ? strip_do : strip_q)[lane % 8 == 6 ? 16 : 0] + ((lane / 8) % 2) * 8;
+__device__ __forceinline__ float warp_row_dot(const uint16_t* a, const uint16_t* b, int lane) {
+  float sum = 0.f;
 #pragma unroll
-  for (int e = 0; e < 4; ++e) s[e] = dp[e] = 0.f;
-#pragma unroll
-  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-    uint32_t ak[4], av[4], bb[4];  // bb: q's b0, b1, then dO's
-    ldmatrix_x4(ak, a_k + 16 * kk);
-    ldmatrix_x4(av, a_v + 16 * kk);
-    ldmatrix_x4(bb, b + 16 * kk);
-    mma_16816<T>(s, ak, bb[0], bb[1]);
-    mma_16816<T>(dp, av, bb[2], bb[3]);
+  for (int col = 2 * lane; col < kHeadDim; col += 64) {
+    const float2 x = unpack2<T>(*reinterpret_cast<const uint32_t*>(a + col));
+    const float2 y = unpack2<T>(*reinterpret_cast<const uint32_t*>(b + col));
+    sum += x.x * y.x + x.y * y.y;
   }
+#pragma unroll
+  for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
+  return sum;
 }
 
 // The dk/dv pass's step for a fractional offset when it runs first
@@ -345,8 +336,8 @@ __device__ __forceinline__ void edge_products(const uint16_t* edges, RowPtr<kHea
 // its two scores are on the diagonal of K Q^T and just above it, at
 // (x - 1, x), and the same for dP in V dO^T. Row 0's second key (the previous
 // warp's last) and row 16 (the next warp's row 0, whose P and dS key 15 needs
-// as its second row's share) fall outside the tile: edge_products forms them
-// from the warp's edge rows (k rows of keys -1, 15, 16, then the v rows). It
+// as its second row's share) fall outside the tile: their products are dots
+// with the warp's edge rows (k rows of keys -1, 15, 16, then the v rows). It
 // stores each read row's dS and its d loss / d position term (the general dq
 // pass's summand) for the dq pass, and adds to key x (1 - f) of row x's P and
 // dS and f of row x + 1's, as the general pass does from stored ones.
@@ -362,17 +353,16 @@ __device__ __forceinline__ void fractional_offset_step(
   float st[2][4], dpt[2][4];
   dot_16_rows<T, kHeadDim>(kf, strip_q, st, 0, lane);
   dot_16_rows<T, kHeadDim>(vf, strip_do, dpt, 0, lane);
-  // Valid in lane 0 (row 0's second products) and lane 31 (row 16's), the
-  // diagonal owners of those rows.
-  float edge_s[4], edge_dp[4];
-  edge_products<T, kHeadDim>(edges, strip_q, strip_do, edge_s, edge_dp, lane);
-  const float s_row0_second = edge_s[0], dp_row0_second = edge_dp[0];
-  const float s_row16_first = edge_s[0], s_row16_second = edge_s[2];
-  const float dp_row16_first = edge_dp[0], dp_row16_second = edge_dp[2];
+  const float s_row0_second = warp_row_dot<T, kHeadDim>(strip_q[0], edges, lane);
+  const float dp_row0_second = warp_row_dot<T, kHeadDim>(strip_do[0], edges + 3 * kHeadDim, lane);
+  const float s_row16_second = warp_row_dot<T, kHeadDim>(strip_q[16], edges + kHeadDim, lane);
+  const float s_row16_first = warp_row_dot<T, kHeadDim>(strip_q[16], edges + 2 * kHeadDim, lane);
+  const float dp_row16_second = warp_row_dot<T, kHeadDim>(strip_do[16], edges + 4 * kHeadDim, lane);
+  const float dp_row16_first = warp_row_dot<T, kHeadDim>(strip_do[16], edges + 5 * kHeadDim, lane);
 
   // Row x's second products come from the lane holding (x - 1, x): for rows
   // g + 8 r with g >= 1 the one of row g - 1, for row 8 row 7's (lane 28),
-  // for row 0 the edge product.
+  // for row 0 the edge dot.
   const int above = g >= 1 ? 4 * (g - 1) + g / 2 : 28;
   float s1[2], dp1[2];
   {
@@ -419,23 +409,36 @@ __device__ __forceinline__ void fractional_offset_step(
       static_cast<float*>(p.offset_probs)[at] = term;  // unused by this route otherwise
     }
   }
-  const float w0 = 1.f - split.frac;
-  add_diag_times_rows<T, kHeadDim>(w0 * prob[0], w0 * prob[1], strip_do, dv, lane);
-  add_diag_times_rows<T, kHeadDim>(w0 * dscore[0], w0 * dscore[1], strip_q, dk, lane);
-  if (split.frac != 0.f) {
-    // Row x + 1's P and dS from its diagonal's owner: row g + 1's, row 8's
-    // (lane 0) for row 7, and row 16's, formed here from the edge products.
-    float prob16, dscore16, term16;
-    row_terms(16, s_row16_first, s_row16_second, dp_row16_first, dp_row16_second, prob16, dscore16, term16);
-    const int below = g <= 6 ? 4 * (g + 1) + (g + 1) / 2 : 0;
-    const float p_a = __shfl_sync(0xffffffffu, prob[0], below), p_b = __shfl_sync(0xffffffffu, prob[1], below);
-    const float ds_a = __shfl_sync(0xffffffffu, dscore[0], below), ds_b = __shfl_sync(0xffffffffu, dscore[1], below);
-    const float w1 = split.frac;
-    add_diag_times_rows<T, kHeadDim>(w1 * (g <= 6 ? p_a : p_b), w1 * (g <= 6 ? p_b : prob16), strip_do + 1, dv,
-                                     lane);
-    add_diag_times_rows<T, kHeadDim>(w1 * (g <= 6 ? ds_a : ds_b), w1 * (g <= 6 ? ds_b : dscore16), strip_q + 1, dk,
-                                     lane);
+  if (split.frac == 0.f) {
+    add_diag_times_rows<T, kHeadDim>(prob[0], prob[1], strip_do, dv, lane);
+    add_diag_times_rows<T, kHeadDim>(dscore[0], dscore[1], strip_q, dk, lane);
+    return;
   }
+  // Every thread of the quad needs its rows' P and dS (their diagonal owner
+  // holds them) and row x + 1's: row g + 1's, row 8's (lane 0) for row 7, and
+  // row 16's, formed here from the edge dots.
+  float prob16, dscore16, term16;
+  row_terms(16, s_row16_first, s_row16_second, dp_row16_first, dp_row16_second, prob16, dscore16, term16);
+  const int owner = diagonal_owner(lane), below = g <= 6 ? 4 * (g + 1) + (g + 1) / 2 : 0;
+  float own_p[2], own_ds[2], next_p[2], next_ds[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    own_p[r] = __shfl_sync(0xffffffffu, prob[r], owner);
+    own_ds[r] = __shfl_sync(0xffffffffu, dscore[r], owner);
+    next_p[r] = __shfl_sync(0xffffffffu, prob[r], below);
+    next_ds[r] = __shfl_sync(0xffffffffu, dscore[r], below);
+  }
+  if (g == 7) {
+    next_p[0] = next_p[1];
+    next_ds[0] = next_ds[1];
+    next_p[1] = prob16;
+    next_ds[1] = dscore16;
+  }
+  const float w0 = 1.f - split.frac, w1 = split.frac;
+  add_two_diagonals_times_rows<T, kHeadDim>(w0 * own_p[0], w0 * own_p[1], w1 * next_p[0], w1 * next_p[1], strip_do,
+                                            dv, lane);
+  add_two_diagonals_times_rows<T, kHeadDim>(w0 * own_ds[0], w0 * own_ds[1], w1 * next_ds[0], w1 * next_ds[1],
+                                            strip_q, dk, lane);
 }
 
 // kRoute (block_steps.cuh's DkdvRoute): kAfterDq is the general pass above.
@@ -615,13 +618,15 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
         } else {
           const float* probs = stat0 + 16 * warp;
           const float* dscores = stat1 + 16 * warp;
-          const float w0 = 1.f - split.frac;
-          add_diag_times_rows<T, kHeadDim>(w0 * probs[g], w0 * probs[g + 8], strip_do, dv, lane);
-          add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_q, dk, lane);
-          if (split.frac != 0.f) {
-            const float w1 = split.frac;
-            add_diag_times_rows<T, kHeadDim>(w1 * probs[g + 1], w1 * probs[g + 9], strip_do + 1, dv, lane);
-            add_diag_times_rows<T, kHeadDim>(w1 * dscores[g + 1], w1 * dscores[g + 9], strip_q + 1, dk, lane);
+          if (split.frac == 0.f) {
+            add_diag_times_rows<T, kHeadDim>(probs[g], probs[g + 8], strip_do, dv, lane);
+            add_diag_times_rows<T, kHeadDim>(dscores[g], dscores[g + 8], strip_q, dk, lane);
+          } else {
+            const float w0 = 1.f - split.frac, w1 = split.frac;
+            add_two_diagonals_times_rows<T, kHeadDim>(w0 * probs[g], w0 * probs[g + 8], w1 * probs[g + 1],
+                                                      w1 * probs[g + 9], strip_do, dv, lane);
+            add_two_diagonals_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], w1 * dscores[g + 1],
+                                                      w1 * dscores[g + 9], strip_q, dk, lane);
           }
         }
       }
