@@ -44,10 +44,10 @@ def run_window_alone(dtype, head_dim, seqlen, window):
 
 
 def run_stored_dscores(dtype, head_dim, seqlen, window, offsets):
-    """Offsets (integer, or fractional positions with a gradient) on 16-bit
-    inputs whose queries and keys line up: the dk/dv pass runs first and
-    stores every dS, which the dq pass reads (its blocks serve 2 or 4 heads
-    here: the offsets are shared)."""
+    """Offsets (integer, or at head_dim 128 fractional positions with a
+    gradient) on 16-bit inputs whose queries and keys line up: the dk/dv pass
+    runs first and stores every dS, which the dq pass reads (its blocks serve 2
+    or 4 heads here: the offsets are shared)."""
     torch.manual_seed(0)
     q = torch.randn(2, seqlen, 8, head_dim, device="cuda", dtype=dtype, requires_grad=True)
     k = torch.randn(2, seqlen, 2, head_dim, device="cuda", dtype=dtype, requires_grad=True)
@@ -133,7 +133,7 @@ for dtype in [torch.float16, torch.bfloat16, torch.float32, torch.float64]:
         run_window_alone(dtype, head_dim, seqlen, window)
     for head_dim, seqlen, window, offsets in [(64, 300, 128, [128, 200, 290, 400]), (128, 150, 129, [129, 140])]:
         run_stored_dscores(dtype, head_dim, seqlen, window, offsets)
-    for head_dim, seqlen, window, positions in [(64, 300, 128, [0.5, 3.0, 130.25, 290.75]), (128, 150, 129, [129.5])]:
+    for head_dim, seqlen, window, positions in [(128, 300, 128, [0.5, 3.0, 130.25, 290.75]), (128, 150, 129, [129.5])]:
         run_stored_dscores(dtype, head_dim, seqlen, window,
                            torch.tensor(positions, device="cuda", requires_grad=True,
                                         dtype=torch.float64 if dtype == torch.float64 else torch.float32))

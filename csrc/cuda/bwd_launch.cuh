@@ -48,6 +48,15 @@ inline int stored_dscore_steps(const Params& p, int smem_bytes) {
   return steps <= 3 ? steps : 0;
 }
 
+// Whether fractional positions take the backward with stored dS at this
+// head_dim: at 128 it is 12-13% faster than the general passes (GQA 32/8, 16k
+// and 64k), at 64 4-5% slower (MHA, 16k and 64k; H200, docs/performance.md
+// round 33). Its dk/dv pass forms every P and dS, each fractional one from two
+// scores; at head_dim 64 that costs it more (+334 us at 64k) than its dq pass
+// saves (-288 us). 16 and 32, not measured, keep the general passes with 64.
+template <int kHeadDim>
+constexpr bool kStoredDscoresTakeFractional = kHeadDim >= 128;
+
 // The backward with stored dS (bwd_stored_dscores_kernel.cuh): the window alone's
 // dk/dv pass (forming delta, storing dS), or with offsets the delta pass and
 // the dk/dv pass that computes and stores every dS; then dq from the stored dS.
@@ -89,7 +98,7 @@ void launch_bwd(const Params& p, bool fractional) {
       if constexpr (kIsTensorCoreType<T>) {
         using OffsetT = std::conditional_t<kFrac, float, int32_t>;
         using namespace mma_bwd;
-        {
+        if constexpr (!kFrac || kStoredDscoresTakeFractional<kHeadDim>) {
           // The window alone's dk/dv pass needs more than its dq pass; with offsets,
           // the dq pass of the most heads a block may need more than the dk/dv pass.
           const int smem = p.num_offsets == 0

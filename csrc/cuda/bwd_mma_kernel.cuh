@@ -279,15 +279,10 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
             dscores[at] = dscore[r];
           }
         }
-        if (split.frac == 0.f) {
-          add_diag_times_rows<T, kHeadDim>(dscore[0], dscore[1], strip_k + 1, dq, lane);
-        } else {
-          // The first row at strip row x + 1, the second at x: every thread of
-          // the quad needs its rows' dS, which their diagonal owner holds.
-          const float ds0 = __shfl_sync(0xffffffffu, dscore[0], diagonal_owner(lane));
-          const float ds1 = __shfl_sync(0xffffffffu, dscore[1], diagonal_owner(lane));
-          const float w0 = 1.f - split.frac, w1 = split.frac;
-          add_two_diagonals_times_rows<T, kHeadDim>(w1 * ds0, w1 * ds1, w0 * ds0, w0 * ds1, strip_k, dq, lane);
+        const float w0 = 1.f - split.frac;
+        add_diag_times_rows<T, kHeadDim>(w0 * dscore[0], w0 * dscore[1], strip_k + 1, dq, lane);
+        if (split.frac != 0.f) {
+          add_diag_times_rows<T, kHeadDim>(split.frac * dscore[0], split.frac * dscore[1], strip_k, dq, lane);
         }
       }
       if constexpr (kFrac) {
@@ -409,36 +404,23 @@ __device__ __forceinline__ void fractional_offset_step(
       static_cast<float*>(p.offset_probs)[at] = term;  // unused by this route otherwise
     }
   }
-  if (split.frac == 0.f) {
-    add_diag_times_rows<T, kHeadDim>(prob[0], prob[1], strip_do, dv, lane);
-    add_diag_times_rows<T, kHeadDim>(dscore[0], dscore[1], strip_q, dk, lane);
-    return;
+  const float w0 = 1.f - split.frac;
+  add_diag_times_rows<T, kHeadDim>(w0 * prob[0], w0 * prob[1], strip_do, dv, lane);
+  add_diag_times_rows<T, kHeadDim>(w0 * dscore[0], w0 * dscore[1], strip_q, dk, lane);
+  if (split.frac != 0.f) {
+    // Row x + 1's P and dS from its diagonal's owner: row g + 1's, row 8's
+    // (lane 0) for row 7, and row 16's, formed here from the edge dots.
+    float prob16, dscore16, term16;
+    row_terms(16, s_row16_first, s_row16_second, dp_row16_first, dp_row16_second, prob16, dscore16, term16);
+    const int below = g <= 6 ? 4 * (g + 1) + (g + 1) / 2 : 0;
+    const float p_a = __shfl_sync(0xffffffffu, prob[0], below), p_b = __shfl_sync(0xffffffffu, prob[1], below);
+    const float ds_a = __shfl_sync(0xffffffffu, dscore[0], below), ds_b = __shfl_sync(0xffffffffu, dscore[1], below);
+    const float w1 = split.frac;
+    add_diag_times_rows<T, kHeadDim>(w1 * (g <= 6 ? p_a : p_b), w1 * (g <= 6 ? p_b : prob16), strip_do + 1, dv,
+                                     lane);
+    add_diag_times_rows<T, kHeadDim>(w1 * (g <= 6 ? ds_a : ds_b), w1 * (g <= 6 ? ds_b : dscore16), strip_q + 1, dk,
+                                     lane);
   }
-  // Every thread of the quad needs its rows' P and dS (their diagonal owner
-  // holds them) and row x + 1's: row g + 1's, row 8's (lane 0) for row 7, and
-  // row 16's, formed here from the edge dots.
-  float prob16, dscore16, term16;
-  row_terms(16, s_row16_first, s_row16_second, dp_row16_first, dp_row16_second, prob16, dscore16, term16);
-  const int owner = diagonal_owner(lane), below = g <= 6 ? 4 * (g + 1) + (g + 1) / 2 : 0;
-  float own_p[2], own_ds[2], next_p[2], next_ds[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    own_p[r] = __shfl_sync(0xffffffffu, prob[r], owner);
-    own_ds[r] = __shfl_sync(0xffffffffu, dscore[r], owner);
-    next_p[r] = __shfl_sync(0xffffffffu, prob[r], below);
-    next_ds[r] = __shfl_sync(0xffffffffu, dscore[r], below);
-  }
-  if (g == 7) {
-    next_p[0] = next_p[1];
-    next_ds[0] = next_ds[1];
-    next_p[1] = prob16;
-    next_ds[1] = dscore16;
-  }
-  const float w0 = 1.f - split.frac, w1 = split.frac;
-  add_two_diagonals_times_rows<T, kHeadDim>(w0 * own_p[0], w0 * own_p[1], w1 * next_p[0], w1 * next_p[1], strip_do,
-                                            dv, lane);
-  add_two_diagonals_times_rows<T, kHeadDim>(w0 * own_ds[0], w0 * own_ds[1], w1 * next_ds[0], w1 * next_ds[1],
-                                            strip_q, dk, lane);
 }
 
 // kRoute (block_steps.cuh's DkdvRoute): kAfterDq is the general pass above.
@@ -618,15 +600,13 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
         } else {
           const float* probs = stat0 + 16 * warp;
           const float* dscores = stat1 + 16 * warp;
-          if (split.frac == 0.f) {
-            add_diag_times_rows<T, kHeadDim>(probs[g], probs[g + 8], strip_do, dv, lane);
-            add_diag_times_rows<T, kHeadDim>(dscores[g], dscores[g + 8], strip_q, dk, lane);
-          } else {
-            const float w0 = 1.f - split.frac, w1 = split.frac;
-            add_two_diagonals_times_rows<T, kHeadDim>(w0 * probs[g], w0 * probs[g + 8], w1 * probs[g + 1],
-                                                      w1 * probs[g + 9], strip_do, dv, lane);
-            add_two_diagonals_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], w1 * dscores[g + 1],
-                                                      w1 * dscores[g + 9], strip_q, dk, lane);
+          const float w0 = 1.f - split.frac;
+          add_diag_times_rows<T, kHeadDim>(w0 * probs[g], w0 * probs[g + 8], strip_do, dv, lane);
+          add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_q, dk, lane);
+          if (split.frac != 0.f) {
+            const float w1 = split.frac;
+            add_diag_times_rows<T, kHeadDim>(w1 * probs[g + 1], w1 * probs[g + 9], strip_do + 1, dv, lane);
+            add_diag_times_rows<T, kHeadDim>(w1 * dscores[g + 1], w1 * dscores[g + 9], strip_q + 1, dk, lane);
           }
         }
       }

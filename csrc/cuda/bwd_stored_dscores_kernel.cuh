@@ -257,12 +257,8 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
           // is not multiplied in (0 times a non-finite row is NaN).
           RowPtr<kHeadDim> strip_k = stage_k(n % 2) + 16 * warp;
           const float w0 = 1.f - split.frac, w1 = split.frac;
-          if (w1 == 0.f) {
-            add_diag_times_rows<T, kHeadDim>(dscores[g], dscores[g + 8], strip_k + 1, dq, lane);
-          } else {
-            add_two_diagonals_times_rows<T, kHeadDim>(w1 * dscores[g], w1 * dscores[g + 8], w0 * dscores[g],
-                                                      w0 * dscores[g + 8], strip_k, dq, lane);
-          }
+          add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_k + 1, dq, lane);
+          if (w1 != 0.f) add_diag_times_rows<T, kHeadDim>(w1 * dscores[g], w1 * dscores[g + 8], strip_k, dq, lane);
         }
       }
       if constexpr (kFrac) {

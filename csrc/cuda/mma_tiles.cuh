@@ -242,35 +242,6 @@ __device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, RowPt
   add_a_times_rows<T, kHeadDim>(a, b_rows, acc, lane);
 }
 
-// acc += D B for the 16 x 17 tile D with two diagonals, row x holding lo_x
-// at column x and hi_x at column x + 1, and the staged rows b_rows[0..16]:
-// row x of acc gains lo_x * b_rows[x] + hi_x * b_rows[x + 1] (a fractional
-// position's two rows), in one product where add_diag_times_rows would take
-// two. Every thread passes the values of its rows g and g + 8. Row 15's
-// second term (column 16) is outside the 16 x 16 A operand: the four threads
-// holding row 15 of acc add it themselves.
-template <typename T, int kHeadDim>
-__device__ __forceinline__ void add_two_diagonals_times_rows(float lo_g, float lo_g8, float hi_g, float hi_g8,
-                                                            RowPtr<kHeadDim> b_rows, float (&acc)[kHeadDim / 8][4],
-                                                            int lane) {
-  const int g = lane / 4, c = lane % 4;
-  const auto entry = [](int col, int row, float lo, float hi) { return col == row ? lo : col == row + 1 ? hi : 0.f; };
-  const uint32_t a[4] = {pack2<T>(entry(2 * c, g, lo_g, hi_g), entry(2 * c + 1, g, lo_g, hi_g)), 0u,
-                         pack2<T>(entry(2 * c + 8, g, lo_g, hi_g), entry(2 * c + 9, g, lo_g, hi_g)),
-                         pack2<T>(entry(2 * c, g, lo_g8, hi_g8), entry(2 * c + 1, g, lo_g8, hi_g8))};
-  add_a_times_rows<T, kHeadDim>(a, b_rows, acc, lane);
-  if (g == 7) {
-    // The product rounds its A operand to T: so does this term.
-    const float hi = unpack2<T>(pack2<T>(hi_g8, 0.f)).x;
-#pragma unroll
-    for (int n = 0; n < kHeadDim / 8; ++n) {
-      const float2 b = unpack2<T>(*reinterpret_cast<const uint32_t*>(b_rows[16] + 8 * n + 2 * c));
-      acc[n][2] += hi * b.x;
-      acc[n][3] += hi * b.y;
-    }
-  }
-}
-
 // The diagonal of a 16 x 16 tile in C layout (s[0], s[1]): element (x, x) of
 // row x = g + 8 r is s[r][2 r + g % 2] in the thread with c == g / 2 (the
 // "diagonal owner" of the quad); other threads get one of their own elements.
