@@ -335,7 +335,10 @@ __device__ __forceinline__ float warp_row_dot(const uint16_t* a, const uint16_t*
 // with the warp's edge rows (k rows of keys -1, 15, 16, then the v rows). It
 // stores each read row's dS and its d loss / d position term (the general dq
 // pass's summand) for the dq pass, and adds to key x (1 - f) of row x's P and
-// dS and f of row x + 1's, as the general pass does from stored ones.
+// dS and f of row x + 1's, as the general pass does from stored ones. (The
+// edge products as two 16 x 8 tensor-core tiles, and the two rows' shares as
+// one two-diagonal product, both measured slower: docs/performance.md, round
+// 33.)
 template <typename T, int kHeadDim>
 __device__ __forceinline__ void fractional_offset_step(
     const Params& p, const Sequence& seq, int b, int h, int o, const float* offs, OffsetSplit split,

@@ -243,40 +243,39 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
     if (n < band_steps) {
       add_band_dscores_times_k<T, kHeadDim>(stage_ds(n % 2, head), stage_k(n % 2), warp, warp_q0,
                                             (first_key_tile + n) * kChunk, p.band, dq, lane);
+    } else if constexpr (!kFrac) {
+      if (split_offset(offs, n - band_steps).whole >= 0) {
+        // dq of query x += dS_x times its key, staged row 16 warp + x.
+        const float* dscores = reinterpret_cast<const float*>(stage_ds(n % 2, head)) + 16 * warp;
+        add_diag_times_rows<T, kHeadDim>(dscores[g], dscores[g + 8], stage_k(n % 2) + 16 * warp, dq, lane);
+      }
     } else {
       const int o = n - band_steps;
       const OffsetSplit split = split_offset(offs, o);
       const float* dscores = reinterpret_cast<const float*>(stage_ds(n % 2, head)) + 16 * warp;
       if (split.whole >= 0) {
-        if constexpr (!kFrac) {
-          // dq of query x += dS_x times its key, staged row 16 warp + x.
-          add_diag_times_rows<T, kHeadDim>(dscores[g], dscores[g + 8], stage_k(n % 2) + 16 * warp, dq, lane);
-        } else {
-          // dq of query x += dS_x ((1 - f) its first row, staged row 16 warp +
-          // x + 1, + f its second, at 16 warp + x); at f == 0 the second row
-          // is not multiplied in (0 times a non-finite row is NaN).
-          RowPtr<kHeadDim> strip_k = stage_k(n % 2) + 16 * warp;
-          const float w0 = 1.f - split.frac, w1 = split.frac;
-          add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_k + 1, dq, lane);
-          if (w1 != 0.f) add_diag_times_rows<T, kHeadDim>(w1 * dscores[g], w1 * dscores[g + 8], strip_k, dq, lane);
-        }
+        // dq of query x += dS_x ((1 - f) its first row, staged row 16 warp +
+        // x + 1, + f its second, at 16 warp + x); at f == 0 the second row
+        // is not multiplied in (0 times a non-finite row is NaN).
+        RowPtr<kHeadDim> strip_k = stage_k(n % 2) + 16 * warp;
+        const float w0 = 1.f - split.frac, w1 = split.frac;
+        add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_k + 1, dq, lane);
+        if (w1 != 0.f) add_diag_times_rows<T, kHeadDim>(w1 * dscores[g], w1 * dscores[g + 8], strip_k, dq, lane);
       }
-      if constexpr (kFrac) {
-        // The warp's partial of d loss / d position, summed as the general dq
-        // pass sums it: each diagonal owner its rows g, g + 8, then a
-        // fixed-order warp sum.
-        const float* terms = dscores + kBlockRows;
-        float dpos = 0.f;
-        if (split.whole >= 0 && owns_diagonal(lane)) {
-          dpos += terms[g];
-          dpos += terms[g + 8];
-        }
+      // The warp's partial of d loss / d position, summed as the general dq
+      // pass sums it: each diagonal owner its rows g, g + 8, then a
+      // fixed-order warp sum.
+      const float* terms = dscores + kBlockRows;
+      float dpos = 0.f;
+      if (split.whole >= 0 && owns_diagonal(lane)) {
+        dpos += terms[g];
+        dpos += terms[g + 8];
+      }
 #pragma unroll
-        for (int x = 16; x > 0; x /= 2) dpos += __shfl_xor_sync(0xffffffffu, dpos, x);
-        if (lane == 0 && warp_q0 < seq.seqlen_q) {
-          const int64_t at = doffsets_partial_index(p, o, b, h, warp_q0 / kCudaQueriesPerPartial);
-          static_cast<float*>(p.doffsets_partial)[at] = dpos;
-        }
+      for (int x = 16; x > 0; x /= 2) dpos += __shfl_xor_sync(0xffffffffu, dpos, x);
+      if (lane == 0 && warp_q0 < seq.seqlen_q) {
+        const int64_t at = doffsets_partial_index(p, o, b, h, warp_q0 / kCudaQueriesPerPartial);
+        static_cast<float*>(p.doffsets_partial)[at] = dpos;
       }
     }
     __syncthreads();  // stage n % 2 is refilled by the next iteration's issue
