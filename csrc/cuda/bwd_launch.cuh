@@ -5,9 +5,9 @@
 // (offsets_check.cuh), so a bad offset stops the backward before dk/dv. A
 // tensor-core dq block serves heads_per_block query heads of one kv group, as
 // the forward's does (mma_tiles.cuh). On dense batches whose queries and keys
-// line up, the tensor-core backward may instead
-// store dS: the dk/dv pass first, then a dq pass that reads the stored dS, and
-// with offsets a delta pass (holding the offsets check's blocks) before them
+// line up, the tensor-core backward may instead store dS: the dk/dv pass
+// first, then a dq pass that reads the stored dS, and with offsets a delta
+// pass (holding the offsets check's blocks) before them
 // (bwd_stored_dscores_kernel.cuh).
 #pragma once
 
@@ -30,12 +30,13 @@
 namespace fibsparse {
 
 // The band steps of a key tile of the backward with stored dS
-// (bwd_stored_dscores_kernel.cuh), if that backward applies to p: a dense batch whose queries and keys line up, a window
-// of at most 129 (three 64-row query chunks per key tile, so that its dS
-// buffer holds 192 values per query and head), and a device that lets a block
-// have smem_bytes of shared memory, the most one of its passes needs (the
-// window alone's dk/dv pass at head_dim 128 stages O rows too: 109 KiB, more
-// than sm_86 and sm_89 allow, where the general passes need 73); 0 if not.
+// (bwd_stored_dscores_kernel.cuh), if that backward applies to p: a dense
+// batch whose queries and keys line up, a window of at most 129 (three 64-row
+// query chunks per key tile, so that its dS buffer holds 192 values per query
+// and head), and a device that lets a block have smem_bytes of shared memory,
+// the most one of its passes needs (the window alone's dk/dv pass at head_dim
+// 128 stages O rows too: 109 KiB, more than sm_86 and sm_89 allow, where the
+// general passes need 73); 0 if not.
 // FIBSPARSE_STORED_DSCORES=0 turns it off for comparisons (env_switches.h).
 inline int stored_dscore_steps(const Params& p, int smem_bytes) {
   if (switched_off("FIBSPARSE_STORED_DSCORES")) return 0;
@@ -49,9 +50,9 @@ inline int stored_dscore_steps(const Params& p, int smem_bytes) {
 }
 
 // Whether fractional positions take the backward with stored dS at this
-// head_dim: at 128 it is 12-13% faster than the general passes (GQA 32/8, 16k
-// and 64k), at 64 4-5% slower (MHA, 16k and 64k; H200, docs/performance.md
-// round 33). Its dk/dv pass forms every P and dS, each fractional one from two
+// head_dim: at 128 the forward+backward takes 13-14% less time than on the
+// general passes (GQA 32/8, 16k and 64k), at 64 4-5% more (MHA, 16k and 64k;
+// H200, docs/performance.md round 33). Its dk/dv pass forms every P and dS, each fractional one from two
 // scores; at head_dim 64 that costs it more (+334 us at 64k) than its dq pass
 // saves (-288 us). 16 and 32, not measured, keep the general passes with 64.
 template <int kHeadDim>
@@ -99,8 +100,9 @@ void launch_bwd(const Params& p, bool fractional) {
         using OffsetT = std::conditional_t<kFrac, float, int32_t>;
         using namespace mma_bwd;
         if constexpr (!kFrac || kStoredDscoresTakeFractional<kHeadDim>) {
-          // The window alone's dk/dv pass needs more than its dq pass; with offsets,
-          // the dq pass of the most heads a block may need more than the dk/dv pass.
+          // The window alone's dk/dv pass needs more than its dq pass; with
+          // offsets either pass may need the most (the dq pass of the most heads
+          // a block may have, or the fractional dk/dv pass with its edge rows).
           const int smem = p.num_offsets == 0
                                ? kDkdvWindowSmemBytes<kHeadDim>
                                : std::max(kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>,

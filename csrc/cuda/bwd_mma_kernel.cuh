@@ -50,7 +50,7 @@ template <int kHeadDim>
 constexpr int kDkdvWindowSmemBytes = kDkdvSmemBytes<kHeadDim> + 2 * kStageBytes<kHeadDim>;
 // The dk/dv pass that runs first with fractional offsets also stages each
 // warp's edge rows (fractional_offset_step), after the rest: k, then v, of
-// the keys before, at and after the warp's last.
+// the key before the warp's first, its last key and the key after that.
 constexpr int kEdgeRows = 6;
 template <int kHeadDim>
 constexpr int kDkdvFractionalSmemBytes =
@@ -353,6 +353,8 @@ __device__ __forceinline__ void fractional_offset_step(
   dot_16_rows<T, kHeadDim>(vf, strip_do, dpt, 0, lane);
   const float s_row0_second = warp_row_dot<T, kHeadDim>(strip_q[0], edges, lane);
   const float dp_row0_second = warp_row_dot<T, kHeadDim>(strip_do[0], edges + 3 * kHeadDim, lane);
+  // Row 16's products are needed only where f != 0; formed here, before the
+  // branch, they leave ptxas room not to spill at head_dim 128.
   const float s_row16_second = warp_row_dot<T, kHeadDim>(strip_q[16], edges + kHeadDim, lane);
   const float s_row16_first = warp_row_dot<T, kHeadDim>(strip_q[16], edges + 2 * kHeadDim, lane);
   const float dp_row16_second = warp_row_dot<T, kHeadDim>(strip_do[16], edges + 4 * kHeadDim, lane);
