@@ -103,12 +103,13 @@ struct Params {
   // read by the dk/dv pass (which then need not recompute offset scores); a
   // warp's 16 queries are contiguous, so both passes access them coalesced.
   // The backward with stored dS (bwd_stored_dscores_kernel.cuh) runs the
-  // dk/dv pass first, which writes offset_dscores for the dq pass and leaves
-  // offset_probs unused.
+  // dk/dv pass first, which writes offset_dscores for the dq pass, and in
+  // offset_probs, for fractional positions, each (query, offset)'s d loss /
+  // d position term (unused with integer offsets).
   void* offset_probs;
   void* offset_dscores;
   int num_partials;  // query blocks per (batch, head)
-  // Tensor-core backward with stored dS (integer offsets or none) on dense batches
+  // Tensor-core backward with stored dS (offsets or none) on dense batches
   // whose queries and keys line up (bwd_stored_dscores_kernel.cuh), else null: dS of
   // every 64-key x 64-query band tile, written by the dk/dv pass and read by
   // the dq pass, at band_dscore_index; band_dscore_steps is the band steps a
