@@ -26,6 +26,7 @@
 #pragma once
 
 #include <cmath>
+#include <type_traits>
 
 #include "../fibsparse.h"
 #include "../capabilities.h"
@@ -309,19 +310,47 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
                           p.dq_row_stride, warp_q0, seq.seqlen_q, dq, scale, g, c);
 }
 
-// <a, b> over two rows of kHeadDim elements in shared memory, summed across
-// the warp (every lane gets it): lane l takes the column pairs 2 l + 64 i.
+// This lane's share of <a, b> over two rows of kHeadDim elements in shared
+// memory: lane l takes the kHeadDim / 32 columns from l kHeadDim / 32, one
+// load a row (the warp's loads read each row once, whole).
 template <typename T, int kHeadDim>
-__device__ __forceinline__ float warp_row_dot(const uint16_t* a, const uint16_t* b, int lane) {
+__device__ __forceinline__ float lane_row_dot(const uint16_t* a, const uint16_t* b, int lane) {
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "one 4- or 8-byte load a row");
+  constexpr int kPairs = kHeadDim / 64;
+  using Vec = std::conditional_t<kPairs == 2, uint2, uint32_t>;
+  const Vec x = *reinterpret_cast<const Vec*>(a + 2 * kPairs * lane);
+  const Vec y = *reinterpret_cast<const Vec*>(b + 2 * kPairs * lane);
+  const uint32_t* x_bits = reinterpret_cast<const uint32_t*>(&x);
+  const uint32_t* y_bits = reinterpret_cast<const uint32_t*>(&y);
   float sum = 0.f;
 #pragma unroll
-  for (int col = 2 * lane; col < kHeadDim; col += 64) {
-    const float2 x = unpack2<T>(*reinterpret_cast<const uint32_t*>(a + col));
-    const float2 y = unpack2<T>(*reinterpret_cast<const uint32_t*>(b + col));
-    sum += x.x * y.x + x.y * y.y;
+  for (int e = 0; e < kPairs; ++e) {
+    const float2 x2 = unpack2<T>(x_bits[e]), y2 = unpack2<T>(y_bits[e]);
+    sum += x2.x * y2.x + x2.y * y2.y;
+  }
+  return sum;
+}
+
+// Eight per-lane values summed across the warp, sum i left in the lanes of
+// quad i (lanes 4 i .. 4 i + 3). Each exchange hands the partner the half of
+// its values that the partner keeps: 9 shuffles for the eight sums, where
+// summing each one across the warp takes 40.
+__device__ __forceinline__ float warp_sums_to_quads(const float (&v)[8], int lane) {
+  const bool upper16 = lane & 16, upper8 = lane & 8, upper4 = lane & 4;
+  float w[4], u[2];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {  // lanes with bit 4 set keep values 4..7
+    const float keep = upper16 ? v[4 + i] : v[i], give = upper16 ? v[i] : v[4 + i];
+    w[i] = keep + __shfl_xor_sync(0xffffffffu, give, 16);
   }
 #pragma unroll
-  for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
+  for (int i = 0; i < 2; ++i) {
+    const float keep = upper8 ? w[2 + i] : w[i], give = upper8 ? w[i] : w[2 + i];
+    u[i] = keep + __shfl_xor_sync(0xffffffffu, give, 8);
+  }
+  float sum = (upper4 ? u[1] : u[0]) + __shfl_xor_sync(0xffffffffu, upper4 ? u[0] : u[1], 4);
+  sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+  sum += __shfl_xor_sync(0xffffffffu, sum, 1);
   return sum;
 }
 
@@ -351,14 +380,32 @@ __device__ __forceinline__ void fractional_offset_step(
   float st[2][4], dpt[2][4];
   dot_16_rows<T, kHeadDim>(kf, strip_q, st, 0, lane);
   dot_16_rows<T, kHeadDim>(vf, strip_do, dpt, 0, lane);
-  const float s_row0_second = warp_row_dot<T, kHeadDim>(strip_q[0], edges, lane);
-  const float dp_row0_second = warp_row_dot<T, kHeadDim>(strip_do[0], edges + 3 * kHeadDim, lane);
-  // Row 16's products are needed only where f != 0; formed here, before the
-  // branch, they leave ptxas room not to spill at head_dim 128.
-  const float s_row16_second = warp_row_dot<T, kHeadDim>(strip_q[16], edges + kHeadDim, lane);
-  const float s_row16_first = warp_row_dot<T, kHeadDim>(strip_q[16], edges + 2 * kHeadDim, lane);
-  const float dp_row16_second = warp_row_dot<T, kHeadDim>(strip_do[16], edges + 4 * kHeadDim, lane);
-  const float dp_row16_first = warp_row_dot<T, kHeadDim>(strip_do[16], edges + 5 * kHeadDim, lane);
+  // The six products with the edge rows, summed across the warp together
+  // (warp_sums_to_quads): row 0's two land in quads 0 and 1, row 16's four in
+  // quads 4..7, and the lanes that use them (quad 0 for row 0, quad 7 for
+  // row 16) gather them. Row 16's are needed only where f != 0; formed here,
+  // before the branch, they leave ptxas room not to spill at head_dim 128.
+  float s_row0_second, dp_row0_second, s_row16_second, s_row16_first, dp_row16_second, dp_row16_first;
+  {
+    const float parts[8] = {lane_row_dot<T, kHeadDim>(strip_q[0], edges, lane),
+                            lane_row_dot<T, kHeadDim>(strip_do[0], edges + 3 * kHeadDim, lane),
+                            0.f,
+                            0.f,
+                            lane_row_dot<T, kHeadDim>(strip_q[16], edges + kHeadDim, lane),
+                            lane_row_dot<T, kHeadDim>(strip_q[16], edges + 2 * kHeadDim, lane),
+                            lane_row_dot<T, kHeadDim>(strip_do[16], edges + 4 * kHeadDim, lane),
+                            lane_row_dot<T, kHeadDim>(strip_do[16], edges + 5 * kHeadDim, lane)};
+    const float sum = warp_sums_to_quads(parts, lane);
+    const int c = lane % 4;
+    const float from_1_or_4 = __shfl_sync(0xffffffffu, sum, (g == 0 ? 4 : 16) + c);
+    const float from_5 = __shfl_sync(0xffffffffu, sum, 20 + c), from_6 = __shfl_sync(0xffffffffu, sum, 24 + c);
+    s_row0_second = sum;  // quad 0
+    dp_row0_second = from_1_or_4;
+    s_row16_second = from_1_or_4;  // quad 7
+    s_row16_first = from_5;
+    dp_row16_second = from_6;
+    dp_row16_first = sum;
+  }
 
   // Row x's second products come from the lane holding (x - 1, x): for rows
   // g + 8 r with g >= 1 the one of row g - 1, for row 8 row 7's (lane 28),
