@@ -119,11 +119,14 @@ template <int kHeadDim>
 constexpr int kPrefixBytes = kHeadDim / 64 * kPrefixRegionBytes;
 
 // The 8 elements at (row, col .. col + 7) of a tile whose rows -8 .. -1 lie in
-// its prefix.
+// its prefix. A prefix row's swizzle is its row + 8's, which is row % 8 there
+// too, so only where the row starts and the regions' stride depend on which
+// side it lies: a caller that walks one row's columns computes those once.
 __device__ __forceinline__ const char* row_with_prefix(const char* tile, const char* prefix, int row, int col) {
-  if (row >= 0) return tile + swizzled_offset(row, col);
-  const int prefix_row = row + kPrefixRows;
-  return prefix + (col / 64) * kPrefixRegionBytes + prefix_row * 128 + ((((col % 64) / 8) ^ prefix_row) * 16);
+  const bool in_prefix = row < 0;
+  const char* start = in_prefix ? prefix + (row + kPrefixRows) * 128 : tile + row * 128;
+  const int region_bytes = in_prefix ? kPrefixRegionBytes : kRegionBytes;
+  return start + (col / 64) * region_bytes + ((((col % 64) / 8) ^ (row & 7)) * 16);
 }
 
 }  // namespace tma
