@@ -493,10 +493,10 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
     release(steps.band_steps - 1);
     warp_done(&q_empty[q_buffer(t)], false);  // the band was the last reader of the tile's q
 
-    // Strip `strip` of offset step n, from its 16 x 16 scores `tile` (then
-    // reused for a fractional position's second rows): softmax, then P V.
-    const auto finish_strip = [&](int n, int strip, float (&tile)[2][4]) {
-      const char* rows_k = k_tile(stage_of(n)) + strip * S::kHalfBytes;
+    // Strip `strip` of offset step n, from its 16 x 16 scores `tile` and, at
+    // a fractional position, `back`, its scores against the rows one further
+    // back (score_back): softmax, then P V.
+    const auto finish_strip = [&](int n, int strip, const float (&tile)[2][4], const float (&back)[2][4]) {
       const char* rows_v = v_tile(stage_of(n)) + strip * S::kHalfBytes;
       const int distance_index = distance_of_offset(steps.offset_index(n, strip), p.band);  // pattern.h's t
       float score[2] = {diagonal_element(tile, 0, g), diagonal_element(tile, 1, g)}, prob[2];
@@ -506,10 +506,8 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
       float frac = 0.f;
       if constexpr (kFractional) frac = steps.split(n, strip).frac;
       if (frac != 0.f) {
-        dot_16_rows<T, kHeadDim, kHeadsPerWarpgroup, kFractional>(qf, rows_k, warp_row - 1, tile, lane,
-                                                                  k_prefix(stage_of(n), strip));
 #pragma unroll
-        for (int r = 0; r < 2; ++r) score[r] += frac * (diagonal_element(tile, r, g) - score[r]);
+        for (int r = 0; r < 2; ++r) score[r] += frac * (diagonal_element(back, r, g) - score[r]);
       }
       mma_fwd::offset_softmax(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
       add_diag_times_rows<T, kHeadDim>((1.f - frac) * prob[0], (1.f - frac) * prob[1], rows_v, warp_row, o, lane);
@@ -518,33 +516,48 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
                                                       v_prefix(stage_of(n), strip));
       }
     };
-    // Two heads a warpgroup: a step's two strips' scores come first, so that
-    // their products interleave, each summed in two chains (dot_16_rows):
-    // 2-8% off the forward. One head a warpgroup keeps one chain and one
-    // strip at a time: its kernels' speed moves with their code's layout
-    // (with this change, the window alone at head_dim 64, which runs none of
-    // these steps, measured 7% slower), so they keep the code they were
-    // measured with, the has_strip test (true for every offset step) included.
+    // A fractional strip's scores against its rows one further back (for its
+    // first query, the prefix's last row); left unset at a whole position.
+    const auto score_back = [&](int n, int strip, float (&back)[2][4]) {
+      if constexpr (kFractional) {
+        if (steps.split(n, strip).frac != 0.f) {
+          dot_16_rows<T, kHeadDim, kHeadsPerWarpgroup, true>(qf, k_tile(stage_of(n)) + strip * S::kHalfBytes,
+                                                             warp_row - 1, back, lane, k_prefix(stage_of(n), strip));
+        }
+      }
+    };
+    // Two heads a warpgroup: a step's two strips' scores come first (and at
+    // fractional positions both strips' scores one row back), so that their
+    // products interleave, each summed in two chains (dot_16_rows): 2-8% off
+    // the forward. One head a warpgroup keeps one chain and one strip at a
+    // time: its kernels' speed moves with their code's layout (with this
+    // change, the window alone at head_dim 64, which runs none of these
+    // steps, measured 7% slower), so they keep the code they were measured
+    // with, the has_strip test (true for every offset step) included.
     for (int n = steps.band_steps; n < steps.num_steps; ++n) {
       wait_full(n);
       if constexpr (kHeadsPerWarpgroup == 1) {
         if (steps.has_strip(n, 0)) {
-          float tile[2][4];
+          float tile[2][4], back[2][4];
           dot_16_rows<T, kHeadDim, 1>(qf, k_tile(stage_of(n)), warp_row, tile, lane);
-          finish_strip(n, 0, tile);
+          score_back(n, 0, back);
+          finish_strip(n, 0, tile, back);
         }
       } else if (steps.has_strip(n, 1)) {
-        float tiles[2][2][4];
+        float tiles[2][2][4], backs[2][2][4];
 #pragma unroll
         for (int strip = 0; strip < 2; ++strip) {
           dot_16_rows<T, kHeadDim, 2>(qf, k_tile(stage_of(n)) + strip * S::kHalfBytes, warp_row, tiles[strip], lane);
         }
-        finish_strip(n, 0, tiles[0]);
-        finish_strip(n, 1, tiles[1]);
+#pragma unroll
+        for (int strip = 0; strip < 2; ++strip) score_back(n, strip, backs[strip]);
+        finish_strip(n, 0, tiles[0], backs[0]);
+        finish_strip(n, 1, tiles[1], backs[1]);
       } else {  // a tile's last step holds one strip where it has an odd count of offsets
-        float tile[2][4];
+        float tile[2][4], back[2][4];
         dot_16_rows<T, kHeadDim, 2>(qf, k_tile(stage_of(n)), warp_row, tile, lane);
-        finish_strip(n, 0, tile);
+        score_back(n, 0, back);
+        finish_strip(n, 0, tile, back);
       }
       release(n);
     }
