@@ -1,0 +1,118 @@
+"""What fractional positions (a learned alpha) cost against integer offsets, on
+one build: forward and forward+backward of the full pattern (bf16, window 128,
+the `fixed` schedule's Fibonacci offsets up to the sequence length), with the
+same offsets as int32 and as float positions x 0.97 that require grad, the
+fractional backward on both of its routes: with stored dS where the build
+takes it (head_dim 128) and on the general passes (FIBSPARSE_STORED_DSCORES=0).
+
+Each configuration runs --rounds rounds, rotating the order of its columns
+from round to round, and keeps each column's fastest round (the log prints
+every round): single rounds come out slower now and then. Times are medians of
+back-to-back calls between CUDA events (bench/timing.py).
+
+    python bench/bench_fractional.py            # four configurations, ~1 minute on an H200
+    python bench/bench_fractional.py --kernels  # then each kernel's time per call at 64k
+"""
+import argparse
+import os
+
+import torch
+
+from fibsparse_ext import fibsparse_attn, make_schedule
+from timing import median_ms
+
+CONFIGS = ((16384, 8, 8, 64), (65536, 8, 8, 64), (16384, 32, 8, 128), (65536, 32, 8, 128))
+COLUMNS = ("integer", "frac_stored", "frac_general")
+
+
+def inputs(seqlen, heads, heads_kv, head_dim):
+    torch.manual_seed(0)
+    q = torch.randn(1, seqlen, heads, head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(1, seqlen, heads_kv, head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(1, seqlen, heads_kv, head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    schedule = make_schedule("fixed", num_layers=1, window=128, max_distance=seqlen)
+    offsets = torch.tensor(schedule.offsets(0), dtype=torch.int32, device="cuda")
+    positions = (offsets.float() * 0.97).requires_grad_(True)
+    return q, k, v, torch.randn_like(q), offsets, positions
+
+
+def use_route(column):
+    """The backward route: the switch is read at each call."""
+    if column == "frac_general":
+        os.environ["FIBSPARSE_STORED_DSCORES"] = "0"
+    else:
+        os.environ.pop("FIBSPARSE_STORED_DSCORES", None)
+
+
+def calls(column, q, k, v, grad, offsets, positions):
+    if column == "integer":
+        where, wrt = offsets, (q, k, v)
+    else:
+        where, wrt = positions, (q, k, v, positions)
+    return (lambda: fibsparse_attn(q, k, v, 128, where),
+            lambda: torch.autograd.grad(fibsparse_attn(q, k, v, 128, where), wrt, grad))
+
+
+def compare(rounds):
+    for seqlen, heads, heads_kv, head_dim in CONFIGS:
+        tensors = inputs(seqlen, heads, heads_kv, head_dim)
+        fwd = {c: [] for c in COLUMNS}
+        fwd_bwd = {c: [] for c in COLUMNS}
+        for r in range(rounds):
+            shift = r % len(COLUMNS)
+            for column in COLUMNS[shift:] + COLUMNS[:shift]:
+                use_route(column)
+                forward, forward_backward = calls(column, *tensors)
+                fwd[column].append(median_ms(forward, warmup=10, runs=50))
+                fwd_bwd[column].append(median_ms(forward_backward, warmup=10, runs=50))
+        use_route("integer")
+        best_fwd = {c: min(t) for c, t in fwd.items()}
+        best = {c: min(t) for c, t in fwd_bwd.items()}
+        print(f"L={seqlen} H={heads}/{heads_kv} d={head_dim} K={len(tensors[4])}", flush=True)
+        for column in COLUMNS:
+            print(f"  {column:13s} fwd {' '.join(f'{t:.3f}' for t in fwd[column])}"
+                  f"  f+b {' '.join(f'{t:.3f}' for t in fwd_bwd[column])}", flush=True)
+        print(f"  fractional / integer: fwd {best_fwd['frac_stored'] / best_fwd['integer']:.3f}x,"
+              f" f+b {best['frac_stored'] / best['integer']:.3f}x (the build's route),"
+              f" {best['frac_general'] / best['integer']:.3f}x (general passes)", flush=True)
+        del tensors
+        torch.cuda.empty_cache()
+
+
+def kernel_times():
+    from torch.profiler import ProfilerActivity, profile
+    for seqlen, heads, heads_kv, head_dim in CONFIGS[1::2]:
+        tensors = inputs(seqlen, heads, heads_kv, head_dim)
+        for column in COLUMNS:
+            use_route(column)
+            _, forward_backward = calls(column, *tensors)
+            for _ in range(3):
+                forward_backward()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(5):
+                    forward_backward()
+                torch.cuda.synchronize()
+            print(f"L={seqlen} H={heads}/{heads_kv} d={head_dim} {column}: per call (us)", flush=True)
+            for event in prof.key_averages():
+                if "fibsparse" in event.key:
+                    print(f"  {event.device_time_total / 5:10.1f}  {event.key[:150]}", flush=True)
+        use_route("integer")
+        del tensors
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per configuration, order rotated (default 3)")
+    parser.add_argument("--kernels", action="store_true", help="then each kernel's time per call at 64k")
+    args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_fractional: needs a CUDA device")
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, commit {os.environ.get('FIBSPARSE_COMMIT', '?')}",
+          flush=True)
+    compare(args.rounds)
+    if args.kernels:
+        kernel_times()
