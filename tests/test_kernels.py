@@ -238,6 +238,16 @@ def test_cuda_window_alone_backward(monkeypatch, dtype, head_dim, seqlen_q, seql
         q, k, v = (t.detach() for t in (q, k, v))
 
 
+def backward_on_both_routes(monkeypatch, *args):
+    """The backward op's gradients with stored dS (the default where it
+    applies) and on the general passes (FIBSPARSE_STORED_DSCORES=0)."""
+    stored = torch.ops.fibsparse.bwd(*args)
+    monkeypatch.setenv("FIBSPARSE_STORED_DSCORES", "0")
+    general = torch.ops.fibsparse.bwd(*args)
+    monkeypatch.delenv("FIBSPARSE_STORED_DSCORES")
+    return stored, general
+
+
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("head_dim", [16, 32, 64, 128])
@@ -261,10 +271,7 @@ def test_cuda_window_alone_dq_from_stored_dscores(monkeypatch, dtype, head_dim, 
         out, lse = torch.ops.fibsparse.fwd(q, k, v, none, [window], scale)
         dout = torch.randn_like(out)
         for dlse in (torch.randn_like(lse), None):
-            stored = torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, none, [window], scale)
-            monkeypatch.setenv("FIBSPARSE_STORED_DSCORES", "0")
-            general = torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, none, [window], scale)
-            monkeypatch.delenv("FIBSPARSE_STORED_DSCORES")
+            stored, general = backward_on_both_routes(monkeypatch, dout, q, k, v, out, lse, dlse, none, [window], scale)
             assert torch.equal(stored[1], general[1]) and torch.equal(stored[2], general[2]), (window, dlse is None)
             if min(window, seqlen) > 1:  # one key per query: dq is cancellation noise in both (check_against_reference)
                 assert rel_err(stored[0], general[0]) < 1e-2, (window, dlse is None)
@@ -332,10 +339,8 @@ def test_cuda_offsets_dq_from_stored_dscores(monkeypatch, dtype, head_dim, fract
         out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [window], scale)
         dout = torch.randn_like(out)
         for dlse in (torch.randn_like(lse), None):
-            stored = torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, offsets, [window], scale)
-            monkeypatch.setenv("FIBSPARSE_STORED_DSCORES", "0")
-            general = torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, offsets, [window], scale)
-            monkeypatch.delenv("FIBSPARSE_STORED_DSCORES")
+            stored, general = backward_on_both_routes(monkeypatch, dout, q, k, v, out, lse, dlse, offsets, [window],
+                                                      scale)
             names = ["dq", "dk", "dv", "doffsets"] if fractional else ["dq", "dk", "dv"]
             for name, a, b in zip(names, stored, general):
                 assert a.isfinite().all(), (window, name)
