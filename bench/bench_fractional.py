@@ -8,7 +8,8 @@ takes it (head_dim 128) and on the general passes (FIBSPARSE_STORED_DSCORES=0).
 Each configuration runs --rounds rounds, rotating the order of its columns
 from round to round, and keeps each column's fastest round (the log prints
 every round): single rounds come out slower now and then. Times are medians of
-back-to-back calls between CUDA events (bench/timing.py).
+back-to-back calls between CUDA events (bench/timing.py). Both ratios divide by
+the integer offsets on their default route (stored dS where it applies).
 
     python bench/bench_fractional.py            # four configurations, ~1 minute on an H200
     python bench/bench_fractional.py --kernels  # then each kernel's time per call at 64k
@@ -36,12 +37,23 @@ def inputs(seqlen, heads, heads_kv, head_dim):
     return q, k, v, torch.randn_like(q), offsets, positions
 
 
+USERS_SWITCH = os.environ.get("FIBSPARSE_STORED_DSCORES")
+
+
 def use_route(column):
-    """The backward route: the switch is read at each call."""
+    """The backward route: the switch is read at each call. The general
+    passes' column sets it to 0, the others take the default route."""
     if column == "frac_general":
         os.environ["FIBSPARSE_STORED_DSCORES"] = "0"
     else:
         os.environ.pop("FIBSPARSE_STORED_DSCORES", None)
+
+
+def restore_users_switch():
+    if USERS_SWITCH is None:
+        os.environ.pop("FIBSPARSE_STORED_DSCORES", None)
+    else:
+        os.environ["FIBSPARSE_STORED_DSCORES"] = USERS_SWITCH
 
 
 def calls(column, q, k, v, grad, offsets, positions):
@@ -65,7 +77,7 @@ def compare(rounds):
                 forward, forward_backward = calls(column, *tensors)
                 fwd[column].append(median_ms(forward, warmup=10, runs=50))
                 fwd_bwd[column].append(median_ms(forward_backward, warmup=10, runs=50))
-        use_route("integer")
+                del forward, forward_backward  # they hold this configuration's tensors
         best_fwd = {c: min(t) for c, t in fwd.items()}
         best = {c: min(t) for c, t in fwd_bwd.items()}
         print(f"L={seqlen} H={heads}/{heads_kv} d={head_dim} K={len(tensors[4])}", flush=True)
@@ -97,7 +109,7 @@ def kernel_times():
             for event in prof.key_averages():
                 if "fibsparse" in event.key:
                     print(f"  {event.device_time_total / 5:10.1f}  {event.key[:150]}", flush=True)
-        use_route("integer")
+            del forward_backward
         del tensors
         torch.cuda.empty_cache()
 
@@ -113,6 +125,9 @@ if __name__ == "__main__":
         raise SystemExit("bench_fractional: needs a CUDA device")
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, commit {os.environ.get('FIBSPARSE_COMMIT', '?')}",
           flush=True)
-    compare(args.rounds)
-    if args.kernels:
-        kernel_times()
+    try:
+        compare(args.rounds)
+        if args.kernels:
+            kernel_times()
+    finally:
+        restore_users_switch()

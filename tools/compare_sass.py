@@ -97,7 +97,7 @@ def kernels(cubin: str, dump: str, params_moved: bool) -> dict[str, list[str]]:
             name = demangled.replace("lane_", "")
             found[name] = []
             continue
-        instruction = re.match(r"\s+/\*[0-9a-f]{4}\*/\s+(.*?);", line)
+        instruction = re.match(r"\s+/\*[0-9a-f]{4,}\*/\s+(.*?);", line)  # 5+ hex digits past 4096 instructions
         if name and instruction:
             text_of = instruction.group(1)
             if re.search(r"\b(BRA|CALL|BSSY|JMP)\b", text_of):
@@ -143,6 +143,10 @@ def main() -> None:
                                if l[:1] in "+-" and not l.startswith(("+++", "---"))]
                     print(f"{file}: {name}: {len(code)} -> {len(new[name])} instructions, "
                           f"{len(changed)} lines differ, e.g. {changed[:2]}")
+            for name in new.keys() - old.keys():
+                print(f"{file}: {name}: not in {args.before}")
+        for file in after_by_file.keys() - {os.path.basename(c) for c in before}:
+            print(f"{file}: not in {args.before}")
         print(f"identical: {same} of {total} kernels")
 
 

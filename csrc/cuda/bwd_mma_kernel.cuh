@@ -383,8 +383,8 @@ __device__ __forceinline__ void fractional_offset_step(
   // The six products with the edge rows, summed across the warp together
   // (warp_sums_to_quads): row 0's two land in quads 0 and 1, row 16's four in
   // quads 4..7, and the lanes that use them (quad 0 for row 0, quad 7 for
-  // row 16) gather them. Row 16's are needed only where f != 0; formed here,
-  // before the branch, they leave ptxas room not to spill at head_dim 128.
+  // row 16) gather them. Row 16's are needed only where f != 0, but they
+  // share row 0's exchanges, so every step forms them.
   float s_row0_second, dp_row0_second, s_row16_second, s_row16_first, dp_row16_second, dp_row16_first;
   {
     const float parts[8] = {lane_row_dot<T, kHeadDim>(strip_q[0], edges, lane),

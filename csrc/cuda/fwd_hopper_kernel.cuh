@@ -530,10 +530,10 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
     // fractional positions both strips' scores one row back), so that their
     // products interleave, each summed in two chains (dot_16_rows): 2-8% off
     // the forward. One head a warpgroup keeps one chain and one strip at a
-    // time: its kernels' speed moves with their code's layout (with this
-    // change, the window alone at head_dim 64, which runs none of these
-    // steps, measured 7% slower), so they keep the code they were measured
-    // with, the has_strip test (true for every offset step) included.
+    // time: its kernels' speed moves with their code's layout (two chains
+    // there made even the window alone at head_dim 64, which runs none of
+    // these steps, 7% slower; docs/performance.md, round 27), and the
+    // has_strip test, true for every offset step, stays for the same reason.
     for (int n = steps.band_steps; n < steps.num_steps; ++n) {
       wait_full(n);
       if constexpr (kHeadsPerWarpgroup == 1) {

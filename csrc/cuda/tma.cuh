@@ -119,9 +119,9 @@ template <int kHeadDim>
 constexpr int kPrefixBytes = kHeadDim / 64 * kPrefixRegionBytes;
 
 // The 8 elements at (row, col .. col + 7) of a tile whose rows -8 .. -1 lie in
-// its prefix. A prefix row's swizzle is its row + 8's, which is row % 8 there
-// too, so only where the row starts and the regions' stride depend on which
-// side it lies: a caller that walks one row's columns computes those once.
+// its prefix. A prefix row's swizzle is that of row + 8, which is row & 7 as
+// in the tile, so only where the row starts and the regions' stride depend on
+// which side it lies: a caller that walks one row's columns computes those once.
 __device__ __forceinline__ const char* row_with_prefix(const char* tile, const char* prefix, int row, int col) {
   const bool in_prefix = row < 0;
   const char* start = in_prefix ? prefix + (row + kPrefixRows) * 128 : tile + row * 128;
