@@ -11,7 +11,7 @@ every round): single rounds come out slower now and then. Times are medians of
 back-to-back calls between CUDA events (bench/timing.py). Both ratios divide by
 the integer offsets on their default route (stored dS where it applies).
 
-    python bench/bench_fractional.py            # four configurations, ~1 minute on an H200
+    python bench/bench_fractional.py            # four configurations, ~20 s on an H200
     python bench/bench_fractional.py --kernels  # then each kernel's time per call at 64k
 """
 import argparse
