@@ -65,29 +65,37 @@ def calls(column, q, k, v, grad, offsets, positions):
             lambda: torch.autograd.grad(fibsparse_attn(q, k, v, 128, where), wrt, grad))
 
 
+def time_in_rounds(time_column, rounds):
+    """Each column's (forward, forward+backward) times over `rounds` rounds,
+    the columns' order rotated one place each round, each timed on its route."""
+    times = {c: [] for c in COLUMNS}
+    for r in range(rounds):
+        shift = r % len(COLUMNS)
+        for column in COLUMNS[shift:] + COLUMNS[:shift]:
+            use_route(column)
+            times[column].append(time_column(column))
+    return times
+
+
 def compare(rounds):
     for seqlen, heads, heads_kv, head_dim in CONFIGS:
         tensors = inputs(seqlen, heads, heads_kv, head_dim)
-        fwd = {c: [] for c in COLUMNS}
-        fwd_bwd = {c: [] for c in COLUMNS}
-        for r in range(rounds):
-            shift = r % len(COLUMNS)
-            for column in COLUMNS[shift:] + COLUMNS[:shift]:
-                use_route(column)
-                forward, forward_backward = calls(column, *tensors)
-                fwd[column].append(median_ms(forward, warmup=10, runs=50))
-                fwd_bwd[column].append(median_ms(forward_backward, warmup=10, runs=50))
-                del forward, forward_backward  # they hold this configuration's tensors
-        best_fwd = {c: min(t) for c, t in fwd.items()}
-        best = {c: min(t) for c, t in fwd_bwd.items()}
+
+        def time_column(column):
+            forward, forward_backward = calls(column, *tensors)
+            return median_ms(forward, warmup=10, runs=50), median_ms(forward_backward, warmup=10, runs=50)
+
+        times = time_in_rounds(time_column, rounds)
+        best_fwd = {c: min(t[0] for t in times[c]) for c in COLUMNS}
+        best = {c: min(t[1] for t in times[c]) for c in COLUMNS}
         print(f"L={seqlen} H={heads}/{heads_kv} d={head_dim} K={len(tensors[4])}", flush=True)
         for column in COLUMNS:
-            print(f"  {column:13s} fwd {' '.join(f'{t:.3f}' for t in fwd[column])}"
-                  f"  f+b {' '.join(f'{t:.3f}' for t in fwd_bwd[column])}", flush=True)
+            print(f"  {column:13s} fwd {' '.join(f'{t[0]:.3f}' for t in times[column])}"
+                  f"  f+b {' '.join(f'{t[1]:.3f}' for t in times[column])}", flush=True)
         print(f"  fractional / integer: fwd {best_fwd['frac_stored'] / best_fwd['integer']:.3f}x,"
               f" f+b {best['frac_stored'] / best['integer']:.3f}x (the build's route),"
               f" {best['frac_general'] / best['integer']:.3f}x (general passes)", flush=True)
-        del tensors
+        del tensors, time_column  # the closure holds this configuration's tensors
         torch.cuda.empty_cache()
 
 
@@ -114,11 +122,11 @@ def kernel_times():
         torch.cuda.empty_cache()
 
 
-if __name__ == "__main__":
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds per configuration, order rotated (default 3)")
     parser.add_argument("--kernels", action="store_true", help="then each kernel's time per call at 64k")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
     if not torch.cuda.is_available():
@@ -131,3 +139,7 @@ if __name__ == "__main__":
             kernel_times()
     finally:
         restore_users_switch()
+
+
+if __name__ == "__main__":
+    main()
