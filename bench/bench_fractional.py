@@ -131,8 +131,8 @@ def main(argv=None):
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
     if not torch.cuda.is_available():
         raise SystemExit("bench_fractional: needs a CUDA device")
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, commit {os.environ.get('FIBSPARSE_COMMIT', '?')}",
-          flush=True)
+    commit = os.environ.get("FIBSPARSE_COMMIT", "?")
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, commit {commit}", flush=True)
     try:
         compare(args.rounds)
         if args.kernels:
