@@ -1,8 +1,8 @@
 """bench/bench_fractional.py's rounds: the order of its columns, the backward
-route each is timed on, its --rounds option, and the user's route switch left
-as it was. CPU only: the timing is replaced, so no GPU is needed."""
+route each is timed on, and the user's route switch left as it was (its
+--rounds option: test_bench_sweep.py). CPU only: the timing is replaced, so no
+GPU is needed."""
 import os
-import subprocess
 import sys
 
 import pytest
@@ -54,11 +54,3 @@ def test_the_users_route_switch_is_left_as_it_was(monkeypatch, users_setting):
     with pytest.raises(RuntimeError, match="the run failed"):
         bench_fractional.main(["--rounds", "1"])
     assert os.environ.get(SWITCH) == users_setting
-
-
-@pytest.mark.parametrize("rounds", ["0", "-1"])
-def test_rounds_below_one_are_refused(rounds):
-    result = subprocess.run([sys.executable, os.path.join(BENCH, "bench_fractional.py"), "--rounds", rounds],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert f"--rounds must be at least 1, got {rounds}" in result.stderr

@@ -1,6 +1,6 @@
 """bench/bench_sweep.py's timing in rounds (the fair comparison's): the order of the
-methods, which round each column keeps, and its --rounds option. CPU only: the
-timing itself is replaced, so no GPU is needed."""
+methods, which round each column keeps, and its --rounds option (bench_fractional.py's
+too). CPU only: the timing itself is replaced, so no GPU is needed."""
 import os
 import subprocess
 import sys
@@ -31,9 +31,11 @@ def test_rounds_alternate_the_order_and_keep_each_columns_fastest(monkeypatch):
     assert row["peer_fwdbwd_graph_ms"] is None  # no round measured it
 
 
+@pytest.mark.parametrize("script", ["bench_sweep.py", "bench_fractional.py"])
 @pytest.mark.parametrize("rounds", ["0", "-2"])
-def test_rounds_below_one_are_refused(rounds):
-    result = subprocess.run([sys.executable, os.path.join(BENCH, "bench_sweep.py"), "--rounds", rounds],
+def test_rounds_below_one_are_refused(script, rounds):
+    """Both benchmarks that time in rounds refuse fewer than one, before any GPU work."""
+    result = subprocess.run([sys.executable, os.path.join(BENCH, script), "--rounds", rounds],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert f"--rounds must be at least 1, got {rounds}" in result.stderr
