@@ -113,51 +113,29 @@ __device__ __forceinline__ void commit_async() { asm volatile("cp.async.commit_g
 template <int kPending>
 __device__ __forceinline__ void wait_async() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending)); }
 
-// Starts an asynchronous 16-byte copy global -> shared, or when `valid` is
-// false zero-fills the 16 bytes without reading src (the copy's ignore-src
-// operand), so src may be any address then.
-__device__ __forceinline__ void copy_async_16_or_zeros(void* dst, const void* src, bool valid) {
-  const uint32_t dst_addr = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile(
-      "{\n"
-      ".reg .pred ignore;\n"
-      "setp.eq.u32 ignore, %2, 0;\n"
-      "cp.async.cg.shared.global [%0], [%1], 16, ignore;\n"
-      "}\n" ::"r"(dst_addr),
-      "l"(src), "r"(uint32_t(valid)));
-}
-
 // Queues copies of the kCount consecutive rows first, first + 1, .. of src
 // into dst[0..kCount-1]; rows outside [0, last] become zero rows. All
 // kThreads threads of the block take part; each keeps one 16-byte column and
 // steps its source pointer by a fixed stride, so a copy costs a few integer
-// instructions (64-bit index math per row cost ~17). The whole passes run
-// without a branch between them and the rows past the last whole pass (an
-// offset strip's 65th) come after them: a test between the passes made each
-// copy its own block of code, and ptxas pads each such block, so that a copy
-// took ~12 instructions where it takes ~5 (docs/performance.md, round 35).
+// instructions (64-bit index math per row cost ~17).
 template <int kHeadDim, int kCount, int kThreads = kMmaBlockThreads>
 __device__ __forceinline__ void stage_rows(Rows<kHeadDim> dst, const uint16_t* src, int64_t row_stride, int64_t first,
                                            int64_t last) {
   constexpr int kVecs = kHeadDim / 8, kRowsPerPass = kThreads / kVecs;
-  constexpr int kPasses = kCount / kRowsPerPass, kTailRows = kCount % kRowsPerPass;
   static_assert(kThreads % kVecs == 0);
   const int col = (threadIdx.x % kVecs) * 8, r0 = threadIdx.x / kVecs;
-  // Row r is valid for lo <= r < lo + valid_rows; lo and hi are clamped to [-1, kCount].
+  // Row r is valid for lo <= r <= hi; both fit in int, as they are clamped to [-1, kCount].
   const int lo = first >= 0 ? 0 : int(-first < kCount ? -first : kCount);
   const int hi = last - first < kCount ? int(last - first < -1 ? -1 : last - first) : kCount;
-  const uint32_t valid_rows = hi >= lo ? uint32_t(hi - lo + 1) : 0u;
   const uint16_t* row = src + (first + r0) * row_stride + col;
   const int64_t pass_stride = kRowsPerPass * row_stride;
 #pragma unroll
-  for (int i = 0; i < kPasses; ++i) {
+  for (int i = 0; i < (kCount + kRowsPerPass - 1) / kRowsPerPass; ++i) {
     const int r = r0 + i * kRowsPerPass;
-    copy_async_16_or_zeros(&dst[r][col], row, uint32_t(r - lo) < valid_rows);
+    if (kCount % kRowsPerPass != 0 && r >= kCount) break;
+    const bool valid = r >= lo && r <= hi;
+    copy_async_16(&dst[r][col], valid ? row : src, valid);
     row += pass_stride;
-  }
-  if constexpr (kTailRows != 0) {
-    const int r = r0 + kPasses * kRowsPerPass;
-    if (r0 < kTailRows) copy_async_16_or_zeros(&dst[r][col], row, uint32_t(r - lo) < valid_rows);
   }
 }
 
