@@ -153,6 +153,31 @@ __device__ __forceinline__ void warp_row_deltas(const Params& p, const Sequence&
   }
 }
 
+// The warp's partial of d loss / d position for offset o, from each lane's
+// share of its 16 queries' terms: a fixed-order warp sum, then one partial
+// per 16 queries. Both dq passes (general and from stored dS) write it so.
+__device__ __forceinline__ void store_doffsets_partial(const Params& p, const Sequence& seq, int o, int b, int h,
+                                                       int warp_q0, float dpos, int lane) {
+#pragma unroll
+  for (int x = 16; x > 0; x /= 2) dpos += __shfl_xor_sync(0xffffffffu, dpos, x);
+  if (lane == 0 && warp_q0 < seq.seqlen_q) {
+    const int64_t at = doffsets_partial_index(p, o, b, h, warp_q0 / kCudaQueriesPerPartial);
+    static_cast<float*>(p.doffsets_partial)[at] = dpos;
+  }
+}
+
+// The same partials of the offsets from `first` on, which the block's queries
+// cannot reach: zero.
+__device__ __forceinline__ void zero_doffsets_partials_from(const Params& p, const Sequence& seq, int first, int b,
+                                                            int h, int warp_q0, int lane) {
+  if (lane == 0 && warp_q0 < seq.seqlen_q) {
+    for (int o = first; o < p.num_offsets; ++o) {
+      static_cast<float*>(p.doffsets_partial)[doffsets_partial_index(p, o, b, h, warp_q0 / kCudaQueriesPerPartial)] =
+          0.f;
+    }
+  }
+}
+
 template <typename T, typename OffsetT, int kHeadDim, int kHeads>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<kHeadDim, kHeads>)
     dq_mma_kernel(const Params p) {
@@ -286,26 +311,11 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
           add_diag_times_rows<T, kHeadDim>(split.frac * dscore[0], split.frac * dscore[1], strip_k, dq, lane);
         }
       }
-      if constexpr (kFrac) {
-        // Fixed-order warp sum (every lane gets it); one partial per 16 queries.
-#pragma unroll
-        for (int x = 16; x > 0; x /= 2) dpos += __shfl_xor_sync(0xffffffffu, dpos, x);
-        if (lane == 0 && warp_q0 < seq.seqlen_q) {
-          const int64_t at = doffsets_partial_index(p, o, b, h, warp_q0 / kCudaQueriesPerPartial);
-          static_cast<float*>(p.doffsets_partial)[at] = dpos;
-        }
-      }
+      if constexpr (kFrac) store_doffsets_partial(p, seq, o, b, h, warp_q0, dpos, lane);
     }
     __syncthreads();
   }
-  if constexpr (kFrac) {  // offsets out of the block's reach: their partials are zero
-    if (lane == 0 && warp_q0 < seq.seqlen_q) {
-      for (int o = steps.offset_steps; o < p.num_offsets; ++o) {
-        static_cast<float*>(p.doffsets_partial)[doffsets_partial_index(p, o, b, h, warp_q0 / kCudaQueriesPerPartial)] =
-            0.f;
-      }
-    }
-  }
+  if constexpr (kFrac) zero_doffsets_partials_from(p, seq, steps.offset_steps, b, h, warp_q0, lane);
   store_rows<T, kHeadDim>(bits<T>(p.dq, seq.q_start(b, p.dq_batch_stride, p.dq_row_stride) + h * p.dq_head_stride),
                           p.dq_row_stride, warp_q0, seq.seqlen_q, dq, scale, g, c);
 }

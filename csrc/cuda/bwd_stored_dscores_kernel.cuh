@@ -263,31 +263,18 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
         if (w1 != 0.f) add_diag_times_rows<T, kHeadDim>(w1 * dscores[g], w1 * dscores[g + 8], strip_k, dq, lane);
       }
       // The warp's partial of d loss / d position, summed as the general dq
-      // pass sums it: each diagonal owner its rows g, g + 8, then a
-      // fixed-order warp sum.
+      // pass sums it: each diagonal owner its rows g, g + 8, then the warp.
       const float* terms = dscores + kBlockRows;
       float dpos = 0.f;
       if (split.whole >= 0 && owns_diagonal(lane)) {
         dpos += terms[g];
         dpos += terms[g + 8];
       }
-#pragma unroll
-      for (int x = 16; x > 0; x /= 2) dpos += __shfl_xor_sync(0xffffffffu, dpos, x);
-      if (lane == 0 && warp_q0 < seq.seqlen_q) {
-        const int64_t at = doffsets_partial_index(p, o, b, h, warp_q0 / kCudaQueriesPerPartial);
-        static_cast<float*>(p.doffsets_partial)[at] = dpos;
-      }
+      store_doffsets_partial(p, seq, o, b, h, warp_q0, dpos, lane);
     }
     __syncthreads();  // stage n % 2 is refilled by the next iteration's issue
   }
-  if constexpr (kFrac) {  // offsets out of the block's reach: their partials are zero
-    if (lane == 0 && warp_q0 < seq.seqlen_q) {
-      for (int o = num_steps - band_steps; o < p.num_offsets; ++o) {
-        static_cast<float*>(p.doffsets_partial)[doffsets_partial_index(p, o, b, h, warp_q0 / kCudaQueriesPerPartial)] =
-            0.f;
-      }
-    }
-  }
+  if constexpr (kFrac) zero_doffsets_partials_from(p, seq, num_steps - band_steps, b, h, warp_q0, lane);
   store_rows<T, kHeadDim>(bits<T>(p.dq, seq.q_start(b, p.dq_batch_stride, p.dq_row_stride) + h * p.dq_head_stride),
                           p.dq_row_stride, warp_q0, seq.seqlen_q, dq, float(p.softmax_scale), g, c);
 }
