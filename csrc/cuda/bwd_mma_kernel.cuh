@@ -320,6 +320,12 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
                           p.dq_row_stride, warp_q0, seq.seqlen_q, dq, scale, g, c);
 }
 
+// The chains of products in which the dk/dv pass that runs first sums an
+// offset step's scores and dP (dot_16_rows): two at head_dim 128, where the
+// pass's warps wait most on those chains (docs/performance.md, round 36).
+template <int kHeadDim>
+constexpr int kOffsetChains = kHeadDim >= 128 ? 2 : 1;
+
 // This lane's share of <a, b> over two rows of kHeadDim elements in shared
 // memory: lane l takes the kHeadDim / 32 columns from l kHeadDim / 32, one
 // load a row (the warp's loads read each row once, whole).
@@ -388,8 +394,8 @@ __device__ __forceinline__ void fractional_offset_step(
   const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
   const int t = distance_of_offset(o, p.band);
   float st[2][4], dpt[2][4];
-  dot_16_rows<T, kHeadDim>(kf, strip_q, st, 0, lane);
-  dot_16_rows<T, kHeadDim>(vf, strip_do, dpt, 0, lane);
+  dot_16_rows<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(kf, strip_q, st, 0, lane);
+  dot_16_rows<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(vf, strip_do, dpt, 0, lane);
   // The six products with the edge rows, summed across the warp together
   // (warp_sums_to_quads): row 0's two land in quads 0 and 1, row 16's four in
   // quads 4..7, and the lanes that use them (quad 0 for row 0, quad 7 for
@@ -639,8 +645,8 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
           const int o = steps.offset_index(step);
           const OffsetT* offs = steps.offsets(step.head);
           float st[2][4], dpt[2][4];
-          dot_16_rows<T, kHeadDim>(kf, strip_q, st, 0, lane);
-          dot_16_rows<T, kHeadDim>(vf, strip_do, dpt, 0, lane);
+          dot_16_rows<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(kf, strip_q, st, 0, lane);
+          dot_16_rows<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(vf, strip_do, dpt, 0, lane);
           const float* lse = stat0 + 16 * warp;
           const float* dlt = stat1 + 16 * warp;
           float prob[2], dscore[2];

@@ -176,10 +176,15 @@ __device__ __forceinline__ void load_a_fragments(const uint16_t* src, int64_t ro
 // s[j0], s[j0 + 1] = A B^T: the warp's 16 rows (fragments `a`) against the
 // 16 staged rows b_rows[0..15] (a 16 x 16 tile of dot products). Per 16
 // columns of head_dim, one ldmatrix gives the B fragments of both 8-row halves:
-// tiles (rows 0-7 | 8-15) x (columns +0 | +8).
-template <typename T, int kHeadDim, int N>
+// tiles (rows 0-7 | 8-15) x (columns +0 | +8). With kChains == 2 the even and
+// odd 16-column slices sum in separate chains of products, added at the end:
+// each chain of dependent mma is half as long (as the Hopper forward's
+// offset steps do, fwd_hopper_kernel.cuh), and the sums round differently.
+template <typename T, int kHeadDim, int N, int kChains = 1>
 __device__ __forceinline__ void dot_16_rows(const uint32_t (&a)[kHeadDim / 16][4], RowPtr<kHeadDim> b_rows,
                                             float (&s)[N][4], int j0, int lane) {
+  static_assert(kChains == 1 || (kChains == 2 && kHeadDim >= 32), "two chains need two slices");
+  float odd[2][4] = {};  // the second chain's sums (kChains == 2)
 #pragma unroll
   for (int e = 0; e < 4; ++e) s[j0][e] = s[j0 + 1][e] = 0.f;
   const uint16_t* row = b_rows[(lane / 16) * 8 + lane % 8] + ((lane / 8) % 2) * 8;
@@ -187,8 +192,16 @@ __device__ __forceinline__ void dot_16_rows(const uint32_t (&a)[kHeadDim / 16][4
   for (int kk = 0; kk < kHeadDim / 16; ++kk) {
     uint32_t b[4];  // b0, b1 of rows 0-7, then of rows 8-15
     ldmatrix_x4(b, row + 16 * kk);
-    mma_16816<T>(s[j0], a[kk], b[0], b[1]);
-    mma_16816<T>(s[j0 + 1], a[kk], b[2], b[3]);
+    const bool second_chain = kChains == 2 && kk % 2 == 1;
+    mma_16816<T>(second_chain ? odd[0] : s[j0], a[kk], b[0], b[1]);
+    mma_16816<T>(second_chain ? odd[1] : s[j0 + 1], a[kk], b[2], b[3]);
+  }
+  if constexpr (kChains == 2) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[j0][e] += odd[0][e];
+      s[j0 + 1][e] += odd[1][e];
+    }
   }
 }
 
