@@ -321,8 +321,10 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
 }
 
 // The chains of products in which the dk/dv pass that runs first sums an
-// offset step's scores and dP (dot_16_rows): two at head_dim 128, where the
-// pass's warps wait most on those chains (docs/performance.md, round 36).
+// integer offset step's scores and dP (dot_16_rows): two at head_dim 128,
+// where the pass's warps wait most on those chains; that took 10% off the
+// pass (docs/performance.md, round 36). Its band steps, and the fractional
+// step, measured slower with two (the fractional kernel then spills).
 template <int kHeadDim>
 constexpr int kOffsetChains = kHeadDim >= 128 ? 2 : 1;
 
@@ -394,8 +396,8 @@ __device__ __forceinline__ void fractional_offset_step(
   const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
   const int t = distance_of_offset(o, p.band);
   float st[2][4], dpt[2][4];
-  dot_16_rows<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(kf, strip_q, st, 0, lane);
-  dot_16_rows<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(vf, strip_do, dpt, 0, lane);
+  dot_16_rows<T, kHeadDim>(kf, strip_q, st, 0, lane);
+  dot_16_rows<T, kHeadDim>(vf, strip_do, dpt, 0, lane);
   // The six products with the edge rows, summed across the warp together
   // (warp_sums_to_quads): row 0's two land in quads 0 and 1, row 16's four in
   // quads 4..7, and the lanes that use them (quad 0 for row 0, quad 7 for
