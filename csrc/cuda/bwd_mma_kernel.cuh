@@ -395,6 +395,9 @@ __device__ __forceinline__ void fractional_offset_step(
   const int g = lane / 4;
   const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
   const int t = distance_of_offset(o, p.band);
+  float st[2][4], dpt[2][4];
+  dot_16_rows<T, kHeadDim>(kf, strip_q, st, 0, lane);
+  dot_16_rows<T, kHeadDim>(vf, strip_do, dpt, 0, lane);
   // The six products with the edge rows, summed across the warp together
   // (warp_sums_to_quads): row 0's two land in quads 0 and 1, row 16's four in
   // quads 4..7, and the lanes that use them (quad 0 for row 0, quad 7 for
@@ -421,13 +424,6 @@ __device__ __forceinline__ void fractional_offset_step(
     dp_row16_second = from_6;
     dp_row16_first = sum;
   }
-  // The tiles K Q^T and V dO^T, after the edge dots: formed before them, and
-  // with dP^T in two chains of products (kOffsetChains), the kernel spills. The
-  // scores keep one chain: with two, it spills anyway (docs/performance.md,
-  // round 36).
-  float st[2][4], dpt[2][4];
-  dot_16_rows<T, kHeadDim>(kf, strip_q, st, 0, lane);
-  dot_16_rows<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(vf, strip_do, dpt, 0, lane);
 
   // Row x's second products come from the lane holding (x - 1, x): for rows
   // g + 8 r with g >= 1 the one of row g - 1, for row 8 row 7's (lane 28),
