@@ -8,7 +8,7 @@ echo "build $((SECONDS-s)) s  commit $(cat .devrun/commit)"
 ncu --version | tail -1
 timeout 240 ncu --clock-control none --kernel-name regex:"dkdv_mma|dq_from" --launch-count 2 --import-source yes \
   --section SourceCounters --section WarpStateStats --section LaunchStats --section Occupancy --section SpeedOfLight -f -o $OUT/gqa128_dkdv \
-  python3 bench/results/2026-12-01_h200_round35_row_copies/prof_full.py > $OUT/prof.log 2>&1; echo "ncu rc=$? $((SECONDS-s)) s"
+  python3 bench/results/2026-12-01_h200_round32_gpu_check_sweep_e0b0a30/prof_full.py > $OUT/prof.log 2>&1; echo "ncu rc=$? $((SECONDS-s)) s"
 for view in cuda sass; do
   timeout 120 ncu -i $OUT/gqa128_dkdv.ncu-rep --page source --csv --print-source $view > $OUT/gqa128_dkdv_$view.csv 2> $OUT/gqa128_dkdv_$view.err
   echo "  $view rc=$? $(wc -c < $OUT/gqa128_dkdv_$view.csv) bytes"; head -c 300 $OUT/gqa128_dkdv_$view.err
