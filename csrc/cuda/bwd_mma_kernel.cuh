@@ -322,7 +322,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
 
 // The chains of products in which the dk/dv pass that runs first sums an
 // integer offset step's scores and dP (dot_16_rows): two at head_dim 128,
-// where the pass's warps wait most on those chains; that took 10% off the
+// where the pass's warps wait most on those chains; that took 9-10% off the
 // pass (docs/performance.md, round 36). Its band steps, and the fractional
 // step, measured slower with two (the fractional kernel then spills).
 template <int kHeadDim>

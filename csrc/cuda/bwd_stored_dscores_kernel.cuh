@@ -263,7 +263,8 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
         if (w1 != 0.f) add_diag_times_rows<T, kHeadDim>(w1 * dscores[g], w1 * dscores[g + 8], strip_k, dq, lane);
       }
       // The warp's partial of d loss / d position, summed as the general dq
-      // pass sums it: each diagonal owner its rows g, g + 8, then the warp.
+      // pass sums it: each diagonal owner adds its rows g and g + 8, then
+      // store_doffsets_partial sums the warp in a fixed order.
       const float* terms = dscores + kBlockRows;
       float dpos = 0.f;
       if (split.whole >= 0 && owns_diagonal(lane)) {
