@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../fibsparse.h"
 #include "../pattern.h"
@@ -143,6 +144,14 @@ struct QuerySteps {
     return s.index + 1 < steps_per_head ? Step{s.head, s.index + 1} : Step{s.head + 1, 0};
   }
   __device__ bool is_band(Step s) const { return s.index < band_steps; }
+  // An integer offset's step pairs key x of warp w with staged row 16 w + x
+  // alone, so each warp stages its own 16 rows and their statistics and
+  // waits only for itself (sync_strip_group): no block barrier holds the
+  // block's warps in step. A fractional position also reads the next warp's
+  // first row, and a band step every row, so those steps stay shared.
+  static constexpr bool kStripsByWarp = std::is_integral_v<OffsetT>;
+  // Whether step s (if it exists) is staged and read by each warp for itself.
+  __device__ bool by_warp(Step s, bool exists) const { return kStripsByWarp && (!exists || !is_band(s)); }
   __device__ int64_t chunk_row(Step s) const { return band_first_row + int64_t(s.index) * kChunk; }
   __device__ int offset_index(Step s) const { return s.index - band_steps; }
   __device__ const OffsetT* offsets(int h) const {
@@ -187,7 +196,27 @@ struct QuerySteps {
       } else {
         const int o = offset_index(s);
         const OffsetSplit split = split_offset(offsets(h), o);
-        if (split.whole >= 0) {
+        if (split.whole >= 0 && kStripsByWarp) {
+          const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+          const int64_t first = block_key + split.whole - seq.q_pos_shift + 16 * warp;
+          stage_rows<kHeadDim, 16, 32>(q_dst + 16 * warp, q_src, p.q_row_stride, first, seq.seqlen_q - 1, unsigned(lane));
+          stage_rows<kHeadDim, 16, 32>(do_dst + 16 * warp, do_src, p.do_row_stride, first, seq.seqlen_q - 1, unsigned(lane));
+          if (lane < 16) {
+            const int64_t i = first + lane;
+            const bool valid = i >= 0 && i < seq.seqlen_q;
+            float* const stat0 = stat0_dst + 16 * warp + lane;
+            float* const stat1 = stat1_dst + 16 * warp + lane;
+            if constexpr (kRoute == DkdvRoute::kBeforeDq) {
+              const int64_t at = valid ? stats + i : 0;
+              copy_async_4(stat0, static_cast<const float*>(p.lse) + at, valid);
+              copy_async_4(stat1, static_cast<const float*>(p.delta) + at, valid);
+            } else {
+              const int64_t at = valid ? offset_term_index(p, seq, b, h, o, i) : 0;
+              copy_async_4(stat0, static_cast<const float*>(p.offset_probs) + at, valid);
+              copy_async_4(stat1, static_cast<const float*>(p.offset_dscores) + at, valid);
+            }
+          }
+        } else if (split.whole >= 0) {
           const int64_t first = block_key + split.whole - seq.q_pos_shift;
           stage_rows<kHeadDim, kStripSpan>(q_dst, q_src, p.q_row_stride, first, seq.seqlen_q - 1);
           stage_rows<kHeadDim, kStripSpan>(do_dst, do_src, p.do_row_stride, first, seq.seqlen_q - 1);

@@ -575,12 +575,19 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
 
   float dk[kHeadDim / 8][4] = {}, dv[kHeadDim / 8][4] = {};
   auto step = steps.first();
+  // Whether a step's rows are staged and read by each warp alone (the window alone has no offset steps).
+  const auto by_warp = [&](auto s, bool exists) { return !kWindowAlone && steps.by_warp(s, exists); };
+  bool step_by_warp = by_warp(step, steps.num_steps > 0);  // step n's
   for (int n = 0; n < steps.num_steps; ++n, step = steps.next(step)) {
     issued = steps.next(issued);
     steps.template issue<T, kRoute>(issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2), stage_do((n + 1) % 2),
                                     stage_stat((n + 1) % 2, 0), stage_stat((n + 1) % 2, 1), stage_o((n + 1) % 2));
     wait_async<1>();
-    __syncthreads();
+    if (step_by_warp) {
+      sync_strip_group<1>(warp);
+    } else {
+      __syncthreads();
+    }
     RowPtr<kHeadDim> rows_q = stage_q(n % 2), rows_do = stage_do(n % 2);
     const float* stat0 = stage_stat(n % 2, 0);
     const float* stat1 = stage_stat(n % 2, 1);
@@ -682,7 +689,15 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
       }
     }
     if constexpr (kWindowAlone) wait_async<0>();  // the next step's rows, for form_deltas
-    __syncthreads();
+    // The next iteration queues step n + 2 into this stage: only this warp
+    // writes where only it read if both steps are its own.
+    const bool next_by_warp = by_warp(issued, n + 1 < steps.num_steps);
+    if (step_by_warp && by_warp(steps.next(issued), n + 2 < steps.num_steps)) {
+      sync_strip_group<1>(warp);
+    } else {
+      __syncthreads();
+    }
+    step_by_warp = next_by_warp;
     if constexpr (kWindowAlone) {
       if (n + 1 < steps.num_steps) form_deltas((n + 1) % 2);
     }

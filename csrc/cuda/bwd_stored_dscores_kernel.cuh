@@ -215,7 +215,21 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       // queries that read a key (sample_key), the rest are zero-filled here.
       const int o = n - band_steps;
       const int64_t whole = split_offset(offs, o).whole;
-      if (whole >= 0) {
+      if (whole >= 0 && !kFrac) {
+        // Warp w of each head reads staged rows 16 w .. 16 w + 15 alone, so
+        // those kHeads warps stage them (steps_by_group).
+        const int64_t first = q0 - whole + 16 * warp;
+        stage_rows<kHeadDim, 16, 32 * kHeads>(stage_k(n % 2) + 16 * warp, k_src, p.k_row_stride, first,
+                                              seq.seqlen_k - 1, unsigned(32 * head + lane));
+        if (lane < 16) {
+          const int64_t i = q0 + 16 * warp + lane;
+          const bool valid =
+              i < seq.seqlen_q && sample_key<float>(i, distance_of_offset(o, p.band), p.band, offs).valid;
+          const int64_t at = valid ? offset_term_index(p, seq, b, h, o, i) : 0;
+          float* staged = reinterpret_cast<float*>(stage_ds(n % 2, head)) + 16 * warp + lane;
+          copy_async_4(staged, static_cast<const float*>(p.offset_dscores) + at, valid);
+        }
+      } else if (whole >= 0) {
         stage_rows<kHeadDim, kDqKRows<kFrac>, kThreads>(stage_k(n % 2), k_src, p.k_row_stride,
                                                         q0 - whole - (kFrac ? 1 : 0), seq.seqlen_k - 1);
         if (head_thread < kBlockRows) {
@@ -234,12 +248,19 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
     commit_async();
   };
 
+  // An integer offset's step (or none) is staged and read by the group of
+  // warp `warp` of each head alone: its barriers are the group's.
+  const auto steps_by_group = [&](int n) { return !kFrac && n >= band_steps; };
   issue(0);
   float dq[kHeadDim / 8][4] = {};
   for (int n = 0; n < num_steps; ++n) {
     issue(n + 1);
     wait_async<1>();
-    __syncthreads();
+    if (steps_by_group(n)) {
+      sync_strip_group<kHeads>(warp);
+    } else {
+      __syncthreads();
+    }
     if (n < band_steps) {
       add_band_dscores_times_k<T, kHeadDim>(stage_ds(n % 2, head), stage_k(n % 2), warp, warp_q0,
                                             (first_key_tile + n) * kChunk, p.band, dq, lane);
@@ -273,7 +294,12 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       }
       store_doffsets_partial(p, seq, o, b, h, warp_q0, dpos, lane);
     }
-    __syncthreads();  // stage n % 2 is refilled by the next iteration's issue
+    // Stage n % 2 is refilled by the next iteration's issue (step n + 2).
+    if (steps_by_group(n) && steps_by_group(n + 2)) {
+      sync_strip_group<kHeads>(warp);
+    } else {
+      __syncthreads();
+    }
   }
   if constexpr (kFrac) zero_doffsets_partials_from(p, seq, num_steps - band_steps, b, h, warp_q0, lane);
   store_rows<T, kHeadDim>(bits<T>(p.dq, seq.q_start(b, p.dq_batch_stride, p.dq_row_stride) + h * p.dq_head_stride),

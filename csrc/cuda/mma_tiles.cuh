@@ -114,16 +114,17 @@ template <int kPending>
 __device__ __forceinline__ void wait_async() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending)); }
 
 // Queues copies of the kCount consecutive rows first, first + 1, .. of src
-// into dst[0..kCount-1]; rows outside [0, last] become zero rows. All
-// kThreads threads of the block take part; each keeps one 16-byte column and
-// steps its source pointer by a fixed stride, so a copy costs a few integer
-// instructions (64-bit index math per row cost ~17).
+// into dst[0..kCount-1]; rows outside [0, last] become zero rows. kThreads
+// threads take part (the block's, or those of the warps that read the rows:
+// `thread` is the caller's index among them); each keeps one 16-byte column
+// and steps its source pointer by a fixed stride, so a copy costs a few
+// integer instructions (64-bit index math per row cost ~17).
 template <int kHeadDim, int kCount, int kThreads = kMmaBlockThreads>
 __device__ __forceinline__ void stage_rows(Rows<kHeadDim> dst, const uint16_t* src, int64_t row_stride, int64_t first,
-                                           int64_t last) {
+                                           int64_t last, unsigned thread = threadIdx.x) {
   constexpr int kVecs = kHeadDim / 8, kRowsPerPass = kThreads / kVecs;
   static_assert(kThreads % kVecs == 0);
-  const int col = (threadIdx.x % kVecs) * 8, r0 = threadIdx.x / kVecs;
+  const int col = (thread % kVecs) * 8, r0 = thread / kVecs;
   // Row r is valid for lo <= r <= hi; both fit in int, as they are clamped to [-1, kCount].
   const int lo = first >= 0 ? 0 : int(-first < kCount ? -first : kCount);
   const int hi = last - first < kCount ? int(last - first < -1 ? -1 : last - first) : kCount;
@@ -136,6 +137,20 @@ __device__ __forceinline__ void stage_rows(Rows<kHeadDim> dst, const uint16_t* s
     const bool valid = r >= lo && r <= hi;
     copy_async_16(&dst[r][col], valid ? row : src, valid);
     row += pass_stride;
+  }
+}
+
+// Waits for the kGroupWarps warps that stage and read one strip's rows
+// between themselves (an offset step whose rows no other warp reads): a lone
+// warp for its lanes, several at named barrier 1 + group (__syncthreads uses
+// 0). Like __syncthreads, it orders their shared-memory accesses, the rows
+// their cp.async wrote and waited for included.
+template <int kGroupWarps>
+__device__ __forceinline__ void sync_strip_group(int group) {
+  if constexpr (kGroupWarps == 1) {
+    __syncwarp();
+  } else {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(1 + group), "n"(32 * kGroupWarps) : "memory");
   }
 }
 
