@@ -196,7 +196,7 @@ struct QuerySteps {
       } else {
         const int o = offset_index(s);
         const OffsetSplit split = split_offset(offsets(h), o);
-        if (split.whole >= 0 && kStripsByWarp) {
+        if (split.whole >= 0 && kStripsByWarp && kRoute != DkdvRoute::kWindowAlone) {  // (no offsets there)
           const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
           const int64_t first = block_key + split.whole - seq.q_pos_shift + 16 * warp;
           stage_rows<kHeadDim, 16, 32>(q_dst + 16 * warp, q_src, p.q_row_stride, first, seq.seqlen_q - 1, unsigned(lane));
