@@ -196,11 +196,14 @@ struct QuerySteps {
       } else {
         const int o = offset_index(s);
         const OffsetSplit split = split_offset(offsets(h), o);
-        if (split.whole >= 0 && kStripsByWarp && kRoute != DkdvRoute::kWindowAlone) {  // (no offsets there)
+        // The window alone never reaches an offset step; it keeps the block's
+        // copies below, so that its kernel does not carry these.
+        if (split.whole >= 0 && kStripsByWarp && kRoute != DkdvRoute::kWindowAlone) {
           const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
           const int64_t first = block_key + split.whole - seq.q_pos_shift + 16 * warp;
-          stage_rows<kHeadDim, 16, 32>(q_dst + 16 * warp, q_src, p.q_row_stride, first, seq.seqlen_q - 1, unsigned(lane));
-          stage_rows<kHeadDim, 16, 32>(do_dst + 16 * warp, do_src, p.do_row_stride, first, seq.seqlen_q - 1, unsigned(lane));
+          const int64_t last = seq.seqlen_q - 1;
+          stage_rows<kHeadDim, 16, 32>(q_dst + 16 * warp, q_src, p.q_row_stride, first, last, unsigned(lane));
+          stage_rows<kHeadDim, 16, 32>(do_dst + 16 * warp, do_src, p.do_row_stride, first, last, unsigned(lane));
           if (lane < 16) {
             const int64_t i = first + lane;
             const bool valid = i >= 0 && i < seq.seqlen_q;

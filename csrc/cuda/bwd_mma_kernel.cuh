@@ -575,9 +575,10 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
 
   float dk[kHeadDim / 8][4] = {}, dv[kHeadDim / 8][4] = {};
   auto step = steps.first();
-  // Whether a step's rows are staged and read by each warp alone (the window alone has no offset steps).
+  // Whether a step's rows are staged and read by each warp alone (QuerySteps::by_warp;
+  // the window alone has no offset steps), for step n as the loop goes.
   const auto by_warp = [&](auto s, bool exists) { return !kWindowAlone && steps.by_warp(s, exists); };
-  bool step_by_warp = by_warp(step, steps.num_steps > 0);  // step n's
+  bool step_by_warp = by_warp(step, steps.num_steps > 0);
   for (int n = 0; n < steps.num_steps; ++n, step = steps.next(step)) {
     issued = steps.next(issued);
     steps.template issue<T, kRoute>(issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2), stage_do((n + 1) % 2),
@@ -689,8 +690,9 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
       }
     }
     if constexpr (kWindowAlone) wait_async<0>();  // the next step's rows, for form_deltas
-    // The next iteration queues step n + 2 into this stage: only this warp
-    // writes where only it read if both steps are its own.
+    // The next iteration queues step n + 2 into this stage. If step n and
+    // step n + 2 are both this warp's own, only this warp read the rows it
+    // will overwrite; otherwise the whole block must be done with them.
     const bool next_by_warp = by_warp(issued, n + 1 < steps.num_steps);
     if (step_by_warp && by_warp(steps.next(issued), n + 2 < steps.num_steps)) {
       sync_strip_group<1>(warp);
