@@ -196,6 +196,19 @@ struct QuerySteps {
       } else {
         const int o = offset_index(s);
         const OffsetSplit split = split_offset(offsets(h), o);
+        // Staged row r (query row i) of the strip: its two statistics.
+        const auto stage_offset_stats = [&](int r, int64_t i) {
+          const bool valid = i >= 0 && i < seq.seqlen_q;
+          if constexpr (kRoute == DkdvRoute::kBeforeDq) {
+            const int64_t at = valid ? stats + i : 0;
+            copy_async_4(stat0_dst + r, static_cast<const float*>(p.lse) + at, valid);
+            copy_async_4(stat1_dst + r, static_cast<const float*>(p.delta) + at, valid);
+          } else {
+            const int64_t at = valid ? offset_term_index(p, seq, b, h, o, i) : 0;
+            copy_async_4(stat0_dst + r, static_cast<const float*>(p.offset_probs) + at, valid);
+            copy_async_4(stat1_dst + r, static_cast<const float*>(p.offset_dscores) + at, valid);
+          }
+        };
         // The window alone never reaches an offset step; it keeps the block's
         // copies below, so that its kernel does not carry these.
         if (split.whole >= 0 && kStripsByWarp && kRoute != DkdvRoute::kWindowAlone) {
@@ -204,38 +217,12 @@ struct QuerySteps {
           const int64_t last = seq.seqlen_q - 1;
           stage_rows<kHeadDim, 16, 32>(q_dst + 16 * warp, q_src, p.q_row_stride, first, last, unsigned(lane));
           stage_rows<kHeadDim, 16, 32>(do_dst + 16 * warp, do_src, p.do_row_stride, first, last, unsigned(lane));
-          if (lane < 16) {
-            const int64_t i = first + lane;
-            const bool valid = i >= 0 && i < seq.seqlen_q;
-            float* const stat0 = stat0_dst + 16 * warp + lane;
-            float* const stat1 = stat1_dst + 16 * warp + lane;
-            if constexpr (kRoute == DkdvRoute::kBeforeDq) {
-              const int64_t at = valid ? stats + i : 0;
-              copy_async_4(stat0, static_cast<const float*>(p.lse) + at, valid);
-              copy_async_4(stat1, static_cast<const float*>(p.delta) + at, valid);
-            } else {
-              const int64_t at = valid ? offset_term_index(p, seq, b, h, o, i) : 0;
-              copy_async_4(stat0, static_cast<const float*>(p.offset_probs) + at, valid);
-              copy_async_4(stat1, static_cast<const float*>(p.offset_dscores) + at, valid);
-            }
-          }
+          if (lane < 16) stage_offset_stats(16 * warp + lane, first + lane);
         } else if (split.whole >= 0) {
           const int64_t first = block_key + split.whole - seq.q_pos_shift;
           stage_rows<kHeadDim, kStripSpan>(q_dst, q_src, p.q_row_stride, first, seq.seqlen_q - 1);
           stage_rows<kHeadDim, kStripSpan>(do_dst, do_src, p.do_row_stride, first, seq.seqlen_q - 1);
-          for (int r = threadIdx.x; r < kStripSpan; r += kMmaBlockThreads) {
-            const int64_t i = first + r;
-            const bool valid = i >= 0 && i < seq.seqlen_q;
-            if constexpr (kRoute == DkdvRoute::kBeforeDq) {
-              const int64_t at = valid ? stats + i : 0;
-              copy_async_4(stat0_dst + r, static_cast<const float*>(p.lse) + at, valid);
-              copy_async_4(stat1_dst + r, static_cast<const float*>(p.delta) + at, valid);
-            } else {
-              const int64_t at = valid ? offset_term_index(p, seq, b, h, o, i) : 0;
-              copy_async_4(stat0_dst + r, static_cast<const float*>(p.offset_probs) + at, valid);
-              copy_async_4(stat1_dst + r, static_cast<const float*>(p.offset_dscores) + at, valid);
-            }
-          }
+          for (int r = threadIdx.x; r < kStripSpan; r += kMmaBlockThreads) stage_offset_stats(r, first + r);
         }
       }
     }
