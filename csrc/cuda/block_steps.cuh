@@ -99,9 +99,9 @@ enum class DkdvRoute {
 // The steps of a block of 64 keys over the queries that read them, for each
 // query head of the kv head's group in turn: band chunks of kChunk query rows
 // (positions [block_key, block_key + 63 + window - 1] that exist), then one
-// step per offset, in which staged row 16 w + x holds the query at position
-// key_w + whole + x (it reads key x of warp w as its first row; the query at
-// staged row 16 w + x + 1 reads it as its second).
+// step per offset, in which row x of warp w's strip (strip_row0) holds the
+// query at position key_w + whole + x (it reads key x of warp w as its first
+// row; the query at strip row x + 1 reads it as its second).
 template <typename OffsetT, int kHeadDim>
 struct QuerySteps {
   const Params& p;
@@ -144,14 +144,19 @@ struct QuerySteps {
     return s.index + 1 < steps_per_head ? Step{s.head, s.index + 1} : Step{s.head + 1, 0};
   }
   __device__ bool is_band(Step s) const { return s.index < band_steps; }
-  // An integer offset's step pairs key x of warp w with staged row 16 w + x
-  // alone, so each warp stages its own 16 rows and their statistics and
-  // waits only for itself (sync_strip_group): no block barrier holds the
-  // block's warps in step. A fractional position also reads the next warp's
-  // first row, and a band step every row, so those steps stay shared.
-  static constexpr bool kStripsByWarp = std::is_integral_v<OffsetT>;
+  // An offset step pairs key x of warp w with strip row x alone (integer
+  // offsets) or with strip rows x and x + 1 (fractional positions), so each
+  // warp stages its own strip of 16 or 17 rows and their statistics and waits
+  // only for itself (sync_strip_group): no block barrier holds the block's
+  // warps in step. A fractional strip's last row is the next warp's first:
+  // both warps stage it, each in its own strip. A band step reads every row,
+  // so its copies stay shared.
+  static constexpr int kWarpStripRows = std::is_integral_v<OffsetT> ? 16 : 17;
+  // Where warp w's strip starts among an offset step's staged rows.
+  __device__ static int strip_row0(int warp) { return kWarpStripRows * warp; }
+  static_assert(kWarpStripRows * kWarps <= kBufRows, "the warps' strips fit a stage");
   // Whether step s (if it exists) is staged and read by each warp for itself.
-  __device__ bool by_warp(Step s, bool exists) const { return kStripsByWarp && (!exists || !is_band(s)); }
+  __device__ bool by_warp(Step s, bool exists) const { return !exists || !is_band(s); }
   __device__ int64_t chunk_row(Step s) const { return band_first_row + int64_t(s.index) * kChunk; }
   __device__ int offset_index(Step s) const { return s.index - band_steps; }
   __device__ const OffsetT* offsets(int h) const {
@@ -211,13 +216,14 @@ struct QuerySteps {
         };
         // The window alone never reaches an offset step; it keeps the block's
         // copies below, so that its kernel does not carry these.
-        if (split.whole >= 0 && kStripsByWarp && kRoute != DkdvRoute::kWindowAlone) {
-          const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        if (split.whole >= 0 && kRoute != DkdvRoute::kWindowAlone) {
+          const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, row0 = strip_row0(warp);
           const int64_t first = block_key + split.whole - seq.q_pos_shift + 16 * warp;
           const int64_t last = seq.seqlen_q - 1;
-          stage_rows<kHeadDim, 16, 32>(q_dst + 16 * warp, q_src, p.q_row_stride, first, last, unsigned(lane));
-          stage_rows<kHeadDim, 16, 32>(do_dst + 16 * warp, do_src, p.do_row_stride, first, last, unsigned(lane));
-          if (lane < 16) stage_offset_stats(16 * warp + lane, first + lane);
+          stage_rows<kHeadDim, kWarpStripRows, 32>(q_dst + row0, q_src, p.q_row_stride, first, last, unsigned(lane));
+          stage_rows<kHeadDim, kWarpStripRows, 32>(do_dst + row0, do_src, p.do_row_stride, first, last,
+                                                   unsigned(lane));
+          if (lane < kWarpStripRows) stage_offset_stats(row0 + lane, first + lane);
         } else if (split.whole >= 0) {
           const int64_t first = block_key + split.whole - seq.q_pos_shift;
           stage_rows<kHeadDim, kStripSpan>(q_dst, q_src, p.q_row_stride, first, seq.seqlen_q - 1);

@@ -641,11 +641,12 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
         // Strip row x reads key x as its first row (weight 1 - f); strip row
         // x + 1 reads it as its second (weight f). Rows outside the queries
         // were staged with zero statistics.
-        RowPtr<kHeadDim> strip_q = rows_q + 16 * warp, strip_do = rows_do + 16 * warp;
+        const int row0 = steps.strip_row0(warp);
+        RowPtr<kHeadDim> strip_q = rows_q + row0, strip_do = rows_do + row0;
         if constexpr (kFractionalFirst) {
           fractional_offset_step<T, kHeadDim>(p, seq, b, step.head, steps.offset_index(step),
                                               steps.offsets(step.head), split, kf, vf, strip_q, strip_do,
-                                              stat0 + 16 * warp, stat1 + 16 * warp, edge_rows(warp), warp_k0, dk, dv,
+                                              stat0 + row0, stat1 + row0, edge_rows(warp), warp_k0, dk, dv,
                                               lane);
         } else if constexpr (kRoute == DkdvRoute::kBeforeDq) {
           // Key x of the warp pairs with strip row x (an integer position): the
@@ -657,8 +658,8 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
           float st[2][4], dpt[2][4];
           dot_16_rows<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(kf, strip_q, st, 0, lane);
           dot_16_rows<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(vf, strip_do, dpt, 0, lane);
-          const float* lse = stat0 + 16 * warp;
-          const float* dlt = stat1 + 16 * warp;
+          const float* lse = stat0 + row0;
+          const float* dlt = stat1 + row0;
           float prob[2], dscore[2];
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
@@ -676,8 +677,8 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
           add_diag_times_rows<T, kHeadDim>(prob[0], prob[1], strip_do, dv, lane);
           add_diag_times_rows<T, kHeadDim>(dscore[0], dscore[1], strip_q, dk, lane);
         } else {
-          const float* probs = stat0 + 16 * warp;
-          const float* dscores = stat1 + 16 * warp;
+          const float* probs = stat0 + row0;
+          const float* dscores = stat1 + row0;
           const float w0 = 1.f - split.frac;
           add_diag_times_rows<T, kHeadDim>(w0 * probs[g], w0 * probs[g + 8], strip_do, dv, lane);
           add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_q, dk, lane);

@@ -147,10 +147,18 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_fro
                           p.dq_row_stride, warp_q0, seq.seqlen_q, dq, float(p.softmax_scale), g, c);
 }
 
-// The k rows a stage of the dq pass with offsets holds: 64, or with
-// fractional positions the 65 of a strip (each query's second row too).
+// The k rows of warp w's strip in an offset step of the dq pass with offsets:
+// 16, or with fractional positions 17 (its first query's second row too, which
+// the warp before also stages as its last), from stage row dq_strip_row0(w).
 template <bool kFrac>
-constexpr int kDqKRows = kFrac ? kStripSpan : kChunk;
+constexpr int kDqStripRows = kFrac ? 17 : 16;
+template <bool kFrac>
+__device__ __forceinline__ int dq_strip_row0(int warp) {
+  return kDqStripRows<kFrac> * warp;
+}
+// The k rows a stage holds: a band tile's 64, or the warps' strips.
+template <bool kFrac>
+constexpr int kDqKRows = kWarps * kDqStripRows<kFrac> > kChunk ? kWarps * kDqStripRows<kFrac> : kChunk;
 
 // Dynamic shared memory of the dq pass with offsets and kHeads heads a block:
 // two stages, each of one dS tile a head (64 key rows of 64 queries; an
@@ -172,8 +180,9 @@ constexpr int kDqWithOffsetsMinBlocks = kHeadDim >= 128 && kHeads == 2 ? 2 : kMi
 // group (mma_tiles.cuh's heads_per_block: they share their offsets), 4 warps a
 // head; its steps are the 64-key tiles its band reaches, the last one its
 // own, then one strip of k rows per offset within its reach, staged once for
-// all its heads with each head's 64 dS of that offset (64 rows, or for
-// fractional positions 65, from the second row of the first query).
+// all its heads with each head's 64 dS of that offset (a strip of 16 rows per
+// warp, or for fractional positions 17, from the second row of its first
+// query: kDqStripRows).
 template <typename T, typename OffsetT, int kHeadDim, int kHeads>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
@@ -210,17 +219,21 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       stage_rows<kHeadDim, kChunk, kThreads>(stage_k(n % 2), k_src, p.k_row_stride, key_tile * kChunk,
                                              seq.seqlen_k - 1);
     } else if (n < num_steps) {
-      // Query q0 + r reads key q0 + r - whole, staged at row r (fractional:
-      // at row r + 1, its second row at r); the dk/dv pass stored dS only for
-      // queries that read a key (sample_key), the rest are zero-filled here.
+      // Query q0 + 16 w + x reads key q0 + 16 w + x - whole, at row x of warp
+      // w's strip (fractional: at row x + 1, its second row at x); the dk/dv
+      // pass stored dS only for queries that read a key (sample_key), the
+      // rest are zero-filled here.
       const int o = n - band_steps;
       const int64_t whole = split_offset(offs, o).whole;
-      if (whole >= 0 && !kFrac) {
-        // Warp w of each head reads staged rows 16 w .. 16 w + 15 alone, so
-        // those kHeads warps stage them (steps_by_group).
-        const int64_t first = q0 - whole + 16 * warp;
-        stage_rows<kHeadDim, 16, 32 * kHeads>(stage_k(n % 2) + 16 * warp, k_src, p.k_row_stride, first,
-                                              seq.seqlen_k - 1, unsigned(32 * head + lane));
+      if (whole >= 0) {
+        // Warp w of each head reads only its strip of k rows (16, or for
+        // fractional positions 17, from the second row of its first query),
+        // so those kHeads warps stage it (steps_by_group), with each head's
+        // dS of the warp's 16 queries (and their d(position) terms).
+        const int64_t first = q0 - whole - (kFrac ? 1 : 0) + 16 * warp;
+        stage_rows<kHeadDim, kDqStripRows<kFrac>, 32 * kHeads>(stage_k(n % 2) + dq_strip_row0<kFrac>(warp), k_src,
+                                                               p.k_row_stride, first, seq.seqlen_k - 1,
+                                                               unsigned(32 * head + lane));
         if (lane < 16) {
           const int64_t i = q0 + 16 * warp + lane;
           const bool valid =
@@ -228,19 +241,8 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
           const int64_t at = valid ? offset_term_index(p, seq, b, h, o, i) : 0;
           float* staged = reinterpret_cast<float*>(stage_ds(n % 2, head)) + 16 * warp + lane;
           copy_async_4(staged, static_cast<const float*>(p.offset_dscores) + at, valid);
-        }
-      } else if (whole >= 0) {
-        stage_rows<kHeadDim, kDqKRows<kFrac>, kThreads>(stage_k(n % 2), k_src, p.k_row_stride,
-                                                        q0 - whole - (kFrac ? 1 : 0), seq.seqlen_k - 1);
-        if (head_thread < kBlockRows) {
-          const int64_t i = q0 + head_thread;
-          const bool valid =
-              i < seq.seqlen_q && sample_key<float>(i, distance_of_offset(o, p.band), p.band, offs).valid;
-          const int64_t at = valid ? offset_term_index(p, seq, b, h, o, i) : 0;
-          float* staged = reinterpret_cast<float*>(stage_ds(n % 2, head));
-          copy_async_4(staged + head_thread, static_cast<const float*>(p.offset_dscores) + at, valid);
           if constexpr (kFrac) {
-            copy_async_4(staged + kBlockRows + head_thread, static_cast<const float*>(p.offset_probs) + at, valid);
+            copy_async_4(staged + kBlockRows, static_cast<const float*>(p.offset_probs) + at, valid);
           }
         }
       }
@@ -248,9 +250,9 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
     commit_async();
   };
 
-  // An integer offset's step (or none) is staged and read by the group of
-  // warp `warp` of each head alone: its barriers are the group's.
-  const auto steps_by_group = [&](int n) { return !kFrac && n >= band_steps; };
+  // An offset's step (or none) is staged and read by the group of warp
+  // `warp` of each head alone: its barriers are the group's.
+  const auto steps_by_group = [&](int n) { return n >= band_steps; };
   issue(0);
   float dq[kHeadDim / 8][4] = {};
   for (int n = 0; n < num_steps; ++n) {
@@ -275,10 +277,10 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       const OffsetSplit split = split_offset(offs, o);
       const float* dscores = reinterpret_cast<const float*>(stage_ds(n % 2, head)) + 16 * warp;
       if (split.whole >= 0) {
-        // dq of query x += dS_x ((1 - f) its first row, staged row 16 warp +
-        // x + 1, + f its second, at 16 warp + x); at f == 0 the second row
-        // is not multiplied in (0 times a non-finite row is NaN).
-        RowPtr<kHeadDim> strip_k = stage_k(n % 2) + 16 * warp;
+        // dq of query x += dS_x ((1 - f) its first row, strip row x + 1, + f
+        // its second, strip row x); at f == 0 the second row is not
+        // multiplied in (0 times a non-finite row is NaN).
+        RowPtr<kHeadDim> strip_k = stage_k(n % 2) + dq_strip_row0<kFrac>(warp);
         const float w0 = 1.f - split.frac, w1 = split.frac;
         add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_k + 1, dq, lane);
         if (w1 != 0.f) add_diag_times_rows<T, kHeadDim>(w1 * dscores[g], w1 * dscores[g + 8], strip_k, dq, lane);

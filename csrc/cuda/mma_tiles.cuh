@@ -23,11 +23,15 @@ constexpr int kWarps = 4;
 constexpr int kMmaBlockThreads = 32 * kWarps;
 constexpr int kBlockRows = 16 * kWarps;  // queries (or keys) per block
 constexpr int kChunk = 64;               // band rows staged per step
-// An offset step stages the block's 64 rows plus one before them (a
+// An offset step of the forward and of the general dq pass (KeySteps)
+// stages the block's 64 rows plus one before them (a
 // fractional position's second row): warp w's 17-row strip starts at staged
 // row 16 w, so neighbouring strips share a row and the rows are contiguous.
 constexpr int kStripSpan = kBlockRows + 1;
-constexpr int kBufRows = kStripSpan + 3;  // a multiple of 4: float2 access to per-row statistics
+// A stage's rows: a multiple of 4 (float2 access to per-row statistics), and
+// room for the backward's per-warp strips (QuerySteps), which stage the shared
+// row twice: 4 x 17 = 68.
+constexpr int kBufRows = kStripSpan + 3;
 static_assert(kBufRows >= kChunk && kBufRows % 4 == 0);
 // Blocks per SM the register budget must allow (__launch_bounds__): more
 // resident warps hide the latency of mma, shared loads and exp2, which the
