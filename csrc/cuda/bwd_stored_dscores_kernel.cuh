@@ -40,8 +40,12 @@ namespace mma_bwd {
 // in the order blocks start: blocks running together then read whole rows of
 // O and dO (every head), not one head's slice of many rows, which DRAM
 // serves in pieces of 128-256 bytes, one every heads * head_dim elements.
+// The pass only streams O and dO, so it needs many bytes in flight: the
+// register budget of 4 blocks a SM lets a thread issue all its loads (16 of
+// 16 bytes at head_dim 128) before it waits on any. Left to ptxas without it,
+// the kernel took 35 registers and issued them four at a time.
 template <typename T, typename OffsetT, int kHeadDim>
-__global__ void __launch_bounds__(kMmaBlockThreads) delta_kernel(const Params p) {
+__global__ void __launch_bounds__(kMmaBlockThreads, 4) delta_kernel(const Params p) {
   if (is_offsets_check_block()) return check_offsets_of_heads<OffsetT, 1>(p);
   const int tiles = gridDim.x - kOffsetsCheckBlocks;
   const int block = blockIdx.y * tiles + blockIdx.x;  // in start order
