@@ -56,7 +56,7 @@ inline int stored_dscore_steps(const Params& p, int smem_bytes) {
 // scores; at head_dim 64 that costs it more (+334 us at 64k) than its dq pass
 // saves (-288 us). 16 and 32, not measured, keep the general passes with 64.
 template <int kHeadDim>
-constexpr bool kStoredDscoresTakeFractional = kHeadDim >= 64;
+constexpr bool kStoredDscoresTakeFractional = kHeadDim >= 128;
 
 // The backward with stored dS (bwd_stored_dscores_kernel.cuh): the window alone's
 // dk/dv pass (forming delta, storing dS), or with offsets the delta pass and
