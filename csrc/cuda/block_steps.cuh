@@ -214,8 +214,9 @@ struct QuerySteps {
             copy_async_4(stat1_dst + r, static_cast<const float*>(p.offset_dscores) + at, valid);
           }
         };
-        // The window alone never reaches an offset step; it keeps the block's
-        // copies below, so that its kernel does not carry these.
+        // Every route with offsets takes the per-warp copies. The window alone
+        // never reaches an offset step: its kernel compiles the block's copies
+        // below instead, which it never runs, and its SASS stays as measured.
         if (split.whole >= 0 && kRoute != DkdvRoute::kWindowAlone) {
           const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, row0 = strip_row0(warp);
           const int64_t first = block_key + split.whole - seq.q_pos_shift + 16 * warp;

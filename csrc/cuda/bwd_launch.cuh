@@ -52,9 +52,12 @@ inline int stored_dscore_steps(const Params& p, int smem_bytes) {
 // Whether fractional positions take the backward with stored dS at this
 // head_dim: at 128 the forward+backward takes 13-14% less time than on the
 // general passes (GQA 32/8, 16k and 64k), at 64 4-5% more (MHA, 16k and 64k;
-// H200, docs/performance.md round 33). Its dk/dv pass forms every P and dS, each fractional one from two
-// scores; at head_dim 64 that costs it more (+334 us at 64k) than its dq pass
-// saves (-288 us). 16 and 32, not measured, keep the general passes with 64.
+// H200, docs/performance.md round 33), and still ~1% more after round 38 gave
+// both routes per-warp strips (round 39). Its dk/dv pass forms every P and dS,
+// each fractional one from two scores; at head_dim 64 that costs it more (+276
+// us at 64k since round 38, and the delta pass it needs 37) than its dq pass
+// saves (-303 us): 1162 against 1152 us. 16 and 32, not measured, keep the
+// general passes with 64.
 template <int kHeadDim>
 constexpr bool kStoredDscoresTakeFractional = kHeadDim >= 128;
 

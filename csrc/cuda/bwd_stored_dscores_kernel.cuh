@@ -272,9 +272,10 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
                                             (first_key_tile + n) * kChunk, p.band, dq, lane);
     } else if constexpr (!kFrac) {
       if (split_offset(offs, n - band_steps).whole >= 0) {
-        // dq of query x += dS_x times its key, staged row 16 warp + x.
+        // dq of query x += dS_x times its key, row x of the warp's strip.
         const float* dscores = reinterpret_cast<const float*>(stage_ds(n % 2, head)) + 16 * warp;
-        add_diag_times_rows<T, kHeadDim>(dscores[g], dscores[g + 8], stage_k(n % 2) + 16 * warp, dq, lane);
+        add_diag_times_rows<T, kHeadDim>(dscores[g], dscores[g + 8], stage_k(n % 2) + dq_strip_row0<kFrac>(warp), dq,
+                                         lane);
       }
     } else {
       const int o = n - band_steps;

@@ -29,10 +29,10 @@ constexpr int kChunk = 64;               // band rows staged per step
 // row 16 w, so neighbouring strips share a row and the rows are contiguous.
 constexpr int kStripSpan = kBlockRows + 1;
 // A stage's rows: a multiple of 4 (float2 access to per-row statistics), and
-// room for the backward's per-warp strips (QuerySteps), which stage the shared
-// row twice: 4 x 17 = 68.
+// room for the backward's per-warp fractional strips (QuerySteps), which stage
+// the row two warps share twice: kWarps x 17.
 constexpr int kBufRows = kStripSpan + 3;
-static_assert(kBufRows >= kChunk && kBufRows % 4 == 0);
+static_assert(kBufRows >= kChunk && kBufRows >= kWarps * 17 && kBufRows % 4 == 0);
 // Blocks per SM the register budget must allow (__launch_bounds__): more
 // resident warps hide the latency of mma, shared loads and exp2, which the
 // profile shows these kernels are bound by. Chosen per kernel where ptxas
