@@ -146,15 +146,13 @@ struct QuerySteps {
   __device__ bool is_band(Step s) const { return s.index < band_steps; }
   // An offset step pairs key x of warp w with strip row x alone (integer
   // offsets) or with strip rows x and x + 1 (fractional positions), so each
-  // warp stages its own strip of 16 or 17 rows and their statistics and waits
-  // only for itself (sync_strip_group): no block barrier holds the block's
-  // warps in step. A fractional strip's last row is the next warp's first:
-  // both warps stage it, each in its own strip. A band step reads every row,
-  // so its copies stay shared.
-  static constexpr int kWarpStripRows = std::is_integral_v<OffsetT> ? 16 : 17;
+  // warp stages its own strip (mma_tiles.cuh's kWarpStripRows) and its rows'
+  // statistics and waits only for itself (sync_strip_group): no block barrier
+  // holds the block's warps in step. A band step reads every row, so its
+  // copies stay shared.
+  static constexpr int kStripRows = kWarpStripRows<!std::is_integral_v<OffsetT>>;
   // Where warp w's strip starts among an offset step's staged rows.
-  __device__ static int strip_row0(int warp) { return kWarpStripRows * warp; }
-  static_assert(kWarpStripRows * kWarps <= kBufRows, "the warps' strips fit a stage");
+  __device__ static int strip_row0(int warp) { return warp_strip_row0<!std::is_integral_v<OffsetT>>(warp); }
   // Whether step s (if it exists) is staged and read by each warp for itself.
   __device__ bool by_warp(Step s, bool exists) const { return !exists || !is_band(s); }
   __device__ int64_t chunk_row(Step s) const { return band_first_row + int64_t(s.index) * kChunk; }
@@ -221,10 +219,9 @@ struct QuerySteps {
           const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, row0 = strip_row0(warp);
           const int64_t first = block_key + split.whole - seq.q_pos_shift + 16 * warp;
           const int64_t last = seq.seqlen_q - 1;
-          stage_rows<kHeadDim, kWarpStripRows, 32>(q_dst + row0, q_src, p.q_row_stride, first, last, unsigned(lane));
-          stage_rows<kHeadDim, kWarpStripRows, 32>(do_dst + row0, do_src, p.do_row_stride, first, last,
-                                                   unsigned(lane));
-          if (lane < kWarpStripRows) stage_offset_stats(row0 + lane, first + lane);
+          stage_rows<kHeadDim, kStripRows, 32>(q_dst + row0, q_src, p.q_row_stride, first, last, unsigned(lane));
+          stage_rows<kHeadDim, kStripRows, 32>(do_dst + row0, do_src, p.do_row_stride, first, last, unsigned(lane));
+          if (lane < kStripRows) stage_offset_stats(row0 + lane, first + lane);
         } else if (split.whole >= 0) {
           const int64_t first = block_key + split.whole - seq.q_pos_shift;
           stage_rows<kHeadDim, kStripSpan>(q_dst, q_src, p.q_row_stride, first, seq.seqlen_q - 1);

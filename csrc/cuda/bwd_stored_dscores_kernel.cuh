@@ -151,18 +151,12 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_fro
                           p.dq_row_stride, warp_q0, seq.seqlen_q, dq, float(p.softmax_scale), g, c);
 }
 
-// The k rows of warp w's strip in an offset step of the dq pass with offsets:
-// 16, or with fractional positions 17 (its first query's second row too, which
-// the warp before also stages as its last), from stage row dq_strip_row0(w).
+// The k rows a stage of the dq pass with offsets holds: a band tile's 64, or
+// the warps' strips of an offset step (mma_tiles.cuh's kWarpStripRows; with
+// fractional positions a strip starts at its first query's second row, which
+// the warp before also stages as its last).
 template <bool kFrac>
-constexpr int kDqStripRows = kFrac ? 17 : 16;
-template <bool kFrac>
-__device__ __forceinline__ int dq_strip_row0(int warp) {
-  return kDqStripRows<kFrac> * warp;
-}
-// The k rows a stage holds: a band tile's 64, or the warps' strips.
-template <bool kFrac>
-constexpr int kDqKRows = kWarps * kDqStripRows<kFrac> > kChunk ? kWarps * kDqStripRows<kFrac> : kChunk;
+constexpr int kDqKRows = kWarps * kWarpStripRows<kFrac> > kChunk ? kWarps * kWarpStripRows<kFrac> : kChunk;
 
 // Dynamic shared memory of the dq pass with offsets and kHeads heads a block:
 // two stages, each of one dS tile a head (64 key rows of 64 queries; an
@@ -186,7 +180,7 @@ constexpr int kDqWithOffsetsMinBlocks = kHeadDim >= 128 && kHeads == 2 ? 2 : kMi
 // own, then one strip of k rows per offset within its reach, staged once for
 // all its heads with each head's 64 dS of that offset (a strip of 16 rows per
 // warp, or for fractional positions 17, from the second row of its first
-// query: kDqStripRows).
+// query: kWarpStripRows).
 template <typename T, typename OffsetT, int kHeadDim, int kHeads>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
@@ -235,9 +229,9 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
         // so those kHeads warps stage it (steps_by_group), with each head's
         // dS of the warp's 16 queries (and their d(position) terms).
         const int64_t first = q0 - whole - (kFrac ? 1 : 0) + 16 * warp;
-        stage_rows<kHeadDim, kDqStripRows<kFrac>, 32 * kHeads>(stage_k(n % 2) + dq_strip_row0<kFrac>(warp), k_src,
-                                                               p.k_row_stride, first, seq.seqlen_k - 1,
-                                                               unsigned(32 * head + lane));
+        stage_rows<kHeadDim, kWarpStripRows<kFrac>, 32 * kHeads>(stage_k(n % 2) + warp_strip_row0<kFrac>(warp),
+                                                                 k_src, p.k_row_stride, first, seq.seqlen_k - 1,
+                                                                 unsigned(32 * head + lane));
         if (lane < 16) {
           const int64_t i = q0 + 16 * warp + lane;
           const bool valid =
@@ -274,7 +268,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       if (split_offset(offs, n - band_steps).whole >= 0) {
         // dq of query x += dS_x times its key, row x of the warp's strip.
         const float* dscores = reinterpret_cast<const float*>(stage_ds(n % 2, head)) + 16 * warp;
-        add_diag_times_rows<T, kHeadDim>(dscores[g], dscores[g + 8], stage_k(n % 2) + dq_strip_row0<kFrac>(warp), dq,
+        add_diag_times_rows<T, kHeadDim>(dscores[g], dscores[g + 8], stage_k(n % 2) + warp_strip_row0<kFrac>(warp), dq,
                                          lane);
       }
     } else {
@@ -285,7 +279,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
         // dq of query x += dS_x ((1 - f) its first row, strip row x + 1, + f
         // its second, strip row x); at f == 0 the second row is not
         // multiplied in (0 times a non-finite row is NaN).
-        RowPtr<kHeadDim> strip_k = stage_k(n % 2) + dq_strip_row0<kFrac>(warp);
+        RowPtr<kHeadDim> strip_k = stage_k(n % 2) + warp_strip_row0<kFrac>(warp);
         const float w0 = 1.f - split.frac, w1 = split.frac;
         add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_k + 1, dq, lane);
         if (w1 != 0.f) add_diag_times_rows<T, kHeadDim>(w1 * dscores[g], w1 * dscores[g + 8], strip_k, dq, lane);

@@ -28,11 +28,21 @@ constexpr int kChunk = 64;               // band rows staged per step
 // fractional position's second row): warp w's 17-row strip starts at staged
 // row 16 w, so neighbouring strips share a row and the rows are contiguous.
 constexpr int kStripSpan = kBlockRows + 1;
+// An offset step of the backward's query-side passes (the dk/dv pass's
+// QuerySteps, the dq pass from stored dS) stages a strip per warp instead:
+// warp w reads only its 16 rows, or for fractional positions 17 (each query's
+// second row too; the row two neighbouring warps share is staged by both),
+// from stage row warp_strip_row0(w).
+template <bool kFractional>
+constexpr int kWarpStripRows = kFractional ? 17 : 16;
+template <bool kFractional>
+__device__ __forceinline__ int warp_strip_row0(int warp) {
+  return kWarpStripRows<kFractional> * warp;
+}
 // A stage's rows: a multiple of 4 (float2 access to per-row statistics), and
-// room for the backward's per-warp fractional strips (QuerySteps), which stage
-// the row two warps share twice: kWarps x 17.
+// room for the per-warp fractional strips.
 constexpr int kBufRows = kStripSpan + 3;
-static_assert(kBufRows >= kChunk && kBufRows >= kWarps * 17 && kBufRows % 4 == 0);
+static_assert(kBufRows >= kChunk && kBufRows >= kWarps * kWarpStripRows<true> && kBufRows % 4 == 0);
 // Blocks per SM the register budget must allow (__launch_bounds__): more
 // resident warps hide the latency of mma, shared loads and exp2, which the
 // profile shows these kernels are bound by. Chosen per kernel where ptxas
