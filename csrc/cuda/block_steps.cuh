@@ -38,7 +38,8 @@ __device__ __forceinline__ int offsets_within_reach(const OffsetT* offs, int num
 // holds key pos_w - whole - 1 + x: query x of warp w reads its first row at
 // staged row 16 w + x + 1 and its second (interpolation) row at 16 w + x.
 // The block's kThreads threads share the copies (a block serving several
-// heads of a kv group stages each step once for all of them).
+// heads of a kv group stages each step once for all of them). The dq pass
+// stages its offset steps per warp instead (issue_warp_strip).
 template <typename OffsetT, int kHeadDim, int kThreads = kMmaBlockThreads>
 struct KeySteps {
   const Params& p;
@@ -73,6 +74,30 @@ struct KeySteps {
         const int64_t first = block_pos - split.whole - 1;
         stage_rows<kHeadDim, kStripSpan, kThreads>(k_dst, k_src, p.k_row_stride, first, last_key);
         stage_rows<kHeadDim, kStripSpan, kThreads>(v_dst, v_src, p.v_row_stride, first, last_key);
+      }
+    }
+    commit_async();
+  }
+
+  // An offset step of the dq pass pairs query x of warp w with strip row x
+  // alone (integer offsets) or with rows x and x + 1 (fractional positions),
+  // as the dq pass from stored dS does: warp w of each of the block's heads
+  // (kGroupThreads threads, `group_thread` among them) stages that warp's
+  // strip of k and v rows (mma_tiles.cuh's kWarpStripRows, from the second
+  // row of its first query) and waits only for its group. Queues offset step
+  // n's strip of warp `warp` (none past the last step), then commits one
+  // cp.async group.
+  template <bool kFractional, int kGroupThreads>
+  __device__ void issue_warp_strip(int n, const uint16_t* k_src, const uint16_t* v_src, Rows<kHeadDim> k_dst,
+                                   Rows<kHeadDim> v_dst, int warp, unsigned group_thread) const {
+    if (n < num_steps) {
+      const OffsetSplit split = split_offset(offs, offset_index(n));
+      if (split.whole >= 0) {
+        constexpr int kRows = kWarpStripRows<kFractional>;
+        const int row0 = warp_strip_row0<kFractional>(warp);
+        const int64_t first = block_pos + 16 * warp - split.whole - (kFractional ? 1 : 0);
+        stage_rows<kHeadDim, kRows, kGroupThreads>(k_dst + row0, k_src, p.k_row_stride, first, last_key, group_thread);
+        stage_rows<kHeadDim, kRows, kGroupThreads>(v_dst + row0, v_src, p.v_row_stride, first, last_key, group_thread);
       }
     }
     commit_async();

@@ -5,7 +5,9 @@
 //     one row of offsets, the forward's geometry and step plan, mma_tiles.cuh
 //     and block_steps.cuh): per 16 x 16 tile of the warp's queries against
 //     staged keys, P = exp(S - lse) from recomputed scores, dP = dO V^T,
-//     dS = P (dP - delta), dq += dS K. It forms delta = <dO, O> - dlse for both
+//     dS = P (dP - delta), dq += dS K. An offset's strip is staged per warp
+//     (a query's key rows are its warp's alone), the band's per block. It
+//     forms delta = <dO, O> - dlse for both
 //     passes (the window alone's dk/dv pass, which runs first, forms its own),
 //     and for every offset within the block's reach it stores each
 //     query's P and dS (offset_probs / offset_dscores) and, for fractional
@@ -207,7 +209,19 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
   const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + first_head * p.offsets_head_stride;
   const int64_t stats = stats_index(p, seq, b, h, 0);  // the (sequence, head) row of lse, delta
   const KeySteps<OffsetT, kHeadDim, kThreads> steps(p, seq, offs, int64_t(blockIdx.x) * kBlockRows + seq.q_pos_shift);
-  steps.issue(0, k_src, v_src, stage_k(0), stage_v(0));
+  // An offset step (or none, past the last) is staged and read by warp
+  // `warp` of each head alone (issue_warp_strip): its barriers are that
+  // group's. A band step reads every row, so its copies stay the block's.
+  const auto steps_by_group = [&](int n) { return !steps.is_band(n); };
+  const auto issue = [&](int n) {
+    if (steps_by_group(n)) {
+      steps.template issue_warp_strip<kFrac, 32 * kHeads>(n, k_src, v_src, stage_k(n % 2), stage_v(n % 2), warp,
+                                                          unsigned(32 * (threadIdx.x / kMmaBlockThreads) + lane));
+    } else {
+      steps.issue(n, k_src, v_src, stage_k(n % 2), stage_v(n % 2));
+    }
+  };
+  issue(0);
 
   const uint16_t* q_src = bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride);
   const uint16_t* do_src =
@@ -223,9 +237,13 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
 
   float dq[kHeadDim / 8][4] = {};
   for (int n = 0; n < steps.num_steps; ++n) {
-    steps.issue(n + 1, k_src, v_src, stage_k((n + 1) % 2), stage_v((n + 1) % 2));
+    issue(n + 1);
     wait_async<1>();
-    __syncthreads();
+    if (steps_by_group(n)) {
+      sync_strip_group<kHeads>(warp);
+    } else {
+      __syncthreads();
+    }
     RowPtr<kHeadDim> rows_k = stage_k(n % 2), rows_v = stage_v(n % 2);
     if (steps.is_band(n)) {
       const int64_t chunk = steps.chunk(n);
@@ -258,11 +276,14 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
       float dpos = 0.f;  // this thread's share of the warp's d loss / d position
       if (split.whole >= 0) {
         // Only the diagonal (query x, strip key x) of each 16 x 16 tile is a
-        // pair of the pattern; its owner lane (mma_tiles.cuh) holds it.
-        RowPtr<kHeadDim> strip_k = rows_k + 16 * warp, strip_v = rows_v + 16 * warp;
+        // pair of the pattern; its owner lane (mma_tiles.cuh) holds it. The
+        // warp's strip starts at its first query's second row (fractional
+        // positions) or first row (integer offsets).
+        RowPtr<kHeadDim> strip_k = rows_k + warp_strip_row0<kFrac>(warp), strip_v = rows_v + warp_strip_row0<kFrac>(warp);
+        RowPtr<kHeadDim> first_k = strip_k + (kFrac ? 1 : 0), first_v = strip_v + (kFrac ? 1 : 0);
         float s[2][4], dp[2][4];
-        dot_16_rows<T, kHeadDim>(qf, strip_k + 1, s, 0, lane);
-        dot_16_rows<T, kHeadDim>(dof, strip_v + 1, dp, 0, lane);
+        dot_16_rows<T, kHeadDim>(qf, first_k, s, 0, lane);
+        dot_16_rows<T, kHeadDim>(dof, first_v, dp, 0, lane);
         float score[2], dprob[2], dscore_dpos[2] = {0.f, 0.f}, ddp_dpos[2] = {0.f, 0.f};
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
@@ -306,14 +327,19 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
           }
         }
         const float w0 = 1.f - split.frac;
-        add_diag_times_rows<T, kHeadDim>(w0 * dscore[0], w0 * dscore[1], strip_k + 1, dq, lane);
+        add_diag_times_rows<T, kHeadDim>(w0 * dscore[0], w0 * dscore[1], first_k, dq, lane);
         if (split.frac != 0.f) {
           add_diag_times_rows<T, kHeadDim>(split.frac * dscore[0], split.frac * dscore[1], strip_k, dq, lane);
         }
       }
       if constexpr (kFrac) store_doffsets_partial(p, seq, o, b, h, warp_q0, dpos, lane);
     }
-    __syncthreads();
+    // Stage n % 2 is refilled by the next iteration's issue (step n + 2).
+    if (steps_by_group(n) && steps_by_group(n + 2)) {
+      sync_strip_group<kHeads>(warp);
+    } else {
+      __syncthreads();
+    }
   }
   if constexpr (kFrac) zero_doffsets_partials_from(p, seq, steps.offset_steps, b, h, warp_q0, lane);
   store_rows<T, kHeadDim>(bits<T>(p.dq, seq.q_start(b, p.dq_batch_stride, p.dq_row_stride) + h * p.dq_head_stride),

@@ -23,13 +23,13 @@ constexpr int kWarps = 4;
 constexpr int kMmaBlockThreads = 32 * kWarps;
 constexpr int kBlockRows = 16 * kWarps;  // queries (or keys) per block
 constexpr int kChunk = 64;               // band rows staged per step
-// An offset step of the forward and of the general dq pass (KeySteps)
-// stages the block's 64 rows plus one before them (a
-// fractional position's second row): warp w's 17-row strip starts at staged
-// row 16 w, so neighbouring strips share a row and the rows are contiguous.
+// An offset step of the forward (KeySteps) stages the block's 64 rows plus
+// one before them (a fractional position's second row): warp w's 17-row
+// strip starts at staged row 16 w, so neighbouring strips share a row and the
+// rows are contiguous.
 constexpr int kStripSpan = kBlockRows + 1;
-// An offset step of the backward's query-side passes (the dk/dv pass's
-// QuerySteps, the dq pass from stored dS) stages a strip per warp instead:
+// An offset step of the backward's passes (the dk/dv pass's QuerySteps, both
+// dq passes) stages a strip per warp instead:
 // warp w reads only its 16 rows, or for fractional positions 17 (each query's
 // second row too; the row two neighbouring warps share is staged by both),
 // from stage row warp_strip_row0(w).
