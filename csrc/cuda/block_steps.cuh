@@ -96,8 +96,17 @@ struct KeySteps {
         constexpr int kRows = kWarpStripRows<kFractional>;
         const int row0 = warp_strip_row0<kFractional>(warp);
         const int64_t first = block_pos + 16 * warp - split.whole - (kFractional ? 1 : 0);
-        stage_rows<kHeadDim, kRows, kGroupThreads>(k_dst + row0, k_src, p.k_row_stride, first, last_key, group_thread);
-        stage_rows<kHeadDim, kRows, kGroupThreads>(v_dst + row0, v_src, p.v_row_stride, first, last_key, group_thread);
+        // Nearly every strip lies inside the keys; only those at the
+        // sequence's start or end need the per-row checks.
+        if (first >= 0 && first + kRows - 1 <= last_key) {
+          stage_rows_inside<kHeadDim, kRows, kGroupThreads>(k_dst + row0, k_src, p.k_row_stride, first, group_thread);
+          stage_rows_inside<kHeadDim, kRows, kGroupThreads>(v_dst + row0, v_src, p.v_row_stride, first, group_thread);
+        } else {
+          stage_rows<kHeadDim, kRows, kGroupThreads>(k_dst + row0, k_src, p.k_row_stride, first, last_key,
+                                                     group_thread);
+          stage_rows<kHeadDim, kRows, kGroupThreads>(v_dst + row0, v_src, p.v_row_stride, first, last_key,
+                                                     group_thread);
+        }
       }
     }
     commit_async();

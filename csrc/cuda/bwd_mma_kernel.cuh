@@ -271,8 +271,13 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
         add_tile_times_rows<T, kHeadDim>(s, 0, 1.f, rows_k + 16 * t16, dq, lane);
       }
     } else {
-      const int o = steps.offset_index(n), t = distance_of_offset(o, p.band);
-      const OffsetSplit split = split_offset(offs, o);
+      // The step's offset, read once: the P and dS stores below go to float
+      // memory, which may hold the offsets as far as the compiler knows, so
+      // it would read them again for every row's sample_key.
+      const int o = steps.offset_index(n);
+      const OffsetT offset = offs[o];
+      const int t = distance_of_offset(0, p.band);  // of `offset`, as a row of one
+      const OffsetSplit split = split_offset(&offset, 0);
       float dpos = 0.f;  // this thread's share of the warp's d loss / d position
       if (split.whole >= 0) {
         // Only the diagonal (query x, strip key x) of each 16 x 16 tile is a
@@ -316,7 +321,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const int row = g + 8 * r;
-          const bool valid = row_valid[r] && sample_key<float>(warp_pos + row, t, p.band, offs).valid;
+          const bool valid = row_valid[r] && sample_key<float>(warp_pos + row, t, p.band, &offset).valid;
           const float prob = valid ? fast_exp2(score[r] * scale_log2 - lse_log2[r]) : 0.f;
           dscore[r] = prob * (dprob[r] - delta[r]);
           if (kFrac && owner) dpos += dscore[r] * scale * dscore_dpos[r] + prob * ddp_dpos[r];

@@ -154,6 +154,26 @@ __device__ __forceinline__ void stage_rows(Rows<kHeadDim> dst, const uint16_t* s
   }
 }
 
+// The same copies for rows known to lie inside [0, last] (the caller checked
+// the whole run): no per-row test, so a copy is the cp.async and its pointer
+// step.
+template <int kHeadDim, int kCount, int kThreads = kMmaBlockThreads>
+__device__ __forceinline__ void stage_rows_inside(Rows<kHeadDim> dst, const uint16_t* src, int64_t row_stride,
+                                                  int64_t first, unsigned thread = threadIdx.x) {
+  constexpr int kVecs = kHeadDim / 8, kRowsPerPass = kThreads / kVecs;
+  static_assert(kThreads % kVecs == 0);
+  const int col = (thread % kVecs) * 8, r0 = thread / kVecs;
+  const uint16_t* row = src + (first + r0) * row_stride + col;
+  const int64_t pass_stride = kRowsPerPass * row_stride;
+#pragma unroll
+  for (int i = 0; i < (kCount + kRowsPerPass - 1) / kRowsPerPass; ++i) {
+    const int r = r0 + i * kRowsPerPass;
+    if (kCount % kRowsPerPass != 0 && r >= kCount) break;
+    copy_async_16(&dst[r][col], row, true);
+    row += pass_stride;
+  }
+}
+
 // Waits for the kGroupWarps warps that stage and read one strip's rows
 // between themselves (an offset step whose rows no other warp reads): a lone
 // warp for its lanes, several at named barrier 1 + group (__syncthreads uses
