@@ -83,10 +83,10 @@ struct KeySteps {
   // alone (integer offsets) or with rows x and x + 1 (fractional positions),
   // as the dq pass from stored dS does: warp w of each of the block's heads
   // (kGroupThreads threads, `group_thread` among them) stages that warp's
-  // strip of k and v rows (mma_tiles.cuh's kWarpStripRows, from the second
-  // row of its first query) and waits only for its group. Queues offset step
-  // n's strip of warp `warp` (none past the last step), then commits one
-  // cp.async group.
+  // strip of k and v rows (mma_tiles.cuh's kWarpStripRows, from its first
+  // query's first row, or for fractional positions its second) and waits
+  // only for its group. Queues offset step n's strip of warp `warp` (none
+  // past the last step), then commits one cp.async group.
   template <bool kFractional, int kGroupThreads>
   __device__ void issue_warp_strip(int n, const uint16_t* k_src, const uint16_t* v_src, Rows<kHeadDim> k_dst,
                                    Rows<kHeadDim> v_dst, int warp, unsigned group_thread) const {
@@ -99,8 +99,10 @@ struct KeySteps {
         // Nearly every strip lies inside the keys; only those at the
         // sequence's start or end need the per-row checks.
         if (first >= 0 && first + kRows - 1 <= last_key) {
-          stage_rows_inside<kHeadDim, kRows, kGroupThreads>(k_dst + row0, k_src, p.k_row_stride, first, group_thread);
-          stage_rows_inside<kHeadDim, kRows, kGroupThreads>(v_dst + row0, v_src, p.v_row_stride, first, group_thread);
+          stage_rows<kHeadDim, kRows, kGroupThreads, true>(k_dst + row0, k_src, p.k_row_stride, first, last_key,
+                                                           group_thread);
+          stage_rows<kHeadDim, kRows, kGroupThreads, true>(v_dst + row0, v_src, p.v_row_stride, first, last_key,
+                                                           group_thread);
         } else {
           stage_rows<kHeadDim, kRows, kGroupThreads>(k_dst + row0, k_src, p.k_row_stride, first, last_key,
                                                      group_thread);

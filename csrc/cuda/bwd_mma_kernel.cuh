@@ -284,7 +284,8 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
         // pair of the pattern; its owner lane (mma_tiles.cuh) holds it. The
         // warp's strip starts at its first query's second row (fractional
         // positions) or first row (integer offsets).
-        RowPtr<kHeadDim> strip_k = rows_k + warp_strip_row0<kFrac>(warp), strip_v = rows_v + warp_strip_row0<kFrac>(warp);
+        const int row0 = warp_strip_row0<kFrac>(warp);
+        RowPtr<kHeadDim> strip_k = rows_k + row0, strip_v = rows_v + row0;
         RowPtr<kHeadDim> first_k = strip_k + (kFrac ? 1 : 0), first_v = strip_v + (kFrac ? 1 : 0);
         float s[2][4], dp[2][4];
         dot_16_rows<T, kHeadDim>(qf, first_k, s, 0, lane);

@@ -132,8 +132,10 @@ __device__ __forceinline__ void wait_async() { asm volatile("cp.async.wait_group
 // threads take part (the block's, or those of the warps that read the rows:
 // `thread` is the caller's index among them); each keeps one 16-byte column
 // and steps its source pointer by a fixed stride, so a copy costs a few
-// integer instructions (64-bit index math per row cost ~17).
-template <int kHeadDim, int kCount, int kThreads = kMmaBlockThreads>
+// integer instructions (64-bit index math per row cost ~17). kInside: the
+// caller has checked that all kCount rows lie inside [0, last], so no row is
+// tested and a copy is its cp.async and its pointer step.
+template <int kHeadDim, int kCount, int kThreads = kMmaBlockThreads, bool kInside = false>
 __device__ __forceinline__ void stage_rows(Rows<kHeadDim> dst, const uint16_t* src, int64_t row_stride, int64_t first,
                                            int64_t last, unsigned thread = threadIdx.x) {
   constexpr int kVecs = kHeadDim / 8, kRowsPerPass = kThreads / kVecs;
@@ -148,28 +150,8 @@ __device__ __forceinline__ void stage_rows(Rows<kHeadDim> dst, const uint16_t* s
   for (int i = 0; i < (kCount + kRowsPerPass - 1) / kRowsPerPass; ++i) {
     const int r = r0 + i * kRowsPerPass;
     if (kCount % kRowsPerPass != 0 && r >= kCount) break;
-    const bool valid = r >= lo && r <= hi;
+    const bool valid = kInside || (r >= lo && r <= hi);
     copy_async_16(&dst[r][col], valid ? row : src, valid);
-    row += pass_stride;
-  }
-}
-
-// The same copies for rows known to lie inside [0, last] (the caller checked
-// the whole run): no per-row test, so a copy is the cp.async and its pointer
-// step.
-template <int kHeadDim, int kCount, int kThreads = kMmaBlockThreads>
-__device__ __forceinline__ void stage_rows_inside(Rows<kHeadDim> dst, const uint16_t* src, int64_t row_stride,
-                                                  int64_t first, unsigned thread = threadIdx.x) {
-  constexpr int kVecs = kHeadDim / 8, kRowsPerPass = kThreads / kVecs;
-  static_assert(kThreads % kVecs == 0);
-  const int col = (thread % kVecs) * 8, r0 = thread / kVecs;
-  const uint16_t* row = src + (first + r0) * row_stride + col;
-  const int64_t pass_stride = kRowsPerPass * row_stride;
-#pragma unroll
-  for (int i = 0; i < (kCount + kRowsPerPass - 1) / kRowsPerPass; ++i) {
-    const int r = r0 + i * kRowsPerPass;
-    if (kCount % kRowsPerPass != 0 && r >= kCount) break;
-    copy_async_16(&dst[r][col], row, true);
     row += pass_stride;
   }
 }
