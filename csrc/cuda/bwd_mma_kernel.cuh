@@ -239,11 +239,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
   for (int n = 0; n < steps.num_steps; ++n) {
     issue(n + 1);
     wait_async<1>();
-    if (steps_by_group(n)) {
-      sync_strip_group<kHeads>(warp);
-    } else {
-      __syncthreads();
-    }
+    sync_step<kHeads>(steps_by_group(n), warp);
     RowPtr<kHeadDim> rows_k = stage_k(n % 2), rows_v = stage_v(n % 2);
     if (steps.is_band(n)) {
       const int64_t chunk = steps.chunk(n);
@@ -341,11 +337,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
       if constexpr (kFrac) store_doffsets_partial(p, seq, o, b, h, warp_q0, dpos, lane);
     }
     // Stage n % 2 is refilled by the next iteration's issue (step n + 2).
-    if (steps_by_group(n) && steps_by_group(n + 2)) {
-      sync_strip_group<kHeads>(warp);
-    } else {
-      __syncthreads();
-    }
+    sync_step<kHeads>(steps_by_group(n) && steps_by_group(n + 2), warp);
   }
   if constexpr (kFrac) zero_doffsets_partials_from(p, seq, steps.offset_steps, b, h, warp_q0, lane);
   store_rows<T, kHeadDim>(bits<T>(p.dq, seq.q_start(b, p.dq_batch_stride, p.dq_row_stride) + h * p.dq_head_stride),

@@ -256,11 +256,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   for (int n = 0; n < num_steps; ++n) {
     issue(n + 1);
     wait_async<1>();
-    if (steps_by_group(n)) {
-      sync_strip_group<kHeads>(warp);
-    } else {
-      __syncthreads();
-    }
+    sync_step<kHeads>(steps_by_group(n), warp);
     if (n < band_steps) {
       add_band_dscores_times_k<T, kHeadDim>(stage_ds(n % 2, head), stage_k(n % 2), warp, warp_q0,
                                             (first_key_tile + n) * kChunk, p.band, dq, lane);
@@ -296,11 +292,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       store_doffsets_partial(p, seq, o, b, h, warp_q0, dpos, lane);
     }
     // Stage n % 2 is refilled by the next iteration's issue (step n + 2).
-    if (steps_by_group(n) && steps_by_group(n + 2)) {
-      sync_strip_group<kHeads>(warp);
-    } else {
-      __syncthreads();
-    }
+    sync_step<kHeads>(steps_by_group(n) && steps_by_group(n + 2), warp);
   }
   if constexpr (kFrac) zero_doffsets_partials_from(p, seq, num_steps - band_steps, b, h, warp_q0, lane);
   store_rows<T, kHeadDim>(bits<T>(p.dq, seq.q_start(b, p.dq_batch_stride, p.dq_row_stride) + h * p.dq_head_stride),

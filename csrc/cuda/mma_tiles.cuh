@@ -170,6 +170,17 @@ __device__ __forceinline__ void sync_strip_group(int group) {
   }
 }
 
+// The barrier of a pipeline step: the strip group's where only that group
+// stages and reads the step's rows (`by_group`), else the block's.
+template <int kGroupWarps>
+__device__ __forceinline__ void sync_step(bool by_group, int group) {
+  if (by_group) {
+    sync_strip_group<kGroupWarps>(group);
+  } else {
+    __syncthreads();
+  }
+}
+
 // ldmatrix: four 8 x 8 tiles of 16-bit elements from shared memory; lane l
 // gives the address of row l % 8 of tile l / 8. Without .trans a thread gets
 // (row lane / 4, columns 2 (lane % 4), +1) of each tile; with .trans, the
