@@ -1,6 +1,7 @@
 """The Hopper forward (warpgroup products fed by TMA, csrc/cuda/fwd_hopper_kernel.cuh):
 that it is the kernel a compute capability 9.0 GPU runs for 16-bit inputs with
-integer or fractional offsets (or none: the window alone) on dense batches; that
+integer or fractional offsets (or none: the window alone) on dense and packed
+batches (a packed batch's sequences through tensor maps of their own rows); that
 it matches the float64 reference and the mma.sync forward (FIBSPARSE_HOPPER=0)
 where its geometry differs from theirs (band chunks that start before key 0,
 lengths that are not multiples of 64, fewer queries than keys, windows of one key
@@ -16,7 +17,7 @@ import subprocess
 import pytest
 import torch
 
-from fibsparse_ext import build_info, fibsparse_attn, fibsparse_attn_ref
+from fibsparse_ext import build_info, fibsparse_attn, fibsparse_attn_ref, fibsparse_attn_varlen
 from utils import HOPPER, random_offsets, random_qkv, rel_err, requires_cuda
 
 
@@ -458,3 +459,60 @@ def test_hopper_forward_two_heads_a_warpgroup(monkeypatch, dtype, head_dim, batc
         monkeypatch.setenv("FIBSPARSE_HOPPER_TILES", tiles_per_block)
         again = fibsparse_attn(q, k, v, window, offs, return_lse=True)
         assert torch.equal(again[0], packed[0]) and torch.equal(again[1], packed[1]), tiles_per_block
+
+
+# Packed batches: (heads, heads_kv, head_dim) and the kernel's consumer warpgroups and heads a warpgroup
+# (one head a block; two heads a block; four heads a block, two a warpgroup, at head_dim 128).
+PACKED_SHAPES = [(2, 2, 64, "1, 1"), (4, 2, 64, "2, 1"), (8, 2, 128, "2, 2")]
+
+
+@requires_hopper
+@pytest.mark.parametrize("heads, heads_kv, head_dim, shape", PACKED_SHAPES)
+@pytest.mark.parametrize("offsets", ["integer", "fractional", "none"])
+def test_packed_batches_run_the_hopper_forward_per_sequence(monkeypatch, heads, heads_kv, head_dim, shape, offsets):
+    """A packed batch runs the Hopper forward, after a launch that makes each
+    sequence's tensor maps (sequence_maps.cuh): every sequence's rows, lse
+    included, are bitwise those of a dense call of it alone, which runs the same
+    kernel with the dense maps; at any tiles per block. The sequences: lengths off
+    multiples of 64, fewer queries than keys, an empty one, one longer than the
+    rest (its last blocks have no tile in the others)."""
+    monkeypatch.delenv("FIBSPARSE_HOPPER", raising=False)
+    monkeypatch.delenv("FIBSPARSE_HOPPER_PACK", raising=False)
+    monkeypatch.delenv("FIBSPARSE_HOPPER_TILES", raising=False)
+    monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
+    lengths_q, lengths_k = [70, 0, 1, 200, 64, 530], [100, 3, 1, 200, 64, 600]
+    bounds_q = [0] + torch.tensor(lengths_q).cumsum(0).tolist()
+    bounds_k = [0] + torch.tensor(lengths_k).cumsum(0).tolist()
+    cu_q, cu_k = (torch.tensor(b, dtype=torch.int32, device="cuda") for b in (bounds_q, bounds_k))
+    torch.manual_seed(heads + head_dim)
+    q = torch.randn(bounds_q[-1], heads, head_dim, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(bounds_k[-1], heads_kv, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    window = 48
+    offs = {"integer": random_offsets(window, 7, None, False, "cuda", spread=60),
+            "fractional": random_offsets(window, 7, None, True, "cuda", dtype=torch.float32, spread=60),
+            "none": torch.zeros(0, dtype=torch.int32, device="cuda")}[offsets]
+    if offsets == "none" and shape == "2, 2":
+        shape = "2, 1"  # the window alone keeps one head a warpgroup
+
+    def attend():
+        return fibsparse_attn_varlen(q, k, v, cu_q, cu_k, max(lengths_q), max(lengths_k), window, offs,
+                                     return_lse=True)
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        out, lse = attend()
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    fractional = "true" if offs.is_floating_point() else "false"
+    assert any(f"fwd_hopper_kernel<c10::BFloat16, {head_dim}, {shape}, 1, {fractional}>" in n for n in names), names
+    assert any("sequence_maps_kernel" in n for n in names), names
+    for b in range(len(lengths_q)):
+        if not lengths_q[b]:
+            continue
+        rows_q, rows_k = slice(bounds_q[b], bounds_q[b + 1]), slice(bounds_k[b], bounds_k[b + 1])
+        alone, alone_lse = fibsparse_attn(q[rows_q][None], k[rows_k][None], v[rows_k][None], window, offs,
+                                          return_lse=True)
+        assert torch.equal(out[rows_q], alone[0]) and torch.equal(lse[:, rows_q], alone_lse[0]), b
+    for tiles_per_block in ("1", "3", "64"):
+        monkeypatch.setenv("FIBSPARSE_HOPPER_TILES", tiles_per_block)
+        again = attend()
+        assert torch.equal(again[0], out) and torch.equal(again[1], lse), tiles_per_block

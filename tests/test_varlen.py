@@ -94,10 +94,9 @@ def test_hundreds_of_tiny_sequences(device):
 def test_packed_rows_equal_each_sequence_alone(monkeypatch, device, fractional):
     """Packing documents gives bitwise the rows (and q, k, v gradients) that
     fibsparse_attn gives each alone: the kernels walk a sequence the same way
-    wherever it starts in the buffer. On an H100/H200 a dense 16-bit call runs
-    the Hopper forward, which packed batches do not; the dense
-    calls here run the kernels the packed ones do (FIBSPARSE_HOPPER=0), and
-    test_packed_rows_match_the_hopper_forward checks the Hopper forward's."""
+    wherever it starts in the buffer. Here both calls run the mma.sync forward
+    (FIBSPARSE_HOPPER=0); test_packed_rows_match_the_hopper_forward checks the
+    Hopper forward's, which both take by default on an H100/H200."""
     monkeypatch.setenv("FIBSPARSE_HOPPER", "0")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     lengths = [130, 1, 0, 64, 257]
@@ -125,9 +124,9 @@ def test_packed_rows_equal_each_sequence_alone(monkeypatch, device, fractional):
 @pytest.mark.parametrize("fractional", [False, True])
 def test_packed_rows_match_the_hopper_forward(fractional):
     """Where a dense call runs the Hopper forward (an H100/H200, 16-bit inputs,
-    integer or fractional offsets) its sums are ordered differently from the
-    packed path's kernel: the packed rows equal each sequence alone within
-    rounding."""
+    integer or fractional offsets) the packed one runs it too, through tensor
+    maps of each sequence's own rows: the packed rows equal each sequence alone
+    bitwise (elsewhere both run the mma.sync forward)."""
     lengths = [130, 1, 0, 64, 257]
     cu, longest = packed(lengths, "cuda")
     q, k, v = random_packed(lengths, lengths, 4, 2, 64, torch.bfloat16, "cuda")
@@ -140,7 +139,36 @@ def test_packed_rows_match_the_hopper_forward(fractional):
             continue
         out_alone, lse_alone = fibsparse_attn(*(t[rows].unsqueeze(0) for t in (q, k, v)), 16, offsets,
                                               return_lse=True)
-        assert rel_err(out[rows], out_alone[0]) < 1e-2 and rel_err(lse[:, rows], lse_alone[0]) < 1e-3, b
+        assert torch.equal(out[rows], out_alone[0]) and torch.equal(lse[:, rows], lse_alone[0]), b
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("heads, heads_kv, head_dim", [(4, 2, 64), (8, 2, 128)])
+@pytest.mark.parametrize("fractional", [False, True])
+def test_non_finite_rows_stay_in_their_sequence(device, heads, heads_kv, head_dim, fractional):
+    """No key of another sequence is read: a sequence whose keys are NaN and
+    values inf leaves its neighbours' rows and gradients finite and equal to
+    theirs with clean neighbours. Its neighbours' tiles reach into it: the
+    first sequence's last band chunk past its end (70 rows), the third's
+    offsets' strips before its start."""
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    lengths = [70, 64, 300]
+    cu, longest = packed(lengths, device)
+    clean = random_packed(lengths, lengths, heads, heads_kv, head_dim, dtype, device)
+    poisoned = [t.detach().clone() for t in clean]
+    with torch.no_grad():
+        poisoned[1][70:134] = float("nan")
+        poisoned[2][70:134] = float("inf")
+    offsets = random_offsets(16, 6, None, fractional, device, position_dtype(dtype), spread=40)
+    results = []
+    for q, k, v in (clean, poisoned):
+        q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+        out, lse = fibsparse_attn_varlen(q, k, v, cu, cu, longest, longest, 16, offsets, return_lse=True)
+        grads = torch.autograd.grad(out.float().sum(), [q, k, v])
+        results.append([out, lse.transpose(0, 1), *grads])
+    for rows in (slice(0, 70), slice(134, 434)):
+        for name, a, b in zip(["out", "lse", "dq", "dk", "dv"], *results):
+            assert torch.isfinite(b[rows]).all() and torch.equal(a[rows], b[rows]), (name, rows)
 
 
 @requires_cuda

@@ -152,6 +152,7 @@ for dtype in [torch.float16, torch.bfloat16, torch.float32, torch.float64]:
         run_decode(dtype, fractional, 64, 3)
         for page_size in [1, 5, 16]:
             run_paged_decode(dtype, fractional, 64, page_size)
-        run_packed(dtype, fractional, 64)
+        for head_dim in [64, 128]:
+            run_packed(dtype, fractional, head_dim)
 torch.cuda.synchronize()
 print("sanitize_kernels: all kernels ran")

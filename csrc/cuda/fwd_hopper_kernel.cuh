@@ -1,4 +1,4 @@
-// The forward on Hopper (sm_90a), for 16-bit inputs on dense batches
+// The forward on Hopper (sm_90a), for 16-bit inputs on dense and packed batches
 // (tensor_maps.h's hopper_forward_applies): the band on warpgroup
 // products (wgmma.cuh) fed by TMA (tma.cuh), with a producer warpgroup and consumer
 // warpgroups handing shared-memory stages through mbarriers.
@@ -40,8 +40,9 @@
 // ring of kStages stages that runs on from tile to tile; a buffer's or stage's
 // "full" barrier counts its bytes in, its "empty" barrier counts the consumer
 // warps done with it.
-// Rows before the sequence or past its end load as zeros (the maps' bounds),
-// and masked scores are -inf, so those rows add nothing. The kernel makes no
+// Rows before the sequence or past its end load as zeros (the maps' bounds: a
+// packed batch's sequences have maps of their own, sequence_maps.cuh), and
+// masked scores are -inf, so those rows add nothing. The kernel makes no
 // function call, which would make ptxas serialize its wgmma: the offsets are
 // checked by a launch of their own before it (offsets_check.cuh).
 #pragma once
@@ -260,11 +261,13 @@ __device__ __forceinline__ void rescale_output(float (&o)[kDimTiles][4], const f
 // when the consumers of both blocks are done with it.
 // kFractional: the offsets are float positions (tensor_maps.h's maps of the
 // prefixes come with the others).
+// A packed batch's sequences each have maps of their own (sequence_maps.cuh's,
+// `sequence_maps`, null for a dense batch, whose maps are `maps`).
 template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional>
 __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kThreads,
                                   Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kMinBlocks)
     fwd_hopper_kernel(const __grid_constant__ Params p, const __grid_constant__ HopperForwardMaps<kFractional> maps,
-                      int tiles_per_block) {
+                      const HopperForwardMaps<kFractional>* sequence_maps, int tiles_per_block) {
   static_assert(kCluster == 1 || (kCluster == 2 && kWarpgroups == 2 && kHeadsPerWarpgroup == 1 && !kFractional));
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using S = Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>;
@@ -294,7 +297,8 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
   const Sequence seq = sequence_of(p, b);
   const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + first_head * p.offsets_head_stride;
   const int first_tile = blockIdx.x * tiles_per_block;
-  const int tiles = min(tiles_per_block, int((p.seqlen_q + S::kTileQueries - 1) / S::kTileQueries) - first_tile);
+  // The grid covers the longest sequence; a shorter one's last blocks have no tile.
+  const int tiles = min(tiles_per_block, int((seq.seqlen_q + S::kTileQueries - 1) / S::kTileQueries) - first_tile);
   // Tile t's q buffer, and the parity of its t / kQBuffers-th use.
   const auto q_buffer = [&](int t) { return t % S::kQBuffers; };
   const auto q_parity = [&](int t) { return uint32_t(t / S::kQBuffers) & 1; };
@@ -325,10 +329,18 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
   if (warp_in_block >= kWarpgroups * kWarps) {  // the producer warpgroup: one thread issues every load
     wgmma::set_max_registers_dec<S::kProducerRegisters>();
     if (threadIdx.x == kWarpgroups * kWarpgroupThreads) {
-      tma::prefetch_map(&maps.k);
-      tma::prefetch_map(&maps.v);
-      tma::prefetch_map(&maps.k_strip);
-      tma::prefetch_map(&maps.v_strip);
+      // A packed batch: the sequence's maps, whose rows are its rows alone
+      // (coordinate 0 of the maps' batch dimension).
+      const HopperForwardMaps<kFractional>& m = sequence_maps != nullptr ? sequence_maps[b] : maps;
+      const int batch = sequence_maps != nullptr ? 0 : b;
+      if (sequence_maps != nullptr) {
+        constexpr int kMaps = int(sizeof(m) / sizeof(CUtensorMap));
+        for (int i = 0; i < kMaps; ++i) tma::acquire_map(reinterpret_cast<const CUtensorMap*>(&m) + i);
+      }
+      tma::prefetch_map(&m.k);
+      tma::prefetch_map(&m.v);
+      tma::prefetch_map(&m.k_strip);
+      tma::prefetch_map(&m.v_strip);
       int step = 0;  // steps issued, over all tiles: the position in the ring
       for (int t = 0; t < tiles; ++t) {
         const int q0 = (first_tile + t) * S::kTileQueries;
@@ -339,8 +351,8 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
         for (int group = 0; group < kWarpgroups; ++group)
           for (int half = 0; half < kHeadsPerWarpgroup; ++half)
             for (int r = 0; r < kHeadDim / 64; ++r)
-              tma::load_4d(q_tile(q_buffer(t), group) + r * kRegionBytes + half * S::kHalfBytes, &maps.q,
-                           &q_full[q_buffer(t)], 64 * r, first_head + group * kHeadsPerWarpgroup + half, q0, b);
+              tma::load_4d(q_tile(q_buffer(t), group) + r * kRegionBytes + half * S::kHalfBytes, &m.q,
+                           &q_full[q_buffer(t)], 64 * r, first_head + group * kHeadsPerWarpgroup + half, q0, batch);
         const TileSteps steps = tile_steps(t);
         for (int n = 0; n < steps.num_steps; ++n, ++step) {
           const int stage = step % S::kStages;
@@ -353,10 +365,10 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
               if constexpr (kCluster > 1) {
                 const bool k_loader = rank == 0;
                 tma::load_4d_multicast((k_loader ? k_tile(stage) : v_tile(stage)) + r * kRegionBytes,
-                                       k_loader ? &maps.k : &maps.v, &full[stage], 0b11, 64 * r, hk, row, b);
+                                       k_loader ? &m.k : &m.v, &full[stage], 0b11, 64 * r, hk, row, batch);
               } else {
-                tma::load_4d(k_tile(stage) + r * kRegionBytes, &maps.k, &full[stage], 64 * r, hk, row, b);
-                tma::load_4d(v_tile(stage) + r * kRegionBytes, &maps.v, &full[stage], 64 * r, hk, row, b);
+                tma::load_4d(k_tile(stage) + r * kRegionBytes, &m.k, &full[stage], 64 * r, hk, row, batch);
+                tma::load_4d(v_tile(stage) + r * kRegionBytes, &m.v, &full[stage], 64 * r, hk, row, batch);
               }
             }
             continue;
@@ -372,15 +384,15 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
             const int row = int(steps.strip_row(n, strip));
             for (int r = 0; r < kHeadDim / 64; ++r) {
               const int at = r * kRegionBytes + strip * S::kHalfBytes;
-              tma::load_4d(k_tile(stage) + at, &maps.k_strip, &full[stage], 64 * r, hk, row, b);
-              tma::load_4d(v_tile(stage) + at, &maps.v_strip, &full[stage], 64 * r, hk, row, b);
+              tma::load_4d(k_tile(stage) + at, &m.k_strip, &full[stage], 64 * r, hk, row, batch);
+              tma::load_4d(v_tile(stage) + at, &m.v_strip, &full[stage], 64 * r, hk, row, batch);
             }
             if constexpr (kFractional) {
               if (steps.stages_prefix(n, strip)) {
                 for (int r = 0; r < kHeadDim / 64; ++r) {
                   const int prefix_row = row - kPrefixRows, at = r * tma::kPrefixRegionBytes;
-                  tma::load_4d(k_prefix(stage, strip) + at, &maps.k_prefix, &full[stage], 64 * r, hk, prefix_row, b);
-                  tma::load_4d(v_prefix(stage, strip) + at, &maps.v_prefix, &full[stage], 64 * r, hk, prefix_row, b);
+                  tma::load_4d(k_prefix(stage, strip) + at, &m.k_prefix, &full[stage], 64 * r, hk, prefix_row, batch);
+                  tma::load_4d(v_prefix(stage, strip) + at, &m.v_prefix, &full[stage], 64 * r, hk, prefix_row, batch);
                 }
               }
             }

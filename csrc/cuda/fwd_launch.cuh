@@ -13,21 +13,27 @@
 #include "../capabilities.h"
 #include "../fibsparse.h"
 #include "../static_switch.h"
+#include <ATen/ops/empty.h>
+
 #include "fwd_hopper_kernel.cuh"
 #include "fwd_mma_kernel.cuh"
 #include "lane_fwd_kernel.cuh"
 #include "launch.cuh"
 #include "offsets_check.cuh"
+#include "sequence_maps.cuh"
 #include "tensor_maps.h"
 
 namespace fibsparse {
 
 // The Hopper forward's blocks of kWarpgroups consumer warpgroups of
 // kHeadsPerWarpgroup heads each (in clusters of kCluster blocks), after its
-// offsets check, a launch of its own. A block walks several consecutive tiles
-// (hopper_tiles_per_block).
+// offsets check, a launch of its own, and for a packed batch the launch that
+// makes each sequence's maps into `sequence_maps`. A block walks several
+// consecutive tiles (hopper_tiles_per_block); the grid covers the longest
+// sequence.
 template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional>
-void launch_hopper_blocks(const Params& p, const HopperForwardMaps<kFractional>& maps) {
+void launch_hopper_blocks(const Params& p, const HopperForwardMaps<kFractional>& maps,
+                          HopperForwardMaps<kFractional>* sequence_maps) {
   using S = hopper_fwd::Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>;
   using OffsetT = std::conditional_t<kFractional, float, int32_t>;
   const auto kernel = hopper_fwd::fwd_hopper_kernel<T, kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kCluster, kFractional>;
@@ -35,9 +41,16 @@ void launch_hopper_blocks(const Params& p, const HopperForwardMaps<kFractional>&
   const int tiles = int(blocks_for(p.seqlen_q, S::kTileQueries));
   const int tiles_per_block = hopper_tiles_per_block(tiles, kHeadsPerWarpgroup, int64_t(p.heads / S::kHeads) * p.batch,
                                                      S::kMinBlocks, p.num_offsets == 0);
-  // Dense batches: one sequence's blocks check the offsets.
-  offsets_check_kernel<OffsetT, S::kHeads><<<dim3(kOffsetsCheckBlocks, p.heads / S::kHeads, 1), 128, 0, stream>>>(p);
+  // One sequence's blocks check the offsets; a packed batch's blocks of head 0
+  // check their sequence's boundaries, so it has a block per sequence.
+  const int check_sequences = sequence_maps != nullptr ? p.batch : 1;
+  offsets_check_kernel<OffsetT, S::kHeads>
+      <<<dim3(kOffsetsCheckBlocks, p.heads / S::kHeads, check_sequences), 128, 0, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (sequence_maps != nullptr) {
+    sequence_maps_kernel<kFractional><<<p.batch, 32, 0, stream>>>(p, maps, sequence_maps);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes));
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(blocks_for(tiles, tiles_per_block), p.heads / S::kHeads, p.batch);
@@ -51,7 +64,7 @@ void launch_hopper_blocks(const Params& p, const HopperForwardMaps<kFractional>&
   cluster_shape.val.clusterDim.z = 1;
   config.attrs = &cluster_shape;
   config.numAttrs = kCluster > 1 ? 1 : 0;
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p, maps, tiles_per_block));
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p, maps, sequence_maps, tiles_per_block));
 }
 
 // The Hopper forward. Where the kv group's heads share one row of offsets,
@@ -78,17 +91,26 @@ void launch_fwd_hopper(const Params& p) {
   } else {
     maps = make_forward_maps(p, kBf16, tile_queries);
   }
+  // A packed batch: room for each sequence's maps (64-byte aligned, as the
+  // caching allocator's blocks are), alive until the launches below are queued.
+  at::Tensor sequence_maps_buffer;
+  HopperForwardMaps<kFractional>* sequence_maps = nullptr;
+  if (p.cu_seqlens_q != nullptr) {
+    const int64_t bytes = int64_t(p.batch) * int64_t(sizeof(maps));
+    sequence_maps_buffer = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).device(at::kCUDA));
+    sequence_maps = reinterpret_cast<HopperForwardMaps<kFractional>*>(sequence_maps_buffer.data_ptr());
+  }
   const auto launch_dim = [&](auto head_dim) {
     constexpr int kHeadDim = decltype(head_dim)::value;
     if constexpr (!kFractional) {
-      if (clusters) return launch_hopper_blocks<T, kHeadDim, 2, 1, 2, false>(p, maps);
+      if (clusters) return launch_hopper_blocks<T, kHeadDim, 2, 1, 2, false>(p, maps, sequence_maps);
     }
     if (packed) {
-      launch_hopper_blocks<T, kHeadDim, 2, 2, 1, kFractional>(p, maps);
+      launch_hopper_blocks<T, kHeadDim, 2, 2, 1, kFractional>(p, maps, sequence_maps);
     } else if (pairs) {
-      launch_hopper_blocks<T, kHeadDim, 2, 1, 1, kFractional>(p, maps);
+      launch_hopper_blocks<T, kHeadDim, 2, 1, 1, kFractional>(p, maps, sequence_maps);
     } else {
-      launch_hopper_blocks<T, kHeadDim, 1, 1, 1, kFractional>(p, maps);
+      launch_hopper_blocks<T, kHeadDim, 1, 1, 1, kFractional>(p, maps, sequence_maps);
     }
   };
   if (p.head_dim == 64) {

@@ -71,19 +71,35 @@ CUtensorMapDataType map_dtype(bool bfloat16) {
   return bfloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
 }
 
+// The rows and sequences the maps view: a dense batch's, or a packed batch's
+// whole buffer as one sequence (sequence_maps.cuh narrows it per sequence).
+struct MapExtent {
+  int q_rows, k_rows, batch;
+};
+MapExtent map_extent(const Params& p) {
+  if (p.cu_seqlens_q == nullptr) return {p.seqlen_q, p.seqlen_k, p.batch};
+  return {int(p.total_q), int(p.total_k), 1};
+}
+
 }  // namespace
 
 bool hopper_forward_applies(const Params& p, bool tensor_core_type) {
   if (!kHopperForwardBuilt || !tensor_core_type) return false;
   // Checked on every call it could steer, so that a misspelt value fails at once.
   if (switched_off("FIBSPARSE_HOPPER")) return false;
-  if (p.cu_seqlens_q != nullptr || p.cache_seqlens != nullptr || p.block_table != nullptr) return false;
+  if (p.cache_seqlens != nullptr || p.block_table != nullptr) return false;
   if (p.head_dim != 64 && p.head_dim != 128) return false;
+  // A map's dimensions are 32-bit (and a packed buffer's rows never fewer than one).
+  const int64_t limit = int64_t(1) << 31;
+  if (p.cu_seqlens_q != nullptr && (p.total_q < 1 || p.total_k < 1 || p.total_q >= limit || p.total_k >= limit)) {
+    return false;
+  }
   const cudaDeviceProp* device = at::cuda::getCurrentDeviceProperties();
   if (device->major != 9 || device->minor != 0) return false;
-  return tma_layout(p.q, p.q_head_stride, p.heads, p.q_row_stride, p.seqlen_q, p.q_batch_stride, p.batch) &&
-         tma_layout(p.k, p.k_head_stride, p.heads_kv, p.k_row_stride, p.seqlen_k, p.k_batch_stride, p.batch) &&
-         tma_layout(p.v, p.v_head_stride, p.heads_kv, p.v_row_stride, p.seqlen_k, p.v_batch_stride, p.batch);
+  const MapExtent extent = map_extent(p);
+  return tma_layout(p.q, p.q_head_stride, p.heads, p.q_row_stride, extent.q_rows, p.q_batch_stride, extent.batch) &&
+         tma_layout(p.k, p.k_head_stride, p.heads_kv, p.k_row_stride, extent.k_rows, p.k_batch_stride, extent.batch) &&
+         tma_layout(p.v, p.v_head_stride, p.heads_kv, p.v_row_stride, extent.k_rows, p.v_batch_stride, extent.batch);
 }
 
 bool hopper_clusters_asked() {
@@ -109,15 +125,16 @@ int hopper_tiles_per_block(int tiles_per_sequence, int tiles_per_span, int64_t s
 
 ForwardTensorMaps make_forward_maps(const Params& p, bool bfloat16, int tile_queries) {
   const CUtensorMapDataType dtype = map_dtype(bfloat16);
+  const MapExtent extent = map_extent(p);
   const auto k_map = [&](int box_rows) {
-    return rows_map(p.k, dtype, p.head_dim, p.heads_kv, p.seqlen_k, p.batch, p.k_head_stride, p.k_row_stride,
+    return rows_map(p.k, dtype, p.head_dim, p.heads_kv, extent.k_rows, extent.batch, p.k_head_stride, p.k_row_stride,
                     p.k_batch_stride, box_rows);
   };
   const auto v_map = [&](int box_rows) {
-    return rows_map(p.v, dtype, p.head_dim, p.heads_kv, p.seqlen_k, p.batch, p.v_head_stride, p.v_row_stride,
+    return rows_map(p.v, dtype, p.head_dim, p.heads_kv, extent.k_rows, extent.batch, p.v_head_stride, p.v_row_stride,
                     p.v_batch_stride, box_rows);
   };
-  return {rows_map(p.q, dtype, p.head_dim, p.heads, p.seqlen_q, p.batch, p.q_head_stride, p.q_row_stride,
+  return {rows_map(p.q, dtype, p.head_dim, p.heads, extent.q_rows, extent.batch, p.q_head_stride, p.q_row_stride,
                    p.q_batch_stride, tile_queries),
           k_map(64), v_map(64), k_map(tile_queries), v_map(tile_queries)};
 }
@@ -126,10 +143,11 @@ FractionalForwardTensorMaps make_fractional_forward_maps(const Params& p, bool b
   const CUtensorMapDataType dtype = map_dtype(bfloat16);
   FractionalForwardTensorMaps maps;
   static_cast<ForwardTensorMaps&>(maps) = make_forward_maps(p, bfloat16, tile_queries);
-  maps.k_prefix = rows_map(p.k, dtype, p.head_dim, p.heads_kv, p.seqlen_k, p.batch, p.k_head_stride, p.k_row_stride,
-                           p.k_batch_stride, kPrefixRows);
-  maps.v_prefix = rows_map(p.v, dtype, p.head_dim, p.heads_kv, p.seqlen_k, p.batch, p.v_head_stride, p.v_row_stride,
-                           p.v_batch_stride, kPrefixRows);
+  const MapExtent extent = map_extent(p);
+  maps.k_prefix = rows_map(p.k, dtype, p.head_dim, p.heads_kv, extent.k_rows, extent.batch, p.k_head_stride,
+                           p.k_row_stride, p.k_batch_stride, kPrefixRows);
+  maps.v_prefix = rows_map(p.v, dtype, p.head_dim, p.heads_kv, extent.k_rows, extent.batch, p.v_head_stride,
+                           p.v_row_stride, p.v_batch_stride, kPrefixRows);
   return maps;
 }
 

@@ -14,6 +14,8 @@ namespace fibsparse {
 // first, and loads boxes of 64 elements x 1 head x R rows x 1 sequence with the
 // 128-byte swizzle: one 64-element span of R consecutive rows of one head.
 // Rows outside [0, rows) load as zeros, so a box may start before a sequence.
+// A packed batch's maps view the whole buffer as one sequence; the kernel
+// loads through copies that sequence_maps.cuh narrows to each sequence's rows.
 // k and v load the band's 64-row chunks; q, k_strip and v_strip load a tile's
 // queries and an offset's strip, as many rows as a tile has queries (64, or
 // 32 where two heads share a warpgroup's 64 rows: fwd_hopper_kernel.cuh).
@@ -37,8 +39,8 @@ using HopperForwardMaps = std::conditional_t<kFractional, FractionalForwardTenso
 
 // Whether the Hopper forward may take a call: built for sm_90a and on a
 // compute capability 9.0 device, 16-bit inputs (integer or fractional
-// offsets, or none: the window alone), a dense batch (no packed sequences, no
-// cache), head_dim 64 or 128, and the layouts TMA takes (16-byte aligned base
+// offsets, or none: the window alone), a dense or packed batch (no cache),
+// head_dim 64 or 128, and the layouts TMA takes (16-byte aligned base
 // pointers and nonzero 16-byte strides). For comparisons, FIBSPARSE_HOPPER=0
 // in the environment turns it off (the tensor-core kernels of
 // fwd_mma_kernel.cuh run instead).

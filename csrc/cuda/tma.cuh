@@ -98,6 +98,37 @@ __device__ __forceinline__ void prefetch_map(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
 }
 
+// ---- Tensor maps made on the device (a packed batch's, one set per sequence) ----
+// A map copied into shared memory (128-byte aligned) is changed in place by one
+// thread, then published to global memory by a whole warp; a thread that loads
+// through the published map acquires it first. The release (publish_map) and
+// the acquire pair up in the tensor-map proxy, which TMA reads maps through.
+
+// Sets the map's base address to `first_row` and its row count (dimension 2
+// of tensor_maps.h's 4-d view) to `rows`.
+__device__ __forceinline__ void set_map_rows(CUtensorMap* smem_map, const void* first_row, uint32_t rows) {
+  asm volatile("tensormap.replace.tile.global_address.shared::cta.b1024.b64 [%0], %1;\n" ::"r"(smem_address(smem_map)),
+               "l"(reinterpret_cast<uint64_t>(first_row))
+               : "memory");
+  asm volatile("tensormap.replace.tile.global_dim.shared::cta.b1024.b32 [%0], 2, %1;\n" ::"r"(smem_address(smem_map)),
+               "r"(rows)
+               : "memory");
+}
+// Copies a map from shared to global memory with a release in the tensor-map
+// proxy. Every lane of the warp calls it, with the same maps.
+__device__ __forceinline__ void publish_map(CUtensorMap* global_map, const CUtensorMap* smem_map) {
+  asm volatile(
+      "tensormap.cp_fenceproxy.global.shared::cta.tensormap::generic.release.gpu.sync.aligned [%0], [%1], 128;\n" ::"l"(
+          reinterpret_cast<uint64_t>(global_map)),
+      "r"(smem_address(smem_map))
+      : "memory");
+}
+// Before the first load through a map that publish_map wrote.
+__device__ __forceinline__ void acquire_map(const CUtensorMap* global_map) {
+  asm volatile("fence.proxy.tensormap::generic.acquire.gpu [%0], 128;\n" ::"l"(reinterpret_cast<uint64_t>(global_map))
+               : "memory");
+}
+
 // ---- Tiles as TMA writes them ----
 // A tile of 64 rows of kHeadDim 16-bit elements: kHeadDim / 64 regions of
 // 64 rows x 128 bytes, one box each.
