@@ -297,8 +297,11 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
   const Sequence seq = sequence_of(p, b);
   const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + first_head * p.offsets_head_stride;
   const int first_tile = blockIdx.x * tiles_per_block;
-  // The grid covers the longest sequence; a shorter one's last blocks have no tile.
+  // The grid covers the longest sequence of a packed batch; a shorter one's
+  // last blocks have no tile and leave at once (both blocks of a cluster
+  // alike: they share their sequence and tiles), before setting up barriers.
   const int tiles = min(tiles_per_block, int((seq.seqlen_q + S::kTileQueries - 1) / S::kTileQueries) - first_tile);
+  if (tiles <= 0) return;
   // Tile t's q buffer, and the parity of its t / kQBuffers-th use.
   const auto q_buffer = [&](int t) { return t % S::kQBuffers; };
   const auto q_parity = [&](int t) { return uint32_t(t / S::kQBuffers) & 1; };
