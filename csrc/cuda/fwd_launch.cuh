@@ -7,14 +7,14 @@
 // (offsets_check.cuh).
 #pragma once
 
+#include <ATen/ops/empty.h>
+
 #include <cstdint>
 #include <type_traits>
 
 #include "../capabilities.h"
 #include "../fibsparse.h"
 #include "../static_switch.h"
-#include <ATen/ops/empty.h>
-
 #include "fwd_hopper_kernel.cuh"
 #include "fwd_mma_kernel.cuh"
 #include "lane_fwd_kernel.cuh"
@@ -91,8 +91,10 @@ void launch_fwd_hopper(const Params& p) {
   } else {
     maps = make_forward_maps(p, kBf16, tile_queries);
   }
-  // A packed batch: room for each sequence's maps (64-byte aligned, as the
-  // caching allocator's blocks are), alive until the launches below are queued.
+  // A packed batch: room for each sequence's maps (TMA wants them 64-byte
+  // aligned; the caching allocator's blocks are 512-byte aligned). The launches
+  // below are queued on the allocator's stream, so the buffer may be freed
+  // when this function returns.
   at::Tensor sequence_maps_buffer;
   HopperForwardMaps<kFractional>* sequence_maps = nullptr;
   if (p.cu_seqlens_q != nullptr) {

@@ -90,8 +90,9 @@ __device__ __forceinline__ void check_offsets_of_heads(const Params& p) {
 }
 
 // The same check as a launch of its own, on a grid of (1, heads / kHeads, 1)
-// blocks (dense batches: the offsets do not depend on the sequence), for a
-// kernel that cannot hold it: a kernel that issues
+// blocks for a dense batch (the offsets do not depend on the sequence), or
+// (1, heads / kHeads, sequences) for a packed one (whose blocks of head 0 check
+// their sequence's boundaries), for a kernel that cannot hold it: a kernel that issues
 // wgmma must make no function call (the assert is one), or ptxas serializes
 // every wgmma of it (its "C7510" report).
 template <typename OffsetT, int kHeads>
