@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from fibsparse_ext import build_info, fibsparse_attn, fibsparse_attn_ref, fibsparse_attn_varlen
-from utils import HOPPER, random_offsets, random_qkv, rel_err, requires_cuda
+from utils import HOPPER, packed, random_offsets, random_qkv, rel_err, requires_cuda
 
 
 def requires_hopper(test):
@@ -481,9 +481,8 @@ def test_packed_batches_run_the_hopper_forward_per_sequence(monkeypatch, heads, 
     monkeypatch.delenv("FIBSPARSE_HOPPER_TILES", raising=False)
     monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
     lengths_q, lengths_k = [70, 0, 1, 200, 64, 530], [100, 3, 1, 200, 64, 600]
-    bounds_q = [0] + torch.tensor(lengths_q).cumsum(0).tolist()
-    bounds_k = [0] + torch.tensor(lengths_k).cumsum(0).tolist()
-    cu_q, cu_k = (torch.tensor(b, dtype=torch.int32, device="cuda") for b in (bounds_q, bounds_k))
+    (cu_q, max_q), (cu_k, max_k) = packed(lengths_q, "cuda"), packed(lengths_k, "cuda")
+    bounds_q, bounds_k = cu_q.tolist(), cu_k.tolist()
     torch.manual_seed(heads + head_dim)
     q = torch.randn(bounds_q[-1], heads, head_dim, device="cuda", dtype=torch.bfloat16)
     k, v = (torch.randn(bounds_k[-1], heads_kv, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(2))
@@ -495,8 +494,7 @@ def test_packed_batches_run_the_hopper_forward_per_sequence(monkeypatch, heads, 
         shape = "2, 1"  # the window alone keeps one head a warpgroup
 
     def attend():
-        return fibsparse_attn_varlen(q, k, v, cu_q, cu_k, max(lengths_q), max(lengths_k), window, offs,
-                                     return_lse=True)
+        return fibsparse_attn_varlen(q, k, v, cu_q, cu_k, max_q, max_k, window, offs, return_lse=True)
 
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         out, lse = attend()

@@ -11,16 +11,10 @@ import torch
 
 from fibsparse_ext import fibsparse_attn, fibsparse_attn_varlen, fibsparse_attn_varlen_ref
 from fibsparse_ext._offsets import band_argument
-from utils import DEVICES, TOLERANCE, position_dtype, random_offsets, rel_err, requires_cuda
+from utils import DEVICES, TOLERANCE, packed, position_dtype, random_offsets, rel_err, requires_cuda
 
 DTYPES = {"cpu": [torch.float32, torch.float64],
           "cuda": [torch.float16, torch.bfloat16, torch.float32, torch.float64]}
-
-
-def packed(lengths, device="cpu"):
-    """cu_seqlens (int32) and the longest length, for a list of lengths."""
-    cu = torch.tensor([0] + torch.tensor(lengths, dtype=torch.int64).cumsum(0).tolist(), dtype=torch.int32)
-    return cu.to(device), max(lengths, default=0)
 
 
 def random_packed(lengths_q, lengths_k, heads, heads_kv, head_dim, dtype, device, seed=0):

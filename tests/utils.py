@@ -51,6 +51,12 @@ def random_qkv(batch, seqlen_q, heads, heads_kv, head_dim, dtype, device, seqlen
             for s in shapes]
 
 
+def packed(lengths, device="cpu"):
+    """cu_seqlens (int32) and the longest length, for a list of sequence lengths."""
+    cu = torch.tensor([0] + torch.tensor(lengths, dtype=torch.int64).cumsum(0).tolist(), dtype=torch.int32)
+    return cu.to(device), max(lengths, default=0)
+
+
 def random_offsets(window, num_offsets, heads=None, fractional=False, device="cpu", dtype=torch.float64,
                    spread=40, generator=None):
     """Strictly increasing offsets >= window (integer) or positions (fractional),
