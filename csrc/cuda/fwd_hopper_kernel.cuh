@@ -337,8 +337,8 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
       const HopperForwardMaps<kFractional>& m = sequence_maps != nullptr ? sequence_maps[b] : maps;
       const int batch = sequence_maps != nullptr ? 0 : b;
       if (sequence_maps != nullptr) {
-        constexpr int kMaps = int(sizeof(m) / sizeof(CUtensorMap));
-        for (int i = 0; i < kMaps; ++i) tma::acquire_map(reinterpret_cast<const CUtensorMap*>(&m) + i);
+        const CUtensorMap* first = reinterpret_cast<const CUtensorMap*>(&m);
+        for (int i = 0; i < kMapsPerSet<kFractional>; ++i) tma::acquire_map(first + i);
       }
       tma::prefetch_map(&m.k);
       tma::prefetch_map(&m.v);

@@ -50,11 +50,10 @@ __global__ void __launch_bounds__(32)
     }
   }
   __syncwarp();
-  constexpr int kMaps = int(sizeof(Maps) / sizeof(CUtensorMap));
   const CUtensorMap* from = reinterpret_cast<const CUtensorMap*>(&maps);
   CUtensorMap* to = reinterpret_cast<CUtensorMap*>(per_sequence + b);
 #pragma unroll
-  for (int i = 0; i < kMaps; ++i) tma::publish_map(to + i, from + i);
+  for (int i = 0; i < kMapsPerSet<kFractional>; ++i) tma::publish_map(to + i, from + i);
 #else
   __trap();  // launched only where hopper_forward_applies: a build with sm_90a, on such a device
 #endif

@@ -36,6 +36,10 @@ struct FractionalForwardTensorMaps : ForwardTensorMaps {
 
 template <bool kFractional>
 using HopperForwardMaps = std::conditional_t<kFractional, FractionalForwardTensorMaps, ForwardTensorMaps>;
+// The maps in one set, for code that walks them all (sequence_maps.cuh, the
+// Hopper forward's acquire of a packed batch's maps).
+template <bool kFractional>
+constexpr int kMapsPerSet = int(sizeof(HopperForwardMaps<kFractional>) / sizeof(CUtensorMap));
 
 // Whether the Hopper forward may take a call: built for sm_90a and on a
 // compute capability 9.0 device, 16-bit inputs (integer or fractional
