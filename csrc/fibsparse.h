@@ -109,13 +109,15 @@ struct Params {
   void* offset_probs;
   void* offset_dscores;
   int num_partials;  // query blocks per (batch, head)
-  // Tensor-core backward with stored dS (offsets or none) on dense batches
-  // whose queries and keys line up (bwd_stored_dscores_kernel.cuh), else null: dS of
+  // Tensor-core backward with stored dS (offsets or none) on batches whose
+  // queries and keys line up (bwd_stored_dscores_kernel.cuh), else null: dS of
   // every 64-key x 64-query band tile, written by the dk/dv pass and read by
   // the dq pass, at band_dscore_index; band_dscore_steps is the band steps a
-  // key tile may have (its query chunks).
+  // key tile may have (its query chunks), band_dscore_tiles the key tiles the
+  // buffer holds per query head (every sequence's, band_dscore_first_tile).
   void* band_dscores;
   int band_dscore_steps;
+  int64_t band_dscore_tiles;
 
   // The first distance past the band as the caller gave it (`band` is
   // clipped): the smallest integer offset allowed, for the kernels' check of

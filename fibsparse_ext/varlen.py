@@ -51,6 +51,10 @@ def fibsparse_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_
         k, v: (total_k, heads_kv, head_dim), heads % heads_kv == 0.
         cu_seqlens_q, cu_seqlens_k: int32 (batch + 1,) on q's device: 0, then the
             running totals of the sequences' lengths (empty sequences allowed).
+            Where queries and keys line up, pass one tensor as both: the CUDA
+            backward can then take its faster route (stored dS, windows up to
+            129), which two tensors holding the same values do not (telling
+            them equal would cost a sync).
         max_seqlen_q, max_seqlen_k: at least the longest sequence's lengths (they
             size the kernels' grids).
         window, offsets, softmax_scale: as `fibsparse_attn`.

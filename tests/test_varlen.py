@@ -325,13 +325,14 @@ def test_compile_takes_new_totals_without_recompiling(device):
 
 @requires_cuda
 @pytest.mark.parametrize("fractional", [False, True])
-def test_cuda_one_long_sequence_equals_the_dense_call(monkeypatch, fractional):
+@pytest.mark.parametrize("stored_dscores", ["1", "0"])
+def test_cuda_one_long_sequence_equals_the_dense_call(monkeypatch, fractional, stored_dscores):
     """One 40000-token sequence through the packed path gives bitwise the dense call's rows and gradients
-    on the same kernels (the dense call's Hopper forward off: test_packed_rows_match_the_hopper_forward;
-    and its backward from stored dS, which packed batches do not take: test_kernels.py compares it with
-    the general passes)."""
+    on the same kernels: the mma.sync forward (the Hopper forward's packed rows:
+    test_packed_rows_match_the_hopper_forward), and the backward with stored dS or the general passes
+    (FIBSPARSE_STORED_DSCORES) in both calls."""
     monkeypatch.setenv("FIBSPARSE_HOPPER", "0")
-    monkeypatch.setenv("FIBSPARSE_STORED_DSCORES", "0")
+    monkeypatch.setenv("FIBSPARSE_STORED_DSCORES", stored_dscores)
     lengths = [40000]
     cu, longest = packed(lengths, "cuda")
     q, k, v = random_packed(lengths, lengths, 4, 2, 64, torch.bfloat16, "cuda")
@@ -344,6 +345,65 @@ def test_cuda_one_long_sequence_equals_the_dense_call(monkeypatch, fractional):
     assert torch.equal(out, dense[0])
     for a, b in zip(grads, dense_grads):
         assert torch.equal(a, b)
+
+
+def backward_kernel_names(function):
+    """The names of the CUDA kernels that `function` launches (the profiler's)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        result = function()
+        torch.cuda.synchronize()
+    return result, " ".join(event.key for event in prof.key_averages())
+
+
+@requires_cuda
+@pytest.mark.parametrize("heads, heads_kv, head_dim", [(4, 4, 64), (8, 2, 128)])
+@pytest.mark.parametrize("offsets_kind", ["none", "integer", "fractional"])
+@pytest.mark.parametrize("window", [16, 128, 129])
+def test_cuda_packed_backward_from_stored_dscores(monkeypatch, heads, heads_kv, head_dim, offsets_kind, window):
+    """A packed batch whose q and k share one cu_seqlens tensor takes the
+    backward with stored dS where a dense batch would (the window alone and
+    integer offsets; fractional positions at head_dim 128): its dS tiles lie
+    one sequence after another in the buffer. Each sequence's out, lse and
+    gradients are bitwise those of a dense call of it alone, which runs the
+    same kernels; sequences are empty, one row long and ragged, and the
+    buffers the dk/dv pass writes start as NaN (FIBSPARSE_POISON_OUTPUTS), so
+    a tile read from a neighbour's place or never written shows. The same
+    values in two cu_seqlens tensors take the general passes, within
+    rounding of the stored route."""
+    monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
+    lengths = [130, 1, 0, 64, 257, 700, 63]
+    cu, longest = packed(lengths, "cuda")
+    q, k, v = random_packed(lengths, lengths, heads, heads_kv, head_dim, torch.bfloat16, "cuda", seed=window)
+    torch.manual_seed(window + head_dim)
+    if offsets_kind == "none":
+        offsets = torch.zeros(0, dtype=torch.int32, device="cuda")
+    else:
+        offsets = random_offsets(window, 5, None, offsets_kind == "fractional", "cuda", torch.float32, spread=90)
+    grad_out, grad_lse = torch.randn_like(q), torch.randn(heads, sum(lengths), device="cuda")
+    stored_route = offsets_kind != "fractional" or head_dim >= 128
+
+    def packed_call(cu_k):
+        out, lse = fibsparse_attn_varlen(q, k, v, cu, cu_k, longest, longest, window, offsets, return_lse=True)
+        return [out, lse, *torch.autograd.grad([out, lse], [q, k, v], [grad_out, grad_lse])]
+
+    got, names = backward_kernel_names(lambda: packed_call(cu))
+    assert ("dq_from_dscores" in names) == stored_route, names
+    general, names = backward_kernel_names(lambda: packed_call(cu.clone()))
+    assert "dq_from_dscores" not in names, names
+    for name, a, b in zip(["out", "lse", "dq", "dk", "dv"], got, general):
+        assert a.isfinite().all(), name
+        assert (a.float() - b.float()).abs().max() <= 1e-2 * b.float().abs().max(), name
+    bounds = cu.tolist()
+    for b in range(len(lengths)):
+        rows = slice(bounds[b], bounds[b + 1])
+        if not lengths[b]:
+            continue
+        alone = [t[rows].detach().unsqueeze(0).requires_grad_() for t in (q, k, v)]
+        out, lse = fibsparse_attn(*alone, window, offsets, return_lse=True)
+        grads = torch.autograd.grad([out, lse], alone, [grad_out[rows].unsqueeze(0), grad_lse[:, rows].unsqueeze(0)])
+        assert torch.equal(got[0][rows], out[0]) and torch.equal(got[1][:, rows], lse[0]), b
+        for name, packed_grad, grad in zip(["dq", "dk", "dv"], got[2:], grads):
+            assert torch.equal(packed_grad[rows], grad[0]), (b, name)
 
 
 @requires_cuda

@@ -2,7 +2,7 @@
 fractional; GQA, with per-head padded offsets and with shared ones (tensor-core blocks of
 several heads); the window alone; integer and fractional offsets with stored dS, and on the general passes;
 window > seqlen; seqlen_q < seqlen_k; a packed
-batch with empty and one-token sequences; a paged cache with page sizes 1, 5 and 16 whose
+batch with empty and one-token sequences, and one whose q and k share its boundaries (stored dS); a paged cache with page sizes 1, 5 and 16 whose
 given-back entries are -1),
 sized for compute-sanitizer:
 
@@ -118,6 +118,18 @@ def run_packed(dtype, fractional, head_dim):
     (out.float().square().sum() + lse.sum()).backward()
 
 
+def run_packed_stored_dscores(dtype, head_dim, window, offsets):
+    """Sequences of 70, 0, 1 and 129 rows whose q and k share one cu_seqlens
+    tensor: the backward with stored dS, its dS tiles one sequence after another."""
+    torch.manual_seed(0)
+    cu = torch.tensor([0, 70, 70, 71, 200], dtype=torch.int32, device="cuda")
+    q = torch.randn(200, 4, head_dim, device="cuda", dtype=dtype, requires_grad=True)
+    k = torch.randn(200, 2, head_dim, device="cuda", dtype=dtype, requires_grad=True)
+    v = torch.randn_like(k, requires_grad=True)
+    out, lse = fibsparse_attn_varlen(q, k, v, cu, cu, 129, 129, window, offsets, return_lse=True)
+    (out.float().square().sum() + lse.sum()).backward()
+
+
 def with_general_backward(fn, *args):
     """fn(*args) on the general backward passes: offsets on dense 16-bit batches
     whose queries and keys line up otherwise take stored dS."""
@@ -154,5 +166,11 @@ for dtype in [torch.float16, torch.bfloat16, torch.float32, torch.float64]:
             run_paged_decode(dtype, fractional, 64, page_size)
         for head_dim in [64, 128]:
             run_packed(dtype, fractional, head_dim)
+    for head_dim in [64, 128]:
+        run_packed_stored_dscores(dtype, head_dim, 128, [])
+        run_packed_stored_dscores(dtype, head_dim, 129, [129, 140])
+    run_packed_stored_dscores(dtype, 128, 128, torch.tensor([0.5, 3.0, 130.25], device="cuda", requires_grad=True,
+                                                            dtype=torch.float64 if dtype == torch.float64
+                                                            else torch.float32))
 torch.cuda.synchronize()
 print("sanitize_kernels: all kernels ran")

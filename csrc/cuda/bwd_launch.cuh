@@ -4,8 +4,8 @@
 // same stream; the dq grid has the offsets check's extra blocks
 // (offsets_check.cuh), so a bad offset stops the backward before dk/dv. A
 // tensor-core dq block serves heads_per_block query heads of one kv group, as
-// the forward's does (mma_tiles.cuh). On dense batches whose queries and keys
-// line up, the tensor-core backward may instead store dS: the dk/dv pass
+// the forward's does (mma_tiles.cuh). On batches whose queries and keys line
+// up, the tensor-core backward may instead store dS: the dk/dv pass
 // first, then a dq pass that reads the stored dS, and with offsets a delta
 // pass (holding the offsets check's blocks) before them
 // (bwd_stored_dscores_kernel.cuh).
@@ -30,23 +30,32 @@
 namespace fibsparse {
 
 // The band steps of a key tile of the backward with stored dS
-// (bwd_stored_dscores_kernel.cuh), if that backward applies to p: a dense
-// batch whose queries and keys line up, a window of at most 129 (three 64-row
-// query chunks per key tile, so that its dS buffer holds 192 values per query
-// and head), and a device that lets a block have smem_bytes of shared memory,
-// the most one of its passes needs (the window alone's dk/dv pass at head_dim
-// 128 stages O rows too: 109 KiB, more than sm_86 and sm_89 allow, where the
-// general passes need 73); 0 if not.
+// (bwd_stored_dscores_kernel.cuh), if that backward applies to p: a batch
+// whose queries and keys line up (a dense one with as many queries as keys,
+// or a packed one whose q and k share one cu_seqlens tensor), a window of at
+// most 129 (three 64-row query chunks per key tile, so that its dS buffer
+// holds 192 values per query and head), and a device that lets a block have
+// smem_bytes of shared memory, the most one of its passes needs (the window
+// alone's dk/dv pass at head_dim 128 stages O rows too: 109 KiB, more than
+// sm_86 and sm_89 allow, where the general passes need 73); 0 if not.
+// Packed batches with two cu_seqlens tensors take the general passes even if
+// their values agree: the host does not read them (a device sync).
 // FIBSPARSE_STORED_DSCORES=0 turns it off for comparisons (env_switches.h).
 inline int stored_dscore_steps(const Params& p, int smem_bytes) {
   if (switched_off("FIBSPARSE_STORED_DSCORES")) return 0;
   if (size_t(smem_bytes) > at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin) return 0;
-  if (p.cu_seqlens_q != nullptr || p.cache_seqlens != nullptr || p.block_table != nullptr || p.q_pos_shift != 0 ||
-      p.seqlen_q != p.seqlen_k) {
-    return 0;
-  }
+  if (p.cache_seqlens != nullptr || p.block_table != nullptr) return 0;
+  const bool packed = p.cu_seqlens_q != nullptr;
+  const bool aligned = packed ? p.cu_seqlens_q == p.cu_seqlens_k : p.q_pos_shift == 0 && p.seqlen_q == p.seqlen_k;
+  if (!aligned) return 0;
   const int steps = (mma_tiles::kBlockRows - 1 + p.band.window - 1) / mma_tiles::kChunk + 1;
   return steps <= 3 ? steps : 0;
+}
+
+// The key tiles per query head of the stored dS buffer (band_dscore_first_tile).
+inline int64_t band_dscore_tiles(const Params& p) {
+  if (p.cu_seqlens_k != nullptr) return p.total_k / mma_tiles::kBlockRows + p.batch;
+  return int64_t(p.batch) * blocks_for(p.seqlen_k, mma_tiles::kBlockRows);
 }
 
 // Whether fractional positions take the backward with stored dS at this
@@ -67,16 +76,20 @@ constexpr bool kStoredDscoresTakeFractional = kHeadDim >= 128;
 template <typename T, typename OffsetT, int kHeadDim>
 void launch_stored_dscores_bwd(const Params& p, int steps) {
   using namespace mma_bwd;
-  const int64_t key_tiles = blocks_for(p.seqlen_k, kBlockRows);
-  const at::Tensor dscores = at::empty({int64_t(p.batch) * p.heads * key_tiles * steps * kBlockRows * kChunk},
+  const int64_t tiles = band_dscore_tiles(p);
+  const at::Tensor dscores = at::empty({p.heads * tiles * steps * kBlockRows * kChunk},
                                        at::TensorOptions().dtype(at::kShort).device(at::kCUDA));
   if (poison_outputs()) dscores.fill_(-1);  // all bits set: NaN in fp16 and bf16 alike
   Params stored_p = p;
   stored_p.band_dscores = dscores.data_ptr();
   stored_p.band_dscore_steps = steps;
+  stored_p.band_dscore_tiles = tiles;
   const unsigned query_tiles = blocks_for(p.seqlen_q, kBlockRows);
   const dim3 dkdv_grid(blocks_for(p.seqlen_k, kBlockRows), p.heads_kv, p.batch);
   if (p.num_offsets == 0) {
+    // No pass here has the offsets check's blocks, which in a packed batch
+    // also check each sequence's boundaries: a launch of its own does that.
+    if (p.cu_seqlens_q != nullptr) launch_kernel(offsets_check_kernel<int32_t, 1>, dim3(1, 1, p.batch), 32, 0, p);
     launch_kernel(dkdv_mma_kernel<T, int32_t, kHeadDim, DkdvRoute::kWindowAlone>, dkdv_grid, kMmaBlockThreads,
                   kDkdvWindowSmemBytes<kHeadDim>, stored_p);
     launch_kernel(dq_from_dscores_kernel<T, kHeadDim>, dim3(query_tiles, p.heads, p.batch), kMmaBlockThreads,

@@ -83,12 +83,25 @@ __device__ __forceinline__ void store_rows(uint16_t* dst, int64_t row_stride, in
   }
 }
 
+// Where a sequence's band dS tiles start among a query head's
+// p.band_dscore_tiles: a dense batch's sequences have ceil(seqlen_k / 64)
+// tiles each; packed sequence b's start at tile k_row0 / 64 + b, which is
+// never before the previous sequence's last tile ends (for a sequence of
+// length n from row s, s / 64 + ceil(n / 64) <= (s + n) / 64 + 1, rounding
+// down), so the buffer holds total_k / 64 + batch tiles per head
+// (band_dscore_tiles in bwd_launch.cuh).
+__device__ __forceinline__ int64_t band_dscore_first_tile(const Params& p, const Sequence& seq, int b) {
+  if (p.cu_seqlens_k != nullptr) return seq.k_row0 / kBlockRows + b;
+  return int64_t(b) * ((p.seqlen_k + kBlockRows - 1) / kBlockRows);
+}
+
 // The first element of the dS tile (bf16 / fp16, 64 keys x 64 queries, key
 // rows) of key tile `key_tile` and its band step `step` (query chunk
-// key_tile + step) of (batch b, query head h), in p.band_dscores.
-__device__ __forceinline__ int64_t band_dscore_index(const Params& p, int b, int h, int64_t key_tile, int step) {
-  const int64_t key_tiles = (p.seqlen_k + kBlockRows - 1) / kBlockRows;
-  return (((int64_t(b) * p.heads + h) * key_tiles + key_tile) * p.band_dscore_steps + step) * kBlockRows * kChunk;
+// key_tile + step) of (sequence b, query head h), in p.band_dscores.
+__device__ __forceinline__ int64_t band_dscore_index(const Params& p, const Sequence& seq, int b, int h,
+                                                     int64_t key_tile, int step) {
+  const int64_t tile = h * p.band_dscore_tiles + band_dscore_first_tile(p, seq, b) + key_tile;
+  return (tile * p.band_dscore_steps + step) * kBlockRows * kChunk;
 }
 
 // <O, dO> over one half (`half`, 0 or 1) of a row's columns, for delta: the
@@ -646,7 +659,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
           }
         }
         if constexpr (kStoresDscores) {
-          uint16_t* tile = bits<T>(p.band_dscores, band_dscore_index(p, b, step.head, blockIdx.x, step.index));
+          uint16_t* tile = bits<T>(p.band_dscores, band_dscore_index(p, seq, b, step.head, blockIdx.x, step.index));
 #pragma unroll
           for (int j = 0; j < 2; ++j) {
 #pragma unroll

@@ -1,7 +1,8 @@
-// The tensor-core backward with stored dS, on dense batches whose queries and
-// keys line up, for the window alone or with offsets, where the
-// general backward (bwd_mma_kernel.cuh) has two passes that both recompute the
-// band's scores and dP, and a dq pass that also computes each offset's:
+// The tensor-core backward with stored dS, on batches whose queries and keys
+// line up (bwd_launch.cuh's stored_dscore_steps), for the window alone or with
+// offsets, where the general backward (bwd_mma_kernel.cuh) has two passes that
+// both recompute the band's scores and dP, and a dq pass that also computes
+// each offset's:
 //   delta pass (here; with offsets only): delta = <dO, O> - dlse per query
 //     row (warp_row_deltas, the general dq pass's prologue), which the dk/dv
 //     pass's offset steps need for queries of other blocks' bands;
@@ -16,7 +17,8 @@
 //     into the general dq pass's partials of d loss / d position.
 // A tile of 64 keys meets the queries of its own 64-row chunk and of the next
 // band_dscore_steps - 1 chunks, so the dS buffer holds band_dscore_steps tiles
-// of 64 x 64 per key tile and query head. dS is rounded to 16 bits in both
+// of 64 x 64 per key tile and query head (packed sequences' tiles one after
+// another: band_dscore_first_tile). dS is rounded to 16 bits in both
 // routes (the A operand of dS K); dq moves within rounding, since here the
 // sub-tiles of 16 keys start at the key tiles' rows and the scores come from
 // the dk/dv pass's products.
@@ -129,8 +131,8 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_fro
   const auto issue = [&](int n) {
     if (n < num_steps) {
       const int64_t key_tile = first_key_tile + n;
-      const uint16_t* ds_src =
-          bits<T>(static_cast<const void*>(p.band_dscores), band_dscore_index(p, b, h, key_tile, int(tile - key_tile)));
+      const int64_t ds_at = band_dscore_index(p, seq, b, h, key_tile, int(tile - key_tile));
+      const uint16_t* ds_src = bits<T>(static_cast<const void*>(p.band_dscores), ds_at);
       stage_met_dscores(stage_ds(n % 2), ds_src, q0, key_tile * kChunk, p.band);
       stage_rows<kHeadDim, kChunk>(stage_k(n % 2), k_src, p.k_row_stride, key_tile * kChunk, seq.seqlen_k - 1);
     }
@@ -211,8 +213,8 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   const auto issue = [&](int n) {
     if (n < band_steps) {
       const int64_t key_tile = first_key_tile + n;
-      const uint16_t* ds_src =
-          bits<T>(static_cast<const void*>(p.band_dscores), band_dscore_index(p, b, h, key_tile, int(tile - key_tile)));
+      const int64_t ds_at = band_dscore_index(p, seq, b, h, key_tile, int(tile - key_tile));
+      const uint16_t* ds_src = bits<T>(static_cast<const void*>(p.band_dscores), ds_at);
       stage_met_dscores<kHeads>(stage_ds(n % 2, head), ds_src, q0, key_tile * kChunk, p.band);
       stage_rows<kHeadDim, kChunk, kThreads>(stage_k(n % 2), k_src, p.k_row_stride, key_tile * kChunk,
                                              seq.seqlen_k - 1);

@@ -51,10 +51,13 @@ def _from_padding(valid: torch.Tensor, seqlen_q: int) -> Packing:
     if not torch.equal(one_run, valid):
         raise ValueError("fibsparse attention takes padding masks whose real tokens are one run per row (left or "
                          "right padding); this mask has padding between real tokens")
+    rows_k, cu_k = valid.flatten().nonzero().squeeze(1), _boundaries(counts)
+    if seqlen_q == seqlen_k:  # one boundaries tensor for both: the backward may then store dS (docs/semantics.md)
+        return Packing(rows_k, rows_k, cu_k, cu_k, int(counts.max()), int(counts.max()))
     valid_q = valid[:, seqlen_k - seqlen_q:]
     counts_q = valid_q.sum(1)
-    return Packing(valid_q.flatten().nonzero().squeeze(1), valid.flatten().nonzero().squeeze(1),
-                   _boundaries(counts_q), _boundaries(counts), int(counts_q.max()), int(counts.max()))
+    return Packing(valid_q.flatten().nonzero().squeeze(1), rows_k, _boundaries(counts_q), cu_k, int(counts_q.max()),
+                   int(counts.max()))
 
 
 def _from_position_ids(position_ids: torch.Tensor, batch: int) -> Optional[Packing]:
