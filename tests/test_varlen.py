@@ -360,16 +360,17 @@ def backward_kernel_names(function):
 @pytest.mark.parametrize("offsets_kind", ["none", "integer", "fractional"])
 @pytest.mark.parametrize("window", [16, 128, 129])
 def test_cuda_packed_backward_from_stored_dscores(monkeypatch, heads, heads_kv, head_dim, offsets_kind, window):
-    """A packed batch whose q and k share one cu_seqlens tensor takes the
-    backward with stored dS where a dense batch would (the window alone and
-    integer offsets; fractional positions at head_dim 128): its dS tiles lie
-    one sequence after another in the buffer. Each sequence's out, lse and
-    gradients are bitwise those of a dense call of it alone, which runs the
-    same kernels; sequences are empty, one row long and ragged, and the
-    buffers the dk/dv pass writes start as NaN (FIBSPARSE_POISON_OUTPUTS), so
-    a tile read from a neighbour's place or never written shows. The same
-    values in two cu_seqlens tensors take the general passes, within
-    rounding of the stored route."""
+    """A packed batch whose queries and keys line up takes the backward with
+    stored dS where a dense batch would (the window alone and integer offsets;
+    fractional positions at head_dim 128): its dS tiles lie one sequence after
+    another in the buffer. Each sequence's out, lse and gradients are bitwise
+    those of a dense call of it alone, which runs the same kernels; sequences
+    are empty, one row long and ragged, and the buffers the dk/dv pass writes
+    start as NaN (FIBSPARSE_POISON_OUTPUTS), so a tile read from a neighbour's
+    place or never written shows. The kernels see queries and keys line up
+    when one tensor holds both boundaries: the entry point passes one where two
+    hold the same values, and the op called with two takes the general passes,
+    within rounding of the stored route (as is FIBSPARSE_STORED_DSCORES=0)."""
     monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
     lengths = [130, 1, 0, 64, 257, 700, 63]
     cu, longest = packed(lengths, "cuda")
@@ -388,10 +389,21 @@ def test_cuda_packed_backward_from_stored_dscores(monkeypatch, heads, heads_kv, 
 
     got, names = backward_kernel_names(lambda: packed_call(cu))
     assert ("dq_from_dscores" in names) == stored_route, names
-    general, names = backward_kernel_names(lambda: packed_call(cu.clone()))
+    same_values, names = backward_kernel_names(lambda: packed_call(cu.clone()))
+    assert ("dq_from_dscores" in names) == stored_route, names
+    for name, a, b in zip(["out", "lse", "dq", "dk", "dv"], got, same_values):
+        assert torch.equal(a, b), name
+    op_args = (q.detach(), k.detach(), v.detach(), cu, cu.clone(), longest, longest, offsets, band_argument(window),
+               head_dim ** -0.5)
+    out, lse = torch.ops.fibsparse.varlen_fwd(*op_args)
+    two_tensors, names = backward_kernel_names(
+        lambda: torch.ops.fibsparse.varlen_bwd(grad_out, *op_args[:3], out, lse, grad_lse, *op_args[3:]))
     assert "dq_from_dscores" not in names, names
-    for name, a, b in zip(["out", "lse", "dq", "dk", "dv"], got, general):
-        assert a.isfinite().all(), name
+    monkeypatch.setenv("FIBSPARSE_STORED_DSCORES", "0")
+    general = packed_call(cu)
+    monkeypatch.delenv("FIBSPARSE_STORED_DSCORES")
+    for name, a, b, c in zip(["dq", "dk", "dv"], got[2:], general[2:], two_tensors):
+        assert a.isfinite().all() and torch.equal(b, c), name
         assert (a.float() - b.float()).abs().max() <= 1e-2 * b.float().abs().max(), name
     bounds = cu.tolist()
     for b in range(len(lengths)):
