@@ -358,13 +358,12 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
 }
 
 // The chains of products in which the dk/dv pass that runs first sums an
-// integer offset step's scores and dP (dot_16_rows): two from head_dim 64,
-// where the pass's warps wait most on those chains; at 128 that took 9-10%
-// off the pass (docs/performance.md, rounds 36 and 45). Its band steps, and
-// the fractional step, measured slower with two (the fractional kernel then
-// spills).
+// integer offset step's scores and dP (dot_16_rows): two at head_dim 128,
+// where the pass's warps wait most on those chains; that took 9-10% off the
+// pass (docs/performance.md, round 36). Its band steps, and the fractional
+// step, measured slower with two (the fractional kernel then spills).
 template <int kHeadDim>
-constexpr int kOffsetChains = kHeadDim >= 64 ? 2 : 1;
+constexpr int kOffsetChains = kHeadDim >= 128 ? 2 : 1;
 
 // This lane's share of <a, b> over two rows of kHeadDim elements in shared
 // memory: lane l takes the kHeadDim / 32 columns from l kHeadDim / 32, one
