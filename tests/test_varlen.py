@@ -453,6 +453,24 @@ def test_bad_lengths_stop_the_cuda_kernels():
     assert "device-side assert" in result.stderr or "cu_seqlens" in result.stderr, result.stderr[-2000:]
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_equal_boundaries_reach_the_ops_as_one_tensor(device):
+    """Two boundaries tensors holding the same values reach the ops as one
+    (q's), so that the CUDA backward sees queries and keys line up; different
+    values stay two tensors, and one tensor passed twice stays itself."""
+    from fibsparse_ext.varlen import one_boundaries_tensor
+    cu, longest = packed([5, 0, 9], device)
+    settings = (14, 14, longest, longest)
+    same = one_boundaries_tensor(cu, cu.clone(), *settings)
+    assert same[0] is cu and same[1] is cu
+    assert all(t is cu for t in one_boundaries_tensor(cu, cu, *settings))
+    cu_k, longest_k = packed([6, 1, 9], device)
+    different = one_boundaries_tensor(cu, cu_k, 14, 16, longest, longest_k)
+    assert different[0] is cu and different[1] is cu_k
+    with pytest.raises(ValueError, match="cu_seqlens_k must end at the tensor's rows"):
+        one_boundaries_tensor(cu, cu.clone(), 14, 15, longest, longest)
+
+
 def test_checked_once_remembers_unchanged_tensors_only():
     """The memory behind the once-per-version checks of CUDA cu_seqlens (and
     offsets): an unchanged tensor is not re-read; an in-place write, a new
@@ -460,8 +478,8 @@ def test_checked_once_remembers_unchanged_tensors_only():
     from fibsparse_ext._checked_once import CheckedOnce
     memory, calls = CheckedOnce(), []
     cu = torch.tensor([0, 3, 5], dtype=torch.int32)
-    memory.run((cu, cu), (5,), lambda: calls.append("first"))
-    memory.run((cu, cu), (5,), lambda: calls.append("again"))
+    assert memory.run((cu, cu), (5,), lambda: calls.append("first") or "result") == "result"
+    assert memory.run((cu, cu), (5,), lambda: calls.append("again")) == "result"  # the first check's
     assert calls == ["first"]
     memory.run((cu, cu), (6,), lambda: calls.append("settings"))
     cu.add_(0)
