@@ -120,7 +120,8 @@ def run_packed(dtype, fractional, head_dim):
 
 def run_packed_stored_dscores(dtype, head_dim, window, offsets):
     """Sequences of 70, 0, 1 and 129 rows whose q and k share one cu_seqlens
-    tensor: the backward with stored dS, its dS tiles one sequence after another."""
+    tensor: in fp16 and bf16 the backward with stored dS, its dS tiles one
+    sequence after another (fp32 and fp64 run the lane kernels)."""
     torch.manual_seed(0)
     cu = torch.tensor([0, 70, 70, 71, 200], dtype=torch.int32, device="cuda")
     q = torch.randn(200, 4, head_dim, device="cuda", dtype=dtype, requires_grad=True)

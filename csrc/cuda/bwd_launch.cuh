@@ -39,7 +39,12 @@ namespace fibsparse {
 // alone's dk/dv pass at head_dim 128 stages O rows too: 109 KiB, more than
 // sm_86 and sm_89 allow, where the general passes need 73); 0 if not.
 // Packed batches with two cu_seqlens tensors take the general passes even if
-// their values agree: the host does not read them (a device sync).
+// their values agree: the op does not read them on the host (a device sync);
+// fibsparse_attn_varlen passes one tensor where its checks found them equal.
+// So do packed batches whose sequences average fewer than 32 keys: a sequence
+// holds whole 64-key tiles and may leave one more unused (band_dscore_tiles),
+// and the buffer would hold more than 3x the tiles of the same keys in long
+// sequences (a million keys in 16-key sequences: 60 GiB at 32 heads, window 128).
 // FIBSPARSE_STORED_DSCORES=0 turns it off for comparisons (env_switches.h).
 inline int stored_dscore_steps(const Params& p, int smem_bytes) {
   if (switched_off("FIBSPARSE_STORED_DSCORES")) return 0;
@@ -47,7 +52,7 @@ inline int stored_dscore_steps(const Params& p, int smem_bytes) {
   if (p.cache_seqlens != nullptr || p.block_table != nullptr) return 0;
   const bool packed = p.cu_seqlens_q != nullptr;
   const bool aligned = packed ? p.cu_seqlens_q == p.cu_seqlens_k : p.q_pos_shift == 0 && p.seqlen_q == p.seqlen_k;
-  if (!aligned) return 0;
+  if (!aligned || (packed && int64_t(p.batch) * 32 > p.total_k)) return 0;
   const int steps = (mma_tiles::kBlockRows - 1 + p.band.window - 1) / mma_tiles::kChunk + 1;
   return steps <= 3 ? steps : 0;
 }
