@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from fibsparse_ext import build_info, fibsparse_attn, fibsparse_attn_ref, fibsparse_attn_varlen
-from utils import HOPPER, packed, random_offsets, random_qkv, rel_err, requires_cuda
+from utils import HOPPER, cuda_kernels_of, packed, random_offsets, random_qkv, rel_err, requires_cuda
 
 
 def requires_hopper(test):
@@ -91,10 +91,7 @@ def test_hopper_tiles_per_block_rule(tiles_per_sequence, slices, resident_blocks
 
 def forward_kernels(q, k, v, window, offsets):
     """The CUDA kernels one forward launches (their names, from the profiler)."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        fibsparse_attn(q, k, v, window, offsets)
-        torch.cuda.synchronize()
-    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return cuda_kernels_of(lambda: fibsparse_attn(q, k, v, window, offsets))[1]
 
 
 def forward_with(setting, q, k, v, window, offsets):
@@ -496,10 +493,7 @@ def test_packed_batches_run_the_hopper_forward_per_sequence(monkeypatch, heads, 
     def attend():
         return fibsparse_attn_varlen(q, k, v, cu_q, cu_k, max_q, max_k, window, offs, return_lse=True)
 
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        out, lse = attend()
-        torch.cuda.synchronize()
-    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    (out, lse), names = cuda_kernels_of(attend)
     fractional = "true" if offs.is_floating_point() else "false"
     assert any(f"fwd_hopper_kernel<c10::BFloat16, {head_dim}, {shape}, 1, {fractional}>" in n for n in names), names
     assert any("sequence_maps_kernel" in n for n in names), names

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from fibsparse_ext import fibsparse_attn, fibsparse_attn_ref
-from utils import (DEVICES, TOLERANCE, attention_and_grads, position_dtype, random_offsets, random_qkv, rel_err,
-                   requires_cuda)
+from utils import (DEVICES, TOLERANCE, attention_and_grads, cuda_kernels_of, position_dtype, random_offsets,
+                   random_qkv, rel_err, requires_cuda)
 
 # (batch, heads, heads_kv): plain, GQA, MQA, batch > 1.
 HEAD_LAYOUTS = [(1, 1, 1), (2, 4, 2), (3, 4, 1), (1, 2, 2)]
@@ -369,10 +369,9 @@ def test_cuda_fractional_positions_take_stored_dscores_at_head_dim_128(monkeypat
     scale = head_dim ** -0.5
     out, lse = torch.ops.fibsparse.fwd(q, k, v, positions, [128], scale)
     dout = torch.randn_like(out)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, None, positions, [128], scale)
-        torch.cuda.synchronize()
-    names = " ".join(event.key for event in prof.key_averages())
+    _, kernels = cuda_kernels_of(lambda: torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, None, positions, [128],
+                                                                 scale))
+    names = " ".join(kernels)
     assert ("dq_from_dscores_with_offsets_kernel" in names) == stored, names
     assert ("dq_mma_kernel" in names) == (not stored), names
 

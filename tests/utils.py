@@ -51,6 +51,14 @@ def random_qkv(batch, seqlen_q, heads, heads_kv, head_dim, dtype, device, seqlen
             for s in shapes]
 
 
+def cuda_kernels_of(function):
+    """function()'s result and the names of the CUDA kernels it launched (the profiler's)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        result = function()
+        torch.cuda.synchronize()
+    return result, [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
 def packed(lengths, device="cpu"):
     """cu_seqlens (int32) and the longest length, for a list of sequence lengths."""
     cu = torch.tensor([0] + torch.tensor(lengths, dtype=torch.int64).cumsum(0).tolist(), dtype=torch.int32)
