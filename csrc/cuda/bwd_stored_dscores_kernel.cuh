@@ -160,13 +160,20 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_fro
 template <bool kFrac>
 constexpr int kDqKRows = kWarps * kWarpStripRows<kFrac> > kChunk ? kWarps * kWarpStripRows<kFrac> : kChunk;
 
+// The stages of the dq pass with offsets: two steps' loads in flight while a
+// step's products run. Its offset steps are one diagonal product a warp, so
+// a step lasts about as long as its loads take to arrive.
+constexpr int kDqWithOffsetsStages = 3;
+
 // Dynamic shared memory of the dq pass with offsets and kHeads heads a block:
-// two stages, each of one dS tile a head (64 key rows of 64 queries; an
-// offset step puts each head's 64 dS, float, in its place, and with
-// fractional positions their 64 d(position) terms after them) and its k rows.
+// kDqWithOffsetsStages stages, each of one dS tile a head (64 key rows of 64
+// queries; an offset step puts each head's 64 dS, float, in its place, and
+// with fractional positions their 64 d(position) terms after them) and its k
+// rows.
 template <int kHeadDim, int kHeads, bool kFrac = false>
-constexpr int kDqWithOffsetsSmemBytes =
-    2 * (kHeads * kChunk * (kChunk + 8) + kDqKRows<kFrac> * (kHeadDim + 8)) * int(sizeof(uint16_t));
+constexpr int kDqWithOffsetsSmemBytes = kDqWithOffsetsStages *
+                                        (kHeads * kChunk * (kChunk + 8) + kDqKRows<kFrac> * (kHeadDim + 8)) *
+                                        int(sizeof(uint16_t));
 
 // Blocks per SM its registers must allow: those of the other passes
 // (mma_tiles.cuh's kMinBlocksOfHeads), but two blocks of two heads at head_dim
@@ -187,13 +194,13 @@ template <typename T, typename OffsetT, int kHeadDim, int kHeads>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
-  constexpr int kThreads = kHeads * kMmaBlockThreads;
+  constexpr int kThreads = kHeads * kMmaBlockThreads, kStages = kDqWithOffsetsStages;
   extern __shared__ __align__(16) uint16_t smem[];
   const auto stage_ds = [&](int s, int head) {
     return reinterpret_cast<Rows<kChunk>>(smem) + (s * kHeads + head) * kChunk;
   };
   const auto stage_k = [&](int s) {
-    return reinterpret_cast<Rows<kHeadDim>>(smem + 2 * kHeads * kChunk * (kChunk + 8)) + s * kDqKRows<kFrac>;
+    return reinterpret_cast<Rows<kHeadDim>>(smem + kStages * kHeads * kChunk * (kChunk + 8)) + s * kDqKRows<kFrac>;
   };
   const int tile = blockIdx.x, first_head = blockIdx.y * kHeads, b = blockIdx.z;
   const int hk = first_head / (p.heads / p.heads_kv);
@@ -215,8 +222,8 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       const int64_t key_tile = first_key_tile + n;
       const int64_t ds_at = band_dscore_index(p, seq, b, h, key_tile, int(tile - key_tile));
       const uint16_t* ds_src = bits<T>(static_cast<const void*>(p.band_dscores), ds_at);
-      stage_met_dscores<kHeads>(stage_ds(n % 2, head), ds_src, q0, key_tile * kChunk, p.band);
-      stage_rows<kHeadDim, kChunk, kThreads>(stage_k(n % 2), k_src, p.k_row_stride, key_tile * kChunk,
+      stage_met_dscores<kHeads>(stage_ds(n % kStages, head), ds_src, q0, key_tile * kChunk, p.band);
+      stage_rows<kHeadDim, kChunk, kThreads>(stage_k(n % kStages), k_src, p.k_row_stride, key_tile * kChunk,
                                              seq.seqlen_k - 1);
     } else if (n < num_steps) {
       // Query q0 + 16 w + x reads key q0 + 16 w + x - whole, at row x of warp
@@ -230,16 +237,24 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
         // fractional positions 17, from the second row of its first query),
         // so those kHeads warps stage it (steps_by_group), with each head's
         // dS of the warp's 16 queries (and their d(position) terms).
-        const int64_t first = q0 - whole - (kFrac ? 1 : 0) + 16 * warp;
-        stage_rows<kHeadDim, kWarpStripRows<kFrac>, 32 * kHeads>(stage_k(n % 2) + warp_strip_row0<kFrac>(warp),
-                                                                 k_src, p.k_row_stride, first, seq.seqlen_k - 1,
-                                                                 unsigned(32 * head + lane));
+        constexpr int kRows = kWarpStripRows<kFrac>;
+        const int64_t first = q0 - whole - (kFrac ? 1 : 0) + 16 * warp, last_key = seq.seqlen_k - 1;
+        Rows<kHeadDim> strip = stage_k(n % kStages) + warp_strip_row0<kFrac>(warp);
+        // Nearly every strip lies inside the keys; only those at the
+        // sequence's start or end need the per-row checks.
+        if (first >= 0 && first + kRows - 1 <= last_key) {
+          stage_rows<kHeadDim, kRows, 32 * kHeads, true>(strip, k_src, p.k_row_stride, first, last_key,
+                                                         unsigned(32 * head + lane));
+        } else {
+          stage_rows<kHeadDim, kRows, 32 * kHeads>(strip, k_src, p.k_row_stride, first, last_key,
+                                                   unsigned(32 * head + lane));
+        }
         if (lane < 16) {
           const int64_t i = q0 + 16 * warp + lane;
           const bool valid =
               i < seq.seqlen_q && sample_key<float>(i, distance_of_offset(o, p.band), p.band, offs).valid;
           const int64_t at = valid ? offset_term_index(p, seq, b, h, o, i) : 0;
-          float* staged = reinterpret_cast<float*>(stage_ds(n % 2, head)) + 16 * warp + lane;
+          float* staged = reinterpret_cast<float*>(stage_ds(n % kStages, head)) + 16 * warp + lane;
           copy_async_4(staged, static_cast<const float*>(p.offset_dscores) + at, valid);
           if constexpr (kFrac) {
             copy_async_4(staged + kBlockRows, static_cast<const float*>(p.offset_probs) + at, valid);
@@ -250,34 +265,39 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
     commit_async();
   };
 
-  // An offset's step (or none) is staged and read by the group of warp
-  // `warp` of each head alone: its barriers are the group's.
-  const auto steps_by_group = [&](int n) { return n >= band_steps; };
+  // One barrier a step: after it, step n's rows are in place for all that
+  // read them, and step n - 1's readers are done with the stage that step
+  // n + 2 refills. An offset's step (or none) is staged and read by the group
+  // of warp `warp` of each head alone, so once step n - 1 is an offset's, the
+  // barrier is the group's.
+  static_assert(kStages == 3, "step n + 2 refills step n - 1's stage");
   issue(0);
+  issue(1);
   float dq[kHeadDim / 8][4] = {};
   for (int n = 0; n < num_steps; ++n) {
-    issue(n + 1);
     wait_async<1>();
-    sync_step<kHeads>(steps_by_group(n), warp);
+    sync_step<kHeads>(n - 1 >= band_steps, warp);
+    issue(n + 2);
+    const int stage = n % kStages;
     if (n < band_steps) {
-      add_band_dscores_times_k<T, kHeadDim>(stage_ds(n % 2, head), stage_k(n % 2), warp, warp_q0,
+      add_band_dscores_times_k<T, kHeadDim>(stage_ds(stage, head), stage_k(stage), warp, warp_q0,
                                             (first_key_tile + n) * kChunk, p.band, dq, lane);
     } else if constexpr (!kFrac) {
       if (split_offset(offs, n - band_steps).whole >= 0) {
         // dq of query x += dS_x times its key, row x of the warp's strip.
-        const float* dscores = reinterpret_cast<const float*>(stage_ds(n % 2, head)) + 16 * warp;
-        add_diag_times_rows<T, kHeadDim>(dscores[g], dscores[g + 8], stage_k(n % 2) + warp_strip_row0<kFrac>(warp), dq,
+        const float* dscores = reinterpret_cast<const float*>(stage_ds(stage, head)) + 16 * warp;
+        add_diag_times_rows<T, kHeadDim>(dscores[g], dscores[g + 8], stage_k(stage) + warp_strip_row0<kFrac>(warp), dq,
                                          lane);
       }
     } else {
       const int o = n - band_steps;
       const OffsetSplit split = split_offset(offs, o);
-      const float* dscores = reinterpret_cast<const float*>(stage_ds(n % 2, head)) + 16 * warp;
+      const float* dscores = reinterpret_cast<const float*>(stage_ds(stage, head)) + 16 * warp;
       if (split.whole >= 0) {
         // dq of query x += dS_x ((1 - f) its first row, strip row x + 1, + f
         // its second, strip row x); at f == 0 the second row is not
         // multiplied in (0 times a non-finite row is NaN).
-        RowPtr<kHeadDim> strip_k = stage_k(n % 2) + warp_strip_row0<kFrac>(warp);
+        RowPtr<kHeadDim> strip_k = stage_k(stage) + warp_strip_row0<kFrac>(warp);
         const float w0 = 1.f - split.frac, w1 = split.frac;
         add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_k + 1, dq, lane);
         if (w1 != 0.f) add_diag_times_rows<T, kHeadDim>(w1 * dscores[g], w1 * dscores[g + 8], strip_k, dq, lane);
@@ -293,8 +313,6 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       }
       store_doffsets_partial(p, seq, o, b, h, warp_q0, dpos, lane);
     }
-    // Stage n % 2 is refilled by the next iteration's issue (step n + 2).
-    sync_step<kHeads>(steps_by_group(n) && steps_by_group(n + 2), warp);
   }
   if constexpr (kFrac) zero_doffsets_partials_from(p, seq, num_steps - band_steps, b, h, warp_q0, lane);
   store_rows<T, kHeadDim>(bits<T>(p.dq, seq.q_start(b, p.dq_batch_stride, p.dq_row_stride) + h * p.dq_head_stride),
