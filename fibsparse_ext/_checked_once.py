@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any, Callable
+from typing import Callable
 
 
 def can_remember(tensors) -> bool:
@@ -30,23 +30,22 @@ class CheckedOnce:
         self._seen: dict[tuple, tuple] = {}
         self._lock = threading.Lock()  # calls from several threads share the memory
 
-    def run(self, tensors: tuple, settings: tuple, check: Callable[[], Any]) -> Any:
-        """Runs `check` unless these tensors, unchanged, passed it with these
-        settings; returns what `check` returned (then, or now)."""
+    def run(self, tensors: tuple, settings: tuple, check: Callable[[], None]) -> None:
+        """Runs `check` unless these tensors, unchanged, passed it with these settings."""
         # Written for speed (a decode step calls it several times per token):
         # list comprehensions rather than generators, no lock to read (one
         # dict.get is atomic under the GIL).
         if any([t.is_inference() for t in tensors if t is not None]):  # can_remember, inlined
-            return check()
+            check()
+            return
         ident = tuple(map(id, tensors))
         state = (*[(t._version, t.data_ptr()) for t in tensors], *settings)
         seen = self._seen.get(ident)
         if seen is not None and seen[1] == state and all([ref() is t for ref, t in zip(seen[0], tensors)]):
-            return seen[2]
-        result = check()
+            return
+        check()
         with self._lock:
             if len(self._seen) > 1024:  # dead entries of temporary tensors
-                for dead in [key for key, (refs, *_) in self._seen.items() if any(ref() is None for ref in refs)]:
+                for dead in [key for key, (refs, _) in self._seen.items() if any(ref() is None for ref in refs)]:
                     del self._seen[dead]
-            self._seen[ident] = (tuple(weakref.ref(t) for t in tensors), state, result)
-        return result
+            self._seen[ident] = (tuple(weakref.ref(t) for t in tensors), state)

@@ -182,10 +182,9 @@ def check_packed_op_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
 
 
 def check_packed_lengths(cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, total_q: int, total_k: int,
-                         max_seqlen_q: int, max_seqlen_k: int) -> bool:
+                         max_seqlen_q: int, max_seqlen_k: int) -> None:
     """The values of cu_seqlens (csrc/op_checks.cpp's check_packed_lengths),
-    read in one host copy: one device sync for CUDA tensors. Returns whether
-    the two hold the same values."""
+    read in one host copy: one device sync for CUDA tensors."""
     host = torch.cat([cu_seqlens_q, cu_seqlens_k]).cpu().tolist()
     batch = cu_seqlens_q.shape[0] - 1
     bounds = {"cu_seqlens_q": (host[:batch + 1], total_q), "cu_seqlens_k": (host[batch + 1:], total_k)}
@@ -206,4 +205,3 @@ def check_packed_lengths(cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
         if seqlen_q > seqlen_k:
             raise ValueError(f"sequence {b} has seqlen_q {seqlen_q} > seqlen_k {seqlen_k}: queries are a "
                              f"sequence's last positions")
-    return q_bounds == k_bounds

@@ -18,32 +18,21 @@ _lengths_checked = CheckedOnce()
 
 
 def check_packed_boundaries(cu_seqlens_q, cu_seqlens_k, total_q: int, total_k: int, max_seqlen_q: int,
-                            max_seqlen_k: int) -> bool:
+                            max_seqlen_k: int) -> None:
     """The boundaries' values: CPU ones on every call, CUDA ones once per
     tensor version (reading them costs a device sync); nothing under
-    torch.compile, where the ops check them. Shapes and dtypes are the op's.
-    Returns whether the two were read and hold the same values."""
+    torch.compile, where the ops check them. Shapes and dtypes are the op's."""
     if _is_compiling() or not all(isinstance(t, torch.Tensor) and t.dtype == torch.int32 and t.dim() == 1
                                   for t in (cu_seqlens_q, cu_seqlens_k)):
-        return False
+        return
     if cu_seqlens_q.shape != cu_seqlens_k.shape:
-        return False  # the op names the mismatch
+        return  # the op names the mismatch
     settings = (total_q, total_k, max_seqlen_q, max_seqlen_k)
     check = lambda: check_packed_lengths(cu_seqlens_q, cu_seqlens_k, *settings)  # noqa: E731
     if cu_seqlens_q.device.type == "cpu":
-        return bool(check())
-    return bool(_lengths_checked.run((cu_seqlens_q, cu_seqlens_k), settings, check))
-
-
-def one_boundaries_tensor(cu_seqlens_q, cu_seqlens_k, total_q: int, total_k: int, max_seqlen_q: int,
-                          max_seqlen_k: int):
-    """The boundaries to pass the ops, checked (check_packed_boundaries): where
-    two tensors hold the same values, q's for both, so that the CUDA backward
-    sees queries and keys line up and can take its route with stored dS (the
-    kernels compare the tensors, not their values, which they do not read on
-    the host)."""
-    same = check_packed_boundaries(cu_seqlens_q, cu_seqlens_k, total_q, total_k, max_seqlen_q, max_seqlen_k)
-    return (cu_seqlens_q, cu_seqlens_q) if same else (cu_seqlens_q, cu_seqlens_k)
+        check()
+    else:
+        _lengths_checked.run((cu_seqlens_q, cu_seqlens_k), settings, check)
 
 
 def fibsparse_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
@@ -62,10 +51,9 @@ def fibsparse_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_
         k, v: (total_k, heads_kv, head_dim), heads % heads_kv == 0.
         cu_seqlens_q, cu_seqlens_k: int32 (batch + 1,) on q's device: 0, then the
             running totals of the sequences' lengths (empty sequences allowed).
-            Where both hold the same values the CUDA backward can take its
-            faster route (stored dS, windows up to 129); under torch.compile,
-            where the values are not read on the host, only when one tensor
-            is passed as both.
+            With as many queries as keys in all (then both hold the same
+            values) the CUDA backward can take its faster route (stored dS,
+            windows up to 129).
         max_seqlen_q, max_seqlen_k: at least the longest sequence's lengths (they
             size the kernels' grids).
         window, offsets, softmax_scale: as `fibsparse_attn`.
@@ -86,8 +74,7 @@ def fibsparse_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_
     batched_q = q.unsqueeze(0) if isinstance(q, torch.Tensor) and q.dim() == 3 else q
     offsets = as_offsets(offsets, batched_q, window)
     if isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and q.dim() == 3 and k.dim() == 3:
-        cu_seqlens_q, cu_seqlens_k = one_boundaries_tensor(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0],
-                                                           max_seqlen_q, max_seqlen_k)
+        check_packed_boundaries(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k)
     out, lse = torch.ops.fibsparse.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                               offsets, band_argument(window), default_scale(q, softmax_scale))
     return (out, lse) if return_lse else out
@@ -97,8 +84,7 @@ def _attend_packed_built_offsets(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen
                                  window: int, offsets: torch.Tensor, softmax_scale: Optional[float] = None):
     """fibsparse_attn_varlen for offsets its caller built valid (see
     functional._attend_built_offsets); the boundaries are checked as there."""
-    cu_seqlens_q, cu_seqlens_k = one_boundaries_tensor(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0],
-                                                       max_seqlen_q, max_seqlen_k)
+    check_packed_boundaries(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k)
     out, _ = torch.ops.fibsparse.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                             offsets, band_argument(window), default_scale(q, softmax_scale))
     return out

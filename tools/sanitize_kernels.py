@@ -119,15 +119,15 @@ def run_packed(dtype, fractional, head_dim):
 
 
 def run_packed_stored_dscores(dtype, head_dim, window, offsets):
-    """Sequences of 70, 0, 1 and 129 rows whose q and k share one cu_seqlens
-    tensor: in fp16 and bf16 the backward with stored dS, its dS tiles one
-    sequence after another (fp32 and fp64 run the lane kernels)."""
+    """Sequences of 70, 0, 1 and 129 rows, as many queries as keys (in two
+    boundaries tensors): in fp16 and bf16 the backward with stored dS, its dS
+    tiles one sequence after another (fp32 and fp64 run the lane kernels)."""
     torch.manual_seed(0)
     cu = torch.tensor([0, 70, 70, 71, 200], dtype=torch.int32, device="cuda")
     q = torch.randn(200, 4, head_dim, device="cuda", dtype=dtype, requires_grad=True)
     k = torch.randn(200, 2, head_dim, device="cuda", dtype=dtype, requires_grad=True)
     v = torch.randn_like(k, requires_grad=True)
-    out, lse = fibsparse_attn_varlen(q, k, v, cu, cu, 129, 129, window, offsets, return_lse=True)
+    out, lse = fibsparse_attn_varlen(q, k, v, cu, cu.clone(), 129, 129, window, offsets, return_lse=True)
     (out.float().square().sum() + lse.sum()).backward()
 
 

@@ -32,16 +32,20 @@ namespace fibsparse {
 // The band steps of a key tile of the backward with stored dS
 // (bwd_stored_dscores_kernel.cuh), if that backward applies to p: a batch
 // whose queries and keys line up (a dense one with as many queries as keys,
-// or a packed one whose q and k share one cu_seqlens tensor), a window of at
+// or a packed one with as many queries as keys in all), a window of at
 // most 129 (three 64-row query chunks per key tile, so that its dS buffer
 // holds 192 values per query and head), and a device that lets a block have
 // smem_bytes of shared memory, the most one of its passes needs (the window
 // alone's dk/dv pass at head_dim 128 stages O rows too: 109 KiB, more than
 // sm_86 and sm_89 allow, where the general passes need 73); 0 if not.
-// Packed batches with two cu_seqlens tensors take the general passes even if
-// their values agree: the op does not read them on the host (a device sync);
-// fibsparse_attn_varlen passes one tensor where its checks found them equal.
-// So do packed batches whose sequences average fewer than 32 keys: a sequence
+// A packed batch's boundaries are not read on the host (a device sync), but
+// valid ones with total_q == total_k are equal: every sequence has seqlen_q <=
+// seqlen_k, and the sums agree. Invalid ones stop the kernels at the device
+// checks that every route runs (the delta pass's check blocks, or a launch of
+// their own for the window alone); until then sequence_of's clamps keep every
+// index inside the buffers, as on the general passes.
+// Packed batches whose sequences average fewer than 32 keys take the general
+// passes: a sequence
 // holds whole 64-key tiles and may leave one more unused (band_dscore_tiles),
 // and the buffer would hold more than 3x the tiles of the same keys in long
 // sequences (a million keys in 16-key sequences: 60 GiB at 32 heads, window 128).
@@ -51,7 +55,7 @@ inline int stored_dscore_steps(const Params& p, int smem_bytes) {
   if (size_t(smem_bytes) > at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin) return 0;
   if (p.cache_seqlens != nullptr || p.block_table != nullptr) return 0;
   const bool packed = p.cu_seqlens_q != nullptr;
-  const bool aligned = packed ? p.cu_seqlens_q == p.cu_seqlens_k : p.q_pos_shift == 0 && p.seqlen_q == p.seqlen_k;
+  const bool aligned = packed ? p.total_q == p.total_k : p.q_pos_shift == 0 && p.seqlen_q == p.seqlen_k;
   if (!aligned || (packed && int64_t(p.batch) * 32 > p.total_k)) return 0;
   const int steps = (mma_tiles::kBlockRows - 1 + p.band.window - 1) / mma_tiles::kChunk + 1;
   return steps <= 3 ? steps : 0;

@@ -160,18 +160,25 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_fro
 template <bool kFrac>
 constexpr int kDqKRows = kWarps * kWarpStripRows<kFrac> > kChunk ? kWarps * kWarpStripRows<kFrac> : kChunk;
 
-// The stages of the dq pass with offsets: two steps' loads in flight while a
-// step's products run. Its offset steps are one diagonal product a warp, so
-// a step lasts about as long as its loads take to arrive.
-constexpr int kDqWithOffsetsStages = 3;
+// The stages of the dq pass with offsets. Its offset steps are one diagonal
+// product a warp, so a step lasts about as long as its loads take to arrive.
+// With three stages two steps' loads are in flight while a step's products
+// run, and a step has one barrier where two stages need one on each side of
+// the products. At head_dim 128 with two heads a block that takes 3-5.5% off
+// the pass (GQA 32/8, 64k and 128k; H200, docs/performance.md round 46), with
+// two blocks an SM before and after. Elsewhere the third stage costs more
+// than it gives: at MHA head_dim 128 it leaves room for two blocks an SM
+// where three fit (+20%), and at head_dim 64 (+3-5%) it takes most of the L1
+// that the dS and offsets reads go through.
+template <int kHeadDim, int kHeads>
+constexpr int kDqWithOffsetsStages = kHeadDim >= 128 && kHeads >= 2 ? 3 : 2;
 
 // Dynamic shared memory of the dq pass with offsets and kHeads heads a block:
-// kDqWithOffsetsStages stages, each of one dS tile a head (64 key rows of 64
-// queries; an offset step puts each head's 64 dS, float, in its place, and
-// with fractional positions their 64 d(position) terms after them) and its k
-// rows.
+// its stages, each of one dS tile a head (64 key rows of 64 queries; an
+// offset step puts each head's 64 dS, float, in its place, and with
+// fractional positions their 64 d(position) terms after them) and its k rows.
 template <int kHeadDim, int kHeads, bool kFrac = false>
-constexpr int kDqWithOffsetsSmemBytes = kDqWithOffsetsStages *
+constexpr int kDqWithOffsetsSmemBytes = kDqWithOffsetsStages<kHeadDim, kHeads> *
                                         (kHeads * kChunk * (kChunk + 8) + kDqKRows<kFrac> * (kHeadDim + 8)) *
                                         int(sizeof(uint16_t));
 
@@ -194,7 +201,7 @@ template <typename T, typename OffsetT, int kHeadDim, int kHeads>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
-  constexpr int kThreads = kHeads * kMmaBlockThreads, kStages = kDqWithOffsetsStages;
+  constexpr int kThreads = kHeads * kMmaBlockThreads, kStages = kDqWithOffsetsStages<kHeadDim, kHeads>;
   extern __shared__ __align__(16) uint16_t smem[];
   const auto stage_ds = [&](int s, int head) {
     return reinterpret_cast<Rows<kChunk>>(smem) + (s * kHeads + head) * kChunk;
@@ -265,19 +272,23 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
     commit_async();
   };
 
-  // One barrier a step: after it, step n's rows are in place for all that
-  // read them, and step n - 1's readers are done with the stage that step
-  // n + 2 refills. An offset's step (or none) is staged and read by the group
-  // of warp `warp` of each head alone, so once step n - 1 is an offset's, the
-  // barrier is the group's.
-  static_assert(kStages == 3, "step n + 2 refills step n - 1's stage");
+  // An offset's step (or none) is staged and read by the group of warp
+  // `warp` of each head alone: the barriers between offset steps are the
+  // group's. Two stages: step n + 1 is queued, then a barrier puts step n's
+  // rows in place for all that read them; one after the products lets step
+  // n + 2 refill the stage. Three stages: one barrier, after which step n's
+  // rows are in place and step n - 1's readers are done with the stage that
+  // step n + 2, queued next, refills.
+  static_assert(kStages == 2 || kStages == 3);
+  const auto steps_by_group = [&](int n) { return n >= band_steps; };
   issue(0);
-  issue(1);
+  if constexpr (kStages == 3) issue(1);
   float dq[kHeadDim / 8][4] = {};
   for (int n = 0; n < num_steps; ++n) {
+    if constexpr (kStages == 2) issue(n + 1);
     wait_async<1>();
-    sync_step<kHeads>(n - 1 >= band_steps, warp);
-    issue(n + 2);
+    sync_step<kHeads>(steps_by_group(kStages == 2 ? n : n - 1), warp);
+    if constexpr (kStages == 3) issue(n + 2);
     const int stage = n % kStages;
     if (n < band_steps) {
       add_band_dscores_times_k<T, kHeadDim>(stage_ds(stage, head), stage_k(stage), warp, warp_q0,
@@ -313,6 +324,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       }
       store_doffsets_partial(p, seq, o, b, h, warp_q0, dpos, lane);
     }
+    if constexpr (kStages == 2) sync_step<kHeads>(steps_by_group(n) && steps_by_group(n + 2), warp);
   }
   if constexpr (kFrac) zero_doffsets_partials_from(p, seq, num_steps - band_steps, b, h, warp_q0, lane);
   store_rows<T, kHeadDim>(bits<T>(p.dq, seq.q_start(b, p.dq_batch_stride, p.dq_row_stride) + h * p.dq_head_stride),

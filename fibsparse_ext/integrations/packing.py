@@ -52,7 +52,7 @@ def _from_padding(valid: torch.Tensor, seqlen_q: int) -> Packing:
         raise ValueError("fibsparse attention takes padding masks whose real tokens are one run per row (left or "
                          "right padding); this mask has padding between real tokens")
     rows_k, cu_k = valid.flatten().nonzero().squeeze(1), _boundaries(counts)
-    if seqlen_q == seqlen_k:  # one boundaries tensor for both: the backward may then store dS (docs/semantics.md)
+    if seqlen_q == seqlen_k:  # queries and keys are the same tokens: one boundaries tensor for both
         return Packing(rows_k, rows_k, cu_k, cu_k, int(counts.max()), int(counts.max()))
     valid_q = valid[:, seqlen_k - seqlen_q:]
     counts_q = valid_q.sum(1)
