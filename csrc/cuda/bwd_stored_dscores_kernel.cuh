@@ -244,18 +244,10 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
         // fractional positions 17, from the second row of its first query),
         // so those kHeads warps stage it (steps_by_group), with each head's
         // dS of the warp's 16 queries (and their d(position) terms).
-        constexpr int kRows = kWarpStripRows<kFrac>;
-        const int64_t first = q0 - whole - (kFrac ? 1 : 0) + 16 * warp, last_key = seq.seqlen_k - 1;
-        Rows<kHeadDim> strip = stage_k(n % kStages) + warp_strip_row0<kFrac>(warp);
-        // Nearly every strip lies inside the keys; only those at the
-        // sequence's start or end need the per-row checks.
-        if (first >= 0 && first + kRows - 1 <= last_key) {
-          stage_rows<kHeadDim, kRows, 32 * kHeads, true>(strip, k_src, p.k_row_stride, first, last_key,
-                                                         unsigned(32 * head + lane));
-        } else {
-          stage_rows<kHeadDim, kRows, 32 * kHeads>(strip, k_src, p.k_row_stride, first, last_key,
-                                                   unsigned(32 * head + lane));
-        }
+        const int64_t first = q0 - whole - (kFrac ? 1 : 0) + 16 * warp;
+        stage_rows<kHeadDim, kWarpStripRows<kFrac>, 32 * kHeads>(stage_k(n % kStages) + warp_strip_row0<kFrac>(warp),
+                                                                 k_src, p.k_row_stride, first, seq.seqlen_k - 1,
+                                                                 unsigned(32 * head + lane));
         if (lane < 16) {
           const int64_t i = q0 + 16 * warp + lane;
           const bool valid =
