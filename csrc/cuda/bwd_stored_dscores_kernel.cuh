@@ -281,26 +281,25 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
     wait_async<1>();
     sync_step<kHeads>(steps_by_group(kStages == 2 ? n : n - 1), warp);
     if constexpr (kStages == 3) issue(n + 2);
-    const int stage = n % kStages;
     if (n < band_steps) {
-      add_band_dscores_times_k<T, kHeadDim>(stage_ds(stage, head), stage_k(stage), warp, warp_q0,
+      add_band_dscores_times_k<T, kHeadDim>(stage_ds(n % kStages, head), stage_k(n % kStages), warp, warp_q0,
                                             (first_key_tile + n) * kChunk, p.band, dq, lane);
     } else if constexpr (!kFrac) {
       if (split_offset(offs, n - band_steps).whole >= 0) {
         // dq of query x += dS_x times its key, row x of the warp's strip.
-        const float* dscores = reinterpret_cast<const float*>(stage_ds(stage, head)) + 16 * warp;
-        add_diag_times_rows<T, kHeadDim>(dscores[g], dscores[g + 8], stage_k(stage) + warp_strip_row0<kFrac>(warp), dq,
-                                         lane);
+        const float* dscores = reinterpret_cast<const float*>(stage_ds(n % kStages, head)) + 16 * warp;
+        add_diag_times_rows<T, kHeadDim>(dscores[g], dscores[g + 8],
+                                         stage_k(n % kStages) + warp_strip_row0<kFrac>(warp), dq, lane);
       }
     } else {
       const int o = n - band_steps;
       const OffsetSplit split = split_offset(offs, o);
-      const float* dscores = reinterpret_cast<const float*>(stage_ds(stage, head)) + 16 * warp;
+      const float* dscores = reinterpret_cast<const float*>(stage_ds(n % kStages, head)) + 16 * warp;
       if (split.whole >= 0) {
         // dq of query x += dS_x ((1 - f) its first row, strip row x + 1, + f
         // its second, strip row x); at f == 0 the second row is not
         // multiplied in (0 times a non-finite row is NaN).
-        RowPtr<kHeadDim> strip_k = stage_k(stage) + warp_strip_row0<kFrac>(warp);
+        RowPtr<kHeadDim> strip_k = stage_k(n % kStages) + warp_strip_row0<kFrac>(warp);
         const float w0 = 1.f - split.frac, w1 = split.frac;
         add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_k + 1, dq, lane);
         if (w1 != 0.f) add_diag_times_rows<T, kHeadDim>(w1 * dscores[g], w1 * dscores[g + 8], strip_k, dq, lane);
