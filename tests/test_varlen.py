@@ -405,7 +405,7 @@ def test_cuda_packed_backward_from_stored_dscores(monkeypatch, heads, heads_kv, 
     out_q, lse_q = torch.ops.fibsparse.varlen_fwd(*fewer_queries)
     _, kernels = cuda_kernels_of(lambda: torch.ops.fibsparse.varlen_bwd(
         grad_out[1:], *fewer_queries[:3], out_q, lse_q, grad_lse[:, 1:], *fewer_queries[3:]))
-    assert not took_stored_route(kernels), kernels
+    assert not took_stored_route(kernels), kernels  # (where stored_route is False, no call takes it)
     monkeypatch.setenv("FIBSPARSE_STORED_DSCORES", "0")
     general = packed_call(cu)
     monkeypatch.delenv("FIBSPARSE_STORED_DSCORES")
@@ -443,17 +443,24 @@ def test_cuda_every_output_element_is_written(monkeypatch, dtype):
 
 
 @requires_cuda
-def test_bad_lengths_stop_the_cuda_kernels():
+@pytest.mark.parametrize("call, offsets", [("varlen_fwd", [3]), ("varlen_bwd", []), ("varlen_bwd", [3, 90])])
+def test_bad_lengths_stop_the_cuda_kernels(call, offsets):
     """A direct op call with boundaries the entry point would refuse stops the
-    kernels with a device-side assert (one process per case: it ends the CUDA context)."""
+    kernels with a device-side assert (one process per case: it ends the CUDA
+    context). Queries and keys are as many in all, and the sequences average
+    over 32 keys, so the backward takes its stored-dS route, which reads the
+    two tensors' values only on the device."""
     script = (
         "import torch, fibsparse_ext\n"
-        "q = torch.randn(16, 2, 64, device='cuda', dtype=torch.bfloat16)\n"
-        "cu_q = torch.tensor([0, 7, 12, 16], dtype=torch.int32, device='cuda')\n"
-        "cu_k = torch.tensor([0, 6, 11, 16], dtype=torch.int32, device='cuda')\n"
-        "offsets = torch.tensor([3], dtype=torch.int32, device='cuda')\n"
-        "torch.ops.fibsparse.varlen_fwd(q, q, q, cu_q, cu_k, 7, 7, offsets, [2], 0.125)\n"
-        "torch.cuda.synchronize()\n")
+        "q = torch.randn(128, 2, 64, device='cuda', dtype=torch.bfloat16)\n"
+        "lse = torch.randn(2, 128, device='cuda')\n"
+        "cu_q = torch.tensor([0, 70, 100, 128], dtype=torch.int32, device='cuda')\n"
+        "cu_k = torch.tensor([0, 60, 100, 128], dtype=torch.int32, device='cuda')\n"
+        f"offsets = torch.tensor({offsets}, dtype=torch.int32, device='cuda')\n"
+        "bounds = (cu_q, cu_k, 70, 70, offsets, [2], 0.125)\n"
+        + ("torch.ops.fibsparse.varlen_fwd(q, q, q, *bounds)\n" if call == "varlen_fwd" else
+           "torch.ops.fibsparse.varlen_bwd(q, q, q, q, q, lse, None, *bounds)\n")
+        + "torch.cuda.synchronize()\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                             env=dict(os.environ, CUDA_LAUNCH_BLOCKING="1"))
     assert result.returncode != 0

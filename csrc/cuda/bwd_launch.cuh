@@ -61,6 +61,16 @@ inline int stored_dscore_steps(const Params& p, int smem_bytes) {
   return steps <= 3 ? steps : 0;
 }
 
+// Whether the dq pass with offsets takes its three stages (of smem_bytes a
+// block; kDqMayTakeThreeStages): where two such blocks fit an SM, as on the
+// H100 and H200 it was measured on. With fewer (99 KiB a block on sm_86 and
+// sm_89, 164 KiB an SM on sm_80) it keeps two stages and two blocks an SM.
+inline bool dq_takes_three_stages(int smem_bytes) {
+  const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
+  return size_t(smem_bytes) <= props->sharedMemPerBlockOptin &&
+         2 * (size_t(smem_bytes) + props->reservedSharedMemPerBlock) <= props->sharedMemPerMultiprocessor;
+}
+
 // The key tiles per query head of the stored dS buffer (band_dscore_first_tile).
 inline int64_t band_dscore_tiles(const Params& p) {
   if (p.cu_seqlens_k != nullptr) return p.total_k / mma_tiles::kBlockRows + p.batch;
@@ -111,9 +121,18 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads,
                 kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>, stored_p);
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
-    launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads>,
-                  dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
-                  kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac>, stored_p);
+    const auto launch_dq = [&](auto stages) {
+      constexpr int kStages = decltype(stages)::value;
+      launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages>,
+                    dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
+                    kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
+    };
+    if constexpr (kDqMayTakeThreeStages<kHeadDim, kHeads>) {
+      if (dq_takes_three_stages(kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, 3>)) {
+        return launch_dq(std::integral_constant<int, 3>{});
+      }
+    }
+    launch_dq(std::integral_constant<int, 2>{});
   });
 }
 
@@ -127,7 +146,8 @@ void launch_bwd(const Params& p, bool fractional) {
         if constexpr (!kFrac || kStoredDscoresTakeFractional<kHeadDim>) {
           // The window alone's dk/dv pass needs more than its dq pass; with
           // offsets either pass may need the most (the dq pass of the most heads
-          // a block may have, or the fractional dk/dv pass with its edge rows).
+          // a block may have, with two stages, or the fractional dk/dv pass with
+          // its edge rows).
           const int smem = p.num_offsets == 0
                                ? kDkdvWindowSmemBytes<kHeadDim>
                                : std::max(kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>,

@@ -160,27 +160,28 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_fro
 template <bool kFrac>
 constexpr int kDqKRows = kWarps * kWarpStripRows<kFrac> > kChunk ? kWarps * kWarpStripRows<kFrac> : kChunk;
 
-// The stages of the dq pass with offsets. Its offset steps are one diagonal
-// product a warp, so a step lasts about as long as its loads take to arrive.
-// With three stages two steps' loads are in flight while a step's products
-// run, and a step has one barrier where two stages need one on each side of
-// the products. At head_dim 128 with two heads a block that takes 3-5.5% off
-// the pass (GQA 32/8, 64k and 128k; H200, docs/performance.md round 46), with
-// two blocks an SM before and after. Elsewhere the third stage costs more
-// than it gives: at MHA head_dim 128 it leaves room for two blocks an SM
-// where three fit (+20%), and at head_dim 64 (+3-5%) it takes most of the L1
-// that the dS and offsets reads go through.
+// Whether the dq pass with offsets may take three stages instead of two. Its
+// offset steps are one diagonal product a warp, so a step lasts about as long
+// as its loads take to arrive. With three stages two steps' loads are in
+// flight while a step's products run, and a step has one barrier where two
+// stages need one on each side of the products. At head_dim 128 with two
+// heads a block, where two blocks an SM fit with either, that takes 1.5-3% off
+// the pass (GQA 32/8, 64k and 128k; H200, docs/performance.md round 46).
+// Elsewhere the third stage costs more than it gives: at MHA head_dim 128 it
+// leaves room for two blocks an SM where three fit (+20%), and at head_dim 64
+// (+3-5%) it takes most of the L1 that the dS and offsets reads go through.
+// The launch takes it only where two such blocks fit an SM
+// (dq_takes_three_stages).
 template <int kHeadDim, int kHeads>
-constexpr int kDqWithOffsetsStages = kHeadDim >= 128 && kHeads >= 2 ? 3 : 2;
+constexpr bool kDqMayTakeThreeStages = kHeadDim >= 128 && kHeads >= 2;
 
-// Dynamic shared memory of the dq pass with offsets and kHeads heads a block:
-// its stages, each of one dS tile a head (64 key rows of 64 queries; an
+// Dynamic shared memory of the dq pass with offsets, kHeads heads a block and
+// kStages stages, each of one dS tile a head (64 key rows of 64 queries; an
 // offset step puts each head's 64 dS, float, in its place, and with
 // fractional positions their 64 d(position) terms after them) and its k rows.
-template <int kHeadDim, int kHeads, bool kFrac = false>
-constexpr int kDqWithOffsetsSmemBytes = kDqWithOffsetsStages<kHeadDim, kHeads> *
-                                        (kHeads * kChunk * (kChunk + 8) + kDqKRows<kFrac> * (kHeadDim + 8)) *
-                                        int(sizeof(uint16_t));
+template <int kHeadDim, int kHeads, bool kFrac = false, int kStages = 2>
+constexpr int kDqWithOffsetsSmemBytes =
+    kStages * (kHeads * kChunk * (kChunk + 8) + kDqKRows<kFrac> * (kHeadDim + 8)) * int(sizeof(uint16_t));
 
 // Blocks per SM its registers must allow: those of the other passes
 // (mma_tiles.cuh's kMinBlocksOfHeads), but two blocks of two heads at head_dim
@@ -197,11 +198,11 @@ constexpr int kDqWithOffsetsMinBlocks = kHeadDim >= 128 && kHeads == 2 ? 2 : kMi
 // all its heads with each head's 64 dS of that offset (a strip of 16 rows per
 // warp, or for fractional positions 17, from the second row of its first
 // query: kWarpStripRows).
-template <typename T, typename OffsetT, int kHeadDim, int kHeads>
+template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
-  constexpr int kThreads = kHeads * kMmaBlockThreads, kStages = kDqWithOffsetsStages<kHeadDim, kHeads>;
+  constexpr int kThreads = kHeads * kMmaBlockThreads;
   extern __shared__ __align__(16) uint16_t smem[];
   const auto stage_ds = [&](int s, int head) {
     return reinterpret_cast<Rows<kChunk>>(smem) + (s * kHeads + head) * kChunk;
