@@ -6,7 +6,7 @@ import torch
 
 from fibsparse_ext import SCHEDULES, FibSparseAttention, fibsparse_attn_ref, make_schedule
 from fibsparse_ext.rotary import apply_rotary, rotary_tables
-from utils import DEVICES, rel_err
+from utils import DEVICES, packed, rel_err
 
 
 def schedule_for(name, base="fibonacci"):
@@ -116,10 +116,10 @@ def test_packed_documents_equal_each_document_alone(device, name):
     of the documents run one by one."""
     module = layer(name, device)
     lengths = [10, 0, 1, 37, 64]
-    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32, device=device)
+    cu, longest = packed(lengths, device)
     x = torch.randn(1, sum(lengths), 64, dtype=torch.float64, device=device)
     grad = torch.randn_like(x)
-    out = module(x, cu_seqlens=cu, max_seqlen=max(lengths))
+    out = module(x, cu_seqlens=cu, max_seqlen=longest)
     packed_grads = torch.autograd.grad((out * grad).sum(), list(module.parameters()))
     bounds = cu.tolist()
     alone = torch.cat([module(x[:, bounds[b]:bounds[b + 1]]) for b in range(len(lengths)) if lengths[b]], 1)

@@ -2,7 +2,7 @@
 fractional; GQA, with per-head padded offsets and with shared ones (tensor-core blocks of
 several heads); the window alone; integer and fractional offsets with stored dS, and on the general passes;
 window > seqlen; seqlen_q < seqlen_k; a packed
-batch with empty and one-token sequences, and one whose q and k share its boundaries (stored dS); a paged cache with page sizes 1, 5 and 16 whose
+batch with empty and one-token sequences, and one with as many queries as keys (stored dS); a paged cache with page sizes 1, 5 and 16 whose
 given-back entries are -1),
 sized for compute-sanitizer:
 

@@ -45,10 +45,10 @@ namespace fibsparse {
 // their own for the window alone); until then sequence_of's clamps keep every
 // index inside the buffers, as on the general passes.
 // Packed batches whose sequences average fewer than 32 keys take the general
-// passes: a sequence
-// holds whole 64-key tiles and may leave one more unused (band_dscore_tiles),
-// and the buffer would hold more than 3x the tiles of the same keys in long
-// sequences (a million keys in 16-key sequences: 60 GiB at 32 heads, window 128).
+// passes: a sequence holds whole 64-key tiles and may leave one more unused
+// (band_dscore_tiles), and the buffer would hold more than 3x the tiles of the
+// same keys in long sequences (a million keys in 16-key sequences: 60 GiB at
+// 32 heads, window 128).
 // FIBSPARSE_STORED_DSCORES=0 turns it off for comparisons (env_switches.h).
 inline int stored_dscore_steps(const Params& p, int smem_bytes) {
   if (switched_off("FIBSPARSE_STORED_DSCORES")) return 0;
