@@ -12,10 +12,8 @@
 #pragma once
 
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAFunctions.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
@@ -73,33 +71,6 @@ inline bool dq_takes_three_stages(int smem_bytes) {
          2 * (size_t(smem_bytes) + props->reservedSharedMemPerBlock) <= props->sharedMemPerMultiprocessor;
 }
 
-// Whether the dk/dv pass with offsets and stored dS (integer positions) takes
-// three stages (dkdv_mma_kernel): where that keeps as many blocks an SM as two
-// stages do, which the registers bound (two at head_dim 128, three at 64 on
-// the H100 and H200). Asked once per device and kept.
-template <typename T, int kHeadDim>
-bool dkdv_takes_three_stages() {
-  using namespace mma_bwd;
-  static std::atomic<int8_t> known[64];  // per device: 0 not asked yet, 1 two stages, 2 three
-  const int device = c10::cuda::current_device();
-  const bool cached = device < 64;
-  if (cached && known[device].load() != 0) return known[device].load() == 2;
-  const auto blocks_per_sm = [](auto kernel, int smem_bytes) {
-    if (size_t(smem_bytes) > at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin) return 0;
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
-    int blocks = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kMmaBlockThreads, smem_bytes));
-    return blocks;
-  };
-  const int two = blocks_per_sm(dkdv_mma_kernel<T, int32_t, kHeadDim, DkdvRoute::kBeforeDq, 2>,
-                                kDkdvSmemBytes<kHeadDim, 2>);
-  const int three = blocks_per_sm(dkdv_mma_kernel<T, int32_t, kHeadDim, DkdvRoute::kBeforeDq, 3>,
-                                  kDkdvSmemBytes<kHeadDim, 3>);
-  const bool takes_three = three > 0 && three >= two;
-  if (cached) known[device].store(takes_three ? 2 : 1);
-  return takes_three;
-}
-
 // The key tiles per query head of the stored dS buffer (band_dscore_first_tile).
 inline int64_t band_dscore_tiles(const Params& p) {
   if (p.cu_seqlens_k != nullptr) return p.total_k / mma_tiles::kBlockRows + p.batch;
@@ -147,22 +118,8 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
   launch_kernel(delta_kernel<T, OffsetT, kHeadDim>, dim3(query_tiles + kOffsetsCheckBlocks, p.heads, p.batch),
                 kMmaBlockThreads, 0, stored_p);
-  // Fractional positions keep two stages: at head_dim 128 their edge rows
-  // leave no room for a third beside two blocks an SM.
-  const auto launch_dkdv = [&](auto stages) {
-    constexpr int kStages = decltype(stages)::value;
-    launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, kStages>, dkdv_grid, kMmaBlockThreads,
-                  kFrac ? kDkdvFractionalSmemBytes<kHeadDim, kStages> : kDkdvSmemBytes<kHeadDim, kStages>, stored_p);
-  };
-  if constexpr (!kFrac) {
-    if (dkdv_takes_three_stages<T, kHeadDim>()) {
-      launch_dkdv(std::integral_constant<int, 3>{});
-    } else {
-      launch_dkdv(std::integral_constant<int, 2>{});
-    }
-  } else {
-    launch_dkdv(std::integral_constant<int, 2>{});
-  }
+  launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads,
+                kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>, stored_p);
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
     const auto launch_dq = [&](auto stages) {
       constexpr int kStages = decltype(stages)::value;

@@ -43,12 +43,11 @@ namespace mma_bwd {
 using namespace mma_tiles;
 
 // Dynamic shared memory of the two passes: two pipeline stages of two row
-// buffers (the dk/dv pass may take kStages of them, dkdv_mma_kernel); the
-// dk/dv pass adds two statistics per staged row.
+// buffers; the dk/dv pass adds two statistics per staged row.
 template <int kHeadDim>
 constexpr int kDqSmemBytes = 2 * 2 * kStageBytes<kHeadDim>;
-template <int kHeadDim, int kStages = 2>
-constexpr int kDkdvSmemBytes = kStages * (2 * kStageBytes<kHeadDim> + 2 * kBufRows * int(sizeof(float)));
+template <int kHeadDim>
+constexpr int kDkdvSmemBytes = 2 * 2 * kStageBytes<kHeadDim> + 2 * 2 * kBufRows * int(sizeof(float));
 // The window alone's dk/dv pass also stages O rows (two stages, after the rest).
 template <int kHeadDim>
 constexpr int kDkdvWindowSmemBytes = kDkdvSmemBytes<kHeadDim> + 2 * kStageBytes<kHeadDim>;
@@ -56,9 +55,9 @@ constexpr int kDkdvWindowSmemBytes = kDkdvSmemBytes<kHeadDim> + 2 * kStageBytes<
 // warp's edge rows (fractional_offset_step), after the rest: k, then v, of
 // the key before the warp's first, its last key and the key after that.
 constexpr int kEdgeRows = 6;
-template <int kHeadDim, int kStages = 2>
+template <int kHeadDim>
 constexpr int kDkdvFractionalSmemBytes =
-    kDkdvSmemBytes<kHeadDim, kStages> + kWarps * kEdgeRows * kHeadDim * int(sizeof(uint16_t));
+    kDkdvSmemBytes<kHeadDim> + kWarps * kEdgeRows * kHeadDim * int(sizeof(uint16_t));
 static_assert(kCudaQueriesPerPartial == 16, "the dq pass writes one partial of d(position) per warp's 16 queries");
 
 // The lse with which the backward recomputes P = exp(S - lse): a query whose
@@ -540,29 +539,23 @@ __device__ __forceinline__ void fractional_offset_step(
 // and dS from its own k and v fragments and the strip's rows, as it does the
 // band's (fractional positions: fractional_offset_step), and stores each
 // (query, offset)'s dS.
-// kStages: the pipeline's stages. With two, a step is queued, then a barrier
-// puts the step before it in place for its readers, and one after that
-// step's products lets the stage be refilled. With three (kBeforeDq only), one
-// barrier a step puts step n in place and tells that step n - 1's readers are
-// done with the stage that step n + 2, queued next, refills.
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, int kStages = 2>
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   constexpr bool kStoresDscores = kRoute != DkdvRoute::kAfterDq;
   constexpr bool kFractionalFirst = kRoute == DkdvRoute::kBeforeDq && !std::is_integral_v<OffsetT>;
   static_assert(!kWindowAlone || 2 * kChunk == kMmaBlockThreads, "delta: two threads a staged row");
-  static_assert(kStages == 2 || (kStages == 3 && kRoute == DkdvRoute::kBeforeDq));
   extern __shared__ __align__(16) uint16_t smem[];
   const auto stage_q = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 0); };
   const auto stage_do = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 1); };
-  // Two statistics per staged row, after the stages' row buffers; then the window alone's O rows.
-  float* stats_smem = reinterpret_cast<float*>(smem + 2 * kStages * kBufRows * (kHeadDim + 8));
+  // Two statistics per staged row, after the four row buffers; then the window alone's O rows.
+  float* stats_smem = reinterpret_cast<float*>(smem + 4 * kBufRows * (kHeadDim + 8));
   const auto stage_stat = [&](int s, int which) { return stats_smem + (2 * s + which) * kBufRows; };
   const auto stage_o = [&](int s) {
     return reinterpret_cast<Rows<kHeadDim>>(reinterpret_cast<char*>(smem) + kDkdvSmemBytes<kHeadDim>) + s * kBufRows;
   };
   const auto edge_rows = [&](int warp) {
-    return reinterpret_cast<uint16_t*>(reinterpret_cast<char*>(smem) + kDkdvSmemBytes<kHeadDim, kStages>) +
+    return reinterpret_cast<uint16_t*>(reinterpret_cast<char*>(smem) + kDkdvSmemBytes<kHeadDim>) +
            warp * kEdgeRows * kHeadDim;
   };
   // The window alone: delta = <dO, O> - dlse of stage s's queries, summed as
@@ -603,11 +596,6 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   auto issued = steps.first();  // the step queued last
   steps.template issue<T, kRoute>(issued, steps.num_steps > 0, b, stage_q(0), stage_do(0), stage_stat(0, 0),
                                   stage_stat(0, 1), stage_o(0));
-  if constexpr (kStages == 3) {
-    issued = steps.next(issued);
-    steps.template issue<T, kRoute>(issued, steps.num_steps > 1, b, stage_q(1), stage_do(1), stage_stat(1, 0),
-                                    stage_stat(1, 1));
-  }
 
   uint32_t kf[kHeadDim / 16][4], vf[kHeadDim / 16][4];
   load_a_fragments<kHeadDim>(bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride),
@@ -628,33 +616,19 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   // the window alone has no offset steps), for step n as the loop goes.
   const auto by_warp = [&](auto s, bool exists) { return !kWindowAlone && steps.by_warp(s, exists); };
   bool step_by_warp = by_warp(step, steps.num_steps > 0);
-  // Three stages: whether steps n - 1 (none before the first), n + 1 and n + 2 are by warp.
-  bool before_by_warp = true, after_by_warp = by_warp(issued, steps.num_steps > 1), issued_by_warp = true;
   for (int n = 0; n < steps.num_steps; ++n, step = steps.next(step)) {
-    if constexpr (kStages == 2) {
-      issued = steps.next(issued);
-      steps.template issue<T, kRoute>(issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2),
-                                      stage_do((n + 1) % 2), stage_stat((n + 1) % 2, 0), stage_stat((n + 1) % 2, 1),
-                                      stage_o((n + 1) % 2));
-      wait_async<1>();
-      if (step_by_warp) {
-        sync_strip_group<1>(warp);
-      } else {
-        __syncthreads();
-      }
+    issued = steps.next(issued);
+    steps.template issue<T, kRoute>(issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2), stage_do((n + 1) % 2),
+                                    stage_stat((n + 1) % 2, 0), stage_stat((n + 1) % 2, 1), stage_o((n + 1) % 2));
+    wait_async<1>();
+    if (step_by_warp) {
+      sync_strip_group<1>(warp);
     } else {
-      wait_async<1>();
-      // Step n + 2 refills step n - 1's stage: only the warp's own barrier
-      // where both, and step n, are staged and read by each warp alone.
-      issued = steps.next(issued);
-      issued_by_warp = by_warp(issued, n + 2 < steps.num_steps);
-      sync_step<1>(before_by_warp && step_by_warp && issued_by_warp, warp);
-      steps.template issue<T, kRoute>(issued, n + 2 < steps.num_steps, b, stage_q((n + 2) % 3),
-                                      stage_do((n + 2) % 3), stage_stat((n + 2) % 3, 0), stage_stat((n + 2) % 3, 1));
+      __syncthreads();
     }
-    RowPtr<kHeadDim> rows_q = stage_q(n % kStages), rows_do = stage_do(n % kStages);
-    const float* stat0 = stage_stat(n % kStages, 0);
-    const float* stat1 = stage_stat(n % kStages, 1);
+    RowPtr<kHeadDim> rows_q = stage_q(n % 2), rows_do = stage_do(n % 2);
+    const float* stat0 = stage_stat(n % 2, 0);
+    const float* stat1 = stage_stat(n % 2, 1);
     if (steps.is_band(step)) {
       const int64_t chunk_row = steps.chunk_row(step);
 #pragma unroll
@@ -753,25 +727,19 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
         }
       }
     }
-    if constexpr (kStages == 2) {
-      if constexpr (kWindowAlone) wait_async<0>();  // the next step's rows, for form_deltas
-      // The next iteration queues step n + 2 into this stage. If step n and
-      // step n + 2 are both this warp's own, only this warp read the rows it
-      // will overwrite; otherwise the whole block must be done with them.
-      const bool next_by_warp = by_warp(issued, n + 1 < steps.num_steps);
-      if (step_by_warp && by_warp(steps.next(issued), n + 2 < steps.num_steps)) {
-        sync_strip_group<1>(warp);
-      } else {
-        __syncthreads();
-      }
-      step_by_warp = next_by_warp;
-      if constexpr (kWindowAlone) {
-        if (n + 1 < steps.num_steps) form_deltas((n + 1) % 2);
-      }
+    if constexpr (kWindowAlone) wait_async<0>();  // the next step's rows, for form_deltas
+    // The next iteration queues step n + 2 into this stage. If step n and
+    // step n + 2 are both this warp's own, only this warp read the rows it
+    // will overwrite; otherwise the whole block must be done with them.
+    const bool next_by_warp = by_warp(issued, n + 1 < steps.num_steps);
+    if (step_by_warp && by_warp(steps.next(issued), n + 2 < steps.num_steps)) {
+      sync_strip_group<1>(warp);
     } else {
-      before_by_warp = step_by_warp;
-      step_by_warp = after_by_warp;
-      after_by_warp = issued_by_warp;
+      __syncthreads();
+    }
+    step_by_warp = next_by_warp;
+    if constexpr (kWindowAlone) {
+      if (n + 1 < steps.num_steps) form_deltas((n + 1) % 2);
     }
   }
   store_rows<T, kHeadDim>(bits<T>(p.dk, seq.k_start(b, p.dk_batch_stride, p.dk_row_stride) + hk * p.dk_head_stride),
