@@ -11,8 +11,6 @@
 // (bwd_stored_dscores_kernel.cuh).
 #pragma once
 
-#include <cstdlib>
-
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -120,23 +118,8 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
   launch_kernel(delta_kernel<T, OffsetT, kHeadDim>, dim3(query_tiles + kOffsetsCheckBlocks, p.heads, p.batch),
                 kMmaBlockThreads, 0, stored_p);
-  const char* variant = std::getenv("FIBSPARSE_EXP49");
-  const int exp49 = variant != nullptr ? std::atoi(variant) : 0;
-  if constexpr (!kFrac && kHeadDim == 128) {
-    if (exp49 == 1) {
-      launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, 1>, dkdv_grid, kMmaBlockThreads,
-                    kDkdvSharedKvSmemBytes<kHeadDim>, stored_p);
-    } else if (exp49 == 2) {
-      launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, 2>, dkdv_grid, kMmaBlockThreads,
-                    kDkdvSharedKvSmemBytes<kHeadDim>, stored_p);
-    } else {
-      launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads,
-                    kDkdvSmemBytes<kHeadDim>, stored_p);
-    }
-  } else {
   launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads,
                 kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>, stored_p);
-  }
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
     const auto launch_dq = [&](auto stages) {
       constexpr int kStages = decltype(stages)::value;

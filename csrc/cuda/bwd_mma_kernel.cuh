@@ -58,9 +58,6 @@ constexpr int kEdgeRows = 6;
 template <int kHeadDim>
 constexpr int kDkdvFractionalSmemBytes =
     kDkdvSmemBytes<kHeadDim> + kWarps * kEdgeRows * kHeadDim * int(sizeof(uint16_t));
-// The dk/dv pass that reads its k and v rows from shared memory (SharedARows) stages them after the rest.
-template <int kHeadDim>
-constexpr int kDkdvSharedKvSmemBytes = kDkdvSmemBytes<kHeadDim> + 2 * kBlockRows * (kHeadDim + 8) * int(sizeof(uint16_t));
 static_assert(kCudaQueriesPerPartial == 16, "the dq pass writes one partial of d(position) per warp's 16 queries");
 
 // The lse with which the backward recomputes P = exp(S - lse): a query whose
@@ -542,10 +539,8 @@ __device__ __forceinline__ void fractional_offset_step(
 // and dS from its own k and v fragments and the strip's rows, as it does the
 // band's (fractional positions: fractional_offset_step), and stores each
 // (query, offset)'s dS.
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, int kVariant = 0>
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
-  constexpr bool kSharedKv = kVariant > 0;
-  constexpr int kBandChains = kVariant == 2 ? 2 : 1;
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   constexpr bool kStoresDscores = kRoute != DkdvRoute::kAfterDq;
   constexpr bool kFractionalFirst = kRoute == DkdvRoute::kBeforeDq && !std::is_integral_v<OffsetT>;
@@ -598,36 +593,15 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
       copy_async_16(edge_rows(warp) + row * kHeadDim + col, src + col, valid);
     }
   }
-  const auto kv_tile = [&](int which) {
-    return reinterpret_cast<Rows<kHeadDim>>(reinterpret_cast<char*>(smem) + kDkdvSmemBytes<kHeadDim>) +
-           which * kBlockRows + 16 * warp;
-  };
-  if constexpr (kSharedKv) {
-    // The warp's k and v rows, in the first step's group: each warp reads only its own.
-    if (steps.num_steps > 0) {
-      stage_rows<kHeadDim, 16, 32>(
-          kv_tile(0), bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride),
-          p.k_row_stride, warp_k0, seq.seqlen_k - 1, unsigned(lane));
-      stage_rows<kHeadDim, 16, 32>(
-          kv_tile(1), bits<T>(p.v, seq.k_start(b, p.v_batch_stride, p.v_row_stride) + hk * p.v_head_stride),
-          p.v_row_stride, warp_k0, seq.seqlen_k - 1, unsigned(lane));
-    }
-  }
   auto issued = steps.first();  // the step queued last
   steps.template issue<T, kRoute>(issued, steps.num_steps > 0, b, stage_q(0), stage_do(0), stage_stat(0, 0),
                                   stage_stat(0, 1), stage_o(0));
 
-  using KvRows = std::conditional_t<kSharedKv, SharedARows<kHeadDim>, uint32_t[kHeadDim / 16][4]>;
-  KvRows kf, vf;
-  if constexpr (kSharedKv) {
-    kf = shared_a_rows<kHeadDim>(kv_tile(0), lane);
-    vf = shared_a_rows<kHeadDim>(kv_tile(1), lane);
-  } else {
-    load_a_fragments<kHeadDim>(bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride),
-                               p.k_row_stride, warp_k0, seq.seqlen_k, g, c, kf);
-    load_a_fragments<kHeadDim>(bits<T>(p.v, seq.k_start(b, p.v_batch_stride, p.v_row_stride) + hk * p.v_head_stride),
-                               p.v_row_stride, warp_k0, seq.seqlen_k, g, c, vf);
-  }
+  uint32_t kf[kHeadDim / 16][4], vf[kHeadDim / 16][4];
+  load_a_fragments<kHeadDim>(bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride),
+                             p.k_row_stride, warp_k0, seq.seqlen_k, g, c, kf);
+  load_a_fragments<kHeadDim>(bits<T>(p.v, seq.k_start(b, p.v_batch_stride, p.v_row_stride) + hk * p.v_head_stride),
+                             p.v_row_stride, warp_k0, seq.seqlen_k, g, c, vf);
   if constexpr (kWindowAlone) {
     if (steps.num_steps > 0) {
       wait_async<0>();
@@ -664,8 +638,8 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
         float st[2][4], dpt[2][4];  // rows: the warp's keys; columns: the sub-tile's queries
         const int distance0 = thread_distance<true>(warp_k0, pos0, g, c);  // rows: keys; columns: queries
         const int last_col = int(steps.band_last_row - chunk_row) - 16 * t16;
-        dot_16_rows<T, kHeadDim, 2, kBandChains>(kf, rows_q + 16 * t16, st, 0, lane);
-        dot_16_rows<T, kHeadDim, 2, kBandChains>(vf, rows_do + 16 * t16, dpt, 0, lane);
+        dot_16_rows<T, kHeadDim>(kf, rows_q + 16 * t16, st, 0, lane);
+        dot_16_rows<T, kHeadDim>(vf, rows_do + 16 * t16, dpt, 0, lane);
         float dst[2][4];
 #pragma unroll
         for (int j = 0; j < 2; ++j) {

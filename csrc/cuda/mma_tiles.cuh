@@ -215,39 +215,16 @@ __device__ __forceinline__ void load_a_fragments(const uint16_t* src, int64_t ro
   }
 }
 
-// The warp's 16 rows as the A operand of its products, read from shared
-// memory (one ldmatrix per 16 columns) at each use, where fragments held in
-// registers (load_a_fragments) take kHeadDim / 4 registers a set for the
-// whole kernel. Lane l gives row l % 8 of 8 x 8 tile l / 8, in the order of
-// the A fragment: (rows 0-7 | 8-15) x (columns +0), then x (columns +8).
-template <int kHeadDim>
-struct SharedARows {
-  const uint16_t* lane_row;
-};
-template <int kHeadDim>
-__device__ __forceinline__ SharedARows<kHeadDim> shared_a_rows(RowPtr<kHeadDim> rows, int lane) {
-  return {rows[((lane / 8) % 2) * 8 + lane % 8] + (lane / 16) * 8};
-}
-template <int kHeadDim>
-__device__ __forceinline__ void a_fragment(const uint32_t (&a)[kHeadDim / 16][4], int kk, uint32_t (&out)[4]) {
-#pragma unroll
-  for (int e = 0; e < 4; ++e) out[e] = a[kk][e];
-}
-template <int kHeadDim>
-__device__ __forceinline__ void a_fragment(const SharedARows<kHeadDim>& a, int kk, uint32_t (&out)[4]) {
-  ldmatrix_x4(out, a.lane_row + 16 * kk);
-}
-
-// s[j0], s[j0 + 1] = A B^T: the warp's 16 rows (fragments `a`, or SharedARows) against the
+// s[j0], s[j0 + 1] = A B^T: the warp's 16 rows (fragments `a`) against the
 // 16 staged rows b_rows[0..15] (a 16 x 16 tile of dot products). Per 16
 // columns of head_dim, one ldmatrix gives the B fragments of both 8-row halves:
 // tiles (rows 0-7 | 8-15) x (columns +0 | +8). With kChains == 2 the even and
 // odd 16-column slices sum in separate chains of products, added at the end:
 // each chain of dependent mma is half as long (as the Hopper forward's
 // offset steps do, fwd_hopper_kernel.cuh), and the sums round differently.
-template <typename T, int kHeadDim, int N, int kChains = 1, typename ARows>
-__device__ __forceinline__ void dot_16_rows(const ARows& a, RowPtr<kHeadDim> b_rows, float (&s)[N][4], int j0,
-                                            int lane) {
+template <typename T, int kHeadDim, int N, int kChains = 1>
+__device__ __forceinline__ void dot_16_rows(const uint32_t (&a)[kHeadDim / 16][4], RowPtr<kHeadDim> b_rows,
+                                            float (&s)[N][4], int j0, int lane) {
   static_assert(kChains == 1 || (kChains == 2 && kHeadDim >= 32), "two chains need two slices");
   float odd[2][4] = {};  // the second chain's sums (kChains == 2)
 #pragma unroll
@@ -257,11 +234,9 @@ __device__ __forceinline__ void dot_16_rows(const ARows& a, RowPtr<kHeadDim> b_r
   for (int kk = 0; kk < kHeadDim / 16; ++kk) {
     uint32_t b[4];  // b0, b1 of rows 0-7, then of rows 8-15
     ldmatrix_x4(b, row + 16 * kk);
-    uint32_t a_kk[4];
-    a_fragment<kHeadDim>(a, kk, a_kk);
     const bool second_chain = kChains == 2 && kk % 2 == 1;
-    mma_16816<T>(second_chain ? odd[0] : s[j0], a_kk, b[0], b[1]);
-    mma_16816<T>(second_chain ? odd[1] : s[j0 + 1], a_kk, b[2], b[3]);
+    mma_16816<T>(second_chain ? odd[0] : s[j0], a[kk], b[0], b[1]);
+    mma_16816<T>(second_chain ? odd[1] : s[j0 + 1], a[kk], b[2], b[3]);
   }
   if constexpr (kChains == 2) {
 #pragma unroll
