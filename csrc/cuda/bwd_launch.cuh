@@ -11,8 +11,6 @@
 // (bwd_stored_dscores_kernel.cuh).
 #pragma once
 
-#include <cstdlib>
-
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -122,15 +120,6 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
                 kMmaBlockThreads, 0, stored_p);
   launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads,
                 kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>, stored_p);
-  if constexpr (kHeadDim == 128) {
-    const char* exp50 = std::getenv("FIBSPARSE_EXP50");
-    if (exp50 != nullptr && std::atoi(exp50) == 1 && p.offsets_head_stride == 0 && (p.heads / p.heads_kv) % 4 == 0) {
-      launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, 4, 3>,
-                    dim3(query_tiles, p.heads / 4, p.batch), 4 * kMmaBlockThreads,
-                    kDqWithOffsetsSmemBytes<kHeadDim, 4, kFrac, 3>, stored_p);
-      return;
-    }
-  }
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
     const auto launch_dq = [&](auto stages) {
       constexpr int kStages = decltype(stages)::value;

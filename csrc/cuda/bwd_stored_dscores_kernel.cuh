@@ -189,9 +189,7 @@ constexpr int kDqWithOffsetsSmemBytes =
 // steps are one product a warp, so it waits on its loads, and 16 warps keep
 // more of them in flight.
 template <int kHeadDim, int kHeads>
-constexpr int kDqWithOffsetsMinBlocks = kHeadDim >= 128 && kHeads == 4   ? 1
-                                        : kHeadDim >= 128 && kHeads == 2 ? 2
-                                                                         : kMinBlocksOfHeads<kHeadDim, kHeads>;
+constexpr int kDqWithOffsetsMinBlocks = kHeadDim >= 128 && kHeads == 2 ? 2 : kMinBlocksOfHeads<kHeadDim, kHeads>;
 
 // The dq pass with offsets. A block = 64 queries of kHeads heads of one kv
 // group (mma_tiles.cuh's heads_per_block: they share their offsets), 4 warps a
