@@ -189,7 +189,9 @@ constexpr int kDqWithOffsetsSmemBytes =
 // steps are one product a warp, so it waits on its loads, and 16 warps keep
 // more of them in flight.
 template <int kHeadDim, int kHeads>
-constexpr int kDqWithOffsetsMinBlocks = kHeadDim >= 128 && kHeads == 2 ? 2 : kMinBlocksOfHeads<kHeadDim, kHeads>;
+constexpr int kDqWithOffsetsMinBlocks = kHeadDim >= 128 && kHeads == 4   ? 1
+                                        : kHeadDim >= 128 && kHeads == 2 ? 2
+                                                                         : kMinBlocksOfHeads<kHeadDim, kHeads>;
 
 // The dq pass with offsets. A block = 64 queries of kHeads heads of one kv
 // group (mma_tiles.cuh's heads_per_block: they share their offsets), 4 warps a
@@ -321,6 +323,150 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   if constexpr (kFrac) zero_doffsets_partials_from(p, seq, num_steps - band_steps, b, h, warp_q0, lane);
   store_rows<T, kHeadDim>(bits<T>(p.dq, seq.q_start(b, p.dq_batch_stride, p.dq_row_stride) + h * p.dq_head_stride),
                           p.dq_row_stride, warp_q0, seq.seqlen_q, dq, float(p.softmax_scale), g, c);
+}
+
+// Experiment (round 51): the dq pass with offsets above, three stages, a block
+// walking kTiles consecutive query tiles of its heads as one run of steps, so
+// that the next tile's first copies are in flight while the current tile's
+// last steps run. A step's barrier is its group's only where the step, the one
+// before it (whose stage the next copies refill) and the one those copies
+// belong to are all offset steps: a band step's rows are staged and read by
+// every warp, and the next tile's band copies refill every row of a stage.
+template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kTiles>
+__global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
+    dq_from_dscores_with_offsets_tiles_kernel(const Params p) {
+  constexpr bool kFrac = !std::is_integral_v<OffsetT>;
+  constexpr int kThreads = kHeads * kMmaBlockThreads;
+  constexpr int kStages = 3;
+  extern __shared__ __align__(16) uint16_t smem[];
+  const auto stage_ds = [&](int s, int head) {
+    return reinterpret_cast<Rows<kChunk>>(smem) + (s * kHeads + head) * kChunk;
+  };
+  const auto stage_k = [&](int s) {
+    return reinterpret_cast<Rows<kHeadDim>>(smem + kStages * kHeads * kChunk * (kChunk + 8)) + s * kDqKRows<kFrac>;
+  };
+  const int first_tile = blockIdx.x * kTiles, first_head = blockIdx.y * kHeads, b = blockIdx.z;
+  const int hk = first_head / (p.heads / p.heads_kv);
+  const Sequence seq = sequence_of(p, b);
+  if (int64_t(first_tile) * kBlockRows >= seq.seqlen_q) return;
+  const int seq_tiles = int((seq.seqlen_q + kBlockRows - 1) / kBlockRows);
+  const int tiles = seq_tiles - first_tile < kTiles ? seq_tiles - first_tile : kTiles;
+  const int head = threadIdx.x / kMmaBlockThreads, h = first_head + head;
+  const int head_thread = threadIdx.x % kMmaBlockThreads;
+  const int warp = head_thread / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+  const uint16_t* k_src = bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride);
+  const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + first_head * p.offsets_head_stride;
+  struct Plan {
+    int64_t q0, first_key_tile;
+    int band_steps, num_steps;
+  };
+  const auto plan_of = [&](int t) {
+    Plan plan;
+    plan.q0 = int64_t(first_tile + t) * kBlockRows;
+    plan.first_key_tile = band_first_key(plan.q0, p.band) / kChunk;
+    plan.band_steps = int(first_tile + t - plan.first_key_tile) + 1;
+    plan.num_steps = plan.band_steps + offsets_within_reach(offs, p.num_offsets, plan.q0 + kBlockRows - 1);
+    return plan;
+  };
+  // The issue cursor: the next step to queue, as (tile, step of that tile).
+  int issue_tile = 0, issue_step = 0;
+  Plan issue_plan = plan_of(0);
+  int issued = 0;  // steps queued so far
+  const auto issue_next = [&] {
+    if (issue_tile < tiles) {
+      const int n = issue_step;
+      const Plan& pl = issue_plan;
+      const int tile = first_tile + issue_tile;
+      const int s = issued % kStages;
+      if (n < pl.band_steps) {
+        const int64_t key_tile = pl.first_key_tile + n;
+        const int64_t ds_at = band_dscore_index(p, seq, b, h, key_tile, int(tile - key_tile));
+        const uint16_t* ds_src = bits<T>(static_cast<const void*>(p.band_dscores), ds_at);
+        stage_met_dscores<kHeads>(stage_ds(s, head), ds_src, pl.q0, key_tile * kChunk, p.band);
+        stage_rows<kHeadDim, kChunk, kThreads>(stage_k(s), k_src, p.k_row_stride, key_tile * kChunk, seq.seqlen_k - 1);
+      } else {
+        const int o = n - pl.band_steps;
+        const int64_t whole = split_offset(offs, o).whole;
+        if (whole >= 0) {
+          const int64_t first = pl.q0 - whole - (kFrac ? 1 : 0) + 16 * warp;
+          stage_rows<kHeadDim, kWarpStripRows<kFrac>, 32 * kHeads>(stage_k(s) + warp_strip_row0<kFrac>(warp), k_src,
+                                                                   p.k_row_stride, first, seq.seqlen_k - 1,
+                                                                   unsigned(32 * head + lane));
+          if (lane < 16) {
+            const int64_t i = pl.q0 + 16 * warp + lane;
+            const bool valid =
+                i < seq.seqlen_q && sample_key<float>(i, distance_of_offset(o, p.band), p.band, offs).valid;
+            const int64_t at = valid ? offset_term_index(p, seq, b, h, o, i) : 0;
+            float* staged = reinterpret_cast<float*>(stage_ds(s, head)) + 16 * warp + lane;
+            copy_async_4(staged, static_cast<const float*>(p.offset_dscores) + at, valid);
+            if constexpr (kFrac) {
+              copy_async_4(staged + kBlockRows, static_cast<const float*>(p.offset_probs) + at, valid);
+            }
+          }
+        }
+      }
+      ++issued;
+      if (++issue_step == issue_plan.num_steps) {
+        issue_step = 0;
+        if (++issue_tile < tiles) issue_plan = plan_of(issue_tile);
+      }
+    }
+    commit_async();
+  };
+  // Whether the next step to queue is an offset step (a step past the last: yes, nothing is written).
+  const auto next_issue_is_offset = [&] { return issue_tile >= tiles || issue_step >= issue_plan.band_steps; };
+
+  issue_next();
+  issue_next();
+  float dq[kHeadDim / 8][4] = {};
+  int done = 0;  // steps computed so far
+  bool previous_is_offset = false;
+  for (int t = 0; t < tiles; ++t) {
+    const Plan pl = plan_of(t);
+    const int warp_q0 = int(pl.q0) + 16 * warp;
+    for (int n = 0; n < pl.num_steps; ++n, ++done) {
+      const bool is_offset = n >= pl.band_steps;
+      wait_async<1>();
+      sync_step<kHeads>(previous_is_offset && is_offset && next_issue_is_offset(), warp);
+      issue_next();
+      const int s = done % kStages;
+      if (!is_offset) {
+        add_band_dscores_times_k<T, kHeadDim>(stage_ds(s, head), stage_k(s), warp, warp_q0,
+                                              (pl.first_key_tile + n) * kChunk, p.band, dq, lane);
+      } else if constexpr (!kFrac) {
+        if (split_offset(offs, n - pl.band_steps).whole >= 0) {
+          const float* dscores = reinterpret_cast<const float*>(stage_ds(s, head)) + 16 * warp;
+          add_diag_times_rows<T, kHeadDim>(dscores[g], dscores[g + 8], stage_k(s) + warp_strip_row0<kFrac>(warp),
+                                           dq, lane);
+        }
+      } else {
+        const int o = n - pl.band_steps;
+        const OffsetSplit split = split_offset(offs, o);
+        const float* dscores = reinterpret_cast<const float*>(stage_ds(s, head)) + 16 * warp;
+        if (split.whole >= 0) {
+          RowPtr<kHeadDim> strip_k = stage_k(s) + warp_strip_row0<kFrac>(warp);
+          const float w0 = 1.f - split.frac, w1 = split.frac;
+          add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_k + 1, dq, lane);
+          if (w1 != 0.f) add_diag_times_rows<T, kHeadDim>(w1 * dscores[g], w1 * dscores[g + 8], strip_k, dq, lane);
+        }
+        const float* terms = dscores + kBlockRows;
+        float dpos = 0.f;
+        if (split.whole >= 0 && owns_diagonal(lane)) {
+          dpos += terms[g];
+          dpos += terms[g + 8];
+        }
+        store_doffsets_partial(p, seq, o, b, h, warp_q0, dpos, lane);
+      }
+      previous_is_offset = is_offset;
+    }
+    if constexpr (kFrac) zero_doffsets_partials_from(p, seq, pl.num_steps - pl.band_steps, b, h, warp_q0, lane);
+    store_rows<T, kHeadDim>(bits<T>(p.dq, seq.q_start(b, p.dq_batch_stride, p.dq_row_stride) + h * p.dq_head_stride),
+                            p.dq_row_stride, warp_q0, seq.seqlen_q, dq, float(p.softmax_scale), g, c);
+#pragma unroll
+    for (int n = 0; n < kHeadDim / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dq[n][e] = 0.f;
+  }
 }
 
 }  // namespace mma_bwd
