@@ -11,9 +11,6 @@
 // (bwd_stored_dscores_kernel.cuh).
 #pragma once
 
-#include <cstdlib>
-#include <string>
-
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -123,23 +120,6 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
                 kMmaBlockThreads, 0, stored_p);
   launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads,
                 kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>, stored_p);
-  if constexpr (kHeadDim == 128) {
-    // Experiment (round 51): FIBSPARSE_EXP51 = heads a block x tiles a block.
-    const char* exp51 = std::getenv("FIBSPARSE_EXP51");
-    const std::string variant = exp51 != nullptr ? exp51 : "";
-    const bool shared = p.offsets_head_stride == 0 && (p.heads / p.heads_kv) % 4 == 0;
-    const auto launch_tiles = [&](auto heads, auto tiles) {
-      constexpr int kHeads = decltype(heads)::value, kTiles = decltype(tiles)::value;
-      launch_kernel(dq_from_dscores_with_offsets_tiles_kernel<T, OffsetT, kHeadDim, kHeads, kTiles>,
-                    dim3((query_tiles + kTiles - 1) / kTiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
-                    kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, 3>, stored_p);
-    };
-    using I2 = std::integral_constant<int, 2>;
-    using I4 = std::integral_constant<int, 4>;
-    if (shared && variant == "4x2") return launch_tiles(I4{}, I2{});
-    if (shared && variant == "4x4") return launch_tiles(I4{}, I4{});
-    if (shared && variant == "2x2") return launch_tiles(I2{}, I2{});
-  }
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
     const auto launch_dq = [&](auto stages) {
       constexpr int kStages = decltype(stages)::value;
