@@ -24,7 +24,10 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 // The gradients of (out, lse) as the backward ops take them: dout zeros where
-// only lse was used, dlse absent where lse was not.
+// only lse was used, dlse absent where lse was not. The autograd functions
+// turn off materialize_grads so that an unused output's gradient arrives
+// undefined: materialized, an unused lse would come as a zero tensor, filled
+// on every step and read by the backward (the delta pass loads it per row).
 std::pair<Tensor, std::optional<Tensor>> output_gradients(const variable_list& grads, const Tensor& out) {
   return {grads[0].defined() ? grads[0] : at::zeros_like(out),
           grads[1].defined() ? std::optional<Tensor>(grads[1]) : std::nullopt};
@@ -35,6 +38,7 @@ class Attention : public torch::autograd::Function<Attention> {
   static variable_list forward(AutogradContext* ctx, const Tensor& q, const Tensor& k, const Tensor& v,
                                const Tensor& offsets, at::IntArrayRef band, double softmax_scale) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->set_materialize_grads(false);
     auto [out, lse] = fwd(q, k, v, offsets, band, softmax_scale);
     ctx->save_for_backward({q, k, v, offsets, out, lse});
     ctx->saved_data["band"] = band.vec();
@@ -67,6 +71,7 @@ class PackedAttention : public torch::autograd::Function<PackedAttention> {
                                c10::SymInt max_seqlen_k, const Tensor& offsets, at::IntArrayRef band,
                                double softmax_scale) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->set_materialize_grads(false);
     auto [out, lse] =
         varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, offsets, band, softmax_scale);
     ctx->save_for_backward({q, k, v, offsets, out, lse, cu_seqlens_q, cu_seqlens_k});
