@@ -4,7 +4,7 @@ torch.compile of a model using FibSparseAttention with no graph break."""
 import pytest
 import torch
 
-from fibsparse_ext import FibSparseAttention, fibsparse_attn, make_schedule
+from fibsparse_ext import FibSparseAttention, fibsparse_attn, fibsparse_attn_varlen, make_schedule
 from fibsparse_ext.decode import required_capacity
 from utils import DEVICES, position_dtype, random_offsets, random_qkv
 
@@ -123,3 +123,53 @@ def test_compile_takes_offsets_as_a_python_list(device, dynamic):
     bad = torch.compile(lambda q: fibsparse_attn(q, q, q, 4, [9, 5]), backend="aot_eager", fullgraph=True)
     with pytest.raises(Exception, match=r"strictly increasing"):  # still checked, at trace time
         bad(q)
+
+
+def zero_fills_of_shape(run, shape):
+    """The zero fills (aten::zero_, aten::fill_) of a tensor of `shape` while run() runs, from the profiler."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        run()
+    return [event.name for event in prof.events()
+            if event.name in ("aten::zero_", "aten::fill_") and event.input_shapes
+            and list(event.input_shapes[0]) == list(shape)]
+
+
+class _SecondOutputUnused(torch.autograd.Function):
+    """Two outputs, as fwd has; autograd materializes an unused output's
+    gradient as zeros by default (the check's control)."""
+
+    @staticmethod
+    def forward(ctx, x, like):
+        return x * 2, like * 1
+
+    @staticmethod
+    def backward(ctx, grad_x, grad_like):
+        return grad_x * 2, grad_like
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_unused_lse_gets_no_zero_gradient(device):
+    """A loss on the output alone leaves lse's gradient undefined, and the
+    backward runs without dlse: the autograd functions (dense and packed) do
+    not materialize it as a zero tensor, which every step would fill and the
+    CUDA delta pass would read. The control, an autograd.Function that keeps
+    materializing, shows that the check sees such a fill."""
+    heads, seqlen = 3, 37
+    q, k, v = random_qkv(1, seqlen, heads, heads, 16, torch.float32, device)
+    offsets = random_offsets(4, 3, device=device, spread=8)
+    dense_lse, packed_lse = (1, heads, seqlen), (heads, seqlen)
+    like = torch.randn(dense_lse, device=device, requires_grad=True)
+    x = torch.randn(5, device=device, requires_grad=True)
+    assert zero_fills_of_shape(lambda: _SecondOutputUnused.apply(x, like)[0].sum().backward(), dense_lse)
+
+    assert zero_fills_of_shape(lambda: fibsparse_attn(q, k, v, 4, offsets).sum().backward(), dense_lse) == []
+    cu_seqlens = torch.tensor([0, seqlen], dtype=torch.int32, device=device)
+    packed = lambda: fibsparse_attn_varlen(q[0], k[0], v[0], cu_seqlens, cu_seqlens, seqlen, seqlen, 4, offsets)
+    assert zero_fills_of_shape(lambda: packed().sum().backward(), packed_lse) == []
+    # No dlse is the same backward as a zero one, bit for bit.
+    grad = torch.randn(q.shape, device=device)
+    out, lse = fibsparse_attn(q, k, v, 4, offsets, return_lse=True)
+    with_zero_dlse = torch.autograd.grad([out, lse], [q, k, v], [grad, torch.zeros_like(lse)])
+    without_dlse = torch.autograd.grad(fibsparse_attn(q, k, v, 4, offsets), [q, k, v], grad)
+    assert all(torch.equal(a, b) for a, b in zip(with_zero_dlse, without_dlse))
+
