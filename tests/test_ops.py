@@ -1,6 +1,7 @@
 """The registered ops: torch.library.opcheck (schema, fake tensors, autograd
-registration, AOT dispatch) of fwd, bwd and decode in every dtype, and
-torch.compile of a model using FibSparseAttention with no graph break."""
+registration, AOT dispatch) of fwd, bwd and decode in every dtype,
+torch.compile of a model using FibSparseAttention with no graph break, and the
+gradients the autograd functions hand the backward (no zero dlse for an unused lse)."""
 import pytest
 import torch
 
