@@ -7,7 +7,7 @@ import torch
 
 from fibsparse_ext import FibSparseAttention, fibsparse_attn, fibsparse_attn_varlen, make_schedule
 from fibsparse_ext.decode import required_capacity
-from utils import DEVICES, position_dtype, random_offsets, random_qkv
+from utils import DEVICES, packed, position_dtype, random_offsets, random_qkv
 
 # fp16 and bf16 run on the tensor-core kernels on CUDA, whose backward allocates
 # buffers of its own, and through float32 copies on the CPU.
@@ -164,13 +164,12 @@ def test_unused_lse_gets_no_zero_gradient(device):
     assert zero_fills_of_shape(lambda: _SecondOutputUnused.apply(x, like)[0].sum().backward(), dense_lse)
 
     assert zero_fills_of_shape(lambda: fibsparse_attn(q, k, v, 4, offsets).sum().backward(), dense_lse) == []
-    cu_seqlens = torch.tensor([0, seqlen], dtype=torch.int32, device=device)
-    packed = lambda: fibsparse_attn_varlen(q[0], k[0], v[0], cu_seqlens, cu_seqlens, seqlen, seqlen, 4, offsets)
-    assert zero_fills_of_shape(lambda: packed().sum().backward(), packed_lse) == []
+    cu_seqlens, longest = packed([seqlen], device)
+    packed_attn = lambda: fibsparse_attn_varlen(q[0], k[0], v[0], cu_seqlens, cu_seqlens, longest, longest, 4, offsets)
+    assert zero_fills_of_shape(lambda: packed_attn().sum().backward(), packed_lse) == []
     # No dlse is the same backward as a zero one, bit for bit.
     grad = torch.randn(q.shape, device=device)
     out, lse = fibsparse_attn(q, k, v, 4, offsets, return_lse=True)
     with_zero_dlse = torch.autograd.grad([out, lse], [q, k, v], [grad, torch.zeros_like(lse)])
     without_dlse = torch.autograd.grad(fibsparse_attn(q, k, v, 4, offsets), [q, k, v], grad)
     assert all(torch.equal(a, b) for a, b in zip(with_zero_dlse, without_dlse))
-
