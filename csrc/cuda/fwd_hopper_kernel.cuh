@@ -202,6 +202,74 @@ __device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, const
   }
 }
 
+// Interleaved heads (kInterleaved below): a warp's 16 rows are the same 8
+// queries of two heads, fragment row g head h's query g and row g + 8 head
+// h + 1's. Their offset strip is 8 rows, one key per position for both heads,
+// so a strip's scores are one 16 x 8 tile, whose diagonal (row g and row g + 8,
+// column g) holds both heads' scores: 1/8 of the products kept, where 16
+// consecutive queries of one head keep 1/16 of a 16 x 16 tile.
+//
+// s = the 16 x 8 scores of the warp's rows (fragments `a`) against rows
+// row0 .. row0 + 7 of a swizzled tile. One ldmatrix gives the B fragments of
+// two 16-wide slices of head_dim; kChains as in dot_16_rows, whose sums these
+// are, element for element and in the same order.
+template <typename T, int kHeadDim, int kChains>
+__device__ __forceinline__ void dot_8_rows(const uint32_t (&a)[kHeadDim / 16][4], const char* tile, int row0,
+                                           float (&s)[4], int lane) {
+  float partial[kChains][4] = {};
+  const int row = row0 + lane % 8, col = (lane / 8) * 8;
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; kk += 2) {
+    uint32_t b[4];  // b0, b1 of slice kk, then of slice kk + 1
+    mma_tiles::ldmatrix_x4(b, reinterpret_cast<const uint16_t*>(tile + tma::swizzled_offset(row, 16 * kk + col)));
+    mma_16816<T>(partial[kk % kChains], a[kk], b[0], b[1]);
+    mma_16816<T>(partial[(kk + 1) % kChains], a[kk + 1], b[2], b[3]);
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e) s[e] = kChains == 1 ? partial[0][e] : partial[0][e] + partial[1][e];
+}
+
+// acc += D B for the 16 x 8 D whose row g holds d_g and row g + 8 d_g8, both
+// in column g, and rows row0 .. row0 + 7 of a swizzled tile: each of the
+// warp's rows gains its weight times its position's row. One transposed
+// ldmatrix gives the B fragments of four 8-wide column tiles; the products
+// are m16n8k8, half of add_diag_times_rows's.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void add_diag_times_8_rows(float d_g, float d_g8, const char* tile, int row0,
+                                                      float (&acc)[kHeadDim / 8][4], int lane) {
+  const int g = lane / 4, c = lane % 4;
+  const bool lo = 2 * c == g, hi = 2 * c + 1 == g;
+  const uint32_t a[2] = {pack2<T>(lo ? d_g : 0.f, hi ? d_g : 0.f), pack2<T>(lo ? d_g8 : 0.f, hi ? d_g8 : 0.f)};
+  const int row = row0 + lane % 8, col = (lane / 8) * 8;
+#pragma unroll
+  for (int n = 0; n < kHeadDim / 32; ++n) {
+    uint32_t b[4];  // columns 32 n, 32 n + 8, 32 n + 16, 32 n + 24
+    mma_tiles::ldmatrix_x4_trans(b, reinterpret_cast<const uint16_t*>(tile + tma::swizzled_offset(row, 32 * n + col)));
+#pragma unroll
+    for (int i = 0; i < 4; ++i) mma_1688<T>(acc[4 * n + i], a, b[i]);
+  }
+}
+
+// The warp's A fragments of interleaved heads: rows g of head h's query
+// first_row + g, rows g + 8 of head h + 1's (queries at or past `rows` are
+// zeros); mma_tiles.cuh's load_a_fragments otherwise.
+template <int kHeadDim>
+__device__ __forceinline__ void load_interleaved_a_fragments(const uint16_t* src, int64_t head_stride,
+                                                             int64_t row_stride, int first_row, int rows, int g, int c,
+                                                             uint32_t (&frag)[kHeadDim / 16][4]) {
+  const uint16_t* row_ptr[2] = {src + int64_t(first_row + g) * row_stride,
+                                src + head_stride + int64_t(first_row + g) * row_stride};
+  const bool valid = first_row + g < rows;
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {  // a0 (g, 2c), a1 (g+8, 2c), a2 (g, 2c+8), a3 (g+8, 2c+8)
+      const int r = e % 2, col = 16 * kk + 2 * c + 8 * (e / 2);
+      frag[kk][e] = valid ? *reinterpret_cast<const uint32_t*>(row_ptr[r] + col) : 0u;
+    }
+  }
+}
+
 // Descriptors of the tiles' 16-wide slices: columns 16 kk .. of a K-major tile
 // (q or k, the reduction along a row), and rows 16 kk .. of an MN-major one (v).
 template <int kHeadDim>
@@ -263,12 +331,18 @@ __device__ __forceinline__ void rescale_output(float (&o)[kDimTiles][4], const f
 // prefixes come with the others).
 // A packed batch's sequences each have maps of their own (sequence_maps.cuh's,
 // `sequence_maps`, null for a dense batch, whose maps are `maps`).
-template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional>
+// kInterleaved (two heads a warpgroup, integer offsets): each warp holds 8
+// queries of both its warpgroup's heads (dot_8_rows above), the q tile's rows
+// in that order: row 16 w + 8 x + i is query 8 w + i of the warpgroup's head x,
+// loaded in boxes of 8 rows (the q map's).
+template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional,
+          bool kInterleaved = false>
 __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kThreads,
                                   Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kMinBlocks)
     fwd_hopper_kernel(const __grid_constant__ Params p, const __grid_constant__ HopperForwardMaps<kFractional> maps,
                       const HopperForwardMaps<kFractional>* sequence_maps, int tiles_per_block) {
   static_assert(kCluster == 1 || (kCluster == 2 && kWarpgroups == 2 && kHeadsPerWarpgroup == 1 && !kFractional));
+  static_assert(!kInterleaved || (kHeadsPerWarpgroup == 2 && kCluster == 1 && !kFractional));
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using S = Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>;
   using OffsetT = std::conditional_t<kFractional, float, int32_t>;
@@ -353,9 +427,17 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
         tma::arrive_expect_bytes(&q_full[q_buffer(t)], kWarpgroups * S::kTileBytes);
         for (int group = 0; group < kWarpgroups; ++group)
           for (int half = 0; half < kHeadsPerWarpgroup; ++half)
-            for (int r = 0; r < kHeadDim / 64; ++r)
-              tma::load_4d(q_tile(q_buffer(t), group) + r * kRegionBytes + half * S::kHalfBytes, &m.q,
-                           &q_full[q_buffer(t)], 64 * r, first_head + group * kHeadsPerWarpgroup + half, q0, batch);
+            for (int r = 0; r < kHeadDim / 64; ++r) {
+              const int head = first_head + group * kHeadsPerWarpgroup + half;
+              char* tile = q_tile(q_buffer(t), group) + r * kRegionBytes;
+              if constexpr (kInterleaved) {
+                for (int eight = 0; eight < S::kTileQueries / 8; ++eight)
+                  tma::load_4d(tile + (16 * eight + 8 * half) * 128, &m.q, &q_full[q_buffer(t)], 64 * r, head,
+                               q0 + 8 * eight, batch);
+              } else {
+                tma::load_4d(tile + half * S::kHalfBytes, &m.q, &q_full[q_buffer(t)], 64 * r, head, q0, batch);
+              }
+            }
         const TileSteps steps = tile_steps(t);
         for (int n = 0; n < steps.num_steps; ++n, ++step) {
           const int stage = step % S::kStages;
@@ -413,8 +495,9 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
   // from the tile's query `warp_row` on.
   wgmma::set_max_registers_inc<S::kConsumerRegisters>();
   const int group = warp_in_block / kWarps, warp = warp_in_block % kWarps, g = lane / 4, c = lane % 4;
-  const int h = first_head + group * kHeadsPerWarpgroup + warp / kWarpsPerHead;
-  const int warp_row = 16 * (warp % kWarpsPerHead);
+  // Interleaved: h and h + 1, the warp's queries from `warp_row` of the tile.
+  const int h = first_head + group * kHeadsPerWarpgroup + (kInterleaved ? 0 : warp / kWarpsPerHead);
+  const int warp_row = kInterleaved ? 8 * warp : 16 * (warp % kWarpsPerHead);
   const float scale_log2 = float(p.softmax_scale) * float(M_LOG2E);
   const uint16_t* q_global = bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride);
   // This warp is done with a barrier's buffer or stage (a stage: in every block of the cluster).
@@ -435,7 +518,14 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
     // The offsets' tiles take q as mma.sync A fragments, from global memory as
     // in the mma.sync forward (the band reads q from its shared tile).
     uint32_t qf[kHeadDim / 16][4];
-    if (steps.num_steps > steps.band_steps) load_a_fragments<kHeadDim>(q_global, p.q_row_stride, warp_q0, seq.seqlen_q, g, c, qf);
+    if (steps.num_steps > steps.band_steps) {
+      if constexpr (kInterleaved) {
+        load_interleaved_a_fragments<kHeadDim>(q_global, p.q_head_stride, p.q_row_stride, warp_q0, seq.seqlen_q, g, c,
+                                               qf);
+      } else {
+        load_a_fragments<kHeadDim>(q_global, p.q_row_stride, warp_q0, seq.seqlen_q, g, c, qf);
+      }
+    }
     float o[kDimTiles][4] = {};
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
     tma::wait(&q_full[q_buffer(t)], q_parity(t));
@@ -471,7 +561,8 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
     // Step n's scores, masked (with the keys before the sequence: a chunk may
     // start before key 0), then turned into probabilities.
     const auto probabilities = [&](int n) {
-      mask_band_chunk</*kKeysBeforeStart=*/true>(s, warp_pos, steps.band_row(n), p.band, scale_log2, g, c);
+      mask_band_chunk</*kKeysBeforeStart=*/true, kInterleaved ? 0 : 8>(s, warp_pos, steps.band_row(n), p.band,
+                                                                       scale_log2, g, c);
       softmax_without_output(s, m, l, rescale);
     };
     const auto to_fragments = [&] {
@@ -549,9 +640,29 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
     // there made even the window alone at head_dim 64, which runs none of
     // these steps, 7% slower; docs/performance.md, round 27), and the
     // has_strip test, true for every offset step, stays for the same reason.
+    // Interleaved: a strip's 16 x 8 scores, then its softmax and P V.
+    const auto finish_interleaved_strip = [&](int n, int strip, const float (&tile)[4]) {
+      const int distance_index = distance_of_offset(steps.offset_index(n, strip), p.band);  // pattern.h's t
+      // The diagonal, column g: element g % 2 of each row's pair (selects, not an index into registers).
+      float score[2] = {g % 2 ? tile[1] : tile[0], g % 2 ? tile[3] : tile[2]}, prob[2];
+      mma_fwd::offset_softmax</*kRowStep=*/0>(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
+      add_diag_times_8_rows<T, kHeadDim>(prob[0], prob[1], v_tile(stage_of(n)) + strip * S::kHalfBytes, warp_row, o,
+                                         lane);
+    };
     for (int n = steps.band_steps; n < steps.num_steps; ++n) {
       wait_full(n);
-      if constexpr (kHeadsPerWarpgroup == 1) {
+      if constexpr (kInterleaved) {
+        float tiles[2][4];
+        const int strips = steps.has_strip(n, 1) ? 2 : 1;
+#pragma unroll
+        for (int strip = 0; strip < 2; ++strip) {
+          if (strip < strips) {
+            dot_8_rows<T, kHeadDim, 2>(qf, k_tile(stage_of(n)) + strip * S::kHalfBytes, warp_row, tiles[strip], lane);
+          }
+        }
+        finish_interleaved_strip(n, 0, tiles[0]);
+        if (strips == 2) finish_interleaved_strip(n, 1, tiles[1]);
+      } else if constexpr (kHeadsPerWarpgroup == 1) {
         if (steps.has_strip(n, 0)) {
           float tile[2][4], back[2][4];
           dot_16_rows<T, kHeadDim, 1>(qf, k_tile(stage_of(n)), warp_row, tile, lane);
@@ -577,7 +688,7 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
       release(n);
     }
 
-    mma_fwd::store_output_and_lse<T>(p, seq, b, h, warp_q0, o, m, l, lane);
+    mma_fwd::store_output_and_lse<T, kInterleaved>(p, seq, b, h, warp_q0, o, m, l, lane);
     step += steps.num_steps;
   }
   if constexpr (kCluster > 1) tma::cluster_sync();  // see the producer's

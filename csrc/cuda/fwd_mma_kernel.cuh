@@ -114,8 +114,9 @@ __device__ __forceinline__ void softmax_update(float (&s)[N][4], float (&m)[2], 
 // of the warp's 16 x 16 tile for row r (valid in its owner lane), for distance
 // index t. Takes it from the owner, masks rows the offset cannot pair
 // (pattern.h's sample_key), raises the running max and sum, and gives the
-// rows' probabilities (the diagonal of P, for add_diag_times_rows).
-template <typename OffsetT, int kDimTiles>
+// rows' probabilities (the diagonal of P, for add_diag_times_rows). Row r
+// sits at warp_pos + g + kRowStep r (mma_tiles.cuh's element_distance).
+template <int kRowStep = 8, typename OffsetT, int kDimTiles>
 __device__ __forceinline__ void offset_softmax(float (&score)[2], int64_t warp_pos, int t, const Params& p,
                                                const OffsetT* offs, float scale_log2, float (&m)[2], float (&l)[2],
                                                float (&o)[kDimTiles][4], int lane, float (&prob)[2]) {
@@ -124,7 +125,7 @@ __device__ __forceinline__ void offset_softmax(float (&score)[2], int64_t warp_p
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     score[r] = __shfl_sync(0xffffffffu, score[r], diagonal_owner(lane));
-    const bool valid = sample_key<float>(warp_pos + g + 8 * r, t, p.band, offs).valid;
+    const bool valid = sample_key<float>(warp_pos + g + kRowStep * r, t, p.band, offs).valid;
     score[r] = valid ? score[r] * scale_log2 : -INFINITY;
     new_max[r] = fmaxf(m[r], score[r]);
   }
@@ -137,18 +138,22 @@ __device__ __forceinline__ void offset_softmax(float (&score)[2], int64_t warp_p
 }
 
 // The forward's end for the warp's 16 queries from row warp_q0 of head h:
-// each row's sum over its quad, the normalized output and the lse.
-template <typename T, int kDimTiles>
+// each row's sum over its quad, the normalized output and the lse. With
+// kInterleavedHeads, fragment row g + 8 r is query warp_q0 + g of head h + r
+// (the Hopper forward's interleaved heads, fwd_hopper_kernel.cuh), else
+// query warp_q0 + g + 8 r of head h.
+template <typename T, bool kInterleavedHeads = false, int kDimTiles>
 __device__ __forceinline__ void store_output_and_lse(const Params& p, const Sequence& seq, int b, int h, int warp_q0,
                                                      const float (&o)[kDimTiles][4], const float (&m)[2],
                                                      float (&l)[2], int lane) {
   const int g = lane / 4, c = lane % 4;
-  uint16_t* out = bits<T>(p.out, seq.q_start(b, p.o_batch_stride, p.o_row_stride) + h * p.o_head_stride);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-    const int i = warp_q0 + g + 8 * r;
+    const int head = kInterleavedHeads ? h + r : h;
+    uint16_t* out = bits<T>(p.out, seq.q_start(b, p.o_batch_stride, p.o_row_stride) + head * p.o_head_stride);
+    const int i = kInterleavedHeads ? warp_q0 + g : warp_q0 + g + 8 * r;
     if (i >= seq.seqlen_q) continue;
     // A query whose every score is -inf has l = 0: its output is 0 (and its lse -inf).
     const float inv = l[r] == 0.f ? 0.f : 1.f / l[r];
@@ -158,7 +163,7 @@ __device__ __forceinline__ void store_output_and_lse(const Params& p, const Sequ
       *reinterpret_cast<uint32_t*>(row + 8 * n + 2 * c) = pack2<T>(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
     }
     if (c == 0) {
-      static_cast<float*>(p.lse)[stats_index(p, seq, b, h, i)] = m[r] * float(M_LN2) + logf(l[r]);
+      static_cast<float*>(p.lse)[stats_index(p, seq, b, head, i)] = m[r] * float(M_LN2) + logf(l[r]);
     }
   }
 }

@@ -320,9 +320,12 @@ __device__ __forceinline__ int diagonal_owner(int lane) { return (lane / 4) * 4 
 // distance pos - key of element e of 8-column block j, from distance0, that
 // of the thread's element (row g, column 2c) of block 0. Rows are queries and
 // columns keys, or with kKeysAreRows (the dk/dv pass) the other way round.
-template <bool kKeysAreRows>
+// Row g + 8 sits kRowStep positions after row g: 8, or 0 where the two rows
+// are two heads' queries at one position (the Hopper forward's interleaved
+// heads, fwd_hopper_kernel.cuh).
+template <bool kKeysAreRows, int kRowStep = 8>
 __device__ __forceinline__ int element_distance(int distance0, int j, int e) {
-  const int row_step = 8 * (e / 2), column_step = 8 * j + e % 2;
+  const int row_step = kRowStep * (e / 2), column_step = 8 * j + e % 2;
   return kKeysAreRows ? distance0 + column_step - row_step : distance0 + row_step - column_step;
 }
 // distance0 of a tile whose rows start at position row0 and columns at col0.
@@ -336,8 +339,10 @@ __device__ __forceinline__ int thread_distance(int64_t row0, int64_t col0, int g
 // where pattern.h's in_band holds and -inf elsewhere. Only the 16-key
 // sub-tiles on the band's two edges need a mask per score. kKeysBeforeStart:
 // the chunk may start before key 0 (the Hopper forward's chunks end at its
-// last query), and keys before the sequence are masked too.
-template <bool kKeysBeforeStart, int N>
+// last query), and keys before the sequence are masked too. kRowStep: as in
+// element_distance (the warp's rows then span 8 positions, inside the 16 that
+// band_holds<15> allows for).
+template <bool kKeysBeforeStart, int kRowStep = 8, int N>
 __device__ __forceinline__ void mask_band_chunk(float (&s)[N][4], int64_t warp_pos, int64_t chunk, Band band,
                                                 float scale_log2, int g, int c) {
   const int distance0 = thread_distance<false>(warp_pos, chunk, g, c);
@@ -354,9 +359,9 @@ __device__ __forceinline__ void mask_band_chunk(float (&s)[N][4], int64_t warp_p
       for (int j = 2 * t16; j < 2 * t16 + 2; ++j) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int distance = element_distance<false>(distance0, j, e);
-          // Row g + 8 (e / 2) sits at warp_pos + g + 8 (e / 2); its key exists when distance <= that.
-          const bool exists = !kKeysBeforeStart || key0 >= 0 || distance <= warp_pos + g + 8 * (e / 2);
+          const int distance = element_distance<false, kRowStep>(distance0, j, e);
+          // Row g + 8 (e / 2) sits at warp_pos + g + kRowStep (e / 2); its key exists when distance <= that.
+          const bool exists = !kKeysBeforeStart || key0 >= 0 || distance <= warp_pos + g + kRowStep * (e / 2);
           s[j][e] = in_band(distance, band) && exists ? s[j][e] * scale_log2 : -INFINITY;
         }
       }

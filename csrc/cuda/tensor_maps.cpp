@@ -123,7 +123,7 @@ int hopper_tiles_per_block(int tiles_per_sequence, int tiles_per_span, int64_t s
   return tiles_per_span * hopper_tiles_rule(spans, slices, resident, window_alone);
 }
 
-ForwardTensorMaps make_forward_maps(const Params& p, bool bfloat16, int tile_queries) {
+ForwardTensorMaps make_forward_maps(const Params& p, bool bfloat16, int tile_queries, int q_box_rows) {
   const CUtensorMapDataType dtype = map_dtype(bfloat16);
   const MapExtent extent = map_extent(p);
   const auto k_map = [&](int box_rows) {
@@ -135,14 +135,14 @@ ForwardTensorMaps make_forward_maps(const Params& p, bool bfloat16, int tile_que
                     p.v_batch_stride, box_rows);
   };
   return {rows_map(p.q, dtype, p.head_dim, p.heads, extent.q_rows, extent.batch, p.q_head_stride, p.q_row_stride,
-                   p.q_batch_stride, tile_queries),
+                   p.q_batch_stride, q_box_rows),
           k_map(64), v_map(64), k_map(tile_queries), v_map(tile_queries)};
 }
 
 FractionalForwardTensorMaps make_fractional_forward_maps(const Params& p, bool bfloat16, int tile_queries) {
   const CUtensorMapDataType dtype = map_dtype(bfloat16);
   FractionalForwardTensorMaps maps;
-  static_cast<ForwardTensorMaps&>(maps) = make_forward_maps(p, bfloat16, tile_queries);
+  static_cast<ForwardTensorMaps&>(maps) = make_forward_maps(p, bfloat16, tile_queries, tile_queries);
   const MapExtent extent = map_extent(p);
   maps.k_prefix = rows_map(p.k, dtype, p.head_dim, p.heads_kv, extent.k_rows, extent.batch, p.k_head_stride,
                            p.k_row_stride, p.k_batch_stride, kPrefixRows);

@@ -79,7 +79,9 @@ constexpr bool kHopperForwardBuilt =
 #endif
 
 // The maps of a call whose tiles hold `tile_queries` queries (64 or 32).
-ForwardTensorMaps make_forward_maps(const Params& p, bool bfloat16, int tile_queries);
+// q_box_rows: the rows of q one load brings (tile_queries, or 8 where the
+// Hopper forward interleaves two heads' queries).
+ForwardTensorMaps make_forward_maps(const Params& p, bool bfloat16, int tile_queries, int q_box_rows);
 FractionalForwardTensorMaps make_fractional_forward_maps(const Params& p, bool bfloat16, int tile_queries);
 
 }  // namespace fibsparse
