@@ -5,7 +5,8 @@
 //
 // A block's consumer warpgroups each hold 64 rows of queries: one head's 64
 // consecutive queries, or (kHeadsPerWarpgroup == 2) two heads' 32, rows
-// 0 .. 31 the first head's and 32 .. 63 the second's. A tile is the tile
+// 0 .. 31 the first head's and 32 .. 63 the second's (with integer offsets
+// in alternating boxes of 8, "Interleaved heads" below). A tile is the tile
 // queries (64 / kHeadsPerWarpgroup) of all the block's heads, which belong to
 // one kv group and share one row of offsets (when there are several). Two
 // heads a warpgroup halve what an offset's strip costs per head: the strip is
@@ -15,7 +16,9 @@
 // tile left its SM idle while the next block started and waited for its first
 // loads, and at one block per SM that was a large part of a tile's time. Warp
 // w of a warpgroup owns its rows 16 w .. 16 w + 15, as in the mma.sync forward
-// (fwd_mma_kernel.cuh), whose per-warp code it shares. For each tile the block
+// (fwd_mma_kernel.cuh), whose per-warp code it shares: 16 queries of one head,
+// or with two heads and integer offsets the same 8 queries of both heads
+// ("Interleaved heads" below), which halves an offset step's products. For each tile the block
 // walks steps of k and v rows, staged once for all its heads:
 //   Band: the chunks of 64 keys that end at the last query of the tile's
 //     64-query span (the tile itself, or the two 32-query tiles it is one of)
@@ -27,7 +30,8 @@
 //     (of consecutive offsets) in its 64 rows. For distance d, a strip is the
 //     rows p0 - d .. for the tile's queries p0 ..; a warp scores its 16 queries
 //     against their 16 rows with mma.sync and keeps the diagonal, as in the
-//     mma.sync forward. A fractional position a + f (f > 0) also reads each
+//     mma.sync forward (interleaved heads: its 8 queries of both heads against
+//     their 8 rows). A fractional position a + f (f > 0) also reads each
 //     query's row one further back: its step stages the 8 rows before the
 //     strip too (a prefix, tma.cuh), and a warp scores the 16 rows one back as
 //     well (for a strip's first query, from the prefix), mixing the two
@@ -202,12 +206,21 @@ __device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, const
   }
 }
 
-// Interleaved heads (kInterleaved below): a warp's 16 rows are the same 8
-// queries of two heads, fragment row g head h's query g and row g + 8 head
-// h + 1's. Their offset strip is 8 rows, one key per position for both heads,
-// so a strip's scores are one 16 x 8 tile, whose diagonal (row g and row g + 8,
-// column g) holds both heads' scores: 1/8 of the products kept, where 16
-// consecutive queries of one head keep 1/16 of a 16 x 16 tile.
+// Interleaved heads: with two heads a warpgroup and integer offsets, a warp's
+// 16 rows are the same 8 queries of both heads, fragment row g head h's query
+// g and row g + 8 head h + 1's; the q tile's row 16 w + 8 x + i is query
+// 8 w + i of the warpgroup's head x, loaded in boxes of kInterleavedRows rows
+// (the q map's). A warp's offset strip is then 8 rows, one key per query for
+// both heads, so a strip's scores are one 16 x 8 tile whose column g holds
+// both heads' scores of query g: 1/8 of the products kept, where 16
+// consecutive queries of one head keep the diagonal, 1/16, of a 16 x 16 tile.
+// Every score is the same sum in the same order, and every output element of
+// P V gains the same single nonzero product, so the results are those of one
+// head a warp, bit for bit. Fractional positions keep one head a warp: their
+// second rows (score_back) follow the 16-query layout.
+template <int kHeadsPerWarpgroup, bool kFractional>
+constexpr bool kInterleavedHeads = kHeadsPerWarpgroup == 2 && !kFractional;
+constexpr int kInterleavedRows = 8;
 //
 // s = the 16 x 8 scores of the warp's rows (fragments `a`) against rows
 // row0 .. row0 + 7 of a swizzled tile. One ldmatrix gives the B fragments of
@@ -331,18 +344,14 @@ __device__ __forceinline__ void rescale_output(float (&o)[kDimTiles][4], const f
 // prefixes come with the others).
 // A packed batch's sequences each have maps of their own (sequence_maps.cuh's,
 // `sequence_maps`, null for a dense batch, whose maps are `maps`).
-// kInterleaved (two heads a warpgroup, integer offsets): each warp holds 8
-// queries of both its warpgroup's heads (dot_8_rows above), the q tile's rows
-// in that order: row 16 w + 8 x + i is query 8 w + i of the warpgroup's head x,
-// loaded in boxes of 8 rows (the q map's).
-template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional,
-          bool kInterleaved = false>
+template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional>
 __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kThreads,
                                   Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kMinBlocks)
     fwd_hopper_kernel(const __grid_constant__ Params p, const __grid_constant__ HopperForwardMaps<kFractional> maps,
                       const HopperForwardMaps<kFractional>* sequence_maps, int tiles_per_block) {
   static_assert(kCluster == 1 || (kCluster == 2 && kWarpgroups == 2 && kHeadsPerWarpgroup == 1 && !kFractional));
-  static_assert(!kInterleaved || (kHeadsPerWarpgroup == 2 && kCluster == 1 && !kFractional));
+  constexpr bool kInterleaved = kInterleavedHeads<kHeadsPerWarpgroup, kFractional>;
+  static_assert(!kInterleaved || kCluster == 1);
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using S = Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>;
   using OffsetT = std::conditional_t<kFractional, float, int32_t>;
@@ -431,9 +440,9 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
               const int head = first_head + group * kHeadsPerWarpgroup + half;
               char* tile = q_tile(q_buffer(t), group) + r * kRegionBytes;
               if constexpr (kInterleaved) {
-                for (int eight = 0; eight < S::kTileQueries / 8; ++eight)
-                  tma::load_4d(tile + (16 * eight + 8 * half) * 128, &m.q, &q_full[q_buffer(t)], 64 * r, head,
-                               q0 + 8 * eight, batch);
+                for (int box = 0; box < S::kTileQueries / kInterleavedRows; ++box)
+                  tma::load_4d(tile + (2 * box + half) * kInterleavedRows * 128, &m.q, &q_full[q_buffer(t)], 64 * r,
+                               head, q0 + kInterleavedRows * box, batch);
               } else {
                 tma::load_4d(tile + half * S::kHalfBytes, &m.q, &q_full[q_buffer(t)], 64 * r, head, q0, batch);
               }
@@ -645,7 +654,8 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
       const int distance_index = distance_of_offset(steps.offset_index(n, strip), p.band);  // pattern.h's t
       // The diagonal, column g: element g % 2 of each row's pair (selects, not an index into registers).
       float score[2] = {g % 2 ? tile[1] : tile[0], g % 2 ? tile[3] : tile[2]}, prob[2];
-      mma_fwd::offset_softmax</*kRowStep=*/0>(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
+      mma_fwd::offset_softmax</*kRowStep=*/0>(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane,
+                                              prob);
       add_diag_times_8_rows<T, kHeadDim>(prob[0], prob[1], v_tile(stage_of(n)) + strip * S::kHalfBytes, warp_row, o,
                                          lane);
     };

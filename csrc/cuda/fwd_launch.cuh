@@ -10,7 +10,6 @@
 #include <ATen/ops/empty.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <type_traits>
 
 #include "../capabilities.h"
@@ -32,14 +31,12 @@ namespace fibsparse {
 // makes each sequence's maps into `sequence_maps`. A block walks several
 // consecutive tiles (hopper_tiles_per_block); the grid covers the longest
 // sequence.
-template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional,
-          bool kInterleaved = false>
+template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional>
 void launch_hopper_blocks(const Params& p, const HopperForwardMaps<kFractional>& maps,
                           HopperForwardMaps<kFractional>* sequence_maps) {
   using S = hopper_fwd::Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>;
   using OffsetT = std::conditional_t<kFractional, float, int32_t>;
-  const auto kernel =
-      hopper_fwd::fwd_hopper_kernel<T, kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kCluster, kFractional, kInterleaved>;
+  const auto kernel = hopper_fwd::fwd_hopper_kernel<T, kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kCluster, kFractional>;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int tiles = int(blocks_for(p.seqlen_q, S::kTileQueries));
   const int tiles_per_block = hopper_tiles_per_block(tiles, kHeadsPerWarpgroup, int64_t(p.heads / S::kHeads) * p.batch,
@@ -88,14 +85,13 @@ void launch_fwd_hopper(const Params& p) {
   const bool clusters = !kFractional && hopper_clusters_asked() && pairs && group % 4 == 0;
   const bool packed = !clusters && pairs && group % 4 == 0 && p.num_offsets > 0 && hopper_packing_allowed();
   const int tile_queries = packed ? hopper_fwd::kTileRows / 2 : hopper_fwd::kTileRows;
-  // Experiment (round 53): FIBSPARSE_EXP53=1 interleaves the two heads of a warpgroup (integer offsets).
-  const char* exp53 = std::getenv("FIBSPARSE_EXP53");
-  const bool interleaved = !kFractional && packed && exp53 != nullptr && exp53[0] == '1';
   HopperForwardMaps<kFractional> maps;
   if constexpr (kFractional) {
     maps = make_fractional_forward_maps(p, kBf16, tile_queries);
   } else {
-    maps = make_forward_maps(p, kBf16, tile_queries, interleaved ? 8 : tile_queries);
+    // Two heads a warpgroup interleave their queries in the q tile (fwd_hopper_kernel.cuh).
+    static_assert(hopper_fwd::kInterleavedHeads<2, false>);
+    maps = make_forward_maps(p, kBf16, tile_queries, packed ? hopper_fwd::kInterleavedRows : tile_queries);
   }
   // A packed batch: room for each sequence's maps (TMA wants them 64-byte
   // aligned; the caching allocator's blocks are 512-byte aligned). The launches
@@ -112,9 +108,6 @@ void launch_fwd_hopper(const Params& p) {
     constexpr int kHeadDim = decltype(head_dim)::value;
     if constexpr (!kFractional) {
       if (clusters) return launch_hopper_blocks<T, kHeadDim, 2, 1, 2, false>(p, maps, sequence_maps);
-    }
-    if constexpr (!kFractional) {
-      if (interleaved) return launch_hopper_blocks<T, kHeadDim, 2, 2, 1, false, true>(p, maps, sequence_maps);
     }
     if (packed) {
       launch_hopper_blocks<T, kHeadDim, 2, 2, 1, kFractional>(p, maps, sequence_maps);
