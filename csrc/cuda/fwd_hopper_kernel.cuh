@@ -344,8 +344,7 @@ __device__ __forceinline__ void rescale_output(float (&o)[kDimTiles][4], const f
 // prefixes come with the others).
 // A packed batch's sequences each have maps of their own (sequence_maps.cuh's,
 // `sequence_maps`, null for a dense batch, whose maps are `maps`).
-template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional,
-          bool kPipelined = false>
+template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional>
 __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kThreads,
                                   Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kMinBlocks)
     fwd_hopper_kernel(const __grid_constant__ Params p, const __grid_constant__ HopperForwardMaps<kFractional> maps,
@@ -660,39 +659,7 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
       add_diag_times_8_rows<T, kHeadDim>(prob[0], prob[1], v_tile(stage_of(n)) + strip * S::kHalfBytes, warp_row, o,
                                          lane);
     };
-    if constexpr (kInterleaved && kPipelined) {
-      // An interleaved step's scores (its rows waited for), and its softmax and
-      // P V (its stage then released). Step n + 1's score products are issued
-      // before step n's softmax and P V, so that they run meanwhile; the
-      // softmax and P V keep the order of the steps, so the results are the
-      // same bits. Two score buffers in turn (a copy would cost moves a step).
-      const auto score_step = [&](int n, float (&tiles)[2][4]) {
-        wait_full(n);
-#pragma unroll
-        for (int strip = 0; strip < 2; ++strip) {
-          if (strip == 0 || steps.has_strip(n, 1)) {
-            dot_8_rows<T, kHeadDim, 2>(qf, k_tile(stage_of(n)) + strip * S::kHalfBytes, warp_row, tiles[strip], lane);
-          }
-        }
-      };
-      const auto finish_step = [&](int n, const float (&tiles)[2][4]) {
-        finish_interleaved_strip(n, 0, tiles[0]);
-        if (steps.has_strip(n, 1)) finish_interleaved_strip(n, 1, tiles[1]);
-        release(n);
-      };
-      float tiles_a[2][4], tiles_b[2][4];
-      int n = steps.band_steps;
-      if (n < steps.num_steps) score_step(n, tiles_a);
-      while (n < steps.num_steps) {
-        if (n + 1 < steps.num_steps) score_step(n + 1, tiles_b);
-        finish_step(n, tiles_a);
-        if (++n == steps.num_steps) break;
-        if (n + 1 < steps.num_steps) score_step(n + 1, tiles_a);
-        finish_step(n, tiles_b);
-        ++n;
-      }
-    }
-    for (int n = steps.band_steps; n < steps.num_steps && !(kInterleaved && kPipelined); ++n) {
+    for (int n = steps.band_steps; n < steps.num_steps; ++n) {
       wait_full(n);
       if constexpr (kInterleaved) {
         float tiles[2][4];

@@ -10,7 +10,6 @@
 #include <ATen/ops/empty.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <type_traits>
 
 #include "../capabilities.h"
@@ -32,14 +31,12 @@ namespace fibsparse {
 // makes each sequence's maps into `sequence_maps`. A block walks several
 // consecutive tiles (hopper_tiles_per_block); the grid covers the longest
 // sequence.
-template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional,
-          bool kPipelined = false>
+template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional>
 void launch_hopper_blocks(const Params& p, const HopperForwardMaps<kFractional>& maps,
                           HopperForwardMaps<kFractional>* sequence_maps) {
   using S = hopper_fwd::Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>;
   using OffsetT = std::conditional_t<kFractional, float, int32_t>;
-  const auto kernel =
-      hopper_fwd::fwd_hopper_kernel<T, kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kCluster, kFractional, kPipelined>;
+  const auto kernel = hopper_fwd::fwd_hopper_kernel<T, kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kCluster, kFractional>;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int tiles = int(blocks_for(p.seqlen_q, S::kTileQueries));
   const int tiles_per_block = hopper_tiles_per_block(tiles, kHeadsPerWarpgroup, int64_t(p.heads / S::kHeads) * p.batch,
@@ -111,13 +108,6 @@ void launch_fwd_hopper(const Params& p) {
     constexpr int kHeadDim = decltype(head_dim)::value;
     if constexpr (!kFractional) {
       if (clusters) return launch_hopper_blocks<T, kHeadDim, 2, 1, 2, false>(p, maps, sequence_maps);
-    }
-    if constexpr (!kFractional) {
-      // Experiment (round 54): FIBSPARSE_EXP54=1 pipelines the interleaved offset steps.
-      const char* exp54 = std::getenv("FIBSPARSE_EXP54");
-      if (packed && exp54 != nullptr && exp54[0] == '1') {
-        return launch_hopper_blocks<T, kHeadDim, 2, 2, 1, false, true>(p, maps, sequence_maps);
-      }
     }
     if (packed) {
       launch_hopper_blocks<T, kHeadDim, 2, 2, 1, kFractional>(p, maps, sequence_maps);
