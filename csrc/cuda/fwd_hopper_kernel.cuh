@@ -263,26 +263,6 @@ __device__ __forceinline__ void add_diag_times_8_rows(float d_g, float d_g8, con
   }
 }
 
-// The warp's A fragments of interleaved heads: rows g of head h's query
-// first_row + g, rows g + 8 of head h + 1's (queries at or past `rows` are
-// zeros); mma_tiles.cuh's load_a_fragments otherwise.
-template <int kHeadDim>
-__device__ __forceinline__ void load_interleaved_a_fragments(const uint16_t* src, int64_t head_stride,
-                                                             int64_t row_stride, int first_row, int rows, int g, int c,
-                                                             uint32_t (&frag)[kHeadDim / 16][4]) {
-  const uint16_t* row_ptr[2] = {src + int64_t(first_row + g) * row_stride,
-                                src + head_stride + int64_t(first_row + g) * row_stride};
-  const bool valid = first_row + g < rows;
-#pragma unroll
-  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {  // a0 (g, 2c), a1 (g+8, 2c), a2 (g, 2c+8), a3 (g+8, 2c+8)
-      const int r = e % 2, col = 16 * kk + 2 * c + 8 * (e / 2);
-      frag[kk][e] = valid ? *reinterpret_cast<const uint32_t*>(row_ptr[r] + col) : 0u;
-    }
-  }
-}
-
 // Descriptors of the tiles' 16-wide slices: columns 16 kk .. of a K-major tile
 // (q or k, the reduction along a row), and rows 16 kk .. of an MN-major one (v).
 template <int kHeadDim>
@@ -528,9 +508,11 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
     // in the mma.sync forward (the band reads q from its shared tile).
     uint32_t qf[kHeadDim / 16][4];
     if (steps.num_steps > steps.band_steps) {
-      if constexpr (kInterleaved) {
-        load_interleaved_a_fragments<kHeadDim>(q_global, p.q_head_stride, p.q_row_stride, warp_q0, seq.seqlen_q, g, c,
-                                               qf);
+      if constexpr (kInterleaved) {  // rows g: head h's query warp_q0 + g; rows g + 8: head h + 1's
+        const uint16_t* row = q_global + int64_t(warp_q0 + g) * p.q_row_stride;
+        const uint16_t* const rows[2] = {row, row + p.q_head_stride};
+        const bool valid = warp_q0 + g < seq.seqlen_q;
+        load_a_fragment_rows<kHeadDim>(rows, {valid, valid}, c, qf);
       } else {
         load_a_fragments<kHeadDim>(q_global, p.q_row_stride, warp_q0, seq.seqlen_q, g, c, qf);
       }
