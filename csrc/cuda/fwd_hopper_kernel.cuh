@@ -328,7 +328,7 @@ template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int
 __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kThreads,
                                   Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kMinBlocks)
     fwd_hopper_kernel(const __grid_constant__ Params p, const __grid_constant__ HopperForwardMaps<kFractional> maps,
-                      const HopperForwardMaps<kFractional>* sequence_maps, int tiles_per_block) {
+                      const HopperForwardMaps<kFractional>* sequence_maps, int tiles_per_block, int exp55) {
   static_assert(kCluster == 1 || (kCluster == 2 && kWarpgroups == 2 && kHeadsPerWarpgroup == 1 && !kFractional));
   constexpr bool kInterleaved = kInterleavedHeads<kHeadsPerWarpgroup, kFractional>;
   static_assert(!kInterleaved || kCluster == 1);
@@ -499,6 +499,13 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
       }
     }
   };
+  // Lane 0 stores the warp's output through its maps (see the producer's).
+  const HopperForwardMaps<kFractional>& out_maps = sequence_maps != nullptr ? sequence_maps[b] : maps;
+  const int batch = sequence_maps != nullptr ? 0 : b;
+  if (exp55 && lane == 0) {
+    if (sequence_maps != nullptr) tma::acquire_map(&out_maps.out);
+    tma::prefetch_map(&out_maps.out);
+  }
   int step = 0;  // this tile's first step's position in the ring
   for (int t = 0; t < tiles; ++t) {
     const TileSteps steps = tile_steps(t);
@@ -588,7 +595,7 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
     wgmma::wait<0>();
     wgmma::fence_operands(o);
     release(steps.band_steps - 1);
-    warp_done(&q_empty[q_buffer(t)], false);  // the band was the last reader of the tile's q
+    if (!exp55) warp_done(&q_empty[q_buffer(t)], false);  // the band was the last reader of the tile's q
 
     // Strip `strip` of offset step n, from its 16 x 16 scores `tile` and, at
     // a fractional position, `back`, its scores against the rows one further
@@ -680,7 +687,42 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
       release(n);
     }
 
-    mma_fwd::store_output_and_lse<T, kInterleaved>(p, seq, b, h, warp_q0, o, m, l, lane);
+    if (exp55) {
+      // The output leaves through the warp's own 16 rows of the tile's q
+      // buffer, whose last reader was the band: fragment row g + 8 r is tile
+      // row 16 warp + 8 r + g in every layout, query warp_q0 + g of head
+      // h + r (interleaved) or query warp_q0 + g + 8 r of head h. Lane 0
+      // stores the two 8-row boxes with TMA and hands the buffer back once
+      // TMA has read them; the warp goes on to its next tile meanwhile.
+      float inv[2];
+      mma_fwd::normalize_and_store_lse<kInterleaved>(p, seq, b, h, warp_q0, m, l, lane, inv);
+      char* rows = q_tile(q_buffer(t), group);
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+#pragma unroll
+        for (int n = 0; n < kDimTiles; ++n) {
+          *reinterpret_cast<uint32_t*>(rows + tma::swizzled_offset(16 * warp + 8 * r + g, 8 * n) + 4 * c) =
+              pack2<T>(o[n][2 * r] * inv[r], o[n][2 * r + 1] * inv[r]);
+        }
+      }
+      tma::fence_shared_for_tma();
+      __syncwarp();
+      if (lane == 0) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+#pragma unroll
+          for (int region = 0; region < kHeadDim / 64; ++region) {
+            tma::store_4d(&out_maps.out, rows + region * kRegionBytes + (16 * warp + 8 * r) * 128, 64 * region,
+                          kInterleaved ? h + r : h, kInterleaved ? warp_q0 : warp_q0 + 8 * r, batch);
+          }
+        }
+        tma::commit_stores();
+        tma::wait_stores_read();
+        tma::arrive(&q_empty[q_buffer(t)]);
+      }
+    } else {
+      mma_fwd::store_output_and_lse<T, kInterleaved>(p, seq, b, h, warp_q0, o, m, l, lane);
+    }
     step += steps.num_steps;
   }
   if constexpr (kCluster > 1) tma::cluster_sync();  // see the producer's

@@ -137,33 +137,50 @@ __device__ __forceinline__ void offset_softmax(float (&score)[2], int64_t warp_p
   }
 }
 
-// The forward's end for the warp's 16 queries from row warp_q0 of head h:
-// each row's sum over its quad, the normalized output and the lse. With
-// kInterleavedHeads, fragment row g + 8 r is query warp_q0 + g of head h + r
-// (the Hopper forward's interleaved heads, fwd_hopper_kernel.cuh), else
-// query warp_q0 + g + 8 r of head h.
-template <typename T, bool kInterleavedHeads = false, int kDimTiles>
-__device__ __forceinline__ void store_output_and_lse(const Params& p, const Sequence& seq, int b, int h, int warp_q0,
-                                                     const float (&o)[kDimTiles][4], const float (&m)[2],
-                                                     float (&l)[2], int lane) {
+// The forward's end for the warp's 16 queries from row warp_q0 of head h,
+// before their output is stored: each row's sum over its quad, its lse, and
+// the factor `inv` that normalizes its output. With kInterleavedHeads,
+// fragment row g + 8 r is query warp_q0 + g of head h + r (the Hopper
+// forward's interleaved heads, fwd_hopper_kernel.cuh), else query
+// warp_q0 + g + 8 r of head h.
+template <bool kInterleavedHeads>
+__device__ __forceinline__ void normalize_and_store_lse(const Params& p, const Sequence& seq, int b, int h,
+                                                        int warp_q0, const float (&m)[2], float (&l)[2], int lane,
+                                                        float (&inv)[2]) {
   const int g = lane / 4, c = lane % 4;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    // A query whose every score is -inf has l = 0: its output is 0 (and its lse -inf).
+    inv[r] = l[r] == 0.f ? 0.f : 1.f / l[r];
+    const int head = kInterleavedHeads ? h + r : h;
+    const int i = kInterleavedHeads ? warp_q0 + g : warp_q0 + g + 8 * r;
+    if (c == 0 && i < seq.seqlen_q) {
+      static_cast<float*>(p.lse)[stats_index(p, seq, b, head, i)] = m[r] * float(M_LN2) + logf(l[r]);
+    }
+  }
+}
+
+// The forward's end: normalize_and_store_lse, then the output's rows to
+// global memory.
+template <typename T, bool kInterleavedHeads = false, int kDimTiles>
+__device__ __forceinline__ void store_output_and_lse(const Params& p, const Sequence& seq, int b, int h, int warp_q0,
+                                                     const float (&o)[kDimTiles][4], const float (&m)[2],
+                                                     float (&l)[2], int lane) {
+  const int g = lane / 4, c = lane % 4;
+  float inv[2];
+  normalize_and_store_lse<kInterleavedHeads>(p, seq, b, h, warp_q0, m, l, lane, inv);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
     const int head = kInterleavedHeads ? h + r : h;
     uint16_t* out = bits<T>(p.out, seq.q_start(b, p.o_batch_stride, p.o_row_stride) + head * p.o_head_stride);
     const int i = kInterleavedHeads ? warp_q0 + g : warp_q0 + g + 8 * r;
     if (i >= seq.seqlen_q) continue;
-    // A query whose every score is -inf has l = 0: its output is 0 (and its lse -inf).
-    const float inv = l[r] == 0.f ? 0.f : 1.f / l[r];
     uint16_t* row = out + int64_t(i) * p.o_row_stride;
 #pragma unroll
     for (int n = 0; n < kDimTiles; ++n) {
-      *reinterpret_cast<uint32_t*>(row + 8 * n + 2 * c) = pack2<T>(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
-    }
-    if (c == 0) {
-      static_cast<float*>(p.lse)[stats_index(p, seq, b, head, i)] = m[r] * float(M_LN2) + logf(l[r]);
+      *reinterpret_cast<uint32_t*>(row + 8 * n + 2 * c) = pack2<T>(o[n][2 * r] * inv[r], o[n][2 * r + 1] * inv[r]);
     }
   }
 }

@@ -5,7 +5,7 @@
 // row count of its length. A box that reaches before the sequence's first row
 // or past its last then loads zeros, as in a dense batch, and never a row of
 // another sequence: a masked score's weight 0 times a non-finite row would be
-// NaN. The forward acquires the maps before it loads through them (tma.cuh).
+// NaN. A stored box's rows past the sequence's last are not written. The forward acquires the maps before it loads through them (tma.cuh).
 #pragma once
 
 #include <cuda.h>
@@ -36,6 +36,7 @@ __global__ void __launch_bounds__(32)
     const char* q = first_row(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride));
     const char* k = first_row(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride));
     const char* v = first_row(p.v, seq.k_start(b, p.v_batch_stride, p.v_row_stride));
+    const char* out = first_row(p.out, seq.q_start(b, p.o_batch_stride, p.o_row_stride));
     // A map has at least one row; an empty sequence has no tile that loads.
     const uint32_t q_rows = seq.seqlen_q > 0 ? seq.seqlen_q : 1, k_rows = seq.seqlen_k > 0 ? seq.seqlen_k : 1;
     maps = whole;
@@ -44,6 +45,7 @@ __global__ void __launch_bounds__(32)
     tma::set_map_rows(&maps.v, v, k_rows);
     tma::set_map_rows(&maps.k_strip, k, k_rows);
     tma::set_map_rows(&maps.v_strip, v, k_rows);
+    tma::set_map_rows(&maps.out, out, q_rows);
     if constexpr (kFractional) {
       tma::set_map_rows(&maps.k_prefix, k, k_rows);
       tma::set_map_rows(&maps.v_prefix, v, k_rows);

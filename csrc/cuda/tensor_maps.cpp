@@ -99,7 +99,8 @@ bool hopper_forward_applies(const Params& p, bool tensor_core_type) {
   const MapExtent extent = map_extent(p);
   return tma_layout(p.q, p.q_head_stride, p.heads, p.q_row_stride, extent.q_rows, p.q_batch_stride, extent.batch) &&
          tma_layout(p.k, p.k_head_stride, p.heads_kv, p.k_row_stride, extent.k_rows, p.k_batch_stride, extent.batch) &&
-         tma_layout(p.v, p.v_head_stride, p.heads_kv, p.v_row_stride, extent.k_rows, p.v_batch_stride, extent.batch);
+         tma_layout(p.v, p.v_head_stride, p.heads_kv, p.v_row_stride, extent.k_rows, p.v_batch_stride, extent.batch) &&
+         tma_layout(p.out, p.o_head_stride, p.heads, p.o_row_stride, extent.q_rows, p.o_batch_stride, extent.batch);
 }
 
 bool hopper_clusters_asked() {
@@ -136,7 +137,12 @@ ForwardTensorMaps make_forward_maps(const Params& p, bool bfloat16, int tile_que
   };
   return {rows_map(p.q, dtype, p.head_dim, p.heads, extent.q_rows, extent.batch, p.q_head_stride, p.q_row_stride,
                    p.q_batch_stride, q_box_rows),
-          k_map(64), v_map(64), k_map(tile_queries), v_map(tile_queries)};
+          k_map(64),
+          v_map(64),
+          k_map(tile_queries),
+          v_map(tile_queries),
+          rows_map(p.out, dtype, p.head_dim, p.heads, extent.q_rows, extent.batch, p.o_head_stride, p.o_row_stride,
+                   p.o_batch_stride, kOutputBoxRows)};
 }
 
 FractionalForwardTensorMaps make_fractional_forward_maps(const Params& p, bool bfloat16, int tile_queries) {

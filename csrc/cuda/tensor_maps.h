@@ -18,10 +18,12 @@ namespace fibsparse {
 // loads through copies that sequence_maps.cuh narrows to each sequence's rows.
 // k and v load the band's 64-row chunks; q, k_strip and v_strip load a tile's
 // queries and an offset's strip, as many rows as a tile has queries (64, or
-// 32 where two heads share a warpgroup's 64 rows: fwd_hopper_kernel.cuh).
+// 32 where two heads share a warpgroup's 64 rows: fwd_hopper_kernel.cuh); out
+// stores the output, kOutputBoxRows rows a box (each warp stores its own rows).
 struct ForwardTensorMaps {
-  CUtensorMap q, k, v, k_strip, v_strip;
+  CUtensorMap q, k, v, k_strip, v_strip, out;
 };
+constexpr int kOutputBoxRows = 8;
 
 // The rows of a strip's prefix: the box height of the prefix maps below, and
 // what the kernel's stages hold of them (tma.cuh).
@@ -45,7 +47,7 @@ constexpr int kMapsPerSet = int(sizeof(HopperForwardMaps<kFractional>) / sizeof(
 // compute capability 9.0 device, 16-bit inputs (integer or fractional
 // offsets, or none: the window alone), a dense or packed batch (no cache),
 // head_dim 64 or 128, and the layouts TMA takes (16-byte aligned base
-// pointers and nonzero 16-byte strides). For comparisons, FIBSPARSE_HOPPER=0
+// pointers and nonzero 16-byte strides) in q, k, v and out. For comparisons, FIBSPARSE_HOPPER=0
 // in the environment turns it off (the tensor-core kernels of
 // fwd_mma_kernel.cuh run instead).
 bool hopper_forward_applies(const Params& p, bool tensor_core_type);

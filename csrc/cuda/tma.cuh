@@ -1,5 +1,6 @@
 // Hopper's asynchronous copies (sm_90a): TMA loads of a tensor map's boxes into
-// shared memory (into two blocks of a cluster at once, multicast), and the
+// shared memory (into two blocks of a cluster at once, multicast) and stores of
+// boxes from shared memory, and the
 // mbarriers that count their bytes and hand stages between a producer warp and
 // consumer warpgroups, within a block or across a cluster. A box lands with the
 // 128-byte swizzle (tensor_maps.h makes the maps): within each 1024-byte atom
@@ -93,6 +94,26 @@ __device__ __forceinline__ void load_4d_multicast(void* dst, const CUtensorMap* 
       "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_address(bar)), "h"(blocks), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
       : "memory");
 }
+
+// Stores src, a box laid out as load_4d lands it, to the box of a 4-d tensor
+// map at coordinates (c0 innermost .. c3); elements outside the tensor are not
+// written. The writes to src must be made visible to TMA first
+// (fence_shared_for_tma), and src stays unchanged until the store has read it
+// (commit_stores, then wait_stores_read).
+__device__ __forceinline__ void store_4d(const CUtensorMap* map, const void* src, int c0, int c1, int c2, int c3) {
+  asm volatile("cp.async.bulk.tensor.4d.global.shared::cta.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(smem_address(src)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+               : "memory");
+}
+// Orders this thread's writes to shared memory before later TMA reads of it.
+__device__ __forceinline__ void fence_shared_for_tma() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// Closes a group of this thread's store_4d calls.
+__device__ __forceinline__ void commit_stores() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// Waits until every committed group of this thread's stores has read its
+// shared memory (their writes to global memory may still be in flight; the
+// kernel's end completes them).
+__device__ __forceinline__ void wait_stores_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
 
 __device__ __forceinline__ void prefetch_map(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
