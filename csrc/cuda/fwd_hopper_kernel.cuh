@@ -39,6 +39,9 @@
 // The band's steps are software-pipelined: a warpgroup queues a chunk's Q K^T
 // and the previous chunk's P V before its softmax, so the tensor cores work
 // meanwhile.
+// A tile's output leaves through its q buffer and TMA stores where a block
+// has two consumer warpgroups (kOutputThroughTileOf below), else straight
+// from registers.
 // One thread of the block's last warpgroup (the producer) issues every TMA
 // load: each tile's q into one of two q buffers, then each of its steps into a
 // ring of kStages stages that runs on from tile to tile; a buffer's or stage's
@@ -221,6 +224,20 @@ __device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, const
 template <int kHeadsPerWarpgroup, bool kFractional>
 constexpr bool kInterleavedHeads = kHeadsPerWarpgroup == 2 && !kFractional;
 constexpr int kInterleavedRows = 8;
+
+// Where a tile's output leaves through shared memory: each warp writes its 16
+// normalized rows into its rows of the tile's q buffer, idle since the band
+// (the offset steps read q as fragments from global memory), and TMA stores
+// them (tensor_maps.h's out map, 8-row boxes), as FlashAttention-3 does. The
+// buffer goes back to the producer once TMA has read it, instead of after the
+// band. Stored from registers, a warp's 32-bit stores cover 8 rows of 16 bytes
+// each and the warp stalls on them; with one block of two warpgroups an SM,
+// which reach a tile's end together, nothing else issues meanwhile: through
+// shared memory the forward is 5-8.5% faster there (docs/performance.md, round
+// 55). Blocks of one warpgroup, two to an SM, hide each other's stores, and
+// there the detour measured 0-1.5% slower.
+template <int kWarpgroups>
+constexpr bool kOutputThroughTileOf = kWarpgroups == 2;
 //
 // s = the 16 x 8 scores of the warp's rows (fragments `a`) against rows
 // row0 .. row0 + 7 of a swizzled tile. One ldmatrix gives the B fragments of
@@ -328,10 +345,11 @@ template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int
 __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kThreads,
                                   Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kMinBlocks)
     fwd_hopper_kernel(const __grid_constant__ Params p, const __grid_constant__ HopperForwardMaps<kFractional> maps,
-                      const HopperForwardMaps<kFractional>* sequence_maps, int tiles_per_block, int exp55) {
+                      const HopperForwardMaps<kFractional>* sequence_maps, int tiles_per_block) {
   static_assert(kCluster == 1 || (kCluster == 2 && kWarpgroups == 2 && kHeadsPerWarpgroup == 1 && !kFractional));
   constexpr bool kInterleaved = kInterleavedHeads<kHeadsPerWarpgroup, kFractional>;
   static_assert(!kInterleaved || kCluster == 1);
+  constexpr bool kOutputThroughTile = kOutputThroughTileOf<kWarpgroups>;
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using S = Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>;
   using OffsetT = std::conditional_t<kFractional, float, int32_t>;
@@ -499,10 +517,11 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
       }
     }
   };
-  // Lane 0 stores the warp's output through its maps (see the producer's).
+  // With kOutputThroughTile, lane 0 stores the warp's output through its
+  // maps (see the producer's).
   const HopperForwardMaps<kFractional>& out_maps = sequence_maps != nullptr ? sequence_maps[b] : maps;
   const int batch = sequence_maps != nullptr ? 0 : b;
-  if (exp55 && lane == 0) {
+  if (kOutputThroughTile && lane == 0) {
     if (sequence_maps != nullptr) tma::acquire_map(&out_maps.out);
     tma::prefetch_map(&out_maps.out);
   }
@@ -595,7 +614,8 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
     wgmma::wait<0>();
     wgmma::fence_operands(o);
     release(steps.band_steps - 1);
-    if (!exp55) warp_done(&q_empty[q_buffer(t)], false);  // the band was the last reader of the tile's q
+    // The band was the last reader of the tile's q (the output may still pass through its buffer).
+    if (!kOutputThroughTile) warp_done(&q_empty[q_buffer(t)], false);
 
     // Strip `strip` of offset step n, from its 16 x 16 scores `tile` and, at
     // a fractional position, `back`, its scores against the rows one further
@@ -687,13 +707,12 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
       release(n);
     }
 
-    if (exp55) {
-      // The output leaves through the warp's own 16 rows of the tile's q
-      // buffer, whose last reader was the band: fragment row g + 8 r is tile
-      // row 16 warp + 8 r + g in every layout, query warp_q0 + g of head
-      // h + r (interleaved) or query warp_q0 + g + 8 r of head h. Lane 0
-      // stores the two 8-row boxes with TMA and hands the buffer back once
-      // TMA has read them; the warp goes on to its next tile meanwhile.
+    if constexpr (kOutputThroughTile) {
+      // Fragment row g + 8 r is tile row 16 warp + 8 r + g in every layout:
+      // query warp_q0 + g of head h + r (interleaved) or query
+      // warp_q0 + g + 8 r of head h. Lane 0 stores the two 8-row boxes with
+      // TMA and hands the buffer back once TMA has read them; the warp goes
+      // on to its next tile meanwhile.
       float inv[2];
       mma_fwd::normalize_and_store_lse<kInterleaved>(p, seq, b, h, warp_q0, m, l, lane, inv);
       char* rows = q_tile(q_buffer(t), group);
