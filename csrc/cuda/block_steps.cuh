@@ -32,6 +32,25 @@ __device__ __forceinline__ int offsets_within_reach(const OffsetT* offs, int num
   return count;
 }
 
+// offsets_within_reach for a whole warp (every lane calls it, with the same
+// arguments, and gets the same count): each lane tests one offset of a run of
+// 32, from the last run down, so the loads run side by side rather than one
+// after another.
+template <typename OffsetT>
+__device__ __forceinline__ int offsets_within_reach_of_warp(const OffsetT* offs, int num_offsets, int64_t max_whole,
+                                                            int lane) {
+  for (int first = (num_offsets - 1) / 32 * 32; first >= 0; first -= 32) {
+    bool within = false;
+    if (first + lane < num_offsets) {
+      const OffsetSplit split = split_offset(offs, first + lane);
+      within = split.whole >= 0 && split.whole <= max_whole;
+    }
+    const unsigned found = __ballot_sync(0xffffffffu, within);
+    if (found != 0) return first + 32 - __clz(found);
+  }
+  return 0;
+}
+
 // The steps of a block of 64 queries over its keys (forward and dq pass):
 // band chunks of kChunk key rows covering [block_pos - window + 1,
 // block_pos + 63], then one step per offset, in which staged row 16 w + x

@@ -132,7 +132,8 @@ struct Steps {
   int band_steps, num_steps, reach;
   const OffsetT* offs;
 
-  __device__ Steps(const Params& p, const OffsetT* offsets, int64_t span_pos, int64_t pos)
+  // lane >= 0: a whole warp computes it (offsets_within_reach_of_warp), else one thread.
+  __device__ Steps(const Params& p, const OffsetT* offsets, int64_t span_pos, int64_t pos, int lane)
       : first_pos(pos), offs(offsets) {
     band_steps = (p.band.window - 1 + kTileRows + kTileRows - 1) / kTileRows;
     band_start = span_pos + kTileRows - int64_t(kTileRows) * band_steps;
@@ -141,7 +142,9 @@ struct Steps {
       band_start += before * kTileRows;
       band_steps -= int(before);
     }
-    reach = mma_tiles::offsets_within_reach(offs, p.num_offsets, first_pos + kTileQueries - 1);
+    const int64_t max_whole = first_pos + kTileQueries - 1;
+    reach = lane >= 0 ? mma_tiles::offsets_within_reach_of_warp(offs, p.num_offsets, max_whole, lane)
+                      : mma_tiles::offsets_within_reach(offs, p.num_offsets, max_whole);
     num_steps = band_steps + (reach + kStrips - 1) / kStrips;
   }
   __device__ bool is_band(int n) const { return n < band_steps; }
@@ -345,7 +348,7 @@ template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int
 __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kThreads,
                                   Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kMinBlocks)
     fwd_hopper_kernel(const __grid_constant__ Params p, const __grid_constant__ HopperForwardMaps<kFractional> maps,
-                      const HopperForwardMaps<kFractional>* sequence_maps, int tiles_per_block) {
+                      const HopperForwardMaps<kFractional>* sequence_maps, int tiles_per_block, int exp56) {
   static_assert(kCluster == 1 || (kCluster == 2 && kWarpgroups == 2 && kHeadsPerWarpgroup == 1 && !kFractional));
   constexpr bool kInterleaved = kInterleavedHeads<kHeadsPerWarpgroup, kFractional>;
   static_assert(!kInterleaved || kCluster == 1);
@@ -386,9 +389,10 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
   // Tile t's q buffer, and the parity of its t / kQBuffers-th use.
   const auto q_buffer = [&](int t) { return t % S::kQBuffers; };
   const auto q_parity = [&](int t) { return uint32_t(t / S::kQBuffers) & 1; };
-  const auto tile_steps = [&](int t) {
+  // lane: as Steps takes it (the producer's one thread passes -1).
+  const auto tile_steps = [&](int t, int lane) {
     const int64_t q0 = (first_tile + t) * int64_t(S::kTileQueries);
-    return TileSteps(p, offs, q0 / kTileRows * kTileRows + seq.q_pos_shift, q0 + seq.q_pos_shift);
+    return TileSteps(p, offs, q0 / kTileRows * kTileRows + seq.q_pos_shift, q0 + seq.q_pos_shift, lane);
   };
 
   const uint32_t rank = kCluster > 1 ? tma::cluster_rank() : 0;
@@ -445,7 +449,7 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
                 tma::load_4d(tile + half * S::kHalfBytes, &m.q, &q_full[q_buffer(t)], 64 * r, head, q0, batch);
               }
             }
-        const TileSteps steps = tile_steps(t);
+        const TileSteps steps = tile_steps(t, -1);
         for (int n = 0; n < steps.num_steps; ++n, ++step) {
           const int stage = step % S::kStages;
           tma::wait(&empty[stage], ((step / S::kStages) & 1) ^ 1);
@@ -527,13 +531,13 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
   }
   int step = 0;  // this tile's first step's position in the ring
   for (int t = 0; t < tiles; ++t) {
-    const TileSteps steps = tile_steps(t);
+    const TileSteps steps = tile_steps(t, exp56 ? lane : -1);
     const int warp_q0 = (first_tile + t) * S::kTileQueries + warp_row;
     const int64_t warp_pos = warp_q0 + int64_t(seq.q_pos_shift);
     // The offsets' tiles take q as mma.sync A fragments, from global memory as
     // in the mma.sync forward (the band reads q from its shared tile).
     uint32_t qf[kHeadDim / 16][4];
-    if (steps.num_steps > steps.band_steps) {
+    if (!(kOutputThroughTile && exp56) && steps.num_steps > steps.band_steps) {
       if constexpr (kInterleaved) {  // rows g: head h's query warp_q0 + g; rows g + 8: head h + 1's
         const uint16_t* row = q_global + int64_t(warp_q0 + g) * p.q_row_stride;
         const uint16_t* const rows[2] = {row, row + p.q_head_stride};
@@ -616,6 +620,15 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
     release(steps.band_steps - 1);
     // The band was the last reader of the tile's q (the output may still pass through its buffer).
     if (!kOutputThroughTile) warp_done(&q_empty[q_buffer(t)], false);
+    if (kOutputThroughTile && exp56 && steps.num_steps > steps.band_steps) {
+      // The warp's rows of the q tile, TMA's swizzled layout, as A fragments:
+      // matrices (rows 0-7 | 8-15) x (columns +0 | +8) of each 16-wide slice.
+      const int row = 16 * warp + ((lane / 8) % 2) * 8 + lane % 8, half = (lane / 16) * 8;
+#pragma unroll
+      for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+        ldmatrix_x4(qf[kk], reinterpret_cast<const uint16_t*>(q_smem + tma::swizzled_offset(row, 16 * kk + half)));
+      }
+    }
 
     // Strip `strip` of offset step n, from its 16 x 16 scores `tile` and, at
     // a fractional position, `back`, its scores against the rows one further
