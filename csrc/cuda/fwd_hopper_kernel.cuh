@@ -238,7 +238,10 @@ constexpr int kInterleavedRows = 8;
 // which reach a tile's end together, nothing else issues meanwhile: through
 // shared memory the forward is 5-8.5% faster there (docs/performance.md, round
 // 55). Blocks of one warpgroup, two to an SM, hide each other's stores, and
-// there the detour measured 0-1.5% slower.
+// there the detour measured 0-1.5% slower. Holding the buffer to the tile's
+// end also lets the offset steps take their q fragments from it (ldmatrix)
+// instead of global memory, and these kernels' consumers find the offsets
+// within reach with a warp's ballot: together 0.9-1.6% more (round 56).
 template <int kWarpgroups>
 constexpr bool kOutputThroughTileOf = kWarpgroups == 2;
 //
@@ -348,11 +351,12 @@ template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int
 __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kThreads,
                                   Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kMinBlocks)
     fwd_hopper_kernel(const __grid_constant__ Params p, const __grid_constant__ HopperForwardMaps<kFractional> maps,
-                      const HopperForwardMaps<kFractional>* sequence_maps, int tiles_per_block, int exp56) {
+                      const HopperForwardMaps<kFractional>* sequence_maps, int tiles_per_block) {
   static_assert(kCluster == 1 || (kCluster == 2 && kWarpgroups == 2 && kHeadsPerWarpgroup == 1 && !kFractional));
   constexpr bool kInterleaved = kInterleavedHeads<kHeadsPerWarpgroup, kFractional>;
   static_assert(!kInterleaved || kCluster == 1);
   constexpr bool kOutputThroughTile = kOutputThroughTileOf<kWarpgroups>;
+  static_assert(!kInterleaved || kOutputThroughTile, "interleaved q fragments come from the tile only");
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using S = Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>;
   using OffsetT = std::conditional_t<kFractional, float, int32_t>;
@@ -531,21 +535,17 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
   }
   int step = 0;  // this tile's first step's position in the ring
   for (int t = 0; t < tiles; ++t) {
-    const TileSteps steps = tile_steps(t, exp56 ? lane : -1);
+    const TileSteps steps = tile_steps(t, kOutputThroughTile ? lane : -1);
     const int warp_q0 = (first_tile + t) * S::kTileQueries + warp_row;
     const int64_t warp_pos = warp_q0 + int64_t(seq.q_pos_shift);
-    // The offsets' tiles take q as mma.sync A fragments, from global memory as
-    // in the mma.sync forward (the band reads q from its shared tile).
+    // The offsets' tiles take q as mma.sync A fragments (the band reads q
+    // from its shared tile): where the tile's q buffer is held to the tile's
+    // end (kOutputThroughTile), from it after the band (below); else from
+    // global memory as in the mma.sync forward, as the buffer goes back after
+    // the band.
     uint32_t qf[kHeadDim / 16][4];
-    if (!(kOutputThroughTile && exp56) && steps.num_steps > steps.band_steps) {
-      if constexpr (kInterleaved) {  // rows g: head h's query warp_q0 + g; rows g + 8: head h + 1's
-        const uint16_t* row = q_global + int64_t(warp_q0 + g) * p.q_row_stride;
-        const uint16_t* const rows[2] = {row, row + p.q_head_stride};
-        const bool valid = warp_q0 + g < seq.seqlen_q;
-        load_a_fragment_rows<kHeadDim>(rows, {valid, valid}, c, qf);
-      } else {
-        load_a_fragments<kHeadDim>(q_global, p.q_row_stride, warp_q0, seq.seqlen_q, g, c, qf);
-      }
+    if (!kOutputThroughTile && steps.num_steps > steps.band_steps) {
+      load_a_fragments<kHeadDim>(q_global, p.q_row_stride, warp_q0, seq.seqlen_q, g, c, qf);
     }
     float o[kDimTiles][4] = {};
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
@@ -620,9 +620,10 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
     release(steps.band_steps - 1);
     // The band was the last reader of the tile's q (the output may still pass through its buffer).
     if (!kOutputThroughTile) warp_done(&q_empty[q_buffer(t)], false);
-    if (kOutputThroughTile && exp56 && steps.num_steps > steps.band_steps) {
+    if (kOutputThroughTile && steps.num_steps > steps.band_steps) {
       // The warp's rows of the q tile, TMA's swizzled layout, as A fragments:
       // matrices (rows 0-7 | 8-15) x (columns +0 | +8) of each 16-wide slice.
+      // Rows past the sequence's end are zeros, as TMA loaded them.
       const int row = 16 * warp + ((lane / 8) % 2) * 8 + lane % 8, half = (lane / 16) * 8;
 #pragma unroll
       for (int kk = 0; kk < kHeadDim / 16; ++kk) {

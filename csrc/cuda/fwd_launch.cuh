@@ -10,7 +10,6 @@
 #include <ATen/ops/empty.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <type_traits>
 
 #include "../capabilities.h"
@@ -65,9 +64,7 @@ void launch_hopper_blocks(const Params& p, const HopperForwardMaps<kFractional>&
   cluster_shape.val.clusterDim.z = 1;
   config.attrs = &cluster_shape;
   config.numAttrs = kCluster > 1 ? 1 : 0;
-  const char* exp56_env = std::getenv("FIBSPARSE_EXP56");
-  const int exp56 = exp56_env != nullptr && exp56_env[0] == '0' ? 0 : 1;
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p, maps, sequence_maps, tiles_per_block, exp56));
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p, maps, sequence_maps, tiles_per_block));
 }
 
 // The Hopper forward. Where the kv group's heads share one row of offsets,
