@@ -461,8 +461,9 @@ def test_hopper_forward_two_heads_a_warpgroup(monkeypatch, dtype, head_dim, batc
 
 
 # Packed batches: (heads, heads_kv, head_dim) and the kernel's consumer warpgroups and heads a warpgroup
-# (one head a block; two heads a block; four heads a block, two a warpgroup, at head_dim 128).
-PACKED_SHAPES = [(2, 2, 64, "1, 1"), (4, 2, 64, "2, 1"), (8, 2, 128, "2, 2")]
+# (one head a block; two heads a block; four heads a block, two a warpgroup, at head_dim 128 and 64). Blocks of two
+# warpgroups store their output through TMA and per-sequence maps, which must write no row past a sequence's end.
+PACKED_SHAPES = [(2, 2, 64, "1, 1"), (4, 2, 64, "2, 1"), (8, 2, 128, "2, 2"), (8, 2, 64, "2, 2")]
 
 
 @requires_hopper

@@ -116,6 +116,23 @@ struct Shape {
   static_assert(kMinBlocks * (kSmemBytes + 1024) <= 228 * 1024, "an SM's shared memory, with 1 KB per block for the driver");
 };
 
+// Where a tile's output leaves through shared memory: the tile's q buffer is
+// held to the tile's end, the offset steps take their q fragments from it
+// (ldmatrix) after the band, and each warp then writes its 16 normalized rows
+// into its rows of it for TMA to store (tensor_maps.h's out map, 8-row boxes),
+// as FlashAttention-3 does; the buffer goes back to the producer once TMA has
+// read it. Stored from registers, a warp's 32-bit stores cover 8 rows of 16
+// bytes each and the warp stalls on them (and the next tile's loads queue
+// behind them); with one block of two warpgroups an SM, which reach a tile's
+// end together, nothing else issues meanwhile: through shared memory the
+// forward is 5-8.5% faster there, and the q fragments from the tile and the
+// consumers' warp-wide reach (Steps) take 0.9-1.6% more (docs/performance.md,
+// rounds 55-56). Blocks of one warpgroup, two to an SM, hide each other's
+// stores, and there both measured 0-1.5% slower: they keep register stores,
+// global q loads (the buffer goes back after the band) and one lane's reach.
+template <int kWarpgroups>
+constexpr bool kOutputThroughTileOf = kWarpgroups == 2;
+
 // The steps of a tile of kTileQueries queries whose first sits at position
 // first_pos, within the 64 queries from span_pos on: band chunks of 64 rows
 // ending at the span's last query (those that end before key 0 dropped), then
@@ -227,23 +244,6 @@ __device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, const
 template <int kHeadsPerWarpgroup, bool kFractional>
 constexpr bool kInterleavedHeads = kHeadsPerWarpgroup == 2 && !kFractional;
 constexpr int kInterleavedRows = 8;
-
-// Where a tile's output leaves through shared memory: each warp writes its 16
-// normalized rows into its rows of the tile's q buffer, idle since the band
-// (the offset steps read q as fragments from global memory), and TMA stores
-// them (tensor_maps.h's out map, 8-row boxes), as FlashAttention-3 does. The
-// buffer goes back to the producer once TMA has read it, instead of after the
-// band. Stored from registers, a warp's 32-bit stores cover 8 rows of 16 bytes
-// each and the warp stalls on them; with one block of two warpgroups an SM,
-// which reach a tile's end together, nothing else issues meanwhile: through
-// shared memory the forward is 5-8.5% faster there (docs/performance.md, round
-// 55). Blocks of one warpgroup, two to an SM, hide each other's stores, and
-// there the detour measured 0-1.5% slower. Holding the buffer to the tile's
-// end also lets the offset steps take their q fragments from it (ldmatrix)
-// instead of global memory, and these kernels' consumers find the offsets
-// within reach with a warp's ballot: together 0.9-1.6% more (round 56).
-template <int kWarpgroups>
-constexpr bool kOutputThroughTileOf = kWarpgroups == 2;
 //
 // s = the 16 x 8 scores of the warp's rows (fragments `a`) against rows
 // row0 .. row0 + 7 of a swizzled tile. One ldmatrix gives the B fragments of
@@ -356,7 +356,7 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
   constexpr bool kInterleaved = kInterleavedHeads<kHeadsPerWarpgroup, kFractional>;
   static_assert(!kInterleaved || kCluster == 1);
   constexpr bool kOutputThroughTile = kOutputThroughTileOf<kWarpgroups>;
-  static_assert(!kInterleaved || kOutputThroughTile, "interleaved q fragments come from the tile only");
+  static_assert(!kInterleaved || kOutputThroughTile, "interleaved q fragments come from the tile");
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using S = Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>;
   using OffsetT = std::conditional_t<kFractional, float, int32_t>;
@@ -725,8 +725,8 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
       // Fragment row g + 8 r is tile row 16 warp + 8 r + g in every layout:
       // query warp_q0 + g of head h + r (interleaved) or query
       // warp_q0 + g + 8 r of head h. Lane 0 stores the two 8-row boxes with
-      // TMA and hands the buffer back once TMA has read them; the warp goes
-      // on to its next tile meanwhile.
+      // TMA and hands the buffer back once TMA has read them; the other lanes
+      // wait for it where the warp next acts as one (the next tile's reach).
       float inv[2];
       mma_fwd::normalize_and_store_lse<kInterleaved>(p, seq, b, h, warp_q0, m, l, lane, inv);
       char* rows = q_tile(q_buffer(t), group);

@@ -1,11 +1,12 @@
 // The Hopper forward's tensor maps for each sequence of a packed batch, made on
 // the device so that the host never reads cu_seqlens (a sync). The host makes
-// maps of the whole packed q, k and v (tensor_maps.h); for sequence b this
+// maps of the whole packed q, k, v and out (tensor_maps.h); for sequence b this
 // kernel's warp gives each a base address at the sequence's first row and a
 // row count of its length. A box that reaches before the sequence's first row
 // or past its last then loads zeros, as in a dense batch, and never a row of
 // another sequence: a masked score's weight 0 times a non-finite row would be
-// NaN. A stored box's rows past the sequence's last are not written. The forward acquires the maps before it loads through them (tma.cuh).
+// NaN. A stored box writes none of its rows past the sequence's last. The
+// forward acquires the maps before it loads or stores through them (tma.cuh).
 #pragma once
 
 #include <cuda.h>

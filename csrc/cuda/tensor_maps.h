@@ -1,4 +1,4 @@
-// TMA tensor maps of q, k and v for the Hopper forward (fwd_hopper_kernel.cuh),
+// TMA tensor maps of q, k, v and out for the Hopper forward (fwd_hopper_kernel.cuh),
 // made on the host at each call, and the rule for when that kernel may run.
 #pragma once
 
@@ -19,7 +19,9 @@ namespace fibsparse {
 // k and v load the band's 64-row chunks; q, k_strip and v_strip load a tile's
 // queries and an offset's strip, as many rows as a tile has queries (64, or
 // 32 where two heads share a warpgroup's 64 rows: fwd_hopper_kernel.cuh); out
-// stores the output, kOutputBoxRows rows a box (each warp stores its own rows).
+// stores the output, kOutputBoxRows rows a box (each warp stores its own rows;
+// only blocks of two consumer warpgroups do, but out, the op's own contiguous
+// allocation, always suits TMA, so the map is made for every launch).
 struct ForwardTensorMaps {
   CUtensorMap q, k, v, k_strip, v_strip, out;
 };

@@ -1,8 +1,8 @@
 // Hopper's asynchronous copies (sm_90a): TMA loads of a tensor map's boxes into
-// shared memory (into two blocks of a cluster at once, multicast) and stores of
-// boxes from shared memory, and the
-// mbarriers that count their bytes and hand stages between a producer warp and
-// consumer warpgroups, within a block or across a cluster. A box lands with the
+// shared memory (into two blocks of a cluster at once, multicast), TMA stores
+// of boxes from shared memory, and the mbarriers that count the loads' bytes
+// and hand stages between a producer warp and consumer warpgroups, within a
+// block or across a cluster. A box lands with the
 // 128-byte swizzle (tensor_maps.h makes the maps): within each 1024-byte atom
 // of 8 rows of 128 bytes, the 16-byte chunk c of row r sits at chunk c ^ (r % 8).
 // Only compiled into kernels built for sm_90a (fwd_hopper_kernel.cuh).
@@ -107,7 +107,9 @@ __device__ __forceinline__ void store_4d(const CUtensorMap* map, const void* src
                : "memory");
 }
 // Orders this thread's writes to shared memory before later TMA reads of it.
-__device__ __forceinline__ void fence_shared_for_tma() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+__device__ __forceinline__ void fence_shared_for_tma() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
 // Closes a group of this thread's store_4d calls.
 __device__ __forceinline__ void commit_stores() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 // Waits until every committed group of this thread's stores has read its
