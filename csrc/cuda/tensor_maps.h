@@ -49,9 +49,9 @@ constexpr int kMapsPerSet = int(sizeof(HopperForwardMaps<kFractional>) / sizeof(
 // compute capability 9.0 device, 16-bit inputs (integer or fractional
 // offsets, or none: the window alone), a dense or packed batch (no cache),
 // head_dim 64 or 128, and the layouts TMA takes (16-byte aligned base
-// pointers and nonzero 16-byte strides) in q, k, v and out. For comparisons, FIBSPARSE_HOPPER=0
-// in the environment turns it off (the tensor-core kernels of
-// fwd_mma_kernel.cuh run instead).
+// pointers and nonzero 16-byte strides) in q, k, v and out. For comparisons,
+// FIBSPARSE_HOPPER=0 in the environment turns it off (the tensor-core kernels
+// of fwd_mma_kernel.cuh run instead).
 bool hopper_forward_applies(const Params& p, bool tensor_core_type);
 
 // Whether FIBSPARSE_HOPPER_CLUSTER=1 asks for the clusters of fwd_launch.cuh

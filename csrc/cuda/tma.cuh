@@ -2,9 +2,9 @@
 // shared memory (into two blocks of a cluster at once, multicast), TMA stores
 // of boxes from shared memory, and the mbarriers that count the loads' bytes
 // and hand stages between a producer warp and consumer warpgroups, within a
-// block or across a cluster. A box lands with the
-// 128-byte swizzle (tensor_maps.h makes the maps): within each 1024-byte atom
-// of 8 rows of 128 bytes, the 16-byte chunk c of row r sits at chunk c ^ (r % 8).
+// block or across a cluster. A box lands with the 128-byte swizzle
+// (tensor_maps.h makes the maps): within each 1024-byte atom of 8 rows of 128
+// bytes, the 16-byte chunk c of row r sits at chunk c ^ (r % 8).
 // Only compiled into kernels built for sm_90a (fwd_hopper_kernel.cuh).
 #pragma once
 
