@@ -142,6 +142,13 @@ constexpr bool kOutputThroughTileOf = kWarpgroups == 2;
 // chunks, summed in the same order, as in a 64-query tile. At window 128 that
 // is as many chunks as chunks ending at the tile's own last query would take;
 // at windows of 2-33, 66-97, 130-161 keys (and so on) it is one more.
+// Who counts the offsets within reach: one thread alone (the producer's), or
+// every lane of a warp together (offsets_within_reach_of_warp).
+struct CountedByOneThread {};
+struct CountedByWarp {
+  int lane;
+};
+
 template <typename OffsetT, int kTileQueries, int kStrips>
 struct Steps {
   int64_t band_start;
@@ -149,8 +156,8 @@ struct Steps {
   int band_steps, num_steps, reach;
   const OffsetT* offs;
 
-  // lane >= 0: a whole warp computes it (offsets_within_reach_of_warp), else one thread.
-  __device__ Steps(const Params& p, const OffsetT* offsets, int64_t span_pos, int64_t pos, int lane)
+  template <typename Counter>
+  __device__ Steps(const Params& p, const OffsetT* offsets, int64_t span_pos, int64_t pos, Counter counter)
       : first_pos(pos), offs(offsets) {
     band_steps = (p.band.window - 1 + kTileRows + kTileRows - 1) / kTileRows;
     band_start = span_pos + kTileRows - int64_t(kTileRows) * band_steps;
@@ -160,8 +167,12 @@ struct Steps {
       band_steps -= int(before);
     }
     const int64_t max_whole = first_pos + kTileQueries - 1;
-    reach = lane >= 0 ? mma_tiles::offsets_within_reach_of_warp(offs, p.num_offsets, max_whole, lane)
-                      : mma_tiles::offsets_within_reach(offs, p.num_offsets, max_whole);
+    if constexpr (std::is_same_v<Counter, CountedByWarp>) {
+      reach = mma_tiles::offsets_within_reach_of_warp(offs, p.num_offsets, max_whole, counter.lane);
+    } else {
+      static_assert(std::is_same_v<Counter, CountedByOneThread>);
+      reach = mma_tiles::offsets_within_reach(offs, p.num_offsets, max_whole);
+    }
     num_steps = band_steps + (reach + kStrips - 1) / kStrips;
   }
   __device__ bool is_band(int n) const { return n < band_steps; }
@@ -351,7 +362,7 @@ template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int
 __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kThreads,
                                   Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kMinBlocks)
     fwd_hopper_kernel(const __grid_constant__ Params p, const __grid_constant__ HopperForwardMaps<kFractional> maps,
-                      const HopperForwardMaps<kFractional>* sequence_maps, int tiles_per_block) {
+                      const HopperForwardMaps<kFractional>* sequence_maps, int tiles_per_block, int exp57) {
   static_assert(kCluster == 1 || (kCluster == 2 && kWarpgroups == 2 && kHeadsPerWarpgroup == 1 && !kFractional));
   constexpr bool kInterleaved = kInterleavedHeads<kHeadsPerWarpgroup, kFractional>;
   static_assert(!kInterleaved || kCluster == 1);
@@ -393,11 +404,14 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
   // Tile t's q buffer, and the parity of its t / kQBuffers-th use.
   const auto q_buffer = [&](int t) { return t % S::kQBuffers; };
   const auto q_parity = [&](int t) { return uint32_t(t / S::kQBuffers) & 1; };
-  // lane: as Steps takes it (the producer's one thread passes -1).
-  const auto tile_steps = [&](int t, int lane) {
+  const auto tile_steps = [&](int t, auto counter) {
     const int64_t q0 = (first_tile + t) * int64_t(S::kTileQueries);
-    return TileSteps(p, offs, q0 / kTileRows * kTileRows + seq.q_pos_shift, q0 + seq.q_pos_shift, lane);
+    return TileSteps(p, offs, q0 / kTileRows * kTileRows + seq.q_pos_shift, q0 + seq.q_pos_shift, counter);
   };
+  // A packed batch: the sequence's maps, whose rows are its rows alone
+  // (coordinate 0 of the maps' batch dimension).
+  const HopperForwardMaps<kFractional>& block_maps = sequence_maps != nullptr ? sequence_maps[b] : maps;
+  const int batch = sequence_maps != nullptr ? 0 : b;
 
   const uint32_t rank = kCluster > 1 ? tma::cluster_rank() : 0;
   if (threadIdx.x == 0) {
@@ -421,10 +435,7 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
   if (warp_in_block >= kWarpgroups * kWarps) {  // the producer warpgroup: one thread issues every load
     wgmma::set_max_registers_dec<S::kProducerRegisters>();
     if (threadIdx.x == kWarpgroups * kWarpgroupThreads) {
-      // A packed batch: the sequence's maps, whose rows are its rows alone
-      // (coordinate 0 of the maps' batch dimension).
-      const HopperForwardMaps<kFractional>& m = sequence_maps != nullptr ? sequence_maps[b] : maps;
-      const int batch = sequence_maps != nullptr ? 0 : b;
+      const HopperForwardMaps<kFractional>& m = block_maps;
       if (sequence_maps != nullptr) {
         const CUtensorMap* first = reinterpret_cast<const CUtensorMap*>(&m);
         for (int i = 0; i < kMapsPerSet<kFractional>; ++i) tma::acquire_map(first + i);
@@ -453,7 +464,7 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
                 tma::load_4d(tile + half * S::kHalfBytes, &m.q, &q_full[q_buffer(t)], 64 * r, head, q0, batch);
               }
             }
-        const TileSteps steps = tile_steps(t, -1);
+        const TileSteps steps = tile_steps(t, CountedByOneThread{});
         for (int n = 0; n < steps.num_steps; ++n, ++step) {
           const int stage = step % S::kStages;
           tma::wait(&empty[stage], ((step / S::kStages) & 1) ^ 1);
@@ -525,17 +536,20 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
       }
     }
   };
-  // With kOutputThroughTile, lane 0 stores the warp's output through its
-  // maps (see the producer's).
-  const HopperForwardMaps<kFractional>& out_maps = sequence_maps != nullptr ? sequence_maps[b] : maps;
-  const int batch = sequence_maps != nullptr ? 0 : b;
+  // With kOutputThroughTile, lane 0 stores the warp's output through the out map.
   if (kOutputThroughTile && lane == 0) {
-    if (sequence_maps != nullptr) tma::acquire_map(&out_maps.out);
-    tma::prefetch_map(&out_maps.out);
+    if (sequence_maps != nullptr) tma::acquire_map(&block_maps.out);
+    tma::prefetch_map(&block_maps.out);
   }
   int step = 0;  // this tile's first step's position in the ring
   for (int t = 0; t < tiles; ++t) {
-    const TileSteps steps = tile_steps(t, kOutputThroughTile ? lane : -1);
+    const TileSteps steps = [&] {
+      if constexpr (kOutputThroughTile) {
+        return tile_steps(t, CountedByWarp{lane});
+      } else {
+        return tile_steps(t, CountedByOneThread{});
+      }
+    }();
     const int warp_q0 = (first_tile + t) * S::kTileQueries + warp_row;
     const int64_t warp_pos = warp_q0 + int64_t(seq.q_pos_shift);
     // The offsets' tiles take q as mma.sync A fragments (the band reads q
@@ -620,6 +634,11 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
     release(steps.band_steps - 1);
     // The band was the last reader of the tile's q (the output may still pass through its buffer).
     if (!kOutputThroughTile) warp_done(&q_empty[q_buffer(t)], false);
+    if (kOutputThroughTile && (exp57 & 2) && lane == 0 && t > 0) {
+      // The previous tile's output rows, long read by TMA by now: its buffer goes back.
+      tma::wait_stores_read();
+      tma::arrive(&q_empty[q_buffer(t - 1)]);
+    }
     if (kOutputThroughTile && steps.num_steps > steps.band_steps) {
       // The warp's rows of the q tile, TMA's swizzled layout, as A fragments:
       // matrices (rows 0-7 | 8-15) x (columns +0 | +8) of each 16-wide slice.
@@ -730,6 +749,18 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
       float inv[2];
       mma_fwd::normalize_and_store_lse<kInterleaved>(p, seq, b, h, warp_q0, m, l, lane, inv);
       char* rows = q_tile(q_buffer(t), group);
+      if (exp57 & 1) {
+        // Per 16 columns, the four 8 x 8 matrices the q fragments came from (same addresses).
+        const int row = 16 * warp + ((lane / 8) % 2) * 8 + lane % 8, half = (lane / 16) * 8;
+#pragma unroll
+        for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+          const uint32_t packed[4] = {pack2<T>(o[2 * kk][0] * inv[0], o[2 * kk][1] * inv[0]),
+                                      pack2<T>(o[2 * kk][2] * inv[1], o[2 * kk][3] * inv[1]),
+                                      pack2<T>(o[2 * kk + 1][0] * inv[0], o[2 * kk + 1][1] * inv[0]),
+                                      pack2<T>(o[2 * kk + 1][2] * inv[1], o[2 * kk + 1][3] * inv[1])};
+          stmatrix_x4(reinterpret_cast<uint16_t*>(rows + tma::swizzled_offset(row, 16 * kk + half)), packed);
+        }
+      } else {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
 #pragma unroll
@@ -738,6 +769,7 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
               pack2<T>(o[n][2 * r] * inv[r], o[n][2 * r + 1] * inv[r]);
         }
       }
+      }
       tma::fence_shared_for_tma();
       __syncwarp();
       if (lane == 0) {
@@ -745,13 +777,15 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
         for (int r = 0; r < 2; ++r) {
 #pragma unroll
           for (int region = 0; region < kHeadDim / 64; ++region) {
-            tma::store_4d(&out_maps.out, rows + region * kRegionBytes + (16 * warp + 8 * r) * 128, 64 * region,
+            tma::store_4d(&block_maps.out, rows + region * kRegionBytes + (16 * warp + 8 * r) * 128, 64 * region,
                           kInterleaved ? h + r : h, kInterleaved ? warp_q0 : warp_q0 + 8 * r, batch);
           }
         }
         tma::commit_stores();
-        tma::wait_stores_read();
-        tma::arrive(&q_empty[q_buffer(t)]);
+        if (!(exp57 & 2) || t == tiles - 1) {
+          tma::wait_stores_read();
+          tma::arrive(&q_empty[q_buffer(t)]);
+        }
       }
     } else {
       mma_fwd::store_output_and_lse<T, kInterleaved>(p, seq, b, h, warp_q0, o, m, l, lane);

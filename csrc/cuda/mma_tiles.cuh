@@ -198,11 +198,24 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16
                : "r"(addr));
 }
 
-// A fragments from the two rows a thread holds: row_ptr[0] for fragment row
-// g, row_ptr[1] for row g + 8 (zeros where not valid).
+// ldmatrix_x4's inverse (sm_90 and later; only the Hopper forward calls it):
+// lane l gives the address of row l % 8 of tile l / 8, and a thread's r[i]
+// holds (row lane / 4, columns 2 (lane % 4), +1) of tile i.
+__device__ __forceinline__ void stmatrix_x4(uint16_t* row, const uint32_t (&r)[4]) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(addr), "r"(r[0]), "r"(r[1]),
+               "r"(r[2]), "r"(r[3])
+               : "memory");
+}
+
+// The warp's 16 rows first_row.. of a (batch, head) slice as A fragments
+// (rows at or past `rows` are zeros): a thread holds rows g and g + 8.
 template <int kHeadDim>
-__device__ __forceinline__ void load_a_fragment_rows(const uint16_t* const (&row_ptr)[2], const bool (&valid)[2], int c,
-                                                     uint32_t (&frag)[kHeadDim / 16][4]) {
+__device__ __forceinline__ void load_a_fragments(const uint16_t* src, int64_t row_stride, int first_row, int rows,
+                                                 int g, int c, uint32_t (&frag)[kHeadDim / 16][4]) {
+  const uint16_t* const row_ptr[2] = {src + int64_t(first_row + g) * row_stride,
+                                      src + int64_t(first_row + g + 8) * row_stride};
+  const bool valid[2] = {first_row + g < rows, first_row + g + 8 < rows};
 #pragma unroll
   for (int kk = 0; kk < kHeadDim / 16; ++kk) {
 #pragma unroll
@@ -211,17 +224,6 @@ __device__ __forceinline__ void load_a_fragment_rows(const uint16_t* const (&row
       frag[kk][e] = valid[r] ? *reinterpret_cast<const uint32_t*>(row_ptr[r] + col) : 0u;
     }
   }
-}
-
-// The warp's 16 rows first_row.. of a (batch, head) slice as A fragments
-// (rows at or past `rows` are zeros).
-template <int kHeadDim>
-__device__ __forceinline__ void load_a_fragments(const uint16_t* src, int64_t row_stride, int first_row, int rows,
-                                                 int g, int c, uint32_t (&frag)[kHeadDim / 16][4]) {
-  const uint16_t* const row_ptr[2] = {src + int64_t(first_row + g) * row_stride,
-                                      src + int64_t(first_row + g + 8) * row_stride};
-  const bool valid[2] = {first_row + g < rows, first_row + g + 8 < rows};
-  load_a_fragment_rows<kHeadDim>(row_ptr, valid, c, frag);
 }
 
 // s[j0], s[j0 + 1] = A B^T: the warp's 16 rows (fragments `a`) against the
