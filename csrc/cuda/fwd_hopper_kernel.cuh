@@ -613,6 +613,11 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
     probabilities(0);
     rescale_output(o, rescale);
     to_fragments();
+    if (kOutputThroughTile && (exp57 & 6) == 2 && lane == 0 && t > 0) {
+      // The previous tile's output rows, read by TMA by now: its buffer goes back.
+      tma::wait_stores_read();
+      tma::arrive(&q_empty[q_buffer(t - 1)]);
+    }
     for (int n = 1; n < steps.band_steps; ++n) {
       wait_full(n);
       wgmma::fence();
@@ -634,7 +639,7 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
     release(steps.band_steps - 1);
     // The band was the last reader of the tile's q (the output may still pass through its buffer).
     if (!kOutputThroughTile) warp_done(&q_empty[q_buffer(t)], false);
-    if (kOutputThroughTile && (exp57 & 2) && lane == 0 && t > 0) {
+    if (kOutputThroughTile && (exp57 & 6) == 6 && lane == 0 && t > 0) {
       // The previous tile's output rows, long read by TMA by now: its buffer goes back.
       tma::wait_stores_read();
       tma::arrive(&q_empty[q_buffer(t - 1)]);
