@@ -362,7 +362,7 @@ template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int
 __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kThreads,
                                   Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kMinBlocks)
     fwd_hopper_kernel(const __grid_constant__ Params p, const __grid_constant__ HopperForwardMaps<kFractional> maps,
-                      const HopperForwardMaps<kFractional>* sequence_maps, int tiles_per_block, int exp57) {
+                      const HopperForwardMaps<kFractional>* sequence_maps, int tiles_per_block) {
   static_assert(kCluster == 1 || (kCluster == 2 && kWarpgroups == 2 && kHeadsPerWarpgroup == 1 && !kFractional));
   constexpr bool kInterleaved = kInterleavedHeads<kHeadsPerWarpgroup, kFractional>;
   static_assert(!kInterleaved || kCluster == 1);
@@ -613,8 +613,8 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
     probabilities(0);
     rescale_output(o, rescale);
     to_fragments();
-    if (kOutputThroughTile && (exp57 & 6) == 2 && lane == 0 && t > 0) {
-      // The previous tile's output rows, read by TMA by now: its buffer goes back.
+    if (kOutputThroughTile && lane == 0 && t > 0) {
+      // The previous tile's output rows, read by TMA by now (see the tile's end): its buffer goes back.
       tma::wait_stores_read();
       tma::arrive(&q_empty[q_buffer(t - 1)]);
     }
@@ -639,11 +639,6 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
     release(steps.band_steps - 1);
     // The band was the last reader of the tile's q (the output may still pass through its buffer).
     if (!kOutputThroughTile) warp_done(&q_empty[q_buffer(t)], false);
-    if (kOutputThroughTile && (exp57 & 6) == 6 && lane == 0 && t > 0) {
-      // The previous tile's output rows, long read by TMA by now: its buffer goes back.
-      tma::wait_stores_read();
-      tma::arrive(&q_empty[q_buffer(t - 1)]);
-    }
     if (kOutputThroughTile && steps.num_steps > steps.band_steps) {
       // The warp's rows of the q tile, TMA's swizzled layout, as A fragments:
       // matrices (rows 0-7 | 8-15) x (columns +0 | +8) of each 16-wide slice.
@@ -749,31 +744,22 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
       // Fragment row g + 8 r is tile row 16 warp + 8 r + g in every layout:
       // query warp_q0 + g of head h + r (interleaved) or query
       // warp_q0 + g + 8 r of head h. Lane 0 stores the two 8-row boxes with
-      // TMA and hands the buffer back once TMA has read them; the other lanes
-      // wait for it where the warp next acts as one (the next tile's reach).
+      // TMA and hands the buffer back after the next tile's first band step,
+      // when TMA has long read them: waiting for that here held up the whole
+      // warp at the next tile's first warp-wide step (the reach).
       float inv[2];
       mma_fwd::normalize_and_store_lse<kInterleaved>(p, seq, b, h, warp_q0, m, l, lane, inv);
       char* rows = q_tile(q_buffer(t), group);
-      if (exp57 & 1) {
-        // Per 16 columns, the four 8 x 8 matrices the q fragments came from (same addresses).
-        const int row = 16 * warp + ((lane / 8) % 2) * 8 + lane % 8, half = (lane / 16) * 8;
+      // Per 16 columns, the four 8 x 8 matrices the q fragments came from, at
+      // their addresses: one stmatrix where 32-bit stores took four.
+      const int row = 16 * warp + ((lane / 8) % 2) * 8 + lane % 8, half = (lane / 16) * 8;
 #pragma unroll
-        for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-          const uint32_t packed[4] = {pack2<T>(o[2 * kk][0] * inv[0], o[2 * kk][1] * inv[0]),
-                                      pack2<T>(o[2 * kk][2] * inv[1], o[2 * kk][3] * inv[1]),
-                                      pack2<T>(o[2 * kk + 1][0] * inv[0], o[2 * kk + 1][1] * inv[0]),
-                                      pack2<T>(o[2 * kk + 1][2] * inv[1], o[2 * kk + 1][3] * inv[1])};
-          stmatrix_x4(reinterpret_cast<uint16_t*>(rows + tma::swizzled_offset(row, 16 * kk + half)), packed);
-        }
-      } else {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-#pragma unroll
-        for (int n = 0; n < kDimTiles; ++n) {
-          *reinterpret_cast<uint32_t*>(rows + tma::swizzled_offset(16 * warp + 8 * r + g, 8 * n) + 4 * c) =
-              pack2<T>(o[n][2 * r] * inv[r], o[n][2 * r + 1] * inv[r]);
-        }
-      }
+      for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+        const uint32_t packed[4] = {pack2<T>(o[2 * kk][0] * inv[0], o[2 * kk][1] * inv[0]),
+                                    pack2<T>(o[2 * kk][2] * inv[1], o[2 * kk][3] * inv[1]),
+                                    pack2<T>(o[2 * kk + 1][0] * inv[0], o[2 * kk + 1][1] * inv[0]),
+                                    pack2<T>(o[2 * kk + 1][2] * inv[1], o[2 * kk + 1][3] * inv[1])};
+        stmatrix_x4(reinterpret_cast<uint16_t*>(rows + tma::swizzled_offset(row, 16 * kk + half)), packed);
       }
       tma::fence_shared_for_tma();
       __syncwarp();
@@ -787,10 +773,8 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
           }
         }
         tma::commit_stores();
-        if (!(exp57 & 2) || t == tiles - 1) {
-          tma::wait_stores_read();
-          tma::arrive(&q_empty[q_buffer(t)]);
-        }
+        // The block's shared memory must outlive TMA's reads of it.
+        if (t == tiles - 1) tma::wait_stores_read();
       }
     } else {
       mma_fwd::store_output_and_lse<T, kInterleaved>(p, seq, b, h, warp_q0, o, m, l, lane);

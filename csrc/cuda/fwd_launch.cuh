@@ -10,7 +10,6 @@
 #include <ATen/ops/empty.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <type_traits>
 
 #include "../capabilities.h"
@@ -65,9 +64,7 @@ void launch_hopper_blocks(const Params& p, const HopperForwardMaps<kFractional>&
   cluster_shape.val.clusterDim.z = 1;
   config.attrs = &cluster_shape;
   config.numAttrs = kCluster > 1 ? 1 : 0;
-  const char* exp57_env = std::getenv("FIBSPARSE_EXP57");
-  const int exp57 = exp57_env != nullptr ? std::atoi(exp57_env) : 3;
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p, maps, sequence_maps, tiles_per_block, exp57));
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p, maps, sequence_maps, tiles_per_block));
 }
 
 // The Hopper forward. Where the kv group's heads share one row of offsets,
