@@ -117,19 +117,22 @@ struct Shape {
 };
 
 // Where a tile's output leaves through shared memory: the tile's q buffer is
-// held to the tile's end, the offset steps take their q fragments from it
+// held past the tile's end, the offset steps take their q fragments from it
 // (ldmatrix) after the band, and each warp then writes its 16 normalized rows
-// into its rows of it for TMA to store (tensor_maps.h's out map, 8-row boxes),
-// as FlashAttention-3 does; the buffer goes back to the producer once TMA has
-// read it. Stored from registers, a warp's 32-bit stores cover 8 rows of 16
-// bytes each and the warp stalls on them (and the next tile's loads queue
-// behind them); with one block of two warpgroups an SM, which reach a tile's
-// end together, nothing else issues meanwhile: through shared memory the
-// forward is 5-8.5% faster there, and the q fragments from the tile and the
-// consumers' warp-wide reach (Steps) take 0.9-1.6% more (docs/performance.md,
-// rounds 55-56). Blocks of one warpgroup, two to an SM, hide each other's
-// stores, and there both measured 0-1.5% slower: they keep register stores,
-// global q loads (the buffer goes back after the band) and one lane's reach.
+// into its rows of it (stmatrix) for TMA to store (tensor_maps.h's out map,
+// 8-row boxes), as FlashAttention-3 does; the buffer goes back to the producer
+// after the next tile's first band step, once TMA has read it (a block's last
+// tile only waits for that read before the block ends). Stored from registers,
+// a warp's 32-bit stores cover 8 rows of 16 bytes each and the warp stalls on
+// them (and the next tile's loads queue behind them); with one block of two
+// warpgroups an SM, which reach a tile's end together, nothing else issues
+// meanwhile: through shared memory the forward is 5-8.5% faster there, and the
+// q fragments from the tile and the consumers' warp-wide reach (Steps) take
+// 0.9-1.6% more, stmatrix and the later hand-back 1.5-3.8% more
+// (docs/performance.md, rounds 55-57). Blocks of one warpgroup, two to an SM,
+// hide each other's stores, and there both measured 0-1.5% slower: they keep
+// register stores, global q loads (the buffer goes back after the band) and
+// one lane's reach.
 template <int kWarpgroups>
 constexpr bool kOutputThroughTileOf = kWarpgroups == 2;
 
