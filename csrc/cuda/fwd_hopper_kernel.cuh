@@ -544,15 +544,20 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
     if (sequence_maps != nullptr) tma::acquire_map(&block_maps.out);
     tma::prefetch_map(&block_maps.out);
   }
+  // Where the tile's q buffer is held (kOutputThroughTile), the warp's 16 rows
+  // of it as four 8 x 8 matrices per 16 columns, (rows 0-7 | 8-15) x (columns
+  // +0 | +8): lane l addresses row l % 8 of matrix l / 8 (ldmatrix, stmatrix).
+  const int matrix_row = 16 * warp + ((lane / 8) % 2) * 8 + lane % 8, matrix_col = (lane / 16) * 8;
+  const auto counter = [&] {
+    if constexpr (kOutputThroughTile) {
+      return CountedByWarp{lane};
+    } else {
+      return CountedByOneThread{};
+    }
+  }();
   int step = 0;  // this tile's first step's position in the ring
   for (int t = 0; t < tiles; ++t) {
-    const TileSteps steps = [&] {
-      if constexpr (kOutputThroughTile) {
-        return tile_steps(t, CountedByWarp{lane});
-      } else {
-        return tile_steps(t, CountedByOneThread{});
-      }
-    }();
+    const TileSteps steps = tile_steps(t, counter);
     const int warp_q0 = (first_tile + t) * S::kTileQueries + warp_row;
     const int64_t warp_pos = warp_q0 + int64_t(seq.q_pos_shift);
     // The offsets' tiles take q as mma.sync A fragments (the band reads q
@@ -643,13 +648,12 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
     // The band was the last reader of the tile's q (the output may still pass through its buffer).
     if (!kOutputThroughTile) warp_done(&q_empty[q_buffer(t)], false);
     if (kOutputThroughTile && steps.num_steps > steps.band_steps) {
-      // The warp's rows of the q tile, TMA's swizzled layout, as A fragments:
-      // matrices (rows 0-7 | 8-15) x (columns +0 | +8) of each 16-wide slice.
+      // The warp's rows of the q tile, TMA's swizzled layout, as A fragments.
       // Rows past the sequence's end are zeros, as TMA loaded them.
-      const int row = 16 * warp + ((lane / 8) % 2) * 8 + lane % 8, half = (lane / 16) * 8;
 #pragma unroll
       for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-        ldmatrix_x4(qf[kk], reinterpret_cast<const uint16_t*>(q_smem + tma::swizzled_offset(row, 16 * kk + half)));
+        ldmatrix_x4(qf[kk], reinterpret_cast<const uint16_t*>(
+                                q_smem + tma::swizzled_offset(matrix_row, 16 * kk + matrix_col)));
       }
     }
 
@@ -755,14 +759,14 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
       char* rows = q_tile(q_buffer(t), group);
       // Per 16 columns, the four 8 x 8 matrices the q fragments came from, at
       // their addresses: one stmatrix where 32-bit stores took four.
-      const int row = 16 * warp + ((lane / 8) % 2) * 8 + lane % 8, half = (lane / 16) * 8;
 #pragma unroll
       for (int kk = 0; kk < kHeadDim / 16; ++kk) {
         const uint32_t packed[4] = {pack2<T>(o[2 * kk][0] * inv[0], o[2 * kk][1] * inv[0]),
                                     pack2<T>(o[2 * kk][2] * inv[1], o[2 * kk][3] * inv[1]),
                                     pack2<T>(o[2 * kk + 1][0] * inv[0], o[2 * kk + 1][1] * inv[0]),
                                     pack2<T>(o[2 * kk + 1][2] * inv[1], o[2 * kk + 1][3] * inv[1])};
-        stmatrix_x4(reinterpret_cast<uint16_t*>(rows + tma::swizzled_offset(row, 16 * kk + half)), packed);
+        stmatrix_x4(reinterpret_cast<uint16_t*>(rows + tma::swizzled_offset(matrix_row, 16 * kk + matrix_col)),
+                    packed);
       }
       tma::fence_shared_for_tma();
       __syncwarp();
