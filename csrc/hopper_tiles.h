@@ -19,8 +19,14 @@ namespace fibsparse {
 //   strips of concurrent blocks share L2 better when each walks fewer; two
 //   tiles where the grid stays at least 8 waves deep (on an H200, 2 was the
 //   fastest or within 3% of it from 16k to 128k tokens; 8 cost up to 40% more).
+//   `alone_on_sm` blocks (one to an SM, so nothing overlaps a block's start,
+//   its first tile's q above all) whose kv head's k and v rows fit in the L2
+//   walk four where that leaves at least 3 waves: on an H200, at GQA 32/8
+//   head_dim 128, 6% faster than two at 16k and 2.3% at 64k; at 128k, where a
+//   kv head's rows are 1.3x the L2, four cost 2% more than two.
 // One tile per block where neither applies (small grids).
-inline int hopper_tiles_rule(int tiles_per_sequence, int64_t slices, int64_t resident_blocks, bool window_alone) {
+inline int hopper_tiles_rule(int tiles_per_sequence, int64_t slices, int64_t resident_blocks, bool window_alone,
+                             bool alone_on_sm_and_kv_in_l2 = false) {
   const auto blocks = [&](int per_block) { return (tiles_per_sequence + per_block - 1) / per_block * slices; };
   int per_block = 1;
   if (window_alone) {
@@ -28,6 +34,8 @@ inline int hopper_tiles_rule(int tiles_per_sequence, int64_t slices, int64_t res
       const int64_t waves = (blocks(n) + resident_blocks - 1) / resident_blocks;
       if (10 * blocks(n) >= 9 * waves * resident_blocks) per_block = n;
     }
+  } else if (alone_on_sm_and_kv_in_l2 && blocks(4) >= 3 * resident_blocks) {
+    per_block = 4;
   } else if (blocks(2) >= 8 * resident_blocks) {
     per_block = 2;
   }

@@ -42,5 +42,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("build_info", &build_info, "How this extension was built: CUDA or CPU-only, archs, torch version.");
   // For the tests: the Hopper forward's tiles per block as a function of the grid (pure arithmetic).
   m.def("_hopper_tiles_per_block", &fibsparse::hopper_tiles_rule, pybind11::arg("tiles_per_sequence"),
-        pybind11::arg("slices"), pybind11::arg("resident_blocks"), pybind11::arg("window_alone"));
+        pybind11::arg("slices"), pybind11::arg("resident_blocks"), pybind11::arg("window_alone"),
+        pybind11::arg("alone_on_sm_and_kv_in_l2") = false);
 }

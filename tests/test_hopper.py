@@ -64,29 +64,39 @@ def test_ptxas_keeps_the_hopper_forwards_wgmma_asynchronous(tmp_path, source):
         assert spills is not None and spills.group(1) == "0", (kernel, spills and spills.group(0))
 
 
-@pytest.mark.parametrize("tiles_per_sequence, slices, resident_blocks, window_alone, expected", [
-    (2048, 16, 132, True, 32),   # 128k GQA 32/8 on 132 SMs: 1024 blocks, 8 waves, 97% of their slots busy
-    (2048, 16, 132, False, 2),   # the same with offsets: two tiles, 61 waves
-    (256, 16, 132, True, 32),    # 16k GQA: 128 blocks, one wave 97% busy
-    (1024, 8, 264, True, 32),    # 64k MHA d 64, two blocks per SM: 256 blocks, one wave 97% busy
-    (16, 256, 132, True, 16),    # 1k x 16 GQA: no more tiles than a sequence has
-    (100, 10, 132, True, 8),     # 130 blocks of 8 fill one wave; 70 of 16 would leave 47% idle
-    (528, 1, 132, True, 4),      # 132 blocks of 4; 66 of 8 leave half the GPU idle
-    (300, 1, 132, True, 1),      # no count keeps 90% of the slots busy: the most blocks
-    (8, 4, 132, True, 1),        # a small grid
-    (1, 64, 132, True, 1),       # one tile per sequence
-    (1, 64, 132, False, 1),
-    (16, 4, 132, False, 1),      # with offsets, two tiles only where the grid stays 8 waves deep
-    (8448, 1, 132, False, 2),    # 4224 blocks of 2 = 32 waves
-    (2111, 1, 264, False, 1),    # 1056 blocks of 2: just under 8 waves of 264
+@pytest.mark.parametrize("tiles_per_sequence, slices, resident_blocks, window_alone, alone_in_l2, expected", [
+    (2048, 16, 132, True, False, 32),  # 128k GQA 32/8 on 132 SMs: 1024 blocks, 8 waves, 97% of their slots busy
+    (2048, 16, 132, False, False, 2),  # the same with offsets: two tiles, 61 waves
+    (256, 16, 132, True, False, 32),   # 16k GQA: 128 blocks, one wave 97% busy
+    (1024, 8, 264, True, False, 32),   # 64k MHA d 64, two blocks per SM: 256 blocks, one wave 97% busy
+    (16, 256, 132, True, False, 16),   # 1k x 16 GQA: no more tiles than a sequence has
+    (100, 10, 132, True, False, 8),    # 130 blocks of 8 fill one wave; 70 of 16 would leave 47% idle
+    (528, 1, 132, True, False, 4),     # 132 blocks of 4; 66 of 8 leave half the GPU idle
+    (300, 1, 132, True, False, 1),     # no count keeps 90% of the slots busy: the most blocks
+    (8, 4, 132, True, False, 1),       # a small grid
+    (1, 64, 132, True, False, 1),      # one tile per sequence
+    (1, 64, 132, False, False, 1),
+    (16, 4, 132, False, False, 1),     # with offsets, two tiles only where the grid stays 8 waves deep
+    (8448, 1, 132, False, False, 2),   # 4224 blocks of 2 = 32 waves
+    (2111, 1, 264, False, False, 1),   # 1056 blocks of 2: just under 8 waves of 264
+    # Blocks alone on an SM whose kv head's rows fit in the L2: four tiles where that leaves 3 waves.
+    (1024, 8, 132, False, True, 4),    # 64k GQA 32/8 d 128: 2048 blocks of 4, 15.5 waves
+    (256, 8, 132, False, True, 4),     # 16k: 512 blocks of 4, 3.9 waves (one tile without the L2 rule)
+    (2048, 8, 132, False, False, 2),   # 128k: a kv head's rows are more than the L2 holds
+    (128, 8, 132, False, True, 1),     # 8k: 256 blocks of 4 are under 3 waves, 512 of 2 under 8
+    (2048, 16, 132, True, True, 32),   # the window alone keeps its rule
 ])
-def test_hopper_tiles_per_block_rule(tiles_per_sequence, slices, resident_blocks, window_alone, expected):
+def test_hopper_tiles_per_block_rule(tiles_per_sequence, slices, resident_blocks, window_alone, alone_in_l2,
+                                     expected):
     """The rule the Hopper forward's launch applies (hopper_tiles.h): with
-    offsets two tiles a block where the grid stays 8 waves deep, the window alone
-    the most (a power of two up to 32) that leave at most 10% of the slots of the
-    waves it needs idle. Pure arithmetic: runs on any build."""
+    offsets two tiles a block where the grid stays 8 waves deep, four where a
+    block is alone on its SM, its kv head's rows fit in the L2 and the grid stays
+    3 waves deep; the window alone the most (a power of two up to 32) that leave
+    at most 10% of the slots of the waves it needs idle. Pure arithmetic: runs
+    on any build."""
     from fibsparse_ext import _C
-    assert _C._hopper_tiles_per_block(tiles_per_sequence, slices, resident_blocks, window_alone) == expected
+    assert _C._hopper_tiles_per_block(tiles_per_sequence, slices, resident_blocks, window_alone,
+                                      alone_in_l2) == expected
 
 
 def forward_kernels(q, k, v, window, offsets):
@@ -360,10 +370,10 @@ def test_hopper_forward_gives_the_same_bits_at_any_tiles_per_block(monkeypatch, 
 @requires_hopper
 @pytest.mark.parametrize("pattern", ["offsets", "window alone"])
 def test_hopper_forward_default_tiles_per_block_give_the_same_bits(monkeypatch, pattern):
-    """At 16k tokens, GQA 32/8, the default walks several tiles per block (two
-    with offsets, where the grid stays 8 waves deep; with the window alone as
-    many as leave at most 10% of the grid's slots idle: test_hopper_tiles_per_block_rule);
-    its results are those of one tile per block."""
+    """At 16k tokens, GQA 32/8, the default walks several tiles per block (with
+    offsets four 64-query spans on an H200, whose L2 holds a kv head's rows; with
+    the window alone as many as leave at most 10% of the grid's slots idle:
+    test_hopper_tiles_per_block_rule); its results are those of one tile per block."""
     monkeypatch.delenv("FIBSPARSE_HOPPER", raising=False)
     monkeypatch.delenv("FIBSPARSE_HOPPER_TILES", raising=False)
     q, k, v = random_qkv(1, 16384, 32, 8, 128, torch.bfloat16, "cuda", requires_grad=False)
