@@ -1,0 +1,10 @@
+#!/bin/bash
+# Round 58: build; the new tiles rule against fixed counts (tiles58b.py); the Hopper tests.
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 TORCH_CUDA_ARCH_LIST=9.0a
+root=$PWD; s=$SECONDS
+echo "=== $(date -u +%FT%TZ) commit $(cat .devrun/commit)"
+MAX_JOBS=16 python3 -m pip install --no-build-isolation --no-deps -e . -q > $OUT/build.log 2>&1; echo "built rc=$? $((SECONDS-s)) s"
+(cd /tmp && timeout 200 python3 $root/.devrun/tiles58b.py 2>&1 | grep -v -i warn | tee $OUT/tiles58b.log)
+echo "done $((SECONDS-s)) s"
+timeout 150 python3 -m pytest -q -n 8 tests/test_hopper.py -p no:cacheprovider -p no:benchmark 2>&1 | tail -3
