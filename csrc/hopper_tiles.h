@@ -17,13 +17,15 @@ namespace fibsparse {
 //   that evenly were the fastest.
 // - With offsets: a later tile reaches more offsets and costs more, and the
 //   strips of concurrent blocks share L2 better when each walks fewer; two
-//   tiles where the grid stays at least 8 waves deep (on an H200, 2 was the
-//   fastest or within 3% of it from 16k to 128k tokens; 8 cost up to 40% more).
-//   `alone_on_sm` blocks (one to an SM, so nothing overlaps a block's start,
-//   its first tile's q above all) whose kv head's k and v rows fit in the L2
-//   walk four where that leaves at least 3 waves: on an H200, at GQA 32/8
-//   head_dim 128, 6% faster than two at 16k and 2.3% at 64k; at 128k, where a
-//   kv head's rows are 1.3x the L2, four cost 2% more than two.
+//   tiles where the grid stays at least 8 waves deep (on an H200, for blocks
+//   two to an SM, 2 was the fastest or within 3% of it from 16k to 128k
+//   tokens; 8 cost up to 40% more when it was set). Blocks alone on their SM (nothing overlaps a block's start, its first
+//   tile's q above all) whose kv head's k and v rows fit in the L2 walk four
+//   where that leaves at least 3 waves: on an H200 with two heads of GQA 32/8
+//   a warpgroup, 8% faster than one at 16k and 1.6-2.4% faster than two at
+//   32k-128k (head_dim 128 to 64k, 64 to 128k). Where a kv head's rows
+//   outgrow the L2 (128k at head_dim 128, 1.3x) four were no faster than two
+//   in two runs (+2.2%, -1.6%), so the rule keeps two there.
 // One tile per block where neither applies (small grids).
 inline int hopper_tiles_rule(int tiles_per_sequence, int64_t slices, int64_t resident_blocks, bool window_alone,
                              bool alone_on_sm_and_kv_in_l2 = false) {
