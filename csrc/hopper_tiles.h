@@ -17,9 +17,9 @@ namespace fibsparse {
 //   that evenly were the fastest.
 // - With offsets: a later tile reaches more offsets and costs more, and the
 //   strips of concurrent blocks share L2 better when each walks fewer; two
-//   tiles where the grid stays at least 8 waves deep (on an H200, for blocks
-//   two to an SM, 2 was the fastest or within 3% of it from 16k to 128k
-//   tokens; 8 cost up to 40% more when it was set). Blocks alone on their SM (nothing overlaps a block's start, its first
+//   tiles where the grid stays at least 8 waves deep (for blocks two to an SM
+//   on an H200, 2 was the fastest or within 3% of it from 16k to 128k
+//   tokens). Blocks alone on their SM (nothing overlaps a block's start, its first
 //   tile's q above all) whose kv head's k and v rows fit in the L2 walk four
 //   where that leaves at least 3 waves: on an H200 with two heads of GQA 32/8
 //   a warpgroup, 8% faster than one at 16k and 1.6-2.4% faster than two at
