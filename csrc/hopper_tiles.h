@@ -23,9 +23,9 @@ namespace fibsparse {
 //   tile's q above all) whose kv head's k and v rows fit in the L2 walk four
 //   where that leaves at least 3 waves: on an H200 with two heads of GQA 32/8
 //   a warpgroup, 8% faster than one at 16k and 1.6-2.4% faster than two at
-//   32k-128k (head_dim 128 to 64k, 64 to 128k). Where a kv head's rows
-//   outgrow the L2 (128k at head_dim 128, 1.3x) four were no faster than two
-//   in two runs (+2.2%, -1.6%), so the rule keeps two there.
+//   32k-128k (head_dim 128 to 96k, 64 to 128k). Where a kv head's rows
+//   outgrow the L2 (128k at head_dim 128: 64 MiB against 60) four were no
+//   faster than two in two runs (+2.2%, -1.6%), so the rule keeps two there.
 // One tile per block where neither applies (small grids).
 inline int hopper_tiles_rule(int tiles_per_sequence, int64_t slices, int64_t resident_blocks, bool window_alone,
                              bool alone_on_sm_and_kv_in_l2 = false) {
