@@ -19,10 +19,10 @@ namespace fibsparse {
 //   strips of concurrent blocks share L2 better when each walks fewer; two
 //   tiles where the grid stays at least 8 waves deep (for blocks two to an SM
 //   on an H200, 2 was the fastest or within 3% of it from 16k to 128k
-//   tokens). Blocks alone on their SM (nothing overlaps a block's start, its first
-//   tile's q above all) whose kv head's k and v rows fit in the L2 walk four
-//   where that leaves at least 3 waves: on an H200 with two heads of GQA 32/8
-//   a warpgroup, 8% faster than one at 16k and 1.6-2.4% faster than two at
+//   tokens). Blocks alone on their SM (nothing overlaps a block's start, its
+//   first tile's q above all) whose kv head's k and v rows fit in the L2 walk
+//   four where that leaves at least 3 waves: on an H200 with two heads of GQA
+//   32/8 a warpgroup, 8% faster than one at 16k and 1-2.4% faster than two at
 //   32k-128k (head_dim 128 to 96k, 64 to 128k). Where a kv head's rows
 //   outgrow the L2 (128k at head_dim 128: 64 MiB against 60) four were no
 //   faster than two in two runs (+2.2%, -1.6%), so the rule keeps two there.
