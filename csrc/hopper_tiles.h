@@ -22,8 +22,9 @@ namespace fibsparse {
 //   tokens). Blocks alone on their SM (nothing overlaps a block's start, its
 //   first tile's q above all) whose kv head's k and v rows fit in the L2 walk
 //   four where that leaves at least 3 waves: on an H200 with two heads of GQA
-//   32/8 a warpgroup, 8% faster than one at 16k and 1-2.4% faster than two at
-//   32k-128k (head_dim 128 to 96k, 64 to 128k). Where a kv head's rows
+//   32/8 a warpgroup and integer offsets, 8% faster than one at 16k and
+//   1-2.4% faster than two at 32k-128k (head_dim 128 to 96k, 64 to 128k);
+//   with fractional positions 0.5-1.5% slower. Where a kv head's rows
 //   outgrow the L2 (128k at head_dim 128: 64 MiB against 60) four were no
 //   faster than two in two runs (+2.2%, -1.6%), so the rule keeps two there.
 // One tile per block where neither applies (small grids).

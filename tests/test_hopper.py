@@ -66,7 +66,7 @@ def test_ptxas_keeps_the_hopper_forwards_wgmma_asynchronous(tmp_path, source):
 
 @pytest.mark.parametrize("tiles_per_sequence, slices, resident_blocks, window_alone, alone_in_l2, expected", [
     (2048, 16, 132, True, False, 32),  # 128k GQA 32/8 on 132 SMs: 1024 blocks, 8 waves, 97% of their slots busy
-    (2048, 16, 132, False, False, 2),  # the same with offsets: two tiles, 61 waves
+    (2048, 16, 132, False, False, 2),  # the same with offsets, blocks not alone or rows past the L2: 2, 61 waves
     (256, 16, 132, True, False, 32),   # 16k GQA: 128 blocks, one wave 97% busy
     (1024, 8, 264, True, False, 32),   # 64k MHA d 64, two blocks per SM: 256 blocks, one wave 97% busy
     (16, 256, 132, True, False, 16),   # 1k x 16 GQA: no more tiles than a sequence has
