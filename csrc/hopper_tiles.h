@@ -24,12 +24,14 @@ namespace fibsparse {
 //   four where that leaves at least 3 waves: on an H200 with two heads of GQA
 //   32/8 a warpgroup and integer offsets, 8% faster than one at 16k and
 //   1-2.4% faster than two at 32k-128k (head_dim 128 to 96k, 64 to 128k);
-//   with fractional positions 0.5-1.5% slower. Where a kv head's rows
+//   with fractional positions (two heads a warpgroup too) 0.6% slower than
+//   two at 64k and 2.2% at 16k, so they keep two. Where a kv head's rows
 //   outgrow the L2 (128k at head_dim 128: 64 MiB against 60) four were no
 //   faster than two in two runs (+2.2%, -1.6%), so the rule keeps two there.
+//   `four_spans_pay` says whether all of that holds (hopper_four_spans_pay).
 // One tile per block where neither applies (small grids).
 inline int hopper_tiles_rule(int tiles_per_sequence, int64_t slices, int64_t resident_blocks, bool window_alone,
-                             bool alone_on_sm_and_kv_in_l2 = false) {
+                             bool four_spans_pay = false) {
   const auto blocks = [&](int per_block) { return (tiles_per_sequence + per_block - 1) / per_block * slices; };
   int per_block = 1;
   if (window_alone) {
@@ -37,12 +39,19 @@ inline int hopper_tiles_rule(int tiles_per_sequence, int64_t slices, int64_t res
       const int64_t waves = (blocks(n) + resident_blocks - 1) / resident_blocks;
       if (10 * blocks(n) >= 9 * waves * resident_blocks) per_block = n;
     }
-  } else if (alone_on_sm_and_kv_in_l2 && blocks(4) >= 3 * resident_blocks) {
+  } else if (four_spans_pay && blocks(4) >= 3 * resident_blocks) {
     per_block = 4;
   } else if (blocks(2) >= 8 * resident_blocks) {
     per_block = 2;
   }
   return per_block;
+}
+
+// Where blocks that walk four spans were measured faster (hopper_tiles_rule):
+// blocks alone on their SM (`blocks_per_sm` resident), integer offsets, and a
+// kv head's k and v rows (`kv_head_bytes`) within the device's L2.
+inline bool hopper_four_spans_pay(int blocks_per_sm, bool fractional, int64_t kv_head_bytes, int64_t l2_bytes) {
+  return blocks_per_sm == 1 && !fractional && kv_head_bytes <= l2_bytes;
 }
 
 }  // namespace fibsparse

@@ -43,5 +43,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // For the tests: the Hopper forward's tiles per block as a function of the grid (pure arithmetic).
   m.def("_hopper_tiles_per_block", &fibsparse::hopper_tiles_rule, pybind11::arg("tiles_per_sequence"),
         pybind11::arg("slices"), pybind11::arg("resident_blocks"), pybind11::arg("window_alone"),
-        pybind11::arg("alone_on_sm_and_kv_in_l2") = false);
+        pybind11::arg("four_spans_pay") = false);
+  m.def("_hopper_four_spans_pay", &fibsparse::hopper_four_spans_pay, pybind11::arg("blocks_per_sm"),
+        pybind11::arg("fractional"), pybind11::arg("kv_head_bytes"), pybind11::arg("l2_bytes"));
 }

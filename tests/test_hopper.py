@@ -64,7 +64,7 @@ def test_ptxas_keeps_the_hopper_forwards_wgmma_asynchronous(tmp_path, source):
         assert spills is not None and spills.group(1) == "0", (kernel, spills and spills.group(0))
 
 
-@pytest.mark.parametrize("tiles_per_sequence, slices, resident_blocks, window_alone, alone_in_l2, expected", [
+@pytest.mark.parametrize("tiles_per_sequence, slices, resident_blocks, window_alone, four_spans_pay, expected", [
     (2048, 16, 132, True, False, 32),  # 128k GQA 32/8 on 132 SMs: 1024 blocks, 8 waves, 97% of their slots busy
     (2048, 16, 132, False, False, 2),  # the same with offsets, blocks not alone or rows past the L2: 2, 61 waves
     (256, 16, 132, True, False, 32),   # 16k GQA: 128 blocks, one wave 97% busy
@@ -79,24 +79,43 @@ def test_ptxas_keeps_the_hopper_forwards_wgmma_asynchronous(tmp_path, source):
     (16, 4, 132, False, False, 1),     # with offsets, two tiles only where the grid stays 8 waves deep
     (8448, 1, 132, False, False, 2),   # 4224 blocks of 2 = 32 waves
     (2111, 1, 264, False, False, 1),   # 1056 blocks of 2: just under 8 waves of 264
-    # Blocks alone on an SM whose kv head's rows fit in the L2: four tiles where that leaves 3 waves.
+    # Where four spans pay (below): four tiles where that leaves 3 waves.
     (1024, 8, 132, False, True, 4),    # 64k GQA 32/8 d 128: 2048 blocks of 4, 15.5 waves
     (256, 8, 132, False, True, 4),     # 16k: 512 blocks of 4, 3.9 waves (one tile without the L2 rule)
     (2048, 8, 132, False, False, 2),   # 128k: a kv head's rows are more than the L2 holds
     (128, 8, 132, False, True, 1),     # 8k: 256 blocks of 4 are under 3 waves, 512 of 2 under 8
     (2048, 16, 132, True, True, 32),   # the window alone keeps its rule
 ])
-def test_hopper_tiles_per_block_rule(tiles_per_sequence, slices, resident_blocks, window_alone, alone_in_l2,
+def test_hopper_tiles_per_block_rule(tiles_per_sequence, slices, resident_blocks, window_alone, four_spans_pay,
                                      expected):
     """The rule the Hopper forward's launch applies (hopper_tiles.h): with
-    offsets two tiles a block where the grid stays 8 waves deep, four where a
-    block is alone on its SM, its kv head's rows fit in the L2 and the grid stays
-    3 waves deep; the window alone the most (a power of two up to 32) that leave
-    at most 10% of the slots of the waves it needs idle. Pure arithmetic: runs
-    on any build."""
+    offsets two tiles a block where the grid stays 8 waves deep, four where
+    four spans pay (a block alone on its SM, integer offsets, its kv head's
+    rows within the L2) and the grid stays 3 waves deep; the window alone the
+    most (a power of two up to 32) that leave at most 10% of the slots of the
+    waves it needs idle. Pure arithmetic: runs on any build."""
     from fibsparse_ext import _C
     assert _C._hopper_tiles_per_block(tiles_per_sequence, slices, resident_blocks, window_alone,
-                                      alone_in_l2) == expected
+                                      four_spans_pay) == expected
+
+
+L2_H200 = 60 << 20
+
+
+@pytest.mark.parametrize("blocks_per_sm, fractional, kv_head_bytes, expected", [
+    (1, False, 65536 * 128 * 2 * 2, True),    # 64k GQA d 128: 32 MiB of k and v rows
+    (1, True, 65536 * 128 * 2 * 2, False),    # the same with fractional positions: measured slower with four
+    (1, False, 131072 * 128 * 2 * 2, False),  # 128k d 128: 64 MiB, past the H200's 60
+    (1, False, L2_H200, True),                # exactly the L2
+    (1, False, L2_H200 + 1, False),
+    (2, False, 65536 * 64 * 2 * 2, False),    # blocks two to an SM (one warpgroup each)
+])
+def test_hopper_four_spans_pay(blocks_per_sm, fractional, kv_head_bytes, expected):
+    """Where blocks of the Hopper forward walk four spans (hopper_tiles.h):
+    alone on their SM, integer offsets, a kv head's rows within the L2. Pure
+    arithmetic: runs on any build."""
+    from fibsparse_ext import _C
+    assert _C._hopper_four_spans_pay(blocks_per_sm, fractional, kv_head_bytes, L2_H200) is expected
 
 
 def forward_kernels(q, k, v, window, offsets):

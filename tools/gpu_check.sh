@@ -4,12 +4,24 @@
 # tests, compute-sanitizer over every kernel, then the benchmark; print a
 # summary. Output goes to stdout and to $OUT/gpu_check.log when OUT is set.
 #
-#   FIBSPARSE_COMMIT=$(git rev-parse HEAD) bash tools/gpu_check.sh [--quick]
+#   FIBSPARSE_COMMIT=$(git rev-parse HEAD) bash tools/gpu_check.sh [MODE]
+#
+# MODE: none for all of it; --quick for the CUDA tests and a short bench;
+# or the whole check's measurements in two calls of under ten minutes each,
+# on the same machine (each builds; the second finds the first's build):
+#   --peers      the fair sweep against the sliding-window peers (FlashAttention-4
+#                where it imports), each kernel's time, and three sanitizers;
+#   --gpu-tests  the CUDA, gradcheck and Hopper tests.
 set -uo pipefail
 # Every path below is relative to the repository root, wherever this is called from.
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
-quick=0; [[ "${1:-}" == "--quick" ]] && quick=1
+mode=${1:-full}
+case "$mode" in
+  full|--quick|--peers|--gpu-tests) ;;
+  *) echo "gpu_check.sh: MODE must be --quick, --peers or --gpu-tests (or none for all), got '$mode'"; exit 2 ;;
+esac
+quick=0; [[ "$mode" == --quick ]] && quick=1
 log=${OUT:-/tmp}/gpu_check.log
 exec > >(tee "$log") 2>&1
 
@@ -26,7 +38,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, time and record
 echo "=== fibsparse_ext GPU check  $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "commit: ${FIBSPARSE_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-python3 -c 'import torch, sys; print("torch", torch.__version__, "cuda", torch.version.cuda, "python", sys.version.split()[0])'
+python3 -c 'import torch, sys; print("torch", torch.__version__, "cuda", torch.version.cuda, "python", sys.version.split()[0], "L2 bytes", torch.cuda.get_device_properties(0).L2_cache_size)'
 nvcc --version | tail -1
 
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a} MAX_JOBS=${MAX_JOBS:-$(nproc)}
@@ -35,6 +47,32 @@ step build 300 python3 -m pip install --no-build-isolation --no-deps -e . -q
 step self_check 60 python3 -m fibsparse_ext
 # pytest-xdist spreads the suite over 8 workers; without it the suite runs serially (slower).
 workers=(); python3 -c "import xdist" 2>/dev/null && workers=(-n 8) || echo "pytest-xdist not installed: tests run serially"
+# Only our kernels are instrumented (torch's own would take minutes).
+sanitize="compute-sanitizer --error-exitcode 1 --kernel-name kns=fibsparse"
+
+summary() {  # summary STEP...: print each step's status; exit 1 if any failed or did not run
+  echo; echo "=== summary"
+  local failed=0
+  for name in "$@"; do
+    echo "  $name: ${status[$name]:-not run}"
+    [[ "${status[$name]:-rc=1}" == rc=0* ]] || failed=1
+  done
+  exit $failed
+}
+
+if [[ "$mode" == --peers ]]; then
+  # 240 s: FlashAttention-4 JIT-compiles its kernels on the sweep's first calls.
+  step fair_sweep 240 python3 bench/bench_sweep.py --fair
+  step kernel_times 90 python3 tools/kernel_times.py
+  for tool in memcheck racecheck synccheck; do
+    step $tool 60 $sanitize --tool $tool python3 tools/sanitize_kernels.py
+  done
+  summary build self_check fair_sweep kernel_times memcheck racecheck synccheck
+fi
+if [[ "$mode" == --gpu-tests ]]; then
+  OMP_NUM_THREADS=2 step gpu_tests 420 python3 -m pytest tests -q "${workers[@]}" -k "cuda or gradcheck or hopper" -p no:cacheprovider -p no:benchmark
+  summary build self_check gpu_tests
+fi
 if (( quick )); then
   # No -x: one failing test must not hide the rest of the record (the quick
   # selection takes about 100 s on an H200 whether or not one fails).
@@ -43,8 +81,6 @@ else
   # The fuzzer runs a larger grid here than in CI: every CUDA dtype, both kernel families.
   FIBSPARSE_FUZZ_CASES=${FIBSPARSE_FUZZ_CASES:-4000} OMP_NUM_THREADS=2 step tests 600 python3 -m pytest tests -q "${workers[@]}" -p no:cacheprovider -p no:benchmark
 fi
-# Only our kernels are instrumented (torch's own would take minutes).
-sanitize="compute-sanitizer --error-exitcode 1 --kernel-name kns=fibsparse"
 step memcheck 60 $sanitize --tool memcheck python3 tools/sanitize_kernels.py
 step racecheck 60 $sanitize --tool racecheck python3 tools/sanitize_kernels.py
 if (( quick )); then
@@ -66,13 +102,7 @@ if (( gpus >= 2 )); then
   step context_parallel 180 python3 -m torch.distributed.run --nproc-per-node 2 bench/bench_context_parallel.py
 fi
 
-echo; echo "=== summary"
-failed=0
 steps="build self_check tests memcheck racecheck bench"
 (( quick )) || steps="$steps sweep decode host_path step_profile transformers"
 (( gpus >= 2 )) && steps="$steps context_parallel"
-for name in $steps; do
-  echo "  $name: ${status[$name]:-not run}"
-  [[ "${status[$name]:-rc=1}" == rc=0* ]] || failed=1
-done
-exit $failed
+summary $steps

@@ -287,6 +287,39 @@ struct QuerySteps {
     }
     commit_async();
   }
+
+  // Asks the L2 for the rows issue() will copy for offset step s of the pass
+  // that runs before the dq pass (each warp its strip of q and dout, and their
+  // lse and delta), a step before issue() queues them. A long offset's strip
+  // was last read (as another key tile's band or offset) long enough ago to
+  // have left the L2, and the copies' one step of lead does not cover a trip
+  // to DRAM. Band steps read the rows their neighbouring key tiles just read.
+  template <typename T>
+  __device__ void prefetch_strip(Step s, bool exists, int b) const {
+    if (!exists || is_band(s)) return;
+    const int h = s.head;
+    const OffsetSplit split = split_offset(offsets(h), offset_index(s));
+    if (split.whole < 0) return;
+    constexpr int kLinesPerRow = kHeadDim * 2 / 128, kLines = kStripRows * kLinesPerRow;  // a tensor's
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t first = block_key + split.whole - seq.q_pos_shift + 16 * warp;
+    const int64_t rows = seq.seqlen_q - first < kStripRows ? seq.seqlen_q - first : kStripRows;
+    const uint16_t* q_src = bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride);
+    const uint16_t* do_src =
+        bits<T>(p.dout, seq.q_start(b, p.do_batch_stride, p.do_row_stride) + h * p.do_head_stride);
+#pragma unroll
+    for (int i = lane; i < 2 * kLines; i += 32) {
+      const bool is_do = i >= kLines;
+      const int line = is_do ? i - kLines : i, row = line / kLinesPerRow;
+      if (row >= rows) continue;
+      const uint16_t* src = is_do ? do_src + (first + row) * p.do_row_stride : q_src + (first + row) * p.q_row_stride;
+      prefetch_l2(src + (line % kLinesPerRow) * 64);
+    }
+    if (lane < 4 && rows > 0) {  // the strip's lse, then its delta: first and last row (the rows may straddle a line)
+      const int64_t at = stats_index(p, seq, b, h, 0) + first + (lane % 2 ? rows - 1 : 0);
+      prefetch_l2(static_cast<const float*>(lane < 2 ? p.lse : p.delta) + at);
+    }
+  }
 };
 
 }  // namespace mma_tiles

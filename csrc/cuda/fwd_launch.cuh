@@ -41,7 +41,7 @@ void launch_hopper_blocks(const Params& p, const HopperForwardMaps<kFractional>&
   const int tiles = int(blocks_for(p.seqlen_q, S::kTileQueries));
   const int64_t kv_head_bytes = int64_t(p.seqlen_k) * kHeadDim * 2 * int64_t(sizeof(T));  // its k and v rows
   const int tiles_per_block = hopper_tiles_per_block(tiles, kHeadsPerWarpgroup, int64_t(p.heads / S::kHeads) * p.batch,
-                                                     S::kMinBlocks, p.num_offsets == 0, kv_head_bytes);
+                                                     S::kMinBlocks, p.num_offsets == 0, kFractional, kv_head_bytes);
   // One sequence's blocks check the offsets; a packed batch's blocks of head 0
   // check their sequence's boundaries, so it has a block per sequence.
   const int check_sequences = sequence_maps != nullptr ? p.batch : 1;

@@ -111,7 +111,7 @@ bool hopper_clusters_asked() {
 bool hopper_packing_allowed() { return !switched_off("FIBSPARSE_HOPPER_PACK"); }
 
 int hopper_tiles_per_block(int tiles_per_sequence, int tiles_per_span, int64_t slices, int blocks_per_sm,
-                           bool window_alone, int64_t kv_head_bytes) {
+                           bool window_alone, bool fractional, int64_t kv_head_bytes) {
   if (const char* setting = std::getenv("FIBSPARSE_HOPPER_TILES")) {
     char* end = nullptr;
     const long n = std::strtol(setting, &end, 10);
@@ -121,9 +121,10 @@ int hopper_tiles_per_block(int tiles_per_sequence, int tiles_per_span, int64_t s
   }
   const cudaDeviceProp* device = at::cuda::getCurrentDeviceProperties();
   const int64_t resident = int64_t(device->multiProcessorCount) * blocks_per_sm;
-  const bool alone_on_sm_and_kv_in_l2 = blocks_per_sm == 1 && kv_head_bytes <= int64_t(device->l2CacheSize);
+  const bool four_spans_pay =
+      hopper_four_spans_pay(blocks_per_sm, fractional, kv_head_bytes, int64_t(device->l2CacheSize));
   const int spans = (tiles_per_sequence + tiles_per_span - 1) / tiles_per_span;
-  return tiles_per_span * hopper_tiles_rule(spans, slices, resident, window_alone, alone_on_sm_and_kv_in_l2);
+  return tiles_per_span * hopper_tiles_rule(spans, slices, resident, window_alone, four_spans_pay);
 }
 
 ForwardTensorMaps make_forward_maps(const Params& p, bool bfloat16, int tile_queries, int q_box_rows) {

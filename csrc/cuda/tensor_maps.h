@@ -67,13 +67,14 @@ bool hopper_packing_allowed();
 // How many consecutive query tiles one block of the Hopper forward walks, for
 // `tiles_per_sequence` tiles of `tiles_per_span` to 64 queries (1, or 2 with
 // two heads a warpgroup) in each of `slices` (sequence, heads of a block)
-// pairs at `blocks_per_sm` resident blocks per SM of this device, whose kv
-// heads' k and v rows take `kv_head_bytes` each (a sequence's):
+// pairs at `blocks_per_sm` resident blocks per SM of this device, with
+// `fractional` positions or not, whose kv heads' k and v rows take
+// `kv_head_bytes` each (a sequence's):
 // hopper_tiles_rule (hopper_tiles.h) counted in 64-query spans, so that a block
 // covers as many queries of its heads whatever its tiles' size.
 // FIBSPARSE_HOPPER_TILES=n (1 to 64) sets it, in tiles, for comparisons.
 int hopper_tiles_per_block(int tiles_per_sequence, int tiles_per_span, int64_t slices, int blocks_per_sm,
-                           bool window_alone, int64_t kv_head_bytes);
+                           bool window_alone, bool fractional, int64_t kv_head_bytes);
 
 // Whether this build has the Hopper forward (sm_90a was among its archs).
 constexpr bool kHopperForwardBuilt =
