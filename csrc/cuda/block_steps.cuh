@@ -287,37 +287,6 @@ struct QuerySteps {
     }
     commit_async();
   }
-
-  // Asks the L2 for the rows issue() will copy for offset step s of the pass
-  // that runs before the dq pass (each warp its strip of q and dout, and their
-  // lse and delta), a step before issue() queues them. A long offset's strip
-  // was last read (as another key tile's band or offset) long enough ago to
-  // have left the L2, and the copies' one step of lead does not cover a trip
-  // to DRAM. Band steps read the rows their neighbouring key tiles just read.
-  template <typename T>
-  __device__ void prefetch_strip(Step s, bool exists, int b) const {
-    if (!exists || is_band(s)) return;
-    const int h = s.head;
-    const OffsetSplit split = split_offset(offsets(h), offset_index(s));
-    if (split.whole < 0) return;
-    // Lanes 0-15 ask for the strip's q rows, lanes 16-31 for its dout rows
-    // (and a fractional strip's 17th row); two lanes of each half for the
-    // first and last row's statistics (16 floats may straddle a line).
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, half_lane = lane % 16;
-    const bool is_do = lane >= 16;
-    const int64_t first = block_key + split.whole - seq.q_pos_shift + 16 * warp;
-    const int64_t rows = seq.seqlen_q - first < kStripRows ? seq.seqlen_q - first : kStripRows;
-    const uint16_t* src = is_do ? bits<T>(p.dout, seq.q_start(b, p.do_batch_stride, p.do_row_stride) +
-                                                      h * p.do_head_stride)
-                                : bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride);
-    const int64_t row_stride = is_do ? p.do_row_stride : p.q_row_stride;
-    if (half_lane < rows) prefetch_row_l2<kHeadDim>(src + (first + half_lane) * row_stride);
-    if (kStripRows > 16 && half_lane == 0 && rows > 16) prefetch_row_l2<kHeadDim>(src + (first + 16) * row_stride);
-    if (half_lane < 2 && rows > 0) {
-      const int64_t at = stats_index(p, seq, b, h, 0) + first + (half_lane == 1 ? rows - 1 : 0);
-      prefetch_l2(static_cast<const float*>(is_do ? p.delta : p.lse) + at);
-    }
-  }
 };
 
 }  // namespace mma_tiles

@@ -539,9 +539,8 @@ __device__ __forceinline__ void fractional_offset_step(
 // and dS from its own k and v fragments and the strip's rows, as it does the
 // band's (fractional positions: fractional_offset_step), and stores each
 // (query, offset)'s dS.
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kPrefetch = true>
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
-  constexpr bool kPrefetchStrips = kPrefetch && kRoute == DkdvRoute::kBeforeDq;
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   constexpr bool kStoresDscores = kRoute != DkdvRoute::kAfterDq;
   constexpr bool kFractionalFirst = kRoute == DkdvRoute::kBeforeDq && !std::is_integral_v<OffsetT>;
@@ -617,12 +616,10 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   // the window alone has no offset steps), for step n as the loop goes.
   const auto by_warp = [&](auto s, bool exists) { return !kWindowAlone && steps.by_warp(s, exists); };
   bool step_by_warp = by_warp(step, steps.num_steps > 0);
-  if constexpr (kPrefetchStrips) steps.template prefetch_strip<T>(steps.next(issued), steps.num_steps > 1, b);
   for (int n = 0; n < steps.num_steps; ++n, step = steps.next(step)) {
     issued = steps.next(issued);
     steps.template issue<T, kRoute>(issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2), stage_do((n + 1) % 2),
                                     stage_stat((n + 1) % 2, 0), stage_stat((n + 1) % 2, 1), stage_o((n + 1) % 2));
-    if constexpr (kPrefetchStrips) steps.template prefetch_strip<T>(steps.next(issued), n + 2 < steps.num_steps, b);
     wait_async<1>();
     if (step_by_warp) {
       sync_strip_group<1>(warp);

@@ -122,22 +122,6 @@ __device__ __forceinline__ void copy_async_4(void* dst, const void* src, bool va
   const uint32_t dst_addr = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst_addr), "l"(src), "r"(valid ? 4 : 0));
 }
-// Asks the L2 for the 128-byte line at `src` (no register, no wait).
-__device__ __forceinline__ void prefetch_l2(const void* src) {
-  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(src));
-}
-// Asks the L2 for one 16-bit row of kHeadDim values at `row` (16-byte aligned):
-// one bulk prefetch on sm_90 and later, a prefetch a line before.
-template <int kHeadDim>
-__device__ __forceinline__ void prefetch_row_l2(const uint16_t* row) {
-  constexpr int kBytes = kHeadDim * 2;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(row), "n"(kBytes));
-#else
-#pragma unroll
-  for (int at = 0; at < kBytes; at += 128) prefetch_l2(reinterpret_cast<const char*>(row) + at);
-#endif
-}
 __device__ __forceinline__ void commit_async() { asm volatile("cp.async.commit_group;\n" ::); }
 // Waits until at most `kPending` committed groups are still in flight.
 template <int kPending>
