@@ -55,10 +55,15 @@ def main():
             torch.cuda.synchronize()
         layout, tokens, heads, kv_heads, head_dim, kind = config
         print(f"{layout} {tokens} tokens H={heads}/{kv_heads} d={head_dim} {kind}")
-        ours = [e for e in prof.key_averages() if e.device_time_total > 0 and "fibsparse" in e.key]
+        timed = [e for e in prof.key_averages() if e.device_time_total > 0]
+        ours = [e for e in timed if "fibsparse" in e.key]
+        others = sorted((e for e in timed if "fibsparse" not in e.key), key=lambda e: -e.device_time_total)
         for e in ours:
             print(f"   {e.device_time_total / PROFILED_STEPS:8.1f} us  {e.key[:110]}")
         print(f"   {sum(e.device_time_total for e in ours) / PROFILED_STEPS:8.1f} us  all of ours, one step")
+        # torch's own work in the step (fills, copies), which a step's time between events also holds
+        print(f"   {sum(e.device_time_total for e in others) / PROFILED_STEPS:8.1f} us  all of torch's: " +
+              ", ".join(f"{e.key[:40]} {e.device_time_total / PROFILED_STEPS:.1f}" for e in others[:3]))
 
 
 if __name__ == "__main__":
