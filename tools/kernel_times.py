@@ -23,9 +23,13 @@ WARMUP_STEPS, PROFILED_STEPS = 3, 5
 
 def step_of(layout, tokens, heads, kv_heads, head_dim, kind):
     torch.manual_seed(0)
-    longest = max(PACKED_LENGTHS) if layout == "packed" else tokens
-    q = torch.randn(tokens, heads, head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    k, v = (torch.randn(tokens, kv_heads, head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    packed = layout == "packed"
+    longest = max(PACKED_LENGTHS) if packed else tokens
+    # (tokens, heads, head_dim) packed, (1, tokens, heads, head_dim) dense: no view of the output
+    # whose backward would add torch's copies to the step
+    batch = () if packed else (1,)
+    q = torch.randn(*batch, tokens, heads, head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k, v = (torch.randn(*batch, tokens, kv_heads, head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
             for _ in range(2))
     grad = torch.randn_like(q)
     offsets = torch.tensor(make_schedule("fixed", num_layers=1, window=128, max_distance=longest).offsets(0),
@@ -34,11 +38,11 @@ def step_of(layout, tokens, heads, kv_heads, head_dim, kind):
         offsets = offsets.float() * 0.97
     elif kind == "window alone":
         offsets = offsets[:0]
-    if layout == "packed":
+    if packed:
         bounds = torch.tensor([0] + torch.tensor(PACKED_LENGTHS).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
         attend = lambda: fibsparse_attn_varlen(q, k, v, bounds, bounds, longest, longest, 128, offsets)
     else:
-        attend = lambda: fibsparse_attn(q[None], k[None], v[None], 128, offsets)[0]
+        attend = lambda: fibsparse_attn(q, k, v, 128, offsets)
     return lambda: torch.autograd.grad(attend(), [q, k, v], grad)
 
 
