@@ -1,8 +1,9 @@
 """Each of our kernels' device time (us, torch.profiler, the mean over five
 forward+backward steps) in the configurations the performance targets name:
 GQA 32/8 and MHA 8/8, head_dim 128 and 64, 64k and 128k tokens, integer and
-fractional offsets, a packed batch and the window alone. A pass that moves
-shows here with its name, where bench_sweep.py shows only the step's total.
+fractional offsets, a packed batch and the window alone; then the sum of
+torch's own kernels in the step. A pass that moves shows here with its name,
+where bench_sweep.py shows only the step's total.
 
     python tools/kernel_times.py            # bf16, window 128, Fibonacci offsets up to the sequence's length
 """
