@@ -7,8 +7,8 @@
 #   FIBSPARSE_COMMIT=$(git rev-parse HEAD) bash tools/gpu_check.sh [MODE]
 #
 # MODE: none for all of it; --quick for the CUDA tests and a short bench;
-# or the whole check's measurements in two calls of under ten minutes each,
-# on the same machine (each builds; the second finds the first's build):
+# or the measurements in two calls, each about five minutes on an H200, for
+# machines lent ten minutes a call (each call builds the extension first):
 #   --peers      the fair sweep against the sliding-window peers (FlashAttention-4
 #                where it imports), each kernel's time, and three sanitizers;
 #   --gpu-tests  the CUDA, gradcheck and Hopper tests.
@@ -60,19 +60,22 @@ summary() {  # summary STEP...: print each step's status; exit 1 if any failed o
   exit $failed
 }
 
-if [[ "$mode" == --peers ]]; then
-  # 240 s: FlashAttention-4 JIT-compiles its kernels on the sweep's first calls.
-  step fair_sweep 240 python3 bench/bench_sweep.py --fair
-  step kernel_times 90 python3 tools/kernel_times.py
-  for tool in memcheck racecheck synccheck; do
-    step $tool 60 $sanitize --tool $tool python3 tools/sanitize_kernels.py
-  done
-  summary build self_check fair_sweep kernel_times memcheck racecheck synccheck
-fi
-if [[ "$mode" == --gpu-tests ]]; then
-  OMP_NUM_THREADS=2 step gpu_tests 420 python3 -m pytest tests -q "${workers[@]}" -k "cuda or gradcheck or hopper" -p no:cacheprovider -p no:benchmark
-  summary build self_check gpu_tests
-fi
+# The two-call modes end here (summary exits); the whole check and --quick go on below.
+case "$mode" in
+  --peers)
+    # 240 s: FlashAttention-4 JIT-compiles its kernels on the sweep's first calls.
+    step fair_sweep 240 python3 bench/bench_sweep.py --fair
+    step kernel_times 90 python3 tools/kernel_times.py
+    # racecheck takes ~55 s on an H200, the other two under 10.
+    for tool in memcheck racecheck synccheck; do
+      step $tool 100 $sanitize --tool $tool python3 tools/sanitize_kernels.py
+    done
+    summary build self_check fair_sweep kernel_times memcheck racecheck synccheck ;;
+  --gpu-tests)
+    OMP_NUM_THREADS=2 step gpu_tests 420 python3 -m pytest tests -q "${workers[@]}" -k "cuda or gradcheck or hopper" \
+      -p no:cacheprovider -p no:benchmark
+    summary build self_check gpu_tests ;;
+esac
 if (( quick )); then
   # No -x: one failing test must not hide the rest of the record (the quick
   # selection takes about 100 s on an H200 whether or not one fails).
