@@ -72,3 +72,17 @@ def peak_extra_mb(fn) -> float:
     fn()
     torch.cuda.synchronize()
     return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def kernel_times_us(fn, steps: int) -> list[tuple[str, float, int]]:
+    """Every GPU kernel fn launches, as (name, device time per call in us,
+    launches per call), from torch.profiler over `steps` calls queued back to
+    back, in the profiler's order: where a step's time goes, kernel by kernel."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+    return [(e.key, e.device_time_total / steps, e.count // steps) for e in prof.key_averages()
+            if e.device_time_total > 0]

@@ -7,10 +7,16 @@ where bench_sweep.py shows only the step's total.
 
     python tools/kernel_times.py            # bf16, window 128, Fibonacci offsets up to the sequence's length
 """
-import torch
-from torch.profiler import ProfilerActivity, profile
+import sys
+from pathlib import Path
 
-from fibsparse_ext import fibsparse_attn, fibsparse_attn_varlen, make_schedule
+import torch
+
+# The step is timed as the benchmarks build it, with their own helpers.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from bench_attention import fwd_bwd  # noqa: E402
+from fibsparse_ext import fibsparse_attn, fibsparse_attn_varlen, make_schedule  # noqa: E402
+from timing import kernel_times_us  # noqa: E402
 
 PACKED_LENGTHS = [16384, 8192, 12288, 4096, 16384, 8192]  # 65536 tokens, the longest 16k
 # (layout, tokens, heads, kv heads, head_dim, offsets)
@@ -41,10 +47,12 @@ def step_of(layout, tokens, heads, kv_heads, head_dim, kind):
         offsets = offsets[:0]
     if packed:
         bounds = torch.tensor([0] + torch.tensor(PACKED_LENGTHS).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
-        attend = lambda: fibsparse_attn_varlen(q, k, v, bounds, bounds, longest, longest, 128, offsets)
+        def attend(q, k, v):
+            return fibsparse_attn_varlen(q, k, v, bounds, bounds, longest, longest, 128, offsets)
     else:
-        attend = lambda: fibsparse_attn(q, k, v, 128, offsets)
-    return lambda: torch.autograd.grad(attend(), [q, k, v], grad)
+        def attend(q, k, v):
+            return fibsparse_attn(q, k, v, 128, offsets)
+    return fwd_bwd(attend, q, k, v, grad)
 
 
 def main():
@@ -54,21 +62,17 @@ def main():
         for _ in range(WARMUP_STEPS):
             step()
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(PROFILED_STEPS):
-                step()
-            torch.cuda.synchronize()
+        kernels = kernel_times_us(step, PROFILED_STEPS)
         layout, tokens, heads, kv_heads, head_dim, kind = config
         print(f"{layout} {tokens} tokens H={heads}/{kv_heads} d={head_dim} {kind}")
-        timed = [e for e in prof.key_averages() if e.device_time_total > 0]
-        ours = [e for e in timed if "fibsparse" in e.key]
-        others = sorted((e for e in timed if "fibsparse" not in e.key), key=lambda e: -e.device_time_total)
-        for e in ours:
-            print(f"   {e.device_time_total / PROFILED_STEPS:8.1f} us  {e.key[:110]}")
-        print(f"   {sum(e.device_time_total for e in ours) / PROFILED_STEPS:8.1f} us  all of ours, one step")
+        ours = [(key, us) for key, us, _ in kernels if "fibsparse" in key]
+        others = sorted(((key, us) for key, us, _ in kernels if "fibsparse" not in key), key=lambda kernel: -kernel[1])
+        for key, us in ours:
+            print(f"   {us:8.1f} us  {key[:110]}")
+        print(f"   {sum(us for _, us in ours):8.1f} us  all of ours, one step")
         # torch's own work in the step (fills, copies), which a step's time between events also holds
-        print(f"   {sum(e.device_time_total for e in others) / PROFILED_STEPS:8.1f} us  all of torch's: " +
-              ", ".join(f"{e.key[:40]} {e.device_time_total / PROFILED_STEPS:.1f}" for e in others[:3]))
+        print(f"   {sum(us for _, us in others):8.1f} us  all of torch's: " +
+              ", ".join(f"{key[:40]} {us:.1f}" for key, us in others[:3]))
 
 
 if __name__ == "__main__":

@@ -10,13 +10,12 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 # The step is timed exactly as the benchmarks time it, with their own helpers.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from bench_attention import fwd_bwd  # noqa: E402
 from fibsparse_ext import fibsparse_attn, make_schedule  # noqa: E402
-from timing import host_us, median_ms  # noqa: E402
+from timing import host_us, kernel_times_us, median_ms  # noqa: E402
 
 seqlen = int(sys.argv[1]) if len(sys.argv) > 1 else 16384
 batch = int(sys.argv[2]) if len(sys.argv) > 2 else 1
@@ -37,12 +36,7 @@ for name, positions in (("integer", offsets), ("fractional", offsets.float() * 0
 
     event_ms = median_ms(step, runs=steps)
     host_ms = host_us(step, runs=steps, warmup=0) / 1e3  # returns before the GPU is done, unless host-bound
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            step()
-        torch.cuda.synchronize()
-    kernels = [(e.key, e.device_time_total / steps / 1e3, e.count // steps) for e in prof.key_averages()
-               if e.device_time_total > 0]
+    kernels = [(key, us / 1e3, count) for key, us, count in kernel_times_us(step, steps)]
     kernels.sort(key=lambda x: -x[1])
     print(f"\n{name}: step {event_ms:.3f} ms (CUDA events)   host call {host_ms:.3f} ms   "
           f"kernels {sum(ms for _, ms, _ in kernels):.3f} ms")
