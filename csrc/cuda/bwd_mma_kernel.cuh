@@ -539,7 +539,7 @@ __device__ __forceinline__ void fractional_offset_step(
 // and dS from its own k and v fragments and the strip's rows, as it does the
 // band's (fractional positions: fractional_offset_step), and stores each
 // (query, offset)'s dS.
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq>
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kAbMaskAll = false>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   constexpr bool kStoresDscores = kRoute != DkdvRoute::kAfterDq;
@@ -641,22 +641,36 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
         dot_16_rows<T, kHeadDim>(kf, rows_q + 16 * t16, st, 0, lane);
         dot_16_rows<T, kHeadDim>(vf, rows_do + 16 * t16, dpt, 0, lane);
         float dst[2][4];
+        // P and dS of the sub-tile's scores; `masked`: each pair tested
+        // against the band and the last query.
+        const auto probs_and_dscores = [&](auto masked) {
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          // This thread's two query columns 8j + 2c, +1: their lse and delta.
-          const float2 lse = backward_lse(*reinterpret_cast<const float2*>(stat0 + 16 * t16 + 8 * j + 2 * c));
-          const float2 dlt = *reinterpret_cast<const float2*>(stat1 + 16 * t16 + 8 * j + 2 * c);
+          for (int j = 0; j < 2; ++j) {
+            // This thread's two query columns 8j + 2c, +1: their lse and delta.
+            const float2 lse = backward_lse(*reinterpret_cast<const float2*>(stat0 + 16 * t16 + 8 * j + 2 * c));
+            const float2 dlt = *reinterpret_cast<const float2*>(stat1 + 16 * t16 + 8 * j + 2 * c);
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            // Queries past the band's last row, and keys past seqlen_k, read
-            // zero rows; the checks keep them out of P all the same.
-            const int col = 8 * j + 2 * c + e % 2;
-            const bool attended = col <= last_col && in_band(element_distance<true>(distance0, j, e), p.band);
-            const float lse_log2 = (e % 2 ? lse.y : lse.x) * float(M_LOG2E);
-            const float prob = attended ? fast_exp2(st[j][e] * scale_log2 - lse_log2) : 0.f;
-            dst[j][e] = prob * (dpt[j][e] - (e % 2 ? dlt.y : dlt.x));
-            st[j][e] = prob;
+            for (int e = 0; e < 4; ++e) {
+              // Queries past the band's last row, and keys past seqlen_k, read
+              // zero rows; the checks keep them out of P all the same.
+              const int col = 8 * j + 2 * c + e % 2;
+              const bool attended =
+                  !decltype(masked)::value ||
+                  (col <= last_col && in_band(element_distance<true>(distance0, j, e), p.band));
+              const float lse_log2 = (e % 2 ? lse.y : lse.x) * float(M_LOG2E);
+              const float prob = attended ? fast_exp2(st[j][e] * scale_log2 - lse_log2) : 0.f;
+              dst[j][e] = prob * (dpt[j][e] - (e % 2 ? dlt.y : dlt.x));
+              st[j][e] = prob;
+            }
           }
+        };
+        // A sub-tile inside the band (its distances pos0 - warp_k0 + [-15,
+        // 15] all in it) whose 16 queries all exist needs no test per pair:
+        // 7 of a warp's 9 at window 128. Those on the band's edges keep it.
+        if (!kAbMaskAll && last_col >= 15 && band_holds<15>(pos0, warp_k0, p.band)) {  // warp-uniform
+          probs_and_dscores(std::false_type{});
+        } else {
+          probs_and_dscores(std::true_type{});
         }
         if constexpr (kStoresDscores) {
           uint16_t* tile = bits<T>(p.band_dscores, band_dscore_index(p, seq, b, step.head, blockIdx.x, step.index));
