@@ -631,46 +631,32 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     const float* stat1 = stage_stat(n % 2, 1);
     if (steps.is_band(step)) {
       const int64_t chunk_row = steps.chunk_row(step);
-#pragma unroll
-      for (int t16 = 0; t16 < kChunk / 16; ++t16) {
-        const int64_t pos0 = chunk_row + 16 * t16 + seq.q_pos_shift;  // the sub-tile's first query position
-        if (!band_meets(pos0, warp_k0, p.band)) continue;          // warp-uniform
+      // Sub-tile t16 (its first query at position pos0); `masked`: each
+      // pair tested against the band and the last query.
+      const auto band_subtile = [&](int t16, int64_t pos0, auto masked) {
         float st[2][4], dpt[2][4];  // rows: the warp's keys; columns: the sub-tile's queries
         const int distance0 = thread_distance<true>(warp_k0, pos0, g, c);  // rows: keys; columns: queries
         const int last_col = int(steps.band_last_row - chunk_row) - 16 * t16;
         dot_16_rows<T, kHeadDim>(kf, rows_q + 16 * t16, st, 0, lane);
         dot_16_rows<T, kHeadDim>(vf, rows_do + 16 * t16, dpt, 0, lane);
         float dst[2][4];
-        // P and dS of the sub-tile's scores; `masked`: each pair tested
-        // against the band and the last query.
-        const auto probs_and_dscores = [&](auto masked) {
 #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            // This thread's two query columns 8j + 2c, +1: their lse and delta.
-            const float2 lse = backward_lse(*reinterpret_cast<const float2*>(stat0 + 16 * t16 + 8 * j + 2 * c));
-            const float2 dlt = *reinterpret_cast<const float2*>(stat1 + 16 * t16 + 8 * j + 2 * c);
+        for (int j = 0; j < 2; ++j) {
+          // This thread's two query columns 8j + 2c, +1: their lse and delta.
+          const float2 lse = backward_lse(*reinterpret_cast<const float2*>(stat0 + 16 * t16 + 8 * j + 2 * c));
+          const float2 dlt = *reinterpret_cast<const float2*>(stat1 + 16 * t16 + 8 * j + 2 * c);
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              // Queries past the band's last row, and keys past seqlen_k, read
-              // zero rows; the checks keep them out of P all the same.
-              const int col = 8 * j + 2 * c + e % 2;
-              const bool attended =
-                  !decltype(masked)::value ||
-                  (col <= last_col && in_band(element_distance<true>(distance0, j, e), p.band));
-              const float lse_log2 = (e % 2 ? lse.y : lse.x) * float(M_LOG2E);
-              const float prob = attended ? fast_exp2(st[j][e] * scale_log2 - lse_log2) : 0.f;
-              dst[j][e] = prob * (dpt[j][e] - (e % 2 ? dlt.y : dlt.x));
-              st[j][e] = prob;
-            }
+          for (int e = 0; e < 4; ++e) {
+            // Queries past the band's last row, and keys past seqlen_k, read
+            // zero rows; the checks keep them out of P all the same.
+            const int col = 8 * j + 2 * c + e % 2;
+            const bool attended = !decltype(masked)::value ||
+                                  (col <= last_col && in_band(element_distance<true>(distance0, j, e), p.band));
+            const float lse_log2 = (e % 2 ? lse.y : lse.x) * float(M_LOG2E);
+            const float prob = attended ? fast_exp2(st[j][e] * scale_log2 - lse_log2) : 0.f;
+            dst[j][e] = prob * (dpt[j][e] - (e % 2 ? dlt.y : dlt.x));
+            st[j][e] = prob;
           }
-        };
-        // A sub-tile inside the band (its distances pos0 - warp_k0 + [-15,
-        // 15] all in it) whose 16 queries all exist needs no test per pair:
-        // 7 of a warp's 9 at window 128. Those on the band's edges keep it.
-        if (!kAbMaskAll && last_col >= 15 && band_holds<15>(pos0, warp_k0, p.band)) {  // warp-uniform
-          probs_and_dscores(std::false_type{});
-        } else {
-          probs_and_dscores(std::true_type{});
         }
         if constexpr (kStoresDscores) {
           uint16_t* tile = bits<T>(p.band_dscores, band_dscore_index(p, seq, b, step.head, blockIdx.x, step.index));
@@ -685,6 +671,31 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
         }
         add_tile_times_rows<T, kHeadDim>(st, 0, 1.f, rows_do + 16 * t16, dv, lane);
         add_tile_times_rows<T, kHeadDim>(dst, 0, 1.f, rows_q + 16 * t16, dk, lane);
+      };
+      if constexpr (kAbMaskAll) {  // A/B: the loop as it was (temporary)
+#pragma unroll
+        for (int t16 = 0; t16 < kChunk / 16; ++t16) {
+          const int64_t pos0 = chunk_row + 16 * t16 + seq.q_pos_shift;
+          if (!band_meets(pos0, warp_k0, p.band)) continue;
+          band_subtile(t16, pos0, std::true_type{});
+        }
+      } else {
+#pragma unroll
+        for (int t16 = 0; t16 < kChunk / 16; ++t16) {
+          const int64_t pos0 = chunk_row + 16 * t16 + seq.q_pos_shift;  // the sub-tile's first query position
+          if (!band_meets(pos0, warp_k0, p.band)) continue;          // warp-uniform
+          // A sub-tile inside the band (its distances pos0 - warp_k0 + [-15,
+          // 15] all in it) whose 16 queries all exist needs no test per
+          // pair: 7 of a warp's 9 at window 128; those on the band's edges
+          // keep it. The whole sub-tile, products included, sits in each
+          // branch, so that its exponentials still fill the products' gaps.
+          const int last_col = int(steps.band_last_row - chunk_row) - 16 * t16;
+          if (last_col >= 15 && band_holds<15>(pos0, warp_k0, p.band)) {  // warp-uniform
+            band_subtile(t16, pos0, std::false_type{});
+          } else {
+            band_subtile(t16, pos0, std::true_type{});
+          }
+        }
       }
     } else {
       const OffsetSplit split = split_offset(steps.offsets(step.head), steps.offset_index(step));
