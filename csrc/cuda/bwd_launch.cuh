@@ -15,7 +15,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <type_traits>
 
 #include "../capabilities.h"
@@ -110,13 +109,8 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
     // No pass here has the offsets check's blocks, which in a packed batch
     // also check each sequence's boundaries: a launch of its own does that.
     if (p.cu_seqlens_q != nullptr) launch_kernel(offsets_check_kernel<int32_t, 1>, dim3(1, 1, p.batch), 32, 0, p);
-    if (std::getenv("FIBSPARSE_AB_MASK_ALL") != nullptr) {  // A/B switch (temporary)
-      launch_kernel(dkdv_mma_kernel<T, int32_t, kHeadDim, DkdvRoute::kWindowAlone, true>, dkdv_grid,
-                    kMmaBlockThreads, kDkdvWindowSmemBytes<kHeadDim>, stored_p);
-    } else {
-      launch_kernel(dkdv_mma_kernel<T, int32_t, kHeadDim, DkdvRoute::kWindowAlone>, dkdv_grid, kMmaBlockThreads,
-                    kDkdvWindowSmemBytes<kHeadDim>, stored_p);
-    }
+    launch_kernel(dkdv_mma_kernel<T, int32_t, kHeadDim, DkdvRoute::kWindowAlone>, dkdv_grid, kMmaBlockThreads,
+                  kDkdvWindowSmemBytes<kHeadDim>, stored_p);
     launch_kernel(dq_from_dscores_kernel<T, kHeadDim>, dim3(query_tiles, p.heads, p.batch), kMmaBlockThreads,
                   kDqFromDscoresSmemBytes<kHeadDim>, stored_p);
     return;
@@ -124,13 +118,8 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
   launch_kernel(delta_kernel<T, OffsetT, kHeadDim>, dim3(query_tiles + kOffsetsCheckBlocks, p.heads, p.batch),
                 kMmaBlockThreads, 0, stored_p);
-  if (std::getenv("FIBSPARSE_AB_MASK_ALL") != nullptr) {  // A/B switch (temporary)
-    launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true>, dkdv_grid, kMmaBlockThreads,
-                  kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>, stored_p);
-  } else {
-    launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads,
-                  kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>, stored_p);
-  }
+  launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads,
+                kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>, stored_p);
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
     const auto launch_dq = [&](auto stages) {
       constexpr int kStages = decltype(stages)::value;

@@ -539,9 +539,20 @@ __device__ __forceinline__ void fractional_offset_step(
 // and dS from its own k and v fragments and the strip's rows, as it does the
 // band's (fractional positions: fractional_offset_step), and stores each
 // (query, offset)'s dS.
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kAbMaskAll = false>
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
+  // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
+  // all in it) whose 16 queries all exist needs no test per pair: 7 of a
+  // warp's 9 at window 128. The window alone at head_dim 64 and below takes
+  // them through a copy of the sub-tile without the test (-1.7% / -3.1% on
+  // the pass at 64k / 128k, 8 heads of head_dim 64), whole, products
+  // included: with the branch between the products and the exponentials the
+  // pass got slower everywhere, the exponentials no longer filling the
+  // products' gaps. At head_dim 128 (8 warps an SM) and with offsets the
+  // pass with the band's code twice measured 1-4% slower (docs/performance.md,
+  // round 60).
+  constexpr bool kInnerSubtilesUnmasked = kWindowAlone && kHeadDim <= 64;
   constexpr bool kStoresDscores = kRoute != DkdvRoute::kAfterDq;
   constexpr bool kFractionalFirst = kRoute == DkdvRoute::kBeforeDq && !std::is_integral_v<OffsetT>;
   static_assert(!kWindowAlone || 2 * kChunk == kMmaBlockThreads, "delta: two threads a staged row");
@@ -631,12 +642,14 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     const float* stat1 = stage_stat(n % 2, 1);
     if (steps.is_band(step)) {
       const int64_t chunk_row = steps.chunk_row(step);
-      // Sub-tile t16 (its first query at position pos0); `masked`: each
-      // pair tested against the band and the last query.
+      // The last query of the step's sub-tile t16 that exists, as a column of it.
+      const auto last_column = [&](int t16) { return int(steps.band_last_row - chunk_row) - 16 * t16; };
+      // Sub-tile t16, its first query at position pos0; `masked`: each pair
+      // tested against the band and the last column.
       const auto band_subtile = [&](int t16, int64_t pos0, auto masked) {
         float st[2][4], dpt[2][4];  // rows: the warp's keys; columns: the sub-tile's queries
         const int distance0 = thread_distance<true>(warp_k0, pos0, g, c);  // rows: keys; columns: queries
-        const int last_col = int(steps.band_last_row - chunk_row) - 16 * t16;
+        const int last_col = last_column(t16);
         dot_16_rows<T, kHeadDim>(kf, rows_q + 16 * t16, st, 0, lane);
         dot_16_rows<T, kHeadDim>(vf, rows_do + 16 * t16, dpt, 0, lane);
         float dst[2][4];
@@ -672,29 +685,14 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
         add_tile_times_rows<T, kHeadDim>(st, 0, 1.f, rows_do + 16 * t16, dv, lane);
         add_tile_times_rows<T, kHeadDim>(dst, 0, 1.f, rows_q + 16 * t16, dk, lane);
       };
-      if constexpr (kAbMaskAll) {  // A/B: the loop as it was (temporary)
 #pragma unroll
-        for (int t16 = 0; t16 < kChunk / 16; ++t16) {
-          const int64_t pos0 = chunk_row + 16 * t16 + seq.q_pos_shift;
-          if (!band_meets(pos0, warp_k0, p.band)) continue;
+      for (int t16 = 0; t16 < kChunk / 16; ++t16) {
+        const int64_t pos0 = chunk_row + 16 * t16 + seq.q_pos_shift;  // the sub-tile's first query position
+        if (!band_meets(pos0, warp_k0, p.band)) continue;          // warp-uniform
+        if (kInnerSubtilesUnmasked && last_column(t16) >= 15 && band_holds<15>(pos0, warp_k0, p.band)) {
+          band_subtile(t16, pos0, std::false_type{});  // warp-uniform
+        } else {
           band_subtile(t16, pos0, std::true_type{});
-        }
-      } else {
-#pragma unroll
-        for (int t16 = 0; t16 < kChunk / 16; ++t16) {
-          const int64_t pos0 = chunk_row + 16 * t16 + seq.q_pos_shift;  // the sub-tile's first query position
-          if (!band_meets(pos0, warp_k0, p.band)) continue;          // warp-uniform
-          // A sub-tile inside the band (its distances pos0 - warp_k0 + [-15,
-          // 15] all in it) whose 16 queries all exist needs no test per
-          // pair: 7 of a warp's 9 at window 128; those on the band's edges
-          // keep it. The whole sub-tile, products included, sits in each
-          // branch, so that its exponentials still fill the products' gaps.
-          const int last_col = int(steps.band_last_row - chunk_row) - 16 * t16;
-          if (last_col >= 15 && band_holds<15>(pos0, warp_k0, p.band)) {  // warp-uniform
-            band_subtile(t16, pos0, std::false_type{});
-          } else {
-            band_subtile(t16, pos0, std::true_type{});
-          }
         }
       }
     } else {
