@@ -30,6 +30,7 @@ import inspect
 import json
 import os
 import subprocess
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 
 from bench_attention import copy_bandwidth, flex_attention, fwd_bwd, sparse_mask_mod
 from fibsparse_ext import fibsparse_attn, make_schedule
+from gpu_power import GpuSampler
 from timing import graphed_ms, median_ms, peak_extra_mb
 
 if flex_attention is not None:
@@ -249,17 +251,23 @@ def peer_ratios(row: dict) -> dict:
     return ratios
 
 
-def time_in_rounds(methods: dict, q, k, v, grad, runs: int, rounds: int) -> dict:
+def time_in_rounds(methods: dict, q, k, v, grad, runs: int, rounds: int, sampler: GpuSampler | None = None) -> dict:
     """time_method for each method in `rounds` rounds, the order reversed every other round, keeping
     each column's fastest round (as bench_hopper_forward.py does) and every round's value in
     `<column>_rounds`: a method timed once, always after the same neighbour, carries whatever that
-    neighbour left behind (clocks, L2 contents), and one round's value may be an outlier."""
+    neighbour left behind (clocks, L2 contents), and one round's value may be an outlier. With a
+    sampler, `<method>_gpu_rounds` holds the GPU's clock and power while each round of it ran: a
+    method that draws the card's power limit is clocked down, one that does not is not."""
     per_round = {name: [] for name in methods}
+    gpu_rounds = {name: [] for name in methods}
     for r in range(rounds):
         names = list(methods) if r % 2 == 0 else list(reversed(methods))
         for name in names:
+            start = time.monotonic()
             per_round[name].append(time_method(name, methods[name], q, k, v, grad, runs))
-    row = {}
+            if sampler is not None:
+                gpu_rounds[name].append(sampler.summary(start, time.monotonic()))
+    row = {f"{name}_gpu_rounds": states for name, states in gpu_rounds.items() if sampler is not None}
     for name, results in per_round.items():
         for column in method_columns(name):
             values = [result[column] for result in results if result[column] is not None]
@@ -323,7 +331,12 @@ def measure(config: Config, bandwidth: float, with_peers: bool = True, rounds: i
     runs = 10 if c.seqlen >= 65536 else 20
     sliding = {name: attend for name, attend in methods.items() if name in ("fibsparse", "fib_window", *PEERS)}
     row["gpu_before"] = gpu_state()
-    row.update(time_in_rounds(sliding, q, k, v, grad, runs, rounds))
+    sampler = GpuSampler.for_current_device()
+    if sampler is None:
+        row.update(time_in_rounds(sliding, q, k, v, grad, runs, rounds))
+    else:
+        with sampler:
+            row.update(time_in_rounds(sliding, q, k, v, grad, runs, rounds, sampler))
     row["gpu_after"] = gpu_state()
     for name, attend in methods.items():  # the dense baselines last: a second of full power a call at 128k
         if name not in sliding:
@@ -363,12 +376,18 @@ def print_row(row: dict) -> None:
 
 def rounds_line(row: dict) -> str:
     """Each round's forward and forward+backward of the methods timed in rounds (the row keeps the
-    fastest), and the GPU's clock, temperature and power before and after them."""
+    fastest), the GPU's clock, temperature and power before and after them, and where it was
+    sampled, its clock and power while each round of each method ran (a second line)."""
     fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
     names = [key[: -len("_fwd_ms_rounds")] for key in row if key.endswith("_fwd_ms_rounds")]
     times = "  ".join(f"{name} {' '.join(map(fmt, row[f'{name}_fwd_ms_rounds']))} / "
                       f"{' '.join(map(fmt, row[f'{name}_fwdbwd_ms_rounds']))}" for name in names)
-    return f"rounds, fwd / fwd+bwd ms: {times}  | GPU (MHz, C, W) before {row['gpu_before']}, after {row['gpu_after']}"
+    line = f"rounds, fwd / fwd+bwd ms: {times}  | GPU (MHz, C, W) before {row['gpu_before']}, after {row['gpu_after']}"
+    states = "; ".join(f"{name} {' | '.join(state or '-' for state in row[f'{name}_gpu_rounds'])}"
+                       for name in names if row.get(f"{name}_gpu_rounds"))
+    if not states:
+        return line
+    return f"{line}\n{'':8s}GPU while each round ran, SM clock median (range), power median: {states}"
 
 
 def peers_line(row: dict) -> str:

@@ -39,3 +39,30 @@ def test_rounds_below_one_are_refused(script, rounds):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert f"--rounds must be at least 1, got {rounds}" in result.stderr
+
+
+def test_rounds_record_the_gpu_state_while_each_round_ran(monkeypatch):
+    """With a sampler, each method's rounds carry the GPU's state over that round's own stretch of
+    time, in the order the rounds ran, and the rounds line prints them."""
+    clock = iter(range(100))
+    monkeypatch.setattr(bench_sweep.time, "monotonic", lambda: float(next(clock)))
+
+    class FakeSampler:
+        def summary(self, start, end):
+            return f"{start:.0f}-{end:.0f}"
+
+    def fake_time_method(name, attend, q, k, v, grad, runs):
+        return {f"{name}_fwd_ms": 1.0, f"{name}_fwdbwd_ms": 2.0, f"{name}_peak_mb": 1.0,
+                f"{name}_fwdbwd_graph_ms": None}
+
+    monkeypatch.setattr(bench_sweep, "time_method", fake_time_method)
+    row = bench_sweep.time_in_rounds({"ours": None, "peer": None}, None, None, None, None, runs=10, rounds=2,
+                                     sampler=FakeSampler())
+    # round 1: ours [0, 1], peer [2, 3]; round 2 (reversed): peer [4, 5], ours [6, 7]
+    assert row["ours_gpu_rounds"] == ["0-1", "6-7"]
+    assert row["peer_gpu_rounds"] == ["2-3", "4-5"]
+    row.update(gpu_before="b", gpu_after="a")
+    line = bench_sweep.rounds_line(row)
+    assert line.splitlines()[1].endswith("ours 0-1 | 6-7; peer 2-3 | 4-5")
+    del row["ours_gpu_rounds"], row["peer_gpu_rounds"]  # without a sampler: one line, as before
+    assert "\n" not in bench_sweep.rounds_line(row)
