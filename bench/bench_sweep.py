@@ -256,8 +256,9 @@ def time_in_rounds(methods: dict, q, k, v, grad, runs: int, rounds: int, sampler
     each column's fastest round (as bench_hopper_forward.py does) and every round's value in
     `<column>_rounds`: a method timed once, always after the same neighbour, carries whatever that
     neighbour left behind (clocks, L2 contents), and one round's value may be an outlier. With a
-    sampler, `<method>_gpu_rounds` holds the GPU's clock and power while each round of it ran: a
-    method that draws the card's power limit is clocked down, one that does not is not."""
+    sampler (gpu_power.py), `<method>_gpu_rounds` holds the GPU's clock and power while each round
+    of it ran (None where no sample fell in it): a method that draws the card's power limit is
+    clocked down, and its time with it."""
     per_round = {name: [] for name in methods}
     gpu_rounds = {name: [] for name in methods}
     for r in range(rounds):
@@ -294,7 +295,8 @@ def gpu_state() -> str | None:
     return (result.stdout.strip() or None) if result.returncode == 0 else None
 
 
-def measure(config: Config, bandwidth: float, with_peers: bool = True, rounds: int = 1) -> dict:
+def measure(config: Config, bandwidth: float, with_peers: bool = True, rounds: int = 1,
+            sampler: GpuSampler | None = None) -> dict:
     torch.manual_seed(0)
     c = config
     q = torch.randn(c.batch, c.seqlen, c.heads, c.head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -331,7 +333,6 @@ def measure(config: Config, bandwidth: float, with_peers: bool = True, rounds: i
     runs = 10 if c.seqlen >= 65536 else 20
     sliding = {name: attend for name, attend in methods.items() if name in ("fibsparse", "fib_window", *PEERS)}
     row["gpu_before"] = gpu_state()
-    sampler = GpuSampler.for_current_device()
     if sampler is None:
         row.update(time_in_rounds(sliding, q, k, v, grad, runs, rounds))
     else:
@@ -457,6 +458,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=None,
                         help="rounds of our kernels and the sliding-window peers per configuration, alternating "
                              "their order, the fastest kept (default: 3 with --fair, else 1)")
+    parser.add_argument("--no-gpu-sampling", action="store_true",
+                        help="do not sample the GPU's clock and power with nvidia-smi while the rounds run")
     args = parser.parse_args()
     rounds = args.rounds if args.rounds is not None else (3 if args.fair else 1)
     if rounds < 1:
@@ -466,9 +469,10 @@ def main():
     bandwidth = copy_bandwidth()
     commit = os.environ.get("FIBSPARSE_COMMIT") or subprocess.run(  # the device copy's .git may be stale
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    sampler, sampling = (None, "off (--no-gpu-sampling)") if args.no_gpu_sampling else GpuSampler.for_current_device()
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "commit": commit or "unknown",
             "copy_bandwidth_tb_s": bandwidth / 1e12, "peer_calls": peer_calls(), "check_tolerance": CHECK_TOLERANCE,
-            "rounds": rounds}
+            "rounds": rounds, "gpu_sampling": sampling}
     print({key: value for key, value in meta.items() if key != "peer_calls"})
     print("sliding-window peers (the band of our pattern, without the offsets), on the integer-offset configurations;"
           f" outputs and gradients checked against fib_window, max |diff| / max |fib_window| <= {CHECK_TOLERANCE}:")
@@ -480,7 +484,7 @@ def main():
     configs = sweep_configs(args.quick, args.fair)
     for n, config in enumerate(configs):
         print(f"[{n + 1}/{len(configs)}] ", end="", flush=True)
-        rows.append(measure(config, bandwidth, with_peers=not args.no_peers, rounds=rounds))
+        rows.append(measure(config, bandwidth, with_peers=not args.no_peers, rounds=rounds, sampler=sampler))
         print_row(rows[-1])
         if args.out:  # after every row: a run stopped by the device's time limit keeps what it measured
             write_results(args.out, meta, rows)

@@ -3,15 +3,20 @@ while a benchmark runs, and summed up over any stretch of it.
 
 A kernel that draws the card's power limit is clocked down the longer it
 runs, so two methods timed one after the other may not run at the same clock:
-on an H200 (700 W) our GQA forward+backward at 64k holds the cap, its SM clock
-falling from 1980 MHz to as low as 1530 and its step from 6.6 to 7.3 ms over
-two seconds, while FA4's sliding window draws 600 W at 1980 MHz. A benchmark
-that prints each round's clock and power beside its time shows which of its
-ratios met a throttled GPU.
+on an H200 (700 W) our GQA forward+backward at 64k held the cap, its SM clock
+falling as low as 1530 MHz and its step from 6.6 to 7.3 ms over two seconds,
+while FA4's sliding window drew 600 W at 1980 MHz on the same card. A
+benchmark that prints each round's clock and power beside its time shows which
+of its times met a throttled GPU.
 
-    with GpuSampler.for_current_device() as sampler:
+    sampler, how = GpuSampler.for_current_device()   # None, and why, where it cannot sample
+    with sampler:
         start = time.monotonic(); run(); end = time.monotonic()
-    print(sampler.summary(start, end))   # "1920 MHz (1530-1980), 681 W, power cap"
+    print(sampler.summary(start, end))   # "1920 MHz (1530-1980), 681 W, power cap, 6 samples"
+
+Power is the instantaneous reading where nvidia-smi has one
+(power.draw.instant); the older power.draw is an average over the last second,
+which trails a short round's load.
 """
 from __future__ import annotations
 
@@ -20,11 +25,13 @@ import subprocess
 import threading
 import time
 
-# nvidia-smi's clocks_event_reasons bits that slow the clock for power or heat
-# (nvml's nvmlClocksEventReason*): an idle GPU's own low clock is not among them.
+# The clocks_event_reasons bits that slow the clock for power or heat (nvml's
+# nvmlClocksEventReason*); an idle GPU's own low clock (0x1) is not among them.
 THROTTLE_REASONS = {0x4: "power cap", 0x8: "hardware slowdown", 0x20: "thermal (software)",
                     0x40: "thermal (hardware)", 0x80: "power brake"}
-QUERY = "clocks.sm,power.draw,clocks_throttle_reasons.active"
+# Fields in the order parse_sample reads them: the current names, then those of older drivers.
+QUERIES = ("clocks.sm,power.draw.instant,clocks_event_reasons.active",
+           "clocks.sm,power.draw,clocks_throttle_reasons.active")
 
 
 class GpuSampler:
@@ -38,36 +45,51 @@ class GpuSampler:
         self._reader = None
 
     @classmethod
-    def for_current_device(cls, interval_ms: int = 50) -> GpuSampler | None:
+    def for_current_device(cls, interval_ms: int = 50) -> tuple[GpuSampler | None, str]:
         """A sampler of the current CUDA device, named by its UUID (nvidia-smi numbers GPUs without
-        regard to CUDA_VISIBLE_DEVICES); None where there is no nvidia-smi or no UUID."""
+        regard to CUDA_VISIBLE_DEVICES), and what it samples; or None, and why not."""
         import torch
 
         uuid = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "uuid", None)
         if uuid is None:
-            return None
-        command = ["nvidia-smi", f"--query-gpu={QUERY}", "--format=csv,noheader,nounits", f"--id=GPU-{uuid}",
-                   f"--loop-ms={interval_ms}"]
-        try:
-            subprocess.run(command[:-1], capture_output=True, timeout=10, check=True)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return cls(command)
+            return None, "off: this torch gives the GPU no UUID"
+        return cls.for_uuid(str(uuid), interval_ms)
+
+    @classmethod
+    def for_uuid(cls, uuid: str, interval_ms: int = 50) -> tuple[GpuSampler | None, str]:
+        """for_current_device's sampler of the GPU with this UUID: the first of QUERIES that
+        nvidia-smi answers."""
+        for query in QUERIES:
+            command = ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits", f"--id=GPU-{uuid}"]
+            try:
+                once = subprocess.run(command, capture_output=True, text=True, timeout=10)
+            except (OSError, subprocess.SubprocessError) as error:
+                return None, f"off: nvidia-smi did not run ({error})"
+            if once.returncode == 0 and parse_sample(once.stdout) is not None:
+                return cls(command + [f"--loop-ms={interval_ms}"]), f"nvidia-smi {query} every {interval_ms} ms"
+        return None, "off: nvidia-smi reads none of " + " or ".join(QUERIES)
 
     def __enter__(self) -> GpuSampler:
-        self._process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            self._process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                             text=True)
+        except OSError:  # gone since for_current_device: the rounds print "-"
+            return self
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._process is None:
+            return
         self._process.terminate()
         try:
             self._process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self._process.kill()
-            self._process.wait()
+            self._process.wait(timeout=5)
         self._reader.join(timeout=5)
+        self._process.stdout.close()
 
     def _read(self) -> None:
         for line in self._process.stdout:
@@ -77,7 +99,7 @@ class GpuSampler:
 
     def summary(self, start: float, end: float) -> str | None:
         """The samples taken between start and end (time.monotonic()): the SM clock's median and
-        range, the median power, and the throttle reasons seen; None if there were none."""
+        range, the median power, the throttle reasons seen and how many samples; None if none."""
         window = [s for s in list(self.samples) if start <= s[0] <= end]
         if not window:
             return None
@@ -87,8 +109,9 @@ class GpuSampler:
         for s in window:
             bits |= s[3]
         reasons = [name for bit, name in THROTTLE_REASONS.items() if bits & bit]
-        text = f"{statistics.median(mhz):.0f} MHz ({min(mhz):.0f}-{max(mhz):.0f}), {watts:.0f} W"
-        return f"{text}, {' + '.join(reasons)}" if reasons else text
+        parts = [f"{statistics.median(mhz):.0f} MHz ({min(mhz):.0f}-{max(mhz):.0f})", f"{watts:.0f} W", *reasons,
+                 f"{len(window)} sample{'s' if len(window) > 1 else ''}"]
+        return ", ".join(parts)
 
 
 def parse_sample(line: str) -> tuple[float, float, int] | None:

@@ -4,6 +4,7 @@ too). CPU only: the timing itself is replaced, so no GPU is needed."""
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -45,11 +46,11 @@ def test_rounds_record_the_gpu_state_while_each_round_ran(monkeypatch):
     """With a sampler, each method's rounds carry the GPU's state over that round's own stretch of
     time, in the order the rounds ran, and the rounds line prints them."""
     clock = iter(range(100))
-    monkeypatch.setattr(bench_sweep.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(bench_sweep, "time", SimpleNamespace(monotonic=lambda: float(next(clock))))
 
     class FakeSampler:
-        def summary(self, start, end):
-            return f"{start:.0f}-{end:.0f}"
+        def summary(self, start, end):  # no sample in the peer's first round
+            return None if start == 2 else f"{start:.0f}-{end:.0f}"
 
     def fake_time_method(name, attend, q, k, v, grad, runs):
         return {f"{name}_fwd_ms": 1.0, f"{name}_fwdbwd_ms": 2.0, f"{name}_peak_mb": 1.0,
@@ -60,9 +61,9 @@ def test_rounds_record_the_gpu_state_while_each_round_ran(monkeypatch):
                                      sampler=FakeSampler())
     # round 1: ours [0, 1], peer [2, 3]; round 2 (reversed): peer [4, 5], ours [6, 7]
     assert row["ours_gpu_rounds"] == ["0-1", "6-7"]
-    assert row["peer_gpu_rounds"] == ["2-3", "4-5"]
+    assert row["peer_gpu_rounds"] == [None, "4-5"]
     row.update(gpu_before="b", gpu_after="a")
     line = bench_sweep.rounds_line(row)
-    assert line.splitlines()[1].endswith("ours 0-1 | 6-7; peer 2-3 | 4-5")
+    assert line.splitlines()[1].endswith("ours 0-1 | 6-7; peer - | 4-5")
     del row["ours_gpu_rounds"], row["peer_gpu_rounds"]  # without a sampler: one line, as before
     assert "\n" not in bench_sweep.rounds_line(row)

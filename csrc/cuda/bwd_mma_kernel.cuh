@@ -548,10 +548,11 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   // them through a copy of the sub-tile without the test (-1.7% / -3.1% on
   // the pass at 64k / 128k, 8 heads of head_dim 64), whole, products
   // included: with the branch between the products and the exponentials the
-  // pass got slower everywhere, the exponentials no longer filling the
-  // products' gaps. At head_dim 128 (8 warps an SM) and with offsets the
-  // pass with the band's code twice measured 1-4% slower (docs/performance.md,
-  // round 60).
+  // pass got slower in all but one configuration (0% to +6%), the
+  // exponentials no longer filling the products' gaps. At head_dim 128 (8
+  // warps an SM) and with offsets the pass with the band's code twice
+  // measured -1% to +4% (docs/performance.md, round 60). Every key of such a
+  // sub-tile exists too: it is at most its first query's position.
   constexpr bool kInnerSubtilesUnmasked = kWindowAlone && kHeadDim <= 64;
   constexpr bool kStoresDscores = kRoute != DkdvRoute::kAfterDq;
   constexpr bool kFractionalFirst = kRoute == DkdvRoute::kBeforeDq && !std::is_integral_v<OffsetT>;
