@@ -31,6 +31,7 @@ import json
 import os
 import subprocess
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 
 from bench_attention import copy_bandwidth, flex_attention, fwd_bwd, sparse_mask_mod
 from fibsparse_ext import fibsparse_attn, make_schedule
-from gpu_power import GpuSampler
+from gpu_power import GpuSampler, gpu_state
 from timing import graphed_ms, median_ms, peak_extra_mb
 
 if flex_attention is not None:
@@ -279,22 +280,6 @@ def time_in_rounds(methods: dict, q, k, v, grad, runs: int, rounds: int, sampler
     return row
 
 
-def gpu_state() -> str | None:
-    """The SM clock (MHz), temperature (C) and power (W) now, from nvidia-smi where there is one:
-    whether a configuration's times met a throttled GPU. The GPU is named by its UUID, since
-    nvidia-smi numbers GPUs without regard to CUDA_VISIBLE_DEVICES."""
-    uuid = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "uuid", None)
-    if uuid is None:
-        return None
-    try:
-        result = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm,temperature.gpu,power.draw",
-                                 "--format=csv,noheader", f"--id=GPU-{uuid}"],
-                                capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (result.stdout.strip() or None) if result.returncode == 0 else None
-
-
 def measure(config: Config, bandwidth: float, with_peers: bool = True, rounds: int = 1,
             sampler: GpuSampler | None = None) -> dict:
     torch.manual_seed(0)
@@ -333,11 +318,8 @@ def measure(config: Config, bandwidth: float, with_peers: bool = True, rounds: i
     runs = 10 if c.seqlen >= 65536 else 20
     sliding = {name: attend for name, attend in methods.items() if name in ("fibsparse", "fib_window", *PEERS)}
     row["gpu_before"] = gpu_state()
-    if sampler is None:
-        row.update(time_in_rounds(sliding, q, k, v, grad, runs, rounds))
-    else:
-        with sampler:
-            row.update(time_in_rounds(sliding, q, k, v, grad, runs, rounds, sampler))
+    with sampler or nullcontext():
+        row.update(time_in_rounds(sliding, q, k, v, grad, runs, rounds, sampler))
     row["gpu_after"] = gpu_state()
     for name, attend in methods.items():  # the dense baselines last: a second of full power a call at 128k
         if name not in sliding:

@@ -46,14 +46,12 @@ class GpuSampler:
 
     @classmethod
     def for_current_device(cls, interval_ms: int = 50) -> tuple[GpuSampler | None, str]:
-        """A sampler of the current CUDA device, named by its UUID (nvidia-smi numbers GPUs without
-        regard to CUDA_VISIBLE_DEVICES), and what it samples; or None, and why not."""
-        import torch
-
-        uuid = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "uuid", None)
+        """A sampler of the current CUDA device (current_device_uuid), and what it samples; or None,
+        and why not."""
+        uuid = current_device_uuid()
         if uuid is None:
             return None, "off: this torch gives the GPU no UUID"
-        return cls.for_uuid(str(uuid), interval_ms)
+        return cls.for_uuid(uuid, interval_ms)
 
     @classmethod
     def for_uuid(cls, uuid: str, interval_ms: int = 50) -> tuple[GpuSampler | None, str]:
@@ -112,6 +110,30 @@ class GpuSampler:
         parts = [f"{statistics.median(mhz):.0f} MHz ({min(mhz):.0f}-{max(mhz):.0f})", f"{watts:.0f} W", *reasons,
                  f"{len(window)} sample{'s' if len(window) > 1 else ''}"]
         return ", ".join(parts)
+
+
+def current_device_uuid() -> str | None:
+    """The current CUDA device's UUID, by which nvidia-smi is told which GPU to read (its own
+    numbering ignores CUDA_VISIBLE_DEVICES); None where this torch gives none."""
+    import torch
+
+    uuid = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "uuid", None)
+    return None if uuid is None else str(uuid)
+
+
+def gpu_state() -> str | None:
+    """The SM clock (MHz), temperature (C) and power (W) now, from nvidia-smi where there is one:
+    whether a benchmark's times met a throttled GPU."""
+    uuid = current_device_uuid()
+    if uuid is None:
+        return None
+    try:
+        result = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm,temperature.gpu,power.draw",
+                                 "--format=csv,noheader", f"--id=GPU-{uuid}"],
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (result.stdout.strip() or None) if result.returncode == 0 else None
 
 
 def parse_sample(line: str) -> tuple[float, float, int] | None:
