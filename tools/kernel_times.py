@@ -28,7 +28,9 @@ CONFIGS = [("dense", 65536, 32, 8, 128, "integer"), ("dense", 131072, 32, 8, 128
 WARMUP_STEPS, PROFILED_STEPS = 3, 5
 
 
-def step_of(layout, tokens, heads, kv_heads, head_dim, kind):
+def inputs_of(layout, tokens, heads, kv_heads, head_dim, kind):
+    """(attend, q, k, v, grad) of a configuration: attend(q, k, v) is our attention
+    call on it, grad the gradient of its output (tools/ab_switch.py uses them too)."""
     torch.manual_seed(0)
     packed = layout == "packed"
     longest = max(PACKED_LENGTHS) if packed else tokens
@@ -52,7 +54,11 @@ def step_of(layout, tokens, heads, kv_heads, head_dim, kind):
     else:
         def attend(q, k, v):
             return fibsparse_attn(q, k, v, 128, offsets)
-    return fwd_bwd(attend, q, k, v, grad)
+    return attend, q, k, v, grad
+
+
+def step_of(*config):
+    return fwd_bwd(*inputs_of(*config))
 
 
 def main():

@@ -1,0 +1,124 @@
+"""An A/B of one environment switch in one build and one process: the kernels
+a switch selects (FIBSPARSE_DKDV_TMA=0, FIBSPARSE_STORED_DSCORES=0, ...)
+against the default ones. For each configuration (tools/kernel_times.py's) it
+alternates the two settings over rounds, and in each round takes the device
+time of the kernels whose names contain --kernel (torch.profiler, the mean of
+five steps) and the forward+backward step (the median of back-to-back calls
+between CUDA events); the fastest round of each side is reported, with every
+round beside it so that the spread shows, and the gradients of the two sides
+compared bit for bit.
+
+    python tools/ab_switch.py FIBSPARSE_DKDV_TMA=0 --kernel dkdv
+    python tools/ab_switch.py FIBSPARSE_DKDV_TMA=0 --kernel dkdv --config dense,65536,32,8,128,integer
+"""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from kernel_times import CONFIGS, inputs_of  # noqa: E402
+from timing import kernel_times_us, median_ms  # noqa: E402
+
+KINDS = ("integer", "fractional", "window alone")
+LAYOUTS = ("dense", "packed")
+PROFILED_STEPS = 5
+
+
+def parse_switch(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith("FIBSPARSE_") or not value:
+        raise argparse.ArgumentTypeError(f"the switch must read FIBSPARSE_NAME=VALUE, got '{text}'")
+    return name, value
+
+
+def parse_config(text: str) -> tuple:
+    """layout,tokens,heads,kv_heads,head_dim,kind, as in tools/kernel_times.py."""
+    parts = text.split(",")
+    if len(parts) != 6:
+        raise argparse.ArgumentTypeError(f"a configuration has 6 fields (layout,tokens,heads,kv_heads,head_dim,kind), "
+                                         f"got {len(parts)} in '{text}'")
+    layout, kind = parts[0], parts[5]
+    if layout not in LAYOUTS:
+        raise argparse.ArgumentTypeError(f"layout must be one of {LAYOUTS}, got '{layout}'")
+    if kind not in KINDS:
+        raise argparse.ArgumentTypeError(f"kind must be one of {KINDS}, got '{kind}'")
+    try:
+        tokens, heads, kv_heads, head_dim = (int(x) for x in parts[1:5])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"tokens, heads, kv_heads and head_dim must be whole numbers, got '{text}'")
+    return layout, tokens, heads, kv_heads, head_dim, kind
+
+
+class Setting:
+    """The switch set (side B) or as the caller's environment had it (side A)."""
+
+    def __init__(self, name: str, value: str):
+        self.name, self.value, self.default = name, value, os.environ.get(name)
+
+    def apply(self, switched: bool):
+        if switched:
+            os.environ[self.name] = self.value
+        elif self.default is None:
+            os.environ.pop(self.name, None)
+        else:
+            os.environ[self.name] = self.default
+
+
+def percent(a: float, b: float) -> str:
+    return f"{100 * (a / b - 1):+.1f}%"
+
+
+def compare(config, setting: Setting, kernel: str, rounds: int) -> str:
+    attend, q, k, v, grad = inputs_of(*config)
+
+    def step():
+        return torch.autograd.grad(attend(q, k, v), (q, k, v), grad)
+
+    kernel_us, step_ms, grads = {False: [], True: []}, {False: [], True: []}, {}
+    for rnd in range(rounds):
+        for switched in ((False, True) if rnd % 2 == 0 else (True, False)):
+            setting.apply(switched)
+            if rnd == 0:
+                grads[switched] = step()
+            kernels = kernel_times_us(step, PROFILED_STEPS)
+            kernel_us[switched].append(sum(us for key, us, _ in kernels if kernel in key))
+            step_ms[switched].append(median_ms(step, warmup=3, runs=30))
+    setting.apply(False)
+    same = all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))
+    ka, kb = min(kernel_us[False]), min(kernel_us[True])
+    sa, sb = min(step_ms[False]), min(step_ms[True])
+    layout, tokens, heads, kv_heads, head_dim, kind = config
+    return (f"{layout} {tokens} H={heads}/{kv_heads} d={head_dim} {kind}\n"
+            f"   '{kernel}' kernels, us: default {ka:.1f}  switched {kb:.1f}  default/switched {percent(ka, kb)}"
+            f"   rounds {[round(x, 1) for x in kernel_us[False]]} / {[round(x, 1) for x in kernel_us[True]]}\n"
+            f"   forward+backward, ms: default {sa:.4f}  switched {sb:.4f}  default/switched {percent(sa, sb)}"
+            f"   rounds {[round(x, 4) for x in step_ms[False]]} / {[round(x, 4) for x in step_ms[True]]}\n"
+            f"   gradients bitwise equal: {same}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("switch", type=parse_switch, help="FIBSPARSE_NAME=VALUE: side B's setting")
+    parser.add_argument("--kernel", required=True, help="a part of the timed kernels' names (e.g. dkdv)")
+    parser.add_argument("--config", type=parse_config, action="append",
+                        help="layout,tokens,heads,kv_heads,head_dim,kind (repeatable; default: kernel_times.py's)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds a side, alternating (default 3)")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    if not torch.cuda.is_available():
+        parser.error("needs a CUDA device")
+    setting = Setting(*args.switch)
+    print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  bf16, window 128; "
+          f"default against {setting.name}={setting.value}, {args.rounds} rounds a side", flush=True)
+    for config in args.config or CONFIGS:
+        print(compare(config, setting, args.kernel, args.rounds), flush=True)
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
