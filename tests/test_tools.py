@@ -67,3 +67,57 @@ def test_gpu_check_fails_when_a_step_fails(tmp_path):
     status, output = run_gpu_check("--peers", tmp_path, fakes=fakes)
     assert status == 1
     assert "memcheck: rc=1" in output and "fair_sweep: rc=0" in output
+
+
+def load_ab_switch():
+    """tools/ab_switch.py as a module (it imports bench/timing.py and tools/kernel_times.py by path)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("ab_switch", ROOT / "tools" / "ab_switch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ab_switch_reads_its_switch_and_configurations():
+    ab_switch = load_ab_switch()
+    assert ab_switch.parse_switch("FIBSPARSE_DKDV_TMA=0") == ("FIBSPARSE_DKDV_TMA", "0")
+    assert ab_switch.parse_config("dense,65536,32,8,128,integer") == ("dense", 65536, 32, 8, 128, "integer")
+    assert ab_switch.parse_config("packed,4096,8,8,64,window alone")[-1] == "window alone"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("FIBSPARSE_DKDV_TMA", "FIBSPARSE_NAME=VALUE, got 'FIBSPARSE_DKDV_TMA'"),
+    ("DKDV_TMA=0", "FIBSPARSE_NAME=VALUE, got 'DKDV_TMA=0'"),
+    ("FIBSPARSE_DKDV_TMA=", "FIBSPARSE_NAME=VALUE, got 'FIBSPARSE_DKDV_TMA='"),
+])
+def test_ab_switch_refuses_a_switch_without_name_or_value(text, message):
+    ab_switch = load_ab_switch()
+    with pytest.raises(Exception, match=message):
+        ab_switch.parse_switch(text)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("dense,65536,32,8,128", "6 fields .* got 5 in 'dense,65536,32,8,128'"),
+    ("ragged,65536,32,8,128,integer", "layout must be one of .*, got 'ragged'"),
+    ("dense,65536,32,8,128,sparse", "kind must be one of .*, got 'sparse'"),
+    ("dense,64k,32,8,128,integer", "whole numbers, got 'dense,64k,32,8,128,integer'"),
+])
+def test_ab_switch_refuses_a_bad_configuration(text, message):
+    ab_switch = load_ab_switch()
+    with pytest.raises(Exception, match=message):
+        ab_switch.parse_config(text)
+
+
+def test_ab_switch_puts_the_callers_setting_back(monkeypatch):
+    """Side A runs with the switch as the caller's environment had it, set or unset."""
+    ab_switch = load_ab_switch()
+    for before in (None, "1"):
+        if before is None:
+            monkeypatch.delenv("FIBSPARSE_DKDV_TMA", raising=False)
+        else:
+            monkeypatch.setenv("FIBSPARSE_DKDV_TMA", before)
+        setting = ab_switch.Setting("FIBSPARSE_DKDV_TMA", "0")
+        setting.apply(True)
+        assert os.environ["FIBSPARSE_DKDV_TMA"] == "0"
+        setting.apply(False)
+        assert os.environ.get("FIBSPARSE_DKDV_TMA") == before
