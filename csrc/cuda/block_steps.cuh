@@ -284,9 +284,6 @@ struct QuerySteps {
           if constexpr (kTmaStrips) {
             static_assert(kStripRows == kStripBoxRows && sizeof(*q_dst) == (kHeadDim + kStripBoxPadding) * 2);
             if (lane == 0) {
-              // The stage's last rows may have come through cp.async (a band
-              // step's): ordered before the boxes' writes.
-              tma::fence_shared_for_tma();
               tma::arrive_expect_bytes(strip_full, 2 * kStripRows * sizeof(*q_dst));
               // Rows outside [0, seqlen_q) land as zeros (a dense batch: q_pos_shift 0).
               tma::load_4d(q_dst + row0, &strip_maps->q, strip_full, 0, h, int(first), b);
