@@ -11,7 +11,6 @@
 #include "../fibsparse.h"
 #include "../pattern.h"
 #include "mma_tiles.cuh"
-#include "tma.cuh"
 
 namespace fibsparse {
 namespace mma_tiles {
@@ -222,16 +221,9 @@ struct QuerySteps {
   // kBeforeDq lse and delta again); past the last step (exists false), an
   // empty group. kWindowAlone, whose dk/dv pass forms delta itself: a band step
   // also queues the out rows into o_dst, and dlse (0 without it) in delta's place.
-  // kTmaStrips (kBeforeDq, integer offsets, sm_90a): the block's first
-  // thread loads an offset's strip, its four warps' rows, through `strip_maps`
-  // (two boxes, tensor_maps.h's DkdvStripMaps) and announces their bytes on
-  // `strip_full`, the block's barrier of the stage being queued; the
-  // statistics keep each warp's copies.
-  template <typename T, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kTmaStrips = false>
+  template <typename T, DkdvRoute kRoute = DkdvRoute::kAfterDq>
   __device__ void issue(Step s, bool exists, int b, Rows<kHeadDim> q_dst, Rows<kHeadDim> do_dst, float* stat0_dst,
-                        float* stat1_dst, Rows<kHeadDim> o_dst = nullptr, const DkdvStripMaps* strip_maps = nullptr,
-                        uint64_t* strip_full = nullptr) const {
-    static_assert(!kTmaStrips || (kRoute == DkdvRoute::kBeforeDq && std::is_integral_v<OffsetT>));
+                        float* stat1_dst, Rows<kHeadDim> o_dst = nullptr) const {
     if (exists) {
       const int h = s.head;
       const uint16_t* q_src = bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride);
@@ -282,21 +274,8 @@ struct QuerySteps {
           const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, row0 = strip_row0(warp);
           const int64_t first = block_key + split.whole - seq.q_pos_shift + 16 * warp;
           const int64_t last = seq.seqlen_q - 1;
-          if constexpr (kTmaStrips) {
-            static_assert(kWarps * kStripRows == kStripBoxRows && sizeof(*q_dst) == (kHeadDim + kStripBoxPadding) * 2);
-            if (threadIdx.x == 0) {  // warp 0: its strip's first row is the block's
-              // The stage's last rows may have come through cp.async (a band
-              // step's): ordered before the boxes' writes.
-              tma::fence_shared_for_tma();
-              tma::arrive_expect_bytes(strip_full, 2 * kStripBoxRows * sizeof(*q_dst));
-              // Rows outside [0, seqlen_q) land as zeros (a dense batch: q_pos_shift 0).
-              tma::load_4d(q_dst + row0, &strip_maps->q, strip_full, 0, h, int(first), b);
-              tma::load_4d(do_dst + row0, &strip_maps->dout, strip_full, 0, h, int(first), b);
-            }
-          } else {
-            stage_rows<kHeadDim, kStripRows, 32>(q_dst + row0, q_src, p.q_row_stride, first, last, unsigned(lane));
-            stage_rows<kHeadDim, kStripRows, 32>(do_dst + row0, do_src, p.do_row_stride, first, last, unsigned(lane));
-          }
+          stage_rows<kHeadDim, kStripRows, 32>(q_dst + row0, q_src, p.q_row_stride, first, last, unsigned(lane));
+          stage_rows<kHeadDim, kStripRows, 32>(do_dst + row0, do_src, p.do_row_stride, first, last, unsigned(lane));
           if (lane < kStripRows) stage_offset_stats(row0 + lane, first + lane);
         } else if (split.whole >= 0) {
           const int64_t first = block_key + split.whole - seq.q_pos_shift;

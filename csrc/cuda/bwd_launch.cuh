@@ -26,7 +26,6 @@
 #include "lane_bwd_kernel.cuh"
 #include "launch.cuh"
 #include "offsets_check.cuh"
-#include "tensor_maps.h"
 
 namespace fibsparse {
 
@@ -106,14 +105,6 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   stored_p.band_dscore_tiles = tiles;
   const unsigned query_tiles = blocks_for(p.seqlen_q, kBlockRows);
   const dim3 dkdv_grid(blocks_for(p.seqlen_k, kBlockRows), p.heads_kv, p.batch);
-  constexpr bool kFrac = !std::is_integral_v<OffsetT>;
-  // Decided before any launch, so that a misspelt switch stops the call first.
-  bool strips_by_tma = false;
-  DkdvStripMaps strip_maps{};
-  if constexpr (!kFrac && kHopperForwardBuilt && (kHeadDim == 64 || kHeadDim == 128)) {
-    strips_by_tma = p.num_offsets > 0 && dkdv_strip_maps_apply(p);
-    if (strips_by_tma) strip_maps = make_dkdv_strip_maps(p, std::is_same_v<T, at::BFloat16>);
-  }
   if (p.num_offsets == 0) {
     // No pass here has the offsets check's blocks, which in a packed batch
     // also check each sequence's boundaries: a launch of its own does that.
@@ -124,18 +115,11 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
                   kDqFromDscoresSmemBytes<kHeadDim>, stored_p);
     return;
   }
+  constexpr bool kFrac = !std::is_integral_v<OffsetT>;
   launch_kernel(delta_kernel<T, OffsetT, kHeadDim>, dim3(query_tiles + kOffsetsCheckBlocks, p.heads, p.batch),
                 kMmaBlockThreads, 0, stored_p);
-  if constexpr (!kFrac && kHopperForwardBuilt && (kHeadDim == 64 || kHeadDim == 128)) {
-    if (strips_by_tma) {
-      launch_kernel(dkdv_tma_strips_kernel<T, kHeadDim>, dkdv_grid, kMmaBlockThreads, kDkdvTmaSmemBytes<kHeadDim>,
-                    stored_p, strip_maps);
-    }
-  }
-  if (!strips_by_tma) {
-    launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads,
-                  kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>, stored_p);
-  }
+  launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads,
+                kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>, stored_p);
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
     const auto launch_dq = [&](auto stages) {
       constexpr int kStages = decltype(stages)::value;

@@ -58,13 +58,6 @@ constexpr int kEdgeRows = 6;
 template <int kHeadDim>
 constexpr int kDkdvFractionalSmemBytes =
     kDkdvSmemBytes<kHeadDim> + kWarps * kEdgeRows * kHeadDim * int(sizeof(uint16_t));
-// The dk/dv pass with its strips by TMA (dkdv_tma_strips_kernel): each row
-// buffer rounded up to 128 bytes, where the boxes land, then the statistics
-// and a barrier per warp and stage.
-template <int kHeadDim>
-constexpr int kTmaBufferBytes = (kStageBytes<kHeadDim> + 127) / 128 * 128;
-template <int kHeadDim>
-constexpr int kDkdvTmaSmemBytes = 4 * kTmaBufferBytes<kHeadDim> + 2 * 2 * kBufRows * int(sizeof(float)) + 4 * 8;
 static_assert(kCudaQueriesPerPartial == 16, "the dq pass writes one partial of d(position) per warp's 16 queries");
 
 // The lse with which the backward recomputes P = exp(S - lse): a query whose
@@ -546,9 +539,8 @@ __device__ __forceinline__ void fractional_offset_step(
 // and dS from its own k and v fragments and the strip's rows, as it does the
 // band's (fractional positions: fractional_offset_step), and stores each
 // (query, offset)'s dS.
-// kTmaStrips: the offsets' strips arrive by TMA (dkdv_tma_strips_kernel below).
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute, bool kTmaStrips>
-__device__ __forceinline__ void dkdv_pass(const Params& p, const DkdvStripMaps* strip_maps) {
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq>
+__global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
   // all in it) whose 16 queries all exist needs no test per pair: 7 of a
@@ -565,33 +557,11 @@ __device__ __forceinline__ void dkdv_pass(const Params& p, const DkdvStripMaps* 
   constexpr bool kStoresDscores = kRoute != DkdvRoute::kAfterDq;
   constexpr bool kFractionalFirst = kRoute == DkdvRoute::kBeforeDq && !std::is_integral_v<OffsetT>;
   static_assert(!kWindowAlone || 2 * kChunk == kMmaBlockThreads, "delta: two threads a staged row");
-  // The kernels have no static shared memory, so the dynamic one starts where
-  // the block's does, 128-byte aligned as TMA boxes must land.
-  extern __shared__ __align__(128) uint16_t smem[];
-  // With kTmaStrips each row buffer starts on a 128-byte boundary (kTmaBufferBytes).
-  char* const buffers = reinterpret_cast<char*>(smem);
-  const auto stage_q = [&](int s) {
-    if constexpr (kTmaStrips) return reinterpret_cast<Rows<kHeadDim>>(buffers + 2 * s * kTmaBufferBytes<kHeadDim>);
-    return stage_buffer<kHeadDim>(smem, s, 0);
-  };
-  const auto stage_do = [&](int s) {
-    if constexpr (kTmaStrips) return reinterpret_cast<Rows<kHeadDim>>(buffers + (2 * s + 1) * kTmaBufferBytes<kHeadDim>);
-    return stage_buffer<kHeadDim>(smem, s, 1);
-  };
+  extern __shared__ __align__(16) uint16_t smem[];
+  const auto stage_q = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 0); };
+  const auto stage_do = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 1); };
   // Two statistics per staged row, after the four row buffers; then the window alone's O rows.
-  float* stats_smem = kTmaStrips ? reinterpret_cast<float*>(buffers + 4 * kTmaBufferBytes<kHeadDim>)
-                                 : reinterpret_cast<float*>(smem + 4 * kBufRows * (kHeadDim + 8));
-  // kTmaStrips: after the statistics, two barriers a stage. `full` counts
-  // the bytes of the strip the block's first thread loads there; `empty`
-  // counts the warps done with the stage's last offset step (each warp waits
-  // only for itself between two offset steps), which that thread waits for
-  // before it loads the stage again. The parities of each stage's next waits
-  // (bit s), and whether the step before this one was an offset step.
-  uint64_t* const strip_barriers = reinterpret_cast<uint64_t*>(stats_smem + 2 * 2 * kBufRows);
-  const auto strip_full = [&](int s) { return strip_barriers + s; };
-  const auto strip_empty = [&](int s) { return strip_barriers + 2 + s; };
-  uint32_t strip_parities = 0, empty_parities = 0;
-  bool offset_before = false;
+  float* stats_smem = reinterpret_cast<float*>(smem + 4 * kBufRows * (kHeadDim + 8));
   const auto stage_stat = [&](int s, int which) { return stats_smem + (2 * s + which) * kBufRows; };
   const auto stage_o = [&](int s) {
     return reinterpret_cast<Rows<kHeadDim>>(reinterpret_cast<char*>(smem) + kDkdvSmemBytes<kHeadDim>) + s * kBufRows;
@@ -620,16 +590,6 @@ __device__ __forceinline__ void dkdv_pass(const Params& p, const DkdvStripMaps* 
   const int warp_k0 = blockIdx.x * kBlockRows + 16 * warp;  // the warp's first key (= its position)
   const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
   const QuerySteps<OffsetT, kHeadDim> steps(p, seq, int64_t(blockIdx.x) * kBlockRows, hk);
-  if constexpr (kTmaStrips) {
-    if (threadIdx.x == 0) {
-      tma::barrier_init(strip_full(0), 1);
-      tma::barrier_init(strip_full(1), 1);
-      tma::barrier_init(strip_empty(0), kWarps);
-      tma::barrier_init(strip_empty(1), kWarps);
-      tma::fence_barrier_init();
-    }
-    __syncthreads();
-  }
   if constexpr (kFractionalFirst) {
     // The warp's edge rows (fractional_offset_step), in the first step's group.
     constexpr int kVecs = kHeadDim / 8;
@@ -646,8 +606,8 @@ __device__ __forceinline__ void dkdv_pass(const Params& p, const DkdvStripMaps* 
     }
   }
   auto issued = steps.first();  // the step queued last
-  steps.template issue<T, kRoute, kTmaStrips>(issued, steps.num_steps > 0, b, stage_q(0), stage_do(0), stage_stat(0, 0),
-                                              stage_stat(0, 1), stage_o(0), strip_maps, strip_full(0));
+  steps.template issue<T, kRoute>(issued, steps.num_steps > 0, b, stage_q(0), stage_do(0), stage_stat(0, 0),
+                                  stage_stat(0, 1), stage_o(0));
 
   uint32_t kf[kHeadDim / 16][4], vf[kHeadDim / 16][4];
   load_a_fragments<kHeadDim>(bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride),
@@ -670,18 +630,8 @@ __device__ __forceinline__ void dkdv_pass(const Params& p, const DkdvStripMaps* 
   bool step_by_warp = by_warp(step, steps.num_steps > 0);
   for (int n = 0; n < steps.num_steps; ++n, step = steps.next(step)) {
     issued = steps.next(issued);
-    if constexpr (kTmaStrips) {
-      // Step n - 1 read stage (n + 1) % 2; if it was an offset step, every
-      // warp must be done with it before the stage is loaded again.
-      if (offset_before) {
-        if (threadIdx.x == 0) tma::wait(strip_empty((n + 1) % 2), (empty_parities >> ((n + 1) % 2)) & 1u);
-        empty_parities ^= 1u << ((n + 1) % 2);
-      }
-    }
-    steps.template issue<T, kRoute, kTmaStrips>(issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2),
-                                                stage_do((n + 1) % 2), stage_stat((n + 1) % 2, 0),
-                                                stage_stat((n + 1) % 2, 1), stage_o((n + 1) % 2), strip_maps,
-                                                strip_full((n + 1) % 2));
+    steps.template issue<T, kRoute>(issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2), stage_do((n + 1) % 2),
+                                    stage_stat((n + 1) % 2, 0), stage_stat((n + 1) % 2, 1), stage_o((n + 1) % 2));
     wait_async<1>();
     if (step_by_warp) {
       sync_strip_group<1>(warp);
@@ -749,10 +699,6 @@ __device__ __forceinline__ void dkdv_pass(const Params& p, const DkdvStripMaps* 
     } else {
       const OffsetSplit split = split_offset(steps.offsets(step.head), steps.offset_index(step));
       if (split.whole >= 0) {
-        if constexpr (kTmaStrips) {  // the boxes issue() asked for whenever whole >= 0
-          tma::wait(strip_full(n % 2), (strip_parities >> (n % 2)) & 1u);
-          strip_parities ^= 1u << (n % 2);
-        }
         // Strip row x reads key x as its first row (weight 1 - f); strip row
         // x + 1 reads it as its second (weight f). Rows outside the queries
         // were staged with zero statistics.
@@ -816,10 +762,6 @@ __device__ __forceinline__ void dkdv_pass(const Params& p, const DkdvStripMaps* 
       __syncthreads();
     }
     step_by_warp = next_by_warp;
-    if constexpr (kTmaStrips) {
-      offset_before = !steps.is_band(step);
-      if (offset_before && lane == 0) tma::arrive(strip_empty(n % 2));
-    }
     if constexpr (kWindowAlone) {
       if (n + 1 < steps.num_steps) form_deltas((n + 1) % 2);
     }
@@ -828,24 +770,6 @@ __device__ __forceinline__ void dkdv_pass(const Params& p, const DkdvStripMaps* 
                           p.dk_row_stride, warp_k0, seq.seqlen_k, dk, scale, g, c);
   store_rows<T, kHeadDim>(bits<T>(p.dv, seq.k_start(b, p.dv_batch_stride, p.dv_row_stride) + hk * p.dv_head_stride),
                           p.dv_row_stride, warp_k0, seq.seqlen_k, dv, 1.f, g, c);
-}
-
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq>
-__global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
-  dkdv_pass<T, OffsetT, kHeadDim, kRoute, false>(p, nullptr);
-}
-
-// The dk/dv pass before the dq pass, with integer offsets, whose warps load
-// their offsets' strips by TMA (one box of q and one of dout a warp,
-// tensor_maps.h's DkdvStripMaps) where the other kernels copy them with every
-// lane. Only built for sm_90a; bwd_launch.cuh launches it where
-// dkdv_strip_maps_apply says.
-template <typename T, int kHeadDim>
-__global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>)
-    dkdv_tma_strips_kernel(const __grid_constant__ Params p, const __grid_constant__ DkdvStripMaps strip_maps) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  dkdv_pass<T, int32_t, kHeadDim, DkdvRoute::kBeforeDq, true>(p, &strip_maps);
-#endif
 }
 
 }  // namespace mma_bwd

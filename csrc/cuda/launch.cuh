@@ -16,12 +16,12 @@ inline unsigned blocks_for(int64_t rows, int rows_per_block) {
   return static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block);
 }
 
-template <typename Kernel, typename... Args>
-void launch_kernel(Kernel kernel, dim3 grid, int threads, int smem_bytes, const Args&... args) {
+template <typename Kernel>
+void launch_kernel(Kernel kernel, dim3 grid, int threads, int smem_bytes, const Params& p) {
   if (smem_bytes > 0) {  // past 48 KiB a kernel must ask for its dynamic shared memory
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
   }
-  kernel<<<grid, threads, smem_bytes, at::cuda::getCurrentCUDAStream()>>>(args...);
+  kernel<<<grid, threads, smem_bytes, at::cuda::getCurrentCUDAStream()>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -47,11 +47,8 @@ bool tma_layout(const void* base, int64_t head_stride, int heads, int64_t row_st
          tma_stride(row_stride, rows) && tma_stride(batch_stride, batch);
 }
 
-// box_columns: 64 (one 128-byte swizzle span) for the forward's maps; wider
-// for boxes that land in padded rows without a swizzle (DkdvStripMaps).
 CUtensorMap rows_map(const void* base, CUtensorMapDataType dtype, int head_dim, int heads, int rows, int batch,
-                     int64_t head_stride, int64_t row_stride, int64_t batch_stride, int box_rows, int box_columns = 64,
-                     CUtensorMapSwizzle swizzle = CU_TENSOR_MAP_SWIZZLE_128B) {
+                     int64_t head_stride, int64_t row_stride, int64_t batch_stride, int box_rows) {
   CUtensorMap map;
   std::memset(&map, 0, sizeof(map));
   // A dimension of one entry is never stepped, but TMA still wants a valid stride.
@@ -61,10 +58,10 @@ CUtensorMap rows_map(const void* base, CUtensorMapDataType dtype, int head_dim, 
   const cuuint64_t dims[4] = {cuuint64_t(head_dim), cuuint64_t(heads), cuuint64_t(rows), cuuint64_t(batch)};
   const cuuint64_t strides[3] = {cuuint64_t(head_stride * kElementBytes), cuuint64_t(row_stride * kElementBytes),
                                  cuuint64_t(sequence_stride * kElementBytes)};
-  const cuuint32_t box[4] = {cuuint32_t(box_columns), 1, cuuint32_t(box_rows), 1};
+  const cuuint32_t box[4] = {64, 1, cuuint32_t(box_rows), 1};
   const cuuint32_t element_strides[4] = {1, 1, 1, 1};
   const CUresult result = encode_tiled()(&map, dtype, 4, const_cast<void*>(base), dims, strides, box, element_strides,
-                                         CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
+                                         CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                                          CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   TORCH_CHECK(result == CUDA_SUCCESS, "fibsparse: cuTensorMapEncodeTiled failed with error ", int(result));
   return map;
@@ -104,25 +101,6 @@ bool hopper_forward_applies(const Params& p, bool tensor_core_type) {
          tma_layout(p.k, p.k_head_stride, p.heads_kv, p.k_row_stride, extent.k_rows, p.k_batch_stride, extent.batch) &&
          tma_layout(p.v, p.v_head_stride, p.heads_kv, p.v_row_stride, extent.k_rows, p.v_batch_stride, extent.batch) &&
          tma_layout(p.out, p.o_head_stride, p.heads, p.o_row_stride, extent.q_rows, p.o_batch_stride, extent.batch);
-}
-
-bool dkdv_strip_maps_apply(const Params& p) {
-  if (!kHopperForwardBuilt || switched_off("FIBSPARSE_DKDV_TMA")) return false;
-  if (p.cu_seqlens_q != nullptr || p.cache_seqlens != nullptr || p.block_table != nullptr) return false;
-  if (p.head_dim != 64 && p.head_dim != 128) return false;
-  const cudaDeviceProp* device = at::cuda::getCurrentDeviceProperties();
-  if (device->major != 9 || device->minor != 0) return false;
-  return tma_layout(p.q, p.q_head_stride, p.heads, p.q_row_stride, p.seqlen_q, p.q_batch_stride, p.batch) &&
-         tma_layout(p.dout, p.do_head_stride, p.heads, p.do_row_stride, p.seqlen_q, p.do_batch_stride, p.batch);
-}
-
-DkdvStripMaps make_dkdv_strip_maps(const Params& p, bool bfloat16) {
-  const CUtensorMapDataType dtype = map_dtype(bfloat16);
-  const int columns = p.head_dim + kStripBoxPadding;
-  return {rows_map(p.q, dtype, p.head_dim, p.heads, p.seqlen_q, p.batch, p.q_head_stride, p.q_row_stride,
-                   p.q_batch_stride, kStripBoxRows, columns, CU_TENSOR_MAP_SWIZZLE_NONE),
-          rows_map(p.dout, dtype, p.head_dim, p.heads, p.seqlen_q, p.batch, p.do_head_stride, p.do_row_stride,
-                   p.do_batch_stride, kStripBoxRows, columns, CU_TENSOR_MAP_SWIZZLE_NONE)};
 }
 
 bool hopper_clusters_asked() {

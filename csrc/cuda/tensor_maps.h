@@ -90,24 +90,4 @@ constexpr bool kHopperForwardBuilt =
 ForwardTensorMaps make_forward_maps(const Params& p, bool bfloat16, int tile_queries, int q_box_rows);
 FractionalForwardTensorMaps make_fractional_forward_maps(const Params& p, bool bfloat16, int tile_queries);
 
-// The dk/dv pass that runs before the dq pass (bwd_mma_kernel.cuh) loads an
-// integer offset's strip with one box of q and one of dout a block: the 64
-// query rows of one head that read the block's 64 keys, from the same 4-d view
-// as the maps above. Its shared rows are padded by 8 elements for the
-// fragment loads (mma_tiles.cuh's Rows), so a box is head_dim + 8 columns wide
-// and lands in them as they are, without a swizzle: the 8 columns past
-// head_dim lie outside the view and land as zeros, never read.
-struct DkdvStripMaps {
-  CUtensorMap q, dout;
-};
-constexpr int kStripBoxRows = 64;
-constexpr int kStripBoxPadding = 8;
-
-// Whether the dk/dv pass may load its strips so: built for sm_90a and on a
-// compute capability 9.0 device, a dense batch (a packed one keeps the
-// copies), head_dim 64 or 128, and layouts of q and dout that TMA takes.
-// FIBSPARSE_DKDV_TMA=0 turns it off, for comparisons.
-bool dkdv_strip_maps_apply(const Params& p);
-DkdvStripMaps make_dkdv_strip_maps(const Params& p, bool bfloat16);
-
 }  // namespace fibsparse
