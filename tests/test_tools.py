@@ -80,15 +80,15 @@ def load_ab_switch():
 
 def test_ab_switch_reads_its_switch_and_configurations():
     ab_switch = load_ab_switch()
-    assert ab_switch.parse_switch("FIBSPARSE_DKDV_TMA=0") == ("FIBSPARSE_DKDV_TMA", "0")
+    assert ab_switch.parse_switch("FIBSPARSE_STORED_DSCORES=0") == ("FIBSPARSE_STORED_DSCORES", "0")
     assert ab_switch.parse_config("dense,65536,32,8,128,integer") == ("dense", 65536, 32, 8, 128, "integer")
     assert ab_switch.parse_config("packed,4096,8,8,64,window alone")[-1] == "window alone"
 
 
 @pytest.mark.parametrize("text, message", [
-    ("FIBSPARSE_DKDV_TMA", "FIBSPARSE_NAME=VALUE, got 'FIBSPARSE_DKDV_TMA'"),
-    ("DKDV_TMA=0", "FIBSPARSE_NAME=VALUE, got 'DKDV_TMA=0'"),
-    ("FIBSPARSE_DKDV_TMA=", "FIBSPARSE_NAME=VALUE, got 'FIBSPARSE_DKDV_TMA='"),
+    ("FIBSPARSE_HOPPER", "FIBSPARSE_NAME=VALUE, got 'FIBSPARSE_HOPPER'"),
+    ("HOPPER=0", "FIBSPARSE_NAME=VALUE, got 'HOPPER=0'"),
+    ("FIBSPARSE_HOPPER=", "FIBSPARSE_NAME=VALUE, got 'FIBSPARSE_HOPPER='"),
 ])
 def test_ab_switch_refuses_a_switch_without_name_or_value(text, message):
     ab_switch = load_ab_switch()
@@ -113,11 +113,19 @@ def test_ab_switch_puts_the_callers_setting_back(monkeypatch):
     ab_switch = load_ab_switch()
     for before in (None, "1"):
         if before is None:
-            monkeypatch.delenv("FIBSPARSE_DKDV_TMA", raising=False)
+            monkeypatch.delenv("FIBSPARSE_HOPPER", raising=False)
         else:
-            monkeypatch.setenv("FIBSPARSE_DKDV_TMA", before)
-        setting = ab_switch.Setting("FIBSPARSE_DKDV_TMA", "0")
+            monkeypatch.setenv("FIBSPARSE_HOPPER", before)
+        setting = ab_switch.Setting("FIBSPARSE_HOPPER", "0")
         setting.apply(True)
-        assert os.environ["FIBSPARSE_DKDV_TMA"] == "0"
+        assert os.environ["FIBSPARSE_HOPPER"] == "0"
         setting.apply(False)
-        assert os.environ.get("FIBSPARSE_DKDV_TMA") == before
+        assert os.environ.get("FIBSPARSE_HOPPER") == before
+
+
+def test_ab_switch_says_when_both_sides_timed_the_same_kernels():
+    ab_switch = load_ab_switch()
+    same = ab_switch.kernel_names({"dkdv_mma_kernel<1>"}, {"dkdv_mma_kernel<1>"})
+    assert same.startswith("the same timed kernels on both sides")
+    differ = ab_switch.kernel_names({"dkdv_mma_kernel<1>", "delta"}, {"dkdv_tma<1>", "delta"})
+    assert differ == "timed kernels: default ['dkdv_mma_kernel<1>']; switched ['dkdv_tma<1>']"

@@ -1,15 +1,17 @@
 """An A/B of one environment switch in one build and one process: the kernels
-a switch selects (FIBSPARSE_DKDV_TMA=0, FIBSPARSE_STORED_DSCORES=0, ...)
-against the default ones. For each configuration (tools/kernel_times.py's) it
+a switch selects (FIBSPARSE_STORED_DSCORES=0, FIBSPARSE_HOPPER=0, or a
+temporary one that an experiment adds) against the default ones. For each configuration (tools/kernel_times.py's) it
 alternates the two settings over rounds, and in each round takes the device
 time of the kernels whose names contain --kernel (torch.profiler, the mean of
 five steps) and the forward+backward step (the median of back-to-back calls
 between CUDA events); the fastest round of each side is reported, with every
 round beside it so that the spread shows, and the gradients of the two sides
-compared bit for bit.
+compared bit for bit. It names the timed kernels of each side where they
+differ, and says so where they do not: a misspelt switch, which nothing reads,
+would otherwise compare the default with itself.
 
-    python tools/ab_switch.py FIBSPARSE_DKDV_TMA=0 --kernel dkdv
-    python tools/ab_switch.py FIBSPARSE_DKDV_TMA=0 --kernel dkdv --config dense,65536,32,8,128,integer
+    python tools/ab_switch.py FIBSPARSE_STORED_DSCORES=0 --kernel dkdv
+    python tools/ab_switch.py FIBSPARSE_HOPPER=0 --kernel fwd --config dense,65536,32,8,128,integer
 """
 import argparse
 import os
@@ -79,6 +81,7 @@ def compare(config, setting: Setting, kernel: str, rounds: int) -> str:
         return torch.autograd.grad(attend(q, k, v), (q, k, v), grad)
 
     kernel_us, step_ms, grads = {False: [], True: []}, {False: [], True: []}, {}
+    names = {False: set(), True: set()}
     for rnd in range(rounds):
         for switched in ((False, True) if rnd % 2 == 0 else (True, False)):
             setting.apply(switched)
@@ -86,6 +89,7 @@ def compare(config, setting: Setting, kernel: str, rounds: int) -> str:
                 grads[switched] = step()
             kernels = kernel_times_us(step, PROFILED_STEPS)
             kernel_us[switched].append(sum(us for key, us, _ in kernels if kernel in key))
+            names[switched].update(key for key, _, _ in kernels if kernel in key)
             step_ms[switched].append(median_ms(step, warmup=3, runs=30))
     setting.apply(False)
     same = all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))
@@ -97,7 +101,15 @@ def compare(config, setting: Setting, kernel: str, rounds: int) -> str:
             f"   rounds {[round(x, 1) for x in kernel_us[False]]} / {[round(x, 1) for x in kernel_us[True]]}\n"
             f"   forward+backward, ms: default {sa:.4f}  switched {sb:.4f}  default/switched {percent(sa, sb)}"
             f"   rounds {[round(x, 4) for x in step_ms[False]]} / {[round(x, 4) for x in step_ms[True]]}\n"
-            f"   gradients bitwise equal: {same}")
+            f"   gradients bitwise equal: {same}\n"
+            f"   {kernel_names(names[False], names[True])}")
+
+
+def kernel_names(default: set, switched: set) -> str:
+    if default == switched:
+        return ("the same timed kernels on both sides (a switch that picks a template flag inside one kernel, "
+                "or one that nothing reads)")
+    return f"timed kernels: default {sorted(default - switched)}; switched {sorted(switched - default)}"
 
 
 def main(argv=None):
