@@ -1,7 +1,8 @@
 """An A/B of one environment switch in one build and one process: the kernels
 a switch selects (FIBSPARSE_STORED_DSCORES=0, FIBSPARSE_HOPPER=0, or a
-temporary one that an experiment adds) against the default ones. For each configuration (tools/kernel_times.py's) it
-alternates the two settings over rounds, and in each round takes the device
+temporary one that an experiment adds) against the default ones. For each
+configuration (tools/kernel_times.py's) it alternates the two settings over
+rounds, and in each round takes the device
 time of the kernels whose names contain --kernel (torch.profiler, the mean of
 five steps) and the forward+backward step (the median of back-to-back calls
 between CUDA events); the fastest round of each side is reported, with every
@@ -22,12 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from kernel_times import CONFIGS, inputs_of  # noqa: E402
+from kernel_times import CONFIGS, KINDS, LAYOUTS, PROFILED_STEPS, inputs_of  # noqa: E402
 from timing import kernel_times_us, median_ms  # noqa: E402
-
-KINDS = ("integer", "fractional", "window alone")
-LAYOUTS = ("dense", "packed")
-PROFILED_STEPS = 5
 
 
 def parse_switch(text: str) -> tuple[str, str]:

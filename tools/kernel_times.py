@@ -19,6 +19,9 @@ from fibsparse_ext import fibsparse_attn, fibsparse_attn_varlen, make_schedule  
 from timing import kernel_times_us  # noqa: E402
 
 PACKED_LENGTHS = [16384, 8192, 12288, 4096, 16384, 8192]  # 65536 tokens, the longest 16k
+# What a configuration's layout and offsets may be (inputs_of)
+LAYOUTS = ("dense", "packed")
+KINDS = ("integer", "fractional", "window alone")
 # (layout, tokens, heads, kv heads, head_dim, offsets)
 CONFIGS = [("dense", 65536, 32, 8, 128, "integer"), ("dense", 131072, 32, 8, 128, "integer"),
            ("dense", 65536, 32, 8, 128, "fractional"), ("dense", 65536, 8, 8, 128, "integer"),
