@@ -118,6 +118,9 @@ struct Params {
   void* band_dscores;
   int band_dscore_steps;
   int64_t band_dscore_tiles;
+  // The window alone's dk/dv pass as a walk (bwd_window_walk_kernel.cuh): the
+  // key tiles of one head each block walks.
+  int band_tiles_per_run;
 
   // The first distance past the band as the caller gave it (`band` is
   // clipped): the smallest integer offset allowed, for the kernels' check of

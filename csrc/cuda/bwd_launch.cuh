@@ -8,7 +8,8 @@
 // up, the tensor-core backward may instead store dS: the dk/dv pass
 // first, then a dq pass that reads the stored dS, and with offsets a delta
 // pass (holding the offsets check's blocks) before them
-// (bwd_stored_dscores_kernel.cuh).
+// (bwd_stored_dscores_kernel.cuh); the window alone's dk/dv pass there may
+// walk runs of key tiles (bwd_window_walk_kernel.cuh).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -23,6 +24,7 @@
 #include "../static_switch.h"
 #include "bwd_mma_kernel.cuh"
 #include "bwd_stored_dscores_kernel.cuh"
+#include "bwd_window_walk_kernel.cuh"
 #include "lane_bwd_kernel.cuh"
 #include "launch.cuh"
 #include "offsets_check.cuh"
@@ -77,6 +79,37 @@ inline int64_t band_dscore_tiles(const Params& p) {
   return int64_t(p.batch) * blocks_for(p.seqlen_k, mma_tiles::kBlockRows);
 }
 
+// Whether the window alone's dk/dv pass walks runs of key tiles
+// (bwd_window_walk_kernel.cuh): with one query head per kv head (a GQA group
+// would need three chunk slots a head) at head_dim 64 and below (at 128 the
+// slots would leave one block an SM, where the one-tile pass has two).
+// FIBSPARSE_WINDOW_WALK=0 keeps the one-tile pass, for comparisons.
+template <int kHeadDim>
+constexpr bool kWindowWalkHeadDim = kHeadDim <= 64;
+template <int kHeadDim>
+inline bool window_walk_applies(const Params& p) {
+  return kWindowWalkHeadDim<kHeadDim> && p.heads == p.heads_kv && !switched_off("FIBSPARSE_WINDOW_WALK");
+}
+
+// The key tiles a walking block takes: the fewest for which the runs fit the
+// blocks the device holds at once (one wave), so that no SM waits on another's
+// second wave and a run restages as few chunks as the wave allows (a run of r
+// tiles stages r + 2 chunks at window 128, where r one-tile blocks stage 3 r).
+// A packed batch counts its tiles in all (band_dscore_tiles) and lays its runs
+// out by its longest sequence.
+template <typename Kernel>
+inline int tiles_per_run(const Params& p, Kernel kernel, int smem_bytes) {
+  int blocks_per_sm = 0;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, mma_tiles::kMmaBlockThreads,
+                                                               smem_bytes));
+  const int64_t resident = int64_t(std::max(blocks_per_sm, 1)) * at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t tiles = int64_t(p.heads) * band_dscore_tiles(p);
+  const int64_t sequence_tiles = blocks_for(p.seqlen_k, mma_tiles::kBlockRows);
+  const int64_t run = std::max<int64_t>(1, (tiles + resident - 1) / resident);
+  return int(std::min(run, std::max<int64_t>(sequence_tiles, 1)));
+}
+
 // Whether fractional positions take the backward with stored dS at this
 // head_dim: at 128 the forward+backward takes 13-14% less time than on the
 // general passes (GQA 32/8, 16k and 64k), at 64 4-5% more (MHA, 16k and 64k;
@@ -88,6 +121,24 @@ inline int64_t band_dscore_tiles(const Params& p) {
 // general passes with 64.
 template <int kHeadDim>
 constexpr bool kStoredDscoresTakeFractional = kHeadDim >= 128;
+
+// The window alone's dk/dv pass of the backward with stored dS: a walk
+// (window_walk_applies) or a block a key tile (one_tile_grid); p holds the dS
+// buffer, and the walk's run length is set in it.
+template <typename T, int kHeadDim>
+void launch_window_alone_dkdv(Params& p, dim3 one_tile_grid) {
+  using namespace mma_bwd;
+  if constexpr (kWindowWalkHeadDim<kHeadDim>) {
+    if (window_walk_applies<kHeadDim>(p)) {
+      const auto walk = dkdv_window_walk_kernel<T, kHeadDim>;
+      p.band_tiles_per_run = tiles_per_run(p, walk, kDkdvWalkSmemBytes<kHeadDim>);
+      const dim3 grid(blocks_for(blocks_for(p.seqlen_k, kBlockRows), p.band_tiles_per_run), p.heads, p.batch);
+      return launch_kernel(walk, grid, kMmaBlockThreads, kDkdvWalkSmemBytes<kHeadDim>, p);
+    }
+  }
+  launch_kernel(dkdv_mma_kernel<T, int32_t, kHeadDim, DkdvRoute::kWindowAlone>, one_tile_grid, kMmaBlockThreads,
+                kDkdvWindowSmemBytes<kHeadDim>, p);
+}
 
 // The backward with stored dS (bwd_stored_dscores_kernel.cuh): the window alone's
 // dk/dv pass (forming delta, storing dS), or with offsets the delta pass and
@@ -109,8 +160,7 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
     // No pass here has the offsets check's blocks, which in a packed batch
     // also check each sequence's boundaries: a launch of its own does that.
     if (p.cu_seqlens_q != nullptr) launch_kernel(offsets_check_kernel<int32_t, 1>, dim3(1, 1, p.batch), 32, 0, p);
-    launch_kernel(dkdv_mma_kernel<T, int32_t, kHeadDim, DkdvRoute::kWindowAlone>, dkdv_grid, kMmaBlockThreads,
-                  kDkdvWindowSmemBytes<kHeadDim>, stored_p);
+    launch_window_alone_dkdv<T, kHeadDim>(stored_p, dkdv_grid);
     launch_kernel(dq_from_dscores_kernel<T, kHeadDim>, dim3(query_tiles, p.heads, p.batch), kMmaBlockThreads,
                   kDqFromDscoresSmemBytes<kHeadDim>, stored_p);
     return;
@@ -149,7 +199,8 @@ void launch_bwd(const Params& p, bool fractional) {
           // a block may have, with two stages, or the fractional dk/dv pass with
           // its edge rows).
           const int smem = p.num_offsets == 0
-                               ? kDkdvWindowSmemBytes<kHeadDim>
+                               ? std::max(kDkdvWindowSmemBytes<kHeadDim>,
+                                          kWindowWalkHeadDim<kHeadDim> ? kDkdvWalkSmemBytes<kHeadDim> : 0)
                                : std::max(kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>,
                                           kDqWithOffsetsSmemBytes<kHeadDim, kMaxHeadsPerBlock<kHeadDim>, kFrac>);
           const int steps = stored_dscore_steps(p, smem);

@@ -530,6 +530,79 @@ __device__ __forceinline__ void fractional_offset_step(
   }
 }
 
+// One band step of the dk/dv pass: the warp's 16 keys (k and v fragments kf,
+// vf; position warp_k0) against the staged chunk of 64 query rows from
+// chunk_row (rows_q, rows_do and their lse and delta, stat0 and stat1), the
+// step `step_index` of key tile `key_tile` for query head `head`: P^T and dS^T
+// per 16-query sub-tile the band meets, added into dv and dk, and with
+// kStoresDscores each dS stored for the dq pass. band_last_row: the last query
+// row that reads the key tile. kInnerSubtilesUnmasked: sub-tiles inside the
+// band skip the test per pair (dkdv_mma_kernel says where that pays).
+template <typename T, int kHeadDim, bool kStoresDscores, bool kInnerSubtilesUnmasked>
+__device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& seq, int b, int head, int64_t key_tile,
+                                               int step_index, int64_t chunk_row, int64_t band_last_row, int warp_k0,
+                                               const uint32_t (&kf)[kHeadDim / 16][4],
+                                               const uint32_t (&vf)[kHeadDim / 16][4], RowPtr<kHeadDim> rows_q,
+                                               RowPtr<kHeadDim> rows_do, const float* stat0, const float* stat1,
+                                               float (&dk)[kHeadDim / 8][4], float (&dv)[kHeadDim / 8][4], int lane) {
+  const int warp = threadIdx.x / 32, g = lane / 4, c = lane % 4;
+  const float scale_log2 = float(p.softmax_scale) * float(M_LOG2E);
+  // The last query of the step's sub-tile t16 that exists, as a column of it.
+  const auto last_column = [&](int t16) { return int(band_last_row - chunk_row) - 16 * t16; };
+  // Sub-tile t16, its first query at position pos0; `masked`: each pair
+  // tested against the band and the last column.
+  const auto band_subtile = [&](int t16, int64_t pos0, auto masked) {
+    float st[2][4], dpt[2][4];  // rows: the warp's keys; columns: the sub-tile's queries
+    const int distance0 = thread_distance<true>(warp_k0, pos0, g, c);  // rows: keys; columns: queries
+    const int last_col = last_column(t16);
+    dot_16_rows<T, kHeadDim>(kf, rows_q + 16 * t16, st, 0, lane);
+    dot_16_rows<T, kHeadDim>(vf, rows_do + 16 * t16, dpt, 0, lane);
+    float dst[2][4];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      // This thread's two query columns 8j + 2c, +1: their lse and delta.
+      const float2 lse = backward_lse(*reinterpret_cast<const float2*>(stat0 + 16 * t16 + 8 * j + 2 * c));
+      const float2 dlt = *reinterpret_cast<const float2*>(stat1 + 16 * t16 + 8 * j + 2 * c);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        // Queries past the band's last row (zero rows, or in a walk the
+        // next tile's readers) and keys past seqlen_k: the checks keep them
+        // out of P.
+        const int col = 8 * j + 2 * c + e % 2;
+        const bool attended = !decltype(masked)::value ||
+                              (col <= last_col && in_band(element_distance<true>(distance0, j, e), p.band));
+        const float lse_log2 = (e % 2 ? lse.y : lse.x) * float(M_LOG2E);
+        const float prob = attended ? fast_exp2(st[j][e] * scale_log2 - lse_log2) : 0.f;
+        dst[j][e] = prob * (dpt[j][e] - (e % 2 ? dlt.y : dlt.x));
+        st[j][e] = prob;
+      }
+    }
+    if constexpr (kStoresDscores) {
+      uint16_t* tile = bits<T>(p.band_dscores, band_dscore_index(p, seq, b, head, key_tile, step_index));
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          *reinterpret_cast<uint32_t*>(tile + (16 * warp + g + 8 * r) * kChunk + 16 * t16 + 8 * j + 2 * c) =
+              pack2<T>(dst[j][2 * r], dst[j][2 * r + 1]);
+        }
+      }
+    }
+    add_tile_times_rows<T, kHeadDim>(st, 0, 1.f, rows_do + 16 * t16, dv, lane);
+    add_tile_times_rows<T, kHeadDim>(dst, 0, 1.f, rows_q + 16 * t16, dk, lane);
+  };
+#pragma unroll
+  for (int t16 = 0; t16 < kChunk / 16; ++t16) {
+    const int64_t pos0 = chunk_row + 16 * t16 + seq.q_pos_shift;  // the sub-tile's first query position
+    if (!band_meets(pos0, warp_k0, p.band)) continue;          // warp-uniform
+    if (kInnerSubtilesUnmasked && last_column(t16) >= 15 && band_holds<15>(pos0, warp_k0, p.band)) {
+      band_subtile(t16, pos0, std::false_type{});  // warp-uniform
+    } else {
+      band_subtile(t16, pos0, std::true_type{});
+    }
+  }
+}
+
 // kRoute (block_steps.cuh's DkdvRoute): kAfterDq is the general pass above.
 // The other two run first and store each band tile's dS for the dq pass that
 // follows (bwd_stored_dscores_kernel.cuh), which then reads it instead of recomputing
@@ -642,60 +715,9 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     const float* stat0 = stage_stat(n % 2, 0);
     const float* stat1 = stage_stat(n % 2, 1);
     if (steps.is_band(step)) {
-      const int64_t chunk_row = steps.chunk_row(step);
-      // The last query of the step's sub-tile t16 that exists, as a column of it.
-      const auto last_column = [&](int t16) { return int(steps.band_last_row - chunk_row) - 16 * t16; };
-      // Sub-tile t16, its first query at position pos0; `masked`: each pair
-      // tested against the band and the last column.
-      const auto band_subtile = [&](int t16, int64_t pos0, auto masked) {
-        float st[2][4], dpt[2][4];  // rows: the warp's keys; columns: the sub-tile's queries
-        const int distance0 = thread_distance<true>(warp_k0, pos0, g, c);  // rows: keys; columns: queries
-        const int last_col = last_column(t16);
-        dot_16_rows<T, kHeadDim>(kf, rows_q + 16 * t16, st, 0, lane);
-        dot_16_rows<T, kHeadDim>(vf, rows_do + 16 * t16, dpt, 0, lane);
-        float dst[2][4];
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          // This thread's two query columns 8j + 2c, +1: their lse and delta.
-          const float2 lse = backward_lse(*reinterpret_cast<const float2*>(stat0 + 16 * t16 + 8 * j + 2 * c));
-          const float2 dlt = *reinterpret_cast<const float2*>(stat1 + 16 * t16 + 8 * j + 2 * c);
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            // Queries past the band's last row, and keys past seqlen_k, read
-            // zero rows; the checks keep them out of P all the same.
-            const int col = 8 * j + 2 * c + e % 2;
-            const bool attended = !decltype(masked)::value ||
-                                  (col <= last_col && in_band(element_distance<true>(distance0, j, e), p.band));
-            const float lse_log2 = (e % 2 ? lse.y : lse.x) * float(M_LOG2E);
-            const float prob = attended ? fast_exp2(st[j][e] * scale_log2 - lse_log2) : 0.f;
-            dst[j][e] = prob * (dpt[j][e] - (e % 2 ? dlt.y : dlt.x));
-            st[j][e] = prob;
-          }
-        }
-        if constexpr (kStoresDscores) {
-          uint16_t* tile = bits<T>(p.band_dscores, band_dscore_index(p, seq, b, step.head, blockIdx.x, step.index));
-#pragma unroll
-          for (int j = 0; j < 2; ++j) {
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-              *reinterpret_cast<uint32_t*>(tile + (16 * warp + g + 8 * r) * kChunk + 16 * t16 + 8 * j + 2 * c) =
-                  pack2<T>(dst[j][2 * r], dst[j][2 * r + 1]);
-            }
-          }
-        }
-        add_tile_times_rows<T, kHeadDim>(st, 0, 1.f, rows_do + 16 * t16, dv, lane);
-        add_tile_times_rows<T, kHeadDim>(dst, 0, 1.f, rows_q + 16 * t16, dk, lane);
-      };
-#pragma unroll
-      for (int t16 = 0; t16 < kChunk / 16; ++t16) {
-        const int64_t pos0 = chunk_row + 16 * t16 + seq.q_pos_shift;  // the sub-tile's first query position
-        if (!band_meets(pos0, warp_k0, p.band)) continue;          // warp-uniform
-        if (kInnerSubtilesUnmasked && last_column(t16) >= 15 && band_holds<15>(pos0, warp_k0, p.band)) {
-          band_subtile(t16, pos0, std::false_type{});  // warp-uniform
-        } else {
-          band_subtile(t16, pos0, std::true_type{});
-        }
-      }
+      dkdv_band_step<T, kHeadDim, kStoresDscores, kInnerSubtilesUnmasked>(
+          p, seq, b, step.head, blockIdx.x, step.index, steps.chunk_row(step), steps.band_last_row, warp_k0, kf, vf,
+          rows_q, rows_do, stat0, stat1, dk, dv, lane);
     } else {
       const OffsetSplit split = split_offset(steps.offsets(step.head), steps.offset_index(step));
       if (split.whole >= 0) {
