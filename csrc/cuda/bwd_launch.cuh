@@ -81,11 +81,13 @@ inline int64_t band_dscore_tiles(const Params& p) {
 
 // Whether the window alone's dk/dv pass walks runs of key tiles
 // (bwd_window_walk_kernel.cuh): with one query head per kv head (a GQA group
-// would need three chunk slots a head) at head_dim 64 and below (at 128 the
-// slots would leave one block an SM, where the one-tile pass has two).
-// FIBSPARSE_WINDOW_WALK=0 keeps the one-tile pass, for comparisons.
+// would need three chunk slots a head) at head_dim 32 and below. At 32 the
+// pass took 18.7% less time (H200, 64k, 8 heads); at 64 it took 2.7-3.2% more
+// at 64k-128k and 10.8% more at 16k, so 64 keeps the one-tile pass
+// (docs/performance.md, round 63); at 128 the slots would leave one block an
+// SM. FIBSPARSE_WINDOW_WALK=0 keeps the one-tile pass, for comparisons.
 template <int kHeadDim>
-constexpr bool kWindowWalkHeadDim = kHeadDim <= 64;
+constexpr bool kWindowWalkHeadDim = kHeadDim <= 32;
 template <int kHeadDim>
 inline bool window_walk_applies(const Params& p) {
   return kWindowWalkHeadDim<kHeadDim> && p.heads == p.heads_kv && !switched_off("FIBSPARSE_WINDOW_WALK");

@@ -1,5 +1,5 @@
 // The window alone's dk/dv pass as a walk over a run of key tiles, for one
-// query head per kv head (bwd_launch.cuh picks it for MHA at head_dim 64 and
+// query head per kv head (bwd_launch.cuh picks it for MHA at head_dim 32 and
 // below; the backward with stored dS otherwise runs dkdv_mma_kernel's
 // DkdvRoute::kWindowAlone, one key tile a block).
 //
