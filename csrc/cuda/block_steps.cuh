@@ -15,6 +15,21 @@
 namespace fibsparse {
 namespace mma_tiles {
 
+// Queues a 64-row query chunk's statistics for the window alone's dk/dv
+// pass, which forms delta itself: lse, and dlse (0 without it) in delta's
+// place, from query row `first` on (stats: the head's row 0 in lse's layout);
+// rows past last_row are 0.
+__device__ __forceinline__ void stage_window_stats(const Params& p, int64_t stats, int64_t first, int64_t last_row,
+                                                   float* lse_dst, float* dlse_dst) {
+  for (int r = threadIdx.x; r < kChunk; r += kMmaBlockThreads) {
+    const int64_t i = first + r;
+    const bool valid = i <= last_row, has_dlse = valid && p.dlse != nullptr;
+    copy_async_4(lse_dst + r, static_cast<const float*>(p.lse) + (valid ? stats + i : 0), valid);
+    copy_async_4(dlse_dst + r, static_cast<const float*>(has_dlse ? p.dlse : p.lse) + (valid ? stats + i : 0),
+                 has_dlse);
+  }
+}
+
 // How many of the offsets to walk when no distance whose whole part exceeds
 // `max_whole` can pair a query with a key (the queries are too close to the
 // sequence start): the offsets after the last one within reach are dropped,
@@ -239,15 +254,13 @@ struct QuerySteps {
               bits<T>(p.out, seq.q_start(b, p.o_batch_stride, p.o_row_stride) + h * p.o_head_stride);
           stage_rows<kHeadDim, kChunk>(o_dst, o_src, p.o_row_stride, first, band_last_row);
         }
-        for (int r = threadIdx.x; r < kChunk; r += kMmaBlockThreads) {
-          const int64_t i = first + r;
-          const bool valid = i <= band_last_row;
-          copy_async_4(stat0_dst + r, static_cast<const float*>(p.lse) + (valid ? stats + i : 0), valid);
-          if constexpr (kRoute == DkdvRoute::kWindowAlone) {
-            const bool has_dlse = valid && p.dlse != nullptr;
-            copy_async_4(stat1_dst + r, static_cast<const float*>(has_dlse ? p.dlse : p.lse) + (valid ? stats + i : 0),
-                         has_dlse);
-          } else {
+        if constexpr (kRoute == DkdvRoute::kWindowAlone) {
+          stage_window_stats(p, stats, first, band_last_row, stat0_dst, stat1_dst);
+        } else {
+          for (int r = threadIdx.x; r < kChunk; r += kMmaBlockThreads) {
+            const int64_t i = first + r;
+            const bool valid = i <= band_last_row;
+            copy_async_4(stat0_dst + r, static_cast<const float*>(p.lse) + (valid ? stats + i : 0), valid);
             copy_async_4(stat1_dst + r, static_cast<const float*>(p.delta) + (valid ? stats + i : 0), valid);
           }
         }

@@ -101,13 +101,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     stage_rows<kHeadDim, kChunk>(slot_q(slot), q_src(), p.q_row_stride, first, last_row);
     stage_rows<kHeadDim, kChunk>(slot_do(slot), do_src(), p.do_row_stride, first, last_row);
     if (with_o) stage_rows<kHeadDim, kChunk>(rows_o, o_src(), p.o_row_stride, first, last_row);
-    for (int r = threadIdx.x; r < kChunk; r += kMmaBlockThreads) {
-      const int64_t i = first + r;
-      const bool valid = i <= last_row, has_dlse = valid && p.dlse != nullptr;
-      copy_async_4(slot_lse(slot) + r, static_cast<const float*>(p.lse) + (valid ? stats_row0() + i : 0), valid);
-      copy_async_4(slot_delta(slot) + r,
-                   static_cast<const float*>(has_dlse ? p.dlse : p.lse) + (valid ? stats_row0() + i : 0), has_dlse);
-    }
+    stage_window_stats(p, stats_row0(), first, last_row, slot_lse(slot), slot_delta(slot));
     commit_async();
   };
   // This thread's share of delta for row `row` of a chunk: the two threads of
