@@ -143,30 +143,6 @@ void launch_window_alone_dkdv(Params& p, dim3 one_tile_grid) {
                 kDkdvWindowSmemBytes<kHeadDim>, p);
 }
 
-// Whether the window alone's dq pass from stored dS takes two query tiles a
-// block (bwd_stored_dscores_kernel.cuh's kDqTilePairsHeadDim). Read before
-// the backward's first launch, so that a bad FIBSPARSE_DQ_TILE_PAIRS stops it
-// before anything is written; =0 keeps one tile a block, for comparisons.
-template <int kHeadDim>
-inline bool dq_tile_pairs_apply() {
-  return mma_bwd::kDqTilePairsHeadDim<kHeadDim> && !switched_off("FIBSPARSE_DQ_TILE_PAIRS");
-}
-
-// The window alone's dq pass from stored dS, two query tiles a block or one.
-template <typename T, int kHeadDim>
-void launch_window_alone_dq(const Params& p, bool tile_pairs) {
-  using namespace mma_bwd;
-  const unsigned query_tiles = blocks_for(p.seqlen_q, kBlockRows);
-  if constexpr (kDqTilePairsHeadDim<kHeadDim>) {
-    if (tile_pairs) {
-      return launch_kernel(dq_from_dscores_kernel<T, kHeadDim, 2>, dim3(blocks_for(query_tiles, 2), p.heads, p.batch),
-                           2 * kMmaBlockThreads, kDqFromDscoresSmemBytes<kHeadDim, 2>, p);
-    }
-  }
-  launch_kernel(dq_from_dscores_kernel<T, kHeadDim, 1>, dim3(query_tiles, p.heads, p.batch), kMmaBlockThreads,
-                kDqFromDscoresSmemBytes<kHeadDim, 1>, p);
-}
-
 // The backward with stored dS (bwd_stored_dscores_kernel.cuh): the window alone's
 // dk/dv pass (forming delta, storing dS), or with offsets the delta pass and
 // the dk/dv pass that computes and stores every dS; then dq from the stored dS.
@@ -186,10 +162,10 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   if (p.num_offsets == 0) {
     // No pass here has the offsets check's blocks, which in a packed batch
     // also check each sequence's boundaries: a launch of its own does that.
-    const bool dq_tile_pairs = dq_tile_pairs_apply<kHeadDim>();
     if (p.cu_seqlens_q != nullptr) launch_kernel(offsets_check_kernel<int32_t, 1>, dim3(1, 1, p.batch), 32, 0, p);
     launch_window_alone_dkdv<T, kHeadDim>(stored_p, dkdv_grid);
-    launch_window_alone_dq<T, kHeadDim>(stored_p, dq_tile_pairs);
+    launch_kernel(dq_from_dscores_kernel<T, kHeadDim>, dim3(query_tiles, p.heads, p.batch), kMmaBlockThreads,
+                  kDqFromDscoresSmemBytes<kHeadDim>, stored_p);
     return;
   }
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
@@ -221,13 +197,13 @@ void launch_bwd(const Params& p, bool fractional) {
         using OffsetT = std::conditional_t<kFrac, float, int32_t>;
         using namespace mma_bwd;
         if constexpr (!kFrac || kStoredDscoresTakeFractional<kHeadDim>) {
-          // The window alone's passes or, with offsets, either pass may need
-          // the most (the dq pass of the most heads a block may have, with two
-          // stages, or the fractional dk/dv pass with its edge rows).
+          // The window alone's dk/dv pass needs more than its dq pass; with
+          // offsets either pass may need the most (the dq pass of the most heads
+          // a block may have, with two stages, or the fractional dk/dv pass with
+          // its edge rows).
           const int smem = p.num_offsets == 0
-                               ? std::max({kDkdvWindowSmemBytes<kHeadDim>,
-                                           kWindowWalkHeadDim<kHeadDim> ? kDkdvWalkSmemBytes<kHeadDim> : 0,
-                                           kDqFromDscoresSmemBytes<kHeadDim, kDqTilePairsHeadDim<kHeadDim> ? 2 : 1>})
+                               ? std::max(kDkdvWindowSmemBytes<kHeadDim>,
+                                          kWindowWalkHeadDim<kHeadDim> ? kDkdvWalkSmemBytes<kHeadDim> : 0)
                                : std::max(kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>,
                                           kDqWithOffsetsSmemBytes<kHeadDim, kMaxHeadsPerBlock<kHeadDim>, kFrac>);
           const int steps = stored_dscore_steps(p, smem);

@@ -62,43 +62,26 @@ __global__ void __launch_bounds__(kMmaBlockThreads, 4) delta_kernel(const Params
                                lse_log2);
 }
 
-// Dynamic shared memory of the window alone's dq pass with kQueryTiles query
-// tiles a block: two stages of a dS tile (64 key rows of 64 queries) per query
-// tile and 64 k rows.
-template <int kHeadDim, int kQueryTiles = 1>
-constexpr int kDqFromDscoresSmemBytes =
-    2 * kChunk * (kQueryTiles * (kChunk + 8) + (kHeadDim + 8)) * int(sizeof(uint16_t));
-
-// Whether the window alone's dq pass may take two query tiles a block. The
-// pass is bound by its L2 traffic (90% of L2 throughput at 64k MHA d 64), of
-// which the k rows, read by the three blocks whose bands meet each k tile, are
-// about half; two tiles a block read each k tile twice per query tile. At
-// head_dim 128 its dq accumulators would leave one block of 8 warps an SM.
+// Dynamic shared memory of the window alone's dq pass: two stages of a dS tile
+// (64 key rows of 64 queries) and 64 k rows.
 template <int kHeadDim>
-constexpr bool kDqTilePairsHeadDim = kHeadDim <= 64;
-
-// Blocks per SM the window alone's dq pass keeps: three of two tiles (80
-// registers a thread, 55 KB of shared memory at head_dim 64), the 24 warps of
-// four to six blocks of one tile.
-template <int kHeadDim, int kQueryTiles>
-constexpr int kDqFromDscoresMinBlocks = kQueryTiles == 1 ? kMinBlocks<kHeadDim> : 3;
+constexpr int kDqFromDscoresSmemBytes = 2 * kChunk * ((kChunk + 8) + (kHeadDim + 8)) * int(sizeof(uint16_t));
 
 // Queues the sub-tiles of a stored dS tile (64 key rows of 64 queries, from
 // src) that the dk/dv pass wrote: those of 16 keys x 16 queries that the band
 // meets. The rest were never written, and the dq pass skips them; at window
 // 128 they are a quarter of the three tiles a query tile reads, and reading
 // them would cost DRAM sectors for nothing (a sub-tile's row is one 32-byte
-// sector). The kMmaBlockThreads threads of one group of the block's kGroups
-// (a head of the dq pass with offsets, a query tile of the window alone's)
-// copy their tile: each 16 bytes of rows r0, r0 + 16, r0 + 32, r0 + 48, one
-// row in each 16-key sub-tile, all in one 16-query column.
-template <int kGroups = 1>
+// sector). The kMmaBlockThreads threads of one head (of a block of kHeads)
+// copy its tile: each 16 bytes of rows r0, r0 + 16, r0 + 32, r0 + 48, one row
+// in each 16-key sub-tile, all in one 16-query column.
+template <int kHeads = 1>
 __device__ __forceinline__ void stage_met_dscores(Rows<kChunk> dst, const uint16_t* src, int64_t q0, int64_t key0,
                                                   Band band) {
   constexpr int kVecsPerRow = kChunk / 8;
   static_assert(kMmaBlockThreads == 16 * kVecsPerRow, "a thread a row of each sub-tile row");
   // Unsigned, as threadIdx.x: its / and % below stay a shift and a mask.
-  const unsigned thread = kGroups == 1 ? threadIdx.x : threadIdx.x % kMmaBlockThreads;
+  const unsigned thread = kHeads == 1 ? threadIdx.x : threadIdx.x % kMmaBlockThreads;
   const int col = (thread % kVecsPerRow) * 8, r0 = thread / kVecsPerRow;
   const int64_t queries = q0 + 16 * (col / 16);
 #pragma unroll
@@ -127,60 +110,31 @@ __device__ __forceinline__ void add_band_dscores_times_k(RowPtr<kChunk> ds_rows,
   }
 }
 
-// The window alone's dq pass. A block = kQueryTiles consecutive tiles of 64
-// queries of one head, 4 warps a tile; its steps are the 64-key tiles the
-// bands of its queries reach, the last one its last tile's own. Each step
-// stages its k tile once for the block and, for each query tile whose band
-// meets it, that tile's stored dS; a warp whose queries the key tile does not
-// meet skips its products (add_band_dscores_times_k), so each warp's products
-// and their order are those of a block of one tile.
-template <typename T, int kHeadDim, int kQueryTiles>
-__global__ void __launch_bounds__(kQueryTiles * kMmaBlockThreads, kDqFromDscoresMinBlocks<kHeadDim, kQueryTiles>)
-    dq_from_dscores_kernel(const Params p) {
-  constexpr int kThreads = kQueryTiles * kMmaBlockThreads;
+// The window alone's dq pass. A block = 64 queries of one head; its steps are
+// the 64-key tiles its band reaches, the last one its own.
+template <typename T, int kHeadDim>
+__global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_from_dscores_kernel(const Params p) {
   extern __shared__ __align__(16) uint16_t smem[];
-  const auto stage_ds = [&](int s, int tile_of_block) {
-    return reinterpret_cast<Rows<kChunk>>(smem) + (s * kQueryTiles + tile_of_block) * kChunk;
-  };
+  const auto stage_ds = [&](int s) { return reinterpret_cast<Rows<kChunk>>(smem) + s * kChunk; };
   const auto stage_k = [&](int s) {
-    return reinterpret_cast<Rows<kHeadDim>>(smem + 2 * kQueryTiles * kChunk * (kChunk + 8)) + s * kChunk;
+    return reinterpret_cast<Rows<kHeadDim>>(smem + 2 * kChunk * (kChunk + 8)) + s * kChunk;
   };
-  const int h = blockIdx.y, b = blockIdx.z, hk = h / (p.heads / p.heads_kv);
+  const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z, hk = h / (p.heads / p.heads_kv);
   const Sequence seq = sequence_of(p, b);
-  const int64_t block_q0 = int64_t(blockIdx.x) * kQueryTiles * kBlockRows;  // queries sit at their rows' positions here
-  if (block_q0 >= seq.seqlen_q) return;
-  // This thread's query tile (of the block's, and of the sequence's).
-  const int tile_of_block = kQueryTiles == 1 ? 0 : threadIdx.x / kMmaBlockThreads;
-  const int tile = blockIdx.x * kQueryTiles + tile_of_block;
-  const int64_t q0 = int64_t(tile) * kBlockRows;
-  // A block's last tiles may lie past the sequence's end (one tile a block:
-  // it returned above).
-  const bool tile_has_queries = kQueryTiles == 1 || q0 < seq.seqlen_q;
-  const int warp = (kQueryTiles == 1 ? threadIdx.x : threadIdx.x % kMmaBlockThreads) / 32;
-  const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+  const int64_t q0 = int64_t(tile) * kBlockRows;  // queries sit at their rows' positions here
+  if (q0 >= seq.seqlen_q) return;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
   const int warp_q0 = int(q0) + 16 * warp;
   const uint16_t* k_src = bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride);
-  const int64_t first_key_tile = band_first_key(block_q0, p.band) / kChunk;
-  const int64_t block_end = block_q0 + kQueryTiles * kBlockRows;
-  const int64_t last_key_tile =
-      kQueryTiles == 1 ? tile : ((block_end < seq.seqlen_q ? block_end : seq.seqlen_q) - 1) / kChunk;
-  const int num_steps = int(last_key_tile - first_key_tile) + 1;
-  // The key tiles this thread's query tile reads: all of the block's with one
-  // tile a block.
-  const auto tile_reads = [&](int64_t key_tile) {
-    return kQueryTiles == 1 ||
-           (tile_has_queries && key_tile >= band_first_key(q0, p.band) / kChunk && key_tile <= tile);
-  };
+  const int64_t first_key_tile = band_first_key(q0, p.band) / kChunk;
+  const int num_steps = int(tile - first_key_tile) + 1;
   const auto issue = [&](int n) {
     if (n < num_steps) {
       const int64_t key_tile = first_key_tile + n;
-      if (tile_reads(key_tile)) {
-        const int64_t ds_at = band_dscore_index(p, seq, b, h, key_tile, int(tile - key_tile));
-        const uint16_t* ds_src = bits<T>(static_cast<const void*>(p.band_dscores), ds_at);
-        stage_met_dscores<kQueryTiles>(stage_ds(n % 2, tile_of_block), ds_src, q0, key_tile * kChunk, p.band);
-      }
-      stage_rows<kHeadDim, kChunk, kThreads>(stage_k(n % 2), k_src, p.k_row_stride, key_tile * kChunk,
-                                             seq.seqlen_k - 1);
+      const int64_t ds_at = band_dscore_index(p, seq, b, h, key_tile, int(tile - key_tile));
+      const uint16_t* ds_src = bits<T>(static_cast<const void*>(p.band_dscores), ds_at);
+      stage_met_dscores(stage_ds(n % 2), ds_src, q0, key_tile * kChunk, p.band);
+      stage_rows<kHeadDim, kChunk>(stage_k(n % 2), k_src, p.k_row_stride, key_tile * kChunk, seq.seqlen_k - 1);
     }
     commit_async();
   };
@@ -191,10 +145,8 @@ __global__ void __launch_bounds__(kQueryTiles * kMmaBlockThreads, kDqFromDscores
     issue(n + 1);
     wait_async<1>();
     __syncthreads();
-    if (tile_has_queries) {  // warp-uniform
-      add_band_dscores_times_k<T, kHeadDim>(stage_ds(n % 2, tile_of_block), stage_k(n % 2), warp, warp_q0,
-                                            (first_key_tile + n) * kChunk, p.band, dq, lane);
-    }
+    add_band_dscores_times_k<T, kHeadDim>(stage_ds(n % 2), stage_k(n % 2), warp, warp_q0,
+                                          (first_key_tile + n) * kChunk, p.band, dq, lane);
     __syncthreads();  // stage n % 2 is refilled by the next iteration's issue
   }
   store_rows<T, kHeadDim>(bits<T>(p.dq, seq.q_start(b, p.dq_batch_stride, p.dq_row_stride) + h * p.dq_head_stride),
