@@ -15,8 +15,9 @@
 namespace fibsparse {
 namespace mma_tiles {
 
-// Queues a 64-row query chunk's statistics for the window alone's dk/dv
-// pass, which forms delta itself: lse, and dlse (0 without it) in delta's
+// Queues a 64-row query chunk's statistics for the window alone's walking
+// dk/dv pass (the one-tile pass, QuerySteps::issue, writes the same loop out),
+// which forms delta itself: lse, and dlse (0 without it) in delta's
 // place, from query row `first` on (stats: the head's row 0 in lse's layout);
 // rows past last_row are 0.
 __device__ __forceinline__ void stage_window_stats(const Params& p, int64_t stats, int64_t first, int64_t last_row,
@@ -254,13 +255,18 @@ struct QuerySteps {
               bits<T>(p.out, seq.q_start(b, p.o_batch_stride, p.o_row_stride) + h * p.o_head_stride);
           stage_rows<kHeadDim, kChunk>(o_dst, o_src, p.o_row_stride, first, band_last_row);
         }
-        if constexpr (kRoute == DkdvRoute::kWindowAlone) {
-          stage_window_stats(p, stats, first, band_last_row, stat0_dst, stat1_dst);
-        } else {
-          for (int r = threadIdx.x; r < kChunk; r += kMmaBlockThreads) {
-            const int64_t i = first + r;
-            const bool valid = i <= band_last_row;
-            copy_async_4(stat0_dst + r, static_cast<const float*>(p.lse) + (valid ? stats + i : 0), valid);
+        // The window alone's statistics are stage_window_stats's, written out
+        // here: calling it changed this pass's code and made it slower
+        // (docs/performance.md, round 64).
+        for (int r = threadIdx.x; r < kChunk; r += kMmaBlockThreads) {
+          const int64_t i = first + r;
+          const bool valid = i <= band_last_row;
+          copy_async_4(stat0_dst + r, static_cast<const float*>(p.lse) + (valid ? stats + i : 0), valid);
+          if constexpr (kRoute == DkdvRoute::kWindowAlone) {
+            const bool has_dlse = valid && p.dlse != nullptr;
+            copy_async_4(stat1_dst + r, static_cast<const float*>(has_dlse ? p.dlse : p.lse) + (valid ? stats + i : 0),
+                         has_dlse);
+          } else {
             copy_async_4(stat1_dst + r, static_cast<const float*>(p.delta) + (valid ? stats + i : 0), valid);
           }
         }
