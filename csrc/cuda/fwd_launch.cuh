@@ -52,7 +52,7 @@ void launch_hopper_blocks(const Params& p, const HopperForwardMaps<kFractional>&
     sequence_maps_kernel<kFractional><<<p.batch, 32, 0, stream>>>(p, maps, sequence_maps);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes));
+  allow_dynamic_smem(kernel, S::kSmemBytes);
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(blocks_for(tiles, tiles_per_block), p.heads / S::kHeads, p.batch);
   config.blockDim = dim3(S::kThreads);
