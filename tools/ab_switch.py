@@ -3,15 +3,15 @@ a switch selects (FIBSPARSE_STORED_DSCORES=0, FIBSPARSE_HOPPER=0, or a
 temporary one that an experiment adds) against the default ones. For each
 configuration (tools/kernel_times.py's) it alternates the two settings over
 rounds, and in each round takes the device
-time of the kernels whose names contain --kernel (torch.profiler, the mean of
-five steps) and the forward+backward step (the median of back-to-back calls
+time of the kernels whose names contain --kernel, for each --kernel given
+(torch.profiler, the mean of five steps) and the forward+backward step (the median of back-to-back calls
 between CUDA events); the fastest round of each side is reported, with every
 round beside it so that the spread shows, and the gradients of the two sides
 compared bit for bit. It names the timed kernels of each side where they
 differ, and says so where they do not: a misspelt switch, which nothing reads,
 would otherwise compare the default with itself.
 
-    python tools/ab_switch.py FIBSPARSE_STORED_DSCORES=0 --kernel dkdv
+    python tools/ab_switch.py FIBSPARSE_STORED_DSCORES=0 --kernel dkdv --kernel dq
     python tools/ab_switch.py FIBSPARSE_HOPPER=0 --kernel fwd --config dense,65536,32,8,128,integer
 """
 import argparse
@@ -71,13 +71,14 @@ def percent(a: float, b: float) -> str:
     return f"{100 * (a / b - 1):+.1f}%"
 
 
-def compare(config, setting: Setting, kernel: str, rounds: int) -> str:
+def compare(config, setting: Setting, kernel_parts: list[str], rounds: int) -> str:
     attend, q, k, v, grad = inputs_of(*config)
 
     def step():
         return torch.autograd.grad(attend(q, k, v), (q, k, v), grad)
 
-    kernel_us, step_ms, grads = {False: [], True: []}, {False: [], True: []}, {}
+    kernel_us = {part: {False: [], True: []} for part in kernel_parts}
+    step_ms, grads = {False: [], True: []}, {}
     names = {False: set(), True: set()}
     for rnd in range(rounds):
         for switched in ((False, True) if rnd % 2 == 0 else (True, False)):
@@ -85,17 +86,22 @@ def compare(config, setting: Setting, kernel: str, rounds: int) -> str:
             if rnd == 0:
                 grads[switched] = step()
             kernels = kernel_times_us(step, PROFILED_STEPS)
-            kernel_us[switched].append(sum(us for key, us, _ in kernels if kernel in key))
-            names[switched].update(key for key, _, _ in kernels if kernel in key)
+            for part in kernel_parts:
+                kernel_us[part][switched].append(sum(us for key, us, _ in kernels if part in key))
+                names[switched].update(key for key, _, _ in kernels if part in key)
             step_ms[switched].append(median_ms(step, warmup=3, runs=30))
     setting.apply(False)
     same = all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))
-    ka, kb = min(kernel_us[False]), min(kernel_us[True])
     sa, sb = min(step_ms[False]), min(step_ms[True])
     layout, tokens, heads, kv_heads, head_dim, kind = config
+    kernel_lines = ""
+    for part, us in kernel_us.items():
+        ka, kb = min(us[False]), min(us[True])
+        kernel_lines += (f"   '{part}' kernels, us: default {ka:.1f}  switched {kb:.1f}  default/switched "
+                         f"{percent(ka, kb)}   rounds {[round(x, 1) for x in us[False]]} / "
+                         f"{[round(x, 1) for x in us[True]]}\n")
     return (f"{layout} {tokens} H={heads}/{kv_heads} d={head_dim} {kind}\n"
-            f"   '{kernel}' kernels, us: default {ka:.1f}  switched {kb:.1f}  default/switched {percent(ka, kb)}"
-            f"   rounds {[round(x, 1) for x in kernel_us[False]]} / {[round(x, 1) for x in kernel_us[True]]}\n"
+            f"{kernel_lines}"
             f"   forward+backward, ms: default {sa:.4f}  switched {sb:.4f}  default/switched {percent(sa, sb)}"
             f"   rounds {[round(x, 4) for x in step_ms[False]]} / {[round(x, 4) for x in step_ms[True]]}\n"
             f"   gradients bitwise equal: {same}\n"
@@ -112,7 +118,8 @@ def kernel_names(default: set, switched: set) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("switch", type=parse_switch, help="FIBSPARSE_NAME=VALUE: side B's setting")
-    parser.add_argument("--kernel", required=True, help="a part of the timed kernels' names (e.g. dkdv)")
+    parser.add_argument("--kernel", required=True, action="append",
+                        help="a part of the timed kernels' names (e.g. dkdv); repeatable, each timed on its own")
     parser.add_argument("--config", type=parse_config, action="append",
                         help="layout,tokens,heads,kv_heads,head_dim,kind (repeatable; default: kernel_times.py's)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds a side, alternating (default 3)")

@@ -104,6 +104,19 @@ __device__ __forceinline__ int64_t band_dscore_index(const Params& p, const Sequ
   return (tile * p.band_dscore_steps + step) * kBlockRows * kChunk;
 }
 
+// Within a stored dS tile, the sub-tile of 16 queries from column
+// 16 query_sub and 16 keys from row 16 key_sub: 256 contiguous values in the
+// order of the dk/dv pass's A fragment of its dS^T (c_to_a_fragment), lane l's
+// four registers at values 8 l .. 8 l + 7. The dk/dv pass writes a sub-tile
+// with one 16-byte store a lane (four whole 128-byte lines a warp, where key
+// rows took four stores a lane, each touching half of 8 sectors), and the dq
+// pass reads it with one 16-byte load a lane into registers (transposed there
+// with transpose_8x8), where key rows went through shared memory. A query
+// sub-tile's key sub-tiles lie together: one dq warp reads them in turn.
+__device__ __forceinline__ int dscore_subtile_offset(int query_sub, int key_sub) {
+  return (query_sub * (kChunk / 16) + key_sub) * 256;
+}
+
 // <O, dO> over one half (`half`, 0 or 1) of a row's columns, for delta: the
 // caller adds the two halves (warp_row_deltas, and the window alone's dk/dv
 // pass, which forms delta from staged rows), so both routes give delta the
@@ -535,10 +548,11 @@ __device__ __forceinline__ void fractional_offset_step(
 // chunk_row (rows_q, rows_do and their lse and delta, stat0 and stat1), the
 // step `step_index` of key tile `key_tile` for query head `head`: P^T and dS^T
 // per 16-query sub-tile the band meets, added into dv and dk, and with
-// kStoresDscores each dS stored for the dq pass. band_last_row: the last query
-// row that reads the key tile. kInnerSubtilesUnmasked: sub-tiles inside the
-// band skip the test per pair (dkdv_mma_kernel says where that pays).
-template <typename T, int kHeadDim, bool kStoresDscores, bool kInnerSubtilesUnmasked>
+// kStoresDscores each dS stored for the dq pass (kDscoreFragments: in
+// fragment order, dscore_subtile_offset; else in key rows). band_last_row: the
+// last query row that reads the key tile. kInnerSubtilesUnmasked: sub-tiles
+// inside the band skip the test per pair (dkdv_mma_kernel says where that pays).
+template <typename T, int kHeadDim, bool kStoresDscores, bool kInnerSubtilesUnmasked, bool kDscoreFragments>
 __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& seq, int b, int head, int64_t key_tile,
                                                int step_index, int64_t chunk_row, int64_t band_last_row, int warp_k0,
                                                const uint32_t (&kf)[kHeadDim / 16][4],
@@ -577,6 +591,17 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
         st[j][e] = prob;
       }
     }
+    if constexpr (kStoresDscores && kDscoreFragments) {
+      // The A fragment dK's product takes is the one stored.
+      uint32_t ds_a[4];
+      c_to_a_fragment<T>(dst, 0, 1.f, ds_a);
+      uint16_t* tile = bits<T>(p.band_dscores, band_dscore_index(p, seq, b, head, key_tile, step_index));
+      *reinterpret_cast<uint4*>(tile + dscore_subtile_offset(t16, warp) + 8 * lane) =
+          make_uint4(ds_a[0], ds_a[1], ds_a[2], ds_a[3]);
+      add_tile_times_rows<T, kHeadDim>(st, 0, 1.f, rows_do + 16 * t16, dv, lane);
+      add_a_times_rows<T, kHeadDim>(ds_a, rows_q + 16 * t16, dk, lane);
+      return;
+    }
     if constexpr (kStoresDscores) {
       uint16_t* tile = bits<T>(p.band_dscores, band_dscore_index(p, seq, b, head, key_tile, step_index));
 #pragma unroll
@@ -612,7 +637,8 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // and dS from its own k and v fragments and the strip's rows, as it does the
 // band's (fractional positions: fractional_offset_step), and stores each
 // (query, offset)'s dS.
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq>
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq,
+          bool kDscoreFragments = true>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
@@ -715,7 +741,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     const float* stat0 = stage_stat(n % 2, 0);
     const float* stat1 = stage_stat(n % 2, 1);
     if (steps.is_band(step)) {
-      dkdv_band_step<T, kHeadDim, kStoresDscores, kInnerSubtilesUnmasked>(
+      dkdv_band_step<T, kHeadDim, kStoresDscores, kInnerSubtilesUnmasked, kDscoreFragments>(
           p, seq, b, step.head, blockIdx.x, step.index, steps.chunk_row(step), steps.band_last_row, warp_k0, kf, vf,
           rows_q, rows_do, stat0, stat1, dk, dv, lane);
     } else {

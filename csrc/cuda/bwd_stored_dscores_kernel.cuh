@@ -62,10 +62,16 @@ __global__ void __launch_bounds__(kMmaBlockThreads, 4) delta_kernel(const Params
                                lse_log2);
 }
 
-// Dynamic shared memory of the window alone's dq pass: two stages of a dS tile
-// (64 key rows of 64 queries) and 64 k rows.
-template <int kHeadDim>
-constexpr int kDqFromDscoresSmemBytes = 2 * kChunk * ((kChunk + 8) + (kHeadDim + 8)) * int(sizeof(uint16_t));
+// The values a dq warp stages of one stored band tile in fragment order: its
+// 16 queries' sub-tiles, 256 values each (dscore_subtile_offset).
+constexpr int kWarpDscoreValues = (kChunk / 16) * 256;
+
+// Dynamic shared memory of the window alone's dq pass: two stages of each
+// warp's dS (in key rows, of a dS tile: 64 key rows of 64 queries) and 64 k rows.
+template <int kHeadDim, bool kDscoreFragments = true>
+constexpr int kDqFromDscoresSmemBytes =
+    2 * ((kDscoreFragments ? kWarps * kWarpDscoreValues : kChunk * (kChunk + 8)) + kChunk * (kHeadDim + 8)) *
+    int(sizeof(uint16_t));
 
 // Queues the sub-tiles of a stored dS tile (64 key rows of 64 queries, from
 // src) that the dk/dv pass wrote: those of 16 keys x 16 queries that the band
@@ -110,14 +116,54 @@ __device__ __forceinline__ void add_band_dscores_times_k(RowPtr<kChunk> ds_rows,
   }
 }
 
-// The window alone's dq pass. A block = 64 queries of one head; its steps are
-// the 64-key tiles its band reaches, the last one its own.
+// Queues a dq warp's dS of one stored band tile in fragment order
+// (dscore_subtile_offset) to its kWarpDscoreValues at dst: each 16-key sub-tile
+// the band meets, 16 bytes a lane, each lane's own A fragment. A lane reads
+// back only what it queued (add_staged_dscore_fragments_times_k), so these
+// copies need its own wait for them and no barrier.
+__device__ __forceinline__ void stage_own_dscore_fragments(uint16_t* dst, const uint16_t* tile, int warp,
+                                                           int warp_q0, int64_t key0, Band band, int lane) {
+  const uint16_t* src = tile + dscore_subtile_offset(warp, 0) + 8 * lane;
+#pragma unroll
+  for (int t16 = 0; t16 < kChunk / 16; ++t16) {
+    if (band_meets(warp_q0, key0 + 16 * t16, band)) {  // warp-uniform
+      copy_async_16(dst + 256 * t16 + 8 * lane, src + 256 * t16, true);
+    }
+  }
+}
+
+// dq += dS K over one band tile's staged fragments (stage_own_dscore_fragments)
+// for the warp's 16 queries from warp_q0, against the tile's 64 staged k rows
+// from key0.
 template <typename T, int kHeadDim>
-__global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_from_dscores_kernel(const Params p) {
+__device__ __forceinline__ void add_staged_dscore_fragments_times_k(const uint16_t* staged, RowPtr<kHeadDim> rows_k,
+                                                                    int warp_q0, int64_t key0, Band band,
+                                                                    float (&dq)[kHeadDim / 8][4], int lane) {
+#pragma unroll
+  for (int t16 = 0; t16 < kChunk / 16; ++t16) {
+    if (!band_meets(warp_q0, key0 + 16 * t16, band)) continue;  // warp-uniform: never stored
+    // Stored: dS^T's 8 x 8 blocks (keys +0 | +8, queries +0), then (keys +0
+    // | +8, queries +8); dS's A fragment takes them transposed, in the order
+    // (queries +0, keys +0), (+8, +0), (+0, +8), (+8, +8).
+    const uint4 t = *reinterpret_cast<const uint4*>(staged + 256 * t16 + 8 * lane);
+    const uint32_t a[4] = {transpose_8x8(t.x), transpose_8x8(t.z), transpose_8x8(t.y), transpose_8x8(t.w)};
+    add_a_times_rows<T, kHeadDim>(a, rows_k + 16 * t16, dq, lane);
+  }
+}
+
+// The window alone's dq pass. A block = 64 queries of one head; its steps are
+// the 64-key tiles its band reaches, the last one its own. With dS in
+// fragment order each warp stages its own; in key rows the block stages the
+// tile.
+template <typename T, int kHeadDim, bool kDscoreFragments = true>
+__global__ void __launch_bounds__(kMmaBlockThreads, kDscoreFragments && kHeadDim <= 64 ? 6 : kMinBlocks<kHeadDim>)
+    dq_from_dscores_kernel(const Params p) {
   extern __shared__ __align__(16) uint16_t smem[];
+  constexpr int kStagedDscoreValues = kDscoreFragments ? 2 * kWarps * kWarpDscoreValues : 2 * kChunk * (kChunk + 8);
   const auto stage_ds = [&](int s) { return reinterpret_cast<Rows<kChunk>>(smem) + s * kChunk; };
+  const auto stage_own_ds = [&](int s, int warp) { return smem + (s * kWarps + warp) * kWarpDscoreValues; };
   const auto stage_k = [&](int s) {
-    return reinterpret_cast<Rows<kHeadDim>>(smem + 2 * kChunk * (kChunk + 8)) + s * kChunk;
+    return reinterpret_cast<Rows<kHeadDim>>(smem + kStagedDscoreValues) + s * kChunk;
   };
   const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z, hk = h / (p.heads / p.heads_kv);
   const Sequence seq = sequence_of(p, b);
@@ -128,12 +174,19 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_fro
   const uint16_t* k_src = bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride);
   const int64_t first_key_tile = band_first_key(q0, p.band) / kChunk;
   const int num_steps = int(tile - first_key_tile) + 1;
+  const auto dscore_tile = [&](int n) {
+    const int64_t key_tile = first_key_tile + n;
+    return bits<T>(static_cast<const void*>(p.band_dscores), band_dscore_index(p, seq, b, h, key_tile, int(tile - key_tile)));
+  };
   const auto issue = [&](int n) {
     if (n < num_steps) {
       const int64_t key_tile = first_key_tile + n;
-      const int64_t ds_at = band_dscore_index(p, seq, b, h, key_tile, int(tile - key_tile));
-      const uint16_t* ds_src = bits<T>(static_cast<const void*>(p.band_dscores), ds_at);
-      stage_met_dscores(stage_ds(n % 2), ds_src, q0, key_tile * kChunk, p.band);
+      if constexpr (kDscoreFragments) {
+        stage_own_dscore_fragments(stage_own_ds(n % 2, warp), dscore_tile(n), warp, warp_q0, key_tile * kChunk, p.band,
+                                   lane);
+      } else {
+        stage_met_dscores(stage_ds(n % 2), dscore_tile(n), q0, key_tile * kChunk, p.band);
+      }
       stage_rows<kHeadDim, kChunk>(stage_k(n % 2), k_src, p.k_row_stride, key_tile * kChunk, seq.seqlen_k - 1);
     }
     commit_async();
@@ -145,8 +198,13 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocks<kHeadDim>) dq_fro
     issue(n + 1);
     wait_async<1>();
     __syncthreads();
-    add_band_dscores_times_k<T, kHeadDim>(stage_ds(n % 2), stage_k(n % 2), warp, warp_q0,
-                                          (first_key_tile + n) * kChunk, p.band, dq, lane);
+    const int64_t key0 = (first_key_tile + n) * kChunk;
+    if constexpr (kDscoreFragments) {
+      add_staged_dscore_fragments_times_k<T, kHeadDim>(stage_own_ds(n % 2, warp), stage_k(n % 2), warp_q0, key0, p.band,
+                                                       dq, lane);
+    } else {
+      add_band_dscores_times_k<T, kHeadDim>(stage_ds(n % 2), stage_k(n % 2), warp, warp_q0, key0, p.band, dq, lane);
+    }
     __syncthreads();  // stage n % 2 is refilled by the next iteration's issue
   }
   store_rows<T, kHeadDim>(bits<T>(p.dq, seq.q_start(b, p.dq_batch_stride, p.dq_row_stride) + h * p.dq_head_stride),
@@ -175,13 +233,21 @@ constexpr int kDqKRows = kWarps * kWarpStripRows<kFrac> > kChunk ? kWarps * kWar
 template <int kHeadDim, int kHeads>
 constexpr bool kDqMayTakeThreeStages = kHeadDim >= 128 && kHeads >= 2;
 
+// The 16-bit values a stage of the dq pass with offsets holds for each head's
+// dS: a band tile's (in fragment order, each warp's kWarpDscoreValues; in key
+// rows, 64 key rows of 64 queries), or an offset step's 64 dS, float, and
+// with fractional positions their 64 d(position) terms after them.
+template <bool kDscoreFragments>
+constexpr int kDqStagedDscoreValues = kDscoreFragments ? kWarps * kWarpDscoreValues : kChunk * (kChunk + 8);
+static_assert(kDqStagedDscoreValues<true> >= 2 * kBlockRows * int(sizeof(float) / sizeof(uint16_t)),
+              "an offset step's dS and d(position) terms fit a head's stage");
+
 // Dynamic shared memory of the dq pass with offsets, kHeads heads a block and
-// kStages stages, each of one dS tile a head (64 key rows of 64 queries; an
-// offset step puts each head's 64 dS, float, in its place, and with
-// fractional positions their 64 d(position) terms after them) and its k rows.
-template <int kHeadDim, int kHeads, bool kFrac = false, int kStages = 2>
+// kStages stages, each of each head's dS (kDqStagedDscoreValues) and the k rows.
+template <int kHeadDim, int kHeads, bool kFrac = false, int kStages = 2, bool kDscoreFragments = true>
 constexpr int kDqWithOffsetsSmemBytes =
-    kStages * (kHeads * kChunk * (kChunk + 8) + kDqKRows<kFrac> * (kHeadDim + 8)) * int(sizeof(uint16_t));
+    kStages * (kHeads * kDqStagedDscoreValues<kDscoreFragments> + kDqKRows<kFrac> * (kHeadDim + 8)) *
+    int(sizeof(uint16_t));
 
 // Blocks per SM its registers must allow: those of the other passes
 // (mma_tiles.cuh's kMinBlocksOfHeads), but two blocks of two heads at head_dim
@@ -198,17 +264,18 @@ constexpr int kDqWithOffsetsMinBlocks = kHeadDim >= 128 && kHeads == 2 ? 2 : kMi
 // all its heads with each head's 64 dS of that offset (a strip of 16 rows per
 // warp, or for fractional positions 17, from the second row of its first
 // query: kWarpStripRows).
-template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages>
+template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, bool kDscoreFragments = true>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
   constexpr int kThreads = kHeads * kMmaBlockThreads;
+  constexpr int kStagedDscoreValues = kDqStagedDscoreValues<kDscoreFragments>;
   extern __shared__ __align__(16) uint16_t smem[];
   const auto stage_ds = [&](int s, int head) {
-    return reinterpret_cast<Rows<kChunk>>(smem) + (s * kHeads + head) * kChunk;
+    return reinterpret_cast<Rows<kChunk>>(smem + (s * kHeads + head) * kStagedDscoreValues);
   };
   const auto stage_k = [&](int s) {
-    return reinterpret_cast<Rows<kHeadDim>>(smem + kStages * kHeads * kChunk * (kChunk + 8)) + s * kDqKRows<kFrac>;
+    return reinterpret_cast<Rows<kHeadDim>>(smem + kStages * kHeads * kStagedDscoreValues) + s * kDqKRows<kFrac>;
   };
   const int tile = blockIdx.x, first_head = blockIdx.y * kHeads, b = blockIdx.z;
   const int hk = first_head / (p.heads / p.heads_kv);
@@ -225,12 +292,19 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   // The block's heads share this row of offsets (one head a block otherwise).
   const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + first_head * p.offsets_head_stride;
   const int num_steps = band_steps + offsets_within_reach(offs, p.num_offsets, q0 + kBlockRows - 1);
+  const auto dscore_tile = [&](int n) {
+    const int64_t key_tile = first_key_tile + n;
+    return bits<T>(static_cast<const void*>(p.band_dscores), band_dscore_index(p, seq, b, h, key_tile, int(tile - key_tile)));
+  };
   const auto issue = [&](int n) {
     if (n < band_steps) {
       const int64_t key_tile = first_key_tile + n;
-      const int64_t ds_at = band_dscore_index(p, seq, b, h, key_tile, int(tile - key_tile));
-      const uint16_t* ds_src = bits<T>(static_cast<const void*>(p.band_dscores), ds_at);
-      stage_met_dscores<kHeads>(stage_ds(n % kStages, head), ds_src, q0, key_tile * kChunk, p.band);
+      if constexpr (kDscoreFragments) {
+        stage_own_dscore_fragments(reinterpret_cast<uint16_t*>(stage_ds(n % kStages, head)) + warp * kWarpDscoreValues,
+                                   dscore_tile(n), warp, warp_q0, key_tile * kChunk, p.band, lane);
+      } else {
+        stage_met_dscores<kHeads>(stage_ds(n % kStages, head), dscore_tile(n), q0, key_tile * kChunk, p.band);
+      }
       stage_rows<kHeadDim, kChunk, kThreads>(stage_k(n % kStages), k_src, p.k_row_stride, key_tile * kChunk,
                                              seq.seqlen_k - 1);
     } else if (n < num_steps) {
@@ -283,8 +357,14 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
     sync_step<kHeads>(steps_by_group(kStages == 2 ? n : n - 1), warp);
     if constexpr (kStages == 3) issue(n + 2);
     if (n < band_steps) {
-      add_band_dscores_times_k<T, kHeadDim>(stage_ds(n % kStages, head), stage_k(n % kStages), warp, warp_q0,
-                                            (first_key_tile + n) * kChunk, p.band, dq, lane);
+      if constexpr (kDscoreFragments) {
+        add_staged_dscore_fragments_times_k<T, kHeadDim>(
+            reinterpret_cast<const uint16_t*>(stage_ds(n % kStages, head)) + warp * kWarpDscoreValues,
+            stage_k(n % kStages), warp_q0, (first_key_tile + n) * kChunk, p.band, dq, lane);
+      } else {
+        add_band_dscores_times_k<T, kHeadDim>(stage_ds(n % kStages, head), stage_k(n % kStages), warp, warp_q0,
+                                              (first_key_tile + n) * kChunk, p.band, dq, lane);
+      }
     } else if constexpr (!kFrac) {
       if (split_offset(offs, n - band_steps).whole >= 0) {
         // dq of query x += dS_x times its key, row x of the warp's strip.

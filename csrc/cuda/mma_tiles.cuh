@@ -208,6 +208,15 @@ __device__ __forceinline__ void stmatrix_x4(uint16_t* row, const uint32_t (&r)[4
                : "memory");
 }
 
+// movmatrix: the transpose of an 8 x 8 tile of 16-bit elements held as ldmatrix
+// leaves it (a thread's register holds row lane / 4, columns 2 (lane % 4), +1),
+// in that layout again.
+__device__ __forceinline__ uint32_t transpose_8x8(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+
 // The warp's 16 rows first_row.. of a (batch, head) slice as A fragments
 // (rows at or past `rows` are zeros): a thread holds rows g and g + 8.
 template <int kHeadDim>
