@@ -127,28 +127,27 @@ constexpr bool kStoredDscoresTakeFractional = kHeadDim >= 128;
 // The window alone's dk/dv pass of the backward with stored dS: a walk
 // (window_walk_applies) or a block a key tile (one_tile_grid); p holds the dS
 // buffer, and the walk's run length is set in it.
-template <typename T, int kHeadDim, bool kDscoreFragments>
+template <typename T, int kHeadDim>
 void launch_window_alone_dkdv(Params& p, dim3 one_tile_grid) {
   using namespace mma_bwd;
   if constexpr (kWindowWalkHeadDim<kHeadDim>) {
     if (window_walk_applies<kHeadDim>(p)) {
-      const auto walk = dkdv_window_walk_kernel<T, kHeadDim, kDscoreFragments>;
+      const auto walk = dkdv_window_walk_kernel<T, kHeadDim>;
       allow_dynamic_smem(walk, kDkdvWalkSmemBytes<kHeadDim>);
       p.band_tiles_per_run = tiles_per_run(p, walk, kDkdvWalkSmemBytes<kHeadDim>);
       const dim3 grid(blocks_for(blocks_for(p.seqlen_k, kBlockRows), p.band_tiles_per_run), p.heads, p.batch);
       return launch_allowed_kernel(walk, grid, kMmaBlockThreads, kDkdvWalkSmemBytes<kHeadDim>, p);
     }
   }
-  launch_kernel(dkdv_mma_kernel<T, int32_t, kHeadDim, DkdvRoute::kWindowAlone, kDscoreFragments>, one_tile_grid,
-                kMmaBlockThreads,
+  launch_kernel(dkdv_mma_kernel<T, int32_t, kHeadDim, DkdvRoute::kWindowAlone>, one_tile_grid, kMmaBlockThreads,
                 kDkdvWindowSmemBytes<kHeadDim>, p);
 }
 
 // The backward with stored dS (bwd_stored_dscores_kernel.cuh): the window alone's
 // dk/dv pass (forming delta, storing dS), or with offsets the delta pass and
 // the dk/dv pass that computes and stores every dS; then dq from the stored dS.
-template <typename T, typename OffsetT, int kHeadDim, bool kDscoreFragments>
-void launch_stored_dscores_bwd_with(const Params& p, int steps) {
+template <typename T, typename OffsetT, int kHeadDim>
+void launch_stored_dscores_bwd(const Params& p, int steps) {
   using namespace mma_bwd;
   const int64_t tiles = band_dscore_tiles(p);
   const at::Tensor dscores = at::empty({p.heads * tiles * steps * kBlockRows * kChunk},
@@ -164,39 +163,29 @@ void launch_stored_dscores_bwd_with(const Params& p, int steps) {
     // No pass here has the offsets check's blocks, which in a packed batch
     // also check each sequence's boundaries: a launch of its own does that.
     if (p.cu_seqlens_q != nullptr) launch_kernel(offsets_check_kernel<int32_t, 1>, dim3(1, 1, p.batch), 32, 0, p);
-    launch_window_alone_dkdv<T, kHeadDim, kDscoreFragments>(stored_p, dkdv_grid);
-    launch_kernel(dq_from_dscores_kernel<T, kHeadDim, kDscoreFragments>, dim3(query_tiles, p.heads, p.batch),
-                  kMmaBlockThreads, kDqFromDscoresSmemBytes<kHeadDim, kDscoreFragments>, stored_p);
+    launch_window_alone_dkdv<T, kHeadDim>(stored_p, dkdv_grid);
+    launch_kernel(dq_from_dscores_kernel<T, kHeadDim>, dim3(query_tiles, p.heads, p.batch), kMmaBlockThreads,
+                  kDqFromDscoresSmemBytes<kHeadDim>, stored_p);
     return;
   }
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
   launch_kernel(delta_kernel<T, OffsetT, kHeadDim>, dim3(query_tiles + kOffsetsCheckBlocks, p.heads, p.batch),
                 kMmaBlockThreads, 0, stored_p);
-  launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, kDscoreFragments>, dkdv_grid,
-                kMmaBlockThreads,
+  launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads,
                 kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>, stored_p);
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
     const auto launch_dq = [&](auto stages) {
       constexpr int kStages = decltype(stages)::value;
-      launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, kDscoreFragments>,
+      launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages>,
                     dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
-                    kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages, kDscoreFragments>, stored_p);
+                    kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
     };
     if constexpr (kDqMayTakeThreeStages<kHeadDim, kHeads>) {
-      if (dq_takes_three_stages(kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, 3, kDscoreFragments>)) {
+      if (dq_takes_three_stages(kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, 3>)) {
         return launch_dq(std::integral_constant<int, 3>{});
       }
     }
     launch_dq(std::integral_constant<int, 2>{});
-  });
-}
-
-
-// FIBSPARSE_DSCORE_FRAGMENTS=0 stores dS in key rows, for comparisons.
-template <typename T, typename OffsetT, int kHeadDim>
-void launch_stored_dscores_bwd(const Params& p, int steps) {
-  BOOL_SWITCH(!switched_off("FIBSPARSE_DSCORE_FRAGMENTS"), kDscoreFragments, [&] {
-    launch_stored_dscores_bwd_with<T, OffsetT, kHeadDim, kDscoreFragments>(p, steps);
   });
 }
 

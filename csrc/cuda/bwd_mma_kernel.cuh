@@ -95,9 +95,10 @@ __device__ __forceinline__ int64_t band_dscore_first_tile(const Params& p, const
   return int64_t(b) * ((p.seqlen_k + kBlockRows - 1) / kBlockRows);
 }
 
-// The first element of the dS tile (bf16 / fp16, 64 keys x 64 queries, key
-// rows) of key tile `key_tile` and its band step `step` (query chunk
-// key_tile + step) of (sequence b, query head h), in p.band_dscores.
+// The first element of the dS tile (bf16 / fp16, 64 keys x 64 queries in
+// sub-tiles of 16 x 16, dscore_subtile_offset) of key tile `key_tile` and its
+// band step `step` (query chunk key_tile + step) of (sequence b, query head
+// h), in p.band_dscores.
 __device__ __forceinline__ int64_t band_dscore_index(const Params& p, const Sequence& seq, int b, int h,
                                                      int64_t key_tile, int step) {
   const int64_t tile = h * p.band_dscore_tiles + band_dscore_first_tile(p, seq, b) + key_tile;
@@ -548,11 +549,11 @@ __device__ __forceinline__ void fractional_offset_step(
 // chunk_row (rows_q, rows_do and their lse and delta, stat0 and stat1), the
 // step `step_index` of key tile `key_tile` for query head `head`: P^T and dS^T
 // per 16-query sub-tile the band meets, added into dv and dk, and with
-// kStoresDscores each dS stored for the dq pass (kDscoreFragments: in
-// fragment order, dscore_subtile_offset; else in key rows). band_last_row: the
-// last query row that reads the key tile. kInnerSubtilesUnmasked: sub-tiles
-// inside the band skip the test per pair (dkdv_mma_kernel says where that pays).
-template <typename T, int kHeadDim, bool kStoresDscores, bool kInnerSubtilesUnmasked, bool kDscoreFragments>
+// kStoresDscores each dS stored for the dq pass (dscore_subtile_offset).
+// band_last_row: the last query row that reads the key tile.
+// kInnerSubtilesUnmasked: sub-tiles inside the band skip the test per pair
+// (dkdv_mma_kernel says where that pays).
+template <typename T, int kHeadDim, bool kStoresDscores, bool kInnerSubtilesUnmasked>
 __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& seq, int b, int head, int64_t key_tile,
                                                int step_index, int64_t chunk_row, int64_t band_last_row, int warp_k0,
                                                const uint32_t (&kf)[kHeadDim / 16][4],
@@ -591,30 +592,18 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
         st[j][e] = prob;
       }
     }
-    if constexpr (kStoresDscores && kDscoreFragments) {
-      // The A fragment dK's product takes is the one stored.
-      uint32_t ds_a[4];
+    if constexpr (kStoresDscores) {
+      uint32_t ds_a[4];  // the A fragment of dK's product is the one stored
       c_to_a_fragment<T>(dst, 0, 1.f, ds_a);
       uint16_t* tile = bits<T>(p.band_dscores, band_dscore_index(p, seq, b, head, key_tile, step_index));
       *reinterpret_cast<uint4*>(tile + dscore_subtile_offset(t16, warp) + 8 * lane) =
           make_uint4(ds_a[0], ds_a[1], ds_a[2], ds_a[3]);
       add_tile_times_rows<T, kHeadDim>(st, 0, 1.f, rows_do + 16 * t16, dv, lane);
       add_a_times_rows<T, kHeadDim>(ds_a, rows_q + 16 * t16, dk, lane);
-      return;
+    } else {
+      add_tile_times_rows<T, kHeadDim>(st, 0, 1.f, rows_do + 16 * t16, dv, lane);
+      add_tile_times_rows<T, kHeadDim>(dst, 0, 1.f, rows_q + 16 * t16, dk, lane);
     }
-    if constexpr (kStoresDscores) {
-      uint16_t* tile = bits<T>(p.band_dscores, band_dscore_index(p, seq, b, head, key_tile, step_index));
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          *reinterpret_cast<uint32_t*>(tile + (16 * warp + g + 8 * r) * kChunk + 16 * t16 + 8 * j + 2 * c) =
-              pack2<T>(dst[j][2 * r], dst[j][2 * r + 1]);
-        }
-      }
-    }
-    add_tile_times_rows<T, kHeadDim>(st, 0, 1.f, rows_do + 16 * t16, dv, lane);
-    add_tile_times_rows<T, kHeadDim>(dst, 0, 1.f, rows_q + 16 * t16, dk, lane);
   };
 #pragma unroll
   for (int t16 = 0; t16 < kChunk / 16; ++t16) {
@@ -637,8 +626,7 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // and dS from its own k and v fragments and the strip's rows, as it does the
 // band's (fractional positions: fractional_offset_step), and stores each
 // (query, offset)'s dS.
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq,
-          bool kDscoreFragments = true>
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
@@ -741,7 +729,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     const float* stat0 = stage_stat(n % 2, 0);
     const float* stat1 = stage_stat(n % 2, 1);
     if (steps.is_band(step)) {
-      dkdv_band_step<T, kHeadDim, kStoresDscores, kInnerSubtilesUnmasked, kDscoreFragments>(
+      dkdv_band_step<T, kHeadDim, kStoresDscores, kInnerSubtilesUnmasked>(
           p, seq, b, step.head, blockIdx.x, step.index, steps.chunk_row(step), steps.band_last_row, warp_k0, kf, vf,
           rows_q, rows_do, stat0, stat1, dk, dv, lane);
     } else {

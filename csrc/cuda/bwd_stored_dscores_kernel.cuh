@@ -7,7 +7,7 @@
 //     row (warp_row_deltas, the general dq pass's prologue), which the dk/dv
 //     pass's offset steps need for queries of other blocks' bands;
 //   dk/dv pass (bwd_mma_kernel.cuh, DkdvRoute kWindowAlone or kBeforeDq),
-//     first: writes each band tile's dS, key rows, to p.band_dscores, and each
+//     first: writes each band tile's dS to p.band_dscores, and each
 //     (query, offset)'s dS to p.offset_dscores (for fractional positions also
 //     its d loss / d position term, to p.offset_probs); the window alone forms
 //     each staged query's delta from O rows it stages beside dO;
@@ -18,10 +18,12 @@
 // A tile of 64 keys meets the queries of its own 64-row chunk and of the next
 // band_dscore_steps - 1 chunks, so the dS buffer holds band_dscore_steps tiles
 // of 64 x 64 per key tile and query head (packed sequences' tiles one after
-// another: band_dscore_first_tile). dS is rounded to 16 bits in both
-// routes (the A operand of dS K); dq moves within rounding, since here the
-// sub-tiles of 16 keys start at the key tiles' rows and the scores come from
-// the dk/dv pass's products.
+// another: band_dscore_first_tile), each tile's sub-tiles of 16 x 16 in the
+// products' fragment order (bwd_mma_kernel.cuh's dscore_subtile_offset): a
+// sub-tile the band does not meet is neither written nor read. dS is rounded
+// to 16 bits in both routes (the A operand of dS K); dq moves within
+// rounding, since here the sub-tiles of 16 keys start at the key tiles' rows
+// and the scores come from the dk/dv pass's products.
 #pragma once
 
 #include <cstdint>
@@ -67,60 +69,17 @@ __global__ void __launch_bounds__(kMmaBlockThreads, 4) delta_kernel(const Params
 constexpr int kWarpDscoreValues = (kChunk / 16) * 256;
 
 // Dynamic shared memory of the window alone's dq pass: two stages of each
-// warp's dS (in key rows, of a dS tile: 64 key rows of 64 queries) and 64 k rows.
-template <int kHeadDim, bool kDscoreFragments = true>
+// warp's dS and the 64 k rows.
+template <int kHeadDim>
 constexpr int kDqFromDscoresSmemBytes =
-    2 * ((kDscoreFragments ? kWarps * kWarpDscoreValues : kChunk * (kChunk + 8)) + kChunk * (kHeadDim + 8)) *
-    int(sizeof(uint16_t));
+    2 * (kWarps * kWarpDscoreValues + kChunk * (kHeadDim + 8)) * int(sizeof(uint16_t));
 
-// Queues the sub-tiles of a stored dS tile (64 key rows of 64 queries, from
-// src) that the dk/dv pass wrote: those of 16 keys x 16 queries that the band
-// meets. The rest were never written, and the dq pass skips them; at window
-// 128 they are a quarter of the three tiles a query tile reads, and reading
-// them would cost DRAM sectors for nothing (a sub-tile's row is one 32-byte
-// sector). The kMmaBlockThreads threads of one head (of a block of kHeads)
-// copy its tile: each 16 bytes of rows r0, r0 + 16, r0 + 32, r0 + 48, one row
-// in each 16-key sub-tile, all in one 16-query column.
-template <int kHeads = 1>
-__device__ __forceinline__ void stage_met_dscores(Rows<kChunk> dst, const uint16_t* src, int64_t q0, int64_t key0,
-                                                  Band band) {
-  constexpr int kVecsPerRow = kChunk / 8;
-  static_assert(kMmaBlockThreads == 16 * kVecsPerRow, "a thread a row of each sub-tile row");
-  // Unsigned, as threadIdx.x: its / and % below stay a shift and a mask.
-  const unsigned thread = kHeads == 1 ? threadIdx.x : threadIdx.x % kMmaBlockThreads;
-  const int col = (thread % kVecsPerRow) * 8, r0 = thread / kVecsPerRow;
-  const int64_t queries = q0 + 16 * (col / 16);
-#pragma unroll
-  for (int t16 = 0; t16 < kChunk / 16; ++t16) {
-    const int r = r0 + 16 * t16;
-    if (band_meets(queries, key0 + 16 * t16, band)) copy_async_16(&dst[r][col], src + r * kChunk + col, true);
-  }
-}
-
-// dq += dS K over one stored band tile (stage_met_dscores) for the warp's 16
-// queries from warp_q0, against the tile's 64 staged k rows from key0.
-template <typename T, int kHeadDim>
-__device__ __forceinline__ void add_band_dscores_times_k(RowPtr<kChunk> ds_rows, RowPtr<kHeadDim> rows_k, int warp,
-                                                         int warp_q0, int64_t key0, Band band,
-                                                         float (&dq)[kHeadDim / 8][4], int lane) {
-#pragma unroll
-  for (int t16 = 0; t16 < kChunk / 16; ++t16) {
-    // The sub-tiles the dk/dv pass skipped (band_meets) hold no dS.
-    if (!band_meets(warp_q0, key0 + 16 * t16, band)) continue;  // warp-uniform
-    // A = dS of the warp's 16 queries x the sub-tile's 16 keys, from key
-    // rows: 8 x 8 tiles (keys +0 | +8) x (queries +0 | +8), transposed.
-    uint32_t a[4];
-    const int quarter = lane / 8;
-    ldmatrix_x4_trans(a, ds_rows[16 * t16 + (quarter / 2) * 8 + lane % 8] + 16 * warp + (quarter % 2) * 8);
-    add_a_times_rows<T, kHeadDim>(a, rows_k + 16 * t16, dq, lane);
-  }
-}
-
-// Queues a dq warp's dS of one stored band tile in fragment order
-// (dscore_subtile_offset) to its kWarpDscoreValues at dst: each 16-key sub-tile
-// the band meets, 16 bytes a lane, each lane's own A fragment. A lane reads
-// back only what it queued (add_staged_dscore_fragments_times_k), so these
-// copies need its own wait for them and no barrier.
+// Queues a dq warp's dS of one stored band tile (dscore_subtile_offset) to its
+// kWarpDscoreValues at dst: each 16-key sub-tile the band meets, 16 bytes a
+// lane, the lane's own fragment. The rest were never written; at window 128
+// they are a quarter of the three tiles a query tile reads. A lane reads back
+// only what it queued (add_staged_dscore_fragments_times_k), so these copies
+// need its own wait for them and no barrier.
 __device__ __forceinline__ void stage_own_dscore_fragments(uint16_t* dst, const uint16_t* tile, int warp,
                                                            int warp_q0, int64_t key0, Band band, int lane) {
   const uint16_t* src = tile + dscore_subtile_offset(warp, 0) + 8 * lane;
@@ -151,19 +110,23 @@ __device__ __forceinline__ void add_staged_dscore_fragments_times_k(const uint16
   }
 }
 
+// Blocks per SM the window alone's dq pass keeps room for in registers: six
+// at head_dim 64 and below (80 registers a thread), four at 128 (128). The
+// per-lane dS copies took 82 and 130, which the SM's register file, allotted
+// in steps of 8 a thread, would hold five and three of.
+template <int kHeadDim>
+constexpr int kDqFromDscoresMinBlocks = kHeadDim <= 64 ? 6 : 4;
+
 // The window alone's dq pass. A block = 64 queries of one head; its steps are
-// the 64-key tiles its band reaches, the last one its own. With dS in
-// fragment order each warp stages its own; in key rows the block stages the
-// tile.
-template <typename T, int kHeadDim, bool kDscoreFragments = true>
-__global__ void __launch_bounds__(kMmaBlockThreads, kDscoreFragments && kHeadDim <= 64 ? 6 : kMinBlocks<kHeadDim>)
+// the 64-key tiles its band reaches, the last one its own; each warp stages
+// its own dS beside the block's k rows.
+template <typename T, int kHeadDim>
+__global__ void __launch_bounds__(kMmaBlockThreads, kDqFromDscoresMinBlocks<kHeadDim>)
     dq_from_dscores_kernel(const Params p) {
   extern __shared__ __align__(16) uint16_t smem[];
-  constexpr int kStagedDscoreValues = kDscoreFragments ? 2 * kWarps * kWarpDscoreValues : 2 * kChunk * (kChunk + 8);
-  const auto stage_ds = [&](int s) { return reinterpret_cast<Rows<kChunk>>(smem) + s * kChunk; };
-  const auto stage_own_ds = [&](int s, int warp) { return smem + (s * kWarps + warp) * kWarpDscoreValues; };
+  const auto stage_ds = [&](int s, int warp) { return smem + (s * kWarps + warp) * kWarpDscoreValues; };
   const auto stage_k = [&](int s) {
-    return reinterpret_cast<Rows<kHeadDim>>(smem + kStagedDscoreValues) + s * kChunk;
+    return reinterpret_cast<Rows<kHeadDim>>(smem + 2 * kWarps * kWarpDscoreValues) + s * kChunk;
   };
   const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z, hk = h / (p.heads / p.heads_kv);
   const Sequence seq = sequence_of(p, b);
@@ -181,12 +144,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kDscoreFragments && kHeadDim
   const auto issue = [&](int n) {
     if (n < num_steps) {
       const int64_t key_tile = first_key_tile + n;
-      if constexpr (kDscoreFragments) {
-        stage_own_dscore_fragments(stage_own_ds(n % 2, warp), dscore_tile(n), warp, warp_q0, key_tile * kChunk, p.band,
-                                   lane);
-      } else {
-        stage_met_dscores(stage_ds(n % 2), dscore_tile(n), q0, key_tile * kChunk, p.band);
-      }
+      stage_own_dscore_fragments(stage_ds(n % 2, warp), dscore_tile(n), warp, warp_q0, key_tile * kChunk, p.band, lane);
       stage_rows<kHeadDim, kChunk>(stage_k(n % 2), k_src, p.k_row_stride, key_tile * kChunk, seq.seqlen_k - 1);
     }
     commit_async();
@@ -198,13 +156,8 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kDscoreFragments && kHeadDim
     issue(n + 1);
     wait_async<1>();
     __syncthreads();
-    const int64_t key0 = (first_key_tile + n) * kChunk;
-    if constexpr (kDscoreFragments) {
-      add_staged_dscore_fragments_times_k<T, kHeadDim>(stage_own_ds(n % 2, warp), stage_k(n % 2), warp_q0, key0, p.band,
-                                                       dq, lane);
-    } else {
-      add_band_dscores_times_k<T, kHeadDim>(stage_ds(n % 2), stage_k(n % 2), warp, warp_q0, key0, p.band, dq, lane);
-    }
+    add_staged_dscore_fragments_times_k<T, kHeadDim>(stage_ds(n % 2, warp), stage_k(n % 2), warp_q0,
+                                                     (first_key_tile + n) * kChunk, p.band, dq, lane);
     __syncthreads();  // stage n % 2 is refilled by the next iteration's issue
   }
   store_rows<T, kHeadDim>(bits<T>(p.dq, seq.q_start(b, p.dq_batch_stride, p.dq_row_stride) + h * p.dq_head_stride),
@@ -234,20 +187,18 @@ template <int kHeadDim, int kHeads>
 constexpr bool kDqMayTakeThreeStages = kHeadDim >= 128 && kHeads >= 2;
 
 // The 16-bit values a stage of the dq pass with offsets holds for each head's
-// dS: a band tile's (in fragment order, each warp's kWarpDscoreValues; in key
-// rows, 64 key rows of 64 queries), or an offset step's 64 dS, float, and
-// with fractional positions their 64 d(position) terms after them.
-template <bool kDscoreFragments>
-constexpr int kDqStagedDscoreValues = kDscoreFragments ? kWarps * kWarpDscoreValues : kChunk * (kChunk + 8);
-static_assert(kDqStagedDscoreValues<true> >= 2 * kBlockRows * int(sizeof(float) / sizeof(uint16_t)),
+// dS: a band tile's (each warp's kWarpDscoreValues), or an offset step's 64
+// dS, float, and with fractional positions their 64 d(position) terms after
+// them.
+constexpr int kDqStagedDscoreValues = kWarps * kWarpDscoreValues;
+static_assert(kDqStagedDscoreValues >= 2 * kBlockRows * int(sizeof(float) / sizeof(uint16_t)),
               "an offset step's dS and d(position) terms fit a head's stage");
 
 // Dynamic shared memory of the dq pass with offsets, kHeads heads a block and
 // kStages stages, each of each head's dS (kDqStagedDscoreValues) and the k rows.
-template <int kHeadDim, int kHeads, bool kFrac = false, int kStages = 2, bool kDscoreFragments = true>
+template <int kHeadDim, int kHeads, bool kFrac = false, int kStages = 2>
 constexpr int kDqWithOffsetsSmemBytes =
-    kStages * (kHeads * kDqStagedDscoreValues<kDscoreFragments> + kDqKRows<kFrac> * (kHeadDim + 8)) *
-    int(sizeof(uint16_t));
+    kStages * (kHeads * kDqStagedDscoreValues + kDqKRows<kFrac> * (kHeadDim + 8)) * int(sizeof(uint16_t));
 
 // Blocks per SM its registers must allow: those of the other passes
 // (mma_tiles.cuh's kMinBlocksOfHeads), but two blocks of two heads at head_dim
@@ -264,18 +215,15 @@ constexpr int kDqWithOffsetsMinBlocks = kHeadDim >= 128 && kHeads == 2 ? 2 : kMi
 // all its heads with each head's 64 dS of that offset (a strip of 16 rows per
 // warp, or for fractional positions 17, from the second row of its first
 // query: kWarpStripRows).
-template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, bool kDscoreFragments = true>
+template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
   constexpr int kThreads = kHeads * kMmaBlockThreads;
-  constexpr int kStagedDscoreValues = kDqStagedDscoreValues<kDscoreFragments>;
   extern __shared__ __align__(16) uint16_t smem[];
-  const auto stage_ds = [&](int s, int head) {
-    return reinterpret_cast<Rows<kChunk>>(smem + (s * kHeads + head) * kStagedDscoreValues);
-  };
+  const auto stage_ds = [&](int s, int head) { return smem + (s * kHeads + head) * kDqStagedDscoreValues; };
   const auto stage_k = [&](int s) {
-    return reinterpret_cast<Rows<kHeadDim>>(smem + kStages * kHeads * kStagedDscoreValues) + s * kDqKRows<kFrac>;
+    return reinterpret_cast<Rows<kHeadDim>>(smem + kStages * kHeads * kDqStagedDscoreValues) + s * kDqKRows<kFrac>;
   };
   const int tile = blockIdx.x, first_head = blockIdx.y * kHeads, b = blockIdx.z;
   const int hk = first_head / (p.heads / p.heads_kv);
@@ -299,12 +247,8 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   const auto issue = [&](int n) {
     if (n < band_steps) {
       const int64_t key_tile = first_key_tile + n;
-      if constexpr (kDscoreFragments) {
-        stage_own_dscore_fragments(reinterpret_cast<uint16_t*>(stage_ds(n % kStages, head)) + warp * kWarpDscoreValues,
-                                   dscore_tile(n), warp, warp_q0, key_tile * kChunk, p.band, lane);
-      } else {
-        stage_met_dscores<kHeads>(stage_ds(n % kStages, head), dscore_tile(n), q0, key_tile * kChunk, p.band);
-      }
+      stage_own_dscore_fragments(stage_ds(n % kStages, head) + warp * kWarpDscoreValues, dscore_tile(n), warp, warp_q0,
+                                 key_tile * kChunk, p.band, lane);
       stage_rows<kHeadDim, kChunk, kThreads>(stage_k(n % kStages), k_src, p.k_row_stride, key_tile * kChunk,
                                              seq.seqlen_k - 1);
     } else if (n < num_steps) {
@@ -357,14 +301,9 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
     sync_step<kHeads>(steps_by_group(kStages == 2 ? n : n - 1), warp);
     if constexpr (kStages == 3) issue(n + 2);
     if (n < band_steps) {
-      if constexpr (kDscoreFragments) {
-        add_staged_dscore_fragments_times_k<T, kHeadDim>(
-            reinterpret_cast<const uint16_t*>(stage_ds(n % kStages, head)) + warp * kWarpDscoreValues,
-            stage_k(n % kStages), warp_q0, (first_key_tile + n) * kChunk, p.band, dq, lane);
-      } else {
-        add_band_dscores_times_k<T, kHeadDim>(stage_ds(n % kStages, head), stage_k(n % kStages), warp, warp_q0,
-                                              (first_key_tile + n) * kChunk, p.band, dq, lane);
-      }
+      add_staged_dscore_fragments_times_k<T, kHeadDim>(stage_ds(n % kStages, head) + warp * kWarpDscoreValues,
+                                                       stage_k(n % kStages), warp_q0, (first_key_tile + n) * kChunk,
+                                                       p.band, dq, lane);
     } else if constexpr (!kFrac) {
       if (split_offset(offs, n - band_steps).whole >= 0) {
         // dq of query x += dS_x times its key, row x of the warp's strip.

@@ -47,7 +47,7 @@ constexpr int kDkdvWalkSmemBytes =
 
 // Block (run blockIdx.x, head blockIdx.y, sequence blockIdx.z): key tiles
 // blockIdx.x * p.band_tiles_per_run .. of that head, up to the sequence's last.
-template <typename T, int kHeadDim, bool kDscoreFragments = true>
+template <typename T, int kHeadDim>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_window_walk_kernel(const Params p) {
   static_assert(kChunk == kBlockRows, "a key tile's steps are whole query chunks of the tile's size");
   static_assert(2 * kChunk == kMmaBlockThreads, "delta: two threads a staged row");
@@ -158,7 +158,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     const int warp_k0 = int(tile * kBlockRows) + 16 * warp;
     float dk[kHeadDim / 8][4] = {}, dv[kHeadDim / 8][4] = {};
     for (int s = 0, slot = first_slot; s < chunks; ++s, slot = next_slot(slot, 1)) {
-      dkdv_band_step<T, kHeadDim, true, kInnerSubtilesUnmasked, kDscoreFragments>(p, seq, b, h, tile, s, (tile + s) * kChunk,
+      dkdv_band_step<T, kHeadDim, true, kInnerSubtilesUnmasked>(p, seq, b, h, tile, s, (tile + s) * kChunk,
                                                                 last_reader_row, warp_k0, kf, vf, slot_q(slot),
                                                                 slot_do(slot), slot_lse(slot), slot_delta(slot), dk,
                                                                 dv, lane);
