@@ -108,12 +108,12 @@ __device__ __forceinline__ int64_t band_dscore_index(const Params& p, const Sequ
 // Within a stored dS tile, the sub-tile of 16 queries from column
 // 16 query_sub and 16 keys from row 16 key_sub: 256 contiguous values in the
 // order of the dk/dv pass's A fragment of its dS^T (c_to_a_fragment), lane l's
-// four registers at values 8 l .. 8 l + 7. The dk/dv pass writes a sub-tile
-// with one 16-byte store a lane (four whole 128-byte lines a warp, where key
-// rows took four stores a lane, each touching half of 8 sectors), and the dq
-// pass reads it with one 16-byte load a lane into registers (transposed there
-// with transpose_8x8), where key rows went through shared memory. A query
-// sub-tile's key sub-tiles lie together: one dq warp reads them in turn.
+// four registers at values 8 l .. 8 l + 7. So the dk/dv pass writes a sub-tile
+// with one 16-byte store a lane, four whole 128-byte lines a warp (in key rows
+// each of its four stores a lane would touch half of 8 sectors), and a dq lane
+// copies in, and reads back, only its own 16 bytes, with no barrier and no
+// ldmatrix for them (transpose_8x8 turns them into the A fragment of dS). A
+// query sub-tile's key sub-tiles lie together: one dq warp reads them in turn.
 __device__ __forceinline__ int dscore_subtile_offset(int query_sub, int key_sub) {
   return (query_sub * (kChunk / 16) + key_sub) * 256;
 }

@@ -111,9 +111,10 @@ __device__ __forceinline__ void add_staged_dscore_fragments_times_k(const uint16
 }
 
 // Blocks per SM the window alone's dq pass keeps room for in registers: six
-// at head_dim 64 and below (80 registers a thread), four at 128 (128). The
-// per-lane dS copies took 82 and 130, which the SM's register file, allotted
-// in steps of 8 a thread, would hold five and three of.
+// at head_dim 64 and below (80 registers a thread), four at 128 (128). Left
+// to ptxas it takes 82 and 130, of which the SM's register file, allotted in
+// steps of 8 a thread, holds five and three blocks: at head_dim 128 that made
+// the pass 5% slower (H200, docs/performance.md round 65).
 template <int kHeadDim>
 constexpr int kDqFromDscoresMinBlocks = kHeadDim <= 64 ? 6 : 4;
 
@@ -137,9 +138,11 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kDqFromDscoresMinBlocks<kHea
   const uint16_t* k_src = bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride);
   const int64_t first_key_tile = band_first_key(q0, p.band) / kChunk;
   const int num_steps = int(tile - first_key_tile) + 1;
+  // The stored dS tile of band step n (one a key tile).
   const auto dscore_tile = [&](int n) {
     const int64_t key_tile = first_key_tile + n;
-    return bits<T>(static_cast<const void*>(p.band_dscores), band_dscore_index(p, seq, b, h, key_tile, int(tile - key_tile)));
+    return bits<T>(static_cast<const void*>(p.band_dscores),
+                   band_dscore_index(p, seq, b, h, key_tile, int(tile - key_tile)));
   };
   const auto issue = [&](int n) {
     if (n < num_steps) {
@@ -240,9 +243,11 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   // The block's heads share this row of offsets (one head a block otherwise).
   const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + first_head * p.offsets_head_stride;
   const int num_steps = band_steps + offsets_within_reach(offs, p.num_offsets, q0 + kBlockRows - 1);
+  // The stored dS tile of band step n (one a key tile), for this thread's head.
   const auto dscore_tile = [&](int n) {
     const int64_t key_tile = first_key_tile + n;
-    return bits<T>(static_cast<const void*>(p.band_dscores), band_dscore_index(p, seq, b, h, key_tile, int(tile - key_tile)));
+    return bits<T>(static_cast<const void*>(p.band_dscores),
+                   band_dscore_index(p, seq, b, h, key_tile, int(tile - key_tile)));
   };
   const auto issue = [&](int n) {
     if (n < band_steps) {
