@@ -2,9 +2,9 @@
 a switch selects (FIBSPARSE_STORED_DSCORES=0, FIBSPARSE_HOPPER=0, or a
 temporary one that an experiment adds) against the default ones. For each
 configuration (tools/kernel_times.py's) it alternates the two settings over
-rounds, and in each round takes the device
-time of the kernels whose names contain --kernel, for each --kernel given
-(torch.profiler, the mean of five steps) and the forward+backward step (the median of back-to-back calls
+rounds, and in each round takes the device time of the kernels whose names
+contain --kernel, for each --kernel given (torch.profiler, the mean of five
+steps), and the forward+backward step (the median of back-to-back calls
 between CUDA events); the fastest round of each side is reported, with every
 round beside it so that the spread shows, and the gradients of the two sides
 compared bit for bit. It names the timed kernels of each side where they
