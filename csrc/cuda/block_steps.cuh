@@ -237,9 +237,11 @@ struct QuerySteps {
   // kBeforeDq lse and delta again); past the last step (exists false), an
   // empty group. kWindowAlone, whose dk/dv pass forms delta itself: a band step
   // also queues the out rows into o_dst, and dlse (0 without it) in delta's place.
+  // read_offset: an offset step's offset, where the caller has read it.
   template <typename T, DkdvRoute kRoute = DkdvRoute::kAfterDq>
   __device__ void issue(Step s, bool exists, int b, Rows<kHeadDim> q_dst, Rows<kHeadDim> do_dst, float* stat0_dst,
-                        float* stat1_dst, Rows<kHeadDim> o_dst = nullptr) const {
+                        float* stat1_dst, Rows<kHeadDim> o_dst = nullptr,
+                        const OffsetT* read_offset = nullptr) const {
     if (exists) {
       const int h = s.head;
       const uint16_t* q_src = bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride);
@@ -272,7 +274,7 @@ struct QuerySteps {
         }
       } else {
         const int o = offset_index(s);
-        const OffsetSplit split = split_offset(offsets(h), o);
+        const OffsetSplit split = read_offset != nullptr ? split_offset(read_offset, 0) : split_offset(offsets(h), o);
         // Staged row r (query row i) of the strip: its two statistics.
         const auto stage_offset_stats = [&](int r, int64_t i) {
           const bool valid = i >= 0 && i < seq.seqlen_q;

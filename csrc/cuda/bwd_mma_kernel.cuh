@@ -439,13 +439,13 @@ __device__ __forceinline__ float warp_sums_to_quads(const float (&v)[8], int lan
 // 33.)
 template <typename T, int kHeadDim>
 __device__ __forceinline__ void fractional_offset_step(
-    const Params& p, const Sequence& seq, int b, int h, int o, const float* offs, OffsetSplit split,
+    const Params& p, const Sequence& seq, int b, int h, int o, const float* offs, int offs_index, OffsetSplit split,
     const uint32_t (&kf)[kHeadDim / 16][4], const uint32_t (&vf)[kHeadDim / 16][4], RowPtr<kHeadDim> strip_q,
     RowPtr<kHeadDim> strip_do, const float* lse, const float* dlt, const uint16_t* edges, int warp_k0,
     float (&dk)[kHeadDim / 8][4], float (&dv)[kHeadDim / 8][4], int lane) {
   const int g = lane / 4;
   const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
-  const int t = distance_of_offset(o, p.band);
+  const int t = distance_of_offset(offs_index, p.band);  // offs[offs_index] is offset o
   float st[2][4], dpt[2][4];
   dot_16_rows<T, kHeadDim>(kf, strip_q, st, 0, lane);
   dot_16_rows<T, kHeadDim>(vf, strip_do, dpt, 0, lane);
@@ -626,7 +626,7 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // and dS from its own k and v fragments and the strip's rows, as it does the
 // band's (fractional positions: fractional_offset_step), and stores each
 // (query, offset)'s dS.
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq>
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kLeanOffsets = true>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
@@ -692,9 +692,16 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
       copy_async_16(edge_rows(warp) + row * kHeadDim + col, src + col, valid);
     }
   }
+  // kLean: each offset step's offset is read once, when the step is queued,
+  // and kept for its products (a read there waits on memory before them).
+  constexpr bool kLean = kLeanOffsets && kRoute == DkdvRoute::kBeforeDq;
+  const auto read_offset = [&](auto s, bool exists) {
+    return exists && !steps.is_band(s) ? steps.offsets(s.head)[steps.offset_index(s)] : OffsetT(-1);
+  };
   auto issued = steps.first();  // the step queued last
+  OffsetT issued_offset = kLean ? read_offset(issued, steps.num_steps > 0) : OffsetT(-1);
   steps.template issue<T, kRoute>(issued, steps.num_steps > 0, b, stage_q(0), stage_do(0), stage_stat(0, 0),
-                                  stage_stat(0, 1), stage_o(0));
+                                  stage_stat(0, 1), stage_o(0), kLean ? &issued_offset : nullptr);
 
   uint32_t kf[kHeadDim / 16][4], vf[kHeadDim / 16][4];
   load_a_fragments<kHeadDim>(bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride),
@@ -716,9 +723,12 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   const auto by_warp = [&](auto s, bool exists) { return !kWindowAlone && steps.by_warp(s, exists); };
   bool step_by_warp = by_warp(step, steps.num_steps > 0);
   for (int n = 0; n < steps.num_steps; ++n, step = steps.next(step)) {
+    const OffsetT step_offset = issued_offset;  // step n's (kLean)
     issued = steps.next(issued);
+    if constexpr (kLean) issued_offset = read_offset(issued, n + 1 < steps.num_steps);
     steps.template issue<T, kRoute>(issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2), stage_do((n + 1) % 2),
-                                    stage_stat((n + 1) % 2, 0), stage_stat((n + 1) % 2, 1), stage_o((n + 1) % 2));
+                                    stage_stat((n + 1) % 2, 0), stage_stat((n + 1) % 2, 1), stage_o((n + 1) % 2),
+                                    kLean ? &issued_offset : nullptr);
     wait_async<1>();
     if (step_by_warp) {
       sync_strip_group<1>(warp);
@@ -733,7 +743,10 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
           p, seq, b, step.head, blockIdx.x, step.index, steps.chunk_row(step), steps.band_last_row, warp_k0, kf, vf,
           rows_q, rows_do, stat0, stat1, dk, dv, lane);
     } else {
-      const OffsetSplit split = split_offset(steps.offsets(step.head), steps.offset_index(step));
+      // offs[offs_index] is the step's offset.
+      const OffsetT* offs = kLean ? &step_offset : steps.offsets(step.head);
+      const int offs_index = kLean ? 0 : steps.offset_index(step);
+      const OffsetSplit split = split_offset(offs, offs_index);
       if (split.whole >= 0) {
         // Strip row x reads key x as its first row (weight 1 - f); strip row
         // x + 1 reads it as its second (weight f). Rows outside the queries
@@ -741,8 +754,8 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
         const int row0 = steps.strip_row0(warp);
         RowPtr<kHeadDim> strip_q = rows_q + row0, strip_do = rows_do + row0;
         if constexpr (kFractionalFirst) {
-          fractional_offset_step<T, kHeadDim>(p, seq, b, step.head, steps.offset_index(step),
-                                              steps.offsets(step.head), split, kf, vf, strip_q, strip_do,
+          fractional_offset_step<T, kHeadDim>(p, seq, b, step.head, steps.offset_index(step), offs, offs_index,
+                                              split, kf, vf, strip_q, strip_do,
                                               stat0 + row0, stat1 + row0, edge_rows(warp), warp_k0, dk, dv,
                                               lane);
         } else if constexpr (kRoute == DkdvRoute::kBeforeDq) {
@@ -751,7 +764,6 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
           // staged statistics of row x its query's lse and delta. Its owner
           // lane (mma_tiles.cuh) stores dS for the dq pass.
           const int o = steps.offset_index(step);
-          const OffsetT* offs = steps.offsets(step.head);
           float st[2][4], dpt[2][4];
           dot_16_rows<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(kf, strip_q, st, 0, lane);
           dot_16_rows<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(vf, strip_do, dpt, 0, lane);
@@ -763,7 +775,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
             const int row = g + 8 * r;
             const int64_t query = warp_k0 + row + split.whole;  // its row and position (q_pos_shift 0 on this route)
             const bool valid = query < seq.seqlen_q &&
-                               sample_key<float>(query, distance_of_offset(o, p.band), p.band, offs).valid;
+                               sample_key<float>(query, distance_of_offset(offs_index, p.band), p.band, offs).valid;
             const float lse_log2 = backward_lse(lse[row]) * float(M_LOG2E);
             prob[r] = valid ? fast_exp2(diagonal_element(st, r, g) * scale_log2 - lse_log2) : 0.f;
             dscore[r] = valid ? prob[r] * (diagonal_element(dpt, r, g) - dlt[row]) : 0.f;

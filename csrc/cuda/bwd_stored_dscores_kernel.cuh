@@ -218,7 +218,7 @@ constexpr int kDqWithOffsetsMinBlocks = kHeadDim >= 128 && kHeads == 2 ? 2 : kMi
 // all its heads with each head's 64 dS of that offset (a strip of 16 rows per
 // warp, or for fractional positions 17, from the second row of its first
 // query: kWarpStripRows).
-template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages>
+template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, bool kLeanOffsets = true>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
@@ -243,6 +243,9 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   // The block's heads share this row of offsets (one head a block otherwise).
   const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + first_head * p.offsets_head_stride;
   const int num_steps = band_steps + offsets_within_reach(offs, p.num_offsets, q0 + kBlockRows - 1);
+  // This thread's query's (lanes 0-15) dS of offset 0; offset o's is
+  // o * stats_head_stride further (offset_term_index).
+  const int64_t dscore_row = offset_term_index(p, seq, b, h, 0, q0 + 16 * warp + lane % 16);
   // The stored dS tile of band step n (one a key tile), for this thread's head.
   const auto dscore_tile = [&](int n) {
     const int64_t key_tile = first_key_tile + n;
@@ -262,7 +265,8 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       // pass stored dS only for queries that read a key (sample_key), the
       // rest are zero-filled here.
       const int o = n - band_steps;
-      const int64_t whole = split_offset(offs, o).whole;
+      const OffsetT offset = offs[o];  // read once: the validity test below takes it from here
+      const int64_t whole = split_offset(&offset, 0).whole;
       if (whole >= 0) {
         // Warp w of each head reads only its strip of k rows (16, or for
         // fractional positions 17, from the second row of its first query),
@@ -274,9 +278,15 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
                                                                  unsigned(32 * head + lane));
         if (lane < 16) {
           const int64_t i = q0 + 16 * warp + lane;
-          const bool valid =
-              i < seq.seqlen_q && sample_key<float>(i, distance_of_offset(o, p.band), p.band, offs).valid;
-          const int64_t at = valid ? offset_term_index(p, seq, b, h, o, i) : 0;
+          bool valid;
+          int64_t at;
+          if constexpr (kLeanOffsets) {
+            valid = i < seq.seqlen_q && sample_key<float>(i, distance_of_offset(0, p.band), p.band, &offset).valid;
+            at = valid ? dscore_row + o * p.stats_head_stride : 0;
+          } else {
+            valid = i < seq.seqlen_q && sample_key<float>(i, distance_of_offset(o, p.band), p.band, offs).valid;
+            at = valid ? offset_term_index(p, seq, b, h, o, i) : 0;
+          }
           float* staged = reinterpret_cast<float*>(stage_ds(n % kStages, head)) + 16 * warp + lane;
           copy_async_4(staged, static_cast<const float*>(p.offset_dscores) + at, valid);
           if constexpr (kFrac) {
@@ -310,7 +320,9 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
                                                        stage_k(n % kStages), warp_q0, (first_key_tile + n) * kChunk,
                                                        p.band, dq, lane);
     } else if constexpr (!kFrac) {
-      if (split_offset(offs, n - band_steps).whole >= 0) {
+      // Every offset within reach is a distance (padding only ends a row, and
+      // offsets_within_reach stops before it): its strip and dS were staged.
+      if (kLeanOffsets || split_offset(offs, n - band_steps).whole >= 0) {
         // dq of query x += dS_x times its key, row x of the warp's strip.
         const float* dscores = reinterpret_cast<const float*>(stage_ds(n % kStages, head)) + 16 * warp;
         add_diag_times_rows<T, kHeadDim>(dscores[g], dscores[g + 8],
