@@ -626,7 +626,8 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // and dS from its own k and v fragments and the strip's rows, as it does the
 // band's (fractional positions: fractional_offset_step), and stores each
 // (query, offset)'s dS.
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kLeanOffsets = true>
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kLeanOffsets = true,
+          bool kOffsetsAhead = true>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
@@ -700,6 +701,10 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   };
   auto issued = steps.first();  // the step queued last
   OffsetT issued_offset = kLean ? read_offset(issued, steps.num_steps > 0) : OffsetT(-1);
+  // kAhead: the offset of the step after `issued`, read before the barrier
+  // that ends the step before it is queued, so that the read waits there.
+  constexpr bool kAhead = kLean && kOffsetsAhead;
+  OffsetT upcoming_offset = kAhead ? read_offset(steps.next(issued), steps.num_steps > 1) : OffsetT(-1);
   steps.template issue<T, kRoute>(issued, steps.num_steps > 0, b, stage_q(0), stage_do(0), stage_stat(0, 0),
                                   stage_stat(0, 1), stage_o(0), kLean ? &issued_offset : nullptr);
 
@@ -725,7 +730,11 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   for (int n = 0; n < steps.num_steps; ++n, step = steps.next(step)) {
     const OffsetT step_offset = issued_offset;  // step n's (kLean)
     issued = steps.next(issued);
-    if constexpr (kLean) issued_offset = read_offset(issued, n + 1 < steps.num_steps);
+    if constexpr (kAhead) {
+      issued_offset = upcoming_offset;
+    } else if constexpr (kLean) {
+      issued_offset = read_offset(issued, n + 1 < steps.num_steps);
+    }
     steps.template issue<T, kRoute>(issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2), stage_do((n + 1) % 2),
                                     stage_stat((n + 1) % 2, 0), stage_stat((n + 1) % 2, 1), stage_o((n + 1) % 2),
                                     kLean ? &issued_offset : nullptr);
@@ -804,6 +813,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     // step n + 2 are both this warp's own, only this warp read the rows it
     // will overwrite; otherwise the whole block must be done with them.
     const bool next_by_warp = by_warp(issued, n + 1 < steps.num_steps);
+    if constexpr (kAhead) upcoming_offset = read_offset(steps.next(issued), n + 2 < steps.num_steps);
     if (step_by_warp && by_warp(steps.next(issued), n + 2 < steps.num_steps)) {
       sync_strip_group<1>(warp);
     } else {

@@ -218,7 +218,8 @@ constexpr int kDqWithOffsetsMinBlocks = kHeadDim >= 128 && kHeads == 2 ? 2 : kMi
 // all its heads with each head's 64 dS of that offset (a strip of 16 rows per
 // warp, or for fractional positions 17, from the second row of its first
 // query: kWarpStripRows).
-template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, bool kLeanOffsets = true>
+template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, bool kLeanOffsets = true,
+          bool kOffsetsAhead = true>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
@@ -252,6 +253,12 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
     return bits<T>(static_cast<const void*>(p.band_dscores),
                    band_dscore_index(p, seq, b, h, key_tile, int(tile - key_tile)));
   };
+  // kAhead: the offset of step n (0 for a band step) is read a step before
+  // the step is queued, and for fractional positions again before the
+  // barrier that precedes its products, so that no read waits in a step.
+  constexpr bool kAhead = kLeanOffsets && kOffsetsAhead;
+  const auto read_offset = [&](int n) { return n >= band_steps && n < num_steps ? offs[n - band_steps] : OffsetT(0); };
+  OffsetT ahead_offset = kAhead ? read_offset(0) : OffsetT(0);  // of the step queued next
   const auto issue = [&](int n) {
     if (n < band_steps) {
       const int64_t key_tile = first_key_tile + n;
@@ -265,7 +272,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       // pass stored dS only for queries that read a key (sample_key), the
       // rest are zero-filled here.
       const int o = n - band_steps;
-      const OffsetT offset = offs[o];  // read once: the validity test below takes it from here
+      const OffsetT offset = kAhead ? ahead_offset : offs[o];  // read once: the validity test takes it from here
       const int64_t whole = split_offset(&offset, 0).whole;
       if (whole >= 0) {
         // Warp w of each head reads only its strip of k rows (16, or for
@@ -307,14 +314,20 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   // step n + 2, queued next, refills.
   static_assert(kStages == 2 || kStages == 3);
   const auto steps_by_group = [&](int n) { return n >= band_steps; };
-  issue(0);
-  if constexpr (kStages == 3) issue(1);
+  // Queues step n, then reads the offset of step n + 1 for the next.
+  const auto issue_and_read_ahead = [&](int n) {
+    issue(n);
+    if constexpr (kAhead) ahead_offset = read_offset(n + 1);
+  };
+  issue_and_read_ahead(0);
+  if constexpr (kStages == 3) issue_and_read_ahead(1);
   float dq[kHeadDim / 8][4] = {};
   for (int n = 0; n < num_steps; ++n) {
-    if constexpr (kStages == 2) issue(n + 1);
+    if constexpr (kStages == 2) issue_and_read_ahead(n + 1);
+    const OffsetT step_offset = kAhead && kFrac ? read_offset(n) : OffsetT(0);
     wait_async<1>();
     sync_step<kHeads>(steps_by_group(kStages == 2 ? n : n - 1), warp);
-    if constexpr (kStages == 3) issue(n + 2);
+    if constexpr (kStages == 3) issue_and_read_ahead(n + 2);
     if (n < band_steps) {
       add_staged_dscore_fragments_times_k<T, kHeadDim>(stage_ds(n % kStages, head) + warp * kWarpDscoreValues,
                                                        stage_k(n % kStages), warp_q0, (first_key_tile + n) * kChunk,
@@ -330,7 +343,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       }
     } else {
       const int o = n - band_steps;
-      const OffsetSplit split = split_offset(offs, o);
+      const OffsetSplit split = kAhead ? split_offset(&step_offset, 0) : split_offset(offs, o);
       const float* dscores = reinterpret_cast<const float*>(stage_ds(n % kStages, head)) + 16 * warp;
       if (split.whole >= 0) {
         // dq of query x += dS_x ((1 - f) its first row, strip row x + 1, + f
