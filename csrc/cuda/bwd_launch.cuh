@@ -171,14 +171,12 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
   launch_kernel(delta_kernel<T, OffsetT, kHeadDim>, dim3(query_tiles + kOffsetsCheckBlocks, p.heads, p.batch),
                 kMmaBlockThreads, 0, stored_p);
-  BOOL_SWITCH(!switched_off("FIBSPARSE_LEAN_OFFSETS"), kLean, [&] {
-  BOOL_SWITCH(!switched_off("FIBSPARSE_OFFSETS_AHEAD"), kAhead, [&] {
-  launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, kLean, kAhead>, dkdv_grid, kMmaBlockThreads,
+  launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads,
                 kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>, stored_p);
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
     const auto launch_dq = [&](auto stages) {
       constexpr int kStages = decltype(stages)::value;
-      launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, kLean, kAhead>,
+      launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages>,
                     dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
                     kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
     };
@@ -188,8 +186,6 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
       }
     }
     launch_dq(std::integral_constant<int, 2>{});
-  });
-  });
   });
 }
 

@@ -626,8 +626,7 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // and dS from its own k and v fragments and the strip's rows, as it does the
 // band's (fractional positions: fractional_offset_step), and stores each
 // (query, offset)'s dS.
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kLeanOffsets = true,
-          bool kOffsetsAhead = true>
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
@@ -693,20 +692,20 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
       copy_async_16(edge_rows(warp) + row * kHeadDim + col, src + col, valid);
     }
   }
-  // kLean: each offset step's offset is read once, when the step is queued,
-  // and kept for its products (a read there waits on memory before them).
-  constexpr bool kLean = kLeanOffsets && kRoute == DkdvRoute::kBeforeDq;
+  // kKeepsOffsets: an offset step's offset is read once, when the step is
+  // queued, and kept for its products. Read again there, it was a wait on
+  // memory between the step's barrier and its products, and once more
+  // between its two rows' dS (reloaded, as the dS store before might have
+  // written it); without both the pass took 2.6-9% less time
+  // (docs/performance.md, round 66).
+  constexpr bool kKeepsOffsets = kRoute == DkdvRoute::kBeforeDq;
   const auto read_offset = [&](auto s, bool exists) {
     return exists && !steps.is_band(s) ? steps.offsets(s.head)[steps.offset_index(s)] : OffsetT(-1);
   };
   auto issued = steps.first();  // the step queued last
-  OffsetT issued_offset = kLean ? read_offset(issued, steps.num_steps > 0) : OffsetT(-1);
-  // kAhead: the offset of the step after `issued`, read before the barrier
-  // that ends the step before it is queued, so that the read waits there.
-  constexpr bool kAhead = kLean && kOffsetsAhead;
-  OffsetT upcoming_offset = kAhead ? read_offset(steps.next(issued), steps.num_steps > 1) : OffsetT(-1);
+  OffsetT issued_offset = kKeepsOffsets ? read_offset(issued, steps.num_steps > 0) : OffsetT(-1);
   steps.template issue<T, kRoute>(issued, steps.num_steps > 0, b, stage_q(0), stage_do(0), stage_stat(0, 0),
-                                  stage_stat(0, 1), stage_o(0), kLean ? &issued_offset : nullptr);
+                                  stage_stat(0, 1), stage_o(0), kKeepsOffsets ? &issued_offset : nullptr);
 
   uint32_t kf[kHeadDim / 16][4], vf[kHeadDim / 16][4];
   load_a_fragments<kHeadDim>(bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride),
@@ -728,16 +727,12 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   const auto by_warp = [&](auto s, bool exists) { return !kWindowAlone && steps.by_warp(s, exists); };
   bool step_by_warp = by_warp(step, steps.num_steps > 0);
   for (int n = 0; n < steps.num_steps; ++n, step = steps.next(step)) {
-    const OffsetT step_offset = issued_offset;  // step n's (kLean)
+    const OffsetT step_offset = issued_offset;  // step n's (kKeepsOffsets)
     issued = steps.next(issued);
-    if constexpr (kAhead) {
-      issued_offset = upcoming_offset;
-    } else if constexpr (kLean) {
-      issued_offset = read_offset(issued, n + 1 < steps.num_steps);
-    }
+    if constexpr (kKeepsOffsets) issued_offset = read_offset(issued, n + 1 < steps.num_steps);
     steps.template issue<T, kRoute>(issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2), stage_do((n + 1) % 2),
                                     stage_stat((n + 1) % 2, 0), stage_stat((n + 1) % 2, 1), stage_o((n + 1) % 2),
-                                    kLean ? &issued_offset : nullptr);
+                                    kKeepsOffsets ? &issued_offset : nullptr);
     wait_async<1>();
     if (step_by_warp) {
       sync_strip_group<1>(warp);
@@ -753,8 +748,8 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
           rows_q, rows_do, stat0, stat1, dk, dv, lane);
     } else {
       // offs[offs_index] is the step's offset.
-      const OffsetT* offs = kLean ? &step_offset : steps.offsets(step.head);
-      const int offs_index = kLean ? 0 : steps.offset_index(step);
+      const OffsetT* offs = kKeepsOffsets ? &step_offset : steps.offsets(step.head);
+      const int offs_index = kKeepsOffsets ? 0 : steps.offset_index(step);
       const OffsetSplit split = split_offset(offs, offs_index);
       if (split.whole >= 0) {
         // Strip row x reads key x as its first row (weight 1 - f); strip row
@@ -813,7 +808,6 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     // step n + 2 are both this warp's own, only this warp read the rows it
     // will overwrite; otherwise the whole block must be done with them.
     const bool next_by_warp = by_warp(issued, n + 1 < steps.num_steps);
-    if constexpr (kAhead) upcoming_offset = read_offset(steps.next(issued), n + 2 < steps.num_steps);
     if (step_by_warp && by_warp(steps.next(issued), n + 2 < steps.num_steps)) {
       sync_strip_group<1>(warp);
     } else {

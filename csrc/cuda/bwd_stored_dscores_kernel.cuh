@@ -218,8 +218,7 @@ constexpr int kDqWithOffsetsMinBlocks = kHeadDim >= 128 && kHeads == 2 ? 2 : kMi
 // all its heads with each head's 64 dS of that offset (a strip of 16 rows per
 // warp, or for fractional positions 17, from the second row of its first
 // query: kWarpStripRows).
-template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, bool kLeanOffsets = true,
-          bool kOffsetsAhead = true>
+template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
@@ -253,12 +252,6 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
     return bits<T>(static_cast<const void*>(p.band_dscores),
                    band_dscore_index(p, seq, b, h, key_tile, int(tile - key_tile)));
   };
-  // kAhead: the offset of step n (0 for a band step) is read a step before
-  // the step is queued, and for fractional positions again before the
-  // barrier that precedes its products, so that no read waits in a step.
-  constexpr bool kAhead = kLeanOffsets && kOffsetsAhead;
-  const auto read_offset = [&](int n) { return n >= band_steps && n < num_steps ? offs[n - band_steps] : OffsetT(0); };
-  OffsetT ahead_offset = kAhead ? read_offset(0) : OffsetT(0);  // of the step queued next
   const auto issue = [&](int n) {
     if (n < band_steps) {
       const int64_t key_tile = first_key_tile + n;
@@ -272,7 +265,9 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       // pass stored dS only for queries that read a key (sample_key), the
       // rest are zero-filled here.
       const int o = n - band_steps;
-      const OffsetT offset = kAhead ? ahead_offset : offs[o];  // read once: the validity test takes it from here
+      // Read once (the copies' validity below takes it from here): each read
+      // is a wait on memory in the step (docs/performance.md, round 66).
+      const OffsetT offset = offs[o];
       const int64_t whole = split_offset(&offset, 0).whole;
       if (whole >= 0) {
         // Warp w of each head reads only its strip of k rows (16, or for
@@ -285,15 +280,9 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
                                                                  unsigned(32 * head + lane));
         if (lane < 16) {
           const int64_t i = q0 + 16 * warp + lane;
-          bool valid;
-          int64_t at;
-          if constexpr (kLeanOffsets) {
-            valid = i < seq.seqlen_q && sample_key<float>(i, distance_of_offset(0, p.band), p.band, &offset).valid;
-            at = valid ? dscore_row + o * p.stats_head_stride : 0;
-          } else {
-            valid = i < seq.seqlen_q && sample_key<float>(i, distance_of_offset(o, p.band), p.band, offs).valid;
-            at = valid ? offset_term_index(p, seq, b, h, o, i) : 0;
-          }
+          const bool valid =
+              i < seq.seqlen_q && sample_key<float>(i, distance_of_offset(0, p.band), p.band, &offset).valid;
+          const int64_t at = valid ? dscore_row + o * p.stats_head_stride : 0;
           float* staged = reinterpret_cast<float*>(stage_ds(n % kStages, head)) + 16 * warp + lane;
           copy_async_4(staged, static_cast<const float*>(p.offset_dscores) + at, valid);
           if constexpr (kFrac) {
@@ -314,36 +303,28 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   // step n + 2, queued next, refills.
   static_assert(kStages == 2 || kStages == 3);
   const auto steps_by_group = [&](int n) { return n >= band_steps; };
-  // Queues step n, then reads the offset of step n + 1 for the next.
-  const auto issue_and_read_ahead = [&](int n) {
-    issue(n);
-    if constexpr (kAhead) ahead_offset = read_offset(n + 1);
-  };
-  issue_and_read_ahead(0);
-  if constexpr (kStages == 3) issue_and_read_ahead(1);
+  issue(0);
+  if constexpr (kStages == 3) issue(1);
   float dq[kHeadDim / 8][4] = {};
   for (int n = 0; n < num_steps; ++n) {
-    if constexpr (kStages == 2) issue_and_read_ahead(n + 1);
-    const OffsetT step_offset = kAhead && kFrac ? read_offset(n) : OffsetT(0);
+    if constexpr (kStages == 2) issue(n + 1);
     wait_async<1>();
     sync_step<kHeads>(steps_by_group(kStages == 2 ? n : n - 1), warp);
-    if constexpr (kStages == 3) issue_and_read_ahead(n + 2);
+    if constexpr (kStages == 3) issue(n + 2);
     if (n < band_steps) {
       add_staged_dscore_fragments_times_k<T, kHeadDim>(stage_ds(n % kStages, head) + warp * kWarpDscoreValues,
                                                        stage_k(n % kStages), warp_q0, (first_key_tile + n) * kChunk,
                                                        p.band, dq, lane);
     } else if constexpr (!kFrac) {
-      // Every offset within reach is a distance (padding only ends a row, and
-      // offsets_within_reach stops before it): its strip and dS were staged.
-      if (kLeanOffsets || split_offset(offs, n - band_steps).whole >= 0) {
-        // dq of query x += dS_x times its key, row x of the warp's strip.
-        const float* dscores = reinterpret_cast<const float*>(stage_ds(n % kStages, head)) + 16 * warp;
-        add_diag_times_rows<T, kHeadDim>(dscores[g], dscores[g + 8],
-                                         stage_k(n % kStages) + warp_strip_row0<kFrac>(warp), dq, lane);
-      }
+      // dq of query x += dS_x times its key, row x of the warp's strip. Every
+      // offset within reach is a distance (padding only ends a row, and
+      // offsets_within_reach stops before it), so its strip and dS were staged.
+      const float* dscores = reinterpret_cast<const float*>(stage_ds(n % kStages, head)) + 16 * warp;
+      add_diag_times_rows<T, kHeadDim>(dscores[g], dscores[g + 8], stage_k(n % kStages) + warp_strip_row0<kFrac>(warp),
+                                       dq, lane);
     } else {
       const int o = n - band_steps;
-      const OffsetSplit split = kAhead ? split_offset(&step_offset, 0) : split_offset(offs, o);
+      const OffsetSplit split = split_offset(offs, o);
       const float* dscores = reinterpret_cast<const float*>(stage_ds(n % kStages, head)) + 16 * warp;
       if (split.whole >= 0) {
         // dq of query x += dS_x ((1 - f) its first row, strip row x + 1, + f
