@@ -696,7 +696,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   // queued, and kept for its products. Read again there, it was a wait on
   // memory between the step's barrier and its products, and once more
   // between its two rows' dS (reloaded, as the dS store before might have
-  // written it); without both the pass took 2.6-9% less time
+  // written it); without both the pass took 0.3-9% less time
   // (docs/performance.md, round 66).
   constexpr bool kKeepsOffsets = kRoute == DkdvRoute::kBeforeDq;
   const auto read_offset = [&](auto s, bool exists) {
