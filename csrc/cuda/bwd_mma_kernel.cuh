@@ -436,16 +436,16 @@ __device__ __forceinline__ float warp_sums_to_quads(const float (&v)[8], int lan
 // dS and f of row x + 1's, as the general pass does from stored ones. (The
 // edge products as two 16 x 8 tensor-core tiles, and the two rows' shares as
 // one two-diagonal product, both measured slower: docs/performance.md, round
-// 33.)
+// 33.) `offset` points at offset o's position, kept by the caller.
 template <typename T, int kHeadDim>
 __device__ __forceinline__ void fractional_offset_step(
-    const Params& p, const Sequence& seq, int b, int h, int o, const float* offs, int offs_index, OffsetSplit split,
+    const Params& p, const Sequence& seq, int b, int h, int o, const float* offset, OffsetSplit split,
     const uint32_t (&kf)[kHeadDim / 16][4], const uint32_t (&vf)[kHeadDim / 16][4], RowPtr<kHeadDim> strip_q,
     RowPtr<kHeadDim> strip_do, const float* lse, const float* dlt, const uint16_t* edges, int warp_k0,
     float (&dk)[kHeadDim / 8][4], float (&dv)[kHeadDim / 8][4], int lane) {
   const int g = lane / 4;
   const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
-  const int t = distance_of_offset(offs_index, p.band);  // offs[offs_index] is offset o
+  const int t = distance_of_offset(0, p.band);  // sample_key's index of *offset, offset o's value
   float st[2][4], dpt[2][4];
   dot_16_rows<T, kHeadDim>(kf, strip_q, st, 0, lane);
   dot_16_rows<T, kHeadDim>(vf, strip_do, dpt, 0, lane);
@@ -498,7 +498,7 @@ __device__ __forceinline__ void fractional_offset_step(
   const auto row_terms = [&](int row, float s0, float s_second, float dp0, float dp_second, float& prob,
                              float& dscore, float& term) {
     const int64_t first_key = warp_k0 + row, query = first_key + split.whole;  // q_pos_shift 0 on this route
-    const bool valid = query < seq.seqlen_q && sample_key<float>(query, t, p.band, offs).valid;
+    const bool valid = query < seq.seqlen_q && sample_key<float>(query, t, p.band, offset).valid;
     const bool has_second = first_key >= 1;
     const float ds_dpos = has_second ? s_second - s0 : 0.f, ddp_dpos = has_second ? dp_second - dp0 : 0.f;
     float score = s0, dprob = dp0;
@@ -747,10 +747,8 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
           p, seq, b, step.head, blockIdx.x, step.index, steps.chunk_row(step), steps.band_last_row, warp_k0, kf, vf,
           rows_q, rows_do, stat0, stat1, dk, dv, lane);
     } else {
-      // offs[offs_index] is the step's offset.
-      const OffsetT* offs = kKeepsOffsets ? &step_offset : steps.offsets(step.head);
-      const int offs_index = kKeepsOffsets ? 0 : steps.offset_index(step);
-      const OffsetSplit split = split_offset(offs, offs_index);
+      const OffsetSplit split = kKeepsOffsets ? split_offset(&step_offset, 0)
+                                              : split_offset(steps.offsets(step.head), steps.offset_index(step));
       if (split.whole >= 0) {
         // Strip row x reads key x as its first row (weight 1 - f); strip row
         // x + 1 reads it as its second (weight f). Rows outside the queries
@@ -758,8 +756,8 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
         const int row0 = steps.strip_row0(warp);
         RowPtr<kHeadDim> strip_q = rows_q + row0, strip_do = rows_do + row0;
         if constexpr (kFractionalFirst) {
-          fractional_offset_step<T, kHeadDim>(p, seq, b, step.head, steps.offset_index(step), offs, offs_index,
-                                              split, kf, vf, strip_q, strip_do,
+          fractional_offset_step<T, kHeadDim>(p, seq, b, step.head, steps.offset_index(step), &step_offset, split,
+                                              kf, vf, strip_q, strip_do,
                                               stat0 + row0, stat1 + row0, edge_rows(warp), warp_k0, dk, dv,
                                               lane);
         } else if constexpr (kRoute == DkdvRoute::kBeforeDq) {
@@ -779,7 +777,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
             const int row = g + 8 * r;
             const int64_t query = warp_k0 + row + split.whole;  // its row and position (q_pos_shift 0 on this route)
             const bool valid = query < seq.seqlen_q &&
-                               sample_key<float>(query, distance_of_offset(offs_index, p.band), p.band, offs).valid;
+                               sample_key<float>(query, distance_of_offset(0, p.band), p.band, &step_offset).valid;
             const float lse_log2 = backward_lse(lse[row]) * float(M_LOG2E);
             prob[r] = valid ? fast_exp2(diagonal_element(st, r, g) * scale_log2 - lse_log2) : 0.f;
             dscore[r] = valid ? prob[r] * (diagonal_element(dpt, r, g) - dlt[row]) : 0.f;
