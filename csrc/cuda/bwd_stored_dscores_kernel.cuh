@@ -218,7 +218,7 @@ constexpr int kDqWithOffsetsMinBlocks = kHeadDim >= 128 && kHeads == 2 ? 2 : kMi
 // all its heads with each head's 64 dS of that offset (a strip of 16 rows per
 // warp, or for fractional positions 17, from the second row of its first
 // query: kWarpStripRows).
-template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages>
+template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, bool kQueuedOffsets = true>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
@@ -252,7 +252,10 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
     return bits<T>(static_cast<const void*>(p.band_dscores),
                    band_dscore_index(p, seq, b, h, key_tile, int(tile - key_tile)));
   };
+  // Queues step n; returns its offset (-1 for a band step or none), which
+  // the step itself takes from the queue below.
   const auto issue = [&](int n) {
+    OffsetT queued = OffsetT(-1);
     if (n < band_steps) {
       const int64_t key_tile = first_key_tile + n;
       stage_own_dscore_fragments(stage_ds(n % kStages, head) + warp * kWarpDscoreValues, dscore_tile(n), warp, warp_q0,
@@ -268,6 +271,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       // Read once (the copies' validity below takes it from here): each read
       // is a wait on memory in the step (docs/performance.md, round 66).
       const OffsetT offset = offs[o];
+      queued = offset;
       const int64_t whole = split_offset(&offset, 0).whole;
       if (whole >= 0) {
         // Warp w of each head reads only its strip of k rows (16, or for
@@ -292,6 +296,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       }
     }
     commit_async();
+    return queued;
   };
 
   // An offset's step (or none) is staged and read by the group of warp
@@ -303,14 +308,23 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   // step n + 2, queued next, refills.
   static_assert(kStages == 2 || kStages == 3);
   const auto steps_by_group = [&](int n) { return n >= band_steps; };
-  issue(0);
-  if constexpr (kStages == 3) issue(1);
+  // The offsets of the steps queued and not yet run, step n's first: a
+  // fractional step takes its position from here, not from memory after its
+  // barrier (kQueuedOffsets).
+  OffsetT queued[kStages - 1];
+  queued[0] = issue(0);
+  if constexpr (kStages == 3) queued[1] = issue(1);
   float dq[kHeadDim / 8][4] = {};
   for (int n = 0; n < num_steps; ++n) {
-    if constexpr (kStages == 2) issue(n + 1);
+    OffsetT next;
+    if constexpr (kStages == 2) next = issue(n + 1);
     wait_async<1>();
     sync_step<kHeads>(steps_by_group(kStages == 2 ? n : n - 1), warp);
-    if constexpr (kStages == 3) issue(n + 2);
+    if constexpr (kStages == 3) next = issue(n + 2);
+    const OffsetT step_offset = queued[0];
+#pragma unroll
+    for (int i = 0; i + 1 < kStages - 1; ++i) queued[i] = queued[i + 1];
+    queued[kStages - 2] = next;
     if (n < band_steps) {
       add_staged_dscore_fragments_times_k<T, kHeadDim>(stage_ds(n % kStages, head) + warp * kWarpDscoreValues,
                                                        stage_k(n % kStages), warp_q0, (first_key_tile + n) * kChunk,
@@ -324,7 +338,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
                                        dq, lane);
     } else {
       const int o = n - band_steps;
-      const OffsetSplit split = split_offset(offs, o);
+      const OffsetSplit split = kQueuedOffsets ? split_offset(&step_offset, 0) : split_offset(offs, o);
       const float* dscores = reinterpret_cast<const float*>(stage_ds(n % kStages, head)) + 16 * warp;
       if (split.whole >= 0) {
         // dq of query x += dS_x ((1 - f) its first row, strip row x + 1, + f
