@@ -103,6 +103,17 @@ def test_ab_switch_refuses_a_bad_switch_or_configuration(parser, text, message):
         getattr(ab_switch, parser)(text)
 
 
+def test_ab_switch_reports_the_fastest_and_the_median_round():
+    """A side whose first round alone is fast (the GPU idle before it) wins on
+    the fastest round and loses on the median: the report gives both."""
+    ab_switch = load_ab_switch()
+    assert ab_switch.median([3.0, 1.0, 2.0]) == 2.0 and ab_switch.median([4.0, 1.0, 3.0, 2.0]) == 2.5
+    line = ab_switch.sides([90.0, 110.0, 112.0], [100.0, 101.0, 102.0], 1)
+    assert "fastest: default 90.0  switched 100.0  default/switched -10.0%" in line
+    assert "median: default 110.0  switched 101.0  default/switched +8.9%" in line
+    assert line.endswith("rounds [90.0, 110.0, 112.0] / [100.0, 101.0, 102.0]")
+
+
 def test_ab_switch_puts_the_callers_setting_back(monkeypatch):
     """Side A runs with the switch as the caller's environment had it, set or unset."""
     ab_switch = load_ab_switch()

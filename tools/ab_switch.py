@@ -5,9 +5,12 @@ configuration (tools/kernel_times.py's) it alternates the two settings over
 rounds, and in each round takes the device time of the kernels whose names
 contain --kernel, for each --kernel given (torch.profiler, the mean of five
 steps), and the forward+backward step (the median of back-to-back calls
-between CUDA events); the fastest round of each side is reported, with every
-round beside it so that the spread shows, and the gradients of the two sides
-compared bit for bit. It names the timed kernels of each side where they
+between CUDA events); the fastest round of each side and the median of its
+rounds are reported, with every round beside them so that the spread shows,
+and the gradients of the two sides compared bit for bit. The median is there
+because the fastest round alone favours the default side: its first round
+comes right after the configuration's setup, when the GPU has idled and runs
+at its highest clock, and it is often the fastest of all. It names the timed kernels of each side where they
 differ, and says so where they do not: a misspelt switch, which nothing reads,
 would otherwise compare the default with itself.
 
@@ -71,6 +74,21 @@ def percent(a: float, b: float) -> str:
     return f"{100 * (a / b - 1):+.1f}%"
 
 
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def sides(default: list[float], switched: list[float], digits: int) -> str:
+    """The two sides' rounds as the fastest of each and the median of each, with default/switched for both."""
+    fa, fb = min(default), min(switched)
+    ma, mb = median(default), median(switched)
+    return (f"fastest: default {fa:.{digits}f}  switched {fb:.{digits}f}  default/switched {percent(fa, fb)};  "
+            f"median: default {ma:.{digits}f}  switched {mb:.{digits}f}  default/switched {percent(ma, mb)}   "
+            f"rounds {[round(x, digits) for x in default]} / {[round(x, digits) for x in switched]}")
+
+
 def compare(config, setting: Setting, kernel_parts: list[str], rounds: int) -> str:
     attend, q, k, v, grad = inputs_of(*config)
 
@@ -92,18 +110,13 @@ def compare(config, setting: Setting, kernel_parts: list[str], rounds: int) -> s
             step_ms[switched].append(median_ms(step, warmup=3, runs=30))
     setting.apply(False)
     same = all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))
-    sa, sb = min(step_ms[False]), min(step_ms[True])
     layout, tokens, heads, kv_heads, head_dim, kind = config
     kernel_lines = ""
     for part, us in kernel_us.items():
-        ka, kb = min(us[False]), min(us[True])
-        kernel_lines += (f"   '{part}' kernels, us: default {ka:.1f}  switched {kb:.1f}  default/switched "
-                         f"{percent(ka, kb)}   rounds {[round(x, 1) for x in us[False]]} / "
-                         f"{[round(x, 1) for x in us[True]]}\n")
+        kernel_lines += f"   '{part}' kernels, us: {sides(us[False], us[True], 1)}\n"
     return (f"{layout} {tokens} H={heads}/{kv_heads} d={head_dim} {kind}\n"
             f"{kernel_lines}"
-            f"   forward+backward, ms: default {sa:.4f}  switched {sb:.4f}  default/switched {percent(sa, sb)}"
-            f"   rounds {[round(x, 4) for x in step_ms[False]]} / {[round(x, 4) for x in step_ms[True]]}\n"
+            f"   forward+backward, ms: {sides(step_ms[False], step_ms[True], 4)}\n"
             f"   gradients bitwise equal: {same}\n"
             f"   {kernel_names(names[False], names[True])}")
 

@@ -176,11 +176,9 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
     const auto launch_dq = [&](auto stages) {
       constexpr int kStages = decltype(stages)::value;
-      BOOL_SWITCH(!kFrac || !switched_off("FIBSPARSE_DQ_QUEUED_OFFSETS"), kQueued, [&] {
-        launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, kQueued>,
-                      dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
-                      kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
-      });
+      launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages>,
+                    dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
+                    kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
     };
     if constexpr (kDqMayTakeThreeStages<kHeadDim, kHeads>) {
       if (dq_takes_three_stages(kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, 3>)) {

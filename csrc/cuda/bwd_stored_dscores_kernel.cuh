@@ -218,7 +218,7 @@ constexpr int kDqWithOffsetsMinBlocks = kHeadDim >= 128 && kHeads == 2 ? 2 : kMi
 // all its heads with each head's 64 dS of that offset (a strip of 16 rows per
 // warp, or for fractional positions 17, from the second row of its first
 // query: kWarpStripRows).
-template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, bool kQueuedOffsets = true>
+template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
@@ -309,8 +309,9 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   static_assert(kStages == 2 || kStages == 3);
   const auto steps_by_group = [&](int n) { return n >= band_steps; };
   // The offsets of the steps queued and not yet run, step n's first: a
-  // fractional step takes its position from here, not from memory after its
-  // barrier (kQueuedOffsets).
+  // fractional step takes its position from here. Read again from memory
+  // after the step's barrier, it was a wait in front of the step's products
+  // (0.4-3.6% of the pass at head_dim 128; docs/performance.md, round 67).
   OffsetT queued[kStages - 1];
   queued[0] = issue(0);
   if constexpr (kStages == 3) queued[1] = issue(1);
@@ -338,7 +339,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
                                        dq, lane);
     } else {
       const int o = n - band_steps;
-      const OffsetSplit split = kQueuedOffsets ? split_offset(&step_offset, 0) : split_offset(offs, o);
+      const OffsetSplit split = split_offset(&step_offset, 0);
       const float* dscores = reinterpret_cast<const float*>(stage_ds(n % kStages, head)) + 16 * warp;
       if (split.whole >= 0) {
         // dq of query x += dS_x ((1 - f) its first row, strip row x + 1, + f

@@ -361,8 +361,7 @@ __device__ __forceinline__ void rescale_output(float (&o)[kDimTiles][4], const f
 // prefixes come with the others).
 // A packed batch's sequences each have maps of their own (sequence_maps.cuh's,
 // `sequence_maps`, null for a dense batch, whose maps are `maps`).
-template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional,
-          bool kOffsetsBeforeWait = true>
+template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional>
 __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kThreads,
                                   Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kMinBlocks)
     fwd_hopper_kernel(const __grid_constant__ Params p, const __grid_constant__ HopperForwardMaps<kFractional> maps,
@@ -661,21 +660,20 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
     // Strip `strip` of offset step n, from its 16 x 16 scores `tile` and, at
     // a fractional position, `back`, its scores against the rows one further
     // back (score_back): softmax, then P V.
-    const auto finish_strip = [&](int n, int strip, const OffsetT* step_offs, const float (&tile)[2][4],
-                                  const float (&back)[2][4]) {
+    const auto finish_strip = [&](int n, int strip, const float (&tile)[2][4], const float (&back)[2][4]) {
       const char* rows_v = v_tile(stage_of(n)) + strip * S::kHalfBytes;
-      const int distance_index = distance_of_offset(strip, p.band);  // pattern.h's t, of step_offs
+      const int distance_index = distance_of_offset(steps.offset_index(n, strip), p.band);  // pattern.h's t
       float score[2] = {diagonal_element(tile, 0, g), diagonal_element(tile, 1, g)}, prob[2];
       // A fractional position's row one further back, weight frac, mixed as
       // scores as in the mma.sync forward; a whole position (and every integer
       // one: frac is then the constant 0) reads no second row.
       float frac = 0.f;
-      if constexpr (kFractional) frac = split_offset(step_offs, strip).frac;
+      if constexpr (kFractional) frac = steps.split(n, strip).frac;
       if (frac != 0.f) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) score[r] += frac * (diagonal_element(back, r, g) - score[r]);
       }
-      mma_fwd::offset_softmax(score, warp_pos, distance_index, p, step_offs, scale_log2, m, l, o, lane, prob);
+      mma_fwd::offset_softmax(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
       add_diag_times_rows<T, kHeadDim>((1.f - frac) * prob[0], (1.f - frac) * prob[1], rows_v, warp_row, o, lane);
       if (frac != 0.f) {
         add_diag_times_rows<T, kHeadDim, kFractional>(frac * prob[0], frac * prob[1], rows_v, warp_row - 1, o, lane,
@@ -684,9 +682,9 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
     };
     // A fractional strip's scores against its rows one further back (for its
     // first query, the prefix's last row); left unset at a whole position.
-    const auto score_back = [&](int n, int strip, const OffsetT* step_offs, float (&back)[2][4]) {
+    const auto score_back = [&](int n, int strip, float (&back)[2][4]) {
       if constexpr (kFractional) {
-        if (split_offset(step_offs, strip).frac != 0.f) {
+        if (steps.split(n, strip).frac != 0.f) {
           dot_16_rows<T, kHeadDim, kHeadsPerWarpgroup, true>(qf, k_tile(stage_of(n)) + strip * S::kHalfBytes,
                                                              warp_row - 1, back, lane, k_prefix(stage_of(n), strip));
         }
@@ -701,24 +699,16 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
     // these steps, 7% slower; docs/performance.md, round 27), and the
     // has_strip test, true for every offset step, stays for the same reason.
     // Interleaved: a strip's 16 x 8 scores, then its softmax and P V.
-    const auto finish_interleaved_strip = [&](int n, int strip, const OffsetT* step_offs, const float (&tile)[4]) {
-      const int distance_index = distance_of_offset(strip, p.band);  // pattern.h's t, of step_offs
+    const auto finish_interleaved_strip = [&](int n, int strip, const float (&tile)[4]) {
+      const int distance_index = distance_of_offset(steps.offset_index(n, strip), p.band);  // pattern.h's t
       // The diagonal, column g: element g % 2 of each row's pair (selects, not an index into registers).
       float score[2] = {g % 2 ? tile[1] : tile[0], g % 2 ? tile[3] : tile[2]}, prob[2];
-      mma_fwd::offset_softmax</*kRowStep=*/0>(score, warp_pos, distance_index, p, step_offs, scale_log2, m, l, o,
-                                              lane, prob);
+      mma_fwd::offset_softmax</*kRowStep=*/0>(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane,
+                                              prob);
       add_diag_times_8_rows<T, kHeadDim>(prob[0], prob[1], v_tile(stage_of(n)) + strip * S::kHalfBytes, warp_row, o,
                                          lane);
     };
     for (int n = steps.band_steps; n < steps.num_steps; ++n) {
-      // The step's offsets, read before its stage's wait (kOffsetsBeforeWait):
-      // read after it, they are a wait on memory in front of the softmax.
-      OffsetT kept[kHeadsPerWarpgroup];
-#pragma unroll
-      for (int strip = 0; strip < kHeadsPerWarpgroup; ++strip) {
-        kept[strip] = steps.has_strip(n, strip) ? offs[steps.offset_index(n, strip)] : OffsetT(0);
-      }
-      const OffsetT* step_offs = kOffsetsBeforeWait ? kept : offs + steps.offset_index(n, 0);
       wait_full(n);
       if constexpr (kInterleaved) {
         float tiles[2][4];
@@ -729,14 +719,14 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
             dot_8_rows<T, kHeadDim, 2>(qf, k_tile(stage_of(n)) + strip * S::kHalfBytes, warp_row, tiles[strip], lane);
           }
         }
-        finish_interleaved_strip(n, 0, step_offs, tiles[0]);
-        if (strips == 2) finish_interleaved_strip(n, 1, step_offs, tiles[1]);
+        finish_interleaved_strip(n, 0, tiles[0]);
+        if (strips == 2) finish_interleaved_strip(n, 1, tiles[1]);
       } else if constexpr (kHeadsPerWarpgroup == 1) {
         if (steps.has_strip(n, 0)) {
           float tile[2][4], back[2][4];
           dot_16_rows<T, kHeadDim, 1>(qf, k_tile(stage_of(n)), warp_row, tile, lane);
-          score_back(n, 0, step_offs, back);
-          finish_strip(n, 0, step_offs, tile, back);
+          score_back(n, 0, back);
+          finish_strip(n, 0, tile, back);
         }
       } else if (steps.has_strip(n, 1)) {
         float tiles[2][2][4], backs[2][2][4];
@@ -745,14 +735,14 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
           dot_16_rows<T, kHeadDim, 2>(qf, k_tile(stage_of(n)) + strip * S::kHalfBytes, warp_row, tiles[strip], lane);
         }
 #pragma unroll
-        for (int strip = 0; strip < 2; ++strip) score_back(n, strip, step_offs, backs[strip]);
-        finish_strip(n, 0, step_offs, tiles[0], backs[0]);
-        finish_strip(n, 1, step_offs, tiles[1], backs[1]);
+        for (int strip = 0; strip < 2; ++strip) score_back(n, strip, backs[strip]);
+        finish_strip(n, 0, tiles[0], backs[0]);
+        finish_strip(n, 1, tiles[1], backs[1]);
       } else {  // a tile's last step holds one strip where it has an odd count of offsets
         float tile[2][4], back[2][4];
         dot_16_rows<T, kHeadDim, 2>(qf, k_tile(stage_of(n)), warp_row, tile, lane);
-        score_back(n, 0, step_offs, back);
-        finish_strip(n, 0, step_offs, tile, back);
+        score_back(n, 0, back);
+        finish_strip(n, 0, tile, back);
       }
       release(n);
     }

@@ -13,7 +13,6 @@
 #include <type_traits>
 
 #include "../capabilities.h"
-#include "../env_switches.h"
 #include "../fibsparse.h"
 #include "../static_switch.h"
 #include "fwd_hopper_kernel.cuh"
@@ -37,10 +36,7 @@ void launch_hopper_blocks(const Params& p, const HopperForwardMaps<kFractional>&
                           HopperForwardMaps<kFractional>* sequence_maps) {
   using S = hopper_fwd::Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>;
   using OffsetT = std::conditional_t<kFractional, float, int32_t>;
-  const bool before_wait = !switched_off("FIBSPARSE_OFFSETS_BEFORE_WAIT");
-  const auto kernel = before_wait
-                          ? hopper_fwd::fwd_hopper_kernel<T, kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kCluster, kFractional, true>
-                          : hopper_fwd::fwd_hopper_kernel<T, kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kCluster, kFractional, false>;
+  const auto kernel = hopper_fwd::fwd_hopper_kernel<T, kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kCluster, kFractional>;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int tiles = int(blocks_for(p.seqlen_q, S::kTileQueries));
   const int64_t kv_head_bytes = int64_t(p.seqlen_k) * kHeadDim * 2 * int64_t(sizeof(T));  // its k and v rows
