@@ -626,7 +626,7 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // and dS from its own k and v fragments and the strip's rows, as it does the
 // band's (fractional positions: fractional_offset_step), and stores each
 // (query, offset)'s dS.
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq>
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kKeptRows = false>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
@@ -720,6 +720,17 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     }
   }
 
+  // kKeptRows (integer offsets, kBeforeDq): this lane's ldmatrix rows of its
+  // warp's strip in stage 0, as shared-memory addresses taken through a
+  // shuffle, which ptxas cannot recompute: recomputed from the thread index
+  // at every offset step, they were a chain of ~10 dependent instructions
+  // between the step's barrier and its first ldmatrix.
+  uint32_t strip_dot_row = 0, strip_add_row = 0;
+  if constexpr (kKeptRows) {
+    RowPtr<kHeadDim> strip = stage_q(0) + steps.strip_row0(warp);
+    strip_dot_row = __shfl_sync(0xffffffffu, dot_16_rows_lane_row<kHeadDim>(strip, lane), lane);
+    strip_add_row = __shfl_sync(0xffffffffu, add_rows_lane_row<kHeadDim>(strip, lane), lane);
+  }
   float dk[kHeadDim / 8][4] = {}, dv[kHeadDim / 8][4] = {};
   auto step = steps.first();
   // Whether a step's rows are staged and read by each warp alone (QuerySteps::by_warp;
@@ -767,8 +778,17 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
           // lane (mma_tiles.cuh) stores dS for the dq pass.
           const int o = steps.offset_index(step);
           float st[2][4], dpt[2][4];
-          dot_16_rows<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(kf, strip_q, st, 0, lane);
-          dot_16_rows<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(vf, strip_do, dpt, 0, lane);
+          // Stage n % 2's q rows are 2 (n % 2) buffers on, its dO rows one more (stage_buffer).
+          constexpr uint32_t kBufferBytes = kStageBytes<kHeadDim>;
+          const uint32_t stage_bytes = uint32_t(n % 2) * 2 * kBufferBytes;
+          if constexpr (kKeptRows) {
+            dot_16_rows_at<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(kf, strip_dot_row + stage_bytes, st, 0);
+            dot_16_rows_at<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(vf, strip_dot_row + stage_bytes + kBufferBytes,
+                                                                    dpt, 0);
+          } else {
+            dot_16_rows<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(kf, strip_q, st, 0, lane);
+            dot_16_rows<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(vf, strip_do, dpt, 0, lane);
+          }
           const float* lse = stat0 + row0;
           const float* dlt = stat1 + row0;
           float prob[2], dscore[2];
@@ -785,8 +805,14 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
               static_cast<float*>(p.offset_dscores)[offset_term_index(p, seq, b, step.head, o, query)] = dscore[r];
             }
           }
-          add_diag_times_rows<T, kHeadDim>(prob[0], prob[1], strip_do, dv, lane);
-          add_diag_times_rows<T, kHeadDim>(dscore[0], dscore[1], strip_q, dk, lane);
+          if constexpr (kKeptRows) {
+            add_diag_times_rows_at<T, kHeadDim>(prob[0], prob[1], strip_add_row + stage_bytes + kBufferBytes, dv,
+                                                lane);
+            add_diag_times_rows_at<T, kHeadDim>(dscore[0], dscore[1], strip_add_row + stage_bytes, dk, lane);
+          } else {
+            add_diag_times_rows<T, kHeadDim>(prob[0], prob[1], strip_do, dv, lane);
+            add_diag_times_rows<T, kHeadDim>(dscore[0], dscore[1], strip_q, dk, lane);
+          }
         } else {
           const float* probs = stat0 + row0;
           const float* dscores = stat1 + row0;

@@ -198,6 +198,18 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16
                : "r"(addr));
 }
 
+// The same from a shared-memory address (__cvta_generic_to_shared's).
+__device__ __forceinline__ void ldmatrix_x4_at(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans_at(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
 // ldmatrix_x4's inverse (sm_90 and later; only the Hopper forward calls it):
 // lane l gives the address of row l % 8 of tile l / 8, and a thread's r[i]
 // holds (row lane / 4, columns 2 (lane % 4), +1) of tile i.
@@ -267,6 +279,42 @@ __device__ __forceinline__ void dot_16_rows(const uint32_t (&a)[kHeadDim / 16][4
   }
 }
 
+// dot_16_rows from this lane's ldmatrix row as a shared-memory address
+// (dot_16_rows_lane_row's, of the 16 rows), which the caller keeps.
+template <typename T, int kHeadDim, int N, int kChains = 1>
+__device__ __forceinline__ void dot_16_rows_at(const uint32_t (&a)[kHeadDim / 16][4], uint32_t row_addr,
+                                               float (&s)[N][4], int j0) {
+  static_assert(kChains == 1 || (kChains == 2 && kHeadDim >= 32), "two chains need two slices");
+  float odd[2][4] = {};
+#pragma unroll
+  for (int e = 0; e < 4; ++e) s[j0][e] = s[j0 + 1][e] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+    uint32_t b[4];
+    ldmatrix_x4_at(b, row_addr + 32 * kk);
+    const bool second_chain = kChains == 2 && kk % 2 == 1;
+    mma_16816<T>(second_chain ? odd[0] : s[j0], a[kk], b[0], b[1]);
+    mma_16816<T>(second_chain ? odd[1] : s[j0 + 1], a[kk], b[2], b[3]);
+  }
+  if constexpr (kChains == 2) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[j0][e] += odd[0][e];
+      s[j0 + 1][e] += odd[1][e];
+    }
+  }
+}
+// This lane's ldmatrix rows of 16 staged rows: for dot_16_rows_at, and for
+// add_diag_times_rows_at (transposed).
+template <int kHeadDim>
+__device__ __forceinline__ uint32_t dot_16_rows_lane_row(RowPtr<kHeadDim> b_rows, int lane) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(b_rows[(lane / 16) * 8 + lane % 8] + ((lane / 8) % 2) * 8));
+}
+template <int kHeadDim>
+__device__ __forceinline__ uint32_t add_rows_lane_row(RowPtr<kHeadDim> b_rows, int lane) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(b_rows[((lane / 8) % 2) * 8 + lane % 8] + (lane / 16) * 8));
+}
+
 // The A fragment of weight * w for a 16 x 16 tile w held in C layout in
 // w[j0], w[j0 + 1] (FlashAttention-2's register reuse: no shuffles).
 template <typename T, int N>
@@ -315,6 +363,23 @@ __device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, RowPt
   const bool lo = 2 * c == g, hi = 2 * c + 1 == g;
   const uint32_t a[4] = {pack2<T>(lo ? d_g : 0.f, hi ? d_g : 0.f), 0u, 0u, pack2<T>(lo ? d_g8 : 0.f, hi ? d_g8 : 0.f)};
   add_a_times_rows<T, kHeadDim>(a, b_rows, acc, lane);
+}
+
+// add_diag_times_rows from this lane's transposed-ldmatrix row as a
+// shared-memory address (add_rows_lane_row's).
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void add_diag_times_rows_at(float d_g, float d_g8, uint32_t row_addr,
+                                                       float (&acc)[kHeadDim / 8][4], int lane) {
+  const int g = lane / 4, c = lane % 4;
+  const bool lo = 2 * c == g, hi = 2 * c + 1 == g;
+  const uint32_t a[4] = {pack2<T>(lo ? d_g : 0.f, hi ? d_g : 0.f), 0u, 0u, pack2<T>(lo ? d_g8 : 0.f, hi ? d_g8 : 0.f)};
+#pragma unroll
+  for (int n = 0; n < kHeadDim / 16; ++n) {
+    uint32_t b[4];
+    ldmatrix_x4_trans_at(b, row_addr + 32 * n);
+    mma_16816<T>(acc[2 * n], a, b[0], b[1]);
+    mma_16816<T>(acc[2 * n + 1], a, b[2], b[3]);
+  }
 }
 
 // The diagonal of a 16 x 16 tile in C layout (s[0], s[1]): element (x, x) of
