@@ -626,7 +626,7 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // and dS from its own k and v fragments and the strip's rows, as it does the
 // band's (fractional positions: fractional_offset_step), and stores each
 // (query, offset)'s dS.
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kKeptRows = false>
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
@@ -722,9 +722,11 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
 
   // kKeptRows (integer offsets, kBeforeDq): this lane's ldmatrix rows of its
   // warp's strip in stage 0, as shared-memory addresses taken through a
-  // shuffle, which ptxas cannot recompute: recomputed from the thread index
-  // at every offset step, they were a chain of ~10 dependent instructions
-  // between the step's barrier and its first ldmatrix.
+  // shuffle, which ptxas cannot recompute. It rebuilt them from the thread
+  // index at every offset step, a chain of ~10 dependent instructions between
+  // the step's barrier and its first ldmatrix; kept, the pass took 1.6-5.3%
+  // less time (docs/performance.md, round 68).
+  constexpr bool kKeptRows = kRoute == DkdvRoute::kBeforeDq && std::is_integral_v<OffsetT>;
   uint32_t strip_dot_row = 0, strip_add_row = 0;
   if constexpr (kKeptRows) {
     RowPtr<kHeadDim> strip = stage_q(0) + steps.strip_row0(warp);
@@ -781,14 +783,9 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
           // Stage n % 2's q rows are 2 (n % 2) buffers on, its dO rows one more (stage_buffer).
           constexpr uint32_t kBufferBytes = kStageBytes<kHeadDim>;
           const uint32_t stage_bytes = uint32_t(n % 2) * 2 * kBufferBytes;
-          if constexpr (kKeptRows) {
-            dot_16_rows_at<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(kf, strip_dot_row + stage_bytes, st, 0);
-            dot_16_rows_at<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(vf, strip_dot_row + stage_bytes + kBufferBytes,
-                                                                    dpt, 0);
-          } else {
-            dot_16_rows<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(kf, strip_q, st, 0, lane);
-            dot_16_rows<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(vf, strip_do, dpt, 0, lane);
-          }
+          dot_16_rows_at<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(kf, strip_dot_row + stage_bytes, st, 0);
+          dot_16_rows_at<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(vf, strip_dot_row + stage_bytes + kBufferBytes, dpt,
+                                                                  0);
           const float* lse = stat0 + row0;
           const float* dlt = stat1 + row0;
           float prob[2], dscore[2];
@@ -805,14 +802,8 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
               static_cast<float*>(p.offset_dscores)[offset_term_index(p, seq, b, step.head, o, query)] = dscore[r];
             }
           }
-          if constexpr (kKeptRows) {
-            add_diag_times_rows_at<T, kHeadDim>(prob[0], prob[1], strip_add_row + stage_bytes + kBufferBytes, dv,
-                                                lane);
-            add_diag_times_rows_at<T, kHeadDim>(dscore[0], dscore[1], strip_add_row + stage_bytes, dk, lane);
-          } else {
-            add_diag_times_rows<T, kHeadDim>(prob[0], prob[1], strip_do, dv, lane);
-            add_diag_times_rows<T, kHeadDim>(dscore[0], dscore[1], strip_q, dk, lane);
-          }
+          add_diag_times_rows_at<T, kHeadDim>(prob[0], prob[1], strip_add_row + stage_bytes + kBufferBytes, dv, lane);
+          add_diag_times_rows_at<T, kHeadDim>(dscore[0], dscore[1], strip_add_row + stage_bytes, dk, lane);
         } else {
           const float* probs = stat0 + row0;
           const float* dscores = stat1 + row0;

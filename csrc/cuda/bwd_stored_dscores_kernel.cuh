@@ -218,7 +218,7 @@ constexpr int kDqWithOffsetsMinBlocks = kHeadDim >= 128 && kHeads == 2 ? 2 : kMi
 // all its heads with each head's 64 dS of that offset (a strip of 16 rows per
 // warp, or for fractional positions 17, from the second row of its first
 // query: kWarpStripRows).
-template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, bool kKeptRows = false>
+template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
@@ -317,8 +317,10 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   if constexpr (kStages == 3) queued[1] = issue(1);
   // kKeptRows (integer offsets): this lane's transposed-ldmatrix row of its
   // warp's strip in stage 0 and its dS values' row there, as shared-memory
-  // addresses taken through a shuffle, which ptxas cannot recompute (it
-  // rebuilt them at every offset step from the shared window's base).
+  // addresses taken through a shuffle, which ptxas cannot recompute. It
+  // rebuilt them at every offset step from the shared window's base; kept,
+  // the pass took up to 3.7% less time (docs/performance.md, round 68).
+  constexpr bool kKeptRows = !kFrac;
   uint32_t strip_add_row = 0, dscore_row_addr = 0;
   if constexpr (kKeptRows) {
     strip_add_row = __shfl_sync(0xffffffffu,
@@ -347,18 +349,12 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       // dq of query x += dS_x times its key, row x of the warp's strip. Every
       // offset within reach is a distance (padding only ends a row, and
       // offsets_within_reach stops before it), so its strip and dS were staged.
-      if constexpr (kKeptRows) {
-        const uint32_t stage = uint32_t(n % kStages);
-        const uint32_t ds_at = dscore_row_addr + stage * kStageDscoreBytes;
-        float ds_g, ds_g8;
-        asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(ds_g) : "r"(ds_at) : "memory");
-        asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(ds_g8) : "r"(ds_at + 32) : "memory");
-        add_diag_times_rows_at<T, kHeadDim>(ds_g, ds_g8, strip_add_row + stage * kStageKBytes, dq, lane);
-      } else {
-        const float* dscores = reinterpret_cast<const float*>(stage_ds(n % kStages, head)) + 16 * warp;
-        add_diag_times_rows<T, kHeadDim>(dscores[g], dscores[g + 8],
-                                         stage_k(n % kStages) + warp_strip_row0<kFrac>(warp), dq, lane);
-      }
+      const uint32_t stage = uint32_t(n % kStages);
+      const uint32_t ds_at = dscore_row_addr + stage * kStageDscoreBytes;  // rows g and g + 8, 32 bytes on
+      float ds_g, ds_g8;
+      asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(ds_g) : "r"(ds_at) : "memory");
+      asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(ds_g8) : "r"(ds_at + 32) : "memory");
+      add_diag_times_rows_at<T, kHeadDim>(ds_g, ds_g8, strip_add_row + stage * kStageKBytes, dq, lane);
     } else {
       const int o = n - band_steps;
       const OffsetSplit split = split_offset(&step_offset, 0);

@@ -280,7 +280,11 @@ __device__ __forceinline__ void dot_16_rows(const uint32_t (&a)[kHeadDim / 16][4
 }
 
 // dot_16_rows from this lane's ldmatrix row as a shared-memory address
-// (dot_16_rows_lane_row's, of the 16 rows), which the caller keeps.
+// (dot_16_rows_lane_row's, of the 16 rows), which the caller keeps: ptxas
+// rebuilds a pointer's address from the thread index where the product runs.
+// The pointer forms do not route through these _at forms: written that way
+// they compile to other code (registers, order) in 49 kernels that were
+// measured as they are.
 template <typename T, int kHeadDim, int N, int kChains = 1>
 __device__ __forceinline__ void dot_16_rows_at(const uint32_t (&a)[kHeadDim / 16][4], uint32_t row_addr,
                                                float (&s)[N][4], int j0) {
