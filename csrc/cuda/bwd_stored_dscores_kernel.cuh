@@ -351,9 +351,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       // offsets_within_reach stops before it), so its strip and dS were staged.
       const uint32_t stage = uint32_t(n % kStages);
       const uint32_t ds_at = dscore_row_addr + stage * kStageDscoreBytes;  // rows g and g + 8, 32 bytes on
-      float ds_g, ds_g8;
-      asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(ds_g) : "r"(ds_at) : "memory");
-      asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(ds_g8) : "r"(ds_at + 32) : "memory");
+      const float ds_g = load_shared_float(ds_at), ds_g8 = load_shared_float(ds_at + 32);
       add_diag_times_rows_at<T, kHeadDim>(ds_g, ds_g8, strip_add_row + stage * kStageKBytes, dq, lane);
     } else {
       const int o = n - band_steps;

@@ -210,6 +210,14 @@ __device__ __forceinline__ void ldmatrix_x4_trans_at(uint32_t (&r)[4], uint32_t 
                : "r"(addr));
 }
 
+// A float from a shared-memory address (one a kernel keeps, as for the _at
+// products below).
+__device__ __forceinline__ float load_shared_float(uint32_t addr) {
+  float v;
+  asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(v) : "r"(addr) : "memory");
+  return v;
+}
+
 // ldmatrix_x4's inverse (sm_90 and later; only the Hopper forward calls it):
 // lane l gives the address of row l % 8 of tile l / 8, and a thread's r[i]
 // holds (row lane / 4, columns 2 (lane % 4), +1) of tile i.
