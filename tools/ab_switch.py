@@ -10,9 +10,10 @@ rounds are reported, with every round beside them so that the spread shows,
 and the gradients of the two sides compared bit for bit. The median is there
 because the fastest round alone favours the default side: its first round
 comes right after the configuration's setup, when the GPU has idled and runs
-at its highest clock, and it is often the fastest of all. It names the timed kernels of each side where they
-differ, and says so where they do not: a misspelt switch, which nothing reads,
-would otherwise compare the default with itself.
+at its highest clock, and it is often the fastest of all. It names the timed
+kernels of each side where they differ, and says so where they do not: a
+misspelt switch, which nothing reads, would otherwise compare the default
+with itself.
 
     python tools/ab_switch.py FIBSPARSE_STORED_DSCORES=0 --kernel dkdv --kernel dq
     python tools/ab_switch.py FIBSPARSE_HOPPER=0 --kernel fwd --config dense,65536,32,8,128,integer
@@ -21,6 +22,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from statistics import median
 
 import torch
 
@@ -72,12 +74,6 @@ class Setting:
 
 def percent(a: float, b: float) -> str:
     return f"{100 * (a / b - 1):+.1f}%"
-
-
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def sides(default: list[float], switched: list[float], digits: int) -> str:
