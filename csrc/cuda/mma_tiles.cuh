@@ -185,20 +185,7 @@ __device__ __forceinline__ void sync_step(bool by_group, int group) {
 // gives the address of row l % 8 of tile l / 8. Without .trans a thread gets
 // (row lane / 4, columns 2 (lane % 4), +1) of each tile; with .trans, the
 // transposed pair (rows 2 (lane % 4), +1; column lane / 4).
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint16_t* row) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16_t* row) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-// The same from a shared-memory address (__cvta_generic_to_shared's).
+// The _at forms take the row's shared-memory address (__cvta_generic_to_shared's).
 __device__ __forceinline__ void ldmatrix_x4_at(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -208,6 +195,12 @@ __device__ __forceinline__ void ldmatrix_x4_trans_at(uint32_t (&r)[4], uint32_t 
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint16_t* row) {
+  ldmatrix_x4_at(r, static_cast<uint32_t>(__cvta_generic_to_shared(row)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16_t* row) {
+  ldmatrix_x4_trans_at(r, static_cast<uint32_t>(__cvta_generic_to_shared(row)));
 }
 
 // A float from a shared-memory address (one a kernel keeps, as for the _at
@@ -290,9 +283,9 @@ __device__ __forceinline__ void dot_16_rows(const uint32_t (&a)[kHeadDim / 16][4
 // dot_16_rows from this lane's ldmatrix row as a shared-memory address
 // (dot_16_rows_lane_row's, of the 16 rows), which the caller keeps: ptxas
 // rebuilds a pointer's address from the thread index where the product runs.
-// The pointer forms do not route through these _at forms: written that way
-// they compile to other code (registers, order) in 49 kernels that were
-// measured as they are.
+// dot_16_rows and add_a_times_rows keep loops of their own rather than call
+// their _at forms: routed through them, ptxas compiles other code (registers,
+// order) for the general passes' kernels, which were measured as they are.
 template <typename T, int kHeadDim, int N, int kChains = 1>
 __device__ __forceinline__ void dot_16_rows_at(const uint32_t (&a)[kHeadDim / 16][4], uint32_t row_addr,
                                                float (&s)[N][4], int j0) {
@@ -340,6 +333,18 @@ __device__ __forceinline__ void c_to_a_fragment(const float (&w)[N][4], int j0, 
 // acc += A B for a 16 x 16 A fragment and the 16 staged rows b_rows[0..15]
 // (16 x head_dim). Per 16 columns of head_dim one transposed ldmatrix gives
 // the B fragments of two 8-column tiles: (rows 0-7 | 8-15) x (columns +0 | +8).
+// The _at form takes this lane's row as a shared-memory address (add_rows_lane_row's).
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void add_a_times_rows_at(const uint32_t (&a)[4], uint32_t row_addr,
+                                                    float (&acc)[kHeadDim / 8][4]) {
+#pragma unroll
+  for (int n = 0; n < kHeadDim / 16; ++n) {
+    uint32_t b[4];  // b0, b1 of columns 16n..16n+7, then of 16n+8..16n+15
+    ldmatrix_x4_trans_at(b, row_addr + 32 * n);
+    mma_16816<T>(acc[2 * n], a, b[0], b[1]);
+    mma_16816<T>(acc[2 * n + 1], a, b[2], b[3]);
+  }
+}
 template <typename T, int kHeadDim>
 __device__ __forceinline__ void add_a_times_rows(const uint32_t (&a)[4], RowPtr<kHeadDim> b_rows,
                                                  float (&acc)[kHeadDim / 8][4], int lane) {
@@ -368,12 +373,19 @@ __device__ __forceinline__ void add_tile_times_rows(const float (&w)[N][4], int 
 // staged rows b_rows[0..15]: row x of acc gains d_x * b_rows[x]. Every thread
 // passes d_g and d_{g+8} (the values of its rows); the A fragment is nonzero
 // only where column == row, in the thread with c == g / 2.
+template <typename T>
+__device__ __forceinline__ void diag_a_fragment(float d_g, float d_g8, int lane, uint32_t (&a)[4]) {
+  const int g = lane / 4, c = lane % 4;
+  const bool lo = 2 * c == g, hi = 2 * c + 1 == g;
+  a[0] = pack2<T>(lo ? d_g : 0.f, hi ? d_g : 0.f);
+  a[1] = a[2] = 0u;
+  a[3] = pack2<T>(lo ? d_g8 : 0.f, hi ? d_g8 : 0.f);
+}
 template <typename T, int kHeadDim>
 __device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, RowPtr<kHeadDim> b_rows,
                                                     float (&acc)[kHeadDim / 8][4], int lane) {
-  const int g = lane / 4, c = lane % 4;
-  const bool lo = 2 * c == g, hi = 2 * c + 1 == g;
-  const uint32_t a[4] = {pack2<T>(lo ? d_g : 0.f, hi ? d_g : 0.f), 0u, 0u, pack2<T>(lo ? d_g8 : 0.f, hi ? d_g8 : 0.f)};
+  uint32_t a[4];
+  diag_a_fragment<T>(d_g, d_g8, lane, a);
   add_a_times_rows<T, kHeadDim>(a, b_rows, acc, lane);
 }
 
@@ -382,16 +394,9 @@ __device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, RowPt
 template <typename T, int kHeadDim>
 __device__ __forceinline__ void add_diag_times_rows_at(float d_g, float d_g8, uint32_t row_addr,
                                                        float (&acc)[kHeadDim / 8][4], int lane) {
-  const int g = lane / 4, c = lane % 4;
-  const bool lo = 2 * c == g, hi = 2 * c + 1 == g;
-  const uint32_t a[4] = {pack2<T>(lo ? d_g : 0.f, hi ? d_g : 0.f), 0u, 0u, pack2<T>(lo ? d_g8 : 0.f, hi ? d_g8 : 0.f)};
-#pragma unroll
-  for (int n = 0; n < kHeadDim / 16; ++n) {
-    uint32_t b[4];
-    ldmatrix_x4_trans_at(b, row_addr + 32 * n);
-    mma_16816<T>(acc[2 * n], a, b[0], b[1]);
-    mma_16816<T>(acc[2 * n + 1], a, b[2], b[3]);
-  }
+  uint32_t a[4];
+  diag_a_fragment<T>(d_g, d_g8, lane, a);
+  add_a_times_rows_at<T, kHeadDim>(a, row_addr, acc);
 }
 
 // The diagonal of a 16 x 16 tile in C layout (s[0], s[1]): element (x, x) of
