@@ -172,8 +172,8 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   launch_kernel(delta_kernel<T, OffsetT, kHeadDim>, dim3(query_tiles + kOffsetsCheckBlocks, p.heads, p.batch),
                 kMmaBlockThreads, 0, stored_p);
   BOOL_SWITCH(!kFrac && !switched_off("FIBSPARSE_KEPT_BAND"), kBand, [&] {
-    BOOL_SWITCH(!kFrac && !switched_off("FIBSPARSE_KEPT_THREAD"), kThread, [&] {
-      launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, kBand && !kFrac, kThread && !kFrac>,
+    BOOL_SWITCH(!switched_off("FIBSPARSE_KEPT_THREAD"), kThread, [&] {
+      launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, kBand && !kFrac, kThread>,
                     dkdv_grid, kMmaBlockThreads,
                     kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>, stored_p);
     });

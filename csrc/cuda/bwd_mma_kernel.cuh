@@ -689,7 +689,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   const Sequence seq = sequence_of(p, b);
   if (int64_t(blockIdx.x) * kBlockRows >= seq.seqlen_k) return;  // past a packed sequence's end
   constexpr bool kKeptRows = kRoute == DkdvRoute::kBeforeDq && std::is_integral_v<OffsetT>;
-  constexpr bool kKeptThread = kKeptRows && kSwitchThread;
+  constexpr bool kKeptThread = kRoute == DkdvRoute::kBeforeDq && kSwitchThread;
   constexpr bool kBandAt = kKeptRows && kSwitchBand;
   const uint32_t thread =
       kKeptThread ? __shfl_sync(0xffffffffu, uint32_t(threadIdx.x), threadIdx.x % 32) : uint32_t(threadIdx.x);
