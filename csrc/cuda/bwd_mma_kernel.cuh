@@ -640,8 +640,7 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // and dS from its own k and v fragments and the strip's rows, as it does the
 // band's (fractional positions: fractional_offset_step), and stores each
 // (query, offset)'s dS.
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kSwitchBand = true,
-          bool kSwitchThread = true>
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kSwitchBand = true>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
@@ -689,11 +688,8 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   const Sequence seq = sequence_of(p, b);
   if (int64_t(blockIdx.x) * kBlockRows >= seq.seqlen_k) return;  // past a packed sequence's end
   constexpr bool kKeptRows = kRoute == DkdvRoute::kBeforeDq && std::is_integral_v<OffsetT>;
-  constexpr bool kKeptThread = kRoute == DkdvRoute::kBeforeDq && kSwitchThread;
   constexpr bool kBandAt = kKeptRows && kSwitchBand;
-  const uint32_t thread =
-      kKeptThread ? __shfl_sync(0xffffffffu, uint32_t(threadIdx.x), threadIdx.x % 32) : uint32_t(threadIdx.x);
-  const int warp = thread / 32, lane = thread % 32, g = lane / 4, c = lane % 4;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
   const int warp_k0 = blockIdx.x * kBlockRows + 16 * warp;  // the warp's first key (= its position)
   const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
   const QuerySteps<OffsetT, kHeadDim> steps(p, seq, int64_t(blockIdx.x) * kBlockRows, hk);
