@@ -553,15 +553,19 @@ __device__ __forceinline__ void fractional_offset_step(
 // band_last_row: the last query row that reads the key tile.
 // kInnerSubtilesUnmasked: sub-tiles inside the band skip the test per pair
 // (dkdv_mma_kernel says where that pays).
-template <typename T, int kHeadDim, bool kStoresDscores, bool kInnerSubtilesUnmasked, bool kBandAt = false>
+// kRowsAt: the lane's ldmatrix rows come as shared-memory addresses of its
+// rows in the staged chunk (q_dot_row for dot_16_rows_at, q_add_row for
+// add_a_times_rows_at; dO's one buffer on), kept by the caller.
+template <typename T, int kHeadDim, bool kStoresDscores, bool kInnerSubtilesUnmasked, bool kRowsAt = false>
 __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& seq, int b, int head, int64_t key_tile,
                                                int step_index, int64_t chunk_row, int64_t band_last_row, int warp_k0,
                                                const uint32_t (&kf)[kHeadDim / 16][4],
                                                const uint32_t (&vf)[kHeadDim / 16][4], RowPtr<kHeadDim> rows_q,
                                                RowPtr<kHeadDim> rows_do, const float* stat0, const float* stat1,
                                                float (&dk)[kHeadDim / 8][4], float (&dv)[kHeadDim / 8][4], int lane,
-                                               int warp, uint32_t q_dot_row = 0, uint32_t q_add_row = 0) {
-  const int g = lane / 4, c = lane % 4;
+                                               uint32_t q_dot_row = 0, uint32_t q_add_row = 0) {
+  static_assert(!kRowsAt || kStoresDscores, "the kept rows serve the pass that stores dS");
+  const int warp = threadIdx.x / 32, g = lane / 4, c = lane % 4;
   constexpr uint32_t kBufferBytes = kStageBytes<kHeadDim>, kSubtileBytes = 16 * (kHeadDim + 8) * sizeof(uint16_t);
   const float scale_log2 = float(p.softmax_scale) * float(M_LOG2E);
   // The last query of the step's sub-tile t16 that exists, as a column of it.
@@ -572,7 +576,7 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
     float st[2][4], dpt[2][4];  // rows: the warp's keys; columns: the sub-tile's queries
     const int distance0 = thread_distance<true>(warp_k0, pos0, g, c);  // rows: keys; columns: queries
     const int last_col = last_column(t16);
-    if constexpr (kBandAt) {
+    if constexpr (kRowsAt) {
       dot_16_rows_at<T, kHeadDim>(kf, q_dot_row + t16 * kSubtileBytes, st, 0);
       dot_16_rows_at<T, kHeadDim>(vf, q_dot_row + kBufferBytes + t16 * kSubtileBytes, dpt, 0);
     } else {
@@ -605,7 +609,7 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
       uint16_t* tile = bits<T>(p.band_dscores, band_dscore_index(p, seq, b, head, key_tile, step_index));
       *reinterpret_cast<uint4*>(tile + dscore_subtile_offset(t16, warp) + 8 * lane) =
           make_uint4(ds_a[0], ds_a[1], ds_a[2], ds_a[3]);
-      if constexpr (kBandAt) {
+      if constexpr (kRowsAt) {
         uint32_t p_a[4];
         c_to_a_fragment<T>(st, 0, 1.f, p_a);
         add_a_times_rows_at<T, kHeadDim>(p_a, q_add_row + kBufferBytes + t16 * kSubtileBytes, dv);
@@ -640,7 +644,7 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // and dS from its own k and v fragments and the strip's rows, as it does the
 // band's (fractional positions: fractional_offset_step), and stores each
 // (query, offset)'s dS.
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kSwitchBand = true>
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
@@ -687,8 +691,6 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   const int hk = blockIdx.y, b = blockIdx.z;
   const Sequence seq = sequence_of(p, b);
   if (int64_t(blockIdx.x) * kBlockRows >= seq.seqlen_k) return;  // past a packed sequence's end
-  constexpr bool kKeptRows = kRoute == DkdvRoute::kBeforeDq && std::is_integral_v<OffsetT>;
-  constexpr bool kBandAt = kKeptRows && kSwitchBand;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
   const int warp_k0 = blockIdx.x * kBlockRows + 16 * warp;  // the warp's first key (= its position)
   const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
@@ -742,13 +744,19 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   // index at every offset step, a chain of ~10 dependent instructions between
   // the step's barrier and its first ldmatrix; kept, the pass took 1.6-5.3%
   // less time (docs/performance.md, round 68).
+  // kKeptBandRows: the band steps' rows of stage 0 kept the same way, at
+  // head_dim 64 and below (the pass -1.4% to -2.1%). At head_dim 128, where
+  // the pass holds 255 registers, they were no faster (+1.8% to -0.6%;
+  // docs/performance.md, round 69).
+  constexpr bool kKeptRows = kRoute == DkdvRoute::kBeforeDq && std::is_integral_v<OffsetT>;
+  constexpr bool kKeptBandRows = kKeptRows && kHeadDim <= 64;
   uint32_t strip_dot_row = 0, strip_add_row = 0, band_dot_row = 0, band_add_row = 0;
   if constexpr (kKeptRows) {
     RowPtr<kHeadDim> strip = stage_q(0) + steps.strip_row0(warp);
     strip_dot_row = __shfl_sync(0xffffffffu, dot_16_rows_lane_row<kHeadDim>(strip, lane), lane);
     strip_add_row = __shfl_sync(0xffffffffu, add_rows_lane_row<kHeadDim>(strip, lane), lane);
   }
-  if constexpr (kBandAt) {
+  if constexpr (kKeptBandRows) {
     band_dot_row = __shfl_sync(0xffffffffu, dot_16_rows_lane_row<kHeadDim>(stage_q(0), lane), lane);
     band_add_row = __shfl_sync(0xffffffffu, add_rows_lane_row<kHeadDim>(stage_q(0), lane), lane);
   }
@@ -776,9 +784,9 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     const float* stat1 = stage_stat(n % 2, 1);
     if (steps.is_band(step)) {
       const uint32_t band_stage_bytes = uint32_t(n % 2) * 2 * kStageBytes<kHeadDim>;
-      dkdv_band_step<T, kHeadDim, kStoresDscores, kInnerSubtilesUnmasked, kBandAt>(
+      dkdv_band_step<T, kHeadDim, kStoresDscores, kInnerSubtilesUnmasked, kKeptBandRows>(
           p, seq, b, step.head, blockIdx.x, step.index, steps.chunk_row(step), steps.band_last_row, warp_k0, kf, vf,
-          rows_q, rows_do, stat0, stat1, dk, dv, lane, warp, band_dot_row + band_stage_bytes,
+          rows_q, rows_do, stat0, stat1, dk, dv, lane, band_dot_row + band_stage_bytes,
           band_add_row + band_stage_bytes);
     } else {
       const OffsetSplit split = kKeepsOffsets ? split_offset(&step_offset, 0)

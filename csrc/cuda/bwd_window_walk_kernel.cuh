@@ -161,7 +161,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
       dkdv_band_step<T, kHeadDim, true, kInnerSubtilesUnmasked>(p, seq, b, h, tile, s, (tile + s) * kChunk,
                                                                 last_reader_row, warp_k0, kf, vf, slot_q(slot),
                                                                 slot_do(slot), slot_lse(slot), slot_delta(slot), dk,
-                                                                dv, lane, int(threadIdx.x / 32));
+                                                                dv, lane);
       if (s == 0 && stages_next) {
         // Chunk tile + chunks takes chunk tile's slot (at three chunks a
         // tile) and the O buffer, once every warp is done with both.
