@@ -238,7 +238,7 @@ struct QuerySteps {
   // empty group. kWindowAlone, whose dk/dv pass forms delta itself: a band step
   // also queues the out rows into o_dst, and dlse (0 without it) in delta's place.
   // read_offset: an offset step's offset, where the caller has read it.
-  template <typename T, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kUncheckedStrips = false>
+  template <typename T, DkdvRoute kRoute = DkdvRoute::kAfterDq>
   __device__ void issue(Step s, bool exists, int b, Rows<kHeadDim> q_dst, Rows<kHeadDim> do_dst, float* stat0_dst,
                         float* stat1_dst, Rows<kHeadDim> o_dst = nullptr,
                         const OffsetT* read_offset = nullptr) const {
@@ -295,9 +295,12 @@ struct QuerySteps {
           const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, row0 = strip_row0(warp);
           const int64_t first = block_key + split.whole - seq.q_pos_shift + 16 * warp;
           const int64_t last = seq.seqlen_q - 1;
-          // kUncheckedStrips: nearly every strip lies inside the queries, and
-          // only those at the sequence's end need the per-row checks (a
-          // select of each copy's source, whose registers ptxas reuses).
+          // Nearly every strip lies inside the queries, and only those at the
+          // sequence's ends need the per-row checks: a select of each copy's
+          // source, whose registers ptxas reuses, so each select waits for the
+          // copy before it. Measured for the pass before dq only
+          // (docs/performance.md, round 70); the other route keeps its checks.
+          constexpr bool kUncheckedStrips = kRoute == DkdvRoute::kBeforeDq;
           if (kUncheckedStrips && first >= 0 && first + kStripRows - 1 <= last) {
             stage_rows<kHeadDim, kStripRows, 32, true>(q_dst + row0, q_src, p.q_row_stride, first, last,
                                                        unsigned(lane));
