@@ -298,10 +298,8 @@ struct QuerySteps {
           // Nearly every strip lies inside the queries, and only those at the
           // sequence's ends need the per-row checks: a select of each copy's
           // source, whose registers ptxas reuses, so each select waits for the
-          // copy before it. Measured for the pass before dq only
-          // (docs/performance.md, round 70); the other route keeps its checks.
-          constexpr bool kUncheckedStrips = kRoute == DkdvRoute::kBeforeDq;
-          if (kUncheckedStrips && first >= 0 && first + kStripRows - 1 <= last) {
+          // copy before it (docs/performance.md, rounds 70 and 71).
+          if (first >= 0 && first + kStripRows - 1 <= last) {
             stage_rows<kHeadDim, kStripRows, 32, true>(q_dst + row0, q_src, p.q_row_stride, first, last,
                                                        unsigned(lane));
             stage_rows<kHeadDim, kStripRows, 32, true>(do_dst + row0, do_src, p.do_row_stride, first, last,
