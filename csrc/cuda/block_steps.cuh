@@ -131,19 +131,8 @@ struct KeySteps {
         constexpr int kRows = kWarpStripRows<kFractional>;
         const int row0 = warp_strip_row0<kFractional>(warp);
         const int64_t first = block_pos + 16 * warp - split.whole - (kFractional ? 1 : 0);
-        // Nearly every strip lies inside the keys; only those at the
-        // sequence's start or end need the per-row checks.
-        if (first >= 0 && first + kRows - 1 <= last_key) {
-          stage_rows<kHeadDim, kRows, kGroupThreads, true>(k_dst + row0, k_src, p.k_row_stride, first, last_key,
-                                                           group_thread);
-          stage_rows<kHeadDim, kRows, kGroupThreads, true>(v_dst + row0, v_src, p.v_row_stride, first, last_key,
-                                                           group_thread);
-        } else {
-          stage_rows<kHeadDim, kRows, kGroupThreads>(k_dst + row0, k_src, p.k_row_stride, first, last_key,
-                                                     group_thread);
-          stage_rows<kHeadDim, kRows, kGroupThreads>(v_dst + row0, v_src, p.v_row_stride, first, last_key,
-                                                     group_thread);
-        }
+        stage_row_pair<kHeadDim, kRows, kGroupThreads>(k_dst + row0, k_src, p.k_row_stride, v_dst + row0, v_src,
+                                                       p.v_row_stride, first, last_key, group_thread);
       }
     }
     commit_async();
@@ -295,20 +284,8 @@ struct QuerySteps {
           const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, row0 = strip_row0(warp);
           const int64_t first = block_key + split.whole - seq.q_pos_shift + 16 * warp;
           const int64_t last = seq.seqlen_q - 1;
-          // Nearly every strip lies inside the queries, and only those at the
-          // sequence's ends need the per-row checks: a select of each copy's
-          // source, whose registers ptxas reuses, so each select waits for the
-          // copy before it (docs/performance.md, rounds 70 and 71).
-          if (first >= 0 && first + kStripRows - 1 <= last) {
-            stage_rows<kHeadDim, kStripRows, 32, true>(q_dst + row0, q_src, p.q_row_stride, first, last,
-                                                       unsigned(lane));
-            stage_rows<kHeadDim, kStripRows, 32, true>(do_dst + row0, do_src, p.do_row_stride, first, last,
-                                                       unsigned(lane));
-          } else {
-            stage_rows<kHeadDim, kStripRows, 32>(q_dst + row0, q_src, p.q_row_stride, first, last, unsigned(lane));
-            stage_rows<kHeadDim, kStripRows, 32>(do_dst + row0, do_src, p.do_row_stride, first, last,
-                                                 unsigned(lane));
-          }
+          stage_row_pair<kHeadDim, kStripRows, 32>(q_dst + row0, q_src, p.q_row_stride, do_dst + row0, do_src,
+                                                   p.do_row_stride, first, last, unsigned(lane));
           if (lane < kStripRows) stage_offset_stats(row0 + lane, first + lane);
         } else if (split.whole >= 0) {
           const int64_t first = block_key + split.whole - seq.q_pos_shift;

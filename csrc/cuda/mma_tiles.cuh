@@ -156,6 +156,26 @@ __device__ __forceinline__ void stage_rows(Rows<kHeadDim> dst, const uint16_t* s
   }
 }
 
+// Queues the kCount rows from `first` of two tensors that share their rows'
+// positions (q and dO, or k and v), as stage_rows does, without the test per
+// row where all of them lie inside [0, last]: a per-warp strip nearly always
+// does, and only those at a sequence's ends need the checks (each a select of
+// a copy's source, whose registers ptxas reuses, so it waits for the copy
+// before it; docs/performance.md, rounds 42 and 70-71). `first` and `last`
+// must be the same for every thread taking part.
+template <int kHeadDim, int kCount, int kThreads>
+__device__ __forceinline__ void stage_row_pair(Rows<kHeadDim> a_dst, const uint16_t* a_src, int64_t a_row_stride,
+                                               Rows<kHeadDim> b_dst, const uint16_t* b_src, int64_t b_row_stride,
+                                               int64_t first, int64_t last, unsigned thread) {
+  if (first >= 0 && first + kCount - 1 <= last) {
+    stage_rows<kHeadDim, kCount, kThreads, true>(a_dst, a_src, a_row_stride, first, last, thread);
+    stage_rows<kHeadDim, kCount, kThreads, true>(b_dst, b_src, b_row_stride, first, last, thread);
+  } else {
+    stage_rows<kHeadDim, kCount, kThreads>(a_dst, a_src, a_row_stride, first, last, thread);
+    stage_rows<kHeadDim, kCount, kThreads>(b_dst, b_src, b_row_stride, first, last, thread);
+  }
+}
+
 // Waits for the kGroupWarps warps that stage and read one strip's rows
 // between themselves (an offset step whose rows no other warp reads): a lone
 // warp for its lanes, several at named barrier 1 + group (__syncthreads uses
