@@ -121,12 +121,15 @@ struct KeySteps {
   // strip of k and v rows (mma_tiles.cuh's kWarpStripRows, from its first
   // query's first row, or for fractional positions its second) and waits
   // only for its group. Queues offset step n's strip of warp `warp` (none
-  // past the last step), then commits one cp.async group.
+  // past the last step), then commits one cp.async group. read_offset: the
+  // step's offset, where the caller has read it.
   template <bool kFractional, int kGroupThreads>
   __device__ void issue_warp_strip(int n, const uint16_t* k_src, const uint16_t* v_src, Rows<kHeadDim> k_dst,
-                                   Rows<kHeadDim> v_dst, int warp, unsigned group_thread) const {
+                                   Rows<kHeadDim> v_dst, int warp, unsigned group_thread,
+                                   const OffsetT* read_offset = nullptr) const {
     if (n < num_steps) {
-      const OffsetSplit split = split_offset(offs, offset_index(n));
+      const OffsetSplit split =
+          read_offset != nullptr ? split_offset(read_offset, 0) : split_offset(offs, offset_index(n));
       if (split.whole >= 0) {
         constexpr int kRows = kWarpStripRows<kFractional>;
         const int row0 = warp_strip_row0<kFractional>(warp);

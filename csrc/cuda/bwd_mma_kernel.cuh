@@ -207,7 +207,7 @@ __device__ __forceinline__ void zero_doffsets_partials_from(const Params& p, con
   }
 }
 
-template <typename T, typename OffsetT, int kHeadDim, int kHeads>
+template <typename T, typename OffsetT, int kHeadDim, int kHeads, bool kKeptOffsets = true>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<kHeadDim, kHeads>)
     dq_mma_kernel(const Params p) {
   static_assert(kMinBlocks<kHeadDim> % kHeads == 0, "heads per block within the register budget (mma_tiles.cuh)");
@@ -240,10 +240,17 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
   // `warp` of each head alone (issue_warp_strip): its barriers are that
   // group's. A band step reads every row, so its copies stay the block's.
   const auto steps_by_group = [&](int n) { return !steps.is_band(n); };
+  // kKeptOffsets: an offset step's offset is read once, when the step is
+  // queued, and kept for its products, as the dk/dv pass before dq keeps it.
+  const auto read_offset = [&](int n) {
+    return n < steps.num_steps && !steps.is_band(n) ? offs[steps.offset_index(n)] : OffsetT(-1);
+  };
+  OffsetT issued_offset = kKeptOffsets ? read_offset(0) : OffsetT(-1);  // of the step queued last
   const auto issue = [&](int n) {
     if (steps_by_group(n)) {
       steps.template issue_warp_strip<kFrac, 32 * kHeads>(n, k_src, v_src, stage_k(n % 2), stage_v(n % 2), warp,
-                                                          unsigned(32 * (threadIdx.x / kMmaBlockThreads) + lane));
+                                                          unsigned(32 * (threadIdx.x / kMmaBlockThreads) + lane),
+                                                          kKeptOffsets ? &issued_offset : nullptr);
     } else {
       steps.issue(n, k_src, v_src, stage_k(n % 2), stage_v(n % 2));
     }
@@ -264,6 +271,8 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
 
   float dq[kHeadDim / 8][4] = {};
   for (int n = 0; n < steps.num_steps; ++n) {
+    const OffsetT step_offset = issued_offset;  // step n's (kKeptOffsets)
+    if constexpr (kKeptOffsets) issued_offset = read_offset(n + 1);
     issue(n + 1);
     wait_async<1>();
     sync_step<kHeads>(steps_by_group(n), warp);
@@ -298,7 +307,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
       // memory, which may hold the offsets as far as the compiler knows, so
       // it would read them again for every row's sample_key.
       const int o = steps.offset_index(n);
-      const OffsetT offset = offs[o];
+      const OffsetT offset = kKeptOffsets ? step_offset : offs[o];
       const int t = distance_of_offset(0, p.band);  // of `offset`, as a row of one
       const OffsetSplit split = split_offset(&offset, 0);
       float dpos = 0.f;  // this thread's share of the warp's d loss / d position
@@ -644,7 +653,8 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // and dS from its own k and v fragments and the strip's rows, as it does the
 // band's (fractional positions: fractional_offset_step), and stores each
 // (query, offset)'s dS.
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq>
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq,
+          bool kGeneralKeepsOffsets = true>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
@@ -716,7 +726,8 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   // between its two rows' dS (reloaded, as the dS store before might have
   // written it); without both the pass took 0.3-9% less time
   // (docs/performance.md, round 66).
-  constexpr bool kKeepsOffsets = kRoute == DkdvRoute::kBeforeDq;
+  constexpr bool kKeepsOffsets =
+      kRoute == DkdvRoute::kBeforeDq || (kRoute == DkdvRoute::kAfterDq && kGeneralKeepsOffsets);
   const auto read_offset = [&](auto s, bool exists) {
     return exists && !steps.is_band(s) ? steps.offsets(s.head)[steps.offset_index(s)] : OffsetT(-1);
   };
