@@ -211,16 +211,11 @@ void launch_bwd(const Params& p, bool fractional) {
         }
         HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
           const dim3 dq_grid(blocks_for(p.seqlen_q, kBlockRows) + kOffsetsCheckBlocks, p.heads / kHeads, p.batch);
-          BOOL_SWITCH(!switched_off("FIBSPARSE_GENERAL_DQ_KEPT_OFFSETS"), kKept, [&] {
-            launch_kernel(dq_mma_kernel<T, OffsetT, kHeadDim, kHeads, kKept>, dq_grid, kHeads * kMmaBlockThreads,
-                          kDqSmemBytes<kHeadDim>, p);
-          });
+          launch_kernel(dq_mma_kernel<T, OffsetT, kHeadDim, kHeads>, dq_grid, kHeads * kMmaBlockThreads,
+                        kDqSmemBytes<kHeadDim>, p);
         });
         const dim3 dkdv_grid(blocks_for(p.seqlen_k, kBlockRows), p.heads_kv, p.batch);
-        BOOL_SWITCH(!switched_off("FIBSPARSE_GENERAL_DKDV_KEPT_OFFSETS"), kKept, [&] {
-          launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kAfterDq, kKept>, dkdv_grid,
-                        kMmaBlockThreads, kDkdvSmemBytes<kHeadDim>, p);
-        });
+        launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim>, dkdv_grid, kMmaBlockThreads, kDkdvSmemBytes<kHeadDim>, p);
       } else {
         using OffsetT = std::conditional_t<kFrac, acc_t<T>, int32_t>;
         const dim3 dq_grid(blocks_for(p.seqlen_q, kCudaRowsPerBlock) + kOffsetsCheckBlocks, p.heads, p.batch);

@@ -207,7 +207,7 @@ __device__ __forceinline__ void zero_doffsets_partials_from(const Params& p, con
   }
 }
 
-template <typename T, typename OffsetT, int kHeadDim, int kHeads, bool kKeptOffsets = true>
+template <typename T, typename OffsetT, int kHeadDim, int kHeads>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<kHeadDim, kHeads>)
     dq_mma_kernel(const Params p) {
   static_assert(kMinBlocks<kHeadDim> % kHeads == 0, "heads per block within the register budget (mma_tiles.cuh)");
@@ -240,8 +240,14 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
   // `warp` of each head alone (issue_warp_strip): its barriers are that
   // group's. A band step reads every row, so its copies stay the block's.
   const auto steps_by_group = [&](int n) { return !steps.is_band(n); };
-  // kKeptOffsets: an offset step's offset is read once, when the step is
-  // queued, and kept for its products, as the dk/dv pass before dq keeps it.
+  // kKeptOffsets (integer offsets): an offset step's offset is read once,
+  // when the step is queued, and kept for its products, as the dk/dv pass
+  // before dq keeps it. Read again after the step's barrier, its first
+  // compare waited on memory before the products; kept, the pass took 7.8%
+  // less time at 64k GQA 32/8 d 128. With fractional positions it took
+  // 0.7-2.1% more at head_dim 64, so they read it again
+  // (docs/performance.md, round 72).
+  constexpr bool kKeptOffsets = !kFrac;
   const auto read_offset = [&](int n) {
     return n < steps.num_steps && !steps.is_band(n) ? offs[steps.offset_index(n)] : OffsetT(-1);
   };
@@ -653,8 +659,7 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // and dS from its own k and v fragments and the strip's rows, as it does the
 // band's (fractional positions: fractional_offset_step), and stores each
 // (query, offset)'s dS.
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq,
-          bool kGeneralKeepsOffsets = true>
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
@@ -722,12 +727,12 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   }
   // kKeepsOffsets: an offset step's offset is read once, when the step is
   // queued, and kept for its products. Read again there, it was a wait on
-  // memory between the step's barrier and its products, and once more
-  // between its two rows' dS (reloaded, as the dS store before might have
-  // written it); without both the pass took 0.3-9% less time
-  // (docs/performance.md, round 66).
-  constexpr bool kKeepsOffsets =
-      kRoute == DkdvRoute::kBeforeDq || (kRoute == DkdvRoute::kAfterDq && kGeneralKeepsOffsets);
+  // memory between the step's barrier and its products, and on the route
+  // before dq once more between its two rows' dS (reloaded, as the dS store
+  // before might have written it); without both that pass took 0.3-9% less
+  // time (docs/performance.md, round 66), the route after dq 0.3-1.3% less
+  // at fractional head_dim 64 (round 72).
+  constexpr bool kKeepsOffsets = kRoute != DkdvRoute::kWindowAlone;
   const auto read_offset = [&](auto s, bool exists) {
     return exists && !steps.is_band(s) ? steps.offsets(s.head)[steps.offset_index(s)] : OffsetT(-1);
   };
