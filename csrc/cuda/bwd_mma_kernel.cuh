@@ -241,8 +241,8 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kMinBlocksOfHeads<k
   // group's. A band step reads every row, so its copies stay the block's.
   const auto steps_by_group = [&](int n) { return !steps.is_band(n); };
   // kKeptOffsets (integer offsets): an offset step's offset is read once,
-  // when the step is queued, and kept for its products, as the dk/dv pass
-  // before dq keeps it. Read again after the step's barrier, its first
+  // when the step is queued, and kept for its products, as the dk/dv
+  // passes keep it. Read again after the step's barrier, its first
   // compare waited on memory before the products; kept, the pass took 7.8%
   // less time at 64k GQA 32/8 d 128. With fractional positions it took
   // 0.7-2.1% more at head_dim 64, so they read it again
