@@ -5,8 +5,8 @@
 //
 // A block's consumer warpgroups each hold 64 rows of queries: one head's 64
 // consecutive queries, or (kHeadsPerWarpgroup == 2) two heads' 32, rows
-// 0 .. 31 the first head's and 32 .. 63 the second's (with integer offsets
-// in alternating boxes of 8, "Interleaved heads" below). A tile is the tile
+// 0 .. 31 the first head's and 32 .. 63 the second's (in alternating boxes
+// of 8, "Interleaved heads" below). A tile is the tile
 // queries (64 / kHeadsPerWarpgroup) of all the block's heads, which belong to
 // one kv group and share one row of offsets (when there are several). Two
 // heads a warpgroup halve what an offset's strip costs per head: the strip is
@@ -17,7 +17,7 @@
 // loads, and at one block per SM that was a large part of a tile's time. Warp
 // w of a warpgroup owns its rows 16 w .. 16 w + 15, as in the mma.sync forward
 // (fwd_mma_kernel.cuh), whose per-warp code it shares: 16 queries of one head,
-// or with two heads and integer offsets the same 8 queries of both heads
+// or with two heads the same 8 queries of both heads
 // ("Interleaved heads" below), which halves an offset step's products. For each tile the block
 // walks steps of k and v rows, staged once for all its heads:
 //   Band: the chunks of 64 keys that end at the last query of the tile's
@@ -33,9 +33,9 @@
 //     mma.sync forward (interleaved heads: its 8 queries of both heads against
 //     their 8 rows). A fractional position a + f (f > 0) also reads each
 //     query's row one further back: its step stages the 8 rows before the
-//     strip too (a prefix, tma.cuh), and a warp scores the 16 rows one back as
-//     well (for a strip's first query, from the prefix), mixing the two
-//     diagonals as the mma.sync forward does.
+//     strip too (a prefix, tma.cuh), and a warp scores its rows one back as
+//     well (for a strip's first query, the prefix's last row), mixing the
+//     two diagonals as the mma.sync forward does.
 // The band's steps are software-pipelined: a warpgroup queues a chunk's Q K^T
 // and the previous chunk's P V before its softmax, so the tensor cores work
 // meanwhile.
@@ -243,7 +243,7 @@ __device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, const
   }
 }
 
-// Interleaved heads: with two heads a warpgroup and integer offsets, a warp's
+// Interleaved heads: with two heads a warpgroup, a warp's
 // 16 rows are the same 8 queries of both heads, fragment row g head h's query
 // g and row g + 8 head h + 1's; the q tile's row 16 w + 8 x + i is query
 // 8 w + i of the warpgroup's head x, loaded in boxes of kInterleavedRows rows
@@ -253,25 +253,31 @@ __device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, const
 // consecutive queries of one head keep the diagonal, 1/16, of a 16 x 16 tile.
 // Every score is the same sum in the same order, and every output element of
 // P V gains the same single nonzero product, so the results are those of one
-// head a warp, bit for bit. Fractional positions keep one head a warp: their
-// second rows (score_back) follow the 16-query layout.
-template <int kHeadsPerWarpgroup, bool kFractional>
-constexpr bool kInterleavedHeads = kHeadsPerWarpgroup == 2 && !kFractional;
+// head a warp, bit for bit. Fractional positions score each strip's rows
+// one further back too (their second rows), as a second 16 x 8 tile against
+// the strip's rows shifted by one, whose first row for warp 0 is the
+// prefix's last. kInterleaveFractional: temporary, for the A/B against the
+// 16-query layout that fractional positions kept before.
+template <int kHeadsPerWarpgroup, bool kFractional, bool kInterleaveFractional = true>
+constexpr bool kInterleavedHeads = kHeadsPerWarpgroup == 2 && (!kFractional || kInterleaveFractional);
 constexpr int kInterleavedRows = 8;
 //
 // s = the 16 x 8 scores of the warp's rows (fragments `a`) against rows
 // row0 .. row0 + 7 of a swizzled tile. One ldmatrix gives the B fragments of
 // two 16-wide slices of head_dim; kChains as in dot_16_rows, whose sums these
-// are, element for element and in the same order.
-template <typename T, int kHeadDim, int kChains>
+// are, element for element and in the same order. With a prefix, row0 may be
+// -1 (a fractional step's second rows, for warp 0's first query).
+template <typename T, int kHeadDim, int kChains, bool kPrefix = false>
 __device__ __forceinline__ void dot_8_rows(const uint32_t (&a)[kHeadDim / 16][4], const char* tile, int row0,
-                                           float (&s)[4], int lane) {
+                                           float (&s)[4], int lane, const char* prefix = nullptr) {
   float partial[kChains][4] = {};
   const int row = row0 + lane % 8, col = (lane / 8) * 8;
 #pragma unroll
   for (int kk = 0; kk < kHeadDim / 16; kk += 2) {
     uint32_t b[4];  // b0, b1 of slice kk, then of slice kk + 1
-    mma_tiles::ldmatrix_x4(b, reinterpret_cast<const uint16_t*>(tile + tma::swizzled_offset(row, 16 * kk + col)));
+    const char* rows = kPrefix ? tma::row_with_prefix(tile, prefix, row, 16 * kk + col)
+                               : tile + tma::swizzled_offset(row, 16 * kk + col);
+    mma_tiles::ldmatrix_x4(b, reinterpret_cast<const uint16_t*>(rows));
     mma_16816<T>(partial[kk % kChains], a[kk], b[0], b[1]);
     mma_16816<T>(partial[(kk + 1) % kChains], a[kk + 1], b[2], b[3]);
   }
@@ -283,10 +289,11 @@ __device__ __forceinline__ void dot_8_rows(const uint32_t (&a)[kHeadDim / 16][4]
 // in column g, and rows row0 .. row0 + 7 of a swizzled tile: each of the
 // warp's rows gains its weight times its position's row. One transposed
 // ldmatrix gives the B fragments of four 8-wide column tiles; the products
-// are m16n8k8, half of add_diag_times_rows's.
-template <typename T, int kHeadDim>
+// are m16n8k8, half of add_diag_times_rows's. With a prefix, as dot_8_rows.
+template <typename T, int kHeadDim, bool kPrefix = false>
 __device__ __forceinline__ void add_diag_times_8_rows(float d_g, float d_g8, const char* tile, int row0,
-                                                      float (&acc)[kHeadDim / 8][4], int lane) {
+                                                      float (&acc)[kHeadDim / 8][4], int lane,
+                                                      const char* prefix = nullptr) {
   const int g = lane / 4, c = lane % 4;
   const bool lo = 2 * c == g, hi = 2 * c + 1 == g;
   const uint32_t a[2] = {pack2<T>(lo ? d_g : 0.f, hi ? d_g : 0.f), pack2<T>(lo ? d_g8 : 0.f, hi ? d_g8 : 0.f)};
@@ -294,7 +301,9 @@ __device__ __forceinline__ void add_diag_times_8_rows(float d_g, float d_g8, con
 #pragma unroll
   for (int n = 0; n < kHeadDim / 32; ++n) {
     uint32_t b[4];  // columns 32 n, 32 n + 8, 32 n + 16, 32 n + 24
-    mma_tiles::ldmatrix_x4_trans(b, reinterpret_cast<const uint16_t*>(tile + tma::swizzled_offset(row, 32 * n + col)));
+    const char* rows = kPrefix ? tma::row_with_prefix(tile, prefix, row, 32 * n + col)
+                               : tile + tma::swizzled_offset(row, 32 * n + col);
+    mma_tiles::ldmatrix_x4_trans(b, reinterpret_cast<const uint16_t*>(rows));
 #pragma unroll
     for (int i = 0; i < 4; ++i) mma_1688<T>(acc[4 * n + i], a, b[i]);
   }
@@ -361,13 +370,14 @@ __device__ __forceinline__ void rescale_output(float (&o)[kDimTiles][4], const f
 // prefixes come with the others).
 // A packed batch's sequences each have maps of their own (sequence_maps.cuh's,
 // `sequence_maps`, null for a dense batch, whose maps are `maps`).
-template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional>
+template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional,
+          bool kInterleaveFractional = true>
 __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kThreads,
                                   Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kMinBlocks)
     fwd_hopper_kernel(const __grid_constant__ Params p, const __grid_constant__ HopperForwardMaps<kFractional> maps,
                       const HopperForwardMaps<kFractional>* sequence_maps, int tiles_per_block) {
   static_assert(kCluster == 1 || (kCluster == 2 && kWarpgroups == 2 && kHeadsPerWarpgroup == 1 && !kFractional));
-  constexpr bool kInterleaved = kInterleavedHeads<kHeadsPerWarpgroup, kFractional>;
+  constexpr bool kInterleaved = kInterleavedHeads<kHeadsPerWarpgroup, kFractional, kInterleaveFractional>;
   static_assert(!kInterleaved || kCluster == 1);
   constexpr bool kOutputThroughTile = kOutputThroughTileOf<kWarpgroups>;
   static_assert(!kInterleaved || kOutputThroughTile, "interleaved q fragments come from the tile");
@@ -690,28 +700,48 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
         }
       }
     };
-    // Two heads a warpgroup: a step's two strips' scores come first (and at
-    // fractional positions both strips' scores one row back), so that their
+    // Two heads a warpgroup in the 16-query layout (fractional positions with
+    // kInterleaveFractional off): a step's two strips' scores come first (and
+    // at fractional positions both strips' scores one row back), so that their
     // products interleave, each summed in two chains (dot_16_rows): 2-8% off
     // the forward. One head a warpgroup keeps one chain and one strip at a
     // time: its kernels' speed moves with their code's layout (two chains
     // there made even the window alone at head_dim 64, which runs none of
     // these steps, 7% slower; docs/performance.md, round 27), and the
     // has_strip test, true for every offset step, stays for the same reason.
-    // Interleaved: a strip's 16 x 8 scores, then its softmax and P V.
-    const auto finish_interleaved_strip = [&](int n, int strip, const float (&tile)[4]) {
+    // Interleaved: a strip's 16 x 8 scores (at a fractional position also
+    // `back`, against the rows one further back), then its softmax and P V.
+    const auto finish_interleaved_strip = [&](int n, int strip, const float (&tile)[4], const float (&back)[4]) {
       const int distance_index = distance_of_offset(steps.offset_index(n, strip), p.band);  // pattern.h's t
+      const char* rows_v = v_tile(stage_of(n)) + strip * S::kHalfBytes;
       // The diagonal, column g: element g % 2 of each row's pair (selects, not an index into registers).
       float score[2] = {g % 2 ? tile[1] : tile[0], g % 2 ? tile[3] : tile[2]}, prob[2];
-      mma_fwd::offset_softmax</*kRowStep=*/0>(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane,
-                                              prob);
-      add_diag_times_8_rows<T, kHeadDim>(prob[0], prob[1], v_tile(stage_of(n)) + strip * S::kHalfBytes, warp_row, o,
-                                         lane);
+      if constexpr (kFractional) {
+        // As finish_strip: the rows one back, weight frac, mixed as scores.
+        const float frac = steps.split(n, strip).frac;
+        if (frac != 0.f) {
+          const float back_score[2] = {g % 2 ? back[1] : back[0], g % 2 ? back[3] : back[2]};
+#pragma unroll
+          for (int r = 0; r < 2; ++r) score[r] += frac * (back_score[r] - score[r]);
+        }
+        mma_fwd::offset_softmax</*kRowStep=*/0>(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane,
+                                                prob);
+        add_diag_times_8_rows<T, kHeadDim>((1.f - frac) * prob[0], (1.f - frac) * prob[1], rows_v, warp_row, o,
+                                           lane);
+        if (frac != 0.f) {
+          add_diag_times_8_rows<T, kHeadDim, true>(frac * prob[0], frac * prob[1], rows_v, warp_row - 1, o, lane,
+                                                   v_prefix(stage_of(n), strip));
+        }
+      } else {
+        mma_fwd::offset_softmax</*kRowStep=*/0>(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane,
+                                                prob);
+        add_diag_times_8_rows<T, kHeadDim>(prob[0], prob[1], rows_v, warp_row, o, lane);
+      }
     };
     for (int n = steps.band_steps; n < steps.num_steps; ++n) {
       wait_full(n);
       if constexpr (kInterleaved) {
-        float tiles[2][4];
+        float tiles[2][4], backs[2][4];
         const int strips = steps.has_strip(n, 1) ? 2 : 1;
 #pragma unroll
         for (int strip = 0; strip < 2; ++strip) {
@@ -719,8 +749,17 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
             dot_8_rows<T, kHeadDim, 2>(qf, k_tile(stage_of(n)) + strip * S::kHalfBytes, warp_row, tiles[strip], lane);
           }
         }
-        finish_interleaved_strip(n, 0, tiles[0]);
-        if (strips == 2) finish_interleaved_strip(n, 1, tiles[1]);
+        if constexpr (kFractional) {
+#pragma unroll
+          for (int strip = 0; strip < 2; ++strip) {
+            if (strip < strips && steps.split(n, strip).frac != 0.f) {
+              dot_8_rows<T, kHeadDim, 2, true>(qf, k_tile(stage_of(n)) + strip * S::kHalfBytes, warp_row - 1,
+                                               backs[strip], lane, k_prefix(stage_of(n), strip));
+            }
+          }
+        }
+        finish_interleaved_strip(n, 0, tiles[0], backs[0]);
+        if (strips == 2) finish_interleaved_strip(n, 1, tiles[1], backs[1]);
       } else if constexpr (kHeadsPerWarpgroup == 1) {
         if (steps.has_strip(n, 0)) {
           float tile[2][4], back[2][4];

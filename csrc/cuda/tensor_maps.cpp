@@ -148,10 +148,11 @@ ForwardTensorMaps make_forward_maps(const Params& p, bool bfloat16, int tile_que
                    p.o_batch_stride, kOutputBoxRows)};
 }
 
-FractionalForwardTensorMaps make_fractional_forward_maps(const Params& p, bool bfloat16, int tile_queries) {
+FractionalForwardTensorMaps make_fractional_forward_maps(const Params& p, bool bfloat16, int tile_queries,
+                                                         int q_box_rows) {
   const CUtensorMapDataType dtype = map_dtype(bfloat16);
   FractionalForwardTensorMaps maps;
-  static_cast<ForwardTensorMaps&>(maps) = make_forward_maps(p, bfloat16, tile_queries, tile_queries);
+  static_cast<ForwardTensorMaps&>(maps) = make_forward_maps(p, bfloat16, tile_queries, q_box_rows);
   const MapExtent extent = map_extent(p);
   maps.k_prefix = rows_map(p.k, dtype, p.head_dim, p.heads_kv, extent.k_rows, extent.batch, p.k_head_stride,
                            p.k_row_stride, p.k_batch_stride, kPrefixRows);

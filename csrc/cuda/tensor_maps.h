@@ -88,6 +88,7 @@ constexpr bool kHopperForwardBuilt =
 // q_box_rows: the rows of q one load brings (tile_queries, or 8 where the
 // Hopper forward interleaves two heads' queries).
 ForwardTensorMaps make_forward_maps(const Params& p, bool bfloat16, int tile_queries, int q_box_rows);
-FractionalForwardTensorMaps make_fractional_forward_maps(const Params& p, bool bfloat16, int tile_queries);
+FractionalForwardTensorMaps make_fractional_forward_maps(const Params& p, bool bfloat16, int tile_queries,
+                                                         int q_box_rows);
 
 }  // namespace fibsparse
