@@ -197,14 +197,10 @@ struct Steps {
 // The warp's 16 x 16 tile of scores against 16 rows row0 .. of a swizzled
 // tile (mma_tiles.cuh's dot_16_rows, on TMA's layout); with a prefix, row0 may
 // be -1 (a fractional step's second rows, for a strip's first query).
-// With kChains == 2 the products go to two partial sums per 8-column half
-// (even and odd 16-wide slices of head_dim), added at the end: each chain of
-// dependent products is half as long (the offsets' steps wait on those
-// chains: Nsight Compute's "wait" stalls on HMMA).
-template <typename T, int kHeadDim, int kChains, bool kPrefix = false>
+template <typename T, int kHeadDim, bool kPrefix = false>
 __device__ __forceinline__ void dot_16_rows(const uint32_t (&a)[kHeadDim / 16][4], const char* tile, int row0,
                                             float (&s)[2][4], int lane, const char* prefix = nullptr) {
-  float partial[kChains][2][4] = {};
+  float partial[2][4] = {};
   const int row = row0 + (lane / 16) * 8 + lane % 8, half = ((lane / 8) % 2) * 8;
 #pragma unroll
   for (int kk = 0; kk < kHeadDim / 16; ++kk) {
@@ -212,13 +208,13 @@ __device__ __forceinline__ void dot_16_rows(const uint32_t (&a)[kHeadDim / 16][4
     const char* rows = kPrefix ? tma::row_with_prefix(tile, prefix, row, 16 * kk + half)
                                : tile + tma::swizzled_offset(row, 16 * kk + half);
     mma_tiles::ldmatrix_x4(b, reinterpret_cast<const uint16_t*>(rows));
-    mma_16816<T>(partial[kk % kChains][0], a[kk], b[0], b[1]);
-    mma_16816<T>(partial[kk % kChains][1], a[kk], b[2], b[3]);
+    mma_16816<T>(partial[0], a[kk], b[0], b[1]);
+    mma_16816<T>(partial[1], a[kk], b[2], b[3]);
   }
 #pragma unroll
   for (int j = 0; j < 2; ++j)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) s[j][e] = kChains == 1 ? partial[0][j][e] : partial[0][j][e] + partial[1][j][e];
+    for (int e = 0; e < 4; ++e) s[j][e] = partial[j][e];
 }
 
 // acc += diag(d_0 .. d_15) times rows row0 .. row0 + 15 of a swizzled tile
@@ -256,16 +252,17 @@ __device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, const
 // head a warp, bit for bit. Fractional positions score each strip's rows
 // one further back too (their second rows), as a second 16 x 8 tile against
 // the strip's rows shifted by one, whose first row for warp 0 is the
-// prefix's last. kInterleaveFractional: temporary, for the A/B against the
-// 16-query layout that fractional positions kept before.
-template <int kHeadsPerWarpgroup, bool kFractional, bool kInterleaveFractional = true>
-constexpr bool kInterleavedHeads = kHeadsPerWarpgroup == 2 && (!kFractional || kInterleaveFractional);
+// prefix's last.
+template <int kHeadsPerWarpgroup>
+constexpr bool kInterleavedHeads = kHeadsPerWarpgroup == 2;
 constexpr int kInterleavedRows = 8;
 //
 // s = the 16 x 8 scores of the warp's rows (fragments `a`) against rows
 // row0 .. row0 + 7 of a swizzled tile. One ldmatrix gives the B fragments of
-// two 16-wide slices of head_dim; kChains as in dot_16_rows, whose sums these
-// are, element for element and in the same order. With a prefix, row0 may be
+// two 16-wide slices of head_dim. With kChains == 2 the products go to two
+// partial sums (even and odd slices), added at the end: each chain of
+// dependent products is half as long (the offsets' steps wait on those
+// chains: Nsight Compute's "wait" stalls on HMMA). With a prefix, row0 may be
 // -1 (a fractional step's second rows, for warp 0's first query).
 template <typename T, int kHeadDim, int kChains, bool kPrefix = false>
 __device__ __forceinline__ void dot_8_rows(const uint32_t (&a)[kHeadDim / 16][4], const char* tile, int row0,
@@ -370,14 +367,13 @@ __device__ __forceinline__ void rescale_output(float (&o)[kDimTiles][4], const f
 // prefixes come with the others).
 // A packed batch's sequences each have maps of their own (sequence_maps.cuh's,
 // `sequence_maps`, null for a dense batch, whose maps are `maps`).
-template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional,
-          bool kInterleaveFractional = true>
+template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional>
 __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kThreads,
                                   Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kMinBlocks)
     fwd_hopper_kernel(const __grid_constant__ Params p, const __grid_constant__ HopperForwardMaps<kFractional> maps,
                       const HopperForwardMaps<kFractional>* sequence_maps, int tiles_per_block) {
   static_assert(kCluster == 1 || (kCluster == 2 && kWarpgroups == 2 && kHeadsPerWarpgroup == 1 && !kFractional));
-  constexpr bool kInterleaved = kInterleavedHeads<kHeadsPerWarpgroup, kFractional, kInterleaveFractional>;
+  constexpr bool kInterleaved = kInterleavedHeads<kHeadsPerWarpgroup>;
   static_assert(!kInterleaved || kCluster == 1);
   constexpr bool kOutputThroughTile = kOutputThroughTileOf<kWarpgroups>;
   static_assert(!kInterleaved || kOutputThroughTile, "interleaved q fragments come from the tile");
@@ -695,22 +691,20 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
     const auto score_back = [&](int n, int strip, float (&back)[2][4]) {
       if constexpr (kFractional) {
         if (steps.split(n, strip).frac != 0.f) {
-          dot_16_rows<T, kHeadDim, kHeadsPerWarpgroup, true>(qf, k_tile(stage_of(n)) + strip * S::kHalfBytes,
+          dot_16_rows<T, kHeadDim, true>(qf, k_tile(stage_of(n)) + strip * S::kHalfBytes,
                                                              warp_row - 1, back, lane, k_prefix(stage_of(n), strip));
         }
       }
     };
-    // Two heads a warpgroup in the 16-query layout (fractional positions with
-    // kInterleaveFractional off): a step's two strips' scores come first (and
-    // at fractional positions both strips' scores one row back), so that their
-    // products interleave, each summed in two chains (dot_16_rows): 2-8% off
-    // the forward. One head a warpgroup keeps one chain and one strip at a
-    // time: its kernels' speed moves with their code's layout (two chains
-    // there made even the window alone at head_dim 64, which runs none of
-    // these steps, 7% slower; docs/performance.md, round 27), and the
-    // has_strip test, true for every offset step, stays for the same reason.
-    // Interleaved: a strip's 16 x 8 scores (at a fractional position also
-    // `back`, against the rows one further back), then its softmax and P V.
+    // Interleaved (two heads a warpgroup): a step's two strips' 16 x 8 scores
+    // come first (and at fractional positions both strips' scores against the
+    // rows one further back, `back`), so that their products interleave, each
+    // summed in two chains (dot_8_rows); then each strip's softmax and P V.
+    // One head a warpgroup keeps one chain and one strip at a time: its
+    // kernels' speed moves with their code's layout (two chains there made
+    // even the window alone at head_dim 64, which runs none of these steps, 7%
+    // slower; docs/performance.md, round 27), and the has_strip test, true for
+    // every offset step, stays for the same reason.
     const auto finish_interleaved_strip = [&](int n, int strip, const float (&tile)[4], const float (&back)[4]) {
       const int distance_index = distance_of_offset(steps.offset_index(n, strip), p.band);  // pattern.h's t
       const char* rows_v = v_tile(stage_of(n)) + strip * S::kHalfBytes;
@@ -760,26 +754,10 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
         }
         finish_interleaved_strip(n, 0, tiles[0], backs[0]);
         if (strips == 2) finish_interleaved_strip(n, 1, tiles[1], backs[1]);
-      } else if constexpr (kHeadsPerWarpgroup == 1) {
-        if (steps.has_strip(n, 0)) {
-          float tile[2][4], back[2][4];
-          dot_16_rows<T, kHeadDim, 1>(qf, k_tile(stage_of(n)), warp_row, tile, lane);
-          score_back(n, 0, back);
-          finish_strip(n, 0, tile, back);
-        }
-      } else if (steps.has_strip(n, 1)) {
-        float tiles[2][2][4], backs[2][2][4];
-#pragma unroll
-        for (int strip = 0; strip < 2; ++strip) {
-          dot_16_rows<T, kHeadDim, 2>(qf, k_tile(stage_of(n)) + strip * S::kHalfBytes, warp_row, tiles[strip], lane);
-        }
-#pragma unroll
-        for (int strip = 0; strip < 2; ++strip) score_back(n, strip, backs[strip]);
-        finish_strip(n, 0, tiles[0], backs[0]);
-        finish_strip(n, 1, tiles[1], backs[1]);
-      } else {  // a tile's last step holds one strip where it has an odd count of offsets
+      } else if (steps.has_strip(n, 0)) {
+        static_assert(kHeadsPerWarpgroup == 1, "two heads a warpgroup interleave their queries");
         float tile[2][4], back[2][4];
-        dot_16_rows<T, kHeadDim, 2>(qf, k_tile(stage_of(n)), warp_row, tile, lane);
+        dot_16_rows<T, kHeadDim>(qf, k_tile(stage_of(n)), warp_row, tile, lane);
         score_back(n, 0, back);
         finish_strip(n, 0, tile, back);
       }

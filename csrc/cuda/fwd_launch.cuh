@@ -13,7 +13,6 @@
 #include <type_traits>
 
 #include "../capabilities.h"
-#include "../env_switches.h"
 #include "../fibsparse.h"
 #include "../static_switch.h"
 #include "fwd_hopper_kernel.cuh"
@@ -32,14 +31,12 @@ namespace fibsparse {
 // makes each sequence's maps into `sequence_maps`. A block walks several
 // consecutive tiles (hopper_tiles_per_block); the grid covers the longest
 // sequence.
-template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional,
-          bool kInterleaveFractional = true>
+template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional>
 void launch_hopper_blocks(const Params& p, const HopperForwardMaps<kFractional>& maps,
                           HopperForwardMaps<kFractional>* sequence_maps) {
   using S = hopper_fwd::Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>;
   using OffsetT = std::conditional_t<kFractional, float, int32_t>;
-  const auto kernel = hopper_fwd::fwd_hopper_kernel<T, kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kCluster, kFractional,
-                                                    kInterleaveFractional>;
+  const auto kernel = hopper_fwd::fwd_hopper_kernel<T, kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kCluster, kFractional>;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int tiles = int(blocks_for(p.seqlen_q, S::kTileQueries));
   const int64_t kv_head_bytes = int64_t(p.seqlen_k) * kHeadDim * 2 * int64_t(sizeof(T));  // its k and v rows
@@ -90,16 +87,13 @@ void launch_fwd_hopper(const Params& p) {
   const bool packed = !clusters && pairs && group % 4 == 0 && p.num_offsets > 0 && hopper_packing_allowed();
   const int tile_queries = packed ? hopper_fwd::kTileRows / 2 : hopper_fwd::kTileRows;
   HopperForwardMaps<kFractional> maps;
-  // Temporary, for the A/B: FIBSPARSE_FRACTIONAL_INTERLEAVED=0 keeps fractional
-  // positions in the 16-query layout (one head a warp).
-  const bool interleave_fractional = !switched_off("FIBSPARSE_FRACTIONAL_INTERLEAVED");
+  // Two heads a warpgroup interleave their queries in the q tile (fwd_hopper_kernel.cuh).
+  static_assert(hopper_fwd::kInterleavedHeads<2>);
+  const int q_box_rows = packed ? hopper_fwd::kInterleavedRows : tile_queries;
   if constexpr (kFractional) {
-    maps = make_fractional_forward_maps(p, kBf16, tile_queries,
-                                        packed && interleave_fractional ? hopper_fwd::kInterleavedRows : tile_queries);
+    maps = make_fractional_forward_maps(p, kBf16, tile_queries, q_box_rows);
   } else {
-    // Two heads a warpgroup interleave their queries in the q tile (fwd_hopper_kernel.cuh).
-    static_assert(hopper_fwd::kInterleavedHeads<2, false>);
-    maps = make_forward_maps(p, kBf16, tile_queries, packed ? hopper_fwd::kInterleavedRows : tile_queries);
+    maps = make_forward_maps(p, kBf16, tile_queries, q_box_rows);
   }
   // A packed batch: room for each sequence's maps (TMA wants them 64-byte
   // aligned; the caching allocator's blocks are 512-byte aligned). The launches
@@ -118,13 +112,7 @@ void launch_fwd_hopper(const Params& p) {
       if (clusters) return launch_hopper_blocks<T, kHeadDim, 2, 1, 2, false>(p, maps, sequence_maps);
     }
     if (packed) {
-      if constexpr (kFractional) {
-        BOOL_SWITCH(interleave_fractional, kInterleave, [&] {
-          launch_hopper_blocks<T, kHeadDim, 2, 2, 1, kFractional, kInterleave>(p, maps, sequence_maps);
-        });
-      } else {
-        launch_hopper_blocks<T, kHeadDim, 2, 2, 1, kFractional>(p, maps, sequence_maps);
-      }
+      launch_hopper_blocks<T, kHeadDim, 2, 2, 1, kFractional>(p, maps, sequence_maps);
     } else if (pairs) {
       launch_hopper_blocks<T, kHeadDim, 2, 1, 1, kFractional>(p, maps, sequence_maps);
     } else {
