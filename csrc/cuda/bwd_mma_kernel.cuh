@@ -182,17 +182,24 @@ __device__ __forceinline__ void warp_row_deltas(const Params& p, const Sequence&
   }
 }
 
-// The warp's partial of d loss / d position for offset o, from each lane's
-// share of its 16 queries' terms: a fixed-order warp sum, then one partial
-// per 16 queries. Both dq passes (general and from stored dS) write it so.
+// The warp's partial of d loss / d position for offset o, the sum of its 16
+// queries' terms (`warp_sum`, the same in every lane): one partial per 16
+// queries, which the host sums in a fixed order.
+__device__ __forceinline__ void store_warp_doffsets_partial(const Params& p, const Sequence& seq, int o, int b, int h,
+                                                            int warp_q0, float warp_sum, int lane) {
+  if (lane == 0 && warp_q0 < seq.seqlen_q) {
+    const int64_t at = doffsets_partial_index(p, o, b, h, warp_q0 / kCudaQueriesPerPartial);
+    static_cast<float*>(p.doffsets_partial)[at] = warp_sum;
+  }
+}
+
+// The same partial from each lane's share of the 16 queries' terms: a
+// fixed-order warp sum first.
 __device__ __forceinline__ void store_doffsets_partial(const Params& p, const Sequence& seq, int o, int b, int h,
                                                        int warp_q0, float dpos, int lane) {
 #pragma unroll
   for (int x = 16; x > 0; x /= 2) dpos += __shfl_xor_sync(0xffffffffu, dpos, x);
-  if (lane == 0 && warp_q0 < seq.seqlen_q) {
-    const int64_t at = doffsets_partial_index(p, o, b, h, warp_q0 / kCudaQueriesPerPartial);
-    static_cast<float*>(p.doffsets_partial)[at] = dpos;
-  }
+  store_warp_doffsets_partial(p, seq, o, b, h, warp_q0, dpos, lane);
 }
 
 // The same partials of the offsets from `first` on, which the block's queries

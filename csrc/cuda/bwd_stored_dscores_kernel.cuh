@@ -218,7 +218,20 @@ constexpr int kDqWithOffsetsMinBlocks = kHeadDim >= 128 && kHeads == 2 ? 2 : kMi
 // all its heads with each head's 64 dS of that offset (a strip of 16 rows per
 // warp, or for fractional positions 17, from the second row of its first
 // query: kWarpStripRows).
-template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages>
+// The sum of 16 floats in shared memory (16-byte aligned), as a tree in a
+// fixed order (i with i + 8, then with i + 4, ...). Every lane of a warp
+// that calls it reads the same addresses: one broadcast a load.
+__device__ __forceinline__ float tree_sum_16(const float* values) {
+  const float4* v = reinterpret_cast<const float4*>(values);
+  const float4 a = v[0], b = v[1], c = v[2], d = v[3];
+  const float s0 = a.x + c.x, s1 = a.y + c.y, s2 = a.z + c.z, s3 = a.w + c.w;
+  const float s4 = b.x + d.x, s5 = b.y + d.y, s6 = b.z + d.z, s7 = b.w + d.w;
+  return ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7));
+}
+
+// kTreeSum: temporary, for the A/B (FIBSPARSE_DPOS_TREE=0 sums the warp's
+// d(position) terms through shuffles, as before).
+template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, bool kTreeSum = true>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
@@ -366,16 +379,23 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
         add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_k + 1, dq, lane);
         if (w1 != 0.f) add_diag_times_rows<T, kHeadDim>(w1 * dscores[g], w1 * dscores[g + 8], strip_k, dq, lane);
       }
-      // The warp's partial of d loss / d position, summed as the general dq
-      // pass sums it: each diagonal owner adds its rows g and g + 8, then
-      // store_doffsets_partial sums the warp in a fixed order.
+      // The warp's partial of d loss / d position: the staged terms of its 16
+      // queries (zero where a query reads no key), summed by every lane from
+      // shared memory (tree_sum_16). The sum through shuffles, with each
+      // diagonal owner's rows g and g + 8 first, was a chain of five
+      // dependent exchanges in every step.
       const float* terms = dscores + kBlockRows;
-      float dpos = 0.f;
-      if (split.whole >= 0 && owns_diagonal(lane)) {
-        dpos += terms[g];
-        dpos += terms[g + 8];
+      if constexpr (kTreeSum) {
+        const float warp_sum = split.whole >= 0 ? tree_sum_16(terms) : 0.f;
+        store_warp_doffsets_partial(p, seq, o, b, h, warp_q0, warp_sum, lane);
+      } else {
+        float dpos = 0.f;
+        if (split.whole >= 0 && owns_diagonal(lane)) {
+          dpos += terms[g];
+          dpos += terms[g + 8];
+        }
+        store_doffsets_partial(p, seq, o, b, h, warp_q0, dpos, lane);
       }
-      store_doffsets_partial(p, seq, o, b, h, warp_q0, dpos, lane);
     }
     if constexpr (kStages == 2) sync_step<kHeads>(steps_by_group(n) && steps_by_group(n + 2), warp);
   }
