@@ -176,16 +176,9 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
     const auto launch_dq = [&](auto stages) {
       constexpr int kStages = decltype(stages)::value;
-      const auto launch_with = [&](auto tree_sum) {
-        launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, decltype(tree_sum)::value>,
-                      dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
-                      kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
-      };
-      // Temporary, for the A/B: FIBSPARSE_DPOS_TREE=0 sums the d(position) terms through shuffles.
-      if constexpr (kFrac) {
-        if (switched_off("FIBSPARSE_DPOS_TREE")) return launch_with(std::false_type{});
-      }
-      launch_with(std::true_type{});
+      launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages>,
+                    dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
+                    kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
     };
     if constexpr (kDqMayTakeThreeStages<kHeadDim, kHeads>) {
       if (dq_takes_three_stages(kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, 3>)) {

@@ -211,13 +211,6 @@ constexpr int kDqWithOffsetsSmemBytes =
 template <int kHeadDim, int kHeads>
 constexpr int kDqWithOffsetsMinBlocks = kHeadDim >= 128 && kHeads == 2 ? 2 : kMinBlocksOfHeads<kHeadDim, kHeads>;
 
-// The dq pass with offsets. A block = 64 queries of kHeads heads of one kv
-// group (mma_tiles.cuh's heads_per_block: they share their offsets), 4 warps a
-// head; its steps are the 64-key tiles its band reaches, the last one its
-// own, then one strip of k rows per offset within its reach, staged once for
-// all its heads with each head's 64 dS of that offset (a strip of 16 rows per
-// warp, or for fractional positions 17, from the second row of its first
-// query: kWarpStripRows).
 // The sum of 16 floats in shared memory (16-byte aligned), as a tree in a
 // fixed order (i with i + 8, then with i + 4, ...). Every lane of a warp
 // that calls it reads the same addresses: one broadcast a load.
@@ -229,9 +222,14 @@ __device__ __forceinline__ float tree_sum_16(const float* values) {
   return ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7));
 }
 
-// kTreeSum: temporary, for the A/B (FIBSPARSE_DPOS_TREE=0 sums the warp's
-// d(position) terms through shuffles, as before).
-template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, bool kTreeSum = true>
+// The dq pass with offsets. A block = 64 queries of kHeads heads of one kv
+// group (mma_tiles.cuh's heads_per_block: they share their offsets), 4 warps a
+// head; its steps are the 64-key tiles its band reaches, the last one its
+// own, then one strip of k rows per offset within its reach, staged once for
+// all its heads with each head's 64 dS of that offset (a strip of 16 rows per
+// warp, or for fractional positions 17, from the second row of its first
+// query: kWarpStripRows).
+template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
@@ -381,21 +379,11 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       }
       // The warp's partial of d loss / d position: the staged terms of its 16
       // queries (zero where a query reads no key), summed by every lane from
-      // shared memory (tree_sum_16). The sum through shuffles, with each
-      // diagonal owner's rows g and g + 8 first, was a chain of five
-      // dependent exchanges in every step.
-      const float* terms = dscores + kBlockRows;
-      if constexpr (kTreeSum) {
-        const float warp_sum = split.whole >= 0 ? tree_sum_16(terms) : 0.f;
-        store_warp_doffsets_partial(p, seq, o, b, h, warp_q0, warp_sum, lane);
-      } else {
-        float dpos = 0.f;
-        if (split.whole >= 0 && owns_diagonal(lane)) {
-          dpos += terms[g];
-          dpos += terms[g + 8];
-        }
-        store_doffsets_partial(p, seq, o, b, h, warp_q0, dpos, lane);
-      }
+      // shared memory (tree_sum_16). Summed across the warp through shuffles
+      // instead, each step waited on five dependent exchanges
+      // (docs/performance.md, round 74).
+      const float warp_sum = split.whole >= 0 ? tree_sum_16(dscores + kBlockRows) : 0.f;
+      store_warp_doffsets_partial(p, seq, o, b, h, warp_q0, warp_sum, lane);
     }
     if constexpr (kStages == 2) sync_step<kHeads>(steps_by_group(n) && steps_by_group(n + 2), warp);
   }
