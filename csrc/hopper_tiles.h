@@ -25,7 +25,8 @@ namespace fibsparse {
 //   32/8 a warpgroup and integer offsets, 8% faster than one at 16k and
 //   1-2.4% faster than two at 32k-128k (head_dim 128 to 96k, 64 to 128k);
 //   with fractional positions (two heads a warpgroup too) 1.7-3.3% slower
-//   than two at 16k and 64k, so they keep two. Where a kv head's rows
+//   than two at 16k and 64k, so they keep two (measured before fractional
+//   positions took the interleaved layout; not measured since). Where a kv head's rows
 //   outgrow the L2 (128k at head_dim 128: 64 MiB against 60) four were no
 //   faster than two in two runs (+2.2%, -1.6%), so the rule keeps two there.
 //   `four_spans_pay` says whether all of that holds (hopper_four_spans_pay).

@@ -446,9 +446,9 @@ def test_hopper_tiles_setting_is_checked(monkeypatch, setting):
 def test_hopper_forward_two_heads_a_warpgroup(monkeypatch, dtype, head_dim, batch, seqlen_q, seqlen_k, heads, offsets):
     """Four heads of a kv group sharing their offsets take one block, two to a
     warpgroup (32-query tiles, two offsets' strips a step; each warp holds the
-    same 8 queries of both heads, at fractional positions also their rows one
-    back, and tiles of 1000 and 77 queries end inside a warp's 8): the kernel
-    that runs says so,
+    same 8 queries of both heads, at fractional positions also scoring each
+    strip's key rows one back, and tiles of 1000 and 77 queries end inside a
+    warp's 8): the kernel that runs says so,
     FIBSPARSE_HOPPER_PACK=0 gives one head a warpgroup instead; both
     are within the float64 reference's bounds and within twice the other's
     error (the band's sums are the same, an offset's score sums its products

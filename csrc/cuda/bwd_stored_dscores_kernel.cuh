@@ -382,6 +382,8 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       // shared memory (tree_sum_16). Summed across the warp through shuffles
       // instead, each step waited on five dependent exchanges
       // (docs/performance.md, round 74).
+      static_assert(kDqStagedDscoreValues * sizeof(uint16_t) % 16 == 0 && kBlockRows % 4 == 0,
+                    "tree_sum_16 reads 16-byte aligned terms");
       const float warp_sum = split.whole >= 0 ? tree_sum_16(dscores + kBlockRows) : 0.f;
       store_warp_doffsets_partial(p, seq, o, b, h, warp_q0, warp_sum, lane);
     }

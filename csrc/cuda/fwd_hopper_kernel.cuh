@@ -4,9 +4,8 @@
 // warpgroups handing shared-memory stages through mbarriers.
 //
 // A block's consumer warpgroups each hold 64 rows of queries: one head's 64
-// consecutive queries, or (kHeadsPerWarpgroup == 2) two heads' 32, rows
-// 0 .. 31 the first head's and 32 .. 63 the second's (in alternating boxes
-// of 8, "Interleaved heads" below). A tile is the tile
+// consecutive queries, or (kHeadsPerWarpgroup == 2) two heads' 32, in
+// alternating boxes of 8 rows ("Interleaved heads" below). A tile is the tile
 // queries (64 / kHeadsPerWarpgroup) of all the block's heads, which belong to
 // one kv group and share one row of offsets (when there are several). Two
 // heads a warpgroup halve what an offset's strip costs per head: the strip is
@@ -84,9 +83,8 @@ struct Shape {
   static_assert(kHeadsPerWarpgroup == 1 || kHeadsPerWarpgroup == 2);
   static constexpr int kHeads = kWarpgroups * kHeadsPerWarpgroup;  // per block
   static constexpr int kTileQueries = kTileRows / kHeadsPerWarpgroup;
-  // Where a warpgroup's second head's q rows, or a step's second strip,
-  // start within each 64-row region of a tile: whole swizzle atoms on, so
-  // the swizzle is the same as at row 0.
+  // Where a step's second strip starts within each 64-row region of a
+  // stage: whole swizzle atoms on, so the swizzle is the same as at row 0.
   static constexpr int kHalfBytes = kTileQueries * 128;
   // Consumer warpgroups, then the producer warpgroup, of which one thread
   // works: register budgets are set per warpgroup (setmaxnreg).
@@ -247,12 +245,14 @@ __device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, const
 // both heads, so a strip's scores are one 16 x 8 tile whose column g holds
 // both heads' scores of query g: 1/8 of the products kept, where 16
 // consecutive queries of one head keep the diagonal, 1/16, of a 16 x 16 tile.
-// Every score is the same sum in the same order, and every output element of
-// P V gains the same single nonzero product, so the results are those of one
-// head a warp, bit for bit. Fractional positions score each strip's rows
-// one further back too (their second rows), as a second 16 x 8 tile against
-// the strip's rows shifted by one, whose first row for warp 0 is the
-// prefix's last.
+// Every score is the sum, in the same order, that a 16 x 16 tile of 16
+// queries of one head summed in two chains, and every output element of P V
+// gains the same single nonzero product (so both layouts gave the same bits
+// when both existed; one head a warpgroup sums in one chain and differs from
+// them in rounding). Fractional positions score each strip's rows one
+// further back too (their second rows), as a second 16 x 8 tile against the
+// strip's rows shifted by one, whose first row for warp 0 is the prefix's
+// last.
 template <int kHeadsPerWarpgroup>
 constexpr bool kInterleavedHeads = kHeadsPerWarpgroup == 2;
 constexpr int kInterleavedRows = 8;
@@ -383,7 +383,6 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
   using TileSteps = Steps<OffsetT, S::kTileQueries, kHeadsPerWarpgroup>;
   using namespace mma_tiles;
   constexpr int kDimTiles = kHeadDim / 8, kChunkTiles = kTileRows / 8;
-  constexpr int kWarpsPerHead = kWarps / kHeadsPerWarpgroup;
   extern __shared__ char smem_raw[];
   char* smem = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   const auto q_tile = [&](int buffer, int warpgroup) { return smem + (buffer * kWarpgroups + warpgroup) * S::kTileBytes; };
@@ -470,7 +469,7 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
                   tma::load_4d(tile + (2 * box + half) * kInterleavedRows * 128, &m.q, &q_full[q_buffer(t)], 64 * r,
                                head, q0 + kInterleavedRows * box, batch);
               } else {
-                tma::load_4d(tile + half * S::kHalfBytes, &m.q, &q_full[q_buffer(t)], 64 * r, head, q0, batch);
+                tma::load_4d(tile, &m.q, &q_full[q_buffer(t)], 64 * r, head, q0, batch);
               }
             }
         const TileSteps steps = tile_steps(t, CountedByOneThread{});
@@ -531,8 +530,9 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
   wgmma::set_max_registers_inc<S::kConsumerRegisters>();
   const int group = warp_in_block / kWarps, warp = warp_in_block % kWarps, g = lane / 4, c = lane % 4;
   // Interleaved: h and h + 1, the warp's queries from `warp_row` of the tile.
-  const int h = first_head + group * kHeadsPerWarpgroup + (kInterleaved ? 0 : warp / kWarpsPerHead);
-  const int warp_row = kInterleaved ? 8 * warp : 16 * (warp % kWarpsPerHead);
+  static_assert(kInterleaved || kHeadsPerWarpgroup == 1, "two heads a warpgroup interleave their queries");
+  const int h = first_head + group * kHeadsPerWarpgroup;
+  const int warp_row = kInterleaved ? 8 * warp : 16 * warp;
   const float scale_log2 = float(p.softmax_scale) * float(M_LOG2E);
   const uint16_t* q_global = bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride);
   // This warp is done with a barrier's buffer or stage (a stage: in every block of the cluster).
@@ -691,8 +691,8 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
     const auto score_back = [&](int n, int strip, float (&back)[2][4]) {
       if constexpr (kFractional) {
         if (steps.split(n, strip).frac != 0.f) {
-          dot_16_rows<T, kHeadDim, true>(qf, k_tile(stage_of(n)) + strip * S::kHalfBytes,
-                                                             warp_row - 1, back, lane, k_prefix(stage_of(n), strip));
+          dot_16_rows<T, kHeadDim, true>(qf, k_tile(stage_of(n)) + strip * S::kHalfBytes, warp_row - 1, back, lane,
+                                         k_prefix(stage_of(n), strip));
         }
       }
     };
@@ -755,7 +755,6 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
         finish_interleaved_strip(n, 0, tiles[0], backs[0]);
         if (strips == 2) finish_interleaved_strip(n, 1, tiles[1], backs[1]);
       } else if (steps.has_strip(n, 0)) {
-        static_assert(kHeadsPerWarpgroup == 1, "two heads a warpgroup interleave their queries");
         float tile[2][4], back[2][4];
         dot_16_rows<T, kHeadDim>(qf, k_tile(stage_of(n)), warp_row, tile, lane);
         score_back(n, 0, back);
