@@ -663,18 +663,19 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
       }
     }
 
-    // Strip `strip` of offset step n, from its 16 x 16 scores `tile` and, at
-    // a fractional position, `back`, its scores against the rows one further
-    // back (score_back): softmax, then P V.
-    const auto finish_strip = [&](int n, int strip, const float (&tile)[2][4], const float (&back)[2][4]) {
-      const char* rows_v = v_tile(stage_of(n)) + strip * S::kHalfBytes;
-      const int distance_index = distance_of_offset(steps.offset_index(n, strip), p.band);  // pattern.h's t
+    // One head a warpgroup: the strip of offset step n (a step holds one),
+    // from its 16 x 16 scores `tile` and, at a fractional position, `back`,
+    // its scores against the rows one further back (score_back): softmax,
+    // then P V.
+    const auto finish_strip = [&](int n, const float (&tile)[2][4], const float (&back)[2][4]) {
+      const char* rows_v = v_tile(stage_of(n));
+      const int distance_index = distance_of_offset(steps.offset_index(n, 0), p.band);  // pattern.h's t
       float score[2] = {diagonal_element(tile, 0, g), diagonal_element(tile, 1, g)}, prob[2];
       // A fractional position's row one further back, weight frac, mixed as
       // scores as in the mma.sync forward; a whole position (and every integer
       // one: frac is then the constant 0) reads no second row.
       float frac = 0.f;
-      if constexpr (kFractional) frac = steps.split(n, strip).frac;
+      if constexpr (kFractional) frac = steps.split(n, 0).frac;
       if (frac != 0.f) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) score[r] += frac * (diagonal_element(back, r, g) - score[r]);
@@ -683,16 +684,16 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
       add_diag_times_rows<T, kHeadDim>((1.f - frac) * prob[0], (1.f - frac) * prob[1], rows_v, warp_row, o, lane);
       if (frac != 0.f) {
         add_diag_times_rows<T, kHeadDim, kFractional>(frac * prob[0], frac * prob[1], rows_v, warp_row - 1, o, lane,
-                                                      v_prefix(stage_of(n), strip));
+                                                      v_prefix(stage_of(n), 0));
       }
     };
-    // A fractional strip's scores against its rows one further back (for its
-    // first query, the prefix's last row); left unset at a whole position.
-    const auto score_back = [&](int n, int strip, float (&back)[2][4]) {
+    // One head a warpgroup: a fractional strip's scores against its rows one
+    // further back (for its first query, the prefix's last row); left unset
+    // at a whole position.
+    const auto score_back = [&](int n, float (&back)[2][4]) {
       if constexpr (kFractional) {
-        if (steps.split(n, strip).frac != 0.f) {
-          dot_16_rows<T, kHeadDim, true>(qf, k_tile(stage_of(n)) + strip * S::kHalfBytes, warp_row - 1, back, lane,
-                                         k_prefix(stage_of(n), strip));
+        if (steps.split(n, 0).frac != 0.f) {
+          dot_16_rows<T, kHeadDim, true>(qf, k_tile(stage_of(n)), warp_row - 1, back, lane, k_prefix(stage_of(n), 0));
         }
       }
     };
@@ -710,26 +711,20 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
       const char* rows_v = v_tile(stage_of(n)) + strip * S::kHalfBytes;
       // The diagonal, column g: element g % 2 of each row's pair (selects, not an index into registers).
       float score[2] = {g % 2 ? tile[1] : tile[0], g % 2 ? tile[3] : tile[2]}, prob[2];
-      if constexpr (kFractional) {
-        // As finish_strip: the rows one back, weight frac, mixed as scores.
-        const float frac = steps.split(n, strip).frac;
-        if (frac != 0.f) {
-          const float back_score[2] = {g % 2 ? back[1] : back[0], g % 2 ? back[3] : back[2]};
+      // As finish_strip: the rows one back, weight frac, mixed as scores.
+      float frac = 0.f;
+      if constexpr (kFractional) frac = steps.split(n, strip).frac;
+      if (frac != 0.f) {
+        const float back_score[2] = {g % 2 ? back[1] : back[0], g % 2 ? back[3] : back[2]};
 #pragma unroll
-          for (int r = 0; r < 2; ++r) score[r] += frac * (back_score[r] - score[r]);
-        }
-        mma_fwd::offset_softmax</*kRowStep=*/0>(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane,
-                                                prob);
-        add_diag_times_8_rows<T, kHeadDim>((1.f - frac) * prob[0], (1.f - frac) * prob[1], rows_v, warp_row, o,
-                                           lane);
-        if (frac != 0.f) {
-          add_diag_times_8_rows<T, kHeadDim, true>(frac * prob[0], frac * prob[1], rows_v, warp_row - 1, o, lane,
-                                                   v_prefix(stage_of(n), strip));
-        }
-      } else {
-        mma_fwd::offset_softmax</*kRowStep=*/0>(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane,
-                                                prob);
-        add_diag_times_8_rows<T, kHeadDim>(prob[0], prob[1], rows_v, warp_row, o, lane);
+        for (int r = 0; r < 2; ++r) score[r] += frac * (back_score[r] - score[r]);
+      }
+      mma_fwd::offset_softmax</*kRowStep=*/0>(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane,
+                                              prob);
+      add_diag_times_8_rows<T, kHeadDim>((1.f - frac) * prob[0], (1.f - frac) * prob[1], rows_v, warp_row, o, lane);
+      if (frac != 0.f) {
+        add_diag_times_8_rows<T, kHeadDim, kFractional>(frac * prob[0], frac * prob[1], rows_v, warp_row - 1, o, lane,
+                                                        v_prefix(stage_of(n), strip));
       }
     };
     for (int n = steps.band_steps; n < steps.num_steps; ++n) {
@@ -757,8 +752,8 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
       } else if (steps.has_strip(n, 0)) {
         float tile[2][4], back[2][4];
         dot_16_rows<T, kHeadDim>(qf, k_tile(stage_of(n)), warp_row, tile, lane);
-        score_back(n, 0, back);
-        finish_strip(n, 0, tile, back);
+        score_back(n, back);
+        finish_strip(n, tile, back);
       }
       release(n);
     }
