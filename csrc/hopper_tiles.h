@@ -24,9 +24,12 @@ namespace fibsparse {
 //   four where that leaves at least 3 waves: on an H200 with two heads of GQA
 //   32/8 a warpgroup and integer offsets, 8% faster than one at 16k and
 //   1-2.4% faster than two at 32k-128k (head_dim 128 to 96k, 64 to 128k);
-//   with fractional positions (two heads a warpgroup too) 1.7-3.3% slower
-//   than two at 16k and 64k, so they keep two (measured before fractional
-//   positions took the interleaved layout; not measured since). Where a kv head's rows
+//   with fractional positions, two heads a warpgroup too (8 queries of both
+//   a warp), 3.6% faster than one at 16k, and than two 6% on a packed batch
+//   of sequences up to 16k and 0.2-0.8% at 32k-64k. Fractional positions with
+//   one head a warpgroup keep two: theirs is the layout of 16 queries of one
+//   head a warp, in which four measured 0.5-1.5% slower (when two heads a
+//   warpgroup still used it for fractional positions). Where a kv head's rows
 //   outgrow the L2 (128k at head_dim 128: 64 MiB against 60) four were no
 //   faster than two in two runs (+2.2%, -1.6%), so the rule keeps two there.
 //   `four_spans_pay` says whether all of that holds (hopper_four_spans_pay).
@@ -49,10 +52,13 @@ inline int hopper_tiles_rule(int tiles_per_sequence, int64_t slices, int64_t res
 }
 
 // Where blocks that walk four spans were measured faster (hopper_tiles_rule):
-// blocks alone on their SM (`blocks_per_sm` resident), integer offsets, and a
-// kv head's k and v rows (`kv_head_bytes`) within the device's L2.
-inline bool hopper_four_spans_pay(int blocks_per_sm, bool fractional, int64_t kv_head_bytes, int64_t l2_bytes) {
-  return blocks_per_sm == 1 && !fractional && kv_head_bytes <= l2_bytes;
+// blocks alone on their SM (`blocks_per_sm` resident) whose kv head's k and v
+// rows (`kv_head_bytes`) fit the device's L2, but for fractional positions
+// with one head a warpgroup (`heads_per_warpgroup`).
+inline bool hopper_four_spans_pay(int blocks_per_sm, bool fractional, int heads_per_warpgroup, int64_t kv_head_bytes,
+                                  int64_t l2_bytes) {
+  const bool fractional_one_head_a_warpgroup = fractional && heads_per_warpgroup == 1;
+  return blocks_per_sm == 1 && !fractional_one_head_a_warpgroup && kv_head_bytes <= l2_bytes;
 }
 
 }  // namespace fibsparse

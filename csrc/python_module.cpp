@@ -45,5 +45,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("slices"), pybind11::arg("resident_blocks"), pybind11::arg("window_alone"),
         pybind11::arg("four_spans_pay") = false);
   m.def("_hopper_four_spans_pay", &fibsparse::hopper_four_spans_pay, pybind11::arg("blocks_per_sm"),
-        pybind11::arg("fractional"), pybind11::arg("kv_head_bytes"), pybind11::arg("l2_bytes"));
+        pybind11::arg("fractional"), pybind11::arg("heads_per_warpgroup"),
+        pybind11::arg("kv_head_bytes"), pybind11::arg("l2_bytes"));
 }

@@ -90,10 +90,9 @@ def test_hopper_tiles_per_block_rule(tiles_per_sequence, slices, resident_blocks
                                      expected):
     """The rule the Hopper forward's launch applies (hopper_tiles.h): with
     offsets two tiles a block where the grid stays 8 waves deep, four where
-    four spans pay (a block alone on its SM, integer offsets, its kv head's
-    rows within the L2) and the grid stays 3 waves deep; the window alone the
-    most (a power of two up to 32) that leave at most 10% of the slots of the
-    waves it needs idle. Pure arithmetic: runs on any build."""
+    four spans pay (test_hopper_four_spans_pay) and the grid stays 3 waves
+    deep; the window alone the most (a power of two up to 32) that leave at
+    most 10% of the slots of the waves it needs idle. Pure arithmetic: runs on any build."""
     from fibsparse_ext import _C
     assert _C._hopper_tiles_per_block(tiles_per_sequence, slices, resident_blocks, window_alone,
                                       four_spans_pay) == expected
@@ -102,20 +101,25 @@ def test_hopper_tiles_per_block_rule(tiles_per_sequence, slices, resident_blocks
 L2_H200 = 60 << 20
 
 
-@pytest.mark.parametrize("blocks_per_sm, fractional, kv_head_bytes, expected", [
-    (1, False, 65536 * 128 * 2 * 2, True),    # 64k GQA d 128: 32 MiB of k and v rows
-    (1, True, 65536 * 128 * 2 * 2, False),    # the same with fractional positions: measured slower with four
-    (1, False, 131072 * 128 * 2 * 2, False),  # 128k d 128: 64 MiB, past the H200's 60
-    (1, False, L2_H200, True),                # exactly the L2
-    (1, False, L2_H200 + 1, False),
-    (2, False, 65536 * 64 * 2 * 2, False),    # blocks two to an SM (one warpgroup each)
+@pytest.mark.parametrize("blocks_per_sm, fractional, heads_per_warpgroup, kv_head_bytes, expected", [
+    (1, False, 2, 65536 * 128 * 2 * 2, True),    # 64k GQA d 128: 32 MiB of k and v rows
+    (1, True, 2, 65536 * 128 * 2 * 2, True),     # the same with fractional positions (8 queries of both heads a warp)
+    (1, True, 1, 65536 * 128 * 2 * 2, False),    # fractional, one head a warpgroup: measured slower with four
+    (1, False, 1, 65536 * 128 * 2 * 2, True),    # integer offsets, one head a warpgroup
+    (1, False, 2, 131072 * 128 * 2 * 2, False),  # 128k d 128: 64 MiB, past the H200's 60
+    (1, True, 2, 131072 * 128 * 2 * 2, False),
+    (1, False, 2, L2_H200, True),                # exactly the L2
+    (1, False, 2, L2_H200 + 1, False),
+    (2, False, 1, 65536 * 64 * 2 * 2, False),    # blocks two to an SM (one warpgroup each)
+    (2, True, 1, 65536 * 64 * 2 * 2, False),
 ])
-def test_hopper_four_spans_pay(blocks_per_sm, fractional, kv_head_bytes, expected):
+def test_hopper_four_spans_pay(blocks_per_sm, fractional, heads_per_warpgroup, kv_head_bytes, expected):
     """Where blocks of the Hopper forward walk four spans (hopper_tiles.h):
-    alone on their SM, integer offsets, a kv head's rows within the L2. Pure
-    arithmetic: runs on any build."""
+    alone on their SM, a kv head's rows within the L2, and not fractional
+    positions with one head a warpgroup. Pure arithmetic: runs on any build."""
     from fibsparse_ext import _C
-    assert _C._hopper_four_spans_pay(blocks_per_sm, fractional, kv_head_bytes, L2_H200) is expected
+    assert _C._hopper_four_spans_pay(blocks_per_sm, fractional, heads_per_warpgroup, kv_head_bytes,
+                                     L2_H200) is expected
 
 
 def forward_kernels(q, k, v, window, offsets):

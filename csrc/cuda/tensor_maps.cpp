@@ -122,7 +122,7 @@ int hopper_tiles_per_block(int tiles_per_sequence, int tiles_per_span, int64_t s
   const cudaDeviceProp* device = at::cuda::getCurrentDeviceProperties();
   const int64_t resident = int64_t(device->multiProcessorCount) * blocks_per_sm;
   const bool four_spans_pay =
-      hopper_four_spans_pay(blocks_per_sm, fractional, kv_head_bytes, int64_t(device->l2CacheSize));
+      hopper_four_spans_pay(blocks_per_sm, fractional, tiles_per_span, kv_head_bytes, int64_t(device->l2CacheSize));
   const int spans = (tiles_per_sequence + tiles_per_span - 1) / tiles_per_span;
   return tiles_per_span * hopper_tiles_rule(spans, slices, resident, window_alone, four_spans_pay);
 }
