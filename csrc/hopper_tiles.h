@@ -27,11 +27,14 @@ namespace fibsparse {
 //   with fractional positions, two heads a warpgroup too (8 queries of both
 //   a warp), 3.6% faster than one at 16k, and than two 6% on a packed batch
 //   of sequences up to 16k and 0.2-0.8% at 32k-64k. Fractional positions with
-//   one head a warpgroup keep two: theirs is the layout of 16 queries of one
-//   head a warp, in which four measured 0.5-1.5% slower (when two heads a
-//   warpgroup still used it for fractional positions). Where a kv head's rows
-//   outgrow the L2 (128k at head_dim 128: 64 MiB against 60) four were no
-//   faster than two in two runs (+2.2%, -1.6%), so the rule keeps two there.
+//   one head a warpgroup (16 queries of one head a warp) keep the rule's one
+//   or two: four measured 3.3% faster at 16k and 1.8% at 64k head_dim 64, but
+//   level at 64k head_dim 128 (the rounds of both counts overlapping), short
+//   of a gain everywhere, the bar a change of this rule is held to. Where a
+//   kv head's rows outgrow the L2 (128k at head_dim 128: 64 MiB against 60)
+//   four were 1.4% (integer) and 3.0% (fractional) faster by the median of
+//   seven rounds, with the rounds of both counts overlapping, so the rule
+//   keeps two there.
 //   `four_spans_pay` says whether all of that holds (hopper_four_spans_pay).
 // One tile per block where neither applies (small grids).
 inline int hopper_tiles_rule(int tiles_per_sequence, int64_t slices, int64_t resident_blocks, bool window_alone,

@@ -104,7 +104,7 @@ L2_H200 = 60 << 20
 @pytest.mark.parametrize("blocks_per_sm, fractional, heads_per_warpgroup, kv_head_bytes, expected", [
     (1, False, 2, 65536 * 128 * 2 * 2, True),    # 64k GQA d 128: 32 MiB of k and v rows
     (1, True, 2, 65536 * 128 * 2 * 2, True),     # the same with fractional positions (8 queries of both heads a warp)
-    (1, True, 1, 65536 * 128 * 2 * 2, False),    # fractional, one head a warpgroup: measured slower with four
+    (1, True, 1, 65536 * 128 * 2 * 2, False),    # fractional, one head a warpgroup: four not faster everywhere
     (1, False, 1, 65536 * 128 * 2 * 2, True),    # integer offsets, one head a warpgroup
     (1, False, 2, 131072 * 128 * 2 * 2, False),  # 128k d 128: 64 MiB, past the H200's 60
     (1, True, 2, 131072 * 128 * 2 * 2, False),
