@@ -414,24 +414,24 @@ __device__ __forceinline__ float lane_row_dot(const uint16_t* a, const EdgeT* b,
   using Vec = std::conditional_t<kPairs == 2, uint2, uint32_t>;
   const Vec x = *reinterpret_cast<const Vec*>(a + 2 * kPairs * lane);
   const uint32_t* x_bits = reinterpret_cast<const uint32_t*>(&x);
-  float2 y2[kPairs];
+  float sum = 0.f;
   if constexpr (std::is_same_v<EdgeT, float>) {
     using FloatVec = std::conditional_t<kPairs == 2, float4, float2>;
     const FloatVec y = *reinterpret_cast<const FloatVec*>(b + 2 * kPairs * lane);
     const float2* y_pairs = reinterpret_cast<const float2*>(&y);
 #pragma unroll
-    for (int e = 0; e < kPairs; ++e) y2[e] = y_pairs[e];
+    for (int e = 0; e < kPairs; ++e) {
+      const float2 x2 = unpack2<T>(x_bits[e]), y2 = y_pairs[e];
+      sum += x2.x * y2.x + x2.y * y2.y;
+    }
   } else {
     const Vec y = *reinterpret_cast<const Vec*>(b + 2 * kPairs * lane);
     const uint32_t* y_bits = reinterpret_cast<const uint32_t*>(&y);
 #pragma unroll
-    for (int e = 0; e < kPairs; ++e) y2[e] = unpack2<T>(y_bits[e]);
-  }
-  float sum = 0.f;
-#pragma unroll
-  for (int e = 0; e < kPairs; ++e) {
-    const float2 x2 = unpack2<T>(x_bits[e]);
-    sum += x2.x * y2[e].x + x2.y * y2[e].y;
+    for (int e = 0; e < kPairs; ++e) {
+      const float2 x2 = unpack2<T>(x_bits[e]), y2 = unpack2<T>(y_bits[e]);
+      sum += x2.x * y2.x + x2.y * y2.y;
+    }
   }
   return sum;
 }
