@@ -171,21 +171,8 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
   launch_kernel(delta_kernel<T, OffsetT, kHeadDim>, dim3(query_tiles + kOffsetsCheckBlocks, p.heads, p.batch),
                 kMmaBlockThreads, 0, stored_p);
-  const auto launch_dkdv = [&](auto float_edges) {
-    constexpr bool kFloatEdges = decltype(float_edges)::value;
-    launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, kFloatEdges>, dkdv_grid,
-                  kMmaBlockThreads, kFrac ? kDkdvFractionalSmemBytes<kHeadDim, kFloatEdges> : kDkdvSmemBytes<kHeadDim>,
-                  stored_p);
-  };
-  if constexpr (kFrac) {
-    if (switched_off("FIBSPARSE_FLOAT_EDGES")) {  // the A/B's other side: the edge rows as staged
-      launch_dkdv(std::false_type{});
-    } else {
-      launch_dkdv(std::true_type{});
-    }
-  } else {
-    launch_dkdv(std::true_type{});
-  }
+  launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads,
+                kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>, stored_p);
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
     const auto launch_dq = [&](auto stages) {
       constexpr int kStages = decltype(stages)::value;

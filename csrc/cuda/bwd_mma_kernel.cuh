@@ -53,12 +53,11 @@ template <int kHeadDim>
 constexpr int kDkdvWindowSmemBytes = kDkdvSmemBytes<kHeadDim> + 2 * kStageBytes<kHeadDim>;
 // The dk/dv pass that runs first with fractional offsets also stages each
 // warp's edge rows (fractional_offset_step), after the rest: k, then v, of
-// the key before the warp's first, its last key and the key after that; with
-// kFloatEdges as floats (converted once, where they were staged).
+// the key before the warp's first, its last key and the key after that.
 constexpr int kEdgeRows = 6;
-template <int kHeadDim, bool kFloatEdges = true>
+template <int kHeadDim>
 constexpr int kDkdvFractionalSmemBytes =
-    kDkdvSmemBytes<kHeadDim> + kWarps * kEdgeRows * kHeadDim * int(kFloatEdges ? sizeof(float) : sizeof(uint16_t));
+    kDkdvSmemBytes<kHeadDim> + kWarps * kEdgeRows * kHeadDim * int(sizeof(uint16_t));
 static_assert(kCudaQueriesPerPartial == 16, "the dq pass writes one partial of d(position) per warp's 16 queries");
 
 // The lse with which the backward recomputes P = exp(S - lse): a query whose
@@ -404,34 +403,21 @@ constexpr int kOffsetChains = kHeadDim >= 128 ? 2 : 1;
 
 // This lane's share of <a, b> over two rows of kHeadDim elements in shared
 // memory: lane l takes the kHeadDim / 32 columns from l kHeadDim / 32, one
-// load a row (the warp's loads read each row once, whole). b's elements are
-// T's bits, or (EdgeT float) the same values as floats, which need no
-// conversion and give the same sum.
-template <typename T, int kHeadDim, typename EdgeT>
-__device__ __forceinline__ float lane_row_dot(const uint16_t* a, const EdgeT* b, int lane) {
-  static_assert(kHeadDim == 64 || kHeadDim == 128, "one load a row");
+// load a row (the warp's loads read each row once, whole).
+template <typename T, int kHeadDim>
+__device__ __forceinline__ float lane_row_dot(const uint16_t* a, const uint16_t* b, int lane) {
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "one 4- or 8-byte load a row");
   constexpr int kPairs = kHeadDim / 64;
   using Vec = std::conditional_t<kPairs == 2, uint2, uint32_t>;
   const Vec x = *reinterpret_cast<const Vec*>(a + 2 * kPairs * lane);
+  const Vec y = *reinterpret_cast<const Vec*>(b + 2 * kPairs * lane);
   const uint32_t* x_bits = reinterpret_cast<const uint32_t*>(&x);
+  const uint32_t* y_bits = reinterpret_cast<const uint32_t*>(&y);
   float sum = 0.f;
-  if constexpr (std::is_same_v<EdgeT, float>) {
-    using FloatVec = std::conditional_t<kPairs == 2, float4, float2>;
-    const FloatVec y = *reinterpret_cast<const FloatVec*>(b + 2 * kPairs * lane);
-    const float2* y_pairs = reinterpret_cast<const float2*>(&y);
 #pragma unroll
-    for (int e = 0; e < kPairs; ++e) {
-      const float2 x2 = unpack2<T>(x_bits[e]), y2 = y_pairs[e];
-      sum += x2.x * y2.x + x2.y * y2.y;
-    }
-  } else {
-    const Vec y = *reinterpret_cast<const Vec*>(b + 2 * kPairs * lane);
-    const uint32_t* y_bits = reinterpret_cast<const uint32_t*>(&y);
-#pragma unroll
-    for (int e = 0; e < kPairs; ++e) {
-      const float2 x2 = unpack2<T>(x_bits[e]), y2 = unpack2<T>(y_bits[e]);
-      sum += x2.x * y2.x + x2.y * y2.y;
-    }
+  for (int e = 0; e < kPairs; ++e) {
+    const float2 x2 = unpack2<T>(x_bits[e]), y2 = unpack2<T>(y_bits[e]);
+    sum += x2.x * y2.x + x2.y * y2.y;
   }
   return sum;
 }
@@ -473,11 +459,11 @@ __device__ __forceinline__ float warp_sums_to_quads(const float (&v)[8], int lan
 // edge products as two 16 x 8 tensor-core tiles, and the two rows' shares as
 // one two-diagonal product, both measured slower: docs/performance.md, round
 // 33.) `offset` points at offset o's position, kept by the caller.
-template <typename T, int kHeadDim, typename EdgeT>
+template <typename T, int kHeadDim>
 __device__ __forceinline__ void fractional_offset_step(
     const Params& p, const Sequence& seq, int b, int h, int o, const float* offset, OffsetSplit split,
     const uint32_t (&kf)[kHeadDim / 16][4], const uint32_t (&vf)[kHeadDim / 16][4], RowPtr<kHeadDim> strip_q,
-    RowPtr<kHeadDim> strip_do, const float* lse, const float* dlt, const EdgeT* edges, int warp_k0,
+    RowPtr<kHeadDim> strip_do, const float* lse, const float* dlt, const uint16_t* edges, int warp_k0,
     float (&dk)[kHeadDim / 8][4], float (&dv)[kHeadDim / 8][4], int lane) {
   const int g = lane / 4;
   const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
@@ -492,14 +478,14 @@ __device__ __forceinline__ void fractional_offset_step(
   // share row 0's exchanges, so every step forms them.
   float s_row0_second, dp_row0_second, s_row16_second, s_row16_first, dp_row16_second, dp_row16_first;
   {
-    const float parts[8] = {lane_row_dot<T, kHeadDim, EdgeT>(strip_q[0], edges, lane),
-                            lane_row_dot<T, kHeadDim, EdgeT>(strip_do[0], edges + 3 * kHeadDim, lane),
+    const float parts[8] = {lane_row_dot<T, kHeadDim>(strip_q[0], edges, lane),
+                            lane_row_dot<T, kHeadDim>(strip_do[0], edges + 3 * kHeadDim, lane),
                             0.f,
                             0.f,
-                            lane_row_dot<T, kHeadDim, EdgeT>(strip_q[16], edges + kHeadDim, lane),
-                            lane_row_dot<T, kHeadDim, EdgeT>(strip_q[16], edges + 2 * kHeadDim, lane),
-                            lane_row_dot<T, kHeadDim, EdgeT>(strip_do[16], edges + 4 * kHeadDim, lane),
-                            lane_row_dot<T, kHeadDim, EdgeT>(strip_do[16], edges + 5 * kHeadDim, lane)};
+                            lane_row_dot<T, kHeadDim>(strip_q[16], edges + kHeadDim, lane),
+                            lane_row_dot<T, kHeadDim>(strip_q[16], edges + 2 * kHeadDim, lane),
+                            lane_row_dot<T, kHeadDim>(strip_do[16], edges + 4 * kHeadDim, lane),
+                            lane_row_dot<T, kHeadDim>(strip_do[16], edges + 5 * kHeadDim, lane)};
     const float sum = warp_sums_to_quads(parts, lane);
     const int c = lane % 4;
     const float from_1_or_4 = __shfl_sync(0xffffffffu, sum, (g == 0 ? 4 : 16) + c);
@@ -680,7 +666,7 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // and dS from its own k and v fragments and the strip's rows, as it does the
 // band's (fractional positions: fractional_offset_step), and stores each
 // (query, offset)'s dS.
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kFloatEdges = true>
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
@@ -707,14 +693,10 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   const auto stage_o = [&](int s) {
     return reinterpret_cast<Rows<kHeadDim>>(reinterpret_cast<char*>(smem) + kDkdvSmemBytes<kHeadDim>) + s * kBufRows;
   };
-  // The warp's edge rows as staged (T's bits) and, with kFloatEdges, as
-  // floats, over the same bytes.
-  using EdgeT = std::conditional_t<kFloatEdges, float, uint16_t>;
   const auto edge_rows = [&](int warp) {
-    return reinterpret_cast<EdgeT*>(reinterpret_cast<char*>(smem) + kDkdvSmemBytes<kHeadDim>) +
+    return reinterpret_cast<uint16_t*>(reinterpret_cast<char*>(smem) + kDkdvSmemBytes<kHeadDim>) +
            warp * kEdgeRows * kHeadDim;
   };
-  const auto staged_edge_rows = [&](int warp) { return reinterpret_cast<uint16_t*>(edge_rows(warp)); };
   // The window alone: delta = <dO, O> - dlse of stage s's queries, summed as
   // the dq pass sums it (half_row_dot), in place of the dlse staged there.
   // The threads of a row are neighbouring lanes of one warp. It runs once the
@@ -747,9 +729,8 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
                                      (valid ? key * p.k_row_stride : 0))
                   : bits<T>(p.v, seq.k_start(b, p.v_batch_stride, p.v_row_stride) + hk * p.v_head_stride +
                                      (valid ? key * p.v_row_stride : 0));
-      copy_async_16(staged_edge_rows(warp) + row * kHeadDim + col, src + col, valid);
+      copy_async_16(edge_rows(warp) + row * kHeadDim + col, src + col, valid);
     }
-    if constexpr (kFloatEdges) commit_async();  // a group of their own, awaited before the first step's
   }
   // kKeepsOffsets: an offset step's offset is read once, when the step is
   // queued, and kept for its products. Read again there, it was a wait on
@@ -772,23 +753,6 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
                              p.k_row_stride, warp_k0, seq.seqlen_k, g, c, kf);
   load_a_fragments<kHeadDim>(bits<T>(p.v, seq.k_start(b, p.v_batch_stride, p.v_row_stride) + hk * p.v_head_stride),
                              p.v_row_stride, warp_k0, seq.seqlen_k, g, c, vf);
-  if constexpr (kFractionalFirst && kFloatEdges) {
-    // The edge rows as floats, once: each offset step reads them with no
-    // conversion (six rows, kHeadDim / 32 elements a lane, every step). Each
-    // lane reads its pairs before any lane writes the floats over them.
-    constexpr int kPairsPerLane = kEdgeRows * kHeadDim / 2 / 32;
-    wait_async<1>();  // the edge rows' group; the first step's may still be on its way
-    __syncwarp();
-    uint32_t pairs[kPairsPerLane];
-    const uint32_t* staged = reinterpret_cast<const uint32_t*>(staged_edge_rows(warp));
-#pragma unroll
-    for (int i = 0; i < kPairsPerLane; ++i) pairs[i] = staged[lane + 32 * i];
-    __syncwarp();
-    float2* floats = reinterpret_cast<float2*>(edge_rows(warp));
-#pragma unroll
-    for (int i = 0; i < kPairsPerLane; ++i) floats[lane + 32 * i] = unpack2<T>(pairs[i]);
-    __syncwarp();
-  }
   if constexpr (kWindowAlone) {
     if (steps.num_steps > 0) {
       wait_async<0>();
