@@ -22,7 +22,6 @@
 #include "../env_switches.h"
 #include "../fibsparse.h"
 #include "../static_switch.h"
-#include "bwd_dkdv_pairs_kernel.cuh"
 #include "bwd_mma_kernel.cuh"
 #include "bwd_stored_dscores_kernel.cuh"
 #include "bwd_window_walk_kernel.cuh"
@@ -172,18 +171,8 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
   launch_kernel(delta_kernel<T, OffsetT, kHeadDim>, dim3(query_tiles + kOffsetsCheckBlocks, p.heads, p.batch),
                 kMmaBlockThreads, 0, stored_p);
-  if constexpr (!kFrac) {
-    if (!switched_off("FIBSPARSE_DKDV_PAIRS")) {
-      launch_kernel(dkdv_pairs_kernel<T, kHeadDim>, dkdv_grid, kPairBlockThreads, kDkdvPairsSmemBytes<kHeadDim>,
-                    stored_p);
-    } else {
-      launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads,
-                    kDkdvSmemBytes<kHeadDim>, stored_p);
-    }
-  } else {
-    launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads,
-                  kDkdvFractionalSmemBytes<kHeadDim>, stored_p);
-  }
+  launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads,
+                kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>, stored_p);
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
     const auto launch_dq = [&](auto stages) {
       constexpr int kStages = decltype(stages)::value;
@@ -215,7 +204,7 @@ void launch_bwd(const Params& p, bool fractional) {
           const int smem = p.num_offsets == 0
                                ? std::max(kDkdvWindowSmemBytes<kHeadDim>,
                                           kWindowWalkHeadDim<kHeadDim> ? kDkdvWalkSmemBytes<kHeadDim> : 0)
-                               : std::max(kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvPairsSmemBytes<kHeadDim>,
+                               : std::max(kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>,
                                           kDqWithOffsetsSmemBytes<kHeadDim, kMaxHeadsPerBlock<kHeadDim>, kFrac>);
           const int steps = stored_dscore_steps(p, smem);
           if (steps > 0) return launch_stored_dscores_bwd<T, OffsetT, kHeadDim>(p, steps);
