@@ -666,7 +666,10 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // and dS from its own k and v fragments and the strip's rows, as it does the
 // band's (fractional positions: fractional_offset_step), and stores each
 // (query, offset)'s dS.
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq>
+// kProbe (a measurement, not a route): 1 keeps the pass's copies, waits and
+// barriers and skips its steps' work; 2 keeps the work and queues no copies
+// (the steps compute on whatever the stages hold).
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, int kProbe = 0>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
@@ -745,8 +748,9 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   };
   auto issued = steps.first();  // the step queued last
   OffsetT issued_offset = kKeepsOffsets ? read_offset(issued, steps.num_steps > 0) : OffsetT(-1);
-  steps.template issue<T, kRoute>(issued, steps.num_steps > 0, b, stage_q(0), stage_do(0), stage_stat(0, 0),
-                                  stage_stat(0, 1), stage_o(0), kKeepsOffsets ? &issued_offset : nullptr);
+  steps.template issue<T, kRoute>(issued, kProbe != 2 && steps.num_steps > 0, b, stage_q(0), stage_do(0),
+                                  stage_stat(0, 0), stage_stat(0, 1), stage_o(0),
+                                  kKeepsOffsets ? &issued_offset : nullptr);
 
   uint32_t kf[kHeadDim / 16][4], vf[kHeadDim / 16][4];
   load_a_fragments<kHeadDim>(bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride),
@@ -793,7 +797,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     const OffsetT step_offset = issued_offset;  // step n's (kKeepsOffsets)
     issued = steps.next(issued);
     if constexpr (kKeepsOffsets) issued_offset = read_offset(issued, n + 1 < steps.num_steps);
-    steps.template issue<T, kRoute>(issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2), stage_do((n + 1) % 2),
+    steps.template issue<T, kRoute>(issued, kProbe != 2 && n + 1 < steps.num_steps, b, stage_q((n + 1) % 2), stage_do((n + 1) % 2),
                                     stage_stat((n + 1) % 2, 0), stage_stat((n + 1) % 2, 1), stage_o((n + 1) % 2),
                                     kKeepsOffsets ? &issued_offset : nullptr);
     wait_async<1>();
@@ -805,7 +809,8 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     RowPtr<kHeadDim> rows_q = stage_q(n % 2), rows_do = stage_do(n % 2);
     const float* stat0 = stage_stat(n % 2, 0);
     const float* stat1 = stage_stat(n % 2, 1);
-    if (steps.is_band(step)) {
+    if (kProbe == 1) {
+    } else if (steps.is_band(step)) {
       const uint32_t band_stage_bytes = uint32_t(n % 2) * 2 * kStageBytes<kHeadDim>;
       dkdv_band_step<T, kHeadDim, kStoresDscores, kInnerSubtilesUnmasked, kKeptBandRows>(
           p, seq, b, step.head, blockIdx.x, step.index, steps.chunk_row(step), steps.band_last_row, warp_k0, kf, vf,
