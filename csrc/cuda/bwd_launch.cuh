@@ -171,22 +171,15 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
   launch_kernel(delta_kernel<T, OffsetT, kHeadDim>, dim3(query_tiles + kOffsetsCheckBlocks, p.heads, p.batch),
                 kMmaBlockThreads, 0, stored_p);
-  const char* probe = switch_setting("FIBSPARSE_DKDV_PROBE", {"0", "1", "2"});
-  const int probe_kind = probe == nullptr ? 0 : probe[0] - '0';
-  bool probed = false;
-  if constexpr (!kFrac && kHeadDim >= 64) {
-    if (probe_kind == 1) {
-      // Shared memory padded so that as many blocks share an SM as the pass's registers allow (2 or 3).
-      launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, 1>, dkdv_grid, kMmaBlockThreads,
-                    (kHeadDim >= 128 ? 100 : 60) * 1024, stored_p);
-      probed = true;
-    } else if (probe_kind == 2) {
-      launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, 2>, dkdv_grid, kMmaBlockThreads,
+  bool late_issue = false;
+  if constexpr (!kFrac) {
+    late_issue = !switched_off("FIBSPARSE_DKDV_LATE_ISSUE");
+    if (late_issue) {
+      launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true>, dkdv_grid, kMmaBlockThreads,
                     kDkdvSmemBytes<kHeadDim>, stored_p);
-      probed = true;
     }
   }
-  if (!probed) {
+  if (!late_issue) {
     launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads,
                   kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>, stored_p);
   }

@@ -666,10 +666,10 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // and dS from its own k and v fragments and the strip's rows, as it does the
 // band's (fractional positions: fractional_offset_step), and stores each
 // (query, offset)'s dS.
-// kProbe (a measurement, not a route): 1 keeps the pass's copies, waits and
-// barriers and skips its steps' work; 2 keeps the work and queues no copies
-// (the steps compute on whatever the stages hold).
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, int kProbe = 0>
+// kLateIssue (the integer pass that runs first): an offset step queues the
+// next step's copies after its two products are issued, so that the copies'
+// instructions fill the products' latency, instead of before its wait.
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kLateIssue = false>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
@@ -748,9 +748,8 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   };
   auto issued = steps.first();  // the step queued last
   OffsetT issued_offset = kKeepsOffsets ? read_offset(issued, steps.num_steps > 0) : OffsetT(-1);
-  steps.template issue<T, kRoute>(issued, kProbe != 2 && steps.num_steps > 0, b, stage_q(0), stage_do(0),
-                                  stage_stat(0, 0), stage_stat(0, 1), stage_o(0),
-                                  kKeepsOffsets ? &issued_offset : nullptr);
+  steps.template issue<T, kRoute>(issued, steps.num_steps > 0, b, stage_q(0), stage_do(0), stage_stat(0, 0),
+                                  stage_stat(0, 1), stage_o(0), kKeepsOffsets ? &issued_offset : nullptr);
 
   uint32_t kf[kHeadDim / 16][4], vf[kHeadDim / 16][4];
   load_a_fragments<kHeadDim>(bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride),
@@ -795,12 +794,21 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   bool step_by_warp = by_warp(step, steps.num_steps > 0);
   for (int n = 0; n < steps.num_steps; ++n, step = steps.next(step)) {
     const OffsetT step_offset = issued_offset;  // step n's (kKeepsOffsets)
-    issued = steps.next(issued);
-    if constexpr (kKeepsOffsets) issued_offset = read_offset(issued, n + 1 < steps.num_steps);
-    steps.template issue<T, kRoute>(issued, kProbe != 2 && n + 1 < steps.num_steps, b, stage_q((n + 1) % 2), stage_do((n + 1) % 2),
-                                    stage_stat((n + 1) % 2, 0), stage_stat((n + 1) % 2, 1), stage_o((n + 1) % 2),
-                                    kKeepsOffsets ? &issued_offset : nullptr);
-    wait_async<1>();
+    const auto issue_next = [&] {
+      issued = steps.next(issued);
+      if constexpr (kKeepsOffsets) issued_offset = read_offset(issued, n + 1 < steps.num_steps);
+      steps.template issue<T, kRoute>(issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2),
+                                      stage_do((n + 1) % 2), stage_stat((n + 1) % 2, 0), stage_stat((n + 1) % 2, 1),
+                                      stage_o((n + 1) % 2), kKeepsOffsets ? &issued_offset : nullptr);
+    };
+    static_assert(!kLateIssue || (kKeptRows && !kWindowAlone), "late copies: the integer pass that runs first");
+    const bool late = kLateIssue && !steps.is_band(step) && step_offset >= 0;
+    if (late) {
+      wait_async<0>();
+    } else {
+      issue_next();
+      wait_async<1>();
+    }
     if (step_by_warp) {
       sync_strip_group<1>(warp);
     } else {
@@ -809,8 +817,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     RowPtr<kHeadDim> rows_q = stage_q(n % 2), rows_do = stage_do(n % 2);
     const float* stat0 = stage_stat(n % 2, 0);
     const float* stat1 = stage_stat(n % 2, 1);
-    if (kProbe == 1) {
-    } else if (steps.is_band(step)) {
+    if (steps.is_band(step)) {
       const uint32_t band_stage_bytes = uint32_t(n % 2) * 2 * kStageBytes<kHeadDim>;
       dkdv_band_step<T, kHeadDim, kStoresDscores, kInnerSubtilesUnmasked, kKeptBandRows>(
           p, seq, b, step.head, blockIdx.x, step.index, steps.chunk_row(step), steps.band_last_row, warp_k0, kf, vf,
@@ -843,6 +850,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
           dot_16_rows_at<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(kf, strip_dot_row + stage_bytes, st, 0);
           dot_16_rows_at<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(vf, strip_dot_row + stage_bytes + kBufferBytes, dpt,
                                                                   0);
+          if (late) issue_next();
           const float* lse = stat0 + row0;
           const float* dlt = stat1 + row0;
           float prob[2], dscore[2];
