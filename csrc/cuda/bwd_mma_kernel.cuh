@@ -666,10 +666,7 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // and dS from its own k and v fragments and the strip's rows, as it does the
 // band's (fractional positions: fractional_offset_step), and stores each
 // (query, offset)'s dS.
-// kLateIssue (the integer pass that runs first): an offset step queues the
-// next step's copies after its two products are issued, so that the copies'
-// instructions fill the products' latency, instead of before its wait.
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kLateIssue = false>
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
@@ -794,21 +791,12 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   bool step_by_warp = by_warp(step, steps.num_steps > 0);
   for (int n = 0; n < steps.num_steps; ++n, step = steps.next(step)) {
     const OffsetT step_offset = issued_offset;  // step n's (kKeepsOffsets)
-    const auto issue_next = [&] {
-      issued = steps.next(issued);
-      if constexpr (kKeepsOffsets) issued_offset = read_offset(issued, n + 1 < steps.num_steps);
-      steps.template issue<T, kRoute>(issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2),
-                                      stage_do((n + 1) % 2), stage_stat((n + 1) % 2, 0), stage_stat((n + 1) % 2, 1),
-                                      stage_o((n + 1) % 2), kKeepsOffsets ? &issued_offset : nullptr);
-    };
-    static_assert(!kLateIssue || (kKeptRows && !kWindowAlone), "late copies: the integer pass that runs first");
-    const bool late = kLateIssue && !steps.is_band(step) && step_offset >= 0;
-    if (late) {
-      wait_async<0>();
-    } else {
-      issue_next();
-      wait_async<1>();
-    }
+    issued = steps.next(issued);
+    if constexpr (kKeepsOffsets) issued_offset = read_offset(issued, n + 1 < steps.num_steps);
+    steps.template issue<T, kRoute>(issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2), stage_do((n + 1) % 2),
+                                    stage_stat((n + 1) % 2, 0), stage_stat((n + 1) % 2, 1), stage_o((n + 1) % 2),
+                                    kKeepsOffsets ? &issued_offset : nullptr);
+    wait_async<1>();
     if (step_by_warp) {
       sync_strip_group<1>(warp);
     } else {
@@ -850,7 +838,6 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
           dot_16_rows_at<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(kf, strip_dot_row + stage_bytes, st, 0);
           dot_16_rows_at<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(vf, strip_dot_row + stage_bytes + kBufferBytes, dpt,
                                                                   0);
-          if (late) issue_next();
           const float* lse = stat0 + row0;
           const float* dlt = stat1 + row0;
           float prob[2], dscore[2];
