@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# One A/B round on the GPU machine in one call: build this tree, time a switch's
+# kernels against the default (tools/ab_switch.py, gradients compared bit for
+# bit), and optionally check what would land: a patch applied and rebuilt, the
+# sanitizers over every kernel, a selection of tests, each kernel's time.
+#
+#   bash tools/device_ab.sh [options] -- SWITCH --kernel K --config C ... [--rounds N]
+#
+# Everything after `--` goes to tools/ab_switch.py as it is. Options:
+#   --log NAME        the log's name under $OUT (default ab.log)
+#   --landing PATCH   after the A/B, apply PATCH (git apply; the switch taken out,
+#                     say), print the csrc digest, rebuild; the steps below then
+#                     run on the landed tree, and the patch is reverted at the end
+#   --sanitize        racecheck, memcheck and synccheck over tools/sanitize_kernels.py
+#   --tests EXPR      python -m pytest tests -k EXPR (8 workers where xdist imports)
+#   --kernel-times    tools/kernel_times.py
+# The log starts with the commit (FIBSPARSE_COMMIT, else git's HEAD), a digest of
+# csrc/ (so a log names the exact sources it built), the GPU and torch, and ends
+# with each step's exit status and seconds. Each step has a time limit, so the
+# call ends within the device's limit for one command even when a step hangs.
+set -uo pipefail
+
+log=ab.log landing="" sanitize=0 tests="" kernel_times=0
+while [[ $# -gt 0 && "$1" != "--" ]]; do
+  case "$1" in
+    --log) log="$2"; shift 2 ;;
+    --landing) landing="$2"; shift 2 ;;
+    --sanitize) sanitize=1; shift ;;
+    --tests) tests="$2"; shift 2 ;;
+    --kernel-times) kernel_times=1; shift ;;
+    *) echo "device_ab.sh: unknown option '$1' (options: --log NAME, --landing PATCH, --sanitize, --tests EXPR," \
+            "--kernel-times; then -- and tools/ab_switch.py's arguments)"; exit 2 ;;
+  esac
+done
+if [[ $# -lt 2 || "$1" != "--" ]]; then
+  echo "device_ab.sh: give tools/ab_switch.py's arguments after --, e.g. -- FIBSPARSE_X=0 --kernel dkdv --config dense,65536,32,8,128,integer"
+  exit 2
+fi
+shift
+if [[ -n "$landing" && ! -f "$landing" ]]; then
+  echo "device_ab.sh: --landing must name a patch file, got '$landing'"
+  exit 2
+fi
+
+export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a} MAX_JOBS=${MAX_JOBS:-16}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+exec > >(tee "${OUT:-/tmp}/$log") 2>&1
+
+summary=()
+# step NAME LIMIT_SECONDS COMMAND...: runs COMMAND under `timeout`, noting its status and time.
+step() {
+  local name=$1 limit=$2 start=$SECONDS rc
+  shift 2
+  echo "=== $name: $*"
+  timeout "$limit" bash -c '"$@"' "$name" "$@"
+  rc=$?
+  summary+=("$name: rc=$rc $((SECONDS - start)) s")
+  echo "=== $name finished: rc=$rc $((SECONDS - start)) s"
+}
+digest() {
+  find csrc -type f \( -name '*.cu' -o -name '*.cuh' -o -name '*.h' -o -name '*.cpp' \) | LC_ALL=C sort |
+    xargs sha1sum | sha1sum | cut -c1-12
+}
+build() { python3 -m pip install --no-build-isolation --no-deps -e . -q; }
+filtered_ab() {
+  python3 tools/ab_switch.py "$@" 2>&1 | grep -v "UserWarning: Warning: Profiler\|_warn_once"
+  return "${PIPESTATUS[0]}"
+}
+# The steps run under `timeout` in a child bash, which sees these through the environment.
+export -f build filtered_ab
+
+echo "commit: ${FIBSPARSE_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}  csrc $(digest)  $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+nvidia-smi --query-gpu=name,driver_version,power.limit --format=csv,noheader
+python3 -c 'import torch; print("torch", torch.__version__)'
+
+step build 300 build
+step ab 300 filtered_ab "$@"
+if [[ -n "$landing" ]]; then
+  git apply "$landing" && echo "landing applied: csrc $(digest)"
+  step build_landing 300 build
+fi
+if [[ $sanitize == 1 ]]; then
+  for tool in racecheck memcheck synccheck; do
+    step "$tool" 120 compute-sanitizer --error-exitcode 1 --kernel-name kns=fibsparse --tool "$tool" \
+      python3 tools/sanitize_kernels.py
+  done
+fi
+if [[ -n "$tests" ]]; then
+  workers=(); python3 -c "import xdist" 2>/dev/null && workers=(-n 8)
+  step tests 420 python3 -m pytest tests -q "${workers[@]}" -k "$tests" -p no:cacheprovider -p no:benchmark
+fi
+[[ $kernel_times == 1 ]] && step kernel_times 120 python3 tools/kernel_times.py
+[[ -n "$landing" ]] && git apply -R "$landing" && echo "landing reverted"
+
+echo "=== summary"
+printf '  %s\n' "${summary[@]}"
+for line in "${summary[@]}"; do [[ "$line" == *"rc=0 "* ]] || exit 1; done
