@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One A/B round on the GPU machine in one call: build this tree, time a switch's
 # kernels against the default (tools/ab_switch.py, gradients compared bit for
-# bit), and optionally check what would land: a patch applied and rebuilt, the
+# bit), and on request check what would land: a patch applied and rebuilt, the
 # sanitizers over every kernel, a selection of tests, each kernel's time.
 #
 #   bash tools/device_ab.sh [options] -- SWITCH --kernel K --config C ... [--rounds N]
@@ -9,27 +9,33 @@
 # Everything after `--` goes to tools/ab_switch.py as it is. Options:
 #   --log NAME        the log's name under $OUT (default ab.log)
 #   --landing PATCH   after the A/B, apply PATCH (git apply; the switch taken out,
-#                     say), print the csrc digest, rebuild; the steps below then
-#                     run on the landed tree, and the patch is reverted at the end
+#                     say), print the csrc digest and rebuild: the checks below
+#                     then run on the landed tree, and the patch is reverted at
+#                     the end. Without it they run on the A/B's build.
 #   --sanitize        racecheck, memcheck and synccheck over tools/sanitize_kernels.py
 #   --tests EXPR      python -m pytest tests -k EXPR (8 workers where xdist imports)
 #   --kernel-times    tools/kernel_times.py
-# The log starts with the commit (FIBSPARSE_COMMIT, else git's HEAD), a digest of
-# csrc/ (so a log names the exact sources it built), the GPU and torch, and ends
-# with each step's exit status and seconds. Each step has a time limit, so the
-# call ends within the device's limit for one command even when a step hangs.
+# The log starts with the commit (FIBSPARSE_COMMIT; git's HEAD is only as fresh
+# as the copy's .git), a digest of csrc/ (so a log names the exact sources it
+# built), the GPU and torch, and ends with each step's exit status and seconds.
+# Every step runs under a time limit cut to what is left of DEVICE_AB_SECONDS
+# (default 570, under the device's 600 a command); a step with no time left is
+# skipped and counted as failed. A failed build, or a landing patch that does
+# not apply, stops the call: what follows would measure the wrong code.
 set -uo pipefail
+cd "$(dirname "$0")/.." || exit 2
 
+usage="options: --log NAME, --landing PATCH, --sanitize, --tests EXPR, --kernel-times; then -- and tools/ab_switch.py's arguments"
 log=ab.log landing="" sanitize=0 tests="" kernel_times=0
 while [[ $# -gt 0 && "$1" != "--" ]]; do
   case "$1" in
-    --log) log="$2"; shift 2 ;;
-    --landing) landing="$2"; shift 2 ;;
+    --log | --landing | --tests)
+      if [[ $# -lt 2 ]]; then echo "device_ab.sh: $1 needs a value ($usage)"; exit 2; fi
+      case "$1" in --log) log="$2" ;; --landing) landing="$2" ;; --tests) tests="$2" ;; esac
+      shift 2 ;;
     --sanitize) sanitize=1; shift ;;
-    --tests) tests="$2"; shift 2 ;;
     --kernel-times) kernel_times=1; shift ;;
-    *) echo "device_ab.sh: unknown option '$1' (options: --log NAME, --landing PATCH, --sanitize, --tests EXPR," \
-            "--kernel-times; then -- and tools/ab_switch.py's arguments)"; exit 2 ;;
+    *) echo "device_ab.sh: unknown option '$1' ($usage)"; exit 2 ;;
   esac
 done
 if [[ $# -lt 2 || "$1" != "--" ]]; then
@@ -44,18 +50,38 @@ fi
 
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a} MAX_JOBS=${MAX_JOBS:-16}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+deadline=$((SECONDS + ${DEVICE_AB_SECONDS:-570}))
 exec > >(tee "${OUT:-/tmp}/$log") 2>&1
+tee_pid=$!
 
 summary=()
-# step NAME LIMIT_SECONDS COMMAND...: runs COMMAND under `timeout`, noting its status and time.
+failed=0
+# step NAME LIMIT_SECONDS COMMAND...: runs COMMAND under `timeout` (its limit
+# cut to the call's time left), noting its status and time.
 step() {
-  local name=$1 limit=$2 start=$SECONDS rc
+  local name=$1 limit=$2 start=$SECONDS rc left=$((deadline - SECONDS))
   shift 2
+  ((limit > left)) && limit=$left
+  if ((limit <= 0)); then
+    echo "=== $name: skipped, the call's time is spent"
+    summary+=("$name: skipped")
+    failed=1
+    return 1
+  fi
   echo "=== $name: $*"
-  timeout "$limit" bash -c '"$@"' "$name" "$@"
+  timeout -k 10 "$limit" bash -c '"$@"' "$name" "$@"
   rc=$?
   summary+=("$name: rc=$rc $((SECONDS - start)) s")
   echo "=== $name finished: rc=$rc $((SECONDS - start)) s"
+  ((rc == 0)) || failed=1
+  return "$rc"
+}
+finish() {
+  echo "=== summary"
+  printf '  %s\n' "${summary[@]}"
+  exec >&- 2>&-
+  wait "$tee_pid"
+  exit "$failed"
 }
 digest() {
   find csrc -type f \( -name '*.cu' -o -name '*.cuh' -o -name '*.h' -o -name '*.cpp' \) | LC_ALL=C sort |
@@ -73,11 +99,19 @@ echo "commit: ${FIBSPARSE_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unkno
 nvidia-smi --query-gpu=name,driver_version,power.limit --format=csv,noheader
 python3 -c 'import torch; print("torch", torch.__version__)'
 
-step build 300 build
+step build 300 build || finish
 step ab 300 filtered_ab "$@"
 if [[ -n "$landing" ]]; then
-  git apply "$landing" && echo "landing applied: csrc $(digest)"
-  step build_landing 300 build
+  if ! git apply "$landing"; then
+    summary+=("landing: the patch did not apply")
+    failed=1
+    finish
+  fi
+  echo "landing applied: csrc $(digest)"
+  if ! step build_landing 300 build; then
+    git apply -R "$landing" || summary+=("landing: the patch did not revert")
+    finish
+  fi
 fi
 if [[ $sanitize == 1 ]]; then
   for tool in racecheck memcheck synccheck; do
@@ -86,12 +120,20 @@ if [[ $sanitize == 1 ]]; then
   done
 fi
 if [[ -n "$tests" ]]; then
-  workers=(); python3 -c "import xdist" 2>/dev/null && workers=(-n 8)
-  step tests 420 python3 -m pytest tests -q "${workers[@]}" -k "$tests" -p no:cacheprovider -p no:benchmark
+  workers=()
+  python3 -c "import xdist" 2>/dev/null && workers=(-n 8)
+  step tests 420 python3 -m pytest tests -q ${workers[@]+"${workers[@]}"} -k "$tests" -p no:cacheprovider \
+    -p no:benchmark
 fi
-[[ $kernel_times == 1 ]] && step kernel_times 120 python3 tools/kernel_times.py
-[[ -n "$landing" ]] && git apply -R "$landing" && echo "landing reverted"
-
-echo "=== summary"
-printf '  %s\n' "${summary[@]}"
-for line in "${summary[@]}"; do [[ "$line" == *"rc=0 "* ]] || exit 1; done
+if [[ $kernel_times == 1 ]]; then
+  step kernel_times 120 python3 tools/kernel_times.py
+fi
+if [[ -n "$landing" ]]; then
+  if git apply -R "$landing"; then
+    echo "landing reverted"
+  else
+    summary+=("landing: the patch did not revert")
+    failed=1
+  fi
+fi
+finish
