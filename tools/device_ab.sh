@@ -15,6 +15,11 @@
 #   --sanitize        racecheck, memcheck and synccheck over tools/sanitize_kernels.py
 #   --tests EXPR      python -m pytest tests -k EXPR (8 workers where xdist imports)
 #   --kernel-times    tools/kernel_times.py
+#   --check-env NAME=VALUE
+#                     set NAME=VALUE for the sanitizers, tests and kernel times
+#                     only, not for the A/B (whose default side is the
+#                     inherited environment): a switch's kernel checked in the
+#                     same call that times it. May be given more than once.
 # The log starts with the commit (FIBSPARSE_COMMIT; git's HEAD is only as fresh
 # as the copy's .git), a digest of csrc/ (so a log names the exact sources it
 # built), the GPU and torch, and ends with each step's exit status and seconds.
@@ -25,13 +30,23 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 
-usage="options: --log NAME, --landing PATCH, --sanitize, --tests EXPR, --kernel-times; then -- and tools/ab_switch.py's arguments"
-log=ab.log landing="" sanitize=0 tests="" kernel_times=0
+usage="options: --log NAME, --landing PATCH, --sanitize, --tests EXPR, --kernel-times, --check-env NAME=VALUE; then -- and tools/ab_switch.py's arguments"
+log=ab.log landing="" sanitize=0 tests="" kernel_times=0 check_env=()
 while [[ $# -gt 0 && "$1" != "--" ]]; do
   case "$1" in
-    --log | --landing | --tests)
+    --log | --landing | --tests | --check-env)
       if [[ $# -lt 2 ]]; then echo "device_ab.sh: $1 needs a value ($usage)"; exit 2; fi
-      case "$1" in --log) log="$2" ;; --landing) landing="$2" ;; --tests) tests="$2" ;; esac
+      case "$1" in
+        --log) log="$2" ;;
+        --landing) landing="$2" ;;
+        --tests) tests="$2" ;;
+        --check-env)
+          if [[ ! "$2" =~ ^[A-Za-z_][A-Za-z0-9_]*=.*$ ]]; then
+            echo "device_ab.sh: --check-env takes NAME=VALUE, got '$2'"
+            exit 2
+          fi
+          check_env+=("$2") ;;
+      esac
       shift 2 ;;
     --sanitize) sanitize=1; shift ;;
     --kernel-times) kernel_times=1; shift ;;
@@ -112,6 +127,11 @@ if [[ -n "$landing" ]]; then
     git apply -R "$landing" || summary+=("landing: the patch did not revert")
     finish
   fi
+fi
+# The checks below run with --check-env's settings.
+if [[ ${#check_env[@]} -gt 0 ]]; then
+  export "${check_env[@]}"
+  echo "checks run with: ${check_env[*]}"
 fi
 if [[ $sanitize == 1 ]]; then
   for tool in racecheck memcheck synccheck; do
