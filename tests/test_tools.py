@@ -2,6 +2,7 @@
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,89 @@ def test_ab_switch_says_when_both_sides_timed_the_same_kernels():
     assert same.startswith("the same timed kernels on both sides")
     differ = ab_switch.kernel_names({"dkdv_mma_kernel<1>", "delta"}, {"dkdv_tma<1>", "delta"})
     assert differ == "timed kernels: default ['dkdv_mma_kernel<1>']; switched ['dkdv_tma<1>']"
+
+
+def device_ab_tree(tmp_path, build_status=0):
+    """A copy of tools/device_ab.sh in a scratch git repository whose
+    tools/ab_switch.py and tools/sanitize_kernels.py print what they see of
+    FIBSPARSE_CHECKED, and stand-ins on PATH: nvidia-smi, compute-sanitizer
+    (runs the program it is given) and a python3 whose `-m pip` (the build)
+    exits with `build_status`. Returns the script's path and the environment."""
+    repo = tmp_path / "repo"
+    (repo / "tools").mkdir(parents=True)
+    (repo / "csrc").mkdir()
+    (repo / "csrc" / "kernel.cu").write_text("// a kernel\n")
+    script = repo / "tools" / "device_ab.sh"
+    script.write_text((ROOT / "tools" / "device_ab.sh").read_text())
+    seen = 'import os, sys; print("{} sees", os.environ.get("FIBSPARSE_CHECKED"), sys.argv[1:])\n'
+    (repo / "tools" / "ab_switch.py").write_text(seen.format("ab_switch"))
+    (repo / "tools" / "sanitize_kernels.py").write_text(seen.format("sanitize_kernels"))
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "t"],
+                   check=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fakes = {
+        "nvidia-smi": "echo GPU\n",
+        "compute-sanitizer": 'shift 6\nexec "$@"\n',
+        "python3": f'if [ "$1" = "-m" ]; then echo build; exit {build_status}; fi\nexec {sys.executable} "$@"\n',
+    }
+    for command, body in fakes.items():
+        fake = bin_dir / command
+        fake.write_text("#!/bin/bash\n" + body)
+        fake.chmod(0o755)
+    env = dict(os.environ, OUT=str(tmp_path), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    env.pop("FIBSPARSE_CHECKED", None)
+    return script, env
+
+
+def run_device_ab(script, env, *args):
+    result = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=env, timeout=60)
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_device_ab_sets_check_env_for_the_checks_alone(tmp_path):
+    """--check-env reaches the sanitizers but not the A/B, whose default side
+    is the caller's environment; the log names each step and ends with status 0."""
+    script, env = device_ab_tree(tmp_path)
+    status, output = run_device_ab(script, env, "--check-env", "FIBSPARSE_CHECKED=1", "--sanitize", "--",
+                                   "FIBSPARSE_X=0", "--kernel", "dkdv")
+    assert status == 0, output
+    assert "ab_switch sees None ['FIBSPARSE_X=0', '--kernel', 'dkdv']" in output
+    assert output.count("sanitize_kernels sees 1") == 3
+    log = (tmp_path / "ab.log").read_text()
+    assert "=== summary" in log and "racecheck: rc=0" in log and "synccheck: rc=0" in log
+
+
+def test_device_ab_stops_when_the_build_fails(tmp_path):
+    """A failed build ends the call before the A/B, with status 1."""
+    script, env = device_ab_tree(tmp_path, build_status=1)
+    status, output = run_device_ab(script, env, "--sanitize", "--", "FIBSPARSE_X=0", "--kernel", "dkdv")
+    assert status == 1
+    assert "ab_switch sees" not in output and "build: rc=1" in output
+
+
+def test_device_ab_stops_when_the_landing_patch_does_not_apply(tmp_path):
+    """A landing patch that does not apply ends the call after the A/B, before
+    any check runs on a tree that is not the landing."""
+    script, env = device_ab_tree(tmp_path)
+    patch = tmp_path / "bad.patch"
+    patch.write_text("not a patch\n")
+    status, output = run_device_ab(script, env, "--landing", str(patch), "--sanitize", "--", "FIBSPARSE_X=0")
+    assert status == 1
+    assert "ab_switch sees" in output and "sanitize_kernels sees" not in output
+    assert "the patch did not apply" in output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bogus"], "unknown option '--bogus'"),
+    (["--check-env", "no_equals", "--", "X=0"], "--check-env takes NAME=VALUE, got 'no_equals'"),
+    (["--log"], "--log needs a value"),
+    (["--sanitize"], "give tools/ab_switch.py's arguments after --"),
+])
+def test_device_ab_refuses_bad_options_before_building(tmp_path, args, message):
+    """Bad options are refused with status 2, naming what was wrong, before the build."""
+    script, env = device_ab_tree(tmp_path)
+    status, output = run_device_ab(script, env, *args)
+    assert status == 2 and message in output and "build" not in output
