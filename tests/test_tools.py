@@ -139,7 +139,7 @@ def test_ab_switch_says_when_both_sides_timed_the_same_kernels():
 
 
 def device_ab_tree(tmp_path, build_status=0):
-    """A copy of tools/device_ab.sh in a scratch git repository whose
+    """A copy of tools/device_ab.sh (and the device_steps.sh it sources) in a scratch git repository whose
     tools/ab_switch.py and tools/sanitize_kernels.py print what they see of
     FIBSPARSE_CHECKED, and stand-ins on PATH: nvidia-smi, compute-sanitizer
     (runs the program it is given) and a python3 whose `-m pip` (the build)
@@ -149,7 +149,8 @@ def device_ab_tree(tmp_path, build_status=0):
     (repo / "csrc").mkdir()
     (repo / "csrc" / "kernel.cu").write_text("// a kernel\n")
     script = repo / "tools" / "device_ab.sh"
-    script.write_text((ROOT / "tools" / "device_ab.sh").read_text())
+    for name in ("device_ab.sh", "device_steps.sh"):
+        (repo / "tools" / name).write_text((ROOT / "tools" / name).read_text())
     seen = 'import os, sys; print("{} sees", os.environ.get("FIBSPARSE_CHECKED"), sys.argv[1:])\n'
     (repo / "tools" / "ab_switch.py").write_text(seen.format("ab_switch"))
     (repo / "tools" / "sanitize_kernels.py").write_text(seen.format("sanitize_kernels"))

@@ -29,6 +29,7 @@
 # not apply, stops the call: what follows would measure the wrong code.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
+source tools/device_steps.sh
 
 usage="options: --log NAME, --landing PATCH, --sanitize, --tests EXPR, --kernel-times, --check-env NAME=VALUE; then -- and tools/ab_switch.py's arguments"
 log=ab.log landing="" sanitize=0 tests="" kernel_times=0 check_env=()
@@ -65,35 +66,20 @@ fi
 
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a} MAX_JOBS=${MAX_JOBS:-16}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-deadline=$((SECONDS + ${DEVICE_AB_SECONDS:-570}))
+step_deadline=$((SECONDS + ${DEVICE_AB_SECONDS:-570}))  # every step's limit is cut to it (device_steps.sh)
 exec > >(tee "${OUT:-/tmp}/$log") 2>&1
 tee_pid=$!
 
-summary=()
-failed=0
-# step NAME LIMIT_SECONDS COMMAND...: runs COMMAND under `timeout` (its limit
-# cut to the call's time left), noting its status and time.
-step() {
-  local name=$1 limit=$2 start=$SECONDS rc left=$((deadline - SECONDS))
-  shift 2
-  ((limit > left)) && limit=$left
-  if ((limit <= 0)); then
-    echo "=== $name: skipped, the call's time is spent"
-    summary+=("$name: skipped")
-    failed=1
-    return 1
-  fi
-  echo "=== $name: $*"
-  timeout -k 10 "$limit" bash -c '"$@"' "$name" "$@"
-  rc=$?
-  summary+=("$name: rc=$rc $((SECONDS - start)) s")
-  echo "=== $name finished: rc=$rc $((SECONDS - start)) s"
-  ((rc == 0)) || failed=1
-  return "$rc"
-}
+landing_failure=""  # what went wrong with the landing patch, if anything
+# finish: the summary of the steps that ran (and the landing's failure), then
+# the call's status: 1 if any of them failed.
 finish() {
-  echo "=== summary"
-  printf '  %s\n' "${summary[@]}"
+  print_summary "${steps_run[@]}"
+  local failed=$?
+  if [[ -n "$landing_failure" ]]; then
+    echo "  landing: $landing_failure"
+    failed=1
+  fi
   exec >&- 2>&-
   wait "$tee_pid"
   exit "$failed"
@@ -102,29 +88,27 @@ digest() {
   find csrc -type f \( -name '*.cu' -o -name '*.cuh' -o -name '*.h' -o -name '*.cpp' \) | LC_ALL=C sort |
     xargs sha1sum | sha1sum | cut -c1-12
 }
-build() { python3 -m pip install --no-build-isolation --no-deps -e . -q; }
 filtered_ab() {
   python3 tools/ab_switch.py "$@" 2>&1 | grep -v "UserWarning: Warning: Profiler\|_warn_once"
   return "${PIPESTATUS[0]}"
 }
 # The steps run under `timeout` in a child bash, which sees these through the environment.
-export -f build filtered_ab
+export -f filtered_ab
 
 echo "commit: ${FIBSPARSE_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}  csrc $(digest)  $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 nvidia-smi --query-gpu=name,driver_version,power.limit --format=csv,noheader
 python3 -c 'import torch; print("torch", torch.__version__)'
 
-step build 300 build || finish
+step build 300 build_extension || finish
 step ab 300 filtered_ab "$@"
 if [[ -n "$landing" ]]; then
   if ! git apply "$landing"; then
-    summary+=("landing: the patch did not apply")
-    failed=1
+    landing_failure="the patch did not apply"
     finish
   fi
   echo "landing applied: csrc $(digest)"
-  if ! step build_landing 300 build; then
-    git apply -R "$landing" || summary+=("landing: the patch did not revert")
+  if ! step build_landing 300 build_extension; then
+    git apply -R "$landing" || landing_failure="the patch did not revert"
     finish
   fi
 fi
@@ -135,15 +119,13 @@ if [[ ${#check_env[@]} -gt 0 ]]; then
 fi
 if [[ $sanitize == 1 ]]; then
   for tool in racecheck memcheck synccheck; do
-    step "$tool" 120 compute-sanitizer --error-exitcode 1 --kernel-name kns=fibsparse --tool "$tool" \
-      python3 tools/sanitize_kernels.py
+    step "$tool" 120 "${sanitizer_command[@]}" --tool "$tool" python3 tools/sanitize_kernels.py
   done
 fi
 if [[ -n "$tests" ]]; then
-  workers=()
-  python3 -c "import xdist" 2>/dev/null && workers=(-n 8)
-  step tests 420 python3 -m pytest tests -q ${workers[@]+"${workers[@]}"} -k "$tests" -p no:cacheprovider \
-    -p no:benchmark
+  find_pytest_workers
+  step tests 420 python3 -m pytest tests -q ${pytest_workers[@]+"${pytest_workers[@]}"} -k "$tests" \
+    -p no:cacheprovider -p no:benchmark
 fi
 if [[ $kernel_times == 1 ]]; then
   step kernel_times 120 python3 tools/kernel_times.py
@@ -152,8 +134,7 @@ if [[ -n "$landing" ]]; then
   if git apply -R "$landing"; then
     echo "landing reverted"
   else
-    summary+=("landing: the patch did not revert")
-    failed=1
+    landing_failure="the patch did not revert"
   fi
 fi
 finish

@@ -15,6 +15,7 @@
 set -uo pipefail
 # Every path below is relative to the repository root, wherever this is called from.
 cd "$(dirname "$0")/.."
+source tools/device_steps.sh
 export PYTHONUNBUFFERED=1
 mode=${1:-full}
 case "$mode" in
@@ -25,16 +26,6 @@ quick=0; [[ "$mode" == --quick ]] && quick=1
 log=${OUT:-/tmp}/gpu_check.log
 exec > >(tee "$log") 2>&1
 
-declare -A status
-step() {  # step NAME SECONDS COMMAND...: run with a time limit, time and record one step
-  local name=$1 limit=$2; shift 2
-  echo; echo "=== $name: $*"
-  local start=$SECONDS
-  timeout "$limit" "$@"; local rc=$?
-  status[$name]="rc=$rc  $((SECONDS - start))s"
-  echo "=== $name finished: ${status[$name]}"
-}
-
 echo "=== fibsparse_ext GPU check  $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "commit: ${FIBSPARSE_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -42,23 +33,11 @@ python3 -c 'import torch, sys; print("torch", torch.__version__, "cuda", torch.v
 nvcc --version | tail -1
 
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a} MAX_JOBS=${MAX_JOBS:-$(nproc)}
-step build 300 python3 -m pip install --no-build-isolation --no-deps -e . -q
+step build 300 build_extension
 [[ "${status[build]}" == rc=0* ]] || { echo "build failed: nothing else can run"; exit 1; }
 step self_check 60 python3 -m fibsparse_ext
-# pytest-xdist spreads the suite over 8 workers; without it the suite runs serially (slower).
-workers=(); python3 -c "import xdist" 2>/dev/null && workers=(-n 8) || echo "pytest-xdist not installed: tests run serially"
-# Only our kernels are instrumented (torch's own would take minutes).
-sanitize="compute-sanitizer --error-exitcode 1 --kernel-name kns=fibsparse"
-
-summary() {  # summary STEP...: print each step's status; exit 1 if any failed or did not run
-  echo; echo "=== summary"
-  local failed=0
-  for name in "$@"; do
-    echo "  $name: ${status[$name]:-not run}"
-    [[ "${status[$name]:-rc=1}" == rc=0* ]] || failed=1
-  done
-  exit $failed
-}
+find_pytest_workers
+summary() { print_summary "$@"; exit; }  # summary STEP...: print, then exit 1 if any failed or did not run
 
 # The two-call modes end here (summary exits); the whole check and --quick go on below.
 case "$mode" in
@@ -68,24 +47,24 @@ case "$mode" in
     step kernel_times 90 python3 tools/kernel_times.py
     # racecheck takes ~55 s on an H200, the other two under 10.
     for tool in memcheck racecheck synccheck; do
-      step $tool 100 $sanitize --tool $tool python3 tools/sanitize_kernels.py
+      step $tool 100 "${sanitizer_command[@]}" --tool $tool python3 tools/sanitize_kernels.py
     done
     summary build self_check fair_sweep kernel_times memcheck racecheck synccheck ;;
   --gpu-tests)
-    OMP_NUM_THREADS=2 step gpu_tests 420 python3 -m pytest tests -q "${workers[@]}" -k "cuda or gradcheck or hopper" \
+    OMP_NUM_THREADS=2 step gpu_tests 420 python3 -m pytest tests -q "${pytest_workers[@]}" -k "cuda or gradcheck or hopper" \
       -p no:cacheprovider -p no:benchmark
     summary build self_check gpu_tests ;;
 esac
 if (( quick )); then
   # No -x: one failing test must not hide the rest of the record (the quick
   # selection takes about 100 s on an H200 whether or not one fails).
-  OMP_NUM_THREADS=2 step tests 240 python3 -m pytest tests -q "${workers[@]}" -k "cuda or gradcheck" -p no:cacheprovider -p no:benchmark
+  OMP_NUM_THREADS=2 step tests 240 python3 -m pytest tests -q "${pytest_workers[@]}" -k "cuda or gradcheck" -p no:cacheprovider -p no:benchmark
 else
   # The fuzzer runs a larger grid here than in CI: every CUDA dtype, both kernel families.
-  FIBSPARSE_FUZZ_CASES=${FIBSPARSE_FUZZ_CASES:-4000} OMP_NUM_THREADS=2 step tests 600 python3 -m pytest tests -q "${workers[@]}" -p no:cacheprovider -p no:benchmark
+  FIBSPARSE_FUZZ_CASES=${FIBSPARSE_FUZZ_CASES:-4000} OMP_NUM_THREADS=2 step tests 600 python3 -m pytest tests -q "${pytest_workers[@]}" -p no:cacheprovider -p no:benchmark
 fi
-step memcheck 60 $sanitize --tool memcheck python3 tools/sanitize_kernels.py
-step racecheck 60 $sanitize --tool racecheck python3 tools/sanitize_kernels.py
+step memcheck 60 "${sanitizer_command[@]}" --tool memcheck python3 tools/sanitize_kernels.py
+step racecheck 60 "${sanitizer_command[@]}" --tool racecheck python3 tools/sanitize_kernels.py
 if (( quick )); then
   step bench 110 python3 bench/bench_attention.py --quick
 else
