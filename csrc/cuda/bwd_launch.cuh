@@ -16,21 +16,18 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 
 #include "../capabilities.h"
 #include "../env_switches.h"
 #include "../fibsparse.h"
 #include "../static_switch.h"
-#include "bwd_dkdv_producer_kernel.cuh"
 #include "bwd_mma_kernel.cuh"
 #include "bwd_stored_dscores_kernel.cuh"
 #include "bwd_window_walk_kernel.cuh"
 #include "lane_bwd_kernel.cuh"
 #include "launch.cuh"
 #include "offsets_check.cuh"
-#include "tensor_maps.h"
 
 namespace fibsparse {
 
@@ -146,25 +143,6 @@ void launch_window_alone_dkdv(Params& p, dim3 one_tile_grid) {
                 kDkdvWindowSmemBytes<kHeadDim>, p);
 }
 
-// Whether the dk/dv pass before dq (integer offsets) takes its producer form
-// (bwd_dkdv_producer_kernel.cuh): a build with sm_90a, on such a device, at
-// head_dim 64 or 128, where a block may have the ring's shared memory.
-// FIBSPARSE_DKDV_PRODUCER=1 asks for it (off unless asked, until measured).
-// Returns the variant asked for (temporary: 1 to 4), 0 where it does not apply.
-template <int kHeadDim>
-inline int dkdv_producer_applies() {
-  if constexpr (!kHopperForwardBuilt || (kHeadDim != 64 && kHeadDim != 128)) {
-    return 0;
-  } else {
-    const char* setting = switch_setting("FIBSPARSE_DKDV_PRODUCER", {"0", "1", "2", "3", "4"});
-    if (setting == nullptr || std::strcmp(setting, "0") == 0) return 0;
-    const cudaDeviceProp* device = at::cuda::getCurrentDeviceProperties();
-    const bool fits = device->major == 9 && device->minor == 0 &&
-                      size_t(mma_bwd::ProducerShape<kHeadDim, 4>::kSmemBytes) <= device->sharedMemPerBlockOptin;
-    return fits ? setting[0] - '0' : 0;
-  }
-}
-
 // The backward with stored dS (bwd_stored_dscores_kernel.cuh): the window alone's
 // dk/dv pass (forming delta, storing dS), or with offsets the delta pass and
 // the dk/dv pass that computes and stores every dS; then dq from the stored dS.
@@ -193,27 +171,8 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
   launch_kernel(delta_kernel<T, OffsetT, kHeadDim>, dim3(query_tiles + kOffsetsCheckBlocks, p.heads, p.batch),
                 kMmaBlockThreads, 0, stored_p);
-  bool produced = false;
-  if constexpr (!kFrac && (kHeadDim == 64 || kHeadDim == 128)) {
-    const auto launch_producer = [&](auto variant) {
-      constexpr int kVariant = decltype(variant)::value;
-      using Shape = ProducerShape<kHeadDim, kVariant>;
-      const dim3 grid(blocks_for(p.seqlen_k, Shape::kRings * kBlockRows), p.heads_kv, p.batch);
-      launch_kernel(dkdv_producer_kernel<T, kHeadDim, kVariant>, grid, Shape::kThreads, Shape::kSmemBytes, stored_p);
-      produced = true;
-    };
-    switch (dkdv_producer_applies<kHeadDim>()) {
-      case 1: launch_producer(std::integral_constant<int, 1>{}); break;
-      case 2: launch_producer(std::integral_constant<int, 2>{}); break;
-      case 3: launch_producer(std::integral_constant<int, 3>{}); break;
-      case 4: launch_producer(std::integral_constant<int, 4>{}); break;
-      default: break;
-    }
-  }
-  if (!produced) {
-    launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads,
-                  kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>, stored_p);
-  }
+  launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads,
+                kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>, stored_p);
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
     const auto launch_dq = [&](auto stages) {
       constexpr int kStages = decltype(stages)::value;

@@ -578,21 +578,16 @@ __device__ __forceinline__ void fractional_offset_step(
 // kRowsAt: the lane's ldmatrix rows come as shared-memory addresses of its
 // rows in the staged chunk (q_dot_row for dot_16_rows_at, q_add_row for
 // add_a_times_rows_at; dO's one buffer on), kept by the caller.
-// key_warp: which 16 keys of the key tile the warp holds (its warp in a block
-// of four; a block of several tiles passes it). VFragments: vf as registers
-// (uint32_t[kHeadDim / 16][4]) or in shared memory (SharedFragments).
-template <typename T, int kHeadDim, bool kStoresDscores, bool kInnerSubtilesUnmasked, bool kRowsAt = false,
-          typename VFragments>
+template <typename T, int kHeadDim, bool kStoresDscores, bool kInnerSubtilesUnmasked, bool kRowsAt = false>
 __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& seq, int b, int head, int64_t key_tile,
                                                int step_index, int64_t chunk_row, int64_t band_last_row, int warp_k0,
                                                const uint32_t (&kf)[kHeadDim / 16][4],
-                                               const VFragments& vf, RowPtr<kHeadDim> rows_q,
+                                               const uint32_t (&vf)[kHeadDim / 16][4], RowPtr<kHeadDim> rows_q,
                                                RowPtr<kHeadDim> rows_do, const float* stat0, const float* stat1,
                                                float (&dk)[kHeadDim / 8][4], float (&dv)[kHeadDim / 8][4], int lane,
-                                               uint32_t q_dot_row = 0, uint32_t q_add_row = 0,
-                                               int key_warp = int(threadIdx.x / 32)) {
+                                               uint32_t q_dot_row = 0, uint32_t q_add_row = 0) {
   static_assert(!kRowsAt || kStoresDscores, "the kept rows serve the pass that stores dS");
-  const int warp = key_warp, g = lane / 4, c = lane % 4;
+  const int warp = threadIdx.x / 32, g = lane / 4, c = lane % 4;
   constexpr uint32_t kBufferBytes = kStageBytes<kHeadDim>, kSubtileBytes = 16 * (kHeadDim + 8) * sizeof(uint16_t);
   const float scale_log2 = float(p.softmax_scale) * float(M_LOG2E);
   // The last query of the step's sub-tile t16 that exists, as a column of it.
