@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "../capabilities.h"
@@ -143,6 +144,15 @@ void launch_window_alone_dkdv(Params& p, dim3 one_tile_grid) {
                 kDkdvWindowSmemBytes<kHeadDim>, p);
 }
 
+// Whether the dk/dv pass before dq keeps its v rows in shared memory
+// (dkdv_mma_kernel's kVInSmem, at head_dim 128): where two blocks of
+// smem_bytes fit an SM. FIBSPARSE_DKDV_V_SMEM=1 asks for it (temporary).
+inline bool dkdv_v_in_smem(int smem_bytes) {
+  const char* setting = switch_setting("FIBSPARSE_DKDV_V_SMEM", {"0", "1"});
+  if (setting == nullptr || std::strcmp(setting, "1") != 0) return false;
+  return dq_takes_three_stages(smem_bytes);
+}
+
 // The backward with stored dS (bwd_stored_dscores_kernel.cuh): the window alone's
 // dk/dv pass (forming delta, storing dS), or with offsets the delta pass and
 // the dk/dv pass that computes and stores every dS; then dq from the stored dS.
@@ -171,8 +181,19 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
   launch_kernel(delta_kernel<T, OffsetT, kHeadDim>, dim3(query_tiles + kOffsetsCheckBlocks, p.heads, p.batch),
                 kMmaBlockThreads, 0, stored_p);
-  launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads,
-                kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>, stored_p);
+  constexpr int kDkdvSmem = kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>;
+  bool launched = false;
+  if constexpr (kHeadDim == 128) {
+    if (dkdv_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>)) {
+      launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true>, dkdv_grid, kMmaBlockThreads,
+                    kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
+      launched = true;
+    }
+  }
+  if (!launched) {
+    launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads, kDkdvSmem,
+                  stored_p);
+  }
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
     const auto launch_dq = [&](auto stages) {
       constexpr int kStages = decltype(stages)::value;

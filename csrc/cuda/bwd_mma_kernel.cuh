@@ -58,6 +58,10 @@ constexpr int kEdgeRows = 6;
 template <int kHeadDim>
 constexpr int kDkdvFractionalSmemBytes =
     kDkdvSmemBytes<kHeadDim> + kWarps * kEdgeRows * kHeadDim * int(sizeof(uint16_t));
+// The block's v rows, where the dk/dv pass keeps them in shared memory
+// (dkdv_mma_kernel's kVInSmem), after the rest.
+template <int kHeadDim>
+constexpr int kDkdvVRowBytes = kBlockRows * (kHeadDim + 8) * int(sizeof(uint16_t));
 static_assert(kCudaQueriesPerPartial == 16, "the dq pass writes one partial of d(position) per warp's 16 queries");
 
 // The lse with which the backward recomputes P = exp(S - lse): a query whose
@@ -459,10 +463,10 @@ __device__ __forceinline__ float warp_sums_to_quads(const float (&v)[8], int lan
 // edge products as two 16 x 8 tensor-core tiles, and the two rows' shares as
 // one two-diagonal product, both measured slower: docs/performance.md, round
 // 33.) `offset` points at offset o's position, kept by the caller.
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, typename VFragments>
 __device__ __forceinline__ void fractional_offset_step(
     const Params& p, const Sequence& seq, int b, int h, int o, const float* offset, OffsetSplit split,
-    const uint32_t (&kf)[kHeadDim / 16][4], const uint32_t (&vf)[kHeadDim / 16][4], RowPtr<kHeadDim> strip_q,
+    const uint32_t (&kf)[kHeadDim / 16][4], const VFragments& vf, RowPtr<kHeadDim> strip_q,
     RowPtr<kHeadDim> strip_do, const float* lse, const float* dlt, const uint16_t* edges, int warp_k0,
     float (&dk)[kHeadDim / 8][4], float (&dv)[kHeadDim / 8][4], int lane) {
   const int g = lane / 4;
@@ -578,11 +582,14 @@ __device__ __forceinline__ void fractional_offset_step(
 // kRowsAt: the lane's ldmatrix rows come as shared-memory addresses of its
 // rows in the staged chunk (q_dot_row for dot_16_rows_at, q_add_row for
 // add_a_times_rows_at; dO's one buffer on), kept by the caller.
-template <typename T, int kHeadDim, bool kStoresDscores, bool kInnerSubtilesUnmasked, bool kRowsAt = false>
+// VFragments: vf as registers (uint32_t[kHeadDim / 16][4]) or in shared
+// memory (SharedFragments).
+template <typename T, int kHeadDim, bool kStoresDscores, bool kInnerSubtilesUnmasked, bool kRowsAt = false,
+          typename VFragments>
 __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& seq, int b, int head, int64_t key_tile,
                                                int step_index, int64_t chunk_row, int64_t band_last_row, int warp_k0,
                                                const uint32_t (&kf)[kHeadDim / 16][4],
-                                               const uint32_t (&vf)[kHeadDim / 16][4], RowPtr<kHeadDim> rows_q,
+                                               const VFragments& vf, RowPtr<kHeadDim> rows_q,
                                                RowPtr<kHeadDim> rows_do, const float* stat0, const float* stat1,
                                                float (&dk)[kHeadDim / 8][4], float (&dv)[kHeadDim / 8][4], int lane,
                                                uint32_t q_dot_row = 0, uint32_t q_add_row = 0) {
@@ -666,7 +673,11 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // and dS from its own k and v fragments and the strip's rows, as it does the
 // band's (fractional positions: fractional_offset_step), and stores each
 // (query, offset)'s dS.
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq>
+// kVInSmem (the route before dq): each warp's 16 v rows are staged once in
+// shared memory (kDkdvVRowBytes, after the rest), and the products that take
+// them as their A operand load them from there (SharedFragments), which
+// frees their 32 registers a thread at head_dim 128.
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kVInSmem = false>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
@@ -748,11 +759,24 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   steps.template issue<T, kRoute>(issued, steps.num_steps > 0, b, stage_q(0), stage_do(0), stage_stat(0, 0),
                                   stage_stat(0, 1), stage_o(0), kKeepsOffsets ? &issued_offset : nullptr);
 
-  uint32_t kf[kHeadDim / 16][4], vf[kHeadDim / 16][4];
+  uint32_t kf[kHeadDim / 16][4];
   load_a_fragments<kHeadDim>(bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride),
                              p.k_row_stride, warp_k0, seq.seqlen_k, g, c, kf);
-  load_a_fragments<kHeadDim>(bits<T>(p.v, seq.k_start(b, p.v_batch_stride, p.v_row_stride) + hk * p.v_head_stride),
-                             p.v_row_stride, warp_k0, seq.seqlen_k, g, c, vf);
+  const uint16_t* v_src = bits<T>(p.v, seq.k_start(b, p.v_batch_stride, p.v_row_stride) + hk * p.v_head_stride);
+  static_assert(!kVInSmem || kRoute == DkdvRoute::kBeforeDq, "v rows in shared memory on the route before dq");
+  std::conditional_t<kVInSmem, SharedFragments, uint32_t[kHeadDim / 16][4]> vf;
+  if constexpr (kVInSmem) {
+    // The warp's 16 v rows (zeros past the last key), after the pass's other buffers.
+    constexpr int kBefore = kFractionalFirst ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>;
+    Rows<kHeadDim> warp_v = reinterpret_cast<Rows<kHeadDim>>(reinterpret_cast<char*>(smem) + kBefore) + 16 * warp;
+    stage_rows<kHeadDim, 16, 32>(warp_v, v_src, p.v_row_stride, warp_k0, seq.seqlen_k - 1, unsigned(lane));
+    commit_async();
+    wait_async<0>();
+    __syncwarp();
+    vf = shared_fragments_of<kHeadDim>(warp_v, lane);
+  } else {
+    load_a_fragments<kHeadDim>(v_src, p.v_row_stride, warp_k0, seq.seqlen_k, g, c, vf);
+  }
   if constexpr (kWindowAlone) {
     if (steps.num_steps > 0) {
       wait_async<0>();

@@ -329,6 +329,50 @@ __device__ __forceinline__ void dot_16_rows_at(const uint32_t (&a)[kHeadDim / 16
     }
   }
 }
+// The warp's 16 rows as the A operand of the products above, kept in shared
+// memory rather than in registers (where a kernel's registers run short):
+// this lane's ldmatrix row of the 16 (shared_fragments_of), whose k-step kk
+// lies 32 bytes on. The products load each k-step's fragments as they go, so
+// the same products give the same bits from either form.
+struct SharedFragments {
+  uint32_t lane_row;
+};
+template <int kHeadDim>
+__device__ __forceinline__ SharedFragments shared_fragments_of(RowPtr<kHeadDim> rows, int lane) {
+  return {static_cast<uint32_t>(__cvta_generic_to_shared(rows[lane % 8 + ((lane / 8) % 2) * 8] + (lane / 16) * 8))};
+}
+template <typename T, int kHeadDim, int N, int kChains = 1>
+__device__ __forceinline__ void dot_16_rows_at(const SharedFragments& a, uint32_t row_addr, float (&s)[N][4],
+                                               int j0) {
+  static_assert(kChains == 1 || (kChains == 2 && kHeadDim >= 32), "two chains need two slices");
+  float odd[2][4] = {};
+#pragma unroll
+  for (int e = 0; e < 4; ++e) s[j0][e] = s[j0 + 1][e] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+    uint32_t a_kk[4], b[4];
+    ldmatrix_x4_at(a_kk, a.lane_row + 32 * kk);
+    ldmatrix_x4_at(b, row_addr + 32 * kk);
+    const bool second_chain = kChains == 2 && kk % 2 == 1;
+    mma_16816<T>(second_chain ? odd[0] : s[j0], a_kk, b[0], b[1]);
+    mma_16816<T>(second_chain ? odd[1] : s[j0 + 1], a_kk, b[2], b[3]);
+  }
+  if constexpr (kChains == 2) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[j0][e] += odd[0][e];
+      s[j0 + 1][e] += odd[1][e];
+    }
+  }
+}
+template <typename T, int kHeadDim, int N, int kChains = 1>
+__device__ __forceinline__ void dot_16_rows(const SharedFragments& a, RowPtr<kHeadDim> b_rows, float (&s)[N][4],
+                                            int j0, int lane) {
+  const uint32_t row_addr =
+      static_cast<uint32_t>(__cvta_generic_to_shared(b_rows[(lane / 16) * 8 + lane % 8] + ((lane / 8) % 2) * 8));
+  dot_16_rows_at<T, kHeadDim, N, kChains>(a, row_addr, s, j0);
+}
+
 // This lane's ldmatrix rows of 16 staged rows: for dot_16_rows_at, and for
 // add_diag_times_rows_at (transposed).
 template <int kHeadDim>
