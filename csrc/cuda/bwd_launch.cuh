@@ -16,7 +16,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 
 #include "../capabilities.h"
@@ -64,15 +63,18 @@ inline int stored_dscore_steps(const Params& p, int smem_bytes) {
   return steps <= 3 ? steps : 0;
 }
 
-// Whether the dq pass with offsets takes its three stages (of smem_bytes a
-// block; kDqMayTakeThreeStages): where two such blocks fit an SM, as on the
-// H100 and H200 it was measured on. With fewer (99 KiB a block on sm_86 and
-// sm_89, 164 KiB an SM on sm_80) it keeps two stages and two blocks an SM.
-inline bool dq_takes_three_stages(int smem_bytes) {
+// Whether two blocks of smem_bytes each fit an SM of this device.
+inline bool two_blocks_fit_an_sm(int smem_bytes) {
   const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
   return size_t(smem_bytes) <= props->sharedMemPerBlockOptin &&
          2 * (size_t(smem_bytes) + props->reservedSharedMemPerBlock) <= props->sharedMemPerMultiprocessor;
 }
+
+// Whether the dq pass with offsets takes its three stages (of smem_bytes a
+// block; kDqMayTakeThreeStages): where two such blocks fit an SM, as on the
+// H100 and H200 it was measured on. With fewer (99 KiB a block on sm_86 and
+// sm_89, 164 KiB an SM on sm_80) it keeps two stages and two blocks an SM.
+inline bool dq_takes_three_stages(int smem_bytes) { return two_blocks_fit_an_sm(smem_bytes); }
 
 // The key tiles per query head of the stored dS buffer (band_dscore_first_tile).
 inline int64_t band_dscore_tiles(const Params& p) {
@@ -145,12 +147,17 @@ void launch_window_alone_dkdv(Params& p, dim3 one_tile_grid) {
 }
 
 // Whether the dk/dv pass before dq keeps its v rows in shared memory
-// (dkdv_mma_kernel's kVInSmem, at head_dim 128): where two blocks of
-// smem_bytes fit an SM. FIBSPARSE_DKDV_V_SMEM=1 asks for it (temporary).
-inline bool dkdv_v_in_smem(int smem_bytes) {
-  const char* setting = switch_setting("FIBSPARSE_DKDV_V_SMEM", {"0", "1"});
-  if (setting == nullptr || std::strcmp(setting, "1") != 0) return false;
-  return dq_takes_three_stages(smem_bytes);
+// (dkdv_mma_kernel's kVInSmem, launched at head_dim 128 only, where the pass
+// is short of registers): where two blocks of smem_bytes (the pass's buffers
+// and the v rows) fit an SM, so that the pass keeps its two blocks. At 255
+// registers it spilled (36 bytes with integer offsets, 8 with fractional
+// positions); with the v rows in shared memory it holds 252 (254) and spills
+// nothing, and by the median of five rounds it took 2.1-2.8% less time with
+// integer offsets (64k and 128k GQA 32/8, dense and packed) and 0.4% less
+// with fractional positions (H200; docs/performance.md, round 83).
+// FIBSPARSE_DKDV_V_SMEM=0 keeps v in registers, for comparisons.
+inline bool dkdv_keeps_v_in_smem(int smem_bytes) {
+  return !switched_off("FIBSPARSE_DKDV_V_SMEM") && two_blocks_fit_an_sm(smem_bytes);
 }
 
 // The backward with stored dS (bwd_stored_dscores_kernel.cuh): the window alone's
@@ -184,7 +191,7 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   constexpr int kDkdvSmem = kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>;
   bool launched = false;
   if constexpr (kHeadDim == 128) {
-    if (dkdv_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>)) {
+    if (dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>)) {
       launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true>, dkdv_grid, kMmaBlockThreads,
                     kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
       launched = true;

@@ -1,0 +1,88 @@
+"""The dk/dv pass that runs before the dq pass at head_dim 128 keeps each
+warp's v rows in shared memory (its products load them as they go): bitwise
+the gradients of the same pass with v in registers (FIBSPARSE_DKDV_V_SMEM=0),
+dense and packed, integer offsets and fractional positions, MHA and GQA."""
+import pytest
+import torch
+
+from fibsparse_ext.schedules import layer_offsets
+from utils import cuda_kernels_of, packed, requires_cuda
+
+SWITCH = "FIBSPARSE_DKDV_V_SMEM"
+
+
+def random_rows(shape, dtype, seed):
+    generator = torch.Generator(device="cuda").manual_seed(seed)
+    return torch.randn(shape, generator=generator, device="cuda", dtype=torch.float32).to(dtype)
+
+
+def offsets_of(window, seqlen, fractional):
+    values = torch.tensor(layer_offsets("fibonacci", 1.0, window, seqlen), dtype=torch.float64, device="cuda")
+    return (values + 0.375).float() if fractional else values.int()
+
+
+def dkdv_kernel_of(kernels):
+    names = [name for name in kernels if "dkdv_mma_kernel" in name]
+    assert len(names) == 1, kernels
+    return names[0]
+
+
+def assert_bitwise_with_v_in_registers(monkeypatch, op, args):
+    """op's dq, dk, dv with v in shared memory (the default) and with v in
+    registers: equal bit for bit, finite, and each from the pass it names."""
+    monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
+    in_smem, kernels = cuda_kernels_of(lambda: op(*args)[:3])
+    assert dkdv_kernel_of(kernels).endswith("true>(fibsparse::Params)")
+    monkeypatch.setenv(SWITCH, "0")
+    in_registers, kernels = cuda_kernels_of(lambda: op(*args)[:3])
+    assert not dkdv_kernel_of(kernels).endswith("true>(fibsparse::Params)")
+    for name, a, b in zip(["dq", "dk", "dv"], in_smem, in_registers):
+        assert a.isfinite().all(), name
+        assert torch.equal(a, b), name
+
+
+@requires_cuda
+@pytest.mark.parametrize("fractional", [False, True])
+@pytest.mark.parametrize("heads,heads_kv", [(4, 4), (8, 2)])
+@pytest.mark.parametrize("window", [65, 128, 129])
+def test_cuda_v_in_shared_memory_is_bitwise_v_in_registers(monkeypatch, fractional, heads, heads_kv, window):
+    """A sequence whose last key tile is ragged (its last warp's v rows past
+    the last key are zeros), with and without a gradient of lse."""
+    seqlen, dtype = 3037, torch.bfloat16
+    offsets = offsets_of(window, seqlen, fractional)
+    q = random_rows((1, seqlen, heads, 128), dtype, window)
+    k, v = (random_rows((1, seqlen, heads_kv, 128), dtype, window + i) for i in (1, 2))
+    scale = 128 ** -0.5
+    out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [window], scale)
+    dout, dlse = random_rows(out.shape, dtype, 7), random_rows(lse.shape, torch.float32, 8)
+    for grad_lse in (dlse, None):
+        assert_bitwise_with_v_in_registers(monkeypatch, torch.ops.fibsparse.bwd,
+                                           (dout, q, k, v, out, lse, grad_lse, offsets, [window], scale))
+        monkeypatch.delenv(SWITCH)
+
+
+@requires_cuda
+def test_cuda_packed_v_in_shared_memory_is_bitwise_v_in_registers(monkeypatch):
+    """A packed batch (empty, one-row, one-tile and ragged sequences), float16."""
+    lengths = [2000, 1, 0, 64, 700, 129, 63]
+    cu, longest = packed(lengths, "cuda")
+    window, scale, dtype = 128, 128 ** -0.5, torch.float16
+    offsets = offsets_of(window, longest, False)
+    q = random_rows((sum(lengths), 8, 128), dtype, 20)
+    k, v = (random_rows((sum(lengths), 2, 128), dtype, 21 + i) for i in range(2))
+    out, lse = torch.ops.fibsparse.varlen_fwd(q, k, v, cu, cu, longest, longest, offsets, [window], scale)
+    dout, dlse = random_rows(out.shape, dtype, 30), random_rows(lse.shape, torch.float32, 31)
+    assert_bitwise_with_v_in_registers(monkeypatch, torch.ops.fibsparse.varlen_bwd,
+                                       (dout, q, k, v, out, lse, dlse, cu, cu, longest, longest, offsets, [window],
+                                        scale))
+
+
+@requires_cuda
+def test_cuda_v_smem_switch_refuses_other_values(monkeypatch):
+    """A value the switch does not take is refused, naming the variable."""
+    offsets = offsets_of(128, 512, False)
+    q, k, v = (random_rows((1, 512, 4, 128), torch.bfloat16, i) for i in range(3))
+    out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [128], 0.125)
+    monkeypatch.setenv(SWITCH, "yes")
+    with pytest.raises(RuntimeError, match=SWITCH):
+        torch.ops.fibsparse.bwd(out, q, k, v, out, lse, None, offsets, [128], 0.125)
