@@ -27,15 +27,23 @@ def dkdv_kernel_of(kernels):
     return names[0]
 
 
+def keeps_v_in_smem(kernel):
+    return kernel.endswith("true>(fibsparse::Params)")
+
+
 def assert_bitwise_with_v_in_registers(monkeypatch, op, args):
     """op's dq, dk, dv with v in shared memory (the default) and with v in
-    registers: equal bit for bit, finite, and each from the pass it names."""
+    registers: equal bit for bit, finite, and each from the pass it names.
+    A device where two blocks with the v rows do not fit an SM keeps v in
+    registers (an H100 or H200 must not)."""
     monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
     in_smem, kernels = cuda_kernels_of(lambda: op(*args)[:3])
-    assert dkdv_kernel_of(kernels).endswith("true>(fibsparse::Params)")
+    if not keeps_v_in_smem(dkdv_kernel_of(kernels)):
+        assert torch.cuda.get_device_capability() != (9, 0), "a compute capability 9.0 GPU keeps v in shared memory"
+        pytest.skip("this device keeps v in registers: two blocks with the v rows do not fit an SM")
     monkeypatch.setenv(SWITCH, "0")
     in_registers, kernels = cuda_kernels_of(lambda: op(*args)[:3])
-    assert not dkdv_kernel_of(kernels).endswith("true>(fibsparse::Params)")
+    assert not keeps_v_in_smem(dkdv_kernel_of(kernels))
     for name, a, b in zip(["dq", "dk", "dv"], in_smem, in_registers):
         assert a.isfinite().all(), name
         assert torch.equal(a, b), name
