@@ -6,14 +6,9 @@ import pytest
 import torch
 
 from fibsparse_ext.schedules import layer_offsets
-from utils import cuda_kernels_of, packed, requires_cuda
+from utils import cuda_kernels_of, packed, random_rows, requires_cuda
 
 SWITCH = "FIBSPARSE_DKDV_V_SMEM"
-
-
-def random_rows(shape, dtype, seed):
-    generator = torch.Generator(device="cuda").manual_seed(seed)
-    return torch.randn(shape, generator=generator, device="cuda", dtype=torch.float32).to(dtype)
 
 
 def offsets_of(window, seqlen, fractional):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fibsparse_ext import fibsparse_attn_ref
-from utils import TOLERANCE, cuda_kernels_of, packed, rel_err, requires_cuda
+from utils import TOLERANCE, cuda_kernels_of, packed, random_rows, rel_err, requires_cuda
 
 SWITCH = "FIBSPARSE_WINDOW_WALK"
 WALK_KERNEL = "dkdv_window_walk_kernel"
@@ -14,11 +14,6 @@ WALK_KERNEL = "dkdv_window_walk_kernel"
 # the blocks an H100 or H200 holds at once, so that runs are several tiles
 # long and the last run of each head is shorter than the others.
 HEADS, SEQLEN = 16, 20037
-
-
-def random_rows(shape, dtype, seed):
-    generator = torch.Generator(device="cuda").manual_seed(seed)
-    return torch.randn(shape, generator=generator, device="cuda", dtype=torch.float32).to(dtype)
 
 
 def backward(monkeypatch, walk, *args):

@@ -51,6 +51,13 @@ def random_qkv(batch, seqlen_q, heads, heads_kv, head_dim, dtype, device, seqlen
             for s in shapes]
 
 
+def random_rows(shape, dtype, seed):
+    """Fresh random rows on the GPU from a seeded generator of their own,
+    drawn in float32 and cast, so each dtype sees the same numbers."""
+    generator = torch.Generator(device="cuda").manual_seed(seed)
+    return torch.randn(shape, generator=generator, device="cuda", dtype=torch.float32).to(dtype)
+
+
 def cuda_kernels_of(function):
     """function()'s result and the names of the CUDA kernels it launched (the profiler's)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
