@@ -160,15 +160,6 @@ inline bool dkdv_keeps_v_in_smem(int smem_bytes) {
   return !switched_off("FIBSPARSE_DKDV_V_SMEM") && two_blocks_fit_an_sm(smem_bytes);
 }
 
-// Temporary, for round 84's A/B (docs/performance.md): whether an on/off
-// switch is set to "1". FIBSPARSE_DKDV_V_FIRST=1 queues the dk/dv pass's v
-// rows before its first step (kVFirst); FIBSPARSE_STREAMING_DSCORES=1 stores
-// and reads the stored dS with evict-first L2 hints (kStreamsDscores).
-inline bool switched_on(const char* name) {
-  const char* setting = switch_setting(name, {"0", "1"});
-  return setting != nullptr && setting[0] == '1';
-}
-
 // The backward with stored dS (bwd_stored_dscores_kernel.cuh): the window alone's
 // dk/dv pass (forming delta, storing dS), or with offsets the delta pass and
 // the dk/dv pass that computes and stores every dS; then dq from the stored dS.
@@ -198,46 +189,24 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   launch_kernel(delta_kernel<T, OffsetT, kHeadDim>, dim3(query_tiles + kOffsetsCheckBlocks, p.heads, p.batch),
                 kMmaBlockThreads, 0, stored_p);
   constexpr int kDkdvSmem = kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>;
-  const bool streams = switched_on("FIBSPARSE_STREAMING_DSCORES");
-  using std::false_type, std::true_type;
-  const auto launch_dkdv = [&](auto v_in_smem, auto v_first, auto streams_dscores, int smem) {
-    launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, decltype(v_in_smem)::value,
-                                  decltype(v_first)::value, decltype(streams_dscores)::value>,
-                  dkdv_grid, kMmaBlockThreads, smem, stored_p);
-  };
   bool launched = false;
   if constexpr (kHeadDim == 128) {
-    constexpr int kSmem = kDkdvSmem + kDkdvVRowBytes<kHeadDim>;
-    if (dkdv_keeps_v_in_smem(kSmem)) {
-      if (switched_on("FIBSPARSE_DKDV_V_FIRST")) {
-        launch_dkdv(true_type{}, true_type{}, false_type{}, kSmem);
-      } else if (streams) {
-        launch_dkdv(true_type{}, false_type{}, true_type{}, kSmem);
-      } else {
-        launch_dkdv(true_type{}, false_type{}, false_type{}, kSmem);
-      }
+    if (dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>)) {
+      launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true>, dkdv_grid, kMmaBlockThreads,
+                    kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
       launched = true;
     }
   }
   if (!launched) {
-    if (streams) {
-      launch_dkdv(false_type{}, false_type{}, true_type{}, kDkdvSmem);
-    } else {
-      launch_dkdv(false_type{}, false_type{}, false_type{}, kDkdvSmem);
-    }
+    launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads, kDkdvSmem,
+                  stored_p);
   }
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
     const auto launch_dq = [&](auto stages) {
       constexpr int kStages = decltype(stages)::value;
-      const dim3 grid(query_tiles, p.heads / kHeads, p.batch);
-      constexpr int kSmem = kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>;
-      if (streams) {
-        launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, true>, grid,
-                      kHeads * kMmaBlockThreads, kSmem, stored_p);
-      } else {
-        launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages>, grid,
-                      kHeads * kMmaBlockThreads, kSmem, stored_p);
-      }
+      launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages>,
+                    dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
+                    kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
     };
     if constexpr (kDqMayTakeThreeStages<kHeadDim, kHeads>) {
       if (dq_takes_three_stages(kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, 3>)) {

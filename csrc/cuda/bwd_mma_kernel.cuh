@@ -463,7 +463,7 @@ __device__ __forceinline__ float warp_sums_to_quads(const float (&v)[8], int lan
 // edge products as two 16 x 8 tensor-core tiles, and the two rows' shares as
 // one two-diagonal product, both measured slower: docs/performance.md, round
 // 33.) `offset` points at offset o's position, kept by the caller.
-template <typename T, int kHeadDim, bool kStreamsDscores = false, typename VFragments>
+template <typename T, int kHeadDim, typename VFragments>
 __device__ __forceinline__ void fractional_offset_step(
     const Params& p, const Sequence& seq, int b, int h, int o, const float* offset, OffsetSplit split,
     const uint32_t (&kf)[kHeadDim / 16][4], const VFragments& vf, RowPtr<kHeadDim> strip_q,
@@ -547,8 +547,8 @@ __device__ __forceinline__ void fractional_offset_step(
                                  prob[r], dscore[r], term);
     if (valid && owns_diagonal(lane)) {
       const int64_t at = offset_term_index(p, seq, b, h, o, warp_k0 + row + split.whole);
-      store_read_once<kStreamsDscores>(static_cast<float*>(p.offset_dscores) + at, dscore[r]);
-      store_read_once<kStreamsDscores>(static_cast<float*>(p.offset_probs) + at, term);  // unused by this route otherwise
+      static_cast<float*>(p.offset_dscores)[at] = dscore[r];
+      static_cast<float*>(p.offset_probs)[at] = term;  // unused by this route otherwise
     }
   }
   const float w0 = 1.f - split.frac;
@@ -582,11 +582,10 @@ __device__ __forceinline__ void fractional_offset_step(
 // kRowsAt: the lane's ldmatrix rows come as shared-memory addresses of its
 // rows in the staged chunk (q_dot_row for dot_16_rows_at, q_add_row for
 // add_a_times_rows_at; dO's one buffer on), kept by the caller.
-// kStreamsDscores: the stored dS go out as read-once stores (store_read_once).
 // VFragments: vf as registers (uint32_t[kHeadDim / 16][4]) or in shared
 // memory (SharedFragments).
 template <typename T, int kHeadDim, bool kStoresDscores, bool kInnerSubtilesUnmasked, bool kRowsAt = false,
-          bool kStreamsDscores = false, typename VFragments>
+          typename VFragments>
 __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& seq, int b, int head, int64_t key_tile,
                                                int step_index, int64_t chunk_row, int64_t band_last_row, int warp_k0,
                                                const uint32_t (&kf)[kHeadDim / 16][4],
@@ -637,8 +636,8 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
       uint32_t ds_a[4];  // the A fragment of dK's product is the one stored
       c_to_a_fragment<T>(dst, 0, 1.f, ds_a);
       uint16_t* tile = bits<T>(p.band_dscores, band_dscore_index(p, seq, b, head, key_tile, step_index));
-      store_read_once<kStreamsDscores>(reinterpret_cast<uint4*>(tile + dscore_subtile_offset(t16, warp) + 8 * lane),
-                                       make_uint4(ds_a[0], ds_a[1], ds_a[2], ds_a[3]));
+      *reinterpret_cast<uint4*>(tile + dscore_subtile_offset(t16, warp) + 8 * lane) =
+          make_uint4(ds_a[0], ds_a[1], ds_a[2], ds_a[3]);
       if constexpr (kRowsAt) {
         uint32_t p_a[4];
         c_to_a_fragment<T>(st, 0, 1.f, p_a);
@@ -678,8 +677,7 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // shared memory (kDkdvVRowBytes, after the rest), and the products that take
 // them as their A operand load them from there (SharedFragments), which
 // frees their 32 registers a thread at head_dim 128.
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kVInSmem = false,
-          bool kVFirst = false, bool kStreamsDscores = false>
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kVInSmem = false>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
@@ -756,19 +754,6 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   const auto read_offset = [&](auto s, bool exists) {
     return exists && !steps.is_band(s) ? steps.offsets(s.head)[steps.offset_index(s)] : OffsetT(-1);
   };
-  // The warp's 16 v rows in shared memory (kVInSmem), after the pass's other
-  // buffers; with kVFirst queued before the first step's rows, so that the
-  // wait for them leaves that step's copies in flight.
-  static_assert(!kVInSmem || kRoute == DkdvRoute::kBeforeDq, "v rows in shared memory on the route before dq");
-  static_assert(!kVFirst || kVInSmem, "v rows first: in shared memory");
-  constexpr int kVRowsAt = kFractionalFirst ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>;
-  if constexpr (kVFirst) {
-    Rows<kHeadDim> warp_v = reinterpret_cast<Rows<kHeadDim>>(reinterpret_cast<char*>(smem) + kVRowsAt) + 16 * warp;
-    const uint16_t* v_first_src =
-        bits<T>(p.v, seq.k_start(b, p.v_batch_stride, p.v_row_stride) + hk * p.v_head_stride);
-    stage_rows<kHeadDim, 16, 32>(warp_v, v_first_src, p.v_row_stride, warp_k0, seq.seqlen_k - 1, unsigned(lane));
-    commit_async();
-  }
   auto issued = steps.first();  // the step queued last
   OffsetT issued_offset = kKeepsOffsets ? read_offset(issued, steps.num_steps > 0) : OffsetT(-1);
   steps.template issue<T, kRoute>(issued, steps.num_steps > 0, b, stage_q(0), stage_do(0), stage_stat(0, 0),
@@ -778,17 +763,15 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   load_a_fragments<kHeadDim>(bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride),
                              p.k_row_stride, warp_k0, seq.seqlen_k, g, c, kf);
   const uint16_t* v_src = bits<T>(p.v, seq.k_start(b, p.v_batch_stride, p.v_row_stride) + hk * p.v_head_stride);
+  static_assert(!kVInSmem || kRoute == DkdvRoute::kBeforeDq, "v rows in shared memory on the route before dq");
   std::conditional_t<kVInSmem, SharedFragments, uint32_t[kHeadDim / 16][4]> vf;
   if constexpr (kVInSmem) {
     // The warp's 16 v rows (zeros past the last key), after the pass's other buffers.
-    Rows<kHeadDim> warp_v = reinterpret_cast<Rows<kHeadDim>>(reinterpret_cast<char*>(smem) + kVRowsAt) + 16 * warp;
-    if constexpr (kVFirst) {
-      wait_async<1>();  // v's group; the first step's stays in flight
-    } else {
-      stage_rows<kHeadDim, 16, 32>(warp_v, v_src, p.v_row_stride, warp_k0, seq.seqlen_k - 1, unsigned(lane));
-      commit_async();
-      wait_async<0>();
-    }
+    constexpr int kBefore = kFractionalFirst ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>;
+    Rows<kHeadDim> warp_v = reinterpret_cast<Rows<kHeadDim>>(reinterpret_cast<char*>(smem) + kBefore) + 16 * warp;
+    stage_rows<kHeadDim, 16, 32>(warp_v, v_src, p.v_row_stride, warp_k0, seq.seqlen_k - 1, unsigned(lane));
+    commit_async();
+    wait_async<0>();
     __syncwarp();
     vf = shared_fragments_of<kHeadDim>(warp_v, lane);
   } else {
@@ -848,7 +831,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     const float* stat1 = stage_stat(n % 2, 1);
     if (steps.is_band(step)) {
       const uint32_t band_stage_bytes = uint32_t(n % 2) * 2 * kStageBytes<kHeadDim>;
-      dkdv_band_step<T, kHeadDim, kStoresDscores, kInnerSubtilesUnmasked, kKeptBandRows, kStreamsDscores>(
+      dkdv_band_step<T, kHeadDim, kStoresDscores, kInnerSubtilesUnmasked, kKeptBandRows>(
           p, seq, b, step.head, blockIdx.x, step.index, steps.chunk_row(step), steps.band_last_row, warp_k0, kf, vf,
           rows_q, rows_do, stat0, stat1, dk, dv, lane, band_dot_row + band_stage_bytes,
           band_add_row + band_stage_bytes);
@@ -862,7 +845,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
         const int row0 = steps.strip_row0(warp);
         RowPtr<kHeadDim> strip_q = rows_q + row0, strip_do = rows_do + row0;
         if constexpr (kFractionalFirst) {
-          fractional_offset_step<T, kHeadDim, kStreamsDscores>(p, seq, b, step.head, steps.offset_index(step), &step_offset, split,
+          fractional_offset_step<T, kHeadDim>(p, seq, b, step.head, steps.offset_index(step), &step_offset, split,
                                               kf, vf, strip_q, strip_do,
                                               stat0 + row0, stat1 + row0, edge_rows(warp), warp_k0, dk, dv,
                                               lane);
@@ -892,8 +875,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
             prob[r] = valid ? fast_exp2(diagonal_element(st, r, g) * scale_log2 - lse_log2) : 0.f;
             dscore[r] = valid ? prob[r] * (diagonal_element(dpt, r, g) - dlt[row]) : 0.f;
             if (valid && owns_diagonal(lane)) {
-              store_read_once<kStreamsDscores>(
-                  static_cast<float*>(p.offset_dscores) + offset_term_index(p, seq, b, step.head, o, query), dscore[r]);
+              static_cast<float*>(p.offset_dscores)[offset_term_index(p, seq, b, step.head, o, query)] = dscore[r];
             }
           }
           add_diag_times_rows_at<T, kHeadDim>(prob[0], prob[1], strip_add_row + stage_bytes + kBufferBytes, dv, lane);

@@ -79,21 +79,14 @@ constexpr int kDqFromDscoresSmemBytes =
 // lane, the lane's own fragment. The rest were never written; at window 128
 // they are a quarter of the three tiles a query tile reads. A lane reads back
 // only what it queued (add_staged_dscore_fragments_times_k), so these copies
-// need its own wait for them and no barrier. kEvictFirst: under `policy`
-// (evict_first_policy), the dS being read once.
-template <bool kEvictFirst = false>
+// need its own wait for them and no barrier.
 __device__ __forceinline__ void stage_own_dscore_fragments(uint16_t* dst, const uint16_t* tile, int warp,
-                                                           int warp_q0, int64_t key0, Band band, int lane,
-                                                           uint64_t policy = 0) {
+                                                           int warp_q0, int64_t key0, Band band, int lane) {
   const uint16_t* src = tile + dscore_subtile_offset(warp, 0) + 8 * lane;
 #pragma unroll
   for (int t16 = 0; t16 < kChunk / 16; ++t16) {
     if (band_meets(warp_q0, key0 + 16 * t16, band)) {  // warp-uniform
-      if constexpr (kEvictFirst) {
-        copy_async_16(dst + 256 * t16 + 8 * lane, src + 256 * t16, true, policy);
-      } else {
-        copy_async_16(dst + 256 * t16 + 8 * lane, src + 256 * t16, true);
-      }
+      copy_async_16(dst + 256 * t16 + 8 * lane, src + 256 * t16, true);
     }
   }
 }
@@ -236,8 +229,7 @@ __device__ __forceinline__ float tree_sum_16(const float* values) {
 // all its heads with each head's 64 dS of that offset (a strip of 16 rows per
 // warp, or for fractional positions 17, from the second row of its first
 // query: kWarpStripRows).
-// kStreamsDscores: the stored dS are read under an evict-first L2 policy.
-template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, bool kStreamsDscores = false>
+template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
@@ -259,7 +251,6 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   const uint16_t* k_src = bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride);
   const int64_t first_key_tile = band_first_key(q0, p.band) / kChunk;
   const int band_steps = int(tile - first_key_tile) + 1;
-  const uint64_t dscore_policy = kStreamsDscores ? evict_first_policy() : 0;
   // The block's heads share this row of offsets (one head a block otherwise).
   const OffsetT* offs = static_cast<const OffsetT*>(p.offsets) + first_head * p.offsets_head_stride;
   const int num_steps = band_steps + offsets_within_reach(offs, p.num_offsets, q0 + kBlockRows - 1);
@@ -278,9 +269,8 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
     OffsetT queued = OffsetT(-1);
     if (n < band_steps) {
       const int64_t key_tile = first_key_tile + n;
-      stage_own_dscore_fragments<kStreamsDscores>(stage_ds(n % kStages, head) + warp * kWarpDscoreValues,
-                                                  dscore_tile(n), warp, warp_q0, key_tile * kChunk, p.band, lane,
-                                                  dscore_policy);
+      stage_own_dscore_fragments(stage_ds(n % kStages, head) + warp * kWarpDscoreValues, dscore_tile(n), warp, warp_q0,
+                                 key_tile * kChunk, p.band, lane);
       stage_rows<kHeadDim, kChunk, kThreads>(stage_k(n % kStages), k_src, p.k_row_stride, key_tile * kChunk,
                                              seq.seqlen_k - 1);
     } else if (n < num_steps) {
@@ -309,16 +299,9 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
               i < seq.seqlen_q && sample_key<float>(i, distance_of_offset(0, p.band), p.band, &offset).valid;
           const int64_t at = valid ? dscore_row + o * p.stats_head_stride : 0;
           float* staged = reinterpret_cast<float*>(stage_ds(n % kStages, head)) + 16 * warp + lane;
-          if constexpr (kStreamsDscores) {
-            copy_async_4(staged, static_cast<const float*>(p.offset_dscores) + at, valid, dscore_policy);
-            if constexpr (kFrac) {
-              copy_async_4(staged + kBlockRows, static_cast<const float*>(p.offset_probs) + at, valid, dscore_policy);
-            }
-          } else {
-            copy_async_4(staged, static_cast<const float*>(p.offset_dscores) + at, valid);
-            if constexpr (kFrac) {
-              copy_async_4(staged + kBlockRows, static_cast<const float*>(p.offset_probs) + at, valid);
-            }
+          copy_async_4(staged, static_cast<const float*>(p.offset_dscores) + at, valid);
+          if constexpr (kFrac) {
+            copy_async_4(staged + kBlockRows, static_cast<const float*>(p.offset_probs) + at, valid);
           }
         }
       }

@@ -122,44 +122,6 @@ __device__ __forceinline__ void copy_async_4(void* dst, const void* src, bool va
   const uint32_t dst_addr = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst_addr), "l"(src), "r"(valid ? 4 : 0));
 }
-// An L2 policy under which the lines a copy brings in are the first evicted:
-// for data read once (the stored dS), so that it does not push out the rows
-// that other blocks read again.
-__device__ __forceinline__ uint64_t evict_first_policy() {
-  uint64_t policy;
-  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
-  return policy;
-}
-// copy_async_16 and copy_async_4 under an L2 policy (evict_first_policy).
-__device__ __forceinline__ void copy_async_16(void* dst, const void* src, bool valid, uint64_t policy) {
-  const uint32_t dst_addr = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(dst_addr), "l"(src),
-               "r"(valid ? 16 : 0), "l"(policy));
-}
-__device__ __forceinline__ void copy_async_4(void* dst, const void* src, bool valid, uint64_t policy) {
-  const uint32_t dst_addr = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global.L2::cache_hint [%0], [%1], 4, %2, %3;\n" ::"r"(dst_addr), "l"(src),
-               "r"(valid ? 4 : 0), "l"(policy));
-}
-// A store of a value that is read once, by a later pass (the stored dS):
-// with kStreams its L2 lines are the first evicted (st.global.cs), so that
-// the stores do not push out rows other blocks of the pass read again.
-// (Written out rather than __stcs, whose "memory" clobber held the pass's
-// other loads and stores in place around it and cost it registers.)
-__device__ __forceinline__ void store_read_once_cs(uint4* at, uint4 v) {
-  asm("st.global.cs.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"l"(at), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w));
-}
-__device__ __forceinline__ void store_read_once_cs(float* at, float v) {
-  asm("st.global.cs.f32 [%0], %1;\n" ::"l"(at), "f"(v));
-}
-template <bool kStreams, typename V>
-__device__ __forceinline__ void store_read_once(V* at, V value) {
-  if constexpr (kStreams) {
-    store_read_once_cs(at, value);
-  } else {
-    *at = value;
-  }
-}
 __device__ __forceinline__ void commit_async() { asm volatile("cp.async.commit_group;\n" ::); }
 // Waits until at most `kPending` committed groups are still in flight.
 template <int kPending>
