@@ -6,8 +6,9 @@
 // tensor-core dq block serves heads_per_block query heads of one kv group, as
 // the forward's does (mma_tiles.cuh). On batches whose queries and keys line
 // up, the tensor-core backward may instead store dS: the dk/dv pass
-// first, then a dq pass that reads the stored dS, and with offsets a delta
-// pass (holding the offsets check's blocks) before them
+// first, then a dq pass that reads the stored dS; with offsets the dk/dv pass
+// forms delta itself after a launch of the offsets check, or a delta pass
+// (holding the offsets check's blocks) runs before it
 // (bwd_stored_dscores_kernel.cuh); the window alone's dk/dv pass there may
 // walk runs of key tiles (bwd_window_walk_kernel.cuh).
 #pragma once

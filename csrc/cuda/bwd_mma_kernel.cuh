@@ -765,7 +765,8 @@ __device__ __forceinline__ void form_and_wait_for_deltas(const Params& p, const 
 // follows (bwd_stored_dscores_kernel.cuh), which then reads it instead of recomputing
 // it. kWindowAlone forms each step's delta from staged O and dO rows; its
 // launcher (stored_dscore_steps) sends it no offsets, so every step is a band
-// step. kBeforeDq reads delta from the delta pass, computes each offset's P
+// step. kBeforeDq reads delta from the delta pass (or with kFormsDeltas the
+// delta its blocks form: form_and_wait_for_deltas), computes each offset's P
 // and dS from its own k and v fragments and the strip's rows, as it does the
 // band's (fractional positions: fractional_offset_step), and stores each
 // (query, offset)'s dS.
