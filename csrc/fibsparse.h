@@ -121,11 +121,6 @@ struct Params {
   // The window alone's dk/dv pass as a walk (bwd_window_walk_kernel.cuh): the
   // key tiles of one head each block walks.
   int band_tiles_per_run;
-  // The dk/dv pass that forms its tiles' delta (dkdv_mma_kernel's
-  // kFormsDeltas), else null: a state per (kv head, key tile), laid out as
-  // band_dscore_first_tile's tiles (0 none, 1 being formed, 2 formed: the
-  // delta of the tile's queries, every head of the group). Zero before the launch.
-  int* delta_ready;
 
   // The first distance past the band as the caller gave it (`band` is
   // clipped): the smallest integer offset allowed, for the kernels' check of

@@ -6,9 +6,8 @@
 // tensor-core dq block serves heads_per_block query heads of one kv group, as
 // the forward's does (mma_tiles.cuh). On batches whose queries and keys line
 // up, the tensor-core backward may instead store dS: the dk/dv pass
-// first, then a dq pass that reads the stored dS; with offsets the dk/dv pass
-// forms delta itself after a launch of the offsets check, or a delta pass
-// (holding the offsets check's blocks) runs before it
+// first, then a dq pass that reads the stored dS, and with offsets a delta
+// pass (holding the offsets check's blocks) before them
 // (bwd_stored_dscores_kernel.cuh); the window alone's dk/dv pass there may
 // walk runs of key tiles (bwd_window_walk_kernel.cuh).
 #pragma once
@@ -161,15 +160,6 @@ inline bool dkdv_keeps_v_in_smem(int smem_bytes) {
   return !switched_off("FIBSPARSE_DKDV_V_SMEM") && two_blocks_fit_an_sm(smem_bytes);
 }
 
-// Temporary, for round 85's A/B (docs/performance.md): whether an on/off
-// switch is set to "1". FIBSPARSE_DKDV_DELTAS=1 sends the backward with stored
-// dS and offsets to the dk/dv pass that forms its tiles' delta (kFormsDeltas)
-// instead of the delta pass.
-inline bool switched_on(const char* name) {
-  const char* setting = switch_setting(name, {"0", "1"});
-  return setting != nullptr && setting[0] == '1';
-}
-
 // The backward with stored dS (bwd_stored_dscores_kernel.cuh): the window alone's
 // dk/dv pass (forming delta, storing dS), or with offsets the delta pass and
 // the dk/dv pass that computes and stores every dS; then dq from the stored dS.
@@ -196,38 +186,21 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
     return;
   }
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
-  const bool forms_deltas = switched_on("FIBSPARSE_DKDV_DELTAS");
-  at::Tensor delta_ready;
-  if (forms_deltas) {
-    // The offsets check that the delta pass's extra blocks make, as a launch of its own.
-    launch_kernel(offsets_check_kernel<OffsetT, 1>, dim3(1, p.heads, p.cu_seqlens_q != nullptr ? p.batch : 1), 32, 0,
-                  stored_p);
-    delta_ready = at::zeros({int64_t(p.heads_kv) * tiles}, at::TensorOptions().dtype(at::kInt).device(at::kCUDA));
-    stored_p.delta_ready = delta_ready.data_ptr<int>();
-  } else {
-    launch_kernel(delta_kernel<T, OffsetT, kHeadDim>, dim3(query_tiles + kOffsetsCheckBlocks, p.heads, p.batch),
-                  kMmaBlockThreads, 0, stored_p);
-  }
+  launch_kernel(delta_kernel<T, OffsetT, kHeadDim>, dim3(query_tiles + kOffsetsCheckBlocks, p.heads, p.batch),
+                kMmaBlockThreads, 0, stored_p);
   constexpr int kDkdvSmem = kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>;
-  using std::false_type, std::true_type;
-  const auto launch_dkdv = [&](auto v_in_smem, int smem) {
-    constexpr bool kVInSmem = decltype(v_in_smem)::value;
-    if (forms_deltas) {
-      launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, kVInSmem, true>, dkdv_grid,
-                    kMmaBlockThreads, smem, stored_p);
-    } else {
-      launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, kVInSmem>, dkdv_grid,
-                    kMmaBlockThreads, smem, stored_p);
-    }
-  };
   bool launched = false;
   if constexpr (kHeadDim == 128) {
     if (dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>)) {
-      launch_dkdv(true_type{}, kDkdvSmem + kDkdvVRowBytes<kHeadDim>);
+      launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true>, dkdv_grid, kMmaBlockThreads,
+                    kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
       launched = true;
     }
   }
-  if (!launched) launch_dkdv(false_type{}, kDkdvSmem);
+  if (!launched) {
+    launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads, kDkdvSmem,
+                  stored_p);
+  }
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
     const auto launch_dq = [&](auto stages) {
       constexpr int kStages = decltype(stages)::value;

@@ -664,109 +664,12 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
   }
 }
 
-// The dk/dv pass that forms its tiles' delta (kFormsDeltas, the route before
-// dq): in place of the delta pass, the block of each key tile writes delta
-// for the 64 queries of its own rows (every head of its kv group), then waits
-// for the delta of every other tile whose queries it reads (its band's next
-// two chunks, each offset's strip, which may span two tiles). Each tile has a
-// state in p.delta_ready: 0, none formed; 1, a block is forming it; 2, formed.
-// A block claims its own tile (0 -> 1), and also any tile it reads that no
-// block has claimed yet, forms those, sets them to 2, and then waits for 2 on
-// every tile it reads. It waits only on tiles a running block has claimed,
-// which forms them without waiting on anything first: no block can wait for
-// one that has not started, in whatever order the blocks start. The blocks
-// take their key tiles from a sequence's last to its first, so that the tiles
-// a block reads (all after its own) were nearly always claimed by blocks that
-// started before it. The acquire at gpu scope before the reads makes the other
-// blocks' writes visible to this SM's copies.
-__device__ __forceinline__ int* delta_ready_states(const Params& p, const Sequence& seq, int b, int hk) {
-  return p.delta_ready + hk * p.band_dscore_tiles + band_dscore_first_tile(p, seq, b);
-}
-__device__ __forceinline__ int load_acquire(const int* state) {
-  int value;
-  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(value) : "l"(state) : "memory");
-  return value;
-}
-__device__ __forceinline__ void store_release(int* state, int value) {
-  asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(state), "r"(value) : "memory");
-}
-// Writes delta (warp_row_deltas, as the delta pass does) for rows
-// first_row, first_row + row_step, .. (< 64, 16 at a time) of key tile
-// `tile`'s queries, every head of kv group hk, with this warp.
-template <typename T, int kHeadDim>
-__device__ __forceinline__ void form_deltas_of_rows(const Params& p, const Sequence& seq, int b, int hk,
-                                                    int64_t tile, int first_row, int row_step) {
-  const int group = p.heads / p.heads_kv, lane = threadIdx.x % 32;
-  for (int row = first_row; row < kBlockRows; row += row_step) {
-    const int warp_q0 = int(tile * kBlockRows) + row;
-    if (warp_q0 >= seq.seqlen_q) break;  // warp-uniform
-    for (int h = hk * group; h < (hk + 1) * group; ++h) {
-      const uint16_t* do_src =
-          bits<T>(p.dout, seq.q_start(b, p.do_batch_stride, p.do_row_stride) + h * p.do_head_stride);
-      float delta[2], lse_log2[2];
-      warp_row_deltas<T, kHeadDim>(p, seq, b, h, warp_q0, do_src, stats_index(p, seq, b, h, 0), lane, delta,
-                                   lse_log2);
-    }
-  }
-}
-// The tile that candidate c of key tile `tile` reads: 0, its own; 1 and 2,
-// its band's next chunks; then two a (head of the group, offset): the tiles
-// of the offset's strip, rows tile * 64 + whole .. + 64. -1 where there is
-// none (padding).
-template <typename OffsetT>
-__device__ __forceinline__ int64_t read_tile(const Params& p, int hk, int64_t tile, int c) {
-  if (c < 3) return tile + c;
-  const int group = p.heads / p.heads_kv, k = (c - 3) / 2, h = hk * group + k / p.num_offsets;
-  const int64_t whole =
-      split_offset(static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride, k % p.num_offsets).whole;
-  return whole < 0 ? -1 : (tile * kBlockRows + whole) / kBlockRows + (c - 3) % 2;
-}
-template <typename T, typename OffsetT, int kHeadDim>
-__device__ __forceinline__ void form_and_wait_for_deltas(const Params& p, const Sequence& seq, int b, int hk,
-                                                         int64_t tile) {
-  __shared__ int own_claimed;
-  int* states = delta_ready_states(p, seq, b, hk);
-  const int64_t tiles = (seq.seqlen_q + kBlockRows - 1) / kBlockRows;
-  const int candidates = 3 + 2 * (p.heads / p.heads_kv) * p.num_offsets;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (threadIdx.x == 0) own_claimed = atomicCAS(states + tile, 0, 1) == 0;
-  __syncthreads();
-  if (own_claimed) form_deltas_of_rows<T, kHeadDim>(p, seq, b, hk, tile, 16 * warp, kBlockRows);
-  // Tiles read that no block has claimed: each warp forms those its lanes claim.
-  for (int c0 = 1 + 32 * warp; c0 < candidates; c0 += kMmaBlockThreads) {
-    const int c = c0 + lane;
-    const int64_t u = c < candidates ? read_tile<OffsetT>(p, hk, tile, c) : -1;
-    const bool claimed = u > tile && u < tiles && load_acquire(states + u) == 0 && atomicCAS(states + u, 0, 1) == 0;
-    for (unsigned mine = __ballot_sync(0xffffffffu, claimed); mine != 0; mine &= mine - 1) {
-      const int64_t claimed_tile = __shfl_sync(0xffffffffu, u, __ffs(mine) - 1);
-      form_deltas_of_rows<T, kHeadDim>(p, seq, b, hk, claimed_tile, 0, 16);
-      __threadfence();
-      __syncwarp();
-      if (lane == 0) store_release(states + claimed_tile, 2);
-    }
-  }
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0 && own_claimed) store_release(states + tile, 2);
-  for (int c = 1 + threadIdx.x; c < candidates; c += kMmaBlockThreads) {
-    const int64_t u = read_tile<OffsetT>(p, hk, tile, c);
-    if (u <= tile || u >= tiles) continue;
-    while (load_acquire(states + u) != 2) __nanosleep(64);
-  }
-  // Its own tile, where another block claimed it first.
-  if (threadIdx.x == 0) {
-    while (load_acquire(states + tile) != 2) __nanosleep(64);
-  }
-  __syncthreads();
-}
-
 // kRoute (block_steps.cuh's DkdvRoute): kAfterDq is the general pass above.
 // The other two run first and store each band tile's dS for the dq pass that
 // follows (bwd_stored_dscores_kernel.cuh), which then reads it instead of recomputing
 // it. kWindowAlone forms each step's delta from staged O and dO rows; its
 // launcher (stored_dscore_steps) sends it no offsets, so every step is a band
-// step. kBeforeDq reads delta from the delta pass (or with kFormsDeltas the
-// delta its blocks form: form_and_wait_for_deltas), computes each offset's P
+// step. kBeforeDq reads delta from the delta pass, computes each offset's P
 // and dS from its own k and v fragments and the strip's rows, as it does the
 // band's (fractional positions: fractional_offset_step), and stores each
 // (query, offset)'s dS.
@@ -774,10 +677,7 @@ __device__ __forceinline__ void form_and_wait_for_deltas(const Params& p, const 
 // shared memory (kDkdvVRowBytes, after the rest), and the products that take
 // them as their A operand load them from there (SharedFragments), which
 // frees their 32 registers a thread at head_dim 128.
-// kFormsDeltas (the route before dq): the block forms its tile's delta in
-// place of the delta pass (form_tile_deltas, above).
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kVInSmem = false,
-          bool kFormsDeltas = false>
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kVInSmem = false>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
@@ -821,17 +721,13 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     if (threadIdx.x % 2 == 0) delta[row] = sum - delta[row];
   };
 
-  static_assert(!kFormsDeltas || kRoute == DkdvRoute::kBeforeDq, "tile deltas on the route before dq");
-  // kFormsDeltas: key tiles from a sequence's last to its first (form_and_wait_for_deltas).
-  const int key_tile = kFormsDeltas ? int(gridDim.x) - 1 - int(blockIdx.x) : int(blockIdx.x);
   const int hk = blockIdx.y, b = blockIdx.z;
   const Sequence seq = sequence_of(p, b);
-  if (int64_t(key_tile) * kBlockRows >= seq.seqlen_k) return;  // past a packed sequence's end
+  if (int64_t(blockIdx.x) * kBlockRows >= seq.seqlen_k) return;  // past a packed sequence's end
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
-  if constexpr (kFormsDeltas) form_and_wait_for_deltas<T, OffsetT, kHeadDim>(p, seq, b, hk, key_tile);
-  const int warp_k0 = key_tile * kBlockRows + 16 * warp;  // the warp's first key (= its position)
+  const int warp_k0 = blockIdx.x * kBlockRows + 16 * warp;  // the warp's first key (= its position)
   const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
-  const QuerySteps<OffsetT, kHeadDim> steps(p, seq, int64_t(key_tile) * kBlockRows, hk);
+  const QuerySteps<OffsetT, kHeadDim> steps(p, seq, int64_t(blockIdx.x) * kBlockRows, hk);
   if constexpr (kFractionalFirst) {
     // The warp's edge rows (fractional_offset_step), in the first step's group.
     constexpr int kVecs = kHeadDim / 8;
@@ -936,7 +832,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     if (steps.is_band(step)) {
       const uint32_t band_stage_bytes = uint32_t(n % 2) * 2 * kStageBytes<kHeadDim>;
       dkdv_band_step<T, kHeadDim, kStoresDscores, kInnerSubtilesUnmasked, kKeptBandRows>(
-          p, seq, b, step.head, key_tile, step.index, steps.chunk_row(step), steps.band_last_row, warp_k0, kf, vf,
+          p, seq, b, step.head, blockIdx.x, step.index, steps.chunk_row(step), steps.band_last_row, warp_k0, kf, vf,
           rows_q, rows_do, stat0, stat1, dk, dv, lane, band_dot_row + band_stage_bytes,
           band_add_row + band_stage_bytes);
     } else {

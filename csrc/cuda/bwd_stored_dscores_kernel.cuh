@@ -3,11 +3,9 @@
 // offsets, where the general backward (bwd_mma_kernel.cuh) has two passes that
 // both recompute the band's scores and dP, and a dq pass that also computes
 // each offset's:
-//   delta pass (here; with offsets only, where the dk/dv pass does not form
-//     delta itself: bwd_launch.cuh's dkdv_forms_deltas): delta = <dO, O> -
-//     dlse per query row (warp_row_deltas, the general dq pass's prologue),
-//     which the dk/dv pass's offset steps need for queries of other blocks'
-//     bands;
+//   delta pass (here; with offsets only): delta = <dO, O> - dlse per query
+//     row (warp_row_deltas, the general dq pass's prologue), which the dk/dv
+//     pass's offset steps need for queries of other blocks' bands;
 //   dk/dv pass (bwd_mma_kernel.cuh, DkdvRoute kWindowAlone or kBeforeDq),
 //     first: writes each band tile's dS to p.band_dscores, and each
 //     (query, offset)'s dS to p.offset_dscores (for fractional positions also
