@@ -115,6 +115,20 @@ def test_ab_switch_reports_the_fastest_and_the_median_round():
     assert line.endswith("rounds [90.0, 110.0, 112.0] / [100.0, 101.0, 102.0]")
 
 
+def test_ab_switch_times_a_kernel_that_one_side_does_not_run():
+    """A pass that the switch removes is timed on the side that runs it, where a ratio
+    would divide by the other side's zero; a part that names nothing says so."""
+    ab_switch = load_ab_switch()
+    line = ab_switch.kernel_line("delta", [301.0, 299.0, 305.0], [0.0, 0.0, 0.0], {False: True, True: False})
+    assert line == "   'delta' kernels, us: only the default side runs them: fastest 299.0  median 301.0   " \
+                   "rounds [301.0, 299.0, 305.0]\n"
+    line = ab_switch.kernel_line("check", [0.0], [1.5], {False: False, True: True})
+    assert "only the switched side runs them: fastest 1.5" in line
+    assert "none ran" in ab_switch.kernel_line("dkvd", [0.0], [0.0], {False: False, True: False})
+    both = ab_switch.kernel_line("dkdv", [90.0, 110.0, 112.0], [100.0, 101.0, 102.0], {False: True, True: True})
+    assert both == f"   'dkdv' kernels, us: {ab_switch.sides([90.0, 110.0, 112.0], [100.0, 101.0, 102.0], 1)}\n"
+
+
 def test_ab_switch_puts_the_callers_setting_back(monkeypatch):
     """Side A runs with the switch as the caller's environment had it, set or unset."""
     ab_switch = load_ab_switch()

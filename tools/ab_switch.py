@@ -85,6 +85,18 @@ def sides(default: list[float], switched: list[float], digits: int) -> str:
             f"rounds {[round(x, digits) for x in default]} / {[round(x, digits) for x in switched]}")
 
 
+def kernel_line(part: str, default: list[float], switched: list[float], ran: dict) -> str:
+    """The report of the kernels named by `part`. A kernel that only one side runs (a pass the
+    switch removes or adds) is timed on that side alone; there is nothing to divide by."""
+    if ran[False] and ran[True]:
+        return f"   '{part}' kernels, us: {sides(default, switched, 1)}\n"
+    if not ran[False] and not ran[True]:
+        return f"   '{part}' kernels: none ran on either side\n"
+    side, times = ("default", default) if ran[False] else ("switched", switched)
+    return (f"   '{part}' kernels, us: only the {side} side runs them: fastest {min(times):.1f}  "
+            f"median {median(times):.1f}   rounds {[round(x, 1) for x in times]}\n")
+
+
 def compare(config, setting: Setting, kernel_parts: list[str], rounds: int) -> str:
     attend, q, k, v, grad = inputs_of(*config)
 
@@ -92,6 +104,7 @@ def compare(config, setting: Setting, kernel_parts: list[str], rounds: int) -> s
         return torch.autograd.grad(attend(q, k, v), (q, k, v), grad)
 
     kernel_us = {part: {False: [], True: []} for part in kernel_parts}
+    ran = {part: {False: False, True: False} for part in kernel_parts}
     step_ms, grads = {False: [], True: []}, {}
     names = {False: set(), True: set()}
     for rnd in range(rounds):
@@ -101,15 +114,17 @@ def compare(config, setting: Setting, kernel_parts: list[str], rounds: int) -> s
                 grads[switched] = step()
             kernels = kernel_times_us(step, PROFILED_STEPS)
             for part in kernel_parts:
-                kernel_us[part][switched].append(sum(us for key, us, _ in kernels if part in key))
-                names[switched].update(key for key, _, _ in kernels if part in key)
+                matched = [(key, us) for key, us, _ in kernels if part in key]
+                kernel_us[part][switched].append(sum(us for _, us in matched))
+                ran[part][switched] |= bool(matched)
+                names[switched].update(key for key, _ in matched)
             step_ms[switched].append(median_ms(step, warmup=3, runs=30))
     setting.apply(False)
     same = all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))
     layout, tokens, heads, kv_heads, head_dim, kind = config
     kernel_lines = ""
     for part, us in kernel_us.items():
-        kernel_lines += f"   '{part}' kernels, us: {sides(us[False], us[True], 1)}\n"
+        kernel_lines += kernel_line(part, us[False], us[True], ran[part])
     return (f"{layout} {tokens} H={heads}/{kv_heads} d={head_dim} {kind}\n"
             f"{kernel_lines}"
             f"   forward+backward, ms: {sides(step_ms[False], step_ms[True], 4)}\n"
