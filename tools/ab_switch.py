@@ -104,7 +104,6 @@ def compare(config, setting: Setting, kernel_parts: list[str], rounds: int) -> s
         return torch.autograd.grad(attend(q, k, v), (q, k, v), grad)
 
     kernel_us = {part: {False: [], True: []} for part in kernel_parts}
-    ran = {part: {False: False, True: False} for part in kernel_parts}
     step_ms, grads = {False: [], True: []}, {}
     names = {False: set(), True: set()}
     for rnd in range(rounds):
@@ -114,17 +113,16 @@ def compare(config, setting: Setting, kernel_parts: list[str], rounds: int) -> s
                 grads[switched] = step()
             kernels = kernel_times_us(step, PROFILED_STEPS)
             for part in kernel_parts:
-                matched = [(key, us) for key, us, _ in kernels if part in key]
-                kernel_us[part][switched].append(sum(us for _, us in matched))
-                ran[part][switched] |= bool(matched)
-                names[switched].update(key for key, _ in matched)
+                kernel_us[part][switched].append(sum(us for key, us, _ in kernels if part in key))
+                names[switched].update(key for key, _, _ in kernels if part in key)
             step_ms[switched].append(median_ms(step, warmup=3, runs=30))
     setting.apply(False)
     same = all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))
     layout, tokens, heads, kv_heads, head_dim, kind = config
     kernel_lines = ""
     for part, us in kernel_us.items():
-        kernel_lines += kernel_line(part, us[False], us[True], ran[part])
+        ran = {side: any(part in key for key in names[side]) for side in (False, True)}
+        kernel_lines += kernel_line(part, us[False], us[True], ran)
     return (f"{layout} {tokens} H={heads}/{kv_heads} d={head_dim} {kind}\n"
             f"{kernel_lines}"
             f"   forward+backward, ms: {sides(step_ms[False], step_ms[True], 4)}\n"
