@@ -118,11 +118,6 @@ struct Params {
   void* band_dscores;
   int band_dscore_steps;
   int64_t band_dscore_tiles;
-  // With offsets there: whether the delta pass covered only the first kv
-  // group of the first sequence, the rest of it running beside the dk/dv
-  // pass (bwd_stored_dscores_kernel.cuh's delta_rest_kernel), so that the
-  // dk/dv pass's other blocks wait for it.
-  bool delta_rest_beside;
   // The window alone's dk/dv pass as a walk (bwd_window_walk_kernel.cuh): the
   // key tiles of one head each block walks.
   int band_tiles_per_run;

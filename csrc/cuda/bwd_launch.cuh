@@ -160,37 +160,6 @@ inline bool dkdv_keeps_v_in_smem(int smem_bytes) {
   return !switched_off("FIBSPARSE_DKDV_V_SMEM") && two_blocks_fit_an_sm(smem_bytes);
 }
 
-// Whether the delta pass runs in two parts, the first kv group of the first
-// sequence before the dk/dv pass and the rest beside it (delta_rest_kernel),
-// where the device starts kernels early (launch_after_previous) and there is
-// a rest: at lengths where the first group's dk/dv blocks fill at least two
-// waves of the blocks the device holds at once, so that the rest, on a few
-// SMs, is done before the other groups' blocks start and wait for it. A packed
-// batch keeps the one pass: the length of its first sequence, which sets the
-// first group's blocks, is on the device. The dk/dv pass must be allowed its
-// smem_bytes (allow_dynamic_smem) before the occupancy query.
-// FIBSPARSE_DELTA_BESIDE=0 keeps the one pass, =1 takes two parts at every
-// length and layout the device allows (for tests and comparisons).
-template <typename Kernel>
-inline bool delta_rest_runs_beside(const Params& p, Kernel dkdv, int smem_bytes) {
-  const char* setting = switch_setting("FIBSPARSE_DELTA_BESIDE", {"0", "1"});
-  if (!starts_kernels_early() || (p.heads_kv == 1 && p.batch == 1)) return false;
-  if (setting != nullptr) return setting[0] == '1';
-  if (p.cu_seqlens_q != nullptr) return false;
-  int blocks_per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, dkdv, mma_tiles::kMmaBlockThreads,
-                                                               smem_bytes));
-  const int64_t resident = int64_t(blocks_per_sm) * at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  return int64_t(blocks_for(p.seqlen_k, mma_tiles::kBlockRows)) >= 2 * resident;
-}
-
-// The blocks of delta_rest_kernel: one SM in six, each block filling most of
-// its SM's registers, so that the rows in flight (each warp's 16 of O and dO)
-// keep ~3 TB/s while the dk/dv pass keeps the other SMs.
-inline unsigned delta_rest_blocks() {
-  return static_cast<unsigned>(std::max(1, at::cuda::getCurrentDeviceProperties()->multiProcessorCount / 6));
-}
-
 // The backward with stored dS (bwd_stored_dscores_kernel.cuh): the window alone's
 // dk/dv pass (forming delta, storing dS), or with offsets the delta pass and
 // the dk/dv pass that computes and stores every dS; then dq from the stored dS.
@@ -217,39 +186,27 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
     return;
   }
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
+  launch_kernel(delta_kernel<T, OffsetT, kHeadDim>, dim3(query_tiles + kOffsetsCheckBlocks, p.heads, p.batch),
+                kMmaBlockThreads, 0, stored_p);
   constexpr int kDkdvSmem = kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>;
-  auto dkdv = dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>;
-  int dkdv_smem = kDkdvSmem;
+  bool launched = false;
   if constexpr (kHeadDim == 128) {
     if (dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>)) {
-      dkdv = dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true>;
-      dkdv_smem += kDkdvVRowBytes<kHeadDim>;
+      launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true>, dkdv_grid, kMmaBlockThreads,
+                    kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
+      launched = true;
     }
   }
-  allow_dynamic_smem(dkdv, dkdv_smem);
-  stored_p.delta_rest_beside = delta_rest_runs_beside(p, dkdv, dkdv_smem);
-  if (stored_p.delta_rest_beside) {
-    launch_kernel(delta_kernel<T, OffsetT, kHeadDim>,
-                  dim3(query_tiles + kOffsetsCheckBlocks, p.heads / p.heads_kv, 1), kMmaBlockThreads, 0, stored_p);
-    launch_after_previous(delta_rest_kernel<T, OffsetT, kHeadDim>, dim3(delta_rest_blocks()),
-                          kDeltaRestThreads<kHeadDim>, 0, stored_p);
-    launch_after_previous(dkdv, dkdv_grid, kMmaBlockThreads, dkdv_smem, stored_p);
-  } else {
-    launch_kernel(delta_kernel<T, OffsetT, kHeadDim>, dim3(query_tiles + kOffsetsCheckBlocks, p.heads, p.batch),
-                  kMmaBlockThreads, 0, stored_p);
-    launch_allowed_kernel(dkdv, dkdv_grid, kMmaBlockThreads, dkdv_smem, stored_p);
+  if (!launched) {
+    launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads, kDkdvSmem,
+                  stored_p);
   }
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
     const auto launch_dq = [&](auto stages) {
       constexpr int kStages = decltype(stages)::value;
-      const auto dq = dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages>;
-      const dim3 dq_grid(query_tiles, p.heads / kHeads, p.batch);
-      constexpr int kDqSmem = kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>;
-      if (stored_p.delta_rest_beside) {
-        launch_after_previous(dq, dq_grid, kHeads * kMmaBlockThreads, kDqSmem, stored_p);
-      } else {
-        launch_kernel(dq, dq_grid, kHeads * kMmaBlockThreads, kDqSmem, stored_p);
-      }
+      launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages>,
+                    dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
+                    kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
     };
     if constexpr (kDqMayTakeThreeStages<kHeadDim, kHeads>) {
       if (dq_takes_three_stages(kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, 3>)) {

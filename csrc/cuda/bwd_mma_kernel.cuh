@@ -34,7 +34,6 @@
 #include "../capabilities.h"
 #include "../pattern.h"
 #include "block_steps.cuh"
-#include "grid_dependency.cuh"
 #include "mma_tiles.cuh"
 #include "offsets_check.cuh"
 
@@ -723,16 +722,6 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   };
 
   const int hk = blockIdx.y, b = blockIdx.z;
-  if constexpr (kRoute == DkdvRoute::kBeforeDq) {
-    // With the delta pass's rest beside this pass (delta_rest_kernel), the
-    // first kv group's blocks read only rows the pass before wrote; the
-    // others wait for the rest. The dq pass may then start as soon as every
-    // block of this one has started.
-    if (p.delta_rest_beside) {
-      if (hk != 0 || b != 0) wait_for_previous_grid();
-      allow_next_grid();
-    }
-  }
   const Sequence seq = sequence_of(p, b);
   if (int64_t(blockIdx.x) * kBlockRows >= seq.seqlen_k) return;  // past a packed sequence's end
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;

@@ -32,7 +32,6 @@
 #include "../pattern.h"
 #include "bwd_mma_kernel.cuh"
 #include "block_steps.cuh"
-#include "grid_dependency.cuh"
 #include "mma_tiles.cuh"
 #include "offsets_check.cuh"
 
@@ -49,14 +48,12 @@ namespace mma_bwd {
 // register budget of 4 blocks a SM lets a thread issue all its loads (16 of
 // 16 bytes at head_dim 128) before it waits on any. Left to ptxas without it,
 // the kernel took 35 registers and issued them four at a time.
-// The grid's heads are its y extent: all of them, or the first kv group's
-// when the rest run beside the dk/dv pass (delta_rest_kernel).
 template <typename T, typename OffsetT, int kHeadDim>
 __global__ void __launch_bounds__(kMmaBlockThreads, 4) delta_kernel(const Params p) {
   if (is_offsets_check_block()) return check_offsets_of_heads<OffsetT, 1>(p);
   const int tiles = gridDim.x - kOffsetsCheckBlocks;
   const int block = blockIdx.y * tiles + blockIdx.x;  // in start order
-  const int h = block % gridDim.y, tile = block / gridDim.y, b = blockIdx.z;
+  const int h = block % p.heads, tile = block / p.heads, b = blockIdx.z;
   const Sequence seq = sequence_of(p, b);
   const int warp_q0 = tile * kBlockRows + 16 * (threadIdx.x / 32);
   if (warp_q0 >= seq.seqlen_q) return;
@@ -65,44 +62,6 @@ __global__ void __launch_bounds__(kMmaBlockThreads, 4) delta_kernel(const Params
   float delta[2], lse_log2[2];
   warp_row_deltas<T, kHeadDim>(p, seq, b, h, warp_q0, do_src, stats_index(p, seq, b, h, 0), threadIdx.x % 32, delta,
                                lse_log2);
-}
-
-// The delta pass's rows other than the first kv group's of the first
-// sequence, beside the dk/dv pass. The pass before it (delta_kernel on that
-// group alone, with its offsets check) is short; this grid starts once it has
-// completed and lets the dk/dv pass start at once, whose first group's blocks
-// (one or more waves of them at the lengths this runs at) read only the rows
-// the short pass wrote, while the others wait for this grid to complete
-// (wait_for_previous_grid). A few wide blocks hold the SMs they take, so the
-// dk/dv pass keeps the rest whole; their warps take 16 rows of one head at a
-// time, heads the faster-moving, as delta_kernel's blocks do. Each head's
-// offsets, and in a packed batch each sequence's boundaries, are checked as
-// the pass before checks its own, by the warp that takes the head's (the
-// sequence's) first rows, before any of the dk/dv pass's blocks that read
-// them may start.
-template <int kHeadDim>
-constexpr int kDeltaRestThreads = kHeadDim <= 64 ? 1024 : 512;
-
-template <typename T, typename OffsetT, int kHeadDim>
-__global__ void __launch_bounds__(kDeltaRestThreads<kHeadDim>, 1) delta_rest_kernel(const Params p) {
-  wait_for_previous_grid();
-  allow_next_grid();
-  const int group = p.heads / p.heads_kv, lane = threadIdx.x % 32;
-  const int64_t row_tiles = (int64_t(p.seqlen_q) + 15) / 16, tasks = int64_t(p.batch) * row_tiles * p.heads;
-  const int64_t warps = int64_t(gridDim.x) * (kDeltaRestThreads<kHeadDim> / 32);
-  for (int64_t task = blockIdx.x * (kDeltaRestThreads<kHeadDim> / 32) + threadIdx.x / 32; task < tasks;
-       task += warps) {
-    const int h = int(task % p.heads), b = int(task / (row_tiles * p.heads));
-    const int warp_q0 = int((task / p.heads) % row_tiles) * 16;
-    if (b == 0 && h < group) continue;  // the pass before did these
-    if (warp_q0 == 0) check_offsets_on_device<OffsetT>(p, h, b, lane, 32);
-    const Sequence seq = sequence_of(p, b);
-    if (warp_q0 >= seq.seqlen_q) continue;
-    const uint16_t* do_src =
-        bits<T>(p.dout, seq.q_start(b, p.do_batch_stride, p.do_row_stride) + h * p.do_head_stride);
-    float delta[2], lse_log2[2];
-    warp_row_deltas<T, kHeadDim>(p, seq, b, h, warp_q0, do_src, stats_index(p, seq, b, h, 0), lane, delta, lse_log2);
-  }
 }
 
 // The values a dq warp stages of one stored band tile in fragment order: its
@@ -280,9 +239,6 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   const auto stage_k = [&](int s) {
     return reinterpret_cast<Rows<kHeadDim>>(smem + kStages * kHeads * kDqStagedDscoreValues) + s * kDqKRows<kFrac>;
   };
-  // Launched to start early (launch_after_previous) where the delta pass runs
-  // beside the dk/dv pass: every read below is of what that pass wrote.
-  wait_for_previous_grid();
   const int tile = blockIdx.x, first_head = blockIdx.y * kHeads, b = blockIdx.z;
   const int hk = first_head / (p.heads / p.heads_kv);
   const Sequence seq = sequence_of(p, b);

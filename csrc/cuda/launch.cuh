@@ -38,30 +38,4 @@ void launch_kernel(Kernel kernel, dim3 grid, int threads, int smem_bytes, const 
   launch_allowed_kernel(kernel, grid, threads, smem_bytes, p);
 }
 
-// Whether this device starts a kernel before the one ahead of it in the
-// stream has completed, when asked to (programmatic dependent launch: sm_90
-// on).
-inline bool starts_kernels_early() { return at::cuda::getCurrentDeviceProperties()->major >= 9; }
-
-// Launches `kernel` so that it may start while the kernel before it in the
-// stream still runs (grid_dependency.cuh: it must call wait_for_previous_grid
-// before it reads what that kernel writes, or writes anything), where the
-// device allows it; as launch_kernel elsewhere.
-template <typename Kernel>
-void launch_after_previous(Kernel kernel, dim3 grid, int threads, int smem_bytes, const Params& p) {
-  if (!starts_kernels_early()) return launch_kernel(kernel, grid, threads, smem_bytes, p);
-  allow_dynamic_smem(kernel, smem_bytes);
-  cudaLaunchAttribute early_start[1];
-  early_start[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  early_start[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = grid;
-  config.blockDim = dim3(threads);
-  config.dynamicSmemBytes = smem_bytes;
-  config.stream = at::cuda::getCurrentCUDAStream();
-  config.attrs = early_start;
-  config.numAttrs = 1;
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
-}
-
 }  // namespace fibsparse

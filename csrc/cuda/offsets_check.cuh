@@ -27,33 +27,27 @@ constexpr unsigned kOffsetsCheckBlocks = 1;
 
 __device__ __forceinline__ bool is_offsets_check_block() { return blockIdx.x + kOffsetsCheckBlocks == gridDim.x; }
 
-// Checks the row of offsets of head `h` for sequence b, `thread` of the
-// `threads` that share it; offsets do not depend on the sequence, so only the
-// first sequence's checks look. In a packed batch the checks of head 0 also
-// check their sequence's boundaries (which the Python entry point checks on
-// the host, but a direct op call or torch.compile does not).
+// Checks the row of offsets of head `h`; offsets do not depend on the
+// sequence, so only the check blocks of the first sequence look. In a packed
+// batch the check blocks of head 0 also check their sequence's boundaries
+// (which the Python entry point checks on the host, but a direct op call or
+// torch.compile does not).
 template <typename OffsetT>
-__device__ __forceinline__ void check_offsets_on_device(const Params& p, int h, int b, int thread, int threads) {
-  if (p.cu_seqlens_q != nullptr && h == 0 && thread == 0) {
-    CUDA_KERNEL_ASSERT_MSG(sequence_bounds_valid(p.cu_seqlens_q, p.cu_seqlens_k, b, p.batch, p.total_q,
+__device__ __forceinline__ void check_offsets_on_device(const Params& p, int h) {
+  if (p.cu_seqlens_q != nullptr && h == 0 && threadIdx.x == 0) {
+    CUDA_KERNEL_ASSERT_MSG(sequence_bounds_valid(p.cu_seqlens_q, p.cu_seqlens_k, blockIdx.z, p.batch, p.total_q,
                                                  p.total_k, p.seqlen_q, p.seqlen_k),
                            "fibsparse: cu_seqlens_q / cu_seqlens_k must start at 0, never decrease, end at the "
                            "tensors' rows, stay within max_seqlen and give seqlen_q <= seqlen_k in every sequence");
   }
-  if (b != 0) return;
+  if (blockIdx.z != 0) return;
   const OffsetT* row = static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
-  for (int t = thread; t < p.num_offsets; t += threads) {
+  for (int t = threadIdx.x; t < p.num_offsets; t += blockDim.x) {
     CUDA_KERNEL_ASSERT_MSG(offset_entry_valid(row, t, p.min_offset_distance),
                            "fibsparse: offsets must be strictly increasing, finite, >= 0 (integer ones >= window), "
                            "padded with -1 only at the end; they changed without torch's version counter seeing it, "
                            "or the op was called without fibsparse_attn's checks");
   }
-}
-
-// The check of head h by a check block (of sequence blockIdx.z).
-template <typename OffsetT>
-__device__ __forceinline__ void check_offsets_on_device(const Params& p, int h) {
-  check_offsets_on_device<OffsetT>(p, h, blockIdx.z, threadIdx.x, blockDim.x);
 }
 
 // A decode launch's cache, checked by the check block of (head h, sequence
