@@ -118,10 +118,6 @@ struct Params {
   void* band_dscores;
   int band_dscore_steps;
   int64_t band_dscore_tiles;
-  // The dq pass with offsets from stored dS: its blocks of one kv group and
-  // query tile, which start one after another (1: one block a kv group, or
-  // the blocks in the order tile, then head).
-  int dq_group_blocks;
   // The window alone's dk/dv pass as a walk (bwd_window_walk_kernel.cuh): the
   // key tiles of one head each block walks.
   int band_tiles_per_run;

@@ -202,14 +202,11 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
                   stored_p);
   }
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
-    // A kv group's blocks of one query tile start one after another
-    // (FIBSPARSE_DQ_GROUP_ORDER=0: all tiles of a block's heads first).
-    stored_p.dq_group_blocks = switched_off("FIBSPARSE_DQ_GROUP_ORDER") ? 1 : p.heads / p.heads_kv / kHeads;
-    const dim3 dq_grid(query_tiles * stored_p.dq_group_blocks, p.heads / kHeads / stored_p.dq_group_blocks, p.batch);
     const auto launch_dq = [&](auto stages) {
       constexpr int kStages = decltype(stages)::value;
-      launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages>, dq_grid,
-                    kHeads * kMmaBlockThreads, kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
+      launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages>,
+                    dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
+                    kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
     };
     if constexpr (kDqMayTakeThreeStages<kHeadDim, kHeads>) {
       if (dq_takes_three_stages(kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, 3>)) {

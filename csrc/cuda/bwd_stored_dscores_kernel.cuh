@@ -239,12 +239,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   const auto stage_k = [&](int s) {
     return reinterpret_cast<Rows<kHeadDim>>(smem + kStages * kHeads * kDqStagedDscoreValues) + s * kDqKRows<kFrac>;
   };
-  // Blocks start in the order of blockIdx.x: the dq_group_blocks blocks of
-  // one kv group and query tile one after another, so that the strips of k
-  // rows one of them stages are in L2 for the others.
-  const int group_blocks = p.dq_group_blocks, b = blockIdx.z;
-  const int tile = group_blocks == 1 ? blockIdx.x : blockIdx.x / group_blocks;
-  const int first_head = (group_blocks == 1 ? blockIdx.y : blockIdx.y * group_blocks + blockIdx.x % group_blocks) * kHeads;
+  const int tile = blockIdx.x, first_head = blockIdx.y * kHeads, b = blockIdx.z;
   const int hk = first_head / (p.heads / p.heads_kv);
   const Sequence seq = sequence_of(p, b);
   const int64_t q0 = int64_t(tile) * kBlockRows;  // queries sit at their rows' positions here
