@@ -189,24 +189,17 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   launch_kernel(delta_kernel<T, OffsetT, kHeadDim>, dim3(query_tiles + kOffsetsCheckBlocks, p.heads, p.batch),
                 kMmaBlockThreads, 0, stored_p);
   constexpr int kDkdvSmem = kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>;
-  // The dk/dv pass reads each offset a step ahead (kOffsetAhead) where that
-  // costs it no spill: with integer offsets at head_dim 128 the register it
-  // keeps made the pass spill 36 bytes (at 255), where it holds 252 and none.
-  // FIBSPARSE_DKDV_OFFSET_AHEAD=0 reads it when the step is queued.
-  const bool ahead = (kHeadDim <= 64 || kFrac) && !switched_off("FIBSPARSE_DKDV_OFFSET_AHEAD");
   bool launched = false;
   if constexpr (kHeadDim == 128) {
     if (dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>)) {
-      launch_kernel(ahead ? dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true>
-                          : dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true>,
-                    dkdv_grid, kMmaBlockThreads, kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
+      launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true>, dkdv_grid, kMmaBlockThreads,
+                    kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
       launched = true;
     }
   }
   if (!launched) {
-    launch_kernel(ahead ? dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, false, true>
-                        : dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>,
-                  dkdv_grid, kMmaBlockThreads, kDkdvSmem, stored_p);
+    launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads, kDkdvSmem,
+                  stored_p);
   }
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
     const auto launch_dq = [&](auto stages) {

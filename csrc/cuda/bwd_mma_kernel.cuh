@@ -677,12 +677,7 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // shared memory (kDkdvVRowBytes, after the rest), and the products that take
 // them as their A operand load them from there (SharedFragments), which
 // frees their 32 registers a thread at head_dim 128.
-// kOffsetAhead (with kKeepsOffsets): the offset of the step after the one
-// being queued is read a step ahead and kept, so that the copies of the step
-// queued next take their addresses from a register, not from a read of
-// memory they wait on.
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kVInSmem = false,
-          bool kOffsetAhead = false>
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kVInSmem = false>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
@@ -759,11 +754,8 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   const auto read_offset = [&](auto s, bool exists) {
     return exists && !steps.is_band(s) ? steps.offsets(s.head)[steps.offset_index(s)] : OffsetT(-1);
   };
-  static_assert(!kOffsetAhead || kKeepsOffsets);
   auto issued = steps.first();  // the step queued last
   OffsetT issued_offset = kKeepsOffsets ? read_offset(issued, steps.num_steps > 0) : OffsetT(-1);
-  auto ahead = steps.next(issued);  // kOffsetAhead: the step after it, and its offset
-  OffsetT ahead_offset = kOffsetAhead ? read_offset(ahead, steps.num_steps > 1) : OffsetT(-1);
   steps.template issue<T, kRoute>(issued, steps.num_steps > 0, b, stage_q(0), stage_do(0), stage_stat(0, 0),
                                   stage_stat(0, 1), stage_o(0), kKeepsOffsets ? &issued_offset : nullptr);
 
@@ -824,13 +816,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   for (int n = 0; n < steps.num_steps; ++n, step = steps.next(step)) {
     const OffsetT step_offset = issued_offset;  // step n's (kKeepsOffsets)
     issued = steps.next(issued);
-    if constexpr (kOffsetAhead) {
-      issued_offset = ahead_offset;
-      ahead = steps.next(ahead);
-      ahead_offset = read_offset(ahead, n + 2 < steps.num_steps);
-    } else if constexpr (kKeepsOffsets) {
-      issued_offset = read_offset(issued, n + 1 < steps.num_steps);
-    }
+    if constexpr (kKeepsOffsets) issued_offset = read_offset(issued, n + 1 < steps.num_steps);
     steps.template issue<T, kRoute>(issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2), stage_do((n + 1) % 2),
                                     stage_stat((n + 1) % 2, 0), stage_stat((n + 1) % 2, 1), stage_o((n + 1) % 2),
                                     kKeepsOffsets ? &issued_offset : nullptr);
