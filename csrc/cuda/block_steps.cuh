@@ -230,10 +230,12 @@ struct QuerySteps {
   // empty group. kWindowAlone, whose dk/dv pass forms delta itself: a band step
   // also queues the out rows into o_dst, and dlse (0 without it) in delta's place.
   // read_offset: an offset step's offset, where the caller has read it.
-  template <typename T, DkdvRoute kRoute = DkdvRoute::kAfterDq>
+  // kSwizzled: q_dst and do_dst are swizzled stages (mma_tiles.cuh's swizzled_chunk).
+  template <typename T, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kSwizzled = false>
   __device__ void issue(Step s, bool exists, int b, Rows<kHeadDim> q_dst, Rows<kHeadDim> do_dst, float* stat0_dst,
                         float* stat1_dst, Rows<kHeadDim> o_dst = nullptr,
                         const OffsetT* read_offset = nullptr) const {
+    static_assert(!kSwizzled || kRoute == DkdvRoute::kBeforeDq, "swizzled stages on the route before dq");
     if (exists) {
       const int h = s.head;
       const uint16_t* q_src = bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride);
@@ -242,8 +244,10 @@ struct QuerySteps {
       const int64_t stats = stats_index(p, seq, b, h, 0);
       if (is_band(s)) {
         const int64_t first = chunk_row(s);
-        stage_rows<kHeadDim, kChunk>(q_dst, q_src, p.q_row_stride, first, band_last_row);
-        stage_rows<kHeadDim, kChunk>(do_dst, do_src, p.do_row_stride, first, band_last_row);
+        stage_rows<kHeadDim, kChunk, kMmaBlockThreads, false, kSwizzled>(q_dst, q_src, p.q_row_stride, first,
+                                                                         band_last_row);
+        stage_rows<kHeadDim, kChunk, kMmaBlockThreads, false, kSwizzled>(do_dst, do_src, p.do_row_stride, first,
+                                                                         band_last_row);
         if constexpr (kRoute == DkdvRoute::kWindowAlone) {
           const uint16_t* o_src =
               bits<T>(p.out, seq.q_start(b, p.o_batch_stride, p.o_row_stride) + h * p.o_head_stride);
@@ -287,8 +291,14 @@ struct QuerySteps {
           const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, row0 = strip_row0(warp);
           const int64_t first = block_key + split.whole - seq.q_pos_shift + 16 * warp;
           const int64_t last = seq.seqlen_q - 1;
-          stage_row_pair<kHeadDim, kStripRows, 32>(q_dst + row0, q_src, p.q_row_stride, do_dst + row0, do_src,
-                                                   p.do_row_stride, first, last, unsigned(lane));
+          if constexpr (kSwizzled) {
+            stage_row_pair<kHeadDim, kStripRows, 32, true>(swizzled_rows_from<kHeadDim>(q_dst, row0), q_src,
+                                                           p.q_row_stride, swizzled_rows_from<kHeadDim>(do_dst, row0),
+                                                           do_src, p.do_row_stride, first, last, unsigned(lane));
+          } else {
+            stage_row_pair<kHeadDim, kStripRows, 32>(q_dst + row0, q_src, p.q_row_stride, do_dst + row0, do_src,
+                                                     p.do_row_stride, first, last, unsigned(lane));
+          }
           if (lane < kStripRows) stage_offset_stats(row0 + lane, first + lane);
         } else if (split.whole >= 0) {
           const int64_t first = block_key + split.whole - seq.q_pos_shift;

@@ -197,6 +197,16 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
       launched = true;
     }
   }
+  if constexpr (kHeadDim == 64 && !kFrac) {
+    // Swizzled stages (mma_tiles.cuh's swizzled_chunk): the copies ask L2 for
+    // the sectors their rows hold, where padded rows cost 1.5x.
+    // FIBSPARSE_DKDV_SWIZZLE=0 keeps the padded rows, for comparisons.
+    if (!switched_off("FIBSPARSE_DKDV_SWIZZLE")) {
+      launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, false, true>, dkdv_grid,
+                    kMmaBlockThreads, kDkdvSmem, stored_p);
+      launched = true;
+    }
+  }
   if (!launched) {
     launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads, kDkdvSmem,
                   stored_p);

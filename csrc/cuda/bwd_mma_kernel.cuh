@@ -584,8 +584,9 @@ __device__ __forceinline__ void fractional_offset_step(
 // add_a_times_rows_at; dO's one buffer on), kept by the caller.
 // VFragments: vf as registers (uint32_t[kHeadDim / 16][4]) or in shared
 // memory (SharedFragments).
+// kSwizzled (with kRowsAt): the staged chunk is a swizzled stage (mma_tiles.cuh's swizzled_chunk).
 template <typename T, int kHeadDim, bool kStoresDscores, bool kInnerSubtilesUnmasked, bool kRowsAt = false,
-          typename VFragments>
+          bool kSwizzled = false, typename VFragments>
 __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& seq, int b, int head, int64_t key_tile,
                                                int step_index, int64_t chunk_row, int64_t band_last_row, int warp_k0,
                                                const uint32_t (&kf)[kHeadDim / 16][4],
@@ -594,8 +595,10 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
                                                float (&dk)[kHeadDim / 8][4], float (&dv)[kHeadDim / 8][4], int lane,
                                                uint32_t q_dot_row = 0, uint32_t q_add_row = 0) {
   static_assert(!kRowsAt || kStoresDscores, "the kept rows serve the pass that stores dS");
+  static_assert(!kSwizzled || kRowsAt, "swizzled stages are read from kept rows");
   const int warp = threadIdx.x / 32, g = lane / 4, c = lane % 4;
-  constexpr uint32_t kBufferBytes = kStageBytes<kHeadDim>, kSubtileBytes = 16 * (kHeadDim + 8) * sizeof(uint16_t);
+  constexpr uint32_t kRowBytes = (kHeadDim + (kSwizzled ? 0 : 8)) * sizeof(uint16_t);
+  constexpr uint32_t kBufferBytes = kBufRows * kRowBytes, kSubtileBytes = 16 * kRowBytes;
   const float scale_log2 = float(p.softmax_scale) * float(M_LOG2E);
   // The last query of the step's sub-tile t16 that exists, as a column of it.
   const auto last_column = [&](int t16) { return int(band_last_row - chunk_row) - 16 * t16; };
@@ -606,8 +609,8 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
     const int distance0 = thread_distance<true>(warp_k0, pos0, g, c);  // rows: keys; columns: queries
     const int last_col = last_column(t16);
     if constexpr (kRowsAt) {
-      dot_16_rows_at<T, kHeadDim>(kf, q_dot_row + t16 * kSubtileBytes, st, 0);
-      dot_16_rows_at<T, kHeadDim>(vf, q_dot_row + kBufferBytes + t16 * kSubtileBytes, dpt, 0);
+      dot_16_rows_at<T, kHeadDim, 2, 1, kSwizzled>(kf, q_dot_row, st, 0, t16 * kSubtileBytes);
+      dot_16_rows_at<T, kHeadDim, 2, 1, kSwizzled>(vf, q_dot_row, dpt, 0, kBufferBytes + t16 * kSubtileBytes);
     } else {
       dot_16_rows<T, kHeadDim>(kf, rows_q + 16 * t16, st, 0, lane);
       dot_16_rows<T, kHeadDim>(vf, rows_do + 16 * t16, dpt, 0, lane);
@@ -641,8 +644,8 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
       if constexpr (kRowsAt) {
         uint32_t p_a[4];
         c_to_a_fragment<T>(st, 0, 1.f, p_a);
-        add_a_times_rows_at<T, kHeadDim>(p_a, q_add_row + kBufferBytes + t16 * kSubtileBytes, dv);
-        add_a_times_rows_at<T, kHeadDim>(ds_a, q_add_row + t16 * kSubtileBytes, dk);
+        add_a_times_rows_at<T, kHeadDim, kSwizzled>(p_a, q_add_row, dv, kBufferBytes + t16 * kSubtileBytes);
+        add_a_times_rows_at<T, kHeadDim, kSwizzled>(ds_a, q_add_row, dk, t16 * kSubtileBytes);
       } else {
         add_tile_times_rows<T, kHeadDim>(st, 0, 1.f, rows_do + 16 * t16, dv, lane);
         add_a_times_rows<T, kHeadDim>(ds_a, rows_q + 16 * t16, dk, lane);
@@ -677,7 +680,10 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // shared memory (kDkdvVRowBytes, after the rest), and the products that take
 // them as their A operand load them from there (SharedFragments), which
 // frees their 32 registers a thread at head_dim 128.
-template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kVInSmem = false>
+// kSwizzledRows (the route before dq, integer offsets, head_dim 64): the q and
+// dO stages are swizzled (mma_tiles.cuh's swizzled_chunk), not padded.
+template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kVInSmem = false,
+          bool kSwizzledRows = false>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
@@ -696,8 +702,18 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   constexpr bool kFractionalFirst = kRoute == DkdvRoute::kBeforeDq && !std::is_integral_v<OffsetT>;
   static_assert(!kWindowAlone || 2 * kChunk == kMmaBlockThreads, "delta: two threads a staged row");
   extern __shared__ __align__(16) uint16_t smem[];
-  const auto stage_q = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 0); };
-  const auto stage_do = [&](int s) { return stage_buffer<kHeadDim>(smem, s, 1); };
+  static_assert(!kSwizzledRows || (kRoute == DkdvRoute::kBeforeDq && std::is_integral_v<OffsetT> && kHeadDim == 64));
+  // Swizzled stages hold kBufRows rows of kHeadDim elements each, where the
+  // padded ones took kBufRows rows of kHeadDim + 8: they start at the same
+  // smem and end before the statistics.
+  const auto stage_row_buffer = [&](int s, int which) {
+    return kSwizzledRows ? reinterpret_cast<Rows<kHeadDim>>(smem + (2 * s + which) * kBufRows * kHeadDim)
+                         : stage_buffer<kHeadDim>(smem, s, which);
+  };
+  const auto stage_q = [&](int s) { return stage_row_buffer(s, 0); };
+  // One staged tensor's buffer, in bytes: the dO buffer lies this far after q's.
+  constexpr uint32_t kStagedRowsBytes = kSwizzledRows ? kBufRows * kHeadDim * sizeof(uint16_t) : kStageBytes<kHeadDim>;
+  const auto stage_do = [&](int s) { return stage_row_buffer(s, 1); };
   // Two statistics per staged row, after the four row buffers; then the window alone's O rows.
   float* stats_smem = reinterpret_cast<float*>(smem + 4 * kBufRows * (kHeadDim + 8));
   const auto stage_stat = [&](int s, int which) { return stats_smem + (2 * s + which) * kBufRows; };
@@ -756,7 +772,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   };
   auto issued = steps.first();  // the step queued last
   OffsetT issued_offset = kKeepsOffsets ? read_offset(issued, steps.num_steps > 0) : OffsetT(-1);
-  steps.template issue<T, kRoute>(issued, steps.num_steps > 0, b, stage_q(0), stage_do(0), stage_stat(0, 0),
+  steps.template issue<T, kRoute, kSwizzledRows>(issued, steps.num_steps > 0, b, stage_q(0), stage_do(0), stage_stat(0, 0),
                                   stage_stat(0, 1), stage_o(0), kKeepsOffsets ? &issued_offset : nullptr);
 
   uint32_t kf[kHeadDim / 16][4];
@@ -798,14 +814,23 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   constexpr bool kKeptRows = kRoute == DkdvRoute::kBeforeDq && std::is_integral_v<OffsetT>;
   constexpr bool kKeptBandRows = kKeptRows && kHeadDim <= 64;
   uint32_t strip_dot_row = 0, strip_add_row = 0, band_dot_row = 0, band_add_row = 0;
-  if constexpr (kKeptRows) {
-    RowPtr<kHeadDim> strip = stage_q(0) + steps.strip_row0(warp);
-    strip_dot_row = __shfl_sync(0xffffffffu, dot_16_rows_lane_row<kHeadDim>(strip, lane), lane);
-    strip_add_row = __shfl_sync(0xffffffffu, add_rows_lane_row<kHeadDim>(strip, lane), lane);
-  }
-  if constexpr (kKeptBandRows) {
-    band_dot_row = __shfl_sync(0xffffffffu, dot_16_rows_lane_row<kHeadDim>(stage_q(0), lane), lane);
-    band_add_row = __shfl_sync(0xffffffffu, add_rows_lane_row<kHeadDim>(stage_q(0), lane), lane);
+  static_assert(!kSwizzledRows || kKeptBandRows, "swizzled stages are read from kept rows");
+  if constexpr (kSwizzledRows) {
+    Rows<kHeadDim> strip = swizzled_rows_from<kHeadDim>(stage_q(0), steps.strip_row0(warp));
+    strip_dot_row = __shfl_sync(0xffffffffu, swizzled_dot_lane_row<kHeadDim>(strip, lane), lane);
+    strip_add_row = __shfl_sync(0xffffffffu, swizzled_add_lane_row<kHeadDim>(strip, lane), lane);
+    band_dot_row = __shfl_sync(0xffffffffu, swizzled_dot_lane_row<kHeadDim>(stage_q(0), lane), lane);
+    band_add_row = __shfl_sync(0xffffffffu, swizzled_add_lane_row<kHeadDim>(stage_q(0), lane), lane);
+  } else {
+    if constexpr (kKeptRows) {
+      RowPtr<kHeadDim> strip = stage_q(0) + steps.strip_row0(warp);
+      strip_dot_row = __shfl_sync(0xffffffffu, dot_16_rows_lane_row<kHeadDim>(strip, lane), lane);
+      strip_add_row = __shfl_sync(0xffffffffu, add_rows_lane_row<kHeadDim>(strip, lane), lane);
+    }
+    if constexpr (kKeptBandRows) {
+      band_dot_row = __shfl_sync(0xffffffffu, dot_16_rows_lane_row<kHeadDim>(stage_q(0), lane), lane);
+      band_add_row = __shfl_sync(0xffffffffu, add_rows_lane_row<kHeadDim>(stage_q(0), lane), lane);
+    }
   }
   float dk[kHeadDim / 8][4] = {}, dv[kHeadDim / 8][4] = {};
   auto step = steps.first();
@@ -817,7 +842,8 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     const OffsetT step_offset = issued_offset;  // step n's (kKeepsOffsets)
     issued = steps.next(issued);
     if constexpr (kKeepsOffsets) issued_offset = read_offset(issued, n + 1 < steps.num_steps);
-    steps.template issue<T, kRoute>(issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2), stage_do((n + 1) % 2),
+    steps.template issue<T, kRoute, kSwizzledRows>(issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2),
+                                                   stage_do((n + 1) % 2),
                                     stage_stat((n + 1) % 2, 0), stage_stat((n + 1) % 2, 1), stage_o((n + 1) % 2),
                                     kKeepsOffsets ? &issued_offset : nullptr);
     wait_async<1>();
@@ -830,8 +856,8 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     const float* stat0 = stage_stat(n % 2, 0);
     const float* stat1 = stage_stat(n % 2, 1);
     if (steps.is_band(step)) {
-      const uint32_t band_stage_bytes = uint32_t(n % 2) * 2 * kStageBytes<kHeadDim>;
-      dkdv_band_step<T, kHeadDim, kStoresDscores, kInnerSubtilesUnmasked, kKeptBandRows>(
+      const uint32_t band_stage_bytes = uint32_t(n % 2) * 2 * kStagedRowsBytes;
+      dkdv_band_step<T, kHeadDim, kStoresDscores, kInnerSubtilesUnmasked, kKeptBandRows, kSwizzledRows>(
           p, seq, b, step.head, blockIdx.x, step.index, steps.chunk_row(step), steps.band_last_row, warp_k0, kf, vf,
           rows_q, rows_do, stat0, stat1, dk, dv, lane, band_dot_row + band_stage_bytes,
           band_add_row + band_stage_bytes);
@@ -857,11 +883,12 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
           const int o = steps.offset_index(step);
           float st[2][4], dpt[2][4];
           // Stage n % 2's q rows are 2 (n % 2) buffers on, its dO rows one more (stage_buffer).
-          constexpr uint32_t kBufferBytes = kStageBytes<kHeadDim>;
+          constexpr uint32_t kBufferBytes = kStagedRowsBytes;
           const uint32_t stage_bytes = uint32_t(n % 2) * 2 * kBufferBytes;
-          dot_16_rows_at<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(kf, strip_dot_row + stage_bytes, st, 0);
-          dot_16_rows_at<T, kHeadDim, 2, kOffsetChains<kHeadDim>>(vf, strip_dot_row + stage_bytes + kBufferBytes, dpt,
-                                                                  0);
+          dot_16_rows_at<T, kHeadDim, 2, kOffsetChains<kHeadDim>, kSwizzledRows>(kf, strip_dot_row + stage_bytes, st,
+                                                                                 0);
+          dot_16_rows_at<T, kHeadDim, 2, kOffsetChains<kHeadDim>, kSwizzledRows>(vf, strip_dot_row + stage_bytes,
+                                                                                 dpt, 0, kBufferBytes);
           const float* lse = stat0 + row0;
           const float* dlt = stat1 + row0;
           float prob[2], dscore[2];
@@ -878,8 +905,10 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
               static_cast<float*>(p.offset_dscores)[offset_term_index(p, seq, b, step.head, o, query)] = dscore[r];
             }
           }
-          add_diag_times_rows_at<T, kHeadDim>(prob[0], prob[1], strip_add_row + stage_bytes + kBufferBytes, dv, lane);
-          add_diag_times_rows_at<T, kHeadDim>(dscore[0], dscore[1], strip_add_row + stage_bytes, dk, lane);
+          add_diag_times_rows_at<T, kHeadDim, kSwizzledRows>(prob[0], prob[1], strip_add_row + stage_bytes, dv, lane,
+                                                             kBufferBytes);
+          add_diag_times_rows_at<T, kHeadDim, kSwizzledRows>(dscore[0], dscore[1], strip_add_row + stage_bytes, dk,
+                                                             lane);
         } else {
           const float* probs = stat0 + row0;
           const float* dscores = stat1 + row0;

@@ -127,6 +127,26 @@ __device__ __forceinline__ void commit_async() { asm volatile("cp.async.commit_g
 template <int kPending>
 __device__ __forceinline__ void wait_async() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending)); }
 
+// A swizzled stage: rows of head_dim elements with no padding, row r's 16-byte
+// chunk c stored at chunk c ^ (r % 8), the layout TMA's 128-byte swizzle
+// writes. ldmatrix's eight rows of one chunk then fall in eight different
+// banks, as the padding makes them, but a copy of whole rows lands in whole
+// 128-byte lines: into padded rows each warp's cp.async asks L2 for 1.5x the
+// sectors and 2.6x the requests its bytes need (docs/performance.md, "Padded
+// shared-memory rows cost the copies 1.5x their L2 sectors"). head_dim 64
+// only: a row is one 128-byte line. `stage` is the stage's first row, 128-byte
+// aligned, whatever its pointer type.
+template <int kHeadDim>
+__device__ __forceinline__ uint16_t* swizzled_chunk(Rows<kHeadDim> stage, int r, int col) {
+  static_assert(kHeadDim == 64, "a swizzled row is one 128-byte line");
+  return reinterpret_cast<uint16_t*>(stage) + r * kHeadDim + (((col / 8) ^ (r % 8)) * 8);
+}
+// The stage `rows` rows after `stage` (a strip's first row, a multiple of 8).
+template <int kHeadDim>
+__device__ __forceinline__ Rows<kHeadDim> swizzled_rows_from(Rows<kHeadDim> stage, int rows) {
+  return reinterpret_cast<Rows<kHeadDim>>(reinterpret_cast<uint16_t*>(stage) + rows * kHeadDim);
+}
+
 // Queues copies of the kCount consecutive rows first, first + 1, .. of src
 // into dst[0..kCount-1]; rows outside [0, last] become zero rows. kThreads
 // threads take part (the block's, or those of the warps that read the rows:
@@ -135,7 +155,8 @@ __device__ __forceinline__ void wait_async() { asm volatile("cp.async.wait_group
 // integer instructions (64-bit index math per row cost ~17). kInside: the
 // caller has checked that all kCount rows lie inside [0, last], so no row is
 // tested and a copy is its cp.async and its pointer step.
-template <int kHeadDim, int kCount, int kThreads = kMmaBlockThreads, bool kInside = false>
+// kSwizzled: dst is a swizzled stage (swizzled_chunk) rather than padded rows.
+template <int kHeadDim, int kCount, int kThreads = kMmaBlockThreads, bool kInside = false, bool kSwizzled = false>
 __device__ __forceinline__ void stage_rows(Rows<kHeadDim> dst, const uint16_t* src, int64_t row_stride, int64_t first,
                                            int64_t last, unsigned thread = threadIdx.x) {
   constexpr int kVecs = kHeadDim / 8, kRowsPerPass = kThreads / kVecs;
@@ -146,12 +167,23 @@ __device__ __forceinline__ void stage_rows(Rows<kHeadDim> dst, const uint16_t* s
   const int hi = last - first < kCount ? int(last - first < -1 ? -1 : last - first) : kCount;
   const uint16_t* row = src + (first + r0) * row_stride + col;
   const int64_t pass_stride = kRowsPerPass * row_stride;
+  // Swizzled: row r0 + i kRowsPerPass keeps its column's chunk at
+  // swizzled_chunk's (col / 8) ^ (r % 8) = row0_chunk ^ ((i kRowsPerPass) % 8),
+  // since r0 < kRowsPerPass, a power of two: one XOR by a constant a pass.
+  static_assert(!kSwizzled || (kRowsPerPass & (kRowsPerPass - 1)) == 0, "rows a pass: a power of two");
+  const int row0_chunk = (col / 8) ^ (r0 % 8);
+  uint16_t* const swizzled_row0 = reinterpret_cast<uint16_t*>(dst) + r0 * kHeadDim;
 #pragma unroll
   for (int i = 0; i < (kCount + kRowsPerPass - 1) / kRowsPerPass; ++i) {
     const int r = r0 + i * kRowsPerPass;
     if (kCount % kRowsPerPass != 0 && r >= kCount) break;
     const bool valid = kInside || (r >= lo && r <= hi);
-    copy_async_16(&dst[r][col], valid ? row : src, valid);
+    if constexpr (kSwizzled) {
+      const int chunk = row0_chunk ^ ((i * kRowsPerPass) % 8);
+      copy_async_16(swizzled_row0 + i * kRowsPerPass * kHeadDim + 8 * chunk, valid ? row : src, valid);
+    } else {
+      copy_async_16(&dst[r][col], valid ? row : src, valid);
+    }
     row += pass_stride;
   }
 }
@@ -163,16 +195,16 @@ __device__ __forceinline__ void stage_rows(Rows<kHeadDim> dst, const uint16_t* s
 // a copy's source, whose registers ptxas reuses, so it waits for the copy
 // before it; docs/performance.md, rounds 42 and 70-71). `first` and `last`
 // must be the same for every thread taking part.
-template <int kHeadDim, int kCount, int kThreads>
+template <int kHeadDim, int kCount, int kThreads, bool kSwizzled = false>
 __device__ __forceinline__ void stage_row_pair(Rows<kHeadDim> a_dst, const uint16_t* a_src, int64_t a_row_stride,
                                                Rows<kHeadDim> b_dst, const uint16_t* b_src, int64_t b_row_stride,
                                                int64_t first, int64_t last, unsigned thread) {
   if (first >= 0 && first + kCount - 1 <= last) {
-    stage_rows<kHeadDim, kCount, kThreads, true>(a_dst, a_src, a_row_stride, first, last, thread);
-    stage_rows<kHeadDim, kCount, kThreads, true>(b_dst, b_src, b_row_stride, first, last, thread);
+    stage_rows<kHeadDim, kCount, kThreads, true, kSwizzled>(a_dst, a_src, a_row_stride, first, last, thread);
+    stage_rows<kHeadDim, kCount, kThreads, true, kSwizzled>(b_dst, b_src, b_row_stride, first, last, thread);
   } else {
-    stage_rows<kHeadDim, kCount, kThreads>(a_dst, a_src, a_row_stride, first, last, thread);
-    stage_rows<kHeadDim, kCount, kThreads>(b_dst, b_src, b_row_stride, first, last, thread);
+    stage_rows<kHeadDim, kCount, kThreads, false, kSwizzled>(a_dst, a_src, a_row_stride, first, last, thread);
+    stage_rows<kHeadDim, kCount, kThreads, false, kSwizzled>(b_dst, b_src, b_row_stride, first, last, thread);
   }
 }
 
@@ -306,9 +338,14 @@ __device__ __forceinline__ void dot_16_rows(const uint32_t (&a)[kHeadDim / 16][4
 // dot_16_rows and add_a_times_rows keep loops of their own rather than call
 // their _at forms: routed through them, ptxas compiles other code (registers,
 // order) for the general passes' kernels, which were measured as they are.
-template <typename T, int kHeadDim, int N, int kChains = 1>
+// kSwizzled: the rows are a swizzled stage's (swizzled_chunk) and row_addr
+// the lane's from swizzled_lane_row, whose k-step kk lies at row_addr ^ 32 kk;
+// rows_after (whole 128-byte rows: a buffer, a sub-tile) is added after that
+// XOR, so calls that share row_addr share its XORs and fold rows_after into
+// the ldmatrix's offset.
+template <typename T, int kHeadDim, int N, int kChains = 1, bool kSwizzled = false>
 __device__ __forceinline__ void dot_16_rows_at(const uint32_t (&a)[kHeadDim / 16][4], uint32_t row_addr,
-                                               float (&s)[N][4], int j0) {
+                                               float (&s)[N][4], int j0, uint32_t rows_after = 0) {
   static_assert(kChains == 1 || (kChains == 2 && kHeadDim >= 32), "two chains need two slices");
   float odd[2][4] = {};
 #pragma unroll
@@ -316,7 +353,7 @@ __device__ __forceinline__ void dot_16_rows_at(const uint32_t (&a)[kHeadDim / 16
 #pragma unroll
   for (int kk = 0; kk < kHeadDim / 16; ++kk) {
     uint32_t b[4];
-    ldmatrix_x4_at(b, row_addr + 32 * kk);
+    ldmatrix_x4_at(b, kSwizzled ? (row_addr ^ (32 * kk)) + rows_after : row_addr + rows_after + 32 * kk);
     const bool second_chain = kChains == 2 && kk % 2 == 1;
     mma_16816<T>(second_chain ? odd[0] : s[j0], a[kk], b[0], b[1]);
     mma_16816<T>(second_chain ? odd[1] : s[j0 + 1], a[kk], b[2], b[3]);
@@ -341,9 +378,9 @@ template <int kHeadDim>
 __device__ __forceinline__ SharedFragments shared_fragments_of(RowPtr<kHeadDim> rows, int lane) {
   return {static_cast<uint32_t>(__cvta_generic_to_shared(rows[lane % 8 + ((lane / 8) % 2) * 8] + (lane / 16) * 8))};
 }
-template <typename T, int kHeadDim, int N, int kChains = 1>
+template <typename T, int kHeadDim, int N, int kChains = 1, bool kSwizzled = false>
 __device__ __forceinline__ void dot_16_rows_at(const SharedFragments& a, uint32_t row_addr, float (&s)[N][4],
-                                               int j0) {
+                                               int j0, uint32_t rows_after = 0) {
   static_assert(kChains == 1 || (kChains == 2 && kHeadDim >= 32), "two chains need two slices");
   float odd[2][4] = {};
 #pragma unroll
@@ -352,7 +389,7 @@ __device__ __forceinline__ void dot_16_rows_at(const SharedFragments& a, uint32_
   for (int kk = 0; kk < kHeadDim / 16; ++kk) {
     uint32_t a_kk[4], b[4];
     ldmatrix_x4_at(a_kk, a.lane_row + 32 * kk);
-    ldmatrix_x4_at(b, row_addr + 32 * kk);
+    ldmatrix_x4_at(b, kSwizzled ? (row_addr ^ (32 * kk)) + rows_after : row_addr + rows_after + 32 * kk);
     const bool second_chain = kChains == 2 && kk % 2 == 1;
     mma_16816<T>(second_chain ? odd[0] : s[j0], a_kk, b[0], b[1]);
     mma_16816<T>(second_chain ? odd[1] : s[j0 + 1], a_kk, b[2], b[3]);
@@ -384,6 +421,26 @@ __device__ __forceinline__ uint32_t add_rows_lane_row(RowPtr<kHeadDim> b_rows, i
   return static_cast<uint32_t>(__cvta_generic_to_shared(b_rows[((lane / 8) % 2) * 8 + lane % 8] + (lane / 16) * 8));
 }
 
+// This lane's ldmatrix row of 16 rows of a swizzled stage, from `rows` (its
+// first row, a multiple of 8 rows into the stage): row R, starting at 8-column
+// half h, as dot_16_rows_lane_row (R = 8 (lane / 16) + lane % 8, h = (lane / 8) % 2)
+// or add_rows_lane_row (R = 8 ((lane / 8) % 2) + lane % 8, h = lane / 16) take
+// them. Its k-step kk's 16 columns lie at the address ^ 32 kk: chunk
+// (2 kk + h) ^ (R % 8) = (h ^ (R % 8)) ^ 2 kk. Offsets of whole 128-byte rows
+// added to it (stages, buffers, sub-tiles) commute with that XOR.
+template <int kHeadDim>
+__device__ __forceinline__ uint32_t swizzled_lane_row(Rows<kHeadDim> rows, int row, int half) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(swizzled_chunk<kHeadDim>(rows, row, 8 * half)));
+}
+template <int kHeadDim>
+__device__ __forceinline__ uint32_t swizzled_dot_lane_row(Rows<kHeadDim> rows, int lane) {
+  return swizzled_lane_row<kHeadDim>(rows, (lane / 16) * 8 + lane % 8, (lane / 8) % 2);
+}
+template <int kHeadDim>
+__device__ __forceinline__ uint32_t swizzled_add_lane_row(Rows<kHeadDim> rows, int lane) {
+  return swizzled_lane_row<kHeadDim>(rows, ((lane / 8) % 2) * 8 + lane % 8, lane / 16);
+}
+
 // The A fragment of weight * w for a 16 x 16 tile w held in C layout in
 // w[j0], w[j0 + 1] (FlashAttention-2's register reuse: no shuffles).
 template <typename T, int N>
@@ -398,13 +455,14 @@ __device__ __forceinline__ void c_to_a_fragment(const float (&w)[N][4], int j0, 
 // (16 x head_dim). Per 16 columns of head_dim one transposed ldmatrix gives
 // the B fragments of two 8-column tiles: (rows 0-7 | 8-15) x (columns +0 | +8).
 // The _at form takes this lane's row as a shared-memory address (add_rows_lane_row's).
-template <typename T, int kHeadDim>
+// kSwizzled and rows_after: as dot_16_rows_at's.
+template <typename T, int kHeadDim, bool kSwizzled = false>
 __device__ __forceinline__ void add_a_times_rows_at(const uint32_t (&a)[4], uint32_t row_addr,
-                                                    float (&acc)[kHeadDim / 8][4]) {
+                                                    float (&acc)[kHeadDim / 8][4], uint32_t rows_after = 0) {
 #pragma unroll
   for (int n = 0; n < kHeadDim / 16; ++n) {
     uint32_t b[4];  // b0, b1 of columns 16n..16n+7, then of 16n+8..16n+15
-    ldmatrix_x4_trans_at(b, row_addr + 32 * n);
+    ldmatrix_x4_trans_at(b, kSwizzled ? (row_addr ^ (32 * n)) + rows_after : row_addr + rows_after + 32 * n);
     mma_16816<T>(acc[2 * n], a, b[0], b[1]);
     mma_16816<T>(acc[2 * n + 1], a, b[2], b[3]);
   }
@@ -455,12 +513,13 @@ __device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, RowPt
 
 // add_diag_times_rows from this lane's transposed-ldmatrix row as a
 // shared-memory address (add_rows_lane_row's).
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, bool kSwizzled = false>
 __device__ __forceinline__ void add_diag_times_rows_at(float d_g, float d_g8, uint32_t row_addr,
-                                                       float (&acc)[kHeadDim / 8][4], int lane) {
+                                                       float (&acc)[kHeadDim / 8][4], int lane,
+                                                       uint32_t rows_after = 0) {
   uint32_t a[4];
   diag_a_fragment<T>(d_g, d_g8, lane, a);
-  add_a_times_rows_at<T, kHeadDim>(a, row_addr, acc);
+  add_a_times_rows_at<T, kHeadDim, kSwizzled>(a, row_addr, acc, rows_after);
 }
 
 // The diagonal of a 16 x 16 tile in C layout (s[0], s[1]): element (x, x) of
