@@ -1,5 +1,5 @@
-"""The dk/dv pass that runs before the dq pass at head_dim 64 with integer
-offsets stages its q and dO rows swizzled (each row's 16-byte chunks XOR-ed
+"""The dk/dv pass that runs before the dq pass at head_dim 64 and 128 with
+integer offsets stages its q and dO rows swizzled (each row's 16-byte chunks XOR-ed
 by the row) instead of padded: bitwise the gradients of the padded stages
 (FIBSPARSE_DKDV_SWIZZLE=0), dense and packed, MHA and GQA, every output
 poisoned first."""
@@ -38,14 +38,15 @@ def assert_bitwise_with_padded_rows(monkeypatch, op, args):
 
 
 @requires_cuda
+@pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("heads,heads_kv", [(4, 4), (8, 2), (3, 1)])
 @pytest.mark.parametrize("window", [65, 128, 129])
-def test_cuda_swizzled_stages_are_bitwise_padded_stages(monkeypatch, heads, heads_kv, window):
+def test_cuda_swizzled_stages_are_bitwise_padded_stages(monkeypatch, heads, heads_kv, window, head_dim):
     """A sequence whose last key tile is ragged, with and without a gradient of lse."""
     seqlen, dtype = 3037, torch.bfloat16
     offsets = offsets_of(window, seqlen)
-    q = random_rows((1, seqlen, heads, 64), dtype, window)
-    k, v = (random_rows((1, seqlen, heads_kv, 64), dtype, window + i) for i in (1, 2))
+    q = random_rows((1, seqlen, heads, head_dim), dtype, window)
+    k, v = (random_rows((1, seqlen, heads_kv, head_dim), dtype, window + i) for i in (1, 2))
     out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [window], 0.125)
     dout, dlse = random_rows(out.shape, dtype, 7), random_rows(lse.shape, torch.float32, 8)
     for grad_lse in (dlse, None):
@@ -54,14 +55,15 @@ def test_cuda_swizzled_stages_are_bitwise_padded_stages(monkeypatch, heads, head
 
 
 @requires_cuda
-def test_cuda_packed_swizzled_stages_are_bitwise_padded_stages(monkeypatch):
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_cuda_packed_swizzled_stages_are_bitwise_padded_stages(monkeypatch, head_dim):
     """A packed batch (empty, one-row, one-tile and ragged sequences), float16."""
     lengths = [2000, 1, 0, 64, 700, 129, 63]
     cu, longest = packed(lengths, "cuda")
     window, dtype = 128, torch.float16
     offsets = offsets_of(window, longest)
-    q = random_rows((sum(lengths), 8, 64), dtype, 20)
-    k, v = (random_rows((sum(lengths), 2, 64), dtype, 21 + i) for i in range(2))
+    q = random_rows((sum(lengths), 8, head_dim), dtype, 20)
+    k, v = (random_rows((sum(lengths), 2, head_dim), dtype, 21 + i) for i in range(2))
     out, lse = torch.ops.fibsparse.varlen_fwd(q, k, v, cu, cu, longest, longest, offsets, [window], 0.125)
     dout, dlse = random_rows(out.shape, dtype, 30), random_rows(lse.shape, torch.float32, 31)
     assert_bitwise_with_padded_rows(monkeypatch, torch.ops.fibsparse.varlen_bwd,

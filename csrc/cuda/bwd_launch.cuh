@@ -190,18 +190,25 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
                 kMmaBlockThreads, 0, stored_p);
   constexpr int kDkdvSmem = kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>;
   bool launched = false;
+  // Swizzled stages (mma_tiles.cuh's swizzled_chunk), integer offsets at head_dim
+  // 64 and 128: the copies ask L2 for the sectors their rows hold, where padded
+  // rows cost 1.5x. FIBSPARSE_DKDV_SWIZZLE=0 keeps the padded rows, for comparisons.
+  constexpr bool kMaySwizzle = !kFrac && (kHeadDim == 64 || kHeadDim == 128);
+  const bool swizzled = kMaySwizzle && !switched_off("FIBSPARSE_DKDV_SWIZZLE");
   if constexpr (kHeadDim == 128) {
     if (dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>)) {
-      launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true>, dkdv_grid, kMmaBlockThreads,
-                    kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
+      if (swizzled) {
+        launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, kMaySwizzle>, dkdv_grid,
+                      kMmaBlockThreads, kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
+      } else {
+        launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true>, dkdv_grid, kMmaBlockThreads,
+                      kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
+      }
       launched = true;
     }
   }
-  if constexpr (kHeadDim == 64 && !kFrac) {
-    // Swizzled stages (mma_tiles.cuh's swizzled_chunk): the copies ask L2 for
-    // the sectors their rows hold, where padded rows cost 1.5x.
-    // FIBSPARSE_DKDV_SWIZZLE=0 keeps the padded rows, for comparisons.
-    if (!switched_off("FIBSPARSE_DKDV_SWIZZLE")) {
+  if constexpr (kHeadDim == 64 && kMaySwizzle) {
+    if (swizzled) {
       launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, false, true>, dkdv_grid,
                     kMmaBlockThreads, kDkdvSmem, stored_p);
       launched = true;

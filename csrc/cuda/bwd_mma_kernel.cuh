@@ -702,7 +702,8 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   constexpr bool kFractionalFirst = kRoute == DkdvRoute::kBeforeDq && !std::is_integral_v<OffsetT>;
   static_assert(!kWindowAlone || 2 * kChunk == kMmaBlockThreads, "delta: two threads a staged row");
   extern __shared__ __align__(16) uint16_t smem[];
-  static_assert(!kSwizzledRows || (kRoute == DkdvRoute::kBeforeDq && std::is_integral_v<OffsetT> && kHeadDim == 64));
+  static_assert(!kSwizzledRows || (kRoute == DkdvRoute::kBeforeDq && std::is_integral_v<OffsetT> &&
+                                    (kHeadDim == 64 || kHeadDim == 128)));
   // Swizzled stages hold kBufRows rows of kHeadDim elements each, where the
   // padded ones took kBufRows rows of kHeadDim + 8: they start at the same
   // smem and end before the statistics.
@@ -814,13 +815,21 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   constexpr bool kKeptRows = kRoute == DkdvRoute::kBeforeDq && std::is_integral_v<OffsetT>;
   constexpr bool kKeptBandRows = kKeptRows && kHeadDim <= 64;
   uint32_t strip_dot_row = 0, strip_add_row = 0, band_dot_row = 0, band_add_row = 0;
-  static_assert(!kSwizzledRows || kKeptBandRows, "swizzled stages are read from kept rows");
+  // Swizzled stages are read from these addresses in band steps too (a
+  // padded row's pointer does not locate a swizzled chunk); at head_dim 128
+  // the band's are not shuffled, so ptxas may recompute them where it needs
+  // the registers.
+  constexpr bool kBandRowsAt = kKeptBandRows || kSwizzledRows;
   if constexpr (kSwizzledRows) {
     Rows<kHeadDim> strip = swizzled_rows_from<kHeadDim>(stage_q(0), steps.strip_row0(warp));
     strip_dot_row = __shfl_sync(0xffffffffu, swizzled_dot_lane_row<kHeadDim>(strip, lane), lane);
     strip_add_row = __shfl_sync(0xffffffffu, swizzled_add_lane_row<kHeadDim>(strip, lane), lane);
-    band_dot_row = __shfl_sync(0xffffffffu, swizzled_dot_lane_row<kHeadDim>(stage_q(0), lane), lane);
-    band_add_row = __shfl_sync(0xffffffffu, swizzled_add_lane_row<kHeadDim>(stage_q(0), lane), lane);
+    band_dot_row = swizzled_dot_lane_row<kHeadDim>(stage_q(0), lane);
+    band_add_row = swizzled_add_lane_row<kHeadDim>(stage_q(0), lane);
+    if constexpr (kKeptBandRows) {
+      band_dot_row = __shfl_sync(0xffffffffu, band_dot_row, lane);
+      band_add_row = __shfl_sync(0xffffffffu, band_add_row, lane);
+    }
   } else {
     if constexpr (kKeptRows) {
       RowPtr<kHeadDim> strip = stage_q(0) + steps.strip_row0(warp);
@@ -857,7 +866,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     const float* stat1 = stage_stat(n % 2, 1);
     if (steps.is_band(step)) {
       const uint32_t band_stage_bytes = uint32_t(n % 2) * 2 * kStagedRowsBytes;
-      dkdv_band_step<T, kHeadDim, kStoresDscores, kInnerSubtilesUnmasked, kKeptBandRows, kSwizzledRows>(
+      dkdv_band_step<T, kHeadDim, kStoresDscores, kInnerSubtilesUnmasked, kBandRowsAt, kSwizzledRows>(
           p, seq, b, step.head, blockIdx.x, step.index, steps.chunk_row(step), steps.band_last_row, warp_k0, kf, vf,
           rows_q, rows_do, stat0, stat1, dk, dv, lane, band_dot_row + band_stage_bytes,
           band_add_row + band_stage_bytes);

@@ -129,17 +129,23 @@ __device__ __forceinline__ void wait_async() { asm volatile("cp.async.wait_group
 
 // A swizzled stage: rows of head_dim elements with no padding, row r's 16-byte
 // chunk c stored at chunk c ^ (r % 8), the layout TMA's 128-byte swizzle
-// writes. ldmatrix's eight rows of one chunk then fall in eight different
-// banks, as the padding makes them, but a copy of whole rows lands in whole
-// 128-byte lines: into padded rows each warp's cp.async asks L2 for 1.5x the
-// sectors and 2.6x the requests its bytes need (docs/performance.md, "Padded
-// shared-memory rows cost the copies 1.5x their L2 sectors"). head_dim 64
-// only: a row is one 128-byte line. `stage` is the stage's first row, 128-byte
-// aligned, whatever its pointer type.
+// writes (at head_dim 128, within each 128-byte half of the row). ldmatrix's
+// eight rows of one chunk then fall in eight different banks, as the padding
+// makes them, but a copy of whole rows lands in whole 128-byte lines: into
+// padded rows each warp's cp.async asks L2 for 1.5x the sectors and 2.6x the
+// requests its bytes need (docs/performance.md, "Padded shared-memory rows
+// cost the copies 1.5x their L2 sectors"). `stage` is the stage's first row,
+// 128-byte aligned, whatever its pointer type.
 template <int kHeadDim>
 __device__ __forceinline__ uint16_t* swizzled_chunk(Rows<kHeadDim> stage, int r, int col) {
-  static_assert(kHeadDim == 64, "a swizzled row is one 128-byte line");
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "a swizzled row is one or two 128-byte lines");
   return reinterpret_cast<uint16_t*>(stage) + r * kHeadDim + (((col / 8) ^ (r % 8)) * 8);
+}
+// The address of 16 columns 16 kk.. of a swizzled stage's row, from a lane's
+// address of its first 16 (swizzled_lane_row): chunk (2 kk + h) ^ (r % 8) is
+// the lane's chunk XOR 2 (kk % 4), a whole 128-byte line on for each 4 kk.
+__device__ __forceinline__ uint32_t swizzled_k_step(uint32_t lane_addr, int kk) {
+  return (lane_addr ^ (32 * (kk % 4))) + 128 * (kk / 4);
 }
 // The stage `rows` rows after `stage` (a strip's first row, a multiple of 8).
 template <int kHeadDim>
@@ -339,7 +345,7 @@ __device__ __forceinline__ void dot_16_rows(const uint32_t (&a)[kHeadDim / 16][4
 // their _at forms: routed through them, ptxas compiles other code (registers,
 // order) for the general passes' kernels, which were measured as they are.
 // kSwizzled: the rows are a swizzled stage's (swizzled_chunk) and row_addr
-// the lane's from swizzled_lane_row, whose k-step kk lies at row_addr ^ 32 kk;
+// the lane's from swizzled_lane_row, whose k-step kk lies at swizzled_k_step;
 // rows_after (whole 128-byte rows: a buffer, a sub-tile) is added after that
 // XOR, so calls that share row_addr share its XORs and fold rows_after into
 // the ldmatrix's offset.
@@ -353,7 +359,7 @@ __device__ __forceinline__ void dot_16_rows_at(const uint32_t (&a)[kHeadDim / 16
 #pragma unroll
   for (int kk = 0; kk < kHeadDim / 16; ++kk) {
     uint32_t b[4];
-    ldmatrix_x4_at(b, kSwizzled ? (row_addr ^ (32 * kk)) + rows_after : row_addr + rows_after + 32 * kk);
+    ldmatrix_x4_at(b, kSwizzled ? swizzled_k_step(row_addr, kk) + rows_after : row_addr + rows_after + 32 * kk);
     const bool second_chain = kChains == 2 && kk % 2 == 1;
     mma_16816<T>(second_chain ? odd[0] : s[j0], a[kk], b[0], b[1]);
     mma_16816<T>(second_chain ? odd[1] : s[j0 + 1], a[kk], b[2], b[3]);
@@ -389,7 +395,7 @@ __device__ __forceinline__ void dot_16_rows_at(const SharedFragments& a, uint32_
   for (int kk = 0; kk < kHeadDim / 16; ++kk) {
     uint32_t a_kk[4], b[4];
     ldmatrix_x4_at(a_kk, a.lane_row + 32 * kk);
-    ldmatrix_x4_at(b, kSwizzled ? (row_addr ^ (32 * kk)) + rows_after : row_addr + rows_after + 32 * kk);
+    ldmatrix_x4_at(b, kSwizzled ? swizzled_k_step(row_addr, kk) + rows_after : row_addr + rows_after + 32 * kk);
     const bool second_chain = kChains == 2 && kk % 2 == 1;
     mma_16816<T>(second_chain ? odd[0] : s[j0], a_kk, b[0], b[1]);
     mma_16816<T>(second_chain ? odd[1] : s[j0 + 1], a_kk, b[2], b[3]);
@@ -425,9 +431,10 @@ __device__ __forceinline__ uint32_t add_rows_lane_row(RowPtr<kHeadDim> b_rows, i
 // first row, a multiple of 8 rows into the stage): row R, starting at 8-column
 // half h, as dot_16_rows_lane_row (R = 8 (lane / 16) + lane % 8, h = (lane / 8) % 2)
 // or add_rows_lane_row (R = 8 ((lane / 8) % 2) + lane % 8, h = lane / 16) take
-// them. Its k-step kk's 16 columns lie at the address ^ 32 kk: chunk
-// (2 kk + h) ^ (R % 8) = (h ^ (R % 8)) ^ 2 kk. Offsets of whole 128-byte rows
-// added to it (stages, buffers, sub-tiles) commute with that XOR.
+// them. Its k-step kk's 16 columns lie at swizzled_k_step: for kk < 4, chunk
+// (2 kk + h) ^ (R % 8) = (h ^ (R % 8)) ^ 2 kk, the address ^ 32 kk; at head_dim
+// 128 the next four a 128-byte line on. Offsets of whole 128-byte lines added
+// to it (stages, buffers, sub-tiles) commute with that XOR.
 template <int kHeadDim>
 __device__ __forceinline__ uint32_t swizzled_lane_row(Rows<kHeadDim> rows, int row, int half) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(swizzled_chunk<kHeadDim>(rows, row, 8 * half)));
@@ -462,7 +469,7 @@ __device__ __forceinline__ void add_a_times_rows_at(const uint32_t (&a)[4], uint
 #pragma unroll
   for (int n = 0; n < kHeadDim / 16; ++n) {
     uint32_t b[4];  // b0, b1 of columns 16n..16n+7, then of 16n+8..16n+15
-    ldmatrix_x4_trans_at(b, kSwizzled ? (row_addr ^ (32 * n)) + rows_after : row_addr + rows_after + 32 * n);
+    ldmatrix_x4_trans_at(b, kSwizzled ? swizzled_k_step(row_addr, n) + rows_after : row_addr + rows_after + 32 * n);
     mma_16816<T>(acc[2 * n], a, b[0], b[1]);
     mma_16816<T>(acc[2 * n + 1], a, b[2], b[3]);
   }
