@@ -69,3 +69,18 @@ def test_cuda_packed_swizzled_stages_are_bitwise_padded_stages(monkeypatch, head
     assert_bitwise_with_padded_rows(monkeypatch, torch.ops.fibsparse.varlen_bwd,
                                     (dout, q, k, v, out, lse, dlse, cu, cu, longest, longest, offsets, [window],
                                      0.125))
+
+
+@requires_cuda
+@pytest.mark.parametrize("setting", ["off", "", "2"])
+def test_cuda_swizzle_switch_is_checked(monkeypatch, setting):
+    """FIBSPARSE_DKDV_SWIZZLE takes 0 or 1: any other value is refused, naming
+    the variable, what it got and what it takes; the backward returns nothing."""
+    window, seqlen = 128, 300
+    offsets = offsets_of(window, seqlen)
+    q, k, v = (random_rows((1, seqlen, 2, 64), torch.bfloat16, i) for i in range(3))
+    out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [window], 0.125)
+    monkeypatch.setenv(SWITCH, setting)
+    with pytest.raises(RuntimeError, match=f"{SWITCH} must be one of 0, 1 \\(or unset\\), got '{setting}'"):
+        torch.ops.fibsparse.bwd(torch.randn_like(out), q, k, v, out, lse, torch.zeros_like(lse), offsets, [window],
+                                0.125)
