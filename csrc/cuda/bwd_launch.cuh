@@ -221,14 +221,6 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
     const auto launch_dq = [&](auto stages) {
       constexpr int kStages = decltype(stages)::value;
-      // Swizzled k stages: FIBSPARSE_DQ_SWIZZLE=0 keeps the padded rows, for comparisons.
-      if constexpr (kMaySwizzle) {
-        if (!switched_off("FIBSPARSE_DQ_SWIZZLE")) {
-          return launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, true>,
-                               dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
-                               kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
-        }
-      }
       launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages>,
                     dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
                     kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
