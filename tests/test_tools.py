@@ -237,3 +237,47 @@ def test_device_ab_refuses_bad_options_before_building(tmp_path, args, message):
     script, env = device_ab_tree(tmp_path)
     status, output = run_device_ab(script, env, *args)
     assert status == 2 and message in output and "build" not in output
+
+
+def source_page(name, rows):
+    """One kernel's source page as ncu --page source --csv prints it."""
+    columns = ["Address", "Source", "Warp Stall Sampling (All Samples)", "stall_wait", "stall_barrier",
+               "L2 Theoretical Sectors Global", "L2 Theoretical Sectors Global Ideal",
+               "L2 Theoretical Sectors Global Excessive"]
+    lines = [f'"Kernel Name","{name}(fibsparse::Params)"', ",".join(f'"{c}"' for c in columns)]
+    lines += [",".join(f'"{v}"' for v in row) for row in rows]
+    return "\n".join(lines)
+
+
+def test_ncu_source_summary_reads_each_kernel_once(tmp_path):
+    """Shares by reason and by instruction, the instructions with excess
+    sectors, a kernel's repeated page skipped, a gzip file read as text."""
+    import gzip
+    dkdv = "void dkdv_mma_kernel<bf16, int, 64, (fibsparse::mma_tiles::DkdvRoute)2, false, true>"
+    first = source_page(dkdv, [["0x10", "LDGSTS.E.BYPASS.128 [R1]", "30", "10", "20", "24", "16", "8"],
+                               ["0x20", "BAR.SYNC.DEFER_BLOCKING 0x0", "10", "0", "10", "", "", ""]])
+    repeat = source_page(dkdv, [["0x10", "NOP", "999", "999", "0", "0", "0", "0"]])
+    other = source_page("void delta_kernel<bf16>", [["0x10", "LDG.E.128 R4, [R2]", "0", "0", "0", "8", "8", "0"]])
+    path = tmp_path / "page.csv.gz"
+    with gzip.open(path, "wt") as file:
+        file.write("\n".join([first, repeat, other]))
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "ncu_source_summary.py"), str(path), "--top", "1"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.rstrip("\n").split("\n")
+    assert lines[0] == (f"{dkdv}: 2 instructions, 40 stall samples, 33.3% of 24 global sectors in excess")
+    assert "wait 25.0%" in lines[1] and "barrier 75.0%" in lines[1]
+    assert lines[3].split() == ["75.0%", "barrier", "LDGSTS.E.BYPASS.128", "[R1]"] and "NOP" not in result.stdout
+    assert lines[4] == "  1 instructions with excess sectors; the largest:"
+    assert lines[5].endswith("sectors 24, ideal 16")
+    assert lines[6] == "void delta_kernel<bf16>: 1 instructions, 0 stall samples, 0.0% of 8 global sectors in excess"
+    assert "wait -" in lines[7]  # no samples: no shares
+    assert lines[-1] == "  0 instructions with excess sectors"
+
+
+def test_ncu_source_summary_refuses_a_negative_top(tmp_path):
+    path = tmp_path / "page.csv"
+    path.write_text(source_page("void k", []))
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "ncu_source_summary.py"), str(path), "--top", "-1"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--top must be 0 or more, got -1" in result.stderr
