@@ -239,45 +239,66 @@ def test_device_ab_refuses_bad_options_before_building(tmp_path, args, message):
     assert status == 2 and message in output and "build" not in output
 
 
+
 def source_page(name, rows):
-    """One kernel's source page as ncu --page source --csv prints it."""
-    columns = ["Address", "Source", "Warp Stall Sampling (All Samples)", "stall_wait", "stall_barrier",
-               "L2 Theoretical Sectors Global", "L2 Theoretical Sectors Global Ideal",
+    """One kernel's source page as `ncu --page source --csv` prints it (a few of its columns)."""
+    columns = ["Address", "Source", "Warp Stall Sampling (All Samples)", "stall_wait", "stall_mio",
+               "stall_mio (Not Issued)", "L2 Theoretical Sectors Global", "L2 Theoretical Sectors Global Ideal",
                "L2 Theoretical Sectors Global Excessive"]
-    lines = [f'"Kernel Name","{name}(fibsparse::Params)"', ",".join(f'"{c}"' for c in columns)]
+    lines = [f'"Kernel Name","{name}",', ",".join(f'"{c}"' for c in columns)]
     lines += [",".join(f'"{v}"' for v in row) for row in rows]
     return "\n".join(lines)
 
 
-def test_ncu_source_summary_reads_each_kernel_once(tmp_path):
-    """Shares by reason and by instruction, the instructions with excess
-    sectors, a kernel's repeated page skipped, a gzip file read as text."""
-    import gzip
-    dkdv = "void dkdv_mma_kernel<bf16, int, 64, (fibsparse::mma_tiles::DkdvRoute)2, false, true>"
-    first = source_page(dkdv, [["0x10", "LDGSTS.E.BYPASS.128 [R1]", "30", "10", "20", "24", "16", "8"],
-                               ["0x20", "BAR.SYNC.DEFER_BLOCKING 0x0", "10", "0", "10", "", "", ""]])
-    repeat = source_page(dkdv, [["0x10", "NOP", "999", "999", "0", "0", "0", "0"]])
-    other = source_page("void delta_kernel<bf16>", [["0x10", "LDG.E.128 R4, [R2]", "0", "0", "0", "8", "8", "0"]])
-    path = tmp_path / "page.csv.gz"
-    with gzip.open(path, "wt") as file:
-        file.write("\n".join([first, repeat, other]))
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "ncu_source_summary.py"), str(path), "--top", "1"],
-                            capture_output=True, text=True, timeout=60)
+def ncu_source_summary(path, *args):
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "ncu_source_summary.py"), str(path), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_ncu_source_summary_counts_stalls_and_excess_sectors(tmp_path):
+    """Shares by every stall reason (not the not-issued columns), each
+    instruction's main reason ("-" without samples), the three instructions
+    with the most excess sectors in order, a kernel's repeated page counted
+    and not read, names with parentheses inside their parameter lists."""
+    dkdv = "void dkdv<int, (fibsparse::Route)2>"
+    first = source_page(f"{dkdv}(fibsparse::Params, std::integral_constant<int, (int)2>)", [
+        ["0x10", "LDGSTS.E.BYPASS.128 [R1]", "30", "10", "20", "99", "24", "16", "8"],
+        ["0x20", "BAR.SYNC.DEFER_BLOCKING 0x0", "10", "10", "0", "0", "", "", ""],
+        ["0x30", "LDGSTS.E.BYPASS.128 [R2]", "0", "0", "0", "0", "40", "16", "24"],
+        ["0x40", "LDGSTS.E.BYPASS.128 [R3]", "0", "0", "0", "0", "20", "16", "4"],
+        ["0x50", "LDGSTS.E.BYPASS.128 [R4]", "0", "0", "0", "0", "18", "16", "2"]])
+    repeat = source_page(f"{dkdv}(fibsparse::Params, std::integral_constant<int, (int)2>)",
+                         [["0x10", "NOP", "999", "999", "0", "0", "0", "0", "0"]])
+    path = tmp_path / "page.csv"
+    path.write_text("\n".join([first, repeat]))
+    result = ncu_source_summary(path, "--top", "5")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.rstrip("\n").split("\n")
-    assert lines[0] == (f"{dkdv}: 2 instructions, 40 stall samples, 33.3% of 24 global sectors in excess")
-    assert "wait 25.0%" in lines[1] and "barrier 75.0%" in lines[1]
-    assert lines[3].split() == ["75.0%", "barrier", "LDGSTS.E.BYPASS.128", "[R1]"] and "NOP" not in result.stdout
-    assert lines[4] == "  1 instructions with excess sectors; the largest:"
-    assert lines[5].endswith("sectors 24, ideal 16")
-    assert lines[6] == "void delta_kernel<bf16>: 1 instructions, 0 stall samples, 0.0% of 8 global sectors in excess"
-    assert "wait -" in lines[7]  # no samples: no shares
-    assert lines[-1] == "  0 instructions with excess sectors"
+    assert lines[0] == (f"{dkdv}: 5 instructions, 40 stall samples, 37.3% of 102 global sectors in excess "
+                        "(named by 2 pages; the first is read)")
+    assert lines[1] == "  samples by reason: wait 50.0%, mio 50.0%"
+    assert [line.split()[:2] for line in lines[3:6]] == [["75.0%", "mio"], ["25.0%", "wait"], ["0.0%", "-"]]
+    assert "NOP" not in result.stdout
+    assert lines[8] == "  4 instructions with excess sectors; the largest:"
+    assert [line.split()[1] for line in lines[9:]] == ["[R2]", "[R1]", "[R3]"]
+
+
+def test_ncu_source_summary_reads_a_profiled_page():
+    """The stored source page of the head_dim 128 dk/dv pass (gzip), as its profile reports it."""
+    page = ROOT / "bench" / "results" / "2026-12-03_h200_dkdv_profile_508bbae" / "dkdv_gqa128_64k_sass.csv.gz"
+    result = ncu_source_summary(page, "--top", "1")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\n")
+    assert lines[0] == ("void fibsparse::mma_bwd::dkdv_mma_kernel<c10::BFloat16, int, (int)128, "
+                        "(fibsparse::mma_tiles::DkdvRoute)2>: 3384 instructions, 423249 stall samples, "
+                        "33.1% of 7.798e+08 global sectors in excess")
+    assert lines[1].startswith("  samples by reason: wait 31.6%, selected 19.6%, long_sb 12.6%, barrier 9.9%")
+    assert lines[3].split()[:3] == ["8.4%", "barrier", "LDL"]
+    assert lines[4] == "  180 instructions with excess sectors; the largest:"
 
 
 def test_ncu_source_summary_refuses_a_negative_top(tmp_path):
     path = tmp_path / "page.csv"
-    path.write_text(source_page("void k", []))
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "ncu_source_summary.py"), str(path), "--top", "-1"],
-                            capture_output=True, text=True, timeout=60)
+    path.write_text(source_page("void k()", []))
+    result = ncu_source_summary(path, "--top", "-1")
     assert result.returncode == 2 and "--top must be 0 or more, got -1" in result.stderr

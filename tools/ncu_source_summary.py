@@ -5,10 +5,15 @@ global memory instructions whose L2 sectors exceed their ideal.
 
     python tools/ncu_source_summary.py SOURCE_CSV[.gz] [--top N]
 
-The CSV is `ncu --import REPORT --page source --csv --print-source sass` of a
-report collected with `--section SourceCounters --section WarpStateStats`
-(`bench/results/2026-12-03_h200_dkdv_profile_508bbae/prof69.sh` makes one).
-Nsight Compute prints each kernel's page twice; the first is kept.
+Collect the report with the source counters and the warp states, for example
+of the dk/dv pass of tools/profile_target.py's second (fractional) backward:
+
+    ncu --clock-control none --kernel-name regex:dkdv_mma --launch-skip 1 --launch-count 1 \\
+        --section SourceCounters --section WarpStateStats -o REPORT python3 tools/profile_target.py 65536
+    ncu -i REPORT.ncu-rep --page source --csv --print-source sass > PAGE.csv
+
+A page may list one kernel more than once (Nsight Compute repeats some): the
+first is summarized and the repeats are counted.
 """
 from __future__ import annotations
 
@@ -21,8 +26,7 @@ from pathlib import Path
 SAMPLES = "Warp Stall Sampling (All Samples)"
 SECTORS, IDEAL, EXCESS = ("L2 Theoretical Sectors Global", "L2 Theoretical Sectors Global Ideal",
                           "L2 Theoretical Sectors Global Excessive")
-STALLS = ["stall_wait", "stall_long_sb", "stall_short_sb", "stall_barrier", "stall_selected", "stall_lg",
-          "stall_math", "stall_not_selected", "stall_dispatch", "stall_no_inst", "stall_branch_resolving"]
+STALL_PREFIX = "stall_"
 
 
 def number(row: dict, key: str) -> float:
@@ -39,21 +43,40 @@ def read_text(path: Path) -> str:
         return file.read()
 
 
-def kernels(text: str) -> list[tuple[str, list[dict]]]:
-    """(kernel name, its instruction rows) for each kernel, in the file's order, each once."""
-    sections: list[list[str]] = []
+def without_parameters(signature: str) -> str:
+    """A kernel's name without its trailing parameter list, which may itself hold parentheses."""
+    if not signature.endswith(")"):
+        return signature
+    depth = 0
+    for i in range(len(signature) - 1, -1, -1):
+        depth += {")": 1, "(": -1}.get(signature[i], 0)
+        if depth == 0:
+            return signature[:i]
+    return signature
+
+
+def kernels(text: str) -> list[tuple[str, list[dict], int]]:
+    """(kernel name, its first page's instruction rows, how many pages name it), in the file's order."""
+    pages: list[list[str]] = []
     for line in text.split("\n"):
         if line.startswith('"Kernel Name"'):
-            sections.append([line])
-        elif sections:
-            sections[-1].append(line)
-    found, seen = [], set()
-    for section in sections:
-        name = section[0].split('","')[1].rsplit("(", 1)[0]  # without its parameter list
-        if name not in seen:
-            seen.add(name)
-            found.append((name, list(csv.DictReader(io.StringIO("\n".join(section[1:]))))))
-    return found
+            pages.append([line])
+        elif pages:
+            pages[-1].append(line)
+    found: dict[str, list] = {}
+    for page in pages:
+        name = without_parameters(next(csv.reader([page[0]]))[1])
+        if name in found:
+            found[name][1] += 1
+        else:
+            found[name] = [list(csv.DictReader(io.StringIO("\n".join(page[1:])))), 1]
+    return [(name, rows, count) for name, (rows, count) in found.items()]
+
+
+def stall_reasons(rows: list[dict]) -> list[str]:
+    """The page's stall-reason columns that count every sample (not the not-issued ones)."""
+    columns = rows[0].keys() if rows else []
+    return [c for c in columns if c.startswith(STALL_PREFIX) and "(Not Issued)" not in c]
 
 
 def share(part: float, whole: float) -> str:
@@ -62,18 +85,22 @@ def share(part: float, whole: float) -> str:
 
 def summary(text: str, top: int = 8) -> str:
     lines = []
-    for name, rows in kernels(text):
+    for name, rows, pages in kernels(text):
         samples = sum(number(r, SAMPLES) for r in rows)
         sectors = sum(number(r, SECTORS) for r in rows)
         excess = sum(number(r, EXCESS) for r in rows)
+        repeats = f" (named by {pages} pages; the first is read)" if pages > 1 else ""
         lines.append(f"{name}: {len(rows)} instructions, {samples:.0f} stall samples, "
-                     f"{share(excess, sectors)} of {sectors:.4g} global sectors in excess")
+                     f"{share(excess, sectors)} of {sectors:.4g} global sectors in excess{repeats}")
+        reasons = stall_reasons(rows)
+        by_reason = sorted(((sum(number(r, reason) for r in rows), reason) for reason in reasons), reverse=True)
         lines.append("  samples by reason: " + ", ".join(
-            f"{stall[len('stall_'):]} {share(sum(number(r, stall) for r in rows), samples)}" for stall in STALLS))
+            f"{reason[len(STALL_PREFIX):]} {share(count, samples)}" for count, reason in by_reason if count > 0))
         lines.append("  most sampled instructions (share of samples, main reason, source):")
         for row in sorted(rows, key=lambda r: -number(r, SAMPLES))[:top]:
-            reason = max(STALLS, key=lambda stall: number(row, stall))[len("stall_"):]
-            lines.append(f"    {share(number(row, SAMPLES), samples):>6}  {reason:14s} {row.get('Source', '').strip()[:70]}")
+            count, reason = max(((number(row, reason), reason) for reason in reasons), default=(0.0, ""))
+            main = reason[len(STALL_PREFIX):] if count > 0 else "-"
+            lines.append(f"    {share(number(row, SAMPLES), samples):>6}  {main:18s} {row.get('Source', '').strip()[:70]}")
         loads = sorted((r for r in rows if number(r, EXCESS) > 0), key=lambda r: -number(r, EXCESS))
         lines.append(f"  {len(loads)} instructions with excess sectors" + ("; the largest:" if loads else ""))
         for row in loads[:3]:
