@@ -704,7 +704,9 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   constexpr bool kStoresDscores = kRoute != DkdvRoute::kAfterDq;
   constexpr bool kFractionalFirst = kRoute == DkdvRoute::kBeforeDq && !std::is_integral_v<OffsetT>;
   static_assert(!kWindowAlone || 2 * kChunk == kMmaBlockThreads, "delta: two threads a staged row");
-  extern __shared__ __align__(16) uint16_t smem[];
+  // 128-byte aligned: a swizzled stage's k-step XOR (swizzled_k_step) acts on
+  // the shared address itself, so each stage must start on a 128-byte line.
+  extern __shared__ __align__(128) uint16_t smem[];
   static_assert(!kSwizzledRows || (kRoute == DkdvRoute::kBeforeDq && std::is_integral_v<OffsetT> &&
                                     (kHeadDim == 64 || kHeadDim == 128)));
   // Swizzled stages hold kBufRows rows of kHeadDim elements each, where the
