@@ -98,7 +98,12 @@ class GpuSampler:
     def summary(self, start: float, end: float) -> str | None:
         """The samples taken between start and end (time.monotonic()): the SM clock's median and
         range, the median power, the throttle reasons seen and how many samples; None if none."""
-        window = [s for s in list(self.samples) if start <= s[0] <= end]
+        return self.summary_over([(start, end)])
+
+    def summary_over(self, stretches: list[tuple[float, float]]) -> str | None:
+        """summary() of the samples taken within any of the (start, end) stretches: one side's
+        rounds of an A/B, say, which alternate with the other side's."""
+        window = [s for s in list(self.samples) if any(start <= s[0] <= end for start, end in stretches)]
         if not window:
             return None
         mhz = [s[1] for s in window]

@@ -51,6 +51,18 @@ def test_sampler_sums_up_the_samples_within_a_stretch(tmp_path):
     assert sampler.summary(time.monotonic() + 1, time.monotonic() + 2) is None  # no sample in that stretch
 
 
+def test_sampler_sums_up_the_samples_of_several_stretches():
+    """One A/B side's rounds alternate with the other's: its summary takes the samples
+    within any of its stretches, and none between them."""
+    sampler = GpuSampler(["unused"])
+    sampler.samples = [(1.0, 1980.0, 600.0, 0x0), (2.0, 1500.0, 700.0, 0x4), (3.0, 1900.0, 650.0, 0x0),
+                       (4.0, 1800.0, 690.0, 0x4)]
+    assert sampler.summary_over([(0.5, 1.5), (2.5, 3.5)]) == "1940 MHz (1900-1980), 625 W, 2 samples"
+    assert sampler.summary_over([(1.5, 2.5), (3.5, 4.5)]) == "1650 MHz (1500-1800), 695 W, power cap, 2 samples"
+    assert sampler.summary_over([(1.0, 4.0)]) == sampler.summary(1.0, 4.0)
+    assert sampler.summary_over([]) is None
+
+
 def test_sampler_stops_its_command_and_reader_on_exit(tmp_path):
     sampler = GpuSampler(stand_in([], tmp_path / "never"))
     with sampler:

@@ -144,6 +144,20 @@ def test_ab_switch_puts_the_callers_setting_back(monkeypatch):
         assert os.environ.get("FIBSPARSE_HOPPER") == before
 
 
+def test_ab_switch_prints_each_sides_gpu_clock_and_power():
+    """Each side's summary over its own rounds' stretches; "-" where none fell in them; no
+    line without a sampler (no nvidia-smi)."""
+    ab_switch = load_ab_switch()
+
+    class Sampler:
+        def summary_over(self, stretches):
+            return f"{len(stretches)} stretches from {stretches[0][0]}" if stretches else None
+
+    line = ab_switch.gpu_line(Sampler(), {False: [(1.0, 2.0), (3.0, 4.0)], True: []})
+    assert line == "   GPU while the forward+backward rounds ran: default 2 stretches from 1.0 | switched -\n"
+    assert ab_switch.gpu_line(None, {False: [(1.0, 2.0)], True: [(2.0, 3.0)]}) == ""
+
+
 def test_ab_switch_says_when_both_sides_timed_the_same_kernels():
     ab_switch = load_ab_switch()
     same = ab_switch.kernel_names({"dkdv_mma_kernel<1>"}, {"dkdv_mma_kernel<1>"})

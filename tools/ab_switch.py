@@ -13,14 +13,19 @@ comes right after the configuration's setup, when the GPU has idled and runs
 at its highest clock, and it is often the fastest of all. It names the timed
 kernels of each side where they differ, and says so where they do not: a
 misspelt switch, which nothing reads, would otherwise compare the default
-with itself.
+with itself. Where nvidia-smi runs, it samples the GPU's SM clock, power and
+throttle reasons while each side's forward+backward rounds run
+(bench/gpu_power.py) and prints them per side: a side whose rounds met the
+power cap was clocked down.
 
     python tools/ab_switch.py FIBSPARSE_STORED_DSCORES=0 --kernel dkdv --kernel dq
     python tools/ab_switch.py FIBSPARSE_HOPPER=0 --kernel fwd --config dense,65536,32,8,128,integer
 """
 import argparse
+import contextlib
 import os
 import sys
+import time
 from pathlib import Path
 from statistics import median
 
@@ -29,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from kernel_times import CONFIGS, KINDS, LAYOUTS, PROFILED_STEPS, inputs_of  # noqa: E402
+from gpu_power import GpuSampler  # noqa: E402
 from timing import kernel_times_us, median_ms  # noqa: E402
 
 
@@ -97,14 +103,23 @@ def kernel_line(part: str, default: list[float], switched: list[float], ran: dic
             f"median {median(times):.1f}   rounds {[round(x, 1) for x in times]}\n")
 
 
-def compare(config, setting: Setting, kernel_parts: list[str], rounds: int) -> str:
+def gpu_line(sampler, stretches: dict) -> str:
+    """Each side's GPU clock and power over the stretches its step rounds ran ("-" where no
+    sample fell in them); empty without a sampler."""
+    if sampler is None:
+        return ""
+    default, switched = (sampler.summary_over(stretches[side]) or "-" for side in (False, True))
+    return f"   GPU while the forward+backward rounds ran: default {default} | switched {switched}\n"
+
+
+def compare(config, setting: Setting, kernel_parts: list[str], rounds: int, sampler=None) -> str:
     attend, q, k, v, grad = inputs_of(*config)
 
     def step():
         return torch.autograd.grad(attend(q, k, v), (q, k, v), grad)
 
     kernel_us = {part: {False: [], True: []} for part in kernel_parts}
-    step_ms, grads = {False: [], True: []}, {}
+    step_ms, grads, stretches = {False: [], True: []}, {}, {False: [], True: []}
     names = {False: set(), True: set()}
     for rnd in range(rounds):
         for switched in ((False, True) if rnd % 2 == 0 else (True, False)):
@@ -115,7 +130,9 @@ def compare(config, setting: Setting, kernel_parts: list[str], rounds: int) -> s
             for part in kernel_parts:
                 kernel_us[part][switched].append(sum(us for key, us, _ in kernels if part in key))
                 names[switched].update(key for key, _, _ in kernels if part in key)
+            start = time.monotonic()
             step_ms[switched].append(median_ms(step, warmup=3, runs=30))
+            stretches[switched].append((start, time.monotonic()))
     setting.apply(False)
     same = all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))
     layout, tokens, heads, kv_heads, head_dim, kind = config
@@ -126,6 +143,7 @@ def compare(config, setting: Setting, kernel_parts: list[str], rounds: int) -> s
     return (f"{layout} {tokens} H={heads}/{kv_heads} d={head_dim} {kind}\n"
             f"{kernel_lines}"
             f"   forward+backward, ms: {sides(step_ms[False], step_ms[True], 4)}\n"
+            f"{gpu_line(sampler, stretches)}"
             f"   gradients bitwise equal: {same}\n"
             f"   {kernel_names(names[False], names[True])}")
 
@@ -151,11 +169,14 @@ def main(argv=None):
     if not torch.cuda.is_available():
         parser.error("needs a CUDA device")
     setting = Setting(*args.switch)
+    sampler, sampling = GpuSampler.for_current_device()
     print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  bf16, window 128; "
-          f"default against {setting.name}={setting.value}, {args.rounds} rounds a side", flush=True)
-    for config in args.config or CONFIGS:
-        print(compare(config, setting, args.kernel, args.rounds), flush=True)
-        torch.cuda.empty_cache()
+          f"default against {setting.name}={setting.value}, {args.rounds} rounds a side; GPU sampling: {sampling}",
+          flush=True)
+    with sampler if sampler is not None else contextlib.nullcontext():
+        for config in args.config or CONFIGS:
+            print(compare(config, setting, args.kernel, args.rounds, sampler), flush=True)
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":
