@@ -6,22 +6,14 @@ poisoned first."""
 import pytest
 import torch
 
-from fibsparse_ext.schedules import layer_offsets
-from utils import cuda_kernels_of, packed, random_rows, requires_cuda
+from utils import cuda_kernels_of, dkdv_template_arguments, fibonacci_offsets, packed, random_rows, requires_cuda
 
 SWITCH = "FIBSPARSE_DKDV_SWIZZLE"
 
 
-def offsets_of(window, seqlen):
-    return torch.tensor(layer_offsets("fibonacci", 1.0, window, seqlen), dtype=torch.int32, device="cuda")
-
-
 def swizzled(kernels):
     """dkdv_mma_kernel's sixth template argument, kSwizzledRows."""
-    names = [name for name in kernels if "dkdv_mma_kernel" in name]
-    assert len(names) == 1, kernels
-    arguments = names[0][names[0].index("<") + 1:names[0].rindex(">(")].split(", ")
-    return arguments[5] == "true"
+    return dkdv_template_arguments(kernels)[5] == "true"
 
 
 def assert_bitwise_with_padded_rows(monkeypatch, op, args):
@@ -44,7 +36,7 @@ def assert_bitwise_with_padded_rows(monkeypatch, op, args):
 def test_cuda_swizzled_stages_are_bitwise_padded_stages(monkeypatch, heads, heads_kv, window, head_dim):
     """A sequence whose last key tile is ragged, with and without a gradient of lse."""
     seqlen, dtype = 3037, torch.bfloat16
-    offsets = offsets_of(window, seqlen)
+    offsets = fibonacci_offsets(window, seqlen)
     q = random_rows((1, seqlen, heads, head_dim), dtype, window)
     k, v = (random_rows((1, seqlen, heads_kv, head_dim), dtype, window + i) for i in (1, 2))
     out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [window], 0.125)
@@ -61,7 +53,7 @@ def test_cuda_packed_swizzled_stages_are_bitwise_padded_stages(monkeypatch, head
     lengths = [2000, 1, 0, 64, 700, 129, 63]
     cu, longest = packed(lengths, "cuda")
     window, dtype = 128, torch.float16
-    offsets = offsets_of(window, longest)
+    offsets = fibonacci_offsets(window, longest)
     q = random_rows((sum(lengths), 8, head_dim), dtype, 20)
     k, v = (random_rows((sum(lengths), 2, head_dim), dtype, 21 + i) for i in range(2))
     out, lse = torch.ops.fibsparse.varlen_fwd(q, k, v, cu, cu, longest, longest, offsets, [window], 0.125)
@@ -77,7 +69,7 @@ def test_cuda_swizzle_switch_is_checked(monkeypatch, setting):
     """FIBSPARSE_DKDV_SWIZZLE takes 0 or 1: any other value is refused, naming
     the variable, what it got and what it takes; the backward returns nothing."""
     window, seqlen = 128, 300
-    offsets = offsets_of(window, seqlen)
+    offsets = fibonacci_offsets(window, seqlen)
     q, k, v = (random_rows((1, seqlen, 2, 64), torch.bfloat16, i) for i in range(3))
     out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [window], 0.125)
     monkeypatch.setenv(SWITCH, setting)

@@ -5,27 +5,14 @@ dense and packed, integer offsets and fractional positions, MHA and GQA."""
 import pytest
 import torch
 
-from fibsparse_ext.schedules import layer_offsets
-from utils import cuda_kernels_of, packed, random_rows, requires_cuda
+from utils import cuda_kernels_of, dkdv_template_arguments, fibonacci_offsets, packed, random_rows, requires_cuda
 
 SWITCH = "FIBSPARSE_DKDV_V_SMEM"
 
 
-def offsets_of(window, seqlen, fractional):
-    values = torch.tensor(layer_offsets("fibonacci", 1.0, window, seqlen), dtype=torch.float64, device="cuda")
-    return (values + 0.375).float() if fractional else values.int()
-
-
-def dkdv_kernel_of(kernels):
-    names = [name for name in kernels if "dkdv_mma_kernel" in name]
-    assert len(names) == 1, kernels
-    return names[0]
-
-
-def keeps_v_in_smem(kernel):
+def keeps_v_in_smem(kernels):
     """dkdv_mma_kernel's fifth template argument, kVInSmem."""
-    arguments = kernel[kernel.index("<") + 1:kernel.rindex(">(")].split(", ")
-    return arguments[4] == "true"
+    return dkdv_template_arguments(kernels)[4] == "true"
 
 
 def assert_bitwise_with_v_in_registers(monkeypatch, op, args):
@@ -35,12 +22,12 @@ def assert_bitwise_with_v_in_registers(monkeypatch, op, args):
     registers (an H100 or H200 must not)."""
     monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
     in_smem, kernels = cuda_kernels_of(lambda: op(*args)[:3])
-    if not keeps_v_in_smem(dkdv_kernel_of(kernels)):
+    if not keeps_v_in_smem(kernels):
         assert torch.cuda.get_device_capability() != (9, 0), "a compute capability 9.0 GPU keeps v in shared memory"
         pytest.skip("this device keeps v in registers: two blocks with the v rows do not fit an SM")
     monkeypatch.setenv(SWITCH, "0")
     in_registers, kernels = cuda_kernels_of(lambda: op(*args)[:3])
-    assert not keeps_v_in_smem(dkdv_kernel_of(kernels))
+    assert not keeps_v_in_smem(kernels)
     for name, a, b in zip(["dq", "dk", "dv"], in_smem, in_registers):
         assert a.isfinite().all(), name
         assert torch.equal(a, b), name
@@ -54,7 +41,7 @@ def test_cuda_v_in_shared_memory_is_bitwise_v_in_registers(monkeypatch, fraction
     """A sequence whose last key tile is ragged (its last warp's v rows past
     the last key are zeros), with and without a gradient of lse."""
     seqlen, dtype = 3037, torch.bfloat16
-    offsets = offsets_of(window, seqlen, fractional)
+    offsets = fibonacci_offsets(window, seqlen, fractional)
     q = random_rows((1, seqlen, heads, 128), dtype, window)
     k, v = (random_rows((1, seqlen, heads_kv, 128), dtype, window + i) for i in (1, 2))
     scale = 128 ** -0.5
@@ -72,7 +59,7 @@ def test_cuda_packed_v_in_shared_memory_is_bitwise_v_in_registers(monkeypatch):
     lengths = [2000, 1, 0, 64, 700, 129, 63]
     cu, longest = packed(lengths, "cuda")
     window, scale, dtype = 128, 128 ** -0.5, torch.float16
-    offsets = offsets_of(window, longest, False)
+    offsets = fibonacci_offsets(window, longest, False)
     q = random_rows((sum(lengths), 8, 128), dtype, 20)
     k, v = (random_rows((sum(lengths), 2, 128), dtype, 21 + i) for i in range(2))
     out, lse = torch.ops.fibsparse.varlen_fwd(q, k, v, cu, cu, longest, longest, offsets, [window], scale)
@@ -85,7 +72,7 @@ def test_cuda_packed_v_in_shared_memory_is_bitwise_v_in_registers(monkeypatch):
 @requires_cuda
 def test_cuda_v_smem_switch_refuses_other_values(monkeypatch):
     """A value the switch does not take is refused, naming the variable."""
-    offsets = offsets_of(128, 512, False)
+    offsets = fibonacci_offsets(128, 512, False)
     q, k, v = (random_rows((1, 512, 4, 128), torch.bfloat16, i) for i in range(3))
     out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [128], 0.125)
     monkeypatch.setenv(SWITCH, "yes")

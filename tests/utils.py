@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from fibsparse_ext import build_info, fibsparse_attn
+from fibsparse_ext.schedules import layer_offsets
 from fibsparse_ext.accuracy import TOLERANCE  # noqa: F401  (re-exported: the tests' tolerances)
 from fibsparse_ext.accuracy import relative_error as rel_err  # noqa: F401
 
@@ -64,6 +65,21 @@ def cuda_kernels_of(function):
         result = function()
         torch.cuda.synchronize()
     return result, [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+def dkdv_template_arguments(kernels):
+    """The template arguments of the one dk/dv pass (dkdv_mma_kernel) among kernel names
+    (cuda_kernels_of's), as strings: ["c10::BFloat16", "int", "128", ..]."""
+    names = [name for name in kernels if "dkdv_mma_kernel" in name]
+    assert len(names) == 1, kernels
+    return names[0][names[0].index("<") + 1:names[0].rindex(">(")].split(", ")
+
+
+def fibonacci_offsets(window, seqlen, fractional=False):
+    """One layer's Fibonacci offsets (alpha 1) on the GPU: int32, or fractional positions
+    0.375 past them as float32."""
+    values = torch.tensor(layer_offsets("fibonacci", 1.0, window, seqlen), dtype=torch.float64, device="cuda")
+    return (values + 0.375).float() if fractional else values.int()
 
 
 def packed(lengths, device="cpu"):
