@@ -825,26 +825,33 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   // the band's are not shuffled, so ptxas may recompute them where it needs
   // the registers.
   constexpr bool kBandRowsAt = kKeptBandRows || kSwizzledRows;
-  if constexpr (kSwizzledRows) {
-    Rows<kHeadDim> strip = swizzled_rows_from<kHeadDim>(stage_q(0), steps.strip_row0(warp));
-    strip_dot_row = __shfl_sync(0xffffffffu, swizzled_dot_lane_row<kHeadDim>(strip, lane), lane);
-    strip_add_row = __shfl_sync(0xffffffffu, swizzled_add_lane_row<kHeadDim>(strip, lane), lane);
-    band_dot_row = swizzled_dot_lane_row<kHeadDim>(stage_q(0), lane);
-    band_add_row = swizzled_add_lane_row<kHeadDim>(stage_q(0), lane);
-    if constexpr (kKeptBandRows) {
-      band_dot_row = __shfl_sync(0xffffffffu, band_dot_row, lane);
-      band_add_row = __shfl_sync(0xffffffffu, band_add_row, lane);
+  // This lane's ldmatrix rows of the 16 rows from row `first` of stage 0's q
+  // buffer (a multiple of 8), in the stage's layout.
+  const auto dot_lane_row = [&](int first) {
+    if constexpr (kSwizzledRows) {
+      return swizzled_dot_lane_row<kHeadDim>(swizzled_rows_from<kHeadDim>(stage_q(0), first), lane);
+    } else {
+      return dot_16_rows_lane_row<kHeadDim>(stage_q(0) + first, lane);
     }
-  } else {
-    if constexpr (kKeptRows) {
-      RowPtr<kHeadDim> strip = stage_q(0) + steps.strip_row0(warp);
-      strip_dot_row = __shfl_sync(0xffffffffu, dot_16_rows_lane_row<kHeadDim>(strip, lane), lane);
-      strip_add_row = __shfl_sync(0xffffffffu, add_rows_lane_row<kHeadDim>(strip, lane), lane);
+  };
+  const auto add_lane_row = [&](int first) {
+    if constexpr (kSwizzledRows) {
+      return swizzled_add_lane_row<kHeadDim>(swizzled_rows_from<kHeadDim>(stage_q(0), first), lane);
+    } else {
+      return add_rows_lane_row<kHeadDim>(stage_q(0) + first, lane);
     }
-    if constexpr (kKeptBandRows) {
-      band_dot_row = __shfl_sync(0xffffffffu, dot_16_rows_lane_row<kHeadDim>(stage_q(0), lane), lane);
-      band_add_row = __shfl_sync(0xffffffffu, add_rows_lane_row<kHeadDim>(stage_q(0), lane), lane);
-    }
+  };
+  if constexpr (kKeptRows) {
+    strip_dot_row = __shfl_sync(0xffffffffu, dot_lane_row(steps.strip_row0(warp)), lane);
+    strip_add_row = __shfl_sync(0xffffffffu, add_lane_row(steps.strip_row0(warp)), lane);
+  }
+  if constexpr (kBandRowsAt) {
+    band_dot_row = dot_lane_row(0);
+    band_add_row = add_lane_row(0);
+  }
+  if constexpr (kKeptBandRows) {
+    band_dot_row = __shfl_sync(0xffffffffu, band_dot_row, lane);
+    band_add_row = __shfl_sync(0xffffffffu, band_add_row, lane);
   }
   float dk[kHeadDim / 8][4] = {}, dv[kHeadDim / 8][4] = {};
   auto step = steps.first();
