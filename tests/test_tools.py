@@ -240,7 +240,22 @@ def test_device_ab_stops_when_the_landing_patch_does_not_apply(tmp_path):
     assert "the patch did not apply" in output
 
 
+def test_device_ab_runs_one_ab_per_group_of_arguments(tmp_path):
+    """Arguments after a further `--` are a second A/B of the same build, run
+    after the first, each with its own arguments and status line."""
+    script, env = device_ab_tree(tmp_path)
+    status, output = run_device_ab(script, env, "--", "FIBSPARSE_X=0", "--kernel", "dkdv", "--",
+                                   "FIBSPARSE_Y=0", "--kernel", "dq")
+    assert status == 0, output
+    first = output.index("ab_switch sees None ['FIBSPARSE_X=0', '--kernel', 'dkdv']")
+    second = output.index("ab_switch sees None ['FIBSPARSE_Y=0', '--kernel', 'dq']")
+    assert first < second and output.count("build: rc=0") == 1
+    log = (tmp_path / "ab.log").read_text()
+    assert "  ab: rc=0" in log and "  ab2: rc=0" in log
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--", "FIBSPARSE_X=0", "--"], "an empty group of A/B arguments"),
     (["--bogus"], "unknown option '--bogus'"),
     (["--check-env", "no_equals", "--", "X=0"], "--check-env takes NAME=VALUE, got 'no_equals'"),
     (["--log"], "--log needs a value"),

@@ -4,9 +4,11 @@
 # bit), and on request check what would land: a patch applied and rebuilt, the
 # sanitizers over every kernel, a selection of tests, each kernel's time.
 #
-#   bash tools/device_ab.sh [options] -- SWITCH --kernel K --config C ... [--rounds N]
+#   bash tools/device_ab.sh [options] -- SWITCH --kernel K --config C ... [--rounds N] [-- SWITCH2 ...]
 #
-# Everything after `--` goes to tools/ab_switch.py as it is. Options:
+# Everything after `--` goes to tools/ab_switch.py as it is; a further `--`
+# starts another A/B of the same build (another switch), run after the first.
+# Options:
 #   --log NAME        the log's name under $OUT (default ab.log)
 #   --landing PATCH   after the A/B, apply PATCH (git apply; the switch taken out,
 #                     say), print the csrc digest and rebuild: the checks below
@@ -59,6 +61,14 @@ if [[ $# -lt 2 || "$1" != "--" ]]; then
   exit 2
 fi
 shift
+previous="--"
+for arg in "$@" --; do
+  if [[ "$arg" == "--" && "$previous" == "--" ]]; then
+    echo "device_ab.sh: an empty group of A/B arguments (two '--' in a row, or one at the end)"
+    exit 2
+  fi
+  previous=$arg
+done
 if [[ -n "$landing" && ! -f "$landing" ]]; then
   echo "device_ab.sh: --landing must name a patch file, got '$landing'"
   exit 2
@@ -100,7 +110,17 @@ nvidia-smi --query-gpu=name,driver_version,power.limit --format=csv,noheader
 python3 -c 'import torch; print("torch", torch.__version__)'
 
 step build 300 build_extension || finish
-step ab 300 filtered_ab "$@"
+# One A/B for each group of arguments between the `--`s.
+ab_args=() ab_count=0
+for arg in "$@" --; do
+  if [[ "$arg" == "--" ]]; then
+    ab_count=$((ab_count + 1))
+    step "ab$([[ $ab_count -gt 1 ]] && echo "$ab_count")" 300 filtered_ab "${ab_args[@]}"
+    ab_args=()
+  else
+    ab_args+=("$arg")
+  fi
+done
 if [[ -n "$landing" ]]; then
   if ! git apply "$landing"; then
     landing_failure="the patch did not apply"

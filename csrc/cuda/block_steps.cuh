@@ -291,7 +291,11 @@ struct QuerySteps {
           const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, row0 = strip_row0(warp);
           const int64_t first = block_key + split.whole - seq.q_pos_shift + 16 * warp;
           const int64_t last = seq.seqlen_q - 1;
-          if constexpr (kSwizzled) {
+          if constexpr (kSwizzled && !std::is_integral_v<OffsetT>) {
+            // A fractional strip's 17 rows start at row 17 w, not a multiple of 8.
+            stage_row_pair<kHeadDim, kStripRows, 32, true, true>(q_dst, q_src, p.q_row_stride, do_dst, do_src,
+                                                                 p.do_row_stride, first, last, unsigned(lane), row0);
+          } else if constexpr (kSwizzled) {
             stage_row_pair<kHeadDim, kStripRows, 32, true>(swizzled_rows_from<kHeadDim>(q_dst, row0), q_src,
                                                            p.q_row_stride, swizzled_rows_from<kHeadDim>(do_dst, row0),
                                                            do_src, p.do_row_stride, first, last, unsigned(lane));

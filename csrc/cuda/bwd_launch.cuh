@@ -186,17 +186,24 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
     return;
   }
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
+  constexpr int kDkdvSmem = kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>;
+  // Swizzled stages (mma_tiles.cuh's swizzled_chunk): the copies ask L2 for the
+  // sectors their rows hold, where padded rows cost 1.5x. The dk/dv pass's q and
+  // dO stages, integer offsets at head_dim 64, integer and fractional ones at
+  // 128; the dq pass's k stages, integer offsets at 64 and 128.
+  // FIBSPARSE_DKDV_SWIZZLE=0 and FIBSPARSE_DQ_SWIZZLE=0 keep the padded rows, for
+  // comparisons. The switches are read before the first launch: a value they
+  // refuse stops the call before any kernel runs.
+  constexpr bool kMaySwizzle = kHeadDim == 128 || (kHeadDim == 64 && !kFrac);
+  constexpr bool kDqMaySwizzle = !kFrac && (kHeadDim == 64 || kHeadDim == 128);
+  const bool swizzled = kMaySwizzle && !switched_off("FIBSPARSE_DKDV_SWIZZLE");
+  const bool dq_swizzled = kDqMaySwizzle && !switched_off("FIBSPARSE_DQ_SWIZZLE");
+  const bool v_in_smem = kHeadDim == 128 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>);
   launch_kernel(delta_kernel<T, OffsetT, kHeadDim>, dim3(query_tiles + kOffsetsCheckBlocks, p.heads, p.batch),
                 kMmaBlockThreads, 0, stored_p);
-  constexpr int kDkdvSmem = kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>;
   bool launched = false;
-  // Swizzled stages (mma_tiles.cuh's swizzled_chunk), integer offsets at head_dim
-  // 64 and 128: the copies ask L2 for the sectors their rows hold, where padded
-  // rows cost 1.5x. FIBSPARSE_DKDV_SWIZZLE=0 keeps the padded rows, for comparisons.
-  constexpr bool kMaySwizzle = !kFrac && (kHeadDim == 64 || kHeadDim == 128);
-  const bool swizzled = kMaySwizzle && !switched_off("FIBSPARSE_DKDV_SWIZZLE");
   if constexpr (kHeadDim == 128) {
-    if (dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>)) {
+    if (v_in_smem) {
       if (swizzled) {
         launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, kMaySwizzle>, dkdv_grid,
                       kMmaBlockThreads, kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
@@ -221,6 +228,13 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
     const auto launch_dq = [&](auto stages) {
       constexpr int kStages = decltype(stages)::value;
+      if constexpr (kDqMaySwizzle) {
+        if (dq_swizzled) {
+          return launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, true>,
+                               dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
+                               kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
+        }
+      }
       launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages>,
                     dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
                     kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);

@@ -407,14 +407,15 @@ constexpr int kOffsetChains = kHeadDim >= 128 ? 2 : 1;
 
 // This lane's share of <a, b> over two rows of kHeadDim elements in shared
 // memory: lane l takes the kHeadDim / 32 columns from l kHeadDim / 32, one
-// load a row (the warp's loads read each row once, whole).
+// load a row (the warp's loads read each row once, whole). The _at form takes
+// the lane's own columns of a and of b.
 template <typename T, int kHeadDim>
-__device__ __forceinline__ float lane_row_dot(const uint16_t* a, const uint16_t* b, int lane) {
+__device__ __forceinline__ float lane_row_dot_at(const uint16_t* a_lane, const uint16_t* b_lane) {
   static_assert(kHeadDim == 64 || kHeadDim == 128, "one 4- or 8-byte load a row");
   constexpr int kPairs = kHeadDim / 64;
   using Vec = std::conditional_t<kPairs == 2, uint2, uint32_t>;
-  const Vec x = *reinterpret_cast<const Vec*>(a + 2 * kPairs * lane);
-  const Vec y = *reinterpret_cast<const Vec*>(b + 2 * kPairs * lane);
+  const Vec x = *reinterpret_cast<const Vec*>(a_lane);
+  const Vec y = *reinterpret_cast<const Vec*>(b_lane);
   const uint32_t* x_bits = reinterpret_cast<const uint32_t*>(&x);
   const uint32_t* y_bits = reinterpret_cast<const uint32_t*>(&y);
   float sum = 0.f;
@@ -424,6 +425,18 @@ __device__ __forceinline__ float lane_row_dot(const uint16_t* a, const uint16_t*
     sum += x2.x * y2.x + x2.y * y2.y;
   }
   return sum;
+}
+template <typename T, int kHeadDim>
+__device__ __forceinline__ float lane_row_dot(const uint16_t* a, const uint16_t* b, int lane) {
+  constexpr int kLaneColumns = kHeadDim / 32;
+  return lane_row_dot_at<T, kHeadDim>(a + kLaneColumns * lane, b + kLaneColumns * lane);
+}
+// lane_row_dot of row `row` of a swizzled stage (mma_tiles.cuh's
+// swizzled_chunk): the lane's columns lie in one 16-byte chunk.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ float lane_row_dot_swizzled(Rows<kHeadDim> stage, int row, const uint16_t* b, int lane) {
+  const int col = kHeadDim / 32 * lane;
+  return lane_row_dot_at<T, kHeadDim>(swizzled_chunk<kHeadDim>(stage, row, col) + col % 8, b + col);
 }
 
 // Eight per-lane values summed across the warp, sum i left in the lanes of
@@ -463,18 +476,45 @@ __device__ __forceinline__ float warp_sums_to_quads(const float (&v)[8], int lan
 // edge products as two 16 x 8 tensor-core tiles, and the two rows' shares as
 // one two-diagonal product, both measured slower: docs/performance.md, round
 // 33.) `offset` points at offset o's position, kept by the caller.
-template <typename T, int kHeadDim, typename VFragments>
+// kSwizzled: strip_q and strip_do are swizzled stages (mma_tiles.cuh's
+// swizzled_chunk) whose strip starts at row strip_row.
+template <typename T, int kHeadDim, bool kSwizzled = false, typename VFragments>
 __device__ __forceinline__ void fractional_offset_step(
     const Params& p, const Sequence& seq, int b, int h, int o, const float* offset, OffsetSplit split,
     const uint32_t (&kf)[kHeadDim / 16][4], const VFragments& vf, RowPtr<kHeadDim> strip_q,
     RowPtr<kHeadDim> strip_do, const float* lse, const float* dlt, const uint16_t* edges, int warp_k0,
-    float (&dk)[kHeadDim / 8][4], float (&dv)[kHeadDim / 8][4], int lane) {
+    float (&dk)[kHeadDim / 8][4], float (&dv)[kHeadDim / 8][4], int lane, int strip_row = 0) {
   const int g = lane / 4;
   const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
   const int t = distance_of_offset(0, p.band);  // sample_key's index of *offset, offset o's value
+  [[maybe_unused]] const auto stage_of = [](RowPtr<kHeadDim> rows) { return const_cast<Rows<kHeadDim>>(rows); };
+  // Strip row x's share of <row, edge row> (lane_row_dot).
+  const auto edge_dot = [&](RowPtr<kHeadDim> strip, int x, const uint16_t* edge) {
+    if constexpr (kSwizzled) {
+      return lane_row_dot_swizzled<T, kHeadDim>(stage_of(strip), strip_row + x, edge, lane);
+    } else {
+      return lane_row_dot<T, kHeadDim>(strip[x], edge, lane);
+    }
+  };
+  // dk or dv += the diagonal d_g, d_g8 times strip rows from x0 (0 or 1).
+  const auto add_diag = [&](float d_g, float d_g8, RowPtr<kHeadDim> strip, int x0, float (&acc)[kHeadDim / 8][4]) {
+    if constexpr (kSwizzled) {
+      add_diag_times_rows_at<T, kHeadDim, true>(
+          d_g, d_g8, swizzled_add_lane_row<kHeadDim>(stage_of(strip), lane, strip_row + x0), acc, lane);
+    } else {
+      add_diag_times_rows<T, kHeadDim>(d_g, d_g8, strip + x0, acc, lane);
+    }
+  };
   float st[2][4], dpt[2][4];
-  dot_16_rows<T, kHeadDim>(kf, strip_q, st, 0, lane);
-  dot_16_rows<T, kHeadDim>(vf, strip_do, dpt, 0, lane);
+  if constexpr (kSwizzled) {
+    dot_16_rows_at<T, kHeadDim, 2, 1, true>(kf, swizzled_dot_lane_row<kHeadDim>(stage_of(strip_q), lane, strip_row),
+                                            st, 0);
+    dot_16_rows_at<T, kHeadDim, 2, 1, true>(vf, swizzled_dot_lane_row<kHeadDim>(stage_of(strip_do), lane, strip_row),
+                                            dpt, 0);
+  } else {
+    dot_16_rows<T, kHeadDim>(kf, strip_q, st, 0, lane);
+    dot_16_rows<T, kHeadDim>(vf, strip_do, dpt, 0, lane);
+  }
   // The six products with the edge rows, summed across the warp together
   // (warp_sums_to_quads): row 0's two land in quads 0 and 1, row 16's four in
   // quads 4..7, and the lanes that use them (quad 0 for row 0, quad 7 for
@@ -482,14 +522,14 @@ __device__ __forceinline__ void fractional_offset_step(
   // share row 0's exchanges, so every step forms them.
   float s_row0_second, dp_row0_second, s_row16_second, s_row16_first, dp_row16_second, dp_row16_first;
   {
-    const float parts[8] = {lane_row_dot<T, kHeadDim>(strip_q[0], edges, lane),
-                            lane_row_dot<T, kHeadDim>(strip_do[0], edges + 3 * kHeadDim, lane),
+    const float parts[8] = {edge_dot(strip_q, 0, edges),
+                            edge_dot(strip_do, 0, edges + 3 * kHeadDim),
                             0.f,
                             0.f,
-                            lane_row_dot<T, kHeadDim>(strip_q[16], edges + kHeadDim, lane),
-                            lane_row_dot<T, kHeadDim>(strip_q[16], edges + 2 * kHeadDim, lane),
-                            lane_row_dot<T, kHeadDim>(strip_do[16], edges + 4 * kHeadDim, lane),
-                            lane_row_dot<T, kHeadDim>(strip_do[16], edges + 5 * kHeadDim, lane)};
+                            edge_dot(strip_q, 16, edges + kHeadDim),
+                            edge_dot(strip_q, 16, edges + 2 * kHeadDim),
+                            edge_dot(strip_do, 16, edges + 4 * kHeadDim),
+                            edge_dot(strip_do, 16, edges + 5 * kHeadDim)};
     const float sum = warp_sums_to_quads(parts, lane);
     const int c = lane % 4;
     const float from_1_or_4 = __shfl_sync(0xffffffffu, sum, (g == 0 ? 4 : 16) + c);
@@ -552,8 +592,8 @@ __device__ __forceinline__ void fractional_offset_step(
     }
   }
   const float w0 = 1.f - split.frac;
-  add_diag_times_rows<T, kHeadDim>(w0 * prob[0], w0 * prob[1], strip_do, dv, lane);
-  add_diag_times_rows<T, kHeadDim>(w0 * dscore[0], w0 * dscore[1], strip_q, dk, lane);
+  add_diag(w0 * prob[0], w0 * prob[1], strip_do, 0, dv);
+  add_diag(w0 * dscore[0], w0 * dscore[1], strip_q, 0, dk);
   if (split.frac != 0.f) {
     // Row x + 1's P and dS from its diagonal's owner: row g + 1's, row 8's
     // (lane 0) for row 7, and row 16's, formed here from the edge dots.
@@ -563,10 +603,8 @@ __device__ __forceinline__ void fractional_offset_step(
     const float p_a = __shfl_sync(0xffffffffu, prob[0], below), p_b = __shfl_sync(0xffffffffu, prob[1], below);
     const float ds_a = __shfl_sync(0xffffffffu, dscore[0], below), ds_b = __shfl_sync(0xffffffffu, dscore[1], below);
     const float w1 = split.frac;
-    add_diag_times_rows<T, kHeadDim>(w1 * (g <= 6 ? p_a : p_b), w1 * (g <= 6 ? p_b : prob16), strip_do + 1, dv,
-                                     lane);
-    add_diag_times_rows<T, kHeadDim>(w1 * (g <= 6 ? ds_a : ds_b), w1 * (g <= 6 ? ds_b : dscore16), strip_q + 1, dk,
-                                     lane);
+    add_diag(w1 * (g <= 6 ? p_a : p_b), w1 * (g <= 6 ? p_b : prob16), strip_do, 1, dv);
+    add_diag(w1 * (g <= 6 ? ds_a : ds_b), w1 * (g <= 6 ? ds_b : dscore16), strip_q, 1, dk);
   }
 }
 
@@ -680,8 +718,8 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // shared memory (kDkdvVRowBytes, after the rest), and the products that take
 // them as their A operand load them from there (SharedFragments), which
 // frees their 32 registers a thread at head_dim 128.
-// kSwizzledRows (the route before dq, integer offsets, head_dim 64, and 128
-// with kVInSmem): the q and dO stages are swizzled (mma_tiles.cuh's
+// kSwizzledRows (the route before dq: integer offsets at head_dim 64; integer
+// and fractional ones at 128 with kVInSmem): the q and dO stages are swizzled (mma_tiles.cuh's
 // swizzled_chunk), not padded, so that their copies ask L2 for no more sectors
 // than their rows hold; the pass took 1.9-3.8% less time at head_dim 64 and
 // 7.4-10.6% at 128 (docs/performance.md, rounds 90-91).
@@ -707,8 +745,8 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   // 128-byte aligned: a swizzled stage's k-step XOR (swizzled_k_step) acts on
   // the shared address itself, so each stage must start on a 128-byte line.
   extern __shared__ __align__(128) uint16_t smem[];
-  static_assert(!kSwizzledRows || (kRoute == DkdvRoute::kBeforeDq && std::is_integral_v<OffsetT> &&
-                                    (kHeadDim == 64 || kHeadDim == 128)));
+  static_assert(!kSwizzledRows || (kRoute == DkdvRoute::kBeforeDq &&
+                                    (kHeadDim == 128 || (kHeadDim == 64 && std::is_integral_v<OffsetT>))));
   // Swizzled stages hold kBufRows rows of kHeadDim elements each, where the
   // padded ones took kBufRows rows of kHeadDim + 8: they start at the same
   // smem and end before the statistics.
@@ -891,7 +929,12 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
         // were staged with zero statistics.
         const int row0 = steps.strip_row0(warp);
         RowPtr<kHeadDim> strip_q = rows_q + row0, strip_do = rows_do + row0;
-        if constexpr (kFractionalFirst) {
+        if constexpr (kFractionalFirst && kSwizzledRows) {
+          // Swizzled: the stages themselves, and the strip's first row.
+          fractional_offset_step<T, kHeadDim, true>(p, seq, b, step.head, steps.offset_index(step), &step_offset,
+                                                    split, kf, vf, rows_q, rows_do, stat0 + row0, stat1 + row0,
+                                                    edge_rows(warp), warp_k0, dk, dv, lane, row0);
+        } else if constexpr (kFractionalFirst) {
           fractional_offset_step<T, kHeadDim>(p, seq, b, step.head, steps.offset_index(step), &step_offset, split,
                                               kf, vf, strip_q, strip_do,
                                               stat0 + row0, stat1 + row0, edge_rows(warp), warp_k0, dk, dv,

@@ -94,10 +94,13 @@ __device__ __forceinline__ void stage_own_dscore_fragments(uint16_t* dst, const 
 // dq += dS K over one band tile's staged fragments (stage_own_dscore_fragments)
 // for the warp's 16 queries from warp_q0, against the tile's 64 staged k rows
 // from key0.
-template <typename T, int kHeadDim>
+// kSwizzled: rows_k is a swizzled stage (mma_tiles.cuh's swizzled_chunk).
+template <typename T, int kHeadDim, bool kSwizzled = false>
 __device__ __forceinline__ void add_staged_dscore_fragments_times_k(const uint16_t* staged, RowPtr<kHeadDim> rows_k,
                                                                     int warp_q0, int64_t key0, Band band,
                                                                     float (&dq)[kHeadDim / 8][4], int lane) {
+  [[maybe_unused]] uint32_t lane_row = 0;
+  if constexpr (kSwizzled) lane_row = swizzled_add_lane_row<kHeadDim>(const_cast<Rows<kHeadDim>>(rows_k), lane);
 #pragma unroll
   for (int t16 = 0; t16 < kChunk / 16; ++t16) {
     if (!band_meets(warp_q0, key0 + 16 * t16, band)) continue;  // warp-uniform: never stored
@@ -106,7 +109,11 @@ __device__ __forceinline__ void add_staged_dscore_fragments_times_k(const uint16
     // (queries +0, keys +0), (+8, +0), (+0, +8), (+8, +8).
     const uint4 t = *reinterpret_cast<const uint4*>(staged + 256 * t16 + 8 * lane);
     const uint32_t a[4] = {transpose_8x8(t.x), transpose_8x8(t.z), transpose_8x8(t.y), transpose_8x8(t.w)};
-    add_a_times_rows<T, kHeadDim>(a, rows_k + 16 * t16, dq, lane);
+    if constexpr (kSwizzled) {
+      add_a_times_rows_at<T, kHeadDim, true>(a, lane_row, dq, 16 * t16 * kHeadDim * sizeof(uint16_t));
+    } else {
+      add_a_times_rows<T, kHeadDim>(a, rows_k + 16 * t16, dq, lane);
+    }
   }
 }
 
@@ -229,15 +236,34 @@ __device__ __forceinline__ float tree_sum_16(const float* values) {
 // all its heads with each head's 64 dS of that offset (a strip of 16 rows per
 // warp, or for fractional positions 17, from the second row of its first
 // query: kWarpStripRows).
-template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages>
+// kSwizzledK (integer offsets, head_dim 64 and 128): the k stages are swizzled
+// (mma_tiles.cuh's swizzled_chunk), not padded.
+template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, bool kSwizzledK = false>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
+  static_assert(!kSwizzledK || (!kFrac && (kHeadDim == 64 || kHeadDim == 128)));
   constexpr int kThreads = kHeads * kMmaBlockThreads;
-  extern __shared__ __align__(16) uint16_t smem[];
+  // 128-byte aligned: a swizzled stage's k-step XOR (swizzled_k_step) acts on
+  // the shared address itself, so each k stage must start on a 128-byte line.
+  extern __shared__ __align__(128) uint16_t smem[];
   const auto stage_ds = [&](int s, int head) { return smem + (s * kHeads + head) * kDqStagedDscoreValues; };
+  constexpr int kStageKValues = kDqKRows<kFrac> * (kSwizzledK ? kHeadDim : kHeadDim + 8);
+  static_assert(!kSwizzledK || kDqStagedDscoreValues * sizeof(uint16_t) % 128 == 0, "k stages on 128-byte lines");
   const auto stage_k = [&](int s) {
-    return reinterpret_cast<Rows<kHeadDim>>(smem + kStages * kHeads * kDqStagedDscoreValues) + s * kDqKRows<kFrac>;
+    if constexpr (kSwizzledK) {
+      return reinterpret_cast<Rows<kHeadDim>>(smem + kStages * kHeads * kDqStagedDscoreValues + s * kStageKValues);
+    } else {
+      return reinterpret_cast<Rows<kHeadDim>>(smem + kStages * kHeads * kDqStagedDscoreValues) + s * kDqKRows<kFrac>;
+    }
+  };
+  // A strip's first row in a stage: swizzled stages hold kHeadDim values a row.
+  const auto strip_of = [&](Rows<kHeadDim> stage, int row0) {
+    if constexpr (kSwizzledK) {
+      return swizzled_rows_from<kHeadDim>(stage, row0);
+    } else {
+      return stage + row0;
+    }
   };
   const int tile = blockIdx.x, first_head = blockIdx.y * kHeads, b = blockIdx.z;
   const int hk = first_head / (p.heads / p.heads_kv);
@@ -271,8 +297,8 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       const int64_t key_tile = first_key_tile + n;
       stage_own_dscore_fragments(stage_ds(n % kStages, head) + warp * kWarpDscoreValues, dscore_tile(n), warp, warp_q0,
                                  key_tile * kChunk, p.band, lane);
-      stage_rows<kHeadDim, kChunk, kThreads>(stage_k(n % kStages), k_src, p.k_row_stride, key_tile * kChunk,
-                                             seq.seqlen_k - 1);
+      stage_rows<kHeadDim, kChunk, kThreads, false, kSwizzledK>(stage_k(n % kStages), k_src, p.k_row_stride,
+                                                                key_tile * kChunk, seq.seqlen_k - 1);
     } else if (n < num_steps) {
       // Query q0 + 16 w + x reads key q0 + 16 w + x - whole, at row x of warp
       // w's strip (fractional: at row x + 1, its second row at x); the dk/dv
@@ -290,9 +316,9 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
         // so those kHeads warps stage it (steps_by_group), with each head's
         // dS of the warp's 16 queries (and their d(position) terms).
         const int64_t first = q0 - whole - (kFrac ? 1 : 0) + 16 * warp;
-        stage_rows<kHeadDim, kWarpStripRows<kFrac>, 32 * kHeads>(stage_k(n % kStages) + warp_strip_row0<kFrac>(warp),
-                                                                 k_src, p.k_row_stride, first, seq.seqlen_k - 1,
-                                                                 unsigned(32 * head + lane));
+        stage_rows<kHeadDim, kWarpStripRows<kFrac>, 32 * kHeads, false, kSwizzledK>(
+            strip_of(stage_k(n % kStages), warp_strip_row0<kFrac>(warp)), k_src, p.k_row_stride, first,
+            seq.seqlen_k - 1, unsigned(32 * head + lane));
         if (lane < 16) {
           const int64_t i = q0 + 16 * warp + lane;
           const bool valid =
@@ -334,12 +360,17 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   constexpr bool kKeptRows = !kFrac;
   uint32_t strip_add_row = 0, dscore_row_addr = 0;
   if constexpr (kKeptRows) {
-    strip_add_row = __shfl_sync(0xffffffffu,
-                                add_rows_lane_row<kHeadDim>(stage_k(0) + warp_strip_row0<kFrac>(warp), lane), lane);
+    uint32_t lane_row;
+    if constexpr (kSwizzledK) {
+      lane_row = swizzled_add_lane_row<kHeadDim>(strip_of(stage_k(0), warp_strip_row0<kFrac>(warp)), lane);
+    } else {
+      lane_row = add_rows_lane_row<kHeadDim>(stage_k(0) + warp_strip_row0<kFrac>(warp), lane);
+    }
+    strip_add_row = __shfl_sync(0xffffffffu, lane_row, lane);
     const float* own = reinterpret_cast<const float*>(stage_ds(0, head)) + 16 * warp + g;
     dscore_row_addr = __shfl_sync(0xffffffffu, static_cast<uint32_t>(__cvta_generic_to_shared(own)), lane);
   }
-  constexpr uint32_t kStageKBytes = kDqKRows<kFrac> * (kHeadDim + 8) * sizeof(uint16_t);
+  constexpr uint32_t kStageKBytes = kStageKValues * sizeof(uint16_t);
   constexpr uint32_t kStageDscoreBytes = kHeads * kDqStagedDscoreValues * sizeof(uint16_t);
   float dq[kHeadDim / 8][4] = {};
   for (int n = 0; n < num_steps; ++n) {
@@ -353,9 +384,9 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
     for (int i = 0; i + 1 < kStages - 1; ++i) queued[i] = queued[i + 1];
     queued[kStages - 2] = next;
     if (n < band_steps) {
-      add_staged_dscore_fragments_times_k<T, kHeadDim>(stage_ds(n % kStages, head) + warp * kWarpDscoreValues,
-                                                       stage_k(n % kStages), warp_q0, (first_key_tile + n) * kChunk,
-                                                       p.band, dq, lane);
+      add_staged_dscore_fragments_times_k<T, kHeadDim, kSwizzledK>(
+          stage_ds(n % kStages, head) + warp * kWarpDscoreValues, stage_k(n % kStages), warp_q0,
+          (first_key_tile + n) * kChunk, p.band, dq, lane);
     } else if constexpr (!kFrac) {
       // dq of query x += dS_x times its key, row x of the warp's strip. Every
       // offset within reach is a distance (padding only ends a row, and
@@ -363,7 +394,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       const uint32_t stage = uint32_t(n % kStages);
       const uint32_t ds_at = dscore_row_addr + stage * kStageDscoreBytes;  // rows g and g + 8, 32 bytes on
       const float ds_g = load_shared_float(ds_at), ds_g8 = load_shared_float(ds_at + 32);
-      add_diag_times_rows_at<T, kHeadDim>(ds_g, ds_g8, strip_add_row + stage * kStageKBytes, dq, lane);
+      add_diag_times_rows_at<T, kHeadDim, kSwizzledK>(ds_g, ds_g8, strip_add_row + stage * kStageKBytes, dq, lane);
     } else {
       const int o = n - band_steps;
       const OffsetSplit split = split_offset(&step_offset, 0);

@@ -162,9 +162,14 @@ __device__ __forceinline__ Rows<kHeadDim> swizzled_rows_from(Rows<kHeadDim> stag
 // caller has checked that all kCount rows lie inside [0, last], so no row is
 // tested and a copy is its cp.async and its pointer step.
 // kSwizzled: dst is a swizzled stage (swizzled_chunk) rather than padded rows.
-template <int kHeadDim, int kCount, int kThreads = kMmaBlockThreads, bool kInside = false, bool kSwizzled = false>
+// stage_row (swizzled only): dst is the stage itself and the rows go to its
+// rows stage_row, stage_row + 1, ..; any row (a fractional strip's first is
+// 17 w). Without it, dst is a multiple of 8 rows into the stage.
+template <int kHeadDim, int kCount, int kThreads = kMmaBlockThreads, bool kInside = false, bool kSwizzled = false,
+          bool kAnyStageRow = false>
 __device__ __forceinline__ void stage_rows(Rows<kHeadDim> dst, const uint16_t* src, int64_t row_stride, int64_t first,
-                                           int64_t last, unsigned thread = threadIdx.x) {
+                                           int64_t last, unsigned thread = threadIdx.x, int stage_row = 0) {
+  static_assert(!kAnyStageRow || kSwizzled);
   constexpr int kVecs = kHeadDim / 8, kRowsPerPass = kThreads / kVecs;
   static_assert(kThreads % kVecs == 0);
   const int col = (thread % kVecs) * 8, r0 = thread / kVecs;
@@ -178,13 +183,16 @@ __device__ __forceinline__ void stage_rows(Rows<kHeadDim> dst, const uint16_t* s
   // since r0 < kRowsPerPass, a power of two: one XOR by a constant a pass.
   static_assert(!kSwizzled || (kRowsPerPass & (kRowsPerPass - 1)) == 0, "rows a pass: a power of two");
   const int row0_chunk = (col / 8) ^ (r0 % 8);
-  uint16_t* const swizzled_row0 = reinterpret_cast<uint16_t*>(dst) + r0 * kHeadDim;
+  uint16_t* const swizzled_row0 = reinterpret_cast<uint16_t*>(dst) + (stage_row + r0) * kHeadDim;
 #pragma unroll
   for (int i = 0; i < (kCount + kRowsPerPass - 1) / kRowsPerPass; ++i) {
     const int r = r0 + i * kRowsPerPass;
     if (kCount % kRowsPerPass != 0 && r >= kCount) break;
     const bool valid = kInside || (r >= lo && r <= hi);
-    if constexpr (kSwizzled) {
+    if constexpr (kAnyStageRow) {
+      const int chunk = (col / 8) ^ ((stage_row + r) % 8);
+      copy_async_16(swizzled_row0 + i * kRowsPerPass * kHeadDim + 8 * chunk, valid ? row : src, valid);
+    } else if constexpr (kSwizzled) {
       const int chunk = row0_chunk ^ ((i * kRowsPerPass) % 8);
       copy_async_16(swizzled_row0 + i * kRowsPerPass * kHeadDim + 8 * chunk, valid ? row : src, valid);
     } else {
@@ -201,16 +209,20 @@ __device__ __forceinline__ void stage_rows(Rows<kHeadDim> dst, const uint16_t* s
 // a copy's source, whose registers ptxas reuses, so it waits for the copy
 // before it; docs/performance.md, rounds 42 and 70-71). `first` and `last`
 // must be the same for every thread taking part.
-template <int kHeadDim, int kCount, int kThreads, bool kSwizzled = false>
+template <int kHeadDim, int kCount, int kThreads, bool kSwizzled = false, bool kAnyStageRow = false>
 __device__ __forceinline__ void stage_row_pair(Rows<kHeadDim> a_dst, const uint16_t* a_src, int64_t a_row_stride,
                                                Rows<kHeadDim> b_dst, const uint16_t* b_src, int64_t b_row_stride,
-                                               int64_t first, int64_t last, unsigned thread) {
+                                               int64_t first, int64_t last, unsigned thread, int stage_row = 0) {
   if (first >= 0 && first + kCount - 1 <= last) {
-    stage_rows<kHeadDim, kCount, kThreads, true, kSwizzled>(a_dst, a_src, a_row_stride, first, last, thread);
-    stage_rows<kHeadDim, kCount, kThreads, true, kSwizzled>(b_dst, b_src, b_row_stride, first, last, thread);
+    stage_rows<kHeadDim, kCount, kThreads, true, kSwizzled, kAnyStageRow>(a_dst, a_src, a_row_stride, first, last,
+                                                                          thread, stage_row);
+    stage_rows<kHeadDim, kCount, kThreads, true, kSwizzled, kAnyStageRow>(b_dst, b_src, b_row_stride, first, last,
+                                                                          thread, stage_row);
   } else {
-    stage_rows<kHeadDim, kCount, kThreads, false, kSwizzled>(a_dst, a_src, a_row_stride, first, last, thread);
-    stage_rows<kHeadDim, kCount, kThreads, false, kSwizzled>(b_dst, b_src, b_row_stride, first, last, thread);
+    stage_rows<kHeadDim, kCount, kThreads, false, kSwizzled, kAnyStageRow>(a_dst, a_src, a_row_stride, first, last,
+                                                                           thread, stage_row);
+    stage_rows<kHeadDim, kCount, kThreads, false, kSwizzled, kAnyStageRow>(b_dst, b_src, b_row_stride, first, last,
+                                                                           thread, stage_row);
   }
 }
 
@@ -439,13 +451,15 @@ template <int kHeadDim>
 __device__ __forceinline__ uint32_t swizzled_lane_row(Rows<kHeadDim> rows, int row, int half) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(swizzled_chunk<kHeadDim>(rows, row, 8 * half)));
 }
+// first_row: the 16 rows start that many rows after `rows`, any number
+// (`rows` then the stage itself: a fractional strip's rows start at 17 w).
 template <int kHeadDim>
-__device__ __forceinline__ uint32_t swizzled_dot_lane_row(Rows<kHeadDim> rows, int lane) {
-  return swizzled_lane_row<kHeadDim>(rows, (lane / 16) * 8 + lane % 8, (lane / 8) % 2);
+__device__ __forceinline__ uint32_t swizzled_dot_lane_row(Rows<kHeadDim> rows, int lane, int first_row = 0) {
+  return swizzled_lane_row<kHeadDim>(rows, first_row + (lane / 16) * 8 + lane % 8, (lane / 8) % 2);
 }
 template <int kHeadDim>
-__device__ __forceinline__ uint32_t swizzled_add_lane_row(Rows<kHeadDim> rows, int lane) {
-  return swizzled_lane_row<kHeadDim>(rows, ((lane / 8) % 2) * 8 + lane % 8, lane / 16);
+__device__ __forceinline__ uint32_t swizzled_add_lane_row(Rows<kHeadDim> rows, int lane, int first_row = 0) {
+  return swizzled_lane_row<kHeadDim>(rows, first_row + ((lane / 8) % 2) * 8 + lane % 8, lane / 16);
 }
 
 // The A fragment of weight * w for a 16 x 16 tile w held in C layout in

@@ -1,0 +1,122 @@
+"""Swizzled stages (each row's 16-byte chunks XOR-ed by the row) instead of
+padded rows: the dk/dv pass before dq stages its q and dO rows so (integer
+offsets at head_dim 64 and 128, fractional positions at 128), the dq pass with
+offsets its k rows (integer offsets at 64 and 128). Either way the gradients
+are bitwise those of padded rows (FIBSPARSE_DKDV_SWIZZLE=0,
+FIBSPARSE_DQ_SWIZZLE=0), dense and packed, MHA and GQA, every output poisoned
+first; a switch's bad value is refused before any kernel runs."""
+import pytest
+import torch
+
+from utils import cuda_kernels_of, dkdv_template_arguments, fibonacci_offsets, packed, random_rows, requires_cuda
+
+DKDV_SWITCH, DQ_SWITCH = "FIBSPARSE_DKDV_SWIZZLE", "FIBSPARSE_DQ_SWIZZLE"
+
+
+def dq_template_arguments(kernels):
+    """The template arguments of the one dq pass with offsets
+    (dq_from_dscores_with_offsets_kernel) among kernel names, as strings."""
+    names = [name for name in kernels if "dq_from_dscores_with_offsets_kernel" in name]
+    assert len(names) == 1, kernels
+    return names[0][names[0].index("<") + 1:names[0].rindex(">(")].split(", ")
+
+
+def swizzled(kernels, switch):
+    """The switch's kernel's swizzle argument: the dk/dv pass's sixth
+    (kSwizzledRows), the dq pass's sixth (kSwizzledK)."""
+    if switch == DKDV_SWITCH:
+        return dkdv_template_arguments(kernels)[5] == "true"
+    return dq_template_arguments(kernels)[5] == "true"
+
+
+def assert_bitwise_with_padded_rows(monkeypatch, op, args, outputs=3, switches=(DKDV_SWITCH, DQ_SWITCH)):
+    """op's first `outputs` results (dq, dk, dv, and d offsets with 4) with
+    swizzled stages (the default) and with each switch's padded ones: finite
+    and equal bit for bit."""
+    monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
+    for switch in (DKDV_SWITCH, DQ_SWITCH):
+        monkeypatch.delenv(switch, raising=False)
+    grads, kernels = cuda_kernels_of(lambda: op(*args)[:outputs])
+    for switch in switches:
+        assert swizzled(kernels, switch), (switch, kernels)
+    for name, a in zip(["dq", "dk", "dv", "d offsets"], grads):
+        assert a.isfinite().all(), name
+    for switch in switches:
+        monkeypatch.setenv(switch, "0")
+        padded, kernels = cuda_kernels_of(lambda: op(*args)[:outputs])
+        assert not swizzled(kernels, switch), (switch, kernels)
+        monkeypatch.delenv(switch)
+        for name, a, b in zip(["dq", "dk", "dv", "d offsets"], grads, padded):
+            assert torch.equal(a, b), (switch, name)
+
+
+@requires_cuda
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("heads,heads_kv", [(4, 4), (8, 2), (3, 1)])
+@pytest.mark.parametrize("window", [65, 128, 129])
+def test_cuda_swizzled_stages_are_bitwise_padded_stages(monkeypatch, heads, heads_kv, window, head_dim):
+    """A sequence whose last key tile is ragged, with and without a gradient of lse."""
+    seqlen, dtype = 3037, torch.bfloat16
+    offsets = fibonacci_offsets(window, seqlen)
+    q = random_rows((1, seqlen, heads, head_dim), dtype, window)
+    k, v = (random_rows((1, seqlen, heads_kv, head_dim), dtype, window + i) for i in (1, 2))
+    out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [window], 0.125)
+    dout, dlse = random_rows(out.shape, dtype, 7), random_rows(lse.shape, torch.float32, 8)
+    for grad_lse in (dlse, None):
+        assert_bitwise_with_padded_rows(monkeypatch, torch.ops.fibsparse.bwd,
+                                        (dout, q, k, v, out, lse, grad_lse, offsets, [window], 0.125))
+
+
+@requires_cuda
+@pytest.mark.parametrize("heads,heads_kv", [(4, 4), (8, 2), (3, 1)])
+@pytest.mark.parametrize("window", [65, 128, 129])
+def test_cuda_fractional_swizzled_stages_are_bitwise_padded_stages(monkeypatch, heads, heads_kv, window):
+    """Fractional positions at head_dim 128: each warp's strip is 17 rows from
+    row 17 w, not a multiple of 8; d offsets compared too."""
+    seqlen, dtype = 3037, torch.bfloat16
+    offsets = fibonacci_offsets(window, seqlen, fractional=True)
+    q = random_rows((1, seqlen, heads, 128), dtype, window)
+    k, v = (random_rows((1, seqlen, heads_kv, 128), dtype, window + i) for i in (1, 2))
+    out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [window], 128 ** -0.5)
+    dout, dlse = random_rows(out.shape, dtype, 7), random_rows(lse.shape, torch.float32, 8)
+    for grad_lse in (dlse, None):
+        assert_bitwise_with_padded_rows(monkeypatch, torch.ops.fibsparse.bwd,
+                                        (dout, q, k, v, out, lse, grad_lse, offsets, [window], 128 ** -0.5), 4,
+                                        switches=(DKDV_SWITCH,))
+
+
+@requires_cuda
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_cuda_packed_swizzled_stages_are_bitwise_padded_stages(monkeypatch, head_dim):
+    """A packed batch (empty, one-row, one-tile and ragged sequences), float16."""
+    lengths = [2000, 1, 0, 64, 700, 129, 63]
+    cu, longest = packed(lengths, "cuda")
+    window, dtype = 128, torch.float16
+    offsets = fibonacci_offsets(window, longest)
+    q = random_rows((sum(lengths), 8, head_dim), dtype, 20)
+    k, v = (random_rows((sum(lengths), 2, head_dim), dtype, 21 + i) for i in range(2))
+    out, lse = torch.ops.fibsparse.varlen_fwd(q, k, v, cu, cu, longest, longest, offsets, [window], 0.125)
+    dout, dlse = random_rows(out.shape, dtype, 30), random_rows(lse.shape, torch.float32, 31)
+    assert_bitwise_with_padded_rows(monkeypatch, torch.ops.fibsparse.varlen_bwd,
+                                    (dout, q, k, v, out, lse, dlse, cu, cu, longest, longest, offsets, [window],
+                                     0.125))
+
+
+@requires_cuda
+@pytest.mark.parametrize("switch", [DKDV_SWITCH, DQ_SWITCH])
+@pytest.mark.parametrize("setting", ["off", "", "2"])
+def test_cuda_swizzle_switch_is_checked(monkeypatch, switch, setting):
+    """A switch takes 0 or 1: any other value is refused, naming the variable,
+    what it got and what it takes, before any of the backward's kernels runs."""
+    window, seqlen = 128, 300
+    offsets = fibonacci_offsets(window, seqlen)
+    q, k, v = (random_rows((1, seqlen, 2, 64), torch.bfloat16, i) for i in range(3))
+    out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [window], 0.125)
+    dout, dlse = random_rows(out.shape, torch.bfloat16, 3), random_rows(lse.shape, torch.float32, 4)
+    monkeypatch.setenv(switch, setting)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        with pytest.raises(RuntimeError, match=f"{switch} must be one of 0, 1 \\(or unset\\), got '{setting}'"):
+            torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, offsets, [window], 0.125)
+        torch.cuda.synchronize()
+    ran = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and "fibsparse" in e.name]
+    assert not ran, ran
