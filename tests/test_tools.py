@@ -256,6 +256,8 @@ def test_device_ab_runs_one_ab_per_group_of_arguments(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--", "FIBSPARSE_X=0", "--"], "an empty group of A/B arguments"),
+    (["--", "--", "FIBSPARSE_X=0"], "an empty group of A/B arguments"),
+    (["--", "FIBSPARSE_X=0", "--", "--", "FIBSPARSE_Y=0"], "an empty group of A/B arguments"),
     (["--bogus"], "unknown option '--bogus'"),
     (["--check-env", "no_equals", "--", "X=0"], "--check-env takes NAME=VALUE, got 'no_equals'"),
     (["--log"], "--log needs a value"),

@@ -157,13 +157,34 @@ def test_cuda_walk_only_where_it_was_faster(monkeypatch, heads, heads_kv, head_d
 
 
 @requires_cuda
+@pytest.mark.parametrize("layout", ["dense", "packed"])
 @pytest.mark.parametrize("setting", ["off", "", "2"])
-def test_cuda_walk_switch_is_checked(monkeypatch, setting):
+def test_cuda_walk_switch_is_checked(monkeypatch, setting, layout):
     """FIBSPARSE_WINDOW_WALK takes 0 or 1: any other value is refused, naming
-    the variable, what it got and what it takes, before the backward runs."""
-    q, k, v = (random_rows((1, 128, 2, 32), torch.float16, i) for i in range(3))
+    the variable, what it got and what it takes, before any of the backward's
+    kernels runs (a packed batch's own offsets check included)."""
     none = torch.zeros(0, dtype=torch.int32, device="cuda")
-    out, lse = torch.ops.fibsparse.fwd(q, k, v, none, [128], 0.125)
+    if layout == "dense":
+        q, k, v = (random_rows((1, 128, 2, 32), torch.float16, i) for i in range(3))
+        out, lse = torch.ops.fibsparse.fwd(q, k, v, none, [128], 0.125)
+        args = (random_rows(out.shape, torch.float16, 3), q, k, v, out, lse, torch.zeros_like(lse), none, [128], 0.125)
+        op = torch.ops.fibsparse.bwd
+    else:
+        cu, longest = packed([100, 1, 60], "cuda")
+        q, k, v = (random_rows((161, 2, 32), torch.float16, i) for i in range(3))
+        out, lse = torch.ops.fibsparse.varlen_fwd(q, k, v, cu, cu, longest, longest, none, [128], 0.125)
+        args = (random_rows(out.shape, torch.float16, 3), q, k, v, out, lse, torch.zeros_like(lse), cu, cu, longest,
+                longest, none, [128], 0.125)
+        op = torch.ops.fibsparse.varlen_bwd
+    # Where the switch is unset the profiler sees the backward's kernels, so an
+    # empty list below means that none ran, not that none was recorded.
+    monkeypatch.delenv(SWITCH, raising=False)
+    _, kernels = cuda_kernels_of(lambda: op(*args))
+    assert any("fibsparse" in name for name in kernels), kernels
     monkeypatch.setenv(SWITCH, setting)
-    with pytest.raises(RuntimeError, match=f"{SWITCH} must be one of 0, 1 \\(or unset\\), got '{setting}'"):
-        torch.ops.fibsparse.bwd(torch.randn_like(out), q, k, v, out, lse, torch.zeros_like(lse), none, [128], 0.125)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        with pytest.raises(RuntimeError, match=f"{SWITCH} must be one of 0, 1 \\(or unset\\), got '{setting}'"):
+            op(*args)
+        torch.cuda.synchronize()
+    ran = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and "fibsparse" in e.name]
+    assert not ran, ran

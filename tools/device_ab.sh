@@ -7,7 +7,9 @@
 #   bash tools/device_ab.sh [options] -- SWITCH --kernel K --config C ... [--rounds N] [-- SWITCH2 ...]
 #
 # Everything after `--` goes to tools/ab_switch.py as it is; a further `--`
-# starts another A/B of the same build (another switch), run after the first.
+# starts another A/B of the same build (another switch), run after the first,
+# so no `--` reaches ab_switch.py itself. Each A/B may take up to 300 s of the
+# call's DEVICE_AB_SECONDS (below), which the checks after them share too.
 # Options:
 #   --log NAME        the log's name under $OUT (default ab.log)
 #   --landing PATCH   after the A/B, apply PATCH (git apply; the switch taken out,
@@ -33,7 +35,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 source tools/device_steps.sh
 
-usage="options: --log NAME, --landing PATCH, --sanitize, --tests EXPR, --kernel-times, --check-env NAME=VALUE; then -- and tools/ab_switch.py's arguments"
+usage="options: --log NAME, --landing PATCH, --sanitize, --tests EXPR, --kernel-times, --check-env NAME=VALUE; then -- and tools/ab_switch.py's arguments, and -- before each further A/B's"
 log=ab.log landing="" sanitize=0 tests="" kernel_times=0 check_env=()
 while [[ $# -gt 0 && "$1" != "--" ]]; do
   case "$1" in

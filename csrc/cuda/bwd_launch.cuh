@@ -127,14 +127,14 @@ inline int tiles_per_run(const Params& p, Kernel kernel, int smem_bytes) {
 template <int kHeadDim>
 constexpr bool kStoredDscoresTakeFractional = kHeadDim >= 128;
 
-// The window alone's dk/dv pass of the backward with stored dS: a walk
-// (window_walk_applies) or a block a key tile (one_tile_grid); p holds the dS
-// buffer, and the walk's run length is set in it.
+// The window alone's dk/dv pass of the backward with stored dS: a walk (where
+// `walks`, the caller's window_walk_applies) or a block a key tile
+// (one_tile_grid); p holds the dS buffer, and the walk's run length is set in it.
 template <typename T, int kHeadDim>
-void launch_window_alone_dkdv(Params& p, dim3 one_tile_grid) {
+void launch_window_alone_dkdv(Params& p, dim3 one_tile_grid, bool walks) {
   using namespace mma_bwd;
   if constexpr (kWindowWalkHeadDim<kHeadDim>) {
-    if (window_walk_applies<kHeadDim>(p)) {
+    if (walks) {
       const auto walk = dkdv_window_walk_kernel<T, kHeadDim>;
       allow_dynamic_smem(walk, kDkdvWalkSmemBytes<kHeadDim>);
       p.band_tiles_per_run = tiles_per_run(p, walk, kDkdvWalkSmemBytes<kHeadDim>);
@@ -166,6 +166,24 @@ inline bool dkdv_keeps_v_in_smem(int smem_bytes) {
 template <typename T, typename OffsetT, int kHeadDim>
 void launch_stored_dscores_bwd(const Params& p, int steps) {
   using namespace mma_bwd;
+  constexpr bool kFrac = !std::is_integral_v<OffsetT>;
+  constexpr int kDkdvSmem = kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>;
+  // Swizzled stages (mma_tiles.cuh's swizzled_chunk): the copies ask L2 for the
+  // sectors their rows hold, where padded rows cost 1.5x. The dk/dv pass's q and
+  // dO stages, integer offsets at head_dim 64, integer and fractional ones at
+  // 128 (where the pass keeps its v rows in shared memory: FIBSPARSE_DKDV_V_SMEM=0
+  // gives padded rows too); the dq pass's k stages, integer offsets at 64 and
+  // 128. FIBSPARSE_DKDV_SWIZZLE=0 and FIBSPARSE_DQ_SWIZZLE=0 keep the padded
+  // rows, for comparisons.
+  // Every switch of this backward is read here, before its first launch (and
+  // before a poisoned dS buffer is filled): a value one refuses stops the call
+  // before any kernel runs.
+  constexpr bool kMaySwizzle = kHeadDim == 128 || (kHeadDim == 64 && !kFrac);
+  constexpr bool kDqMaySwizzle = !kFrac && (kHeadDim == 64 || kHeadDim == 128);
+  const bool walks = p.num_offsets == 0 && window_walk_applies<kHeadDim>(p);
+  const bool swizzled = kMaySwizzle && !switched_off("FIBSPARSE_DKDV_SWIZZLE");
+  const bool dq_swizzled = kDqMaySwizzle && !switched_off("FIBSPARSE_DQ_SWIZZLE");
+  const bool v_in_smem = kHeadDim == 128 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>);
   const int64_t tiles = band_dscore_tiles(p);
   const at::Tensor dscores = at::empty({p.heads * tiles * steps * kBlockRows * kChunk},
                                        at::TensorOptions().dtype(at::kShort).device(at::kCUDA));
@@ -180,25 +198,11 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
     // No pass here has the offsets check's blocks, which in a packed batch
     // also check each sequence's boundaries: a launch of its own does that.
     if (p.cu_seqlens_q != nullptr) launch_kernel(offsets_check_kernel<int32_t, 1>, dim3(1, 1, p.batch), 32, 0, p);
-    launch_window_alone_dkdv<T, kHeadDim>(stored_p, dkdv_grid);
+    launch_window_alone_dkdv<T, kHeadDim>(stored_p, dkdv_grid, walks);
     launch_kernel(dq_from_dscores_kernel<T, kHeadDim>, dim3(query_tiles, p.heads, p.batch), kMmaBlockThreads,
                   kDqFromDscoresSmemBytes<kHeadDim>, stored_p);
     return;
   }
-  constexpr bool kFrac = !std::is_integral_v<OffsetT>;
-  constexpr int kDkdvSmem = kFrac ? kDkdvFractionalSmemBytes<kHeadDim> : kDkdvSmemBytes<kHeadDim>;
-  // Swizzled stages (mma_tiles.cuh's swizzled_chunk): the copies ask L2 for the
-  // sectors their rows hold, where padded rows cost 1.5x. The dk/dv pass's q and
-  // dO stages, integer offsets at head_dim 64, integer and fractional ones at
-  // 128; the dq pass's k stages, integer offsets at 64 and 128.
-  // FIBSPARSE_DKDV_SWIZZLE=0 and FIBSPARSE_DQ_SWIZZLE=0 keep the padded rows, for
-  // comparisons. The switches are read before the first launch: a value they
-  // refuse stops the call before any kernel runs.
-  constexpr bool kMaySwizzle = kHeadDim == 128 || (kHeadDim == 64 && !kFrac);
-  constexpr bool kDqMaySwizzle = !kFrac && (kHeadDim == 64 || kHeadDim == 128);
-  const bool swizzled = kMaySwizzle && !switched_off("FIBSPARSE_DKDV_SWIZZLE");
-  const bool dq_swizzled = kDqMaySwizzle && !switched_off("FIBSPARSE_DQ_SWIZZLE");
-  const bool v_in_smem = kHeadDim == 128 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>);
   launch_kernel(delta_kernel<T, OffsetT, kHeadDim>, dim3(query_tiles + kOffsetsCheckBlocks, p.heads, p.batch),
                 kMmaBlockThreads, 0, stored_p);
   bool launched = false;

@@ -721,8 +721,9 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // kSwizzledRows (the route before dq: integer offsets at head_dim 64; integer
 // and fractional ones at 128 with kVInSmem): the q and dO stages are swizzled (mma_tiles.cuh's
 // swizzled_chunk), not padded, so that their copies ask L2 for no more sectors
-// than their rows hold; the pass took 1.9-3.8% less time at head_dim 64 and
-// 7.4-10.6% at 128 (docs/performance.md, rounds 90-91).
+// than their rows hold; the pass took 1.9-3.8% less time at head_dim 64,
+// 7.4-10.6% at 128 with integer offsets and 1.8-3.1% with fractional ones
+// (docs/performance.md, rounds 90, 91 and 93).
 template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kVInSmem = false,
           bool kSwizzledRows = false>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
@@ -744,7 +745,10 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   static_assert(!kWindowAlone || 2 * kChunk == kMmaBlockThreads, "delta: two threads a staged row");
   // 128-byte aligned: a swizzled stage's k-step XOR (swizzled_k_step) acts on
   // the shared address itself, so each stage must start on a 128-byte line.
-  extern __shared__ __align__(128) uint16_t smem[];
+  // (A name of its own: the other kernels' `smem` is declared 16-byte aligned,
+  // and one name takes one alignment in a translation unit.)
+  extern __shared__ __align__(128) uint16_t dkdv_smem[];
+  uint16_t* const smem = dkdv_smem;
   static_assert(!kSwizzledRows || (kRoute == DkdvRoute::kBeforeDq &&
                                     (kHeadDim == 128 || (kHeadDim == 64 && std::is_integral_v<OffsetT>))));
   // Swizzled stages hold kBufRows rows of kHeadDim elements each, where the

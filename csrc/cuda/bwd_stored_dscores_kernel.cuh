@@ -245,8 +245,10 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   static_assert(!kSwizzledK || (!kFrac && (kHeadDim == 64 || kHeadDim == 128)));
   constexpr int kThreads = kHeads * kMmaBlockThreads;
   // 128-byte aligned: a swizzled stage's k-step XOR (swizzled_k_step) acts on
-  // the shared address itself, so each k stage must start on a 128-byte line.
-  extern __shared__ __align__(128) uint16_t smem[];
+  // the shared address itself, so each k stage must start on a 128-byte line
+  // (a name of its own, as dkdv_mma_kernel's).
+  extern __shared__ __align__(128) uint16_t dq_smem[];
+  uint16_t* const smem = dq_smem;
   const auto stage_ds = [&](int s, int head) { return smem + (s * kHeads + head) * kDqStagedDscoreValues; };
   constexpr int kStageKValues = kDqKRows<kFrac> * (kSwizzledK ? kHeadDim : kHeadDim + 8);
   static_assert(!kSwizzledK || kDqStagedDscoreValues * sizeof(uint16_t) % 128 == 0, "k stages on 128-byte lines");

@@ -440,7 +440,8 @@ __device__ __forceinline__ uint32_t add_rows_lane_row(RowPtr<kHeadDim> b_rows, i
 }
 
 // This lane's ldmatrix row of 16 rows of a swizzled stage, from `rows` (its
-// first row, a multiple of 8 rows into the stage): row R, starting at 8-column
+// first row, a multiple of 8 rows into the stage, unless first_row below is
+// given): row R, starting at 8-column
 // half h, as dot_16_rows_lane_row (R = 8 (lane / 16) + lane % 8, h = (lane / 8) % 2)
 // or add_rows_lane_row (R = 8 ((lane / 8) % 2) + lane % 8, h = lane / 16) take
 // them. Its k-step kk's 16 columns lie at swizzled_k_step: for kk < 4, chunk
