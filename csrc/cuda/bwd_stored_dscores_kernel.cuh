@@ -248,15 +248,14 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   // the shared address itself, so each k stage must start on a 128-byte line
   // (a name of its own, as dkdv_mma_kernel's).
   extern __shared__ __align__(128) uint16_t dq_smem[];
-  uint16_t* const smem = dq_smem;
-  const auto stage_ds = [&](int s, int head) { return smem + (s * kHeads + head) * kDqStagedDscoreValues; };
+  const auto stage_ds = [&](int s, int head) { return dq_smem + (s * kHeads + head) * kDqStagedDscoreValues; };
   constexpr int kStageKValues = kDqKRows<kFrac> * (kSwizzledK ? kHeadDim : kHeadDim + 8);
   static_assert(!kSwizzledK || kDqStagedDscoreValues * sizeof(uint16_t) % 128 == 0, "k stages on 128-byte lines");
   const auto stage_k = [&](int s) {
     if constexpr (kSwizzledK) {
-      return reinterpret_cast<Rows<kHeadDim>>(smem + kStages * kHeads * kDqStagedDscoreValues + s * kStageKValues);
+      return reinterpret_cast<Rows<kHeadDim>>(dq_smem + kStages * kHeads * kDqStagedDscoreValues + s * kStageKValues);
     } else {
-      return reinterpret_cast<Rows<kHeadDim>>(smem + kStages * kHeads * kDqStagedDscoreValues) + s * kDqKRows<kFrac>;
+      return reinterpret_cast<Rows<kHeadDim>>(dq_smem + kStages * kHeads * kDqStagedDscoreValues) + s * kDqKRows<kFrac>;
     }
   };
   // A strip's first row in a stage: swizzled stages hold kHeadDim values a row.
