@@ -34,15 +34,18 @@ def assert_bitwise_with_padded_rows(monkeypatch, op, args, outputs=3, switches=(
     swizzled stages (the default) and with each switch's padded ones: finite
     and equal bit for bit."""
     monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
-    for switch in (DKDV_SWITCH, DQ_SWITCH):
+    for switch in (DKDV_SWITCH, DQ_SWITCH, "FIBSPARSE_DKDV_V_SMEM"):
         monkeypatch.delenv(switch, raising=False)
     grads, kernels = cuda_kernels_of(lambda: op(*args)[:outputs])
     if DKDV_SWITCH in switches and dkdv_template_arguments(kernels)[2] == "128" and \
             dkdv_template_arguments(kernels)[4] != "true":
-        # Head_dim 128 swizzles only with the v rows in shared memory, where two
-        # blocks with them fit an SM (an H100 or H200 must).
+        # Head_dim 128 swizzles the dk/dv pass's stages only with the v rows in
+        # shared memory, where two blocks with them fit an SM (an H100 or H200
+        # must); the dq pass's are compared all the same.
         assert torch.cuda.get_device_capability() != (9, 0), "a compute capability 9.0 GPU keeps v in shared memory"
-        pytest.skip("this device keeps v in registers, with padded stages: two blocks with the v rows do not fit an SM")
+        switches = tuple(switch for switch in switches if switch != DKDV_SWITCH)
+        if not switches:
+            pytest.skip("this device keeps v in registers, with padded stages: two blocks with the v rows do not fit")
     for switch in switches:
         assert swizzled(kernels, switch), (switch, kernels)
     for name, a in zip(["dq", "dk", "dv", "d offsets"], grads):
@@ -73,6 +76,13 @@ def test_cuda_swizzled_stages_are_bitwise_padded_stages(monkeypatch, heads, head
     for grad_lse in (dlse, None):
         assert_bitwise_with_padded_rows(monkeypatch, torch.ops.fibsparse.bwd,
                                         (dout, q, k, v, out, lse, grad_lse, offsets, [window], 0.125))
+    # The dq pass's heads a block: the largest power of two up to its limit
+    # that divides the kv group.
+    group, limit = heads // heads_kv, 4 if head_dim == 64 else 2
+    expected = next(n for n in (4, 2, 1) if n <= limit and group % n == 0)
+    _, kernels = cuda_kernels_of(lambda: torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, offsets, [window],
+                                                                 0.125))
+    assert dq_template_arguments(kernels)[3] == str(expected), kernels
 
 
 @requires_cuda
@@ -111,13 +121,16 @@ def test_cuda_packed_swizzled_stages_are_bitwise_padded_stages(monkeypatch, head
 
 
 @requires_cuda
+@pytest.mark.parametrize("with_offsets", [True, False])
 @pytest.mark.parametrize("switch", [DKDV_SWITCH, DQ_SWITCH])
 @pytest.mark.parametrize("setting", ["off", "", "2"])
-def test_cuda_swizzle_switch_is_checked(monkeypatch, switch, setting):
+def test_cuda_swizzle_switch_is_checked(monkeypatch, switch, setting, with_offsets):
     """A switch takes 0 or 1: any other value is refused, naming the variable,
-    what it got and what it takes, before any of the backward's kernels runs."""
+    what it got and what it takes, before any of the backward's kernels runs;
+    on the window alone's backward too, which reads it though it stages
+    nothing swizzled."""
     window, seqlen = 128, 300
-    offsets = fibonacci_offsets(window, seqlen)
+    offsets = fibonacci_offsets(window, seqlen) if with_offsets else torch.zeros(0, dtype=torch.int32, device="cuda")
     q, k, v = (random_rows((1, seqlen, 2, 64), torch.bfloat16, i) for i in range(3))
     out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [window], 0.125)
     dout, dlse = random_rows(out.shape, torch.bfloat16, 3), random_rows(lse.shape, torch.float32, 4)

@@ -5,7 +5,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 cd "$here/../../.." || exit 2  # the repository root
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0a OMP_NUM_THREADS=2
 s=$SECONDS
-echo "=== $(date -u +%FT%TZ) commit ${FIBSPARSE_COMMIT:-$(git rev-parse --short HEAD)}"
+echo "=== $(date -u +%FT%TZ) commit ${FIBSPARSE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv,noheader
 python3 -c 'import torch; print("torch", torch.__version__)'
 MAX_JOBS=16 python3 -m pip install --no-build-isolation --no-deps -e . -q > ${OUT:-/tmp}/build.log 2>&1 || { tail -30 ${OUT:-/tmp}/build.log; exit 1; }
