@@ -5,14 +5,14 @@ dense and packed, integer offsets and fractional positions, MHA and GQA."""
 import pytest
 import torch
 
-from utils import cuda_kernels_of, dkdv_template_arguments, fibonacci_offsets, packed, random_rows, requires_cuda
+from utils import cuda_kernels_of, fibonacci_offsets, packed, random_rows, requires_cuda, template_arguments
 
 SWITCH = "FIBSPARSE_DKDV_V_SMEM"
 
 
 def keeps_v_in_smem(kernels):
     """dkdv_mma_kernel's fifth template argument, kVInSmem."""
-    return dkdv_template_arguments(kernels)[4] == "true"
+    return template_arguments(kernels, "dkdv_mma_kernel")[4] == "true"
 
 
 def assert_bitwise_with_v_in_registers(monkeypatch, op, args):

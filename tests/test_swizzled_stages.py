@@ -8,25 +8,18 @@ first; a switch's bad value is refused before any kernel runs."""
 import pytest
 import torch
 
-from utils import cuda_kernels_of, dkdv_template_arguments, fibonacci_offsets, packed, random_rows, requires_cuda
+from utils import (assert_refused_before_any_kernel, cuda_kernels_of, fibonacci_offsets, packed, random_rows,
+                   requires_cuda, template_arguments)
 
 DKDV_SWITCH, DQ_SWITCH = "FIBSPARSE_DKDV_SWIZZLE", "FIBSPARSE_DQ_SWIZZLE"
-
-
-def dq_template_arguments(kernels):
-    """The template arguments of the one dq pass with offsets
-    (dq_from_dscores_with_offsets_kernel) among kernel names, as strings."""
-    names = [name for name in kernels if "dq_from_dscores_with_offsets_kernel" in name]
-    assert len(names) == 1, kernels
-    return names[0][names[0].index("<") + 1:names[0].rindex(">(")].split(", ")
+DKDV_KERNEL, DQ_KERNEL = "dkdv_mma_kernel", "dq_from_dscores_with_offsets_kernel"
+SWITCH_KERNELS = {DKDV_SWITCH: DKDV_KERNEL, DQ_SWITCH: DQ_KERNEL}
 
 
 def swizzled(kernels, switch):
     """The switch's kernel's swizzle argument: the dk/dv pass's sixth
     (kSwizzledRows), the dq pass's sixth (kSwizzledK)."""
-    if switch == DKDV_SWITCH:
-        return dkdv_template_arguments(kernels)[5] == "true"
-    return dq_template_arguments(kernels)[5] == "true"
+    return template_arguments(kernels, SWITCH_KERNELS[switch])[5] == "true"
 
 
 def assert_bitwise_with_padded_rows(monkeypatch, op, args, outputs=3, switches=(DKDV_SWITCH, DQ_SWITCH)):
@@ -37,8 +30,8 @@ def assert_bitwise_with_padded_rows(monkeypatch, op, args, outputs=3, switches=(
     for switch in (DKDV_SWITCH, DQ_SWITCH, "FIBSPARSE_DKDV_V_SMEM"):
         monkeypatch.delenv(switch, raising=False)
     grads, kernels = cuda_kernels_of(lambda: op(*args)[:outputs])
-    if DKDV_SWITCH in switches and dkdv_template_arguments(kernels)[2] == "128" and \
-            dkdv_template_arguments(kernels)[4] != "true":
+    dkdv = template_arguments(kernels, DKDV_KERNEL)
+    if DKDV_SWITCH in switches and dkdv[2] == "128" and dkdv[4] != "true":
         # Head_dim 128 swizzles the dk/dv pass's stages only with the v rows in
         # shared memory, where two blocks with them fit an SM (an H100 or H200
         # must); the dq pass's are compared all the same.
@@ -82,7 +75,7 @@ def test_cuda_swizzled_stages_are_bitwise_padded_stages(monkeypatch, heads, head
     expected = next(n for n in (4, 2, 1) if n <= limit and group % n == 0)
     _, kernels = cuda_kernels_of(lambda: torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, offsets, [window],
                                                                  0.125))
-    assert dq_template_arguments(kernels)[3] == str(expected), kernels
+    assert template_arguments(kernels, DQ_KERNEL)[3] == str(expected), kernels
 
 
 @requires_cuda
@@ -134,16 +127,6 @@ def test_cuda_swizzle_switch_is_checked(monkeypatch, switch, setting, with_offse
     q, k, v = (random_rows((1, seqlen, 2, 64), torch.bfloat16, i) for i in range(3))
     out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [window], 0.125)
     dout, dlse = random_rows(out.shape, torch.bfloat16, 3), random_rows(lse.shape, torch.float32, 4)
-    # The profiler sees this backward's kernels where the switch is unset, so
-    # that an empty list below means none ran, not that none was recorded.
-    monkeypatch.delenv(switch, raising=False)
-    _, kernels = cuda_kernels_of(lambda: torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, offsets, [window],
-                                                                 0.125))
-    assert any("fibsparse" in name for name in kernels), kernels
-    monkeypatch.setenv(switch, setting)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        with pytest.raises(RuntimeError, match=f"{switch} must be one of 0, 1 \\(or unset\\), got '{setting}'"):
-            torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, offsets, [window], 0.125)
-        torch.cuda.synchronize()
-    ran = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and "fibsparse" in e.name]
-    assert not ran, ran
+    assert_refused_before_any_kernel(
+        monkeypatch, switch, setting,
+        lambda: torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, offsets, [window], 0.125))

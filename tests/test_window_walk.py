@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from fibsparse_ext import fibsparse_attn_ref
-from utils import TOLERANCE, cuda_kernels_of, packed, random_rows, rel_err, requires_cuda
+from utils import (TOLERANCE, assert_refused_before_any_kernel, cuda_kernels_of, packed, random_rows, rel_err,
+                   requires_cuda)
 
 SWITCH = "FIBSPARSE_WINDOW_WALK"
 WALK_KERNEL = "dkdv_window_walk_kernel"
@@ -176,15 +177,4 @@ def test_cuda_walk_switch_is_checked(monkeypatch, setting, layout):
         args = (random_rows(out.shape, torch.float16, 3), q, k, v, out, lse, torch.zeros_like(lse), cu, cu, longest,
                 longest, none, [128], 0.125)
         op = torch.ops.fibsparse.varlen_bwd
-    # Where the switch is unset the profiler sees the backward's kernels, so an
-    # empty list below means that none ran, not that none was recorded.
-    monkeypatch.delenv(SWITCH, raising=False)
-    _, kernels = cuda_kernels_of(lambda: op(*args))
-    assert any("fibsparse" in name for name in kernels), kernels
-    monkeypatch.setenv(SWITCH, setting)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        with pytest.raises(RuntimeError, match=f"{SWITCH} must be one of 0, 1 \\(or unset\\), got '{setting}'"):
-            op(*args)
-        torch.cuda.synchronize()
-    ran = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and "fibsparse" in e.name]
-    assert not ran, ran
+    assert_refused_before_any_kernel(monkeypatch, SWITCH, setting, lambda: op(*args))

@@ -67,12 +67,33 @@ def cuda_kernels_of(function):
     return result, [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
 
 
-def dkdv_template_arguments(kernels):
-    """The template arguments of the one dk/dv pass (dkdv_mma_kernel) among kernel names
-    (cuda_kernels_of's), as strings: ["c10::BFloat16", "int", "128", ..]."""
-    names = [name for name in kernels if "dkdv_mma_kernel" in name]
+def template_arguments(kernels, kernel):
+    """The template arguments of the one launch of `kernel` (a kernel's name, e.g.
+    "dkdv_mma_kernel") among kernel names (cuda_kernels_of's), as strings:
+    ["c10::BFloat16", "int", "128", ..]."""
+    names = [name for name in kernels if kernel in name]
     assert len(names) == 1, kernels
     return names[0][names[0].index("<") + 1:names[0].rindex(">(")].split(", ")
+
+
+def assert_refused_before_any_kernel(monkeypatch, switch, setting, call):
+    """call() launches fibsparse kernels with the environment switch unset (the
+    control: an empty list below then means that none ran, not that the
+    profiler recorded none); with `setting`, which the switch takes as neither
+    0 nor 1, it raises an error naming the variable, what it got and what it
+    takes, before any fibsparse kernel runs."""
+    monkeypatch.delenv(switch, raising=False)
+    _, kernels = cuda_kernels_of(call)
+    assert any("fibsparse" in name for name in kernels), kernels
+    monkeypatch.setenv(switch, setting)
+
+    def refused():
+        with pytest.raises(RuntimeError, match=f"{switch} must be one of 0, 1 \\(or unset\\), got '{setting}'"):
+            call()
+
+    _, kernels = cuda_kernels_of(refused)
+    ran = [name for name in kernels if "fibsparse" in name]
+    assert not ran, ran
 
 
 def fibonacci_offsets(window, seqlen, fractional=False):
