@@ -126,6 +126,14 @@ struct Params {
   // clipped): the smallest integer offset allowed, for the kernels' check of
   // the offsets.
   int64_t min_offset_distance;
+
+  // The dk/dv pass before dq at fractional positions, where each warp's row
+  // 16 share is formed by the next warp (bwd_mma_kernel.cuh's
+  // NeighbourShares), else null: per kv head and key tile
+  // (band_dscore_tiles of them), the tile's last key's dk and dv as summed
+  // by its block, then the share of them that the next tile's block formed,
+  // kHeadDim floats each.
+  float* dkdv_edge_rows;
 };
 
 }  // namespace fibsparse

@@ -174,7 +174,9 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   // 128 (where the pass keeps its v rows in shared memory: FIBSPARSE_DKDV_V_SMEM=0
   // gives padded rows too); the dq pass's k stages, integer offsets at 64 and
   // 128. FIBSPARSE_DKDV_SWIZZLE=0 and FIBSPARSE_DQ_SWIZZLE=0 keep the padded
-  // rows, for comparisons.
+  // rows, for comparisons. FIBSPARSE_DKDV_NEXT_WARP_SHARE=0 has each warp of the
+  // fractional dk/dv pass form its own row 16 (bwd_mma_kernel.cuh's
+  // NeighbourShares), for comparisons.
   // Every switch of this backward is read here, before its first launch (and
   // before a poisoned dS buffer is filled): a value one refuses stops the call
   // before any kernel runs.
@@ -183,6 +185,7 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   const bool walks = p.num_offsets == 0 && window_walk_applies<kHeadDim>(p);
   const bool swizzled = kMaySwizzle && !switched_off("FIBSPARSE_DKDV_SWIZZLE");
   const bool dq_swizzled = kDqMaySwizzle && !switched_off("FIBSPARSE_DQ_SWIZZLE");
+  const bool next_warp_share = !switched_off("FIBSPARSE_DKDV_NEXT_WARP_SHARE");
   const bool v_in_smem = kHeadDim == 128 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>);
   const int64_t tiles = band_dscore_tiles(p);
   const at::Tensor dscores = at::empty({p.heads * tiles * steps * kBlockRows * kChunk},
@@ -192,6 +195,13 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   stored_p.band_dscores = dscores.data_ptr();
   stored_p.band_dscore_steps = steps;
   stored_p.band_dscore_tiles = tiles;
+  // The fractional dk/dv pass's key tiles' edge rows (Params::dkdv_edge_rows);
+  // every one read is written first.
+  at::Tensor edge_rows;
+  if (kFrac && next_warp_share) {
+    edge_rows = at::empty({p.heads_kv * tiles * 4 * kHeadDim}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA));
+    stored_p.dkdv_edge_rows = edge_rows.data_ptr<float>();
+  }
   const unsigned query_tiles = blocks_for(p.seqlen_q, kBlockRows);
   const dim3 dkdv_grid(blocks_for(p.seqlen_k, kBlockRows), p.heads_kv, p.batch);
   if (p.num_offsets == 0) {
@@ -228,6 +238,9 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   if (!launched) {
     launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads, kDkdvSmem,
                   stored_p);
+  }
+  if (stored_p.dkdv_edge_rows != nullptr) {
+    launch_kernel(add_next_tile_shares_kernel<T, kHeadDim>, dkdv_grid, kHeadDim, 0, stored_p);
   }
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
     const auto launch_dq = [&](auto stages) {

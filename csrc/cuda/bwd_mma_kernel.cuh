@@ -439,28 +439,67 @@ __device__ __forceinline__ float lane_row_dot_swizzled(Rows<kHeadDim> stage, int
   return lane_row_dot_at<T, kHeadDim>(swizzled_chunk<kHeadDim>(stage, row, col) + col % 8, b + col);
 }
 
-// Eight per-lane values summed across the warp, sum i left in the lanes of
-// quad i (lanes 4 i .. 4 i + 3). Each exchange hands the partner the half of
-// its values that the partner keeps: 9 shuffles for the eight sums, where
-// summing each one across the warp takes 40.
-__device__ __forceinline__ float warp_sums_to_quads(const float (&v)[8], int lane) {
-  const bool upper16 = lane & 16, upper8 = lane & 8, upper4 = lane & 4;
-  float w[4], u[2];
+// N per-lane values (N = 2, 4 or 8) summed across the warp, sum i left in
+// the lanes 32 i / N .. 32 (i + 1) / N - 1. Each exchange hands the partner
+// the half of its values that the partner keeps: 9 shuffles for eight sums
+// (left in quads), where summing each one across the warp takes 40.
+template <int N>
+__device__ __forceinline__ float warp_sums_spread(const float (&v)[N], int lane) {
+  static_assert(N == 2 || N == 4 || N == 8);
+  float w[N];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {  // lanes with bit 4 set keep values 4..7
-    const float keep = upper16 ? v[4 + i] : v[i], give = upper16 ? v[i] : v[4 + i];
-    w[i] = keep + __shfl_xor_sync(0xffffffffu, give, 16);
-  }
+  for (int i = 0; i < N; ++i) w[i] = v[i];
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const float keep = upper8 ? w[2 + i] : w[i], give = upper8 ? w[i] : w[2 + i];
-    u[i] = keep + __shfl_xor_sync(0xffffffffu, give, 8);
+  for (int n = N, mask = 16; n > 1; n /= 2, mask /= 2) {  // lanes with `mask` set keep the upper half
+    const bool upper = lane & mask;
+#pragma unroll
+    for (int i = 0; i < n / 2; ++i) {
+      const float keep = upper ? w[n / 2 + i] : w[i], give = upper ? w[i] : w[n / 2 + i];
+      w[i] = keep + __shfl_xor_sync(0xffffffffu, give, mask);
+    }
   }
-  float sum = (upper4 ? u[1] : u[0]) + __shfl_xor_sync(0xffffffffu, upper4 ? u[0] : u[1], 4);
-  sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-  sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+  float sum = w[0];
+#pragma unroll
+  for (int mask = 16 / N; mask >= 1; mask /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, mask);
   return sum;
 }
+
+// acc += w times this lane's columns of a row (lane_row_dot_at's columns).
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void add_lane_row_times(float w, const uint16_t* a_lane, float (&acc)[kHeadDim / 32]) {
+  constexpr int kPairs = kHeadDim / 64;
+  using Vec = std::conditional_t<kPairs == 2, uint2, uint32_t>;
+  const Vec x = *reinterpret_cast<const Vec*>(a_lane);
+  const uint32_t* x_bits = reinterpret_cast<const uint32_t*>(&x);
+#pragma unroll
+  for (int e = 0; e < kPairs; ++e) {
+    const float2 x2 = unpack2<T>(x_bits[e]);
+    acc[2 * e] += w * x2.x;
+    acc[2 * e + 1] += w * x2.y;
+  }
+}
+
+// A warp's share of its neighbour's key in the fractional dk/dv step
+// (fractional_offset_step). Strip row 16 of warp w is strip row 0 of warp
+// w + 1 (the same query at the same offset), which reads warp w's key 15 as
+// its second row. Warp w + 1 forms that row's P and dS anyway; with
+// `next_warp_shares` it adds f P dO and f dS q of its row 0 into
+// `row0_share_v` and `row0_share_k` (this lane's columns), and warp w skips
+// its row 16: the four dot products with edge rows and the row's exponential
+// that forming it alone cost. Every warp does the same work, the block's
+// last too, whose key 15 takes the next block's warp 0's share: within a
+// block the shares pass through shared memory at the pass's end, across
+// blocks through p.dkdv_edge_rows (hand_over_row0_shares), and
+// add_next_tile_shares then stores each tile's last key. A warp that formed
+// row 16 alone while the others did not would hold its block, and the
+// tensor-core pipe its warps share with the other block's, to its pace.
+template <int kHeadDim>
+struct NeighbourShares {
+  static constexpr int kLaneColumns = kHeadDim >= 32 ? kHeadDim / 32 : 1;  // lane_row_dot_at's
+  bool next_warp_shares;
+  float row0_share_k[kLaneColumns];
+  float row0_share_v[kLaneColumns];
+};
 
 // The dk/dv pass's step for a fractional offset when it runs first
 // (DkdvRoute::kBeforeDq). The query at strip row x (position warp_k0 + whole
@@ -469,7 +508,8 @@ __device__ __forceinline__ float warp_sums_to_quads(const float (&v)[8], int lan
 // (x - 1, x), and the same for dP in V dO^T. Row 0's second key (the previous
 // warp's last) and row 16 (the next warp's row 0, whose P and dS key 15 needs
 // as its second row's share) fall outside the tile: their products are dots
-// with the warp's edge rows (k rows of keys -1, 15, 16, then the v rows). It
+// with the warp's edge rows (k rows of keys -1, 15, 16, then the v rows), or
+// for row 16 the next warp's share (NeighbourShares). It
 // stores each read row's dS and its d loss / d position term (the general dq
 // pass's summand) for the dq pass, and adds to key x (1 - f) of row x's P and
 // dS and f of row x + 1's, as the general pass does from stored ones. (The
@@ -483,18 +523,24 @@ __device__ __forceinline__ void fractional_offset_step(
     const Params& p, const Sequence& seq, int b, int h, int o, const float* offset, OffsetSplit split,
     const uint32_t (&kf)[kHeadDim / 16][4], const VFragments& vf, RowPtr<kHeadDim> strip_q,
     RowPtr<kHeadDim> strip_do, const float* lse, const float* dlt, const uint16_t* edges, int warp_k0,
-    float (&dk)[kHeadDim / 8][4], float (&dv)[kHeadDim / 8][4], int lane, int strip_row = 0) {
-  const int g = lane / 4;
+    float (&dk)[kHeadDim / 8][4], float (&dv)[kHeadDim / 8][4], NeighbourShares<kHeadDim>& shares, int lane,
+    int strip_row = 0) {
+  const int g = lane / 4, c = lane % 4;
   const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
   const int t = distance_of_offset(0, p.band);  // sample_key's index of *offset, offset o's value
   [[maybe_unused]] const auto stage_of = [](RowPtr<kHeadDim> rows) { return const_cast<Rows<kHeadDim>>(rows); };
-  // Strip row x's share of <row, edge row> (lane_row_dot).
-  const auto edge_dot = [&](RowPtr<kHeadDim> strip, int x, const uint16_t* edge) {
+  // This lane's columns of strip row x (lane_row_dot_at's).
+  const auto lane_columns = [&](RowPtr<kHeadDim> strip, int x) -> const uint16_t* {
+    const int col = kHeadDim / 32 * lane;
     if constexpr (kSwizzled) {
-      return lane_row_dot_swizzled<T, kHeadDim>(stage_of(strip), strip_row + x, edge, lane);
+      return swizzled_chunk<kHeadDim>(stage_of(strip), strip_row + x, col) + col % 8;
     } else {
-      return lane_row_dot<T, kHeadDim>(strip[x], edge, lane);
+      return strip[x] + col;
     }
+  };
+  // Strip row x's share of <row, edge row>.
+  const auto edge_dot = [&](RowPtr<kHeadDim> strip, int x, const uint16_t* edge) {
+    return lane_row_dot_at<T, kHeadDim>(lane_columns(strip, x), edge + kHeadDim / 32 * lane);
   };
   // dk or dv += the diagonal d_g, d_g8 times strip rows from x0 (0 or 1).
   const auto add_diag = [&](float d_g, float d_g8, RowPtr<kHeadDim> strip, int x0, float (&acc)[kHeadDim / 8][4]) {
@@ -515,31 +561,15 @@ __device__ __forceinline__ void fractional_offset_step(
     dot_16_rows<T, kHeadDim>(kf, strip_q, st, 0, lane);
     dot_16_rows<T, kHeadDim>(vf, strip_do, dpt, 0, lane);
   }
-  // The six products with the edge rows, summed across the warp together
-  // (warp_sums_to_quads): row 0's two land in quads 0 and 1, row 16's four in
-  // quads 4..7, and the lanes that use them (quad 0 for row 0, quad 7 for
-  // row 16) gather them. Row 16's are needed only where f != 0, but they
-  // share row 0's exchanges, so every step forms them.
-  float s_row0_second, dp_row0_second, s_row16_second, s_row16_first, dp_row16_second, dp_row16_first;
+  // Row 0's second products, with the edge rows of key -1, summed across the
+  // warp together (warp_sums_spread): the score's in lanes 0-15, dP's in
+  // 16-31, gathered by quad 0.
+  float s_row0_second, dp_row0_second;
   {
-    const float parts[8] = {edge_dot(strip_q, 0, edges),
-                            edge_dot(strip_do, 0, edges + 3 * kHeadDim),
-                            0.f,
-                            0.f,
-                            edge_dot(strip_q, 16, edges + kHeadDim),
-                            edge_dot(strip_q, 16, edges + 2 * kHeadDim),
-                            edge_dot(strip_do, 16, edges + 4 * kHeadDim),
-                            edge_dot(strip_do, 16, edges + 5 * kHeadDim)};
-    const float sum = warp_sums_to_quads(parts, lane);
-    const int c = lane % 4;
-    const float from_1_or_4 = __shfl_sync(0xffffffffu, sum, (g == 0 ? 4 : 16) + c);
-    const float from_5 = __shfl_sync(0xffffffffu, sum, 20 + c), from_6 = __shfl_sync(0xffffffffu, sum, 24 + c);
-    s_row0_second = sum;  // quad 0
-    dp_row0_second = from_1_or_4;
-    s_row16_second = from_1_or_4;  // quad 7
-    s_row16_first = from_5;
-    dp_row16_second = from_6;
-    dp_row16_first = sum;
+    const float parts[2] = {edge_dot(strip_q, 0, edges), edge_dot(strip_do, 0, edges + 3 * kHeadDim)};
+    const float sum = warp_sums_spread(parts, lane);
+    s_row0_second = sum;
+    dp_row0_second = __shfl_sync(0xffffffffu, sum, 16 + c);
   }
 
   // Row x's second products come from the lane holding (x - 1, x): for rows
@@ -595,17 +625,116 @@ __device__ __forceinline__ void fractional_offset_step(
   add_diag(w0 * prob[0], w0 * prob[1], strip_do, 0, dv);
   add_diag(w0 * dscore[0], w0 * dscore[1], strip_q, 0, dk);
   if (split.frac != 0.f) {
+    const float w1 = split.frac;
+    // Row 16's P and dS: formed here from the edge dots (keys 15 and 16,
+    // summed across the warp and gathered by quad 7), or left to the next
+    // warp's share (zero here).
+    float prob16 = 0.f, dscore16 = 0.f;
+    if (!shares.next_warp_shares) {
+      const float parts[4] = {edge_dot(strip_q, 16, edges + kHeadDim), edge_dot(strip_q, 16, edges + 2 * kHeadDim),
+                              edge_dot(strip_do, 16, edges + 4 * kHeadDim),
+                              edge_dot(strip_do, 16, edges + 5 * kHeadDim)};
+      const float sum = warp_sums_spread(parts, lane);  // part i in lanes 8 i ..
+      const float s_second = __shfl_sync(0xffffffffu, sum, c), s_first = __shfl_sync(0xffffffffu, sum, 8 + c);
+      const float dp_second = __shfl_sync(0xffffffffu, sum, 16 + c);
+      float term16;
+      row_terms(16, s_first, s_second, sum, dp_second, prob16, dscore16, term16);
+    }
     // Row x + 1's P and dS from its diagonal's owner: row g + 1's, row 8's
-    // (lane 0) for row 7, and row 16's, formed here from the edge dots.
-    float prob16, dscore16, term16;
-    row_terms(16, s_row16_first, s_row16_second, dp_row16_first, dp_row16_second, prob16, dscore16, term16);
+    // (lane 0) for row 7, and row 16's.
     const int below = g <= 6 ? 4 * (g + 1) + (g + 1) / 2 : 0;
     const float p_a = __shfl_sync(0xffffffffu, prob[0], below), p_b = __shfl_sync(0xffffffffu, prob[1], below);
     const float ds_a = __shfl_sync(0xffffffffu, dscore[0], below), ds_b = __shfl_sync(0xffffffffu, dscore[1], below);
-    const float w1 = split.frac;
     add_diag(w1 * (g <= 6 ? p_a : p_b), w1 * (g <= 6 ? p_b : prob16), strip_do, 1, dv);
     add_diag(w1 * (g <= 6 ? ds_a : ds_b), w1 * (g <= 6 ? ds_b : dscore16), strip_q, 1, dk);
+    if (shares.next_warp_shares) {
+      // Row 0's share of the previous warp's key 15 (its row 16's), from
+      // row 0's P and dS (lane 0's).
+      const float p0 = __shfl_sync(0xffffffffu, prob[0], 0), ds0 = __shfl_sync(0xffffffffu, dscore[0], 0);
+      add_lane_row_times<T, kHeadDim>(w1 * p0, lane_columns(strip_do, 0), shares.row0_share_v);
+      add_lane_row_times<T, kHeadDim>(w1 * ds0, lane_columns(strip_q, 0), shares.row0_share_k);
+    }
   }
+}
+
+// Where the fractional dk/dv pass keeps key tile `tile`'s edge rows for kv
+// head hk (Params::dkdv_edge_rows): its last key's dk, then dv, as its block
+// summed them, then the shares of dk and dv that the next tile's block formed.
+__device__ __forceinline__ float* tile_edge_rows(const Params& p, const Sequence& seq, int b, int hk, int64_t tile,
+                                                 int head_dim) {
+  return p.dkdv_edge_rows + ((hk * p.band_dscore_tiles + band_dscore_first_tile(p, seq, b) + tile) * 4) * head_dim;
+}
+
+// At the dk/dv pass's end (NeighbourShares): each warp leaves its row 0
+// shares for the warp before, warps 1-3 in their own edge rows in shared
+// memory (which no step reads any more), warp 0 in the previous tile's edge
+// rows in global memory; warps 0-2 add the next warp's to their key 15
+// (fragment row 15: lanes 28-31, elements 2 and 3), and warp 3 leaves its
+// key 15's sums to add_next_tile_shares. `tile_rows`: this tile's edge rows;
+// `previous_tile_rows`: the previous tile's (null for a sequence's first).
+template <int kHeadDim>
+__device__ __forceinline__ void hand_over_row0_shares(const NeighbourShares<kHeadDim>& shares, uint16_t* own_edges,
+                                                      const uint16_t* next_edges, float* tile_rows,
+                                                      float* previous_tile_rows, int warp, float (&dk)[kHeadDim / 8][4],
+                                                      float (&dv)[kHeadDim / 8][4], int lane) {
+  constexpr int kLaneColumns = kHeadDim / 32;
+  static_assert(kEdgeRows * sizeof(uint16_t) >= 2 * sizeof(float), "a warp's edge rows hold its two shares");
+  // The first tile's warp 0 has no key before it to share with.
+  float* own = warp > 0 ? reinterpret_cast<float*>(own_edges)
+                        : previous_tile_rows != nullptr ? previous_tile_rows + 2 * kHeadDim : nullptr;
+  if (own != nullptr) {
+#pragma unroll
+    for (int i = 0; i < kLaneColumns; ++i) {
+      own[kLaneColumns * lane + i] = shares.row0_share_k[i];
+      own[kHeadDim + kLaneColumns * lane + i] = shares.row0_share_v[i];
+    }
+  }
+  __syncthreads();
+  const int g = lane / 4, c = lane % 4;
+  if (g != 7) return;
+  const float* next = reinterpret_cast<const float*>(next_edges);
+#pragma unroll
+  for (int n = 0; n < kHeadDim / 8; ++n) {
+    if (warp + 1 < kWarps) {
+      const float2 k_share = *reinterpret_cast<const float2*>(next + 8 * n + 2 * c);
+      const float2 v_share = *reinterpret_cast<const float2*>(next + kHeadDim + 8 * n + 2 * c);
+      dk[n][2] += k_share.x;
+      dk[n][3] += k_share.y;
+      dv[n][2] += v_share.x;
+      dv[n][3] += v_share.y;
+    } else {
+      *reinterpret_cast<float2*>(tile_rows + 8 * n + 2 * c) = make_float2(dk[n][2], dk[n][3]);
+      *reinterpret_cast<float2*>(tile_rows + kHeadDim + 8 * n + 2 * c) = make_float2(dv[n][2], dv[n][3]);
+    }
+  }
+}
+
+// After the fractional dk/dv pass (NeighbourShares): each key tile's last key
+// (block (tile, kv head, sequence), a thread per two columns of dk, then of
+// dv) is its block's sums plus the next tile's share where that tile exists,
+// stored as store_rows stores (dk scaled by the softmax scale).
+template <typename T, int kHeadDim>
+__global__ void __launch_bounds__(kHeadDim) add_next_tile_shares_kernel(const Params p) {
+  const int64_t tile = blockIdx.x;
+  const int hk = blockIdx.y, b = blockIdx.z;
+  const Sequence seq = sequence_of(p, b);
+  const int64_t key = tile * kBlockRows + kBlockRows - 1;
+  if (key >= seq.seqlen_k) return;  // the tile's last key is past its sequence's end (or no tile)
+  const bool is_v = threadIdx.x >= kHeadDim / 2;
+  const int col = 2 * (threadIdx.x % (kHeadDim / 2));
+  const float* sums = tile_edge_rows(p, seq, b, hk, tile, kHeadDim) + (is_v ? kHeadDim : 0) + col;
+  float x = sums[0], y = sums[1];
+  if (key + 1 < seq.seqlen_k) {
+    const float* share = sums + 2 * kHeadDim;  // formed by the next tile's block
+    x += share[0];
+    y += share[1];
+  }
+  const float scale = is_v ? 1.f : float(p.softmax_scale);
+  uint16_t* row = is_v ? bits<T>(p.dv, seq.k_start(b, p.dv_batch_stride, p.dv_row_stride) + hk * p.dv_head_stride +
+                                           key * p.dv_row_stride)
+                       : bits<T>(p.dk, seq.k_start(b, p.dk_batch_stride, p.dk_row_stride) + hk * p.dk_head_stride +
+                                           key * p.dk_row_stride);
+  *reinterpret_cast<uint32_t*>(row + col) = pack2<T>(x * scale, y * scale);
 }
 
 // One band step of the dk/dv pass: the warp's 16 keys (k and v fragments kf,
@@ -896,6 +1025,9 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     band_add_row = __shfl_sync(0xffffffffu, band_add_row, lane);
   }
   float dk[kHeadDim / 8][4] = {}, dv[kHeadDim / 8][4] = {};
+  // Fractional positions: whether the next warp forms this warp's row 16
+  // share (NeighbourShares; off with FIBSPARSE_DKDV_NEXT_WARP_SHARE=0).
+  NeighbourShares<kHeadDim> shares{p.dkdv_edge_rows != nullptr, {}, {}};
   auto step = steps.first();
   // Whether a step's rows are staged and read by each warp alone (QuerySteps::by_warp;
   // the window alone has no offset steps), for step n as the loop goes.
@@ -937,12 +1069,12 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
           // Swizzled: the stages themselves, and the strip's first row.
           fractional_offset_step<T, kHeadDim, true>(p, seq, b, step.head, steps.offset_index(step), &step_offset,
                                                     split, kf, vf, rows_q, rows_do, stat0 + row0, stat1 + row0,
-                                                    edge_rows(warp), warp_k0, dk, dv, lane, row0);
+                                                    edge_rows(warp), warp_k0, dk, dv, shares, lane, row0);
         } else if constexpr (kFractionalFirst) {
           fractional_offset_step<T, kHeadDim>(p, seq, b, step.head, steps.offset_index(step), &step_offset, split,
                                               kf, vf, strip_q, strip_do,
                                               stat0 + row0, stat1 + row0, edge_rows(warp), warp_k0, dk, dv,
-                                              lane);
+                                              shares, lane);
         } else if constexpr (kRoute == DkdvRoute::kBeforeDq) {
           // Key x of the warp pairs with strip row x (an integer position): the
           // diagonals of K Q^T and V dO^T are its scores and dP, and the
@@ -1006,10 +1138,23 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
       if (n + 1 < steps.num_steps) form_deltas((n + 1) % 2);
     }
   }
+  // The rows this pass stores: with NeighbourShares, not the tile's last
+  // key, which add_next_tile_shares_kernel stores.
+  int stored_rows = seq.seqlen_k;
+  if constexpr (kFractionalFirst) {
+    if (shares.next_warp_shares) {
+      const int64_t tile = blockIdx.x;
+      hand_over_row0_shares(shares, edge_rows(warp), edge_rows(warp + 1 < kWarps ? warp + 1 : warp),
+                            tile_edge_rows(p, seq, b, hk, tile, kHeadDim),
+                            tile > 0 ? tile_edge_rows(p, seq, b, hk, tile - 1, kHeadDim) : nullptr, warp, dk, dv,
+                            lane);
+      stored_rows = min(stored_rows, int(blockIdx.x) * kBlockRows + kBlockRows - 1);
+    }
+  }
   store_rows<T, kHeadDim>(bits<T>(p.dk, seq.k_start(b, p.dk_batch_stride, p.dk_row_stride) + hk * p.dk_head_stride),
-                          p.dk_row_stride, warp_k0, seq.seqlen_k, dk, scale, g, c);
+                          p.dk_row_stride, warp_k0, stored_rows, dk, scale, g, c);
   store_rows<T, kHeadDim>(bits<T>(p.dv, seq.k_start(b, p.dv_batch_stride, p.dv_row_stride) + hk * p.dv_head_stride),
-                          p.dv_row_stride, warp_k0, seq.seqlen_k, dv, 1.f, g, c);
+                          p.dv_row_stride, warp_k0, stored_rows, dv, 1.f, g, c);
 }
 
 }  // namespace mma_bwd
