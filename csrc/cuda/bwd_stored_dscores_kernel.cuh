@@ -221,12 +221,19 @@ constexpr int kDqWithOffsetsMinBlocks = kHeadDim >= 128 && kHeads == 2 ? 2 : kMi
 // The sum of 16 floats in shared memory (16-byte aligned), as a tree in a
 // fixed order (i with i + 8, then with i + 4, ...). Every lane of a warp
 // that calls it reads the same addresses: one broadcast a load.
-__device__ __forceinline__ float tree_sum_16(const float* values) {
-  const float4* v = reinterpret_cast<const float4*>(values);
-  const float4 a = v[0], b = v[1], c = v[2], d = v[3];
+__device__ __forceinline__ float tree_sum_16(const float4& a, const float4& b, const float4& c, const float4& d) {
   const float s0 = a.x + c.x, s1 = a.y + c.y, s2 = a.z + c.z, s3 = a.w + c.w;
   const float s4 = b.x + d.x, s5 = b.y + d.y, s6 = b.z + d.z, s7 = b.w + d.w;
   return ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7));
+}
+__device__ __forceinline__ float tree_sum_16(const float* values) {
+  const float4* v = reinterpret_cast<const float4*>(values);
+  return tree_sum_16(v[0], v[1], v[2], v[3]);
+}
+// From a shared-memory address (one a kernel keeps).
+__device__ __forceinline__ float tree_sum_16_at(uint32_t addr) {
+  return tree_sum_16(load_shared_float4(addr), load_shared_float4(addr + 16), load_shared_float4(addr + 32),
+                     load_shared_float4(addr + 48));
 }
 
 // The dq pass with offsets. A block = 64 queries of kHeads heads of one kv
@@ -238,7 +245,8 @@ __device__ __forceinline__ float tree_sum_16(const float* values) {
 // query: kWarpStripRows).
 // kSwizzledK (integer offsets, head_dim 64 and 128): the k stages are swizzled
 // (mma_tiles.cuh's swizzled_chunk), not padded.
-template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, bool kSwizzledK = false>
+template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, bool kSwizzledK = false,
+          bool kKeptFractionalRows = false>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
@@ -358,8 +366,8 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   // addresses taken through a shuffle, which ptxas cannot recompute. It
   // rebuilt them at every offset step from the shared window's base; kept,
   // the pass took up to 3.7% less time (docs/performance.md, round 68).
-  constexpr bool kKeptRows = !kFrac;
-  uint32_t strip_add_row = 0, dscore_row_addr = 0;
+  constexpr bool kKeptRows = !kFrac || kKeptFractionalRows;
+  uint32_t strip_add_row = 0, dscore_row_addr = 0, terms_addr = 0;
   if constexpr (kKeptRows) {
     uint32_t lane_row;
     if constexpr (kSwizzledK) {
@@ -370,6 +378,10 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
     strip_add_row = __shfl_sync(0xffffffffu, lane_row, lane);
     const float* own = reinterpret_cast<const float*>(stage_ds(0, head)) + 16 * warp + g;
     dscore_row_addr = __shfl_sync(0xffffffffu, static_cast<uint32_t>(__cvta_generic_to_shared(own)), lane);
+    if constexpr (kFrac) {  // the warp's 16 d(position) terms
+      const float* terms = reinterpret_cast<const float*>(stage_ds(0, head)) + 16 * warp + kBlockRows;
+      terms_addr = __shfl_sync(0xffffffffu, static_cast<uint32_t>(__cvta_generic_to_shared(terms)), lane);
+    }
   }
   constexpr uint32_t kStageKBytes = kStageKValues * sizeof(uint16_t);
   constexpr uint32_t kStageDscoreBytes = kHeads * kDqStagedDscoreValues * sizeof(uint16_t);
@@ -400,14 +412,24 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       const int o = n - band_steps;
       const OffsetSplit split = split_offset(&step_offset, 0);
       const float* dscores = reinterpret_cast<const float*>(stage_ds(n % kStages, head)) + 16 * warp;
+      const uint32_t stage = uint32_t(n % kStages);
       if (split.whole >= 0) {
         // dq of query x += dS_x ((1 - f) its first row, strip row x + 1, + f
         // its second, strip row x); at f == 0 the second row is not
         // multiplied in (0 times a non-finite row is NaN).
-        RowPtr<kHeadDim> strip_k = stage_k(n % kStages) + warp_strip_row0<kFrac>(warp);
         const float w0 = 1.f - split.frac, w1 = split.frac;
-        add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_k + 1, dq, lane);
-        if (w1 != 0.f) add_diag_times_rows<T, kHeadDim>(w1 * dscores[g], w1 * dscores[g + 8], strip_k, dq, lane);
+        if constexpr (kKeptRows) {
+          const uint32_t ds_at = dscore_row_addr + stage * kStageDscoreBytes;
+          const uint32_t rows = strip_add_row + stage * kStageKBytes;
+          const float ds_g = load_shared_float(ds_at), ds_g8 = load_shared_float(ds_at + 32);
+          constexpr uint32_t kRowBytes = (kHeadDim + 8) * sizeof(uint16_t);  // padded (kSwizzledK is integer only)
+          add_diag_times_rows_at<T, kHeadDim>(w0 * ds_g, w0 * ds_g8, rows, dq, lane, kRowBytes);
+          if (w1 != 0.f) add_diag_times_rows_at<T, kHeadDim>(w1 * ds_g, w1 * ds_g8, rows, dq, lane);
+        } else {
+          RowPtr<kHeadDim> strip_k = stage_k(n % kStages) + warp_strip_row0<kFrac>(warp);
+          add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_k + 1, dq, lane);
+          if (w1 != 0.f) add_diag_times_rows<T, kHeadDim>(w1 * dscores[g], w1 * dscores[g + 8], strip_k, dq, lane);
+        }
       }
       // The warp's partial of d loss / d position: the staged terms of its 16
       // queries (zero where a query reads no key), summed by every lane from
@@ -416,7 +438,11 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       // (docs/performance.md, round 74).
       static_assert(kDqStagedDscoreValues * sizeof(uint16_t) % 16 == 0 && kBlockRows % 4 == 0,
                     "tree_sum_16 reads 16-byte aligned terms");
-      const float warp_sum = split.whole >= 0 ? tree_sum_16(dscores + kBlockRows) : 0.f;
+      float warp_sum = 0.f;
+      if (split.whole >= 0) {
+        warp_sum = kKeptRows ? tree_sum_16_at(terms_addr + stage * kStageDscoreBytes)
+                             : tree_sum_16(dscores + kBlockRows);
+      }
       store_warp_doffsets_partial(p, seq, o, b, h, warp_q0, warp_sum, lane);
     }
     if constexpr (kStages == 2) sync_step<kHeads>(steps_by_group(n) && steps_by_group(n + 2), warp);

@@ -281,6 +281,16 @@ __device__ __forceinline__ float load_shared_float(uint32_t addr) {
   return v;
 }
 
+// Four floats from a 16-byte aligned shared-memory address.
+__device__ __forceinline__ float4 load_shared_float4(uint32_t addr) {
+  float4 v;
+  asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "r"(addr)
+               : "memory");
+  return v;
+}
+
 // ldmatrix_x4's inverse (sm_90 and later; only the Hopper forward calls it):
 // lane l gives the address of row l % 8 of tile l / 8, and a thread's r[i]
 // holds (row lane / 4, columns 2 (lane % 4), +1) of tile i.
