@@ -186,7 +186,6 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   const bool swizzled = kMaySwizzle && !switched_off("FIBSPARSE_DKDV_SWIZZLE");
   const bool dq_swizzled = kDqMaySwizzle && !switched_off("FIBSPARSE_DQ_SWIZZLE");
   const bool next_warp_share = !switched_off("FIBSPARSE_DKDV_NEXT_WARP_SHARE");
-  const bool dq_kept_rows = !switched_off("FIBSPARSE_DQ_FRACTIONAL_KEPT_ROWS");  // round 95's A/B only
   const bool v_in_smem = kHeadDim == 128 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>);
   const int64_t tiles = band_dscore_tiles(p);
   const at::Tensor dscores = at::empty({p.heads * tiles * steps * kBlockRows * kChunk},
@@ -249,13 +248,6 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
       if constexpr (kDqMaySwizzle) {
         if (dq_swizzled) {
           return launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, true>,
-                               dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
-                               kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
-        }
-      }
-      if constexpr (kFrac) {
-        if (dq_kept_rows) {
-          return launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, false, true>,
                                dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
                                kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
         }

@@ -226,10 +226,6 @@ __device__ __forceinline__ float tree_sum_16(const float4& a, const float4& b, c
   const float s4 = b.x + d.x, s5 = b.y + d.y, s6 = b.z + d.z, s7 = b.w + d.w;
   return ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7));
 }
-__device__ __forceinline__ float tree_sum_16(const float* values) {
-  const float4* v = reinterpret_cast<const float4*>(values);
-  return tree_sum_16(v[0], v[1], v[2], v[3]);
-}
 // From a shared-memory address (one a kernel keeps).
 __device__ __forceinline__ float tree_sum_16_at(uint32_t addr) {
   return tree_sum_16(load_shared_float4(addr), load_shared_float4(addr + 16), load_shared_float4(addr + 32),
@@ -245,8 +241,7 @@ __device__ __forceinline__ float tree_sum_16_at(uint32_t addr) {
 // query: kWarpStripRows).
 // kSwizzledK (integer offsets, head_dim 64 and 128): the k stages are swizzled
 // (mma_tiles.cuh's swizzled_chunk), not padded.
-template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, bool kSwizzledK = false,
-          bool kKeptFractionalRows = false>
+template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, bool kSwizzledK = false>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
@@ -361,14 +356,15 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   OffsetT queued[kStages - 1];
   queued[0] = issue(0);
   if constexpr (kStages == 3) queued[1] = issue(1);
-  // kKeptRows (integer offsets): this lane's transposed-ldmatrix row of its
-  // warp's strip in stage 0 and its dS values' row there, as shared-memory
-  // addresses taken through a shuffle, which ptxas cannot recompute. It
-  // rebuilt them at every offset step from the shared window's base; kept,
-  // the pass took up to 3.7% less time (docs/performance.md, round 68).
-  constexpr bool kKeptRows = !kFrac || kKeptFractionalRows;
-  uint32_t strip_add_row = 0, dscore_row_addr = 0, terms_addr = 0;
-  if constexpr (kKeptRows) {
+  // This lane's transposed-ldmatrix row of its warp's strip in stage 0 and
+  // its dS values' row there (and with fractional positions the warp's
+  // d(position) terms), as shared-memory addresses taken through a shuffle,
+  // which ptxas cannot recompute. It rebuilt them at every offset step from
+  // the shared window's base; kept, the pass took up to 3.7% less time with
+  // integer offsets and 2.8-3.6% less with fractional positions
+  // (docs/performance.md, rounds 68 and 96).
+  uint32_t strip_add_row, dscore_row_addr, terms_addr = 0;
+  {
     uint32_t lane_row;
     if constexpr (kSwizzledK) {
       lane_row = swizzled_add_lane_row<kHeadDim>(strip_of(stage_k(0), warp_strip_row0<kFrac>(warp)), lane);
@@ -411,25 +407,20 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
     } else {
       const int o = n - band_steps;
       const OffsetSplit split = split_offset(&step_offset, 0);
-      const float* dscores = reinterpret_cast<const float*>(stage_ds(n % kStages, head)) + 16 * warp;
       const uint32_t stage = uint32_t(n % kStages);
       if (split.whole >= 0) {
         // dq of query x += dS_x ((1 - f) its first row, strip row x + 1, + f
         // its second, strip row x); at f == 0 the second row is not
         // multiplied in (0 times a non-finite row is NaN).
         const float w0 = 1.f - split.frac, w1 = split.frac;
-        if constexpr (kKeptRows) {
-          const uint32_t ds_at = dscore_row_addr + stage * kStageDscoreBytes;
-          const uint32_t rows = strip_add_row + stage * kStageKBytes;
-          const float ds_g = load_shared_float(ds_at), ds_g8 = load_shared_float(ds_at + 32);
-          constexpr uint32_t kRowBytes = (kHeadDim + 8) * sizeof(uint16_t);  // padded (kSwizzledK is integer only)
-          add_diag_times_rows_at<T, kHeadDim>(w0 * ds_g, w0 * ds_g8, rows, dq, lane, kRowBytes);
-          if (w1 != 0.f) add_diag_times_rows_at<T, kHeadDim>(w1 * ds_g, w1 * ds_g8, rows, dq, lane);
-        } else {
-          RowPtr<kHeadDim> strip_k = stage_k(n % kStages) + warp_strip_row0<kFrac>(warp);
-          add_diag_times_rows<T, kHeadDim>(w0 * dscores[g], w0 * dscores[g + 8], strip_k + 1, dq, lane);
-          if (w1 != 0.f) add_diag_times_rows<T, kHeadDim>(w1 * dscores[g], w1 * dscores[g + 8], strip_k, dq, lane);
-        }
+        // The strip's row 0 holds the second rows, the first ones are a
+        // padded row on (kSwizzledK is for integer offsets only).
+        const uint32_t ds_at = dscore_row_addr + stage * kStageDscoreBytes;
+        const uint32_t rows = strip_add_row + stage * kStageKBytes;
+        const float ds_g = load_shared_float(ds_at), ds_g8 = load_shared_float(ds_at + 32);
+        constexpr uint32_t kRowBytes = (kHeadDim + 8) * sizeof(uint16_t);
+        add_diag_times_rows_at<T, kHeadDim>(w0 * ds_g, w0 * ds_g8, rows, dq, lane, kRowBytes);
+        if (w1 != 0.f) add_diag_times_rows_at<T, kHeadDim>(w1 * ds_g, w1 * ds_g8, rows, dq, lane);
       }
       // The warp's partial of d loss / d position: the staged terms of its 16
       // queries (zero where a query reads no key), summed by every lane from
@@ -438,11 +429,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       // (docs/performance.md, round 74).
       static_assert(kDqStagedDscoreValues * sizeof(uint16_t) % 16 == 0 && kBlockRows % 4 == 0,
                     "tree_sum_16 reads 16-byte aligned terms");
-      float warp_sum = 0.f;
-      if (split.whole >= 0) {
-        warp_sum = kKeptRows ? tree_sum_16_at(terms_addr + stage * kStageDscoreBytes)
-                             : tree_sum_16(dscores + kBlockRows);
-      }
+      const float warp_sum = split.whole >= 0 ? tree_sum_16_at(terms_addr + stage * kStageDscoreBytes) : 0.f;
       store_warp_doffsets_partial(p, seq, o, b, h, warp_q0, warp_sum, lane);
     }
     if constexpr (kStages == 2) sync_step<kHeads>(steps_by_group(n) && steps_by_group(n + 2), warp);
