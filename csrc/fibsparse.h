@@ -132,7 +132,7 @@ struct Params {
   // NeighbourShares), else null: per kv head and key tile
   // (band_dscore_tiles of them), the tile's last key's dk and dv as summed
   // by its block, then the share of them that the next tile's block formed,
-  // kHeadDim floats each.
+  // head_dim floats each.
   float* dkdv_edge_rows;
 };
 

@@ -19,7 +19,7 @@ HAND_OVER_KERNEL = "add_next_tile_shares_kernel"
 
 
 def reference_grads(q, k, v, window, offsets, dout, dlse, scale):
-    """dq, dk, dv and d offsets of the float64 reference (one sequence)."""
+    """dq, dk, dv and d offsets of the float64 reference (a dense batch)."""
     q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
     pos = offsets.double().requires_grad_()
     out, lse = fibsparse_attn_ref(q64, k64, v64, window, pos, softmax_scale=scale, return_lse=True)
@@ -29,9 +29,9 @@ def reference_grads(q, k, v, window, offsets, dout, dlse, scale):
 # Few offsets, a short window and second rows of weight 0.875: a key has ~10
 # readers, so the share of one (the row 16 query's) is a large part of its
 # row, and a share lost or added to the wrong key moves that row far past
-# rounding.
+# rounding. One whole position (f == 0), whose second rows have no share.
 WINDOW = 16
-POSITIONS = [16.875, 29.875, 70.875, 200.875]
+POSITIONS = [16.875, 29.875, 50.0, 70.875, 200.875]
 
 
 def assert_rows_match(name, got, expected, tolerance=1e-2):
@@ -66,15 +66,16 @@ def assert_shares_match(monkeypatch, op, args, reference):
 
 
 @requires_cuda
-@pytest.mark.parametrize("seqlen", [1024, 3037])
+@pytest.mark.parametrize("batch,seqlen", [(1, 1024), (2, 3037)])
 @pytest.mark.parametrize("heads,heads_kv", [(4, 4), (8, 2), (3, 1)])
-def test_cuda_next_warp_shares_are_the_shares_each_warp_forms(monkeypatch, seqlen, heads, heads_kv):
-    """Whole and ragged last key tiles; one key in 16 takes its share from the
-    next warp, one in 64 from the next tile's block."""
+def test_cuda_next_warp_shares_are_the_shares_each_warp_forms(monkeypatch, batch, seqlen, heads, heads_kv):
+    """Whole and ragged last key tiles, one sequence and two (whose key tiles
+    lie one after the other in the edge rows' buffer); one key in 16 takes its
+    share from the next warp, one in 64 from the next tile's block."""
     dtype, scale = torch.bfloat16, 128 ** -0.5
     offsets = torch.tensor(POSITIONS, device="cuda")
-    q = random_rows((1, seqlen, heads, 128), dtype, seqlen)
-    k, v = (random_rows((1, seqlen, heads_kv, 128), dtype, seqlen + i) for i in (1, 2))
+    q = random_rows((batch, seqlen, heads, 128), dtype, seqlen)
+    k, v = (random_rows((batch, seqlen, heads_kv, 128), dtype, seqlen + i) for i in (1, 2))
     out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [WINDOW], scale)
     dout, dlse = random_rows(out.shape, dtype, 7), random_rows(lse.shape, torch.float32, 8)
     assert_shares_match(monkeypatch, torch.ops.fibsparse.bwd, (dout, q, k, v, out, lse, dlse, offsets, [WINDOW], scale),

@@ -176,7 +176,10 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   // 128. FIBSPARSE_DKDV_SWIZZLE=0 and FIBSPARSE_DQ_SWIZZLE=0 keep the padded
   // rows, for comparisons. FIBSPARSE_DKDV_NEXT_WARP_SHARE=0 has each warp of the
   // fractional dk/dv pass form its own row 16 (bwd_mma_kernel.cuh's
-  // NeighbourShares), for comparisons.
+  // NeighbourShares), for comparisons; the shares were measured only with the
+  // v rows in shared memory (an H200), where the pass spills nothing: with v
+  // in registers (FIBSPARSE_DKDV_V_SMEM=0, or a GPU where two blocks with
+  // them do not fit an SM) it spills 72 bytes, 8 before the shares.
   // Every switch of this backward is read here, before its first launch (and
   // before a poisoned dS buffer is filled): a value one refuses stops the call
   // before any kernel runs.
@@ -196,10 +199,12 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   stored_p.band_dscore_steps = steps;
   stored_p.band_dscore_tiles = tiles;
   // The fractional dk/dv pass's key tiles' edge rows (Params::dkdv_edge_rows);
-  // every one read is written first.
+  // every one read is written first (poisoned, a row read before it is
+  // written turns its key's gradients to NaN).
   at::Tensor edge_rows;
-  if (kFrac && next_warp_share) {
+  if (kFrac && next_warp_share && p.num_offsets > 0) {
     edge_rows = at::empty({p.heads_kv * tiles * 4 * kHeadDim}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA));
+    if (poison_outputs()) edge_rows.fill_(NAN);
     stored_p.dkdv_edge_rows = edge_rows.data_ptr<float>();
   }
   const unsigned query_tiles = blocks_for(p.seqlen_q, kBlockRows);
@@ -239,8 +244,10 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
     launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads, kDkdvSmem,
                   stored_p);
   }
-  if (stored_p.dkdv_edge_rows != nullptr) {
-    launch_kernel(add_next_tile_shares_kernel<T, kHeadDim>, dkdv_grid, kHeadDim, 0, stored_p);
+  if constexpr (kFrac) {
+    if (stored_p.dkdv_edge_rows != nullptr) {
+      launch_kernel(add_next_tile_shares_kernel<T, kHeadDim>, dkdv_grid, kHeadDim, 0, stored_p);
+    }
   }
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
     const auto launch_dq = [&](auto stages) {

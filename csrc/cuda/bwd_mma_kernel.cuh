@@ -406,9 +406,9 @@ template <int kHeadDim>
 constexpr int kOffsetChains = kHeadDim >= 128 ? 2 : 1;
 
 // This lane's share of <a, b> over two rows of kHeadDim elements in shared
-// memory: lane l takes the kHeadDim / 32 columns from l kHeadDim / 32, one
-// load a row (the warp's loads read each row once, whole). The _at form takes
-// the lane's own columns of a and of b.
+// memory, from the lane's own columns of each: lane l takes the kHeadDim / 32
+// columns from l kHeadDim / 32, one load a row (the warp's loads read each
+// row once, whole).
 template <typename T, int kHeadDim>
 __device__ __forceinline__ float lane_row_dot_at(const uint16_t* a_lane, const uint16_t* b_lane) {
   static_assert(kHeadDim == 64 || kHeadDim == 128, "one 4- or 8-byte load a row");
@@ -425,18 +425,6 @@ __device__ __forceinline__ float lane_row_dot_at(const uint16_t* a_lane, const u
     sum += x2.x * y2.x + x2.y * y2.y;
   }
   return sum;
-}
-template <typename T, int kHeadDim>
-__device__ __forceinline__ float lane_row_dot(const uint16_t* a, const uint16_t* b, int lane) {
-  constexpr int kLaneColumns = kHeadDim / 32;
-  return lane_row_dot_at<T, kHeadDim>(a + kLaneColumns * lane, b + kLaneColumns * lane);
-}
-// lane_row_dot of row `row` of a swizzled stage (mma_tiles.cuh's
-// swizzled_chunk): the lane's columns lie in one 16-byte chunk.
-template <typename T, int kHeadDim>
-__device__ __forceinline__ float lane_row_dot_swizzled(Rows<kHeadDim> stage, int row, const uint16_t* b, int lane) {
-  const int col = kHeadDim / 32 * lane;
-  return lane_row_dot_at<T, kHeadDim>(swizzled_chunk<kHeadDim>(stage, row, col) + col % 8, b + col);
 }
 
 // N per-lane values (N = 2, 4 or 8) summed across the warp, sum i left in
@@ -490,7 +478,7 @@ __device__ __forceinline__ void add_lane_row_times(float w, const uint16_t* a_la
 // last too, whose key 15 takes the next block's warp 0's share: within a
 // block the shares pass through shared memory at the pass's end, across
 // blocks through p.dkdv_edge_rows (hand_over_row0_shares), and
-// add_next_tile_shares then stores each tile's last key. A warp that formed
+// add_next_tile_shares_kernel then stores each tile's last key. A warp that formed
 // row 16 alone while the others did not would hold its block, and the
 // tensor-core pipe its warps share with the other block's, to its pace.
 template <int kHeadDim>
@@ -670,7 +658,7 @@ __device__ __forceinline__ float* tile_edge_rows(const Params& p, const Sequence
 // memory (which no step reads any more), warp 0 in the previous tile's edge
 // rows in global memory; warps 0-2 add the next warp's to their key 15
 // (fragment row 15: lanes 28-31, elements 2 and 3), and warp 3 leaves its
-// key 15's sums to add_next_tile_shares. `tile_rows`: this tile's edge rows;
+// key 15's sums to add_next_tile_shares_kernel. `tile_rows`: this tile's edge rows;
 // `previous_tile_rows`: the previous tile's (null for a sequence's first).
 template <int kHeadDim>
 __device__ __forceinline__ void hand_over_row0_shares(const NeighbourShares<kHeadDim>& shares, uint16_t* own_edges,
