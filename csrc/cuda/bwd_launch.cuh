@@ -199,12 +199,10 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   stored_p.band_dscore_steps = steps;
   stored_p.band_dscore_tiles = tiles;
   // The fractional dk/dv pass's key tiles' edge rows (Params::dkdv_edge_rows);
-  // every one read is written first (poisoned, a row read before it is
-  // written turns its key's gradients to NaN).
+  // every one read is written first.
   at::Tensor edge_rows;
-  if (kFrac && next_warp_share && p.num_offsets > 0) {
+  if (kFrac && next_warp_share) {
     edge_rows = at::empty({p.heads_kv * tiles * 4 * kHeadDim}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA));
-    if (poison_outputs()) edge_rows.fill_(NAN);
     stored_p.dkdv_edge_rows = edge_rows.data_ptr<float>();
   }
   const unsigned query_tiles = blocks_for(p.seqlen_q, kBlockRows);
