@@ -189,6 +189,8 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   const bool swizzled = kMaySwizzle && !switched_off("FIBSPARSE_DKDV_SWIZZLE");
   const bool dq_swizzled = kDqMaySwizzle && !switched_off("FIBSPARSE_DQ_SWIZZLE");
   const bool next_warp_share = !switched_off("FIBSPARSE_DKDV_NEXT_WARP_SHARE");
+  const bool two_diagonals = !switched_off("FIBSPARSE_DKDV_TWO_DIAGONALS");
+  const bool dq_two_diagonals = !switched_off("FIBSPARSE_DQ_TWO_DIAGONALS");
   const bool v_in_smem = kHeadDim == 128 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>);
   const int64_t tiles = band_dscore_tiles(p);
   const at::Tensor dscores = at::empty({p.heads * tiles * steps * kBlockRows * kChunk},
@@ -221,7 +223,10 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   bool launched = false;
   if constexpr (kHeadDim == 128) {
     if (v_in_smem) {
-      if (swizzled) {
+      if (swizzled && kFrac && two_diagonals) {
+        launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, kMaySwizzle, true>,
+                      dkdv_grid, kMmaBlockThreads, kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
+      } else if (swizzled) {
         launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, kMaySwizzle>, dkdv_grid,
                       kMmaBlockThreads, kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
       } else {
@@ -255,6 +260,14 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
           return launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, true>,
                                dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
                                kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
+        }
+      }
+      if constexpr (kFrac && (kHeadDim == 64 || kHeadDim == 128)) {
+        if (dq_two_diagonals) {
+          return launch_kernel(
+              dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, false, true>,
+              dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
+              kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
         }
       }
       launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages>,

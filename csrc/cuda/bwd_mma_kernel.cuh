@@ -467,6 +467,53 @@ __device__ __forceinline__ void add_lane_row_times(float w, const uint16_t* a_la
   }
 }
 
+// add_lane_row_times from this lane's columns as a shared-memory address.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void add_lane_row_times_at(float w, uint32_t lane_addr, float (&acc)[kHeadDim / 32]) {
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "one 4- or 8-byte load a row");
+  uint32_t x_bits[2];
+  if constexpr (kHeadDim == 128) {
+    const uint2 x = load_shared_u32x2(lane_addr);
+    x_bits[0] = x.x;
+    x_bits[1] = x.y;
+  } else {
+    x_bits[0] = __float_as_uint(load_shared_float(lane_addr));
+  }
+#pragma unroll
+  for (int e = 0; e < kHeadDim / 64; ++e) {
+    const float2 x2 = unpack2<T>(x_bits[e]);
+    acc[2 * e] += w * x2.x;
+    acc[2 * e + 1] += w * x2.y;
+  }
+}
+
+// acc's row 15 (fragment row g + 8 of the lanes with g == 7) += a row the
+// warp holds in lane_row_dot_at's columns (lane l: kHeadDim / 32 of them
+// from l kHeadDim / 32), through shuffles.
+template <int kHeadDim>
+__device__ __forceinline__ void add_lane_columns_to_row15(const float (&columns)[kHeadDim / 32],
+                                                          float (&acc)[kHeadDim / 8][4], int lane) {
+  constexpr int kLaneColumns = kHeadDim / 32;
+  static_assert(kLaneColumns == 2 || kLaneColumns == 4);
+  const int c = lane % 4;
+#pragma unroll
+  for (int j = 0; j < kHeadDim / 8; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      // Column 8 j + 2 c + e: lane (8 j + 2 c + e) / kLaneColumns's element
+      // (2 c + e) % kLaneColumns, which is e or e + 2.
+      const int from = (8 * j + 2 * c + e) / kLaneColumns;
+      float v = 0.f;
+#pragma unroll
+      for (int i = e; i < kLaneColumns; i += 2) {
+        const float x = __shfl_sync(0xffffffffu, columns[i], from);
+        if ((2 * c + e) % kLaneColumns == i) v = x;
+      }
+      if (lane >= 28) acc[j][2 + e] += v;
+    }
+  }
+}
+
 // A warp's share of its neighbour's key in the fractional dk/dv step
 // (fractional_offset_step). Strip row 16 of warp w is strip row 0 of warp
 // w + 1 (the same query at the same offset), which reads warp w's key 15 as
@@ -506,7 +553,7 @@ struct NeighbourShares {
 // 33.) `offset` points at offset o's position, kept by the caller.
 // kSwizzled: strip_q and strip_do are swizzled stages (mma_tiles.cuh's
 // swizzled_chunk) whose strip starts at row strip_row.
-template <typename T, int kHeadDim, bool kSwizzled = false, typename VFragments>
+template <typename T, int kHeadDim, bool kSwizzled = false, bool kTwoDiagonals = false, typename VFragments>
 __device__ __forceinline__ void fractional_offset_step(
     const Params& p, const Sequence& seq, int b, int h, int o, const float* offset, OffsetSplit split,
     const uint32_t (&kf)[kHeadDim / 16][4], const VFragments& vf, RowPtr<kHeadDim> strip_q,
@@ -537,6 +584,17 @@ __device__ __forceinline__ void fractional_offset_step(
           d_g, d_g8, swizzled_add_lane_row<kHeadDim>(stage_of(strip), lane, strip_row + x0), acc, lane);
     } else {
       add_diag_times_rows<T, kHeadDim>(d_g, d_g8, strip + x0, acc, lane);
+    }
+  };
+  // dk or dv += (1 - f) of rows x's and f of rows x + 1's values d, e times
+  // strip rows 0-15 (two_diagonals_a_fragment), row 16's left to the next warp.
+  const auto add_two_diagonals = [&](float d_g, float d_g8, float e_g, float e_g8, RowPtr<kHeadDim> strip,
+                                     float (&acc)[kHeadDim / 8][4]) {
+    if constexpr (kSwizzled) {
+      add_two_diagonals_times_rows_at<T, kHeadDim, true>(
+          d_g, d_g8, e_g, e_g8, swizzled_add_lane_row<kHeadDim>(stage_of(strip), lane, strip_row), acc, lane);
+    } else {
+      add_two_diagonals_times_rows<T, kHeadDim>(d_g, d_g8, e_g, e_g8, strip, acc, lane);
     }
   };
   float st[2][4], dpt[2][4];
@@ -610,6 +668,34 @@ __device__ __forceinline__ void fractional_offset_step(
     }
   }
   const float w0 = 1.f - split.frac;
+  if (kTwoDiagonals && shares.next_warp_shares) {
+    // Key x's shares, (1 - f) of row x's P and dS and f of row x + 1's, in
+    // one product a quantity: row x + 1's from its diagonal's owner (row
+    // g + 1's, for row 7 row 8's in lane 0); key 15's of row 16 is the next
+    // warp's (NeighbourShares).
+    float p_next[2] = {0.f, 0.f}, ds_next[2] = {0.f, 0.f};
+    if (split.frac != 0.f) {
+      const float w1 = split.frac;
+      const int below = g <= 6 ? 4 * (g + 1) + (g + 1) / 2 : 0;
+      const float p_a = __shfl_sync(0xffffffffu, prob[0], below), p_b = __shfl_sync(0xffffffffu, prob[1], below);
+      const float ds_a = __shfl_sync(0xffffffffu, dscore[0], below);
+      const float ds_b = __shfl_sync(0xffffffffu, dscore[1], below);
+      p_next[0] = w1 * (g <= 6 ? p_a : p_b);
+      p_next[1] = g <= 6 ? w1 * p_b : 0.f;
+      ds_next[0] = w1 * (g <= 6 ? ds_a : ds_b);
+      ds_next[1] = g <= 6 ? w1 * ds_b : 0.f;
+    }
+    add_two_diagonals(w0 * prob[0], w0 * prob[1], p_next[0], p_next[1], strip_do, dv);
+    add_two_diagonals(w0 * dscore[0], w0 * dscore[1], ds_next[0], ds_next[1], strip_q, dk);
+    if (split.frac != 0.f) {
+      // Row 0's share of the previous warp's key 15, as below.
+      const float w1 = split.frac;
+      const float p0 = __shfl_sync(0xffffffffu, prob[0], 0), ds0 = __shfl_sync(0xffffffffu, dscore[0], 0);
+      add_lane_row_times<T, kHeadDim>(w1 * p0, lane_columns(strip_do, 0), shares.row0_share_v);
+      add_lane_row_times<T, kHeadDim>(w1 * ds0, lane_columns(strip_q, 0), shares.row0_share_k);
+    }
+    return;
+  }
   add_diag(w0 * prob[0], w0 * prob[1], strip_do, 0, dv);
   add_diag(w0 * dscore[0], w0 * dscore[1], strip_q, 0, dk);
   if (split.frac != 0.f) {
@@ -842,7 +928,7 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // 7.4-10.6% at 128 with integer offsets and 1.8-3.1% with fractional ones
 // (docs/performance.md, rounds 90, 91 and 93).
 template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kVInSmem = false,
-          bool kSwizzledRows = false>
+          bool kSwizzledRows = false, bool kTwoDiagonals = false>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
@@ -1055,11 +1141,11 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
         RowPtr<kHeadDim> strip_q = rows_q + row0, strip_do = rows_do + row0;
         if constexpr (kFractionalFirst && kSwizzledRows) {
           // Swizzled: the stages themselves, and the strip's first row.
-          fractional_offset_step<T, kHeadDim, true>(p, seq, b, step.head, steps.offset_index(step), &step_offset,
+          fractional_offset_step<T, kHeadDim, true, kTwoDiagonals>(p, seq, b, step.head, steps.offset_index(step), &step_offset,
                                                     split, kf, vf, rows_q, rows_do, stat0 + row0, stat1 + row0,
                                                     edge_rows(warp), warp_k0, dk, dv, shares, lane, row0);
         } else if constexpr (kFractionalFirst) {
-          fractional_offset_step<T, kHeadDim>(p, seq, b, step.head, steps.offset_index(step), &step_offset, split,
+          fractional_offset_step<T, kHeadDim, false, kTwoDiagonals>(p, seq, b, step.head, steps.offset_index(step), &step_offset, split,
                                               kf, vf, strip_q, strip_do,
                                               stat0 + row0, stat1 + row0, edge_rows(warp), warp_k0, dk, dv,
                                               shares, lane);

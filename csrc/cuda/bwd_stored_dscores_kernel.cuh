@@ -241,7 +241,8 @@ __device__ __forceinline__ float tree_sum_16_at(uint32_t addr) {
 // query: kWarpStripRows).
 // kSwizzledK (integer offsets, head_dim 64 and 128): the k stages are swizzled
 // (mma_tiles.cuh's swizzled_chunk), not padded.
-template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, bool kSwizzledK = false>
+template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, bool kSwizzledK = false,
+          bool kTwoDiagonals = false>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
@@ -363,8 +364,12 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   // the shared window's base; kept, the pass took up to 3.7% less time with
   // integer offsets and 2.8-3.6% less with fractional positions
   // (docs/performance.md, rounds 68 and 96).
-  uint32_t strip_add_row, dscore_row_addr, terms_addr = 0;
+  uint32_t strip_add_row, dscore_row_addr, terms_addr = 0, row16_addr = 0;
   {
+    if constexpr (kFrac && kTwoDiagonals) {  // this lane's columns of the strip's row 16
+      const uint16_t* row16 = (stage_k(0) + warp_strip_row0<kFrac>(warp))[16] + kHeadDim / 32 * lane;
+      row16_addr = __shfl_sync(0xffffffffu, static_cast<uint32_t>(__cvta_generic_to_shared(row16)), lane);
+    }
     uint32_t lane_row;
     if constexpr (kSwizzledK) {
       lane_row = swizzled_add_lane_row<kHeadDim>(strip_of(stage_k(0), warp_strip_row0<kFrac>(warp)), lane);
@@ -382,6 +387,9 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   constexpr uint32_t kStageKBytes = kStageKValues * sizeof(uint16_t);
   constexpr uint32_t kStageDscoreBytes = kHeads * kDqStagedDscoreValues * sizeof(uint16_t);
   float dq[kHeadDim / 8][4] = {};
+  // kTwoDiagonals: the terms of query 15's first rows (strip row 16, outside
+  // the two-diagonal product), in this lane's columns.
+  float row15_first[kHeadDim >= 32 ? kHeadDim / 32 : 1] = {};
   for (int n = 0; n < num_steps; ++n) {
     OffsetT next;
     if constexpr (kStages == 2) next = issue(n + 1);
@@ -419,8 +427,17 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
         const uint32_t rows = strip_add_row + stage * kStageKBytes;
         const float ds_g = load_shared_float(ds_at), ds_g8 = load_shared_float(ds_at + 32);
         constexpr uint32_t kRowBytes = (kHeadDim + 8) * sizeof(uint16_t);
-        add_diag_times_rows_at<T, kHeadDim>(w0 * ds_g, w0 * ds_g8, rows, dq, lane, kRowBytes);
-        if (w1 != 0.f) add_diag_times_rows_at<T, kHeadDim>(w1 * ds_g, w1 * ds_g8, rows, dq, lane);
+        if (kTwoDiagonals && w1 != 0.f) {
+          // Both rows in one product against strip rows 0-15: query x's f dS
+          // at column x, (1 - f) dS at x + 1; query 15's first row, strip row
+          // 16, in row15_first.
+          add_two_diagonals_times_rows_at<T, kHeadDim>(w1 * ds_g, w1 * ds_g8, w0 * ds_g, w0 * ds_g8, rows, dq, lane);
+          const float ds15 = __shfl_sync(0xffffffffu, ds_g8, 28);
+          add_lane_row_times_at<T, kHeadDim>(w0 * ds15, row16_addr + stage * kStageKBytes, row15_first);
+        } else {
+          add_diag_times_rows_at<T, kHeadDim>(w0 * ds_g, w0 * ds_g8, rows, dq, lane, kRowBytes);
+          if (w1 != 0.f) add_diag_times_rows_at<T, kHeadDim>(w1 * ds_g, w1 * ds_g8, rows, dq, lane);
+        }
       }
       // The warp's partial of d loss / d position: the staged terms of its 16
       // queries (zero where a query reads no key), summed by every lane from
@@ -435,6 +452,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
     if constexpr (kStages == 2) sync_step<kHeads>(steps_by_group(n) && steps_by_group(n + 2), warp);
   }
   if constexpr (kFrac) zero_doffsets_partials_from(p, seq, num_steps - band_steps, b, h, warp_q0, lane);
+  if constexpr (kFrac && kTwoDiagonals) add_lane_columns_to_row15<kHeadDim>(row15_first, dq, lane);
   store_rows<T, kHeadDim>(bits<T>(p.dq, seq.q_start(b, p.dq_batch_stride, p.dq_row_stride) + h * p.dq_head_stride),
                           p.dq_row_stride, warp_q0, seq.seqlen_q, dq, float(p.softmax_scale), g, c);
 }

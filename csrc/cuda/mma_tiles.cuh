@@ -291,6 +291,13 @@ __device__ __forceinline__ float4 load_shared_float4(uint32_t addr) {
   return v;
 }
 
+// Two 32-bit words from an 8-byte aligned shared-memory address.
+__device__ __forceinline__ uint2 load_shared_u32x2(uint32_t addr) {
+  uint2 v;
+  asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(addr) : "memory");
+  return v;
+}
+
 // ldmatrix_x4's inverse (sm_90 and later; only the Hopper forward calls it):
 // lane l gives the address of row l % 8 of tile l / 8, and a thread's r[i]
 // holds (row lane / 4, columns 2 (lane % 4), +1) of tile i.
@@ -552,6 +559,42 @@ __device__ __forceinline__ void add_diag_times_rows_at(float d_g, float d_g8, ui
   uint32_t a[4];
   diag_a_fragment<T>(d_g, d_g8, lane, a);
   add_a_times_rows_at<T, kHeadDim, kSwizzled>(a, row_addr, acc, rows_after);
+}
+
+// The A fragment of the 16 x 16 tile with d_x at (x, x) and e_x at (x, x + 1)
+// for x < 15 (row 15's e would be column 16, outside the tile: the caller
+// adds that term): acc += A B then gives row x d_x b_rows[x] + e_x b_rows[x + 1],
+// a fractional position's two rows in one product where two diagonal products
+// took twice the products and transposed loads. Every thread passes its rows'
+// values (d_g, d_g8 as diag_a_fragment; e_g, e_g8 the same for e). Row g's
+// two nonzeros are columns g and g + 1: in a[0] of the threads with
+// 2c == g (both) or 2c == g + 1 (e's alone), and for row 7 column 8 in
+// a[2] of thread 28; rows g + 8 the same in a[3].
+template <typename T>
+__device__ __forceinline__ void two_diagonals_a_fragment(float d_g, float d_g8, float e_g, float e_g8, int lane,
+                                                         uint32_t (&a)[4]) {
+  const int g = lane / 4, c = lane % 4;
+  const bool diag_lo = 2 * c == g, diag_hi = 2 * c + 1 == g, super_lo = 2 * c == g + 1;
+  a[0] = pack2<T>(diag_lo ? d_g : super_lo ? e_g : 0.f, diag_hi ? d_g : diag_lo ? e_g : 0.f);
+  a[1] = 0u;
+  a[2] = pack2<T>(lane == 28 ? e_g : 0.f, 0.f);
+  a[3] = pack2<T>(diag_lo ? d_g8 : super_lo ? e_g8 : 0.f, diag_hi ? d_g8 : diag_lo ? e_g8 : 0.f);
+}
+template <typename T, int kHeadDim, bool kSwizzled = false>
+__device__ __forceinline__ void add_two_diagonals_times_rows_at(float d_g, float d_g8, float e_g, float e_g8,
+                                                                uint32_t row_addr, float (&acc)[kHeadDim / 8][4],
+                                                                int lane, uint32_t rows_after = 0) {
+  uint32_t a[4];
+  two_diagonals_a_fragment<T>(d_g, d_g8, e_g, e_g8, lane, a);
+  add_a_times_rows_at<T, kHeadDim, kSwizzled>(a, row_addr, acc, rows_after);
+}
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void add_two_diagonals_times_rows(float d_g, float d_g8, float e_g, float e_g8,
+                                                             RowPtr<kHeadDim> b_rows, float (&acc)[kHeadDim / 8][4],
+                                                             int lane) {
+  uint32_t a[4];
+  two_diagonals_a_fragment<T>(d_g, d_g8, e_g, e_g8, lane, a);
+  add_a_times_rows<T, kHeadDim>(a, b_rows, acc, lane);
 }
 
 // The diagonal of a 16 x 16 tile in C layout (s[0], s[1]): element (x, x) of

@@ -1,0 +1,149 @@
+"""A fractional position's two rows in one product in the backward with stored
+dS: the dk/dv pass adds key x's (1 - f) of row x's P and dS and f of row
+x + 1's as one two-diagonal tile against the strip's rows 0-15 (key 15's
+share of row 16 comes from the next warp), and the dq pass adds query x's
+f dS at its second row and (1 - f) dS at its first the same way, query 15's
+first row (the strip's row 16, outside the tile) through a sum in the lanes'
+columns. With FIBSPARSE_DKDV_TWO_DIAGONALS=0 and FIBSPARSE_DQ_TWO_DIAGONALS=0
+each pass takes two diagonal products instead. Both give every row of dq, dk
+and dv up to rounding, dense and packed, the other gradients bitwise, and
+both meet the float64 reference; a bad value of either switch is refused
+before any kernel runs."""
+import pytest
+import torch
+
+from fibsparse_ext import fibsparse_attn_ref
+
+from utils import (assert_refused_before_any_kernel, cuda_kernels_of, fibonacci_offsets, packed, random_rows,
+                   rel_err, requires_cuda, template_arguments)
+
+DKDV_SWITCH = "FIBSPARSE_DKDV_TWO_DIAGONALS"
+DQ_SWITCH = "FIBSPARSE_DQ_TWO_DIAGONALS"
+
+# A short window and few offsets: a key or query has ~10 terms, so one term
+# lost or added to the wrong row moves that row far past rounding. Second
+# rows of weight 0.875 weigh on the dk/dv pass's second diagonal; of weight
+# 0.125, the first rows' 0.875 on the dq pass's row 15 term. One whole
+# position (f == 0), which takes the diagonal product alone.
+WINDOW = 16
+POSITIONS = {"f=0.875": [16.875, 29.875, 50.0, 70.875, 200.875],
+             "f=0.125": [16.125, 29.125, 50.0, 70.125, 200.125]}
+
+
+def reference_grads(q, k, v, window, offsets, dout, dlse, scale):
+    """dq, dk, dv and d offsets of the float64 reference (a dense batch)."""
+    q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
+    pos = offsets.double().requires_grad_()
+    out, lse = fibsparse_attn_ref(q64, k64, v64, window, pos, softmax_scale=scale, return_lse=True)
+    return torch.autograd.grad([out, lse], [q64, k64, v64, pos], [dout.double(), dlse.double()])
+
+
+def assert_rows_match(name, got, expected, tolerance=1e-2):
+    """Every row (position, head) of `got` within `tolerance` of `expected`'s
+    row norm, plus a thousandth of the median row norm (rows whose terms cancel)."""
+    got, expected = got.double().flatten(0, -3), expected.double().flatten(0, -3)
+    error, norm = (got - expected).norm(dim=-1), expected.norm(dim=-1)
+    bad = (~(error <= tolerance * norm + 1e-3 * norm.median())).nonzero()
+    assert bad.numel() == 0, (name, bad[:8].tolist(), (error / norm.clamp_min(1e-30)).max().item())
+
+
+def last_template_argument(kernels, kernel):
+    return template_arguments(kernels, kernel)[-1]
+
+
+def assert_two_diagonals_match(monkeypatch, op, args, reference):
+    """op's gradients with both passes' two-diagonal products (the default)
+    and with each switched off, every output poisoned first: switching one
+    pass off changes only its own outputs (dk and dv, or dq) and those up to
+    rounding, row by row; all three within the accuracy contract of the
+    float64 reference."""
+    monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
+    monkeypatch.delenv(DKDV_SWITCH, raising=False)
+    monkeypatch.delenv(DQ_SWITCH, raising=False)
+    both, kernels = cuda_kernels_of(lambda: op(*args))
+    assert last_template_argument(kernels, "dkdv_mma_kernel") == "true", kernels
+    assert last_template_argument(kernels, "dq_from_dscores_with_offsets_kernel") == "true", kernels
+
+    monkeypatch.setenv(DKDV_SWITCH, "0")
+    dkdv_off, kernels = cuda_kernels_of(lambda: op(*args))
+    monkeypatch.delenv(DKDV_SWITCH)
+    assert last_template_argument(kernels, "dkdv_mma_kernel") == "false", kernels
+    assert torch.equal(both[0], dkdv_off[0]) and torch.equal(both[3], dkdv_off[3])
+    assert_rows_match("dk", both[1], dkdv_off[1])
+    assert_rows_match("dv", both[2], dkdv_off[2])
+
+    monkeypatch.setenv(DQ_SWITCH, "0")
+    dq_off, kernels = cuda_kernels_of(lambda: op(*args))
+    monkeypatch.delenv(DQ_SWITCH)
+    assert last_template_argument(kernels, "dq_from_dscores_with_offsets_kernel") == "false", kernels
+    for i in (1, 2, 3):
+        assert torch.equal(both[i], dq_off[i]), i
+    assert_rows_match("dq", both[0], dq_off[0])
+
+    for grads in (both, dkdv_off, dq_off):
+        for name, got, ref in zip(["dq", "dk", "dv", "d offsets"], grads, reference):
+            assert rel_err(got, ref) < 1e-2, name
+
+
+@requires_cuda
+@pytest.mark.parametrize("positions", list(POSITIONS))
+@pytest.mark.parametrize("batch,seqlen", [(1, 1024), (2, 3037)])
+@pytest.mark.parametrize("heads,heads_kv", [(4, 4), (8, 2), (3, 1)])
+def test_cuda_two_diagonal_products_are_the_two_diagonal_products(monkeypatch, positions, batch, seqlen, heads,
+                                                                  heads_kv):
+    """Whole and ragged last tiles, one sequence and two; one and two heads a
+    dq block (MHA, GQA)."""
+    dtype, scale = torch.bfloat16, 128 ** -0.5
+    offsets = torch.tensor(POSITIONS[positions], device="cuda")
+    q = random_rows((batch, seqlen, heads, 128), dtype, seqlen)
+    k, v = (random_rows((batch, seqlen, heads_kv, 128), dtype, seqlen + i) for i in (1, 2))
+    out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [WINDOW], scale)
+    dout, dlse = random_rows(out.shape, dtype, 7), random_rows(lse.shape, torch.float32, 8)
+    assert_two_diagonals_match(monkeypatch, torch.ops.fibsparse.bwd,
+                               (dout, q, k, v, out, lse, dlse, offsets, [WINDOW], scale),
+                               reference_grads(q, k, v, WINDOW, offsets, dout, dlse, scale))
+
+
+@requires_cuda
+def test_cuda_packed_two_diagonal_products(monkeypatch):
+    """A packed batch (sequences of 0, 1, 63, 64, 65 and 128 keys, ragged ones)."""
+    lengths = [700, 1, 0, 64, 65, 129, 63, 128, 300]
+    cu, longest = packed(lengths, "cuda")
+    dtype, scale = torch.float16, 128 ** -0.5
+    offsets = torch.tensor(POSITIONS["f=0.125"], device="cuda")
+    q = random_rows((sum(lengths), 8, 128), dtype, 20)
+    k, v = (random_rows((sum(lengths), 2, 128), dtype, 21 + i) for i in range(2))
+    out, lse = torch.ops.fibsparse.varlen_fwd(q, k, v, cu, cu, longest, longest, offsets, [WINDOW], scale)
+    dout, dlse = random_rows(out.shape, dtype, 30), random_rows(lse.shape, torch.float32, 31)
+    reference = [[], [], [], torch.zeros(offsets.shape, dtype=torch.float64, device="cuda")]
+    for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        if end == start:
+            continue
+        rows = slice(start, end)
+        grads = reference_grads(q[None, rows], k[None, rows], v[None, rows], WINDOW, offsets, dout[None, rows],
+                                dlse[:, rows][None], scale)
+        for i in range(3):
+            reference[i].append(grads[i][0])
+        reference[3] += grads[3]
+    reference[:3] = [torch.cat(parts) for parts in reference[:3]]
+    assert_two_diagonals_match(monkeypatch, torch.ops.fibsparse.varlen_bwd,
+                               (dout, q, k, v, out, lse, dlse, cu, cu, longest, longest, offsets, [WINDOW], scale),
+                               reference)
+
+
+@requires_cuda
+@pytest.mark.parametrize("switch", [DKDV_SWITCH, DQ_SWITCH])
+@pytest.mark.parametrize("fractional", [True, False])
+@pytest.mark.parametrize("setting", ["off", "2"])
+def test_cuda_two_diagonals_switch_is_checked(monkeypatch, switch, setting, fractional):
+    """Each switch takes 0 or 1: any other value is refused, naming the
+    variable, what it got and what it takes, before any of the backward's
+    kernels runs; with integer offsets too."""
+    window, seqlen = 128, 300
+    offsets = fibonacci_offsets(window, seqlen, fractional)
+    q, k, v = (random_rows((1, seqlen, 2, 128), torch.bfloat16, i) for i in range(3))
+    out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [window], 0.125)
+    dout, dlse = random_rows(out.shape, torch.bfloat16, 3), random_rows(lse.shape, torch.float32, 4)
+    assert_refused_before_any_kernel(
+        monkeypatch, switch, setting,
+        lambda: torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, offsets, [window], 0.125))
