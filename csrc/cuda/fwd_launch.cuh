@@ -13,7 +13,6 @@
 #include <type_traits>
 
 #include "../capabilities.h"
-#include "../env_switches.h"
 #include "../fibsparse.h"
 #include "../static_switch.h"
 #include "fwd_hopper_kernel.cuh"
@@ -32,14 +31,12 @@ namespace fibsparse {
 // makes each sequence's maps into `sequence_maps`. A block walks several
 // consecutive tiles (hopper_tiles_per_block); the grid covers the longest
 // sequence.
-template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional,
-          bool kTwoDiagonals = false>
+template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional>
 void launch_hopper_blocks(const Params& p, const HopperForwardMaps<kFractional>& maps,
                           HopperForwardMaps<kFractional>* sequence_maps) {
   using S = hopper_fwd::Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>;
   using OffsetT = std::conditional_t<kFractional, float, int32_t>;
-  const auto kernel =
-      hopper_fwd::fwd_hopper_kernel<T, kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kCluster, kFractional, kTwoDiagonals>;
+  const auto kernel = hopper_fwd::fwd_hopper_kernel<T, kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kCluster, kFractional>;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int tiles = int(blocks_for(p.seqlen_q, S::kTileQueries));
   const int64_t kv_head_bytes = int64_t(p.seqlen_k) * kHeadDim * 2 * int64_t(sizeof(T));  // its k and v rows
@@ -88,7 +85,6 @@ void launch_fwd_hopper(const Params& p) {
   const bool pairs = p.offsets_head_stride == 0 && group % 2 == 0;
   const bool clusters = !kFractional && hopper_clusters_asked() && pairs && group % 4 == 0;
   const bool packed = !clusters && pairs && group % 4 == 0 && p.num_offsets > 0 && hopper_packing_allowed();
-  const bool two_diagonals = !switched_off("FIBSPARSE_FWD_TWO_DIAGONALS");
   const int tile_queries = packed ? hopper_fwd::kTileRows / 2 : hopper_fwd::kTileRows;
   HopperForwardMaps<kFractional> maps;
   // Two heads a warpgroup interleave their queries in the q tile (fwd_hopper_kernel.cuh).
@@ -115,9 +111,7 @@ void launch_fwd_hopper(const Params& p) {
     if constexpr (!kFractional) {
       if (clusters) return launch_hopper_blocks<T, kHeadDim, 2, 1, 2, false>(p, maps, sequence_maps);
     }
-    if (packed && kFractional && two_diagonals) {
-      launch_hopper_blocks<T, kHeadDim, 2, 2, 1, kFractional, true>(p, maps, sequence_maps);
-    } else if (packed) {
+    if (packed) {
       launch_hopper_blocks<T, kHeadDim, 2, 2, 1, kFractional>(p, maps, sequence_maps);
     } else if (pairs) {
       launch_hopper_blocks<T, kHeadDim, 2, 1, 1, kFractional>(p, maps, sequence_maps);
