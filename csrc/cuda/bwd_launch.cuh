@@ -177,9 +177,15 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   // rows, for comparisons. FIBSPARSE_DKDV_NEXT_WARP_SHARE=0 has each warp of the
   // fractional dk/dv pass form its own row 16 (bwd_mma_kernel.cuh's
   // NeighbourShares), for comparisons; the shares were measured only with the
-  // v rows in shared memory (an H200), where the pass spills nothing: with v
-  // in registers (FIBSPARSE_DKDV_V_SMEM=0, or a GPU where two blocks with
-  // them do not fit an SM) it spills 72 bytes, 8 before the shares.
+  // v rows in shared memory and swizzled stages (an H200), where the pass
+  // spills nothing: with padded stages it spills 24 bytes, with v in registers
+  // (FIBSPARSE_DKDV_V_SMEM=0, or a GPU where two blocks with them do not fit
+  // an SM) 72. FIBSPARSE_DKDV_TWO_DIAGONALS=0 and FIBSPARSE_DQ_TWO_DIAGONALS=0
+  // give the fractional dk/dv and dq passes two diagonal products a quantity
+  // where one two-diagonal product does it (fractional_offset_step, the dq
+  // pass's kTwoDiagonals), for comparisons; the dk/dv pass's product needs
+  // the v rows in shared memory, swizzled stages and the next warp's shares,
+  // and without any of them takes the two products.
   // Every switch of this backward is read here, before its first launch (and
   // before a poisoned dS buffer is filled): a value one refuses stops the call
   // before any kernel runs.
@@ -223,9 +229,11 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   bool launched = false;
   if constexpr (kHeadDim == 128) {
     if (v_in_smem) {
-      if (swizzled && kFrac && two_diagonals) {
-        launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, kMaySwizzle, true>,
-                      dkdv_grid, kMmaBlockThreads, kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
+      if (kFrac && swizzled && two_diagonals) {
+        if constexpr (kFrac) {  // no integer instantiation
+          launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, kMaySwizzle, true>,
+                        dkdv_grid, kMmaBlockThreads, kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
+        }
       } else if (swizzled) {
         launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, kMaySwizzle>, dkdv_grid,
                       kMmaBlockThreads, kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
@@ -262,7 +270,7 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
                                kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
         }
       }
-      if constexpr (kFrac && (kHeadDim == 64 || kHeadDim == 128)) {
+      if constexpr (kFrac && kHeadDim == 128) {
         if (dq_two_diagonals) {
           return launch_kernel(
               dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, false, true>,

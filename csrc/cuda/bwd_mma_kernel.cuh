@@ -467,20 +467,15 @@ __device__ __forceinline__ void add_lane_row_times(float w, const uint16_t* a_la
   }
 }
 
-// add_lane_row_times from this lane's columns as a shared-memory address.
+// add_lane_row_times from this lane's columns as a shared-memory address
+// (head_dim 128, where only the fractional dq pass with stored dS uses it).
 template <typename T, int kHeadDim>
 __device__ __forceinline__ void add_lane_row_times_at(float w, uint32_t lane_addr, float (&acc)[kHeadDim / 32]) {
-  static_assert(kHeadDim == 64 || kHeadDim == 128, "one 4- or 8-byte load a row");
-  uint32_t x_bits[2];
-  if constexpr (kHeadDim == 128) {
-    const uint2 x = load_shared_u32x2(lane_addr);
-    x_bits[0] = x.x;
-    x_bits[1] = x.y;
-  } else {
-    x_bits[0] = __float_as_uint(load_shared_float(lane_addr));
-  }
+  static_assert(kHeadDim == 128, "one 8-byte load a row");
+  const uint2 x = load_shared_u32x2(lane_addr);
+  const uint32_t x_bits[2] = {x.x, x.y};
 #pragma unroll
-  for (int e = 0; e < kHeadDim / 64; ++e) {
+  for (int e = 0; e < 2; ++e) {
     const float2 x2 = unpack2<T>(x_bits[e]);
     acc[2 * e] += w * x2.x;
     acc[2 * e + 1] += w * x2.y;
@@ -488,13 +483,13 @@ __device__ __forceinline__ void add_lane_row_times_at(float w, uint32_t lane_add
 }
 
 // acc's row 15 (fragment row g + 8 of the lanes with g == 7) += a row the
-// warp holds in lane_row_dot_at's columns (lane l: kHeadDim / 32 of them
-// from l kHeadDim / 32), through shuffles.
+// warp holds in lane_row_dot_at's columns (lane l: the four from 4 l, at
+// head_dim 128), through shuffles.
 template <int kHeadDim>
 __device__ __forceinline__ void add_lane_columns_to_row15(const float (&columns)[kHeadDim / 32],
                                                           float (&acc)[kHeadDim / 8][4], int lane) {
+  static_assert(kHeadDim == 128, "four columns a lane");
   constexpr int kLaneColumns = kHeadDim / 32;
-  static_assert(kLaneColumns == 2 || kLaneColumns == 4);
   const int c = lane % 4;
 #pragma unroll
   for (int j = 0; j < kHeadDim / 8; ++j) {
@@ -548,11 +543,18 @@ struct NeighbourShares {
 // stores each read row's dS and its d loss / d position term (the general dq
 // pass's summand) for the dq pass, and adds to key x (1 - f) of row x's P and
 // dS and f of row x + 1's, as the general pass does from stored ones. (The
-// edge products as two 16 x 8 tensor-core tiles, and the two rows' shares as
-// one two-diagonal product, both measured slower: docs/performance.md, round
-// 33.) `offset` points at offset o's position, kept by the caller.
+// edge products as two 16 x 8 tensor-core tiles measured slower:
+// docs/performance.md, round 33.) `offset` points at offset o's position, kept
+// by the caller.
 // kSwizzled: strip_q and strip_do are swizzled stages (mma_tiles.cuh's
 // swizzled_chunk) whose strip starts at row strip_row.
+// kTwoDiagonals (swizzled stages; with the next warp's shares, else as
+// without it): key x's two shares in one product a quantity, whose A operand
+// holds both diagonals (two_diagonals_a_fragment), where two diagonal products
+// took twice the products and transposed loads: 8-9% off the pass
+// (docs/performance.md, round 97). Round 33 found no gain in that product when
+// row 16's share was a term outside the tile, added by four lanes in the
+// step's chain; the next warp's share leaves no term outside.
 template <typename T, int kHeadDim, bool kSwizzled = false, bool kTwoDiagonals = false, typename VFragments>
 __device__ __forceinline__ void fractional_offset_step(
     const Params& p, const Sequence& seq, int b, int h, int o, const float* offset, OffsetSplit split,
@@ -586,16 +588,13 @@ __device__ __forceinline__ void fractional_offset_step(
       add_diag_times_rows<T, kHeadDim>(d_g, d_g8, strip + x0, acc, lane);
     }
   };
-  // dk or dv += (1 - f) of rows x's and f of rows x + 1's values d, e times
-  // strip rows 0-15 (two_diagonals_a_fragment), row 16's left to the next warp.
+  // dk or dv += d_x times strip row x plus e_x times strip row x + 1, for x
+  // < 15 (two_diagonals_a_fragment): (1 - f) of row x's values and f of row
+  // x + 1's, key 15's of row 16 left to the next warp. Swizzled stages only.
   const auto add_two_diagonals = [&](float d_g, float d_g8, float e_g, float e_g8, RowPtr<kHeadDim> strip,
                                      float (&acc)[kHeadDim / 8][4]) {
-    if constexpr (kSwizzled) {
-      add_two_diagonals_times_rows_at<T, kHeadDim, true>(
-          d_g, d_g8, e_g, e_g8, swizzled_add_lane_row<kHeadDim>(stage_of(strip), lane, strip_row), acc, lane);
-    } else {
-      add_two_diagonals_times_rows<T, kHeadDim>(d_g, d_g8, e_g, e_g8, strip, acc, lane);
-    }
+    add_two_diagonals_times_rows_at<T, kHeadDim, true>(
+        d_g, d_g8, e_g, e_g8, swizzled_add_lane_row<kHeadDim>(stage_of(strip), lane, strip_row), acc, lane);
   };
   float st[2][4], dpt[2][4];
   if constexpr (kSwizzled) {
@@ -668,33 +667,37 @@ __device__ __forceinline__ void fractional_offset_step(
     }
   }
   const float w0 = 1.f - split.frac;
-  if (kTwoDiagonals && shares.next_warp_shares) {
-    // Key x's shares, (1 - f) of row x's P and dS and f of row x + 1's, in
-    // one product a quantity: row x + 1's from its diagonal's owner (row
-    // g + 1's, for row 7 row 8's in lane 0); key 15's of row 16 is the next
-    // warp's (NeighbourShares).
-    float p_next[2] = {0.f, 0.f}, ds_next[2] = {0.f, 0.f};
-    if (split.frac != 0.f) {
-      const float w1 = split.frac;
-      const int below = g <= 6 ? 4 * (g + 1) + (g + 1) / 2 : 0;
-      const float p_a = __shfl_sync(0xffffffffu, prob[0], below), p_b = __shfl_sync(0xffffffffu, prob[1], below);
-      const float ds_a = __shfl_sync(0xffffffffu, dscore[0], below);
-      const float ds_b = __shfl_sync(0xffffffffu, dscore[1], below);
-      p_next[0] = w1 * (g <= 6 ? p_a : p_b);
-      p_next[1] = g <= 6 ? w1 * p_b : 0.f;
-      ds_next[0] = w1 * (g <= 6 ? ds_a : ds_b);
-      ds_next[1] = g <= 6 ? w1 * ds_b : 0.f;
+  // Row 0's share of the previous warp's key 15 (its row 16's), from row 0's
+  // P and dS (lane 0's), with weight f (NeighbourShares).
+  const auto add_row0_shares = [&] {
+    const float p0 = __shfl_sync(0xffffffffu, prob[0], 0), ds0 = __shfl_sync(0xffffffffu, dscore[0], 0);
+    add_lane_row_times<T, kHeadDim>(split.frac * p0, lane_columns(strip_do, 0), shares.row0_share_v);
+    add_lane_row_times<T, kHeadDim>(split.frac * ds0, lane_columns(strip_q, 0), shares.row0_share_k);
+  };
+  if constexpr (kTwoDiagonals) {
+    static_assert(kSwizzled, "two diagonals on swizzled stages only");
+    if (shares.next_warp_shares) {
+      // Key x's shares, (1 - f) of row x's P and dS and f of row x + 1's, in
+      // one product a quantity: row x + 1's from its diagonal's owner (row
+      // g + 1's, for row 7 row 8's in lane 0); key 15's of row 16 is the next
+      // warp's.
+      float p_next[2] = {0.f, 0.f}, ds_next[2] = {0.f, 0.f};
+      if (split.frac != 0.f) {
+        const float w1 = split.frac;
+        const int below = g <= 6 ? 4 * (g + 1) + (g + 1) / 2 : 0;
+        const float p_a = __shfl_sync(0xffffffffu, prob[0], below), p_b = __shfl_sync(0xffffffffu, prob[1], below);
+        const float ds_a = __shfl_sync(0xffffffffu, dscore[0], below);
+        const float ds_b = __shfl_sync(0xffffffffu, dscore[1], below);
+        p_next[0] = w1 * (g <= 6 ? p_a : p_b);
+        p_next[1] = g <= 6 ? w1 * p_b : 0.f;
+        ds_next[0] = w1 * (g <= 6 ? ds_a : ds_b);
+        ds_next[1] = g <= 6 ? w1 * ds_b : 0.f;
+      }
+      add_two_diagonals(w0 * prob[0], w0 * prob[1], p_next[0], p_next[1], strip_do, dv);
+      add_two_diagonals(w0 * dscore[0], w0 * dscore[1], ds_next[0], ds_next[1], strip_q, dk);
+      if (split.frac != 0.f) add_row0_shares();
+      return;
     }
-    add_two_diagonals(w0 * prob[0], w0 * prob[1], p_next[0], p_next[1], strip_do, dv);
-    add_two_diagonals(w0 * dscore[0], w0 * dscore[1], ds_next[0], ds_next[1], strip_q, dk);
-    if (split.frac != 0.f) {
-      // Row 0's share of the previous warp's key 15, as below.
-      const float w1 = split.frac;
-      const float p0 = __shfl_sync(0xffffffffu, prob[0], 0), ds0 = __shfl_sync(0xffffffffu, dscore[0], 0);
-      add_lane_row_times<T, kHeadDim>(w1 * p0, lane_columns(strip_do, 0), shares.row0_share_v);
-      add_lane_row_times<T, kHeadDim>(w1 * ds0, lane_columns(strip_q, 0), shares.row0_share_k);
-    }
-    return;
   }
   add_diag(w0 * prob[0], w0 * prob[1], strip_do, 0, dv);
   add_diag(w0 * dscore[0], w0 * dscore[1], strip_q, 0, dk);
@@ -721,13 +724,7 @@ __device__ __forceinline__ void fractional_offset_step(
     const float ds_a = __shfl_sync(0xffffffffu, dscore[0], below), ds_b = __shfl_sync(0xffffffffu, dscore[1], below);
     add_diag(w1 * (g <= 6 ? p_a : p_b), w1 * (g <= 6 ? p_b : prob16), strip_do, 1, dv);
     add_diag(w1 * (g <= 6 ? ds_a : ds_b), w1 * (g <= 6 ? ds_b : dscore16), strip_q, 1, dk);
-    if (shares.next_warp_shares) {
-      // Row 0's share of the previous warp's key 15 (its row 16's), from
-      // row 0's P and dS (lane 0's).
-      const float p0 = __shfl_sync(0xffffffffu, prob[0], 0), ds0 = __shfl_sync(0xffffffffu, dscore[0], 0);
-      add_lane_row_times<T, kHeadDim>(w1 * p0, lane_columns(strip_do, 0), shares.row0_share_v);
-      add_lane_row_times<T, kHeadDim>(w1 * ds0, lane_columns(strip_q, 0), shares.row0_share_k);
-    }
+    if (shares.next_warp_shares) add_row0_shares();
   }
 }
 
@@ -927,6 +924,8 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // than their rows hold; the pass took 1.9-3.8% less time at head_dim 64,
 // 7.4-10.6% at 128 with integer offsets and 1.8-3.1% with fractional ones
 // (docs/performance.md, rounds 90, 91 and 93).
+// kTwoDiagonals (fractional positions on swizzled rows): a key's two shares
+// of an offset step in one product (fractional_offset_step).
 template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kVInSmem = false,
           bool kSwizzledRows = false, bool kTwoDiagonals = false>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
@@ -945,6 +944,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   constexpr bool kInnerSubtilesUnmasked = kWindowAlone && kHeadDim <= 64;
   constexpr bool kStoresDscores = kRoute != DkdvRoute::kAfterDq;
   constexpr bool kFractionalFirst = kRoute == DkdvRoute::kBeforeDq && !std::is_integral_v<OffsetT>;
+  static_assert(!kTwoDiagonals || (kFractionalFirst && kSwizzledRows));
   static_assert(!kWindowAlone || 2 * kChunk == kMmaBlockThreads, "delta: two threads a staged row");
   // 128-byte aligned: a swizzled stage's k-step XOR (swizzled_k_step) acts on
   // the shared address itself, so each stage must start on a 128-byte line.
@@ -1141,11 +1141,11 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
         RowPtr<kHeadDim> strip_q = rows_q + row0, strip_do = rows_do + row0;
         if constexpr (kFractionalFirst && kSwizzledRows) {
           // Swizzled: the stages themselves, and the strip's first row.
-          fractional_offset_step<T, kHeadDim, true, kTwoDiagonals>(p, seq, b, step.head, steps.offset_index(step), &step_offset,
-                                                    split, kf, vf, rows_q, rows_do, stat0 + row0, stat1 + row0,
-                                                    edge_rows(warp), warp_k0, dk, dv, shares, lane, row0);
+          fractional_offset_step<T, kHeadDim, true, kTwoDiagonals>(
+              p, seq, b, step.head, steps.offset_index(step), &step_offset, split, kf, vf, rows_q, rows_do,
+              stat0 + row0, stat1 + row0, edge_rows(warp), warp_k0, dk, dv, shares, lane, row0);
         } else if constexpr (kFractionalFirst) {
-          fractional_offset_step<T, kHeadDim, false, kTwoDiagonals>(p, seq, b, step.head, steps.offset_index(step), &step_offset, split,
+          fractional_offset_step<T, kHeadDim>(p, seq, b, step.head, steps.offset_index(step), &step_offset, split,
                                               kf, vf, strip_q, strip_do,
                                               stat0 + row0, stat1 + row0, edge_rows(warp), warp_k0, dk, dv,
                                               shares, lane);

@@ -241,12 +241,17 @@ __device__ __forceinline__ float tree_sum_16_at(uint32_t addr) {
 // query: kWarpStripRows).
 // kSwizzledK (integer offsets, head_dim 64 and 128): the k stages are swizzled
 // (mma_tiles.cuh's swizzled_chunk), not padded.
+// kTwoDiagonals (fractional positions, head_dim 128): a step's two rows of
+// each query in one product (two_diagonals_a_fragment) where two diagonal
+// products took twice the products and transposed loads (6-8% off the pass,
+// docs/performance.md, round 98).
 template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, bool kSwizzledK = false,
           bool kTwoDiagonals = false>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
   static_assert(!kSwizzledK || (!kFrac && (kHeadDim == 64 || kHeadDim == 128)));
+  static_assert(!kTwoDiagonals || (kFrac && kHeadDim == 128));
   constexpr int kThreads = kHeads * kMmaBlockThreads;
   // 128-byte aligned: a swizzled stage's k-step XOR (swizzled_k_step) acts on
   // the shared address itself, so each k stage must start on a 128-byte line

@@ -562,14 +562,14 @@ __device__ __forceinline__ void add_diag_times_rows_at(float d_g, float d_g8, ui
 }
 
 // The A fragment of the 16 x 16 tile with d_x at (x, x) and e_x at (x, x + 1)
-// for x < 15 (row 15's e would be column 16, outside the tile: the caller
-// adds that term): acc += A B then gives row x d_x b_rows[x] + e_x b_rows[x + 1],
-// a fractional position's two rows in one product where two diagonal products
+// for x < 15 (row 15's e would be column 16, outside the tile, and is left
+// out): acc += A B then gives row x d_x b_rows[x] + e_x b_rows[x + 1], a
+// fractional position's two rows in one product where two diagonal products
 // took twice the products and transposed loads. Every thread passes its rows'
 // values (d_g, d_g8 as diag_a_fragment; e_g, e_g8 the same for e). Row g's
-// two nonzeros are columns g and g + 1: in a[0] of the threads with
-// 2c == g (both) or 2c == g + 1 (e's alone), and for row 7 column 8 in
-// a[2] of thread 28; rows g + 8 the same in a[3].
+// two nonzeros are columns g and g + 1: in a[0] of the thread with 2c == g
+// (both), 2c + 1 == g (d's alone) or 2c == g + 1 (e's alone), and for row 7
+// column 8 in a[2] of thread 28; rows g + 8 the same in a[3].
 template <typename T>
 __device__ __forceinline__ void two_diagonals_a_fragment(float d_g, float d_g8, float e_g, float e_g8, int lane,
                                                          uint32_t (&a)[4]) {
@@ -587,14 +587,6 @@ __device__ __forceinline__ void add_two_diagonals_times_rows_at(float d_g, float
   uint32_t a[4];
   two_diagonals_a_fragment<T>(d_g, d_g8, e_g, e_g8, lane, a);
   add_a_times_rows_at<T, kHeadDim, kSwizzled>(a, row_addr, acc, rows_after);
-}
-template <typename T, int kHeadDim>
-__device__ __forceinline__ void add_two_diagonals_times_rows(float d_g, float d_g8, float e_g, float e_g8,
-                                                             RowPtr<kHeadDim> b_rows, float (&acc)[kHeadDim / 8][4],
-                                                             int lane) {
-  uint32_t a[4];
-  two_diagonals_a_fragment<T>(d_g, d_g8, e_g, e_g8, lane, a);
-  add_a_times_rows<T, kHeadDim>(a, b_rows, acc, lane);
 }
 
 // The diagonal of a 16 x 16 tile in C layout (s[0], s[1]): element (x, x) of
