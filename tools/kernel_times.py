@@ -25,7 +25,8 @@ KINDS = ("integer", "fractional", "window alone")
 # (layout, tokens, heads, kv heads, head_dim, offsets)
 CONFIGS = [("dense", 65536, 32, 8, 128, "integer"), ("dense", 131072, 32, 8, 128, "integer"),
            ("dense", 65536, 32, 8, 128, "fractional"), ("dense", 65536, 8, 8, 128, "integer"),
-           ("dense", 65536, 8, 8, 64, "integer"), ("dense", 131072, 8, 8, 64, "integer"),
+           ("dense", 65536, 8, 8, 64, "integer"), ("dense", 65536, 8, 8, 64, "fractional"),
+           ("dense", 131072, 8, 8, 64, "integer"),
            ("dense", 65536, 32, 8, 64, "integer"), ("packed", 65536, 32, 8, 128, "integer"),
            ("dense", 65536, 32, 8, 128, "window alone"), ("dense", 65536, 8, 8, 64, "window alone")]
 WARMUP_STEPS, PROFILED_STEPS = 3, 5
