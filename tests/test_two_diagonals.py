@@ -13,10 +13,8 @@ either switch is refused before any kernel runs."""
 import pytest
 import torch
 
-from fibsparse_ext import fibsparse_attn_ref
-
-from utils import (assert_refused_before_any_kernel, cuda_kernels_of, fibonacci_offsets, packed, random_rows,
-                   rel_err, requires_cuda, template_arguments)
+from utils import (assert_refused_before_any_kernel, assert_rows_match, cuda_kernels_of, fibonacci_offsets, packed,
+                   packed_reference_grads, random_rows, reference_grads, rel_err, requires_cuda, template_arguments)
 
 DKDV_SWITCH = "FIBSPARSE_DKDV_TWO_DIAGONALS"
 DQ_SWITCH = "FIBSPARSE_DQ_TWO_DIAGONALS"
@@ -29,23 +27,6 @@ DQ_SWITCH = "FIBSPARSE_DQ_TWO_DIAGONALS"
 WINDOW = 16
 POSITIONS = {"f=0.875": [16.875, 29.875, 50.0, 70.875, 200.875],
              "f=0.125": [16.125, 29.125, 50.0, 70.125, 200.125]}
-
-
-def reference_grads(q, k, v, window, offsets, dout, dlse, scale):
-    """dq, dk, dv and d offsets of the float64 reference (a dense batch)."""
-    q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
-    pos = offsets.double().requires_grad_()
-    out, lse = fibsparse_attn_ref(q64, k64, v64, window, pos, softmax_scale=scale, return_lse=True)
-    return torch.autograd.grad([out, lse], [q64, k64, v64, pos], [dout.double(), dlse.double()])
-
-
-def assert_rows_match(name, got, expected, tolerance=1e-2):
-    """Every row (position, head) of `got` within `tolerance` of `expected`'s
-    row norm, plus a thousandth of the median row norm (rows whose terms cancel)."""
-    got, expected = got.double().flatten(0, -3), expected.double().flatten(0, -3)
-    error, norm = (got - expected).norm(dim=-1), expected.norm(dim=-1)
-    bad = (~(error <= tolerance * norm + 1e-3 * norm.median())).nonzero()
-    assert bad.numel() == 0, (name, bad[:8].tolist(), (error / norm.clamp_min(1e-30)).max().item())
 
 
 def last_template_argument(kernels, kernel):
@@ -122,17 +103,7 @@ def test_cuda_packed_two_diagonal_products(monkeypatch):
     k, v = (random_rows((sum(lengths), 2, 128), dtype, 21 + i) for i in range(2))
     out, lse = torch.ops.fibsparse.varlen_fwd(q, k, v, cu, cu, longest, longest, offsets, [WINDOW], scale)
     dout, dlse = random_rows(out.shape, dtype, 30), random_rows(lse.shape, torch.float32, 31)
-    reference = [[], [], [], torch.zeros(offsets.shape, dtype=torch.float64, device="cuda")]
-    for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):
-        if end == start:
-            continue
-        rows = slice(start, end)
-        grads = reference_grads(q[None, rows], k[None, rows], v[None, rows], WINDOW, offsets, dout[None, rows],
-                                dlse[:, rows][None], scale)
-        for i in range(3):
-            reference[i].append(grads[i][0])
-        reference[3] += grads[3]
-    reference[:3] = [torch.cat(parts) for parts in reference[:3]]
+    reference = packed_reference_grads(q, k, v, cu, WINDOW, offsets, dout, dlse, scale)
     assert_two_diagonals_match(monkeypatch, torch.ops.fibsparse.varlen_bwd,
                                (dout, q, k, v, out, lse, dlse, cu, cu, longest, longest, offsets, [WINDOW], scale),
                                reference)

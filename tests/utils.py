@@ -21,7 +21,7 @@ default import mode puts tests/ itself on sys.path (as it does for fuzz.py).
 import pytest
 import torch
 
-from fibsparse_ext import build_info, fibsparse_attn
+from fibsparse_ext import build_info, fibsparse_attn, fibsparse_attn_ref
 from fibsparse_ext.schedules import layer_offsets
 from fibsparse_ext.accuracy import TOLERANCE  # noqa: F401  (re-exported: the tests' tolerances)
 from fibsparse_ext.accuracy import relative_error as rel_err  # noqa: F401
@@ -159,6 +159,42 @@ def attention_and_grads(q, k, v, window, offsets, seed=0):
     inputs = [q, k, v] + ([offsets] if offsets.requires_grad else [])
     grads = torch.autograd.grad([out, lse], inputs, [grad_out, grad_lse])
     return [out, lse, *grads]
+
+
+def reference_grads(q, k, v, window, offsets, dout, dlse, scale):
+    """dq, dk, dv and d offsets of the float64 reference for upstream
+    gradients dout and dlse (a dense batch)."""
+    q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
+    pos = offsets.double().requires_grad_()
+    out, lse = fibsparse_attn_ref(q64, k64, v64, window, pos, softmax_scale=scale, return_lse=True)
+    return torch.autograd.grad([out, lse], [q64, k64, v64, pos], [dout.double(), dlse.double()])
+
+
+def packed_reference_grads(q, k, v, cu_seqlens, window, offsets, dout, dlse, scale):
+    """reference_grads of a packed batch whose queries and keys share
+    cu_seqlens: each sequence alone, its dq, dk, dv in the packed rows, d
+    offsets summed over the sequences."""
+    grads = [[], [], [], torch.zeros(offsets.shape, dtype=torch.float64, device=q.device)]
+    for start, end in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()):
+        if end == start:
+            continue
+        rows = slice(start, end)
+        alone = reference_grads(q[None, rows], k[None, rows], v[None, rows], window, offsets, dout[None, rows],
+                                dlse[:, rows][None], scale)
+        for i in range(3):
+            grads[i].append(alone[i][0])
+        grads[3] += alone[3]
+    grads[:3] = [torch.cat(parts) for parts in grads[:3]]
+    return grads
+
+
+def assert_rows_match(name, got, expected, tolerance=1e-2):
+    """Every row (position, head) of `got` within `tolerance` of `expected`'s
+    row norm, plus a thousandth of the median row norm (rows whose terms cancel)."""
+    got, expected = got.double().flatten(0, -3), expected.double().flatten(0, -3)
+    error, norm = (got - expected).norm(dim=-1), expected.norm(dim=-1)
+    bad = (~(error <= tolerance * norm + 1e-3 * norm.median())).nonzero()
+    assert bad.numel() == 0, (name, bad[:8].tolist(), (error / norm.clamp_min(1e-30)).max().item())
 
 
 # How the CUDA runtime reports a kernel stopped by a device-side assert:
