@@ -19,8 +19,12 @@ def assert_bitwise_with_v_in_registers(monkeypatch, op, args):
     """op's dq, dk, dv with v in shared memory (the default) and with v in
     registers: equal bit for bit, finite, and each from the pass it names.
     A device where two blocks with the v rows do not fit an SM keeps v in
-    registers (an H100 or H200 must not)."""
+    registers (an H100 or H200 must not). At fractional positions both sides
+    take the dk/dv pass's two diagonal products: its two-diagonal product
+    needs the v rows in shared memory, so switching them off would change the
+    products' order too (test_two_diagonals.py compares the two)."""
     monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
+    monkeypatch.setenv("FIBSPARSE_DKDV_TWO_DIAGONALS", "0")
     in_smem, kernels = cuda_kernels_of(lambda: op(*args)[:3])
     if not keeps_v_in_smem(kernels):
         assert torch.cuda.get_device_capability() != (9, 0), "a compute capability 9.0 GPU keeps v in shared memory"

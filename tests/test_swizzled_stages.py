@@ -25,8 +25,12 @@ def swizzled(kernels, switch):
 def assert_bitwise_with_padded_rows(monkeypatch, op, args, outputs=3, switches=(DKDV_SWITCH, DQ_SWITCH)):
     """op's first `outputs` results (dq, dk, dv, and d offsets with 4) with
     swizzled stages (the default) and with each switch's padded ones: finite
-    and equal bit for bit."""
+    and equal bit for bit. At fractional positions both sides take the dk/dv
+    pass's two diagonal products: its two-diagonal product needs swizzled
+    stages, so padded ones would change the products' order too
+    (test_two_diagonals.py compares the two)."""
     monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
+    monkeypatch.setenv("FIBSPARSE_DKDV_TWO_DIAGONALS", "0")
     for switch in (DKDV_SWITCH, DQ_SWITCH, "FIBSPARSE_DKDV_V_SMEM"):
         monkeypatch.delenv(switch, raising=False)
     grads, kernels = cuda_kernels_of(lambda: op(*args)[:outputs])
