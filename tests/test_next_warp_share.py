@@ -9,8 +9,9 @@ kernel runs."""
 import pytest
 import torch
 
-from utils import (assert_refused_before_any_kernel, assert_rows_match, cuda_kernels_of, fibonacci_offsets, packed,
-                   packed_reference_grads, random_rows, reference_grads, rel_err, requires_cuda)
+from utils import (assert_refused_before_any_kernel, assert_rows_match, backward_call, cuda_kernels_of,
+                   fibonacci_offsets, packed, packed_reference_grads, random_rows, reference_grads, rel_err,
+                   requires_cuda)
 
 SWITCH = "FIBSPARSE_DKDV_NEXT_WARP_SHARE"
 HAND_OVER_KERNEL = "add_next_tile_shares_kernel"
@@ -88,11 +89,5 @@ def test_cuda_next_warp_share_switch_is_checked(monkeypatch, setting, fractional
     variable, what it got and what it takes, before any of the backward's
     kernels runs; with integer offsets too, which read it though they have no
     second rows."""
-    window, seqlen = 128, 300
-    offsets = fibonacci_offsets(window, seqlen, fractional)
-    q, k, v = (random_rows((1, seqlen, 2, 128), torch.bfloat16, i) for i in range(3))
-    out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [window], 0.125)
-    dout, dlse = random_rows(out.shape, torch.bfloat16, 3), random_rows(lse.shape, torch.float32, 4)
-    assert_refused_before_any_kernel(
-        monkeypatch, SWITCH, setting,
-        lambda: torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, offsets, [window], 0.125))
+    assert_refused_before_any_kernel(monkeypatch, SWITCH, setting,
+                                     backward_call(fibonacci_offsets(128, 300, fractional), 128))

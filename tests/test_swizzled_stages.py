@@ -8,8 +8,8 @@ first; a switch's bad value is refused before any kernel runs."""
 import pytest
 import torch
 
-from utils import (assert_refused_before_any_kernel, cuda_kernels_of, fibonacci_offsets, packed, random_rows,
-                   requires_cuda, template_arguments)
+from utils import (assert_refused_before_any_kernel, backward_call, cuda_kernels_of, fibonacci_offsets, packed,
+                   random_rows, requires_cuda, template_arguments)
 
 DKDV_SWITCH, DQ_SWITCH = "FIBSPARSE_DKDV_SWIZZLE", "FIBSPARSE_DQ_SWIZZLE"
 DKDV_KERNEL, DQ_KERNEL = "dkdv_mma_kernel", "dq_from_dscores_with_offsets_kernel"
@@ -126,11 +126,5 @@ def test_cuda_swizzle_switch_is_checked(monkeypatch, switch, setting, with_offse
     what it got and what it takes, before any of the backward's kernels runs;
     on the window alone's backward too, which reads it though it stages
     nothing swizzled."""
-    window, seqlen = 128, 300
-    offsets = fibonacci_offsets(window, seqlen) if with_offsets else torch.zeros(0, dtype=torch.int32, device="cuda")
-    q, k, v = (random_rows((1, seqlen, 2, 64), torch.bfloat16, i) for i in range(3))
-    out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [window], 0.125)
-    dout, dlse = random_rows(out.shape, torch.bfloat16, 3), random_rows(lse.shape, torch.float32, 4)
-    assert_refused_before_any_kernel(
-        monkeypatch, switch, setting,
-        lambda: torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, offsets, [window], 0.125))
+    offsets = fibonacci_offsets(128, 300) if with_offsets else torch.zeros(0, dtype=torch.int32, device="cuda")
+    assert_refused_before_any_kernel(monkeypatch, switch, setting, backward_call(offsets, 64))

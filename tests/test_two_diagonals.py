@@ -13,8 +13,9 @@ either switch is refused before any kernel runs."""
 import pytest
 import torch
 
-from utils import (assert_refused_before_any_kernel, assert_rows_match, cuda_kernels_of, fibonacci_offsets, packed,
-                   packed_reference_grads, random_rows, reference_grads, rel_err, requires_cuda, template_arguments)
+from utils import (assert_refused_before_any_kernel, assert_rows_match, backward_call, cuda_kernels_of,
+                   fibonacci_offsets, packed, packed_reference_grads, random_rows, reference_grads, rel_err,
+                   requires_cuda, template_arguments)
 
 DKDV_SWITCH = "FIBSPARSE_DKDV_TWO_DIAGONALS"
 DQ_SWITCH = "FIBSPARSE_DQ_TWO_DIAGONALS"
@@ -117,11 +118,5 @@ def test_cuda_two_diagonals_switch_is_checked(monkeypatch, switch, setting, frac
     """Each switch takes 0 or 1: any other value is refused, naming the
     variable, what it got and what it takes, before any of the backward's
     kernels runs; with integer offsets too."""
-    window, seqlen = 128, 300
-    offsets = fibonacci_offsets(window, seqlen, fractional)
-    q, k, v = (random_rows((1, seqlen, 2, 128), torch.bfloat16, i) for i in range(3))
-    out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [window], 0.125)
-    dout, dlse = random_rows(out.shape, torch.bfloat16, 3), random_rows(lse.shape, torch.float32, 4)
-    assert_refused_before_any_kernel(
-        monkeypatch, switch, setting,
-        lambda: torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, offsets, [window], 0.125))
+    assert_refused_before_any_kernel(monkeypatch, switch, setting,
+                                     backward_call(fibonacci_offsets(128, 300, fractional), 128))

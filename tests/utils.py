@@ -96,6 +96,16 @@ def assert_refused_before_any_kernel(monkeypatch, switch, setting, call):
     assert not ran, ran
 
 
+def backward_call(offsets, head_dim, window=128, seqlen=300):
+    """A call of the backward op on fresh bf16 rows (one sequence of `seqlen`,
+    two heads), its forward run first: what a switch test hands
+    assert_refused_before_any_kernel."""
+    q, k, v = (random_rows((1, seqlen, 2, head_dim), torch.bfloat16, i) for i in range(3))
+    out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [window], 0.125)
+    dout, dlse = random_rows(out.shape, torch.bfloat16, 3), random_rows(lse.shape, torch.float32, 4)
+    return lambda: torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, offsets, [window], 0.125)
+
+
 def fibonacci_offsets(window, seqlen, fractional=False):
     """One layer's Fibonacci offsets (alpha 1) on the GPU: int32, or fractional positions
     0.375 past them as float32."""
