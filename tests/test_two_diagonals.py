@@ -1,5 +1,9 @@
-"""A fractional position's two rows in one product in the backward with stored
-dS: the dk/dv pass adds key x's (1 - f) of row x's P and dS and f of row
+"""A fractional position's two rows in one product. The Hopper forward with two
+heads a warpgroup adds a strip's P V as one 16 x 16 operand against its 8 rows
+and the 8 one further back (FIBSPARSE_FWD_TWO_DIAGONALS=0: two diagonal
+products of 8 rows): the same lse bits, every output row up to rounding,
+each tile's first query (whose row one back is the prefix's) against the
+float64 reference. In the backward with stored dS the dk/dv pass adds key x's (1 - f) of row x's P and dS and f of row
 x + 1's as one two-diagonal tile against the strip's rows 0-15 (key 15's
 share of row 16 comes from the next warp), and the dq pass adds query x's
 f dS at its second row and (1 - f) dS at its first the same way, query 15's
@@ -13,10 +17,13 @@ either switch is refused before any kernel runs."""
 import pytest
 import torch
 
-from utils import (assert_refused_before_any_kernel, assert_rows_match, backward_call, cuda_kernels_of,
-                   fibonacci_offsets, packed, packed_reference_grads, random_rows, reference_grads, rel_err,
-                   requires_cuda, template_arguments)
+from fibsparse_ext import fibsparse_attn, fibsparse_attn_ref
 
+from utils import (HOPPER, assert_refused_before_any_kernel, assert_rows_match, backward_call, cuda_kernels_of,
+                   fibonacci_offsets, gqa_forward_call, packed, packed_reference_grads, random_rows, reference_grads,
+                   rel_err, requires_cuda, template_arguments)
+
+FWD_SWITCH = "FIBSPARSE_FWD_TWO_DIAGONALS"
 DKDV_SWITCH = "FIBSPARSE_DKDV_TWO_DIAGONALS"
 DQ_SWITCH = "FIBSPARSE_DQ_TWO_DIAGONALS"
 
@@ -111,12 +118,46 @@ def test_cuda_packed_two_diagonal_products(monkeypatch):
 
 
 @requires_cuda
-@pytest.mark.parametrize("switch", [DKDV_SWITCH, DQ_SWITCH])
+@pytest.mark.parametrize("switch", [FWD_SWITCH, DKDV_SWITCH, DQ_SWITCH])
 @pytest.mark.parametrize("fractional", [True, False])
 @pytest.mark.parametrize("setting", ["off", "2"])
 def test_cuda_two_diagonals_switch_is_checked(monkeypatch, switch, setting, fractional):
     """Each switch takes 0 or 1: any other value is refused, naming the
-    variable, what it got and what it takes, before any of the backward's
-    kernels runs; with integer offsets too."""
-    assert_refused_before_any_kernel(monkeypatch, switch, setting,
-                                     backward_call(fibonacci_offsets(128, 300, fractional), 128))
+    variable, what it got and what it takes, before any kernel of its call
+    runs (the forward's on the Hopper forward, a GQA group of 4; the
+    backward's), with integer offsets too."""
+    if switch == FWD_SWITCH and not HOPPER:
+        pytest.skip("the Hopper forward reads it")
+    offsets = fibonacci_offsets(128, 300, fractional)
+    call = gqa_forward_call(offsets, 128) if switch == FWD_SWITCH else backward_call(offsets, 128)
+    assert_refused_before_any_kernel(monkeypatch, switch, setting, call)
+
+
+@pytest.mark.skipif(not HOPPER, reason="needs a compute capability 9.0 GPU and an sm_90a build")
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("positions", list(POSITIONS))
+@pytest.mark.parametrize("batch,seqlen,heads", [(1, 640, 8), (2, 1000, 16)])
+def test_hopper_forward_two_diagonal_product(monkeypatch, dtype, head_dim, positions, batch, seqlen, heads):
+    """GQA groups of 4 (two heads a warpgroup, 32-query tiles), a ragged last
+    tile, two sequences; one position whole (the diagonal product alone)."""
+    monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
+    for switch in ("FIBSPARSE_HOPPER", "FIBSPARSE_HOPPER_PACK", "FIBSPARSE_HOPPER_TILES", FWD_SWITCH):
+        monkeypatch.delenv(switch, raising=False)
+    q = random_rows((batch, seqlen, heads, head_dim), dtype, seqlen + head_dim)
+    k, v = (random_rows((batch, seqlen, heads // 4, head_dim), dtype, seqlen + i) for i in (1, 2))
+    offsets = torch.tensor(POSITIONS[positions], device="cuda")
+    (out, lse), kernels = cuda_kernels_of(lambda: fibsparse_attn(q, k, v, WINDOW, offsets, return_lse=True))
+    assert last_template_argument(kernels, "fwd_hopper_kernel") == "true", kernels
+    monkeypatch.setenv(FWD_SWITCH, "0")
+    (out_off, lse_off), kernels = cuda_kernels_of(lambda: fibsparse_attn(q, k, v, WINDOW, offsets, return_lse=True))
+    assert last_template_argument(kernels, "fwd_hopper_kernel") == "false", kernels
+    assert torch.equal(lse, lse_off)
+    assert_rows_match("out", out, out_off)
+    ref = fibsparse_attn_ref(q.double(), k.double(), v.double(), WINDOW, offsets.double())
+    for got in (out, out_off):
+        assert rel_err(got, ref) < 1e-2
+        first = slice(0, None, 32)  # each tile's first query: its row one back is in the strip's prefix
+        row_err = (got[:, first].double() - ref[:, first]).norm(dim=-1) / ref[:, first].norm(dim=-1)
+        assert row_err.max() < 3e-2, row_err.max()
