@@ -1,7 +1,8 @@
 """Swizzled stages (each row's 16-byte chunks XOR-ed by the row) instead of
 padded rows: the dk/dv pass before dq stages its q and dO rows so (integer
 offsets at head_dim 64 and 128, fractional positions at 128), the dq pass with
-offsets its k rows (integer offsets at 64 and 128). Either way the gradients
+offsets its k rows (integer offsets at 64 and 128, fractional positions at
+128). Either way the gradients
 are bitwise those of padded rows (FIBSPARSE_DKDV_SWIZZLE=0,
 FIBSPARSE_DQ_SWIZZLE=0), dense and packed, MHA and GQA, every output poisoned
 first; a switch's bad value is refused before any kernel runs."""
@@ -31,7 +32,9 @@ def assert_bitwise_with_padded_rows(monkeypatch, op, args, outputs=3, switches=(
     (test_two_diagonals.py compares the two)."""
     monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
     monkeypatch.setenv("FIBSPARSE_DKDV_TWO_DIAGONALS", "0")
-    for switch in (DKDV_SWITCH, DQ_SWITCH, "FIBSPARSE_DKDV_V_SMEM"):
+    # The dq pass's swizzled k rows at fractional positions come with its
+    # two-diagonal product, which both sides take.
+    for switch in (DKDV_SWITCH, DQ_SWITCH, "FIBSPARSE_DKDV_V_SMEM", "FIBSPARSE_DQ_TWO_DIAGONALS"):
         monkeypatch.delenv(switch, raising=False)
     grads, kernels = cuda_kernels_of(lambda: op(*args)[:outputs])
     dkdv = template_arguments(kernels, DKDV_KERNEL)
@@ -87,7 +90,7 @@ def test_cuda_swizzled_stages_are_bitwise_padded_stages(monkeypatch, heads, head
 @pytest.mark.parametrize("window", [65, 128, 129])
 def test_cuda_fractional_swizzled_stages_are_bitwise_padded_stages(monkeypatch, heads, heads_kv, window):
     """Fractional positions at head_dim 128: each warp's strip is 17 rows from
-    row 17 w, not a multiple of 8; d offsets compared too."""
+    row 17 w, not a multiple of 8, in both passes; d offsets compared too."""
     seqlen, dtype = 3037, torch.bfloat16
     offsets = fibonacci_offsets(window, seqlen, fractional=True)
     q = random_rows((1, seqlen, heads, 128), dtype, window)
@@ -96,25 +99,38 @@ def test_cuda_fractional_swizzled_stages_are_bitwise_padded_stages(monkeypatch, 
     dout, dlse = random_rows(out.shape, dtype, 7), random_rows(lse.shape, torch.float32, 8)
     for grad_lse in (dlse, None):
         assert_bitwise_with_padded_rows(monkeypatch, torch.ops.fibsparse.bwd,
-                                        (dout, q, k, v, out, lse, grad_lse, offsets, [window], 128 ** -0.5), 4,
-                                        switches=(DKDV_SWITCH,))
+                                        (dout, q, k, v, out, lse, grad_lse, offsets, [window], 128 ** -0.5), 4)
 
 
 @requires_cuda
-@pytest.mark.parametrize("head_dim", [64, 128])
-def test_cuda_packed_swizzled_stages_are_bitwise_padded_stages(monkeypatch, head_dim):
+def test_cuda_fractional_whole_position_swizzled_is_bitwise_padded(monkeypatch):
+    """A whole position among fractional ones: the dq pass's step adds its
+    first rows alone, from an address of its own on swizzled stages."""
+    seqlen, window, dtype, scale = 1500, 16, torch.bfloat16, 128 ** -0.5
+    offsets = torch.tensor([16.5, 29.0, 50.25, 70.0, 200.875], device="cuda")
+    q = random_rows((1, seqlen, 8, 128), dtype, 40)
+    k, v = (random_rows((1, seqlen, 2, 128), dtype, 41 + i) for i in range(2))
+    out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [window], scale)
+    dout, dlse = random_rows(out.shape, dtype, 43), random_rows(lse.shape, torch.float32, 44)
+    assert_bitwise_with_padded_rows(monkeypatch, torch.ops.fibsparse.bwd,
+                                    (dout, q, k, v, out, lse, dlse, offsets, [window], scale), 4)
+
+
+@requires_cuda
+@pytest.mark.parametrize("head_dim,fractional", [(64, False), (128, False), (128, True)])
+def test_cuda_packed_swizzled_stages_are_bitwise_padded_stages(monkeypatch, head_dim, fractional):
     """A packed batch (empty, one-row, one-tile and ragged sequences), float16."""
     lengths = [2000, 1, 0, 64, 700, 129, 63]
     cu, longest = packed(lengths, "cuda")
     window, dtype = 128, torch.float16
-    offsets = fibonacci_offsets(window, longest)
+    offsets = fibonacci_offsets(window, longest, fractional)
     q = random_rows((sum(lengths), 8, head_dim), dtype, 20)
     k, v = (random_rows((sum(lengths), 2, head_dim), dtype, 21 + i) for i in range(2))
     out, lse = torch.ops.fibsparse.varlen_fwd(q, k, v, cu, cu, longest, longest, offsets, [window], 0.125)
     dout, dlse = random_rows(out.shape, dtype, 30), random_rows(lse.shape, torch.float32, 31)
     assert_bitwise_with_padded_rows(monkeypatch, torch.ops.fibsparse.varlen_bwd,
                                     (dout, q, k, v, out, lse, dlse, cu, cu, longest, longest, offsets, [window],
-                                     0.125))
+                                     0.125), 4 if fractional else 3)
 
 
 @requires_cuda

@@ -10,8 +10,9 @@ f dS at its second row and (1 - f) dS at its first the same way, query 15's
 first row (the strip's row 16, outside the tile) through a sum in the lanes'
 columns. With FIBSPARSE_DKDV_TWO_DIAGONALS=0 and FIBSPARSE_DQ_TWO_DIAGONALS=0
 each pass takes two diagonal products instead (the dk/dv pass also without
-the next warp's shares, swizzled stages or its v rows in shared memory).
-Both give every row of dq, dk and dv up to rounding, dense and packed, the
+the next warp's shares, swizzled stages or its v rows in shared memory; the
+dq pass on padded k rows, where its one product reads swizzled ones). Both
+give every row of dq, dk and dv up to rounding, dense and packed, the
 other gradients bitwise, and both meet the float64 reference; a bad value of
 either switch is refused before any kernel runs."""
 import pytest
@@ -51,14 +52,14 @@ def assert_two_diagonals_match(monkeypatch, op, args, reference):
     # The dk/dv pass's product also needs the next warp's shares, swizzled
     # stages and the v rows in shared memory.
     for switch in (DKDV_SWITCH, DQ_SWITCH, "FIBSPARSE_DKDV_NEXT_WARP_SHARE", "FIBSPARSE_DKDV_SWIZZLE",
-                   "FIBSPARSE_DKDV_V_SMEM"):
+                   "FIBSPARSE_DKDV_V_SMEM", "FIBSPARSE_DQ_SWIZZLE"):
         monkeypatch.delenv(switch, raising=False)
     both, kernels = cuda_kernels_of(lambda: op(*args))
     v_in_smem, swizzled = template_arguments(kernels, "dkdv_mma_kernel")[-3:-1]
     if (v_in_smem, swizzled) != ("true", "true"):
         pytest.skip("two blocks of the dk/dv pass with their v rows do not fit an SM of this GPU")
     assert last_template_argument(kernels, "dkdv_mma_kernel") == "true", kernels
-    assert last_template_argument(kernels, "dq_from_dscores_with_offsets_kernel") == "true", kernels
+    assert template_arguments(kernels, "dq_from_dscores_with_offsets_kernel")[-2:] == ["true", "true"], kernels
 
     monkeypatch.setenv(DKDV_SWITCH, "0")
     dkdv_off, kernels = cuda_kernels_of(lambda: op(*args))
@@ -71,7 +72,7 @@ def assert_two_diagonals_match(monkeypatch, op, args, reference):
     monkeypatch.setenv(DQ_SWITCH, "0")
     dq_off, kernels = cuda_kernels_of(lambda: op(*args))
     monkeypatch.delenv(DQ_SWITCH)
-    assert last_template_argument(kernels, "dq_from_dscores_with_offsets_kernel") == "false", kernels
+    assert template_arguments(kernels, "dq_from_dscores_with_offsets_kernel")[-2:] == ["false", "false"], kernels
     for i in (1, 2, 3):
         assert torch.equal(both[i], dq_off[i]), i
     assert_rows_match("dq", both[0], dq_off[0])

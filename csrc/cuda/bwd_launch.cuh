@@ -173,7 +173,11 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   // dO stages, integer offsets at head_dim 64, integer and fractional ones at
   // 128 (where the pass keeps its v rows in shared memory: FIBSPARSE_DKDV_V_SMEM=0
   // gives padded rows too); the dq pass's k stages, integer offsets at 64 and
-  // 128. FIBSPARSE_DKDV_SWIZZLE=0 and FIBSPARSE_DQ_SWIZZLE=0 keep the padded
+  // 128, fractional positions at 128 with the two-diagonal product
+  // (FIBSPARSE_DQ_TWO_DIAGONALS=0 gives padded rows too); the dq pass asks for
+  // the padded rows' shared memory either way, so that the stages it takes
+  // (dq_takes_three_stages) do not depend on the switch.
+  // FIBSPARSE_DKDV_SWIZZLE=0 and FIBSPARSE_DQ_SWIZZLE=0 keep the padded
   // rows, for comparisons. FIBSPARSE_DKDV_NEXT_WARP_SHARE=0 has each warp of the
   // fractional dk/dv pass form its own row 16 (bwd_mma_kernel.cuh's
   // NeighbourShares), for comparisons; the shares were measured only with the
@@ -190,7 +194,7 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   // before a poisoned dS buffer is filled): a value one refuses stops the call
   // before any kernel runs.
   constexpr bool kMaySwizzle = kHeadDim == 128 || (kHeadDim == 64 && !kFrac);
-  constexpr bool kDqMaySwizzle = !kFrac && (kHeadDim == 64 || kHeadDim == 128);
+  constexpr bool kDqMaySwizzle = kHeadDim == 128 || (kHeadDim == 64 && !kFrac);
   const bool walks = p.num_offsets == 0 && window_walk_applies<kHeadDim>(p);
   const bool swizzled = kMaySwizzle && !switched_off("FIBSPARSE_DKDV_SWIZZLE");
   const bool dq_swizzled = kDqMaySwizzle && !switched_off("FIBSPARSE_DQ_SWIZZLE");
@@ -264,8 +268,9 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
     const auto launch_dq = [&](auto stages) {
       constexpr int kStages = decltype(stages)::value;
       if constexpr (kDqMaySwizzle) {
-        if (dq_swizzled) {
-          return launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, true>,
+        // Fractional positions: swizzled with the two-diagonal product only.
+        if (dq_swizzled && (!kFrac || dq_two_diagonals)) {
+          return launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, true, kFrac>,
                                dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
                                kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
         }
