@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "../capabilities.h"
@@ -211,10 +212,12 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   stored_p.band_dscore_steps = steps;
   stored_p.band_dscore_tiles = tiles;
   // The fractional dk/dv pass's key tiles' edge rows (Params::dkdv_edge_rows);
-  // every one read is written first.
+  // every one read is written first, which poisoning them (as the outputs are)
+  // puts to the test: a share read before its write would be NaN in dk or dv.
   at::Tensor edge_rows;
   if (kFrac && next_warp_share) {
     edge_rows = at::empty({p.heads_kv * tiles * 4 * kHeadDim}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA));
+    if (poison_outputs()) edge_rows.fill_(std::numeric_limits<float>::quiet_NaN());
     stored_p.dkdv_edge_rows = edge_rows.data_ptr<float>();
   }
   const unsigned query_tiles = blocks_for(p.seqlen_q, kBlockRows);
