@@ -117,16 +117,18 @@ inline int tiles_per_run(const Params& p, Kernel kernel, int smem_bytes) {
 }
 
 // Whether fractional positions take the backward with stored dS at this
-// head_dim: at 128 the forward+backward takes 13-14% less time than on the
+// head_dim: at 128 the forward+backward took 13-14% less time than on the
 // general passes (GQA 32/8, 16k and 64k), at 64 4-5% more (MHA, 16k and 64k;
 // H200, docs/performance.md round 33), and still ~1% more after round 38 gave
-// both routes per-warp strips (round 39). Its dk/dv pass forms every P and dS,
-// each fractional one from two scores; at head_dim 64 that costs it more (+276
-// us at 64k since round 38, and the delta pass it needs 37) than its dq pass
-// saves (-303 us): 1162 against 1152 us. 16 and 32, not measured, keep the
-// general passes with 64.
+// both routes per-warp strips (round 39): its dk/dv pass forms every P and dS,
+// each fractional one from two scores, which at head_dim 64 cost it more than
+// its dq pass saved. Since then the next warp's shares (round 95), which take
+// out most of the seventeenth row's work, and the fractional dq pass's kept
+// addresses (round 96) made both of its passes faster at any head_dim, and
+// head_dim 64 takes it too (round 102; FIBSPARSE_STORED_DSCORES=0 gives the
+// general passes). 16 and 32, not measured, keep the general passes.
 template <int kHeadDim>
-constexpr bool kStoredDscoresTakeFractional = kHeadDim >= 128;
+constexpr bool kStoredDscoresTakeFractional = kHeadDim >= 64;
 
 // The window alone's dk/dv pass of the backward with stored dS: a walk (where
 // `walks`, the caller's window_walk_applies) or a block a key tile

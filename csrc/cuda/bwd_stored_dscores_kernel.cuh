@@ -448,11 +448,14 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
         if (kTwoDiagonals && w1 != 0.f) {
           // Both rows in one product against strip rows 0-15: query x's f dS
           // at column x, (1 - f) dS at x + 1; query 15's first row, strip row
-          // 16, in row15_first.
-          add_two_diagonals_times_rows_at<T, kHeadDim, kSwizzledK>(w1 * ds_g, w1 * ds_g8, w0 * ds_g, w0 * ds_g8, rows,
-                                                                   dq, lane);
-          const float ds15 = __shfl_sync(0xffffffffu, ds_g8, 28);
-          add_lane_row_times_at<T, kHeadDim>(w0 * ds15, row16_addr + stage * kStageKBytes, row15_first);
+          // 16, in row15_first (its helper exists at head_dim 128 alone, so
+          // other head_dims do not instantiate this).
+          if constexpr (kTwoDiagonals) {
+            add_two_diagonals_times_rows_at<T, kHeadDim, kSwizzledK>(w1 * ds_g, w1 * ds_g8, w0 * ds_g, w0 * ds_g8,
+                                                                     rows, dq, lane);
+            const float ds15 = __shfl_sync(0xffffffffu, ds_g8, 28);
+            add_lane_row_times_at<T, kHeadDim>(w0 * ds15, row16_addr + stage * kStageKBytes, row15_first);
+          }
         } else if constexpr (kSwizzledK) {
           // A whole position (kSwizzledK implies kTwoDiagonals): the first
           // rows alone, whose swizzle is that of the rows one on, so their
