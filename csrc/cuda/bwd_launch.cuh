@@ -64,12 +64,13 @@ inline int stored_dscore_steps(const Params& p, int smem_bytes) {
   return steps <= 3 ? steps : 0;
 }
 
-// Whether two blocks of smem_bytes each fit an SM of this device.
-inline bool two_blocks_fit_an_sm(int smem_bytes) {
+// Whether `blocks` blocks of smem_bytes each fit an SM of this device.
+inline bool blocks_fit_an_sm(int smem_bytes, int blocks) {
   const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
   return size_t(smem_bytes) <= props->sharedMemPerBlockOptin &&
-         2 * (size_t(smem_bytes) + props->reservedSharedMemPerBlock) <= props->sharedMemPerMultiprocessor;
+         size_t(blocks) * (size_t(smem_bytes) + props->reservedSharedMemPerBlock) <= props->sharedMemPerMultiprocessor;
 }
+inline bool two_blocks_fit_an_sm(int smem_bytes) { return blocks_fit_an_sm(smem_bytes, 2); }
 
 // Whether the dq pass with offsets takes its three stages (of smem_bytes a
 // block; kDqMayTakeThreeStages): where two such blocks fit an SM, as on the
@@ -150,17 +151,20 @@ void launch_window_alone_dkdv(Params& p, dim3 one_tile_grid, bool walks) {
 }
 
 // Whether the dk/dv pass before dq keeps its v rows in shared memory
-// (dkdv_mma_kernel's kVInSmem, launched at head_dim 128 only, where the pass
-// is short of registers): where two blocks of smem_bytes (the pass's buffers
-// and the v rows) fit an SM, so that the pass keeps its two blocks. At 255
-// registers it spilled (36 bytes with integer offsets, 8 with fractional
+// (dkdv_mma_kernel's kVInSmem, launched at head_dim 128, where the pass is
+// short of registers, and for fractional positions at 64): where `blocks`
+// blocks of smem_bytes (the pass's buffers and the v rows) fit an SM, so that
+// the pass keeps its blocks (two at 128, three at 64). At 255 registers it
+// spilled at 128 (36 bytes with integer offsets, 8 with fractional
 // positions); with the v rows in shared memory it holds 252 (254) and spills
 // nothing, and by the median of five rounds it took 2.1-2.8% less time with
 // integer offsets (64k and 128k GQA 32/8, dense and packed) and 0.4% less
-// with fractional positions (H200; docs/performance.md, round 83).
+// with fractional positions (H200; docs/performance.md, round 83). At 64 the
+// fractional pass on swizzled stages spills 16 bytes with v in registers and
+// none with v in shared memory.
 // FIBSPARSE_DKDV_V_SMEM=0 keeps v in registers, for comparisons.
-inline bool dkdv_keeps_v_in_smem(int smem_bytes) {
-  return !switched_off("FIBSPARSE_DKDV_V_SMEM") && two_blocks_fit_an_sm(smem_bytes);
+inline bool dkdv_keeps_v_in_smem(int smem_bytes, int blocks = 2) {
+  return !switched_off("FIBSPARSE_DKDV_V_SMEM") && blocks_fit_an_sm(smem_bytes, blocks);
 }
 
 // The backward with stored dS (bwd_stored_dscores_kernel.cuh): the window alone's
@@ -175,7 +179,7 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   // sectors their rows hold, where padded rows cost 1.5x. The dk/dv pass's q and
   // dO stages, integer offsets at head_dim 64, integer and fractional ones at
   // 128 (where the pass keeps its v rows in shared memory: FIBSPARSE_DKDV_V_SMEM=0
-  // gives padded rows too); the dq pass's k stages, integer offsets at 64 and
+  // gives padded rows too), fractional ones at 64 (below); the dq pass's k stages, integer offsets at 64 and
   // 128, fractional positions at 128 with the two-diagonal product
   // (FIBSPARSE_DQ_TWO_DIAGONALS=0 gives padded rows too); the dq pass asks for
   // the padded rows' shared memory either way, so that the stages it takes
@@ -192,19 +196,25 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   // where one two-diagonal product does it (fractional_offset_step, the dq
   // pass's kTwoDiagonals), for comparisons; the dk/dv pass's product needs
   // the v rows in shared memory, swizzled stages and the next warp's shares,
-  // and without any of them takes the two products.
+  // and without any of them takes the two products. Fractional positions at
+  // head_dim 64 take the head_dim 128 pass's three together (v rows in shared
+  // memory, swizzled stages, the two-diagonal product) or none of them, so that
+  // one A/B measures them there (each was measured alone at 128); on swizzled
+  // stages with v in registers the pass would spill (12-16 bytes).
   // Every switch of this backward is read here, before its first launch (and
   // before a poisoned dS buffer is filled): a value one refuses stops the call
   // before any kernel runs.
   constexpr bool kMaySwizzle = kHeadDim == 128 || (kHeadDim == 64 && !kFrac);
   constexpr bool kDqMaySwizzle = kHeadDim == 128 || (kHeadDim == 64 && !kFrac);
   const bool walks = p.num_offsets == 0 && window_walk_applies<kHeadDim>(p);
-  const bool swizzled = kMaySwizzle && !switched_off("FIBSPARSE_DKDV_SWIZZLE");
+  constexpr bool kFractional64 = kFrac && kHeadDim == 64;
+  const bool swizzled = (kMaySwizzle || kFractional64) && !switched_off("FIBSPARSE_DKDV_SWIZZLE");
   const bool dq_swizzled = kDqMaySwizzle && !switched_off("FIBSPARSE_DQ_SWIZZLE");
   const bool next_warp_share = !switched_off("FIBSPARSE_DKDV_NEXT_WARP_SHARE");
   const bool two_diagonals = !switched_off("FIBSPARSE_DKDV_TWO_DIAGONALS");
   const bool dq_two_diagonals = !switched_off("FIBSPARSE_DQ_TWO_DIAGONALS");
-  const bool v_in_smem = kHeadDim == 128 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>);
+  const bool v_in_smem = (kHeadDim == 128 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>)) ||
+                         (kFractional64 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>, kMinBlocksDkdv<64>));
   const int64_t tiles = band_dscore_tiles(p);
   const at::Tensor dscores = at::empty({p.heads * tiles * steps * kBlockRows * kChunk},
                                        at::TensorOptions().dtype(at::kShort).device(at::kCUDA));
@@ -250,6 +260,13 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
         launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true>, dkdv_grid, kMmaBlockThreads,
                       kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
       }
+      launched = true;
+    }
+  }
+  if constexpr (kFractional64) {
+    if (v_in_smem && swizzled && two_diagonals) {
+      launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true>, dkdv_grid,
+                    kMmaBlockThreads, kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
       launched = true;
     }
   }

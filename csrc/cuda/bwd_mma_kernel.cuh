@@ -917,9 +917,10 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // kVInSmem (the route before dq): each warp's 16 v rows are staged once in
 // shared memory (kDkdvVRowBytes, after the rest), and the products that take
 // them as their A operand load them from there (SharedFragments), which
-// frees their 32 registers a thread at head_dim 128.
+// frees their 32 registers a thread at head_dim 128 (16 at 64).
 // kSwizzledRows (the route before dq: integer offsets at head_dim 64; integer
-// and fractional ones at 128 with kVInSmem): the q and dO stages are swizzled (mma_tiles.cuh's
+// and fractional ones at 128 with kVInSmem; fractional ones at 64 with
+// kVInSmem and kTwoDiagonals): the q and dO stages are swizzled (mma_tiles.cuh's
 // swizzled_chunk), not padded, so that their copies ask L2 for no more sectors
 // than their rows hold; the pass took 1.9-3.8% less time at head_dim 64,
 // 7.4-10.6% at 128 with integer offsets and 1.8-3.1% with fractional ones
@@ -952,8 +953,11 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   // and one name takes one alignment in a translation unit.)
   extern __shared__ __align__(128) uint16_t dkdv_smem[];
   uint16_t* const smem = dkdv_smem;
-  static_assert(!kSwizzledRows || (kRoute == DkdvRoute::kBeforeDq &&
-                                    (kHeadDim == 128 || (kHeadDim == 64 && std::is_integral_v<OffsetT>))));
+  // Fractional positions at head_dim 64: swizzled with the v rows in shared
+  // memory and the two-diagonal product only (bwd_launch.cuh).
+  static_assert(!kSwizzledRows ||
+                (kRoute == DkdvRoute::kBeforeDq &&
+                 (kHeadDim == 128 || (kHeadDim == 64 && (std::is_integral_v<OffsetT> || (kVInSmem && kTwoDiagonals))))));
   // Swizzled stages hold kBufRows rows of kHeadDim elements each, where the
   // padded ones took kBufRows rows of kHeadDim + 8: they start at the same
   // smem and end before the statistics.
