@@ -4,18 +4,19 @@ and the 8 one further back (FIBSPARSE_FWD_TWO_DIAGONALS=0: two diagonal
 products of 8 rows; both sides with the scores one back in a tile of their
 own, FIBSPARSE_FWD_BACK_SCORES_FROM_TILE=0): the same lse bits, every output
 row up to rounding, each tile's first query (whose row one back is the
-prefix's) against the float64 reference. In the backward with stored dS the dk/dv pass adds key x's (1 - f) of row x's P and dS and f of row
-x + 1's as one two-diagonal tile against the strip's rows 0-15 (key 15's
-share of row 16 comes from the next warp), and the dq pass adds query x's
-f dS at its second row and (1 - f) dS at its first the same way, query 15's
-first row (the strip's row 16, outside the tile) through a sum in the lanes'
-columns. With FIBSPARSE_DKDV_TWO_DIAGONALS=0 and FIBSPARSE_DQ_TWO_DIAGONALS=0
-each pass takes two diagonal products instead (the dk/dv pass also without
-the next warp's shares, swizzled stages or its v rows in shared memory; the
-dq pass on padded k rows, where its one product reads swizzled ones). Both
-give every row of dq, dk and dv up to rounding, dense and packed, the
-other gradients bitwise, and both meet the float64 reference; a bad value of
-either switch is refused before any kernel runs."""
+prefix's) against the float64 reference. In the backward with stored dS, at
+head_dim 64 and 128, the dk/dv pass adds key x's (1 - f) of row x's P and dS
+and f of row x + 1's as one two-diagonal tile against the strip's rows 0-15
+(key 15's share of row 16 comes from the next warp), and the dq pass adds
+query x's f dS at its second row and (1 - f) dS at its first the same way,
+query 15's first row (the strip's row 16, outside the tile) through a sum in
+the lanes' columns. With FIBSPARSE_DKDV_TWO_DIAGONALS=0 and
+FIBSPARSE_DQ_TWO_DIAGONALS=0 each pass takes two diagonal products instead
+(the dk/dv pass also without the next warp's shares, swizzled stages or its v
+rows in shared memory; the dq pass on padded k rows, where its one product
+reads swizzled ones). Both give every row of dq, dk and dv up to rounding,
+dense and packed, the other gradients bitwise, and both meet the float64
+reference; a bad value of either switch is refused before any kernel runs."""
 import pytest
 import torch
 
@@ -58,7 +59,7 @@ def assert_two_diagonals_match(monkeypatch, op, args, reference):
     both, kernels = cuda_kernels_of(lambda: op(*args))
     v_in_smem, swizzled = template_arguments(kernels, "dkdv_mma_kernel")[-3:-1]
     if (v_in_smem, swizzled) != ("true", "true"):
-        pytest.skip("two blocks of the dk/dv pass with their v rows do not fit an SM of this GPU")
+        pytest.skip("the dk/dv pass's blocks with their v rows (two at head_dim 128, three at 64) do not fit an SM")
     assert last_template_argument(kernels, "dkdv_mma_kernel") == "true", kernels
     assert template_arguments(kernels, "dq_from_dscores_with_offsets_kernel")[-2:] == ["true", "true"], kernels
 
@@ -84,17 +85,18 @@ def assert_two_diagonals_match(monkeypatch, op, args, reference):
 
 
 @requires_cuda
+@pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("positions", list(POSITIONS))
 @pytest.mark.parametrize("batch,seqlen", [(1, 1024), (2, 3037)])
-@pytest.mark.parametrize("heads,heads_kv", [(4, 4), (8, 2), (3, 1)])
+@pytest.mark.parametrize("heads,heads_kv", [(4, 4), (8, 2), (4, 2), (3, 1)])
 def test_cuda_two_diagonal_products_are_the_two_diagonal_products(monkeypatch, positions, batch, seqlen, heads,
-                                                                  heads_kv):
-    """Whole and ragged last tiles, one sequence and two; one and two heads a
-    dq block (MHA, GQA)."""
-    dtype, scale = torch.bfloat16, 128 ** -0.5
+                                                                  heads_kv, head_dim):
+    """Whole and ragged last tiles, one sequence and two; one, two and (at
+    head_dim 64) four heads a dq block (MHA, GQA)."""
+    dtype, scale = torch.bfloat16, head_dim ** -0.5
     offsets = torch.tensor(POSITIONS[positions], device="cuda")
-    q = random_rows((batch, seqlen, heads, 128), dtype, seqlen)
-    k, v = (random_rows((batch, seqlen, heads_kv, 128), dtype, seqlen + i) for i in (1, 2))
+    q = random_rows((batch, seqlen, heads, head_dim), dtype, seqlen)
+    k, v = (random_rows((batch, seqlen, heads_kv, head_dim), dtype, seqlen + i) for i in (1, 2))
     out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [WINDOW], scale)
     dout, dlse = random_rows(out.shape, dtype, 7), random_rows(lse.shape, torch.float32, 8)
     assert_two_diagonals_match(monkeypatch, torch.ops.fibsparse.bwd,
@@ -103,14 +105,15 @@ def test_cuda_two_diagonal_products_are_the_two_diagonal_products(monkeypatch, p
 
 
 @requires_cuda
-def test_cuda_packed_two_diagonal_products(monkeypatch):
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_cuda_packed_two_diagonal_products(monkeypatch, head_dim):
     """A packed batch (sequences of 0, 1, 63, 64, 65 and 128 keys, ragged ones)."""
     lengths = [700, 1, 0, 64, 65, 129, 63, 128, 300]
     cu, longest = packed(lengths, "cuda")
-    dtype, scale = torch.float16, 128 ** -0.5
+    dtype, scale = torch.float16, head_dim ** -0.5
     offsets = torch.tensor(POSITIONS["f=0.125"], device="cuda")
-    q = random_rows((sum(lengths), 8, 128), dtype, 20)
-    k, v = (random_rows((sum(lengths), 2, 128), dtype, 21 + i) for i in range(2))
+    q = random_rows((sum(lengths), 8, head_dim), dtype, 20)
+    k, v = (random_rows((sum(lengths), 2, head_dim), dtype, 21 + i) for i in range(2))
     out, lse = torch.ops.fibsparse.varlen_fwd(q, k, v, cu, cu, longest, longest, offsets, [WINDOW], scale)
     dout, dlse = random_rows(out.shape, dtype, 30), random_rows(lse.shape, torch.float32, 31)
     reference = packed_reference_grads(q, k, v, cu, WINDOW, offsets, dout, dlse, scale)

@@ -179,8 +179,9 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   // sectors their rows hold, where padded rows cost 1.5x. The dk/dv pass's q and
   // dO stages, integer offsets at head_dim 64, integer and fractional ones at
   // 128 (where the pass keeps its v rows in shared memory: FIBSPARSE_DKDV_V_SMEM=0
-  // gives padded rows too), fractional ones at 64 (below); the dq pass's k stages, integer offsets at 64 and
-  // 128, fractional positions at 128 with the two-diagonal product
+  // gives padded rows too), fractional ones at 64 (below); the dq pass's k
+  // stages, integer offsets at 64 and 128, fractional positions at 64 and 128
+  // with the two-diagonal product
   // (FIBSPARSE_DQ_TWO_DIAGONALS=0 gives padded rows too); the dq pass asks for
   // the padded rows' shared memory either way, so that the stages it takes
   // (dq_takes_three_stages) do not depend on the switch.
@@ -205,7 +206,7 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   // before a poisoned dS buffer is filled): a value one refuses stops the call
   // before any kernel runs.
   constexpr bool kMaySwizzle = kHeadDim == 128 || (kHeadDim == 64 && !kFrac);
-  constexpr bool kDqMaySwizzle = kHeadDim == 128 || (kHeadDim == 64 && !kFrac);
+  constexpr bool kDqMaySwizzle = kHeadDim == 128 || kHeadDim == 64;
   const bool walks = p.num_offsets == 0 && window_walk_applies<kHeadDim>(p);
   constexpr bool kFractional64 = kFrac && kHeadDim == 64;
   const bool swizzled = (kMaySwizzle || kFractional64) && !switched_off("FIBSPARSE_DKDV_SWIZZLE");
@@ -297,7 +298,7 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
                                kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
         }
       }
-      if constexpr (kFrac && kHeadDim == 128) {
+      if constexpr (kFrac && kHeadDim >= 64) {
         if (dq_two_diagonals) {
           return launch_kernel(
               dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, false, true>,

@@ -240,10 +240,10 @@ __device__ __forceinline__ float tree_sum_16_at(uint32_t addr) {
 // warp, or for fractional positions 17, from the second row of its first
 // query: kWarpStripRows).
 // kSwizzledK (integer offsets at head_dim 64 and 128, fractional positions
-// at 128 with kTwoDiagonals): the k stages are swizzled (mma_tiles.cuh's
+// at 64 and 128 with kTwoDiagonals): the k stages are swizzled (mma_tiles.cuh's
 // swizzled_chunk), not padded. A fractional strip starts at row 17 w, not a
 // multiple of 8, so its rows are staged and addressed from the stage itself.
-// kTwoDiagonals (fractional positions, head_dim 128): a step's two rows of
+// kTwoDiagonals (fractional positions, head_dim 64 and 128): a step's two rows of
 // each query in one product (two_diagonals_a_fragment) where two diagonal
 // products took twice the products and transposed loads (6-8% off the pass,
 // docs/performance.md, round 98).
@@ -253,7 +253,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
   static_assert(!kSwizzledK || (!kFrac && (kHeadDim == 64 || kHeadDim == 128)) || (kFrac && kTwoDiagonals));
-  static_assert(!kTwoDiagonals || (kFrac && kHeadDim == 128));
+  static_assert(!kTwoDiagonals || (kFrac && (kHeadDim == 64 || kHeadDim == 128)));
   constexpr int kThreads = kHeads * kMmaBlockThreads;
   // 128-byte aligned: a swizzled stage's k-step XOR (swizzled_k_step) acts on
   // the shared address itself, so each k stage must start on a 128-byte line
@@ -448,8 +448,8 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
         if (kTwoDiagonals && w1 != 0.f) {
           // Both rows in one product against strip rows 0-15: query x's f dS
           // at column x, (1 - f) dS at x + 1; query 15's first row, strip row
-          // 16, in row15_first (its helper exists at head_dim 128 alone, so
-          // other head_dims do not instantiate this).
+          // 16, in row15_first (its helpers exist at head_dim 64 and 128
+          // alone, so other head_dims do not instantiate this).
           if constexpr (kTwoDiagonals) {
             add_two_diagonals_times_rows_at<T, kHeadDim, kSwizzledK>(w1 * ds_g, w1 * ds_g8, w0 * ds_g, w0 * ds_g8,
                                                                      rows, dq, lane);
