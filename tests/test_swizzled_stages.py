@@ -151,13 +151,14 @@ def test_cuda_packed_swizzled_stages_are_bitwise_padded_stages(monkeypatch, head
 
 
 @requires_cuda
+@pytest.mark.parametrize("head_dim", [32, 64])
 @pytest.mark.parametrize("with_offsets", [True, False])
 @pytest.mark.parametrize("switch", [DKDV_SWITCH, DQ_SWITCH])
 @pytest.mark.parametrize("setting", ["off", "", "2"])
-def test_cuda_swizzle_switch_is_checked(monkeypatch, switch, setting, with_offsets):
+def test_cuda_swizzle_switch_is_checked(monkeypatch, switch, setting, with_offsets, head_dim):
     """A switch takes 0 or 1: any other value is refused, naming the variable,
     what it got and what it takes, before any of the backward's kernels runs;
     on the window alone's backward too, which reads it though it stages
-    nothing swizzled."""
+    nothing swizzled, and at head_dim 32, which stages nothing swizzled."""
     offsets = fibonacci_offsets(128, 300) if with_offsets else torch.zeros(0, dtype=torch.int32, device="cuda")
-    assert_refused_before_any_kernel(monkeypatch, switch, setting, backward_call(offsets, 64))
+    assert_refused_before_any_kernel(monkeypatch, switch, setting, backward_call(offsets, head_dim))

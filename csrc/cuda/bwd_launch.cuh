@@ -209,8 +209,10 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   constexpr bool kDqMaySwizzle = kHeadDim == 128 || kHeadDim == 64;
   const bool walks = p.num_offsets == 0 && window_walk_applies<kHeadDim>(p);
   constexpr bool kFractional64 = kFrac && kHeadDim == 64;
-  const bool swizzled = (kMaySwizzle || kFractional64) && !switched_off("FIBSPARSE_DKDV_SWIZZLE");
-  const bool dq_swizzled = kDqMaySwizzle && !switched_off("FIBSPARSE_DQ_SWIZZLE");
+  // Read at every head_dim, so that a refused value is refused where the
+  // switches have nothing to select too.
+  const bool swizzled = !switched_off("FIBSPARSE_DKDV_SWIZZLE") && (kMaySwizzle || kFractional64);
+  const bool dq_swizzled = !switched_off("FIBSPARSE_DQ_SWIZZLE") && kDqMaySwizzle;
   const bool next_warp_share = !switched_off("FIBSPARSE_DKDV_NEXT_WARP_SHARE");
   const bool two_diagonals = !switched_off("FIBSPARSE_DKDV_TWO_DIAGONALS");
   const bool dq_two_diagonals = !switched_off("FIBSPARSE_DQ_TWO_DIAGONALS");
