@@ -14,7 +14,22 @@ from fibsparse_ext import FibSparseAttention, fibsparse_attn, fibsparse_attn_ref
 from fibsparse_ext.decode import KVCache, fibsparse_attn_with_kvcache
 from fibsparse_ext.lm.generation import generate
 from fibsparse_ext.lm.models import FibSparseLM, LMConfig
-from utils import DEVICES, readers, refused_by_device_assert, requires_cuda
+from utils import DEVICES, refused_by_device_assert, requires_cuda
+
+
+def readers(seqlen, window, offsets, key):
+    """Query rows whose pattern reads key row `key` (section 1 and 2 of the
+    semantics): the band, and for a position p the rows floor(p) and, when
+    p is not whole, floor(p) + 1 behind."""
+    rows = set()
+    for i in range(seqlen):
+        if 0 <= i - key < window:
+            rows.add(i)
+        for p in offsets:
+            a, f = int(np.floor(p)), p - np.floor(p)
+            if i - p >= 0 and (i - a == key or (f != 0 and i - a - 1 == key)):
+                rows.add(i)
+    return rows
 
 
 @pytest.mark.parametrize("device", DEVICES)

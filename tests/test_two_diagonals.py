@@ -1,11 +1,9 @@
 """A fractional position's two rows in one product. The Hopper forward with two
 heads a warpgroup adds a strip's P V as one 16 x 16 operand against its 8 rows
 and the 8 one further back (FIBSPARSE_FWD_TWO_DIAGONALS=0: two diagonal
-products of 8 rows; both sides with the scores one back in a tile of their
-own, FIBSPARSE_FWD_BACK_SCORES_FROM_TILE=0): the same lse bits, every output
-row up to rounding, each tile's first query (whose row one back is the
-prefix's) against the float64 reference. In the backward with stored dS, at
-head_dim 64 and 128, the dk/dv pass adds key x's (1 - f) of row x's P and dS
+products of 8 rows): the same lse bits, every output row up to rounding,
+each tile's first query (whose row one back is the prefix's) against the
+float64 reference. In the backward with stored dS, at head_dim 64 and 128, the dk/dv pass adds key x's (1 - f) of row x's P and dS
 and f of row x + 1's as one two-diagonal tile against the strip's rows 0-15
 (key 15's share of row 16 comes from the next warp), and the dq pass adds
 query x's f dS at its second row and (1 - f) dS at its first the same way,
@@ -150,16 +148,14 @@ def test_hopper_forward_two_diagonal_product(monkeypatch, dtype, head_dim, posit
     monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
     for switch in ("FIBSPARSE_HOPPER", "FIBSPARSE_HOPPER_PACK", "FIBSPARSE_HOPPER_TILES", FWD_SWITCH):
         monkeypatch.delenv(switch, raising=False)
-    # Both sides score the rows one back in a tile of their own (test_fwd_back_scores.py compares that).
-    monkeypatch.setenv("FIBSPARSE_FWD_BACK_SCORES_FROM_TILE", "0")
     q = random_rows((batch, seqlen, heads, head_dim), dtype, seqlen + head_dim)
     k, v = (random_rows((batch, seqlen, heads // 4, head_dim), dtype, seqlen + i) for i in (1, 2))
     offsets = torch.tensor(POSITIONS[positions], device="cuda")
     (out, lse), kernels = cuda_kernels_of(lambda: fibsparse_attn(q, k, v, WINDOW, offsets, return_lse=True))
-    assert template_arguments(kernels, "fwd_hopper_kernel")[-2:] == ["true", "false"], kernels
+    assert last_template_argument(kernels, "fwd_hopper_kernel") == "true", kernels
     monkeypatch.setenv(FWD_SWITCH, "0")
     (out_off, lse_off), kernels = cuda_kernels_of(lambda: fibsparse_attn(q, k, v, WINDOW, offsets, return_lse=True))
-    assert template_arguments(kernels, "fwd_hopper_kernel")[-2:] == ["false", "false"], kernels
+    assert last_template_argument(kernels, "fwd_hopper_kernel") == "false", kernels
     assert torch.equal(lse, lse_off)
     assert_rows_match("out", out, out_off)
     ref = fibsparse_attn_ref(q.double(), k.double(), v.double(), WINDOW, offsets.double())

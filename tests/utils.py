@@ -19,7 +19,6 @@ The tests import this module as `utils`: tests/ has no __init__.py, so pytest's
 default import mode puts tests/ itself on sys.path (as it does for fuzz.py).
 """
 import pytest
-import numpy as np
 import torch
 
 from fibsparse_ext import build_info, fibsparse_attn, fibsparse_attn_ref
@@ -206,21 +205,6 @@ def packed_reference_grads(q, k, v, cu_seqlens, window, offsets, dout, dlse, sca
         grads[3] += alone[3]
     grads[:3] = [torch.cat(parts) for parts in grads[:3]]
     return grads
-
-
-def readers(seqlen, window, offsets, key):
-    """Query rows whose pattern reads key row `key` (section 1 and 2 of the
-    semantics): the band, and for a position p the rows floor(p) and, when
-    p is not whole, floor(p) + 1 behind."""
-    rows = set()
-    for i in range(seqlen):
-        if 0 <= i - key < window:
-            rows.add(i)
-        for p in offsets:
-            a, f = int(np.floor(p)), p - np.floor(p)
-            if i - p >= 0 and (i - a == key or (f != 0 and i - a - 1 == key)):
-                rows.add(i)
-    return rows
 
 
 def assert_rows_match(name, got, expected, tolerance=1e-2):

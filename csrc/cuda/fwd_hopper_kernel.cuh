@@ -250,12 +250,9 @@ __device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, const
 // gains the same single nonzero product (so both layouts gave the same bits
 // when both existed; one head a warpgroup sums in one chain and differs from
 // them in rounding). Fractional positions score each strip's rows one
-// further back too (their second rows): query g's is the strip's row g - 1,
-// column g - 1 of the strip's own tile, but for query 0, whose row one back
-// is the row before the warp's first (for warp 0 the prefix's last); the
-// step's strips take those in one more 16 x 8 tile (back_scores_from_tile).
-// Without kBackScoresFromTile each fractional strip takes a second 16 x 8
-// tile against its rows shifted by one.
+// further back too (their second rows), as a second 16 x 8 tile against the
+// strip's rows shifted by one, whose first row for warp 0 is the prefix's
+// last.
 template <int kHeadsPerWarpgroup>
 constexpr bool kInterleavedHeads = kHeadsPerWarpgroup == 2;
 constexpr int kInterleavedRows = 8;
@@ -339,44 +336,6 @@ __device__ __forceinline__ void add_two_diagonals_times_8_rows(float m_g, float 
   }
 }
 
-// s = the 16 x 8 scores of the warp's rows (fragments `a`) against one row
-// of a swizzled tile with a prefix, `row` (row -1: the prefix's last), at
-// the tile and prefix each lane gives: dot_8_rows with every column on the
-// same row, unless a lane's tile or prefix differs from the others'. In
-// columns, as dot_8_rows's: lanes l with l % 8 == j give column j's row.
-template <typename T, int kHeadDim, int kChains>
-__device__ __forceinline__ void dot_one_row_a_column(const uint32_t (&a)[kHeadDim / 16][4], const char* tile,
-                                                     const char* prefix, int row, float (&s)[4], int lane) {
-  float partial[kChains][4] = {};
-  const int col = (lane / 8) * 8;
-#pragma unroll
-  for (int kk = 0; kk < kHeadDim / 16; kk += 2) {
-    uint32_t b[4];  // b0, b1 of slice kk, then of slice kk + 1
-    mma_tiles::ldmatrix_x4(b, reinterpret_cast<const uint16_t*>(tma::row_with_prefix(tile, prefix, row, 16 * kk + col)));
-    mma_16816<T>(partial[kk % kChains], a[kk], b[0], b[1]);
-    mma_16816<T>(partial[(kk + 1) % kChains], a[kk + 1], b[2], b[3]);
-  }
-#pragma unroll
-  for (int e = 0; e < 4; ++e) s[e] = kChains == 1 ? partial[0][e] : partial[0][e] + partial[1][e];
-}
-
-// Interleaved heads, a fractional strip's scores against the rows one
-// further back, from its 16 x 8 tile `tile` (dot_8_rows, rows row0 ..) and
-// `before`, the tile of the row before row0 (dot_one_row_a_column, this
-// strip's in column `strip`): query g's row one back is column g - 1 of its
-// tile, in the diagonal owner's lane for odd g and the lane before it for
-// even g, and for query 0 the row before. `back` takes the layout that
-// finish_interleaved_strip reads a tile's diagonal in (both elements of a
-// row's pair the same).
-__device__ __forceinline__ void back_scores_from_tile(const float (&tile)[4], const float (&before)[4], int strip,
-                                                      float (&back)[4], int lane) {
-  const int g = lane / 4;
-  const float up_g = __shfl_up_sync(0xffffffffu, tile[1], 1), up_g8 = __shfl_up_sync(0xffffffffu, tile[3], 1);
-  const float first_g = strip == 0 ? before[0] : before[1], first_g8 = strip == 0 ? before[2] : before[3];
-  back[0] = back[1] = g == 0 ? first_g : g % 2 ? tile[0] : up_g;
-  back[2] = back[3] = g == 0 ? first_g8 : g % 2 ? tile[2] : up_g8;
-}
-
 // Descriptors of the tiles' 16-wide slices: columns 16 kk .. of a K-major tile
 // (q or k, the reduction along a row), and rows 16 kk .. of an MN-major one (v).
 template <int kHeadDim>
@@ -439,13 +398,12 @@ __device__ __forceinline__ void rescale_output(float (&o)[kDimTiles][4], const f
 // A packed batch's sequences each have maps of their own (sequence_maps.cuh's,
 // `sequence_maps`, null for a dense batch, whose maps are `maps`).
 template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional,
-          bool kTwoDiagonals = false, bool kBackScoresFromTile = false>
+          bool kTwoDiagonals = false>
 __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kThreads,
                                   Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kMinBlocks)
     fwd_hopper_kernel(const __grid_constant__ Params p, const __grid_constant__ HopperForwardMaps<kFractional> maps,
                       const HopperForwardMaps<kFractional>* sequence_maps, int tiles_per_block) {
   static_assert(kCluster == 1 || (kCluster == 2 && kWarpgroups == 2 && kHeadsPerWarpgroup == 1 && !kFractional));
-  static_assert(!kBackScoresFromTile || (kFractional && kTwoDiagonals && kHeadsPerWarpgroup == 2));
   constexpr bool kInterleaved = kInterleavedHeads<kHeadsPerWarpgroup>;
   static_assert(!kInterleaved || kCluster == 1);
   constexpr bool kOutputThroughTile = kOutputThroughTileOf<kWarpgroups>;
@@ -819,25 +777,7 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
             dot_8_rows<T, kHeadDim, 2>(qf, k_tile(stage_of(n)) + strip * S::kHalfBytes, warp_row, tiles[strip], lane);
           }
         }
-        if constexpr (kFractional && kBackScoresFromTile) {
-          // The rows one back are the strip's own rows, already scored in
-          // `tiles`, but for the warp's first query: the row before each
-          // strip's first (a third tile for both strips, where a tile a strip
-          // against the rows one back took two).
-          const bool first_fractional = steps.split(n, 0).frac != 0.f;
-          const bool second_fractional = strips == 2 && steps.split(n, 1).frac != 0.f;
-          if (first_fractional || second_fractional) {
-            // Column 1: the second strip's row.
-            const int lane_strip = lane % 8 == 1 && second_fractional ? 1 : 0;
-            float before[4];
-            dot_one_row_a_column<T, kHeadDim, 2>(qf, k_tile(stage_of(n)) + lane_strip * S::kHalfBytes,
-                                                 k_prefix(stage_of(n), lane_strip), warp_row - 1, before, lane);
-#pragma unroll
-            for (int strip = 0; strip < 2; ++strip) {
-              if (strip < strips) back_scores_from_tile(tiles[strip], before, strip, backs[strip], lane);
-            }
-          }
-        } else if constexpr (kFractional) {
+        if constexpr (kFractional) {
 #pragma unroll
           for (int strip = 0; strip < 2; ++strip) {
             if (strip < strips && steps.split(n, strip).frac != 0.f) {

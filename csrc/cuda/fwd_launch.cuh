@@ -33,13 +33,13 @@ namespace fibsparse {
 // consecutive tiles (hopper_tiles_per_block); the grid covers the longest
 // sequence.
 template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional,
-          bool kTwoDiagonals = false, bool kBackScoresFromTile = false>
+          bool kTwoDiagonals = false>
 void launch_hopper_blocks(const Params& p, const HopperForwardMaps<kFractional>& maps,
                           HopperForwardMaps<kFractional>* sequence_maps) {
   using S = hopper_fwd::Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>;
   using OffsetT = std::conditional_t<kFractional, float, int32_t>;
-  const auto kernel = hopper_fwd::fwd_hopper_kernel<T, kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kCluster, kFractional,
-                                                    kTwoDiagonals, kBackScoresFromTile>;
+  const auto kernel =
+      hopper_fwd::fwd_hopper_kernel<T, kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kCluster, kFractional, kTwoDiagonals>;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int tiles = int(blocks_for(p.seqlen_q, S::kTileQueries));
   const int64_t kv_head_bytes = int64_t(p.seqlen_k) * kHeadDim * 2 * int64_t(sizeof(T));  // its k and v rows
@@ -83,11 +83,6 @@ void launch_hopper_blocks(const Params& p, const HopperForwardMaps<kFractional>&
 // head a block. With two heads a warpgroup a fractional strip's P V is one
 // product over its rows and the rows one back (add_two_diagonals_times_8_rows);
 // FIBSPARSE_FWD_TWO_DIAGONALS=0 takes two diagonal products, for comparisons.
-// With it, a query's score against its row one back comes from its strip's
-// tile of scores, whose columns are those rows but for the first query's
-// (back_scores_from_tile); FIBSPARSE_FWD_BACK_SCORES_FROM_TILE=0 scores each
-// fractional strip against its rows one back in a tile of their own, for
-// comparisons.
 template <typename T, bool kFractional>
 void launch_fwd_hopper(const Params& p) {
   constexpr bool kBf16 = std::is_same_v<T, at::BFloat16>;
@@ -96,7 +91,6 @@ void launch_fwd_hopper(const Params& p) {
   const bool clusters = !kFractional && hopper_clusters_asked() && pairs && group % 4 == 0;
   const bool packed = !clusters && pairs && group % 4 == 0 && p.num_offsets > 0 && hopper_packing_allowed();
   const bool two_diagonals = !switched_off("FIBSPARSE_FWD_TWO_DIAGONALS");
-  const bool back_scores_from_tile = !switched_off("FIBSPARSE_FWD_BACK_SCORES_FROM_TILE");
   const int tile_queries = packed ? hopper_fwd::kTileRows / 2 : hopper_fwd::kTileRows;
   HopperForwardMaps<kFractional> maps;
   // Two heads a warpgroup interleave their queries in the q tile (fwd_hopper_kernel.cuh).
@@ -124,9 +118,6 @@ void launch_fwd_hopper(const Params& p) {
       if (clusters) return launch_hopper_blocks<T, kHeadDim, 2, 1, 2, false>(p, maps, sequence_maps);
     }
     if constexpr (kFractional) {  // no integer instantiation
-      if (packed && two_diagonals && back_scores_from_tile) {
-        return launch_hopper_blocks<T, kHeadDim, 2, 2, 1, true, true, true>(p, maps, sequence_maps);
-      }
       if (packed && two_diagonals) {
         return launch_hopper_blocks<T, kHeadDim, 2, 2, 1, true, true>(p, maps, sequence_maps);
       }
