@@ -2,7 +2,8 @@
 padded rows: the dk/dv pass before dq stages its q and dO rows so (integer
 offsets at head_dim 64 and 128, fractional positions at 128, and at 64 with
 the two-diagonal product), the dq pass with offsets its k rows (integer
-offsets and fractional positions at 64 and 128). Either way the gradients
+offsets at 64 and 128, fractional positions at 64; at 128 they keep padded
+rows, on which that pass was faster). Either way the gradients
 are bitwise those of padded rows (FIBSPARSE_DKDV_SWIZZLE=0,
 FIBSPARSE_DQ_SWIZZLE=0), dense and packed, MHA and GQA, every output poisoned
 first; at fractional positions with the dk/dv pass's two diagonal products on
@@ -89,11 +90,12 @@ def test_cuda_swizzled_stages_are_bitwise_padded_stages(monkeypatch, heads, head
 
 
 def fractional_switches(head_dim):
-    """The switches compared bitwise at fractional positions: both at head_dim
-    128; at 64 the dq pass's alone, since the dk/dv pass takes its swizzled
-    stages there only with the two-diagonal product, which both sides of a
-    comparison here go without."""
-    return (DKDV_SWITCH, DQ_SWITCH) if head_dim == 128 else (DQ_SWITCH,)
+    """The switches compared bitwise at fractional positions: at head_dim 128
+    the dk/dv pass's alone, since the dq pass keeps padded k rows there (it was
+    slower on swizzled ones); at 64 the dq pass's alone, since the dk/dv pass
+    takes its swizzled stages there only with the two-diagonal product, which
+    both sides of a comparison here go without."""
+    return (DKDV_SWITCH,) if head_dim == 128 else (DQ_SWITCH,)
 
 
 @requires_cuda
@@ -101,9 +103,9 @@ def fractional_switches(head_dim):
 @pytest.mark.parametrize("heads,heads_kv", [(4, 4), (8, 2), (3, 1)])
 @pytest.mark.parametrize("window", [65, 128, 129])
 def test_cuda_fractional_swizzled_stages_are_bitwise_padded_stages(monkeypatch, heads, heads_kv, window, head_dim):
-    """Fractional positions at head_dim 64 and 128: each warp's strip is 17
-    rows from row 17 w, not a multiple of 8, in both passes; d offsets
-    compared too."""
+    """Fractional positions at head_dim 64 (the dq pass) and 128 (the dk/dv
+    pass): each warp's strip is 17 rows from row 17 w, not a multiple of 8;
+    d offsets compared too."""
     seqlen, dtype = 3037, torch.bfloat16
     offsets = fibonacci_offsets(window, seqlen, fractional=True)
     q = random_rows((1, seqlen, heads, head_dim), dtype, window)
@@ -117,10 +119,26 @@ def test_cuda_fractional_swizzled_stages_are_bitwise_padded_stages(monkeypatch, 
 
 
 @requires_cuda
-@pytest.mark.parametrize("head_dim", [64, 128])
-def test_cuda_fractional_whole_position_swizzled_is_bitwise_padded(monkeypatch, head_dim):
+@pytest.mark.parametrize("setting", [None, "1", "0"])
+def test_cuda_fractional_dq_pass_keeps_padded_k_rows_at_head_dim_128(monkeypatch, setting):
+    """At head_dim 128 the fractional dq pass stages padded k rows, whatever
+    FIBSPARSE_DQ_SWIZZLE says (on swizzled ones it was slower), with its
+    two-diagonal product."""
+    if setting is None:
+        monkeypatch.delenv(DQ_SWITCH, raising=False)
+    else:
+        monkeypatch.setenv(DQ_SWITCH, setting)
+    monkeypatch.delenv("FIBSPARSE_DQ_TWO_DIAGONALS", raising=False)
+    _, kernels = cuda_kernels_of(backward_call(fibonacci_offsets(128, 300, fractional=True), 128))
+    assert template_arguments(kernels, DQ_KERNEL)[-2:] == ["false", "true"], kernels
+
+
+@requires_cuda
+def test_cuda_fractional_whole_position_swizzled_is_bitwise_padded(monkeypatch):
     """A whole position among fractional ones: the dq pass's step adds its
-    first rows alone, from an address of its own on swizzled stages."""
+    first rows alone, from an address of its own on swizzled stages (head_dim
+    64; at 128 its k rows are padded)."""
+    head_dim = 64
     seqlen, window, dtype, scale = 1500, 16, torch.bfloat16, head_dim ** -0.5
     offsets = torch.tensor([16.5, 29.0, 50.25, 70.0, 200.875], device="cuda")
     q = random_rows((1, seqlen, 8, head_dim), dtype, 40)

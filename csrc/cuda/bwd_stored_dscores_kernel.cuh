@@ -240,7 +240,8 @@ __device__ __forceinline__ float tree_sum_16_at(uint32_t addr) {
 // warp, or for fractional positions 17, from the second row of its first
 // query: kWarpStripRows).
 // kSwizzledK (integer offsets at head_dim 64 and 128, fractional positions
-// at 64 and 128 with kTwoDiagonals): the k stages are swizzled (mma_tiles.cuh's
+// at 64 with kTwoDiagonals; at 128 the fractional pass was slower on them,
+// docs/performance.md, round 100): the k stages are swizzled (mma_tiles.cuh's
 // swizzled_chunk), not padded. A fractional strip starts at row 17 w, not a
 // multiple of 8, so its rows are staged and addressed from the stage itself.
 // kTwoDiagonals (fractional positions, head_dim 64 and 128): a step's two rows of
@@ -252,7 +253,8 @@ template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, b
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
-  static_assert(!kSwizzledK || (!kFrac && (kHeadDim == 64 || kHeadDim == 128)) || (kFrac && kTwoDiagonals));
+  static_assert(!kSwizzledK || (!kFrac && (kHeadDim == 64 || kHeadDim == 128)) ||
+                (kFrac && kTwoDiagonals && kHeadDim == 64));
   static_assert(!kTwoDiagonals || (kFrac && (kHeadDim == 64 || kHeadDim == 128)));
   constexpr int kThreads = kHeads * kMmaBlockThreads;
   // 128-byte aligned: a swizzled stage's k-step XOR (swizzled_k_step) acts on
