@@ -169,14 +169,17 @@ def test_cuda_packed_swizzled_stages_are_bitwise_padded_stages(monkeypatch, head
 
 
 @requires_cuda
-@pytest.mark.parametrize("head_dim", [32, 64])
-@pytest.mark.parametrize("with_offsets", [True, False])
+@pytest.mark.parametrize("head_dim,offsets_kind", [(32, "integer"), (64, "integer"), (64, "fractional"),
+                                                   (128, "fractional"), (32, "none"), (64, "none")])
 @pytest.mark.parametrize("switch", [DKDV_SWITCH, DQ_SWITCH])
 @pytest.mark.parametrize("setting", ["off", "", "2"])
-def test_cuda_swizzle_switch_is_checked(monkeypatch, switch, setting, with_offsets, head_dim):
+def test_cuda_swizzle_switch_is_checked(monkeypatch, switch, setting, offsets_kind, head_dim):
     """A switch takes 0 or 1: any other value is refused, naming the variable,
     what it got and what it takes, before any of the backward's kernels runs;
-    on the window alone's backward too, which reads it though it stages
-    nothing swizzled, and at head_dim 32, which stages nothing swizzled."""
-    offsets = fibonacci_offsets(128, 300) if with_offsets else torch.zeros(0, dtype=torch.int32, device="cuda")
+    also where it selects nothing: on the window alone's backward, at head_dim
+    32, and for the dq pass at fractional positions at head_dim 128."""
+    if offsets_kind == "none":
+        offsets = torch.zeros(0, dtype=torch.int32, device="cuda")
+    else:
+        offsets = fibonacci_offsets(128, 300, fractional=offsets_kind == "fractional")
     assert_refused_before_any_kernel(monkeypatch, switch, setting, backward_call(offsets, head_dim))

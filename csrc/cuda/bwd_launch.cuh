@@ -211,7 +211,8 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   const bool walks = p.num_offsets == 0 && window_walk_applies<kHeadDim>(p);
   constexpr bool kFractional64 = kFrac && kHeadDim == 64;
   // Read at every head_dim, so that a refused value is refused where the
-  // switches have nothing to select too.
+  // switches have nothing to select too: each read comes first in its
+  // condition.
   const bool swizzled = !switched_off("FIBSPARSE_DKDV_SWIZZLE") && (kMaySwizzle || kFractional64);
   const bool dq_swizzled = !switched_off("FIBSPARSE_DQ_SWIZZLE") && kDqMaySwizzle;
   const bool next_warp_share = !switched_off("FIBSPARSE_DKDV_NEXT_WARP_SHARE");
