@@ -3,7 +3,7 @@ one build: forward and forward+backward of the full pattern (bf16, window 128,
 the `fixed` schedule's Fibonacci offsets up to the sequence length), with the
 same offsets as int32 and as float positions x 0.97 that require grad, the
 fractional backward on both of its routes: with stored dS where the build
-takes it (head_dim 128) and on the general passes (FIBSPARSE_STORED_DSCORES=0).
+takes it (head_dim 64 and 128) and on the general passes (FIBSPARSE_STORED_DSCORES=0).
 
 Each configuration runs --rounds rounds, rotating the order of its columns
 from round to round, and keeps each column's fastest round (the log prints

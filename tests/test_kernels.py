@@ -311,7 +311,7 @@ def stored_dscores_offsets(window, heads, per_head, fractional):
 
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("head_dim, fractional", [(32, False), (64, False), (128, False), (128, True)])
+@pytest.mark.parametrize("head_dim, fractional", [(32, False), (64, False), (64, True), (128, False), (128, True)])
 @pytest.mark.parametrize("seqlen", [1, 65, 300, 1000])
 @pytest.mark.parametrize("per_head", [False, True])
 def test_cuda_offsets_dq_from_stored_dscores(monkeypatch, dtype, head_dim, fractional, seqlen, per_head):
@@ -325,7 +325,7 @@ def test_cuda_offsets_dq_from_stored_dscores(monkeypatch, dtype, head_dim, fract
     when the offsets are shared), per-head rows padded with -1 (one head with
     none), offsets beyond the sequence, windows of 1, 64, 128 and 129, and
     fractional positions below 1, inside the window and whole
-    (stored_dscores_offsets; they take this route at head_dim 128, the
+    (stored_dscores_offsets; they take this route at head_dim 64 and 128, the
     general passes below it). The buffers the dk/dv pass writes for the dq
     pass start as NaN (FIBSPARSE_POISON_OUTPUTS), so a value the dq pass reads
     unwritten shows."""
@@ -355,10 +355,11 @@ def test_cuda_offsets_dq_from_stored_dscores(monkeypatch, dtype, head_dim, fract
 
 
 @requires_cuda
-@pytest.mark.parametrize("head_dim, switch, stored", [(64, None, False), (128, None, True), (128, "0", False)])
-def test_cuda_fractional_positions_take_stored_dscores_at_head_dim_128(monkeypatch, head_dim, switch, stored):
-    """Fractional positions take the backward with stored dS at head_dim 128
-    (unless FIBSPARSE_STORED_DSCORES=0) and the general passes below it
+@pytest.mark.parametrize("head_dim, switch, stored", [(32, None, False), (64, None, True), (64, "0", False),
+                                                      (128, None, True), (128, "0", False)])
+def test_cuda_fractional_positions_take_stored_dscores_from_head_dim_64(monkeypatch, head_dim, switch, stored):
+    """Fractional positions take the backward with stored dS at head_dim 64
+    and 128 (unless FIBSPARSE_STORED_DSCORES=0) and the general passes below it
     (bwd_launch.cuh's kStoredDscoresTakeFractional): the kernels that run show
     which, so the comparisons above do not compare the general passes with
     themselves."""

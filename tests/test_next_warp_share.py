@@ -48,16 +48,18 @@ def assert_shares_match(monkeypatch, op, args, reference):
 
 
 @requires_cuda
+@pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("batch,seqlen", [(1, 1024), (2, 3037)])
 @pytest.mark.parametrize("heads,heads_kv", [(4, 4), (8, 2), (3, 1)])
-def test_cuda_next_warp_shares_are_the_shares_each_warp_forms(monkeypatch, batch, seqlen, heads, heads_kv):
+def test_cuda_next_warp_shares_are_the_shares_each_warp_forms(monkeypatch, batch, seqlen, heads, heads_kv, head_dim):
     """Whole and ragged last key tiles, one sequence and two (whose key tiles
     lie one after the other in the edge rows' buffer); one key in 16 takes its
-    share from the next warp, one in 64 from the next tile's block."""
-    dtype, scale = torch.bfloat16, 128 ** -0.5
+    share from the next warp, one in 64 from the next tile's block; head_dim
+    64 and 128."""
+    dtype, scale = torch.bfloat16, head_dim ** -0.5
     offsets = torch.tensor(POSITIONS, device="cuda")
-    q = random_rows((batch, seqlen, heads, 128), dtype, seqlen)
-    k, v = (random_rows((batch, seqlen, heads_kv, 128), dtype, seqlen + i) for i in (1, 2))
+    q = random_rows((batch, seqlen, heads, head_dim), dtype, seqlen)
+    k, v = (random_rows((batch, seqlen, heads_kv, head_dim), dtype, seqlen + i) for i in (1, 2))
     out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [WINDOW], scale)
     dout, dlse = random_rows(out.shape, dtype, 7), random_rows(lse.shape, torch.float32, 8)
     assert_shares_match(monkeypatch, torch.ops.fibsparse.bwd, (dout, q, k, v, out, lse, dlse, offsets, [WINDOW], scale),
@@ -65,15 +67,16 @@ def test_cuda_next_warp_shares_are_the_shares_each_warp_forms(monkeypatch, batch
 
 
 @requires_cuda
-def test_cuda_packed_next_warp_shares_are_the_shares_each_warp_forms(monkeypatch):
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_cuda_packed_next_warp_shares_are_the_shares_each_warp_forms(monkeypatch, head_dim):
     """A packed batch: a tile's next tile is its own sequence's, never the next
     sequence's first (sequences of 0, 1, 63, 64, 65 and 128 keys, ragged ones)."""
     lengths = [700, 1, 0, 64, 65, 129, 63, 128, 300]
     cu, longest = packed(lengths, "cuda")
-    dtype, scale = torch.float16, 128 ** -0.5
+    dtype, scale = torch.float16, head_dim ** -0.5
     offsets = torch.tensor(POSITIONS, device="cuda")
-    q = random_rows((sum(lengths), 8, 128), dtype, 20)
-    k, v = (random_rows((sum(lengths), 2, 128), dtype, 21 + i) for i in range(2))
+    q = random_rows((sum(lengths), 8, head_dim), dtype, 20)
+    k, v = (random_rows((sum(lengths), 2, head_dim), dtype, 21 + i) for i in range(2))
     out, lse = torch.ops.fibsparse.varlen_fwd(q, k, v, cu, cu, longest, longest, offsets, [WINDOW], scale)
     dout, dlse = random_rows(out.shape, dtype, 30), random_rows(lse.shape, torch.float32, 31)
     reference = packed_reference_grads(q, k, v, cu, WINDOW, offsets, dout, dlse, scale)

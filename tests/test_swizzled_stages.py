@@ -1,10 +1,15 @@
 """Swizzled stages (each row's 16-byte chunks XOR-ed by the row) instead of
 padded rows: the dk/dv pass before dq stages its q and dO rows so (integer
-offsets at head_dim 64 and 128, fractional positions at 128), the dq pass with
-offsets its k rows (integer offsets at 64 and 128). Either way the gradients
+offsets at head_dim 64 and 128, fractional positions at 128, and at 64 with
+the two-diagonal product), the dq pass with offsets its k rows (integer
+offsets at 64 and 128, fractional positions at 64; at 128 they keep padded
+rows, on which that pass was faster). Either way the gradients
 are bitwise those of padded rows (FIBSPARSE_DKDV_SWIZZLE=0,
 FIBSPARSE_DQ_SWIZZLE=0), dense and packed, MHA and GQA, every output poisoned
-first; a switch's bad value is refused before any kernel runs."""
+first; at fractional positions with the dk/dv pass's two diagonal products on
+both sides, so that at head_dim 64, whose dk/dv pass takes swizzled stages
+only with its one product, the dq pass's switch alone is compared there. A
+switch's bad value is refused before any kernel runs."""
 import pytest
 import torch
 
@@ -31,7 +36,9 @@ def assert_bitwise_with_padded_rows(monkeypatch, op, args, outputs=3, switches=(
     (test_two_diagonals.py compares the two)."""
     monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
     monkeypatch.setenv("FIBSPARSE_DKDV_TWO_DIAGONALS", "0")
-    for switch in (DKDV_SWITCH, DQ_SWITCH, "FIBSPARSE_DKDV_V_SMEM"):
+    # The dq pass's swizzled k rows at fractional positions come with its
+    # two-diagonal product, which both sides take.
+    for switch in (DKDV_SWITCH, DQ_SWITCH, "FIBSPARSE_DKDV_V_SMEM", "FIBSPARSE_DQ_TWO_DIAGONALS"):
         monkeypatch.delenv(switch, raising=False)
     grads, kernels = cuda_kernels_of(lambda: op(*args)[:outputs])
     dkdv = template_arguments(kernels, DKDV_KERNEL)
@@ -82,49 +89,97 @@ def test_cuda_swizzled_stages_are_bitwise_padded_stages(monkeypatch, heads, head
     assert template_arguments(kernels, DQ_KERNEL)[3] == str(expected), kernels
 
 
-@requires_cuda
-@pytest.mark.parametrize("heads,heads_kv", [(4, 4), (8, 2), (3, 1)])
-@pytest.mark.parametrize("window", [65, 128, 129])
-def test_cuda_fractional_swizzled_stages_are_bitwise_padded_stages(monkeypatch, heads, heads_kv, window):
-    """Fractional positions at head_dim 128: each warp's strip is 17 rows from
-    row 17 w, not a multiple of 8; d offsets compared too."""
-    seqlen, dtype = 3037, torch.bfloat16
-    offsets = fibonacci_offsets(window, seqlen, fractional=True)
-    q = random_rows((1, seqlen, heads, 128), dtype, window)
-    k, v = (random_rows((1, seqlen, heads_kv, 128), dtype, window + i) for i in (1, 2))
-    out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [window], 128 ** -0.5)
-    dout, dlse = random_rows(out.shape, dtype, 7), random_rows(lse.shape, torch.float32, 8)
-    for grad_lse in (dlse, None):
-        assert_bitwise_with_padded_rows(monkeypatch, torch.ops.fibsparse.bwd,
-                                        (dout, q, k, v, out, lse, grad_lse, offsets, [window], 128 ** -0.5), 4,
-                                        switches=(DKDV_SWITCH,))
+def fractional_switches(head_dim):
+    """The switches compared bitwise at fractional positions: at head_dim 128
+    the dk/dv pass's alone, since the dq pass keeps padded k rows there (it was
+    slower on swizzled ones); at 64 the dq pass's alone, since the dk/dv pass
+    takes its swizzled stages there only with the two-diagonal product, which
+    both sides of a comparison here go without."""
+    return (DKDV_SWITCH,) if head_dim == 128 else (DQ_SWITCH,)
 
 
 @requires_cuda
 @pytest.mark.parametrize("head_dim", [64, 128])
-def test_cuda_packed_swizzled_stages_are_bitwise_padded_stages(monkeypatch, head_dim):
+@pytest.mark.parametrize("heads,heads_kv", [(4, 4), (8, 2), (3, 1)])
+@pytest.mark.parametrize("window", [65, 128, 129])
+def test_cuda_fractional_swizzled_stages_are_bitwise_padded_stages(monkeypatch, heads, heads_kv, window, head_dim):
+    """Fractional positions at head_dim 64 (the dq pass) and 128 (the dk/dv
+    pass): each warp's strip is 17 rows from row 17 w, not a multiple of 8;
+    d offsets compared too."""
+    seqlen, dtype = 3037, torch.bfloat16
+    offsets = fibonacci_offsets(window, seqlen, fractional=True)
+    q = random_rows((1, seqlen, heads, head_dim), dtype, window)
+    k, v = (random_rows((1, seqlen, heads_kv, head_dim), dtype, window + i) for i in (1, 2))
+    out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [window], head_dim ** -0.5)
+    dout, dlse = random_rows(out.shape, dtype, 7), random_rows(lse.shape, torch.float32, 8)
+    for grad_lse in (dlse, None):
+        assert_bitwise_with_padded_rows(monkeypatch, torch.ops.fibsparse.bwd,
+                                        (dout, q, k, v, out, lse, grad_lse, offsets, [window], head_dim ** -0.5), 4,
+                                        switches=fractional_switches(head_dim))
+
+
+@requires_cuda
+@pytest.mark.parametrize("setting", [None, "1", "0"])
+def test_cuda_fractional_dq_pass_keeps_padded_k_rows_at_head_dim_128(monkeypatch, setting):
+    """At head_dim 128 the fractional dq pass stages padded k rows, whatever
+    FIBSPARSE_DQ_SWIZZLE says (on swizzled ones it was slower), with its
+    two-diagonal product."""
+    if setting is None:
+        monkeypatch.delenv(DQ_SWITCH, raising=False)
+    else:
+        monkeypatch.setenv(DQ_SWITCH, setting)
+    monkeypatch.delenv("FIBSPARSE_DQ_TWO_DIAGONALS", raising=False)
+    _, kernels = cuda_kernels_of(backward_call(fibonacci_offsets(128, 300, fractional=True), 128))
+    assert template_arguments(kernels, DQ_KERNEL)[-2:] == ["false", "true"], kernels
+
+
+@requires_cuda
+def test_cuda_fractional_whole_position_swizzled_is_bitwise_padded(monkeypatch):
+    """A whole position among fractional ones: the dq pass's step adds its
+    first rows alone, from an address of its own on swizzled stages (head_dim
+    64; at 128 its k rows are padded)."""
+    head_dim = 64
+    seqlen, window, dtype, scale = 1500, 16, torch.bfloat16, head_dim ** -0.5
+    offsets = torch.tensor([16.5, 29.0, 50.25, 70.0, 200.875], device="cuda")
+    q = random_rows((1, seqlen, 8, head_dim), dtype, 40)
+    k, v = (random_rows((1, seqlen, 2, head_dim), dtype, 41 + i) for i in range(2))
+    out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [window], scale)
+    dout, dlse = random_rows(out.shape, dtype, 43), random_rows(lse.shape, torch.float32, 44)
+    assert_bitwise_with_padded_rows(monkeypatch, torch.ops.fibsparse.bwd,
+                                    (dout, q, k, v, out, lse, dlse, offsets, [window], scale), 4,
+                                    switches=fractional_switches(head_dim))
+
+
+@requires_cuda
+@pytest.mark.parametrize("head_dim,fractional", [(64, False), (64, True), (128, False), (128, True)])
+def test_cuda_packed_swizzled_stages_are_bitwise_padded_stages(monkeypatch, head_dim, fractional):
     """A packed batch (empty, one-row, one-tile and ragged sequences), float16."""
     lengths = [2000, 1, 0, 64, 700, 129, 63]
     cu, longest = packed(lengths, "cuda")
     window, dtype = 128, torch.float16
-    offsets = fibonacci_offsets(window, longest)
+    offsets = fibonacci_offsets(window, longest, fractional)
     q = random_rows((sum(lengths), 8, head_dim), dtype, 20)
     k, v = (random_rows((sum(lengths), 2, head_dim), dtype, 21 + i) for i in range(2))
     out, lse = torch.ops.fibsparse.varlen_fwd(q, k, v, cu, cu, longest, longest, offsets, [window], 0.125)
     dout, dlse = random_rows(out.shape, dtype, 30), random_rows(lse.shape, torch.float32, 31)
     assert_bitwise_with_padded_rows(monkeypatch, torch.ops.fibsparse.varlen_bwd,
                                     (dout, q, k, v, out, lse, dlse, cu, cu, longest, longest, offsets, [window],
-                                     0.125))
+                                     0.125), 4 if fractional else 3,
+                                    switches=fractional_switches(head_dim) if fractional else (DKDV_SWITCH, DQ_SWITCH))
 
 
 @requires_cuda
-@pytest.mark.parametrize("with_offsets", [True, False])
+@pytest.mark.parametrize("head_dim,offsets_kind", [(32, "integer"), (64, "integer"), (64, "fractional"),
+                                                   (128, "fractional"), (32, "none"), (64, "none")])
 @pytest.mark.parametrize("switch", [DKDV_SWITCH, DQ_SWITCH])
 @pytest.mark.parametrize("setting", ["off", "", "2"])
-def test_cuda_swizzle_switch_is_checked(monkeypatch, switch, setting, with_offsets):
+def test_cuda_swizzle_switch_is_checked(monkeypatch, switch, setting, offsets_kind, head_dim):
     """A switch takes 0 or 1: any other value is refused, naming the variable,
     what it got and what it takes, before any of the backward's kernels runs;
-    on the window alone's backward too, which reads it though it stages
-    nothing swizzled."""
-    offsets = fibonacci_offsets(128, 300) if with_offsets else torch.zeros(0, dtype=torch.int32, device="cuda")
-    assert_refused_before_any_kernel(monkeypatch, switch, setting, backward_call(offsets, 64))
+    also where it selects nothing: on the window alone's backward, at head_dim
+    32, and for the dq pass at fractional positions at head_dim 128."""
+    if offsets_kind == "none":
+        offsets = torch.zeros(0, dtype=torch.int32, device="cuda")
+    else:
+        offsets = fibonacci_offsets(128, 300, fractional=offsets_kind == "fractional")
+    assert_refused_before_any_kernel(monkeypatch, switch, setting, backward_call(offsets, head_dim))

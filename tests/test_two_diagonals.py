@@ -1,22 +1,30 @@
-"""A fractional position's two rows in one product in the backward with stored
-dS: the dk/dv pass adds key x's (1 - f) of row x's P and dS and f of row
-x + 1's as one two-diagonal tile against the strip's rows 0-15 (key 15's
-share of row 16 comes from the next warp), and the dq pass adds query x's
-f dS at its second row and (1 - f) dS at its first the same way, query 15's
-first row (the strip's row 16, outside the tile) through a sum in the lanes'
-columns. With FIBSPARSE_DKDV_TWO_DIAGONALS=0 and FIBSPARSE_DQ_TWO_DIAGONALS=0
-each pass takes two diagonal products instead (the dk/dv pass also without
-the next warp's shares, swizzled stages or its v rows in shared memory).
-Both give every row of dq, dk and dv up to rounding, dense and packed, the
-other gradients bitwise, and both meet the float64 reference; a bad value of
-either switch is refused before any kernel runs."""
+"""A fractional position's two rows in one product. The Hopper forward with two
+heads a warpgroup adds a strip's P V as one 16 x 16 operand against its 8 rows
+and the 8 one further back (FIBSPARSE_FWD_TWO_DIAGONALS=0: two diagonal
+products of 8 rows): the same lse bits, every output row up to rounding,
+each tile's first query (whose row one back is the prefix's) against the
+float64 reference. In the backward with stored dS, at head_dim 64 and 128, the dk/dv pass adds key x's (1 - f) of row x's P and dS
+and f of row x + 1's as one two-diagonal tile against the strip's rows 0-15
+(key 15's share of row 16 comes from the next warp), and the dq pass adds
+query x's f dS at its second row and (1 - f) dS at its first the same way,
+query 15's first row (the strip's row 16, outside the tile) through a sum in
+the lanes' columns. With FIBSPARSE_DKDV_TWO_DIAGONALS=0 and
+FIBSPARSE_DQ_TWO_DIAGONALS=0 each pass takes two diagonal products instead
+(the dk/dv pass also without the next warp's shares, swizzled stages or its v
+rows in shared memory; the dq pass on padded k rows, where at head_dim 64 its
+one product reads swizzled ones). Both give every row of dq, dk and dv up to rounding,
+dense and packed, the other gradients bitwise, and both meet the float64
+reference; a bad value of either switch is refused before any kernel runs."""
 import pytest
 import torch
 
-from utils import (assert_refused_before_any_kernel, assert_rows_match, backward_call, cuda_kernels_of,
-                   fibonacci_offsets, packed, packed_reference_grads, random_rows, reference_grads, rel_err,
-                   requires_cuda, template_arguments)
+from fibsparse_ext import fibsparse_attn, fibsparse_attn_ref
 
+from utils import (HOPPER, assert_refused_before_any_kernel, assert_rows_match, backward_call, cuda_kernels_of,
+                   fibonacci_offsets, gqa_forward_call, packed, packed_reference_grads, random_rows, reference_grads,
+                   rel_err, requires_cuda, template_arguments)
+
+FWD_SWITCH = "FIBSPARSE_FWD_TWO_DIAGONALS"
 DKDV_SWITCH = "FIBSPARSE_DKDV_TWO_DIAGONALS"
 DQ_SWITCH = "FIBSPARSE_DQ_TWO_DIAGONALS"
 
@@ -44,14 +52,16 @@ def assert_two_diagonals_match(monkeypatch, op, args, reference):
     # The dk/dv pass's product also needs the next warp's shares, swizzled
     # stages and the v rows in shared memory.
     for switch in (DKDV_SWITCH, DQ_SWITCH, "FIBSPARSE_DKDV_NEXT_WARP_SHARE", "FIBSPARSE_DKDV_SWIZZLE",
-                   "FIBSPARSE_DKDV_V_SMEM"):
+                   "FIBSPARSE_DKDV_V_SMEM", "FIBSPARSE_DQ_SWIZZLE"):
         monkeypatch.delenv(switch, raising=False)
     both, kernels = cuda_kernels_of(lambda: op(*args))
     v_in_smem, swizzled = template_arguments(kernels, "dkdv_mma_kernel")[-3:-1]
     if (v_in_smem, swizzled) != ("true", "true"):
-        pytest.skip("two blocks of the dk/dv pass with their v rows do not fit an SM of this GPU")
+        pytest.skip("the dk/dv pass's blocks with their v rows (two at head_dim 128, three at 64) do not fit an SM")
     assert last_template_argument(kernels, "dkdv_mma_kernel") == "true", kernels
-    assert last_template_argument(kernels, "dq_from_dscores_with_offsets_kernel") == "true", kernels
+    dq_pass = template_arguments(kernels, "dq_from_dscores_with_offsets_kernel")
+    # Its product on swizzled k rows at head_dim 64, on padded ones at 128.
+    assert dq_pass[-2:] == ["true" if dq_pass[2] == "64" else "false", "true"], kernels
 
     monkeypatch.setenv(DKDV_SWITCH, "0")
     dkdv_off, kernels = cuda_kernels_of(lambda: op(*args))
@@ -64,7 +74,7 @@ def assert_two_diagonals_match(monkeypatch, op, args, reference):
     monkeypatch.setenv(DQ_SWITCH, "0")
     dq_off, kernels = cuda_kernels_of(lambda: op(*args))
     monkeypatch.delenv(DQ_SWITCH)
-    assert last_template_argument(kernels, "dq_from_dscores_with_offsets_kernel") == "false", kernels
+    assert template_arguments(kernels, "dq_from_dscores_with_offsets_kernel")[-2:] == ["false", "false"], kernels
     for i in (1, 2, 3):
         assert torch.equal(both[i], dq_off[i]), i
     assert_rows_match("dq", both[0], dq_off[0])
@@ -75,17 +85,18 @@ def assert_two_diagonals_match(monkeypatch, op, args, reference):
 
 
 @requires_cuda
+@pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("positions", list(POSITIONS))
 @pytest.mark.parametrize("batch,seqlen", [(1, 1024), (2, 3037)])
-@pytest.mark.parametrize("heads,heads_kv", [(4, 4), (8, 2), (3, 1)])
+@pytest.mark.parametrize("heads,heads_kv", [(4, 4), (8, 2), (4, 2), (3, 1)])
 def test_cuda_two_diagonal_products_are_the_two_diagonal_products(monkeypatch, positions, batch, seqlen, heads,
-                                                                  heads_kv):
-    """Whole and ragged last tiles, one sequence and two; one and two heads a
-    dq block (MHA, GQA)."""
-    dtype, scale = torch.bfloat16, 128 ** -0.5
+                                                                  heads_kv, head_dim):
+    """Whole and ragged last tiles, one sequence and two; one, two and (at
+    head_dim 64) four heads a dq block (MHA, GQA)."""
+    dtype, scale = torch.bfloat16, head_dim ** -0.5
     offsets = torch.tensor(POSITIONS[positions], device="cuda")
-    q = random_rows((batch, seqlen, heads, 128), dtype, seqlen)
-    k, v = (random_rows((batch, seqlen, heads_kv, 128), dtype, seqlen + i) for i in (1, 2))
+    q = random_rows((batch, seqlen, heads, head_dim), dtype, seqlen)
+    k, v = (random_rows((batch, seqlen, heads_kv, head_dim), dtype, seqlen + i) for i in (1, 2))
     out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [WINDOW], scale)
     dout, dlse = random_rows(out.shape, dtype, 7), random_rows(lse.shape, torch.float32, 8)
     assert_two_diagonals_match(monkeypatch, torch.ops.fibsparse.bwd,
@@ -94,14 +105,15 @@ def test_cuda_two_diagonal_products_are_the_two_diagonal_products(monkeypatch, p
 
 
 @requires_cuda
-def test_cuda_packed_two_diagonal_products(monkeypatch):
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_cuda_packed_two_diagonal_products(monkeypatch, head_dim):
     """A packed batch (sequences of 0, 1, 63, 64, 65 and 128 keys, ragged ones)."""
     lengths = [700, 1, 0, 64, 65, 129, 63, 128, 300]
     cu, longest = packed(lengths, "cuda")
-    dtype, scale = torch.float16, 128 ** -0.5
+    dtype, scale = torch.float16, head_dim ** -0.5
     offsets = torch.tensor(POSITIONS["f=0.125"], device="cuda")
-    q = random_rows((sum(lengths), 8, 128), dtype, 20)
-    k, v = (random_rows((sum(lengths), 2, 128), dtype, 21 + i) for i in range(2))
+    q = random_rows((sum(lengths), 8, head_dim), dtype, 20)
+    k, v = (random_rows((sum(lengths), 2, head_dim), dtype, 21 + i) for i in range(2))
     out, lse = torch.ops.fibsparse.varlen_fwd(q, k, v, cu, cu, longest, longest, offsets, [WINDOW], scale)
     dout, dlse = random_rows(out.shape, dtype, 30), random_rows(lse.shape, torch.float32, 31)
     reference = packed_reference_grads(q, k, v, cu, WINDOW, offsets, dout, dlse, scale)
@@ -111,12 +123,46 @@ def test_cuda_packed_two_diagonal_products(monkeypatch):
 
 
 @requires_cuda
-@pytest.mark.parametrize("switch", [DKDV_SWITCH, DQ_SWITCH])
+@pytest.mark.parametrize("switch", [FWD_SWITCH, DKDV_SWITCH, DQ_SWITCH])
 @pytest.mark.parametrize("fractional", [True, False])
 @pytest.mark.parametrize("setting", ["off", "2"])
 def test_cuda_two_diagonals_switch_is_checked(monkeypatch, switch, setting, fractional):
     """Each switch takes 0 or 1: any other value is refused, naming the
-    variable, what it got and what it takes, before any of the backward's
-    kernels runs; with integer offsets too."""
-    assert_refused_before_any_kernel(monkeypatch, switch, setting,
-                                     backward_call(fibonacci_offsets(128, 300, fractional), 128))
+    variable, what it got and what it takes, before any kernel of its call
+    runs (the forward's on the Hopper forward, a GQA group of 4; the
+    backward's), with integer offsets too."""
+    if switch == FWD_SWITCH and not HOPPER:
+        pytest.skip("the Hopper forward reads it")
+    offsets = fibonacci_offsets(128, 300, fractional)
+    call = gqa_forward_call(offsets, 128) if switch == FWD_SWITCH else backward_call(offsets, 128)
+    assert_refused_before_any_kernel(monkeypatch, switch, setting, call)
+
+
+@pytest.mark.skipif(not HOPPER, reason="needs a compute capability 9.0 GPU and an sm_90a build")
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("positions", list(POSITIONS))
+@pytest.mark.parametrize("batch,seqlen,heads", [(1, 640, 8), (2, 1000, 16)])
+def test_hopper_forward_two_diagonal_product(monkeypatch, dtype, head_dim, positions, batch, seqlen, heads):
+    """GQA groups of 4 (two heads a warpgroup, 32-query tiles), a ragged last
+    tile, two sequences; one position whole (the diagonal product alone)."""
+    monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
+    for switch in ("FIBSPARSE_HOPPER", "FIBSPARSE_HOPPER_PACK", "FIBSPARSE_HOPPER_TILES", FWD_SWITCH):
+        monkeypatch.delenv(switch, raising=False)
+    q = random_rows((batch, seqlen, heads, head_dim), dtype, seqlen + head_dim)
+    k, v = (random_rows((batch, seqlen, heads // 4, head_dim), dtype, seqlen + i) for i in (1, 2))
+    offsets = torch.tensor(POSITIONS[positions], device="cuda")
+    (out, lse), kernels = cuda_kernels_of(lambda: fibsparse_attn(q, k, v, WINDOW, offsets, return_lse=True))
+    assert last_template_argument(kernels, "fwd_hopper_kernel") == "true", kernels
+    monkeypatch.setenv(FWD_SWITCH, "0")
+    (out_off, lse_off), kernels = cuda_kernels_of(lambda: fibsparse_attn(q, k, v, WINDOW, offsets, return_lse=True))
+    assert last_template_argument(kernels, "fwd_hopper_kernel") == "false", kernels
+    assert torch.equal(lse, lse_off)
+    assert_rows_match("out", out, out_off)
+    ref = fibsparse_attn_ref(q.double(), k.double(), v.double(), WINDOW, offsets.double())
+    for got in (out, out_off):
+        assert rel_err(got, ref) < 1e-2
+        first = slice(0, None, 32)  # each tile's first query: its row one back is in the strip's prefix
+        row_err = (got[:, first].double() - ref[:, first]).norm(dim=-1) / ref[:, first].norm(dim=-1)
+        assert row_err.max() < 3e-2, row_err.max()

@@ -354,7 +354,7 @@ def test_cuda_one_long_sequence_equals_the_dense_call(monkeypatch, fractional, s
 def test_cuda_packed_backward_from_stored_dscores(monkeypatch, heads, heads_kv, head_dim, offsets_kind, window):
     """A packed batch whose queries and keys line up takes the backward with
     stored dS where a dense batch would (the window alone and integer offsets;
-    fractional positions at head_dim 128): its dS tiles lie one sequence after
+    fractional positions at head_dim 64 and 128): its dS tiles lie one sequence after
     another in the buffer. Each sequence's out, lse and gradients are bitwise
     those of a dense call of it alone, which runs the same kernels; sequences
     are empty, one row long and ragged, and the buffers the dk/dv pass writes
@@ -375,7 +375,7 @@ def test_cuda_packed_backward_from_stored_dscores(monkeypatch, heads, heads_kv, 
     else:
         offsets = random_offsets(window, 5, None, offsets_kind == "fractional", "cuda", torch.float32, spread=90)
     grad_out, grad_lse = torch.randn_like(q), torch.randn(heads, sum(lengths), device="cuda")
-    stored_route = offsets_kind != "fractional" or head_dim >= 128
+    stored_route = offsets_kind != "fractional" or head_dim >= 64
 
     def packed_call(cu_k):
         out, lse = fibsparse_attn_varlen(q, k, v, cu, cu_k, longest, longest, window, offsets, return_lse=True)

@@ -96,6 +96,15 @@ def assert_refused_before_any_kernel(monkeypatch, switch, setting, call):
     assert not ran, ran
 
 
+def gqa_forward_call(offsets, head_dim, window=128, seqlen=300):
+    """A call of the forward op on fresh bf16 rows of one GQA group of 4 (8
+    query heads over 2), which the Hopper forward takes with two heads a
+    warpgroup: what a test of its switches hands assert_refused_before_any_kernel."""
+    q = random_rows((1, seqlen, 8, head_dim), torch.bfloat16, 0)
+    k, v = (random_rows((1, seqlen, 2, head_dim), torch.bfloat16, i) for i in (1, 2))
+    return lambda: torch.ops.fibsparse.fwd(q, k, v, offsets, [window], 0.125)
+
+
 def backward_call(offsets, head_dim, window=128, seqlen=300):
     """A call of the backward op on fresh bf16 rows (one sequence of `seqlen`,
     two heads), its forward run first: what a switch test hands

@@ -44,7 +44,7 @@ def run_window_alone(dtype, head_dim, seqlen, window):
 
 
 def run_stored_dscores(dtype, head_dim, seqlen, window, offsets):
-    """Offsets (integer, or at head_dim 128 fractional positions with a
+    """Offsets (integer, or at head_dim 64 and 128 fractional positions with a
     gradient) on 16-bit inputs whose queries and keys line up: the dk/dv pass
     runs first and stores every dS, which the dq pass reads (its blocks serve 2
     or 4 heads here: the offsets are shared)."""
@@ -146,7 +146,8 @@ for dtype in [torch.float16, torch.bfloat16, torch.float32, torch.float64]:
         run_window_alone(dtype, head_dim, seqlen, window)
     for head_dim, seqlen, window, offsets in [(64, 300, 128, [128, 200, 290, 400]), (128, 150, 129, [129, 140])]:
         run_stored_dscores(dtype, head_dim, seqlen, window, offsets)
-    for head_dim, seqlen, window, positions in [(128, 300, 128, [0.5, 3.0, 130.25, 290.75]), (128, 150, 129, [129.5])]:
+    for head_dim, seqlen, window, positions in [(128, 300, 128, [0.5, 3.0, 130.25, 290.75]), (128, 150, 129, [129.5]),
+                                                (64, 300, 128, [0.5, 3.0, 130.25, 290.75])]:
         run_stored_dscores(dtype, head_dim, seqlen, window,
                            torch.tensor(positions, device="cuda", requires_grad=True,
                                         dtype=torch.float64 if dtype == torch.float64 else torch.float32))

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "../capabilities.h"
@@ -63,12 +64,13 @@ inline int stored_dscore_steps(const Params& p, int smem_bytes) {
   return steps <= 3 ? steps : 0;
 }
 
-// Whether two blocks of smem_bytes each fit an SM of this device.
-inline bool two_blocks_fit_an_sm(int smem_bytes) {
+// Whether `blocks` blocks of smem_bytes each fit an SM of this device.
+inline bool blocks_fit_an_sm(int smem_bytes, int blocks) {
   const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
   return size_t(smem_bytes) <= props->sharedMemPerBlockOptin &&
-         2 * (size_t(smem_bytes) + props->reservedSharedMemPerBlock) <= props->sharedMemPerMultiprocessor;
+         size_t(blocks) * (size_t(smem_bytes) + props->reservedSharedMemPerBlock) <= props->sharedMemPerMultiprocessor;
 }
+inline bool two_blocks_fit_an_sm(int smem_bytes) { return blocks_fit_an_sm(smem_bytes, 2); }
 
 // Whether the dq pass with offsets takes its three stages (of smem_bytes a
 // block; kDqMayTakeThreeStages): where two such blocks fit an SM, as on the
@@ -116,16 +118,18 @@ inline int tiles_per_run(const Params& p, Kernel kernel, int smem_bytes) {
 }
 
 // Whether fractional positions take the backward with stored dS at this
-// head_dim: at 128 the forward+backward takes 13-14% less time than on the
+// head_dim: at 128 the forward+backward took 13-14% less time than on the
 // general passes (GQA 32/8, 16k and 64k), at 64 4-5% more (MHA, 16k and 64k;
 // H200, docs/performance.md round 33), and still ~1% more after round 38 gave
-// both routes per-warp strips (round 39). Its dk/dv pass forms every P and dS,
-// each fractional one from two scores; at head_dim 64 that costs it more (+276
-// us at 64k since round 38, and the delta pass it needs 37) than its dq pass
-// saves (-303 us): 1162 against 1152 us. 16 and 32, not measured, keep the
-// general passes with 64.
+// both routes per-warp strips (round 39): its dk/dv pass forms every P and dS,
+// each fractional one from two scores, which at head_dim 64 cost it more than
+// its dq pass saved. Since then the next warp's shares (round 95), which take
+// out most of the seventeenth row's work, and the fractional dq pass's kept
+// addresses (round 96) made both of its passes faster at any head_dim, and
+// head_dim 64 takes it too (round 102; FIBSPARSE_STORED_DSCORES=0 gives the
+// general passes). 16 and 32, not measured, keep the general passes.
 template <int kHeadDim>
-constexpr bool kStoredDscoresTakeFractional = kHeadDim >= 128;
+constexpr bool kStoredDscoresTakeFractional = kHeadDim >= 64;
 
 // The window alone's dk/dv pass of the backward with stored dS: a walk (where
 // `walks`, the caller's window_walk_applies) or a block a key tile
@@ -147,17 +151,20 @@ void launch_window_alone_dkdv(Params& p, dim3 one_tile_grid, bool walks) {
 }
 
 // Whether the dk/dv pass before dq keeps its v rows in shared memory
-// (dkdv_mma_kernel's kVInSmem, launched at head_dim 128 only, where the pass
-// is short of registers): where two blocks of smem_bytes (the pass's buffers
-// and the v rows) fit an SM, so that the pass keeps its two blocks. At 255
-// registers it spilled (36 bytes with integer offsets, 8 with fractional
+// (dkdv_mma_kernel's kVInSmem, launched at head_dim 128, where the pass is
+// short of registers, and for fractional positions at 64): where `blocks`
+// blocks of smem_bytes (the pass's buffers and the v rows) fit an SM, so that
+// the pass keeps its blocks (two at 128, three at 64). At 255 registers it
+// spilled at 128 (36 bytes with integer offsets, 8 with fractional
 // positions); with the v rows in shared memory it holds 252 (254) and spills
 // nothing, and by the median of five rounds it took 2.1-2.8% less time with
 // integer offsets (64k and 128k GQA 32/8, dense and packed) and 0.4% less
-// with fractional positions (H200; docs/performance.md, round 83).
+// with fractional positions (H200; docs/performance.md, round 83). At 64 the
+// fractional pass on swizzled stages spills 16 bytes with v in registers and
+// none with v in shared memory.
 // FIBSPARSE_DKDV_V_SMEM=0 keeps v in registers, for comparisons.
-inline bool dkdv_keeps_v_in_smem(int smem_bytes) {
-  return !switched_off("FIBSPARSE_DKDV_V_SMEM") && two_blocks_fit_an_sm(smem_bytes);
+inline bool dkdv_keeps_v_in_smem(int smem_bytes, int blocks = 2) {
+  return !switched_off("FIBSPARSE_DKDV_V_SMEM") && blocks_fit_an_sm(smem_bytes, blocks);
 }
 
 // The backward with stored dS (bwd_stored_dscores_kernel.cuh): the window alone's
@@ -172,8 +179,14 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   // sectors their rows hold, where padded rows cost 1.5x. The dk/dv pass's q and
   // dO stages, integer offsets at head_dim 64, integer and fractional ones at
   // 128 (where the pass keeps its v rows in shared memory: FIBSPARSE_DKDV_V_SMEM=0
-  // gives padded rows too); the dq pass's k stages, integer offsets at 64 and
-  // 128. FIBSPARSE_DKDV_SWIZZLE=0 and FIBSPARSE_DQ_SWIZZLE=0 keep the padded
+  // gives padded rows too), fractional ones at 64 (below); the dq pass's k
+  // stages, integer offsets at 64 and 128, fractional positions at 64 with the
+  // two-diagonal product (FIBSPARSE_DQ_TWO_DIAGONALS=0 gives padded rows too;
+  // at 128 swizzled k stages made the fractional pass 2.5-3.2% slower than
+  // padded ones: docs/performance.md, round 100); the dq pass asks for
+  // the padded rows' shared memory either way, so that the stages it takes
+  // (dq_takes_three_stages) do not depend on the switch.
+  // FIBSPARSE_DKDV_SWIZZLE=0 and FIBSPARSE_DQ_SWIZZLE=0 keep the padded
   // rows, for comparisons. FIBSPARSE_DKDV_NEXT_WARP_SHARE=0 has each warp of the
   // fractional dk/dv pass form its own row 16 (bwd_mma_kernel.cuh's
   // NeighbourShares), for comparisons; the shares were measured only with the
@@ -185,19 +198,28 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   // where one two-diagonal product does it (fractional_offset_step, the dq
   // pass's kTwoDiagonals), for comparisons; the dk/dv pass's product needs
   // the v rows in shared memory, swizzled stages and the next warp's shares,
-  // and without any of them takes the two products.
+  // and without any of them takes the two products. Fractional positions at
+  // head_dim 64 take the head_dim 128 pass's three together (v rows in shared
+  // memory, swizzled stages, the two-diagonal product) or none of them, so that
+  // one A/B measures them there (each was measured alone at 128); on swizzled
+  // stages with v in registers the pass would spill (12-16 bytes).
   // Every switch of this backward is read here, before its first launch (and
   // before a poisoned dS buffer is filled): a value one refuses stops the call
   // before any kernel runs.
   constexpr bool kMaySwizzle = kHeadDim == 128 || (kHeadDim == 64 && !kFrac);
-  constexpr bool kDqMaySwizzle = !kFrac && (kHeadDim == 64 || kHeadDim == 128);
+  constexpr bool kDqMaySwizzle = (kHeadDim == 128 && !kFrac) || kHeadDim == 64;
   const bool walks = p.num_offsets == 0 && window_walk_applies<kHeadDim>(p);
-  const bool swizzled = kMaySwizzle && !switched_off("FIBSPARSE_DKDV_SWIZZLE");
-  const bool dq_swizzled = kDqMaySwizzle && !switched_off("FIBSPARSE_DQ_SWIZZLE");
+  constexpr bool kFractional64 = kFrac && kHeadDim == 64;
+  // Read at every head_dim, so that a refused value is refused where the
+  // switches have nothing to select too: each read comes first in its
+  // condition.
+  const bool swizzled = !switched_off("FIBSPARSE_DKDV_SWIZZLE") && (kMaySwizzle || kFractional64);
+  const bool dq_swizzled = !switched_off("FIBSPARSE_DQ_SWIZZLE") && kDqMaySwizzle;
   const bool next_warp_share = !switched_off("FIBSPARSE_DKDV_NEXT_WARP_SHARE");
   const bool two_diagonals = !switched_off("FIBSPARSE_DKDV_TWO_DIAGONALS");
   const bool dq_two_diagonals = !switched_off("FIBSPARSE_DQ_TWO_DIAGONALS");
-  const bool v_in_smem = kHeadDim == 128 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>);
+  const bool v_in_smem = (kHeadDim == 128 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>)) ||
+                         (kFractional64 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>, kMinBlocksDkdv<64>));
   const int64_t tiles = band_dscore_tiles(p);
   const at::Tensor dscores = at::empty({p.heads * tiles * steps * kBlockRows * kChunk},
                                        at::TensorOptions().dtype(at::kShort).device(at::kCUDA));
@@ -207,10 +229,12 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   stored_p.band_dscore_steps = steps;
   stored_p.band_dscore_tiles = tiles;
   // The fractional dk/dv pass's key tiles' edge rows (Params::dkdv_edge_rows);
-  // every one read is written first.
+  // every one read is written first, which poisoning them (as the outputs are)
+  // puts to the test: a share read before its write would be NaN in dk or dv.
   at::Tensor edge_rows;
   if (kFrac && next_warp_share) {
     edge_rows = at::empty({p.heads_kv * tiles * 4 * kHeadDim}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA));
+    if (poison_outputs()) edge_rows.fill_(std::numeric_limits<float>::quiet_NaN());
     stored_p.dkdv_edge_rows = edge_rows.data_ptr<float>();
   }
   const unsigned query_tiles = blocks_for(p.seqlen_q, kBlockRows);
@@ -244,6 +268,13 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
       launched = true;
     }
   }
+  if constexpr (kFractional64) {
+    if (v_in_smem && swizzled && two_diagonals) {
+      launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true>, dkdv_grid,
+                    kMmaBlockThreads, kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
+      launched = true;
+    }
+  }
   if constexpr (kHeadDim == 64 && kMaySwizzle) {
     if (swizzled) {
       launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, false, true>, dkdv_grid,
@@ -264,13 +295,14 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
     const auto launch_dq = [&](auto stages) {
       constexpr int kStages = decltype(stages)::value;
       if constexpr (kDqMaySwizzle) {
-        if (dq_swizzled) {
-          return launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, true>,
+        // Fractional positions: swizzled with the two-diagonal product only.
+        if (dq_swizzled && (!kFrac || dq_two_diagonals)) {
+          return launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, true, kFrac>,
                                dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
                                kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
         }
       }
-      if constexpr (kFrac && kHeadDim == 128) {
+      if constexpr (kFrac && kHeadDim >= 64) {
         if (dq_two_diagonals) {
           return launch_kernel(
               dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, false, true>,

@@ -468,14 +468,21 @@ __device__ __forceinline__ void add_lane_row_times(float w, const uint16_t* a_la
 }
 
 // add_lane_row_times from this lane's columns as a shared-memory address
-// (head_dim 128, where only the fractional dq pass with stored dS uses it).
+// (the fractional dq pass with stored dS, head_dim 64 and 128).
 template <typename T, int kHeadDim>
 __device__ __forceinline__ void add_lane_row_times_at(float w, uint32_t lane_addr, float (&acc)[kHeadDim / 32]) {
-  static_assert(kHeadDim == 128, "one 8-byte load a row");
-  const uint2 x = load_shared_u32x2(lane_addr);
-  const uint32_t x_bits[2] = {x.x, x.y};
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "one 4- or 8-byte load a row");
+  constexpr int kPairs = kHeadDim / 64;
+  uint32_t x_bits[kPairs];
+  if constexpr (kPairs == 2) {
+    const uint2 x = load_shared_u32x2(lane_addr);
+    x_bits[0] = x.x;
+    x_bits[1] = x.y;
+  } else {
+    x_bits[0] = load_shared_u32(lane_addr);
+  }
 #pragma unroll
-  for (int e = 0; e < 2; ++e) {
+  for (int e = 0; e < kPairs; ++e) {
     const float2 x2 = unpack2<T>(x_bits[e]);
     acc[2 * e] += w * x2.x;
     acc[2 * e + 1] += w * x2.y;
@@ -483,12 +490,12 @@ __device__ __forceinline__ void add_lane_row_times_at(float w, uint32_t lane_add
 }
 
 // acc's row 15 (fragment row g + 8 of the lanes with g == 7) += a row the
-// warp holds in lane_row_dot_at's columns (lane l: the four from 4 l, at
-// head_dim 128), through shuffles.
+// warp holds in lane_row_dot_at's columns (lane l: the four from 4 l at
+// head_dim 128, the two from 2 l at 64), through shuffles.
 template <int kHeadDim>
 __device__ __forceinline__ void add_lane_columns_to_row15(const float (&columns)[kHeadDim / 32],
                                                           float (&acc)[kHeadDim / 8][4], int lane) {
-  static_assert(kHeadDim == 128, "four columns a lane");
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "two or four columns a lane");
   constexpr int kLaneColumns = kHeadDim / 32;
   const int c = lane % 4;
 #pragma unroll
@@ -496,7 +503,7 @@ __device__ __forceinline__ void add_lane_columns_to_row15(const float (&columns)
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       // Column 8 j + 2 c + e: lane (8 j + 2 c + e) / kLaneColumns's element
-      // (2 c + e) % kLaneColumns, which is e or e + 2.
+      // (2 c + e) % kLaneColumns, which is e or e + 2 (e at head_dim 64).
       const int from = (8 * j + 2 * c + e) / kLaneColumns;
       float v = 0.f;
 #pragma unroll
@@ -917,9 +924,10 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // kVInSmem (the route before dq): each warp's 16 v rows are staged once in
 // shared memory (kDkdvVRowBytes, after the rest), and the products that take
 // them as their A operand load them from there (SharedFragments), which
-// frees their 32 registers a thread at head_dim 128.
+// frees their 32 registers a thread at head_dim 128 (16 at 64).
 // kSwizzledRows (the route before dq: integer offsets at head_dim 64; integer
-// and fractional ones at 128 with kVInSmem): the q and dO stages are swizzled (mma_tiles.cuh's
+// and fractional ones at 128 with kVInSmem; fractional ones at 64 with
+// kVInSmem and kTwoDiagonals): the q and dO stages are swizzled (mma_tiles.cuh's
 // swizzled_chunk), not padded, so that their copies ask L2 for no more sectors
 // than their rows hold; the pass took 1.9-3.8% less time at head_dim 64,
 // 7.4-10.6% at 128 with integer offsets and 1.8-3.1% with fractional ones
@@ -952,8 +960,11 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   // and one name takes one alignment in a translation unit.)
   extern __shared__ __align__(128) uint16_t dkdv_smem[];
   uint16_t* const smem = dkdv_smem;
-  static_assert(!kSwizzledRows || (kRoute == DkdvRoute::kBeforeDq &&
-                                    (kHeadDim == 128 || (kHeadDim == 64 && std::is_integral_v<OffsetT>))));
+  // Fractional positions at head_dim 64: swizzled with the v rows in shared
+  // memory and the two-diagonal product only (bwd_launch.cuh).
+  static_assert(!kSwizzledRows ||
+                (kRoute == DkdvRoute::kBeforeDq &&
+                 (kHeadDim == 128 || (kHeadDim == 64 && (std::is_integral_v<OffsetT> || (kVInSmem && kTwoDiagonals))))));
   // Swizzled stages hold kBufRows rows of kHeadDim elements each, where the
   // padded ones took kBufRows rows of kHeadDim + 8: they start at the same
   // smem and end before the statistics.

@@ -306,6 +306,36 @@ __device__ __forceinline__ void add_diag_times_8_rows(float d_g, float d_g8, con
   }
 }
 
+// acc += D B for a fractional position's two rows in one product: the 16 x 16
+// D whose row g holds m_g in column g and b_g in column 8 + g (row g + 8
+// m_g8 and b_g8), against rows row0 .. row0 + 7 of a swizzled tile with a
+// prefix as its k rows 0-7 and the rows one further back, row0 - 1 ..
+// row0 + 6, as k rows 8-15 (ldmatrix takes a row address a lane): each of
+// the warp's rows gains m times its position's row and b times the one
+// before it, in half the products of two add_diag_times_8_rows, and only
+// rows that the warp's queries read are loaded.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void add_two_diagonals_times_8_rows(float m_g, float m_g8, float b_g, float b_g8,
+                                                               const char* tile, int row0,
+                                                               float (&acc)[kHeadDim / 8][4], int lane,
+                                                               const char* prefix) {
+  const int g = lane / 4, c = lane % 4;
+  const bool lo = 2 * c == g, hi = 2 * c + 1 == g;
+  const uint32_t a[4] = {pack2<T>(lo ? m_g : 0.f, hi ? m_g : 0.f), pack2<T>(lo ? m_g8 : 0.f, hi ? m_g8 : 0.f),
+                         pack2<T>(lo ? b_g : 0.f, hi ? b_g : 0.f), pack2<T>(lo ? b_g8 : 0.f, hi ? b_g8 : 0.f)};
+  // Matrices 0 and 2 (lanes 0-7, 16-23) the rows, 1 and 3 the rows one back;
+  // 2 and 3 eight columns on.
+  const int row = row0 - (lane / 8) % 2 + lane % 8, col = (lane / 16) * 8;
+#pragma unroll
+  for (int n = 0; n < kHeadDim / 16; ++n) {
+    uint32_t b[4];  // b0, b1 of columns 16 n .. 16 n + 7, then of 16 n + 8 .. 16 n + 15
+    mma_tiles::ldmatrix_x4_trans(b, reinterpret_cast<const uint16_t*>(tma::row_with_prefix(tile, prefix, row,
+                                                                                            16 * n + col)));
+    mma_16816<T>(acc[2 * n], a, b[0], b[1]);
+    mma_16816<T>(acc[2 * n + 1], a, b[2], b[3]);
+  }
+}
+
 // Descriptors of the tiles' 16-wide slices: columns 16 kk .. of a K-major tile
 // (q or k, the reduction along a row), and rows 16 kk .. of an MN-major one (v).
 template <int kHeadDim>
@@ -367,7 +397,8 @@ __device__ __forceinline__ void rescale_output(float (&o)[kDimTiles][4], const f
 // prefixes come with the others).
 // A packed batch's sequences each have maps of their own (sequence_maps.cuh's,
 // `sequence_maps`, null for a dense batch, whose maps are `maps`).
-template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional>
+template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional,
+          bool kTwoDiagonals = false>
 __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kThreads,
                                   Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kMinBlocks)
     fwd_hopper_kernel(const __grid_constant__ Params p, const __grid_constant__ HopperForwardMaps<kFractional> maps,
@@ -721,6 +752,14 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
       }
       mma_fwd::offset_softmax</*kRowStep=*/0>(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane,
                                               prob);
+      if constexpr (kFractional && kTwoDiagonals) {
+        if (frac != 0.f) {
+          add_two_diagonals_times_8_rows<T, kHeadDim>((1.f - frac) * prob[0], (1.f - frac) * prob[1],
+                                                      frac * prob[0], frac * prob[1], rows_v, warp_row, o, lane,
+                                                      v_prefix(stage_of(n), strip));
+          return;
+        }
+      }
       add_diag_times_8_rows<T, kHeadDim>((1.f - frac) * prob[0], (1.f - frac) * prob[1], rows_v, warp_row, o, lane);
       if (frac != 0.f) {
         add_diag_times_8_rows<T, kHeadDim, kFractional>(frac * prob[0], frac * prob[1], rows_v, warp_row - 1, o, lane,

@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "../capabilities.h"
+#include "../env_switches.h"
 #include "../fibsparse.h"
 #include "../static_switch.h"
 #include "fwd_hopper_kernel.cuh"
@@ -31,12 +32,14 @@ namespace fibsparse {
 // makes each sequence's maps into `sequence_maps`. A block walks several
 // consecutive tiles (hopper_tiles_per_block); the grid covers the longest
 // sequence.
-template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional>
+template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional,
+          bool kTwoDiagonals = false>
 void launch_hopper_blocks(const Params& p, const HopperForwardMaps<kFractional>& maps,
                           HopperForwardMaps<kFractional>* sequence_maps) {
   using S = hopper_fwd::Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>;
   using OffsetT = std::conditional_t<kFractional, float, int32_t>;
-  const auto kernel = hopper_fwd::fwd_hopper_kernel<T, kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kCluster, kFractional>;
+  const auto kernel =
+      hopper_fwd::fwd_hopper_kernel<T, kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kCluster, kFractional, kTwoDiagonals>;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int tiles = int(blocks_for(p.seqlen_q, S::kTileQueries));
   const int64_t kv_head_bytes = int64_t(p.seqlen_k) * kHeadDim * 2 * int64_t(sizeof(T));  // its k and v rows
@@ -77,7 +80,9 @@ void launch_hopper_blocks(const Params& p, const HopperForwardMaps<kFractional>&
 // FIBSPARSE_HOPPER_CLUSTER=1 runs their two blocks of one head a warpgroup as
 // a cluster that loads each stage once for both (integer offsets only); off
 // by default, as it measured slower. Heads with rows of their own take one
-// head a block.
+// head a block. With two heads a warpgroup a fractional strip's P V is one
+// product over its rows and the rows one back (add_two_diagonals_times_8_rows);
+// FIBSPARSE_FWD_TWO_DIAGONALS=0 takes two diagonal products, for comparisons.
 template <typename T, bool kFractional>
 void launch_fwd_hopper(const Params& p) {
   constexpr bool kBf16 = std::is_same_v<T, at::BFloat16>;
@@ -85,6 +90,7 @@ void launch_fwd_hopper(const Params& p) {
   const bool pairs = p.offsets_head_stride == 0 && group % 2 == 0;
   const bool clusters = !kFractional && hopper_clusters_asked() && pairs && group % 4 == 0;
   const bool packed = !clusters && pairs && group % 4 == 0 && p.num_offsets > 0 && hopper_packing_allowed();
+  const bool two_diagonals = !switched_off("FIBSPARSE_FWD_TWO_DIAGONALS");
   const int tile_queries = packed ? hopper_fwd::kTileRows / 2 : hopper_fwd::kTileRows;
   HopperForwardMaps<kFractional> maps;
   // Two heads a warpgroup interleave their queries in the q tile (fwd_hopper_kernel.cuh).
@@ -110,6 +116,11 @@ void launch_fwd_hopper(const Params& p) {
     constexpr int kHeadDim = decltype(head_dim)::value;
     if constexpr (!kFractional) {
       if (clusters) return launch_hopper_blocks<T, kHeadDim, 2, 1, 2, false>(p, maps, sequence_maps);
+    }
+    if constexpr (kFractional) {  // no integer instantiation
+      if (packed && two_diagonals) {
+        return launch_hopper_blocks<T, kHeadDim, 2, 2, 1, true, true>(p, maps, sequence_maps);
+      }
     }
     if (packed) {
       launch_hopper_blocks<T, kHeadDim, 2, 2, 1, kFractional>(p, maps, sequence_maps);

@@ -291,6 +291,12 @@ __device__ __forceinline__ float4 load_shared_float4(uint32_t addr) {
   return v;
 }
 
+// A 32-bit word from a 4-byte aligned shared-memory address.
+__device__ __forceinline__ uint32_t load_shared_u32(uint32_t addr) {
+  uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
+  return v;
+}
 // Two 32-bit words from an 8-byte aligned shared-memory address.
 __device__ __forceinline__ uint2 load_shared_u32x2(uint32_t addr) {
   uint2 v;
