@@ -295,7 +295,7 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
       constexpr int kStages = decltype(stages)::value;
       if constexpr (kDqMaySwizzle) {
         if (dq_swizzled) {
-          return launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, true, kFrac>,
+          return launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, true>,
                                dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
                                kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
         }
