@@ -2,14 +2,13 @@
 padded rows: the dk/dv pass before dq stages its q and dO rows so (integer
 offsets at head_dim 64 and 128, fractional positions at 128, and at 64 with
 the two-diagonal product), the dq pass with offsets its k rows (integer
-offsets at 64 and 128, fractional positions at 64; at 128 they keep padded
-rows, on which that pass was faster). Either way the gradients
-are bitwise those of padded rows (FIBSPARSE_DKDV_SWIZZLE=0,
-FIBSPARSE_DQ_SWIZZLE=0), dense and packed, MHA and GQA, every output poisoned
-first; at fractional positions with the dk/dv pass's two diagonal products on
-both sides, so that at head_dim 64, whose dk/dv pass takes swizzled stages
-only with its one product, the dq pass's switch alone is compared there. A
-switch's bad value is refused before any kernel runs."""
+offsets at 64 and 128; fractional positions keep padded rows, on which that
+pass was faster). Either way the gradients are bitwise those of padded rows
+(FIBSPARSE_DKDV_SWIZZLE=0, FIBSPARSE_DQ_SWIZZLE=0), dense and packed, MHA and
+GQA, every output poisoned first; at fractional positions at head_dim 128
+with the dk/dv pass's two diagonal products on both sides (at 64 that pass
+takes swizzled stages only with its one product: test_two_diagonals.py
+compares the two). A switch's bad value is refused before any kernel runs."""
 import pytest
 import torch
 
@@ -36,8 +35,6 @@ def assert_bitwise_with_padded_rows(monkeypatch, op, args, outputs=3, switches=(
     (test_two_diagonals.py compares the two)."""
     monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
     monkeypatch.setenv("FIBSPARSE_DKDV_TWO_DIAGONALS", "0")
-    # The dq pass's swizzled k rows at fractional positions come with its
-    # two-diagonal product, which both sides take.
     for switch in (DKDV_SWITCH, DQ_SWITCH, "FIBSPARSE_DKDV_V_SMEM", "FIBSPARSE_DQ_TWO_DIAGONALS"):
         monkeypatch.delenv(switch, raising=False)
     grads, kernels = cuda_kernels_of(lambda: op(*args)[:outputs])
@@ -89,24 +86,14 @@ def test_cuda_swizzled_stages_are_bitwise_padded_stages(monkeypatch, heads, head
     assert template_arguments(kernels, DQ_KERNEL)[3] == str(expected), kernels
 
 
-def fractional_switches(head_dim):
-    """The switches compared bitwise at fractional positions: at head_dim 128
-    the dk/dv pass's alone, since the dq pass keeps padded k rows there (it was
-    slower on swizzled ones); at 64 the dq pass's alone, since the dk/dv pass
-    takes its swizzled stages there only with the two-diagonal product, which
-    both sides of a comparison here go without."""
-    return (DKDV_SWITCH,) if head_dim == 128 else (DQ_SWITCH,)
-
-
 @requires_cuda
-@pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("heads,heads_kv", [(4, 4), (8, 2), (3, 1)])
 @pytest.mark.parametrize("window", [65, 128, 129])
-def test_cuda_fractional_swizzled_stages_are_bitwise_padded_stages(monkeypatch, heads, heads_kv, window, head_dim):
-    """Fractional positions at head_dim 64 (the dq pass) and 128 (the dk/dv
-    pass): each warp's strip is 17 rows from row 17 w, not a multiple of 8;
-    d offsets compared too."""
-    seqlen, dtype = 3037, torch.bfloat16
+def test_cuda_fractional_swizzled_stages_are_bitwise_padded_stages(monkeypatch, heads, heads_kv, window):
+    """Fractional positions at head_dim 128 (the dk/dv pass): each warp's
+    strip is 17 rows from row 17 w, not a multiple of 8; d offsets compared
+    too."""
+    seqlen, dtype, head_dim = 3037, torch.bfloat16, 128
     offsets = fibonacci_offsets(window, seqlen, fractional=True)
     q = random_rows((1, seqlen, heads, head_dim), dtype, window)
     k, v = (random_rows((1, seqlen, heads_kv, head_dim), dtype, window + i) for i in (1, 2))
@@ -115,13 +102,14 @@ def test_cuda_fractional_swizzled_stages_are_bitwise_padded_stages(monkeypatch, 
     for grad_lse in (dlse, None):
         assert_bitwise_with_padded_rows(monkeypatch, torch.ops.fibsparse.bwd,
                                         (dout, q, k, v, out, lse, grad_lse, offsets, [window], head_dim ** -0.5), 4,
-                                        switches=fractional_switches(head_dim))
+                                        switches=(DKDV_SWITCH,))
 
 
 @requires_cuda
+@pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("setting", [None, "1", "0"])
-def test_cuda_fractional_dq_pass_keeps_padded_k_rows_at_head_dim_128(monkeypatch, setting):
-    """At head_dim 128 the fractional dq pass stages padded k rows, whatever
+def test_cuda_fractional_dq_pass_keeps_padded_k_rows(monkeypatch, setting, head_dim):
+    """The fractional dq pass stages padded k rows, whatever
     FIBSPARSE_DQ_SWIZZLE says (on swizzled ones it was slower), with its
     two-diagonal product."""
     if setting is None:
@@ -129,29 +117,12 @@ def test_cuda_fractional_dq_pass_keeps_padded_k_rows_at_head_dim_128(monkeypatch
     else:
         monkeypatch.setenv(DQ_SWITCH, setting)
     monkeypatch.delenv("FIBSPARSE_DQ_TWO_DIAGONALS", raising=False)
-    _, kernels = cuda_kernels_of(backward_call(fibonacci_offsets(128, 300, fractional=True), 128))
+    _, kernels = cuda_kernels_of(backward_call(fibonacci_offsets(128, 300, fractional=True), head_dim))
     assert template_arguments(kernels, DQ_KERNEL)[-2:] == ["false", "true"], kernels
 
 
 @requires_cuda
-def test_cuda_fractional_whole_position_swizzled_is_bitwise_padded(monkeypatch):
-    """A whole position among fractional ones: the dq pass's step adds its
-    first rows alone, from an address of its own on swizzled stages (head_dim
-    64; at 128 its k rows are padded)."""
-    head_dim = 64
-    seqlen, window, dtype, scale = 1500, 16, torch.bfloat16, head_dim ** -0.5
-    offsets = torch.tensor([16.5, 29.0, 50.25, 70.0, 200.875], device="cuda")
-    q = random_rows((1, seqlen, 8, head_dim), dtype, 40)
-    k, v = (random_rows((1, seqlen, 2, head_dim), dtype, 41 + i) for i in range(2))
-    out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [window], scale)
-    dout, dlse = random_rows(out.shape, dtype, 43), random_rows(lse.shape, torch.float32, 44)
-    assert_bitwise_with_padded_rows(monkeypatch, torch.ops.fibsparse.bwd,
-                                    (dout, q, k, v, out, lse, dlse, offsets, [window], scale), 4,
-                                    switches=fractional_switches(head_dim))
-
-
-@requires_cuda
-@pytest.mark.parametrize("head_dim,fractional", [(64, False), (64, True), (128, False), (128, True)])
+@pytest.mark.parametrize("head_dim,fractional", [(64, False), (128, False), (128, True)])
 def test_cuda_packed_swizzled_stages_are_bitwise_padded_stages(monkeypatch, head_dim, fractional):
     """A packed batch (empty, one-row, one-tile and ragged sequences), float16."""
     lengths = [2000, 1, 0, 64, 700, 129, 63]
@@ -165,7 +136,7 @@ def test_cuda_packed_swizzled_stages_are_bitwise_padded_stages(monkeypatch, head
     assert_bitwise_with_padded_rows(monkeypatch, torch.ops.fibsparse.varlen_bwd,
                                     (dout, q, k, v, out, lse, dlse, cu, cu, longest, longest, offsets, [window],
                                      0.125), 4 if fractional else 3,
-                                    switches=fractional_switches(head_dim) if fractional else (DKDV_SWITCH, DQ_SWITCH))
+                                    switches=(DKDV_SWITCH,) if fractional else (DKDV_SWITCH, DQ_SWITCH))
 
 
 @requires_cuda
@@ -177,7 +148,7 @@ def test_cuda_swizzle_switch_is_checked(monkeypatch, switch, setting, offsets_ki
     """A switch takes 0 or 1: any other value is refused, naming the variable,
     what it got and what it takes, before any of the backward's kernels runs;
     also where it selects nothing: on the window alone's backward, at head_dim
-    32, and for the dq pass at fractional positions at head_dim 128."""
+    32, and for the dq pass at fractional positions."""
     if offsets_kind == "none":
         offsets = torch.zeros(0, dtype=torch.int32, device="cuda")
     else:

@@ -180,10 +180,9 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   // dO stages, integer offsets at head_dim 64, integer and fractional ones at
   // 128 (where the pass keeps its v rows in shared memory: FIBSPARSE_DKDV_V_SMEM=0
   // gives padded rows too), fractional ones at 64 (below); the dq pass's k
-  // stages, integer offsets at 64 and 128, fractional positions at 64 with the
-  // two-diagonal product (FIBSPARSE_DQ_TWO_DIAGONALS=0 gives padded rows too;
-  // at 128 swizzled k stages made the fractional pass 2.5-3.2% slower than
-  // padded ones: docs/performance.md, round 100); the dq pass asks for
+  // stages, integer offsets at 64 and 128 (fractional positions keep padded k
+  // rows: swizzled ones made their pass 2.5-3.2% slower at 128 and 1.1-2.6%
+  // at 64, docs/performance.md, rounds 100 and 104); the dq pass asks for
   // the padded rows' shared memory either way, so that the stages it takes
   // (dq_takes_three_stages) do not depend on the switch.
   // FIBSPARSE_DKDV_SWIZZLE=0 and FIBSPARSE_DQ_SWIZZLE=0 keep the padded
@@ -207,7 +206,7 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   // before a poisoned dS buffer is filled): a value one refuses stops the call
   // before any kernel runs.
   constexpr bool kMaySwizzle = kHeadDim == 128 || (kHeadDim == 64 && !kFrac);
-  constexpr bool kDqMaySwizzle = (kHeadDim == 128 && !kFrac) || kHeadDim == 64;
+  constexpr bool kDqMaySwizzle = !kFrac && (kHeadDim == 64 || kHeadDim == 128);
   const bool walks = p.num_offsets == 0 && window_walk_applies<kHeadDim>(p);
   constexpr bool kFractional64 = kFrac && kHeadDim == 64;
   // Read at every head_dim, so that a refused value is refused where the
@@ -295,9 +294,8 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
     const auto launch_dq = [&](auto stages) {
       constexpr int kStages = decltype(stages)::value;
       if constexpr (kDqMaySwizzle) {
-        // Fractional positions: swizzled with the two-diagonal product only.
-        if (dq_swizzled && (!kFrac || dq_two_diagonals)) {
-          return launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, true, kFrac>,
+        if (dq_swizzled) {
+          return launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, true>,
                                dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
                                kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
         }

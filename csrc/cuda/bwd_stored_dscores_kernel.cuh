@@ -239,11 +239,12 @@ __device__ __forceinline__ float tree_sum_16_at(uint32_t addr) {
 // all its heads with each head's 64 dS of that offset (a strip of 16 rows per
 // warp, or for fractional positions 17, from the second row of its first
 // query: kWarpStripRows).
-// kSwizzledK (integer offsets at head_dim 64 and 128, fractional positions
-// at 64 with kTwoDiagonals; at 128 the fractional pass was slower on them,
-// docs/performance.md, round 100): the k stages are swizzled (mma_tiles.cuh's
-// swizzled_chunk), not padded. A fractional strip starts at row 17 w, not a
-// multiple of 8, so its rows are staged and addressed from the stage itself.
+// kSwizzledK (integer offsets at head_dim 64 and 128): the k stages are
+// swizzled (mma_tiles.cuh's swizzled_chunk), not padded. Fractional positions
+// keep padded k rows: their strips start at row 17 w, not a multiple of 8, so
+// each swizzled row's address is formed on its own, and the pass was 2.5-3.2%
+// slower on them at head_dim 128 and 1.1-2.6% at 64 (docs/performance.md,
+// rounds 100 and 104).
 // kTwoDiagonals (fractional positions, head_dim 64 and 128): a step's two rows of
 // each query in one product (two_diagonals_a_fragment) where two diagonal
 // products took twice the products and transposed loads (6-8% off the pass,
@@ -253,8 +254,7 @@ template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, b
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
-  static_assert(!kSwizzledK || (!kFrac && (kHeadDim == 64 || kHeadDim == 128)) ||
-                (kFrac && kTwoDiagonals && kHeadDim == 64));
+  static_assert(!kSwizzledK || (!kFrac && (kHeadDim == 64 || kHeadDim == 128)));
   static_assert(!kTwoDiagonals || (kFrac && (kHeadDim == 64 || kHeadDim == 128)));
   constexpr int kThreads = kHeads * kMmaBlockThreads;
   // 128-byte aligned: a swizzled stage's k-step XOR (swizzled_k_step) acts on
@@ -330,15 +330,9 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
         // so those kHeads warps stage it (steps_by_group), with each head's
         // dS of the warp's 16 queries (and their d(position) terms).
         const int64_t first = q0 - whole - (kFrac ? 1 : 0) + 16 * warp;
-        if constexpr (kFrac && kSwizzledK) {
-          stage_rows<kHeadDim, kWarpStripRows<kFrac>, 32 * kHeads, false, true, /*kAnyStageRow=*/true>(
-              stage_k(n % kStages), k_src, p.k_row_stride, first, seq.seqlen_k - 1, unsigned(32 * head + lane),
-              warp_strip_row0<kFrac>(warp));
-        } else {
-          stage_rows<kHeadDim, kWarpStripRows<kFrac>, 32 * kHeads, false, kSwizzledK>(
-              strip_of(stage_k(n % kStages), warp_strip_row0<kFrac>(warp)), k_src, p.k_row_stride, first,
-              seq.seqlen_k - 1, unsigned(32 * head + lane));
-        }
+        stage_rows<kHeadDim, kWarpStripRows<kFrac>, 32 * kHeads, false, kSwizzledK>(
+            strip_of(stage_k(n % kStages), warp_strip_row0<kFrac>(warp)), k_src, p.k_row_stride, first,
+            seq.seqlen_k - 1, unsigned(32 * head + lane));
         if (lane < 16) {
           const int64_t i = q0 + 16 * warp + lane;
           const bool valid =
@@ -382,16 +376,11 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   uint32_t strip_add_row, dscore_row_addr, terms_addr = 0, row16_addr = 0;
   {
     if constexpr (kFrac && kTwoDiagonals) {  // this lane's columns of the strip's row 16
-      const int col = kHeadDim / 32 * lane;
-      const uint16_t* row16 =
-          kSwizzledK ? swizzled_chunk<kHeadDim>(stage_k(0), warp_strip_row0<kFrac>(warp) + 16, col) + col % 8
-                     : (stage_k(0) + warp_strip_row0<kFrac>(warp))[16] + col;
+      const uint16_t* row16 = (stage_k(0) + warp_strip_row0<kFrac>(warp))[16] + kHeadDim / 32 * lane;
       row16_addr = __shfl_sync(0xffffffffu, static_cast<uint32_t>(__cvta_generic_to_shared(row16)), lane);
     }
     uint32_t lane_row;
-    if constexpr (kFrac && kSwizzledK) {
-      lane_row = swizzled_add_lane_row<kHeadDim>(stage_k(0), lane, warp_strip_row0<kFrac>(warp));
-    } else if constexpr (kSwizzledK) {
+    if constexpr (kSwizzledK) {
       lane_row = swizzled_add_lane_row<kHeadDim>(strip_of(stage_k(0), warp_strip_row0<kFrac>(warp)), lane);
     } else {
       lane_row = add_rows_lane_row<kHeadDim>(stage_k(0) + warp_strip_row0<kFrac>(warp), lane);
@@ -453,18 +442,11 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
           // 16, in row15_first (its helpers exist at head_dim 64 and 128
           // alone, so other head_dims do not instantiate this).
           if constexpr (kTwoDiagonals) {
-            add_two_diagonals_times_rows_at<T, kHeadDim, kSwizzledK>(w1 * ds_g, w1 * ds_g8, w0 * ds_g, w0 * ds_g8,
-                                                                     rows, dq, lane);
+            add_two_diagonals_times_rows_at<T, kHeadDim>(w1 * ds_g, w1 * ds_g8, w0 * ds_g, w0 * ds_g8, rows, dq,
+                                                         lane);
             const float ds15 = __shfl_sync(0xffffffffu, ds_g8, 28);
             add_lane_row_times_at<T, kHeadDim>(w0 * ds15, row16_addr + stage * kStageKBytes, row15_first);
           }
-        } else if constexpr (kSwizzledK) {
-          // A whole position (kSwizzledK implies kTwoDiagonals): the first
-          // rows alone, whose swizzle is that of the rows one on, so their
-          // address is formed here, off the fractional steps' path.
-          const uint32_t first_rows =
-              swizzled_add_lane_row<kHeadDim>(stage_k(n % kStages), lane, warp_strip_row0<kFrac>(warp) + 1);
-          add_diag_times_rows_at<T, kHeadDim, true>(w0 * ds_g, w0 * ds_g8, first_rows, dq, lane);
         } else {
           add_diag_times_rows_at<T, kHeadDim>(w0 * ds_g, w0 * ds_g8, rows, dq, lane, kRowBytes);
           if (w1 != 0.f) add_diag_times_rows_at<T, kHeadDim>(w1 * ds_g, w1 * ds_g8, rows, dq, lane);
