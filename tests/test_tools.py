@@ -79,6 +79,31 @@ def load_ab_switch():
     return module
 
 
+def load_compare_sass():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("compare_sass", ROOT / "tools" / "compare_sass.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_sass_matches_a_kernel_that_gained_a_template_argument():
+    """With --new-argument KERNEL=VALUE, the after tree's instantiations with
+    VALUE last are named as the before tree names them; the rest, and other
+    kernels, keep their names (the new ones then show as not in the before tree)."""
+    compare_sass = load_compare_sass()
+    rules = dict([compare_sass.parse_new_argument("fwd_hopper_kernel=false")])
+    old = "void fibsparse::hopper_fwd::fwd_hopper_kernel<c10::BFloat16, 128, 2, 2, 1, true, false>(fibsparse::Params, int)"
+    assert compare_sass.without_new_argument(old.replace("false>", "false, false>"), rules) == old
+    mixed = old.replace("false>", "false, true>")
+    assert compare_sass.without_new_argument(mixed, rules) == mixed
+    other = "void fibsparse::mma_bwd::delta_kernel<c10::BFloat16, int, 128>(fibsparse::Params)"
+    assert compare_sass.without_new_argument(other, rules) == other
+    for bad in ("fwd_hopper_kernel", "=false", "fwd_hopper_kernel=", "fwd<x>=false"):
+        with pytest.raises(Exception, match="KERNEL=VALUE"):
+            compare_sass.parse_new_argument(bad)
+
+
 def test_ab_switch_reads_its_switch_and_configurations():
     ab_switch = load_ab_switch()
     assert ab_switch.parse_switch("FIBSPARSE_STORED_DSCORES=0") == ("FIBSPARSE_STORED_DSCORES", "0")

@@ -4,12 +4,16 @@ forward included), then compares the SASS of each kernel (cuobjdump -sass),
 addresses stripped. Needs nvcc, not a GPU: the check a restructuring that should
 change nothing can run anywhere.
 
-    python tools/compare_sass.py BEFORE_TREE AFTER_TREE [--params-moved]
+    python tools/compare_sass.py BEFORE_TREE AFTER_TREE [--params-moved] [--new-argument KERNEL=VALUE ...]
 
 BEFORE_TREE and AFTER_TREE are folders holding a source tree (e.g. `git archive
 COMMIT | tar -x -C DIR`). --params-moved also ignores the offsets of Params
 fields in the constant bank, for changes that add or remove a field. Kernels
 are matched by name, with the lane-group kernels' `lane_` prefix ignored.
+--new-argument KERNEL=VALUE: AFTER_TREE's KERNEL (a kernel's name, e.g.
+fwd_hopper_kernel) takes one more template argument, last; its instantiations
+with VALUE there are matched with BEFORE_TREE's without it, and those with
+another value are new kernels (a switch's new side, say).
 """
 from __future__ import annotations
 
@@ -108,12 +112,39 @@ def kernels(cubin: str, dump: str, params_moved: bool) -> dict[str, list[str]]:
     return found
 
 
+def without_new_argument(name: str, new_arguments: dict[str, str]) -> str:
+    """A kernel's name as the tree before names it: where `new_arguments`
+    maps the kernel to the value of a template argument it gained at the end,
+    an instantiation with that value loses it; other names are unchanged."""
+    for kernel, value in new_arguments.items():
+        start = name.find(kernel + "<")
+        if start < 0:
+            continue
+        opening = start + len(kernel)
+        closing = name.index(">(", opening)
+        arguments = name[opening + 1:closing].split(", ")
+        if arguments[-1] == value:
+            return name[:opening + 1] + ", ".join(arguments[:-1]) + name[closing:]
+    return name
+
+
+def parse_new_argument(text: str) -> tuple[str, str]:
+    kernel, sep, value = text.partition("=")
+    if not sep or not kernel or not value or not re.fullmatch(r"\w+", kernel):
+        raise argparse.ArgumentTypeError(f"--new-argument takes KERNEL=VALUE (a kernel's name), got '{text}'")
+    return kernel, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("before")
     parser.add_argument("after")
     parser.add_argument("--params-moved", action="store_true", help="ignore Params offsets in the constant bank")
+    parser.add_argument("--new-argument", type=parse_new_argument, action="append", default=[],
+                        metavar="KERNEL=VALUE",
+                        help="AFTER's KERNEL gained a last template argument: match its VALUE instantiations")
     args = parser.parse_args()
+    new_arguments = dict(args.new_argument)
     for tree in (args.before, args.after):
         if not os.path.isdir(os.path.join(tree, "csrc", "cuda")):
             parser.error(f"{tree} holds no csrc/cuda folder")
@@ -131,7 +162,9 @@ def main() -> None:
             if file not in after_by_file:
                 print(f"{file}: not in {args.after}")
                 continue
-            old, new = kernels(cubin, dump, args.params_moved), kernels(after_by_file[file], dump, args.params_moved)
+            old = kernels(cubin, dump, args.params_moved)
+            new = {without_new_argument(name, new_arguments): code
+                   for name, code in kernels(after_by_file[file], dump, args.params_moved).items()}
             for name, code in old.items():
                 total += 1
                 if new.get(name) == code:
