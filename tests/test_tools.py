@@ -93,12 +93,21 @@ def test_compare_sass_matches_a_kernel_that_gained_a_template_argument():
     kernels, keep their names (the new ones then show as not in the before tree)."""
     compare_sass = load_compare_sass()
     rules = dict([compare_sass.parse_new_argument("fwd_hopper_kernel=false")])
-    old = "void fibsparse::hopper_fwd::fwd_hopper_kernel<c10::BFloat16, 128, 2, 2, 1, true, false>(fibsparse::Params, int)"
-    assert compare_sass.without_new_argument(old.replace("false>", "false, false>"), rules) == old
-    mixed = old.replace("false>", "false, true>")
+    maps = "std::conditional<true, fibsparse::FractionalForwardTensorMaps, fibsparse::ForwardTensorMaps>::type"
+    old = (f"void fibsparse::hopper_fwd::fwd_hopper_kernel<c10::BFloat16, 128, 2, 2, 1, true, false>"
+           f"(fibsparse::Params, {maps}, {maps} const*, int)")
+    assert compare_sass.without_new_argument(old.replace("false>(", "false, false>("), rules) == old
+    mixed = old.replace("false>(", "false, true>(")
     assert compare_sass.without_new_argument(mixed, rules) == mixed
     other = "void fibsparse::mma_bwd::delta_kernel<c10::BFloat16, int, 128>(fibsparse::Params)"
     assert compare_sass.without_new_argument(other, rules) == other
+    # Template arguments with parentheses of their own (an enum's value).
+    dkdv = ("void fibsparse::mma_bwd::dkdv_mma_kernel<c10::BFloat16, float, 128, (fibsparse::mma_tiles::DkdvRoute)2, "
+            "true{}>(fibsparse::Params)")
+    assert compare_sass.without_new_argument(dkdv.format(", false"), {"dkdv_mma_kernel": "false"}) == dkdv.format("")
+    # A kernel whose name ends with the rule's is not the rule's.
+    longer = old.replace("fwd_hopper_kernel<", "my_fwd_hopper_kernel<").replace("false>(", "false, false>(")
+    assert compare_sass.without_new_argument(longer, rules) == longer
     for bad in ("fwd_hopper_kernel", "=false", "fwd_hopper_kernel=", "fwd<x>=false"):
         with pytest.raises(Exception, match="KERNEL=VALUE"):
             compare_sass.parse_new_argument(bad)

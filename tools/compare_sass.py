@@ -117,14 +117,15 @@ def without_new_argument(name: str, new_arguments: dict[str, str]) -> str:
     maps the kernel to the value of a template argument it gained at the end,
     an instantiation with that value loses it; other names are unchanged."""
     for kernel, value in new_arguments.items():
-        start = name.find(kernel + "<")
-        if start < 0:
+        # The kernel's own name (not a longer one that ends with it), then
+        # its template arguments up to the parameter list.
+        found = re.search(rf"(?<!\w){kernel}<(?P<arguments>.*?)>\(", name)
+        if found is None:
             continue
-        opening = start + len(kernel)
-        closing = name.index(">(", opening)
-        arguments = name[opening + 1:closing].split(", ")
+        opening, closing = found.start("arguments"), found.end("arguments")
+        arguments = name[opening:closing].split(", ")
         if arguments[-1] == value:
-            return name[:opening + 1] + ", ".join(arguments[:-1]) + name[closing:]
+            return name[:opening] + ", ".join(arguments[:-1]) + name[closing:]
     return name
 
 
