@@ -70,18 +70,10 @@ def test_gpu_check_fails_when_a_step_fails(tmp_path):
     assert "memcheck: rc=1" in output and "fair_sweep: rc=0" in output
 
 
-def load_ab_switch():
-    """tools/ab_switch.py as a module (it imports bench/timing.py and tools/kernel_times.py by path)."""
+def load_tool(name):
+    """tools/NAME.py as a module (ab_switch.py imports bench/timing.py and tools/kernel_times.py by path)."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location("ab_switch", ROOT / "tools" / "ab_switch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def load_compare_sass():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("compare_sass", ROOT / "tools" / "compare_sass.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -91,7 +83,7 @@ def test_compare_sass_matches_a_kernel_that_gained_a_template_argument():
     """With --new-argument KERNEL=VALUE, the after tree's instantiations with
     VALUE last are named as the before tree names them; the rest, and other
     kernels, keep their names (the new ones then show as not in the before tree)."""
-    compare_sass = load_compare_sass()
+    compare_sass = load_tool("compare_sass")
     rules = dict([compare_sass.parse_new_argument("fwd_hopper_kernel=false")])
     maps = "std::conditional<true, fibsparse::FractionalForwardTensorMaps, fibsparse::ForwardTensorMaps>::type"
     old = (f"void fibsparse::hopper_fwd::fwd_hopper_kernel<c10::BFloat16, 128, 2, 2, 1, true, false>"
@@ -114,7 +106,7 @@ def test_compare_sass_matches_a_kernel_that_gained_a_template_argument():
 
 
 def test_ab_switch_reads_its_switch_and_configurations():
-    ab_switch = load_ab_switch()
+    ab_switch = load_tool("ab_switch")
     assert ab_switch.parse_switch("FIBSPARSE_STORED_DSCORES=0") == ("FIBSPARSE_STORED_DSCORES", "0")
     assert ab_switch.parse_config("dense,65536,32,8,128,integer") == ("dense", 65536, 32, 8, 128, "integer")
     assert ab_switch.parse_config("packed,4096,8,8,64,window alone")[-1] == "window alone"
@@ -133,7 +125,7 @@ def test_ab_switch_refuses_a_bad_switch_or_configuration(parser, text, message):
     """A switch without a FIBSPARSE_ name or a value, and a configuration with the wrong number of
     fields, an unknown layout or kind, or numbers that are not whole, are refused, naming what they got."""
     import argparse
-    ab_switch = load_ab_switch()
+    ab_switch = load_tool("ab_switch")
     with pytest.raises(argparse.ArgumentTypeError, match=message):
         getattr(ab_switch, parser)(text)
 
@@ -141,7 +133,7 @@ def test_ab_switch_refuses_a_bad_switch_or_configuration(parser, text, message):
 def test_ab_switch_reports_the_fastest_and_the_median_round():
     """A side whose first round alone is fast (the GPU idle before it) wins on
     the fastest round and loses on the median: the report gives both."""
-    ab_switch = load_ab_switch()
+    ab_switch = load_tool("ab_switch")
     assert ab_switch.median([3.0, 1.0, 2.0]) == 2.0 and ab_switch.median([4.0, 1.0, 3.0, 2.0]) == 2.5
     line = ab_switch.sides([90.0, 110.0, 112.0], [100.0, 101.0, 102.0], 1)
     assert "fastest: default 90.0  switched 100.0  default/switched -10.0%" in line
@@ -152,7 +144,7 @@ def test_ab_switch_reports_the_fastest_and_the_median_round():
 def test_ab_switch_times_a_kernel_that_one_side_does_not_run():
     """A pass that the switch removes is timed on the side that runs it, where a ratio
     would divide by the other side's zero; a part that names nothing says so."""
-    ab_switch = load_ab_switch()
+    ab_switch = load_tool("ab_switch")
     line = ab_switch.kernel_line("delta", [301.0, 299.0, 305.0], [0.0, 0.0, 0.0], {False: True, True: False})
     assert line == "   'delta' kernels, us: only the default side runs them: fastest 299.0  median 301.0   " \
                    "rounds [301.0, 299.0, 305.0]\n"
@@ -165,7 +157,7 @@ def test_ab_switch_times_a_kernel_that_one_side_does_not_run():
 
 def test_ab_switch_puts_the_callers_setting_back(monkeypatch):
     """Side A runs with the switch as the caller's environment had it, set or unset."""
-    ab_switch = load_ab_switch()
+    ab_switch = load_tool("ab_switch")
     for before in (None, "1"):
         if before is None:
             monkeypatch.delenv("FIBSPARSE_HOPPER", raising=False)
@@ -181,7 +173,7 @@ def test_ab_switch_puts_the_callers_setting_back(monkeypatch):
 def test_ab_switch_prints_each_sides_gpu_clock_and_power():
     """Each side's summary over its own rounds' stretches; "-" where none fell in them; no
     line without a sampler (no nvidia-smi)."""
-    ab_switch = load_ab_switch()
+    ab_switch = load_tool("ab_switch")
 
     class Sampler:
         def summary_over(self, stretches):
@@ -193,7 +185,7 @@ def test_ab_switch_prints_each_sides_gpu_clock_and_power():
 
 
 def test_ab_switch_says_when_both_sides_timed_the_same_kernels():
-    ab_switch = load_ab_switch()
+    ab_switch = load_tool("ab_switch")
     same = ab_switch.kernel_names({"dkdv_mma_kernel<1>"}, {"dkdv_mma_kernel<1>"})
     assert same.startswith("the same timed kernels on both sides")
     differ = ab_switch.kernel_names({"dkdv_mma_kernel<1>", "delta"}, {"dkdv_tma<1>", "delta"})
