@@ -56,9 +56,14 @@ BackwardCall prepare_backward(const at::Tensor& dout, const at::Tensor& q, const
                               const at::Tensor& offsets, at::IntArrayRef band, double softmax_scale,
                               int queries_per_partial, bool keeps_offset_terms, const Packing* packing = nullptr);
 
+// Sums each row of a (rows, length) tensor into a (rows,) one, in a fixed order.
+using RowSums = at::Tensor (*)(const at::Tensor& rows);
+
 // (dq, dk, dv, doffsets) once the kernels ran: the partial sums of
-// d(position) reduced in a fixed order, in the shape and dtype of `offsets`.
+// d(position) reduced in a fixed order (by `row_sums` where given, else by
+// torch), in the shape and dtype of `offsets`.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_result(const BackwardCall& call,
-                                                                           const at::Tensor& offsets);
+                                                                           const at::Tensor& offsets,
+                                                                           RowSums row_sums = nullptr);
 
 }  // namespace fibsparse

@@ -19,26 +19,24 @@ import torch
 
 from fibsparse_ext import fibsparse_attn, fibsparse_attn_ref
 
-from utils import (HOPPER, assert_refused_before_any_kernel, assert_rows_match, backward_call, cuda_kernels_of,
-                   fibonacci_offsets, gqa_forward_call, packed, packed_reference_grads, random_rows, reference_grads,
+from utils import (FRACTIONAL_POSITIONS, FRACTIONAL_WINDOW, HOPPER, assert_refused_before_any_kernel, assert_rows_match, backward_call, cuda_kernels_of,
+                   dense_backward_case, fibonacci_offsets, gqa_forward_call, packed_backward_case, random_rows,
                    rel_err, requires_cuda, template_arguments)
 
 FWD_SWITCH = "FIBSPARSE_FWD_TWO_DIAGONALS"
 DKDV_SWITCH = "FIBSPARSE_DKDV_TWO_DIAGONALS"
 DQ_SWITCH = "FIBSPARSE_DQ_TWO_DIAGONALS"
 
-# A short window and few offsets: a key or query has ~10 terms, so one term
-# lost or added to the wrong row moves that row far past rounding. Second
-# rows of weight 0.875 weigh on the dk/dv pass's second diagonal; of weight
-# 0.125, the first rows' 0.875 on the dq pass's row 15 term. One whole
-# position (f == 0), which takes the diagonal product alone.
-WINDOW = 16
-POSITIONS = {"f=0.875": [16.875, 29.875, 50.0, 70.875, 200.875],
-             "f=0.125": [16.125, 29.125, 50.0, 70.125, 200.125]}
+WINDOW, POSITIONS = FRACTIONAL_WINDOW, FRACTIONAL_POSITIONS
 
 
 def last_template_argument(kernels, kernel):
     return template_arguments(kernels, kernel)[-1]
+
+
+def two_diagonals_argument(kernels):
+    """dkdv_mma_kernel's seventh template argument, kTwoDiagonals."""
+    return template_arguments(kernels, "dkdv_mma_kernel")[6]
 
 
 def assert_two_diagonals_match(monkeypatch, op, args, reference):
@@ -54,10 +52,10 @@ def assert_two_diagonals_match(monkeypatch, op, args, reference):
                    "FIBSPARSE_DKDV_V_SMEM", "FIBSPARSE_DQ_SWIZZLE"):
         monkeypatch.delenv(switch, raising=False)
     both, kernels = cuda_kernels_of(lambda: op(*args))
-    v_in_smem, swizzled = template_arguments(kernels, "dkdv_mma_kernel")[-3:-1]
+    v_in_smem, swizzled = template_arguments(kernels, "dkdv_mma_kernel")[4:6]
     if (v_in_smem, swizzled) != ("true", "true"):
         pytest.skip("the dk/dv pass's blocks with their v rows (two at head_dim 128, three at 64) do not fit an SM")
-    assert last_template_argument(kernels, "dkdv_mma_kernel") == "true", kernels
+    assert two_diagonals_argument(kernels) == "true", kernels
     dq_pass = template_arguments(kernels, "dq_from_dscores_with_offsets_kernel")
     # Its product on padded k rows: swizzled ones made the fractional pass slower.
     assert dq_pass[-2:] == ["false", "true"], kernels
@@ -65,7 +63,7 @@ def assert_two_diagonals_match(monkeypatch, op, args, reference):
     monkeypatch.setenv(DKDV_SWITCH, "0")
     dkdv_off, kernels = cuda_kernels_of(lambda: op(*args))
     monkeypatch.delenv(DKDV_SWITCH)
-    assert last_template_argument(kernels, "dkdv_mma_kernel") == "false", kernels
+    assert two_diagonals_argument(kernels) == "false", kernels
     assert torch.equal(both[0], dkdv_off[0]) and torch.equal(both[3], dkdv_off[3])
     assert_rows_match("dk", both[1], dkdv_off[1])
     assert_rows_match("dv", both[2], dkdv_off[2])
@@ -92,33 +90,19 @@ def test_cuda_two_diagonal_products_are_the_two_diagonal_products(monkeypatch, p
                                                                   heads_kv, head_dim):
     """Whole and ragged last tiles, one sequence and two; one, two and (at
     head_dim 64) four heads a dq block (MHA, GQA)."""
-    dtype, scale = torch.bfloat16, head_dim ** -0.5
     offsets = torch.tensor(POSITIONS[positions], device="cuda")
-    q = random_rows((batch, seqlen, heads, head_dim), dtype, seqlen)
-    k, v = (random_rows((batch, seqlen, heads_kv, head_dim), dtype, seqlen + i) for i in (1, 2))
-    out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [WINDOW], scale)
-    dout, dlse = random_rows(out.shape, dtype, 7), random_rows(lse.shape, torch.float32, 8)
-    assert_two_diagonals_match(monkeypatch, torch.ops.fibsparse.bwd,
-                               (dout, q, k, v, out, lse, dlse, offsets, [WINDOW], scale),
-                               reference_grads(q, k, v, WINDOW, offsets, dout, dlse, scale))
+    args, reference = dense_backward_case(batch, seqlen, heads, heads_kv, head_dim, torch.bfloat16, offsets, WINDOW)
+    assert_two_diagonals_match(monkeypatch, torch.ops.fibsparse.bwd, args, reference)
 
 
 @requires_cuda
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_cuda_packed_two_diagonal_products(monkeypatch, head_dim):
     """A packed batch (sequences of 0, 1, 63, 64, 65 and 128 keys, ragged ones)."""
-    lengths = [700, 1, 0, 64, 65, 129, 63, 128, 300]
-    cu, longest = packed(lengths, "cuda")
-    dtype, scale = torch.float16, head_dim ** -0.5
     offsets = torch.tensor(POSITIONS["f=0.125"], device="cuda")
-    q = random_rows((sum(lengths), 8, head_dim), dtype, 20)
-    k, v = (random_rows((sum(lengths), 2, head_dim), dtype, 21 + i) for i in range(2))
-    out, lse = torch.ops.fibsparse.varlen_fwd(q, k, v, cu, cu, longest, longest, offsets, [WINDOW], scale)
-    dout, dlse = random_rows(out.shape, dtype, 30), random_rows(lse.shape, torch.float32, 31)
-    reference = packed_reference_grads(q, k, v, cu, WINDOW, offsets, dout, dlse, scale)
-    assert_two_diagonals_match(monkeypatch, torch.ops.fibsparse.varlen_bwd,
-                               (dout, q, k, v, out, lse, dlse, cu, cu, longest, longest, offsets, [WINDOW], scale),
-                               reference)
+    args, reference = packed_backward_case([700, 1, 0, 64, 65, 129, 63, 128, 300], 8, 2, head_dim, torch.float16,
+                                           offsets, WINDOW)
+    assert_two_diagonals_match(monkeypatch, torch.ops.fibsparse.varlen_bwd, args, reference)
 
 
 @requires_cuda

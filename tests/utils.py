@@ -33,6 +33,15 @@ DEVICES = ["cpu", pytest.param("cuda", marks=CUDA_ONLY)]
 # Whether the Hopper forward can run here: a compute capability 9.0 GPU and a build with sm_90a.
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0) and build_info()["hopper_forward"]
 
+# The fractional tests' pattern: a short window and few positions, so that a
+# term read from a wrong row, or lost, moves its key's or query's gradient far
+# past rounding. One whole position (f == 0), which takes the diagonal
+# product alone; fractions near both ends (0.875 weighs on the dk/dv pass's
+# second diagonal, 0.125 on the first rows' share of the dq pass's row 15).
+FRACTIONAL_WINDOW = 16
+FRACTIONAL_POSITIONS = {"f=0.875": [16.875, 29.875, 50.0, 70.875, 200.875],
+                        "f=0.125": [16.125, 29.125, 50.0, 70.125, 200.125]}
+
 
 def requires_cuda(test):
     """Decorator: `test` runs only with a GPU and is marked `cuda` (a module uses
@@ -205,6 +214,33 @@ def packed_reference_grads(q, k, v, cu_seqlens, window, offsets, dout, dlse, sca
         grads[3] += alone[3]
     grads[:3] = [torch.cat(parts) for parts in grads[:3]]
     return grads
+
+
+def dense_backward_case(batch, seqlen, heads, heads_kv, head_dim, dtype, offsets, window):
+    """A dense batch's backward on fresh rows (seeded by seqlen), its forward
+    run first: the backward op's arguments (a gradient of lse included) and
+    the float64 reference's dq, dk, dv and d offsets."""
+    scale = head_dim ** -0.5
+    q = random_rows((batch, seqlen, heads, head_dim), dtype, seqlen)
+    k, v = (random_rows((batch, seqlen, heads_kv, head_dim), dtype, seqlen + i) for i in (1, 2))
+    out, lse = torch.ops.fibsparse.fwd(q, k, v, offsets, [window], scale)
+    dout, dlse = random_rows(out.shape, dtype, 7), random_rows(lse.shape, torch.float32, 8)
+    return ((dout, q, k, v, out, lse, dlse, offsets, [window], scale),
+            reference_grads(q, k, v, window, offsets, dout, dlse, scale))
+
+
+def packed_backward_case(lengths, heads, heads_kv, head_dim, dtype, offsets, window):
+    """dense_backward_case for a packed batch of sequences of `lengths`, whose
+    queries and keys share cu_seqlens: the varlen backward op's arguments and
+    the reference's gradients."""
+    cu, longest = packed(lengths, "cuda")
+    scale = head_dim ** -0.5
+    q = random_rows((sum(lengths), heads, head_dim), dtype, 20)
+    k, v = (random_rows((sum(lengths), heads_kv, head_dim), dtype, 21 + i) for i in range(2))
+    out, lse = torch.ops.fibsparse.varlen_fwd(q, k, v, cu, cu, longest, longest, offsets, [window], scale)
+    dout, dlse = random_rows(out.shape, dtype, 30), random_rows(lse.shape, torch.float32, 31)
+    return ((dout, q, k, v, out, lse, dlse, cu, cu, longest, longest, offsets, [window], scale),
+            packed_reference_grads(q, k, v, cu, window, offsets, dout, dlse, scale))
 
 
 def assert_rows_match(name, got, expected, tolerance=1e-2):

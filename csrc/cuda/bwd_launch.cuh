@@ -202,6 +202,11 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   // memory, swizzled stages, the two-diagonal product) or none of them, so that
   // one A/B measures them there (each was measured alone at 128); on swizzled
   // stages with v in registers the pass would spill (12-16 bytes).
+  // FIBSPARSE_DKDV_FRACTIONAL_KEPT_ROWS=0 has the fractional dk/dv pass's step
+  // with the two-diagonal product (head_dim 64 and 128) form its
+  // shared-memory addresses at every step instead of keeping them
+  // (dkdv_mma_kernel's kKeptFractionalRows, which also needs the next warp's
+  // shares), for comparisons.
   // Every switch of this backward is read here, before its first launch (and
   // before a poisoned dS buffer is filled): a value one refuses stops the call
   // before any kernel runs.
@@ -217,6 +222,7 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   const bool next_warp_share = !switched_off("FIBSPARSE_DKDV_NEXT_WARP_SHARE");
   const bool two_diagonals = !switched_off("FIBSPARSE_DKDV_TWO_DIAGONALS");
   const bool dq_two_diagonals = !switched_off("FIBSPARSE_DQ_TWO_DIAGONALS");
+  const bool kept_fractional_rows = !switched_off("FIBSPARSE_DKDV_FRACTIONAL_KEPT_ROWS") && next_warp_share;
   const bool v_in_smem = (kHeadDim == 128 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>)) ||
                          (kFractional64 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>, kMinBlocksDkdv<64>));
   const int64_t tiles = band_dscore_tiles(p);
@@ -254,8 +260,13 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
     if (v_in_smem) {
       if (kFrac && swizzled && two_diagonals) {
         if constexpr (kFrac) {  // no integer instantiation
-          launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, kMaySwizzle, true>,
-                        dkdv_grid, kMmaBlockThreads, kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
+          if (kept_fractional_rows) {
+            launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, kMaySwizzle, true, true>,
+                          dkdv_grid, kMmaBlockThreads, kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
+          } else {
+            launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, kMaySwizzle, true>,
+                          dkdv_grid, kMmaBlockThreads, kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
+          }
         }
       } else if (swizzled) {
         launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, kMaySwizzle>, dkdv_grid,
@@ -269,8 +280,13 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   }
   if constexpr (kFractional64) {
     if (v_in_smem && swizzled && two_diagonals) {
-      launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true>, dkdv_grid,
-                    kMmaBlockThreads, kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
+      if (kept_fractional_rows) {
+        launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true, true>, dkdv_grid,
+                      kMmaBlockThreads, kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
+      } else {
+        launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true>, dkdv_grid,
+                      kMmaBlockThreads, kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
+      }
       launched = true;
     }
   }

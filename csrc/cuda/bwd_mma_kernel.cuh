@@ -409,15 +409,10 @@ constexpr int kOffsetChains = kHeadDim >= 128 ? 2 : 1;
 // memory, from the lane's own columns of each: lane l takes the kHeadDim / 32
 // columns from l kHeadDim / 32, one load a row (the warp's loads read each
 // row once, whole).
-template <typename T, int kHeadDim>
-__device__ __forceinline__ float lane_row_dot_at(const uint16_t* a_lane, const uint16_t* b_lane) {
-  static_assert(kHeadDim == 64 || kHeadDim == 128, "one 4- or 8-byte load a row");
-  constexpr int kPairs = kHeadDim / 64;
-  using Vec = std::conditional_t<kPairs == 2, uint2, uint32_t>;
-  const Vec x = *reinterpret_cast<const Vec*>(a_lane);
-  const Vec y = *reinterpret_cast<const Vec*>(b_lane);
-  const uint32_t* x_bits = reinterpret_cast<const uint32_t*>(&x);
-  const uint32_t* y_bits = reinterpret_cast<const uint32_t*>(&y);
+// <x, y> over kPairs packed pairs of T, pair after pair (lane_row_dot_at's
+// and lane_row_dot_shared's sum).
+template <typename T, int kPairs>
+__device__ __forceinline__ float packed_pairs_dot(const uint32_t* x_bits, const uint32_t* y_bits) {
   float sum = 0.f;
 #pragma unroll
   for (int e = 0; e < kPairs; ++e) {
@@ -425,6 +420,15 @@ __device__ __forceinline__ float lane_row_dot_at(const uint16_t* a_lane, const u
     sum += x2.x * y2.x + x2.y * y2.y;
   }
   return sum;
+}
+template <typename T, int kHeadDim>
+__device__ __forceinline__ float lane_row_dot_at(const uint16_t* a_lane, const uint16_t* b_lane) {
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "one 4- or 8-byte load a row");
+  constexpr int kPairs = kHeadDim / 64;
+  using Vec = std::conditional_t<kPairs == 2, uint2, uint32_t>;
+  const Vec x = *reinterpret_cast<const Vec*>(a_lane);
+  const Vec y = *reinterpret_cast<const Vec*>(b_lane);
+  return packed_pairs_dot<T, kPairs>(reinterpret_cast<const uint32_t*>(&x), reinterpret_cast<const uint32_t*>(&y));
 }
 
 // N per-lane values (N = 2, 4 or 8) summed across the warp, sum i left in
@@ -467,20 +471,27 @@ __device__ __forceinline__ void add_lane_row_times(float w, const uint16_t* a_la
   }
 }
 
+// This lane's columns of a row (lane_row_dot_at's) as packed pairs, from
+// their shared-memory address: one 4- or 8-byte load.
+template <int kHeadDim>
+__device__ __forceinline__ void load_lane_columns_at(uint32_t lane_addr, uint32_t (&bits)[kHeadDim / 64]) {
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "one 4- or 8-byte load a row");
+  if constexpr (kHeadDim == 128) {
+    const uint2 x = load_shared_u32x2(lane_addr);
+    bits[0] = x.x;
+    bits[1] = x.y;
+  } else {
+    bits[0] = load_shared_u32(lane_addr);
+  }
+}
+
 // add_lane_row_times from this lane's columns as a shared-memory address
 // (the fractional dq pass with stored dS, head_dim 64 and 128).
 template <typename T, int kHeadDim>
 __device__ __forceinline__ void add_lane_row_times_at(float w, uint32_t lane_addr, float (&acc)[kHeadDim / 32]) {
-  static_assert(kHeadDim == 64 || kHeadDim == 128, "one 4- or 8-byte load a row");
   constexpr int kPairs = kHeadDim / 64;
   uint32_t x_bits[kPairs];
-  if constexpr (kPairs == 2) {
-    const uint2 x = load_shared_u32x2(lane_addr);
-    x_bits[0] = x.x;
-    x_bits[1] = x.y;
-  } else {
-    x_bits[0] = load_shared_u32(lane_addr);
-  }
+  load_lane_columns_at<kHeadDim>(lane_addr, x_bits);
 #pragma unroll
   for (int e = 0; e < kPairs; ++e) {
     const float2 x2 = unpack2<T>(x_bits[e]);
@@ -538,6 +549,40 @@ struct NeighbourShares {
   float row0_share_v[kLaneColumns];
 };
 
+// The shared-memory addresses a lane reads in the fractional dk/dv step on
+// swizzled stages (fractional_offset_step's kKeptFractionalRows), formed
+// once per block for stage 0 and passed through a shuffle, whose result
+// ptxas cannot recompute, so that it keeps them: a step adds its stage's
+// offset (at_stage). Formed in the step, they were rebuilt from the thread index at
+// every offset step, an S2R and a chain of ~20 dependent integer instructions
+// between the step's barrier and its first ldmatrix, as the integer step's
+// were before it kept its rows (docs/performance.md, rounds 68 and 96).
+struct FractionalStripRows {
+  uint32_t dot_row;       // swizzled_dot_lane_row of the warp's strip in the q buffer
+  uint32_t add_row;       // swizzled_add_lane_row of the same rows
+  uint32_t row0_columns;  // the lane's columns of the strip's row 0 (lane_row_dot_at's)
+  uint32_t lse_row;       // the lse of strip row g; row g + 8's is 32 bytes on
+  uint32_t edge_columns;  // the lane's columns of the warp's first edge row (key -1's k)
+  // The same addresses in the stage whose row buffers start rows_bytes, and
+  // statistics stats_bytes, after stage 0's (rows_bytes whole 128-byte lines,
+  // with which the swizzle's XOR of an address commutes).
+  __device__ __forceinline__ FractionalStripRows at_stage(uint32_t rows_bytes, uint32_t stats_bytes) const {
+    return {dot_row + rows_bytes, add_row + rows_bytes, row0_columns + rows_bytes, lse_row + stats_bytes,
+            edge_columns};
+  }
+};
+
+// lane_row_dot_at from shared-memory addresses (the kept ones of
+// FractionalStripRows): the same loads and the same sum.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ float lane_row_dot_shared(uint32_t a_lane, uint32_t b_lane) {
+  constexpr int kPairs = kHeadDim / 64;
+  uint32_t x_bits[kPairs], y_bits[kPairs];
+  load_lane_columns_at<kHeadDim>(a_lane, x_bits);
+  load_lane_columns_at<kHeadDim>(b_lane, y_bits);
+  return packed_pairs_dot<T, kPairs>(x_bits, y_bits);
+}
+
 // The dk/dv pass's step for a fractional offset when it runs first
 // (DkdvRoute::kBeforeDq). The query at strip row x (position warp_k0 + whole
 // + x) reads the warp's key x as its first row and key x - 1 as its second:
@@ -562,13 +607,24 @@ struct NeighbourShares {
 // (docs/performance.md, round 97). Round 33 found no gain in that product when
 // row 16's share was a term outside the tile, added by four lanes in the
 // step's chain; the next warp's share leaves no term outside.
-template <typename T, int kHeadDim, bool kSwizzled = false, bool kTwoDiagonals = false, typename VFragments>
+// kKeptFractionalRows (with kTwoDiagonals, launched only with the next warp's shares):
+// the step reads its strip's rows, row 0's columns, its rows' statistics and
+// the edge row of key -1 from `kept`, this step's stage's addresses
+// (FractionalStripRows), not from addresses it forms; the products, sums and
+// stores are the same, so dk, dv and the stored dS are bitwise equal.
+template <typename T, int kHeadDim, bool kSwizzled = false, bool kTwoDiagonals = false,
+          bool kKeptFractionalRows = false, typename VFragments>
 __device__ __forceinline__ void fractional_offset_step(
     const Params& p, const Sequence& seq, int b, int h, int o, const float* offset, OffsetSplit split,
     const uint32_t (&kf)[kHeadDim / 16][4], const VFragments& vf, RowPtr<kHeadDim> strip_q,
     RowPtr<kHeadDim> strip_do, const float* lse, const float* dlt, const uint16_t* edges, int warp_k0,
     float (&dk)[kHeadDim / 8][4], float (&dv)[kHeadDim / 8][4], NeighbourShares<kHeadDim>& shares, int lane,
-    int strip_row = 0) {
+    int strip_row = 0, FractionalStripRows kept = {}) {
+  static_assert(!kKeptFractionalRows || (kSwizzled && kTwoDiagonals),
+                "kept rows with the two-diagonal product on swizzled stages only");
+  // Where a swizzled stage's dO rows lie after its q rows, and its deltas
+  // after its lse values (the dk/dv pass's stage_row_buffer and stage_stat).
+  constexpr uint32_t kDoBytes = kBufRows * kHeadDim * sizeof(uint16_t), kDeltaBytes = kBufRows * sizeof(float);
   const int g = lane / 4, c = lane % 4;
   const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
   const int t = distance_of_offset(0, p.band);  // sample_key's index of *offset, offset o's value
@@ -604,7 +660,10 @@ __device__ __forceinline__ void fractional_offset_step(
         d_g, d_g8, e_g, e_g8, swizzled_add_lane_row<kHeadDim>(stage_of(strip), lane, strip_row), acc, lane);
   };
   float st[2][4], dpt[2][4];
-  if constexpr (kSwizzled) {
+  if constexpr (kKeptFractionalRows) {
+    dot_16_rows_at<T, kHeadDim, 2, 1, true>(kf, kept.dot_row, st, 0);
+    dot_16_rows_at<T, kHeadDim, 2, 1, true>(vf, kept.dot_row, dpt, 0, kDoBytes);
+  } else if constexpr (kSwizzled) {
     dot_16_rows_at<T, kHeadDim, 2, 1, true>(kf, swizzled_dot_lane_row<kHeadDim>(stage_of(strip_q), lane, strip_row),
                                             st, 0);
     dot_16_rows_at<T, kHeadDim, 2, 1, true>(vf, swizzled_dot_lane_row<kHeadDim>(stage_of(strip_do), lane, strip_row),
@@ -618,7 +677,15 @@ __device__ __forceinline__ void fractional_offset_step(
   // 16-31, gathered by quad 0.
   float s_row0_second, dp_row0_second;
   {
-    const float parts[2] = {edge_dot(strip_q, 0, edges), edge_dot(strip_do, 0, edges + 3 * kHeadDim)};
+    float parts[2];
+    if constexpr (kKeptFractionalRows) {
+      parts[0] = lane_row_dot_shared<T, kHeadDim>(kept.row0_columns, kept.edge_columns);
+      parts[1] = lane_row_dot_shared<T, kHeadDim>(kept.row0_columns + kDoBytes,
+                                                  kept.edge_columns + 3 * kHeadDim * sizeof(uint16_t));
+    } else {
+      parts[0] = edge_dot(strip_q, 0, edges);
+      parts[1] = edge_dot(strip_do, 0, edges + 3 * kHeadDim);
+    }
     const float sum = warp_sums_spread(parts, lane);
     s_row0_second = sum;
     dp_row0_second = __shfl_sync(0xffffffffu, sum, 16 + c);
@@ -654,9 +721,13 @@ __device__ __forceinline__ void fractional_offset_step(
       score += split.frac * ds_dpos;
       dprob += split.frac * ddp_dpos;
     }
-    const float lse_log2 = backward_lse(lse[row]) * float(M_LOG2E);
+    // kKeptFractionalRows: rows g and g + 8 from the kept address (row 16, formed only
+    // without the next warp's shares, from the pointers).
+    const bool kept_row = kKeptFractionalRows && row < 16;
+    const uint32_t kept_at = kept.lse_row + 32 * (row / 8);
+    const float lse_log2 = backward_lse(kept_row ? load_shared_float(kept_at) : lse[row]) * float(M_LOG2E);
     prob = valid ? fast_exp2(score * scale_log2 - lse_log2) : 0.f;
-    dscore = valid ? prob * (dprob - dlt[row]) : 0.f;
+    dscore = valid ? prob * (dprob - (kept_row ? load_shared_float(kept_at + kDeltaBytes) : dlt[row])) : 0.f;
     term = valid ? dscore * scale * ds_dpos + prob * ddp_dpos : 0.f;
     return valid;
   };
@@ -678,8 +749,13 @@ __device__ __forceinline__ void fractional_offset_step(
   // P and dS (lane 0's), with weight f (NeighbourShares).
   const auto add_row0_shares = [&] {
     const float p0 = __shfl_sync(0xffffffffu, prob[0], 0), ds0 = __shfl_sync(0xffffffffu, dscore[0], 0);
-    add_lane_row_times<T, kHeadDim>(split.frac * p0, lane_columns(strip_do, 0), shares.row0_share_v);
-    add_lane_row_times<T, kHeadDim>(split.frac * ds0, lane_columns(strip_q, 0), shares.row0_share_k);
+    if constexpr (kKeptFractionalRows) {
+      add_lane_row_times_at<T, kHeadDim>(split.frac * p0, kept.row0_columns + kDoBytes, shares.row0_share_v);
+      add_lane_row_times_at<T, kHeadDim>(split.frac * ds0, kept.row0_columns, shares.row0_share_k);
+    } else {
+      add_lane_row_times<T, kHeadDim>(split.frac * p0, lane_columns(strip_do, 0), shares.row0_share_v);
+      add_lane_row_times<T, kHeadDim>(split.frac * ds0, lane_columns(strip_q, 0), shares.row0_share_k);
+    }
   };
   if constexpr (kTwoDiagonals) {
     static_assert(kSwizzled, "two diagonals on swizzled stages only");
@@ -700,8 +776,15 @@ __device__ __forceinline__ void fractional_offset_step(
         ds_next[0] = w1 * (g <= 6 ? ds_a : ds_b);
         ds_next[1] = g <= 6 ? w1 * ds_b : 0.f;
       }
-      add_two_diagonals(w0 * prob[0], w0 * prob[1], p_next[0], p_next[1], strip_do, dv);
-      add_two_diagonals(w0 * dscore[0], w0 * dscore[1], ds_next[0], ds_next[1], strip_q, dk);
+      if constexpr (kKeptFractionalRows) {
+        add_two_diagonals_times_rows_at<T, kHeadDim, true>(w0 * prob[0], w0 * prob[1], p_next[0], p_next[1],
+                                                           kept.add_row, dv, lane, kDoBytes);
+        add_two_diagonals_times_rows_at<T, kHeadDim, true>(w0 * dscore[0], w0 * dscore[1], ds_next[0], ds_next[1],
+                                                           kept.add_row, dk, lane);
+      } else {
+        add_two_diagonals(w0 * prob[0], w0 * prob[1], p_next[0], p_next[1], strip_do, dv);
+        add_two_diagonals(w0 * dscore[0], w0 * dscore[1], ds_next[0], ds_next[1], strip_q, dk);
+      }
       if (split.frac != 0.f) add_row0_shares();
       return;
     }
@@ -934,8 +1017,11 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // (docs/performance.md, rounds 90, 91 and 93).
 // kTwoDiagonals (fractional positions on swizzled rows): a key's two shares
 // of an offset step in one product (fractional_offset_step).
+// kKeptFractionalRows (with kTwoDiagonals, launched only with the next warp's
+// shares): the fractional step's shared-memory addresses, and with kVInSmem
+// the v rows' too, formed once and kept (FractionalStripRows).
 template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kVInSmem = false,
-          bool kSwizzledRows = false, bool kTwoDiagonals = false>
+          bool kSwizzledRows = false, bool kTwoDiagonals = false, bool kKeptFractionalRows = false>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
@@ -953,6 +1039,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   constexpr bool kStoresDscores = kRoute != DkdvRoute::kAfterDq;
   constexpr bool kFractionalFirst = kRoute == DkdvRoute::kBeforeDq && !std::is_integral_v<OffsetT>;
   static_assert(!kTwoDiagonals || (kFractionalFirst && kSwizzledRows));
+  static_assert(!kKeptFractionalRows || kTwoDiagonals);
   static_assert(!kWindowAlone || 2 * kChunk == kMmaBlockThreads, "delta: two threads a staged row");
   // 128-byte aligned: a swizzled stage's k-step XOR (swizzled_k_step) acts on
   // the shared address itself, so each stage must start on a 128-byte line.
@@ -1109,6 +1196,21 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     band_dot_row = __shfl_sync(0xffffffffu, band_dot_row, lane);
     band_add_row = __shfl_sync(0xffffffffu, band_add_row, lane);
   }
+  // kKeptFractionalRows: the fractional step's addresses in stage 0, each
+  // through a shuffle so that ptxas keeps it; the v rows' (SharedFragments)
+  // the same way, which band and offset steps alike read.
+  FractionalStripRows kept_rows{};
+  if constexpr (kKeptFractionalRows) {
+    const int row0 = steps.strip_row0(warp), col = kHeadDim / 32 * lane;
+    const auto shared_address = [](const void* at) { return static_cast<uint32_t>(__cvta_generic_to_shared(at)); };
+    kept_rows.dot_row = __shfl_sync(0xffffffffu, swizzled_dot_lane_row<kHeadDim>(stage_q(0), lane, row0), lane);
+    kept_rows.add_row = __shfl_sync(0xffffffffu, swizzled_add_lane_row<kHeadDim>(stage_q(0), lane, row0), lane);
+    kept_rows.row0_columns =
+        __shfl_sync(0xffffffffu, shared_address(swizzled_chunk<kHeadDim>(stage_q(0), row0, col) + col % 8), lane);
+    kept_rows.lse_row = __shfl_sync(0xffffffffu, shared_address(stage_stat(0, 0) + row0 + g), lane);
+    kept_rows.edge_columns = __shfl_sync(0xffffffffu, shared_address(edge_rows(warp) + col), lane);
+    if constexpr (kVInSmem) vf.lane_row = __shfl_sync(0xffffffffu, vf.lane_row, lane);
+  }
   float dk[kHeadDim / 8][4] = {}, dv[kHeadDim / 8][4] = {};
   // Fractional positions: whether the next warp forms this warp's row 16
   // share (NeighbourShares; off with FIBSPARSE_DKDV_NEXT_WARP_SHARE=0).
@@ -1152,9 +1254,11 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
         RowPtr<kHeadDim> strip_q = rows_q + row0, strip_do = rows_do + row0;
         if constexpr (kFractionalFirst && kSwizzledRows) {
           // Swizzled: the stages themselves, and the strip's first row.
-          fractional_offset_step<T, kHeadDim, true, kTwoDiagonals>(
+          fractional_offset_step<T, kHeadDim, true, kTwoDiagonals, kKeptFractionalRows>(
               p, seq, b, step.head, steps.offset_index(step), &step_offset, split, kf, vf, rows_q, rows_do,
-              stat0 + row0, stat1 + row0, edge_rows(warp), warp_k0, dk, dv, shares, lane, row0);
+              stat0 + row0, stat1 + row0, edge_rows(warp), warp_k0, dk, dv, shares, lane, row0,
+              kept_rows.at_stage(uint32_t(n % 2) * 2 * kStagedRowsBytes,
+                                 uint32_t(n % 2) * 2 * kBufRows * uint32_t(sizeof(float))));
         } else if constexpr (kFractionalFirst) {
           fractional_offset_step<T, kHeadDim>(p, seq, b, step.head, steps.offset_index(step), &step_offset, split,
                                               kf, vf, strip_q, strip_do,

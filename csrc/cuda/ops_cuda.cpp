@@ -9,14 +9,23 @@
 #include <tuple>
 
 #include "../capabilities.h"
+#include "../env_switches.h"
 #include "../kernels.h"
 #include "../op_checks.h"
 #include "../op_setup.h"
+#include "position_sums.h"
 
 namespace fibsparse {
 namespace {
 
 using at::Tensor;
+
+// How the backward sums d(position)'s partials: position_sums.cu's kernel, or
+// torch's sum where FIBSPARSE_POSITION_SUMS_KERNEL=0 (for comparisons). Read
+// before any kernel runs, so that a value it refuses stops the call first.
+RowSums position_row_sums() {
+  return switched_off("FIBSPARSE_POSITION_SUMS_KERNEL") ? nullptr : &sum_position_partials_cuda;
+}
 
 std::tuple<Tensor, Tensor> fwd_cuda(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& offsets,
                                     at::IntArrayRef band, double softmax_scale) {
@@ -48,11 +57,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bwd_cuda(const Tensor& dout, const Te
                                                     at::IntArrayRef band, double softmax_scale) {
   check_attention_inputs(q, k, v, offsets, band, softmax_scale);
   check_backward_inputs(dout, q, out, lse, dlse);
+  const RowSums row_sums = position_row_sums();
   const at::cuda::CUDAGuard guard(q.device());
   const BackwardCall call = prepare_backward(dout, q, k, v, out, lse, dlse, offsets, band, softmax_scale,
                                              kCudaQueriesPerPartial, uses_tensor_cores(q.scalar_type()));
   if (!call.empty) run_bwd_cuda(call.params, q.scalar_type(), call.fractional);
-  return backward_result(call, offsets);
+  return backward_result(call, offsets, row_sums);
 }
 
 // Packed batches: the tensors get a batch dimension of 1 for the shared
@@ -81,13 +91,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> varlen_bwd_cuda(const Tensor& dout, c
                                                            double softmax_scale) {
   check_packed_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, offsets, band, softmax_scale);
   const std::optional<Tensor> dlse_batched = check_packed_backward_inputs(dout, q, out, lse, dlse);
+  const RowSums row_sums = position_row_sums();
   const at::cuda::CUDAGuard guard(q.device());
   const Packing packing{cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), max_seqlen_q, max_seqlen_k};
   const BackwardCall call = prepare_backward(
       dout.unsqueeze(0), q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), out.unsqueeze(0), lse.unsqueeze(0),
       dlse_batched, offsets, band, softmax_scale, kCudaQueriesPerPartial, uses_tensor_cores(q.scalar_type()), &packing);
   if (!call.empty) run_bwd_cuda(call.params, q.scalar_type(), call.fractional);
-  auto [dq, dk, dv, doffsets] = backward_result(call, offsets);
+  auto [dq, dk, dv, doffsets] = backward_result(call, offsets, row_sums);
   return {dq.squeeze(0), dk.squeeze(0), dv.squeeze(0), doffsets};
 }
 
