@@ -12,13 +12,15 @@ python3 -c 'import torch; print("torch", torch.__version__)'
 MAX_JOBS=16 python3 -m pip install --no-build-isolation --no-deps -e . -q > ${OUT:-/tmp}/build.log 2>&1 || { tail -30 ${OUT:-/tmp}/build.log; exit 1; }
 echo "built $((SECONDS-s)) s"
 shape="65536 8 8 64"
+# The step profiled: the one the GQA profile used, given this shape.
+step="$here/../2026-12-04_h200_fractional_profile_c0e7bac/profile_step.py"
 for kind in int frac; do
   name=kernels_${kind}_mha64_64k
   timeout 100 ncu --clock-control none --kernel-name regex:"fwd_hopper|dkdv_mma|dq_from_dscores_with" \
     --launch-skip 3 --launch-count 3 \
     --section SpeedOfLight --section WarpStateStats --section InstructionStats --section MemoryWorkloadAnalysis \
     --section Occupancy --section LaunchStats \
-    -f -o ${OUT:-/tmp}/$name python3 "$here/profile_step.py" $shape $kind > ${OUT:-/tmp}/$name.log 2>&1
+    -f -o ${OUT:-/tmp}/$name python3 "$step" $shape $kind > ${OUT:-/tmp}/$name.log 2>&1
   echo "ncu $kind rc=$? $((SECONDS-s)) s"; tail -2 ${OUT:-/tmp}/$name.log
   timeout 30 ncu -i ${OUT:-/tmp}/$name.ncu-rep --page details > ${OUT:-/tmp}/${name}_details.txt 2>&1
   grep -E "^  [a-z_:]+.*\(|Duration|DRAM Throughput|L2 Cache Throughput|Compute \(SM\) Throughput|Executed Ipc Active|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Executed Instructions  |L2 Hit" ${OUT:-/tmp}/${name}_details.txt | head -60
@@ -28,7 +30,7 @@ for pass in dkdv_mma fwd_hopper; do
   name=${pass}_frac_mha64_64k
   timeout 100 ncu --clock-control none --kernel-name regex:"$pass" --launch-skip 1 --launch-count 1 \
     --section SourceCounters --section WarpStateStats \
-    -f -o ${OUT:-/tmp}/$name python3 "$here/profile_step.py" $shape frac > ${OUT:-/tmp}/$name.log 2>&1
+    -f -o ${OUT:-/tmp}/$name python3 "$step" $shape frac > ${OUT:-/tmp}/$name.log 2>&1
   echo "ncu source $pass rc=$? $((SECONDS-s)) s"; tail -2 ${OUT:-/tmp}/$name.log
   timeout 60 ncu -i ${OUT:-/tmp}/$name.ncu-rep --page source --csv --print-source sass > ${OUT:-/tmp}/${name}_sass.csv 2> /dev/null
   gzip -f ${OUT:-/tmp}/${name}_sass.csv
