@@ -3,7 +3,7 @@ fractional; GQA, with per-head padded offsets and with shared ones (tensor-core 
 several heads); the window alone; integer and fractional offsets with stored dS, and on the general passes;
 window > seqlen; seqlen_q < seqlen_k; a packed
 batch with empty and one-token sequences, and one with as many queries as keys (stored dS); a paged cache with page sizes 1, 5 and 16 whose
-given-back entries are -1),
+given-back entries are -1; more rows of d(position) partials than their sums' kernel has blocks),
 sized for compute-sanitizer:
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python tools/sanitize_kernels.py
@@ -131,6 +131,19 @@ def run_packed_stored_dscores(dtype, head_dim, window, offsets):
     (out.float().square().sum() + lse.sum()).backward()
 
 
+def run_position_sums_past_the_grid_cap():
+    """64 heads of 1030 fractional positions each: more rows of d(position)
+    partials than the sums' kernel has blocks (65 536), so some blocks sum a
+    second row after the barrier that guards their shared warp sums. A short
+    sequence keeps the attention kernels small; most rows are then zeros,
+    which the sums read all the same."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 40, 64, 32, device="cuda", requires_grad=True) for _ in range(3))
+    positions = (16.5 + torch.arange(1030, device="cuda", dtype=torch.float32)).expand(64, -1).contiguous()
+    out = fibsparse_attn(q, k, v, 16, positions.requires_grad_(True))
+    out.square().sum().backward()
+
+
 def with_general_backward(fn, *args):
     """fn(*args) on the general backward passes: offsets on dense 16-bit batches
     whose queries and keys line up otherwise take stored dS."""
@@ -174,5 +187,6 @@ for dtype in [torch.float16, torch.bfloat16, torch.float32, torch.float64]:
     run_packed_stored_dscores(dtype, 128, 128, torch.tensor([0.5, 3.0, 130.25], device="cuda", requires_grad=True,
                                                             dtype=torch.float64 if dtype == torch.float64
                                                             else torch.float32))
+run_position_sums_past_the_grid_cap()
 torch.cuda.synchronize()
 print("sanitize_kernels: all kernels ran")
