@@ -110,6 +110,7 @@ def test_ab_switch_reads_its_switch_and_configurations():
     assert ab_switch.parse_switch("FIBSPARSE_STORED_DSCORES=0") == ("FIBSPARSE_STORED_DSCORES", "0")
     assert ab_switch.parse_config("dense,65536,32,8,128,integer") == ("dense", 65536, 32, 8, 128, "integer")
     assert ab_switch.parse_config("packed,4096,8,8,64,window alone")[-1] == "window alone"
+    assert ab_switch.parse_config("dense,65536,8,8,64,whole positions")[-1] == "whole positions"
 
 
 @pytest.mark.parametrize("parser, text, message", [

@@ -21,7 +21,7 @@ from timing import kernel_times_us  # noqa: E402
 PACKED_LENGTHS = [16384, 8192, 12288, 4096, 16384, 8192]  # 65536 tokens, the longest 16k
 # What a configuration's layout and offsets may be (inputs_of)
 LAYOUTS = ("dense", "packed")
-KINDS = ("integer", "fractional", "window alone")
+KINDS = ("integer", "fractional", "whole positions", "window alone")
 # (layout, tokens, heads, kv heads, head_dim, offsets)
 CONFIGS = [("dense", 65536, 32, 8, 128, "integer"), ("dense", 131072, 32, 8, 128, "integer"),
            ("dense", 65536, 32, 8, 128, "fractional"), ("dense", 65536, 8, 8, 128, "integer"),
@@ -49,6 +49,9 @@ def inputs_of(layout, tokens, heads, kv_heads, head_dim, kind):
                            dtype=torch.int32, device="cuda")
     if kind == "fractional":
         offsets = offsets.float() * 0.97
+    elif kind == "whole positions":
+        # Float positions that are all whole: the fractional kernels, every strip's fraction 0.
+        offsets = offsets.float()
     elif kind == "window alone":
         offsets = offsets[:0]
     if packed:
