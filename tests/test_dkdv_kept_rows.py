@@ -12,8 +12,9 @@ bad value of the switch is refused before any kernel runs."""
 import pytest
 import torch
 
-from utils import (FRACTIONAL_POSITIONS, FRACTIONAL_WINDOW, assert_refused_before_any_kernel, backward_call, cuda_kernels_of, dense_backward_case,
-                   fibonacci_offsets, packed_backward_case, rel_err, requires_cuda, template_arguments)
+from utils import (FRACTIONAL_POSITIONS, FRACTIONAL_WINDOW, assert_gradients_bitwise,
+                   assert_refused_before_any_kernel, backward_call, cuda_kernels_of, dense_backward_case,
+                   fibonacci_offsets, packed_backward_case, requires_cuda, template_arguments)
 
 SWITCH = "FIBSPARSE_DKDV_FRACTIONAL_KEPT_ROWS"
 # The kernel's switches, which its kept rows need as they are by default.
@@ -46,10 +47,7 @@ def assert_kept_rows_bitwise(monkeypatch, op, args, reference):
     monkeypatch.setenv(SWITCH, "0")
     formed, kernels = cuda_kernels_of(lambda: op(*args))
     assert kept_rows(kernels) == (False, True), kernels
-    for name, a, b, ref in zip(["dq", "dk", "dv", "d offsets"], kept, formed, reference):
-        assert a.isfinite().all(), name
-        assert torch.equal(a, b), name
-        assert rel_err(a, ref) < 1e-2, name
+    assert_gradients_bitwise(kept, formed, reference)
 
 
 @requires_cuda

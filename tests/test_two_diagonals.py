@@ -13,7 +13,12 @@ FIBSPARSE_DQ_TWO_DIAGONALS=0 each pass takes two diagonal products instead
 (the dk/dv pass also without the next warp's shares, swizzled stages or its v
 rows in shared memory; the dq pass's k rows are padded either way). Both give every row of dq, dk and dv up to rounding,
 dense and packed, the other gradients bitwise, and both meet the float64
-reference; a bad value of either switch is refused before any kernel runs."""
+reference; a bad value of either switch is refused before any kernel runs.
+With one head a warpgroup the Hopper forward takes a fractional strip's scores
+against the rows one further back from its own tile's subdiagonal (each warp's
+first query from a 16 x 8 product against the 8 rows before the strip;
+FIBSPARSE_FWD_SUBDIAGONAL=0: a second 16 x 16 product): the same products in
+the same order, so out and lse are bitwise those of the second product."""
 import pytest
 import torch
 
@@ -24,6 +29,7 @@ from utils import (FRACTIONAL_POSITIONS, FRACTIONAL_WINDOW, HOPPER, assert_refus
                    rel_err, requires_cuda, template_arguments)
 
 FWD_SWITCH = "FIBSPARSE_FWD_TWO_DIAGONALS"
+SUBDIAGONAL_SWITCH = "FIBSPARSE_FWD_SUBDIAGONAL"
 DKDV_SWITCH = "FIBSPARSE_DKDV_TWO_DIAGONALS"
 DQ_SWITCH = "FIBSPARSE_DQ_TWO_DIAGONALS"
 
@@ -49,7 +55,7 @@ def assert_two_diagonals_match(monkeypatch, op, args, reference):
     # The dk/dv pass's product also needs the next warp's shares, swizzled
     # stages and the v rows in shared memory.
     for switch in (DKDV_SWITCH, DQ_SWITCH, "FIBSPARSE_DKDV_NEXT_WARP_SHARE", "FIBSPARSE_DKDV_SWIZZLE",
-                   "FIBSPARSE_DKDV_V_SMEM", "FIBSPARSE_DQ_SWIZZLE"):
+                   "FIBSPARSE_DKDV_V_SMEM", "FIBSPARSE_DQ_SWIZZLE", "FIBSPARSE_DQ_POSITION_SUMS_FIRST"):
         monkeypatch.delenv(switch, raising=False)
     both, kernels = cuda_kernels_of(lambda: op(*args))
     v_in_smem, swizzled = template_arguments(kernels, "dkdv_mma_kernel")[4:6]
@@ -57,8 +63,9 @@ def assert_two_diagonals_match(monkeypatch, op, args, reference):
         pytest.skip("the dk/dv pass's blocks with their v rows (two at head_dim 128, three at 64) do not fit an SM")
     assert two_diagonals_argument(kernels) == "true", kernels
     dq_pass = template_arguments(kernels, "dq_from_dscores_with_offsets_kernel")
-    # Its product on padded k rows: swizzled ones made the fractional pass slower.
-    assert dq_pass[-2:] == ["false", "true"], kernels
+    # Its product on padded k rows (kSwizzledK, kTwoDiagonals): swizzled ones
+    # made the fractional pass slower.
+    assert dq_pass[5:7] == ["false", "true"], kernels
 
     monkeypatch.setenv(DKDV_SWITCH, "0")
     dkdv_off, kernels = cuda_kernels_of(lambda: op(*args))
@@ -71,7 +78,7 @@ def assert_two_diagonals_match(monkeypatch, op, args, reference):
     monkeypatch.setenv(DQ_SWITCH, "0")
     dq_off, kernels = cuda_kernels_of(lambda: op(*args))
     monkeypatch.delenv(DQ_SWITCH)
-    assert template_arguments(kernels, "dq_from_dscores_with_offsets_kernel")[-2:] == ["false", "false"], kernels
+    assert template_arguments(kernels, "dq_from_dscores_with_offsets_kernel")[5:7] == ["false", "false"], kernels
     for i in (1, 2, 3):
         assert torch.equal(both[i], dq_off[i]), i
     assert_rows_match("dq", both[0], dq_off[0])
@@ -106,18 +113,20 @@ def test_cuda_packed_two_diagonal_products(monkeypatch, head_dim):
 
 
 @requires_cuda
-@pytest.mark.parametrize("switch", [FWD_SWITCH, DKDV_SWITCH, DQ_SWITCH])
+@pytest.mark.parametrize("switch", [FWD_SWITCH, SUBDIAGONAL_SWITCH, DKDV_SWITCH, DQ_SWITCH])
 @pytest.mark.parametrize("fractional", [True, False])
 @pytest.mark.parametrize("setting", ["off", "2"])
 def test_cuda_two_diagonals_switch_is_checked(monkeypatch, switch, setting, fractional):
     """Each switch takes 0 or 1: any other value is refused, naming the
     variable, what it got and what it takes, before any kernel of its call
-    runs (the forward's on the Hopper forward, a GQA group of 4; the
-    backward's), with integer offsets too."""
-    if switch == FWD_SWITCH and not HOPPER:
+    runs (the forward's on the Hopper forward, a GQA group of 4, which reads
+    both of its switches on every call; the backward's), with integer offsets
+    too."""
+    forward = switch in (FWD_SWITCH, SUBDIAGONAL_SWITCH)
+    if forward and not HOPPER:
         pytest.skip("the Hopper forward reads it")
     offsets = fibonacci_offsets(128, 300, fractional)
-    call = gqa_forward_call(offsets, 128) if switch == FWD_SWITCH else backward_call(offsets, 128)
+    call = gqa_forward_call(offsets, 128) if forward else backward_call(offsets, 128)
     assert_refused_before_any_kernel(monkeypatch, switch, setting, call)
 
 
@@ -149,3 +158,42 @@ def test_hopper_forward_two_diagonal_product(monkeypatch, dtype, head_dim, posit
         first = slice(0, None, 32)  # each tile's first query: its row one back is in the strip's prefix
         row_err = (got[:, first].double() - ref[:, first]).norm(dim=-1) / ref[:, first].norm(dim=-1)
         assert row_err.max() < 3e-2, row_err.max()
+
+
+@pytest.mark.skipif(not HOPPER, reason="needs a compute capability 9.0 GPU and an sm_90a build")
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("positions", list(POSITIONS))
+@pytest.mark.parametrize("batch,seqlen_q,seqlen_k,heads,heads_kv,shape", [
+    (1, 640, 640, 4, 4, "1, 1"),      # MHA: one head a block
+    (2, 1000, 1000, 4, 2, "2, 1"),    # a kv group of two: two heads a block; a ragged last tile
+    (1, 300, 777, 2, 2, "1, 1"),      # queries shifted by 477
+    (1, 4096, 4096, 2, 2, "1, 1"),    # several tiles a block: the stage ring wraps
+])
+def test_hopper_forward_subdiagonal_scores(monkeypatch, dtype, head_dim, positions, batch, seqlen_q, seqlen_k, heads,
+                                           heads_kv, shape):
+    """One head a warpgroup: the scores against the rows one back from the
+    strip's tile and a 16 x 8 product (the default) give out and lse bitwise
+    those of a second 16 x 16 product (FIBSPARSE_FWD_SUBDIAGONAL=0), whole
+    positions among them; both within the float64 reference's bounds, each
+    tile's first query too (its row one back is the prefix's)."""
+    monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
+    for switch in ("FIBSPARSE_HOPPER", "FIBSPARSE_HOPPER_PACK", "FIBSPARSE_HOPPER_TILES", SUBDIAGONAL_SWITCH):
+        monkeypatch.delenv(switch, raising=False)
+    q = random_rows((batch, seqlen_q, heads, head_dim), dtype, seqlen_q + head_dim)
+    k, v = (random_rows((batch, seqlen_k, heads_kv, head_dim), dtype, seqlen_k + i) for i in (1, 2))
+    offsets = torch.tensor(POSITIONS[positions], device="cuda")
+    (out, lse), kernels = cuda_kernels_of(lambda: fibsparse_attn(q, k, v, WINDOW, offsets, return_lse=True))
+    arguments = template_arguments(kernels, "fwd_hopper_kernel")
+    assert ", ".join(arguments[2:4]) == shape and arguments[-2:] == ["true", "true"], kernels
+    monkeypatch.setenv(SUBDIAGONAL_SWITCH, "0")
+    (out_off, lse_off), kernels = cuda_kernels_of(lambda: fibsparse_attn(q, k, v, WINDOW, offsets, return_lse=True))
+    assert template_arguments(kernels, "fwd_hopper_kernel")[-2:] == ["true", "false"], kernels
+    assert torch.equal(lse, lse_off)
+    assert torch.equal(out, out_off)
+    ref = fibsparse_attn_ref(q.double(), k.double(), v.double(), WINDOW, offsets.double())
+    assert rel_err(out, ref) < 1e-2
+    first = slice(0, None, 64)  # each tile's first query: its row one back is in the strip's prefix
+    row_err = (out[:, first].double() - ref[:, first]).norm(dim=-1) / ref[:, first].norm(dim=-1)
+    assert row_err.max() < 3e-2, row_err.max()

@@ -243,6 +243,14 @@ def packed_backward_case(lengths, heads, heads_kv, head_dim, dtype, offsets, win
             packed_reference_grads(q, k, v, cu, window, offsets, dout, dlse, scale))
 
 
+def assert_gradients_bitwise(ours, theirs, reference):
+    """A switch's two sides of one backward: dq, dk, dv and d offsets finite,
+    bitwise equal, and within the contract of the float64 reference."""
+    for name, a, b, ref in zip(["dq", "dk", "dv", "d offsets"], ours, theirs, reference):
+        assert a.isfinite().all(), name
+        assert torch.equal(a, b), name
+        assert rel_err(a, ref) < 1e-2, name
+
 def assert_rows_match(name, got, expected, tolerance=1e-2):
     """Every row (position, head) of `got` within `tolerance` of `expected`'s
     row norm, plus a thousandth of the median row norm (rows whose terms cancel)."""

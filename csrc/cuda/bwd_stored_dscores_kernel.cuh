@@ -232,6 +232,56 @@ __device__ __forceinline__ float tree_sum_16_at(uint32_t addr) {
                      load_shared_float4(addr + 48));
 }
 
+// The warp's partials of d loss / d position for offsets 0 .. reach - 1 (its
+// block's offset steps; the rest are zero_doffsets_partials_from's), summed at
+// once from p.offset_probs, where the dk/dv pass stored the terms, instead of
+// staged and summed at every offset step: the dq pass with kPositionSumsFirst.
+// A step's sum and store were 47 of its 312 warp instructions at head_dim 64
+// (tree_sum_16, the partial's 64-bit index, the terms' copy); here a warp takes
+// ~160 once for up to 16 offsets (~70 to set up, ~90 a round of 16), where a
+// block has 11 offset steps on average at 64k tokens (13 Fibonacci offsets).
+// Each partial is bitwise the step's: the same terms (zero where a query reads
+// no key, sample_key as the step's copies ask it) summed in tree_sum_16's
+// order. Two lanes an offset: lane 2 j + x holds queries x, x + 2, .., x + 14
+// of offset o0 + j; it adds each k with k + 8 (tree_sum_16's s_k for k = x,
+// x + 2, x + 4, x + 6), then s_x with s_{x+4} and s_{x+2} with s_{x+6}, then
+// those two; one exchange with lane x ^ 1 ends the tree in lane x == 0, which
+// stores the partial where the step would have, for warps whose first query is
+// in the sequence.
+template <typename OffsetT>
+__device__ __forceinline__ void store_warp_doffsets_partials_first(const Params& p, const Sequence& seq,
+                                                                   const OffsetT* offs, int reach, int b, int h,
+                                                                   int warp_q0, int lane) {
+  if (warp_q0 >= seq.seqlen_q) return;  // warp-uniform
+  constexpr int kOffsetsPerRound = 16;
+  const int j = lane / 2, x = lane % 2;
+  const int t = distance_of_offset(0, p.band);  // sample_key's index of an offset's own value
+  const float* terms = static_cast<const float*>(p.offset_probs) + offset_term_index(p, seq, b, h, 0, warp_q0 + x) +
+                       j * p.stats_head_stride;
+  float* partials = static_cast<float*>(p.doffsets_partial) +
+                    doffsets_partial_index(p, j, b, h, warp_q0 / kCudaQueriesPerPartial);
+  const int64_t terms_step = kOffsetsPerRound * p.stats_head_stride;
+  // doffsets_partial_index moves by batch x num_partials an offset.
+  const int64_t partials_step = kOffsetsPerRound * int64_t(p.batch) * p.num_partials;
+  for (int o = j; o - j < reach; o += kOffsetsPerRound) {
+    float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};  // queries x + 2 r
+    if (o < reach) {
+      const OffsetT offset = offs[o];
+#pragma unroll
+      for (int r = 0; r < 8; ++r) {
+        const int64_t i = warp_q0 + x + 2 * r;
+        if (i < seq.seqlen_q && sample_key<float>(i, t, p.band, &offset).valid) v[r] = terms[2 * r];
+      }
+    }
+    // v[r] + v[r + 4]: queries k and k + 8 for k = x + 2 r.
+    float sum = ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    if (x == 0 && o < reach) *partials = sum;
+    terms += terms_step;
+    partials += partials_step;
+  }
+}
+
 // The dq pass with offsets. A block = 64 queries of kHeads heads of one kv
 // group (mma_tiles.cuh's heads_per_block: they share their offsets), 4 warps a
 // head; its steps are the 64-key tiles its band reaches, the last one its
@@ -249,13 +299,19 @@ __device__ __forceinline__ float tree_sum_16_at(uint32_t addr) {
 // each query in one product (two_diagonals_a_fragment) where two diagonal
 // products took twice the products and transposed loads (6-8% off the pass,
 // docs/performance.md, round 98).
+// kPositionSumsFirst (fractional positions, with kTwoDiagonals): the warp's
+// partials of d loss / d position are summed once, before the steps, from
+// the terms the dk/dv pass stored (store_warp_doffsets_partials_first), so an
+// offset step neither stages nor sums them; their loads overlap the first
+// step's copies. dq and the partials are bitwise those of the steps' sums.
 template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, bool kSwizzledK = false,
-          bool kTwoDiagonals = false>
+          bool kTwoDiagonals = false, bool kPositionSumsFirst = false>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
   static_assert(!kSwizzledK || (!kFrac && (kHeadDim == 64 || kHeadDim == 128)));
   static_assert(!kTwoDiagonals || (kFrac && (kHeadDim == 64 || kHeadDim == 128)));
+  static_assert(!kPositionSumsFirst || kTwoDiagonals);
   constexpr int kThreads = kHeads * kMmaBlockThreads;
   // 128-byte aligned: a swizzled stage's k-step XOR (swizzled_k_step) acts on
   // the shared address itself, so each k stage must start on a 128-byte line
@@ -340,7 +396,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
           const int64_t at = valid ? dscore_row + o * p.stats_head_stride : 0;
           float* staged = reinterpret_cast<float*>(stage_ds(n % kStages, head)) + 16 * warp + lane;
           copy_async_4(staged, static_cast<const float*>(p.offset_dscores) + at, valid);
-          if constexpr (kFrac) {
+          if constexpr (kFrac && !kPositionSumsFirst) {
             copy_async_4(staged + kBlockRows, static_cast<const float*>(p.offset_probs) + at, valid);
           }
         }
@@ -366,6 +422,9 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   OffsetT queued[kStages - 1];
   queued[0] = issue(0);
   if constexpr (kStages == 3) queued[1] = issue(1);
+  if constexpr (kPositionSumsFirst) {
+    store_warp_doffsets_partials_first(p, seq, offs, num_steps - band_steps, b, h, warp_q0, lane);
+  }
   // This lane's transposed-ldmatrix row of its warp's strip in stage 0 and
   // its dS values' row there (and with fractional positions the warp's
   // d(position) terms), as shared-memory addresses taken through a shuffle,
@@ -388,7 +447,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
     strip_add_row = __shfl_sync(0xffffffffu, lane_row, lane);
     const float* own = reinterpret_cast<const float*>(stage_ds(0, head)) + 16 * warp + g;
     dscore_row_addr = __shfl_sync(0xffffffffu, static_cast<uint32_t>(__cvta_generic_to_shared(own)), lane);
-    if constexpr (kFrac) {  // the warp's 16 d(position) terms
+    if constexpr (kFrac && !kPositionSumsFirst) {  // the warp's 16 d(position) terms
       const float* terms = reinterpret_cast<const float*>(stage_ds(0, head)) + 16 * warp + kBlockRows;
       terms_addr = __shfl_sync(0xffffffffu, static_cast<uint32_t>(__cvta_generic_to_shared(terms)), lane);
     }
@@ -422,7 +481,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       const float ds_g = load_shared_float(ds_at), ds_g8 = load_shared_float(ds_at + 32);
       add_diag_times_rows_at<T, kHeadDim, kSwizzledK>(ds_g, ds_g8, strip_add_row + stage * kStageKBytes, dq, lane);
     } else {
-      const int o = n - band_steps;
+      [[maybe_unused]] const int o = n - band_steps;
       const OffsetSplit split = split_offset(&step_offset, 0);
       const uint32_t stage = uint32_t(n % kStages);
       if (split.whole >= 0) {
@@ -452,15 +511,18 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
           if (w1 != 0.f) add_diag_times_rows_at<T, kHeadDim>(w1 * ds_g, w1 * ds_g8, rows, dq, lane);
         }
       }
-      // The warp's partial of d loss / d position: the staged terms of its 16
-      // queries (zero where a query reads no key), summed by every lane from
-      // shared memory (tree_sum_16). Summed across the warp through shuffles
-      // instead, each step waited on five dependent exchanges
+      // The warp's partial of d loss / d position (here unless
+      // kPositionSumsFirst summed them all before the steps): the staged terms
+      // of its 16 queries (zero where a query reads no key), summed by every
+      // lane from shared memory (tree_sum_16). Summed across the warp through
+      // shuffles instead, each step waited on five dependent exchanges
       // (docs/performance.md, round 74).
       static_assert(kDqStagedDscoreValues * sizeof(uint16_t) % 16 == 0 && kBlockRows % 4 == 0,
                     "tree_sum_16 reads 16-byte aligned terms");
-      const float warp_sum = split.whole >= 0 ? tree_sum_16_at(terms_addr + stage * kStageDscoreBytes) : 0.f;
-      store_warp_doffsets_partial(p, seq, o, b, h, warp_q0, warp_sum, lane);
+      if constexpr (!kPositionSumsFirst) {
+        const float warp_sum = split.whole >= 0 ? tree_sum_16_at(terms_addr + stage * kStageDscoreBytes) : 0.f;
+        store_warp_doffsets_partial(p, seq, o, b, h, warp_q0, warp_sum, lane);
+      }
     }
     if constexpr (kStages == 2) sync_step<kHeads>(steps_by_group(n) && steps_by_group(n + 2), warp);
   }

@@ -336,6 +336,33 @@ __device__ __forceinline__ void add_two_diagonals_times_8_rows(float m_g, float 
   }
 }
 
+// One head a warpgroup, kTwoDiagonals: a fractional strip's scores against
+// its rows one further back without a second 16 x 16 product. Query x's row
+// one back is the strip's row x - 1, whose score against it is the element
+// (x, x - 1) of the strip's own tile, just below the diagonal, for x = 1 .. 15;
+// query 0's (row -1: the prefix's last row for warp 0) is column 7 of
+// `before`, its scores against the 8 rows before the strip. Both are the same
+// products summed in the same order (one chain over head_dim's slices) as the
+// diagonal of a 16 x 16 tile of the rows one back, which took the place of
+// this, so the bits are the same. Each row's score reaches every lane of its
+// quad, as `back`'s diagonal elements (diagonal_element).
+__device__ __forceinline__ void scores_one_back(const float (&tile)[2][4], const float (&before)[4],
+                                                float (&back)[2][4], int lane) {
+  const int g = lane / 4;
+  // Row g + 8 r's element (x, x - 1): column g - 1 of its 8-column block r
+  // (block 0, column 7, for row 8), in the lane with c == (g - 1) / 2; row
+  // 0's in lane c == 3 of `before`.
+  const float element[2] = {g == 0 ? before[1] : (g % 2 ? tile[0][0] : tile[0][1]),
+                            g == 0 ? tile[0][3] : (g % 2 ? tile[1][2] : tile[1][3])};
+  const int holder = (lane / 4) * 4 + (g == 0 ? 3 : (g - 1) / 2);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float score = __shfl_sync(0xffffffffu, element[r], holder);
+    back[r][2 * r] = score;
+    back[r][2 * r + 1] = score;
+  }
+}
+
 // Descriptors of the tiles' 16-wide slices: columns 16 kk .. of a K-major tile
 // (q or k, the reduction along a row), and rows 16 kk .. of an MN-major one (v).
 template <int kHeadDim>
@@ -395,6 +422,13 @@ __device__ __forceinline__ void rescale_output(float (&o)[kDimTiles][4], const f
 // when the consumers of both blocks are done with it.
 // kFractional: the offsets are float positions (tensor_maps.h's maps of the
 // prefixes come with the others).
+// kTwoDiagonals (fractional positions): a strip's two diagonals, its rows' and
+// the rows' one further back, from one product. Two heads a warpgroup: its
+// P V (add_two_diagonals_times_8_rows; FIBSPARSE_FWD_TWO_DIAGONALS=0 takes
+// two). One head a warpgroup: its scores, those of the rows one back being
+// the tile's subdiagonal and, for the warp's first query, a 16 x 8 product
+// against the 8 rows before the strip, where a second 16 x 16 product took
+// them (scores_one_back, the same bits; FIBSPARSE_FWD_SUBDIAGONAL=0 takes it).
 // A packed batch's sequences each have maps of their own (sequence_maps.cuh's,
 // `sequence_maps`, null for a dense batch, whose maps are `maps`).
 template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional,
@@ -406,6 +440,7 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
   static_assert(kCluster == 1 || (kCluster == 2 && kWarpgroups == 2 && kHeadsPerWarpgroup == 1 && !kFractional));
   constexpr bool kInterleaved = kInterleavedHeads<kHeadsPerWarpgroup>;
   static_assert(!kInterleaved || kCluster == 1);
+  static_assert(!kTwoDiagonals || kFractional);
   constexpr bool kOutputThroughTile = kOutputThroughTileOf<kWarpgroups>;
   static_assert(!kInterleaved || kOutputThroughTile, "interleaved q fragments come from the tile");
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -720,9 +755,17 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
     };
     // One head a warpgroup: a fractional strip's scores against its rows one
     // further back (for its first query, the prefix's last row); left unset
-    // at a whole position.
-    const auto score_back = [&](int n, float (&back)[2][4]) {
-      if constexpr (kFractional) {
+    // at a whole position. kTwoDiagonals: from the strip's tile `tile` and a
+    // 16 x 8 product (scores_one_back), taken at every position, so that its
+    // products may interleave with the tile's (at a whole one, `back` goes
+    // unused and the prefix's rows read are stale).
+    const auto score_back = [&](int n, const float (&tile)[2][4], float (&back)[2][4]) {
+      if constexpr (kFractional && kTwoDiagonals) {
+        float before[4];
+        dot_8_rows<T, kHeadDim, 1, true>(qf, k_tile(stage_of(n)), warp_row - kPrefixRows, before, lane,
+                                         k_prefix(stage_of(n), 0));
+        scores_one_back(tile, before, back, lane);
+      } else if constexpr (kFractional) {
         if (steps.split(n, 0).frac != 0.f) {
           dot_16_rows<T, kHeadDim, true>(qf, k_tile(stage_of(n)), warp_row - 1, back, lane, k_prefix(stage_of(n), 0));
         }
@@ -791,7 +834,7 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
       } else if (steps.has_strip(n, 0)) {
         float tile[2][4], back[2][4];
         dot_16_rows<T, kHeadDim>(qf, k_tile(stage_of(n)), warp_row, tile, lane);
-        score_back(n, back);
+        score_back(n, tile, back);
         finish_strip(n, tile, back);
       }
       release(n);

@@ -83,6 +83,10 @@ void launch_hopper_blocks(const Params& p, const HopperForwardMaps<kFractional>&
 // head a block. With two heads a warpgroup a fractional strip's P V is one
 // product over its rows and the rows one back (add_two_diagonals_times_8_rows);
 // FIBSPARSE_FWD_TWO_DIAGONALS=0 takes two diagonal products, for comparisons.
+// With one head a warpgroup a fractional strip's scores against the rows one
+// back come from its own tile's subdiagonal (scores_one_back: the same bits,
+// a quarter fewer score products); FIBSPARSE_FWD_SUBDIAGONAL=0 takes a second
+// 16 x 16 product instead, for comparisons.
 template <typename T, bool kFractional>
 void launch_fwd_hopper(const Params& p) {
   constexpr bool kBf16 = std::is_same_v<T, at::BFloat16>;
@@ -91,6 +95,7 @@ void launch_fwd_hopper(const Params& p) {
   const bool clusters = !kFractional && hopper_clusters_asked() && pairs && group % 4 == 0;
   const bool packed = !clusters && pairs && group % 4 == 0 && p.num_offsets > 0 && hopper_packing_allowed();
   const bool two_diagonals = !switched_off("FIBSPARSE_FWD_TWO_DIAGONALS");
+  const bool subdiagonal = !switched_off("FIBSPARSE_FWD_SUBDIAGONAL");
   const int tile_queries = packed ? hopper_fwd::kTileRows / 2 : hopper_fwd::kTileRows;
   HopperForwardMaps<kFractional> maps;
   // Two heads a warpgroup interleave their queries in the q tile (fwd_hopper_kernel.cuh).
@@ -120,6 +125,10 @@ void launch_fwd_hopper(const Params& p) {
     if constexpr (kFractional) {  // no integer instantiation
       if (packed && two_diagonals) {
         return launch_hopper_blocks<T, kHeadDim, 2, 2, 1, true, true>(p, maps, sequence_maps);
+      }
+      if (!packed && subdiagonal) {
+        if (pairs) return launch_hopper_blocks<T, kHeadDim, 2, 1, 1, true, true>(p, maps, sequence_maps);
+        return launch_hopper_blocks<T, kHeadDim, 1, 1, 1, true, true>(p, maps, sequence_maps);
       }
     }
     if (packed) {
