@@ -224,29 +224,6 @@ struct QuerySteps {
     return static_cast<const OffsetT*>(p.offsets) + h * p.offsets_head_stride;
   }
 
-  // Where an issued step of query head h reads global memory: its q and dO
-  // rows (issue's q_src and do_src), its rows of lse and delta, its row of
-  // offsets; the same 64-bit pointers issue() and the kernel's read of an
-  // offset form. Each is a sum of 64-bit products (b, the sequence's first
-  // row, h) which ptxas, short of registers, recomputes at every step: ~60
-  // integer instructions a step in a pass bound by issuing instructions. The
-  // dk/dv pass with kKeptHeadPointers forms them as a head's steps begin and
-  // keeps them in shared memory.
-  struct alignas(16) HeadPointers {  // 16-byte loads of two pointers
-    const uint16_t* q;
-    const uint16_t* dout;
-    const float* lse;
-    const float* delta;
-    const OffsetT* offsets;
-  };
-  template <typename T>
-  __device__ HeadPointers head_pointers(int b, int h) const {
-    const int64_t stats = stats_index(p, seq, b, h, 0);
-    return {bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride),
-            bits<T>(p.dout, seq.q_start(b, p.do_batch_stride, p.do_row_stride) + h * p.do_head_stride),
-            static_cast<const float*>(p.lse) + stats, static_cast<const float*>(p.delta) + stats, offsets(h)};
-  }
-
   // Queues step s's q and dout rows and, per row, two statistics (lse and
   // delta for the band; for an offset, the dq pass's P and dS, or with
   // kBeforeDq lse and delta again); past the last step (exists false), an
@@ -254,43 +231,17 @@ struct QuerySteps {
   // also queues the out rows into o_dst, and dlse (0 without it) in delta's place.
   // read_offset: an offset step's offset, where the caller has read it.
   // kSwizzled: q_dst and do_dst are swizzled stages (mma_tiles.cuh's swizzled_chunk).
-  // kPointersGiven (the route before dq): `head` holds step s's head's
-  // pointers (head_pointers), which the caller keeps; the copies are the same.
-  template <typename T, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kSwizzled = false, bool kPointersGiven = false>
+  template <typename T, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kSwizzled = false>
   __device__ void issue(Step s, bool exists, int b, Rows<kHeadDim> q_dst, Rows<kHeadDim> do_dst, float* stat0_dst,
-                        float* stat1_dst, Rows<kHeadDim> o_dst = nullptr, const OffsetT* read_offset = nullptr,
-                        const HeadPointers* head = nullptr) const {
+                        float* stat1_dst, Rows<kHeadDim> o_dst = nullptr,
+                        const OffsetT* read_offset = nullptr) const {
     static_assert(!kSwizzled || kRoute == DkdvRoute::kBeforeDq, "swizzled stages on the route before dq");
-    static_assert(!kPointersGiven || kRoute == DkdvRoute::kBeforeDq, "kept pointers on the route before dq");
     if (exists) {
       const int h = s.head;
-      const uint16_t* q_src;
-      const uint16_t* do_src;
-      int64_t stats = 0;
-      if constexpr (kPointersGiven) {
-        q_src = head->q;
-        do_src = head->dout;
-      } else {
-        q_src = bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride);
-        do_src = bits<T>(p.dout, seq.q_start(b, p.do_batch_stride, p.do_row_stride) + h * p.do_head_stride);
-        stats = stats_index(p, seq, b, h, 0);
-      }
-      // Query row i's lse and delta (i valid); an invalid row's copy reads
-      // nothing and names the tensor's start.
-      const auto lse_at = [&](bool valid, int64_t i) {
-        if constexpr (kPointersGiven) {
-          return valid ? head->lse + i : static_cast<const float*>(p.lse);
-        } else {
-          return static_cast<const float*>(p.lse) + (valid ? stats + i : 0);
-        }
-      };
-      const auto delta_at = [&](bool valid, int64_t i) {
-        if constexpr (kPointersGiven) {
-          return valid ? head->delta + i : static_cast<const float*>(p.delta);
-        } else {
-          return static_cast<const float*>(p.delta) + (valid ? stats + i : 0);
-        }
-      };
+      const uint16_t* q_src = bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride);
+      const uint16_t* do_src =
+          bits<T>(p.dout, seq.q_start(b, p.do_batch_stride, p.do_row_stride) + h * p.do_head_stride);
+      const int64_t stats = stats_index(p, seq, b, h, 0);
       if (is_band(s)) {
         const int64_t first = chunk_row(s);
         stage_rows<kHeadDim, kChunk, kMmaBlockThreads, false, kSwizzled>(q_dst, q_src, p.q_row_stride, first,
@@ -308,13 +259,13 @@ struct QuerySteps {
         for (int r = threadIdx.x; r < kChunk; r += kMmaBlockThreads) {
           const int64_t i = first + r;
           const bool valid = i <= band_last_row;
-          copy_async_4(stat0_dst + r, lse_at(valid, i), valid);
+          copy_async_4(stat0_dst + r, static_cast<const float*>(p.lse) + (valid ? stats + i : 0), valid);
           if constexpr (kRoute == DkdvRoute::kWindowAlone) {
             const bool has_dlse = valid && p.dlse != nullptr;
             copy_async_4(stat1_dst + r, static_cast<const float*>(has_dlse ? p.dlse : p.lse) + (valid ? stats + i : 0),
                          has_dlse);
           } else {
-            copy_async_4(stat1_dst + r, delta_at(valid, i), valid);
+            copy_async_4(stat1_dst + r, static_cast<const float*>(p.delta) + (valid ? stats + i : 0), valid);
           }
         }
       } else {
@@ -323,10 +274,7 @@ struct QuerySteps {
         // Staged row r (query row i) of the strip: its two statistics.
         const auto stage_offset_stats = [&](int r, int64_t i) {
           const bool valid = i >= 0 && i < seq.seqlen_q;
-          if constexpr (kPointersGiven) {
-            copy_async_4(stat0_dst + r, lse_at(valid, i), valid);
-            copy_async_4(stat1_dst + r, delta_at(valid, i), valid);
-          } else if constexpr (kRoute == DkdvRoute::kBeforeDq) {
+          if constexpr (kRoute == DkdvRoute::kBeforeDq) {
             const int64_t at = valid ? stats + i : 0;
             copy_async_4(stat0_dst + r, static_cast<const float*>(p.lse) + at, valid);
             copy_async_4(stat1_dst + r, static_cast<const float*>(p.delta) + at, valid);

@@ -211,11 +211,6 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   // d(position) terms at every offset step rather than once before the steps
   // (dq_from_dscores_with_offsets_kernel's kPositionSumsFirst), for
   // comparisons; dq and d offsets are bitwise equal either way.
-  // FIBSPARSE_DKDV_HEAD_POINTERS=0 has the fractional dk/dv pass (with its
-  // kept rows) form its query head's global pointers, and at
-  // head_dim 64 the rows its stores start from, at every step instead of
-  // keeping them in shared memory (dkdv_mma_kernel's kKeptHeadPointers), for
-  // comparisons.
   // Every switch of this backward is read here, before its first launch (and
   // before a poisoned dS buffer is filled): a value one refuses stops the call
   // before any kernel runs.
@@ -235,11 +230,6 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   const bool kept_fractional_rows = !switched_off("FIBSPARSE_DKDV_FRACTIONAL_KEPT_ROWS") && next_warp_share;
   const bool v_in_smem = (kHeadDim == 128 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>)) ||
                          (kFractional64 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>, kMinBlocksDkdv<64>));
-  // The kept pointers' bytes come after the v rows: where the blocks that fit
-  // with the v rows would not fit with them too, the pass forms the pointers.
-  constexpr int kHeadPointersSmem = kDkdvSmem + kDkdvVRowBytes<kHeadDim> + kDkdvHeadPointerBytes;
-  const bool head_pointers = !switched_off("FIBSPARSE_DKDV_HEAD_POINTERS") && kept_fractional_rows &&
-                             blocks_fit_an_sm(kHeadPointersSmem, kHeadDim == 128 ? 2 : kMinBlocksDkdv<64>);
   const int64_t tiles = band_dscore_tiles(p);
   const at::Tensor dscores = at::empty({p.heads * tiles * steps * kBlockRows * kChunk},
                                        at::TensorOptions().dtype(at::kShort).device(at::kCUDA));
@@ -275,11 +265,7 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
     if (v_in_smem) {
       if (kFrac && swizzled && two_diagonals) {
         if constexpr (kFrac) {  // no integer instantiation
-          if (head_pointers) {
-            launch_kernel(
-                dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, kMaySwizzle, true, true, true>,
-                dkdv_grid, kMmaBlockThreads, kHeadPointersSmem, stored_p);
-          } else if (kept_fractional_rows) {
+          if (kept_fractional_rows) {
             launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, kMaySwizzle, true, true>,
                           dkdv_grid, kMmaBlockThreads, kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
           } else {
@@ -299,10 +285,7 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   }
   if constexpr (kFractional64) {
     if (v_in_smem && swizzled && two_diagonals) {
-      if (head_pointers) {
-        launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true, true, true>,
-                      dkdv_grid, kMmaBlockThreads, kHeadPointersSmem, stored_p);
-      } else if (kept_fractional_rows) {
+      if (kept_fractional_rows) {
         launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true, true>, dkdv_grid,
                       kMmaBlockThreads, kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
       } else {

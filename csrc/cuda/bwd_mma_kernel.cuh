@@ -62,13 +62,6 @@ constexpr int kDkdvFractionalSmemBytes =
 // (dkdv_mma_kernel's kVInSmem), after the rest.
 template <int kHeadDim>
 constexpr int kDkdvVRowBytes = kBlockRows * (kHeadDim + 8) * int(sizeof(uint16_t));
-// Each warp's copies of its query heads' global pointers and rows, where the
-// fractional dk/dv pass keeps them (dkdv_mma_kernel's kKeptHeadPointers and
-// kKeptStepRows), after the v rows.
-constexpr int kDkdvHeadPointerBytes = kWarps * (48 + 32);
-static_assert(kDkdvFractionalSmemBytes<64> % 16 == 0 && kDkdvFractionalSmemBytes<128> % 16 == 0 &&
-                  kDkdvVRowBytes<64> % 16 == 0 && kDkdvVRowBytes<128> % 16 == 0,
-              "the kept pointers' 16-byte loads");
 static_assert(kCudaQueriesPerPartial == 16, "the dq pass writes one partial of d(position) per warp's 16 queries");
 
 // The lse with which the backward recomputes P = exp(S - lse): a query whose
@@ -619,17 +612,14 @@ __device__ __forceinline__ float lane_row_dot_shared(uint32_t a_lane, uint32_t b
 // the edge row of key -1 from `kept`, this step's stage's addresses
 // (FractionalStripRows), not from addresses it forms; the products, sums and
 // stores are the same, so dk, dv and the stored dS are bitwise equal.
-// kKeptTermRows: dscores_row and terms_row are offset o's rows of
-// p.offset_dscores and p.offset_probs for this head (offset_term_index of
-// query 0), which the caller keeps; the stores are the same.
 template <typename T, int kHeadDim, bool kSwizzled = false, bool kTwoDiagonals = false,
-          bool kKeptFractionalRows = false, bool kKeptTermRows = false, typename VFragments>
+          bool kKeptFractionalRows = false, typename VFragments>
 __device__ __forceinline__ void fractional_offset_step(
     const Params& p, const Sequence& seq, int b, int h, int o, const float* offset, OffsetSplit split,
     const uint32_t (&kf)[kHeadDim / 16][4], const VFragments& vf, RowPtr<kHeadDim> strip_q,
     RowPtr<kHeadDim> strip_do, const float* lse, const float* dlt, const uint16_t* edges, int warp_k0,
     float (&dk)[kHeadDim / 8][4], float (&dv)[kHeadDim / 8][4], NeighbourShares<kHeadDim>& shares, int lane,
-    int strip_row = 0, FractionalStripRows kept = {}, float* dscores_row = nullptr, float* terms_row = nullptr) {
+    int strip_row = 0, FractionalStripRows kept = {}) {
   static_assert(!kKeptFractionalRows || (kSwizzled && kTwoDiagonals),
                 "kept rows with the two-diagonal product on swizzled stages only");
   // Where a swizzled stage's dO rows lie after its q rows, and its deltas
@@ -749,16 +739,9 @@ __device__ __forceinline__ void fractional_offset_step(
     const bool valid = row_terms(row, diagonal_element(st, r, g), s1[r], diagonal_element(dpt, r, g), dp1[r],
                                  prob[r], dscore[r], term);
     if (valid && owns_diagonal(lane)) {
-      if constexpr (kKeptTermRows) {
-        __builtin_assume(__isGlobal(dscores_row) && __isGlobal(terms_row));  // global stores, not generic ones
-        const int64_t query = warp_k0 + row + split.whole;
-        dscores_row[query] = dscore[r];
-        terms_row[query] = term;
-      } else {
-        const int64_t at = offset_term_index(p, seq, b, h, o, warp_k0 + row + split.whole);
-        static_cast<float*>(p.offset_dscores)[at] = dscore[r];
-        static_cast<float*>(p.offset_probs)[at] = term;  // unused by this route otherwise
-      }
+      const int64_t at = offset_term_index(p, seq, b, h, o, warp_k0 + row + split.whole);
+      static_cast<float*>(p.offset_dscores)[at] = dscore[r];
+      static_cast<float*>(p.offset_probs)[at] = term;  // unused by this route otherwise
     }
   }
   const float w0 = 1.f - split.frac;
@@ -930,21 +913,15 @@ __global__ void __launch_bounds__(kHeadDim) add_next_tile_shares_kernel(const Pa
 // VFragments: vf as registers (uint32_t[kHeadDim / 16][4]) or in shared
 // memory (SharedFragments).
 // kSwizzled (with kRowsAt): the staged chunk is a swizzled stage (mma_tiles.cuh's swizzled_chunk).
-// kKeptDscoreTiles (with kStoresDscores): *dscore_tiles is the index of the
-// key tile's first dS tile for `head` (band_dscore_index of step 0), which the
-// caller keeps in shared memory, read where each sub-tile stores; the stores
-// are the same.
 template <typename T, int kHeadDim, bool kStoresDscores, bool kInnerSubtilesUnmasked, bool kRowsAt = false,
-          bool kSwizzled = false, bool kKeptDscoreTiles = false, typename VFragments>
+          bool kSwizzled = false, typename VFragments>
 __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& seq, int b, int head, int64_t key_tile,
                                                int step_index, int64_t chunk_row, int64_t band_last_row, int warp_k0,
                                                const uint32_t (&kf)[kHeadDim / 16][4],
                                                const VFragments& vf, RowPtr<kHeadDim> rows_q,
                                                RowPtr<kHeadDim> rows_do, const float* stat0, const float* stat1,
                                                float (&dk)[kHeadDim / 8][4], float (&dv)[kHeadDim / 8][4], int lane,
-                                               uint32_t q_dot_row = 0, uint32_t q_add_row = 0,
-                                               const int64_t* dscore_tiles = nullptr) {
-  static_assert(!kKeptDscoreTiles || kStoresDscores);
+                                               uint32_t q_dot_row = 0, uint32_t q_add_row = 0) {
   static_assert(!kRowsAt || kStoresDscores, "the kept rows serve the pass that stores dS");
   static_assert(!kSwizzled || kRowsAt, "swizzled stages are read from kept rows");
   const int warp = threadIdx.x / 32, g = lane / 4, c = lane % 4;
@@ -989,14 +966,7 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
     if constexpr (kStoresDscores) {
       uint32_t ds_a[4];  // the A fragment of dK's product is the one stored
       c_to_a_fragment<T>(dst, 0, 1.f, ds_a);
-      uint16_t* tile;
-      if constexpr (kKeptDscoreTiles) {
-        // An index into p.band_dscores rather than a pointer: through a
-        // pointer read from shared memory the 16-byte store became four.
-        tile = bits<T>(p.band_dscores, *dscore_tiles + int64_t(step_index) * kBlockRows * kChunk);
-      } else {
-        tile = bits<T>(p.band_dscores, band_dscore_index(p, seq, b, head, key_tile, step_index));
-      }
+      uint16_t* tile = bits<T>(p.band_dscores, band_dscore_index(p, seq, b, head, key_tile, step_index));
       *reinterpret_cast<uint4*>(tile + dscore_subtile_offset(t16, warp) + 8 * lane) =
           make_uint4(ds_a[0], ds_a[1], ds_a[2], ds_a[3]);
       if constexpr (kRowsAt) {
@@ -1050,14 +1020,8 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // kKeptFractionalRows (with kTwoDiagonals, launched only with the next warp's
 // shares): the fractional step's shared-memory addresses, and with kVInSmem
 // the v rows' too, formed once and kept (FractionalStripRows).
-// kKeptHeadPointers (with kKeptFractionalRows): the global pointers a step's
-// copies and its offset's read start from (QuerySteps::HeadPointers), and at
-// head_dim 64 the rows its stores start from (kKeptStepRows), formed when a
-// query head's steps begin and kept in shared memory, one copy a warp
-// (kDkdvHeadPointerBytes, after the v rows), rather than formed at every step.
 template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kVInSmem = false,
-          bool kSwizzledRows = false, bool kTwoDiagonals = false, bool kKeptFractionalRows = false,
-          bool kKeptHeadPointers = false>
+          bool kSwizzledRows = false, bool kTwoDiagonals = false, bool kKeptFractionalRows = false>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
@@ -1076,7 +1040,6 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   constexpr bool kFractionalFirst = kRoute == DkdvRoute::kBeforeDq && !std::is_integral_v<OffsetT>;
   static_assert(!kTwoDiagonals || (kFractionalFirst && kSwizzledRows));
   static_assert(!kKeptFractionalRows || kTwoDiagonals);
-  static_assert(!kKeptHeadPointers || (kKeptFractionalRows && kVInSmem));
   static_assert(!kWindowAlone || 2 * kChunk == kMmaBlockThreads, "delta: two threads a staged row");
   // 128-byte aligned: a swizzled stage's k-step XOR (swizzled_k_step) acts on
   // the shared address itself, so each stage must start on a 128-byte line.
@@ -1153,65 +1116,13 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   // time (docs/performance.md, round 66), the route after dq 0.3-1.3% less
   // at fractional head_dim 64 (round 72).
   constexpr bool kKeepsOffsets = kRoute != DkdvRoute::kWindowAlone;
-  // kKeptHeadPointers: this warp's copy of the issued step's head's pointers
-  // (QuerySteps::head_pointers). Lane 0 writes it as a head's steps begin,
-  // after the barrier that ends the step before, so no lane still reads the
-  // previous head's; the other lanes read it after the __syncwarp. The first
-  // write has no step before it: there the slot is fresh, and the v rows'
-  // __syncwarp (kVInSmem, which kKeptHeadPointers requires) orders it
-  // before any lane reads it.
-  using HeadPointers = typename QuerySteps<OffsetT, kHeadDim>::HeadPointers;
-  HeadPointers* const kept_pointers =
-      reinterpret_cast<HeadPointers*>(reinterpret_cast<char*>(smem) + kDkdvFractionalSmemBytes<kHeadDim> +
-                                      kDkdvVRowBytes<kHeadDim>) +
-      warp;
-  const auto keep_head_pointers = [&](auto s) {
-    if (lane == 0) *kept_pointers = steps.template head_pointers<T>(b, s.head);
-    __syncwarp();
-  };
-  // kKeptStepRows (kKeptHeadPointers at head_dim 64 and below): the running
-  // step's head's rows of what its steps store, the d scores and d(position)
-  // terms (offset_term_index of offset 0, query 0) and the key tile's band dS
-  // tiles (band_dscore_index of step 0, an index: through a pointer read from
-  // shared memory the 16-byte stores of a sub-tile became four), each formed
-  // per step or sub-tile otherwise. The step runs one behind the step issued,
-  // so these are kept apart from the issued step's pointers, written as the
-  // running step's head's steps begin. At head_dim 128, where the pass holds
-  // 255 registers, reading them spilled 4 to 12 bytes, so the steps there form
-  // them.
-  constexpr bool kKeptStepRows = kKeptHeadPointers && kHeadDim <= 64;
-  struct alignas(16) StepRows {
-    float* dscores;
-    float* terms;
-    int64_t dscore_tiles;
-  };
-  StepRows* const kept_step_rows = reinterpret_cast<StepRows*>(kept_pointers - warp + kWarps) + warp;
-  static_assert(!kKeptHeadPointers || (sizeof(HeadPointers) + sizeof(StepRows)) * kWarps == kDkdvHeadPointerBytes);
-  const auto keep_step_rows = [&](auto s) {
-    if (lane == 0) {
-      const int64_t row = offset_term_index(p, seq, b, s.head, 0, 0);
-      *kept_step_rows = {static_cast<float*>(p.offset_dscores) + row, static_cast<float*>(p.offset_probs) + row,
-                         band_dscore_index(p, seq, b, s.head, blockIdx.x, 0)};
-    }
-    __syncwarp();
-  };
   const auto read_offset = [&](auto s, bool exists) {
-    if constexpr (kKeptHeadPointers) {
-      // A global load, as from the pointer formed in the step: read from
-      // shared memory, the pointer would otherwise be loaded from generically.
-      const OffsetT* offsets = kept_pointers->offsets;
-      __builtin_assume(__isGlobal(offsets));
-      return exists && !steps.is_band(s) ? offsets[steps.offset_index(s)] : OffsetT(-1);
-    } else {
-      return exists && !steps.is_band(s) ? steps.offsets(s.head)[steps.offset_index(s)] : OffsetT(-1);
-    }
+    return exists && !steps.is_band(s) ? steps.offsets(s.head)[steps.offset_index(s)] : OffsetT(-1);
   };
   auto issued = steps.first();  // the step queued last
-  if constexpr (kKeptHeadPointers) keep_head_pointers(issued);  // the block's first head, steps or none
   OffsetT issued_offset = kKeepsOffsets ? read_offset(issued, steps.num_steps > 0) : OffsetT(-1);
-  steps.template issue<T, kRoute, kSwizzledRows, kKeptHeadPointers>(
-      issued, steps.num_steps > 0, b, stage_q(0), stage_do(0), stage_stat(0, 0), stage_stat(0, 1), stage_o(0),
-      kKeepsOffsets ? &issued_offset : nullptr, kept_pointers);
+  steps.template issue<T, kRoute, kSwizzledRows>(issued, steps.num_steps > 0, b, stage_q(0), stage_do(0), stage_stat(0, 0),
+                                  stage_stat(0, 1), stage_o(0), kKeepsOffsets ? &issued_offset : nullptr);
 
   uint32_t kf[kHeadDim / 16][4];
   load_a_fragments<kHeadDim>(bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride),
@@ -1312,18 +1223,11 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   for (int n = 0; n < steps.num_steps; ++n, step = steps.next(step)) {
     const OffsetT step_offset = issued_offset;  // step n's (kKeepsOffsets)
     issued = steps.next(issued);
-    if constexpr (kKeptHeadPointers) {
-      // A head's steps begin for the step issued, and one step later for the
-      // running one: one test a step on the common path. Warp-uniform.
-      if (step.index == 0 || issued.index == 0) {
-        if (kKeptStepRows && step.index == 0) keep_step_rows(step);
-        if (issued.index == 0 && n + 1 < steps.num_steps) keep_head_pointers(issued);
-      }
-    }
     if constexpr (kKeepsOffsets) issued_offset = read_offset(issued, n + 1 < steps.num_steps);
-    steps.template issue<T, kRoute, kSwizzledRows, kKeptHeadPointers>(
-        issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2), stage_do((n + 1) % 2), stage_stat((n + 1) % 2, 0),
-        stage_stat((n + 1) % 2, 1), stage_o((n + 1) % 2), kKeepsOffsets ? &issued_offset : nullptr, kept_pointers);
+    steps.template issue<T, kRoute, kSwizzledRows>(issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2),
+                                                   stage_do((n + 1) % 2),
+                                    stage_stat((n + 1) % 2, 0), stage_stat((n + 1) % 2, 1), stage_o((n + 1) % 2),
+                                    kKeepsOffsets ? &issued_offset : nullptr);
     wait_async<1>();
     if (step_by_warp) {
       sync_strip_group<1>(warp);
@@ -1335,11 +1239,10 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     const float* stat1 = stage_stat(n % 2, 1);
     if (steps.is_band(step)) {
       const uint32_t band_stage_bytes = uint32_t(n % 2) * 2 * kStagedRowsBytes;
-      dkdv_band_step<T, kHeadDim, kStoresDscores, kInnerSubtilesUnmasked, kBandRowsAt, kSwizzledRows,
-                     kKeptStepRows>(
+      dkdv_band_step<T, kHeadDim, kStoresDscores, kInnerSubtilesUnmasked, kBandRowsAt, kSwizzledRows>(
           p, seq, b, step.head, blockIdx.x, step.index, steps.chunk_row(step), steps.band_last_row, warp_k0, kf, vf,
           rows_q, rows_do, stat0, stat1, dk, dv, lane, band_dot_row + band_stage_bytes,
-          band_add_row + band_stage_bytes, &kept_step_rows->dscore_tiles);
+          band_add_row + band_stage_bytes);
     } else {
       const OffsetSplit split = kKeepsOffsets ? split_offset(&step_offset, 0)
                                               : split_offset(steps.offsets(step.head), steps.offset_index(step));
@@ -1351,16 +1254,11 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
         RowPtr<kHeadDim> strip_q = rows_q + row0, strip_do = rows_do + row0;
         if constexpr (kFractionalFirst && kSwizzledRows) {
           // Swizzled: the stages themselves, and the strip's first row.
-          const int o = steps.offset_index(step);
-          // Offset o's rows: o rows of stats_head_stride on (offset_term_index).
-          const int64_t term_row = kKeptStepRows ? o * p.stats_head_stride : 0;
-          fractional_offset_step<T, kHeadDim, true, kTwoDiagonals, kKeptFractionalRows, kKeptStepRows>(
-              p, seq, b, step.head, o, &step_offset, split, kf, vf, rows_q, rows_do,
+          fractional_offset_step<T, kHeadDim, true, kTwoDiagonals, kKeptFractionalRows>(
+              p, seq, b, step.head, steps.offset_index(step), &step_offset, split, kf, vf, rows_q, rows_do,
               stat0 + row0, stat1 + row0, edge_rows(warp), warp_k0, dk, dv, shares, lane, row0,
               kept_rows.at_stage(uint32_t(n % 2) * 2 * kStagedRowsBytes,
-                                 uint32_t(n % 2) * 2 * kBufRows * uint32_t(sizeof(float))),
-              kKeptStepRows ? kept_step_rows->dscores + term_row : nullptr,
-              kKeptStepRows ? kept_step_rows->terms + term_row : nullptr);
+                                 uint32_t(n % 2) * 2 * kBufRows * uint32_t(sizeof(float))));
         } else if constexpr (kFractionalFirst) {
           fractional_offset_step<T, kHeadDim>(p, seq, b, step.head, steps.offset_index(step), &step_offset, split,
                                               kf, vf, strip_q, strip_do,
