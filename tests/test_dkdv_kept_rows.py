@@ -12,7 +12,7 @@ bad value of the switch is refused before any kernel runs."""
 import pytest
 import torch
 
-from utils import (FRACTIONAL_POSITIONS, FRACTIONAL_WINDOW, assert_gradients_bitwise,
+from utils import (FRACTIONAL_POSITIONS, FRACTIONAL_WINDOW, PACKED_LENGTHS, assert_gradients_bitwise,
                    assert_refused_before_any_kernel, backward_call, cuda_kernels_of, dense_backward_case,
                    fibonacci_offsets, packed_backward_case, requires_cuda, template_arguments)
 
@@ -71,7 +71,7 @@ def test_cuda_packed_kept_rows(monkeypatch, head_dim):
     """A packed batch of nine sequences (0, 1, 63, 64, 65, 128, 129, 300
     and 700 keys), fp16, at Fibonacci positions 0.375 past their distances,
     the farthest several key tiles back."""
-    lengths = [700, 1, 0, 64, 65, 129, 63, 128, 300]
+    lengths = PACKED_LENGTHS
     offsets = fibonacci_offsets(WINDOW, max(lengths), fractional=True)
     args, reference = packed_backward_case(lengths, 8, 2, head_dim, torch.float16, offsets, WINDOW)
     assert_kept_rows_bitwise(monkeypatch, torch.ops.fibsparse.varlen_bwd, args, reference)

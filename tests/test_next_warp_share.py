@@ -9,8 +9,8 @@ kernel runs."""
 import pytest
 import torch
 
-from utils import (assert_refused_before_any_kernel, assert_rows_match, backward_call, cuda_kernels_of,
-                   fibonacci_offsets, packed, packed_reference_grads, random_rows, reference_grads, rel_err,
+from utils import (PACKED_LENGTHS, assert_refused_before_any_kernel, assert_rows_match, backward_call,
+                   cuda_kernels_of, fibonacci_offsets, packed_backward_case, random_rows, reference_grads, rel_err,
                    requires_cuda)
 
 SWITCH = "FIBSPARSE_DKDV_NEXT_WARP_SHARE"
@@ -71,17 +71,9 @@ def test_cuda_next_warp_shares_are_the_shares_each_warp_forms(monkeypatch, batch
 def test_cuda_packed_next_warp_shares_are_the_shares_each_warp_forms(monkeypatch, head_dim):
     """A packed batch: a tile's next tile is its own sequence's, never the next
     sequence's first (sequences of 0, 1, 63, 64, 65 and 128 keys, ragged ones)."""
-    lengths = [700, 1, 0, 64, 65, 129, 63, 128, 300]
-    cu, longest = packed(lengths, "cuda")
-    dtype, scale = torch.float16, head_dim ** -0.5
     offsets = torch.tensor(POSITIONS, device="cuda")
-    q = random_rows((sum(lengths), 8, head_dim), dtype, 20)
-    k, v = (random_rows((sum(lengths), 2, head_dim), dtype, 21 + i) for i in range(2))
-    out, lse = torch.ops.fibsparse.varlen_fwd(q, k, v, cu, cu, longest, longest, offsets, [WINDOW], scale)
-    dout, dlse = random_rows(out.shape, dtype, 30), random_rows(lse.shape, torch.float32, 31)
-    reference = packed_reference_grads(q, k, v, cu, WINDOW, offsets, dout, dlse, scale)
-    assert_shares_match(monkeypatch, torch.ops.fibsparse.varlen_bwd,
-                        (dout, q, k, v, out, lse, dlse, cu, cu, longest, longest, offsets, [WINDOW], scale), reference)
+    args, reference = packed_backward_case(PACKED_LENGTHS, 8, 2, head_dim, torch.float16, offsets, WINDOW)
+    assert_shares_match(monkeypatch, torch.ops.fibsparse.varlen_bwd, args, reference)
 
 
 @requires_cuda

@@ -24,7 +24,7 @@ import torch
 
 from fibsparse_ext import fibsparse_attn, fibsparse_attn_ref
 
-from utils import (FRACTIONAL_POSITIONS, FRACTIONAL_WINDOW, HOPPER, assert_refused_before_any_kernel, assert_rows_match, backward_call, cuda_kernels_of,
+from utils import (FRACTIONAL_POSITIONS, FRACTIONAL_WINDOW, PACKED_LENGTHS, HOPPER, assert_refused_before_any_kernel, assert_rows_match, backward_call, cuda_kernels_of,
                    dense_backward_case, fibonacci_offsets, gqa_forward_call, packed_backward_case, random_rows,
                    rel_err, requires_cuda, template_arguments)
 
@@ -107,8 +107,7 @@ def test_cuda_two_diagonal_products_are_the_two_diagonal_products(monkeypatch, p
 def test_cuda_packed_two_diagonal_products(monkeypatch, head_dim):
     """A packed batch (sequences of 0, 1, 63, 64, 65 and 128 keys, ragged ones)."""
     offsets = torch.tensor(POSITIONS["f=0.125"], device="cuda")
-    args, reference = packed_backward_case([700, 1, 0, 64, 65, 129, 63, 128, 300], 8, 2, head_dim, torch.float16,
-                                           offsets, WINDOW)
+    args, reference = packed_backward_case(PACKED_LENGTHS, 8, 2, head_dim, torch.float16, offsets, WINDOW)
     assert_two_diagonals_match(monkeypatch, torch.ops.fibsparse.varlen_bwd, args, reference)
 
 

@@ -229,6 +229,12 @@ def dense_backward_case(batch, seqlen, heads, heads_kv, head_dim, dtype, offsets
             reference_grads(q, k, v, window, offsets, dout, dlse, scale))
 
 
+# A packed batch whose sequences end on every kind of key tile: empty, one key,
+# one short of a tile, whole, one past, ragged; the longest reaches several key
+# tiles back, past the farthest Fibonacci offset of a short window.
+PACKED_LENGTHS = [700, 1, 0, 64, 65, 129, 63, 128, 300]
+
+
 def packed_backward_case(lengths, heads, heads_kv, head_dim, dtype, offsets, window):
     """dense_backward_case for a packed batch of sequences of `lengths`, whose
     queries and keys share cu_seqlens: the varlen backward op's arguments and
