@@ -12,9 +12,9 @@ bad value of the switch is refused before any kernel runs."""
 import pytest
 import torch
 
-from utils import (FRACTIONAL_POSITIONS, FRACTIONAL_WINDOW, PACKED_LENGTHS, assert_gradients_bitwise,
+from utils import (FRACTIONAL_POSITIONS, FRACTIONAL_WINDOW, assert_gradients_bitwise,
                    assert_refused_before_any_kernel, backward_call, cuda_kernels_of, dense_backward_case,
-                   fibonacci_offsets, packed_backward_case, requires_cuda, template_arguments)
+                   fibonacci_offsets, packed_fractional_case, requires_cuda, template_arguments)
 
 SWITCH = "FIBSPARSE_DKDV_FRACTIONAL_KEPT_ROWS"
 # The kernel's switches, which its kept rows need as they are by default.
@@ -71,9 +71,7 @@ def test_cuda_packed_kept_rows(monkeypatch, head_dim):
     """A packed batch of nine sequences (0, 1, 63, 64, 65, 128, 129, 300
     and 700 keys), fp16, at Fibonacci positions 0.375 past their distances,
     the farthest several key tiles back."""
-    lengths = PACKED_LENGTHS
-    offsets = fibonacci_offsets(WINDOW, max(lengths), fractional=True)
-    args, reference = packed_backward_case(lengths, 8, 2, head_dim, torch.float16, offsets, WINDOW)
+    args, reference = packed_fractional_case(head_dim, WINDOW)
     assert_kept_rows_bitwise(monkeypatch, torch.ops.fibsparse.varlen_bwd, args, reference)
 
 

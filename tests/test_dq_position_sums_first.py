@@ -15,9 +15,9 @@ kernel runs."""
 import pytest
 import torch
 
-from utils import (FRACTIONAL_POSITIONS, FRACTIONAL_WINDOW, PACKED_LENGTHS, assert_gradients_bitwise,
+from utils import (FRACTIONAL_POSITIONS, FRACTIONAL_WINDOW, assert_gradients_bitwise,
                    assert_refused_before_any_kernel, backward_call, cuda_kernels_of, dense_backward_case,
-                   fibonacci_offsets, packed_backward_case, requires_cuda, template_arguments)
+                   fibonacci_offsets, packed_fractional_case, requires_cuda, template_arguments)
 
 SWITCH = "FIBSPARSE_DQ_POSITION_SUMS_FIRST"
 DQ_KERNEL = "dq_from_dscores_with_offsets_kernel"
@@ -90,9 +90,7 @@ def test_cuda_packed_sums_first(monkeypatch, head_dim):
     """A packed batch of nine sequences (0, 1, 63, 64, 65, 128, 129, 300 and
     700 keys), fp16, at Fibonacci positions 0.375 past their distances, the
     farthest several key tiles back."""
-    lengths = PACKED_LENGTHS
-    offsets = fibonacci_offsets(WINDOW, max(lengths), fractional=True)
-    args, reference = packed_backward_case(lengths, 8, 2, head_dim, torch.float16, offsets, WINDOW)
+    args, reference = packed_fractional_case(head_dim, WINDOW)
     assert_sums_first_bitwise(monkeypatch, torch.ops.fibsparse.varlen_bwd, args, reference)
 
 

@@ -10,9 +10,9 @@ kernel runs."""
 import pytest
 import torch
 
-from utils import (FRACTIONAL_POSITIONS, FRACTIONAL_WINDOW, PACKED_LENGTHS, assert_refused_before_any_kernel, backward_call,
-                   cuda_kernels_of, dense_backward_case, fibonacci_offsets, packed_backward_case, position_dtype,
-                   random_rows, rel_err, requires_cuda)
+from utils import (FRACTIONAL_POSITIONS, FRACTIONAL_WINDOW, assert_refused_before_any_kernel, backward_call,
+                   cuda_kernels_of, dense_backward_case, fibonacci_offsets, packed_backward_case,
+                   packed_fractional_case, position_dtype, random_rows, rel_err, requires_cuda)
 
 SWITCH = "FIBSPARSE_POSITION_SUMS_KERNEL"
 KERNEL = "sum_position_partials_kernel"
@@ -76,9 +76,7 @@ def test_cuda_position_sums_against_torchs(monkeypatch, shared, dtype):
 def test_cuda_packed_position_sums(monkeypatch):
     """A packed batch of nine sequences (0, 1, 63, 64, 65, 128, 129, 300 and
     700 keys), whose partials past each sequence's end are zeros."""
-    lengths = PACKED_LENGTHS
-    offsets = fibonacci_offsets(WINDOW, max(lengths), fractional=True)
-    args, reference = packed_backward_case(lengths, 8, 2, 128, torch.bfloat16, offsets, WINDOW)
+    args, reference = packed_fractional_case(128, WINDOW, torch.bfloat16)
     assert_sums_match(monkeypatch, torch.ops.fibsparse.varlen_bwd, args, reference)
 
 

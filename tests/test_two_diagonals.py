@@ -24,7 +24,7 @@ import torch
 
 from fibsparse_ext import fibsparse_attn, fibsparse_attn_ref
 
-from utils import (FRACTIONAL_POSITIONS, FRACTIONAL_WINDOW, PACKED_LENGTHS, HOPPER, assert_refused_before_any_kernel, assert_rows_match, backward_call, cuda_kernels_of,
+from utils import (FRACTIONAL_POSITIONS, FRACTIONAL_WINDOW, HOPPER, PACKED_LENGTHS, assert_refused_before_any_kernel, assert_rows_match, backward_call, cuda_kernels_of,
                    dense_backward_case, fibonacci_offsets, gqa_forward_call, packed_backward_case, random_rows,
                    rel_err, requires_cuda, template_arguments)
 

@@ -249,6 +249,14 @@ def packed_backward_case(lengths, heads, heads_kv, head_dim, dtype, offsets, win
             packed_reference_grads(q, k, v, cu, window, offsets, dout, dlse, scale))
 
 
+def packed_fractional_case(head_dim, window, dtype=torch.float16):
+    """packed_backward_case over PACKED_LENGTHS, 8 query heads to 2 kv heads, at
+    Fibonacci positions 0.375 past their distances (the farthest several key
+    tiles back)."""
+    offsets = fibonacci_offsets(window, max(PACKED_LENGTHS), fractional=True)
+    return packed_backward_case(PACKED_LENGTHS, 8, 2, head_dim, dtype, offsets, window)
+
+
 def assert_gradients_bitwise(ours, theirs, reference):
     """A switch's two sides of one backward: dq, dk, dv and d offsets finite,
     bitwise equal, and within the contract of the float64 reference."""
