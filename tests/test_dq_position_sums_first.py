@@ -17,7 +17,8 @@ import torch
 
 from utils import (FRACTIONAL_POSITIONS, FRACTIONAL_WINDOW, assert_gradients_bitwise,
                    assert_refused_before_any_kernel, backward_call, cuda_kernels_of, dense_backward_case,
-                   fibonacci_offsets, packed_fractional_case, requires_cuda, template_arguments)
+                   fibonacci_offsets, packed_fractional_case, per_head_padded_positions, requires_cuda,
+                   template_arguments)
 
 SWITCH = "FIBSPARSE_DQ_POSITION_SUMS_FIRST"
 DQ_KERNEL = "dq_from_dscores_with_offsets_kernel"
@@ -26,9 +27,9 @@ WINDOW, POSITIONS = FRACTIONAL_WINDOW, FRACTIONAL_POSITIONS
 
 
 def dq_pass(kernels):
-    """The dq pass's last three template arguments: kSwizzledK, kTwoDiagonals,
-    kPositionSumsFirst."""
-    return template_arguments(kernels, DQ_KERNEL)[-3:]
+    """The dq pass's sixth to eighth template arguments: kSwizzledK,
+    kTwoDiagonals, kPositionSumsFirst."""
+    return template_arguments(kernels, DQ_KERNEL)[5:8]
 
 
 def assert_sums_first_bitwise(monkeypatch, op, args, reference, heads_per_block=None):
@@ -73,13 +74,7 @@ def test_cuda_sums_first_with_per_head_padded_positions(monkeypatch, head_dim):
     4/2): 20 in the first head's row, more than a round of 16, the farthest
     beyond the reach of the first blocks; 17 and 2 before padding in two rows,
     and a row of padding alone; fp16."""
-    first = [16.5 + 97.25 * k for k in range(20)]
-    first[5] = 503.0  # a whole position
-    rows = [first,
-            [x + 0.125 for x in first[:17]] + [-1.0] * 3,
-            [40.875, 1500.25] + [-1.0] * 18,
-            [-1.0] * 20]
-    offsets = torch.tensor(rows, device="cuda")
+    offsets = per_head_padded_positions()
     args, reference = dense_backward_case(1, 3037, 4, 2, head_dim, torch.float16, offsets, WINDOW)
     assert_sums_first_bitwise(monkeypatch, torch.ops.fibsparse.bwd, args, reference, 1)
 

@@ -249,6 +249,20 @@ def packed_backward_case(lengths, heads, heads_kv, head_dim, dtype, offsets, win
             packed_reference_grads(q, k, v, cu, window, offsets, dout, dlse, scale))
 
 
+def per_head_padded_positions():
+    """Fractional positions for 4 query heads over 2 kv heads, one row a head:
+    20 in the first (more than a round of 16, the farthest beyond the reach
+    of the first blocks, a whole position among them), 17 and 2 before
+    padding in the next two, and a row of padding alone."""
+    first = [16.5 + 97.25 * k for k in range(20)]
+    first[5] = 503.0  # a whole position
+    rows = [first,
+            [x + 0.125 for x in first[:17]] + [-1.0] * 3,
+            [40.875, 1500.25] + [-1.0] * 18,
+            [-1.0] * 20]
+    return torch.tensor(rows, device="cuda")
+
+
 def packed_fractional_case(head_dim, window, dtype=torch.float16):
     """packed_backward_case over PACKED_LENGTHS, 8 query heads to 2 kv heads, at
     Fibonacci positions 0.375 past their distances (the farthest several key

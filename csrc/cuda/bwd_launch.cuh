@@ -211,6 +211,25 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   // d(position) terms at every offset step rather than once before the steps
   // (dq_from_dscores_with_offsets_kernel's kPositionSumsFirst), for
   // comparisons; dq and d offsets are bitwise equal either way.
+  // FIBSPARSE_DQ_SPLIT_FIRST=0 has the fractional dq pass with its partials
+  // summed first at head_dim 64 split each offset step's position again after
+  // the step's barrier rather than take the split its copies' issue made
+  // (dq_from_dscores_with_offsets_kernel's kSplitFirst), for comparisons; dq
+  // and d offsets are bitwise equal either way. Head_dim 128 keeps the split
+  // after the barrier: the A/B's control.
+  // FIBSPARSE_DQ_OFFSET_AHEAD=0 has the dq pass at head_dim 64 (integer
+  // offsets on swizzled stages, fractional ones with the split first) load
+  // each offset step's offset in the issue of its copies rather than one
+  // issue ahead (dq_from_dscores_with_offsets_kernel's kOffsetAhead), for
+  // comparisons; dq and d offsets are bitwise equal either way. Head_dim 128
+  // keeps the load in its issue: the A/B's control.
+  // FIBSPARSE_DKDV_ROWS_BEFORE_STORES=0 has the fractional dk/dv pass's step
+  // with kept addresses at head_dim 64 load each row's lse and delta in the
+  // row's turn, after the previous row's stores, rather than both rows' first
+  // with both rows formed before the stores (dkdv_mma_kernel's
+  // kRowsBeforeStores), for comparisons; dq, dk, dv and d offsets are bitwise
+  // equal either way. At head_dim 128, where the pass holds 255 registers,
+  // both rows formed first spilled 8 bytes: it keeps the rows in turn.
   // Every switch of this backward is read here, before its first launch (and
   // before a poisoned dS buffer is filled): a value one refuses stops the call
   // before any kernel runs.
@@ -227,7 +246,10 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   const bool two_diagonals = !switched_off("FIBSPARSE_DKDV_TWO_DIAGONALS");
   const bool dq_two_diagonals = !switched_off("FIBSPARSE_DQ_TWO_DIAGONALS");
   const bool dq_position_sums_first = !switched_off("FIBSPARSE_DQ_POSITION_SUMS_FIRST");
+  const bool dq_split_first = !switched_off("FIBSPARSE_DQ_SPLIT_FIRST");
+  const bool dq_offset_ahead = !switched_off("FIBSPARSE_DQ_OFFSET_AHEAD");
   const bool kept_fractional_rows = !switched_off("FIBSPARSE_DKDV_FRACTIONAL_KEPT_ROWS") && next_warp_share;
+  const bool rows_before_stores = !switched_off("FIBSPARSE_DKDV_ROWS_BEFORE_STORES");
   const bool v_in_smem = (kHeadDim == 128 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>)) ||
                          (kFractional64 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>, kMinBlocksDkdv<64>));
   const int64_t tiles = band_dscore_tiles(p);
@@ -260,52 +282,41 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   }
   launch_kernel(delta_kernel<T, OffsetT, kHeadDim>, dim3(query_tiles + kOffsetsCheckBlocks, p.heads, p.batch),
                 kMmaBlockThreads, 0, stored_p);
-  bool launched = false;
+  // The dk/dv pass's variants differ in their template arguments alone: one
+  // is chosen, then launched.
+  using DkdvKernel = void (*)(Params);
+  DkdvKernel dkdv = nullptr;
+  int dkdv_smem = kDkdvSmem;
   if constexpr (kHeadDim == 128) {
     if (v_in_smem) {
-      if (kFrac && swizzled && two_diagonals) {
-        if constexpr (kFrac) {  // no integer instantiation
-          if (kept_fractional_rows) {
-            launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, kMaySwizzle, true, true>,
-                          dkdv_grid, kMmaBlockThreads, kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
-          } else {
-            launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, kMaySwizzle, true>,
-                          dkdv_grid, kMmaBlockThreads, kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
-          }
+      dkdv_smem = kDkdvSmem + kDkdvVRowBytes<kHeadDim>;
+      if constexpr (kFrac) {  // the two-diagonal product has no integer instantiation
+        if (swizzled && two_diagonals) {
+          dkdv = kept_fractional_rows
+                     ? &dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, kMaySwizzle, true, true>
+                     : &dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, kMaySwizzle, true>;
         }
-      } else if (swizzled) {
-        launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, kMaySwizzle>, dkdv_grid,
-                      kMmaBlockThreads, kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
-      } else {
-        launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true>, dkdv_grid, kMmaBlockThreads,
-                      kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
       }
-      launched = true;
+      if (dkdv == nullptr) {
+        dkdv = swizzled ? &dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, kMaySwizzle>
+                        : &dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true>;
+      }
     }
   }
   if constexpr (kFractional64) {
     if (v_in_smem && swizzled && two_diagonals) {
-      if (kept_fractional_rows) {
-        launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true, true>, dkdv_grid,
-                      kMmaBlockThreads, kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
-      } else {
-        launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true>, dkdv_grid,
-                      kMmaBlockThreads, kDkdvSmem + kDkdvVRowBytes<kHeadDim>, stored_p);
-      }
-      launched = true;
+      dkdv_smem = kDkdvSmem + kDkdvVRowBytes<kHeadDim>;
+      dkdv = !kept_fractional_rows ? &dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true>
+             : rows_before_stores
+                 ? &dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true, true, true>
+                 : &dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true, true>;
     }
   }
-  if constexpr (kHeadDim == 64 && kMaySwizzle) {
-    if (swizzled) {
-      launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, false, true>, dkdv_grid,
-                    kMmaBlockThreads, kDkdvSmem, stored_p);
-      launched = true;
-    }
+  if constexpr (kHeadDim == 64 && kMaySwizzle) {  // integer offsets
+    if (dkdv == nullptr && swizzled) dkdv = &dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, false, true>;
   }
-  if (!launched) {
-    launch_kernel(dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>, dkdv_grid, kMmaBlockThreads, kDkdvSmem,
-                  stored_p);
-  }
+  if (dkdv == nullptr) dkdv = &dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq>;
+  launch_kernel(dkdv, dkdv_grid, kMmaBlockThreads, dkdv_smem, stored_p);
   if constexpr (kFrac) {
     if (stored_p.dkdv_edge_rows != nullptr) {
       launch_kernel(add_next_tile_shares_kernel<T, kHeadDim>, dkdv_grid, kHeadDim, 0, stored_p);
@@ -316,12 +327,36 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
       constexpr int kStages = decltype(stages)::value;
       if constexpr (kDqMaySwizzle) {
         if (dq_swizzled) {
+          if constexpr (kHeadDim == 64) {
+            if (dq_offset_ahead) {
+              return launch_kernel(
+                  dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, true, false, false, false,
+                                                      true>,
+                  dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
+                  kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
+            }
+          }
           return launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, true>,
                                dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
                                kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
         }
       }
       if constexpr (kFrac && kHeadDim >= 64) {
+        if constexpr (kHeadDim == 64) {
+          if (dq_two_diagonals && dq_position_sums_first && dq_split_first && dq_offset_ahead) {
+            return launch_kernel(
+                dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, false, true, true, true,
+                                                    true>,
+                dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
+                kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
+          }
+          if (dq_two_diagonals && dq_position_sums_first && dq_split_first) {
+            return launch_kernel(
+                dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, false, true, true, true>,
+                dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
+                kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
+          }
+        }
         if (dq_two_diagonals && dq_position_sums_first) {
           return launch_kernel(
               dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, false, true, true>,
