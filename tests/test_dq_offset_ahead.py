@@ -1,7 +1,7 @@
 """The dq pass reads each offset step's offset one issue ahead. In the
 backward with stored dS, at head_dim 64, the dq pass (integer offsets on
-swizzled stages; fractional positions with the two-diagonal product, the
-partials summed first and the split first) queues each offset step's copies
+swizzled stages; fractional positions with the two-diagonal product and the
+partials summed first) queues each offset step's copies
 with an offset the issue before it loaded, and loads the next one in its turn
 (clamped to the last offset within the block's reach, so never past the end
 of its row); FIBSPARSE_DQ_OFFSET_AHEAD=0 loads each offset in the issue that
@@ -24,19 +24,19 @@ from utils import (FRACTIONAL_POSITIONS, FRACTIONAL_WINDOW, PACKED_LENGTHS, asse
 SWITCH = "FIBSPARSE_DQ_OFFSET_AHEAD"
 DQ_KERNEL = "dq_from_dscores_with_offsets_kernel"
 # The kernel's switches, which the offset ahead needs as they are by default.
-NEEDED = ("FIBSPARSE_DQ_TWO_DIAGONALS", "FIBSPARSE_DQ_POSITION_SUMS_FIRST", "FIBSPARSE_DQ_SPLIT_FIRST",
-          "FIBSPARSE_DQ_SWIZZLE", "FIBSPARSE_STORED_DSCORES")
+NEEDED = ("FIBSPARSE_DQ_TWO_DIAGONALS", "FIBSPARSE_DQ_POSITION_SUMS_FIRST", "FIBSPARSE_DQ_SWIZZLE",
+          "FIBSPARSE_STORED_DSCORES")
 
 WINDOW, POSITIONS = FRACTIONAL_WINDOW, FRACTIONAL_POSITIONS
-# kSwizzledK, kTwoDiagonals, kPositionSumsFirst, kSplitFirst of each kind of
-# offsets' pass at head_dim 64.
-PASS = {True: ["false", "true", "true", "true"], False: ["true", "false", "false", "false"]}
+# kSwizzledK, kTwoDiagonals, kPositionSumsFirst of each kind of offsets' pass
+# at head_dim 64.
+PASS = {True: ["false", "true", "true"], False: ["true", "false", "false"]}
 
 
 def dq_pass(kernels):
-    """The dq pass's sixth to tenth template arguments: kSwizzledK,
-    kTwoDiagonals, kPositionSumsFirst, kSplitFirst, kOffsetAhead."""
-    return template_arguments(kernels, DQ_KERNEL)[5:10]
+    """The dq pass's sixth to ninth template arguments: kSwizzledK,
+    kTwoDiagonals, kPositionSumsFirst, kOffsetAhead."""
+    return template_arguments(kernels, DQ_KERNEL)[5:9]
 
 
 def integer_per_head_offsets():
@@ -136,20 +136,20 @@ def test_cuda_head_dim_128_reads_each_offset_in_its_issue(monkeypatch, setting, 
         monkeypatch.delenv(switch, raising=False)
     monkeypatch.setenv(SWITCH, setting)
     _, kernels = cuda_kernels_of(backward_call(offsets, 128, window=WINDOW if fractional else 128))
-    assert dq_pass(kernels)[4] == "false", kernels
+    assert dq_pass(kernels)[3] == "false", kernels
 
 
 @requires_cuda
-def test_cuda_split_again_reads_each_offset_in_its_issue(monkeypatch):
-    """With FIBSPARSE_DQ_SPLIT_FIRST=0 the fractional pass launches its step
-    that splits again, this switch unset: the offset ahead is compiled with
-    the split first alone."""
+def test_cuda_sums_at_each_step_read_each_offset_in_its_issue(monkeypatch):
+    """With FIBSPARSE_DQ_POSITION_SUMS_FIRST=0 the fractional pass launches
+    its step that sums at every step, this switch unset: the offset ahead is
+    compiled with the sums first alone."""
     offsets = torch.tensor(POSITIONS["f=0.875"], device="cuda")
     for switch in (SWITCH, *NEEDED):
         monkeypatch.delenv(switch, raising=False)
-    monkeypatch.setenv("FIBSPARSE_DQ_SPLIT_FIRST", "0")
+    monkeypatch.setenv("FIBSPARSE_DQ_POSITION_SUMS_FIRST", "0")
     _, kernels = cuda_kernels_of(backward_call(offsets, 64, window=WINDOW))
-    assert dq_pass(kernels) == ["false", "true", "true", "false", "false"], kernels
+    assert dq_pass(kernels) == ["false", "true", "false", "false"], kernels
 
 
 @requires_cuda

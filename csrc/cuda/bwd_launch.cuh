@@ -211,25 +211,12 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   // d(position) terms at every offset step rather than once before the steps
   // (dq_from_dscores_with_offsets_kernel's kPositionSumsFirst), for
   // comparisons; dq and d offsets are bitwise equal either way.
-  // FIBSPARSE_DQ_SPLIT_FIRST=0 has the fractional dq pass with its partials
-  // summed first at head_dim 64 split each offset step's position again after
-  // the step's barrier rather than take the split its copies' issue made
-  // (dq_from_dscores_with_offsets_kernel's kSplitFirst), for comparisons; dq
-  // and d offsets are bitwise equal either way. Head_dim 128 keeps the split
-  // after the barrier: the A/B's control.
   // FIBSPARSE_DQ_OFFSET_AHEAD=0 has the dq pass at head_dim 64 (integer
-  // offsets on swizzled stages, fractional ones with the split first) load
+  // offsets on swizzled stages, fractional ones with their sums first) load
   // each offset step's offset in the issue of its copies rather than one
   // issue ahead (dq_from_dscores_with_offsets_kernel's kOffsetAhead), for
   // comparisons; dq and d offsets are bitwise equal either way. Head_dim 128
   // keeps the load in its issue: the A/B's control.
-  // FIBSPARSE_DKDV_ROWS_BEFORE_STORES=0 has the fractional dk/dv pass's step
-  // with kept addresses at head_dim 64 load each row's lse and delta in the
-  // row's turn, after the previous row's stores, rather than both rows' first
-  // with both rows formed before the stores (dkdv_mma_kernel's
-  // kRowsBeforeStores), for comparisons; dq, dk, dv and d offsets are bitwise
-  // equal either way. At head_dim 128, where the pass holds 255 registers,
-  // both rows formed first spilled 8 bytes: it keeps the rows in turn.
   // Every switch of this backward is read here, before its first launch (and
   // before a poisoned dS buffer is filled): a value one refuses stops the call
   // before any kernel runs.
@@ -246,10 +233,8 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   const bool two_diagonals = !switched_off("FIBSPARSE_DKDV_TWO_DIAGONALS");
   const bool dq_two_diagonals = !switched_off("FIBSPARSE_DQ_TWO_DIAGONALS");
   const bool dq_position_sums_first = !switched_off("FIBSPARSE_DQ_POSITION_SUMS_FIRST");
-  const bool dq_split_first = !switched_off("FIBSPARSE_DQ_SPLIT_FIRST");
   const bool dq_offset_ahead = !switched_off("FIBSPARSE_DQ_OFFSET_AHEAD");
   const bool kept_fractional_rows = !switched_off("FIBSPARSE_DKDV_FRACTIONAL_KEPT_ROWS") && next_warp_share;
-  const bool rows_before_stores = !switched_off("FIBSPARSE_DKDV_ROWS_BEFORE_STORES");
   const bool v_in_smem = (kHeadDim == 128 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>)) ||
                          (kFractional64 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>, kMinBlocksDkdv<64>));
   const int64_t tiles = band_dscore_tiles(p);
@@ -306,10 +291,8 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   if constexpr (kFractional64) {
     if (v_in_smem && swizzled && two_diagonals) {
       dkdv_smem = kDkdvSmem + kDkdvVRowBytes<kHeadDim>;
-      dkdv = !kept_fractional_rows ? &dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true>
-             : rows_before_stores
-                 ? &dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true, true, true>
-                 : &dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true, true>;
+      dkdv = kept_fractional_rows ? &dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true, true>
+                                  : &dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true>;
     }
   }
   if constexpr (kHeadDim == 64 && kMaySwizzle) {  // integer offsets
@@ -330,7 +313,7 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
           if constexpr (kHeadDim == 64) {
             if (dq_offset_ahead) {
               return launch_kernel(
-                  dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, true, false, false, false,
+                  dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, true, false, false,
                                                       true>,
                   dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
                   kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
@@ -343,14 +326,7 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
       }
       if constexpr (kFrac && kHeadDim >= 64) {
         if constexpr (kHeadDim == 64) {
-          if (dq_two_diagonals && dq_position_sums_first && dq_split_first && dq_offset_ahead) {
-            return launch_kernel(
-                dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, false, true, true, true,
-                                                    true>,
-                dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
-                kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
-          }
-          if (dq_two_diagonals && dq_position_sums_first && dq_split_first) {
+          if (dq_two_diagonals && dq_position_sums_first && dq_offset_ahead) {
             return launch_kernel(
                 dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, false, true, true, true>,
                 dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,

@@ -612,19 +612,8 @@ __device__ __forceinline__ float lane_row_dot_shared(uint32_t a_lane, uint32_t b
 // the edge row of key -1 from `kept`, this step's stage's addresses
 // (FractionalStripRows), not from addresses it forms; the products, sums and
 // stores are the same, so dk, dv and the stored dS are bitwise equal.
-// kRowsBeforeStores (with kKeptFractionalRows): the lse and delta of rows g
-// and g + 8 are loaded first, and both rows' P, dS and d(position) terms
-// formed before either row's stores. Loaded in its row's turn, row g + 8's
-// lse and delta came after row g's stores, behind their branch, which neither
-// ptxas nor the loads' memory clobber lets a load pass: the second row's
-// loads, exponential and dS waited for the first row's whole chain (by a
-// count of the SASS's latencies along one warp's path, its exponential issued
-// ~125 cycles after the first's, against ~7 with both rows formed first), and
-// the two-diagonal products waited for both. The values, the order of every
-// sum and the stores are the same, so dk, dv, the stored dS and the terms are
-// bitwise equal.
 template <typename T, int kHeadDim, bool kSwizzled = false, bool kTwoDiagonals = false,
-          bool kKeptFractionalRows = false, bool kRowsBeforeStores = false, typename VFragments>
+          bool kKeptFractionalRows = false, typename VFragments>
 __device__ __forceinline__ void fractional_offset_step(
     const Params& p, const Sequence& seq, int b, int h, int o, const float* offset, OffsetSplit split,
     const uint32_t (&kf)[kHeadDim / 16][4], const VFragments& vf, RowPtr<kHeadDim> strip_q,
@@ -633,7 +622,6 @@ __device__ __forceinline__ void fractional_offset_step(
     int strip_row = 0, FractionalStripRows kept = {}) {
   static_assert(!kKeptFractionalRows || (kSwizzled && kTwoDiagonals),
                 "kept rows with the two-diagonal product on swizzled stages only");
-  static_assert(!kRowsBeforeStores || kKeptFractionalRows, "both rows' statistics from the kept rows");
   // Where a swizzled stage's dO rows lie after its q rows, and its deltas
   // after its lse values (the dk/dv pass's stage_row_buffer and stage_stat).
   constexpr uint32_t kDoBytes = kBufRows * kHeadDim * sizeof(uint16_t), kDeltaBytes = kBufRows * sizeof(float);
@@ -671,18 +659,6 @@ __device__ __forceinline__ void fractional_offset_step(
     add_two_diagonals_times_rows_at<T, kHeadDim, true>(
         d_g, d_g8, e_g, e_g8, swizzled_add_lane_row<kHeadDim>(stage_of(strip), lane, strip_row), acc, lane);
   };
-  // kRowsBeforeStores: the lse and delta of rows g and g + 8, read before
-  // any store.
-  // (Zeroed so that the other kernels' unused arms read set values; every read
-  // one follows its load.)
-  [[maybe_unused]] float rows_lse[2] = {}, rows_delta[2] = {};
-  if constexpr (kRowsBeforeStores) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      rows_lse[r] = load_shared_float(kept.lse_row + 32 * r);
-      rows_delta[r] = load_shared_float(kept.lse_row + 32 * r + kDeltaBytes);
-    }
-  }
   float st[2][4], dpt[2][4];
   if constexpr (kKeptFractionalRows) {
     dot_16_rows_at<T, kHeadDim, 2, 1, true>(kf, kept.dot_row, st, 0);
@@ -747,54 +723,27 @@ __device__ __forceinline__ void fractional_offset_step(
     }
     // kKeptFractionalRows: rows g and g + 8 from the kept address (row 16, formed only
     // without the next warp's shares, from the pointers).
-    // kRowsBeforeStores: the same values, loaded first.
     const bool kept_row = kKeptFractionalRows && row < 16;
     const uint32_t kept_at = kept.lse_row + 32 * (row / 8);
-    const float lse_log2 = backward_lse(kRowsBeforeStores && kept_row ? (row < 8 ? rows_lse[0] : rows_lse[1])
-                                        : kept_row               ? load_shared_float(kept_at)
-                                                                 : lse[row]) *
-                           float(M_LOG2E);
+    const float lse_log2 = backward_lse(kept_row ? load_shared_float(kept_at) : lse[row]) * float(M_LOG2E);
     prob = valid ? fast_exp2(score * scale_log2 - lse_log2) : 0.f;
-    dscore = valid ? prob * (dprob - (kRowsBeforeStores && kept_row ? (row < 8 ? rows_delta[0] : rows_delta[1])
-                                      : kept_row               ? load_shared_float(kept_at + kDeltaBytes)
-                                                               : dlt[row]))
-                   : 0.f;
+    dscore = valid ? prob * (dprob - (kept_row ? load_shared_float(kept_at + kDeltaBytes) : dlt[row])) : 0.f;
     term = valid ? dscore * scale * ds_dpos + prob * ddp_dpos : 0.f;
     return valid;
   };
   float prob[2], dscore[2];
-  // kRowsBeforeStores: each row's term, and whether this lane stores the row,
-  // for the stores after both rows.
-  [[maybe_unused]] float terms[2];
-  [[maybe_unused]] bool stores[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = g + 8 * r;
     float term;
     const bool valid = row_terms(row, diagonal_element(st, r, g), s1[r], diagonal_element(dpt, r, g), dp1[r],
                                  prob[r], dscore[r], term);
-    if constexpr (kRowsBeforeStores) {
-      terms[r] = term;
-      stores[r] = valid && owns_diagonal(lane);
-    } else if (valid && owns_diagonal(lane)) {
+    if (valid && owns_diagonal(lane)) {
       const int64_t at = offset_term_index(p, seq, b, h, o, warp_k0 + row + split.whole);
       static_cast<float*>(p.offset_dscores)[at] = dscore[r];
       static_cast<float*>(p.offset_probs)[at] = term;  // unused by this route otherwise
     }
   }
-  const auto store_rows_terms = [&] {
-    if constexpr (kRowsBeforeStores) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        if (stores[r]) {
-          const int64_t at = offset_term_index(p, seq, b, h, o, warp_k0 + g + 8 * r + split.whole);
-          static_cast<float*>(p.offset_dscores)[at] = dscore[r];
-          static_cast<float*>(p.offset_probs)[at] = terms[r];  // unused by this route otherwise
-        }
-      }
-    }
-  };
-  store_rows_terms();
   const float w0 = 1.f - split.frac;
   // Row 0's share of the previous warp's key 15 (its row 16's), from row 0's
   // P and dS (lane 0's), with weight f (NeighbourShares).
@@ -1071,12 +1020,8 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // kKeptFractionalRows (with kTwoDiagonals, launched only with the next warp's
 // shares): the fractional step's shared-memory addresses, and with kVInSmem
 // the v rows' too, formed once and kept (FractionalStripRows).
-// kRowsBeforeStores (with kKeptFractionalRows): the fractional step loads both
-// rows' statistics first and forms both rows before storing their dS and
-// terms (fractional_offset_step).
 template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kVInSmem = false,
-          bool kSwizzledRows = false, bool kTwoDiagonals = false, bool kKeptFractionalRows = false,
-          bool kRowsBeforeStores = false>
+          bool kSwizzledRows = false, bool kTwoDiagonals = false, bool kKeptFractionalRows = false>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
@@ -1095,7 +1040,6 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   constexpr bool kFractionalFirst = kRoute == DkdvRoute::kBeforeDq && !std::is_integral_v<OffsetT>;
   static_assert(!kTwoDiagonals || (kFractionalFirst && kSwizzledRows));
   static_assert(!kKeptFractionalRows || kTwoDiagonals);
-  static_assert(!kRowsBeforeStores || kKeptFractionalRows);
   static_assert(!kWindowAlone || 2 * kChunk == kMmaBlockThreads, "delta: two threads a staged row");
   // 128-byte aligned: a swizzled stage's k-step XOR (swizzled_k_step) acts on
   // the shared address itself, so each stage must start on a 128-byte line.
@@ -1310,7 +1254,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
         RowPtr<kHeadDim> strip_q = rows_q + row0, strip_do = rows_do + row0;
         if constexpr (kFractionalFirst && kSwizzledRows) {
           // Swizzled: the stages themselves, and the strip's first row.
-          fractional_offset_step<T, kHeadDim, true, kTwoDiagonals, kKeptFractionalRows, kRowsBeforeStores>(
+          fractional_offset_step<T, kHeadDim, true, kTwoDiagonals, kKeptFractionalRows>(
               p, seq, b, step.head, steps.offset_index(step), &step_offset, split, kf, vf, rows_q, rows_do,
               stat0 + row0, stat1 + row0, edge_rows(warp), warp_k0, dk, dv, shares, lane, row0,
               kept_rows.at_stage(uint32_t(n % 2) * 2 * kStagedRowsBytes,

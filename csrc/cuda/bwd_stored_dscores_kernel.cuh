@@ -304,13 +304,6 @@ __device__ __forceinline__ void store_warp_doffsets_partials_first(const Params&
 // the terms the dk/dv pass stored (store_warp_doffsets_partials_first), so an
 // offset step neither stages nor sums them; their loads overlap the first
 // step's copies. dq and the partials are bitwise those of the steps' sums.
-// kSplitFirst (fractional positions, with kPositionSumsFirst): a step takes
-// its position's split (whole and f) from the step that queued its copies,
-// which split it already for their validity, rather than splitting it again
-// after its barrier, where the branch on the whole part waited on a 64-bit
-// F2I before the dS loads could issue: the issue of the next step's copies
-// hides that latency. The same split of the same value: dq and d offsets are
-// bitwise equal either way.
 // kOffsetAhead: issue() takes its offset from a register loaded by the issue
 // before it (the first one before the steps) and loads the next one there,
 // rather than loading its own, on which the copies' validity (the offset,
@@ -320,15 +313,13 @@ __device__ __forceinline__ void store_warp_doffsets_partials_first(const Params&
 // the same values in the same order, so dq and d offsets are bitwise equal
 // either way.
 template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, bool kSwizzledK = false,
-          bool kTwoDiagonals = false, bool kPositionSumsFirst = false, bool kSplitFirst = false,
-          bool kOffsetAhead = false>
+          bool kTwoDiagonals = false, bool kPositionSumsFirst = false, bool kOffsetAhead = false>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
   static_assert(!kSwizzledK || (!kFrac && (kHeadDim == 64 || kHeadDim == 128)));
   static_assert(!kTwoDiagonals || (kFrac && (kHeadDim == 64 || kHeadDim == 128)));
   static_assert(!kPositionSumsFirst || kTwoDiagonals);
-  static_assert(!kSplitFirst || kPositionSumsFirst);
   constexpr int kThreads = kHeads * kMmaBlockThreads;
   // 128-byte aligned: a swizzled stage's k-step XOR (swizzled_k_step) acts on
   // the shared address itself, so each k stage must start on a 128-byte line
@@ -378,9 +369,6 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   };
   // Queues step n; returns its offset (-1 for a band step or none), which
   // the step itself takes from the queue below.
-  // kSplitFirst: the split of the offset the last issue() queued (whole -1
-  // for a band step or none).
-  [[maybe_unused]] OffsetSplit issued_split{-1, 0.f};
   // kOffsetAhead: the offset of the next offset step issue() queues (read
   // only where there is one within reach).
   [[maybe_unused]] OffsetT ahead_offset = OffsetT(-1);
@@ -389,7 +377,6 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   }
   const auto issue = [&](int n) {
     OffsetT queued = OffsetT(-1);
-    if constexpr (kSplitFirst) issued_split = {-1, 0.f};
     if (n < band_steps) {
       const int64_t key_tile = first_key_tile + n;
       stage_own_dscore_fragments(stage_ds(n % kStages, head) + warp * kWarpDscoreValues, dscore_tile(n), warp, warp_q0,
@@ -407,9 +394,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       const OffsetT offset = kOffsetAhead ? ahead_offset : offs[o];
       if constexpr (kOffsetAhead) ahead_offset = offs[min(o + 1, num_steps - band_steps - 1)];
       queued = offset;
-      const OffsetSplit split = split_offset(&offset, 0);
-      if constexpr (kSplitFirst) issued_split = split;
-      const int64_t whole = split.whole;
+      const int64_t whole = split_offset(&offset, 0).whole;
       if (whole >= 0) {
         // Warp w of each head reads only its strip of k rows (16, or for
         // fractional positions 17, from the second row of its first query),
@@ -450,13 +435,8 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   // after the step's barrier, it was a wait in front of the step's products
   // (0.4-3.6% of the pass at head_dim 128; docs/performance.md, round 67).
   OffsetT queued[kStages - 1];
-  [[maybe_unused]] OffsetSplit queued_splits[kStages - 1];
   queued[0] = issue(0);
-  queued_splits[0] = issued_split;
-  if constexpr (kStages == 3) {
-    queued[1] = issue(1);
-    queued_splits[1] = issued_split;
-  }
+  if constexpr (kStages == 3) queued[1] = issue(1);
   if constexpr (kPositionSumsFirst) {
     store_warp_doffsets_partials_first(p, seq, offs, num_steps - band_steps, b, h, warp_q0, lane);
   }
@@ -495,28 +475,14 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   float row15_first[kHeadDim >= 32 ? kHeadDim / 32 : 1] = {};
   for (int n = 0; n < num_steps; ++n) {
     OffsetT next;
-    [[maybe_unused]] OffsetSplit next_split{-1, 0.f};
-    if constexpr (kStages == 2) {
-      next = issue(n + 1);
-      next_split = issued_split;
-    }
+    if constexpr (kStages == 2) next = issue(n + 1);
     wait_async<1>();
     sync_step<kHeads>(steps_by_group(kStages == 2 ? n : n - 1), warp);
-    if constexpr (kStages == 3) {
-      next = issue(n + 2);
-      next_split = issued_split;
-    }
+    if constexpr (kStages == 3) next = issue(n + 2);
     const OffsetT step_offset = queued[0];
 #pragma unroll
     for (int i = 0; i + 1 < kStages - 1; ++i) queued[i] = queued[i + 1];
     queued[kStages - 2] = next;
-    [[maybe_unused]] OffsetSplit step_split{-1, 0.f};
-    if constexpr (kSplitFirst) {
-      step_split = queued_splits[0];
-#pragma unroll
-      for (int i = 0; i + 1 < kStages - 1; ++i) queued_splits[i] = queued_splits[i + 1];
-      queued_splits[kStages - 2] = next_split;
-    }
     if (n < band_steps) {
       add_staged_dscore_fragments_times_k<T, kHeadDim, kSwizzledK>(
           stage_ds(n % kStages, head) + warp * kWarpDscoreValues, stage_k(n % kStages), warp_q0,
@@ -531,7 +497,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       add_diag_times_rows_at<T, kHeadDim, kSwizzledK>(ds_g, ds_g8, strip_add_row + stage * kStageKBytes, dq, lane);
     } else {
       [[maybe_unused]] const int o = n - band_steps;
-      const OffsetSplit split = kSplitFirst ? step_split : split_offset(&step_offset, 0);
+      const OffsetSplit split = split_offset(&step_offset, 0);
       const uint32_t stage = uint32_t(n % kStages);
       if (split.whole >= 0) {
         // dq of query x += dS_x ((1 - f) its first row, strip row x + 1, + f
