@@ -208,7 +208,9 @@ def device_ab_tree(tmp_path, build_status=0):
         (repo / "tools" / name).write_text((ROOT / "tools" / name).read_text())
     seen = 'import os, sys; print("{} sees", os.environ.get("FIBSPARSE_CHECKED"), sys.argv[1:])\n'
     (repo / "tools" / "ab_switch.py").write_text(seen.format("ab_switch"))
-    (repo / "tools" / "sanitize_kernels.py").write_text(seen.format("sanitize_kernels"))
+    (repo / "tools" / "sanitize_kernels.py").write_text(
+        seen.format("sanitize_kernels")
+        + 'print("sanitize_kernels caching allocator off:", os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING"))\n')
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
     subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "t"],
@@ -236,13 +238,15 @@ def run_device_ab(script, env, *args):
 
 def test_device_ab_sets_check_env_for_the_checks_alone(tmp_path):
     """--check-env reaches the sanitizers but not the A/B, whose default side
-    is the caller's environment; the log names each step and ends with status 0."""
+    is the caller's environment; the sanitizers run with torch's caching
+    allocator off; the log names each step and ends with status 0."""
     script, env = device_ab_tree(tmp_path)
     status, output = run_device_ab(script, env, "--check-env", "FIBSPARSE_CHECKED=1", "--sanitize", "--",
                                    "FIBSPARSE_X=0", "--kernel", "dkdv")
     assert status == 0, output
     assert "ab_switch sees None ['FIBSPARSE_X=0', '--kernel', 'dkdv']" in output
     assert output.count("sanitize_kernels sees 1") == 3
+    assert output.count("sanitize_kernels caching allocator off: 1") == 3
     log = (tmp_path / "ab.log").read_text()
     assert "=== summary" in log and "racecheck: rc=0" in log and "synccheck: rc=0" in log
 

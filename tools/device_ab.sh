@@ -141,7 +141,7 @@ if [[ ${#check_env[@]} -gt 0 ]]; then
 fi
 if [[ $sanitize == 1 ]]; then
   for tool in racecheck memcheck synccheck; do
-    step "$tool" 120 "${sanitizer_command[@]}" --tool "$tool" python3 tools/sanitize_kernels.py
+    step "$tool" 150 "${sanitizer_command[@]}" --tool "$tool" python3 tools/sanitize_kernels.py
   done
 fi
 if [[ -n "$tests" ]]; then

@@ -6,7 +6,10 @@ batch with empty and one-token sequences, and one with as many queries as keys (
 given-back entries are -1; more rows of d(position) partials than their sums' kernel has blocks),
 sized for compute-sanitizer:
 
-    compute-sanitizer --tool memcheck --error-exitcode 1 python tools/sanitize_kernels.py
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 python tools/sanitize_kernels.py
+
+(torch's caching allocator off, so that an access past the end of a tensor is
+past the end of an allocation, which memcheck reports.)
 """
 import os
 
