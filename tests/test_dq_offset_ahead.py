@@ -18,8 +18,8 @@ import torch
 
 from utils import (FRACTIONAL_POSITIONS, FRACTIONAL_WINDOW, PACKED_LENGTHS, assert_gradients_bitwise,
                    assert_refused_before_any_kernel, backward_call, cuda_kernels_of, dense_backward_case,
-                   fibonacci_offsets, packed_backward_case, per_head_padded_positions, requires_cuda,
-                   template_arguments)
+                   dq_heads_per_block, fibonacci_offsets, packed_backward_case, per_head_padded_positions,
+                   requires_cuda, template_arguments)
 
 SWITCH = "FIBSPARSE_DQ_OFFSET_AHEAD"
 DQ_KERNEL = "dq_from_dscores_with_offsets_kernel"
@@ -79,9 +79,8 @@ def test_cuda_fractional_offset_ahead_is_bitwise(monkeypatch, positions, dtype, 
     head_dim 64."""
     offsets = torch.tensor(POSITIONS[positions], device="cuda")
     args, reference = dense_backward_case(batch, seqlen, heads, heads_kv, 64, dtype, offsets, WINDOW)
-    group = heads // heads_kv
-    expected = next(n for n in (4, 2, 1) if group % n == 0)
-    assert_offset_ahead_bitwise(monkeypatch, torch.ops.fibsparse.bwd, args, reference, True, expected)
+    assert_offset_ahead_bitwise(monkeypatch, torch.ops.fibsparse.bwd, args, reference, True,
+                                dq_heads_per_block(heads, heads_kv, 64))
 
 
 @requires_cuda
@@ -95,9 +94,8 @@ def test_cuda_integer_offset_ahead_is_bitwise(monkeypatch, dtype, batch, seqlen,
     block; head_dim 64."""
     offsets = fibonacci_offsets(128, seqlen)
     args, reference = dense_backward_case(batch, seqlen, heads, heads_kv, 64, dtype, offsets, 128)
-    group = heads // heads_kv
-    expected = next(n for n in (4, 2, 1) if group % n == 0)
-    assert_offset_ahead_bitwise(monkeypatch, torch.ops.fibsparse.bwd, args, reference, False, expected)
+    assert_offset_ahead_bitwise(monkeypatch, torch.ops.fibsparse.bwd, args, reference, False,
+                                dq_heads_per_block(heads, heads_kv, 64))
 
 
 @requires_cuda

@@ -17,8 +17,8 @@ import torch
 
 from utils import (FRACTIONAL_POSITIONS, FRACTIONAL_WINDOW, assert_gradients_bitwise,
                    assert_refused_before_any_kernel, backward_call, cuda_kernels_of, dense_backward_case,
-                   fibonacci_offsets, packed_fractional_case, per_head_padded_positions, requires_cuda,
-                   template_arguments)
+                   dq_heads_per_block, fibonacci_offsets, packed_fractional_case, per_head_padded_positions,
+                   requires_cuda, template_arguments)
 
 SWITCH = "FIBSPARSE_DQ_POSITION_SUMS_FIRST"
 DQ_KERNEL = "dq_from_dscores_with_offsets_kernel"
@@ -62,9 +62,8 @@ def test_cuda_sums_first_are_the_steps_sums(monkeypatch, positions, batch, seqle
     block."""
     offsets = torch.tensor(POSITIONS[positions], device="cuda")
     args, reference = dense_backward_case(batch, seqlen, heads, heads_kv, head_dim, torch.bfloat16, offsets, WINDOW)
-    group, limit = heads // heads_kv, 4 if head_dim == 64 else 2
-    expected = next(n for n in (4, 2, 1) if n <= limit and group % n == 0)
-    assert_sums_first_bitwise(monkeypatch, torch.ops.fibsparse.bwd, args, reference, expected)
+    assert_sums_first_bitwise(monkeypatch, torch.ops.fibsparse.bwd, args, reference,
+                              dq_heads_per_block(heads, heads_kv, head_dim))
 
 
 @requires_cuda

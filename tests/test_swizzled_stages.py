@@ -12,8 +12,8 @@ compares the two). A switch's bad value is refused before any kernel runs."""
 import pytest
 import torch
 
-from utils import (assert_refused_before_any_kernel, backward_call, cuda_kernels_of, fibonacci_offsets, packed,
-                   random_rows, requires_cuda, template_arguments)
+from utils import (assert_refused_before_any_kernel, backward_call, cuda_kernels_of, dq_heads_per_block,
+                   fibonacci_offsets, packed, random_rows, requires_cuda, template_arguments)
 
 DKDV_SWITCH, DQ_SWITCH = "FIBSPARSE_DKDV_SWIZZLE", "FIBSPARSE_DQ_SWIZZLE"
 DKDV_KERNEL, DQ_KERNEL = "dkdv_mma_kernel", "dq_from_dscores_with_offsets_kernel"
@@ -77,10 +77,7 @@ def test_cuda_swizzled_stages_are_bitwise_padded_stages(monkeypatch, heads, head
     for grad_lse in (dlse, None):
         assert_bitwise_with_padded_rows(monkeypatch, torch.ops.fibsparse.bwd,
                                         (dout, q, k, v, out, lse, grad_lse, offsets, [window], 0.125))
-    # The dq pass's heads a block: the largest power of two up to its limit
-    # that divides the kv group.
-    group, limit = heads // heads_kv, 4 if head_dim == 64 else 2
-    expected = next(n for n in (4, 2, 1) if n <= limit and group % n == 0)
+    expected = dq_heads_per_block(heads, heads_kv, head_dim)
     _, kernels = cuda_kernels_of(lambda: torch.ops.fibsparse.bwd(dout, q, k, v, out, lse, dlse, offsets, [window],
                                                                  0.125))
     assert template_arguments(kernels, DQ_KERNEL)[3] == str(expected), kernels

@@ -249,6 +249,14 @@ def packed_backward_case(lengths, heads, heads_kv, head_dim, dtype, offsets, win
             packed_reference_grads(q, k, v, cu, window, offsets, dout, dlse, scale))
 
 
+def dq_heads_per_block(heads, heads_kv, head_dim):
+    """How many query heads of a kv group the backward's dq pass serves in one
+    block: the largest power of two that divides the group, up to 4 at
+    head_dim 64 and 2 at 128."""
+    group, limit = heads // heads_kv, 4 if head_dim == 64 else 2
+    return next(n for n in (4, 2, 1) if n <= limit and group % n == 0)
+
+
 def per_head_padded_positions():
     """Fractional positions for 4 query heads over 2 kv heads, one row a head:
     20 in the first (more than a round of 16, the farthest beyond the reach
