@@ -45,9 +45,9 @@ case "$mode" in
     # 240 s: FlashAttention-4 JIT-compiles its kernels on the sweep's first calls.
     step fair_sweep 240 python3 bench/bench_sweep.py --fair
     step kernel_times 90 python3 tools/kernel_times.py
-    # racecheck takes ~55-75 s on an H200, the other two under 15 (with torch's
-    # caching allocator on; off, as the sanitizers now run, each tensor is
-    # allocated and freed by the driver: the limits leave room for that).
+    # With torch's caching allocator off (sanitizer_command), racecheck takes
+    # ~70 s on an H200 and the other two under 15; the limits leave room for
+    # the driver's allocations.
     for tool in memcheck racecheck synccheck; do
       step $tool 150 "${sanitizer_command[@]}" --tool $tool python3 tools/sanitize_kernels.py
     done
