@@ -206,9 +206,14 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   // with the two-diagonal product (head_dim 64 and 128) form its
   // shared-memory addresses at every step instead of keeping them
   // (dkdv_mma_kernel's kKeptFractionalRows, which also needs the next warp's
-  // shares), for comparisons. FIBSPARSE_DQ_POSITION_SUMS_FIRST=0 has the
-  // fractional dq pass with the two-diagonal product stage and sum its
-  // d(position) terms at every offset step rather than once before the steps
+  // shares), for comparisons; FIBSPARSE_DKDV_SIXTEEN_ROW_STRIPS=0 has that
+  // step's warps at head_dim 64 stage their strips' row 16 and the edge rows
+  // of keys 15 and 16, which it never reads (dkdv_mma_kernel's
+  // kSixteenRowStrips), for comparisons; at 128 the pass stages them all
+  // (leaving them out it spills 8 bytes at 255 registers).
+  // FIBSPARSE_DQ_POSITION_SUMS_FIRST=0 has the fractional dq pass with the
+  // two-diagonal product stage and sum its d(position) terms at every offset
+  // step rather than once before the steps
   // (dq_from_dscores_with_offsets_kernel's kPositionSumsFirst), for
   // comparisons; dq and d offsets are bitwise equal either way.
   // FIBSPARSE_DQ_OFFSET_AHEAD=0 has the dq pass at head_dim 64 (integer
@@ -235,6 +240,7 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   const bool dq_position_sums_first = !switched_off("FIBSPARSE_DQ_POSITION_SUMS_FIRST");
   const bool dq_offset_ahead = !switched_off("FIBSPARSE_DQ_OFFSET_AHEAD");
   const bool kept_fractional_rows = !switched_off("FIBSPARSE_DKDV_FRACTIONAL_KEPT_ROWS") && next_warp_share;
+  const bool sixteen_row_strips = !switched_off("FIBSPARSE_DKDV_SIXTEEN_ROW_STRIPS") && kept_fractional_rows;
   const bool v_in_smem = (kHeadDim == 128 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>)) ||
                          (kFractional64 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>, kMinBlocksDkdv<64>));
   const int64_t tiles = band_dscore_tiles(p);
@@ -291,8 +297,10 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   if constexpr (kFractional64) {
     if (v_in_smem && swizzled && two_diagonals) {
       dkdv_smem = kDkdvSmem + kDkdvVRowBytes<kHeadDim>;
-      dkdv = kept_fractional_rows ? &dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true, true>
-                                  : &dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true>;
+      dkdv = sixteen_row_strips     ? &dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true,
+                                                          true, true>
+             : kept_fractional_rows ? &dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true, true>
+                                    : &dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true>;
     }
   }
   if constexpr (kHeadDim == 64 && kMaySwizzle) {  // integer offsets
