@@ -222,6 +222,10 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   // issue ahead (dq_from_dscores_with_offsets_kernel's kOffsetAhead), for
   // comparisons; dq and d offsets are bitwise equal either way. Head_dim 128
   // keeps the load in its issue: the A/B's control.
+  // FIBSPARSE_DQ_ROW16_IN_REGISTERS=0 has that fractional dq pass at head_dim
+  // 64 stage its strips' row 16 rather than load each lane's columns of it
+  // into a register (dq_from_dscores_with_offsets_kernel's
+  // kRow16InRegisters), for comparisons; dq bitwise equal either way.
   // Every switch of this backward is read here, before its first launch (and
   // before a poisoned dS buffer is filled): a value one refuses stops the call
   // before any kernel runs.
@@ -239,6 +243,7 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   const bool dq_two_diagonals = !switched_off("FIBSPARSE_DQ_TWO_DIAGONALS");
   const bool dq_position_sums_first = !switched_off("FIBSPARSE_DQ_POSITION_SUMS_FIRST");
   const bool dq_offset_ahead = !switched_off("FIBSPARSE_DQ_OFFSET_AHEAD");
+  const bool dq_row16_in_registers = !switched_off("FIBSPARSE_DQ_ROW16_IN_REGISTERS");
   const bool kept_fractional_rows = !switched_off("FIBSPARSE_DKDV_FRACTIONAL_KEPT_ROWS") && next_warp_share;
   const bool sixteen_row_strips = !switched_off("FIBSPARSE_DKDV_SIXTEEN_ROW_STRIPS") && kept_fractional_rows;
   const bool v_in_smem = (kHeadDim == 128 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>)) ||
@@ -334,6 +339,13 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
       }
       if constexpr (kFrac && kHeadDim >= 64) {
         if constexpr (kHeadDim == 64) {
+          if (dq_two_diagonals && dq_position_sums_first && dq_offset_ahead && dq_row16_in_registers) {
+            return launch_kernel(
+                dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, false, true, true, true,
+                                                    true>,
+                dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
+                kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
+          }
           if (dq_two_diagonals && dq_position_sums_first && dq_offset_ahead) {
             return launch_kernel(
                 dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, false, true, true, true>,

@@ -485,19 +485,25 @@ __device__ __forceinline__ void load_lane_columns_at(uint32_t lane_addr, uint32_
   }
 }
 
-// add_lane_row_times from this lane's columns as a shared-memory address
-// (the fractional dq pass with stored dS, head_dim 64 and 128).
+// add_lane_row_times from this lane's columns as packed pairs (load_lane_columns_at's).
 template <typename T, int kHeadDim>
-__device__ __forceinline__ void add_lane_row_times_at(float w, uint32_t lane_addr, float (&acc)[kHeadDim / 32]) {
-  constexpr int kPairs = kHeadDim / 64;
-  uint32_t x_bits[kPairs];
-  load_lane_columns_at<kHeadDim>(lane_addr, x_bits);
+__device__ __forceinline__ void add_lane_columns_times(float w, const uint32_t (&x_bits)[kHeadDim / 64],
+                                                       float (&acc)[kHeadDim / 32]) {
 #pragma unroll
-  for (int e = 0; e < kPairs; ++e) {
+  for (int e = 0; e < kHeadDim / 64; ++e) {
     const float2 x2 = unpack2<T>(x_bits[e]);
     acc[2 * e] += w * x2.x;
     acc[2 * e + 1] += w * x2.y;
   }
+}
+
+// add_lane_row_times from this lane's columns as a shared-memory address
+// (the fractional dq pass with stored dS, head_dim 64 and 128).
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void add_lane_row_times_at(float w, uint32_t lane_addr, float (&acc)[kHeadDim / 32]) {
+  uint32_t x_bits[kHeadDim / 64];
+  load_lane_columns_at<kHeadDim>(lane_addr, x_bits);
+  add_lane_columns_times<T, kHeadDim>(w, x_bits, acc);
 }
 
 // acc's row 15 (fragment row g + 8 of the lanes with g == 7) += a row the

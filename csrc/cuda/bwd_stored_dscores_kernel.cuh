@@ -312,14 +312,24 @@ __device__ __forceinline__ void store_warp_doffsets_partials_first(const Params&
 // of the next offset within reach, clamped to the last one (never past it):
 // the same values in the same order, so dq and d offsets are bitwise equal
 // either way.
+// kRow16InRegisters (with kTwoDiagonals, head_dim 64): a fractional strip's
+// row 16, query 15's first row, which the two-diagonal product leaves to
+// row15_first, is not staged: the issue loads this lane's columns of it
+// (lane_row_dot_at's, one 4-byte load) into a register that the step takes,
+// a whole iteration later, where it read them from the staged row. The
+// strip is then 16 rows, four rounds of copies a lane, where 17 take five and
+// a check on the fifth. A whole position, whose diagonal product reads rows
+// 1-16, stages all 17. The same values in the same sums: dq bitwise equal.
 template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, bool kSwizzledK = false,
-          bool kTwoDiagonals = false, bool kPositionSumsFirst = false, bool kOffsetAhead = false>
+          bool kTwoDiagonals = false, bool kPositionSumsFirst = false, bool kOffsetAhead = false,
+          bool kRow16InRegisters = false>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
   static_assert(!kSwizzledK || (!kFrac && (kHeadDim == 64 || kHeadDim == 128)));
   static_assert(!kTwoDiagonals || (kFrac && (kHeadDim == 64 || kHeadDim == 128)));
   static_assert(!kPositionSumsFirst || kTwoDiagonals);
+  static_assert(!kRow16InRegisters || (kTwoDiagonals && kHeadDim == 64), "one 4-byte load of row 16 a lane");
   constexpr int kThreads = kHeads * kMmaBlockThreads;
   // 128-byte aligned: a swizzled stage's k-step XOR (swizzled_k_step) acts on
   // the shared address itself, so each k stage must start on a 128-byte line
@@ -375,6 +385,9 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   if constexpr (kOffsetAhead) {
     if (num_steps > band_steps) ahead_offset = offs[0];
   }
+  // kRow16InRegisters: this lane's columns of strip row 16 of the step queued
+  // last (zero where that key does not exist or the step stages row 16).
+  [[maybe_unused]] uint32_t issued_row16 = 0;
   const auto issue = [&](int n) {
     OffsetT queued = OffsetT(-1);
     if (n < band_steps) {
@@ -394,16 +407,32 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       const OffsetT offset = kOffsetAhead ? ahead_offset : offs[o];
       if constexpr (kOffsetAhead) ahead_offset = offs[min(o + 1, num_steps - band_steps - 1)];
       queued = offset;
-      const int64_t whole = split_offset(&offset, 0).whole;
+      const OffsetSplit split = split_offset(&offset, 0);
+      const int64_t whole = split.whole;
+      if constexpr (kRow16InRegisters) issued_row16 = 0;
       if (whole >= 0) {
         // Warp w of each head reads only its strip of k rows (16, or for
         // fractional positions 17, from the second row of its first query),
         // so those kHeads warps stage it (steps_by_group), with each head's
         // dS of the warp's 16 queries (and their d(position) terms).
         const int64_t first = q0 - whole - (kFrac ? 1 : 0) + 16 * warp;
-        stage_rows<kHeadDim, kWarpStripRows<kFrac>, 32 * kHeads, false, kSwizzledK>(
-            strip_of(stage_k(n % kStages), warp_strip_row0<kFrac>(warp)), k_src, p.k_row_stride, first,
-            seq.seqlen_k - 1, unsigned(32 * head + lane));
+        Rows<kHeadDim> strip = strip_of(stage_k(n % kStages), warp_strip_row0<kFrac>(warp));
+        if constexpr (kRow16InRegisters) {
+          if (split.frac != 0.f) {
+            stage_rows<kHeadDim, 16, 32 * kHeads, false, kSwizzledK>(strip, k_src, p.k_row_stride, first,
+                                                                    seq.seqlen_k - 1, unsigned(32 * head + lane));
+            const int64_t key = first + 16;
+            if (key >= 0 && key < seq.seqlen_k) {
+              issued_row16 = *reinterpret_cast<const uint32_t*>(k_src + key * p.k_row_stride + kHeadDim / 32 * lane);
+            }
+          } else {
+            stage_rows<kHeadDim, kWarpStripRows<kFrac>, 32 * kHeads, false, kSwizzledK>(
+                strip, k_src, p.k_row_stride, first, seq.seqlen_k - 1, unsigned(32 * head + lane));
+          }
+        } else {
+          stage_rows<kHeadDim, kWarpStripRows<kFrac>, 32 * kHeads, false, kSwizzledK>(
+              strip, k_src, p.k_row_stride, first, seq.seqlen_k - 1, unsigned(32 * head + lane));
+        }
         if (lane < 16) {
           const int64_t i = q0 + 16 * warp + lane;
           const bool valid =
@@ -435,8 +464,13 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   // after the step's barrier, it was a wait in front of the step's products
   // (0.4-3.6% of the pass at head_dim 128; docs/performance.md, round 67).
   OffsetT queued[kStages - 1];
+  [[maybe_unused]] uint32_t queued_row16[kStages - 1] = {};  // kRow16InRegisters: issued_row16 of each
   queued[0] = issue(0);
-  if constexpr (kStages == 3) queued[1] = issue(1);
+  if constexpr (kRow16InRegisters) queued_row16[0] = issued_row16;
+  if constexpr (kStages == 3) {
+    queued[1] = issue(1);
+    if constexpr (kRow16InRegisters) queued_row16[1] = issued_row16;
+  }
   if constexpr (kPositionSumsFirst) {
     store_warp_doffsets_partials_first(p, seq, offs, num_steps - band_steps, b, h, warp_q0, lane);
   }
@@ -483,6 +517,13 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
 #pragma unroll
     for (int i = 0; i + 1 < kStages - 1; ++i) queued[i] = queued[i + 1];
     queued[kStages - 2] = next;
+    [[maybe_unused]] uint32_t step_row16 = 0;
+    if constexpr (kRow16InRegisters) {
+      step_row16 = queued_row16[0];
+#pragma unroll
+      for (int i = 0; i + 1 < kStages - 1; ++i) queued_row16[i] = queued_row16[i + 1];
+      queued_row16[kStages - 2] = issued_row16;
+    }
     if (n < band_steps) {
       add_staged_dscore_fragments_times_k<T, kHeadDim, kSwizzledK>(
           stage_ds(n % kStages, head) + warp * kWarpDscoreValues, stage_k(n % kStages), warp_q0,
@@ -519,7 +560,11 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
             add_two_diagonals_times_rows_at<T, kHeadDim>(w1 * ds_g, w1 * ds_g8, w0 * ds_g, w0 * ds_g8, rows, dq,
                                                          lane);
             const float ds15 = __shfl_sync(0xffffffffu, ds_g8, 28);
-            add_lane_row_times_at<T, kHeadDim>(w0 * ds15, row16_addr + stage * kStageKBytes, row15_first);
+            if constexpr (kRow16InRegisters) {
+              add_lane_columns_times<T, kHeadDim>(w0 * ds15, {step_row16}, row15_first);
+            } else {
+              add_lane_row_times_at<T, kHeadDim>(w0 * ds15, row16_addr + stage * kStageKBytes, row15_first);
+            }
           }
         } else {
           add_diag_times_rows_at<T, kHeadDim>(w0 * ds_g, w0 * ds_g8, rows, dq, lane, kRowBytes);
