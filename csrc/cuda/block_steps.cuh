@@ -231,18 +231,11 @@ struct QuerySteps {
   // also queues the out rows into o_dst, and dlse (0 without it) in delta's place.
   // read_offset: an offset step's offset, where the caller has read it.
   // kSwizzled: q_dst and do_dst are swizzled stages (mma_tiles.cuh's swizzled_chunk).
-  // kStagedStripRows: the rows of a warp's strip (and their statistics) it
-  // stages, from its first; 16 of a fractional strip's 17 where the warp's
-  // step never reads row 16, which is the next warp's row 0
-  // (dkdv_mma_kernel's kSixteenRowStrips).
-  template <typename T, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kSwizzled = false,
-            int kStagedStripRows = kStripRows>
+  template <typename T, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kSwizzled = false>
   __device__ void issue(Step s, bool exists, int b, Rows<kHeadDim> q_dst, Rows<kHeadDim> do_dst, float* stat0_dst,
                         float* stat1_dst, Rows<kHeadDim> o_dst = nullptr,
                         const OffsetT* read_offset = nullptr) const {
     static_assert(!kSwizzled || kRoute == DkdvRoute::kBeforeDq, "swizzled stages on the route before dq");
-    static_assert(kStagedStripRows == kStripRows || (kStagedStripRows == 16 && kSwizzled && kStripRows == 17),
-                  "a strip's row 16 left out on the fractional route's swizzled stages only");
     if (exists) {
       const int h = s.head;
       const uint16_t* q_src = bits<T>(p.q, seq.q_start(b, p.q_batch_stride, p.q_row_stride) + h * p.q_head_stride);
@@ -300,9 +293,8 @@ struct QuerySteps {
           const int64_t last = seq.seqlen_q - 1;
           if constexpr (kSwizzled && !std::is_integral_v<OffsetT>) {
             // A fractional strip's 17 rows start at row 17 w, not a multiple of 8.
-            stage_row_pair<kHeadDim, kStagedStripRows, 32, true, true>(q_dst, q_src, p.q_row_stride, do_dst, do_src,
-                                                                       p.do_row_stride, first, last, unsigned(lane),
-                                                                       row0);
+            stage_row_pair<kHeadDim, kStripRows, 32, true, true>(q_dst, q_src, p.q_row_stride, do_dst, do_src,
+                                                                 p.do_row_stride, first, last, unsigned(lane), row0);
           } else if constexpr (kSwizzled) {
             stage_row_pair<kHeadDim, kStripRows, 32, true>(swizzled_rows_from<kHeadDim>(q_dst, row0), q_src,
                                                            p.q_row_stride, swizzled_rows_from<kHeadDim>(do_dst, row0),
@@ -311,7 +303,7 @@ struct QuerySteps {
             stage_row_pair<kHeadDim, kStripRows, 32>(q_dst + row0, q_src, p.q_row_stride, do_dst + row0, do_src,
                                                      p.do_row_stride, first, last, unsigned(lane));
           }
-          if (lane < kStagedStripRows) stage_offset_stats(row0 + lane, first + lane);
+          if (lane < kStripRows) stage_offset_stats(row0 + lane, first + lane);
         } else if (split.whole >= 0) {
           const int64_t first = block_key + split.whole - seq.q_pos_shift;
           stage_rows<kHeadDim, kStripSpan>(q_dst, q_src, p.q_row_stride, first, seq.seqlen_q - 1);

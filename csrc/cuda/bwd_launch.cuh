@@ -206,14 +206,9 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   // with the two-diagonal product (head_dim 64 and 128) form its
   // shared-memory addresses at every step instead of keeping them
   // (dkdv_mma_kernel's kKeptFractionalRows, which also needs the next warp's
-  // shares), for comparisons; FIBSPARSE_DKDV_SIXTEEN_ROW_STRIPS=0 has that
-  // step's warps at head_dim 64 stage their strips' row 16 and the edge rows
-  // of keys 15 and 16, which it never reads (dkdv_mma_kernel's
-  // kSixteenRowStrips), for comparisons; at 128 the pass stages them all
-  // (leaving them out it spills 8 bytes at 255 registers).
-  // FIBSPARSE_DQ_POSITION_SUMS_FIRST=0 has the fractional dq pass with the
-  // two-diagonal product stage and sum its d(position) terms at every offset
-  // step rather than once before the steps
+  // shares), for comparisons. FIBSPARSE_DQ_POSITION_SUMS_FIRST=0 has the
+  // fractional dq pass with the two-diagonal product stage and sum its
+  // d(position) terms at every offset step rather than once before the steps
   // (dq_from_dscores_with_offsets_kernel's kPositionSumsFirst), for
   // comparisons; dq and d offsets are bitwise equal either way.
   // FIBSPARSE_DQ_OFFSET_AHEAD=0 has the dq pass at head_dim 64 (integer
@@ -245,7 +240,6 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   const bool dq_offset_ahead = !switched_off("FIBSPARSE_DQ_OFFSET_AHEAD");
   const bool dq_row16_in_registers = !switched_off("FIBSPARSE_DQ_ROW16_IN_REGISTERS");
   const bool kept_fractional_rows = !switched_off("FIBSPARSE_DKDV_FRACTIONAL_KEPT_ROWS") && next_warp_share;
-  const bool sixteen_row_strips = !switched_off("FIBSPARSE_DKDV_SIXTEEN_ROW_STRIPS") && kept_fractional_rows;
   const bool v_in_smem = (kHeadDim == 128 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>)) ||
                          (kFractional64 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>, kMinBlocksDkdv<64>));
   const int64_t tiles = band_dscore_tiles(p);
@@ -302,10 +296,8 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   if constexpr (kFractional64) {
     if (v_in_smem && swizzled && two_diagonals) {
       dkdv_smem = kDkdvSmem + kDkdvVRowBytes<kHeadDim>;
-      dkdv = sixteen_row_strips     ? &dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true,
-                                                          true, true>
-             : kept_fractional_rows ? &dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true, true>
-                                    : &dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true>;
+      dkdv = kept_fractional_rows ? &dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true, true>
+                                  : &dkdv_mma_kernel<T, OffsetT, kHeadDim, DkdvRoute::kBeforeDq, true, true, true>;
     }
   }
   if constexpr (kHeadDim == 64 && kMaySwizzle) {  // integer offsets
@@ -318,64 +310,53 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
       launch_kernel(add_next_tile_shares_kernel<T, kHeadDim>, dkdv_grid, kHeadDim, 0, stored_p);
     }
   }
+  // The dq pass's variants differ in their template arguments alone too: one
+  // is chosen, then launched.
   HEADS_PER_BLOCK_SWITCH(heads_per_block<kHeadDim>(p), kMaxHeadsPerBlock<kHeadDim>, kHeads, [&] {
-    const auto launch_dq = [&](auto stages) {
+    using DqKernel = void (*)(Params);
+    const auto pick_dq = [&](auto stages) -> DqKernel {
       constexpr int kStages = decltype(stages)::value;
       if constexpr (kDqMaySwizzle) {
         if (dq_swizzled) {
           if constexpr (kHeadDim == 64) {
             if (dq_offset_ahead) {
-              return launch_kernel(
-                  dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, true, false, false,
-                                                      true>,
-                  dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
-                  kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
+              return &dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, true, false, false,
+                                                          true>;
             }
           }
-          return launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, true>,
-                               dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
-                               kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
+          return &dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, true>;
         }
       }
       if constexpr (kFrac && kHeadDim >= 64) {
-        if constexpr (kHeadDim == 64) {
-          if (dq_two_diagonals && dq_position_sums_first && dq_offset_ahead && dq_row16_in_registers) {
-            return launch_kernel(
-                dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, false, true, true, true,
-                                                    true>,
-                dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
-                kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
-          }
-          if (dq_two_diagonals && dq_position_sums_first && dq_offset_ahead) {
-            return launch_kernel(
-                dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, false, true, true, true>,
-                dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
-                kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
-          }
-        }
         if (dq_two_diagonals && dq_position_sums_first) {
-          return launch_kernel(
-              dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, false, true, true>,
-              dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
-              kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
+          if constexpr (kHeadDim == 64) {
+            if (dq_offset_ahead && dq_row16_in_registers) {
+              return &dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, false, true, true,
+                                                          true, true>;
+            }
+            if (dq_offset_ahead) {
+              return &dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, false, true, true,
+                                                          true>;
+            }
+          }
+          return &dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, false, true, true>;
         }
         if (dq_two_diagonals) {
-          return launch_kernel(
-              dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, false, true>,
-              dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
-              kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
+          return &dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, false, true>;
         }
       }
-      launch_kernel(dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages>,
-                    dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads,
-                    kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, kStages>, stored_p);
+      return &dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages>;
     };
+    DqKernel dq = nullptr;
+    int dq_smem = kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, 2>;
     if constexpr (kDqMayTakeThreeStages<kHeadDim, kHeads>) {
       if (dq_takes_three_stages(kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, 3>)) {
-        return launch_dq(std::integral_constant<int, 3>{});
+        dq = pick_dq(std::integral_constant<int, 3>{});
+        dq_smem = kDqWithOffsetsSmemBytes<kHeadDim, kHeads, kFrac, 3>;
       }
     }
-    launch_dq(std::integral_constant<int, 2>{});
+    if (dq == nullptr) dq = pick_dq(std::integral_constant<int, 2>{});
+    launch_kernel(dq, dim3(query_tiles, p.heads / kHeads, p.batch), kHeads * kMmaBlockThreads, dq_smem, stored_p);
   });
 }
 

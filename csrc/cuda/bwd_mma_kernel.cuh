@@ -1026,16 +1026,8 @@ __device__ __forceinline__ void dkdv_band_step(const Params& p, const Sequence& 
 // kKeptFractionalRows (with kTwoDiagonals, launched only with the next warp's
 // shares): the fractional step's shared-memory addresses, and with kVInSmem
 // the v rows' too, formed once and kept (FractionalStripRows).
-// kSixteenRowStrips (with kKeptFractionalRows, launched only with the next
-// warp's shares): a warp stages 16 rows of its strip, and their statistics,
-// not 17, and of its edge rows key -1's alone. With the shares its step never
-// reads strip row 16 (the next warp's row 0, whose share of key 15 that warp
-// forms) nor the edge rows of keys 15 and 16, which only a warp forming its
-// own row 16 needs; the step's products and sums are the same, so dk, dv and
-// the stored dS are bitwise equal.
 template <typename T, typename OffsetT, int kHeadDim, DkdvRoute kRoute = DkdvRoute::kAfterDq, bool kVInSmem = false,
-          bool kSwizzledRows = false, bool kTwoDiagonals = false, bool kKeptFractionalRows = false,
-          bool kSixteenRowStrips = false>
+          bool kSwizzledRows = false, bool kTwoDiagonals = false, bool kKeptFractionalRows = false>
 __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dkdv_mma_kernel(const Params p) {
   constexpr bool kWindowAlone = kRoute == DkdvRoute::kWindowAlone;
   // A band sub-tile inside the band (its distances pos0 - warp_k0 + [-15, 15]
@@ -1054,7 +1046,6 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   constexpr bool kFractionalFirst = kRoute == DkdvRoute::kBeforeDq && !std::is_integral_v<OffsetT>;
   static_assert(!kTwoDiagonals || (kFractionalFirst && kSwizzledRows));
   static_assert(!kKeptFractionalRows || kTwoDiagonals);
-  static_assert(!kSixteenRowStrips || kKeptFractionalRows);
   static_assert(!kWindowAlone || 2 * kChunk == kMmaBlockThreads, "delta: two threads a staged row");
   // 128-byte aligned: a swizzled stage's k-step XOR (swizzled_k_step) acts on
   // the shared address itself, so each stage must start on a 128-byte line.
@@ -1109,12 +1100,10 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   const float scale = float(p.softmax_scale), scale_log2 = scale * float(M_LOG2E);
   const QuerySteps<OffsetT, kHeadDim> steps(p, seq, int64_t(blockIdx.x) * kBlockRows, hk);
   if constexpr (kFractionalFirst) {
-    // The warp's edge rows (fractional_offset_step), in the first step's group:
-    // with kSixteenRowStrips key -1's k and v rows (edge rows 0 and 3) alone.
+    // The warp's edge rows (fractional_offset_step), in the first step's group.
     constexpr int kVecs = kHeadDim / 8;
-    constexpr int kStagedEdgeRows = kSixteenRowStrips ? 2 : kEdgeRows;
-    for (int i = lane; i < kStagedEdgeRows * kVecs; i += 32) {
-      const int row = kSixteenRowStrips ? 3 * (i / kVecs) : i / kVecs, col = (i % kVecs) * 8;
+    for (int i = lane; i < kEdgeRows * kVecs; i += 32) {
+      const int row = i / kVecs, col = (i % kVecs) * 8;
       const int64_t key = warp_k0 + (row % 3 == 0 ? -1 : row % 3 == 1 ? 15 : 16);
       const bool valid = key >= 0 && key < seq.seqlen_k;
       const uint16_t* src =
@@ -1138,12 +1127,8 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   };
   auto issued = steps.first();  // the step queued last
   OffsetT issued_offset = kKeepsOffsets ? read_offset(issued, steps.num_steps > 0) : OffsetT(-1);
-  using Steps = QuerySteps<OffsetT, kHeadDim>;
-  constexpr int kStagedStripRows = kSixteenRowStrips ? 16 : Steps::kStripRows;
-  steps.template issue<T, kRoute, kSwizzledRows, kStagedStripRows>(issued, steps.num_steps > 0, b, stage_q(0),
-                                                                   stage_do(0), stage_stat(0, 0), stage_stat(0, 1),
-                                                                   stage_o(0),
-                                                                   kKeepsOffsets ? &issued_offset : nullptr);
+  steps.template issue<T, kRoute, kSwizzledRows>(issued, steps.num_steps > 0, b, stage_q(0), stage_do(0), stage_stat(0, 0),
+                                  stage_stat(0, 1), stage_o(0), kKeepsOffsets ? &issued_offset : nullptr);
 
   uint32_t kf[kHeadDim / 16][4];
   load_a_fragments<kHeadDim>(bits<T>(p.k, seq.k_start(b, p.k_batch_stride, p.k_row_stride) + hk * p.k_head_stride),
@@ -1235,9 +1220,7 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
   float dk[kHeadDim / 8][4] = {}, dv[kHeadDim / 8][4] = {};
   // Fractional positions: whether the next warp forms this warp's row 16
   // share (NeighbourShares; off with FIBSPARSE_DKDV_NEXT_WARP_SHARE=0).
-  // kSixteenRowStrips: always (the launch gives it the edge rows), so that no
-  // path of the step reads the row 16 it did not stage.
-  NeighbourShares<kHeadDim> shares{kSixteenRowStrips || p.dkdv_edge_rows != nullptr, {}, {}};
+  NeighbourShares<kHeadDim> shares{p.dkdv_edge_rows != nullptr, {}, {}};
   auto step = steps.first();
   // Whether a step's rows are staged and read by each warp alone (QuerySteps::by_warp;
   // the window alone has no offset steps), for step n as the loop goes.
@@ -1247,9 +1230,10 @@ __global__ void __launch_bounds__(kMmaBlockThreads, kMinBlocksDkdv<kHeadDim>) dk
     const OffsetT step_offset = issued_offset;  // step n's (kKeepsOffsets)
     issued = steps.next(issued);
     if constexpr (kKeepsOffsets) issued_offset = read_offset(issued, n + 1 < steps.num_steps);
-    steps.template issue<T, kRoute, kSwizzledRows, kStagedStripRows>(
-        issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2), stage_do((n + 1) % 2), stage_stat((n + 1) % 2, 0),
-        stage_stat((n + 1) % 2, 1), stage_o((n + 1) % 2), kKeepsOffsets ? &issued_offset : nullptr);
+    steps.template issue<T, kRoute, kSwizzledRows>(issued, n + 1 < steps.num_steps, b, stage_q((n + 1) % 2),
+                                                   stage_do((n + 1) % 2),
+                                    stage_stat((n + 1) % 2, 0), stage_stat((n + 1) % 2, 1), stage_o((n + 1) % 2),
+                                    kKeepsOffsets ? &issued_offset : nullptr);
     wait_async<1>();
     if (step_by_warp) {
       sync_strip_group<1>(warp);
