@@ -75,17 +75,20 @@ def test_cuda_row16_in_registers_is_bitwise_staged(monkeypatch, positions, dtype
 @requires_cuda
 def test_cuda_row16_in_registers_per_head_padded_positions(monkeypatch):
     """A row of positions per head, padded to different lengths, one row all
-    padding, 20 positions in the longest (past a round of 16), two heads a dq
-    block sharing their offsets' steps."""
+    padding, 20 positions in the longest (past a round of 16): one head a dq
+    block, each with its own row of positions."""
     args, reference = dense_backward_case(1, 3037, 4, 2, 64, torch.float16, per_head_padded_positions(), WINDOW)
-    assert_row16_in_registers_bitwise(monkeypatch, torch.ops.fibsparse.bwd, args, reference)
+    assert_row16_in_registers_bitwise(monkeypatch, torch.ops.fibsparse.bwd, args, reference, 1)
 
 
 @requires_cuda
 def test_cuda_packed_row16_in_registers(monkeypatch):
     """A packed batch of nine sequences (0, 1, 63, 64, 65, 128, 129, 300
     and 700 keys), fp16, at Fibonacci positions 0.375 past their distances:
-    row 16 of a strip past a sequence's last key is zero, as staged."""
+    strips that end past a sequence's last key. (Where row 16's key lies
+    outside its sequence, query 15 reads no key there and its dS is zero, so
+    the register's zero fill is not what this compares; memcheck checks the
+    load itself.)"""
     args, reference = packed_fractional_case(64, WINDOW)
     assert_row16_in_registers_bitwise(monkeypatch, torch.ops.fibsparse.varlen_bwd, args, reference)
 
