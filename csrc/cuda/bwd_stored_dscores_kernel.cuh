@@ -417,17 +417,12 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
         // dS of the warp's 16 queries (and their d(position) terms).
         const int64_t first = q0 - whole - (kFrac ? 1 : 0) + 16 * warp;
         Rows<kHeadDim> strip = strip_of(stage_k(n % kStages), warp_strip_row0<kFrac>(warp));
-        if constexpr (kRow16InRegisters) {
-          if (split.frac != 0.f) {
-            stage_rows<kHeadDim, 16, 32 * kHeads, false, kSwizzledK>(strip, k_src, p.k_row_stride, first,
-                                                                    seq.seqlen_k - 1, unsigned(32 * head + lane));
-            const int64_t key = first + 16;
-            if (key >= 0 && key < seq.seqlen_k) {
-              issued_row16 = *reinterpret_cast<const uint32_t*>(k_src + key * p.k_row_stride + kHeadDim / 32 * lane);
-            }
-          } else {
-            stage_rows<kHeadDim, kWarpStripRows<kFrac>, 32 * kHeads, false, kSwizzledK>(
-                strip, k_src, p.k_row_stride, first, seq.seqlen_k - 1, unsigned(32 * head + lane));
+        if (kRow16InRegisters && split.frac != 0.f) {
+          stage_rows<kHeadDim, 16, 32 * kHeads, false, kSwizzledK>(strip, k_src, p.k_row_stride, first,
+                                                                  seq.seqlen_k - 1, unsigned(32 * head + lane));
+          const int64_t key = first + 16;
+          if (key >= 0 && key < seq.seqlen_k) {
+            issued_row16 = *reinterpret_cast<const uint32_t*>(k_src + key * p.k_row_stride + kHeadDim / 32 * lane);
           }
         } else {
           stage_rows<kHeadDim, kWarpStripRows<kFrac>, 32 * kHeads, false, kSwizzledK>(
