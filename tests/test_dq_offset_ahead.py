@@ -25,12 +25,20 @@ SWITCH = "FIBSPARSE_DQ_OFFSET_AHEAD"
 DQ_KERNEL = "dq_from_dscores_with_offsets_kernel"
 # The kernel's switches, which the offset ahead needs as they are by default.
 NEEDED = ("FIBSPARSE_DQ_TWO_DIAGONALS", "FIBSPARSE_DQ_POSITION_SUMS_FIRST", "FIBSPARSE_DQ_SWIZZLE",
-          "FIBSPARSE_STORED_DSCORES")
+          "FIBSPARSE_DQ_ROW16_IN_REGISTERS", "FIBSPARSE_STORED_DSCORES")
 
 WINDOW, POSITIONS = FRACTIONAL_WINDOW, FRACTIONAL_POSITIONS
 # kSwizzledK, kTwoDiagonals, kPositionSumsFirst of each kind of offsets' pass
-# at head_dim 64.
+# at head_dim 64 (the fractional pass's k rows are swizzled only with the
+# offset ahead, row 16 in registers and one head a block: fractional_pass).
 PASS = {True: ["false", "true", "true"], False: ["true", "false", "false"]}
+
+
+def fractional_pass(kernels):
+    """PASS[True] as the fractional pass with its offset ahead takes it: its
+    k rows swizzled with one head a block (kHeads, the fourth argument)."""
+    swizzled = template_arguments(kernels, DQ_KERNEL)[3] == "1"
+    return ["true" if swizzled else "false"] + PASS[True][1:]
 
 
 def dq_pass(kernels):
@@ -56,7 +64,7 @@ def assert_offset_ahead_bitwise(monkeypatch, op, args, reference, fractional, he
     for switch in (SWITCH, *NEEDED):
         monkeypatch.delenv(switch, raising=False)
     first, kernels = cuda_kernels_of(lambda: op(*args))
-    assert dq_pass(kernels) == PASS[fractional] + ["true"], kernels
+    assert dq_pass(kernels) == (fractional_pass(kernels) if fractional else PASS[False]) + ["true"], kernels
     if heads_per_block is not None:
         assert template_arguments(kernels, DQ_KERNEL)[3] == str(heads_per_block), kernels
     monkeypatch.setenv(SWITCH, "0")

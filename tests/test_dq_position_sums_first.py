@@ -41,7 +41,11 @@ def assert_sums_first_bitwise(monkeypatch, op, args, reference, heads_per_block=
     for switch in (SWITCH, "FIBSPARSE_DQ_TWO_DIAGONALS", "FIBSPARSE_DQ_SWIZZLE", "FIBSPARSE_STORED_DSCORES"):
         monkeypatch.delenv(switch, raising=False)
     first, kernels = cuda_kernels_of(lambda: op(*args))
-    assert dq_pass(kernels) == ["false", "true", "true"], kernels
+    # At head_dim 64 with one head a block the pass with its sums first takes
+    # swizzled k rows (its strips of 16 rows, row 16 in registers); padded
+    # ones with more heads a block, and at 128.
+    swizzled = args[1].shape[-1] == 64 and template_arguments(kernels, DQ_KERNEL)[3] == "1"
+    assert dq_pass(kernels) == ["true" if swizzled else "false", "true", "true"], kernels
     if heads_per_block is not None:
         assert template_arguments(kernels, DQ_KERNEL)[3] == str(heads_per_block), kernels
     monkeypatch.setenv(SWITCH, "0")

@@ -105,17 +105,20 @@ def test_cuda_fractional_swizzled_stages_are_bitwise_padded_stages(monkeypatch, 
 @requires_cuda
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("setting", [None, "1", "0"])
-def test_cuda_fractional_dq_pass_keeps_padded_k_rows(monkeypatch, setting, head_dim):
-    """The fractional dq pass stages padded k rows, whatever
-    FIBSPARSE_DQ_SWIZZLE says (on swizzled ones it was slower), with its
-    two-diagonal product."""
+def test_cuda_fractional_dq_pass_k_rows(monkeypatch, setting, head_dim):
+    """The fractional dq pass with its two-diagonal product stages swizzled
+    k rows at head_dim 64, where its strips are 16 rows (row 16 in
+    registers), unless FIBSPARSE_DQ_SWIZZLE is 0, and padded ones at 128
+    whatever the switch says (strips of 17 rows: on swizzled ones it was
+    slower)."""
     if setting is None:
         monkeypatch.delenv(DQ_SWITCH, raising=False)
     else:
         monkeypatch.setenv(DQ_SWITCH, setting)
     monkeypatch.delenv("FIBSPARSE_DQ_TWO_DIAGONALS", raising=False)
     _, kernels = cuda_kernels_of(backward_call(fibonacci_offsets(128, 300, fractional=True), head_dim))
-    assert template_arguments(kernels, DQ_KERNEL)[5:7] == ["false", "true"], kernels  # kSwizzledK, kTwoDiagonals
+    swizzled = "true" if head_dim == 64 and setting != "0" else "false"
+    assert template_arguments(kernels, DQ_KERNEL)[5:7] == [swizzled, "true"], kernels  # kSwizzledK, kTwoDiagonals
 
 
 @requires_cuda

@@ -180,9 +180,12 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   // dO stages, integer offsets at head_dim 64, integer and fractional ones at
   // 128 (where the pass keeps its v rows in shared memory: FIBSPARSE_DKDV_V_SMEM=0
   // gives padded rows too), fractional ones at 64 (below); the dq pass's k
-  // stages, integer offsets at 64 and 128 (fractional positions keep padded k
-  // rows: swizzled ones made their pass 2.5-3.2% slower at 128 and 1.1-2.6%
-  // at 64, docs/performance.md, rounds 100 and 104); the dq pass asks for
+  // stages, integer offsets at 64 and 128, and fractional ones at 64 with
+  // row 16 in registers and one head a block, whose strips are then 16 rows
+  // from row 16 w
+  // (fractional strips of 17 rows keep padded k rows: swizzled ones made their
+  // pass 2.5-3.2% slower at 128 and 1.1-2.6% at 64, docs/performance.md,
+  // rounds 100 and 104); the dq pass asks for
   // the padded rows' shared memory either way, so that the stages it takes
   // (dq_takes_three_stages) do not depend on the switch.
   // FIBSPARSE_DKDV_SWIZZLE=0 and FIBSPARSE_DQ_SWIZZLE=0 keep the padded
@@ -232,7 +235,8 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   // switches have nothing to select too: each read comes first in its
   // condition.
   const bool swizzled = !switched_off("FIBSPARSE_DKDV_SWIZZLE") && (kMaySwizzle || kFractional64);
-  const bool dq_swizzled = !switched_off("FIBSPARSE_DQ_SWIZZLE") && kDqMaySwizzle;
+  const bool dq_swizzle_switch = !switched_off("FIBSPARSE_DQ_SWIZZLE");
+  const bool dq_swizzled = dq_swizzle_switch && kDqMaySwizzle;
   const bool next_warp_share = !switched_off("FIBSPARSE_DKDV_NEXT_WARP_SHARE");
   const bool two_diagonals = !switched_off("FIBSPARSE_DKDV_TWO_DIAGONALS");
   const bool dq_two_diagonals = !switched_off("FIBSPARSE_DQ_TWO_DIAGONALS");
@@ -331,6 +335,14 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
         if (dq_two_diagonals && dq_position_sums_first) {
           if constexpr (kHeadDim == 64) {
             if (dq_offset_ahead && dq_row16_in_registers) {
+              // Swizzled k rows with one head a block; with two the pass
+              // measured slower on them (docs/performance.md, round 120).
+              if constexpr (kHeads == 1) {
+                if (dq_swizzle_switch) {
+                  return &dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, true, true, true,
+                                                              true, true>;
+                }
+              }
               return &dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, false, true, true,
                                                           true, true>;
             }

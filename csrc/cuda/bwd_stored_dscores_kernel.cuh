@@ -289,12 +289,15 @@ __device__ __forceinline__ void store_warp_doffsets_partials_first(const Params&
 // all its heads with each head's 64 dS of that offset (a strip of 16 rows per
 // warp, or for fractional positions 17, from the second row of its first
 // query: kWarpStripRows).
-// kSwizzledK (integer offsets at head_dim 64 and 128): the k stages are
-// swizzled (mma_tiles.cuh's swizzled_chunk), not padded. Fractional positions
-// keep padded k rows: their strips start at row 17 w, not a multiple of 8, so
-// each swizzled row's address is formed on its own, and the pass was 2.5-3.2%
-// slower on them at head_dim 128 and 1.1-2.6% at 64 (docs/performance.md,
-// rounds 100 and 104).
+// kSwizzledK (integer offsets at head_dim 64 and 128; fractional positions at
+// 64 with kRow16InRegisters): the k stages are swizzled (mma_tiles.cuh's
+// swizzled_chunk), not padded. Fractional strips of 17 rows start at row
+// 17 w, not a multiple of 8, so each swizzled row's address is formed on its
+// own, and the pass was 2.5-3.2% slower on them at head_dim 128 and 1.1-2.6%
+// at 64 (docs/performance.md, rounds 100 and 104); with row 16 in registers
+// every strip is 16 rows from row 16 w, as the integer pass's: a fractional
+// position's from its first query's second row, a whole one's from its
+// first row.
 // kTwoDiagonals (fractional positions, head_dim 64 and 128): a step's two rows of
 // each query in one product (two_diagonals_a_fragment) where two diagonal
 // products took twice the products and transposed loads (6-8% off the pass,
@@ -317,16 +320,17 @@ __device__ __forceinline__ void store_warp_doffsets_partials_first(const Params&
 // row15_first, is not staged: the issue loads this lane's columns of it
 // (lane_row_dot_at's, one 4-byte load) into a register that the step takes,
 // a whole iteration later, where it read them from the staged row. The
-// strip is then 16 rows, four rounds of copies a lane, where 17 take five and
-// a check on the fifth. A whole position, whose diagonal product reads rows
-// 1-16, stages all 17. The same values in the same sums: dq bitwise equal.
+// strip is then 16 rows: with one head a block four rounds of copies a lane,
+// where 17 take five and a check on the fifth. A whole position, whose
+// diagonal product reads rows 1-16, stages all 17 on padded stages. The same
+// values in the same sums: dq bitwise equal.
 template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, bool kSwizzledK = false,
           bool kTwoDiagonals = false, bool kPositionSumsFirst = false, bool kOffsetAhead = false,
           bool kRow16InRegisters = false>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
-  static_assert(!kSwizzledK || (!kFrac && (kHeadDim == 64 || kHeadDim == 128)));
+  static_assert(!kSwizzledK || (!kFrac && (kHeadDim == 64 || kHeadDim == 128)) || kRow16InRegisters);
   static_assert(!kTwoDiagonals || (kFrac && (kHeadDim == 64 || kHeadDim == 128)));
   static_assert(!kPositionSumsFirst || kTwoDiagonals);
   static_assert(!kRow16InRegisters || (kTwoDiagonals && kHeadDim == 64), "one 4-byte load of row 16 a lane");
@@ -338,6 +342,9 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   const auto stage_ds = [&](int s, int head) { return dq_smem + (s * kHeads + head) * kDqStagedDscoreValues; };
   constexpr int kStageKValues = kDqKRows<kFrac> * (kSwizzledK ? kHeadDim : kHeadDim + 8);
   static_assert(!kSwizzledK || kDqStagedDscoreValues * sizeof(uint16_t) % 128 == 0, "k stages on 128-byte lines");
+  // Where warp w's strip starts in a k stage: 16 rows from row 16 w, or
+  // fractional strips of 17 rows from row 17 w (kWarpStripRows).
+  constexpr bool kSixteenRowStrips = !kFrac || (kRow16InRegisters && kSwizzledK);
   const auto stage_k = [&](int s) {
     if constexpr (kSwizzledK) {
       return reinterpret_cast<Rows<kHeadDim>>(dq_smem + kStages * kHeads * kDqStagedDscoreValues + s * kStageKValues);
@@ -385,8 +392,10 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   if constexpr (kOffsetAhead) {
     if (num_steps > band_steps) ahead_offset = offs[0];
   }
-  // kRow16InRegisters: this lane's columns of strip row 16 of the step queued
-  // last (zero where that key does not exist or the step stages row 16).
+  // kRow16InRegisters: this lane's columns of strip row 16 of the offset step
+  // queued last (zero where that key does not exist or the step stages row
+  // 16); a band step's issue, or one past the last step, leaves it as it is,
+  // and no step reads it for those.
   [[maybe_unused]] uint32_t issued_row16 = 0;
   const auto issue = [&](int n) {
     OffsetT queued = OffsetT(-1);
@@ -416,7 +425,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
         // so those kHeads warps stage it (steps_by_group), with each head's
         // dS of the warp's 16 queries (and their d(position) terms).
         const int64_t first = q0 - whole - (kFrac ? 1 : 0) + 16 * warp;
-        Rows<kHeadDim> strip = strip_of(stage_k(n % kStages), warp_strip_row0<kFrac>(warp));
+        Rows<kHeadDim> strip = strip_of(stage_k(n % kStages), warp_strip_row0<!kSixteenRowStrips>(warp));
         if (kRow16InRegisters && split.frac != 0.f) {
           stage_rows<kHeadDim, 16, 32 * kHeads, false, kSwizzledK>(strip, k_src, p.k_row_stride, first,
                                                                   seq.seqlen_k - 1, unsigned(32 * head + lane));
@@ -424,6 +433,10 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
           if (key >= 0 && key < seq.seqlen_k) {
             issued_row16 = *reinterpret_cast<const uint32_t*>(k_src + key * p.k_row_stride + kHeadDim / 32 * lane);
           }
+        } else if (kRow16InRegisters && kSixteenRowStrips) {
+          // A whole position's strip: its queries' first rows alone.
+          stage_rows<kHeadDim, 16, 32 * kHeads, false, kSwizzledK>(strip, k_src, p.k_row_stride, first + 1,
+                                                                  seq.seqlen_k - 1, unsigned(32 * head + lane));
         } else {
           stage_rows<kHeadDim, kWarpStripRows<kFrac>, 32 * kHeads, false, kSwizzledK>(
               strip, k_src, p.k_row_stride, first, seq.seqlen_k - 1, unsigned(32 * head + lane));
@@ -478,15 +491,15 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   // (docs/performance.md, rounds 68 and 96).
   uint32_t strip_add_row, dscore_row_addr, terms_addr = 0, row16_addr = 0;
   {
-    if constexpr (kFrac && kTwoDiagonals) {  // this lane's columns of the strip's row 16
-      const uint16_t* row16 = (stage_k(0) + warp_strip_row0<kFrac>(warp))[16] + kHeadDim / 32 * lane;
+    if constexpr (kFrac && kTwoDiagonals && !kRow16InRegisters) {  // this lane's columns of the strip's row 16
+      const uint16_t* row16 = (stage_k(0) + warp_strip_row0<!kSixteenRowStrips>(warp))[16] + kHeadDim / 32 * lane;
       row16_addr = __shfl_sync(0xffffffffu, static_cast<uint32_t>(__cvta_generic_to_shared(row16)), lane);
     }
     uint32_t lane_row;
     if constexpr (kSwizzledK) {
-      lane_row = swizzled_add_lane_row<kHeadDim>(strip_of(stage_k(0), warp_strip_row0<kFrac>(warp)), lane);
+      lane_row = swizzled_add_lane_row<kHeadDim>(strip_of(stage_k(0), warp_strip_row0<!kSixteenRowStrips>(warp)), lane);
     } else {
-      lane_row = add_rows_lane_row<kHeadDim>(stage_k(0) + warp_strip_row0<kFrac>(warp), lane);
+      lane_row = add_rows_lane_row<kHeadDim>(stage_k(0) + warp_strip_row0<!kSixteenRowStrips>(warp), lane);
     }
     strip_add_row = __shfl_sync(0xffffffffu, lane_row, lane);
     const float* own = reinterpret_cast<const float*>(stage_ds(0, head)) + 16 * warp + g;
@@ -541,7 +554,8 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
         // multiplied in (0 times a non-finite row is NaN).
         const float w0 = 1.f - split.frac, w1 = split.frac;
         // The strip's row 0 holds the second rows, the first ones are a row
-        // on: padded, a fixed number of bytes on.
+        // on: padded, a fixed number of bytes on (a whole position's
+        // 16-row strip holds its first rows from row 0).
         const uint32_t ds_at = dscore_row_addr + stage * kStageDscoreBytes;
         const uint32_t rows = strip_add_row + stage * kStageKBytes;
         const float ds_g = load_shared_float(ds_at), ds_g8 = load_shared_float(ds_at + 32);
@@ -552,8 +566,8 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
           // 16, in row15_first (its helpers exist at head_dim 64 and 128
           // alone, so other head_dims do not instantiate this).
           if constexpr (kTwoDiagonals) {
-            add_two_diagonals_times_rows_at<T, kHeadDim>(w1 * ds_g, w1 * ds_g8, w0 * ds_g, w0 * ds_g8, rows, dq,
-                                                         lane);
+            add_two_diagonals_times_rows_at<T, kHeadDim, kSwizzledK>(w1 * ds_g, w1 * ds_g8, w0 * ds_g, w0 * ds_g8,
+                                                                     rows, dq, lane);
             const float ds15 = __shfl_sync(0xffffffffu, ds_g8, 28);
             if constexpr (kRow16InRegisters) {
               add_lane_columns_times<T, kHeadDim>(w0 * ds15, {step_row16}, row15_first);
@@ -561,6 +575,8 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
               add_lane_row_times_at<T, kHeadDim>(w0 * ds15, row16_addr + stage * kStageKBytes, row15_first);
             }
           }
+        } else if constexpr (kSixteenRowStrips) {  // a whole position (kTwoDiagonals): its first rows alone
+          add_diag_times_rows_at<T, kHeadDim, kSwizzledK>(w0 * ds_g, w0 * ds_g8, rows, dq, lane);
         } else {
           add_diag_times_rows_at<T, kHeadDim>(w0 * ds_g, w0 * ds_g8, rows, dq, lane, kRowBytes);
           if (w1 != 0.f) add_diag_times_rows_at<T, kHeadDim>(w1 * ds_g, w1 * ds_g8, rows, dq, lane);
