@@ -36,8 +36,9 @@ DQ_SWITCH = "FIBSPARSE_DQ_TWO_DIAGONALS"
 WINDOW, POSITIONS = FRACTIONAL_WINDOW, FRACTIONAL_POSITIONS
 
 
-def last_template_argument(kernels, kernel):
-    return template_arguments(kernels, kernel)[-1]
+def two_diagonals_of_forward(kernels):
+    """fwd_hopper_kernel's seventh template argument, kTwoDiagonals."""
+    return template_arguments(kernels, "fwd_hopper_kernel")[6]
 
 
 def two_diagonals_argument(kernels):
@@ -148,10 +149,10 @@ def test_hopper_forward_two_diagonal_product(monkeypatch, dtype, head_dim, posit
     k, v = (random_rows((batch, seqlen, heads // 4, head_dim), dtype, seqlen + i) for i in (1, 2))
     offsets = torch.tensor(POSITIONS[positions], device="cuda")
     (out, lse), kernels = cuda_kernels_of(lambda: fibsparse_attn(q, k, v, WINDOW, offsets, return_lse=True))
-    assert last_template_argument(kernels, "fwd_hopper_kernel") == "true", kernels
+    assert two_diagonals_of_forward(kernels) == "true", kernels
     monkeypatch.setenv(FWD_SWITCH, "0")
     (out_off, lse_off), kernels = cuda_kernels_of(lambda: fibsparse_attn(q, k, v, WINDOW, offsets, return_lse=True))
-    assert last_template_argument(kernels, "fwd_hopper_kernel") == "false", kernels
+    assert two_diagonals_of_forward(kernels) == "false", kernels
     assert torch.equal(lse, lse_off)
     assert_rows_match("out", out, out_off)
     ref = fibsparse_attn_ref(q.double(), k.double(), v.double(), WINDOW, offsets.double())
@@ -183,15 +184,17 @@ def test_hopper_forward_subdiagonal_scores(monkeypatch, dtype, head_dim, positio
     monkeypatch.setenv("FIBSPARSE_POISON_OUTPUTS", "1")
     for switch in ("FIBSPARSE_HOPPER", "FIBSPARSE_HOPPER_PACK", "FIBSPARSE_HOPPER_TILES", SUBDIAGONAL_SWITCH):
         monkeypatch.delenv(switch, raising=False)
+    # P V in two products on both sides (test_fwd_pv_two_diagonals.py compares the one).
+    monkeypatch.setenv("FIBSPARSE_FWD_PV_TWO_DIAGONALS", "0")
     q = random_rows((batch, seqlen_q, heads, head_dim), dtype, seqlen_q + head_dim)
     k, v = (random_rows((batch, seqlen_k, heads_kv, head_dim), dtype, seqlen_k + i) for i in (1, 2))
     offsets = torch.tensor(POSITIONS[positions], device="cuda")
     (out, lse), kernels = cuda_kernels_of(lambda: fibsparse_attn(q, k, v, WINDOW, offsets, return_lse=True))
     arguments = template_arguments(kernels, "fwd_hopper_kernel")
-    assert ", ".join(arguments[2:4]) == shape and arguments[-2:] == ["true", "true"], kernels
+    assert ", ".join(arguments[2:4]) == shape and arguments[5:8] == ["true", "true", "false"], kernels
     monkeypatch.setenv(SUBDIAGONAL_SWITCH, "0")
     (out_off, lse_off), kernels = cuda_kernels_of(lambda: fibsparse_attn(q, k, v, WINDOW, offsets, return_lse=True))
-    assert template_arguments(kernels, "fwd_hopper_kernel")[-2:] == ["true", "false"], kernels
+    assert template_arguments(kernels, "fwd_hopper_kernel")[5:8] == ["true", "false", "false"], kernels
     assert torch.equal(lse, lse_off)
     assert torch.equal(out, out_off)
     ref = fibsparse_attn_ref(q.double(), k.double(), v.double(), WINDOW, offsets.double())

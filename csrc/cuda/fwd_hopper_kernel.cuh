@@ -215,16 +215,13 @@ __device__ __forceinline__ void dot_16_rows(const uint32_t (&a)[kHeadDim / 16][4
     for (int e = 0; e < 4; ++e) s[j][e] = partial[j][e];
 }
 
-// acc += diag(d_0 .. d_15) times rows row0 .. row0 + 15 of a swizzled tile
-// (mma_tiles.cuh's add_diag_times_rows, on TMA's layout); with a prefix, as
-// dot_16_rows.
+// acc += A times rows row0 .. row0 + 15 of a swizzled tile, for a 16 x 16 A
+// fragment (mma_tiles.cuh's add_a_times_rows, on TMA's layout); with a
+// prefix, as dot_16_rows.
 template <typename T, int kHeadDim, bool kPrefix = false>
-__device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, const char* tile, int row0,
-                                                    float (&acc)[kHeadDim / 8][4], int lane,
-                                                    const char* prefix = nullptr) {
-  const int g = lane / 4, c = lane % 4;
-  const bool lo = 2 * c == g, hi = 2 * c + 1 == g;
-  const uint32_t a[4] = {pack2<T>(lo ? d_g : 0.f, hi ? d_g : 0.f), 0u, 0u, pack2<T>(lo ? d_g8 : 0.f, hi ? d_g8 : 0.f)};
+__device__ __forceinline__ void add_a_times_rows(const uint32_t (&a)[4], const char* tile, int row0,
+                                                 float (&acc)[kHeadDim / 8][4], int lane,
+                                                 const char* prefix = nullptr) {
   const int row = row0 + ((lane / 8) % 2) * 8 + lane % 8, half = (lane / 16) * 8;
 #pragma unroll
   for (int n = 0; n < kHeadDim / 16; ++n) {
@@ -235,6 +232,19 @@ __device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, const
     mma_16816<T>(acc[2 * n], a, b[0], b[1]);
     mma_16816<T>(acc[2 * n + 1], a, b[2], b[3]);
   }
+}
+
+// acc += diag(d_0 .. d_15) times rows row0 .. row0 + 15 of a swizzled tile
+// (mma_tiles.cuh's add_diag_times_rows, on TMA's layout); with a prefix, as
+// dot_16_rows.
+template <typename T, int kHeadDim, bool kPrefix = false>
+__device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, const char* tile, int row0,
+                                                    float (&acc)[kHeadDim / 8][4], int lane,
+                                                    const char* prefix = nullptr) {
+  const int g = lane / 4, c = lane % 4;
+  const bool lo = 2 * c == g, hi = 2 * c + 1 == g;
+  const uint32_t a[4] = {pack2<T>(lo ? d_g : 0.f, hi ? d_g : 0.f), 0u, 0u, pack2<T>(lo ? d_g8 : 0.f, hi ? d_g8 : 0.f)};
+  add_a_times_rows<T, kHeadDim, kPrefix>(a, tile, row0, acc, lane, prefix);
 }
 
 // Interleaved heads: with two heads a warpgroup, a warp's
@@ -282,18 +292,15 @@ __device__ __forceinline__ void dot_8_rows(const uint32_t (&a)[kHeadDim / 16][4]
   for (int e = 0; e < 4; ++e) s[e] = kChains == 1 ? partial[0][e] : partial[0][e] + partial[1][e];
 }
 
-// acc += D B for the 16 x 8 D whose row g holds d_g and row g + 8 d_g8, both
-// in column g, and rows row0 .. row0 + 7 of a swizzled tile: each of the
-// warp's rows gains its weight times its position's row. One transposed
-// ldmatrix gives the B fragments of four 8-wide column tiles; the products
-// are m16n8k8, half of add_diag_times_rows's. With a prefix, as dot_8_rows.
+// acc += A B for a 16 x 8 A fragment (m16n8k8's: a[0] rows g, a[1] rows
+// g + 8, columns 2c and 2c + 1) and rows row0 .. row0 + 7 of a swizzled tile
+// as its k rows. One transposed ldmatrix gives the B fragments of four 8-wide
+// column tiles; the products are m16n8k8, half of add_a_times_rows's. With a
+// prefix, as dot_8_rows.
 template <typename T, int kHeadDim, bool kPrefix = false>
-__device__ __forceinline__ void add_diag_times_8_rows(float d_g, float d_g8, const char* tile, int row0,
-                                                      float (&acc)[kHeadDim / 8][4], int lane,
-                                                      const char* prefix = nullptr) {
-  const int g = lane / 4, c = lane % 4;
-  const bool lo = 2 * c == g, hi = 2 * c + 1 == g;
-  const uint32_t a[2] = {pack2<T>(lo ? d_g : 0.f, hi ? d_g : 0.f), pack2<T>(lo ? d_g8 : 0.f, hi ? d_g8 : 0.f)};
+__device__ __forceinline__ void add_a_times_8_rows(const uint32_t (&a)[2], const char* tile, int row0,
+                                                   float (&acc)[kHeadDim / 8][4], int lane,
+                                                   const char* prefix = nullptr) {
   const int row = row0 + lane % 8, col = (lane / 8) * 8;
 #pragma unroll
   for (int n = 0; n < kHeadDim / 32; ++n) {
@@ -304,6 +311,30 @@ __device__ __forceinline__ void add_diag_times_8_rows(float d_g, float d_g8, con
 #pragma unroll
     for (int i = 0; i < 4; ++i) mma_1688<T>(acc[4 * n + i], a, b[i]);
   }
+}
+
+// acc += D B for the 16 x 8 D whose row g holds d_g and row g + 8 d_g8, both
+// in column g, and rows row0 .. row0 + 7 of a swizzled tile: each of the
+// warp's rows gains its weight times its position's row (add_a_times_8_rows).
+template <typename T, int kHeadDim, bool kPrefix = false>
+__device__ __forceinline__ void add_diag_times_8_rows(float d_g, float d_g8, const char* tile, int row0,
+                                                      float (&acc)[kHeadDim / 8][4], int lane,
+                                                      const char* prefix = nullptr) {
+  const int g = lane / 4, c = lane % 4;
+  const bool lo = 2 * c == g, hi = 2 * c + 1 == g;
+  const uint32_t a[2] = {pack2<T>(lo ? d_g : 0.f, hi ? d_g : 0.f), pack2<T>(lo ? d_g8 : 0.f, hi ? d_g8 : 0.f)};
+  add_a_times_8_rows<T, kHeadDim, kPrefix>(a, tile, row0, acc, lane, prefix);
+}
+
+// acc's row 15 += w times row row0 + 15 of a swizzled tile (w: the value of
+// lane 31, whose quad holds row 15): the 16 x 8 A's one nonzero element,
+// (15, 7), against rows row0 + 8 .. row0 + 15, which lane 31 holds in the
+// high half of a[1]. The rows are those the warp's 16 x 16 products read.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void add_row15_times_v(float w, const char* tile, int row0, float (&acc)[kHeadDim / 8][4],
+                                                  int lane) {
+  const uint32_t a[2] = {0u, pack2<T>(0.f, lane == 31 ? w : 0.f)};
+  add_a_times_8_rows<T, kHeadDim>(a, tile, row0 + 8, acc, lane);
 }
 
 // acc += D B for a fractional position's two rows in one product: the 16 x 16
@@ -429,10 +460,21 @@ __device__ __forceinline__ void rescale_output(float (&o)[kDimTiles][4], const f
 // the tile's subdiagonal and, for the warp's first query, a 16 x 8 product
 // against the 8 rows before the strip, where a second 16 x 16 product took
 // them (scores_one_back, the same bits; FIBSPARSE_FWD_SUBDIAGONAL=0 takes it).
+// kPvTwoDiagonals (one head a warpgroup, with kTwoDiagonals, head_dim 64): a
+// fractional strip's P V in one two-diagonal product too, where two diagonal
+// products took it: f P at (x, x) and (1 - f) P at (x, x + 1) against the
+// strip's rows one back (mma_tiles.cuh's two_diagonals_a_fragment), half the
+// 16 x 16 products and transposed loads. Query 15's first row, the strip's
+// row 15, falls outside that tile; it joins the output in a 16 x 8 product of
+// half the k depth whose one weight is query 15's (add_row15_times_v), with
+// no term kept outside the output, so the online softmax's rescales need
+// nothing more. The output moves within rounding (the same terms summed in
+// another order); lse is bitwise the same (FIBSPARSE_FWD_PV_TWO_DIAGONALS=0
+// takes the two products).
 // A packed batch's sequences each have maps of their own (sequence_maps.cuh's,
 // `sequence_maps`, null for a dense batch, whose maps are `maps`).
 template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional,
-          bool kTwoDiagonals = false>
+          bool kTwoDiagonals = false, bool kPvTwoDiagonals = false>
 __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kThreads,
                                   Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>::kMinBlocks)
     fwd_hopper_kernel(const __grid_constant__ Params p, const __grid_constant__ HopperForwardMaps<kFractional> maps,
@@ -441,6 +483,8 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
   constexpr bool kInterleaved = kInterleavedHeads<kHeadsPerWarpgroup>;
   static_assert(!kInterleaved || kCluster == 1);
   static_assert(!kTwoDiagonals || kFractional);
+  static_assert(!kPvTwoDiagonals || (kTwoDiagonals && kHeadsPerWarpgroup == 1 && kHeadDim == 64),
+                "one head a warpgroup at head_dim 64");
   constexpr bool kOutputThroughTile = kOutputThroughTileOf<kWarpgroups>;
   static_assert(!kInterleaved || kOutputThroughTile, "interleaved q fragments come from the tile");
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -747,6 +791,16 @@ __global__ void __launch_bounds__(Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgrou
         for (int r = 0; r < 2; ++r) score[r] += frac * (diagonal_element(back, r, g) - score[r]);
       }
       mma_fwd::offset_softmax(score, warp_pos, distance_index, p, offs, scale_log2, m, l, o, lane, prob);
+      if constexpr (kPvTwoDiagonals) {
+        if (frac != 0.f) {
+          uint32_t a[4];
+          two_diagonals_a_fragment<T>(frac * prob[0], frac * prob[1], (1.f - frac) * prob[0], (1.f - frac) * prob[1],
+                                      lane, a);
+          add_a_times_rows<T, kHeadDim, true>(a, rows_v, warp_row - 1, o, lane, v_prefix(stage_of(n), 0));
+          add_row15_times_v<T, kHeadDim>((1.f - frac) * prob[1], rows_v, warp_row, o, lane);
+          return;
+        }
+      }
       add_diag_times_rows<T, kHeadDim>((1.f - frac) * prob[0], (1.f - frac) * prob[1], rows_v, warp_row, o, lane);
       if (frac != 0.f) {
         add_diag_times_rows<T, kHeadDim, kFractional>(frac * prob[0], frac * prob[1], rows_v, warp_row - 1, o, lane,

@@ -33,13 +33,13 @@ namespace fibsparse {
 // consecutive tiles (hopper_tiles_per_block); the grid covers the longest
 // sequence.
 template <typename T, int kHeadDim, int kWarpgroups, int kHeadsPerWarpgroup, int kCluster, bool kFractional,
-          bool kTwoDiagonals = false>
+          bool kTwoDiagonals = false, bool kPvTwoDiagonals = false>
 void launch_hopper_blocks(const Params& p, const HopperForwardMaps<kFractional>& maps,
                           HopperForwardMaps<kFractional>* sequence_maps) {
   using S = hopper_fwd::Shape<kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kFractional>;
   using OffsetT = std::conditional_t<kFractional, float, int32_t>;
-  const auto kernel =
-      hopper_fwd::fwd_hopper_kernel<T, kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kCluster, kFractional, kTwoDiagonals>;
+  const auto kernel = hopper_fwd::fwd_hopper_kernel<T, kHeadDim, kWarpgroups, kHeadsPerWarpgroup, kCluster, kFractional,
+                                                    kTwoDiagonals, kPvTwoDiagonals>;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int tiles = int(blocks_for(p.seqlen_q, S::kTileQueries));
   const int64_t kv_head_bytes = int64_t(p.seqlen_k) * kHeadDim * 2 * int64_t(sizeof(T));  // its k and v rows
@@ -86,7 +86,10 @@ void launch_hopper_blocks(const Params& p, const HopperForwardMaps<kFractional>&
 // With one head a warpgroup a fractional strip's scores against the rows one
 // back come from its own tile's subdiagonal (scores_one_back: the same bits,
 // a quarter fewer score products); FIBSPARSE_FWD_SUBDIAGONAL=0 takes a second
-// 16 x 16 product instead, for comparisons.
+// 16 x 16 product instead, for comparisons. At head_dim 64 such a strip's
+// P V is one two-diagonal product as well, with query 15's first row in a
+// 16 x 8 one (fwd_hopper_kernel's kPvTwoDiagonals);
+// FIBSPARSE_FWD_PV_TWO_DIAGONALS=0 takes two diagonal products, for comparisons.
 template <typename T, bool kFractional>
 void launch_fwd_hopper(const Params& p) {
   constexpr bool kBf16 = std::is_same_v<T, at::BFloat16>;
@@ -96,6 +99,7 @@ void launch_fwd_hopper(const Params& p) {
   const bool packed = !clusters && pairs && group % 4 == 0 && p.num_offsets > 0 && hopper_packing_allowed();
   const bool two_diagonals = !switched_off("FIBSPARSE_FWD_TWO_DIAGONALS");
   const bool subdiagonal = !switched_off("FIBSPARSE_FWD_SUBDIAGONAL");
+  const bool pv_two_diagonals = !switched_off("FIBSPARSE_FWD_PV_TWO_DIAGONALS");
   const int tile_queries = packed ? hopper_fwd::kTileRows / 2 : hopper_fwd::kTileRows;
   HopperForwardMaps<kFractional> maps;
   // Two heads a warpgroup interleave their queries in the q tile (fwd_hopper_kernel.cuh).
@@ -127,6 +131,12 @@ void launch_fwd_hopper(const Params& p) {
         return launch_hopper_blocks<T, kHeadDim, 2, 2, 1, true, true>(p, maps, sequence_maps);
       }
       if (!packed && subdiagonal) {
+        if constexpr (kHeadDim == 64) {
+          if (pv_two_diagonals) {
+            if (pairs) return launch_hopper_blocks<T, kHeadDim, 2, 1, 1, true, true, true>(p, maps, sequence_maps);
+            return launch_hopper_blocks<T, kHeadDim, 1, 1, 1, true, true, true>(p, maps, sequence_maps);
+          }
+        }
         if (pairs) return launch_hopper_blocks<T, kHeadDim, 2, 1, 1, true, true>(p, maps, sequence_maps);
         return launch_hopper_blocks<T, kHeadDim, 1, 1, 1, true, true>(p, maps, sequence_maps);
       }
