@@ -182,10 +182,9 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   // gives padded rows too), fractional ones at 64 (below); the dq pass's k
   // stages, integer offsets at 64 and 128, and fractional ones at 64 with
   // row 16 in registers and one head a block, whose strips are then 16 rows
-  // from row 16 w
-  // (fractional strips of 17 rows keep padded k rows: swizzled ones made their
-  // pass 2.5-3.2% slower at 128 and 1.1-2.6% at 64, docs/performance.md,
-  // rounds 100 and 104); the dq pass asks for
+  // from row 16 w (fractional strips of 17 rows keep padded k rows: swizzled
+  // ones made their pass 2.5-3.2% slower at 128 and 1.1-2.6% at 64,
+  // docs/performance.md, rounds 100 and 104); the dq pass asks for
   // the padded rows' shared memory either way, so that the stages it takes
   // (dq_takes_three_stages) do not depend on the switch.
   // FIBSPARSE_DKDV_SWIZZLE=0 and FIBSPARSE_DQ_SWIZZLE=0 keep the padded

@@ -241,9 +241,8 @@ template <typename T, int kHeadDim, bool kPrefix = false>
 __device__ __forceinline__ void add_diag_times_rows(float d_g, float d_g8, const char* tile, int row0,
                                                     float (&acc)[kHeadDim / 8][4], int lane,
                                                     const char* prefix = nullptr) {
-  const int g = lane / 4, c = lane % 4;
-  const bool lo = 2 * c == g, hi = 2 * c + 1 == g;
-  const uint32_t a[4] = {pack2<T>(lo ? d_g : 0.f, hi ? d_g : 0.f), 0u, 0u, pack2<T>(lo ? d_g8 : 0.f, hi ? d_g8 : 0.f)};
+  uint32_t a[4];
+  mma_tiles::diag_a_fragment<T>(d_g, d_g8, lane, a);
   add_a_times_rows<T, kHeadDim, kPrefix>(a, tile, row0, acc, lane, prefix);
 }
 
@@ -316,13 +315,15 @@ __device__ __forceinline__ void add_a_times_8_rows(const uint32_t (&a)[2], const
 // acc += D B for the 16 x 8 D whose row g holds d_g and row g + 8 d_g8, both
 // in column g, and rows row0 .. row0 + 7 of a swizzled tile: each of the
 // warp's rows gains its weight times its position's row (add_a_times_8_rows).
+// D is the first 8 columns of the 16 x 16 diagonal fragment (diag_a_fragment's
+// a[0] and a[3]; its a[1] and a[2] are zero).
 template <typename T, int kHeadDim, bool kPrefix = false>
 __device__ __forceinline__ void add_diag_times_8_rows(float d_g, float d_g8, const char* tile, int row0,
                                                       float (&acc)[kHeadDim / 8][4], int lane,
                                                       const char* prefix = nullptr) {
-  const int g = lane / 4, c = lane % 4;
-  const bool lo = 2 * c == g, hi = 2 * c + 1 == g;
-  const uint32_t a[2] = {pack2<T>(lo ? d_g : 0.f, hi ? d_g : 0.f), pack2<T>(lo ? d_g8 : 0.f, hi ? d_g8 : 0.f)};
+  uint32_t diag[4];
+  mma_tiles::diag_a_fragment<T>(d_g, d_g8, lane, diag);
+  const uint32_t a[2] = {diag[0], diag[3]};
   add_a_times_8_rows<T, kHeadDim, kPrefix>(a, tile, row0, acc, lane, prefix);
 }
 
