@@ -7,6 +7,7 @@ where bench_sweep.py shows only the step's total.
 
     python tools/kernel_times.py            # bf16, window 128, Fibonacci offsets up to the sequence's length
 """
+import os
 import sys
 from pathlib import Path
 
@@ -69,7 +70,9 @@ def step_of(*config):
 
 
 def main():
-    print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  bf16, window 128")
+    # FIBSPARSE_COMMIT: the device machine's copy of the checkout may carry stale git metadata.
+    commit = os.environ.get("FIBSPARSE_COMMIT", "?")
+    print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  commit {commit}  bf16, window 128")
     for config in CONFIGS:
         step = step_of(*config)
         for _ in range(WARMUP_STEPS):
