@@ -223,6 +223,11 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   // 64 stage its strips' row 16 rather than load each lane's columns of it
   // into a register (dq_from_dscores_with_offsets_kernel's
   // kRow16InRegisters), for comparisons; dq bitwise equal either way.
+  // FIBSPARSE_DQ_QUEUED_FRACTION=0 has that pass's offset step split its
+  // position again, build its two-diagonal A fragment through tests and
+  // selects, and form row 16's address from the key, rather than take what
+  // was formed once (dq_from_dscores_with_offsets_kernel's kQueuedFraction),
+  // for comparisons; dq bitwise equal either way.
   // Every switch of this backward is read here, before its first launch (and
   // before a poisoned dS buffer is filled): a value one refuses stops the call
   // before any kernel runs.
@@ -242,6 +247,7 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
   const bool dq_position_sums_first = !switched_off("FIBSPARSE_DQ_POSITION_SUMS_FIRST");
   const bool dq_offset_ahead = !switched_off("FIBSPARSE_DQ_OFFSET_AHEAD");
   const bool dq_row16_in_registers = !switched_off("FIBSPARSE_DQ_ROW16_IN_REGISTERS");
+  const bool dq_queued_fraction = !switched_off("FIBSPARSE_DQ_QUEUED_FRACTION");
   const bool kept_fractional_rows = !switched_off("FIBSPARSE_DKDV_FRACTIONAL_KEPT_ROWS") && next_warp_share;
   const bool v_in_smem = (kHeadDim == 128 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>)) ||
                          (kFractional64 && dkdv_keeps_v_in_smem(kDkdvSmem + kDkdvVRowBytes<kHeadDim>, kMinBlocksDkdv<64>));
@@ -338,12 +344,18 @@ void launch_stored_dscores_bwd(const Params& p, int steps) {
               // measured slower on them (docs/performance.md, round 120).
               if constexpr (kHeads == 1) {
                 if (dq_swizzle_switch) {
-                  return &dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, true, true, true,
-                                                              true, true>;
+                  return dq_queued_fraction
+                             ? &dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, true, true,
+                                                                    true, true, true, true>
+                             : &dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, true, true,
+                                                                    true, true, true>;
                 }
               }
-              return &dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, false, true, true,
-                                                          true, true>;
+              return dq_queued_fraction
+                         ? &dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, false, true, true,
+                                                                true, true, true>
+                         : &dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, false, true, true,
+                                                                true, true>;
             }
             if (dq_offset_ahead) {
               return &dq_from_dscores_with_offsets_kernel<T, OffsetT, kHeadDim, kHeads, kStages, false, true, true,

@@ -324,9 +324,22 @@ __device__ __forceinline__ void store_warp_doffsets_partials_first(const Params&
 // where 17 take five and a check on the fifth. A whole position, whose
 // diagonal product reads rows 1-16, stages all 17 on padded stages. The same
 // values in the same sums: dq bitwise equal.
+// kQueuedFraction (with the four above): an offset step's work that depends
+// only on the lane or on the offset is formed once, not at every step. The
+// queue carries the step's fraction rather than its offset, so the step does
+// not split the position again (a 64-bit F2I, a FRND, their add and tests);
+// as in the integer step, every offset within reach is a distance
+// (offsets_within_reach), so the step does not test its whole part either.
+// The two-diagonal A fragment is two conversions and three byte permutes of
+// them by selectors the lane forms before the steps
+// (two_diagonals_a_fragment_by_selectors), not a chain of tests and selects;
+// row 16's load adds a per-lane distance, formed before the steps, to the
+// strip copy's own source address, and the issue splits the position with a
+// 32-bit whole part. The same values in the same products and sums: dq
+// bitwise equal.
 template <typename T, typename OffsetT, int kHeadDim, int kHeads, int kStages, bool kSwizzledK = false,
           bool kTwoDiagonals = false, bool kPositionSumsFirst = false, bool kOffsetAhead = false,
-          bool kRow16InRegisters = false>
+          bool kRow16InRegisters = false, bool kQueuedFraction = false>
 __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBlocks<kHeadDim, kHeads>)
     dq_from_dscores_with_offsets_kernel(const Params p) {
   constexpr bool kFrac = !std::is_integral_v<OffsetT>;
@@ -345,6 +358,8 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   // Where warp w's strip starts in a k stage: 16 rows from row 16 w, or
   // fractional strips of 17 rows from row 17 w (kWarpStripRows).
   constexpr bool kSixteenRowStrips = !kFrac || (kRow16InRegisters && kSwizzledK);
+  static_assert(!kQueuedFraction || (kFrac && kTwoDiagonals && kPositionSumsFirst && kOffsetAhead && kRow16InRegisters),
+                "the queued fraction with the fractional pass's other forms");
   const auto stage_k = [&](int s) {
     if constexpr (kSwizzledK) {
       return reinterpret_cast<Rows<kHeadDim>>(dq_smem + kStages * kHeads * kDqStagedDscoreValues + s * kStageKValues);
@@ -397,6 +412,18 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   // 16); a band step's issue, or one past the last step, leaves it as it is,
   // and no step reads it for those.
   [[maybe_unused]] uint32_t issued_row16 = 0;
+  // kQueuedFraction: this thread's row 16 columns (kHeadDim / 32 lane) from its
+  // first copy's source in the strip's stage_rows (row r0 = thread / kVecs,
+  // column col = thread % kVecs * 8), in elements: its load then adds this to
+  // that pointer rather than forming its own 64-bit row index. Through a
+  // shuffle, which ptxas cannot recompute at every step.
+  constexpr int kCopyVecs = kHeadDim / 8;
+  [[maybe_unused]] int64_t row16_delta = 0;
+  if constexpr (kQueuedFraction) {
+    const int copy_row0 = (32 * head + lane) / kCopyVecs, copy_col = (32 * head + lane) % kCopyVecs * 8;
+    const int64_t delta = (16 - copy_row0) * p.k_row_stride + (kHeadDim / 32 * lane - copy_col);
+    row16_delta = static_cast<int64_t>(__shfl_sync(0xffffffffu, static_cast<unsigned long long>(delta), lane));
+  }
   const auto issue = [&](int n) {
     OffsetT queued = OffsetT(-1);
     if (n < band_steps) {
@@ -416,10 +443,16 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       const OffsetT offset = kOffsetAhead ? ahead_offset : offs[o];
       if constexpr (kOffsetAhead) ahead_offset = offs[min(o + 1, num_steps - band_steps - 1)];
       queued = offset;
-      const OffsetSplit split = split_offset(&offset, 0);
+      // kQueuedFraction: split_offset's split for offsets >= 0 (whole < 2^31: every
+      // offset within reach is at most q0 + kBlockRows - 1), its whole part in
+      // 32 bits and tested through the offset's sign, without its -1.
+      const OffsetSplit split =
+          kQueuedFraction ? OffsetSplit{int(floorf(float(offset))), float(offset) - floorf(float(offset))}
+                     : split_offset(&offset, 0);
+      if constexpr (kQueuedFraction) queued = OffsetT(split.frac);
       const int64_t whole = split.whole;
       if constexpr (kRow16InRegisters) issued_row16 = 0;
-      if (whole >= 0) {
+      if (kQueuedFraction ? offset >= OffsetT(0) : whole >= 0) {
         // Warp w of each head reads only its strip of k rows (16, or for
         // fractional positions 17, from the second row of its first query),
         // so those kHeads warps stage it (steps_by_group), with each head's
@@ -430,7 +463,14 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
           stage_rows<kHeadDim, 16, 32 * kHeads, false, kSwizzledK>(strip, k_src, p.k_row_stride, first,
                                                                   seq.seqlen_k - 1, unsigned(32 * head + lane));
           const int64_t key = first + 16;
-          if (key >= 0 && key < seq.seqlen_k) {
+          if constexpr (kQueuedFraction) {
+            if (uint64_t(key) < uint64_t(seq.seqlen_k)) {  // key >= 0 && key < seqlen_k
+              // stage_rows's source row pointer, the same expression (one value).
+              const int copy_row0 = (32 * head + lane) / kCopyVecs, copy_col = (32 * head + lane) % kCopyVecs * 8;
+              const uint16_t* copy_src = k_src + (first + copy_row0) * p.k_row_stride + copy_col;
+              issued_row16 = *reinterpret_cast<const uint32_t*>(copy_src + row16_delta);
+            }
+          } else if (key >= 0 && key < seq.seqlen_k) {
             issued_row16 = *reinterpret_cast<const uint32_t*>(k_src + key * p.k_row_stride + kHeadDim / 32 * lane);
           }
         } else if (kRow16InRegisters && kSixteenRowStrips) {
@@ -515,6 +555,11 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   // kTwoDiagonals: the terms of query 15's first rows (strip row 16, outside
   // the two-diagonal product), in this lane's columns.
   float row15_first[kHeadDim >= 32 ? kHeadDim / 32 : 1] = {};
+  // kQueuedFraction: this lane's byte selectors of the two-diagonal A fragment
+  // (two_diagonals_selectors), formed once rather than its tests at every step
+  // (through a shuffle, as the addresses above, or ptxas forms a[2]'s again).
+  [[maybe_unused]] uint32_t two_diagonals_sel = 0;
+  if constexpr (kQueuedFraction) two_diagonals_sel = __shfl_sync(0xffffffffu, two_diagonals_selectors(lane), lane);
   for (int n = 0; n < num_steps; ++n) {
     OffsetT next;
     if constexpr (kStages == 2) next = issue(n + 1);
@@ -546,7 +591,7 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       add_diag_times_rows_at<T, kHeadDim, kSwizzledK>(ds_g, ds_g8, strip_add_row + stage * kStageKBytes, dq, lane);
     } else {
       [[maybe_unused]] const int o = n - band_steps;
-      const OffsetSplit split = split_offset(&step_offset, 0);
+      const OffsetSplit split = kQueuedFraction ? OffsetSplit{0, float(step_offset)} : split_offset(&step_offset, 0);
       const uint32_t stage = uint32_t(n % kStages);
       if (split.whole >= 0) {
         // dq of query x += dS_x ((1 - f) its first row, strip row x + 1, + f
@@ -566,12 +611,20 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
           // 16, in row15_first (its helpers exist at head_dim 64 and 128
           // alone, so other head_dims do not instantiate this).
           if constexpr (kTwoDiagonals) {
-            add_two_diagonals_times_rows_at<T, kHeadDim, kSwizzledK>(w1 * ds_g, w1 * ds_g8, w0 * ds_g, w0 * ds_g8,
-                                                                     rows, dq, lane);
-            const float ds15 = __shfl_sync(0xffffffffu, ds_g8, 28);
-            if constexpr (kRow16InRegisters) {
-              add_lane_columns_times<T, kHeadDim>(w0 * ds15, {step_row16}, row15_first);
+            if constexpr (kQueuedFraction) {
+              uint32_t a[4];
+              two_diagonals_a_fragment_by_selectors<T>(w1 * ds_g, w1 * ds_g8, w0 * ds_g, w0 * ds_g8, two_diagonals_sel,
+                                                       a);
+              add_a_times_rows_at<T, kHeadDim, kSwizzledK>(a, rows, dq);
             } else {
+              add_two_diagonals_times_rows_at<T, kHeadDim, kSwizzledK>(w1 * ds_g, w1 * ds_g8, w0 * ds_g, w0 * ds_g8,
+                                                                       rows, dq, lane);
+            }
+            if constexpr (kRow16InRegisters) {
+              // Lane 28's w0 * ds_g8 (query 15's), the same product every lane formed.
+              add_lane_columns_times<T, kHeadDim>(__shfl_sync(0xffffffffu, w0 * ds_g8, 28), {step_row16}, row15_first);
+            } else {
+              const float ds15 = __shfl_sync(0xffffffffu, ds_g8, 28);
               add_lane_row_times_at<T, kHeadDim>(w0 * ds15, row16_addr + stage * kStageKBytes, row15_first);
             }
           }

@@ -586,6 +586,27 @@ __device__ __forceinline__ void two_diagonals_a_fragment(float d_g, float d_g8, 
   a[2] = pack2<T>(lane == 28 ? e_g : 0.f, 0.f);
   a[3] = pack2<T>(diag_lo ? d_g8 : super_lo ? e_g8 : 0.f, diag_hi ? d_g8 : diag_lo ? e_g8 : 0.f);
 }
+// two_diagonals_a_fragment from byte selectors of this lane, formed once (the
+// low 16 bits for a[0] and a[3], the high 16 for a[2]; __byte_perm reads only
+// the low 16): each register a __byte_perm of pack2(d, e) and zero. pack2
+// rounds each half on its own and a zero half is T's +0, as
+// two_diagonals_a_fragment's pack2 of 0.f: the same bits.
+__device__ __forceinline__ uint32_t two_diagonals_selectors(int lane) {
+  const int g = lane / 4, c = lane % 4;
+  // __byte_perm nibbles: 0x10 takes pack2's low half (d), 0x32 its high one (e), 0x54 zero.
+  const uint32_t lo = 2 * c == g ? 0x10u : 2 * c == g + 1 ? 0x32u : 0x54u;
+  const uint32_t hi = 2 * c + 1 == g ? 0x10u : 2 * c == g ? 0x32u : 0x54u;
+  return lo | (hi << 8) | ((lane == 28 ? 0x5432u : 0x5454u) << 16);
+}
+template <typename T>
+__device__ __forceinline__ void two_diagonals_a_fragment_by_selectors(float d_g, float d_g8, float e_g, float e_g8,
+                                                                      uint32_t sel, uint32_t (&a)[4]) {
+  const uint32_t g_pair = pack2<T>(d_g, e_g), g8_pair = pack2<T>(d_g8, e_g8);
+  a[0] = __byte_perm(g_pair, 0u, sel);
+  a[1] = 0u;
+  a[2] = __byte_perm(g_pair, 0u, sel >> 16);
+  a[3] = __byte_perm(g8_pair, 0u, sel);
+}
 template <typename T, int kHeadDim, bool kSwizzled = false>
 __device__ __forceinline__ void add_two_diagonals_times_rows_at(float d_g, float d_g8, float e_g, float e_g8,
                                                                 uint32_t row_addr, float (&acc)[kHeadDim / 8][4],
