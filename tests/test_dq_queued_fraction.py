@@ -71,6 +71,19 @@ def test_cuda_queued_fraction_is_bitwise(monkeypatch, positions, dtype, batch, s
 
 
 @requires_cuda
+@pytest.mark.parametrize("heads,heads_kv", [(4, 4), (8, 2)])
+def test_cuda_queued_fraction_with_positions_inside_the_window(monkeypatch, heads, heads_kv):
+    """Positions below 1 and inside the window, whose whole parts are below
+    16 (row 16's key then lies past a ragged sequence's last key for its
+    last blocks), with farther ones after them; bf16; one and four heads a
+    dq block."""
+    offsets = torch.tensor([0.5, 3.25, 9.0, 15.875, 29.125, 200.375], device="cuda")
+    args, reference = dense_backward_case(1, 3037, heads, heads_kv, 64, torch.bfloat16, offsets, WINDOW)
+    assert_queued_fraction_bitwise(monkeypatch, torch.ops.fibsparse.bwd, args, reference,
+                                   dq_heads_per_block(heads, heads_kv, 64))
+
+
+@requires_cuda
 def test_cuda_queued_fraction_with_per_head_padded_positions(monkeypatch):
     """Per-head rows (one head a block, each its own row of positions; GQA
     4/2): 20 in the first head's row, the farthest beyond the reach of the

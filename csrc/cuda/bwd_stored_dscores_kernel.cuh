@@ -328,8 +328,12 @@ __device__ __forceinline__ void store_warp_doffsets_partials_first(const Params&
 // only on the lane or on the offset is formed once, not at every step. The
 // queue carries the step's fraction rather than its offset, so the step does
 // not split the position again (a 64-bit F2I, a FRND, their add and tests);
-// as in the integer step, every offset within reach is a distance
-// (offsets_within_reach), so the step does not test its whole part either.
+// as in the integer step, every offset within reach is a distance, so the
+// step does not test its whole part either: offsets_within_reach ends at the
+// last one within reach, and the offsets check that runs before the passes
+// (delta_kernel's extra blocks) stops the call unless each row is
+// increasing, finite and >= 0 with padding only at its end, so every offset
+// before that one is a distance too.
 // The two-diagonal A fragment is two conversions and three byte permutes of
 // them by selectors the lane forms before the steps
 // (two_diagonals_a_fragment_by_selectors), not a chain of tests and selects;
@@ -443,12 +447,13 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
       const OffsetT offset = kOffsetAhead ? ahead_offset : offs[o];
       if constexpr (kOffsetAhead) ahead_offset = offs[min(o + 1, num_steps - band_steps - 1)];
       queued = offset;
-      // kQueuedFraction: split_offset's split for offsets >= 0 (whole < 2^31: every
-      // offset within reach is at most q0 + kBlockRows - 1), its whole part in
-      // 32 bits and tested through the offset's sign, without its -1.
+      // kQueuedFraction: split_offset's split for offsets >= 0 (whole < 2^31:
+      // the offsets are increasing, so every one within reach is at most the
+      // last within reach, at most q0 + kBlockRows - 1), its whole part in 32
+      // bits and tested through the offset's sign, without its -1.
       const OffsetSplit split =
           kQueuedFraction ? OffsetSplit{int(floorf(float(offset))), float(offset) - floorf(float(offset))}
-                     : split_offset(&offset, 0);
+                          : split_offset(&offset, 0);
       if constexpr (kQueuedFraction) queued = OffsetT(split.frac);
       const int64_t whole = split.whole;
       if constexpr (kRow16InRegisters) issued_row16 = 0;
