@@ -416,15 +416,17 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
   // 16); a band step's issue, or one past the last step, leaves it as it is,
   // and no step reads it for those.
   [[maybe_unused]] uint32_t issued_row16 = 0;
-  // kQueuedFraction: this thread's row 16 columns (kHeadDim / 32 lane) from its
-  // first copy's source in the strip's stage_rows (row r0 = thread / kVecs,
-  // column col = thread % kVecs * 8), in elements: its load then adds this to
-  // that pointer rather than forming its own 64-bit row index. Through a
-  // shuffle, which ptxas cannot recompute at every step.
+  // kQueuedFraction: this thread's first copy in a strip's stage_rows (its
+  // row r0 = thread / kVecs and column col = thread % kVecs * 8, stage_rows's
+  // mapping), and the distance from that copy's source to this lane's row 16
+  // columns (kHeadDim / 32 lane), in elements: the load then adds it to that
+  // pointer rather than forming its own 64-bit row index. The distance goes
+  // through a shuffle, which ptxas cannot recompute at every step.
   constexpr int kCopyVecs = kHeadDim / 8;
+  [[maybe_unused]] const int copy_row0 = (32 * head + lane) / kCopyVecs;
+  [[maybe_unused]] const int copy_col = (32 * head + lane) % kCopyVecs * 8;
   [[maybe_unused]] int64_t row16_delta = 0;
   if constexpr (kQueuedFraction) {
-    const int copy_row0 = (32 * head + lane) / kCopyVecs, copy_col = (32 * head + lane) % kCopyVecs * 8;
     const int64_t delta = (16 - copy_row0) * p.k_row_stride + (kHeadDim / 32 * lane - copy_col);
     row16_delta = static_cast<int64_t>(__shfl_sync(0xffffffffu, static_cast<unsigned long long>(delta), lane));
   }
@@ -471,7 +473,6 @@ __global__ void __launch_bounds__(kHeads * kMmaBlockThreads, kDqWithOffsetsMinBl
           if constexpr (kQueuedFraction) {
             if (uint64_t(key) < uint64_t(seq.seqlen_k)) {  // key >= 0 && key < seqlen_k
               // stage_rows's source row pointer, the same expression (one value).
-              const int copy_row0 = (32 * head + lane) / kCopyVecs, copy_col = (32 * head + lane) % kCopyVecs * 8;
               const uint16_t* copy_src = k_src + (first + copy_row0) * p.k_row_stride + copy_col;
               issued_row16 = *reinterpret_cast<const uint32_t*>(copy_src + row16_delta);
             }
