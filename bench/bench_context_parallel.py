@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import time
 import warnings
 
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from fibsparse_ext import fibsparse_attn, make_schedule
 from fibsparse_ext.accuracy import relative_error
 from fibsparse_ext.distributed import _GatherKeys, context_parallel_attn, exchange_plan, reach_behind
+from run_commit import measured_commit
 
 HEAD_DIM = 64
 
@@ -124,10 +124,8 @@ def main():
     offsets = make_schedule("fixed", num_layers=1, window=args.window, max_distance=args.max_distance).offsets(0)
     offsets = torch.tensor(offsets, dtype=torch.int32, device=device)
     if rank == 0:
-        commit = os.environ.get("FIBSPARSE_COMMIT") or subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        print(f"{world} x {name}, {args.backend}, torch {torch.__version__}, commit {commit}; batch 1, heads "
+        print(f"{world} x {name}, {args.backend}, torch {torch.__version__}, commit {measured_commit()}; batch 1, heads "
               f"{args.heads}, head_dim {HEAD_DIM}, {str(dtype)[6:]}, window {args.window}, offsets "
               f"{offsets.tolist()}; medians of {args.runs} steps, each after a barrier", flush=True)
     for seqlen in map(int, args.seqlens.split(",")):

@@ -20,6 +20,7 @@ import os
 import torch
 
 from fibsparse_ext import fibsparse_attn, make_schedule
+from run_commit import measured_commit
 from timing import median_ms
 
 CONFIGS = ((16384, 8, 8, 64), (65536, 8, 8, 64), (16384, 32, 8, 128), (65536, 32, 8, 128))
@@ -131,8 +132,7 @@ def main(argv=None):
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
     if not torch.cuda.is_available():
         raise SystemExit("bench_fractional: needs a CUDA device")
-    commit = os.environ.get("FIBSPARSE_COMMIT", "?")
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, commit {commit}", flush=True)
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, commit {measured_commit()}", flush=True)
     try:
         compare(args.rounds)
         if args.kernels:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 from typing import Optional
 
 import torch
@@ -43,19 +42,10 @@ import torch
 from fibsparse_ext.lm.generation import DecodeStep, next_token
 from fibsparse_ext.paged import PagedKVCache
 from fibsparse_ext.lm.models import FibSparseLM, LMConfig
+from run_commit import measured_commit
 from timing import median_ms
 
 WARMUP_STEPS = DecodeStep.WARMUP_STEPS + 3  # eager warm-up, the capture, then a few replays
-
-
-def commit() -> str:
-    if os.environ.get("FIBSPARSE_COMMIT"):  # set where the checkout's git metadata is not the code's
-        return os.environ["FIBSPARSE_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def cache_bytes(model: FibSparseLM, batch: int, capacity_of_full: int, dtype: torch.dtype,
@@ -144,7 +134,7 @@ def main():
         parser.error("CUDA graphs need a CUDA device: use --modes eager (or compiled: without a graph) on the CPU")
     page_size = args.page_size or None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"device {device} ({name}), torch {torch.__version__}, commit {commit()}, {dtype}; "
+    print(f"device {device} ({name}), torch {torch.__version__}, commit {measured_commit()}, {dtype}; "
           f"greedy, {args.new_tokens} timed steps after {WARMUP_STEPS} warm-up steps; paged: pages of {page_size} rows")
     kinds = ["ring", "paged", "dense"] if page_size else ["ring", "dense"]
     print(f"{'preset':>6s} {'batch':>5s} {'context':>8s} {'mode':>8s} | "

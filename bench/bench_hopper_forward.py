@@ -15,6 +15,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run_commit import measured_commit  # noqa: E402
 from timing import median_ms  # noqa: E402
 
 from fibsparse_ext import fibsparse_attn, make_schedule  # noqa: E402
@@ -42,7 +43,7 @@ def timed(setting, fn):
 def main():
     torch.manual_seed(0)
     print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, "
-          f"commit {os.environ.get('FIBSPARSE_COMMIT', '?')}")
+          f"commit {measured_commit()}")
     for L, H, Hkv, d in CONFIGS:
         q = torch.randn(1, L, H, d, device="cuda", dtype=torch.bfloat16)
         k = torch.randn(1, L, Hkv, d, device="cuda", dtype=torch.bfloat16)

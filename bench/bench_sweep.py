@@ -28,8 +28,6 @@ import csv
 import importlib.metadata
 import inspect
 import json
-import os
-import subprocess
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -41,6 +39,7 @@ import torch.nn.functional as F
 from bench_attention import copy_bandwidth, flex_attention, fwd_bwd, sparse_mask_mod
 from fibsparse_ext import fibsparse_attn, make_schedule
 from gpu_power import GpuSampler, gpu_state
+from run_commit import measured_commit
 from timing import graphed_ms, median_ms, peak_extra_mb
 
 if flex_attention is not None:
@@ -449,10 +448,8 @@ def main():
     if not torch.cuda.is_available():
         raise SystemExit("the sweep needs a CUDA GPU")
     bandwidth = copy_bandwidth()
-    commit = os.environ.get("FIBSPARSE_COMMIT") or subprocess.run(  # the device copy's .git may be stale
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     sampler, sampling = (None, "off (--no-gpu-sampling)") if args.no_gpu_sampling else GpuSampler.for_current_device()
-    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "commit": commit or "unknown",
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "commit": measured_commit(),
             "copy_bandwidth_tb_s": bandwidth / 1e12, "peer_calls": peer_calls(), "check_tolerance": CHECK_TOLERANCE,
             "rounds": rounds, "gpu_sampling": sampling}
     print({key: value for key, value in meta.items() if key != "peer_calls"})

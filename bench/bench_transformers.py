@@ -13,14 +13,13 @@ events (bench/timing.py; wall clock on the CPU).
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 
 import torch
 import transformers
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from fibsparse_ext.integrations.transformers import ALPHA, enable_fibsparse
+from run_commit import measured_commit
 from timing import median_ms
 
 # hidden 768, 12 layers, 12 heads (head_dim 64), 4 kv heads, tied embeddings: ~100M parameters.
@@ -29,11 +28,6 @@ FULL = dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidde
 QUICK = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, tie_word_embeddings=True)
 WINDOW = 128
-
-
-def commit() -> str:
-    return os.environ.get("FIBSPARSE_COMMIT") or subprocess.run(  # the device copy's .git may be stale
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
 
 
 def build(sizes: dict, seqlen: int, implementation: str, schedule: str | None, device, dtype) -> torch.nn.Module:
@@ -72,7 +66,7 @@ def main():
     steps = args.steps or (3 if args.quick else 10)
     dtype = torch.bfloat16 if on_gpu else torch.float32  # the CPU's bf16 matmuls are slow, not representative
     name = torch.cuda.get_device_name(device) if on_gpu else "cpu"
-    print(f"device {name}, torch {torch.__version__}, transformers {transformers.__version__}, commit {commit()}")
+    print(f"device {name}, torch {torch.__version__}, transformers {transformers.__version__}, commit {measured_commit()}")
 
     implementations = [("fibsparse stagger", "fibsparse", "stagger"), ("fibsparse learned", "fibsparse", "learned"),
                        ("sdpa", "sdpa", None), ("flex_attention", "flex_attention", None)]

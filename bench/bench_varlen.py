@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import subprocess
 
 import torch
 
 from fibsparse_ext import fibsparse_attn, fibsparse_attn_varlen, make_schedule
+from run_commit import measured_commit
 from timing import median_ms, peak_extra_mb
 
 WINDOW = 128
@@ -177,9 +176,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="16k only, one packed configuration")
     args = parser.parse_args()
-    commit = os.environ.get("FIBSPARSE_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
-    print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, commit {commit}")
+    print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, commit {measured_commit()}")
     dtype = torch.bfloat16
     print("\nOne sequence, H=8 d=64 window 128, Fibonacci offsets (alpha 1) up to the length: ms, min of two rounds")
     print(f"  {'seqlen':>7s} {'dense fwd':>10s} {'packed fwd':>11s} {'ratio':>6s} {'dense f+b':>10s} "
