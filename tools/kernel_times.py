@@ -7,7 +7,6 @@ where bench_sweep.py shows only the step's total.
 
     python tools/kernel_times.py            # bf16, window 128, Fibonacci offsets up to the sequence's length
 """
-import os
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from bench_attention import fwd_bwd  # noqa: E402
 from fibsparse_ext import fibsparse_attn, fibsparse_attn_varlen, make_schedule  # noqa: E402
+from run_commit import measured_commit  # noqa: E402
 from timing import kernel_times_us  # noqa: E402
 
 PACKED_LENGTHS = [16384, 8192, 12288, 4096, 16384, 8192]  # 65536 tokens, the longest 16k
@@ -70,9 +70,7 @@ def step_of(*config):
 
 
 def main():
-    # FIBSPARSE_COMMIT: the device machine's copy of the checkout may carry stale git metadata.
-    commit = os.environ.get("FIBSPARSE_COMMIT", "?")
-    print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  commit {commit}  bf16, window 128")
+    print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  commit {measured_commit()}  bf16, window 128")
     for config in CONFIGS:
         step = step_of(*config)
         for _ in range(WARMUP_STEPS):
