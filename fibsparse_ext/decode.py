@@ -420,6 +420,8 @@ def _checked_lengths(cache_seqlens, q: torch.Tensor, new: int, appended: int, ca
         described = (f"{cache_seqlens.dtype} {tuple(cache_seqlens.shape)}" if isinstance(cache_seqlens, torch.Tensor)
                      else f"{type(cache_seqlens).__name__} {cache_seqlens!r}")
         raise ValueError(f"cache_seqlens must be an integer tensor of shape ({batch},), got {described}")
+    if cache_seqlens.is_meta and not q.is_meta:  # no values to check or to read
+        raise ValueError(f"cache_seqlens must hold values, on the CPU or q's device {q.device}, got a meta tensor")
     if cache_seqlens.device.type == "cpu":  # reading them costs no sync: on every call
         check_length_values(cache_seqlens.tolist(), new, appended, capacity, ring)
         checked = True

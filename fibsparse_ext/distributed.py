@@ -26,6 +26,7 @@ the single-process gradient.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import weakref
 from dataclasses import dataclass
@@ -267,9 +268,34 @@ def context_parallel_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, win
                           return_lse=return_lse)
 
 
-# What every rank must agree on, one number each in the all_gather of _agree.
-_AGREED = ("batch", "heads", "heads_kv", "head_dim", "dtype", "window", "offsets shape", "offsets values")
+# What every rank must agree on, one number each in the all_gather of _agree
+# (the offsets' values as _DIGEST_WORDS numbers, compared together).
+_AGREED = ("batch", "heads", "heads_kv", "head_dim", "dtype", "window", "offsets shape", "offsets dtype",
+           "offsets values")
 _DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
+_DIGEST_WORDS = 4  # 32 bits each: exact in the float64 the header travels in
+
+
+def _offsets_digest(host_offsets: torch.Tensor) -> list[float]:
+    """A digest of the offsets' values, in order: ranks whose offsets differ in
+    any value get different digests (a few sums of the values would let two
+    patterns collide, and ranks that go on with different patterns build
+    different exchanges and wait on each other)."""
+    data = (host_offsets.to(torch.float64) + 0.0).contiguous().numpy().tobytes()  # + 0.0: -0.0 is 0.0
+    digest = hashlib.sha256(data).digest()
+    return [float(int.from_bytes(digest[4 * i:4 * i + 4], "little")) for i in range(_DIGEST_WORDS)]
+
+
+_DTYPE_NAMES = {code: str(dtype).removeprefix("torch.") for dtype, code in _DTYPE_CODES.items()} | {-1: "integer"}
+
+
+def _shown(name: str, agreed):
+    """One rank's entry of _agree's header as its error message shows it."""
+    if name == "offsets values":
+        return f"{int(agreed[0]):08x}"  # the digest's first word
+    if name in ("dtype", "offsets dtype"):
+        return _DTYPE_NAMES.get(int(agreed), "unsupported")
+    return int(agreed)
 
 
 def _agree(q: torch.Tensor, k: torch.Tensor, window: int, offsets: torch.Tensor, group,
@@ -279,12 +305,11 @@ def _agree(q: torch.Tensor, k: torch.Tensor, window: int, offsets: torch.Tensor,
     pattern; a disagreement raises the same error on every rank, before any
     rank waits on another."""
     host_offsets = _on_host(offsets)
-    values = host_offsets.to(torch.float64).flatten()
-    # A fingerprint of the values: position-weighted, so a reordering changes it too.
-    fingerprint = float((values * torch.arange(1, values.numel() + 1, dtype=torch.float64)).sum()) + float(
-        values.square().sum())
+    # Integer and fractional offsets of equal values are different patterns (a
+    # fractional one may read two rows); float32 and float64 ones differ in rounding.
+    offsets_dtype = -1 if not offsets.is_floating_point() else _DTYPE_CODES.get(offsets.dtype, -2)
     mine = [q.shape[1], q.shape[0], q.shape[2], k.shape[2], q.shape[3], _DTYPE_CODES.get(q.dtype, -1), window,
-            float(offsets.numel() * 4 + offsets.dim()), fingerprint]
+            float(offsets.numel() * 4 + offsets.dim()), offsets_dtype, *_offsets_digest(host_offsets)]
     local = torch.tensor(mine, dtype=torch.float64, device=q.device)
     everyone = [torch.empty_like(local) for _ in range(world)]
     try:
@@ -295,10 +320,11 @@ def _agree(q: torch.Tensor, k: torch.Tensor, window: int, offsets: torch.Tensor,
                            f"{error}") from error
     rows = [t.tolist() for t in everyone]
     for i, name in enumerate(_AGREED, start=1):
-        seen = [row[i] for row in rows]
+        seen = [row[i:] if name == "offsets values" else row[i] for row in rows]
         if any(x != seen[0] for x in seen):
+            shown = [_shown(name, x) for x in seen]
             raise ValueError(f"context_parallel_attn: the ranks disagree on {name} "
-                             f"(rank by rank: {[int(x) if name != 'offsets values' else x for x in seen]}); "
+                             f"(rank by rank{', a digest' if name == 'offsets values' else ''}: {shown}); "
                              f"every rank must pass shards of one sequence and the same window and offsets")
     lengths = [int(row[0]) for row in rows]
     if any(length != lengths[0] for length in lengths[:-1]) or lengths[-1] > lengths[0]:

@@ -61,7 +61,10 @@ def _attend_block(q, k, v, offsets, start: int, window: int, scale: float, shift
     batch, block, heads, dim = q.shape
     heads_kv = k.shape[2]
     group = heads // heads_kv
-    q, k, v = q.to(acc) * scale, k.to(acc), v.to(acc)
+    # The scale multiplies each dot product, as in the kernels and FlashAttention: a
+    # product that overflows the accumulation type is an infinite score even where
+    # its scaled value would fit, in the reference as in every kernel.
+    q, k, v = q.to(acc), k.to(acc), v.to(acc)
     pos = torch.arange(start, start + block, device=q.device) + shift
 
     # The dense band: distances 0 .. window-1, the same for every head.
@@ -71,7 +74,7 @@ def _attend_block(q, k, v, offsets, start: int, window: int, scale: float, shift
     k_band = _gather_rows(k, band_rows, None, band_valid)  # (b, c, w, hkv, d)
     v_band = _gather_rows(v, band_rows, None, band_valid)
     q_grouped = q.view(batch, block, heads_kv, group, dim)
-    scores = [torch.einsum("bchgd,bcwhd->bchgw", q_grouped, k_band).reshape(batch, block, heads, window)]
+    scores = [torch.einsum("bchgd,bcwhd->bchgw", q_grouped, k_band).reshape(batch, block, heads, window) * scale]
     valid = [band_valid[:, None, :].expand(block, heads, window)]
 
     # The offsets, per head: a real position p reads (1 - f) row[pos - a] + f row[pos - a - 1].
@@ -93,7 +96,7 @@ def _attend_block(q, k, v, offsets, start: int, window: int, scale: float, shift
             frac = frac.expand_as(k_off)
             k_off = _Lerp.apply(k_off, _gather_rows(k, j1, kv_heads, offset_valid), frac)
             v_off = _Lerp.apply(v_off, _gather_rows(v, j1, kv_heads, offset_valid), frac)
-        scores.append(torch.einsum("bchd,bchkd->bchk", q, k_off))
+        scores.append(torch.einsum("bchd,bchkd->bchk", q, k_off) * scale)
         valid.append(offset_valid)
 
     scores = torch.cat(scores, -1).masked_fill(~torch.cat(valid, -1), float("-inf"))
@@ -107,7 +110,18 @@ def _attend_block(q, k, v, offsets, start: int, window: int, scale: float, shift
     # A +inf score has no finite weight (inf / inf): like a NaN score, it makes
     # the query's lse, probabilities and output NaN.
     lse = torch.where(torch.isposinf(lse), float("nan"), lse)
-    probs = torch.where(dead, 0.0, torch.exp(scores - lse[..., None]))
+    # Where the lse is finite, the weights are normalised as the kernels normalise
+    # them, by the row's largest score and then their sum: exp(score - lse), with
+    # lse rounded at the scores' magnitude, would not sum to 1 where the scores
+    # are large. (The largest score only shifts the exponents; no gradient flows
+    # through it.) Where it is NaN, exp(score - lse) makes every weight of the row
+    # NaN, as in the kernels.
+    top = scores.detach().amax(-1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, 0.0)
+    weights = torch.exp(scores - top)
+    normalised = weights / weights.sum(-1, keepdim=True)
+    probs = torch.where(torch.isfinite(lse)[..., None], normalised, torch.exp(scores - lse[..., None]))
+    probs = torch.where(dead, 0.0, probs)
     lse = torch.where(dead[..., 0], float("-inf"), lse)
     p_band = probs[..., :window].reshape(batch, block, heads_kv, group, window)
     out = torch.einsum("bchgw,bcwhd->bchgd", p_band, v_band).reshape(batch, block, heads, dim)

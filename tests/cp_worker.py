@@ -84,25 +84,36 @@ def run_case(name, lengths, heads, heads_kv, window, offsets, rank, device, dtyp
 
 def refuses_disagreements(rank, world, device):
     """Shards or patterns that differ across ranks: the same error on every
-    rank, none left waiting."""
-    cases = {
-        "offsets values": dict(offsets=[5, 9 + rank]),
-        "head_dim": dict(head_dim=16 if rank == 0 else 32),
-        "dtype": dict(dtype=torch.float32 if rank == 0 else torch.float64),
-        "seqlen_r": dict(length=10 if rank < world - 1 else 20),  # the last shard longer
-    }
+    rank, none left waiting; and patterns that differ only in how they are
+    written go through."""
+    cases = [  # (what the error names, None where the call must go through; what this rank passes)
+        ("offsets values", dict(offsets=[5, 9 + rank])),
+        # Patterns with one sum of squares and one sum of the values weighted by their place.
+        ("offsets values", dict(offsets=[4, 13] if rank == 0 else [8, 11])),
+        ("offsets dtype", dict(offsets=[5, 9] if rank == 0 else [5.0, 9.0])),
+        # -0.0 and 0.0 are one position: ranks holding them agree.
+        (None, dict(offsets=[0.0, 5.5] if rank == 0 else [-0.0, 5.5])),
+        ("head_dim", dict(head_dim=16 if rank == 0 else 32)),
+        ("dtype", dict(dtype=torch.float32 if rank == 0 else torch.float64)),
+        ("seqlen_r", dict(length=10 if rank < world - 1 else 20)),  # the last shard longer
+    ]
     ok = True
-    for expected, change in cases.items():
+    for expected, change in cases:
         q = torch.randn(1, change.get("length", 10), 2, change.get("head_dim", 16),
                         dtype=change.get("dtype", torch.float64), device=device)
         try:
             context_parallel_attn(q, q, q, 4, change.get("offsets", [5, 9]))
-            refused = False
-        except ValueError as error:
-            refused = expected in str(error)
-        sys.stdout.write(f"rank {rank} refuses a disagreement on {expected}: {'ok' if refused else 'NOT REFUSED'}\n")
+            error = None
+        except ValueError as refusal:
+            error = str(refusal)
+        if expected is None:
+            passed, line = error is None, f"agrees on {change['offsets']}: {'ok' if error is None else error}"
+        else:
+            passed = error is not None and expected in error
+            line = f"refuses a disagreement on {expected}: {'ok' if passed else 'NOT REFUSED'}"
+        sys.stdout.write(f"rank {rank} {line}\n")
         sys.stdout.flush()
-        ok &= refused
+        ok &= passed
     return ok
 
 

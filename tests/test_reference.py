@@ -57,6 +57,18 @@ def test_reference_matches_oracle(fractional, per_head, seqlen_q, seqlen_k, wind
     assert rel_err(out, expected_out) < 1e-13 and rel_err(lse, expected_lse) < 1e-13
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reference_weights_sum_to_one_at_large_scores(dtype):
+    """Scores near 1e7 (where float32's spacing is 1), a position inside the
+    window reading the query's own key a second time, values all 1: the output
+    is exactly 1, as the kernels give, because the weights are normalised by
+    their sum rather than by an lse rounded at the scores' magnitude."""
+    q = torch.full((1, 3, 1, 1), 3000.0, dtype=dtype)
+    v = torch.ones(1, 3, 1, 1, dtype=dtype)
+    out = fibsparse_attn_ref(q, q, v, 1, torch.tensor([0.0, 1.0], dtype=dtype))
+    assert torch.equal(out, torch.ones_like(out))
+
+
 def test_reference_position_gradient_is_finite_difference():
     """d out / d position through the reference equals a central difference."""
     torch.manual_seed(1)

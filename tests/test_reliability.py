@@ -14,7 +14,7 @@ from fibsparse_ext import FibSparseAttention, fibsparse_attn, fibsparse_attn_ref
 from fibsparse_ext.decode import KVCache, fibsparse_attn_with_kvcache
 from fibsparse_ext.lm.generation import generate
 from fibsparse_ext.lm.models import FibSparseLM, LMConfig
-from utils import DEVICES, refused_by_device_assert, requires_cuda
+from utils import CUDA_ONLY, DEVICES, refused_by_device_assert, requires_cuda
 
 
 def readers(seqlen, window, offsets, key):
@@ -86,6 +86,38 @@ def test_query_with_every_score_minus_inf_gives_zero_and_minus_inf_lse(device, d
     # their 16-bit products may overflow, which says nothing about query 5.
     if not (device == "cuda" and dtype == torch.bfloat16):
         assert all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("device, dtype", [("cpu", torch.float32),
+                                           pytest.param("cuda", torch.bfloat16, marks=CUDA_ONLY)])
+@pytest.mark.parametrize("q0, k0", [(3e38, 2.0), (1e30, 1e9), (-3e38, 2.0)])
+def test_a_dot_product_past_float32_is_an_infinite_score_in_kernel_and_reference(device, dtype, q0, k0):
+    """The scale multiplies each dot product (as in FlashAttention), so a dot
+    product past float32's range is an infinite score even where the scaled
+    score (here 6e38 / 4) would fit: +inf makes the query NaN, -inf its only
+    key's weight 0 (output 0, lse -inf). The reference computes in the same
+    order and agrees: the CPU kernels, and on CUDA the tensor-core ones."""
+    q, k, v = torch.zeros(1, 1, 1, 16), torch.zeros(1, 1, 1, 16), torch.ones(1, 1, 1, 16)
+    q[0, 0, 0, 0], k[0, 0, 0, 0] = q0, k0
+    q, k, v = (t.to(dtype) for t in (q, k, v))
+    out, lse = fibsparse_attn(*(t.to(device) for t in (q, k, v)), 1, [], return_lse=True)
+    expected_out, expected_lse = fibsparse_attn_ref(q, k, v, 1, [], return_lse=True)
+    torch.testing.assert_close(out.cpu(), expected_out, equal_nan=True, rtol=0, atol=0)
+    torch.testing.assert_close(lse.cpu(), expected_lse, equal_nan=True, rtol=0, atol=0)
+    assert torch.isnan(out).all() if q0 * k0 > 0 else ((out == 0).all() and (lse == float("-inf")).all())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float64_positions_with_float32_inputs_are_rounded_to_float32(device):
+    """Positions are taken in the accumulation type: 3 + 1e-9 is 3 in float32,
+    so query 3 reads key 0 through it (exact arithmetic would mask it there)."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 6, 1, 16, device=device) for _ in range(3))
+    near = torch.tensor([3 + 1e-9], dtype=torch.float64, device=device)
+    whole = torch.tensor([3.0], dtype=torch.float32, device=device)
+    assert torch.equal(fibsparse_attn(q, k, v, 1, near), fibsparse_attn(q, k, v, 1, whole))
+    alone = fibsparse_attn(q, k, v, 1, [])  # query 3 without its offset key
+    assert not torch.equal(fibsparse_attn(q, k, v, 1, near)[0, 3], alone[0, 3])
 
 
 def _refused_decode_calls():
@@ -298,6 +330,9 @@ def test_fake_checks_at_trace_time_under_compile():
     (lambda q: fibsparse_attn(q, q, q, 4, None), r"offsets must be a sequence .* got NoneType None"),
     (lambda q: KVCache(0, 8, 1, 8, ring=True), "batch must be an int >= 1, got 0"),
     (lambda q: fibsparse_attn_with_kvcache(q[:, :1], q, q, [3, 5], 4, []), "cache_seqlens must be an integer tensor"),
+    (lambda q: fibsparse_attn_with_kvcache(q[:, :1], q, q, torch.tensor([3], device="meta"), 4, []),
+     "cache_seqlens must hold values, on the CPU or q's device cpu, got a meta tensor"),
+    (lambda q: fibsparse_attn(q, q, q, 4, [], softmax_scale="a"), "softmax_scale must be a finite number, got 'a'"),
     (lambda q: FibSparseAttention(16, 2, make_schedule("fixed", num_layers=1, window=4, max_distance=32), 0)(
         torch.randn(5, 16)), r"x must be \(batch, seqlen, embed_dim=16\), got \(5, 16\)"),
     (lambda q: make_schedule("custom", num_layers=1, window=4, max_distance=64, offsets=[[8, 2**40]]),
