@@ -12,12 +12,12 @@ from ._offsets import OffsetsLike, as_offsets, band_argument, check_window
 
 def default_scale(q: torch.Tensor, softmax_scale: Optional[float]) -> float:
     if softmax_scale is not None:
-        try:
-            if isinstance(softmax_scale, (str, bytes, bool)):  # float() would take "0.5" and True
-                raise TypeError
-            return float(softmax_scale)
-        except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several elements
-            raise ValueError(f"softmax_scale must be a finite number, got {softmax_scale!r}") from None
+        if not isinstance(softmax_scale, (str, bytes, bool)):  # float() would take "0.5" and True
+            try:
+                return float(softmax_scale)
+            except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several elements
+                pass
+        raise ValueError(f"softmax_scale must be a finite number, got {softmax_scale!r}")
     if q.dim() < 1 or q.shape[-1] < 1:
         raise ValueError(f"q must have a head_dim >= 1 as its last dimension, got shape {tuple(q.shape)}")
     return 1.0 / math.sqrt(q.shape[-1])

@@ -61,9 +61,10 @@ def _attend_block(q, k, v, offsets, start: int, window: int, scale: float, shift
     batch, block, heads, dim = q.shape
     heads_kv = k.shape[2]
     group = heads // heads_kv
-    # The scale multiplies each dot product, as in the kernels and FlashAttention: a
-    # product that overflows the accumulation type is an infinite score even where
-    # its scaled value would fit, in the reference as in every kernel.
+    # The scale multiplies each dot product, as in the CPU and tensor-core kernels and
+    # FlashAttention: a product that overflows the accumulation type is an infinite
+    # score even where its scaled value would fit (docs/semantics.md names the CUDA
+    # kernels that scale q first).
     q, k, v = q.to(acc), k.to(acc), v.to(acc)
     pos = torch.arange(start, start + block, device=q.device) + shift
 

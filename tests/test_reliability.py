@@ -333,6 +333,7 @@ def test_fake_checks_at_trace_time_under_compile():
     (lambda q: fibsparse_attn_with_kvcache(q[:, :1], q, q, torch.tensor([3], device="meta"), 4, []),
      "cache_seqlens must hold values, on the CPU or q's device cpu, got a meta tensor"),
     (lambda q: fibsparse_attn(q, q, q, 4, [], softmax_scale="a"), "softmax_scale must be a finite number, got 'a'"),
+    (lambda q: fibsparse_attn(q, q, q, 4, [], softmax_scale="0.5"), "softmax_scale must be a finite number, got '0.5'"),
     (lambda q: FibSparseAttention(16, 2, make_schedule("fixed", num_layers=1, window=4, max_distance=32), 0)(
         torch.randn(5, 16)), r"x must be \(batch, seqlen, embed_dim=16\), got \(5, 16\)"),
     (lambda q: make_schedule("custom", num_layers=1, window=4, max_distance=64, offsets=[[8, 2**40]]),
